@@ -1,0 +1,52 @@
+import type { WalkResult } from '../paging/types.js';
+import type { Vcpu } from './vcpu.js';
+
+/** What the vCPU does after a hook has seen an event (the hook's answer). */
+export const FAULT_DELIVER = 0; // deliver the exception to the guest's handler, with vcpu.deliverErrorCode
+export const FAULT_RETRY = 1; // re-execute the access (the hypervisor fixed the translation)
+export const FAULT_DONE = 2; // the access was completed by emulation (a store was performed, a load's value set)
+
+export type FaultAction = typeof FAULT_DELIVER | typeof FAULT_RETRY | typeof FAULT_DONE;
+
+/**
+ * The seam between the vCPU (hardware) and whatever runs beneath the guest. Natively (`NativeHooks`) every
+ * exception goes to the guest. Under a hypervisor, the backend decides by its rules (VMX exception bitmap and
+ * PFEC_MASK/MATCH, SVM intercepts) whether an event exits; an exit goes through the exit pipeline, and its
+ * resolution becomes the answer.
+ *
+ * The hardware walks `vcpu.activeCtx` over `vcpu.activeMem` (the guest's tables natively and under TDP, the
+ * shadow tables under shadow paging). Host-physical addresses of guest RAM equal guest-physical addresses in
+ * this simulator (the host mapping is the memslot's), so the walk's final address is looked up in the memslots.
+ */
+export interface VcpuHooks {
+  /**
+   * An exception raised by the hardware (a #PF from the walk of the active tables, a #GP). Before the call
+   * the vCPU sets `vcpu.deliverErrorCode = errorCode`; a hook that answers FAULT_DELIVER may change it (an
+   * injected #PF carries the guest walker's error code, not the shadow walk's). `access` is the PFERR_*
+   * kind of the access that faulted.
+   */
+  exception(vcpu: Vcpu, vector: number, errorCode: number, address: number, access: number): FaultAction;
+  /** The second stage (EPT/NPT) refused an access; `r` holds the nested-fault details. */
+  nestedFault(vcpu: Vcpu, address: number, access: number, r: WalkResult): FaultAction;
+  /** An access reached a guest-physical address with no RAM behind it (MMIO, or a write to read-only RAM). */
+  mmio(vcpu: Vcpu, gpa: number, access: number): FaultAction;
+  /** MOV to CR0/CR3/CR4 or WRMSR IA32_EFER (`cr` = 0, 3, 4, or 0xc0000080), after the architectural effect. */
+  crWrite(vcpu: Vcpu, cr: number, oldValue: number): void;
+  /** INVLPG `va`, after the architectural TLB invalidation. */
+  invlpg(vcpu: Vcpu, va: number): void;
+}
+
+/** A guest with no hypervisor: every exception is delivered to the guest, nothing exits. */
+export class NativeHooks implements VcpuHooks {
+  exception(): FaultAction {
+    return FAULT_DELIVER;
+  }
+  nestedFault(): FaultAction {
+    throw new Error('a second-stage fault without a hypervisor');
+  }
+  mmio(): FaultAction {
+    return FAULT_DONE; // reads of unbacked memory return all ones; writes are dropped (the vCPU does that)
+  }
+  crWrite(): void {}
+  invlpg(): void {}
+}

@@ -1,0 +1,14 @@
+/**
+ * A physical address space as the page walker sees it (consumer-side interface, as rust-vmm vm-memory's
+ * `Bytes`): little-endian 32-bit words at 4-byte-aligned addresses. Physical addresses are plain numbers
+ * (exact up to 2^53, enough for MAXPHYADDR 52); a 64-bit entry is read as two halves, never as a BigInt.
+ *
+ * Implementations: `SparsePhysicalMemory` (conformance vectors: a few pages anywhere below 2^52) and
+ * `DensePhysicalMemory` (one ArrayBuffer from 0). The machine's guest memory with memslots is a third.
+ */
+export interface PhysicalMemory {
+  /** The unsigned 32-bit little-endian word at `pa` (4-byte aligned). Unbacked memory reads as 0. */
+  read32(pa: number): number;
+  /** Stores the low 32 bits of `value` at `pa` (4-byte aligned). */
+  write32(pa: number, value: number): void;
+}

@@ -1,0 +1,170 @@
+import { PAGE_SIZE } from '../arch/constants.js';
+
+/**
+ * TLB entry flag bits, kept in the low 12 bits of `Tlb.data[i]` (as v86's `src/rust/tlb.rs`); the high 20
+ * bits hold the host byte offset of the 4 KiB page in the machine's RAM buffer. A permission bit is set only
+ * when that kind of access may complete from the TLB without a walk under the control bits in force when
+ * the entry was filled (CR0.WP, SMEP, SMAP with RFLAGS.AC, PKRU): the vCPU flushes the TLB when any of
+ * those change, which the SDM allows (§4.10.4: a processor may invalidate any TLB entry at any time).
+ * The write bits are set only when the leaf's D bit is already 1, so the first write re-walks and sets D
+ * (§4.8: "the processor ... does not use a TLB entry with D=0 for a write").
+ */
+export const TLB_VALID = 1 << 0;
+export const TLB_READ_SUP = 1 << 1;
+export const TLB_WRITE_SUP = 1 << 2;
+export const TLB_FETCH_SUP = 1 << 3;
+export const TLB_READ_USER = 1 << 4;
+export const TLB_WRITE_USER = 1 << 5;
+export const TLB_FETCH_USER = 1 << 6;
+export const TLB_GLOBAL = 1 << 7;
+/** The entry is one 4 KiB piece of a larger page (so INVLPG of any address of that page must drop it). */
+export const TLB_LARGE = 1 << 8;
+export const TLB_FLAGS_MASK = 0xfff;
+
+/**
+ * The flags an access of kind `access` (PFERR_WRITE | PFERR_USER | PFERR_FETCH bits) needs, indexed by
+ * `access & 0x16`. Precomputed so the hit path is one AND and one compare.
+ */
+export const TLB_NEED: Int32Array = (() => {
+  const t = new Int32Array(32);
+  for (let a = 0; a < 32; a++) {
+    const user = (a & 4) !== 0;
+    const bit = (a & 16) !== 0 ? (user ? TLB_FETCH_USER : TLB_FETCH_SUP) : (a & 2) !== 0 ? (user ? TLB_WRITE_USER : TLB_WRITE_SUP) : user ? TLB_READ_USER : TLB_READ_SUP;
+    t[a] = TLB_VALID | bit;
+  }
+  return t;
+})();
+
+/**
+ * A per-vCPU TLB, direct-mapped by virtual page number, in typed arrays (SDM Vol. 3A §4.10). Entries are
+ * tagged with the PCID when CR4.PCIDE=1 (§4.10.1); global entries (§4.10.2.4, PTE.G with CR4.PGE) match any
+ * PCID and survive a CR3 write. A larger page is cached as the 4 KiB pieces that were used (the SDM allows a
+ * processor to cache a large page as smaller ones, §4.10.2.3). The hit path (`lookup`) allocates nothing.
+ */
+export class Tlb {
+  readonly size: number;
+  readonly mask: number;
+  /** The virtual page number of each entry (signed-canonical va / 4096, floored); NaN when empty. */
+  readonly tag: Float64Array;
+  /** Host page offset | TLB_* flags; 0 when empty. */
+  readonly data: Int32Array;
+  /** The PCID each entry was filled under (0 when CR4.PCIDE=0). */
+  readonly pcid: Uint16Array;
+  /** For TLB_LARGE entries: the first virtual page number of the large page, and its size in pages. */
+  readonly largeBase: Float64Array;
+  readonly largePages: Int32Array;
+  /** Number of valid entries that are pieces of a large page (INVLPG scans only when some exist). */
+  private largeCount = 0;
+
+  hits = 0;
+  misses = 0;
+  flushes = 0;
+  invlpgs = 0;
+
+  constructor(size = 4096) {
+    if (size < 1 || (size & (size - 1)) !== 0) throw new RangeError(`TLB size ${size} is not a power of two`);
+    this.size = size;
+    this.mask = size - 1;
+    this.tag = new Float64Array(size).fill(NaN);
+    this.data = new Int32Array(size);
+    this.pcid = new Uint16Array(size);
+    this.largeBase = new Float64Array(size);
+    this.largePages = new Int32Array(size);
+  }
+
+  /**
+   * The host byte offset for `va`, or -1 when the TLB cannot complete the access (no entry, another PCID,
+   * or the entry does not grant `access`). Counts hits and misses.
+   */
+  lookup(va: number, access: number, pcid: number): number {
+    const vpn = Math.floor(va / PAGE_SIZE);
+    const i = vpn & this.mask;
+    const d = this.data[i]!;
+    const need = TLB_NEED[access & 0x16]!;
+    if (this.tag[i] === vpn && (d & need) === need && (this.pcid[i] === pcid || (d & TLB_GLOBAL) !== 0)) {
+      this.hits++;
+      return ((d & ~TLB_FLAGS_MASK) >>> 0) + (va - vpn * PAGE_SIZE);
+    }
+    this.misses++;
+    return -1;
+  }
+
+  /**
+   * Caches the translation of the 4 KiB page holding `va`. `hostPage` is the host byte offset of that page
+   * (4 KiB aligned, below 4 GiB); `flags` are TLB_* bits. For a piece of a large page, `pageSize` is the
+   * large page's size in bytes.
+   */
+  fill(va: number, pcid: number, hostPage: number, flags: number, pageSize: number): void {
+    const vpn = Math.floor(va / PAGE_SIZE);
+    const i = vpn & this.mask;
+    if ((this.data[i]! & (TLB_VALID | TLB_LARGE)) === (TLB_VALID | TLB_LARGE)) this.largeCount--;
+    this.tag[i] = vpn;
+    this.pcid[i] = pcid;
+    if (pageSize > PAGE_SIZE) {
+      const pages = pageSize / PAGE_SIZE;
+      flags |= TLB_LARGE;
+      this.largeBase[i] = Math.floor(vpn / pages) * pages;
+      this.largePages[i] = pages;
+      this.largeCount++;
+    } else {
+      flags &= ~TLB_LARGE;
+    }
+    this.data[i] = (hostPage | (flags & TLB_FLAGS_MASK) | TLB_VALID) | 0;
+  }
+
+  /** Drops every entry; with `keepGlobal`, global entries stay (a CR3 write with CR4.PGE, §4.10.4.1). */
+  flushAll(keepGlobal: boolean): void {
+    this.flushes++;
+    const { data, tag } = this;
+    if (!keepGlobal) {
+      tag.fill(NaN);
+      data.fill(0);
+      this.largeCount = 0;
+      return;
+    }
+    for (let i = 0; i < this.size; i++) {
+      const d = data[i]!;
+      if ((d & TLB_VALID) !== 0 && (d & TLB_GLOBAL) === 0) this.drop(i);
+    }
+  }
+
+  /** Drops the non-global entries of one PCID (a CR3 write with CR4.PCIDE=1 and bit 63 clear, §4.10.4.1). */
+  flushPcid(pcid: number): void {
+    this.flushes++;
+    for (let i = 0; i < this.size; i++) {
+      const d = this.data[i]!;
+      if ((d & TLB_VALID) !== 0 && (d & TLB_GLOBAL) === 0 && this.pcid[i] === pcid) this.drop(i);
+    }
+  }
+
+  /**
+   * INVLPG (§4.10.4.1): drops the entries for the page holding `va` in the current PCID, global ones
+   * included, and every cached piece of a large page that holds `va`.
+   */
+  invlpg(va: number, pcid: number): void {
+    this.invlpgs++;
+    const vpn = Math.floor(va / PAGE_SIZE);
+    const i = vpn & this.mask;
+    if (this.tag[i] === vpn && (this.pcid[i] === pcid || (this.data[i]! & TLB_GLOBAL) !== 0)) this.drop(i);
+    if (this.largeCount === 0) return;
+    for (let j = 0; j < this.size; j++) {
+      const d = this.data[j]!;
+      if ((d & (TLB_VALID | TLB_LARGE)) !== (TLB_VALID | TLB_LARGE)) continue;
+      const base = this.largeBase[j]!;
+      if (vpn >= base && vpn < base + this.largePages[j]! && (this.pcid[j] === pcid || (d & TLB_GLOBAL) !== 0)) this.drop(j);
+    }
+  }
+
+  /** Number of valid entries (for tests and statistics; not on a hot path). */
+  validEntries(): number {
+    let n = 0;
+    for (let i = 0; i < this.size; i++) if ((this.data[i]! & TLB_VALID) !== 0) n++;
+    return n;
+  }
+
+  private drop(i: number): void {
+    if ((this.data[i]! & TLB_LARGE) !== 0) this.largeCount--;
+    this.tag[i] = NaN;
+    this.data[i] = 0;
+  }
+}

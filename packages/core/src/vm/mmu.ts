@@ -1,0 +1,38 @@
+import type { Vcpu } from '../machine/vcpu.js';
+
+/**
+ * What the MMU's handler decides for a page-fault exit that no policy resolved (KVM's
+ * `kvm_mmu_page_fault` results, arch/x86/kvm/mmu/mmu_internal.h RET_PF_*).
+ */
+export type PageFaultResolution =
+  | { readonly kind: 'retry' } // the translation was fixed: re-enter the guest (RET_PF_FIXED / RET_PF_RETRY)
+  | { readonly kind: 'inject'; readonly vector: 14; readonly errorCode: number; readonly cr2: number } // the guest's own fault
+  | { readonly kind: 'emulate' } // emulate the access (a write to a write-tracked gfn: RET_PF_EMULATE)
+  | { readonly kind: 'mmio'; readonly gpa: number }; // no memslot: an exit to user space
+
+/** The VM an MMU serves: its vCPUs (for remote TLB flushes) and counters. */
+export interface MmuHost {
+  readonly vcpus: readonly Vcpu[];
+  /** Adds `n` to the KVM-named counter `name` of vCPU `vcpuId` (its merge gives the VM total). */
+  count(vcpuId: number, name: string, n?: number): void;
+}
+
+/**
+ * An MMU implementation: shadow paging (mmu-shadow) or two-dimensional paging (mmu-tdp). Bound to the
+ * `TYPES.Mmu` token by the package's ContainerModule.
+ */
+export interface Mmu {
+  readonly name: 'shadow' | 'tdp';
+  /** Called once when the VM is built, before any vCPU runs. */
+  init(host: MmuHost): void;
+  /** Points `vcpu.activeCtx` / `vcpu.activeMem` at the tables the hardware walks for this vCPU. */
+  attachVcpu(vcpu: Vcpu): void;
+  /** A page-fault exit (#PF intercept: address = the linear address; TDP violation: the gpa). */
+  handlePageFault(vcpu: Vcpu, address: number, errorCode: number): PageFaultResolution;
+  /** After an emulated store of `size` bytes at `gpa` (KVM `kvm_mmu_track_write`), old and new values. */
+  trackWrite(vcpu: Vcpu, gpa: number, size: number, oldLo: number, oldHi: number, newLo: number, newHi: number): void;
+  /** After the guest changed CR0, CR3, CR4 or EFER (`cr` = 0, 3, 4, or 0xc0000080), whether or not it exited. */
+  crWritten(vcpu: Vcpu, cr: number, oldValue: number, exited: boolean): void;
+  /** After the guest executed INVLPG, whether or not it exited. */
+  invlpg(vcpu: Vcpu, va: number, exited: boolean): void;
+}
