@@ -35,4 +35,10 @@ export interface Mmu {
   crWritten(vcpu: Vcpu, cr: number, oldValue: number, exited: boolean): void;
   /** After the guest executed INVLPG, whether or not it exited. */
   invlpg(vcpu: Vcpu, va: number, exited: boolean): void;
+  /**
+   * The emulator could not emulate an access that exited on a write-protected gfn (KVM:
+   * `kvm_mmu_unprotect_page` on emulation failure, "unprotect a recycled page table"). Returns true when the
+   * gfn was unprotected and the guest may simply re-execute the access.
+   */
+  emulationFailed(vcpu: Vcpu, gpa: number): boolean;
 }

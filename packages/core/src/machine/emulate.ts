@@ -1,0 +1,89 @@
+import { ACC_WRITE, GP_VECTOR, PF_VECTOR } from '../arch/constants.js';
+import { WALK_OK, WALK_PAGE_FAULT, WALK_SIDE_EFFECTS, WalkResult } from '../paging/types.js';
+import { walk } from '../paging/walker.js';
+import type { Mmu } from '../vm/mmu.js';
+import { FAULT_DELIVER, FAULT_DONE, FAULT_RETRY, type FaultAction } from './hooks.js';
+import { storeAt, type Vcpu } from './vcpu.js';
+
+/** emulatePendingAccess could not emulate the access (see Vcpu.pendingEmulatable). */
+export const EMULATION_FAILED = -1;
+
+/** What the emulator did; `vector` is the exception to deliver when the result is FAULT_DELIVER. */
+export interface EmulationOutcome {
+  action: FaultAction | typeof EMULATION_FAILED;
+  vector: number;
+  gpa: number;
+}
+
+const scratch = new WeakMap<Vcpu, WalkResult>();
+
+/**
+ * Emulates the access in flight on `vcpu` (`pendingVa`, `pendingAccess`, `pendingSize`, `pendingLo/Hi`) as
+ * KVM's x86 emulator does after RET_PF_EMULATE: translate the linear address through the GUEST's own tables
+ * (vcpu.ctx over guest memory, setting guest A/D bits as the hardware would), perform the access on guest
+ * RAM, and for a store call the MMU's write hook afterwards with the old and new values
+ * (`kvm_mmu_track_write`, arch/x86/kvm/mmu/mmu.c). A guest walk that faults injects that #PF (the emulator's
+ * `inject_emulated_exception`). A guest-physical address with no RAM is MMIO (FAULT_DONE after the caller
+ * counts its user-space exit: reads return all ones). Vector stores (16 bytes) are not emulated:
+ * EMULATION_FAILED, after which KVM unprotects the gfn and lets the guest retry (`kvm_mmu_unprotect_page`).
+ */
+export function emulatePendingAccess(vcpu: Vcpu, mmu: Mmu | null, out: EmulationOutcome): EmulationOutcome {
+  let r = scratch.get(vcpu);
+  if (r === undefined) {
+    r = new WalkResult();
+    scratch.set(vcpu, r);
+  }
+  out.vector = PF_VECTOR;
+  out.gpa = -1;
+  const st = walk(vcpu.ctx, vcpu.memory, vcpu.pendingVa, vcpu.pendingAccess, WALK_SIDE_EFFECTS, r);
+  if (st === WALK_PAGE_FAULT) {
+    vcpu.deliverErrorCode = r.errorCode;
+    out.action = FAULT_DELIVER;
+    return out;
+  }
+  if (st !== WALK_OK) {
+    vcpu.deliverErrorCode = 0;
+    out.vector = GP_VECTOR;
+    out.action = FAULT_DELIVER;
+    return out;
+  }
+  const gpa = r.pa;
+  out.gpa = gpa;
+  const mem = vcpu.memory;
+  const write = (vcpu.pendingAccess & ACC_WRITE) !== 0;
+  const off = mem.gpaToOffset(gpa);
+  if (off < 0 || (write && mem.isReadonly(gpa))) {
+    vcpu.emulatedLo = 0xffffffff;
+    vcpu.emulatedHi = 0xffffffff;
+    out.action = FAULT_DONE;
+    return out;
+  }
+  if (!vcpu.pendingEmulatable) {
+    out.action = EMULATION_FAILED;
+    return out;
+  }
+  const size = vcpu.pendingSize;
+  if (!write) {
+    const v = mem.view;
+    vcpu.emulatedLo = size === 1 ? mem.u8[off]! : size === 2 ? v.getUint16(off, true) : v.getUint32(off, true);
+    vcpu.emulatedHi = size === 8 ? v.getUint32(off + 4, true) : 0;
+    out.action = FAULT_DONE;
+    return out;
+  }
+  // A store. Size 0 is a data-less store (a trace record): the byte that is there is written back.
+  const n = size === 0 ? 1 : size;
+  const v = mem.view;
+  const oldLo = n === 1 ? mem.u8[off]! : n === 2 ? v.getUint16(off, true) : v.getUint32(off, true);
+  const oldHi = n === 8 ? v.getUint32(off + 4, true) : 0;
+  const newLo = size === 0 ? oldLo : n === 1 ? vcpu.pendingLo & 0xff : n === 2 ? vcpu.pendingLo & 0xffff : vcpu.pendingLo >>> 0;
+  const newHi = size === 0 ? oldHi : n === 8 ? vcpu.pendingHi >>> 0 : 0;
+  storeAt(mem, off, n, newLo, newHi);
+  if (mmu !== null) mmu.trackWrite(vcpu, gpa, n, oldLo, oldHi, newLo, newHi);
+  out.action = FAULT_DONE;
+  return out;
+}
+
+/** A fresh outcome object (one per caller, reused across calls). */
+export function createEmulationOutcome(): EmulationOutcome {
+  return { action: FAULT_RETRY, vector: PF_VECTOR, gpa: -1 };
+}

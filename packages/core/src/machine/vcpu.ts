@@ -1,0 +1,584 @@
+import {
+  ACC_FETCH,
+  ACC_READ,
+  ACC_USER,
+  ACC_WRITE,
+  CR0_PG,
+  CR0_WP,
+  CR4_LA57,
+  CR4_PAE,
+  CR4_PCIDE,
+  CR4_PGE,
+  CR4_PKE,
+  CR4_PSE,
+  CR4_SMAP,
+  CR4_SMEP,
+  EFER_LMA,
+  EFER_LME,
+  EFER_NXE,
+  GP_VECTOR,
+  PAGE_SIZE,
+  PF_VECTOR,
+} from '../arch/constants.js';
+import { MODE_LEGACY32, MODE_LONG4, MODE_LONG5, MODE_PAE, type PagingModeId } from '../arch/modes.js';
+import type { PhysicalMemory } from '../memory/physical.js';
+import type { PagingContext } from '../paging/types.js';
+import { WALK_GP, WALK_NESTED_FAULT, WALK_OK, WALK_PAGE_FAULT, WALK_SIDE_EFFECTS, WalkResult } from '../paging/types.js';
+import { loadPdptes, rightsFault, walk } from '../paging/walker.js';
+import {
+  TLB_FETCH_SUP,
+  TLB_FETCH_USER,
+  TLB_GLOBAL,
+  TLB_READ_SUP,
+  TLB_READ_USER,
+  TLB_WRITE_SUP,
+  TLB_WRITE_USER,
+  Tlb,
+} from '../tlb/tlb.js';
+import type { GuestMemory } from './guest-memory.js';
+import { FAULT_DELIVER, FAULT_DONE, FAULT_RETRY, NativeHooks, type FaultAction, type VcpuHooks } from './hooks.js';
+
+/** MSR number of IA32_EFER, the `cr` argument of VcpuHooks.crWrite for an EFER write. */
+export const MSR_EFER = 0xc0000080;
+
+/** A guest exception handler: the guest's IDT entry for one vector. Runs at CPL 0. */
+export type ExceptionHandler = (vcpu: Vcpu, vector: number, errorCode: number, cr2: number) => void;
+
+/**
+ * Thrown by a guest exception handler when the faulting access cannot complete (the kernel sends SIGSEGV, or
+ * the process exits): the access is abandoned. The guest model catches it where it runs the process.
+ */
+export class GuestAbort extends Error {
+  constructor(readonly reason: string) {
+    super(reason);
+    this.name = 'GuestAbort';
+  }
+}
+
+/** A machine-level error the guest cannot recover from (a triple fault, a fault loop): the run stops. */
+export class MachineError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string) {
+    super(message);
+    this.name = 'MachineError';
+    this.code = code;
+  }
+}
+
+/** Result of the slow path: a RAM buffer offset, or one of these. */
+const SLOW_DONE = -2; // completed by emulation (or an MMIO access): nothing left to do
+/** How many times one access may be re-executed before the vCPU calls it a fault loop. */
+const MAX_RETRIES = 64;
+
+/** The value that a read of unbacked guest-physical memory returns (an open bus reads all ones). */
+const OPEN_BUS = 0xffffffff;
+
+/** One vCPU: the architectural state and the guest-visible operations (see core DESIGN.md, "The vCPU"). */
+export class Vcpu {
+  readonly id: number;
+  readonly memory: GuestMemory;
+  /** The guest's paging state, as it programmed CR0/CR3/CR4/EFER. */
+  readonly ctx: PagingContext;
+  /** What the hardware walks: `ctx` natively and under TDP; the shadow tables under shadow paging. */
+  activeCtx: PagingContext;
+  activeMem: PhysicalMemory;
+  readonly tlb: Tlb;
+  hooks: VcpuHooks;
+
+  cr0 = 0;
+  cr3 = 0;
+  cr4 = 0;
+  efer = 0;
+  cr2 = 0;
+  cpl: 0 | 3 = 0;
+  /** The current PCID (CR3[11:0] when CR4.PCIDE=1, else 0). */
+  pcid = 0;
+  /** Error code an exception is delivered with (see VcpuHooks.exception). */
+  deliverErrorCode = 0;
+  /** High half of the last 8-byte load. */
+  valueHi = 0;
+
+  /** The access in flight, for emulation: linear address, PFERR kind, size, store value. */
+  pendingVa = 0;
+  pendingAccess = 0;
+  pendingSize = 0;
+  pendingLo = 0;
+  pendingHi = 0;
+  /** False for accesses the emulator does not handle (16-byte vector stores), see emulatePendingAccess. */
+  pendingEmulatable = true;
+  /** A load completed by emulation leaves its value here. */
+  emulatedLo = 0;
+  emulatedHi = 0;
+
+  /** Guest-visible counters. */
+  accesses = 0;
+  exceptions = 0;
+  pageFaultsDelivered = 0;
+
+  private readonly idt: (ExceptionHandler | undefined)[] = [];
+  private handlerDepth = 0;
+  private readonly walkResult = new WalkResult();
+
+  constructor(id: number, memory: GuestMemory, options: { maxPhyAddr?: number; tlbEntries?: number } = {}) {
+    this.id = id;
+    this.memory = memory;
+    this.ctx = {
+      mode: MODE_LEGACY32,
+      cr3: 0,
+      pdpteLo: new Uint32Array(4),
+      pdpteHi: new Uint32Array(4),
+      maxPhyAddr: options.maxPhyAddr ?? 46,
+      cr0Wp: false,
+      cr4Pse: false,
+      cr4Pge: false,
+      cr4Smep: false,
+      cr4Smap: false,
+      cr4Pke: false,
+      eferNxe: false,
+      eflagsAc: false,
+      pkru: 0,
+      nested: null,
+    };
+    this.activeCtx = this.ctx;
+    this.activeMem = memory;
+    this.tlb = new Tlb(options.tlbEntries ?? 4096);
+    this.hooks = new NativeHooks();
+  }
+
+  /** CR0.PG: paging is on. Every guest access needs it (real mode and nonpaging are not modelled). */
+  get pagingEnabled(): boolean {
+    return (this.cr0 & CR0_PG) !== 0;
+  }
+
+  get mode(): PagingModeId {
+    return this.ctx.mode;
+  }
+
+  get rflagsAc(): boolean {
+    return this.ctx.eflagsAc;
+  }
+
+  get pkru(): number {
+    return this.ctx.pkru;
+  }
+
+  /** Registers the guest's handler for `vector` (an IDT entry). */
+  setExceptionHandler(vector: number, handler: ExceptionHandler): void {
+    this.idt[vector] = handler;
+  }
+
+  // ---------------------------------------------------------------------------------------------------
+  // Guest-visible memory operations. The hot path: a TLB lookup; everything else is in slowPath().
+
+  /** One access of kind `kind` (ACC_READ, ACC_WRITE or ACC_FETCH) with no data, as a trace record replays. */
+  touch(va: number, kind: number): void {
+    const access = kind | (this.cpl === 3 ? ACC_USER : 0);
+    this.accesses++;
+    if (this.tlb.lookup(va, access, this.pcid) >= 0) return;
+    // A store with no data (size 0): emulation writes back the byte that is there; the data never changes.
+    this.setPending(va, access, (kind & ACC_WRITE) !== 0 ? 0 : 1, 0, 0);
+    this.slowPath(va, access);
+  }
+
+  /** A load of `size` (1, 2, 4 or 8) bytes. For 8 bytes the low half is returned, the high half is in valueHi. */
+  read(va: number, size: number): number {
+    return this.load(va, size, ACC_READ);
+  }
+
+  /** An instruction fetch of `size` bytes. */
+  fetch(va: number, size: number): number {
+    return this.load(va, size, ACC_FETCH);
+  }
+
+  /** A store of `size` (1, 2, 4 or 8) bytes: `lo` (and `hi` for 8 bytes). */
+  write(va: number, size: number, lo: number, hi = 0): void {
+    const access = ACC_WRITE | (this.cpl === 3 ? ACC_USER : 0);
+    this.accesses++;
+    checkSpan(va, size);
+    let off = this.tlb.lookup(va, access, this.pcid);
+    if (off < 0) {
+      this.setPending(va, access, size, lo, hi);
+      off = this.slowPath(va, access);
+      if (off < 0) return; // emulated, or dropped (MMIO write)
+    }
+    storeAt(this.memory, off, size, lo, hi);
+  }
+
+  /**
+   * `rep stos`: `count` stores of `elemSize` (1, 2, 4, 8, or 16 for a vector store of the value repeated)
+   * bytes from `va` upwards, one translation per page. A page whose store is emulated is stored element by
+   * element (each element may exit).
+   */
+  repStos(va: number, count: number, elemSize: number, lo: number, hi = 0): void {
+    const access = ACC_WRITE | (this.cpl === 3 ? ACC_USER : 0);
+    const store = elemSize === 16 ? 8 : elemSize;
+    let i = 0;
+    while (i < count) {
+      const a = va + i * elemSize;
+      checkSpan(a, elemSize);
+      this.accesses++;
+      let off = this.tlb.lookup(a, access, this.pcid);
+      if (off < 0) {
+        this.setPending(a, access, elemSize, lo, hi);
+        this.pendingEmulatable = elemSize <= 8;
+        off = this.slowPath(a, access);
+        this.pendingEmulatable = true;
+        if (off < 0) {
+          i++;
+          continue;
+        }
+      }
+      // The rest of this page in one go: every element of it is a store the TLB now allows.
+      const inPage = Math.min(count - i, Math.floor((PAGE_SIZE - (a % PAGE_SIZE)) / elemSize));
+      const n = Math.max(1, inPage);
+      const pieces = (n * elemSize) / store;
+      for (let k = 0; k < pieces; k++) storeAt(this.memory, off + k * store, store, lo, hi);
+      this.accesses += n - 1;
+      i += n;
+    }
+  }
+
+  /** `rep movs`: copies `count` elements of `elemSize` bytes from `src` to `dst`, one translation per page per side. */
+  repMovs(dst: number, src: number, count: number, elemSize: number): void {
+    const user = this.cpl === 3 ? ACC_USER : 0;
+    let i = 0;
+    while (i < count) {
+      const s = src + i * elemSize;
+      const d = dst + i * elemSize;
+      checkSpan(s, elemSize);
+      checkSpan(d, elemSize);
+      const room = Math.min(PAGE_SIZE - (s % PAGE_SIZE), PAGE_SIZE - (d % PAGE_SIZE));
+      const n = Math.max(1, Math.min(count - i, Math.floor(room / elemSize)));
+      // Source first, as the instruction reads before it writes.
+      const lo = this.load(s, elemSize, ACC_READ);
+      const hi = this.valueHi;
+      this.accesses++;
+      let doff = this.tlb.lookup(d, ACC_WRITE | user, this.pcid);
+      if (doff < 0) {
+        this.setPending(d, ACC_WRITE | user, elemSize, lo, hi);
+        doff = this.slowPath(d, ACC_WRITE | user);
+        if (doff < 0) {
+          i++;
+          continue;
+        }
+      }
+      storeAt(this.memory, doff, elemSize, lo, hi);
+      if (n > 1) {
+        const soff = this.tlb.lookup(s, ACC_READ | user, this.pcid);
+        if (soff >= 0) {
+          const bytes = (n - 1) * elemSize;
+          this.memory.u8.copyWithin(doff + elemSize, soff + elemSize, soff + elemSize + bytes);
+          this.accesses += 2 * (n - 1);
+          i += n;
+          continue;
+        }
+      }
+      i++;
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------------
+  // Control registers (SDM Vol. 3A §2.5, §4.1, §4.10.4).
+
+  /** MOV to CR0. Changing PG or WP flushes the TLB (§4.10.4.1; WP because TLB permissions were computed under it). */
+  movToCr0(value: number): void {
+    const old = this.cr0;
+    const v = value >>> 0;
+    this.cr0 = v;
+    this.updateMode();
+    if (this.pagingEnabled && this.ctx.mode === MODE_PAE && ((old ^ v) & CR0_PG) !== 0 && !this.reloadPdptes()) {
+      this.cr0 = old;
+      this.updateMode();
+      this.raise(GP_VECTOR, 0, 0);
+      return;
+    }
+    if (((old ^ v) & (CR0_PG | CR0_WP)) !== 0) this.tlb.flushAll(false);
+    this.hooks.crWrite(this, 0, old);
+  }
+
+  /**
+   * MOV to CR3 (§4.10.4.1): the new root; in PAE mode the PDPTE registers are loaded (a present PDPTE with
+   * a reserved bit set is #GP and CR3 is unchanged, §4.4.1). Non-global TLB entries are flushed; with
+   * CR4.PCIDE those of the new PCID, unless `noFlush` (bit 63 of the source operand) is set.
+   */
+  movToCr3(value: number, noFlush = false): void {
+    const old = this.cr3;
+    const oldCtxCr3 = this.ctx.cr3;
+    this.cr3 = value;
+    const pcide = (this.cr4 & CR4_PCIDE) !== 0;
+    this.ctx.cr3 = this.ctx.mode === MODE_PAE ? value - (value % 32) : value - (value % PAGE_SIZE);
+    if (this.pagingEnabled && this.ctx.mode === MODE_PAE && !this.reloadPdptes()) {
+      this.cr3 = old;
+      this.ctx.cr3 = oldCtxCr3;
+      this.raise(GP_VECTOR, 0, 0);
+      return;
+    }
+    if (pcide) {
+      this.pcid = value % PAGE_SIZE;
+      if (!noFlush) this.tlb.flushPcid(this.pcid);
+    } else {
+      this.tlb.flushAll((this.cr4 & CR4_PGE) !== 0);
+    }
+    this.hooks.crWrite(this, 3, old);
+  }
+
+  /**
+   * MOV to CR4. PGE, PAE, PSE, PCIDE, SMEP, SMAP, PKE, LA57 changes flush the whole TLB (§4.10.4.1 for PGE
+   * and PCIDE; the others because TLB permissions were computed under them). In PAE mode, changes of PAE,
+   * PGE, PSE or SMEP reload the PDPTE registers (§4.4.1).
+   */
+  movToCr4(value: number): void {
+    const old = this.cr4;
+    const v = value >>> 0;
+    this.cr4 = v;
+    this.updateMode();
+    const changed = old ^ v;
+    if (this.pagingEnabled && this.ctx.mode === MODE_PAE && (changed & (CR4_PAE | CR4_PGE | CR4_PSE | CR4_SMEP)) !== 0 && !this.reloadPdptes()) {
+      this.cr4 = old;
+      this.updateMode();
+      this.raise(GP_VECTOR, 0, 0);
+      return;
+    }
+    if ((changed & (CR4_PGE | CR4_PAE | CR4_PSE | CR4_PCIDE | CR4_SMEP | CR4_SMAP | CR4_PKE | CR4_LA57)) !== 0) this.tlb.flushAll(false);
+    if ((v & CR4_PCIDE) === 0) this.pcid = 0;
+    this.hooks.crWrite(this, 4, old);
+  }
+
+  /** WRMSR IA32_EFER. LMA follows LME and CR0.PG (§9.8.5); an NXE change flushes the TLB. */
+  writeEfer(value: number): void {
+    const old = this.efer;
+    this.efer = value >>> 0;
+    this.updateMode();
+    if (((old ^ this.efer) & (EFER_NXE | EFER_LME)) !== 0) this.tlb.flushAll(false);
+    this.hooks.crWrite(this, MSR_EFER, old);
+  }
+
+  /** INVLPG (§4.10.4.1): invalidates the TLB entries for the page holding `va`, then tells the hooks. */
+  invlpg(va: number): void {
+    this.tlb.invlpg(va, this.pcid);
+    this.hooks.invlpg(this, va);
+  }
+
+  /** Switches the current privilege level (the guest model's kernel/user transitions). */
+  setCpl(cpl: 0 | 3): void {
+    this.cpl = cpl;
+  }
+
+  /** STAC / CLAC: RFLAGS.AC, which lifts SMAP for explicit supervisor accesses (§4.6.1). Flushes the TLB. */
+  setAc(ac: boolean): void {
+    if (this.ctx.eflagsAc === ac) return;
+    this.ctx.eflagsAc = ac;
+    this.tlb.flushAll(false);
+  }
+
+  /** WRPKRU (§4.6.2). Flushes the TLB, whose permission bits were computed under the old PKRU. */
+  wrpkru(value: number): void {
+    if (this.ctx.pkru === value >>> 0) return;
+    this.ctx.pkru = value >>> 0;
+    this.tlb.flushAll(false);
+  }
+
+  /** Re-reads the PAE PDPTE registers from CR3 (for a hypervisor that emulates the load). False = #GP. */
+  reloadPdptes(): boolean {
+    return loadPdptes(this.ctx, this.memory);
+  }
+
+  // ---------------------------------------------------------------------------------------------------
+  // The slow path: the hardware walk of the active tables, faults, hooks, emulation.
+
+  private load(va: number, size: number, kind: number): number {
+    const access = kind | (this.cpl === 3 ? ACC_USER : 0);
+    this.accesses++;
+    checkSpan(va, size);
+    let off = this.tlb.lookup(va, access, this.pcid);
+    if (off < 0) {
+      this.setPending(va, access, size, 0, 0);
+      off = this.slowPath(va, access);
+      if (off < 0) {
+        this.valueHi = this.emulatedHi;
+        return this.emulatedLo;
+      }
+    }
+    return loadAt(this, off, size);
+  }
+
+  private setPending(va: number, access: number, size: number, lo: number, hi: number): void {
+    this.pendingVa = va;
+    this.pendingAccess = access;
+    this.pendingSize = size;
+    this.pendingLo = lo;
+    this.pendingHi = hi;
+  }
+
+  /**
+   * Walks the active tables for `va` until the access can proceed: returns the RAM buffer offset (and fills
+   * the TLB), or SLOW_DONE when the access was completed another way (emulation, MMIO).
+   */
+  private slowPath(va: number, access: number): number {
+    if (!this.pagingEnabled) throw new MachineError('paging-disabled', `vCPU ${this.id}: an access to ${hex(va)} with CR0.PG=0 (real mode is not modelled)`);
+    const r = this.walkResult;
+    for (let attempt = 0; attempt < MAX_RETRIES; attempt++) {
+      const st = walk(this.activeCtx, this.activeMem, va, access, WALK_SIDE_EFFECTS, r);
+      let action: FaultAction;
+      let vector = PF_VECTOR;
+      if (st === WALK_OK) {
+        const pa = r.pa;
+        const off = this.memory.gpaToOffset(pa);
+        if (off < 0 || ((access & ACC_WRITE) !== 0 && this.memory.isReadonly(pa))) {
+          action = this.hooks.mmio(this, pa, access);
+          if (action === FAULT_DONE) {
+            this.emulatedLo = OPEN_BUS;
+            this.emulatedHi = OPEN_BUS;
+            return SLOW_DONE;
+          }
+          if (action === FAULT_RETRY) continue;
+          vector = GP_VECTOR;
+        } else {
+          this.fillTlb(va, off - (pa % PAGE_SIZE), r);
+          return off;
+        }
+      } else if (st === WALK_PAGE_FAULT) {
+        this.deliverErrorCode = r.errorCode;
+        action = this.hooks.exception(this, PF_VECTOR, r.errorCode, va, access);
+      } else if (st === WALK_GP) {
+        vector = GP_VECTOR;
+        this.deliverErrorCode = 0;
+        action = this.hooks.exception(this, GP_VECTOR, 0, va, access);
+      } else if (st === WALK_NESTED_FAULT) {
+        action = this.hooks.nestedFault(this, va, access, r);
+      } else {
+        throw new MachineError('walk-status', `unknown walk status ${st}`);
+      }
+      if (action === FAULT_DONE) return SLOW_DONE;
+      if (action === FAULT_DELIVER) this.raise(vector, this.deliverErrorCode, va);
+      // FAULT_RETRY, or the guest handled the exception: re-execute the access.
+    }
+    throw new MachineError(
+      'fault-loop',
+      `vCPU ${this.id}: the access to ${hex(va)} (access bits ${access}) faulted ${MAX_RETRIES} times in a row` +
+        ` (last walk status ${r.status}, error code ${r.errorCode}): a fault loop`,
+    );
+  }
+
+  /** Computes the TLB permission bits for the translation in `r` and caches it. */
+  private fillTlb(va: number, hostPage: number, r: WalkResult): void {
+    const ctx = this.activeCtx;
+    let flags = 0;
+    if (rightsFault(ctx, r, ACC_READ) === 0) flags |= TLB_READ_SUP;
+    if (rightsFault(ctx, r, ACC_FETCH) === 0) flags |= TLB_FETCH_SUP;
+    if (rightsFault(ctx, r, ACC_READ | ACC_USER) === 0) flags |= TLB_READ_USER;
+    if (rightsFault(ctx, r, ACC_FETCH | ACC_USER) === 0) flags |= TLB_FETCH_USER;
+    if (r.dirty) {
+      if (rightsFault(ctx, r, ACC_WRITE) === 0) flags |= TLB_WRITE_SUP;
+      if (rightsFault(ctx, r, ACC_WRITE | ACC_USER) === 0) flags |= TLB_WRITE_USER;
+    }
+    if (r.global && ctx.cr4Pge) flags |= TLB_GLOBAL;
+    this.tlb.fill(va, this.pcid, hostPage, flags, r.pageSize);
+  }
+
+  /**
+   * Delivers exception `vector` to the guest's handler (an interrupt gate: CPL 0), then returns as IRET
+   * does, restoring CPL and RFLAGS.AC. A #PF sets CR2 (§4.7). A handler that throws GuestAbort abandons the
+   * access. No handler, or an exception inside a handler that is not itself resolved, is a triple fault.
+   */
+  raise(vector: number, errorCode: number, address: number): void {
+    const h = this.idt[vector];
+    this.exceptions++;
+    if (h === undefined) {
+      throw new MachineError('triple-fault', `vCPU ${this.id}: exception ${vector} (error code ${errorCode}, address ${hex(address)}) with no handler`);
+    }
+    if (this.handlerDepth >= 3) {
+      throw new MachineError('triple-fault', `vCPU ${this.id}: exception ${vector} at ${hex(address)} nested ${this.handlerDepth} deep in handlers`);
+    }
+    if (vector === PF_VECTOR) {
+      this.cr2 = address;
+      this.pageFaultsDelivered++;
+    }
+    const savedCpl = this.cpl;
+    const savedAc = this.ctx.eflagsAc;
+    this.cpl = 0;
+    this.handlerDepth++;
+    try {
+      h(this, vector, errorCode, address);
+    } finally {
+      this.handlerDepth--;
+      this.cpl = savedCpl;
+      if (this.ctx.eflagsAc !== savedAc) this.setAc(savedAc);
+    }
+  }
+
+  /** Recomputes the paging mode and rights bits of `ctx` from CR0, CR4 and EFER (§4.1.1, Table 4-1). */
+  private updateMode(): void {
+    const ctx = this.ctx;
+    const pg = (this.cr0 & CR0_PG) !== 0;
+    if (pg && (this.efer & EFER_LME) !== 0) this.efer |= EFER_LMA;
+    else this.efer &= ~EFER_LMA;
+    const lma = (this.efer & EFER_LMA) !== 0;
+    ctx.mode = (this.cr4 & CR4_PAE) === 0 ? MODE_LEGACY32 : !lma ? MODE_PAE : (this.cr4 & CR4_LA57) !== 0 ? MODE_LONG5 : MODE_LONG4;
+    ctx.cr0Wp = (this.cr0 & CR0_WP) !== 0;
+    ctx.cr4Pse = (this.cr4 & CR4_PSE) !== 0;
+    ctx.cr4Pge = (this.cr4 & CR4_PGE) !== 0;
+    ctx.cr4Smep = (this.cr4 & CR4_SMEP) !== 0;
+    ctx.cr4Smap = (this.cr4 & CR4_SMAP) !== 0;
+    ctx.cr4Pke = (this.cr4 & CR4_PKE) !== 0;
+    ctx.eferNxe = (this.efer & EFER_NXE) !== 0;
+    ctx.cr3 = ctx.mode === MODE_PAE ? this.cr3 - (this.cr3 % 32) : this.cr3 - (this.cr3 % PAGE_SIZE);
+  }
+}
+
+/** Loads `size` bytes at RAM offset `off`. */
+function loadAt(vcpu: Vcpu, off: number, size: number): number {
+  const m = vcpu.memory;
+  switch (size) {
+    case 1:
+      return m.u8[off]!;
+    case 2:
+      return m.view.getUint16(off, true);
+    case 4:
+      return (off & 3) === 0 ? m.u32[off >>> 2]! : m.view.getUint32(off, true);
+    default:
+      if ((off & 3) === 0) {
+        vcpu.valueHi = m.u32[(off >>> 2) + 1]!;
+        return m.u32[off >>> 2]!;
+      }
+      vcpu.valueHi = m.view.getUint32(off + 4, true);
+      return m.view.getUint32(off, true);
+  }
+}
+
+/** Stores `size` bytes at RAM offset `off`. */
+export function storeAt(m: GuestMemory, off: number, size: number, lo: number, hi: number): void {
+  switch (size) {
+    case 1:
+      m.u8[off] = lo;
+      return;
+    case 2:
+      m.view.setUint16(off, lo, true);
+      return;
+    case 4:
+      if ((off & 3) === 0) m.u32[off >>> 2] = lo;
+      else m.view.setUint32(off, lo, true);
+      return;
+    default:
+      if ((off & 3) === 0) {
+        m.u32[off >>> 2] = lo;
+        m.u32[(off >>> 2) + 1] = hi;
+      } else {
+        m.view.setUint32(off, lo, true);
+        m.view.setUint32(off + 4, hi, true);
+      }
+  }
+}
+
+/** An access must not cross a 4 KiB page (the guest model splits those), and its size must be 1..16. */
+function checkSpan(va: number, size: number): void {
+  if ((va % PAGE_SIZE + PAGE_SIZE) % PAGE_SIZE > PAGE_SIZE - size || !(size === 1 || size === 2 || size === 4 || size === 8 || size === 16)) {
+    throw new RangeError(`an access of ${size} bytes at ${hex(va)} crosses a page boundary or has an unsupported size`);
+  }
+}
+
+export function hex(n: number): string {
+  return n < 0 ? `-0x${(-n).toString(16)}` : `0x${n.toString(16)}`;
+}
+
+export { MODE_LONG4, MODE_LONG5 };

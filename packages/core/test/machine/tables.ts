@@ -1,0 +1,71 @@
+import { GuestMemory, PAGE_SIZE } from '../../src/index.js';
+
+/**
+ * A tiny page-table builder for tests: 4-level (long4), PAE or 32-bit tables in guest memory, built with
+ * plain stores into RAM (not through a vCPU). Frames come from a bump allocator from `firstFrame`.
+ */
+export class TestTables {
+  next: number;
+  readonly root: number;
+  constructor(
+    readonly mem: GuestMemory,
+    readonly mode: 'legacy32' | 'pae' | 'long4',
+    firstFrame = 0x1000,
+  ) {
+    this.next = firstFrame;
+    this.root = this.alloc();
+    if (mode === 'pae') {
+      // The root is the 32-byte PDPT; give it four page directories.
+      for (let i = 0; i < 4; i++) this.set(this.root + i * 8, this.alloc() | 1, 0);
+    }
+  }
+
+  alloc(): number {
+    const f = this.next;
+    this.next += PAGE_SIZE;
+    this.mem.u8.fill(0, f, f + PAGE_SIZE);
+    return f;
+  }
+
+  set(pa: number, lo: number, hi: number): void {
+    if (this.mode === 'legacy32') {
+      this.mem.view.setUint32(pa, lo >>> 0, true);
+    } else {
+      this.mem.view.setUint32(pa, lo >>> 0, true);
+      this.mem.view.setUint32(pa + 4, hi >>> 0, true);
+    }
+  }
+
+  get(pa: number): number {
+    return this.mem.view.getUint32(pa, true);
+  }
+
+  /** The physical address of the level-1 entry for `va`, creating intermediate tables with `upper` flags. */
+  pteAddr(va: number, upper = 0x7): number {
+    const esz = this.mode === 'legacy32' ? 4 : 8;
+    const idx = (level: number): number => {
+      if (this.mode === 'legacy32') return level === 2 ? Math.floor(va / 2 ** 22) % 1024 : Math.floor(va / PAGE_SIZE) % 1024;
+      return Math.floor(va / 2 ** (12 + 9 * (level - 1))) % 512;
+    };
+    let table = this.root;
+    const top = this.mode === 'legacy32' ? 2 : this.mode === 'pae' ? 3 : 4;
+    for (let level = top; level > 1; level--) {
+      const ea = table + idx(level) * esz;
+      if (this.mode === 'pae' && level === 3) {
+        table = this.get(ea) & ~0xfff;
+        continue;
+      }
+      let e = this.get(ea);
+      if ((e & 1) === 0) {
+        e = this.alloc() | upper;
+        this.set(ea, e, 0);
+      }
+      table = e & ~0xfff;
+    }
+    return table + idx(1) * esz;
+  }
+
+  map(va: number, pa: number, flags = 0x7): void {
+    this.set(this.pteAddr(va), (pa | flags) >>> 0, 0);
+  }
+}
