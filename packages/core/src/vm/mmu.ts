@@ -1,4 +1,5 @@
 import type { Vcpu } from '../machine/vcpu.js';
+import type { MmuDecisionOf, MmuEvent } from '../exits/mmu-events.js';
 
 /**
  * What the MMU's handler decides for a page-fault exit that no policy resolved (KVM's
@@ -15,6 +16,11 @@ export interface MmuHost {
   readonly vcpus: readonly Vcpu[];
   /** Adds `n` to the KVM-named counter `name` of vCPU `vcpuId` (its merge gives the VM total). */
   count(vcpuId: number, name: string, n?: number): void;
+  /**
+   * An MMU-internal decision that policies may take over (the vCPU's `mmuEvents` stream): the event goes
+   * through the policies; if none decides, `fallback` (the MMU's own choice) is the answer.
+   */
+  decide<E extends MmuEvent>(event: E, fallback: MmuDecisionOf<E>): MmuDecisionOf<E>;
 }
 
 /**

@@ -1,0 +1,161 @@
+import { PF_VECTOR, PFERR_PRESENT, PFERR_RSVD, type Backend, type HardwareExit, type MmuMode } from '@vmexit/core';
+import {
+  exitCodeName,
+  INTERCEPT_INVLPG,
+  INTERCEPT_MSR_PROT,
+  MSR_EFER,
+  NPF_EXITINFO1_FINAL,
+  SVM_CR_EXITINFO1_MOV,
+  SVM_EVTINJ_TYPE_EXEPT,
+  SVM_EVTINJ_VALID,
+  SVM_EVTINJ_VALID_ERR,
+  SVM_EVTINJ_VEC_MASK,
+  SVM_MSR_EXITINFO1_WRITE,
+  VMEXIT_CR0_READ,
+  VMEXIT_CR0_WRITE,
+  VMEXIT_EXCP_BASE,
+  VMEXIT_INVLPG,
+  VMEXIT_MSR,
+  VMEXIT_NPF,
+} from './constants.js';
+import { createVmcb, Vmcb } from './state.js';
+
+/** Exceptions that push an error code (APM Vol. 2 §8.2): #DF, #TS, #NP, #SS, #GP, #PF, #AC, #CP (21), #SX (30). */
+function hasErrorCode(vector: number): boolean {
+  return vector === 8 || (vector >= 10 && vector <= 14) || vector === 17 || vector === 21 || vector === 30;
+}
+
+/**
+ * AMD SVM: the intercept rules of APM Vol. 2 ch. 15 over a `Vmcb`, and the exit codes and EXITINFO of
+ * Appendix C. It does not provide `PageFaultFilter`: the exception intercept of vector 14 is one bit, with no
+ * error-code filtering (APM §15.12), which is why KVM's bypass_guest_pf was VMX-only.
+ */
+export class SvmBackend implements Backend<Vmcb> {
+  readonly name = 'svm' as const;
+
+  createState(_vcpuId: number, mmu: MmuMode): Vmcb {
+    return createVmcb(mmu);
+  }
+
+  /** APM Vol. 2 §15.12: an exception exits iff its bit in the exception intercept vector is set, whatever its error code. */
+  exceptionExits(v: Vmcb, vector: number, _errorCode: number): boolean {
+    return ((v.interceptExceptions >>> vector) & 1) === 1;
+  }
+
+  /**
+   * APM Vol. 2 §15.9 (CR intercepts: a write of CRn exits iff bit 16+n of the CR intercept vector is set) and
+   * §15.11 (MSR intercepts: WRMSR exits iff MSR_PROT is set and the MSR's write bit in the MSRPM is set).
+   */
+  crWriteExits(v: Vmcb, cr: number, _value: number): boolean {
+    if (cr === MSR_EFER) return (v.interceptMisc1 & INTERCEPT_MSR_PROT) !== 0 && v.msrpmWrite.has(MSR_EFER);
+    if (cr !== 0 && cr !== 3 && cr !== 4) throw new RangeError(`SVM: no write-intercept rule for control register ${cr}`);
+    return ((v.interceptCr >>> (16 + cr)) & 1) === 1;
+  }
+
+  /** §15.9: a read of CRn exits iff bit n of the CR intercept vector is set. */
+  crReadExits(v: Vmcb, cr: number): boolean {
+    return ((v.interceptCr >>> cr) & 1) === 1;
+  }
+
+  /** §15.9 / Appendix B: INVLPG exits iff intercept vector 3 bit 25 is set. */
+  invlpgExits(v: Vmcb): boolean {
+    return (v.interceptMisc1 & INTERCEPT_INVLPG) !== 0;
+  }
+
+  /**
+   * §15.12: EXITCODE = VMEXIT_EXCP_BASE + vector (#PF = 0x4E); for a #PF, EXITINFO1 = the error code and
+   * EXITINFO2 = the faulting linear address (CR2 is not written; KVM `pf_interception` reads exit_info_1/2).
+   * Other exceptions with an error code carry it in EXITINFO1.
+   */
+  exceptionExit(v: Vmcb, vector: number, errorCode: number, address: number): HardwareExit {
+    v.exitCode = VMEXIT_EXCP_BASE + vector;
+    v.exitInfo1 = hasErrorCode(vector) ? errorCode >>> 0 : 0;
+    v.exitInfo2 = vector === PF_VECTOR ? address : 0;
+    return this.describe(v);
+  }
+
+  /**
+   * CR write: VMEXIT_CR0_WRITE + n; with decode assists (§15.33.1) EXITINFO1 bit 63 = MOV-to-CR and bits 3:0
+   * the GPR (reported as 0 = RAX, so the value 2^63 is exact in a double). EFER: VMEXIT_MSR, EXITINFO1 = 1 (WRMSR).
+   */
+  crWriteExit(v: Vmcb, cr: number, _value: number): HardwareExit {
+    if (cr === MSR_EFER) {
+      v.exitCode = VMEXIT_MSR;
+      v.exitInfo1 = SVM_MSR_EXITINFO1_WRITE;
+      v.exitInfo2 = 0;
+      return this.describe(v);
+    }
+    v.exitCode = VMEXIT_CR0_WRITE + cr;
+    v.exitInfo1 = SVM_CR_EXITINFO1_MOV;
+    v.exitInfo2 = 0;
+    return this.describe(v);
+  }
+
+  /** CR read: VMEXIT_CR0_READ + n, EXITINFO1 as for a write. */
+  crReadExit(v: Vmcb, cr: number): HardwareExit {
+    v.exitCode = VMEXIT_CR0_READ + cr;
+    v.exitInfo1 = SVM_CR_EXITINFO1_MOV;
+    v.exitInfo2 = 0;
+    return this.describe(v);
+  }
+
+  /** VMEXIT_INVLPG; with decode assists EXITINFO1 = the linear address (§15.33.2). */
+  invlpgExit(v: Vmcb, va: number): HardwareExit {
+    v.exitCode = VMEXIT_INVLPG;
+    v.exitInfo1 = va;
+    v.exitInfo2 = 0;
+    return this.describe(v);
+  }
+
+  /**
+   * §15.25.6: VMEXIT_NPF, EXITINFO2 = the guest-physical address, EXITINFO1 = the #PF-style error code (P, RW,
+   * US, RSV, ID) plus bit 32 (final translation) or bit 33 (guest page-table access). The caller's error code
+   * already has that layout (KVM's PFERR_GUEST_FINAL/PAGE_MASK are the same bits).
+   */
+  nestedFaultExit(v: Vmcb, gpa: number, _address: number, errorCode: number): HardwareExit {
+    v.exitCode = VMEXIT_NPF;
+    v.exitInfo1 = errorCode;
+    v.exitInfo2 = gpa;
+    return this.describe(v);
+  }
+
+  /**
+   * MMIO as KVM makes it exit (kvm-mmu.md §C.3): the MMIO spte has P and reserved bit 51, so with NPT the
+   * access is an NPF with P|RSVD on the final translation; with shadow paging a #PF with P|RSVD, which is
+   * intercepted (the #PF intercept is on under shadow paging).
+   */
+  mmioExit(v: Vmcb, gpa: number, address: number, access: number): HardwareExit {
+    const code = PFERR_PRESENT | PFERR_RSVD | access;
+    if (v.npEnable) return this.nestedFaultExit(v, gpa, address, code + NPF_EXITINFO1_FINAL);
+    return this.exceptionExit(v, PF_VECTOR, code, address);
+  }
+
+  /** SVM keeps no read shadows: nothing follows a CR write. */
+  crWriteHandled(_v: Vmcb, _cr: number, _value: number): void {}
+
+  /** §15.20 Event Injection: EVENTINJ = vector | type 3 | EV (error code valid) | V, error code in bits 63:32. */
+  injectException(v: Vmcb, vector: number, errorCode: number): void {
+    const withCode = hasErrorCode(vector);
+    v.eventInj = (SVM_EVTINJ_VALID | SVM_EVTINJ_TYPE_EXEPT | (withCode ? SVM_EVTINJ_VALID_ERR : 0) | (vector & SVM_EVTINJ_VEC_MASK)) >>> 0;
+    v.eventInjErr = withCode ? errorCode >>> 0 : 0;
+  }
+
+  /** VMRUN delivers EVENTINJ and clears its V bit (§15.20). */
+  vmEntry(v: Vmcb, out: { errorCode: number }): number {
+    const ev = v.eventInj;
+    if ((ev & SVM_EVTINJ_VALID) === 0) return -1;
+    v.eventInj = (ev & ~SVM_EVTINJ_VALID) >>> 0;
+    out.errorCode = (ev & SVM_EVTINJ_VALID_ERR) !== 0 ? v.eventInjErr : 0;
+    return ev & SVM_EVTINJ_VEC_MASK;
+  }
+
+  /** §15.25.3: N_CR3 = the nested page table root; NP_ENABLE. */
+  setNestedRoot(v: Vmcb, root: number): void {
+    v.nCr3 = root - (root % 4096);
+    v.npEnable = true;
+  }
+
+  private describe(v: Vmcb): HardwareExit {
+    return { backend: 'svm', code: v.exitCode, name: exitCodeName(v.exitCode), fields: { exitInfo1: v.exitInfo1, exitInfo2: v.exitInfo2 } };
+  }
+}

@@ -1,0 +1,97 @@
+/**
+ * AMD SVM names and numbers (AMD APM Vol. 2 ch. 15 and Appendix C "SVM Intercept Exit Codes"; Linux
+ * arch/x86/include/uapi/asm/svm.h).
+ */
+
+/** Exit codes, APM Vol. 2 Appendix C (Table C-1). */
+export const VMEXIT_CR0_READ = 0x000;
+export const VMEXIT_CR3_READ = 0x003;
+export const VMEXIT_CR4_READ = 0x004;
+export const VMEXIT_CR0_WRITE = 0x010;
+export const VMEXIT_CR3_WRITE = 0x013;
+export const VMEXIT_CR4_WRITE = 0x014;
+/** VMEXIT_EXCP0..VMEXIT_EXCP31 = 0x40 + vector; #PF is 0x4E. */
+export const VMEXIT_EXCP_BASE = 0x040;
+export const VMEXIT_INTR = 0x060;
+export const VMEXIT_NMI = 0x061;
+export const VMEXIT_VINTR = 0x064;
+export const VMEXIT_CR0_SEL_WRITE = 0x065;
+export const VMEXIT_CPUID = 0x072;
+export const VMEXIT_HLT = 0x078;
+export const VMEXIT_INVLPG = 0x079;
+export const VMEXIT_INVLPGA = 0x07a;
+export const VMEXIT_IOIO = 0x07b;
+export const VMEXIT_MSR = 0x07c;
+export const VMEXIT_TASK_SWITCH = 0x07d;
+export const VMEXIT_SHUTDOWN = 0x07f;
+export const VMEXIT_VMRUN = 0x080;
+export const VMEXIT_VMMCALL = 0x081;
+export const VMEXIT_NPF = 0x400;
+/** VMEXIT_INVALID (-1): invalid guest state on VMRUN. */
+export const VMEXIT_INVALID = -1;
+
+/** The exit code's name as the APM spells it. An unknown code is an explicit error. */
+export function exitCodeName(code: number): string {
+  if (code >= VMEXIT_CR0_READ && code <= 0x00f) return `VMEXIT_CR${code}_READ`;
+  if (code >= VMEXIT_CR0_WRITE && code <= 0x01f) return `VMEXIT_CR${code - VMEXIT_CR0_WRITE}_WRITE`;
+  if (code >= VMEXIT_EXCP_BASE && code <= 0x05f) return `VMEXIT_EXCP${code - VMEXIT_EXCP_BASE}`;
+  switch (code) {
+    case VMEXIT_INTR:
+      return 'VMEXIT_INTR';
+    case VMEXIT_NMI:
+      return 'VMEXIT_NMI';
+    case VMEXIT_VINTR:
+      return 'VMEXIT_VINTR';
+    case VMEXIT_CR0_SEL_WRITE:
+      return 'VMEXIT_CR0_SEL_WRITE';
+    case VMEXIT_CPUID:
+      return 'VMEXIT_CPUID';
+    case VMEXIT_HLT:
+      return 'VMEXIT_HLT';
+    case VMEXIT_INVLPG:
+      return 'VMEXIT_INVLPG';
+    case VMEXIT_INVLPGA:
+      return 'VMEXIT_INVLPGA';
+    case VMEXIT_IOIO:
+      return 'VMEXIT_IOIO';
+    case VMEXIT_MSR:
+      return 'VMEXIT_MSR';
+    case VMEXIT_TASK_SWITCH:
+      return 'VMEXIT_TASK_SWITCH';
+    case VMEXIT_SHUTDOWN:
+      return 'VMEXIT_SHUTDOWN';
+    case VMEXIT_VMRUN:
+      return 'VMEXIT_VMRUN';
+    case VMEXIT_VMMCALL:
+      return 'VMEXIT_VMMCALL';
+    case VMEXIT_NPF:
+      return 'VMEXIT_NPF';
+    case VMEXIT_INVALID:
+      return 'VMEXIT_INVALID';
+    default:
+      throw new RangeError(`unknown SVM exit code 0x${code.toString(16)}`);
+  }
+}
+
+/** Intercept vector 3 (VMCB offset 0Ch), APM Vol. 2 Appendix B (Table B-1): bit 25 INVLPG, bit 28 MSR_PROT. */
+export const INTERCEPT_INVLPG = 1 << 25;
+export const INTERCEPT_MSR_PROT = 1 << 28;
+
+/** EVENTINJ (VMCB offset 0A8h), APM Vol. 2 §15.20: bits 7:0 vector, 10:8 type (3 = exception), 11 EV, 31 V, 63:32 error code. */
+export const SVM_EVTINJ_VEC_MASK = 0xff;
+export const SVM_EVTINJ_TYPE_EXEPT = 3 << 8;
+export const SVM_EVTINJ_VALID_ERR = 1 << 11;
+export const SVM_EVTINJ_VALID = 1 << 31;
+
+/** EXITINFO1 of a decode-assisted MOV-to-CR intercept (APM Vol. 2 §15.33.1): bit 63 = a MOV (not LMSW/CLTS). */
+export const SVM_CR_EXITINFO1_MOV = 2 ** 63;
+
+/** EXITINFO1 of VMEXIT_MSR: 0 = RDMSR, 1 = WRMSR (APM Vol. 2 §15.11). */
+export const SVM_MSR_EXITINFO1_WRITE = 1;
+
+/** IA32_EFER. */
+export const MSR_EFER = 0xc0000080;
+
+/** 2^32 / 2^33: NPF EXITINFO1 bits 32 (final gpa translation) and 33 (guest page-table access), APM §15.25.6. */
+export const NPF_EXITINFO1_FINAL = 2 ** 32;
+export const NPF_EXITINFO1_PAGE_TABLE = 2 ** 33;

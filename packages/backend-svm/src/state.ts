@@ -1,0 +1,53 @@
+import { PF_VECTOR, type MmuMode } from '@vmexit/core';
+import { INTERCEPT_INVLPG, INTERCEPT_MSR_PROT, MSR_EFER } from './constants.js';
+
+/**
+ * The VMCB fields that decide MMU-related exits, and the exit fields the processor writes (APM Vol. 2
+ * Appendix B, "Layout of VMCB"). Field names follow the APM (and KVM's `struct vmcb_control_area`). One per vCPU.
+ */
+export class Vmcb {
+  // Control area
+  /** Offset 000h: bits 15:0 intercept reads of CR0-15, bits 31:16 writes of CR0-15. */
+  interceptCr = 0;
+  /** Offset 008h: bit n intercepts exception vector n. No error-code filtering exists (APM §15.12). */
+  interceptExceptions = 0;
+  /** Offset 00Ch: intercept vector 3 (INVLPG bit 25, MSR_PROT bit 28, ...). */
+  interceptMisc1 = 0;
+  /** The MSR permission map's write bits (offset 048h MSRPM_BASE_PA, §15.11), as a set of MSR numbers. */
+  readonly msrpmWrite = new Set<number>();
+  /** Offset 090h bit 0: NP_ENABLE; offset 0B0h: N_CR3 (§15.25.3). */
+  npEnable = false;
+  nCr3 = 0;
+  /** Offset 0A8h: EVENTINJ, low half (vector, type, EV, V) and high half (error code). */
+  eventInj = 0;
+  eventInjErr = 0;
+  /** Offsets 070h/078h/080h: EXITCODE, EXITINFO1, EXITINFO2. */
+  exitCode = 0;
+  exitInfo1 = 0;
+  exitInfo2 = 0;
+}
+
+/**
+ * A VMCB set up as KVM sets it up (arch/x86/kvm/svm/svm.c `init_vmcb`):
+ * - shadow paging: #PF intercepted (`set_exception_intercept(svm, PF_VECTOR)` when !npt_enabled), CR3 reads and
+ *   writes intercepted, INVLPG intercepted, CR0 and CR4 writes intercepted;
+ * - nested paging (NPT): none of #PF, CR3, INVLPG intercepted ("clr_intercept(svm, INTERCEPT_INVLPG)",
+ *   "clr_cr_intercept(svm, INTERCEPT_CR3_READ/WRITE)"), NP_ENABLE set (nCR3 when the MMU has a root);
+ *   CR0 and CR4 writes stay intercepted.
+ * Both intercept writes of IA32_EFER through the MSR permission map.
+ */
+export function createVmcb(mmu: MmuMode): Vmcb {
+  const v = new Vmcb();
+  v.interceptMisc1 = INTERCEPT_MSR_PROT;
+  v.msrpmWrite.add(MSR_EFER);
+  const crWrite = (cr: number): number => 1 << (16 + cr);
+  v.interceptCr = crWrite(0) | crWrite(4);
+  if (mmu === 'shadow') {
+    v.interceptExceptions = 1 << PF_VECTOR;
+    v.interceptCr |= crWrite(3) | (1 << 3);
+    v.interceptMisc1 |= INTERCEPT_INVLPG;
+  } else {
+    v.npEnable = true;
+  }
+  return v;
+}

@@ -1,0 +1,94 @@
+import { ACC_WRITE, PFERR_PRESENT, PFERR_RSVD, PF_VECTOR } from '@vmexit/core';
+import { describe, expect, it } from 'vitest';
+import { SvmBackend } from '../src/backend.js';
+import { exitCodeName, INTERCEPT_INVLPG, MSR_EFER, VMEXIT_CR3_WRITE, VMEXIT_EXCP_BASE, VMEXIT_INVLPG, VMEXIT_MSR, VMEXIT_NPF } from '../src/constants.js';
+import { createVmcb, Vmcb } from '../src/state.js';
+
+const svm = new SvmBackend();
+
+describe('SvmBackend', () => {
+  describe('.exceptionExits', () => {
+    it('intercepts #PF all or nothing: the same answer for every combination of the six error-code bits (APM §15.12)', () => {
+      for (const on of [false, true]) {
+        const v = new Vmcb();
+        v.interceptExceptions = on ? 1 << PF_VECTOR : 0;
+        const answers = new Set<boolean>();
+        for (let pfec = 0; pfec < 64; pfec++) answers.add(svm.exceptionExits(v, PF_VECTOR, pfec));
+        for (const pfec of [0xffffffff, 0x8000, 0x10000]) answers.add(svm.exceptionExits(v, PF_VECTOR, pfec));
+        expect([...answers]).toEqual([on]);
+      }
+    });
+
+    it('intercepts #PF under shadow paging and not under NPT', () => {
+      expect(svm.exceptionExits(createVmcb('shadow'), PF_VECTOR, 0)).toBe(true);
+      expect(svm.exceptionExits(createVmcb('tdp'), PF_VECTOR, PFERR_PRESENT)).toBe(false);
+    });
+
+    it('has no PageFaultFilter', () => {
+      expect('setPfecMaskMatch' in svm).toBe(false);
+    });
+  });
+
+  describe('.crWriteExits / .crReadExits / .invlpgExits', () => {
+    it('intercepts CR3 writes and reads and INVLPG under shadow paging only; CR0/CR4 writes and EFER under both', () => {
+      const s = createVmcb('shadow');
+      const t = createVmcb('tdp');
+      expect([svm.crWriteExits(s, 3, 0x1000), svm.crReadExits(s, 3), svm.invlpgExits(s)]).toEqual([true, true, true]);
+      expect([svm.crWriteExits(t, 3, 0x1000), svm.crReadExits(t, 3), svm.invlpgExits(t)]).toEqual([false, false, false]);
+      for (const v of [s, t]) expect([svm.crWriteExits(v, 0, 0), svm.crWriteExits(v, 4, 0), svm.crWriteExits(v, MSR_EFER, 0)]).toEqual([true, true, true]);
+      s.interceptMisc1 &= ~INTERCEPT_INVLPG;
+      expect(svm.invlpgExits(s)).toBe(false);
+    });
+  });
+
+  describe('exit construction', () => {
+    it('reports a #PF as VMEXIT_EXCP_BASE+14 = 0x4E with the error code in EXITINFO1 and the address in EXITINFO2', () => {
+      const hw = svm.exceptionExit(createVmcb('shadow'), PF_VECTOR, 0x6, 0x7fff_f000);
+      expect(hw).toEqual({ backend: 'svm', code: 0x4e, name: 'VMEXIT_EXCP14', fields: { exitInfo1: 6, exitInfo2: 0x7fff_f000 } });
+      expect(VMEXIT_EXCP_BASE + PF_VECTOR).toBe(0x4e);
+    });
+
+    it('reports VMEXIT_CR3_WRITE, VMEXIT_MSR (WRMSR) and VMEXIT_INVLPG (linear address in EXITINFO1)', () => {
+      const v = createVmcb('shadow');
+      expect(svm.crWriteExit(v, 3, 0x2000)).toMatchObject({ code: VMEXIT_CR3_WRITE, name: 'VMEXIT_CR3_WRITE', fields: { exitInfo1: 2 ** 63 } });
+      expect(svm.crWriteExit(v, MSR_EFER, 0)).toMatchObject({ code: VMEXIT_MSR, name: 'VMEXIT_MSR', fields: { exitInfo1: 1 } });
+      expect(svm.invlpgExit(v, 0x40_1000)).toMatchObject({ code: VMEXIT_INVLPG, name: 'VMEXIT_INVLPG', fields: { exitInfo1: 0x40_1000 } });
+      expect(svm.crReadExit(v, 3).name).toBe('VMEXIT_CR3_READ');
+    });
+
+    it('reports VMEXIT_NPF = 0x400 with the KUT values of EXITINFO1 (kvm-mmu.md §C.5)', () => {
+      const v = createVmcb('tdp');
+      // write to a data page whose NPT pte is read-only: P|W|U|FINAL = 0x1_0000_0007
+      expect(svm.nestedFaultExit(v, 0x5000, 0x400000, 2 ** 32 + 7)).toEqual({ backend: 'svm', code: VMEXIT_NPF, name: 'VMEXIT_NPF', fields: { exitInfo1: 0x1_0000_0007, exitInfo2: 0x5000 } });
+      // the guest page-table page made read-only: P|W|U|GUEST_PAGE = 0x2_0000_0007
+      expect(svm.nestedFaultExit(v, 0x3000, 0x400000, 2 ** 33 + 7).fields.exitInfo1).toBe(0x2_0000_0007);
+      expect(svm.mmioExit(v, 0xfee00000, 0, ACC_WRITE).fields.exitInfo1).toBe(2 ** 32 + (PFERR_PRESENT | PFERR_RSVD | ACC_WRITE));
+      expect(svm.mmioExit(createVmcb('shadow'), 0xfee00000, 0x1000, 0).code).toBe(0x4e);
+    });
+
+    it('names exit codes and rejects an unknown one', () => {
+      expect([0x4e, 0x13, 0x79, 0x400].map(exitCodeName)).toEqual(['VMEXIT_EXCP14', 'VMEXIT_CR3_WRITE', 'VMEXIT_INVLPG', 'VMEXIT_NPF']);
+      expect(() => exitCodeName(0x3ff)).toThrow(/unknown SVM exit code 0x3ff/);
+    });
+  });
+
+  describe('.injectException / .vmEntry', () => {
+    it('delivers EVENTINJ once, with the error code for #PF', () => {
+      const v = createVmcb('shadow');
+      svm.injectException(v, PF_VECTOR, 4);
+      expect(v.eventInj).toBe(0x80000b0e);
+      const out = { errorCode: 0 };
+      expect(svm.vmEntry(v, out)).toBe(14);
+      expect(out.errorCode).toBe(4);
+      expect(svm.vmEntry(v, out)).toBe(-1);
+    });
+  });
+
+  describe('.setNestedRoot', () => {
+    it('sets nCR3 and NP_ENABLE', () => {
+      const v = createVmcb('shadow');
+      svm.setNestedRoot(v, 0x9000);
+      expect([v.nCr3, v.npEnable]).toEqual([0x9000, true]);
+    });
+  });
+});

@@ -1,0 +1,233 @@
+import { ACC_FETCH, ACC_WRITE, PF_VECTOR, PFERR_PRESENT, PFERR_RSVD, type Backend, type HardwareExit, type MmuMode, type PageFaultFilter } from '@vmexit/core';
+import {
+  CPU_BASED_CR3_LOAD_EXITING,
+  CPU_BASED_CR3_STORE_EXITING,
+  CPU_BASED_INVLPG_EXITING,
+  CPU_BASED_USE_MSR_BITMAPS,
+  CR_ACCESS_TYPE_MOV_FROM_CR,
+  CR_ACCESS_TYPE_MOV_TO_CR,
+  EPT_VIOLATION_ACC_INSTR,
+  EPT_VIOLATION_ACC_READ,
+  EPT_VIOLATION_ACC_WRITE,
+  EPT_VIOLATION_GVA_IS_VALID,
+  EPT_VIOLATION_GVA_TRANSLATED,
+  EPT_VIOLATION_READABLE,
+  EXIT_REASON_CR_ACCESS,
+  EXIT_REASON_EPT_MISCONFIG,
+  EXIT_REASON_EPT_VIOLATION,
+  EXIT_REASON_EXCEPTION_NMI,
+  EXIT_REASON_INVLPG,
+  EXIT_REASON_MSR_WRITE,
+  exitReasonName,
+  INTR_INFO_DELIVER_CODE,
+  INTR_INFO_VALID,
+  INTR_INFO_VECTOR_MASK,
+  INTR_TYPE_HARD_EXCEPTION,
+  MSR_EFER,
+  SECONDARY_EXEC_ENABLE_EPT,
+  VMX_EPTP_MT_WB,
+  VMX_EPTP_PWL_4,
+} from './constants.js';
+import { createVmcs, Vmcs } from './state.js';
+
+/** Exceptions that push an error code (SDM Vol. 3A §6.15): #DF 8, #TS 10, #NP 11, #SS 12, #GP 13, #PF 14, #AC 17, #CP 21. */
+function hasErrorCode(vector: number): boolean {
+  return vector === 8 || (vector >= 10 && vector <= 14) || vector === 17 || vector === 21;
+}
+
+/** 2^32: bit 32 of KVM's fault error code (PFERR_GUEST_FINAL_MASK). */
+const PFERR_GUEST_FINAL = 2 ** 32;
+
+/**
+ * Intel VMX: the exit rules of SDM Vol. 3C ch. 26 ("VMX Non-Root Operation") over a `Vmcs`, and the exit
+ * information of ch. 28 ("VM Exits"). Also the `PageFaultFilter` capability (PFEC_MASK / PFEC_MATCH).
+ */
+export class VmxBackend implements Backend<Vmcs>, PageFaultFilter {
+  readonly name = 'vmx' as const;
+
+  createState(_vcpuId: number, mmu: MmuMode): Vmcs {
+    return createVmcs(mmu);
+  }
+
+  /**
+   * SDM Vol. 3C §26.2 (Exceptions) with §25.6.3: an exception exits iff its bit in the exception bitmap is
+   * 1, except #PF: "If PFEC & PFEC_MASK = PFEC_MATCH, the specification of bit 14 in the exception bitmap is
+   * followed; if there is inequality, the meaning of that bit is reversed". So
+   * exit = EB[14] XOR ((PFEC & PFEC_MASK) != PFEC_MATCH).
+   */
+  exceptionExits(v: Vmcs, vector: number, errorCode: number): boolean {
+    const bit = ((v.exceptionBitmap >>> vector) & 1) === 1;
+    if (vector !== PF_VECTOR) return bit;
+    const mismatch = ((errorCode & v.pageFaultErrorCodeMask) >>> 0) !== v.pageFaultErrorCodeMatch >>> 0;
+    return bit !== mismatch;
+  }
+
+  /**
+   * SDM Vol. 3C §26.1.3: MOV to CR0/CR4 exits iff a bit set in the guest/host mask differs between the source
+   * operand and the read shadow; MOV to CR3 exits iff CR3-load exiting is 1 and the value is none of the first
+   * CR3-target-count CR3-target values (a count of 0 makes every MOV to CR3 exit). WRMSR exits when MSR
+   * bitmaps are off, or the MSR's write bit is set (§25.6.9).
+   */
+  crWriteExits(v: Vmcs, cr: number, value: number): boolean {
+    switch (cr) {
+      case 0:
+        return ((value ^ v.cr0ReadShadow) & v.cr0GuestHostMask) !== 0;
+      case 3: {
+        if ((v.cpuBasedVmExecControl & CPU_BASED_CR3_LOAD_EXITING) === 0) return false;
+        const n = Math.min(v.cr3TargetCount, v.cr3TargetValues.length);
+        for (let i = 0; i < n; i++) if (v.cr3TargetValues[i] === value) return false;
+        return true;
+      }
+      case 4:
+        return ((value ^ v.cr4ReadShadow) & v.cr4GuestHostMask) !== 0;
+      case MSR_EFER:
+        return (v.cpuBasedVmExecControl & CPU_BASED_USE_MSR_BITMAPS) === 0 || v.msrWriteIntercepts.has(MSR_EFER);
+      default:
+        throw new RangeError(`VMX: no write-exit rule for control register ${cr}`);
+    }
+  }
+
+  /** SDM Vol. 3C §26.1.3: MOV from CR3 exits iff CR3-store exiting is 1. MOV from CR0/CR4 never exits (the read shadow is read). */
+  crReadExits(v: Vmcs, cr: number): boolean {
+    if (cr === 3) return (v.cpuBasedVmExecControl & CPU_BASED_CR3_STORE_EXITING) !== 0;
+    return false;
+  }
+
+  /** SDM Vol. 3C §26.1.3: INVLPG exits iff "INVLPG exiting" is 1. */
+  invlpgExits(v: Vmcs): boolean {
+    return (v.cpuBasedVmExecControl & CPU_BASED_INVLPG_EXITING) !== 0;
+  }
+
+  /**
+   * SDM Vol. 3C §28.2.1-28.2.2: basic exit reason 0; VM-exit interruption information = vector, type 3
+   * (hardware exception), bit 11 if an error code was pushed, bit 31 valid; the error code in the VM-exit
+   * interruption error code; for a #PF the exit qualification is the faulting linear address (CR2 is not
+   * written when a #PF causes a VM exit, §28.1).
+   */
+  exceptionExit(v: Vmcs, vector: number, errorCode: number, address: number): HardwareExit {
+    const withCode = hasErrorCode(vector);
+    v.vmExitReason = EXIT_REASON_EXCEPTION_NMI;
+    v.exitQualification = vector === PF_VECTOR ? address : 0;
+    v.vmExitIntrInfo = (INTR_INFO_VALID | INTR_TYPE_HARD_EXCEPTION | (withCode ? INTR_INFO_DELIVER_CODE : 0) | (vector & INTR_INFO_VECTOR_MASK)) >>> 0;
+    v.vmExitIntrErrorCode = withCode ? errorCode >>> 0 : 0;
+    return this.describe(v, {
+      exitQualification: v.exitQualification,
+      vmExitIntrInfo: v.vmExitIntrInfo,
+      vmExitIntrErrorCode: v.vmExitIntrErrorCode,
+    });
+  }
+
+  /**
+   * MOV to CR: exit reason 28 with the qualification of Table 28-3 (bits 3:0 the CR number, 5:4 access type 0
+   * = MOV to CR, 11:8 the GPR, which the simulator reports as 0 = RAX). WRMSR EFER: exit reason 32
+   * (no qualification; the MSR number is in ECX).
+   */
+  crWriteExit(v: Vmcs, cr: number, _value: number): HardwareExit {
+    if (cr === MSR_EFER) {
+      v.vmExitReason = EXIT_REASON_MSR_WRITE;
+      v.exitQualification = 0;
+      return this.describe(v, { exitQualification: 0, ecx: MSR_EFER });
+    }
+    v.vmExitReason = EXIT_REASON_CR_ACCESS;
+    v.exitQualification = (cr & 0xf) | CR_ACCESS_TYPE_MOV_TO_CR;
+    return this.describe(v, { exitQualification: v.exitQualification });
+  }
+
+  /** MOV from CR: the CR-access qualification with access type 1 (Table 28-3). */
+  crReadExit(v: Vmcs, cr: number): HardwareExit {
+    v.vmExitReason = EXIT_REASON_CR_ACCESS;
+    v.exitQualification = (cr & 0xf) | CR_ACCESS_TYPE_MOV_FROM_CR;
+    return this.describe(v, { exitQualification: v.exitQualification });
+  }
+
+  /** INVLPG: exit reason 14, exit qualification = the linear-address operand (§28.2.1). */
+  invlpgExit(v: Vmcs, va: number): HardwareExit {
+    v.vmExitReason = EXIT_REASON_INVLPG;
+    v.exitQualification = va;
+    return this.describe(v, { exitQualification: va });
+  }
+
+  /**
+   * EPT violation (48) or misconfiguration (49, when the fault has RSVD: a misconfigured EPT entry), SDM Vol.
+   * 3C §29.3.3 and Table 28-7. The guest-physical address goes to GUEST_PHYSICAL_ADDRESS; a violation's
+   * qualification carries the access (bits 2:0), bit 3 (readable) when the entry was present (a present EPT
+   * entry without R is a misconfiguration, §29.3.3.1, so R is known; W and X are not reported), bit 7 (the
+   * guest-linear address is valid) and bit 8 (the access was the final translation, not a guest page-table
+   * access).
+   */
+  nestedFaultExit(v: Vmcs, gpa: number, address: number, errorCode: number): HardwareExit {
+    v.guestPhysicalAddress = gpa;
+    const pfec = errorCode % PFERR_GUEST_FINAL;
+    if ((pfec & PFERR_RSVD) !== 0) {
+      v.vmExitReason = EXIT_REASON_EPT_MISCONFIG;
+      v.exitQualification = 0;
+      return this.describe(v, { guestPhysicalAddress: gpa });
+    }
+    const final = Math.floor(errorCode / PFERR_GUEST_FINAL) % 2 === 1;
+    let q = (pfec & ACC_WRITE) !== 0 ? EPT_VIOLATION_ACC_WRITE : (pfec & ACC_FETCH) !== 0 ? EPT_VIOLATION_ACC_INSTR : EPT_VIOLATION_ACC_READ;
+    if ((pfec & PFERR_PRESENT) !== 0) q |= EPT_VIOLATION_READABLE;
+    q |= EPT_VIOLATION_GVA_IS_VALID | (final ? EPT_VIOLATION_GVA_TRANSLATED : 0);
+    v.vmExitReason = EXIT_REASON_EPT_VIOLATION;
+    v.exitQualification = q;
+    v.guestLinearAddress = address;
+    return this.describe(v, { exitQualification: q, guestPhysicalAddress: gpa, guestLinearAddress: address });
+  }
+
+  /**
+   * An MMIO access as KVM makes it exit (kvm-mmu.md §C.3): with EPT, KVM's MMIO sptes are misconfigured
+   * (W|X, VMX_EPT_MISCONFIG_WX_VALUE) -> EPT_MISCONFIG; with shadow paging the MMIO spte has reserved bits
+   * -> a #PF with P|RSVD, which exits however PFEC_MASK/MATCH are set (KVM keeps RSVD faults exiting).
+   */
+  mmioExit(v: Vmcs, gpa: number, address: number, access: number): HardwareExit {
+    if ((v.secondaryVmExecControl & SECONDARY_EXEC_ENABLE_EPT) !== 0) {
+      v.guestPhysicalAddress = gpa;
+      v.vmExitReason = EXIT_REASON_EPT_MISCONFIG;
+      v.exitQualification = 0;
+      return this.describe(v, { guestPhysicalAddress: gpa });
+    }
+    return this.exceptionExit(v, PF_VECTOR, PFERR_PRESENT | PFERR_RSVD | access, address);
+  }
+
+  /** After a CR0/CR4 write exit, KVM sets the read shadow to the guest's new value (vmx_set_cr0 / vmx_set_cr4). */
+  crWriteHandled(v: Vmcs, cr: number, value: number): void {
+    if (cr === 0) v.cr0ReadShadow = value >>> 0;
+    else if (cr === 4) v.cr4ReadShadow = value >>> 0;
+  }
+
+  /**
+   * SDM Vol. 3C §25.8.3 / §27.6 (Event Injection): the VM-entry interruption-information field (vector, type 3,
+   * deliver-error-code, valid) and the VM-entry exception error code. For a #PF the VMM has set the guest's
+   * CR2 (the vCPU does that as it delivers the fault).
+   */
+  injectException(v: Vmcs, vector: number, errorCode: number): void {
+    const withCode = hasErrorCode(vector);
+    v.vmEntryIntrInfoField = (INTR_INFO_VALID | INTR_TYPE_HARD_EXCEPTION | (withCode ? INTR_INFO_DELIVER_CODE : 0) | (vector & INTR_INFO_VECTOR_MASK)) >>> 0;
+    v.vmEntryExceptionErrorCode = withCode ? errorCode >>> 0 : 0;
+  }
+
+  /** VM entry delivers the injected event; the valid bit is cleared on the next VM exit (§28.2.4), here at once. */
+  vmEntry(v: Vmcs, out: { errorCode: number }): number {
+    const info = v.vmEntryIntrInfoField;
+    if ((info & INTR_INFO_VALID) === 0) return -1;
+    v.vmEntryIntrInfoField = (info & ~INTR_INFO_VALID) >>> 0;
+    out.errorCode = (info & INTR_INFO_DELIVER_CODE) !== 0 ? v.vmEntryExceptionErrorCode : 0;
+    return info & INTR_INFO_VECTOR_MASK;
+  }
+
+  /** EPTP (§25.6.11): write-back memory type, 4-level walk, the PML4 address in bits 51:12; enables EPT. */
+  setNestedRoot(v: Vmcs, root: number): void {
+    v.eptPointer = root - (root % 4096) + VMX_EPTP_PWL_4 + VMX_EPTP_MT_WB;
+    v.secondaryVmExecControl |= SECONDARY_EXEC_ENABLE_EPT;
+  }
+
+  /** PageFaultFilter: programs PFEC_MASK and PFEC_MATCH (32-bit fields). */
+  setPfecMaskMatch(state: unknown, mask: number, match: number): void {
+    const v = state as Vmcs;
+    v.pageFaultErrorCodeMask = mask >>> 0;
+    v.pageFaultErrorCodeMatch = match >>> 0;
+  }
+
+  private describe(v: Vmcs, fields: Record<string, number>): HardwareExit {
+    return { backend: 'vmx', code: v.vmExitReason, name: exitReasonName(v.vmExitReason), fields };
+  }
+}

@@ -1,0 +1,130 @@
+/**
+ * Intel VMX names and numbers (Intel SDM Vol. 3C; Linux arch/x86/include/uapi/asm/vmx.h and asm/vmx.h).
+ */
+
+/** Basic exit reasons, SDM Vol. 3C Appendix C (Table C-1). */
+export const EXIT_REASON_EXCEPTION_NMI = 0;
+export const EXIT_REASON_EXTERNAL_INTERRUPT = 1;
+export const EXIT_REASON_TRIPLE_FAULT = 2;
+export const EXIT_REASON_INTERRUPT_WINDOW = 7;
+export const EXIT_REASON_NMI_WINDOW = 8;
+export const EXIT_REASON_TASK_SWITCH = 9;
+export const EXIT_REASON_CPUID = 10;
+export const EXIT_REASON_HLT = 12;
+export const EXIT_REASON_INVD = 13;
+export const EXIT_REASON_INVLPG = 14;
+export const EXIT_REASON_VMCALL = 18;
+export const EXIT_REASON_CR_ACCESS = 28;
+export const EXIT_REASON_DR_ACCESS = 29;
+export const EXIT_REASON_IO_INSTRUCTION = 30;
+export const EXIT_REASON_MSR_READ = 31;
+export const EXIT_REASON_MSR_WRITE = 32;
+export const EXIT_REASON_INVALID_STATE = 33;
+export const EXIT_REASON_APIC_ACCESS = 44;
+export const EXIT_REASON_EPT_VIOLATION = 48;
+export const EXIT_REASON_EPT_MISCONFIG = 49;
+export const EXIT_REASON_INVEPT = 50;
+export const EXIT_REASON_INVVPID = 53;
+export const EXIT_REASON_XSETBV = 55;
+export const EXIT_REASON_INVPCID = 58;
+export const EXIT_REASON_PML_FULL = 62;
+
+/** The exit reason's name as the SDM / vmx.h spells it. An unknown reason is an explicit error. */
+export function exitReasonName(reason: number): string {
+  switch (reason) {
+    case EXIT_REASON_EXCEPTION_NMI:
+      return 'EXCEPTION_NMI';
+    case EXIT_REASON_EXTERNAL_INTERRUPT:
+      return 'EXTERNAL_INTERRUPT';
+    case EXIT_REASON_TRIPLE_FAULT:
+      return 'TRIPLE_FAULT';
+    case EXIT_REASON_INTERRUPT_WINDOW:
+      return 'INTERRUPT_WINDOW';
+    case EXIT_REASON_NMI_WINDOW:
+      return 'NMI_WINDOW';
+    case EXIT_REASON_TASK_SWITCH:
+      return 'TASK_SWITCH';
+    case EXIT_REASON_CPUID:
+      return 'CPUID';
+    case EXIT_REASON_HLT:
+      return 'HLT';
+    case EXIT_REASON_INVD:
+      return 'INVD';
+    case EXIT_REASON_INVLPG:
+      return 'INVLPG';
+    case EXIT_REASON_VMCALL:
+      return 'VMCALL';
+    case EXIT_REASON_CR_ACCESS:
+      return 'CR_ACCESS';
+    case EXIT_REASON_DR_ACCESS:
+      return 'DR_ACCESS';
+    case EXIT_REASON_IO_INSTRUCTION:
+      return 'IO_INSTRUCTION';
+    case EXIT_REASON_MSR_READ:
+      return 'MSR_READ';
+    case EXIT_REASON_MSR_WRITE:
+      return 'MSR_WRITE';
+    case EXIT_REASON_INVALID_STATE:
+      return 'INVALID_STATE';
+    case EXIT_REASON_APIC_ACCESS:
+      return 'APIC_ACCESS';
+    case EXIT_REASON_EPT_VIOLATION:
+      return 'EPT_VIOLATION';
+    case EXIT_REASON_EPT_MISCONFIG:
+      return 'EPT_MISCONFIG';
+    case EXIT_REASON_INVEPT:
+      return 'INVEPT';
+    case EXIT_REASON_INVVPID:
+      return 'INVVPID';
+    case EXIT_REASON_XSETBV:
+      return 'XSETBV';
+    case EXIT_REASON_INVPCID:
+      return 'INVPCID';
+    case EXIT_REASON_PML_FULL:
+      return 'PML_FULL';
+    default:
+      throw new RangeError(`unknown VMX exit reason ${reason}`);
+  }
+}
+
+/** Primary processor-based VM-execution controls, SDM Vol. 3C §25.6.2 (Table 25-6). */
+export const CPU_BASED_INVLPG_EXITING = 1 << 9;
+export const CPU_BASED_CR3_LOAD_EXITING = 1 << 15;
+export const CPU_BASED_CR3_STORE_EXITING = 1 << 16;
+export const CPU_BASED_USE_MSR_BITMAPS = 1 << 28;
+export const CPU_BASED_ACTIVATE_SECONDARY_CONTROLS = 1 << 31;
+
+/** Secondary processor-based VM-execution controls, SDM Vol. 3C §25.6.2 (Table 25-7). */
+export const SECONDARY_EXEC_ENABLE_EPT = 1 << 1;
+
+/** Number of CR3-target values a processor supports (SDM Vol. 3C §25.6.7; IA32_VMX_MISC[24:16], 4 on all Intel CPUs so far). */
+export const CR3_TARGET_VALUES = 4;
+
+/**
+ * Interruption-information fields (VM-exit interruption information, VM-entry interruption information),
+ * SDM Vol. 3C §25.8.3 (Table 25-17) and §28.2.2 (Table 28-19): bits 7:0 vector, 10:8 type, 11 error code
+ * valid / deliver error code, 31 valid.
+ */
+export const INTR_INFO_VECTOR_MASK = 0xff;
+export const INTR_TYPE_HARD_EXCEPTION = 3 << 8;
+export const INTR_INFO_DELIVER_CODE = 1 << 11;
+export const INTR_INFO_VALID = 1 << 31;
+
+/** Exit qualification for control-register accesses, SDM Vol. 3C §28.2.1 (Table 28-3). */
+export const CR_ACCESS_TYPE_MOV_TO_CR = 0 << 4;
+export const CR_ACCESS_TYPE_MOV_FROM_CR = 1 << 4;
+
+/** Exit qualification for EPT violations, SDM Vol. 3C §28.2.1 (Table 28-7). */
+export const EPT_VIOLATION_ACC_READ = 1 << 0;
+export const EPT_VIOLATION_ACC_WRITE = 1 << 1;
+export const EPT_VIOLATION_ACC_INSTR = 1 << 2;
+export const EPT_VIOLATION_READABLE = 1 << 3;
+export const EPT_VIOLATION_GVA_IS_VALID = 1 << 7;
+export const EPT_VIOLATION_GVA_TRANSLATED = 1 << 8;
+
+/** EPT pointer, SDM Vol. 3C §25.6.11 (Table 25-9): bits 2:0 memory type (6 = WB), 5:3 walk length - 1, 6 A/D. */
+export const VMX_EPTP_MT_WB = 6;
+export const VMX_EPTP_PWL_4 = 3 << 3;
+
+/** IA32_EFER, the one MSR whose writes the simulator models. */
+export const MSR_EFER = 0xc0000080;

@@ -1,0 +1,54 @@
+/**
+ * The cost model: cycles per counted event, so that a run can report modelled cycles beside its counts.
+ * Every figure names where it comes from (`source`); `basis` says whether it is a published measurement,
+ * one measured on this project's machine, or derived from those (the derivation is in the source text).
+ */
+export interface CostFigure {
+  readonly cycles: number;
+  readonly basis: 'published' | 'measured' | 'derived';
+  readonly source: string;
+}
+
+/**
+ * The events a profile prices, each applied to a counter:
+ * - `exitRoundTrip[kind]`: VM exit + VM entry for an exit of that kind (counter `exits.kind.<kind>`);
+ * - `userspaceExit`: the extra round trip to user space of an MMIO exit (`mmio_exits`);
+ * - `handler`: the hypervisor's work per KVM event (`pf_fixed`, `pf_guest`, `insn_emulation`, ...);
+ * - `guestFault`: the guest kernel's own #PF handling, per fault delivered to the guest (`guest.page_faults`);
+ * - `walkReference`: one memory reference of a hardware page walk (`walk_refs`).
+ */
+export interface CostProfile {
+  readonly name: string;
+  readonly description: string;
+  readonly exitRoundTrip: Readonly<Record<string, CostFigure>>;
+  readonly userspaceExit: CostFigure;
+  readonly handler: Readonly<Record<string, CostFigure>>;
+  readonly guestFault: CostFigure;
+  readonly walkReference: CostFigure;
+}
+
+/** Modelled cycles of a run: the total and the part of each priced counter. */
+export interface CostReport {
+  readonly profile: string;
+  readonly cycles: number;
+  readonly breakdown: Readonly<Record<string, number>>;
+}
+
+/** Prices `counters` (a VM's or one vCPU's snapshot) under `profile`. Counters the profile does not price cost nothing. */
+export function modelCycles(profile: CostProfile, counters: Readonly<Record<string, number>>): CostReport {
+  const breakdown: Record<string, number> = {};
+  let total = 0;
+  const add = (counter: string, fig: CostFigure): void => {
+    const n = counters[counter] ?? 0;
+    if (n === 0) return;
+    const c = n * fig.cycles;
+    breakdown[counter] = (breakdown[counter] ?? 0) + c;
+    total += c;
+  };
+  for (const [kind, fig] of Object.entries(profile.exitRoundTrip)) add(`exits.kind.${kind}`, fig);
+  add('mmio_exits', profile.userspaceExit);
+  for (const [counter, fig] of Object.entries(profile.handler)) add(counter, fig);
+  add('guest.page_faults', profile.guestFault);
+  add('walk_refs', profile.walkReference);
+  return { profile: profile.name, cycles: total, breakdown };
+}

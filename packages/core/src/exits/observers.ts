@@ -1,0 +1,80 @@
+import { tap, type MonoTypeOperatorFunction } from 'rxjs';
+import type { MmuEvent } from './mmu-events.js';
+import type { Stats } from './stats.js';
+import { exitToJson, type VmExit } from './vm-exit.js';
+import { hex } from '../machine/vcpu.js';
+
+/** Writes one trace record per exit (and per MMU decision). Bound to a no-op by default. */
+export interface ExitTracer {
+  traceExit(exit: VmExit): void;
+  traceMmuEvent(event: MmuEvent): void;
+}
+
+/** Keeps the exits a test wants to look at. Bound to a no-op by default. */
+export interface ExitRecorder {
+  recordExit(exit: VmExit): void;
+  recordMmuEvent(event: MmuEvent): void;
+}
+
+export class NoopTracer implements ExitTracer {
+  traceExit(): void {}
+  traceMmuEvent(): void {}
+}
+
+export class NoopRecorder implements ExitRecorder {
+  recordExit(): void {}
+  recordMmuEvent(): void {}
+}
+
+/** A recorder that keeps everything (tests). Exits are kept as the objects the pipeline resolved. */
+export class ArrayRecorder implements ExitRecorder {
+  readonly exits: VmExit[] = [];
+  readonly mmuEvents: MmuEvent[] = [];
+  recordExit(exit: VmExit): void {
+    this.exits.push(exit);
+  }
+  recordMmuEvent(event: MmuEvent): void {
+    this.mmuEvents.push(event);
+  }
+}
+
+/**
+ * The exit tracer of `vmexit run --trace FILE`: one JSON object per line (JSON Lines), for each exit after
+ * its resolution and for each MMU decision. `write` receives each line with its newline.
+ */
+export class JsonLinesTracer implements ExitTracer {
+  constructor(private readonly write: (line: string) => void) {}
+  traceExit(exit: VmExit): void {
+    this.write(`${JSON.stringify({ type: 'exit', ...exitToJson(exit) })}\n`);
+  }
+  traceMmuEvent(ev: MmuEvent): void {
+    const body =
+      ev.kind === 'pte-write'
+        ? { gpa: hex(ev.gpa), size: ev.size, level: ev.level, misaligned: ev.misaligned, old: hex(ev.oldHi * 4294967296 + ev.oldLo), new: hex(ev.newHi * 4294967296 + ev.newLo) }
+        : { gfn: hex(ev.gfn), writeCount: ev.writeCount };
+    this.write(`${JSON.stringify({ type: 'mmu', vcpu: ev.vcpu, seq: ev.seq, kind: ev.kind, ...body, decision: ev.decision, decidedBy: ev.decidedBy })}\n`);
+  }
+}
+
+/**
+ * Counts exits under KVM's names into `stats`: `exits` (every exit) and `exits.<REASON>` by the manual's name
+ * of the exit reason (VMX) or exit code (SVM), and `exits.kind.<kind>` by the VmExit kind (what the cost model prices).
+ *
+ * @example
+ * exits$.pipe(countExits(stats)).subscribe();
+ */
+export function countExits(stats: Stats): MonoTypeOperatorFunction<VmExit> {
+  return tap((exit: VmExit) => {
+    stats.add('exits');
+    stats.add(`exits.${exit.hw.name}`);
+    stats.add(`exits.kind.${exit.kind}`);
+  });
+}
+
+/** Feeds every exit to the tracer and the recorder. */
+export function observeExits(tracer: ExitTracer, recorder: ExitRecorder): MonoTypeOperatorFunction<VmExit> {
+  return tap((exit: VmExit) => {
+    tracer.traceExit(exit);
+    recorder.recordExit(exit);
+  });
+}

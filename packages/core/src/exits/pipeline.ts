@@ -1,0 +1,139 @@
+import { map, pipe, share, Subject, tap, type MonoTypeOperatorFunction, type Observable, type UnaryFunction } from 'rxjs';
+import { ExitError } from './errors.js';
+import type { MmuDecisionOf, MmuEvent } from './mmu-events.js';
+import { describeExit, type ExitResolution, type VmExit } from './vm-exit.js';
+
+/** The MMU's handler: resolves what no policy did (see VmHooks for the handler a VM uses). */
+export type ExitHandler = (exit: VmExit) => ExitResolution;
+
+/** Hands every still-unresolved exit to `handler` (resolvedBy 'mmu'). */
+export function handleRemaining(handler: ExitHandler): MonoTypeOperatorFunction<VmExit> {
+  return map((exit: VmExit) => {
+    if (exit.resolution === null) {
+      exit.resolution = handler(exit);
+      exit.resolvedBy = 'mmu';
+    }
+    return exit;
+  });
+}
+
+/** Fails the stream with E_EXIT_UNRESOLVED, naming the exit, when an exit arrives unresolved. */
+export function requireResolved(): MonoTypeOperatorFunction<VmExit> {
+  return tap((exit: VmExit) => {
+    if (exit.resolution === null) throw new ExitError('E_EXIT_UNRESOLVED', `no policy or handler resolved ${describeExit(exit)}`);
+  });
+}
+
+/**
+ * A vCPU's exit pipeline: the policies in order, then the MMU's handler (when given), then the check that
+ * every exit was resolved, then the observers (taps: counters, tracer, recorder). Observers therefore see
+ * each exit once, with its resolution.
+ *
+ * @example
+ * subject.pipe(exitPipeline([bypass, reflect], mmuHandler, [countExits(stats)]))
+ */
+export function exitPipeline(
+  policies: readonly MonoTypeOperatorFunction<VmExit>[],
+  handler: ExitHandler | null,
+  observers: readonly MonoTypeOperatorFunction<VmExit>[] = [],
+): MonoTypeOperatorFunction<VmExit> {
+  const stages: MonoTypeOperatorFunction<VmExit>[] = [...policies];
+  if (handler !== null) stages.push(handleRemaining(handler));
+  stages.push(requireResolved(), ...observers);
+  return chain(stages);
+}
+
+function chain<T>(ops: readonly MonoTypeOperatorFunction<T>[]): MonoTypeOperatorFunction<T> {
+  return (pipe as (...fns: UnaryFunction<Observable<T>, Observable<T>>[]) => UnaryFunction<Observable<T>, Observable<T>>)(...ops) as MonoTypeOperatorFunction<T>;
+}
+
+/**
+ * A synchronous stream with a pipeline behind it: `push` sends one item through the whole pipeline and
+ * returns when it came out of the end (RxJS delivers synchronously from a Subject). A failure in the pipeline
+ * is rethrown by `push`, and the channel stays closed afterwards.
+ */
+class SyncChannel<T> {
+  private readonly input = new Subject<T>();
+  /** The items after the pipeline (hot): observe it for merged views (the VM's `exits$`). */
+  readonly output: Observable<T>;
+  private reached: T | null = null;
+  private failure: unknown = null;
+
+  constructor(operator: MonoTypeOperatorFunction<T>, private readonly what: string) {
+    this.output = this.input.pipe(operator, share());
+    this.output.subscribe({
+      next: (v) => {
+        this.reached = v;
+      },
+      error: (e: unknown) => {
+        this.failure = e;
+      },
+    });
+  }
+
+  protected send(item: T, describe: (item: T) => string): void {
+    if (this.failure !== null) {
+      throw new ExitError('E_PIPELINE_CLOSED', `${describe(item)}: the ${this.what} pipeline failed earlier (${errorMessage(this.failure)})`, { cause: this.failure });
+    }
+    this.reached = null;
+    this.input.next(item);
+    const f = this.failure as unknown; // set by the subscriber's error callback during next()
+    if (f !== null) {
+      if (f instanceof ExitError) throw f;
+      throw new ExitError('E_POLICY_FAILED', `${describe(item)}: the ${this.what} pipeline failed: ${errorMessage(f)}`, { cause: f });
+    }
+    if (this.reached !== item) {
+      throw new ExitError('E_EXIT_DROPPED', `${describe(item)} did not come out of the ${this.what} pipeline (an operator dropped it)`);
+    }
+  }
+}
+
+/** A vCPU's exit stream. */
+export class ExitChannel extends SyncChannel<VmExit> {
+  constructor(operator: MonoTypeOperatorFunction<VmExit>) {
+    super(operator, 'exit');
+  }
+
+  /** Sends `exit` through the pipeline and returns its resolution. */
+  push(exit: VmExit): ExitResolution {
+    this.send(exit, describeExit);
+    return exit.resolution!;
+  }
+}
+
+/** A vCPU's MMU-event stream: policies first, then the MMU's own default, then observers. */
+export class MmuEventChannel extends SyncChannel<MmuEvent> {
+  constructor(operator: MonoTypeOperatorFunction<MmuEvent>) {
+    super(operator, 'mmuEvents');
+  }
+
+  /** Sends `event` through; an event no policy decided takes `fallback` (decidedBy 'mmu'). */
+  decide<E extends MmuEvent>(event: E, fallback: MmuDecisionOf<E>): MmuDecisionOf<E> {
+    this.fallback = fallback;
+    this.send(event, (e) => `MMU event ${e.kind} #${e.seq} of vCPU ${e.vcpu}`);
+    return event.decision as MmuDecisionOf<E>;
+  }
+
+  /** The default of the event in flight, applied by `mmuEventPipeline`'s last link. */
+  fallback: unknown = null;
+}
+
+/** The MMU-event pipeline of a channel: policies, then the MMU's default for undecided events, then observers. */
+export function mmuEventPipeline(
+  channel: () => MmuEventChannel,
+  policies: readonly MonoTypeOperatorFunction<MmuEvent>[],
+  observers: readonly MonoTypeOperatorFunction<MmuEvent>[] = [],
+): MonoTypeOperatorFunction<MmuEvent> {
+  const fallback = map((ev: MmuEvent) => {
+    if (ev.decision === null) {
+      (ev as { decision: unknown }).decision = channel().fallback;
+      ev.decidedBy = 'mmu';
+    }
+    return ev;
+  });
+  return chain([...policies, fallback, ...observers]);
+}
+
+function errorMessage(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}

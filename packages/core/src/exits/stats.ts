@@ -1,0 +1,32 @@
+/**
+ * Counters under KVM's names (struct kvm_vcpu_stat, arch/x86/include/asm/kvm_host.h: exits, pf_fixed,
+ * pf_guest, insn_emulation, mmio_exits, ...), one set per vCPU; the VM's totals are their merge
+ * (KVM sums the per-vCPU stats the same way for its VM-wide debugfs files).
+ */
+export class Stats {
+  private readonly values = new Map<string, number>();
+
+  add(name: string, n = 1): void {
+    this.values.set(name, (this.values.get(name) ?? 0) + n);
+  }
+
+  get(name: string): number {
+    return this.values.get(name) ?? 0;
+  }
+
+  /** The counters as a plain object with keys in sorted order (stable JSON). */
+  snapshot(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const k of [...this.values.keys()].sort()) out[k] = this.values.get(k)!;
+    return out;
+  }
+}
+
+/** The sum of several counter snapshots, keys sorted. */
+export function mergeStats(parts: readonly Readonly<Record<string, number>>[]): Record<string, number> {
+  const sum = new Map<string, number>();
+  for (const p of parts) for (const [k, v] of Object.entries(p)) sum.set(k, (sum.get(k) ?? 0) + v);
+  const out: Record<string, number> = {};
+  for (const k of [...sum.keys()].sort()) out[k] = sum.get(k)!;
+  return out;
+}

@@ -1,0 +1,201 @@
+import { Container, type ContainerModule } from 'inversify';
+import type { FaultPolicy } from '../exits/policy.js';
+import { CAPABILITIES } from './backend.js';
+import { importContainerModule, isPathSpecifier, loadModuleSource, ModuleLoadError, type ModuleSource, type ModuleSources } from './modules.js';
+import { TYPES } from './tokens.js';
+import { joinPath, parseVariant, zodProblems, type Variant, type VariantProblem } from './variant.js';
+
+/** A policy available to variants, with where it came from. */
+export interface AvailablePolicy {
+  readonly policy: FaultPolicy<unknown>;
+  /** The package or path that binds it ('built-in' sources give their package name). */
+  readonly source: string;
+}
+
+/** The result of composing a variant: the container with everything loaded, the selected policies, the problems. */
+export interface Composition {
+  readonly variant: Variant | null;
+  readonly container: Container;
+  readonly policies: readonly { policy: FaultPolicy<unknown>; options: unknown }[];
+  readonly problems: readonly VariantProblem[];
+}
+
+function newContainer(): Container {
+  return new Container({ defaultScope: 'Singleton' });
+}
+
+/** The policies bound to TYPES.FaultPolicy after loading `module` into `c` that were not bound before. */
+function loadAndDiff(c: Container, module: ContainerModule): FaultPolicy<unknown>[] {
+  const before = c.isBound(TYPES.FaultPolicy) ? c.getAll<FaultPolicy<unknown>>(TYPES.FaultPolicy) : [];
+  c.load(module);
+  const after = c.isBound(TYPES.FaultPolicy) ? c.getAll<FaultPolicy<unknown>>(TYPES.FaultPolicy) : [];
+  return after.filter((p) => !before.includes(p));
+}
+
+/** Every built-in policy of `sources` (for `vmexit policies`). Sources that fail to load are reported in `errors`. */
+export async function listPolicies(sources: ModuleSources, from: string, extra: readonly string[] = []): Promise<{ policies: AvailablePolicy[]; errors: string[] }> {
+  const c = newContainer();
+  const policies: AvailablePolicy[] = [];
+  const errors: string[] = [];
+  for (const src of [...sources.policies, ...extra]) {
+    const name = typeof src === 'string' ? src : `module #${src.id}`;
+    try {
+      for (const p of loadAndDiff(c, await loadModuleSource(src, from))) policies.push({ policy: p, source: name });
+    } catch (e) {
+      // A built-in policy package that binds nothing yet is not an error; anything else is reported.
+      if (!(e instanceof ModuleLoadError && /exports no inversify ContainerModule/.test(e.message) && sources.policies.includes(src))) {
+        errors.push(`${name}: ${e instanceof Error ? e.message : String(e)}`);
+      }
+    }
+  }
+  return { policies, errors };
+}
+
+/** For each capability, the backends and MMUs of `sources` whose modules bind it ("backend vmx"). Unavailable modules provide nothing. */
+export async function capabilityProviders(sources: ModuleSources, from: string): Promise<Map<string, string[]>> {
+  const out = new Map<string, string[]>(Object.keys(CAPABILITIES).map((k) => [k, []]));
+  const kinds: ['backend' | 'mmu', Readonly<Record<string, ModuleSource>>][] = [
+    ['backend', sources.backends],
+    ['mmu', sources.mmus],
+  ];
+  for (const [kind, table] of kinds) {
+    for (const [name, src] of Object.entries(table)) {
+      let c: Container;
+      try {
+        c = newContainer();
+        c.load(await loadModuleSource(src, from));
+      } catch {
+        continue;
+      }
+      for (const cap of Object.values(CAPABILITIES)) if (cap.providedBy === kind && c.isBound(cap.token)) out.get(cap.name)!.push(`${kind} ${name}`);
+    }
+  }
+  return out;
+}
+
+/**
+ * Validates and composes a variant: the schema, then the backend's and the MMU's modules, the built-in policy
+ * packages and every package or path named in `policies[].use`, the policies' options, and the capabilities
+ * each policy needs. Every problem is collected (with the path of its field); nothing is created.
+ */
+export async function composeVariant(raw: unknown, sources: ModuleSources): Promise<Composition> {
+  const container = newContainer();
+  const parsed = parseVariant(raw);
+  if (parsed.variant === null) return { variant: null, container, policies: [], problems: parsed.problems };
+  const variant = parsed.variant;
+  const from = variant.resolveFrom ?? process.cwd();
+  const problems: VariantProblem[] = [];
+  const { coreModule } = await import('./defaults.js');
+  container.load(coreModule);
+
+  const loaded = { backend: false, mmu: false };
+  if (variant.backend !== 'none') {
+    const b = sources.backends[variant.backend];
+    if (b === undefined) problems.push({ path: 'backend', message: `no module for backend '${variant.backend}'` });
+    else {
+      try {
+        container.load(await loadModuleSource(b, from));
+        loaded.backend = true;
+      } catch (e) {
+        problems.push({ path: 'backend', message: `backend '${variant.backend}' is not available: ${messageOf(e)}` });
+      }
+    }
+    const m = sources.mmus[variant.mmu];
+    if (m === undefined) problems.push({ path: 'mmu', message: `no module for mmu '${variant.mmu}'` });
+    else {
+      try {
+        container.load(await loadModuleSource(m, from));
+        loaded.mmu = true;
+      } catch (e) {
+        problems.push({ path: 'mmu', message: `mmu '${variant.mmu}' is not available: ${messageOf(e)}` });
+      }
+    }
+  }
+
+  // Built-in policies, by name.
+  const byName = new Map<string, FaultPolicy<unknown>>();
+  for (const src of sources.policies) {
+    try {
+      for (const p of loadAndDiff(container, await loadModuleSource(src, from))) byName.set(p.name, p);
+    } catch (e) {
+      if (!(e instanceof ModuleLoadError && typeof src === 'string' && /exports no inversify ContainerModule/.test(e.message))) {
+        problems.push({ path: 'policies', message: `built-in policies '${typeof src === 'string' ? src : 'module'}' failed to load: ${messageOf(e)}` });
+      }
+    }
+  }
+
+  const selected: { policy: FaultPolicy<unknown>; options: unknown }[] = [];
+  const loadedPackages = new Map<string, FaultPolicy<unknown>[]>();
+  for (const [i, use] of variant.policies.entries()) {
+    const path = `policies.${i}.use`;
+    let policy = byName.get(use.use);
+    if (policy === undefined) {
+      const hash = use.use.lastIndexOf('#');
+      const spec = hash > 0 ? use.use.slice(0, hash) : use.use;
+      const want = hash > 0 ? use.use.slice(hash + 1) : null;
+      let bound = loadedPackages.get(spec);
+      if (bound === undefined) {
+        try {
+          bound = loadAndDiff(container, await importContainerModule(spec, from));
+          loadedPackages.set(spec, bound);
+        } catch (e) {
+          const known = [...byName.keys()].join(', ') || 'none';
+          problems.push({
+            path,
+            message: isPathSpecifier(spec) ? `cannot load policy from '${spec}': ${messageOf(e)}` : `unknown policy or package '${use.use}' (built-in policies: ${known}; ${messageOf(e)})`,
+          });
+          continue;
+        }
+      }
+      if (want !== null) policy = bound.find((p) => p.name === want);
+      else if (bound.length === 1) policy = bound[0];
+      if (policy === undefined) {
+        problems.push({
+          path,
+          message:
+            bound.length === 0
+              ? `'${spec}' binds no policy to Symbol.for('vmexit.FaultPolicy')`
+              : want !== null
+                ? `'${spec}' binds no policy named '${want}' (it binds ${bound.map((p) => p.name).join(', ')})`
+                : `'${spec}' binds ${bound.length} policies (${bound.map((p) => p.name).join(', ')}): name one as '${spec}#<name>'`,
+        });
+        continue;
+      }
+    }
+    // Options.
+    let options: unknown = use.options;
+    if (policy.optionsSchema !== undefined) {
+      const r = policy.optionsSchema.safeParse(use.options);
+      if (r.success) options = r.data;
+      else {
+        for (const issue of r.error.issues) {
+          if ((issue as { code?: string }).code === 'unrecognized_keys') {
+            problems.push(...zodProblems([issue as never], ['policies', i, 'options']));
+          } else problems.push({ path: joinPath(['policies', i, 'options', ...issue.path]), message: issue.message });
+        }
+      }
+    } else if (Object.keys(use.options).length > 0) {
+      problems.push({ path: `policies.${i}.options`, message: `policy '${policy.name}' takes no options` });
+    }
+    // Capabilities.
+    if (variant.backend === 'none') {
+      problems.push({ path, message: `policy '${policy.name}' needs a hypervisor, and backend is 'none'` });
+    } else {
+      for (const need of policy.needs) {
+        const cap = CAPABILITIES[need];
+        if (cap === undefined) {
+          problems.push({ path, message: `policy '${policy.name}' needs '${need}', which is not a known capability (known: ${Object.keys(CAPABILITIES).join(', ')})` });
+        } else if (loaded[cap.providedBy] && !container.isBound(cap.token)) {
+          const who = cap.providedBy === 'backend' ? `backend '${variant.backend}'` : `mmu '${variant.mmu}'`;
+          problems.push({ path, message: `policy '${policy.name}' needs ${cap.name} (${cap.description}), which ${who} does not provide` });
+        }
+      }
+    }
+    selected.push({ policy, options });
+  }
+  return { variant, container, policies: selected, problems };
+}
+
+function messageOf(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}

@@ -1,0 +1,20 @@
+/**
+ * The DI tokens of a VM's composition (inversify 8). `Symbol.for` so that a package outside the monorepo
+ * (a third-party policy) can bind to the same token without importing `@vmexit/core`:
+ * `bind(Symbol.for('vmexit.FaultPolicy')).toConstantValue(policy)`.
+ */
+export const TYPES = {
+  /** The `Backend` (VMX or SVM); bound by @vmexit/backend-vmx or @vmexit/backend-svm. */
+  Backend: Symbol.for('vmexit.Backend'),
+  /** The `Mmu` (shadow or tdp); bound by @vmexit/mmu-shadow or @vmexit/mmu-tdp. */
+  Mmu: Symbol.for('vmexit.Mmu'),
+  /** `FaultPolicy` definitions, multi-bound: every policy package binds its own. */
+  FaultPolicy: Symbol.for('vmexit.FaultPolicy'),
+  /** Capability: #PF exits filtered by error code (VMX PFEC_MASK/PFEC_MATCH). Bound only by backend-vmx. */
+  PageFaultFilter: Symbol.for('vmexit.PageFaultFilter'),
+  /** Capability: the MMU can encode non-present shadow ptes as trap / notrap values (KVM 2007 bypass). */
+  NonPresentSpteEncoding: Symbol.for('vmexit.NonPresentSpteEncoding'),
+  /** Observers: the exit tracer and the exit recorder (no-ops by default, see core's `coreModule`). */
+  ExitTracer: Symbol.for('vmexit.ExitTracer'),
+  ExitRecorder: Symbol.for('vmexit.ExitRecorder'),
+} as const;

@@ -1,0 +1,86 @@
+import { z } from 'zod';
+import { PAGING_MODE_NAMES } from '../arch/modes.js';
+import { COST_PROFILES, DEFAULT_COST_PROFILE } from '../cost/profiles.js';
+
+/** One problem with a variant: the path of the offending field (`policies.1.use`) and what is wrong. */
+export interface VariantProblem {
+  readonly path: string;
+  readonly message: string;
+}
+
+/** A variant that cannot be composed. Its message has one line per problem, each with the field's path. */
+export class VariantError extends Error {
+  readonly code = 'E_VARIANT';
+  constructor(readonly problems: readonly VariantProblem[]) {
+    super(problems.map((p) => `${p.path || '(variant)'}: ${p.message}`).join('\n'));
+    this.name = 'VariantError';
+  }
+}
+
+const SIZE_RE = /^(\d+)\s*(K|M|G)(i?B)?$/i;
+
+/** Guest RAM as a number of bytes or a string such as "256M", "1GiB". */
+const memorySchema = z.union([z.number().int().positive(), z.string().regex(SIZE_RE, 'expected a size such as "256M" or "1G"')]).transform((v) => {
+  if (typeof v === 'number') return v;
+  const m = SIZE_RE.exec(v)!;
+  const unit = m[2]!.toUpperCase() === 'K' ? 1024 : m[2]!.toUpperCase() === 'M' ? 1024 ** 2 : 1024 ** 3;
+  return Number(m[1]) * unit;
+});
+
+export const policyUseSchema = z.strictObject({
+  /** A built-in policy's name, a package name (`@acme/vmexit-policy`, optionally `#policyName`) or a path. */
+  use: z.string().min(1),
+  options: z.record(z.string(), z.unknown()).default({}),
+});
+
+/**
+ * A variant (ARCHITECTURE.md "Composition"): what runs below the guest, and the guest's shape. Unknown keys
+ * are errors. `resolveFrom` is where package names and relative paths in `policies[].use` are resolved from
+ * (the CLI sets it to the config file's directory, or the working directory).
+ */
+export const variantSchema = z.strictObject({
+  backend: z.enum(['vmx', 'svm', 'none']).default('vmx'),
+  mmu: z.enum(['shadow', 'tdp']).default('shadow'),
+  policies: z.array(policyUseSchema).default([]),
+  guest: z
+    .strictObject({
+      mode: z.enum(PAGING_MODE_NAMES as unknown as readonly ['legacy32', 'pae', 'long4', 'long5']).default('long4'),
+      personality: z.string().min(1).default('linux'),
+    })
+    .default({ mode: 'long4', personality: 'linux' }),
+  vcpus: z.number().int().min(1).max(256).default(1),
+  memory: memorySchema.default(256 * 1024 * 1024),
+  costModel: z
+    .string()
+    .refine((n) => n in COST_PROFILES, { message: `unknown cost model (expected one of ${Object.keys(COST_PROFILES).join(', ')})` })
+    .default(DEFAULT_COST_PROFILE),
+  resolveFrom: z.string().optional(),
+});
+
+export type Variant = z.output<typeof variantSchema>;
+export type VariantInput = z.input<typeof variantSchema>;
+
+/** Validates `raw` against the schema: the variant, or every problem found (one per field, unknown keys one each). */
+export function parseVariant(raw: unknown): { variant: Variant; problems: [] } | { variant: null; problems: VariantProblem[] } {
+  const r = variantSchema.safeParse(raw);
+  if (r.success) return { variant: r.data, problems: [] };
+  return { variant: null, problems: zodProblems(r.error.issues) };
+}
+
+/** zod issues as problems; an unrecognized key becomes one problem at its own path. */
+export function zodProblems(issues: readonly z.core.$ZodIssue[], prefix: readonly PropertyKey[] = []): VariantProblem[] {
+  const out: VariantProblem[] = [];
+  for (const i of issues) {
+    const path = [...prefix, ...i.path];
+    if (i.code === 'unrecognized_keys') {
+      for (const k of i.keys) out.push({ path: joinPath([...path, k]), message: 'unknown key' });
+    } else {
+      out.push({ path: joinPath(path), message: i.message });
+    }
+  }
+  return out;
+}
+
+export function joinPath(path: readonly PropertyKey[]): string {
+  return path.map((p) => String(p)).join('.');
+}

@@ -1,0 +1,195 @@
+import { GP_VECTOR, PF_VECTOR } from '../arch/constants.js';
+import { createEmulationOutcome, emulatePendingAccess, EMULATION_FAILED } from '../machine/emulate.js';
+import { FAULT_DELIVER, FAULT_DONE, FAULT_RETRY, type FaultAction, type VcpuHooks } from '../machine/hooks.js';
+import type { Vcpu } from '../machine/vcpu.js';
+import type { WalkResult } from '../paging/types.js';
+import { ExitError } from '../exits/errors.js';
+import type { ExitChannel } from '../exits/pipeline.js';
+import type { Stats } from '../exits/stats.js';
+import { assertNever, describeExit, EMULATE, RESUME, type ExitResolution, type VmExit } from '../exits/vm-exit.js';
+import type { Backend } from './backend.js';
+import type { Mmu, PageFaultResolution } from './mmu.js';
+
+/** Bit 32 / bit 33 of KVM's 64-bit fault error code (PFERR_GUEST_FINAL_MASK / PFERR_GUEST_PAGE_MASK, kvm_host.h). */
+export const PFERR_GUEST_FINAL = 2 ** 32;
+export const PFERR_GUEST_PAGE = 2 ** 33;
+
+/**
+ * The VM's side of the vCPU seam, one per vCPU. For each event it asks the backend whether it exits (VMX:
+ * exception bitmap with PFEC_MASK/MATCH, CR3-load exiting and the CR3-target list, INVLPG exiting; SVM:
+ * intercept bits). An event that exits becomes a `VmExit`, goes through the vCPU's exit pipeline (policies,
+ * then `handleExit`, the MMU's handler) and its resolution becomes the vCPU's FaultAction. An exception that
+ * does not exit goes to the guest's IDT; a CR write or INVLPG that does not exit still tells the MMU
+ * (exited = false). Nothing here allocates unless an event exits.
+ */
+export class VmHooks implements VcpuHooks {
+  private seq = 0;
+  private readonly emulation = createEmulationOutcome();
+  private readonly entry = { errorCode: 0 };
+
+  constructor(
+    readonly vcpu: Vcpu,
+    readonly backend: Backend,
+    readonly state: unknown,
+    readonly mmu: Mmu,
+    readonly channel: ExitChannel,
+    readonly stats: Stats,
+  ) {}
+
+  exception(vcpu: Vcpu, vector: number, errorCode: number, address: number, access: number): FaultAction {
+    if (!this.backend.exceptionExits(this.state, vector, errorCode >>> 0)) return FAULT_DELIVER;
+    const hw = this.backend.exceptionExit(this.state, vector, errorCode, address);
+    const exit: VmExit = { kind: 'exception', vcpu: vcpu.id, seq: ++this.seq, hw, vector, errorCode, address, access, resolution: null, resolvedBy: null };
+    return this.act(exit, this.channel.push(exit), vector, address);
+  }
+
+  nestedFault(vcpu: Vcpu, address: number, access: number, r: WalkResult): FaultAction {
+    // A second-stage fault always exits (SDM Vol. 3C §29.3.3; APM Vol. 2 §15.25.6).
+    const errorCode = r.nestedCode + (r.nestedFinal ? PFERR_GUEST_FINAL : PFERR_GUEST_PAGE);
+    const gpa = r.nestedGpa;
+    const hw = this.backend.nestedFaultExit(this.state, gpa, address, errorCode);
+    const exit: VmExit = { kind: 'nested-fault', vcpu: vcpu.id, seq: ++this.seq, hw, gpa, address, access, errorCode, resolution: null, resolvedBy: null };
+    return this.act(exit, this.channel.push(exit), PF_VECTOR, address);
+  }
+
+  mmio(vcpu: Vcpu, gpa: number, access: number): FaultAction {
+    const address = vcpu.pendingVa;
+    const hw = this.backend.mmioExit(this.state, gpa, address, access);
+    const exit: VmExit = { kind: 'mmio', vcpu: vcpu.id, seq: ++this.seq, hw, gpa, address, access, resolution: null, resolvedBy: null };
+    return this.act(exit, this.channel.push(exit), GP_VECTOR, address);
+  }
+
+  crWrite(vcpu: Vcpu, cr: number, oldValue: number): void {
+    const value = cr === 0 ? vcpu.cr0 : cr === 3 ? vcpu.cr3 : cr === 4 ? vcpu.cr4 : vcpu.efer;
+    if (!this.backend.crWriteExits(this.state, cr, value)) {
+      this.mmu.crWritten(vcpu, cr, oldValue, false);
+      return;
+    }
+    const hw = this.backend.crWriteExit(this.state, cr, value);
+    const exit: VmExit = { kind: 'cr-write', vcpu: vcpu.id, seq: ++this.seq, hw, cr, value, oldValue, resolution: null, resolvedBy: null };
+    this.actNoFault(exit, this.channel.push(exit));
+  }
+
+  invlpg(vcpu: Vcpu, va: number): void {
+    if (!this.backend.invlpgExits(this.state)) {
+      this.mmu.invlpg(vcpu, va, false);
+      return;
+    }
+    const hw = this.backend.invlpgExit(this.state, va);
+    const exit: VmExit = { kind: 'invlpg', vcpu: vcpu.id, seq: ++this.seq, hw, va, resolution: null, resolvedBy: null };
+    this.actNoFault(exit, this.channel.push(exit));
+  }
+
+  /**
+   * The MMU's handler: resolves what no policy resolved. #PF and second-stage faults go to
+   * `mmu.handlePageFault` (KVM `kvm_mmu_page_fault`); other intercepted exceptions are reflected to the guest
+   * (KVM `handle_exception_nmi` queues them back); a CR write or INVLPG exit was already carried out by the
+   * vCPU, so the handler brings the control state up to date and tells the MMU (exited = true); an MMIO
+   * access exits to user space.
+   */
+  handleExit(exit: VmExit): ExitResolution {
+    const vcpu = this.vcpu;
+    switch (exit.kind) {
+      case 'exception':
+        if (exit.vector === PF_VECTOR) return fromMmu(this.mmu.handlePageFault(vcpu, exit.address, exit.errorCode));
+        return { kind: 'inject', vector: exit.vector, errorCode: exit.errorCode };
+      case 'nested-fault':
+        return fromMmu(this.mmu.handlePageFault(vcpu, exit.gpa, exit.errorCode));
+      case 'cr-write':
+        this.backend.crWriteHandled(this.state, exit.cr, exit.value);
+        this.mmu.crWritten(vcpu, exit.cr, exit.oldValue, true);
+        return RESUME;
+      case 'invlpg':
+        this.mmu.invlpg(vcpu, exit.va, true);
+        return RESUME;
+      case 'mmio':
+        return { kind: 'userspace', reason: 'mmio', gpa: exit.gpa };
+      default:
+        return assertNever(exit);
+    }
+  }
+
+  /**
+   * Turns the resolution of a faulting access's exit into the vCPU's answer. `hookVector` is the vector the
+   * vCPU raises on FAULT_DELIVER for this hook; an injection of another vector is raised here.
+   */
+  private act(exit: VmExit, res: ExitResolution, hookVector: number, address: number): FaultAction {
+    const vcpu = this.vcpu;
+    switch (res.kind) {
+      case 'resume':
+        return FAULT_RETRY;
+      case 'inject': {
+        // VM entry with the event in the VM-entry interruption-information field / EVENTINJ.
+        this.backend.injectException(this.state, res.vector, res.errorCode);
+        const vector = this.backend.vmEntry(this.state, this.entry);
+        const errorCode = this.entry.errorCode;
+        if (vector === PF_VECTOR) this.stats.add('pf_guest'); // KVM kvm_inject_page_fault (x86.c)
+        if (vector === hookVector) {
+          vcpu.deliverErrorCode = errorCode;
+          return FAULT_DELIVER;
+        }
+        vcpu.raise(vector, errorCode, address);
+        return FAULT_RETRY;
+      }
+      case 'emulate':
+        return this.emulate(address, hookVector);
+      case 'userspace':
+        this.stats.add('mmio_exits'); // KVM: an MMIO exit to user space (x86.c, vcpu_mmio_*)
+        if (exit.kind === 'mmio') return FAULT_DONE; // the vCPU completes it as an open-bus access
+        // A #PF / second-stage fault the MMU found to be MMIO: KVM emulates the instruction, which exits.
+        this.stats.add('insn_emulation');
+        emulatePendingAccess(this.vcpu, this.mmu, this.emulation);
+        return this.emulationAction(address, hookVector);
+      default:
+        return assertNever(res);
+    }
+  }
+
+  /** KVM x86_emulate_instruction after RET_PF_EMULATE: the core emulator completes the access. */
+  private emulate(address: number, hookVector: number): FaultAction {
+    this.stats.add('insn_emulation');
+    const out = emulatePendingAccess(this.vcpu, this.mmu, this.emulation);
+    if (out.action === FAULT_DONE && out.gpa >= 0 && this.vcpu.memory.gpaToOffset(out.gpa) < 0) this.stats.add('mmio_exits');
+    return this.emulationAction(address, hookVector);
+  }
+
+  private emulationAction(address: number, hookVector: number): FaultAction {
+    const out = this.emulation;
+    if (out.action === EMULATION_FAILED) {
+      this.stats.add('insn_emulation_fail');
+      this.mmu.emulationFailed(this.vcpu, out.gpa);
+      return FAULT_RETRY;
+    }
+    if (out.action === FAULT_DELIVER) {
+      // The guest's own walk faulted during emulation: inject that exception (emulator inject_emulated_exception).
+      if (out.vector === PF_VECTOR) this.stats.add('pf_guest');
+      if (out.vector === hookVector) return FAULT_DELIVER;
+      this.vcpu.raise(out.vector, this.vcpu.deliverErrorCode, address);
+      return FAULT_RETRY;
+    }
+    return out.action;
+  }
+
+  /** A CR write or INVLPG exit: the instruction already took effect, so only resume (or emulate) is valid. */
+  private actNoFault(exit: VmExit, res: ExitResolution): void {
+    if (res.kind !== 'resume' && res.kind !== 'emulate') {
+      throw new ExitError('E_BAD_RESOLUTION', `${describeExit(exit)} was resolved as '${res.kind}' by ${exit.resolvedBy}: a CR write or INVLPG exit can only resume`);
+    }
+  }
+}
+
+/** KVM RET_PF_* as an exit resolution. */
+export function fromMmu(r: PageFaultResolution): ExitResolution {
+  switch (r.kind) {
+    case 'retry':
+      return RESUME;
+    case 'inject':
+      return { kind: 'inject', vector: r.vector, errorCode: r.errorCode };
+    case 'emulate':
+      return EMULATE;
+    case 'mmio':
+      return { kind: 'userspace', reason: 'mmio', gpa: r.gpa };
+    default:
+      return assertNever(r);
+  }
+}

@@ -1,0 +1,169 @@
+import { merge, type MonoTypeOperatorFunction, type Observable } from 'rxjs';
+import { tap } from 'rxjs';
+import { Machine } from '../machine/machine.js';
+import { NativeHooks } from '../machine/hooks.js';
+import type { Vcpu } from '../machine/vcpu.js';
+import { COST_PROFILES } from '../cost/profiles.js';
+import { modelCycles, type CostReport } from '../cost/model.js';
+import type { MmuDecisionOf, MmuEvent } from '../exits/mmu-events.js';
+import { countExits, observeExits, type ExitRecorder, type ExitTracer } from '../exits/observers.js';
+import { ExitChannel, exitPipeline, MmuEventChannel, mmuEventPipeline } from '../exits/pipeline.js';
+import type { FaultPolicy, PolicySetupContext, PolicyVcpuContext } from '../exits/policy.js';
+import { mergeStats, Stats } from '../exits/stats.js';
+import type { VmExit } from '../exits/vm-exit.js';
+import { CAPABILITIES, type Backend } from './backend.js';
+import { composeVariant } from './compose.js';
+import { DEFAULT_MODULE_SOURCES, type ModuleSources } from './modules.js';
+import type { Mmu, MmuHost } from './mmu.js';
+import { TYPES } from './tokens.js';
+import { VariantError, type Variant } from './variant.js';
+import { VmHooks } from './vm-hooks.js';
+import type { Container } from 'inversify';
+
+export interface CreateVmOptions {
+  /** Where the backend, MMU and built-in policy modules come from (default: the monorepo's package names). */
+  readonly sources?: ModuleSources;
+  /** Seed of the machine's scheduler. */
+  readonly seed?: number;
+  /** Observers to use instead of the container's (no-op) ones. */
+  readonly tracer?: ExitTracer;
+  readonly recorder?: ExitRecorder;
+}
+
+/** The counters of a VM: per vCPU, and their merge. */
+export interface VmCounters {
+  readonly perVcpu: readonly Record<string, number>[];
+  readonly total: Record<string, number>;
+}
+
+/**
+ * A composed VM: the machine, the backend and MMU below it, one exit pipeline and one MMU-event stream per
+ * vCPU. Per-vCPU counters under KVM's names; the VM's totals are their merge. The vCPUs' `hooks` are the
+ * VM's (`VmHooks`), or native ones for backend 'none'.
+ */
+export class Vm implements MmuHost {
+  readonly machine: Machine;
+  readonly vcpus: readonly Vcpu[];
+  readonly stats: readonly Stats[];
+  readonly backendStates: readonly unknown[];
+  readonly hooks: readonly VmHooks[];
+  /** Every exit of every vCPU after its pipeline (hot; subscribe before running). */
+  readonly exits$: Observable<VmExit>;
+  private readonly exitChannels: ExitChannel[] = [];
+  private readonly mmuChannels: MmuEventChannel[] = [];
+
+  constructor(
+    readonly variant: Variant,
+    readonly backend: Backend | null,
+    readonly mmu: Mmu | null,
+    readonly policies: readonly { policy: FaultPolicy<unknown>; options: unknown }[],
+    private readonly capabilities: (name: string) => unknown,
+    tracer: ExitTracer,
+    recorder: ExitRecorder,
+    seed: number,
+  ) {
+    this.machine = new Machine({ memoryBytes: variant.memory, vcpus: variant.vcpus, seed });
+    this.vcpus = this.machine.vcpus;
+    this.stats = this.vcpus.map(() => new Stats());
+    const backendStates: unknown[] = [];
+    const hooks: VmHooks[] = [];
+    if (backend !== null && mmu !== null) {
+      const mode = mmu.name;
+      for (const v of this.vcpus) backendStates.push(backend.createState(v.id, mode));
+      mmu.init(this);
+      const setupCtx = this.setupContext(backend, mmu, backendStates, null);
+      for (const { policy, options } of policies) policy.setup?.({ ...setupCtx, options });
+      for (const v of this.vcpus) {
+        const stats = this.stats[v.id]!;
+        const vctx = this.setupContext(backend, mmu, backendStates, v);
+        const ctxFor = (options: unknown): PolicyVcpuContext<unknown> => ({ ...vctx, options }) as PolicyVcpuContext<unknown>;
+        const exitOps = policies.flatMap(({ policy, options }) => (policy.exits ? [policy.exits(ctxFor(options))] : []));
+        const mmuOps = policies.flatMap(({ policy, options }) => (policy.mmuEvents ? [policy.mmuEvents(ctxFor(options))] : []));
+        let vmHooks: VmHooks | null = null;
+        const channel = new ExitChannel(exitPipeline(exitOps, (e) => vmHooks!.handleExit(e), [countExits(stats), observeExits(tracer, recorder)]));
+        vmHooks = new VmHooks(v, backend, backendStates[v.id], mmu, channel, stats);
+        const mmuObserver: MonoTypeOperatorFunction<MmuEvent> = tap((ev: MmuEvent) => {
+          stats.add(`mmu_events.${ev.kind}`);
+          tracer.traceMmuEvent(ev);
+          recorder.recordMmuEvent(ev);
+        });
+        let mch: MmuEventChannel | null = null;
+        mch = new MmuEventChannel(mmuEventPipeline(() => mch!, mmuOps, [mmuObserver]));
+        this.exitChannels.push(channel);
+        this.mmuChannels.push(mch);
+        hooks.push(vmHooks);
+        v.hooks = vmHooks;
+        mmu.attachVcpu(v);
+      }
+    } else {
+      for (const v of this.vcpus) v.hooks = new NativeHooks();
+    }
+    this.backendStates = backendStates;
+    this.hooks = hooks;
+    this.exits$ = merge(...this.exitChannels.map((c) => c.output));
+  }
+
+  private setupContext(backend: Backend, mmu: Mmu, backendStates: unknown[], vcpu: Vcpu | null): Omit<PolicyVcpuContext<unknown>, 'options'> {
+    const base: Omit<PolicySetupContext<unknown>, 'options'> = {
+      backend,
+      mmu,
+      vcpus: this.vcpus,
+      backendStates,
+      capability: <T>(name: string): T => this.capabilities(name) as T,
+    };
+    if (vcpu === null) return base as Omit<PolicyVcpuContext<unknown>, 'options'>;
+    const stats = this.stats[vcpu.id]!;
+    return { ...base, vcpu, backendState: backendStates[vcpu.id], count: (name: string, n = 1) => stats.add(name, n) };
+  }
+
+  /** MmuHost: adds to a vCPU's KVM-named counter. */
+  count(vcpuId: number, name: string, n = 1): void {
+    this.stats[vcpuId]!.add(name, n);
+  }
+
+  /** MmuHost: an MMU decision through the vCPU's `mmuEvents` stream (policies first, then `fallback`). */
+  decide<E extends MmuEvent>(event: E, fallback: MmuDecisionOf<E>): MmuDecisionOf<E> {
+    const ch = this.mmuChannels[event.vcpu];
+    if (ch === undefined) return fallback;
+    return ch.decide(event, fallback);
+  }
+
+  /** Per-vCPU counters (with the guest-side counts the cost model prices) and their merge. */
+  counters(): VmCounters {
+    const perVcpu = this.vcpus.map((v) => {
+      const s = this.stats[v.id]!.snapshot();
+      s['guest.page_faults'] = v.pageFaultsDelivered;
+      s['guest.accesses'] = v.accesses;
+      return Object.fromEntries(Object.entries(s).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+    });
+    return { perVcpu, total: mergeStats(perVcpu) };
+  }
+
+  /** Modelled cycles of the run so far under the variant's cost model (or `profile`). */
+  cycles(profile = this.variant.costModel): CostReport {
+    const p = COST_PROFILES[profile];
+    if (p === undefined) throw new RangeError(`unknown cost model '${profile}'`);
+    return modelCycles(p, this.counters().total);
+  }
+}
+
+/**
+ * Composes `variant` (validated by `variantSchema`) into a VM: loads the backend's, the MMU's and the
+ * policies' ContainerModules into one inversify container, checks every policy's needs, and builds the
+ * machine. Any problem throws a VariantError listing them all; nothing is created then.
+ */
+export async function createVm(variant: unknown, options: CreateVmOptions = {}): Promise<Vm> {
+  const comp = await composeVariant(variant, options.sources ?? DEFAULT_MODULE_SOURCES);
+  if (comp.problems.length > 0 || comp.variant === null) throw new VariantError(comp.problems);
+  const c: Container = comp.container;
+  const v = comp.variant;
+  const backend = v.backend === 'none' ? null : c.get<Backend>(TYPES.Backend);
+  const mmu = v.backend === 'none' ? null : c.get<Mmu>(TYPES.Mmu);
+  if (backend !== null && backend.name !== v.backend) throw new VariantError([{ path: 'backend', message: `the module for '${v.backend}' bound a '${backend.name}' backend` }]);
+  const capability = (name: string): unknown => {
+    const cap = CAPABILITIES[name];
+    if (cap === undefined || !c.isBound(cap.token)) throw new RangeError(`capability '${name}' is not bound in this VM`);
+    return c.get(cap.token);
+  };
+  return new Vm(v, backend, mmu, comp.policies, capability, options.tracer ?? c.get<ExitTracer>(TYPES.ExitTracer), options.recorder ?? c.get<ExitRecorder>(TYPES.ExitRecorder), options.seed ?? 0);
+}

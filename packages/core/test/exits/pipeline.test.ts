@@ -1,0 +1,179 @@
+import { merge, Subject, type MonoTypeOperatorFunction } from 'rxjs';
+import { TestScheduler } from 'rxjs/testing';
+import { describe, expect, it } from 'vitest';
+import { ExitError } from '../../src/exits/errors.js';
+import { decideMmuEvents, type PteWriteEvent } from '../../src/exits/mmu-events.js';
+import { ArrayRecorder, countExits, JsonLinesTracer, observeExits } from '../../src/exits/observers.js';
+import { ExitChannel, exitPipeline, MmuEventChannel, mmuEventPipeline } from '../../src/exits/pipeline.js';
+import { resolveExits } from '../../src/exits/policy.js';
+import { mergeStats, Stats } from '../../src/exits/stats.js';
+import { RESUME, type ExitResolution, type VmExit } from '../../src/exits/vm-exit.js';
+
+let seq = 0;
+function pf(vcpu: number, errorCode: number, address = 0x1000): VmExit {
+  return {
+    kind: 'exception',
+    vcpu,
+    seq: ++seq,
+    hw: { backend: 'vmx', code: 0, name: 'EXCEPTION_NMI', fields: { exitQualification: address } },
+    vector: 14,
+    errorCode,
+    address,
+    access: errorCode & 0x16,
+    resolution: null,
+    resolvedBy: null,
+  };
+}
+function invlpg(vcpu: number, va: number): VmExit {
+  return { kind: 'invlpg', vcpu, seq: ++seq, hw: { backend: 'vmx', code: 14, name: 'INVLPG', fields: { exitQualification: va } }, va, resolution: null, resolvedBy: null };
+}
+const resolved = (e: VmExit, resolution: ExitResolution, by: string): VmExit => ({ ...e, resolution, resolvedBy: by });
+
+/** A policy that injects every not-present #PF (P=0) back into the guest. */
+const reflectNotPresent = resolveExits('reflect-np', (e) => (e.kind === 'exception' && (e.errorCode & 1) === 0 ? { kind: 'inject', vector: 14, errorCode: e.errorCode } : null));
+/** A policy that resumes every #PF: would take everything reflect-np takes, if it came first. */
+const resumeAllPf = resolveExits('resume-pf', (e) => (e.kind === 'exception' ? RESUME : null));
+const mmuHandler = (): ExitResolution => ({ kind: 'emulate' });
+
+function scheduler(): TestScheduler {
+  return new TestScheduler((actual, expected) => expect(actual).toEqual(expected));
+}
+
+describe('exitPipeline', () => {
+  it('resolves in order: the first policy that answers wins, later ones pass it on', () => {
+    scheduler().run(({ cold, expectObservable }) => {
+      const a = pf(0, 0x2); // P=0 write: reflect-np takes it
+      const b = pf(0, 0x3); // P=1 write: resume-pf takes it
+      const src = cold('-a-b-|', { a, b });
+      expectObservable(src.pipe(exitPipeline([reflectNotPresent, resumeAllPf], mmuHandler))).toBe('-a-b-|', {
+        a: resolved(a, { kind: 'inject', vector: 14, errorCode: 2 }, 'reflect-np'),
+        b: resolved(b, RESUME, 'resume-pf'),
+      });
+    });
+  });
+
+  it('lets the order of policies decide: resume-pf first takes both', () => {
+    scheduler().run(({ cold, expectObservable }) => {
+      const a = pf(0, 0x2);
+      const b = pf(0, 0x3);
+      expectObservable(cold('-a-b-|', { a, b }).pipe(exitPipeline([resumeAllPf, reflectNotPresent], mmuHandler))).toBe('-a-b-|', {
+        a: resolved(a, RESUME, 'resume-pf'),
+        b: resolved(b, RESUME, 'resume-pf'),
+      });
+    });
+  });
+
+  it('passes through what no policy takes to the MMU handler', () => {
+    scheduler().run(({ cold, expectObservable }) => {
+      const a = invlpg(0, 0x5000); // neither policy looks at INVLPG
+      const b = pf(0, 0x3);
+      expectObservable(cold('a-b|', { a, b }).pipe(exitPipeline([reflectNotPresent], mmuHandler))).toBe('a-b|', {
+        a: resolved(a, { kind: 'emulate' }, 'mmu'),
+        b: resolved(b, { kind: 'emulate' }, 'mmu'),
+      });
+    });
+  });
+
+  it('fails with E_EXIT_UNRESOLVED, naming the exit, when nothing resolves it', () => {
+    scheduler().run(({ cold, expectObservable }) => {
+      const a = pf(0, 0x2);
+      const b = pf(0, 0x3, 0xdead000);
+      const out = cold('-a-b-|', { a, b }).pipe(exitPipeline([reflectNotPresent], null));
+      const err = new ExitError('E_EXIT_UNRESOLVED', `no policy or handler resolved vCPU 0 exit #${b.seq} EXCEPTION_NMI (vmx 0x0): exception 14, error code 0x3, address 0xdead000`);
+      expectObservable(out).toBe('-a-#', { a: resolved(a, { kind: 'inject', vector: 14, errorCode: 2 }, 'reflect-np') }, err);
+    });
+  });
+
+  it('fails with E_POLICY_FAILED, naming the policy, when a policy throws', () => {
+    scheduler().run(({ cold, expectObservable }) => {
+      const a = pf(0, 0x2);
+      const boom = resolveExits('boom', () => {
+        throw new Error('out of shadow pages');
+      });
+      const out = cold('a|', { a }).pipe(exitPipeline([boom], mmuHandler));
+      expectObservable(out).toBe('#', undefined, new ExitError('E_POLICY_FAILED', `policy 'boom' failed on vCPU 0 exit #${a.seq} EXCEPTION_NMI (vmx 0x0): exception 14, error code 0x2, address 0x1000: out of shadow pages`));
+    });
+  });
+
+  it('counts per vCPU, and the merged stream counts their sum', () => {
+    scheduler().run(({ cold, expectObservable, flush }) => {
+      const s0 = new Stats();
+      const s1 = new Stats();
+      const total = new Stats();
+      const v0 = cold('a-b-c|', { a: pf(0, 2), b: invlpg(0, 0x1000), c: pf(0, 3) }).pipe(exitPipeline([reflectNotPresent], mmuHandler, [countExits(s0)]));
+      const v1 = cold('-x--|', { x: pf(1, 2) }).pipe(exitPipeline([reflectNotPresent], mmuHandler, [countExits(s1)]));
+      const merged = merge(v0, v1).pipe(countExits(total));
+      expectObservable(merged.pipe(countExits(new Stats()))).toBe('axb-c|', {
+        a: expect.objectContaining({ vcpu: 0, resolvedBy: 'reflect-np' }),
+        x: expect.objectContaining({ vcpu: 1, resolvedBy: 'reflect-np' }),
+        b: expect.objectContaining({ kind: 'invlpg', resolvedBy: 'mmu' }),
+        c: expect.objectContaining({ vcpu: 0, resolvedBy: 'mmu' }),
+      });
+      flush();
+      expect(s0.snapshot()).toEqual({ exits: 3, 'exits.EXCEPTION_NMI': 2, 'exits.INVLPG': 1, 'exits.kind.exception': 2, 'exits.kind.invlpg': 1 });
+      expect(s1.snapshot()).toEqual({ exits: 1, 'exits.EXCEPTION_NMI': 1, 'exits.kind.exception': 1 });
+      expect(total.snapshot()).toEqual(mergeStats([s0.snapshot(), s1.snapshot()]));
+      expect(total.get('exits')).toBe(4);
+    });
+  });
+});
+
+describe('ExitChannel', () => {
+  describe('.push', () => {
+    it('runs the pipeline synchronously and returns the resolution; observers see the resolved exit', () => {
+      const rec = new ArrayRecorder();
+      const lines: string[] = [];
+      const ch = new ExitChannel(exitPipeline([reflectNotPresent], mmuHandler, [observeExits(new JsonLinesTracer((l) => lines.push(l)), rec)]));
+      const e = pf(2, 0x6, -0x7780_0000_0000);
+      expect(ch.push(e)).toEqual({ kind: 'inject', vector: 14, errorCode: 6 });
+      expect(rec.exits).toEqual([e]);
+      expect(lines).toHaveLength(1);
+      expect(JSON.parse(lines[0]!)).toMatchObject({ type: 'exit', vcpu: 2, kind: 'exception', reason: 'EXCEPTION_NMI', address: '-0x778000000000', resolution: { kind: 'inject', vector: 14, errorCode: 6 }, resolvedBy: 'reflect-np' });
+    });
+
+    it('throws E_EXIT_UNRESOLVED and stays closed afterwards', () => {
+      const ch = new ExitChannel(exitPipeline([], null));
+      expect(() => ch.push(pf(0, 2))).toThrow(expect.objectContaining({ code: 'E_EXIT_UNRESOLVED' }));
+      expect(() => ch.push(pf(0, 2))).toThrow(expect.objectContaining({ code: 'E_PIPELINE_CLOSED' }));
+    });
+
+    it('throws E_EXIT_DROPPED when an operator swallows the exit', () => {
+      const drop: MonoTypeOperatorFunction<VmExit> = (src) => new Subject<VmExit>().asObservable() ?? src;
+      const ch = new ExitChannel(exitPipeline([drop], mmuHandler));
+      expect(() => ch.push(pf(0, 2))).toThrow(expect.objectContaining({ code: 'E_EXIT_DROPPED' }));
+    });
+  });
+});
+
+describe('MmuEventChannel', () => {
+  describe('.decide', () => {
+    const ev = (misaligned: boolean): PteWriteEvent => ({ kind: 'pte-write', vcpu: 0, seq: ++seq, gpa: 0x3008, size: 8, oldLo: 0, oldHi: 0, newLo: 0x5067, newHi: 0, level: 1, misaligned, decision: null, decidedBy: null });
+
+    it('lets a policy take the decision, and falls back to the MMU default otherwise', () => {
+      const updateOnWrite = decideMmuEvents('update-on-write', (e) => (e.kind === 'pte-write' && !e.misaligned ? 'update-spte' : null));
+      const rec = new ArrayRecorder();
+      let ch: MmuEventChannel | null = null;
+      ch = new MmuEventChannel(mmuEventPipeline(() => ch!, [updateOnWrite], [(s) => s.pipe(observeMmu(rec))]));
+      expect(ch.decide(ev(false), 'zap-spte')).toBe('update-spte');
+      expect(ch.decide(ev(true), 'zap-page')).toBe('zap-page');
+      expect(rec.mmuEvents.map((e) => [e.decision, e.decidedBy])).toEqual([
+        ['update-spte', 'update-on-write'],
+        ['zap-page', 'mmu'],
+      ]);
+    });
+
+    it('rejects a decision of the wrong type', () => {
+      const bad = decideMmuEvents('bad', () => true);
+      let ch: MmuEventChannel | null = null;
+      ch = new MmuEventChannel(mmuEventPipeline(() => ch!, [bad]));
+      expect(() => ch!.decide(ev(false), 'zap-spte')).toThrow(/policy 'bad' answered true to a pte-write event/);
+    });
+  });
+});
+
+function observeMmu(rec: ArrayRecorder) {
+  return (src: import('rxjs').Observable<import('../../src/exits/mmu-events.js').MmuEvent>) => {
+    src.subscribe((e) => rec.recordMmuEvent(e));
+    return src;
+  };
+}
