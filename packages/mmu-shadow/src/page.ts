@@ -1,0 +1,49 @@
+import { ShadowPool, SPTES_PER_PAGE } from './pool.js';
+import { SpteList } from './rmap.js';
+import { roleDirect, roleLevel } from './role.js';
+
+/**
+ * One shadow page (KVM `struct kvm_mmu_page`, arch/x86/kvm/mmu/mmu_internal.h): a host frame of 512 sptes,
+ * the guest gfn it shadows (indirect) or the first gfn of the range it maps (direct), its role, the parent
+ * sptes that point at it, and how many vCPU roots use it.
+ *
+ * KVM keeps `gfns[512]` (the gfn behind each leaf spte). Here host-physical addresses of guest RAM equal
+ * guest-physical ones, so a leaf spte's address already is its gfn and no array is needed.
+ */
+export class ShadowPage {
+  readonly frame: number;
+  readonly hpa: number;
+  /** Low and high halves of `hpa`, for linking (`link_shadow_page`). */
+  readonly hpaLo: number;
+  readonly hpaHi: number;
+  /** The first spte location of this page (`frame * 512`). */
+  readonly base: number;
+  readonly gfn: number;
+  role: number;
+  /** The non-leaf sptes that point here (KVM `parent_ptes`). Roots are pointed at by vCPU root slots instead. */
+  readonly parentPtes = new SpteList();
+  /** vCPU root slots (CR3 roots, PAE roots, cached previous roots) using this page (KVM `root_count`). */
+  rootCount = 0;
+  /** Emulated writes since the page was last used by a fault's walk (KVM `write_flooding_count`). */
+  writeFloodingCount = 0;
+  /** Set once the page was zapped (it is being freed, or it is an invalid root waiting for its last user). */
+  zapped = false;
+
+  constructor(frame: number, gfn: number, role: number) {
+    this.frame = frame;
+    this.hpa = ShadowPool.frameHpa(frame);
+    this.hpaLo = (this.hpa % 4294967296) >>> 0;
+    this.hpaHi = Math.floor(this.hpa / 4294967296);
+    this.base = frame * SPTES_PER_PAGE;
+    this.gfn = gfn;
+    this.role = role;
+  }
+
+  get level(): number {
+    return roleLevel(this.role);
+  }
+
+  get direct(): boolean {
+    return roleDirect(this.role);
+  }
+}

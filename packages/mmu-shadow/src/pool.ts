@@ -1,0 +1,94 @@
+import type { GuestMemory, PhysicalMemory } from '@vmexit/core';
+import { PAGE_SIZE } from '@vmexit/core';
+
+/**
+ * Host-physical address of the first frame of the shadow-page pool. Guest RAM's host-physical addresses
+ * equal its guest-physical ones (below 3 GiB in this simulator); the pool lives far above, at 2^40, so a
+ * shadow walk can tell the two apart by address alone.
+ */
+export const POOL_BASE = 2 ** 40;
+/** Sptes per shadow page (one 4 KiB host frame of 8-byte entries). */
+export const SPTES_PER_PAGE = 512;
+
+/**
+ * The host frames that hold shadow pages: `capacity` frames of 512 64-bit sptes each, in one Uint32Array
+ * (spte i of frame f is the words at `(f * 512 + i) * 2` (low half) and `+ 1` (high half)). An spte
+ * location ("sptep") is the number `f * 512 + i`.
+ */
+export class ShadowPool {
+  words: Uint32Array;
+  capacity: number;
+
+  constructor(capacity: number) {
+    if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError(`shadow pool capacity must be a positive integer, not ${capacity}`);
+    this.capacity = capacity;
+    this.words = new Uint32Array(capacity * SPTES_PER_PAGE * 2);
+  }
+
+  /** Grows the pool to `capacity` frames, keeping every spte (a larger page budget). */
+  grow(capacity: number): void {
+    if (capacity <= this.capacity) return;
+    const w = new Uint32Array(capacity * SPTES_PER_PAGE * 2);
+    w.set(this.words);
+    this.words = w;
+    this.capacity = capacity;
+  }
+
+  static frameHpa(frame: number): number {
+    return POOL_BASE + frame * PAGE_SIZE;
+  }
+
+  /** The frame index of a pool host-physical address, or -1 when the address is not in the pool. */
+  hpaToFrame(hpa: number): number {
+    if (hpa < POOL_BASE) return -1;
+    const f = Math.floor((hpa - POOL_BASE) / PAGE_SIZE);
+    return f < this.capacity ? f : -1;
+  }
+
+  lo(loc: number): number {
+    return this.words[loc * 2]!;
+  }
+
+  hi(loc: number): number {
+    return this.words[loc * 2 + 1]!;
+  }
+
+  set(loc: number, lo: number, hi: number): void {
+    this.words[loc * 2] = lo;
+    this.words[loc * 2 + 1] = hi;
+  }
+
+  clearFrame(frame: number): void {
+    this.words.fill(0, frame * SPTES_PER_PAGE * 2, (frame + 1) * SPTES_PER_PAGE * 2);
+  }
+}
+
+/**
+ * What the hardware walks under shadow paging: the pool's frames at POOL_BASE and above, guest RAM below.
+ * The hardware walk of the shadow tables reads (and, for A/D bits, writes) only pool frames; the final
+ * address of a translation is guest RAM, which the vCPU reaches through its memslots.
+ */
+export class ShadowMemory implements PhysicalMemory {
+  constructor(
+    readonly pool: ShadowPool,
+    readonly guest: GuestMemory,
+  ) {}
+
+  read32(pa: number): number {
+    if (pa >= POOL_BASE) {
+      const w = (pa - POOL_BASE) / 4;
+      const words = this.pool.words;
+      return w < words.length ? words[w]! : 0;
+    }
+    return this.guest.read32(pa);
+  }
+
+  write32(pa: number, value: number): void {
+    if (pa >= POOL_BASE) {
+      const w = (pa - POOL_BASE) / 4;
+      if (w < this.pool.words.length) this.pool.words[w] = value;
+      return;
+    }
+    this.guest.write32(pa, value);
+  }
+}

@@ -1,0 +1,70 @@
+import type { FloodEvent, MmuHost, PteWriteDecision, PteWriteEvent } from '@vmexit/core';
+
+/**
+ * The decision point of the emulated-pte-write path (KVM `kvm_mmu_pte_write` / `kvm_mmu_track_write`,
+ * arch/x86/kvm/mmu/mmu.c): for each shadow page of the written gfn, first whether the page is flooded (a
+ * FloodEvent, level > 1 only), then what to do with its written sptes (a PteWriteEvent). Both go through
+ * `MmuHost.decide`, i.e. the vCPU's `mmuEvents` stream, where policies may answer; the MMU's own answers
+ * are the issue's baseline: never flooded, `zap-spte` (clear the written sptes, as today's KVM does).
+ */
+export const DEFAULT_PTE_WRITE_DECISION: PteWriteDecision = 'zap-spte';
+export const DEFAULT_FLOOD_DECISION = false;
+
+/** KVM's flood threshold (`detect_write_flooding`: `++sp->write_flooding_count >= 3`), for policies. */
+export const WRITE_FLOOD_THRESHOLD = 3;
+
+export function decideFlood(host: MmuHost, vcpuId: number, seq: number, gfn: number, writeCount: number): boolean {
+  const ev: FloodEvent = { kind: 'flood', vcpu: vcpuId, seq, decidedBy: null, gfn, writeCount, decision: null };
+  return host.decide(ev, DEFAULT_FLOOD_DECISION);
+}
+
+export function decidePteWrite(
+  host: MmuHost,
+  vcpuId: number,
+  seq: number,
+  gpa: number,
+  size: number,
+  oldLo: number,
+  oldHi: number,
+  newLo: number,
+  newHi: number,
+  level: number,
+  misaligned: boolean,
+): PteWriteDecision {
+  const ev: PteWriteEvent = { kind: 'pte-write', vcpu: vcpuId, seq, decidedBy: null, gpa, size, oldLo, oldHi, newLo, newHi, level, misaligned, decision: null };
+  return host.decide(ev, DEFAULT_PTE_WRITE_DECISION);
+}
+
+/**
+ * KVM `detect_write_misaligned` (arch/x86/kvm/mmu/mmu.c): a write that spans two gptes, or is shorter than
+ * 4 bytes, except a 1-byte write at a gpte-aligned offset (Linux updates status bits with `andb`).
+ */
+export function detectWriteMisaligned(gpa: number, bytes: number, pteSize: number): boolean {
+  const offset = gpa % 4096;
+  if (offset % pteSize === 0 && bytes === 1) return false;
+  const misaligned = ((offset ^ (offset + bytes - 1)) & ~(pteSize - 1)) !== 0;
+  return misaligned || bytes < 4;
+}
+
+/**
+ * KVM `get_written_sptes` (arch/x86/kvm/mmu/mmu.c), exact quadrant math (kvm-mmu.md §A.7): which sptes of a
+ * shadow page with role level `level` and quadrant `quadrant` a write at `gpa` touches. Returns the first
+ * spte index * 4 + the count (1 or 2), or -1 when the write belongs to another quadrant's alias.
+ */
+export function writtenSptes(gpa: number, fourByteGpte: boolean, level: number, quadrant: number): number {
+  let pageOffset = gpa % 4096;
+  let nspte = 1;
+  if (fourByteGpte) {
+    pageOffset <<= 1; // 4-byte gpte index -> 8-byte spte index
+    // A 32-bit guest's 4 MiB PDE is two 2 MiB shadow PDEs.
+    if (level === 2) {
+      pageOffset &= ~7; // kill the rounding error of a write inside the PDE
+      pageOffset <<= 1;
+      nspte = 2;
+    }
+    const q = pageOffset >>> 12;
+    pageOffset &= 0xfff;
+    if (q !== quadrant) return -1;
+  }
+  return (pageOffset >>> 3) * 4 + nspte;
+}

@@ -1,0 +1,388 @@
+import { CR0_PG, CR0_WP, GP_VECTOR, Machine, PF_VECTOR, type Vcpu } from '@vmexit/core';
+import { describe, expect, it } from 'vitest';
+import { ROLE_4BYTE_GPTE, ROLE_DIRECT, roleAccess, roleQuadrant, ShadowMmu, ShadowMmuError, SPTE_P, SPTE_W, ACC_WRITE_MASK } from '../src/index.js';
+import { A, D, GuestTables, Harness, P, setup, U, W } from './harness.js';
+
+const USER = 0x40000000; // 1 GiB: user space of the test guests
+
+/** A demand-paging #PF handler: a fresh frame for the faulting page, written with one aligned kernel store. */
+function demandPager(vcpu: Vcpu, pt: GuestTables, firstFrame = 0x800000): void {
+  let next = firstFrame;
+  vcpu.setExceptionHandler(PF_VECTOR, (v, _vector, _ec, cr2) => {
+    const e = pt.entryAddr(cr2, 1);
+    if (pt.mode === 'legacy32') v.write(e, 4, (next | P | W | U) >>> 0);
+    else v.write(e, 8, (next | P | W | U) >>> 0, 0);
+    next += 4096;
+  });
+}
+
+function userRead(vcpu: Vcpu, va: number): number {
+  vcpu.setCpl(3);
+  try {
+    return vcpu.read(va, 4);
+  } finally {
+    vcpu.setCpl(0);
+  }
+}
+
+function userWrite(vcpu: Vcpu, va: number, v: number): void {
+  vcpu.setCpl(3);
+  try {
+    vcpu.write(va, 4, v);
+  } finally {
+    vcpu.setCpl(0);
+  }
+}
+
+describe('ShadowMmu', () => {
+  describe('.handlePageFault', () => {
+    it('takes 3 exits for a demand fault: reflect, emulated pte write, re-fault', () => {
+      const { h, pt, vcpu, mmu } = setup('long4');
+      demandPager(vcpu, pt);
+      // Warm-up: a present neighbour in the same guest PT, so its shadow PT exists and is write-protected.
+      pt.map(USER + 0x1000, 0x7ff000, P | W | U);
+      userRead(vcpu, USER + 0x1000);
+      h.reset();
+      // Exit 1: #PF P=0 on USER (no spte); the guest walk fails too -> inject #PF (pf_guest).
+      // Exit 2: the handler's 8-byte store to the PTE hits the write-protected guest PT (the kernel never
+      //         touched that page, so P=0: a read-only spte is built for it and, the fault being a write,
+      //         RET_PF_EMULATE) -> emulated (pf_emulate); the write hook clears the written spte (not
+      //         present: no flush).
+      // Exit 3: the re-executed read faults again (P=0) -> the guest walk succeeds -> leaf spte built (pf_fixed).
+      userRead(vcpu, USER);
+      expect(h.e('pf')).toBe(3);
+      expect(h.c('pf_guest')).toBe(1);
+      expect(h.c('pf_emulate')).toBe(1);
+      expect(h.c('pf_fixed')).toBe(1);
+      expect(h.c('mmu_pte_write')).toBe(1);
+      expect(h.c('tlb_flush')).toBe(0);
+      // Then the translation is cached: no more exits.
+      userRead(vcpu, USER);
+      expect(h.e('pf')).toBe(3);
+      // The root, the PDPT, and a PD and a PT each for the kernel's 0..2 MiB and the user's page at 1 GiB.
+      expect(mmu.usedPages).toBe(6);
+    });
+
+    it('maps a clean guest pte read-only and makes it writable on the first write (D set by the walk)', () => {
+      const { h, pt, vcpu } = setup('long4');
+      const e = pt.map(USER, 0x900000, P | W | U);
+      userRead(vcpu, USER); // exit 1: leaf built read-only (the gpte is clean)
+      expect(pt.r32(e) & (A | D)).toBe(A);
+      userWrite(vcpu, USER, 7); // exit 2: write fault on the read-only spte -> D set, spte writable
+      expect(pt.r32(e) & (A | D)).toBe(A | D);
+      expect(h.e('pf')).toBe(2);
+      expect(h.c('pf_fixed')).toBe(2);
+      expect(h.c('tlb_flush')).toBe(0); // rights only grew
+      expect(vcpu.memory.read32(0x900000)).toBe(7);
+    });
+
+    it('gives two aliased large PDEs with different rights different direct pages, and no fault loop', () => {
+      const { h, pt, vcpu, mmu } = setup('long4');
+      const frame = 0xa00000; // one 2 MiB frame behind two 2 MiB guest pages
+      pt.map(USER, frame, P | U | A | D, 2); // read-only alias
+      pt.map(USER + 0x200000, frame, P | W | U | A | D, 2); // writable alias
+      // Exit 1: read through the read-only alias -> direct level-1 page with access u-x.
+      expect(userRead(vcpu, USER + 0x10)).toBe(0);
+      // Exit 2: write through the writable alias -> its own direct page (access uwx), writable leaf; success.
+      userWrite(vcpu, USER + 0x200010, 42);
+      expect(h.e('pf')).toBe(2);
+      expect(userRead(vcpu, USER + 0x10)).toBe(42);
+      const direct = [...mmu.active].filter((sp) => (sp.role & ROLE_DIRECT) !== 0 && sp.gfn === frame / 4096);
+      expect(direct.length).toBe(2);
+      expect(direct.map((sp) => roleAccess(sp.role) & ACC_WRITE_MASK).sort()).toEqual([0, ACC_WRITE_MASK]);
+      expect(h.e('pf')).toBe(2);
+    });
+
+    it('injects the guest walk error code (RSVD of the shadow never leaks) and MMIO exits for a gfn with no slot', () => {
+      const { h, pt, vcpu, mmu } = setup('long4', { memoryBytes: 16 * 1024 * 1024 });
+      const faults: number[] = [];
+      vcpu.setExceptionHandler(PF_VECTOR, (_v, _vec, ec, cr2) => {
+        faults.push(ec);
+        pt.map(cr2, 0x880000, P | W | U);
+      });
+      // A user write to a supervisor page: the guest's own protection fault, P|W|U = 7.
+      pt.map(USER, 0x870000, P | W);
+      userWrite(vcpu, USER, 1);
+      expect(faults[0]).toBe(7);
+      // Beyond RAM: the guest maps gpa 64 MiB (no memslot) -> an exit to user space.
+      pt.map(USER + 0x5000, 0x4000000, P | W | U);
+      expect(mmu.handlePageFault(vcpu, USER + 0x5000, 4)).toEqual({ kind: 'mmio', gpa: 0x4000000 });
+      expect(h.c('pf_guest')).toBe(1);
+    });
+
+    it('emulates CR0.WP=0 as KVM does: a kernel write to a read-only user page gets a kernel-only writable spte', () => {
+      const { h, pt, vcpu, mmu } = setup('long4', { wp: false });
+      pt.map(USER, 0x900000, P | U);
+      vcpu.write(USER, 4, 5); // supervisor write, WP=0: allowed by the guest
+      expect(vcpu.memory.read32(0x900000)).toBe(5);
+      const st = mmu.states[0]!;
+      const leaf = findLeaf(mmu, st.root!, USER);
+      expect(leaf & (SPTE_W | 4)).toBe(SPTE_W); // W=1, U=0
+      // A user read flips it back to U=1, W=0 (one more exit), and no fault loop.
+      expect(userRead(vcpu, USER)).toBe(5);
+      expect(findLeaf(mmu, st.root!, USER) & (SPTE_W | 4)).toBe(4);
+      expect(h.e('pf')).toBe(2);
+    });
+  });
+
+  describe('.trackWrite', () => {
+    it('32-bit guest: a write to PTE 700 clears spte 188 of the quadrant-1 page only', () => {
+      const { h, pt, vcpu, mmu } = setup('legacy32');
+      const base = 0x40000000; // PDE 256
+      for (const i of [188, 700]) pt.map(base + i * 4096, 0x900000 + i * 4096, P | W | U | A);
+      userRead(vcpu, base + 188 * 4096); // quadrant 0 page, spte 188
+      userRead(vcpu, base + 700 * 4096); // quadrant 1 page, spte 188 (700 - 512)
+      const ptGfn = pt.r32(pt.entryAddr(base, 2)) >>> 12;
+      const pages = mmu.indirectPagesOf(ptGfn);
+      expect(pages.map((sp) => roleQuadrant(sp.role)).sort()).toEqual([0, 1]);
+      const q0 = pages.find((sp) => roleQuadrant(sp.role) === 0)!;
+      const q1 = pages.find((sp) => roleQuadrant(sp.role) === 1)!;
+      expect(mmu.pool.lo(q0.base + 188) & SPTE_P).toBe(SPTE_P);
+      expect(mmu.pool.lo(q1.base + 188) & SPTE_P).toBe(SPTE_P);
+      h.reset();
+      // One exit: the kernel's store to PTE 700 (gpa offset 2800 -> 8-byte offset 5600 -> quadrant 1, spte 188).
+      vcpu.write(pt.entryAddr(base + 700 * 4096, 1), 4, (0x950000 | P | W | U) >>> 0);
+      expect(h.e('pf')).toBe(1);
+      expect(mmu.pool.lo(q1.base + 188) & SPTE_P).toBe(0);
+      expect(mmu.pool.lo(q0.base + 188) & SPTE_P).toBe(SPTE_P); // the quadrant-0 alias is left alone
+      // A present spte disappeared: exactly one remote flush.
+      expect(h.c('remote_tlb_flush')).toBe(1);
+      expect(h.c('tlb_flush')).toBe(1);
+      vcpu.memory.write32(0x950000, 0x1234);
+      expect(userRead(vcpu, base + 700 * 4096)).toBe(0x1234);
+    });
+
+    it('32-bit guest: a write to a PDE clears the two shadow PDEs it is made of', () => {
+      const { h, pt, vcpu, mmu } = setup('legacy32');
+      const va = 300 * 0x400000; // PDE 300: quadrant 1, shadow PDEs 88 and 89
+      pt.map(va, 0x900000, P | W | U | A);
+      pt.map(va + 0x200000, 0x901000, P | W | U | A);
+      userRead(vcpu, va);
+      userRead(vcpu, va + 0x200000);
+      const q1 = mmu.states[0]!.paeRoots[1]!;
+      expect(roleQuadrant(q1.role)).toBe(1);
+      expect(q1.role & ROLE_4BYTE_GPTE).toBe(ROLE_4BYTE_GPTE);
+      expect(mmu.pool.lo(q1.base + 88) & SPTE_P).toBe(SPTE_P);
+      expect(mmu.pool.lo(q1.base + 89) & SPTE_P).toBe(SPTE_P);
+      h.reset();
+      // A byte write into byte 2 of PDE 300 (offset 1202 -> &~7 -> 2400 -> 4800: quadrant 1, sptes 88, 89).
+      const pde = pt.entryAddr(va, 2);
+      vcpu.write(pde + 2, 1, pt.r32(pde) >>> 16);
+      expect(h.e('pf')).toBe(1);
+      expect(mmu.pool.lo(q1.base + 88) & SPTE_P).toBe(0);
+      expect(mmu.pool.lo(q1.base + 89) & SPTE_P).toBe(0);
+      // gentry is 0 for a 1-byte write, so no mmu_pde_zapped; a 4-byte rewrite of the PDE counts 2.
+      expect(h.c('mmu_pde_zapped')).toBe(0);
+      userRead(vcpu, va);
+      userRead(vcpu, va + 0x200000);
+      vcpu.write(pde, 4, pt.r32(pde));
+      expect(h.c('mmu_pde_zapped')).toBe(2);
+    });
+
+    it('keeps byte-wise pte writes correct: the spte follows the whole gpte, never a partial value', () => {
+      for (const decision of ['zap-spte', 'update-spte'] as const) {
+        const { h, pt, vcpu } = setup('long4');
+        h.decider = (ev) => (ev.kind === 'pte-write' ? decision : null);
+        vcpu.memory.write32(0x900000, 0xaaaa);
+        vcpu.memory.write32(0x9a0000, 0xbbbb);
+        pt.map(USER + 0x3000, 0x7f0000, P | W | U); // keeps the guest PT shadowed
+        const e = pt.map(USER, 0x900000, P | W | U | A);
+        userRead(vcpu, USER + 0x3000);
+        expect(userRead(vcpu, USER)).toBe(0xaaaa);
+        // The kernel moves the pte to frame 0x9a0000 one byte at a time (bytes 2 then 1): each store is
+        // emulated; a 1-byte write has no gentry, so the spte is only cleared, never built from half a pte.
+        vcpu.write(e + 2, 1, 0x9a);
+        vcpu.write(e + 1, 1, 0x00);
+        expect(h.c('mmu_pte_updated')).toBe(0);
+        expect(userRead(vcpu, USER)).toBe(0xbbbb);
+        // `andb` clearing A (bit 5) in byte 0: an aligned 1-byte write is not misaligned, and A=0 is never installed.
+        vcpu.write(e, 1, pt.r32(e) & ~A & 0xff);
+        expect(userRead(vcpu, USER)).toBe(0xbbbb);
+        expect(pt.r32(e) & A).toBe(A); // the fault's walk set A again
+      }
+    });
+
+    it('update-spte installs a full-size write of a present, accessed pte at once (2 exits per demand fault)', () => {
+      const { h, pt, vcpu } = setup('long4');
+      h.decider = (ev) => (ev.kind === 'pte-write' ? 'update-spte' : null);
+      demandPager(vcpu, pt);
+      let next = 0x800000;
+      vcpu.setExceptionHandler(PF_VECTOR, (v, _vec, _ec, cr2) => {
+        v.write(pt.entryAddr(cr2, 1), 8, (next | P | W | U | A) >>> 0, 0);
+        next += 4096;
+      });
+      pt.map(USER + 0x1000, 0x7ff000, P | W | U);
+      userRead(vcpu, USER + 0x1000);
+      h.reset();
+      // Exit 1: reflect. Exit 2: the emulated pte write, which installs the spte. The re-execution hits.
+      userRead(vcpu, USER);
+      expect(h.e('pf')).toBe(2);
+      expect(h.c('mmu_pte_updated')).toBe(1);
+    });
+  });
+
+  describe('.emulationFailed', () => {
+    it('unprotects a recycled page table and lets the guest retry', () => {
+      const { h, pt, vcpu, mmu } = setup('long4');
+      pt.map(USER, 0x900000, P | W | U);
+      userRead(vcpu, USER);
+      const pteAddr = pt.entryAddr(USER, 1);
+      const ptPage = pteAddr - (pteAddr % 4096);
+      // The guest tears the PT out of its tables (one emulated PDE write) and recycles the page as data.
+      const pde = pt.entryAddr(USER, 2);
+      vcpu.write(pde, 8, 0, 0);
+      expect(mmu.writeTrack.has(ptPage / 4096)).toBe(true); // the orphan shadow page still protects it
+      h.reset();
+      // A 16-byte vector store the emulator cannot do: emulation fails -> the gfn is unprotected -> retry,
+      // which faults once more on the read-only spte and gets a writable one.
+      vcpu.repStos(ptPage, 4, 16, 0x11111111, 0x22222222);
+      expect(h.e('emulation-failed')).toBe(1);
+      expect(mmu.writeTrack.has(ptPage / 4096)).toBe(false);
+      expect(mmu.indirectPagesOf(ptPage / 4096)).toEqual([]);
+      expect(vcpu.memory.read32(ptPage + 60)).toBe(0x22222222);
+      expect(h.e('pf')).toBe(2);
+    });
+  });
+
+  describe('.crWritten', () => {
+    it('ignores junk in not-present PDPTEs; a present PDPTE with a reserved bit is #GP and keeps the old roots', () => {
+      const { h, pt, vcpu, mmu } = setup('pae');
+      const pdpt = pt.alloc();
+      const pd = pt.alloc();
+      pt.w64(pdpt, pt.r32(pt.root) /* PDPTE 0: the kernel's PD */, 0);
+      pt.w64(pdpt + 8, pd | P, 0);
+      pt.w64(pdpt + 16, 0xdeadbee0, 0xffffffff); // not present: junk is ignored (Solaris)
+      pt.w64(pdpt + 24, 0, 0);
+      vcpu.movToCr3(pdpt);
+      const st = mmu.states[0]!;
+      expect(st.paeRoots.map((sp) => sp !== null)).toEqual([true, true, false, false]);
+      // An access through the junk PDPTE is the guest's own not-present #PF.
+      const seen: number[] = [];
+      vcpu.setExceptionHandler(PF_VECTOR, (_v, _vec, ec) => {
+        seen.push(ec);
+        throw new Abort();
+      });
+      expect(() => userRead(vcpu, 0x80000000)).toThrow(Abort);
+      expect(seen).toEqual([4]);
+      // A present PDPTE with bit 5 set: MOV CR3 raises #GP(0), CR3 and the roots stay.
+      const bad = pt.alloc();
+      pt.w64(bad, pt.r32(pt.root) | 0x20, 0);
+      let gp = 0;
+      vcpu.setExceptionHandler(GP_VECTOR, () => {
+        gp++;
+      });
+      const roots = st.paeRoots.slice();
+      const exits = h.e('cr3');
+      vcpu.movToCr3(bad);
+      expect(gp).toBe(1);
+      expect(vcpu.cr3).toBe(pdpt);
+      expect(h.e('cr3')).toBe(exits);
+      expect(st.paeRoots).toEqual(roots);
+    });
+
+    it('switches back to a cached 64-bit root without rebuilding it (prev_roots)', () => {
+      const { h, pt, vcpu, mmu } = setup('long4');
+      pt.map(USER, 0x900000, P | W | U);
+      userRead(vcpu, USER);
+      const root1 = mmu.states[0]!.root!;
+      const pt2 = new GuestTables(pt.machine, 'long4', 0x300000);
+      for (let va = 0; va < 0x400000; va += 4096) pt2.map(va, va, P | W);
+      vcpu.movToCr3(pt2.root);
+      expect(mmu.states[0]!.root).not.toBe(root1);
+      vcpu.movToCr3(pt.root);
+      expect(mmu.states[0]!.root).toBe(root1);
+      h.reset();
+      userRead(vcpu, USER); // the TLB was flushed by MOV CR3, but the shadow tables are still there
+      expect(h.e('pf')).toBe(0);
+    });
+
+    it('gives pages of another CR0.WP another role', () => {
+      const { pt, vcpu, mmu } = setup('long4');
+      pt.map(USER, 0x900000, P | W | U);
+      userRead(vcpu, USER);
+      const before = mmu.states[0]!.root!;
+      vcpu.movToCr0(CR0_PG | 1);
+      const after = mmu.states[0]!.root!;
+      expect(after).not.toBe(before);
+      expect(after.gfn).toBe(before.gfn);
+      expect(after.role ^ before.role).toBe(1 << 13); // cr0_wp
+      vcpu.movToCr0(CR0_PG | CR0_WP | 1);
+      expect(mmu.states[0]!.root).toBe(before); // found again by (gfn, role)
+    });
+  });
+
+  describe('.reservePages', () => {
+    it('reclaims the oldest pages under a tiny budget and never frees a root', () => {
+      const { h, pt, vcpu, mmu } = setup('long4', { maxMmuPages: 8 });
+      const root = mmu.states[0]!.root!;
+      // 12 pages, each in its own 1 GiB region: 3 new shadow pages (PDPT? no: PD, PT) per touch.
+      for (let i = 0; i < 12; i++) {
+        const va = (i + 1) * 0x40000000;
+        pt.map(va, 0x900000 + i * 4096, P | W | U);
+        userRead(vcpu, va);
+      }
+      expect(h.c('mmu_recycled')).toBeGreaterThan(0);
+      expect(mmu.states[0]!.root).toBe(root);
+      expect(mmu.pages[root.frame]).toBe(root);
+      expect(mmu.usedPages).toBeLessThanOrEqual(8);
+    });
+
+    it('fails cleanly when every page is a root in use', () => {
+      const machine = new Machine({ memoryBytes: 16 * 1024 * 1024, vcpus: 2 });
+      const mmu = new ShadowMmu({ maxMmuPages: 8 });
+      const h = new Harness(machine, mmu);
+      mmu.init(h);
+      const tables = [new GuestTables(machine, 'legacy32', 0x100000), new GuestTables(machine, 'legacy32', 0x200000)];
+      machine.vcpus.forEach((v, i) => {
+        for (let va = 0; va < 0x400000; va += 4096) tables[i]!.map(va, va, P | W);
+        mmu.attachVcpu(v);
+        v.hooks = h;
+        v.movToCr3(tables[i]!.root);
+        v.movToCr0(CR0_PG | CR0_WP | 1);
+      });
+      expect(mmu.usedPages).toBe(8); // 4 quadrant roots per vCPU
+      const used = mmu.usedPages;
+      let err: unknown;
+      try {
+        machine.vcpus[0]!.read(0x1000, 4);
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(ShadowMmuError);
+      expect((err as ShadowMmuError).code).toBe('E_MMU_NOSPC');
+      expect(mmu.usedPages).toBe(used);
+      mmu.audit();
+    });
+  });
+
+  describe('.audit', () => {
+    it('reports a writable spte over a write-protected gfn with the spte, the guest pte and the role', () => {
+      const { pt, vcpu, mmu } = setup('long4');
+      pt.map(USER, 0x900000, P | W | U | D);
+      userWrite(vcpu, USER, 1);
+      const root = mmu.states[0]!.root!;
+      const leafLoc = findLeafLoc(mmu, root, USER);
+      // Corrupt: point the leaf at the guest PT page (write-protected) with W set.
+      const ptPage = pt.entryAddr(USER, 1) & ~0xfff;
+      mmu.pool.set(leafLoc, (ptPage | 0x607) >>> 0, 0);
+      expect(() => mmu.audit()).toThrow(/spte .*role \{level=1/);
+    });
+  });
+});
+
+class Abort extends Error {}
+
+function findLeafLoc(mmu: ShadowMmu, root: { base: number; level: number }, va: number): number {
+  let sp = root;
+  for (;;) {
+    const shift = 12 + 9 * (sp.level - 1);
+    const loc = sp.base + (Math.floor(va / 2 ** shift) & 511);
+    if (sp.level === 1) return loc;
+    const lo = mmu.pool.lo(loc);
+    sp = mmu.pageAt((lo & 0xfffff000) + mmu.pool.hi(loc) * 2 ** 32);
+  }
+}
+
+function findLeaf(mmu: ShadowMmu, root: { base: number; level: number }, va: number): number {
+  return mmu.pool.lo(findLeafLoc(mmu, root, va));
+}
