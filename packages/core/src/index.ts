@@ -9,3 +9,5 @@ export * from './tlb/index.js';
 export * from './machine/index.js';
 export * from './exits/index.js';
 export * from './vm/index.js';
+export * from './conformance/index.js';
+export * from './cost/index.js';

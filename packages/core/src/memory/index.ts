@@ -1,1 +1,3 @@
 export * from './physical.js';
+export * from './sparse.js';
+export * from './dense.js';
