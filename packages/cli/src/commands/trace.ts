@@ -1,0 +1,110 @@
+import * as fs from 'node:fs';
+import type { Command } from 'commander';
+import { TraceError, decodeVxt, describeVxt, encodeVxt, importLackey } from '@vmexit/guest';
+import type { VxtDescription } from '@vmexit/guest';
+import { InputError } from '../errors.js';
+
+/**
+ * `vmexit trace import lackey LOGS... -o FILE.vxt` and `vmexit trace info FILE [--json]`.
+ *
+ * Bad input (a log that is not a lackey log, logs that are not one recording, a corrupt or truncated
+ * `.vxt`) is an InputError (exit 2) naming the file. The output is written to `FILE.vxt.tmp-<pid>` and
+ * renamed, so a failed import leaves no file behind.
+ */
+export function registerTrace(program: Command): void {
+  const trace = program.command('trace').description('import real-program traces and describe .vxt traces');
+
+  const imp = trace.command('import').description('convert recordings into a .vxt trace');
+  imp
+    .command('lackey')
+    .description(
+      'import the per-process logs of one recording made with valgrind --tool=lackey --trace-mem=yes ' +
+        '--trace-syscalls=yes --trace-children=yes --log-file=PREFIX.%p.%n',
+    )
+    .argument('<logs...>', 'the lackey logs (all processes of the recording)')
+    .requiredOption('-o, --output <file>', 'the .vxt file to write')
+    .option(
+      '--collapse <mode>',
+      'how accesses collapse into records: class (fetch and data streams) or run (exact interleaving)',
+      'class',
+    )
+    .option('--quality <n>', 'brotli quality 0..11', '9')
+    .action((logs: string[], opts: { output: string; quality: string; collapse: string }) => {
+      if (opts.collapse !== 'class' && opts.collapse !== 'run') {
+        throw new InputError(`--collapse: expected class or run, got ${JSON.stringify(opts.collapse)}`);
+      }
+      const collapse = opts.collapse;
+      const quality = Number(opts.quality);
+      if (!Number.isInteger(quality) || quality < 0 || quality > 11) {
+        throw new InputError(`--quality: expected an integer 0..11, got ${JSON.stringify(opts.quality)}`);
+      }
+      const t = translate(() => importLackey(logs, { collapse }));
+      const bytes = encodeVxt(t, { quality });
+      writeAtomically(opts.output, bytes);
+      const d = describeVxt(t, bytes.length);
+      process.stdout.write(
+        `${opts.output}: ${d.processes.length} processes, ${d.records} records, ${d.accesses} accesses, ${bytes.length} bytes\n`,
+      );
+    });
+
+  trace
+    .command('info')
+    .description('describe a .vxt trace: processes, tree, events, accesses by kind, pages, size')
+    .argument('<file>', 'the .vxt trace')
+    .option('--json', 'print the description as JSON')
+    .action((file: string, opts: { json?: boolean }) => {
+      let bytes: Uint8Array;
+      try {
+        bytes = fs.readFileSync(file);
+      } catch (e) {
+        throw new InputError(
+          `${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
+        );
+      }
+      const d = describeVxt(
+        translate(() => decodeVxt(bytes, file)),
+        bytes.length,
+      );
+      process.stdout.write(opts.json ? `${JSON.stringify(d, null, 2)}\n` : formatDescription(file, d));
+    });
+}
+
+/** Runs `f`, turning the trace layer's errors (which name the file) into InputError (exit 2). */
+function translate<T>(f: () => T): T {
+  try {
+    return f();
+  } catch (e) {
+    if (e instanceof TraceError) throw new InputError(e.message);
+    throw e;
+  }
+}
+
+/** Writes `file` through `file.tmp-<pid>` and a rename; on any error the temporary file is removed. */
+function writeAtomically(file: string, bytes: Uint8Array): void {
+  const tmp = `${file}.tmp-${process.pid}`;
+  try {
+    fs.writeFileSync(tmp, bytes);
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw new InputError(
+      `${file}: cannot write (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
+    );
+  }
+}
+
+function formatDescription(file: string, d: VxtDescription): string {
+  const lines = [
+    `${file}: ${d.source.tool} trace of: ${d.source.command}`,
+    `collapse: ${d.collapse}`,
+    `records: ${d.records}  accesses: ${d.accesses} (fetch ${d.accessesByKind.fetch}, load ${d.accessesByKind.load}, store ${d.accessesByKind.store}, modify ${d.accessesByKind.modify})`,
+    `distinct pages: ${d.distinctPages}`,
+    `events: ${Object.entries(d.events)
+      .map(([k, v]) => `${k} ${v}`)
+      .join(', ')}`,
+    `size: ${d.size.fileBytes} bytes, ${(d.size.bytesPerAccess ?? 0).toFixed(4)} bytes/access, ${(d.size.ratio ?? 0).toFixed(1)}x smaller than the decoded columns (${d.size.columnBytes} bytes)`,
+    `processes (${d.processes.length}):`,
+    ...d.tree.map((t) => `  ${t}`),
+  ];
+  return `${lines.join('\n')}\n`;
+}

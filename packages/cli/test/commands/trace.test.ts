@@ -1,0 +1,102 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { main } from '../../src/program.js';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const TINY = path.join(HERE, '..', '..', '..', 'guest', 'test', 'fixtures', 'tiny');
+const tiny = ['tiny.100.1', 'tiny.101.1', 'tiny.101.2'].map((f) => path.join(TINY, f));
+
+let dir: string;
+let out: string[];
+let err: string[];
+
+beforeEach(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmexit-trace-'));
+  out = [];
+  err = [];
+  vi.spyOn(process.stdout, 'write').mockImplementation(
+    (s: string | Uint8Array) => (out.push(String(s)), true),
+  );
+  vi.spyOn(process.stderr, 'write').mockImplementation(
+    (s: string | Uint8Array) => (err.push(String(s)), true),
+  );
+});
+
+afterEach(() => {
+  vi.restoreAllMocks();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+describe('trace', () => {
+  describe('import lackey', () => {
+    it('writes a .vxt that trace info describes', async () => {
+      const f = path.join(dir, 't.vxt');
+      expect(await main(['trace', 'import', 'lackey', ...tiny, '-o', f])).toBe(0);
+      // 14 records (see packages/guest/test/trace/lackey.test.ts), 17 accesses: pid 100 has 12 (the
+      // page-crossing fetch counts on both pages), pid 101 has 5
+      expect(out.join('')).toBe(`${f}: 2 processes, 14 records, 17 accesses, ${fs.statSync(f).size} bytes\n`);
+      expect(fs.readdirSync(dir)).toEqual(['t.vxt']);
+      out = [];
+      expect(await main(['trace', 'info', f, '--json'])).toBe(0);
+      const d = JSON.parse(out.join(''));
+      expect(d.records).toBe(14);
+      expect(d.accesses).toBe(17);
+      expect(d.collapse).toBe('class');
+      // fetches: 2 + 1 + 2 (the crossing one) + 2 in pid 100, 2 in pid 101; stores: 2 + 1 in pid 100, 2 in pid 101
+      expect(d.accessesByKind).toEqual({ fetch: 9, load: 2, store: 5, modify: 1 });
+      expect(d.events).toEqual({ mmap: 1, munmap: 1, mprotect: 1, brk: 2, fork: 1, exec: 2, exit: 2 });
+      expect(d.tree).toEqual([
+        '100 /bin/sh: 12 accesses, 9 records',
+        '  101 /bin/true: 5 accesses, 5 records',
+      ]);
+      out = [];
+      expect(await main(['trace', 'info', f])).toBe(0);
+      expect(out.join('')).toContain('records: 14  accesses: 17 (fetch 9, load 2, store 5, modify 1)');
+    });
+
+    it('exits 2 naming the log that is not a lackey log, and leaves no file', async () => {
+      const bad = path.join(dir, 'notes.txt');
+      fs.writeFileSync(bad, 'hello\n');
+      const f = path.join(dir, 'x.vxt');
+      expect(await main(['trace', 'import', 'lackey', bad, '-o', f])).toBe(2);
+      expect(err.join('')).toBe(
+        `vmexit: ${bad}: not a valgrind lackey log (its first line is not "==PID== Lackey, ...")\n`,
+      );
+      expect(fs.readdirSync(dir)).toEqual(['notes.txt']);
+    });
+
+    it('exits 2 when the output cannot be written, removing the temporary file', async () => {
+      const f = path.join(dir, 'no-such-dir', 'x.vxt');
+      expect(await main(['trace', 'import', 'lackey', ...tiny, '-o', f])).toBe(2);
+      expect(err.join('')).toMatch(/no-such-dir\/x\.vxt: cannot write \(ENOENT\)/);
+      expect(fs.readdirSync(dir)).toEqual([]);
+    });
+  });
+
+  describe('info', () => {
+    it('exits 2 on a truncated or corrupt trace, naming it', async () => {
+      const f = path.join(dir, 't.vxt');
+      expect(await main(['trace', 'import', 'lackey', ...tiny, '-o', f])).toBe(0);
+      const bytes = fs.readFileSync(f);
+      const cut = path.join(dir, 'cut.vxt');
+      fs.writeFileSync(cut, bytes.subarray(0, bytes.length - 5));
+      expect(await main(['trace', 'info', cut])).toBe(2);
+      expect(err.join('')).toBe(
+        `vmexit: ${cut}: truncated .vxt trace: ${bytes.length - 5} bytes, the header says ${bytes.length}\n`,
+      );
+      err = [];
+      const flip = path.join(dir, 'flip.vxt');
+      const b = Buffer.from(bytes);
+      b[b.length - 2]! ^= 1;
+      fs.writeFileSync(flip, b);
+      expect(await main(['trace', 'info', flip])).toBe(2);
+      expect(err.join('')).toBe(`vmexit: ${flip}: corrupt .vxt trace: checksum mismatch\n`);
+      err = [];
+      expect(await main(['trace', 'info', path.join(dir, 'none.vxt')])).toBe(2);
+      expect(err.join('')).toMatch(/none\.vxt: cannot read \(ENOENT\)/);
+    });
+  });
+});

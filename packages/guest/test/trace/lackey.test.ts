@@ -1,0 +1,217 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { importLackey } from '../../src/trace/lackey.js';
+import { TraceError } from '../../src/trace/errors.js';
+import { describeVxt } from '../../src/trace/describe.js';
+import { decodeVxt, encodeVxt } from '../../src/trace/vxt.js';
+import type { VxtTrace } from '../../src/trace/types.js';
+
+const FIX = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'fixtures');
+const tiny = ['tiny.100.1', 'tiny.101.1', 'tiny.101.2'].map((f) => path.join(FIX, 'tiny', f));
+
+function records(t: VxtTrace): [number, number, number][] {
+  const out: [number, number, number][] = [];
+  for (let i = 0; i < t.accesses.length; i++)
+    out.push([t.accesses.kind[i]!, t.accesses.page[i]!, t.accesses.count[i]!]);
+  return out;
+}
+
+function tmpFile(name: string, text: string): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vxt-test-'));
+  const f = path.join(dir, name);
+  fs.writeFileSync(f, text);
+  return f;
+}
+
+describe('importLackey', () => {
+  describe('.records', () => {
+    it("collapses runs, splits page-crossing accesses and orders a pid's logs by fork and exec", () => {
+      const t = importLackey(tiny, { collapse: 'run' });
+      expect(t.collapse).toBe('run');
+      // pid 100: "I 0401ab70,3" and "I 0401ab73,5" are one run on page 0x401a (count 2); the two stores
+      // to the stack page 0x1fff000 another; "I 04835ffe,4" crosses into page 0x4836 (two records);
+      // every event breaks the run, so the two fetches of page 0x108 after the fork are a new record.
+      // pid 101: its pre-exec log (tiny.101.2, which starts with the clone's return) comes first even
+      // though valgrind numbered it 2, then the /bin/true image (tiny.101.1).
+      expect(records(t)).toEqual([
+        [0, 0x401a, 2],
+        [2, 0x1fff000, 2],
+        [0, 0x108, 1],
+        [1, 0x1fff000, 1],
+        [0, 0x4835, 1],
+        [0, 0x4836, 1],
+        [3, 0x410a, 1],
+        [2, 0x4035, 1],
+        [0, 0x108, 2],
+        [1, 0x4035, 1],
+        [2, 0x1ffeff0, 1],
+        [0, 0x401a, 1],
+        [2, 0x1fff000, 1],
+        [0, 0x108, 1],
+      ]);
+      expect(t.source).toEqual({ tool: 'lackey', command: '/bin/sh -c true\\ x' });
+      // every event breaks a record, so on this log the class collapse (the default) finds nothing more
+      expect(records(importLackey(tiny))).toEqual(records(t));
+    });
+
+    it('joins fetches and same-kind data accesses across the other class in class mode', () => {
+      const head = fs.readFileSync(tiny[0]!, 'latin1').split('\n').slice(0, 6).join('\n');
+      const f = tmpFile(
+        'cls.100.1',
+        `${head}\nI  00001000,4\n L 00005000,8\nI  00001004,4\n L 00005008,8\n S 00005000,8\nI  00001008,2\n L 00005010,8\n`,
+      );
+      // fetches: 0x1 x3 (one record); data: L 0x5 x2, S 0x5, L 0x5 (the load after the store is a new
+      // record: the last data record is the store). In run mode nothing joins across the other class.
+      expect(records(importLackey([f]))).toEqual([
+        [0, 1, 3],
+        [1, 5, 2],
+        [2, 5, 1],
+        [1, 5, 1],
+      ]);
+      expect(records(importLackey([f], { collapse: 'run' }))).toEqual([
+        [0, 1, 1],
+        [1, 5, 1],
+        [0, 1, 1],
+        [1, 5, 1],
+        [2, 5, 1],
+        [0, 1, 1],
+        [1, 5, 1],
+      ]);
+    });
+  });
+
+  describe('.processes', () => {
+    it('rebuilds the tree and the events in program order', () => {
+      const t = importLackey(tiny);
+      expect(t.processes.map((p) => [p.pid, p.parent, p.recordStart, p.recordEnd])).toEqual([
+        [100, 0, 0, 9],
+        [101, 100, 9, 14],
+      ]);
+      const [sh, child] = t.processes;
+      expect(
+        sh!.events.map((e) => ({ ...e, ...(e.type === 'exec' ? { mappings: e.mappings.length } : {}) })),
+      ).toEqual([
+        { type: 'exec', at: 0, pid: 100, path: '/bin/sh', mappings: 4 },
+        { type: 'brk', at: 3, request: 0, result: 0x4035000 },
+        // the fd came from the openat's async result; the failed mmap is not an event
+        {
+          type: 'mmap',
+          at: 4,
+          start: 0x4835000,
+          length: 8192,
+          prot: 5,
+          flags: 2,
+          offset: 4096,
+          file: '/lib/libc.so.6',
+        },
+        { type: 'brk', at: 7, request: 0x4036000, result: 0x4036000 },
+        { type: 'mprotect', at: 8, start: 0x4835000, length: 4096, prot: 1 },
+        { type: 'fork', at: 8, parent: 100, child: 101 },
+        { type: 'munmap', at: 9, start: 0x4835000, length: 8192 },
+        { type: 'exit', at: 9, pid: 100, status: 0, signal: null },
+      ]);
+      // the failed execve of /bin/nope is ignored; the exec'd image comes from the last execve
+      expect(
+        child!.events.map((e) => [
+          e.type,
+          e.at,
+          e.type === 'exec' ? e.path : e.type === 'exit' ? e.status : null,
+        ]),
+      ).toEqual([
+        ['exec', 11, '/bin/true'],
+        ['exit', 14, 3],
+      ]);
+    });
+
+    it('infers the initial mappings from pages touched outside every mmap and brk', () => {
+      const t = importLackey(tiny);
+      const execs = t.processes.flatMap((p) => p.events.flatMap((e) => (e.type === 'exec' ? [e] : [])));
+      // /bin/sh: page 0x108 (fetched: exe, r-x); 0x401a (fetched) and 0x410a (modified) in ld.so's
+      // zone are two regions, because code and written data are never one region; the stack pages
+      // 0x1ffeff0 (stored to by the fork child before its exec: it is the parent's image) and 0x1fff000
+      // are one region (the stack zone is whole).
+      // 0x4835/0x4836 are in the mmap and 0x4035 in the brk heap, so they are not initial mappings.
+      expect(execs[0]!.mappings).toEqual([
+        { start: 0x108000, length: 0x1000, prot: 5, role: 'exe', file: '/bin/sh' },
+        { start: 0x401a000, length: 0x1000, prot: 5, role: 'interp', file: null },
+        { start: 0x410a000, length: 0x1000, prot: 3, role: 'interp', file: null },
+        { start: 0x1ffeff0000, length: 0x11000, prot: 3, role: 'stack', file: null },
+      ]);
+      expect(execs[1]!.mappings).toEqual([
+        { start: 0x108000, length: 0x1000, prot: 5, role: 'exe', file: '/bin/true' },
+        { start: 0x401a000, length: 0x1000, prot: 5, role: 'interp', file: null },
+        { start: 0x1fff000000, length: 0x1000, prot: 3, role: 'stack', file: null },
+      ]);
+    });
+  });
+
+  describe('.errors', () => {
+    it('rejects a file that is not a lackey log, naming it', () => {
+      const f = tmpFile('notes.txt', 'hello\nworld\n');
+      expect(() => importLackey([f])).toThrow(TraceError);
+      expect(() => importLackey([f])).toThrow(`${f}: not a valgrind lackey log`);
+    });
+
+    it('rejects a bad line with its line number', () => {
+      const text = fs.readFileSync(tiny[0]!, 'latin1').replace(' L 1fff000740,8', ' L 1fff00zz40,8');
+      const f = tmpFile('bad.100.1', text);
+      expect(() => importLackey([f])).toThrow(/bad\.100\.1: line 13: not a lackey access line/);
+    });
+
+    it('rejects a syscall line whose arguments do not parse', () => {
+      const text = fs
+        .readFileSync(tiny[0]!, 'latin1')
+        .replace('sys_mmap ( 0x0, 8192, 5,', 'sys_mmap ( 0x0, ?, 5,');
+      const f = tmpFile('mm.100.1', text);
+      expect(() => importLackey([f])).toThrow(/mm\.100\.1: line 16: mmap syscall without a valid length/);
+    });
+
+    it('rejects logs of two recordings (two roots), an orphan fork child and a missing file', () => {
+      const other = tmpFile(
+        'other.7.1',
+        fs
+          .readFileSync(tiny[1]!, 'latin1')
+          .replaceAll('==101==', '==7==')
+          .replace('Parent PID: 100', 'Parent PID: 6'),
+      );
+      expect(() => importLackey([tiny[0]!, other])).toThrow(
+        /the logs are not one recording: processes 100, 7 without a parent/,
+      );
+      expect(() => importLackey([tiny[1]!, tiny[2]!])).toThrow(
+        /pid 101: the root process starts as a fork child, its parent's log is missing/,
+      );
+      expect(() => importLackey([path.join(FIX, 'nope.1')])).toThrow(/nope\.1: cannot open \(ENOENT\)/);
+    });
+  });
+
+  describe('.pipeline', () => {
+    it('imports a recorded shell pipeline: sh and its three children', () => {
+      // record-pipeline.sh: `sh -c 'ls /usr/bin | sort | head -3'` under lackey, access lines thinned
+      // (every 400th kept) to keep the fixture small; all headers and syscall lines are kept.
+      const dir = path.join(FIX, 'pipeline');
+      const logs = fs
+        .readdirSync(dir)
+        .filter((f) => /^pipe\.\d+\.\d+$/.test(f))
+        .map((f) => path.join(dir, f));
+      const t = importLackey(logs);
+      const d = describeVxt(t);
+      expect(d.processes.length).toBe(4);
+      const [root, ...kids] = d.processes;
+      expect(root!.parent).toBe(0);
+      expect(kids.every((k) => k.parent === root!.pid)).toBe(true);
+      expect(root!.images).toEqual(['sh']);
+      expect(kids.map((k) => k.images[0])).toEqual(['/usr/bin/ls', '/usr/bin/sort', '/usr/bin/head']);
+      expect(d.events.fork).toBe(3);
+      expect(d.events.exec).toBe(4);
+      expect(d.events.exit).toBe(4);
+      // every process made the same 3 libc-loading mmaps at least, and sort's SIGPIPE death is kept
+      expect(d.events.mmap).toBeGreaterThanOrEqual(4 * 3);
+      expect(kids[1]!.signal === 13 || kids[1]!.status !== null).toBe(true);
+      // round trip through the file format
+      expect(describeVxt(decodeVxt(encodeVxt(t), 'pipeline.vxt'))).toEqual(d);
+    });
+  });
+});
