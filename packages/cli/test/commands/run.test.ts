@@ -1,0 +1,71 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { main } from '../../src/program.js';
+
+let out: string[];
+let err: string[];
+
+beforeEach(() => {
+  out = [];
+  err = [];
+  vi.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => (out.push(String(s)), true));
+  vi.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => (err.push(String(s)), true));
+});
+
+afterEach(() => {
+  vi.restoreAllMocks();
+});
+
+describe('run', () => {
+  it('--json prints one vmexit.run/1 document', async () => {
+    const code = await main(['run', '--workload', 'demand-fault:pages=200', '--memory', '16M', '--seed', '3', '--json']);
+    expect(code).toBe(0);
+    const r = JSON.parse(out.join(''));
+    expect(r.schema).toBe('vmexit.run/1');
+    expect(r.variant).toMatchObject({ backend: 'none', mode: 'long4', vcpus: 1, memory: 16 * 1024 * 1024 });
+    expect(r.workload).toMatchObject({ name: 'demand-fault', params: { pages: 200, write: 1 } });
+    expect(r.guest.accesses).toBe(200);
+    expect(r.guest.processes).toBe(1);
+    expect(r.guest.faults).toMatchObject({ total: 200, 'demand-zero': 200 });
+    expect(r.counters.vcpus).toHaveLength(1);
+    expect(typeof r.counters.total.tlb_misses).toBe('number');
+    expect(r.wallSeconds).toBeGreaterThan(0);
+    expect(r.accessesPerSecond).toBeGreaterThan(0);
+    expect(r.memoryDigest).toMatch(/^[0-9a-f]{64}$/);
+  });
+
+  it('prints a summary table, and --trace writes the page faults as JSON Lines', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmexit-run-'));
+    const file = path.join(dir, 'faults.jsonl');
+    try {
+      const code = await main(['run', '--workload', 'fork-cow:pages=16,forks=1', '--memory', '16M', '--mode', 'pae', '--trace', file]);
+      expect(code).toBe(0);
+      const text = out.join('');
+      expect(text).toMatch(/^workload +fork-cow:pages=16,forks=1/m);
+      expect(text).toMatch(/^guest faults +40 /m);
+      const lines = fs.readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+      expect(lines).toHaveLength(40);
+      expect(lines[0]).toMatchObject({ type: 'page-fault', seq: 0, kind: 'demand-zero', errorCode: 6 });
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it.each([
+    [['--workload', 'nope'], /no workload 'nope'/],
+    [['--workload', 'scan:bogus=1'], /scan has no parameter 'bogus'/],
+    [['--workload', 'scan:pages=-4'], /out of range/],
+    [['--workload', 'demand-fault:pages=100000', '--memory', '16M'], /demand-fault:pages=100000.*free pages/],
+    [['--workload', 'scan', '--memory', 'lots'], /--memory: 'lots' is not a size/],
+    [['--workload', 'scan', '--memory', '2G', '--mode', 'legacy32'], /does not fit/],
+    [['--workload', 'scan', '--backend', 'vmx'], /backend vmx is not available yet/],
+    [['--workload', 'scan', '--mode', 'real'], /unknown paging mode 'real'/],
+    [['--workload', 'missing.vxt'], /missing\.vxt.*cannot read/],
+  ])('exits 2 on bad input %j', async (args, message) => {
+    const code = await main(['run', ...args]);
+    expect(code).toBe(2);
+    expect(err.join('')).toMatch(message);
+  });
+});

@@ -1,0 +1,171 @@
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { ACC_FETCH, ACC_READ, ACC_WRITE, GuestAbort, PAGE_SIZE } from '@vmexit/core';
+import { PROT_READ, VMA_ANON, VMA_FILE_PRIVATE, VMA_FILE_SHARED, type AreaSpec, type Kernel } from './os/kernel.js';
+import type { Program, Task, TaskRunner } from './os/tasks.js';
+import { decodeVxt } from './trace/vxt.js';
+import { MAP_ANONYMOUS, MAP_SHARED, type VxtExecEvent, type VxtProcess, type VxtTrace } from './trace/types.js';
+import { WorkloadError } from './workloads/params.js';
+
+/** The bundled trace behind the workload name `kbuild` (packages/guest/traces/kbuild.vxt). */
+export const KBUILD_TRACE_PATH = fileURLToPath(new URL('../traces/kbuild.vxt', import.meta.url));
+
+/** Reads and decodes a `.vxt` file (TraceError on a bad file, with the file's name). */
+export function loadVxtFile(path: string): VxtTrace {
+  let bytes: Uint8Array;
+  try {
+    bytes = readFileSync(path);
+  } catch (e) {
+    throw new WorkloadError('unknown-workload', path, `cannot read the trace file (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
+  return decodeVxt(bytes, path);
+}
+
+/** Record kind -> access kind (a modify replays as a write: its store is what the MMU sees). */
+const KIND_ACCESS = Int32Array.of(ACC_FETCH, ACC_READ, ACC_WRITE, ACC_WRITE);
+
+/** Statistics of one replay. */
+export class ReplayStats {
+  records = 0;
+  /** Represented accesses (the sum of the records' counts). */
+  represented = 0;
+  /** Records whose access ended in SIGSEGV (an address the model's areas do not cover). */
+  sigsegvRecords = 0;
+  processes = 0;
+}
+
+/** The largest linear address the trace touches or maps (for the paging mode's user-space check). */
+export function traceHighestAddress(trace: VxtTrace): number {
+  let max = 0;
+  const pages = trace.accesses.page;
+  for (let i = 0; i < pages.length; i++) if (pages[i]! > max) max = pages[i]!;
+  max = (max + 1) * PAGE_SIZE;
+  for (const p of trace.processes) {
+    for (const e of p.events) {
+      if (e.type === 'mmap') max = Math.max(max, e.start + e.length);
+      else if (e.type === 'exec') for (const m of e.mappings) max = Math.max(max, m.start + m.length);
+      else if (e.type === 'brk') max = Math.max(max, e.result);
+    }
+  }
+  return max;
+}
+
+/**
+ * Replays a VxtTrace on the OS model: each recorded process becomes a process whose task runs its records
+ * in program order; its events become OS operations at their place (`at`): mmap, munmap, mprotect, brk,
+ * fork (the child's task starts), exec (a new address space with the image's mappings), exit. Each access
+ * record is one translation on the vCPU (`touch`); its `count` accesses are counted as represented (the
+ * repeats are TLB hits on the page just translated).
+ */
+export function startReplay(kernel: Kernel, runner: TaskRunner, trace: VxtTrace, stats: ReplayStats): void {
+  const byPid = new Map<number, VxtProcess>();
+  for (const p of trace.processes) byPid.set(p.pid, p);
+  const top = kernel.layout.userLimit;
+  const highest = traceHighestAddress(trace);
+  if (highest > top) {
+    throw new WorkloadError(
+      'bad-config',
+      trace.source.command || 'trace',
+      `the trace uses linear addresses up to 0x${highest.toString(16)}, beyond the 0x${top.toString(16)} bytes of user space of this paging mode (replay it with --mode long4 or long5)`,
+    );
+  }
+  for (const p of trace.processes) {
+    if (p.parent !== 0 && byPid.has(p.parent)) continue;
+    const proc = kernel.createProcess(runner.machine.vcpus[0]!, `pid${p.pid}`);
+    runner.start(proc, (t) => replayProcess(t, p, trace, byPid, stats));
+  }
+}
+
+function* replayProcess(t: Task, tp: VxtProcess, trace: VxtTrace, byPid: ReadonlyMap<number, VxtProcess>, stats: ReplayStats): Program {
+  stats.processes++;
+  const kernel = t.kernel;
+  const { kind, page, count } = trace.accesses;
+  const events = tp.events;
+  const v = t.vcpu;
+  let ev = 0;
+  let i = tp.recordStart;
+  const end = tp.recordEnd;
+  for (;;) {
+    while (ev < events.length && events[ev]!.at <= i) {
+      const e = events[ev++]!;
+      switch (e.type) {
+        case 'mmap': {
+          const anon = (e.flags & MAP_ANONYMOUS) !== 0;
+          const backing = anon ? VMA_ANON : (e.flags & MAP_SHARED) !== 0 ? VMA_FILE_SHARED : VMA_FILE_PRIVATE;
+          const file = anon ? null : kernel.file(e.file ?? `[fd@${e.start.toString(16)}]`);
+          kernel.mmap(v, t.proc, e.start, e.length, e.prot, backing, file, e.offset);
+          break;
+        }
+        case 'munmap':
+          kernel.munmap(v, t.proc, e.start, e.length);
+          break;
+        case 'mprotect':
+          kernel.mprotect(v, t.proc, e.start, e.length, e.prot);
+          break;
+        case 'brk':
+          if (t.proc.brkBase === 0 || t.proc.brkEnd === 0) {
+            t.proc.brkBase = e.result;
+            t.proc.brkEnd = e.result;
+          } else if (e.result !== t.proc.brkEnd) {
+            kernel.brk(v, t.proc, e.result);
+          }
+          break;
+        case 'fork': {
+          const child = byPid.get(e.child);
+          if (child !== undefined) t.fork((c) => replayProcess(c, child, trace, byPid, stats));
+          break;
+        }
+        case 'exec':
+          kernel.execAreas(v, t.proc, e.path, execAreas(kernel, e));
+          break;
+        case 'exit':
+          return;
+      }
+    }
+    if (i >= end) return;
+    // The records up to the next event, or to the end of the quantum.
+    const nextAt = ev < events.length ? Math.min(events[ev]!.at, end) : end;
+    const stop = Math.min(nextAt, i + Math.max(1, t.budget));
+    const start = i;
+    let represented = 0;
+    while (i < stop) {
+      try {
+        for (; i < stop; i++) {
+          v.touch(page[i]! * PAGE_SIZE, KIND_ACCESS[kind[i]!]!);
+          represented += count[i]!;
+        }
+      } catch (e) {
+        if (!(e instanceof GuestAbort)) throw e;
+        represented += count[i]!;
+        stats.sigsegvRecords++;
+        i++;
+      }
+    }
+    stats.records += i - start;
+    stats.represented += represented;
+    t.accesses += represented;
+    t.budget -= i - start;
+    if (t.budget <= 0) yield;
+  }
+}
+
+/** The areas an exec event's mappings become (the loader's work: ELF segments, ld.so, the stack, the vdso). */
+function execAreas(kernel: Kernel, e: VxtExecEvent): AreaSpec[] {
+  return e.mappings.map((m) => {
+    const growsDown = m.role === 'stack';
+    const fileBacked = m.role === 'exe' || m.role === 'interp' || m.role === 'vdso' || m.file !== null;
+    const name = m.file ?? (m.role === 'exe' ? e.path : `[${m.role}]`);
+    return {
+      start: m.start,
+      end: m.start + m.length,
+      prot: m.prot | PROT_READ,
+      backing: fileBacked && !growsDown ? VMA_FILE_PRIVATE : VMA_ANON,
+      file: fileBacked && !growsDown ? kernel.file(name) : null,
+      // The segment's offset in its file is not recorded: the address stands for it, so two processes that
+      // map the same file at the same place share its page-cache pages.
+      offset: m.start,
+      growsDown,
+    };
+  });
+}
+

@@ -1,0 +1,379 @@
+import { ACC_FETCH, ACC_READ, ACC_WRITE, PAGE_SIZE, type Rng } from '@vmexit/core';
+import { PROT_READ, PROT_WRITE, VMA_ANON, type ImageSpec, type Kernel, type Process } from '../os/kernel.js';
+import type { Program, Task, TaskRunner } from '../os/tasks.js';
+import type { ParamDef } from './params.js';
+
+/** What a workload's setup gets: the kernel, the task runner, and its own seeded random stream. */
+export interface WorkloadContext {
+  readonly kernel: Kernel;
+  readonly runner: TaskRunner;
+  readonly rng: Rng;
+  readonly vcpus: number;
+}
+
+export interface SyntheticWorkload {
+  readonly name: string;
+  readonly doc: string;
+  readonly params: Readonly<Record<string, ParamDef>>;
+  /** Guest pages the workload needs at least (beyond the kernel's), for an early "memory too small" error. */
+  minPages(p: Readonly<Record<string, number>>, vcpus: number): number;
+  /** Creates the processes and starts their programs on the runner. */
+  setup(ctx: WorkloadContext, p: Readonly<Record<string, number>>): void;
+}
+
+const int = (def: number, min: number, max: number, doc: string): ParamDef => ({ default: def, min, max, integer: true, doc });
+const real = (def: number, min: number, max: number, doc: string): ParamDef => ({ default: def, min, max, integer: false, doc });
+
+const RW = PROT_READ | PROT_WRITE;
+const MAX_PAGES = 1 << 22;
+
+/** The value a workload stores: deterministic, different per page and pass. */
+function word(page: number, n: number): number {
+  return (Math.imul(page + 1, 0x9e3779b1) ^ n) | 0;
+}
+
+/** An anonymous read-write area of `pages` pages. */
+function mapAnon(t: Task, pages: number): number {
+  return t.kernel.mmap(t.vcpu, t.proc, null, pages * PAGE_SIZE, RW, VMA_ANON);
+}
+
+/** Starts `count` processes (one per vCPU by default), each running `program`. */
+function startProcesses(ctx: WorkloadContext, name: string, count: number, program: (t: Task, index: number) => Program): void {
+  for (let i = 0; i < count; i++) {
+    const v = ctx.runner.machine.vcpus[i % ctx.vcpus]!;
+    const p = ctx.kernel.createProcess(v, `${name}.${i}`);
+    ctx.runner.start(p, (t) => program(t, i), v);
+  }
+}
+
+const demandFault: SyntheticWorkload = {
+  name: 'demand-fault',
+  doc: 'one process touches N new pages once each: N demand-zero faults (or zero-page faults with write=0)',
+  params: {
+    pages: int(16384, 1, MAX_PAGES, 'pages to touch'),
+    write: int(1, 0, 1, '1: write each page (demand-zero), 0: read it (zero page)'),
+  },
+  minPages: (p) => p.pages! + Math.ceil(p.pages! / 512) + 8,
+  setup(ctx, p) {
+    startProcesses(ctx, 'demand-fault', 1, function* (t) {
+      const pages = p.pages!;
+      const base = mapAnon(t, pages);
+      const kind = p.write === 1 ? ACC_WRITE : ACC_READ;
+      for (let i = 0; i < pages; i++) {
+        t.access(base + i * PAGE_SIZE + ((i * 64) % PAGE_SIZE), kind, word(i, 0));
+        if (t.tick()) yield;
+      }
+    });
+  },
+};
+
+const forkCow: SyntheticWorkload = {
+  name: 'fork-cow',
+  doc: 'a parent writes its pages, then forks children that write a fraction of them (COW copies) and exit; after each, the parent writes all its pages again (write-protect faults it resolves in place)',
+  params: {
+    pages: int(1024, 1, MAX_PAGES, 'pages of the parent'),
+    forks: int(8, 1, 1 << 16, 'children, one after the other'),
+    write: real(0.5, 0, 1, 'fraction of the pages each child writes'),
+  },
+  minPages: (p) => 2 * p.pages! + 2 * Math.ceil(p.pages! / 512) + 16,
+  setup(ctx, p) {
+    const rng = ctx.rng;
+    startProcesses(ctx, 'fork-cow', 1, function* (t) {
+      const pages = p.pages!;
+      const base = mapAnon(t, pages);
+      for (let i = 0; i < pages; i++) {
+        t.write(base + i * PAGE_SIZE, word(i, 0));
+        if (t.tick()) yield;
+      }
+      const k = Math.floor(pages * p.write!);
+      for (let f = 1; f <= p.forks!; f++) {
+        // The pages this child writes: k distinct pages, chosen by the seeded stream (partial Fisher-Yates).
+        const order = Array.from({ length: pages }, (_, i) => i);
+        for (let i = 0; i < k; i++) {
+          const j = i + rng.nextInt(pages - i);
+          [order[i], order[j]] = [order[j]!, order[i]!];
+        }
+        const chosen = order.slice(0, k);
+        const child = t.fork(function* (c) {
+          for (const i of chosen) {
+            c.write(base + i * PAGE_SIZE + 8, word(i, f));
+            if (c.tick()) yield;
+          }
+        });
+        yield* t.wait(child);
+        for (let i = 0; i < pages; i++) {
+          t.write(base + i * PAGE_SIZE + 16, word(i, f));
+          if (t.tick()) yield;
+        }
+      }
+    });
+  },
+};
+
+/** The image exec-storm's children run: text and data from the file, bss, a stack. */
+function storeImage(p: Readonly<Record<string, number>>, n: number): ImageSpec {
+  return { path: `/usr/bin/tool${n % 4}`, textPages: p.text!, dataPages: p.data!, bssPages: p.bss!, stackPages: p.stack! };
+}
+
+/** Runs an image's pages: fetch the text, read then write the data, write the bss and the stack. */
+function* runImage(t: Task, image: ImageSpec, n: number): Program {
+  const k = t.kernel;
+  const { text, stackTop } = k.imageAddresses();
+  let va = text;
+  for (let i = 0; i < image.textPages; i++, va += PAGE_SIZE) {
+    t.touch(va, ACC_FETCH);
+    if (t.tick()) yield;
+  }
+  for (let i = 0; i < image.dataPages; i++, va += PAGE_SIZE) {
+    t.read(va);
+    t.write(va + 4, word(i, n));
+    if (t.tick(2)) yield;
+  }
+  for (let i = 0; i < image.bssPages; i++, va += PAGE_SIZE) {
+    t.write(va, word(i, n));
+    if (t.tick()) yield;
+  }
+  for (let i = 1; i <= image.stackPages; i++) {
+    t.write(stackTop - i * PAGE_SIZE + 64, word(i, n));
+    if (t.tick()) yield;
+  }
+}
+
+const SHELL: ImageSpec = { path: '/bin/sh', textPages: 8, dataPages: 2, bssPages: 2, stackPages: 2 };
+
+const execStorm: SyntheticWorkload = {
+  name: 'exec-storm',
+  doc: 'a shell forks children that exec an image, run its pages and exit: address spaces built and torn down, page-table pages freed and reused',
+  params: {
+    execs: int(64, 1, 1 << 20, 'children (fork + exec + exit), one after the other, per vCPU'),
+    text: int(8, 1, 4096, 'text pages of the image'),
+    data: int(4, 0, 4096, 'data pages'),
+    bss: int(4, 0, 4096, 'bss pages'),
+    stack: int(4, 1, 4096, 'stack pages'),
+  },
+  minPages: (p) => 64 + 4 * (p.text! + p.data! + p.bss! + p.stack!),
+  setup(ctx, p) {
+    startProcesses(ctx, 'sh', ctx.vcpus, function* (t, index) {
+      t.kernel.exec(t.vcpu, t.proc, SHELL);
+      yield* runImage(t, SHELL, 0);
+      for (let n = 1; n <= p.execs!; n++) {
+        const image = storeImage(p, n + index);
+        const child = t.fork(function* (c) {
+          c.kernel.exec(c.vcpu, c.proc, image);
+          yield* runImage(c, image, n);
+        });
+        yield* t.wait(child);
+      }
+    });
+  },
+};
+
+const mprotectStorm: SyntheticWorkload = {
+  name: 'mprotect-storm',
+  doc: 'a garbage-collector-like write barrier: the region is made read-only each round, writes take SIGSEGV and the handler makes the page writable again; threads on the other vCPUs read the region (TLB shootdowns)',
+  params: {
+    pages: int(32, 1, MAX_PAGES, 'pages of the region'),
+    rounds: int(64, 1, 1 << 20, 'mprotect(PROT_READ) rounds'),
+    writes: int(8, 0, 1 << 20, 'writes per round, to random pages'),
+  },
+  minPages: (p) => p.pages! + 16,
+  setup(ctx, p) {
+    const rng = ctx.rng;
+    const pages = p.pages!;
+    const v0 = ctx.runner.machine.vcpus[0]!;
+    const proc = ctx.kernel.createProcess(v0, 'mprotect-storm');
+    let base = -1;
+    let finished = false;
+    ctx.runner.start(
+      proc,
+      function* (t) {
+        base = mapAnon(t, pages);
+        for (let i = 0; i < pages; i++) {
+          t.write(base + i * PAGE_SIZE, word(i, 0));
+          if (t.tick()) yield;
+        }
+        for (let r = 1; r <= p.rounds!; r++) {
+          t.kernel.mprotect(t.vcpu, t.proc, base, pages * PAGE_SIZE, PROT_READ);
+          for (let w = 0; w < p.writes!; w++) {
+            const i = rng.nextInt(pages);
+            const va = base + i * PAGE_SIZE + 32;
+            if (!t.write(va, word(i, r))) {
+              // The SIGSEGV handler: unprotect the page, return, and the write is executed again.
+              t.kernel.mprotect(t.vcpu, t.proc, base + i * PAGE_SIZE, PAGE_SIZE, PROT_READ | PROT_WRITE);
+              t.write(va, word(i, r));
+            }
+            if (t.tick(4)) yield;
+          }
+          yield;
+        }
+        finished = true;
+      },
+      v0,
+    );
+    for (let i = 1; i < ctx.vcpus; i++) {
+      const trng = rng.fork();
+      ctx.runner.start(
+        proc,
+        function* (t) {
+          while (!finished) {
+            if (base >= 0) t.read(base + trng.nextInt(pages) * PAGE_SIZE);
+            if (t.tick(64)) yield;
+          }
+        },
+        ctx.runner.machine.vcpus[i]!,
+      );
+    }
+  },
+};
+
+const ptRecycle: SyntheticWorkload = {
+  name: 'pt-recycle',
+  doc: 'processes that own page directories exit, and a survivor gets every frame they freed back as data pages, which it memsets with 8-byte stores',
+  params: {
+    dirs: int(16, 1, 1 << 16, 'page directories (level-2 tables) to free per round'),
+    rounds: int(1, 1, 1 << 12, 'rounds'),
+  },
+  minPages: (p) => 64 + 24 * p.dirs!,
+  setup(ctx, p) {
+    const image: ImageSpec = { path: '/bin/true', textPages: 1, dataPages: 0, bssPages: 1, stackPages: 1 };
+    startProcesses(ctx, 'pt-recycle', 1, function* (t) {
+      const k = t.kernel;
+      for (let r = 1; r <= p.rounds!; r++) {
+        // 1. Children that each own page directories, alive at once.
+        const children: Process[] = [];
+        let ready = 0;
+        let release = false;
+        let dirs = 0;
+        let frames = 0;
+        while (dirs < p.dirs!) {
+          const child = k.createProcess(t.vcpu, 'true', t.proc);
+          children.push(child);
+          t.runner.start(child, function* (c) {
+            c.kernel.exec(c.vcpu, c.proc, image);
+            yield* runImage(c, image, r);
+            ready++;
+            while (!release) yield;
+          });
+          while (ready < children.length) yield;
+          dirs += child.tables[2]!;
+          // What its exit frees: its page-table pages and its anonymous pages (bss, stack).
+          let tables = 0;
+          for (let l = 1; l <= 5; l++) tables += child.tables[l]!;
+          frames += tables + image.bssPages + image.stackPages;
+        }
+        // 2. The survivor's area for those frames, its page tables made beforehand.
+        const span = k.ptSpan;
+        const total = frames + Math.ceil((frames * PAGE_SIZE) / span) + 1;
+        const base = mapAnon(t, total);
+        const pre = new Uint8Array(total);
+        for (let i = 0; i < total; i++) {
+          const va = base + i * PAGE_SIZE;
+          if (i === 0 || va % span === 0) {
+            pre[i] = 1;
+            t.write(va, 0);
+          }
+        }
+        // 3. The children exit: their tables go back to the allocator, the page directories among them.
+        release = true;
+        for (const c of children) yield* t.wait(c);
+        // 4. Every freed frame comes back as a data page, memset with 8-byte stores.
+        let filled = 0;
+        for (let i = 0; i < total && filled < frames; i++) {
+          if (pre[i] === 1) continue;
+          const va = base + i * PAGE_SIZE;
+          const v = t.vcpu;
+          for (let off = 0; off < PAGE_SIZE; off += 8) {
+            t.accesses++;
+            try {
+              v.write(va + off, 8, (0xa5a5a5a5 ^ i) | 0, 0x5a5a5a5a);
+            } catch (e) {
+              if (!(e instanceof Error && e.name === 'GuestAbort')) throw e;
+            }
+          }
+          filled++;
+          if (t.tick(512)) yield;
+        }
+        k.munmap(t.vcpu, t.proc, base, total * PAGE_SIZE);
+      }
+    });
+  },
+};
+
+/** Each process's accesses over its own area, drawn by `next(rng)` (a page index). */
+function accessLoop(name: string, doc: string, extra: Record<string, ParamDef>, makeNext: (p: Readonly<Record<string, number>>, rng: Rng) => () => number): SyntheticWorkload {
+  return {
+    name,
+    doc,
+    params: {
+      pages: int(4096, 1, MAX_PAGES, 'pages of each process'),
+      ...extra,
+      write: real(0.2, 0, 1, 'fraction of accesses that are writes'),
+      procs: int(0, 0, 4096, 'processes (0: one per vCPU)'),
+    },
+    minPages: (p, vcpus) => (p.procs === 0 ? vcpus : p.procs!) * (p.pages! + Math.ceil(p.pages! / 512) + 8),
+    setup(ctx, p) {
+      const procs = p.procs === 0 ? ctx.vcpus : p.procs!;
+      startProcesses(ctx, name, procs, function* (t) {
+        const rng = ctx.rng.fork();
+        const next = makeNext(p, rng);
+        const base = mapAnon(t, p.pages!);
+        const w = p.write!;
+        const n = p.accesses ?? p.passes! * p.pages!;
+        for (let i = 0; i < n; i++) {
+          const page = next();
+          const write = w > 0 && rng.nextFloat() < w;
+          t.access(base + page * PAGE_SIZE + ((i & 63) << 6), write ? ACC_WRITE : ACC_READ, word(page, i));
+          if (t.tick()) yield;
+        }
+      });
+    },
+  };
+}
+
+const scan = accessLoop('scan', 'each process reads/writes its pages in order, pass after pass', { passes: int(4, 1, 1 << 20, 'passes over the area') }, (p) => {
+  let i = -1;
+  const n = p.pages!;
+  return () => (i = (i + 1) % n);
+});
+
+const randomWs = accessLoop('random-ws', 'uniformly random pages of a working set', { accesses: int(1_000_000, 1, 1e10, 'accesses per process') }, (p, rng) => {
+  const n = p.pages!;
+  return () => rng.nextInt(n);
+});
+
+const zipf = accessLoop(
+  'zipf',
+  'Zipf-distributed page popularity (rank r with weight 1/r^s), hot pages scattered over the area',
+  { accesses: int(1_000_000, 1, 1e10, 'accesses per process'), s: real(1, 0.01, 5, 'the Zipf exponent') },
+  (p, rng) => {
+    const n = p.pages!;
+    const cdf = new Float64Array(n);
+    let sum = 0;
+    for (let r = 0; r < n; r++) cdf[r] = sum += 1 / Math.pow(r + 1, p.s!);
+    for (let r = 0; r < n; r++) cdf[r] = cdf[r]! / sum;
+    const perm = new Int32Array(n);
+    for (let i = 0; i < n; i++) perm[i] = i;
+    for (let i = n - 1; i > 0; i--) {
+      const j = rng.nextInt(i + 1);
+      const x = perm[i]!;
+      perm[i] = perm[j]!;
+      perm[j] = x;
+    }
+    return () => {
+      const u = rng.nextFloat();
+      let lo = 0;
+      let hi = n - 1;
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        if (cdf[mid]! < u) lo = mid + 1;
+        else hi = mid;
+      }
+      return perm[lo]!;
+    };
+  },
+);
+
+/** The synthetic workloads, by name. */
+export const SYNTHETIC_WORKLOADS: ReadonlyMap<string, SyntheticWorkload> = new Map(
+  [demandFault, forkCow, execStorm, mprotectStorm, ptRecycle, scan, randomWs, zipf].map((w) => [w.name, w]),
+);

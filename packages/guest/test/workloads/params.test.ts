@@ -1,0 +1,27 @@
+import { describe, expect, it } from 'vitest';
+import { parseNumber, parseWorkloadRef, resolveParams, WorkloadError } from '../../src/workloads/params.js';
+
+describe('parseWorkloadRef', () => {
+  it('splits names, parameters, kbuild and .vxt paths', () => {
+    expect(parseWorkloadRef('scan:pages=4,passes=2')).toMatchObject({ kind: 'synthetic', name: 'scan', raw: { pages: '4', passes: '2' } });
+    expect(parseWorkloadRef('kbuild')).toMatchObject({ kind: 'trace', path: null });
+    expect(parseWorkloadRef('/tmp/x.vxt')).toMatchObject({ kind: 'trace', path: '/tmp/x.vxt' });
+    expect(() => parseWorkloadRef('scan:pages')).toThrow(WorkloadError);
+    expect(() => parseWorkloadRef('kbuild:x=1')).toThrow(/takes no parameters/);
+  });
+});
+
+describe('resolveParams', () => {
+  const defs = { pages: { default: 8, min: 1, max: 100, integer: true, doc: '' } };
+  it('fills defaults and checks ranges', () => {
+    expect(resolveParams('w', 'w', defs, {})).toEqual({ pages: 8 });
+    expect(resolveParams('w', 'w', defs, { pages: '2' })).toEqual({ pages: 2 });
+    expect(() => resolveParams('w', 'w', defs, { pages: '1000' })).toThrow(/out of range/);
+    expect(() => resolveParams('w', 'w', defs, { pages: '1.5' })).toThrow(/whole number/);
+  });
+  it('reads suffixes', () => {
+    expect(parseNumber('64k')).toBe(64000);
+    expect(parseNumber('4Ki')).toBe(4096);
+    expect(parseNumber('abc')).toBeNaN();
+  });
+});
