@@ -1,7 +1,9 @@
 import type { Command } from 'commander';
-import { VectorError, formatFailure, formatSummary, loadVectorFile, reportToJson, runConformance } from '@vmexit/core';
-import type { ConformanceVector } from '@vmexit/core';
+import { VectorError, formatFailure, formatSummary, loadVectorFile, reportToJson, runConformance, runVector } from '@vmexit/core';
+import type { ConformanceReport, ConformanceVector, VectorResult } from '@vmexit/core';
+import { createVmVectorMachine } from '../conformance-vm.js';
 import { InputError } from '../errors.js';
+import { addVariantOptions, variantFromOptions, type VariantOptions } from '../variant-options.js';
 
 /**
  * `vmexit conformance FILE... [--json]`: runs paging conformance vectors (JSON Lines, the format of
@@ -14,12 +16,12 @@ import { InputError } from '../errors.js';
  * when any fails.
  */
 export function registerConformance(program: Command): void {
-  program
+  const cmd = program
     .command('conformance')
-    .description('run paging conformance vectors (JSON Lines) against the architectural page walker')
+    .description('run paging conformance vectors (JSON Lines) natively, or as guest accesses under a hypervisor variant')
     .argument('<files...>', 'vector files, one vector per line')
-    .option('--json', 'print a machine-readable report instead of the failure lines and summary')
-    .action((files: string[], opts: { json?: boolean }) => {
+    .option('--json', 'print a machine-readable report instead of the failure lines and summary');
+  addVariantOptions(cmd).action(async (files: string[], opts: { json?: boolean } & VariantOptions) => {
       const vectors: ConformanceVector[] = [];
       for (const file of files) {
         try {
@@ -29,7 +31,26 @@ export function registerConformance(program: Command): void {
           throw e;
         }
       }
-      const report = runConformance(vectors);
+      // With variant flags, each vector runs as a guest access on a VM of that variant (vCPU 0), and must
+      // give exactly the native outcome; without them, on the architectural walker.
+      const underVariant = (opts.backend !== undefined && opts.backend !== 'none') || opts.config !== undefined;
+      let report: ConformanceReport;
+      if (underVariant) {
+        const variant = await variantFromOptions(opts);
+        if (variant.backend === 'none') {
+          report = runConformance(vectors);
+        } else {
+          const results: VectorResult[] = [];
+          for (const vector of vectors) {
+            const machine = await createVmVectorMachine(vector, variant);
+            results.push(runVector(vector, () => machine));
+          }
+          const failed = results.filter((r) => !r.passed).length;
+          report = { results, passed: results.length - failed, failed };
+        }
+      } else {
+        report = runConformance(vectors);
+      }
       if (opts.json === true) {
         process.stdout.write(`${JSON.stringify(reportToJson(report), null, 2)}\n`);
       } else {

@@ -1,6 +1,7 @@
 import { merge, type MonoTypeOperatorFunction, type Observable } from 'rxjs';
 import { tap } from 'rxjs';
 import { Machine } from '../machine/machine.js';
+import type { MemslotSpec } from '../machine/guest-memory.js';
 import { NativeHooks } from '../machine/hooks.js';
 import type { Vcpu } from '../machine/vcpu.js';
 import { COST_PROFILES } from '../cost/profiles.js';
@@ -25,6 +26,10 @@ export interface CreateVmOptions {
   readonly sources?: ModuleSources;
   /** Seed of the machine's scheduler. */
   readonly seed?: number;
+  /** The guest-physical layout (default: one RAM slot of `variant.memory` bytes from 0). */
+  readonly memslots?: readonly MemslotSpec[];
+  /** The guest's MAXPHYADDR, 36..52 (default 46). */
+  readonly maxPhyAddr?: number;
   /** Observers to use instead of the container's (no-op) ones. */
   readonly tracer?: ExitTracer;
   readonly recorder?: ExitRecorder;
@@ -61,8 +66,9 @@ export class Vm implements MmuHost {
     tracer: ExitTracer,
     recorder: ExitRecorder,
     seed: number,
+    machineOptions: { memslots?: readonly MemslotSpec[]; maxPhyAddr?: number } = {},
   ) {
-    this.machine = new Machine({ memoryBytes: variant.memory, vcpus: variant.vcpus, seed });
+    this.machine = new Machine({ memoryBytes: variant.memory, vcpus: variant.vcpus, seed, memslots: machineOptions.memslots, maxPhyAddr: machineOptions.maxPhyAddr });
     this.vcpus = this.machine.vcpus;
     this.stats = this.vcpus.map(() => new Stats());
     const backendStates: unknown[] = [];
@@ -165,5 +171,8 @@ export async function createVm(variant: unknown, options: CreateVmOptions = {}):
     if (cap === undefined || !c.isBound(cap.token)) throw new RangeError(`capability '${name}' is not bound in this VM`);
     return c.get(cap.token);
   };
-  return new Vm(v, backend, mmu, comp.policies, capability, options.tracer ?? c.get<ExitTracer>(TYPES.ExitTracer), options.recorder ?? c.get<ExitRecorder>(TYPES.ExitRecorder), options.seed ?? 0);
+  return new Vm(v, backend, mmu, comp.policies, capability, options.tracer ?? c.get<ExitTracer>(TYPES.ExitTracer), options.recorder ?? c.get<ExitRecorder>(TYPES.ExitRecorder), options.seed ?? 0, {
+    memslots: options.memslots,
+    maxPhyAddr: options.maxPhyAddr,
+  });
 }
