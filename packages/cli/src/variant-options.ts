@@ -63,7 +63,7 @@ export async function rawVariant(opts: VariantOptions, cwd: string): Promise<Rec
   if (opts.mmu !== undefined) raw.mmu = opts.mmu;
   if (opts.costModel !== undefined) raw.costModel = opts.costModel;
   if (opts.vcpus !== undefined) raw.vcpus = /^\d+$/.test(opts.vcpus) ? Number(opts.vcpus) : opts.vcpus;
-  if (opts.memory !== undefined) raw.memory = opts.memory;
+  if (opts.memory !== undefined) raw.memory = /^\d+$/.test(opts.memory) ? Number(opts.memory) : opts.memory;
   if (opts.policy !== undefined) {
     // Paths on the command line are relative to the working directory, whatever the config's directory is.
     raw.policies = opts.policy

@@ -65,7 +65,9 @@ export interface RunResult {
     pageCacheMisses: number;
     trace?: { records: number; represented: number; sigsegvRecords: number };
   };
+  /** Counters (and guest.faults) cover the window a workload marks as its steady state, when it marks one. */
   readonly counters: RunCounters;
+  readonly measured?: string;
   readonly wallSeconds: number;
   readonly accessesPerSecond: number;
   readonly memoryDigest: string;
@@ -159,10 +161,31 @@ export function runWorkload(options: RunOptions): RunOutcome {
   });
   const replay = new ReplayStats();
   const readCounters = options.counters ?? nativeCounters;
-  const baseline = readCounters(machine);
+  let baseline = readCounters(machine);
+  let final: RunCounters | null = null;
+  let faultsAtBegin = 0;
+  let faultsAtEnd = -1;
+  const kindsAtBegin = new Float64Array(FAULT_KIND_NAMES.length);
+  let kindsAtEnd: Float64Array | null = null;
+  let began = false;
+  const measure = {
+    begin(): void {
+      if (began) throw new Error('measure.begin() called twice');
+      began = true;
+      baseline = readCounters(machine);
+      faultsAtBegin = kernel.stats.pageFaults;
+      kindsAtBegin.set(kernel.stats.faults);
+    },
+    end(): void {
+      if (final !== null) throw new Error('measure.end() called twice');
+      final = readCounters(machine);
+      faultsAtEnd = kernel.stats.pageFaults;
+      kindsAtEnd = Float64Array.from(kernel.stats.faults);
+    },
+  };
   const t0 = performance.now();
   try {
-    if (synthetic !== undefined) synthetic.setup({ kernel, runner, rng: new Rng(seed ^ 0x3c6ef372), vcpus }, params);
+    if (synthetic !== undefined) synthetic.setup({ kernel, runner, rng: new Rng(seed ^ 0x3c6ef372), vcpus, measure }, params);
     else startReplay(kernel, runner, trace!, replay);
     runner.run();
   } catch (e) {
@@ -174,8 +197,10 @@ export function runWorkload(options: RunOptions): RunOutcome {
   const wallSeconds = (performance.now() - t0) / 1000;
   const accesses = runner.accesses;
   const s = kernel.stats;
-  const faults = { total: s.pageFaults } as { total: number } & Record<FaultKindName, number>;
-  FAULT_KIND_NAMES.forEach((k, i) => (faults[k] = s.faults[i]!));
+  // Guest faults over the same window as the counters (the whole run when the workload sets none).
+  const windowed = faultsAtEnd >= 0;
+  const faults = { total: windowed ? faultsAtEnd - faultsAtBegin : s.pageFaults } as { total: number } & Record<FaultKindName, number>;
+  FAULT_KIND_NAMES.forEach((k, i) => (faults[k] = windowed ? kindsAtEnd![i]! - kindsAtBegin[i]! : s.faults[i]!));
   const levels = (a: Float64Array): Record<string, number> => {
     const o: Record<string, number> = {};
     for (let l = 1; l <= kernel.layout.top; l++) o[LEVEL_NAMES[l]!] = a[l]!;
@@ -199,7 +224,8 @@ export function runWorkload(options: RunOptions): RunOutcome {
       pageCacheMisses: s.pageCacheMisses,
       ...(trace === null ? {} : { trace: { records: replay.records, represented: replay.represented, sigsegvRecords: replay.sigsegvRecords } }),
     },
-    counters: diffCounters(readCounters(machine), baseline),
+    counters: diffCounters(final ?? readCounters(machine), baseline),
+    ...(windowed ? { measured: 'steady state (the workload marks it)' } : {}),
     wallSeconds,
     accessesPerSecond: wallSeconds > 0 ? accesses / wallSeconds : 0,
     memoryDigest: machine.memory.digest(),

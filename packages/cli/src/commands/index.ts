@@ -1,7 +1,13 @@
 import type { Command } from 'commander';
+import { registerConformance } from './conformance.js';
+import { registerTrace } from './trace.js';
+import { registerPolicies } from './policies.js';
+import { registerRun } from './run.js';
+import { registerCompare } from './compare.js';
+import { registerMain } from './main.js';
 
 /** A subcommand: adds itself to the program. Each lives in its own file under commands/. */
 export type CommandRegistration = (program: Command) => void;
 
 /** The subcommands, in the order `vmexit --help` lists them. */
-export const commands: CommandRegistration[] = [];
+export const commands: CommandRegistration[] = [registerMain, registerRun, registerCompare, registerConformance, registerTrace, registerPolicies];

@@ -1,83 +1,87 @@
 import * as fs from 'node:fs';
 import type { Command } from 'commander';
 import { PAGING_MODE_NAMES, type PagingModeName } from '@vmexit/core';
-import {
-  GuestConfigError,
-  PERSONALITIES,
-  TraceError,
-  WorkloadError,
-  runWorkload,
-  type GuestEventLog,
-  type Personality,
-  type RunResult,
-} from '@vmexit/guest';
-import { InputError } from '../errors.js';
+import { PERSONALITIES, type GuestEventLog, type Personality, type RunResult } from '@vmexit/guest';
+import { InputError, RunFailure } from '../errors.js';
+import { JsonLinesTracer, checkFailure, runChecked, runOnVariant, type CheckReport, type VariantRunResult } from '../run-variant.js';
+import { addVariantOptions, variantFromOptions, type VariantOptions } from '../variant-options.js';
 
-/** What runs below the guest; `none` is native (the hypervisor backends add theirs). */
-export const RUN_BACKENDS = ['none'] as const;
-
-interface RunFlags {
+interface RunFlags extends VariantOptions {
   workload: string;
   mode: string;
-  backend: string;
-  vcpus: string;
-  memory: string;
   seed: string;
   personality?: string[];
   json?: boolean;
   trace?: string;
+  audit?: boolean;
+  check?: boolean;
 }
 
 /**
- * `vmexit run --workload NAME[:k=v,...]|kbuild|FILE.vxt [--mode M] [--backend none] [--vcpus N]
- * [--memory SIZE] [--seed N] [--personality P...] [--json] [--trace FILE]`: boots the guest OS model and
- * runs the workload; prints a summary table (or one RunResult document with --json). A progress bar goes to
- * stderr when it is a terminal and the run takes over a second. Bad input is exit 2 with a message that
- * names it.
+ * `vmexit run --workload NAME[:k=v,...]|kbuild|FILE.vxt [--mode M] [--backend vmx|svm|none] [--mmu shadow]
+ * [--policy a,b] [--config FILE] [--vcpus N] [--memory SIZE] [--seed N] [--personality P...] [--audit]
+ * [--check] [--json] [--trace FILE]`: boots the guest OS model on the variant and runs the workload; prints a
+ * summary table (or one RunResult document with --json). A progress bar goes to stderr when it is a
+ * terminal and the run takes over a second. Bad input is exit 2 with a message that names it; a --check
+ * divergence or an --audit violation is exit 1.
  */
 export function registerRun(program: Command): void {
-  program
+  const cmd = program
     .command('run')
-    .description('boot the guest OS model on a machine and run a workload; print its counters')
+    .description('boot the guest OS model on a variant and run a workload; print its counters')
     .requiredOption('--workload <spec>', 'NAME[:k=v,...] (demand-fault, fork-cow, exec-storm, mprotect-storm, pt-recycle, scan, random-ws, zipf), kbuild, or FILE.vxt')
     .option('--mode <mode>', `paging mode: ${PAGING_MODE_NAMES.join(', ')}`, 'long4')
-    .option('--backend <name>', 'what runs below the guest: none (native)', 'none')
-    .option('--vcpus <n>', 'number of vCPUs', '1')
-    .option('--memory <size>', 'guest RAM, e.g. 256M or 1G', '256M')
     .option('--seed <n>', 'seed of every random choice (scheduler, workload)', '1')
     .option('--personality <names...>', `guest personalities: ${PERSONALITIES.join(', ')}`)
+    .option('--audit', "check the MMU's invariants after every exit; the first violation stops the run")
+    .option('--check', 'also run natively and compare what the guest observed (faults, SIGSEGVs, final memory)')
     .option('--json', 'print one RunResult document (schema vmexit.run/1)')
-    .option('--trace <file>', 'write the guest-visible events (page faults) as JSON Lines')
-    .action((flags: RunFlags) => {
-      const opts = checkFlags(flags);
-      const progress = new Progress();
-      let outcome;
-      try {
-        outcome = runWorkload({ ...opts, variant: { backend: flags.backend }, onProgress: (n, total) => progress.update(n, total) });
-      } catch (e) {
-        if (e instanceof WorkloadError || e instanceof TraceError || e instanceof GuestConfigError) throw new InputError(e.message);
-        throw e;
-      } finally {
-        progress.clear();
+    .option('--trace <file>', 'write every exit, MMU decision and guest-visible fault as JSON Lines');
+  addVariantOptions(cmd).action(async (flags: RunFlags) => {
+    const opts = checkFlags(flags);
+    const variant = await variantFromOptions(flags);
+    const progress = new Progress();
+    const traceLines: string[] = [];
+    const tracer = flags.trace === undefined ? undefined : new JsonLinesTracer((line) => traceLines.push(line));
+    const runOpts = { ...opts, variant, audit: flags.audit === true, tracer, onProgress: (n: number, total: number | null) => progress.update(n, total) };
+    let result: VariantRunResult;
+    let events: GuestEventLog;
+    let check: CheckReport | null = null;
+    try {
+      if (flags.check === true) {
+        const c = await runChecked(runOpts);
+        result = c.run.result;
+        events = c.run.outcome.events;
+        check = c.check;
+      } else {
+        const r = await runOnVariant(runOpts);
+        result = r.result;
+        events = r.outcome.events;
       }
-      if (flags.trace !== undefined) writeEvents(flags.trace, outcome.events);
-      process.stdout.write(flags.json === true ? `${JSON.stringify(outcome.result, null, 2)}\n` : summary(outcome.result));
-    });
+    } catch (e) {
+      if (e instanceof Error && (e as { code?: string }).code === 'E_MMU_AUDIT') throw new RunFailure(`--audit: ${e.message}`);
+      throw e;
+    } finally {
+      progress.clear();
+    }
+    if (flags.trace !== undefined) writeTrace(flags.trace, traceLines, events);
+    const doc = check === null ? result : { ...result, check };
+    process.stdout.write(flags.json === true ? `${JSON.stringify(doc, null, 2)}\n` : summary(result, check));
+    if (check !== null && !check.ok) throw checkFailure(check);
+  });
 }
 
-function checkFlags(f: RunFlags): { workload: string; mode: PagingModeName; vcpus: number; memory: number; seed: number; personalities: Personality[] } {
-  if (!(RUN_BACKENDS as readonly string[]).includes(f.backend)) throw new InputError(`--backend: backend ${f.backend} is not available yet (available: ${RUN_BACKENDS.join(', ')})`);
+function checkFlags(f: RunFlags): { workload: string; mode: PagingModeName; seed: number; personalities: Personality[] } {
   if (!(PAGING_MODE_NAMES as readonly string[]).includes(f.mode)) throw new InputError(`--mode: unknown paging mode '${f.mode}' (expected ${PAGING_MODE_NAMES.join(', ')})`);
-  const vcpus = Number(f.vcpus);
-  if (!/^\d+$/.test(f.vcpus) || vcpus < 1 || vcpus > 256) throw new InputError(`--vcpus: expected an integer from 1 to 256, got '${f.vcpus}'`);
   const seed = Number(f.seed);
   if (!/^\d+$/.test(f.seed) || seed > 0xffffffff) throw new InputError(`--seed: expected an integer from 0 to 4294967295, got '${f.seed}'`);
-  const memory = parseSize(f.memory);
+  if (f.vcpus !== undefined && (!/^\d+$/.test(f.vcpus) || Number(f.vcpus) < 1 || Number(f.vcpus) > 256)) throw new InputError(`--vcpus: expected an integer from 1 to 256, got '${f.vcpus}'`);
+  if (f.memory !== undefined) f.memory = String(parseSize(f.memory));
   const personalities = (f.personality ?? []).flatMap((p) => p.split(',')).filter((p) => p.length > 0);
   for (const p of personalities) {
     if (!(PERSONALITIES as readonly string[]).includes(p)) throw new InputError(`--personality: unknown personality '${p}' (expected ${PERSONALITIES.join(', ')})`);
   }
-  return { workload: f.workload, mode: f.mode as PagingModeName, vcpus, memory, seed, personalities: personalities as Personality[] };
+  return { workload: f.workload, mode: f.mode as PagingModeName, seed, personalities: personalities as Personality[] };
 }
 
 /** `256M`, `1G`, `65536K`, `1048576` (bytes); K/M/G are binary (KiB, MiB, GiB). */
@@ -90,14 +94,22 @@ export function parseSize(text: string): number {
   return bytes;
 }
 
-function writeEvents(file: string, events: GuestEventLog): void {
-  const lines: string[] = [];
+/**
+ * Writes the trace: the exits and MMU decisions in the order they happened (each line ends in a newline),
+ * then the guest-visible faults in the order the guest received them. Written to a temporary file and
+ * renamed, so a failure leaves nothing half-written.
+ */
+function writeTrace(file: string, exitLines: readonly string[], events: GuestEventLog): void {
+  const lines: string[] = [...exitLines];
   for (const e of events) {
-    lines.push(JSON.stringify({ type: 'page-fault', seq: e.seq, vcpu: e.vcpu, pid: e.pid, address: hex64(e.address), errorCode: e.errorCode, kind: e.kind }));
+    lines.push(`${JSON.stringify({ type: 'page-fault', seq: e.seq, vcpu: e.vcpu, pid: e.pid, address: hex64(e.address), errorCode: e.errorCode, kind: e.kind })}\n`);
   }
+  const tmp = `${file}.tmp-${process.pid}`;
   try {
-    fs.writeFileSync(file, lines.length === 0 ? '' : `${lines.join('\n')}\n`);
+    fs.writeFileSync(tmp, lines.join(''));
+    fs.renameSync(tmp, file);
   } catch (e) {
+    fs.rmSync(tmp, { force: true });
     throw new InputError(`--trace: cannot write ${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
 }
@@ -115,20 +127,36 @@ function rate(n: number): string {
   return n >= 1e6 ? `${(n / 1e6).toFixed(1)} M` : n >= 1e3 ? `${(n / 1e3).toFixed(1)} k` : n.toFixed(0);
 }
 
-function summary(r: RunResult): string {
+function summary(r: VariantRunResult, check: CheckReport | null = null): string {
   const g = r.guest;
   const t = r.counters.total;
+  const exitRows: [string, string][] = [];
+  if (r.variant.backend !== 'none') {
+    const byReason = Object.entries(t)
+      .filter(([k, n]) => k.startsWith('exits.') && !k.startsWith('exits.kind.') && n > 0)
+      .sort(([, a], [, b]) => b - a)
+      .map(([k, n]) => `${k.slice(6)} ${num(n)}`)
+      .join(', ');
+    const exits = t.exits ?? 0;
+    exitRows.push(
+      ['vmexits', `${num(exits)}${byReason.length > 0 ? ` (${byReason})` : ''}`],
+      ['exits/guest fault', g.faults.total > 0 ? (exits / g.faults.total).toFixed(3) : '-'],
+      ['MMU', `${num(t.pf_fixed ?? 0)} faults fixed, ${num(t.pf_guest ?? 0)} injected, ${num(t.insn_emulation ?? 0)} emulated, ${num(t.mmu_pte_write ?? 0)} pte writes, ${num(t.mmu_shadow_zapped ?? 0)} pages zapped`],
+      ['modelled cycles', `${num(r.cycles.cycles)} (${r.cycles.profile})`],
+    );
+  }
   const kinds = Object.entries(g.faults)
     .filter(([k, n]) => k !== 'total' && n > 0)
     .map(([k, n]) => `${k} ${num(n)}`)
     .join(', ');
   const rows: [string, string][] = [
     ['workload', `${r.workload.input} (${r.workload.kind})`],
-    ['variant', `backend ${r.variant.backend}, mode ${r.variant.mode}, ${r.variant.vcpus} vCPU${r.variant.vcpus === 1 ? '' : 's'}, ${r.variant.memory / 2 ** 20} MiB, seed ${r.seed}` + (r.variant.personalities.length > 0 ? `, ${r.variant.personalities.join(' ')}` : '')],
+    ['variant', `${variantLabel(r.variant)}, mode ${r.variant.mode}, ${r.variant.vcpus} vCPU${r.variant.vcpus === 1 ? '' : 's'}, ${r.variant.memory / 2 ** 20} MiB, seed ${r.seed}` + (r.variant.personalities.length > 0 ? `, ${r.variant.personalities.join(' ')}` : '')],
     ['accesses', num(g.accesses)],
     ['processes', num(g.processes)],
     ['guest faults', `${num(g.faults.total)}${kinds.length > 0 ? ` (${kinds})` : ''}`],
     ['SIGSEGVs', num(g.sigsegv)],
+    ...exitRows,
     ['TLB misses', num(t.tlb_misses ?? 0)],
     ['TLB flushes', `${num(t.tlb_flush ?? 0)} full, ${num(t.invlpg ?? 0)} INVLPG, ${num(g.tlb.shootdowns)} shootdowns`],
     ['page tables', `${num(sum(g.pageTables.allocated))} allocated, ${num(sum(g.pageTables.freed))} freed, ${num(sum(g.pageTables.reusedAsData))} reused as data`],
@@ -136,8 +164,19 @@ function summary(r: RunResult): string {
     ['accesses/s', rate(r.accessesPerSecond)],
     ['memory digest', r.memoryDigest],
   ];
+  if (check !== null) {
+    rows.push(['check', check.ok ? `same as native (${num(check.compared.faults)} guest faults, ${num(check.compared.sigsegv)} SIGSEGVs, final memory)` : `DIVERGED: ${check.divergence}`]);
+  }
   const w = Math.max(...rows.map(([k]) => k.length));
   return rows.map(([k, v]) => `${k.padEnd(w)}  ${v}\n`).join('');
+}
+
+/** `vmx shadow pte-update,bypass-guest-pf` or `native`. */
+export function variantLabel(v: RunResult['variant']): string {
+  if (v.backend === 'none') return 'native';
+  const pol = (v.policies as (string | { use: string })[] | undefined) ?? [];
+  const names = pol.map((p) => (typeof p === 'string' ? p : p.use));
+  return `${v.backend} ${String(v.mmu)}${names.length > 0 ? ` ${names.join(',')}` : ''}`;
 }
 
 function sum(o: Record<string, number>): number {

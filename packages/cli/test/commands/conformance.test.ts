@@ -6,7 +6,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { main } from '../../src/program.js';
 
 /** The sample vectors, kept as fixtures of @vmexit/core (the tests do not depend on ../shared). */
-const FIXTURES = fileURLToPath(new URL('../../../core/test/fixtures/conformance/', import.meta.url));
+const FIXTURES = fileURLToPath(new URL('../../../core/conformance/', import.meta.url));
 const fixture = (name: string) => join(FIXTURES, name);
 const ALL = [
   'sample-access-legacy32.jsonl',

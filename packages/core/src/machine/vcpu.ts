@@ -112,6 +112,9 @@ export class Vcpu {
 
   /** Guest-visible counters. */
   accesses = 0;
+  /** Hardware walks of the active tables (TLB misses that walked), and the paging-structure entries they read. */
+  walks = 0;
+  walkRefs = 0;
   exceptions = 0;
   pageFaultsDelivered = 0;
 
@@ -419,6 +422,9 @@ export class Vcpu {
     const r = this.walkResult;
     for (let attempt = 0; attempt < MAX_RETRIES; attempt++) {
       const st = walk(this.activeCtx, this.activeMem, va, access, WALK_SIDE_EFFECTS, r);
+      this.walks++;
+      // Entries read: from the top level down to where the walk ended (PAE's PDPTE registers are not read).
+      if (st !== WALK_GP) this.walkRefs += (this.activeCtx.mode === MODE_PAE ? 2 : r.topLevel) - r.leafLevel + 1;
       let action: FaultAction;
       let vector = PF_VECTOR;
       if (st === WALK_OK) {
@@ -450,7 +456,19 @@ export class Vcpu {
         throw new MachineError('walk-status', `unknown walk status ${st}`);
       }
       if (action === FAULT_DONE) return SLOW_DONE;
-      if (action === FAULT_DELIVER) this.raise(vector, this.deliverErrorCode, va);
+      if (action === FAULT_DELIVER) {
+        // The guest's handler makes accesses of its own, which overwrite the access in flight: keep it for
+        // the re-execution (whose exit may emulate it from these fields).
+        const pVa = this.pendingVa;
+        const pAccess = this.pendingAccess;
+        const pSize = this.pendingSize;
+        const pLo = this.pendingLo;
+        const pHi = this.pendingHi;
+        const pEmulatable = this.pendingEmulatable;
+        this.raise(vector, this.deliverErrorCode, va);
+        this.setPending(pVa, pAccess, pSize, pLo, pHi);
+        this.pendingEmulatable = pEmulatable;
+      }
       // FAULT_RETRY, or the guest handled the exception: re-execute the access.
     }
     throw new MachineError(

@@ -47,4 +47,9 @@ export interface Mmu {
    * gfn was unprotected and the guest may simply re-execute the access.
    */
   emulationFailed(vcpu: Vcpu, gpa: number): boolean;
+  /**
+   * `--audit`: checks the MMU's invariants (KVM's mmu_audit.c and more) and throws at the first violation,
+   * with a report of what is wrong. Called after every exit when a run audits.
+   */
+  audit?(): void;
 }

@@ -24,6 +24,11 @@ export const PFERR_GUEST_PAGE = 2 ** 33;
  */
 export class VmHooks implements VcpuHooks {
   private seq = 0;
+  /**
+   * Called after every exit of this vCPU once it is fully handled (resolution applied, emulation done),
+   * before the guest runs again: where `--audit` checks the MMU (KVM's mmu_audit runs at the same points).
+   */
+  afterExit: ((exit: VmExit) => void) | null = null;
   private readonly emulation = createEmulationOutcome();
   private readonly entry = { errorCode: 0 };
 
@@ -40,7 +45,7 @@ export class VmHooks implements VcpuHooks {
     if (!this.backend.exceptionExits(this.state, vector, errorCode >>> 0)) return FAULT_DELIVER;
     const hw = this.backend.exceptionExit(this.state, vector, errorCode, address);
     const exit: VmExit = { kind: 'exception', vcpu: vcpu.id, seq: ++this.seq, hw, vector, errorCode, address, access, resolution: null, resolvedBy: null };
-    return this.act(exit, this.channel.push(exit), vector, address);
+    return this.done(exit, this.act(exit, this.channel.push(exit), vector, address));
   }
 
   nestedFault(vcpu: Vcpu, address: number, access: number, r: WalkResult): FaultAction {
@@ -49,14 +54,14 @@ export class VmHooks implements VcpuHooks {
     const gpa = r.nestedGpa;
     const hw = this.backend.nestedFaultExit(this.state, gpa, address, errorCode);
     const exit: VmExit = { kind: 'nested-fault', vcpu: vcpu.id, seq: ++this.seq, hw, gpa, address, access, errorCode, resolution: null, resolvedBy: null };
-    return this.act(exit, this.channel.push(exit), PF_VECTOR, address);
+    return this.done(exit, this.act(exit, this.channel.push(exit), PF_VECTOR, address));
   }
 
   mmio(vcpu: Vcpu, gpa: number, access: number): FaultAction {
     const address = vcpu.pendingVa;
     const hw = this.backend.mmioExit(this.state, gpa, address, access);
     const exit: VmExit = { kind: 'mmio', vcpu: vcpu.id, seq: ++this.seq, hw, gpa, address, access, resolution: null, resolvedBy: null };
-    return this.act(exit, this.channel.push(exit), GP_VECTOR, address);
+    return this.done(exit, this.act(exit, this.channel.push(exit), GP_VECTOR, address));
   }
 
   crWrite(vcpu: Vcpu, cr: number, oldValue: number): void {
@@ -68,6 +73,7 @@ export class VmHooks implements VcpuHooks {
     const hw = this.backend.crWriteExit(this.state, cr, value);
     const exit: VmExit = { kind: 'cr-write', vcpu: vcpu.id, seq: ++this.seq, hw, cr, value, oldValue, resolution: null, resolvedBy: null };
     this.actNoFault(exit, this.channel.push(exit));
+    this.done(exit, FAULT_RETRY);
   }
 
   invlpg(vcpu: Vcpu, va: number): void {
@@ -78,6 +84,7 @@ export class VmHooks implements VcpuHooks {
     const hw = this.backend.invlpgExit(this.state, va);
     const exit: VmExit = { kind: 'invlpg', vcpu: vcpu.id, seq: ++this.seq, hw, va, resolution: null, resolvedBy: null };
     this.actNoFault(exit, this.channel.push(exit));
+    this.done(exit, FAULT_RETRY);
   }
 
   /**
@@ -168,6 +175,11 @@ export class VmHooks implements VcpuHooks {
       return FAULT_RETRY;
     }
     return out.action;
+  }
+
+  private done(exit: VmExit, action: FaultAction): FaultAction {
+    if (this.afterExit !== null) this.afterExit(exit);
+    return action;
   }
 
   /** A CR write or INVLPG exit: the instruction already took effect, so only resume (or emulate) is valid. */

@@ -140,6 +140,9 @@ export class Vm implements MmuHost {
       const s = this.stats[v.id]!.snapshot();
       s['guest.page_faults'] = v.pageFaultsDelivered;
       s['guest.accesses'] = v.accesses;
+      s['walks'] = v.walks;
+      s['walk_refs'] = v.walkRefs;
+      s['tlb_misses'] = v.tlb.misses;
       return Object.fromEntries(Object.entries(s).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
     });
     return { perVcpu, total: mergeStats(perVcpu) };

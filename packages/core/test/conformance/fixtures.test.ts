@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { formatFailure, loadVectorFile, runConformance } from '../../src/conformance/index.js';
 
 /** The sample vectors of shared/conformance, copied here so the tests do not depend on ../shared. */
-const DIR = fileURLToPath(new URL('../fixtures/conformance/', import.meta.url));
+const DIR = fileURLToPath(new URL('../../conformance/', import.meta.url));
 const FILES = readdirSync(DIR).filter((f) => f.endsWith('.jsonl')).sort();
 
 // Vectors per sample file (one per line): 30+60+40 access, 15+40+15 ext, 10+20+10 twice = 240.

@@ -1,0 +1,207 @@
+import { existsSync } from 'node:fs';
+import type { Command } from 'commander';
+import { PAGING_MODE_NAMES, type PagingModeName, type Variant } from '@vmexit/core';
+import { PERSONALITIES, type Personality } from '@vmexit/guest';
+import { InputError } from '../errors.js';
+import { checkFailure, runChecked, runOnVariant, type CheckReport, type VariantRunResult } from '../run-variant.js';
+import { variantFromOptions, type VariantOptions } from '../variant-options.js';
+import { parseSize, variantLabel } from './run.js';
+
+interface CompareFlags {
+  workload: string;
+  variant: string[];
+  mode: string;
+  seed: string;
+  vcpus?: string;
+  memory?: string;
+  costModel?: string;
+  personality?: string[];
+  check?: boolean;
+  audit?: boolean;
+  json?: boolean;
+}
+
+/** One row of the comparison: a label and how to read its value from a result. */
+interface Metric {
+  readonly label: string;
+  readonly value: (r: VariantRunResult) => number;
+  readonly digits?: number;
+}
+
+/**
+ * `vmexit compare --workload W --variant A --variant B ...`: runs every variant on the same workload, mode and
+ * seed, and prints a side-by-side table of what they cost: exits by reason, exits per guest fault, emulated
+ * writes, shadow pages zapped, TLB flushes, modelled cycles, each also as a ratio to the first variant.
+ * A variant is a config file (`.json`/`.mjs`) or a flag string such as "vmx shadow pte-update,bypass-guest-pf"
+ * (backend, MMU, then comma-separated policies; "native" for no hypervisor).
+ */
+export function registerCompare(program: Command): void {
+  program
+    .command('compare')
+    .description('run several variants on the same workload and seed; print their exits and costs side by side')
+    .requiredOption('--workload <spec>', 'NAME[:k=v,...], kbuild, or FILE.vxt')
+    .requiredOption('--variant <variant>', 'a config file or a flag string such as "vmx shadow pte-update" (repeat for each variant; the first is the baseline)', collect, [])
+    .option('--mode <mode>', `paging mode: ${PAGING_MODE_NAMES.join(', ')}`, 'long4')
+    .option('--seed <n>', 'seed of every random choice', '1')
+    .option('--vcpus <n>', 'number of vCPUs (overrides the variants)')
+    .option('--memory <size>', 'guest RAM, e.g. 256M (overrides the variants)')
+    .option('--cost-model <name>', 'the cost model for modelled cycles (overrides the variants)')
+    .option('--personality <names...>', `guest personalities: ${PERSONALITIES.join(', ')}`)
+    .option('--check', 'also compare each variant with a native run of what the guest observed')
+    .option('--audit', "check the MMU's invariants after every exit")
+    .option('--json', 'print the results as one JSON document')
+    .action(async (flags: CompareFlags) => {
+      const doc = await runComparison({
+        workload: flags.workload,
+        variants: flags.variant,
+        mode: checkMode(flags.mode),
+        seed: checkSeed(flags.seed),
+        overrides: { vcpus: flags.vcpus, memory: flags.memory === undefined ? undefined : String(parseSize(flags.memory)), costModel: flags.costModel },
+        personalities: checkPersonalities(flags.personality),
+        check: flags.check === true,
+        audit: flags.audit === true,
+      });
+      process.stdout.write(flags.json === true ? `${JSON.stringify(doc, null, 2)}\n` : formatComparison(doc));
+      const bad = doc.results.find((r) => r.check !== undefined && !r.check.ok);
+      if (bad?.check !== undefined) throw checkFailure(bad.check);
+    });
+}
+
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
+export interface ComparisonOptions {
+  readonly workload: string;
+  /** Variant specs: config files or flag strings. */
+  readonly variants: readonly string[];
+  readonly mode: PagingModeName;
+  readonly seed: number;
+  readonly overrides?: Pick<VariantOptions, 'vcpus' | 'memory' | 'costModel'>;
+  readonly personalities?: readonly Personality[];
+  readonly check?: boolean;
+  readonly audit?: boolean;
+  /** Called before each variant runs (progress for long comparisons). */
+  readonly onVariant?: (label: string, index: number, count: number) => void;
+}
+
+export interface ComparisonDocument {
+  readonly schema: 'vmexit.compare/1';
+  readonly workload: string;
+  readonly mode: PagingModeName;
+  readonly seed: number;
+  readonly results: readonly (VariantRunResult & { label: string; spec: string; check?: CheckReport })[];
+}
+
+/** Runs every variant on the same workload and seed (one after the other, each on a fresh VM). */
+export async function runComparison(o: ComparisonOptions): Promise<ComparisonDocument> {
+  if (o.variants.length === 0) throw new InputError('--variant: give at least one variant');
+  const variants: { spec: string; variant: Variant }[] = [];
+  for (const spec of o.variants) variants.push({ spec, variant: await parseVariantSpec(spec, o.overrides ?? {}) });
+  const results: (VariantRunResult & { label: string; spec: string; check?: CheckReport })[] = [];
+  for (const [i, { spec, variant }] of variants.entries()) {
+    o.onVariant?.(spec, i, variants.length);
+    const runOpts = { workload: o.workload, mode: o.mode, seed: o.seed, personalities: o.personalities ?? [], variant, audit: o.audit };
+    if (o.check === true && variant.backend !== 'none') {
+      const c = await runChecked(runOpts);
+      results.push({ ...c.run.result, label: variantLabel(c.run.result.variant), spec, check: c.check });
+    } else {
+      const r = await runOnVariant(runOpts);
+      results.push({ ...r.result, label: variantLabel(r.result.variant), spec });
+    }
+  }
+  return { schema: 'vmexit.compare/1', workload: o.workload, mode: o.mode, seed: o.seed, results };
+}
+
+/**
+ * A variant spec: a config file (`.json`/`.mjs`, which must exist), or words: a backend (`vmx`, `svm`,
+ * `none`/`native`), an MMU (`shadow`, `tdp`) and comma-separated policies, in any order.
+ */
+export async function parseVariantSpec(spec: string, overrides: Pick<VariantOptions, 'vcpus' | 'memory' | 'costModel'>): Promise<Variant> {
+  const trimmed = spec.trim();
+  if (/\.(json|mjs|js)$/.test(trimmed)) {
+    if (!existsSync(trimmed)) throw new InputError(`--variant ${spec}: no such config file`);
+    return variantFromOptions({ config: trimmed, ...overrides });
+  }
+  const opts: VariantOptions = { ...overrides };
+  const policies: string[] = [];
+  for (const word of trimmed.split(/\s+/).filter((w) => w.length > 0)) {
+    if (word === 'vmx' || word === 'svm' || word === 'none') opts.backend = word;
+    else if (word === 'native') opts.backend = 'none';
+    else if (word === 'shadow' || word === 'tdp') opts.mmu = word;
+    else policies.push(...word.split(',').filter((p) => p.length > 0));
+  }
+  if (opts.backend === undefined) throw new InputError(`--variant "${spec}": name a backend (vmx, svm, or native)`);
+  if (policies.length > 0) opts.policy = policies.join(',');
+  try {
+    return await variantFromOptions(opts);
+  } catch (e) {
+    if (e instanceof InputError) throw new InputError(`--variant "${spec}": ${e.message}`);
+    throw e;
+  }
+}
+
+const exitsOf = (r: VariantRunResult): number => r.counters.total.exits ?? 0;
+const counter =
+  (name: string) =>
+  (r: VariantRunResult): number =>
+    r.counters.total[name] ?? 0;
+
+/** The rows of the table, in order. Exit reasons are added per reason seen in any result. */
+export function comparisonMetrics(doc: ComparisonDocument): Metric[] {
+  const reasons = new Set<string>();
+  for (const r of doc.results) for (const [k, n] of Object.entries(r.counters.total)) if (k.startsWith('exits.') && !k.startsWith('exits.kind.') && n > 0) reasons.add(k);
+  return [
+    { label: 'guest faults', value: (r) => r.guest.faults.total },
+    { label: 'vmexits', value: exitsOf },
+    ...[...reasons].sort().map((k) => ({ label: `  ${k.slice(6)}`, value: counter(k) })),
+    { label: 'exits per guest fault', value: (r) => (r.guest.faults.total > 0 ? exitsOf(r) / r.guest.faults.total : 0), digits: 3 },
+    { label: 'faults fixed (pf_fixed)', value: counter('pf_fixed') },
+    { label: 'faults injected (pf_guest)', value: counter('pf_guest') },
+    { label: 'emulated writes', value: counter('insn_emulation') },
+    { label: 'shadow pages zapped', value: counter('mmu_shadow_zapped') },
+    { label: 'TLB flushes', value: (r) => (r.counters.total.tlb_flush ?? 0) + (r.counters.total.remote_tlb_flush ?? 0) },
+    { label: 'modelled cycles', value: (r) => r.cycles.cycles },
+  ];
+}
+
+/** The side-by-side table: each value, and its ratio to the first variant's. */
+export function formatComparison(doc: ComparisonDocument): string {
+  const metrics = comparisonMetrics(doc);
+  const head = ['', ...doc.results.map((r) => r.label)];
+  const rows: string[][] = [head];
+  for (const m of metrics) {
+    const base = m.value(doc.results[0]!);
+    rows.push([
+      m.label,
+      ...doc.results.map((r, i) => {
+        const v = m.value(r);
+        const text = m.digits !== undefined ? v.toFixed(m.digits) : Math.round(v).toLocaleString('en-US');
+        if (i === 0) return text;
+        const ratio = base === 0 ? (v === 0 ? '1.00' : '-') : (v / base).toFixed(2);
+        return `${text} (x${ratio})`;
+      }),
+    ]);
+  }
+  const widths = head.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
+  const line = (r: string[]): string => r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  ');
+  const checks = doc.results.filter((r) => r.check !== undefined);
+  const tail = checks.length > 0 ? `check: ${checks.map((r) => `${r.label} ${r.check!.ok ? 'same as native' : 'DIVERGED'}`).join('; ')}\n` : '';
+  return `workload ${doc.workload}, mode ${doc.mode}, seed ${doc.seed}; ratios are to the first variant\n${rows.map(line).join('\n')}\n${tail}`;
+}
+
+function checkMode(mode: string): PagingModeName {
+  if (!(PAGING_MODE_NAMES as readonly string[]).includes(mode)) throw new InputError(`--mode: unknown paging mode '${mode}' (expected ${PAGING_MODE_NAMES.join(', ')})`);
+  return mode as PagingModeName;
+}
+
+function checkSeed(seed: string): number {
+  if (!/^\d+$/.test(seed) || Number(seed) > 0xffffffff) throw new InputError(`--seed: expected an integer from 0 to 4294967295, got '${seed}'`);
+  return Number(seed);
+}
+
+function checkPersonalities(list: string[] | undefined): Personality[] {
+  const out = (list ?? []).flatMap((p) => p.split(',')).filter((p) => p.length > 0);
+  for (const p of out) if (!(PERSONALITIES as readonly string[]).includes(p)) throw new InputError(`--personality: unknown personality '${p}' (expected ${PERSONALITIES.join(', ')})`);
+  return out as Personality[];
+}
