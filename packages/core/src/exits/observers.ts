@@ -1,6 +1,6 @@
 import { tap, type MonoTypeOperatorFunction } from 'rxjs';
 import type { MmuEvent } from './mmu-events.js';
-import type { Stats } from './stats.js';
+import { keyCache, type Stats } from './stats.js';
 import { exitToJson, type VmExit } from './vm-exit.js';
 import { hex } from '../machine/vcpu.js';
 
@@ -51,7 +51,13 @@ export class JsonLinesTracer implements ExitTracer {
     const body =
       ev.kind === 'pte-write'
         ? { gpa: hex(ev.gpa), size: ev.size, level: ev.level, misaligned: ev.misaligned, old: hex(ev.oldHi * 4294967296 + ev.oldLo), new: hex(ev.newHi * 4294967296 + ev.newLo) }
-        : { gfn: hex(ev.gfn), writeCount: ev.writeCount };
+        : ev.kind === 'flood'
+          ? { gfn: hex(ev.gfn), level: ev.level, writeCount: ev.writeCount, vcpuWriteCount: ev.vcpuWriteCount }
+          : ev.kind === 'tracked-write'
+            ? { gfn: hex(ev.gfn), address: hex(ev.address), errorCode: ev.errorCode }
+            : ev.kind === 'prefetch'
+              ? { gfn: hex(ev.gfn), address: hex(ev.address) }
+              : { gfn: hex(ev.gfn) };
     this.write(`${JSON.stringify({ type: 'mmu', vcpu: ev.vcpu, seq: ev.seq, kind: ev.kind, ...body, decision: ev.decision, decidedBy: ev.decidedBy })}\n`);
   }
 }
@@ -66,10 +72,13 @@ export class JsonLinesTracer implements ExitTracer {
 export function countExits(stats: Stats): MonoTypeOperatorFunction<VmExit> {
   return tap((exit: VmExit) => {
     stats.add('exits');
-    stats.add(`exits.${exit.hw.name}`);
-    stats.add(`exits.kind.${exit.kind}`);
+    stats.add(reasonKey(exit.hw.name));
+    stats.add(kindKey(exit.kind));
   });
 }
+
+const reasonKey = keyCache('exits.');
+const kindKey = keyCache('exits.kind.');
 
 /** Feeds every exit to the tracer and the recorder. */
 export function observeExits(tracer: ExitTracer, recorder: ExitRecorder): MonoTypeOperatorFunction<VmExit> {

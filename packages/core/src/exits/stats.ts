@@ -4,22 +4,41 @@
  * (KVM sums the per-vCPU stats the same way for its VM-wide debugfs files).
  */
 export class Stats {
-  private readonly values = new Map<string, number>();
+  /** One mutable cell per counter: `add` is a single Map lookup (it runs several times per exit). */
+  private readonly values = new Map<string, { n: number }>();
 
   add(name: string, n = 1): void {
-    this.values.set(name, (this.values.get(name) ?? 0) + n);
+    const cell = this.values.get(name);
+    if (cell !== undefined) cell.n += n;
+    else this.values.set(name, { n });
   }
 
   get(name: string): number {
-    return this.values.get(name) ?? 0;
+    return this.values.get(name)?.n ?? 0;
   }
 
   /** The counters as a plain object with keys in sorted order (stable JSON). */
   snapshot(): Record<string, number> {
     const out: Record<string, number> = {};
-    for (const k of [...this.values.keys()].sort()) out[k] = this.values.get(k)!;
+    for (const k of [...this.values.keys()].sort()) out[k] = this.values.get(k)!.n;
     return out;
   }
+}
+
+/**
+ * `prefix + name`, built once per distinct name: counter names derived from an exit's reason or kind are
+ * looked up here instead of being concatenated on every exit.
+ */
+export function keyCache(prefix: string): (name: string) => string {
+  const cache = new Map<string, string>();
+  return (name: string): string => {
+    let k = cache.get(name);
+    if (k === undefined) {
+      k = prefix + name;
+      cache.set(name, k);
+    }
+    return k;
+  };
 }
 
 /** The sum of several counter snapshots, keys sorted. */

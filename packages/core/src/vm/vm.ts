@@ -10,7 +10,9 @@ import type { MmuDecisionOf, MmuEvent } from '../exits/mmu-events.js';
 import { countExits, observeExits, type ExitRecorder, type ExitTracer } from '../exits/observers.js';
 import { ExitChannel, exitPipeline, MmuEventChannel, mmuEventPipeline } from '../exits/pipeline.js';
 import type { FaultPolicy, PolicySetupContext, PolicyVcpuContext } from '../exits/policy.js';
-import { mergeStats, Stats } from '../exits/stats.js';
+import { keyCache, mergeStats, Stats } from '../exits/stats.js';
+
+const mmuEventKey = keyCache('mmu_events.');
 import type { VmExit } from '../exits/vm-exit.js';
 import { CAPABILITIES, type Backend } from './backend.js';
 import { composeVariant } from './compose.js';
@@ -56,6 +58,7 @@ export class Vm implements MmuHost {
   readonly exits$: Observable<VmExit>;
   private readonly exitChannels: ExitChannel[] = [];
   private readonly mmuChannels: MmuEventChannel[] = [];
+  private readonly mmuDirect: (((ev: MmuEvent, fallback: unknown) => void) | null)[] = [];
 
   constructor(
     readonly variant: Variant,
@@ -89,12 +92,25 @@ export class Vm implements MmuHost {
         const channel = new ExitChannel(exitPipeline(exitOps, (e) => vmHooks!.handleExit(e), [countExits(stats), observeExits(tracer, recorder)]));
         vmHooks = new VmHooks(v, backend, backendStates[v.id], mmu, channel, stats);
         const mmuObserver: MonoTypeOperatorFunction<MmuEvent> = tap((ev: MmuEvent) => {
-          stats.add(`mmu_events.${ev.kind}`);
+          stats.add(mmuEventKey(ev.kind));
           tracer.traceMmuEvent(ev);
           recorder.recordMmuEvent(ev);
         });
         let mch: MmuEventChannel | null = null;
         mch = new MmuEventChannel(mmuEventPipeline(() => mch!, mmuOps, [mmuObserver]));
+        // No policy takes MMU decisions on this vCPU: the MMU's own choice stands, so the event needs no
+        // stream; it is still counted, traced and recorded exactly as the pipeline's observers would.
+        this.mmuDirect.push(
+          mmuOps.length > 0
+            ? null
+            : (ev: MmuEvent, fallback: unknown) => {
+                (ev as { decision: unknown }).decision = fallback;
+                ev.decidedBy = 'mmu';
+                stats.add(mmuEventKey(ev.kind));
+                tracer.traceMmuEvent(ev);
+                recorder.recordMmuEvent(ev);
+              },
+        );
         this.exitChannels.push(channel);
         this.mmuChannels.push(mch);
         hooks.push(vmHooks);
@@ -129,6 +145,11 @@ export class Vm implements MmuHost {
 
   /** MmuHost: an MMU decision through the vCPU's `mmuEvents` stream (policies first, then `fallback`). */
   decide<E extends MmuEvent>(event: E, fallback: MmuDecisionOf<E>): MmuDecisionOf<E> {
+    const direct = this.mmuDirect[event.vcpu];
+    if (direct !== undefined && direct !== null) {
+      direct(event, fallback);
+      return fallback;
+    }
     const ch = this.mmuChannels[event.vcpu];
     if (ch === undefined) return fallback;
     return ch.decide(event, fallback);
