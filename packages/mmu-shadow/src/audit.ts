@@ -1,10 +1,10 @@
-import { PAGE_SIZE, WALK_OK, WalkResult, walk, type PagingContext } from '@vmexit/core';
+import { PAGE_SIZE, PT_PRESENT, WALK_OK, WalkResult, walk, type PagingContext } from '@vmexit/core';
 import { ShadowMmuError } from './errors.js';
 import type { ShadowMmu, VcpuShadowState } from './mmu.js';
 import type { ShadowPage } from './page.js';
 import { SPTES_PER_PAGE } from './pool.js';
 import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, describeRole, ROLE_CR0_WP, roleAccess } from './role.js';
-import { SPTE_HI_NX, SPTE_HOST_WRITABLE, SPTE_MMU_WRITABLE, SPTE_P, SPTE_U, SPTE_W, sptePa } from './spte.js';
+import { SPTE_HI_NX, SPTE_HOST_WRITABLE, SPTE_MMU_WRITABLE, SPTE_U, SPTE_W, sptePa } from './spte.js';
 
 /**
  * `--audit`: the checks of KVM's mmu_audit.c (arch/x86/kvm/mmu/mmu_audit.c: audit_mappings,
@@ -17,7 +17,13 @@ import { SPTE_HI_NX, SPTE_HOST_WRITABLE, SPTE_MMU_WRITABLE, SPTE_P, SPTE_U, SPTE
  * 3. parent links: each non-leaf spte is in its child's parent_ptes and each parent_ptes entry points back;
  * 4. no spte that maps a write-protected gfn (a shadowed guest page table) is writable;
  * 5. page accounting: pages in use = active + invalid roots, root counts equal the vCPUs' root slots, and
- *    no root in use is freed.
+ *    no root in use is freed;
+ * 6. non-present sptes are the trap or the notrap value; with the bypass encoding (KVM 2007 audit
+ *    additions) no notrap spte sits at a non-leaf level, in a 4-byte-gpte or unsync page, or where the
+ *    guest pte is present;
+ * 7. unsync pages are indirect level-1 pages (mmu_audit.c "unsync sp at level != 1"), and the unsync
+ *    bookkeeping agrees with them; their leaves are not compared with the guest tables (they may be stale
+ *    until the guest flushes).
  */
 export function auditShadowMmu(mmu: ShadowMmu): void {
   new Auditor(mmu).run();
@@ -57,22 +63,40 @@ class Auditor {
       }
     }
     let leaves = 0;
+    const unsyncByGfn = new Map<number, number>();
+    const bypass = mmu.bypassEncoding;
     for (const sp of all) {
       if (mmu.pages[sp.frame] !== sp) this.fail('a page in use is not in its frame', sp, sp.base);
       if (sp.rootCount !== (refs.get(sp) ?? 0)) this.fail(`root_count ${sp.rootCount} but ${refs.get(sp) ?? 0} vCPU root slots use the page`, sp, sp.base);
       if (!sp.direct && !sp.zapped && !mmu.writeTrack.has(sp.gfn)) this.fail('a shadowed guest page table is not write-tracked', sp, sp.base);
+      if (sp.unsync) {
+        if (sp.level !== 1 || sp.direct) this.fail(`an unsync page at level ${sp.level}${sp.direct ? ' (direct)' : ''}: only indirect level-1 pages may be unsync`, sp, sp.base);
+        if (!mmu.unsyncPages.has(sp)) this.fail('an unsync page missing from the unsync set', sp, sp.base);
+        unsyncByGfn.set(sp.gfn, (unsyncByGfn.get(sp.gfn) ?? 0) + 1);
+      }
       for (const loc of sp.parentPtes.toArray()) {
         const parent = mmu.pageOfLoc(loc);
         const lo = mmu.pool.lo(loc);
-        if (parent === null || parent === undefined || (lo & SPTE_P) === 0 || sptePa(lo, mmu.pool.hi(loc)) !== sp.hpa) {
+        if (parent === null || parent === undefined || !mmu.isPresent(lo, mmu.pool.hi(loc)) || sptePa(lo, mmu.pool.hi(loc)) !== sp.hpa) {
           this.fail(`parent_ptes holds spte ${loc}, which does not point at the page`, sp, sp.base);
         }
       }
       for (let i = 0; i < SPTES_PER_PAGE; i++) {
         const loc = sp.base + i;
         const lo = mmu.pool.lo(loc);
-        if ((lo & SPTE_P) === 0) continue;
         const hi = mmu.pool.hi(loc);
+        if (!mmu.isPresent(lo, hi)) {
+          if (lo === mmu.trapLo && hi === mmu.trapHi) continue;
+          if (!mmu.isNotrap(lo, hi)) this.fail('a non-present spte is neither the trap nor the notrap value', sp, loc);
+          if (!bypass) continue;
+          if (sp.level > 1) this.fail('a notrap spte at a non-leaf level (its faults would bypass the hypervisor)', sp, loc);
+          if (!mmu.notrapAllowed(sp)) this.fail(`a notrap spte in a ${sp.unsync ? 'unsync' : sp.direct ? 'direct' : '4-byte-gpte'} page`, sp, loc);
+          const ga = mmu.gpteAddress(sp, i);
+          if ((mmu.memory.read32(ga) & PT_PRESENT) !== 0) {
+            this.fail(`a notrap spte where the guest pte at gpa 0x${ga.toString(16)} is present (${hex64(mmu.memory.read32(ga), mmu.memory.read32(ga + 4))}): the guest's access would fault forever`, sp, loc);
+          }
+          continue;
+        }
         const pa = sptePa(lo, hi);
         if (sp.level > 1) {
           const f = mmu.pool.hpaToFrame(pa);
@@ -91,7 +115,7 @@ class Auditor {
         if ((lo & SPTE_W) !== 0) {
           if (slot.readonly || (lo & SPTE_HOST_WRITABLE) === 0) this.fail('a writable spte maps read-only host memory', sp, loc);
           if ((lo & SPTE_MMU_WRITABLE) === 0) this.fail('W without MMU-writable', sp, loc);
-          if (mmu.writeTrack.has(gfn)) this.fail(`a writable spte maps write-protected guest page table gfn 0x${gfn.toString(16)}`, sp, loc);
+          if (mmu.isWriteProtected(gfn)) this.fail(`a writable spte maps write-protected guest page table gfn 0x${gfn.toString(16)}`, sp, loc);
         }
         const acc = roleAccess(sp.role);
         if ((lo & SPTE_U) !== 0 && (acc & ACC_USER_MASK) === 0) this.fail('U beyond the page role access', sp, loc);
@@ -99,13 +123,16 @@ class Auditor {
         if ((lo & SPTE_W) !== 0 && (acc & ACC_WRITE_MASK) === 0 && (sp.role & ROLE_CR0_WP) !== 0) this.fail('W beyond the page role access', sp, loc);
       }
     }
+    if (mmu.unsyncPages.size !== [...unsyncByGfn.values()].reduce((a, b) => a + b, 0)) this.fail(`${mmu.unsyncPages.size} pages in the unsync set but ${[...unsyncByGfn.values()].reduce((a, b) => a + b, 0)} unsync pages in use`, null, 0);
+    for (const [gfn, n] of unsyncByGfn) if (mmu.unsyncCount.get(gfn) !== n) this.fail(`unsync count ${mmu.unsyncCount.get(gfn) ?? 0} for gfn 0x${gfn.toString(16)} but ${n} unsync pages`, null, 0);
+    if (mmu.unsyncCount.size !== unsyncByGfn.size) this.fail(`unsync counts for ${mmu.unsyncCount.size} gfns but unsync pages for ${unsyncByGfn.size}`, null, 0);
     let rmapEntries = 0;
     for (const e of mmu.rmaps.entries()) {
       for (const loc of e.list.toArray()) {
         rmapEntries++;
         const sp = mmu.pageOfLoc(loc);
         const lo = mmu.pool.lo(loc);
-        if (sp === null || sp === undefined || sp.level !== e.level || (lo & SPTE_P) === 0) {
+        if (sp === null || sp === undefined || sp.level !== e.level || !mmu.isPresent(lo, mmu.pool.hi(loc))) {
           this.fail(`the level-${e.level} rmap of slot ${e.slot.id} index ${e.index} holds spte ${loc}, which is not a present leaf`, null, 0);
         }
         const gfn = Math.floor(sptePa(lo, mmu.pool.hi(loc)) / PAGE_SIZE);
@@ -141,13 +168,14 @@ class Auditor {
     for (let i = 0; i < SPTES_PER_PAGE; i++) {
       const loc = sp.base + i;
       const lo = mmu.pool.lo(loc);
-      if ((lo & SPTE_P) === 0) continue;
       const hi = mmu.pool.hi(loc);
+      if (!mmu.isPresent(lo, hi)) continue;
       const va = vaBase + i * 2 ** shift;
       if (sp.level > 1) {
         this.walkShadow(st, ctx, mmu.pageAt(sptePa(lo, hi)), va, canon);
         continue;
       }
+      if (sp.unsync) continue; // may be stale until the guest's next flush of this address
       const cva = canon(va);
       const r = this.r;
       const status = walk(ctx, st.vcpu.memory, cva, 0, 0, r);

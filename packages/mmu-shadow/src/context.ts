@@ -12,14 +12,20 @@ import { MODE_PAE } from '@vmexit/core';
  *   STAC/CLAC and WRPKRU (which the vCPU applies to its own context) take effect here too.
  * - CR4.PGE = 0: shadow ptes carry no G bit, so no translation survives a CR3 write in the TLB (KVM dropped
  *   global-page tracking; the SDM lets a TLB drop entries at any time, §4.10.4).
- * - MAXPHYADDR 52, so the pool's frames at 2^40 are valid addresses.
+ * - MAXPHYADDR 46 (the host's, as on many Intel server parts): the pool's frames at 2^40 are valid
+ *   addresses, and bits 51:46 are reserved in every entry format, so the trap spte of the bypass
+ *   encoding (KVM `shadow_trap_nonpresent_pte = ~0xffeull`, every bit 63:12 set) faults with P=1|RSVD
+ *   in 4- and 5-level shadows too (SDM Vol. 3A §4.5.4, Table 4-14..4-20: bits 51:M are reserved).
  */
+/** The host's MAXPHYADDR under which the shadow tables are walked. */
+export const HOST_MAXPHYADDR = 46;
+
 export class ShadowPagingContext implements PagingContext {
   mode: PagingModeId = MODE_PAE;
   cr3 = 0;
   readonly pdpteLo = new Uint32Array(4);
   readonly pdpteHi = new Uint32Array(4);
-  maxPhyAddr = 52;
+  maxPhyAddr = HOST_MAXPHYADDR;
   cr0Wp = true;
   cr4Pse = true;
   cr4Pge = false;

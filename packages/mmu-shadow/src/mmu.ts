@@ -9,6 +9,7 @@ import {
   MODE_PAE,
   PAGE_SIZE,
   PFERR_PRESENT,
+  PFERR_RSVD,
   PT_ACCESSED,
   PT_HI_XD,
   PT_PRESENT,
@@ -23,11 +24,12 @@ import {
   type Memslot,
   type Mmu,
   type MmuHost,
+  type NonPresentSpteEncoding,
   type PageFaultResolution,
   type Vcpu,
 } from '@vmexit/core';
 import { auditShadowMmu } from './audit.js';
-import { ShadowPagingContext } from './context.js';
+import { HOST_MAXPHYADDR, ShadowPagingContext } from './context.js';
 import { ShadowMmuError } from './errors.js';
 import { ShadowPage } from './page.js';
 import { ShadowMemory, ShadowPool, SPTES_PER_PAGE } from './pool.js';
@@ -59,7 +61,7 @@ import {
   sptePa,
   spteNeedsFlush,
 } from './spte.js';
-import { decideFlood, decidePteWrite, detectWriteMisaligned, writtenSptes } from './write-decision.js';
+import { decideFlood, decidePrefetch, decidePteWrite, decideTrackedWrite, decideUnsync, detectWriteMisaligned, writtenSptes } from './write-decision.js';
 
 /** KVM_MIN_ALLOC_MMU_PAGES: the smallest default page budget. */
 export const KVM_MIN_ALLOC_MMU_PAGES = 64;
@@ -72,6 +74,8 @@ export const KVM_MMU_NUM_PREV_ROOTS = 3;
 export const RMAP_RECYCLE_THRESHOLD = 1000;
 /** KVM_MMU_HASH_SHIFT = 12: 4096 hash buckets keyed by gfn. */
 export const KVM_MMU_HASH_SHIFT = 12;
+/** PTE_PREFETCH_NUM: the aligned group of sptes `FNAME(pte_prefetch)` fills around a fault. */
+export const PTE_PREFETCH_NUM = 8;
 
 /** The default page budget (KVM `kvm_mmu_calculate_default_mmu_pages`): 20 per mille of guest pages, at least 64. */
 export function defaultMaxMmuPages(guestPages: number): number {
@@ -100,6 +104,9 @@ export class VcpuShadowState {
   /** A root in use was zapped: load new roots before the vCPU runs again (KVM_REQ_MMU_FREE_OBSOLETE_ROOTS). */
   needReload = false;
   mmuEventSeq = 0;
+  /** The 2007 write-flood detector (KVM 86a5ba025d0a): the last gfn this vCPU wrote by emulation and how often in a row. */
+  lastPtWriteGfn = -1;
+  lastPtWriteCount = 0;
 
   constructor(readonly vcpu: Vcpu) {
     this.ctx = new ShadowPagingContext(vcpu.ctx);
@@ -121,7 +128,7 @@ const RETRY: PageFaultResolution = { kind: 'retry' };
  * The KVM-style shadow MMU (arch/x86/kvm/mmu/mmu.c, paging_tmpl.h; Documentation/virt/kvm/x86/mmu.rst).
  * See DESIGN.md for the structures and the rules each method follows.
  */
-export class ShadowMmu implements Mmu {
+export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
   readonly name = 'shadow' as const;
   host!: MmuHost;
   memory!: GuestMemory;
@@ -151,6 +158,17 @@ export class ShadowMmu implements Mmu {
   private initiator = 0;
   private readonly walkResult = new WalkResult();
   private readonly options: ShadowMmuOptions;
+  /**
+   * The non-present spte encodings (KVM `kvm_mmu_set_nonpresent_ptes(trap, notrap)`): `trap` faults with
+   * P=1|RSVD (so it exits even when P=0 faults bypass the hypervisor), `notrap` with P=0. Both 0 by default.
+   */
+  trapLo = 0;
+  trapHi = 0;
+  notrapLo = 0;
+  notrapHi = 0;
+  /** The level-1 pages that are out of sync, and how many there are per gfn. */
+  readonly unsyncPages = new Set<ShadowPage>();
+  readonly unsyncCount = new Map<number, number>();
 
   constructor(options: ShadowMmuOptions = {}) {
     this.options = options;
@@ -189,7 +207,12 @@ export class ShadowMmu implements Mmu {
   handlePageFault(vcpu: Vcpu, address: number, errorCode: number): PageFaultResolution {
     const st = this.stateOf(vcpu);
     this.initiator = vcpu.id;
+    this.lastFaultVa = address;
     this.processReloads();
+    // The 2007 flood detector (OLD-TMPL FNAME(page_fault), "reset fork detector"): any fault that is not an
+    // emulated page-table write resets the vCPU's count; the two page-table-write paths below restore it.
+    const ptWriteCount = st.lastPtWriteCount;
+    st.lastPtWriteCount = 0;
     // make_mmu_pages_available + the topup of KVM's caches: reserve the pages the fetch may need before
     // any state changes (one per shadow level below the root).
     this.reservePages(st.ctx.mode === MODE_PAE ? 1 : st.ctx.mode === MODE_LONG4 ? 3 : 4, 'a page fault');
@@ -198,7 +221,7 @@ export class ShadowMmu implements Mmu {
     const r = this.walkResult;
     const ws = walk(vcpu.ctx, vcpu.memory, address, access, WALK_SIDE_EFFECTS, r);
     if (ws === WALK_PAGE_FAULT) {
-      this.host.count(vcpu.id, 'pf_guest');
+      // pf_guest is counted where the fault is injected (the VM's hooks, as KVM's kvm_inject_page_fault).
       return { kind: 'inject', vector: 14, errorCode: r.errorCode, cr2: address };
     }
     if (ws !== WALK_OK) throw new ShadowMmuError('E_MMU_STATE', `vCPU ${vcpu.id}: the guest walk of ${hexa(address)} ended with status ${ws} (expected a #PF or success)`);
@@ -209,10 +232,19 @@ export class ShadowMmu implements Mmu {
     const slot = this.memory.slotForGfn(gfn);
     // No memslot (or a write to read-only RAM): MMIO, an exit to user space (KVM `kvm_handle_noslot_fault`).
     if (slot === null || (write && slot.readonly)) return { kind: 'mmio', gpa };
-    // page_fault_handle_page_track: a write that hit a present spte of a write-protected guest page table.
-    if ((errorCode & PFERR_PRESENT) !== 0 && write && this.writeTrack.has(gfn)) {
+    if (write && this.isWriteProtected(gfn) && decideTrackedWrite(this.host, vcpu.id, st.mmuEventSeq++, gfn, address, errorCode)) {
+      // A policy unprotects the gfn (KVM 2007: a user-mode write is a hint that the page is no longer a
+      // page table, `mmu_unshadow`): zap its shadow pages, and map the page writable below.
+      for (const sp of this.indirectPagesOf(gfn)) this.prepareZap(sp);
+    }
+    // page_fault_handle_page_track: a write that hit a present spte (P=1 without RSVD: a trap spte is not
+    // present) of a guest page table that an upper-level page write-tracks. A level-1-only gfn goes on to
+    // the fetch, where it may go unsync (mmu_try_to_unsync_pages) or stay read-only (then emulated).
+    if ((errorCode & (PFERR_PRESENT | PFERR_RSVD)) === PFERR_PRESENT && write && this.isWriteProtected(gfn) && this.hasUpperLevelPage(gfn)) {
       this.clearFloodCounts(st, address);
       this.host.count(vcpu.id, 'pf_emulate');
+      st.lastPtWriteCount = ptWriteCount;
+      this.finish();
       return EMULATE;
     }
     // Rights of the leaf (walk_addr_generic): the AND over all levels; a clean gpte maps read-only unless
@@ -227,12 +259,14 @@ export class ShadowMmu implements Mmu {
         // A user page made kernel-only would escape SMAP for later supervisor reads (KVM lets that
         // happen; mmu.rst leaves the case out). Emulating the store keeps the guest's view exact.
         this.host.count(vcpu.id, 'pf_emulate');
+        this.finish();
         return EMULATE;
       }
       pteAccess = (pteAccess | ACC_WRITE_MASK) & ~ACC_USER_MASK;
       if (g.cr4Smep) pteAccess &= ~ACC_EXEC_MASK;
     }
     const res = this.fetch(st, address, r, gfn, slot, pteAccess, write);
+    if (res === EMULATE) st.lastPtWriteCount = ptWriteCount; // a write to a write-protected page table
     this.finish();
     return res;
   }
@@ -258,32 +292,43 @@ export class ShadowMmu implements Mmu {
     this.host.count(vcpu.id, 'mmu_pte_write');
     const targets = this.indirectPagesOf(gfn);
     const baseRole = this.baseRole(vcpu);
+    // The 2007 per-vCPU detector (OLD-MMU kvm_mmu_pre_write): consecutive emulated writes to one gfn.
+    if (gfn === st.lastPtWriteGfn) st.lastPtWriteCount++;
+    else {
+      st.lastPtWriteGfn = gfn;
+      st.lastPtWriteCount = 1;
+    }
     for (const sp of targets) {
       if (sp.zapped) continue;
       const level = sp.level;
       const fourByte = (sp.role & ROLE_4BYTE_GPTE) !== 0;
-      const misaligned = detectWriteMisaligned(gpa, bytes, fourByte ? 4 : 8);
-      let flooded = false;
-      if (level > 1) {
-        sp.writeFloodingCount++;
-        flooded = decideFlood(this.host, vcpu.id, st.mmuEventSeq++, gfn, sp.writeFloodingCount);
-      }
+      const pteSize = fourByte ? 4 : 8;
+      const misaligned = detectWriteMisaligned(gpa, bytes, pteSize);
+      // detect_write_flooding: the policy decides (today's KVM: per page, level 1 exempt, >= 3).
+      sp.writeFloodingCount++;
+      const flooded = decideFlood(this.host, vcpu.id, st.mmuEventSeq++, gfn, level, sp.writeFloodingCount, st.lastPtWriteCount);
       const decision = flooded ? 'zap-page' : decidePteWrite(this.host, vcpu.id, st.mmuEventSeq++, gpa, bytes, oldLo, oldHi, newLo, newHi, level, misaligned);
       if (decision === 'zap-page') {
         this.prepareZap(sp);
         this.host.count(vcpu.id, 'mmu_flooded');
         continue;
       }
-      const w = writtenSptes(gpa, fourByte, level, roleQuadrant(sp.role));
-      if (w < 0) continue; // another quadrant's alias
-      const first = w >>> 2;
-      const n = w & 3;
-      for (let k = 0; k < n; k++) {
-        const loc = sp.base + first + k;
-        this.zapSpte(sp, loc);
-        if ((gLo !== 0 || gHi !== 0) && level !== 1) this.host.count(vcpu.id, 'mmu_pde_zapped');
-        if (decision === 'update-spte' && level === 1 && bytes >= (fourByte ? 4 : 8) && (sp.role & ROLE_BASE_MASK) === (baseRole & ROLE_BASE_MASK)) {
-          this.updatePte(vcpu, sp, loc, gLo, gHi);
+      const quadrant = roleQuadrant(sp.role);
+      // get_written_sptes for the first and the last byte written: a write that straddles two gptes touches
+      // both (KVM zaps the page instead, detect_write_misaligned; without that policy both sptes are cleared).
+      const w1 = writtenSptes(gpa, fourByte, level, quadrant);
+      const w2 = misaligned ? writtenSptes(gpa + bytes - 1, fourByte, level, quadrant) : -1;
+      // update_pte (KVM 2007-2021): a full, aligned gpte write into a level-1 page of the vCPU's base role.
+      const update = decision === 'update-spte' && !misaligned && level === 1 && bytes >= pteSize && (sp.role & ROLE_BASE_MASK) === (baseRole & ROLE_BASE_MASK);
+      for (const w of w2 >= 0 && w2 !== w1 ? [w1, w2] : [w1]) {
+        if (w < 0) continue; // another quadrant's alias
+        const first = w >>> 2;
+        const n = w & 3;
+        for (let k = 0; k < n; k++) {
+          const loc = sp.base + first + k;
+          this.zapSpte(sp, loc);
+          if ((gLo !== 0 || gHi !== 0) && level !== 1) this.host.count(vcpu.id, 'mmu_pde_zapped');
+          if (update) this.updatePte(vcpu, sp, loc, gLo, gHi);
         }
       }
     }
@@ -306,14 +351,27 @@ export class ShadowMmu implements Mmu {
     } else if (cr === 3 || this.pdptesChanged(st)) {
       this.newPgd(st);
     }
+    // A guest TLB flush (KVM_REQ_MMU_SYNC / KVM_REQ_TLB_FLUSH_GUEST -> kvm_mmu_sync_roots): sync the unsync
+    // pages the vCPU's roots reach. The vCPU flushed its TLB for this CR write (a CR3 write with the PCID
+    // no-flush bit does not, and then the sync is merely early: always allowed).
+    if (this.unsyncPages.size > 0) {
+      if (!exited) throw new ShadowMmuError('E_MMU_STATE', `vCPU ${vcpu.id}: a write of CR${cr === 0xc0000080 ? ' EFER' : cr} did not exit while ${this.unsyncPages.size} shadow pages are unsync: unsync pages need CR3-load exiting`);
+      this.syncRoots(st);
+    }
     this.finish();
   }
 
   invlpg(vcpu: Vcpu, va: number, exited: boolean): void {
-    void va;
-    // kvm_mmu_invlpg: with every shadow page synced (no unsync pages) there is nothing to re-sync; the
-    // architectural TLB invalidation was done by the vCPU. Counted when it exited.
+    // kvm_mmu_invlpg: the architectural TLB invalidation was done by the vCPU; an unsync level-1 page that
+    // maps `va` gets its spte re-read from the gpte (FNAME(invlpg)). With every page synced there is nothing
+    // to do. Counted when it exited.
     if (exited) this.host.count(vcpu.id, 'invlpg');
+    if (this.unsyncPages.size === 0) return;
+    if (!exited) throw new ShadowMmuError('E_MMU_STATE', `vCPU ${vcpu.id}: INVLPG ${hexa(va)} did not exit while ${this.unsyncPages.size} shadow pages are unsync: unsync pages need INVLPG exiting`);
+    const st = this.stateOf(vcpu);
+    this.initiator = vcpu.id;
+    this.invlpgSync(st, va);
+    this.finish();
   }
 
   emulationFailed(vcpu: Vcpu, gpa: number): boolean {
@@ -328,6 +386,77 @@ export class ShadowMmu implements Mmu {
   /** `--audit`: checks every invariant of the MMU (see audit.ts); throws ShadowMmuError E_MMU_AUDIT at the first violation. */
   audit(): void {
     auditShadowMmu(this);
+  }
+
+  // -------------------------------------------------------------------------------------------------
+  // Non-present sptes (KVM c7addb902054, "Allow not-present guest page faults to bypass kvm")
+
+  /**
+   * NonPresentSpteEncoding: the value of a non-present spte that must exit (`trap`) and of one whose gpte
+   * is known not present (`notrap`). `notrap` must have P=0; `trap` must equal `notrap` (no distinction) or
+   * have P=1 and a bit in 51:46, reserved under the host MAXPHYADDR in every entry format, so the hardware
+   * walk faults P=1|RSVD. Every non-present spte already in the pool becomes the new trap value.
+   */
+  setNonPresentSptes(trapLo: number, trapHi: number, notrapLo: number, notrapHi: number): void {
+    trapLo >>>= 0;
+    trapHi >>>= 0;
+    notrapLo >>>= 0;
+    notrapHi >>>= 0;
+    const hex64 = (lo: number, hi: number): string => `0x${hi.toString(16).padStart(8, '0')}${lo.toString(16).padStart(8, '0')}`;
+    if ((notrapLo & SPTE_P) !== 0) throw new ShadowMmuError('E_MMU_OPTION', `the notrap spte ${hex64(notrapLo, notrapHi)} has P set: it must fault with P=0`);
+    const same = trapLo === notrapLo && trapHi === notrapHi;
+    if (!same && ((trapLo & SPTE_P) === 0 || (trapHi & HOST_RSVD_HI) === 0)) {
+      throw new ShadowMmuError(
+        'E_MMU_OPTION',
+        `the trap spte ${hex64(trapLo, trapHi)} must have P and a reserved bit in 51:${HOST_MAXPHYADDR} set, so that it faults with P=1|RSVD (KVM uses 0xfffffffffffff001)`,
+      );
+    }
+    const pool = this.pool;
+    for (const sp of [...this.active, ...this.invalidRoots]) {
+      for (let i = 0; i < SPTES_PER_PAGE; i++) {
+        const loc = sp.base + i;
+        if (!this.isPresent(pool.lo(loc), pool.hi(loc))) pool.set(loc, trapLo, trapHi);
+      }
+    }
+    this.trapLo = trapLo;
+    this.trapHi = trapHi;
+    this.notrapLo = notrapLo;
+    this.notrapHi = notrapHi;
+  }
+
+  /** Whether trap and notrap sptes differ (the bypass encoding is on). */
+  get bypassEncoding(): boolean {
+    return this.trapLo !== this.notrapLo || this.trapHi !== this.notrapHi;
+  }
+
+  /** KVM `is_shadow_present_pte`: P set and not the trap value. */
+  isPresent(lo: number, hi: number): boolean {
+    return (lo & SPTE_P) !== 0 && (lo !== this.trapLo || hi !== this.trapHi);
+  }
+
+  /** A notrap spte (only meaningful while the bypass encoding is on). */
+  isNotrap(lo: number, hi: number): boolean {
+    return lo === this.notrapLo && hi === this.notrapHi;
+  }
+
+  /** Sets `loc` to the trap value (KVM writes trap wherever it clears an spte). */
+  private setTrap(loc: number): void {
+    this.pool.set(loc, this.trapLo, this.trapHi);
+  }
+
+  /**
+   * Whether `gfn` is a write-protected guest page table: shadowed by an indirect page that is not unsync
+   * (KVM: write-tracked by an upper-level page, or rmap-write-protected for a synced level-1 page).
+   */
+  isWriteProtected(gfn: number): boolean {
+    const t = this.writeTrack.get(gfn);
+    return t !== undefined && t > (this.unsyncCount.get(gfn) ?? 0);
+  }
+
+  /** Whether some indirect page of `gfn` is above level 1 (KVM: the gfn is page-tracked, never unsync). */
+  private hasUpperLevelPage(gfn: number): boolean {
+    for (const sp of this.hash[this.hashOf(gfn)]!) if (sp.gfn === gfn && !sp.direct && !sp.zapped && sp.level > 1) return true;
+    return false;
   }
 
   // -------------------------------------------------------------------------------------------------
@@ -403,6 +532,12 @@ export class ShadowMmu implements Mmu {
     this.usedPages++;
     bucket.push(sp);
     this.active.add(sp);
+    this.initSptes(sp);
+    if (!sp.direct && sp.level > 1 && this.unsyncCount.has(gfn)) {
+      // The guest reuses an unsync page table at an upper level: in all likelihood it stopped using it as a
+      // leaf table, so zap those pages (KVM v6 `kvm_mmu_find_shadow_page` / `kvm_mmu_get_shadow_page`).
+      for (const o of bucket) if (o.gfn === gfn && o.unsync) this.prepareZap(o);
+    }
     if (!sp.direct) {
       // account_shadowed: the gfn becomes a write-protected guest page table.
       this.indirectShadowPages++;
@@ -410,6 +545,27 @@ export class ShadowMmu implements Mmu {
       this.writeProtectGfn(gfn);
     }
     return sp;
+  }
+
+  /**
+   * A new page's sptes: all trap, except that a level-1 page of 8-byte gptes gets notrap wherever its gpte is
+   * not present (KVM 2007 `FNAME(prefetch_page)`; upper levels stay trap, the audit's "no notrap spte at a
+   * non-leaf level", and 4-byte-gpte pages too, because of the 2:1 quadrant mapping).
+   */
+  private initSptes(sp: ShadowPage): void {
+    const pool = this.pool;
+    pool.fillFrame(sp.frame, this.trapLo, this.trapHi);
+    if (!this.notrapAllowed(sp)) return;
+    const mem = this.memory;
+    const base = sp.gfn * PAGE_SIZE;
+    for (let i = 0; i < SPTES_PER_PAGE; i++) {
+      if ((mem.read32(base + i * 8) & PT_PRESENT) === 0) pool.set(sp.base + i, this.notrapLo, this.notrapHi);
+    }
+  }
+
+  /** Whether `sp` may hold notrap sptes: bypass on, a level-1 page of 8-byte gptes, in sync. */
+  notrapAllowed(sp: ShadowPage): boolean {
+    return this.bypassEncoding && sp.level === 1 && !sp.direct && (sp.role & ROLE_4BYTE_GPTE) === 0 && !sp.unsync;
   }
 
   /** KVM `rmap_write_protect`: clear W (and MMU-writable) in every spte that maps `gfn`. */
@@ -448,15 +604,18 @@ export class ShadowMmu implements Mmu {
   private zapSpte(sp: ShadowPage, loc: number): void {
     const pool = this.pool;
     const lo = pool.lo(loc);
-    if ((lo & SPTE_P) === 0) return;
     const hi = pool.hi(loc);
+    if (!this.isPresent(lo, hi)) {
+      if (lo !== this.trapLo || hi !== this.trapHi) this.setTrap(loc); // a notrap spte: the gpte may change
+      return;
+    }
     if (sp.level === 1) {
       this.rmapRemove(Math.floor(sptePa(lo, hi) / PAGE_SIZE), loc);
     } else {
       const child = this.pageAt(sptePa(lo, hi));
       if (!child.parentPtes.remove(loc)) throw new ShadowMmuError('E_MMU_STATE', `parent_ptes of the page for gfn ${hexa(child.gfn)} lack spte ${loc}`);
     }
-    pool.set(loc, 0, 0);
+    this.setTrap(loc);
     this.pendingFlush = true;
   }
 
@@ -484,10 +643,11 @@ export class ShadowMmu implements Mmu {
     this.host.count(this.initiator, 'mmu_shadow_zapped');
     for (let i = 0; i < SPTES_PER_PAGE; i++) this.zapSpte(sp, sp.base + i);
     for (const loc of sp.parentPtes.toArray()) {
-      this.pool.set(loc, 0, 0);
+      this.setTrap(loc);
       sp.parentPtes.remove(loc);
       this.pendingFlush = true;
     }
+    if (sp.unsync) this.clearUnsync(sp);
     if (!sp.direct) {
       this.indirectShadowPages--;
       const c = this.writeTrack.get(sp.gfn)! - 1;
@@ -708,8 +868,9 @@ export class ShadowMmu implements Mmu {
       if (sp.level === 1) return;
       const loc = sp.base + levelIndex(va, sp.level);
       const lo = this.pool.lo(loc);
-      if ((lo & SPTE_P) === 0) return;
-      sp = this.pageAt(sptePa(lo, this.pool.hi(loc)));
+      const hi = this.pool.hi(loc);
+      if (!this.isPresent(lo, hi)) return;
+      sp = this.pageAt(sptePa(lo, hi));
     }
   }
 
@@ -743,8 +904,9 @@ export class ShadowMmu implements Mmu {
       }
       const role = childRole(sp.role, idx, direct, access);
       const lo = pool.lo(loc);
-      if ((lo & SPTE_P) !== 0) {
-        const child = this.pageAt(sptePa(lo, pool.hi(loc)));
+      const hi = pool.hi(loc);
+      if (this.isPresent(lo, hi)) {
+        const child = this.pageAt(sptePa(lo, hi));
         if (child.gfn === childGfn && child.role === role) {
           sp = child;
           continue;
@@ -754,6 +916,9 @@ export class ShadowMmu implements Mmu {
         this.zapSpte(sp, loc);
       }
       const child = this.getPage(childGfn, role);
+      // FNAME(fetch): "We must synchronize the pagetable before linking it because the guest doesn't need
+      // to flush tlb when the gpte is changed from non-present to present."
+      if (child.unsync) this.syncPage(st.vcpu, child);
       this.link(loc, child);
       sp = child;
     }
@@ -767,8 +932,9 @@ export class ShadowMmu implements Mmu {
     let hi = Math.floor(gfn / 0x100000) | pkey;
     if (!slot.readonly) lo |= SPTE_HOST_WRITABLE;
     if ((pteAccess & ACC_WRITE_MASK) !== 0 && !slot.readonly) {
-      // mmu_try_to_unsync_pages: a shadowed guest page table is never writable (no unsync pages here).
-      if (this.writeTrack.has(gfn)) wrprot = true;
+      // mmu_try_to_unsync_pages: a write-protected guest page table stays read-only unless its level-1
+      // pages may go unsync.
+      if (this.isWriteProtected(gfn) && !this.tryUnsync(st, gfn)) wrprot = true;
       else lo |= SPTE_W | SPTE_MMU_WRITABLE | SPTE_D;
     }
     if ((pteAccess & ACC_USER_MASK) !== 0) lo |= SPTE_U;
@@ -776,6 +942,8 @@ export class ShadowMmu implements Mmu {
     lo >>>= 0;
     hi >>>= 0;
     this.installLeaf(sp, loc, lo, hi);
+    // FNAME(pte_prefetch) after the leaf of a level-1 page of a guest table, when a policy asks for it.
+    if (!sp.direct && decidePrefetch(this.host, vcpuId, st.mmuEventSeq++, this.lastFaultVa, sp.gfn)) this.prefetch(st.vcpu, sp, loc - sp.base);
     // kvm_mmu_do_page_fault's statistics: pf_fixed for RET_PF_FIXED, pf_emulate for RET_PF_EMULATE.
     if (wrprot && write) {
       this.host.count(vcpuId, 'pf_emulate');
@@ -790,7 +958,7 @@ export class ShadowMmu implements Mmu {
     const oldLo = pool.lo(loc);
     const oldHi = pool.hi(loc);
     const gfn = Math.floor(sptePa(lo, hi) / PAGE_SIZE);
-    if ((oldLo & SPTE_P) !== 0) {
+    if (this.isPresent(oldLo, oldHi)) {
       if (sptePa(oldLo, oldHi) !== sptePa(lo, hi)) {
         this.zapSpte(sp, loc); // another frame: drop the old mapping (and flush) first
       } else {
@@ -806,30 +974,192 @@ export class ShadowMmu implements Mmu {
   /**
    * FNAME(update_pte) (KVM 2007-2021): after the written spte was cleared, install the new gpte at once
    * when it is present and accessed with no reserved bits; access is the page's role access AND the gpte's.
+   * A gpte written not present becomes notrap where the page may hold notrap sptes (KVM 2007: "if
+   * (!offset_in_pte && !is_present_pte(gpte)) set_shadow_pte(spte, shadow_notrap_nonpresent_pte)"); a
+   * present gpte with A=0 stays trap, so that the access that sets A exits.
    */
   private updatePte(vcpu: Vcpu, sp: ShadowPage, loc: number, gLo: number, gHi: number): void {
+    if ((gLo & PT_PRESENT) === 0) {
+      if (this.notrapAllowed(sp)) this.pool.set(loc, this.notrapLo, this.notrapHi);
+      return;
+    }
+    if (!this.leafFromGpte(vcpu, sp, gLo, gHi)) return;
+    this.installLeaf(sp, loc, this.leafLo, this.leafHi);
+    this.host.count(vcpu.id, 'mmu_pte_updated');
+  }
+
+  /** Scratch result of `leafFromGpte`. */
+  private leafLo = 0;
+  private leafHi = 0;
+  /** The linear address of the fault being handled (for MMU events). */
+  private lastFaultVa = 0;
+
+  /**
+   * The leaf spte for gpte (`gLo`, `gHi`) in level-1 page `sp` (KVM `FNAME(prefetch_gpte)` / `sync_spte`),
+   * into `leafLo`/`leafHi`; false when the gpte is invalid for that (not present, A=0, reserved bits: KVM
+   * `FNAME(prefetch_invalid_gpte)`) or maps no memslot. Rights: the page's role access AND the gpte's; W only
+   * when the gpte is dirty (`protect_clean_gpte`) and the target is not a write-protected guest page table.
+   */
+  private leafFromGpte(vcpu: Vcpu, sp: ShadowPage, gLo: number, gHi: number): boolean {
     const g = vcpu.ctx;
-    if ((gLo & (PT_PRESENT | PT_ACCESSED)) !== (PT_PRESENT | PT_ACCESSED)) return;
+    if ((gLo & (PT_PRESENT | PT_ACCESSED)) !== (PT_PRESENT | PT_ACCESSED)) return false;
     const fourByte = (sp.role & ROLE_4BYTE_GPTE) !== 0;
     const nxe = g.eferNxe && !fourByte;
-    if (!fourByte && gpteReserved(gHi, g.maxPhyAddr, nxe, g.mode === MODE_PAE)) return;
+    if (!fourByte && gpteReserved(gHi, g.maxPhyAddr, nxe, g.mode === MODE_PAE)) return false;
     const gfn = fourByte ? gLo >>> 12 : (gLo >>> 12) + (gHi & 0xfffff) * 0x100000;
     const slot = this.memory.slotForGfn(gfn);
-    if (slot === null) return;
+    if (slot === null) return false;
     let access = roleAccess(sp.role) & gpteAccess(gLo, fourByte ? 0 : gHi, nxe);
     if ((gLo & 0x40) === 0) access &= ~ACC_WRITE_MASK; // protect_clean_gpte
     let lo = ((gfn % 0x100000) * PAGE_SIZE + (SPTE_P | SPTE_A)) >>> 0;
     let hi = Math.floor(gfn / 0x100000) | (g.mode === MODE_LONG4 || g.mode === MODE_LONG5 ? gHi & SPTE_HI_PKEY_MASK : 0);
     if (!slot.readonly) lo |= SPTE_HOST_WRITABLE;
-    if ((access & ACC_WRITE_MASK) !== 0 && !slot.readonly && !this.writeTrack.has(gfn)) lo |= SPTE_W | SPTE_MMU_WRITABLE | SPTE_D;
+    if ((access & ACC_WRITE_MASK) !== 0 && !slot.readonly && !this.isWriteProtected(gfn)) lo |= SPTE_W | SPTE_MMU_WRITABLE | SPTE_D;
     if ((access & ACC_USER_MASK) !== 0) lo |= SPTE_U;
     if ((access & ACC_EXEC_MASK) === 0) hi |= SPTE_HI_NX;
-    this.installLeaf(sp, loc, lo >>> 0, hi >>> 0);
-    this.host.count(vcpu.id, 'mmu_pte_updated');
+    this.leafLo = lo >>> 0;
+    this.leafHi = hi >>> 0;
+    return true;
+  }
+
+  /** The guest-physical address of the gpte behind spte `i` of indirect level-1 page `sp` (KVM `FNAME(get_level1_sp_gpa)`). */
+  gpteAddress(sp: ShadowPage, i: number): number {
+    if ((sp.role & ROLE_4BYTE_GPTE) !== 0) return sp.gfn * PAGE_SIZE + ((roleQuadrant(sp.role) << 9) + i) * 4;
+    return sp.gfn * PAGE_SIZE + i * 8;
+  }
+
+  private readGpte(sp: ShadowPage, i: number): void {
+    const a = this.gpteAddress(sp, i);
+    this.gpteLo = this.memory.read32(a);
+    this.gpteHi = (sp.role & ROLE_4BYTE_GPTE) !== 0 ? 0 : this.memory.read32(a + 4);
+  }
+
+  private gpteLo = 0;
+  private gpteHi = 0;
+
+  /**
+   * FNAME(pte_prefetch) (PTE_PREFETCH_NUM = 8): after the fault at spte `idx` of level-1 page `sp`, map the
+   * other non-present sptes of its aligned group of 8 whose gptes are present and accessed; stop at the
+   * first gpte that cannot be mapped. A prefetch never makes a page unsync.
+   */
+  private prefetch(vcpu: Vcpu, sp: ShadowPage, idx: number): void {
+    const pool = this.pool;
+    const first = idx & ~(PTE_PREFETCH_NUM - 1);
+    for (let i = first; i < first + PTE_PREFETCH_NUM; i++) {
+      if (i === idx) continue;
+      const loc = sp.base + i;
+      if (this.isPresent(pool.lo(loc), pool.hi(loc))) continue;
+      this.readGpte(sp, i);
+      if (!this.leafFromGpte(vcpu, sp, this.gpteLo, this.gpteHi)) break;
+      this.installLeaf(sp, loc, this.leafLo, this.leafHi);
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------------
+  // Unsync pages (KVM 4731d4c7a077 "out of sync shadow core"; kvm-mmu.md §A.8)
+
+  /**
+   * mmu_try_to_unsync_pages: a writable spte for `gfn` is allowed when every shadow page of the gfn is a
+   * level-1 page and the policies let them go unsync; they are all marked unsync (`kvm_unsync_page`).
+   */
+  private tryUnsync(st: VcpuShadowState, gfn: number): boolean {
+    if (this.hasUpperLevelPage(gfn)) return false;
+    if (!decideUnsync(this.host, st.vcpu.id, st.mmuEventSeq++, gfn)) return false;
+    for (const sp of this.indirectPagesOf(gfn)) if (!sp.unsync) this.markUnsync(st.vcpu.id, sp);
+    return true;
+  }
+
+  private markUnsync(vcpuId: number, sp: ShadowPage): void {
+    sp.unsync = true;
+    this.unsyncPages.add(sp);
+    this.unsyncCount.set(sp.gfn, (this.unsyncCount.get(sp.gfn) ?? 0) + 1);
+    this.host.count(vcpuId, 'mmu_unsync');
+    // mmu_convert_notrap: the guest may now make a gpte present without an exit, so no notrap may stay.
+    if (this.bypassEncoding) {
+      const pool = this.pool;
+      for (let i = 0; i < SPTES_PER_PAGE; i++) {
+        const loc = sp.base + i;
+        if (this.isNotrap(pool.lo(loc), pool.hi(loc))) this.setTrap(loc);
+      }
+    }
+  }
+
+  private clearUnsync(sp: ShadowPage): void {
+    sp.unsync = false;
+    this.unsyncPages.delete(sp);
+    const c = this.unsyncCount.get(sp.gfn)! - 1;
+    if (c === 0) this.unsyncCount.delete(sp.gfn);
+    else this.unsyncCount.set(sp.gfn, c);
+  }
+
+  /**
+   * kvm_sync_page: write-protect the gfn again, then bring every present spte back in line with its gpte
+   * (FNAME(sync_page)): an invalid gpte or another frame drops the spte, otherwise it is rebuilt with the
+   * gpte's current rights (a flush when rights were lost).
+   */
+  syncPage(vcpu: Vcpu, sp: ShadowPage): void {
+    this.clearUnsync(sp);
+    if (this.isWriteProtected(sp.gfn)) this.writeProtectGfn(sp.gfn);
+    const pool = this.pool;
+    for (let i = 0; i < SPTES_PER_PAGE; i++) {
+      const loc = sp.base + i;
+      const lo = pool.lo(loc);
+      const hi = pool.hi(loc);
+      if (!this.isPresent(lo, hi)) continue;
+      this.readGpte(sp, i);
+      if (!this.leafFromGpte(vcpu, sp, this.gpteLo, this.gpteHi) || sptePa(lo, hi) !== sptePa(this.leafLo, this.leafHi)) this.zapSpte(sp, loc);
+      else this.installLeaf(sp, loc, this.leafLo, this.leafHi);
+    }
+  }
+
+  /** kvm_mmu_sync_roots: sync every unsync page reachable from the vCPU's current roots. */
+  private syncRoots(st: VcpuShadowState): void {
+    const roots = new Set(st.currentRoots());
+    for (const sp of [...this.unsyncPages]) if (sp.unsync && this.reachable(sp, roots)) this.syncPage(st.vcpu, sp);
+  }
+
+  /** Whether a root of `roots` reaches `sp` (up the parent_ptes links). */
+  private reachable(sp: ShadowPage, roots: Set<ShadowPage>): boolean {
+    const seen = new Set<ShadowPage>();
+    const stack = [sp];
+    while (stack.length > 0) {
+      const p = stack.pop()!;
+      if (roots.has(p)) return true;
+      if (seen.has(p)) continue;
+      seen.add(p);
+      for (const loc of p.parentPtes.toArray()) stack.push(this.pageOfLoc(loc));
+    }
+    return false;
+  }
+
+  /**
+   * FNAME(invlpg): for the current root and every cached previous root, walk the shadow tables for `va`; at
+   * an unsync level-1 page, drop the spte and map the gpte again if it is valid.
+   */
+  private invlpgSync(st: VcpuShadowState, va: number): void {
+    const roots: (ShadowPage | null)[] = st.root !== null ? [st.root, ...st.prevRoots.map((p) => p.sp)] : [st.paeRoots[(va >>> 30) & 3] ?? null];
+    const pool = this.pool;
+    for (const root of roots) {
+      let sp = root;
+      while (sp !== null && !sp.zapped && sp.level > 1) {
+        const loc = sp.base + levelIndex(va, sp.level);
+        const lo = pool.lo(loc);
+        const hi = pool.hi(loc);
+        sp = this.isPresent(lo, hi) ? this.pageAt(sptePa(lo, hi)) : null;
+      }
+      if (sp === null || !sp.unsync) continue;
+      const i = levelIndex(va, 1);
+      const loc = sp.base + i;
+      this.zapSpte(sp, loc);
+      this.readGpte(sp, i);
+      if (this.leafFromGpte(st.vcpu, sp, this.gpteLo, this.gpteHi)) this.installLeaf(sp, loc, this.leafLo, this.leafHi);
+    }
   }
 }
 
 const SIG_PSE = 1;
+/** Bits 51:HOST_MAXPHYADDR of an spte's high half: reserved in every entry format under the host MAXPHYADDR. */
+const HOST_RSVD_HI = ((0xfffff >>> (HOST_MAXPHYADDR - 32)) << (HOST_MAXPHYADDR - 32)) >>> 0;
 const SIG_NOPAGING = -2;
 
 /** The index of `va` in a table of `level` (9 bits per level above the 4 KiB offset). */

@@ -1,14 +1,25 @@
-import type { Mmu } from '@vmexit/core';
+import type { Mmu, NonPresentSpteEncoding } from '@vmexit/core';
 import { ContainerModule } from 'inversify';
 import { ShadowMmu, type ShadowMmuOptions } from './mmu.js';
 
 /** core's `TYPES.Mmu` (a `Symbol.for` token, so it is the same symbol whichever copy of core defines it). */
 export const MMU_TOKEN: symbol = Symbol.for('vmexit.Mmu');
 
-/** A ContainerModule binding a shadow MMU with `options` to `TYPES.Mmu` (one instance per container, i.e. per VM). */
+/** core's `TYPES.NonPresentSpteEncoding` capability (the bypass policy's trap / notrap sptes). */
+export const NON_PRESENT_SPTE_ENCODING_TOKEN: symbol = Symbol.for('vmexit.NonPresentSpteEncoding');
+
+/** The module's own token for its one ShadowMmu (Mmu and NonPresentSpteEncoding both resolve to it). */
+const SHADOW_MMU: symbol = Symbol('vmexit.mmu-shadow.ShadowMmu');
+
+/**
+ * A ContainerModule binding a shadow MMU with `options` to `TYPES.Mmu`, and the same MMU as the
+ * `NonPresentSpteEncoding` capability. Each container that loads the module (each VM) gets its own MMU.
+ */
 export function shadowMmuModule(options: ShadowMmuOptions = {}): ContainerModule {
   return new ContainerModule(({ bind }) => {
-    bind<Mmu>(MMU_TOKEN).toConstantValue(new ShadowMmu(options));
+    bind<ShadowMmu>(SHADOW_MMU).toDynamicValue(() => new ShadowMmu(options)).inSingletonScope();
+    bind<Mmu>(MMU_TOKEN).toService(SHADOW_MMU);
+    bind<NonPresentSpteEncoding>(NON_PRESENT_SPTE_ENCODING_TOKEN).toService(SHADOW_MMU);
   });
 }
 

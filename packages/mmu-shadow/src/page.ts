@@ -28,6 +28,11 @@ export class ShadowPage {
   writeFloodingCount = 0;
   /** Set once the page was zapped (it is being freed, or it is an invalid root waiting for its last user). */
   zapped = false;
+  /**
+   * Out of sync (KVM `sp->unsync`, level-1 pages only): the guest table is writable and the sptes may be
+   * stale until the guest's next TLB flush (CR3 write) or INVLPG syncs them (Documentation/virt/kvm/x86/mmu.rst).
+   */
+  unsync = false;
 
   constructor(frame: number, gfn: number, role: number) {
     this.frame = frame;

@@ -61,6 +61,19 @@ export class ShadowPool {
   clearFrame(frame: number): void {
     this.words.fill(0, frame * SPTES_PER_PAGE * 2, (frame + 1) * SPTES_PER_PAGE * 2);
   }
+
+  /** Sets every spte of `frame` to the value `lo`, `hi` (a new page's non-present encoding). */
+  fillFrame(frame: number, lo: number, hi: number): void {
+    if (lo === 0 && hi === 0) {
+      this.clearFrame(frame);
+      return;
+    }
+    const w = this.words;
+    for (let i = frame * SPTES_PER_PAGE * 2, end = i + SPTES_PER_PAGE * 2; i < end; i += 2) {
+      w[i] = lo;
+      w[i + 1] = hi;
+    }
+  }
 }
 
 /**

@@ -1,4 +1,4 @@
-import type { FloodEvent, MmuHost, PteWriteDecision, PteWriteEvent } from '@vmexit/core';
+import type { FloodEvent, MmuHost, PrefetchEvent, PteWriteDecision, PteWriteEvent, TrackedWriteEvent, UnsyncEvent } from '@vmexit/core';
 
 /**
  * The decision point of the emulated-pte-write path (KVM `kvm_mmu_pte_write` / `kvm_mmu_track_write`,
@@ -9,13 +9,32 @@ import type { FloodEvent, MmuHost, PteWriteDecision, PteWriteEvent } from '@vmex
  */
 export const DEFAULT_PTE_WRITE_DECISION: PteWriteDecision = 'zap-spte';
 export const DEFAULT_FLOOD_DECISION = false;
+/** The other decision points default to KVM 2007's baseline: no prefetch, no unsync, every tracked write emulated. */
+export const DEFAULT_PREFETCH_DECISION = false;
+export const DEFAULT_UNSYNC_DECISION = false;
+export const DEFAULT_TRACKED_WRITE_DECISION = false;
 
 /** KVM's flood threshold (`detect_write_flooding`: `++sp->write_flooding_count >= 3`), for policies. */
 export const WRITE_FLOOD_THRESHOLD = 3;
 
-export function decideFlood(host: MmuHost, vcpuId: number, seq: number, gfn: number, writeCount: number): boolean {
-  const ev: FloodEvent = { kind: 'flood', vcpu: vcpuId, seq, decidedBy: null, gfn, writeCount, decision: null };
+export function decideFlood(host: MmuHost, vcpuId: number, seq: number, gfn: number, level: number, writeCount: number, vcpuWriteCount: number): boolean {
+  const ev: FloodEvent = { kind: 'flood', vcpu: vcpuId, seq, decidedBy: null, gfn, level, writeCount, vcpuWriteCount, decision: null };
   return host.decide(ev, DEFAULT_FLOOD_DECISION);
+}
+
+export function decidePrefetch(host: MmuHost, vcpuId: number, seq: number, address: number, gfn: number): boolean {
+  const ev: PrefetchEvent = { kind: 'prefetch', vcpu: vcpuId, seq, decidedBy: null, address, gfn, decision: null };
+  return host.decide(ev, DEFAULT_PREFETCH_DECISION);
+}
+
+export function decideUnsync(host: MmuHost, vcpuId: number, seq: number, gfn: number): boolean {
+  const ev: UnsyncEvent = { kind: 'unsync', vcpu: vcpuId, seq, decidedBy: null, gfn, decision: null };
+  return host.decide(ev, DEFAULT_UNSYNC_DECISION);
+}
+
+export function decideTrackedWrite(host: MmuHost, vcpuId: number, seq: number, gfn: number, address: number, errorCode: number): boolean {
+  const ev: TrackedWriteEvent = { kind: 'tracked-write', vcpu: vcpuId, seq, decidedBy: null, gfn, address, errorCode, decision: null };
+  return host.decide(ev, DEFAULT_TRACKED_WRITE_DECISION);
 }
 
 export function decidePteWrite(

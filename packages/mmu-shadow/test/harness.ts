@@ -72,8 +72,16 @@ export class Harness implements MmuHost, VcpuHooks {
     this.exits.set(reason, (this.exits.get(reason) ?? 0) + 1);
   }
 
+  /** VMX's #PF filter (SDM Vol. 3C §25.6.3, EB[14] = 1): a #PF exits iff (error code & mask) === match. */
+  pfecMask = 0;
+  pfecMatch = 0;
+
   exception(vcpu: Vcpu, vector: number, errorCode: number, address: number): FaultAction {
     if (vector !== PF_VECTOR) return FAULT_DELIVER;
+    if ((errorCode & this.pfecMask) !== this.pfecMatch) {
+      this.count(vcpu.id, 'pf_bypassed');
+      return FAULT_DELIVER;
+    }
     this.exit('pf');
     const res = this.mmu.handlePageFault(vcpu, address, errorCode);
     let action: FaultAction;
@@ -82,6 +90,8 @@ export class Harness implements MmuHost, VcpuHooks {
         action = FAULT_RETRY;
         break;
       case 'inject':
+        // As the VM's hooks do (KVM kvm_inject_page_fault counts pf_guest).
+        this.count(vcpu.id, 'pf_guest');
         vcpu.deliverErrorCode = res.errorCode;
         action = FAULT_DELIVER;
         break;

@@ -41,12 +41,56 @@ export interface PteWriteEvent extends MmuEventBase {
 export interface FloodEvent extends MmuEventBase {
   readonly kind: 'flood';
   readonly gfn: number;
-  /** How many emulated writes hit this page with no access through it in between. */
+  /** The level of the shadow page (1 = PT). Today's KVM never floods level 1 (those pages go unsync). */
+  readonly level: number;
+  /** How many emulated writes hit this page with no access through it in between (KVM `sp->write_flooding_count`). */
   readonly writeCount: number;
+  /**
+   * The 2007 detector (KVM 86a5ba025d0a): consecutive emulated writes of this vCPU to this gfn
+   * (`vcpu->last_pt_write_count`), reset by a page fault that was not a page-table write.
+   */
+  readonly vcpuWriteCount: number;
   decision: boolean | null;
 }
 
-export type MmuEvent = PteWriteEvent | FloodEvent;
+/**
+ * A leaf fault was fixed in a level-1 shadow page of a guest page table: whether to also map the other
+ * present and accessed gptes of its aligned group of 8 (KVM `FNAME(pte_prefetch)`, PTE_PREFETCH_NUM).
+ */
+export interface PrefetchEvent extends MmuEventBase {
+  readonly kind: 'prefetch';
+  /** The linear address of the fault and the gfn of the guest page table. */
+  readonly address: number;
+  readonly gfn: number;
+  decision: boolean | null;
+}
+
+/**
+ * The MMU wants a writable spte for `gfn`, a guest page table shadowed only by level-1 pages: whether those
+ * pages may go out of sync (writable, synced at the guest's next TLB flush: KVM 4731d4c7a077, `kvm_unsync_page`)
+ * instead of staying write-protected (every write then emulated).
+ */
+export interface UnsyncEvent extends MmuEventBase {
+  readonly kind: 'unsync';
+  readonly gfn: number;
+  decision: boolean | null;
+}
+
+/**
+ * A write fault hit a write-protected guest page table (before it is emulated): whether to unprotect the
+ * gfn instead (zap all its shadow pages and map the page writable). KVM 2007 did that for user-mode writes,
+ * "Treat user-mode faults as a hint that a page is no longer a page table".
+ */
+export interface TrackedWriteEvent extends MmuEventBase {
+  readonly kind: 'tracked-write';
+  readonly gfn: number;
+  readonly address: number;
+  /** The fault's error code (PFERR_USER set for a user-mode write). */
+  readonly errorCode: number;
+  decision: boolean | null;
+}
+
+export type MmuEvent = PteWriteEvent | FloodEvent | PrefetchEvent | UnsyncEvent | TrackedWriteEvent;
 export type MmuDecisionOf<E extends MmuEvent> = NonNullable<E['decision']>;
 
 /**
@@ -70,7 +114,7 @@ export function decideMmuEvents(name: string, decide: (event: MmuEvent) => PteWr
       if (typeof d !== 'string') throw new ExitError('E_BAD_RESOLUTION', `policy '${name}' answered ${String(d)} to a pte-write event (expected zap-spte, update-spte or zap-page)`);
       ev.decision = d;
     } else {
-      if (typeof d !== 'boolean') throw new ExitError('E_BAD_RESOLUTION', `policy '${name}' answered '${d}' to a flood event (expected true or false)`);
+      if (typeof d !== 'boolean') throw new ExitError('E_BAD_RESOLUTION', `policy '${name}' answered '${d}' to a ${ev.kind} event (expected true or false)`);
       ev.decision = d;
     }
     ev.decidedBy = name;

@@ -1,0 +1,33 @@
+import { describe, expect, it } from 'vitest';
+import { modelCycles } from '../../src/cost/model.js';
+import { COST_PROFILES, PROFILE_2007, PROFILE_SERVER } from '../../src/cost/profiles.js';
+
+describe('modelCycles', () => {
+  it('prices exits by kind, user-space exits, handler work, guest faults and walk references', () => {
+    const counters = { 'exits.kind.exception': 3, 'exits.kind.cr-write': 1, mmio_exits: 1, pf_fixed: 2, insn_emulation: 1, 'guest.page_faults': 5, walk_refs: 100, unpriced: 9 };
+    const r = modelCycles(PROFILE_SERVER, counters);
+    expect(r.breakdown).toEqual({
+      'exits.kind.exception': 3 * 1360,
+      'exits.kind.cr-write': 1360,
+      mmio_exits: 1180,
+      pf_fixed: 2 * 680,
+      insn_emulation: 1360,
+      'guest.page_faults': 5 * 3780,
+      walk_refs: 100 * 12,
+    });
+    expect(r.cycles).toBe(Object.values(r.breakdown).reduce((a, b) => a + b, 0));
+    expect(modelCycles(PROFILE_2007, counters).cycles).toBeGreaterThan(r.cycles);
+  });
+});
+
+describe('COST_PROFILES', () => {
+  it('cites a source for every figure', () => {
+    for (const p of Object.values(COST_PROFILES)) {
+      const figs = [...Object.values(p.exitRoundTrip), p.userspaceExit, ...Object.values(p.handler), p.guestFault, p.walkReference];
+      for (const f of figs) {
+        expect(f.source.length).toBeGreaterThan(20);
+        expect(f.cycles).toBeGreaterThan(0);
+      }
+    }
+  });
+});

@@ -1,0 +1,34 @@
+import { decideMmuEvents, type FaultPolicy } from '@vmexit/core';
+import { z } from 'zod';
+import { PolicyError } from './errors.js';
+
+export const unsyncOptions = z.strictObject({});
+export type UnsyncOptions = z.output<typeof unsyncOptions>;
+
+/**
+ * `unsync` (KVM 4731d4c7a077, "out of sync shadow core", 2008, which replaced `pte-update`; kvm-mmu.md §A.8):
+ * a guest page table shadowed only by level-1 pages may become writable and out of sync instead of having
+ * every pte write emulated. The MMU syncs it at the guest's next TLB flush: a CR write (CR3 load) syncs every
+ * unsync page the vCPU's roots reach, INVLPG re-reads the one gpte, and linking an unsync page syncs it first
+ * (a not-present -> present change needs no flush). Syncing relies on those events exiting, as KVM's "trap
+ * invlpg" (2008) made them again: the policy refuses a backend state that does not intercept INVLPG or CR3
+ * loads. Upper-level guest tables stay write-protected.
+ *
+ * @example
+ * { "backend": "svm", "mmu": "shadow", "policies": [{ "use": "unsync" }, { "use": "write-flood" }] }
+ */
+export const unsync: FaultPolicy<UnsyncOptions> = {
+  name: 'unsync',
+  description: 'level-1 guest page tables become writable and out of sync, synced on the guest TLB flush (CR3 write, INVLPG) (KVM 2008)',
+  needs: [],
+  optionsSchema: unsyncOptions,
+  setup(ctx) {
+    if (ctx.mmu.name !== 'shadow') return; // two-dimensional paging shadows no guest tables
+    for (const [i, state] of ctx.backendStates.entries()) {
+      if (!ctx.backend.invlpgExits(state) || !ctx.backend.crWriteExits(state, 3, 0)) {
+        throw new PolicyError(`policy 'unsync' needs INVLPG and CR3 loads to exit (they sync unsync pages), but ${ctx.backend.name} vCPU ${i} does not intercept ${ctx.backend.invlpgExits(state) ? 'CR3 loads' : 'INVLPG'}`);
+      }
+    }
+  },
+  mmuEvents: () => decideMmuEvents('unsync', (ev) => (ev.kind === 'unsync' ? true : null)),
+};

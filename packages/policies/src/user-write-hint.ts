@@ -1,0 +1,22 @@
+import { decideMmuEvents, PFERR_USER, type FaultPolicy } from '@vmexit/core';
+import { z } from 'zod';
+
+export const userWriteHintOptions = z.strictObject({});
+export type UserWriteHintOptions = z.output<typeof userWriteHintOptions>;
+
+/**
+ * `user-write-hint` (KVM 2007, "Treat user-mode faults as a hint that a page is no longer a page table";
+ * kvm-mmu.md §B.3.25): a user-mode write fault on a write-protected guest page table zaps all its shadow
+ * pages (`mmu_unshadow`) and maps the page writable, instead of emulating the write: user mode does not
+ * write page tables, so the page must have been recycled into a data page.
+ *
+ * @example
+ * { "policies": [{ "use": "user-write-hint" }] }
+ */
+export const userWriteHint: FaultPolicy<UserWriteHintOptions> = {
+  name: 'user-write-hint',
+  description: 'a user-mode write fault on a shadowed guest page table zaps its shadow pages (KVM 2007)',
+  needs: [],
+  optionsSchema: userWriteHintOptions,
+  mmuEvents: () => decideMmuEvents('user-write-hint', (ev) => (ev.kind === 'tracked-write' && (ev.errorCode & PFERR_USER) !== 0 ? true : null)),
+};
