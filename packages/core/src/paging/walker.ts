@@ -1,91 +1,88 @@
-import {
-  ACC_FETCH,
-  ACC_USER,
-  ACC_WRITE,
-  PFERR_FETCH,
-  PFERR_PK,
-  PFERR_PRESENT,
-  PFERR_RSVD,
-  PT_ACCESSED,
-  PT_DIRTY,
-  PT_GLOBAL,
-  PT_HI_PKEY_SHIFT,
-  PT_HI_XD,
-  PT_PAGE_SIZE,
-  PT_PRESENT,
-  PT_USER,
-  PT_WRITABLE,
-  SIZE_1G,
-  SIZE_2M,
-  SIZE_4M,
-  TWO_POW_32,
-} from '../arch/constants.js';
+import { ACC_USER, ACC_WRITE, PT_PRESENT } from '../arch/constants.js';
 import { MODE_LEGACY32, MODE_LONG4, MODE_LONG5, MODE_PAE, type PagingModeId } from '../arch/modes.js';
 import type { PhysicalMemory } from '../memory/physical.js';
-import {
-  WALK_GP,
-  WALK_NESTED_FAULT,
-  WALK_OK,
-  WALK_PAGE_FAULT,
-  WALK_SIDE_EFFECTS,
-  WalkResult,
-  type PagingContext,
-  type SecondStage,
-} from './types.js';
+import { WalkResult, type PagingContext, type SecondStage } from './types.js';
 
 /*
- * The architectural page walk, SDM Vol. 3A ch. 4. One function per entry size (32-bit paging: 4-byte
- * entries; PAE and IA-32e: 8-byte entries read as two 32-bit halves). The hot path allocates nothing, uses
- * no BigInt and no closure: every 64-bit quantity is a (lo, hi) pair of uint32, and physical addresses
- * (< 2^52) are joined into plain numbers as `lo + hi * 2^32`.
+ * The architectural page walk, SDM Vol. 3A ch. 4. The hot path allocates nothing, uses no BigInt and no
+ * closure: every 64-bit quantity is a (lo, hi) pair of uint32, and physical addresses (< 2^52) are joined
+ * into plain numbers as `lo + hi * 2^32`.
  *
  * Order of checks, as the SDM's translation process implies (§4.3-4.5, §4.7): at each level, a
  * not-present entry ends the walk with P=0; a present entry with a reserved bit set ends it with
  * P=1|RSVD; only a complete translation is checked for access rights (§4.6), which gives P=1 and
  * possibly PK. A/D bits are written only after the whole access is known to succeed (§4.8; our choice of
  * the two behaviours the SDM allows on a fault: a faulting walk changes nothing).
+ *
+ * How the code is laid out, for speed (bench/paging.bench.mjs, "walk long4 4K resident"):
+ * - One straight-line function per mode: `walk4` (§4.5, 4-level), `walk5` (§4.5, 5-level), `walkPae`
+ *   (§4.4) and `walk32` (§4.3), with the index shifts of each level fixed. They compute entry addresses in
+ *   32-bit integer arithmetic (`((elo & 0xfffff000) | (index << 3)) >>> 0`), which is exact while the
+ *   tables are below 4 GiB. When they are not (a non-leaf entry with address bits 51:32 set, CR3 >= 4 GiB)
+ *   or a second stage translates every table address (`ctx.nested`), the walk goes on, from the level it
+ *   reached and with what it accumulated, in `walkFrom`: the general level loop with double arithmetic.
+ *   Nothing is read twice, so a walk reads the same entries in the same order whichever path it takes.
+ *   The high half of an entry is read at `(epa | 4) >>> 0`, which is epa + 4 (entries are 8-byte aligned)
+ *   and stays a uint32.
+ * - Literal constants in the hot functions, each with its SDM name in a comment, not the imported ones:
+ *   V8 (Node 20) reads an imported (or exported) binding through a module cell on every use instead of
+ *   folding it (the same fix made the TLB hit path 2x faster, tlb/tlb.ts). Entry bits: P = 0x1, R/W = 0x2,
+ *   U/S = 0x4, A = 0x20, D = 0x40, PS = 0x80, G = 0x100 (§4.3-4.5); XD = bit 63 = high-half
+ *   0x80000000; the protection key is bits 62:59 = high-half bits 30:27. Error code (§4.7, Figure 4-12):
+ *   P = 0x1, W/R = 0x2, U/S = 0x4, RSVD = 0x8, I/D = 0x10, PK = 0x20; access kinds are the same bits
+ *   (ACC_WRITE = 0x2, ACC_USER = 0x4, ACC_FETCH = 0x10). Statuses: WALK_OK = 0, WALK_PAGE_FAULT = 1,
+ *   WALK_GP = 2, WALK_NESTED_FAULT = 3 (types.ts). Flags: WALK_SIDE_EFFECTS = 1. Modes: MODE_LEGACY32 =
+ *   0, MODE_PAE = 1, MODE_LONG4 = 2, MODE_LONG5 = 3 (arch/modes.ts).
+ * - The rights of the translation are accumulated while walking, as `acc` (the AND of the low halves: R/W,
+ *   U/S and A of every entry read from memory) and `xd` (the OR of the high halves: XD of every level),
+ *   and checked from those (`permissionFault`), not reloaded from `out`.
+ * - The common case of a walk with side effects writes nothing: A already set on every level, and D in
+ *   the leaf for a write. Only when a bit is missing does `setAccessedDirty` run.
  */
 
 /** Bits 8:5 and 2:1 of a PAE PDPTE are reserved (SDM Vol. 3A §4.4.1, Table 4-8). */
 const PDPTE_RSVD_LO = 0x1e6;
-/** Bits 20:13 of a 2 MiB leaf are reserved (address bits below the page's alignment; §4.4.2 Table 4-9, §4.5.4 Table 4-17). */
-const RSVD_LO_2M = 0x001fe000;
-/** Bits 29:13 of a 1 GiB leaf are reserved (§4.5.4, Table 4-15). */
-const RSVD_LO_1G = 0x3fffe000;
-/** 2^47 and 2^56: the canonical ranges of 4-level and 5-level linear addresses (§4.5, Vol. 1 §3.3.7.1). */
-const CANON_47 = 140737488355328;
-const CANON_56 = 72057594037927936;
-
-/** The protection-key index of PKRU bits: AD = bit 2k, WD = bit 2k+1 (§4.6.2). */
-const PKRU_AD = 1;
-const PKRU_WD = 2;
+/*
+ * Reserved bits of large leaves (literals in the walkers):
+ * - bits 20:13 of a 2 MiB leaf, 0x001fe000 (address bits below the page's alignment; §4.4.2 Table 4-9,
+ *   §4.5.4 Table 4-17);
+ * - bits 29:13 of a 1 GiB leaf, 0x3fffe000 (§4.5.4, Table 4-15);
+ * - PS (bit 7, 0x80) in a PML4E and a PML5E (§4.5.4).
+ * The canonical ranges of 4-level and 5-level linear addresses (§4.5, Vol. 1 §3.3.7.1): -2^47 <= va < 2^47
+ * (140737488355328) and -2^56 <= va < 2^56 (72057594037927936).
+ */
 
 /** The I/D error-code bit for `access` in `ctx` (§4.7: set for an instruction fetch only if CR4.SMEP = 1, or CR4.PAE = 1 and IA32_EFER.NXE = 1). */
 function idBit(ctx: PagingContext, access: number): number {
-  return (access & ACC_FETCH) !== 0 && (ctx.cr4Smep || (ctx.eferNxe && ctx.mode !== MODE_LEGACY32)) ? PFERR_FETCH : 0;
+  return (access & 0x10) /* ACC_FETCH */ !== 0 && (ctx.cr4Smep || (ctx.eferNxe && ctx.mode !== 0 /* MODE_LEGACY32 */)) ? 0x10 /* PFERR_FETCH */ : 0;
 }
 
 function pageFault(out: WalkResult, errorCode: number): number {
   out.errorCode = errorCode;
-  out.status = WALK_PAGE_FAULT;
-  return WALK_PAGE_FAULT;
+  out.status = 1; // WALK_PAGE_FAULT
+  return 1;
 }
 
 /** §4.7: a not-present entry: P=0, with W/R and U/S from the access, and I/D where the rule allows. */
 function notPresent(ctx: PagingContext, out: WalkResult, access: number, level: number): number {
   out.leafLevel = level;
-  return pageFault(out, (access & (ACC_WRITE | ACC_USER)) | idBit(ctx, access));
+  return pageFault(out, (access & 0x6) /* W/R | U/S */ | idBit(ctx, access));
 }
 
 /** §4.7: a reserved bit in a present entry: P=1 and RSVD=1 (RSVD only ever comes with P). */
 function reservedFault(ctx: PagingContext, out: WalkResult, access: number, level: number): number {
   out.leafLevel = level;
-  return pageFault(out, PFERR_PRESENT | PFERR_RSVD | (access & (ACC_WRITE | ACC_USER)) | idBit(ctx, access));
+  return pageFault(out, 0x9 /* P | RSVD */ | (access & 0x6) /* W/R | U/S */ | idBit(ctx, access));
 }
 
 function nestedFault(out: WalkResult): number {
-  out.status = WALK_NESTED_FAULT;
-  return WALK_NESTED_FAULT;
+  out.status = 3; // WALK_NESTED_FAULT
+  return 3;
+}
+
+function generalProtection(out: WalkResult): number {
+  out.status = 2; // WALK_GP
+  return 2;
 }
 
 /**
@@ -106,80 +103,36 @@ function nestedFault(out: WalkResult): number {
  *   the PK flag depends only on those conditions; KVM `permission_fault` does the same).
  */
 export function rightsFault(ctx: PagingContext, out: WalkResult, access: number): number {
-  const write = (access & ACC_WRITE) !== 0;
-  const userAccess = (access & ACC_USER) !== 0;
-  const fetch = (access & ACC_FETCH) !== 0;
-  const userPage = out.user;
-  let fault: boolean;
-  if (userAccess) {
-    fault = !userPage || (write && !out.writable) || (fetch && !out.executable);
-  } else if (fetch) {
-    fault = !out.executable || (ctx.cr4Smep && userPage);
-  } else {
-    fault = (ctx.cr4Smap && userPage && !ctx.eflagsAc) || (write && !out.writable && ctx.cr0Wp);
-  }
-  let pk = 0;
-  if (ctx.cr4Pke && userPage && !fetch && (ctx.mode === MODE_LONG4 || ctx.mode === MODE_LONG5)) {
-    const rights = (ctx.pkru >>> (out.pkey * 2)) & 3;
-    if ((rights & PKRU_AD) !== 0 || ((rights & PKRU_WD) !== 0 && write && (userAccess || ctx.cr0Wp))) pk = PFERR_PK;
-  }
-  if (!fault && pk === 0) return 0;
-  return PFERR_PRESENT | (access & (ACC_WRITE | ACC_USER)) | pk | idBit(ctx, access);
+  return permissionFault(ctx, access, (out.writable ? 0x2 : 0) | (out.user ? 0x4 : 0) | (out.executable ? 0 : 0x80000000), out.pkey);
 }
 
 /**
- * 32-bit paging, SDM Vol. 3A §4.3: CR3[31:12] locates the page directory; a PDE with PS=1 maps a 4 MiB page
- * when CR4.PSE=1 (with PS ignored when CR4.PSE=0), otherwise a page table of 4-byte PTEs. No XD, no keys.
- * PSE-36 (Table 4-4): with M = min(MAXPHYADDR, 40), PDE bits (M-20):13 are physical-address bits (M-1):32 and
- * bits 21:(M-19) are reserved; 4 KiB PDEs and PTEs have no reserved bits.
+ * `rightsFault` on rights given as entry bits: `rights & 0x2` is R/W=1 on every level, `rights & 0x4` is
+ * U/S=1 on every level, `rights & 0x80000000` is XD=1 on some level (the high-half bit, where it is only
+ * ever set with NXE: without NXE it is a reserved bit, §4.5.4); `pkey` is the leaf's protection key.
  */
-function walk32(ctx: PagingContext, mem: PhysicalMemory, va: number, access: number, flags: number, out: WalkResult): number {
-  const lo = va >>> 0;
-  const nested = ctx.nested;
-  out.topLevel = 2;
-  let epa = (((ctx.cr3 >>> 0) & 0xfffff000) >>> 0) + (lo >>> 22) * 4;
-  if (nested !== null) {
-    epa = nested.translate(epa, access, false, out);
-    if (epa < 0) return nestedFault(out);
-  }
-  const pde = mem.read32(epa);
-  out.entryPa[2] = epa;
-  out.entryLo[2] = pde;
-  out.entryHi[2] = 0;
-  if ((pde & PT_PRESENT) === 0) return notPresent(ctx, out, access, 2);
-
-  let leaf = pde;
-  let pa: number;
-  if (ctx.cr4Pse && (pde & PT_PAGE_SIZE) !== 0) {
-    const m = ctx.maxPhyAddr < 40 ? ctx.maxPhyAddr : 40;
-    const rsvd = ((0x3fffff >>> (m - 19)) << (m - 19)) >>> 0; // bits 21:(M-19)
-    if ((pde & rsvd) !== 0) return reservedFault(ctx, out, access, 2);
-    const high = (pde >>> 13) & ((1 << (m - 32)) - 1); // PA bits (M-1):32
-    pa = ((pde & 0xffc00000) >>> 0) + high * TWO_POW_32 + (lo & 0x3fffff);
-    out.leafLevel = 2;
-    out.pageSize = SIZE_4M;
+function permissionFault(ctx: PagingContext, access: number, rights: number, pkey: number): number {
+  const write = (access & 0x2) /* ACC_WRITE */ !== 0;
+  const userAccess = (access & 0x4) /* ACC_USER */ !== 0;
+  const fetch = (access & 0x10) /* ACC_FETCH */ !== 0;
+  const userPage = (rights & 0x4) /* U/S */ !== 0;
+  const writable = (rights & 0x2) /* R/W */ !== 0;
+  const executable = (rights & 0x80000000) /* XD */ === 0;
+  let fault: boolean;
+  if (userAccess) {
+    fault = !userPage || (write && !writable) || (fetch && !executable);
+  } else if (fetch) {
+    fault = !executable || (ctx.cr4Smep && userPage);
   } else {
-    epa = ((pde & 0xfffff000) >>> 0) + ((lo >>> 12) & 0x3ff) * 4;
-    if (nested !== null) {
-      epa = nested.translate(epa, access, false, out);
-      if (epa < 0) return nestedFault(out);
-    }
-    leaf = mem.read32(epa);
-    out.entryPa[1] = epa;
-    out.entryLo[1] = leaf;
-    out.entryHi[1] = 0;
-    if ((leaf & PT_PRESENT) === 0) return notPresent(ctx, out, access, 1);
-    pa = ((leaf & 0xfffff000) >>> 0) + (lo & 0xfff);
-    out.leafLevel = 1;
-    out.pageSize = 4096;
+    fault = (ctx.cr4Smap && userPage && !ctx.eflagsAc) || (write && !writable && ctx.cr0Wp);
   }
-  const both = pde & leaf; // a 4 MiB page has one level: pde & pde
-  out.writable = (both & PT_WRITABLE) !== 0;
-  out.user = (both & PT_USER) !== 0;
-  out.executable = true; // 32-bit paging has no XD (§4.6.1)
-  out.global = ctx.cr4Pge && (leaf & PT_GLOBAL) !== 0;
-  out.pa = pa;
-  return finish(ctx, mem, access, flags, out, 2, pde & leaf & PT_ACCESSED);
+  let pk = 0;
+  if (ctx.cr4Pke && userPage && !fetch && (ctx.mode === 2 /* MODE_LONG4 */ || ctx.mode === 3 /* MODE_LONG5 */)) {
+    const keyRights = (ctx.pkru >>> (pkey * 2)) & 3; // PKRU.ADk = bit 2k (1), PKRU.WDk = bit 2k+1 (2), §4.6.2
+    if ((keyRights & 1) !== 0 || ((keyRights & 2) !== 0 && write && (userAccess || ctx.cr0Wp))) pk = 0x20; // PFERR_PK
+  }
+  if (!fault && pk === 0) return 0;
+  return 0x1 /* P */ | (access & 0x6) /* W/R | U/S */ | pk | idBit(ctx, access);
 }
 
 /**
@@ -204,66 +157,366 @@ function walk32(ctx: PagingContext, mem: PhysicalMemory, va: number, access: num
  *   1 GiB PDPTE, bits 20:13 of a 2 MiB PDE. Bits 62:52 are ignored (62:59: the protection key of a leaf).
  */
 export function walk(ctx: PagingContext, mem: PhysicalMemory, va: number, access: number, flags: number, out: WalkResult): number {
-  // One function for the 8-byte-entry modes (the common case), so that `va` and the final address are not
-  // passed between functions as boxed doubles; 32-bit paging is a separate function.
-  const mode = ctx.mode;
+  // Small enough to be inlined into the caller: the walkers get the linear address as two int32 halves,
+  // `lo = va | 0` (bits 31:0) and `hi = floor(va * 2^-32) | 0` (bits 63:32, exact for a signed-canonical
+  // va), which V8 passes as small integers, while the double `va` would be boxed in a new heap number on
+  // every call (one allocation per walk; bench/paging.bench.mjs).
   out.errorCode = 0;
   out.global = false;
   out.pkey = 0;
-  if (mode === MODE_LEGACY32) return walk32(ctx, mem, va, access, flags, out);
-  const nested = ctx.nested;
-  const m = ctx.maxPhyAddr - 32; // first reserved address bit, in the high half
-  const nxr = ctx.eferNxe ? 0 : PT_HI_XD; // XD is reserved without NXE (§4.4.2, §4.5.4)
-  let lo: number;
-  let hi: number;
-  let level: number;
-  let base: number;
-  let rsvdHi: number;
-  let writable = PT_WRITABLE;
-  let user = PT_USER;
-  let accessed = PT_ACCESSED; // A=1 in every entry walked in memory: nothing to set for a read
-  let xd = 0;
-
-  if (mode === MODE_PAE) {
-    // §4.4.1: the PDPTE registers, loaded at CR3 load, select the page directory; not-present gives #PF P=0.
-    // Their reserved bits were checked at load time (loadPdptes); they carry no rights and get no A bit.
-    lo = va >>> 0;
-    hi = 0;
-    const i = lo >>> 30;
-    const plo = ctx.pdpteLo[i]!;
-    const phi = ctx.pdpteHi[i]!;
-    out.topLevel = 3;
-    out.entryPa[3] = (((ctx.cr3 >>> 0) & 0xffffffe0) >>> 0) + i * 8; // where the register was loaded from
-    out.entryLo[3] = plo;
-    out.entryHi[3] = phi;
-    if ((plo & PT_PRESENT) === 0) return notPresent(ctx, out, access, 3);
-    base = ((plo & 0xfffff000) >>> 0) + (phi & 0xfffff) * TWO_POW_32;
-    level = 2;
-    rsvdHi = ((0x7fffffff >>> m) << m) | nxr; // bits 62:M (and 63)
-  } else {
-    // Vol. 1 §3.3.7.1 / Vol. 3A §4.5: a non-canonical linear address is a #GP, never a #PF.
-    if (mode === MODE_LONG4) {
-      if (!(va >= -CANON_47 && va < CANON_47)) {
-        out.status = WALK_GP;
-        return WALK_GP;
-      }
-      level = 4;
-    } else {
-      if (!(va >= -CANON_56 && va < CANON_56)) {
-        out.status = WALK_GP;
-        return WALK_GP;
-      }
-      level = 5;
-    }
-    lo = va >>> 0;
-    hi = Math.floor(va / TWO_POW_32) | 0;
-    out.topLevel = level;
-    // CR3 bits M-1:12 locate the top table (§4.5.2; bits 11:0 are flags or the PCID).
-    const cr3 = ctx.cr3;
-    base = (((cr3 >>> 0) & 0xfffff000) >>> 0) + (cr3 < TWO_POW_32 ? 0 : ((Math.floor(cr3 / TWO_POW_32) & ((1 << m) - 1)) >>> 0) * TWO_POW_32);
-    rsvdHi = ((0xfffff >>> m) << m) | nxr; // bits 51:M (and 63)
+  const mode = ctx.mode;
+  if (mode === 2 /* MODE_LONG4 */) {
+    // Vol. 1 §3.3.7.1 / Vol. 3A §4.5: a non-canonical linear address is a #GP, never a #PF (-2^47 <= va < 2^47).
+    if (!(va >= -140737488355328 && va < 140737488355328)) return generalProtection(out);
+    return walk4(ctx, mem, va | 0, Math.floor(va * 2.3283064365386963e-10) | 0, access, flags, out);
   }
+  if (mode === 0 /* MODE_LEGACY32 */) return walk32(ctx, mem, va | 0, access, flags, out);
+  if (mode === 1 /* MODE_PAE */) return walkPae(ctx, mem, va | 0, access, flags, out);
+  // 5-level paging: -2^56 <= va < 2^56.
+  if (!(va >= -72057594037927936 && va < 72057594037927936)) return generalProtection(out);
+  return walk5(ctx, mem, va | 0, Math.floor(va * 2.3283064365386963e-10) | 0, access, flags, out);
+}
 
+/**
+ * 32-bit paging, SDM Vol. 3A §4.3: CR3[31:12] locates the page directory; a PDE with PS=1 maps a 4 MiB page
+ * when CR4.PSE=1 (with PS ignored when CR4.PSE=0), otherwise a page table of 4-byte PTEs. No XD, no keys.
+ * PSE-36 (Table 4-4): with M = min(MAXPHYADDR, 40), PDE bits (M-20):13 are physical-address bits (M-1):32 and
+ * bits 21:(M-19) are reserved; 4 KiB PDEs and PTEs have no reserved bits.
+ */
+function walk32(ctx: PagingContext, mem: PhysicalMemory, lo: number, access: number, flags: number, out: WalkResult): number {
+  const nested = ctx.nested;
+  out.topLevel = 2;
+  let epa = (((ctx.cr3 >>> 0) & 0xfffff000) >>> 0) + (lo >>> 22) * 4;
+  if (nested !== null) {
+    epa = nested.translate(epa, access, false, out);
+    if (epa < 0) return nestedFault(out);
+  }
+  const pde = mem.read32(epa);
+  out.entryPa[2] = epa;
+  out.entryLo[2] = pde;
+  out.entryHi[2] = 0;
+  if ((pde & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 2);
+
+  let leaf = pde;
+  let pa: number;
+  if (ctx.cr4Pse && (pde & 0x80) /* PS */ !== 0) {
+    const m = ctx.maxPhyAddr < 40 ? ctx.maxPhyAddr : 40;
+    const rsvd = ((0x3fffff >>> (m - 19)) << (m - 19)) >>> 0; // bits 21:(M-19)
+    if ((pde & rsvd) !== 0) return reservedFault(ctx, out, access, 2);
+    const high = (pde >>> 13) & ((1 << (m - 32)) - 1); // PA bits (M-1):32
+    pa = ((pde & 0xffc00000) >>> 0) + high * 4294967296 + (lo & 0x3fffff);
+    out.leafLevel = 2;
+    out.pageSize = 4194304; // 4 MiB
+  } else {
+    epa = ((pde & 0xfffff000) >>> 0) + ((lo >>> 12) & 0x3ff) * 4;
+    if (nested !== null) {
+      epa = nested.translate(epa, access, false, out);
+      if (epa < 0) return nestedFault(out);
+    }
+    leaf = mem.read32(epa);
+    out.entryPa[1] = epa;
+    out.entryLo[1] = leaf;
+    out.entryHi[1] = 0;
+    if ((leaf & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 1);
+    pa = ((leaf & 0xfffff000) >>> 0) + (lo & 0xfff);
+    out.leafLevel = 1;
+    out.pageSize = 4096;
+  }
+  const both = pde & leaf; // a 4 MiB page has one level: pde & pde
+  out.writable = (both & 0x2) /* R/W */ !== 0;
+  out.user = (both & 0x4) /* U/S */ !== 0;
+  out.executable = true; // 32-bit paging has no XD (§4.6.1)
+  out.global = ctx.cr4Pge && (leaf & 0x100) /* G */ !== 0;
+  out.pa = pa;
+  return finish(ctx, mem, access, flags, out, 2, both, 0, leaf);
+}
+
+/**
+ * 4-level paging, SDM Vol. 3A §4.5: PML4 (CR3), PDPT, PD, PT; a PDPTE with PS=1 maps a 1 GiB page, a PDE
+ * with PS=1 a 2 MiB page (1 GiB pages are supported: CPUID.80000001H:EDX.Page1GB = 1). Index bits: PML4
+ * 47:39, PDPT 38:30, PD 29:21, PT 20:12; in the halves of va, `hi >>> 7`, `(lo >>> 30) | (hi << 2)`,
+ * `lo >>> 21`, `lo >>> 12`, each & 0x1ff.
+ */
+function walk4(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, access: number, flags: number, out: WalkResult): number {
+  out.topLevel = 4;
+  const m = ctx.maxPhyAddr - 32; // first reserved address bit, in the high half
+  const rsvdHi = ((0xfffff >>> m) << m) | (ctx.eferNxe ? 0 : 0x80000000); // bits 51:M, and XD without NXE (§4.5.4)
+  const cr3 = ctx.cr3;
+  // CR3 bits M-1:12 locate the top table (§4.5.2; bits 11:0 are flags or the PCID).
+  if (!(cr3 < 4294967296) || ctx.nested !== null) return walkFrom(ctx, mem, lo, hi, access, flags, out, 4, longRoot(cr3, m), rsvdHi, -1, 0);
+
+  // PML4E (§4.5.4): PS is reserved.
+  let epa = ((cr3 & 0xfffff000) | (((hi >>> 7) & 0x1ff) << 3)) >>> 0;
+  let elo = mem.read32(epa);
+  let ehi = mem.read32((epa | 4) >>> 0);
+  out.entryPa[4] = epa;
+  out.entryLo[4] = elo;
+  out.entryHi[4] = ehi;
+  if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 4);
+  if ((elo & 0x80) /* PS */ !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 4);
+  let acc = elo;
+  let xd = ehi;
+  if ((ehi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 3, tableAt(elo, ehi), rsvdHi, acc, xd);
+
+  // PDPTE (§4.5.4; a 1 GiB leaf: Table 4-15).
+  epa = ((elo & 0xfffff000) | ((((lo >>> 30) | (hi << 2)) & 0x1ff) << 3)) >>> 0;
+  elo = mem.read32(epa);
+  ehi = mem.read32((epa | 4) >>> 0);
+  out.entryPa[3] = epa;
+  out.entryLo[3] = elo;
+  out.entryHi[3] = ehi;
+  if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 3);
+  let level = 3;
+  let offsetMask = 0x3fffffff; // 1 GiB
+  if ((elo & 0x80) /* PS */ !== 0) {
+    if ((elo & 0x3fffe000) !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 3);
+  } else {
+    if ((ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 3);
+    acc &= elo;
+    xd |= ehi;
+    if ((ehi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 2, tableAt(elo, ehi), rsvdHi, acc, xd);
+
+    // PDE (§4.5.4; a 2 MiB leaf: Table 4-17).
+    epa = ((elo & 0xfffff000) | (((lo >>> 21) & 0x1ff) << 3)) >>> 0;
+    elo = mem.read32(epa);
+    ehi = mem.read32((epa | 4) >>> 0);
+    out.entryPa[2] = epa;
+    out.entryLo[2] = elo;
+    out.entryHi[2] = ehi;
+    if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 2);
+    level = 2;
+    offsetMask = 0x1fffff; // 2 MiB
+    if ((elo & 0x80) /* PS */ !== 0) {
+      if ((elo & 0x001fe000) !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 2);
+    } else {
+      if ((ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 2);
+      acc &= elo;
+      xd |= ehi;
+      if ((ehi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 1, tableAt(elo, ehi), rsvdHi, acc, xd);
+
+      // PTE (§4.5.4): bit 7 is PAT, not PS.
+      epa = ((elo & 0xfffff000) | (((lo >>> 12) & 0x1ff) << 3)) >>> 0;
+      elo = mem.read32(epa);
+      ehi = mem.read32((epa | 4) >>> 0);
+      out.entryPa[1] = epa;
+      out.entryLo[1] = elo;
+      out.entryHi[1] = ehi;
+      if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 1);
+      if ((ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 1);
+      level = 1;
+      offsetMask = 0xfff;
+    }
+  }
+  acc &= elo;
+  xd |= ehi;
+  out.leafLevel = level;
+  out.pageSize = offsetMask + 1;
+  out.writable = (acc & 0x2) /* R/W */ !== 0;
+  out.user = (acc & 0x4) /* U/S */ !== 0;
+  out.executable = (xd & 0x80000000) /* XD */ === 0;
+  out.global = ctx.cr4Pge && (elo & 0x100) /* G */ !== 0;
+  out.pkey = (ehi >>> 27) & 15; // bits 62:59 (§4.6.2)
+  out.pa = (((elo & ~offsetMask) | (lo & offsetMask)) >>> 0) + (ehi & 0xfffff) * 4294967296;
+  return finish(ctx, mem, access, flags, out, 4, acc, xd, elo);
+}
+
+/**
+ * 5-level paging, SDM Vol. 3A §4.5: as 4-level paging with a PML5 table above the PML4 (CR4.LA57 = 1);
+ * PML5 index bits 56:48, `hi >>> 16`. The levels below the PML5E are `walk4`'s, written out again so that
+ * each function keeps its own type feedback.
+ */
+function walk5(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, access: number, flags: number, out: WalkResult): number {
+  out.topLevel = 5;
+  const m = ctx.maxPhyAddr - 32; // first reserved address bit, in the high half
+  const rsvdHi = ((0xfffff >>> m) << m) | (ctx.eferNxe ? 0 : 0x80000000); // bits 51:M, and XD without NXE (§4.5.4)
+  const cr3 = ctx.cr3;
+  // CR3 bits M-1:12 locate the top table (§4.5.2; bits 11:0 are flags or the PCID).
+  if (!(cr3 < 4294967296) || ctx.nested !== null) return walkFrom(ctx, mem, lo, hi, access, flags, out, 5, longRoot(cr3, m), rsvdHi, -1, 0);
+
+  // PML5E (§4.5.4): PS is reserved.
+  let epa = ((cr3 & 0xfffff000) | (((hi >>> 16) & 0x1ff) << 3)) >>> 0;
+  let elo = mem.read32(epa);
+  let ehi = mem.read32((epa | 4) >>> 0);
+  out.entryPa[5] = epa;
+  out.entryLo[5] = elo;
+  out.entryHi[5] = ehi;
+  if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 5);
+  if ((elo & 0x80) /* PS */ !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 5);
+  let acc = elo;
+  let xd = ehi;
+  if ((ehi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 4, tableAt(elo, ehi), rsvdHi, acc, xd);
+
+  // PML4E (§4.5.4): PS is reserved.
+  epa = ((elo & 0xfffff000) | (((hi >>> 7) & 0x1ff) << 3)) >>> 0;
+  elo = mem.read32(epa);
+  ehi = mem.read32((epa | 4) >>> 0);
+  out.entryPa[4] = epa;
+  out.entryLo[4] = elo;
+  out.entryHi[4] = ehi;
+  if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 4);
+  if ((elo & 0x80) /* PS */ !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 4);
+  acc &= elo;
+  xd |= ehi;
+  if ((ehi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 3, tableAt(elo, ehi), rsvdHi, acc, xd);
+
+  // PDPTE (§4.5.4; a 1 GiB leaf: Table 4-15).
+  epa = ((elo & 0xfffff000) | ((((lo >>> 30) | (hi << 2)) & 0x1ff) << 3)) >>> 0;
+  elo = mem.read32(epa);
+  ehi = mem.read32((epa | 4) >>> 0);
+  out.entryPa[3] = epa;
+  out.entryLo[3] = elo;
+  out.entryHi[3] = ehi;
+  if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 3);
+  let level = 3;
+  let offsetMask = 0x3fffffff; // 1 GiB
+  if ((elo & 0x80) /* PS */ !== 0) {
+    if ((elo & 0x3fffe000) !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 3);
+  } else {
+    if ((ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 3);
+    acc &= elo;
+    xd |= ehi;
+    if ((ehi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 2, tableAt(elo, ehi), rsvdHi, acc, xd);
+
+    // PDE (§4.5.4; a 2 MiB leaf: Table 4-17).
+    epa = ((elo & 0xfffff000) | (((lo >>> 21) & 0x1ff) << 3)) >>> 0;
+    elo = mem.read32(epa);
+    ehi = mem.read32((epa | 4) >>> 0);
+    out.entryPa[2] = epa;
+    out.entryLo[2] = elo;
+    out.entryHi[2] = ehi;
+    if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 2);
+    level = 2;
+    offsetMask = 0x1fffff; // 2 MiB
+    if ((elo & 0x80) /* PS */ !== 0) {
+      if ((elo & 0x001fe000) !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 2);
+    } else {
+      if ((ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 2);
+      acc &= elo;
+      xd |= ehi;
+      if ((ehi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 1, tableAt(elo, ehi), rsvdHi, acc, xd);
+
+      // PTE (§4.5.4): bit 7 is PAT, not PS.
+      epa = ((elo & 0xfffff000) | (((lo >>> 12) & 0x1ff) << 3)) >>> 0;
+      elo = mem.read32(epa);
+      ehi = mem.read32((epa | 4) >>> 0);
+      out.entryPa[1] = epa;
+      out.entryLo[1] = elo;
+      out.entryHi[1] = ehi;
+      if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 1);
+      if ((ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 1);
+      level = 1;
+      offsetMask = 0xfff;
+    }
+  }
+  acc &= elo;
+  xd |= ehi;
+  out.leafLevel = level;
+  out.pageSize = offsetMask + 1;
+  out.writable = (acc & 0x2) /* R/W */ !== 0;
+  out.user = (acc & 0x4) /* U/S */ !== 0;
+  out.executable = (xd & 0x80000000) /* XD */ === 0;
+  out.global = ctx.cr4Pge && (elo & 0x100) /* G */ !== 0;
+  out.pkey = (ehi >>> 27) & 15; // bits 62:59 (§4.6.2)
+  out.pa = (((elo & ~offsetMask) | (lo & offsetMask)) >>> 0) + (ehi & 0xfffff) * 4294967296;
+  return finish(ctx, mem, access, flags, out, 5, acc, xd, elo);
+}
+
+/**
+ * PAE paging, SDM Vol. 3A §4.4: the PDPTE register selected by va bits 31:30, then a PD and a PT of 8-byte
+ * entries; a PDE with PS=1 maps a 2 MiB page. No protection keys (§4.6.2: IA-32e paging only).
+ */
+function walkPae(ctx: PagingContext, mem: PhysicalMemory, lo: number, access: number, flags: number, out: WalkResult): number {
+  // §4.4.1: the PDPTE registers, loaded at CR3 load, select the page directory; not-present gives #PF P=0.
+  // Their reserved bits were checked at load time (loadPdptes); they carry no rights and get no A bit.
+  const i = lo >>> 30;
+  const plo = ctx.pdpteLo[i]!;
+  const phi = ctx.pdpteHi[i]!;
+  out.topLevel = 3;
+  out.entryPa[3] = (((ctx.cr3 >>> 0) & 0xffffffe0) >>> 0) + i * 8; // where the register was loaded from
+  out.entryLo[3] = plo;
+  out.entryHi[3] = phi;
+  if ((plo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 3);
+  const m = ctx.maxPhyAddr - 32; // first reserved address bit, in the high half
+  const rsvdHi = ((0x7fffffff >>> m) << m) | (ctx.eferNxe ? 0 : 0x80000000); // bits 62:M, and XD without NXE (§4.4.2)
+  if ((phi & 0xfffff) !== 0 || ctx.nested !== null) return walkFrom(ctx, mem, lo, 0, access, flags, out, 2, tableAt(plo, phi), rsvdHi, -1, 0);
+
+  // PDE (§4.4.2; a 2 MiB leaf: Table 4-9).
+  let epa = ((plo & 0xfffff000) | (((lo >>> 21) & 0x1ff) << 3)) >>> 0;
+  let elo = mem.read32(epa);
+  let ehi = mem.read32((epa | 4) >>> 0);
+  out.entryPa[2] = epa;
+  out.entryLo[2] = elo;
+  out.entryHi[2] = ehi;
+  if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 2);
+  let acc = -1;
+  let xd = 0;
+  let level = 2;
+  let offsetMask = 0x1fffff; // 2 MiB
+  if ((elo & 0x80) /* PS */ !== 0) {
+    if ((elo & 0x001fe000) !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 2);
+  } else {
+    if ((ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 2);
+    acc = elo;
+    xd = ehi;
+    if ((ehi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, 0, access, flags, out, 1, tableAt(elo, ehi), rsvdHi, acc, xd);
+
+    // PTE (§4.4.2): bit 7 is PAT, not PS.
+    epa = ((elo & 0xfffff000) | (((lo >>> 12) & 0x1ff) << 3)) >>> 0;
+    elo = mem.read32(epa);
+    ehi = mem.read32((epa | 4) >>> 0);
+    out.entryPa[1] = epa;
+    out.entryLo[1] = elo;
+    out.entryHi[1] = ehi;
+    if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 1);
+    if ((ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 1);
+    level = 1;
+    offsetMask = 0xfff;
+  }
+  acc &= elo;
+  xd |= ehi;
+  out.leafLevel = level;
+  out.pageSize = offsetMask + 1;
+  out.writable = (acc & 0x2) /* R/W */ !== 0;
+  out.user = (acc & 0x4) /* U/S */ !== 0;
+  out.executable = (xd & 0x80000000) /* XD */ === 0;
+  out.global = ctx.cr4Pge && (elo & 0x100) /* G */ !== 0;
+  out.pkey = 0;
+  out.pa = (((elo & ~offsetMask) | (lo & offsetMask)) >>> 0) + (ehi & 0xfffff) * 4294967296;
+  return finish(ctx, mem, access, flags, out, 2, acc, xd, elo);
+}
+
+/** The physical address of the table an entry (lo, hi) points to: bits 51:12 (the bits from M up are reserved, and were checked clear). */
+function tableAt(elo: number, ehi: number): number {
+  return ((elo & 0xfffff000) >>> 0) + (ehi & 0xfffff) * 4294967296;
+}
+
+/** The top table of 4-/5-level paging: CR3 bits M-1:12, with `m` = M - 32 (§4.5.2). */
+function longRoot(cr3: number, m: number): number {
+  return (((cr3 >>> 0) & 0xfffff000) >>> 0) + (cr3 < 4294967296 ? 0 : ((Math.floor(cr3 / 4294967296) & ((1 << m) - 1)) >>> 0) * 4294967296);
+}
+
+/**
+ * The general walk of 8-byte entries (PAE and 4-/5-level paging), from `level` (whose table is at the
+ * physical address `base`, a plain number) down: table addresses at or above 4 GiB, and every walk with a
+ * second stage, which translates each table address (`ctx.nested`). `acc` and `xd` carry what the levels
+ * above accumulated (-1 and 0 when none were walked in memory); `rsvdHi` is the high-half reserved mask of
+ * the mode. `out.topLevel` and the entries of the levels above are already filled.
+ */
+function walkFrom(
+  ctx: PagingContext,
+  mem: PhysicalMemory,
+  lo: number,
+  hi: number,
+  access: number,
+  flags: number,
+  out: WalkResult,
+  level: number,
+  base: number,
+  rsvdHi: number,
+  acc: number,
+  xd: number,
+): number {
+  const nested = ctx.nested;
   let elo: number;
   let ehi: number;
   let pageSize = 4096;
@@ -296,82 +549,97 @@ export function walk(ctx: PagingContext, mem: PhysicalMemory, va: number, access
     out.entryPa[level] = epa;
     out.entryLo[level] = elo;
     out.entryHi[level] = ehi;
-    if ((elo & PT_PRESENT) === 0) return notPresent(ctx, out, access, level);
+    if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, level);
     let rsvdLo = 0;
     let isLeaf = level === 1;
-    if ((elo & PT_PAGE_SIZE) !== 0) {
+    if ((elo & 0x80) /* PS */ !== 0) {
       if (level === 2) {
         isLeaf = true;
-        rsvdLo = RSVD_LO_2M;
-        pageSize = SIZE_2M;
+        rsvdLo = 0x001fe000; // bits 20:13
+        pageSize = 2097152; // 2 MiB
       } else if (level === 3) {
         isLeaf = true; // 1 GiB pages are supported (CPUID.80000001H:EDX.Page1GB = 1)
-        rsvdLo = RSVD_LO_1G;
-        pageSize = SIZE_1G;
+        rsvdLo = 0x3fffe000; // bits 29:13
+        pageSize = 1073741824; // 1 GiB
       } else if (level >= 4) {
-        rsvdLo = PT_PAGE_SIZE; // PS is reserved in a PML4E and a PML5E
+        rsvdLo = 0x80; // PS is reserved in a PML4E and a PML5E
       }
       // level 1: bit 7 of a PTE is PAT, not PS
     }
     if ((elo & rsvdLo) !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, level);
-    writable &= elo;
-    user &= elo;
-    accessed &= elo;
-    xd |= ehi & PT_HI_XD; // non-zero only with NXE (otherwise it is reserved and faulted above)
+    acc &= elo;
+    xd |= ehi; // XD is non-zero only with NXE (otherwise it is reserved and faulted above)
     if (isLeaf) break;
-    base = ((elo & 0xfffff000) >>> 0) + (ehi & 0xfffff) * TWO_POW_32;
+    base = tableAt(elo, ehi);
     level--;
   }
 
   const offsetMask = pageSize - 1;
+  const pae = ctx.mode === 1; /* MODE_PAE */
   out.leafLevel = level;
   out.pageSize = pageSize;
-  out.writable = writable !== 0;
-  out.user = user !== 0;
-  out.executable = xd === 0;
-  out.global = ctx.cr4Pge && (elo & PT_GLOBAL) !== 0;
-  out.pkey = mode === MODE_PAE ? 0 : (ehi >>> PT_HI_PKEY_SHIFT) & 15;
-  out.pa = ((elo & ~offsetMask) >>> 0) + (ehi & 0xfffff) * TWO_POW_32 + (lo & offsetMask);
-  return finish(ctx, mem, access, flags, out, mode === MODE_PAE ? 2 : out.topLevel, accessed);
+  out.writable = (acc & 0x2) /* R/W */ !== 0;
+  out.user = (acc & 0x4) /* U/S */ !== 0;
+  out.executable = (xd & 0x80000000) /* XD */ === 0;
+  out.global = ctx.cr4Pge && (elo & 0x100) /* G */ !== 0;
+  out.pkey = pae ? 0 : (ehi >>> 27) & 15; // bits 62:59 (§4.6.2); PAE has no keys
+  out.pa = ((elo & ~offsetMask) >>> 0) + (ehi & 0xfffff) * 4294967296 + (lo & offsetMask);
+  return finish(ctx, mem, access, flags, out, pae ? 2 : out.topLevel, acc, xd, elo);
 }
 
 /**
  * The end of a complete translation whose address is in `out.pa` (passed there rather than as an argument,
- * so that it is never boxed): rights (§4.6), the second-stage translation of the final address,
- * then A/D (§4.8) from `fromLevel` (the top level walked in memory) down to the leaf; `accessed` is
- * PT_ACCESSED when every entry walked in memory already has A=1. Each update is a
- * read-modify-write of the entry's low half that only sets bits, so that entries seen twice in one walk
- * (a recursive mapping) keep every bit set.
+ * so that it is never boxed): rights (§4.6), the second-stage translation of the final address, then A/D
+ * (§4.8) from `fromLevel` (the top level walked in memory) down to the leaf. `acc` is the AND of the low
+ * halves of the entries walked in memory (R/W and U/S: the rights; A: A already set on every level, nothing
+ * to set for a read), `xd` the OR of their high halves (XD), `leafLo` the leaf's low half (its D bit).
  */
-function finish(ctx: PagingContext, mem: PhysicalMemory, access: number, flags: number, out: WalkResult, fromLevel: number, accessed: number): number {
-  const leafLevel = out.leafLevel;
-  const rights = rightsFault(ctx, out, access);
-  if (rights !== 0) return pageFault(out, rights);
+function finish(
+  ctx: PagingContext,
+  mem: PhysicalMemory,
+  access: number,
+  flags: number,
+  out: WalkResult,
+  fromLevel: number,
+  acc: number,
+  xd: number,
+  leafLo: number,
+): number {
+  const fault = permissionFault(ctx, access, (acc & 0x6) | (xd & 0x80000000), out.pkey);
+  if (fault !== 0) return pageFault(out, fault);
   const nested: SecondStage | null = ctx.nested;
   if (nested !== null) {
     const pa = nested.translate(out.pa, access, true, out);
     if (pa < 0) return nestedFault(out);
     out.pa = pa;
   }
-  let dirty = (out.entryLo[leafLevel]! & PT_DIRTY) !== 0;
-  const write = (access & ACC_WRITE) !== 0;
+  const write = (access & 0x2) /* ACC_WRITE */ !== 0;
+  const sideEffects = (flags & 1) /* WALK_SIDE_EFFECTS */ !== 0;
   // The common case needs no update: A already set on every level (and D in the leaf for a write).
-  if ((flags & WALK_SIDE_EFFECTS) !== 0 && (accessed === 0 || (write && !dirty))) {
-    for (let l = fromLevel; l >= leafLevel; l--) {
-      const want = l === leafLevel && write ? PT_ACCESSED | PT_DIRTY : PT_ACCESSED;
-      const seen = out.entryLo[l]!;
-      if ((seen & want) !== want) {
-        const epa = out.entryPa[l]!;
-        const now = (mem.read32(epa) | want) >>> 0;
-        mem.write32(epa, now);
-        out.entryLo[l] = now;
-      }
+  if (sideEffects && ((acc & 0x20) /* A */ === 0 || (write && (leafLo & 0x40) /* D */ === 0))) setAccessedDirty(mem, out, fromLevel, write);
+  // D after the walk: the leaf's, or set now by a write with side effects.
+  out.dirty = (leafLo & 0x40) /* D */ !== 0 || (sideEffects && write);
+  out.status = 0; // WALK_OK
+  return 0;
+}
+
+/**
+ * Sets A in every entry walked from `fromLevel` down to `out.leafLevel`, and D in the leaf for a write
+ * (§4.8). Each update is a read-modify-write of the entry's low half that only sets bits, so that entries
+ * seen twice in one walk (a recursive mapping) keep every bit set.
+ */
+function setAccessedDirty(mem: PhysicalMemory, out: WalkResult, fromLevel: number, write: boolean): void {
+  const leafLevel = out.leafLevel;
+  for (let l = fromLevel; l >= leafLevel; l--) {
+    const want = l === leafLevel && write ? 0x60 /* A | D */ : 0x20; /* A */
+    const seen = out.entryLo[l]!;
+    if ((seen & want) !== want) {
+      const epa = out.entryPa[l]!;
+      const now = (mem.read32(epa) | want) >>> 0;
+      mem.write32(epa, now);
+      out.entryLo[l] = now;
     }
-    if (write) dirty = true;
   }
-  out.dirty = dirty;
-  out.status = WALK_OK;
-  return WALK_OK;
 }
 
 /**
