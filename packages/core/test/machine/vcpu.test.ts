@@ -18,6 +18,7 @@ import {
   PF_VECTOR,
   GP_VECTOR,
   PT_DIRTY,
+  type FaultAction,
   type Vcpu,
 } from '../../src/index.js';
 import { TestTables } from './tables.js';
@@ -108,7 +109,7 @@ describe('Vcpu', () => {
     it('reports a fault loop instead of hanging when the hypervisor keeps answering retry', () => {
       const { v } = long4Machine();
       v.hooks = new (class extends NativeHooks {
-        override exception() {
+        override exception(): FaultAction {
           return FAULT_RETRY;
         }
       })();
