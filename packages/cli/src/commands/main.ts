@@ -84,7 +84,7 @@ export function registerMain(program: Command): void {
 
       // 2. The headline comparison.
       const docs: Record<string, ComparisonDocument> = {};
-      let refusal = '';
+      let refusal: string;
       for (const [title, sets] of [
         ['', HEADLINE_VARIANTS],
         [', with write-flood detection in every variant', WITH_FLOOD],
