@@ -6,9 +6,11 @@ import { runChecked } from '../src/run-variant.js';
  * The guest must not be able to tell that it runs virtualized (ARCHITECTURE.md): every synthetic workload,
  * in legacy32, PAE and 4-level paging, on 1 and 4 vCPUs, under VMX and SVM shadow paging, must show the guest
  * exactly what a native run shows it: the same #PFs in the same order (address, error code, vCPU, process),
- * the same SIGSEGVs and the same final memory (`--check`). Sizes are small so the matrix stays fast; each
- * still exercises its workload's page-table behaviour (COW after fork, exec teardown, mprotect downgrades,
- * freed page directories reused as data, several processes per vCPU).
+ * the same SIGSEGVs and the same final memory (`--check`); and the shadow MMU must keep every invariant of
+ * its audit after every exit (`--audit`, incremental: see mmu-shadow/src/audit.ts). Sizes are small so the
+ * matrix stays fast (about 50 s with the audit, 20 s without, on 2 cores); each still exercises its
+ * workload's page-table behaviour (COW after fork, exec teardown, mprotect downgrades, freed page
+ * directories reused as data, several processes per vCPU).
  */
 const WORKLOADS = [
   'demand-fault:pages=96',
@@ -22,14 +24,14 @@ const WORKLOADS = [
 ];
 const MODES = ['legacy32', 'pae', 'long4'] as const;
 
-describe('the guest cannot tell (--check)', () => {
+describe('the guest cannot tell (--check), and the MMU keeps its invariants (--audit)', () => {
   for (const backend of ['vmx', 'svm'] as const) {
     for (const mode of MODES) {
       for (const vcpus of [1, 4]) {
         describe(`${backend} shadow, ${mode}, ${vcpus} vCPU${vcpus > 1 ? 's' : ''}`, () => {
           it.each(WORKLOADS)('%s', async (workload) => {
             const variant = await parseVariantSpec(`${backend} shadow`, { vcpus: String(vcpus), memory: String(16 * 1024 * 1024) });
-            const { run, check } = await runChecked({ workload, mode, seed: 5, personalities: [], variant });
+            const { run, check } = await runChecked({ workload, mode, seed: 5, personalities: [], variant, audit: true });
             expect(check.divergence).toBeNull();
             expect(run.result.counters.total.exits).toBeGreaterThan(0);
           });

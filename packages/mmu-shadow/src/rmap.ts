@@ -10,12 +10,20 @@ export const RMAP_LEVELS = 3;
 export class SpteList {
   private one = -1;
   private many: number[] | null = null;
+  /**
+   * The change log this list reports its first change to (set on rmap heads, see `Rmaps.changed`; null for
+   * `parent_ptes`), and whether the list is in it now. The audit drains the log to re-check only the rmaps
+   * that changed since it last ran.
+   */
+  changeLog: SpteList[] | null = null;
+  queued = false;
 
   get size(): number {
     return this.many !== null ? this.many.length : this.one >= 0 ? 1 : 0;
   }
 
   add(loc: number): void {
+    if (this.changeLog !== null && !this.queued) this.logChange();
     if (this.many !== null) this.many.push(loc);
     else if (this.one < 0) this.one = loc;
     else {
@@ -26,6 +34,7 @@ export class SpteList {
 
   /** Removes one occurrence of `loc`; false when it is not there (KVM BUG()s: "no rmap for spte"). */
   remove(loc: number): boolean {
+    if (this.changeLog !== null && !this.queued) this.logChange();
     if (this.many !== null) {
       const i = this.many.indexOf(loc);
       if (i < 0) return false;
@@ -48,6 +57,11 @@ export class SpteList {
     return this.many !== null ? this.many.includes(loc) : this.one === loc;
   }
 
+  private logChange(): void {
+    this.queued = true;
+    this.changeLog!.push(this);
+  }
+
   /** A copy of the locations (callers that zap while iterating need one). */
   toArray(): number[] {
     return this.many !== null ? this.many.slice() : this.one >= 0 ? [this.one] : [];
@@ -60,6 +74,11 @@ export class SpteList {
  */
 export class Rmaps {
   private readonly perSlot = new Map<number, (SpteList | undefined)[][]>();
+  /**
+   * The rmap heads added to or removed from since the audit last drained this log (each at most once, with
+   * `queued` set). Bounded by the number of heads, so it needs no reader to stay small.
+   */
+  readonly changed: SpteList[] = [];
 
   constructor(private readonly memory: GuestMemory) {
     for (const s of memory.slots) {
@@ -79,6 +98,7 @@ export class Rmaps {
     if (h === undefined) {
       if (!create) return null;
       h = arr[i] = new SpteList();
+      h.changeLog = this.changed;
     }
     return h;
   }
