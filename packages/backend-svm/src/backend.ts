@@ -156,6 +156,13 @@ export class SvmBackend implements Backend<Vmcb> {
   }
 
   private describe(v: Vmcb): HardwareExit {
-    return { backend: 'svm', code: v.exitCode, name: exitCodeName(v.exitCode), fields: { exitInfo1: v.exitInfo1, exitInfo2: v.exitInfo2 } };
+    return { backend: 'svm', code: v.exitCode, name: codeName(v.exitCode), fields: { exitInfo1: v.exitInfo1, exitInfo2: v.exitInfo2 } };
   }
+}
+
+/** `exitCodeName`, built once per exit code (the exception codes' names are built strings: not per exit). */
+const codeNames: (string | undefined)[] = new Array<string | undefined>(0x1000).fill(undefined);
+function codeName(code: number): string {
+  if (code < 0 || code > 0xfff) return exitCodeName(code);
+  return (codeNames[code] ??= exitCodeName(code));
 }

@@ -32,7 +32,7 @@ import { auditShadowMmu } from './audit.js';
 import { HOST_MAXPHYADDR, ShadowPagingContext } from './context.js';
 import { ShadowMmuError } from './errors.js';
 import { ShadowPage } from './page.js';
-import { ShadowMemory, ShadowPool, SPTES_PER_PAGE } from './pool.js';
+import { POOL_BASE, ShadowMemory, ShadowPool, SPTES_PER_PAGE } from './pool.js';
 import { Rmaps } from './rmap.js';
 import {
   ACC_EXEC_MASK,
@@ -45,11 +45,12 @@ import {
   ROLE_INVALID,
   roleAccess,
   roleQuadrant,
-  rootRole,
+  rootRoleOf,
 } from './role.js';
 import {
   SPTE_A,
   SPTE_D,
+  SPTE_HI_ADDR_MASK,
   SPTE_HI_NX,
   SPTE_HI_PKEY_MASK,
   SPTE_HOST_WRITABLE,
@@ -232,15 +233,17 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
     const slot = this.memory.slotForGfn(gfn);
     // No memslot (or a write to read-only RAM): MMIO, an exit to user space (KVM `kvm_handle_noslot_fault`).
     if (slot === null || (write && slot.readonly)) return { kind: 'mmio', gpa };
-    if (write && this.isWriteProtected(gfn) && decideTrackedWrite(this.host, vcpu.id, st.mmuEventSeq++, gfn, address, errorCode)) {
+    let writeProtected = write && this.isWriteProtected(gfn);
+    if (writeProtected && decideTrackedWrite(this.host, vcpu.id, st.mmuEventSeq++, gfn, address, errorCode)) {
       // A policy unprotects the gfn (KVM 2007: a user-mode write is a hint that the page is no longer a
       // page table, `mmu_unshadow`): zap its shadow pages, and map the page writable below.
       for (const sp of this.indirectPagesOf(gfn)) this.prepareZap(sp);
+      writeProtected = this.isWriteProtected(gfn);
     }
     // page_fault_handle_page_track: a write that hit a present spte (P=1 without RSVD: a trap spte is not
     // present) of a guest page table that an upper-level page write-tracks. A level-1-only gfn goes on to
     // the fetch, where it may go unsync (mmu_try_to_unsync_pages) or stay read-only (then emulated).
-    if ((errorCode & (PFERR_PRESENT | PFERR_RSVD)) === PFERR_PRESENT && write && this.isWriteProtected(gfn) && this.hasUpperLevelPage(gfn)) {
+    if ((errorCode & (PFERR_PRESENT | PFERR_RSVD)) === PFERR_PRESENT && writeProtected && this.hasUpperLevelPage(gfn)) {
       this.clearFloodCounts(st, address);
       this.host.count(vcpu.id, 'pf_emulate');
       st.lastPtWriteCount = ptWriteCount;
@@ -290,15 +293,21 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
     }
     const gfn = Math.floor(gpa / PAGE_SIZE);
     this.host.count(vcpu.id, 'mmu_pte_write');
-    const targets = this.indirectPagesOf(gfn);
-    const baseRole = this.baseRole(vcpu);
+    // The valid indirect pages of the gfn, as a snapshot (zapping one below changes its hash bucket), in a
+    // scratch array that this call owns while it runs (a nested call would take a fresh one).
+    const targets = this.pageScratch ?? [];
+    this.pageScratch = null;
+    const count = this.collectIndirectPages(gfn, targets);
+    let baseRole = -1; // the vCPU's base role, computed for the first update-spte decision
     // The 2007 per-vCPU detector (OLD-MMU kvm_mmu_pre_write): consecutive emulated writes to one gfn.
     if (gfn === st.lastPtWriteGfn) st.lastPtWriteCount++;
     else {
       st.lastPtWriteGfn = gfn;
       st.lastPtWriteCount = 1;
     }
-    for (const sp of targets) {
+    for (let t = 0; t < count; t++) {
+      const sp = targets[t]!;
+      targets[t] = null;
       if (sp.zapped) continue;
       const level = sp.level;
       const fourByte = (sp.role & ROLE_4BYTE_GPTE) !== 0;
@@ -319,8 +328,14 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
       const w1 = writtenSptes(gpa, fourByte, level, quadrant);
       const w2 = misaligned ? writtenSptes(gpa + bytes - 1, fourByte, level, quadrant) : -1;
       // update_pte (KVM 2007-2021): a full, aligned gpte write into a level-1 page of the vCPU's base role.
-      const update = decision === 'update-spte' && !misaligned && level === 1 && bytes >= pteSize && (sp.role & ROLE_BASE_MASK) === (baseRole & ROLE_BASE_MASK);
-      for (const w of w2 >= 0 && w2 !== w1 ? [w1, w2] : [w1]) {
+      let update = decision === 'update-spte' && !misaligned && level === 1 && bytes >= pteSize;
+      if (update) {
+        if (baseRole < 0) baseRole = this.baseRole(vcpu);
+        update = (sp.role & ROLE_BASE_MASK) === (baseRole & ROLE_BASE_MASK);
+      }
+      const passes = w2 >= 0 && w2 !== w1 ? 2 : 1;
+      for (let pass = 0; pass < passes; pass++) {
+        const w = pass === 0 ? w1 : w2;
         if (w < 0) continue; // another quadrant's alias
         const first = w >>> 2;
         const n = w & 3;
@@ -332,6 +347,7 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
         }
       }
     }
+    this.pageScratch = targets;
     this.finish();
   }
 
@@ -590,6 +606,13 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
     return sp;
   }
 
+  /** The page a present non-leaf spte (`lo`, `hi`) points at: `pageAt(sptePa(lo, hi))` in integer arithmetic. */
+  private childPage(lo: number, hi: number): ShadowPage {
+    const f = ((hi & SPTE_HI_ADDR_MASK) - POOL_BASE_HI) * 0x100000 + (lo >>> 12);
+    const sp = f >= 0 && f < this.pages.length ? this.pages[f] : null;
+    return sp === null || sp === undefined ? this.pageAt(sptePa(lo, hi)) : sp; // pageAt names the bad spte
+  }
+
   pageOfLoc(loc: number): ShadowPage {
     return this.pages[Math.floor(loc / SPTES_PER_PAGE)]!;
   }
@@ -612,7 +635,7 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
     if (sp.level === 1) {
       this.rmapRemove(Math.floor(sptePa(lo, hi) / PAGE_SIZE), loc);
     } else {
-      const child = this.pageAt(sptePa(lo, hi));
+      const child = this.childPage(lo, hi);
       if (!child.parentPtes.remove(loc)) throw new ShadowMmuError('E_MMU_STATE', `parent_ptes of the page for gfn ${hexa(child.gfn)} lack spte ${loc}`);
     }
     this.setTrap(loc);
@@ -672,6 +695,7 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
   /** KVM `kvm_mmu_commit_zap_page`: flush the TLBs, then free the zapped pages. */
   private commitZap(): void {
     if (this.pendingFlush) this.remoteFlush();
+    if (this.invalidList.length === 0) return;
     for (const sp of this.invalidList) {
       this.pool.clearFrame(sp.frame);
       this.pages[sp.frame] = null;
@@ -720,9 +744,23 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
   /** The valid indirect pages of `gfn` (KVM `for_each_gfn_valid_sp_with_gptes`), as a snapshot. */
   indirectPagesOf(gfn: number): ShadowPage[] {
     const out: ShadowPage[] = [];
-    for (const sp of this.hash[this.hashOf(gfn)]!) if (sp.gfn === gfn && !sp.direct && !sp.zapped) out.push(sp);
+    this.collectIndirectPages(gfn, out);
     return out;
   }
+
+  /** `indirectPagesOf` into `out` from index 0 (entries past the returned count are left as they are). */
+  private collectIndirectPages(gfn: number, out: (ShadowPage | null)[]): number {
+    const bucket = this.hash[this.hashOf(gfn)]!;
+    let n = 0;
+    for (let i = 0; i < bucket.length; i++) {
+      const sp = bucket[i]!;
+      if (sp.gfn === gfn && !sp.direct && !sp.zapped) out[n++] = sp;
+    }
+    return n;
+  }
+
+  /** trackWrite's snapshot of pages (null while a call uses it). */
+  private pageScratch: (ShadowPage | null)[] | null = [];
 
   // -------------------------------------------------------------------------------------------------
   // Roots
@@ -736,7 +774,7 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
   /** The guest-state inputs of the root role, without level and quadrant (KVM's base role). */
   baseRole(vcpu: Vcpu): number {
     const g = vcpu.ctx;
-    return rootRole({ level: 0, fourByteGpte: g.mode === MODE_LEGACY32, quadrant: 0, eferNx: g.eferNxe, cr0Wp: g.cr0Wp, smep: g.cr4Smep, smap: g.cr4Smap });
+    return rootRoleOf(0, g.mode === MODE_LEGACY32, 0, g.eferNxe, g.cr0Wp, g.cr4Smep, g.cr4Smap);
   }
 
   private signatureOf(vcpu: Vcpu): number {
@@ -870,7 +908,7 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
       const lo = this.pool.lo(loc);
       const hi = this.pool.hi(loc);
       if (!this.isPresent(lo, hi)) return;
-      sp = this.pageAt(sptePa(lo, hi));
+      sp = this.childPage(lo, hi);
     }
   }
 
@@ -906,7 +944,7 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
       const lo = pool.lo(loc);
       const hi = pool.hi(loc);
       if (this.isPresent(lo, hi)) {
-        const child = this.pageAt(sptePa(lo, hi));
+        const child = this.childPage(lo, hi);
         if (child.gfn === childGfn && child.role === role) {
           sp = child;
           continue;
@@ -1145,7 +1183,7 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
         const loc = sp.base + levelIndex(va, sp.level);
         const lo = pool.lo(loc);
         const hi = pool.hi(loc);
-        sp = this.isPresent(lo, hi) ? this.pageAt(sptePa(lo, hi)) : null;
+        sp = this.isPresent(lo, hi) ? this.childPage(lo, hi) : null;
       }
       if (sp === null || !sp.unsync) continue;
       const i = levelIndex(va, 1);
@@ -1158,6 +1196,8 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
 }
 
 const SIG_PSE = 1;
+/** The high half of POOL_BASE (a non-leaf spte's address bits 51:32 are at least this). */
+const POOL_BASE_HI = POOL_BASE / 4294967296;
 /** Bits 51:HOST_MAXPHYADDR of an spte's high half: reserved in every entry format under the host MAXPHYADDR. */
 const HOST_RSVD_HI = ((0xfffff >>> (HOST_MAXPHYADDR - 32)) << (HOST_MAXPHYADDR - 32)) >>> 0;
 const SIG_NOPAGING = -2;
@@ -1166,7 +1206,13 @@ const SIG_NOPAGING = -2;
 export function levelIndex(va: number, level: number): number {
   if (level === 1) return (va >>> 12) & 511;
   if (level === 2) return (va >>> 21) & 511;
-  return Math.floor(va / 2 ** (12 + 9 * (level - 1))) & 511;
+  // The two 32-bit halves of the signed-canonical address (core DESIGN.md): `va - lo` is an exact multiple of
+  // 2^32, so `hi` is exact and the shifts below are the bits of the two's-complement address.
+  const lo = va >>> 0;
+  const hi = ((va - lo) / 4294967296) | 0;
+  if (level === 3) return ((lo >>> 30) | (hi << 2)) & 511;
+  if (level === 4) return (hi >>> 7) & 511;
+  return (hi >>> 16) & 511;
 }
 
 /** A guest entry's rights in ACC_* form (KVM `gpte_access`): W, U, and X unless XD with NXE. */

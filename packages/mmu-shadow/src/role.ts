@@ -79,12 +79,17 @@ export interface RoleInputs {
 }
 
 export function rootRole(i: RoleInputs): number {
-  let r = i.level | (ACC_ALL << ROLE_ACCESS_SHIFT) | ((i.quadrant & 3) << ROLE_QUADRANT_SHIFT);
-  if (i.fourByteGpte) r |= ROLE_4BYTE_GPTE;
-  if (i.eferNx) r |= ROLE_EFER_NX;
-  if (i.cr0Wp) r |= ROLE_CR0_WP;
-  if (i.smep && !i.cr0Wp) r |= ROLE_SMEP_ANDNOT_WP;
-  if (i.smap && !i.cr0Wp) r |= ROLE_SMAP_ANDNOT_WP;
+  return rootRoleOf(i.level, i.fourByteGpte, i.quadrant, i.eferNx, i.cr0Wp, i.smep, i.smap);
+}
+
+/** `rootRole` with the inputs as arguments (no object: the MMU computes it on its write path). */
+export function rootRoleOf(level: number, fourByteGpte: boolean, quadrant: number, eferNx: boolean, cr0Wp: boolean, smep: boolean, smap: boolean): number {
+  let r = level | (ACC_ALL << ROLE_ACCESS_SHIFT) | ((quadrant & 3) << ROLE_QUADRANT_SHIFT);
+  if (fourByteGpte) r |= ROLE_4BYTE_GPTE;
+  if (eferNx) r |= ROLE_EFER_NX;
+  if (cr0Wp) r |= ROLE_CR0_WP;
+  if (smep && !cr0Wp) r |= ROLE_SMEP_ANDNOT_WP;
+  if (smap && !cr0Wp) r |= ROLE_SMAP_ANDNOT_WP;
   return r;
 }
 

@@ -1,6 +1,7 @@
 import { CR0_PG, CR0_WP, GP_VECTOR, Machine, PF_VECTOR, type Vcpu } from '@vmexit/core';
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { ROLE_4BYTE_GPTE, ROLE_DIRECT, roleAccess, roleQuadrant, ShadowMmu, ShadowMmuError, SPTE_P, SPTE_W, ACC_WRITE_MASK } from '../src/index.js';
+import { ROLE_4BYTE_GPTE, ROLE_DIRECT, levelIndex, roleAccess, roleQuadrant, ShadowMmu, ShadowMmuError, SPTE_P, SPTE_W, ACC_WRITE_MASK } from '../src/index.js';
 import { A, D, GuestTables, Harness, P, setup, U, W } from './harness.js';
 
 const USER = 0x40000000; // 1 GiB: user space of the test guests
@@ -386,3 +387,22 @@ function findLeafLoc(mmu: ShadowMmu, root: { base: number; level: number }, va: 
 function findLeaf(mmu: ShadowMmu, root: { base: number; level: number }, va: number): number {
   return mmu.pool.lo(findLeafLoc(mmu, root, va));
 }
+
+describe('levelIndex', () => {
+  it('is bits 12+9(l-1) .. 20+9(l-1) of the two\'s-complement address, for every level of 4- and 5-level paging', () => {
+    // The reference: floor division by 2^(12 + 9(l-1)) of the signed-canonical number (exact for |va| < 2^53).
+    const reference = (va: number, level: number): number => Math.floor(va / 2 ** (12 + 9 * (level - 1))) & 511;
+    // The 57-bit canonical range of 5-level paging, as far as doubles are exact, and the 48-bit one.
+    const va = fc.oneof(fc.integer({ min: -(2 ** 47), max: 2 ** 47 - 1 }), fc.integer({ min: Number.MIN_SAFE_INTEGER, max: Number.MAX_SAFE_INTEGER }), fc.integer({ min: 0, max: 2 ** 32 - 1 }));
+    fc.assert(
+      fc.property(va, fc.integer({ min: 1, max: 5 }), (a, level) => {
+        expect(levelIndex(a, level)).toBe(reference(a, level));
+      }),
+      { numRuns: 2000 },
+    );
+    // The kernel half of 4-level paging: 0xffff_8880_0000_0000 is PML4 index 273, PDPT 0.
+    expect(levelIndex(-0x7780_0000_0000, 4)).toBe(273);
+    expect(levelIndex(-0x7780_0000_0000, 3)).toBe(0);
+    expect(levelIndex(-1, 5)).toBe(511);
+  });
+});

@@ -93,16 +93,23 @@ export interface TrackedWriteEvent extends MmuEventBase {
 export type MmuEvent = PteWriteEvent | FloodEvent | PrefetchEvent | UnsyncEvent | TrackedWriteEvent;
 export type MmuDecisionOf<E extends MmuEvent> = NonNullable<E['decision']>;
 
+/** A policy's MMU-event operator that names the only event kinds it may decide (see `decideMmuEvents`). */
+export type MmuEventOperator = MonoTypeOperatorFunction<MmuEvent> & { readonly mmuEventKinds?: readonly MmuEvent['kind'][] };
+
 /**
  * The operator of a policy on the MMU-event stream: for each undecided event, `decide` returns a decision or
- * null (passed on).
+ * null (passed on). With `kinds`, only events of those kinds are offered to `decide` (the others pass on
+ * untouched), and the operator says so (`mmuEventKinds`): a VM whose policies all say so sends the other
+ * kinds past the stream, as if every policy had passed them on (no event object, no operator hops).
  *
  * @example
- * const updateOnWrite = decideMmuEvents('update-on-write', (ev) => (ev.kind === 'pte-write' && !ev.misaligned ? 'update-spte' : null));
+ * const updateOnWrite = decideMmuEvents('update-on-write', (ev) => (ev.kind === 'pte-write' && !ev.misaligned ? 'update-spte' : null), ['pte-write']);
  */
-export function decideMmuEvents(name: string, decide: (event: MmuEvent) => PteWriteDecision | boolean | null): MonoTypeOperatorFunction<MmuEvent> {
-  return map((ev: MmuEvent) => {
+export function decideMmuEvents(name: string, decide: (event: MmuEvent) => PteWriteDecision | boolean | null, kinds?: readonly MmuEvent['kind'][]): MmuEventOperator {
+  const only = kinds === undefined ? null : new Set<string>(kinds);
+  const op: MmuEventOperator = map((ev: MmuEvent) => {
     if (ev.decision !== null) return ev;
+    if (only !== null && !only.has(ev.kind)) return ev;
     let d: PteWriteDecision | boolean | null;
     try {
       d = decide(ev);
@@ -120,4 +127,20 @@ export function decideMmuEvents(name: string, decide: (event: MmuEvent) => PteWr
     ev.decidedBy = name;
     return ev;
   });
+  if (kinds !== undefined) Object.defineProperty(op, 'mmuEventKinds', { value: Object.freeze([...kinds]), enumerable: true });
+  return op;
+}
+
+/**
+ * The MMU-event kinds that some operator of `ops` may decide, or null when one of them does not say
+ * (then every kind may be decided).
+ */
+export function mmuEventKindsOf(ops: readonly MonoTypeOperatorFunction<MmuEvent>[]): ReadonlySet<MmuEvent['kind']> | null {
+  const out = new Set<MmuEvent['kind']>();
+  for (const op of ops) {
+    const k = (op as MmuEventOperator).mmuEventKinds;
+    if (k === undefined) return null;
+    for (const x of k) out.add(x);
+  }
+  return out;
 }

@@ -1,6 +1,6 @@
 import { tap, type MonoTypeOperatorFunction } from 'rxjs';
 import type { MmuEvent } from './mmu-events.js';
-import { keyCache, type Stats } from './stats.js';
+import { keyCache, type StatCell, type Stats } from './stats.js';
 import { exitToJson, type VmExit } from './vm-exit.js';
 import { hex } from '../machine/vcpu.js';
 
@@ -79,6 +79,52 @@ export function countExits(stats: Stats): MonoTypeOperatorFunction<VmExit> {
 
 const reasonKey = keyCache('exits.');
 const kindKey = keyCache('exits.kind.');
+
+/**
+ * Whether every method of `tracer` and `recorder` is the no-op default's: then nothing needs feeding, and the
+ * VM may skip building what only they would see.
+ */
+export function isNoopObservers(tracer: ExitTracer, recorder: ExitRecorder): boolean {
+  const t = NoopTracer.prototype;
+  const r = NoopRecorder.prototype;
+  return tracer.traceExit === t.traceExit && tracer.traceMmuEvent === t.traceMmuEvent && recorder.recordExit === r.recordExit && recorder.recordMmuEvent === r.recordMmuEvent;
+}
+
+/**
+ * `countExits(stats)` and `observeExits(tracer, recorder)` as one tap (one operator hop per exit); the
+ * no-op tracer and recorder are not called.
+ *
+ * @example
+ * subject.pipe(exitPipeline(policies, handler, [countAndObserveExits(stats, tracer, recorder)]))
+ */
+export function countAndObserveExits(stats: Stats, tracer: ExitTracer, recorder: ExitRecorder): MonoTypeOperatorFunction<VmExit> {
+  const feed = !isNoopObservers(tracer, recorder);
+  // Cells taken at the first exit; the reason's and the kind's for the last name seen (runs of one reason).
+  let exits: StatCell | null = null;
+  let reason = '';
+  let reasonCell: StatCell | null = null;
+  let kind = '';
+  let kindCell: StatCell | null = null;
+  return tap((exit: VmExit) => {
+    (exits ??= stats.cell('exits')).n++;
+    const r = exit.hw.name;
+    if (reasonCell === null || r !== reason) {
+      reason = r;
+      reasonCell = stats.cell(reasonKey(r));
+    }
+    reasonCell.n++;
+    const k = exit.kind;
+    if (kindCell === null || k !== kind) {
+      kind = k;
+      kindCell = stats.cell(kindKey(k));
+    }
+    kindCell.n++;
+    if (feed) {
+      tracer.traceExit(exit);
+      recorder.recordExit(exit);
+    }
+  });
+}
 
 /** Feeds every exit to the tracer and the recorder. */
 export function observeExits(tracer: ExitTracer, recorder: ExitRecorder): MonoTypeOperatorFunction<VmExit> {

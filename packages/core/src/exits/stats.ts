@@ -5,12 +5,26 @@
  */
 export class Stats {
   /** One mutable cell per counter: `add` is a single Map lookup (it runs several times per exit). */
-  private readonly values = new Map<string, { n: number }>();
+  private readonly values = new Map<string, StatCell>();
 
   add(name: string, n = 1): void {
     const cell = this.values.get(name);
     if (cell !== undefined) cell.n += n;
     else this.values.set(name, { n });
+  }
+
+  /**
+   * The cell of counter `name`, created at 0 when it has none: a hot path keeps it and adds to `cell.n`
+   * with no lookup. A created cell is a counter of the snapshot (at 0 until added to), so take it at the
+   * first add (`(c ??= stats.cell(name)).n++`), not ahead of time.
+   */
+  cell(name: string): StatCell {
+    let cell = this.values.get(name);
+    if (cell === undefined) {
+      cell = { n: 0 };
+      this.values.set(name, cell);
+    }
+    return cell;
   }
 
   get(name: string): number {
@@ -23,6 +37,11 @@ export class Stats {
     for (const k of [...this.values.keys()].sort()) out[k] = this.values.get(k)!.n;
     return out;
   }
+}
+
+/** One counter's value, shared with its Stats (see `Stats.cell`). */
+export interface StatCell {
+  n: number;
 }
 
 /**

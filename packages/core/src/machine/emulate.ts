@@ -13,9 +13,11 @@ export interface EmulationOutcome {
   action: FaultAction | typeof EMULATION_FAILED;
   vector: number;
   gpa: number;
+  /** No memslot backs `gpa` (the access was completed as MMIO, FAULT_DONE). */
+  unbacked?: boolean;
+  /** The emulator's guest walk (one per outcome, reused; created on first use when absent). */
+  walk?: WalkResult;
 }
-
-const scratch = new WeakMap<Vcpu, WalkResult>();
 
 /**
  * Emulates the access in flight on `vcpu` (`pendingVa`, `pendingAccess`, `pendingSize`, `pendingLo/Hi`) as
@@ -28,13 +30,10 @@ const scratch = new WeakMap<Vcpu, WalkResult>();
  * EMULATION_FAILED, after which KVM unprotects the gfn and lets the guest retry (`kvm_mmu_unprotect_page`).
  */
 export function emulatePendingAccess(vcpu: Vcpu, mmu: Mmu | null, out: EmulationOutcome): EmulationOutcome {
-  let r = scratch.get(vcpu);
-  if (r === undefined) {
-    r = new WalkResult();
-    scratch.set(vcpu, r);
-  }
+  const r = (out.walk ??= new WalkResult());
   out.vector = PF_VECTOR;
   out.gpa = -1;
+  out.unbacked = false;
   const st = walk(vcpu.ctx, vcpu.memory, vcpu.pendingVa, vcpu.pendingAccess, WALK_SIDE_EFFECTS, r);
   if (st === WALK_PAGE_FAULT) {
     vcpu.deliverErrorCode = r.errorCode;
@@ -55,6 +54,7 @@ export function emulatePendingAccess(vcpu: Vcpu, mmu: Mmu | null, out: Emulation
   if (off < 0 || (write && mem.isReadonly(gpa))) {
     vcpu.emulatedLo = 0xffffffff;
     vcpu.emulatedHi = 0xffffffff;
+    out.unbacked = off < 0;
     out.action = FAULT_DONE;
     return out;
   }
@@ -85,5 +85,5 @@ export function emulatePendingAccess(vcpu: Vcpu, mmu: Mmu | null, out: Emulation
 
 /** A fresh outcome object (one per caller, reused across calls). */
 export function createEmulationOutcome(): EmulationOutcome {
-  return { action: FAULT_RETRY, vector: PF_VECTOR, gpa: -1 };
+  return { action: FAULT_RETRY, vector: PF_VECTOR, gpa: -1, unbacked: false, walk: new WalkResult() };
 }

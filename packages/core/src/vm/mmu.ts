@@ -21,6 +21,13 @@ export interface MmuHost {
    * through the policies; if none decides, `fallback` (the MMU's own choice) is the answer.
    */
   decide<E extends MmuEvent>(event: E, fallback: MmuDecisionOf<E>): MmuDecisionOf<E>;
+  /**
+   * The allocation-free form of `decide` for a host that can tell (optional): true when nothing would see an
+   * MMU event of vCPU `vcpuId` (no policy takes its MMU events, no tracer or recorder is bound), so the MMU's
+   * own choice stands; the host has then counted the event as `decide` would have. False: build the event
+   * and call `decide`.
+   */
+  decideByDefault?(vcpuId: number, kind: MmuEvent['kind']): boolean;
 }
 
 /**

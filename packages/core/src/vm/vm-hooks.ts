@@ -5,7 +5,7 @@ import type { Vcpu } from '../machine/vcpu.js';
 import type { WalkResult } from '../paging/types.js';
 import { ExitError } from '../exits/errors.js';
 import type { ExitChannel } from '../exits/pipeline.js';
-import type { Stats } from '../exits/stats.js';
+import type { StatCell, Stats } from '../exits/stats.js';
 import { assertNever, describeExit, EMULATE, RESUME, type ExitResolution, type VmExit } from '../exits/vm-exit.js';
 import type { Backend } from './backend.js';
 import type { Mmu, PageFaultResolution } from './mmu.js';
@@ -30,6 +30,8 @@ export class VmHooks implements VcpuHooks {
    */
   afterExit: ((exit: VmExit) => void) | null = null;
   private readonly emulation = createEmulationOutcome();
+  /** The insn_emulation counter's cell, taken at the first emulation (Stats.cell). */
+  private insnEmulation: StatCell | null = null;
   private readonly entry = { errorCode: 0 };
 
   constructor(
@@ -154,9 +156,9 @@ export class VmHooks implements VcpuHooks {
 
   /** KVM x86_emulate_instruction after RET_PF_EMULATE: the core emulator completes the access. */
   private emulate(address: number, hookVector: number): FaultAction {
-    this.stats.add('insn_emulation');
+    (this.insnEmulation ??= this.stats.cell('insn_emulation')).n++;
     const out = emulatePendingAccess(this.vcpu, this.mmu, this.emulation);
-    if (out.action === FAULT_DONE && out.gpa >= 0 && this.vcpu.memory.gpaToOffset(out.gpa) < 0) this.stats.add('mmio_exits');
+    if (out.action === FAULT_DONE && out.gpa >= 0 && out.unbacked === true) this.stats.add('mmio_exits');
     return this.emulationAction(address, hookVector);
   }
 

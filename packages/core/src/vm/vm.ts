@@ -6,11 +6,11 @@ import { NativeHooks } from '../machine/hooks.js';
 import type { Vcpu } from '../machine/vcpu.js';
 import { COST_PROFILES } from '../cost/profiles.js';
 import { modelCycles, type CostReport } from '../cost/model.js';
-import type { MmuDecisionOf, MmuEvent } from '../exits/mmu-events.js';
-import { countExits, observeExits, type ExitRecorder, type ExitTracer } from '../exits/observers.js';
+import { mmuEventKindsOf, type MmuDecisionOf, type MmuEvent } from '../exits/mmu-events.js';
+import { countAndObserveExits, isNoopObservers, type ExitRecorder, type ExitTracer } from '../exits/observers.js';
 import { ExitChannel, exitPipeline, MmuEventChannel, mmuEventPipeline } from '../exits/pipeline.js';
 import type { FaultPolicy, PolicySetupContext, PolicyVcpuContext } from '../exits/policy.js';
-import { keyCache, mergeStats, Stats } from '../exits/stats.js';
+import { keyCache, mergeStats, Stats, type StatCell } from '../exits/stats.js';
 
 const mmuEventKey = keyCache('mmu_events.');
 import type { VmExit } from '../exits/vm-exit.js';
@@ -58,7 +58,12 @@ export class Vm implements MmuHost {
   readonly exits$: Observable<VmExit>;
   private readonly exitChannels: ExitChannel[] = [];
   private readonly mmuChannels: MmuEventChannel[] = [];
-  private readonly mmuDirect: (((ev: MmuEvent, fallback: unknown) => void) | null)[] = [];
+  /** Per vCPU: how an event that no policy may decide is decided, counted, traced and recorded. */
+  private readonly mmuDirect: ((ev: MmuEvent, fallback: unknown) => void)[] = [];
+  /** Per vCPU: the event kinds its policies may decide (the others need no stream), or null for all kinds. */
+  private readonly mmuDecidable: (ReadonlySet<MmuEvent['kind']> | null)[] = [];
+  /** Per vCPU: its MMU-event counters when no tracer or recorder would see its events (see `decideByDefault`), else null. */
+  private readonly mmuQuiet: (MmuEventCounts | null)[] = [];
 
   constructor(
     readonly variant: Variant,
@@ -89,28 +94,30 @@ export class Vm implements MmuHost {
         const exitOps = policies.flatMap(({ policy, options }) => (policy.exits ? [policy.exits(ctxFor(options))] : []));
         const mmuOps = policies.flatMap(({ policy, options }) => (policy.mmuEvents ? [policy.mmuEvents(ctxFor(options))] : []));
         let vmHooks: VmHooks | null = null;
-        const channel = new ExitChannel(exitPipeline(exitOps, (e) => vmHooks!.handleExit(e), [countExits(stats), observeExits(tracer, recorder)]));
+        const channel = new ExitChannel(exitPipeline(exitOps, (e) => vmHooks!.handleExit(e), [countAndObserveExits(stats, tracer, recorder)]));
         vmHooks = new VmHooks(v, backend, backendStates[v.id], mmu, channel, stats);
+        const quiet = isNoopObservers(tracer, recorder);
+        const eventCounts = new MmuEventCounts(stats);
         const mmuObserver: MonoTypeOperatorFunction<MmuEvent> = tap((ev: MmuEvent) => {
-          stats.add(mmuEventKey(ev.kind));
+          eventCounts.count(ev.kind);
+          if (quiet) return;
           tracer.traceMmuEvent(ev);
           recorder.recordMmuEvent(ev);
         });
         let mch: MmuEventChannel | null = null;
         mch = new MmuEventChannel(mmuEventPipeline(() => mch!, mmuOps, [mmuObserver]));
-        // No policy takes MMU decisions on this vCPU: the MMU's own choice stands, so the event needs no
-        // stream; it is still counted, traced and recorded exactly as the pipeline's observers would.
-        this.mmuDirect.push(
-          mmuOps.length > 0
-            ? null
-            : (ev: MmuEvent, fallback: unknown) => {
-                (ev as { decision: unknown }).decision = fallback;
-                ev.decidedBy = 'mmu';
-                stats.add(mmuEventKey(ev.kind));
-                tracer.traceMmuEvent(ev);
-                recorder.recordMmuEvent(ev);
-              },
-        );
+        // An event no policy on this vCPU may decide (none takes MMU events, or none names its kind): the MMU's
+        // own choice stands, so the event needs no stream; it is still counted, traced and recorded exactly as
+        // the pipeline's observers would.
+        this.mmuDirect.push((ev: MmuEvent, fallback: unknown) => {
+          (ev as { decision: unknown }).decision = fallback;
+          ev.decidedBy = 'mmu';
+          eventCounts.count(ev.kind);
+          tracer.traceMmuEvent(ev);
+          recorder.recordMmuEvent(ev);
+        });
+        this.mmuDecidable.push(mmuEventKindsOf(mmuOps));
+        this.mmuQuiet.push(quiet ? eventCounts : null);
         this.exitChannels.push(channel);
         this.mmuChannels.push(mch);
         hooks.push(vmHooks);
@@ -145,14 +152,24 @@ export class Vm implements MmuHost {
 
   /** MmuHost: an MMU decision through the vCPU's `mmuEvents` stream (policies first, then `fallback`). */
   decide<E extends MmuEvent>(event: E, fallback: MmuDecisionOf<E>): MmuDecisionOf<E> {
-    const direct = this.mmuDirect[event.vcpu];
-    if (direct !== undefined && direct !== null) {
-      direct(event, fallback);
+    const decidable = this.mmuDecidable[event.vcpu];
+    if (decidable !== undefined && decidable !== null && !decidable.has(event.kind)) {
+      this.mmuDirect[event.vcpu]!(event, fallback);
       return fallback;
     }
     const ch = this.mmuChannels[event.vcpu];
     if (ch === undefined) return fallback;
     return ch.decide(event, fallback);
+  }
+
+  /** MmuHost: no policy, tracer or recorder would see this MMU event: count it, and the MMU's choice stands. */
+  decideByDefault(vcpuId: number, kind: MmuEvent['kind']): boolean {
+    const q = this.mmuQuiet[vcpuId];
+    if (q === undefined || q === null) return false;
+    const decidable = this.mmuDecidable[vcpuId];
+    if (decidable === undefined || decidable === null || decidable.has(kind)) return false;
+    q.count(kind);
+    return true;
   }
 
   /** Per-vCPU counters (with the guest-side counts the cost model prices) and their merge. */
@@ -174,6 +191,39 @@ export class Vm implements MmuHost {
     const p = COST_PROFILES[profile];
     if (p === undefined) throw new RangeError(`unknown cost model '${profile}'`);
     return modelCycles(p, this.counters().total);
+  }
+}
+
+/** The `mmu_events.<kind>` counters of one vCPU, each cell taken at its first event (no lookup after that). */
+class MmuEventCounts {
+  private pteWrite: StatCell | null = null;
+  private flood: StatCell | null = null;
+  private prefetch: StatCell | null = null;
+  private unsync: StatCell | null = null;
+  private trackedWrite: StatCell | null = null;
+
+  constructor(private readonly stats: Stats) {}
+
+  count(kind: MmuEvent['kind']): void {
+    switch (kind) {
+      case 'pte-write':
+        (this.pteWrite ??= this.stats.cell(mmuEventKey(kind))).n++;
+        return;
+      case 'flood':
+        (this.flood ??= this.stats.cell(mmuEventKey(kind))).n++;
+        return;
+      case 'prefetch':
+        (this.prefetch ??= this.stats.cell(mmuEventKey(kind))).n++;
+        return;
+      case 'unsync':
+        (this.unsync ??= this.stats.cell(mmuEventKey(kind))).n++;
+        return;
+      case 'tracked-write':
+        (this.trackedWrite ??= this.stats.cell(mmuEventKey(kind))).n++;
+        return;
+      default:
+        this.stats.add(mmuEventKey(kind));
+    }
   }
 }
 

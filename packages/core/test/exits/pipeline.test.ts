@@ -1,9 +1,9 @@
-import { merge, Subject, type MonoTypeOperatorFunction } from 'rxjs';
+import { filter, merge, Subject, type MonoTypeOperatorFunction } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
 import { describe, expect, it } from 'vitest';
 import { ExitError } from '../../src/exits/errors.js';
-import { decideMmuEvents, type PteWriteEvent } from '../../src/exits/mmu-events.js';
-import { ArrayRecorder, countExits, JsonLinesTracer, observeExits } from '../../src/exits/observers.js';
+import { decideMmuEvents, mmuEventKindsOf, type FloodEvent, type PteWriteEvent } from '../../src/exits/mmu-events.js';
+import { ArrayRecorder, countAndObserveExits, countExits, isNoopObservers, JsonLinesTracer, NoopRecorder, NoopTracer, observeExits } from '../../src/exits/observers.js';
 import { ExitChannel, exitPipeline, MmuEventChannel, mmuEventPipeline } from '../../src/exits/pipeline.js';
 import { resolveExits } from '../../src/exits/policy.js';
 import { mergeStats, Stats } from '../../src/exits/stats.js';
@@ -137,6 +137,22 @@ describe('ExitChannel', () => {
       expect(() => ch.push(pf(0, 2))).toThrow(expect.objectContaining({ code: 'E_PIPELINE_CLOSED' }));
     });
 
+    it('feeds every subscription of an operator that subscribes to its source more than once, as a Subject would', () => {
+      // Not-present #PFs through one branch, the rest through the other: each exit reaches both branches once.
+      const seen: string[] = [];
+      const split: MonoTypeOperatorFunction<VmExit> = (src) =>
+        merge(
+          src.pipe(filter((e) => { seen.push(`np ${e.seq}`); return e.kind === 'exception' && (e.errorCode & 1) === 0; }), reflectNotPresent),
+          src.pipe(filter((e) => { seen.push(`p ${e.seq}`); return !(e.kind === 'exception' && (e.errorCode & 1) === 0); })),
+        );
+      const ch = new ExitChannel(exitPipeline([split], mmuHandler));
+      const a = pf(0, 2);
+      const b = pf(0, 3);
+      expect(ch.push(a)).toEqual({ kind: 'inject', vector: 14, errorCode: 2 });
+      expect(ch.push(b)).toEqual({ kind: 'emulate' });
+      expect(seen).toEqual([`np ${a.seq}`, `p ${a.seq}`, `np ${b.seq}`, `p ${b.seq}`]);
+    });
+
     it('throws E_EXIT_DROPPED when an operator swallows the exit', () => {
       const drop: MonoTypeOperatorFunction<VmExit> = (src) => new Subject<VmExit>().asObservable() ?? src;
       const ch = new ExitChannel(exitPipeline([drop], mmuHandler));
@@ -162,6 +178,20 @@ describe('MmuEventChannel', () => {
       ]);
     });
 
+    it('offers a policy that names its kinds only events of those kinds, and says which they are', () => {
+      const offered: string[] = [];
+      const op = decideMmuEvents('pw-only', (e) => (offered.push(e.kind), 'update-spte'), ['pte-write']);
+      expect(op.mmuEventKinds).toEqual(['pte-write']);
+      expect(mmuEventKindsOf([op])).toEqual(new Set(['pte-write']));
+      expect(mmuEventKindsOf([op, decideMmuEvents('any', () => null)])).toBeNull();
+      let ch: MmuEventChannel | null = null;
+      ch = new MmuEventChannel(mmuEventPipeline(() => ch!, [op]));
+      const fl: FloodEvent = { kind: 'flood', vcpu: 0, seq: ++seq, decidedBy: null, gfn: 3, level: 2, writeCount: 9, vcpuWriteCount: 9, decision: null };
+      expect(ch.decide(fl, false)).toBe(false);
+      expect(ch.decide(ev(false), 'zap-spte')).toBe('update-spte');
+      expect(offered).toEqual(['pte-write']);
+    });
+
     it('rejects a decision of the wrong type', () => {
       const bad = decideMmuEvents('bad', () => true);
       let ch: MmuEventChannel | null = null;
@@ -177,3 +207,83 @@ function observeMmu(rec: ArrayRecorder) {
     return src;
   };
 }
+
+describe('ExitChannel', () => {
+  describe('.output', () => {
+    it('delivers each exit after the pipeline to every subscriber, in push order, and fails them with the pipeline', () => {
+      const ch = new ExitChannel(exitPipeline([reflectNotPresent], null));
+      const a: VmExit[] = [];
+      const b: VmExit[] = [];
+      const errors: unknown[] = [];
+      ch.output.subscribe({ next: (e) => a.push(e), error: (e: unknown) => errors.push(e) });
+      const e1 = pf(0, 2);
+      ch.push(e1); // nobody but the first subscriber yet
+      ch.output.subscribe({ next: (e) => b.push(e), error: (e: unknown) => errors.push(e) });
+      const e2 = pf(0, 4);
+      ch.push(e2);
+      expect(a).toEqual([e1, e2]);
+      expect(b).toEqual([e2]);
+      expect(e2.resolvedBy).toBe('reflect-np');
+      // A present-page #PF: no policy resolves it and there is no handler, so the pipeline fails.
+      expect(() => ch.push(pf(0, 3))).toThrow(expect.objectContaining({ code: 'E_EXIT_UNRESOLVED' }));
+      expect(errors).toHaveLength(2);
+      expect(errors[0]).toBe(errors[1]);
+    });
+  });
+});
+
+describe('countAndObserveExits', () => {
+  it('counts as countExits does and feeds the tracer and recorder as observeExits does', () => {
+    const exits = [pf(0, 2), pf(0, 4), invlpg(0, 0x2000), pf(0, 6)];
+    const a = new Stats();
+    const b = new Stats();
+    const recA = new ArrayRecorder();
+    const recB = new ArrayRecorder();
+    const linesA: string[] = [];
+    const linesB: string[] = [];
+    const chA = new ExitChannel(exitPipeline([], mmuHandler, [countExits(a), observeExits(new JsonLinesTracer((l) => linesA.push(l)), recA)]));
+    const chB = new ExitChannel(exitPipeline([], mmuHandler, [countAndObserveExits(b, new JsonLinesTracer((l) => linesB.push(l)), recB)]));
+    for (const e of exits) {
+      chA.push({ ...e });
+      chB.push({ ...e });
+    }
+    // 4 exits: 3 EXCEPTION_NMI (kind exception) and 1 INVLPG (kind invlpg).
+    expect(b.snapshot()).toEqual({ exits: 4, 'exits.EXCEPTION_NMI': 3, 'exits.INVLPG': 1, 'exits.kind.exception': 3, 'exits.kind.invlpg': 1 });
+    expect(b.snapshot()).toEqual(a.snapshot());
+    expect(linesB).toEqual(linesA);
+    expect(recB.exits).toEqual(recA.exits);
+  });
+
+  it('feeds a tracer or recorder whose methods are not all the no-op ones', () => {
+    const tracer = new NoopTracer();
+    const recorder = new NoopRecorder();
+    expect(isNoopObservers(tracer, recorder)).toBe(true);
+    expect(isNoopObservers(tracer, new ArrayRecorder())).toBe(false);
+    let calls = 0;
+    tracer.traceExit = () => void calls++; // a no-op tracer with one method replaced
+    expect(isNoopObservers(tracer, recorder)).toBe(false);
+    const s = new Stats();
+    const ch = new ExitChannel(exitPipeline([], mmuHandler, [countAndObserveExits(s, tracer, recorder)]));
+    ch.push(pf(0, 2));
+    expect(calls).toBe(1);
+    expect(s.get('exits')).toBe(1);
+  });
+});
+
+describe('Stats', () => {
+  describe('.cell', () => {
+    it('returns the live cell of a counter: adds through it and through add() meet, and it appears in the snapshot', () => {
+      const s = new Stats();
+      s.add('a', 2);
+      const a = s.cell('a');
+      a.n++;
+      s.add('a');
+      expect(s.get('a')).toBe(4);
+      expect(s.cell('a')).toBe(a);
+      const b = s.cell('b');
+      expect(s.snapshot()).toEqual({ a: 4, b: 0 });
+      b.n += 5;
+      expect(s.snapshot()).toEqual({ a: 4, b: 5 });
+    });
+  });
+});

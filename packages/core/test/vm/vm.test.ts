@@ -1,0 +1,92 @@
+import { describe, expect, it } from 'vitest';
+import { decideMmuEvents, type FloodEvent, type MmuEvent, type PteWriteEvent } from '../../src/exits/mmu-events.js';
+import { ArrayRecorder, NoopRecorder, NoopTracer, type ExitRecorder } from '../../src/exits/observers.js';
+import type { FaultPolicy } from '../../src/exits/policy.js';
+import type { Backend } from '../../src/vm/backend.js';
+import type { Mmu, MmuHost } from '../../src/vm/mmu.js';
+import { variantSchema } from '../../src/vm/variant.js';
+import { Vm } from '../../src/vm/vm.js';
+
+/** An MMU that only keeps its host (the Vm under test). */
+function fakeMmu(): Mmu & { host: MmuHost | null } {
+  return {
+    name: 'shadow',
+    host: null,
+    init(host) {
+      this.host = host;
+    },
+    attachVcpu() {},
+    handlePageFault: () => ({ kind: 'retry' }),
+    trackWrite() {},
+    crWritten() {},
+    invlpg() {},
+    emulationFailed: () => false,
+  };
+}
+const backend = { name: 'vmx', createState: () => ({}) } as unknown as Backend;
+const variant = variantSchema.parse({ backend: 'vmx', mmu: 'shadow', memory: '4M', vcpus: 2 });
+const flood = (vcpu: number, seq: number): FloodEvent => ({ kind: 'flood', vcpu, seq, decidedBy: null, gfn: 5, level: 2, writeCount: 3, vcpuWriteCount: 3, decision: null });
+
+function vm(policies: { policy: FaultPolicy<unknown>; options: unknown }[], recorder: ExitRecorder = new NoopRecorder()): Vm {
+  return new Vm(variant, backend, fakeMmu(), policies, () => null, new NoopTracer(), recorder, 1);
+}
+
+describe('Vm', () => {
+  describe('.decideByDefault', () => {
+    it('counts the event under mmu_events.<kind> and returns true when no policy, tracer or recorder would see it', () => {
+      const v = vm([]);
+      expect(v.decideByDefault(1, 'flood')).toBe(true);
+      expect(v.decideByDefault(1, 'flood')).toBe(true);
+      expect(v.decideByDefault(1, 'pte-write')).toBe(true);
+      // Counted as decide() counts: on the event's vCPU only.
+      expect(v.counters().perVcpu[1]).toMatchObject({ 'mmu_events.flood': 2, 'mmu_events.pte-write': 1 });
+      expect(v.counters().perVcpu[0]).not.toHaveProperty('mmu_events.flood');
+      // decide() on the same VM agrees: the fallback stands, counted once more.
+      expect(v.decide(flood(1, 3), false)).toBe(false);
+      expect(v.counters().total['mmu_events.flood']).toBe(3);
+    });
+
+    it('returns false with a recorder, so the MMU builds the event and decide() records it', () => {
+      const rec = new ArrayRecorder();
+      const v = vm([], rec);
+      expect(v.decideByDefault(0, 'flood')).toBe(false);
+      const ev = flood(0, 1);
+      expect(v.decide(ev, false)).toBe(false);
+      expect(rec.mmuEvents).toEqual([{ ...ev, decision: false, decidedBy: 'mmu' }]);
+      expect(v.counters().total['mmu_events.flood']).toBe(1);
+    });
+
+    it('routes only the kinds its policies name through the stream when every policy names them', () => {
+      const offered: string[] = [];
+      const floodOnly: FaultPolicy<unknown> = {
+        name: 'flood-only',
+        description: 'floods every page; decides nothing else',
+        needs: [],
+        mmuEvents: () => decideMmuEvents('flood-only', (e: MmuEvent) => (offered.push(e.kind), e.kind === 'flood' ? true : null), ['flood']),
+      };
+      const v = vm([{ policy: floodOnly, options: {} }]);
+      expect(v.decideByDefault(0, 'flood')).toBe(false);
+      expect(v.decideByDefault(0, 'pte-write')).toBe(true);
+      expect(v.decide(flood(0, 1), false)).toBe(true);
+      const pw: PteWriteEvent = { kind: 'pte-write', vcpu: 0, seq: 2, decidedBy: null, gpa: 0x5008, size: 8, oldLo: 0, oldHi: 0, newLo: 0x7067, newHi: 0, level: 1, misaligned: false, decision: null };
+      expect(v.decide(pw, 'zap-spte')).toBe('zap-spte');
+      expect(pw).toMatchObject({ decision: 'zap-spte', decidedBy: 'mmu' });
+      // The policy was offered the flood event only; both events were counted (the pte-write one twice: once
+      // by decideByDefault, once by decide).
+      expect(offered).toEqual(['flood']);
+      expect(v.counters().total).toMatchObject({ 'mmu_events.flood': 1, 'mmu_events.pte-write': 2 });
+      // With a second policy that names no kinds, every kind goes through the stream again.
+      const any: FaultPolicy<unknown> = { name: 'any', description: 'decides nothing', needs: [], mmuEvents: () => decideMmuEvents('any', () => null) };
+      const w = vm([{ policy: floodOnly, options: {} }, { policy: any, options: {} }]);
+      expect(w.decideByDefault(0, 'pte-write')).toBe(false);
+    });
+
+    it('returns false when a policy takes MMU events, and the policy decides', () => {
+      const always: FaultPolicy<unknown> = { name: 'flood-always', description: 'floods every page', needs: [], mmuEvents: () => decideMmuEvents('flood-always', (e: MmuEvent) => (e.kind === 'flood' ? true : null)) };
+      const v = vm([{ policy: always, options: {} }]);
+      expect(v.decideByDefault(0, 'flood')).toBe(false);
+      expect(v.decide(flood(0, 1), false)).toBe(true);
+      expect(v.counters().total['mmu_events.flood']).toBe(1);
+    });
+  });
+});
