@@ -20,5 +20,5 @@ export const misalignedWrite: FaultPolicy<MisalignedWriteOptions> = {
   description: 'an emulated write that straddles two guest ptes or is shorter than 4 bytes (but a 1-byte write at a pte start) zaps the shadow page',
   needs: [],
   optionsSchema: misalignedWriteOptions,
-  mmuEvents: () => decideMmuEvents('misaligned-write', (ev) => (ev.kind === 'pte-write' && ev.misaligned ? 'zap-page' : null)),
+  mmuEvents: () => decideMmuEvents('misaligned-write', (ev) => (ev.kind === 'pte-write' && ev.misaligned ? 'zap-page' : null), ['pte-write']),
 };

@@ -18,5 +18,5 @@ export const prefetch: FaultPolicy<PrefetchOptions> = {
   description: 'on a level-1 fault, also map the other present and accessed guest ptes of its aligned group of 8',
   needs: [],
   optionsSchema: prefetchOptions,
-  mmuEvents: () => decideMmuEvents('prefetch', (ev) => (ev.kind === 'prefetch' ? true : null)),
+  mmuEvents: () => decideMmuEvents('prefetch', (ev) => (ev.kind === 'prefetch' ? true : null), ['prefetch']),
 };

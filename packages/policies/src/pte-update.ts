@@ -21,5 +21,5 @@ export const pteUpdate: FaultPolicy<PteUpdateOptions> = {
   description: 'install the new shadow pte on an emulated write of a full guest pte into a level-1 page, instead of clearing it (KVM 2007)',
   needs: [],
   optionsSchema: pteUpdateOptions,
-  mmuEvents: () => decideMmuEvents('pte-update', (ev) => (ev.kind === 'pte-write' && ev.level === 1 && !ev.misaligned ? 'update-spte' : null)),
+  mmuEvents: () => decideMmuEvents('pte-update', (ev) => (ev.kind === 'pte-write' && ev.level === 1 && !ev.misaligned ? 'update-spte' : null), ['pte-write']),
 };

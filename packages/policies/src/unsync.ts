@@ -30,5 +30,5 @@ export const unsync: FaultPolicy<UnsyncOptions> = {
       }
     }
   },
-  mmuEvents: () => decideMmuEvents('unsync', (ev) => (ev.kind === 'unsync' ? true : null)),
+  mmuEvents: () => decideMmuEvents('unsync', (ev) => (ev.kind === 'unsync' ? true : null), ['unsync']),
 };

@@ -33,5 +33,5 @@ export const writeFlood: FaultPolicy<WriteFloodOptions> = {
       if (ev.kind !== 'flood') return null;
       if (options.count === 'per-vcpu') return ev.vcpuWriteCount >= options.threshold ? true : null;
       return ev.level > 1 && ev.writeCount >= options.threshold ? true : null;
-    }),
+    }, ['flood']),
 };
