@@ -190,7 +190,7 @@ describe('importLackey', () => {
   describe('.pipeline', () => {
     it('imports a recorded shell pipeline: sh and its three children', () => {
       // record-pipeline.sh: `sh -c 'ls /usr/bin | sort | head -3'` under lackey, access lines thinned
-      // (every 400th kept) to keep the fixture small; all headers and syscall lines are kept.
+      // (every 1000th kept) to keep the fixture small; all headers and syscall lines are kept.
       const dir = path.join(FIX, 'pipeline');
       const logs = fs
         .readdirSync(dir)
