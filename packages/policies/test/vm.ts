@@ -18,9 +18,10 @@ export interface Run {
 
 /**
  * Runs `workload` on a VM of `variant` (real guest OS model, real createVm). `onExit` sees each exit after
- * its resolution; `auditEvery` audits the MMU every that many exits (and at the end).
+ * its resolution; `auditEvery` audits the MMU every that many exits (1: after every exit, as `--audit` does;
+ * the audit is incremental, see mmu-shadow/src/audit.ts) and at the end.
  */
-export async function runOn(variant: VariantInput, workload: string, options: { auditEvery?: number; memory?: number; onExit?: (vm: Vm, e: VmExit) => void } = {}): Promise<Run> {
+export async function runOn(variant: VariantInput, workload: string, options: { auditEvery?: number; memory?: number; seed?: number; onExit?: (vm: Vm, e: VmExit) => void } = {}): Promise<Run> {
   const exits: VmExit[] = [];
   const faultsAt: number[] = [];
   let vm: Vm | null = null;
@@ -34,9 +35,10 @@ export async function runOn(variant: VariantInput, workload: string, options: { 
     recordMmuEvent() {},
   };
   const memory = options.memory ?? 64 * 1024 * 1024;
-  // The same scheduler seed as runWorkload's own machine (seed 1), so that a native run is comparable.
-  vm = await createVm({ memory, ...variant }, { sources: SOURCES, recorder, seed: 1 });
-  const out = runWorkload({ workload, mode: vm.variant.guest.mode, memory, machine: vm.machine, vcpus: vm.variant.vcpus, seed: 1 });
+  // The same scheduler seed as runWorkload's own machine (seed 1 by default), so that a native run is comparable.
+  const seed = options.seed ?? 1;
+  vm = await createVm({ memory, ...variant }, { sources: SOURCES, recorder, seed });
+  const out = runWorkload({ workload, mode: vm.variant.guest.mode, memory, machine: vm.machine, vcpus: vm.variant.vcpus, seed });
   (vm.mmu as ShadowMmu).audit();
   return { vm, out, exits, faultsAt };
 }
