@@ -87,7 +87,17 @@ export interface ConformanceVector {
 }
 
 const MAX_PA = 1n << 52n;
-const HEX = /^0x[0-9a-f]+$/i;
+/** FORMAT.md: hex strings are lowercase, `0x`-prefixed and unpadded (`0x0`, `0x2001`; not `0x02001`, `0xA`, `0X1`). */
+const HEX = /^0x(?:0|[1-9a-f][0-9a-f]*)$/;
+/** Any hex spelling, to tell a string that is hex but not in the format's spelling from one that is not hex. */
+const HEX_ANY = /^0x[0-9a-f]+$/i;
+/**
+ * The #PF error-code bits a vector may expect (FORMAT.md: P=1 W=2 U=4 RSVD=8 I/D=16 PK=32; SDM Vol. 3A §4.7,
+ * Figure 4-12). The SDM's other bits (SS, HLAT, SGX) come from features the format has no state for.
+ */
+const ERROR_CODE_MAX = 0x3f;
+/** Bits 8:5 and 2:1 of a PAE PDPTE are reserved (SDM Vol. 3A §4.4.1, Table 4-8); so are bits 63:MAXPHYADDR. */
+const PDPTE_RSVD_LO = 0x1e6n;
 
 type Json = unknown;
 
@@ -142,7 +152,10 @@ function integer(c: Ctx, v: Json, path: string, min: number, max: number): numbe
 
 function hex(c: Ctx, v: Json, path: string, limit: bigint, limitText: string): bigint {
   if (typeof v !== 'string') c.fail(path, `expected a "0x..." hex string, got ${describe(v)}`);
-  if (!HEX.test(v)) c.fail(path, `expected a "0x..." hex string, got ${describe(v)}`);
+  if (!HEX.test(v)) {
+    if (!HEX_ANY.test(v)) c.fail(path, `expected a "0x..." hex string, got ${describe(v)}`);
+    c.fail(path, `hex strings are lowercase and unpadded (FORMAT.md): expected "0x${BigInt(v).toString(16)}", got ${describe(v)}`);
+  }
   const n = BigInt(v);
   if (n >= limit) c.fail(path, `${v} is out of range (must be below ${limitText})`);
   return n;
@@ -161,7 +174,75 @@ function memoryEntry(c: Ctx, v: Json, path: string): VectorMemoryEntry {
 }
 
 function memoryList(c: Ctx, v: Json, path: string): VectorMemoryEntry[] {
-  return array(c, v, path).map((e, i) => memoryEntry(c, e, `${path}[${i}]`));
+  const list = array(c, v, path).map((e, i) => memoryEntry(c, e, `${path}[${i}]`));
+  // Entries are aligned to their size, so two overlap exactly when one holds the other's first 4 bytes.
+  const owner = new Map<bigint, number>();
+  list.forEach((e, i) => {
+    for (let b = 0n; b < BigInt(e.size); b += 4n) {
+      const j = owner.get(e.pa + b);
+      if (j !== undefined) c.fail(`${path}[${i}][0]`, `0x${e.pa.toString(16)} overlaps ${path}[${j}] (each byte of memory is listed once)`);
+      owner.set(e.pa + b, i);
+    }
+  });
+  return list;
+}
+
+/**
+ * FORMAT.md: `memory_after` lists the same entries as `memory` (same addresses and sizes, in any order); only
+ * the values may differ. A missing, extra or moved entry would leave a final value unchecked or check one the
+ * vector never set.
+ */
+function sameEntries(c: Ctx, memory: readonly VectorMemoryEntry[], after: readonly VectorMemoryEntry[], path: string): void {
+  const sizeAt = new Map<bigint, number>();
+  for (const e of memory) sizeAt.set(e.pa, e.size);
+  after.forEach((e, i) => {
+    const size = sizeAt.get(e.pa);
+    if (size === undefined) c.fail(`${path}[${i}][0]`, `0x${e.pa.toString(16)} is not an entry of memory (memory_after lists the same entries as memory)`);
+    if (size !== e.size) c.fail(`${path}[${i}][2]`, `the entry at 0x${e.pa.toString(16)} has size ${size} in memory, not ${e.size}`);
+  });
+  if (after.length !== memory.length) {
+    const listed = new Set(after.map((e) => e.pa));
+    const missing = memory.filter((e) => !listed.has(e.pa)).map((e) => `0x${e.pa.toString(16)}`);
+    c.fail(path, `lists ${after.length} entries, memory lists ${memory.length}: missing ${missing.join(', ')} (memory_after lists the same entries as memory)`);
+  }
+}
+
+/** The reserved bits set in a present PAE PDPTE (SDM Vol. 3A §4.4.1, Table 4-8), 0n when none or not present. */
+function pdpteReserved(value: bigint, maxPhyAddr: number): bigint {
+  if ((value & 1n) === 0n) return 0n;
+  return value & (PDPTE_RSVD_LO | (((1n << 64n) - 1n) & ~((1n << BigInt(maxPhyAddr)) - 1n)));
+}
+
+/**
+ * A present PAE PDPTE with a reserved bit makes the CR3 load that loads it fail with #GP, not a #PF (SDM Vol. 3A
+ * §4.4.1). The format can only expect an access's #PF or success, so such a vector is not valid input. The
+ * PDPTEs are the vector's `pdptes`, or, without them, the four 8-byte values at CR3[31:5] in `memory`.
+ */
+function checkPdptes(c: Ctx, pdptes: readonly bigint[] | null, memory: readonly VectorMemoryEntry[], cr3: bigint, maxPhyAddr: number): void {
+  const problem = (i: number, value: bigint, rsvd: bigint) =>
+    `PDPTE ${i} = 0x${value.toString(16)} is present with reserved bits 0x${rsvd.toString(16)} set (bits 2:1, 8:5, 63:MAXPHYADDR): ` +
+    'loading it at CR3 is a #GP, not a #PF (SDM Vol. 3A §4.4.1, Table 4-8), which a vector cannot expect';
+  if (pdptes !== null) {
+    pdptes.forEach((value, i) => {
+      const rsvd = pdpteReserved(value, maxPhyAddr);
+      if (rsvd !== 0n) c.fail(`pdptes[${i}]`, problem(i, value, rsvd));
+    });
+    return;
+  }
+  const base = cr3 & 0xffffffe0n;
+  for (let i = 0; i < 4; i++) {
+    const pa = base + BigInt(i * 8);
+    let value = 0n;
+    let from = -1;
+    memory.forEach((e, k) => {
+      if (e.pa === pa || (e.size === 4 && e.pa === pa + 4n)) {
+        value |= e.size === 8 || e.pa === pa ? e.value : e.value << 32n;
+        from = k;
+      }
+    });
+    const rsvd = pdpteReserved(value, maxPhyAddr);
+    if (rsvd !== 0n) c.fail(`memory[${from}]`, `without pdptes, the PDPTE registers are loaded from memory at CR3: ${problem(i, value, rsvd)}`);
+  }
 }
 
 function access(c: Ctx, v: Json, path: string): number {
@@ -180,7 +261,10 @@ function outcome(c: Ctx, o: Record<string, Json>, path: string): VectorOutcome {
   const pa = field(c, o, 'pa', `${path}.pa`);
   if (f) {
     if (ec === null) c.fail(`${path}.error_code`, 'expected the error code of the fault, got null');
-    const errorCode = integer(c, ec, `${path}.error_code`, 0, 0xffffffff);
+    if (typeof ec !== 'number' || !Number.isInteger(ec) || ec < 0 || ec > ERROR_CODE_MAX) {
+      c.fail(`${path}.error_code`, `expected an error code in 0..63 (P=1 W=2 U=4 RSVD=8 I/D=16 PK=32), got ${describe(ec)}`);
+    }
+    const errorCode = ec;
     if (pa !== null) c.fail(`${path}.pa`, `expected null with a fault, got ${describe(pa)}`);
     return { fault: true, errorCode, pa: null };
   }
@@ -232,6 +316,7 @@ export function validateVector(json: Json, file: string, line: number): Conforma
   }
 
   const memory = memoryList(c, field(c, v, 'memory', 'memory'), 'memory');
+  if (mode === 'pae') checkPdptes(c, pdptes, memory, cr3, cpu.maxPhyAddr);
   const va = hex(c, field(c, v, 'va', 'va'), 'va', is32 ? 1n << 32n : 1n << 64n, is32 ? '2^32 in a 32-bit mode' : '2^64');
   if (mode === 'long5') {
     const signed = BigInt.asIntN(64, va);
@@ -246,6 +331,7 @@ export function validateVector(json: Json, file: string, line: number): Conforma
   const eo = object(c, field(c, v, 'expect', 'expect'), 'expect');
   const exp = outcome(c, eo, 'expect');
   const memoryAfter = memoryList(c, field(c, eo, 'memory_after', 'expect.memory_after'), 'expect.memory_after');
+  sameEntries(c, memory, memoryAfter, 'expect.memory_after');
   const memoryAfterDontCare: VectorDontCare[] = [];
   if (eo['memory_after_dontcare'] !== undefined) {
     array(c, eo['memory_after_dontcare'], 'expect.memory_after_dontcare').forEach((e, i) => {
@@ -280,7 +366,8 @@ export function validateVector(json: Json, file: string, line: number): Conforma
 
 /**
  * Parses the text of a JSON Lines vector file: one vector per non-blank line. Throws a `VectorError` for the
- * first line that is not JSON or not a valid vector.
+ * first line that is not JSON or not a valid vector, and for a file with no vector at all (empty, or blank
+ * lines only): running nothing and reporting `0 passed, 0 failed` would hide a wrong or truncated file.
  */
 export function parseVectorLines(text: string, file: string): ConformanceVector[] {
   const out: ConformanceVector[] = [];
@@ -296,5 +383,6 @@ export function parseVectorLines(text: string, file: string): ConformanceVector[
     }
     out.push(validateVector(json, file, i + 1));
   }
+  if (out.length === 0) throw new VectorError(file, 0, '', 'no vectors (the file is empty or has only blank lines)');
   return out;
 }
