@@ -1,5 +1,7 @@
 import { ACC_MASK, TWO_POW_32 } from '../arch/constants.js';
 import { pagingModeId } from '../arch/modes.js';
+import { DensePhysicalMemory } from '../memory/dense.js';
+import type { PhysicalMemory } from '../memory/physical.js';
 import { SparsePhysicalMemory } from '../memory/sparse.js';
 import { createPagingContext, loadPdptes, walk } from '../paging/walker.js';
 import { WALK_GP, WALK_OK, WALK_PAGE_FAULT, WALK_SIDE_EFFECTS, WalkResult, type PagingContext } from '../paging/types.js';
@@ -31,6 +33,29 @@ export type VectorMachineFactory = (vector: ConformanceVector) => VectorMachine;
 /** Writes a vector's `memory` entries into a fresh sparse memory. */
 export function vectorMemory(vector: ConformanceVector): SparsePhysicalMemory {
   const mem = new SparsePhysicalMemory();
+  for (const e of vector.memory) {
+    const pa = Number(e.pa);
+    mem.write32(pa, Number(e.value & 0xffffffffn));
+    if (e.size === 8) mem.write32(pa + 4, Number(e.value >> 32n));
+  }
+  return mem;
+}
+
+/** The largest dense memory `vectorDenseMemory` allocates (the entries of every bundled vector lie below 64 KiB). */
+export const DENSE_VECTOR_MEMORY_LIMIT = 256 * 1024 * 1024;
+
+/**
+ * Writes a vector's `memory` entries into a fresh dense memory (one ArrayBuffer from 0, up to the end of the
+ * highest entry, rounded up to 4 KiB; every other address reads as zero, as in the sparse one). Throws a
+ * RangeError naming the vector when an entry lies at or above DENSE_VECTOR_MEMORY_LIMIT.
+ */
+export function vectorDenseMemory(vector: ConformanceVector): DensePhysicalMemory {
+  let end = 0;
+  for (const e of vector.memory) end = Math.max(end, Number(e.pa) + e.size);
+  if (end > DENSE_VECTOR_MEMORY_LIMIT) {
+    throw new RangeError(`vector ${vector.id} (${vector.file}:${vector.line}): memory up to 0x${end.toString(16)} does not fit a ${DENSE_VECTOR_MEMORY_LIMIT}-byte dense memory`);
+  }
+  const mem = new DensePhysicalMemory(Math.ceil(end / 4096) * 4096);
   for (const e of vector.memory) {
     const pa = Number(e.pa);
     mem.write32(pa, Number(e.value & 0xffffffffn));
@@ -75,12 +100,19 @@ function joinPa(pa: number): bigint {
 }
 
 /**
- * The native machine: the architectural walker (SDM Vol. 3A ch. 4) over a sparse copy of the vector's memory,
- * each access a walk with side effects (A/D bits). PAE: the PDPTE registers are the vector's `pdptes`, or,
- * without them, loaded from memory at CR3 (§4.4.1; a failed load makes every access a #GP).
+ * The native machine: the architectural walker (SDM Vol. 3A ch. 4) over a copy of the vector's memory made by
+ * `memory` (`vectorMemory`, sparse, or `vectorDenseMemory`), each access a walk with side effects (A/D bits).
+ * PAE: the PDPTE registers are the vector's `pdptes`, or, without them, loaded from memory at CR3 (§4.4.1; a
+ * failed load makes every access a #GP).
  */
-export const createNativeVectorMachine: VectorMachineFactory = (vector) => {
-  const mem = vectorMemory(vector);
+export function nativeVectorMachineFactory(memory: (vector: ConformanceVector) => PhysicalMemory = vectorMemory): VectorMachineFactory {
+  return (vector) => nativeVectorMachine(vector, memory(vector));
+}
+
+/** The native machine over sparse memory (`nativeVectorMachineFactory(vectorMemory)`): what `vmexit conformance` runs by default. */
+export const createNativeVectorMachine: VectorMachineFactory = (vector) => nativeVectorMachine(vector, vectorMemory(vector));
+
+function nativeVectorMachine(vector: ConformanceVector, mem: PhysicalMemory): VectorMachine {
   const ctx = vectorPagingContext(vector);
   let pdptesLoaded = true;
   if (vector.mode === 'pae') {
@@ -110,4 +142,4 @@ export const createNativeVectorMachine: VectorMachineFactory = (vector) => {
       return size === 4 ? lo : (BigInt(mem.read32(p + 4)) << 32n) | lo;
     },
   };
-};
+}
