@@ -4,7 +4,7 @@ import { MODE_LEGACY32, MODE_LONG4, MODE_LONG5, MODE_PAE } from '../../src/arch/
 import { SparsePhysicalMemory } from '../../src/memory/sparse.js';
 import { WALK_GP, WALK_NESTED_FAULT, WALK_OK, WALK_PAGE_FAULT, WALK_SIDE_EFFECTS, WalkResult, type PagingContext, type SecondStage } from '../../src/paging/types.js';
 import { createPagingContext, loadPdptes, rightsFault, walk, type PagingContextInit } from '../../src/paging/walker.js';
-import { map32, map64, RecordingMemory, tableAt } from './helpers.js';
+import { map32, map64, RecordingMemory, tableAt, type Entry } from './helpers.js';
 
 // Entry bits (SDM Vol. 3A Tables 4-4..4-20) and error-code bits (§4.7), spelled out so expectations read as numbers.
 const P = 1;
@@ -171,7 +171,7 @@ describe('walk', () => {
       expect(fault(run(long4(), mem, VA64, ACC_USER))).toBe(EC_P | EC_U | EC_RSVD);
     });
 
-    it('reserves bits 51:MAXPHYADDR in every level and ignores bits 62:52 (§4.5.4, Tables 4-14..4-20)', () => {
+    it('reserves bits 51:MAXPHYADDR in every level and ignores bits 62:52 (§4.5.4, Tables 4-14..4-20; MAXPHYADDR: §4.1.4)', () => {
       const bit51 = tables4(P | W, 1 << 19).mem;
       expect(fault(run(long4({ maxPhyAddr: 46 }), bit51, VA64, ACC_READ))).toBe(EC_P | EC_RSVD);
       expect(run(long4({ maxPhyAddr: 52 }), bit51, VA64, ACC_READ).pa).toBe(2 ** 51 + 0x2000abc);
@@ -281,6 +281,118 @@ describe('walk', () => {
       expect(run(long4({ cr4Pge: false }), mem, VA64, ACC_READ).global).toBe(false);
       const upperOnly = tables4(P | W, 0, P | W | U | G).mem; // G in non-leaf entries is ignored
       expect(run(long4({ cr4Pge: true }), upperOnly, VA64, ACC_READ).global).toBe(false);
+    });
+  });
+
+  describe('access rights in 32-bit and PAE paging (SDM Vol. 3A §4.6, §4.6.1; error codes §4.7)', () => {
+    // Two walks per mode: 32-bit paging, PDE (level 2) then a 4-byte PTE (§4.3); PAE paging, the PDPTE register
+    // (no rights: its bits 2:1 are reserved, §4.4.1 Table 4-8), then a PDE and an 8-byte PTE (§4.4.2).
+    const ctx32 = (init: PagingContextInit = {}) => createPagingContext({ mode: MODE_LEGACY32, cr3: ROOT, maxPhyAddr: 36, ...init });
+    function tables32(pde: number, pte: number): SparsePhysicalMemory {
+      const mem = new SparsePhysicalMemory();
+      map32(mem, ROOT, VA32, pde, (0x2000000 | pte) >>> 0);
+      return mem;
+    }
+    const ctxPae = (init: PagingContextInit = {}) => createPagingContext({ mode: MODE_PAE, cr3: ROOT, maxPhyAddr: 36, pdpteLo: [0, 0x2000 | P, 0, 0], ...init });
+    function tablesPae(pde: Entry, pte: Entry): SparsePhysicalMemory {
+      const mem = new SparsePhysicalMemory();
+      map64(mem, 0x2000, 2, VA32, [pde, { lo: (0x2000000 | pte.lo) >>> 0, hi: pte.hi }]);
+      return mem;
+    }
+    type Mode = readonly [string, (init?: PagingContextInit) => PagingContext, (pde: number, pte: number, pdeHi?: number, pteHi?: number) => SparsePhysicalMemory];
+    const MODES: readonly Mode[] = [
+      ['32-bit paging', ctx32, (pde, pte) => tables32(pde, pte)],
+      ['PAE paging', ctxPae, (pde, pte, pdeHi = 0, pteHi = 0) => tablesPae({ lo: pde, hi: pdeHi }, { lo: pte, hi: pteHi })],
+    ];
+
+    describe.each(MODES)('%s', (_name, ctx, tables) => {
+      it('U/S: a user access needs U/S=1 in the PDE and the PTE; supervisor reads and writes do not (§4.6.1)', () => {
+        const pdeSup = tables(P | W, P | W | U);
+        expect(fault(run(ctx(), pdeSup, VA32, ACC_USER))).toBe(EC_P | EC_U);
+        expect(fault(run(ctx(), pdeSup, VA32, ACC_USER | ACC_WRITE))).toBe(EC_P | EC_W | EC_U);
+        expect(fault(run(ctx(), pdeSup, VA32, ACC_READ))).toBe('ok');
+        expect(fault(run(ctx({ cr0Wp: true }), pdeSup, VA32, ACC_WRITE))).toBe('ok');
+        const pteSup = tables(P | W | U, P | W);
+        expect(fault(run(ctx(), pteSup, VA32, ACC_USER))).toBe(EC_P | EC_U);
+        expect(fault(run(ctx(), tables(P | W | U, P | W | U), VA32, ACC_USER))).toBe('ok');
+      });
+
+      it('R/W with CR0.WP: a supervisor write to a read-only page faults only with WP=1; a user write always (§4.6.1)', () => {
+        for (const [pde, pte] of [
+          [P | U, P | W | U], // read-only PDE
+          [P | W | U, P | U], // read-only PTE
+        ] as const) {
+          const mem = tables(pde, pte);
+          expect(fault(run(ctx({ cr0Wp: false }), mem, VA32, ACC_WRITE))).toBe('ok');
+          expect(fault(run(ctx({ cr0Wp: true }), mem, VA32, ACC_WRITE))).toBe(EC_P | EC_W);
+          expect(fault(run(ctx({ cr0Wp: false }), mem, VA32, ACC_WRITE | ACC_USER))).toBe(EC_P | EC_W | EC_U);
+          expect(fault(run(ctx({ cr0Wp: true }), mem, VA32, ACC_USER))).toBe('ok'); // reads are allowed
+        }
+      });
+
+      it('SMEP: a supervisor fetch from a user page faults with I/D; a user fetch and a supervisor page do not (§4.6.1, §4.7)', () => {
+        const user = tables(P | W | U, P | W | U);
+        expect(fault(run(ctx({ cr4Smep: true }), user, VA32, ACC_FETCH))).toBe(EC_P | EC_ID);
+        expect(fault(run(ctx({ cr4Smep: true }), user, VA32, ACC_FETCH | ACC_USER))).toBe('ok');
+        expect(fault(run(ctx({ cr4Smep: false }), user, VA32, ACC_FETCH))).toBe('ok');
+        // One level with U/S=0 makes the page a supervisor page: SMEP does not apply.
+        expect(fault(run(ctx({ cr4Smep: true }), tables(P | W, P | W | U), VA32, ACC_FETCH))).toBe('ok');
+      });
+
+      it('SMAP with EFLAGS.AC: explicit supervisor data accesses to a user page fault unless AC=1; fetches are exempt (§4.6.1)', () => {
+        const mem = tables(P | W | U, P | U); // a read-only user page
+        expect(fault(run(ctx({ cr4Smap: true }), mem, VA32, ACC_READ))).toBe(EC_P);
+        expect(fault(run(ctx({ cr4Smap: true }), mem, VA32, ACC_WRITE))).toBe(EC_P | EC_W);
+        expect(fault(run(ctx({ cr4Smap: true, eflagsAc: true }), mem, VA32, ACC_READ))).toBe('ok');
+        expect(fault(run(ctx({ cr4Smap: true, eflagsAc: true, cr0Wp: false }), mem, VA32, ACC_WRITE))).toBe('ok');
+        expect(fault(run(ctx({ cr4Smap: true, eflagsAc: true, cr0Wp: true }), mem, VA32, ACC_WRITE))).toBe(EC_P | EC_W); // AC lifts SMAP, not WP
+        expect(fault(run(ctx({ cr4Smap: true }), mem, VA32, ACC_FETCH))).toBe('ok');
+        expect(fault(run(ctx({ cr4Smap: true }), mem, VA32, ACC_USER))).toBe('ok');
+        expect(fault(run(ctx({ cr4Smap: true }), tables(P | W, P | W | U), VA32, ACC_READ))).toBe('ok'); // a supervisor page
+      });
+    });
+
+    it('32-bit paging: the rights of a 4 MiB page are those of its PDE (§4.3 Table 4-4, §4.6.1)', () => {
+      const mem = new SparsePhysicalMemory();
+      mem.write32(ROOT + (VA32 >>> 22) * 4, 0x02000000 | PS | P | U); // user, read-only
+      const pse = (init: PagingContextInit) => ctx32({ cr4Pse: true, ...init });
+      expect(fault(run(pse({}), mem, VA32, ACC_USER))).toBe('ok');
+      expect(fault(run(pse({}), mem, VA32, ACC_USER | ACC_WRITE))).toBe(EC_P | EC_W | EC_U);
+      expect(fault(run(pse({ cr0Wp: true }), mem, VA32, ACC_WRITE))).toBe(EC_P | EC_W);
+      expect(fault(run(pse({ cr4Smep: true }), mem, VA32, ACC_FETCH))).toBe(EC_P | EC_ID);
+      expect(fault(run(pse({ cr4Smap: true }), mem, VA32, ACC_READ))).toBe(EC_P);
+    });
+
+    it('32-bit paging has no XD: with EFER.NXE=1 every page is executable and a fetch fault has no I/D without SMEP (§4.6.1, §4.7)', () => {
+      const mem = tables32(P | W | U, (0xf80 | P | W | U) >>> 0);
+      expect(fault(run(ctx32({ eferNxe: true }), mem, VA32, ACC_FETCH | ACC_USER))).toBe('ok');
+      const supervisor = tables32(P | W, P | W);
+      expect(fault(run(ctx32({ eferNxe: true }), supervisor, VA32, ACC_FETCH | ACC_USER))).toBe(EC_P | EC_U); // not EC_ID
+      expect(fault(run(ctx32({ eferNxe: true, cr4Smep: true }), supervisor, VA32, ACC_FETCH | ACC_USER))).toBe(EC_P | EC_U | EC_ID);
+    });
+
+    it('PAE paging: XD with EFER.NXE: a fetch from a page with XD=1 in the PDE or the PTE faults with I/D (§4.6.1, §4.7)', () => {
+      for (const mem of [tablesPae({ lo: P | W | U, hi: XD_HI }, { lo: P | W | U }), tablesPae({ lo: P | W | U }, { lo: P | W | U, hi: XD_HI })]) {
+        expect(fault(run(ctxPae({ eferNxe: true }), mem, VA32, ACC_FETCH))).toBe(EC_P | EC_ID);
+        expect(fault(run(ctxPae({ eferNxe: true }), mem, VA32, ACC_FETCH | ACC_USER))).toBe(EC_P | EC_U | EC_ID);
+        expect(fault(run(ctxPae({ eferNxe: true }), mem, VA32, ACC_WRITE | ACC_USER))).toBe('ok'); // data accesses ignore XD
+      }
+      // XD=0 everywhere: executable; a fetch fault for another reason still reports I/D (PAE paging with NXE).
+      const readOnlySup = tablesPae({ lo: P | W }, { lo: P | W });
+      expect(fault(run(ctxPae({ eferNxe: true }), readOnlySup, VA32, ACC_FETCH))).toBe('ok');
+      expect(fault(run(ctxPae({ eferNxe: true }), readOnlySup, VA32, ACC_FETCH | ACC_USER))).toBe(EC_P | EC_U | EC_ID);
+    });
+
+    it('PAE paging: XD (bit 63) is a reserved bit when EFER.NXE=0, in the PDE and the PTE, and I/D is not reported (§4.4.2 Tables 4-9..4-11, §4.7)', () => {
+      for (const mem of [tablesPae({ lo: P | W | U, hi: XD_HI }, { lo: P | W | U }), tablesPae({ lo: P | W | U }, { lo: P | W | U, hi: XD_HI })]) {
+        expect(fault(run(ctxPae({ eferNxe: false }), mem, VA32, ACC_READ))).toBe(EC_P | EC_RSVD);
+        expect(fault(run(ctxPae({ eferNxe: false }), mem, VA32, ACC_FETCH | ACC_USER))).toBe(EC_P | EC_U | EC_RSVD);
+        expect(fault(run(ctxPae({ eferNxe: false, cr4Smep: true }), mem, VA32, ACC_FETCH))).toBe(EC_P | EC_RSVD | EC_ID); // SMEP: I/D
+      }
+      const big = new SparsePhysicalMemory(); // a 2 MiB PDE with XD
+      map64(big, 0x2000, 2, VA32, [{ lo: 0x40000000 | PS | P | W | U, hi: XD_HI }]);
+      expect(fault(run(ctxPae({ eferNxe: false }), big, VA32, ACC_WRITE))).toBe(EC_P | EC_W | EC_RSVD);
+      expect(fault(run(ctxPae({ eferNxe: true }), big, VA32, ACC_FETCH))).toBe(EC_P | EC_ID);
     });
   });
 
@@ -529,7 +641,9 @@ describe('loadPdptes (SDM Vol. 3A §4.4.1, Table 4-8)', () => {
 });
 
 describe('createPagingContext', () => {
-  it('fills defaults and rejects a MAXPHYADDR outside 36..52', () => {
+  // SDM Vol. 3A §4.1.4: MAXPHYADDR is CPUID.80000008H:EAX[7:0] ("generally 36" with PAE when that leaf is
+  // missing) and "is at most 52"; the model takes 36..52.
+  it('fills defaults and rejects a MAXPHYADDR outside 36..52 (SDM Vol. 3A §4.1.4)', () => {
     const ctx = createPagingContext({ mode: MODE_PAE, pdpteLo: [1, 2, 3, 4] });
     expect([ctx.mode, ctx.maxPhyAddr, ctx.nested, [...ctx.pdpteLo]]).toEqual([MODE_PAE, 46, null, [1, 2, 3, 4]]);
     expect(() => createPagingContext({ maxPhyAddr: 35 })).toThrow(RangeError);
