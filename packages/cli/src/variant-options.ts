@@ -16,11 +16,14 @@ export interface VariantOptions {
   memory?: string;
 }
 
-/** Adds the variant flags to `cmd`: `--backend vmx|svm|none --mmu shadow|tdp --policy a,b --config FILE --cost-model NAME --vcpus N --memory SIZE`. */
+/**
+ * Adds the variant flags to `cmd`: `--backend vmx|svm|none --mmu shadow|tdp --policy a,b --config FILE --cost-model NAME --vcpus N --memory SIZE`.
+ * `tdp` loads only where a package `@vmexit/mmu-tdp` is installed (this release has none).
+ */
 export function addVariantOptions(cmd: Command): Command {
   return cmd
     .option('--backend <name>', 'the hypervisor backend: vmx, svm or none (native)')
-    .option('--mmu <name>', 'the MMU: shadow or tdp')
+    .option('--mmu <name>', 'the MMU: shadow (tdp, two-dimensional paging, needs the @vmexit/mmu-tdp package, which this release does not include); not with --backend none')
     .option('--policy <list>', 'fault policies in order, comma-separated: built-in names, package names or paths')
     .option('--config <file>', 'a variant file: vmexit.config.json or vmexit.config.mjs (flags override its fields)')
     .option('--cost-model <name>', `the cost model for modelled cycles: ${Object.keys(COST_PROFILES).join(', ')}`)

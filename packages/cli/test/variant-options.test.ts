@@ -1,9 +1,11 @@
 import { mkdirSync, mkdtempSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { ACC_WRITE, createVm, type ModuleSources } from '@vmexit/core';
 import { svmModule } from '@vmexit/backend-svm';
 import { vmxModule } from '@vmexit/backend-vmx';
+import { policiesModule } from '@vmexit/policies';
 import { Command } from 'commander';
 import { describe, expect, it } from 'vitest';
 import { InputError } from '../src/errors.js';
@@ -12,6 +14,8 @@ import { fakeMmuModule } from './helpers/fake-mmu.js';
 import { bootGuest, VA } from './helpers/guest.js';
 
 const FIXTURE = resolve(import.meta.dirname, 'fixtures/third-party-policy');
+/** The shadow MMU's built entry: a stand-in for a package named @vmexit/mmu-tdp. */
+const SHADOW_ENTRY = resolve(import.meta.dirname, '../../mmu-shadow/dist/index.js');
 
 function fakeSources(): ModuleSources {
   return { backends: { vmx: vmxModule, svm: svmModule }, mmus: { shadow: fakeMmuModule().module }, policies: [] };
@@ -56,18 +60,38 @@ describe('variantFromOptions', () => {
     expect(v.policies).toEqual([{ use: './my-policy', options: {} }]);
   });
 
-  it('reports one problem per bad field, with its path, and runs nothing', async () => {
+  it('reports every problem in one run, each with its path: the schema, unknown packages, options and capabilities', async () => {
     const dir = tmp();
     const file = join(dir, 'vmexit.config.json');
-    writeFileSync(file, JSON.stringify({ backend: 'vmx', vcpus: 'two', colour: 'red', guest: { mode: 'real' }, policies: [{ use: 'no-such-policy-xyz' }, { use: FIXTURE, options: { x: 1 } }] }));
-    const msg = await problemsOf(variantFromOptions({ config: file }, { cwd: dir, sources: fakeSources() }));
-    const lines = msg.split('\n').slice(1).map((l) => l.trim().split(':')[0]);
-    expect(lines.sort()).toEqual(['colour', 'guest.mode', 'vcpus']);
-    // with the schema satisfied, the policies are checked: each problem on its own line
-    writeFileSync(file, JSON.stringify({ backend: 'vmx', policies: [{ use: 'no-such-policy-xyz' }, { use: FIXTURE, options: { x: 1 } }] }));
-    const msg2 = await problemsOf(variantFromOptions({ config: file }, { cwd: dir, sources: fakeSources() }));
-    expect(msg2).toContain("policies.0.use: unknown policy or package 'no-such-policy-xyz'");
-    expect(msg2).toContain("policies.1.options: policy 'fixture-bypass' takes no options");
+    writeFileSync(
+      file,
+      JSON.stringify({
+        backend: 'svm',
+        vcpus: 'two',
+        colour: 'red',
+        guest: { mode: 'real' },
+        policies: [{ use: 'no-such-policy-xyz' }, { use: FIXTURE, options: { x: 1 } }, { use: 7 }, { use: 'bypass-guest-pf' }, { use: FIXTURE, options: { prefix: 'ok' } }],
+      }),
+    );
+    const msg = await problemsOf(variantFromOptions({ config: file }, { cwd: dir, sources: { ...fakeSources(), policies: [policiesModule] } }));
+    const lines = msg.split('\n').slice(1).map((l) => l.trim());
+    // The schema's problems (an unknown key, wrong types) do not stop the checks of the fields that parsed:
+    // the backend (svm) and the valid policy entries are still loaded and checked against it.
+    // bypass-guest-pf (policies.3) needs two capabilities, and neither svm nor the test's fake MMU has its own.
+    expect(lines.map((l) => l.split(':')[0]).sort()).toEqual(['colour', 'guest.mode', 'policies.0.use', 'policies.1.options.x', 'policies.2.use', 'policies.3.use', 'policies.3.use', 'vcpus']);
+    expect(lines).toContain('colour: unknown key');
+    expect(msg).toContain("policies.0.use: unknown policy or package 'no-such-policy-xyz'");
+    expect(lines).toContain('policies.1.options.x: unknown key');
+    expect(msg).toContain("policies.3.use: policy 'bypass-guest-pf' needs PageFaultFilter (error-code filtering of #PF exits (VMX PFEC_MASK/PFEC_MATCH)), which backend 'svm' does not provide");
+  });
+
+  it('with an invalid backend, still checks the policies (but not their needs against it)', async () => {
+    const msg = await problemsOf(variantFromOptions(parse(['--backend', 'kvm', '--policy', 'no-such-policy-xyz,bypass-guest-pf']), { sources: { ...fakeSources(), policies: [policiesModule] } }));
+    const lines = msg.split('\n').slice(1).map((l) => l.trim());
+    // The unknown policy, and bypass-guest-pf's need of the MMU (the fake MMU has no NonPresentSpteEncoding);
+    // its need of the backend is not checked against a backend that does not exist.
+    expect(lines.map((l) => l.split(':')[0])).toEqual(['backend', 'policies.0.use', 'policies.1.use']);
+    expect(lines[2]).toContain("needs NonPresentSpteEncoding (trap / notrap encodings of non-present shadow ptes), which mmu 'shadow' does not provide");
   });
 
   it('rejects a config that is not JSON, or does not exist', async () => {
@@ -78,8 +102,35 @@ describe('variantFromOptions', () => {
   });
 
   it('refuses a policy whose capability the backend lacks, naming the policy, the capability and the backend', async () => {
-    const msg = await problemsOf(variantFromOptions(parse(['--backend', 'svm', '--policy', FIXTURE]), { sources: fakeSources() }));
-    expect(msg).toContain("policies.0.use: policy 'fixture-bypass' needs PageFaultFilter (error-code filtering of #PF exits (VMX PFEC_MASK/PFEC_MATCH)), which backend 'svm' does not provide");
+    const msg = await problemsOf(variantFromOptions(parse(['--backend', 'svm', '--policy', 'bypass-guest-pf']), { sources: { ...fakeSources(), policies: [policiesModule] } }));
+    expect(msg).toContain("policies.0.use: policy 'bypass-guest-pf' needs PageFaultFilter (error-code filtering of #PF exits (VMX PFEC_MASK/PFEC_MATCH)), which backend 'svm' does not provide");
+  });
+
+  it('says that mmu tdp is not in this release when no @vmexit/mmu-tdp is installed, naming the mmus that are', async () => {
+    const dir = tmp();
+    const sources = { ...fakeSources(), mmus: { shadow: fakeMmuModule().module, tdp: '@vmexit/mmu-tdp' } };
+    const msg = await problemsOf(variantFromOptions(parse(['--mmu', 'tdp']), { cwd: dir, sources }));
+    expect(msg).toContain("mmu: two-dimensional paging (mmu 'tdp') is not available in this release: no @vmexit/mmu-tdp package is installed (installed mmus: shadow)");
+  });
+
+  it('loads mmu tdp from a package named @vmexit/mmu-tdp where one resolves', async () => {
+    // A stand-in package of that name in the working directory's node_modules (it re-exports the shadow MMU's
+    // module): the name resolves, so it is loaded like any other package.
+    const dir = tmp();
+    const pkg = join(dir, 'node_modules', '@vmexit', 'mmu-tdp');
+    mkdirSync(pkg, { recursive: true });
+    writeFileSync(join(pkg, 'package.json'), JSON.stringify({ name: '@vmexit/mmu-tdp', type: 'module', exports: './index.mjs' }));
+    writeFileSync(join(pkg, 'index.mjs'), `export { default } from ${JSON.stringify(pathToFileURL(SHADOW_ENTRY).href)};\n`);
+    const sources = { ...fakeSources(), mmus: { shadow: fakeMmuModule().module, tdp: '@vmexit/mmu-tdp' } };
+    const v = await variantFromOptions(parse(['--mmu', 'tdp']), { cwd: dir, sources });
+    expect(v.mmu).toBe('tdp');
+  });
+
+  it('refuses an MMU with backend none: there is no hypervisor for it', async () => {
+    const msg = await problemsOf(variantFromOptions(parse(['--backend', 'none', '--mmu', 'shadow']), { sources: fakeSources() }));
+    expect(msg).toContain("mmu: mmu 'shadow' needs a hypervisor below it, and backend is 'none' (native)");
+    // Native without an MMU is fine.
+    expect((await variantFromOptions(parse(['--backend', 'none']), { sources: fakeSources() })).backend).toBe('none');
   });
 
   it('loads a policy published outside the monorepo by package name, and it runs', async () => {
@@ -93,11 +144,10 @@ describe('variantFromOptions', () => {
     const faults: [number, number][] = [];
     const v = bootGuest(vm, faults);
     v.write(VA, 4, 7);
-    // The fixture set PFEC_MASK = PFEC_MATCH = 1: the P=0 write fault went straight to the guest (no
-    // EXCEPTION_NMI exit). Its exit operator saw the 4 boot exits (EFER, CR4, CR3, CR0).
+    // Exits: the 4 of boot (WRMSR EFER, MOV CR4, CR3, CR0), then the P=0 write's #PF (EXCEPTION_NMI), which
+    // the fixture passes on and the MMU reflects into the guest: 5. The fixture counted each by reason.
     expect(faults).toEqual([[ACC_WRITE, VA]]);
-    expect(vm.counters().total).toMatchObject({ exits: 4, 'fixture.exits_seen': 4, 'guest.page_faults': 1 });
-    expect(vm.counters().total['exits.EXCEPTION_NMI']).toBeUndefined();
+    expect(vm.counters().total).toMatchObject({ exits: 5, 'exits.MSR_WRITE': 1, 'exits.CR_ACCESS': 3, 'exits.EXCEPTION_NMI': 1, 'census.MSR_WRITE': 1, 'census.CR_ACCESS': 3, 'census.EXCEPTION_NMI': 1 });
   });
 
   it('loads the same policy by path', async () => {

@@ -21,22 +21,27 @@ afterEach(() => {
 });
 
 describe('vmexit policies', () => {
-  it('lists a third-party policy with what it needs and which backend provides it', async () => {
+  it('lists a third-party policy beside the built-in ones, with what each needs and who provides it', async () => {
     expect(await main(['policies', '--policy', FIXTURE])).toBe(0);
-    expect(out).toContain('fixture-bypass');
-    expect(out).toContain(`from:  ${FIXTURE}`);
-    expect(out).toContain('needs: PageFaultFilter (backend vmx)');
+    expect(out).toContain(`exit-census\n  from:  ${FIXTURE}\n  needs: nothing\n`);
+    expect(out).toContain('bypass-guest-pf\n  from:  @vmexit/policies\n  needs: PageFaultFilter (backend vmx), NonPresentSpteEncoding (mmu shadow)\n');
   });
 
   it('prints JSON with --json', async () => {
     expect(await main(['policies', '--json', '--policy', FIXTURE])).toBe(0);
-    const j = JSON.parse(out) as { policies: { name: string; needs: { capability: string; providedBy: string[] }[] }[] };
-    expect(j.policies.find((p) => p.name === 'fixture-bypass')?.needs).toEqual([{ capability: 'PageFaultFilter', providedBy: ['backend vmx'] }]);
+    const j = JSON.parse(out) as { policies: { name: string; source: string; needs: { capability: string; providedBy: string[] }[] }[] };
+    expect(j.policies.find((p) => p.name === 'exit-census')).toMatchObject({ source: FIXTURE, needs: [] });
+    expect(j.policies.find((p) => p.name === 'bypass-guest-pf')?.needs).toEqual([
+      { capability: 'PageFaultFilter', providedBy: ['backend vmx'] },
+      { capability: 'NonPresentSpteEncoding', providedBy: ['mmu shadow'] },
+    ]);
   });
 
   it('fails with exit 2 and the capability error on a backend that cannot support the policy', async () => {
-    expect(await main(['policies', '--backend', 'svm', '--policy', FIXTURE])).toBe(2);
-    expect(err).toContain("policies.0.use: policy 'fixture-bypass' needs PageFaultFilter (error-code filtering of #PF exits (VMX PFEC_MASK/PFEC_MATCH)), which backend 'svm' does not provide");
+    expect(await main(['policies', '--backend', 'svm', '--policy', `bypass-guest-pf,${FIXTURE}`])).toBe(2);
+    expect(err).toBe(
+      "vmexit: invalid variant:\n  policies.0.use: policy 'bypass-guest-pf' needs PageFaultFilter (error-code filtering of #PF exits (VMX PFEC_MASK/PFEC_MATCH)), which backend 'svm' does not provide\n",
+    );
     expect(out).toBe('');
   });
 
@@ -55,8 +60,8 @@ describe('vmexit policies', () => {
   it('accepts a valid --config naming the third-party policy', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'vmexit-policies-'));
     const file = join(dir, 'vmexit.config.json');
-    writeFileSync(file, JSON.stringify({ backend: 'vmx', mmu: 'shadow', policies: [{ use: FIXTURE }] }));
+    writeFileSync(file, JSON.stringify({ backend: 'vmx', mmu: 'shadow', policies: [{ use: FIXTURE, options: { prefix: 'mine' } }] }));
     expect(await main(['policies', '--config', file])).toBe(0);
-    expect(out).toContain('fixture-bypass');
+    expect(out).toContain('exit-census');
   });
 });

@@ -1,9 +1,9 @@
 import { Container, type ContainerModule } from 'inversify';
 import type { FaultPolicy } from '../exits/policy.js';
 import { CAPABILITIES } from './backend.js';
-import { importContainerModule, isPathSpecifier, loadModuleSource, ModuleLoadError, type ModuleSource, type ModuleSources } from './modules.js';
+import { importContainerModule, isModuleSourceInstalled, isPathSpecifier, loadModuleSource, ModuleLoadError, type ModuleSource, type ModuleSources } from './modules.js';
 import { TYPES } from './tokens.js';
-import { joinPath, parseVariant, zodProblems, type Variant, type VariantProblem } from './variant.js';
+import { joinPath, parseVariantParts, zodProblems, type Variant, type VariantProblem } from './variant.js';
 
 /** A policy available to variants, with where it came from. */
 export interface AvailablePolicy {
@@ -73,41 +73,61 @@ export async function capabilityProviders(sources: ModuleSources, from: string):
   return out;
 }
 
+/** What each MMU name stands for, in the words of a message (an MMU a variant names but no package provides). */
+const MMU_TITLES: Readonly<Record<string, string>> = {
+  shadow: 'shadow paging',
+  tdp: 'two-dimensional paging',
+};
+
 /**
  * Validates and composes a variant: the schema, then the backend's and the MMU's modules, the built-in policy
  * packages and every package or path named in `policies[].use`, the policies' options, and the capabilities
- * each policy needs. Every problem is collected (with the path of its field); nothing is created.
+ * each policy needs. Every problem is collected (with the path of its field), also when the schema fails:
+ * the fields and policy entries that are valid on their own are still checked (see `parseVariantParts`), so
+ * an unknown key does not hide an unknown package or a missing capability. Nothing is created.
  */
 export async function composeVariant(raw: unknown, sources: ModuleSources): Promise<Composition> {
   const container = newContainer();
-  const parsed = parseVariant(raw);
-  if (parsed.variant === null) return { variant: null, container, policies: [], problems: parsed.problems };
-  const variant = parsed.variant;
-  const from = variant.resolveFrom ?? process.cwd();
-  const problems: VariantProblem[] = [];
+  const parsed = parseVariantParts(raw);
+  const problems: VariantProblem[] = [...parsed.problems];
+  const parts = parsed.parts;
+  if (parts === null) return { variant: null, container, policies: [], problems };
+  const from = parts.resolveFrom ?? process.cwd();
   const { coreModule } = await import('./defaults.js');
   container.load(coreModule);
 
   const loaded = { backend: false, mmu: false };
-  if (variant.backend !== 'none') {
-    const b = sources.backends[variant.backend];
-    if (b === undefined) problems.push({ path: 'backend', message: `no module for backend '${variant.backend}'` });
-    else {
-      try {
-        container.load(await loadModuleSource(b, from));
-        loaded.backend = true;
-      } catch (e) {
-        problems.push({ path: 'backend', message: `backend '${variant.backend}' is not available: ${messageOf(e)}` });
+  if (parts.backend === 'none') {
+    // Native: nothing runs below the guest, so an MMU named with it would be silently ignored.
+    if (parts.mmuGiven && parts.mmu !== null) problems.push({ path: 'mmu', message: `mmu '${parts.mmu}' needs a hypervisor below it, and backend is 'none' (native): leave mmu out, or name backend vmx or svm` });
+  } else {
+    if (parts.backend !== null) {
+      const b = sources.backends[parts.backend];
+      if (b === undefined) problems.push({ path: 'backend', message: `no module for backend '${parts.backend}'` });
+      else {
+        try {
+          container.load(await loadModuleSource(b, from));
+          loaded.backend = true;
+        } catch (e) {
+          problems.push({ path: 'backend', message: `backend '${parts.backend}' is not available: ${messageOf(e)}` });
+        }
       }
     }
-    const m = sources.mmus[variant.mmu];
-    if (m === undefined) problems.push({ path: 'mmu', message: `no module for mmu '${variant.mmu}'` });
-    else {
-      try {
-        container.load(await loadModuleSource(m, from));
-        loaded.mmu = true;
-      } catch (e) {
-        problems.push({ path: 'mmu', message: `mmu '${variant.mmu}' is not available: ${messageOf(e)}` });
+    if (parts.mmu !== null) {
+      const m = sources.mmus[parts.mmu];
+      if (m === undefined) problems.push({ path: 'mmu', message: `no module for mmu '${parts.mmu}'${installedMmus(sources, from)}` });
+      else {
+        try {
+          container.load(await loadModuleSource(m, from));
+          loaded.mmu = true;
+        } catch (e) {
+          if (e instanceof ModuleLoadError && e.notInstalled && typeof m === 'string') {
+            // Not a broken install: this release has no such package (there is no @vmexit/mmu-tdp yet). A
+            // package of that name that does resolve is loaded as any other.
+            const title = MMU_TITLES[parts.mmu] ?? `mmu '${parts.mmu}'`;
+            problems.push({ path: 'mmu', message: `${title} (mmu '${parts.mmu}') is not available in this release: no ${m} package is installed${installedMmus(sources, from)}` });
+          } else problems.push({ path: 'mmu', message: `mmu '${parts.mmu}' is not available: ${messageOf(e)}` });
+        }
       }
     }
   }
@@ -126,7 +146,8 @@ export async function composeVariant(raw: unknown, sources: ModuleSources): Prom
 
   const selected: { policy: FaultPolicy<unknown>; options: unknown }[] = [];
   const loadedPackages = new Map<string, FaultPolicy<unknown>[]>();
-  for (const [i, use] of variant.policies.entries()) {
+  for (const [i, use] of parts.policies.entries()) {
+    if (use === null) continue; // its problems came from the schema
     const path = `policies.${i}.use`;
     let policy = byName.get(use.use);
     if (policy === undefined) {
@@ -177,8 +198,8 @@ export async function composeVariant(raw: unknown, sources: ModuleSources): Prom
     } else if (Object.keys(use.options).length > 0) {
       problems.push({ path: `policies.${i}.options`, message: `policy '${policy.name}' takes no options` });
     }
-    // Capabilities.
-    if (variant.backend === 'none') {
+    // Capabilities (not checked against a backend or MMU that is itself invalid).
+    if (parts.backend === 'none') {
       problems.push({ path, message: `policy '${policy.name}' needs a hypervisor, and backend is 'none'` });
     } else {
       for (const need of policy.needs) {
@@ -186,14 +207,22 @@ export async function composeVariant(raw: unknown, sources: ModuleSources): Prom
         if (cap === undefined) {
           problems.push({ path, message: `policy '${policy.name}' needs '${need}', which is not a known capability (known: ${Object.keys(CAPABILITIES).join(', ')})` });
         } else if (loaded[cap.providedBy] && !container.isBound(cap.token)) {
-          const who = cap.providedBy === 'backend' ? `backend '${variant.backend}'` : `mmu '${variant.mmu}'`;
+          const who = cap.providedBy === 'backend' ? `backend '${parts.backend}'` : `mmu '${parts.mmu}'`;
           problems.push({ path, message: `policy '${policy.name}' needs ${cap.name} (${cap.description}), which ${who} does not provide` });
         }
       }
     }
     selected.push({ policy, options });
   }
-  return { variant, container, policies: selected, problems };
+  return { variant: parsed.variant, container, policies: selected, problems };
+}
+
+/** ` (installed mmus: shadow)`: the MMUs of `sources` whose packages resolve from `from`. */
+function installedMmus(sources: ModuleSources, from: string): string {
+  const names = Object.entries(sources.mmus)
+    .filter(([, src]) => isModuleSourceInstalled(src, from))
+    .map(([name]) => name);
+  return ` (installed mmus: ${names.length > 0 ? names.join(', ') : 'none'})`;
 }
 
 function messageOf(e: unknown): string {

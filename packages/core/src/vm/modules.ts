@@ -1,4 +1,4 @@
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { ContainerModule } from 'inversify';
@@ -27,9 +27,12 @@ export const DEFAULT_MODULE_SOURCES: ModuleSources = {
 /** A module that could not be loaded: the message says which and why. */
 export class ModuleLoadError extends Error {
   readonly code = 'E_MODULE_LOAD';
-  constructor(message: string, options?: { cause?: unknown }) {
+  /** True when the module is a package name that no node_modules on the way holds (rather than one that fails to load). */
+  readonly notInstalled: boolean;
+  constructor(message: string, options?: { cause?: unknown; notInstalled?: boolean }) {
     super(message, options);
     this.name = 'ModuleLoadError';
+    this.notInstalled = options?.notInstalled ?? false;
   }
 }
 
@@ -69,8 +72,26 @@ export async function loadModuleSource(source: ModuleSource, from: string): Prom
   return typeof source === 'string' ? importContainerModule(source, from) : source;
 }
 
-/** The file to import for `specifier`. */
+/** Whether `source` is there to load: a module, or a package name or path that resolves (nothing is imported). */
+export function isModuleSourceInstalled(source: ModuleSource, from: string): boolean {
+  if (typeof source !== 'string') return true;
+  try {
+    resolveSpecifier(source, from);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The file to import for `specifier`, with symbolic links resolved (as Node resolves a module: a linked
+ * package's own imports are then found from where it really is, as `npm link` and workspaces expect).
+ */
 export function resolveSpecifier(specifier: string, from: string): string {
+  return realpathSync(resolveSpecifierPath(specifier, from));
+}
+
+function resolveSpecifierPath(specifier: string, from: string): string {
   if (specifier.startsWith('file:')) return fileURLToPath(specifier);
   if (isPathSpecifier(specifier)) {
     const p = resolve(from, specifier);
@@ -85,7 +106,7 @@ export function resolveSpecifier(specifier: string, from: string): string {
       if (dirname(dir) === dir) break;
     }
   }
-  throw new ModuleLoadError(`package '${specifier}' is not installed (looked in node_modules from ${resolve(from)} upwards)`);
+  throw new ModuleLoadError(`package '${specifier}' is not installed (looked in node_modules from ${resolve(from)} upwards)`, { notInstalled: true });
 }
 
 /** A package directory's ESM entry: exports["."] (import / default / node), else module, else main, else index.js. */

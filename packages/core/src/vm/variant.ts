@@ -59,6 +59,43 @@ export const variantSchema = z.strictObject({
 
 export type Variant = z.output<typeof variantSchema>;
 export type VariantInput = z.input<typeof variantSchema>;
+export type PolicyUse = z.output<typeof policyUseSchema>;
+
+/**
+ * The fields of a variant that are valid on their own, when the variant as a whole may not be: each top-level
+ * field parsed by itself (absent fields take their default), and each `policies` entry by itself (null where
+ * the entry is invalid), so that the later checks (loading the backend, the MMU and each policy, the
+ * policies' options and needs) run on everything that parsed and a config's problems are reported in one go.
+ */
+export interface VariantParts {
+  readonly backend: Variant['backend'] | null;
+  readonly mmu: Variant['mmu'] | null;
+  /** Whether the input named an MMU (rather than taking the default). */
+  readonly mmuGiven: boolean;
+  readonly policies: readonly (PolicyUse | null)[];
+  readonly resolveFrom: string | undefined;
+}
+
+/** `parseVariant`, plus the fields that parsed on their own (see `VariantParts`); null parts when `raw` is not an object. */
+export function parseVariantParts(raw: unknown): { variant: Variant | null; problems: VariantProblem[]; parts: VariantParts | null } {
+  const whole = parseVariant(raw);
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return { ...whole, parts: null };
+  const r = raw as Record<string, unknown>;
+  const shape = variantSchema.shape;
+  const field = <S extends z.ZodType>(schema: S, value: unknown): z.output<S> | null => {
+    const p = schema.safeParse(value);
+    return p.success ? p.data : null;
+  };
+  const policies = Array.isArray(r.policies) ? r.policies.map((p) => field(policyUseSchema, p)) : (field(shape.policies, r.policies) ?? []);
+  const parts: VariantParts = {
+    backend: field(shape.backend, r.backend),
+    mmu: field(shape.mmu, r.mmu),
+    mmuGiven: r.mmu !== undefined,
+    policies,
+    resolveFrom: field(shape.resolveFrom, r.resolveFrom) ?? undefined,
+  };
+  return { ...whole, parts };
+}
 
 /** Validates `raw` against the schema: the variant, or every problem found (one per field, unknown keys one each). */
 export function parseVariant(raw: unknown): { variant: Variant; problems: [] } | { variant: null; problems: VariantProblem[] } {
