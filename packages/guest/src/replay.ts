@@ -4,7 +4,8 @@ import { ACC_FETCH, ACC_READ, ACC_WRITE, GuestAbort, PAGE_SIZE } from '@vmexit/c
 import { PROT_READ, VMA_ANON, VMA_FILE_PRIVATE, VMA_FILE_SHARED, type AreaSpec, type Kernel } from './os/kernel.js';
 import type { Program, Task, TaskRunner } from './os/tasks.js';
 import { decodeVxt } from './trace/vxt.js';
-import { MAP_ANONYMOUS, MAP_SHARED, type VxtExecEvent, type VxtProcess, type VxtTrace } from './trace/types.js';
+import { TraceError } from './trace/errors.js';
+import { MAP_ANONYMOUS, MAP_SHARED, type VxtEvent, type VxtExecEvent, type VxtProcess, type VxtTrace } from './trace/types.js';
 import { WorkloadError } from './workloads/params.js';
 
 /** The bundled trace behind the workload name `kbuild` (packages/guest/traces/kbuild.vxt). */
@@ -42,7 +43,7 @@ export function traceHighestAddress(trace: VxtTrace): number {
   max = (max + 1) * PAGE_SIZE;
   for (const p of trace.processes) {
     for (const e of p.events) {
-      if (e.type === 'mmap') max = Math.max(max, e.start + e.length);
+      if (e.type === 'mmap' || e.type === 'munmap' || e.type === 'mprotect') max = Math.max(max, e.start + e.length);
       else if (e.type === 'exec') for (const m of e.mappings) max = Math.max(max, m.start + m.length);
       else if (e.type === 'brk') max = Math.max(max, e.result);
     }
@@ -57,7 +58,7 @@ export function traceHighestAddress(trace: VxtTrace): number {
  * record is one translation on the vCPU (`touch`); its `count` accesses are counted as represented (the
  * repeats are TLB hits on the page just translated).
  */
-export function startReplay(kernel: Kernel, runner: TaskRunner, trace: VxtTrace, stats: ReplayStats): void {
+export function startReplay(kernel: Kernel, runner: TaskRunner, trace: VxtTrace, stats: ReplayStats, name: string = trace.source.command || 'trace'): void {
   const byPid = new Map<number, VxtProcess>();
   for (const p of trace.processes) byPid.set(p.pid, p);
   const top = kernel.layout.userLimit;
@@ -65,20 +66,19 @@ export function startReplay(kernel: Kernel, runner: TaskRunner, trace: VxtTrace,
   if (highest > top) {
     throw new WorkloadError(
       'bad-config',
-      trace.source.command || 'trace',
+      name,
       `the trace uses linear addresses up to 0x${highest.toString(16)}, beyond the 0x${top.toString(16)} bytes of user space of this paging mode (replay it with --mode long4 or long5)`,
     );
   }
   for (const p of trace.processes) {
     if (p.parent !== 0 && byPid.has(p.parent)) continue;
     const proc = kernel.createProcess(runner.machine.vcpus[0]!, `pid${p.pid}`);
-    runner.start(proc, (t) => replayProcess(t, p, trace, byPid, stats));
+    runner.start(proc, (t) => replayProcess(t, p, trace, byPid, stats, name));
   }
 }
 
-function* replayProcess(t: Task, tp: VxtProcess, trace: VxtTrace, byPid: ReadonlyMap<number, VxtProcess>, stats: ReplayStats): Program {
+function* replayProcess(t: Task, tp: VxtProcess, trace: VxtTrace, byPid: ReadonlyMap<number, VxtProcess>, stats: ReplayStats, name: string): Program {
   stats.processes++;
-  const kernel = t.kernel;
   const { kind, page, count } = trace.accesses;
   const events = tp.events;
   const v = t.vcpu;
@@ -88,38 +88,14 @@ function* replayProcess(t: Task, tp: VxtProcess, trace: VxtTrace, byPid: Readonl
   for (;;) {
     while (ev < events.length && events[ev]!.at <= i) {
       const e = events[ev++]!;
-      switch (e.type) {
-        case 'mmap': {
-          const anon = (e.flags & MAP_ANONYMOUS) !== 0;
-          const backing = anon ? VMA_ANON : (e.flags & MAP_SHARED) !== 0 ? VMA_FILE_SHARED : VMA_FILE_PRIVATE;
-          const file = anon ? null : kernel.file(e.file ?? `[fd@${e.start.toString(16)}]`);
-          kernel.mmap(v, t.proc, e.start, e.length, e.prot, backing, file, e.offset);
-          break;
-        }
-        case 'munmap':
-          kernel.munmap(v, t.proc, e.start, e.length);
-          break;
-        case 'mprotect':
-          kernel.mprotect(v, t.proc, e.start, e.length, e.prot);
-          break;
-        case 'brk':
-          if (t.proc.brkBase === 0 || t.proc.brkEnd === 0) {
-            t.proc.brkBase = e.result;
-            t.proc.brkEnd = e.result;
-          } else if (e.result !== t.proc.brkEnd) {
-            kernel.brk(v, t.proc, e.result);
-          }
-          break;
-        case 'fork': {
-          const child = byPid.get(e.child);
-          if (child !== undefined) t.fork((c) => replayProcess(c, child, trace, byPid, stats));
-          break;
-        }
-        case 'exec':
-          kernel.execAreas(v, t.proc, e.path, execAreas(kernel, e));
-          break;
-        case 'exit':
-          return;
+      if (e.type === 'exit') return;
+      try {
+        applyEvent(t, e, trace, byPid, stats, name);
+      } catch (x) {
+        // A checked trace never gets here (decodeVxt checks the ranges, the replay the mode's limit): an
+        // event the guest kernel refuses is bad input, named with the trace, the process and the event.
+        if (!(x instanceof GuestAbort)) throw x;
+        throw new TraceError('inconsistent', name, `pid ${tp.pid}: ${e.type} event ${ev - 1} (before record ${e.at}) cannot be replayed: ${x.message}`);
       }
     }
     if (i >= end) return;
@@ -146,6 +122,44 @@ function* replayProcess(t: Task, tp: VxtProcess, trace: VxtTrace, byPid: Readonl
     t.accesses += represented;
     t.budget -= i - start;
     if (t.budget <= 0) yield;
+  }
+}
+
+/** Applies one event of a process (not exit) to the OS model. */
+function applyEvent(t: Task, e: Exclude<VxtEvent, { type: 'exit' }>, trace: VxtTrace, byPid: ReadonlyMap<number, VxtProcess>, stats: ReplayStats, name: string): void {
+  const kernel = t.kernel;
+  const v = t.vcpu;
+  switch (e.type) {
+    case 'mmap': {
+      const anon = (e.flags & MAP_ANONYMOUS) !== 0;
+      const backing = anon ? VMA_ANON : (e.flags & MAP_SHARED) !== 0 ? VMA_FILE_SHARED : VMA_FILE_PRIVATE;
+      const file = anon ? null : kernel.file(e.file ?? `[fd@${e.start.toString(16)}]`);
+      kernel.mmap(v, t.proc, e.start, e.length, e.prot, backing, file, e.offset);
+      return;
+    }
+    case 'munmap':
+      kernel.munmap(v, t.proc, e.start, e.length);
+      return;
+    case 'mprotect':
+      kernel.mprotect(v, t.proc, e.start, e.length, e.prot);
+      return;
+    case 'brk':
+      if (t.proc.brkBase === 0 || t.proc.brkEnd === 0) {
+        t.proc.brkBase = e.result;
+        t.proc.brkEnd = e.result;
+      } else if (e.result !== t.proc.brkEnd) {
+        kernel.brk(v, t.proc, e.result);
+      }
+      return;
+    case 'fork': {
+      const child = byPid.get(e.child);
+      if (child === undefined) throw new TraceError('inconsistent', name, `pid ${e.parent}: forks pid ${e.child}, not in the trace`);
+      t.fork((c) => replayProcess(c, child, trace, byPid, stats, name));
+      return;
+    }
+    case 'exec':
+      kernel.execAreas(v, t.proc, e.path, execAreas(kernel, e));
+      return;
   }
 }
 

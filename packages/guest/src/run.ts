@@ -57,6 +57,7 @@ export interface RunResult {
     processes: number;
     contextSwitches: number;
     faults: { total: number } & Record<FaultKindName, number>;
+    /** SIGSEGVs sent: by the #PF handler (`faults.sigsegv`) and by the #GP handler (a non-canonical user access). */
     sigsegv: number;
     syscalls: { fork: number; exec: number; exit: number; mmap: number; munmap: number; mprotect: number; brk: number };
     tlb: { invlpg: number; fullFlushes: number; shootdowns: number };
@@ -118,6 +119,7 @@ export function runWorkload(options: RunOptions): RunOutcome {
   const ref = parseWorkloadRef(input);
   let params: Record<string, number> = {};
   let trace: VxtTrace | null = null;
+  let tracePath = '';
   const synthetic = ref.kind === 'synthetic' ? SYNTHETIC_WORKLOADS.get(ref.name) : undefined;
   if (ref.kind === 'synthetic') {
     if (synthetic === undefined) {
@@ -125,8 +127,8 @@ export function runWorkload(options: RunOptions): RunOutcome {
     }
     params = resolveParams(input, ref.name, synthetic.params, ref.raw);
   } else {
-    const path = ref.path ?? KBUILD_TRACE_PATH;
-    trace = (options.loadTrace ?? loadVxtFile)(path);
+    tracePath = ref.path ?? KBUILD_TRACE_PATH;
+    trace = (options.loadTrace ?? loadVxtFile)(tracePath);
   }
 
   const machineOptions: MachineOptions = { memoryBytes: memory, vcpus: vcpuCount, seed };
@@ -186,7 +188,7 @@ export function runWorkload(options: RunOptions): RunOutcome {
   const t0 = performance.now();
   try {
     if (synthetic !== undefined) synthetic.setup({ kernel, runner, rng: new Rng(seed ^ 0x3c6ef372), vcpus, measure }, params);
-    else startReplay(kernel, runner, trace!, replay);
+    else startReplay(kernel, runner, trace!, replay, tracePath);
     runner.run();
   } catch (e) {
     if (e instanceof OutOfMemoryError) {
@@ -216,7 +218,7 @@ export function runWorkload(options: RunOptions): RunOutcome {
       processes: s.processes,
       contextSwitches: s.contextSwitches,
       faults,
-      sigsegv: s.faults[FAULT_SIGSEGV]!,
+      sigsegv: s.faults[FAULT_SIGSEGV]! + s.generalProtection,
       syscalls: { fork: s.forks, exec: s.execs, exit: s.exits, mmap: s.mmaps, munmap: s.munmaps, mprotect: s.mprotects, brk: s.brks },
       tlb: { invlpg: s.invlpgs, fullFlushes: s.fullFlushes, shootdowns: s.shootdowns },
       pageTables: { allocated: levels(s.tablesAllocated), freed: levels(s.tablesFreed), reusedAsData: levels(kernel.frames.tableReusedAsData) },

@@ -98,3 +98,44 @@ describe('run on a variant', () => {
     expect(r.cycles.cycles).toBeGreaterThan(0);
   });
 });
+
+describe('run and trace info on a .vxt whose checksum is valid but whose contents are bad', () => {
+  // Each file is a well-formed .vxt (encodeVxt, so the checksum matches) with one bad field; both commands
+  // must exit 2 naming the file, the process and event (or record), and the problem - never 70, never hang.
+  const exec = { type: 'exec', at: 0, pid: 1, path: '/bin/x', mappings: [{ start: 0x108000, length: 0x2000, prot: 5, role: 'exe', file: '/bin/x' as string | null }] } as const;
+  const root = (events: object[], recordEnd = 1): object => ({ pid: 1, parent: 0, recordStart: 0, recordEnd, events: [exec, ...events] });
+  const cases: [string, object[], number[], RegExp][] = [
+    ['unaligned-mmap', [root([{ type: 'mmap', at: 1, start: 0x4835001, length: 8192, prot: 3, flags: 34, offset: 0, file: null }])], [0x108], /pid 1: mmap event 1 has an unaligned start 0x4835001/],
+    ['negative-munmap', [root([{ type: 'munmap', at: 1, start: -8192, length: 8192 }])], [0x108], /pid 1: munmap event 1 has a start of -8192/],
+    ['negative-mprotect', [root([{ type: 'mprotect', at: 1, start: -4096, length: 4096, prot: 1 }])], [0x108], /pid 1: mprotect event 1 has a start of -4096/],
+    ['noncanonical-page', [root([], 2)], [0x108, -(2 ** 40)], /pid 1: record 1 is an access to page -0x10000000000 .*outside user space/],
+    ['self-fork', [root([{ type: 'fork', at: 1, parent: 1, child: 1 }])], [0x108], /pid 1: fork event 1 forks the process itself/],
+    ['unforked-child', [root([]), { pid: 2, parent: 1, recordStart: 1, recordEnd: 1, events: [] }], [0x108], /pid 2 has parent 1, which has no fork event that creates it/],
+    ['numeric-file', [{ pid: 1, parent: 0, recordStart: 0, recordEnd: 1, events: [{ ...exec, mappings: [{ ...exec.mappings[0], file: 42 }] }] }], [0x108], /pid 1: exec event 0, mapping 0 has a file that is neither a string nor null/],
+  ];
+  let dir: string;
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmexit-badvxt-'));
+  });
+  afterEach(() => {
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it.each(cases)('%s: exit 2 with the file and the problem', async (name, processes, pages, message) => {
+    const { encodeVxt } = await import('@vmexit/guest');
+    const n = pages.length;
+    const file = path.join(dir, `${name}.vxt`);
+    const trace = { collapse: 'run', source: { tool: 'test', command: 'x' }, accesses: { length: n, kind: new Uint8Array(n).fill(1), page: Float64Array.from(pages), count: new Uint32Array(n).fill(1) }, processes };
+    fs.writeFileSync(file, encodeVxt(trace as Parameters<typeof encodeVxt>[0]));
+    for (const args of [['run', '--workload', file, '--backend', 'none'], ['trace', 'info', file]]) {
+      err.length = 0;
+      out.length = 0;
+      const code = await main(args);
+      expect(code, args.join(' ')).toBe(2);
+      const text = err.join('');
+      expect(text).toContain(`${file}: corrupt .vxt trace: `);
+      expect(text).toMatch(message);
+      expect(out.join('')).toBe('');
+    }
+  });
+});

@@ -8,6 +8,7 @@ import {
   CR4_PSE,
   EFER_LME,
   EFER_NXE,
+  GP_VECTOR,
   GuestAbort,
   PAGE_SIZE,
   PFERR_FETCH,
@@ -145,6 +146,8 @@ export class Kernel {
   private readonly files = new Map<string, FileObject>();
   private nextPid = 1;
   private hi = 0;
+  /** > 0 while kernel code runs (a system call, the #PF handler, a context switch): a #GP then is the kernel's. */
+  private inKernel = 0;
   private readonly byteWrites: boolean;
   private readonly sparsePdptes: boolean;
   private readonly aliased: boolean;
@@ -230,7 +233,7 @@ export class Kernel {
     return root;
   }
 
-  /** Programs a vCPU's paging (SDM Vol. 3A §9.8.5 for IA-32e: PAE, then LME, then CR3, then PG), and the #PF handler. */
+  /** Programs a vCPU's paging (SDM Vol. 3A §9.8.5 for IA-32e: PAE, then LME, then CR3, then PG), and the #PF and #GP handlers. */
   private bootCpu(v: Vcpu): void {
     const mode = this.layout.mode;
     v.setCpl(0);
@@ -246,15 +249,21 @@ export class Kernel {
     v.movToCr3(this.idleRoot);
     v.movToCr0(CR0_PG | CR0_WP | CR0_PE);
     v.setExceptionHandler(PF_VECTOR, (vcpu, _vector, errorCode, cr2) => this.pageFault(vcpu, errorCode, cr2));
+    v.setExceptionHandler(GP_VECTOR, (vcpu, _vector, errorCode, address) => this.generalProtection(vcpu, errorCode, address));
   }
 
   /** Touches every free page through the direct map (a read and the same value written back). */
   private warm(v: Vcpu): void {
     const f = this.frames;
-    for (let frame = 0; frame < f.totalFrames; frame++) {
-      if (f.use[frame] !== 0) continue;
-      const va = this.dm + frame * PAGE_SIZE;
-      v.write(va, 4, v.read(va, 4));
+    this.inKernel++;
+    try {
+      for (let frame = 0; frame < f.totalFrames; frame++) {
+        if (f.use[frame] !== 0) continue;
+        const va = this.dm + frame * PAGE_SIZE;
+        v.write(va, 4, v.read(va, 4));
+      }
+    } finally {
+      this.inKernel--;
     }
   }
 
@@ -419,15 +428,22 @@ export class Kernel {
     if (this.current[v.id] === proc) return;
     this.current[v.id] = proc;
     this.stats.contextSwitches++;
-    v.movToCr3(proc === null ? this.idleRoot : proc.root);
+    this.inKernel++;
+    try {
+      v.movToCr3(proc === null ? this.idleRoot : proc.root);
+    } finally {
+      this.inKernel--;
+    }
   }
 
   private syscall<T>(v: Vcpu, fn: () => T): T {
     const saved = v.cpl;
     v.setCpl(0);
+    this.inKernel++;
     try {
       return fn();
     } finally {
+      this.inKernel--;
       v.setCpl(saved);
     }
   }
@@ -466,10 +482,30 @@ export class Kernel {
     if ((errorCode & PFERR_RSVD) !== 0) {
       throw new KernelPanic(`vCPU ${v.id}: reserved bit set in a page-table entry for ${hexa(cr2)} (pid ${proc.pid}), error code ${errorCode}`);
     }
-    const kind = this.handleUserFault(v, proc, cr2, errorCode);
+    this.inKernel++;
+    let kind: number;
+    try {
+      kind = this.handleUserFault(v, proc, cr2, errorCode);
+    } finally {
+      this.inKernel--;
+    }
     this.stats.faults[kind]++;
     this.events.setKind(ev, kind);
     if (kind === FAULT_SIGSEGV) throw new GuestAbort(`SIGSEGV: pid ${proc.pid} at ${hexa(cr2)}, error code ${errorCode}`);
+  }
+
+  /**
+   * The #GP handler (Linux arch/x86/kernel/traps.c `exc_general_protection`). From user mode it sends
+   * SIGSEGV (`force_sig(SIGSEGV)`), as for a user access to a non-canonical address (SDM Vol. 3A §4.5.1 and
+   * §6.15, "Interrupt 13": a non-canonical linear address is #GP, not #PF); in the kernel it is an oops.
+   */
+  private generalProtection(v: Vcpu, errorCode: number, address: number): void {
+    const proc = this.current[v.id];
+    if (this.inKernel > 0 || proc === null) {
+      throw new KernelPanic(`vCPU ${v.id}: general protection fault in kernel mode at ${hexa(address)}, error code ${errorCode}`);
+    }
+    this.stats.generalProtection++;
+    throw new GuestAbort(`SIGSEGV: pid ${proc.pid}: general protection fault at ${hexa(address)}, error code ${errorCode}`);
   }
 
   private handleUserFault(v: Vcpu, proc: Process, cr2: number, errorCode: number): number {

@@ -83,6 +83,8 @@ export class GuestEventLog {
 export class KernelStats {
   readonly faults = new Float64Array(FAULT_KIND_NAMES.length);
   pageFaults = 0;
+  /** #GPs from user mode, each a SIGSEGV (a non-canonical address); not page faults, so not in `faults`. */
+  generalProtection = 0;
   processes = 0;
   forks = 0;
   execs = 0;

@@ -228,7 +228,7 @@ export function decodeVxt(bytes: Uint8Array, name: string): VxtTrace {
   if (pe === -2) throw corrupt('a record has a kind other than 0..3');
   if (pe !== o + m.pagesBytes) throw corrupt('page column does not match the record count');
   const accesses: VxtAccesses = { length: n, kind, page, count };
-  checkProcesses(m.processes, n, corrupt);
+  checkProcesses(m.processes, page, corrupt);
   return { collapse: m.collapse, source: m.source, accesses, processes: m.processes };
 }
 
@@ -338,10 +338,49 @@ const EVENT_FIELDS: Record<VxtEvent['type'], readonly string[]> = {
   exit: ['pid'],
 };
 
-function checkProcesses(processes: unknown[], n: number, corrupt: (w: string) => TraceError): void {
-  const pids = new Set<number>();
+const PAGE_BYTES = 4096;
+/**
+ * The end of the largest user space of any paging mode: the lower canonical half of 5-level paging
+ * (SDM Vol. 3A §4.5.1: bits 63:57 of a linear address copy bit 56). No address of a trace reaches it; the
+ * replay checks the chosen paging mode's own, smaller limit.
+ */
+export const VXT_USER_TOP = 2 ** 56;
+const USER_TOP_PAGE = VXT_USER_TOP / PAGE_BYTES;
+const ROLES: ReadonlySet<string> = new Set(['exe', 'interp', 'stack', 'vdso', 'other']);
+
+const hexa = (v: number): string => (v < 0 ? `-0x${(-v).toString(16)}` : `0x${v.toString(16)}`);
+
+/**
+ * A page-aligned range `[start, start + length)`, as every successful mmap, munmap and mprotect has (Linux
+ * returns EINVAL for an unaligned start, mm/mmap.c `do_mmap`/`__do_munmap`, mm/mprotect.c
+ * `do_mprotect_pkey`); null when it is one, else what is wrong with it. Both numbers are below 2^53, so the
+ * range is inside the largest user space (`VXT_USER_TOP`); the replay checks the paging mode's own limit.
+ */
+function rangeProblem(start: unknown, length: unknown, emptyOk: boolean): string | null {
+  if (!isUint(start)) return `a start of ${String(start)}, not a whole number from 0 to 2^53`;
+  if (!isUint(length)) return `a length of ${String(length)}, not a whole number from 0 to 2^53`;
+  if (start % PAGE_BYTES !== 0) return `an unaligned start ${hexa(start)} (not a multiple of 4096)`;
+  if (length % PAGE_BYTES !== 0) return `a length of ${length} bytes, not a multiple of 4096`;
+  if (length === 0 && !emptyOk) return 'a length of 0';
+  return null;
+}
+
+/**
+ * Checks what the replay relies on, beyond the types: every range page aligned and in user space, every
+ * access record's page in user space, each event of a process about that process, and a process tree the
+ * replay can run - each process but the root is created by exactly one fork event, in its parent, which
+ * comes before it in the list (so there is no cycle, and no process forks itself).
+ */
+function checkProcesses(
+  processes: unknown[],
+  page: Float64Array,
+  corrupt: (w: string) => TraceError,
+): void {
+  const n = page.length;
+  const index = new Map<number, number>();
+  /** child pid -> the pid whose fork event creates it */
+  const forkedBy = new Map<number, number>();
   for (const [i, p] of processes.entries()) {
-    const where = `process ${i}`;
     if (
       !isObj(p) ||
       !isUint(p['pid']) ||
@@ -349,46 +388,104 @@ function checkProcesses(processes: unknown[], n: number, corrupt: (w: string) =>
       !isUint(p['recordStart']) ||
       !isUint(p['recordEnd'])
     ) {
-      throw corrupt(`${where} is malformed`);
+      throw corrupt(`process ${i} is malformed`);
     }
+    const pid = p['pid'];
+    const where = `pid ${pid}`;
     if (p['recordStart'] > p['recordEnd'] || p['recordEnd'] > n)
       throw corrupt(`${where} has a record range outside the trace`);
-    if (pids.has(p['pid'])) throw corrupt(`pid ${p['pid']} appears twice`);
-    pids.add(p['pid']);
+    if (index.has(pid)) throw corrupt(`pid ${pid} appears twice`);
+    index.set(pid, i);
     if (!Array.isArray(p['events'])) throw corrupt(`${where} has no events`);
     let last = p['recordStart'];
-    for (const e of p['events'] as unknown[]) {
+    for (const [k, e] of (p['events'] as unknown[]).entries()) {
       if (!isObj(e) || typeof e['type'] !== 'string' || !(e['type'] in EVENT_FIELDS) || !isUint(e['at'])) {
-        throw corrupt(`${where} has a malformed event`);
+        throw corrupt(`${where} has a malformed event (event ${k})`);
       }
+      const type = e['type'] as VxtEvent['type'];
+      const ev = `${where}: ${type} event ${k}`;
       const at = e['at'];
       if (at < last || at > p['recordEnd'])
-        throw corrupt(`${where} has an event out of order or outside its records`);
+        throw corrupt(`${where} has an event out of order or outside its records (event ${k})`);
       last = at;
-      for (const f of EVENT_FIELDS[e['type'] as VxtEvent['type']])
-        if (!isNum(e[f])) throw corrupt(`${where}: ${e['type']} event without ${f}`);
-      if (e['type'] === 'mmap' && e['file'] !== null && typeof e['file'] !== 'string')
-        throw corrupt(`${where}: mmap file`);
-      if (e['type'] === 'exec') {
-        if (typeof e['path'] !== 'string' || !Array.isArray(e['mappings']))
-          throw corrupt(`${where}: exec event`);
-        for (const mp of e['mappings'] as unknown[]) {
-          const x = mp as Partial<Record<keyof VxtMapping, unknown>>;
-          if (
-            !isObj(mp) ||
-            !isUint(x.start) ||
-            !isUint(x.length) ||
-            !isUint(x.prot) ||
-            typeof x.role !== 'string'
-          ) {
-            throw corrupt(`${where}: exec mapping`);
-          }
+      for (const f of EVENT_FIELDS[type]) if (!isNum(e[f])) throw corrupt(`${where}: ${type} event without ${f}`);
+      switch (type) {
+        case 'mmap':
+        case 'munmap':
+        case 'mprotect': {
+          const bad = rangeProblem(e['start'], e['length'], type !== 'mmap');
+          if (bad !== null) throw corrupt(`${ev} has ${bad}`);
+          if (type === 'mmap' && e['file'] !== null && typeof e['file'] !== 'string')
+            throw corrupt(`${ev} has a file that is neither a string nor null`);
+          break;
         }
+        case 'brk':
+          if (!isUint(e['request']) || !isUint(e['result']))
+            throw corrupt(`${ev} has a break outside user space (request ${e['request']}, result ${e['result']})`);
+          break;
+        case 'fork': {
+          const child = e['child'];
+          if (e['parent'] !== pid) throw corrupt(`${ev} names pid ${e['parent']} as the parent, not this process`);
+          if (!isUint(child)) throw corrupt(`${ev} has a child pid of ${child}`);
+          if (child === pid) throw corrupt(`${ev} forks the process itself`);
+          const before = forkedBy.get(child);
+          if (before !== undefined)
+            throw corrupt(`${ev} forks pid ${child}, which pid ${before} already forked (a child is forked once)`);
+          forkedBy.set(child, pid);
+          break;
+        }
+        case 'exec': {
+          if (e['pid'] !== pid) throw corrupt(`${ev} is about pid ${e['pid']}`);
+          if (typeof e['path'] !== 'string' || !Array.isArray(e['mappings']))
+            throw corrupt(`${ev} has no path or no mappings`);
+          let end = 0;
+          for (const [j, mp] of (e['mappings'] as unknown[]).entries()) {
+            const x = mp as Partial<Record<keyof VxtMapping, unknown>>;
+            const m = `${ev}, mapping ${j}`;
+            if (!isObj(mp) || !isUint(x.prot) || typeof x.role !== 'string' || !ROLES.has(x.role))
+              throw corrupt(`${m} is malformed`);
+            if (x.file !== null && typeof x.file !== 'string')
+              throw corrupt(`${m} has a file that is neither a string nor null`);
+            const bad = rangeProblem(x.start, x.length, false);
+            if (bad !== null) throw corrupt(`${m} has ${bad}`);
+            const s = x.start as number;
+            if (s < end) throw corrupt(`${m} overlaps the mapping before it or is out of order`);
+            end = s + (x.length as number);
+          }
+          break;
+        }
+        case 'exit':
+          if (e['pid'] !== pid) throw corrupt(`${ev} is about pid ${e['pid']}`);
+          if (e['status'] !== null && !isUint(e['status'])) throw corrupt(`${ev} has a status of ${String(e['status'])}`);
+          if (e['signal'] !== null && !isUint(e['signal'])) throw corrupt(`${ev} has a signal of ${String(e['signal'])}`);
+          break;
+      }
+    }
+    // Every access of the process is to a page of user space: a page below 0 or at 2^44 and above has
+    // no canonical user address (the walker would raise #GP, or #PF on a kernel page).
+    for (let r = p['recordStart']; r < p['recordEnd']; r++) {
+      const pg = page[r]!;
+      if (!(pg >= 0 && pg < USER_TOP_PAGE)) {
+        throw corrupt(
+          `${where}: record ${r} is an access to page ${hexa(pg)} (address ${hexa(pg * PAGE_BYTES)}), outside user space [0, ${hexa(VXT_USER_TOP)})`,
+        );
       }
     }
   }
-  for (const p of processes as VxtProcess[]) {
-    if (p.parent !== 0 && !pids.has(p.parent))
-      throw corrupt(`pid ${p.pid} has parent ${p.parent}, not in the trace`);
+  for (const [i, p] of (processes as VxtProcess[]).entries()) {
+    const by = forkedBy.get(p.pid);
+    if (p.parent === 0) {
+      if (by !== undefined) throw corrupt(`pid ${p.pid} is a root (parent 0) but pid ${by} forks it`);
+      continue;
+    }
+    const pi = index.get(p.parent);
+    if (p.parent === p.pid) throw corrupt(`pid ${p.pid} is its own parent`);
+    if (pi === undefined) throw corrupt(`pid ${p.pid} has parent ${p.parent}, not in the trace`);
+    if (pi > i) throw corrupt(`pid ${p.pid} comes before its parent ${p.parent} (parents come first)`);
+    if (by === undefined) throw corrupt(`pid ${p.pid} has parent ${p.parent}, which has no fork event that creates it`);
+    if (by !== p.parent) throw corrupt(`pid ${p.pid} has parent ${p.parent} but pid ${by} forks it`);
+  }
+  for (const [child, by] of forkedBy) {
+    if (!index.has(child)) throw corrupt(`pid ${by} forks pid ${child}, not in the trace`);
   }
 }

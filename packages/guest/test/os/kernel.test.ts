@@ -1,6 +1,7 @@
-import { MODE_LEGACY32, MODE_LONG4, MODE_PAE, PAGE_SIZE, PT_PRESENT, PT_USER, PT_WRITABLE } from '@vmexit/core';
+import { GP_VECTOR, GuestAbort, MODE_LEGACY32, MODE_LONG4, MODE_PAE, PAGE_SIZE, PT_PRESENT, PT_USER, PT_WRITABLE } from '@vmexit/core';
 import { describe, expect, it } from 'vitest';
 import { FAULT_COW, FAULT_DEMAND_ZERO, FAULT_SIGSEGV, FAULT_WP_REUSE, FAULT_ZERO_PAGE } from '../../src/os/stats.js';
+import { KernelPanic } from '../../src/os/kernel.js';
 import { PROT_READ, PROT_WRITE, VMA_ANON } from '../../src/os/vma.js';
 import { boot, isFree, tableFrames, user } from '../helpers.js';
 
@@ -134,6 +135,25 @@ describe('Kernel', () => {
       expect(k.stats.faults[FAULT_SIGSEGV]).toBe(1);
       expect(k.stats.faults[FAULT_ZERO_PAGE]).toBe(1);
       expect(k.events.at(0)).toMatchObject({ address: base, errorCode: 2 | 4, kind: 'sigsegv' });
+    });
+  });
+
+  describe('.generalProtection', () => {
+    it('sends SIGSEGV for a user access to a non-canonical address, and panics on a #GP with no process', () => {
+      // 0x800000000000 = 2^47 is not canonical in 4-level paging (bits 63:47 differ): #GP, no walk and no #PF
+      // (SDM Vol. 3A §4.5.1). From user mode the handler sends SIGSEGV (Linux exc_general_protection ->
+      // force_sig(SIGSEGV)); it is no page fault, so faults stay 0.
+      const { k, v } = boot(MODE_LONG4);
+      const p = k.createProcess(v, 'p');
+      k.switchTo(v, p);
+      expect(() => user(v, () => v.read(2 ** 47, 4))).toThrow(GuestAbort);
+      expect(() => user(v, () => v.write(2 ** 47 + 8, 4, 1))).toThrow(/SIGSEGV: pid \d+: general protection fault at 0x800000000008/);
+      expect(k.stats.generalProtection).toBe(2);
+      expect(k.stats.pageFaults).toBe(0);
+      // the same #GP on an idle vCPU (no user process): a kernel oops
+      k.switchTo(v, null);
+      expect(() => v.raise(GP_VECTOR, 0, 2 ** 47)).toThrow(KernelPanic);
+      expect(k.stats.generalProtection).toBe(2);
     });
   });
 

@@ -135,6 +135,101 @@ describe('vxt', () => {
       expect(() => decodeVxt(encodeVxt(range), 'r.vxt')).toThrow(TraceError);
     });
 
+    /** The message decodeVxt gives for `processes` (and `recs`) encoded with a valid checksum. */
+    const problem = (processes: VxtProcess[], recs: [number, number, number][] = [[0, 0x108, 1]]): string => {
+      try {
+        decodeVxt(encodeVxt(trace(recs, processes)), 'bad.vxt');
+      } catch (e) {
+        expect(e).toBeInstanceOf(TraceError);
+        expect((e as TraceError).code).toBe('corrupt');
+        return (e as Error).message;
+      }
+      throw new Error('decoded without an error');
+    };
+    const exec: VxtEvent = events[0]!;
+    const root = (evs: VxtEvent[], recordEnd = 1): VxtProcess => ({ pid: 1, parent: 0, recordStart: 0, recordEnd, events: [exec, ...evs] });
+
+    it('rejects mmap, munmap and mprotect ranges that are unaligned, empty, negative or not exact numbers', () => {
+      // A successful mmap/munmap/mprotect always has a page-aligned start (Linux returns EINVAL otherwise).
+      const mmap = { type: 'mmap', at: 1, start: 0x4835000, length: 8192, prot: 3, flags: 34, offset: 0, file: null } as const;
+      expect(problem([root([{ ...mmap, start: 0x4835001 }])])).toBe(
+        'bad.vxt: corrupt .vxt trace: pid 1: mmap event 1 has an unaligned start 0x4835001 (not a multiple of 4096)',
+      );
+      expect(problem([root([{ ...mmap, length: 100 }])])).toBe(
+        'bad.vxt: corrupt .vxt trace: pid 1: mmap event 1 has a length of 100 bytes, not a multiple of 4096',
+      );
+      expect(problem([root([{ ...mmap, length: 0 }])])).toBe('bad.vxt: corrupt .vxt trace: pid 1: mmap event 1 has a length of 0');
+      expect(problem([root([{ type: 'munmap', at: 1, start: -8192, length: 8192 }])])).toBe(
+        'bad.vxt: corrupt .vxt trace: pid 1: munmap event 1 has a start of -8192, not a whole number from 0 to 2^53',
+      );
+      expect(problem([root([{ type: 'mprotect', at: 1, start: 2 ** 56 - 4096, length: 8192, prot: 1 }])])).toBe(
+        'bad.vxt: corrupt .vxt trace: pid 1: mprotect event 1 has a start of 72057594037923840, not a whole number from 0 to 2^53',
+      );
+      expect(problem([root([{ type: 'brk', at: 1, request: 0, result: -1 }])])).toMatch(/pid 1: brk event 1 has a break outside user space/);
+    });
+
+    it('rejects an access record outside user space (a page below zero, or at 2^44 and above)', () => {
+      // Page -2^40 is address -2^52: not canonical in 4-level paging (#GP) and a kernel address in 5-level.
+      expect(problem([root([], 2)], [[0, 0x108, 1], [1, -(2 ** 40), 1]])).toBe(
+        'bad.vxt: corrupt .vxt trace: pid 1: record 1 is an access to page -0x10000000000 (address -0x10000000000000), outside user space [0, 0x100000000000000)',
+      );
+      expect(problem([root([], 2)], [[0, 0x108, 1], [2, 2 ** 44, 1]])).toMatch(/pid 1: record 1 is an access to page 0x100000000000 /);
+      // the largest user page of 5-level paging is fine
+      expect(() => decodeVxt(encodeVxt(trace([[1, 2 ** 44 - 1, 1]], [root([])])), 'ok.vxt')).not.toThrow();
+    });
+
+    it('rejects a process tree the replay cannot run: a self-fork, a fork of a missing or foreign child, a double fork, an unforked child, a cycle', () => {
+      const child = (pid: number, parent: number): VxtProcess => ({ pid, parent, recordStart: 1, recordEnd: 1, events: [] });
+      const fork = (parent: number, c: number): VxtEvent => ({ type: 'fork', at: 1, parent, child: c });
+      expect(problem([root([fork(1, 1)])])).toBe('bad.vxt: corrupt .vxt trace: pid 1: fork event 1 forks the process itself');
+      expect(problem([root([fork(1, 2)])])).toBe('bad.vxt: corrupt .vxt trace: pid 1 forks pid 2, not in the trace');
+      expect(problem([root([fork(3, 2)]), child(2, 1)])).toBe(
+        'bad.vxt: corrupt .vxt trace: pid 1: fork event 1 names pid 3 as the parent, not this process',
+      );
+      expect(problem([root([fork(1, 2), fork(1, 2)]), child(2, 1)])).toBe(
+        'bad.vxt: corrupt .vxt trace: pid 1: fork event 2 forks pid 2, which pid 1 already forked (a child is forked once)',
+      );
+      expect(problem([root([]), child(2, 1)])).toBe(
+        'bad.vxt: corrupt .vxt trace: pid 2 has parent 1, which has no fork event that creates it',
+      );
+      // pid 3 is pid 2's child, but pid 1 forks it
+      expect(problem([root([fork(1, 2), fork(1, 3)]), child(2, 1), child(3, 2)])).toBe(
+        'bad.vxt: corrupt .vxt trace: pid 3 has parent 2 but pid 1 forks it',
+      );
+      // 2 and 3 fork each other (and nothing starts them): the parent must come first, so a cycle cannot
+      expect(
+        problem([
+          root([]),
+          { ...child(2, 3), events: [fork(2, 3)] },
+          { ...child(3, 2), events: [fork(3, 2)] },
+        ]),
+      ).toBe('bad.vxt: corrupt .vxt trace: pid 2 comes before its parent 3 (parents come first)');
+      expect(problem([root([]), { ...child(2, 2), events: [] }])).toBe('bad.vxt: corrupt .vxt trace: pid 2 is its own parent');
+      expect(problem([root([fork(1, 5)]), child(5, 0)])).toBe('bad.vxt: corrupt .vxt trace: pid 5 is a root (parent 0) but pid 1 forks it');
+    });
+
+    it('type-checks exec mappings (file, role, ranges, order) and the pid of exec and exit events', () => {
+      const m = { start: 0x108000, length: 0x2000, prot: 5, role: 'exe', file: '/bin/x' } as const;
+      const withMappings = (mappings: unknown[]): VxtProcess[] => [
+        { pid: 1, parent: 0, recordStart: 0, recordEnd: 1, events: [{ ...exec, mappings } as VxtEvent] },
+      ];
+      expect(problem(withMappings([{ ...m, file: 42 }]))).toBe(
+        'bad.vxt: corrupt .vxt trace: pid 1: exec event 0, mapping 0 has a file that is neither a string nor null',
+      );
+      expect(problem(withMappings([{ ...m, role: 'heap' }]))).toBe('bad.vxt: corrupt .vxt trace: pid 1: exec event 0, mapping 0 is malformed');
+      expect(problem(withMappings([{ ...m, start: 0x108800 }]))).toMatch(/mapping 0 has an unaligned start 0x108800/);
+      expect(problem(withMappings([m, { ...m, start: 0x109000 }]))).toBe(
+        'bad.vxt: corrupt .vxt trace: pid 1: exec event 0, mapping 1 overlaps the mapping before it or is out of order',
+      );
+      expect(() => decodeVxt(encodeVxt(trace([[0, 0x108, 1]], withMappings([{ ...m, file: null }]))), 'ok.vxt')).not.toThrow();
+      expect(problem([{ pid: 1, parent: 0, recordStart: 0, recordEnd: 1, events: [{ ...exec, pid: 7 } as VxtEvent] }])).toBe(
+        'bad.vxt: corrupt .vxt trace: pid 1: exec event 0 is about pid 7',
+      );
+      expect(problem([root([{ type: 'exit', at: 1, pid: 1, status: -1, signal: null }])])).toBe(
+        'bad.vxt: corrupt .vxt trace: pid 1: exit event 1 has a status of -1',
+      );
+    });
+
     it('reads the header of a good file', () => {
       expect(readVxtHeader(good, 'g.vxt')).toMatchObject({ version: 1, payloadBytes: good.length - 24 });
     });
