@@ -1,11 +1,12 @@
 /**
  * The cost model: cycles per counted event, so that a run can report modelled cycles beside its counts.
  * Every figure names where it comes from (`source`); `basis` says whether it is a published measurement,
- * one measured on this project's machine, or derived from those (the derivation is in the source text).
+ * one measured on this project's machine, derived from those by arithmetic (shown in the source text), or an
+ * estimate: a number no source gives, chosen by this project (the source text says what it rests on).
  */
 export interface CostFigure {
   readonly cycles: number;
-  readonly basis: 'published' | 'measured' | 'derived';
+  readonly basis: 'published' | 'measured' | 'derived' | 'estimate';
   readonly source: string;
 }
 

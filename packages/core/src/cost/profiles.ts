@@ -1,65 +1,63 @@
+import { VM_EXIT_KINDS, type VmExitKind } from '../exits/vm-exit.js';
 import type { CostFigure, CostProfile } from './model.js';
 
-// Sources (see /work/shared/reference/perf.md §1.1-1.2 for the excerpts):
+// Sources. Each figure says what its source gives; where a source gives no number for what is priced, the
+// figure is this project's estimate (basis 'estimate') and says so. Excerpts: /work/shared/reference/perf.md §1.1-1.2.
 const XEN_SVM =
-  'Xen commit f64b7618e11930c5402b02a85db112b72a2beb2b "svm: Avoid VMSAVE/VMLOAD/VMSAVE/VMLOAD sequence on every vmexit/vmentry" (Keir Fraser): null hypercall ~3,300 cycles on an AMD Athlon 64 X2';
+  'Xen commit f64b7618e11930c5402b02a85db112b72a2beb2b "svm: Avoid VMSAVE/VMLOAD/VMSAVE/VMLOAD sequence on every vmexit/vmentry" (Keir Fraser): a null hypercall costs ~3,300 cycles (after the fix saved ~650) on an AMD Athlon 64 X2, Xen\'s exit + entry with its trivial handler';
 const ROTH_2020 =
-  'M. Roth, LKML Dec 2020 (lkml.iu.edu/hypermail/linux/kernel/2012.2/00527.html), SVM VMLOAD/VMSAVE rework on AMD EPYC: pre-VMRUN -> post-VMRUN 1,344-1,376 cycles; KVM_RUN ioctl entry/exit around it +560..+656 cycles each side, 2,528-2,576 in total';
+  'M. Roth, LKML Dec 2020 (lkml.iu.edu/hypermail/linux/kernel/2012.2/00527.html), SVM VMLOAD/VMSAVE rework, AMD (SEV work): a KVM_RUN ioctl round trip ~2,530 cycles, of which ~1,350 pre-VMRUN -> post-VMRUN';
+const CPUID_PROBE =
+  'perf-scripts/vmexit_probe.c on this project\'s cloud VM (perf.md §1.1, 2.1 GHz Xeon, KVM host): a CPUID round trip from user space 1.30-1.86 us = 2,730-3,900 cycles (6 runs)';
 const MEASURED_FAULT =
-  'measured on this project\'s machine (perf.md §1.1, 2.1 GHz Xeon): first write to a fresh anonymous page 1.8-2.6 us incl. zeroing = 3,780-5,460 cycles; first read 0.75-1.0 us';
+  'measured on this project\'s cloud VM (perf.md §1.1, 2.1 GHz Xeon; the VM\'s own kernel): first write to a fresh anonymous page 1.8-2.6 us incl. zeroing = 3,780-5,460 cycles; first read 0.75-1.0 us';
 const UPDATE_PTE_2007 =
-  'KVM commit 0028425f647b "KVM: Update shadow pte on write to guest pte" (Avi Kivity, 2007): removing one of three exits per guest fault cut kbuild time ~10%';
-const SPLITX =
-  'Landau, Ben-Yehuda, Gordon, "SplitX", WIOV 2011: direct exit cost ~2,000 cycles on a Nehalem X5570; "the indirect and synchronous cost can in certain cases be an order of magnitude higher"';
+  'KVM commit 0028425f647b "KVM: Update shadow pte on write to guest pte" (Avi Kivity, 2007) says only that removing one of three exits per guest fault cut kbuild time ~10%, no cycle figure';
+const SPLITX_NO_HANDLER_FIGURE =
+  'no source gives the cycles of a shadow page-fault handler: SplitX (Landau, Ben-Yehuda, Gordon, WIOV 2011) gives the direct exit cost (~2,000 cycles, Nehalem X5570) and says only that "the indirect and synchronous cost can in certain cases be an order of magnitude higher"';
+const NO_KIND_FIGURES = 'no source on record gives a round trip per exit kind, so every kind is priced at the same figure';
 
 const fig = (cycles: number, basis: CostFigure['basis'], source: string): CostFigure => ({ cycles, basis, source });
 
+/** One figure for every exit kind (see NO_KIND_FIGURES). */
+function everyKind(f: CostFigure): Record<VmExitKind, CostFigure> {
+  return Object.fromEntries(VM_EXIT_KINDS.map((k) => [k, f])) as Record<VmExitKind, CostFigure>;
+}
+
 /**
- * 2007-era hardware: first-generation AMD-V / VT-x without EPT/NPT, KVM as of 2.6.2x (shadow paging only).
- * The only exit round trip on record for that generation in our sources is Xen's null hypercall on an
- * Athlon 64 X2 (3,300 cycles after the fix, including Xen's trivial handler).
+ * 2007-era hardware: first-generation hardware virtualization without EPT/NPT, KVM as of 2.6.2x (shadow
+ * paging only). The only exit round trip on record for that generation in our sources is AMD's (Xen's null
+ * hypercall on an Athlon 64 X2); no Core 2 (VT-x) figure is on record, so an Intel host of that era is priced
+ * with the AMD figure, which is an estimate for it. The user-space exit and the guest fault are today's
+ * figures, estimates too; the walk reference is Core 2's L2 latency.
  */
 export const PROFILE_2007: CostProfile = {
   name: 'core2-2007',
-  description: '2007-era first-generation VT-x/AMD-V host (Athlon 64 X2 / Core 2 class), no EPT/NPT',
-  exitRoundTrip: {
-    exception: fig(3300, 'published', XEN_SVM),
-    'cr-write': fig(3300, 'published', XEN_SVM),
-    invlpg: fig(3300, 'published', XEN_SVM),
-    'nested-fault': fig(3300, 'published', `${XEN_SVM} (no NPT on this generation; priced as any exit)`),
-    mmio: fig(3300, 'published', XEN_SVM),
-  },
-  userspaceExit: fig(1200, 'derived', `${ROTH_2020}: the ioctl entry + exit part (~1,150-1,230), no 2007 figure on record, so a lower bound`),
+  description: '2007-era first-generation VT-x/AMD-V host, no EPT/NPT (exit figure from an AMD Athlon 64 X2; no Core 2 figure on record)',
+  exitRoundTrip: everyKind(fig(3300, 'published', `${XEN_SVM}; ${NO_KIND_FIGURES}; for a Core 2 (VT-x) host an estimate, no Intel figure of that era is on record`)),
+  userspaceExit: fig(1200, 'estimate', `no 2007 figure on record; estimate: about the user-space part of today's KVM_RUN round trip (${ROTH_2020}: 2,530 - 1,350 = 1,180)`),
   handler: {
-    // A shadow fault handler walks the guest table (4 references) and installs an spte: SplitX's "order of
-    // magnitude" indirect cost bounds it from above; half the exit round trip is the figure used.
-    pf_fixed: fig(1650, 'derived', `${SPLITX}; taken as half the exit round trip of this profile`),
-    pf_guest: fig(1650, 'derived', `${SPLITX}; a guest walk plus the injection, priced like pf_fixed`),
-    insn_emulation: fig(3300, 'derived', `${UPDATE_PTE_2007}; decode + emulate of one instruction priced as one more exit round trip`),
+    pf_fixed: fig(1650, 'estimate', `${SPLITX_NO_HANDLER_FIGURE}; estimate: half this profile's exit round trip`),
+    pf_guest: fig(1650, 'estimate', `${SPLITX_NO_HANDLER_FIGURE}; estimate: a guest walk plus the injection, priced like pf_fixed`),
+    insn_emulation: fig(3300, 'estimate', `${UPDATE_PTE_2007}; estimate: decoding and emulating one instruction priced as one more exit round trip`),
   },
-  guestFault: fig(3780, 'measured', `${MEASURED_FAULT}; the lower end (no 2007 figure on record)`),
-  walkReference: fig(14, 'published', 'Intel 64 and IA-32 Architectures Optimization Reference Manual, Intel Core microarchitecture: L2 load latency 14 cycles (paging-structure entries mostly hit L2)'),
+  guestFault: fig(3780, 'estimate', `no 2007 figure on record; estimate: today's measurement, its lower end (${MEASURED_FAULT})`),
+  walkReference: fig(14, 'published', 'Intel 64 and IA-32 Architectures Optimization Reference Manual, Intel Core microarchitecture: L2 load latency 14 cycles (paging-structure entries mostly hit L2); not in perf.md'),
 };
 
 /** A current server (AMD EPYC / Intel Xeon class, KVM with the 2020s exit path). */
 export const PROFILE_SERVER: CostProfile = {
   name: 'server-2020s',
-  description: 'current server: AMD EPYC / Xeon class host, KVM 5.x-6.x exit path',
-  exitRoundTrip: {
-    exception: fig(1360, 'published', ROTH_2020),
-    'cr-write': fig(1360, 'published', ROTH_2020),
-    invlpg: fig(1360, 'published', ROTH_2020),
-    'nested-fault': fig(1360, 'published', ROTH_2020),
-    mmio: fig(1360, 'published', ROTH_2020),
-  },
-  userspaceExit: fig(1180, 'published', `${ROTH_2020}: ioctl entry -> pre-VMRUN plus post-VMRUN -> ioctl exit`),
+  description: 'current server: AMD EPYC / Xeon class host, KVM 5.x-6.x exit path (exit figure from AMD)',
+  exitRoundTrip: everyKind(fig(1360, 'published', `${ROTH_2020}: the VMRUN round trip, ~1,350; ${NO_KIND_FIGURES}`)),
+  userspaceExit: fig(1180, 'derived', `${ROTH_2020}: the ioctl round trip less the VMRUN round trip, 2,530 - 1,350 = 1,180`),
   handler: {
-    pf_fixed: fig(680, 'derived', `${SPLITX}; taken as half the exit round trip of this profile`),
-    pf_guest: fig(680, 'derived', `${SPLITX}; a guest walk plus the injection, priced like pf_fixed`),
-    insn_emulation: fig(1360, 'derived', `${UPDATE_PTE_2007}; decode + emulate of one instruction priced as one more exit round trip`),
+    pf_fixed: fig(680, 'estimate', `${SPLITX_NO_HANDLER_FIGURE}; estimate: half this profile's exit round trip`),
+    pf_guest: fig(680, 'estimate', `${SPLITX_NO_HANDLER_FIGURE}; estimate: a guest walk plus the injection, priced like pf_fixed`),
+    insn_emulation: fig(1360, 'estimate', `${UPDATE_PTE_2007}; estimate: decoding and emulating one instruction priced as one more exit round trip`),
   },
-  guestFault: fig(3780, 'measured', MEASURED_FAULT),
-  walkReference: fig(12, 'published', 'Intel 64 and IA-32 Architectures Optimization Reference Manual, Skylake server microarchitecture: L2 load latency ~12-14 cycles (paging-structure entries mostly hit L2)'),
+  guestFault: fig(3780, 'measured', `${MEASURED_FAULT}; the lower end`),
+  walkReference: fig(12, 'published', 'AnandTech, "The Intel Skylake-X Review" (2017), cache table: Skylake-SP L2 latency 11-13 cycles, the middle taken (paging-structure entries mostly hit L2); not in perf.md'),
 };
 
 /** This project's own cloud VM (a nested or user-space-assisted host): the measured CPUID round trip. */
@@ -67,12 +65,7 @@ export const PROFILE_CLOUD_VM: CostProfile = {
   ...PROFILE_SERVER,
   name: 'cloud-vm-measured',
   description: 'the cloud VM this project was measured on (KVM host, 2.1 GHz Xeon): exits as measured by a CPUID loop',
-  exitRoundTrip: Object.fromEntries(
-    Object.keys(PROFILE_SERVER.exitRoundTrip).map((k) => [
-      k,
-      fig(2730, 'measured', 'perf-scripts/vmexit_probe.c on this machine (perf.md §1.1): CPUID round trip 1.30-1.86 us = 2,730-3,900 cycles; the quietest run'),
-    ]),
-  ),
+  exitRoundTrip: everyKind(fig(2730, 'measured', `${CPUID_PROBE}; the quietest run; ${NO_KIND_FIGURES} (CPUID's is used for all)`)),
 };
 
 export const COST_PROFILES: Readonly<Record<string, CostProfile>> = {

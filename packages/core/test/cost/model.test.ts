@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { modelCycles } from '../../src/cost/model.js';
 import { COST_PROFILES, PROFILE_2007, PROFILE_SERVER } from '../../src/cost/profiles.js';
+import { VM_EXIT_KINDS } from '../../src/exits/vm-exit.js';
 
 describe('modelCycles', () => {
   it('prices exits by kind, user-space exits, handler work, guest faults and walk references', () => {
@@ -27,6 +28,25 @@ describe('COST_PROFILES', () => {
       for (const f of figs) {
         expect(f.source.length).toBeGreaterThan(20);
         expect(f.cycles).toBeGreaterThan(0);
+        // A figure no source gives says so in its own words.
+        if (f.basis === 'estimate') expect(f.source).toMatch(/estimate/);
+      }
+    }
+  });
+
+  it('prices every exit kind, and says so where no source gives a figure per kind', () => {
+    for (const p of Object.values(COST_PROFILES)) {
+      expect(Object.keys(p.exitRoundTrip).sort()).toEqual([...VM_EXIT_KINDS].sort());
+      const distinct = new Set(Object.values(p.exitRoundTrip).map((f) => f.cycles));
+      if (distinct.size === 1) for (const f of Object.values(p.exitRoundTrip)) expect(f.source).toMatch(/no source on record gives a round trip per exit kind/);
+    }
+  });
+
+  it('labels the handler figures as estimates: SplitX gives no handler cost', () => {
+    for (const p of Object.values(COST_PROFILES)) {
+      for (const f of Object.values(p.handler)) {
+        expect(f.basis).toBe('estimate');
+        if (/SplitX/.test(f.source)) expect(f.source).toMatch(/no source gives the cycles of a shadow page-fault handler/);
       }
     }
   });
