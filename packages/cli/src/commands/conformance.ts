@@ -13,7 +13,13 @@ import { addVariantOptions, variantFromOptions, type VariantOptions } from '../v
  * a valid vector is an InputError (exit 2) naming the file, the line and the field, and nothing is run.
  * Then one line per failed vector (id, where it is, each differing field with expected and observed values)
  * and last `conformance: N passed, M failed`; with --json, one JSON report instead. Exit 0 when all pass, 1
- * when any fails.
+ * when any fails. A file with no vector (empty, or blank lines only) is bad input too.
+ *
+ * Variant flags without a backend (`--mmu shadow` alone, or with `--backend none`) are an InputError: the
+ * vectors would run natively and the flag would be silently ignored.
+ *
+ * When the reader of stdout goes away early (`vmexit conformance ... | head`), the rest of the output is
+ * dropped and the command exits quietly with its status, instead of dying on an unhandled EPIPE.
  */
 export function registerConformance(program: Command): void {
   const cmd = program
@@ -22,6 +28,7 @@ export function registerConformance(program: Command): void {
     .argument('<files...>', 'vector files, one vector per line')
     .option('--json', 'print a machine-readable report instead of the failure lines and summary');
   addVariantOptions(cmd).action(async (files: string[], opts: { json?: boolean } & VariantOptions) => {
+      checkVariantFlags(opts);
       const vectors: ConformanceVector[] = [];
       for (const file of files) {
         try {
@@ -38,6 +45,11 @@ export function registerConformance(program: Command): void {
       if (underVariant) {
         const variant = await variantFromOptions(opts);
         if (variant.backend === 'none') {
+          // --config chose no backend: the flags that configure one would be ignored.
+          const ignored = ignoredFlags(opts);
+          if (ignored.length > 0) {
+            throw new InputError(`${ignored.join(', ')}: meaningless with backend 'none' (from --config ${opts.config}): the vectors run natively`);
+          }
           report = runConformance(vectors);
         } else {
           const results: VectorResult[] = [];
@@ -51,6 +63,7 @@ export function registerConformance(program: Command): void {
       } else {
         report = runConformance(vectors);
       }
+      quietOnEpipe();
       if (opts.json === true) {
         process.stdout.write(`${JSON.stringify(reportToJson(report), null, 2)}\n`);
       } else {
@@ -60,4 +73,48 @@ export function registerConformance(program: Command): void {
       }
       process.exitCode = report.failed > 0 ? 1 : 0;
     });
+}
+
+/** The variant flags given that only a hypervisor variant uses (as `--mmu shadow`, for the message). */
+function ignoredFlags(opts: VariantOptions): string[] {
+  const given: Array<[string, string | undefined]> = [
+    ['--mmu', opts.mmu],
+    ['--policy', opts.policy],
+    ['--cost-model', opts.costModel],
+    ['--vcpus', opts.vcpus],
+    ['--memory', opts.memory],
+  ];
+  return given.filter(([, v]) => v !== undefined).map(([flag, v]) => `${flag} ${v}`);
+}
+
+/**
+ * Without `--backend vmx|svm` (or `--config`), the vectors run natively on the walker: a variant flag such as
+ * `--mmu shadow` would be ignored, so it is an error (exit 2), and with `--backend none` it is meaningless.
+ */
+function checkVariantFlags(opts: VariantOptions): void {
+  const ignored = ignoredFlags(opts);
+  if (ignored.length === 0) return;
+  if (opts.backend === 'none') {
+    throw new InputError(`${ignored.join(', ')}: meaningless with --backend none: the vectors run natively on the architectural walker`);
+  }
+  if (opts.backend === undefined && opts.config === undefined) {
+    const it = ignored.length === 1 ? 'it' : 'they';
+    throw new InputError(`${ignored.join(', ')}: needs --backend vmx|svm (or --config FILE); without a backend the vectors run natively and ${it} would be ignored`);
+  }
+}
+
+let epipeHandled = false;
+
+/**
+ * `vmexit conformance ... | head`: once the reader has closed the pipe, a write fails with EPIPE, which node
+ * reports as an 'error' event on stdout (an uncaught exception with a stack trace when nobody listens). The
+ * output is then of no use to anyone: exit at once, quietly, with the status the run has set.
+ */
+function quietOnEpipe(): void {
+  if (epipeHandled) return;
+  epipeHandled = true;
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code !== 'EPIPE') throw e;
+    process.exit();
+  });
 }
