@@ -58,14 +58,23 @@ export function importLackey(logPaths: readonly string[], options: ImportLackeyO
       .sort((a, b) => a - b);
     order.push(...kids);
   }
+  if (order.length !== byPid.size) {
+    const lost = [...byPid.keys()].filter((p) => !order.includes(p));
+    throw new TraceError(
+      'inconsistent',
+      lost.flatMap((p) => byPid.get(p)!.map((l) => l.file)).join(', '),
+      `pids ${lost.join(', ')}: their Parent PID headers form a cycle, not a tree under the root ${roots[0]}`,
+    );
+  }
 
   const builder = new AccessBuilder(options.collapse ?? 'class', 1 << 20);
   const fdsAtFork = new Map<number, Map<number, string>>();
+  const forks = new Map<number, number>();
   const processes: VxtProcess[] = [];
   for (const pid of order) {
     const chain = chains.get(pid)!;
     const parent = pid === roots[0] ? 0 : chain[0]!.parent;
-    const state = new ProcessState(pid, builder, fdsAtFork.get(pid) ?? new Map(), fdsAtFork);
+    const state = new ProcessState(pid, builder, fdsAtFork.get(pid) ?? new Map(), fdsAtFork, forks);
     const recordStart = builder.length;
     for (const [i, log] of chain.entries()) {
       if (i > 0 || !log.forkChild) {
@@ -89,6 +98,29 @@ export function importLackey(logPaths: readonly string[], options: ImportLackeyO
       signal: last.signal,
     });
     processes.push({ pid, parent, recordStart, recordEnd: builder.length, events: state.events });
+  }
+  // Every child is started by a fork event in its parent (the replay starts it there): one whose parent's
+  // logs show no fork or clone that created it would be dropped, so it is an error; and so is a fork of a
+  // process whose logs are missing.
+  for (const p of processes) {
+    if (p.parent === 0) continue;
+    const by = forks.get(p.pid);
+    if (by !== p.parent) {
+      throw new TraceError(
+        'inconsistent',
+        chains.get(p.pid)!.map((l) => l.file).join(', '),
+        `pid ${p.pid} (Parent PID: ${p.parent}): ${by === undefined ? `no fork or clone in the logs of pid ${p.parent} created it (no "created child ${p.pid}" line, no clone that returned ${p.pid})` : `pid ${by} created it, not its parent`}`,
+      );
+    }
+  }
+  for (const [child, by] of forks) {
+    if (!byPid.has(child)) {
+      throw new TraceError(
+        'inconsistent',
+        chains.get(by)!.map((l) => l.file).join(', '),
+        `pid ${by} created pid ${child}, but no log of pid ${child} is among the inputs`,
+      );
+    }
   }
   const root = chains.get(roots[0]!)![0]!;
   const trace: VxtTrace = {
@@ -281,7 +313,20 @@ class ProcessState {
     readonly builder: AccessBuilder,
     readonly fds: Map<number, string>,
     readonly fdsAtFork: Map<number, Map<number, string>>,
+    /** child pid -> the pid that forked it, over all processes of the recording */
+    readonly forks: Map<number, number>,
   ) {}
+
+  /** A fork/clone of this process created process `child`: a fork event here, the fds copied to the child. */
+  fork(child: number): void {
+    const by = this.forks.get(child);
+    if (by !== undefined) {
+      throw new TraceError('inconsistent', this.file, `${this.where}: pid ${this.pid} creates pid ${child}, which pid ${by} created already`);
+    }
+    this.forks.set(child, this.pid);
+    this.event({ type: 'fork', at: this.builder.length, parent: this.pid, child });
+    this.fdsAtFork.set(child, new Map(this.fds));
+  }
 
   event(e: VxtEvent): void {
     for (const [k, v] of Object.entries(e)) {
@@ -426,13 +471,10 @@ function otherLine(line: string, st: ProcessState, file: string, lineNo: number)
     if (/--> \[async\] \.\.\.\s*$/.test(text)) st.async.set(nr, text);
     else if (r === null && !/NoWriteResult/.test(text)) st.pending = { nr, text };
     else finishSyscall(st, nr, text, r);
-    // a fork is known from the parent's line itself ("clone(fork): process P created child C")
-    const child = /created child (\d+)/.exec(text);
-    if (child) {
-      const c = Number(child[1]);
-      st.event({ type: 'fork', at: st.builder.length, parent: st.pid, child: c });
-      st.fdsAtFork.set(c, new Map(st.fds));
-    }
+    // a fork is known from the parent's line itself ("clone(fork): process P created child C"), or else
+    // from the clone's result (finishSyscall)
+    const c = createdChild(text);
+    if (c !== null) st.fork(c);
     return;
   }
   if (line.startsWith(' --> ')) {
@@ -496,6 +538,15 @@ function pathArg(a: string | undefined): string | null {
 
 const pageUp = (n: number): number => Math.ceil(n / PAGE) * PAGE;
 
+/** `CLONE_THREAD`, include/uapi/linux/sched.h. */
+const CLONE_THREAD = 0x10000;
+
+/** The child of valgrind's "clone(fork): process P created child C" on a clone line, or null. */
+function createdChild(text: string): number | null {
+  const m = /created child (\d+)/.exec(text);
+  return m ? Number(m[1]) : null;
+}
+
 /** Turns a completed syscall into an event (x86-64 syscall numbers, arch/x86/entry/syscalls/syscall_64.tbl). */
 function finishSyscall(st: ProcessState, nr: number, text: string, r: number | null): void {
   const ok = r !== null && r >= 0;
@@ -540,6 +591,24 @@ function finishSyscall(st: ProcessState, nr: number, text: string, r: number | n
     case 3:
       if (ok) st.fds.delete(num(a[0]));
       return;
+    case 56: // clone(flags, ...): flags in hex, without 0x (valgrind's PRINT of sys_clone)
+    case 57: // fork()
+    case 58: {
+      // vfork(): in the parent, the result is the child's pid (in the child, 0)
+      if (!ok || r === 0) return;
+      const c = createdChild(text);
+      if (c !== null) {
+        // the fork event comes from the "created child" text (otherLine); the result must agree with it
+        if (c !== r) {
+          throw new TraceError('bad-line', st.file, `${st.where}: the clone says it created child ${c} but returned ${r}`);
+        }
+        return;
+      }
+      // CLONE_THREAD (include/uapi/linux/sched.h): a thread of this process, not a new process
+      if (nr === 56 && (parseInt(a[0] ?? '', 16) & CLONE_THREAD) !== 0) return;
+      st.fork(r);
+      return;
+    }
     case 59: {
       const p = pathArg(a[0]);
       st.pendingExec = r !== null && r < 0 ? null : p;
