@@ -5,7 +5,7 @@ import type { ShadowMmu, VcpuShadowState } from './mmu.js';
 import type { ShadowPage } from './page.js';
 import { SPTES_PER_PAGE, type ShadowPool } from './pool.js';
 import type { Rmaps, SpteList } from './rmap.js';
-import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, describeRole, ROLE_4BYTE_GPTE, ROLE_CR0_WP, roleAccess, roleLevel } from './role.js';
+import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, describeRole, ROLE_4BYTE_GPTE, ROLE_CR0_WP, roleAccess, roleLevel, roleQuadrant } from './role.js';
 import { SPTE_HI_NX, SPTE_HOST_WRITABLE, SPTE_MMU_WRITABLE, SPTE_U, SPTE_W, sptePa } from './spte.js';
 
 /**
@@ -169,15 +169,73 @@ class Auditor {
     return m.memory === this.memory && m.rmaps === this.rmaps && m.pool === this.pool && m.trapLo === this.trapLo && m.trapHi === this.trapHi && m.notrapLo === this.notrapLo && m.notrapHi === this.notrapHi;
   }
 
-  private fail(what: string, sp: ShadowPage | null, loc: number, extra = ''): never {
+  /**
+   * Throws the report: what is wrong, and for a violation at spte `loc` of page `sp`, the spte, the page's role
+   * and the guest pte behind the spte (`gpte` when the caller walked the guest tables, else found here).
+   */
+  private fail(what: string, sp: ShadowPage | null, loc: number, extra = '', gpte: string | null = null): never {
     let where = '';
     if (sp !== null) {
       const i = loc - sp.base;
       const lo = this.pool.lo(loc);
       const hi = this.pool.hi(loc);
-      where = ` at spte ${i} = ${hex64(lo, hi)} of the shadow page for gfn 0x${sp.gfn.toString(16)} role ${describeRole(sp.role)}`;
+      where = ` at spte ${i} = ${hex64(lo, hi)} of the shadow page for gfn 0x${sp.gfn.toString(16)} role ${describeRole(sp.role)}${gpte ?? this.guestPteOf(sp, i)}`;
     }
     throw new ShadowMmuError('E_MMU_AUDIT', `shadow MMU audit: ${what}${where}${extra}`);
+  }
+
+  /**
+   * The guest pte behind spte `i` of `sp`, for a report: an indirect page's gpte is at a fixed gpa of the guest
+   * table it shadows (KVM FNAME(get_level1_sp_gpa), with the quadrant of 4-byte gptes: a level-1 page is half
+   * a guest PT, spte i is gpte 512q + i; a level-2 page is a quarter of a guest PD, spte i is PDE 256q + i/2).
+   * A direct page has no guest table behind it: its address is found up the parent_ptes to a vCPU's root,
+   * and the guest walk of that address gives the large-page entry it shadows.
+   */
+  private guestPteOf(sp: ShadowPage, i: number): string {
+    const m = this.memory;
+    if (!sp.direct) {
+      const four = (sp.role & ROLE_4BYTE_GPTE) !== 0;
+      const q = roleQuadrant(sp.role);
+      const a = !four ? sp.gfn * PAGE_SIZE + i * 8 : sp.gfn * PAGE_SIZE + (sp.level === 1 ? (q << 9) + i : (q << 8) + (i >>> 1)) * 4;
+      if (m.gpaToOffset(a) < 0) return ` (guest pte at gpa 0x${a.toString(16)}, outside every memslot)`;
+      return ` (guest pte ${hex64(m.read32(a), four ? 0 : m.read32(a + 4))} at level ${sp.level}, gpa 0x${a.toString(16)})`;
+    }
+    // Up the parent_ptes (the first parent of each page) to a page with none: a root.
+    let va = i * 2 ** (12 + 9 * (sp.level - 1));
+    let p = sp;
+    for (let guard = 0; p.parentPtes.size > 0 && guard < 5; guard++) {
+      const ploc = p.parentPtes.toArray()[0]!;
+      const parent = this.mmu.pageOfLoc(ploc);
+      if (parent === null || parent === undefined) break;
+      va += (ploc - parent.base) * 2 ** (12 + 9 * (parent.level - 1));
+      p = parent;
+    }
+    for (const st of this.mmu.states) {
+      if (st === undefined) continue;
+      let addr: number;
+      if (st.root === p) {
+        const span = 2 ** (12 + 9 * p.level);
+        addr = va >= span / 2 ? va - span : va;
+      } else {
+        const k = st.paeRoots.indexOf(p);
+        if (k < 0) continue;
+        addr = k * 2 ** 30 + va;
+      }
+      const g = st.vcpu.ctx;
+      const ctx: PagingContext = { ...g, cr4Smap: false, cr4Pke: false, pdpteLo: g.pdpteLo, pdpteHi: g.pdpteHi };
+      const r = this.r;
+      const status = walk(ctx, st.vcpu.memory, addr, 0, 0, r);
+      if (status !== WALK_OK) return ` (no guest pte: vCPU ${st.vcpu.id}'s guest walk of va 0x${addr.toString(16)} fails, status ${status}, error code ${r.errorCode})`;
+      const l = r.leafLevel;
+      return ` (guest pte ${hex64(r.entryLo[l]!, r.entryHi[l]!)} at level ${l}, gpa 0x${r.entryPa[l]!.toString(16)}, by vCPU ${st.vcpu.id}'s guest walk of va 0x${addr.toString(16)})`;
+    }
+    return ' (guest pte unknown: the direct page is reachable from no current root)';
+  }
+
+  /** The page in use that holds spte `loc`, or null. */
+  private livePageOf(loc: number): ShadowPage | null {
+    const sp = this.mmu.pageOfLoc(loc);
+    return sp === null || sp === undefined || this.frameLive[sp.frame] !== this.serial ? null : sp;
   }
 
   run(): void {
@@ -381,7 +439,7 @@ class Auditor {
       const gfn = lost[k + 1]!;
       const head = this.rmaps.head(gfn, 1, false);
       if (head === null || !head.has(loc)) continue;
-      if (!this.isLeafOf(loc, gfn)) this.fail(`the level-1 rmap of gfn 0x${gfn.toString(16)} holds spte ${loc}, which is not a present leaf mapping it`, null, 0);
+      if (!this.isLeafOf(loc, gfn)) this.fail(`the level-1 rmap of gfn 0x${gfn.toString(16)} holds spte ${loc}, which is not a present leaf mapping it`, this.livePageOf(loc), loc);
     }
     let parents = 0;
     for (const sp of this.all) parents += sp.parentPtes.size;
@@ -527,7 +585,7 @@ class Auditor {
       const lo = this.pool.lo(loc);
       const hi = this.pool.hi(loc);
       if (sp === null || sp === undefined || this.frameLive[sp.frame] !== this.serial || !mmu.isPresent(lo, hi) || sp.level > 1) {
-        this.fail(`${name} holds spte ${loc}, which is not a present leaf`, null, 0);
+        this.fail(`${name} holds spte ${loc}, which is not a present leaf`, this.livePageOf(loc), loc);
       }
       const gfn = Math.floor(sptePa(lo, hi) / PAGE_SIZE);
       if (this.rmaps.head(gfn, sp.level, false) !== list) this.fail(`${name} holds an spte that maps gfn 0x${gfn.toString(16)}, another gfn's`, sp, loc);
@@ -684,15 +742,15 @@ class Auditor {
         this.track(Math.floor(lr.leaf0 / PAGE_SIZE));
       }
     }
-    const gpte = (): string => ` (guest pte ${hex64(r.entryLo[r.leafLevel]!, r.entryHi[r.leafLevel]!)} at level ${r.leafLevel})`;
+    const gpte = (): string => ` (guest pte ${hex64(r.entryLo[r.leafLevel]!, r.entryHi[r.leafLevel]!)} at level ${r.leafLevel}, gpa 0x${r.entryPa[r.leafLevel]!.toString(16)})`;
     if (Math.floor(r.pa / PAGE_SIZE) !== Math.floor(sptePa(lo, hi) / PAGE_SIZE)) {
-      this.fail(`vCPU ${st.vcpu.id}: va 0x${cva.toString(16)} maps gpa 0x${r.pa.toString(16)} in the guest tables but another frame in the shadow`, sp, loc, gpte());
+      this.fail(`vCPU ${st.vcpu.id}: va 0x${cva.toString(16)} maps gpa 0x${r.pa.toString(16)} in the guest tables but another frame in the shadow`, sp, loc, '', gpte());
     }
     if ((lo & SPTE_W) !== 0 && !(r.dirty && (r.writable || (!ctx.cr0Wp && (lo & SPTE_U) === 0)))) {
-      this.fail(`vCPU ${st.vcpu.id}: va 0x${cva.toString(16)} is writable in the shadow but not writable and dirty in the guest`, sp, loc, gpte());
+      this.fail(`vCPU ${st.vcpu.id}: va 0x${cva.toString(16)} is writable in the shadow but not writable and dirty in the guest`, sp, loc, '', gpte());
     }
-    if ((lo & SPTE_U) !== 0 && !r.user) this.fail(`vCPU ${st.vcpu.id}: va 0x${cva.toString(16)} is user in the shadow but supervisor in the guest`, sp, loc, gpte());
-    if ((hi & SPTE_HI_NX) === 0 && !r.executable) this.fail(`vCPU ${st.vcpu.id}: va 0x${cva.toString(16)} is executable in the shadow but not in the guest`, sp, loc, gpte());
+    if ((lo & SPTE_U) !== 0 && !r.user) this.fail(`vCPU ${st.vcpu.id}: va 0x${cva.toString(16)} is user in the shadow but supervisor in the guest`, sp, loc, '', gpte());
+    if ((hi & SPTE_HI_NX) === 0 && !r.executable) this.fail(`vCPU ${st.vcpu.id}: va 0x${cva.toString(16)} is executable in the shadow but not in the guest`, sp, loc, '', gpte());
   }
 }
 

@@ -305,6 +305,7 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
       st.lastPtWriteGfn = gfn;
       st.lastPtWriteCount = 1;
     }
+    const pool = this.pool;
     for (let t = 0; t < count; t++) {
       const sp = targets[t]!;
       targets[t] = null;
@@ -341,9 +342,17 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
         const n = w & 3;
         for (let k = 0; k < n; k++) {
           const loc = sp.base + first + k;
+          // kvm_mmu_pte_write: "entry = *spte; mmu_page_zap_pte(); [update]; if (need_remote_flush(entry,
+          // *spte)) flush = true": the flush depends on the spte before and after, not on the zap alone, so
+          // an update that keeps or adds rights flushes nothing (a TLB entry with fewer rights only misses).
+          const sLo = pool.lo(loc);
+          const sHi = pool.hi(loc);
+          const pending = this.pendingFlush;
           this.zapSpte(sp, loc);
+          this.pendingFlush = pending;
           if ((gLo !== 0 || gHi !== 0) && level !== 1) this.host.count(vcpu.id, 'mmu_pde_zapped');
           if (update) this.updatePte(vcpu, sp, loc, gLo, gHi);
+          if (this.isPresent(sLo, sHi) && (!this.isPresent(pool.lo(loc), pool.hi(loc)) || spteNeedsFlush(sLo, sHi, pool.lo(loc), pool.hi(loc)))) this.pendingFlush = true;
         }
       }
     }
@@ -361,7 +370,9 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
     if (sig !== st.signature) {
       // kvm_mmu_reset_context: a new mode or role. CR4.PSE changes what a 32-bit guest's PDE means without
       // changing the role, so pages of 4-byte gptes built under the old PSE are zapped.
-      if (sig >= 0 && st.signature >= 0 && ((sig ^ st.signature) & SIG_PSE) !== 0) this.zapAllFourByte();
+      const zapFourByte = sig >= 0 && st.signature >= 0 && ((sig ^ st.signature) & SIG_PSE) !== 0;
+      if (this.availablePages < MAX_ROOTS) this.ensureRootSpace(st, this.rootsReleased(st, true, 0, false), zapFourByte, 'the roots of the new mode');
+      if (zapFourByte) this.zapAllFourByte();
       this.freeRoots(st, true);
       this.loadRoots(st);
     } else if (cr === 3 || this.pdptesChanged(st)) {
@@ -490,13 +501,9 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
    */
   reservePages(need: number, what: string): void {
     if (this.availablePages < Math.max(KVM_MIN_FREE_MMU_PAGES, need)) this.zapOldest(Math.max(KVM_REFILL_PAGES, need) - this.availablePages);
-    if (this.availablePages < need) {
-      throw new ShadowMmuError(
-        'E_MMU_NOSPC',
-        `the shadow MMU needs ${need} free pages for ${what}, but only ${this.availablePages} of n_max_mmu_pages=${this.maxPages} are free and ` +
-          `the other ${this.usedPages} pages are roots in use (raise maxMmuPages)`,
-      );
-    }
+    // Pages zapped earlier in this operation (released invalid roots, a CR4.PSE zap) wait for the commit.
+    if (this.availablePages < need && this.invalidList.length > 0) this.commitZap();
+    if (this.availablePages < need) this.noSpace(need, what);
   }
 
   /** KVM `kvm_mmu_zap_oldest_mmu_pages` (v6): zap from the oldest end, skipping roots in use. */
@@ -725,12 +732,15 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
   private processReloads(): void {
     for (const st of this.states) {
       if (st === undefined || !st.needReload) continue;
+      const reload = st.currentRoots().some((sp) => sp.zapped);
+      // Nothing is released before the new roots are known to fit (else the vCPU keeps its invalid roots).
+      if (reload && this.availablePages < MAX_ROOTS) this.ensureRootSpace(st, this.rootsReleased(st, true, 0, true), false, 'the reloaded roots');
       st.needReload = false;
       // kvm_mmu_free_obsolete_roots, then kvm_mmu_load.
       for (let i = st.prevRoots.length - 1; i >= 0; i--) {
         if (st.prevRoots[i]!.sp.zapped) this.releaseRoot(st.prevRoots.splice(i, 1)[0]!.sp);
       }
-      if (st.currentRoots().some((sp) => sp.zapped)) {
+      if (reload) {
         this.freeRoots(st, false);
         this.loadRoots(st);
       }
@@ -795,6 +805,9 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
     const vcpu = st.vcpu;
     const g = vcpu.ctx;
     const ctx = st.ctx;
+    // Reserve before any state changes (KVM mmu_topup_memory_caches, then make_mmu_pages_available in
+    // mmu_alloc_shadow_roots): a page for each root that has none yet, so running out leaves the vCPU as it was.
+    if (vcpu.pagingEnabled) this.reserveRoots(vcpu);
     st.signature = this.signatureOf(vcpu);
     ctx.pdpteLo.fill(0);
     ctx.pdpteHi.fill(0);
@@ -805,7 +818,6 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
     }
     const base = this.baseRole(vcpu);
     if (g.mode === MODE_LONG4 || g.mode === MODE_LONG5) {
-      this.reservePages(1, 'a root');
       const level = g.mode === MODE_LONG4 ? 4 : 5;
       const sp = this.getPage(Math.floor(g.cr3 / PAGE_SIZE), base | level);
       sp.rootCount++;
@@ -814,7 +826,6 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
       ctx.cr3 = sp.hpa;
       return;
     }
-    this.reservePages(4, 'the PAE roots');
     ctx.mode = MODE_PAE;
     st.pdpteLo.set(g.pdpteLo);
     st.pdpteHi.set(g.pdpteHi);
@@ -875,6 +886,12 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
       const cur = st.root;
       if (cur.gfn === pgd && !cur.zapped) return;
       const i = st.prevRoots.findIndex((p) => p.pgd === pgd && p.sp.role === cur.role);
+      // A miss loads a new root; the current one stays pinned as a previous root and the oldest of a full
+      // cache is released.
+      if (i < 0 && this.availablePages < MAX_ROOTS) {
+        const from = st.prevRoots.length >= KVM_MMU_NUM_PREV_ROOTS ? KVM_MMU_NUM_PREV_ROOTS - 1 : st.prevRoots.length;
+        this.ensureRootSpace(st, this.rootsReleased(st, false, from, false), false, 'a new root');
+      }
       st.prevRoots.unshift({ pgd: cur.gfn, sp: cur });
       st.root = null;
       if (i >= 0) {
@@ -886,8 +903,111 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
       if (st.root === null) this.loadRoots(st);
       return;
     }
+    if (this.availablePages < MAX_ROOTS) this.ensureRootSpace(st, this.rootsReleased(st, true, st.prevRoots.length, false), false, 'the new roots');
     this.freeRoots(st, false);
     this.loadRoots(st);
+  }
+
+  /** The roots the vCPU's guest state needs (as `loadRoots` builds them), into `rootGfn`/`rootRole`; returns how many. */
+  private rootTargets(vcpu: Vcpu): number {
+    if (!vcpu.pagingEnabled) return 0;
+    const g = vcpu.ctx;
+    const base = this.baseRole(vcpu);
+    const cr3Gfn = Math.floor(g.cr3 / PAGE_SIZE);
+    if (g.mode === MODE_LONG4 || g.mode === MODE_LONG5) {
+      this.rootGfn[0] = cr3Gfn;
+      this.rootRole[0] = base | (g.mode === MODE_LONG4 ? 4 : 5);
+      return 1;
+    }
+    let n = 0;
+    for (let i = 0; i < 4; i++) {
+      if (g.mode === MODE_LEGACY32) {
+        this.rootGfn[n] = cr3Gfn;
+        this.rootRole[n++] = base | 2 | (i << 5);
+        continue;
+      }
+      const lo = g.pdpteLo[i]!;
+      if ((lo & PT_PRESENT) === 0) continue;
+      const gfn = (lo >>> 12) + (g.pdpteHi[i]! & 0xfffff) * 0x100000;
+      let dup = false;
+      for (let j = 0; j < n; j++) if (this.rootGfn[j] === gfn) dup = true; // two PDPTEs, one PD: one page
+      if (dup) continue;
+      this.rootGfn[n] = gfn;
+      this.rootRole[n++] = base | 2;
+    }
+    return n;
+  }
+
+  private readonly rootGfn = new Float64Array(MAX_ROOTS);
+  private readonly rootRole = new Int32Array(MAX_ROOTS);
+
+  /** The page for (gfn, role), or null (KVM `kvm_mmu_find_shadow_page`, without creating one). */
+  private findPage(gfn: number, role: number): ShadowPage | null {
+    for (const sp of this.hash[this.hashOf(gfn)]!) if (sp.gfn === gfn && sp.role === role) return sp;
+    return null;
+  }
+
+  /** How many roots the vCPU's guest state needs that have no shadow page yet. */
+  private missingRoots(vcpu: Vcpu): number {
+    const n = this.rootTargets(vcpu);
+    let m = 0;
+    for (let i = 0; i < n; i++) if (this.findPage(this.rootGfn[i]!, this.rootRole[i]!) === null) m++;
+    return m;
+  }
+
+  /** Reserves a page for every missing root (reclaiming first when fewer than 5 are free); E_MMU_NOSPC otherwise. */
+  private reserveRoots(vcpu: Vcpu): void {
+    const what = vcpu.ctx.mode === MODE_LONG4 || vcpu.ctx.mode === MODE_LONG5 ? 'a root' : 'the PAE roots';
+    this.reservePages(this.missingRoots(vcpu), what);
+    // A reclaim may have zapped a page that was to be reused as a root: then that one is missing too.
+    const need = this.missingRoots(vcpu);
+    if (this.availablePages < need) this.noSpace(need, what);
+  }
+
+  /** The root slots of `st` that a reload releases: the current roots, and previous roots from index `prevFrom` (only zapped ones with `zappedOnly`). */
+  private rootsReleased(st: VcpuShadowState, current: boolean, prevFrom: number, zappedOnly: boolean): ShadowPage[] {
+    const out = current ? st.currentRoots() : [];
+    for (let i = prevFrom; i < st.prevRoots.length; i++) {
+      const sp = st.prevRoots[i]!.sp;
+      if (!zappedOnly || sp.zapped) out.push(sp);
+    }
+    return out;
+  }
+
+  /**
+   * The check before a vCPU's roots are released and reloaded (KVM tops up its caches before kvm_mmu_load):
+   * E_MMU_NOSPC, with nothing changed, unless the roots its guest state needs fit after `releasing` is
+   * released (and, with `zapFourByte`, the 4-byte-gpte pages are zapped) and every page that no root slot
+   * holds then is reclaimed. Worst case on both sides: a target page that nothing holds may be reclaimed, so
+   * it counts as missing, and as a page freed. When this passes, the release, the reclaim (which zaps up to
+   * 25 free or every unheld page) and the load that follow cannot run out, so a failure never leaves a vCPU
+   * without roots.
+   */
+  private ensureRootSpace(st: VcpuShadowState, releasing: readonly ShadowPage[], zapFourByte: boolean, what: string): void {
+    const held = (sp: ShadowPage): boolean => {
+      let n = sp.rootCount;
+      for (const r of releasing) if (r === sp) n--;
+      return n > 0;
+    };
+    const n = this.rootTargets(st.vcpu);
+    let need = 0;
+    for (let i = 0; i < n; i++) {
+      const sp = this.findPage(this.rootGfn[i]!, this.rootRole[i]!);
+      if (sp === null || !held(sp) || (zapFourByte && (sp.role & ROLE_4BYTE_GPTE) !== 0)) need++;
+    }
+    let free = this.availablePages + this.invalidList.length;
+    if (free >= need) return;
+    for (const sp of this.active) if (!held(sp)) free++;
+    for (const sp of this.invalidRoots) if (!held(sp)) free++;
+    if (free < need) this.noSpace(need, what);
+  }
+
+  private noSpace(need: number, what: string): never {
+    throw new ShadowMmuError(
+      'E_MMU_NOSPC',
+      `the shadow MMU needs ${need} free pages for ${what}, but only ${this.availablePages} of n_max_mmu_pages=${this.maxPages} are free and ` +
+        `the other ${this.usedPages} pages are roots in use (raise maxMmuPages)`,
+    );
   }
 
   // -------------------------------------------------------------------------------------------------
@@ -1196,6 +1316,8 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
 }
 
 const SIG_PSE = 1;
+/** The most roots a vCPU's guest state needs: four PAE (or quadrant) roots. */
+const MAX_ROOTS = 4;
 /** The high half of POOL_BASE (a non-leaf spte's address bits 51:32 are at least this). */
 const POOL_BASE_HI = POOL_BASE / 4294967296;
 /** Bits 51:HOST_MAXPHYADDR of an spte's high half: reserved in every entry format under the host MAXPHYADDR. */

@@ -1,7 +1,21 @@
 import { CR0_PG, CR0_WP, GP_VECTOR, Machine, PF_VECTOR, type Vcpu } from '@vmexit/core';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { ROLE_4BYTE_GPTE, ROLE_DIRECT, levelIndex, roleAccess, roleQuadrant, ShadowMmu, ShadowMmuError, SPTE_P, SPTE_W, ACC_WRITE_MASK } from '../src/index.js';
+import {
+  ACC_WRITE_MASK,
+  KVM_MIN_FREE_MMU_PAGES,
+  KVM_REFILL_PAGES,
+  ROLE_4BYTE_GPTE,
+  ROLE_DIRECT,
+  ROLE_INVALID,
+  levelIndex,
+  roleAccess,
+  roleQuadrant,
+  ShadowMmu,
+  ShadowMmuError,
+  SPTE_P,
+  SPTE_W,
+} from '../src/index.js';
 import { A, D, GuestTables, Harness, P, setup, U, W } from './harness.js';
 
 const USER = 0x40000000; // 1 GiB: user space of the test guests
@@ -220,6 +234,39 @@ describe('ShadowMmu', () => {
       expect(h.e('pf')).toBe(2);
       expect(h.c('mmu_pte_updated')).toBe(1);
     });
+
+    it('update-spte flushes the TLBs only when the spte loses rights (KVM need_remote_flush), not when it keeps or gains them', () => {
+      const { h, pt, vcpu, mmu } = setup('long4', { vcpus: 2 });
+      h.decider = (ev) => (ev.kind === 'pte-write' ? 'update-spte' : null);
+      const e = pt.map(USER, 0x900000, P | U | A); // read-only
+      userRead(vcpu, USER); // a read-only leaf; the guest PT is shadowed (write-protected)
+      const loc = findLeafLoc(mmu, mmu.states[0]!.root!, USER);
+      expect(mmu.pool.lo(loc) & (SPTE_P | SPTE_W)).toBe(SPTE_P);
+      // Each kernel store of the 8-byte pte is one exit (the PT is write-protected), emulated; the write hook
+      // clears the spte and installs the new gpte at once (mmu_pte_updated).
+      // 1. W and D added: the new spte is writable, a superset of the old rights: no flush (a TLB entry with
+      //    fewer rights only misses, and the walk of the new spte succeeds).
+      h.reset();
+      vcpu.write(e, 8, (0x900000 | P | W | U | A | D) >>> 0, 0);
+      expect([h.e('pf'), h.c('mmu_pte_updated'), h.c('remote_tlb_flush'), h.c('tlb_flush')]).toEqual([1, 1, 0, 0]);
+      expect(mmu.pool.lo(loc) & (SPTE_P | SPTE_W)).toBe(SPTE_P | SPTE_W);
+      userWrite(vcpu, USER, 5); // no exit: the TLB misses on W and the hardware walk finds the writable spte
+      expect(h.e('pf')).toBe(1);
+      // 2. The same pte stored again: the same rights, no flush.
+      vcpu.write(e, 8, (0x900000 | P | W | U | A | D) >>> 0, 0);
+      expect([h.e('pf'), h.c('mmu_pte_updated'), h.c('tlb_flush')]).toEqual([2, 2, 0]);
+      // 3. W removed: the spte lost a right: one remote flush, every vCPU's TLB (2 tlb_flush).
+      vcpu.write(e, 8, (0x900000 | P | U | A) >>> 0, 0);
+      expect([h.e('pf'), h.c('mmu_pte_updated'), h.c('remote_tlb_flush'), h.c('tlb_flush')]).toEqual([3, 3, 1, 2]);
+      expect(mmu.pool.lo(loc) & (SPTE_P | SPTE_W)).toBe(SPTE_P);
+      // 4. Another frame: the old translation must go (flush), whatever the rights.
+      vcpu.write(e, 8, (0x901000 | P | W | U | A | D) >>> 0, 0);
+      expect([h.e('pf'), h.c('remote_tlb_flush'), h.c('tlb_flush')]).toEqual([4, 2, 4]);
+      // With the default zap-spte the spte disappears on every write: always a flush of a present spte.
+      h.decider = null;
+      vcpu.write(e, 8, (0x901000 | P | W | U | A | D) >>> 0, 0);
+      expect([h.e('pf'), h.c('remote_tlb_flush')]).toEqual([5, 3]);
+    });
   });
 
   describe('.emulationFailed', () => {
@@ -254,16 +301,26 @@ describe('ShadowMmu', () => {
       pt.w64(pdpt + 8, pd | P, 0);
       pt.w64(pdpt + 16, 0xdeadbee0, 0xffffffff); // not present: junk is ignored (Solaris)
       pt.w64(pdpt + 24, 0, 0);
+      // Exit 1, the MOV to CR3 (CR3-load exiting): the vCPU loaded the four PDPTE registers from the new
+      // PDPT (SDM Vol. 3A §4.4.1); PDPTEs 2 and 3 are not present, so the junk in PDPTE 2's other bits is never
+      // checked. kvm_mmu_new_pgd builds PAE roots for the present PDPTEs only: PDPTE 0 is the kernel's PD,
+      // whose root page already exists (found by gfn and role), PDPTE 1 a new PD (one mmu_cache_miss).
+      h.reset();
       vcpu.movToCr3(pdpt);
       const st = mmu.states[0]!;
       expect(st.paeRoots.map((sp) => sp !== null)).toEqual([true, true, false, false]);
-      // An access through the junk PDPTE is the guest's own not-present #PF.
+      expect([h.e('cr3'), h.c('mmu_cache_miss')]).toEqual([1, 1]);
+      // An access through the junk PDPTE is the guest's own not-present #PF. Exit 2: the shadow's PAE root 2
+      // is not present, so the user read faults with P=0 U=1 (error code 4) and exits; the MMU's guest walk
+      // stops at the guest's PDPTE 2 register (P=0) and injects that #PF with the walker's error code 4
+      // (pf_guest); the guest's handler gives up (Abort). No shadow page is built for it.
       const seen: number[] = [];
       vcpu.setExceptionHandler(PF_VECTOR, (_v, _vec, ec) => {
         seen.push(ec);
         throw new Abort();
       });
       expect(() => userRead(vcpu, 0x80000000)).toThrow(Abort);
+      expect([h.e('pf'), h.c('pf_guest'), h.c('mmu_cache_miss')]).toEqual([1, 1, 1]);
       expect(seen).toEqual([4]);
       // A present PDPTE with bit 5 set: MOV CR3 raises #GP(0), CR3 and the roots stay.
       const bad = pt.alloc();
@@ -312,20 +369,190 @@ describe('ShadowMmu', () => {
     });
   });
 
+  describe('.prepareZap', () => {
+    it('marks a root in use invalid instead of freeing it; its vCPUs reload, and the last release frees it', () => {
+      const { h, pt, machine, mmu } = setup('long4', { vcpus: 2 });
+      const [v0, v1] = machine.vcpus as [Vcpu, Vcpu];
+      pt.map(USER, 0x900000, P | W | U);
+      userRead(v0, USER);
+      const root = mmu.states[0]!.root!;
+      expect(mmu.states[1]!.root).toBe(root); // both vCPUs run on the guest's one PML4
+      expect(root.rootCount).toBe(2);
+      const used = mmu.usedPages;
+      // A zap of the root's gfn (a recycled page table, a flood): the page is in use, so it only becomes
+      // invalid (KVM role.invalid), leaves the hash, and both vCPUs are asked to reload (KVM_REQ_MMU_FREE_OBSOLETE_ROOTS).
+      mmu.prepareZap(root);
+      expect(root.role & ROLE_INVALID).toBe(ROLE_INVALID);
+      expect(mmu.invalidRoots.has(root)).toBe(true);
+      expect(mmu.pages[root.frame]).toBe(root);
+      expect(mmu.usedPages).toBe(used);
+      expect(mmu.states.map((s) => s.needReload)).toEqual([true, true]);
+      mmu.audit(); // an invalid root still in use is consistent
+      // The next exit (vCPU 1 reads a page its TLB does not hold: the zapped root's sptes are all trap, so
+      // it faults, P=0) starts with the reloads: vCPU 0 releases the invalid root (count 1) and gets a new
+      // page for the same gfn (one mmu_cache_miss), vCPU 1 releases it (count 0: freed, after the one remote
+      // flush of the sptes the zap removed) and finds the new page. Then the fault links the PDPT, PD and PT
+      // below the new root: the zap unlinked them from the old root but they stayed (no other miss).
+      h.reset();
+      pt.map(USER + 0x1000, 0x901000, P | W | U);
+      userRead(v1, USER + 0x1000);
+      const fresh = mmu.states[0]!.root!;
+      expect(fresh).not.toBe(root);
+      expect(fresh.gfn).toBe(root.gfn);
+      expect(mmu.states[1]!.root).toBe(fresh);
+      expect(fresh.rootCount).toBe(2);
+      expect(root.rootCount).toBe(0);
+      expect(mmu.pages[root.frame]).not.toBe(root);
+      expect(mmu.invalidRoots.size).toBe(0);
+      expect([h.e('pf'), h.c('mmu_cache_miss'), h.c('remote_tlb_flush'), h.c('tlb_flush')]).toEqual([1, 1, 1, 2]);
+    });
+  });
+
   describe('.reservePages', () => {
     it('reclaims the oldest pages under a tiny budget and never frees a root', () => {
       const { h, pt, vcpu, mmu } = setup('long4', { maxMmuPages: 8 });
       const root = mmu.states[0]!.root!;
-      // 12 pages, each in its own 1 GiB region: 3 new shadow pages (PDPT? no: PD, PT) per touch.
+      expect(mmu.usedPages).toBe(1); // the kernel has not run yet: only the PML4 root
+      // 12 pages, each in its own 1 GiB region (PML4 entry 0, PDPT entry i + 1), one exit each: the user read
+      // faults (P=0: no spte below the root), the guest walk succeeds and the fetch builds the missing levels.
+      // Touch 1: 7 pages free, no reclaim; the PDPT, the region's PD and PT are built (3 misses, 4 in use).
+      // Touch 2..12: 4 free < KVM_MIN_FREE_MMU_PAGES, so the fault first zaps from the oldest end towards
+      // KVM_REFILL_PAGES free: every page but the root, i.e. the PDPT, PD and PT of the last touch (3
+      // recycled); then the walk needs the PDPT, a PD and a PT again (3 misses). The root is never a candidate.
       for (let i = 0; i < 12; i++) {
+        const va = (i + 1) * 0x40000000;
+        pt.map(va, 0x900000 + i * 4096, P | W | U);
+        vcpu.memory.write32(0x900000 + i * 4096, 0x100 + i);
+        expect(userRead(vcpu, va)).toBe(0x100 + i);
+        expect(mmu.usedPages).toBe(4);
+      }
+      expect(h.e('pf')).toBe(12);
+      expect(h.c('mmu_recycled')).toBe(11 * 3);
+      expect(h.c('mmu_shadow_zapped')).toBe(11 * 3);
+      expect(h.c('mmu_cache_miss')).toBe(12 * 3);
+      expect(mmu.states[0]!.root).toBe(root);
+      expect(mmu.pages[root.frame]).toBe(root);
+    });
+
+    it('reclaims when fewer than KVM_MIN_FREE_MMU_PAGES (5) are free, and then up to KVM_REFILL_PAGES (25) free', () => {
+      const { h, pt, vcpu, mmu } = setup('long4', { maxMmuPages: 40 });
+      // As above, one exit per touch of a new 1 GiB region: the first builds the PDPT, a PD and a PT, each
+      // later one a PD and a PT. 17 touches: 1 + 3 + 16 * 2 = 36 pages in use, 4 free, nothing reclaimed
+      // (the 17th fault started with 6 free, not fewer than 5).
+      const touch = (i: number): void => {
+        const va = (i + 1) * 0x40000000;
+        pt.map(va, 0x900000 + i * 4096, P | W | U);
+        userRead(vcpu, va);
+      };
+      for (let i = 0; i < 17; i++) touch(i);
+      expect([mmu.availablePages, h.c('mmu_recycled')]).toEqual([KVM_MIN_FREE_MMU_PAGES - 1, 0]);
+      // Touch 18: 4 free < 5, so make_mmu_pages_available zaps the 21 oldest pages (the PDPT and the PD and
+      // PT of the first 10 touches) to reach exactly 25 free; then the walk builds the PDPT, a PD and a PT.
+      touch(17);
+      expect(h.c('mmu_recycled')).toBe(KVM_REFILL_PAGES - (KVM_MIN_FREE_MMU_PAGES - 1));
+      expect(mmu.availablePages).toBe(KVM_REFILL_PAGES - 3);
+      // 22 free: no reclaim again until fewer than 5 are free.
+      touch(18);
+      expect(h.c('mmu_recycled')).toBe(21);
+      expect(h.e('pf')).toBe(19);
+    });
+
+    it('PAE and 32-bit guests under a tiny budget: reclaim never frees a PAE root or a quadrant root', () => {
+      for (const mode of ['pae', 'legacy32'] as const) {
+        const { h, pt, vcpu, mmu } = setup(mode, { maxMmuPages: 8 });
+        // The four roots (PAE: one PD per PDPTE; 32-bit: the one guest PD in four quadrant pages) fill half the budget.
+        const roots = mmu.states[0]!.paeRoots.slice();
+        expect(roots.every((sp) => sp !== null)).toBe(true);
+        expect(mmu.usedPages).toBe(4);
+        // 10 user pages, each in its own guest PT (2 MiB / 4 MiB apart), one exit each (P=0, guest walk
+        // succeeds, one PT page built below a root). Touch 1 starts with 4 free < 5: the reclaim finds nothing
+        // but roots and zaps nothing; every later touch zaps the one PT of the touch before (1 recycled).
+        for (let i = 0; i < 10; i++) {
+          const va = USER + i * 0x400000;
+          pt.map(va, 0x900000 + i * 4096, P | W | U);
+          vcpu.memory.write32(0x900000 + i * 4096, 0x200 + i);
+          expect(userRead(vcpu, va)).toBe(0x200 + i);
+        }
+        expect([h.e('pf'), h.c('mmu_recycled'), h.c('mmu_cache_miss')]).toEqual([10, 9, 10]);
+        expect(mmu.states[0]!.paeRoots).toEqual(roots);
+        for (const sp of roots) {
+          expect(mmu.pages[sp!.frame]).toBe(sp);
+          expect(sp!.zapped).toBe(false);
+        }
+        // The earliest page is still reachable: rebuilt below its root on the next touch.
+        expect(userRead(vcpu, USER)).toBe(0x200);
+      }
+    });
+
+    it('64-bit guest under a tiny budget: the pinned previous roots are never freed, and a switch back finds them', () => {
+      const { h, pt, vcpu, mmu } = setup('long4', { maxMmuPages: 10 });
+      const a = mmu.states[0]!.root!;
+      // Three more address spaces: each MOV CR3 exits and misses the cache (a new PML4 root), and the root
+      // before it becomes a previous root, pinned (KVM_MMU_NUM_PREV_ROOTS = 3).
+      const others = [0x300000, 0x340000, 0x380000].map((base) => new GuestTables(pt.machine, 'long4', base));
+      for (const t of others) vcpu.movToCr3(t.root);
+      vcpu.movToCr3(pt.root); // back to A: a cache hit, no new root
+      const st = mmu.states[0]!;
+      expect(st.root).toBe(a);
+      const prev = st.prevRoots.map((p) => p.sp);
+      expect(prev.map((sp) => sp.gfn)).toEqual([0x380, 0x340, 0x300]);
+      expect(mmu.usedPages).toBe(4);
+      h.reset();
+      // 8 touches of new 1 GiB regions under A, one exit each, 3 pages each (PDPT, PD, PT). Touch 1 starts
+      // with 6 free; every later one with 3 free < 5 and zaps the last touch's 3 pages, never a root.
+      for (let i = 0; i < 8; i++) {
         const va = (i + 1) * 0x40000000;
         pt.map(va, 0x900000 + i * 4096, P | W | U);
         userRead(vcpu, va);
       }
-      expect(h.c('mmu_recycled')).toBeGreaterThan(0);
-      expect(mmu.states[0]!.root).toBe(root);
-      expect(mmu.pages[root.frame]).toBe(root);
-      expect(mmu.usedPages).toBeLessThanOrEqual(8);
+      expect([h.e('pf'), h.c('mmu_recycled')]).toEqual([8, 7 * 3]);
+      for (const sp of [a, ...prev]) {
+        expect(mmu.pages[sp.frame]).toBe(sp);
+        expect(sp.zapped).toBe(false);
+      }
+      // A switch to each earlier address space reuses its pinned root (fast_pgd_switch): no cache miss.
+      h.reset();
+      for (const t of others) vcpu.movToCr3(t.root);
+      expect(h.c('mmu_cache_miss')).toBe(0);
+      expect(st.root).toBe(prev[0]);
+    });
+
+    it('reserves only the PAE roots that are missing, and fails before any state changes when they do not fit', () => {
+      // Three vCPUs in a budget of 8: vCPUs 0 and 1 share the four PAE roots of the guest's PDPT A, vCPU 2
+      // has four of its own (PDPT B). Every page is a root in use.
+      const { h, pt, machine, mmu } = setup('pae', { vcpus: 3, maxMmuPages: 8 });
+      const [v0, , v2] = machine.vcpus as [Vcpu, Vcpu, Vcpu];
+      const b = new GuestTables(machine, 'pae', 0x300000);
+      v2.movToCr3(b.root);
+      expect([mmu.usedPages, mmu.availablePages]).toEqual([8, 0]);
+      const st = mmu.states[0]!;
+      const roots = st.paeRoots.slice();
+      expect(roots.every((sp) => sp!.rootCount === 2)).toBe(true);
+      // vCPU 0 reloads CR3 = A (one exit): its roots are released and loaded again. They all exist (vCPU 1
+      // holds them), so no page is needed and the reload succeeds with 0 free (reserving 4 would fail).
+      h.reset();
+      v0.movToCr3(pt.root);
+      expect([h.e('cr3'), h.c('mmu_cache_miss'), h.c('mmu_recycled')]).toEqual([1, 0, 0]);
+      expect(st.paeRoots).toEqual(roots);
+      // vCPU 0 loads CR3 = C, four PDs without pages: 4 pages are needed, none is free, and none can be
+      // freed (A's pages stay held by vCPU 1, B's by vCPU 2). E_MMU_NOSPC, and the MMU is as it was: vCPU 0
+      // keeps its roots, their PDPTE copies and signature, and the root counts.
+      const c = new GuestTables(machine, 'pae', 0x380000);
+      const before = { signature: st.signature, pdpteLo: Array.from(st.pdpteLo), ctxPdpte: Array.from(st.ctx.pdpteLo), used: mmu.usedPages };
+      let err: unknown;
+      try {
+        v0.movToCr3(c.root);
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(ShadowMmuError);
+      expect((err as ShadowMmuError).code).toBe('E_MMU_NOSPC');
+      expect((err as Error).message).toMatch(/needs 4 free pages for the new roots, but only 0 of n_max_mmu_pages=8 are free/);
+      expect(st.paeRoots).toEqual(roots);
+      expect({ signature: st.signature, pdpteLo: Array.from(st.pdpteLo), ctxPdpte: Array.from(st.ctx.pdpteLo), used: mmu.usedPages }).toEqual(before);
+      expect(roots.every((sp) => sp!.rootCount === 2 && mmu.pages[sp!.frame] === sp)).toBe(true);
+      expect([h.c('mmu_shadow_zapped'), h.c('mmu_cache_miss')]).toEqual([0, 0]);
+      mmu.audit();
     });
 
     it('fails cleanly when every page is a root in use', () => {
@@ -364,9 +591,33 @@ describe('ShadowMmu', () => {
       const root = mmu.states[0]!.root!;
       const leafLoc = findLeafLoc(mmu, root, USER);
       // Corrupt: point the leaf at the guest PT page (write-protected) with W set.
-      const ptPage = pt.entryAddr(USER, 1) & ~0xfff;
+      const gpteAt = pt.entryAddr(USER, 1);
+      const ptPage = gpteAt & ~0xfff;
       mmu.pool.set(leafLoc, (ptPage | 0x607) >>> 0, 0);
-      expect(() => mmu.audit()).toThrow(/spte .*role \{level=1/);
+      mmu.rmaps.head(0x900, 1, false)!.remove(leafLoc); // moved to the PT's rmap, so this is the only violation
+      mmu.rmaps.head(ptPage / 4096, 1, true)!.add(leafLoc);
+      // The report names the spte (index and value), the page's role, and the guest pte behind the spte (its
+      // value, level and gpa: the walk's A and D on the user's pte).
+      const hex = (n: number): string => n.toString(16);
+      expect(() => mmu.audit()).toThrow(
+        `shadow MMU audit: a writable spte maps write-protected guest page table gfn 0x${hex(ptPage / 4096)} at spte 0 = 0x00000000${hex(ptPage | 0x607).padStart(8, '0')} ` +
+          `of the shadow page for gfn 0x${hex(ptPage / 4096)} role {level=1 gpte=8 quadrant=0 direct=0 access=uwx cr0_wp=1 efer_nx=0 smep_andnot_wp=0 smap_andnot_wp=0} ` +
+          `(guest pte 0x0000000000${hex(0x900000 | P | W | U | A | D)} at level 1, gpa 0x${hex(gpteAt)})`,
+      );
+    });
+
+    it('reports the guest pte of a direct page from a guest walk: the large-page entry it shadows', () => {
+      const { pt, vcpu, mmu } = setup('long4');
+      const pde = pt.map(USER, 0xa00000, P | W | U | A | D, 2); // a 2 MiB guest page: a direct shadow page below it
+      userRead(vcpu, USER + 0x3000);
+      const loc = findLeafLoc(mmu, mmu.states[0]!.root!, USER + 0x3000);
+      const sp = mmu.pageOfLoc(loc);
+      expect(sp.direct).toBe(true);
+      mmu.pool.set(loc, ((mmu.pool.lo(loc) & 0xfff) | 0x7ff00000) >>> 0, 0); // outside every memslot
+      expect(() => mmu.audit()).toThrow(
+        /a leaf spte maps gfn 0x7ff00, outside every memslot at spte 3 = 0x[0-9a-f]{16} of the shadow page for gfn 0xa00 role \{level=1 gpte=8 quadrant=0 direct=1 access=uwx .*\} /,
+      );
+      expect(() => mmu.audit()).toThrow(`(guest pte 0x0000000000a000e7 at level 2, gpa 0x${pde.toString(16)}, by vCPU 0's guest walk of va 0x40003000)`);
     });
   });
 });
