@@ -74,7 +74,8 @@ export async function runOnVariant(o: VariantRunOptions): Promise<VariantRunOutc
       counters:
         theVm === null
           ? undefined
-          : () => {
+          : (_machine, at) => {
+              o.tracer?.traceWindow?.(at);
               const c = theVm.counters();
               return { total: c.total, vcpus: c.perVcpu.map((x) => ({ ...x })) };
             },

@@ -37,9 +37,11 @@ export interface RunOptions {
   /**
    * Counters of what runs below the guest; default: the vCPUs' own (TLB, exceptions). Read after boot and
    * at the end: the result holds the difference, i.e. the workload's steady state without the boot and
-   * the direct-map warm-up.
+   * the direct-map warm-up. `at` says which end of the window a read is: 'start' after boot and again at
+   * the workload's `measure.begin()` (the last start counts), 'end' at its `measure.end()` or, without
+   * one, after the last access.
    */
-  readonly counters?: (machine: Machine) => RunCounters;
+  readonly counters?: (machine: Machine, at: 'start' | 'end') => RunCounters;
   /** Loads a trace workload (default: read and decode the file; `kbuild` is the bundled trace). */
   readonly loadTrace?: (path: string) => VxtTrace;
   /** Progress, after each quantum: user accesses so far and the expected total (null when unknown). */
@@ -163,7 +165,7 @@ export function runWorkload(options: RunOptions): RunOutcome {
   });
   const replay = new ReplayStats();
   const readCounters = options.counters ?? nativeCounters;
-  let baseline = readCounters(machine);
+  let baseline = readCounters(machine, 'start');
   let final: RunCounters | null = null;
   let faultsAtBegin = 0;
   let faultsAtEnd = -1;
@@ -174,13 +176,13 @@ export function runWorkload(options: RunOptions): RunOutcome {
     begin(): void {
       if (began) throw new Error('measure.begin() called twice');
       began = true;
-      baseline = readCounters(machine);
+      baseline = readCounters(machine, 'start');
       faultsAtBegin = kernel.stats.pageFaults;
       kindsAtBegin.set(kernel.stats.faults);
     },
     end(): void {
       if (final !== null) throw new Error('measure.end() called twice');
-      final = readCounters(machine);
+      final = readCounters(machine, 'end');
       faultsAtEnd = kernel.stats.pageFaults;
       kindsAtEnd = Float64Array.from(kernel.stats.faults);
     },
@@ -226,7 +228,7 @@ export function runWorkload(options: RunOptions): RunOutcome {
       pageCacheMisses: s.pageCacheMisses,
       ...(trace === null ? {} : { trace: { records: replay.records, represented: replay.represented, sigsegvRecords: replay.sigsegvRecords } }),
     },
-    counters: diffCounters(final ?? readCounters(machine), baseline),
+    counters: diffCounters(final ?? readCounters(machine, 'end'), baseline),
     ...(windowed ? { measured: 'steady state (the workload marks it)' } : {}),
     wallSeconds,
     accessesPerSecond: wallSeconds > 0 ? accesses / wallSeconds : 0,

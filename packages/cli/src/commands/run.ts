@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import type { Command } from 'commander';
-import { PAGING_MODE_NAMES, type PagingModeName } from '@vmexit/core';
+import { hexU64, PAGING_MODE_NAMES, type PagingModeName } from '@vmexit/core';
 import { PERSONALITIES, type GuestEventLog, type Personality, type RunResult } from '@vmexit/guest';
 import { InputError, RunFailure } from '../errors.js';
 import { JsonLinesTracer, checkFailure, runChecked, runOnVariant, type CheckReport, type VariantRunResult } from '../run-variant.js';
@@ -36,13 +36,13 @@ export function registerRun(program: Command): void {
     .option('--audit', "check the MMU's invariants after every exit; the first violation stops the run")
     .option('--check', 'also run natively and compare what the guest observed (faults, SIGSEGVs, final memory)')
     .option('--json', 'print one RunResult document (schema vmexit.run/1)')
-    .option('--trace <file>', 'write every exit, MMU decision and guest-visible fault as JSON Lines');
+    .option('--trace <file>', 'write every exit, MMU decision and guest-visible fault as JSON Lines, as the run goes (window lines mark what the counters cover)');
   addVariantOptions(cmd).action(async (flags: RunFlags) => {
     const opts = checkFlags(flags);
     const variant = await variantFromOptions(flags);
     const progress = new Progress();
-    const traceLines: string[] = [];
-    const tracer = flags.trace === undefined ? undefined : new JsonLinesTracer((line) => traceLines.push(line));
+    const traceFile = flags.trace === undefined ? null : new TraceFile(flags.trace);
+    const tracer = traceFile === null ? undefined : new JsonLinesTracer(traceFile.write);
     const runOpts = { ...opts, variant, audit: flags.audit === true, tracer, onProgress: (n: number, total: number | null) => progress.update(n, total) };
     let result: VariantRunResult;
     let events: GuestEventLog;
@@ -59,12 +59,14 @@ export function registerRun(program: Command): void {
         events = r.outcome.events;
       }
     } catch (e) {
+      if (e instanceof InputError) traceFile?.discard(); // bad input: no trace of a run that should not have started
+      else traceFile?.abort(e); // a run that failed: the trace up to the failure, and why it stops there
       if (e instanceof Error && (e as { code?: string }).code === 'E_MMU_AUDIT') throw new RunFailure(`--audit: ${e.message}`);
       throw e;
     } finally {
       progress.clear();
     }
-    if (flags.trace !== undefined) writeTrace(flags.trace, traceLines, events);
+    traceFile?.finish(events);
     const doc = check === null ? result : { ...result, check };
     process.stdout.write(flags.json === true ? `${JSON.stringify(doc, null, 2)}\n` : summary(result, check));
     if (check !== null && !check.ok) throw checkFailure(check);
@@ -95,28 +97,74 @@ export function parseSize(text: string): number {
 }
 
 /**
- * Writes the trace: the exits and MMU decisions in the order they happened (each line ends in a newline),
- * then the guest-visible faults in the order the guest received them. Written to a temporary file and
- * renamed, so a failure leaves nothing half-written.
+ * The `--trace` file, written as the run goes: each line (exit, MMU decision, window marker) is appended to
+ * a chunk that is written with one `fs.writeSync` when it reaches 64 KiB, so memory stays bounded on long
+ * runs and a run that fails (an --audit violation, a panic) leaves every line up to the failure, then one
+ * `{"type":"aborted"}` line that says why. The guest-visible faults follow the exits at the end of a run
+ * that completes (they come from the guest's own log). Bad input leaves no file.
  */
-function writeTrace(file: string, exitLines: readonly string[], events: GuestEventLog): void {
-  const lines: string[] = [...exitLines];
-  for (const e of events) {
-    lines.push(`${JSON.stringify({ type: 'page-fault', seq: e.seq, vcpu: e.vcpu, pid: e.pid, address: hex64(e.address), errorCode: e.errorCode, kind: e.kind })}\n`);
-  }
-  const tmp = `${file}.tmp-${process.pid}`;
-  try {
-    fs.writeFileSync(tmp, lines.join(''));
-    fs.renameSync(tmp, file);
-  } catch (e) {
-    fs.rmSync(tmp, { force: true });
-    throw new InputError(`--trace: cannot write ${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
-  }
-}
+class TraceFile {
+  private static readonly CHUNK = 64 * 1024;
+  private readonly fd: number;
+  private chunk: string[] = [];
+  private size = 0;
 
-/** A signed-canonical linear address as its 64-bit hex form. */
-function hex64(va: number): string {
-  return `0x${BigInt.asUintN(64, BigInt(va)).toString(16)}`;
+  constructor(readonly file: string) {
+    try {
+      this.fd = fs.openSync(file, 'w');
+    } catch (e) {
+      throw new InputError(`--trace: cannot write ${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    }
+  }
+
+  /** Appends one line (with its newline). Hot: called for every traced exit. */
+  readonly write = (line: string): void => {
+    this.chunk.push(line);
+    this.size += line.length;
+    if (this.size >= TraceFile.CHUNK) this.flush();
+  };
+
+  private flush(): void {
+    if (this.chunk.length === 0) return;
+    const text = this.chunk.join('');
+    this.chunk = [];
+    this.size = 0;
+    try {
+      fs.writeSync(this.fd, text);
+    } catch (e) {
+      throw new RunFailure(`--trace: cannot write ${this.file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    }
+  }
+
+  /** A run that completed: the guest-visible faults in the order the guest received them, then close. */
+  finish(events: GuestEventLog): void {
+    for (const e of events) {
+      this.write(`${JSON.stringify({ type: 'page-fault', seq: e.seq, vcpu: e.vcpu, pid: e.pid, address: hexU64(e.address), errorCode: e.errorCode, kind: e.kind })}\n`);
+    }
+    this.close();
+  }
+
+  /** A run that failed: what was traced up to the failure, and the failure. */
+  abort(error: unknown): void {
+    this.write(`${JSON.stringify({ type: 'aborted', error: error instanceof Error ? error.message : String(error) })}\n`);
+    this.close();
+  }
+
+  /** Bad input: no trace at all. */
+  discard(): void {
+    this.chunk = [];
+    this.size = 0;
+    fs.closeSync(this.fd);
+    fs.rmSync(this.file, { force: true });
+  }
+
+  private close(): void {
+    try {
+      this.flush();
+    } finally {
+      fs.closeSync(this.fd);
+    }
+  }
 }
 
 function num(n: number): string {

@@ -2,12 +2,20 @@ import { tap, type MonoTypeOperatorFunction } from 'rxjs';
 import type { MmuEvent } from './mmu-events.js';
 import { keyCache, type StatCell, type Stats } from './stats.js';
 import { exitToJson, type VmExit } from './vm-exit.js';
-import { hex } from '../machine/vcpu.js';
+import { hexHiLo, hexU64 as hex } from './hex.js';
+
+const WINDOW_START = `${JSON.stringify({ type: 'window', phase: 'start' })}\n`;
+const WINDOW_END = `${JSON.stringify({ type: 'window', phase: 'end' })}\n`;
 
 /** Writes one trace record per exit (and per MMU decision). Bound to a no-op by default. */
 export interface ExitTracer {
   traceExit(exit: VmExit): void;
   traceMmuEvent(event: MmuEvent): void;
+  /**
+   * Where the run's counters start or stop counting (the measured window): boot's exits come before the
+   * start. A workload that marks its steady state starts the window again; the last start before the end counts.
+   */
+  traceWindow?(phase: 'start' | 'end'): void;
 }
 
 /** Keeps the exits a test wants to look at. Bound to a no-op by default. */
@@ -40,17 +48,22 @@ export class ArrayRecorder implements ExitRecorder {
 
 /**
  * The exit tracer of `vmexit run --trace FILE`: one JSON object per line (JSON Lines), for each exit after
- * its resolution and for each MMU decision. `write` receives each line with its newline.
+ * its resolution (`type` 'exit'), for each MMU decision ('mmu') and at each end of the measured window
+ * ('window', `phase` 'start' or 'end'). Addresses and 64-bit values are unsigned hex strings. `write`
+ * receives each line with its newline, as it happens.
  */
 export class JsonLinesTracer implements ExitTracer {
   constructor(private readonly write: (line: string) => void) {}
   traceExit(exit: VmExit): void {
     this.write(`${JSON.stringify({ type: 'exit', ...exitToJson(exit) })}\n`);
   }
+  traceWindow(phase: 'start' | 'end'): void {
+    this.write(phase === 'start' ? WINDOW_START : WINDOW_END);
+  }
   traceMmuEvent(ev: MmuEvent): void {
     const body =
       ev.kind === 'pte-write'
-        ? { gpa: hex(ev.gpa), size: ev.size, level: ev.level, misaligned: ev.misaligned, old: hex(ev.oldHi * 4294967296 + ev.oldLo), new: hex(ev.newHi * 4294967296 + ev.newLo) }
+        ? { gpa: hex(ev.gpa), size: ev.size, level: ev.level, misaligned: ev.misaligned, old: hexHiLo(ev.oldHi, ev.oldLo), new: hexHiLo(ev.newHi, ev.newLo) }
         : ev.kind === 'flood'
           ? { gfn: hex(ev.gfn), level: ev.level, writeCount: ev.writeCount, vcpuWriteCount: ev.vcpuWriteCount }
           : ev.kind === 'tracked-write'

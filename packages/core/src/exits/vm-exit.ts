@@ -1,4 +1,4 @@
-import { hex } from '../machine/vcpu.js';
+import { hexU64 as hex } from './hex.js';
 
 /**
  * What the hardware reports for one exit, in the backend's own terms: VMX exit reason and VMCS exit fields

@@ -128,7 +128,7 @@ describe('ExitChannel', () => {
       expect(ch.push(e)).toEqual({ kind: 'inject', vector: 14, errorCode: 6 });
       expect(rec.exits).toEqual([e]);
       expect(lines).toHaveLength(1);
-      expect(JSON.parse(lines[0]!)).toMatchObject({ type: 'exit', vcpu: 2, kind: 'exception', reason: 'EXCEPTION_NMI', address: '-0x778000000000', resolution: { kind: 'inject', vector: 14, errorCode: 6 }, resolvedBy: 'reflect-np' });
+      expect(JSON.parse(lines[0]!)).toMatchObject({ type: 'exit', vcpu: 2, kind: 'exception', reason: 'EXCEPTION_NMI', address: '0xffff888000000000', resolution: { kind: 'inject', vector: 14, errorCode: 6 }, resolvedBy: 'reflect-np' });
     });
 
     it('throws E_EXIT_UNRESOLVED and stays closed afterwards', () => {
