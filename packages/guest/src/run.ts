@@ -44,7 +44,10 @@ export interface RunOptions {
   readonly counters?: (machine: Machine, at: 'start' | 'end') => RunCounters;
   /** Loads a trace workload (default: read and decode the file; `kbuild` is the bundled trace). */
   readonly loadTrace?: (path: string) => VxtTrace;
-  /** Progress, after each quantum: user accesses so far and the expected total (null when unknown). */
+  /**
+   * Progress, after each quantum: user accesses so far and the expected total (a trace's represented
+   * accesses, or what a synthetic workload expects, see WorkloadContext.expectAccesses; null until known).
+   */
   readonly onProgress?: (accesses: number, total: number | null) => void;
 }
 
@@ -159,7 +162,8 @@ export function runWorkload(options: RunOptions): RunOutcome {
       );
     }
   }
-  const total = trace === null ? null : sumCounts(trace);
+  // The expected total for the progress bar: a trace's represented accesses, or what the workload says.
+  let total = trace === null ? null : sumCounts(trace);
   const runner = new TaskRunner(machine, kernel, {
     onQuantum: options.onProgress === undefined ? undefined : (n) => options.onProgress!(n, total),
   });
@@ -189,7 +193,10 @@ export function runWorkload(options: RunOptions): RunOutcome {
   };
   const t0 = performance.now();
   try {
-    if (synthetic !== undefined) synthetic.setup({ kernel, runner, rng: new Rng(seed ^ 0x3c6ef372), vcpus, measure }, params);
+    const expectAccesses = (n: number): void => {
+      total = n;
+    };
+    if (synthetic !== undefined) synthetic.setup({ kernel, runner, rng: new Rng(seed ^ 0x3c6ef372), vcpus, measure, expectAccesses }, params);
     else startReplay(kernel, runner, trace!, replay, tracePath);
     runner.run();
   } catch (e) {

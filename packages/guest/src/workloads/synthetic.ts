@@ -19,6 +19,12 @@ export interface WorkloadContext {
   readonly rng: Rng;
   readonly vcpus: number;
   readonly measure: MeasureWindow;
+  /**
+   * Tells the run how many user accesses the workload will make in all (for the progress bar): at setup
+   * when the parameters give it, else as soon as the workload knows it; an estimate where it cannot be
+   * exact (mprotect-storm's readers; its setup says so). Each call replaces the last.
+   */
+  expectAccesses(total: number): void;
 }
 
 export interface SyntheticWorkload {
@@ -65,6 +71,8 @@ const demandFault: SyntheticWorkload = {
   },
   minPages: (p) => p.pages! + Math.ceil(p.pages! / 512) + 8,
   setup(ctx, p) {
+    // one access per page, exactly
+    ctx.expectAccesses(p.pages!);
     startProcesses(ctx, 'demand-fault', 1, function* (t) {
       const pages = p.pages!;
       const base = mapAnon(t, pages);
@@ -92,6 +100,8 @@ const forkCow: SyntheticWorkload = {
   minPages: (p) => 2 * p.pages! + 2 * Math.ceil(p.pages! / 512) + 16,
   setup(ctx, p) {
     const rng = ctx.rng;
+    // exactly: the parent's first pass, then per child its k writes and the parent's pass after it
+    ctx.expectAccesses(p.pages! + p.forks! * (Math.floor(p.pages! * p.write!) + p.pages!));
     startProcesses(ctx, 'fork-cow', 1, function* (t) {
       const pages = p.pages!;
       const base = mapAnon(t, pages);
@@ -153,6 +163,11 @@ function* runImage(t: Task, image: ImageSpec, n: number): Program {
   }
 }
 
+/** The user accesses `runImage` makes. */
+function imageAccesses(image: ImageSpec): number {
+  return image.textPages + 2 * image.dataPages + image.bssPages + image.stackPages;
+}
+
 const SHELL: ImageSpec = { path: '/bin/sh', textPages: 8, dataPages: 2, bssPages: 2, stackPages: 2 };
 
 const execStorm: SyntheticWorkload = {
@@ -167,6 +182,8 @@ const execStorm: SyntheticWorkload = {
   },
   minPages: (p) => 64 + 4 * (p.text! + p.data! + p.bss! + p.stack!),
   setup(ctx, p) {
+    // exactly: per vCPU, the shell's image, then each child's
+    ctx.expectAccesses(ctx.vcpus * (imageAccesses(SHELL) + p.execs! * imageAccesses(storeImage(p, 0))));
     startProcesses(ctx, 'sh', ctx.vcpus, function* (t, index) {
       t.kernel.exec(t.vcpu, t.proc, SHELL);
       yield* runImage(t, SHELL, 0);
@@ -198,6 +215,12 @@ const mprotectStorm: SyntheticWorkload = {
     const proc = ctx.kernel.createProcess(v0, 'mprotect-storm');
     let base = -1;
     let finished = false;
+    // An estimate: the writer's accesses are exact but for the retries (a write is executed again after the
+    // SIGSEGV of the first write to each page in a round: the expected number of distinct pages among
+    // `writes` uniform draws); the readers on the other vCPUs read until the writer is done, about one
+    // quantum (4000 operations on average, 64 per read) each per round.
+    const distinct = pages * (1 - Math.pow(1 - 1 / pages, p.writes!));
+    ctx.expectAccesses(Math.round(pages + p.rounds! * (p.writes! + distinct + ((ctx.vcpus - 1) * 4000) / 64)));
     ctx.runner.start(
       proc,
       function* (t) {
@@ -287,6 +310,13 @@ const ptRecycle: SyntheticWorkload = {
             t.write(va, 0);
           }
         }
+        // Exactly, once the first round knows its children (every round is the same): the children's
+        // images, the survivor's first stores and its memset of the freed frames (512 8-byte stores each).
+        if (r === 1) {
+          let first = 0;
+          for (let i = 0; i < total; i++) first += pre[i]!;
+          ctx.expectAccesses(p.rounds! * (children.length * imageAccesses(image) + first + frames * (PAGE_SIZE / 8)));
+        }
         // 3. The children exit: their tables go back to the allocator, the page directories among them.
         release = true;
         for (const c of children) yield* t.wait(c);
@@ -327,6 +357,8 @@ function accessLoop(name: string, doc: string, extra: Record<string, ParamDef>, 
     minPages: (p, vcpus) => (p.procs === 0 ? vcpus : p.procs!) * (p.pages! + Math.ceil(p.pages! / 512) + 8),
     setup(ctx, p) {
       const procs = p.procs === 0 ? ctx.vcpus : p.procs!;
+      // exactly: n accesses per process
+      ctx.expectAccesses(procs * (p.accesses ?? p.passes! * p.pages!));
       startProcesses(ctx, name, procs, function* (t) {
         const rng = ctx.rng.fork();
         const next = makeNext(p, rng);

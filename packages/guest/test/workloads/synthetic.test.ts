@@ -31,6 +31,35 @@ describe('SYNTHETIC_WORKLOADS', () => {
     });
   }
 
+  describe('.expectAccesses', () => {
+    /** The run's accesses and the total the workload told the progress bar (the last one it reported). */
+    const expected = (workload: string, vcpus: number): [number, number | null] => {
+      let total: number | null = null;
+      const { result: r } = runWorkload({ workload, vcpus, seed: 3, memory: 16 * 1024 * 1024, onProgress: (_n, t) => (total = t) });
+      return [r.guest.accesses, total];
+    };
+
+    it('gives the progress bar the exact total of every workload but mprotect-storm', () => {
+      for (const [name, params] of Object.entries(SMALL)) {
+        if (name === 'mprotect-storm') continue;
+        for (const vcpus of [1, 3]) {
+          const [accesses, total] = expected(`${name}:${params}`, vcpus);
+          expect(total, `${name} on ${vcpus} vCPUs`).toBe(accesses);
+        }
+      }
+      // pt-recycle knows its total after the first round's children: later rounds are the same
+      const [accesses, total] = expected('pt-recycle:dirs=3,rounds=3', 2);
+      expect(total).toBe(accesses);
+    });
+
+    it("estimates mprotect-storm's total (its readers run until the writer is done) within 10 % at the defaults", () => {
+      for (const vcpus of [1, 2, 4]) {
+        const [accesses, total] = expected('mprotect-storm', vcpus);
+        expect(Math.abs(total! / accesses - 1), `${vcpus} vCPUs: ${total} for ${accesses}`).toBeLessThan(0.1);
+      }
+    });
+  });
+
   describe('demand-fault', () => {
     it('takes exactly one demand-zero fault per page', () => {
       const { result: r } = runWorkload({ workload: 'demand-fault:pages=1000', memory: 16 * 1024 * 1024 });
