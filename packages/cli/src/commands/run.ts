@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { hexU64, PAGING_MODE_NAMES, type PagingModeName } from '@vmexit/core';
 import { PERSONALITIES, type GuestEventLog, type Personality, type RunResult } from '@vmexit/guest';
 import { InputError, RunFailure } from '../errors.js';
+import { Progress, rate } from '../progress.js';
 import { JsonLinesTracer, checkFailure, runChecked, runOnVariant, type CheckReport, type VariantRunResult } from '../run-variant.js';
 import { addVariantOptions, variantFromOptions, type VariantOptions } from '../variant-options.js';
 
@@ -171,11 +172,8 @@ function num(n: number): string {
   return Math.round(n).toLocaleString('en-US');
 }
 
-function rate(n: number): string {
-  return n >= 1e6 ? `${(n / 1e6).toFixed(1)} M` : n >= 1e3 ? `${(n / 1e3).toFixed(1)} k` : n.toFixed(0);
-}
-
-function summary(r: VariantRunResult, check: CheckReport | null = null): string {
+/** The summary table `vmexit run` prints (without --json): one `name  value` row per line. */
+export function summary(r: VariantRunResult, check: CheckReport | null = null): string {
   const g = r.guest;
   const t = r.counters.total;
   const exitRows: [string, string][] = [];
@@ -229,34 +227,4 @@ export function variantLabel(v: RunResult['variant']): string {
 
 function sum(o: Record<string, number>): number {
   return Object.values(o).reduce((a, b) => a + b, 0);
-}
-
-/** A progress bar on stderr, drawn only when stderr is a terminal and the run has taken over a second. */
-class Progress {
-  private readonly start = Date.now();
-  private last = 0;
-  private drawn = false;
-  private readonly tty = process.stderr.isTTY === true;
-
-  update(done: number, total: number | null): void {
-    if (!this.tty) return;
-    const now = Date.now();
-    if (now - this.start < 1000 || now - this.last < 100) return;
-    this.last = now;
-    const width = 30;
-    let line: string;
-    if (total !== null && total > 0) {
-      const f = Math.min(1, done / total);
-      const n = Math.round(f * width);
-      line = `[${'#'.repeat(n)}${' '.repeat(width - n)}] ${(f * 100).toFixed(0).padStart(3)}%  ${rate(done)} accesses`;
-    } else {
-      line = `${rate(done)} accesses`;
-    }
-    process.stderr.write(`\r${line}\x1b[K`);
-    this.drawn = true;
-  }
-
-  clear(): void {
-    if (this.drawn) process.stderr.write('\r\x1b[K');
-  }
 }

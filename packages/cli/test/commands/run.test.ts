@@ -139,3 +139,32 @@ describe('run and trace info on a .vxt whose checksum is valid but whose content
     }
   });
 });
+
+describe('run summary table', () => {
+  it('prints TLB misses and flushes from the counters, the wall time and accesses/s', async () => {
+    const args = ['run', '--workload', 'mprotect-storm:pages=8,rounds=3,writes=2', '--backend', 'none', '--memory', '16M', '--vcpus', '2', '--seed', '4'];
+    expect(await main([...args, '--json'])).toBe(0);
+    const r = JSON.parse(out.join(''));
+    out.length = 0;
+    expect(await main(args)).toBe(0);
+    const rows = new Map(out.join('').trim().split('\n').map((l) => [l.slice(0, l.indexOf('  ')).trim(), l.slice(l.indexOf('  ')).trim()]));
+    const n = (x: number): string => x.toLocaleString('en-US');
+    // the counters are deterministic: the table shows the same figures as the --json run
+    expect(r.counters.total.invlpg).toBeGreaterThan(0);
+    expect(rows.get('TLB misses')).toBe(n(r.counters.total.tlb_misses));
+    expect(rows.get('TLB flushes')).toBe(`${n(r.counters.total.tlb_flush)} full, ${n(r.counters.total.invlpg)} INVLPG, ${n(r.guest.tlb.shootdowns)} shootdowns`);
+    expect(rows.get('accesses')).toBe(n(r.guest.accesses));
+    expect(rows.get('wall time')).toMatch(/^\d+\.\d{3} s$/);
+    expect(rows.get('accesses/s')).toMatch(/^\d+(\.\d (k|M))?$/);
+  });
+
+  it('formats the wall time in seconds and accesses/s in k or M', async () => {
+    const { summary } = await import('../../src/commands/run.js');
+    expect(await main(['run', '--workload', 'demand-fault:pages=50', '--backend', 'none', '--memory', '16M', '--json'])).toBe(0);
+    const r = JSON.parse(out.join(''));
+    const table = summary({ ...r, wallSeconds: 1.5, accessesPerSecond: 2_500_000 });
+    expect(table).toMatch(/^wall time +1\.500 s$/m);
+    expect(table).toMatch(/^accesses\/s +2\.5 M$/m);
+    expect(summary({ ...r, accessesPerSecond: 12_345 })).toMatch(/^accesses\/s +12\.3 k$/m);
+  });
+});
