@@ -338,7 +338,11 @@ export function validateVector(json: Json, file: string, line: number): Conforma
       const path = `expect.memory_after_dontcare[${i}]`;
       const a = array(c, e, path);
       if (a.length !== 2) c.fail(path, `expected [pa, mask], got an array of ${a.length}`);
-      memoryAfterDontCare.push({ pa: hex(c, a[0], `${path}[0]`, MAX_PA, '2^52'), mask: hex(c, a[1], `${path}[1]`, 1n << 64n, '2^64') });
+      const pa = hex(c, a[0], `${path}[0]`, MAX_PA, '2^52');
+      // A mask applies to one entry of memory_after (the same entries as memory), within its size.
+      const entry = memory.find((m) => m.pa === pa);
+      if (entry === undefined) c.fail(`${path}[0]`, `0x${pa.toString(16)} is not an entry of memory`);
+      memoryAfterDontCare.push({ pa, mask: hex(c, a[1], `${path}[1]`, 1n << BigInt(entry.size * 8), `2^${entry.size * 8} for a ${entry.size}-byte entry`) });
     });
   }
   let preExpect: VectorOutcome | null = null;

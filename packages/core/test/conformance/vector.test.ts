@@ -113,6 +113,14 @@ describe('validateVector', () => {
       expect(problem(after([['0x1920', '0x2027', 8], ['0x2688', '0x3007', 8], ['0x3000', '0x0', 8]]))).toMatch(/^v\.jsonl:7: expect\.memory_after\[2\]\[0\]: 0x3000 is not an entry of memory/);
     });
 
+    it('takes memory_after_dontcare masks only for entries of memory, within their size', () => {
+      const dontcare = (list: unknown[]) => ({ ...two, expect: { ...two.expect, memory_after_dontcare: list } });
+      expect(validateVector(dontcare([['0x1920', '0x20']]), 'v.jsonl', 7).expect.memoryAfterDontCare).toEqual([{ pa: 0x1920n, mask: 0x20n }]);
+      expect(problem(dontcare([['0x1928', '0x20']]))).toBe('v.jsonl:7: expect.memory_after_dontcare[0][0]: 0x1928 is not an entry of memory');
+      const small = { ...GOOD, memory: [['0x1920', '0x27', 4]], expect: { ...GOOD.expect, memory_after: [['0x1920', '0x27', 4]], memory_after_dontcare: [['0x1920', '0x100000000']] } };
+      expect(problem(small)).toMatch(/^v\.jsonl:7: expect\.memory_after_dontcare\[0\]\[1\]: 0x100000000 is out of range \(must be below 2\^32 for a 4-byte entry\)$/);
+    });
+
     it('rejects an entry listed twice, or overlapping another', () => {
       expect(problem(after([['0x1920', '0x2027', 8], ['0x1920', '0x2027', 8]]))).toBe(
         'v.jsonl:7: expect.memory_after[1][0]: 0x1920 overlaps expect.memory_after[0] (each byte of memory is listed once)',
