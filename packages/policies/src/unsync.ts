@@ -11,8 +11,13 @@ export type UnsyncOptions = z.output<typeof unsyncOptions>;
  * every pte write emulated. The MMU syncs it at the guest's next TLB flush: a CR write (CR3 load) syncs every
  * unsync page the vCPU's roots reach, INVLPG re-reads the one gpte, and linking an unsync page syncs it first
  * (a not-present -> present change needs no flush). Syncing relies on those events exiting, as KVM's "trap
- * invlpg" (2008) made them again: the policy refuses a backend state that does not intercept INVLPG or CR3
- * loads. Upper-level guest tables stay write-protected.
+ * invlpg" (2008) made them again. There is nothing for the policy to turn on: shadow paging already makes them
+ * exit, because the MMU must see every guest CR3 load (to switch shadow roots) and INVLPG (to drop the
+ * spte), so both bundled backends set them up for it (backend-vmx `createVmcs`: CPU_BASED_INVLPG_EXITING and
+ * CPU_BASED_CR3_LOAD_EXITING, as KVM `init_vmcs` without EPT, SDM Vol. 3C §25.6.2; backend-svm `createVmcb`:
+ * INTERCEPT_INVLPG and the CR3 write intercept, as KVM `init_vmcb` without NPT, APM Vol. 2 §15.9), and core
+ * has no capability to change them. The policy checks it and refuses a backend state (a third-party backend's)
+ * that does not intercept them. Upper-level guest tables stay write-protected.
  *
  * @example
  * { "backend": "svm", "mmu": "shadow", "policies": [{ "use": "unsync" }, { "use": "write-flood" }] }

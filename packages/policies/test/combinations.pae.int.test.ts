@@ -1,0 +1,3 @@
+import { describeEveryCombination } from './combinations.js';
+
+describeEveryCombination('pae');
