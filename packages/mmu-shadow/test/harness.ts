@@ -127,6 +127,14 @@ export class Harness implements MmuHost, VcpuHooks {
     if (this.audit) this.mmu.audit();
   }
 
+  crWriteFault(_vcpu: Vcpu, cr: number): FaultAction {
+    // The write exits before its #GP (SDM Vol. 3C §26.1.1); the handler's PDPTE load fails and it injects
+    // #GP(0) (KVM kvm_set_cr3 -> load_pdptrs -> kvm_complete_insn_gp). The MMU hears nothing.
+    this.exit(`cr${cr === MSR_EFER ? 'efer' : cr}`);
+    if (this.audit) this.mmu.audit();
+    return FAULT_DELIVER;
+  }
+
   invlpg(vcpu: Vcpu, va: number): void {
     this.exit('invlpg');
     this.mmu.invlpg(vcpu, va, true);

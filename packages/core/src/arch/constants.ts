@@ -10,6 +10,13 @@ export const PFERR_USER = 1 << 2; // U/S: a user-mode access (CPL = 3)
 export const PFERR_RSVD = 1 << 3; // RSVD: a reserved bit was set in some paging-structure entry
 export const PFERR_FETCH = 1 << 4; // I/D: an instruction fetch
 export const PFERR_PK = 1 << 5; // PK: a protection-key violation
+export const PFERR_SS = 1 << 6; // SS: a shadow-stack access (KVM PFERR_SHSTK_MASK); never set by this walker
+export const PFERR_SGX = 1 << 15; // SGX: a violation of SGX access-control requirements (KVM PFERR_SGX_MASK); never set here
+/**
+ * Every error-code bit the SDM defines (§4.7, Figure 4-12): P, W/R, U/S, RSVD, I/D, PK, SS, SGX. The others
+ * are reserved (0); VMX's PFEC_MASK/MATCH and SVM's intercept still see whatever 32-bit value they get.
+ */
+export const PFERR_DEFINED = PFERR_PRESENT | PFERR_WRITE | PFERR_USER | PFERR_RSVD | PFERR_FETCH | PFERR_PK | PFERR_SS | PFERR_SGX;
 
 /**
  * The kind of an access, in the error code's own bit positions (as KVM's `access` argument):

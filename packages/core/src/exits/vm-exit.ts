@@ -53,12 +53,17 @@ export interface ExceptionExit extends ExitBase {
   readonly access: number;
 }
 
-/** MOV to CR0/CR3/CR4 (`cr` 0, 3, 4) or WRMSR IA32_EFER (`cr` 0xc0000080), after its architectural effect. */
+/**
+ * MOV to CR0/CR3/CR4 (`cr` 0, 3, 4) or WRMSR IA32_EFER (`cr` 0xc0000080), after its architectural effect;
+ * or, when `faulted`, a MOV to CR whose checks fail (a present PAE PDPTE with a reserved bit): it exits
+ * before the fault (SDM Vol. 3C §26.1.1), the register keeps `oldValue`, and the handler injects #GP(0).
+ */
 export interface CrWriteExit extends ExitBase {
   readonly kind: 'cr-write';
   readonly cr: number;
   readonly value: number;
   readonly oldValue: number;
+  readonly faulted: boolean;
 }
 
 export interface InvlpgExit extends ExitBase {
@@ -97,7 +102,7 @@ export function describeExit(exit: VmExit): string {
     case 'exception':
       return `${head}: exception ${exit.vector}, error code ${hex(exit.errorCode)}, address ${hex(exit.address)}`;
     case 'cr-write':
-      return `${head}: write of ${hex(exit.value)} to ${exit.cr === 0xc0000080 ? 'EFER' : `CR${exit.cr}`}`;
+      return `${head}: write of ${hex(exit.value)} to ${exit.cr === 0xc0000080 ? 'EFER' : `CR${exit.cr}`}${exit.faulted ? ' (faults: #GP)' : ''}`;
     case 'invlpg':
       return `${head}: INVLPG ${hex(exit.va)}`;
     case 'nested-fault':
@@ -124,6 +129,7 @@ export function exitToJson(exit: VmExit): Record<string, unknown> {
       break;
     case 'cr-write':
       Object.assign(base, { cr: exit.cr, value: hex(exit.value), oldValue: hex(exit.oldValue) });
+      if (exit.faulted) base.faulted = true;
       break;
     case 'invlpg':
       Object.assign(base, { va: hex(exit.va) });

@@ -3,7 +3,7 @@ import { WALK_OK, WALK_PAGE_FAULT, WALK_SIDE_EFFECTS, WalkResult } from '../pagi
 import { walk } from '../paging/walker.js';
 import type { Mmu } from '../vm/mmu.js';
 import { FAULT_DELIVER, FAULT_DONE, FAULT_RETRY, type FaultAction } from './hooks.js';
-import { storeAt, type Vcpu } from './vcpu.js';
+import { openBus, storeAt, type Vcpu } from './vcpu.js';
 
 /** emulatePendingAccess could not emulate the access (see Vcpu.pendingEmulatable). */
 export const EMULATION_FAILED = -1;
@@ -27,7 +27,8 @@ export interface EmulationOutcome {
  * (`kvm_mmu_track_write`, arch/x86/kvm/mmu/mmu.c). A guest walk that faults injects that #PF (the emulator's
  * `inject_emulated_exception`). A guest-physical address with no RAM is MMIO (FAULT_DONE after the caller
  * counts its user-space exit: reads return all ones). Vector stores (16 bytes) are not emulated:
- * EMULATION_FAILED, after which KVM unprotects the gfn and lets the guest retry (`kvm_mmu_unprotect_page`).
+ * EMULATION_FAILED, after which KVM unprotects the gfn and lets the guest retry when the gfn was a
+ * shadowed page table (`kvm_mmu_unprotect_page`), and reports the failure to user space otherwise (VmHooks).
  */
 export function emulatePendingAccess(vcpu: Vcpu, mmu: Mmu | null, out: EmulationOutcome): EmulationOutcome {
   const r = (out.walk ??= new WalkResult());
@@ -52,8 +53,8 @@ export function emulatePendingAccess(vcpu: Vcpu, mmu: Mmu | null, out: Emulation
   const write = (vcpu.pendingAccess & ACC_WRITE) !== 0;
   const off = mem.gpaToOffset(gpa);
   if (off < 0 || (write && mem.isReadonly(gpa))) {
-    vcpu.emulatedLo = 0xffffffff;
-    vcpu.emulatedHi = 0xffffffff;
+    vcpu.emulatedLo = openBus(vcpu.pendingSize);
+    vcpu.emulatedHi = vcpu.pendingSize === 8 ? 0xffffffff : 0;
     out.unbacked = off < 0;
     out.action = FAULT_DONE;
     return out;

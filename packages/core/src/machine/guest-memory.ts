@@ -21,6 +21,9 @@ export interface MemslotSpec {
   readonly readonly?: boolean;
 }
 
+/** The largest piece of RAM `GuestMemory.digest` hands to one hash update (256 MiB). */
+const DIGEST_CHUNK = 256 * 1024 * 1024;
+
 /** Largest RAM this simulator backs: TLB entries hold host page offsets in 32 bits. */
 export const MAX_GUEST_RAM = 3 * 1024 * 1024 * 1024;
 
@@ -117,10 +120,17 @@ export class GuestMemory implements PhysicalMemory {
     return this.size >>> PAGE_SHIFT;
   }
 
-  /** SHA-256 of all guest RAM, slot by slot in guest-physical order: the run's memory digest. */
+  /**
+   * SHA-256 of all guest RAM, slot by slot in guest-physical order: the run's memory digest. Fed to the hash
+   * in pieces of at most DIGEST_CHUNK bytes (node:crypto refuses one update of 2 GiB or more); SHA-256 of a
+   * byte sequence does not depend on how it is split, so the digest is that of the whole sequence.
+   */
   digest(): string {
     const h = createHash('sha256');
-    for (const s of this.slots) h.update(this.u8.subarray(s.offset, s.offset + s.pages * PAGE_SIZE));
+    for (const s of this.slots) {
+      const end = s.offset + s.pages * PAGE_SIZE;
+      for (let at = s.offset; at < end; at += DIGEST_CHUNK) h.update(this.u8.subarray(at, Math.min(end, at + DIGEST_CHUNK)));
+    }
     return h.digest('hex');
   }
 }

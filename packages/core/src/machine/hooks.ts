@@ -32,21 +32,34 @@ export interface VcpuHooks {
   mmio(vcpu: Vcpu, gpa: number, access: number): FaultAction;
   /** MOV to CR0/CR3/CR4 or WRMSR IA32_EFER (`cr` = 0, 3, 4, or 0xc0000080), after the architectural effect. */
   crWrite(vcpu: Vcpu, cr: number, oldValue: number): void;
+  /**
+   * MOV to CR0/CR3/CR4 of `value` whose architectural checks failed: in PAE paging a present PDPTE with a
+   * reserved bit (SDM Vol. 3A §4.4.1) makes it #GP(0). The vCPU has left the register (and the PDPTE
+   * registers) unchanged. A VM exit the write would cause comes first (SDM Vol. 3C §26.1.1, "Relative
+   * Priority of Faults and VM Exits": only #UD, privilege-level faults and I/O-permission #GPs have priority
+   * over a VM exit), and then the hypervisor, emulating the write, finds the PDPTEs bad and injects the #GP
+   * itself (KVM kvm_set_cr3 -> load_pdptrs fails -> kvm_complete_insn_gp). Answers FAULT_DELIVER to deliver
+   * #GP(vcpu.deliverErrorCode) to the guest's handler; FAULT_RETRY when it was delivered already.
+   */
+  crWriteFault(vcpu: Vcpu, cr: number, value: number): FaultAction;
   /** INVLPG `va`, after the architectural TLB invalidation. */
   invlpg(vcpu: Vcpu, va: number): void;
 }
 
 /** A guest with no hypervisor: every exception is delivered to the guest, nothing exits. */
 export class NativeHooks implements VcpuHooks {
-  exception(): FaultAction {
+  exception(_vcpu: Vcpu, _vector: number, _errorCode: number, _address: number, _access: number): FaultAction {
     return FAULT_DELIVER;
   }
-  nestedFault(): FaultAction {
+  nestedFault(_vcpu: Vcpu, _address: number, _access: number, _r: WalkResult): FaultAction {
     throw new Error('a second-stage fault without a hypervisor');
   }
-  mmio(): FaultAction {
+  mmio(_vcpu: Vcpu, _gpa: number, _access: number): FaultAction {
     return FAULT_DONE; // reads of unbacked memory return all ones; writes are dropped (the vCPU does that)
   }
-  crWrite(): void {}
-  invlpg(): void {}
+  crWrite(_vcpu: Vcpu, _cr: number, _oldValue: number): void {}
+  crWriteFault(_vcpu: Vcpu, _cr: number, _value: number): FaultAction {
+    return FAULT_DELIVER; // the #GP goes to the guest's handler
+  }
+  invlpg(_vcpu: Vcpu, _va: number): void {}
 }

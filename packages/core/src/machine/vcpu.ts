@@ -292,7 +292,7 @@ export class Vcpu {
     if (this.pagingEnabled && this.ctx.mode === MODE_PAE && ((old ^ v) & CR0_PG) !== 0 && !this.reloadPdptes()) {
       this.cr0 = old;
       this.updateMode();
-      this.raise(GP_VECTOR, 0, 0);
+      this.crWriteFault(0, v);
       return;
     }
     if (((old ^ v) & (CR0_PG | CR0_WP)) !== 0) this.tlb.flushAll(false);
@@ -301,8 +301,9 @@ export class Vcpu {
 
   /**
    * MOV to CR3 (§4.10.4.1): the new root; in PAE mode the PDPTE registers are loaded (a present PDPTE with
-   * a reserved bit set is #GP and CR3 is unchanged, §4.4.1). Non-global TLB entries are flushed; with
-   * CR4.PCIDE those of the new PCID, unless `noFlush` (bit 63 of the source operand) is set.
+   * a reserved bit set is #GP and CR3 is unchanged, §4.4.1; under a hypervisor that intercepts the write,
+   * the exit comes first, see VcpuHooks.crWriteFault). Non-global TLB entries are flushed; with CR4.PCIDE
+   * those of the new PCID, unless `noFlush` (bit 63 of the source operand) is set.
    */
   movToCr3(value: number, noFlush = false): void {
     const old = this.cr3;
@@ -313,7 +314,7 @@ export class Vcpu {
     if (this.pagingEnabled && this.ctx.mode === MODE_PAE && !this.reloadPdptes()) {
       this.cr3 = old;
       this.ctx.cr3 = oldCtxCr3;
-      this.raise(GP_VECTOR, 0, 0);
+      this.crWriteFault(3, value);
       return;
     }
     if (pcide) {
@@ -339,7 +340,7 @@ export class Vcpu {
     if (this.pagingEnabled && this.ctx.mode === MODE_PAE && (changed & (CR4_PAE | CR4_PGE | CR4_PSE | CR4_SMEP)) !== 0 && !this.reloadPdptes()) {
       this.cr4 = old;
       this.updateMode();
-      this.raise(GP_VECTOR, 0, 0);
+      this.crWriteFault(4, v);
       return;
     }
     if ((changed & (CR4_PGE | CR4_PAE | CR4_PSE | CR4_PCIDE | CR4_SMEP | CR4_SMAP | CR4_PKE | CR4_LA57)) !== 0) this.tlb.flushAll(false);
@@ -379,6 +380,15 @@ export class Vcpu {
     if (this.ctx.pkru === value >>> 0) return;
     this.ctx.pkru = value >>> 0;
     this.tlb.flushAll(false);
+  }
+
+  /**
+   * A MOV to CR`cr` of `value` failed its checks (state already restored): #GP(0), unless what runs below
+   * the guest handled it (it exited, and the hypervisor injected the #GP), see VcpuHooks.crWriteFault.
+   */
+  private crWriteFault(cr: number, value: number): void {
+    this.deliverErrorCode = 0;
+    if (this.hooks.crWriteFault(this, cr, value) === FAULT_DELIVER) this.raise(GP_VECTOR, this.deliverErrorCode, 0);
   }
 
   /** Re-reads the PAE PDPTE registers from CR3 (for a hypervisor that emulates the load). False = #GP. */
@@ -429,18 +439,21 @@ export class Vcpu {
       let vector = PF_VECTOR;
       if (st === WALK_OK) {
         const pa = r.pa;
-        const off = this.memory.gpaToOffset(pa);
-        if (off < 0 || ((access & ACC_WRITE) !== 0 && this.memory.isReadonly(pa))) {
+        const slot = this.memory.slotForGfn(Math.floor(pa / PAGE_SIZE));
+        // No slot: MMIO. A store to read-only RAM is MMIO too (KVM_MEM_READONLY: "writes ... exit to user
+        // space as KVM_EXIT_MMIO", Documentation/virt/kvm/api.rst, KVM_SET_USER_MEMORY_REGION).
+        if (slot === null || ((access & ACC_WRITE) !== 0 && slot.readonly)) {
           action = this.hooks.mmio(this, pa, access);
           if (action === FAULT_DONE) {
-            this.emulatedLo = OPEN_BUS;
-            this.emulatedHi = OPEN_BUS;
+            this.emulatedLo = openBus(this.pendingSize);
+            this.emulatedHi = this.pendingSize === 8 ? OPEN_BUS : 0;
             return SLOW_DONE;
           }
           if (action === FAULT_RETRY) continue;
           vector = GP_VECTOR;
         } else {
-          this.fillTlb(va, off - (pa % PAGE_SIZE), r);
+          const off = slot.offset + (pa - slot.baseGfn * PAGE_SIZE);
+          this.fillTlb(va, off - (pa % PAGE_SIZE), r, slot.readonly);
           return off;
         }
       } else if (st === WALK_PAGE_FAULT) {
@@ -478,15 +491,19 @@ export class Vcpu {
     );
   }
 
-  /** Computes the TLB permission bits for the translation in `r` and caches it. */
-  private fillTlb(va: number, hostPage: number, r: WalkResult): void {
+  /**
+   * Computes the TLB permission bits for the translation in `r` and caches it. A page of read-only RAM gets
+   * no write permission whatever the pte says, so that every store to it misses and goes the MMIO way
+   * (above) instead of completing from the TLB into the ROM.
+   */
+  private fillTlb(va: number, hostPage: number, r: WalkResult, readonlyRam: boolean): void {
     const ctx = this.activeCtx;
     let flags = 0;
     if (rightsFault(ctx, r, ACC_READ) === 0) flags |= TLB_READ_SUP;
     if (rightsFault(ctx, r, ACC_FETCH) === 0) flags |= TLB_FETCH_SUP;
     if (rightsFault(ctx, r, ACC_READ | ACC_USER) === 0) flags |= TLB_READ_USER;
     if (rightsFault(ctx, r, ACC_FETCH | ACC_USER) === 0) flags |= TLB_FETCH_USER;
-    if (r.dirty) {
+    if (r.dirty && !readonlyRam) {
       if (rightsFault(ctx, r, ACC_WRITE) === 0) flags |= TLB_WRITE_SUP;
       if (rightsFault(ctx, r, ACC_WRITE | ACC_USER) === 0) flags |= TLB_WRITE_USER;
     }
@@ -542,6 +559,11 @@ export class Vcpu {
     ctx.eferNxe = (this.efer & EFER_NXE) !== 0;
     ctx.cr3 = ctx.mode === MODE_PAE ? this.cr3 - (this.cr3 % 32) : this.cr3 - (this.cr3 % PAGE_SIZE);
   }
+}
+
+/** What a load of `size` bytes from unbacked guest-physical memory returns: every byte 0xff. */
+export function openBus(size: number): number {
+  return size === 1 ? 0xff : size === 2 ? 0xffff : OPEN_BUS;
 }
 
 /** Loads `size` bytes at RAM offset `off`. */

@@ -1,7 +1,7 @@
-import { GP_VECTOR, PF_VECTOR } from '../arch/constants.js';
+import { ACC_FETCH, ACC_READ, ACC_WRITE, GP_VECTOR, PF_VECTOR } from '../arch/constants.js';
 import { createEmulationOutcome, emulatePendingAccess, EMULATION_FAILED } from '../machine/emulate.js';
 import { FAULT_DELIVER, FAULT_DONE, FAULT_RETRY, type FaultAction, type VcpuHooks } from '../machine/hooks.js';
-import type { Vcpu } from '../machine/vcpu.js';
+import { hex, MachineError, type Vcpu } from '../machine/vcpu.js';
 import type { WalkResult } from '../paging/types.js';
 import { ExitError } from '../exits/errors.js';
 import type { ExitChannel } from '../exits/pipeline.js';
@@ -73,9 +73,32 @@ export class VmHooks implements VcpuHooks {
       return;
     }
     const hw = this.backend.crWriteExit(this.state, cr, value);
-    const exit: VmExit = { kind: 'cr-write', vcpu: vcpu.id, seq: ++this.seq, hw, cr, value, oldValue, resolution: null, resolvedBy: null };
+    const exit: VmExit = { kind: 'cr-write', vcpu: vcpu.id, seq: ++this.seq, hw, cr, value, oldValue, faulted: false, resolution: null, resolvedBy: null };
     this.actNoFault(exit, this.channel.push(exit));
     this.done(exit, FAULT_RETRY);
+  }
+
+  /**
+   * A MOV to CR whose checks failed (VcpuHooks.crWriteFault). When the backend intercepts the write (VMX
+   * CR3-load exiting / the CR0/CR4 guest-host masks, SVM CR write intercepts), it exits first: SDM Vol. 3C
+   * §26.1.1 (§25.1.1 in older editions), "Relative Priority of Faults and VM Exits", gives only #UD,
+   * faults based on privilege level and I/O-permission #GPs priority over a VM exit, and "fault-like VM
+   * exits have priority over exceptions other than those"; AMD checks instruction intercepts before the
+   * instruction's operand-dependent exceptions (APM Vol. 2 §15.7). The handler then does what KVM's does:
+   * kvm_set_cr3 (kvm_set_cr0/cr4 likewise) -> load_pdptrs fails -> kvm_complete_insn_gp injects #GP(0), and
+   * the MMU hears nothing (kvm_mmu_new_pgd is never reached). Otherwise the write faults in the guest, and
+   * its #GP is an ordinary exception (which exits only by the exception bitmap / intercepts).
+   */
+  crWriteFault(vcpu: Vcpu, cr: number, value: number): FaultAction {
+    if (!this.backend.crWriteExits(this.state, cr, value)) return this.exception(vcpu, GP_VECTOR, 0, 0, ACC_READ);
+    const oldValue = cr === 0 ? vcpu.cr0 : cr === 3 ? vcpu.cr3 : cr === 4 ? vcpu.cr4 : vcpu.efer;
+    const hw = this.backend.crWriteExit(this.state, cr, value);
+    const exit: VmExit = { kind: 'cr-write', vcpu: vcpu.id, seq: ++this.seq, hw, cr, value, oldValue, faulted: true, resolution: null, resolvedBy: null };
+    const res = this.channel.push(exit);
+    if (res.kind !== 'inject') {
+      throw new ExitError('E_BAD_RESOLUTION', `${describeExit(exit)} was resolved as '${res.kind}' by ${exit.resolvedBy}: a faulting CR write can only inject its #GP`);
+    }
+    return this.done(exit, this.act(exit, res, GP_VECTOR, 0));
   }
 
   invlpg(vcpu: Vcpu, va: number): void {
@@ -105,6 +128,8 @@ export class VmHooks implements VcpuHooks {
       case 'nested-fault':
         return fromMmu(this.mmu.handlePageFault(vcpu, exit.gpa, exit.errorCode));
       case 'cr-write':
+        // KVM handle_cr -> kvm_set_cr3 / kvm_set_cr0 / kvm_set_cr4: a failed PDPTE load is #GP(0), nothing changes.
+        if (exit.faulted) return { kind: 'inject', vector: GP_VECTOR, errorCode: 0 };
         this.backend.crWriteHandled(this.state, exit.cr, exit.value);
         this.mmu.crWritten(vcpu, exit.cr, exit.oldValue, true);
         return RESUME;
@@ -158,16 +183,31 @@ export class VmHooks implements VcpuHooks {
   private emulate(address: number, hookVector: number): FaultAction {
     (this.insnEmulation ??= this.stats.cell('insn_emulation')).n++;
     const out = emulatePendingAccess(this.vcpu, this.mmu, this.emulation);
-    if (out.action === FAULT_DONE && out.gpa >= 0 && out.unbacked === true) this.stats.add('mmio_exits');
+    // Completed as MMIO (no memslot, or a store to read-only RAM: KVM_MEM_READONLY): an exit to user space.
+    if (out.action === FAULT_DONE && out.gpa >= 0 && (out.unbacked === true || ((this.vcpu.pendingAccess & ACC_WRITE) !== 0 && this.vcpu.memory.isReadonly(out.gpa)))) {
+      this.stats.add('mmio_exits');
+    }
     return this.emulationAction(address, hookVector);
   }
 
+  /**
+   * After the emulator ran. A failure is retried only when the MMU unprotected a shadowed guest page table at
+   * the gpa (a page table recycled as data: the guest may then do the store itself); any other failure would
+   * fail again on every retry, so it stops the run, as KVM reports it to user space (x86.c
+   * x86_emulate_instruction -> reexecute_instruction / kvm_mmu_unprotect_page, else
+   * handle_emulation_failure -> KVM_EXIT_INTERNAL_ERROR, KVM_INTERNAL_ERROR_EMULATION).
+   */
   private emulationAction(address: number, hookVector: number): FaultAction {
     const out = this.emulation;
     if (out.action === EMULATION_FAILED) {
       this.stats.add('insn_emulation_fail');
-      this.mmu.emulationFailed(this.vcpu, out.gpa);
-      return FAULT_RETRY;
+      if (this.mmu.emulationFailed(this.vcpu, out.gpa)) return FAULT_RETRY;
+      const v = this.vcpu;
+      throw new MachineError(
+        'emulation-failure',
+        `vCPU ${v.id}: emulation failed for the ${v.pendingSize}-byte ${accessName(v.pendingAccess)} of ${hex(v.pendingVa)} (gpa ${hex(out.gpa)}), ` +
+          'which is not a shadowed page table that could be unprotected: KVM_EXIT_INTERNAL_ERROR (KVM_INTERNAL_ERROR_EMULATION)',
+      );
     }
     if (out.action === FAULT_DELIVER) {
       // The guest's own walk faulted during emulation: inject that exception (emulator inject_emulated_exception).
@@ -190,6 +230,11 @@ export class VmHooks implements VcpuHooks {
       throw new ExitError('E_BAD_RESOLUTION', `${describeExit(exit)} was resolved as '${res.kind}' by ${exit.resolvedBy}: a CR write or INVLPG exit can only resume`);
     }
   }
+}
+
+/** A PFERR_* access kind in words, for messages. */
+function accessName(access: number): string {
+  return (access & ACC_WRITE) !== 0 ? 'store' : (access & ACC_FETCH) !== 0 ? 'fetch' : 'load';
 }
 
 /** KVM RET_PF_* as an exit resolution. */

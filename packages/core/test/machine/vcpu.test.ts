@@ -8,6 +8,8 @@ import {
   CR4_PGE,
   EFER_LME,
   EFER_NXE,
+  ACC_WRITE,
+  FAULT_DELIVER,
   FAULT_RETRY,
   GuestAbort,
   Machine,
@@ -19,12 +21,13 @@ import {
   GP_VECTOR,
   PT_DIRTY,
   type FaultAction,
+  type MemslotSpec,
   type Vcpu,
 } from '../../src/index.js';
 import { TestTables } from './tables.js';
 
-function long4Machine(opts: { tlbEntries?: number } = {}) {
-  const m = new Machine({ memoryBytes: 4 * 1024 * 1024, tlbEntries: opts.tlbEntries });
+function long4Machine(opts: { tlbEntries?: number; memslots?: MemslotSpec[] } = {}) {
+  const m = new Machine({ memoryBytes: 4 * 1024 * 1024, tlbEntries: opts.tlbEntries, memslots: opts.memslots });
   const t = new TestTables(m.memory, 'long4');
   const v = m.vcpus[0]!;
   v.writeEfer(EFER_LME | EFER_NXE);
@@ -58,6 +61,95 @@ describe('Vcpu', () => {
       v.write(0x400000, 4, 1);
       expect(t.get(pte) & PT_DIRTY).toBe(PT_DIRTY);
       expect(v.tlb.misses).toBe(2);
+    });
+  });
+
+  describe('memslots (RAM, read-only RAM, holes)', () => {
+    // RAM [0, 1 MiB) holds the tables; ROM [2 MiB, 2 MiB + 64 KiB); RAM [4 MiB, 5 MiB); the rest is holes
+    // (MMIO). The RAM buffer holds the slots back to back: ROM at offset 1 MiB, the second RAM at 1 MiB + 64 KiB.
+    const ROM = 0x200000;
+    const HOLE = 0x300000;
+    const RAM2 = 0x400000;
+    const layout: MemslotSpec[] = [
+      { base: 0, size: 0x100000 },
+      { base: ROM, size: 0x10000, readonly: true },
+      { base: RAM2, size: 0x100000 },
+    ];
+    /** A vCPU whose hooks record every MMIO access (gpa, access) and answer as native hardware does. */
+    function slotMachine() {
+      const r = long4Machine({ memslots: layout });
+      const mmio: [number, number][] = [];
+      r.v.hooks = new (class extends NativeHooks {
+        override mmio(vc: Vcpu, gpa: number, access: number): FaultAction {
+          mmio.push([gpa, access]);
+          return super.mmio(vc, gpa, access);
+        }
+      })();
+      return { ...r, mmio };
+    }
+    const VA_ROM = 0x600000;
+    const VA_HOLE = 0x700000;
+    const VA_RAM2 = 0x800000;
+
+    it('places each slot at its own buffer offset', () => {
+      const { t, v, m } = slotMachine();
+      expect([m.memory.gpaToOffset(ROM), m.memory.gpaToOffset(RAM2 + 0x1234), m.memory.gpaToOffset(HOLE)]).toEqual([0x100000, 0x110000 + 0x1234, -1]);
+      t.map(VA_RAM2, RAM2 + 0x1000, 0x3);
+      v.write(VA_RAM2 + 8, 8, 0xcafef00d, 0x5a5a5a5a);
+      expect(m.memory.view.getUint32(0x110000 + 0x1008, true)).toBe(0xcafef00d);
+      expect(m.memory.read32(RAM2 + 0x100c)).toBe(0x5a5a5a5a);
+      expect(v.read(VA_RAM2 + 8, 4)).toBe(0xcafef00d);
+    });
+
+    it('reads ROM, and never lets a store into it, even after a read filled the TLB from a writable dirty pte', () => {
+      const { t, v, m, mmio } = slotMachine();
+      m.memory.view.setUint32(m.memory.gpaToOffset(ROM + 0x10), 0x0badc0de, true);
+      t.map(VA_ROM, ROM, 0x3 | PT_DIRTY); // P|W|D: the pte allows the store; the slot does not
+      expect(v.read(VA_ROM + 0x10, 4)).toBe(0x0badc0de);
+      // The read's TLB entry serves reads, not writes (KVM_MEM_READONLY: a write is MMIO, never RAM).
+      expect(v.tlb.lookup(VA_ROM + 0x10, 0, 0)).toBeGreaterThanOrEqual(0);
+      expect(v.tlb.lookup(VA_ROM + 0x10, ACC_WRITE, 0)).toBe(-1);
+      v.write(VA_ROM + 0x10, 4, 0x11111111);
+      v.write(VA_ROM + 0x10, 4, 0x22222222); // again: still no write permission cached
+      v.repStos(VA_ROM + 0x20, 4, 8, 0x33333333, 0x44444444);
+      expect(v.read(VA_ROM + 0x10, 4)).toBe(0x0badc0de);
+      expect(m.memory.read32(ROM + 0x20)).toBe(0);
+      // Each store went the MMIO way: 2 stores + 4 rep stos elements, all at the ROM's gpas, as writes.
+      expect(mmio).toEqual([
+        [ROM + 0x10, ACC_WRITE],
+        [ROM + 0x10, ACC_WRITE],
+        [ROM + 0x20, ACC_WRITE],
+        [ROM + 0x28, ACC_WRITE],
+        [ROM + 0x30, ACC_WRITE],
+        [ROM + 0x38, ACC_WRITE],
+      ]);
+      // rep movs into ROM: each element is dropped too, its source read from RAM.
+      t.map(VA_RAM2, RAM2, 0x3 | PT_DIRTY);
+      v.write(VA_RAM2, 8, 0x55555555, 0x66666666);
+      v.repMovs(VA_ROM + 0x40, VA_RAM2, 2, 4);
+      expect(m.memory.read32(ROM + 0x40)).toBe(0);
+      expect(mmio.length).toBe(8);
+    });
+
+    it('reads a hole as all ones and drops stores to it', () => {
+      const { t, v, mmio } = slotMachine();
+      t.map(VA_HOLE, HOLE, 0x3 | PT_DIRTY);
+      expect(v.read(VA_HOLE + 4, 4)).toBe(0xffffffff);
+      expect(v.read(VA_HOLE + 8, 8)).toBe(0xffffffff);
+      expect(v.valueHi).toBe(0xffffffff);
+      expect(v.read(VA_HOLE + 1, 1)).toBe(0xff);
+      expect(v.read(VA_HOLE + 2, 2)).toBe(0xffff);
+      v.write(VA_HOLE, 4, 7);
+      expect(v.read(VA_HOLE, 4)).toBe(0xffffffff);
+      // Nothing was cached for the hole: every access asked the hooks.
+      expect(mmio).toEqual([
+        [HOLE + 4, 0],
+        [HOLE + 8, 0],
+        [HOLE + 1, 0],
+        [HOLE + 2, 0],
+        [HOLE, ACC_WRITE],
+        [HOLE, 0],
+      ]);
     });
   });
 
@@ -162,6 +254,43 @@ describe('Vcpu', () => {
       v.movToCr3(bad);
       expect(gp).toEqual([GP_VECTOR]);
       expect(v.cr3).toBe(t.root);
+    });
+
+    it('asks the hooks first: a write that exits gets its #GP from the hypervisor, not from the hardware', () => {
+      const m = new Machine({ memoryBytes: 1024 * 1024 });
+      const t = new TestTables(m.memory, 'pae');
+      const v = m.vcpus[0]!;
+      v.movToCr4(CR4_PAE);
+      v.movToCr3(t.root);
+      v.movToCr0(CR0_PG | 1);
+      const bad = t.alloc();
+      m.memory.view.setUint32(bad, 0x5000 | 1 | (1 << 5), true);
+      const seen: [number, number, number][] = [];
+      let answer: FaultAction = FAULT_DELIVER;
+      v.hooks = new (class extends NativeHooks {
+        override crWriteFault(vc: Vcpu, cr: number, value: number): FaultAction {
+          seen.push([cr, value, vc.cr3]); // the register is already back to its old value
+          if (answer === FAULT_RETRY) vc.raise(GP_VECTOR, 0, 0); // a hypervisor that injected the #GP itself
+          return answer;
+        }
+      })();
+      const gp: number[] = [];
+      v.setExceptionHandler(GP_VECTOR, (_v, _vec, ec) => gp.push(ec));
+      v.movToCr3(bad);
+      answer = FAULT_RETRY;
+      v.movToCr3(bad);
+      expect(seen).toEqual([
+        [3, bad, t.root],
+        [3, bad, t.root],
+      ]);
+      expect(gp).toEqual([0, 0]); // one #GP(0) each time: delivered by the vCPU, then by the "hypervisor"
+      expect(v.cr3).toBe(t.root);
+      // MOV to CR4 that reloads the PDPTEs (PGE changes in PAE mode) from a bad table faults the same way.
+      v.hooks = new NativeHooks();
+      m.memory.view.setUint32(t.root, 0x5000 | 1 | (1 << 6), true);
+      v.movToCr4(CR4_PAE | CR4_PGE);
+      expect(gp).toEqual([0, 0, 0]);
+      expect(v.cr4).toBe(CR4_PAE);
     });
   });
 

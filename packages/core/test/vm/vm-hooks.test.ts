@@ -1,0 +1,301 @@
+import { describe, expect, it } from 'vitest';
+import {
+  ACC_WRITE,
+  ArrayRecorder,
+  CR0_PG,
+  CR0_WP,
+  CR4_PAE,
+  EFER_LME,
+  GP_VECTOR,
+  MachineError,
+  NoopTracer,
+  PF_VECTOR,
+  PT_DIRTY,
+  variantSchema,
+  Vm,
+  type Backend,
+  type HardwareExit,
+  type MemslotSpec,
+  type Mmu,
+  type PageFaultResolution,
+  type Vcpu,
+} from '../../src/index.js';
+import { TestTables } from '../machine/tables.js';
+
+/**
+ * A backend with switchable intercepts, describing every exit by a made-up reason name (what these tests
+ * count), with a one-slot injection queue as VMX and SVM have.
+ */
+class FakeBackend implements Backend<{ pending: [number, number] | null }> {
+  readonly name = 'vmx' as const;
+  interceptPf = false;
+  interceptGp = false;
+  interceptCr3 = false;
+  createState() {
+    return { pending: null };
+  }
+  exceptionExits(_s: unknown, vector: number): boolean {
+    return (vector === PF_VECTOR && this.interceptPf) || (vector === GP_VECTOR && this.interceptGp);
+  }
+  crWriteExits(_s: unknown, cr: number): boolean {
+    return cr === 3 && this.interceptCr3;
+  }
+  crReadExits(): boolean {
+    return false;
+  }
+  invlpgExits(): boolean {
+    return false;
+  }
+  private hw(name: string): HardwareExit {
+    return { backend: 'vmx', code: 0, name, fields: {} };
+  }
+  exceptionExit(_s: unknown, vector: number): HardwareExit {
+    return this.hw(`EXCEPTION_${vector}`);
+  }
+  crWriteExit(_s: unknown, cr: number): HardwareExit {
+    return this.hw(`CR${cr}_WRITE`);
+  }
+  crReadExit(): HardwareExit {
+    return this.hw('CR_READ');
+  }
+  invlpgExit(): HardwareExit {
+    return this.hw('INVLPG');
+  }
+  nestedFaultExit(): HardwareExit {
+    return this.hw('NESTED');
+  }
+  mmioExit(): HardwareExit {
+    return this.hw('MMIO');
+  }
+  crWriteHandled(): void {}
+  injectException(s: { pending: [number, number] | null }, vector: number, errorCode: number): void {
+    s.pending = [vector, errorCode];
+  }
+  vmEntry(s: { pending: [number, number] | null }, out: { errorCode: number }): number {
+    if (s.pending === null) return -1;
+    const [vector, errorCode] = s.pending;
+    s.pending = null;
+    out.errorCode = errorCode;
+    return vector;
+  }
+  setNestedRoot(): void {}
+}
+
+/**
+ * A shadow MMU in miniature: the hardware walks `shadowRoot` (tables the test builds) when set, else the
+ * guest's own tables; #PF exits resolve as `onFault` says. Records what it was told.
+ */
+class FakeMmu implements Mmu {
+  readonly name = 'shadow' as const;
+  shadowRoot: number | null = null;
+  onFault: PageFaultResolution = { kind: 'retry' };
+  unprotect: (gpa: number) => boolean = () => false;
+  readonly log: string[] = [];
+  init(): void {}
+  attachVcpu(vcpu: Vcpu): void {
+    this.point(vcpu);
+  }
+  private point(vcpu: Vcpu): void {
+    vcpu.activeCtx = this.shadowRoot === null ? vcpu.ctx : { ...vcpu.ctx, cr3: this.shadowRoot };
+  }
+  handlePageFault(_v: Vcpu, address: number, errorCode: number): PageFaultResolution {
+    this.log.push(`pf ${address.toString(16)} ${errorCode}`);
+    return this.onFault;
+  }
+  trackWrite(_v: Vcpu, gpa: number, size: number): void {
+    this.log.push(`write ${gpa.toString(16)} ${size}`);
+  }
+  crWritten(vcpu: Vcpu, cr: number, _old: number, exited: boolean): void {
+    this.log.push(`cr${cr} ${exited ? 'exited' : 'no exit'}`);
+    this.point(vcpu);
+  }
+  invlpg(): void {}
+  emulationFailed(_v: Vcpu, gpa: number): boolean {
+    this.log.push(`emulation failed ${gpa.toString(16)}`);
+    return this.unprotect(gpa);
+  }
+}
+
+function vmWith(opts: { memslots?: MemslotSpec[] } = {}) {
+  const backend = new FakeBackend();
+  const mmu = new FakeMmu();
+  const rec = new ArrayRecorder();
+  const variant = variantSchema.parse({ backend: 'vmx', mmu: 'shadow', memory: '4M', vcpus: 1 });
+  const vm = new Vm(variant, backend, mmu, [], () => null, new NoopTracer(), rec, 1, { memslots: opts.memslots });
+  const v = vm.vcpus[0]!;
+  const exits = () => rec.exits.map((e) => `${e.hw.name} -> ${e.resolution?.kind ?? 'none'}`);
+  return { vm, v, backend, mmu, rec, exits, total: () => vm.counters().total };
+}
+
+/** A long4 guest on `vmWith`'s VM: tables from 0x1000, identity-mapped kernel pages as the test asks. */
+function long4(r: ReturnType<typeof vmWith>, firstFrame = 0x1000): TestTables {
+  const t = new TestTables(r.vm.machine.memory, 'long4', firstFrame);
+  r.v.writeEfer(EFER_LME);
+  r.v.movToCr4(CR4_PAE);
+  r.v.movToCr3(t.root);
+  r.v.movToCr0(CR0_PG | CR0_WP | 1); // WP: supervisor stores honour read-only ptes
+  return t;
+}
+
+describe('VmHooks', () => {
+  describe('.mmio', () => {
+    it('makes a store to read-only RAM an exit to user space each time, and never writes the ROM', () => {
+      const ROM = 0x200000;
+      const r = vmWith({ memslots: [{ base: 0, size: 0x100000 }, { base: ROM, size: 0x10000, readonly: true }] });
+      const t = long4(r);
+      const mem = r.vm.machine.memory;
+      mem.view.setUint32(mem.gpaToOffset(ROM), 0x1234abcd, true);
+      t.map(0x400000, ROM, 0x3 | PT_DIRTY);
+      // Exits: the read is RAM (none); each of the two stores is an MMIO exit that user space completes by
+      // dropping it (KVM_MEM_READONLY -> KVM_EXIT_MMIO), because the read's TLB entry has no write permission.
+      expect(r.v.read(0x400000, 4)).toBe(0x1234abcd);
+      r.v.write(0x400000, 4, 1);
+      r.v.write(0x400000, 4, 2);
+      expect(r.v.read(0x400000, 4)).toBe(0x1234abcd);
+      expect(r.exits()).toEqual(['MMIO -> userspace', 'MMIO -> userspace']);
+      expect(r.rec.exits.map((e) => (e.kind === 'mmio' ? [e.gpa, e.access] : null))).toEqual([
+        [ROM, ACC_WRITE],
+        [ROM, ACC_WRITE],
+      ]);
+      expect(r.total()['mmio_exits']).toBe(2);
+    });
+
+    it('counts an emulated store that lands in read-only RAM as an MMIO exit, and leaves the ROM alone', () => {
+      const ROM = 0x200000;
+      const r = vmWith({ memslots: [{ base: 0, size: 0x100000 }, { base: ROM, size: 0x10000, readonly: true }] });
+      const t = long4(r);
+      t.map(0x400000, ROM, 0x3 | PT_DIRTY);
+      // The active tables map the page read-only, so the store faults; the MMU answers "emulate".
+      const s = new TestTables(r.vm.machine.memory, 'long4', 0x80000);
+      s.map(0x400000, ROM, 0x1);
+      r.mmu.shadowRoot = s.root;
+      r.v.movToCr3(t.root);
+      r.backend.interceptPf = true;
+      r.mmu.onFault = { kind: 'emulate' };
+      r.v.write(0x400000, 4, 0x77);
+      // Exit 1: the #PF (P|W) -> emulate: the emulator's walk of the guest tables reaches the ROM -> MMIO.
+      expect(r.exits()).toEqual(['EXCEPTION_14 -> emulate']);
+      expect(r.total()).toMatchObject({ mmio_exits: 1, insn_emulation: 1 });
+      expect(r.vm.machine.memory.read32(ROM)).toBe(0);
+      expect(r.mmu.log.filter((l) => l.startsWith('write'))).toEqual([]); // no tracked write: nothing was stored
+    });
+  });
+
+  describe('.crWriteFault', () => {
+    /** A PAE guest, and a PDPT whose first entry is present with reserved bit 5 set. */
+    function paeWithBadPdpt() {
+      const r = vmWith();
+      const t = new TestTables(r.vm.machine.memory, 'pae');
+      r.v.movToCr4(CR4_PAE);
+      r.v.movToCr3(t.root);
+      r.v.movToCr0(CR0_PG | 1);
+      const bad = t.alloc();
+      r.vm.machine.memory.view.setUint32(bad, 0x5000 | 1 | (1 << 5), true);
+      const gp: number[] = [];
+      r.v.setExceptionHandler(GP_VECTOR, (_v, _vec, ec) => gp.push(ec));
+      r.mmu.log.length = 0;
+      return { ...r, t, bad, gp };
+    }
+
+    it('exits before the #GP when CR3 writes are intercepted; the handler injects #GP(0) and the MMU hears nothing', () => {
+      const r = paeWithBadPdpt();
+      r.backend.interceptCr3 = true;
+      r.v.movToCr3(r.bad);
+      // SDM Vol. 3C §26.1.1: the CR3-load exit has priority over the #GP of the PDPTE load. Exit 1, the CR3
+      // write (faulted): KVM kvm_set_cr3 -> load_pdptrs fails -> inject #GP(0); VM entry delivers it to the
+      // guest's handler. No second exit (#GP is not intercepted); the MMU is not told (no root switch).
+      expect(r.exits()).toEqual(['CR3_WRITE -> inject']);
+      const e = r.rec.exits[0]!;
+      expect(e.kind === 'cr-write' ? [e.cr, e.value, e.oldValue, e.faulted] : null).toEqual([3, r.bad, r.t.root, true]);
+      expect(e.resolution).toEqual({ kind: 'inject', vector: GP_VECTOR, errorCode: 0 });
+      expect(r.gp).toEqual([0]);
+      expect(r.v.cr3).toBe(r.t.root);
+      expect(r.mmu.log).toEqual([]);
+      expect(r.total()).toMatchObject({ exits: 1, 'exits.kind.cr-write': 1 });
+      // The same guest-visible outcome as without the intercept:
+      r.backend.interceptCr3 = false;
+      r.v.movToCr3(r.bad);
+      expect(r.gp).toEqual([0, 0]);
+      expect(r.v.cr3).toBe(r.t.root);
+      expect(r.rec.exits.length).toBe(1); // no exit this time: the guest's own #GP
+    });
+
+    it('without the CR3 intercept, the #GP is an ordinary exception: it exits only when #GP is intercepted', () => {
+      const r = paeWithBadPdpt();
+      r.backend.interceptGp = true;
+      r.v.movToCr3(r.bad);
+      // Exit 1: the #GP itself (exception bitmap bit 13) -> reflected to the guest (KVM handle_exception_nmi).
+      expect(r.exits()).toEqual(['EXCEPTION_13 -> inject']);
+      expect(r.gp).toEqual([0]);
+      expect(r.v.cr3).toBe(r.t.root);
+      expect(r.mmu.log).toEqual([]);
+    });
+
+    it('lets a good PAE CR3 write exit and reach the MMU as before', () => {
+      const r = paeWithBadPdpt();
+      r.backend.interceptCr3 = true;
+      const good = r.t.alloc();
+      r.vm.machine.memory.view.setUint32(good, 0x5000 | 1, true);
+      r.v.movToCr3(good);
+      expect(r.exits()).toEqual(['CR3_WRITE -> resume']);
+      expect(r.rec.exits[0]!.kind === 'cr-write' && r.rec.exits[0]!.faulted).toBe(false);
+      expect(r.v.cr3).toBe(good);
+      expect(r.mmu.log).toEqual(['cr3 exited']);
+      expect(r.gp).toEqual([]);
+    });
+  });
+
+  describe('emulation failure', () => {
+    /**
+     * A long4 guest whose page 0x400000 (gpa 0x300000) is writable in its own tables and read-only in the
+     * active ones: a store to it exits (#PF P|W), and the MMU answers "emulate". A 16-byte vector store is
+     * what the emulator cannot do.
+     */
+    function writeProtected() {
+      const r = vmWith();
+      const t = long4(r);
+      t.map(0x400000, 0x300000, 0x3 | PT_DIRTY);
+      const s = new TestTables(r.vm.machine.memory, 'long4', 0x80000);
+      const spte = s.pteAddr(0x400000);
+      s.map(0x400000, 0x300000, 0x1);
+      r.mmu.shadowRoot = s.root;
+      r.v.movToCr3(t.root);
+      r.backend.interceptPf = true;
+      r.mmu.onFault = { kind: 'emulate' };
+      r.mmu.log.length = 0;
+      return { ...r, s, spte };
+    }
+
+    it('retries once the MMU unprotected a shadowed page table at the gpa, and the guest does the store itself', () => {
+      const r = writeProtected();
+      r.mmu.unprotect = () => {
+        r.s.set(r.spte, 0x300000 | 0x3 | PT_DIRTY, 0); // the gfn is no longer write-protected
+        return true;
+      };
+      r.v.repStos(0x400000, 2, 16, 0x11111111, 0x22222222);
+      // Exit 1: #PF -> emulate -> the emulator fails (16-byte store) -> kvm_mmu_unprotect_page -> retry,
+      // which finds the page writable: the whole rep stos completes from there, with no second exit.
+      expect(r.exits()).toEqual(['EXCEPTION_14 -> emulate']);
+      expect(r.mmu.log).toEqual(['pf 400000 3', 'emulation failed 300000']);
+      expect(r.total()).toMatchObject({ insn_emulation: 1, insn_emulation_fail: 1 });
+      expect(r.vm.machine.memory.read32(0x300000 + 28)).toBe(0x22222222);
+    });
+
+    it('stops the run with an error naming the gpa when there was nothing to unprotect, instead of retrying forever', () => {
+      const r = writeProtected();
+      let err: unknown = null;
+      try {
+        r.v.repStos(0x400010, 1, 16, 0x11111111, 0x22222222);
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(MachineError);
+      expect((err as MachineError).code).toBe('emulation-failure');
+      expect((err as MachineError).message).toMatch(/emulation failed for the 16-byte store of 0x400010 \(gpa 0x300010\).*KVM_EXIT_INTERNAL_ERROR/);
+      // One exit, one failed emulation, one question to the MMU: no loop.
+      expect(r.exits()).toEqual(['EXCEPTION_14 -> emulate']);
+      expect(r.mmu.log).toEqual(['pf 400010 3', 'emulation failed 300010']);
+      expect(r.vm.machine.memory.read32(0x300010)).toBe(0);
+    });
+  });
+});
