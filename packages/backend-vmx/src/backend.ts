@@ -89,8 +89,15 @@ export class VmxBackend implements Backend<Vmcs>, PageFaultFilter {
 
   /** SDM Vol. 3C §26.1.3: MOV from CR3 exits iff CR3-store exiting is 1. MOV from CR0/CR4 never exits (the read shadow is read). */
   crReadExits(v: Vmcs, cr: number): boolean {
-    if (cr === 3) return (v.cpuBasedVmExecControl & CPU_BASED_CR3_STORE_EXITING) !== 0;
-    return false;
+    switch (cr) {
+      case 0:
+      case 4:
+        return false;
+      case 3:
+        return (v.cpuBasedVmExecControl & CPU_BASED_CR3_STORE_EXITING) !== 0;
+      default:
+        throw new RangeError(`VMX: no read-exit rule for control register ${cr}`);
+    }
   }
 
   /** SDM Vol. 3C §26.1.3: INVLPG exits iff "INVLPG exiting" is 1. */

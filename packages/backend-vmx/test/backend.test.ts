@@ -1,4 +1,16 @@
-import { ACC_WRITE, PFERR_PRESENT, PFERR_RSVD, PFERR_WRITE, PF_VECTOR } from '@vmexit/core';
+import {
+  ACC_WRITE,
+  PFERR_DEFINED,
+  PFERR_FETCH,
+  PFERR_PK,
+  PFERR_PRESENT,
+  PFERR_RSVD,
+  PFERR_SGX,
+  PFERR_SS,
+  PFERR_USER,
+  PFERR_WRITE,
+  PF_VECTOR,
+} from '@vmexit/core';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { VmxBackend } from '../src/backend.js';
@@ -20,10 +32,24 @@ import { createVmcs, Vmcs } from '../src/state.js';
 
 const vmx = new VmxBackend();
 
-/** The SDM's sentence, written out as a case analysis (independently of the XOR in the backend). */
+/**
+ * The SDM's sentence, written out as a case analysis (independently of the XOR in the backend). PFEC,
+ * PFEC_MASK and PFEC_MATCH are 32-bit fields: compared as unsigned (a JS `&` gives a signed int32, so with
+ * bit 31 set it would never equal a match of 0x80000000 or more).
+ */
 function sdmRule(eb14: boolean, pfec: number, mask: number, match: number): boolean {
-  if ((pfec & mask) === match) return eb14; // "the specification of bit 14 in the exception bitmap is followed"
+  if ((pfec & mask) >>> 0 === match >>> 0) return eb14; // "the specification of bit 14 in the exception bitmap is followed"
   return !eb14; // "the meaning of that bit is reversed"
+}
+
+/** The error-code bits the SDM defines (§4.7), in order: P, W/R, U/S, RSVD, I/D, PK, SS, SGX. */
+const PFEC_BITS = [PFERR_PRESENT, PFERR_WRITE, PFERR_USER, PFERR_RSVD, PFERR_FETCH, PFERR_PK, PFERR_SS, PFERR_SGX];
+
+/** Spreads the 8 bits of `i` onto the defined error-code bits (bit k of `i` -> PFEC_BITS[k]). */
+function spread(i: number): number {
+  let v = 0;
+  for (let k = 0; k < PFEC_BITS.length; k++) if ((i >>> k) & 1) v |= PFEC_BITS[k]!;
+  return v;
 }
 
 function vmcsWith(eb14: boolean, mask: number, match: number): Vmcs {
@@ -35,15 +61,20 @@ function vmcsWith(eb14: boolean, mask: number, match: number): Vmcs {
 
 describe('VmxBackend', () => {
   describe('.exceptionExits', () => {
-    it('follows SDM Vol. 3C §25.6.3 for every combination of the six error-code bits, PFEC_MASK, PFEC_MATCH and bit 14', () => {
-      // P, W/R, U/S, RSVD, I/D, PK: 64 error codes x 64 masks x 64 matches x 2 = 524,288 cases.
+    it('follows SDM Vol. 3C §25.6.3 for every combination of the defined error-code bits, PFEC_MASK, PFEC_MATCH and bit 14', () => {
+      // P, W/R, U/S, RSVD, I/D, PK, SS, SGX (bits 0-6 and 15): 256 error codes x 256 masks x 256 matches x 2
+      // = 33,554,432 cases, each mask and match also over exactly those bits.
+      expect(PFEC_BITS.reduce((a, b) => a | b, 0)).toBe(PFERR_DEFINED);
+      expect([PFERR_FETCH, PFERR_PK, PFERR_SS, PFERR_SGX, PFERR_USER]).toEqual([1 << 4, 1 << 5, 1 << 6, 1 << 15, 1 << 2]);
+      const codes = Array.from({ length: 256 }, (_, i) => spread(i));
+      const pf = PF_VECTOR; // read once: the test runner's imports are getters, 33M reads cost seconds
       let exits = 0;
       for (const eb14 of [false, true]) {
-        for (let mask = 0; mask < 64; mask++) {
-          for (let match = 0; match < 64; match++) {
+        for (const mask of codes) {
+          for (const match of codes) {
             const v = vmcsWith(eb14, mask, match);
-            for (let pfec = 0; pfec < 64; pfec++) {
-              const got = vmx.exceptionExits(v, PF_VECTOR, pfec);
+            for (const pfec of codes) {
+              const got = vmx.exceptionExits(v, pf, pfec);
               if (got !== sdmRule(eb14, pfec, mask, match)) throw new Error(`eb14=${eb14} mask=${mask} match=${match} pfec=${pfec}: got ${got}`);
               if (got) exits++;
             }
@@ -51,7 +82,16 @@ describe('VmxBackend', () => {
         }
       }
       // With eb14 = 1 an exit happens iff (pfec & mask) == match; with eb14 = 0 iff not: exactly half of all cases.
-      expect(exits).toBe(64 * 64 * 64);
+      expect(exits).toBe(256 * 256 * 256);
+    });
+
+    it('gives each defined bit its own say: a mask of one bit exits (bit 14 = 1) iff that bit matches', () => {
+      for (const bit of PFEC_BITS) {
+        for (const match of [0, bit]) {
+          const v = vmcsWith(true, bit, match);
+          for (const pfec of [0, bit, PFERR_DEFINED, PFERR_DEFINED & ~bit]) expect(vmx.exceptionExits(v, PF_VECTOR, pfec), `bit ${bit} match ${match} pfec ${pfec}`).toBe((pfec & bit) === match);
+        }
+      }
     });
 
     it('agrees with the rule for arbitrary 32-bit error codes, masks and matches', () => {
@@ -60,6 +100,16 @@ describe('VmxBackend', () => {
           expect(vmx.exceptionExits(vmcsWith(eb14, mask, match), PF_VECTOR, pfec)).toBe(sdmRule(eb14, pfec, mask, match));
         }),
       );
+    });
+
+    it('compares the 32-bit fields unsigned (bit 31 in the error code, the mask and the match)', () => {
+      // The counterexample that made a signed comparison flaky: (pfec & mask) = 0xffffffe0 = match.
+      expect(sdmRule(false, 0xffffffe0, 0xffffffe0, 0xffffffe0)).toBe(false);
+      expect(vmx.exceptionExits(vmcsWith(false, 0xffffffe0, 0xffffffe0), PF_VECTOR, 0xffffffe0)).toBe(false);
+      expect(vmx.exceptionExits(vmcsWith(true, 0x80000000, 0x80000000), PF_VECTOR, 0x80000001)).toBe(true);
+      expect(vmx.exceptionExits(vmcsWith(true, 0x80000000, 0x80000000), PF_VECTOR, 1)).toBe(false);
+      // Negative (int32) inputs are the same 32-bit values.
+      expect(vmx.exceptionExits(vmcsWith(true, -1, -32), PF_VECTOR, 0xffffffe0)).toBe(true);
     });
 
     it('with KVM bypass_guest_pf (bit 14 = 1, mask = match = P) lets P=0 faults through and exits on P=1', () => {
@@ -119,6 +169,8 @@ describe('VmxBackend', () => {
       expect(s.cpuBasedVmExecControl & (CPU_BASED_CR3_STORE_EXITING | CPU_BASED_INVLPG_EXITING)).not.toBe(0);
       expect(t.secondaryVmExecControl & SECONDARY_EXEC_ENABLE_EPT).not.toBe(0);
       expect(vmx.exceptionExits(t, PF_VECTOR, 0)).toBe(false); // EPT: #PF not intercepted
+      expect([vmx.crReadExits(s, 0), vmx.crReadExits(s, 4)]).toEqual([false, false]); // the read shadows are read
+      expect(() => vmx.crReadExits(s, 8)).toThrow(/VMX: no read-exit rule for control register 8/);
     });
   });
 
