@@ -1,6 +1,12 @@
 import { PF_VECTOR, PFERR_PRESENT, PFERR_RSVD, type Backend, type HardwareExit, type MmuMode } from '@vmexit/core';
 import {
   exitCodeName,
+  INTERCEPT_CR0_READ,
+  INTERCEPT_CR0_WRITE,
+  INTERCEPT_CR3_READ,
+  INTERCEPT_CR3_WRITE,
+  INTERCEPT_CR4_READ,
+  INTERCEPT_CR4_WRITE,
   INTERCEPT_INVLPG,
   INTERCEPT_MSR_PROT,
   MSR_EFER,
@@ -47,14 +53,32 @@ export class SvmBackend implements Backend<Vmcb> {
    * §15.11 (MSR intercepts: WRMSR exits iff MSR_PROT is set and the MSR's write bit in the MSRPM is set).
    */
   crWriteExits(v: Vmcb, cr: number, _value: number): boolean {
-    if (cr === MSR_EFER) return (v.interceptMisc1 & INTERCEPT_MSR_PROT) !== 0 && v.msrpmWrite.has(MSR_EFER);
-    if (cr !== 0 && cr !== 3 && cr !== 4) throw new RangeError(`SVM: no write-intercept rule for control register ${cr}`);
-    return ((v.interceptCr >>> (16 + cr)) & 1) === 1;
+    switch (cr) {
+      case 0:
+        return (v.interceptCr & INTERCEPT_CR0_WRITE) !== 0;
+      case 3:
+        return (v.interceptCr & INTERCEPT_CR3_WRITE) !== 0;
+      case 4:
+        return (v.interceptCr & INTERCEPT_CR4_WRITE) !== 0;
+      case MSR_EFER:
+        return (v.interceptMisc1 & INTERCEPT_MSR_PROT) !== 0 && v.msrpmWrite.has(MSR_EFER);
+      default:
+        throw new RangeError(`SVM: no write-intercept rule for control register ${cr}`);
+    }
   }
 
   /** §15.9: a read of CRn exits iff bit n of the CR intercept vector is set. */
   crReadExits(v: Vmcb, cr: number): boolean {
-    return ((v.interceptCr >>> cr) & 1) === 1;
+    switch (cr) {
+      case 0:
+        return (v.interceptCr & INTERCEPT_CR0_READ) !== 0;
+      case 3:
+        return (v.interceptCr & INTERCEPT_CR3_READ) !== 0;
+      case 4:
+        return (v.interceptCr & INTERCEPT_CR4_READ) !== 0;
+      default:
+        throw new RangeError(`SVM: no read-intercept rule for control register ${cr}`);
+    }
   }
 
   /** §15.9 / Appendix B: INVLPG exits iff intercept vector 3 bit 25 is set. */

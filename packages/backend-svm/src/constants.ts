@@ -3,15 +3,24 @@
  * arch/x86/include/uapi/asm/svm.h).
  */
 
-/** Exit codes, APM Vol. 2 Appendix C (Table C-1). */
+/**
+ * Exit codes, APM Vol. 2 Appendix C (Table C-1). VMEXIT_CRn_READ = n and VMEXIT_CRn_WRITE = 10h + n; named
+ * here for the control registers that exist (CR0, CR2, CR3, CR4, CR8: a MOV to another is #UD, which comes
+ * before any intercept, so its code never occurs), as Linux uapi/asm/svm.h does.
+ */
 export const VMEXIT_CR0_READ = 0x000;
+export const VMEXIT_CR2_READ = 0x002;
 export const VMEXIT_CR3_READ = 0x003;
 export const VMEXIT_CR4_READ = 0x004;
+export const VMEXIT_CR8_READ = 0x008;
 export const VMEXIT_CR0_WRITE = 0x010;
+export const VMEXIT_CR2_WRITE = 0x012;
 export const VMEXIT_CR3_WRITE = 0x013;
 export const VMEXIT_CR4_WRITE = 0x014;
-/** VMEXIT_EXCP0..VMEXIT_EXCP31 = 0x40 + vector; #PF is 0x4E. */
+export const VMEXIT_CR8_WRITE = 0x018;
+/** VMEXIT_EXCP0..VMEXIT_EXCP31 = 40h + vector (one family in Table C-1); #PF is 4Eh. */
 export const VMEXIT_EXCP_BASE = 0x040;
+export const VMEXIT_EXCP_LAST = 0x05f;
 export const VMEXIT_INTR = 0x060;
 export const VMEXIT_NMI = 0x061;
 export const VMEXIT_VINTR = 0x064;
@@ -30,12 +39,25 @@ export const VMEXIT_NPF = 0x400;
 /** VMEXIT_INVALID (-1): invalid guest state on VMRUN. */
 export const VMEXIT_INVALID = -1;
 
-/** The exit code's name as the APM spells it. An unknown code is an explicit error. */
+/**
+ * The exit code's name as the APM spells it: a switch over the named codes, as backend-vmx's
+ * `exitReasonName`. The exception codes are the one family Table C-1 defines by a range (VMEXIT_EXCPx =
+ * 40h + x, x = 0..31). An unknown code is an explicit error.
+ */
 export function exitCodeName(code: number): string {
-  if (code >= VMEXIT_CR0_READ && code <= 0x00f) return `VMEXIT_CR${code}_READ`;
-  if (code >= VMEXIT_CR0_WRITE && code <= 0x01f) return `VMEXIT_CR${code - VMEXIT_CR0_WRITE}_WRITE`;
-  if (code >= VMEXIT_EXCP_BASE && code <= 0x05f) return `VMEXIT_EXCP${code - VMEXIT_EXCP_BASE}`;
   switch (code) {
+    case VMEXIT_CR0_READ:
+    case VMEXIT_CR2_READ:
+    case VMEXIT_CR3_READ:
+    case VMEXIT_CR4_READ:
+    case VMEXIT_CR8_READ:
+      return `VMEXIT_CR${code - VMEXIT_CR0_READ}_READ`;
+    case VMEXIT_CR0_WRITE:
+    case VMEXIT_CR2_WRITE:
+    case VMEXIT_CR3_WRITE:
+    case VMEXIT_CR4_WRITE:
+    case VMEXIT_CR8_WRITE:
+      return `VMEXIT_CR${code - VMEXIT_CR0_WRITE}_WRITE`;
     case VMEXIT_INTR:
       return 'VMEXIT_INTR';
     case VMEXIT_NMI:
@@ -69,9 +91,21 @@ export function exitCodeName(code: number): string {
     case VMEXIT_INVALID:
       return 'VMEXIT_INVALID';
     default:
-      throw new RangeError(`unknown SVM exit code 0x${code.toString(16)}`);
+      if (Number.isInteger(code) && code >= VMEXIT_EXCP_BASE && code <= VMEXIT_EXCP_LAST) return `VMEXIT_EXCP${code - VMEXIT_EXCP_BASE}`;
+      throw new RangeError(`unknown SVM exit code ${code < 0 ? '-' : ''}0x${Math.abs(code).toString(16)}`);
   }
 }
+
+/**
+ * The CR intercept vector (VMCB offset 000h), APM Vol. 2 §15.9 and Appendix B (Table B-1): bit n intercepts
+ * reads of CRn, bit 16 + n writes (KVM INTERCEPT_CRn_READ / INTERCEPT_CRn_WRITE, as masks here).
+ */
+export const INTERCEPT_CR0_READ = 1 << 0;
+export const INTERCEPT_CR3_READ = 1 << 3;
+export const INTERCEPT_CR4_READ = 1 << 4;
+export const INTERCEPT_CR0_WRITE = 1 << 16;
+export const INTERCEPT_CR3_WRITE = 1 << 19;
+export const INTERCEPT_CR4_WRITE = 1 << 20;
 
 /** Intercept vector 3 (VMCB offset 0Ch), APM Vol. 2 Appendix B (Table B-1): bit 25 INVLPG, bit 28 MSR_PROT. */
 export const INTERCEPT_INVLPG = 1 << 25;

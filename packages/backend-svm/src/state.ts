@@ -1,5 +1,5 @@
 import { PF_VECTOR, type MmuMode } from '@vmexit/core';
-import { INTERCEPT_INVLPG, INTERCEPT_MSR_PROT, MSR_EFER } from './constants.js';
+import { INTERCEPT_CR0_WRITE, INTERCEPT_CR3_READ, INTERCEPT_CR3_WRITE, INTERCEPT_CR4_WRITE, INTERCEPT_INVLPG, INTERCEPT_MSR_PROT, MSR_EFER } from './constants.js';
 
 /**
  * The VMCB fields that decide MMU-related exits, and the exit fields the processor writes (APM Vol. 2
@@ -40,11 +40,10 @@ export function createVmcb(mmu: MmuMode): Vmcb {
   const v = new Vmcb();
   v.interceptMisc1 = INTERCEPT_MSR_PROT;
   v.msrpmWrite.add(MSR_EFER);
-  const crWrite = (cr: number): number => 1 << (16 + cr);
-  v.interceptCr = crWrite(0) | crWrite(4);
+  v.interceptCr = INTERCEPT_CR0_WRITE | INTERCEPT_CR4_WRITE;
   if (mmu === 'shadow') {
     v.interceptExceptions = 1 << PF_VECTOR;
-    v.interceptCr |= crWrite(3) | (1 << 3);
+    v.interceptCr |= INTERCEPT_CR3_WRITE | INTERCEPT_CR3_READ;
     v.interceptMisc1 |= INTERCEPT_INVLPG;
   } else {
     v.npEnable = true;

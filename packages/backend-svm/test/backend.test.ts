@@ -1,22 +1,60 @@
-import { ACC_WRITE, PFERR_PRESENT, PFERR_RSVD, PF_VECTOR } from '@vmexit/core';
+import { ACC_WRITE, PFERR_DEFINED, PFERR_FETCH, PFERR_PK, PFERR_PRESENT, PFERR_RSVD, PFERR_SGX, PFERR_SS, PFERR_USER, PFERR_WRITE, PF_VECTOR } from '@vmexit/core';
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { SvmBackend } from '../src/backend.js';
-import { exitCodeName, INTERCEPT_INVLPG, MSR_EFER, VMEXIT_CR3_WRITE, VMEXIT_EXCP_BASE, VMEXIT_INVLPG, VMEXIT_MSR, VMEXIT_NPF } from '../src/constants.js';
+import {
+  exitCodeName,
+  INTERCEPT_CR0_READ,
+  INTERCEPT_CR0_WRITE,
+  INTERCEPT_CR3_READ,
+  INTERCEPT_CR3_WRITE,
+  INTERCEPT_CR4_READ,
+  INTERCEPT_CR4_WRITE,
+  INTERCEPT_INVLPG,
+  MSR_EFER,
+  VMEXIT_CR3_WRITE,
+  VMEXIT_EXCP_BASE,
+  VMEXIT_INVALID,
+  VMEXIT_INVLPG,
+  VMEXIT_MSR,
+  VMEXIT_NPF,
+} from '../src/constants.js';
 import { createVmcb, Vmcb } from '../src/state.js';
 
 const svm = new SvmBackend();
 
 describe('SvmBackend', () => {
   describe('.exceptionExits', () => {
-    it('intercepts #PF all or nothing: the same answer for every combination of the six error-code bits (APM §15.12)', () => {
+    it('intercepts #PF all or nothing: the same answer for every combination of the defined error-code bits (APM §15.12)', () => {
+      // P, W/R, U/S, RSVD, I/D, PK, SS, SGX (bits 0-6 and 15): all 256 error codes, with the intercept off and on.
+      const bits = [PFERR_PRESENT, PFERR_WRITE, PFERR_USER, PFERR_RSVD, PFERR_FETCH, PFERR_PK, PFERR_SS, PFERR_SGX];
+      expect(bits.reduce((a, b) => a | b, 0)).toBe(PFERR_DEFINED);
       for (const on of [false, true]) {
         const v = new Vmcb();
         v.interceptExceptions = on ? 1 << PF_VECTOR : 0;
         const answers = new Set<boolean>();
-        for (let pfec = 0; pfec < 64; pfec++) answers.add(svm.exceptionExits(v, PF_VECTOR, pfec));
-        for (const pfec of [0xffffffff, 0x8000, 0x10000]) answers.add(svm.exceptionExits(v, PF_VECTOR, pfec));
+        let codes = 0;
+        for (let i = 0; i < 256; i++) {
+          let pfec = 0;
+          for (let k = 0; k < 8; k++) if ((i >>> k) & 1) pfec |= bits[k]!;
+          answers.add(svm.exceptionExits(v, PF_VECTOR, pfec));
+          codes++;
+        }
+        for (const pfec of [0xffffffff, 0x8000, 0x10000, 0x80000000]) answers.add(svm.exceptionExits(v, PF_VECTOR, pfec));
+        expect(codes).toBe(256);
         expect([...answers]).toEqual([on]);
       }
+    });
+
+    it('ignores the error code for any 32-bit value and any intercept vector (property)', () => {
+      fc.assert(
+        fc.property(fc.nat({ max: 0xffffffff }), fc.nat({ max: 0xffffffff }), fc.integer({ min: 0, max: 31 }), (pfec, intercepts, vector) => {
+          const v = new Vmcb();
+          v.interceptExceptions = intercepts;
+          expect(svm.exceptionExits(v, vector, pfec)).toBe(svm.exceptionExits(v, vector, 0));
+          expect(svm.exceptionExits(v, vector, pfec)).toBe(Math.floor(intercepts / 2 ** vector) % 2 === 1);
+        }),
+      );
     });
 
     it('intercepts #PF under shadow paging and not under NPT', () => {
@@ -38,6 +76,30 @@ describe('SvmBackend', () => {
       for (const v of [s, t]) expect([svm.crWriteExits(v, 0, 0), svm.crWriteExits(v, 4, 0), svm.crWriteExits(v, MSR_EFER, 0)]).toEqual([true, true, true]);
       s.interceptMisc1 &= ~INTERCEPT_INVLPG;
       expect(svm.invlpgExits(s)).toBe(false);
+    });
+
+    it('reads each CR intercept from its own bit of the CR intercept vector (APM §15.9)', () => {
+      const v = new Vmcb();
+      const cases: [number, number, number][] = [
+        [0, INTERCEPT_CR0_READ, INTERCEPT_CR0_WRITE],
+        [3, INTERCEPT_CR3_READ, INTERCEPT_CR3_WRITE],
+        [4, INTERCEPT_CR4_READ, INTERCEPT_CR4_WRITE],
+      ];
+      for (const [cr, read, write] of cases) {
+        expect([read, write]).toEqual([1 << cr, 1 << (16 + cr)]);
+        v.interceptCr = write;
+        expect([svm.crReadExits(v, cr), svm.crWriteExits(v, cr, 0)]).toEqual([false, true]);
+        v.interceptCr = read;
+        expect([svm.crReadExits(v, cr), svm.crWriteExits(v, cr, 0)]).toEqual([true, false]);
+        v.interceptCr = ~(read | write);
+        expect([svm.crReadExits(v, cr), svm.crWriteExits(v, cr, 0)]).toEqual([false, false]);
+      }
+    });
+
+    it('rejects a control register it has no rule for', () => {
+      const v = createVmcb('shadow');
+      expect(() => svm.crWriteExits(v, 8, 0)).toThrow(/SVM: no write-intercept rule for control register 8/);
+      expect(() => svm.crReadExits(v, 2)).toThrow(/SVM: no read-intercept rule for control register 2/);
     });
   });
 
@@ -68,7 +130,12 @@ describe('SvmBackend', () => {
 
     it('names exit codes and rejects an unknown one', () => {
       expect([0x4e, 0x13, 0x79, 0x400].map(exitCodeName)).toEqual(['VMEXIT_EXCP14', 'VMEXIT_CR3_WRITE', 'VMEXIT_INVLPG', 'VMEXIT_NPF']);
+      expect([0x00, 0x03, 0x04, 0x08, 0x10, 0x14, 0x18].map(exitCodeName)).toEqual(['VMEXIT_CR0_READ', 'VMEXIT_CR3_READ', 'VMEXIT_CR4_READ', 'VMEXIT_CR8_READ', 'VMEXIT_CR0_WRITE', 'VMEXIT_CR4_WRITE', 'VMEXIT_CR8_WRITE']);
+      expect([0x40, 0x5f, 0x7c, VMEXIT_INVALID].map(exitCodeName)).toEqual(['VMEXIT_EXCP0', 'VMEXIT_EXCP31', 'VMEXIT_MSR', 'VMEXIT_INVALID']);
       expect(() => exitCodeName(0x3ff)).toThrow(/unknown SVM exit code 0x3ff/);
+      expect(() => exitCodeName(0x3f)).toThrow(/unknown SVM exit code 0x3f/); // just below the exception family
+      expect(() => exitCodeName(0x05)).toThrow(/unknown SVM exit code 0x5/); // CR5 does not exist
+      expect(() => exitCodeName(-2)).toThrow(/unknown SVM exit code -0x2/);
     });
   });
 
