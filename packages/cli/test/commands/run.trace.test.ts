@@ -98,7 +98,12 @@ describe('run', () => {
       const failAt = (firstInWindow.seq as number) + 10;
 
       const file = path.join(dir, 'fail.jsonl');
-      await expect(main(['run', '--config', config(failAt), '--workload', 'demand-fault:pages=20', '--trace', file])).rejects.toThrow(`fail-at: exit #${failAt} (EXCEPTION_NMI), as asked`);
+      // A policy that throws stops the run (ExitError E_POLICY_FAILED): exit 1 with the layer, the code and the
+      // message, no stack trace (program.ts runStopped).
+      err = [];
+      expect(await main(['run', '--config', config(failAt), '--workload', 'demand-fault:pages=20', '--trace', file])).toBe(1);
+      expect(err.join('')).toMatch(/^vmexit: the run stopped: ExitError E_POLICY_FAILED: .*\(Error: fail-at: exit #\d+ \(EXCEPTION_NMI\), as asked\)\n$/);
+      expect(err.join('')).not.toMatch(/\n\s+at /);
       const lines = readTrace(file);
       const exits = lines.filter((l) => l.type === 'exit');
       // Every exit before the failing one, exactly as in the run that completed, then the reason.
