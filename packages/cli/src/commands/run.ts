@@ -211,7 +211,8 @@ export function summary(r: VariantRunResult, check: CheckReport | null = null): 
     ['memory digest', r.memoryDigest],
   ];
   if (check !== null) {
-    rows.push(['check', check.ok ? `same as native (${num(check.compared.faults)} guest faults, ${num(check.compared.sigsegv)} SIGSEGVs, final memory)` : `DIVERGED: ${check.divergence}`]);
+    const allowed = check.allowedTotal === 0 ? '' : `; ${num(check.allowedTotal)} differences the SDM allows (${[...new Set(check.allowed.map((d) => `${d.id}: ${d.rule}`))].join(', ')})`;
+    rows.push(['check', check.ok ? `same as native (${num(check.compared.faults)} guest faults, ${num(check.compared.sigsegv)} SIGSEGVs, final memory)${allowed}` : `DIVERGED: ${check.divergence}`]);
   }
   const w = Math.max(...rows.map(([k]) => k.length));
   return rows.map(([k, v]) => `${k.padEnd(w)}  ${v}\n`).join('');
