@@ -21,13 +21,15 @@ interface CompareFlags {
   json?: boolean;
 }
 
-/** One row of the comparison: a label and how to read its value from a result. */
+/**
+ * One row of the comparison: a label and how to read its value from a result; `null` where the metric does
+ * not exist for that variant (an exit reason of the other backend, or any exit reason of a native run).
+ */
 interface Metric {
   readonly label: string;
-  readonly value: (r: VariantRunResult) => number;
+  readonly value: (r: VariantRunResult) => number | null;
   readonly digits?: number;
 }
-
 /**
  * `vmexit compare --workload W --variant A --variant B ...`: runs every variant on the same workload, mode and
  * seed, and prints a side-by-side table of what they cost: exits by reason, exits per guest fault, emulated
@@ -85,12 +87,22 @@ export interface ComparisonOptions {
   readonly onVariant?: (label: string, index: number, count: number) => void;
 }
 
+/** One metric of the table: its value for each variant (null: not applicable) and the ratio to the first variant's. */
+export interface ComparisonRow {
+  readonly metric: string;
+  readonly values: readonly (number | null)[];
+  /** value / first variant's value; 1 when both are 0; null when either is not applicable or only the first is 0. */
+  readonly ratios: readonly (number | null)[];
+}
+
 export interface ComparisonDocument {
   readonly schema: 'vmexit.compare/1';
   readonly workload: string;
   readonly mode: PagingModeName;
   readonly seed: number;
   readonly results: readonly (VariantRunResult & { label: string; spec: string; check?: CheckReport })[];
+  /** The side-by-side table as data: the rows `formatComparison` prints, columns in `results` order. */
+  readonly table: readonly ComparisonRow[];
 }
 
 /** Runs every variant on the same workload and seed (one after the other, each on a fresh VM). */
@@ -104,13 +116,13 @@ export async function runComparison(o: ComparisonOptions): Promise<ComparisonDoc
     const runOpts = { workload: o.workload, mode: o.mode, seed: o.seed, personalities: o.personalities ?? [], variant, audit: o.audit };
     if (o.check === true && variant.backend !== 'none') {
       const c = await runChecked(runOpts);
-      results.push({ ...c.run.result, label: variantLabel(c.run.result.variant), spec, check: c.check });
+      results.push({ ...c.run.result, label: comparisonLabel(c.run.result.variant), spec, check: c.check });
     } else {
       const r = await runOnVariant(runOpts);
-      results.push({ ...r.result, label: variantLabel(r.result.variant), spec });
+      results.push({ ...r.result, label: comparisonLabel(r.result.variant), spec });
     }
   }
-  return { schema: 'vmexit.compare/1', workload: o.workload, mode: o.mode, seed: o.seed, results };
+  return { schema: 'vmexit.compare/1', workload: o.workload, mode: o.mode, seed: o.seed, results, table: comparisonTable(results) };
 }
 
 /**
@@ -141,20 +153,72 @@ export async function parseVariantSpec(spec: string, overrides: Pick<VariantOpti
   }
 }
 
+/**
+ * A variant's column label: backend, MMU and policies, each policy with the options it was given
+ * (`write-flood(count=per-vcpu,threshold=4)`), so that two variants that differ only in options differ.
+ */
+export function comparisonLabel(v: VariantRunResult['variant']): string {
+  if (v.backend === 'none') return 'native';
+  const pol = (v.policies as (string | { use: string; options?: Record<string, unknown> })[] | undefined) ?? [];
+  const names = pol.map((p) => {
+    if (typeof p === 'string') return p;
+    const opts = Object.entries(p.options ?? {});
+    return opts.length === 0 ? p.use : `${p.use}(${opts.map(([k, x]) => `${k}=${typeof x === 'string' ? x : JSON.stringify(x)}`).join(',')})`;
+  });
+  return variantLabel({ ...v, policies: [] }) + (names.length > 0 ? ` ${names.join(',')}` : '');
+}
+
+/**
+ * The exit kinds (core's VmExit kinds, counted as `exits.kind.<kind>` on either backend) under the names a
+ * reader comparing VMX with SVM looks for: the same event has a different exit reason on each (a #PF is VMX
+ * EXCEPTION_NMI and SVM VMEXIT_EXCP14; a CR3 load CR_ACCESS and VMEXIT_CR3_WRITE).
+ */
+export const EXIT_KIND_NAMES: Readonly<Record<string, string>> = {
+  exception: '#PF (intercepted exception)',
+  'cr-write': 'CR / EFER write',
+  invlpg: 'INVLPG',
+  'nested-fault': 'EPT / NPT fault',
+  mmio: 'MMIO',
+};
+
 const exitsOf = (r: VariantRunResult): number => r.counters.total.exits ?? 0;
 const counter =
   (name: string) =>
   (r: VariantRunResult): number =>
     r.counters.total[name] ?? 0;
+const backendOf = (r: VariantRunResult): string => String(r.variant.backend);
 
-/** The rows of the table, in order. Exit reasons are added per reason seen in any result. */
-export function comparisonMetrics(doc: ComparisonDocument): Metric[] {
-  const reasons = new Set<string>();
-  for (const r of doc.results) for (const [k, n] of Object.entries(r.counters.total)) if (k.startsWith('exits.') && !k.startsWith('exits.kind.') && n > 0) reasons.add(k);
+/**
+ * The rows of the table, in order: guest faults, vmexits by common exit kind, then by the backend's own exit
+ * reason (`vmx EXCEPTION_NMI`, `svm VMEXIT_EXCP14`: not applicable, '-', to a variant of the other backend or
+ * a native run), exits per guest fault, and the MMU's and the cost model's figures.
+ */
+export function comparisonMetrics(results: readonly VariantRunResult[]): Metric[] {
+  const kinds = new Set<string>();
+  const reasons = new Map<string, Set<string>>(); // backend (in the order of the variants) -> reasons seen on it
+  for (const r of results) {
+    for (const [k, n] of Object.entries(r.counters.total)) {
+      if (!k.startsWith('exits.') || n <= 0) continue;
+      if (k.startsWith('exits.kind.')) kinds.add(k.slice('exits.kind.'.length));
+      else {
+        let set = reasons.get(backendOf(r));
+        if (set === undefined) reasons.set(backendOf(r), (set = new Set()));
+        set.add(k.slice('exits.'.length));
+      }
+    }
+  }
+  const kindOrder = Object.keys(EXIT_KIND_NAMES);
+  const byReason: Metric[] = [];
+  for (const backend of reasons.keys()) {
+    for (const reason of [...reasons.get(backend)!].sort()) {
+      byReason.push({ label: `  ${backend} ${reason}`, value: (r) => (backendOf(r) === backend ? counter(`exits.${reason}`)(r) : null) });
+    }
+  }
   return [
     { label: 'guest faults', value: (r) => r.guest.faults.total },
     { label: 'vmexits', value: exitsOf },
-    ...[...reasons].sort().map((k) => ({ label: `  ${k.slice(6)}`, value: counter(k) })),
+    ...[...kinds].sort((a, b) => kindOrder.indexOf(a) - kindOrder.indexOf(b)).map((k) => ({ label: `  ${EXIT_KIND_NAMES[k] ?? k}`, value: counter(`exits.kind.${k}`) })),
+    ...(byReason.length > 0 ? [{ label: 'vmexits by exit reason', value: () => null }, ...byReason] : []),
     { label: 'exits per guest fault', value: (r) => (r.guest.faults.total > 0 ? exitsOf(r) / r.guest.faults.total : 0), digits: 3 },
     { label: 'faults fixed (pf_fixed)', value: counter('pf_fixed') },
     { label: 'faults injected (pf_guest)', value: counter('pf_guest') },
@@ -165,26 +229,44 @@ export function comparisonMetrics(doc: ComparisonDocument): Metric[] {
   ];
 }
 
-/** The side-by-side table: each value, and its ratio to the first variant's. */
-export function formatComparison(doc: ComparisonDocument): string {
-  const metrics = comparisonMetrics(doc);
+/** The table as data: every metric's values and ratios to the first variant (see ComparisonRow). */
+export function comparisonTable(results: readonly VariantRunResult[]): ComparisonRow[] {
+  return comparisonMetrics(results).map((m) => {
+    const values = results.map((r) => m.value(r));
+    const base = values[0] ?? null;
+    const ratios = values.map((v) => (v === null || base === null ? null : base === 0 ? (v === 0 ? 1 : null) : v / base));
+    return { metric: m.label.trim(), values, ratios };
+  });
+}
+
+/**
+ * The side-by-side table: each value, and its ratio to the first variant's ('-' where a metric does not
+ * apply to a variant; no ratio where the first variant's value is 0 or does not apply). A section row
+ * ('vmexits by exit reason') has no values.
+ */
+export function formatComparison(doc: Pick<ComparisonDocument, 'workload' | 'mode' | 'seed' | 'results'>): string {
+  const metrics = comparisonMetrics(doc.results);
   const head = ['', ...doc.results.map((r) => r.label)];
   const rows: string[][] = [head];
   for (const m of metrics) {
-    const base = m.value(doc.results[0]!);
+    const values = doc.results.map((r) => m.value(r));
+    if (values.every((v) => v === null)) {
+      rows.push([m.label, ...values.map(() => '')]);
+      continue;
+    }
+    const base = values[0]!;
     rows.push([
       m.label,
-      ...doc.results.map((r, i) => {
-        const v = m.value(r);
+      ...values.map((v, i) => {
+        if (v === null) return '-';
         const text = m.digits !== undefined ? v.toFixed(m.digits) : Math.round(v).toLocaleString('en-US');
-        if (i === 0) return text;
-        const ratio = base === 0 ? (v === 0 ? '1.00' : '-') : (v / base).toFixed(2);
-        return `${text} (x${ratio})`;
+        if (i === 0 || base === null || (base === 0 && v !== 0)) return text;
+        return `${text} (x${base === 0 ? '1.00' : (v / base).toFixed(2)})`;
       }),
     ]);
   }
   const widths = head.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
-  const line = (r: string[]): string => r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  ');
+  const line = (r: string[]): string => r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  ').trimEnd();
   const checks = doc.results.filter((r) => r.check !== undefined);
   const tail = checks.length > 0 ? `check: ${checks.map((r) => `${r.label} ${r.check!.ok ? 'same as native' : 'DIVERGED'}`).join('; ')}\n` : '';
   return `workload ${doc.workload}, mode ${doc.mode}, seed ${doc.seed}; ratios are to the first variant\n${rows.map(line).join('\n')}\n${tail}`;

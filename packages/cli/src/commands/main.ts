@@ -36,6 +36,98 @@ export function bundledVectorDir(): string {
   return join(dirname(require.resolve('@vmexit/core/package.json')), 'conformance');
 }
 
+/** What `vmexit main --json` prints. */
+export interface MainDocument {
+  readonly schema: 'vmexit.main/1';
+  /** Paging conformance: natively, and as guest accesses under VMX and SVM shadow paging. */
+  readonly conformance: Record<string, { passed: number; failed: number }>;
+  /** `vmx`, `svm`, `vmx+write-flood`, `svm+write-flood`: the headline comparisons. */
+  readonly comparisons: Record<string, ComparisonDocument>;
+  /** The message with which the composition refuses REFUSED_ON_SVM. */
+  readonly refusedOnSvm: string;
+}
+
+export interface MainOptions {
+  readonly workload: string;
+  readonly mode: PagingModeName;
+  readonly seed: number;
+  /** Progress lines (stderr in the command). */
+  readonly progress?: (line: string) => void;
+}
+
+/** The headline comparisons: [key in MainDocument.comparisons, title, variants of each backend]. */
+const HEADLINE_SETS = [
+  ['', '', HEADLINE_VARIANTS],
+  ['+write-flood', ', with write-flood detection in every variant', WITH_FLOOD],
+] as const;
+
+/** Runs what `vmexit main` runs (deterministic but for wall time and accesses/s) and returns its document. */
+export async function runMain(o: MainOptions): Promise<MainDocument> {
+  const progress = o.progress ?? (() => {});
+  // 1. The machine: conformance vectors.
+  const dir = bundledVectorDir();
+  const vectors: ConformanceVector[] = readdirSync(dir)
+    .filter((f) => f.endsWith('.jsonl'))
+    .sort()
+    .flatMap((f) => loadVectorFile(join(dir, f)));
+  const conformance: Record<string, { passed: number; failed: number }> = {};
+  const native = runConformance(vectors);
+  conformance.native = { passed: native.passed, failed: native.failed };
+  for (const backend of ['vmx', 'svm'] as const) {
+    const variant = await parseVariantSpec(`${backend} shadow`, {});
+    progress(`conformance under ${backend} shadow...\n`);
+    const results: VectorResult[] = [];
+    for (const v of vectors) {
+      const machine = await createVmVectorMachine(v, variant);
+      results.push(runVector(v, () => machine));
+    }
+    const failed = results.filter((r) => !r.passed).length;
+    conformance[`${backend} shadow`] = { passed: results.length - failed, failed };
+  }
+  // 2. The headline comparisons.
+  const comparisons: Record<string, ComparisonDocument> = {};
+  for (const [key, , sets] of HEADLINE_SETS) {
+    for (const backend of ['vmx', 'svm'] as const) {
+      comparisons[`${backend}${key}`] = await runComparison({
+        workload: o.workload,
+        variants: sets[backend],
+        mode: o.mode,
+        seed: o.seed,
+        onVariant: (label, i, n) => progress(`[${backend} ${i + 1}/${n}] ${label} on ${o.workload}...\n`),
+      });
+    }
+  }
+  let refusedOnSvm: string;
+  try {
+    await parseVariantSpec(REFUSED_ON_SVM, {});
+    refusedOnSvm = `'${REFUSED_ON_SVM}' was accepted, but SVM cannot filter page faults by error code`;
+  } catch (e) {
+    refusedOnSvm = e instanceof Error ? e.message : String(e);
+  }
+  return { schema: 'vmexit.main/1', conformance, comparisons, refusedOnSvm };
+}
+
+/** The conformance part of what `vmexit main` prints. */
+export function formatConformance(doc: Pick<MainDocument, 'conformance'>): string {
+  const n = Object.values(doc.conformance)[0];
+  let out = `paging conformance (${n === undefined ? 0 : n.passed + n.failed} vectors, SDM Vol. 3A ch. 4):\n`;
+  for (const [k, c] of Object.entries(doc.conformance)) out += `  ${k.padEnd(12)} ${c.passed} passed, ${c.failed} failed\n`;
+  return out;
+}
+
+/** The headline part of what `vmexit main` prints (the README shows it): each comparison table, and SVM's refusal. */
+export function formatHeadline(doc: Pick<MainDocument, 'comparisons' | 'refusedOnSvm'>): string {
+  let out = '';
+  for (const [key, title] of HEADLINE_SETS) {
+    for (const backend of ['vmx', 'svm'] as const) {
+      const c = doc.comparisons[`${backend}${key}`];
+      if (c === undefined) continue;
+      out += `\n${backend.toUpperCase()}, shadow paging${title}:\n${formatComparison(c)}`;
+    }
+  }
+  return `${out}\n${REFUSED_ON_SVM}: refused:\n${doc.refusedOnSvm}\n`;
+}
+
 /**
  * `vmexit main` (what `npm start` runs): first shows the machine under the numbers is right (the bundled
  * paging conformance vectors natively, and as guest accesses under VMX and SVM shadow paging), then runs the
@@ -50,67 +142,11 @@ export function registerMain(program: Command): void {
     .option('--seed <n>', 'seed', '1')
     .option('--json', 'print one JSON document: the conformance counts and both comparisons')
     .action(async (flags: { workload: string; mode: string; seed: string; json?: boolean }) => {
-      if (!(PAGING_MODE_NAMES as readonly string[]).includes(flags.mode)) throw new InputError(`--mode: unknown paging mode '${flags.mode}'`);
-      if (!/^\d+$/.test(flags.seed)) throw new InputError(`--seed: expected an integer, got '${flags.seed}'`);
-      const say = (s: string): void => {
-        if (flags.json !== true) process.stdout.write(s);
-      };
-      const progress = (s: string): void => {
-        process.stderr.write(s);
-      };
-
-      // 1. The machine: conformance vectors.
-      const dir = bundledVectorDir();
-      const vectors: ConformanceVector[] = readdirSync(dir)
-        .filter((f) => f.endsWith('.jsonl'))
-        .sort()
-        .flatMap((f) => loadVectorFile(join(dir, f)));
-      const conformance: Record<string, { passed: number; failed: number }> = {};
-      const native = runConformance(vectors);
-      conformance.native = { passed: native.passed, failed: native.failed };
-      for (const backend of ['vmx', 'svm'] as const) {
-        const variant = await parseVariantSpec(`${backend} shadow`, {});
-        progress(`conformance under ${backend} shadow...\n`);
-        const results: VectorResult[] = [];
-        for (const v of vectors) {
-          const machine = await createVmVectorMachine(v, variant);
-          results.push(runVector(v, () => machine));
-        }
-        const failed = results.filter((r) => !r.passed).length;
-        conformance[`${backend} shadow`] = { passed: results.length - failed, failed };
-      }
-      say(`paging conformance (${vectors.length} vectors, SDM Vol. 3A ch. 4):\n`);
-      for (const [k, c] of Object.entries(conformance)) say(`  ${k.padEnd(12)} ${c.passed} passed, ${c.failed} failed\n`);
-
-      // 2. The headline comparison.
-      const docs: Record<string, ComparisonDocument> = {};
-      let refusal: string;
-      for (const [title, sets] of [
-        ['', HEADLINE_VARIANTS],
-        [', with write-flood detection in every variant', WITH_FLOOD],
-      ] as const) {
-        for (const backend of ['vmx', 'svm'] as const) {
-          say(`\n${backend.toUpperCase()}, shadow paging${title}:\n`);
-          const doc = await runComparison({
-            workload: flags.workload,
-            variants: sets[backend],
-            mode: flags.mode as PagingModeName,
-            seed: Number(flags.seed),
-            onVariant: (label, i, n) => progress(`[${backend} ${i + 1}/${n}] ${label} on ${flags.workload}...\n`),
-          });
-          docs[`${backend}${title === '' ? '' : '+write-flood'}`] = doc;
-          say(formatComparison(doc));
-        }
-      }
-      try {
-        await parseVariantSpec(REFUSED_ON_SVM, {});
-        refusal = `'${REFUSED_ON_SVM}' was accepted, but SVM cannot filter page faults by error code`;
-      } catch (e) {
-        refusal = e instanceof Error ? e.message : String(e);
-      }
-      say(`\n${REFUSED_ON_SVM}: refused:\n${refusal}\n`);
-      if (flags.json === true) process.stdout.write(`${JSON.stringify({ schema: 'vmexit.main/1', conformance, comparisons: docs, refusedOnSvm: refusal }, null, 2)}\n`);
-      const failed = Object.entries(conformance).filter(([, c]) => c.failed > 0);
+      if (!(PAGING_MODE_NAMES as readonly string[]).includes(flags.mode)) throw new InputError(`--mode: unknown paging mode '${flags.mode}' (expected ${PAGING_MODE_NAMES.join(', ')})`);
+      if (!/^\d+$/.test(flags.seed) || Number(flags.seed) > 0xffffffff) throw new InputError(`--seed: expected an integer from 0 to 4294967295, got '${flags.seed}'`);
+      const doc = await runMain({ workload: flags.workload, mode: flags.mode as PagingModeName, seed: Number(flags.seed), progress: (s) => process.stderr.write(s) });
+      process.stdout.write(flags.json === true ? `${JSON.stringify(doc, null, 2)}\n` : formatConformance(doc) + formatHeadline(doc));
+      const failed = Object.entries(doc.conformance).filter(([, c]) => c.failed > 0);
       if (failed.length > 0) throw new RunFailure(`paging conformance failed: ${failed.map(([k, c]) => `${k} ${c.failed}`).join(', ')}`);
     });
 }
