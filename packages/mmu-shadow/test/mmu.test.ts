@@ -558,6 +558,31 @@ describe('ShadowMmu', () => {
       expect(roots.every((sp) => sp!.rootCount === 2 && mmu.pages[sp!.frame] === sp)).toBe(true);
       expect([h.c('mmu_shadow_zapped'), h.c('mmu_cache_miss')]).toEqual([0, 0]);
       mmu.audit();
+      // A new role (CR0.WP cleared: cr0_wp is in the role) needs four new roots too: the same clean failure.
+      expect(() => v0.movToCr0(CR0_PG | 1)).toThrow(/needs 4 free pages for the roots of the new mode/);
+      expect(st.paeRoots).toEqual(roots);
+      expect(st.signature).toBe(before.signature);
+      expect(mmu.usedPages).toBe(8);
+    });
+
+    it('does not release a zapped root in use before its replacement fits (the vCPU keeps it and reloads later)', () => {
+      // As above: vCPUs 0 and 1 share the PAE roots of A, vCPU 2 has B's; all 8 pages are roots in use.
+      const { machine, mmu } = setup('pae', { vcpus: 3, maxMmuPages: 8 });
+      const [v0, , v2] = machine.vcpus as [Vcpu, Vcpu, Vcpu];
+      v2.movToCr3(new GuestTables(machine, 'pae', 0x300000).root);
+      const st = mmu.states[0]!;
+      const roots = st.paeRoots.slice();
+      // Root 0 (the kernel's PD) is zapped while in use: it becomes invalid and both its vCPUs must reload.
+      mmu.prepareZap(roots[0]!);
+      expect([st.needReload, mmu.states[1]!.needReload]).toEqual([true, true]);
+      // vCPU 0's next exit (a kernel read through root 0, whose sptes are now all trap) starts with the reload:
+      // a new page for root 0 is needed, and none is free or can be freed (the invalid root is still vCPU 1's).
+      // E_MMU_NOSPC before anything is released: vCPU 0 keeps its roots, still to be reloaded.
+      expect(() => v0.read(0x1000, 4)).toThrow(ShadowMmuError);
+      expect(st.paeRoots).toEqual(roots);
+      expect(st.needReload).toBe(true);
+      expect(roots[0]!.rootCount).toBe(2);
+      expect(mmu.usedPages).toBe(8);
     });
 
     it('fails cleanly when every page is a root in use', () => {
