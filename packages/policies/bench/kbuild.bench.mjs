@@ -18,6 +18,8 @@ import { createVm } from '@vmexit/core';
 import { KBUILD_TRACE_PATH, decodeVxt, runWorkload } from '@vmexit/guest';
 
 const RUNS = Number(process.env.RUNS ?? 3);
+/** Issue 5's target for shadow paging on VMX: represented accesses/s at least this share of the native run's. */
+const TARGET = 0.6;
 const SEED = 1;
 const MODE = 'long4';
 
@@ -135,7 +137,8 @@ for (const r of rows) {
   const perExit = r.exits > 0 ? `${(((r.wallSeconds - native.wallSeconds) / r.exits) * 1e6).toFixed(2)} us/exit over native` : '';
   console.log(
     `  ${r.name.padEnd(17)} ${M(r.accessesPerSecond)}  ${r.wallSeconds.toFixed(3)} s (spread ${(r.spread * 100).toFixed(0)}%)  ` +
-      `${ratio.toFixed(3)}x native  ${(r.accessesPerSecond / scanRate).toFixed(4)}x scan  exits ${r.exits}  ${perExit}`,
+      `${ratio.toFixed(3)}x native  ${(r.accessesPerSecond / scanRate).toFixed(4)}x scan  exits ${r.exits}  ${perExit}` +
+      (r.name === 'native' ? '' : `  target >= ${TARGET}x native: ${ratio >= TARGET ? 'met' : 'MISSED'}`),
   );
 }
 if (process.env.JSON === '1') {
