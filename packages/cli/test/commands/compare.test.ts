@@ -1,23 +1,14 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { captureStdio } from '../helpers/stdio.js';
 import { main } from '../../src/program.js';
 import { formatComparison, type ComparisonDocument } from '../../src/commands/compare.js';
 
-let out: string[];
-let err: string[];
+const { out, err } = captureStdio();
 
-beforeEach(() => {
-  out = [];
-  err = [];
-  vi.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => (out.push(String(s)), true));
-  vi.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => (err.push(String(s)), true));
-});
 
-afterEach(() => {
-  vi.restoreAllMocks();
-});
 
 const WL = ['--workload', 'demand-fault:pages=64', '--memory', '16M'];
 

@@ -1,20 +1,11 @@
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { captureStdio } from '../helpers/stdio.js';
 import { main } from '../../src/program.js';
 import { HEADLINE_VARIANTS, REFUSED_ON_SVM, WITH_FLOOD, type MainDocument } from '../../src/commands/main.js';
 
-let out: string[];
-let err: string[];
+const { out, err } = captureStdio();
 
-beforeEach(() => {
-  out = [];
-  err = [];
-  vi.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => (out.push(String(s)), true));
-  vi.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => (err.push(String(s)), true));
-});
 
-afterEach(() => {
-  vi.restoreAllMocks();
-});
 
 // A small workload instead of kbuild, so that the 14 variant runs take a second or two (the bundled kbuild run is
 // test/golden/main.test.ts).

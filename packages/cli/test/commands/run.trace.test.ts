@@ -1,7 +1,8 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { captureStdio } from '../helpers/stdio.js';
 import { main } from '../../src/program.js';
 
 // `vmexit run --trace FILE`: the lines are written as the run goes (a failed run leaves them up to the
@@ -9,22 +10,14 @@ import { main } from '../../src/program.js';
 
 const FAILING_POLICY = path.resolve(import.meta.dirname, '../fixtures/failing-policy/index.mjs');
 
-let out: string[];
-let err: string[];
+const { out, err } = captureStdio();
 let dir: string;
 
 beforeEach(() => {
-  out = [];
-  err = [];
-  vi.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => (out.push(String(s)), true));
-  vi.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => (err.push(String(s)), true));
-  process.exitCode = undefined;
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmexit-run-trace-'));
 });
 
 afterEach(() => {
-  vi.restoreAllMocks();
-  process.exitCode = undefined;
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
@@ -100,7 +93,7 @@ describe('run', () => {
       const file = path.join(dir, 'fail.jsonl');
       // A policy that throws stops the run (ExitError E_POLICY_FAILED): exit 1 with the layer, the code and the
       // message, no stack trace (program.ts runStopped).
-      err = [];
+      err.length = 0;
       expect(await main(['run', '--config', config(failAt), '--workload', 'demand-fault:pages=20', '--trace', file])).toBe(1);
       expect(err.join('')).toMatch(/^vmexit: the run stopped: ExitError E_POLICY_FAILED: .*\(Error: fail-at: exit #\d+ \(EXCEPTION_NMI\), as asked\)\n$/);
       expect(err.join('')).not.toMatch(/\n\s+at /);
@@ -119,7 +112,7 @@ describe('run', () => {
       expect(await main(['run', '--workload', 'demand-fault:pages=100000', '--memory', '16M', '--trace', file])).toBe(2);
       expect(err.join('')).toMatch(/free pages/);
       expect(fs.readdirSync(dir)).toEqual([]);
-      err = [];
+      err.length = 0;
       expect(await main(['run', '--workload', 'demand-fault:pages=4', '--memory', '16M', '--trace', path.join(dir, 'no', 'such', 'dir.jsonl')])).toBe(2);
       expect(err.join('')).toMatch(/--trace: cannot write .*dir\.jsonl \(ENOENT\)/);
       expect(out.join('')).toBe('');

@@ -1,7 +1,8 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { captureStdio } from '../helpers/stdio.js';
 import { main } from '../../src/program.js';
 
 // `vmexit run` on variants that come from outside the flags' defaults: a third-party policy package found by
@@ -10,17 +11,11 @@ import { main } from '../../src/program.js';
 
 const FIXTURE = path.resolve(import.meta.dirname, '../fixtures/third-party-policy');
 
-let out: string[];
-let err: string[];
+const { out, err } = captureStdio();
 let dir: string;
 const cwd = process.cwd();
 
 beforeEach(() => {
-  out = [];
-  err = [];
-  vi.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => (out.push(String(s)), true));
-  vi.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => (err.push(String(s)), true));
-  process.exitCode = undefined;
   // A project directory that installed the fixture package (as `npm install vmexit-policy-fixture` would
   // link it): the CLI runs from there.
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmexit-run-variants-'));
@@ -31,15 +26,13 @@ beforeEach(() => {
 
 afterEach(() => {
   process.chdir(cwd);
-  vi.restoreAllMocks();
-  process.exitCode = undefined;
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
 type Totals = Record<string, number>;
 
 async function runJson(args: string[]): Promise<{ variant: Record<string, unknown>; counters: { total: Totals; vcpus: Totals[] }; memoryDigest: string; guest: { faults: { total: number } } }> {
-  out = [];
+  out.length = 0;
   const code = await main(['run', ...args, '--json']);
   expect(err.join('')).toBe('');
   expect(code).toBe(0);

@@ -240,7 +240,8 @@ describe('Vcpu', () => {
       expect(v.tlb.misses).toBe(misses + 1);
     });
 
-    it('raises #GP and leaves CR3 unchanged when a present PAE PDPTE has a reserved bit (SDM Vol. 3A §4.4.1)', () => {
+    /** A PAE guest with paging on, and a PDPT page `bad` whose first PDPTE is present with bit 5 (reserved) set. */
+    function paeWithBadPdpt(): { m: Machine; t: TestTables; v: Vcpu; bad: number } {
       const m = new Machine({ memoryBytes: 1024 * 1024 });
       const t = new TestTables(m.memory, 'pae');
       const v = m.vcpus[0]!;
@@ -249,6 +250,11 @@ describe('Vcpu', () => {
       v.movToCr0(CR0_PG | 1);
       const bad = t.alloc();
       m.memory.view.setUint32(bad, 0x5000 | 1 | (1 << 5), true); // bit 5 is reserved in a PDPTE
+      return { m, t, v, bad };
+    }
+
+    it('raises #GP and leaves CR3 unchanged when a present PAE PDPTE has a reserved bit (SDM Vol. 3A §4.4.1)', () => {
+      const { t, v, bad } = paeWithBadPdpt();
       const gp: number[] = [];
       v.setExceptionHandler(GP_VECTOR, (_v, vec) => gp.push(vec));
       v.movToCr3(bad);
@@ -257,14 +263,7 @@ describe('Vcpu', () => {
     });
 
     it('asks the hooks first: a write that exits gets its #GP from the hypervisor, not from the hardware', () => {
-      const m = new Machine({ memoryBytes: 1024 * 1024 });
-      const t = new TestTables(m.memory, 'pae');
-      const v = m.vcpus[0]!;
-      v.movToCr4(CR4_PAE);
-      v.movToCr3(t.root);
-      v.movToCr0(CR0_PG | 1);
-      const bad = t.alloc();
-      m.memory.view.setUint32(bad, 0x5000 | 1 | (1 << 5), true);
+      const { m, t, v, bad } = paeWithBadPdpt();
       const seen: [number, number, number][] = [];
       let answer: FaultAction = FAULT_DELIVER;
       v.hooks = new (class extends NativeHooks {

@@ -78,6 +78,22 @@ interface RefOutcome {
   nestedFinal?: boolean;
 }
 
+/** The walker's translation (and D after the walk) is the reference's, where the reference completed one. */
+function expectTranslation(out: WalkResult, want: RefOutcome): void {
+  if (want.pa !== undefined) {
+    expect([out.pa, out.pageSize, out.writable, out.user, out.executable, out.global, out.pkey]).toEqual([
+      want.pa,
+      want.pageSize,
+      want.writable,
+      want.user,
+      want.executable,
+      want.global,
+      want.pkey,
+    ]);
+  }
+  if (want.status === WALK_OK) expect(out.dirty).toBe(want.dirty);
+}
+
 /** The second stage of the scenarios: identity, except for the guest-physical pages in `refused`. */
 class TestStage implements SecondStage {
   readonly calls: Array<[number, number, boolean]> = [];
@@ -541,26 +557,7 @@ describe('walk', () => {
             }
             if (want.leafLevel !== undefined && want.status !== WALK_NESTED_FAULT)
               expect(out.leafLevel).toBe(want.leafLevel);
-            if (want.pa !== undefined) {
-              expect([
-                out.pa,
-                out.pageSize,
-                out.writable,
-                out.user,
-                out.executable,
-                out.global,
-                out.pkey,
-              ]).toEqual([
-                want.pa,
-                want.pageSize,
-                want.writable,
-                want.user,
-                want.executable,
-                want.global,
-                want.pkey,
-              ]);
-            }
-            if (want.status === WALK_OK) expect(out.dirty).toBe(want.dirty);
+            expectTranslation(out, want);
             if (want.status === WALK_NESTED_FAULT)
               expect([out.nestedGpa, out.nestedFinal]).toEqual([want.nestedGpa, want.nestedFinal]);
             if (ctx.nested !== null) expect((ctx.nested as TestStage).calls).toEqual(calls);
@@ -617,25 +614,7 @@ describe('walk', () => {
               const log = new WriteLog(mem);
               const status = walk(ctx, log, va, access, sideEffects ? WALK_SIDE_EFFECTS : 0, out);
               expect([status, out.errorCode]).toEqual([want.status, want.errorCode]);
-              if (want.pa !== undefined)
-                expect([
-                  out.pa,
-                  out.pageSize,
-                  out.writable,
-                  out.user,
-                  out.executable,
-                  out.global,
-                  out.pkey,
-                ]).toEqual([
-                  want.pa,
-                  want.pageSize,
-                  want.writable,
-                  want.user,
-                  want.executable,
-                  want.global,
-                  want.pkey,
-                ]);
-              if (want.status === WALK_OK) expect(out.dirty).toBe(want.dirty);
+              expectTranslation(out, want);
               const addrs = [...words, ...log.written];
               expect(snapshot(mem, addrs)).toEqual(snapshot(refMem, addrs));
             }
