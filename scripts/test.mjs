@@ -6,20 +6,18 @@ import { existsSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 
 const root = new URL('..', import.meta.url).pathname;
-const dirs = ['packages', 'examples']
-  .filter((d) => existsSync(join(root, d)))
-  .flatMap((d) => readdirSync(join(root, d)).map((p) => join(root, d, p)));
+const dirs = ['packages', 'examples'].filter((d) => existsSync(join(root, d))).flatMap((d) => readdirSync(join(root, d)).map((p) => join(root, d, p)));
 const reports = dirs.map((d) => join(d, '.test-report.json'));
 for (const r of reports) rmSync(r, { force: true });
 
 const env = { ...process.env, NX_DAEMON: 'false', NX_NO_CLOUD: 'true' };
 // In CI every test runs for real: nx's cache lives in ~/.nx and would replay an earlier result.
 const extra = process.env.CI ? ['--skip-nx-cache'] : [];
-const nx = spawnSync(
-  'npx',
-  ['nx', 'run-many', '-t', 'test', '--output-style=stream', ...extra, ...process.argv.slice(2)],
-  { cwd: root, stdio: 'inherit', env },
-);
+const nx = spawnSync('npx', ['nx', 'run-many', '-t', 'test', '--output-style=stream', ...extra, ...process.argv.slice(2)], {
+  cwd: root,
+  stdio: 'inherit',
+  env,
+});
 
 let passed = 0;
 let failed = 0;

@@ -3,7 +3,23 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { from, lastValueFrom, toArray } from 'rxjs';
-import { composeVariant, createVm, CR0_PE, CR0_PG, CR4_PAE, EFER_LME, Machine, PFERR_USER, PFERR_WRITE, PT_PRESENT, PT_USER, PT_WRITABLE, type ModuleSources, type PolicyVcpuContext, type VmExit } from '@vmexit/core';
+import {
+  composeVariant,
+  createVm,
+  CR0_PE,
+  CR0_PG,
+  CR4_PAE,
+  EFER_LME,
+  Machine,
+  PFERR_USER,
+  PFERR_WRITE,
+  PT_PRESENT,
+  PT_USER,
+  PT_WRITABLE,
+  type ModuleSources,
+  type PolicyVcpuContext,
+  type VmExit,
+} from '@vmexit/core';
 import vmxModule from '@vmexit/backend-vmx';
 import { runWorkload } from '@vmexit/guest';
 import { shadowMmuModule } from '@vmexit/mmu-shadow';
@@ -48,7 +64,11 @@ describe('reflectRange', () => {
   describe('.exits', () => {
     it("injects the #PFs of its range that the guest's tables do not allow, with the guest walk's error code, and passes on the others", async () => {
       const counted: string[] = [];
-      const ctx = { options: { from: 0x1000, to: 0x3000 }, vcpu: guestVcpu(), count: (n: string) => counted.push(n) } as unknown as PolicyVcpuContext<ReflectRangeOptions>;
+      const ctx = {
+        options: { from: 0x1000, to: 0x3000 },
+        vcpu: guestVcpu(),
+        count: (n: string) => counted.push(n),
+      } as unknown as PolicyVcpuContext<ReflectRangeOptions>;
       // 0x2800: in range, not present in the guest -> injected, error code W|U (P=0). 0x1800: in range, but the
       // guest maps it (a shadow fault for the MMU) -> passed on. 0x3000: out of range -> passed on.
       const out = await lastValueFrom(from([pf(1, 0x2800), pf(2, 0x1800), pf(3, 0x3000)]).pipe(reflectRange.exits!(ctx), toArray()));

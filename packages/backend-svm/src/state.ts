@@ -1,5 +1,13 @@
 import { PF_VECTOR, type MmuMode } from '@vmexit/core';
-import { INTERCEPT_CR0_WRITE, INTERCEPT_CR3_READ, INTERCEPT_CR3_WRITE, INTERCEPT_CR4_WRITE, INTERCEPT_INVLPG, INTERCEPT_MSR_PROT, MSR_EFER } from './constants.js';
+import {
+  INTERCEPT_CR0_WRITE,
+  INTERCEPT_CR3_READ,
+  INTERCEPT_CR3_WRITE,
+  INTERCEPT_CR4_WRITE,
+  INTERCEPT_INVLPG,
+  INTERCEPT_MSR_PROT,
+  MSR_EFER,
+} from './constants.js';
 
 /**
  * The VMCB fields that decide MMU-related exits, and the exit fields the processor writes (APM Vol. 2

@@ -1,4 +1,16 @@
-import { ACC_WRITE, PFERR_DEFINED, PFERR_FETCH, PFERR_PK, PFERR_PRESENT, PFERR_RSVD, PFERR_SGX, PFERR_SS, PFERR_USER, PFERR_WRITE, PF_VECTOR } from '@vmexit/core';
+import {
+  ACC_WRITE,
+  PFERR_DEFINED,
+  PFERR_FETCH,
+  PFERR_PK,
+  PFERR_PRESENT,
+  PFERR_RSVD,
+  PFERR_SGX,
+  PFERR_SS,
+  PFERR_USER,
+  PFERR_WRITE,
+  PF_VECTOR,
+} from '@vmexit/core';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { SvmBackend } from '../src/backend.js';
@@ -121,7 +133,12 @@ describe('SvmBackend', () => {
     it('reports VMEXIT_NPF = 0x400 with the KUT values of EXITINFO1 (kvm-mmu.md §C.5)', () => {
       const v = createVmcb('tdp');
       // write to a data page whose NPT pte is read-only: P|W|U|FINAL = 0x1_0000_0007
-      expect(svm.nestedFaultExit(v, 0x5000, 0x400000, 2 ** 32 + 7)).toEqual({ backend: 'svm', code: VMEXIT_NPF, name: 'VMEXIT_NPF', fields: { exitInfo1: 0x1_0000_0007, exitInfo2: 0x5000 } });
+      expect(svm.nestedFaultExit(v, 0x5000, 0x400000, 2 ** 32 + 7)).toEqual({
+        backend: 'svm',
+        code: VMEXIT_NPF,
+        name: 'VMEXIT_NPF',
+        fields: { exitInfo1: 0x1_0000_0007, exitInfo2: 0x5000 },
+      });
       // the guest page-table page made read-only: P|W|U|GUEST_PAGE = 0x2_0000_0007
       expect(svm.nestedFaultExit(v, 0x3000, 0x400000, 2 ** 33 + 7).fields.exitInfo1).toBe(0x2_0000_0007);
       expect(svm.mmioExit(v, 0xfee00000, 0, ACC_WRITE).fields.exitInfo1).toBe(2 ** 32 + (PFERR_PRESENT | PFERR_RSVD | ACC_WRITE));
@@ -130,7 +147,15 @@ describe('SvmBackend', () => {
 
     it('names exit codes and rejects an unknown one', () => {
       expect([0x4e, 0x13, 0x79, 0x400].map(exitCodeName)).toEqual(['VMEXIT_EXCP14', 'VMEXIT_CR3_WRITE', 'VMEXIT_INVLPG', 'VMEXIT_NPF']);
-      expect([0x00, 0x03, 0x04, 0x08, 0x10, 0x14, 0x18].map(exitCodeName)).toEqual(['VMEXIT_CR0_READ', 'VMEXIT_CR3_READ', 'VMEXIT_CR4_READ', 'VMEXIT_CR8_READ', 'VMEXIT_CR0_WRITE', 'VMEXIT_CR4_WRITE', 'VMEXIT_CR8_WRITE']);
+      expect([0x00, 0x03, 0x04, 0x08, 0x10, 0x14, 0x18].map(exitCodeName)).toEqual([
+        'VMEXIT_CR0_READ',
+        'VMEXIT_CR3_READ',
+        'VMEXIT_CR4_READ',
+        'VMEXIT_CR8_READ',
+        'VMEXIT_CR0_WRITE',
+        'VMEXIT_CR4_WRITE',
+        'VMEXIT_CR8_WRITE',
+      ]);
       expect([0x40, 0x5f, 0x7c, VMEXIT_INVALID].map(exitCodeName)).toEqual(['VMEXIT_EXCP0', 'VMEXIT_EXCP31', 'VMEXIT_MSR', 'VMEXIT_INVALID']);
       expect(() => exitCodeName(0x3ff)).toThrow(/unknown SVM exit code 0x3ff/);
       expect(() => exitCodeName(0x3f)).toThrow(/unknown SVM exit code 0x3f/); // just below the exception family

@@ -58,7 +58,7 @@ export class VmxBackend implements Backend<Vmcs>, PageFaultFilter {
   exceptionExits(v: Vmcs, vector: number, errorCode: number): boolean {
     const bit = ((v.exceptionBitmap >>> vector) & 1) === 1;
     if (vector !== PF_VECTOR) return bit;
-    const mismatch = ((errorCode & v.pageFaultErrorCodeMask) >>> 0) !== v.pageFaultErrorCodeMatch >>> 0;
+    const mismatch = (errorCode & v.pageFaultErrorCodeMask) >>> 0 !== v.pageFaultErrorCodeMatch >>> 0;
     return bit !== mismatch;
   }
 

@@ -89,7 +89,8 @@ describe('VmxBackend', () => {
       for (const bit of PFEC_BITS) {
         for (const match of [0, bit]) {
           const v = vmcsWith(true, bit, match);
-          for (const pfec of [0, bit, PFERR_DEFINED, PFERR_DEFINED & ~bit]) expect(vmx.exceptionExits(v, PF_VECTOR, pfec), `bit ${bit} match ${match} pfec ${pfec}`).toBe((pfec & bit) === match);
+          for (const pfec of [0, bit, PFERR_DEFINED, PFERR_DEFINED & ~bit])
+            expect(vmx.exceptionExits(v, PF_VECTOR, pfec), `bit ${bit} match ${match} pfec ${pfec}`).toBe((pfec & bit) === match);
         }
       }
     });
@@ -198,10 +199,17 @@ describe('VmxBackend', () => {
       const v = createVmcs('tdp');
       // a write to a present, read-only gpa on the final translation: W (bit 1) | R (bit 3) | GVA valid (7) | final (8)
       const hw = vmx.nestedFaultExit(v, 0x1234000, 0x400000, 2 ** 32 + (PFERR_PRESENT | ACC_WRITE));
-      expect(hw).toMatchObject({ code: EXIT_REASON_EPT_VIOLATION, name: 'EPT_VIOLATION', fields: { exitQualification: 0x18a, guestPhysicalAddress: 0x1234000 } });
+      expect(hw).toMatchObject({
+        code: EXIT_REASON_EPT_VIOLATION,
+        name: 'EPT_VIOLATION',
+        fields: { exitQualification: 0x18a, guestPhysicalAddress: 0x1234000 },
+      });
       // a read of a not-present gpa during the guest's walk: R (bit 0) | GVA valid, bit 8 clear
       expect(vmx.nestedFaultExit(v, 0x2000, 0x400000, 2 ** 33).fields.exitQualification).toBe(0x81);
-      expect(vmx.nestedFaultExit(v, 0x2000, 0x400000, 2 ** 32 + (PFERR_PRESENT | PFERR_RSVD))).toMatchObject({ code: EXIT_REASON_EPT_MISCONFIG, name: 'EPT_MISCONFIG' });
+      expect(vmx.nestedFaultExit(v, 0x2000, 0x400000, 2 ** 32 + (PFERR_PRESENT | PFERR_RSVD))).toMatchObject({
+        code: EXIT_REASON_EPT_MISCONFIG,
+        name: 'EPT_MISCONFIG',
+      });
       expect(vmx.mmioExit(v, 0xfee00000, 0x1000, 0).code).toBe(EXIT_REASON_EPT_MISCONFIG);
       expect(vmx.mmioExit(createVmcs('shadow'), 0xfee00000, 0x1000, ACC_WRITE).fields.vmExitIntrErrorCode).toBe(PFERR_PRESENT | PFERR_RSVD | ACC_WRITE);
     });

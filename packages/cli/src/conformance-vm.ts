@@ -153,7 +153,6 @@ function pageOffset(va: number): number {
   return ((va % PAGE_SIZE) + PAGE_SIZE) % PAGE_SIZE;
 }
 
-
 /**
  * Puts vCPU 0 in the vector's state the way a guest does it (SDM Vol. 3A §9.8.5 for IA-32e): EFER, CR4, CR3,
  * then CR0.PG. False when a step raised #GP (a PAE PDPTE with reserved bits, §4.4.1).

@@ -11,7 +11,17 @@ import {
   type Variant,
   type Vm,
 } from '@vmexit/core';
-import { GuestConfigError, TraceError, WorkloadError, nativeCounters, runWorkload, type GuestFaultEvent, type Personality, type RunOutcome, type RunResult } from '@vmexit/guest';
+import {
+  GuestConfigError,
+  TraceError,
+  WorkloadError,
+  nativeCounters,
+  runWorkload,
+  type GuestFaultEvent,
+  type Personality,
+  type RunOutcome,
+  type RunResult,
+} from '@vmexit/guest';
 import { InputError, RunFailure } from './errors.js';
 
 /** What one run needs: the workload and guest shape, and the variant below it. */
@@ -51,7 +61,10 @@ export async function runOnVariant(o: VariantRunOptions): Promise<VariantRunOutc
   let vm: Vm | null = null;
   if (v.backend !== 'none') {
     try {
-      vm = await createVm({ ...v, guest: { ...v.guest, mode: o.mode, personality: o.personalities.length > 0 ? o.personalities.join(',') : 'linux' } }, { seed: o.seed, tracer: o.tracer, sources: o.sources });
+      vm = await createVm(
+        { ...v, guest: { ...v.guest, mode: o.mode, personality: o.personalities.length > 0 ? o.personalities.join(',') : 'linux' } },
+        { seed: o.seed, tracer: o.tracer, sources: o.sources },
+      );
     } catch (e) {
       if (e instanceof VariantError) throw new InputError(`invalid variant:\n${e.message}`);
       throw e;
@@ -89,14 +102,19 @@ export async function runOnVariant(o: VariantRunOptions): Promise<VariantRunOutc
     throw e;
   }
   const profile = COST_PROFILES[v.costModel]!;
-  const total = v.backend === 'none' ? { ...outcome.result.counters.total, 'guest.page_faults': outcome.result.guest.faults.total } : outcome.result.counters.total;
+  const total =
+    v.backend === 'none' ? { ...outcome.result.counters.total, 'guest.page_faults': outcome.result.guest.faults.total } : outcome.result.counters.total;
   const result: VariantRunResult = { ...outcome.result, cycles: modelCycles(profile, total) };
   return { result, outcome, vm };
 }
 
 /** The variant as it appears in a result: what it is, not where its modules came from. */
 export function describeVariant(v: Variant): Record<string, unknown> {
-  return { backend: v.backend, ...(v.backend === 'none' ? {} : { mmu: v.mmu, policies: v.policies.map((p) => (Object.keys(p.options).length > 0 ? p : p.use)) }), costModel: v.costModel };
+  return {
+    backend: v.backend,
+    ...(v.backend === 'none' ? {} : { mmu: v.mmu, policies: v.policies.map((p) => (Object.keys(p.options).length > 0 ? p : p.use)) }),
+    costModel: v.costModel,
+  };
 }
 
 /**
@@ -156,7 +174,13 @@ export interface AllowedDifference {
 
 /** The first difference a guest could see: an event (by its index in each run's sequence) or a memory word. */
 export type CheckDifference =
-  | { readonly what: 'event'; readonly nativeIndex: number; readonly variantIndex: number; readonly native: GuestFaultEvent | null; readonly variant: GuestFaultEvent | null }
+  | {
+      readonly what: 'event';
+      readonly nativeIndex: number;
+      readonly variantIndex: number;
+      readonly native: GuestFaultEvent | null;
+      readonly variant: GuestFaultEvent | null;
+    }
   | { readonly what: 'sigsegv-count'; readonly native: number; readonly variant: number }
   | MemoryDifference;
 
@@ -225,7 +249,8 @@ export function compareGuestViews(native: GuestView, virt: GuestView): CheckRepo
       continue;
     }
     first = { what: 'event', nativeIndex: i, variantIndex: j, native: x, variant: y };
-    const side = (e: GuestFaultEvent | null, n: number, total: number): string => (e === null ? `nothing (the guest received ${total} events, the last #${n - 1})` : fmtEvent(e));
+    const side = (e: GuestFaultEvent | null, n: number, total: number): string =>
+      e === null ? `nothing (the guest received ${total} events, the last #${n - 1})` : fmtEvent(e);
     divergence = `guest event #${i}${i === j ? '' : ` (#${j} under the variant)`}: natively ${side(x, i, a.length)}, under the variant ${side(y, j, b.length)}`;
     break;
   }
@@ -237,7 +262,10 @@ export function compareGuestViews(native: GuestView, virt: GuestView): CheckRepo
     const m = compareMemory(native, virt, allow);
     if (m !== null) {
       first = m;
-      const at = m.gpa === null ? ' (guest memory sizes differ)' : ` (first at guest-physical ${hex(m.gpa)}: 0x${m.native!.toString(16)} natively, 0x${m.variant!.toString(16)} under the variant)`;
+      const at =
+        m.gpa === null
+          ? ' (guest memory sizes differ)'
+          : ` (first at guest-physical ${hex(m.gpa)}: 0x${m.native!.toString(16)} natively, 0x${m.variant!.toString(16)} under the variant)`;
       divergence = `final guest memory differs: digest ${native.memoryDigest} natively, ${virt.memoryDigest} under the variant${at}`;
     }
   }

@@ -23,7 +23,10 @@ export interface VariantOptions {
 export function addVariantOptions(cmd: Command): Command {
   return cmd
     .option('--backend <name>', 'the hypervisor backend: vmx, svm or none (native)')
-    .option('--mmu <name>', 'the MMU: shadow (tdp, two-dimensional paging, needs the @vmexit/mmu-tdp package, which this release does not include); not with --backend none')
+    .option(
+      '--mmu <name>',
+      'the MMU: shadow (tdp, two-dimensional paging, needs the @vmexit/mmu-tdp package, which this release does not include); not with --backend none',
+    )
     .option('--policy <list>', 'fault policies in order, comma-separated: built-in names, package names or paths')
     .option('--config <file>', 'a variant file: vmexit.config.json or vmexit.config.mjs (flags override its fields)')
     .option('--cost-model <name>', `the cost model for modelled cycles: ${Object.keys(COST_PROFILES).join(', ')}`)

@@ -12,7 +12,11 @@ async function check(backend: 'vmx' | 'svm', workload: string, sources?: ModuleS
 
 describe('runChecked (--check)', () => {
   it('passes the real shadow MMU, given as module sources, with no allowed difference', async () => {
-    const { check: c } = await check('vmx', 'mprotect-storm:pages=24,rounds=4,writes=6', sourcesWith(() => new ShadowMmu()));
+    const { check: c } = await check(
+      'vmx',
+      'mprotect-storm:pages=24,rounds=4,writes=6',
+      sourcesWith(() => new ShadowMmu()),
+    );
     expect(c).toMatchObject({ ok: true, divergence: null, first: null, allowed: [] });
     expect(c.compared.faults).toBeGreaterThan(0);
   });
@@ -21,18 +25,30 @@ describe('runChecked (--check)', () => {
     // mprotect(PROT_READ) clears W in the ptes (emulated writes the broken hook ignores, so the sptes stay
     // writable) and flushes the TLB; natively the next store faults (P|W|U = 7, a SIGSEGV or a COW), under the
     // broken MMU it goes through the stale writable spte: the guest's sequences part at that event.
-    const { check: c } = await check(backend, 'mprotect-storm:pages=24,rounds=4,writes=6', sourcesWith(() => new DropsWriteProtectMmu()));
+    const { check: c } = await check(
+      backend,
+      'mprotect-storm:pages=24,rounds=4,writes=6',
+      sourcesWith(() => new DropsWriteProtectMmu()),
+    );
     expect(c.ok).toBe(false);
     expect(c.first).toMatchObject({ what: 'event', native: { errorCode: 7 } });
     if (c.first?.what !== 'event') throw new Error('expected an event difference');
-    expect(c.divergence).toMatch(new RegExp(`^guest event #${c.first.nativeIndex}(?: \\(#${c.first.variantIndex} under the variant\\))?: natively .*#PF at 0x[0-9a-f]+ error code 7 on vCPU 0 `));
+    expect(c.divergence).toMatch(
+      new RegExp(
+        `^guest event #${c.first.nativeIndex}(?: \\(#${c.first.variantIndex} under the variant\\))?: natively .*#PF at 0x[0-9a-f]+ error code 7 on vCPU 0 `,
+      ),
+    );
     const failure = checkFailure(c);
     expect(failure.exitCode).toBe(1); // a run that completed and found a divergence (errors.ts)
     expect(failure.message).toContain(`--check: the guest can tell it runs virtualized: guest event #${c.first.nativeIndex}`);
   });
 
   it('fails when the MMU injects a wrong error code: the first read fault differs', async () => {
-    const { check: c } = await check('svm', 'random-ws:pages=64,accesses=400', sourcesWith(() => new WrongErrorCodeMmu()));
+    const { check: c } = await check(
+      'svm',
+      'random-ws:pages=64,accesses=400',
+      sourcesWith(() => new WrongErrorCodeMmu()),
+    );
     expect(c.ok).toBe(false);
     if (c.first?.what !== 'event') throw new Error('expected an event difference');
     // Under shadow paging on SVM every guest #PF is injected by the MMU: the write faults before the first
@@ -42,6 +58,8 @@ describe('runChecked (--check)', () => {
     expect(c.first.native!.errorCode & PFERR_WRITE).toBe(0);
     expect(c.first.variant!.errorCode).toBe(c.first.native!.errorCode | PFERR_WRITE);
     expect(c.first.variant!.address).toBe(c.first.native!.address);
-    expect(c.divergence).toMatch(/^guest event #\d+: natively #PF at 0x[0-9a-f]+ error code \d+ on vCPU 0 \(pid \d+, [a-z-]+\), under the variant #PF at 0x[0-9a-f]+ error code \d+ on vCPU 0/);
+    expect(c.divergence).toMatch(
+      /^guest event #\d+: natively #PF at 0x[0-9a-f]+ error code \d+ on vCPU 0 \(pid \d+, [a-z-]+\), under the variant #PF at 0x[0-9a-f]+ error code \d+ on vCPU 0/,
+    );
   });
 });

@@ -51,7 +51,11 @@ describe('createVmVectorMachine', () => {
   });
 });
 
-async function vmMachine(vector: ConformanceVector, variant: Parameters<typeof createVmVectorMachine>[1], sources: Parameters<typeof createVmVectorMachine>[2]) {
+async function vmMachine(
+  vector: ConformanceVector,
+  variant: Parameters<typeof createVmVectorMachine>[1],
+  sources: Parameters<typeof createVmVectorMachine>[2],
+) {
   const machine = await createVmVectorMachine(vector, variant, sources);
   return () => machine;
 }

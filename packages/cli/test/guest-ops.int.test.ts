@@ -1,5 +1,19 @@
 import { ACC_FETCH, Machine, createVm, pagingModeId, type ModuleSources, type PagingModeName } from '@vmexit/core';
-import { FAULT_SIGSEGV, Kernel, PROT_EXEC, PROT_NONE, PROT_READ, PROT_WRITE, TaskRunner, VMA_ANON, VMA_FILE_PRIVATE, VMA_FILE_SHARED, type Personality, type Program, type Task } from '@vmexit/guest';
+import {
+  FAULT_SIGSEGV,
+  Kernel,
+  PROT_EXEC,
+  PROT_NONE,
+  PROT_READ,
+  PROT_WRITE,
+  TaskRunner,
+  VMA_ANON,
+  VMA_FILE_PRIVATE,
+  VMA_FILE_SHARED,
+  type Personality,
+  type Program,
+  type Task,
+} from '@vmexit/guest';
 import type { ShadowMmu } from '@vmexit/mmu-shadow';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
@@ -33,7 +47,15 @@ type Op =
 
 const prot = fc.constantFrom(PROT_NONE, PROT_READ, PROT_READ | PROT_WRITE, PROT_READ | PROT_EXEC, PROT_READ | PROT_WRITE | PROT_EXEC);
 const opArb: fc.Arbitrary<Op> = fc.oneof(
-  { weight: 3, arbitrary: fc.record({ op: fc.constant('mmap' as const), pages: fc.integer({ min: 1, max: 12 }), prot, backing: fc.constantFrom('anon' as const, 'private' as const, 'shared' as const) }) },
+  {
+    weight: 3,
+    arbitrary: fc.record({
+      op: fc.constant('mmap' as const),
+      pages: fc.integer({ min: 1, max: 12 }),
+      prot,
+      backing: fc.constantFrom('anon' as const, 'private' as const, 'shared' as const),
+    }),
+  },
   { weight: 1, arbitrary: fc.record({ op: fc.constant('munmap' as const), area: fc.nat(7), page: fc.nat(11), pages: fc.integer({ min: 1, max: 4 }) }) },
   { weight: 2, arbitrary: fc.record({ op: fc.constant('mprotect' as const), area: fc.nat(7), page: fc.nat(11), pages: fc.integer({ min: 1, max: 6 }), prot }) },
   { weight: 1, arbitrary: fc.record({ op: fc.constant('brk' as const), pages: fc.integer({ min: -3, max: 6 }) }) },
@@ -54,14 +76,16 @@ interface Scenario {
   readonly programs: Op[][];
 }
 
-const scenarioArb: fc.Arbitrary<Scenario> = fc.record({
-  mode: fc.constantFrom<PagingModeName>('legacy32', 'pae', 'long4'),
-  vcpus: fc.constantFrom(1, 2),
-  personalities: fc.subarray<Personality>(['byte-pte-writes', 'sparse-pdptes', 'aliased-pdes']),
-  seed: fc.integer({ min: 1, max: 1000 }),
-  policies: fc.subarray(['pte-update', 'write-flood', 'misaligned-write', 'prefetch', 'unsync', 'bypass-guest-pf']),
-  programs: fc.array(fc.array(opArb, { minLength: 1, maxLength: 40 }), { minLength: 1, maxLength: 3 }),
-}).map((s) => ({ ...s, personalities: s.personalities.filter((p) => p !== 'sparse-pdptes' || s.mode === 'pae') })); // only PAE has PDPTEs
+const scenarioArb: fc.Arbitrary<Scenario> = fc
+  .record({
+    mode: fc.constantFrom<PagingModeName>('legacy32', 'pae', 'long4'),
+    vcpus: fc.constantFrom(1, 2),
+    personalities: fc.subarray<Personality>(['byte-pte-writes', 'sparse-pdptes', 'aliased-pdes']),
+    seed: fc.integer({ min: 1, max: 1000 }),
+    policies: fc.subarray(['pte-update', 'write-flood', 'misaligned-write', 'prefetch', 'unsync', 'bypass-guest-pf']),
+    programs: fc.array(fc.array(opArb, { minLength: 1, maxLength: 40 }), { minLength: 1, maxLength: 3 }),
+  })
+  .map((s) => ({ ...s, personalities: s.personalities.filter((p) => p !== 'sparse-pdptes' || s.mode === 'pae') })); // only PAE has PDPTEs
 
 const MEMORY = 16 * 1024 * 1024;
 const PAGE = 4096;
@@ -103,7 +127,7 @@ function* program(t: Task, ops: readonly Op[], name: string): Program {
       case 'fetch': {
         const a = area(o.area);
         if (a === null) break;
-        const va = a.start + (o.page % a.pages) * PAGE + ((n * 68) % PAGE & ~3);
+        const va = a.start + (o.page % a.pages) * PAGE + (((n * 68) % PAGE) & ~3);
         // An access to an unmapped or forbidden page is the guest's SIGSEGV (the task method returns false).
         if (o.op === 'read') t.read(va);
         else if (o.op === 'write') t.write(va, (Math.imul(n + 1, 0x9e3779b1) ^ va) | 0);
@@ -146,10 +170,21 @@ function runOn(machine: Machine, s: Scenario): GuestView {
   return { events: kernel.events, sigsegv: kernel.stats.faults[FAULT_SIGSEGV]!, memory: machine.memory, memoryDigest: machine.memory.digest() };
 }
 
-async function runScenario(backend: 'vmx' | 'svm', s: Scenario, o: { sources?: ModuleSources; audit?: boolean } = {}): Promise<{ native: GuestView; virt: GuestView; exits: number }> {
+async function runScenario(
+  backend: 'vmx' | 'svm',
+  s: Scenario,
+  o: { sources?: ModuleSources; audit?: boolean } = {},
+): Promise<{ native: GuestView; virt: GuestView; exits: number }> {
   const native = runOn(new Machine({ memoryBytes: MEMORY, vcpus: s.vcpus, seed: s.seed }), s);
   const vm = await createVm(
-    { backend, mmu: 'shadow', policies: s.policies.filter((p) => p !== 'bypass-guest-pf' || backend === 'vmx').map((use) => ({ use })), vcpus: s.vcpus, memory: MEMORY, guest: { mode: s.mode, personality: s.personalities.length > 0 ? s.personalities.join(',') : 'linux' } },
+    {
+      backend,
+      mmu: 'shadow',
+      policies: s.policies.filter((p) => p !== 'bypass-guest-pf' || backend === 'vmx').map((use) => ({ use })),
+      vcpus: s.vcpus,
+      memory: MEMORY,
+      guest: { mode: s.mode, personality: s.personalities.length > 0 ? s.personalities.join(',') : 'linux' },
+    },
     { seed: s.seed, sources: o.sources },
   );
   const mmu = vm.mmu as ShadowMmu;
@@ -209,6 +244,8 @@ describe('random guest operation sequences, natively and under shadow paging', (
     const { native, virt } = await runScenario('vmx', r.counterexample![0], { sources, audit: false });
     expect(compareGuestViews(native, virt).first).toMatchObject({ what: 'event' });
     // With the audit after every exit, the stale writable spte is reported before the guest can see it.
-    await expect(runScenario('vmx', r.counterexample![0], { sources })).rejects.toThrow(/shadow MMU audit: .*writable in the shadow but not writable and dirty in the guest/);
+    await expect(runScenario('vmx', r.counterexample![0], { sources })).rejects.toThrow(
+      /shadow MMU audit: .*writable in the shadow but not writable and dirty in the guest/,
+    );
   });
 });

@@ -40,8 +40,20 @@ async function problemsOf(p: Promise<unknown>): Promise<string> {
 describe('variantFromOptions', () => {
   it('builds a variant from flags, with the schema defaults for the rest', async () => {
     const dir = tmp();
-    const v = await variantFromOptions(parse(['--backend', 'svm', '--vcpus', '2', '--memory', '64M', '--cost-model', 'core2-2007']), { cwd: dir, sources: fakeSources() });
-    expect(v).toEqual({ backend: 'svm', mmu: 'shadow', policies: [], guest: { mode: 'long4', personality: 'linux' }, vcpus: 2, memory: 64 * 1024 * 1024, costModel: 'core2-2007', resolveFrom: dir });
+    const v = await variantFromOptions(parse(['--backend', 'svm', '--vcpus', '2', '--memory', '64M', '--cost-model', 'core2-2007']), {
+      cwd: dir,
+      sources: fakeSources(),
+    });
+    expect(v).toEqual({
+      backend: 'svm',
+      mmu: 'shadow',
+      policies: [],
+      guest: { mode: 'long4', personality: 'linux' },
+      vcpus: 2,
+      memory: 64 * 1024 * 1024,
+      costModel: 'core2-2007',
+      resolveFrom: dir,
+    });
   });
 
   it('reads vmexit.config.json, and flags override its fields', async () => {
@@ -70,24 +82,51 @@ describe('variantFromOptions', () => {
         vcpus: 'two',
         colour: 'red',
         guest: { mode: 'real' },
-        policies: [{ use: 'no-such-policy-xyz' }, { use: FIXTURE, options: { x: 1 } }, { use: 7 }, { use: 'bypass-guest-pf' }, { use: FIXTURE, options: { prefix: 'ok' } }],
+        policies: [
+          { use: 'no-such-policy-xyz' },
+          { use: FIXTURE, options: { x: 1 } },
+          { use: 7 },
+          { use: 'bypass-guest-pf' },
+          { use: FIXTURE, options: { prefix: 'ok' } },
+        ],
       }),
     );
     const msg = await problemsOf(variantFromOptions({ config: file }, { cwd: dir, sources: { ...fakeSources(), policies: [policiesModule] } }));
-    const lines = msg.split('\n').slice(1).map((l) => l.trim());
+    const lines = msg
+      .split('\n')
+      .slice(1)
+      .map((l) => l.trim());
     // The schema's problems (an unknown key, wrong types) do not stop the checks of the fields that parsed:
     // the backend (svm) and the valid policy entries are still loaded and checked against it.
     // bypass-guest-pf (policies.3) needs two capabilities, and neither svm nor the test's fake MMU has its own.
-    expect(lines.map((l) => l.split(':')[0]).sort()).toEqual(['colour', 'guest.mode', 'policies.0.use', 'policies.1.options.x', 'policies.2.use', 'policies.3.use', 'policies.3.use', 'vcpus']);
+    expect(lines.map((l) => l.split(':')[0]).sort()).toEqual([
+      'colour',
+      'guest.mode',
+      'policies.0.use',
+      'policies.1.options.x',
+      'policies.2.use',
+      'policies.3.use',
+      'policies.3.use',
+      'vcpus',
+    ]);
     expect(lines).toContain('colour: unknown key');
     expect(msg).toContain("policies.0.use: unknown policy or package 'no-such-policy-xyz'");
     expect(lines).toContain('policies.1.options.x: unknown key');
-    expect(msg).toContain("policies.3.use: policy 'bypass-guest-pf' needs PageFaultFilter (error-code filtering of #PF exits (VMX PFEC_MASK/PFEC_MATCH)), which backend 'svm' does not provide");
+    expect(msg).toContain(
+      "policies.3.use: policy 'bypass-guest-pf' needs PageFaultFilter (error-code filtering of #PF exits (VMX PFEC_MASK/PFEC_MATCH)), which backend 'svm' does not provide",
+    );
   });
 
   it('with an invalid backend, still checks the policies (but not their needs against it)', async () => {
-    const msg = await problemsOf(variantFromOptions(parse(['--backend', 'kvm', '--policy', 'no-such-policy-xyz,bypass-guest-pf']), { sources: { ...fakeSources(), policies: [policiesModule] } }));
-    const lines = msg.split('\n').slice(1).map((l) => l.trim());
+    const msg = await problemsOf(
+      variantFromOptions(parse(['--backend', 'kvm', '--policy', 'no-such-policy-xyz,bypass-guest-pf']), {
+        sources: { ...fakeSources(), policies: [policiesModule] },
+      }),
+    );
+    const lines = msg
+      .split('\n')
+      .slice(1)
+      .map((l) => l.trim());
     // The unknown policy, and bypass-guest-pf's need of the MMU (the fake MMU has no NonPresentSpteEncoding);
     // its need of the backend is not checked against a backend that does not exist.
     expect(lines.map((l) => l.split(':')[0])).toEqual(['backend', 'policies.0.use', 'policies.1.use']);
@@ -102,15 +141,21 @@ describe('variantFromOptions', () => {
   });
 
   it('refuses a policy whose capability the backend lacks, naming the policy, the capability and the backend', async () => {
-    const msg = await problemsOf(variantFromOptions(parse(['--backend', 'svm', '--policy', 'bypass-guest-pf']), { sources: { ...fakeSources(), policies: [policiesModule] } }));
-    expect(msg).toContain("policies.0.use: policy 'bypass-guest-pf' needs PageFaultFilter (error-code filtering of #PF exits (VMX PFEC_MASK/PFEC_MATCH)), which backend 'svm' does not provide");
+    const msg = await problemsOf(
+      variantFromOptions(parse(['--backend', 'svm', '--policy', 'bypass-guest-pf']), { sources: { ...fakeSources(), policies: [policiesModule] } }),
+    );
+    expect(msg).toContain(
+      "policies.0.use: policy 'bypass-guest-pf' needs PageFaultFilter (error-code filtering of #PF exits (VMX PFEC_MASK/PFEC_MATCH)), which backend 'svm' does not provide",
+    );
   });
 
   it('says that mmu tdp is not in this release when no @vmexit/mmu-tdp is installed, naming the mmus that are', async () => {
     const dir = tmp();
     const sources = { ...fakeSources(), mmus: { shadow: fakeMmuModule().module, tdp: '@vmexit/mmu-tdp' } };
     const msg = await problemsOf(variantFromOptions(parse(['--mmu', 'tdp']), { cwd: dir, sources }));
-    expect(msg).toContain("mmu: two-dimensional paging (mmu 'tdp') is not available in this release: no @vmexit/mmu-tdp package is installed (installed mmus: shadow)");
+    expect(msg).toContain(
+      "mmu: two-dimensional paging (mmu 'tdp') is not available in this release: no @vmexit/mmu-tdp package is installed (installed mmus: shadow)",
+    );
   });
 
   it('loads mmu tdp from a package named @vmexit/mmu-tdp where one resolves', async () => {
@@ -147,7 +192,15 @@ describe('variantFromOptions', () => {
     // Exits: the 4 of boot (WRMSR EFER, MOV CR4, CR3, CR0), then the P=0 write's #PF (EXCEPTION_NMI), which
     // the fixture passes on and the MMU reflects into the guest: 5. The fixture counted each by reason.
     expect(faults).toEqual([[ACC_WRITE, VA]]);
-    expect(vm.counters().total).toMatchObject({ exits: 5, 'exits.MSR_WRITE': 1, 'exits.CR_ACCESS': 3, 'exits.EXCEPTION_NMI': 1, 'census.MSR_WRITE': 1, 'census.CR_ACCESS': 3, 'census.EXCEPTION_NMI': 1 });
+    expect(vm.counters().total).toMatchObject({
+      exits: 5,
+      'exits.MSR_WRITE': 1,
+      'exits.CR_ACCESS': 3,
+      'exits.EXCEPTION_NMI': 1,
+      'census.MSR_WRITE': 1,
+      'census.CR_ACCESS': 3,
+      'census.EXCEPTION_NMI': 1,
+    });
   });
 
   it('loads the same policy by path', async () => {

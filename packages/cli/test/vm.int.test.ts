@@ -84,7 +84,15 @@ describe('createVm', () => {
     // (EXCEPTION_NMI), the MMU's handler finds the guest pte not present and injects #PF(2); the guest maps the
     // page; the retry succeeds without an exit. INVLPG exits (INVLPG exiting): 1. Total 6.
     const c = vm.counters();
-    expect(c.total).toMatchObject({ exits: 6, 'exits.MSR_WRITE': 1, 'exits.CR_ACCESS': 3, 'exits.EXCEPTION_NMI': 1, 'exits.INVLPG': 1, pf_guest: 1, 'guest.page_faults': 1 });
+    expect(c.total).toMatchObject({
+      exits: 6,
+      'exits.MSR_WRITE': 1,
+      'exits.CR_ACCESS': 3,
+      'exits.EXCEPTION_NMI': 1,
+      'exits.INVLPG': 1,
+      pf_guest: 1,
+      'guest.page_faults': 1,
+    });
     expect(c.perVcpu[0]).toEqual(c.total);
     expect(faults).toEqual([[ACC_WRITE, VA]]);
     expect(v.memory.read32(DATA)).toBe(0xcafe);
@@ -100,7 +108,9 @@ describe('createVm', () => {
     // Plus every paging-structure entry the hardware walks read (walk_refs, priced per reference).
     const walkRefs = vm.counters().total.walk_refs!;
     expect(walkRefs).toBeGreaterThan(0);
-    expect(vm.cycles('server-2020s').cycles).toBe(6 * 1360 + 680 /* pf_guest */ + 3780 /* the guest's fault */ + walkRefs * COST_PROFILES['server-2020s']!.walkReference.cycles);
+    expect(vm.cycles('server-2020s').cycles).toBe(
+      6 * 1360 + 680 /* pf_guest */ + 3780 /* the guest's fault */ + walkRefs * COST_PROFILES['server-2020s']!.walkReference.cycles,
+    );
   });
 
   it('with a policy that programs PFEC_MASK = PFEC_MATCH = P, the not-present fault bypasses the hypervisor', async () => {
@@ -137,7 +147,9 @@ describe('createVm', () => {
 
   it('reports every problem of an invalid variant with its path', async () => {
     const { sources: src } = sources();
-    const err = await createVm({ backend: 'arm', vcpus: 'two', colour: 'red', policies: [{ use: 'nope-policy-xyz' }] }, { sources: src }).catch((e: unknown) => e);
+    const err = await createVm({ backend: 'arm', vcpus: 'two', colour: 'red', policies: [{ use: 'nope-policy-xyz' }] }, { sources: src }).catch(
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(VariantError);
     const paths = (err as VariantError).problems.map((p) => p.path);
     expect(paths).toEqual(expect.arrayContaining(['backend', 'vcpus', 'colour']));

@@ -23,9 +23,7 @@ let core;
 try {
   core = await import('../dist/index.js');
 } catch (e) {
-  process.stderr.write(
-    `paging.bench: cannot load ../dist/index.js (${e.message}); build first: npx tsc -b packages/core\n`,
-  );
+  process.stderr.write(`paging.bench: cannot load ../dist/index.js (${e.message}); build first: npx tsc -b packages/core\n`);
   process.exit(1);
 }
 const {
@@ -60,9 +58,7 @@ const {
 // Command line
 
 function usage(message) {
-  process.stderr.write(
-    `paging.bench: ${message}\nusage: node bench/paging.bench.mjs [--json FILE] [--runs N] [--quick] [--filter TEXT]\n`,
-  );
+  process.stderr.write(`paging.bench: ${message}\nusage: node bench/paging.bench.mjs [--json FILE] [--runs N] [--quick] [--filter TEXT]\n`);
   process.exit(2);
 }
 
@@ -76,8 +72,7 @@ const opts = { json: null, runs: 7, quick: false, filter: null };
       opts.json = argv[++i];
     } else if (a === '--runs') {
       const n = Number(argv[++i]);
-      if (!Number.isInteger(n) || n < 1 || n > 101)
-        usage(`--runs ${argv[i]} is not an integer from 1 to 101`);
+      if (!Number.isInteger(n) || n < 1 || n > 101) usage(`--runs ${argv[i]} is not an integer from 1 to 101`);
       opts.runs = n;
     } else if (a === '--filter') {
       if (argv[i + 1] === undefined) usage('--filter needs a text (e.g. "long4 4K resident")');
@@ -211,13 +206,7 @@ const tlb = new Tlb(4096);
 for (let p = 0; p < TLB_PAGES; p++) {
   // Host pages in a scrambled order, so the result depends on the entry actually read.
   const host = ((p * 2654435761) >>> 0) % 65536;
-  tlb.fill(
-    TLB_BASE + p * 4096,
-    0,
-    host * 4096,
-    TLB_READ_SUP | TLB_WRITE_SUP | TLB_READ_USER | TLB_WRITE_USER,
-    4096,
-  );
+  tlb.fill(TLB_BASE + p * 4096, 0, host * 4096, TLB_READ_SUP | TLB_WRITE_SUP | TLB_READ_USER | TLB_WRITE_USER, 4096);
 }
 // Check before timing: every access of the trace hits, with the right host address.
 for (let i = 0; i < trace.length; i++) {
@@ -225,8 +214,7 @@ for (let i = 0; i < trace.length; i++) {
   const p = ((va - TLB_BASE) / 4096) | 0;
   const want = (((p * 2654435761) >>> 0) % 65536) * 4096 + (va & 0xfff);
   const got = tlb.lookup(va, ACC_READ, 0);
-  if (got !== want)
-    throw new Error(`TLB check: access ${i} (va 0x${va.toString(16)}) gave ${got}, expected ${want}`);
+  if (got !== want) throw new Error(`TLB check: access ${i} (va 0x${va.toString(16)}) gave ${got}, expected ${want}`);
 }
 
 const scanRun = () => scanSum(trace);
@@ -234,8 +222,7 @@ for (let w = 0; w < WARMUP; w++) sink += scanRun();
 const results = { scan: null, tlb: null, walks: [] };
 const missesBefore = tlb.misses;
 results.tlb = measure(SCAN_LEN, () => tlbHits(tlb, trace, ACC_READ));
-if (tlb.misses !== missesBefore)
-  throw new Error(`TLB benchmark: ${tlb.misses - missesBefore} misses in a trace that must only hit`);
+if (tlb.misses !== missesBefore) throw new Error(`TLB benchmark: ${tlb.misses - missesBefore} misses in a trace that must only hit`);
 
 // ---------------------------------------------------------------------------------------------------------
 // (c) Page walks. The tables are written by hand, entry by entry.
@@ -319,10 +306,7 @@ class TableBuilder {
       this.writeEntry(epa, next + (mode === MODE_PAE && l === 3 ? PT_PRESENT : NONLEAF));
       table = next;
     }
-    this.writeEntry(
-      table + indexOf(mode, va, level) * this.esize,
-      pa + LEAF + (level > 1 ? PT_PAGE_SIZE : 0),
-    );
+    this.writeEntry(table + indexOf(mode, va, level) * this.esize, pa + LEAF + (level > 1 ? PT_PAGE_SIZE : 0));
   }
 }
 
@@ -359,8 +343,7 @@ function buildWalkCase(mode, level, layout, seed) {
   // The linear pages to map: each level above the leaf picks an index; the leaf index is picked too.
   // Resident: 512 pages (fewer where the mode has fewer leaf slots) under one or a few tables.
   // 32-bit modes keep va < 2^32; 4-level keeps the lower half (< 2^47); 5-level the lower 2^52.
-  const vaLimit =
-    mode === MODE_LEGACY32 || mode === MODE_PAE ? TWO32 : mode === MODE_LONG4 ? 2 ** 47 : 2 ** 52;
+  const vaLimit = mode === MODE_LEGACY32 || mode === MODE_PAE ? TWO32 : mode === MODE_LONG4 ? 2 ** 47 : 2 ** 52;
   const slots = vaLimit / size;
   const want = scattered ? Math.min(SCATTER_PAGES, slots) : Math.min(512, slots);
   const pages = [];
@@ -439,11 +422,7 @@ let seed = 0x5eed_1000;
 for (const [mode, level] of WALK_CASES) {
   for (const layout of ['resident', 'scattered']) {
     const caseSeed = seed++;
-    if (
-      opts.filter !== null &&
-      !`${pagingModeName(mode)} ${sizeName(leafSize(mode, level))} ${layout}`.includes(opts.filter)
-    )
-      continue;
+    if (opts.filter !== null && !`${pagingModeName(mode)} ${sizeName(leafSize(mode, level))} ${layout}`.includes(opts.filter)) continue;
     const c = buildWalkCase(mode, level, layout, caseSeed);
     const m = measure(WALK_LEN, () => walkLoop(c.ctx, c.mem, c.vas, walkOut, ACC_USER, WALK_SIDE_EFFECTS));
     results.walks.push({
@@ -471,37 +450,25 @@ const TLB_TARGET = 150; // M accesses/s
 const WALK_TARGET = 30; // ns per 4-level walk, tables cache-resident
 
 const lines = [];
-lines.push(
-  `vmexit core benchmark: node ${process.version}, ${RUNS} timed runs after ${WARMUP} warm-up(s), median (min-max)${opts.quick ? ', --quick' : ''}`,
-);
+lines.push(`vmexit core benchmark: node ${process.version}, ${RUNS} timed runs after ${WARMUP} warm-up(s), median (min-max)${opts.quick ? ', --quick' : ''}`);
 lines.push(`scan/TLB trace: ${SCAN_LEN} addresses over ${TLB_PAGES} pages; walks: ${WALK_LEN} per run`);
 lines.push('');
-lines.push(
-  `${'figure'.padEnd(40)}${'ns/op'.padStart(9)}${'M ops/s'.padStart(9)}${'x scan'.padStart(9)}   spread ns/op`,
-);
+lines.push(`${'figure'.padEnd(40)}${'ns/op'.padStart(9)}${'M ops/s'.padStart(9)}${'x scan'.padStart(9)}   spread ns/op`);
 const row = (name, m, extra = '') =>
   lines.push(
     `${name.padEnd(40)}${fmt(m.nsPerOp, 2)}${fmt(1e3 / m.nsPerOp, 1)}${fmt(m.nsPerOp / (m.scanNsPerElement ?? m.nsPerOp), 2)}   ${m.minNs.toFixed(2)}-${m.maxNs.toFixed(2)}${extra}`,
   );
 row('(a) plain scan, Uint32Array sum', results.scan);
 const tlbM = 1e3 / results.tlb.nsPerOp;
-row(
-  '(b) TLB hit, Tlb.lookup',
-  results.tlb,
-  `   target >= ${TLB_TARGET} M/s: ${tlbM >= TLB_TARGET ? 'met' : 'MISSED'}`,
-);
+row('(b) TLB hit, Tlb.lookup', results.tlb, `   target >= ${TLB_TARGET} M/s: ${tlbM >= TLB_TARGET ? 'met' : 'MISSED'}`);
 for (const w of results.walks) {
   const name = `(c) walk ${w.mode} ${sizeName(w.pageSize)} ${w.layout} (${w.tables} tbl)`;
   const target =
-    w.mode === 'long4' && w.pageSize === KB4 && w.layout === 'resident'
-      ? `   target <= ${WALK_TARGET} ns: ${w.nsPerOp <= WALK_TARGET ? 'met' : 'MISSED'}`
-      : '';
+    w.mode === 'long4' && w.pageSize === KB4 && w.layout === 'resident' ? `   target <= ${WALK_TARGET} ns: ${w.nsPerOp <= WALK_TARGET ? 'met' : 'MISSED'}` : '';
   row(name, w, target);
 }
 lines.push('');
-lines.push(
-  "x scan = ns per operation / ns per element of the plain scan (a), timed in runs interleaved with that row's.",
-);
+lines.push("x scan = ns per operation / ns per element of the plain scan (a), timed in runs interleaved with that row's.");
 lines.push(`(a) is the median of all ${allScanNs.length} interleaved scan runs.`);
 process.stdout.write(lines.join('\n') + '\n');
 
@@ -526,9 +493,7 @@ if (opts.json !== null) {
       ...w,
       mPerS: 1e3 / w.nsPerOp,
       ratioToScan: w.nsPerOp / w.scanNsPerElement,
-      ...(w.mode === 'long4' && w.pageSize === KB4 && w.layout === 'resident'
-        ? { targetNs: WALK_TARGET, targetMet: w.nsPerOp <= WALK_TARGET }
-        : {}),
+      ...(w.mode === 'long4' && w.pageSize === KB4 && w.layout === 'resident' ? { targetNs: WALK_TARGET, targetMet: w.nsPerOp <= WALK_TARGET } : {}),
     })),
   };
   try {

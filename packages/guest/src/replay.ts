@@ -126,7 +126,14 @@ function* replayProcess(t: Task, tp: VxtProcess, trace: VxtTrace, byPid: Readonl
 }
 
 /** Applies one event of a process (not exit) to the OS model. */
-function applyEvent(t: Task, e: Exclude<VxtEvent, { type: 'exit' }>, trace: VxtTrace, byPid: ReadonlyMap<number, VxtProcess>, stats: ReplayStats, name: string): void {
+function applyEvent(
+  t: Task,
+  e: Exclude<VxtEvent, { type: 'exit' }>,
+  trace: VxtTrace,
+  byPid: ReadonlyMap<number, VxtProcess>,
+  stats: ReplayStats,
+  name: string,
+): void {
   const kernel = t.kernel;
   const v = t.vcpu;
   switch (e.type) {
@@ -182,4 +189,3 @@ function execAreas(kernel: Kernel, e: VxtExecEvent): AreaSpec[] {
     };
   });
 }
-

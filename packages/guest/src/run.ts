@@ -113,7 +113,8 @@ export function nativeCounters(machine: Machine): RunCounters {
 export function runWorkload(options: RunOptions): RunOutcome {
   const input = options.workload;
   const modeName = options.mode ?? 'long4';
-  if (!PAGING_MODE_NAMES.includes(modeName)) throw new WorkloadError('bad-config', input, `unknown paging mode '${modeName}' (expected ${PAGING_MODE_NAMES.join(', ')})`);
+  if (!PAGING_MODE_NAMES.includes(modeName))
+    throw new WorkloadError('bad-config', input, `unknown paging mode '${modeName}' (expected ${PAGING_MODE_NAMES.join(', ')})`);
   const vcpuCount = options.vcpus ?? 1;
   const memory = options.memory ?? DEFAULT_MEMORY;
   const seed = options.seed ?? 1;
@@ -128,7 +129,11 @@ export function runWorkload(options: RunOptions): RunOutcome {
   const synthetic = ref.kind === 'synthetic' ? SYNTHETIC_WORKLOADS.get(ref.name) : undefined;
   if (ref.kind === 'synthetic') {
     if (synthetic === undefined) {
-      throw new WorkloadError('unknown-workload', input, `no workload '${ref.name}' (known: ${[...SYNTHETIC_WORKLOADS.keys()].join(', ')}, kbuild, or a .vxt file)`);
+      throw new WorkloadError(
+        'unknown-workload',
+        input,
+        `no workload '${ref.name}' (known: ${[...SYNTHETIC_WORKLOADS.keys()].join(', ')}, kbuild, or a .vxt file)`,
+      );
     }
     params = resolveParams(input, ref.name, synthetic.params, ref.raw);
   } else {
@@ -139,7 +144,8 @@ export function runWorkload(options: RunOptions): RunOutcome {
   const machineOptions: MachineOptions = { memoryBytes: memory, vcpus: vcpuCount, seed };
   let machine: Machine;
   try {
-    machine = options.machine === undefined ? new Machine(machineOptions) : typeof options.machine === 'function' ? options.machine(machineOptions) : options.machine;
+    machine =
+      options.machine === undefined ? new Machine(machineOptions) : typeof options.machine === 'function' ? options.machine(machineOptions) : options.machine;
   } catch (e) {
     if (e instanceof RangeError) throw new WorkloadError('bad-config', input, e.message);
     throw e;

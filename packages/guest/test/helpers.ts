@@ -5,7 +5,10 @@ import { FRAME_FREE } from '../src/os/frames.js';
 export const MiB = 1024 * 1024;
 
 /** A booted guest kernel on a small native machine. */
-export function boot(mode: number = MODE_LONG4, options: { vcpus?: number; personalities?: Personality[]; memory?: number } = {}): { m: Machine; k: Kernel; v: Vcpu } {
+export function boot(
+  mode: number = MODE_LONG4,
+  options: { vcpus?: number; personalities?: Personality[]; memory?: number } = {},
+): { m: Machine; k: Kernel; v: Vcpu } {
   const m = new Machine({ memoryBytes: options.memory ?? 16 * MiB, vcpus: options.vcpus ?? 1, seed: 1 });
   const k = new Kernel(m, mode, { personalities: options.personalities ?? [] });
   return { m, k, v: m.vcpus[0]! };

@@ -166,7 +166,15 @@ class Auditor {
   /** The record still describes this MMU's structures (the same memory, rmaps, pool and non-present encodings). */
   sameMachine(): boolean {
     const m = this.mmu;
-    return m.memory === this.memory && m.rmaps === this.rmaps && m.pool === this.pool && m.trapLo === this.trapLo && m.trapHi === this.trapHi && m.notrapLo === this.notrapLo && m.notrapHi === this.notrapHi;
+    return (
+      m.memory === this.memory &&
+      m.rmaps === this.rmaps &&
+      m.pool === this.pool &&
+      m.trapLo === this.trapLo &&
+      m.trapHi === this.trapHi &&
+      m.notrapLo === this.notrapLo &&
+      m.notrapHi === this.notrapHi
+    );
   }
 
   /**
@@ -225,7 +233,8 @@ class Auditor {
       const ctx: PagingContext = { ...g, cr4Smap: false, cr4Pke: false, pdpteLo: g.pdpteLo, pdpteHi: g.pdpteHi };
       const r = this.r;
       const status = walk(ctx, st.vcpu.memory, addr, 0, 0, r);
-      if (status !== WALK_OK) return ` (no guest pte: vCPU ${st.vcpu.id}'s guest walk of va 0x${addr.toString(16)} fails, status ${status}, error code ${r.errorCode})`;
+      if (status !== WALK_OK)
+        return ` (no guest pte: vCPU ${st.vcpu.id}'s guest walk of va 0x${addr.toString(16)} fails, status ${status}, error code ${r.errorCode})`;
       const l = r.leafLevel;
       return ` (guest pte ${hex64(r.entryLo[l]!, r.entryHi[l]!)} at level ${l}, gpa 0x${r.entryPa[l]!.toString(16)}, by vCPU ${st.vcpu.id}'s guest walk of va 0x${addr.toString(16)})`;
     }
@@ -295,13 +304,15 @@ class Auditor {
   private auditPages(): void {
     const mmu = this.mmu;
     const all = this.all;
-    if (mmu.usedPages !== all.length) this.fail(`${mmu.usedPages} pages counted in use but ${mmu.active.size} active and ${mmu.invalidRoots.size} invalid roots`, null, 0);
+    if (mmu.usedPages !== all.length)
+      this.fail(`${mmu.usedPages} pages counted in use but ${mmu.active.size} active and ${mmu.invalidRoots.size} invalid roots`, null, 0);
     if (mmu.usedPages > mmu.maxPages) this.fail(`${mmu.usedPages} pages in use over n_max_mmu_pages=${mmu.maxPages}`, null, 0);
     const refs = new Map<ShadowPage, number>();
     for (const st of mmu.states) {
       if (st === undefined) continue;
       for (const sp of [...st.currentRoots(), ...st.prevRoots.map((p) => p.sp)]) {
-        if (mmu.pages[sp.frame] !== sp) this.fail(`vCPU ${st.vcpu.id} uses a freed root`, null, 0, ` (gfn 0x${sp.gfn.toString(16)} role ${describeRole(sp.role)})`);
+        if (mmu.pages[sp.frame] !== sp)
+          this.fail(`vCPU ${st.vcpu.id} uses a freed root`, null, 0, ` (gfn 0x${sp.gfn.toString(16)} role ${describeRole(sp.role)})`);
         refs.set(sp, (refs.get(sp) ?? 0) + 1);
       }
     }
@@ -316,15 +327,19 @@ class Auditor {
         if (mmu.notrapAllowed(sp)) this.track(sp.gfn); // its notrap sptes promise non-present gptes
       }
       if (sp.unsync) {
-        if (sp.level !== 1 || sp.direct) this.fail(`an unsync page at level ${sp.level}${sp.direct ? ' (direct)' : ''}: only indirect level-1 pages may be unsync`, sp, sp.base);
+        if (sp.level !== 1 || sp.direct)
+          this.fail(`an unsync page at level ${sp.level}${sp.direct ? ' (direct)' : ''}: only indirect level-1 pages may be unsync`, sp, sp.base);
         if (!mmu.unsyncPages.has(sp)) this.fail('an unsync page missing from the unsync set', sp, sp.base);
         unsyncByGfn.set(sp.gfn, (unsyncByGfn.get(sp.gfn) ?? 0) + 1);
         unsync++;
       }
     }
     if (mmu.unsyncPages.size !== unsync) this.fail(`${mmu.unsyncPages.size} pages in the unsync set but ${unsync} unsync pages in use`, null, 0);
-    for (const [gfn, n] of unsyncByGfn) if (mmu.unsyncCount.get(gfn) !== n) this.fail(`unsync count ${mmu.unsyncCount.get(gfn) ?? 0} for gfn 0x${gfn.toString(16)} but ${n} unsync pages`, null, 0);
-    if (mmu.unsyncCount.size !== unsyncByGfn.size) this.fail(`unsync counts for ${mmu.unsyncCount.size} gfns but unsync pages for ${unsyncByGfn.size}`, null, 0);
+    for (const [gfn, n] of unsyncByGfn)
+      if (mmu.unsyncCount.get(gfn) !== n)
+        this.fail(`unsync count ${mmu.unsyncCount.get(gfn) ?? 0} for gfn 0x${gfn.toString(16)} but ${n} unsync pages`, null, 0);
+    if (mmu.unsyncCount.size !== unsyncByGfn.size)
+      this.fail(`unsync counts for ${mmu.unsyncCount.size} gfns but unsync pages for ${unsyncByGfn.size}`, null, 0);
     // parent_ptes: every entry is a present spte, once, in a page in use one level up, that points here.
     // With as many entries as present non-leaf sptes (checked after the sptes), every non-leaf spte is in
     // its child's parent_ptes.
@@ -439,7 +454,8 @@ class Auditor {
       const gfn = lost[k + 1]!;
       const head = this.rmaps.head(gfn, 1, false);
       if (head === null || !head.has(loc)) continue;
-      if (!this.isLeafOf(loc, gfn)) this.fail(`the level-1 rmap of gfn 0x${gfn.toString(16)} holds spte ${loc}, which is not a present leaf mapping it`, this.livePageOf(loc), loc);
+      if (!this.isLeafOf(loc, gfn))
+        this.fail(`the level-1 rmap of gfn 0x${gfn.toString(16)} holds spte ${loc}, which is not a present leaf mapping it`, this.livePageOf(loc), loc);
     }
     let parents = 0;
     for (const sp of this.all) parents += sp.parentPtes.size;
@@ -504,7 +520,11 @@ class Auditor {
     const ga = this.mmu.gpteAddress(sp, i);
     const m = this.memory;
     if ((m.read32(ga) & PT_PRESENT) !== 0) {
-      this.fail(`a notrap spte where the guest pte at gpa 0x${ga.toString(16)} is present (${hex64(m.read32(ga), m.read32(ga + 4))}): the guest's access would fault forever`, sp, sp.base + i);
+      this.fail(
+        `a notrap spte where the guest pte at gpa 0x${ga.toString(16)} is present (${hex64(m.read32(ga), m.read32(ga + 4))}): the guest's access would fault forever`,
+        sp,
+        sp.base + i,
+      );
     }
   }
 
@@ -619,7 +639,8 @@ class Auditor {
       const head = this.rmaps.head(gfn, 1, false);
       if (head === null) continue;
       for (const loc of head.toArray()) {
-        if ((this.pool.lo(loc) & SPTE_W) !== 0) this.fail(`a writable spte maps write-protected guest page table gfn 0x${gfn.toString(16)}`, mmu.pageOfLoc(loc) ?? null, loc);
+        if ((this.pool.lo(loc) & SPTE_W) !== 0)
+          this.fail(`a writable spte maps write-protected guest page table gfn 0x${gfn.toString(16)}`, mmu.pageOfLoc(loc) ?? null, loc);
       }
     }
     this.protectedGfns = now;
@@ -658,7 +679,15 @@ class Auditor {
   }
 
   /** `span` > 0: addresses at or above span/2 are the upper half (signed-canonical, 4/5-level roots). */
-  private walkShadow(st: VcpuShadowState, ctx: PagingContext, rec: VcpuRecord, seen: Map<ShadowPage, LeafRecord[]>, sp: ShadowPage, vaBase: number, span: number): void {
+  private walkShadow(
+    st: VcpuShadowState,
+    ctx: PagingContext,
+    rec: VcpuRecord,
+    seen: Map<ShadowPage, LeafRecord[]>,
+    sp: ShadowPage,
+    vaBase: number,
+    span: number,
+  ): void {
     const pool = this.pool;
     const mmu = this.mmu;
     if (sp.level > 1) {
@@ -725,7 +754,12 @@ class Auditor {
     const cva = span > 0 && va >= span / 2 ? va - span : va;
     const r = this.r;
     const status = walk(ctx, st.vcpu.memory, cva, 0, 0, r);
-    if (status !== WALK_OK) this.fail(`vCPU ${st.vcpu.id}: va 0x${cva.toString(16)} has a present leaf spte but the guest tables do not map it (walk status ${status}, error code ${r.errorCode})`, sp, loc);
+    if (status !== WALK_OK)
+      this.fail(
+        `vCPU ${st.vcpu.id}: va 0x${cva.toString(16)} has a present leaf spte but the guest tables do not map it (walk status ${status}, error code ${r.errorCode})`,
+        sp,
+        loc,
+      );
     if (!lr.hasDeps) {
       // Every address of the page reads the same entries above its leaf table (they depend only on the
       // address bits above the page's 2 MiB span), and consecutive gptes of one leaf table.
@@ -742,15 +776,24 @@ class Auditor {
         this.track(Math.floor(lr.leaf0 / PAGE_SIZE));
       }
     }
-    const gpte = (): string => ` (guest pte ${hex64(r.entryLo[r.leafLevel]!, r.entryHi[r.leafLevel]!)} at level ${r.leafLevel}, gpa 0x${r.entryPa[r.leafLevel]!.toString(16)})`;
+    const gpte = (): string =>
+      ` (guest pte ${hex64(r.entryLo[r.leafLevel]!, r.entryHi[r.leafLevel]!)} at level ${r.leafLevel}, gpa 0x${r.entryPa[r.leafLevel]!.toString(16)})`;
     if (Math.floor(r.pa / PAGE_SIZE) !== Math.floor(sptePa(lo, hi) / PAGE_SIZE)) {
-      this.fail(`vCPU ${st.vcpu.id}: va 0x${cva.toString(16)} maps gpa 0x${r.pa.toString(16)} in the guest tables but another frame in the shadow`, sp, loc, '', gpte());
+      this.fail(
+        `vCPU ${st.vcpu.id}: va 0x${cva.toString(16)} maps gpa 0x${r.pa.toString(16)} in the guest tables but another frame in the shadow`,
+        sp,
+        loc,
+        '',
+        gpte(),
+      );
     }
     if ((lo & SPTE_W) !== 0 && !(r.dirty && (r.writable || (!ctx.cr0Wp && (lo & SPTE_U) === 0)))) {
       this.fail(`vCPU ${st.vcpu.id}: va 0x${cva.toString(16)} is writable in the shadow but not writable and dirty in the guest`, sp, loc, '', gpte());
     }
-    if ((lo & SPTE_U) !== 0 && !r.user) this.fail(`vCPU ${st.vcpu.id}: va 0x${cva.toString(16)} is user in the shadow but supervisor in the guest`, sp, loc, '', gpte());
-    if ((hi & SPTE_HI_NX) === 0 && !r.executable) this.fail(`vCPU ${st.vcpu.id}: va 0x${cva.toString(16)} is executable in the shadow but not in the guest`, sp, loc, '', gpte());
+    if ((lo & SPTE_U) !== 0 && !r.user)
+      this.fail(`vCPU ${st.vcpu.id}: va 0x${cva.toString(16)} is user in the shadow but supervisor in the guest`, sp, loc, '', gpte());
+    if ((hi & SPTE_HI_NX) === 0 && !r.executable)
+      this.fail(`vCPU ${st.vcpu.id}: va 0x${cva.toString(16)} is executable in the shadow but not in the guest`, sp, loc, '', gpte());
   }
 }
 

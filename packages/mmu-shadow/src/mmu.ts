@@ -225,7 +225,8 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
       // pf_guest is counted where the fault is injected (the VM's hooks, as KVM's kvm_inject_page_fault).
       return { kind: 'inject', vector: 14, errorCode: r.errorCode, cr2: address };
     }
-    if (ws !== WALK_OK) throw new ShadowMmuError('E_MMU_STATE', `vCPU ${vcpu.id}: the guest walk of ${hexa(address)} ended with status ${ws} (expected a #PF or success)`);
+    if (ws !== WALK_OK)
+      throw new ShadowMmuError('E_MMU_STATE', `vCPU ${vcpu.id}: the guest walk of ${hexa(address)} ended with status ${ws} (expected a #PF or success)`);
     const gpa = r.pa;
     const gfn = Math.floor(gpa / PAGE_SIZE);
     const write = (access & ACC_WRITE) !== 0;
@@ -352,7 +353,8 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
           this.pendingFlush = pending;
           if ((gLo !== 0 || gHi !== 0) && level !== 1) this.host.count(vcpu.id, 'mmu_pde_zapped');
           if (update) this.updatePte(vcpu, sp, loc, gLo, gHi);
-          if (this.isPresent(sLo, sHi) && (!this.isPresent(pool.lo(loc), pool.hi(loc)) || spteNeedsFlush(sLo, sHi, pool.lo(loc), pool.hi(loc)))) this.pendingFlush = true;
+          if (this.isPresent(sLo, sHi) && (!this.isPresent(pool.lo(loc), pool.hi(loc)) || spteNeedsFlush(sLo, sHi, pool.lo(loc), pool.hi(loc))))
+            this.pendingFlush = true;
         }
       }
     }
@@ -382,7 +384,11 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
     // pages the vCPU's roots reach. The vCPU flushed its TLB for this CR write (a CR3 write with the PCID
     // no-flush bit does not, and then the sync is merely early: always allowed).
     if (this.unsyncPages.size > 0) {
-      if (!exited) throw new ShadowMmuError('E_MMU_STATE', `vCPU ${vcpu.id}: a write of CR${cr === 0xc0000080 ? ' EFER' : cr} did not exit while ${this.unsyncPages.size} shadow pages are unsync: unsync pages need CR3-load exiting`);
+      if (!exited)
+        throw new ShadowMmuError(
+          'E_MMU_STATE',
+          `vCPU ${vcpu.id}: a write of CR${cr === 0xc0000080 ? ' EFER' : cr} did not exit while ${this.unsyncPages.size} shadow pages are unsync: unsync pages need CR3-load exiting`,
+        );
       this.syncRoots(st);
     }
     this.finish();
@@ -394,7 +400,11 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
     // to do. Counted when it exited.
     if (exited) this.host.count(vcpu.id, 'invlpg');
     if (this.unsyncPages.size === 0) return;
-    if (!exited) throw new ShadowMmuError('E_MMU_STATE', `vCPU ${vcpu.id}: INVLPG ${hexa(va)} did not exit while ${this.unsyncPages.size} shadow pages are unsync: unsync pages need INVLPG exiting`);
+    if (!exited)
+      throw new ShadowMmuError(
+        'E_MMU_STATE',
+        `vCPU ${vcpu.id}: INVLPG ${hexa(va)} did not exit while ${this.unsyncPages.size} shadow pages are unsync: unsync pages need INVLPG exiting`,
+      );
     const st = this.stateOf(vcpu);
     this.initiator = vcpu.id;
     this.invlpgSync(st, va);
@@ -1048,7 +1058,17 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
       const level = sp.level;
       const idx = levelIndex(va, level);
       const loc = sp.base + idx;
-      if (level === 1) return this.setLeaf(st, sp, loc, gfn, slot, pteAccess, write, g.mode === MODE_LONG4 || g.mode === MODE_LONG5 ? r.entryHi[guestLeaf]! & SPTE_HI_PKEY_MASK : 0);
+      if (level === 1)
+        return this.setLeaf(
+          st,
+          sp,
+          loc,
+          gfn,
+          slot,
+          pteAccess,
+          write,
+          g.mode === MODE_LONG4 || g.mode === MODE_LONG5 ? r.entryHi[guestLeaf]! & SPTE_HI_PKEY_MASK : 0,
+        );
       const direct = level - 1 < guestLeaf;
       let childGfn: number;
       let access: number;
@@ -1083,7 +1103,16 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
   }
 
   /** KVM `mmu_set_spte` / `make_spte`: the leaf spte, never more than guest rights AND the host mapping. */
-  private setLeaf(st: VcpuShadowState, sp: ShadowPage, loc: number, gfn: number, slot: Memslot, pteAccess: number, write: boolean, pkey: number): PageFaultResolution {
+  private setLeaf(
+    st: VcpuShadowState,
+    sp: ShadowPage,
+    loc: number,
+    gfn: number,
+    slot: Memslot,
+    pteAccess: number,
+    write: boolean,
+    pkey: number,
+  ): PageFaultResolution {
     const vcpuId = st.vcpu.id;
     let wrprot = false;
     let lo = ((gfn % 0x100000) * PAGE_SIZE + (SPTE_P | SPTE_A)) >>> 0;
@@ -1345,10 +1374,9 @@ export function gpteAccess(lo: number, hi: number, nxe: boolean): number {
 /** Reserved bits of a 64-bit guest PTE's high half (SDM Vol. 3A Tables 4-11, 4-19; kvm-mmu.md §D.2). */
 function gpteReserved(hi: number, maxPhyAddr: number, nxe: boolean, pae: boolean): boolean {
   const m = maxPhyAddr - 32;
-  const addrRsvd = pae ? ((0x7fffffff >>> m) << m) : ((0xfffff >>> m) << m);
+  const addrRsvd = pae ? (0x7fffffff >>> m) << m : (0xfffff >>> m) << m;
   return (hi & addrRsvd) !== 0 || (!nxe && (hi & PT_HI_XD) !== 0);
 }
-
 
 function hexa(n: number): string {
   return n < 0 ? `-0x${(-n).toString(16)}` : `0x${n.toString(16)}`;

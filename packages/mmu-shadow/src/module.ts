@@ -17,7 +17,9 @@ const SHADOW_MMU: symbol = Symbol('vmexit.mmu-shadow.ShadowMmu');
  */
 export function shadowMmuModule(options: ShadowMmuOptions = {}): ContainerModule {
   return new ContainerModule(({ bind }) => {
-    bind<ShadowMmu>(SHADOW_MMU).toDynamicValue(() => new ShadowMmu(options)).inSingletonScope();
+    bind<ShadowMmu>(SHADOW_MMU)
+      .toDynamicValue(() => new ShadowMmu(options))
+      .inSingletonScope();
     bind<Mmu>(MMU_TOKEN).toService(SHADOW_MMU);
     bind<NonPresentSpteEncoding>(NON_PRESENT_SPTE_ENCODING_TOKEN).toService(SHADOW_MMU);
   });

@@ -123,7 +123,10 @@ describe('auditShadowMmu', () => {
       const lo = mmu.pool.lo(loc);
       expect(lo & SPTE_W).toBe(0);
       mmu.pool.set(loc, (lo | RIGHTS) >>> 0, mmu.pool.hi(loc));
-      expectBoth(mmu, /va 0x40005000 is writable in the shadow but not writable and dirty in the guest at spte 5 = 0x[0-9a-f]{16} of the shadow page for gfn 0x[0-9a-f]+ role \{level=1.* \(guest pte 0x[0-9a-f]{16} at level 1, gpa 0x[0-9a-f]+\)/);
+      expectBoth(
+        mmu,
+        /va 0x40005000 is writable in the shadow but not writable and dirty in the guest at spte 5 = 0x[0-9a-f]{16} of the shadow page for gfn 0x[0-9a-f]+ role \{level=1.* \(guest pte 0x[0-9a-f]{16} at level 1, gpa 0x[0-9a-f]+\)/,
+      );
       mmu.pool.set(loc, lo, mmu.pool.hi(loc));
       expectNeither(mmu);
     });
@@ -191,7 +194,10 @@ describe('auditShadowMmu', () => {
       const e = pt.entryAddr(USER + 0x1000, 1);
       const old = mem.read32(e);
       mem.write32(e, (FRAMES + 0x70000) | P | W | U | A | D);
-      expectBoth(mmu, /va 0x40001000 maps gpa 0x870000 in the guest tables but another frame in the shadow at spte 1 .*\(guest pte 0x[0-9a-f]{16} at level 1, gpa 0x[0-9a-f]+\)/);
+      expectBoth(
+        mmu,
+        /va 0x40001000 maps gpa 0x870000 in the guest tables but another frame in the shadow at spte 1 .*\(guest pte 0x[0-9a-f]{16} at level 1, gpa 0x[0-9a-f]+\)/,
+      );
       mem.write32(e, old & ~P);
       expectBoth(mmu, /va 0x40001000 has a present leaf spte but the guest tables do not map it/);
       mem.write32(e, old);
@@ -333,7 +339,20 @@ describe('auditShadowMmu', () => {
   });
 
   it('reports a random corruption after a random workload exactly when the full audit does', () => {
-    const corruptions = ['rights', 'user', 'nx', 'frame', 'memslot', 'rmap-remove', 'rmap-dup', 'gpte-frame', 'gpte-clear', 'gpte-ro', 'notrap', 'pde'] as const;
+    const corruptions = [
+      'rights',
+      'user',
+      'nx',
+      'frame',
+      'memslot',
+      'rmap-remove',
+      'rmap-dup',
+      'gpte-frame',
+      'gpte-clear',
+      'gpte-ro',
+      'notrap',
+      'pde',
+    ] as const;
     let caught = 0;
     fc.assert(
       fc.property(scenarioArb, fc.constantFrom(...corruptions), fc.nat(), ({ mode, vcpus, bypass, ops }, corruption, pick) => {

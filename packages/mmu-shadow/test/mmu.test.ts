@@ -670,11 +670,15 @@ function findLeaf(mmu: ShadowMmu, root: { base: number; level: number }, va: num
 }
 
 describe('levelIndex', () => {
-  it('is bits 12+9(l-1) .. 20+9(l-1) of the two\'s-complement address, for every level of 4- and 5-level paging', () => {
+  it("is bits 12+9(l-1) .. 20+9(l-1) of the two's-complement address, for every level of 4- and 5-level paging", () => {
     // The reference: floor division by 2^(12 + 9(l-1)) of the signed-canonical number (exact for |va| < 2^53).
     const reference = (va: number, level: number): number => Math.floor(va / 2 ** (12 + 9 * (level - 1))) & 511;
     // The 57-bit canonical range of 5-level paging, as far as doubles are exact, and the 48-bit one.
-    const va = fc.oneof(fc.integer({ min: -(2 ** 47), max: 2 ** 47 - 1 }), fc.integer({ min: Number.MIN_SAFE_INTEGER, max: Number.MAX_SAFE_INTEGER }), fc.integer({ min: 0, max: 2 ** 32 - 1 }));
+    const va = fc.oneof(
+      fc.integer({ min: -(2 ** 47), max: 2 ** 47 - 1 }),
+      fc.integer({ min: Number.MIN_SAFE_INTEGER, max: Number.MAX_SAFE_INTEGER }),
+      fc.integer({ min: 0, max: 2 ** 32 - 1 }),
+    );
     fc.assert(
       fc.property(va, fc.integer({ min: 1, max: 5 }), (a, level) => {
         expect(levelIndex(a, level)).toBe(reference(a, level));

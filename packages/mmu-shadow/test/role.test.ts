@@ -17,12 +17,19 @@ describe('role', () => {
 
     it('keeps every base bit of the parent (property)', () => {
       fc.assert(
-        fc.property(fc.integer({ min: 2, max: 5 }), fc.boolean(), fc.integer({ min: 0, max: 511 }), fc.integer({ min: 0, max: 7 }), fc.boolean(), (level, wp, idx, acc, smep) => {
-          const p = rootRole({ level, fourByteGpte: false, quadrant: 0, eferNx: true, cr0Wp: wp, smep, smap: false });
-          const c = childRole(p, idx, false, acc);
-          expect(c & ~0x7ff).toBe(p & ~0x7ff);
-          expect(roleLevel(c)).toBe(level - 1);
-        }),
+        fc.property(
+          fc.integer({ min: 2, max: 5 }),
+          fc.boolean(),
+          fc.integer({ min: 0, max: 511 }),
+          fc.integer({ min: 0, max: 7 }),
+          fc.boolean(),
+          (level, wp, idx, acc, smep) => {
+            const p = rootRole({ level, fourByteGpte: false, quadrant: 0, eferNx: true, cr0Wp: wp, smep, smap: false });
+            const c = childRole(p, idx, false, acc);
+            expect(c & ~0x7ff).toBe(p & ~0x7ff);
+            expect(roleLevel(c)).toBe(level - 1);
+          },
+        ),
       );
     });
   });

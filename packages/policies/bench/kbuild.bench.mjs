@@ -65,7 +65,10 @@ async function runOnce(policies) {
   const vm =
     policies === null
       ? null
-      : await createVm({ backend: 'vmx', mmu: 'shadow', policies: policies.map((use) => ({ use, options: {} })), guest: { mode: MODE, personality: 'linux' } }, { seed: SEED });
+      : await createVm(
+          { backend: 'vmx', mmu: 'shadow', policies: policies.map((use) => ({ use, options: {} })), guest: { mode: MODE, personality: 'linux' } },
+          { seed: SEED },
+        );
   const { result } = runWorkload({
     workload: 'kbuild',
     mode: MODE,
@@ -96,7 +99,9 @@ for (let i = 0; i < RUNS + 1; i++) {
     const r = await runOnce(policies);
     const prev = last.get(name);
     if (prev !== undefined && (r.memoryDigest !== prev.memoryDigest || r.counters.total.exits !== prev.counters.total.exits)) {
-      throw new Error(`${name}: run ${i} differs from the run before it (digest ${r.memoryDigest} vs ${prev.memoryDigest}, exits ${r.counters.total.exits} vs ${prev.counters.total.exits}): runs must be deterministic`);
+      throw new Error(
+        `${name}: run ${i} differs from the run before it (digest ${r.memoryDigest} vs ${prev.memoryDigest}, exits ${r.counters.total.exits} vs ${prev.counters.total.exits}): runs must be deterministic`,
+      );
     }
     last.set(name, r);
     if (i === 0) continue; // warm-up
@@ -123,14 +128,17 @@ const rows = VARIANTS.map(([name]) => {
 
 const native = rows.find((r) => r.name === 'native');
 for (const r of rows) {
-  if (r.memoryDigest !== native.memoryDigest) throw new Error(`${r.name}: memory digest ${r.memoryDigest} differs from the native run's ${native.memoryDigest}`);
+  if (r.memoryDigest !== native.memoryDigest)
+    throw new Error(`${r.name}: memory digest ${r.memoryDigest} differs from the native run's ${native.memoryDigest}`);
   if (r.accesses !== native.accesses) throw new Error(`${r.name}: ${r.accesses} represented accesses, natively ${native.accesses}`);
 }
 const scanSeconds = median(scans);
 const scanRate = represented / scanSeconds;
 
 const M = (x) => `${(x / 1e6).toFixed(1).padStart(6)} M/s`;
-console.log(`kbuild (${MODE}, seed ${SEED}): ${trace.accesses.length} records, ${represented} represented accesses; median of ${RUNS} round-robin runs after a warm-up round; spread = (max - min) / median`);
+console.log(
+  `kbuild (${MODE}, seed ${SEED}): ${trace.accesses.length} records, ${represented} represented accesses; median of ${RUNS} round-robin runs after a warm-up round; spread = (max - min) / median`,
+);
 console.log(`  ${'scan of records'.padEnd(17)} ${M(scanRate)}`);
 for (const r of rows) {
   const ratio = r.accessesPerSecond / native.accessesPerSecond;

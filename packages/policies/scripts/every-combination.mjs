@@ -36,7 +36,16 @@ const POLICIES = ['pte-update', 'bypass-guest-pf', 'unsync', 'write-flood', 'mis
 const MODES = ['legacy32', 'pae', 'long4', 'long5'];
 const DEFAULT_WORKLOADS = ['demand-fault', 'fork-cow', 'exec-storm', 'mprotect-storm', 'pt-recycle', 'scan', 'random-ws', 'zipf', 'kbuild'];
 // Keep in step with HEAVY and LIGHT in test/combinations.ts.
-const SMALL_WORKLOADS = ['exec-storm:execs=1,text=4,data=2', 'pt-recycle:dirs=1', 'fork-cow:pages=24,forks=2', 'mprotect-storm:pages=24,rounds=4,writes=6', 'demand-fault:pages=96', 'scan:pages=64,passes=2', 'random-ws:pages=64,accesses=400', 'zipf:pages=64,accesses=400'];
+const SMALL_WORKLOADS = [
+  'exec-storm:execs=1,text=4,data=2',
+  'pt-recycle:dirs=1',
+  'fork-cow:pages=24,forks=2',
+  'mprotect-storm:pages=24,rounds=4,writes=6',
+  'demand-fault:pages=96',
+  'scan:pages=64,passes=2',
+  'random-ws:pages=64,accesses=400',
+  'zipf:pages=64,accesses=400',
+];
 const SEED = 1;
 
 /** Every subset of POLICIES on VMX, then every subset without bypass-guest-pf on SVM: 192 variants. */
@@ -166,10 +175,11 @@ function startPool(n, data) {
     workers.push(w);
   }
   return {
-    run: (task) => new Promise((resolve) => {
-      queue.push({ task, resolve });
-      dispatch();
-    }),
+    run: (task) =>
+      new Promise((resolve) => {
+        queue.push({ task, resolve });
+        dispatch();
+      }),
     close: () => Promise.all(workers.map((w) => w.terminate())),
   };
 }
@@ -204,7 +214,10 @@ function worker() {
     try {
       error = await runVariant(SOURCES, memory, t);
     } catch (e) {
-      error = String(e?.stack ?? e).split('\n').slice(0, 4).join(' | ');
+      error = String(e?.stack ?? e)
+        .split('\n')
+        .slice(0, 4)
+        .join(' | ');
     }
     parentPort.postMessage({ error, ms: performance.now() - t0 });
   });
@@ -212,7 +225,10 @@ function worker() {
 
 /** One audited, checked run; returns undefined or what went wrong. */
 async function runVariant(sources, memory, t) {
-  const vm = await createVm({ backend: t.backend, mmu: 'shadow', memory, guest: { mode: t.mode, personality: 'linux' }, policies: t.policies.map((use) => ({ use })) }, { sources, seed: SEED });
+  const vm = await createVm(
+    { backend: t.backend, mmu: 'shadow', memory, guest: { mode: t.mode, personality: 'linux' }, policies: t.policies.map((use) => ({ use })) },
+    { sources, seed: SEED },
+  );
   for (const h of vm.hooks) h.afterExit = () => vm.mmu.audit();
   const out = runWorkload({ workload: t.workload, mode: t.mode, memory, machine: vm.machine, vcpus: 1, seed: SEED });
   vm.mmu.audit();

@@ -37,15 +37,14 @@ export const bypassGuestPf: FaultPolicy<BypassGuestPfOptions> = {
   optionsSchema: bypassGuestPfOptions,
   setup(ctx) {
     if (ctx.mmu.name !== 'shadow') {
-      throw new PolicyError(`policy 'bypass-guest-pf' needs shadow paging: under two-dimensional paging (mmu '${ctx.mmu.name}') #PF is not intercepted and there are no shadow ptes to encode (KVM forces bypass_guest_pf = 0 with EPT)`);
+      throw new PolicyError(
+        `policy 'bypass-guest-pf' needs shadow paging: under two-dimensional paging (mmu '${ctx.mmu.name}') #PF is not intercepted and there are no shadow ptes to encode (KVM forces bypass_guest_pf = 0 with EPT)`,
+      );
     }
     const filter = ctx.capability<PageFaultFilter>('PageFaultFilter');
     for (const state of ctx.backendStates) filter.setPfecMaskMatch(state, PFERR_PRESENT, PFERR_PRESENT);
-    ctx.capability<NonPresentSpteEncoding>('NonPresentSpteEncoding').setNonPresentSptes(
-      SHADOW_TRAP_NONPRESENT_PTE_LO,
-      SHADOW_TRAP_NONPRESENT_PTE_HI,
-      SHADOW_NOTRAP_NONPRESENT_PTE,
-      SHADOW_NOTRAP_NONPRESENT_PTE,
-    );
+    ctx
+      .capability<NonPresentSpteEncoding>('NonPresentSpteEncoding')
+      .setNonPresentSptes(SHADOW_TRAP_NONPRESENT_PTE_LO, SHADOW_TRAP_NONPRESENT_PTE_HI, SHADOW_NOTRAP_NONPRESENT_PTE, SHADOW_NOTRAP_NONPRESENT_PTE);
   },
 };

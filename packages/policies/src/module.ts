@@ -9,7 +9,15 @@ import { userWriteHint } from './user-write-hint.js';
 import { writeFlood } from './write-flood.js';
 
 /** Every built-in policy, in the order `vmexit policies` lists them. */
-export const BUILT_IN_POLICIES: readonly FaultPolicy<unknown>[] = [bypassGuestPf, pteUpdate, unsync, writeFlood, misalignedWrite, prefetch, userWriteHint] as readonly unknown[] as readonly FaultPolicy<unknown>[];
+export const BUILT_IN_POLICIES: readonly FaultPolicy<unknown>[] = [
+  bypassGuestPf,
+  pteUpdate,
+  unsync,
+  writeFlood,
+  misalignedWrite,
+  prefetch,
+  userWriteHint,
+] as readonly unknown[] as readonly FaultPolicy<unknown>[];
 
 /** Multi-binds every built-in policy to `TYPES.FaultPolicy`; a variant then names them in `policies[].use`. */
 export const policiesModule = new ContainerModule(({ bind }) => {

@@ -60,7 +60,8 @@ export function splitPolicy(config: SplitPolicyConfig): FaultPolicy<SplitOptions
   const sub = <C extends { options: SplitOptions }>(ctx: C, which: 'true' | 'false'): C => ({ ...ctx, options: ctx.options[which] });
   return {
     name: config.name,
-    description: config.description ?? `${config.true.name} ${byBackend ? `on ${cond.backend}` : 'for the exits that match'}, otherwise ${f?.name ?? 'nothing'}`,
+    description:
+      config.description ?? `${config.true.name} ${byBackend ? `on ${cond.backend}` : 'for the exits that match'}, otherwise ${f?.name ?? 'nothing'}`,
     needs,
     optionsSchema: splitOptionsSchema(config.name, t, f),
     setup(ctx: PolicySetupContext<SplitOptions>) {
@@ -71,7 +72,9 @@ export function splitPolicy(config: SplitPolicyConfig): FaultPolicy<SplitOptions
           try {
             ctx.capability(need);
           } catch {
-            throw new PolicyError(`policy '${config.name}' chose '${b.name}' on backend ${ctx.backend.name}, which needs ${need}, and this VM does not provide it`);
+            throw new PolicyError(
+              `policy '${config.name}' chose '${b.name}' on backend ${ctx.backend.name}, which needs ${need}, and this VM does not provide it`,
+            );
           }
         }
         b.setup?.(sub(ctx, b === t ? 'true' : 'false'));
@@ -119,8 +122,11 @@ function splitOptionsSchema(name: string, t: AnyPolicy, f: AnyPolicy | null): Op
     safeParse(value: unknown) {
       const issues: Issue[] = [];
       const v = (typeof value === 'object' && value !== null ? value : {}) as Record<string, unknown>;
-      if (typeof value !== 'object' || value === null || Array.isArray(value)) issues.push({ path: [], message: `policy '${name}' takes an object { "true": {...}, "false": {...} }` });
-      for (const k of Object.keys(v)) if (k !== 'true' && k !== 'false') issues.push({ path: [k], message: `unknown key (policy '${name}' takes options for its branches "true" and "false")` });
+      if (typeof value !== 'object' || value === null || Array.isArray(value))
+        issues.push({ path: [], message: `policy '${name}' takes an object { "true": {...}, "false": {...} }` });
+      for (const k of Object.keys(v))
+        if (k !== 'true' && k !== 'false')
+          issues.push({ path: [k], message: `unknown key (policy '${name}' takes options for its branches "true" and "false")` });
       const out: { true: unknown; false: unknown } = { true: {}, false: {} };
       for (const [which, b] of [
         ['true', t],
@@ -132,7 +138,8 @@ function splitOptionsSchema(name: string, t: AnyPolicy, f: AnyPolicy | null): Op
           continue;
         }
         if (b.optionsSchema === undefined) {
-          if (typeof raw !== 'object' || raw === null || Object.keys(raw).length > 0) issues.push({ path: [which], message: `policy '${b.name}' takes no options` });
+          if (typeof raw !== 'object' || raw === null || Object.keys(raw).length > 0)
+            issues.push({ path: [which], message: `policy '${b.name}' takes no options` });
           continue;
         }
         const r = b.optionsSchema.safeParse(raw);

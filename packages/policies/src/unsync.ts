@@ -31,7 +31,9 @@ export const unsync: FaultPolicy<UnsyncOptions> = {
     if (ctx.mmu.name !== 'shadow') return; // two-dimensional paging shadows no guest tables
     for (const [i, state] of ctx.backendStates.entries()) {
       if (!ctx.backend.invlpgExits(state) || !ctx.backend.crWriteExits(state, 3, 0)) {
-        throw new PolicyError(`policy 'unsync' needs INVLPG and CR3 loads to exit (they sync unsync pages), but ${ctx.backend.name} vCPU ${i} does not intercept ${ctx.backend.invlpgExits(state) ? 'CR3 loads' : 'INVLPG'}`);
+        throw new PolicyError(
+          `policy 'unsync' needs INVLPG and CR3 loads to exit (they sync unsync pages), but ${ctx.backend.name} vCPU ${i} does not intercept ${ctx.backend.invlpgExits(state) ? 'CR3 loads' : 'INVLPG'}`,
+        );
       }
     }
   },

@@ -18,5 +18,6 @@ export const userWriteHint: FaultPolicy<UserWriteHintOptions> = {
   description: 'a user-mode write fault on a shadowed guest page table zaps its shadow pages (KVM 2007)',
   needs: [],
   optionsSchema: userWriteHintOptions,
-  mmuEvents: () => decideMmuEvents('user-write-hint', (ev) => (ev.kind === 'tracked-write' && (ev.errorCode & PFERR_USER) !== 0 ? true : null), ['tracked-write']),
+  mmuEvents: () =>
+    decideMmuEvents('user-write-hint', (ev) => (ev.kind === 'tracked-write' && (ev.errorCode & PFERR_USER) !== 0 ? true : null), ['tracked-write']),
 };

@@ -29,9 +29,13 @@ export const writeFlood: FaultPolicy<WriteFloodOptions> = {
   needs: [],
   optionsSchema: writeFloodOptions,
   mmuEvents: ({ options }) =>
-    decideMmuEvents('write-flood', (ev) => {
-      if (ev.kind !== 'flood') return null;
-      if (options.count === 'per-vcpu') return ev.vcpuWriteCount >= options.threshold ? true : null;
-      return ev.level > 1 && ev.writeCount >= options.threshold ? true : null;
-    }, ['flood']),
+    decideMmuEvents(
+      'write-flood',
+      (ev) => {
+        if (ev.kind !== 'flood') return null;
+        if (options.count === 'per-vcpu') return ev.vcpuWriteCount >= options.threshold ? true : null;
+        return ev.level > 1 && ev.writeCount >= options.threshold ? true : null;
+      },
+      ['flood'],
+    ),
 };

@@ -54,7 +54,8 @@ export function validTriples(): Set<string> {
 
 function triplesOf(f: readonly number[]): string[] {
   const out: string[] = [];
-  for (let i = 0; i < f.length; i++) for (let j = i + 1; j < f.length; j++) for (let k = j + 1; k < f.length; k++) out.push(`${i}=${f[i]},${j}=${f[j]},${k}=${f[k]}`);
+  for (let i = 0; i < f.length; i++)
+    for (let j = i + 1; j < f.length; j++) for (let k = j + 1; k < f.length; k++) out.push(`${i}=${f[i]},${j}=${f[j]},${k}=${f[k]}`);
   return out;
 }
 
@@ -100,7 +101,11 @@ async function checkAll(mode: PagingModeName, wl: string, combos: readonly Combi
   const want = observed(native.events);
   for (const c of combos) {
     const what = `${mode} ${wl} ${c.backend} [${c.policies.join(',') || 'no policy'}]`;
-    const run = await runOn({ backend: c.backend, mmu: 'shadow', vcpus, guest: { mode, personality: 'linux' }, policies: c.policies.map((use) => ({ use })) }, wl, { auditEvery: 1, memory, seed: SEED, record: false });
+    const run = await runOn(
+      { backend: c.backend, mmu: 'shadow', vcpus, guest: { mode, personality: 'linux' }, policies: c.policies.map((use) => ({ use })) },
+      wl,
+      { auditEvery: 1, memory, seed: SEED, record: false },
+    );
     expect(run.out.result.memoryDigest, what).toBe(native.result.memoryDigest);
     expect(run.out.result.guest.sigsegv, what).toBe(native.result.guest.sigsegv);
     expect(observed(run.out.events), what).toBe(want);
@@ -124,21 +129,36 @@ export function describeEveryCombination(mode: PagingModeName): void {
     for (const wl of HEAVY) {
       for (const backend of ['vmx', 'svm'] as const) {
         const mine = combos.filter((c) => c.backend === backend);
-        it(`${wl} on ${backend}: all ${mine.length} policy subsets audit clean after every exit and match the native run`, () => checkAll(mode, wl, mine), TIMEOUT);
+        it(
+          `${wl} on ${backend}: all ${mine.length} policy subsets audit clean after every exit and match the native run`,
+          () => checkAll(mode, wl, mine),
+          TIMEOUT,
+        );
       }
     }
     for (const wl of LIGHT) {
       for (const backend of ['vmx', 'svm'] as const) {
         const mine = covering.filter((c) => c.backend === backend);
-        it(`${wl} on ${backend}: the ${mine.length} subsets of a strength-3 covering array audit clean and match the native run`, () => checkAll(mode, wl, mine), TIMEOUT);
+        it(
+          `${wl} on ${backend}: the ${mine.length} subsets of a strength-3 covering array audit clean and match the native run`,
+          () => checkAll(mode, wl, mine),
+          TIMEOUT,
+        );
       }
     }
     if (mode === 'long4' || mode === 'pae') {
       // Two vCPUs interleaved by the seeded scheduler (remote TLB flushes, one vCPU's writes to a table the
       // other walks): every policy together on each backend.
-      const together = [combos.find((c) => c.backend === 'vmx' && c.policies.length === 7)!, combos.find((c) => c.backend === 'svm' && c.policies.length === 6)!];
+      const together = [
+        combos.find((c) => c.backend === 'vmx' && c.policies.length === 7)!,
+        combos.find((c) => c.backend === 'svm' && c.policies.length === 6)!,
+      ];
       for (const wl of ['random-ws:pages=64,accesses=400', 'fork-cow:pages=24,forks=2', 'pt-recycle:dirs=1']) {
-        it(`${wl} with 2 vCPUs: every policy together audits clean and matches the native run`, () => checkAll(mode, wl, together, 2, 8 * 1024 * 1024), TIMEOUT);
+        it(
+          `${wl} with 2 vCPUs: every policy together audits clean and matches the native run`,
+          () => checkAll(mode, wl, together, 2, 8 * 1024 * 1024),
+          TIMEOUT,
+        );
       }
     }
   });

@@ -5,8 +5,26 @@ import type { ShadowMmu } from '@vmexit/mmu-shadow';
 // Shared by the per-policy unit tests: MMU events as the shadow MMU asks them, and a policy's answer.
 
 export const base = { vcpu: 0, seq: 1, decidedBy: null, decision: null };
-export const pteWrite = (level: number, misaligned: boolean): MmuEvent => ({ ...base, kind: 'pte-write', gpa: 0x1000, size: 8, oldLo: 0, oldHi: 0, newLo: 0x2023, newHi: 0, level, misaligned });
-export const flood = (level: number, writeCount: number, vcpuWriteCount: number): MmuEvent => ({ ...base, kind: 'flood', gfn: 1, level, writeCount, vcpuWriteCount });
+export const pteWrite = (level: number, misaligned: boolean): MmuEvent => ({
+  ...base,
+  kind: 'pte-write',
+  gpa: 0x1000,
+  size: 8,
+  oldLo: 0,
+  oldHi: 0,
+  newLo: 0x2023,
+  newHi: 0,
+  level,
+  misaligned,
+});
+export const flood = (level: number, writeCount: number, vcpuWriteCount: number): MmuEvent => ({
+  ...base,
+  kind: 'flood',
+  gfn: 1,
+  level,
+  writeCount,
+  vcpuWriteCount,
+});
 
 export function ctx<O>(options: O, extra: Partial<PolicySetupContext<O>> = {}): PolicyVcpuContext<O> {
   return { options, ...extra } as unknown as PolicyVcpuContext<O>;

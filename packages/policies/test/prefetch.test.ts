@@ -21,7 +21,11 @@ describe('prefetch', () => {
     // then reads the 8 pages. The MMU is audited after every exit (the trap / notrap invariants among them:
     // no notrap spte where the gpte is present, mmu-shadow/src/audit.ts check 6).
     async function mprotectThenRead(policies: string[]) {
-      const g = await bootGuest({ backend: 'vmx', mmu: 'shadow', memory: 4 * 1024 * 1024, guest: { mode: 'long4', personality: 'linux' }, policies: policies.map((use) => ({ use })) }, MODE_LONG4, 8);
+      const g = await bootGuest(
+        { backend: 'vmx', mmu: 'shadow', memory: 4 * 1024 * 1024, guest: { mode: 'long4', personality: 'linux' }, policies: policies.map((use) => ({ use })) },
+        MODE_LONG4,
+        8,
+      );
       const { v, kernel, proc, base: a } = g;
       const mmu = g.vm.mmu as ShadowMmu;
       for (const h of g.vm.hooks) h.afterExit = () => mmu.audit();

@@ -23,7 +23,11 @@ describe('pteUpdate', () => {
     // quadrant 1 the same spte index 1 shadows gpte 513) as present and accessed (A=1, so that an update
     // happens at all: an A=0 gpte must fault to get A set).
     async function writeGpte1(policies: { use: string }[]) {
-      const g = await bootGuest({ backend: 'vmx', mmu: 'shadow', memory: 4 * 1024 * 1024, guest: { mode: 'legacy32', personality: 'linux' }, policies }, MODE_LEGACY32, 1);
+      const g = await bootGuest(
+        { backend: 'vmx', mmu: 'shadow', memory: 4 * 1024 * 1024, guest: { mode: 'legacy32', personality: 'linux' }, policies },
+        MODE_LEGACY32,
+        1,
+      );
       const { v, kernel, proc, base } = g;
       const mmu = g.vm.mmu as ShadowMmu;
       expect(base % (4 * 1024 * 1024)).toBe(0);
@@ -35,10 +39,12 @@ describe('pteUpdate', () => {
       const t = pte0.table / 4096;
       const quadrants = (): Record<number, { spte1: boolean; spte0: boolean }> =>
         Object.fromEntries(
-          mmu.indirectPagesOf(t).map((sp) => [
-            roleQuadrant(sp.role),
-            { spte0: mmu.isPresent(mmu.pool.lo(sp.base), mmu.pool.hi(sp.base)), spte1: mmu.isPresent(mmu.pool.lo(sp.base + 1), mmu.pool.hi(sp.base + 1)) },
-          ]),
+          mmu
+            .indirectPagesOf(t)
+            .map((sp) => [
+              roleQuadrant(sp.role),
+              { spte0: mmu.isPresent(mmu.pool.lo(sp.base), mmu.pool.hi(sp.base)), spte1: mmu.isPresent(mmu.pool.lo(sp.base + 1), mmu.pool.hi(sp.base + 1)) },
+            ]),
         );
       const before = quadrants();
       const delta = counterDelta(g.vm);
@@ -60,7 +66,14 @@ describe('pteUpdate', () => {
       // Exit 1: the store hits write-protected T -> EXCEPTION_NMI (#PF P=1|W) -> emulated (mmu_pte_write), once per
       // shadow page of T: quadrant 0's page takes update-spte (mmu_pte_updated); for quadrant 1's page the write
       // is another quadrant's (get_written_sptes returns nothing), so its spte 1 (gpte 513) stays empty.
-      expect(pick(r.d, ['exits', 'exits.EXCEPTION_NMI', 'insn_emulation', 'mmu_pte_write', 'mmu_pte_updated', 'mmu_shadow_zapped'])).toEqual({ exits: 1, 'exits.EXCEPTION_NMI': 1, insn_emulation: 1, mmu_pte_write: 1, mmu_pte_updated: 1, mmu_shadow_zapped: 0 });
+      expect(pick(r.d, ['exits', 'exits.EXCEPTION_NMI', 'insn_emulation', 'mmu_pte_write', 'mmu_pte_updated', 'mmu_shadow_zapped'])).toEqual({
+        exits: 1,
+        'exits.EXCEPTION_NMI': 1,
+        insn_emulation: 1,
+        mmu_pte_write: 1,
+        mmu_pte_updated: 1,
+        mmu_shadow_zapped: 0,
+      });
       expect(r.after).toEqual({ 0: { spte0: true, spte1: true }, 1: { spte0: true, spte1: false } });
       // The user read of page 1 hits the installed spte: no exit, and it reads page 0's word (the alias).
       expect(r.read.exits ?? 0).toBe(0);

@@ -60,7 +60,9 @@ describe('policies (scenarios)', () => {
       // The CLI maps this VariantError to exit status 2.
       const p = runOn(shadow('svm', ['bypass-guest-pf']), wl);
       await expect(p).rejects.toThrow(VariantError);
-      await expect(p).rejects.toThrow(/policies\.0\.use: policy 'bypass-guest-pf' needs PageFaultFilter \(error-code filtering of #PF exits.*backend 'svm' does not provide/);
+      await expect(p).rejects.toThrow(
+        /policies\.0\.use: policy 'bypass-guest-pf' needs PageFaultFilter \(error-code filtering of #PF exits.*backend 'svm' does not provide/,
+      );
     });
   });
 
@@ -71,7 +73,11 @@ describe('policies (scenarios)', () => {
     // writing a pte does, at offset 4: the high half of gpte 0 (KVM's detect_write_misaligned, kvm-mmu.md
     // §B.3.22). Both stores write the values already there, so the guest's view does not change.
     async function straddle(policies: VariantInput['policies']) {
-      const g = await bootGuest({ backend: 'vmx', mmu: 'shadow', memory: 4 * 1024 * 1024, guest: { mode: 'pae', personality: 'linux' }, policies }, MODE_PAE, 2);
+      const g = await bootGuest(
+        { backend: 'vmx', mmu: 'shadow', memory: 4 * 1024 * 1024, guest: { mode: 'pae', personality: 'linux' }, policies },
+        MODE_PAE,
+        2,
+      );
       const { v, kernel, proc, base } = g;
       const mmu = g.vm.mmu as ShadowMmu;
       const pte0 = kernel.inspectPte(proc, base)!;
@@ -106,25 +112,82 @@ describe('policies (scenarios)', () => {
       // write-protected) -> the MMU emulates the store (insn_emulation, mmu_pte_write). Widened to the whole
       // 8-byte gpte 0 it is not misaligned, so misaligned-write passes and the MMU's default clears gpte 0's
       // spte (no pte-update). T keeps its shadow page.
-      expect({ ...pick(r.fourByte, ...NAMES), pages: r.fourByte.pages }).toEqual({ exits: 1, 'exits.EXCEPTION_NMI': 1, insn_emulation: 1, mmu_pte_write: 1, mmu_flooded: 0, mmu_shadow_zapped: 0, mmu_cache_miss: 0, pf_fixed: 0, pages: 1 });
+      expect({ ...pick(r.fourByte, ...NAMES), pages: r.fourByte.pages }).toEqual({
+        exits: 1,
+        'exits.EXCEPTION_NMI': 1,
+        insn_emulation: 1,
+        mmu_pte_write: 1,
+        mmu_flooded: 0,
+        mmu_shadow_zapped: 0,
+        mmu_cache_miss: 0,
+        pf_fixed: 0,
+        pages: 1,
+      });
       // Touching both pages again: page 0's spte is gone -> exit 1 (#PF, P=0) -> the guest pte is present,
       // the spte is rebuilt in the same shadow page (pf_fixed, no cache miss). Page 1's spte was never cleared: no exit.
-      expect(pick(r.afterFour, ...NAMES)).toEqual({ exits: 1, 'exits.EXCEPTION_NMI': 1, insn_emulation: 0, mmu_pte_write: 0, mmu_flooded: 0, mmu_shadow_zapped: 0, mmu_cache_miss: 0, pf_fixed: 1 });
+      expect(pick(r.afterFour, ...NAMES)).toEqual({
+        exits: 1,
+        'exits.EXCEPTION_NMI': 1,
+        insn_emulation: 0,
+        mmu_pte_write: 0,
+        mmu_flooded: 0,
+        mmu_shadow_zapped: 0,
+        mmu_cache_miss: 0,
+        pf_fixed: 1,
+      });
       // The 8-byte store at offset 4: the high half of gpte 0 and the low half of gpte 1, misaligned. Exit 1,
       // EXCEPTION_NMI -> emulated (mmu_pte_write) -> misaligned-write answers zap-page: T's shadow page is
       // zapped (mmu_shadow_zapped, counted as KVM counts it under mmu_flooded), its parent pde in the PD's
       // shadow page cleared, and T no longer write-protected (no shadow page left).
-      expect({ ...pick(r.eightByte, ...NAMES), pages: r.eightByte.pages }).toEqual({ exits: 1, 'exits.EXCEPTION_NMI': 1, insn_emulation: 1, mmu_pte_write: 1, mmu_flooded: 1, mmu_shadow_zapped: 1, mmu_cache_miss: 0, pf_fixed: 0, pages: 0 });
+      expect({ ...pick(r.eightByte, ...NAMES), pages: r.eightByte.pages }).toEqual({
+        exits: 1,
+        'exits.EXCEPTION_NMI': 1,
+        insn_emulation: 1,
+        mmu_pte_write: 1,
+        mmu_flooded: 1,
+        mmu_shadow_zapped: 1,
+        mmu_cache_miss: 0,
+        pf_fixed: 0,
+        pages: 0,
+      });
       // Touching both pages re-faults: page 0 -> exit 1, the walk needs a shadow page for T again (mmu_cache_miss:
       // a new one, T write-protected again) and maps page 0; page 1 -> exit 2, mapped in that new page.
-      expect(pick(r.afterEight, ...NAMES)).toEqual({ exits: 2, 'exits.EXCEPTION_NMI': 2, insn_emulation: 0, mmu_pte_write: 0, mmu_flooded: 0, mmu_shadow_zapped: 0, mmu_cache_miss: 1, pf_fixed: 2 });
+      expect(pick(r.afterEight, ...NAMES)).toEqual({
+        exits: 2,
+        'exits.EXCEPTION_NMI': 2,
+        insn_emulation: 0,
+        mmu_pte_write: 0,
+        mmu_flooded: 0,
+        mmu_shadow_zapped: 0,
+        mmu_cache_miss: 1,
+        pf_fixed: 2,
+      });
     });
     it('without the policy the same 8-byte store only clears the two sptes it touched', async () => {
       const r = await straddle([]);
       // Exit 1: the emulated store; the MMU clears gpte 0's and gpte 1's sptes; T keeps its shadow page.
-      expect({ ...pick(r.eightByte, ...NAMES), pages: r.eightByte.pages }).toEqual({ exits: 1, 'exits.EXCEPTION_NMI': 1, insn_emulation: 1, mmu_pte_write: 1, mmu_flooded: 0, mmu_shadow_zapped: 0, mmu_cache_miss: 0, pf_fixed: 0, pages: 1 });
+      expect({ ...pick(r.eightByte, ...NAMES), pages: r.eightByte.pages }).toEqual({
+        exits: 1,
+        'exits.EXCEPTION_NMI': 1,
+        insn_emulation: 1,
+        mmu_pte_write: 1,
+        mmu_flooded: 0,
+        mmu_shadow_zapped: 0,
+        mmu_cache_miss: 0,
+        pf_fixed: 0,
+        pages: 1,
+      });
       // Exits 1 and 2: both pages re-fault and are mapped again in the same shadow page (no cache miss).
-      expect(pick(r.afterEight, ...NAMES)).toEqual({ exits: 2, 'exits.EXCEPTION_NMI': 2, insn_emulation: 0, mmu_pte_write: 0, mmu_flooded: 0, mmu_shadow_zapped: 0, mmu_cache_miss: 0, pf_fixed: 2 });
+      expect(pick(r.afterEight, ...NAMES)).toEqual({
+        exits: 2,
+        'exits.EXCEPTION_NMI': 2,
+        insn_emulation: 0,
+        mmu_pte_write: 0,
+        mmu_flooded: 0,
+        mmu_shadow_zapped: 0,
+        mmu_cache_miss: 0,
+        pf_fixed: 2,
+      });
     });
   });
 

@@ -48,7 +48,15 @@ describe('splitPolicy', () => {
       const options = r.success ? r.data : never();
       const out = await lastValueFrom(from([pf(1, 0)]).pipe(split.exits!({ options, backend: { name: 'svm' } } as never), toArray()));
       expect(out[0]!.resolvedBy).toBe('s');
-      expect(() => split.setup!({ options, backend: { name: 'vmx' }, capability: () => { throw new RangeError('not bound'); } } as never)).toThrow(/chose 'v' on backend vmx, which needs PageFaultFilter/);
+      expect(() =>
+        split.setup!({
+          options,
+          backend: { name: 'vmx' },
+          capability: () => {
+            throw new RangeError('not bound');
+          },
+        } as never),
+      ).toThrow(/chose 'v' on backend vmx, which needs PageFaultFilter/);
     });
   });
   describe('.optionsSchema', () => {

@@ -14,11 +14,15 @@ describe('unsync', () => {
   describe('.setup', () => {
     it('refuses a backend state that does not intercept INVLPG', () => {
       const backend = { name: 'vmx', invlpgExits: () => false, crWriteExits: () => true };
-      expect(() => unsync.setup!({ options: {}, mmu: { name: 'shadow' }, backend, backendStates: [{}] } as never)).toThrow(/needs INVLPG and CR3 loads to exit.*vCPU 0 does not intercept INVLPG/);
+      expect(() => unsync.setup!({ options: {}, mmu: { name: 'shadow' }, backend, backendStates: [{}] } as never)).toThrow(
+        /needs INVLPG and CR3 loads to exit.*vCPU 0 does not intercept INVLPG/,
+      );
     });
     it('refuses a backend state that does not intercept CR3 loads', () => {
       const backend = { name: 'svm', invlpgExits: () => true, crWriteExits: (_s: unknown, cr: number) => cr !== 3 };
-      expect(() => unsync.setup!({ options: {}, mmu: { name: 'shadow' }, backend, backendStates: [{}, {}] } as never)).toThrow(/svm vCPU 0 does not intercept CR3 loads/);
+      expect(() => unsync.setup!({ options: {}, mmu: { name: 'shadow' }, backend, backendStates: [{}, {}] } as never)).toThrow(
+        /svm vCPU 0 does not intercept CR3 loads/,
+      );
     });
     it('accepts the bundled backends: their shadow-paging state intercepts INVLPG and CR3 loads on every vCPU', async () => {
       // backend-vmx createVmcs (KVM init_vmcs without EPT) and backend-svm createVmcb (init_vmcb without NPT)

@@ -21,7 +21,11 @@ describe('userWriteHint', () => {
     // guest now uses as data too, as a recycled page would be); user mode then writes T's first gpte back
     // with the same value through B+4K, twice, and finally reads A.
     async function userWrites(policies: { use: string }[]) {
-      const g = await bootGuest({ backend: 'vmx', mmu: 'shadow', memory: 4 * 1024 * 1024, guest: { mode: 'long4', personality: 'linux' }, policies }, MODE_LONG4, 1);
+      const g = await bootGuest(
+        { backend: 'vmx', mmu: 'shadow', memory: 4 * 1024 * 1024, guest: { mode: 'long4', personality: 'linux' }, policies },
+        MODE_LONG4,
+        1,
+      );
       const { v, kernel, proc, base: a } = g;
       const mmu = g.vm.mmu as ShadowMmu;
       for (const h of g.vm.hooks) h.afterExit = () => mmu.audit();
@@ -49,7 +53,7 @@ describe('userWriteHint', () => {
       return { steps, pages };
     }
 
-    it("a user-mode write fault on a shadowed gfn zaps its shadow pages and maps it writable", async () => {
+    it('a user-mode write fault on a shadowed gfn zaps its shadow pages and maps it writable', async () => {
       const r = await userWrites([{ use: 'user-write-hint' }]);
       // Write 1: exit 1, EXCEPTION_NMI (no spte for B+4K yet) -> the guest walk allows a user write to T's
       // gfn, which is write-protected -> tracked-write with U=1 in the error code -> user-write-hint: zap
@@ -67,7 +71,11 @@ describe('userWriteHint', () => {
     it('without it every such user write exits and is emulated, and T stays shadowed', async () => {
       const r = await userWrites([]);
       const emulated = { exits: 1, 'exits.EXCEPTION_NMI': 1, insn_emulation: 1, mmu_shadow_zapped: 0, mmu_cache_miss: 0, pf_fixed: 0 };
-      expect(r.steps).toEqual([emulated, emulated, { exits: 1, 'exits.EXCEPTION_NMI': 1, insn_emulation: 0, mmu_shadow_zapped: 0, mmu_cache_miss: 0, pf_fixed: 1 }]);
+      expect(r.steps).toEqual([
+        emulated,
+        emulated,
+        { exits: 1, 'exits.EXCEPTION_NMI': 1, insn_emulation: 0, mmu_shadow_zapped: 0, mmu_cache_miss: 0, pf_fixed: 1 },
+      ]);
       expect(r.pages).toEqual([1, 1, 1]);
     });
   });

@@ -25,7 +25,11 @@ export interface Run {
  * the audit is incremental, see mmu-shadow/src/audit.ts) and at the end. `record: false` only counts the
  * exits (a run of many thousand exits then keeps none of them alive).
  */
-export async function runOn(variant: VariantInput, workload: string, options: { auditEvery?: number; memory?: number; seed?: number; record?: boolean; onExit?: (vm: Vm, e: VmExit) => void } = {}): Promise<Run> {
+export async function runOn(
+  variant: VariantInput,
+  workload: string,
+  options: { auditEvery?: number; memory?: number; seed?: number; record?: boolean; onExit?: (vm: Vm, e: VmExit) => void } = {},
+): Promise<Run> {
   const exits: VmExit[] = [];
   const faultsAt: number[] = [];
   const record = options.record ?? true;

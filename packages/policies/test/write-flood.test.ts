@@ -33,7 +33,11 @@ describe('writeFlood', () => {
     // page and write-protected. The kernel then stores 0 into an empty entry of D through the direct map, 7
     // times in a row; no fault walks through D in between, so its write_flooding_count only grows.
     async function storesToPd(options: Record<string, unknown>): Promise<{ perStore: Record<string, number>[]; pages: number[] }> {
-      const g = await bootGuest({ backend: 'vmx', mmu: 'shadow', memory: 4 * 1024 * 1024, guest: { mode: 'long4', personality: 'linux' }, policies: [{ use: 'write-flood', options }] }, MODE_LONG4, 1);
+      const g = await bootGuest(
+        { backend: 'vmx', mmu: 'shadow', memory: 4 * 1024 * 1024, guest: { mode: 'long4', personality: 'linux' }, policies: [{ use: 'write-flood', options }] },
+        MODE_LONG4,
+        1,
+      );
       const { v, kernel, proc, base } = g;
       const mmu = g.vm.mmu as ShadowMmu;
       for (const h of g.vm.hooks) h.afterExit = () => mmu.audit();

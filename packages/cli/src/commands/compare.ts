@@ -42,7 +42,12 @@ export function registerCompare(program: Command): void {
     .command('compare')
     .description('run several variants on the same workload and seed; print their exits and costs side by side')
     .requiredOption('--workload <spec>', 'NAME[:k=v,...], kbuild, or FILE.vxt')
-    .requiredOption('--variant <variant>', 'a config file or a flag string such as "vmx shadow pte-update" (repeat for each variant; the first is the baseline)', collect, [])
+    .requiredOption(
+      '--variant <variant>',
+      'a config file or a flag string such as "vmx shadow pte-update" (repeat for each variant; the first is the baseline)',
+      collect,
+      [],
+    )
     .option('--mode <mode>', `paging mode: ${PAGING_MODE_NAMES.join(', ')}`, 'long4')
     .option('--seed <n>', 'seed of every random choice', '1')
     .option('--vcpus <n>', 'number of vCPUs (overrides the variants)')
@@ -217,7 +222,9 @@ export function comparisonMetrics(results: readonly VariantRunResult[]): Metric[
   return [
     { label: 'guest faults', value: (r) => r.guest.faults.total },
     { label: 'vmexits', value: exitsOf },
-    ...[...kinds].sort((a, b) => kindOrder.indexOf(a) - kindOrder.indexOf(b)).map((k) => ({ label: `  ${EXIT_KIND_NAMES[k] ?? k}`, value: counter(`exits.kind.${k}`) })),
+    ...[...kinds]
+      .sort((a, b) => kindOrder.indexOf(a) - kindOrder.indexOf(b))
+      .map((k) => ({ label: `  ${EXIT_KIND_NAMES[k] ?? k}`, value: counter(`exits.kind.${k}`) })),
     ...(byReason.length > 0 ? [{ label: 'vmexits by exit reason', value: () => null }, ...byReason] : []),
     { label: 'exits per guest fault', value: (r) => (r.guest.faults.total > 0 ? exitsOf(r) / r.guest.faults.total : 0), digits: 3 },
     { label: 'faults fixed (pf_fixed)', value: counter('pf_fixed') },
@@ -266,14 +273,19 @@ export function formatComparison(doc: Pick<ComparisonDocument, 'workload' | 'mod
     ]);
   }
   const widths = head.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
-  const line = (r: string[]): string => r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  ').trimEnd();
+  const line = (r: string[]): string =>
+    r
+      .map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!)))
+      .join('  ')
+      .trimEnd();
   const checks = doc.results.filter((r) => r.check !== undefined);
   const tail = checks.length > 0 ? `check: ${checks.map((r) => `${r.label} ${r.check!.ok ? 'same as native' : 'DIVERGED'}`).join('; ')}\n` : '';
   return `workload ${doc.workload}, mode ${doc.mode}, seed ${doc.seed}; ratios are to the first variant\n${rows.map(line).join('\n')}\n${tail}`;
 }
 
 function checkMode(mode: string): PagingModeName {
-  if (!(PAGING_MODE_NAMES as readonly string[]).includes(mode)) throw new InputError(`--mode: unknown paging mode '${mode}' (expected ${PAGING_MODE_NAMES.join(', ')})`);
+  if (!(PAGING_MODE_NAMES as readonly string[]).includes(mode))
+    throw new InputError(`--mode: unknown paging mode '${mode}' (expected ${PAGING_MODE_NAMES.join(', ')})`);
   return mode as PagingModeName;
 }
 
@@ -284,6 +296,8 @@ function checkSeed(seed: string): number {
 
 function checkPersonalities(list: string[] | undefined): Personality[] {
   const out = (list ?? []).flatMap((p) => p.split(',')).filter((p) => p.length > 0);
-  for (const p of out) if (!(PERSONALITIES as readonly string[]).includes(p)) throw new InputError(`--personality: unknown personality '${p}' (expected ${PERSONALITIES.join(', ')})`);
+  for (const p of out)
+    if (!(PERSONALITIES as readonly string[]).includes(p))
+      throw new InputError(`--personality: unknown personality '${p}' (expected ${PERSONALITIES.join(', ')})`);
   return out as Personality[];
 }

@@ -28,51 +28,51 @@ export function registerConformance(program: Command): void {
     .argument('<files...>', 'vector files, one vector per line')
     .option('--json', 'print a machine-readable report instead of the failure lines and summary');
   addVariantOptions(cmd).action(async (files: string[], opts: { json?: boolean } & VariantOptions) => {
-      checkVariantFlags(opts);
-      const vectors: ConformanceVector[] = [];
-      for (const file of files) {
-        try {
-          vectors.push(...loadVectorFile(file));
-        } catch (e) {
-          if (e instanceof VectorError) throw new InputError(e.message);
-          throw e;
-        }
+    checkVariantFlags(opts);
+    const vectors: ConformanceVector[] = [];
+    for (const file of files) {
+      try {
+        vectors.push(...loadVectorFile(file));
+      } catch (e) {
+        if (e instanceof VectorError) throw new InputError(e.message);
+        throw e;
       }
-      // With variant flags, each vector runs as a guest access on a VM of that variant (vCPU 0), and must
-      // give exactly the native outcome; without them, on the architectural walker.
-      const underVariant = (opts.backend !== undefined && opts.backend !== 'none') || opts.config !== undefined;
-      let report: ConformanceReport;
-      if (underVariant) {
-        const variant = await variantFromOptions(opts);
-        if (variant.backend === 'none') {
-          // --config chose no backend: the flags that configure one would be ignored.
-          const ignored = ignoredFlags(opts);
-          if (ignored.length > 0) {
-            throw new InputError(`${ignored.join(', ')}: meaningless with backend 'none' (from --config ${opts.config}): the vectors run natively`);
-          }
-          report = runConformance(vectors);
-        } else {
-          const results: VectorResult[] = [];
-          for (const vector of vectors) {
-            const machine = await createVmVectorMachine(vector, variant);
-            results.push(runVector(vector, () => machine));
-          }
-          const failed = results.filter((r) => !r.passed).length;
-          report = { results, passed: results.length - failed, failed };
+    }
+    // With variant flags, each vector runs as a guest access on a VM of that variant (vCPU 0), and must
+    // give exactly the native outcome; without them, on the architectural walker.
+    const underVariant = (opts.backend !== undefined && opts.backend !== 'none') || opts.config !== undefined;
+    let report: ConformanceReport;
+    if (underVariant) {
+      const variant = await variantFromOptions(opts);
+      if (variant.backend === 'none') {
+        // --config chose no backend: the flags that configure one would be ignored.
+        const ignored = ignoredFlags(opts);
+        if (ignored.length > 0) {
+          throw new InputError(`${ignored.join(', ')}: meaningless with backend 'none' (from --config ${opts.config}): the vectors run natively`);
         }
-      } else {
         report = runConformance(vectors);
-      }
-      quietOnEpipe();
-      if (opts.json === true) {
-        process.stdout.write(`${JSON.stringify(reportToJson(report), null, 2)}\n`);
       } else {
-        let text = '';
-        for (const r of report.results) if (!r.passed) text += `${formatFailure(r)}\n`;
-        process.stdout.write(`${text}${formatSummary(report)}\n`);
+        const results: VectorResult[] = [];
+        for (const vector of vectors) {
+          const machine = await createVmVectorMachine(vector, variant);
+          results.push(runVector(vector, () => machine));
+        }
+        const failed = results.filter((r) => !r.passed).length;
+        report = { results, passed: results.length - failed, failed };
       }
-      process.exitCode = report.failed > 0 ? 1 : 0;
-    });
+    } else {
+      report = runConformance(vectors);
+    }
+    quietOnEpipe();
+    if (opts.json === true) {
+      process.stdout.write(`${JSON.stringify(reportToJson(report), null, 2)}\n`);
+    } else {
+      let text = '';
+      for (const r of report.results) if (!r.passed) text += `${formatFailure(r)}\n`;
+      process.stdout.write(`${text}${formatSummary(report)}\n`);
+    }
+    process.exitCode = report.failed > 0 ? 1 : 0;
+  });
 }
 
 /** The variant flags given that only a hypervisor variant uses (as `--mmu shadow`, for the message). */
@@ -99,7 +99,9 @@ function checkVariantFlags(opts: VariantOptions): void {
   }
   if (opts.backend === undefined && opts.config === undefined) {
     const it = ignored.length === 1 ? 'it' : 'they';
-    throw new InputError(`${ignored.join(', ')}: needs --backend vmx|svm (or --config FILE); without a backend the vectors run natively and ${it} would be ignored`);
+    throw new InputError(
+      `${ignored.join(', ')}: needs --backend vmx|svm (or --config FILE); without a backend the vectors run natively and ${it} would be ignored`,
+    );
   }
 }
 

@@ -142,9 +142,16 @@ export function registerMain(program: Command): void {
     .option('--seed <n>', 'seed', '1')
     .option('--json', 'print one JSON document: the conformance counts and both comparisons')
     .action(async (flags: { workload: string; mode: string; seed: string; json?: boolean }) => {
-      if (!(PAGING_MODE_NAMES as readonly string[]).includes(flags.mode)) throw new InputError(`--mode: unknown paging mode '${flags.mode}' (expected ${PAGING_MODE_NAMES.join(', ')})`);
-      if (!/^\d+$/.test(flags.seed) || Number(flags.seed) > 0xffffffff) throw new InputError(`--seed: expected an integer from 0 to 4294967295, got '${flags.seed}'`);
-      const doc = await runMain({ workload: flags.workload, mode: flags.mode as PagingModeName, seed: Number(flags.seed), progress: (s) => process.stderr.write(s) });
+      if (!(PAGING_MODE_NAMES as readonly string[]).includes(flags.mode))
+        throw new InputError(`--mode: unknown paging mode '${flags.mode}' (expected ${PAGING_MODE_NAMES.join(', ')})`);
+      if (!/^\d+$/.test(flags.seed) || Number(flags.seed) > 0xffffffff)
+        throw new InputError(`--seed: expected an integer from 0 to 4294967295, got '${flags.seed}'`);
+      const doc = await runMain({
+        workload: flags.workload,
+        mode: flags.mode as PagingModeName,
+        seed: Number(flags.seed),
+        progress: (s) => process.stderr.write(s),
+      });
       process.stdout.write(flags.json === true ? `${JSON.stringify(doc, null, 2)}\n` : formatConformance(doc) + formatHeadline(doc));
       const failed = Object.entries(doc.conformance).filter(([, c]) => c.failed > 0);
       if (failed.length > 0) throw new RunFailure(`paging conformance failed: ${failed.map(([k, c]) => `${k} ${c.failed}`).join(', ')}`);

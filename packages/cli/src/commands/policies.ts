@@ -28,7 +28,11 @@ export function registerPolicies(program: Command, sources: ModuleSources = DEFA
     }
     const { policies: builtIn, errors } = await listPolicies(sources, from);
     const names = new Set(builtIn.map((p) => p.policy.name));
-    const third = await listPolicies({ ...sources, policies: [] }, from, extra.filter((e) => !names.has(e)));
+    const third = await listPolicies(
+      { ...sources, policies: [] },
+      from,
+      extra.filter((e) => !names.has(e)),
+    );
     const all: AvailablePolicy[] = [...builtIn, ...third.policies];
     const prov = await capabilityProviders(sources, from);
     const rows = all.map(({ policy, source }) => ({
@@ -43,7 +47,10 @@ export function registerPolicies(program: Command, sources: ModuleSources = DEFA
     }
     if (rows.length === 0) process.stdout.write('no policies available\n');
     for (const r of rows) {
-      const needs = r.needs.length === 0 ? 'nothing' : r.needs.map((n) => `${n.capability} (${n.providedBy.length > 0 ? n.providedBy.join(', ') : 'no provider'})`).join(', ');
+      const needs =
+        r.needs.length === 0
+          ? 'nothing'
+          : r.needs.map((n) => `${n.capability} (${n.providedBy.length > 0 ? n.providedBy.join(', ') : 'no provider'})`).join(', ');
       process.stdout.write(`${r.name}\n  from:  ${r.source}\n  needs: ${needs}\n  ${r.description}\n`);
     }
     for (const e of errors) process.stderr.write(`vmexit: warning: ${e}\n`);

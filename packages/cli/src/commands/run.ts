@@ -30,14 +30,20 @@ export function registerRun(program: Command): void {
   const cmd = program
     .command('run')
     .description('boot the guest OS model on a variant and run a workload; print its counters')
-    .requiredOption('--workload <spec>', 'NAME[:k=v,...] (demand-fault, fork-cow, exec-storm, mprotect-storm, pt-recycle, scan, random-ws, zipf), kbuild, or FILE.vxt')
+    .requiredOption(
+      '--workload <spec>',
+      'NAME[:k=v,...] (demand-fault, fork-cow, exec-storm, mprotect-storm, pt-recycle, scan, random-ws, zipf), kbuild, or FILE.vxt',
+    )
     .option('--mode <mode>', `paging mode: ${PAGING_MODE_NAMES.join(', ')}`, 'long4')
     .option('--seed <n>', 'seed of every random choice (scheduler, workload)', '1')
     .option('--personality <names...>', `guest personalities: ${PERSONALITIES.join(', ')}`)
     .option('--audit', "check the MMU's invariants after every exit; the first violation stops the run")
     .option('--check', 'also run natively and compare what the guest observed (faults, SIGSEGVs, final memory)')
     .option('--json', 'print one RunResult document (schema vmexit.run/1)')
-    .option('--trace <file>', 'write every exit, MMU decision and guest-visible fault as JSON Lines, as the run goes (window lines mark what the counters cover)');
+    .option(
+      '--trace <file>',
+      'write every exit, MMU decision and guest-visible fault as JSON Lines, as the run goes (window lines mark what the counters cover)',
+    );
   addVariantOptions(cmd).action(async (flags: RunFlags) => {
     const opts = checkFlags(flags);
     const variant = await variantFromOptions(flags);
@@ -60,7 +66,8 @@ export function registerRun(program: Command): void {
         events = r.outcome.events;
       }
     } catch (e) {
-      if (e instanceof InputError) traceFile?.discard(); // bad input: no trace of a run that should not have started
+      if (e instanceof InputError)
+        traceFile?.discard(); // bad input: no trace of a run that should not have started
       else traceFile?.abort(e); // a run that failed: the trace up to the failure, and why it stops there
       if (e instanceof Error && (e as { code?: string }).code === 'E_MMU_AUDIT') throw new RunFailure(`--audit: ${e.message}`);
       throw e;
@@ -75,14 +82,17 @@ export function registerRun(program: Command): void {
 }
 
 function checkFlags(f: RunFlags): { workload: string; mode: PagingModeName; seed: number; personalities: Personality[] } {
-  if (!(PAGING_MODE_NAMES as readonly string[]).includes(f.mode)) throw new InputError(`--mode: unknown paging mode '${f.mode}' (expected ${PAGING_MODE_NAMES.join(', ')})`);
+  if (!(PAGING_MODE_NAMES as readonly string[]).includes(f.mode))
+    throw new InputError(`--mode: unknown paging mode '${f.mode}' (expected ${PAGING_MODE_NAMES.join(', ')})`);
   const seed = Number(f.seed);
   if (!/^\d+$/.test(f.seed) || seed > 0xffffffff) throw new InputError(`--seed: expected an integer from 0 to 4294967295, got '${f.seed}'`);
-  if (f.vcpus !== undefined && (!/^\d+$/.test(f.vcpus) || Number(f.vcpus) < 1 || Number(f.vcpus) > 256)) throw new InputError(`--vcpus: expected an integer from 1 to 256, got '${f.vcpus}'`);
+  if (f.vcpus !== undefined && (!/^\d+$/.test(f.vcpus) || Number(f.vcpus) < 1 || Number(f.vcpus) > 256))
+    throw new InputError(`--vcpus: expected an integer from 1 to 256, got '${f.vcpus}'`);
   if (f.memory !== undefined) f.memory = String(parseSize(f.memory));
   const personalities = (f.personality ?? []).flatMap((p) => p.split(',')).filter((p) => p.length > 0);
   for (const p of personalities) {
-    if (!(PERSONALITIES as readonly string[]).includes(p)) throw new InputError(`--personality: unknown personality '${p}' (expected ${PERSONALITIES.join(', ')})`);
+    if (!(PERSONALITIES as readonly string[]).includes(p))
+      throw new InputError(`--personality: unknown personality '${p}' (expected ${PERSONALITIES.join(', ')})`);
   }
   return { workload: f.workload, mode: f.mode as PagingModeName, seed, personalities: personalities as Personality[] };
 }
@@ -91,7 +101,7 @@ function checkFlags(f: RunFlags): { workload: string; mode: PagingModeName; seed
 export function parseSize(text: string): number {
   const m = /^(\d+)\s*([KMG])?(i?B)?$/i.exec(text.trim());
   if (m === null) throw new InputError(`--memory: '${text}' is not a size (examples: 256M, 1G)`);
-  const unit = m[2] === undefined ? 1 : 1024 ** (' KMG'.indexOf(m[2].toUpperCase()));
+  const unit = m[2] === undefined ? 1 : 1024 ** ' KMG'.indexOf(m[2].toUpperCase());
   const bytes = Number(m[1]) * unit;
   if (bytes < 4096 || bytes % 4096 !== 0) throw new InputError(`--memory: ${text} is not a positive multiple of 4 KiB`);
   return bytes;
@@ -140,7 +150,9 @@ class TraceFile {
   /** A run that completed: the guest-visible faults in the order the guest received them, then close. */
   finish(events: GuestEventLog): void {
     for (const e of events) {
-      this.write(`${JSON.stringify({ type: 'page-fault', seq: e.seq, vcpu: e.vcpu, pid: e.pid, address: hexU64(e.address), errorCode: e.errorCode, kind: e.kind })}\n`);
+      this.write(
+        `${JSON.stringify({ type: 'page-fault', seq: e.seq, vcpu: e.vcpu, pid: e.pid, address: hexU64(e.address), errorCode: e.errorCode, kind: e.kind })}\n`,
+      );
     }
     this.close();
   }
@@ -187,7 +199,10 @@ export function summary(r: VariantRunResult, check: CheckReport | null = null): 
     exitRows.push(
       ['vmexits', `${num(exits)}${byReason.length > 0 ? ` (${byReason})` : ''}`],
       ['exits/guest fault', g.faults.total > 0 ? (exits / g.faults.total).toFixed(3) : '-'],
-      ['MMU', `${num(t.pf_fixed ?? 0)} faults fixed, ${num(t.pf_guest ?? 0)} injected, ${num(t.insn_emulation ?? 0)} emulated, ${num(t.mmu_pte_write ?? 0)} pte writes, ${num(t.mmu_shadow_zapped ?? 0)} pages zapped`],
+      [
+        'MMU',
+        `${num(t.pf_fixed ?? 0)} faults fixed, ${num(t.pf_guest ?? 0)} injected, ${num(t.insn_emulation ?? 0)} emulated, ${num(t.mmu_pte_write ?? 0)} pte writes, ${num(t.mmu_shadow_zapped ?? 0)} pages zapped`,
+      ],
       ['modelled cycles', `${num(r.cycles.cycles)} (${r.cycles.profile})`],
     );
   }
@@ -197,7 +212,11 @@ export function summary(r: VariantRunResult, check: CheckReport | null = null): 
     .join(', ');
   const rows: [string, string][] = [
     ['workload', `${r.workload.input} (${r.workload.kind})`],
-    ['variant', `${variantLabel(r.variant)}, mode ${r.variant.mode}, ${r.variant.vcpus} vCPU${r.variant.vcpus === 1 ? '' : 's'}, ${r.variant.memory / 2 ** 20} MiB, seed ${r.seed}` + (r.variant.personalities.length > 0 ? `, ${r.variant.personalities.join(' ')}` : '')],
+    [
+      'variant',
+      `${variantLabel(r.variant)}, mode ${r.variant.mode}, ${r.variant.vcpus} vCPU${r.variant.vcpus === 1 ? '' : 's'}, ${r.variant.memory / 2 ** 20} MiB, seed ${r.seed}` +
+        (r.variant.personalities.length > 0 ? `, ${r.variant.personalities.join(' ')}` : ''),
+    ],
     ['accesses', num(g.accesses)],
     ['processes', num(g.processes)],
     ['guest faults', `${num(g.faults.total)}${kinds.length > 0 ? ` (${kinds})` : ''}`],
@@ -205,14 +224,25 @@ export function summary(r: VariantRunResult, check: CheckReport | null = null): 
     ...exitRows,
     ['TLB misses', num(t.tlb_misses ?? 0)],
     ['TLB flushes', `${num(t.tlb_flush ?? 0)} full, ${num(t.invlpg ?? 0)} INVLPG, ${num(g.tlb.shootdowns)} shootdowns`],
-    ['page tables', `${num(sum(g.pageTables.allocated))} allocated, ${num(sum(g.pageTables.freed))} freed, ${num(sum(g.pageTables.reusedAsData))} reused as data`],
+    [
+      'page tables',
+      `${num(sum(g.pageTables.allocated))} allocated, ${num(sum(g.pageTables.freed))} freed, ${num(sum(g.pageTables.reusedAsData))} reused as data`,
+    ],
     ['wall time', `${r.wallSeconds.toFixed(3)} s`],
     ['accesses/s', rate(r.accessesPerSecond)],
     ['memory digest', r.memoryDigest],
   ];
   if (check !== null) {
-    const allowed = check.allowedTotal === 0 ? '' : `; ${num(check.allowedTotal)} differences the SDM allows (${[...new Set(check.allowed.map((d) => `${d.id}: ${d.rule}`))].join(', ')})`;
-    rows.push(['check', check.ok ? `same as native (${num(check.compared.faults)} guest faults, ${num(check.compared.sigsegv)} SIGSEGVs, final memory)${allowed}` : `DIVERGED: ${check.divergence}`]);
+    const allowed =
+      check.allowedTotal === 0
+        ? ''
+        : `; ${num(check.allowedTotal)} differences the SDM allows (${[...new Set(check.allowed.map((d) => `${d.id}: ${d.rule}`))].join(', ')})`;
+    rows.push([
+      'check',
+      check.ok
+        ? `same as native (${num(check.compared.faults)} guest faults, ${num(check.compared.sigsegv)} SIGSEGVs, final memory)${allowed}`
+        : `DIVERGED: ${check.divergence}`,
+    ]);
   }
   const w = Math.max(...rows.map(([k]) => k.length));
   return rows.map(([k, v]) => `${k.padEnd(w)}  ${v}\n`).join('');

@@ -23,11 +23,7 @@ export function registerTrace(program: Command): void {
     )
     .argument('<logs...>', 'the lackey logs (all processes of the recording)')
     .requiredOption('-o, --output <file>', 'the .vxt file to write')
-    .option(
-      '--collapse <mode>',
-      'how accesses collapse into records: class (fetch and data streams) or run (exact interleaving)',
-      'class',
-    )
+    .option('--collapse <mode>', 'how accesses collapse into records: class (fetch and data streams) or run (exact interleaving)', 'class')
     .option('--quality <n>', 'brotli quality 0..11', '9')
     .action((logs: string[], opts: { output: string; quality: string; collapse: string }) => {
       if (opts.collapse !== 'class' && opts.collapse !== 'run') {
@@ -42,9 +38,7 @@ export function registerTrace(program: Command): void {
       const bytes = encodeVxt(t, { quality });
       writeAtomically(opts.output, bytes);
       const d = describeVxt(t, bytes.length);
-      process.stdout.write(
-        `${opts.output}: ${d.processes.length} processes, ${d.records} records, ${d.accesses} accesses, ${bytes.length} bytes\n`,
-      );
+      process.stdout.write(`${opts.output}: ${d.processes.length} processes, ${d.records} records, ${d.accesses} accesses, ${bytes.length} bytes\n`);
     });
 
   trace
@@ -57,9 +51,7 @@ export function registerTrace(program: Command): void {
       try {
         bytes = fs.readFileSync(file);
       } catch (e) {
-        throw new InputError(
-          `${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
-        );
+        throw new InputError(`${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
       }
       const d = describeVxt(
         translate(() => decodeVxt(bytes, file)),
@@ -87,9 +79,7 @@ function writeAtomically(file: string, bytes: Uint8Array): void {
     fs.renameSync(tmp, file);
   } catch (e) {
     fs.rmSync(tmp, { force: true });
-    throw new InputError(
-      `${file}: cannot write (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
-    );
+    throw new InputError(`${file}: cannot write (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
 }
 

@@ -8,13 +8,14 @@ import { formatComparison, type ComparisonDocument } from '../../src/commands/co
 
 const { out, err } = captureStdio();
 
-
-
 const WL = ['--workload', 'demand-fault:pages=64', '--memory', '16M'];
 
 /** The table's cells: the header row's labels, and each row's label and cells (split on two or more spaces). */
 function parseTable(text: string): { head: string[]; rows: Map<string, string[]> } {
-  const lines = text.split('\n').slice(1).filter((l) => l.length > 0 && !l.startsWith('check:'));
+  const lines = text
+    .split('\n')
+    .slice(1)
+    .filter((l) => l.length > 0 && !l.startsWith('check:'));
   const head = lines[0]!.trim().split(/ {2,}/);
   const rows = new Map<string, string[]>();
   for (const l of lines.slice(1)) {
@@ -72,7 +73,19 @@ describe('compare', () => {
 
     it('compares VMX with SVM under common exit names, and shows - for a reason the other backend does not have', async () => {
       // fork-cow: #PFs, CR3 loads (context switches) and INVLPGs (the COW breaks), counted after boot.
-      const code = await main(['compare', '--workload', 'fork-cow:pages=16,forks=1', '--memory', '16M', '--variant', 'vmx shadow', '--variant', 'svm shadow', '--variant', 'native']);
+      const code = await main([
+        'compare',
+        '--workload',
+        'fork-cow:pages=16,forks=1',
+        '--memory',
+        '16M',
+        '--variant',
+        'vmx shadow',
+        '--variant',
+        'svm shadow',
+        '--variant',
+        'native',
+      ]);
       expect(code).toBe(0);
       const { head, rows } = parseTable(out.join(''));
       expect(head).toEqual(['vmx shadow', 'svm shadow', 'native']);
@@ -127,7 +140,10 @@ describe('compare', () => {
       const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmexit-compare-'));
       try {
         const file = path.join(dir, 'flood.json');
-        fs.writeFileSync(file, JSON.stringify({ backend: 'vmx', mmu: 'shadow', policies: [{ use: 'write-flood', options: { count: 'per-vcpu', threshold: 4 } }] }));
+        fs.writeFileSync(
+          file,
+          JSON.stringify({ backend: 'vmx', mmu: 'shadow', policies: [{ use: 'write-flood', options: { count: 'per-vcpu', threshold: 4 } }] }),
+        );
         const doc = await compareJson('vmx shadow write-flood', file);
         expect(doc.results.map((r) => r.label)).toEqual(['vmx shadow write-flood', 'vmx shadow write-flood(count=per-vcpu,threshold=4)']);
         expect(doc.results[1]!.spec).toBe(file);

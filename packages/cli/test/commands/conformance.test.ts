@@ -110,7 +110,10 @@ describe('vmexit conformance', () => {
     });
 
     it('a file with no vector (empty, or blank lines only)', async () => {
-      for (const [name, text] of [['empty.jsonl', ''], ['blank.jsonl', '\n  \n']] as const) {
+      for (const [name, text] of [
+        ['empty.jsonl', ''],
+        ['blank.jsonl', '\n  \n'],
+      ] as const) {
         const p = file(name, text);
         err = '';
         expect(await main(['conformance', fixture('sample-twice-pae.jsonl'), p])).toBe(2);
@@ -149,13 +152,19 @@ describe('vmexit conformance', () => {
       v['pdptes'] = ['0x0', '0x2021', '0x0', '0x0'];
       const p = file('pdpte.jsonl', `${JSON.stringify(v)}\n`);
       expect(await main(['conformance', p])).toBe(2);
-      expect(err).toMatch(new RegExp(`^vmexit: ${p.replace(/[.]/g, '\\.')}:1: pdptes\\[1\\]: PDPTE 1 = 0x2021 is present with reserved bits 0x20 set .*#GP, not a #PF \\(SDM Vol\\. 3A §4\\.4\\.1`));
+      expect(err).toMatch(
+        new RegExp(
+          `^vmexit: ${p.replace(/[.]/g, '\\.')}:1: pdptes\\[1\\]: PDPTE 1 = 0x2021 is present with reserved bits 0x20 set .*#GP, not a #PF \\(SDM Vol\\. 3A §4\\.4\\.1`,
+        ),
+      );
       expect(out).toBe('');
     });
 
     it('--mmu without --backend (it would be ignored: the vectors would run natively)', async () => {
       expect(await main(['conformance', '--mmu', 'shadow', fixture('sample-twice-pae.jsonl')])).toBe(2);
-      expect(err).toBe('vmexit: --mmu shadow: needs --backend vmx|svm (or --config FILE); without a backend the vectors run natively and it would be ignored\n');
+      expect(err).toBe(
+        'vmexit: --mmu shadow: needs --backend vmx|svm (or --config FILE); without a backend the vectors run natively and it would be ignored\n',
+      );
       expect(out).toBe('');
       err = '';
       expect(await main(['conformance', '--mmu', 'shadow', '--policy', 'unsync', fixture('sample-twice-pae.jsonl')])).toBe(2);
@@ -176,7 +185,9 @@ describe('vmexit conformance', () => {
       expect(out).toBe('');
       err = '';
       expect(await main(['conformance', '--config', config, '--vcpus', '2', fixture('sample-twice-pae.jsonl')])).toBe(2);
-      expect(err).toMatch(/^vmexit: (--vcpus 2: meaningless with backend 'none' \(from --config .*none\.json\): the vectors run natively|[\s\S]*vcpus[\s\S]*'none')/);
+      expect(err).toMatch(
+        /^vmexit: (--vcpus 2: meaningless with backend 'none' \(from --config .*none\.json\): the vectors run natively|[\s\S]*vcpus[\s\S]*'none')/,
+      );
     });
   });
 

@@ -5,8 +5,6 @@ import { HEADLINE_VARIANTS, REFUSED_ON_SVM, WITH_FLOOD, type MainDocument } from
 
 const { out, err } = captureStdio();
 
-
-
 // A small workload instead of kbuild, so that the 14 variant runs take a second or two (the bundled kbuild run is
 // test/golden/main.test.ts).
 const WL = 'fork-cow:pages=16,forks=1';
@@ -14,41 +12,56 @@ const WL = 'fork-cow:pages=16,forks=1';
 const TIMEOUT = 180_000;
 
 describe('main', () => {
-  it('prints the conformance counts, the four headline tables and the SVM refusal', async () => {
-    const code = await main(['main', '--workload', WL]);
-    expect(code).toBe(0);
-    const text = out.join('');
-    expect(text).toMatch(/^paging conformance \(\d+ vectors, SDM Vol\. 3A ch\. 4\):\n {2}native {7}\d+ passed, 0 failed\n {2}vmx shadow {3}\d+ passed, 0 failed\n {2}svm shadow {3}\d+ passed, 0 failed\n/);
-    const titles = [...text.matchAll(/^(VMX|SVM), shadow paging.*:$/gm)].map((m) => m[0]);
-    expect(titles).toEqual(['VMX, shadow paging:', 'SVM, shadow paging:', 'VMX, shadow paging, with write-flood detection in every variant:', 'SVM, shadow paging, with write-flood detection in every variant:']);
-    // Each table's header names its variants, in order.
-    const heads = text.split('\n').filter((l) => l.startsWith('   ') && !l.trimStart().startsWith('#') && /shadow/.test(l));
-    expect(heads.map((h) => h.trim().split(/ {2,}/))).toEqual([HEADLINE_VARIANTS.vmx, HEADLINE_VARIANTS.svm, WITH_FLOOD.vmx, WITH_FLOOD.svm]);
-    expect(text).toContain(`${REFUSED_ON_SVM}: refused:\n`);
-    expect(text).toMatch(/policy 'bypass-guest-pf' needs PageFaultFilter \(error-code filtering of #PF exits/);
-    expect(err.join('')).toMatch(/\[vmx 1\/4\] vmx shadow on fork-cow:pages=16,forks=1\.\.\./);
-  }, TIMEOUT);
+  it(
+    'prints the conformance counts, the four headline tables and the SVM refusal',
+    async () => {
+      const code = await main(['main', '--workload', WL]);
+      expect(code).toBe(0);
+      const text = out.join('');
+      expect(text).toMatch(
+        /^paging conformance \(\d+ vectors, SDM Vol\. 3A ch\. 4\):\n {2}native {7}\d+ passed, 0 failed\n {2}vmx shadow {3}\d+ passed, 0 failed\n {2}svm shadow {3}\d+ passed, 0 failed\n/,
+      );
+      const titles = [...text.matchAll(/^(VMX|SVM), shadow paging.*:$/gm)].map((m) => m[0]);
+      expect(titles).toEqual([
+        'VMX, shadow paging:',
+        'SVM, shadow paging:',
+        'VMX, shadow paging, with write-flood detection in every variant:',
+        'SVM, shadow paging, with write-flood detection in every variant:',
+      ]);
+      // Each table's header names its variants, in order.
+      const heads = text.split('\n').filter((l) => l.startsWith('   ') && !l.trimStart().startsWith('#') && /shadow/.test(l));
+      expect(heads.map((h) => h.trim().split(/ {2,}/))).toEqual([HEADLINE_VARIANTS.vmx, HEADLINE_VARIANTS.svm, WITH_FLOOD.vmx, WITH_FLOOD.svm]);
+      expect(text).toContain(`${REFUSED_ON_SVM}: refused:\n`);
+      expect(text).toMatch(/policy 'bypass-guest-pf' needs PageFaultFilter \(error-code filtering of #PF exits/);
+      expect(err.join('')).toMatch(/\[vmx 1\/4\] vmx shadow on fork-cow:pages=16,forks=1\.\.\./);
+    },
+    TIMEOUT,
+  );
 
-  it('--json prints one document with the conformance counts and the four comparisons', async () => {
-    const code = await main(['main', '--workload', WL, '--json']);
-    expect(code).toBe(0);
-    const doc = JSON.parse(out.join('')) as MainDocument;
-    expect(doc.schema).toBe('vmexit.main/1');
-    expect(Object.keys(doc.conformance)).toEqual(['native', 'vmx shadow', 'svm shadow']);
-    for (const c of Object.values(doc.conformance)) expect(c.failed).toBe(0);
-    expect(Object.keys(doc.comparisons)).toEqual(['vmx', 'svm', 'vmx+write-flood', 'svm+write-flood']);
-    expect(doc.comparisons.vmx!.results.map((r) => r.spec)).toEqual(HEADLINE_VARIANTS.vmx);
-    expect(doc.comparisons['svm+write-flood']!.results.map((r) => r.spec)).toEqual(WITH_FLOOD.svm);
-    // Every variant runs the same workload and seed and leaves the same guest memory.
-    const digests = new Set(Object.values(doc.comparisons).flatMap((c) => c.results.map((r) => r.memoryDigest)));
-    expect(digests.size).toBe(1);
-    // The headline's claims, on this small workload: pte-update removes exits, bypass-guest-pf more (VMX only).
-    const exits = doc.comparisons.vmx!.table.find((r) => r.metric === 'vmexits')!;
-    expect(exits.values[1]!).toBeLessThan(exits.values[0]!);
-    expect(exits.values[2]!).toBeLessThan(exits.values[1]!);
-    expect(exits.ratios[2]).toBeCloseTo(exits.values[2]! / exits.values[0]!, 12);
-    expect(doc.refusedOnSvm).toMatch(/needs PageFaultFilter/);
-  }, TIMEOUT);
+  it(
+    '--json prints one document with the conformance counts and the four comparisons',
+    async () => {
+      const code = await main(['main', '--workload', WL, '--json']);
+      expect(code).toBe(0);
+      const doc = JSON.parse(out.join('')) as MainDocument;
+      expect(doc.schema).toBe('vmexit.main/1');
+      expect(Object.keys(doc.conformance)).toEqual(['native', 'vmx shadow', 'svm shadow']);
+      for (const c of Object.values(doc.conformance)) expect(c.failed).toBe(0);
+      expect(Object.keys(doc.comparisons)).toEqual(['vmx', 'svm', 'vmx+write-flood', 'svm+write-flood']);
+      expect(doc.comparisons.vmx!.results.map((r) => r.spec)).toEqual(HEADLINE_VARIANTS.vmx);
+      expect(doc.comparisons['svm+write-flood']!.results.map((r) => r.spec)).toEqual(WITH_FLOOD.svm);
+      // Every variant runs the same workload and seed and leaves the same guest memory.
+      const digests = new Set(Object.values(doc.comparisons).flatMap((c) => c.results.map((r) => r.memoryDigest)));
+      expect(digests.size).toBe(1);
+      // The headline's claims, on this small workload: pte-update removes exits, bypass-guest-pf more (VMX only).
+      const exits = doc.comparisons.vmx!.table.find((r) => r.metric === 'vmexits')!;
+      expect(exits.values[1]!).toBeLessThan(exits.values[0]!);
+      expect(exits.values[2]!).toBeLessThan(exits.values[1]!);
+      expect(exits.ratios[2]).toBeCloseTo(exits.values[2]! / exits.values[0]!, 12);
+      expect(doc.refusedOnSvm).toMatch(/needs PageFaultFilter/);
+    },
+    TIMEOUT,
+  );
 
   it('refuses a bad --mode or --seed with exit 2 before running anything', async () => {
     expect(await main(['main', '--workload', WL, '--mode', 'long6'])).toBe(2);

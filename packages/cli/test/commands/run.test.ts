@@ -7,8 +7,6 @@ import { main } from '../../src/program.js';
 
 const { out, err } = captureStdio();
 
-
-
 describe('run', () => {
   it('--json prints one vmexit.run/1 document', async () => {
     const code = await main(['run', '--workload', 'demand-fault:pages=200', '--backend', 'none', '--memory', '16M', '--seed', '3', '--json']);
@@ -37,7 +35,11 @@ describe('run', () => {
       expect(text).toMatch(/^workload +fork-cow:pages=16,forks=1/m);
       expect(text).toMatch(/^guest faults +40 /m);
       expect(text).toMatch(/^variant +vmx shadow, mode pae/m);
-      const lines = fs.readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+      const lines = fs
+        .readFileSync(file, 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l));
       const faults = lines.filter((l) => l.type === 'page-fault');
       expect(faults).toHaveLength(40);
       expect(faults[0]).toMatchObject({ type: 'page-fault', seq: 0, kind: 'demand-zero', errorCode: 6 });
@@ -76,7 +78,20 @@ describe('run on a variant', () => {
   // write hits the still-empty spte, #PF exits, the MMU builds it. The window is the touching only; the first
   // fault also builds the level-1 shadow page, hence 3N+1.
   it.each(['vmx', 'svm'])('counts 3 exits per steady-state demand fault on %s shadow paging, and the guest cannot tell (--check --audit)', async (backend) => {
-    const code = await main(['run', '--workload', 'demand-fault:pages=64', '--backend', backend, '--mmu', 'shadow', '--memory', '16M', '--check', '--audit', '--json']);
+    const code = await main([
+      'run',
+      '--workload',
+      'demand-fault:pages=64',
+      '--backend',
+      backend,
+      '--mmu',
+      'shadow',
+      '--memory',
+      '16M',
+      '--check',
+      '--audit',
+      '--json',
+    ]);
     expect(err.join('')).toBe('');
     expect(code).toBe(0);
     const r = JSON.parse(out.join(''));
@@ -93,16 +108,37 @@ describe('run on a variant', () => {
 describe('run and trace info on a .vxt whose checksum is valid but whose contents are bad', () => {
   // Each file is a well-formed .vxt (encodeVxt, so the checksum matches) with one bad field; both commands
   // must exit 2 naming the file, the process and event (or record), and the problem - never 70, never hang.
-  const exec = { type: 'exec', at: 0, pid: 1, path: '/bin/x', mappings: [{ start: 0x108000, length: 0x2000, prot: 5, role: 'exe', file: '/bin/x' as string | null }] } as const;
+  const exec = {
+    type: 'exec',
+    at: 0,
+    pid: 1,
+    path: '/bin/x',
+    mappings: [{ start: 0x108000, length: 0x2000, prot: 5, role: 'exe', file: '/bin/x' as string | null }],
+  } as const;
   const root = (events: object[], recordEnd = 1): object => ({ pid: 1, parent: 0, recordStart: 0, recordEnd, events: [exec, ...events] });
   const cases: [string, object[], number[], RegExp][] = [
-    ['unaligned-mmap', [root([{ type: 'mmap', at: 1, start: 0x4835001, length: 8192, prot: 3, flags: 34, offset: 0, file: null }])], [0x108], /pid 1: mmap event 1 has an unaligned start 0x4835001/],
+    [
+      'unaligned-mmap',
+      [root([{ type: 'mmap', at: 1, start: 0x4835001, length: 8192, prot: 3, flags: 34, offset: 0, file: null }])],
+      [0x108],
+      /pid 1: mmap event 1 has an unaligned start 0x4835001/,
+    ],
     ['negative-munmap', [root([{ type: 'munmap', at: 1, start: -8192, length: 8192 }])], [0x108], /pid 1: munmap event 1 has a start of -8192/],
     ['negative-mprotect', [root([{ type: 'mprotect', at: 1, start: -4096, length: 4096, prot: 1 }])], [0x108], /pid 1: mprotect event 1 has a start of -4096/],
     ['noncanonical-page', [root([], 2)], [0x108, -(2 ** 40)], /pid 1: record 1 is an access to page -0x10000000000 .*outside user space/],
     ['self-fork', [root([{ type: 'fork', at: 1, parent: 1, child: 1 }])], [0x108], /pid 1: fork event 1 forks the process itself/],
-    ['unforked-child', [root([]), { pid: 2, parent: 1, recordStart: 1, recordEnd: 1, events: [] }], [0x108], /pid 2 has parent 1, which has no fork event that creates it/],
-    ['numeric-file', [{ pid: 1, parent: 0, recordStart: 0, recordEnd: 1, events: [{ ...exec, mappings: [{ ...exec.mappings[0], file: 42 }] }] }], [0x108], /pid 1: exec event 0, mapping 0 has a file that is neither a string nor null/],
+    [
+      'unforked-child',
+      [root([]), { pid: 2, parent: 1, recordStart: 1, recordEnd: 1, events: [] }],
+      [0x108],
+      /pid 2 has parent 1, which has no fork event that creates it/,
+    ],
+    [
+      'numeric-file',
+      [{ pid: 1, parent: 0, recordStart: 0, recordEnd: 1, events: [{ ...exec, mappings: [{ ...exec.mappings[0], file: 42 }] }] }],
+      [0x108],
+      /pid 1: exec event 0, mapping 0 has a file that is neither a string nor null/,
+    ],
   ];
   let dir: string;
   beforeEach(() => {
@@ -116,9 +152,17 @@ describe('run and trace info on a .vxt whose checksum is valid but whose content
     const { encodeVxt } = await import('@vmexit/guest');
     const n = pages.length;
     const file = path.join(dir, `${name}.vxt`);
-    const trace = { collapse: 'run', source: { tool: 'test', command: 'x' }, accesses: { length: n, kind: new Uint8Array(n).fill(1), page: Float64Array.from(pages), count: new Uint32Array(n).fill(1) }, processes };
+    const trace = {
+      collapse: 'run',
+      source: { tool: 'test', command: 'x' },
+      accesses: { length: n, kind: new Uint8Array(n).fill(1), page: Float64Array.from(pages), count: new Uint32Array(n).fill(1) },
+      processes,
+    };
     fs.writeFileSync(file, encodeVxt(trace as Parameters<typeof encodeVxt>[0]));
-    for (const args of [['run', '--workload', file, '--backend', 'none'], ['trace', 'info', file]]) {
+    for (const args of [
+      ['run', '--workload', file, '--backend', 'none'],
+      ['trace', 'info', file],
+    ]) {
       err.length = 0;
       out.length = 0;
       const code = await main(args);
@@ -138,12 +182,20 @@ describe('run summary table', () => {
     const r = JSON.parse(out.join(''));
     out.length = 0;
     expect(await main(args)).toBe(0);
-    const rows = new Map(out.join('').trim().split('\n').map((l) => [l.slice(0, l.indexOf('  ')).trim(), l.slice(l.indexOf('  ')).trim()]));
+    const rows = new Map(
+      out
+        .join('')
+        .trim()
+        .split('\n')
+        .map((l) => [l.slice(0, l.indexOf('  ')).trim(), l.slice(l.indexOf('  ')).trim()]),
+    );
     const n = (x: number): string => x.toLocaleString('en-US');
     // the counters are deterministic: the table shows the same figures as the --json run
     expect(r.counters.total.invlpg).toBeGreaterThan(0);
     expect(rows.get('TLB misses')).toBe(n(r.counters.total.tlb_misses));
-    expect(rows.get('TLB flushes')).toBe(`${n(r.counters.total.tlb_flush)} full, ${n(r.counters.total.invlpg)} INVLPG, ${n(r.guest.tlb.shootdowns)} shootdowns`);
+    expect(rows.get('TLB flushes')).toBe(
+      `${n(r.counters.total.tlb_flush)} full, ${n(r.counters.total.invlpg)} INVLPG, ${n(r.guest.tlb.shootdowns)} shootdowns`,
+    );
     expect(rows.get('accesses')).toBe(n(r.guest.accesses));
     expect(rows.get('wall time')).toMatch(/^\d+\.\d{3} s$/);
     expect(rows.get('accesses/s')).toMatch(/^\d+(\.\d (k|M))?$/);

@@ -31,7 +31,9 @@ afterEach(() => {
 
 type Totals = Record<string, number>;
 
-async function runJson(args: string[]): Promise<{ variant: Record<string, unknown>; counters: { total: Totals; vcpus: Totals[] }; memoryDigest: string; guest: { faults: { total: number } } }> {
+async function runJson(
+  args: string[],
+): Promise<{ variant: Record<string, unknown>; counters: { total: Totals; vcpus: Totals[] }; memoryDigest: string; guest: { faults: { total: number } } }> {
   out.length = 0;
   const code = await main(['run', ...args, '--json']);
   expect(err.join('')).toBe('');
@@ -70,9 +72,22 @@ describe('run', () => {
 
   describe('--config', () => {
     it('runs a vmexit.config.json variant with policies and options', async () => {
-      fs.writeFileSync('vmexit.config.json', JSON.stringify({ backend: 'vmx', mmu: 'shadow', memory: '16M', policies: [{ use: 'pte-update' }, { use: 'vmexit-policy-fixture', options: { prefix: 'seen' } }] }));
+      fs.writeFileSync(
+        'vmexit.config.json',
+        JSON.stringify({
+          backend: 'vmx',
+          mmu: 'shadow',
+          memory: '16M',
+          policies: [{ use: 'pte-update' }, { use: 'vmexit-policy-fixture', options: { prefix: 'seen' } }],
+        }),
+      );
       const r = await runJson(['--config', 'vmexit.config.json', '--workload', 'demand-fault:pages=20']);
-      expect(r.variant).toMatchObject({ backend: 'vmx', mmu: 'shadow', memory: 16 * 2 ** 20, policies: ['pte-update', { use: 'vmexit-policy-fixture', options: { prefix: 'seen' } }] });
+      expect(r.variant).toMatchObject({
+        backend: 'vmx',
+        mmu: 'shadow',
+        memory: 16 * 2 ** 20,
+        policies: ['pte-update', { use: 'vmexit-policy-fixture', options: { prefix: 'seen' } }],
+      });
       // pte-update: the emulated store of the new gpte installs the spte, so the re-executed write hits: 2
       // exits per steady-state fault instead of 3 (scenarios.int.test.ts in policies walks through them). The
       // first fault's gpte store is not an update (mmu_pte_updated is 19 of 20 writes), so its retry exits
@@ -89,7 +104,12 @@ describe('run', () => {
         "export default () => ({ backend: 'svm', mmu: 'shadow', vcpus: 2, memory: '16M', policies: [{ use: 'write-flood', options: { threshold: 1 } }, { use: 'vmexit-policy-fixture' }] });\n",
       );
       const r = await runJson(['--config', 'vmexit.config.mjs', '--workload', 'fork-cow:pages=16,forks=2']);
-      expect(r.variant).toMatchObject({ backend: 'svm', mmu: 'shadow', vcpus: 2, policies: [{ use: 'write-flood', options: { threshold: 1 } }, 'vmexit-policy-fixture'] });
+      expect(r.variant).toMatchObject({
+        backend: 'svm',
+        mmu: 'shadow',
+        vcpus: 2,
+        policies: [{ use: 'write-flood', options: { threshold: 1 } }, 'vmexit-policy-fixture'],
+      });
       expect(r.counters.vcpus).toHaveLength(2);
       // SVM names its exits by exit code; the fixture counted each, per vCPU as the VM does.
       expect(Object.keys(exitsByReason(r.counters.total)).every((k) => k.startsWith('VMEXIT_'))).toBe(true);
@@ -124,17 +144,23 @@ describe('run', () => {
 
     it('--mmu tdp: two-dimensional paging is not in this release (no @vmexit/mmu-tdp); names the mmus there are', async () => {
       expect(await main(['run', '--mmu', 'tdp', '--workload', 'demand-fault:pages=4'])).toBe(2);
-      expect(err.join('')).toBe("vmexit: invalid variant:\n  mmu: two-dimensional paging (mmu 'tdp') is not available in this release: no @vmexit/mmu-tdp package is installed (installed mmus: shadow)\n");
+      expect(err.join('')).toBe(
+        "vmexit: invalid variant:\n  mmu: two-dimensional paging (mmu 'tdp') is not available in this release: no @vmexit/mmu-tdp package is installed (installed mmus: shadow)\n",
+      );
     });
 
     it.each(['tdp', 'shadow'])('--backend none --mmu %s: exit 2, an MMU needs a hypervisor', async (mmu) => {
       expect(await main(['run', '--backend', 'none', '--mmu', mmu, '--workload', 'demand-fault:pages=4'])).toBe(2);
-      expect(err.join('')).toBe(`vmexit: invalid variant:\n  mmu: mmu '${mmu}' needs a hypervisor below it, and backend is 'none' (native): leave mmu out, or name backend vmx or svm\n`);
+      expect(err.join('')).toBe(
+        `vmexit: invalid variant:\n  mmu: mmu '${mmu}' needs a hypervisor below it, and backend is 'none' (native): leave mmu out, or name backend vmx or svm\n`,
+      );
     });
 
     it('--help says that tdp needs the @vmexit/mmu-tdp package', async () => {
       expect(await main(['run', '--help'])).toBe(0);
-      expect(out.join('').replace(/\s+/g, ' ')).toContain('--mmu <name> the MMU: shadow (tdp, two-dimensional paging, needs the @vmexit/mmu-tdp package, which this release does not include); not with --backend none');
+      expect(out.join('').replace(/\s+/g, ' ')).toContain(
+        '--mmu <name> the MMU: shadow (tdp, two-dimensional paging, needs the @vmexit/mmu-tdp package, which this release does not include); not with --backend none',
+      );
     });
   });
 });

@@ -17,12 +17,8 @@ beforeEach(() => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmexit-trace-'));
   out = [];
   err = [];
-  vi.spyOn(process.stdout, 'write').mockImplementation(
-    (s: string | Uint8Array) => (out.push(String(s)), true),
-  );
-  vi.spyOn(process.stderr, 'write').mockImplementation(
-    (s: string | Uint8Array) => (err.push(String(s)), true),
-  );
+  vi.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => (out.push(String(s)), true));
+  vi.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => (err.push(String(s)), true));
 });
 
 afterEach(() => {
@@ -48,10 +44,7 @@ describe('trace', () => {
       // fetches: 2 + 1 + 2 (the crossing one) + 2 in pid 100, 2 in pid 101; stores: 2 + 1 in pid 100, 2 in pid 101
       expect(d.accessesByKind).toEqual({ fetch: 9, load: 2, store: 5, modify: 1 });
       expect(d.events).toEqual({ mmap: 1, munmap: 1, mprotect: 1, brk: 2, fork: 1, exec: 2, exit: 2 });
-      expect(d.tree).toEqual([
-        '100 /bin/sh: 12 accesses, 9 records',
-        '  101 /bin/true: 5 accesses, 5 records',
-      ]);
+      expect(d.tree).toEqual(['100 /bin/sh: 12 accesses, 9 records', '  101 /bin/true: 5 accesses, 5 records']);
       out = [];
       expect(await main(['trace', 'info', f])).toBe(0);
       expect(out.join('')).toContain('records: 14  accesses: 17 (fetch 9, load 2, store 5, modify 1)');
@@ -62,9 +55,7 @@ describe('trace', () => {
       fs.writeFileSync(bad, 'hello\n');
       const f = path.join(dir, 'x.vxt');
       expect(await main(['trace', 'import', 'lackey', bad, '-o', f])).toBe(2);
-      expect(err.join('')).toBe(
-        `vmexit: ${bad}: not a valgrind lackey log (its first line is not "==PID== Lackey, ...")\n`,
-      );
+      expect(err.join('')).toBe(`vmexit: ${bad}: not a valgrind lackey log (its first line is not "==PID== Lackey, ...")\n`);
       expect(fs.readdirSync(dir)).toEqual(['notes.txt']);
     });
 
@@ -84,9 +75,7 @@ describe('trace', () => {
       const cut = path.join(dir, 'cut.vxt');
       fs.writeFileSync(cut, bytes.subarray(0, bytes.length - 5));
       expect(await main(['trace', 'info', cut])).toBe(2);
-      expect(err.join('')).toBe(
-        `vmexit: ${cut}: truncated .vxt trace: ${bytes.length - 5} bytes, the header says ${bytes.length}\n`,
-      );
+      expect(err.join('')).toBe(`vmexit: ${cut}: truncated .vxt trace: ${bytes.length - 5} bytes, the header says ${bytes.length}\n`);
       err = [];
       const flip = path.join(dir, 'flip.vxt');
       const b = Buffer.from(bytes);

@@ -53,7 +53,9 @@ export function vectorDenseMemory(vector: ConformanceVector): DensePhysicalMemor
   let end = 0;
   for (const e of vector.memory) end = Math.max(end, Number(e.pa) + e.size);
   if (end > DENSE_VECTOR_MEMORY_LIMIT) {
-    throw new RangeError(`vector ${vector.id} (${vector.file}:${vector.line}): memory up to 0x${end.toString(16)} does not fit a ${DENSE_VECTOR_MEMORY_LIMIT}-byte dense memory`);
+    throw new RangeError(
+      `vector ${vector.id} (${vector.file}:${vector.line}): memory up to 0x${end.toString(16)} does not fit a ${DENSE_VECTOR_MEMORY_LIMIT}-byte dense memory`,
+    );
   }
   const mem = new DensePhysicalMemory(Math.ceil(end / 4096) * 4096);
   for (const e of vector.memory) {

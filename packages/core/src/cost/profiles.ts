@@ -8,9 +8,9 @@ const XEN_SVM =
 const ROTH_2020 =
   'M. Roth, LKML Dec 2020 (lkml.iu.edu/hypermail/linux/kernel/2012.2/00527.html), SVM VMLOAD/VMSAVE rework, AMD (SEV work): a KVM_RUN ioctl round trip ~2,530 cycles, of which ~1,350 pre-VMRUN -> post-VMRUN';
 const CPUID_PROBE =
-  'perf-scripts/vmexit_probe.c on this project\'s cloud VM (perf.md §1.1, 2.1 GHz Xeon, KVM host): a CPUID round trip from user space 1.30-1.86 us = 2,730-3,900 cycles (6 runs)';
+  "perf-scripts/vmexit_probe.c on this project's cloud VM (perf.md §1.1, 2.1 GHz Xeon, KVM host): a CPUID round trip from user space 1.30-1.86 us = 2,730-3,900 cycles (6 runs)";
 const MEASURED_FAULT =
-  'measured on this project\'s cloud VM (perf.md §1.1, 2.1 GHz Xeon; the VM\'s own kernel): first write to a fresh anonymous page 1.8-2.6 us incl. zeroing = 3,780-5,460 cycles; first read 0.75-1.0 us';
+  "measured on this project's cloud VM (perf.md §1.1, 2.1 GHz Xeon; the VM's own kernel): first write to a fresh anonymous page 1.8-2.6 us incl. zeroing = 3,780-5,460 cycles; first read 0.75-1.0 us";
 const UPDATE_PTE_2007 =
   'KVM commit 0028425f647b "KVM: Update shadow pte on write to guest pte" (Avi Kivity, 2007) says only that removing one of three exits per guest fault cut kbuild time ~10%, no cycle figure';
 const SPLITX_NO_HANDLER_FIGURE =
@@ -34,15 +34,25 @@ function everyKind(f: CostFigure): Record<VmExitKind, CostFigure> {
 export const PROFILE_2007: CostProfile = {
   name: 'core2-2007',
   description: '2007-era first-generation VT-x/AMD-V host, no EPT/NPT (exit figure from an AMD Athlon 64 X2; no Core 2 figure on record)',
-  exitRoundTrip: everyKind(fig(3300, 'published', `${XEN_SVM}; ${NO_KIND_FIGURES}; for a Core 2 (VT-x) host an estimate, no Intel figure of that era is on record`)),
-  userspaceExit: fig(1200, 'estimate', `no 2007 figure on record; estimate: about the user-space part of today's KVM_RUN round trip (${ROTH_2020}: 2,530 - 1,350 = 1,180)`),
+  exitRoundTrip: everyKind(
+    fig(3300, 'published', `${XEN_SVM}; ${NO_KIND_FIGURES}; for a Core 2 (VT-x) host an estimate, no Intel figure of that era is on record`),
+  ),
+  userspaceExit: fig(
+    1200,
+    'estimate',
+    `no 2007 figure on record; estimate: about the user-space part of today's KVM_RUN round trip (${ROTH_2020}: 2,530 - 1,350 = 1,180)`,
+  ),
   handler: {
     pf_fixed: fig(1650, 'estimate', `${SPLITX_NO_HANDLER_FIGURE}; estimate: half this profile's exit round trip`),
     pf_guest: fig(1650, 'estimate', `${SPLITX_NO_HANDLER_FIGURE}; estimate: a guest walk plus the injection, priced like pf_fixed`),
     insn_emulation: fig(3300, 'estimate', `${UPDATE_PTE_2007}; estimate: decoding and emulating one instruction priced as one more exit round trip`),
   },
   guestFault: fig(3780, 'estimate', `no 2007 figure on record; estimate: today's measurement, its lower end (${MEASURED_FAULT})`),
-  walkReference: fig(14, 'published', 'Intel 64 and IA-32 Architectures Optimization Reference Manual, Intel Core microarchitecture: L2 load latency 14 cycles (paging-structure entries mostly hit L2); not in perf.md'),
+  walkReference: fig(
+    14,
+    'published',
+    'Intel 64 and IA-32 Architectures Optimization Reference Manual, Intel Core microarchitecture: L2 load latency 14 cycles (paging-structure entries mostly hit L2); not in perf.md',
+  ),
 };
 
 /** A current server (AMD EPYC / Intel Xeon class, KVM with the 2020s exit path). */
@@ -57,7 +67,11 @@ export const PROFILE_SERVER: CostProfile = {
     insn_emulation: fig(1360, 'estimate', `${UPDATE_PTE_2007}; estimate: decoding and emulating one instruction priced as one more exit round trip`),
   },
   guestFault: fig(3780, 'measured', `${MEASURED_FAULT}; the lower end`),
-  walkReference: fig(12, 'published', 'AnandTech, "The Intel Skylake-X Review" (2017), cache table: Skylake-SP L2 latency 11-13 cycles, the middle taken (paging-structure entries mostly hit L2); not in perf.md'),
+  walkReference: fig(
+    12,
+    'published',
+    'AnandTech, "The Intel Skylake-X Review" (2017), cache table: Skylake-SP L2 latency 11-13 cycles, the middle taken (paging-structure entries mostly hit L2); not in perf.md',
+  ),
 };
 
 /** This project's own cloud VM (a nested or user-space-assisted host): the measured CPUID round trip. */

@@ -105,7 +105,11 @@ export type MmuEventOperator = MonoTypeOperatorFunction<MmuEvent> & { readonly m
  * @example
  * const updateOnWrite = decideMmuEvents('update-on-write', (ev) => (ev.kind === 'pte-write' && !ev.misaligned ? 'update-spte' : null), ['pte-write']);
  */
-export function decideMmuEvents(name: string, decide: (event: MmuEvent) => PteWriteDecision | boolean | null, kinds?: readonly MmuEvent['kind'][]): MmuEventOperator {
+export function decideMmuEvents(
+  name: string,
+  decide: (event: MmuEvent) => PteWriteDecision | boolean | null,
+  kinds?: readonly MmuEvent['kind'][],
+): MmuEventOperator {
   const only = kinds === undefined ? null : new Set<string>(kinds);
   const op: MmuEventOperator = map((ev: MmuEvent) => {
     if (ev.decision !== null) return ev;
@@ -114,11 +118,16 @@ export function decideMmuEvents(name: string, decide: (event: MmuEvent) => PteWr
     try {
       d = decide(ev);
     } catch (e) {
-      throw new ExitError('E_POLICY_FAILED', `policy '${name}' failed on MMU event ${ev.kind} #${ev.seq} of vCPU ${ev.vcpu}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+      throw new ExitError(
+        'E_POLICY_FAILED',
+        `policy '${name}' failed on MMU event ${ev.kind} #${ev.seq} of vCPU ${ev.vcpu}: ${e instanceof Error ? e.message : String(e)}`,
+        { cause: e },
+      );
     }
     if (d === null) return ev;
     if (ev.kind === 'pte-write') {
-      if (typeof d !== 'string') throw new ExitError('E_BAD_RESOLUTION', `policy '${name}' answered ${String(d)} to a pte-write event (expected zap-spte, update-spte or zap-page)`);
+      if (typeof d !== 'string')
+        throw new ExitError('E_BAD_RESOLUTION', `policy '${name}' answered ${String(d)} to a pte-write event (expected zap-spte, update-spte or zap-page)`);
       ev.decision = d;
     } else {
       if (typeof d !== 'boolean') throw new ExitError('E_BAD_RESOLUTION', `policy '${name}' answered '${d}' to a ${ev.kind} event (expected true or false)`);

@@ -100,7 +100,12 @@ const kindKey = keyCache('exits.kind.');
 export function isNoopObservers(tracer: ExitTracer, recorder: ExitRecorder): boolean {
   const t = NoopTracer.prototype;
   const r = NoopRecorder.prototype;
-  return tracer.traceExit === t.traceExit && tracer.traceMmuEvent === t.traceMmuEvent && recorder.recordExit === r.recordExit && recorder.recordMmuEvent === r.recordMmuEvent;
+  return (
+    tracer.traceExit === t.traceExit &&
+    tracer.traceMmuEvent === t.traceMmuEvent &&
+    recorder.recordExit === r.recordExit &&
+    recorder.recordMmuEvent === r.recordMmuEvent
+  );
 }
 
 /**

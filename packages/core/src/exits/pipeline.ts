@@ -58,7 +58,9 @@ export function exitPipeline(
 }
 
 function chain<T>(ops: readonly MonoTypeOperatorFunction<T>[]): MonoTypeOperatorFunction<T> {
-  return (pipe as (...fns: UnaryFunction<Observable<T>, Observable<T>>[]) => UnaryFunction<Observable<T>, Observable<T>>)(...ops) as MonoTypeOperatorFunction<T>;
+  return (pipe as (...fns: UnaryFunction<Observable<T>, Observable<T>>[]) => UnaryFunction<Observable<T>, Observable<T>>)(
+    ...ops,
+  ) as MonoTypeOperatorFunction<T>;
 }
 
 /**
@@ -83,7 +85,10 @@ class SyncChannel<T> {
   private reached: T | null = null;
   private failure: unknown = null;
 
-  constructor(operator: MonoTypeOperatorFunction<T>, private readonly what: string) {
+  constructor(
+    operator: MonoTypeOperatorFunction<T>,
+    private readonly what: string,
+  ) {
     const out = this.out;
     const sinks = this.sinks;
     const input = new Observable<T>((subscriber) => {
@@ -107,7 +112,9 @@ class SyncChannel<T> {
 
   protected send(item: T, describe: (item: T) => string): void {
     if (this.failure !== null) {
-      throw new ExitError('E_PIPELINE_CLOSED', `${describe(item)}: the ${this.what} pipeline failed earlier (${errorMessage(this.failure)})`, { cause: this.failure });
+      throw new ExitError('E_PIPELINE_CLOSED', `${describe(item)}: the ${this.what} pipeline failed earlier (${errorMessage(this.failure)})`, {
+        cause: this.failure,
+      });
     }
     this.reached = null;
     const sinks = this.sinks;

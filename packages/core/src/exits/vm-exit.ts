@@ -147,7 +147,14 @@ export function exitToJson(exit: VmExit): Record<string, unknown> {
   for (const [k, v] of Object.entries(exit.hw.fields)) fields[k] = hex(v);
   base.fields = fields;
   const r = exit.resolution;
-  base.resolution = r === null ? null : r.kind === 'inject' ? { kind: r.kind, vector: r.vector, errorCode: r.errorCode } : r.kind === 'userspace' ? { kind: r.kind, reason: r.reason, gpa: hex(r.gpa) } : { kind: r.kind };
+  base.resolution =
+    r === null
+      ? null
+      : r.kind === 'inject'
+        ? { kind: r.kind, vector: r.vector, errorCode: r.errorCode }
+        : r.kind === 'userspace'
+          ? { kind: r.kind, reason: r.reason, gpa: hex(r.gpa) }
+          : { kind: r.kind };
   base.resolvedBy = exit.resolvedBy;
   return base;
 }

@@ -25,16 +25,7 @@ import type { PhysicalMemory } from '../memory/physical.js';
 import type { PagingContext } from '../paging/types.js';
 import { WALK_GP, WALK_NESTED_FAULT, WALK_OK, WALK_PAGE_FAULT, WALK_SIDE_EFFECTS, WalkResult } from '../paging/types.js';
 import { loadPdptes, rightsFault, walk } from '../paging/walker.js';
-import {
-  TLB_FETCH_SUP,
-  TLB_FETCH_USER,
-  TLB_GLOBAL,
-  TLB_READ_SUP,
-  TLB_READ_USER,
-  TLB_WRITE_SUP,
-  TLB_WRITE_USER,
-  Tlb,
-} from '../tlb/tlb.js';
+import { TLB_FETCH_SUP, TLB_FETCH_USER, TLB_GLOBAL, TLB_READ_SUP, TLB_READ_USER, TLB_WRITE_SUP, TLB_WRITE_USER, Tlb } from '../tlb/tlb.js';
 import type { GuestMemory } from './guest-memory.js';
 import { FAULT_DELIVER, FAULT_DONE, FAULT_RETRY, NativeHooks, type FaultAction, type VcpuHooks } from './hooks.js';
 
@@ -612,7 +603,7 @@ export function storeAt(m: GuestMemory, off: number, size: number, lo: number, h
 
 /** An access must not cross a 4 KiB page (the guest model splits those), and its size must be 1..16. */
 function checkSpan(va: number, size: number): void {
-  if ((va % PAGE_SIZE + PAGE_SIZE) % PAGE_SIZE > PAGE_SIZE - size || !(size === 1 || size === 2 || size === 4 || size === 8 || size === 16)) {
+  if (((va % PAGE_SIZE) + PAGE_SIZE) % PAGE_SIZE > PAGE_SIZE - size || !(size === 1 || size === 2 || size === 4 || size === 8 || size === 16)) {
     throw new RangeError(`an access of ${size} bytes at ${hex(va)} crosses a page boundary or has an unsupported size`);
   }
 }

@@ -54,7 +54,7 @@ const PDPTE_RSVD_LO = 0x1e6;
 
 /** The I/D error-code bit for `access` in `ctx` (§4.7: set for an instruction fetch only if CR4.SMEP = 1, or CR4.PAE = 1 and IA32_EFER.NXE = 1). */
 function idBit(ctx: PagingContext, access: number): number {
-  return (access & 0x10) /* ACC_FETCH */ !== 0 && (ctx.cr4Smep || (ctx.eferNxe && ctx.mode !== 0 /* MODE_LEGACY32 */)) ? 0x10 /* PFERR_FETCH */ : 0;
+  return (access & 0x10) /* ACC_FETCH */ !== 0 && (ctx.cr4Smep || (ctx.eferNxe && ctx.mode !== 0) /* MODE_LEGACY32 */) ? 0x10 /* PFERR_FETCH */ : 0;
 }
 
 function pageFault(out: WalkResult, errorCode: number): number {
@@ -127,7 +127,7 @@ function permissionFault(ctx: PagingContext, access: number, rights: number, pke
     fault = (ctx.cr4Smap && userPage && !ctx.eflagsAc) || (write && !writable && ctx.cr0Wp);
   }
   let pk = 0;
-  if (ctx.cr4Pke && userPage && !fetch && (ctx.mode === 2 /* MODE_LONG4 */ || ctx.mode === 3 /* MODE_LONG5 */)) {
+  if (ctx.cr4Pke && userPage && !fetch && (ctx.mode === 2 /* MODE_LONG4 */ || ctx.mode === 3) /* MODE_LONG5 */) {
     const keyRights = (ctx.pkru >>> (pkey * 2)) & 3; // PKRU.ADk = bit 2k (1), PKRU.WDk = bit 2k+1 (2), §4.6.2
     if ((keyRights & 1) !== 0 || ((keyRights & 2) !== 0 && write && (userAccess || ctx.cr0Wp))) pk = 0x20; // PFERR_PK
   }

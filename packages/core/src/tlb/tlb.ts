@@ -30,7 +30,8 @@ export const TLB_NEED: Int32Array = (() => {
   const t = new Int32Array(32);
   for (let a = 0; a < 32; a++) {
     const user = (a & 4) !== 0;
-    const bit = (a & 16) !== 0 ? (user ? TLB_FETCH_USER : TLB_FETCH_SUP) : (a & 2) !== 0 ? (user ? TLB_WRITE_USER : TLB_WRITE_SUP) : user ? TLB_READ_USER : TLB_READ_SUP;
+    const bit =
+      (a & 16) !== 0 ? (user ? TLB_FETCH_USER : TLB_FETCH_SUP) : (a & 2) !== 0 ? (user ? TLB_WRITE_USER : TLB_WRITE_SUP) : user ? TLB_READ_USER : TLB_READ_SUP;
     t[a] = TLB_VALID | bit;
   }
   return t;
@@ -128,7 +129,7 @@ export class Tlb {
     } else {
       flags &= ~TLB_LARGE;
     }
-    this.data[i] = (hostPage | (flags & TLB_FLAGS_MASK) | TLB_VALID) | 0;
+    this.data[i] = hostPage | (flags & TLB_FLAGS_MASK) | TLB_VALID | 0;
   }
 
   /** Drops every entry; with `keepGlobal`, global entries stay (a CR3 write with CR4.PGE, §4.10.4.1). */

@@ -1,7 +1,15 @@
 import { Container, type ContainerModule } from 'inversify';
 import type { FaultPolicy } from '../exits/policy.js';
 import { CAPABILITIES } from './backend.js';
-import { importContainerModule, isModuleSourceInstalled, isPathSpecifier, loadModuleSource, ModuleLoadError, type ModuleSource, type ModuleSources } from './modules.js';
+import {
+  importContainerModule,
+  isModuleSourceInstalled,
+  isPathSpecifier,
+  loadModuleSource,
+  ModuleLoadError,
+  type ModuleSource,
+  type ModuleSources,
+} from './modules.js';
 import { TYPES } from './tokens.js';
 import { joinPath, parseVariantParts, zodProblems, type Variant, type VariantProblem } from './variant.js';
 
@@ -33,7 +41,11 @@ function loadAndDiff(c: Container, module: ContainerModule): FaultPolicy<unknown
 }
 
 /** Every built-in policy of `sources` (for `vmexit policies`). Sources that fail to load are reported in `errors`. */
-export async function listPolicies(sources: ModuleSources, from: string, extra: readonly string[] = []): Promise<{ policies: AvailablePolicy[]; errors: string[] }> {
+export async function listPolicies(
+  sources: ModuleSources,
+  from: string,
+  extra: readonly string[] = [],
+): Promise<{ policies: AvailablePolicy[]; errors: string[] }> {
   const c = newContainer();
   const policies: AvailablePolicy[] = [];
   const errors: string[] = [];
@@ -99,7 +111,11 @@ export async function composeVariant(raw: unknown, sources: ModuleSources): Prom
   const loaded = { backend: false, mmu: false };
   if (parts.backend === 'none') {
     // Native: nothing runs below the guest, so an MMU named with it would be silently ignored.
-    if (parts.mmuGiven && parts.mmu !== null) problems.push({ path: 'mmu', message: `mmu '${parts.mmu}' needs a hypervisor below it, and backend is 'none' (native): leave mmu out, or name backend vmx or svm` });
+    if (parts.mmuGiven && parts.mmu !== null)
+      problems.push({
+        path: 'mmu',
+        message: `mmu '${parts.mmu}' needs a hypervisor below it, and backend is 'none' (native): leave mmu out, or name backend vmx or svm`,
+      });
   } else {
     if (parts.backend !== null) {
       const b = sources.backends[parts.backend];
@@ -125,7 +141,10 @@ export async function composeVariant(raw: unknown, sources: ModuleSources): Prom
             // Not a broken install: this release has no such package (there is no @vmexit/mmu-tdp yet). A
             // package of that name that does resolve is loaded as any other.
             const title = MMU_TITLES[parts.mmu] ?? `mmu '${parts.mmu}'`;
-            problems.push({ path: 'mmu', message: `${title} (mmu '${parts.mmu}') is not available in this release: no ${m} package is installed${installedMmus(sources, from)}` });
+            problems.push({
+              path: 'mmu',
+              message: `${title} (mmu '${parts.mmu}') is not available in this release: no ${m} package is installed${installedMmus(sources, from)}`,
+            });
           } else problems.push({ path: 'mmu', message: `mmu '${parts.mmu}' is not available: ${messageOf(e)}` });
         }
       }
@@ -163,7 +182,9 @@ export async function composeVariant(raw: unknown, sources: ModuleSources): Prom
           const known = [...byName.keys()].join(', ') || 'none';
           problems.push({
             path,
-            message: isPathSpecifier(spec) ? `cannot load policy from '${spec}': ${messageOf(e)}` : `unknown policy or package '${use.use}' (built-in policies: ${known}; ${messageOf(e)})`,
+            message: isPathSpecifier(spec)
+              ? `cannot load policy from '${spec}': ${messageOf(e)}`
+              : `unknown policy or package '${use.use}' (built-in policies: ${known}; ${messageOf(e)})`,
           });
           continue;
         }
@@ -205,7 +226,10 @@ export async function composeVariant(raw: unknown, sources: ModuleSources): Prom
       for (const need of policy.needs) {
         const cap = CAPABILITIES[need];
         if (cap === undefined) {
-          problems.push({ path, message: `policy '${policy.name}' needs '${need}', which is not a known capability (known: ${Object.keys(CAPABILITIES).join(', ')})` });
+          problems.push({
+            path,
+            message: `policy '${policy.name}' needs '${need}', which is not a known capability (known: ${Object.keys(CAPABILITIES).join(', ')})`,
+          });
         } else if (loaded[cap.providedBy] && !container.isBound(cap.token)) {
           const who = cap.providedBy === 'backend' ? `backend '${parts.backend}'` : `mmu '${parts.mmu}'`;
           problems.push({ path, message: `policy '${policy.name}' needs ${cap.name} (${cap.description}), which ${who} does not provide` });

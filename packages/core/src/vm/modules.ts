@@ -41,7 +41,15 @@ export class ModuleLoadError extends Error {
  * `file:`, ends in .js/.mjs/.cjs, or has a `/` without being a scoped package name (`@scope/name`).
  */
 export function isPathSpecifier(s: string): boolean {
-  return s.startsWith('./') || s.startsWith('../') || s.startsWith('/') || s.startsWith('file:') || isAbsolute(s) || /\.(m?js|cjs)$/.test(s) || (s.includes('/') && !s.startsWith('@'));
+  return (
+    s.startsWith('./') ||
+    s.startsWith('../') ||
+    s.startsWith('/') ||
+    s.startsWith('file:') ||
+    isAbsolute(s) ||
+    /\.(m?js|cjs)$/.test(s) ||
+    (s.includes('/') && !s.startsWith('@'))
+  );
 }
 
 function looksLikeContainerModule(x: unknown): x is ContainerModule {

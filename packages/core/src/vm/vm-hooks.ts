@@ -96,7 +96,10 @@ export class VmHooks implements VcpuHooks {
     const exit: VmExit = { kind: 'cr-write', vcpu: vcpu.id, seq: ++this.seq, hw, cr, value, oldValue, faulted: true, resolution: null, resolvedBy: null };
     const res = this.channel.push(exit);
     if (res.kind !== 'inject') {
-      throw new ExitError('E_BAD_RESOLUTION', `${describeExit(exit)} was resolved as '${res.kind}' by ${exit.resolvedBy}: a faulting CR write can only inject its #GP`);
+      throw new ExitError(
+        'E_BAD_RESOLUTION',
+        `${describeExit(exit)} was resolved as '${res.kind}' by ${exit.resolvedBy}: a faulting CR write can only inject its #GP`,
+      );
     }
     return this.done(exit, this.act(exit, res, GP_VECTOR, 0));
   }
@@ -184,7 +187,11 @@ export class VmHooks implements VcpuHooks {
     (this.insnEmulation ??= this.stats.cell('insn_emulation')).n++;
     const out = emulatePendingAccess(this.vcpu, this.mmu, this.emulation);
     // Completed as MMIO (no memslot, or a store to read-only RAM: KVM_MEM_READONLY): an exit to user space.
-    if (out.action === FAULT_DONE && out.gpa >= 0 && (out.unbacked === true || ((this.vcpu.pendingAccess & ACC_WRITE) !== 0 && this.vcpu.memory.isReadonly(out.gpa)))) {
+    if (
+      out.action === FAULT_DONE &&
+      out.gpa >= 0 &&
+      (out.unbacked === true || ((this.vcpu.pendingAccess & ACC_WRITE) !== 0 && this.vcpu.memory.isReadonly(out.gpa)))
+    ) {
       this.stats.add('mmio_exits');
     }
     return this.emulationAction(address, hookVector);
@@ -227,7 +234,10 @@ export class VmHooks implements VcpuHooks {
   /** A CR write or INVLPG exit: the instruction already took effect, so only resume (or emulate) is valid. */
   private actNoFault(exit: VmExit, res: ExitResolution): void {
     if (res.kind !== 'resume' && res.kind !== 'emulate') {
-      throw new ExitError('E_BAD_RESOLUTION', `${describeExit(exit)} was resolved as '${res.kind}' by ${exit.resolvedBy}: a CR write or INVLPG exit can only resume`);
+      throw new ExitError(
+        'E_BAD_RESOLUTION',
+        `${describeExit(exit)} was resolved as '${res.kind}' by ${exit.resolvedBy}: a CR write or INVLPG exit can only resume`,
+      );
     }
   }
 }

@@ -76,7 +76,13 @@ export class Vm implements MmuHost {
     seed: number,
     machineOptions: { memslots?: readonly MemslotSpec[]; maxPhyAddr?: number } = {},
   ) {
-    this.machine = new Machine({ memoryBytes: variant.memory, vcpus: variant.vcpus, seed, memslots: machineOptions.memslots, maxPhyAddr: machineOptions.maxPhyAddr });
+    this.machine = new Machine({
+      memoryBytes: variant.memory,
+      vcpus: variant.vcpus,
+      seed,
+      memslots: machineOptions.memslots,
+      maxPhyAddr: machineOptions.maxPhyAddr,
+    });
     this.vcpus = this.machine.vcpus;
     this.stats = this.vcpus.map(() => new Stats());
     const backendStates: unknown[] = [];
@@ -239,14 +245,25 @@ export async function createVm(variant: unknown, options: CreateVmOptions = {}):
   const v = comp.variant;
   const backend = v.backend === 'none' ? null : c.get<Backend>(TYPES.Backend);
   const mmu = v.backend === 'none' ? null : c.get<Mmu>(TYPES.Mmu);
-  if (backend !== null && backend.name !== v.backend) throw new VariantError([{ path: 'backend', message: `the module for '${v.backend}' bound a '${backend.name}' backend` }]);
+  if (backend !== null && backend.name !== v.backend)
+    throw new VariantError([{ path: 'backend', message: `the module for '${v.backend}' bound a '${backend.name}' backend` }]);
   const capability = (name: string): unknown => {
     const cap = CAPABILITIES[name];
     if (cap === undefined || !c.isBound(cap.token)) throw new RangeError(`capability '${name}' is not bound in this VM`);
     return c.get(cap.token);
   };
-  return new Vm(v, backend, mmu, comp.policies, capability, options.tracer ?? c.get<ExitTracer>(TYPES.ExitTracer), options.recorder ?? c.get<ExitRecorder>(TYPES.ExitRecorder), options.seed ?? 0, {
-    memslots: options.memslots,
-    maxPhyAddr: options.maxPhyAddr,
-  });
+  return new Vm(
+    v,
+    backend,
+    mmu,
+    comp.policies,
+    capability,
+    options.tracer ?? c.get<ExitTracer>(TYPES.ExitTracer),
+    options.recorder ?? c.get<ExitRecorder>(TYPES.ExitRecorder),
+    options.seed ?? 0,
+    {
+      memslots: options.memslots,
+      maxPhyAddr: options.maxPhyAddr,
+    },
+  );
 }

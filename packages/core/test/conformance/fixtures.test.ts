@@ -5,7 +5,9 @@ import { formatFailure, loadVectorFile, nativeVectorMachineFactory, runConforman
 
 /** The sample vectors of shared/conformance, copied here so the tests do not depend on ../shared. */
 const DIR = fileURLToPath(new URL('../../conformance/', import.meta.url));
-const FILES = readdirSync(DIR).filter((f) => f.endsWith('.jsonl')).sort();
+const FILES = readdirSync(DIR)
+  .filter((f) => f.endsWith('.jsonl'))
+  .sort();
 
 // Vectors per sample file (one per line): 30+60+40 access, 15+40+15 ext, 10+20+10 twice = 240.
 const COUNTS: Record<string, number> = {

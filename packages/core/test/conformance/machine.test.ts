@@ -49,9 +49,7 @@ describe('vectorDenseMemory', () => {
   it("holds the vector's entries in one buffer from 0 up to the highest entry, rounded up to 4 KiB", () => {
     const mem = vectorDenseMemory(one(WRITE));
     expect(mem).toBeInstanceOf(DensePhysicalMemory);
-    expect([mem.size, mem.read32(0x1564), mem.read32(0x2e24), mem.read32(0x2e28)]).toEqual([
-      0x3000, 0x2003, 0x2000003, 0,
-    ]);
+    expect([mem.size, mem.read32(0x1564), mem.read32(0x2e24), mem.read32(0x2e28)]).toEqual([0x3000, 0x2003, 0x2000003, 0]);
   });
 
   it('refuses, naming the vector, an entry beyond DENSE_VECTOR_MEMORY_LIMIT', () => {
@@ -61,9 +59,7 @@ describe('vectorDenseMemory', () => {
       expect: { ...WRITE.expect, memory_after: [['0x40000000', '0x0', 8]] },
     };
     expect(DENSE_VECTOR_MEMORY_LIMIT).toBeLessThan(0x40000000);
-    expect(() => vectorDenseMemory(one(far))).toThrow(
-      /^vector legacy32\.write \(m\.jsonl:1\): memory up to 0x40000008 does not fit/,
-    );
+    expect(() => vectorDenseMemory(one(far))).toThrow(/^vector legacy32\.write \(m\.jsonl:1\): memory up to 0x40000008 does not fit/);
   });
 });
 

@@ -19,7 +19,13 @@ interface VectorJson {
   memory: [string, string, number][];
   va: string;
   access: Record<string, number>;
-  expect: { fault: boolean; error_code: number | null; pa: string | null; memory_after: [string, string, number][]; memory_after_dontcare?: [string, string][] };
+  expect: {
+    fault: boolean;
+    error_code: number | null;
+    pa: string | null;
+    memory_after: [string, string, number][];
+    memory_after_dontcare?: [string, string][];
+  };
 }
 
 // long4 sample: a supervisor write through four writable levels. Walk: A on all four entries, D on the PTE.
@@ -28,14 +34,24 @@ const BASE: VectorJson = {
   mode: 'long4',
   cpu: { cr0_wp: 0, cr4_pse: 1, cr4_smep: 0, cr4_smap: 0, cr4_pke: 0, efer_nxe: 0, eflags_ac: 0, cpl: 0, pkru: 0, maxphyaddr: 36 },
   cr3: '0x1000',
-  memory: [['0x1920', '0x2007', 8], ['0x2688', '0x3007', 8], ['0x3598', '0x4007', 8], ['0x4c48', '0x2000007', 8]],
+  memory: [
+    ['0x1920', '0x2007', 8],
+    ['0x2688', '0x3007', 8],
+    ['0x3598', '0x4007', 8],
+    ['0x4c48', '0x2000007', 8],
+  ],
   va: '0xffff923456789abc',
   access: { write: 1, user: 0, fetch: 0 },
   expect: {
     fault: false,
     error_code: null,
     pa: '0x2000abc',
-    memory_after: [['0x1920', '0x2027', 8], ['0x2688', '0x3027', 8], ['0x3598', '0x4027', 8], ['0x4c48', '0x2000067', 8]],
+    memory_after: [
+      ['0x1920', '0x2027', 8],
+      ['0x2688', '0x3027', 8],
+      ['0x3598', '0x4027', 8],
+      ['0x4c48', '0x2000067', 8],
+    ],
   },
 };
 
@@ -107,7 +123,11 @@ describe('runConformance', () => {
     const vectors = parseVectorLines([JSON.stringify(BASE), JSON.stringify(bad)].join('\n'), 'r.jsonl');
     const report = runConformance(vectors);
     expect(formatSummary(report)).toBe('conformance: 1 passed, 1 failed');
-    const json = reportToJson(report) as { passed: number; failed: number; results: Array<{ id: string; line: number; passed: boolean; observed: { pa: string } }> };
+    const json = reportToJson(report) as {
+      passed: number;
+      failed: number;
+      results: Array<{ id: string; line: number; passed: boolean; observed: { pa: string } }>;
+    };
     expect([json.passed, json.failed]).toEqual([1, 1]);
     expect(json.results.map((r) => [r.id, r.line, r.passed, r.observed.pa])).toEqual([
       ['write.ok', 1, true, '0x2000abc'],

@@ -69,9 +69,15 @@ describe('validateVector', () => {
   });
 
   it('names a hex string that is not lowercase and unpadded (FORMAT.md), with the spelling it wants', () => {
-    expect(problem(withField('cr3', '0x01000'))).toBe('v.jsonl:7: cr3: hex strings are lowercase and unpadded (FORMAT.md): expected "0x1000", got the string "0x01000"');
-    expect(problem(withField('va', '0xFFFF923456789ABC'))).toMatch(/^v\.jsonl:7: va: hex strings are lowercase and unpadded \(FORMAT\.md\): expected "0xffff923456789abc"/);
-    expect(problem(withField('memory', [['0x1920', '0x00', 8]]))).toMatch(/^v\.jsonl:7: memory\[0\]\[1\]: hex strings .* expected "0x0", got the string "0x00"$/);
+    expect(problem(withField('cr3', '0x01000'))).toBe(
+      'v.jsonl:7: cr3: hex strings are lowercase and unpadded (FORMAT.md): expected "0x1000", got the string "0x01000"',
+    );
+    expect(problem(withField('va', '0xFFFF923456789ABC'))).toMatch(
+      /^v\.jsonl:7: va: hex strings are lowercase and unpadded \(FORMAT\.md\): expected "0xffff923456789abc"/,
+    );
+    expect(problem(withField('memory', [['0x1920', '0x00', 8]]))).toMatch(
+      /^v\.jsonl:7: memory\[0\]\[1\]: hex strings .* expected "0x0", got the string "0x00"$/,
+    );
     expect(problem(withField('cr3', '0X1000'))).toMatch(/^v\.jsonl:7: cr3: hex strings .* expected "0x1000"/);
     expect(problem(withField('cr3', '0x'))).toBe('v.jsonl:7: cr3: expected a "0x..." hex string, got the string "0x"');
     expect(validateVector(withField('memory', [['0x1920', '0x0', 8]]), 'v.jsonl', 7).memory[0]!.value).toBe(0n); // "0x0" is the spelling of zero
@@ -79,55 +85,119 @@ describe('validateVector', () => {
 
   it('accepts only the error-code bits the format defines: 0..63 (P, W/R, U/S, RSVD, I/D, PK; SDM Vol. 3A §4.7)', () => {
     expect(validateVector(withField('expect.error_code', 63), 'v.jsonl', 7).expect.errorCode).toBe(63);
-    expect(problem(withField('expect.error_code', 64))).toBe('v.jsonl:7: expect.error_code: expected an error code in 0..63 (P=1 W=2 U=4 RSVD=8 I/D=16 PK=32), got number 64');
+    expect(problem(withField('expect.error_code', 64))).toBe(
+      'v.jsonl:7: expect.error_code: expected an error code in 0..63 (P=1 W=2 U=4 RSVD=8 I/D=16 PK=32), got number 64',
+    );
     expect(problem(withField('expect.error_code', 0x8000))).toMatch(/^v\.jsonl:7: expect\.error_code: expected an error code in 0\.\.63 .* got number 32768$/); // SGX: no state for it
     expect(problem(withField('expect.error_code', -1))).toMatch(/^v\.jsonl:7: expect\.error_code: .* got number -1$/);
     expect(problem(withField('expect.error_code', 2.5))).toMatch(/^v\.jsonl:7: expect\.error_code: .* got number 2\.5$/);
     expect(problem(withField('expect.error_code', '2'))).toMatch(/^v\.jsonl:7: expect\.error_code: .* got the string "2"$/);
-    const pre = { ...withField('expect.error_code', 2), pre_access: { write: 0, user: 0, fetch: 0 }, pre_expect: { fault: true, error_code: 4294967295, pa: null } };
+    const pre = {
+      ...withField('expect.error_code', 2),
+      pre_access: { write: 0, user: 0, fetch: 0 },
+      pre_expect: { fault: true, error_code: 4294967295, pa: null },
+    };
     expect(problem(pre)).toMatch(/^v\.jsonl:7: pre_expect\.error_code: expected an error code in 0\.\.63/);
   });
 
   describe('memory_after lists the same entries as memory (FORMAT.md)', () => {
     const two = {
       ...GOOD,
-      memory: [['0x1920', '0x2027', 8], ['0x2688', '0x3007', 8]],
-      expect: { ...GOOD.expect, memory_after: [['0x1920', '0x2027', 8], ['0x2688', '0x3007', 8]] },
+      memory: [
+        ['0x1920', '0x2027', 8],
+        ['0x2688', '0x3007', 8],
+      ],
+      expect: {
+        ...GOOD.expect,
+        memory_after: [
+          ['0x1920', '0x2027', 8],
+          ['0x2688', '0x3007', 8],
+        ],
+      },
     };
     const after = (list: unknown[]) => ({ ...two, expect: { ...two.expect, memory_after: list } });
 
     it('accepts the same addresses and sizes in another order, with other values', () => {
-      expect(validateVector(after([['0x2688', '0x3027', 8], ['0x1920', '0x2027', 8]]), 'v.jsonl', 7).expect.memoryAfter.map((e) => e.pa)).toEqual([0x2688n, 0x1920n]);
+      expect(
+        validateVector(
+          after([
+            ['0x2688', '0x3027', 8],
+            ['0x1920', '0x2027', 8],
+          ]),
+          'v.jsonl',
+          7,
+        ).expect.memoryAfter.map((e) => e.pa),
+      ).toEqual([0x2688n, 0x1920n]);
     });
 
     it('rejects an empty or shortened list, naming what is missing', () => {
-      expect(problem(after([]))).toBe('v.jsonl:7: expect.memory_after: lists 0 entries, memory lists 2: missing 0x1920, 0x2688 (memory_after lists the same entries as memory)');
-      expect(problem(after([['0x1920', '0x2027', 8]]))).toBe('v.jsonl:7: expect.memory_after: lists 1 entries, memory lists 2: missing 0x2688 (memory_after lists the same entries as memory)');
+      expect(problem(after([]))).toBe(
+        'v.jsonl:7: expect.memory_after: lists 0 entries, memory lists 2: missing 0x1920, 0x2688 (memory_after lists the same entries as memory)',
+      );
+      expect(problem(after([['0x1920', '0x2027', 8]]))).toBe(
+        'v.jsonl:7: expect.memory_after: lists 1 entries, memory lists 2: missing 0x2688 (memory_after lists the same entries as memory)',
+      );
     });
 
     it('rejects a changed address, a changed size and an extra entry', () => {
-      expect(problem(after([['0x1920', '0x2027', 8], ['0x2690', '0x3007', 8]]))).toBe(
-        'v.jsonl:7: expect.memory_after[1][0]: 0x2690 is not an entry of memory (memory_after lists the same entries as memory)',
-      );
-      expect(problem(after([['0x1920', '0x2027', 8], ['0x2688', '0x3007', 4]]))).toBe('v.jsonl:7: expect.memory_after[1][2]: the entry at 0x2688 has size 8 in memory, not 4');
-      expect(problem(after([['0x1920', '0x2027', 8], ['0x2688', '0x3007', 8], ['0x3000', '0x0', 8]]))).toMatch(/^v\.jsonl:7: expect\.memory_after\[2\]\[0\]: 0x3000 is not an entry of memory/);
+      expect(
+        problem(
+          after([
+            ['0x1920', '0x2027', 8],
+            ['0x2690', '0x3007', 8],
+          ]),
+        ),
+      ).toBe('v.jsonl:7: expect.memory_after[1][0]: 0x2690 is not an entry of memory (memory_after lists the same entries as memory)');
+      expect(
+        problem(
+          after([
+            ['0x1920', '0x2027', 8],
+            ['0x2688', '0x3007', 4],
+          ]),
+        ),
+      ).toBe('v.jsonl:7: expect.memory_after[1][2]: the entry at 0x2688 has size 8 in memory, not 4');
+      expect(
+        problem(
+          after([
+            ['0x1920', '0x2027', 8],
+            ['0x2688', '0x3007', 8],
+            ['0x3000', '0x0', 8],
+          ]),
+        ),
+      ).toMatch(/^v\.jsonl:7: expect\.memory_after\[2\]\[0\]: 0x3000 is not an entry of memory/);
     });
 
     it('takes memory_after_dontcare masks only for entries of memory, within their size', () => {
       const dontcare = (list: unknown[]) => ({ ...two, expect: { ...two.expect, memory_after_dontcare: list } });
       expect(validateVector(dontcare([['0x1920', '0x20']]), 'v.jsonl', 7).expect.memoryAfterDontCare).toEqual([{ pa: 0x1920n, mask: 0x20n }]);
       expect(problem(dontcare([['0x1928', '0x20']]))).toBe('v.jsonl:7: expect.memory_after_dontcare[0][0]: 0x1928 is not an entry of memory');
-      const small = { ...GOOD, memory: [['0x1920', '0x27', 4]], expect: { ...GOOD.expect, memory_after: [['0x1920', '0x27', 4]], memory_after_dontcare: [['0x1920', '0x100000000']] } };
-      expect(problem(small)).toMatch(/^v\.jsonl:7: expect\.memory_after_dontcare\[0\]\[1\]: 0x100000000 is out of range \(must be below 2\^32 for a 4-byte entry\)$/);
+      const small = {
+        ...GOOD,
+        memory: [['0x1920', '0x27', 4]],
+        expect: { ...GOOD.expect, memory_after: [['0x1920', '0x27', 4]], memory_after_dontcare: [['0x1920', '0x100000000']] },
+      };
+      expect(problem(small)).toMatch(
+        /^v\.jsonl:7: expect\.memory_after_dontcare\[0\]\[1\]: 0x100000000 is out of range \(must be below 2\^32 for a 4-byte entry\)$/,
+      );
     });
 
     it('rejects an entry listed twice, or overlapping another', () => {
-      expect(problem(after([['0x1920', '0x2027', 8], ['0x1920', '0x2027', 8]]))).toBe(
-        'v.jsonl:7: expect.memory_after[1][0]: 0x1920 overlaps expect.memory_after[0] (each byte of memory is listed once)',
-      );
-      expect(problem(withField('memory', [['0x1920', '0x2027', 8], ['0x1924', '0x0', 4]]))).toBe(
-        'v.jsonl:7: memory[1][0]: 0x1924 overlaps memory[0] (each byte of memory is listed once)',
-      );
+      expect(
+        problem(
+          after([
+            ['0x1920', '0x2027', 8],
+            ['0x1920', '0x2027', 8],
+          ]),
+        ),
+      ).toBe('v.jsonl:7: expect.memory_after[1][0]: 0x1920 overlaps expect.memory_after[0] (each byte of memory is listed once)');
+      expect(
+        problem(
+          withField('memory', [
+            ['0x1920', '0x2027', 8],
+            ['0x1924', '0x0', 4],
+          ]),
+        ),
+      ).toBe('v.jsonl:7: memory[1][0]: 0x1924 overlaps memory[0] (each byte of memory is listed once)');
     });
   });
 
@@ -149,31 +219,53 @@ describe('validateVector', () => {
         'v.jsonl:7: pdptes[1]: PDPTE 1 = 0x2003 is present with reserved bits 0x2 set (bits 2:1, 8:5, 63:MAXPHYADDR): ' +
           'loading it at CR3 is a #GP, not a #PF (SDM Vol. 3A §4.4.1, Table 4-8), which a vector cannot expect',
       );
-      expect(problem({ ...PAE, pdptes: ['0x0', '0x2001', '0x0', '0x1000000001'] })).toMatch(/^v\.jsonl:7: pdptes\[3\]: PDPTE 3 = 0x1000000001 is present with reserved bits 0x1000000000/);
-      expect(problem({ ...PAE, pdptes: ['0x8000000000000001', '0x2001', '0x0', '0x0'] })).toMatch(/^v\.jsonl:7: pdptes\[0\]: .* reserved bits 0x8000000000000000 /); // no XD in a PDPTE
+      expect(problem({ ...PAE, pdptes: ['0x0', '0x2001', '0x0', '0x1000000001'] })).toMatch(
+        /^v\.jsonl:7: pdptes\[3\]: PDPTE 3 = 0x1000000001 is present with reserved bits 0x1000000000/,
+      );
+      expect(problem({ ...PAE, pdptes: ['0x8000000000000001', '0x2001', '0x0', '0x0'] })).toMatch(
+        /^v\.jsonl:7: pdptes\[0\]: .* reserved bits 0x8000000000000000 /,
+      ); // no XD in a PDPTE
     });
 
     it('accepts reserved bits in a not-present PDPTE, and address bits below MAXPHYADDR', () => {
       expect(validateVector({ ...PAE, pdptes: ['0x0', '0xfff000000000fffe', '0x0', '0x0'] }, 'v.jsonl', 7).pdptes![1]).toBe(0xfff000000000fffen);
-      expect(validateVector({ ...PAE, cpu: { ...PAE.cpu, maxphyaddr: 52 }, pdptes: ['0x0', '0xfffffffffe019', '0x0', '0x0'] }, 'v.jsonl', 7).pdptes).toHaveLength(4);
+      expect(
+        validateVector({ ...PAE, cpu: { ...PAE.cpu, maxphyaddr: 52 }, pdptes: ['0x0', '0xfffffffffe019', '0x0', '0x0'] }, 'v.jsonl', 7).pdptes,
+      ).toHaveLength(4);
     });
 
     it('without pdptes, checks the PDPTEs memory holds at CR3[31:5], naming the memory entry', () => {
       const { pdptes: _omit, ...fromMemory } = PAE;
       expect(validateVector(fromMemory, 'v.jsonl', 7).pdptes).toBeNull();
-      const bad = { ...fromMemory, cr3: '0x1018', memory: [['0x1000', '0x5001', 8], ['0x1008', '0x2021', 8]] }; // PDPTE 1: bit 5
+      const bad = {
+        ...fromMemory,
+        cr3: '0x1018',
+        memory: [
+          ['0x1000', '0x5001', 8],
+          ['0x1008', '0x2021', 8],
+        ],
+      }; // PDPTE 1: bit 5
       bad.expect = { ...bad.expect, memory_after: bad.memory };
       expect(problem(bad)).toBe(
         'v.jsonl:7: memory[1]: without pdptes, the PDPTE registers are loaded from memory at CR3: PDPTE 1 = 0x2021 is present with reserved bits 0x20 set ' +
           '(bits 2:1, 8:5, 63:MAXPHYADDR): loading it at CR3 is a #GP, not a #PF (SDM Vol. 3A §4.4.1, Table 4-8), which a vector cannot expect',
       );
-      const halves = { ...fromMemory, memory: [['0x1010', '0x3001', 4], ['0x1014', '0x10', 4]] }; // PDPTE 2 = 0x10_0000_3001: bit 36
+      const halves = {
+        ...fromMemory,
+        memory: [
+          ['0x1010', '0x3001', 4],
+          ['0x1014', '0x10', 4],
+        ],
+      }; // PDPTE 2 = 0x10_0000_3001: bit 36
       halves.expect = { ...halves.expect, memory_after: halves.memory };
       expect(problem(halves)).toMatch(/^v\.jsonl:7: memory\[1\]: .* PDPTE 2 = 0x1000003001 is present with reserved bits 0x1000000000 /);
     });
 
-    it('rejects exactly the PDPTEs that make the walker\'s loadPdptes fail (#GP)', () => {
-      const value = fc.oneof(fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }), fc.bigInt({ min: 0n, max: 0xfffn }).map((lo) => 0x5000n | lo));
+    it("rejects exactly the PDPTEs that make the walker's loadPdptes fail (#GP)", () => {
+      const value = fc.oneof(
+        fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }),
+        fc.bigInt({ min: 0n, max: 0xfffn }).map((lo) => 0x5000n | lo),
+      );
       fc.assert(
         fc.property(value, fc.constantFrom(36, 40, 46, 52), (v, m) => {
           const mem = new SparsePhysicalMemory();

@@ -5,7 +5,16 @@ import { VM_EXIT_KINDS } from '../../src/exits/vm-exit.js';
 
 describe('modelCycles', () => {
   it('prices exits by kind, user-space exits, handler work, guest faults and walk references', () => {
-    const counters = { 'exits.kind.exception': 3, 'exits.kind.cr-write': 1, mmio_exits: 1, pf_fixed: 2, insn_emulation: 1, 'guest.page_faults': 5, walk_refs: 100, unpriced: 9 };
+    const counters = {
+      'exits.kind.exception': 3,
+      'exits.kind.cr-write': 1,
+      mmio_exits: 1,
+      pf_fixed: 2,
+      insn_emulation: 1,
+      'guest.page_faults': 5,
+      walk_refs: 100,
+      unpriced: 9,
+    };
     const r = modelCycles(PROFILE_SERVER, counters);
     expect(r.breakdown).toEqual({
       'exits.kind.exception': 3 * 1360,

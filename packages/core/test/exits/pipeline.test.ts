@@ -3,7 +3,16 @@ import { TestScheduler } from 'rxjs/testing';
 import { describe, expect, it } from 'vitest';
 import { ExitError } from '../../src/exits/errors.js';
 import { decideMmuEvents, mmuEventKindsOf, type FloodEvent, type PteWriteEvent } from '../../src/exits/mmu-events.js';
-import { ArrayRecorder, countAndObserveExits, countExits, isNoopObservers, JsonLinesTracer, NoopRecorder, NoopTracer, observeExits } from '../../src/exits/observers.js';
+import {
+  ArrayRecorder,
+  countAndObserveExits,
+  countExits,
+  isNoopObservers,
+  JsonLinesTracer,
+  NoopRecorder,
+  NoopTracer,
+  observeExits,
+} from '../../src/exits/observers.js';
 import { ExitChannel, exitPipeline, MmuEventChannel, mmuEventPipeline } from '../../src/exits/pipeline.js';
 import { resolveExits } from '../../src/exits/policy.js';
 import { mergeStats, Stats } from '../../src/exits/stats.js';
@@ -25,12 +34,22 @@ function pf(vcpu: number, errorCode: number, address = 0x1000): VmExit {
   };
 }
 function invlpg(vcpu: number, va: number): VmExit {
-  return { kind: 'invlpg', vcpu, seq: ++seq, hw: { backend: 'vmx', code: 14, name: 'INVLPG', fields: { exitQualification: va } }, va, resolution: null, resolvedBy: null };
+  return {
+    kind: 'invlpg',
+    vcpu,
+    seq: ++seq,
+    hw: { backend: 'vmx', code: 14, name: 'INVLPG', fields: { exitQualification: va } },
+    va,
+    resolution: null,
+    resolvedBy: null,
+  };
 }
 const resolved = (e: VmExit, resolution: ExitResolution, by: string): VmExit => ({ ...e, resolution, resolvedBy: by });
 
 /** A policy that injects every not-present #PF (P=0) back into the guest. */
-const reflectNotPresent = resolveExits('reflect-np', (e) => (e.kind === 'exception' && (e.errorCode & 1) === 0 ? { kind: 'inject', vector: 14, errorCode: e.errorCode } : null));
+const reflectNotPresent = resolveExits('reflect-np', (e) =>
+  e.kind === 'exception' && (e.errorCode & 1) === 0 ? { kind: 'inject', vector: 14, errorCode: e.errorCode } : null,
+);
 /** A policy that resumes every #PF: would take everything reflect-np takes, if it came first. */
 const resumeAllPf = resolveExits('resume-pf', (e) => (e.kind === 'exception' ? RESUME : null));
 const mmuHandler = (): ExitResolution => ({ kind: 'emulate' });
@@ -79,7 +98,10 @@ describe('exitPipeline', () => {
       const a = pf(0, 0x2);
       const b = pf(0, 0x3, 0xdead000);
       const out = cold('-a-b-|', { a, b }).pipe(exitPipeline([reflectNotPresent], null));
-      const err = new ExitError('E_EXIT_UNRESOLVED', `no policy or handler resolved vCPU 0 exit #${b.seq} EXCEPTION_NMI (vmx 0x0): exception 14, error code 0x3, address 0xdead000`);
+      const err = new ExitError(
+        'E_EXIT_UNRESOLVED',
+        `no policy or handler resolved vCPU 0 exit #${b.seq} EXCEPTION_NMI (vmx 0x0): exception 14, error code 0x3, address 0xdead000`,
+      );
       expectObservable(out).toBe('-a-#', { a: resolved(a, { kind: 'inject', vector: 14, errorCode: 2 }, 'reflect-np') }, err);
     });
   });
@@ -91,7 +113,14 @@ describe('exitPipeline', () => {
         throw new Error('out of shadow pages');
       });
       const out = cold('a|', { a }).pipe(exitPipeline([boom], mmuHandler));
-      expectObservable(out).toBe('#', undefined, new ExitError('E_POLICY_FAILED', `policy 'boom' failed on vCPU 0 exit #${a.seq} EXCEPTION_NMI (vmx 0x0): exception 14, error code 0x2, address 0x1000: out of shadow pages`));
+      expectObservable(out).toBe(
+        '#',
+        undefined,
+        new ExitError(
+          'E_POLICY_FAILED',
+          `policy 'boom' failed on vCPU 0 exit #${a.seq} EXCEPTION_NMI (vmx 0x0): exception 14, error code 0x2, address 0x1000: out of shadow pages`,
+        ),
+      );
     });
   });
 
@@ -128,7 +157,15 @@ describe('ExitChannel', () => {
       expect(ch.push(e)).toEqual({ kind: 'inject', vector: 14, errorCode: 6 });
       expect(rec.exits).toEqual([e]);
       expect(lines).toHaveLength(1);
-      expect(JSON.parse(lines[0]!)).toMatchObject({ type: 'exit', vcpu: 2, kind: 'exception', reason: 'EXCEPTION_NMI', address: '0xffff888000000000', resolution: { kind: 'inject', vector: 14, errorCode: 6 }, resolvedBy: 'reflect-np' });
+      expect(JSON.parse(lines[0]!)).toMatchObject({
+        type: 'exit',
+        vcpu: 2,
+        kind: 'exception',
+        reason: 'EXCEPTION_NMI',
+        address: '0xffff888000000000',
+        resolution: { kind: 'inject', vector: 14, errorCode: 6 },
+        resolvedBy: 'reflect-np',
+      });
     });
 
     it('throws E_EXIT_UNRESOLVED and stays closed afterwards', () => {
@@ -142,8 +179,19 @@ describe('ExitChannel', () => {
       const seen: string[] = [];
       const split: MonoTypeOperatorFunction<VmExit> = (src) =>
         merge(
-          src.pipe(filter((e) => { seen.push(`np ${e.seq}`); return e.kind === 'exception' && (e.errorCode & 1) === 0; }), reflectNotPresent),
-          src.pipe(filter((e) => { seen.push(`p ${e.seq}`); return !(e.kind === 'exception' && (e.errorCode & 1) === 0); })),
+          src.pipe(
+            filter((e) => {
+              seen.push(`np ${e.seq}`);
+              return e.kind === 'exception' && (e.errorCode & 1) === 0;
+            }),
+            reflectNotPresent,
+          ),
+          src.pipe(
+            filter((e) => {
+              seen.push(`p ${e.seq}`);
+              return !(e.kind === 'exception' && (e.errorCode & 1) === 0);
+            }),
+          ),
         );
       const ch = new ExitChannel(exitPipeline([split], mmuHandler));
       const a = pf(0, 2);
@@ -163,7 +211,21 @@ describe('ExitChannel', () => {
 
 describe('MmuEventChannel', () => {
   describe('.decide', () => {
-    const ev = (misaligned: boolean): PteWriteEvent => ({ kind: 'pte-write', vcpu: 0, seq: ++seq, gpa: 0x3008, size: 8, oldLo: 0, oldHi: 0, newLo: 0x5067, newHi: 0, level: 1, misaligned, decision: null, decidedBy: null });
+    const ev = (misaligned: boolean): PteWriteEvent => ({
+      kind: 'pte-write',
+      vcpu: 0,
+      seq: ++seq,
+      gpa: 0x3008,
+      size: 8,
+      oldLo: 0,
+      oldHi: 0,
+      newLo: 0x5067,
+      newHi: 0,
+      level: 1,
+      misaligned,
+      decision: null,
+      decidedBy: null,
+    });
 
     it('lets a policy take the decision, and falls back to the MMU default otherwise', () => {
       const updateOnWrite = decideMmuEvents('update-on-write', (e) => (e.kind === 'pte-write' && !e.misaligned ? 'update-spte' : null));

@@ -16,7 +16,11 @@ describe('GuestMemory', () => {
       for (let i = 0; i < mem.size; i++) mem.u8[i] = (i * 7 + 3) & 0xff;
       const low = mem.u8.subarray(mem.gpaToOffset(0), mem.gpaToOffset(0) + 0x1000);
       const high = mem.u8.subarray(mem.gpaToOffset(0x10000), mem.gpaToOffset(0x10000) + 0x2000);
-      expect(mem.digest()).toBe(createHash('sha256').update(Buffer.concat([low, high])).digest('hex'));
+      expect(mem.digest()).toBe(
+        createHash('sha256')
+          .update(Buffer.concat([low, high]))
+          .digest('hex'),
+      );
     });
 
     it('gives the digests it always gave below 2 GiB (1 MiB of zeros: the sha256sum of 1 MiB of /dev/zero)', () => {

@@ -44,9 +44,23 @@ const scenarioArb = fc
   })
   .map(({ mode, maxPhyAddr, bits, pkru, entries, vaLo, vaHi, access }): Scenario => {
     const [wp, pse, pge, smep, smap, pke, nxe, ac] = bits as boolean[];
-    const ctx = createPagingContext({ mode, cr3: 0x1000, maxPhyAddr, cr0Wp: wp, cr4Pse: pse, cr4Pge: pge, cr4Smep: smep, cr4Smap: smap, cr4Pke: pke, eferNxe: nxe, eflagsAc: ac, pkru });
+    const ctx = createPagingContext({
+      mode,
+      cr3: 0x1000,
+      maxPhyAddr,
+      cr0Wp: wp,
+      cr4Pse: pse,
+      cr4Pge: pge,
+      cr4Smep: smep,
+      cr4Smap: smap,
+      cr4Pke: pke,
+      eferNxe: nxe,
+      eflagsAc: ac,
+      pkru,
+    });
     const mem = new SparsePhysicalMemory();
-    const lo = (e: (typeof entries)[number]) => (e.page | (e.upper & 1 ? 1 << 13 : 0) | (e.upper & 2 ? 1 << 21 : 0) | (e.flags & ~1) | (e.present ? 1 : 0)) >>> 0;
+    const lo = (e: (typeof entries)[number]) =>
+      (e.page | (e.upper & 1 ? 1 << 13 : 0) | (e.upper & 2 ? 1 << 21 : 0) | (e.flags & ~1) | (e.present ? 1 : 0)) >>> 0;
     // mostly-canonical addresses: 4-level within +-2^47 (hi within +-2^15), 5-level within +-2^52; some beyond
     const va = mode === MODE_LEGACY32 || mode === MODE_PAE ? vaLo : (mode === MODE_LONG4 ? vaHi >> 4 : vaHi) * 2 ** 32 + vaLo;
     const u = BigInt.asUintN(64, BigInt(va));
@@ -111,7 +125,7 @@ describe('walk (properties)', () => {
         successes++;
         for (const [, before, after] of rec.writes) {
           expect(before & ~after).toBe(0); // nothing cleared
-          expect((after & ~before) >>> 0 & ~0x60).toBe(0); // only A (0x20) and D (0x40) set
+          expect(((after & ~before) >>> 0) & ~0x60).toBe(0); // only A (0x20) and D (0x40) set
         }
         const from = ctx.mode === MODE_PAE ? 2 : r.topLevel;
         for (let l = from; l >= r.leafLevel; l--) expect(mem.read32(r.entryPa[l]!) & 0x20).toBe(0x20);

@@ -50,8 +50,7 @@ const EC_ID = 16;
 const EC_PK = 32;
 
 /** Bits hi:lo of a 64-bit value set (inclusive); empty when hi < lo. */
-const bits = (hi: number, lo: number): bigint =>
-  hi < lo ? 0n : ((1n << BigInt(hi + 1)) - 1n) & ~((1n << BigInt(lo)) - 1n);
+const bits = (hi: number, lo: number): bigint => (hi < lo ? 0n : ((1n << BigInt(hi + 1)) - 1n) & ~((1n << BigInt(lo)) - 1n));
 
 interface RefEntry {
   pa: number;
@@ -144,18 +143,14 @@ function refWalk(
   if (ia32e) {
     const topBit = ctx.mode === MODE_LONG4 ? 47 : 56;
     const upper = u >> BigInt(topBit);
-    if (upper !== 0n && upper !== (1n << BigInt(64 - topBit)) - 1n)
-      return { status: WALK_GP, errorCode: 0, entries };
+    if (upper !== 0n && upper !== (1n << BigInt(64 - topBit)) - 1n) return { status: WALK_GP, errorCode: 0, entries };
   }
 
   const levels = ctx.mode === MODE_LEGACY32 ? 2 : ctx.mode === MODE_PAE ? 3 : ctx.mode === MODE_LONG4 ? 4 : 5;
   const esize = ctx.mode === MODE_LEGACY32 ? 4 : 8;
   const indexOf = (level: number): bigint =>
-    ctx.mode === MODE_LEGACY32
-      ? (u >> BigInt(12 + 10 * (level - 1))) & 0x3ffn
-      : (u >> BigInt(12 + 9 * (level - 1))) & 0x1ffn;
-  const readEntry = (pa: number): bigint =>
-    esize === 4 ? BigInt(mem.read32(pa)) : BigInt(mem.read32(pa)) | (BigInt(mem.read32(pa + 4)) << 32n);
+    ctx.mode === MODE_LEGACY32 ? (u >> BigInt(12 + 10 * (level - 1))) & 0x3ffn : (u >> BigInt(12 + 9 * (level - 1))) & 0x1ffn;
+  const readEntry = (pa: number): bigint => (esize === 4 ? BigInt(mem.read32(pa)) : BigInt(mem.read32(pa)) | (BigInt(mem.read32(pa + 4)) << 32n));
 
   let table: bigint;
   let level = levels;
@@ -167,8 +162,7 @@ function refWalk(
     const i = Number((u >> 30n) & 3n);
     const pdpte = BigInt(ctx.pdpteLo[i]!) | (BigInt(ctx.pdpteHi[i]!) << 32n);
     entries.set(3, { pa: Number(BigInt(ctx.cr3) & 0xffffffe0n) + i * 8, value: pdpte });
-    if ((pdpte & P) === 0n)
-      return { status: WALK_PAGE_FAULT, errorCode: accessBits | id, topLevel: 3, leafLevel: 3, entries };
+    if ((pdpte & P) === 0n) return { status: WALK_PAGE_FAULT, errorCode: accessBits | id, topLevel: 3, leafLevel: 3, entries };
     table = pdpte & bits(51, 12);
     level = 2;
     firstInMemory = 2;
@@ -291,8 +285,7 @@ function refWalk(
     const wd = ((ctx.pkru >>> (2 * pkey + 1)) & 1) !== 0;
     pk = ad || (wd && write && (userAccess || ctx.cr0Wp));
   }
-  if (fault || pk)
-    return { ...outcome, status: WALK_PAGE_FAULT, errorCode: EC_P | accessBits | (pk ? EC_PK : 0) | id };
+  if (fault || pk) return { ...outcome, status: WALK_PAGE_FAULT, errorCode: EC_P | accessBits | (pk ? EC_PK : 0) | id };
 
   const hpa = translate(outcome.pa!, true);
   if (hpa < 0) return { ...outcome, status: WALK_NESTED_FAULT, nestedGpa: outcome.pa!, nestedFinal: true };
@@ -316,9 +309,7 @@ function refWalk(
 // Scenarios
 
 /** Table pages: below 2 GiB, between 2 and 4 GiB (uint32 addresses with bit 31 set), and above 4 GiB (below 2^36, valid for every MAXPHYADDR). */
-const PAGES = [
-  0x1000, 0x2000, 0x3000, 0x7fff_f000, 0x8000_0000, 0xffff_f000, 0x1_0000_0000, 0x2_3456_7000, 0xf_ffff_f000,
-];
+const PAGES = [0x1000, 0x2000, 0x3000, 0x7fff_f000, 0x8000_0000, 0xffff_f000, 0x1_0000_0000, 0x2_3456_7000, 0xf_ffff_f000];
 
 /** Where the walker's memory comes from, and which table pages the scenarios use. */
 interface Layout {
@@ -346,10 +337,7 @@ const LAYOUTS: readonly Layout[] = [
   },
 ];
 /** High halves OR-ed into entries: none, XD, protection keys, bits 51:36..51:47 (reserved for some M), bits 62:52. */
-const HI_EXTRA = [
-  0, 0, 0, 0, 0x8000_0000, 0x0800_0000, 0x7800_0000, 0x0008_0000, 0x0000_0010, 0x000f_0000, 0x7ff0_0000,
-  0x0010_0000,
-];
+const HI_EXTRA = [0, 0, 0, 0, 0x8000_0000, 0x0800_0000, 0x7800_0000, 0x0008_0000, 0x0000_0010, 0x000f_0000, 0x7ff0_0000, 0x0010_0000];
 
 const entryArbFor = (pages: readonly number[]) =>
   fc.record({
@@ -407,10 +395,7 @@ function scenarioArbFor(layout: Layout): fc.Arbitrary<Scenario> {
       rootLow: fc.integer({ min: 0, max: 0xfff }),
       entries: fc.array(entryArb, { minLength: 5, maxLength: 5 }),
       vaLo: fc.integer({ min: 0, max: 0xffffffff }),
-      vaHi: fc.oneof(
-        fc.integer({ min: -(2 ** 15), max: 2 ** 15 - 1 }),
-        fc.integer({ min: -(2 ** 21), max: 2 ** 21 - 1 }),
-      ),
+      vaHi: fc.oneof(fc.integer({ min: -(2 ** 15), max: 2 ** 15 - 1 }), fc.integer({ min: -(2 ** 21), max: 2 ** 21 - 1 })),
       access: fc.constantFrom(0, ACC_WRITE, ACC_FETCH, ACC_USER, ACC_USER | ACC_WRITE, ACC_USER | ACC_FETCH),
       sideEffects: fc.boolean(),
       nested: fc.integer({ min: 0, max: 7 }), // 0..5: no second stage; 6: refuses nothing; 7: refuses a table page
@@ -426,8 +411,7 @@ function scenarioArbFor(layout: Layout): fc.Arbitrary<Scenario> {
       // 32-bit and PAE CR3 are 32 bits wide; 4/5-level CR3 may point above 4 GiB and carry PCID/flag bits.
       const root = small && s.root >= 2 ** 32 ? PAGES32[s.root % PAGES32.length]! : s.root;
       const cr3 = root + s.rootLow;
-      const refused =
-        s.nested <= 5 ? null : new Set(s.nested === 6 ? [] : [Math.floor(s.refusedPage / 4096)]);
+      const refused = s.nested <= 5 ? null : new Set(s.nested === 6 ? [] : [Math.floor(s.refusedPage / 4096)]);
       const ctx = createPagingContext({
         mode,
         cr3,
@@ -489,8 +473,7 @@ function scenarioArbFor(layout: Layout): fc.Arbitrary<Scenario> {
 }
 
 /** The memory as the words at `addrs`, in order. */
-const snapshot = (mem: PhysicalMemory, addrs: readonly number[]): number[] =>
-  addrs.map((pa) => mem.read32(pa));
+const snapshot = (mem: PhysicalMemory, addrs: readonly number[]): number[] => addrs.map((pa) => mem.read32(pa));
 
 /** A copy of the words at `addrs` (every non-zero word of a scenario's memory). */
 function clone(mem: PhysicalMemory, addrs: readonly number[]): SparsePhysicalMemory {
@@ -515,113 +498,85 @@ class WriteLog implements PhysicalMemory {
 const PARAMS = { seed: 0x5eed_0005, numRuns: 6000 };
 
 describe('walk', () => {
-  describe.each(LAYOUTS)(
-    'against a reference walker (SDM Vol. 3A ch. 4, level by level in BigInt), over $name',
-    (layout) => {
-      const scenarioArb = scenarioArbFor(layout);
-      const sparse = layout.name === 'SparsePhysicalMemory';
+  describe.each(LAYOUTS)('against a reference walker (SDM Vol. 3A ch. 4, level by level in BigInt), over $name', (layout) => {
+    const scenarioArb = scenarioArbFor(layout);
+    const sparse = layout.name === 'SparsePhysicalMemory';
 
-      it('agrees with a level-by-level BigInt reading of SDM Vol. 3A ch. 4 on every outcome, entry and memory word', () => {
-        const seen = { ok: 0, pf: 0, rsvd: 0, gp: 0, nested: 0, high: 0, written: 0 };
-        fc.assert(
-          fc.property(scenarioArb, ({ ctx, mem, va, access, sideEffects, refused, words }) => {
+    it('agrees with a level-by-level BigInt reading of SDM Vol. 3A ch. 4 on every outcome, entry and memory word', () => {
+      const seen = { ok: 0, pf: 0, rsvd: 0, gp: 0, nested: 0, high: 0, written: 0 };
+      fc.assert(
+        fc.property(scenarioArb, ({ ctx, mem, va, access, sideEffects, refused, words }) => {
+          const refMem = clone(mem, words);
+          const calls: Array<[number, number, boolean]> = [];
+          const want = refWalk(ctx, refMem, va, access, sideEffects, refused === null ? null : new TestStage(refused), calls);
+          const before = snapshot(mem, words);
+          const out = new WalkResult();
+          const log = new WriteLog(mem);
+          const status = walk(ctx, log, va, access, sideEffects ? WALK_SIDE_EFFECTS : 0, out);
+
+          expect(status).toBe(want.status);
+          expect(out.status).toBe(want.status);
+          expect(out.errorCode).toBe(want.errorCode);
+          if (want.status !== WALK_GP) {
+            expect(out.topLevel).toBe(want.topLevel);
+            // The entries used, per level: where, and their value after the walk.
+            for (let l = 1; l <= 5; l++) {
+              const e = want.entries.get(l);
+              const got = [out.entryPa[l], out.entryLo[l], out.entryHi[l]];
+              expect(got).toEqual(e === undefined ? [0, 0, 0] : [e.pa, Number(e.value & 0xffffffffn), Number(e.value >> 32n)]);
+            }
+          }
+          if (want.leafLevel !== undefined && want.status !== WALK_NESTED_FAULT) expect(out.leafLevel).toBe(want.leafLevel);
+          expectTranslation(out, want);
+          if (want.status === WALK_NESTED_FAULT) expect([out.nestedGpa, out.nestedFinal]).toEqual([want.nestedGpa, want.nestedFinal]);
+          if (ctx.nested !== null) expect((ctx.nested as TestStage).calls).toEqual(calls);
+          // The memory afterwards: the scenario's words, and any word the walk wrote.
+          const addrs = [...words, ...log.written];
+          const after = snapshot(mem, words);
+          expect(snapshot(mem, addrs)).toEqual(snapshot(refMem, addrs));
+
+          if (want.status === WALK_OK) seen.ok++;
+          if (want.status === WALK_PAGE_FAULT) seen.pf++;
+          if (want.status === WALK_PAGE_FAULT && (want.errorCode & EC_RSVD) !== 0) seen.rsvd++;
+          if (want.status === WALK_GP) seen.gp++;
+          if (want.status === WALK_NESTED_FAULT) seen.nested++;
+          if (want.status === WALK_OK && ctx.nested === null && [...want.entries.values()].some((e) => e.pa >= 2 ** 31)) seen.high++;
+          if (after.some((w, i) => w !== before[i])) seen.written++;
+        }),
+        sparse ? PARAMS : { seed: 0x5eed_0007, numRuns: 3000 },
+      );
+      // The generator reaches every outcome, successful walks through tables above 2 GiB without a second
+      // stage (the optimized walker's 32-bit and general paths), and walks that set A/D bits.
+      // (The dense memory holds no table above 2 GiB: `high` is the sparse run's.)
+      const runs = sparse ? 1 : 0.5;
+      expect(seen.ok).toBeGreaterThan(500 * runs);
+      expect(seen.rsvd).toBeGreaterThan(500 * runs);
+      expect(seen.pf - seen.rsvd).toBeGreaterThan(500 * runs);
+      expect(seen.gp).toBeGreaterThan(200 * runs);
+      expect(seen.nested).toBeGreaterThan(50 * runs);
+      if (sparse) expect(seen.high).toBeGreaterThan(200);
+      expect(seen.written).toBeGreaterThan(200 * runs);
+    });
+
+    it('agrees with the reference when one WalkResult is reused across walks of every mode', () => {
+      // The optimized walker leaves some fields of `out` from the previous walk on a fault (as documented on
+      // `walk`); the fields the reference defines must still be right.
+      const out = new WalkResult();
+      fc.assert(
+        fc.property(fc.array(scenarioArb, { minLength: 2, maxLength: 6 }), (scenarios) => {
+          for (const { ctx, mem, va, access, sideEffects, refused, words } of scenarios) {
             const refMem = clone(mem, words);
-            const calls: Array<[number, number, boolean]> = [];
-            const want = refWalk(
-              ctx,
-              refMem,
-              va,
-              access,
-              sideEffects,
-              refused === null ? null : new TestStage(refused),
-              calls,
-            );
-            const before = snapshot(mem, words);
-            const out = new WalkResult();
+            const want = refWalk(ctx, refMem, va, access, sideEffects, refused === null ? null : new TestStage(refused), []);
             const log = new WriteLog(mem);
             const status = walk(ctx, log, va, access, sideEffects ? WALK_SIDE_EFFECTS : 0, out);
-
-            expect(status).toBe(want.status);
-            expect(out.status).toBe(want.status);
-            expect(out.errorCode).toBe(want.errorCode);
-            if (want.status !== WALK_GP) {
-              expect(out.topLevel).toBe(want.topLevel);
-              // The entries used, per level: where, and their value after the walk.
-              for (let l = 1; l <= 5; l++) {
-                const e = want.entries.get(l);
-                const got = [out.entryPa[l], out.entryLo[l], out.entryHi[l]];
-                expect(got).toEqual(
-                  e === undefined ? [0, 0, 0] : [e.pa, Number(e.value & 0xffffffffn), Number(e.value >> 32n)],
-                );
-              }
-            }
-            if (want.leafLevel !== undefined && want.status !== WALK_NESTED_FAULT)
-              expect(out.leafLevel).toBe(want.leafLevel);
+            expect([status, out.errorCode]).toEqual([want.status, want.errorCode]);
             expectTranslation(out, want);
-            if (want.status === WALK_NESTED_FAULT)
-              expect([out.nestedGpa, out.nestedFinal]).toEqual([want.nestedGpa, want.nestedFinal]);
-            if (ctx.nested !== null) expect((ctx.nested as TestStage).calls).toEqual(calls);
-            // The memory afterwards: the scenario's words, and any word the walk wrote.
             const addrs = [...words, ...log.written];
-            const after = snapshot(mem, words);
             expect(snapshot(mem, addrs)).toEqual(snapshot(refMem, addrs));
-
-            if (want.status === WALK_OK) seen.ok++;
-            if (want.status === WALK_PAGE_FAULT) seen.pf++;
-            if (want.status === WALK_PAGE_FAULT && (want.errorCode & EC_RSVD) !== 0) seen.rsvd++;
-            if (want.status === WALK_GP) seen.gp++;
-            if (want.status === WALK_NESTED_FAULT) seen.nested++;
-            if (
-              want.status === WALK_OK &&
-              ctx.nested === null &&
-              [...want.entries.values()].some((e) => e.pa >= 2 ** 31)
-            )
-              seen.high++;
-            if (after.some((w, i) => w !== before[i])) seen.written++;
-          }),
-          sparse ? PARAMS : { seed: 0x5eed_0007, numRuns: 3000 },
-        );
-        // The generator reaches every outcome, successful walks through tables above 2 GiB without a second
-        // stage (the optimized walker's 32-bit and general paths), and walks that set A/D bits.
-        // (The dense memory holds no table above 2 GiB: `high` is the sparse run's.)
-        const runs = sparse ? 1 : 0.5;
-        expect(seen.ok).toBeGreaterThan(500 * runs);
-        expect(seen.rsvd).toBeGreaterThan(500 * runs);
-        expect(seen.pf - seen.rsvd).toBeGreaterThan(500 * runs);
-        expect(seen.gp).toBeGreaterThan(200 * runs);
-        expect(seen.nested).toBeGreaterThan(50 * runs);
-        if (sparse) expect(seen.high).toBeGreaterThan(200);
-        expect(seen.written).toBeGreaterThan(200 * runs);
-      });
-
-      it('agrees with the reference when one WalkResult is reused across walks of every mode', () => {
-        // The optimized walker leaves some fields of `out` from the previous walk on a fault (as documented on
-        // `walk`); the fields the reference defines must still be right.
-        const out = new WalkResult();
-        fc.assert(
-          fc.property(fc.array(scenarioArb, { minLength: 2, maxLength: 6 }), (scenarios) => {
-            for (const { ctx, mem, va, access, sideEffects, refused, words } of scenarios) {
-              const refMem = clone(mem, words);
-              const want = refWalk(
-                ctx,
-                refMem,
-                va,
-                access,
-                sideEffects,
-                refused === null ? null : new TestStage(refused),
-                [],
-              );
-              const log = new WriteLog(mem);
-              const status = walk(ctx, log, va, access, sideEffects ? WALK_SIDE_EFFECTS : 0, out);
-              expect([status, out.errorCode]).toEqual([want.status, want.errorCode]);
-              expectTranslation(out, want);
-              const addrs = [...words, ...log.written];
-              expect(snapshot(mem, addrs)).toEqual(snapshot(refMem, addrs));
-            }
-          }),
-          { seed: 0x5eed_0006, numRuns: 500 },
-        );
-      });
-    },
-  );
+          }
+        }),
+        { seed: 0x5eed_0006, numRuns: 500 },
+      );
+    });
+  });
 });

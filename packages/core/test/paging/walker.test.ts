@@ -2,7 +2,16 @@ import { describe, expect, it } from 'vitest';
 import { ACC_FETCH, ACC_READ, ACC_USER, ACC_WRITE } from '../../src/arch/constants.js';
 import { MODE_LEGACY32, MODE_LONG4, MODE_LONG5, MODE_PAE } from '../../src/arch/modes.js';
 import { SparsePhysicalMemory } from '../../src/memory/sparse.js';
-import { WALK_GP, WALK_NESTED_FAULT, WALK_OK, WALK_PAGE_FAULT, WALK_SIDE_EFFECTS, WalkResult, type PagingContext, type SecondStage } from '../../src/paging/types.js';
+import {
+  WALK_GP,
+  WALK_NESTED_FAULT,
+  WALK_OK,
+  WALK_PAGE_FAULT,
+  WALK_SIDE_EFFECTS,
+  WalkResult,
+  type PagingContext,
+  type SecondStage,
+} from '../../src/paging/types.js';
 import { createPagingContext, loadPdptes, rightsFault, walk, type PagingContextInit } from '../../src/paging/walker.js';
 import { map32, map64, RecordingMemory, tableAt, type Entry } from './helpers.js';
 
@@ -293,13 +302,18 @@ describe('walk', () => {
       map32(mem, ROOT, VA32, pde, (0x2000000 | pte) >>> 0);
       return mem;
     }
-    const ctxPae = (init: PagingContextInit = {}) => createPagingContext({ mode: MODE_PAE, cr3: ROOT, maxPhyAddr: 36, pdpteLo: [0, 0x2000 | P, 0, 0], ...init });
+    const ctxPae = (init: PagingContextInit = {}) =>
+      createPagingContext({ mode: MODE_PAE, cr3: ROOT, maxPhyAddr: 36, pdpteLo: [0, 0x2000 | P, 0, 0], ...init });
     function tablesPae(pde: Entry, pte: Entry): SparsePhysicalMemory {
       const mem = new SparsePhysicalMemory();
       map64(mem, 0x2000, 2, VA32, [pde, { lo: (0x2000000 | pte.lo) >>> 0, hi: pte.hi }]);
       return mem;
     }
-    type Mode = readonly [string, (init?: PagingContextInit) => PagingContext, (pde: number, pte: number, pdeHi?: number, pteHi?: number) => SparsePhysicalMemory];
+    type Mode = readonly [
+      string,
+      (init?: PagingContextInit) => PagingContext,
+      (pde: number, pte: number, pdeHi?: number, pteHi?: number) => SparsePhysicalMemory,
+    ];
     const MODES: readonly Mode[] = [
       ['32-bit paging', ctx32, (pde, pte) => tables32(pde, pte)],
       ['PAE paging', ctxPae, (pde, pte, pdeHi = 0, pteHi = 0) => tablesPae({ lo: pde, hi: pdeHi }, { lo: pte, hi: pteHi })],
@@ -563,7 +577,13 @@ describe('walk', () => {
       const stage = new OffsetStage();
       const r = run(long4({ nested: stage }), host, VA64, ACC_WRITE);
       expect([r.status, r.pa]).toEqual([WALK_OK, 0x12000abc]);
-      expect(stage.calls).toEqual([[guestAt[4], false], [guestAt[3], false], [guestAt[2], false], [guestAt[1], false], [0x2000abc, true]]);
+      expect(stage.calls).toEqual([
+        [guestAt[4], false],
+        [guestAt[3], false],
+        [guestAt[2], false],
+        [guestAt[1], false],
+        [0x2000abc, true],
+      ]);
       expect(host.read32(guestAt[1]! + 0x10000000) & (A | D)).toBe(A | D); // A/D land in the host copy
     });
 

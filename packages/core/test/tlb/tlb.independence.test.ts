@@ -154,12 +154,7 @@ function slotVa(mode: ModeName, s: SlotSpec): number {
   const lay = LAYOUTS[mode];
   let va = mode === 'pae' ? s.top * 2 ** 30 : 0;
   for (let level = lay.top; level >= 1; level--) {
-    const i =
-      level === lay.top && (mode === 'long4' || mode === 'long5')
-        ? s.top % 2 === 0
-          ? 1
-          : 0x1ff
-        : s.idx[level - 1]!;
+    const i = level === lay.top && (mode === 'long4' || mode === 'long5') ? (s.top % 2 === 0 ? 1 : 0x1ff) : s.idx[level - 1]!;
     va += i * 2 ** lay.shift(level);
   }
   if (mode === 'long4' && va >= 2 ** 47) va -= 2 ** 48; // bits 63:47 copy bit 47
@@ -202,10 +197,7 @@ function buildTables(m: Machine, sc: Scenario): { root: number; vas: number[] } 
       const bitsPerLevel = mode === 'legacy32' ? 10n : 9n;
       const index = Number((u >> BigInt(lay.shift(level))) & ((1n << bitsPerLevel) - 1n));
       const pa = table + index * lay.entryBytes;
-      const large =
-        level === s.leaf &&
-        level > 1 &&
-        (level === 2 || (level === 3 && (mode === 'long4' || mode === 'long5')));
+      const large = level === s.leaf && level > 1 && (level === 2 || (level === 3 && (mode === 'long4' || mode === 'long5')));
       const isLeaf = level === 1 || large;
       if (written.has(pa)) {
         const lo = view.getUint32(pa, true);
@@ -221,12 +213,7 @@ function buildTables(m: Machine, sc: Scenario): { root: number; vas: number[] } 
       else if (level === 2)
         addr = mode === 'legacy32' ? 0 : s.bigFrame * 2 * 1024 * 1024; // below 3 MiB with the offset
       else addr = 0; // 1 GiB: the offset is below 3 MiB (lower indices 0..1)
-      let lo =
-        addr |
-        (e.present === 0 ? 0 : 0x1) |
-        (e.rw === 0 ? 0 : 0x2) |
-        (e.us === 0 ? 0 : 0x4) |
-        (e.a ? 0x20 : 0);
+      let lo = addr | (e.present === 0 ? 0 : 0x1) | (e.rw === 0 ? 0 : 0x2) | (e.us === 0 ? 0 : 0x4) | (e.a ? 0x20 : 0);
       let hi = 0;
       if (isLeaf) {
         lo |= (e.d ? 0x40 : 0) | (s.global ? 0x100 : 0) | (large ? 0x80 : 0);

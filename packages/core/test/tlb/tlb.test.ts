@@ -1,17 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import {
-  ACC_FETCH,
-  ACC_READ,
-  ACC_USER,
-  ACC_WRITE,
-  PFERR_PK,
-  PFERR_PRESENT,
-  PFERR_RSVD,
-  SIZE_1G,
-  SIZE_2M,
-  SIZE_4M,
-} from '../../src/arch/constants.js';
+import { ACC_FETCH, ACC_READ, ACC_USER, ACC_WRITE, PFERR_PK, PFERR_PRESENT, PFERR_RSVD, SIZE_1G, SIZE_2M, SIZE_4M } from '../../src/arch/constants.js';
 import {
   TLB_FETCH_SUP,
   TLB_FETCH_USER,
@@ -285,21 +274,18 @@ describe('Tlb', () => {
       ['a 4 MiB page (32-bit paging)', SIZE_4M, 0x8040_0000],
       ['a 1 GiB page (4-level)', SIZE_1G, 0x40_0000_0000],
       ['an upper-half 2 MiB page', SIZE_2M, -0x7780_0000_0000],
-    ])(
-      'drops every cached piece of %s on INVLPG of any address inside it (SDM Vol. 3A §4.10.2.3)',
-      (_n, size, base) => {
-        const tlb = new Tlb(4096);
-        const pieces = [0, 0x1000, 0x5000, size - KB4];
-        for (const off of pieces) tlb.fill(base + off, 0, 0x100000 + (off % 0x100000), ALL, size);
-        tlb.fill(base - KB4, 0, 0x1000, ALL, KB4); // just below the page
-        tlb.fill(base + size, 0, 0x2000, ALL, KB4); // just above it
-        tlb.invlpg(base + 0x3456, 0); // a piece that was never cached
-        for (const off of pieces) expect(tlb.lookup(base + off, ACC_READ, 0)).toBe(-1);
-        expect(tlb.lookup(base - KB4, ACC_READ, 0)).toBe(0x1000);
-        expect(tlb.lookup(base + size, ACC_READ, 0)).toBe(0x2000);
-        expect(tlb.validEntries()).toBe(2);
-      },
-    );
+    ])('drops every cached piece of %s on INVLPG of any address inside it (SDM Vol. 3A §4.10.2.3)', (_n, size, base) => {
+      const tlb = new Tlb(4096);
+      const pieces = [0, 0x1000, 0x5000, size - KB4];
+      for (const off of pieces) tlb.fill(base + off, 0, 0x100000 + (off % 0x100000), ALL, size);
+      tlb.fill(base - KB4, 0, 0x1000, ALL, KB4); // just below the page
+      tlb.fill(base + size, 0, 0x2000, ALL, KB4); // just above it
+      tlb.invlpg(base + 0x3456, 0); // a piece that was never cached
+      for (const off of pieces) expect(tlb.lookup(base + off, ACC_READ, 0)).toBe(-1);
+      expect(tlb.lookup(base - KB4, ACC_READ, 0)).toBe(0x1000);
+      expect(tlb.lookup(base + size, ACC_READ, 0)).toBe(0x2000);
+      expect(tlb.validEntries()).toBe(2);
+    });
 
     it('keeps the large pieces of another PCID unless they are global', () => {
       const tlb = new Tlb(1024);
@@ -408,10 +394,7 @@ describe('Tlb', () => {
                 const got = tlb.lookup(o.vpn * KB4 + o.off, o.access, o.pcid);
                 const need = TLB_NEED[o.access]! & ~TLB_VALID;
                 const usable = [...model.values()].filter(
-                  (e) =>
-                    e.vpn === o.vpn &&
-                    (e.pcid === o.pcid || (e.flags & TLB_GLOBAL) !== 0) &&
-                    (e.flags & need) === need,
+                  (e) => e.vpn === o.vpn && (e.pcid === o.pcid || (e.flags & TLB_GLOBAL) !== 0) && (e.flags & need) === need,
                 );
                 if (got >= 0) {
                   hits++;
@@ -426,14 +409,12 @@ describe('Tlb', () => {
               case 'flushAll':
                 flushes++;
                 tlb.flushAll(o.keepGlobal);
-                for (const [k, e] of model)
-                  if (!o.keepGlobal || (e.flags & TLB_GLOBAL) === 0) model.delete(k);
+                for (const [k, e] of model) if (!o.keepGlobal || (e.flags & TLB_GLOBAL) === 0) model.delete(k);
                 break;
               case 'flushPcid':
                 flushes++;
                 tlb.flushPcid(o.pcid);
-                for (const [k, e] of model)
-                  if (e.pcid === o.pcid && (e.flags & TLB_GLOBAL) === 0) model.delete(k);
+                for (const [k, e] of model) if (e.pcid === o.pcid && (e.flags & TLB_GLOBAL) === 0) model.delete(k);
                 break;
               case 'invlpg':
                 invlpgs++;

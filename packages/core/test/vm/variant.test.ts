@@ -3,7 +3,15 @@ import { parseVariant, VariantError } from '../../src/vm/variant.js';
 
 describe('parseVariant', () => {
   it('fills the defaults', () => {
-    expect(parseVariant({}).variant).toEqual({ backend: 'vmx', mmu: 'shadow', policies: [], guest: { mode: 'long4', personality: 'linux' }, vcpus: 1, memory: 256 * 1024 * 1024, costModel: 'server-2020s' });
+    expect(parseVariant({}).variant).toEqual({
+      backend: 'vmx',
+      mmu: 'shadow',
+      policies: [],
+      guest: { mode: 'long4', personality: 'linux' },
+      vcpus: 1,
+      memory: 256 * 1024 * 1024,
+      costModel: 'server-2020s',
+    });
   });
 
   it('takes memory as bytes or as a size with a unit', () => {
@@ -13,11 +21,32 @@ describe('parseVariant', () => {
   });
 
   it('reports every problem with the path of its field: unknown keys one each, wrong types, unknown names', () => {
-    const r = parseVariant({ backend: 'kvm', vcpus: 1.5, memory: 'lots', costModel: 'pentium', guest: { mode: 'long4', os: 'bsd' }, policies: [{ use: '' , opts: 1 }], x: 1, y: 2 });
+    const r = parseVariant({
+      backend: 'kvm',
+      vcpus: 1.5,
+      memory: 'lots',
+      costModel: 'pentium',
+      guest: { mode: 'long4', os: 'bsd' },
+      policies: [{ use: '', opts: 1 }],
+      x: 1,
+      y: 2,
+    });
     expect(r.variant).toBeNull();
-    expect(r.problems.map((p) => p.path).sort()).toEqual(['backend', 'costModel', 'guest.os', 'memory', 'policies.0.opts', 'policies.0.use', 'vcpus', 'x', 'y']);
+    expect(r.problems.map((p) => p.path).sort()).toEqual([
+      'backend',
+      'costModel',
+      'guest.os',
+      'memory',
+      'policies.0.opts',
+      'policies.0.use',
+      'vcpus',
+      'x',
+      'y',
+    ]);
     expect(r.problems.find((p) => p.path === 'x')?.message).toBe('unknown key');
-    expect(r.problems.find((p) => p.path === 'costModel')?.message).toMatch(/unknown cost model \(expected one of core2-2007, server-2020s, cloud-vm-measured\)/);
+    expect(r.problems.find((p) => p.path === 'costModel')?.message).toMatch(
+      /unknown cost model \(expected one of core2-2007, server-2020s, cloud-vm-measured\)/,
+    );
   });
 });
 

@@ -141,7 +141,12 @@ describe('VmHooks', () => {
   describe('.mmio', () => {
     it('makes a store to read-only RAM an exit to user space each time, and never writes the ROM', () => {
       const ROM = 0x200000;
-      const r = vmWith({ memslots: [{ base: 0, size: 0x100000 }, { base: ROM, size: 0x10000, readonly: true }] });
+      const r = vmWith({
+        memslots: [
+          { base: 0, size: 0x100000 },
+          { base: ROM, size: 0x10000, readonly: true },
+        ],
+      });
       const t = long4(r);
       const mem = r.vm.machine.memory;
       mem.view.setUint32(mem.gpaToOffset(ROM), 0x1234abcd, true);
@@ -162,7 +167,12 @@ describe('VmHooks', () => {
 
     it('counts an emulated store that lands in read-only RAM as an MMIO exit, and leaves the ROM alone', () => {
       const ROM = 0x200000;
-      const r = vmWith({ memslots: [{ base: 0, size: 0x100000 }, { base: ROM, size: 0x10000, readonly: true }] });
+      const r = vmWith({
+        memslots: [
+          { base: 0, size: 0x100000 },
+          { base: ROM, size: 0x10000, readonly: true },
+        ],
+      });
       const t = long4(r);
       t.map(0x400000, ROM, 0x3 | PT_DIRTY);
       // The active tables map the page read-only, so the store faults; the MMU answers "emulate".

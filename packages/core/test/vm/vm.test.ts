@@ -25,7 +25,17 @@ function fakeMmu(): Mmu & { host: MmuHost | null } {
 }
 const backend = { name: 'vmx', createState: () => ({}) } as unknown as Backend;
 const variant = variantSchema.parse({ backend: 'vmx', mmu: 'shadow', memory: '4M', vcpus: 2 });
-const flood = (vcpu: number, seq: number): FloodEvent => ({ kind: 'flood', vcpu, seq, decidedBy: null, gfn: 5, level: 2, writeCount: 3, vcpuWriteCount: 3, decision: null });
+const flood = (vcpu: number, seq: number): FloodEvent => ({
+  kind: 'flood',
+  vcpu,
+  seq,
+  decidedBy: null,
+  gfn: 5,
+  level: 2,
+  writeCount: 3,
+  vcpuWriteCount: 3,
+  decision: null,
+});
 
 function vm(policies: { policy: FaultPolicy<unknown>; options: unknown }[], recorder: ExitRecorder = new NoopRecorder()): Vm {
   return new Vm(variant, backend, fakeMmu(), policies, () => null, new NoopTracer(), recorder, 1);
@@ -68,7 +78,21 @@ describe('Vm', () => {
       expect(v.decideByDefault(0, 'flood')).toBe(false);
       expect(v.decideByDefault(0, 'pte-write')).toBe(true);
       expect(v.decide(flood(0, 1), false)).toBe(true);
-      const pw: PteWriteEvent = { kind: 'pte-write', vcpu: 0, seq: 2, decidedBy: null, gpa: 0x5008, size: 8, oldLo: 0, oldHi: 0, newLo: 0x7067, newHi: 0, level: 1, misaligned: false, decision: null };
+      const pw: PteWriteEvent = {
+        kind: 'pte-write',
+        vcpu: 0,
+        seq: 2,
+        decidedBy: null,
+        gpa: 0x5008,
+        size: 8,
+        oldLo: 0,
+        oldHi: 0,
+        newLo: 0x7067,
+        newHi: 0,
+        level: 1,
+        misaligned: false,
+        decision: null,
+      };
       expect(v.decide(pw, 'zap-spte')).toBe('zap-spte');
       expect(pw).toMatchObject({ decision: 'zap-spte', decidedBy: 'mmu' });
       // The policy was offered the flood event only; both events were counted (the pte-write one twice: once
@@ -77,12 +101,20 @@ describe('Vm', () => {
       expect(v.counters().total).toMatchObject({ 'mmu_events.flood': 1, 'mmu_events.pte-write': 2 });
       // With a second policy that names no kinds, every kind goes through the stream again.
       const any: FaultPolicy<unknown> = { name: 'any', description: 'decides nothing', needs: [], mmuEvents: () => decideMmuEvents('any', () => null) };
-      const w = vm([{ policy: floodOnly, options: {} }, { policy: any, options: {} }]);
+      const w = vm([
+        { policy: floodOnly, options: {} },
+        { policy: any, options: {} },
+      ]);
       expect(w.decideByDefault(0, 'pte-write')).toBe(false);
     });
 
     it('returns false when a policy takes MMU events, and the policy decides', () => {
-      const always: FaultPolicy<unknown> = { name: 'flood-always', description: 'floods every page', needs: [], mmuEvents: () => decideMmuEvents('flood-always', (e: MmuEvent) => (e.kind === 'flood' ? true : null)) };
+      const always: FaultPolicy<unknown> = {
+        name: 'flood-always',
+        description: 'floods every page',
+        needs: [],
+        mmuEvents: () => decideMmuEvents('flood-always', (e: MmuEvent) => (e.kind === 'flood' ? true : null)),
+      };
       const v = vm([{ policy: always, options: {} }]);
       expect(v.decideByDefault(0, 'flood')).toBe(false);
       expect(v.decide(flood(0, 1), false)).toBe(true);

@@ -173,7 +173,9 @@ export class Kernel {
       throw new GuestConfigError(`guest memory of ${mem} bytes does not fit the ${layout.maxMemory / 2 ** 30} GiB kernel direct map of this paging mode`);
     }
     if (mem % layout.directMapPage !== 0) {
-      throw new GuestConfigError(`guest memory of ${mem} bytes is not a multiple of the ${layout.directMapPage / 2 ** 20} MiB direct-map page of this paging mode`);
+      throw new GuestConfigError(
+        `guest memory of ${mem} bytes is not a multiple of the ${layout.directMapPage / 2 ** 20} MiB direct-map page of this paging mode`,
+      );
     }
     if (machine.memory.slots.length !== 1 || machine.memory.slots[0]!.baseGfn !== 0) {
       throw new GuestConfigError('the guest kernel expects one RAM memslot at guest-physical address 0');
@@ -328,7 +330,7 @@ export class Kernel {
 
   /** Entry value of a user table entry at `level` (the PAE PDPT's entries carry P only). */
   private tableEntry(pa: number, level: number): number {
-    return (pa | (this.layout.mode === MODE_PAE && level === 3 ? PT_PRESENT : USER_TABLE)) | 0;
+    return pa | (this.layout.mode === MODE_PAE && level === 3 ? PT_PRESENT : USER_TABLE) | 0;
   }
 
   /**
@@ -380,7 +382,7 @@ export class Kernel {
   private setAliasPde(v: Vcpu, proc: Process, va: number, pt: number): void {
     const alias = va + this.layout.arenaSize;
     const pd = this.tableFor(v, proc, alias, 2, true);
-    this.wr(v, pd, tableIndex(this.layout, alias, 2), (pt | PT_PRESENT | PT_USER | PT_ACCESSED) | 0, 0);
+    this.wr(v, pd, tableIndex(this.layout, alias, 2), pt | PT_PRESENT | PT_USER | PT_ACCESSED | 0, 0);
   }
 
   private clearAliasPde(v: Vcpu, proc: Process, va: number): void {
@@ -400,7 +402,7 @@ export class Kernel {
     if (L.mode === MODE_PAE) {
       // PDPTE 3: the shared kernel PD. The user PDs are preallocated (Linux `preallocate_pmds`), because a
       // PDPTE change needs a CR3 reload; Solaris instead leaves junk in the PDPTEs it does not use.
-      this.wr(v, top, 3, (this.kernelPd | PT_PRESENT) | 0, 0);
+      this.wr(v, top, 3, this.kernelPd | PT_PRESENT | 0, 0);
       for (let i = 0; i < 3; i++) {
         if (this.sparsePdptes) this.wr(v, top, i, JUNK_PDPTE_LO ^ (i << 12), JUNK_PDPTE_HI);
         else this.wr(v, top, i, this.tableEntry(this.allocTable(v, proc, 2), 3), 0);

@@ -33,12 +33,7 @@ export class AccessBuilder {
         this.count[this.fetchRec]++;
         return;
       }
-    } else if (
-      page === this.dataPage &&
-      kind === this.dataKind &&
-      this.dataRec >= 0 &&
-      this.count[this.dataRec] !== 0xffffffff
-    ) {
+    } else if (page === this.dataPage && kind === this.dataKind && this.dataRec >= 0 && this.count[this.dataRec] !== 0xffffffff) {
       this.count[this.dataRec]++;
       return;
     }

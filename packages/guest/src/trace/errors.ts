@@ -5,8 +5,7 @@
 export class TraceError extends Error {
   constructor(
     /** What is wrong: `not-vxt`, `version`, `truncated`, `corrupt`, `not-lackey`, `bad-line`, `inconsistent`, `io`. */
-    readonly code:
-      'not-vxt' | 'version' | 'truncated' | 'corrupt' | 'not-lackey' | 'bad-line' | 'inconsistent' | 'io',
+    readonly code: 'not-vxt' | 'version' | 'truncated' | 'corrupt' | 'not-lackey' | 'bad-line' | 'inconsistent' | 'io',
     /** The input (file name) the problem is in. */
     readonly input: string,
     detail: string,

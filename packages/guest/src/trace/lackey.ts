@@ -53,9 +53,7 @@ export function importLackey(logPaths: readonly string[], options: ImportLackeyO
   // parents before children: breadth first from the root, children by pid
   const order: number[] = [roots[0]!];
   for (let i = 0; i < order.length; i++) {
-    const kids = [...byPid.keys()]
-      .filter((c) => c !== order[i] && byPid.get(c)![0]!.parent === order[i])
-      .sort((a, b) => a - b);
+    const kids = [...byPid.keys()].filter((c) => c !== order[i] && byPid.get(c)![0]!.parent === order[i]).sort((a, b) => a - b);
     order.push(...kids);
   }
   if (order.length !== byPid.size) {
@@ -108,7 +106,10 @@ export function importLackey(logPaths: readonly string[], options: ImportLackeyO
     if (by !== p.parent) {
       throw new TraceError(
         'inconsistent',
-        chains.get(p.pid)!.map((l) => l.file).join(', '),
+        chains
+          .get(p.pid)!
+          .map((l) => l.file)
+          .join(', '),
         `pid ${p.pid} (Parent PID: ${p.parent}): ${by === undefined ? `no fork or clone in the logs of pid ${p.parent} created it (no "created child ${p.pid}" line, no clone that returned ${p.pid})` : `pid ${by} created it, not its parent`}`,
       );
     }
@@ -117,7 +118,10 @@ export function importLackey(logPaths: readonly string[], options: ImportLackeyO
     if (!byPid.has(child)) {
       throw new TraceError(
         'inconsistent',
-        chains.get(by)!.map((l) => l.file).join(', '),
+        chains
+          .get(by)!
+          .map((l) => l.file)
+          .join(', '),
         `pid ${by} created pid ${child}, but no log of pid ${child} is among the inputs`,
       );
     }
@@ -177,32 +181,15 @@ function scanLog(file: string, index: number): LogInfo {
   try {
     fd = fs.openSync(file, 'r');
   } catch (e) {
-    throw new TraceError(
-      'io',
-      file,
-      `cannot open (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
-    );
+    throw new TraceError('io', file, `cannot open (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
   try {
     const size = fs.fstatSync(fd).size;
     const head = readRange(file, fd, 0, Math.min(size, HEAD_BYTES));
-    const tail =
-      size > HEAD_BYTES
-        ? readRange(
-            file,
-            fd,
-            Math.max(HEAD_BYTES, size - TAIL_BYTES),
-            size - Math.max(HEAD_BYTES, size - TAIL_BYTES),
-          )
-        : head;
+    const tail = size > HEAD_BYTES ? readRange(file, fd, Math.max(HEAD_BYTES, size - TAIL_BYTES), size - Math.max(HEAD_BYTES, size - TAIL_BYTES)) : head;
     const lines = head.split('\n');
     const m0 = /^==(\d+)== .*Lackey/.exec(lines[0] ?? '');
-    if (!m0)
-      throw new TraceError(
-        'not-lackey',
-        file,
-        'not a valgrind lackey log (its first line is not "==PID== Lackey, ...")',
-      );
+    if (!m0) throw new TraceError('not-lackey', file, 'not a valgrind lackey log (its first line is not "==PID== Lackey, ...")');
     const pid = Number(m0[1]);
     let command: string | null = null;
     let parent: number | null = null;
@@ -214,11 +201,7 @@ function scanLog(file: string, index: number): LogInfo {
       if (p) parent = Number(p[1]);
     }
     if (command === null || parent === null) {
-      throw new TraceError(
-        'not-lackey',
-        file,
-        'lackey log without the "Command:" and "Parent PID:" header lines',
-      );
+      throw new TraceError('not-lackey', file, 'lackey log without the "Command:" and "Parent PID:" header lines');
     }
     const forkChild = (lines[i] ?? '').startsWith(' --> ');
     let execPath: string | null = null;
@@ -264,13 +247,11 @@ function firstWord(command: string): string {
 /** Orders one pid's logs: the fork child's pre-exec log first, then each exec'd image after the log that exec'd it. */
 function orderLogs(pid: number, logs: LogInfo[], isRoot: boolean): LogInfo[] {
   const names = logs.map((l) => path.basename(l.file)).join(', ');
-  const bad = (why: string): TraceError =>
-    new TraceError('inconsistent', logs.map((l) => l.file).join(', '), `pid ${pid}: ${why} (logs ${names})`);
+  const bad = (why: string): TraceError => new TraceError('inconsistent', logs.map((l) => l.file).join(', '), `pid ${pid}: ${why} (logs ${names})`);
   const rest = [...logs].sort((a, b) => a.index - b.index);
   const forkLogs = rest.filter((l) => l.forkChild);
   if (forkLogs.length > 1) throw bad('more than one log starts as a fork child');
-  if (isRoot && forkLogs.length === 1)
-    throw bad("the root process starts as a fork child, its parent's log is missing");
+  if (isRoot && forkLogs.length === 1) throw bad("the root process starts as a fork child, its parent's log is missing");
   let first: LogInfo;
   if (forkLogs.length === 1) first = forkLogs[0]!;
   else {
@@ -286,9 +267,7 @@ function orderLogs(pid: number, logs: LogInfo[], isRoot: boolean): LogInfo[] {
     let next = cur.execPath === null ? undefined : rest.find((l) => l.program === cur.execPath);
     if (next === undefined && rest.length === 1 && cur.execPath !== null) next = rest[0];
     if (next === undefined)
-      throw bad(
-        `cannot tell which log follows ${path.basename(cur.file)}${cur.execPath ? ` (which execs ${cur.execPath})` : ' (it ends without an exec)'}`,
-      );
+      throw bad(`cannot tell which log follows ${path.basename(cur.file)}${cur.execPath ? ` (which execs ${cur.execPath})` : ' (it ends without an exec)'}`);
     chain.push(next);
     rest.splice(rest.indexOf(next), 1);
   }
@@ -348,11 +327,7 @@ function parseLog(log: LogInfo, st: ProcessState): void {
   try {
     fd = fs.openSync(file, 'r');
   } catch (e) {
-    throw new TraceError(
-      'io',
-      file,
-      `cannot open (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
-    );
+    throw new TraceError('io', file, `cannot open (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
   const b = st.builder;
   st.file = file;
@@ -448,12 +423,7 @@ function parseLog(log: LogInfo, st: ProcessState): void {
 function otherLine(line: string, st: ProcessState, file: string, lineNo: number): void {
   if (line.startsWith('SYSCALL[')) {
     const m = /^SYSCALL\[(\d+),(\d+)\]\((\d+)\) (.*)$/.exec(line);
-    if (!m)
-      throw new TraceError(
-        'bad-line',
-        file,
-        `line ${lineNo}: malformed syscall line: ${JSON.stringify(line.slice(0, 80))}`,
-      );
+    if (!m) throw new TraceError('bad-line', file, `line ${lineNo}: malformed syscall line: ${JSON.stringify(line.slice(0, 80))}`);
     const nr = Number(m[3]);
     const text = m[4]!;
     st.where = `line ${lineNo}`;
@@ -485,18 +455,12 @@ function otherLine(line: string, st: ProcessState, file: string, lineNo: number)
     return;
   }
   if (line.startsWith('==') || line.startsWith('--') || line.trim() === '') return;
-  throw new TraceError(
-    'bad-line',
-    file,
-    `line ${lineNo}: not a lackey log line: ${JSON.stringify(line.slice(0, 80))}`,
-  );
+  throw new TraceError('bad-line', file, `line ${lineNo}: not a lackey log line: ${JSON.stringify(line.slice(0, 80))}`);
 }
 
 /** `Success(0x..)` → its value, `Failure(0x..)` → `-errno`, anything else null. */
 function result(text: string): number | null {
-  const m =
-    /(Success|Failure)\(0x([0-9a-f]+)\)\s*(?:==\d+==\s*)?$/.exec(text) ??
-    /(Success|Failure)\(0x([0-9a-f]+)\)/.exec(text);
+  const m = /(Success|Failure)\(0x([0-9a-f]+)\)\s*(?:==\d+==\s*)?$/.exec(text) ?? /(Success|Failure)\(0x([0-9a-f]+)\)/.exec(text);
   if (!m) return null;
   const v = parseInt(m[2]!, 16);
   return m[1] === 'Success' ? v : -Math.max(v, 1);
@@ -572,8 +536,7 @@ function finishSyscall(st: ProcessState, nr: number, text: string, r: number | n
       return;
     }
     case 10:
-      if (ok)
-        st.event({ type: 'mprotect', at, start: num(a[0]), length: pageUp(num(a[1])), prot: num(a[2]) });
+      if (ok) st.event({ type: 'mprotect', at, start: num(a[0]), length: pageUp(num(a[1])), prot: num(a[2]) });
       return;
     case 11:
       if (ok) st.event({ type: 'munmap', at, start: num(a[0]), length: pageUp(num(a[1])) });

@@ -173,8 +173,7 @@ export interface VxtExitEvent extends VxtEventBase {
 }
 
 /** A process event, positioned in its process's program order by `at`. */
-export type VxtEvent =
-  VxtMmapEvent | VxtMunmapEvent | VxtMprotectEvent | VxtBrkEvent | VxtForkEvent | VxtExecEvent | VxtExitEvent;
+export type VxtEvent = VxtMmapEvent | VxtMunmapEvent | VxtMprotectEvent | VxtBrkEvent | VxtForkEvent | VxtExecEvent | VxtExitEvent;
 
 /** One recorded process (one pid). */
 export interface VxtProcess {

@@ -150,38 +150,22 @@ export function readVxtHeader(bytes: Uint8Array, name: string): VxtHeader {
     throw new TraceError('not-vxt', name, 'not a .vxt trace (bad magic number)');
   }
   if (bytes.length < HEADER_BYTES) {
-    throw new TraceError(
-      'truncated',
-      name,
-      `truncated .vxt trace: ${bytes.length} bytes, shorter than its ${HEADER_BYTES}-byte header`,
-    );
+    throw new TraceError('truncated', name, `truncated .vxt trace: ${bytes.length} bytes, shorter than its ${HEADER_BYTES}-byte header`);
   }
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const version = dv.getUint16(4, true);
   if (version !== VXT_VERSION) {
-    throw new TraceError(
-      'version',
-      name,
-      `unsupported .vxt version ${version} (this build reads version ${VXT_VERSION})`,
-    );
+    throw new TraceError('version', name, `unsupported .vxt version ${version} (this build reads version ${VXT_VERSION})`);
   }
   const payloadBytes = dv.getUint32(8, true);
   const crc = dv.getUint32(12, true);
   const bodyBytes = dv.getUint32(16, true) + dv.getUint32(20, true) * TWO32;
   const expected = HEADER_BYTES + payloadBytes;
   if (bytes.length < expected) {
-    throw new TraceError(
-      'truncated',
-      name,
-      `truncated .vxt trace: ${bytes.length} bytes, the header says ${expected}`,
-    );
+    throw new TraceError('truncated', name, `truncated .vxt trace: ${bytes.length} bytes, the header says ${expected}`);
   }
   if (bytes.length > expected) {
-    throw new TraceError(
-      'corrupt',
-      name,
-      `corrupt .vxt trace: ${bytes.length - expected} bytes after the end of the trace`,
-    );
+    throw new TraceError('corrupt', name, `corrupt .vxt trace: ${bytes.length - expected} bytes after the end of the trace`);
   }
   return { version, payloadBytes, crc, bodyBytes };
 }
@@ -193,16 +177,14 @@ export function decodeVxt(bytes: Uint8Array, name: string): VxtTrace {
   if (zlib.crc32(payload) >>> 0 !== h.crc) {
     throw new TraceError('corrupt', name, 'corrupt .vxt trace: checksum mismatch');
   }
-  const corrupt = (what: string): TraceError =>
-    new TraceError('corrupt', name, `corrupt .vxt trace: ${what}`);
+  const corrupt = (what: string): TraceError => new TraceError('corrupt', name, `corrupt .vxt trace: ${what}`);
   let body: Uint8Array;
   try {
     body = zlib.brotliDecompressSync(payload, { maxOutputLength: Math.max(1, h.bodyBytes) });
   } catch (e) {
     throw corrupt(`cannot decompress (${(e as Error).message})`);
   }
-  if (body.length !== h.bodyBytes)
-    throw corrupt(`body is ${body.length} bytes, the header says ${h.bodyBytes}`);
+  if (body.length !== h.bodyBytes) throw corrupt(`body is ${body.length} bytes, the header says ${h.bodyBytes}`);
   if (body.length < 4) throw corrupt('body too short');
   const metaLength = new DataView(body.buffer, body.byteOffset, body.byteLength).getUint32(0, true);
   if (4 + metaLength > body.length) throw corrupt('metadata runs past the end');
@@ -215,13 +197,11 @@ export function decodeVxt(bytes: Uint8Array, name: string): VxtTrace {
   const m = checkMeta(meta, corrupt);
   const n = m.records;
   let o = 4 + metaLength;
-  if (o + n + m.countsBytes + m.pagesBytes !== body.length)
-    throw corrupt('column lengths do not add up to the body length');
+  if (o + n + m.countsBytes + m.pagesBytes !== body.length) throw corrupt('column lengths do not add up to the body length');
   const kind = body.slice(o, o + n);
   o += n;
   const count = new Uint32Array(n);
-  if (decodeCounts(body, o, o + m.countsBytes, count) !== o + m.countsBytes)
-    throw corrupt('count column does not match the record count');
+  if (decodeCounts(body, o, o + m.countsBytes, count) !== o + m.countsBytes) throw corrupt('count column does not match the record count');
   o += m.countsBytes;
   const page = new Float64Array(n);
   const pe = decodePages(body, o, o + m.pagesBytes, kind, page);
@@ -312,17 +292,14 @@ interface Meta {
 
 const isUint = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 const isNum = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
-const isObj = (v: unknown): v is Record<string, unknown> =>
-  typeof v === 'object' && v !== null && !Array.isArray(v);
+const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 function checkMeta(meta: unknown, corrupt: (w: string) => TraceError): Meta {
   if (!isObj(meta)) throw corrupt('metadata is not an object');
   const src = meta['source'];
-  if (!isObj(src) || typeof src['tool'] !== 'string' || typeof src['command'] !== 'string')
-    throw corrupt('metadata.source');
+  if (!isObj(src) || typeof src['tool'] !== 'string' || typeof src['command'] !== 'string') throw corrupt('metadata.source');
   if (meta['collapse'] !== 'run' && meta['collapse'] !== 'class') throw corrupt('metadata.collapse');
-  for (const k of ['records', 'countsBytes', 'pagesBytes'])
-    if (!isUint(meta[k])) throw corrupt(`metadata.${k}`);
+  for (const k of ['records', 'countsBytes', 'pagesBytes']) if (!isUint(meta[k])) throw corrupt(`metadata.${k}`);
   if (!Array.isArray(meta['processes'])) throw corrupt('metadata.processes');
   return meta as unknown as Meta;
 }
@@ -371,29 +348,18 @@ function rangeProblem(start: unknown, length: unknown, emptyOk: boolean): string
  * replay can run - each process but the root is created by exactly one fork event, in its parent, which
  * comes before it in the list (so there is no cycle, and no process forks itself).
  */
-function checkProcesses(
-  processes: unknown[],
-  page: Float64Array,
-  corrupt: (w: string) => TraceError,
-): void {
+function checkProcesses(processes: unknown[], page: Float64Array, corrupt: (w: string) => TraceError): void {
   const n = page.length;
   const index = new Map<number, number>();
   /** child pid -> the pid whose fork event creates it */
   const forkedBy = new Map<number, number>();
   for (const [i, p] of processes.entries()) {
-    if (
-      !isObj(p) ||
-      !isUint(p['pid']) ||
-      !isUint(p['parent']) ||
-      !isUint(p['recordStart']) ||
-      !isUint(p['recordEnd'])
-    ) {
+    if (!isObj(p) || !isUint(p['pid']) || !isUint(p['parent']) || !isUint(p['recordStart']) || !isUint(p['recordEnd'])) {
       throw corrupt(`process ${i} is malformed`);
     }
     const pid = p['pid'];
     const where = `pid ${pid}`;
-    if (p['recordStart'] > p['recordEnd'] || p['recordEnd'] > n)
-      throw corrupt(`${where} has a record range outside the trace`);
+    if (p['recordStart'] > p['recordEnd'] || p['recordEnd'] > n) throw corrupt(`${where} has a record range outside the trace`);
     if (index.has(pid)) throw corrupt(`pid ${pid} appears twice`);
     index.set(pid, i);
     if (!Array.isArray(p['events'])) throw corrupt(`${where} has no events`);
@@ -405,8 +371,7 @@ function checkProcesses(
       const type = e['type'] as VxtEvent['type'];
       const ev = `${where}: ${type} event ${k}`;
       const at = e['at'];
-      if (at < last || at > p['recordEnd'])
-        throw corrupt(`${where} has an event out of order or outside its records (event ${k})`);
+      if (at < last || at > p['recordEnd']) throw corrupt(`${where} has an event out of order or outside its records (event ${k})`);
       last = at;
       for (const f of EVENT_FIELDS[type]) if (!isNum(e[f])) throw corrupt(`${where}: ${type} event without ${f}`);
       switch (type) {
@@ -415,8 +380,7 @@ function checkProcesses(
         case 'mprotect': {
           const bad = rangeProblem(e['start'], e['length'], type !== 'mmap');
           if (bad !== null) throw corrupt(`${ev} has ${bad}`);
-          if (type === 'mmap' && e['file'] !== null && typeof e['file'] !== 'string')
-            throw corrupt(`${ev} has a file that is neither a string nor null`);
+          if (type === 'mmap' && e['file'] !== null && typeof e['file'] !== 'string') throw corrupt(`${ev} has a file that is neither a string nor null`);
           break;
         }
         case 'brk':
@@ -429,23 +393,19 @@ function checkProcesses(
           if (!isUint(child)) throw corrupt(`${ev} has a child pid of ${child}`);
           if (child === pid) throw corrupt(`${ev} forks the process itself`);
           const before = forkedBy.get(child);
-          if (before !== undefined)
-            throw corrupt(`${ev} forks pid ${child}, which pid ${before} already forked (a child is forked once)`);
+          if (before !== undefined) throw corrupt(`${ev} forks pid ${child}, which pid ${before} already forked (a child is forked once)`);
           forkedBy.set(child, pid);
           break;
         }
         case 'exec': {
           if (e['pid'] !== pid) throw corrupt(`${ev} is about pid ${e['pid']}`);
-          if (typeof e['path'] !== 'string' || !Array.isArray(e['mappings']))
-            throw corrupt(`${ev} has no path or no mappings`);
+          if (typeof e['path'] !== 'string' || !Array.isArray(e['mappings'])) throw corrupt(`${ev} has no path or no mappings`);
           let end = 0;
           for (const [j, mp] of (e['mappings'] as unknown[]).entries()) {
             const x = mp as Partial<Record<keyof VxtMapping, unknown>>;
             const m = `${ev}, mapping ${j}`;
-            if (!isObj(mp) || !isUint(x.prot) || typeof x.role !== 'string' || !ROLES.has(x.role))
-              throw corrupt(`${m} is malformed`);
-            if (x.file !== null && typeof x.file !== 'string')
-              throw corrupt(`${m} has a file that is neither a string nor null`);
+            if (!isObj(mp) || !isUint(x.prot) || typeof x.role !== 'string' || !ROLES.has(x.role)) throw corrupt(`${m} is malformed`);
+            if (x.file !== null && typeof x.file !== 'string') throw corrupt(`${m} has a file that is neither a string nor null`);
             const bad = rangeProblem(x.start, x.length, false);
             if (bad !== null) throw corrupt(`${m} has ${bad}`);
             const s = x.start as number;

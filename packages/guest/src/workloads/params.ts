@@ -63,7 +63,12 @@ export function parseNumber(text: string): number {
 }
 
 /** Checks and completes the parameters of a synthetic workload against its definitions. */
-export function resolveParams(input: string, workload: string, defs: Readonly<Record<string, ParamDef>>, raw: Readonly<Record<string, string>>): Record<string, number> {
+export function resolveParams(
+  input: string,
+  workload: string,
+  defs: Readonly<Record<string, ParamDef>>,
+  raw: Readonly<Record<string, string>>,
+): Record<string, number> {
   const out: Record<string, number> = {};
   for (const k of Object.keys(raw)) {
     if (!(k in defs)) {

@@ -344,7 +344,12 @@ const ptRecycle: SyntheticWorkload = {
 };
 
 /** Each process's accesses over its own area, drawn by `next(rng)` (a page index). */
-function accessLoop(name: string, doc: string, extra: Record<string, ParamDef>, makeNext: (p: Readonly<Record<string, number>>, rng: Rng) => () => number): SyntheticWorkload {
+function accessLoop(
+  name: string,
+  doc: string,
+  extra: Record<string, ParamDef>,
+  makeNext: (p: Readonly<Record<string, number>>, rng: Rng) => () => number,
+): SyntheticWorkload {
   return {
     name,
     doc,
@@ -376,11 +381,16 @@ function accessLoop(name: string, doc: string, extra: Record<string, ParamDef>, 
   };
 }
 
-const scan = accessLoop('scan', 'each process reads/writes its pages in order, pass after pass', { passes: int(4, 1, 1 << 20, 'passes over the area') }, (p) => {
-  let i = -1;
-  const n = p.pages!;
-  return () => (i = (i + 1) % n);
-});
+const scan = accessLoop(
+  'scan',
+  'each process reads/writes its pages in order, pass after pass',
+  { passes: int(4, 1, 1 << 20, 'passes over the area') },
+  (p) => {
+    let i = -1;
+    const n = p.pages!;
+    return () => (i = (i + 1) % n);
+  },
+);
 
 const randomWs = accessLoop('random-ws', 'uniformly random pages of a working set', { accesses: int(1_000_000, 1, 1e10, 'accesses per process') }, (p, rng) => {
   const n = p.pages!;

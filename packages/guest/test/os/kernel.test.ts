@@ -88,7 +88,7 @@ describe('Kernel', () => {
       // 8 written pages made read-only: 8 ptes lose R/W, so flush_tlb_range runs over 8 pages (<= 33):
       // INVLPG of each page on vCPU 0, and by IPI on vCPU 1, where a thread of the process runs: 8 + 8.
       const { k, m } = boot(MODE_LONG4, { vcpus: 2 });
-      const [v0, v1] = m.vcpus as [typeof m.vcpus[0], typeof m.vcpus[0]];
+      const [v0, v1] = m.vcpus as [(typeof m.vcpus)[0], (typeof m.vcpus)[0]];
       const p = k.createProcess(v0, 'gc');
       k.switchTo(v0, p);
       k.switchTo(v1, p);

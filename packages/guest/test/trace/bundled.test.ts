@@ -73,7 +73,11 @@ function uncovered(trace: VxtTrace): { missing: number; forbidden: number } {
           if (top > cur) sp.push([cur, top, PROT_READ | PROT_WRITE]);
           else if (top < cur) sp = cut(sp, top, cur);
           brkTop = Math.max(e.result, brkBase);
-        } else if (e.type === 'fork') atFork.set(e.child, sp.map(([s, end, prot]) => [s, end, prot]));
+        } else if (e.type === 'fork')
+          atFork.set(
+            e.child,
+            sp.map(([s, end, prot]) => [s, end, prot]),
+          );
         ok.clear();
       }
       if (i === p.recordEnd) break;

@@ -14,8 +14,7 @@ const tiny = ['tiny.100.1', 'tiny.101.1', 'tiny.101.2'].map((f) => path.join(FIX
 
 function records(t: VxtTrace): [number, number, number][] {
   const out: [number, number, number][] = [];
-  for (let i = 0; i < t.accesses.length; i++)
-    out.push([t.accesses.kind[i]!, t.accesses.page[i]!, t.accesses.count[i]!]);
+  for (let i = 0; i < t.accesses.length; i++) out.push([t.accesses.kind[i]!, t.accesses.page[i]!, t.accesses.count[i]!]);
   return out;
 }
 
@@ -59,10 +58,7 @@ describe('importLackey', () => {
 
     it('joins fetches and same-kind data accesses across the other class in class mode', () => {
       const head = fs.readFileSync(tiny[0]!, 'latin1').split('\n').slice(0, 6).join('\n');
-      const f = tmpFile(
-        'cls.100.1',
-        `${head}\nI  00001000,4\n L 00005000,8\nI  00001004,4\n L 00005008,8\n S 00005000,8\nI  00001008,2\n L 00005010,8\n`,
-      );
+      const f = tmpFile('cls.100.1', `${head}\nI  00001000,4\n L 00005000,8\nI  00001004,4\n L 00005008,8\n S 00005000,8\nI  00001008,2\n L 00005010,8\n`);
       // fetches: 0x1 x3 (one record); data: L 0x5 x2, S 0x5, L 0x5 (the load after the store is a new
       // record: the last data record is the store). In run mode nothing joins across the other class.
       expect(records(importLackey([f]))).toEqual([
@@ -91,9 +87,7 @@ describe('importLackey', () => {
         [101, 100, 9, 14],
       ]);
       const [sh, child] = t.processes;
-      expect(
-        sh!.events.map((e) => ({ ...e, ...(e.type === 'exec' ? { mappings: e.mappings.length } : {}) })),
-      ).toEqual([
+      expect(sh!.events.map((e) => ({ ...e, ...(e.type === 'exec' ? { mappings: e.mappings.length } : {}) }))).toEqual([
         { type: 'exec', at: 0, pid: 100, path: '/bin/sh', mappings: 4 },
         { type: 'brk', at: 3, request: 0, result: 0x4035000 },
         // the fd came from the openat's async result; the failed mmap is not an event
@@ -114,13 +108,7 @@ describe('importLackey', () => {
         { type: 'exit', at: 9, pid: 100, status: 0, signal: null },
       ]);
       // the failed execve of /bin/nope is ignored; the exec'd image comes from the last execve
-      expect(
-        child!.events.map((e) => [
-          e.type,
-          e.at,
-          e.type === 'exec' ? e.path : e.type === 'exit' ? e.status : null,
-        ]),
-      ).toEqual([
+      expect(child!.events.map((e) => [e.type, e.at, e.type === 'exec' ? e.path : e.type === 'exit' ? e.status : null])).toEqual([
         ['exec', 11, '/bin/true'],
         ['exit', 14, 3],
       ]);
@@ -162,27 +150,15 @@ describe('importLackey', () => {
     });
 
     it('rejects a syscall line whose arguments do not parse', () => {
-      const text = fs
-        .readFileSync(tiny[0]!, 'latin1')
-        .replace('sys_mmap ( 0x0, 8192, 5,', 'sys_mmap ( 0x0, ?, 5,');
+      const text = fs.readFileSync(tiny[0]!, 'latin1').replace('sys_mmap ( 0x0, 8192, 5,', 'sys_mmap ( 0x0, ?, 5,');
       const f = tmpFile('mm.100.1', text);
       expect(() => importLackey([f])).toThrow(/mm\.100\.1: line 16: mmap syscall without a valid length/);
     });
 
     it('rejects logs of two recordings (two roots), an orphan fork child and a missing file', () => {
-      const other = tmpFile(
-        'other.7.1',
-        fs
-          .readFileSync(tiny[1]!, 'latin1')
-          .replaceAll('==101==', '==7==')
-          .replace('Parent PID: 100', 'Parent PID: 6'),
-      );
-      expect(() => importLackey([tiny[0]!, other])).toThrow(
-        /the logs are not one recording: processes 100, 7 without a parent/,
-      );
-      expect(() => importLackey([tiny[1]!, tiny[2]!])).toThrow(
-        /pid 101: the root process starts as a fork child, its parent's log is missing/,
-      );
+      const other = tmpFile('other.7.1', fs.readFileSync(tiny[1]!, 'latin1').replaceAll('==101==', '==7==').replace('Parent PID: 100', 'Parent PID: 6'));
+      expect(() => importLackey([tiny[0]!, other])).toThrow(/the logs are not one recording: processes 100, 7 without a parent/);
+      expect(() => importLackey([tiny[1]!, tiny[2]!])).toThrow(/pid 101: the root process starts as a fork child, its parent's log is missing/);
       expect(() => importLackey([path.join(FIX, 'nope.1')])).toThrow(/nope\.1: cannot open \(ENOENT\)/);
     });
   });
@@ -224,9 +200,7 @@ describe('importLackey', () => {
     it('rejects a child log whose parent shows no fork or clone that created it', () => {
       const logs = pipeline((x) => x.replace(CLONE, '').replace('Success(0x2852)', 'Failure(0xb)'));
       expect(() => importLackey(logs)).toThrow(TraceError);
-      expect(() => importLackey(logs)).toThrow(
-        /pipe\.10322\.\d.*: pid 10322 \(Parent PID: 10309\): no fork or clone in the logs of pid 10309 created it/,
-      );
+      expect(() => importLackey(logs)).toThrow(/pipe\.10322\.\d.*: pid 10322 \(Parent PID: 10309\): no fork or clone in the logs of pid 10309 created it/);
     });
 
     it('rejects a clone whose text and result disagree, and a fork of a process whose logs are missing', () => {

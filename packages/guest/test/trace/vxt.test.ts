@@ -77,11 +77,7 @@ describe('vxt', () => {
     });
 
     it('round-trips any records (property)', () => {
-      const rec = fc.tuple(
-        fc.integer({ min: 0, max: 3 }),
-        fc.integer({ min: 0, max: 2 ** 36 - 1 }),
-        fc.integer({ min: 1, max: 0xffffffff }),
-      );
+      const rec = fc.tuple(fc.integer({ min: 0, max: 3 }), fc.integer({ min: 0, max: 2 ** 36 - 1 }), fc.integer({ min: 1, max: 0xffffffff }));
       fc.assert(
         fc.property(fc.array(rec, { maxLength: 300 }), (recs) => {
           const t = trace(recs);
@@ -99,9 +95,7 @@ describe('vxt', () => {
       expect(() => decodeVxt(good.subarray(0, good.length - 1), 't.vxt')).toThrow(
         `t.vxt: truncated .vxt trace: ${good.length - 1} bytes, the header says ${good.length}`,
       );
-      expect(() => decodeVxt(good.subarray(0, 10), 't.vxt')).toThrow(
-        't.vxt: truncated .vxt trace: 10 bytes, shorter than its 24-byte header',
-      );
+      expect(() => decodeVxt(good.subarray(0, 10), 't.vxt')).toThrow('t.vxt: truncated .vxt trace: 10 bytes, shorter than its 24-byte header');
     });
 
     it('detects a flipped bit in the payload by its checksum', () => {
@@ -113,24 +107,18 @@ describe('vxt', () => {
     });
 
     it('rejects other files, other versions and trailing bytes', () => {
-      expect(() => decodeVxt(new TextEncoder().encode('I  0401ab70,3\n'), 'log.txt')).toThrow(
-        'log.txt: not a .vxt trace (bad magic number)',
-      );
+      expect(() => decodeVxt(new TextEncoder().encode('I  0401ab70,3\n'), 'log.txt')).toThrow('log.txt: not a .vxt trace (bad magic number)');
       const v2 = good.slice();
       v2[4] = 2;
       expect(() => decodeVxt(v2, 'v.vxt')).toThrow('v.vxt: unsupported .vxt version 2');
       const long = new Uint8Array(good.length + 3);
       long.set(good);
-      expect(() => decodeVxt(long, 'l.vxt')).toThrow(
-        'l.vxt: corrupt .vxt trace: 3 bytes after the end of the trace',
-      );
+      expect(() => decodeVxt(long, 'l.vxt')).toThrow('l.vxt: corrupt .vxt trace: 3 bytes after the end of the trace');
     });
 
     it('checks the structure even when the checksum matches', () => {
       const bad = trace([[0, 1, 1]], [{ pid: 1, parent: 5, recordStart: 0, recordEnd: 1, events: [] }]);
-      expect(() => decodeVxt(encodeVxt(bad), 'b.vxt')).toThrow(
-        'b.vxt: corrupt .vxt trace: pid 1 has parent 5, not in the trace',
-      );
+      expect(() => decodeVxt(encodeVxt(bad), 'b.vxt')).toThrow('b.vxt: corrupt .vxt trace: pid 1 has parent 5, not in the trace');
       const range = trace([[0, 1, 1]], [{ pid: 1, parent: 0, recordStart: 0, recordEnd: 2, events: [] }]);
       expect(() => decodeVxt(encodeVxt(range), 'r.vxt')).toThrow(TraceError);
     });
@@ -170,10 +158,26 @@ describe('vxt', () => {
 
     it('rejects an access record outside user space (a page below zero, or at 2^44 and above)', () => {
       // Page -2^40 is address -2^52: not canonical in 4-level paging (#GP) and a kernel address in 5-level.
-      expect(problem([root([], 2)], [[0, 0x108, 1], [1, -(2 ** 40), 1]])).toBe(
+      expect(
+        problem(
+          [root([], 2)],
+          [
+            [0, 0x108, 1],
+            [1, -(2 ** 40), 1],
+          ],
+        ),
+      ).toBe(
         'bad.vxt: corrupt .vxt trace: pid 1: record 1 is an access to page -0x10000000000 (address -0x10000000000000), outside user space [0, 0x100000000000000)',
       );
-      expect(problem([root([], 2)], [[0, 0x108, 1], [2, 2 ** 44, 1]])).toMatch(/pid 1: record 1 is an access to page 0x100000000000 /);
+      expect(
+        problem(
+          [root([], 2)],
+          [
+            [0, 0x108, 1],
+            [2, 2 ** 44, 1],
+          ],
+        ),
+      ).toMatch(/pid 1: record 1 is an access to page 0x100000000000 /);
       // the largest user page of 5-level paging is fine
       expect(() => decodeVxt(encodeVxt(trace([[1, 2 ** 44 - 1, 1]], [root([])])), 'ok.vxt')).not.toThrow();
     });
@@ -183,27 +187,17 @@ describe('vxt', () => {
       const fork = (parent: number, c: number): VxtEvent => ({ type: 'fork', at: 1, parent, child: c });
       expect(problem([root([fork(1, 1)])])).toBe('bad.vxt: corrupt .vxt trace: pid 1: fork event 1 forks the process itself');
       expect(problem([root([fork(1, 2)])])).toBe('bad.vxt: corrupt .vxt trace: pid 1 forks pid 2, not in the trace');
-      expect(problem([root([fork(3, 2)]), child(2, 1)])).toBe(
-        'bad.vxt: corrupt .vxt trace: pid 1: fork event 1 names pid 3 as the parent, not this process',
-      );
+      expect(problem([root([fork(3, 2)]), child(2, 1)])).toBe('bad.vxt: corrupt .vxt trace: pid 1: fork event 1 names pid 3 as the parent, not this process');
       expect(problem([root([fork(1, 2), fork(1, 2)]), child(2, 1)])).toBe(
         'bad.vxt: corrupt .vxt trace: pid 1: fork event 2 forks pid 2, which pid 1 already forked (a child is forked once)',
       );
-      expect(problem([root([]), child(2, 1)])).toBe(
-        'bad.vxt: corrupt .vxt trace: pid 2 has parent 1, which has no fork event that creates it',
-      );
+      expect(problem([root([]), child(2, 1)])).toBe('bad.vxt: corrupt .vxt trace: pid 2 has parent 1, which has no fork event that creates it');
       // pid 3 is pid 2's child, but pid 1 forks it
-      expect(problem([root([fork(1, 2), fork(1, 3)]), child(2, 1), child(3, 2)])).toBe(
-        'bad.vxt: corrupt .vxt trace: pid 3 has parent 2 but pid 1 forks it',
-      );
+      expect(problem([root([fork(1, 2), fork(1, 3)]), child(2, 1), child(3, 2)])).toBe('bad.vxt: corrupt .vxt trace: pid 3 has parent 2 but pid 1 forks it');
       // 2 and 3 fork each other (and nothing starts them): the parent must come first, so a cycle cannot
-      expect(
-        problem([
-          root([]),
-          { ...child(2, 3), events: [fork(2, 3)] },
-          { ...child(3, 2), events: [fork(3, 2)] },
-        ]),
-      ).toBe('bad.vxt: corrupt .vxt trace: pid 2 comes before its parent 3 (parents come first)');
+      expect(problem([root([]), { ...child(2, 3), events: [fork(2, 3)] }, { ...child(3, 2), events: [fork(3, 2)] }])).toBe(
+        'bad.vxt: corrupt .vxt trace: pid 2 comes before its parent 3 (parents come first)',
+      );
       expect(problem([root([]), { ...child(2, 2), events: [] }])).toBe('bad.vxt: corrupt .vxt trace: pid 2 is its own parent');
       expect(problem([root([fork(1, 5)]), child(5, 0)])).toBe('bad.vxt: corrupt .vxt trace: pid 5 is a root (parent 0) but pid 1 forks it');
     });
