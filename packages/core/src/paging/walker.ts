@@ -54,7 +54,8 @@ const PDPTE_RSVD_LO = 0x1e6;
 
 /** The I/D error-code bit for `access` in `ctx` (§4.7: set for an instruction fetch only if CR4.SMEP = 1, or CR4.PAE = 1 and IA32_EFER.NXE = 1). */
 function idBit(ctx: PagingContext, access: number): number {
-  return (access & 0x10) /* ACC_FETCH */ !== 0 && (ctx.cr4Smep || (ctx.eferNxe && ctx.mode !== 0) /* MODE_LEGACY32 */) ? 0x10 /* PFERR_FETCH */ : 0;
+  const legacy32 = ctx.mode === 0; /* MODE_LEGACY32 */
+  return (access & 0x10) /* ACC_FETCH */ !== 0 && (ctx.cr4Smep || (ctx.eferNxe && !legacy32)) ? 0x10 /* PFERR_FETCH */ : 0;
 }
 
 function pageFault(out: WalkResult, errorCode: number): number {
