@@ -187,15 +187,18 @@ export function walk(ctx: PagingContext, mem: PhysicalMemory, va: number, access
 function walk32(ctx: PagingContext, mem: PhysicalMemory, lo: number, access: number, flags: number, out: WalkResult): number {
   const nested = ctx.nested;
   out.topLevel = 2;
+  const ePa = out.entryPa;
+  const eLo = out.entryLo;
+  const eHi = out.entryHi;
   let epa = (((ctx.cr3 >>> 0) & 0xfffff000) >>> 0) + (lo >>> 22) * 4;
   if (nested !== null) {
     epa = nested.translate(epa, access, false, out);
     if (epa < 0) return nestedFault(out);
   }
   const pde = mem.read32(epa);
-  out.entryPa[2] = epa;
-  out.entryLo[2] = pde;
-  out.entryHi[2] = 0;
+  ePa[2] = epa;
+  eLo[2] = pde;
+  eHi[2] = 0;
   if ((pde & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 2);
 
   let leaf = pde;
@@ -215,9 +218,9 @@ function walk32(ctx: PagingContext, mem: PhysicalMemory, lo: number, access: num
       if (epa < 0) return nestedFault(out);
     }
     leaf = mem.read32(epa);
-    out.entryPa[1] = epa;
-    out.entryLo[1] = leaf;
-    out.entryHi[1] = 0;
+    ePa[1] = epa;
+    eLo[1] = leaf;
+    eHi[1] = 0;
     if ((leaf & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 1);
     pa = ((leaf & 0xfffff000) >>> 0) + (lo & 0xfff);
     out.leafLevel = 1;
@@ -240,6 +243,9 @@ function walk32(ctx: PagingContext, mem: PhysicalMemory, lo: number, access: num
  */
 function walk4(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, access: number, flags: number, out: WalkResult): number {
   out.topLevel = 4;
+  const ePa = out.entryPa;
+  const eLo = out.entryLo;
+  const eHi = out.entryHi;
   const m = ctx.maxPhyAddr - 32; // first reserved address bit, in the high half
   const rsvdHi = ((0xfffff >>> m) << m) | (ctx.eferNxe ? 0 : 0x80000000); // bits 51:M, and XD without NXE (§4.5.4)
   const cr3 = ctx.cr3;
@@ -250,9 +256,9 @@ function walk4(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
   let epa = ((cr3 & 0xfffff000) | (((hi >>> 7) & 0x1ff) << 3)) >>> 0;
   let elo = mem.read32(epa);
   let ehi = mem.read32((epa | 4) >>> 0);
-  out.entryPa[4] = epa;
-  out.entryLo[4] = elo;
-  out.entryHi[4] = ehi;
+  ePa[4] = epa;
+  eLo[4] = elo;
+  eHi[4] = ehi;
   if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 4);
   if ((elo & 0x80) /* PS */ !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 4);
   let acc = elo;
@@ -263,9 +269,9 @@ function walk4(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
   epa = ((elo & 0xfffff000) | ((((lo >>> 30) | (hi << 2)) & 0x1ff) << 3)) >>> 0;
   elo = mem.read32(epa);
   ehi = mem.read32((epa | 4) >>> 0);
-  out.entryPa[3] = epa;
-  out.entryLo[3] = elo;
-  out.entryHi[3] = ehi;
+  ePa[3] = epa;
+  eLo[3] = elo;
+  eHi[3] = ehi;
   if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 3);
   let level = 3;
   let offsetMask = 0x3fffffff; // 1 GiB
@@ -281,9 +287,9 @@ function walk4(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
     epa = ((elo & 0xfffff000) | (((lo >>> 21) & 0x1ff) << 3)) >>> 0;
     elo = mem.read32(epa);
     ehi = mem.read32((epa | 4) >>> 0);
-    out.entryPa[2] = epa;
-    out.entryLo[2] = elo;
-    out.entryHi[2] = ehi;
+    ePa[2] = epa;
+    eLo[2] = elo;
+    eHi[2] = ehi;
     if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 2);
     level = 2;
     offsetMask = 0x1fffff; // 2 MiB
@@ -299,9 +305,9 @@ function walk4(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
       epa = ((elo & 0xfffff000) | (((lo >>> 12) & 0x1ff) << 3)) >>> 0;
       elo = mem.read32(epa);
       ehi = mem.read32((epa | 4) >>> 0);
-      out.entryPa[1] = epa;
-      out.entryLo[1] = elo;
-      out.entryHi[1] = ehi;
+      ePa[1] = epa;
+      eLo[1] = elo;
+      eHi[1] = ehi;
       if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 1);
       if ((ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 1);
       level = 1;
@@ -328,6 +334,9 @@ function walk4(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
  */
 function walk5(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, access: number, flags: number, out: WalkResult): number {
   out.topLevel = 5;
+  const ePa = out.entryPa;
+  const eLo = out.entryLo;
+  const eHi = out.entryHi;
   const m = ctx.maxPhyAddr - 32; // first reserved address bit, in the high half
   const rsvdHi = ((0xfffff >>> m) << m) | (ctx.eferNxe ? 0 : 0x80000000); // bits 51:M, and XD without NXE (§4.5.4)
   const cr3 = ctx.cr3;
@@ -338,9 +347,9 @@ function walk5(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
   let epa = ((cr3 & 0xfffff000) | (((hi >>> 16) & 0x1ff) << 3)) >>> 0;
   let elo = mem.read32(epa);
   let ehi = mem.read32((epa | 4) >>> 0);
-  out.entryPa[5] = epa;
-  out.entryLo[5] = elo;
-  out.entryHi[5] = ehi;
+  ePa[5] = epa;
+  eLo[5] = elo;
+  eHi[5] = ehi;
   if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 5);
   if ((elo & 0x80) /* PS */ !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 5);
   let acc = elo;
@@ -351,9 +360,9 @@ function walk5(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
   epa = ((elo & 0xfffff000) | (((hi >>> 7) & 0x1ff) << 3)) >>> 0;
   elo = mem.read32(epa);
   ehi = mem.read32((epa | 4) >>> 0);
-  out.entryPa[4] = epa;
-  out.entryLo[4] = elo;
-  out.entryHi[4] = ehi;
+  ePa[4] = epa;
+  eLo[4] = elo;
+  eHi[4] = ehi;
   if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 4);
   if ((elo & 0x80) /* PS */ !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 4);
   acc &= elo;
@@ -364,9 +373,9 @@ function walk5(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
   epa = ((elo & 0xfffff000) | ((((lo >>> 30) | (hi << 2)) & 0x1ff) << 3)) >>> 0;
   elo = mem.read32(epa);
   ehi = mem.read32((epa | 4) >>> 0);
-  out.entryPa[3] = epa;
-  out.entryLo[3] = elo;
-  out.entryHi[3] = ehi;
+  ePa[3] = epa;
+  eLo[3] = elo;
+  eHi[3] = ehi;
   if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 3);
   let level = 3;
   let offsetMask = 0x3fffffff; // 1 GiB
@@ -382,9 +391,9 @@ function walk5(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
     epa = ((elo & 0xfffff000) | (((lo >>> 21) & 0x1ff) << 3)) >>> 0;
     elo = mem.read32(epa);
     ehi = mem.read32((epa | 4) >>> 0);
-    out.entryPa[2] = epa;
-    out.entryLo[2] = elo;
-    out.entryHi[2] = ehi;
+    ePa[2] = epa;
+    eLo[2] = elo;
+    eHi[2] = ehi;
     if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 2);
     level = 2;
     offsetMask = 0x1fffff; // 2 MiB
@@ -400,9 +409,9 @@ function walk5(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
       epa = ((elo & 0xfffff000) | (((lo >>> 12) & 0x1ff) << 3)) >>> 0;
       elo = mem.read32(epa);
       ehi = mem.read32((epa | 4) >>> 0);
-      out.entryPa[1] = epa;
-      out.entryLo[1] = elo;
-      out.entryHi[1] = ehi;
+      ePa[1] = epa;
+      eLo[1] = elo;
+      eHi[1] = ehi;
       if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 1);
       if ((ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 1);
       level = 1;
@@ -432,10 +441,13 @@ function walkPae(ctx: PagingContext, mem: PhysicalMemory, lo: number, access: nu
   const i = lo >>> 30;
   const plo = ctx.pdpteLo[i]!;
   const phi = ctx.pdpteHi[i]!;
+  const ePa = out.entryPa;
+  const eLo = out.entryLo;
+  const eHi = out.entryHi;
   out.topLevel = 3;
-  out.entryPa[3] = (((ctx.cr3 >>> 0) & 0xffffffe0) >>> 0) + i * 8; // where the register was loaded from
-  out.entryLo[3] = plo;
-  out.entryHi[3] = phi;
+  ePa[3] = (((ctx.cr3 >>> 0) & 0xffffffe0) >>> 0) + i * 8; // where the register was loaded from
+  eLo[3] = plo;
+  eHi[3] = phi;
   if ((plo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 3);
   const m = ctx.maxPhyAddr - 32; // first reserved address bit, in the high half
   const rsvdHi = ((0x7fffffff >>> m) << m) | (ctx.eferNxe ? 0 : 0x80000000); // bits 62:M, and XD without NXE (§4.4.2)
@@ -445,9 +457,9 @@ function walkPae(ctx: PagingContext, mem: PhysicalMemory, lo: number, access: nu
   let epa = ((plo & 0xfffff000) | (((lo >>> 21) & 0x1ff) << 3)) >>> 0;
   let elo = mem.read32(epa);
   let ehi = mem.read32((epa | 4) >>> 0);
-  out.entryPa[2] = epa;
-  out.entryLo[2] = elo;
-  out.entryHi[2] = ehi;
+  ePa[2] = epa;
+  eLo[2] = elo;
+  eHi[2] = ehi;
   if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 2);
   let acc = -1;
   let xd = 0;
@@ -465,9 +477,9 @@ function walkPae(ctx: PagingContext, mem: PhysicalMemory, lo: number, access: nu
     epa = ((elo & 0xfffff000) | (((lo >>> 12) & 0x1ff) << 3)) >>> 0;
     elo = mem.read32(epa);
     ehi = mem.read32((epa | 4) >>> 0);
-    out.entryPa[1] = epa;
-    out.entryLo[1] = elo;
-    out.entryHi[1] = ehi;
+    ePa[1] = epa;
+    eLo[1] = elo;
+    eHi[1] = ehi;
     if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 1);
     if ((ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 1);
     level = 1;
@@ -518,6 +530,9 @@ function walkFrom(
   xd: number,
 ): number {
   const nested = ctx.nested;
+  const ePa = out.entryPa;
+  const eLo = out.entryLo;
+  const eHi = out.entryHi;
   let elo: number;
   let ehi: number;
   let pageSize = 4096;
@@ -547,9 +562,9 @@ function walkFrom(
     }
     elo = mem.read32(epa);
     ehi = mem.read32(epa + 4);
-    out.entryPa[level] = epa;
-    out.entryLo[level] = elo;
-    out.entryHi[level] = ehi;
+    ePa[level] = epa;
+    eLo[level] = elo;
+    eHi[level] = ehi;
     if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, level);
     let rsvdLo = 0;
     let isLeaf = level === 1;
