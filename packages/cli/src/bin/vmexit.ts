@@ -1,5 +1,8 @@
 #!/usr/bin/env node
+import { quietOnEpipe } from '../epipe.js';
 import { main } from '../program.js';
+
+quietOnEpipe();
 
 main(process.argv.slice(2)).then(
   (code) => {

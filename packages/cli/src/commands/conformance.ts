@@ -17,9 +17,6 @@ import { addVariantOptions, variantFromOptions, type VariantOptions } from '../v
  *
  * Variant flags without a backend (`--mmu shadow` alone, or with `--backend none`) are an InputError: the
  * vectors would run natively and the flag would be silently ignored.
- *
- * When the reader of stdout goes away early (`vmexit conformance ... | head`), the rest of the output is
- * dropped and the command exits quietly with its status, instead of dying on an unhandled EPIPE.
  */
 export function registerConformance(program: Command): void {
   const cmd = program
@@ -63,7 +60,6 @@ export function registerConformance(program: Command): void {
     } else {
       report = runConformance(vectors);
     }
-    quietOnEpipe();
     if (opts.json === true) {
       process.stdout.write(`${JSON.stringify(reportToJson(report), null, 2)}\n`);
     } else {
@@ -103,20 +99,4 @@ function checkVariantFlags(opts: VariantOptions): void {
       `${ignored.join(', ')}: needs --backend vmx|svm (or --config FILE); without a backend the vectors run natively and ${it} would be ignored`,
     );
   }
-}
-
-let epipeHandled = false;
-
-/**
- * `vmexit conformance ... | head`: once the reader has closed the pipe, a write fails with EPIPE, which node
- * reports as an 'error' event on stdout (an uncaught exception with a stack trace when nobody listens). The
- * output is then of no use to anyone: exit at once, quietly, with the status the run has set.
- */
-function quietOnEpipe(): void {
-  if (epipeHandled) return;
-  epipeHandled = true;
-  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
-    if (e.code !== 'EPIPE') throw e;
-    process.exit();
-  });
 }

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { quietOnEpipe } from '../../src/epipe.js';
 import { main } from '../../src/program.js';
 
 /** The sample vectors, kept as fixtures of @vmexit/core (the tests do not depend on ../shared). */
@@ -196,9 +197,10 @@ describe('vmexit conformance', () => {
     expect(out).toBe('conformance: 10 passed, 0 failed\n');
   });
 
-  describe('stdout closed early (vmexit conformance ... | head)', () => {
+  describe('stdout closed early (vmexit conformance ... | head; bin/vmexit.ts installs quietOnEpipe)', () => {
     it('exits quietly, with the status of the run, when a write fails with EPIPE', async () => {
       expect(await main(['conformance', '--json', fixture('sample-twice-pae.jsonl')])).toBe(0);
+      quietOnEpipe();
       const exit = vi.spyOn(process, 'exit').mockImplementation((() => undefined) as () => never);
       process.stdout.emit('error', Object.assign(new Error('write EPIPE'), { code: 'EPIPE', errno: -32, syscall: 'write' }));
       expect(exit).toHaveBeenCalledTimes(1);
@@ -209,6 +211,7 @@ describe('vmexit conformance', () => {
 
     it('still reports any other stdout error', async () => {
       expect(await main(['conformance', fixture('sample-twice-pae.jsonl')])).toBe(0);
+      quietOnEpipe();
       const exit = vi.spyOn(process, 'exit').mockImplementation((() => undefined) as () => never);
       expect(() => process.stdout.emit('error', Object.assign(new Error('write EIO'), { code: 'EIO' }))).toThrow('write EIO');
       expect(exit).not.toHaveBeenCalled();
