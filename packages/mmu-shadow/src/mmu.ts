@@ -26,6 +26,7 @@ import {
   type MmuHost,
   type NonPresentSpteEncoding,
   type PageFaultResolution,
+  type PagingContext,
   type Vcpu,
 } from '@vmexit/core';
 import { auditShadowMmu } from './audit.js';
@@ -129,6 +130,22 @@ const RETRY: PageFaultResolution = { kind: 'retry' };
  * The KVM-style shadow MMU (arch/x86/kvm/mmu/mmu.c, paging_tmpl.h; Documentation/virt/kvm/x86/mmu.rst).
  * See DESIGN.md for the structures and the rules each method follows.
  */
+/**
+ * The guest page directory behind PAE root slot `i` (SDM Vol. 3A §4.4.1: PDPTE register i; -1 when it is not
+ * present), or, for a 32-bit guest, its one page directory, shadowed once per quadrant (mmu.rst "quadrant").
+ */
+function paeRootGfn(g: PagingContext, i: number): number {
+  if (g.mode === MODE_LEGACY32) return Math.floor(g.cr3 / PAGE_SIZE);
+  const lo = g.pdpteLo[i]!;
+  if ((lo & PT_PRESENT) === 0) return -1;
+  return (lo >>> 12) + (g.pdpteHi[i]! & 0xfffff) * 0x100000;
+}
+
+/** The role of PAE root slot `i`: a level-2 page; a 32-bit guest's slot i is quadrant i (VA bits 31:30). */
+function paeRootRole(g: PagingContext, base: number, i: number): number {
+  return base | 2 | (g.mode === MODE_LEGACY32 ? i << 5 : 0);
+}
+
 export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
   readonly name = 'shadow' as const;
   host!: MmuHost;
@@ -840,22 +857,12 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
     st.pdpteLo.set(g.pdpteLo);
     st.pdpteHi.set(g.pdpteHi);
     for (let i = 0; i < 4; i++) {
-      let gfn: number;
-      let role: number;
-      if (g.mode === MODE_LEGACY32) {
-        // Four roots for the one guest PD, quadrant i = VA bits 31:30.
-        gfn = Math.floor(g.cr3 / PAGE_SIZE);
-        role = base | 2 | (i << 5);
-      } else {
-        const lo = g.pdpteLo[i]!;
-        if ((lo & PT_PRESENT) === 0) {
-          st.paeRoots[i] = null;
-          continue;
-        }
-        gfn = (lo >>> 12) + (g.pdpteHi[i]! & 0xfffff) * 0x100000;
-        role = base | 2;
+      const gfn = paeRootGfn(g, i);
+      if (gfn < 0) {
+        st.paeRoots[i] = null;
+        continue;
       }
-      const sp = this.getPage(gfn, role);
+      const sp = this.getPage(gfn, paeRootRole(g, base, i));
       sp.rootCount++;
       st.paeRoots[i] = sp;
       ctx.pdpteLo[i] = (sp.hpaLo | SPTE_P) >>> 0;
@@ -931,19 +938,14 @@ export class ShadowMmu implements Mmu, NonPresentSpteEncoding {
     }
     let n = 0;
     for (let i = 0; i < 4; i++) {
-      if (g.mode === MODE_LEGACY32) {
-        this.rootGfn[n] = cr3Gfn;
-        this.rootRole[n++] = base | 2 | (i << 5);
-        continue;
-      }
-      const lo = g.pdpteLo[i]!;
-      if ((lo & PT_PRESENT) === 0) continue;
-      const gfn = (lo >>> 12) + (g.pdpteHi[i]! & 0xfffff) * 0x100000;
+      const gfn = paeRootGfn(g, i);
+      if (gfn < 0) continue;
+      const role = paeRootRole(g, base, i);
       let dup = false;
-      for (let j = 0; j < n; j++) if (this.rootGfn[j] === gfn) dup = true; // two PDPTEs, one PD: one page
+      for (let j = 0; j < n; j++) if (this.rootGfn[j] === gfn && this.rootRole[j] === role) dup = true; // two PDPTEs, one PD: one page
       if (dup) continue;
       this.rootGfn[n] = gfn;
-      this.rootRole[n++] = base | 2;
+      this.rootRole[n++] = role;
     }
     return n;
   }
