@@ -1,11 +1,8 @@
 import { PF_VECTOR, PFERR_PRESENT, PFERR_RSVD, type Backend, type HardwareExit, type MmuMode } from '@vmexit/core';
 import {
   exitCodeName,
-  INTERCEPT_CR0_READ,
   INTERCEPT_CR0_WRITE,
-  INTERCEPT_CR3_READ,
   INTERCEPT_CR3_WRITE,
-  INTERCEPT_CR4_READ,
   INTERCEPT_CR4_WRITE,
   INTERCEPT_INVLPG,
   INTERCEPT_MSR_PROT,
@@ -17,7 +14,6 @@ import {
   SVM_EVTINJ_VALID_ERR,
   SVM_EVTINJ_VEC_MASK,
   SVM_MSR_EXITINFO1_WRITE,
-  VMEXIT_CR0_READ,
   VMEXIT_CR0_WRITE,
   VMEXIT_EXCP_BASE,
   VMEXIT_INVLPG,
@@ -25,6 +21,7 @@ import {
   VMEXIT_NPF,
 } from './constants.js';
 import { createVmcb, Vmcb } from './state.js';
+import { BackendError } from './errors.js';
 
 /** Exceptions that push an error code (APM Vol. 2 §8.2): #DF, #TS, #NP, #SS, #GP, #PF, #AC, #CP (21), #SX (30). */
 function hasErrorCode(vector: number): boolean {
@@ -63,21 +60,7 @@ export class SvmBackend implements Backend<Vmcb> {
       case MSR_EFER:
         return (v.interceptMisc1 & INTERCEPT_MSR_PROT) !== 0 && v.msrpmWrite.has(MSR_EFER);
       default:
-        throw new RangeError(`SVM: no write-intercept rule for control register ${cr}`);
-    }
-  }
-
-  /** §15.9: a read of CRn exits iff bit n of the CR intercept vector is set. */
-  crReadExits(v: Vmcb, cr: number): boolean {
-    switch (cr) {
-      case 0:
-        return (v.interceptCr & INTERCEPT_CR0_READ) !== 0;
-      case 3:
-        return (v.interceptCr & INTERCEPT_CR3_READ) !== 0;
-      case 4:
-        return (v.interceptCr & INTERCEPT_CR4_READ) !== 0;
-      default:
-        throw new RangeError(`SVM: no read-intercept rule for control register ${cr}`);
+        throw new BackendError('E_BACKEND_NO_RULE', `SVM: no write-intercept rule for control register ${cr}`);
     }
   }
 
@@ -110,14 +93,6 @@ export class SvmBackend implements Backend<Vmcb> {
       return this.describe(v);
     }
     v.exitCode = VMEXIT_CR0_WRITE + cr;
-    v.exitInfo1 = SVM_CR_EXITINFO1_MOV;
-    v.exitInfo2 = 0;
-    return this.describe(v);
-  }
-
-  /** CR read: VMEXIT_CR0_READ + n, EXITINFO1 as for a write. */
-  crReadExit(v: Vmcb, cr: number): HardwareExit {
-    v.exitCode = VMEXIT_CR0_READ + cr;
     v.exitInfo1 = SVM_CR_EXITINFO1_MOV;
     v.exitInfo2 = 0;
     return this.describe(v);

@@ -1,10 +1,8 @@
 import { ACC_FETCH, ACC_WRITE, PF_VECTOR, PFERR_PRESENT, PFERR_RSVD, type Backend, type HardwareExit, type MmuMode, type PageFaultFilter } from '@vmexit/core';
 import {
   CPU_BASED_CR3_LOAD_EXITING,
-  CPU_BASED_CR3_STORE_EXITING,
   CPU_BASED_INVLPG_EXITING,
   CPU_BASED_USE_MSR_BITMAPS,
-  CR_ACCESS_TYPE_MOV_FROM_CR,
   CR_ACCESS_TYPE_MOV_TO_CR,
   EPT_VIOLATION_ACC_INSTR,
   EPT_VIOLATION_ACC_READ,
@@ -29,6 +27,7 @@ import {
   VMX_EPTP_PWL_4,
 } from './constants.js';
 import { createVmcs, Vmcs } from './state.js';
+import { BackendError } from './errors.js';
 
 /** Exceptions that push an error code (SDM Vol. 3A §6.15): #DF 8, #TS 10, #NP 11, #SS 12, #GP 13, #PF 14, #AC 17, #CP 21. */
 function hasErrorCode(vector: number): boolean {
@@ -83,20 +82,7 @@ export class VmxBackend implements Backend<Vmcs>, PageFaultFilter {
       case MSR_EFER:
         return (v.cpuBasedVmExecControl & CPU_BASED_USE_MSR_BITMAPS) === 0 || v.msrWriteIntercepts.has(MSR_EFER);
       default:
-        throw new RangeError(`VMX: no write-exit rule for control register ${cr}`);
-    }
-  }
-
-  /** SDM Vol. 3C §26.1.3: MOV from CR3 exits iff CR3-store exiting is 1. MOV from CR0/CR4 never exits (the read shadow is read). */
-  crReadExits(v: Vmcs, cr: number): boolean {
-    switch (cr) {
-      case 0:
-      case 4:
-        return false;
-      case 3:
-        return (v.cpuBasedVmExecControl & CPU_BASED_CR3_STORE_EXITING) !== 0;
-      default:
-        throw new RangeError(`VMX: no read-exit rule for control register ${cr}`);
+        throw new BackendError('E_BACKEND_NO_RULE', `VMX: no write-exit rule for control register ${cr}`);
     }
   }
 
@@ -137,13 +123,6 @@ export class VmxBackend implements Backend<Vmcs>, PageFaultFilter {
     }
     v.vmExitReason = EXIT_REASON_CR_ACCESS;
     v.exitQualification = (cr & 0xf) | CR_ACCESS_TYPE_MOV_TO_CR;
-    return this.describe(v, { exitQualification: v.exitQualification });
-  }
-
-  /** MOV from CR: the CR-access qualification with access type 1 (Table 28-3). */
-  crReadExit(v: Vmcs, cr: number): HardwareExit {
-    v.vmExitReason = EXIT_REASON_CR_ACCESS;
-    v.exitQualification = (cr & 0xf) | CR_ACCESS_TYPE_MOV_FROM_CR;
     return this.describe(v, { exitQualification: v.exitQualification });
   }
 

@@ -2,6 +2,8 @@
  * Intel VMX names and numbers (Intel SDM Vol. 3C; Linux arch/x86/include/uapi/asm/vmx.h and asm/vmx.h).
  */
 
+import { BackendError } from './errors.js';
+
 /** Basic exit reasons, SDM Vol. 3C Appendix C (Table C-1). */
 export const EXIT_REASON_EXCEPTION_NMI = 0;
 export const EXIT_REASON_EXTERNAL_INTERRUPT = 1;
@@ -83,7 +85,7 @@ export function exitReasonName(reason: number): string {
     case EXIT_REASON_PML_FULL:
       return 'PML_FULL';
     default:
-      throw new RangeError(`unknown VMX exit reason ${reason}`);
+      throw new BackendError('E_BACKEND_UNKNOWN_EXIT', `unknown VMX exit reason ${reason}`);
   }
 }
 

@@ -161,17 +161,15 @@ describe('VmxBackend', () => {
     });
   });
 
-  describe('.crReadExits / .invlpgExits', () => {
-    it('exit on MOV from CR3 and INVLPG under shadow paging, not under EPT', () => {
+  describe('.invlpgExits', () => {
+    it('exit on INVLPG under shadow paging, not under EPT', () => {
       const s = createVmcs('shadow');
       const t = createVmcs('tdp');
-      expect([vmx.crReadExits(s, 3), vmx.invlpgExits(s)]).toEqual([true, true]);
-      expect([vmx.crReadExits(t, 3), vmx.invlpgExits(t)]).toEqual([false, false]);
+      expect(vmx.invlpgExits(s)).toBe(true);
+      expect(vmx.invlpgExits(t)).toBe(false);
       expect(s.cpuBasedVmExecControl & (CPU_BASED_CR3_STORE_EXITING | CPU_BASED_INVLPG_EXITING)).not.toBe(0);
       expect(t.secondaryVmExecControl & SECONDARY_EXEC_ENABLE_EPT).not.toBe(0);
       expect(vmx.exceptionExits(t, PF_VECTOR, 0)).toBe(false); // EPT: #PF not intercepted
-      expect([vmx.crReadExits(s, 0), vmx.crReadExits(s, 4)]).toEqual([false, false]); // the read shadows are read
-      expect(() => vmx.crReadExits(s, 8)).toThrow(/VMX: no read-exit rule for control register 8/);
     });
   });
 
@@ -190,7 +188,6 @@ describe('VmxBackend', () => {
     it('describes CR_ACCESS (28), MSR_WRITE (32), INVLPG (14) exits', () => {
       const v = createVmcs('shadow');
       expect(vmx.crWriteExit(v, 3, 0x5000)).toMatchObject({ code: EXIT_REASON_CR_ACCESS, name: 'CR_ACCESS', fields: { exitQualification: 3 } });
-      expect(vmx.crReadExit(v, 3)).toMatchObject({ code: 28, fields: { exitQualification: 0x13 } });
       expect(vmx.crWriteExit(v, MSR_EFER, 0)).toMatchObject({ code: EXIT_REASON_MSR_WRITE, name: 'MSR_WRITE' });
       expect(vmx.invlpgExit(v, 0x40_0000)).toMatchObject({ code: EXIT_REASON_INVLPG, name: 'INVLPG', fields: { exitQualification: 0x40_0000 } });
     });

@@ -3,6 +3,7 @@ import {
   JsonLinesTracer,
   VariantError,
   createVm,
+  hexU64,
   modelCycles,
   type CostReport,
   type ExitTracer,
@@ -265,7 +266,7 @@ export function compareGuestViews(native: GuestView, virt: GuestView): CheckRepo
       const at =
         m.gpa === null
           ? ' (guest memory sizes differ)'
-          : ` (first at guest-physical ${hex(m.gpa)}: 0x${m.native!.toString(16)} natively, 0x${m.variant!.toString(16)} under the variant)`;
+          : ` (first at guest-physical ${hexU64(m.gpa)}: ${hexU64(m.native!)} natively, ${hexU64(m.variant!)} under the variant)`;
       divergence = `final guest memory differs: digest ${native.memoryDigest} natively, ${virt.memoryDigest} under the variant${at}`;
     }
   }
@@ -277,7 +278,7 @@ function sameEvent(x: GuestFaultEvent, y: GuestFaultEvent): boolean {
 }
 
 function fmtEvent(e: GuestFaultEvent): string {
-  const pf = `#PF at ${hex(e.address)} error code ${e.errorCode} on vCPU ${e.vcpu} (pid ${e.pid}`;
+  const pf = `#PF at ${hexU64(e.address)} error code ${e.errorCode} on vCPU ${e.vcpu} (pid ${e.pid}`;
   return e.kind === 'sigsegv' ? `SIGSEGV after ${pf})` : `${pf}, ${e.kind})`;
 }
 
@@ -291,7 +292,7 @@ function compareMemory(native: GuestView, virt: GuestView, allow: (id: AllowedDi
     if (x[k] === y[k]) continue;
     const gpa = native.memory.offsetToGpa(k * 4);
     if (((x[k]! ^ y[k]!) & ~PTE_ACCESSED_DIRTY) === 0 && stale.has(gpa)) {
-      allow('stale-accessed-dirty', `the entry at guest-physical ${hex(gpa)}: 0x${x[k]!.toString(16)} natively, 0x${y[k]!.toString(16)} under the variant`);
+      allow('stale-accessed-dirty', `the entry at guest-physical ${hexU64(gpa)}: ${hexU64(x[k]!)} natively, ${hexU64(y[k]!)} under the variant`);
       continue;
     }
     return { what: 'memory', gpa, native: x[k]!, variant: y[k]! };
@@ -313,7 +314,3 @@ export function checkFailure(check: CheckReport): RunFailure {
 }
 
 export { JsonLinesTracer, nativeCounters };
-
-function hex(n: number): string {
-  return n < 0 ? `0x${BigInt.asUintN(64, BigInt(n)).toString(16)}` : `0x${n.toString(16)}`;
-}

@@ -20,6 +20,7 @@ import {
   PAGE_SIZE,
   PF_VECTOR,
 } from '../arch/constants.js';
+import { hexU64 } from '../arch/hex.js';
 import { MODE_LEGACY32, MODE_LONG4, MODE_LONG5, MODE_PAE, type PagingModeId } from '../arch/modes.js';
 import type { PhysicalMemory } from '../memory/physical.js';
 import type { PagingContext } from '../paging/types.js';
@@ -27,6 +28,7 @@ import { WALK_GP, WALK_NESTED_FAULT, WALK_OK, WALK_PAGE_FAULT, WALK_SIDE_EFFECTS
 import { loadPdptes, rightsFault, walk } from '../paging/walker.js';
 import { TLB_FETCH_SUP, TLB_FETCH_USER, TLB_GLOBAL, TLB_READ_SUP, TLB_READ_USER, TLB_WRITE_SUP, TLB_WRITE_USER, Tlb } from '../tlb/tlb.js';
 import type { GuestMemory } from './guest-memory.js';
+import { MachineError } from './errors.js';
 import { FAULT_DELIVER, FAULT_DONE, FAULT_RETRY, NativeHooks, type FaultAction, type VcpuHooks } from './hooks.js';
 
 /** MSR number of IA32_EFER, the `cr` argument of VcpuHooks.crWrite for an EFER write. */
@@ -34,27 +36,6 @@ export const MSR_EFER = 0xc0000080;
 
 /** A guest exception handler: the guest's IDT entry for one vector. Runs at CPL 0. */
 export type ExceptionHandler = (vcpu: Vcpu, vector: number, errorCode: number, cr2: number) => void;
-
-/**
- * Thrown by a guest exception handler when the faulting access cannot complete (the kernel sends SIGSEGV, or
- * the process exits): the access is abandoned. The guest model catches it where it runs the process.
- */
-export class GuestAbort extends Error {
-  constructor(readonly reason: string) {
-    super(reason);
-    this.name = 'GuestAbort';
-  }
-}
-
-/** A machine-level error the guest cannot recover from (a triple fault, a fault loop): the run stops. */
-export class MachineError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string) {
-    super(message);
-    this.name = 'MachineError';
-    this.code = code;
-  }
-}
 
 /** Result of the slow path: a RAM buffer offset, or one of these. */
 const SLOW_DONE = -2; // completed by emulation (or an MMIO access): nothing left to do
@@ -74,7 +55,7 @@ export class Vcpu {
   activeCtx: PagingContext;
   activeMem: PhysicalMemory;
   readonly tlb: Tlb;
-  hooks: VcpuHooks;
+  hooks: VcpuHooks<Vcpu>;
 
   cr0 = 0;
   cr3 = 0;
@@ -419,7 +400,7 @@ export class Vcpu {
    * the TLB), or SLOW_DONE when the access was completed another way (emulation, MMIO).
    */
   private slowPath(va: number, access: number): number {
-    if (!this.pagingEnabled) throw new MachineError('paging-disabled', `vCPU ${this.id}: an access to ${hex(va)} with CR0.PG=0 (real mode is not modelled)`);
+    if (!this.pagingEnabled) throw new MachineError('paging-disabled', `vCPU ${this.id}: an access to ${hexU64(va)} with CR0.PG=0 (real mode is not modelled)`);
     const r = this.walkResult;
     for (let attempt = 0; attempt < MAX_RETRIES; attempt++) {
       const st = walk(this.activeCtx, this.activeMem, va, access, WALK_SIDE_EFFECTS, r);
@@ -477,7 +458,7 @@ export class Vcpu {
     }
     throw new MachineError(
       'fault-loop',
-      `vCPU ${this.id}: the access to ${hex(va)} (access bits ${access}) faulted ${MAX_RETRIES} times in a row` +
+      `vCPU ${this.id}: the access to ${hexU64(va)} (access bits ${access}) faulted ${MAX_RETRIES} times in a row` +
         ` (last walk status ${r.status}, error code ${r.errorCode}): a fault loop`,
     );
   }
@@ -511,10 +492,10 @@ export class Vcpu {
     const h = this.idt[vector];
     this.exceptions++;
     if (h === undefined) {
-      throw new MachineError('triple-fault', `vCPU ${this.id}: exception ${vector} (error code ${errorCode}, address ${hex(address)}) with no handler`);
+      throw new MachineError('triple-fault', `vCPU ${this.id}: exception ${vector} (error code ${errorCode}, address ${hexU64(address)}) with no handler`);
     }
     if (this.handlerDepth >= 3) {
-      throw new MachineError('triple-fault', `vCPU ${this.id}: exception ${vector} at ${hex(address)} nested ${this.handlerDepth} deep in handlers`);
+      throw new MachineError('triple-fault', `vCPU ${this.id}: exception ${vector} at ${hexU64(address)} nested ${this.handlerDepth} deep in handlers`);
     }
     if (vector === PF_VECTOR) {
       this.cr2 = address;
@@ -604,12 +585,6 @@ export function storeAt(m: GuestMemory, off: number, size: number, lo: number, h
 /** An access must not cross a 4 KiB page (the guest model splits those), and its size must be 1..16. */
 function checkSpan(va: number, size: number): void {
   if (((va % PAGE_SIZE) + PAGE_SIZE) % PAGE_SIZE > PAGE_SIZE - size || !(size === 1 || size === 2 || size === 4 || size === 8 || size === 16)) {
-    throw new RangeError(`an access of ${size} bytes at ${hex(va)} crosses a page boundary or has an unsupported size`);
+    throw new RangeError(`an access of ${size} bytes at ${hexU64(va)} crosses a page boundary or has an unsupported size`);
   }
 }
-
-export function hex(n: number): string {
-  return n < 0 ? `-0x${(-n).toString(16)}` : `0x${n.toString(16)}`;
-}
-
-export { MODE_LONG4, MODE_LONG5 };

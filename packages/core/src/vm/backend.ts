@@ -18,16 +18,12 @@ export interface Backend<S = unknown> {
   exceptionExits(state: S, vector: number, errorCode: number): boolean;
   /** Whether MOV to CR0/CR3/CR4 (`cr` = 0, 3, 4) or WRMSR EFER (`cr` = 0xc0000080) of `value` exits. */
   crWriteExits(state: S, cr: number, value: number): boolean;
-  /** Whether MOV from CR`cr` exits (VMX CR3-store exiting, SVM CR read intercepts). */
-  crReadExits(state: S, cr: number): boolean;
   /** Whether INVLPG exits. */
   invlpgExits(state: S): boolean;
   /** Records an exception exit in the control state's exit fields and describes it. */
   exceptionExit(state: S, vector: number, errorCode: number, address: number): HardwareExit;
   /** A CR (or EFER) write exit. */
   crWriteExit(state: S, cr: number, value: number): HardwareExit;
-  /** A CR read exit (no vCPU operation reads CRs yet; the rule and the exit information are modelled). */
-  crReadExit(state: S, cr: number): HardwareExit;
   /** An INVLPG exit. */
   invlpgExit(state: S, va: number): HardwareExit;
   /**

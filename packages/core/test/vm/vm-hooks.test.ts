@@ -40,9 +40,6 @@ class FakeBackend implements Backend<{ pending: [number, number] | null }> {
   crWriteExits(_s: unknown, cr: number): boolean {
     return cr === 3 && this.interceptCr3;
   }
-  crReadExits(): boolean {
-    return false;
-  }
   invlpgExits(): boolean {
     return false;
   }
@@ -54,9 +51,6 @@ class FakeBackend implements Backend<{ pending: [number, number] | null }> {
   }
   crWriteExit(_s: unknown, cr: number): HardwareExit {
     return this.hw(`CR${cr}_WRITE`);
-  }
-  crReadExit(): HardwareExit {
-    return this.hw('CR_READ');
   }
   invlpgExit(): HardwareExit {
     return this.hw('INVLPG');

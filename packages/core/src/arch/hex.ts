@@ -1,5 +1,6 @@
 /**
- * Addresses and 64-bit values in traces and JSON: one format, unsigned hex ("0x…", lowercase, no padding).
+ * The one hex format of vmexit, for addresses and 64-bit values in error messages, traces and JSON: unsigned
+ * hex ("0x…", lowercase, no padding).
  * Linear addresses are kept as signed-canonical numbers (bits 63..48 copies of bit 47, SDM Vol. 1 §3.3.7.1),
  * so a kernel address is negative; it is written as its 64-bit two's complement (0xffff8000…), as the
  * manuals and Linux write it. No BigInt: the high half is computed with floor division (exact for safe

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { hexHiLo, hexU64 } from '../../src/exits/hex.js';
+import { hexHiLo, hexU64 } from '../../src/arch/hex.js';
 
 describe('hexU64', () => {
   it('writes a signed-canonical address as its unsigned 64-bit form (as BigInt.asUintN(64) would)', () => {
