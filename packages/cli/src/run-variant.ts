@@ -51,6 +51,27 @@ export interface VariantRunOutcome {
   readonly vm: Vm | null;
 }
 
+/** The VM of a variant with a backend (bad input becomes an InputError), with the MMU's audit after every exit under `--audit`. */
+async function composeVariantVm(o: VariantRunOptions): Promise<Vm> {
+  const v = o.variant;
+  let vm: Vm;
+  try {
+    vm = await createVm(
+      { ...v, guest: { ...v.guest, mode: o.mode, personality: o.personalities.length > 0 ? o.personalities.join(',') : 'linux' } },
+      { seed: o.seed, tracer: o.tracer, sources: o.sources },
+    );
+  } catch (e) {
+    if (e instanceof VariantError) throw new InputError(`invalid variant:\n${e.message}`);
+    throw e;
+  }
+  if (o.audit === true) {
+    const mmu = vm.mmu;
+    if (mmu === null || mmu.audit === undefined) throw new InputError(`--audit: the '${v.mmu}' MMU has no audit`);
+    for (const h of vm.hooks) h.afterExit = () => mmu.audit!();
+  }
+  return vm;
+}
+
 /**
  * Runs a workload on a variant: natively for backend `none`, otherwise on a VM composed by `createVm` (the
  * guest OS model boots on the VM's machine, so every exit of its page-table writes, faults and CR3 loads goes
@@ -59,24 +80,7 @@ export interface VariantRunOutcome {
  */
 export async function runOnVariant(o: VariantRunOptions): Promise<VariantRunOutcome> {
   const v = o.variant;
-  let vm: Vm | null = null;
-  if (v.backend !== 'none') {
-    try {
-      vm = await createVm(
-        { ...v, guest: { ...v.guest, mode: o.mode, personality: o.personalities.length > 0 ? o.personalities.join(',') : 'linux' } },
-        { seed: o.seed, tracer: o.tracer, sources: o.sources },
-      );
-    } catch (e) {
-      if (e instanceof VariantError) throw new InputError(`invalid variant:\n${e.message}`);
-      throw e;
-    }
-    if (o.audit === true) {
-      const mmu = vm.mmu;
-      if (mmu === null || mmu.audit === undefined) throw new InputError(`--audit: the '${v.mmu}' MMU has no audit`);
-      for (const h of vm.hooks) h.afterExit = () => mmu.audit!();
-    }
-  }
-  const theVm = vm;
+  const vm = v.backend === 'none' ? null : await composeVariantVm(o);
   let outcome: RunOutcome;
   try {
     outcome = runWorkload({
@@ -86,14 +90,14 @@ export async function runOnVariant(o: VariantRunOptions): Promise<VariantRunOutc
       memory: v.memory,
       seed: o.seed,
       personalities: o.personalities,
-      machine: theVm === null ? undefined : theVm.machine,
+      machine: vm === null ? undefined : vm.machine,
       variant: describeVariant(v),
       counters:
-        theVm === null
+        vm === null
           ? undefined
           : (_machine, at) => {
               o.tracer?.traceWindow?.(at);
-              const c = theVm.counters();
+              const c = vm.counters();
               return { total: c.total, vcpus: c.perVcpu.map((x) => ({ ...x })) };
             },
       onProgress: o.onProgress,

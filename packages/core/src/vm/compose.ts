@@ -9,6 +9,7 @@ import {
   ModuleLoadError,
   type ModuleSource,
   type ModuleSources,
+  UNRELEASED_MMU_PACKAGES,
 } from './modules.js';
 import { TYPES } from './tokens.js';
 import { joinPath, parseVariantParts, zodProblems, type Variant, type VariantProblem } from './variant.js';
@@ -131,20 +132,18 @@ export async function composeVariant(raw: unknown, sources: ModuleSources): Prom
     }
     if (parts.mmu !== null) {
       const m = sources.mmus[parts.mmu];
-      if (m === undefined) problems.push({ path: 'mmu', message: `no module for mmu '${parts.mmu}'${installedMmus(sources, from)}` });
+      const unreleased = UNRELEASED_MMU_PACKAGES[parts.mmu];
+      if (m === undefined && unreleased !== undefined) problems.push({ path: 'mmu', message: notInThisRelease(parts.mmu, unreleased, sources, from) });
+      else if (m === undefined) problems.push({ path: 'mmu', message: `no module for mmu '${parts.mmu}'${installedMmus(sources, from)}` });
       else {
         try {
           container.load(await loadModuleSource(m, from));
           loaded.mmu = true;
         } catch (e) {
           if (e instanceof ModuleLoadError && e.notInstalled && typeof m === 'string') {
-            // Not a broken install: this release has no such package (there is no @vmexit/mmu-tdp yet). A
-            // package of that name that does resolve is loaded as any other.
-            const title = MMU_TITLES[parts.mmu] ?? `mmu '${parts.mmu}'`;
-            problems.push({
-              path: 'mmu',
-              message: `${title} (mmu '${parts.mmu}') is not available in this release: no ${m} package is installed${installedMmus(sources, from)}`,
-            });
+            // Not a broken install: the package the sources name is not installed. A package of that name
+            // that does resolve is loaded as any other.
+            problems.push({ path: 'mmu', message: notInThisRelease(parts.mmu, m, sources, from) });
           } else problems.push({ path: 'mmu', message: `mmu '${parts.mmu}' is not available: ${messageOf(e)}` });
         }
       }
@@ -242,6 +241,11 @@ export async function composeVariant(raw: unknown, sources: ModuleSources): Prom
 }
 
 /** ` (installed mmus: shadow)`: the MMUs of `sources` whose packages resolve from `from`. */
+function notInThisRelease(mmu: string, pkg: string, sources: ModuleSources, from: string): string {
+  const title = MMU_TITLES[mmu] ?? `mmu '${mmu}'`;
+  return `${title} (mmu '${mmu}') is not available in this release: no ${pkg} package is installed${installedMmus(sources, from)}`;
+}
+
 function installedMmus(sources: ModuleSources, from: string): string {
   const names = Object.entries(sources.mmus)
     .filter(([, src]) => isModuleSourceInstalled(src, from))

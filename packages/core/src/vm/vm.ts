@@ -110,8 +110,8 @@ export class Vm implements MmuHost {
           tracer.traceMmuEvent(ev);
           recorder.recordMmuEvent(ev);
         });
-        let mch: MmuEventChannel | null = null;
-        mch = new MmuEventChannel(mmuEventPipeline(() => mch!, mmuOps, [mmuObserver]));
+        let mmuChannel: MmuEventChannel | null = null;
+        mmuChannel = new MmuEventChannel(mmuEventPipeline(() => mmuChannel!, mmuOps, [mmuObserver]));
         // An event no policy on this vCPU may decide (none takes MMU events, or none names its kind): the MMU's
         // own choice stands, so the event needs no stream; it is still counted, traced and recorded exactly as
         // the pipeline's observers would.
@@ -125,7 +125,7 @@ export class Vm implements MmuHost {
         this.mmuDecidable.push(mmuEventKindsOf(mmuOps));
         this.mmuQuiet.push(quiet ? eventCounts : null);
         this.exitChannels.push(channel);
-        this.mmuChannels.push(mch);
+        this.mmuChannels.push(mmuChannel);
         hooks.push(vmHooks);
         v.hooks = vmHooks;
         mmu.attachVcpu(v);
