@@ -119,7 +119,7 @@ export class SvmBackend implements Backend<Vmcb> {
   }
 
   /**
-   * MMIO as KVM makes it exit (kvm-mmu.md §C.3): the MMIO spte has P and reserved bit 51, so with NPT the
+   * MMIO as KVM makes it exit (arch/x86/kvm/mmu/spte.c make_mmio_spte, svm.c npf_interception): the MMIO spte has P and reserved bit 51, so with NPT the
    * access is an NPF with P|RSVD on the final translation; with shadow paging a #PF with P|RSVD, which is
    * intercepted (the #PF intercept is on under shadow paging).
    */

@@ -128,7 +128,7 @@ describe('SvmBackend', () => {
       expect(svm.invlpgExit(v, 0x40_1000)).toMatchObject({ code: VMEXIT_INVLPG, name: 'VMEXIT_INVLPG', fields: { exitInfo1: 0x40_1000 } });
     });
 
-    it('reports VMEXIT_NPF = 0x400 with the KUT values of EXITINFO1 (kvm-mmu.md §C.5)', () => {
+    it('reports VMEXIT_NPF = 0x400 with the EXITINFO1 values that kvm-unit-tests x86/svm_npt.c expects', () => {
       const v = createVmcb('tdp');
       // write to a data page whose NPT pte is read-only: P|W|U|FINAL = 0x1_0000_0007
       expect(svm.nestedFaultExit(v, 0x5000, 0x400000, 2 ** 32 + 7)).toEqual({

@@ -160,7 +160,7 @@ export class VmxBackend implements Backend<Vmcs>, PageFaultFilter {
   }
 
   /**
-   * An MMIO access as KVM makes it exit (kvm-mmu.md §C.3): with EPT, KVM's MMIO sptes are misconfigured
+   * An MMIO access as KVM makes it exit (arch/x86/kvm/mmu/spte.c make_mmio_spte, vmx.c handle_ept_misconfig): with EPT, KVM's MMIO sptes are misconfigured
    * (W|X, VMX_EPT_MISCONFIG_WX_VALUE) -> EPT_MISCONFIG; with shadow paging the MMIO spte has reserved bits
    * -> a #PF with P|RSVD, which exits however PFEC_MASK/MATCH are set (KVM keeps RSVD faults exiting).
    */
