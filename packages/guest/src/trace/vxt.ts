@@ -1,5 +1,4 @@
 import * as zlib from 'node:zlib';
-import { hexU64 } from '@vmexit/core';
 import { TraceError } from './errors.js';
 import type { VxtAccesses, VxtCollapse, VxtEvent, VxtMapping, VxtProcess, VxtTrace } from './types.js';
 
@@ -327,6 +326,12 @@ const USER_TOP_PAGE = VXT_USER_TOP / PAGE_BYTES;
 const ROLES: ReadonlySet<string> = new Set(['exe', 'interp', 'stack', 'vdso', 'other']);
 
 /**
+ * A value read from a trace that may be corrupt (a page index below zero is not an address, so it is not
+ * written as a 64-bit two's complement): hex with its sign.
+ */
+const signedHex = (v: number): string => (v < 0 ? `-0x${(-v).toString(16)}` : `0x${v.toString(16)}`);
+
+/**
  * A page-aligned range `[start, start + length)`, as every successful mmap, munmap and mprotect has (Linux
  * returns EINVAL for an unaligned start, mm/mmap.c `do_mmap`/`__do_munmap`, mm/mprotect.c
  * `do_mprotect_pkey`); null when it is one, else what is wrong with it. Both numbers are below 2^53, so the
@@ -335,7 +340,7 @@ const ROLES: ReadonlySet<string> = new Set(['exe', 'interp', 'stack', 'vdso', 'o
 function rangeProblem(start: unknown, length: unknown, emptyOk: boolean): string | null {
   if (!isUint(start)) return `a start of ${String(start)}, not a whole number from 0 to 2^53`;
   if (!isUint(length)) return `a length of ${String(length)}, not a whole number from 0 to 2^53`;
-  if (start % PAGE_BYTES !== 0) return `an unaligned start ${hexU64(start)} (not a multiple of 4096)`;
+  if (start % PAGE_BYTES !== 0) return `an unaligned start ${signedHex(start)} (not a multiple of 4096)`;
   if (length % PAGE_BYTES !== 0) return `a length of ${length} bytes, not a multiple of 4096`;
   if (length === 0 && !emptyOk) return 'a length of 0';
   return null;
@@ -426,7 +431,7 @@ function checkProcesses(processes: unknown[], page: Float64Array, corrupt: (w: s
       const pg = page[r]!;
       if (!(pg >= 0 && pg < USER_TOP_PAGE)) {
         throw corrupt(
-          `${where}: record ${r} is an access to page ${hexU64(pg)} (address ${hexU64(pg * PAGE_BYTES)}), outside user space [0, ${hexU64(VXT_USER_TOP)})`,
+          `${where}: record ${r} is an access to page ${signedHex(pg)} (address ${signedHex(pg * PAGE_BYTES)}), outside user space [0, ${signedHex(VXT_USER_TOP)})`,
         );
       }
     }
