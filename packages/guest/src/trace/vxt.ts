@@ -22,7 +22,8 @@ import type { VxtAccesses, VxtCollapse, VxtEvent, VxtMapping, VxtProcess, VxtTra
  * - kinds: one byte per record (0 fetch, 1 load, 2 store, 3 modify);
  * - counts: LEB128 varint of `count - 1` per record;
  * - pages: LEB128 varint of `zigzag(page - previous page of the same class)` per record, where the
- *   classes are fetch and data (load/store/modify) as in perf.md §4.4, both starting at page 0.
+ *   classes are fetch and data (load/store/modify), both starting at page 0 (a fetch and a data stream each
+ *   move by small steps; interleaved, their deltas would be large).
  *
  * Columns rather than interleaved tokens: each decodes in its own tight loop straight into a typed array,
  * and brotli models each separately (it sees long runs of like bytes).
