@@ -19,7 +19,9 @@ export interface ImportLackeyOptions {
  * valgrind --tool=lackey --trace-mem=yes --trace-syscalls=yes --trace-children=yes --log-file=PREFIX.%p.%n CMD
  * ```
  *
- * (x86-64 Linux; lines as valgrind's lackey writes them: `I  addr,size` for a fetch, ` L`/` S`/` M` for a load, store or modify, hex addresses without `0x`, and `SYSCALL[pid,tid](nr) ...` lines in program order). Each log is one pid's stretch between execs: a fork
+ * (x86-64 Linux; the line format is that of valgrind's lackey/lk_main.c: `I  addr,size` for a fetch, ` L`, ` S`
+ * and ` M` for a load, store and modify, addresses in hex without `0x`; `SYSCALL[pid,tid](nr)` lines from
+ * `--trace-syscalls=yes` in the same stream, in program order). Each log is one pid's stretch between execs: a fork
  * child's log begins with the clone's return (` --> ... Success(0x0)`) and ends with `sys_execve`, and the
  * exec'd image writes a new log under the same pid whose `Command:` is the exec'd program (valgrind's `%n`
  * numbering does not give their order, so it is rebuilt from those two facts). The process tree comes from

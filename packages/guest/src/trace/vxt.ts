@@ -22,7 +22,8 @@ import type { VxtAccesses, VxtCollapse, VxtEvent, VxtMapping, VxtProcess, VxtTra
  * - kinds: one byte per record (0 fetch, 1 load, 2 store, 3 modify);
  * - counts: LEB128 varint of `count - 1` per record;
  * - pages: LEB128 varint of `zigzag(page - previous page of the same class)` per record, where the
- *   classes are fetch and data (load/store/modify) as `VxtCollapse` defines them, both starting at page 0.
+ *   classes are fetch and data (load/store/modify), both starting at page 0 (a fetch and a data stream each
+ *   move by small steps; interleaved, their deltas would be large).
  *
  * Columns rather than interleaved tokens: each decodes in its own tight loop straight into a typed array,
  * and brotli models each separately (it sees long runs of like bytes).
@@ -325,11 +326,7 @@ export const VXT_USER_TOP = 2 ** 56;
 const USER_TOP_PAGE = VXT_USER_TOP / PAGE_BYTES;
 const ROLES: ReadonlySet<string> = new Set(['exe', 'interp', 'stack', 'vdso', 'other']);
 
-/**
- * A value read from a trace that may be corrupt (a page index below zero is not an address, so it is not
- * written as a 64-bit two's complement): hex with its sign.
- */
-const signedHex = (v: number): string => (v < 0 ? `-0x${(-v).toString(16)}` : `0x${v.toString(16)}`);
+const hexa = (v: number): string => (v < 0 ? `-0x${(-v).toString(16)}` : `0x${v.toString(16)}`);
 
 /**
  * A page-aligned range `[start, start + length)`, as every successful mmap, munmap and mprotect has (Linux
@@ -340,7 +337,7 @@ const signedHex = (v: number): string => (v < 0 ? `-0x${(-v).toString(16)}` : `0
 function rangeProblem(start: unknown, length: unknown, emptyOk: boolean): string | null {
   if (!isUint(start)) return `a start of ${String(start)}, not a whole number from 0 to 2^53`;
   if (!isUint(length)) return `a length of ${String(length)}, not a whole number from 0 to 2^53`;
-  if (start % PAGE_BYTES !== 0) return `an unaligned start ${signedHex(start)} (not a multiple of 4096)`;
+  if (start % PAGE_BYTES !== 0) return `an unaligned start ${hexa(start)} (not a multiple of 4096)`;
   if (length % PAGE_BYTES !== 0) return `a length of ${length} bytes, not a multiple of 4096`;
   if (length === 0 && !emptyOk) return 'a length of 0';
   return null;
@@ -431,7 +428,7 @@ function checkProcesses(processes: unknown[], page: Float64Array, corrupt: (w: s
       const pg = page[r]!;
       if (!(pg >= 0 && pg < USER_TOP_PAGE)) {
         throw corrupt(
-          `${where}: record ${r} is an access to page ${signedHex(pg)} (address ${signedHex(pg * PAGE_BYTES)}), outside user space [0, ${signedHex(VXT_USER_TOP)})`,
+          `${where}: record ${r} is an access to page ${hexa(pg)} (address ${hexa(pg * PAGE_BYTES)}), outside user space [0, ${hexa(VXT_USER_TOP)})`,
         );
       }
     }
