@@ -1,6 +1,6 @@
-import { MODE_LEGACY32, PT_ACCESSED } from '@vmexit/core';
+import { MODE_LEGACY32, PT_ACCESSED, roleQuadrant } from '@vmexit/core';
 import { PROT_READ, PROT_WRITE, VMA_ANON } from '@vmexit/guest';
-import { roleQuadrant, type ShadowMmu } from '@vmexit/mmu-shadow';
+import type { ShadowMmu } from '@vmexit/mmu-shadow';
 import { describe, expect, it } from 'vitest';
 import { pteUpdate } from '../src/index.js';
 import { decide, pick, pteWrite } from './helpers.js';

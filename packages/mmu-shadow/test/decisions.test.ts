@@ -1,6 +1,6 @@
 import type { MmuDecisionOf, MmuEvent, MmuHost } from '@vmexit/core';
 import { describe, expect, it } from 'vitest';
-import { decideFlood, decidePteWrite, detectWriteMisaligned, writtenSptes } from '../src/index.js';
+import { decideFlood, decidePteWrite, detectWriteMisaligned, writtenSptes } from '../src/decisions.js';
 
 describe('writtenSptes', () => {
   it('maps a 32-bit guest PTE 700 write to spte 188 of quadrant 1 only', () => {

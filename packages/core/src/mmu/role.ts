@@ -1,6 +1,6 @@
 /**
- * The shadow-page role (KVM `union kvm_mmu_page_role`, arch/x86/include/asm/kvm_host.h), packed into one
- * 32-bit integer in KVM's bit order (LSB first). A shadow page is looked up by (gfn, role word): two pages
+ * The MMU page role (KVM `union kvm_mmu_page_role`, arch/x86/include/asm/kvm_host.h), packed into one
+ * 32-bit integer in KVM's bit order (LSB first), shared by the shadow and the TDP MMU. A page is looked up by (gfn, role word): two pages
  * for the same guest table differ when any of these differ (Documentation/virt/kvm/x86/mmu.rst, "Shadow
  * pages"). Fields KVM has that this simulator does not model (smm, guest_mode, ad_disabled, passthrough)
  * are left out; their bit positions stay free.

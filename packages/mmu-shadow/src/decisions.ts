@@ -1,15 +1,22 @@
 import type { FloodEvent, MmuHost, PrefetchEvent, PteWriteDecision, PteWriteEvent, TrackedWriteEvent, UnsyncEvent } from '@vmexit/core';
 
 /**
- * The decision point of the emulated-pte-write path (KVM `kvm_mmu_pte_write` / `kvm_mmu_track_write`,
- * arch/x86/kvm/mmu/mmu.c): for each shadow page of the written gfn, first whether the page is flooded (a
- * FloodEvent, level > 1 only), then what to do with its written sptes (a PteWriteEvent). Both go through
- * `MmuHost.decide`, i.e. the vCPU's `mmuEvents` stream, where policies may answer; the MMU's own answers
- * are the issue's baseline: never flooded, `zap-spte` (clear the written sptes, as today's KVM does).
+ * The five decision points of the shadow MMU that policies may answer, each an MMU event on the vCPU's
+ * `mmuEvents` stream (through `MmuHost.decide`):
+ *
+ * - `flood` (pte-write.ts): is the written page flooded, to be zapped (KVM `detect_write_flooding`)?
+ * - `pte-write` (pte-write.ts): what to do with the written sptes: clear, update, or zap the page
+ *   (KVM `kvm_mmu_track_write`; `FNAME(update_pte)` of KVM 2007-2021)?
+ * - `prefetch` (fault.ts): map the neighbours of a faulting spte (`FNAME(pte_prefetch)`)?
+ * - `unsync` (unsync.ts): may a level-1 guest table stay writable, out of sync (`mmu_try_to_unsync_pages`)?
+ * - `tracked-write` (fault.ts): unprotect a write-protected gfn instead of emulating the write (KVM 2007's
+ *   user-mode write hint, `mmu_unshadow`)?
+ *
+ * The MMU's own answers, when no policy answers, are today's KVM's for the pte write (never flooded,
+ * `zap-spte`: clear the written sptes) and KVM 2007's for the rest (no prefetch, no unsync, emulate).
  */
 export const DEFAULT_PTE_WRITE_DECISION: PteWriteDecision = 'zap-spte';
 export const DEFAULT_FLOOD_DECISION = false;
-/** The other decision points default to KVM 2007's baseline: no prefetch, no unsync, every tracked write emulated. */
 export const DEFAULT_PREFETCH_DECISION = false;
 export const DEFAULT_UNSYNC_DECISION = false;
 export const DEFAULT_TRACKED_WRITE_DECISION = false;
@@ -73,7 +80,7 @@ export function detectWriteMisaligned(gpa: number, bytes: number, pteSize: numbe
 }
 
 /**
- * KVM `get_written_sptes` (arch/x86/kvm/mmu/mmu.c), exact quadrant math (kvm-mmu.md §A.7): which sptes of a
+ * KVM `get_written_sptes` (arch/x86/kvm/mmu/mmu.c), with KVM's quadrant math (DESIGN.md, "Quadrants"): which sptes of a
  * shadow page with role level `level` and quadrant `quadrant` a write at `gpa` touches. Returns the first
  * spte index * 4 + the count (1 or 2), or -1 when the write belongs to another quadrant's alias.
  */

@@ -1,4 +1,4 @@
-import type { GuestMemory, Memslot } from '@vmexit/core';
+import type { GuestMemory, Memslot } from '../machine/guest-memory.js';
 
 /** KVM_NR_PAGE_SIZES: rmaps for 4 KiB, 2 MiB and 1 GiB mappings. */
 export const RMAP_LEVELS = 3;

@@ -1,21 +1,22 @@
-import type { GuestMemory, PhysicalMemory } from '@vmexit/core';
-import { PAGE_SIZE } from '@vmexit/core';
+import { PAGE_SIZE } from '../arch/constants.js';
+import type { GuestMemory } from '../machine/guest-memory.js';
+import type { PhysicalMemory } from '../memory/physical.js';
 
 /**
- * Host-physical address of the first frame of the shadow-page pool. Guest RAM's host-physical addresses
+ * Host-physical address of the first frame of the MMU page pool. Guest RAM's host-physical addresses
  * equal its guest-physical ones (below 3 GiB in this simulator); the pool lives far above, at 2^40, so a
- * shadow walk can tell the two apart by address alone.
+ * hardware walk of the MMU's tables can tell the two apart by address alone.
  */
 export const POOL_BASE = 2 ** 40;
-/** Sptes per shadow page (one 4 KiB host frame of 8-byte entries). */
+/** Sptes per MMU page (one 4 KiB host frame of 8-byte entries). */
 export const SPTES_PER_PAGE = 512;
 
 /**
- * The host frames that hold shadow pages: `capacity` frames of 512 64-bit sptes each, in one Uint32Array
+ * The host frames that hold an MMU's pages (shadow pages, or TDP pages): `capacity` frames of 512 64-bit sptes each, in one Uint32Array
  * (spte i of frame f is the words at `(f * 512 + i) * 2` (low half) and `+ 1` (high half)). An spte
  * location ("sptep") is the number `f * 512 + i`.
  */
-export class ShadowPool {
+export class SptePool {
   words: Uint32Array;
   capacity: number;
 
@@ -77,13 +78,13 @@ export class ShadowPool {
 }
 
 /**
- * What the hardware walks under shadow paging: the pool's frames at POOL_BASE and above, guest RAM below.
- * The hardware walk of the shadow tables reads (and, for A/D bits, writes) only pool frames; the final
- * address of a translation is guest RAM, which the vCPU reaches through its memslots.
+ * What the hardware walks under an MMU whose tables are in the pool: the pool's frames at POOL_BASE and
+ * above, guest RAM below. The hardware walk of those tables reads (and, for A/D bits, writes) only pool
+ * frames; the final address of a translation is guest RAM, which the vCPU reaches through its memslots.
  */
-export class ShadowMemory implements PhysicalMemory {
+export class SptePoolMemory implements PhysicalMemory {
   constructor(
-    readonly pool: ShadowPool,
+    readonly pool: SptePool,
     readonly guest: GuestMemory,
   ) {}
 
