@@ -10,6 +10,7 @@ import {
   PFERR_USER,
   PFERR_WRITE,
   PF_VECTOR,
+  WalkResult,
 } from '@vmexit/core';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
@@ -130,15 +131,19 @@ describe('SvmBackend', () => {
 
     it('reports VMEXIT_NPF = 0x400 with the EXITINFO1 values that kvm-unit-tests x86/svm_npt.c expects', () => {
       const v = createVmcb('tdp');
+      const f = new WalkResult();
       // write to a data page whose NPT pte is read-only: P|W|U|FINAL = 0x1_0000_0007
-      expect(svm.nestedFaultExit(v, 0x5000, 0x400000, 2 ** 32 + 7)).toEqual({
+      Object.assign(f, { nestedGpa: 0x5000, nestedFinal: true, nestedCode: 7 });
+      expect(svm.nestedFaultExit(v, f, 0x400000)).toEqual({
         backend: 'svm',
         code: VMEXIT_NPF,
         name: 'VMEXIT_NPF',
         fields: { exitInfo1: 0x1_0000_0007, exitInfo2: 0x5000 },
       });
+      expect(svm.nestedFaultErrorCode(v)).toBe(0x1_0000_0007);
       // the guest page-table page made read-only: P|W|U|GUEST_PAGE = 0x2_0000_0007
-      expect(svm.nestedFaultExit(v, 0x3000, 0x400000, 2 ** 33 + 7).fields.exitInfo1).toBe(0x2_0000_0007);
+      Object.assign(f, { nestedGpa: 0x3000, nestedFinal: false, nestedCode: 7 });
+      expect(svm.nestedFaultExit(v, f, 0x400000).fields.exitInfo1).toBe(0x2_0000_0007);
       expect(svm.mmioExit(v, 0xfee00000, 0, ACC_WRITE).fields.exitInfo1).toBe(2 ** 32 + (PFERR_PRESENT | PFERR_RSVD | ACC_WRITE));
       expect(svm.mmioExit(createVmcb('shadow'), 0xfee00000, 0x1000, 0).code).toBe(0x4e);
     });
@@ -178,7 +183,9 @@ describe('SvmBackend', () => {
     it('sets nCR3 and NP_ENABLE', () => {
       const v = createVmcb('shadow');
       svm.setNestedRoot(v, 0x9000);
-      expect([v.nCr3, v.npEnable]).toEqual([0x9000, true]);
+      expect([v.nCr3, v.npEnable, v.nptLevels]).toEqual([0x9000, true, 4]);
+      svm.setNestedRoot(v, 0x9000, { levels: 5 });
+      expect(v.nptLevels).toBe(5);
     });
   });
 });

@@ -10,6 +10,7 @@ import {
   PFERR_USER,
   PFERR_WRITE,
   PF_VECTOR,
+  WalkResult,
 } from '@vmexit/core';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
@@ -194,19 +195,37 @@ describe('VmxBackend', () => {
 
     it('describes EPT violations (48) with the qualification bits and misconfigurations (49)', () => {
       const v = createVmcs('tdp');
-      // a write to a present, read-only gpa on the final translation: W (bit 1) | R (bit 3) | GVA valid (7) | final (8)
-      const hw = vmx.nestedFaultExit(v, 0x1234000, 0x400000, 2 ** 32 + (PFERR_PRESENT | ACC_WRITE));
+      const f = new WalkResult();
+      // a supervisor write to a present, read-only (R only) gpa on the final translation, through a writable
+      // guest translation: W (bit 1) | R (bit 3) | GVA valid (7) | final (8) | linear writable (10)
+      Object.assign(f, {
+        nestedGpa: 0x1234000,
+        nestedFinal: true,
+        nestedAccess: ACC_WRITE,
+        nestedRights: 1,
+        nestedMisconfig: false,
+        user: false,
+        writable: true,
+        executable: true,
+      });
+      const hw = vmx.nestedFaultExit(v, f, 0x400000);
       expect(hw).toMatchObject({
         code: EXIT_REASON_EPT_VIOLATION,
         name: 'EPT_VIOLATION',
-        fields: { exitQualification: 0x18a, guestPhysicalAddress: 0x1234000 },
+        fields: { exitQualification: 0x58a, guestPhysicalAddress: 0x1234000, guestLinearAddress: 0x400000 },
       });
+      expect(vmx.nestedFaultErrorCode(v)).toBe(2 ** 32 + (PFERR_PRESENT | PFERR_WRITE));
       // a read of a not-present gpa during the guest's walk: R (bit 0) | GVA valid, bit 8 clear
-      expect(vmx.nestedFaultExit(v, 0x2000, 0x400000, 2 ** 33).fields.exitQualification).toBe(0x81);
-      expect(vmx.nestedFaultExit(v, 0x2000, 0x400000, 2 ** 32 + (PFERR_PRESENT | PFERR_RSVD))).toMatchObject({
+      Object.assign(f, { nestedGpa: 0x2000, nestedFinal: false, nestedAccess: 0, nestedRights: 0 });
+      expect(vmx.nestedFaultExit(v, f, 0x400000).fields.exitQualification).toBe(0x81);
+      expect(vmx.nestedFaultErrorCode(v)).toBe(2 ** 33 + PFERR_USER); // KVM reports a read as PFERR_USER
+      f.nestedMisconfig = true;
+      expect(vmx.nestedFaultExit(v, f, 0x400000)).toMatchObject({
         code: EXIT_REASON_EPT_MISCONFIG,
         name: 'EPT_MISCONFIG',
+        fields: { guestPhysicalAddress: 0x2000 },
       });
+      expect(vmx.nestedFaultErrorCode(v)).toBe(PFERR_RSVD);
       expect(vmx.mmioExit(v, 0xfee00000, 0x1000, 0).code).toBe(EXIT_REASON_EPT_MISCONFIG);
       expect(vmx.mmioExit(createVmcs('shadow'), 0xfee00000, 0x1000, ACC_WRITE).fields.vmExitIntrErrorCode).toBe(PFERR_PRESENT | PFERR_RSVD | ACC_WRITE);
     });
@@ -242,6 +261,8 @@ describe('VmxBackend', () => {
       const v = createVmcs('tdp');
       vmx.setNestedRoot(v, 0x12345000);
       expect(v.eptPointer).toBe(0x12345000 + 0x18 + 6);
+      vmx.setNestedRoot(v, 0x12345000, { levels: 5, accessedDirty: true });
+      expect(v.eptPointer).toBe(0x12345000 + 0x40 + 0x20 + 6);
     });
   });
 });

@@ -23,8 +23,9 @@ import {
 import { hexU64 } from '../arch/hex.js';
 import { MODE_LEGACY32, MODE_LONG4, MODE_LONG5, MODE_PAE, type PagingModeId } from '../arch/modes.js';
 import type { PhysicalMemory } from '../memory/physical.js';
-import type { PagingContext } from '../paging/types.js';
-import { WALK_GP, WALK_NESTED_FAULT, WALK_OK, WALK_PAGE_FAULT, WALK_SIDE_EFFECTS, WalkResult } from '../paging/types.js';
+import { NestedPagingContext } from '../paging/nested-context.js';
+import type { PagingContext, SecondStage } from '../paging/types.js';
+import { NESTED_R, NESTED_W, NESTED_X, WALK_GP, WALK_NESTED_FAULT, WALK_OK, WALK_PAGE_FAULT, WALK_SIDE_EFFECTS, WalkResult } from '../paging/types.js';
 import { loadPdptes, rightsFault, walk } from '../paging/walker.js';
 import { TLB_FETCH_SUP, TLB_FETCH_USER, TLB_GLOBAL, TLB_READ_SUP, TLB_READ_USER, TLB_WRITE_SUP, TLB_WRITE_USER, Tlb } from '../tlb/tlb.js';
 import type { GuestMemory } from './guest-memory.js';
@@ -51,9 +52,20 @@ export class Vcpu {
   readonly memory: GuestMemory;
   /** The guest's paging state, as it programmed CR0/CR3/CR4/EFER. */
   readonly ctx: PagingContext;
-  /** What the hardware walks: `ctx` natively and under TDP; the shadow tables under shadow paging. */
+  /**
+   * What the hardware walks: `ctx` natively; under TDP a `NestedPagingContext` over `ctx` with the second
+   * stage (`setSecondStage`); the shadow tables under shadow paging.
+   */
   activeCtx: PagingContext;
   activeMem: PhysicalMemory;
+  /**
+   * The processor's MAXPHYADDR (the host's), 36..52: what the hardware checks when it walks the guest's tables
+   * under TDP. `ctx.maxPhyAddr` is the guest's (CPUID.80000008H:EAX[7:0] as the hypervisor reports it), which
+   * may be smaller (KVM allow_smaller_maxphyaddr). Natively there is one processor: both are the same.
+   */
+  readonly hostMaxPhyAddr: number;
+  /** The second stage (EPT/NPT) in force, or null (native, shadow paging). */
+  secondStage: SecondStage | null = null;
   readonly tlb: Tlb;
   hooks: VcpuHooks<Vcpu>;
 
@@ -86,6 +98,11 @@ export class Vcpu {
   accesses = 0;
   /** Hardware walks of the active tables (TLB misses that walked), and the paging-structure entries they read. */
   walks = 0;
+  /**
+   * Memory references of those walks: paging-structure entries read (one-dimensional: top level down to where
+   * the walk ended, PAE's PDPTE registers excluded), plus under TDP every second-stage entry read
+   * (`WalkResult.refs`: up to 24 for 4-level guest and second-stage tables).
+   */
   walkRefs = 0;
   exceptions = 0;
   pageFaultsDelivered = 0;
@@ -94,8 +111,13 @@ export class Vcpu {
   private handlerDepth = 0;
   private readonly walkResult = new WalkResult();
 
-  constructor(id: number, memory: GuestMemory, options: { maxPhyAddr?: number; tlbEntries?: number } = {}) {
+  constructor(id: number, memory: GuestMemory, options: { maxPhyAddr?: number; hostMaxPhyAddr?: number; tlbEntries?: number } = {}) {
     this.id = id;
+    const hostMaxPhyAddr = options.hostMaxPhyAddr ?? options.maxPhyAddr ?? 46;
+    if (!Number.isInteger(hostMaxPhyAddr) || hostMaxPhyAddr < 36 || hostMaxPhyAddr > 52) {
+      throw new RangeError(`vCPU ${id}: host MAXPHYADDR ${hostMaxPhyAddr} is outside 36..52`);
+    }
+    this.hostMaxPhyAddr = hostMaxPhyAddr;
     this.memory = memory;
     this.ctx = {
       mode: MODE_LEGACY32,
@@ -363,9 +385,47 @@ export class Vcpu {
     if (this.hooks.crWriteFault(this, cr, value) === FAULT_DELIVER) this.raise(GP_VECTOR, this.deliverErrorCode, 0);
   }
 
-  /** Re-reads the PAE PDPTE registers from CR3 (for a hypervisor that emulates the load). False = #GP. */
+  /**
+   * Re-reads the PAE PDPTE registers from CR3 (for a hypervisor that emulates the load). False = #GP. Under
+   * TDP the processor loads them through the second stage, from host memory (SDM Vol. 3C §29.3.3.2).
+   */
   reloadPdptes(): boolean {
+    if (this.secondStage !== null && this.activeCtx.nested === this.secondStage) return loadPdptes(this.activeCtx, this.activeMem);
     return loadPdptes(this.ctx, this.memory);
+  }
+
+  // ---------------------------------------------------------------------------------------------------
+  // Two-dimensional paging (the hardware side of TDP).
+
+  /**
+   * Turns two-dimensional paging on (`stage` = the EPT/NPT walk the backend made from its EPTP / nCR3, see
+   * `Backend.createSecondStage`) or off (null). On: the hardware walks the guest's own tables (`ctx`) with
+   * every guest-physical address translated by `stage`, reading guest RAM at the host-physical addresses it
+   * gives in `hostMem` (guest RAM's host-physical addresses equal its guest-physical ones, so by default the
+   * vCPU's memory). The TLB is flushed: its entries were combined under the old stage (SDM Vol. 3C §29.4.1).
+   */
+  setSecondStage(stage: SecondStage | null, hostMem: PhysicalMemory = this.memory): void {
+    this.secondStage = stage;
+    if (stage === null) {
+      this.activeCtx = this.ctx;
+      this.activeMem = this.memory;
+    } else {
+      if (stage.maxPhyAddr !== this.hostMaxPhyAddr) {
+        throw new RangeError(`vCPU ${this.id}: the second stage walks with MAXPHYADDR ${stage.maxPhyAddr}, the processor has ${this.hostMaxPhyAddr}`);
+      }
+      this.activeCtx = new NestedPagingContext(this.ctx, stage);
+      this.activeMem = hostMem;
+    }
+    this.tlb.flushAll(false);
+  }
+
+  /**
+   * Invalidates the combined (guest-linear -> host-physical) translations the TLB holds (VMX INVEPT, SVM
+   * VMRUN with a TLB_CONTROL flush): what the TDP MMU does after it zaps or changes a second-stage entry,
+   * since the TLB caches the combined mappings (SDM Vol. 3C §29.4.1, §29.4.3.1).
+   */
+  invalidateCombinedMappings(): void {
+    this.tlb.flushAll(false);
   }
 
   // ---------------------------------------------------------------------------------------------------
@@ -405,8 +465,10 @@ export class Vcpu {
     for (let attempt = 0; attempt < MAX_RETRIES; attempt++) {
       const st = walk(this.activeCtx, this.activeMem, va, access, WALK_SIDE_EFFECTS, r);
       this.walks++;
-      // Entries read: from the top level down to where the walk ended (PAE's PDPTE registers are not read).
-      if (st !== WALK_GP) this.walkRefs += (this.activeCtx.mode === MODE_PAE ? 2 : r.topLevel) - r.leafLevel + 1;
+      // Entries read: from the top level down to where the walk ended (PAE's PDPTE registers are not read);
+      // a two-dimensional walk counts its own, second-stage entries included.
+      if (this.activeCtx.nested !== null) this.walkRefs += r.refs;
+      else if (st !== WALK_GP) this.walkRefs += (this.activeCtx.mode === MODE_PAE ? 2 : r.topLevel) - r.leafLevel + 1;
       let action: FaultAction;
       let vector = PF_VECTOR;
       if (st === WALK_OK) {
@@ -480,6 +542,14 @@ export class Vcpu {
       if (rightsFault(ctx, r, ACC_WRITE | ACC_USER) === 0) flags |= TLB_WRITE_USER;
     }
     if (r.global && ctx.cr4Pge) flags |= TLB_GLOBAL;
+    if (ctx.nested !== null) {
+      // The combined translation (SDM Vol. 3C §29.4.1): the guest's rights AND the second stage's for the final
+      // address; a write completes from the TLB only when the second stage needs no dirty flag set.
+      const nr = r.nestedRights;
+      if ((nr & NESTED_R) === 0) flags &= ~(TLB_READ_SUP | TLB_READ_USER);
+      if ((nr & NESTED_X) === 0) flags &= ~(TLB_FETCH_SUP | TLB_FETCH_USER);
+      if ((nr & NESTED_W) === 0 || !r.nestedDirty) flags &= ~(TLB_WRITE_SUP | TLB_WRITE_USER);
+    }
     this.tlb.fill(va, this.pcid, hostPage, flags, r.pageSize);
   }
 

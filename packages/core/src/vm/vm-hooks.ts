@@ -53,10 +53,11 @@ export class VmHooks implements VcpuHooks<Vcpu> {
   }
 
   nestedFault(vcpu: Vcpu, address: number, access: number, r: WalkResult): FaultAction {
-    // A second-stage fault always exits (SDM Vol. 3C §29.3.3; APM Vol. 2 §15.25.6).
-    const errorCode = r.nestedCode + (r.nestedFinal ? PFERR_GUEST_FINAL : PFERR_GUEST_PAGE);
+    // A second-stage fault always exits (SDM Vol. 3C §29.3.3; APM Vol. 2 §15.25.6); the hypervisor's error
+    // code comes from the exit's fields (VMX handle_ept_violation / handle_ept_misconfig, SVM npf_interception).
     const gpa = r.nestedGpa;
-    const hw = this.backend.nestedFaultExit(this.state, gpa, address, errorCode);
+    const hw = this.backend.nestedFaultExit(this.state, r, address);
+    const errorCode = this.backend.nestedFaultErrorCode(this.state);
     const exit: VmExit = { kind: 'nested-fault', vcpu: vcpu.id, seq: ++this.seq, hw, gpa, address, access, errorCode, resolution: null, resolvedBy: null };
     return this.done(exit, this.act(exit, this.channel.push(exit), PF_VECTOR, address));
   }

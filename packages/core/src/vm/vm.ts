@@ -32,6 +32,8 @@ export interface CreateVmOptions {
   readonly memslots?: readonly MemslotSpec[];
   /** The guest's MAXPHYADDR, 36..52 (default 46). */
   readonly maxPhyAddr?: number;
+  /** The host's (the processor's) MAXPHYADDR, from the guest's to 52 (default: the guest's). */
+  readonly hostMaxPhyAddr?: number;
   /** Observers to use instead of the container's (no-op) ones. */
   readonly tracer?: ExitTracer;
   readonly recorder?: ExitRecorder;
@@ -74,7 +76,7 @@ export class Vm implements MmuHost {
     tracer: ExitTracer,
     recorder: ExitRecorder,
     seed: number,
-    machineOptions: { memslots?: readonly MemslotSpec[]; maxPhyAddr?: number } = {},
+    machineOptions: { memslots?: readonly MemslotSpec[]; maxPhyAddr?: number; hostMaxPhyAddr?: number } = {},
   ) {
     this.machine = new Machine({
       memoryBytes: variant.memory,
@@ -82,6 +84,7 @@ export class Vm implements MmuHost {
       seed,
       memslots: machineOptions.memslots,
       maxPhyAddr: machineOptions.maxPhyAddr,
+      hostMaxPhyAddr: machineOptions.hostMaxPhyAddr,
     });
     this.vcpus = this.machine.vcpus;
     this.stats = this.vcpus.map(() => new Stats());
@@ -264,6 +267,7 @@ export async function createVm(variant: unknown, options: CreateVmOptions = {}):
     {
       memslots: options.memslots,
       maxPhyAddr: options.maxPhyAddr,
+      hostMaxPhyAddr: options.hostMaxPhyAddr,
     },
   );
 }

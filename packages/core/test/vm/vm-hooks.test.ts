@@ -18,6 +18,7 @@ import {
   type MemslotSpec,
   type Mmu,
   type PageFaultResolution,
+  type SecondStage,
   type Vcpu,
 } from '../../src/index.js';
 import { TestTables } from '../machine/tables.js';
@@ -57,6 +58,12 @@ class FakeBackend implements Backend<{ pending: [number, number] | null }> {
   }
   nestedFaultExit(): HardwareExit {
     return this.hw('NESTED');
+  }
+  nestedFaultErrorCode(): number {
+    return 0;
+  }
+  createSecondStage(): SecondStage {
+    throw new RangeError('no second stage');
   }
   mmioExit(): HardwareExit {
     return this.hw('MMIO');
