@@ -19,7 +19,7 @@ import { composeVariant } from './compose.js';
 import { DEFAULT_MODULE_SOURCES, type ModuleSources } from './modules.js';
 import type { Mmu, MmuHost } from './mmu.js';
 import { TYPES } from './tokens.js';
-import { VariantError, type Variant } from './variant.js';
+import { VariantError, type Variant, type VariantInput } from './variant.js';
 import { VmHooks } from './vm-hooks.js';
 import type { Container } from 'inversify';
 
@@ -238,7 +238,7 @@ class MmuEventCounts {
  * policies' ContainerModules into one inversify container, checks every policy's needs, and builds the
  * machine. Any problem throws a VariantError listing them all; nothing is created then.
  */
-export async function createVm(variant: unknown, options: CreateVmOptions = {}): Promise<Vm> {
+export async function createVm(variant: VariantInput, options: CreateVmOptions = {}): Promise<Vm> {
   const comp = await composeVariant(variant, options.sources ?? DEFAULT_MODULE_SOURCES);
   if (comp.problems.length > 0 || comp.variant === null) throw new VariantError(comp.problems);
   const c: Container = comp.container;
