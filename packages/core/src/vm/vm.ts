@@ -4,7 +4,7 @@ import { Machine } from '../machine/machine.js';
 import type { MemslotSpec } from '../machine/guest-memory.js';
 import { NativeHooks } from '../machine/hooks.js';
 import type { Vcpu } from '../machine/vcpu.js';
-import { COST_PROFILES } from '../cost/profiles.js';
+import { resolveCostProfile, type CostModelInput } from '../cost/schema.js';
 import { modelCycles, type CostReport } from '../cost/model.js';
 import { mmuEventKindsOf, type MmuDecisionOf, type MmuEvent } from '../exits/mmu-events.js';
 import { countAndObserveExits, isNoopObservers, type ExitRecorder, type ExitTracer } from '../exits/observers.js';
@@ -193,10 +193,8 @@ export class Vm implements MmuHost {
   }
 
   /** Modelled cycles of the run so far under the variant's cost model (or `profile`). */
-  cycles(profile = this.variant.costModel): CostReport {
-    const p = COST_PROFILES[profile];
-    if (p === undefined) throw new RangeError(`unknown cost model '${profile}'`);
-    return modelCycles(p, this.counters().total);
+  cycles(profile: CostModelInput = this.variant.costModel): CostReport {
+    return modelCycles(resolveCostProfile(profile), this.counters().total);
   }
 }
 
