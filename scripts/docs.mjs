@@ -10,7 +10,11 @@ import { join } from 'node:path';
 
 const root = new URL('..', import.meta.url).pathname;
 const listFile = join(root, 'docs', 'undocumented.txt');
-const r = spawnSync('npx', ['typedoc', '--treatValidationWarningsAsErrors', 'false'], { cwd: root, encoding: 'utf8', env: { ...process.env, NO_COLOR: '1', FORCE_COLOR: '0' } });
+const r = spawnSync('npx', ['typedoc', '--treatValidationWarningsAsErrors', 'false'], {
+  cwd: root,
+  encoding: 'utf8',
+  env: { ...process.env, NO_COLOR: '1', FORCE_COLOR: '0' },
+});
 const out = `${r.stdout}\n${r.stderr}`.replace(/\x1b\[[0-9;]*m/g, '');
 const warnings = out.split('\n').filter((l) => /^\[(warning|error)\]/.test(l) && !/^\[warning\] Found \d+ errors and \d+ warnings/.test(l));
 const undocumented = new Set();
@@ -20,10 +24,19 @@ for (const w of warnings) {
   if (m === null) other.push(w);
   else undocumented.add(`${m[2]} ${m[1]}`);
 }
-const known = existsSync(listFile) ? new Set(readFileSync(listFile, 'utf8').split('\n').filter((l) => l.length > 0 && !l.startsWith('#'))) : new Set();
+const known = existsSync(listFile)
+  ? new Set(
+      readFileSync(listFile, 'utf8')
+        .split('\n')
+        .filter((l) => l.length > 0 && !l.startsWith('#')),
+    )
+  : new Set();
 if (process.argv.includes('--update')) {
   const kept = [...known].filter((n) => undocumented.has(n));
-  writeFileSync(listFile, `# Exports without a doc comment (scripts/docs.mjs): document one, then run node scripts/docs.mjs --update\n${kept.sort().join('\n')}\n`);
+  writeFileSync(
+    listFile,
+    `# Exports without a doc comment (scripts/docs.mjs): document one, then run node scripts/docs.mjs --update\n${kept.sort().join('\n')}\n`,
+  );
   console.log(`docs/undocumented.txt: ${kept.length} names (${known.size - kept.length} documented since)`);
 }
 const fresh = [...undocumented].filter((n) => !known.has(n));

@@ -56,7 +56,9 @@ export const variantSchema = z.strictObject({
     .union([
       z
         .string()
-        .refine((n) => n in COST_PROFILES, { message: `unknown cost model (expected one of ${Object.keys(COST_PROFILES).join(', ')}, or a .json file)` }),
+        .refine((n) => n in COST_PROFILES, {
+          message: `unknown cost model (expected one of ${Object.keys(COST_PROFILES).join(', ')}); a custom model is a .json file (--cost-model) or a profile object`,
+        }),
       costProfileSchema,
     ])
     .default(DEFAULT_COST_PROFILE),
