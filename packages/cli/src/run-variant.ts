@@ -1,5 +1,5 @@
 import {
-  COST_PROFILES,
+  resolveCostProfile,
   JsonLinesTracer,
   VariantError,
   createVm,
@@ -106,7 +106,7 @@ export async function runOnVariant(o: VariantRunOptions): Promise<VariantRunOutc
     if (e instanceof WorkloadError || e instanceof TraceError || e instanceof GuestConfigError) throw new InputError(e.message);
     throw e;
   }
-  const profile = COST_PROFILES[v.costModel]!;
+  const profile = resolveCostProfile(v.costModel);
   const total =
     v.backend === 'none' ? { ...outcome.result.counters.total, 'guest.page_faults': outcome.result.guest.faults.total } : outcome.result.counters.total;
   const result: VariantRunResult = { ...outcome.result, cycles: modelCycles(profile, total) };
@@ -118,7 +118,7 @@ export function describeVariant(v: Variant): Record<string, unknown> {
   return {
     backend: v.backend,
     ...(v.backend === 'none' ? {} : { mmu: v.mmu, policies: v.policies.map((p) => (Object.keys(p.options).length > 0 ? p : p.use)) }),
-    costModel: v.costModel,
+    costModel: typeof v.costModel === 'string' ? v.costModel : v.costModel.name,
   };
 }
 

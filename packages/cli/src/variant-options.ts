@@ -1,7 +1,17 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, extname, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { COST_PROFILES, composeVariant, DEFAULT_MODULE_SOURCES, isPathSpecifier, type ModuleSources, type Variant, type VariantProblem } from '@vmexit/core';
+import {
+  COST_PROFILES,
+  composeVariant,
+  parseCostProfile,
+  type CostProfile,
+  DEFAULT_MODULE_SOURCES,
+  isPathSpecifier,
+  type ModuleSources,
+  type Variant,
+  type VariantProblem,
+} from '@vmexit/core';
 import type { Command } from 'commander';
 import { InputError } from './errors.js';
 
@@ -29,7 +39,7 @@ export function addVariantOptions(cmd: Command): Command {
     )
     .option('--policy <list>', 'fault policies in order, comma-separated: built-in names, package names or paths')
     .option('--config <file>', 'a variant file: vmexit.config.json or vmexit.config.mjs (flags override its fields)')
-    .option('--cost-model <name>', `the cost model for modelled cycles: ${Object.keys(COST_PROFILES).join(', ')}`)
+    .option('--cost-model <name|file>', `the cost model for modelled cycles: ${Object.keys(COST_PROFILES).join(', ')}, or a JSON file (docs/cost-models.md)`)
     .option('--vcpus <n>', 'number of vCPUs')
     .option('--memory <size>', 'guest RAM, e.g. 256M or 1G');
 }
@@ -68,6 +78,11 @@ export async function rawVariant(opts: VariantOptions, cwd: string): Promise<Rec
   if (opts.backend !== undefined) raw.backend = opts.backend;
   if (opts.mmu !== undefined) raw.mmu = opts.mmu;
   if (opts.costModel !== undefined) raw.costModel = opts.costModel;
+  // A cost model from a file (`--cost-model ./mine.json`, or "costModel": "./mine.json" in a config, relative to it).
+  if (typeof raw.costModel === 'string' && raw.costModel.endsWith('.json')) {
+    const base = opts.costModel !== undefined ? cwd : from;
+    raw.costModel = readCostModel(resolve(base, raw.costModel), opts.costModel !== undefined ? '--cost-model' : 'costModel');
+  }
   if (opts.vcpus !== undefined) raw.vcpus = /^\d+$/.test(opts.vcpus) ? Number(opts.vcpus) : opts.vcpus;
   if (opts.memory !== undefined) raw.memory = /^\d+$/.test(opts.memory) ? Number(opts.memory) : opts.memory;
   if (opts.policy !== undefined) {
@@ -79,6 +94,24 @@ export async function rawVariant(opts: VariantOptions, cwd: string): Promise<Rec
       .map((use) => ({ use: isPathSpecifier(use) && !use.startsWith('file:') ? resolve(cwd, use) : use }));
   }
   return raw;
+}
+
+/**
+ * Reads a custom cost model (a JSON file shaped as `CostProfile`, see docs/cost-models.md) and validates it:
+ * an InputError (exit 2) names the file and each bad field's path.
+ */
+export function readCostModel(file: string, flag: string): CostProfile {
+  if (!existsSync(file)) throw new InputError(`${flag} ${file}: no such file`);
+  let value: unknown;
+  try {
+    value = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new InputError(`${flag} ${file}: not valid JSON: ${e instanceof Error ? e.message : String(e)}`);
+  }
+  const r = parseCostProfile(value);
+  if (r.profile === null)
+    throw new InputError(`${flag} ${file}: not a cost model:\n${r.problems.map((p) => `  ${p.path || '(model)'}: ${p.message}`).join('\n')}`);
+  return r.profile;
 }
 
 /** Reads a variant file: JSON (`vmexit.config.json`) or an ES module whose default export is the variant (`.mjs`). */

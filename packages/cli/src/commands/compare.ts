@@ -52,7 +52,7 @@ export function registerCompare(program: Command): void {
     .option('--seed <n>', 'seed of every random choice', '1')
     .option('--vcpus <n>', 'number of vCPUs (overrides the variants)')
     .option('--memory <size>', 'guest RAM, e.g. 256M (overrides the variants)')
-    .option('--cost-model <name>', 'the cost model for modelled cycles (overrides the variants)')
+    .option('--cost-model <name|file>', 'the cost model for modelled cycles, a name or a JSON file (overrides the variants)')
     .option('--personality <names...>', `guest personalities: ${PERSONALITIES.join(', ')}`)
     .option('--check', 'also compare each variant with a native run of what the guest observed')
     .option('--audit', "check the MMU's invariants after every exit")

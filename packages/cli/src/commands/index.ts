@@ -5,9 +5,18 @@ import { registerPolicies } from './policies.js';
 import { registerRun } from './run.js';
 import { registerCompare } from './compare.js';
 import { registerMain } from './main.js';
+import { registerWorkloads } from './workloads.js';
 
 /** A subcommand: adds itself to the program. Each lives in its own file under commands/. */
 export type CommandRegistration = (program: Command) => void;
 
 /** The subcommands, in the order `vmexit --help` lists them. */
-export const commands: CommandRegistration[] = [registerMain, registerRun, registerCompare, registerConformance, registerTrace, registerPolicies];
+export const commands: CommandRegistration[] = [
+  registerMain,
+  registerRun,
+  registerCompare,
+  registerConformance,
+  registerTrace,
+  registerPolicies,
+  registerWorkloads,
+];

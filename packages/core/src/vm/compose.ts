@@ -150,13 +150,17 @@ export async function composeVariant(raw: unknown, sources: ModuleSources): Prom
     }
   }
 
-  // Built-in policies, by name.
+  // Built-in policies, by name: loaded only when the variant names a policy, so that a VM without policies
+  // needs no policy package (the backend and the MMU are all it needs). A built-in package that is not
+  // installed is no problem unless a policy is looked for in it (the message on that policy says so).
   const byName = new Map<string, FaultPolicy<unknown>>();
-  for (const src of sources.policies) {
+  const notInstalled: string[] = [];
+  for (const src of parts.policies.length > 0 ? sources.policies : []) {
     try {
       for (const p of loadAndDiff(container, await loadModuleSource(src, from))) byName.set(p.name, p);
     } catch (e) {
-      if (!(e instanceof ModuleLoadError && typeof src === 'string' && /exports no inversify ContainerModule/.test(e.message))) {
+      if (e instanceof ModuleLoadError && e.notInstalled && typeof src === 'string') notInstalled.push(src);
+      else if (!(e instanceof ModuleLoadError && typeof src === 'string' && /exports no inversify ContainerModule/.test(e.message))) {
         problems.push({ path: 'policies', message: `built-in policies '${typeof src === 'string' ? src : 'module'}' failed to load: ${messageOf(e)}` });
       }
     }
@@ -178,7 +182,7 @@ export async function composeVariant(raw: unknown, sources: ModuleSources): Prom
           bound = loadAndDiff(container, await importContainerModule(spec, from));
           loadedPackages.set(spec, bound);
         } catch (e) {
-          const known = [...byName.keys()].join(', ') || 'none';
+          const known = ([...byName.keys()].join(', ') || 'none') + (notInstalled.length > 0 ? `, as ${notInstalled.join(', ')} is not installed` : '');
           problems.push({
             path,
             message: isPathSpecifier(spec)

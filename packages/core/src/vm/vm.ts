@@ -4,7 +4,7 @@ import { Machine } from '../machine/machine.js';
 import type { MemslotSpec } from '../machine/guest-memory.js';
 import { NativeHooks } from '../machine/hooks.js';
 import type { Vcpu } from '../machine/vcpu.js';
-import { COST_PROFILES } from '../cost/profiles.js';
+import { resolveCostProfile, type CostModelInput } from '../cost/schema.js';
 import { modelCycles, type CostReport } from '../cost/model.js';
 import { mmuEventKindsOf, type MmuDecisionOf, type MmuEvent } from '../exits/mmu-events.js';
 import { countAndObserveExits, isNoopObservers, type ExitRecorder, type ExitTracer } from '../exits/observers.js';
@@ -19,7 +19,7 @@ import { composeVariant } from './compose.js';
 import { DEFAULT_MODULE_SOURCES, type ModuleSources } from './modules.js';
 import type { Mmu, MmuHost } from './mmu.js';
 import { TYPES } from './tokens.js';
-import { VariantError, type Variant } from './variant.js';
+import { VariantError, type Variant, type VariantInput } from './variant.js';
 import { VmHooks } from './vm-hooks.js';
 import type { Container } from 'inversify';
 
@@ -196,10 +196,8 @@ export class Vm implements MmuHost {
   }
 
   /** Modelled cycles of the run so far under the variant's cost model (or `profile`). */
-  cycles(profile = this.variant.costModel): CostReport {
-    const p = COST_PROFILES[profile];
-    if (p === undefined) throw new RangeError(`unknown cost model '${profile}'`);
-    return modelCycles(p, this.counters().total);
+  cycles(profile: CostModelInput = this.variant.costModel): CostReport {
+    return modelCycles(resolveCostProfile(profile), this.counters().total);
   }
 }
 
@@ -241,7 +239,7 @@ class MmuEventCounts {
  * policies' ContainerModules into one inversify container, checks every policy's needs, and builds the
  * machine. Any problem throws a VariantError listing them all; nothing is created then.
  */
-export async function createVm(variant: unknown, options: CreateVmOptions = {}): Promise<Vm> {
+export async function createVm(variant: VariantInput, options: CreateVmOptions = {}): Promise<Vm> {
   const comp = await composeVariant(variant, options.sources ?? DEFAULT_MODULE_SOURCES);
   if (comp.problems.length > 0 || comp.variant === null) throw new VariantError(comp.problems);
   const c: Container = comp.container;
