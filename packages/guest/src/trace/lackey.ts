@@ -184,7 +184,13 @@ function scanLog(file: string, index: number): LogInfo {
     throw new TraceError('io', file, `cannot open (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
   try {
-    const size = fs.fstatSync(fd).size;
+    const st = fs.fstatSync(fd);
+    // Size-checked before it is read: a device such as /dev/zero, a FIFO or a directory has no size to
+    // check and may never end; a lackey log is a regular file (a symbolic link is followed to what it names).
+    if (!st.isFile()) {
+      throw new TraceError('io', file, `not a regular file (${st.isDirectory() ? 'a directory' : 'a device, FIFO or socket'}); a lackey log is a file`);
+    }
+    const size = st.size;
     const head = readRange(file, fd, 0, Math.min(size, HEAD_BYTES));
     const tail = size > HEAD_BYTES ? readRange(file, fd, Math.max(HEAD_BYTES, size - TAIL_BYTES), size - Math.max(HEAD_BYTES, size - TAIL_BYTES)) : head;
     const lines = head.split('\n');
@@ -215,6 +221,16 @@ function scanLog(file: string, index: number): LogInfo {
     }
     const x = /^==\d+== Exit code:\s+(\d+)/m.exec(tail);
     const s = /^==\d+== Process terminating with default action of signal (\d+)/m.exec(tail);
+    // A log valgrind finished ends with the "Exit code:" footer, the signal that killed the process, or (a
+    // stretch before an exec) a successful execve; anything else was cut short, and importing it would
+    // replay a shorter program than the one recorded.
+    if (x === null && s === null && execPath === null) {
+      throw new TraceError(
+        'truncated',
+        file,
+        `truncated lackey log: it ends without valgrind's "==${pid}== Exit code:" footer (nor a fatal signal, nor an execve); the recording was cut short`,
+      );
+    }
     return {
       file,
       pid,
