@@ -336,6 +336,14 @@ class ProcessState {
 
 const PAGE = 4096;
 
+/**
+ * The largest access one lackey line may describe. An instruction fetch is at most 15 bytes (SDM Vol. 2A
+ * §2.3.11), a vector load or store at most 64 (AVX-512), and the largest, XSAVE/XRSTOR with AMX tile data,
+ * about 11 KiB (SDM Vol. 1 §13.4). 64 KiB leaves room; a larger size is a corrupt line, which would otherwise
+ * expand into one record per page (4 GiB: a million pages; 2^64: never ends).
+ */
+const MAX_ACCESS_BYTES = 65536;
+
 /** Parses one log's body into `st` (streaming, in 4 MiB chunks). */
 function parseLog(log: LogInfo, st: ProcessState): void {
   const file = log.file;
@@ -410,6 +418,13 @@ function parseLog(log: LogInfo, st: ProcessState): void {
               'bad-line',
               file,
               `line ${lineNo}: not a lackey access line: ${JSON.stringify(buf.toString('latin1', s, Math.min(e, s + 80)))}`,
+            );
+          }
+          if (size > MAX_ACCESS_BYTES) {
+            throw new TraceError(
+              'bad-line',
+              file,
+              `line ${lineNo}: an access of ${size} bytes, more than the ${MAX_ACCESS_BYTES} bytes one instruction can touch: ${JSON.stringify(buf.toString('latin1', s, Math.min(e, s + 80)))}`,
             );
           }
           const first = Math.floor(a / PAGE);

@@ -170,6 +170,12 @@ describe('importLackey', () => {
       expect(() => importLackey(tiny)).not.toThrow();
     });
 
+    it('refuses an access line of more bytes than one instruction can touch (it would expand without end)', () => {
+      const text = fs.readFileSync(tiny[0]!, 'latin1').replace(' L 1fff000740,8', ' L 1fff000740,18446744073709551615');
+      const f = tmpFile('huge.100.1', text);
+      expect(() => importLackey([f])).toThrow(/huge\.100\.1: line 13: an access of 18446744073709552000 bytes, more than the 65536 bytes/);
+    });
+
     it('refuses a device or a directory instead of reading it without bound', () => {
       expect(() => importLackey(['/dev/zero'])).toThrow('/dev/zero: not a regular file (a device, FIFO or socket); a lackey log is a file');
       expect(() => importLackey([FIX])).toThrow(`${FIX}: not a regular file (a directory)`);
