@@ -1,8 +1,9 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readSync, statSync } from 'node:fs';
 import { dirname, extname, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import {
   COST_PROFILES,
+  MAX_GUEST_RAM,
   composeVariant,
   parseCostProfile,
   type CostProfile,
@@ -61,7 +62,61 @@ export async function variantFromOptions(opts: VariantOptions, context: VariantC
   const raw = await rawVariant(opts, cwd);
   const comp = await composeVariant(raw, context.sources ?? DEFAULT_MODULE_SOURCES);
   if (comp.problems.length > 0 || comp.variant === null) throw variantInputError(comp.problems, opts.config);
+  checkVariantMemory(comp.variant.memory, opts);
   return comp.variant;
+}
+
+/** The limit of guest RAM, for messages: `3 GiB (3221225472 bytes)`. */
+export function memoryLimitText(): string {
+  return `${formatSize(MAX_GUEST_RAM)} (${MAX_GUEST_RAM} bytes)`;
+}
+
+function formatSize(bytes: number): string {
+  for (const [unit, n] of [
+    ['TiB', 2 ** 40],
+    ['GiB', 2 ** 30],
+    ['MiB', 2 ** 20],
+    ['KiB', 2 ** 10],
+  ] as const) {
+    if (bytes >= n && bytes % n === 0) return `${bytes / n} ${unit}`;
+  }
+  return `${bytes} bytes`;
+}
+
+/**
+ * Guest RAM however it was given (`--memory`, a config file's `memory`): a positive multiple of 4 KiB, and at
+ * most core's MAX_GUEST_RAM (the one limit, which the machine enforces too); `option` names where it came from.
+ */
+export function checkGuestMemory(bytes: number, option: string): number {
+  if (!Number.isSafeInteger(bytes) || bytes < 4096 || bytes % 4096 !== 0) throw new InputError(`${option}: ${bytes} bytes is not a positive multiple of 4 KiB`);
+  if (bytes > MAX_GUEST_RAM) throw new InputError(`${option}: ${formatSize(bytes)} of guest RAM is over the limit of ${memoryLimitText()}`);
+  return bytes;
+}
+
+/** The composed variant's memory, checked (the flag already was, in rawVariant; here a config file's value). */
+function checkVariantMemory(bytes: number, opts: VariantOptions): void {
+  checkGuestMemory(bytes, opts.memory !== undefined ? '--memory' : opts.config !== undefined ? `--config ${opts.config}: memory` : 'memory');
+}
+
+/** `256M`, `1G`, `65536K`, `1048576` (bytes); K/M/G/T are binary (KiB, MiB, GiB, TiB). Checked against the limit. */
+export function parseSize(text: string, option = '--memory'): number {
+  const m = /^(\d+)\s*([KMGT])?(i?B)?$/i.exec(text.trim());
+  if (m === null) throw new InputError(`${option}: '${text}' is not a size (examples: 256M, 1G)`);
+  const unit = m[2] === undefined ? 1 : 1024 ** ' KMGT'.indexOf(m[2].toUpperCase());
+  const bytes = Number(m[1]) * unit;
+  if (!Number.isSafeInteger(bytes) || bytes < 4096 || bytes % 4096 !== 0) throw new InputError(`${option}: ${text} is not a positive multiple of 4 KiB`);
+  return checkGuestMemory(bytes, option);
+}
+
+/**
+ * Checks the variant flags whose values the command must parse itself, before anything runs: `--vcpus` an
+ * integer 1..256, `--memory` a size within the limit. (`--backend`, `--mmu`, `--cost-model` and the policies
+ * are checked by the composition, which lists every problem at once.)
+ */
+export function checkVariantFlags(opts: VariantOptions): void {
+  if (opts.vcpus !== undefined && (!/^\d+$/.test(opts.vcpus) || Number(opts.vcpus) < 1 || Number(opts.vcpus) > 256))
+    throw new InputError(`--vcpus: expected an integer from 1 to 256, got '${opts.vcpus}'`);
+  if (opts.memory !== undefined) parseSize(opts.memory);
 }
 
 /** The variant as data, before validation: the config file's object with the flags applied. */
@@ -73,6 +128,7 @@ export async function rawVariant(opts: VariantOptions, cwd: string): Promise<Rec
     raw = await readConfig(file);
     from = dirname(file);
   }
+  checkVariantFlags(opts);
   raw = { ...raw };
   if (raw.resolveFrom === undefined) raw.resolveFrom = from;
   if (opts.backend !== undefined) raw.backend = opts.backend;
@@ -84,7 +140,7 @@ export async function rawVariant(opts: VariantOptions, cwd: string): Promise<Rec
     raw.costModel = readCostModel(resolve(base, raw.costModel), opts.costModel !== undefined ? '--cost-model' : 'costModel');
   }
   if (opts.vcpus !== undefined) raw.vcpus = /^\d+$/.test(opts.vcpus) ? Number(opts.vcpus) : opts.vcpus;
-  if (opts.memory !== undefined) raw.memory = /^\d+$/.test(opts.memory) ? Number(opts.memory) : opts.memory;
+  if (opts.memory !== undefined) raw.memory = parseSize(opts.memory);
   if (opts.policy !== undefined) {
     // Paths on the command line are relative to the working directory, whatever the config's directory is.
     raw.policies = opts.policy
@@ -101,10 +157,10 @@ export async function rawVariant(opts: VariantOptions, cwd: string): Promise<Rec
  * an InputError (exit 2) names the file and each bad field's path.
  */
 export function readCostModel(file: string, flag: string): CostProfile {
-  if (!existsSync(file)) throw new InputError(`${flag} ${file}: no such file`);
+  statInputFile(file, flag, 'a cost model (.json)');
   let value: unknown;
   try {
-    value = JSON.parse(readFileSync(file, 'utf8'));
+    value = JSON.parse(readBounded(file, MAX_CONFIG_BYTES, flag));
   } catch (e) {
     throw new InputError(`${flag} ${file}: not valid JSON: ${e instanceof Error ? e.message : String(e)}`);
   }
@@ -116,7 +172,7 @@ export function readCostModel(file: string, flag: string): CostProfile {
 
 /** Reads a variant file: JSON (`vmexit.config.json`) or an ES module whose default export is the variant (`.mjs`). */
 export async function readConfig(file: string): Promise<Record<string, unknown>> {
-  if (!existsSync(file)) throw new InputError(`--config ${file}: no such file`);
+  statInputFile(file, '--config', 'a variant file (vmexit.config.json or vmexit.config.mjs)');
   const ext = extname(file);
   let value: unknown;
   if (ext === '.mjs' || ext === '.js') {
@@ -129,7 +185,7 @@ export async function readConfig(file: string): Promise<Record<string, unknown>>
     if (value === undefined) throw new InputError(`--config ${file}: the module has no default export (export default { backend: 'vmx', ... })`);
   } else if (ext === '.json') {
     try {
-      value = JSON.parse(readFileSync(file, 'utf8'));
+      value = JSON.parse(readBounded(file, MAX_CONFIG_BYTES, '--config'));
     } catch (e) {
       throw new InputError(`--config ${file}: not valid JSON: ${e instanceof Error ? e.message : String(e)}`);
     }
@@ -143,4 +199,40 @@ export async function readConfig(file: string): Promise<Record<string, unknown>>
 export function variantInputError(problems: readonly VariantProblem[], config?: string): InputError {
   const where = config !== undefined ? ` (${config})` : '';
   return new InputError(`invalid variant${where}:\n${problems.map((p) => `  ${p.path || '(variant)'}: ${p.message}`).join('\n')}`);
+}
+
+/** Checks that an input file named by `flag` exists and is a regular file of at most MAX_CONFIG_BYTES (an InputError, exit 2, otherwise). */
+function statInputFile(file: string, flag: string, what: string): void {
+  let st;
+  try {
+    st = statSync(file);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new InputError(`${flag} ${file}: ${code === 'ENOENT' ? 'no such file' : `cannot read (${code ?? (e as Error).message})`}`);
+  }
+  if (st.isDirectory()) throw new InputError(`${flag} ${file}: is a directory; give ${what}`);
+  if (!st.isFile()) throw new InputError(`${flag} ${file}: not a regular file (a device, FIFO or socket); give ${what}`);
+  if (st.size > MAX_CONFIG_BYTES) throw new InputError(`${flag} ${file}: ${st.size} bytes; ${what} is at most ${MAX_CONFIG_BYTES} bytes`);
+}
+
+/** The largest variant file read (a variant is a few hundred bytes). */
+const MAX_CONFIG_BYTES = 1 << 20;
+
+/** Reads at most `max` bytes of a regular file (it was checked by stat; fstat again on the open file). */
+function readBounded(file: string, max: number, flag: string): string {
+  const fd = openSync(file, 'r');
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile() || st.size > max) throw new InputError(`${flag} ${file}: not a regular file of at most ${max} bytes`);
+    const buf = Buffer.alloc(st.size);
+    let got = 0;
+    while (got < buf.length) {
+      const k = readSync(fd, buf, got, buf.length - got, got);
+      if (k === 0) break;
+      got += k;
+    }
+    return buf.toString('utf8', 0, got);
+  } finally {
+    closeSync(fd);
+  }
 }

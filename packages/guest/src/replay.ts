@@ -1,9 +1,8 @@
-import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { ACC_FETCH, ACC_READ, ACC_WRITE, GuestAbort, PAGE_SIZE } from '@vmexit/core';
 import { PROT_READ, VMA_ANON, VMA_FILE_PRIVATE, VMA_FILE_SHARED, type AreaSpec, type Kernel } from './os/kernel.js';
 import type { Program, Task, TaskRunner } from './os/tasks.js';
-import { decodeVxt } from './trace/vxt.js';
+import { decodeVxt, readVxtFile } from './trace/vxt.js';
 import { TraceError } from './trace/errors.js';
 import { MAP_ANONYMOUS, MAP_SHARED, type VxtEvent, type VxtExecEvent, type VxtProcess, type VxtTrace } from './trace/types.js';
 import { WorkloadError } from './workloads/params.js';
@@ -17,13 +16,8 @@ export const KBUILD_TRACE_PATH = fileURLToPath(new URL('../traces/kbuild.vxt', i
 
 /** Reads and decodes a `.vxt` file (TraceError on a bad file, with the file's name). */
 export function loadVxtFile(path: string): VxtTrace {
-  let bytes: Uint8Array;
-  try {
-    bytes = readFileSync(path);
-  } catch (e) {
-    throw new WorkloadError('unknown-workload', path, `cannot read the trace file (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
-  }
-  return decodeVxt(bytes, path);
+  // Size-checked before it is read (a regular file, its header agreeing with its size): readVxtFile.
+  return decodeVxt(readVxtFile(path), path);
 }
 
 /** Record kind -> access kind (a modify replays as a write: its store is what the MMU sees). */

@@ -5,7 +5,9 @@ import { PERSONALITIES, type Personality } from '@vmexit/guest';
 import { InputError } from '../errors.js';
 import { checkFailure, runChecked, runOnVariant, type CheckReport, type VariantRunResult } from '../run-variant.js';
 import { variantFromOptions, type VariantOptions } from '../variant-options.js';
-import { parseSize, variantLabel } from './run.js';
+import { variantLabel } from './run.js';
+import { checkVariantFlags, parseSize } from '../variant-options.js';
+import { checkWorkloadSpec } from '../workload-check.js';
 
 interface CompareFlags {
   workload: string;
@@ -58,6 +60,8 @@ export function registerCompare(program: Command): void {
     .option('--audit', "check the MMU's invariants after every exit")
     .option('--json', 'print the results as one JSON document')
     .action(async (flags: CompareFlags) => {
+      checkVariantFlags({ vcpus: flags.vcpus, memory: flags.memory, costModel: flags.costModel });
+      checkWorkloadSpec(flags.workload, '--workload');
       const doc = await runComparison({
         workload: flags.workload,
         variants: flags.variant,
@@ -142,13 +146,25 @@ export async function parseVariantSpec(spec: string, overrides: Pick<VariantOpti
   }
   const opts: VariantOptions = { ...overrides };
   const policies: string[] = [];
+  // Each of backend and MMU is named at most once: "vmx svm shadow" or "native vmx" is a mistake, not a
+  // choice of the last word.
+  const backends: string[] = [];
+  const mmus: string[] = [];
   for (const word of trimmed.split(/\s+/).filter((w) => w.length > 0)) {
-    if (word === 'vmx' || word === 'svm' || word === 'none') opts.backend = word;
-    else if (word === 'native') opts.backend = 'none';
-    else if (word === 'shadow' || word === 'tdp') opts.mmu = word;
+    if (word === 'vmx' || word === 'svm' || word === 'none' || word === 'native') backends.push(word);
+    else if (word === 'shadow' || word === 'tdp') mmus.push(word);
     else policies.push(...word.split(',').filter((p) => p.length > 0));
   }
-  if (opts.backend === undefined) throw new InputError(`--variant "${spec}": name a backend (vmx, svm, or native)`);
+  if (backends.length > 1) throw new InputError(`--variant "${spec}": names ${backends.length} backends (${backends.join(', ')}); a variant has one`);
+  if (mmus.length > 1) throw new InputError(`--variant "${spec}": names ${mmus.length} MMUs (${mmus.join(', ')}); a variant has one`);
+  if (backends.length === 0) throw new InputError(`--variant "${spec}": name a backend (vmx, svm, or native)`);
+  opts.backend = backends[0] === 'native' ? 'none' : backends[0];
+  if (mmus.length === 1) {
+    if (opts.backend === 'none') throw new InputError(`--variant "${spec}": ${mmus[0]} is an MMU of a hypervisor; a native variant has none`);
+    opts.mmu = mmus[0];
+  }
+  if (opts.backend === 'none' && policies.length > 0)
+    throw new InputError(`--variant "${spec}": policies (${policies.join(', ')}) need a hypervisor; a native variant has none`);
   if (policies.length > 0) opts.policy = policies.join(',');
   try {
     return await variantFromOptions(opts);

@@ -1,15 +1,17 @@
-import * as fs from 'node:fs';
 import type { Command } from 'commander';
-import { TraceError, decodeVxt, describeVxt, encodeVxt, importLackey } from '@vmexit/guest';
+import { TraceError, decodeVxt, describeVxt, encodeVxt, importLackey, readVxtFile } from '@vmexit/guest';
 import type { VxtDescription } from '@vmexit/guest';
 import { InputError } from '../errors.js';
+import { checkOutputTarget, writeOutputFile } from '../output-file.js';
 
 /**
  * `vmexit trace import lackey LOGS... -o FILE.vxt` and `vmexit trace info FILE [--json]`.
  *
  * Bad input (a log that is not a lackey log, logs that are not one recording, a corrupt or truncated
- * `.vxt`) is an InputError (exit 2) naming the file. The output is written to `FILE.vxt.tmp-<pid>` and
- * renamed, so a failed import leaves no file behind.
+ * `.vxt`) is an InputError (exit 2) naming the file. Inputs are size-checked before they are read (regular
+ * files; a `.vxt` whose header agrees with its size and claims an honest body). The output goes through
+ * OutputFile: a regular file or a new one (never a device, FIFO or symbolic link, never one of the logs),
+ * written beside it and renamed over it with its mode kept, so a failed import leaves no file behind.
  */
 export function registerTrace(program: Command): void {
   const trace = program.command('trace').description('import real-program traces and describe .vxt traces');
@@ -34,9 +36,10 @@ export function registerTrace(program: Command): void {
       if (!Number.isInteger(quality) || quality < 0 || quality > 11) {
         throw new InputError(`--quality: expected an integer 0..11, got ${JSON.stringify(opts.quality)}`);
       }
+      checkOutputTarget('-o', opts.output, logs);
       const t = translate(() => importLackey(logs, { collapse }));
       const bytes = encodeVxt(t, { quality });
-      writeAtomically(opts.output, bytes);
+      writeOutputFile('-o', opts.output, bytes, logs);
       const d = describeVxt(t, bytes.length);
       process.stdout.write(`${opts.output}: ${d.processes.length} processes, ${d.records} records, ${d.accesses} accesses, ${bytes.length} bytes\n`);
     });
@@ -47,12 +50,7 @@ export function registerTrace(program: Command): void {
     .argument('<file>', 'the .vxt trace')
     .option('--json', 'print the description as JSON')
     .action((file: string, opts: { json?: boolean }) => {
-      let bytes: Uint8Array;
-      try {
-        bytes = fs.readFileSync(file);
-      } catch (e) {
-        throw new InputError(`${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
-      }
+      const bytes = translate(() => readVxtFile(file));
       const d = describeVxt(
         translate(() => decodeVxt(bytes, file)),
         bytes.length,
@@ -68,18 +66,6 @@ function translate<T>(f: () => T): T {
   } catch (e) {
     if (e instanceof TraceError) throw new InputError(e.message);
     throw e;
-  }
-}
-
-/** Writes `file` through `file.tmp-<pid>` and a rename; on any error the temporary file is removed. */
-function writeAtomically(file: string, bytes: Uint8Array): void {
-  const tmp = `${file}.tmp-${process.pid}`;
-  try {
-    fs.writeFileSync(tmp, bytes);
-    fs.renameSync(tmp, file);
-  } catch (e) {
-    fs.rmSync(tmp, { force: true });
-    throw new InputError(`${file}: cannot write (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
 }
 
