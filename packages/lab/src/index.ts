@@ -48,3 +48,4 @@ export {
   type AllowedDifferenceId,
 } from './run-variant.js';
 export { InputError, RunFailure } from './errors.js';
+export { reportCharts, reportHtml, type ReportChart, type ReportInput } from './report.js';

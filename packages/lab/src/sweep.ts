@@ -3,6 +3,7 @@ import { Piscina } from 'piscina';
 import { cellKey, compiledFile, outcomeError, runCellOutcome, type Cell, type CellOutcome, type CellRecord } from './cell.js';
 import { InputError } from './errors.js';
 import { ResultStore } from './store.js';
+import { reportHtml } from './report.js';
 import { summaryCsv } from './summary.js';
 import { parseVariantSpec } from './variant-spec.js';
 
@@ -145,7 +146,10 @@ export async function sweep(o: SweepOptions): Promise<SweepOutcome> {
   } finally {
     o.signal?.removeEventListener('abort', onAbort);
     if (o.executor === undefined) await executor.close();
-    if (store !== null) store.writeFile('summary.csv', summaryCsv(store.records()));
+    if (store !== null) {
+      store.writeFile('summary.csv', summaryCsv(store.records()));
+      if (store.records().length > 0) store.writeFile('report.html', reportHtml(store.records(), `vmexit sweep: ${o.out}`));
+    }
   }
   if (failure !== null) throw failure;
   const records = o.cells.map((c) => inMemory.get(cellKey(c)) ?? store?.records().find((r) => r.cell.key === cellKey(c)) ?? null).filter((r) => r !== null);

@@ -7,6 +7,7 @@ import { registerCompare } from './compare.js';
 import { registerMain } from './main.js';
 import { registerSweep } from './sweep.js';
 import { registerWorker } from './worker.js';
+import { registerReport } from './report.js';
 
 /** A subcommand: adds itself to the program. Each lives in its own file under commands/. */
 export type CommandRegistration = (program: Command) => void;
@@ -18,6 +19,7 @@ export const commands: CommandRegistration[] = [
   registerCompare,
   registerSweep,
   registerWorker,
+  registerReport,
   registerConformance,
   registerTrace,
   registerPolicies,

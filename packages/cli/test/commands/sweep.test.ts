@@ -15,7 +15,7 @@ describe('sweep', () => {
   it('runs the cross product into --out, one result per cell, and skips them on a rerun', async () => {
     const dir = path.join(tmp, 'a');
     const args = ['sweep', '--workload', 'demand-fault', '--param', 'pages=8,12', '--variant', 'native', '--seeds', '1..2', '--out', dir];
-    expect(await main(args)).toBe(0);
+    expect(await main(args), err.join('')).toBe(0);
     expect(out.join('')).toBe(`4 cells: 4 ran, 0 already done; ${dir}/results.jsonl, ${dir}/summary.csv\n`);
     const rs = readResults(path.join(dir, 'results.jsonl'));
     expect(rs.map((r) => `${r.workload.input} ${r.seed}`).sort()).toEqual([
@@ -28,6 +28,15 @@ describe('sweep', () => {
     out.length = 0;
     expect(await main(args)).toBe(0);
     expect(out.join('')).toMatch(/^4 cells: 0 ran, 4 already done/);
+    // The report: written by the sweep, and again by `vmexit report` (self-contained: the vega bundles inline).
+    expect(fs.readFileSync(path.join(dir, 'report.html'), 'utf8')).toMatch(/<div class="chart" id="exits-by-reason">/);
+    out.length = 0;
+    expect(await main(['report', dir, '-o', path.join(tmp, 'r.html')])).toBe(0);
+    expect(out.join('')).toBe(`${path.join(tmp, 'r.html')}: 4 results\n`);
+    const html = fs.readFileSync(path.join(tmp, 'r.html'), 'utf8');
+    expect(html).toMatch(/vega-embed/);
+    expect(html).not.toMatch(/<script[^>]+src=/);
+    expect(await main(['report', path.join(tmp, 'nothing-here'), '-o', path.join(tmp, 'x.html')])).toBe(2);
   }, 120_000);
 
   it.each([
