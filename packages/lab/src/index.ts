@@ -49,3 +49,4 @@ export {
 } from './run-variant.js';
 export { InputError, RunFailure } from './errors.js';
 export { reportCharts, reportHtml, type ReportChart, type ReportInput } from './report.js';
+export { traceStats, formatTraceStats, exitCycles, type TraceStats, type TraceStatsOptions, type ReasonStats } from './trace-stats.js';
