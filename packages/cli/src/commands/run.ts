@@ -1,11 +1,11 @@
 import type { Command } from 'commander';
 import { hexU64, PAGING_MODE_NAMES, type PagingModeName } from '@vmexit/core';
-import { PERSONALITIES, type GuestEventLog, type Personality, type RunResult } from '@vmexit/guest';
+import { PERSONALITIES, type GuestEventLog, type Personality } from '@vmexit/guest';
 import { InputError, RunFailure } from '../errors.js';
 import { OutputFile } from '../output-file.js';
 import { checkWorkloadSpec, workloadInputs } from '../workload-check.js';
 import { Progress, rate } from '../progress.js';
-import { JsonLinesTracer, checkFailure, runChecked, runOnVariant, type CheckReport, type VariantRunResult } from '../run-variant.js';
+import { JsonLinesTracer, checkFailure, provenance, runChecked, runOnVariant, variantLabel, type CheckReport, type VariantRunResult } from '@vmexit/lab';
 import { addVariantOptions, variantFromOptions, type VariantOptions } from '../variant-options.js';
 
 export { parseSize } from '../variant-options.js';
@@ -53,6 +53,7 @@ export function registerRun(program: Command): void {
     // Everything is checked before the trace file is opened: bad input leaves no file and the old one as it was.
     checkWorkloadSpec(flags.workload, '--workload');
     const progress = new Progress();
+    const started = provenance(variant);
     const inputs = [...workloadInputs(flags.workload), ...(flags.config === undefined ? [] : [flags.config])];
     const traceFile = flags.trace === undefined ? null : new TraceFile(flags.trace, inputs);
     const tracer = traceFile === null ? undefined : new JsonLinesTracer(traceFile.write);
@@ -81,7 +82,7 @@ export function registerRun(program: Command): void {
       progress.clear();
     }
     traceFile?.finish(events);
-    const doc = check === null ? result : { ...result, check };
+    const doc = check === null ? { ...result, provenance: started } : { ...result, check, provenance: started };
     process.stdout.write(flags.json === true ? `${JSON.stringify(doc, null, 2)}\n` : summary(result, check));
     if (check !== null && !check.ok) throw checkFailure(check);
   });
@@ -259,13 +260,7 @@ export function summary(r: VariantRunResult, check: CheckReport | null = null): 
   return rows.map(([k, v]) => `${k.padEnd(w)}  ${v}\n`).join('');
 }
 
-/** `vmx shadow pte-update,bypass-guest-pf` or `native`. */
-export function variantLabel(v: RunResult['variant']): string {
-  if (v.backend === 'none') return 'native';
-  const pol = (v.policies as (string | { use: string })[] | undefined) ?? [];
-  const names = pol.map((p) => (typeof p === 'string' ? p : p.use));
-  return `${v.backend} ${String(v.mmu)}${names.length > 0 ? ` ${names.join(',')}` : ''}`;
-}
+export { variantLabel };
 
 function sum(o: Record<string, number>): number {
   return Object.values(o).reduce((a, b) => a + b, 0);

@@ -15,6 +15,7 @@ import { checkOutputTarget, writeOutputFile } from '../output-file.js';
  */
 export function registerTrace(program: Command): void {
   const trace = program.command('trace').description('import real-program traces and describe .vxt traces');
+  registerTraceStats(trace);
 
   const imp = trace.command('import').description('convert recordings into a .vxt trace');
   imp
@@ -56,6 +57,28 @@ export function registerTrace(program: Command): void {
         bytes.length,
       );
       process.stdout.write(opts.json ? `${JSON.stringify(d, null, 2)}\n` : formatDescription(file, d));
+    });
+}
+
+/**
+ * `vmexit trace stats TRACE.jsonl [--vcpu N] [--cost-model NAME] [--all] [--json]`: the `perf kvm stat report`
+ * view of a `vmexit run --trace` file: per exit reason the count, share and modelled cycles (min, mean, max),
+ * over all vCPUs and per vCPU; the exits of the counting window only (as the run counts them) unless --all.
+ */
+function registerTraceStats(trace: Command): void {
+  trace
+    .command('stats')
+    .description('per exit reason: count, share and modelled cycles of the exits in a --trace file (perf kvm stat report)')
+    .argument('<file>', 'a trace written by vmexit run --trace')
+    .option('--vcpu <n>', "only this vCPU's exits")
+    .option('--cost-model <name>', 'the cost model that prices each exit')
+    .option('--all', 'count the exits outside the counting window too (the boot)')
+    .option('--json', 'print the stats as JSON')
+    .action(async (file: string, opts: { vcpu?: string; costModel?: string; all?: boolean; json?: boolean }) => {
+      if (opts.vcpu !== undefined && !/^\d+$/.test(opts.vcpu)) throw new InputError(`--vcpu: expected a vCPU number, got '${opts.vcpu}'`);
+      const { traceStats, formatTraceStats } = await import('@vmexit/lab');
+      const s = await traceStats(file, { vcpu: opts.vcpu === undefined ? undefined : Number(opts.vcpu), costModel: opts.costModel, all: opts.all });
+      process.stdout.write(opts.json === true ? `${JSON.stringify(s, null, 2)}\n` : formatTraceStats(s));
     });
 }
 

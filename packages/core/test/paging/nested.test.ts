@@ -4,7 +4,8 @@ import { ACC_FETCH, ACC_READ, ACC_USER, ACC_WRITE, CR0_PE, CR0_PG, CR4_PAE, CR4_
 import { MODE_LEGACY32, MODE_LONG4, MODE_LONG5, MODE_PAE, type PagingModeId } from '../../src/arch/modes.js';
 import { SparsePhysicalMemory } from '../../src/memory/sparse.js';
 import { Machine } from '../../src/machine/machine.js';
-import { GuestAbort, type Vcpu } from '../../src/machine/vcpu.js';
+import type { Vcpu } from '../../src/machine/vcpu.js';
+import { GuestAbort } from '../../src/machine/errors.js';
 import { NativeHooks } from '../../src/machine/hooks.js';
 import { EptStage } from '../../src/paging/ept.js';
 import { NptStage } from '../../src/paging/npt.js';

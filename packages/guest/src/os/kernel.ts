@@ -20,7 +20,7 @@ import { doExec, doFork, mapAreas, mapImage, newProcess, teardown } from './fork
 import type { FrameAllocator } from './frames.js';
 import { MODE_LEGACY32, MODE_LONG4, MODE_LONG5, tableSpan, type ModeLayout } from './layout.js';
 import { doBrk, doMmap, doMprotect, doMunmap } from './mmap.js';
-import { inspectPte } from './pgtable.js';
+import { inspectPte, tableFor } from './pgtable.js';
 import type { AreaSpec, ImageSpec, Process } from './process.js';
 import { KernelState, type KernelOptions, type Personality } from './state.js';
 import type { GuestEventLog, KernelStats } from './stats.js';
@@ -213,6 +213,14 @@ export class Kernel {
   /** The pte of `va` in `proc` as (lo, hi) read from guest memory directly, or null if a table is missing (tests, reports). */
   inspectPte(proc: Process, va: number): { lo: number; hi: number; table: number } | null {
     return inspectPte(this.k, proc, va);
+  }
+
+  /**
+   * The physical address of the table of `level` that maps `va` in `proc` (through `v`'s accesses, as the
+   * kernel walks), allocating missing tables when `alloc`; -1 when one is missing (tests, policies' scenarios).
+   */
+  tableFor(v: Vcpu, proc: Process, va: number, level: number, alloc: boolean): number {
+    return tableFor(this.k, v, proc, va, level, alloc);
   }
 
   /** The span of a page table (level 1): how much one PT maps. */
