@@ -159,6 +159,8 @@ describe('createVm', () => {
 
   it('says clearly that the tdp MMU is not available', async () => {
     const { sources: src } = sources();
-    await expect(createVm({ backend: 'vmx', mmu: 'tdp' }, { sources: src })).rejects.toThrow("mmu: no module for mmu 'tdp'");
+    await expect(createVm({ backend: 'vmx', mmu: 'tdp' }, { sources: src })).rejects.toThrow(
+      "mmu: two-dimensional paging (mmu 'tdp') is not available in this release: no @vmexit/mmu-tdp package is installed",
+    );
   });
 });
