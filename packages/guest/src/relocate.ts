@@ -89,21 +89,28 @@ function usedRanges(trace: VxtTrace, tree: readonly VxtProcess[]): number[] {
   };
   const P = PAGE_SIZE;
   const page = trace.accesses.page;
+  const kind = trace.accesses.kind;
   for (const p of tree) {
-    // Access pages, run-length joined first (consecutive records mostly repeat a page).
-    let i = p.recordStart;
-    while (i < p.recordEnd) {
-      let lo = page[i]!;
-      let hi = lo + 1;
-      for (i++; i < p.recordEnd; i++) {
-        const g = page[i]!;
-        if (g >= lo - 1 && g <= hi) {
-          if (g < lo) lo = g;
-          if (g + 1 > hi) hi = g + 1;
-        } else break;
+    // Access pages, run-length joined first, one run per class (fetch, data: the two streams interleave, and
+    // each mostly repeats or steps to a neighbouring page).
+    const runLo = [0, 0];
+    const runHi = [0, 0];
+    for (let i = p.recordStart; i < p.recordEnd; i++) {
+      const g = page[i]!;
+      const c = kind[i] === 0 ? 0 : 1;
+      const lo = runLo[c]!;
+      const hi = runHi[c]!;
+      if (hi > lo && g >= lo - 1 && g <= hi) {
+        if (g < lo) runLo[c] = g;
+        else if (g + 1 > hi) runHi[c] = g + 1;
+      } else {
+        add(lo, hi);
+        runLo[c] = g;
+        runHi[c] = g + 1;
       }
-      add(lo, hi);
     }
+    add(runLo[0]!, runHi[0]!);
+    add(runLo[1]!, runHi[1]!);
     let brkLo = Infinity;
     let brkHi = -Infinity;
     for (const e of p.events) {
@@ -116,13 +123,22 @@ function usedRanges(trace: VxtTrace, tree: readonly VxtProcess[]): number[] {
     }
     if (brkLo <= brkHi) add(Math.floor(brkLo / P), Math.floor(brkHi / P) + 1);
   }
-  const order = starts.map((_, k) => k).sort((a, b) => starts[a]! - starts[b]! || ends[a]! - ends[b]!);
+  // The union of the ranges, joining touching ones: a sweep over the starts and the ends, each sorted on its
+  // own (typed-array sorts: a trace has millions of ranges). A start at a coordinate where another range ends
+  // comes first, so touching ranges join.
+  const S = Float64Array.from(starts).sort();
+  const E = Float64Array.from(ends).sort();
   const out: number[] = [];
-  for (const k of order) {
-    const s = starts[k]!;
-    const e = ends[k]!;
-    if (out.length > 0 && s <= out[out.length - 1]!) out[out.length - 1] = Math.max(out[out.length - 1]!, e);
-    else out.push(s, e);
+  let active = 0;
+  let regionStart = 0;
+  for (let i = 0, j = 0; j < E.length;) {
+    if (i < S.length && S[i]! <= E[j]!) {
+      if (active++ === 0) regionStart = S[i]!;
+      i++;
+    } else {
+      if (--active === 0) out.push(regionStart, E[j]!);
+      j++;
+    }
   }
   return out;
 }
@@ -151,6 +167,9 @@ function place(ranges: readonly number[], first: number): RelocationRegion[] {
 
 /** Plans the relocation of `trace` into a user space of `userLimit` bytes. */
 export function planRelocation(trace: VxtTrace, userLimit: number): RelocationPlan {
+  // One pass over the pages and events first: a trace that fits as recorded (every 64-bit trace on a 4- or
+  // 5-level guest) needs no ranges (collecting them costs seconds on a trace of 33 M records).
+  if (traceHighestAddress(trace) <= userLimit) return { kind: 'fits' };
   const groups: RelocationGroup[] = [];
   const misfits: RelocationMisfit[] = [];
   let moved = false;
@@ -288,4 +307,20 @@ export function relocationRefusal(trace: VxtTrace, mode: PagingModeName, misfits
       ? `replay it with --mode ${can.join(' or --mode ')}`
       : 'no paging mode can replay it: the largest user space of the guest kernel is that of 4- and 5-level paging';
   return `the trace does not fit the ${userLimit} bytes (${hex(userLimit)}, ${mib(userLimit)}) of user space of ${mode} paging, even relocated: ${trees}; ${advice}`;
+}
+
+/** The largest linear address the trace touches or maps (for the paging mode's user-space check). */
+export function traceHighestAddress(trace: VxtTrace): number {
+  let max = 0;
+  const pages = trace.accesses.page;
+  for (let i = 0; i < pages.length; i++) if (pages[i]! > max) max = pages[i]!;
+  max = (max + 1) * PAGE_SIZE;
+  for (const p of trace.processes) {
+    for (const e of p.events) {
+      if (e.type === 'mmap' || e.type === 'munmap' || e.type === 'mprotect') max = Math.max(max, e.start + e.length);
+      else if (e.type === 'exec') for (const m of e.mappings) max = Math.max(max, m.start + m.length);
+      else if (e.type === 'brk') max = Math.max(max, e.result);
+    }
+  }
+  return max;
 }

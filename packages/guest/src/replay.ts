@@ -7,6 +7,8 @@ import { TraceError } from './trace/errors.js';
 import { MAP_ANONYMOUS, MAP_SHARED, type VxtEvent, type VxtExecEvent, type VxtProcess, type VxtTrace } from './trace/types.js';
 import { WorkloadError } from './workloads/params.js';
 import { planRelocation, relocateTrace, relocationRefusal, type TraceRelocation } from './relocate.js';
+
+export { traceHighestAddress } from './relocate.js';
 import { PAGING_MODE_NAMES, pagingModeId, type PagingModeName } from '@vmexit/core';
 
 const modeName = (id: number): PagingModeName => PAGING_MODE_NAMES.find((n) => pagingModeId(n) === id)!;
@@ -33,22 +35,6 @@ export class ReplayStats {
   processes = 0;
   /** How the trace was relocated into the mode's user space, or null when it fits as recorded. */
   relocation: TraceRelocation | null = null;
-}
-
-/** The largest linear address the trace touches or maps (for the paging mode's user-space check). */
-export function traceHighestAddress(trace: VxtTrace): number {
-  let max = 0;
-  const pages = trace.accesses.page;
-  for (let i = 0; i < pages.length; i++) if (pages[i]! > max) max = pages[i]!;
-  max = (max + 1) * PAGE_SIZE;
-  for (const p of trace.processes) {
-    for (const e of p.events) {
-      if (e.type === 'mmap' || e.type === 'munmap' || e.type === 'mprotect') max = Math.max(max, e.start + e.length);
-      else if (e.type === 'exec') for (const m of e.mappings) max = Math.max(max, m.start + m.length);
-      else if (e.type === 'brk') max = Math.max(max, e.result);
-    }
-  }
-  return max;
 }
 
 /**
