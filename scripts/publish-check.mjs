@@ -2,7 +2,8 @@
 // Checks that every public package would publish cleanly: `npm publish --dry-run` for each (no warning but
 // the one about not being logged in), and the metadata a published package needs: LICENSE, README,
 // repository/homepage/bugs, the one engines range of the root, the version of the release group, and
-// @vmexit ranges (dependencies and peer dependencies) that admit exactly that version's minor.
+// @vmexit ranges (dependencies and peer dependencies) that admit exactly that version's minor; and that each
+// tarball holds every entry point of `exports` with its types, every bin, and the sources its maps point to.
 // Run it after `npm run build`. Exits 1 with every problem listed.
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
@@ -38,6 +39,28 @@ if (r.status !== 0) problems.push(`npm publish --dry-run failed (exit ${r.status
 const warnings = out.split('\n').filter((l) => /^npm (warn|error)/.test(l) && !/requires you to be logged in/.test(l));
 if (warnings.length > 0) problems.push(`npm publish --dry-run warned:\n  ${warnings.join('\n  ')}`);
 for (const { pkg } of pkgs) if (!r.stdout.includes(`+ ${pkg.name}@${pkg.version}`)) problems.push(`${pkg.name}: npm publish --dry-run did not report it`);
+
+// What `npm pack` would put in each tarball: every `exports` entry point with its types, every bin, and the
+// sources that the source maps point to (`../src`).
+const packed = spawnSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts', ...pkgs.flatMap((p) => ['-w', p.dir])], { cwd: root, encoding: 'utf8' });
+if (packed.status !== 0) problems.push(`npm pack --dry-run failed (exit ${packed.status}):\n${packed.stderr}`);
+else {
+  const files = new Map(JSON.parse(packed.stdout).map((t) => [t.name, new Set(t.files.map((f) => f.path))]));
+  for (const { pkg } of pkgs) {
+    const has = files.get(pkg.name) ?? new Set();
+    const need = (path, what) => {
+      if (!has.has(path.replace(/^\.\//, ''))) problems.push(`${pkg.name}: the tarball has no ${path} (${what})`);
+    };
+    for (const [sub, target] of Object.entries(pkg.exports ?? {})) {
+      if (typeof target !== 'object') continue;
+      need(target.types, `types of '${sub}'`);
+      need(target.default, `'${sub}'`);
+    }
+    for (const bin of Object.values(typeof pkg.bin === 'string' ? { [pkg.name]: pkg.bin } : (pkg.bin ?? {}))) need(bin, 'bin');
+    if ([...has].some((p) => p.endsWith('.js.map')) && ![...has].some((p) => p.startsWith('src/')))
+      problems.push(`${pkg.name}: ships source maps but not src/`);
+  }
+}
 
 if (problems.length > 0) {
   console.error(`publish check: ${problems.length} problem(s)\n- ${problems.join('\n- ')}`);

@@ -12,32 +12,60 @@ import { BackendError } from './errors.js';
  * before any intercept, so its code never occurs), as Linux uapi/asm/svm.h does.
  */
 export const VMEXIT_CR0_READ = 0x000;
+/** Exit code 2h: a MOV from CR2 intercepted (CR read intercept bit 2). */
 export const VMEXIT_CR2_READ = 0x002;
+/** Exit code 3h: a MOV from CR3 intercepted (CR read intercept bit 3). */
 export const VMEXIT_CR3_READ = 0x003;
+/** Exit code 4h: a MOV from CR4 intercepted (CR read intercept bit 4). */
 export const VMEXIT_CR4_READ = 0x004;
+/** Exit code 8h: a MOV from CR8 intercepted (CR read intercept bit 8). */
 export const VMEXIT_CR8_READ = 0x008;
+/** Exit code 10h: a write of CR0 intercepted (CR write intercept bit 0); EXITINFO1 bit 63 says whether it was a MOV. */
 export const VMEXIT_CR0_WRITE = 0x010;
+/** Exit code 12h: a MOV to CR2 intercepted. */
 export const VMEXIT_CR2_WRITE = 0x012;
+/** Exit code 13h: a MOV to CR3 intercepted (CR write intercept bit 3); KVM sets it when it shadows the guest page tables. */
 export const VMEXIT_CR3_WRITE = 0x013;
+/** Exit code 14h: a write of CR4 intercepted. */
 export const VMEXIT_CR4_WRITE = 0x014;
+/** Exit code 18h: a MOV to CR8 intercepted. */
 export const VMEXIT_CR8_WRITE = 0x018;
 /** VMEXIT_EXCP0..VMEXIT_EXCP31 = 40h + vector (one family in Table C-1); #PF is 4Eh. */
 export const VMEXIT_EXCP_BASE = 0x040;
+/** Exit code 5fh: the last exception exit code, VMEXIT_EXCP31. */
 export const VMEXIT_EXCP_LAST = 0x05f;
+/** Exit code 60h: a physical INTR arrived with the INTR intercept set. */
 export const VMEXIT_INTR = 0x060;
+/** Exit code 61h: a physical NMI arrived with the NMI intercept set. */
 export const VMEXIT_NMI = 0x061;
+/** Exit code 64h: a virtual interrupt became deliverable (the VINTR intercept). */
 export const VMEXIT_VINTR = 0x064;
+/** Exit code 65h: a write of CR0 that changes bits other than TS and MP (the selective CR0 write intercept, APM Vol. 2 §15.9.2). */
 export const VMEXIT_CR0_SEL_WRITE = 0x065;
+/** Exit code 72h: the guest executed CPUID with the CPUID intercept set. */
 export const VMEXIT_CPUID = 0x072;
+/** Exit code 78h: the guest executed HLT with the HLT intercept set. */
 export const VMEXIT_HLT = 0x078;
+/** Exit code 79h: the guest executed INVLPG with the INVLPG intercept set; EXITINFO1 is the linear address when decode assists are present. */
 export const VMEXIT_INVLPG = 0x079;
+/** Exit code 7ah: the guest executed INVLPGA. */
 export const VMEXIT_INVLPGA = 0x07a;
+/** Exit code 7bh: an I/O instruction that the I/O permission map intercepts. */
 export const VMEXIT_IOIO = 0x07b;
+/** Exit code 7ch: RDMSR or WRMSR of an MSR that the MSR permission map intercepts (EXITINFO1 0 = read, 1 = write). */
 export const VMEXIT_MSR = 0x07c;
+/** Exit code 7dh: the guest attempted a task switch. */
 export const VMEXIT_TASK_SWITCH = 0x07d;
+/** Exit code 7fh: the guest reached a shutdown condition (a triple fault). */
 export const VMEXIT_SHUTDOWN = 0x07f;
+/** Exit code 80h: the guest executed VMRUN (always intercepted by KVM). */
 export const VMEXIT_VMRUN = 0x080;
+/** Exit code 81h: the guest executed VMMCALL (a hypercall). */
 export const VMEXIT_VMMCALL = 0x081;
+/**
+ * Exit code 400h: a nested page fault: the nested page tables do not allow a guest-physical access (EXITINFO1 is a #PF-style error code, EXITINFO2 the gpa;
+ * APM Vol. 2 §15.25.6).
+ */
 export const VMEXIT_NPF = 0x400;
 /** VMEXIT_INVALID (-1): invalid guest state on VMRUN. */
 export const VMEXIT_INVALID = -1;

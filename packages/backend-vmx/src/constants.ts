@@ -6,29 +6,56 @@ import { BackendError } from './errors.js';
 
 /** Basic exit reasons, SDM Vol. 3C Appendix C (Table C-1). */
 export const EXIT_REASON_EXCEPTION_NMI = 0;
+/** Basic exit reason 1: an external interrupt arrived while "external-interrupt exiting" was set. */
 export const EXIT_REASON_EXTERNAL_INTERRUPT = 1;
+/** Basic exit reason 2: the guest triple-faulted (a fault while delivering a double fault). */
 export const EXIT_REASON_TRIPLE_FAULT = 2;
+/** Basic exit reason 7: the guest became able to take an interrupt ("interrupt-window exiting"). */
 export const EXIT_REASON_INTERRUPT_WINDOW = 7;
+/** Basic exit reason 8: the guest became able to take an NMI ("NMI-window exiting"). */
 export const EXIT_REASON_NMI_WINDOW = 8;
+/** Basic exit reason 9: the guest attempted a task switch. */
 export const EXIT_REASON_TASK_SWITCH = 9;
+/** Basic exit reason 10: the guest executed CPUID (always exits). */
 export const EXIT_REASON_CPUID = 10;
+/** Basic exit reason 12: the guest executed HLT with "HLT exiting" set. */
 export const EXIT_REASON_HLT = 12;
+/** Basic exit reason 13: the guest executed INVD (always exits). */
 export const EXIT_REASON_INVD = 13;
+/** Basic exit reason 14: the guest executed INVLPG with "INVLPG exiting" set; the qualification is the linear address. */
 export const EXIT_REASON_INVLPG = 14;
+/** Basic exit reason 18: the guest executed VMCALL (a hypercall). */
 export const EXIT_REASON_VMCALL = 18;
+/**
+ * Basic exit reason 28: a MOV to or from a control register that the CR0/CR4 masks, CR3-target values or CR3-load/store exiting make exit (qualification:
+ * SDM Vol. 3C Table 28-3).
+ */
 export const EXIT_REASON_CR_ACCESS = 28;
+/** Basic exit reason 29: a MOV to or from a debug register with "MOV-DR exiting" set. */
 export const EXIT_REASON_DR_ACCESS = 29;
+/** Basic exit reason 30: an I/O instruction that the I/O bitmaps or "unconditional I/O exiting" make exit. */
 export const EXIT_REASON_IO_INSTRUCTION = 30;
+/** Basic exit reason 31: RDMSR of an MSR that the MSR bitmap makes exit. */
 export const EXIT_REASON_MSR_READ = 31;
+/** Basic exit reason 32: WRMSR of an MSR that the MSR bitmap makes exit. */
 export const EXIT_REASON_MSR_WRITE = 32;
+/** Basic exit reason 33: VM entry failed its guest-state checks (SDM Vol. 3C §27.3.1). */
 export const EXIT_REASON_INVALID_STATE = 33;
+/** Basic exit reason 44: an access to the APIC-access page with "virtualize APIC accesses" set. */
 export const EXIT_REASON_APIC_ACCESS = 44;
+/** Basic exit reason 48: a guest-physical access that the EPT entries do not allow (qualification: SDM Vol. 3C Table 28-7). */
 export const EXIT_REASON_EPT_VIOLATION = 48;
+/** Basic exit reason 49: an EPT entry with an invalid combination of bits (SDM Vol. 3C §29.3.3.1). */
 export const EXIT_REASON_EPT_MISCONFIG = 49;
+/** Basic exit reason 50: the guest executed INVEPT. */
 export const EXIT_REASON_INVEPT = 50;
+/** Basic exit reason 53: the guest executed INVVPID. */
 export const EXIT_REASON_INVVPID = 53;
+/** Basic exit reason 55: the guest executed XSETBV (always exits). */
 export const EXIT_REASON_XSETBV = 55;
+/** Basic exit reason 58: the guest executed INVPCID with "INVLPG exiting" and "enable INVPCID" set. */
 export const EXIT_REASON_INVPCID = 58;
+/** Basic exit reason 62: the page-modification log filled up (SDM Vol. 3C §29.3.6). */
 export const EXIT_REASON_PML_FULL = 62;
 
 /** The exit reason's name as the SDM / vmx.h spells it. An unknown reason is an explicit error. */

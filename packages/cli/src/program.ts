@@ -2,6 +2,7 @@ import { Command, CommanderError } from 'commander';
 import { commands } from './commands/index.js';
 import { InputError, RunFailure } from './errors.js';
 
+/** The `vmexit` command (commander) with every subcommand; `main` parses argv with it. */
 export function buildProgram(): Command {
   const program = new Command('vmexit')
     .description('Compose hypervisor variants, run guest workloads on them, and count every vmexit.')

@@ -19,9 +19,13 @@ import { writeFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import process from 'node:process';
 // The built package: `npx tsc -b packages/core` (the nx bench target depends on build).
+// The TLB, dense memory and the PDPTE load are internal (not in the package's entry): imported from their files.
 let core;
 try {
-  core = await import('../dist/index.js');
+  const [entry, dense, tlb, walker] = await Promise.all(
+    ['../dist/index.js', '../dist/memory/dense.js', '../dist/tlb/tlb.js', '../dist/paging/walker.js'].map((p) => import(p)),
+  );
+  core = { ...entry, ...dense, ...tlb, loadPdptes: walker.loadPdptes };
 } catch (e) {
   process.stderr.write(`paging.bench: cannot load ../dist/index.js (${e.message}); build first: npx tsc -b packages/core\n`);
   process.exit(1);

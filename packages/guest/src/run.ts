@@ -19,6 +19,9 @@ export interface RunCounters {
   readonly vcpus: Record<string, number>[];
 }
 
+/**
+ * What `runWorkload` runs: the workload, the paging mode, guest memory, vCPUs, seed, personalities, and the machine to run on (a fresh native one when none is given), and how its counters are read.
+ */
 export interface RunOptions {
   /** `NAME[:k=v,...]`, `kbuild`, or a path ending in `.vxt`. */
   readonly workload: string;

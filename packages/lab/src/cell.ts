@@ -23,6 +23,7 @@ export interface RunCell {
   readonly personalities?: readonly Personality[];
   readonly overrides?: VariantOverrides;
 }
+/** A sweep cell: a pure, serialisable spec of one experiment, keyed by `cellKey` (today only `run` cells). */
 export type Cell = RunCell;
 
 /** A cell's identity: a hash of everything that determines its result (not of where or when it runs). */

@@ -5,6 +5,7 @@ import { provenance, type Provenance } from './provenance.js';
 import { runChecked, runOnVariant, type CheckReport, type VariantRunResult } from './run-variant.js';
 import { parseVariantSpec, type VariantContext, type VariantOverrides } from './variant-spec.js';
 
+/** What `compareVariants` compares: the workload, the variant specs, and the mode, seed and checks of every run. */
 export interface ComparisonOptions {
   readonly workload: string;
   /** Variant specs: config files or flag strings (see parseVariantSpec). */
@@ -31,6 +32,7 @@ export interface ComparisonRow {
 /** One variant's result in a comparison: the run's result, its column label, the spec it came from, and where it came from. */
 export type ComparisonResult = VariantRunResult & { label: string; spec: string; check?: CheckReport; provenance: Provenance };
 
+/** What `compareVariants` returns and `vmexit compare --json` prints (schema `vmexit.compare/1`): each variant's result and the metric table. */
 export interface ComparisonDocument {
   readonly schema: 'vmexit.compare/1';
   readonly workload: string;
@@ -115,6 +117,7 @@ export const EXIT_KIND_NAMES: Readonly<Record<string, string>> = {
  */
 export interface Metric {
   readonly label: string;
+  /** Reads the metric from one variant's result; null where the metric does not exist for it. */
   readonly value: (r: VariantRunResult) => number | null;
   readonly digits?: number;
 }

@@ -11,6 +11,7 @@ export class InputError extends Error {
   }
 }
 
+/** A run that completed and found a failure (a conformance vector failed, a --check divergence): the CLI prints the message and exits 1. */
 export class RunFailure extends Error {
   readonly exitCode = 1;
   constructor(message: string) {

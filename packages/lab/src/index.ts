@@ -1,67 +1,72 @@
-export { runVariant, deterministicPart, type RunOptions, type LabRunResult } from './run.js';
+/**
+ * @vmexit/lab: running experiments (one run, comparisons, sweeps, reports) on variants of the VM.
+ *
+ * Public: `runVariant`, `compareVariants`, `sweep` with its executors and cells, `reportHtml`/`reportCharts`, the
+ * result store's reader, summaries, trace statistics, and reading a variant from a spec or from flags as the
+ * CLI does. `@vmexit/lab/queue` runs sweeps across machines (BullMQ on Redis).
+ *
+ * @module
+ */
+export { deterministicPart, type LabRunResult, type RunOptions, runVariant } from './run.js';
 export {
   compareVariants,
+  type ComparisonDocument,
   comparisonLabel,
   comparisonMetrics,
-  comparisonTable,
-  variantLabel,
-  EXIT_KIND_NAMES,
-  type ComparisonDocument,
   type ComparisonOptions,
   type ComparisonResult,
   type ComparisonRow,
+  comparisonTable,
+  EXIT_KIND_NAMES,
   type Metric,
+  variantLabel,
 } from './compare.js';
 export {
-  sweep,
-  renderSweepProgress,
-  InProcessExecutor,
-  ThreadPoolExecutor,
   type CellExecutor,
+  InProcessExecutor,
+  renderSweepProgress,
+  sweep,
   type SweepOptions,
   type SweepOutcome,
   type SweepProgressInfo,
+  ThreadPoolExecutor,
 } from './sweep.js';
-export { cellKey, expandGrid, runCell, withParams, type Cell, type CellOutcome, type CellRecord, type RunCell, type SweepGrid } from './cell.js';
-export { ResultStore, readResults, writeAtomically } from './store.js';
-export { summarize, summaryCsv, spread, type Spread, type SummaryGroup } from './summary.js';
-export { provenance, packagesOf, packageVersion, type Provenance } from './provenance.js';
+export { type Cell, cellKey, type CellOutcome, type CellRecord, expandGrid, runCell, type RunCell, type SweepGrid, withParams } from './cell.js';
+export { readResults } from './store.js';
+export { spread, type Spread, summarize, summaryCsv, type SummaryGroup } from './summary.js';
+export { provenance, type Provenance } from './provenance.js';
 export {
-  parseVariantSpec,
   absoluteSpec,
-  variantFromOptions,
-  rawVariant,
-  readConfig,
-  readCostModel,
-  parseSize,
   checkGuestMemory,
   checkVariantFlags,
   memoryLimitText,
+  parseSize,
+  parseVariantSpec,
+  rawVariant,
+  readConfig,
+  readCostModel,
+  type VariantContext,
+  variantFromOptions,
   variantInputError,
   type VariantOptions,
   type VariantOverrides,
-  type VariantContext,
 } from './variant-spec.js';
 export {
-  runOnVariant,
-  runChecked,
-  checkFailure,
-  compareGuestViews,
-  guestViewOf,
-  describeVariant,
   ALLOWED_DIFFERENCES,
-  JsonLinesTracer,
-  nativeCounters,
-  type VariantRunOptions,
-  type VariantRunResult,
-  type VariantRunOutcome,
-  type GuestView,
-  type CheckReport,
-  type CheckDifference,
-  type MemoryDifference,
   type AllowedDifference,
   type AllowedDifferenceId,
+  type CheckDifference,
+  checkFailure,
+  type CheckReport,
+  compareGuestViews,
+  type GuestView,
+  type MemoryDifference,
+  runChecked,
+  runOnVariant,
+  type VariantRunOptions,
+  type VariantRunOutcome,
+  type VariantRunResult,
 } from './run-variant.js';
 export { InputError, RunFailure } from './errors.js';
-export { reportCharts, reportHtml, type ReportChart, type ReportInput } from './report.js';
-export { traceStats, formatTraceStats, exitCycles, type TraceStats, type TraceStatsOptions, type ReasonStats } from './trace-stats.js';
+export { type ReportChart, reportCharts, reportHtml, type ReportInput } from './report.js';
+export { exitCycles, formatTraceStats, type ReasonStats, traceStats, type TraceStats, type TraceStatsOptions } from './trace-stats.js';

@@ -55,6 +55,7 @@ export function jobId(cell: Cell): string {
   return `cell-${cellKey(cell)}`;
 }
 
+/** How a QueueExecutor reaches its queue: the Redis connection, the queue name, the poll interval and the attempts per cell. */
 export interface QueueExecutorOptions {
   readonly connection: RedisConnection;
   /** Default `vmexit-sweep`. */
@@ -63,6 +64,7 @@ export interface QueueExecutorOptions {
   readonly pollMs?: number;
   /** Attempts per cell (default 3): a cell whose worker died is retried. */
   readonly attempts?: number;
+  /** Receives one line per queue event worth telling the user (a cell retried, a worker lost). */
   readonly onLog?: (line: string) => void;
 }
 
@@ -77,6 +79,7 @@ export class QueueExecutor implements CellExecutor {
   private queue: Queue | null = null;
   constructor(readonly options: QueueExecutorOptions) {}
 
+  /** Enqueues the cells that are not in the queue yet and calls `onOutcome` as each finishes on some worker; stops waiting once `signal` aborts. */
   async run(cells: readonly Cell[], onOutcome: (cell: Cell, outcome: CellOutcome) => void, signal?: AbortSignal): Promise<void> {
     const o = this.options;
     await checkRedis(o.connection);
@@ -114,12 +117,14 @@ export class QueueExecutor implements CellExecutor {
     }
   }
 
+  /** Closes the queue connection. */
   async close(): Promise<void> {
     await this.queue?.close();
     this.queue = null;
   }
 }
 
+/** How a worker (`vmexit worker`) serves a queue: the Redis connection, the queue name, cells at once, and the lock duration. */
 export interface QueueWorkerOptions {
   readonly connection: RedisConnection;
   readonly queueName?: string;
@@ -130,6 +135,7 @@ export interface QueueWorkerOptions {
    * this long; the other workers then find them stalled (checked as often) and run them again.
    */
   readonly lockMs?: number;
+  /** Receives one line per job the worker starts or finishes. */
   readonly onLog?: (line: string) => void;
   readonly signal?: AbortSignal;
 }

@@ -37,6 +37,7 @@ export interface VariantRunOptions {
   readonly audit?: boolean;
   /** Where exits and MMU decisions are traced (`--trace`). */
   readonly tracer?: ExitTracer;
+  /** Called as the run goes: accesses made so far, and the total when the workload knows it. */
   readonly onProgress?: (accesses: number, total: number | null) => void;
   /** Where the variant's modules come from (default: the monorepo's packages); tests bind their own MMU here. */
   readonly sources?: ModuleSources;
@@ -45,6 +46,7 @@ export interface VariantRunOptions {
 /** A RunResult with the modelled cycles of the variant's cost model. */
 export type VariantRunResult = RunResult & { cycles: CostReport };
 
+/** One run on a variant: its result (counters, cycles, digest) and how the run ended. */
 export interface VariantRunOutcome {
   readonly result: VariantRunResult;
   readonly outcome: RunOutcome;
@@ -128,9 +130,17 @@ export function describeVariant(v: Variant): Record<string, unknown> {
  * and its final memory.
  */
 export interface GuestView {
-  readonly events: { readonly length: number; at(i: number): GuestFaultEvent };
+  readonly events: {
+    readonly length: number;
+    /** The `i`-th #PF the guest's handler received. */
+    at(i: number): GuestFaultEvent;
+  };
   readonly sigsegv: number;
-  readonly memory: { readonly u32: Uint32Array; offsetToGpa(offset: number): number };
+  readonly memory: {
+    readonly u32: Uint32Array;
+    /** The guest-physical address of byte `offset` of the RAM buffer (memslots may leave holes). */
+    offsetToGpa(offset: number): number;
+  };
   readonly memoryDigest: string;
   /**
    * Guest-physical addresses of paging-structure entries in which the guest cleared A or D (1 to 0) and
@@ -168,6 +178,7 @@ export const ALLOWED_DIFFERENCES = {
       'flag without invalidating: a processor that still caches a translation using the entry may access through it without setting the flag again',
   },
 } as const;
+/** The id of an allowed native-vs-variant difference (a key of ALLOWED_DIFFERENCES). */
 export type AllowedDifferenceId = keyof typeof ALLOWED_DIFFERENCES;
 
 /** One difference `--check` accepted: which rule, and where. */

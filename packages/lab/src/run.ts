@@ -14,6 +14,7 @@ export interface RunOptions {
   /** Check the MMU's invariants after every exit. */
   readonly audit?: boolean;
   readonly tracer?: ExitTracer;
+  /** Called as the run goes: accesses made so far, and the total when the workload knows it. */
   readonly onProgress?: (accesses: number, total: number | null) => void;
   /** Where a spec's relative paths are resolved from, and where modules come from. */
   readonly context?: VariantContext;

@@ -9,6 +9,7 @@ export interface Spread {
   readonly max: number;
 }
 
+/** Mean, sample standard deviation, min and max of `xs` (all 0 for an empty list). */
 export function spread(xs: readonly number[]): Spread {
   const n = xs.length;
   const mean = xs.reduce((a, b) => a + b, 0) / n;

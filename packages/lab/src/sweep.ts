@@ -12,7 +12,9 @@ import { parseVariantSpec } from './variant-spec.js';
  * `onOutcome` once per cell as each finishes, and starts no new cell once `signal` aborts.
  */
 export interface CellExecutor {
+  /** Runs `cells`, calling `onOutcome` once per cell as it finishes; starts no new cell once `signal` aborts. */
   run(cells: readonly Cell[], onOutcome: (cell: Cell, outcome: CellOutcome) => void, signal?: AbortSignal): Promise<void>;
+  /** Releases what the executor holds (threads, connections). */
   close(): Promise<void>;
 }
 
@@ -56,6 +58,7 @@ export class ThreadPoolExecutor implements CellExecutor {
   }
 }
 
+/** Progress of a sweep, as `onProgress` receives it after each cell. */
 export interface SweepProgressInfo {
   /** Cells finished in this run (not counting the skipped). */
   readonly done: number;
@@ -67,6 +70,7 @@ export interface SweepProgressInfo {
   readonly etaMs: number | null;
 }
 
+/** What `sweep` runs: the cells, the output directory, and where they run. */
 export interface SweepOptions {
   readonly cells: readonly Cell[];
   /** The output directory (results.jsonl, summary.csv); cells already in its results.jsonl are skipped. */
@@ -75,12 +79,15 @@ export interface SweepOptions {
   readonly jobs?: number;
   /** Where the cells run (default: this thread, or `jobs` worker threads). */
   readonly executor?: CellExecutor;
+  /** Called after each finished cell. */
   readonly onProgress?: (p: SweepProgressInfo) => void;
   /** Stops starting cells; the ones finished are kept, the file stays whole. */
   readonly signal?: AbortSignal;
+  /** The clock for elapsed time and ETA, in milliseconds (default `Date.now`; tests pass their own). */
   readonly now?: () => number;
 }
 
+/** What `sweep` returns: the records, how many cells ran and were skipped, and whether it was interrupted. */
 export interface SweepOutcome {
   /** One record per cell, in the order of `cells` (cells not run, after an interruption, are missing). */
   readonly records: readonly CellRecord[];

@@ -16,6 +16,7 @@ export interface ReasonStats {
   readonly cycles: Spread & { readonly total: number };
 }
 
+/** Statistics of an exit trace (`vmexit trace stats`): exits by reason with their modelled cycles, overall and per vCPU. */
 export interface TraceStats {
   readonly profile: string;
   /** True when the trace had a counting window and only the exits inside it were counted (as `vmexit run` counts). */
@@ -26,6 +27,7 @@ export interface TraceStats {
   readonly perVcpu: Readonly<Record<number, readonly ReasonStats[]>>;
 }
 
+/** What `traceStats` counts: one vCPU or all, inside the counting window or all, priced by which cost model. */
 export interface TraceStatsOptions {
   /** Count only this vCPU's exits. */
   readonly vcpu?: number;

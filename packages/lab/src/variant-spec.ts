@@ -183,6 +183,7 @@ export async function readConfig(file: string): Promise<Record<string, unknown>>
   return value as Record<string, unknown>;
 }
 
+/** An InputError that lists the variant's problems, each with its field path, and names the config file they came from. */
 export function variantInputError(problems: readonly VariantProblem[], config?: string): InputError {
   const where = config !== undefined ? ` (${config})` : '';
   return new InputError(`invalid variant${where}:\n${problems.map((p) => `  ${p.path || '(variant)'}: ${p.message}`).join('\n')}`);

@@ -53,6 +53,7 @@ export function auditShadowMmu(mmu: ShadowMmuState, options: AuditOptions = {}):
   }
 }
 
+/** How `auditShadowMmu` checks: incrementally (only what changed since the last audit) or from scratch. */
 export interface AuditOptions {
   /** Audit everything from scratch (the incremental record is neither used nor updated). */
   readonly full?: boolean;

@@ -20,7 +20,7 @@ import {
   type Rmaps,
   type SpteList,
   type SptePool,
-} from '@vmexit/core';
+} from '@vmexit/core/mmu';
 import { ShadowMmuError } from './errors.js';
 import type { ShadowPage } from './page.js';
 import type { ShadowMmuState, VcpuShadowState } from './state.js';

@@ -1,19 +1,13 @@
 import {
-  ACC_EXEC_MASK,
   ACC_FETCH,
   ACC_USER,
-  ACC_USER_MASK,
   ACC_WRITE,
-  ACC_WRITE_MASK,
-  childRole,
-  makeLeafSpte,
   MODE_LEGACY32,
   MODE_LONG4,
   MODE_PAE,
   PAGE_SIZE,
   PFERR_PRESENT,
   PFERR_RSVD,
-  roleAccess,
   WALK_OK,
   WALK_PAGE_FAULT,
   WALK_SIDE_EFFECTS,
@@ -23,6 +17,7 @@ import {
   type Vcpu,
   type WalkResult,
 } from '@vmexit/core';
+import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, childRole, makeLeafSpte, roleAccess } from '@vmexit/core/mmu';
 import { decidePrefetch, decideTrackedWrite } from './decisions.js';
 import { ShadowMmuError } from './errors.js';
 import { gpteAccess, leafFromGpte, leafPkey, levelIndex, readGpte } from './gpte.js';

@@ -1,23 +1,5 @@
-import {
-  ACC_EXEC_MASK,
-  ACC_USER_MASK,
-  ACC_WRITE_MASK,
-  makeLeafSpte,
-  MODE_LONG4,
-  MODE_LONG5,
-  MODE_PAE,
-  PT_ACCESSED,
-  PT_DIRTY,
-  PT_HI_XD,
-  PT_PRESENT,
-  PT_USER,
-  PT_WRITABLE,
-  ROLE_4BYTE_GPTE,
-  roleAccess,
-  SPTE_HI_PKEY_MASK,
-  type SpteHalves,
-  type Vcpu,
-} from '@vmexit/core';
+import { MODE_LONG4, MODE_LONG5, MODE_PAE, PT_ACCESSED, PT_DIRTY, PT_HI_XD, PT_PRESENT, PT_USER, PT_WRITABLE, type Vcpu } from '@vmexit/core';
+import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, makeLeafSpte, ROLE_4BYTE_GPTE, roleAccess, SPTE_HI_PKEY_MASK, type SpteHalves } from '@vmexit/core/mmu';
 import type { ShadowPage } from './page.js';
 import type { ShadowMmuState } from './state.js';
 

@@ -1,14 +1,5 @@
-import {
-  growPageCache,
-  PAGE_SIZE,
-  SPTE_P,
-  SPTES_PER_PAGE,
-  type Mmu,
-  type MmuHost,
-  type NonPresentSpteEncoding,
-  type PageFaultResolution,
-  type Vcpu,
-} from '@vmexit/core';
+import { PAGE_SIZE, type Mmu, type MmuHost, type NonPresentSpteEncoding, type PageFaultResolution, type Vcpu } from '@vmexit/core';
+import { growPageCache, SPTE_P, SPTES_PER_PAGE } from '@vmexit/core/mmu';
 import { auditShadowMmu } from './audit.js';
 import { HOST_MAXPHYADDR } from './context.js';
 import { ShadowMmuError } from './errors.js';
@@ -20,6 +11,7 @@ import { crWrite, finish, loadRoots } from './roots.js';
 import { hex, ShadowMmuState, VcpuShadowState } from './state.js';
 import { invlpgSync, syncPage } from './unsync.js';
 
+/** How the shadow MMU is sized: its page budget (KVM's n_max_mmu_pages). */
 export interface ShadowMmuOptions {
   /** n_max_mmu_pages (KVM_SET_NR_MMU_PAGES); default `defaultMaxMmuPages(guest pages)`. */
   readonly maxMmuPages?: number;

@@ -1,10 +1,9 @@
+import { PAGE_SIZE, PT_PRESENT } from '@vmexit/core';
 import {
   allocPage,
   describeRole,
   freePage,
-  PAGE_SIZE,
   pageBucket,
-  PT_PRESENT,
   ROLE_4BYTE_GPTE,
   ROLE_INVALID,
   SPTE_MMU_WRITABLE,
@@ -14,7 +13,7 @@ import {
   spteNeedsFlush,
   SPTES_PER_PAGE,
   unhashPage,
-} from '@vmexit/core';
+} from '@vmexit/core/mmu';
 import { ShadowMmuError } from './errors.js';
 import { makeShadowPage, type ShadowPage } from './page.js';
 import { hex, type ShadowMmuState } from './state.js';

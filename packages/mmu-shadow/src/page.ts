@@ -1,4 +1,4 @@
-import { MmuPage } from '@vmexit/core';
+import { MmuPage } from '@vmexit/core/mmu';
 
 /**
  * One shadow page (KVM `struct kvm_mmu_page`, arch/x86/kvm/mmu/mmu_internal.h): core's `MmuPage` (frame,

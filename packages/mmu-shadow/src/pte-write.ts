@@ -1,4 +1,5 @@
-import { CR4_PAE, PAGE_SIZE, PT_PRESENT, ROLE_4BYTE_GPTE, ROLE_BASE_MASK, roleQuadrant, spteNeedsFlush, type Vcpu } from '@vmexit/core';
+import { CR4_PAE, PAGE_SIZE, PT_PRESENT, type Vcpu } from '@vmexit/core';
+import { ROLE_4BYTE_GPTE, ROLE_BASE_MASK, roleQuadrant, spteNeedsFlush } from '@vmexit/core/mmu';
 import { decideFlood, decidePteWrite, detectWriteMisaligned, writtenSptes } from './decisions.js';
 import { leafFromGpte } from './gpte.js';
 import type { ShadowPage } from './page.js';

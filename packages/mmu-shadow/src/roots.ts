@@ -1,17 +1,5 @@
-import {
-  findPage,
-  MODE_LEGACY32,
-  MODE_LONG4,
-  MODE_LONG5,
-  MODE_PAE,
-  PAGE_SIZE,
-  PT_PRESENT,
-  ROLE_4BYTE_GPTE,
-  rootRoleOf,
-  SPTE_P,
-  type PagingContext,
-  type Vcpu,
-} from '@vmexit/core';
+import { MODE_LEGACY32, MODE_LONG4, MODE_LONG5, MODE_PAE, PAGE_SIZE, PT_PRESENT, type PagingContext, type Vcpu } from '@vmexit/core';
+import { findPage, ROLE_4BYTE_GPTE, rootRoleOf, SPTE_P } from '@vmexit/core/mmu';
 import { ShadowMmuError } from './errors.js';
 import type { ShadowPage } from './page.js';
 import { commitZap, noSpace, reservePages, zapAllFourByte } from './page-cache.js';

@@ -1,6 +1,6 @@
+import { PAGE_SIZE, WalkResult, type GuestMemory, type MmuHost, type Vcpu } from '@vmexit/core';
 import {
   createPageCache,
-  PAGE_SIZE,
   pageBucket,
   pageOfLoc,
   ROLE_4BYTE_GPTE,
@@ -10,15 +10,11 @@ import {
   SpteHalves,
   sptePa,
   SptePoolMemory,
-  WalkResult,
-  type GuestMemory,
-  type MmuHost,
   type PageCache,
   type SptePool,
-  type Vcpu,
   POOL_BASE,
   Rmaps,
-} from '@vmexit/core';
+} from '@vmexit/core/mmu';
 import { ShadowPagingContext } from './context.js';
 import { ShadowMmuError } from './errors.js';
 import type { ShadowPage } from './page.js';

@@ -1,4 +1,5 @@
-import { sptePa, SPTES_PER_PAGE, type Vcpu } from '@vmexit/core';
+import { type Vcpu } from '@vmexit/core';
+import { sptePa, SPTES_PER_PAGE } from '@vmexit/core/mmu';
 import { decideUnsync } from './decisions.js';
 import { leafFromGpte, levelIndex, readGpte } from './gpte.js';
 import type { ShadowPage } from './page.js';

@@ -5,15 +5,12 @@ import {
   CR4_PSE,
   EFER_LME,
   EFER_NXE,
-  EMULATION_FAILED,
   FAULT_DELIVER,
   FAULT_DONE,
   FAULT_RETRY,
   Machine,
   MSR_EFER,
   PF_VECTOR,
-  createEmulationOutcome,
-  emulatePendingAccess,
   type FaultAction,
   type MmuDecisionOf,
   type MmuEvent,
@@ -21,6 +18,7 @@ import {
   type Vcpu,
   type VcpuHooks,
 } from '@vmexit/core';
+import { EMULATION_FAILED, createEmulationOutcome, emulatePendingAccess } from '@vmexit/core/mmu';
 import { levelIndex } from '../src/gpte.js';
 import { ShadowMmu, type ShadowMmuOptions } from '../src/index.js';
 

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { ACC_ALL, childRole, roleAccess, roleDirect, roleLevel, roleQuadrant, rootRole, SpteList } from '@vmexit/core';
+import { ACC_ALL, childRole, roleAccess, roleDirect, roleLevel, roleQuadrant, rootRole, SpteList } from '@vmexit/core/mmu';
 import { defaultMaxMmuPages } from '../src/index.js';
 
 describe('role', () => {

@@ -11,7 +11,9 @@ export const SHADOW_TRAP_NONPRESENT_PTE_HI = 0xffffffff;
 /** KVM's notrap value (`shadow_notrap_nonpresent_pte = 0`): P=0, a fault that no longer exits. */
 export const SHADOW_NOTRAP_NONPRESENT_PTE = 0;
 
+/** The options of the `bypass-guest-pf` policy: none (an unknown key is an error naming it). */
 export const bypassGuestPfOptions = z.strictObject({});
+/** The options `bypass-guest-pf` runs with (see `bypassGuestPfOptions`). */
 export type BypassGuestPfOptions = z.output<typeof bypassGuestPfOptions>;
 
 /**

@@ -1,7 +1,9 @@
 import { decideMmuEvents, type FaultPolicy } from '@vmexit/core';
 import { z } from 'zod';
 
+/** The options of the `misaligned-write` policy: none (an unknown key is an error naming it). */
 export const misalignedWriteOptions = z.strictObject({});
+/** The options `misaligned-write` runs with (see `misalignedWriteOptions`). */
 export type MisalignedWriteOptions = z.output<typeof misalignedWriteOptions>;
 
 /**

@@ -1,7 +1,9 @@
 import { decideMmuEvents, type FaultPolicy } from '@vmexit/core';
 import { z } from 'zod';
 
+/** The options of the `prefetch` policy: none (an unknown key is an error naming it). */
 export const prefetchOptions = z.strictObject({});
+/** The options `prefetch` runs with (see `prefetchOptions`). */
 export type PrefetchOptions = z.output<typeof prefetchOptions>;
 
 /**

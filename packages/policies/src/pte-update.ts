@@ -1,7 +1,9 @@
 import { decideMmuEvents, type FaultPolicy } from '@vmexit/core';
 import { z } from 'zod';
 
+/** The options of the `pte-update` policy: none (an unknown key is an error naming it). */
 export const pteUpdateOptions = z.strictObject({});
+/** The options `pte-update` runs with (see `pteUpdateOptions`). */
 export type PteUpdateOptions = z.output<typeof pteUpdateOptions>;
 
 /**

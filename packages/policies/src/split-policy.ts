@@ -7,7 +7,12 @@ import { PolicyError } from './errors.js';
  * backend, the `false` branch elsewhere), or exit by exit (the exits for which `exit` holds go through the
  * `true` branch, the others through the `false` branch).
  */
-export type SplitCondition = { readonly backend: 'vmx' | 'svm' } | { readonly exit: (exit: VmExit) => boolean };
+export type SplitCondition =
+  | { readonly backend: 'vmx' | 'svm' }
+  | {
+      /** Whether `exit` goes through the `true` branch. */
+      readonly exit: (exit: VmExit) => boolean;
+    };
 
 /** `#PF` exits whose error code has (errorCode & mask) === match: a condition for `splitPolicy`. */
 export function errorCodeMatches(mask: number, match: number): (exit: VmExit) => boolean {
@@ -18,6 +23,7 @@ export function errorCodeMatches(mask: number, match: number): (exit: VmExit) =>
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type AnyPolicy = FaultPolicy<any>;
 
+/** What `splitPolicy` composes: the new policy's name and description, the condition, and the policies of its `true` and `false` branches. */
 export interface SplitPolicyConfig {
   readonly name: string;
   readonly description?: string;

@@ -2,7 +2,9 @@ import { decideMmuEvents, type FaultPolicy } from '@vmexit/core';
 import { z } from 'zod';
 import { PolicyError } from './errors.js';
 
+/** The options of the `unsync` policy: none (an unknown key is an error naming it). */
 export const unsyncOptions = z.strictObject({});
+/** The options `unsync` runs with (see `unsyncOptions`). */
 export type UnsyncOptions = z.output<typeof unsyncOptions>;
 
 /**

@@ -1,7 +1,9 @@
 import { decideMmuEvents, PFERR_USER, type FaultPolicy } from '@vmexit/core';
 import { z } from 'zod';
 
+/** The options of the `user-write-hint` policy: none (an unknown key is an error naming it). */
 export const userWriteHintOptions = z.strictObject({});
+/** The options `user-write-hint` runs with (see `userWriteHintOptions`). */
 export type UserWriteHintOptions = z.output<typeof userWriteHintOptions>;
 
 /**

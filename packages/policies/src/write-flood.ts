@@ -1,6 +1,10 @@
 import { decideMmuEvents, type FaultPolicy } from '@vmexit/core';
 import { z } from 'zod';
 
+/**
+ * The options of the `write-flood` policy: `threshold` (emulated writes before a page counts as flooded,
+ * 1-512, default 3) and `count` (`per-page` or `per-vcpu`), validated with their paths on error.
+ */
 export const writeFloodOptions = z.strictObject({
   /** Emulated writes that make a page flooded (KVM: 3). */
   threshold: z.number().int().min(1).max(512).default(3),
@@ -12,6 +16,7 @@ export const writeFloodOptions = z.strictObject({
    */
   count: z.enum(['per-page', 'per-vcpu']).default('per-page'),
 });
+/** The options `write-flood` runs with, defaults applied (see `writeFloodOptions`). */
 export type WriteFloodOptions = z.output<typeof writeFloodOptions>;
 
 /**

@@ -1,6 +1,7 @@
 import { PFERR_PRESENT } from '@vmexit/core';
 import { describe, expect, it } from 'vitest';
-import { bypassGuestPf, SHADOW_TRAP_NONPRESENT_PTE_HI, SHADOW_TRAP_NONPRESENT_PTE_LO } from '../src/index.js';
+import { bypassGuestPf } from '../src/index.js';
+import { SHADOW_TRAP_NONPRESENT_PTE_HI, SHADOW_TRAP_NONPRESENT_PTE_LO } from '../src/bypass-guest-pf.js';
 
 describe('bypassGuestPf', () => {
   describe('.setup', () => {

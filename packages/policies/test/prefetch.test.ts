@@ -2,7 +2,8 @@ import { MODE_LONG4 } from '@vmexit/core';
 import { PROT_READ } from '@vmexit/guest';
 import type { ShadowMmu } from '@vmexit/mmu-shadow';
 import { describe, expect, it } from 'vitest';
-import { prefetch, SHADOW_TRAP_NONPRESENT_PTE_HI, SHADOW_TRAP_NONPRESENT_PTE_LO } from '../src/index.js';
+import { prefetch } from '../src/index.js';
+import { SHADOW_TRAP_NONPRESENT_PTE_HI, SHADOW_TRAP_NONPRESENT_PTE_LO } from '../src/bypass-guest-pf.js';
 import { base, decide, leafSpte, pick, pteWrite } from './helpers.js';
 import { bootGuest, counterDelta } from './vm.js';
 

@@ -1,4 +1,5 @@
-import { MODE_LEGACY32, PT_ACCESSED, roleQuadrant } from '@vmexit/core';
+import { MODE_LEGACY32, PT_ACCESSED } from '@vmexit/core';
+import { roleQuadrant } from '@vmexit/core/mmu';
 import { PROT_READ, PROT_WRITE, VMA_ANON } from '@vmexit/guest';
 import type { ShadowMmu } from '@vmexit/mmu-shadow';
 import { describe, expect, it } from 'vitest';

@@ -1,11 +1,11 @@
 import type { Command } from 'commander';
-import { hexU64, PAGING_MODE_NAMES, type PagingModeName } from '@vmexit/core';
+import { hexU64, JsonLinesTracer, PAGING_MODE_NAMES, type PagingModeName } from '@vmexit/core';
 import { PERSONALITIES, type GuestEventLog, type Personality } from '@vmexit/guest';
 import { InputError, RunFailure } from '../errors.js';
 import { OutputFile } from '../output-file.js';
 import { checkWorkloadSpec, workloadInputs } from '../workload-check.js';
 import { Progress, rate } from '../progress.js';
-import { JsonLinesTracer, checkFailure, provenance, runChecked, runOnVariant, variantLabel, type CheckReport, type VariantRunResult } from '@vmexit/lab';
+import { checkFailure, provenance, runChecked, runOnVariant, variantLabel, type CheckReport, type VariantRunResult } from '@vmexit/lab';
 import { addVariantOptions, variantFromOptions, type VariantOptions } from '../variant-options.js';
 
 export { parseSize } from '../variant-options.js';

@@ -17,6 +17,7 @@ export interface VectorObservation {
   memoryAfter: bigint[];
 }
 
+/** The outcome of one vector: where it is (file, line), whether it passed, what differed, and what the machine did. */
 export interface VectorResult {
   id: string;
   file: string;
@@ -26,6 +27,7 @@ export interface VectorResult {
   observation: VectorObservation;
 }
 
+/** The outcome of a conformance run: counts of passed and failed vectors and each vector's result. */
 export interface ConformanceReport {
   passed: number;
   failed: number;

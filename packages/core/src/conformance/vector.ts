@@ -24,6 +24,7 @@ export class VectorError extends Error {
   }
 }
 
+/** The control state a conformance vector sets before its accesses: CR0.WP, CR4.PSE/PGE/SMEP/SMAP/PKE, EFER.NXE, EFLAGS.AC, the CPL, PKRU and MAXPHYADDR. */
 export interface VectorCpu {
   cr0Wp: boolean;
   cr4Pse: boolean;

@@ -82,10 +82,12 @@ export const PROFILE_CLOUD_VM: CostProfile = {
   exitRoundTrip: everyKind(fig(2730, 'measured', `${CPUID_PROBE}; the quietest run; ${NO_KIND_FIGURES} (CPUID's is used for all)`)),
 };
 
+/** The built-in cost models by name (`--cost-model`): core2-2007, server-2020s and cloud-vm-measured (docs/cost-models.md). */
 export const COST_PROFILES: Readonly<Record<string, CostProfile>> = {
   [PROFILE_2007.name]: PROFILE_2007,
   [PROFILE_SERVER.name]: PROFILE_SERVER,
   [PROFILE_CLOUD_VM.name]: PROFILE_CLOUD_VM,
 };
 
+/** The name of the cost model a variant uses when it names none (server-2020s). */
 export const DEFAULT_COST_PROFILE = PROFILE_SERVER.name;

@@ -8,6 +8,7 @@
  */
 export type ExitErrorCode = 'E_EXIT_UNRESOLVED' | 'E_EXIT_DROPPED' | 'E_POLICY_FAILED' | 'E_PIPELINE_CLOSED' | 'E_BAD_RESOLUTION';
 
+/** The exit layer's error class: `code` is one of ExitErrorCode, the message names the exit. */
 export class ExitError extends Error {
   readonly code: ExitErrorCode;
   constructor(code: ExitErrorCode, message: string, options?: { cause?: unknown }) {

@@ -90,7 +90,9 @@ export interface TrackedWriteEvent extends MmuEventBase {
   decision: boolean | null;
 }
 
+/** A decision point of the MMU that policies may take (the `mmuEvents` stream): a guest pte write, a flood, a prefetch, an unsync, a tracked write. */
 export type MmuEvent = PteWriteEvent | FloodEvent | PrefetchEvent | UnsyncEvent | TrackedWriteEvent;
+/** The answer an MMU event of type `E` takes: the type of its `decision` field (so `true` for a pte-write does not compile). */
 export type MmuDecisionOf<E extends MmuEvent> = NonNullable<E['decision']>;
 
 /** A policy's MMU-event operator that names the only event kinds it may decide (see `decideMmuEvents`). */

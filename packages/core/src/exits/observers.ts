@@ -9,7 +9,9 @@ const WINDOW_END = `${JSON.stringify({ type: 'window', phase: 'end' })}\n`;
 
 /** Writes one trace record per exit (and per MMU decision). Bound to a no-op by default. */
 export interface ExitTracer {
+  /** Called once per exit after the pipeline resolved it. */
   traceExit(exit: VmExit): void;
+  /** Called once per MMU event after it was decided. */
   traceMmuEvent(event: MmuEvent): void;
   /**
    * Where the run's counters start or stop counting (the measured window): boot's exits come before the
@@ -20,17 +22,25 @@ export interface ExitTracer {
 
 /** Keeps the exits a test wants to look at. Bound to a no-op by default. */
 export interface ExitRecorder {
+  /** Called once per exit after the pipeline resolved it, with the exit object itself. */
   recordExit(exit: VmExit): void;
+  /** Called once per MMU event after it was decided. */
   recordMmuEvent(event: MmuEvent): void;
 }
 
+/** The default ExitTracer: traces nothing (the VM skips the tracing tap when it is bound). */
 export class NoopTracer implements ExitTracer {
+  /** Does nothing. */
   traceExit(): void {}
+  /** Does nothing. */
   traceMmuEvent(): void {}
 }
 
+/** The default ExitRecorder: keeps nothing. */
 export class NoopRecorder implements ExitRecorder {
+  /** Does nothing. */
   recordExit(): void {}
+  /** Does nothing. */
   recordMmuEvent(): void {}
 }
 
@@ -38,9 +48,11 @@ export class NoopRecorder implements ExitRecorder {
 export class ArrayRecorder implements ExitRecorder {
   readonly exits: VmExit[] = [];
   readonly mmuEvents: MmuEvent[] = [];
+  /** Appends the exit to `exits`. */
   recordExit(exit: VmExit): void {
     this.exits.push(exit);
   }
+  /** Appends the event to `mmuEvents`. */
   recordMmuEvent(event: MmuEvent): void {
     this.mmuEvents.push(event);
   }
@@ -54,12 +66,14 @@ export class ArrayRecorder implements ExitRecorder {
  */
 export class JsonLinesTracer implements ExitTracer {
   constructor(private readonly write: (line: string) => void) {}
+  /** Writes the exit as one JSON line: its fields, its resolution and who resolved it. */
   traceExit(exit: VmExit): void {
     this.write(`${JSON.stringify({ type: 'exit', ...exitToJson(exit) })}\n`);
   }
   traceWindow(phase: 'start' | 'end'): void {
     this.write(phase === 'start' ? WINDOW_START : WINDOW_END);
   }
+  /** Writes the MMU event and its decision as one JSON line. */
   traceMmuEvent(ev: MmuEvent): void {
     const body =
       ev.kind === 'pte-write'

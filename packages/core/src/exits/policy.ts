@@ -8,6 +8,7 @@ import { describeExit, type ExitResolution, type VmExit } from './vm-exit.js';
 
 /** A validator of a policy's options, shaped like zod's `safeParse` (zod schemas fit as they are). */
 export interface OptionsSchema<O> {
+  /** Checks `value`; on success returns the options with defaults applied, else the issues with their paths. */
   safeParse(value: unknown): { success: true; data: O } | { success: false; error: { issues: readonly { path: readonly PropertyKey[]; message: string }[] } };
 }
 
@@ -42,6 +43,7 @@ export interface FaultPolicy<O = Record<string, unknown>> {
   /** The capabilities it needs (keys of CAPABILITIES): composing it where one is missing fails. */
   readonly needs: readonly string[];
   readonly optionsSchema?: OptionsSchema<O>;
+  /** Runs once per VM before any vCPU does: programs backend and MMU capabilities (`ctx.capability`) for the whole VM. */
   setup?(ctx: PolicySetupContext<O>): void;
   /** The operator on a vCPU's exit stream: resolve an exit (see `resolveExits`) or pass it on untouched. */
   exits?(ctx: PolicyVcpuContext<O>): MonoTypeOperatorFunction<VmExit>;

@@ -28,6 +28,7 @@ export type ExitResolution =
 
 /** Shared resolutions (no allocation per exit). */
 export const RESUME: ExitResolution = Object.freeze({ kind: 'resume' });
+/** The shared `emulate` resolution: the hypervisor emulates the faulting access (a write to a write-protected guest page table). */
 export const EMULATE: ExitResolution = Object.freeze({ kind: 'emulate' });
 
 interface ExitBase {
@@ -66,6 +67,7 @@ export interface CrWriteExit extends ExitBase {
   readonly faulted: boolean;
 }
 
+/** An INVLPG exit: the guest invalidated the TLB entry of linear address `va` (VMX exit reason 14, SVM VMEXIT_INVLPG 0x79). */
 export interface InvlpgExit extends ExitBase {
   readonly kind: 'invlpg';
   readonly va: number;
@@ -91,8 +93,10 @@ export interface MmioExit extends ExitBase {
 
 /** One VM exit, as it travels through a vCPU's exit pipeline. */
 export type VmExit = ExceptionExit | CrWriteExit | InvlpgExit | NestedFaultExit | MmioExit;
+/** The `kind` of a VmExit: exception, cr-write, invlpg, nested-fault or mmio. */
 export type VmExitKind = VmExit['kind'];
 
+/** Every VmExitKind, in a fixed order (counters and reports list exits in this order). */
 export const VM_EXIT_KINDS: readonly VmExitKind[] = ['exception', 'cr-write', 'invlpg', 'nested-fault', 'mmio'];
 
 /** A one-line description of an exit, for errors and logs. */

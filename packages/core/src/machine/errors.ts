@@ -12,6 +12,7 @@
  */
 export type MachineErrorCode = 'paging-disabled' | 'walk-status' | 'fault-loop' | 'triple-fault' | 'nested-fault' | 'emulation-failure';
 
+/** The machine layer's error class: `code` is one of MachineErrorCode, the message names the vCPU and the address. */
 export class MachineError extends Error {
   readonly code: MachineErrorCode;
   constructor(code: MachineErrorCode, message: string) {

@@ -13,6 +13,7 @@ export interface Memslot {
   readonly readonly: boolean;
 }
 
+/** One memslot of the guest-physical layout as a variant or `MachineOptions` gives it (KVM's `kvm_userspace_memory_region`). */
 export interface MemslotSpec {
   /** Guest-physical base address (4 KiB aligned). */
   readonly base: number;

@@ -4,9 +4,12 @@ import type { WalkResult } from '../paging/types.js';
 
 /** What the vCPU does after a hook has seen an event (the hook's answer). */
 export const FAULT_DELIVER = 0; // deliver the exception to the guest's handler, with vcpu.deliverErrorCode
-export const FAULT_RETRY = 1; // re-execute the access (the hypervisor fixed the translation)
-export const FAULT_DONE = 2; // the access was completed by emulation (a store was performed, a load's value set)
+/** Re-execute the access (the hypervisor fixed the translation) */
+export const FAULT_RETRY = 1;
+/** The access was completed by emulation (a store was performed, a load's value set) */
+export const FAULT_DONE = 2;
 
+/** What a hook answers the vCPU after an event: FAULT_DELIVER, FAULT_RETRY or FAULT_DONE. */
 export type FaultAction = typeof FAULT_DELIVER | typeof FAULT_RETRY | typeof FAULT_DONE;
 
 /**

@@ -2,6 +2,7 @@ import { GuestMemory, type MemslotSpec } from './guest-memory.js';
 import { Rng } from './rng.js';
 import { Vcpu } from './vcpu.js';
 
+/** What a Machine is built with: guest RAM or its memslots, the vCPU count, MAXPHYADDR and the scheduler's seed. */
 export interface MachineOptions {
   /** Bytes of guest RAM (ignored when `memslots` is given). */
   readonly memoryBytes: number;

@@ -1,11 +1,72 @@
 /**
- * The mechanisms an MMU implementation builds on (the shadow MMU, and the TDP MMU): the spte layout and the
- * one leaf constructor, the host frame pool, the page role, rmaps, and the (gfn, role)-keyed page cache.
- * They are core's so that MMUs share them without importing each other (ARCHITECTURE.md, "Packages").
+ * `@vmexit/core/mmu`: the mechanisms an MMU implementation builds on (the shadow MMU, and a TDP MMU): the spte
+ * layout and the one leaf constructor (KVM's `spte.c`), the host frame pool, the page role
+ * (`kvm_mmu_page_role`), rmaps, the (gfn, role)-keyed page cache (KVM's `mmu.c`), and the emulation of the
+ * access that trapped on a write-protected page (KVM's `x86_emulate_instruction` path). They are core's so
+ * that MMUs share them without importing each other (ARCHITECTURE.md, "Packages"). An extension API for MMU
+ * authors: it follows KVM's shape and may change with it more often than `@vmexit/core`.
+ *
+ * @module
  */
-export * from './spte.js';
-export * from './pool.js';
-export * from './role.js';
-export * from './rmap.js';
-export * from './page.js';
-export * from './page-cache.js';
+export {
+  makeLeafSpte,
+  SPTE_A,
+  SPTE_D,
+  SPTE_HI_ADDR_MASK,
+  SPTE_HI_NX,
+  SPTE_HI_PKEY_MASK,
+  SPTE_HOST_WRITABLE,
+  SPTE_LO_ADDR_MASK,
+  SPTE_MMU_WRITABLE,
+  SPTE_NONLEAF_BITS,
+  SPTE_P,
+  SPTE_U,
+  SPTE_W,
+  SpteHalves,
+  spteNeedsFlush,
+  sptePa,
+} from './spte.js';
+export { POOL_BASE, SptePool, SptePoolMemory, SPTES_PER_PAGE } from './pool.js';
+export {
+  ACC_ALL,
+  ACC_EXEC_MASK,
+  ACC_USER_MASK,
+  ACC_WRITE_MASK,
+  childRole,
+  describeRole,
+  ROLE_4BYTE_GPTE,
+  ROLE_ACCESS_MASK,
+  ROLE_ACCESS_SHIFT,
+  ROLE_BASE_MASK,
+  ROLE_CR0_WP,
+  ROLE_DIRECT,
+  ROLE_EFER_NX,
+  ROLE_INVALID,
+  ROLE_LEVEL_MASK,
+  ROLE_QUADRANT_MASK,
+  ROLE_QUADRANT_SHIFT,
+  ROLE_SMAP_ANDNOT_WP,
+  ROLE_SMEP_ANDNOT_WP,
+  roleAccess,
+  roleDirect,
+  type RoleInputs,
+  roleLevel,
+  roleQuadrant,
+  rootRole,
+  rootRoleOf,
+} from './role.js';
+export { RMAP_LEVELS, Rmaps, SpteList } from './rmap.js';
+export { MmuPage } from './page.js';
+export {
+  allocPage,
+  createPageCache,
+  findPage,
+  freePage,
+  growPageCache,
+  KVM_MMU_HASH_SHIFT,
+  pageBucket,
+  type PageCache,
+  pageOfLoc,
+  unhashPage,
+} from './page-cache.js';
+export { createEmulationOutcome, emulatePendingAccess, EMULATION_FAILED, type EmulationOutcome } from '../machine/emulate.js';

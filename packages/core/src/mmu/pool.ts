@@ -35,6 +35,7 @@ export class SptePool {
     this.capacity = capacity;
   }
 
+  /** The host-physical address of pool frame `frame` (POOL_BASE + frame * 4 KiB). */
   static frameHpa(frame: number): number {
     return POOL_BASE + frame * PAGE_SIZE;
   }
@@ -46,19 +47,23 @@ export class SptePool {
     return f < this.capacity ? f : -1;
   }
 
+  /** The low 32 bits of the spte at `loc` (frame * SPTES_PER_PAGE + index). */
   lo(loc: number): number {
     return this.words[loc * 2]!;
   }
 
+  /** The high 32 bits of the spte at `loc`. */
   hi(loc: number): number {
     return this.words[loc * 2 + 1]!;
   }
 
+  /** Writes both halves of the spte at `loc`. */
   set(loc: number, lo: number, hi: number): void {
     this.words[loc * 2] = lo;
     this.words[loc * 2 + 1] = hi;
   }
 
+  /** Zeroes every spte of `frame` (a freshly allocated page: all not present). */
   clearFrame(frame: number): void {
     this.words.fill(0, frame * SPTES_PER_PAGE * 2, (frame + 1) * SPTES_PER_PAGE * 2);
   }

@@ -22,6 +22,7 @@ export class SpteList {
     return this.many !== null ? this.many.length : this.one >= 0 ? 1 : 0;
   }
 
+  /** Adds `loc` (a spte location) to the list. */
   add(loc: number): void {
     if (this.changeLog !== null && !this.queued) this.logChange();
     if (this.many !== null) this.many.push(loc);
@@ -53,6 +54,7 @@ export class SpteList {
     return false;
   }
 
+  /** Whether `loc` is in the list. */
   has(loc: number): boolean {
     return this.many !== null ? this.many.includes(loc) : this.one === loc;
   }

@@ -12,24 +12,32 @@ export const ROLE_LEVEL_MASK = 0xf;
 export const ROLE_4BYTE_GPTE = 1 << 4;
 /** quadrant:2 - which part of a 4-byte-gpte guest table this page shadows (see quadrantOf). */
 export const ROLE_QUADRANT_SHIFT = 5;
+/** The quadrant field's bits (see ROLE_QUADRANT_SHIFT). */
 export const ROLE_QUADRANT_MASK = 3 << ROLE_QUADRANT_SHIFT;
 /** direct:1 - the sptes map a linear gfn range (a guest large page); no guest table is behind them. */
 export const ROLE_DIRECT = 1 << 7;
 /** access:3 - the uwx rights inherited from the parent guest entries (ACC_* below). */
 export const ROLE_ACCESS_SHIFT = 8;
+/** The access field's bits (see ROLE_ACCESS_SHIFT). */
 export const ROLE_ACCESS_MASK = 7 << ROLE_ACCESS_SHIFT;
 /** invalid:1 - zapped while it was a root; freed when its root count drops to 0. */
 export const ROLE_INVALID = 1 << 11;
 /** efer_nx:1, cr0_wp:1, smep_andnot_wp:1, smap_andnot_wp:1 - the guest control bits the page is valid for. */
 export const ROLE_EFER_NX = 1 << 12;
+/** cr0_wp: the page is valid for CR0.WP=1. */
 export const ROLE_CR0_WP = 1 << 13;
+/** smep_andnot_wp: CR4.SMEP=1 and CR0.WP=0 (KVM shadows this case apart: user pages become supervisor-only). */
 export const ROLE_SMEP_ANDNOT_WP = 1 << 14;
+/** smap_andnot_wp: CR4.SMAP=1 and CR0.WP=0. */
 export const ROLE_SMAP_ANDNOT_WP = 1 << 15;
 
 /** KVM's ACC_* rights format (arch/x86/kvm/mmu/mmu_internal.h): execute is positive. */
 export const ACC_EXEC_MASK = 1;
+/** ACC_* write right (KVM `ACC_WRITE_MASK`, the pte's R/W bit). */
 export const ACC_WRITE_MASK = 2;
+/** ACC_* user right (KVM `ACC_USER_MASK`, the pte's U/S bit). */
 export const ACC_USER_MASK = 4;
+/** All ACC_* rights: execute, write and user. */
 export const ACC_ALL = 7;
 
 /**
@@ -39,18 +47,22 @@ export const ACC_ALL = 7;
  */
 export const ROLE_BASE_MASK = ROLE_4BYTE_GPTE | ROLE_EFER_NX | ROLE_CR0_WP | ROLE_SMEP_ANDNOT_WP | ROLE_SMAP_ANDNOT_WP;
 
+/** The level field of a role word (1 = a page of 4 KiB sptes). */
 export function roleLevel(role: number): number {
   return role & ROLE_LEVEL_MASK;
 }
 
+/** The quadrant field of a role word (0-3; nonzero only for pages shadowing 4-byte-gpte tables). */
 export function roleQuadrant(role: number): number {
   return (role & ROLE_QUADRANT_MASK) >>> ROLE_QUADRANT_SHIFT;
 }
 
+/** The access field of a role word, in ACC_* bits. */
 export function roleAccess(role: number): number {
   return (role & ROLE_ACCESS_MASK) >>> ROLE_ACCESS_SHIFT;
 }
 
+/** Whether the role is direct (the page maps a gfn range, no guest table behind it). */
 export function roleDirect(role: number): boolean {
   return (role & ROLE_DIRECT) !== 0;
 }
@@ -78,6 +90,7 @@ export interface RoleInputs {
   smap: boolean;
 }
 
+/** The role of a root page for the given guest state (KVM `kvm_calc_shadow_mmu_root_page_role`). */
 export function rootRole(i: RoleInputs): number {
   return rootRoleOf(i.level, i.fourByteGpte, i.quadrant, i.eferNx, i.cr0Wp, i.smep, i.smap);
 }

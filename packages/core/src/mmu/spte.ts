@@ -9,10 +9,15 @@
 import { PAGE_SIZE } from '../arch/constants.js';
 import { ACC_EXEC_MASK, ACC_USER_MASK } from './role.js';
 
+/** P, bit 0: the spte is present to the hardware walker. */
 export const SPTE_P = 1 << 0;
+/** R/W, bit 1: the hardware may write through the spte. */
 export const SPTE_W = 1 << 1;
+/** U/S, bit 2: user-mode accesses allowed through the spte. */
 export const SPTE_U = 1 << 2;
+/** A, bit 5: set by the hardware walker when it uses the spte. */
 export const SPTE_A = 1 << 5;
+/** D, bit 6 of a leaf spte: set by the hardware walker on a write through it. */
 export const SPTE_D = 1 << 6;
 /** The host maps the frame writable (not read-only RAM). KVM `DEFAULT_SPTE_HOST_WRITABLE`. */
 export const SPTE_HOST_WRITABLE = 1 << 9;
@@ -24,6 +29,7 @@ export const SPTE_HI_NX = 1 << 31;
 export const SPTE_HI_PKEY_MASK = 0xf << 27;
 /** Physical-address bits of the high half: bits 51:32. */
 export const SPTE_HI_ADDR_MASK = 0xfffff;
+/** Physical-address bits of the low half: bits 31:12. */
 export const SPTE_LO_ADDR_MASK = 0xfffff000;
 
 /** Rights bits whose loss needs a TLB flush (KVM `PT64_PERM_MASK`, with NX inverted). */

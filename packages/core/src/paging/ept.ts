@@ -24,6 +24,7 @@ export const EPT_PAGE_SIZE = 1 << 7;
 export const EPT_ACCESSED = 1 << 8;
 export const EPT_DIRTY = 1 << 9;
 
+/** What an EPT second stage is built with: the processor features that decide which EPT entries are valid (SDM Vol. 3C §29.3.2). */
 export interface EptOptions {
   /** The processor's MAXPHYADDR, 36..52 (default 46): bits 51:M of every entry are reserved. */
   readonly maxPhyAddr?: number;

@@ -1,6 +1,7 @@
 import type { PhysicalMemory } from '../memory/physical.js';
 import { NESTED_FINAL, NESTED_PDPTE, type SecondStage, type WalkResult } from './types.js';
 
+/** What an NPT second stage is built with: the host state at VMRUN that decides how nested tables are walked (APM Vol. 2 §15.25.5). */
 export interface NptOptions {
   /** The processor's MAXPHYADDR, 36..52 (default 46): bits 51:M of every entry are reserved. */
   readonly maxPhyAddr?: number;

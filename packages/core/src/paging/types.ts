@@ -71,9 +71,12 @@ export const NESTED_X = 4;
 
 /** Outcome of a walk. */
 export const WALK_OK = 0;
-export const WALK_PAGE_FAULT = 1; // #PF: errorCode is the SDM §4.7 error code
-export const WALK_GP = 2; // #GP: non-canonical address (§3.3.7.1), or PAE PDPTE load failure
-export const WALK_NESTED_FAULT = 3; // the second stage failed (EPT violation/misconfig, NPF)
+/** #PF: errorCode is the SDM §4.7 error code. */
+export const WALK_PAGE_FAULT = 1;
+/** #GP: non-canonical address (§3.3.7.1), or PAE PDPTE load failure. */
+export const WALK_GP = 2;
+/** The second stage failed (EPT violation/misconfig, NPF) */
+export const WALK_NESTED_FAULT = 3;
 
 /**
  * The result of one walk, reused across walks so the hot path allocates nothing. Per-level arrays are

@@ -27,7 +27,6 @@ import {
   PT_PRESENT,
   PT_USER,
   PT_WRITABLE,
-  resolveSpecifier,
   type Backend,
   type ExceptionExit,
   type HardwareExit,
@@ -38,6 +37,8 @@ import {
   type Vcpu,
   type Vm,
 } from '../index.js';
+// Internal: how createVm itself resolves a package name from a directory.
+import { resolveSpecifier } from '../vm/modules.js';
 
 /** A `PolicyVcpuContext` for a test, with what the policy counted. */
 export interface TestPolicyContext<O> extends PolicyVcpuContext<O> {

@@ -80,6 +80,7 @@ export interface NestedRootOptions {
  * is all or nothing (APM Vol. 2 §15.12), so backend-svm does not bind this.
  */
 export interface PageFaultFilter {
+  /** Sets the VMCS PFEC_MASK and PFEC_MATCH fields of one vCPU (`state` is its backend state) to `mask` and `match`. */
   setPfecMaskMatch(state: unknown, mask: number, match: number): void;
 }
 
@@ -89,12 +90,17 @@ export interface PageFaultFilter {
  * ptes as low/high 32-bit halves (no BigInt).
  */
 export interface NonPresentSpteEncoding {
+  /**
+   * Sets the two non-present spte values the MMU installs from now on: `trap*` exits on a fault, `notrap*` (reserved bits set) lets the #PF reach the
+   * guest.
+   */
   setNonPresentSptes(trapLo: number, trapHi: number, notrapLo: number, notrapHi: number): void;
 }
 
 /** Who provides a capability: the backend's module or the MMU's module. */
 export type CapabilityProvider = 'backend' | 'mmu';
 
+/** One entry of CAPABILITIES: the name a policy puts in `needs`, its DI token, which module binds it, and what it does. */
 export interface CapabilityInfo {
   readonly name: string;
   readonly token: symbol;

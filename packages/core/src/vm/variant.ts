@@ -54,19 +54,20 @@ export const variantSchema = z.strictObject({
   /** A built-in cost model by name, or a whole profile (the CLI reads `--cost-model FILE.json` into one). */
   costModel: z
     .union([
-      z
-        .string()
-        .refine((n) => n in COST_PROFILES, {
-          message: `unknown cost model (expected one of ${Object.keys(COST_PROFILES).join(', ')}); a custom model is a .json file (--cost-model) or a profile object`,
-        }),
+      z.string().refine((n) => n in COST_PROFILES, {
+        message: `unknown cost model (expected one of ${Object.keys(COST_PROFILES).join(', ')}); a custom model is a .json file (--cost-model) or a profile object`,
+      }),
       costProfileSchema,
     ])
     .default(DEFAULT_COST_PROFILE),
   resolveFrom: z.string().optional(),
 });
 
+/** A validated variant (defaults applied): backend, MMU, policies with their options, guest memory, vCPUs, cost model. */
 export type Variant = z.output<typeof variantSchema>;
+/** What `createVm` accepts: a variant as written in a config or built in code, before defaults (a misspelt field does not compile). */
 export type VariantInput = z.input<typeof variantSchema>;
+/** One entry of a variant's `policies`: the policy's name (`use`) and its options. */
 export type PolicyUse = z.output<typeof policyUseSchema>;
 
 /**

@@ -23,6 +23,7 @@ import { VariantError, type Variant, type VariantInput } from './variant.js';
 import { VmHooks } from './vm-hooks.js';
 import type { Container } from 'inversify';
 
+/** How `createVm` builds the VM beyond the variant: module sources, scheduler seed, memslots, MAXPHYADDR, and the tracer and recorder to bind. */
 export interface CreateVmOptions {
   /** Where the backend, MMU and built-in policy modules come from (default: the monorepo's package names). */
   readonly sources?: ModuleSources;

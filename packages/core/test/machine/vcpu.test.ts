@@ -14,7 +14,6 @@ import {
   GuestAbort,
   Machine,
   MachineError,
-  NativeHooks,
   PFERR_USER,
   PFERR_WRITE,
   PF_VECTOR,
@@ -24,6 +23,7 @@ import {
   type MemslotSpec,
   type Vcpu,
 } from '../../src/index.js';
+import { NativeHooks } from '../../src/machine/hooks.js';
 import { TestTables } from './tables.js';
 
 function long4Machine(opts: { tlbEntries?: number; memslots?: MemslotSpec[] } = {}) {

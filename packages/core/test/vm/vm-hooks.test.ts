@@ -11,7 +11,6 @@ import {
   NoopTracer,
   PF_VECTOR,
   PT_DIRTY,
-  variantSchema,
   Vm,
   type Backend,
   type HardwareExit,
@@ -21,6 +20,7 @@ import {
   type SecondStage,
   type Vcpu,
 } from '../../src/index.js';
+import { variantSchema } from '../../src/vm/variant.js';
 import { TestTables } from '../machine/tables.js';
 
 /**

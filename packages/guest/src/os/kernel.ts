@@ -160,6 +160,7 @@ export class Kernel {
     return this.syscall(v, () => doMmap(this.k, v, proc, addr, length, prot, backing, file, offset));
   }
 
+  /** munmap(2): removes `[start, start + length)` from `proc`'s areas, frees the pages, and flushes the TLB of every vCPU that runs the process. */
   munmap(v: Vcpu, proc: Process, start: number, length: number): void {
     this.syscall(v, () => doMunmap(this.k, v, proc, start, length));
   }

@@ -9,8 +9,10 @@ import type { FileObject } from './vma.js';
 
 /** Guest personalities: behaviours of guests that broke KVM's shadow MMU historically. */
 export const PERSONALITIES = ['byte-pte-writes', 'sparse-pdptes', 'aliased-pdes'] as const;
+/** One guest personality (see PERSONALITIES). */
 export type Personality = (typeof PERSONALITIES)[number];
 
+/** How the guest kernel boots: its personalities, and whether it touches every free page through the direct map. */
 export interface KernelOptions {
   readonly personalities?: readonly Personality[];
   /** Read and write back every free page through the direct map at boot (default true). */

@@ -5,13 +5,21 @@
 
 /** The kinds of page fault the kernel's handler resolves (Linux mm/memory.c names in the comments). */
 export const FAULT_DEMAND_ZERO = 0; // do_anonymous_page, write: a new zeroed page
-export const FAULT_ZERO_PAGE = 1; // do_anonymous_page, read: the shared zero page, read-only
-export const FAULT_FILE = 2; // do_read_fault / do_shared_fault: a page-cache page
-export const FAULT_COW = 3; // do_cow_fault / wp_page_copy: a private copy
-export const FAULT_WP_REUSE = 4; // wp_page_reuse: the only user of the page gets write access in place
-export const FAULT_SPURIOUS = 5; // the pte already allows the access (a stale TLB entry elsewhere)
-export const FAULT_SIGSEGV = 6; // no area, or the area forbids the access: SIGSEGV
+/** Do_anonymous_page, read: the shared zero page, read-only. */
+export const FAULT_ZERO_PAGE = 1;
+/** Do_read_fault / do_shared_fault: a page-cache page. */
+export const FAULT_FILE = 2;
+/** Do_cow_fault / wp_page_copy: a private copy. */
+export const FAULT_COW = 3;
+/** Wp_page_reuse: the only user of the page gets write access in place. */
+export const FAULT_WP_REUSE = 4;
+/** The pte already allows the access (a stale TLB entry elsewhere) */
+export const FAULT_SPURIOUS = 5;
+/** No area, or the area forbids the access: SIGSEGV. */
+export const FAULT_SIGSEGV = 6;
+/** The names of the guest fault kinds, indexed by the FAULT_* numbers (as results and the trace print them). */
 export const FAULT_KIND_NAMES = ['demand-zero', 'zero-page', 'file', 'cow', 'wp-reuse', 'spurious', 'sigsegv'] as const;
+/** The name of a guest fault kind (see FAULT_KIND_NAMES). */
 export type FaultKindName = (typeof FAULT_KIND_NAMES)[number];
 
 /** One guest-visible event: a #PF the guest's handler received, with the kind it resolved it as. */
@@ -46,10 +54,12 @@ export class GuestEventLog {
     return i;
   }
 
+  /** Sets the kind (a FAULT_* number) of fault `i` once the handler has decided it. */
   setKind(i: number, kind: number): void {
     this.kind[i] = kind;
   }
 
+  /** Fault `i` as an object (allocated on each call). */
   at(i: number): GuestFaultEvent {
     return {
       seq: i,
@@ -61,6 +71,7 @@ export class GuestEventLog {
     };
   }
 
+  /** The faults in the order the guest received them. */
   *[Symbol.iterator](): IterableIterator<GuestFaultEvent> {
     for (let i = 0; i < this.length; i++) yield this.at(i);
   }

@@ -6,6 +6,7 @@ import type { Kernel, Process } from './kernel.js';
  * (`yield`) when its quantum (`task.budget`, in operations) is used up or when it waits for something.
  */
 export type Program = Generator<void, void, void>;
+/** Starts a program for a task: the generator the task runner resumes at each quantum. */
 export type ProgramFactory = (task: Task) => Program;
 
 /** A thread of a process, pinned to one vCPU. */
@@ -111,6 +112,7 @@ export class Task {
   }
 }
 
+/** How the task runner schedules programs on the vCPUs: the quantum bounds, and a hook called at each quantum's end. */
 export interface TaskRunnerOptions {
   /** Quantum bounds, in operations (the scheduler draws each quantum uniformly). */
   readonly quantumMin?: number;

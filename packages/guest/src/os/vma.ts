@@ -11,10 +11,14 @@ export { PROT_EXEC, PROT_READ, PROT_WRITE };
 
 /** What backs an area. */
 export const VMA_ANON = 0; // anonymous private memory (demand-zero, COW after fork)
-export const VMA_FILE_PRIVATE = 1; // a private file mapping (page cache read-only, COW on write)
-export const VMA_FILE_SHARED = 2; // a shared file mapping (the page cache pages themselves)
-export const VMA_ALIAS = 3; // aliased-pdes: the read-only view of an arena area (see Kernel)
+/** A private file mapping (page cache read-only, COW on write) */
+export const VMA_FILE_PRIVATE = 1;
+/** A shared file mapping (the page cache pages themselves) */
+export const VMA_FILE_SHARED = 2;
+/** Aliased-pdes: the read-only view of an arena area (see Kernel) */
+export const VMA_ALIAS = 3;
 
+/** A file of the guest OS model: its id, its path, and its page cache. */
 export interface FileObject {
   readonly id: number;
   readonly path: string;
@@ -22,6 +26,7 @@ export interface FileObject {
   readonly pages: Map<number, number>;
 }
 
+/** A virtual memory area (Linux `vm_area_struct`): `[start, end)`, its PROT_* rights, its backing (VMA_*), and its file and offset. */
 export class Vma {
   constructor(
     public start: number,
@@ -45,6 +50,7 @@ export class Vma {
     return Math.floor((va - this.start + this.offset) / 4096);
   }
 
+  /** A copy of the area for a forked child (Linux `vm_area_dup`). */
   clone(): Vma {
     const v = new Vma(this.start, this.end, this.prot, this.backing, this.file, this.offset);
     v.anon = this.anon;
@@ -53,10 +59,12 @@ export class Vma {
   }
 }
 
+/** A process's areas, sorted by address, with the last one found cached (Linux's `mm->mmap` and `vmacache`). */
 export class VmaList {
   readonly list: Vma[] = [];
   private last: Vma | null = null;
 
+  /** Removes every area (exec, exit). */
   clear(): void {
     this.list.length = 0;
     this.last = null;

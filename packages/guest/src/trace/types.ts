@@ -42,13 +42,18 @@ export const VXT_PAGE_SHIFT = 12;
 
 /** Linux mmap/mprotect protection bits (`PROT_*`, <asm-generic/mman-common.h>). */
 export const PROT_READ = 1;
+/** PROT_WRITE (Linux uapi mman-common.h): the mapping may be written. */
 export const PROT_WRITE = 2;
+/** PROT_EXEC (Linux uapi mman-common.h): the mapping may be executed. */
 export const PROT_EXEC = 4;
 
 /** Linux mmap flags that matter to the replay (<asm-generic/mman-common.h>, <linux/mman.h>). */
 export const MAP_SHARED = 0x01;
+/** MAP_PRIVATE (Linux uapi mman-common.h): writes are private to the process (copy-on-write). */
 export const MAP_PRIVATE = 0x02;
+/** MAP_FIXED (Linux uapi mman-common.h): map exactly at the given address, replacing what was there. */
 export const MAP_FIXED = 0x10;
+/** MAP_ANONYMOUS (Linux uapi mman-common.h): zero-filled memory, no file behind it. */
 export const MAP_ANONYMOUS = 0x20;
 
 /** The access records of a whole trace, columnar. All arrays have exactly `length` elements. */

@@ -30,6 +30,7 @@ import type { VxtAccesses, VxtCollapse, VxtEvent, VxtMapping, VxtProcess, VxtTra
  * and brotli models each separately (it sees long runs of like bytes).
  */
 export const VXT_MAGIC = [0x56, 0x58, 0x54, 0x1a] as const;
+/** The .vxt format version this package writes and reads (a file with another version is refused with a TraceError). */
 export const VXT_VERSION = 1;
 const HEADER_BYTES = 24;
 const TWO32 = 2 ** 32;

@@ -14,6 +14,7 @@ export class WorkloadError extends Error {
   }
 }
 
+/** One parameter of a synthetic workload: its default and its inclusive range (`vmexit workloads` lists them). */
 export interface ParamDef {
   readonly default: number;
   readonly min: number;

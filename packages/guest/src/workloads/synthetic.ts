@@ -8,7 +8,9 @@ import type { ParamDef } from './params.js';
  * (each at most once); a workload that never calls them is measured from the end of boot to its last access.
  */
 export interface MeasureWindow {
+  /** Starts the measured window now (at most once). */
   begin(): void;
+  /** Ends the measured window now (at most once). */
   end(): void;
 }
 
@@ -27,6 +29,10 @@ export interface WorkloadContext {
   expectAccesses(total: number): void;
 }
 
+/**
+ * A synthetic workload: its name and doc, its parameters with ranges, the guest memory it needs, and the `setup` that starts its programs on the task
+ * runner.
+ */
 export interface SyntheticWorkload {
   readonly name: string;
   readonly doc: string;
