@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import { defineConfig } from 'vitest/config';
 
 /**
@@ -12,6 +13,9 @@ export function vmexitVitestConfig(overrides: { testTimeout?: number } = {}) {
       outputFile: { json: '.test-report.json' },
       testTimeout: overrides.testTimeout ?? 60_000,
       pool: 'forks',
+      // Every core (vitest's default leaves one idle: on a 2-core CI machine the last package's files then ran
+      // one at a time while the other core waited).
+      maxWorkers: availableParallelism(),
     },
   });
 }
