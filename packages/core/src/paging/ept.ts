@@ -1,5 +1,6 @@
 import type { PhysicalMemory } from '../memory/physical.js';
 import { NESTED_FINAL, NESTED_TABLE, type SecondStage, type WalkResult } from './types.js';
+import { tableIndex } from './walk-common.js';
 
 /*
  * Intel EPT (extended page tables), SDM Vol. 3C ch. 29 ("VMX Support for Address Translation"), §29.3:
@@ -132,24 +133,7 @@ export class EptStage implements SecondStage {
     let ehi: number;
     let offsetMask = 0xfff;
     for (;;) {
-      let index: number;
-      switch (level) {
-        case 1:
-          index = (lo >>> 12) & 0x1ff;
-          break;
-        case 2:
-          index = (lo >>> 21) & 0x1ff;
-          break;
-        case 3:
-          index = ((lo >>> 30) | (hi << 2)) & 0x1ff;
-          break;
-        case 4:
-          index = (hi >>> 7) & 0x1ff;
-          break;
-        default:
-          index = (hi >>> 16) & 0x1ff;
-          break;
-      }
+      const index = tableIndex(level, lo, hi);
       const epa = table + index * 8;
       elo = mem.read32(epa);
       ehi = mem.read32(epa + 4);

@@ -1,7 +1,18 @@
 import { ACC_WRITE, PFERR_PRESENT } from '../arch/constants.js';
 import type { PhysicalMemory } from '../memory/physical.js';
 import { NESTED_FINAL, NESTED_TABLE, NESTED_W, WalkResult, type PagingContext, type SecondStage } from './types.js';
-import { generalProtection, longRoot, nestedFault, notPresent, pageFault, permissionFault, reservedFault, setAccessedDirty, tableAt } from './walk-common.js';
+import {
+  generalProtection,
+  longRoot,
+  nestedFault,
+  notPresent,
+  pageFault,
+  permissionFault,
+  reservedFault,
+  setAccessedDirty,
+  tableAt,
+  tableIndex,
+} from './walk-common.js';
 
 /** The second-stage rights of the translation of each guest paging-structure entry's gpa, per level (scratch of walkNested). */
 const stageRights = new Int32Array(6);
@@ -77,24 +88,7 @@ export function walkNested(ctx: PagingContext, mem: PhysicalMemory, va: number, 
   let ehi: number;
   let pageSize = 4096;
   for (;;) {
-    let index: number;
-    switch (level) {
-      case 1:
-        index = (lo >>> 12) & 0x1ff;
-        break;
-      case 2:
-        index = (lo >>> 21) & 0x1ff;
-        break;
-      case 3:
-        index = ((lo >>> 30) | (hi << 2)) & 0x1ff;
-        break;
-      case 4:
-        index = (hi >>> 7) & 0x1ff;
-        break;
-      default:
-        index = (hi >>> 16) & 0x1ff;
-        break;
-    }
+    const index = tableIndex(level, lo, hi);
     const gpa = base + index * 8;
     const hpa = stage.translate(gpa, access, NESTED_TABLE, flags, out);
     if (hpa < 0) return nestedFault(out);

@@ -1,5 +1,6 @@
 import type { PhysicalMemory } from '../memory/physical.js';
 import { NESTED_FINAL, NESTED_PDPTE, type SecondStage, type WalkResult } from './types.js';
+import { tableIndex } from './walk-common.js';
 
 /** What an NPT second stage is built with: the host state at VMRUN that decides how nested tables are walked (APM Vol. 2 §15.25.5). */
 export interface NptOptions {
@@ -81,24 +82,7 @@ export class NptStage implements SecondStage {
     let xd = 0;
     let offsetMask = 0xfff;
     for (;;) {
-      let index: number;
-      switch (level) {
-        case 1:
-          index = (lo >>> 12) & 0x1ff;
-          break;
-        case 2:
-          index = (lo >>> 21) & 0x1ff;
-          break;
-        case 3:
-          index = ((lo >>> 30) | (hi << 2)) & 0x1ff;
-          break;
-        case 4:
-          index = (hi >>> 7) & 0x1ff;
-          break;
-        default:
-          index = (hi >>> 16) & 0x1ff;
-          break;
-      }
+      const index = tableIndex(level, lo, hi);
       const epa = table + index * 8;
       elo = mem.read32(epa);
       ehi = mem.read32(epa + 4);

@@ -131,3 +131,23 @@ export function setAccessedDirty(mem: PhysicalMemory, out: WalkResult, fromLevel
     }
   }
 }
+
+/**
+ * The 9-bit index into the table of `level` (1: PT ... 5: PML5) of an address given as its uint32 halves
+ * (lo: bits 31:0, hi: bits 63:32): bits 20:12, 29:21, 38:30, 47:39 and 56:48 (SDM Vol. 3A §4.5; the
+ * same split for EPT, Vol. 3C §29.3.2, and for AMD's nested tables).
+ */
+export function tableIndex(level: number, lo: number, hi: number): number {
+  switch (level) {
+    case 1:
+      return (lo >>> 12) & 0x1ff;
+    case 2:
+      return (lo >>> 21) & 0x1ff;
+    case 3:
+      return ((lo >>> 30) | (hi << 2)) & 0x1ff;
+    case 4:
+      return (hi >>> 7) & 0x1ff;
+    default:
+      return (hi >>> 16) & 0x1ff;
+  }
+}

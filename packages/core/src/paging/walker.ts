@@ -2,7 +2,18 @@ import { ACC_READ, PT_PRESENT } from '../arch/constants.js';
 import { MODE_LEGACY32, MODE_LONG4, MODE_LONG5, MODE_PAE, type PagingModeId } from '../arch/modes.js';
 import type { PhysicalMemory } from '../memory/physical.js';
 import { NESTED_PDPTE, WALK_SIDE_EFFECTS, WalkResult, type PagingContext } from './types.js';
-import { generalProtection, longRoot, notPresent, pageFault, PDPTE_RSVD_LO, permissionFault, reservedFault, setAccessedDirty, tableAt } from './walk-common.js';
+import {
+  generalProtection,
+  longRoot,
+  notPresent,
+  pageFault,
+  PDPTE_RSVD_LO,
+  permissionFault,
+  reservedFault,
+  setAccessedDirty,
+  tableAt,
+  tableIndex,
+} from './walk-common.js';
 import { walkNested } from './nested-walker.js';
 
 /*
@@ -428,24 +439,7 @@ function walkFrom(
   let ehi: number;
   let pageSize = 4096;
   for (;;) {
-    let index: number;
-    switch (level) {
-      case 1:
-        index = (lo >>> 12) & 0x1ff;
-        break;
-      case 2:
-        index = (lo >>> 21) & 0x1ff;
-        break;
-      case 3:
-        index = ((lo >>> 30) | (hi << 2)) & 0x1ff;
-        break;
-      case 4:
-        index = (hi >>> 7) & 0x1ff;
-        break;
-      default:
-        index = (hi >>> 16) & 0x1ff;
-        break;
-    }
+    const index = tableIndex(level, lo, hi);
     const epa = base + index * 8;
     elo = mem.read32(epa);
     ehi = mem.read32(epa + 4);
