@@ -3,7 +3,7 @@ import { parseVariantSpec } from '../src/commands/compare.js';
 import { runChecked } from '@vmexit/lab';
 
 /**
- * The guest must not be able to tell that it runs virtualized (ARCHITECTURE.md): every synthetic workload,
+ * The guest must not be able to tell that it runs virtualized: every synthetic workload,
  * in legacy32, PAE and 4-level paging, on 1 and 4 vCPUs, under VMX and SVM shadow paging, must show the guest
  * exactly what a native run shows it: the same #PFs in the same order (address, error code, vCPU, process),
  * the same SIGSEGVs and the same final memory (`--check`); and the shadow MMU must keep every invariant of

@@ -1,4 +1,5 @@
 import {
+  hexU64,
   growPageCache,
   PAGE_SIZE,
   SPTE_P,
@@ -6,7 +7,7 @@ import {
   type Mmu,
   type MmuHost,
   type NonPresentSpteEncoding,
-  type PageFaultResolution,
+  type ExitResolution,
   type Vcpu,
 } from '@vmexit/core';
 import { auditShadowMmu } from './audit.js';
@@ -17,7 +18,7 @@ import type { ShadowPage } from './page.js';
 import { commitZap, defaultMaxMmuPages, getPage, prepareZap, zapOldest } from './page-cache.js';
 import { pteWrite } from './pte-write.js';
 import { crWrite, finish, loadRoots } from './roots.js';
-import { hex, ShadowMmuState, VcpuShadowState } from './state.js';
+import { ShadowMmuState, VcpuShadowState } from './state.js';
 import { invlpgSync, syncPage } from './unsync.js';
 
 export interface ShadowMmuOptions {
@@ -66,7 +67,7 @@ export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEnco
     finish(this);
   }
 
-  handlePageFault(vcpu: Vcpu, address: number, errorCode: number): PageFaultResolution {
+  handlePageFault(vcpu: Vcpu, address: number, errorCode: number): ExitResolution {
     return pageFault(this, vcpu, address, errorCode);
   }
 
@@ -87,7 +88,7 @@ export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEnco
     if (!exited)
       throw new ShadowMmuError(
         'E_MMU_STATE',
-        `vCPU ${vcpu.id}: INVLPG ${hex(va)} did not exit while ${this.unsyncPages.size} shadow pages are unsync: unsync pages need INVLPG exiting`,
+        `vCPU ${vcpu.id}: INVLPG ${hexU64(va)} did not exit while ${this.unsyncPages.size} shadow pages are unsync: unsync pages need INVLPG exiting`,
       );
     const st = this.stateOf(vcpu);
     this.initiator = vcpu.id;

@@ -1,7 +1,8 @@
 /**
  * The mechanisms an MMU implementation builds on (the shadow MMU, and the TDP MMU): the spte layout and the
  * one leaf constructor, the host frame pool, the page role, rmaps, and the (gfn, role)-keyed page cache.
- * They are core's so that MMUs share them without importing each other (ARCHITECTURE.md, "Packages").
+ * They are core's so that MMUs share them without importing each other (leaf
+ * packages import core, never one another).
  */
 export * from './spte.js';
 export * from './pool.js';

@@ -35,7 +35,7 @@ export const policyUseSchema = z.strictObject({
 });
 
 /**
- * A variant (ARCHITECTURE.md "Composition"): what runs below the guest, and the guest's shape. Unknown keys
+ * A variant: what runs below the guest, and the guest's shape. Unknown keys
  * are errors. `resolveFrom` is where package names and relative paths in `policies[].use` are resolved from
  * (the CLI sets it to the config file's directory, or the working directory).
  */
@@ -54,11 +54,9 @@ export const variantSchema = z.strictObject({
   /** A built-in cost model by name, or a whole profile (the CLI reads `--cost-model FILE.json` into one). */
   costModel: z
     .union([
-      z
-        .string()
-        .refine((n) => n in COST_PROFILES, {
-          message: `unknown cost model (expected one of ${Object.keys(COST_PROFILES).join(', ')}); a custom model is a .json file (--cost-model) or a profile object`,
-        }),
+      z.string().refine((n) => n in COST_PROFILES, {
+        message: `unknown cost model (expected one of ${Object.keys(COST_PROFILES).join(', ')}); a custom model is a .json file (--cost-model) or a profile object`,
+      }),
       costProfileSchema,
     ])
     .default(DEFAULT_COST_PROFILE),
