@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /**
  * The core hot-path benchmark: the TLB hit path and the architectural page walk, each timed against a plain
- * typed-array scan measured in the same process run (ARCHITECTURE.md, "Performance rules").
+ * typed-array scan measured in the same process run (core's DESIGN.md, "Speed").
  *
  *   node bench/paging.bench.mjs [--json FILE] [--runs N] [--quick] [--filter TEXT]
  *

@@ -116,12 +116,16 @@ export {
   type VmExitKind,
 } from './exits/vm-exit.js';
 export { ExitError, type ExitErrorCode } from './exits/errors.js';
-export { type FaultPolicy, type OptionsSchema, type PolicySetupContext, type PolicyVcpuContext, resolveExits } from './exits/policy.js';
+export { resolveExits } from './exits/policy.js';
+export { type FaultPolicy, type OptionsSchema, type PolicySetupContext, type PolicyVcpuContext } from './vm/policy.js';
 export {
   decideMmuEvents,
   type FloodEvent,
+  type MmuAnswerOf,
   type MmuDecisionOf,
   type MmuEvent,
+  type MmuEventKind,
+  type MmuEventOf,
   type MmuEventOperator,
   type PrefetchEvent,
   type PteWriteDecision,
@@ -143,7 +147,7 @@ export {
   type NonPresentSpteEncoding,
   type PageFaultFilter,
 } from './vm/backend.js';
-export { type Mmu, type MmuHost, type PageFaultResolution } from './vm/mmu.js';
+export { type Mmu, type MmuHost } from './vm/mmu.js';
 export { TYPES } from './vm/tokens.js';
 export { type PolicyUse, type Variant, VariantError, type VariantInput, type VariantProblem } from './vm/variant.js';
 export { DEFAULT_MODULE_SOURCES, isPathSpecifier, ModuleLoadError, type ModuleSource, type ModuleSources } from './vm/modules.js';

@@ -226,8 +226,8 @@ const PTE_ACCESSED_DIRTY = 0x60;
 const ALLOWED_LISTED = 20;
 
 /**
- * `--check`: compares what the guest observed natively and under the variant (ARCHITECTURE.md: a guest must not
- * be able to tell that it runs virtualized): event by event, the #PFs its handler received (address, error
+ * `--check`: compares what the guest observed natively and under the variant (a guest must not be able to
+ * tell that it runs virtualized): event by event, the #PFs its handler received (address, error
  * code, vCPU, process, and how the handler resolved it, which marks the ones that ended in SIGSEGV), then the
  * number of SIGSEGVs, then the final memory word by word. A difference that ALLOWED_DIFFERENCES allows is
  * listed in `allowed` with its rule; the first other one makes the report fail, naming both sides.

@@ -1,4 +1,5 @@
 import {
+  hexU64,
   ACC_FETCH,
   ACC_USER,
   ACC_WRITE,
@@ -13,7 +14,10 @@ import {
   WALK_SIDE_EFFECTS,
   walk,
   type Memslot,
-  type PageFaultResolution,
+  EMULATE,
+  type ExitResolution,
+  PF_VECTOR,
+  RESUME,
   type Vcpu,
   type WalkResult,
 } from '@vmexit/core';
@@ -24,7 +28,7 @@ import { gpteAccess, leafFromGpte, leafPkey, levelIndex, readGpte } from './gpte
 import type { ShadowPage } from './page.js';
 import { hasUpperLevelPage, installLeaf, link, prepareZap, reservePages, zapSpte } from './page-cache.js';
 import { finish, processReloads, requireTopPage, topPage } from './roots.js';
-import { hex, type ShadowMmuState, type VcpuShadowState } from './state.js';
+import { type ShadowMmuState, type VcpuShadowState } from './state.js';
 import { syncPage, tryUnsync } from './unsync.js';
 
 /**
@@ -36,11 +40,8 @@ import { syncPage, tryUnsync } from './unsync.js';
 /** PTE_PREFETCH_NUM: the aligned group of sptes `FNAME(pte_prefetch)` fills around a fault. */
 export const PTE_PREFETCH_NUM = 8;
 
-const EMULATE: PageFaultResolution = { kind: 'emulate' };
-const RETRY: PageFaultResolution = { kind: 'retry' };
-
 /** KVM `FNAME(page_fault)`: what the shadow MMU does with a #PF that exited. */
-export function pageFault(s: ShadowMmuState, vcpu: Vcpu, address: number, errorCode: number): PageFaultResolution {
+export function pageFault(s: ShadowMmuState, vcpu: Vcpu, address: number, errorCode: number): ExitResolution {
   const st = s.stateOf(vcpu);
   s.initiator = vcpu.id;
   s.scratch.faultVa = address;
@@ -58,17 +59,17 @@ export function pageFault(s: ShadowMmuState, vcpu: Vcpu, address: number, errorC
   const ws = walk(vcpu.ctx, vcpu.memory, address, access, WALK_SIDE_EFFECTS, r);
   if (ws === WALK_PAGE_FAULT) {
     // pf_guest is counted where the fault is injected (the VM's hooks, as KVM's kvm_inject_page_fault).
-    return { kind: 'inject', vector: 14, errorCode: r.errorCode, cr2: address };
+    return { kind: 'inject', vector: PF_VECTOR, errorCode: r.errorCode };
   }
   if (ws !== WALK_OK)
-    throw new ShadowMmuError('E_MMU_STATE', `vCPU ${vcpu.id}: the guest walk of ${hex(address)} ended with status ${ws} (expected a #PF or success)`);
+    throw new ShadowMmuError('E_MMU_STATE', `vCPU ${vcpu.id}: the guest walk of ${hexU64(address)} ended with status ${ws} (expected a #PF or success)`);
   const gpa = r.pa;
   const gfn = Math.floor(gpa / PAGE_SIZE);
   const write = (access & ACC_WRITE) !== 0;
   const user = (access & ACC_USER) !== 0;
   const slot = s.memory.slotForGfn(gfn);
   // No memslot (or a write to read-only RAM): MMIO, an exit to user space (KVM `kvm_handle_noslot_fault`).
-  if (slot === null || (write && slot.readonly)) return { kind: 'mmio', gpa };
+  if (slot === null || (write && slot.readonly)) return { kind: 'userspace', reason: 'mmio', gpa };
   let writeProtected = write && s.isWriteProtected(gfn);
   if (writeProtected && decideTrackedWrite(s.host, vcpu.id, st.mmuEventSeq++, gfn, address, errorCode)) {
     // A policy unprotects the gfn (KVM 2007: a user-mode write is a hint that the page is no longer a
@@ -137,7 +138,7 @@ function fetch(
   slot: Memslot,
   pteAccess: number,
   write: boolean,
-): PageFaultResolution {
+): ExitResolution {
   const g = st.vcpu.ctx;
   const nxe = g.eferNxe && g.mode !== MODE_LEGACY32;
   const guestLeaf = r.leafLevel;
@@ -193,7 +194,7 @@ function setLeaf(
   pteAccess: number,
   write: boolean,
   pkey: number,
-): PageFaultResolution {
+): ExitResolution {
   const vcpuId = st.vcpu.id;
   let wrprot = false;
   let writable = false;
@@ -214,7 +215,7 @@ function setLeaf(
     return EMULATE;
   }
   s.host.count(vcpuId, 'pf_fixed');
-  return RETRY;
+  return RESUME;
 }
 
 /**

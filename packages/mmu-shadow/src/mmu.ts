@@ -1,4 +1,4 @@
-import { PAGE_SIZE, type Mmu, type MmuHost, type NonPresentSpteEncoding, type PageFaultResolution, type Vcpu } from '@vmexit/core';
+import { hexU64, PAGE_SIZE, type Mmu, type MmuHost, type NonPresentSpteEncoding, type ExitResolution, type Vcpu } from '@vmexit/core';
 import { growPageCache, SPTE_P, SPTES_PER_PAGE } from '@vmexit/core/mmu';
 import { auditShadowMmu } from './audit.js';
 import { HOST_MAXPHYADDR } from './context.js';
@@ -8,7 +8,7 @@ import type { ShadowPage } from './page.js';
 import { commitZap, defaultMaxMmuPages, getPage, prepareZap, zapOldest } from './page-cache.js';
 import { pteWrite } from './pte-write.js';
 import { crWrite, finish, loadRoots } from './roots.js';
-import { hex, ShadowMmuState, VcpuShadowState } from './state.js';
+import { ShadowMmuState, VcpuShadowState } from './state.js';
 import { invlpgSync, syncPage } from './unsync.js';
 
 /** How the shadow MMU is sized: its page budget (KVM's n_max_mmu_pages). */
@@ -58,7 +58,7 @@ export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEnco
     finish(this);
   }
 
-  handlePageFault(vcpu: Vcpu, address: number, errorCode: number): PageFaultResolution {
+  handlePageFault(vcpu: Vcpu, address: number, errorCode: number): ExitResolution {
     return pageFault(this, vcpu, address, errorCode);
   }
 
@@ -79,7 +79,7 @@ export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEnco
     if (!exited)
       throw new ShadowMmuError(
         'E_MMU_STATE',
-        `vCPU ${vcpu.id}: INVLPG ${hex(va)} did not exit while ${this.unsyncPages.size} shadow pages are unsync: unsync pages need INVLPG exiting`,
+        `vCPU ${vcpu.id}: INVLPG ${hexU64(va)} did not exit while ${this.unsyncPages.size} shadow pages are unsync: unsync pages need INVLPG exiting`,
       );
     const st = this.stateOf(vcpu);
     this.initiator = vcpu.id;

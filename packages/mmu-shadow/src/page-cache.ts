@@ -1,5 +1,6 @@
 import { PAGE_SIZE, PT_PRESENT } from '@vmexit/core';
 import {
+  hexU64,
   allocPage,
   describeRole,
   freePage,
@@ -16,7 +17,7 @@ import {
 } from '@vmexit/core/mmu';
 import { ShadowMmuError } from './errors.js';
 import { makeShadowPage, type ShadowPage } from './page.js';
-import { hex, type ShadowMmuState } from './state.js';
+import { type ShadowMmuState } from './state.js';
 
 /**
  * The shadow page cache (KVM arch/x86/kvm/mmu/mmu.c): getting a page for (gfn, role) and accounting its
@@ -44,7 +45,7 @@ export function getPage(s: ShadowMmuState, gfn: number, role: number): ShadowPag
   for (const sp of bucket) if (sp.gfn === gfn && sp.role === role) return sp;
   s.host.count(s.initiator, 'mmu_cache_miss');
   const sp = allocPage(s, gfn, role, makeShadowPage);
-  if (sp === null) throw new ShadowMmuError('E_MMU_STATE', `no free shadow page for gfn ${hex(gfn)} ${describeRole(role)}: pages were not reserved`);
+  if (sp === null) throw new ShadowMmuError('E_MMU_STATE', `no free shadow page for gfn ${hexU64(gfn)} ${describeRole(role)}: pages were not reserved`);
   initSptes(s, sp);
   if (!sp.direct && sp.level > 1 && s.unsyncCount.has(gfn)) {
     // The guest reuses an unsync page table at an upper level: in all likelihood it stopped using it as a
@@ -142,7 +143,7 @@ export function zapSpte(s: ShadowMmuState, sp: ShadowPage, loc: number): void {
     rmapRemove(s, Math.floor(sptePa(lo, hi) / PAGE_SIZE), loc);
   } else {
     const child = s.childPage(lo, hi);
-    if (!child.parentPtes.remove(loc)) throw new ShadowMmuError('E_MMU_STATE', `parent_ptes of the page for gfn ${hex(child.gfn)} lack spte ${loc}`);
+    if (!child.parentPtes.remove(loc)) throw new ShadowMmuError('E_MMU_STATE', `parent_ptes of the page for gfn ${hexU64(child.gfn)} lack spte ${loc}`);
   }
   setTrap(s, loc);
   s.pendingFlush = true;
@@ -159,7 +160,7 @@ function rmapAdd(s: ShadowMmuState, gfn: number, loc: number): void {
 
 function rmapRemove(s: ShadowMmuState, gfn: number, loc: number): void {
   const head = s.rmaps.head(gfn, 1, false);
-  if (head === null || !head.remove(loc)) throw new ShadowMmuError('E_MMU_STATE', `no rmap for spte ${loc} (gfn ${hex(gfn)})`);
+  if (head === null || !head.remove(loc)) throw new ShadowMmuError('E_MMU_STATE', `no rmap for spte ${loc} (gfn ${hexU64(gfn)})`);
 }
 
 /** The unsync bookkeeping of a page that is synced or zapped (the reverse of `markUnsync` in unsync.ts). */

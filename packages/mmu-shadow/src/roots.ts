@@ -1,9 +1,9 @@
-import { MODE_LEGACY32, MODE_LONG4, MODE_LONG5, MODE_PAE, PAGE_SIZE, PT_PRESENT, type PagingContext, type Vcpu } from '@vmexit/core';
+import { hexU64, MODE_LEGACY32, MODE_LONG4, MODE_LONG5, MODE_PAE, PAGE_SIZE, PT_PRESENT, type PagingContext, type Vcpu } from '@vmexit/core';
 import { findPage, ROLE_4BYTE_GPTE, rootRoleOf, SPTE_P } from '@vmexit/core/mmu';
 import { ShadowMmuError } from './errors.js';
 import type { ShadowPage } from './page.js';
 import { commitZap, noSpace, reservePages, zapAllFourByte } from './page-cache.js';
-import { hex, MAX_ROOTS, type ShadowMmuState, type VcpuShadowState } from './state.js';
+import { MAX_ROOTS, type ShadowMmuState, type VcpuShadowState } from './state.js';
 import { syncRoots } from './unsync.js';
 
 /**
@@ -305,6 +305,6 @@ function ensureRootSpace(s: ShadowMmuState, st: VcpuShadowState, releasing: read
 /** Throws when no root covers `va` although the guest walk succeeded (an MMU bug, never a guest's doing). */
 export function requireTopPage(st: VcpuShadowState, va: number): ShadowPage {
   const sp = topPage(st, va);
-  if (sp === null) throw new ShadowMmuError('E_MMU_STATE', `vCPU ${st.vcpu.id}: no shadow root for ${hex(va)} although the guest walk succeeded`);
+  if (sp === null) throw new ShadowMmuError('E_MMU_STATE', `vCPU ${st.vcpu.id}: no shadow root for ${hexU64(va)} although the guest walk succeeded`);
   return sp;
 }

@@ -1,5 +1,6 @@
 import { PAGE_SIZE, WalkResult, type GuestMemory, type MmuHost, type Vcpu } from '@vmexit/core';
 import {
+  hexU64,
   createPageCache,
   pageBucket,
   pageOfLoc,
@@ -181,7 +182,7 @@ export abstract class ShadowMmuState implements PageCache<ShadowPage> {
   pageAt(pa: number): ShadowPage {
     const f = this.pool.hpaToFrame(pa);
     const sp = f < 0 ? null : this.pages[f]!;
-    if (sp === null || sp === undefined) throw new ShadowMmuError('E_MMU_STATE', `a shadow pte points at ${hex(pa)}, which is no shadow page`);
+    if (sp === null || sp === undefined) throw new ShadowMmuError('E_MMU_STATE', `a shadow pte points at ${hexU64(pa)}, which is no shadow page`);
     return sp;
   }
 
@@ -227,9 +228,4 @@ export function collectIndirectPages(s: ShadowMmuState, gfn: number, out: (Shado
     if (sp.gfn === gfn && !sp.direct && !sp.zapped) out[n++] = sp;
   }
   return n;
-}
-
-/** An address or gfn for a message (unsigned hex). */
-export function hex(n: number): string {
-  return n < 0 ? `-0x${(-n).toString(16)}` : `0x${n.toString(16)}`;
 }

@@ -85,7 +85,7 @@ export class Harness implements MmuHost, VcpuHooks {
     const res = this.mmu.handlePageFault(vcpu, address, errorCode);
     let action: FaultAction;
     switch (res.kind) {
-      case 'retry':
+      case 'resume':
         action = FAULT_RETRY;
         break;
       case 'inject':
@@ -94,7 +94,7 @@ export class Harness implements MmuHost, VcpuHooks {
         vcpu.deliverErrorCode = res.errorCode;
         action = FAULT_DELIVER;
         break;
-      case 'mmio':
+      case 'userspace':
         this.exit('mmio');
         action = FAULT_DONE;
         break;

@@ -110,7 +110,7 @@ describe('ShadowMmu', () => {
       expect(faults[0]).toBe(7);
       // Beyond RAM: the guest maps gpa 64 MiB (no memslot) -> an exit to user space.
       pt.map(USER + 0x5000, 0x4000000, P | W | U);
-      expect(mmu.handlePageFault(vcpu, USER + 0x5000, 4)).toEqual({ kind: 'mmio', gpa: 0x4000000 });
+      expect(mmu.handlePageFault(vcpu, USER + 0x5000, 4)).toEqual({ kind: 'userspace', reason: 'mmio', gpa: 0x4000000 });
       expect(h.c('pf_guest')).toBe(1);
     });
 

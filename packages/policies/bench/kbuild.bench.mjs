@@ -1,12 +1,12 @@
 // Runs the bundled kbuild trace natively and under shadow paging on VMX, in one process, and reports
 // represented guest accesses/s for each, the ratio of each variant to the native run, and a plain scan of
-// the decoded trace's records (the scan baseline), all measured in the same run (issue 5; target: the
+// the decoded trace's records (the scan baseline), all measured in the same run (the target: the
 // write-flood variant at >= 0.6 of native).
 //
 // Variants: native (backend none); VMX shadow with no policy (the 2007 baseline: every store to a recycled
 // page-table page exits and is emulated); + write-flood (today's KVM always has flood detection); + the
 // headline policy sets. Each variant is composed by `createVm` with the built-in module sources, as
-// `vmexit run` does (packages/cli/src/run-variant.ts), and run by `runWorkload` on the VM's machine.
+// `vmexit run` does (@vmexit/lab's runVariant), and run by `runWorkload` on the VM's machine.
 //
 // Usage: npm run bench -w @vmexit/policies   (after `npx tsc -b`)
 //   RUNS=n        measured runs per variant (median reported; default 3), after one warm-up run each

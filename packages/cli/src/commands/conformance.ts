@@ -8,7 +8,7 @@ import { addVariantOptions, checkVariantFlags as checkFlagValues, variantFromOpt
 
 /**
  * `vmexit conformance FILE... [--json]`: runs paging conformance vectors (JSON Lines, the format of
- * shared/conformance/FORMAT.md) on the architectural walker of @vmexit/core.
+ * @vmexit/core's conformance/FORMAT.md) on the architectural walker of @vmexit/core.
  *
  * Every file is read and validated before any vector runs: a file that cannot be read or a line that is not
  * a valid vector is an InputError (exit 2) naming the file, the line and the field, and nothing is run.

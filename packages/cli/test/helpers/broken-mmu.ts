@@ -1,6 +1,6 @@
 import svmModule from '@vmexit/backend-svm';
 import vmxModule from '@vmexit/backend-vmx';
-import { PFERR_WRITE, PT_WRITABLE, TYPES, type Mmu, type ModuleSources, type PageFaultResolution, type Vcpu } from '@vmexit/core';
+import { PFERR_WRITE, RESUME, PT_WRITABLE, TYPES, type Mmu, type ModuleSources, type ExitResolution, type Vcpu } from '@vmexit/core';
 import { ShadowMmu } from '@vmexit/mmu-shadow';
 import policiesModule from '@vmexit/policies';
 import { ContainerModule } from 'inversify';
@@ -20,7 +20,7 @@ export class DropsWriteProtectMmu extends ShadowMmu {
 
 /** The guest's #PF of a read is injected with the W bit of the error code set (a write's). */
 export class WrongErrorCodeMmu extends ShadowMmu {
-  override handlePageFault(vcpu: Vcpu, address: number, errorCode: number): PageFaultResolution {
+  override handlePageFault(vcpu: Vcpu, address: number, errorCode: number): ExitResolution {
     const r = super.handlePageFault(vcpu, address, errorCode);
     return r.kind === 'inject' ? { ...r, errorCode: r.errorCode | PFERR_WRITE } : r;
   }
@@ -28,8 +28,8 @@ export class WrongErrorCodeMmu extends ShadowMmu {
 
 /** A guest #PF of a write is never fixed: the MMU says retry, the guest faults again (a fault loop). */
 export class LoopsOnWriteFaultMmu extends ShadowMmu {
-  override handlePageFault(vcpu: Vcpu, address: number, errorCode: number): PageFaultResolution {
-    if ((errorCode & PFERR_WRITE) !== 0) return { kind: 'retry' };
+  override handlePageFault(vcpu: Vcpu, address: number, errorCode: number): ExitResolution {
+    if ((errorCode & PFERR_WRITE) !== 0) return RESUME;
     return super.handlePageFault(vcpu, address, errorCode);
   }
 }

@@ -1,4 +1,4 @@
-import { TYPES, WalkResult, walk, type Mmu, type MmuHost, type PageFaultResolution, type Vcpu } from '@vmexit/core';
+import { TYPES, WalkResult, walk, type Mmu, type MmuHost, type ExitResolution, type Vcpu } from '@vmexit/core';
 import { ContainerModule } from 'inversify';
 
 /**
@@ -20,12 +20,12 @@ export class FakeMmu implements Mmu {
     vcpu.activeCtx = vcpu.ctx;
     vcpu.activeMem = vcpu.memory;
   }
-  handlePageFault(vcpu: Vcpu, address: number, errorCode: number): PageFaultResolution {
+  handlePageFault(vcpu: Vcpu, address: number, errorCode: number): ExitResolution {
     this.calls.push(`pf ${address.toString(16)} ${errorCode}`);
     const st = walk(vcpu.ctx, vcpu.memory, address, vcpu.pendingAccess, 0, this.r);
-    if (st !== 0) return { kind: 'inject', vector: 14, errorCode: this.r.errorCode, cr2: address };
+    if (st !== 0) return { kind: 'inject', vector: 14, errorCode: this.r.errorCode };
     this.host!.count(vcpu.id, 'pf_fixed');
-    return { kind: 'retry' };
+    return { kind: 'resume' };
   }
   trackWrite(): void {}
   crWritten(_vcpu: Vcpu, cr: number, _old: number, exited: boolean): void {

@@ -2,7 +2,8 @@ import { ACC_FETCH, ACC_USER, ACC_WRITE } from '../arch/constants.js';
 import { PAGING_MODE_NAMES, type PagingModeName } from '../arch/modes.js';
 
 /*
- * Paging conformance vectors (the JSON Lines format of shared/conformance/FORMAT.md): parsing and
+ * Paging conformance vectors (the JSON Lines format of
+ * conformance/FORMAT.md in this package): parsing and
  * validation. This is an edge: hex strings become BigInts here, and nothing past `toNumber`-style
  * conversions in the runner sees one. Every problem is reported as a `VectorError` that names the file, the
  * line and the field (`cpu.cr0_wp`, `memory[2][1]`, ...).

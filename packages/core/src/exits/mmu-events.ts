@@ -4,8 +4,11 @@ import { ExitError } from './errors.js';
 /**
  * The MMU-internal decisions that policies may take over, carried on a vCPU's `mmuEvents` stream. The MMU
  * builds the event with `decision: null` and asks its host (`MmuHost.decide`) with its own default; a policy
- * that decides first wins. Two decisions from KVM's emulated-pte-write path (arch/x86/kvm/mmu/mmu.c
- * `kvm_mmu_pte_write` / `kvm_mmu_track_write`, kvm-mmu.md §A.6):
+ * that decides first wins. Five kinds, each answered in its own type (`MmuAnswerOf`): `pte-write` and
+ * `flood` come from KVM's emulated-pte-write path (arch/x86/kvm/mmu/mmu.c `kvm_mmu_track_write`,
+ * `detect_write_flooding`, `detect_write_misaligned`; `kvm_mmu_pte_write` before Linux 6.1), `prefetch`
+ * from the shadow fault (paging_tmpl.h `FNAME(pte_prefetch)`), `unsync` from `mmu_try_to_unsync_pages`,
+ * `tracked-write` from the 2007 user-write hint (`mmu_unshadow`).
  */
 
 /**
@@ -91,32 +94,53 @@ export interface TrackedWriteEvent extends MmuEventBase {
 }
 
 /** A decision point of the MMU that policies may take (the `mmuEvents` stream): a guest pte write, a flood, a prefetch, an unsync, a tracked write. */
+/** A decision point of the MMU that policies may take (the `mmuEvents` stream): a guest pte write, a flood, a prefetch, an unsync, a tracked write. */
 export type MmuEvent = PteWriteEvent | FloodEvent | PrefetchEvent | UnsyncEvent | TrackedWriteEvent;
-/** The answer an MMU event of type `E` takes: the type of its `decision` field (so `true` for a pte-write does not compile). */
+/** The kinds of MMU event: `pte-write`, `flood`, `prefetch`, `unsync`, `tracked-write`. */
+export type MmuEventKind = MmuEvent['kind'];
+/** The event of kind `K`. */
+export type MmuEventOf<K extends MmuEventKind> = Extract<MmuEvent, { readonly kind: K }>;
+/** The answer to an event of kind `K`: a `PteWriteDecision` for `pte-write`, a boolean for the others. */
+export type MmuAnswerOf<K extends MmuEventKind> = NonNullable<MmuEventOf<K>['decision']>;
+/** The answer to event `E` (the same, by the event's type). */
 export type MmuDecisionOf<E extends MmuEvent> = NonNullable<E['decision']>;
 
 /** A policy's MMU-event operator that names the only event kinds it may decide (see `decideMmuEvents`). */
-export type MmuEventOperator = MonoTypeOperatorFunction<MmuEvent> & { readonly mmuEventKinds?: readonly MmuEvent['kind'][] };
+export type MmuEventOperator = MonoTypeOperatorFunction<MmuEvent> & { readonly mmuEventKinds?: readonly MmuEventKind[] };
+
+/** A decider that sees every kind must be able to pass (answer null): no single answer type fits every kind. */
+type PassesSome<R> = null extends R ? unknown : never;
 
 /**
  * The operator of a policy on the MMU-event stream: for each undecided event, `decide` returns a decision or
- * null (passed on). With `kinds`, only events of those kinds are offered to `decide` (the others pass on
- * untouched), and the operator says so (`mmuEventKinds`): a VM whose policies all say so sends the other
- * kinds past the stream, as if every policy had passed them on (no event object, no operator hops).
+ * null (passed on).
+ *
+ * With `kinds`, only events of those kinds are offered to `decide`, and its answer is type-checked against
+ * them (`true` to a `pte-write` event does not compile); the others pass on untouched, and the operator says
+ * so (`mmuEventKinds`): a VM whose policies all say so sends the other kinds past the stream, as if every
+ * policy had passed them on (no event object, no operator hops). Without `kinds`, `decide` sees every kind
+ * and must pass on those it does not answer. Either way, an answer of the wrong type for the event's kind
+ * fails the pipeline at run time (E_BAD_RESOLUTION), for callers the compiler does not check.
  *
  * @example
- * const updateOnWrite = decideMmuEvents('update-on-write', (ev) => (ev.kind === 'pte-write' && !ev.misaligned ? 'update-spte' : null), ['pte-write']);
+ * const updateOnWrite = decideMmuEvents('update-on-write', (ev) => (!ev.misaligned ? 'update-spte' : null), ['pte-write']);
  */
+export function decideMmuEvents<K extends MmuEventKind>(
+  name: string,
+  decide: (event: MmuEventOf<K>) => MmuAnswerOf<K> | null,
+  kinds: readonly K[],
+): MmuEventOperator;
+export function decideMmuEvents<R extends MmuAnswerOf<MmuEventKind> | null>(name: string, decide: (event: MmuEvent) => R & PassesSome<R>): MmuEventOperator;
 export function decideMmuEvents(
   name: string,
-  decide: (event: MmuEvent) => PteWriteDecision | boolean | null,
-  kinds?: readonly MmuEvent['kind'][],
+  decide: (event: MmuEvent) => MmuAnswerOf<MmuEventKind> | null,
+  kinds?: readonly MmuEventKind[],
 ): MmuEventOperator {
   const only = kinds === undefined ? null : new Set<string>(kinds);
   const op: MmuEventOperator = map((ev: MmuEvent) => {
     if (ev.decision !== null) return ev;
     if (only !== null && !only.has(ev.kind)) return ev;
-    let d: PteWriteDecision | boolean | null;
+    let d: MmuAnswerOf<MmuEventKind> | null;
     try {
       d = decide(ev);
     } catch (e) {
@@ -146,8 +170,8 @@ export function decideMmuEvents(
  * The MMU-event kinds that some operator of `ops` may decide, or null when one of them does not say
  * (then every kind may be decided).
  */
-export function mmuEventKindsOf(ops: readonly MonoTypeOperatorFunction<MmuEvent>[]): ReadonlySet<MmuEvent['kind']> | null {
-  const out = new Set<MmuEvent['kind']>();
+export function mmuEventKindsOf(ops: readonly MonoTypeOperatorFunction<MmuEvent>[]): ReadonlySet<MmuEventKind> | null {
+  const out = new Set<MmuEventKind>();
   for (const op of ops) {
     const k = (op as MmuEventOperator).mmuEventKinds;
     if (k === undefined) return null;

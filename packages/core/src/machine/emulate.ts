@@ -1,9 +1,17 @@
 import { ACC_WRITE, GP_VECTOR, PF_VECTOR } from '../arch/constants.js';
 import { WALK_OK, WALK_PAGE_FAULT, WALK_SIDE_EFFECTS, WalkResult } from '../paging/types.js';
 import { walk } from '../paging/walker.js';
-import type { Mmu } from '../vm/mmu.js';
 import { FAULT_DELIVER, FAULT_DONE, FAULT_RETRY, type FaultAction } from './hooks.js';
 import { openBus, storeAt, type Vcpu } from './vcpu.js';
+
+/**
+ * What the emulator tells after a store to guest RAM: the MMU's write hook (KVM `kvm_mmu_track_write`).
+ * Declared here, where it is consumed; `Mmu` (vm/mmu.ts) extends it.
+ */
+export interface WriteTracker {
+  /** After an emulated store of `size` bytes at `gpa`, with the old and new values (32-bit halves). */
+  trackWrite(vcpu: Vcpu, gpa: number, size: number, oldLo: number, oldHi: number, newLo: number, newHi: number): void;
+}
 
 /** emulatePendingAccess could not emulate the access (see Vcpu.pendingEmulatable). */
 export const EMULATION_FAILED = -1;
@@ -30,7 +38,7 @@ export interface EmulationOutcome {
  * EMULATION_FAILED, after which KVM unprotects the gfn and lets the guest retry when the gfn was a
  * shadowed page table (`kvm_mmu_unprotect_page`), and reports the failure to user space otherwise (VmHooks).
  */
-export function emulatePendingAccess(vcpu: Vcpu, mmu: Mmu | null, out: EmulationOutcome): EmulationOutcome {
+export function emulatePendingAccess(vcpu: Vcpu, mmu: WriteTracker | null, out: EmulationOutcome): EmulationOutcome {
   const r = (out.walk ??= new WalkResult());
   out.vector = PF_VECTOR;
   out.gpa = -1;

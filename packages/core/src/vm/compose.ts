@@ -1,5 +1,5 @@
 import { Container, type ContainerModule } from 'inversify';
-import type { FaultPolicy } from '../exits/policy.js';
+import type { FaultPolicy } from './policy.js';
 import { CAPABILITIES } from './backend.js';
 import {
   importContainerModule,

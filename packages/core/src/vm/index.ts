@@ -1,4 +1,5 @@
 export * from './mmu.js';
+export * from './policy.js';
 export * from './tokens.js';
 export * from './backend.js';
 export * from './vm-hooks.js';

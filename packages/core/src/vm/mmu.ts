@@ -1,15 +1,7 @@
 import type { Vcpu } from '../machine/vcpu.js';
-import type { MmuDecisionOf, MmuEvent } from '../exits/mmu-events.js';
-
-/**
- * What the MMU's handler decides for a page-fault exit that no policy resolved (KVM's
- * `kvm_mmu_page_fault` results, arch/x86/kvm/mmu/mmu_internal.h RET_PF_*).
- */
-export type PageFaultResolution =
-  | { readonly kind: 'retry' } // the translation was fixed: re-enter the guest (RET_PF_FIXED / RET_PF_RETRY)
-  | { readonly kind: 'inject'; readonly vector: 14; readonly errorCode: number; readonly cr2: number } // the guest's own fault
-  | { readonly kind: 'emulate' } // emulate the access (a write to a write-tracked gfn: RET_PF_EMULATE)
-  | { readonly kind: 'mmio'; readonly gpa: number }; // no memslot: an exit to user space
+import type { WriteTracker } from '../machine/emulate.js';
+import type { MmuDecisionOf, MmuEvent, MmuEventKind } from '../exits/mmu-events.js';
+import type { ExitResolution } from '../exits/vm-exit.js';
 
 /** The VM an MMU serves: its vCPUs (for remote TLB flushes) and counters. */
 export interface MmuHost {
@@ -17,31 +9,39 @@ export interface MmuHost {
   /** Adds `n` to the KVM-named counter `name` of vCPU `vcpuId` (its merge gives the VM total). */
   count(vcpuId: number, name: string, n?: number): void;
   /**
-   * An MMU-internal decision that policies may take over (the vCPU's `mmuEvents` stream): the event goes
-   * through the policies; if none decides, `fallback` (the MMU's own choice) is the answer.
+   * An MMU-internal decision that policies may take over: the event goes through the vCPU's `mmuEvents`
+   * pipeline (the policies, then `fallback`, the MMU's own choice, when none decides; then the counters and
+   * observers), and its decision is the answer, typed by the event's kind.
    */
   decide<E extends MmuEvent>(event: E, fallback: MmuDecisionOf<E>): MmuDecisionOf<E>;
   /**
-   * The allocation-free form of `decide` for a host that can tell (optional): true when nothing would see an
-   * MMU event of vCPU `vcpuId` (no policy takes its MMU events, no tracer or recorder is bound), so the MMU's
-   * own choice stands; the host has then counted the event as `decide` would have. False: build the event
-   * and call `decide`.
+   * Asked before the event is built, so that the hot path allocates nothing (optional): true when nothing
+   * would see an event of `kind` on vCPU `vcpuId` (no policy may decide that kind, no tracer or recorder is
+   * bound). The host has then counted the event as `decide` would, and the MMU's own choice stands. False
+   * (or no such method): build the event and call `decide`.
    */
-  decideByDefault?(vcpuId: number, kind: MmuEvent['kind']): boolean;
+  decideByDefault?(vcpuId: number, kind: MmuEventKind): boolean;
 }
 
 /**
  * An MMU implementation: shadow paging (mmu-shadow) or two-dimensional paging (mmu-tdp). Bound to the
  * `TYPES.Mmu` token by the package's ContainerModule.
  */
-export interface Mmu {
+export interface Mmu extends WriteTracker {
   readonly name: 'shadow' | 'tdp';
   /** Called once when the VM is built, before any vCPU runs. */
   init(host: MmuHost): void;
   /** Points `vcpu.activeCtx` / `vcpu.activeMem` at the tables the hardware walks for this vCPU. */
   attachVcpu(vcpu: Vcpu): void;
-  /** A page-fault exit (#PF intercept: address = the linear address; TDP violation: the gpa). */
-  handlePageFault(vcpu: Vcpu, address: number, errorCode: number): PageFaultResolution;
+  /**
+   * A page-fault exit that no policy resolved (#PF intercept: address = the linear address; TDP violation:
+   * the gpa), KVM's `kvm_mmu_page_fault`. The answer is the exit's resolution, in the exit pipeline's own
+   * terms (KVM's RET_PF_* results, arch/x86/kvm/mmu/mmu_internal.h): `resume` for RET_PF_FIXED /
+   * RET_PF_RETRY (the translation was fixed, re-enter the guest), `inject` #PF with the guest walk's error
+   * code (the guest's own fault), `emulate` for RET_PF_EMULATE (a write to a write-tracked gfn), `userspace`
+   * MMIO for a gpa with no memslot (`kvm_handle_noslot_fault`).
+   */
+  handlePageFault(vcpu: Vcpu, address: number, errorCode: number): ExitResolution;
   /** After an emulated store of `size` bytes at `gpa` (KVM `kvm_mmu_track_write`), old and new values. */
   trackWrite(vcpu: Vcpu, gpa: number, size: number, oldLo: number, oldHi: number, newLo: number, newHi: number): void;
   /** After the guest changed CR0, CR3, CR4 or EFER (`cr` = 0, 3, 4, or 0xc0000080), whether or not it exited. */

@@ -35,7 +35,7 @@ export const policyUseSchema = z.strictObject({
 });
 
 /**
- * A variant (ARCHITECTURE.md "Composition"): what runs below the guest, and the guest's shape. Unknown keys
+ * A variant: what runs below the guest, and the guest's shape. Unknown keys
  * are errors. `resolveFrom` is where package names and relative paths in `policies[].use` are resolved from
  * (the CLI sets it to the config file's directory, or the working directory).
  */

@@ -6,22 +6,34 @@ import { MachineError } from '../machine/errors.js';
 import type { Vcpu } from '../machine/vcpu.js';
 import type { WalkResult } from '../paging/types.js';
 import { ExitError } from '../exits/errors.js';
-import type { ExitChannel } from '../exits/pipeline.js';
+import { ExitChannel, exitPipeline } from '../exits/pipeline.js';
 import type { StatCell, Stats } from '../exits/stats.js';
-import { assertNever, describeExit, EMULATE, RESUME, type ExitResolution, type VmExit } from '../exits/vm-exit.js';
+import type { MonoTypeOperatorFunction } from 'rxjs';
+import { assertNever, describeExit, RESUME, type ExitResolution, type VmExit } from '../exits/vm-exit.js';
 import type { Backend } from './backend.js';
-import type { Mmu, PageFaultResolution } from './mmu.js';
+import type { Mmu } from './mmu.js';
 
 /** Bit 32 / bit 33 of KVM's 64-bit fault error code (PFERR_GUEST_FINAL_MASK / PFERR_GUEST_PAGE_MASK, kvm_host.h). */
 export const PFERR_GUEST_FINAL = 2 ** 32;
 export const PFERR_GUEST_PAGE = 2 ** 33;
 
 /**
- * The VM's side of the vCPU seam, one per vCPU. For each event it asks the backend whether it exits (VMX:
- * exception bitmap with PFEC_MASK/MATCH, CR3-load exiting and the CR3-target list, INVLPG exiting; SVM:
- * intercept bits). An event that exits becomes a `VmExit`, goes through the vCPU's exit pipeline (policies,
- * then `handleExit`, the MMU's handler) and its resolution becomes the vCPU's FaultAction. An exception that
- * does not exit goes to the guest's IDT; a CR write or INVLPG that does not exit still tells the MMU
+ * The VM's side of the vCPU seam, one per vCPU: where an exit starts and where it ends. The route of one
+ * exit (packages/core/DESIGN.md, "The route of one exit"):
+ *
+ * 1. the vCPU calls a hook (`exception`, `nestedFault`, `mmio`, `crWrite`, `crWriteFault`, `invlpg`);
+ * 2. the hook asks the backend whether the event exits (VMX: exception bitmap with PFEC_MASK/MATCH,
+ *    CR3-load exiting and the CR3-target list, INVLPG exiting; SVM: intercept bits) and for the hardware's
+ *    account of it; an event that exits becomes a `VmExit`;
+ * 3. `channel.push(exit)` sends it through this vCPU's exit pipeline (RxJS, synchronous): the policies'
+ *    operators in order, then `handleExit` (the MMU's handler) for what they left, then the counters and
+ *    observers. What comes out is the exit's `ExitResolution`;
+ * 4. `act` carries the resolution out (inject through the backend's VM entry, emulate, exit to user space)
+ *    and answers the vCPU with a `FaultAction`.
+ *
+ * One vocabulary per boundary: the vCPU and its hooks speak `FaultAction`; everything on the exit
+ * pipeline (policies and the MMU's `handlePageFault`) speaks `ExitResolution`. An exception that does not
+ * exit goes to the guest's IDT; a CR write or INVLPG that does not exit still tells the MMU
  * (exited = false). Nothing here allocates unless an event exits.
  */
 export class VmHooks implements VcpuHooks<Vcpu> {
@@ -36,14 +48,20 @@ export class VmHooks implements VcpuHooks<Vcpu> {
   private insnEmulation: StatCell | null = null;
   private readonly entry = { errorCode: 0 };
 
+  /** This vCPU's exit pipeline: the policies' operators, then `handleExit`, then the observers. */
+  readonly channel: ExitChannel;
+
   constructor(
     readonly vcpu: Vcpu,
     readonly backend: Backend,
     readonly state: unknown,
     readonly mmu: Mmu,
-    readonly channel: ExitChannel,
     readonly stats: Stats,
-  ) {}
+    policies: readonly MonoTypeOperatorFunction<VmExit>[],
+    observers: readonly MonoTypeOperatorFunction<VmExit>[],
+  ) {
+    this.channel = new ExitChannel(exitPipeline(policies, (exit) => this.handleExit(exit), observers));
+  }
 
   exception(vcpu: Vcpu, vector: number, errorCode: number, address: number, access: number): FaultAction {
     if (!this.backend.exceptionExits(this.state, vector, errorCode >>> 0)) return FAULT_DELIVER;
@@ -129,10 +147,10 @@ export class VmHooks implements VcpuHooks<Vcpu> {
     const vcpu = this.vcpu;
     switch (exit.kind) {
       case 'exception':
-        if (exit.vector === PF_VECTOR) return fromMmu(this.mmu.handlePageFault(vcpu, exit.address, exit.errorCode));
+        if (exit.vector === PF_VECTOR) return this.mmu.handlePageFault(vcpu, exit.address, exit.errorCode);
         return { kind: 'inject', vector: exit.vector, errorCode: exit.errorCode };
       case 'nested-fault':
-        return fromMmu(this.mmu.handlePageFault(vcpu, exit.gpa, exit.errorCode));
+        return this.mmu.handlePageFault(vcpu, exit.gpa, exit.errorCode);
       case 'cr-write':
         // KVM handle_cr -> kvm_set_cr3 / kvm_set_cr0 / kvm_set_cr4: a failed PDPTE load is #GP(0), nothing changes.
         if (exit.faulted) return { kind: 'inject', vector: GP_VECTOR, errorCode: 0 };
@@ -248,20 +266,4 @@ export class VmHooks implements VcpuHooks<Vcpu> {
 /** A PFERR_* access kind in words, for messages. */
 function accessName(access: number): string {
   return (access & ACC_WRITE) !== 0 ? 'store' : (access & ACC_FETCH) !== 0 ? 'fetch' : 'load';
-}
-
-/** KVM RET_PF_* as an exit resolution. */
-export function fromMmu(r: PageFaultResolution): ExitResolution {
-  switch (r.kind) {
-    case 'retry':
-      return RESUME;
-    case 'inject':
-      return { kind: 'inject', vector: r.vector, errorCode: r.errorCode };
-    case 'emulate':
-      return EMULATE;
-    case 'mmio':
-      return { kind: 'userspace', reason: 'mmio', gpa: r.gpa };
-    default:
-      return assertNever(r);
-  }
 }

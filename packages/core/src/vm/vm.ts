@@ -1,25 +1,22 @@
-import { merge, type MonoTypeOperatorFunction, type Observable } from 'rxjs';
-import { tap } from 'rxjs';
+import { merge, type Observable } from 'rxjs';
 import { Machine } from '../machine/machine.js';
 import type { MemslotSpec } from '../machine/guest-memory.js';
 import { NativeHooks } from '../machine/hooks.js';
 import type { Vcpu } from '../machine/vcpu.js';
 import { resolveCostProfile, type CostModelInput } from '../cost/schema.js';
 import { modelCycles, type CostReport } from '../cost/model.js';
-import { mmuEventKindsOf, type MmuDecisionOf, type MmuEvent } from '../exits/mmu-events.js';
-import { countAndObserveExits, isNoopObservers, type ExitRecorder, type ExitTracer } from '../exits/observers.js';
-import { ExitChannel, exitPipeline, MmuEventChannel, mmuEventPipeline } from '../exits/pipeline.js';
-import type { FaultPolicy, PolicySetupContext, PolicyVcpuContext } from '../exits/policy.js';
-import { keyCache, mergeStats, Stats, type StatCell } from '../exits/stats.js';
-
-const mmuEventKey = keyCache('mmu_events.');
+import type { MmuDecisionOf, MmuEvent, MmuEventKind } from '../exits/mmu-events.js';
+import { countAndObserveExits, type ExitRecorder, type ExitTracer } from '../exits/observers.js';
+import { mergeStats, Stats } from '../exits/stats.js';
 import type { VmExit } from '../exits/vm-exit.js';
 import { CAPABILITIES, type Backend } from './backend.js';
 import { composeVariant } from './compose.js';
 import { DEFAULT_MODULE_SOURCES, type ModuleSources } from './modules.js';
 import type { Mmu, MmuHost } from './mmu.js';
+import type { FaultPolicy, PolicySetupContext, PolicyVcpuContext } from './policy.js';
 import { TYPES } from './tokens.js';
 import { VariantError, type Variant, type VariantInput } from './variant.js';
+import { VcpuMmuEvents } from './vcpu-mmu-events.js';
 import { VmHooks } from './vm-hooks.js';
 import type { Container } from 'inversify';
 
@@ -59,14 +56,8 @@ export class Vm implements MmuHost {
   readonly hooks: readonly VmHooks[];
   /** Every exit of every vCPU after its pipeline (hot; subscribe before running). */
   readonly exits$: Observable<VmExit>;
-  private readonly exitChannels: ExitChannel[] = [];
-  private readonly mmuChannels: MmuEventChannel[] = [];
-  /** Per vCPU: how an event that no policy may decide is decided, counted, traced and recorded. */
-  private readonly mmuDirect: ((ev: MmuEvent, fallback: unknown) => void)[] = [];
-  /** Per vCPU: the event kinds its policies may decide (the others need no stream), or null for all kinds. */
-  private readonly mmuDecidable: (ReadonlySet<MmuEvent['kind']> | null)[] = [];
-  /** Per vCPU: its MMU-event counters when no tracer or recorder would see its events (see `decideByDefault`), else null. */
-  private readonly mmuQuiet: (MmuEventCounts | null)[] = [];
+  /** Per vCPU: its MMU decisions (the `mmuEvents` pipeline, see VcpuMmuEvents). */
+  private readonly mmuEvents: VcpuMmuEvents[] = [];
 
   constructor(
     readonly variant: Variant,
@@ -103,33 +94,10 @@ export class Vm implements MmuHost {
         const ctxFor = (options: unknown): PolicyVcpuContext<unknown> => ({ ...vctx, options }) as PolicyVcpuContext<unknown>;
         const exitOps = policies.flatMap(({ policy, options }) => (policy.exits ? [policy.exits(ctxFor(options))] : []));
         const mmuOps = policies.flatMap(({ policy, options }) => (policy.mmuEvents ? [policy.mmuEvents(ctxFor(options))] : []));
-        let vmHooks: VmHooks | null = null;
-        const channel = new ExitChannel(exitPipeline(exitOps, (e) => vmHooks!.handleExit(e), [countAndObserveExits(stats, tracer, recorder)]));
-        vmHooks = new VmHooks(v, backend, backendStates[v.id], mmu, channel, stats);
-        const quiet = isNoopObservers(tracer, recorder);
-        const eventCounts = new MmuEventCounts(stats);
-        const mmuObserver: MonoTypeOperatorFunction<MmuEvent> = tap((ev: MmuEvent) => {
-          eventCounts.count(ev.kind);
-          if (quiet) return;
-          tracer.traceMmuEvent(ev);
-          recorder.recordMmuEvent(ev);
-        });
-        let mmuChannel: MmuEventChannel | null = null;
-        mmuChannel = new MmuEventChannel(mmuEventPipeline(() => mmuChannel!, mmuOps, [mmuObserver]));
-        // An event no policy on this vCPU may decide (none takes MMU events, or none names its kind): the MMU's
-        // own choice stands, so the event needs no stream; it is still counted, traced and recorded exactly as
-        // the pipeline's observers would.
-        this.mmuDirect.push((ev: MmuEvent, fallback: unknown) => {
-          (ev as { decision: unknown }).decision = fallback;
-          ev.decidedBy = 'mmu';
-          eventCounts.count(ev.kind);
-          tracer.traceMmuEvent(ev);
-          recorder.recordMmuEvent(ev);
-        });
-        this.mmuDecidable.push(mmuEventKindsOf(mmuOps));
-        this.mmuQuiet.push(quiet ? eventCounts : null);
-        this.exitChannels.push(channel);
-        this.mmuChannels.push(mmuChannel);
+        // The exit route of this vCPU: VmHooks -> its exit pipeline (exitOps, then VmHooks.handleExit, then
+        // the counters and observers) -> the resolution VmHooks acts on. MMU decisions: VcpuMmuEvents.
+        const vmHooks = new VmHooks(v, backend, backendStates[v.id], mmu, stats, exitOps, [countAndObserveExits(stats, tracer, recorder)]);
+        this.mmuEvents.push(new VcpuMmuEvents(stats, mmuOps, tracer, recorder));
         hooks.push(vmHooks);
         v.hooks = vmHooks;
         mmu.attachVcpu(v);
@@ -139,7 +107,7 @@ export class Vm implements MmuHost {
     }
     this.backendStates = backendStates;
     this.hooks = hooks;
-    this.exits$ = merge(...this.exitChannels.map((c) => c.output));
+    this.exits$ = merge(...hooks.map((h) => h.channel.output));
   }
 
   private setupContext(backend: Backend, mmu: Mmu, backendStates: unknown[], vcpu: Vcpu | null): Omit<PolicyVcpuContext<unknown>, 'options'> {
@@ -160,26 +128,16 @@ export class Vm implements MmuHost {
     this.stats[vcpuId]!.add(name, n);
   }
 
-  /** MmuHost: an MMU decision through the vCPU's `mmuEvents` stream (policies first, then `fallback`). */
+  /** MmuHost: an MMU decision through the vCPU's `mmuEvents` pipeline (policies first, then `fallback`). */
   decide<E extends MmuEvent>(event: E, fallback: MmuDecisionOf<E>): MmuDecisionOf<E> {
-    const decidable = this.mmuDecidable[event.vcpu];
-    if (decidable !== undefined && decidable !== null && !decidable.has(event.kind)) {
-      this.mmuDirect[event.vcpu]!(event, fallback);
-      return fallback;
-    }
-    const ch = this.mmuChannels[event.vcpu];
-    if (ch === undefined) return fallback;
-    return ch.decide(event, fallback);
+    const route = this.mmuEvents[event.vcpu];
+    return route === undefined ? fallback : route.decide(event, fallback);
   }
 
-  /** MmuHost: no policy, tracer or recorder would see this MMU event: count it, and the MMU's choice stands. */
-  decideByDefault(vcpuId: number, kind: MmuEvent['kind']): boolean {
-    const q = this.mmuQuiet[vcpuId];
-    if (q === undefined || q === null) return false;
-    const decidable = this.mmuDecidable[vcpuId];
-    if (decidable === undefined || decidable === null || decidable.has(kind)) return false;
-    q.count(kind);
-    return true;
+  /** MmuHost: nothing would see an MMU event of this kind on this vCPU: it is counted, and the MMU's choice stands. */
+  decideByDefault(vcpuId: number, kind: MmuEventKind): boolean {
+    const route = this.mmuEvents[vcpuId];
+    return route !== undefined && route.decideByDefault(kind);
   }
 
   /** Per-vCPU counters (with the guest-side counts the cost model prices) and their merge. */
@@ -199,39 +157,6 @@ export class Vm implements MmuHost {
   /** Modelled cycles of the run so far under the variant's cost model (or `profile`). */
   cycles(profile: CostModelInput = this.variant.costModel): CostReport {
     return modelCycles(resolveCostProfile(profile), this.counters().total);
-  }
-}
-
-/** The `mmu_events.<kind>` counters of one vCPU, each cell taken at its first event (no lookup after that). */
-class MmuEventCounts {
-  private pteWrite: StatCell | null = null;
-  private flood: StatCell | null = null;
-  private prefetch: StatCell | null = null;
-  private unsync: StatCell | null = null;
-  private trackedWrite: StatCell | null = null;
-
-  constructor(private readonly stats: Stats) {}
-
-  count(kind: MmuEvent['kind']): void {
-    switch (kind) {
-      case 'pte-write':
-        (this.pteWrite ??= this.stats.cell(mmuEventKey(kind))).n++;
-        return;
-      case 'flood':
-        (this.flood ??= this.stats.cell(mmuEventKey(kind))).n++;
-        return;
-      case 'prefetch':
-        (this.prefetch ??= this.stats.cell(mmuEventKey(kind))).n++;
-        return;
-      case 'unsync':
-        (this.unsync ??= this.stats.cell(mmuEventKey(kind))).n++;
-        return;
-      case 'tracked-write':
-        (this.trackedWrite ??= this.stats.cell(mmuEventKey(kind))).n++;
-        return;
-      default:
-        this.stats.add(mmuEventKey(kind));
-    }
   }
 }
 

@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { formatFailure, loadVectorFile, nativeVectorMachineFactory, runConformance, vectorDenseMemory, vectorMemory } from '../../src/conformance/index.js';
 
-/** The sample vectors of shared/conformance, copied here so the tests do not depend on ../shared. */
+/** The package's sample vectors (conformance/*.jsonl; their format: conformance/FORMAT.md). */
 const DIR = fileURLToPath(new URL('../../conformance/', import.meta.url));
 const FILES = readdirSync(DIR)
   .filter((f) => f.endsWith('.jsonl'))

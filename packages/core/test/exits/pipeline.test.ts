@@ -255,6 +255,7 @@ describe('MmuEventChannel', () => {
     });
 
     it('rejects a decision of the wrong type', () => {
+      // @ts-expect-error: `true` is no answer to a pte-write event; the run-time check is what this test pins.
       const bad = decideMmuEvents('bad', () => true);
       let ch: MmuEventChannel | null = null;
       ch = new MmuEventChannel(mmuEventPipeline(() => ch!, [bad]));

@@ -8,7 +8,7 @@ import { Machine } from '../../src/machine/machine.js';
 import { TLB_NEED, Tlb } from '../../src/tlb/tlb.js';
 
 /*
- * "The hit path allocates nothing and uses no BigInt" (ARCHITECTURE.md, performance rules), pinned without
+ * "The hit path allocates nothing and uses no BigInt" (core's DESIGN.md, "Speed"), pinned without
  * timing anything: a few million TLB hits must not make V8 collect garbage. A hit that allocated even one
  * 16-byte object (a boxed number, a result object) would fill the young generation (at most a few tens of
  * MiB) many times over in 5 M hits and cause dozens of scavenges; an allocation-free loop causes none. GCs

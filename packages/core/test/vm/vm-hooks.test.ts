@@ -16,7 +16,7 @@ import {
   type HardwareExit,
   type MemslotSpec,
   type Mmu,
-  type PageFaultResolution,
+  type ExitResolution,
   type SecondStage,
   type Vcpu,
 } from '../../src/index.js';
@@ -89,7 +89,7 @@ class FakeBackend implements Backend<{ pending: [number, number] | null }> {
 class FakeMmu implements Mmu {
   readonly name = 'shadow' as const;
   shadowRoot: number | null = null;
-  onFault: PageFaultResolution = { kind: 'retry' };
+  onFault: ExitResolution = { kind: 'resume' };
   unprotect: (gpa: number) => boolean = () => false;
   readonly log: string[] = [];
   init(): void {}
@@ -99,7 +99,7 @@ class FakeMmu implements Mmu {
   private point(vcpu: Vcpu): void {
     vcpu.activeCtx = this.shadowRoot === null ? vcpu.ctx : { ...vcpu.ctx, cr3: this.shadowRoot };
   }
-  handlePageFault(_v: Vcpu, address: number, errorCode: number): PageFaultResolution {
+  handlePageFault(_v: Vcpu, address: number, errorCode: number): ExitResolution {
     this.log.push(`pf ${address.toString(16)} ${errorCode}`);
     return this.onFault;
   }

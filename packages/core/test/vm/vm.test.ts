@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { decideMmuEvents, type FloodEvent, type MmuEvent, type PteWriteEvent } from '../../src/exits/mmu-events.js';
 import { ArrayRecorder, NoopRecorder, NoopTracer, type ExitRecorder } from '../../src/exits/observers.js';
-import type { FaultPolicy } from '../../src/exits/policy.js';
+import type { FaultPolicy } from '../../src/vm/policy.js';
 import type { Backend } from '../../src/vm/backend.js';
 import type { Mmu, MmuHost } from '../../src/vm/mmu.js';
 import { variantSchema } from '../../src/vm/variant.js';
@@ -16,7 +16,7 @@ function fakeMmu(): Mmu & { host: MmuHost | null } {
       this.host = host;
     },
     attachVcpu() {},
-    handlePageFault: () => ({ kind: 'retry' }),
+    handlePageFault: () => ({ kind: 'resume' }),
     trackWrite() {},
     crWritten() {},
     invlpg() {},

@@ -13,8 +13,3 @@ export class GuestConfigError extends Error {
     this.name = 'GuestConfigError';
   }
 }
-
-/** An address for a message: `0x` and lowercase hex (negative numbers keep their sign). */
-export function hexa(n: number): string {
-  return n < 0 ? `-0x${(-n).toString(16)}` : `0x${n.toString(16)}`;
-}

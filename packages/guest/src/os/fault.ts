@@ -11,8 +11,9 @@ import {
   PT_USER,
   PT_WRITABLE,
   type Vcpu,
+  hexU64,
 } from '@vmexit/core';
-import { KernelPanic, hexa } from './errors.js';
+import { KernelPanic } from './errors.js';
 import { cachePage } from './filemap.js';
 import { FRAME_ANON } from './frames.js';
 import { tableIndex } from './layout.js';
@@ -34,10 +35,10 @@ export function pageFault(k: KernelState, v: Vcpu, errorCode: number, cr2: numbe
   const ev = k.events.push(v.id, proc === null ? 0 : proc.pid, cr2, errorCode);
   k.stats.pageFaults++;
   if ((errorCode & PFERR_USER) === 0 || proc === null) {
-    throw new KernelPanic(`vCPU ${v.id}: page fault in kernel mode at ${hexa(cr2)}, error code ${errorCode}`);
+    throw new KernelPanic(`vCPU ${v.id}: page fault in kernel mode at ${hexU64(cr2)}, error code ${errorCode}`);
   }
   if ((errorCode & PFERR_RSVD) !== 0) {
-    throw new KernelPanic(`vCPU ${v.id}: reserved bit set in a page-table entry for ${hexa(cr2)} (pid ${proc.pid}), error code ${errorCode}`);
+    throw new KernelPanic(`vCPU ${v.id}: reserved bit set in a page-table entry for ${hexU64(cr2)} (pid ${proc.pid}), error code ${errorCode}`);
   }
   k.inKernel++;
   let kind: number;
@@ -48,7 +49,7 @@ export function pageFault(k: KernelState, v: Vcpu, errorCode: number, cr2: numbe
   }
   k.stats.faults[kind]++;
   k.events.setKind(ev, kind);
-  if (kind === FAULT_SIGSEGV) throw new GuestAbort(`SIGSEGV: pid ${proc.pid} at ${hexa(cr2)}, error code ${errorCode}`);
+  if (kind === FAULT_SIGSEGV) throw new GuestAbort(`SIGSEGV: pid ${proc.pid} at ${hexU64(cr2)}, error code ${errorCode}`);
 }
 
 /**
@@ -59,10 +60,10 @@ export function pageFault(k: KernelState, v: Vcpu, errorCode: number, cr2: numbe
 export function generalProtection(k: KernelState, v: Vcpu, errorCode: number, address: number): void {
   const proc = k.current[v.id];
   if (k.inKernel > 0 || proc === null) {
-    throw new KernelPanic(`vCPU ${v.id}: general protection fault in kernel mode at ${hexa(address)}, error code ${errorCode}`);
+    throw new KernelPanic(`vCPU ${v.id}: general protection fault in kernel mode at ${hexU64(address)}, error code ${errorCode}`);
   }
   k.stats.generalProtection++;
-  throw new GuestAbort(`SIGSEGV: pid ${proc.pid}: general protection fault at ${hexa(address)}, error code ${errorCode}`);
+  throw new GuestAbort(`SIGSEGV: pid ${proc.pid}: general protection fault at ${hexU64(address)}, error code ${errorCode}`);
 }
 
 function handleUserFault(k: KernelState, v: Vcpu, proc: Process, cr2: number, errorCode: number): number {

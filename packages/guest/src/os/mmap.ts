@@ -1,5 +1,4 @@
-import { GuestAbort, PAGE_SIZE, PT_DIRTY, PT_PRESENT, PT_WRITABLE, type Vcpu } from '@vmexit/core';
-import { hexa } from './errors.js';
+import { GuestAbort, hexU64, PAGE_SIZE, PT_DIRTY, PT_PRESENT, PT_WRITABLE, type Vcpu } from '@vmexit/core';
 import { forEachPte, freeTables, inArena, leafHi, writePte, zap } from './pgtable.js';
 import type { Process } from './process.js';
 import { HI_XD, PTE_PROTNONE } from './pte.js';
@@ -32,7 +31,7 @@ export function doMmap(
   if (addr !== null) {
     start = addr;
     if (start % PAGE_SIZE !== 0 || start < 0 || start + len > L.userLimit) {
-      throw new GuestAbort(`mmap of [${hexa(start)}, ${hexa(start + len)}) is outside user space`);
+      throw new GuestAbort(`mmap of [${hexU64(start)}, ${hexU64(start + len)}) is outside user space`);
     }
     if (proc.vmas.intersects(start, start + len)) unmapRange(k, v, proc, start, start + len);
   } else {

@@ -415,7 +415,11 @@ export const VXT_USER_TOP = 2 ** 56;
 const USER_TOP_PAGE = VXT_USER_TOP / PAGE_BYTES;
 const ROLES: ReadonlySet<string> = new Set(['exe', 'interp', 'stack', 'vdso', 'other']);
 
-const hexa = (v: number): string => (v < 0 ? `-0x${(-v).toString(16)}` : `0x${v.toString(16)}`);
+/**
+ * A record's page number or address as it stands in the file, sign kept: a corrupt record can hold a
+ * negative page number, which is no canonical address (so not `hexU64`'s 64-bit form).
+ */
+const signedHex = (v: number): string => (v < 0 ? `-0x${(-v).toString(16)}` : `0x${v.toString(16)}`);
 
 /**
  * A page-aligned range `[start, start + length)`, as every successful mmap, munmap and mprotect has (Linux
@@ -426,7 +430,7 @@ const hexa = (v: number): string => (v < 0 ? `-0x${(-v).toString(16)}` : `0x${v.
 function rangeProblem(start: unknown, length: unknown, emptyOk: boolean): string | null {
   if (!isUint(start)) return `a start of ${String(start)}, not a whole number from 0 to 2^53`;
   if (!isUint(length)) return `a length of ${String(length)}, not a whole number from 0 to 2^53`;
-  if (start % PAGE_BYTES !== 0) return `an unaligned start ${hexa(start)} (not a multiple of 4096)`;
+  if (start % PAGE_BYTES !== 0) return `an unaligned start ${signedHex(start)} (not a multiple of 4096)`;
   if (length % PAGE_BYTES !== 0) return `a length of ${length} bytes, not a multiple of 4096`;
   if (length === 0 && !emptyOk) return 'a length of 0';
   return null;
@@ -517,7 +521,7 @@ function checkProcesses(processes: unknown[], page: Float64Array, corrupt: (w: s
       const pg = page[r]!;
       if (!(pg >= 0 && pg < USER_TOP_PAGE)) {
         throw corrupt(
-          `${where}: record ${r} is an access to page ${hexa(pg)} (address ${hexa(pg * PAGE_BYTES)}), outside user space [0, ${hexa(VXT_USER_TOP)})`,
+          `${where}: record ${r} is an access to page ${signedHex(pg)} (address ${signedHex(pg * PAGE_BYTES)}), outside user space [0, ${signedHex(VXT_USER_TOP)})`,
         );
       }
     }

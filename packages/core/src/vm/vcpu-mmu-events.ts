@@ -1,0 +1,87 @@
+import { tap, type MonoTypeOperatorFunction } from 'rxjs';
+import { mmuEventKindsOf, type MmuDecisionOf, type MmuEvent, type MmuEventKind } from '../exits/mmu-events.js';
+import { isNoopObservers, type ExitRecorder, type ExitTracer } from '../exits/observers.js';
+import { MmuEventChannel, mmuEventPipeline } from '../exits/pipeline.js';
+import { keyCache, type StatCell, type Stats } from '../exits/stats.js';
+
+const mmuEventKey = keyCache('mmu_events.');
+
+/**
+ * One vCPU's MMU decisions (what `MmuHost.decide` and `MmuHost.decideByDefault` reach). Every event the MMU
+ * builds takes one route: the vCPU's `mmuEvents` pipeline, which is the policies' operators, then the MMU's
+ * own default for an event nobody decided (decidedBy 'mmu'), then the observer (counts `mmu_events.<kind>`,
+ * traces, records). The one shortcut is taken before an event exists: when no policy of this vCPU may decide
+ * the kind (none takes MMU events, or all name their kinds and none names this one) and no tracer or recorder
+ * is bound, nothing could see the event, so `decideByDefault` counts it and the MMU keeps its default
+ * without building it (the hot path allocates nothing).
+ */
+export class VcpuMmuEvents {
+  private readonly channel: MmuEventChannel;
+  /** The kinds the policies may decide, or null for all kinds. */
+  private readonly decidable: ReadonlySet<MmuEventKind> | null;
+  /** No tracer or recorder is bound (only the counters would see an event). */
+  private readonly quiet: boolean;
+  private readonly counts: MmuEventCounts;
+
+  constructor(stats: Stats, policies: readonly MonoTypeOperatorFunction<MmuEvent>[], tracer: ExitTracer, recorder: ExitRecorder) {
+    const quiet = isNoopObservers(tracer, recorder);
+    const counts = new MmuEventCounts(stats);
+    const observe: MonoTypeOperatorFunction<MmuEvent> = tap((ev: MmuEvent) => {
+      counts.count(ev.kind);
+      if (quiet) return;
+      tracer.traceMmuEvent(ev);
+      recorder.recordMmuEvent(ev);
+    });
+    let channel: MmuEventChannel | null = null;
+    channel = new MmuEventChannel(mmuEventPipeline(() => channel!, policies, [observe]));
+    this.channel = channel;
+    this.decidable = mmuEventKindsOf(policies);
+    this.quiet = quiet;
+    this.counts = counts;
+  }
+
+  /** The event through the pipeline; `fallback` (the MMU's choice) when no policy decides. */
+  decide<E extends MmuEvent>(event: E, fallback: MmuDecisionOf<E>): MmuDecisionOf<E> {
+    return this.channel.decide(event, fallback);
+  }
+
+  /** True (and the event counted) when nothing could see an event of `kind`: see the class comment. */
+  decideByDefault(kind: MmuEventKind): boolean {
+    if (!this.quiet || this.decidable === null || this.decidable.has(kind)) return false;
+    this.counts.count(kind);
+    return true;
+  }
+}
+
+/** The `mmu_events.<kind>` counters of one vCPU, each cell taken at its first event (no lookup after that). */
+class MmuEventCounts {
+  private pteWrite: StatCell | null = null;
+  private flood: StatCell | null = null;
+  private prefetch: StatCell | null = null;
+  private unsync: StatCell | null = null;
+  private trackedWrite: StatCell | null = null;
+
+  constructor(private readonly stats: Stats) {}
+
+  count(kind: MmuEventKind): void {
+    switch (kind) {
+      case 'pte-write':
+        (this.pteWrite ??= this.stats.cell(mmuEventKey(kind))).n++;
+        return;
+      case 'flood':
+        (this.flood ??= this.stats.cell(mmuEventKey(kind))).n++;
+        return;
+      case 'prefetch':
+        (this.prefetch ??= this.stats.cell(mmuEventKey(kind))).n++;
+        return;
+      case 'unsync':
+        (this.unsync ??= this.stats.cell(mmuEventKey(kind))).n++;
+        return;
+      case 'tracked-write':
+        (this.trackedWrite ??= this.stats.cell(mmuEventKey(kind))).n++;
+        return;
+      default:
+        this.stats.add(mmuEventKey(kind));
+    }
+  }
+}
