@@ -1,6 +1,5 @@
-import { PAGE_SIZE, PT_PRESENT } from '@vmexit/core';
+import { hexU64, PAGE_SIZE, PT_PRESENT } from '@vmexit/core';
 import {
-  hexU64,
   allocPage,
   describeRole,
   freePage,

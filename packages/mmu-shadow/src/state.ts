@@ -1,6 +1,5 @@
-import { PAGE_SIZE, WalkResult, type GuestMemory, type MmuHost, type Vcpu } from '@vmexit/core';
+import { hexU64, PAGE_SIZE, WalkResult, type GuestMemory, type MmuHost, type Vcpu } from '@vmexit/core';
 import {
-  hexU64,
   createPageCache,
   pageBucket,
   pageOfLoc,
