@@ -1,4 +1,5 @@
 import type { Vcpu } from '../machine/vcpu.js';
+import type { Backend } from './backend.js';
 import type { MmuDecisionOf, MmuEvent } from '../exits/mmu-events.js';
 
 /**
@@ -28,6 +29,14 @@ export interface MmuHost {
    * and call `decide`.
    */
   decideByDefault?(vcpuId: number, kind: MmuEvent['kind']): boolean;
+  /**
+   * The backend below the VM (optional: a host without one serves only an MMU that programs no hardware).
+   * The TDP MMU points each vCPU's second stage at its root through it (`Backend.setNestedRoot`,
+   * `Backend.createSecondStage`), as KVM's `kvm_mmu_load` -> `kvm_x86_call(load_mmu_pgd)` does.
+   */
+  readonly backend?: Backend | null;
+  /** The backend's control state (VMCS, VMCB) of vCPU `vcpuId`; present with `backend`. */
+  backendState?(vcpuId: number): unknown;
 }
 
 /**
