@@ -1,5 +1,5 @@
 import type { PhysicalMemory } from '../memory/physical.js';
-import { NESTED_FINAL, NESTED_TABLE, type SecondStage, type WalkResult } from './types.js';
+import { NESTED_FINAL, NESTED_PDPTE, NESTED_TABLE, type SecondStage, type WalkResult } from './types.js';
 
 /*
  * Intel EPT (extended page tables), SDM Vol. 3C ch. 29 ("VMX Support for Address Translation"), §29.3:
@@ -202,6 +202,7 @@ export class EptStage implements SecondStage {
   private refuse(out: WalkResult, gpa: number, kind: number, acc: number, rights: number, misconfig: boolean): number {
     out.nestedGpa = gpa;
     out.nestedFinal = kind === NESTED_FINAL;
+    out.nestedPdpteLoad = kind === NESTED_PDPTE;
     out.nestedAccess = acc;
     out.nestedRights = misconfig ? 0 : rights;
     out.nestedMisconfig = misconfig;
