@@ -1,4 +1,5 @@
 import { ACC_ALL, allocPage, childRole, growPageCache, makeLeafSpte, makeNonLeafSpte, SPTE_LARGE, sptePa, type Memslot } from '@vmexit/core';
+import { TdpMmuError } from './errors.js';
 import { isMmioSpte, isPresentSpte, makeMmioSpte } from './mmio.js';
 import { TdpPage } from './page.js';
 import type { TdpMmuState } from './state.js';
@@ -10,10 +11,11 @@ import { addLeaf, childOf, dropLeaf, isLeaf, removeSubtree, SPAN, spteIndex } fr
  * reclaims them), so the pool grows when it is full.
  */
 export function newPage(s: TdpMmuState, gfn: number, role: number, parentLoc: number): TdpPage {
-  const make = (frame: number, g: number, r: number): TdpPage => new TdpPage(frame, g, r);
+  const make = (frame: number, g: number, r: number): TdpPage => new TdpPage(frame, g, r, s.pool.hpaOf(frame));
   let sp = allocPage(s, gfn, role, make);
   if (sp === null) {
-    const n = s.maxPages * 2;
+    const n = Math.min(s.maxPages * 2, s.maxPoolFrames);
+    if (n <= s.maxPages) throw new TdpMmuError('E_MMU_STATE', `the TDP tables need more than the ${s.maxPages} frames of their host-physical window`);
     growPageCache(s, n);
     s.maxPages = n;
     sp = allocPage(s, gfn, role, make)!;

@@ -1,6 +1,7 @@
 import {
   createPageCache,
   PAGE_SIZE,
+  POOL_BASE,
   PFERR_RSVD,
   PFERR_WRITE,
   ROLE_DIRECT,
@@ -8,6 +9,7 @@ import {
   SPTE_FORMAT_EPT,
   SPTE_FORMAT_NPT,
   SptePoolMemory,
+  type GuestMemory,
   type Mmu,
   type MmuHost,
   type PageFaultResolution,
@@ -27,8 +29,28 @@ export interface TdpMmuOptions {
 
 /** Frames the pool starts with (it doubles when full: the TDP MMU has no page budget). */
 const INITIAL_FRAMES = 64;
+/** The most frames the pool may grow to at POOL_BASE (4 GiB of tables). */
+const MAX_FRAMES = 1 << 20;
+/** The window the pool lives in below a processor MAXPHYADDR too small for POOL_BASE (64 MiB of tables). */
+const SMALL_WINDOW = 64 * 1024 * 1024;
+
+/**
+ * Where the TDP tables live in host-physical memory: at POOL_BASE (2^40) when the processor can address it,
+ * else in the highest 64 MiB window below 2^MAXPHYADDR that no memslot uses (the second stage's tables must
+ * be reachable by its walk, and guest RAM's host-physical addresses are its guest-physical ones).
+ */
+function choosePoolBase(memory: GuestMemory, top: number): number {
+  if (POOL_BASE + INITIAL_FRAMES * PAGE_SIZE <= top) return POOL_BASE;
+  for (let b = top - SMALL_WINDOW; b >= 0; b -= SMALL_WINDOW) {
+    const lo = b / PAGE_SIZE;
+    const hi = (b + SMALL_WINDOW) / PAGE_SIZE;
+    if (!memory.slots.some((s) => s.baseGfn < hi && s.baseGfn + s.pages > lo)) return b;
+  }
+  throw new TdpMmuError('E_MMU_STATE', `no 64 MiB of host-physical space below 2^${Math.log2(top)} is free of memslots for the TDP tables`);
+}
 
 const RETRY: PageFaultResolution = { kind: 'retry' };
+const EMULATE: PageFaultResolution = { kind: 'emulate' };
 
 /**
  * KVM's TDP MMU (arch/x86/kvm/mmu/tdp_mmu.c, with mmu.c's `kvm_tdp_page_fault` and spte.c's `make_spte` /
@@ -62,7 +84,10 @@ export class TdpMmu extends TdpMmuState implements Mmu {
     this.backend = backend;
     const v0 = host.vcpus[0]!;
     this.memory = v0.memory;
-    Object.assign(this, createPageCache(INITIAL_FRAMES));
+    const top = 2 ** v0.hostMaxPhyAddr;
+    const base = choosePoolBase(this.memory, top);
+    this.maxPoolFrames = base === POOL_BASE ? Math.min(MAX_FRAMES, (top - POOL_BASE) / PAGE_SIZE) : SMALL_WINDOW / PAGE_SIZE;
+    Object.assign(this, createPageCache(INITIAL_FRAMES, base));
     this.poolMemory = new SptePoolMemory(this.pool, this.memory);
     this.format = backend.name === 'vmx' ? SPTE_FORMAT_EPT : SPTE_FORMAT_NPT;
     // kvm_mmu_get_tdp_level: 5-level EPT only when the guest's MAXPHYADDR is above 48; NPT follows the host's
@@ -88,6 +113,14 @@ export class TdpMmu extends TdpMmuState implements Mmu {
    */
   handlePageFault(vcpu: Vcpu, gpa: number, errorCode: number): PageFaultResolution {
     this.initiator = vcpu.id;
+    if (gpa >= 2 ** vcpu.ctx.maxPhyAddr) {
+      // A gpa the guest's MAXPHYADDR makes illegal (its tables set bits the host's MAXPHYADDR allows but the
+      // guest's does not): KVM's handle_ept_violation / npf_interception with allow_smaller_maxphyaddr emulate
+      // the access, and the emulator's walk of the guest's tables, under the guest's MAXPHYADDR, raises the
+      // reserved-bit #PF the guest expects.
+      this.host.count(vcpu.id, 'pf_emulate');
+      return EMULATE;
+    }
     const gfn = Math.floor(gpa / PAGE_SIZE);
     if ((errorCode & PFERR_RSVD) !== 0) {
       // handle_mmio_page_fault: an MMIO spte of the current generation goes to emulation at once (no

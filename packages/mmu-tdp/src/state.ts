@@ -28,6 +28,8 @@ export class TdpMmuState implements PageCache<TdpPage> {
   hash: TdpPage[][] = [];
   freeFrames: number[] = [];
 
+  /** The most frames the pool may grow to (its host-physical window). */
+  maxPoolFrames = 0;
   host!: MmuHost;
   backend!: Backend;
   memory!: GuestMemory;

@@ -22,8 +22,9 @@ export interface HandGuest {
   readonly mmu: TdpMmu;
   /** Maps the 4 KiB linear page `va` (below 4 MiB) to `gpa`, writable. */
   map(va: number, gpa: number, writable?: boolean): void;
-  /** #PFs the guest's handler took. */
+  /** #PFs the guest's handler took, and the error code of the last. */
   guestFaults: number;
+  lastErrorCode: number;
   /** A 4-byte load: its value, or null when the guest's #PF handler abandoned it. */
   tryRead(va: number): number | null;
   /** A 4-byte store: false when the guest's #PF handler abandoned it. */
@@ -34,12 +35,18 @@ export interface HandGuest {
 
 export async function handGuest(
   backend: 'vmx' | 'svm',
-  options: { memslots?: MemslotSpec[]; hostMaxPhyAddr?: number; hostPages?: TdpMmuOptions['hostPages'] } = {},
+  options: { memslots?: MemslotSpec[]; maxPhyAddr?: number; hostMaxPhyAddr?: number; hostPages?: TdpMmuOptions['hostPages'] } = {},
 ): Promise<HandGuest> {
   const memory = 16 * 1024 * 1024;
   const vm = await createVm(
     { backend, mmu: 'tdp', memory },
-    { sources: sources({ hostPages: options.hostPages }), memslots: options.memslots, hostMaxPhyAddr: options.hostMaxPhyAddr, seed: 1 },
+    {
+      sources: sources({ hostPages: options.hostPages }),
+      memslots: options.memslots,
+      maxPhyAddr: options.maxPhyAddr,
+      hostMaxPhyAddr: options.hostMaxPhyAddr,
+      seed: 1,
+    },
   );
   const mem = vm.machine.memory;
   const v = vm.vcpus[0]!;
@@ -54,10 +61,11 @@ export async function handGuest(
     v,
     mmu: vm.mmu as TdpMmu,
     guestFaults: 0,
+    lastErrorCode: -1,
     map(va: number, gpa: number, writable = true) {
       const pt = va < 0x200000 ? PT0 : PT1;
-      mem.write32(pt + ((va >>> 12) & 511) * 8, gpa | P | (writable ? W : 0));
-      mem.write32(pt + ((va >>> 12) & 511) * 8 + 4, 0);
+      mem.write32(pt + ((va >>> 12) & 511) * 8, ((gpa % 2 ** 32) | P | (writable ? W : 0)) >>> 0);
+      mem.write32(pt + ((va >>> 12) & 511) * 8 + 4, Math.floor(gpa / 2 ** 32));
     },
     c: () => vm.counters().total,
     tryRead(va: number) {
@@ -78,8 +86,9 @@ export async function handGuest(
       }
     },
   };
-  v.setExceptionHandler(PF_VECTOR, () => {
+  v.setExceptionHandler(PF_VECTOR, (_v, _vector, errorCode) => {
     g.guestFaults++;
+    g.lastErrorCode = errorCode;
     throw new GuestAbort('the test guest fixes no fault');
   });
   // SDM Vol. 3A §9.8.5: PAE, LME, CR3, then PG.

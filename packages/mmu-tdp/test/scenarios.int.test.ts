@@ -145,6 +145,29 @@ for (const backend of ['vmx', 'svm'] as const) {
   });
 }
 
+describe('a guest told a smaller MAXPHYADDR than the host has (KVM allow_smaller_maxphyaddr)', () => {
+  it('VMX: a leaf with bit 40 set, legal to the host (46) but reserved to the guest (36), is a reserved-bit #PF to the guest', async () => {
+    const g = await handGuest('vmx', { maxPhyAddr: 36, hostMaxPhyAddr: 46 });
+    g.map(0x1000, 2 ** 40 + 0x5000);
+    // Exits 4-7: the guest tables. Exit 8: the final gpa 2^40 + 0x5000 is refused by EPT (nothing maps it);
+    // it is not a legal gpa for the guest, so the MMU emulates the access (KVM handle_ept_violation:
+    // !kvm_vcpu_is_legal_gpa -> kvm_emulate_instruction) and the emulator's walk of the guest's tables, under
+    // MAXPHYADDR 36, raises #PF with P|RSVD (a supervisor read: 0x9) to the guest. No MMIO spte is made.
+    // (Where the guest's walk faults for another reason first, e.g. a user access to a supervisor page, the
+    // processor reports that fault without RSVD and no exit happens: KVM intercepts present #PFs on VMX for
+    // this case, vmx_need_pf_intercept; that intercept is not modelled here.)
+    expect(g.tryRead(0x1000)).toBeNull();
+    expect(g.lastErrorCode).toBe(0x9);
+    expect(pick(g.c(), 'exits', 'exits.EPT_VIOLATION', 'pf_emulate', 'pf_mmio_spte_created', 'pf_guest')).toEqual({
+      exits: BOOT + 5,
+      'exits.EPT_VIOLATION': 5,
+      pf_emulate: 1,
+      pf_mmio_spte_created: 0,
+      pf_guest: 1,
+    });
+  });
+});
+
 describe('TDP with a host MAXPHYADDR of 52 on SVM', () => {
   it('has no reserved bit for MMIO sptes: no MMIO caching, every MMIO access is a not-present #NPF', async () => {
     // kvm_mmu_reset_all_pte_masks: bit 51 is reserved only when the host MAXPHYADDR is below 52.
