@@ -166,7 +166,8 @@ export class VmxBackend implements Backend<Vmcs>, PageFaultFilter {
    *   paging-structure access is a read (0), and also a write (1) where it is treated as one (EPTP bit 6,
    *   or the update of a guest A/D flag);
    * - bits 5:3, the AND of the R, W, X bits of the EPT entries used (0 when one was not present);
-   * - bit 7, the linear-address field is valid (every walk's access translates a linear address);
+   * - bit 7, the linear-address field is valid (every walk's access translates a linear address; not a load of
+   *   the PAE PDPTEs by MOV to CR, which has none);
    * - bit 8, the access was to the final translation (clear: to a guest paging-structure entry);
    * - bits 11:9 for a final access (advanced VM-exit information): the linear address is user-mode, is
    *   writable, is execute-disable, from the guest's translation (`fault.user`, `writable`, `executable`).
@@ -184,7 +185,16 @@ export class VmxBackend implements Backend<Vmcs>, PageFaultFilter {
     let q: number;
     if (final) q = (acc & ACC_WRITE) !== 0 ? EPT_VIOLATION_ACC_WRITE : (acc & ACC_FETCH) !== 0 ? EPT_VIOLATION_ACC_INSTR : EPT_VIOLATION_ACC_READ;
     else q = EPT_VIOLATION_ACC_READ | ((acc & ACC_WRITE) !== 0 ? EPT_VIOLATION_ACC_WRITE : 0);
-    q |= ((fault.nestedRights & 7) << EPT_VIOLATION_RWX_SHIFT) | EPT_VIOLATION_GVA_IS_VALID;
+    q |= (fault.nestedRights & 7) << EPT_VIOLATION_RWX_SHIFT;
+    if (fault.nestedPdpteLoad) {
+      // A load of the PAE PDPTEs by MOV to CR: "the guest linear-address field is valid for all EPT violations
+      // except those resulting from an attempt to load the guest PDPTEs" (Table 28-7, bit 7): bits 7 and 8 clear.
+      v.vmExitReason = EXIT_REASON_EPT_VIOLATION;
+      v.exitQualification = q;
+      v.guestLinearAddress = 0;
+      return this.describe(v, { exitQualification: q, guestPhysicalAddress: gpa });
+    }
+    q |= EPT_VIOLATION_GVA_IS_VALID;
     if (final) {
       q |= EPT_VIOLATION_GVA_TRANSLATED;
       if (fault.user) q |= EPT_VIOLATION_LINEAR_USER;

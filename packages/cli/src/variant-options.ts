@@ -18,15 +18,12 @@ export {
 
 /**
  * Adds the variant flags to `cmd`: `--backend vmx|svm|none --mmu shadow|tdp --policy a,b --config FILE --cost-model NAME --vcpus N --memory SIZE`.
- * `tdp` loads only where a package `@vmexit/mmu-tdp` is installed (this release has none).
+ * `shadow` is @vmexit/mmu-shadow, `tdp` (two-dimensional paging: EPT on VMX, NPT on SVM) @vmexit/mmu-tdp.
  */
 export function addVariantOptions(cmd: Command): Command {
   return cmd
     .option('--backend <name>', 'the hypervisor backend: vmx, svm or none (native)')
-    .option(
-      '--mmu <name>',
-      'the MMU: shadow (tdp, two-dimensional paging, needs the @vmexit/mmu-tdp package, which this release does not include); not with --backend none',
-    )
+    .option('--mmu <name>', 'the MMU: shadow (shadow paging) or tdp (two-dimensional paging: EPT on VMX, NPT on SVM); not with --backend none')
     .option('--policy <list>', 'fault policies in order, comma-separated: built-in names, package names or paths')
     .option('--config <file>', 'a variant file: vmexit.config.json or vmexit.config.mjs (flags override its fields)')
     .option('--cost-model <name|file>', `the cost model for modelled cycles: ${Object.keys(COST_PROFILES).join(', ')}, or a JSON file (docs/cost-models.md)`)

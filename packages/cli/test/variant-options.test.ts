@@ -149,12 +149,12 @@ describe('variantFromOptions', () => {
     );
   });
 
-  it('says that mmu tdp is not in this release when no @vmexit/mmu-tdp is installed, naming the mmus that are', async () => {
+  it('says that mmu tdp is not available when the package its source names is not installed, naming the mmus that are', async () => {
     const dir = tmp();
-    const sources = { ...fakeSources(), mmus: { shadow: fakeMmuModule().module, tdp: '@vmexit/mmu-tdp' } };
+    const sources = { ...fakeSources(), mmus: { shadow: fakeMmuModule().module, tdp: '@vmexit/mmu-tdp-not-installed' } };
     const msg = await problemsOf(variantFromOptions(parse(['--mmu', 'tdp']), { cwd: dir, sources }));
     expect(msg).toContain(
-      "mmu: two-dimensional paging (mmu 'tdp') is not available in this release: no @vmexit/mmu-tdp package is installed (installed mmus: shadow)",
+      "mmu: two-dimensional paging (mmu 'tdp') is not available in this release: no @vmexit/mmu-tdp-not-installed package is installed (installed mmus: shadow)",
     );
   });
 

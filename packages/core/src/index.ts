@@ -80,7 +80,7 @@ export {
   pagingModeName,
   type PagingModeName,
 } from './arch/modes.js';
-export { hexU64 } from './arch/hex.js';
+export { hexHiLo, hexU64 } from './arch/hex.js';
 
 // Guest-physical memory.
 export { type PhysicalMemory } from './memory/physical.js';

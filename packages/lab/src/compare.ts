@@ -168,9 +168,27 @@ export function comparisonMetrics(results: readonly VariantRunResult[]): Metric[
     { label: 'emulated writes', value: counter('insn_emulation') },
     { label: 'shadow pages zapped', value: counter('mmu_shadow_zapped') },
     { label: 'TLB flushes', value: (r) => (r.counters.total.tlb_flush ?? 0) + (r.counters.total.remote_tlb_flush ?? 0) },
+    ...(results.some((r) => r.variant.mmu === 'tdp') ? walkMetrics : []),
     { label: 'modelled cycles', value: (r) => r.cycles.cycles },
   ];
 }
+
+/**
+ * What two-dimensional paging pays instead of exits: every TLB miss walks the guest's tables with each
+ * guest-physical address translated by EPT/NPT (up to 24 references for 4 + 4 levels, SDM Vol. 3C §29.3.3;
+ * `walk_refs` counts those made). Shown when a variant runs on TDP, so that the table has the trade-off. A
+ * miss whose walk faults walks again once the fault is handled, so references per TLB miss may exceed 24.
+ */
+const walkMetrics: readonly Metric[] = [
+  { label: 'TLB misses', value: counter('tlb_misses') },
+  { label: 'walks', value: counter('walks') },
+  { label: 'walk references (walk_refs)', value: counter('walk_refs') },
+  {
+    label: 'walk references per TLB miss',
+    value: (r) => ((r.counters.total.tlb_misses ?? 0) > 0 ? (r.counters.total.walk_refs ?? 0) / r.counters.total.tlb_misses! : 0),
+    digits: 2,
+  },
+];
 
 /** The table as data: every metric's values and ratios to the first variant (see ComparisonRow). */
 export function comparisonTable(results: readonly VariantRunResult[]): ComparisonRow[] {

@@ -8,12 +8,15 @@ export const MMU_TOKEN: symbol = Symbol.for('vmexit.Mmu');
 /** core's `TYPES.NonPresentSpteEncoding` capability (the bypass policy's trap / notrap sptes). */
 export const NON_PRESENT_SPTE_ENCODING_TOKEN: symbol = Symbol.for('vmexit.NonPresentSpteEncoding');
 
+/** core's `TYPES.ShadowPageTables` capability (the policies that act on guest page-table writes and shadow pages). */
+export const SHADOW_PAGE_TABLES_TOKEN: symbol = Symbol.for('vmexit.ShadowPageTables');
+
 /** The module's own token for its one ShadowMmu (Mmu and NonPresentSpteEncoding both resolve to it). */
 const SHADOW_MMU: symbol = Symbol('vmexit.mmu-shadow.ShadowMmu');
 
 /**
  * A ContainerModule binding a shadow MMU with `options` to `TYPES.Mmu`, and the same MMU as the
- * `NonPresentSpteEncoding` capability. Each container that loads the module (each VM) gets its own MMU.
+ * `NonPresentSpteEncoding` and `ShadowPageTables` capabilities. Each container that loads the module (each VM) gets its own MMU.
  */
 export function shadowMmuModule(options: ShadowMmuOptions = {}): ContainerModule {
   return new ContainerModule(({ bind }) => {
@@ -22,6 +25,7 @@ export function shadowMmuModule(options: ShadowMmuOptions = {}): ContainerModule
       .inSingletonScope();
     bind<Mmu>(MMU_TOKEN).toService(SHADOW_MMU);
     bind<NonPresentSpteEncoding>(NON_PRESENT_SPTE_ENCODING_TOKEN).toService(SHADOW_MMU);
+    bind<Mmu>(SHADOW_PAGE_TABLES_TOKEN).toService(SHADOW_MMU);
   });
 }
 

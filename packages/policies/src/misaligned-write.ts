@@ -20,7 +20,7 @@ export type MisalignedWriteOptions = z.output<typeof misalignedWriteOptions>;
 export const misalignedWrite: FaultPolicy<MisalignedWriteOptions> = {
   name: 'misaligned-write',
   description: 'an emulated write that straddles two guest ptes or is shorter than 4 bytes (but a 1-byte write at a pte start) zaps the shadow page',
-  needs: [],
+  needs: ['ShadowPageTables'],
   optionsSchema: misalignedWriteOptions,
   mmuEvents: () => decideMmuEvents('misaligned-write', (ev) => (ev.kind === 'pte-write' && ev.misaligned ? 'zap-page' : null), ['pte-write']),
 };

@@ -18,7 +18,7 @@ export type PrefetchOptions = z.output<typeof prefetchOptions>;
 export const prefetch: FaultPolicy<PrefetchOptions> = {
   name: 'prefetch',
   description: 'on a level-1 fault, also map the other present and accessed guest ptes of its aligned group of 8',
-  needs: [],
+  needs: ['ShadowPageTables'],
   optionsSchema: prefetchOptions,
   mmuEvents: () => decideMmuEvents('prefetch', (ev) => (ev.kind === 'prefetch' ? true : null), ['prefetch']),
 };

@@ -21,7 +21,7 @@ export type PteUpdateOptions = z.output<typeof pteUpdateOptions>;
 export const pteUpdate: FaultPolicy<PteUpdateOptions> = {
   name: 'pte-update',
   description: 'install the new shadow pte on an emulated write of a full guest pte into a level-1 page, instead of clearing it (KVM 2007)',
-  needs: [],
+  needs: ['ShadowPageTables'],
   optionsSchema: pteUpdateOptions,
   mmuEvents: () => decideMmuEvents('pte-update', (ev) => (ev.kind === 'pte-write' && ev.level === 1 && !ev.misaligned ? 'update-spte' : null), ['pte-write']),
 };

@@ -28,7 +28,7 @@ export type UnsyncOptions = z.output<typeof unsyncOptions>;
 export const unsync: FaultPolicy<UnsyncOptions> = {
   name: 'unsync',
   description: 'level-1 guest page tables become writable and out of sync, synced on the guest TLB flush (CR3 write, INVLPG) (KVM 2008)',
-  needs: [],
+  needs: ['ShadowPageTables'],
   optionsSchema: unsyncOptions,
   setup(ctx) {
     if (ctx.mmu.name !== 'shadow') return; // two-dimensional paging shadows no guest tables

@@ -18,7 +18,7 @@ export type UserWriteHintOptions = z.output<typeof userWriteHintOptions>;
 export const userWriteHint: FaultPolicy<UserWriteHintOptions> = {
   name: 'user-write-hint',
   description: 'a user-mode write fault on a shadowed guest page table zaps its shadow pages (KVM 2007)',
-  needs: [],
+  needs: ['ShadowPageTables'],
   optionsSchema: userWriteHintOptions,
   mmuEvents: () =>
     decideMmuEvents('user-write-hint', (ev) => (ev.kind === 'tracked-write' && (ev.errorCode & PFERR_USER) !== 0 ? true : null), ['tracked-write']),

@@ -31,7 +31,7 @@ export type WriteFloodOptions = z.output<typeof writeFloodOptions>;
 export const writeFlood: FaultPolicy<WriteFloodOptions> = {
   name: 'write-flood',
   description: 'zap a shadow page after 3 consecutive emulated writes (options: threshold; count per-page as today or per-vcpu as in 2007)',
-  needs: [],
+  needs: ['ShadowPageTables'],
   optionsSchema: writeFloodOptions,
   mmuEvents: ({ options }) =>
     decideMmuEvents(

@@ -110,6 +110,8 @@ export class Vcpu {
   private readonly idt: (ExceptionHandler | undefined)[] = [];
   private handlerDepth = 0;
   private readonly walkResult = new WalkResult();
+  /** The second-stage fault of a PDPTE load (kept apart from the access walk's result). */
+  private readonly pdpteResult = new WalkResult();
 
   constructor(id: number, memory: GuestMemory, options: { maxPhyAddr?: number; hostMaxPhyAddr?: number; tlbEntries?: number } = {}) {
     this.id = id;
@@ -390,7 +392,21 @@ export class Vcpu {
    * TDP the processor loads them through the second stage, from host memory (SDM Vol. 3C §29.3.3.2).
    */
   reloadPdptes(): boolean {
-    if (this.secondStage !== null && this.activeCtx.nested === this.secondStage) return loadPdptes(this.activeCtx, this.activeMem);
+    if (this.secondStage !== null && this.activeCtx.nested === this.secondStage) {
+      // A second-stage refusal of the PDPT's address is an EPT violation / #NPF (SDM Vol. 3C §29.3.3.2, Table
+      // 28-7 bit 7 clear: no linear address), which exits; the hypervisor maps the page and the MOV is
+      // re-executed. Only a reserved bit in a PDPTE is the #GP.
+      const r = this.pdpteResult;
+      for (let attempt = 0; attempt < MAX_RETRIES; attempt++) {
+        if (loadPdptes(this.activeCtx, this.activeMem, r)) return true;
+        if (r.status !== WALK_NESTED_FAULT) return false;
+        const action = this.hooks.nestedFault(this, 0, ACC_READ, r);
+        if (action !== FAULT_RETRY) {
+          throw new MachineError('nested-fault', `vCPU ${this.id}: the second-stage fault on the PDPT at ${hexU64(r.nestedGpa)} was not resolved by a retry`);
+        }
+      }
+      throw new MachineError('fault-loop', `vCPU ${this.id}: the PDPTE load from ${hexU64(r.nestedGpa)} faulted ${MAX_RETRIES} times in a row: a fault loop`);
+    }
     return loadPdptes(this.ctx, this.memory);
   }
 

@@ -1,5 +1,5 @@
 import type { MmuPage } from './page.js';
-import { SptePool, SPTES_PER_PAGE } from './pool.js';
+import { POOL_BASE, SptePool, SPTES_PER_PAGE } from './pool.js';
 
 /** KVM_MMU_HASH_SHIFT = 12: 4096 hash buckets keyed by gfn (arch/x86/include/asm/kvm_host.h). */
 export const KVM_MMU_HASH_SHIFT = 12;
@@ -27,12 +27,12 @@ export interface PageCache<P extends MmuPage> {
   readonly freeFrames: number[];
 }
 
-/** The fields of an empty cache of `maxPages` pages (every frame free). */
-export function createPageCache<P extends MmuPage>(maxPages: number): PageCache<P> {
+/** The fields of an empty cache of `maxPages` pages (every frame free), its pool's frame 0 at `poolBase`. */
+export function createPageCache<P extends MmuPage>(maxPages: number, poolBase: number = POOL_BASE): PageCache<P> {
   const freeFrames: number[] = [];
   for (let f = maxPages - 1; f >= 0; f--) freeFrames.push(f);
   return {
-    pool: new SptePool(maxPages),
+    pool: new SptePool(maxPages, poolBase),
     maxPages,
     usedPages: 0,
     pages: new Array<P | null>(maxPages).fill(null),

@@ -28,9 +28,10 @@ export class MmuPage {
   /** Set once the page was zapped (it is being freed, or it is an invalid root waiting for its last user). */
   zapped = false;
 
-  constructor(frame: number, gfn: number, role: number) {
+  /** `hpa` is the frame's host-physical address (default: in a pool at POOL_BASE, `SptePool.frameHpa`). */
+  constructor(frame: number, gfn: number, role: number, hpa: number = SptePool.frameHpa(frame)) {
     this.frame = frame;
-    this.hpa = SptePool.frameHpa(frame);
+    this.hpa = hpa;
     this.hpaLo = (this.hpa % 4294967296) >>> 0;
     this.hpaHi = Math.floor(this.hpa / 4294967296);
     this.base = frame * SPTES_PER_PAGE;

@@ -19,10 +19,17 @@ export const SPTES_PER_PAGE = 512;
 export class SptePool {
   words: Uint32Array;
   capacity: number;
+  /**
+   * Host-physical address of frame 0: POOL_BASE, or (for an MMU whose tables a processor with a small
+   * MAXPHYADDR must reach, see `TdpMmu`) a 4 KiB-aligned address below that MAXPHYADDR that no memslot uses.
+   */
+  readonly base: number;
 
-  constructor(capacity: number) {
+  constructor(capacity: number, base: number = POOL_BASE) {
     if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError(`shadow pool capacity must be a positive integer, not ${capacity}`);
+    if (!Number.isInteger(base) || base % PAGE_SIZE !== 0 || base <= 0) throw new RangeError(`pool base ${base} is not a positive 4 KiB-aligned address`);
     this.capacity = capacity;
+    this.base = base;
     this.words = new Uint32Array(capacity * SPTES_PER_PAGE * 2);
   }
 
@@ -40,10 +47,15 @@ export class SptePool {
     return POOL_BASE + frame * PAGE_SIZE;
   }
 
+  /** The host-physical address of `frame` in this pool. */
+  hpaOf(frame: number): number {
+    return this.base + frame * PAGE_SIZE;
+  }
+
   /** The frame index of a pool host-physical address, or -1 when the address is not in the pool. */
   hpaToFrame(hpa: number): number {
-    if (hpa < POOL_BASE) return -1;
-    const f = Math.floor((hpa - POOL_BASE) / PAGE_SIZE);
+    if (hpa < this.base) return -1;
+    const f = Math.floor((hpa - this.base) / PAGE_SIZE);
     return f < this.capacity ? f : -1;
   }
 
@@ -94,18 +106,23 @@ export class SptePoolMemory implements PhysicalMemory {
   ) {}
 
   read32(pa: number): number {
-    if (pa >= POOL_BASE) {
-      const w = (pa - POOL_BASE) / 4;
+    const base = this.pool.base;
+    if (pa >= base) {
+      const w = (pa - base) / 4;
       const words = this.pool.words;
-      return w < words.length ? words[w]! : 0;
+      if (w < words.length) return words[w]!;
+      if (base !== POOL_BASE) return this.guest.read32(pa);
+      return 0;
     }
     return this.guest.read32(pa);
   }
 
   write32(pa: number, value: number): void {
-    if (pa >= POOL_BASE) {
-      const w = (pa - POOL_BASE) / 4;
+    const base = this.pool.base;
+    if (pa >= base) {
+      const w = (pa - base) / 4;
       if (w < this.pool.words.length) this.pool.words[w] = value;
+      else if (base !== POOL_BASE) this.guest.write32(pa, value);
       return;
     }
     this.guest.write32(pa, value);

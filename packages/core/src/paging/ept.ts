@@ -1,5 +1,5 @@
 import type { PhysicalMemory } from '../memory/physical.js';
-import { NESTED_FINAL, NESTED_TABLE, type SecondStage, type WalkResult } from './types.js';
+import { NESTED_FINAL, NESTED_PDPTE, NESTED_TABLE, type SecondStage, type WalkResult } from './types.js';
 import { tableIndex } from './walk-common.js';
 
 /*
@@ -187,6 +187,7 @@ export class EptStage implements SecondStage {
   private refuse(out: WalkResult, gpa: number, kind: number, acc: number, rights: number, misconfig: boolean): number {
     out.nestedGpa = gpa;
     out.nestedFinal = kind === NESTED_FINAL;
+    out.nestedPdpteLoad = kind === NESTED_PDPTE;
     out.nestedAccess = acc;
     out.nestedRights = misconfig ? 0 : rights;
     out.nestedMisconfig = misconfig;

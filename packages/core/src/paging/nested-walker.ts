@@ -223,6 +223,7 @@ function finishNested(
         out.nestedCode = (stageRights[l]! !== 0 ? PFERR_PRESENT : 0) | ACC_WRITE;
         out.nestedRights = stageRights[l]!;
         out.nestedMisconfig = false;
+        out.nestedPdpteLoad = false;
         return nestedFault(out);
       }
     }

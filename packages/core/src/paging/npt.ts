@@ -131,6 +131,7 @@ export class NptStage implements SecondStage {
   private refuse(out: WalkResult, gpa: number, kind: number, acc: number, code: number): number {
     out.nestedGpa = gpa;
     out.nestedFinal = kind === NESTED_FINAL;
+    out.nestedPdpteLoad = kind === NESTED_PDPTE;
     out.nestedAccess = acc;
     out.nestedRights = 0;
     out.nestedMisconfig = false;

@@ -131,6 +131,11 @@ export class WalkResult {
   nestedDirty = false;
   nestedAccess = 0;
   nestedMisconfig = false;
+  /**
+   * The refused address was read to load the PAE PDPTE registers (MOV to CR0/CR3/CR4 under two-dimensional
+   * paging, SDM Vol. 3C §29.3.3.2): no linear address is being translated (Table 28-7 bit 7 is clear).
+   */
+  nestedPdpteLoad = false;
 }
 
 /** Options of one walk. */

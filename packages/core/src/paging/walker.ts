@@ -521,14 +521,20 @@ function finish(
  * instruction then raises #GP(0), not #PF. With a second stage, the PDPT's guest-physical address is
  * translated first, as a read (NESTED_PDPTE: "loads of guest PDPTEs are treated as reads and do not cause EPT
  * violations due to a guest-physical address not being writable", SDM Vol. 3C §29.3.3.2), the reserved bits
- * are those of the processor's MAXPHYADDR (the stage's), and a refusal also fails the load (KVM
- * `load_pdptrs` returns false when the translation fails). `scratch` receives a second-stage fault's details.
+ * are those of the processor's MAXPHYADDR (the stage's), and a refusal fails the load with
+ * `scratch.status` = WALK_NESTED_FAULT and the fault's details in `scratch`: the processor's EPT violation /
+ * #NPF, which the vCPU takes to the hypervisor before it retries the instruction (`Vcpu.reloadPdptes`).
  */
 export function loadPdptes(ctx: PagingContext, mem: PhysicalMemory, scratch: WalkResult = loadScratch): boolean {
   let base = ((ctx.cr3 >>> 0) & 0xffffffe0) >>> 0;
+  scratch.status = 0; // WALK_OK
   if (ctx.nested !== null) {
     base = ctx.nested.translate(base, ACC_READ, NESTED_PDPTE, WALK_SIDE_EFFECTS, scratch);
-    if (base < 0) return false;
+    if (base < 0) {
+      // The second stage refused the PDPT's address: an EPT violation / #NPF, not a #GP (scratch says which).
+      scratch.status = 3; // WALK_NESTED_FAULT
+      return false;
+    }
   }
   const m = (ctx.nested !== null ? ctx.nested.maxPhyAddr : ctx.maxPhyAddr) - 32;
   const rsvdHi = ((0xffffffff >>> m) << m) >>> 0; // bits 63:M

@@ -122,4 +122,10 @@ export const CAPABILITIES: Readonly<Record<string, CapabilityInfo>> = {
     providedBy: 'mmu',
     description: 'trap / notrap encodings of non-present shadow ptes',
   },
+  ShadowPageTables: {
+    name: 'ShadowPageTables',
+    token: TYPES.ShadowPageTables,
+    providedBy: 'mmu',
+    description: "shadow page tables built from the guest's, with its page-table writes trapped and emulated: a shadow-paging idea",
+  },
 };

@@ -2,6 +2,7 @@ import type { Vcpu } from '../machine/vcpu.js';
 import type { WriteTracker } from '../machine/emulate.js';
 import type { MmuDecisionOf, MmuEvent, MmuEventKind } from '../exits/mmu-events.js';
 import type { ExitResolution } from '../exits/vm-exit.js';
+import type { Backend } from './backend.js';
 
 /** The VM an MMU serves: its vCPUs (for remote TLB flushes) and counters. */
 export interface MmuHost {
@@ -21,6 +22,14 @@ export interface MmuHost {
    * (or no such method): build the event and call `decide`.
    */
   decideByDefault?(vcpuId: number, kind: MmuEventKind): boolean;
+  /**
+   * The backend below the VM (optional: a host without one serves only an MMU that programs no hardware).
+   * The TDP MMU points each vCPU's second stage at its root through it (`Backend.setNestedRoot`,
+   * `Backend.createSecondStage`), as KVM's `kvm_mmu_load` -> `kvm_x86_call(load_mmu_pgd)` does.
+   */
+  readonly backend?: Backend | null;
+  /** The backend's control state (VMCS, VMCB) of vCPU `vcpuId`; present with `backend`. */
+  backendState?(vcpuId: number): unknown;
 }
 
 /**

@@ -20,16 +20,17 @@ export interface ModuleSources {
 /** The monorepo's own packages, by package name (the CLI passes these). */
 export const DEFAULT_MODULE_SOURCES: ModuleSources = {
   backends: { vmx: '@vmexit/backend-vmx', svm: '@vmexit/backend-svm' },
-  mmus: { shadow: '@vmexit/mmu-shadow' },
+  mmus: { shadow: '@vmexit/mmu-shadow', tdp: '@vmexit/mmu-tdp' },
   policies: ['@vmexit/policies'],
 };
 
 /**
  * MMUs that the variant schema names but this release does not ship, with the package that is to provide
  * each: composing one says which package is missing, instead of "no module". When that package is
- * released, its entry moves from here to `DEFAULT_MODULE_SOURCES.mmus` (for tdp: `tdp: '@vmexit/mmu-tdp'`).
+ * released, its entry moves from here to `DEFAULT_MODULE_SOURCES.mmus`. Empty: every MMU the schema names
+ * (shadow, tdp) is released; a source that names a package that is not installed still says so.
  */
-export const UNRELEASED_MMU_PACKAGES: Readonly<Record<string, string>> = { tdp: '@vmexit/mmu-tdp' };
+export const UNRELEASED_MMU_PACKAGES: Readonly<Record<string, string>> = {};
 
 /** A module that could not be loaded: the message says which and why. */
 export class ModuleLoadError extends Error {

@@ -14,6 +14,12 @@ export const TYPES = {
   PageFaultFilter: Symbol.for('vmexit.PageFaultFilter'),
   /** Capability: the MMU can encode non-present shadow ptes as trap / notrap values (KVM 2007 bypass). */
   NonPresentSpteEncoding: Symbol.for('vmexit.NonPresentSpteEncoding'),
+  /**
+   * Capability: the MMU builds shadow page tables from the guest's own (write-protected guest page tables,
+   * emulated guest pte writes, unsync pages). Bound by @vmexit/mmu-shadow; not under TDP, where the guest's
+   * tables are walked by the hardware and the hypervisor never sees a guest pte write.
+   */
+  ShadowPageTables: Symbol.for('vmexit.ShadowPageTables'),
   /** Observers: the exit tracer and the exit recorder (no-ops by default, see core's `coreModule`). */
   ExitTracer: Symbol.for('vmexit.ExitTracer'),
   ExitRecorder: Symbol.for('vmexit.ExitRecorder'),

@@ -85,6 +85,7 @@ export class Vm implements MmuHost {
     if (backend !== null && mmu !== null) {
       const mode = mmu.name;
       for (const v of this.vcpus) backendStates.push(backend.createState(v.id, mode));
+      this.backendStates = backendStates;
       mmu.init(this);
       const setupCtx = this.setupContext(backend, mmu, backendStates, null);
       for (const { policy, options } of policies) policy.setup?.({ ...setupCtx, options });
@@ -121,6 +122,11 @@ export class Vm implements MmuHost {
     if (vcpu === null) return base as Omit<PolicyVcpuContext<unknown>, 'options'>;
     const stats = this.stats[vcpu.id]!;
     return { ...base, vcpu, backendState: backendStates[vcpu.id], count: (name: string, n = 1) => stats.add(name, n) };
+  }
+
+  /** MmuHost: the control state (VMCS, VMCB) of vCPU `vcpuId`. */
+  backendState(vcpuId: number): unknown {
+    return this.backendStates[vcpuId];
   }
 
   /** MmuHost: adds to a vCPU's KVM-named counter. */

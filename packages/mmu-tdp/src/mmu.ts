@@ -1,0 +1,207 @@
+import {
+  hexU64,
+  PAGE_SIZE,
+  PFERR_RSVD,
+  PFERR_WRITE,
+  type GuestMemory,
+  type Mmu,
+  type MmuHost,
+  type ExitResolution,
+  EMULATE,
+  RESUME,
+  type Vcpu,
+} from '@vmexit/core';
+import { createPageCache, POOL_BASE, ROLE_DIRECT, rootRoleOf, SPTE_FORMAT_EPT, SPTE_FORMAT_NPT, SptePoolMemory } from '@vmexit/core/mmu';
+import { auditTdpMmu } from './audit.js';
+import { TdpMmuError } from './errors.js';
+import { leafLoc, MAP_SPURIOUS, mapMmio, mappingLevel, newPage, splitHugePages, tdpMap } from './map.js';
+import { isMmioSpte, MMIO_GEN_MASK, mmioSpteGeneration, mmioValue } from './mmio.js';
+import { hostPageLevel, TdpMmuState, type HostPages } from './state.js';
+import { finish, memslotChanged, SPAN, zapAll, zapLeafs } from './zap.js';
+
+/** How the TDP MMU is built: the host page size that backs guest RAM (the largest leaf it may map). */
+export interface TdpMmuOptions {
+  /** The host page size backing guest RAM (`--host-pages`): the largest leaf the MMU builds. Default '4k'. */
+  readonly hostPages?: HostPages;
+}
+
+/** Frames the pool starts with (it doubles when full: the TDP MMU has no page budget). */
+const INITIAL_FRAMES = 64;
+/** The most frames the pool may grow to at POOL_BASE (4 GiB of tables). */
+const MAX_FRAMES = 1 << 20;
+/** The window the pool lives in below a processor MAXPHYADDR too small for POOL_BASE (64 MiB of tables). */
+const SMALL_WINDOW = 64 * 1024 * 1024;
+
+/**
+ * Where the TDP tables live in host-physical memory: at POOL_BASE (2^40) when the processor can address it,
+ * else in the highest 64 MiB window below 2^MAXPHYADDR that no memslot uses (the second stage's tables must
+ * be reachable by its walk, and guest RAM's host-physical addresses are its guest-physical ones).
+ */
+function choosePoolBase(memory: GuestMemory, top: number): number {
+  if (POOL_BASE + INITIAL_FRAMES * PAGE_SIZE <= top) return POOL_BASE;
+  for (let b = top - SMALL_WINDOW; b >= 0; b -= SMALL_WINDOW) {
+    const lo = b / PAGE_SIZE;
+    const hi = (b + SMALL_WINDOW) / PAGE_SIZE;
+    if (!memory.slots.some((s) => s.baseGfn < hi && s.baseGfn + s.pages > lo)) return b;
+  }
+  throw new TdpMmuError('E_MMU_STATE', `no 64 MiB of host-physical space below 2^${Math.log2(top)} is free of memslots for the TDP tables`);
+}
+
+/**
+ * KVM's TDP MMU (arch/x86/kvm/mmu/tdp_mmu.c, with mmu.c's `kvm_tdp_page_fault` and spte.c's `make_spte` /
+ * `make_mmio_spte`) as core's `Mmu`: one direct root that maps guest-physical to host-physical addresses
+ * for every vCPU, in the backend's second-stage format (EPT on VMX, NPT on SVM); leaves built at the first
+ * EPT violation / #NPF on a gfn (4 KiB, or 2 MiB / 1 GiB where the host backing and the memslot allow),
+ * MMIO sptes with the memslot generation, zaps with a remote flush. The guest's own page faults, CR3 loads
+ * and INVLPGs never reach it: under TDP they do not exit.
+ */
+export class TdpMmu extends TdpMmuState implements Mmu {
+  readonly name = 'tdp' as const;
+  private readonly options: TdpMmuOptions;
+
+  constructor(options: TdpMmuOptions = {}) {
+    super();
+    const hp = options.hostPages ?? '4k';
+    if (hp !== '4k' && hp !== '2m' && hp !== '1g') throw new TdpMmuError('E_MMU_OPTION', `hostPages must be '4k', '2m' or '1g', not '${String(hp)}'`);
+    this.options = options;
+  }
+
+  // -------------------------------------------------------------------------------------------------
+  // Mmu
+
+  init(host: MmuHost): void {
+    if (host.vcpus.length === 0) throw new TdpMmuError('E_MMU_STATE', 'the TDP MMU needs at least one vCPU');
+    const backend = host.backend;
+    if (backend === undefined || backend === null || host.backendState === undefined) {
+      throw new TdpMmuError('E_MMU_STATE', 'the TDP MMU needs a backend (VMX or SVM) to point the second stage at its tables');
+    }
+    this.host = host;
+    this.backend = backend;
+    const v0 = host.vcpus[0]!;
+    this.memory = v0.memory;
+    const top = 2 ** v0.hostMaxPhyAddr;
+    const base = choosePoolBase(this.memory, top);
+    this.maxPoolFrames = base === POOL_BASE ? Math.min(MAX_FRAMES, (top - POOL_BASE) / PAGE_SIZE) : SMALL_WINDOW / PAGE_SIZE;
+    Object.assign(this, createPageCache(INITIAL_FRAMES, base));
+    this.poolMemory = new SptePoolMemory(this.pool, this.memory);
+    this.format = backend.name === 'vmx' ? SPTE_FORMAT_EPT : SPTE_FORMAT_NPT;
+    // kvm_mmu_get_tdp_level: 5-level EPT only when the guest's MAXPHYADDR is above 48; NPT follows the host's
+    // paging mode (get_npt_level), 5-level on a host whose MAXPHYADDR needs more than 48 bits.
+    this.rootLevel = (backend.name === 'vmx' ? v0.ctx.maxPhyAddr : v0.hostMaxPhyAddr) > 48 ? 5 : 4;
+    this.maxLeafLevel = hostPageLevel(this.options.hostPages ?? '4k');
+    this.mmioValue = mmioValue(this.format, v0.hostMaxPhyAddr);
+    // kvm_tdp_mmu_get_vcpu_root_hpa: the root role is direct, all rights, the TDP level.
+    this.root = newPage(this, 0, rootRoleOf(this.rootLevel, false, 0, true, true, false, false) | ROLE_DIRECT, -1);
+    this.root.rootCount = host.vcpus.length;
+  }
+
+  attachVcpu(vcpu: Vcpu): void {
+    // kvm_mmu_load -> vmx_load_mmu_pgd (EPTP: WB, walk length, A/D bits) / svm_load_mmu_pgd (nCR3).
+    const state = this.host.backendState!(vcpu.id);
+    this.backend.setNestedRoot(state, this.root.hpa, { levels: this.rootLevel as 4 | 5, accessedDirty: this.format.name === 'ept' });
+    vcpu.setSecondStage(this.backend.createSecondStage(state, this.poolMemory, vcpu.hostMaxPhyAddr));
+  }
+
+  /**
+   * An EPT violation / misconfiguration or #NPF on `gpa` (KVM `kvm_mmu_page_fault` -> `handle_mmio_page_fault`
+   * for PFERR_RSVD, else `kvm_tdp_page_fault`); `errorCode` is KVM's 64-bit form from the backend.
+   */
+  handlePageFault(vcpu: Vcpu, gpa: number, errorCode: number): ExitResolution {
+    this.initiator = vcpu.id;
+    if (gpa >= 2 ** vcpu.ctx.maxPhyAddr) {
+      // A gpa the guest's MAXPHYADDR makes illegal (its tables set bits the host's MAXPHYADDR allows but the
+      // guest's does not): KVM's handle_ept_violation / npf_interception with allow_smaller_maxphyaddr emulate
+      // the access, and the emulator's walk of the guest's tables, under the guest's MAXPHYADDR, raises the
+      // reserved-bit #PF the guest expects.
+      this.host.count(vcpu.id, 'pf_emulate');
+      return EMULATE;
+    }
+    const gfn = Math.floor(gpa / PAGE_SIZE);
+    if ((errorCode & PFERR_RSVD) !== 0) {
+      // handle_mmio_page_fault: an MMIO spte of the current generation goes to emulation at once (no
+      // pf_taken: kvm_mmu_do_page_fault is not reached); a stale one is faulted in again (RET_PF_INVALID).
+      const loc = leafLoc(this, gfn);
+      const lo = loc < 0 ? 0 : this.pool.lo(loc);
+      const hi = loc < 0 ? 0 : this.pool.hi(loc);
+      if (!isMmioSpte(lo, hi)) {
+        throw new TdpMmuError('E_MMU_STATE', `vCPU ${vcpu.id}: a reserved-bit fault on gpa ${hexU64(gpa)}, whose spte is not an MMIO spte`);
+      }
+      if (mmioSpteGeneration(lo, hi) === (this.generation & MMIO_GEN_MASK)) return { kind: 'userspace', reason: 'mmio', gpa };
+    }
+    this.host.count(vcpu.id, 'pf_taken');
+    const slot = this.memory.slotForGfn(gfn);
+    if (slot === null) {
+      // kvm_handle_noslot_fault: cache an MMIO spte when MMIO caching is on and the gfn fits the tables and
+      // the spte (not above the root's reach, not touching the MMIO value's own bit 51), then emulate.
+      if (this.mmioValue !== null && gfn < SPAN[this.rootLevel + 1]! && gfn < 2 ** 39) {
+        mapMmio(this, gfn);
+        this.host.count(vcpu.id, 'pf_mmio_spte_created');
+      }
+      this.host.count(vcpu.id, 'pf_emulate');
+      finish(this);
+      return { kind: 'userspace', reason: 'mmio', gpa };
+    }
+    if ((errorCode & PFERR_WRITE) !== 0 && slot.readonly) {
+      // A store to read-only RAM (KVM_MEM_READONLY): KVM_PFN_ERR_RO_FAULT -> RET_PF_EMULATE, an MMIO exit.
+      this.host.count(vcpu.id, 'pf_emulate');
+      return { kind: 'userspace', reason: 'mmio', gpa };
+    }
+    const r = tdpMap(this, gfn, slot, mappingLevel(this, gfn, slot));
+    this.host.count(vcpu.id, r === MAP_SPURIOUS ? 'pf_spurious' : 'pf_fixed');
+    finish(this);
+    return RESUME;
+  }
+
+  /** KVM `kvm_mmu_track_write` returns at once without indirect (shadow) pages: nothing is write-tracked under TDP. */
+  trackWrite(): void {}
+
+  /** The TDP root does not depend on the guest's CR0/CR3/CR4/EFER (kvm_calc_tdp_mmu_root_page_role): nothing to do. */
+  crWritten(): void {}
+
+  /** KVM `kvm_mmu_invlpg`: the guest's TLB entry is gone (the vCPU did that); the TDP tables do not change. Counted when it exited. */
+  invlpg(vcpu: Vcpu, _va: number, exited: boolean): void {
+    if (exited) this.host.count(vcpu.id, 'invlpg');
+  }
+
+  /** No guest page table is write-protected under TDP: an emulation failure is not one the MMU can undo. */
+  emulationFailed(): boolean {
+    return false;
+  }
+
+  /** `--audit`: every invariant of the TDP tables (audit.ts); throws TdpMmuError E_MMU_AUDIT at the first violation. */
+  audit(): void {
+    auditTdpMmu(this);
+  }
+
+  // -------------------------------------------------------------------------------------------------
+  // Memslot changes and the mechanisms tools and tests drive directly
+
+  /**
+   * A memslot over [baseGfn, baseGfn + pages) was changed (flags, deleted, moved: KVM
+   * `kvm_arch_flush_shadow_memslot` and the new memslot generation): its leaves are zapped and flushed, and
+   * every MMIO spte is stale from now on.
+   */
+  memslotChanged(baseGfn: number, pages: number): void {
+    memslotChanged(this, baseGfn, pages);
+    finish(this);
+  }
+
+  /** KVM `kvm_tdp_mmu_zap_leafs`: zaps the leaves mapping gfns in [start, end) and flushes. */
+  zapGfnRange(start: number, end: number): boolean {
+    const z = zapLeafs(this, start, end);
+    finish(this);
+    return z;
+  }
+
+  /** KVM `kvm_tdp_mmu_zap_all`: frees every page below the root and flushes. */
+  zapAll(): void {
+    zapAll(this);
+    finish(this);
+  }
+
+  /** KVM `kvm_tdp_mmu_try_split_huge_pages` (eager page splitting): huge leaves over [start, end) become 4 KiB ones. */
+  splitHugePages(start: number, end: number): void {
+    splitHugePages(this, start, end);
+    finish(this);
+  }
+}
