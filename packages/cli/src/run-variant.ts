@@ -125,7 +125,7 @@ export function describeVariant(v: Variant): Record<string, unknown> {
 export interface GuestView {
   readonly events: { readonly length: number; at(i: number): GuestFaultEvent };
   readonly sigsegv: number;
-  readonly memory: { readonly u32: Uint32Array; offsetToGpa(offset: number): number };
+  readonly memory: { readonly size: number; read32(pa: number): number; backedGfns(): number[] };
   readonly memoryDigest: string;
   /**
    * Guest-physical addresses of paging-structure entries in which the guest cleared A or D (1 to 0) and
@@ -206,6 +206,8 @@ export interface CheckReport {
 
 /** A and D, bits 5 and 6 of every paging-structure entry format (SDM Vol. 3A §4.8; Tables 4-4..4-20). */
 const PTE_ACCESSED_DIRTY = 0x60;
+const PAGE_BYTES = 4096;
+const PAGE_WORDS = PAGE_BYTES / 4;
 /** At most this many allowed differences are listed one by one. */
 const ALLOWED_LISTED = 20;
 
@@ -283,18 +285,25 @@ function fmtEvent(e: GuestFaultEvent): string {
 
 /** The first word of final memory that differs beyond what ALLOWED_DIFFERENCES allows, or null. */
 function compareMemory(native: GuestView, virt: GuestView, allow: (id: AllowedDifferenceId, detail: string) => void): MemoryDifference | null {
-  const x = native.memory.u32;
-  const y = virt.memory.u32;
-  if (x.length !== y.length) return { what: 'memory', gpa: null, native: null, variant: null };
+  const xm = native.memory;
+  const ym = virt.memory;
+  if (xm.size !== ym.size) return { what: 'memory', gpa: null, native: null, variant: null };
   const stale = new Set([...(native.staleFlagEntries ?? []), ...(virt.staleFlagEntries ?? [])]);
-  for (let k = 0; k < x.length; k++) {
-    if (x[k] === y[k]) continue;
-    const gpa = native.memory.offsetToGpa(k * 4);
-    if (((x[k]! ^ y[k]!) & ~PTE_ACCESSED_DIRTY) === 0 && stale.has(gpa)) {
-      allow('stale-accessed-dirty', `the entry at guest-physical ${hex(gpa)}: 0x${x[k]!.toString(16)} natively, 0x${y[k]!.toString(16)} under the variant`);
-      continue;
+  // Only pages that either run wrote can differ (a page never written reads as zeros in both): in
+  // guest-physical order, word by word.
+  const gfns = [...new Set([...xm.backedGfns(), ...ym.backedGfns()])].sort((a, b) => a - b);
+  for (const gfn of gfns) {
+    for (let k = 0; k < PAGE_WORDS; k++) {
+      const gpa = gfn * PAGE_BYTES + k * 4;
+      const x = xm.read32(gpa);
+      const y = ym.read32(gpa);
+      if (x === y) continue;
+      if (((x ^ y) & ~PTE_ACCESSED_DIRTY) === 0 && stale.has(gpa)) {
+        allow('stale-accessed-dirty', `the entry at guest-physical ${hex(gpa)}: 0x${x.toString(16)} natively, 0x${y.toString(16)} under the variant`);
+        continue;
+      }
+      return { what: 'memory', gpa, native: x, variant: y };
     }
-    return { what: 'memory', gpa, native: x[k]!, variant: y[k]! };
   }
   return null;
 }

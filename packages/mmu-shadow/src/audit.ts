@@ -116,7 +116,8 @@ class Auditor {
   private poolBuf: Buffer<ArrayBufferLike> = Buffer.alloc(0);
   private poolWords: Uint32Array | null = null;
   /** A Buffer view of guest RAM. */
-  private readonly ramBuf: Buffer<ArrayBufferLike>;
+  /** A Buffer over guest memory's backing buffer (re-made when the buffer grows, see `ram`). */
+  private ramBuf: Buffer<ArrayBufferLike>;
   private framePage: (ShadowPage | null)[] = [];
   private frameRole = new Int32Array(0);
   private frameUnsync = new Uint8Array(0);
@@ -528,13 +529,20 @@ class Auditor {
     }
   }
 
+  /** The Buffer over guest memory's backing buffer as it is now. */
+  private ram(): Buffer<ArrayBufferLike> {
+    if (this.ramBuf.buffer !== this.memory.buffer) this.ramBuf = Buffer.from(this.memory.buffer, 0, this.memory.buffer.byteLength);
+    return this.ramBuf;
+  }
+
   /** Keeps a copy of guest page `gfn` (from now on, until an audit no longer needs it). */
   private track(gfn: number): void {
     this.usedGfns.add(gfn);
     if (this.guestSnap.has(gfn)) return;
     const buf = Buffer.alloc(PAGE_SIZE);
-    const off = this.memory.gpaToOffset(gfn * PAGE_SIZE);
-    if (off >= 0) this.ramBuf.copy(buf, 0, off, off + PAGE_SIZE);
+    // readOffset: the audit backs no page (one never written is read through the zero page).
+    const off = this.memory.readOffset(gfn * PAGE_SIZE);
+    if (off >= 0) this.ram().copy(buf, 0, off, off + PAGE_SIZE);
     this.guestSnap.set(gfn, { off, buf, words: new Uint32Array(buf.buffer, buf.byteOffset, PAGE_SIZE / 4) });
   }
 
@@ -544,9 +552,12 @@ class Auditor {
    */
   private auditGuestPages(): void {
     const u32 = this.memory.u32;
-    for (const [gfn, { off, buf, words: copy }] of this.guestSnap) {
-      if (off < 0) continue; // unbacked: reads 0, never changes
-      if (this.ramBuf.compare(buf, 0, PAGE_SIZE, off, off + PAGE_SIZE) === 0) continue;
+    const ram = this.ram();
+    for (const [gfn, { off: at, buf, words: copy }] of this.guestSnap) {
+      if (at < 0) continue; // no memslot: reads 0, never changes
+      // Where the page is now (it may have been backed since the copy was taken).
+      const off = this.memory.readOffset(gfn * PAGE_SIZE);
+      if (ram.compare(buf, 0, PAGE_SIZE, off, off + PAGE_SIZE) === 0) continue;
       const w0 = off >>> 2;
       let words: number[] | null = null;
       for (let k = 0; k < PAGE_SIZE / 4; k++) {
@@ -799,6 +810,7 @@ class Auditor {
 
 /** A copy of one guest page: its RAM offset (-1: no memslot), the bytes, and the same as words. */
 interface GuestCopy {
+  /** RAM offset when the copy was taken (-1: no memslot). */
   off: number;
   buf: Buffer;
   words: Uint32Array;

@@ -3,10 +3,11 @@ import { PAGE_SIZE } from '@vmexit/core';
 
 /**
  * Host-physical address of the first frame of the shadow-page pool. Guest RAM's host-physical addresses
- * equal its guest-physical ones (below 3 GiB in this simulator); the pool lives far above, at 2^40, so a
- * shadow walk can tell the two apart by address alone.
+ * equal its guest-physical ones (below 2^43: core's MAX_GUEST_MEMORY of 4 TiB, RAM above the MMIO hole included);
+ * the pool lives far above, at 2^45 (below the host MAXPHYADDR of 46), so a shadow walk can tell the two apart
+ * by address alone.
  */
-export const POOL_BASE = 2 ** 40;
+export const POOL_BASE = 2 ** 45;
 /** Sptes per shadow page (one 4 KiB host frame of 8-byte entries). */
 export const SPTES_PER_PAGE = 512;
 

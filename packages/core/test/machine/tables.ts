@@ -23,21 +23,17 @@ export class TestTables {
   alloc(): number {
     const f = this.next;
     this.next += PAGE_SIZE;
-    this.mem.u8.fill(0, f, f + PAGE_SIZE);
+    for (let a = f; a < f + PAGE_SIZE; a += 4) this.mem.write32(a, 0);
     return f;
   }
 
   set(pa: number, lo: number, hi: number): void {
-    if (this.mode === 'legacy32') {
-      this.mem.view.setUint32(pa, lo >>> 0, true);
-    } else {
-      this.mem.view.setUint32(pa, lo >>> 0, true);
-      this.mem.view.setUint32(pa + 4, hi >>> 0, true);
-    }
+    this.mem.write32(pa, lo >>> 0);
+    if (this.mode !== 'legacy32') this.mem.write32(pa + 4, hi >>> 0);
   }
 
   get(pa: number): number {
-    return this.mem.view.getUint32(pa, true);
+    return this.mem.read32(pa);
   }
 
   /** The physical address of the level-1 entry for `va`, creating intermediate tables with `upper` flags. */

@@ -249,7 +249,7 @@ describe('Vcpu', () => {
       v.movToCr3(t.root);
       v.movToCr0(CR0_PG | 1);
       const bad = t.alloc();
-      m.memory.view.setUint32(bad, 0x5000 | 1 | (1 << 5), true); // bit 5 is reserved in a PDPTE
+      m.memory.write32(bad, 0x5000 | 1 | (1 << 5)); // bit 5 is reserved in a PDPTE
       return { m, t, v, bad };
     }
 
@@ -286,7 +286,7 @@ describe('Vcpu', () => {
       expect(v.cr3).toBe(t.root);
       // MOV to CR4 that reloads the PDPTEs (PGE changes in PAE mode) from a bad table faults the same way.
       v.hooks = new NativeHooks();
-      m.memory.view.setUint32(t.root, 0x5000 | 1 | (1 << 6), true);
+      m.memory.write32(t.root, 0x5000 | 1 | (1 << 6));
       v.movToCr4(CR4_PAE | CR4_PGE);
       expect(gp).toEqual([0, 0, 0]);
       expect(v.cr4).toBe(CR4_PAE);
@@ -312,7 +312,7 @@ describe('Vcpu', () => {
         t.map(0x400000 + i * 4096, 0x200000 + i * 4096, 0x3 | PT_DIRTY);
         t.map(0x600000 + i * 4096, 0x300000 + i * 4096, 0x3 | PT_DIRTY);
       }
-      for (let i = 0; i < 2048; i++) m.memory.view.setUint32(0x200000 + i * 4, i, true);
+      for (let i = 0; i < 2048; i++) m.memory.write32(0x200000 + i * 4, i);
       v.repMovs(0x600000, 0x400000, 2048, 4);
       for (let i = 0; i < 2048; i += 97) expect(m.memory.view.getUint32(0x300000 + i * 4, true)).toBe(i);
       expect(v.tlb.misses).toBe(4);

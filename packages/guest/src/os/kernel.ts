@@ -6,10 +6,13 @@ import {
   CR4_PAE,
   CR4_PGE,
   CR4_PSE,
+  defaultMemslots,
   EFER_LME,
   EFER_NXE,
   GP_VECTOR,
   GuestAbort,
+  guestPhysicalEnd,
+  MMIO_HOLE_START,
   PAGE_SIZE,
   PFERR_FETCH,
   PFERR_RSVD,
@@ -26,7 +29,10 @@ import {
   type Machine,
   type Vcpu,
 } from '@vmexit/core';
-import { FRAME_ANON, FRAME_CACHE, FRAME_TABLE, FrameAllocator } from './frames.js';
+import { FRAME_ANON, FRAME_CACHE, FRAME_FREE, FRAME_TABLE, FrameAllocator } from './frames.js';
+
+/** Frames that boot warms through the direct map (256 MiB of RAM, see `Kernel.warm`). */
+const WARM_FRAMES = 65536;
 import { MODE_LEGACY32, MODE_LONG4, MODE_LONG5, MODE_PAE, modeLayout, tableIndex, tableSpan, type ModeLayout } from './layout.js';
 import {
   FAULT_COW,
@@ -169,30 +175,40 @@ export class Kernel {
     this.esz = layout.entrySize;
     this.dm = layout.directMapBase;
     const mem = machine.memory.size;
-    if (mem > layout.maxMemory) {
-      throw new GuestConfigError(`guest memory of ${mem} bytes does not fit the ${layout.maxMemory / 2 ** 30} GiB kernel direct map of this paging mode`);
-    }
     if (mem % layout.directMapPage !== 0) {
       throw new GuestConfigError(
         `guest memory of ${mem} bytes is not a multiple of the ${layout.directMapPage / 2 ** 20} MiB direct-map page of this paging mode`,
       );
     }
-    if (machine.memory.slots.length !== 1 || machine.memory.slots[0]!.baseGfn !== 0) {
-      throw new GuestConfigError('the guest kernel expects one RAM memslot at guest-physical address 0');
+    const want = defaultMemslots(mem);
+    const slots = machine.memory.slots;
+    if (slots.length !== want.length || slots.some((s, i) => s.baseGfn * PAGE_SIZE !== want[i]!.base || s.pages * PAGE_SIZE !== want[i]!.size)) {
+      throw new GuestConfigError('the guest kernel expects the default RAM layout: one memslot at guest-physical 0 (and one at 4 GiB for RAM beyond 3 GiB)');
     }
+    // 32-bit paging maps 4 KiB pages and page tables below 4 GiB only (PSE-36, SDM Vol. 3A §4.3, reaches above
+    // it with 4 MiB pages alone, which this kernel does not use for memory it hands out): RAM beyond the MMIO
+    // hole, at 4 GiB and up, would be out of its reach.
+    if (mode === MODE_LEGACY32 && guestPhysicalEnd(mem) > 2 ** 32) {
+      throw new GuestConfigError(
+        `guest memory of ${mem} bytes puts RAM above 4 GiB (RAM beyond ${MMIO_HOLE_START / 2 ** 30} GiB goes above the MMIO hole), which 32-bit paging without PSE-36 cannot address: give legacy32 at most ${MMIO_HOLE_START / 2 ** 30} GiB`,
+      );
+    }
+    // The RAM the kernel direct-maps and allocates from: what its direct map holds (Linux without HIGHMEM leaves
+    // RAM above lowmem unused), and only below the MMIO hole (its ptes are written with 32-bit frame addresses).
+    const usable = Math.min(mem, layout.maxMemory, MMIO_HOLE_START);
     this.current = machine.vcpus.map(() => null);
 
     // Boot: the boot loader has put the kernel's initial page tables in RAM (written here before paging is
     // on, as a loaded kernel image holds them): frame 0 is reserved (real-mode IVT/BIOS data), then the
     // idle top table and the direct map's tables, then the zero page.
-    const totalFrames = mem / PAGE_SIZE;
+    const totalFrames = usable / PAGE_SIZE;
     let next = 1;
     const bootAlloc = (): number => {
       const f = next++;
       if (f >= totalFrames) throw new GuestConfigError(`guest memory of ${mem} bytes is too small to boot`);
       return f * PAGE_SIZE;
     };
-    this.idleRoot = this.buildDirectMap(bootAlloc, mem);
+    this.idleRoot = this.buildDirectMap(bootAlloc, usable);
     this.zeroFrame = bootAlloc() / PAGE_SIZE;
     this.frames = new FrameAllocator(totalFrames, next);
     if (this.frames.freeCount < 64) throw new GuestConfigError(`guest memory of ${mem} bytes leaves only ${this.frames.freeCount} free pages after boot`);
@@ -254,13 +270,17 @@ export class Kernel {
     v.setExceptionHandler(GP_VECTOR, (vcpu, _vector, errorCode, address) => this.generalProtection(vcpu, errorCode, address));
   }
 
-  /** Touches every free page through the direct map (a read and the same value written back). */
+  /**
+   * Touches the free pages of the first WARM_FRAMES frames through the direct map (a read and the same value
+   * written back): the frames the allocator hands out first (lowest first), so that a workload that fits in them
+   * finds its direct-map translations warm. Bounded, so that boot does not cost in proportion to the RAM size.
+   */
   private warm(v: Vcpu): void {
     const f = this.frames;
     this.inKernel++;
     try {
-      for (let frame = 0; frame < f.totalFrames; frame++) {
-        if (f.use[frame] !== 0) continue;
+      for (let frame = 0; frame < Math.min(f.totalFrames, WARM_FRAMES); frame++) {
+        if (f.useOf(frame) !== FRAME_FREE) continue;
         const va = this.dm + frame * PAGE_SIZE;
         v.write(va, 4, v.read(va, 4));
       }
@@ -579,7 +599,7 @@ export class Kernel {
       return FAULT_WP_REUSE;
     }
     const f = this.frames;
-    if (frame !== this.zeroFrame && f.use[frame] === FRAME_ANON && f.refcount[frame] === 1) {
+    if (frame !== this.zeroFrame && f.useOf(frame) === FRAME_ANON && f.refcountOf(frame) === 1) {
       // wp_page_reuse: the only user. Making a pte more permissive needs no flush (a stale entry faults
       // again and the walk sees the new pte, SDM Vol. 3A §4.10.4.3).
       this.wr(v, pt, idx, lo | PT_WRITABLE | PT_DIRTY | PT_ACCESSED, hi);
