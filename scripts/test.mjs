@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 // Runs every package's tests through nx, then sums the vitest JSON reports into one closing line:
-// "tests: N passed, M failed". Exits non-zero when nx fails, a test fails, or no test ran at all.
+// "tests: N passed, M failed". Exits non-zero when nx fails, a test fails, or no test ran at all, or when the
+// shape check (scripts/check-shape.mjs: import cycles, oversized source files) finds a problem; that check
+// runs first and its report is repeated at the end.
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -9,6 +11,10 @@ const root = new URL('..', import.meta.url).pathname;
 const dirs = ['packages', 'examples'].filter((d) => existsSync(join(root, d))).flatMap((d) => readdirSync(join(root, d)).map((p) => join(root, d, p)));
 const reports = dirs.map((d) => join(d, '.test-report.json'));
 for (const r of reports) rmSync(r, { force: true });
+
+const shape = spawnSync(process.execPath, [join(root, 'scripts/check-shape.mjs')], { cwd: root, encoding: 'utf8' });
+process.stdout.write(shape.stdout);
+process.stderr.write(shape.stderr);
 
 const env = { ...process.env, NX_DAEMON: 'false', NX_NO_CLOUD: 'true' };
 // In CI every test runs for real: nx's cache lives in ~/.nx and would replay an earlier result.
@@ -41,7 +47,8 @@ if (missing.length > 0 && nx.status === 0) {
   console.log(`(cached by nx, not re-run: ${missing.join(', ')}; CI=1 or --skip-nx-cache runs them)`);
 }
 console.log(`tests: ${passed} passed, ${failed} failed${skipped ? `, ${skipped} skipped` : ''}`);
-if (nx.status !== 0 || failed > 0) process.exit(1);
+if (shape.status !== 0) process.stderr.write(shape.stderr || `shape check failed (exit ${shape.status})\n`);
+if (nx.status !== 0 || failed > 0 || shape.status !== 0) process.exit(1);
 if (passed === 0 && missing.length === 0) {
   console.error('no test ran');
   process.exit(1);

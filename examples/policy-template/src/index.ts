@@ -5,8 +5,13 @@ import { z } from 'zod';
 /** The options: validated by `optionsSchema` when a variant names the policy (unknown keys are errors). */
 export const reflectRangeOptions = z.strictObject({
   /** The guest linear addresses [from, to) whose #PFs are reflected into the guest at once. */
-  from: z.number().int().default(0),
-  to: z.number().int().default(0),
+  from: z.number().int().min(0).default(0),
+  /** Default: all of user space under 4-level paging (the canonical low half, SDM Vol. 3A §4.5). */
+  to: z
+    .number()
+    .int()
+    .min(0)
+    .default(2 ** 47),
 });
 export type ReflectRangeOptions = z.output<typeof reflectRangeOptions>;
 

@@ -1,23 +1,32 @@
-import { PF_VECTOR, PFERR_PRESENT, PFERR_RSVD, type Backend, type HardwareExit, type MmuMode } from '@vmexit/core';
+import {
+  NptStage,
+  PF_VECTOR,
+  PFERR_PRESENT,
+  PFERR_RSVD,
+  type Backend,
+  type HardwareExit,
+  type MmuMode,
+  type NestedRootOptions,
+  type PhysicalMemory,
+  type SecondStage,
+  type WalkResult,
+} from '@vmexit/core';
 import {
   exitCodeName,
-  INTERCEPT_CR0_READ,
   INTERCEPT_CR0_WRITE,
-  INTERCEPT_CR3_READ,
   INTERCEPT_CR3_WRITE,
-  INTERCEPT_CR4_READ,
   INTERCEPT_CR4_WRITE,
   INTERCEPT_INVLPG,
   INTERCEPT_MSR_PROT,
   MSR_EFER,
   NPF_EXITINFO1_FINAL,
+  NPF_EXITINFO1_PAGE_TABLE,
   SVM_CR_EXITINFO1_MOV,
   SVM_EVTINJ_TYPE_EXEPT,
   SVM_EVTINJ_VALID,
   SVM_EVTINJ_VALID_ERR,
   SVM_EVTINJ_VEC_MASK,
   SVM_MSR_EXITINFO1_WRITE,
-  VMEXIT_CR0_READ,
   VMEXIT_CR0_WRITE,
   VMEXIT_EXCP_BASE,
   VMEXIT_INVLPG,
@@ -25,6 +34,7 @@ import {
   VMEXIT_NPF,
 } from './constants.js';
 import { createVmcb, Vmcb } from './state.js';
+import { BackendError } from './errors.js';
 
 /** Exceptions that push an error code (APM Vol. 2 §8.2): #DF, #TS, #NP, #SS, #GP, #PF, #AC, #CP (21), #SX (30). */
 function hasErrorCode(vector: number): boolean {
@@ -63,21 +73,7 @@ export class SvmBackend implements Backend<Vmcb> {
       case MSR_EFER:
         return (v.interceptMisc1 & INTERCEPT_MSR_PROT) !== 0 && v.msrpmWrite.has(MSR_EFER);
       default:
-        throw new RangeError(`SVM: no write-intercept rule for control register ${cr}`);
-    }
-  }
-
-  /** §15.9: a read of CRn exits iff bit n of the CR intercept vector is set. */
-  crReadExits(v: Vmcb, cr: number): boolean {
-    switch (cr) {
-      case 0:
-        return (v.interceptCr & INTERCEPT_CR0_READ) !== 0;
-      case 3:
-        return (v.interceptCr & INTERCEPT_CR3_READ) !== 0;
-      case 4:
-        return (v.interceptCr & INTERCEPT_CR4_READ) !== 0;
-      default:
-        throw new RangeError(`SVM: no read-intercept rule for control register ${cr}`);
+        throw new BackendError('E_BACKEND_NO_RULE', `SVM: no write-intercept rule for control register ${cr}`);
     }
   }
 
@@ -115,14 +111,6 @@ export class SvmBackend implements Backend<Vmcb> {
     return this.describe(v);
   }
 
-  /** CR read: VMEXIT_CR0_READ + n, EXITINFO1 as for a write. */
-  crReadExit(v: Vmcb, cr: number): HardwareExit {
-    v.exitCode = VMEXIT_CR0_READ + cr;
-    v.exitInfo1 = SVM_CR_EXITINFO1_MOV;
-    v.exitInfo2 = 0;
-    return this.describe(v);
-  }
-
   /** VMEXIT_INVLPG; with decode assists EXITINFO1 = the linear address (§15.33.2). */
   invlpgExit(v: Vmcb, va: number): HardwareExit {
     v.exitCode = VMEXIT_INVLPG;
@@ -132,25 +120,37 @@ export class SvmBackend implements Backend<Vmcb> {
   }
 
   /**
-   * §15.25.6: VMEXIT_NPF, EXITINFO2 = the guest-physical address, EXITINFO1 = the #PF-style error code (P, RW,
-   * US, RSV, ID) plus bit 32 (final translation) or bit 33 (guest page-table access). The caller's error code
-   * already has that layout (KVM's PFERR_GUEST_FINAL/PAGE_MASK are the same bits).
+   * §15.25.6: VMEXIT_NPF, EXITINFO2 = the faulting guest-physical address, EXITINFO1 = the #PF-style error
+   * code of the nested walk (P, RW, US, RSV, ID: `fault.nestedCode`) plus bit 32 when the fault was on the
+   * final guest-physical translation or bit 33 when it was on a guest page-table access. The guest-linear
+   * address is not reported.
    */
-  nestedFaultExit(v: Vmcb, gpa: number, _address: number, errorCode: number): HardwareExit {
+  nestedFaultExit(v: Vmcb, fault: WalkResult, _address: number): HardwareExit {
     v.exitCode = VMEXIT_NPF;
-    v.exitInfo1 = errorCode;
-    v.exitInfo2 = gpa;
+    v.exitInfo1 = (fault.nestedCode >>> 0) + (fault.nestedFinal ? NPF_EXITINFO1_FINAL : NPF_EXITINFO1_PAGE_TABLE);
+    v.exitInfo2 = fault.nestedGpa;
     return this.describe(v);
   }
 
+  /** KVM's error code for the last NPF: EXITINFO1 as it is (arch/x86/kvm/svm/svm.c npf_interception). */
+  nestedFaultErrorCode(v: Vmcb): number {
+    if (v.exitCode !== VMEXIT_NPF) throw new RangeError(`SVM: exit code ${codeName(v.exitCode)} is not VMEXIT_NPF`);
+    return v.exitInfo1;
+  }
+
   /**
-   * MMIO as KVM makes it exit (kvm-mmu.md §C.3): the MMIO spte has P and reserved bit 51, so with NPT the
+   * MMIO as KVM makes it exit (arch/x86/kvm/mmu/spte.c make_mmio_spte, svm.c npf_interception): the MMIO spte has P and reserved bit 51, so with NPT the
    * access is an NPF with P|RSVD on the final translation; with shadow paging a #PF with P|RSVD, which is
    * intercepted (the #PF intercept is on under shadow paging).
    */
   mmioExit(v: Vmcb, gpa: number, address: number, access: number): HardwareExit {
     const code = PFERR_PRESENT | PFERR_RSVD | access;
-    if (v.npEnable) return this.nestedFaultExit(v, gpa, address, code + NPF_EXITINFO1_FINAL);
+    if (v.npEnable) {
+      v.exitCode = VMEXIT_NPF;
+      v.exitInfo1 = code + NPF_EXITINFO1_FINAL;
+      v.exitInfo2 = gpa;
+      return this.describe(v);
+    }
     return this.exceptionExit(v, PF_VECTOR, code, address);
   }
 
@@ -173,10 +173,20 @@ export class SvmBackend implements Backend<Vmcb> {
     return ev & SVM_EVTINJ_VEC_MASK;
   }
 
-  /** §15.25.3: N_CR3 = the nested page table root; NP_ENABLE. */
-  setNestedRoot(v: Vmcb, root: number): void {
+  /**
+   * §15.25.3: N_CR3 = the nested page table root; NP_ENABLE; the nested tables' depth is the host's paging
+   * mode (`levels`). NPT always has A/D flags (`accessedDirty` does not apply).
+   */
+  setNestedRoot(v: Vmcb, root: number, options: NestedRootOptions = {}): void {
     v.nCr3 = root - (root % 4096);
     v.npEnable = true;
+    v.nptLevels = options.levels ?? 4;
+  }
+
+  /** The nested-paging walk under the VMCB's nCR3 (APM Vol. 2 §15.25.5). */
+  createSecondStage(v: Vmcb, hostMem: PhysicalMemory, hostMaxPhyAddr: number): SecondStage {
+    if (!v.npEnable) throw new RangeError('SVM: NP_ENABLE is 0 in the VMCB: no second stage');
+    return new NptStage(hostMem, v.nCr3, { maxPhyAddr: hostMaxPhyAddr, levels: v.nptLevels });
   }
 
   private describe(v: Vmcb): HardwareExit {

@@ -3,6 +3,9 @@
  * arch/x86/include/uapi/asm/svm.h).
  */
 
+import { hexU64 } from '@vmexit/core';
+import { BackendError } from './errors.js';
+
 /**
  * Exit codes, APM Vol. 2 Appendix C (Table C-1). VMEXIT_CRn_READ = n and VMEXIT_CRn_WRITE = 10h + n; named
  * here for the control registers that exist (CR0, CR2, CR3, CR4, CR8: a MOV to another is #UD, which comes
@@ -92,7 +95,7 @@ export function exitCodeName(code: number): string {
       return 'VMEXIT_INVALID';
     default:
       if (Number.isInteger(code) && code >= VMEXIT_EXCP_BASE && code <= VMEXIT_EXCP_LAST) return `VMEXIT_EXCP${code - VMEXIT_EXCP_BASE}`;
-      throw new RangeError(`unknown SVM exit code ${code < 0 ? '-' : ''}0x${Math.abs(code).toString(16)}`);
+      throw new BackendError('E_BACKEND_UNKNOWN_EXIT', `unknown SVM exit code ${hexU64(code)}`);
   }
 }
 

@@ -26,6 +26,11 @@ export class Vmcb {
   /** Offset 090h bit 0: NP_ENABLE; offset 0B0h: N_CR3 (§15.25.3). */
   npEnable = false;
   nCr3 = 0;
+  /**
+   * Not a VMCB field: the host's paging mode at VMRUN, which the nested tables follow (§15.25.5): 4-level, or
+   * 5-level with the host's CR4.LA57. Kept here because it is per-VMRUN state the second stage depends on.
+   */
+  nptLevels: 4 | 5 = 4;
   /** Offset 0A8h: EVENTINJ, low half (vector, type, EV, V) and high half (error code). */
   eventInj = 0;
   eventInjErr = 0;

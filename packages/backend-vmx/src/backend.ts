@@ -1,17 +1,37 @@
-import { ACC_FETCH, ACC_WRITE, PF_VECTOR, PFERR_PRESENT, PFERR_RSVD, type Backend, type HardwareExit, type MmuMode, type PageFaultFilter } from '@vmexit/core';
+import {
+  ACC_FETCH,
+  ACC_WRITE,
+  EptStage,
+  PF_VECTOR,
+  PFERR_FETCH,
+  PFERR_PRESENT,
+  PFERR_RSVD,
+  PFERR_USER,
+  PFERR_WRITE,
+  type Backend,
+  type HardwareExit,
+  type MmuMode,
+  type NestedRootOptions,
+  type PageFaultFilter,
+  type PhysicalMemory,
+  type SecondStage,
+  type WalkResult,
+} from '@vmexit/core';
 import {
   CPU_BASED_CR3_LOAD_EXITING,
-  CPU_BASED_CR3_STORE_EXITING,
   CPU_BASED_INVLPG_EXITING,
   CPU_BASED_USE_MSR_BITMAPS,
-  CR_ACCESS_TYPE_MOV_FROM_CR,
   CR_ACCESS_TYPE_MOV_TO_CR,
   EPT_VIOLATION_ACC_INSTR,
   EPT_VIOLATION_ACC_READ,
   EPT_VIOLATION_ACC_WRITE,
   EPT_VIOLATION_GVA_IS_VALID,
   EPT_VIOLATION_GVA_TRANSLATED,
-  EPT_VIOLATION_READABLE,
+  EPT_VIOLATION_LINEAR_USER,
+  EPT_VIOLATION_LINEAR_WRITABLE,
+  EPT_VIOLATION_LINEAR_XD,
+  EPT_VIOLATION_RWX_MASK,
+  EPT_VIOLATION_RWX_SHIFT,
   EXIT_REASON_CR_ACCESS,
   EXIT_REASON_EPT_MISCONFIG,
   EXIT_REASON_EPT_VIOLATION,
@@ -25,18 +45,22 @@ import {
   INTR_TYPE_HARD_EXCEPTION,
   MSR_EFER,
   SECONDARY_EXEC_ENABLE_EPT,
+  VMX_EPTP_AD_ENABLE,
   VMX_EPTP_MT_WB,
   VMX_EPTP_PWL_4,
+  VMX_EPTP_PWL_5,
 } from './constants.js';
 import { createVmcs, Vmcs } from './state.js';
+import { BackendError } from './errors.js';
 
 /** Exceptions that push an error code (SDM Vol. 3A §6.15): #DF 8, #TS 10, #NP 11, #SS 12, #GP 13, #PF 14, #AC 17, #CP 21. */
 function hasErrorCode(vector: number): boolean {
   return vector === 8 || (vector >= 10 && vector <= 14) || vector === 17 || vector === 21;
 }
 
-/** 2^32: bit 32 of KVM's fault error code (PFERR_GUEST_FINAL_MASK). */
+/** 2^32 / 2^33: bits 32 and 33 of KVM's fault error code (PFERR_GUEST_FINAL_MASK / PFERR_GUEST_PAGE_MASK, kvm_host.h). */
 const PFERR_GUEST_FINAL = 2 ** 32;
+const PFERR_GUEST_PAGE = 2 ** 33;
 
 /**
  * Intel VMX: the exit rules of SDM Vol. 3C ch. 26 ("VMX Non-Root Operation") over a `Vmcs`, and the exit
@@ -83,20 +107,7 @@ export class VmxBackend implements Backend<Vmcs>, PageFaultFilter {
       case MSR_EFER:
         return (v.cpuBasedVmExecControl & CPU_BASED_USE_MSR_BITMAPS) === 0 || v.msrWriteIntercepts.has(MSR_EFER);
       default:
-        throw new RangeError(`VMX: no write-exit rule for control register ${cr}`);
-    }
-  }
-
-  /** SDM Vol. 3C §26.1.3: MOV from CR3 exits iff CR3-store exiting is 1. MOV from CR0/CR4 never exits (the read shadow is read). */
-  crReadExits(v: Vmcs, cr: number): boolean {
-    switch (cr) {
-      case 0:
-      case 4:
-        return false;
-      case 3:
-        return (v.cpuBasedVmExecControl & CPU_BASED_CR3_STORE_EXITING) !== 0;
-      default:
-        throw new RangeError(`VMX: no read-exit rule for control register ${cr}`);
+        throw new BackendError('E_BACKEND_NO_RULE', `VMX: no write-exit rule for control register ${cr}`);
     }
   }
 
@@ -140,13 +151,6 @@ export class VmxBackend implements Backend<Vmcs>, PageFaultFilter {
     return this.describe(v, { exitQualification: v.exitQualification });
   }
 
-  /** MOV from CR: the CR-access qualification with access type 1 (Table 28-3). */
-  crReadExit(v: Vmcs, cr: number): HardwareExit {
-    v.vmExitReason = EXIT_REASON_CR_ACCESS;
-    v.exitQualification = (cr & 0xf) | CR_ACCESS_TYPE_MOV_FROM_CR;
-    return this.describe(v, { exitQualification: v.exitQualification });
-  }
-
   /** INVLPG: exit reason 14, exit qualification = the linear-address operand (§28.2.1). */
   invlpgExit(v: Vmcs, va: number): HardwareExit {
     v.vmExitReason = EXIT_REASON_INVLPG;
@@ -155,25 +159,38 @@ export class VmxBackend implements Backend<Vmcs>, PageFaultFilter {
   }
 
   /**
-   * EPT violation (48) or misconfiguration (49, when the fault has RSVD: a misconfigured EPT entry), SDM Vol.
-   * 3C §29.3.3 and Table 28-7. The guest-physical address goes to GUEST_PHYSICAL_ADDRESS; a violation's
-   * qualification carries the access (bits 2:0), bit 3 (readable) when the entry was present (a present EPT
-   * entry without R is a misconfiguration, §29.3.3.1, so R is known; W and X are not reported), bit 7 (the
-   * guest-linear address is valid) and bit 8 (the access was the final translation, not a guest page-table
-   * access).
+   * SDM Vol. 3C §29.3.3: an EPT misconfiguration is exit reason 49 with the guest-physical address in
+   * GUEST_PHYSICAL_ADDRESS (the exit qualification is undefined: 0 here); an EPT violation is exit reason 48
+   * with GUEST_PHYSICAL_ADDRESS, GUEST_LINEAR_ADDRESS and the qualification of Table 28-7:
+   * - bits 2:0, the access: a final access is a data read (0), a data write (1) or a fetch (2); a guest
+   *   paging-structure access is a read (0), and also a write (1) where it is treated as one (EPTP bit 6,
+   *   or the update of a guest A/D flag);
+   * - bits 5:3, the AND of the R, W, X bits of the EPT entries used (0 when one was not present);
+   * - bit 7, the linear-address field is valid (every walk's access translates a linear address);
+   * - bit 8, the access was to the final translation (clear: to a guest paging-structure entry);
+   * - bits 11:9 for a final access (advanced VM-exit information): the linear address is user-mode, is
+   *   writable, is execute-disable, from the guest's translation (`fault.user`, `writable`, `executable`).
    */
-  nestedFaultExit(v: Vmcs, gpa: number, address: number, errorCode: number): HardwareExit {
+  nestedFaultExit(v: Vmcs, fault: WalkResult, address: number): HardwareExit {
+    const gpa = fault.nestedGpa;
     v.guestPhysicalAddress = gpa;
-    const pfec = errorCode % PFERR_GUEST_FINAL;
-    if ((pfec & PFERR_RSVD) !== 0) {
+    if (fault.nestedMisconfig) {
       v.vmExitReason = EXIT_REASON_EPT_MISCONFIG;
       v.exitQualification = 0;
       return this.describe(v, { guestPhysicalAddress: gpa });
     }
-    const final = Math.floor(errorCode / PFERR_GUEST_FINAL) % 2 === 1;
-    let q = (pfec & ACC_WRITE) !== 0 ? EPT_VIOLATION_ACC_WRITE : (pfec & ACC_FETCH) !== 0 ? EPT_VIOLATION_ACC_INSTR : EPT_VIOLATION_ACC_READ;
-    if ((pfec & PFERR_PRESENT) !== 0) q |= EPT_VIOLATION_READABLE;
-    q |= EPT_VIOLATION_GVA_IS_VALID | (final ? EPT_VIOLATION_GVA_TRANSLATED : 0);
+    const acc = fault.nestedAccess;
+    const final = fault.nestedFinal;
+    let q: number;
+    if (final) q = (acc & ACC_WRITE) !== 0 ? EPT_VIOLATION_ACC_WRITE : (acc & ACC_FETCH) !== 0 ? EPT_VIOLATION_ACC_INSTR : EPT_VIOLATION_ACC_READ;
+    else q = EPT_VIOLATION_ACC_READ | ((acc & ACC_WRITE) !== 0 ? EPT_VIOLATION_ACC_WRITE : 0);
+    q |= ((fault.nestedRights & 7) << EPT_VIOLATION_RWX_SHIFT) | EPT_VIOLATION_GVA_IS_VALID;
+    if (final) {
+      q |= EPT_VIOLATION_GVA_TRANSLATED;
+      if (fault.user) q |= EPT_VIOLATION_LINEAR_USER;
+      if (fault.writable) q |= EPT_VIOLATION_LINEAR_WRITABLE;
+      if (!fault.executable) q |= EPT_VIOLATION_LINEAR_XD;
+    }
     v.vmExitReason = EXIT_REASON_EPT_VIOLATION;
     v.exitQualification = q;
     v.guestLinearAddress = address;
@@ -181,7 +198,32 @@ export class VmxBackend implements Backend<Vmcs>, PageFaultFilter {
   }
 
   /**
-   * An MMIO access as KVM makes it exit (kvm-mmu.md §C.3): with EPT, KVM's MMIO sptes are misconfigured
+   * KVM's error code for the last EPT exit (arch/x86/kvm/vmx/vmx.c handle_ept_violation ->
+   * __vmx_handle_ept_violation; handle_ept_misconfig): a misconfiguration is PFERR_RSVD_MASK (KVM's MMIO
+   * path); a violation is USER for a read (KVM's own use of the bit), WRITE, FETCH from bits 2:0, PRESENT
+   * when any of bits 5:3 is set, and PFERR_GUEST_FINAL_MASK or PFERR_GUEST_PAGE_MASK from bit 8 when the
+   * linear address is valid.
+   */
+  nestedFaultErrorCode(v: Vmcs): number {
+    switch (v.vmExitReason) {
+      case EXIT_REASON_EPT_MISCONFIG:
+        return PFERR_RSVD;
+      case EXIT_REASON_EPT_VIOLATION: {
+        const q = v.exitQualification;
+        let ec = (q & EPT_VIOLATION_ACC_READ) !== 0 ? PFERR_USER : 0;
+        if ((q & EPT_VIOLATION_ACC_WRITE) !== 0) ec |= PFERR_WRITE;
+        if ((q & EPT_VIOLATION_ACC_INSTR) !== 0) ec |= PFERR_FETCH;
+        if ((q & EPT_VIOLATION_RWX_MASK) !== 0) ec |= PFERR_PRESENT;
+        if ((q & EPT_VIOLATION_GVA_IS_VALID) === 0) return ec;
+        return ec + ((q & EPT_VIOLATION_GVA_TRANSLATED) !== 0 ? PFERR_GUEST_FINAL : PFERR_GUEST_PAGE);
+      }
+      default:
+        throw new RangeError(`VMX: exit reason ${v.vmExitReason} (${exitReasonName(v.vmExitReason)}) is not an EPT exit`);
+    }
+  }
+
+  /**
+   * An MMIO access as KVM makes it exit (arch/x86/kvm/mmu/spte.c make_mmio_spte, vmx.c handle_ept_misconfig): with EPT, KVM's MMIO sptes are misconfigured
    * (W|X, VMX_EPT_MISCONFIG_WX_VALUE) -> EPT_MISCONFIG; with shadow paging the MMIO spte has reserved bits
    * -> a #PF with P|RSVD, which exits however PFEC_MASK/MATCH are set (KVM keeps RSVD faults exiting).
    */
@@ -221,10 +263,21 @@ export class VmxBackend implements Backend<Vmcs>, PageFaultFilter {
     return info & INTR_INFO_VECTOR_MASK;
   }
 
-  /** EPTP (§25.6.11): write-back memory type, 4-level walk, the PML4 address in bits 51:12; enables EPT. */
-  setNestedRoot(v: Vmcs, root: number): void {
-    v.eptPointer = root - (root % 4096) + VMX_EPTP_PWL_4 + VMX_EPTP_MT_WB;
+  /**
+   * EPTP (§25.6.11, Table 25-9): write-back memory type, the walk length (4 or 5 levels), bit 6 for EPT A/D,
+   * the PML4 (PML5) address in bits 51:12, as KVM's construct_eptp; enables EPT.
+   */
+  setNestedRoot(v: Vmcs, root: number, options: NestedRootOptions = {}): void {
+    const levels = options.levels ?? 4;
+    v.eptPointer =
+      root - (root % 4096) + (levels === 5 ? VMX_EPTP_PWL_5 : VMX_EPTP_PWL_4) + (options.accessedDirty === true ? VMX_EPTP_AD_ENABLE : 0) + VMX_EPTP_MT_WB;
     v.secondaryVmExecControl |= SECONDARY_EXEC_ENABLE_EPT;
+  }
+
+  /** The EPT walk under the VMCS's EPT pointer (SDM Vol. 3C §29.3); an invalid EPTP fails VM entry (§27.2.1.1). */
+  createSecondStage(v: Vmcs, hostMem: PhysicalMemory, hostMaxPhyAddr: number): SecondStage {
+    if ((v.secondaryVmExecControl & SECONDARY_EXEC_ENABLE_EPT) === 0) throw new RangeError('VMX: "enable EPT" is 0 in the secondary controls: no second stage');
+    return new EptStage(hostMem, v.eptPointer, { maxPhyAddr: hostMaxPhyAddr });
   }
 
   /** PageFaultFilter: programs PFEC_MASK and PFEC_MATCH (32-bit fields). */

@@ -2,6 +2,8 @@
  * Intel VMX names and numbers (Intel SDM Vol. 3C; Linux arch/x86/include/uapi/asm/vmx.h and asm/vmx.h).
  */
 
+import { BackendError } from './errors.js';
+
 /** Basic exit reasons, SDM Vol. 3C Appendix C (Table C-1). */
 export const EXIT_REASON_EXCEPTION_NMI = 0;
 export const EXIT_REASON_EXTERNAL_INTERRUPT = 1;
@@ -83,7 +85,7 @@ export function exitReasonName(reason: number): string {
     case EXIT_REASON_PML_FULL:
       return 'PML_FULL';
     default:
-      throw new RangeError(`unknown VMX exit reason ${reason}`);
+      throw new BackendError('E_BACKEND_UNKNOWN_EXIT', `unknown VMX exit reason ${reason}`);
   }
 }
 
@@ -118,13 +120,29 @@ export const CR_ACCESS_TYPE_MOV_FROM_CR = 1 << 4;
 export const EPT_VIOLATION_ACC_READ = 1 << 0;
 export const EPT_VIOLATION_ACC_WRITE = 1 << 1;
 export const EPT_VIOLATION_ACC_INSTR = 1 << 2;
+/** Bits 5:3: the AND of bits 0 (R), 1 (W), 2 (X) of the EPT entries used to translate the gpa (0 when one was not present). */
 export const EPT_VIOLATION_READABLE = 1 << 3;
+export const EPT_VIOLATION_WRITABLE = 1 << 4;
+export const EPT_VIOLATION_EXECUTABLE = 1 << 5;
+export const EPT_VIOLATION_RWX_SHIFT = 3;
+export const EPT_VIOLATION_RWX_MASK = 7 << 3;
+/** Bit 7: the guest linear-address field is valid (every EPT violation but a PDPTE load by MOV to CR). */
 export const EPT_VIOLATION_GVA_IS_VALID = 1 << 7;
+/** Bit 8 (with bit 7): the access was to the translation of the linear address; clear for a guest paging-structure access. */
 export const EPT_VIOLATION_GVA_TRANSLATED = 1 << 8;
+/**
+ * Bits 11:9 (with bits 7 and 8, where the processor reports advanced VM-exit information for EPT violations,
+ * IA32_VMX_EPT_VPID_CAP bit 22): the linear address is a user-mode address, is writable, is execute-disable.
+ */
+export const EPT_VIOLATION_LINEAR_USER = 1 << 9;
+export const EPT_VIOLATION_LINEAR_WRITABLE = 1 << 10;
+export const EPT_VIOLATION_LINEAR_XD = 1 << 11;
 
 /** EPT pointer, SDM Vol. 3C §25.6.11 (Table 25-9): bits 2:0 memory type (6 = WB), 5:3 walk length - 1, 6 A/D. */
 export const VMX_EPTP_MT_WB = 6;
 export const VMX_EPTP_PWL_4 = 3 << 3;
+export const VMX_EPTP_PWL_5 = 4 << 3;
+export const VMX_EPTP_AD_ENABLE = 1 << 6;
 
 /** IA32_EFER, the one MSR whose writes the simulator models. */
 export const MSR_EFER = 0xc0000080;

@@ -10,6 +10,7 @@ import {
   PFERR_USER,
   PFERR_WRITE,
   PF_VECTOR,
+  WalkResult,
 } from '@vmexit/core';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
@@ -161,17 +162,15 @@ describe('VmxBackend', () => {
     });
   });
 
-  describe('.crReadExits / .invlpgExits', () => {
-    it('exit on MOV from CR3 and INVLPG under shadow paging, not under EPT', () => {
+  describe('.invlpgExits', () => {
+    it('exit on INVLPG under shadow paging, not under EPT', () => {
       const s = createVmcs('shadow');
       const t = createVmcs('tdp');
-      expect([vmx.crReadExits(s, 3), vmx.invlpgExits(s)]).toEqual([true, true]);
-      expect([vmx.crReadExits(t, 3), vmx.invlpgExits(t)]).toEqual([false, false]);
+      expect(vmx.invlpgExits(s)).toBe(true);
+      expect(vmx.invlpgExits(t)).toBe(false);
       expect(s.cpuBasedVmExecControl & (CPU_BASED_CR3_STORE_EXITING | CPU_BASED_INVLPG_EXITING)).not.toBe(0);
       expect(t.secondaryVmExecControl & SECONDARY_EXEC_ENABLE_EPT).not.toBe(0);
       expect(vmx.exceptionExits(t, PF_VECTOR, 0)).toBe(false); // EPT: #PF not intercepted
-      expect([vmx.crReadExits(s, 0), vmx.crReadExits(s, 4)]).toEqual([false, false]); // the read shadows are read
-      expect(() => vmx.crReadExits(s, 8)).toThrow(/VMX: no read-exit rule for control register 8/);
     });
   });
 
@@ -190,26 +189,43 @@ describe('VmxBackend', () => {
     it('describes CR_ACCESS (28), MSR_WRITE (32), INVLPG (14) exits', () => {
       const v = createVmcs('shadow');
       expect(vmx.crWriteExit(v, 3, 0x5000)).toMatchObject({ code: EXIT_REASON_CR_ACCESS, name: 'CR_ACCESS', fields: { exitQualification: 3 } });
-      expect(vmx.crReadExit(v, 3)).toMatchObject({ code: 28, fields: { exitQualification: 0x13 } });
       expect(vmx.crWriteExit(v, MSR_EFER, 0)).toMatchObject({ code: EXIT_REASON_MSR_WRITE, name: 'MSR_WRITE' });
       expect(vmx.invlpgExit(v, 0x40_0000)).toMatchObject({ code: EXIT_REASON_INVLPG, name: 'INVLPG', fields: { exitQualification: 0x40_0000 } });
     });
 
     it('describes EPT violations (48) with the qualification bits and misconfigurations (49)', () => {
       const v = createVmcs('tdp');
-      // a write to a present, read-only gpa on the final translation: W (bit 1) | R (bit 3) | GVA valid (7) | final (8)
-      const hw = vmx.nestedFaultExit(v, 0x1234000, 0x400000, 2 ** 32 + (PFERR_PRESENT | ACC_WRITE));
+      const f = new WalkResult();
+      // a supervisor write to a present, read-only (R only) gpa on the final translation, through a writable
+      // guest translation: W (bit 1) | R (bit 3) | GVA valid (7) | final (8) | linear writable (10)
+      Object.assign(f, {
+        nestedGpa: 0x1234000,
+        nestedFinal: true,
+        nestedAccess: ACC_WRITE,
+        nestedRights: 1,
+        nestedMisconfig: false,
+        user: false,
+        writable: true,
+        executable: true,
+      });
+      const hw = vmx.nestedFaultExit(v, f, 0x400000);
       expect(hw).toMatchObject({
         code: EXIT_REASON_EPT_VIOLATION,
         name: 'EPT_VIOLATION',
-        fields: { exitQualification: 0x18a, guestPhysicalAddress: 0x1234000 },
+        fields: { exitQualification: 0x58a, guestPhysicalAddress: 0x1234000, guestLinearAddress: 0x400000 },
       });
+      expect(vmx.nestedFaultErrorCode(v)).toBe(2 ** 32 + (PFERR_PRESENT | PFERR_WRITE));
       // a read of a not-present gpa during the guest's walk: R (bit 0) | GVA valid, bit 8 clear
-      expect(vmx.nestedFaultExit(v, 0x2000, 0x400000, 2 ** 33).fields.exitQualification).toBe(0x81);
-      expect(vmx.nestedFaultExit(v, 0x2000, 0x400000, 2 ** 32 + (PFERR_PRESENT | PFERR_RSVD))).toMatchObject({
+      Object.assign(f, { nestedGpa: 0x2000, nestedFinal: false, nestedAccess: 0, nestedRights: 0 });
+      expect(vmx.nestedFaultExit(v, f, 0x400000).fields.exitQualification).toBe(0x81);
+      expect(vmx.nestedFaultErrorCode(v)).toBe(2 ** 33 + PFERR_USER); // KVM reports a read as PFERR_USER
+      f.nestedMisconfig = true;
+      expect(vmx.nestedFaultExit(v, f, 0x400000)).toMatchObject({
         code: EXIT_REASON_EPT_MISCONFIG,
         name: 'EPT_MISCONFIG',
+        fields: { guestPhysicalAddress: 0x2000 },
       });
+      expect(vmx.nestedFaultErrorCode(v)).toBe(PFERR_RSVD);
       expect(vmx.mmioExit(v, 0xfee00000, 0x1000, 0).code).toBe(EXIT_REASON_EPT_MISCONFIG);
       expect(vmx.mmioExit(createVmcs('shadow'), 0xfee00000, 0x1000, ACC_WRITE).fields.vmExitIntrErrorCode).toBe(PFERR_PRESENT | PFERR_RSVD | ACC_WRITE);
     });
@@ -245,6 +261,8 @@ describe('VmxBackend', () => {
       const v = createVmcs('tdp');
       vmx.setNestedRoot(v, 0x12345000);
       expect(v.eptPointer).toBe(0x12345000 + 0x18 + 6);
+      vmx.setNestedRoot(v, 0x12345000, { levels: 5, accessedDirty: true });
+      expect(v.eptPointer).toBe(0x12345000 + 0x40 + 0x20 + 6);
     });
   });
 });

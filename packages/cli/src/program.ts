@@ -19,6 +19,11 @@ export function buildProgram(): Command {
  */
 export async function main(argv: string[]): Promise<number> {
   const program = buildProgram();
+  if (argv.length === 0) {
+    // `vmexit` alone: a usage error (exit 2), with the help on stderr.
+    process.stderr.write(`vmexit: no command given\n${program.helpInformation()}`);
+    return 2;
+  }
   try {
     await program.parseAsync(argv, { from: 'user' });
     return typeof process.exitCode === 'number' ? process.exitCode : 0;

@@ -2,7 +2,7 @@ import { PFERR_WRITE, type ModuleSources } from '@vmexit/core';
 import { ShadowMmu } from '@vmexit/mmu-shadow';
 import { describe, expect, it } from 'vitest';
 import { parseVariantSpec } from '../src/commands/compare.js';
-import { checkFailure, runChecked } from '../src/run-variant.js';
+import { checkFailure, runChecked } from '@vmexit/lab';
 import { DropsWriteProtectMmu, WrongErrorCodeMmu, sourcesWith } from './helpers/broken-mmu.js';
 
 async function check(backend: 'vmx' | 'svm', workload: string, sources?: ModuleSources) {

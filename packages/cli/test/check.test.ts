@@ -1,6 +1,6 @@
 import type { FaultKindName, GuestFaultEvent } from '@vmexit/guest';
 import { describe, expect, it } from 'vitest';
-import { ALLOWED_DIFFERENCES, checkFailure, compareGuestViews, type GuestView } from '../src/run-variant.js';
+import { ALLOWED_DIFFERENCES, checkFailure, compareGuestViews, type GuestView } from '@vmexit/lab';
 
 type Ev = [address: number, errorCode: number, kind: FaultKindName, vcpu?: number, pid?: number];
 

@@ -17,7 +17,7 @@ import {
 import type { ShadowMmu } from '@vmexit/mmu-shadow';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { compareGuestViews, type GuestView } from '../src/run-variant.js';
+import { compareGuestViews, type GuestView } from '@vmexit/lab';
 import { DropsWriteProtectMmu, sourcesWith } from './helpers/broken-mmu.js';
 
 /**

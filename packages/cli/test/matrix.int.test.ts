@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { parseVariantSpec } from '../src/commands/compare.js';
-import { runChecked } from '../src/run-variant.js';
+import { runChecked } from '@vmexit/lab';
 
 /**
  * The guest must not be able to tell that it runs virtualized (ARCHITECTURE.md): every synthetic workload,

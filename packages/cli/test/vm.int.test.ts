@@ -147,6 +147,8 @@ describe('createVm', () => {
 
   it('reports every problem of an invalid variant with its path', async () => {
     const { sources: src } = sources();
+    // A caller without types (JavaScript, a config file): createVm(VariantInput) rejects this at compile time too.
+    // @ts-expect-error backend 'arm', vcpus 'two' and colour are not a VariantInput
     const err = await createVm({ backend: 'arm', vcpus: 'two', colour: 'red', policies: [{ use: 'nope-policy-xyz' }] }, { sources: src }).catch(
       (e: unknown) => e,
     );

@@ -169,7 +169,7 @@ function measure(ops, fn) {
 
 /**
  * A trace of 32-bit addresses over a working set of `pages` consecutive 4 KiB pages from `base` that moves
- * to a random page with probability 1/8 per access, at random offsets (as perf.md §3 measured it).
+ * to a random page with probability 1/8 per access, at random offsets.
  */
 function addressTrace(rand, len, base, pages) {
   const t = new Uint32Array(len);

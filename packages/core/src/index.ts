@@ -11,3 +11,4 @@ export * from './exits/index.js';
 export * from './vm/index.js';
 export * from './conformance/index.js';
 export * from './cost/index.js';
+export * from './mmu/index.js';

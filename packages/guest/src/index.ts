@@ -21,3 +21,4 @@ export * from './workloads/params.js';
 export * from './workloads/synthetic.js';
 export * from './replay.js';
 export * from './run.js';
+export * from './relocate.js';

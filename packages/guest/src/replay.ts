@@ -1,25 +1,23 @@
-import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { ACC_FETCH, ACC_READ, ACC_WRITE, GuestAbort, PAGE_SIZE } from '@vmexit/core';
 import { PROT_READ, VMA_ANON, VMA_FILE_PRIVATE, VMA_FILE_SHARED, type AreaSpec, type Kernel } from './os/kernel.js';
 import type { Program, Task, TaskRunner } from './os/tasks.js';
-import { decodeVxt } from './trace/vxt.js';
+import { decodeVxt, readVxtFile } from './trace/vxt.js';
 import { TraceError } from './trace/errors.js';
 import { MAP_ANONYMOUS, MAP_SHARED, type VxtEvent, type VxtExecEvent, type VxtProcess, type VxtTrace } from './trace/types.js';
 import { WorkloadError } from './workloads/params.js';
+import { planRelocation, relocateTrace, relocationRefusal, type TraceRelocation } from './relocate.js';
+import { PAGING_MODE_NAMES, pagingModeId, type PagingModeName } from '@vmexit/core';
+
+const modeName = (id: number): PagingModeName => PAGING_MODE_NAMES.find((n) => pagingModeId(n) === id)!;
 
 /** The bundled trace behind the workload name `kbuild` (packages/guest/traces/kbuild.vxt). */
 export const KBUILD_TRACE_PATH = fileURLToPath(new URL('../traces/kbuild.vxt', import.meta.url));
 
 /** Reads and decodes a `.vxt` file (TraceError on a bad file, with the file's name). */
 export function loadVxtFile(path: string): VxtTrace {
-  let bytes: Uint8Array;
-  try {
-    bytes = readFileSync(path);
-  } catch (e) {
-    throw new WorkloadError('unknown-workload', path, `cannot read the trace file (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
-  }
-  return decodeVxt(bytes, path);
+  // Size-checked before it is read (a regular file, its header agreeing with its size): readVxtFile.
+  return decodeVxt(readVxtFile(path), path);
 }
 
 /** Record kind -> access kind (a modify replays as a write: its store is what the MMU sees). */
@@ -33,6 +31,8 @@ export class ReplayStats {
   /** Records whose access ended in SIGSEGV (an address the model's areas do not cover). */
   sigsegvRecords = 0;
   processes = 0;
+  /** How the trace was relocated into the mode's user space, or null when it fits as recorded. */
+  relocation: TraceRelocation | null = null;
 }
 
 /** The largest linear address the trace touches or maps (for the paging mode's user-space check). */
@@ -58,18 +58,23 @@ export function traceHighestAddress(trace: VxtTrace): number {
  * record is one translation on the vCPU (`touch`); its `count` accesses are counted as represented (the
  * repeats are TLB hits on the page just translated).
  */
-export function startReplay(kernel: Kernel, runner: TaskRunner, trace: VxtTrace, stats: ReplayStats, name: string = trace.source.command || 'trace'): void {
+export function startReplay(
+  kernel: Kernel,
+  runner: TaskRunner,
+  recorded: VxtTrace,
+  stats: ReplayStats,
+  name: string = recorded.source.command || 'trace',
+): void {
+  let trace = recorded;
+  // A trace beyond this mode's user space is relocated per process tree when its regions fit (relocate.ts).
+  const plan = planRelocation(trace, kernel.layout.userLimit);
+  if (plan.kind === 'too-big') throw new WorkloadError('bad-config', name, relocationRefusal(trace, modeName(kernel.layout.mode), plan.misfits));
+  if (plan.kind === 'relocated') {
+    stats.relocation = plan.relocation;
+    trace = relocateTrace(trace, plan.relocation);
+  }
   const byPid = new Map<number, VxtProcess>();
   for (const p of trace.processes) byPid.set(p.pid, p);
-  const top = kernel.layout.userLimit;
-  const highest = traceHighestAddress(trace);
-  if (highest > top) {
-    throw new WorkloadError(
-      'bad-config',
-      name,
-      `the trace uses linear addresses up to 0x${highest.toString(16)}, beyond the 0x${top.toString(16)} bytes of user space of this paging mode (replay it with --mode long4 or long5)`,
-    );
-  }
   for (const p of trace.processes) {
     if (p.parent !== 0 && byPid.has(p.parent)) continue;
     const proc = kernel.createProcess(runner.machine.vcpus[0]!, `pid${p.pid}`);

@@ -6,6 +6,7 @@ import { FAULT_KIND_NAMES, FAULT_SIGSEGV, type FaultKindName, type GuestEventLog
 import { TaskRunner } from './os/tasks.js';
 import { KBUILD_TRACE_PATH, ReplayStats, loadVxtFile, startReplay } from './replay.js';
 import type { VxtTrace } from './trace/types.js';
+import type { TraceRelocation } from './relocate.js';
 import { WorkloadError, parseWorkloadRef, resolveParams } from './workloads/params.js';
 import { SYNTHETIC_WORKLOADS } from './workloads/synthetic.js';
 
@@ -69,7 +70,7 @@ export interface RunResult {
     pageTables: { allocated: Record<string, number>; freed: Record<string, number>; reusedAsData: Record<string, number> };
     pteWrites: number;
     pageCacheMisses: number;
-    trace?: { records: number; represented: number; sigsegvRecords: number };
+    trace?: { records: number; represented: number; sigsegvRecords: number; relocation?: TraceRelocation };
   };
   /** Counters (and guest.faults) cover the window a workload marks as its steady state, when it marks one. */
   readonly counters: RunCounters;
@@ -239,7 +240,16 @@ export function runWorkload(options: RunOptions): RunOutcome {
       pageTables: { allocated: levels(s.tablesAllocated), freed: levels(s.tablesFreed), reusedAsData: levels(kernel.frames.tableReusedAsData) },
       pteWrites: s.pteWrites,
       pageCacheMisses: s.pageCacheMisses,
-      ...(trace === null ? {} : { trace: { records: replay.records, represented: replay.represented, sigsegvRecords: replay.sigsegvRecords } }),
+      ...(trace === null
+        ? {}
+        : {
+            trace: {
+              records: replay.records,
+              represented: replay.represented,
+              sigsegvRecords: replay.sigsegvRecords,
+              ...(replay.relocation === null ? {} : { relocation: replay.relocation }),
+            },
+          }),
     },
     counters: diffCounters(final ?? readCounters(machine, 'end'), baseline),
     ...(windowed ? { measured: 'steady state (the workload marks it)' } : {}),

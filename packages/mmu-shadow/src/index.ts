@@ -1,15 +1,15 @@
 /**
  * @vmexit/mmu-shadow: the KVM-style shadow MMU. See README.md for an example and DESIGN.md for the rules.
+ *
+ * Public: what a user composes (the module), extends or inspects (the `ShadowMmu` class, its state's types),
+ * the error class, and the audit entry point. The mechanisms (page cache, roots, fault, pte write, unsync,
+ * decisions) are internal; the spte layout, pool, role and rmaps are core's (`@vmexit/core`, src/mmu/).
  */
-export * from './role.js';
-export * from './spte.js';
-export * from './pool.js';
-export * from './rmap.js';
-export * from './page.js';
-export * from './context.js';
-export * from './write-decision.js';
-export * from './mmu.js';
-export * from './errors.js';
-export * from './audit.js';
-export * from './module.js';
+export { shadowMmuModule, containerModule } from './module.js';
 export { default } from './module.js';
+export { ShadowMmu, type ShadowMmuOptions } from './mmu.js';
+export type { ShadowMmuState, VcpuShadowState } from './state.js';
+export type { ShadowPage } from './page.js';
+export { defaultMaxMmuPages } from './page-cache.js';
+export { ShadowMmuError } from './errors.js';
+export { auditShadowMmu, type AuditOptions } from './audit.js';

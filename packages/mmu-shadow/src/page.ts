@@ -1,54 +1,20 @@
-import { ShadowPool, SPTES_PER_PAGE } from './pool.js';
-import { SpteList } from './rmap.js';
-import { roleDirect, roleLevel } from './role.js';
+import { MmuPage } from '@vmexit/core';
 
 /**
- * One shadow page (KVM `struct kvm_mmu_page`, arch/x86/kvm/mmu/mmu_internal.h): a host frame of 512 sptes,
- * the guest gfn it shadows (indirect) or the first gfn of the range it maps (direct), its role, the parent
- * sptes that point at it, and how many vCPU roots use it.
- *
- * KVM keeps `gfns[512]` (the gfn behind each leaf spte). Here host-physical addresses of guest RAM equal
- * guest-physical ones, so a leaf spte's address already is its gfn and no array is needed.
+ * One shadow page (KVM `struct kvm_mmu_page`, arch/x86/kvm/mmu/mmu_internal.h): core's `MmuPage` (frame,
+ * gfn, role, parent_ptes, root count) with what only the shadow MMU keeps.
  */
-export class ShadowPage {
-  readonly frame: number;
-  readonly hpa: number;
-  /** Low and high halves of `hpa`, for linking (`link_shadow_page`). */
-  readonly hpaLo: number;
-  readonly hpaHi: number;
-  /** The first spte location of this page (`frame * 512`). */
-  readonly base: number;
-  readonly gfn: number;
-  role: number;
-  /** The non-leaf sptes that point here (KVM `parent_ptes`). Roots are pointed at by vCPU root slots instead. */
-  readonly parentPtes = new SpteList();
-  /** vCPU root slots (CR3 roots, PAE roots, cached previous roots) using this page (KVM `root_count`). */
-  rootCount = 0;
+export class ShadowPage extends MmuPage {
   /** Emulated writes since the page was last used by a fault's walk (KVM `write_flooding_count`). */
   writeFloodingCount = 0;
-  /** Set once the page was zapped (it is being freed, or it is an invalid root waiting for its last user). */
-  zapped = false;
   /**
    * Out of sync (KVM `sp->unsync`, level-1 pages only): the guest table is writable and the sptes may be
    * stale until the guest's next TLB flush (CR3 write) or INVLPG syncs them (Documentation/virt/kvm/x86/mmu.rst).
    */
   unsync = false;
+}
 
-  constructor(frame: number, gfn: number, role: number) {
-    this.frame = frame;
-    this.hpa = ShadowPool.frameHpa(frame);
-    this.hpaLo = (this.hpa % 4294967296) >>> 0;
-    this.hpaHi = Math.floor(this.hpa / 4294967296);
-    this.base = frame * SPTES_PER_PAGE;
-    this.gfn = gfn;
-    this.role = role;
-  }
-
-  get level(): number {
-    return roleLevel(this.role);
-  }
-
-  get direct(): boolean {
-    return roleDirect(this.role);
-  }
+/** The constructor `allocPage` calls for a new shadow page. */
+export function makeShadowPage(frame: number, gfn: number, role: number): ShadowPage {
+  return new ShadowPage(frame, gfn, role);
 }

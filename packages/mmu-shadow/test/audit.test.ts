@@ -1,18 +1,8 @@
 import { CR0_PG, CR0_WP, PF_VECTOR, type Vcpu } from '@vmexit/core';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import {
-  auditShadowMmu,
-  ShadowMmuError,
-  SPTE_HI_NX,
-  SPTE_HOST_WRITABLE,
-  SPTE_MMU_WRITABLE,
-  SPTE_U,
-  SPTE_W,
-  sptePa,
-  type ShadowMmu,
-  type ShadowPage,
-} from '../src/index.js';
+import { SPTE_HI_NX, SPTE_HOST_WRITABLE, SPTE_MMU_WRITABLE, SPTE_U, SPTE_W, sptePa } from '@vmexit/core';
+import { auditShadowMmu, ShadowMmuError, type ShadowMmu, type ShadowPage } from '../src/index.js';
 import { A, D, GuestTables, type Mode, P, setup, U, W } from './harness.js';
 
 const USER = 0x40000000; // 1 GiB: user space of the test guests

@@ -21,7 +21,8 @@ import {
   type Vcpu,
   type VcpuHooks,
 } from '@vmexit/core';
-import { levelIndex, ShadowMmu, type ShadowMmuOptions } from '../src/index.js';
+import { levelIndex } from '../src/gpte.js';
+import { ShadowMmu, type ShadowMmuOptions } from '../src/index.js';
 
 export type Mode = 'legacy32' | 'pae' | 'long4';
 

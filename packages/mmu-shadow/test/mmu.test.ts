@@ -1,21 +1,10 @@
 import { CR0_PG, CR0_WP, GP_VECTOR, Machine, PF_VECTOR, type Vcpu } from '@vmexit/core';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import {
-  ACC_WRITE_MASK,
-  KVM_MIN_FREE_MMU_PAGES,
-  KVM_REFILL_PAGES,
-  ROLE_4BYTE_GPTE,
-  ROLE_DIRECT,
-  ROLE_INVALID,
-  levelIndex,
-  roleAccess,
-  roleQuadrant,
-  ShadowMmu,
-  ShadowMmuError,
-  SPTE_P,
-  SPTE_W,
-} from '../src/index.js';
+import { ACC_WRITE_MASK, ROLE_4BYTE_GPTE, ROLE_DIRECT, ROLE_INVALID, roleAccess, roleQuadrant, SPTE_P, SPTE_W } from '@vmexit/core';
+import { levelIndex } from '../src/gpte.js';
+import { ShadowMmu, ShadowMmuError } from '../src/index.js';
+import { KVM_MIN_FREE_MMU_PAGES, KVM_REFILL_PAGES } from '../src/page-cache.js';
 import { A, D, GuestTables, Harness, P, setup, U, W } from './harness.js';
 
 const USER = 0x40000000; // 1 GiB: user space of the test guests

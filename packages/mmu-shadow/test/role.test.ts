@@ -1,6 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { ACC_ALL, childRole, defaultMaxMmuPages, roleAccess, roleDirect, roleLevel, roleQuadrant, rootRole, SpteList } from '../src/index.js';
+import { ACC_ALL, childRole, roleAccess, roleDirect, roleLevel, roleQuadrant, rootRole, SpteList } from '@vmexit/core';
+import { defaultMaxMmuPages } from '../src/index.js';
 
 describe('role', () => {
   describe('childRole', () => {

@@ -15,8 +15,9 @@ export const bypassGuestPfOptions = z.strictObject({});
 export type BypassGuestPfOptions = z.output<typeof bypassGuestPfOptions>;
 
 /**
- * `bypass-guest-pf` (KVM c7addb902054, "Allow not-present guest page faults to bypass kvm", 2007; kvm-mmu.md
- * §B.1). VMX only: PFEC_MASK = PFEC_MATCH = 1 with exception-bitmap bit 14 set, so by the SDM's rule (Vol. 3C
+ * `bypass-guest-pf` (KVM c7addb902054, "Allow not-present guest page faults to bypass kvm", 2007: vmx.c
+ * vmx_vcpu_setup, mmu.c kvm_mmu_set_nonpresent_ptes). VMX only: PFEC_MASK = PFEC_MATCH = 1 with exception-bitmap
+ * bit 14 set, so by the SDM's rule (Vol. 3C
  * §25.6.3: a #PF exits iff EB[14] XOR ((PFEC & MASK) != MATCH)) only faults with P=1 exit; a P=0 fault goes
  * straight to the guest's IDT. The shadow MMU then encodes a non-present spte two ways: notrap (0, P=0) where
  * it knows the guest pte is not present, so the guest's own fault costs no exit, and trap (P=1 with reserved

@@ -5,7 +5,7 @@ export const misalignedWriteOptions = z.strictObject({});
 export type MisalignedWriteOptions = z.output<typeof misalignedWriteOptions>;
 
 /**
- * `misaligned-write` (KVM 0e7bc4b9610e, "A misaligned write zaps the page"; kvm-mmu.md §B.3.22): an emulated
+ * `misaligned-write` (KVM 0e7bc4b9610e, "A misaligned write zaps the page"; today arch/x86/kvm/mmu/mmu.c detect_write_misaligned): an emulated
  * write that straddles two guest ptes, or is shorter than 4 bytes except a 1-byte write at a pte's first byte
  * (Linux's `andb` on status bits), zaps the whole shadow page: "since a misaligned access is unlikely to occur
  * on a real page table, just zap the page". The MMU computes `misaligned` exactly as `detect_write_misaligned`,

@@ -5,7 +5,7 @@ export const prefetchOptions = z.strictObject({});
 export type PrefetchOptions = z.output<typeof prefetchOptions>;
 
 /**
- * `prefetch` (KVM `FNAME(pte_prefetch)`, PTE_PREFETCH_NUM = 8; kvm-mmu.md §A.10): when a fault is fixed in
+ * `prefetch` (KVM `FNAME(pte_prefetch)`, PTE_PREFETCH_NUM = 8, arch/x86/kvm/mmu/paging_tmpl.h): when a fault is fixed in
  * a level-1 shadow page of a guest page table, the MMU also maps the other non-present sptes of the aligned
  * group of 8 whose gptes are present and accessed (rights = the page's role AND the gpte's, writable only
  * when dirty), stopping at the first gpte it cannot map. Neighbouring pages then cost no fault.

@@ -5,7 +5,7 @@ export const pteUpdateOptions = z.strictObject({});
 export type PteUpdateOptions = z.output<typeof pteUpdateOptions>;
 
 /**
- * `pte-update` (KVM 0028425f647b, "Update shadow pte on write to guest pte", 2007; kvm-mmu.md §B.3.1): an
+ * `pte-update` (KVM 0028425f647b, "Update shadow pte on write to guest pte", 2007: mmu.c kvm_mmu_pte_write -> mmu_pte_write_new_pte): an
  * emulated write of a whole guest pte into a level-1 guest page table installs the new shadow pte at once
  * (`update-spte`) instead of clearing it, which saves the re-fault: a demand fault costs 2 exits instead of 3.
  * The MMU installs it only when the write is full-size and aligned, the gpte is present and accessed (an A=0

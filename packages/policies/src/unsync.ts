@@ -6,7 +6,8 @@ export const unsyncOptions = z.strictObject({});
 export type UnsyncOptions = z.output<typeof unsyncOptions>;
 
 /**
- * `unsync` (KVM 4731d4c7a077, "out of sync shadow core", 2008, which replaced `pte-update`; kvm-mmu.md §A.8):
+ * `unsync` (KVM 4731d4c7a077, "out of sync shadow core", 2008, which replaced `pte-update`; today
+ * arch/x86/kvm/mmu/mmu.c mmu_try_to_unsync_pages and kvm_sync_page):
  * a guest page table shadowed only by level-1 pages may become writable and out of sync instead of having
  * every pte write emulated. The MMU syncs it at the guest's next TLB flush: a CR write (CR3 load) syncs every
  * unsync page the vCPU's roots reach, INVLPG re-reads the one gpte, and linking an unsync page syncs it first

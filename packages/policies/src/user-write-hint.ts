@@ -5,8 +5,8 @@ export const userWriteHintOptions = z.strictObject({});
 export type UserWriteHintOptions = z.output<typeof userWriteHintOptions>;
 
 /**
- * `user-write-hint` (KVM 2007, "Treat user-mode faults as a hint that a page is no longer a page table";
- * kvm-mmu.md §B.3.25): a user-mode write fault on a write-protected guest page table zaps all its shadow
+ * `user-write-hint` (KVM 2007, "Treat user-mode faults as a hint that a page is no longer a page table":
+ * arch/x86/kvm/paging_tmpl.h FNAME(fix_write_pf) calling mmu_unshadow on a user fault): a user-mode write fault on a write-protected guest page table zaps all its shadow
  * pages (`mmu_unshadow`) and maps the page writable, instead of emulating the write: user mode does not
  * write page tables, so the page must have been recycled into a data page.
  *

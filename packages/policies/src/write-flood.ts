@@ -15,7 +15,7 @@ export const writeFloodOptions = z.strictObject({
 export type WriteFloodOptions = z.output<typeof writeFloodOptions>;
 
 /**
- * `write-flood` (KVM 86a5ba025d0a, "Page table write flood protection"; kvm-mmu.md §B.3.21): a shadow page
+ * `write-flood` (KVM 86a5ba025d0a, "Page table write flood protection"; today arch/x86/kvm/mmu/mmu.c detect_write_flooding): a shadow page
  * that takes `threshold` emulated writes in a row is zapped (`mmu_flooded`), which drops the write protection
  * of a guest page that is no longer used as a page table (a page directory recycled into a data page and
  * memset: ~4 exits instead of 512 emulated writes).

@@ -1,5 +1,6 @@
 import { of, lastValueFrom, type MonoTypeOperatorFunction } from 'rxjs';
-import type { FaultPolicy, MmuEvent, PolicySetupContext, PolicyVcpuContext } from '@vmexit/core';
+import type { FaultPolicy, MmuEvent } from '@vmexit/core';
+import { policyVcpuContext } from '@vmexit/core/testing';
 import type { ShadowMmu } from '@vmexit/mmu-shadow';
 
 // Shared by the per-policy unit tests: MMU events as the shadow MMU asks them, and a policy's answer.
@@ -26,13 +27,9 @@ export const flood = (level: number, writeCount: number, vcpuWriteCount: number)
   vcpuWriteCount,
 });
 
-export function ctx<O>(options: O, extra: Partial<PolicySetupContext<O>> = {}): PolicyVcpuContext<O> {
-  return { options, ...extra } as unknown as PolicyVcpuContext<O>;
-}
-
 /** The decision a policy's MMU-event operator takes for `ev` (null: passed on). */
 export async function decide<O>(p: FaultPolicy<O>, ev: MmuEvent, options: O): Promise<unknown> {
-  const op = p.mmuEvents!(ctx(options)) as MonoTypeOperatorFunction<MmuEvent>;
+  const op = p.mmuEvents!(policyVcpuContext(options)) as MonoTypeOperatorFunction<MmuEvent>;
   const out = await lastValueFrom(of({ ...ev }).pipe(op));
   return out.decision;
 }

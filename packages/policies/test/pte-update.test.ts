@@ -1,6 +1,6 @@
-import { MODE_LEGACY32, PT_ACCESSED } from '@vmexit/core';
+import { MODE_LEGACY32, PT_ACCESSED, roleQuadrant } from '@vmexit/core';
 import { PROT_READ, PROT_WRITE, VMA_ANON } from '@vmexit/guest';
-import { roleQuadrant, type ShadowMmu } from '@vmexit/mmu-shadow';
+import type { ShadowMmu } from '@vmexit/mmu-shadow';
 import { describe, expect, it } from 'vitest';
 import { pteUpdate } from '../src/index.js';
 import { decide, pick, pteWrite } from './helpers.js';
@@ -17,8 +17,8 @@ describe('pteUpdate', () => {
 
   describe('on a 32-bit guest (createVm, the guest kernel)', () => {
     // A legacy32 guest table T has 1024 4-byte gptes and is shadowed by two level-1 shadow pages of 512
-    // 8-byte sptes, quadrant 0 (gptes 0-511) and quadrant 1 (gptes 512-1023) (KVM role.quadrant, kvm-mmu.md
-    // §A.7). The process maps page 0 of T's 4 MiB (gpte 0, quadrant 0) and page 512 (gpte 512, quadrant 1) and
+    // 8-byte sptes, quadrant 0 (gptes 0-511) and quadrant 1 (gptes 512-1023) (KVM role.quadrant,
+    // arch/x86/kvm/mmu/mmu.c kvm_mmu_get_child_sp / get_written_sptes). The process maps page 0 of T's 4 MiB (gpte 0, quadrant 0) and page 512 (gpte 512, quadrant 1) and
     // writes both, so both quadrant pages exist. The kernel then stores gpte 1 (quadrant 0's spte 1; in
     // quadrant 1 the same spte index 1 shadows gpte 513) as present and accessed (A=1, so that an update
     // happens at all: an A=0 gpte must fault to get A set).

@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { bootGuest, counterDelta, exitsPerFault, guestGfn, mode, runOn } from './vm.js';
 
 // Scenario tests against the real guest OS model (packages/guest runWorkload) on a VM built by createVm,
-// with the monorepo's backends, the shadow MMU and the built-in policies (kvm-mmu.md §B).
+// with the monorepo's backends, the shadow MMU and the built-in policies (each policy's file names its KVM commit).
 
 const shadow = (backend: 'vmx' | 'svm', policies: string[], guestMode: 'long4' | 'pae' | 'legacy32' = 'long4'): VariantInput => ({
   backend,
@@ -17,7 +17,7 @@ const shadow = (backend: 'vmx' | 'svm', policies: string[], guestMode: 'long4' |
 describe('policies (scenarios)', () => {
   describe('demand-fault, steady state', () => {
     // `demand-fault` touches 600 new pages once each; every fault after the first of a 2 MiB region finds
-    // the shadow level-1 page of its guest PT already there and write-protected (kvm-mmu.md §B, conventions).
+    // the shadow level-1 page of its guest PT already there and write-protected (KVM mmu.c account_shadowed -> kvm_slot_page_track_add_page).
     const wl = 'demand-fault:pages=600';
     it('VMX, no policy: 3 exits per fault', async () => {
       // Exit 1: the user store faults (spte not present, P=0) -> the guest walk fails too -> #PF injected.
@@ -70,8 +70,8 @@ describe('policies (scenarios)', () => {
     // A real PAE guest (packages/guest Kernel on the VM's machine): a process with two pages of anonymous
     // memory, both touched from user mode, so that their page table (gfn T) is shadowed by one level-1
     // shadow page and write-protected. The kernel then stores into T through its direct map, as a kernel
-    // writing a pte does, at offset 4: the high half of gpte 0 (KVM's detect_write_misaligned, kvm-mmu.md
-    // §B.3.22). Both stores write the values already there, so the guest's view does not change.
+    // writing a pte does, at offset 4: the high half of gpte 0 (KVM's detect_write_misaligned,
+    // arch/x86/kvm/mmu/mmu.c). Both stores write the values already there, so the guest's view does not change.
     async function straddle(policies: VariantInput['policies']) {
       const g = await bootGuest(
         { backend: 'vmx', mmu: 'shadow', memory: 4 * 1024 * 1024, guest: { mode: 'pae', personality: 'linux' }, policies },

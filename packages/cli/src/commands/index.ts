@@ -5,9 +5,24 @@ import { registerPolicies } from './policies.js';
 import { registerRun } from './run.js';
 import { registerCompare } from './compare.js';
 import { registerMain } from './main.js';
+import { registerWorkloads } from './workloads.js';
+import { registerSweep } from './sweep.js';
+import { registerWorker } from './worker.js';
+import { registerReport } from './report.js';
 
 /** A subcommand: adds itself to the program. Each lives in its own file under commands/. */
 export type CommandRegistration = (program: Command) => void;
 
 /** The subcommands, in the order `vmexit --help` lists them. */
-export const commands: CommandRegistration[] = [registerMain, registerRun, registerCompare, registerConformance, registerTrace, registerPolicies];
+export const commands: CommandRegistration[] = [
+  registerMain,
+  registerRun,
+  registerCompare,
+  registerSweep,
+  registerWorker,
+  registerReport,
+  registerConformance,
+  registerTrace,
+  registerPolicies,
+  registerWorkloads,
+];

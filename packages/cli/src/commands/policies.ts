@@ -1,6 +1,6 @@
 import { capabilityProviders, composeVariant, DEFAULT_MODULE_SOURCES, listPolicies, type AvailablePolicy, type ModuleSources } from '@vmexit/core';
 import type { Command } from 'commander';
-import { addVariantOptions, rawVariant, variantInputError, type VariantOptions } from '../variant-options.js';
+import { addVariantOptions, checkGuestMemory, rawVariant, variantInputError, type VariantOptions } from '../variant-options.js';
 
 /**
  * `vmexit policies [--json] [variant flags]`: lists the built-in policies and those named by the variant's
@@ -15,7 +15,8 @@ export function registerPolicies(program: Command, sources: ModuleSources = DEFA
     .option('--json', 'print JSON instead of a table');
   addVariantOptions(cmd).action(async (opts: VariantOptions & { json?: boolean }) => {
     const cwd = process.cwd();
-    const checking = opts.backend !== undefined || opts.policy !== undefined || opts.config !== undefined;
+    // Any variant flag makes it a check of that variant: `--mmu tdp` or `--vcpus abc` alone must not list and exit 0.
+    const checking = [opts.backend, opts.mmu, opts.policy, opts.config, opts.costModel, opts.vcpus, opts.memory].some((v) => v !== undefined);
     const raw = await rawVariant(opts, cwd);
     const from = typeof raw.resolveFrom === 'string' ? raw.resolveFrom : cwd;
     const extra: string[] = [];
@@ -24,7 +25,8 @@ export function registerPolicies(program: Command, sources: ModuleSources = DEFA
     }
     if (checking) {
       const comp = await composeVariant(raw, sources);
-      if (comp.problems.length > 0) throw variantInputError(comp.problems, opts.config);
+      if (comp.problems.length > 0 || comp.variant === null) throw variantInputError(comp.problems, opts.config);
+      checkGuestMemory(comp.variant.memory, opts.memory !== undefined ? '--memory' : `--config ${opts.config}: memory`);
     }
     const { policies: builtIn, errors } = await listPolicies(sources, from);
     const names = new Set(builtIn.map((p) => p.policy.name));

@@ -1,11 +1,14 @@
-import * as fs from 'node:fs';
 import type { Command } from 'commander';
 import { hexU64, PAGING_MODE_NAMES, type PagingModeName } from '@vmexit/core';
-import { PERSONALITIES, type GuestEventLog, type Personality, type RunResult } from '@vmexit/guest';
+import { PERSONALITIES, type GuestEventLog, type Personality } from '@vmexit/guest';
 import { InputError, RunFailure } from '../errors.js';
+import { OutputFile } from '../output-file.js';
+import { checkWorkloadSpec, workloadInputs } from '../workload-check.js';
 import { Progress, rate } from '../progress.js';
-import { JsonLinesTracer, checkFailure, runChecked, runOnVariant, type CheckReport, type VariantRunResult } from '../run-variant.js';
+import { JsonLinesTracer, checkFailure, provenance, runChecked, runOnVariant, variantLabel, type CheckReport, type VariantRunResult } from '@vmexit/lab';
 import { addVariantOptions, variantFromOptions, type VariantOptions } from '../variant-options.js';
+
+export { parseSize } from '../variant-options.js';
 
 interface RunFlags extends VariantOptions {
   workload: string;
@@ -47,8 +50,12 @@ export function registerRun(program: Command): void {
   addVariantOptions(cmd).action(async (flags: RunFlags) => {
     const opts = checkFlags(flags);
     const variant = await variantFromOptions(flags);
+    // Everything is checked before the trace file is opened: bad input leaves no file and the old one as it was.
+    checkWorkloadSpec(flags.workload, '--workload');
     const progress = new Progress();
-    const traceFile = flags.trace === undefined ? null : new TraceFile(flags.trace);
+    const started = provenance(variant);
+    const inputs = [...workloadInputs(flags.workload), ...(flags.config === undefined ? [] : [flags.config])];
+    const traceFile = flags.trace === undefined ? null : new TraceFile(flags.trace, inputs);
     const tracer = traceFile === null ? undefined : new JsonLinesTracer(traceFile.write);
     const runOpts = { ...opts, variant, audit: flags.audit === true, tracer, onProgress: (n: number, total: number | null) => progress.update(n, total) };
     let result: VariantRunResult;
@@ -75,7 +82,7 @@ export function registerRun(program: Command): void {
       progress.clear();
     }
     traceFile?.finish(events);
-    const doc = check === null ? result : { ...result, check };
+    const doc = check === null ? { ...result, provenance: started } : { ...result, check, provenance: started };
     process.stdout.write(flags.json === true ? `${JSON.stringify(doc, null, 2)}\n` : summary(result, check));
     if (check !== null && !check.ok) throw checkFailure(check);
   });
@@ -86,9 +93,6 @@ function checkFlags(f: RunFlags): { workload: string; mode: PagingModeName; seed
     throw new InputError(`--mode: unknown paging mode '${f.mode}' (expected ${PAGING_MODE_NAMES.join(', ')})`);
   const seed = Number(f.seed);
   if (!/^\d+$/.test(f.seed) || seed > 0xffffffff) throw new InputError(`--seed: expected an integer from 0 to 4294967295, got '${f.seed}'`);
-  if (f.vcpus !== undefined && (!/^\d+$/.test(f.vcpus) || Number(f.vcpus) < 1 || Number(f.vcpus) > 256))
-    throw new InputError(`--vcpus: expected an integer from 1 to 256, got '${f.vcpus}'`);
-  if (f.memory !== undefined) f.memory = String(parseSize(f.memory));
   const personalities = (f.personality ?? []).flatMap((p) => p.split(',')).filter((p) => p.length > 0);
   for (const p of personalities) {
     if (!(PERSONALITIES as readonly string[]).includes(p))
@@ -97,57 +101,63 @@ function checkFlags(f: RunFlags): { workload: string; mode: PagingModeName; seed
   return { workload: f.workload, mode: f.mode as PagingModeName, seed, personalities: personalities as Personality[] };
 }
 
-/** `256M`, `1G`, `65536K`, `1048576` (bytes); K/M/G are binary (KiB, MiB, GiB). */
-export function parseSize(text: string): number {
-  const m = /^(\d+)\s*([KMG])?(i?B)?$/i.exec(text.trim());
-  if (m === null) throw new InputError(`--memory: '${text}' is not a size (examples: 256M, 1G)`);
-  const unit = m[2] === undefined ? 1 : 1024 ** ' KMG'.indexOf(m[2].toUpperCase());
-  const bytes = Number(m[1]) * unit;
-  if (bytes < 4096 || bytes % 4096 !== 0) throw new InputError(`--memory: ${text} is not a positive multiple of 4 KiB`);
-  return bytes;
-}
-
 /**
  * The `--trace` file, written as the run goes: each line (exit, MMU decision, window marker) is appended to
- * a chunk that is written with one `fs.writeSync` when it reaches 64 KiB, so memory stays bounded on long
- * runs and a run that fails (an --audit violation, a panic) leaves every line up to the failure, then one
- * `{"type":"aborted"}` line that says why. The guest-visible faults follow the exits at the end of a run
- * that completes (they come from the guest's own log). Bad input leaves no file.
+ * a chunk that is written with one write when it reaches 64 KiB, so memory stays bounded on long runs. The
+ * lines go to `FILE.partial-<pid>` beside FILE (OutputFile: FILE must be a regular file or new, and not an
+ * input of the run) and replace FILE only at the end:
+ *
+ * - a run that completes: the guest-visible faults follow the exits (they come from the guest's own log);
+ * - a run that fails (an --audit violation, a panic): every line up to the failure, then one
+ *   `{"type":"aborted"}` line that says why;
+ * - bad input: no file, and the old FILE untouched;
+ * - a run stopped from outside (SIGINT, a kill, running out of memory), where no code of ours runs: every
+ *   write of a chunk also writes an `{"type":"interrupted"}` line after it, which the next chunk overwrites,
+ *   so the partial file always ends with a record that says it was cut short. The old FILE is untouched and
+ *   the partial file stays beside it. (A SIGINT handler cannot help: the run is synchronous, and a handler
+ *   would only make Ctrl-C wait for the end of the run.)
  */
 class TraceFile {
   private static readonly CHUNK = 64 * 1024;
-  private readonly fd: number;
+  static readonly INTERRUPTED = `${JSON.stringify({
+    type: 'interrupted',
+    reason: 'the run was stopped here from outside (SIGINT, a kill, or out of memory): the trace is cut short, its counters windows incomplete',
+  })}\n`;
+  private readonly out: OutputFile;
   private chunk: string[] = [];
   private size = 0;
+  /** Bytes of lines written (the interrupted line after them is not counted). */
+  private position = 0;
 
-  constructor(readonly file: string) {
-    try {
-      this.fd = fs.openSync(file, 'w');
-    } catch (e) {
-      throw new InputError(`--trace: cannot write ${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
-    }
+  constructor(
+    readonly file: string,
+    inputs: readonly string[],
+  ) {
+    this.out = OutputFile.open('--trace', file, inputs);
+    this.out.write(TraceFile.INTERRUPTED, 0);
   }
 
   /** Appends one line (with its newline). Hot: called for every traced exit. */
   readonly write = (line: string): void => {
     this.chunk.push(line);
     this.size += line.length;
-    if (this.size >= TraceFile.CHUNK) this.flush();
+    if (this.size >= TraceFile.CHUNK) this.flush(true);
   };
 
-  private flush(): void {
-    if (this.chunk.length === 0) return;
+  private flush(marked: boolean): void {
+    if (this.chunk.length === 0 && marked) return;
     const text = this.chunk.join('');
     this.chunk = [];
     this.size = 0;
     try {
-      fs.writeSync(this.fd, text);
+      this.out.write(marked ? text + TraceFile.INTERRUPTED : text, this.position);
     } catch (e) {
-      throw new RunFailure(`--trace: cannot write ${this.file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+      throw new RunFailure(e instanceof Error ? e.message : String(e));
     }
+    this.position += Buffer.byteLength(text);
   }
 
-  /** A run that completed: the guest-visible faults in the order the guest received them, then close. */
+  /** A run that completed: the guest-visible faults in the order the guest received them, then FILE. */
   finish(events: GuestEventLog): void {
     for (const e of events) {
       this.write(
@@ -163,20 +173,22 @@ class TraceFile {
     this.close();
   }
 
-  /** Bad input: no trace at all. */
+  /** Bad input: no trace at all, the old file untouched. */
   discard(): void {
     this.chunk = [];
     this.size = 0;
-    fs.closeSync(this.fd);
-    fs.rmSync(this.file, { force: true });
+    this.out.discard();
   }
 
   private close(): void {
     try {
-      this.flush();
-    } finally {
-      fs.closeSync(this.fd);
+      this.flush(false);
+      this.out.truncate(this.position);
+    } catch (e) {
+      this.out.discard();
+      throw e;
     }
+    this.out.commit();
   }
 }
 
@@ -248,13 +260,7 @@ export function summary(r: VariantRunResult, check: CheckReport | null = null): 
   return rows.map(([k, v]) => `${k.padEnd(w)}  ${v}\n`).join('');
 }
 
-/** `vmx shadow pte-update,bypass-guest-pf` or `native`. */
-export function variantLabel(v: RunResult['variant']): string {
-  if (v.backend === 'none') return 'native';
-  const pol = (v.policies as (string | { use: string })[] | undefined) ?? [];
-  const names = pol.map((p) => (typeof p === 'string' ? p : p.use));
-  return `${v.backend} ${String(v.mmu)}${names.length > 0 ? ` ${names.join(',')}` : ''}`;
-}
+export { variantLabel };
 
 function sum(o: Record<string, number>): number {
   return Object.values(o).reduce((a, b) => a + b, 0);

@@ -1,18 +1,21 @@
-import * as fs from 'node:fs';
 import type { Command } from 'commander';
-import { TraceError, decodeVxt, describeVxt, encodeVxt, importLackey } from '@vmexit/guest';
+import { TraceError, decodeVxt, describeVxt, encodeVxt, importLackey, readVxtFile } from '@vmexit/guest';
 import type { VxtDescription } from '@vmexit/guest';
 import { InputError } from '../errors.js';
+import { checkOutputTarget, writeOutputFile } from '../output-file.js';
 
 /**
  * `vmexit trace import lackey LOGS... -o FILE.vxt` and `vmexit trace info FILE [--json]`.
  *
  * Bad input (a log that is not a lackey log, logs that are not one recording, a corrupt or truncated
- * `.vxt`) is an InputError (exit 2) naming the file. The output is written to `FILE.vxt.tmp-<pid>` and
- * renamed, so a failed import leaves no file behind.
+ * `.vxt`) is an InputError (exit 2) naming the file. Inputs are size-checked before they are read (regular
+ * files; a `.vxt` whose header agrees with its size and claims an honest body). The output goes through
+ * OutputFile: a regular file or a new one (never a device, FIFO or symbolic link, never one of the logs),
+ * written beside it and renamed over it with its mode kept, so a failed import leaves no file behind.
  */
 export function registerTrace(program: Command): void {
   const trace = program.command('trace').description('import real-program traces and describe .vxt traces');
+  registerTraceStats(trace);
 
   const imp = trace.command('import').description('convert recordings into a .vxt trace');
   imp
@@ -34,9 +37,10 @@ export function registerTrace(program: Command): void {
       if (!Number.isInteger(quality) || quality < 0 || quality > 11) {
         throw new InputError(`--quality: expected an integer 0..11, got ${JSON.stringify(opts.quality)}`);
       }
+      checkOutputTarget('-o', opts.output, logs);
       const t = translate(() => importLackey(logs, { collapse }));
       const bytes = encodeVxt(t, { quality });
-      writeAtomically(opts.output, bytes);
+      writeOutputFile('-o', opts.output, bytes, logs);
       const d = describeVxt(t, bytes.length);
       process.stdout.write(`${opts.output}: ${d.processes.length} processes, ${d.records} records, ${d.accesses} accesses, ${bytes.length} bytes\n`);
     });
@@ -47,17 +51,34 @@ export function registerTrace(program: Command): void {
     .argument('<file>', 'the .vxt trace')
     .option('--json', 'print the description as JSON')
     .action((file: string, opts: { json?: boolean }) => {
-      let bytes: Uint8Array;
-      try {
-        bytes = fs.readFileSync(file);
-      } catch (e) {
-        throw new InputError(`${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
-      }
+      const bytes = translate(() => readVxtFile(file));
       const d = describeVxt(
         translate(() => decodeVxt(bytes, file)),
         bytes.length,
       );
       process.stdout.write(opts.json ? `${JSON.stringify(d, null, 2)}\n` : formatDescription(file, d));
+    });
+}
+
+/**
+ * `vmexit trace stats TRACE.jsonl [--vcpu N] [--cost-model NAME] [--all] [--json]`: the `perf kvm stat report`
+ * view of a `vmexit run --trace` file: per exit reason the count, share and modelled cycles (min, mean, max),
+ * over all vCPUs and per vCPU; the exits of the counting window only (as the run counts them) unless --all.
+ */
+function registerTraceStats(trace: Command): void {
+  trace
+    .command('stats')
+    .description('per exit reason: count, share and modelled cycles of the exits in a --trace file (perf kvm stat report)')
+    .argument('<file>', 'a trace written by vmexit run --trace')
+    .option('--vcpu <n>', "only this vCPU's exits")
+    .option('--cost-model <name>', 'the cost model that prices each exit')
+    .option('--all', 'count the exits outside the counting window too (the boot)')
+    .option('--json', 'print the stats as JSON')
+    .action(async (file: string, opts: { vcpu?: string; costModel?: string; all?: boolean; json?: boolean }) => {
+      if (opts.vcpu !== undefined && !/^\d+$/.test(opts.vcpu)) throw new InputError(`--vcpu: expected a vCPU number, got '${opts.vcpu}'`);
+      const { traceStats, formatTraceStats } = await import('@vmexit/lab');
+      const s = await traceStats(file, { vcpu: opts.vcpu === undefined ? undefined : Number(opts.vcpu), costModel: opts.costModel, all: opts.all });
+      process.stdout.write(opts.json === true ? `${JSON.stringify(s, null, 2)}\n` : formatTraceStats(s));
     });
 }
 
@@ -68,18 +89,6 @@ function translate<T>(f: () => T): T {
   } catch (e) {
     if (e instanceof TraceError) throw new InputError(e.message);
     throw e;
-  }
-}
-
-/** Writes `file` through `file.tmp-<pid>` and a rename; on any error the temporary file is removed. */
-function writeAtomically(file: string, bytes: Uint8Array): void {
-  const tmp = `${file}.tmp-${process.pid}`;
-  try {
-    fs.writeFileSync(tmp, bytes);
-    fs.renameSync(tmp, file);
-  } catch (e) {
-    fs.rmSync(tmp, { force: true });
-    throw new InputError(`${file}: cannot write (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
 }
 

@@ -18,13 +18,13 @@ const START = '<!-- headline:start -->';
 const END = '<!-- headline:end -->';
 const update = process.env.UPDATE_GOLDEN === '1';
 
-/** The document less the fields that differ from run to run. */
+/** The document less the fields that differ from run to run (timings, and provenance: versions, host, start time). */
 export function withoutTimings(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(withoutTimings);
   if (typeof value !== 'object' || value === null) return value;
   return Object.fromEntries(
     Object.entries(value)
-      .filter(([k]) => k !== 'wallSeconds' && k !== 'accessesPerSecond')
+      .filter(([k]) => k !== 'wallSeconds' && k !== 'accessesPerSecond' && k !== 'provenance')
       .map(([k, v]) => [k, withoutTimings(v)]),
   );
 }

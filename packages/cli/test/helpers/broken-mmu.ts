@@ -26,6 +26,14 @@ export class WrongErrorCodeMmu extends ShadowMmu {
   }
 }
 
+/** A guest #PF of a write is never fixed: the MMU says retry, the guest faults again (a fault loop). */
+export class LoopsOnWriteFaultMmu extends ShadowMmu {
+  override handlePageFault(vcpu: Vcpu, address: number, errorCode: number): PageFaultResolution {
+    if ((errorCode & PFERR_WRITE) !== 0) return { kind: 'retry' };
+    return super.handlePageFault(vcpu, address, errorCode);
+  }
+}
+
 /** Module sources of the monorepo's backends and policies with the MMU `make` builds (one per VM). */
 export function sourcesWith(make: () => Mmu): ModuleSources {
   const mmu = new ContainerModule(({ bind }) => {

@@ -1,2 +1,3 @@
 export * from './constants.js';
 export * from './modes.js';
+export * from './hex.js';

@@ -1,2 +1,3 @@
 export * from './model.js';
 export * from './profiles.js';
+export * from './schema.js';

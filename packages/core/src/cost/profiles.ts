@@ -2,15 +2,15 @@ import { VM_EXIT_KINDS, type VmExitKind } from '../exits/vm-exit.js';
 import type { CostFigure, CostProfile } from './model.js';
 
 // Sources. Each figure says what its source gives; where a source gives no number for what is priced, the
-// figure is this project's estimate (basis 'estimate') and says so. Excerpts: /work/shared/reference/perf.md §1.1-1.2.
+// figure is this project's estimate (basis 'estimate') and says so. docs/cost-models.md explains each figure.
 const XEN_SVM =
   'Xen commit f64b7618e11930c5402b02a85db112b72a2beb2b "svm: Avoid VMSAVE/VMLOAD/VMSAVE/VMLOAD sequence on every vmexit/vmentry" (Keir Fraser): a null hypercall costs ~3,300 cycles (after the fix saved ~650) on an AMD Athlon 64 X2, Xen\'s exit + entry with its trivial handler';
 const ROTH_2020 =
   'M. Roth, LKML Dec 2020 (lkml.iu.edu/hypermail/linux/kernel/2012.2/00527.html), SVM VMLOAD/VMSAVE rework, AMD (SEV work): a KVM_RUN ioctl round trip ~2,530 cycles, of which ~1,350 pre-VMRUN -> post-VMRUN';
 const CPUID_PROBE =
-  "perf-scripts/vmexit_probe.c on this project's cloud VM (perf.md §1.1, 2.1 GHz Xeon, KVM host): a CPUID round trip from user space 1.30-1.86 us = 2,730-3,900 cycles (6 runs)";
+  "a CPUID loop in a user-space program (CPUID always exits, SDM Vol. 3C §26.1.2) on this project's cloud VM (2.1 GHz Xeon, KVM host; docs/cost-models.md): a CPUID round trip from user space 1.30-1.86 us = 2,730-3,900 cycles (6 runs)";
 const MEASURED_FAULT =
-  "measured on this project's cloud VM (perf.md §1.1, 2.1 GHz Xeon; the VM's own kernel): first write to a fresh anonymous page 1.8-2.6 us incl. zeroing = 3,780-5,460 cycles; first read 0.75-1.0 us";
+  "measured on this project's cloud VM (2.1 GHz Xeon, the VM's own kernel; docs/cost-models.md): first write to a fresh anonymous page 1.8-2.6 us incl. zeroing = 3,780-5,460 cycles; first read 0.75-1.0 us";
 const UPDATE_PTE_2007 =
   'KVM commit 0028425f647b "KVM: Update shadow pte on write to guest pte" (Avi Kivity, 2007) says only that removing one of three exits per guest fault cut kbuild time ~10%, no cycle figure';
 const SPLITX_NO_HANDLER_FIGURE =
@@ -51,7 +51,7 @@ export const PROFILE_2007: CostProfile = {
   walkReference: fig(
     14,
     'published',
-    'Intel 64 and IA-32 Architectures Optimization Reference Manual, Intel Core microarchitecture: L2 load latency 14 cycles (paging-structure entries mostly hit L2); not in perf.md',
+    'Intel 64 and IA-32 Architectures Optimization Reference Manual, Intel Core microarchitecture: L2 load latency 14 cycles (paging-structure entries mostly hit L2)',
   ),
 };
 
@@ -70,7 +70,7 @@ export const PROFILE_SERVER: CostProfile = {
   walkReference: fig(
     12,
     'published',
-    'AnandTech, "The Intel Skylake-X Review" (2017), cache table: Skylake-SP L2 latency 11-13 cycles, the middle taken (paging-structure entries mostly hit L2); not in perf.md',
+    'AnandTech, "The Intel Skylake-X Review" (2017), cache table: Skylake-SP L2 latency 11-13 cycles, the middle taken (paging-structure entries mostly hit L2)',
   ),
 };
 

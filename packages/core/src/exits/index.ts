@@ -4,5 +4,4 @@ export * from './policy.js';
 export * from './mmu-events.js';
 export * from './stats.js';
 export * from './observers.js';
-export * from './hex.js';
 export * from './pipeline.js';

@@ -2,7 +2,7 @@ import { tap, type MonoTypeOperatorFunction } from 'rxjs';
 import type { MmuEvent } from './mmu-events.js';
 import { keyCache, type StatCell, type Stats } from './stats.js';
 import { exitToJson, type VmExit } from './vm-exit.js';
-import { hexHiLo, hexU64 as hex } from './hex.js';
+import { hexHiLo, hexU64 as hex } from '../arch/hex.js';
 
 const WINDOW_START = `${JSON.stringify({ type: 'window', phase: 'start' })}\n`;
 const WINDOW_END = `${JSON.stringify({ type: 'window', phase: 'end' })}\n`;

@@ -1,4 +1,4 @@
-import { hexU64 as hex } from './hex.js';
+import { hexU64 as hex } from '../arch/hex.js';
 
 /**
  * What the hardware reports for one exit, in the backend's own terms: VMX exit reason and VMCS exit fields

@@ -26,7 +26,7 @@ const GiB = 1024 * 1024 * 1024;
  * write, so the limit is not what the host has; it keeps every guest-physical address (RAM above the MMIO hole
  * included) below 2^43, well inside the default MAXPHYADDR of 46 and below the shadow MMU's pool of host frames.
  */
-export const MAX_GUEST_MEMORY = 4 * 1024 * GiB;
+export const MAX_GUEST_RAM = 4 * 1024 * GiB;
 
 /**
  * Guest-physical address where the MMIO hole below 4 GiB begins: RAM beyond this much goes above 4 GiB (the PC
@@ -62,9 +62,15 @@ const MAX_BACKED_PAGES = 2 ** 20 - 1;
 /** log2 of the guest pages one directory chunk covers (1024 pages: 4 MiB of guest RAM per 4 KiB chunk). */
 const CHUNK_SHIFT = 10;
 const CHUNK_MASK = (1 << CHUNK_SHIFT) - 1;
-/** Zero bytes that `digest` feeds for a run of unbacked pages (1 MiB, allocated once). */
-let zeroRun: Uint8Array | null = null;
-const ZERO_RUN_BYTES = 1024 * 1024;
+
+/** The text the memory digest starts with: its format and version (see `GuestMemory.digest`). */
+export const DIGEST_FORMAT = 'vmexit-memory/1';
+
+/** Whether the 1024 words of a page from word `w0` of `u32` are all zero. */
+function allZeros(u32: Uint32Array, w0: number): boolean {
+  for (let k = w0, end = w0 + PAGE_SIZE / 4; k < end; k++) if (u32[k] !== 0) return false;
+  return true;
+}
 
 /** A memslot with its page directory: guest page -> backing page (0: never written, reads as zeros). */
 class Slot implements Memslot {
@@ -109,8 +115,8 @@ export class GuestMemory implements PhysicalMemory {
 
   /** `specs` default to `defaultMemslots(ramBytes)`. */
   constructor(ramBytes: number, specs?: readonly MemslotSpec[]) {
-    if (specs === undefined && !(Number.isInteger(ramBytes) && ramBytes > 0 && ramBytes <= MAX_GUEST_MEMORY)) {
-      throw new RangeError(`guest RAM of ${ramBytes} bytes is not from 4 KiB to the limit of ${MAX_GUEST_MEMORY} bytes (4 TiB)`);
+    if (specs === undefined && !(Number.isInteger(ramBytes) && ramBytes > 0 && ramBytes <= MAX_GUEST_RAM)) {
+      throw new RangeError(`guest RAM of ${ramBytes} bytes is not from 4 KiB to the limit of ${MAX_GUEST_RAM} bytes (4 TiB)`);
     }
     const list = specs ?? defaultMemslots(ramBytes);
     let total = 0;
@@ -127,7 +133,7 @@ export class GuestMemory implements PhysicalMemory {
       const p = slots[i - 1]!;
       if (p.baseGfn + p.pages > slots[i]!.baseGfn) throw new RangeError(`memslots ${p.id} and ${slots[i]!.id} overlap`);
     }
-    if (total > MAX_GUEST_MEMORY) throw new RangeError(`guest RAM of ${total} bytes is over the limit of ${MAX_GUEST_MEMORY} bytes (4 TiB)`);
+    if (total > MAX_GUEST_RAM) throw new RangeError(`guest RAM of ${total} bytes is over the limit of ${MAX_GUEST_RAM} bytes (4 TiB)`);
     if (slots.length === 0) throw new RangeError('guest memory needs at least one memslot');
     this.size = total;
     const initialPages = 16;
@@ -246,59 +252,30 @@ export class GuestMemory implements PhysicalMemory {
   }
 
   /**
-   * SHA-256 of all guest RAM, slot by slot in guest-physical order: the run's memory digest. A page never
-   * written is fed as 4096 zero bytes (it reads as zeros), so the digest depends on what the guest memory
-   * holds, not on which pages are backed. SHA-256 of a byte sequence does not depend on how it is split into
-   * updates, so runs of pages are fed in pieces (at most ZERO_RUN_BYTES of zeros at a time).
-   *
-   * The cost is that of hashing every byte of guest RAM (SHA-256 is a chain: the state after a run of zeros
-   * depends on the state before it, so no run can be skipped while the digest stays this one).
+   * The run's memory digest (`DIGEST_FORMAT`): SHA-256 over
+   * - the ASCII text `vmexit-memory/1` and, per memslot in guest-physical order, `;BASE+PAGES` (+`r` when
+   *   read-only), BASE and PAGES the slot's first guest page number and page count in lower-case hex, then a `\n`;
+   * - then, for each guest page whose 4096 bytes are not all zeros, in ascending guest page number: the page
+   *   number as 8 bytes little-endian, then the 32-byte SHA-256 of the page's contents.
+   * A page never written and a page written back to all zeros contribute nothing alike, so the digest is that
+   * of what guest memory holds, whatever is backed; it costs time in proportion to the pages backed (every
+   * other page is zeros), not to the size of RAM.
    */
   digest(): string {
     const h = createHash('sha256');
-    const zeros = (zeroRun ??= new Uint8Array(ZERO_RUN_BYTES));
-    let pendingZero = 0;
-    const flushZeros = (): void => {
-      while (pendingZero > 0) {
-        const n = Math.min(pendingZero, ZERO_RUN_BYTES);
-        h.update(n === ZERO_RUN_BYTES ? zeros : zeros.subarray(0, n));
-        pendingZero -= n;
-      }
-    };
-    for (const s of this.slotList) {
-      let runStart = -1; // first backing page of a run of consecutive backing pages
-      let runLen = 0;
-      const flushRun = (): void => {
-        if (runLen > 0) h.update(this.u8.subarray(runStart * PAGE_SIZE, (runStart + runLen) * PAGE_SIZE));
-        runLen = 0;
-      };
-      for (let rel = 0; rel < s.pages; rel++) {
-        const c = s.dir[rel >>> CHUNK_SHIFT];
-        if (c === undefined) {
-          // A whole chunk (or the slot's tail of it) never written.
-          const n = Math.min(CHUNK_MASK + 1 - (rel & CHUNK_MASK), s.pages - rel);
-          flushRun();
-          pendingZero += n * PAGE_SIZE;
-          rel += n - 1;
-          continue;
-        }
-        const p = c[rel & CHUNK_MASK]!;
-        if (p === 0) {
-          flushRun();
-          pendingZero += PAGE_SIZE;
-          continue;
-        }
-        flushZeros();
-        if (runLen > 0 && p === runStart + runLen) runLen++;
-        else {
-          flushRun();
-          runStart = p;
-          runLen = 1;
-        }
-      }
-      flushRun();
+    h.update(DIGEST_FORMAT);
+    for (const s of this.slotList) h.update(`;${s.baseGfn.toString(16)}+${s.pages.toString(16)}${s.readonly ? 'r' : ''}`);
+    h.update('\n');
+    const key = new DataView(new ArrayBuffer(8));
+    for (const gfn of this.backedGfns()) {
+      const off = this.readOffset(gfn * PAGE_SIZE);
+      const page = this.u8.subarray(off, off + PAGE_SIZE);
+      if (allZeros(this.u32, off >>> 2)) continue;
+      key.setUint32(0, gfn >>> 0, true);
+      key.setUint32(4, Math.floor(gfn / 4294967296), true);
+      h.update(new Uint8Array(key.buffer));
+      h.update(createHash('sha256').update(page).digest());
     }
-    flushZeros();
     return h.digest('hex');
   }
 

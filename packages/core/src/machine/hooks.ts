@@ -1,5 +1,6 @@
+import { hexU64 } from '../arch/hex.js';
+import { MachineError } from './errors.js';
 import type { WalkResult } from '../paging/types.js';
-import type { Vcpu } from './vcpu.js';
 
 /** What the vCPU does after a hook has seen an event (the hook's answer). */
 export const FAULT_DELIVER = 0; // deliver the exception to the guest's handler, with vcpu.deliverErrorCode
@@ -7,6 +8,17 @@ export const FAULT_RETRY = 1; // re-execute the access (the hypervisor fixed the
 export const FAULT_DONE = 2; // the access was completed by emulation (a store was performed, a load's value set)
 
 export type FaultAction = typeof FAULT_DELIVER | typeof FAULT_RETRY | typeof FAULT_DONE;
+
+/**
+ * The vCPU as a hook receives it: what every hook may rely on. Declared here, where the hooks consume it, so
+ * that the seam does not import the vCPU. `Vcpu` (vcpu.ts) has this shape; hooks that need more of the vCPU
+ * (the VM's hooks read its control registers and pending access) implement `VcpuHooks<Vcpu>`.
+ */
+export interface HookedVcpu {
+  readonly id: number;
+  /** The error code an exception is delivered with: set before `exception`, a hook may change it. */
+  deliverErrorCode: number;
+}
 
 /**
  * The seam between the vCPU (hardware) and whatever runs beneath the guest. Natively (`NativeHooks`) every
@@ -18,20 +30,20 @@ export type FaultAction = typeof FAULT_DELIVER | typeof FAULT_RETRY | typeof FAU
  * shadow tables under shadow paging). Host-physical addresses of guest RAM equal guest-physical addresses in
  * this simulator (the host mapping is the memslot's), so the walk's final address is looked up in the memslots.
  */
-export interface VcpuHooks {
+export interface VcpuHooks<V extends HookedVcpu = HookedVcpu> {
   /**
    * An exception raised by the hardware (a #PF from the walk of the active tables, a #GP). Before the call
    * the vCPU sets `vcpu.deliverErrorCode = errorCode`; a hook that answers FAULT_DELIVER may change it (an
    * injected #PF carries the guest walker's error code, not the shadow walk's). `access` is the PFERR_*
    * kind of the access that faulted.
    */
-  exception(vcpu: Vcpu, vector: number, errorCode: number, address: number, access: number): FaultAction;
+  exception(vcpu: V, vector: number, errorCode: number, address: number, access: number): FaultAction;
   /** The second stage (EPT/NPT) refused an access; `r` holds the nested-fault details. */
-  nestedFault(vcpu: Vcpu, address: number, access: number, r: WalkResult): FaultAction;
+  nestedFault(vcpu: V, address: number, access: number, r: WalkResult): FaultAction;
   /** An access reached a guest-physical address with no RAM behind it (MMIO, or a write to read-only RAM). */
-  mmio(vcpu: Vcpu, gpa: number, access: number): FaultAction;
+  mmio(vcpu: V, gpa: number, access: number): FaultAction;
   /** MOV to CR0/CR3/CR4 or WRMSR IA32_EFER (`cr` = 0, 3, 4, or 0xc0000080), after the architectural effect. */
-  crWrite(vcpu: Vcpu, cr: number, oldValue: number): void;
+  crWrite(vcpu: V, cr: number, oldValue: number): void;
   /**
    * MOV to CR0/CR3/CR4 of `value` whose architectural checks failed: in PAE paging a present PDPTE with a
    * reserved bit (SDM Vol. 3A §4.4.1) makes it #GP(0). The vCPU has left the register (and the PDPTE
@@ -41,25 +53,25 @@ export interface VcpuHooks {
    * itself (KVM kvm_set_cr3 -> load_pdptrs fails -> kvm_complete_insn_gp). Answers FAULT_DELIVER to deliver
    * #GP(vcpu.deliverErrorCode) to the guest's handler; FAULT_RETRY when it was delivered already.
    */
-  crWriteFault(vcpu: Vcpu, cr: number, value: number): FaultAction;
+  crWriteFault(vcpu: V, cr: number, value: number): FaultAction;
   /** INVLPG `va`, after the architectural TLB invalidation. */
-  invlpg(vcpu: Vcpu, va: number): void;
+  invlpg(vcpu: V, va: number): void;
 }
 
 /** A guest with no hypervisor: every exception is delivered to the guest, nothing exits. */
 export class NativeHooks implements VcpuHooks {
-  exception(_vcpu: Vcpu, _vector: number, _errorCode: number, _address: number, _access: number): FaultAction {
+  exception(_vcpu: HookedVcpu, _vector: number, _errorCode: number, _address: number, _access: number): FaultAction {
     return FAULT_DELIVER;
   }
-  nestedFault(_vcpu: Vcpu, _address: number, _access: number, _r: WalkResult): FaultAction {
-    throw new Error('a second-stage fault without a hypervisor');
+  nestedFault(vcpu: HookedVcpu, address: number, _access: number, _r: WalkResult): FaultAction {
+    throw new MachineError('nested-fault', `vCPU ${vcpu.id}: a second-stage (EPT/NPT) fault at ${hexU64(address)} with no hypervisor to take it`);
   }
-  mmio(_vcpu: Vcpu, _gpa: number, _access: number): FaultAction {
+  mmio(_vcpu: HookedVcpu, _gpa: number, _access: number): FaultAction {
     return FAULT_DONE; // reads of unbacked memory return all ones; writes are dropped (the vCPU does that)
   }
-  crWrite(_vcpu: Vcpu, _cr: number, _oldValue: number): void {}
-  crWriteFault(_vcpu: Vcpu, _cr: number, _value: number): FaultAction {
+  crWrite(_vcpu: HookedVcpu, _cr: number, _oldValue: number): void {}
+  crWriteFault(_vcpu: HookedVcpu, _cr: number, _value: number): FaultAction {
     return FAULT_DELIVER; // the #GP goes to the guest's handler
   }
-  invlpg(_vcpu: Vcpu, _va: number): void {}
+  invlpg(_vcpu: HookedVcpu, _va: number): void {}
 }

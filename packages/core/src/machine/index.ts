@@ -1,3 +1,4 @@
+export * from './errors.js';
 export * from './hooks.js';
 export * from './guest-memory.js';
 export * from './rng.js';

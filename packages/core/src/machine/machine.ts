@@ -10,6 +10,11 @@ export interface MachineOptions {
   readonly memslots?: readonly MemslotSpec[];
   /** CPUID.80000008H:EAX[7:0] of the guest, 36..52 (default 46). */
   readonly maxPhyAddr?: number;
+  /**
+   * The processor's (host's) MAXPHYADDR, 36..52 (default: the guest's). Under TDP the hardware walks the
+   * guest's tables with it; a guest MAXPHYADDR below it is KVM's allow_smaller_maxphyaddr case.
+   */
+  readonly hostMaxPhyAddr?: number;
   readonly tlbEntries?: number;
   /** Seed of the scheduler's interleaving. */
   readonly seed?: number;
@@ -29,9 +34,13 @@ export class Machine {
     if (!Number.isInteger(n) || n < 1 || n > 256) throw new RangeError(`vcpus must be an integer from 1 to 256, not ${n}`);
     const maxPhyAddr = options.maxPhyAddr ?? 46;
     if (!Number.isInteger(maxPhyAddr) || maxPhyAddr < 36 || maxPhyAddr > 52) throw new RangeError(`maxPhyAddr must be 36..52, not ${maxPhyAddr}`);
+    const hostMaxPhyAddr = options.hostMaxPhyAddr ?? maxPhyAddr;
+    if (!Number.isInteger(hostMaxPhyAddr) || hostMaxPhyAddr < maxPhyAddr || hostMaxPhyAddr > 52) {
+      throw new RangeError(`hostMaxPhyAddr must be an integer from the guest's maxPhyAddr (${maxPhyAddr}) to 52, not ${hostMaxPhyAddr}`);
+    }
     this.memory = new GuestMemory(options.memoryBytes, options.memslots);
     const vcpus: Vcpu[] = [];
-    for (let i = 0; i < n; i++) vcpus.push(new Vcpu(i, this.memory, { maxPhyAddr, tlbEntries: options.tlbEntries }));
+    for (let i = 0; i < n; i++) vcpus.push(new Vcpu(i, this.memory, { maxPhyAddr, hostMaxPhyAddr, tlbEntries: options.tlbEntries }));
     this.vcpus = vcpus;
     this.scheduler = new Scheduler(options.seed ?? 0);
   }

@@ -20,13 +20,16 @@ import {
   PAGE_SIZE,
   PF_VECTOR,
 } from '../arch/constants.js';
+import { hexU64 } from '../arch/hex.js';
 import { MODE_LEGACY32, MODE_LONG4, MODE_LONG5, MODE_PAE, type PagingModeId } from '../arch/modes.js';
 import type { PhysicalMemory } from '../memory/physical.js';
-import type { PagingContext } from '../paging/types.js';
-import { WALK_GP, WALK_NESTED_FAULT, WALK_OK, WALK_PAGE_FAULT, WALK_SIDE_EFFECTS, WalkResult } from '../paging/types.js';
+import { NestedPagingContext } from '../paging/nested-context.js';
+import type { PagingContext, SecondStage } from '../paging/types.js';
+import { NESTED_R, NESTED_W, NESTED_X, WALK_GP, WALK_NESTED_FAULT, WALK_OK, WALK_PAGE_FAULT, WALK_SIDE_EFFECTS, WalkResult } from '../paging/types.js';
 import { loadPdptes, rightsFault, walk } from '../paging/walker.js';
 import { TLB_FETCH_SUP, TLB_FETCH_USER, TLB_GLOBAL, TLB_READ_SUP, TLB_READ_USER, TLB_WRITE_SUP, TLB_WRITE_USER, Tlb } from '../tlb/tlb.js';
 import type { GuestMemory } from './guest-memory.js';
+import { MachineError } from './errors.js';
 import { FAULT_DELIVER, FAULT_DONE, FAULT_RETRY, NativeHooks, type FaultAction, type VcpuHooks } from './hooks.js';
 
 /** MSR number of IA32_EFER, the `cr` argument of VcpuHooks.crWrite for an EFER write. */
@@ -34,27 +37,6 @@ export const MSR_EFER = 0xc0000080;
 
 /** A guest exception handler: the guest's IDT entry for one vector. Runs at CPL 0. */
 export type ExceptionHandler = (vcpu: Vcpu, vector: number, errorCode: number, cr2: number) => void;
-
-/**
- * Thrown by a guest exception handler when the faulting access cannot complete (the kernel sends SIGSEGV, or
- * the process exits): the access is abandoned. The guest model catches it where it runs the process.
- */
-export class GuestAbort extends Error {
-  constructor(readonly reason: string) {
-    super(reason);
-    this.name = 'GuestAbort';
-  }
-}
-
-/** A machine-level error the guest cannot recover from (a triple fault, a fault loop): the run stops. */
-export class MachineError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string) {
-    super(message);
-    this.name = 'MachineError';
-    this.code = code;
-  }
-}
 
 /** Result of the slow path: a RAM buffer offset, or one of these. */
 const SLOW_DONE = -2; // completed by emulation (or an MMIO access): nothing left to do
@@ -70,11 +52,22 @@ export class Vcpu {
   readonly memory: GuestMemory;
   /** The guest's paging state, as it programmed CR0/CR3/CR4/EFER. */
   readonly ctx: PagingContext;
-  /** What the hardware walks: `ctx` natively and under TDP; the shadow tables under shadow paging. */
+  /**
+   * What the hardware walks: `ctx` natively; under TDP a `NestedPagingContext` over `ctx` with the second
+   * stage (`setSecondStage`); the shadow tables under shadow paging.
+   */
   activeCtx: PagingContext;
   activeMem: PhysicalMemory;
+  /**
+   * The processor's MAXPHYADDR (the host's), 36..52: what the hardware checks when it walks the guest's tables
+   * under TDP. `ctx.maxPhyAddr` is the guest's (CPUID.80000008H:EAX[7:0] as the hypervisor reports it), which
+   * may be smaller (KVM allow_smaller_maxphyaddr). Natively there is one processor: both are the same.
+   */
+  readonly hostMaxPhyAddr: number;
+  /** The second stage (EPT/NPT) in force, or null (native, shadow paging). */
+  secondStage: SecondStage | null = null;
   readonly tlb: Tlb;
-  hooks: VcpuHooks;
+  hooks: VcpuHooks<Vcpu>;
 
   cr0 = 0;
   cr3 = 0;
@@ -105,6 +98,11 @@ export class Vcpu {
   accesses = 0;
   /** Hardware walks of the active tables (TLB misses that walked), and the paging-structure entries they read. */
   walks = 0;
+  /**
+   * Memory references of those walks: paging-structure entries read (one-dimensional: top level down to where
+   * the walk ended, PAE's PDPTE registers excluded), plus under TDP every second-stage entry read
+   * (`WalkResult.refs`: up to 24 for 4-level guest and second-stage tables).
+   */
   walkRefs = 0;
   exceptions = 0;
   pageFaultsDelivered = 0;
@@ -120,8 +118,13 @@ export class Vcpu {
   private readonly zeroGfn: Float64Array;
   private readonly zeroRefs = new Map<number, number[]>();
 
-  constructor(id: number, memory: GuestMemory, options: { maxPhyAddr?: number; tlbEntries?: number } = {}) {
+  constructor(id: number, memory: GuestMemory, options: { maxPhyAddr?: number; hostMaxPhyAddr?: number; tlbEntries?: number } = {}) {
     this.id = id;
+    const hostMaxPhyAddr = options.hostMaxPhyAddr ?? options.maxPhyAddr ?? 46;
+    if (!Number.isInteger(hostMaxPhyAddr) || hostMaxPhyAddr < 36 || hostMaxPhyAddr > 52) {
+      throw new RangeError(`vCPU ${id}: host MAXPHYADDR ${hostMaxPhyAddr} is outside 36..52`);
+    }
+    this.hostMaxPhyAddr = hostMaxPhyAddr;
     this.memory = memory;
     this.ctx = {
       mode: MODE_LEGACY32,
@@ -396,9 +399,47 @@ export class Vcpu {
     if (this.hooks.crWriteFault(this, cr, value) === FAULT_DELIVER) this.raise(GP_VECTOR, this.deliverErrorCode, 0);
   }
 
-  /** Re-reads the PAE PDPTE registers from CR3 (for a hypervisor that emulates the load). False = #GP. */
+  /**
+   * Re-reads the PAE PDPTE registers from CR3 (for a hypervisor that emulates the load). False = #GP. Under
+   * TDP the processor loads them through the second stage, from host memory (SDM Vol. 3C §29.3.3.2).
+   */
   reloadPdptes(): boolean {
+    if (this.secondStage !== null && this.activeCtx.nested === this.secondStage) return loadPdptes(this.activeCtx, this.activeMem);
     return loadPdptes(this.ctx, this.memory);
+  }
+
+  // ---------------------------------------------------------------------------------------------------
+  // Two-dimensional paging (the hardware side of TDP).
+
+  /**
+   * Turns two-dimensional paging on (`stage` = the EPT/NPT walk the backend made from its EPTP / nCR3, see
+   * `Backend.createSecondStage`) or off (null). On: the hardware walks the guest's own tables (`ctx`) with
+   * every guest-physical address translated by `stage`, reading guest RAM at the host-physical addresses it
+   * gives in `hostMem` (guest RAM's host-physical addresses equal its guest-physical ones, so by default the
+   * vCPU's memory). The TLB is flushed: its entries were combined under the old stage (SDM Vol. 3C §29.4.1).
+   */
+  setSecondStage(stage: SecondStage | null, hostMem: PhysicalMemory = this.memory): void {
+    this.secondStage = stage;
+    if (stage === null) {
+      this.activeCtx = this.ctx;
+      this.activeMem = this.memory;
+    } else {
+      if (stage.maxPhyAddr !== this.hostMaxPhyAddr) {
+        throw new RangeError(`vCPU ${this.id}: the second stage walks with MAXPHYADDR ${stage.maxPhyAddr}, the processor has ${this.hostMaxPhyAddr}`);
+      }
+      this.activeCtx = new NestedPagingContext(this.ctx, stage);
+      this.activeMem = hostMem;
+    }
+    this.tlb.flushAll(false);
+  }
+
+  /**
+   * Invalidates the combined (guest-linear -> host-physical) translations the TLB holds (VMX INVEPT, SVM
+   * VMRUN with a TLB_CONTROL flush): what the TDP MMU does after it zaps or changes a second-stage entry,
+   * since the TLB caches the combined mappings (SDM Vol. 3C §29.4.1, §29.4.3.1).
+   */
+  invalidateCombinedMappings(): void {
+    this.tlb.flushAll(false);
   }
 
   // ---------------------------------------------------------------------------------------------------
@@ -433,13 +474,15 @@ export class Vcpu {
    * the TLB), or SLOW_DONE when the access was completed another way (emulation, MMIO).
    */
   private slowPath(va: number, access: number): number {
-    if (!this.pagingEnabled) throw new MachineError('paging-disabled', `vCPU ${this.id}: an access to ${hex(va)} with CR0.PG=0 (real mode is not modelled)`);
+    if (!this.pagingEnabled) throw new MachineError('paging-disabled', `vCPU ${this.id}: an access to ${hexU64(va)} with CR0.PG=0 (real mode is not modelled)`);
     const r = this.walkResult;
     for (let attempt = 0; attempt < MAX_RETRIES; attempt++) {
       const st = walk(this.activeCtx, this.activeMem, va, access, WALK_SIDE_EFFECTS, r);
       this.walks++;
-      // Entries read: from the top level down to where the walk ended (PAE's PDPTE registers are not read).
-      if (st !== WALK_GP) this.walkRefs += (this.activeCtx.mode === MODE_PAE ? 2 : r.topLevel) - r.leafLevel + 1;
+      // Entries read: from the top level down to where the walk ended (PAE's PDPTE registers are not read);
+      // a two-dimensional walk counts its own, second-stage entries included.
+      if (this.activeCtx.nested !== null) this.walkRefs += r.refs;
+      else if (st !== WALK_GP) this.walkRefs += (this.activeCtx.mode === MODE_PAE ? 2 : r.topLevel) - r.leafLevel + 1;
       let action: FaultAction;
       let vector = PF_VECTOR;
       if (st === WALK_OK) {
@@ -494,7 +537,7 @@ export class Vcpu {
     }
     throw new MachineError(
       'fault-loop',
-      `vCPU ${this.id}: the access to ${hex(va)} (access bits ${access}) faulted ${MAX_RETRIES} times in a row` +
+      `vCPU ${this.id}: the access to ${hexU64(va)} (access bits ${access}) faulted ${MAX_RETRIES} times in a row` +
         ` (last walk status ${r.status}, error code ${r.errorCode}): a fault loop`,
     );
   }
@@ -547,7 +590,7 @@ export class Vcpu {
     const i = Math.floor(va / PAGE_SIZE) & this.tlb.mask;
     const gfn = this.zeroGfn[i]!;
     if (gfn < 0 || (this.tlb.data[i]! & ~0xfff) !== 0) {
-      throw new MachineError('zero-page', `vCPU ${this.id}: a store to ${hex(va)} through the zero page with no guest page recorded for its TLB entry`);
+      throw new MachineError('zero-page', `vCPU ${this.id}: a store to ${hexU64(va)} through the zero page with no guest page recorded for its TLB entry`);
     }
     return this.memory.backGfn(gfn) + (off & 0xfff);
   }
@@ -569,6 +612,14 @@ export class Vcpu {
       if (rightsFault(ctx, r, ACC_WRITE | ACC_USER) === 0) flags |= TLB_WRITE_USER;
     }
     if (r.global && ctx.cr4Pge) flags |= TLB_GLOBAL;
+    if (ctx.nested !== null) {
+      // The combined translation (SDM Vol. 3C §29.4.1): the guest's rights AND the second stage's for the final
+      // address; a write completes from the TLB only when the second stage needs no dirty flag set.
+      const nr = r.nestedRights;
+      if ((nr & NESTED_R) === 0) flags &= ~(TLB_READ_SUP | TLB_READ_USER);
+      if ((nr & NESTED_X) === 0) flags &= ~(TLB_FETCH_SUP | TLB_FETCH_USER);
+      if ((nr & NESTED_W) === 0 || !r.nestedDirty) flags &= ~(TLB_WRITE_SUP | TLB_WRITE_USER);
+    }
     this.tlb.fill(va, this.pcid, hostPage, flags, r.pageSize);
   }
 
@@ -581,10 +632,10 @@ export class Vcpu {
     const h = this.idt[vector];
     this.exceptions++;
     if (h === undefined) {
-      throw new MachineError('triple-fault', `vCPU ${this.id}: exception ${vector} (error code ${errorCode}, address ${hex(address)}) with no handler`);
+      throw new MachineError('triple-fault', `vCPU ${this.id}: exception ${vector} (error code ${errorCode}, address ${hexU64(address)}) with no handler`);
     }
     if (this.handlerDepth >= 3) {
-      throw new MachineError('triple-fault', `vCPU ${this.id}: exception ${vector} at ${hex(address)} nested ${this.handlerDepth} deep in handlers`);
+      throw new MachineError('triple-fault', `vCPU ${this.id}: exception ${vector} at ${hexU64(address)} nested ${this.handlerDepth} deep in handlers`);
     }
     if (vector === PF_VECTOR) {
       this.cr2 = address;
@@ -679,12 +730,6 @@ export function storeAt(m: GuestMemory, off: number, size: number, lo: number, h
 /** An access must not cross a 4 KiB page (the guest model splits those), and its size must be 1..16. */
 function checkSpan(va: number, size: number): void {
   if (((va % PAGE_SIZE) + PAGE_SIZE) % PAGE_SIZE > PAGE_SIZE - size || !(size === 1 || size === 2 || size === 4 || size === 8 || size === 16)) {
-    throw new RangeError(`an access of ${size} bytes at ${hex(va)} crosses a page boundary or has an unsupported size`);
+    throw new RangeError(`an access of ${size} bytes at ${hexU64(va)} crosses a page boundary or has an unsupported size`);
   }
 }
-
-export function hex(n: number): string {
-  return n < 0 ? `-0x${(-n).toString(16)}` : `0x${n.toString(16)}`;
-}
-
-export { MODE_LONG4, MODE_LONG5 };

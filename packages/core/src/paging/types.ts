@@ -34,18 +34,40 @@ export interface PagingContext {
   nested: SecondStage | null;
 }
 
+/** What a second-stage translation is for (the `kind` argument of `SecondStage.translate`). */
+export const NESTED_FINAL = 0; // the final guest-physical address of the linear access
+export const NESTED_TABLE = 1; // a guest paging-structure entry read during the walk
+export const NESTED_PDPTE = 2; // a load of the PAE PDPTE registers (MOV to CR3 / CR0 / CR4)
+
 /**
- * The seam for two-dimensional paging: translates each guest-physical address the walker touches (paging
- * structures, and the final address) to a host-physical address. Filled by mmu-tdp.
+ * The second dimension of two-dimensional paging (EPT on VMX, NPT on SVM): translates each guest-physical
+ * address the processor uses (the guest's paging-structure entries, and the final address) to a
+ * host-physical address by walking second-stage tables that are real bytes in host memory. Implemented in
+ * core by `EptStage` (SDM Vol. 3C ch. 29) and `NptStage` (AMD APM Vol. 2 §15.25); a backend makes one from
+ * its control state (`Backend.createSecondStage`) and the TDP MMU builds the tables it walks.
  */
 export interface SecondStage {
   /**
-   * Translates `gpa` for an access of kind `access` (PFERR_* bits); `final` is false for a guest
-   * paging-structure access (SDM Vol. 3C §29.3.3.2 / APM §15.25.6). Returns the host-physical address, or -1
-   * after recording the nested fault in `out.nested*` fields.
+   * The processor's MAXPHYADDR (the host's): the guest's paging structures are walked by the processor, so
+   * their reserved address bits are bits 51:this, whatever MAXPHYADDR CPUID reports to the guest.
    */
-  translate(gpa: number, access: number, final: boolean, out: WalkResult): number;
+  readonly maxPhyAddr: number;
+  /**
+   * Translates `gpa` for an access of kind `access` (ACC_* bits; only read for NESTED_FINAL: for a guest
+   * paging-structure access the stage applies its own rule) made for `kind` (NESTED_FINAL, NESTED_TABLE or
+   * NESTED_PDPTE). With `flags & WALK_SIDE_EFFECTS` it sets the second stage's accessed/dirty flags where it
+   * has them. Adds the entries it read to `out.refs`. On success returns the host-physical address and leaves
+   * the rights of the translation in `out.nestedRights` (NESTED_R | NESTED_W | NESTED_X) and whether a write
+   * may complete without setting a dirty flag in `out.nestedDirty`. On a refusal returns -1 after filling
+   * `out.nestedGpa`, `nestedFinal`, `nestedCode`, `nestedRights`, `nestedAccess` and `nestedMisconfig`.
+   */
+  translate(gpa: number, access: number, kind: number, flags: number, out: WalkResult): number;
 }
+
+/** `WalkResult.nestedRights` bits: the second stage allows reads, writes, instruction fetches. */
+export const NESTED_R = 1;
+export const NESTED_W = 2;
+export const NESTED_X = 4;
 
 /** Outcome of a walk. */
 export const WALK_OK = 0;
@@ -81,10 +103,31 @@ export class WalkResult {
   readonly entryPa = new Float64Array(6);
   readonly entryLo = new Uint32Array(6);
   readonly entryHi = new Uint32Array(6);
-  /** Second-stage fault details (WALK_NESTED_FAULT): the guest-physical address and whether it was final. */
+  /**
+   * Memory references a two-dimensional walk made (guest paging-structure entries plus second-stage
+   * entries; 24 for a 4 KiB page with 4-level guest and 4-level second-stage tables). One-dimensional walks
+   * leave it alone: their count is (top level - level where the walk ended + 1), see `Vcpu.walkRefs`.
+   */
+  refs = 0;
+  /** Two-dimensional walks: the guest-physical address of each guest paging-structure entry used, per level. */
+  readonly entryGpa = new Float64Array(6);
+  /**
+   * Second-stage details. After a successful two-dimensional walk: the rights the second stage grants to the
+   * final address (`nestedRights`, NESTED_* bits) and whether a write may complete from the TLB (the dirty
+   * flag of the second-stage leaf is set, or the stage has none: `nestedDirty`). After WALK_NESTED_FAULT:
+   * the guest-physical address refused, whether it was the final address (else a guest paging-structure
+   * access), the error code in #PF format (P = the refusing entry was present, W, U, RSVD = a reserved bit or
+   * an EPT misconfiguration, I/D; APM §15.25.6 EXITINFO1[31:0]), the NESTED_* rights of the entries used
+   * (SDM Table 28-7 bits 5:3: the AND of bits 2:0 of the EPT entries, 0 when one was not present), the
+   * ACC_* kind of the access as the second stage saw it, and whether it was an EPT misconfiguration.
+   */
   nestedGpa = 0;
   nestedFinal = false;
   nestedCode = 0;
+  nestedRights = 0;
+  nestedDirty = false;
+  nestedAccess = 0;
+  nestedMisconfig = false;
 }
 
 /** Options of one walk. */

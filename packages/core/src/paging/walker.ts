@@ -1,7 +1,7 @@
-import { ACC_USER, ACC_WRITE, PT_PRESENT } from '../arch/constants.js';
+import { ACC_READ, ACC_WRITE, PFERR_PRESENT, PT_PRESENT } from '../arch/constants.js';
 import { MODE_LEGACY32, MODE_LONG4, MODE_LONG5, MODE_PAE, type PagingModeId } from '../arch/modes.js';
 import type { PhysicalMemory } from '../memory/physical.js';
-import { WalkResult, type PagingContext, type SecondStage } from './types.js';
+import { NESTED_FINAL, NESTED_PDPTE, NESTED_TABLE, NESTED_W, WALK_SIDE_EFFECTS, WalkResult, type PagingContext, type SecondStage } from './types.js';
 
 /*
  * The architectural page walk, SDM Vol. 3A ch. 4. The hot path allocates nothing, uses no BigInt and no
@@ -19,7 +19,7 @@ import { WalkResult, type PagingContext, type SecondStage } from './types.js';
  *   (§4.4) and `walk32` (§4.3), with the index shifts of each level fixed. They compute entry addresses in
  *   32-bit integer arithmetic (`((elo & 0xfffff000) | (index << 3)) >>> 0`), which is exact while the
  *   tables are below 4 GiB. When they are not (a non-leaf entry with address bits 51:32 set, CR3 >= 4 GiB)
- *   or a second stage translates every table address (`ctx.nested`), the walk goes on, from the level it
+ *   the walk goes on, from the level it
  *   reached and with what it accumulated, in `walkFrom`: the general level loop with double arithmetic.
  *   Nothing is read twice, so a walk reads the same entries in the same order whichever path it takes.
  *   The high half of an entry is read at `(epa | 4) >>> 0`, which is epa + 4 (entries are 8-byte aligned)
@@ -38,6 +38,8 @@ import { WalkResult, type PagingContext, type SecondStage } from './types.js';
  *   and checked from those (`permissionFault`), not reloaded from `out`.
  * - The common case of a walk with side effects writes nothing: A already set on every level, and D in
  *   the leaf for a write. Only when a bit is missing does `setAccessedDirty` run.
+ * - Two-dimensional paging (`ctx.nested`, EPT/NPT) is `walkNested`, a function of its own that `walk`
+ *   calls first thing: the one-dimensional functions above carry no second-stage code at all.
  */
 
 /** Bits 8:5 and 2:1 of a PAE PDPTE are reserved (SDM Vol. 3A §4.4.1, Table 4-8). */
@@ -165,6 +167,8 @@ export function walk(ctx: PagingContext, mem: PhysicalMemory, va: number, access
   out.errorCode = 0;
   out.global = false;
   out.pkey = 0;
+  // Two-dimensional paging is its own function (walkNested), so that none of its work touches these paths.
+  if (ctx.nested !== null) return walkNested(ctx, mem, va, access, flags, out);
   const mode = ctx.mode;
   if (mode === 2 /* MODE_LONG4 */) {
     // Vol. 1 §3.3.7.1 / Vol. 3A §4.5: a non-canonical linear address is a #GP, never a #PF (-2^47 <= va < 2^47).
@@ -185,16 +189,11 @@ export function walk(ctx: PagingContext, mem: PhysicalMemory, va: number, access
  * bits 21:(M-19) are reserved; 4 KiB PDEs and PTEs have no reserved bits.
  */
 function walk32(ctx: PagingContext, mem: PhysicalMemory, lo: number, access: number, flags: number, out: WalkResult): number {
-  const nested = ctx.nested;
   out.topLevel = 2;
   const ePa = out.entryPa;
   const eLo = out.entryLo;
   const eHi = out.entryHi;
   let epa = (((ctx.cr3 >>> 0) & 0xfffff000) >>> 0) + (lo >>> 22) * 4;
-  if (nested !== null) {
-    epa = nested.translate(epa, access, false, out);
-    if (epa < 0) return nestedFault(out);
-  }
   const pde = mem.read32(epa);
   ePa[2] = epa;
   eLo[2] = pde;
@@ -213,10 +212,6 @@ function walk32(ctx: PagingContext, mem: PhysicalMemory, lo: number, access: num
     out.pageSize = 4194304; // 4 MiB
   } else {
     epa = ((pde & 0xfffff000) >>> 0) + ((lo >>> 12) & 0x3ff) * 4;
-    if (nested !== null) {
-      epa = nested.translate(epa, access, false, out);
-      if (epa < 0) return nestedFault(out);
-    }
     leaf = mem.read32(epa);
     ePa[1] = epa;
     eLo[1] = leaf;
@@ -250,7 +245,7 @@ function walk4(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
   const rsvdHi = ((0xfffff >>> m) << m) | (ctx.eferNxe ? 0 : 0x80000000); // bits 51:M, and XD without NXE (§4.5.4)
   const cr3 = ctx.cr3;
   // CR3 bits M-1:12 locate the top table (§4.5.2; bits 11:0 are flags or the PCID).
-  if (!(cr3 < 4294967296) || ctx.nested !== null) return walkFrom(ctx, mem, lo, hi, access, flags, out, 4, longRoot(cr3, m), rsvdHi, -1, 0);
+  if (!(cr3 < 4294967296)) return walkFrom(ctx, mem, lo, hi, access, flags, out, 4, longRoot(cr3, m), rsvdHi, -1, 0);
 
   // PML4E (§4.5.4): PS is reserved.
   let epa = ((cr3 & 0xfffff000) | (((hi >>> 7) & 0x1ff) << 3)) >>> 0;
@@ -341,7 +336,7 @@ function walk5(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
   const rsvdHi = ((0xfffff >>> m) << m) | (ctx.eferNxe ? 0 : 0x80000000); // bits 51:M, and XD without NXE (§4.5.4)
   const cr3 = ctx.cr3;
   // CR3 bits M-1:12 locate the top table (§4.5.2; bits 11:0 are flags or the PCID).
-  if (!(cr3 < 4294967296) || ctx.nested !== null) return walkFrom(ctx, mem, lo, hi, access, flags, out, 5, longRoot(cr3, m), rsvdHi, -1, 0);
+  if (!(cr3 < 4294967296)) return walkFrom(ctx, mem, lo, hi, access, flags, out, 5, longRoot(cr3, m), rsvdHi, -1, 0);
 
   // PML5E (§4.5.4): PS is reserved.
   let epa = ((cr3 & 0xfffff000) | (((hi >>> 16) & 0x1ff) << 3)) >>> 0;
@@ -451,7 +446,7 @@ function walkPae(ctx: PagingContext, mem: PhysicalMemory, lo: number, access: nu
   if ((plo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 3);
   const m = ctx.maxPhyAddr - 32; // first reserved address bit, in the high half
   const rsvdHi = ((0x7fffffff >>> m) << m) | (ctx.eferNxe ? 0 : 0x80000000); // bits 62:M, and XD without NXE (§4.4.2)
-  if ((phi & 0xfffff) !== 0 || ctx.nested !== null) return walkFrom(ctx, mem, lo, 0, access, flags, out, 2, tableAt(plo, phi), rsvdHi, -1, 0);
+  if ((phi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, 0, access, flags, out, 2, tableAt(plo, phi), rsvdHi, -1, 0);
 
   // PDE (§4.4.2; a 2 MiB leaf: Table 4-9).
   let epa = ((plo & 0xfffff000) | (((lo >>> 21) & 0x1ff) << 3)) >>> 0;
@@ -510,8 +505,7 @@ function longRoot(cr3: number, m: number): number {
 
 /**
  * The general walk of 8-byte entries (PAE and 4-/5-level paging), from `level` (whose table is at the
- * physical address `base`, a plain number) down: table addresses at or above 4 GiB, and every walk with a
- * second stage, which translates each table address (`ctx.nested`). `acc` and `xd` carry what the levels
+ * physical address `base`, a plain number) down: table addresses at or above 4 GiB. `acc` and `xd` carry what the levels
  * above accumulated (-1 and 0 when none were walked in memory); `rsvdHi` is the high-half reserved mask of
  * the mode. `out.topLevel` and the entries of the levels above are already filled.
  */
@@ -529,7 +523,6 @@ function walkFrom(
   acc: number,
   xd: number,
 ): number {
-  const nested = ctx.nested;
   const ePa = out.entryPa;
   const eLo = out.entryLo;
   const eHi = out.entryHi;
@@ -555,11 +548,7 @@ function walkFrom(
         index = (hi >>> 16) & 0x1ff;
         break;
     }
-    let epa = base + index * 8;
-    if (nested !== null) {
-      epa = nested.translate(epa, access, false, out);
-      if (epa < 0) return nestedFault(out);
-    }
+    const epa = base + index * 8;
     elo = mem.read32(epa);
     ehi = mem.read32(epa + 4);
     ePa[level] = epa;
@@ -605,7 +594,7 @@ function walkFrom(
 
 /**
  * The end of a complete translation whose address is in `out.pa` (passed there rather than as an argument,
- * so that it is never boxed): rights (§4.6), the second-stage translation of the final address, then A/D
+ * so that it is never boxed): rights (§4.6), then A/D
  * (§4.8) from `fromLevel` (the top level walked in memory) down to the leaf. `acc` is the AND of the low
  * halves of the entries walked in memory (R/W and U/S: the rights; A: A already set on every level, nothing
  * to set for a read), `xd` the OR of their high halves (XD), `leafLo` the leaf's low half (its D bit).
@@ -623,12 +612,6 @@ function finish(
 ): number {
   const fault = permissionFault(ctx, access, (acc & 0x6) | (xd & 0x80000000), out.pkey);
   if (fault !== 0) return pageFault(out, fault);
-  const nested: SecondStage | null = ctx.nested;
-  if (nested !== null) {
-    const pa = nested.translate(out.pa, access, true, out);
-    if (pa < 0) return nestedFault(out);
-    out.pa = pa;
-  }
   const write = (access & 0x2) /* ACC_WRITE */ !== 0;
   const sideEffects = (flags & 1) /* WALK_SIDE_EFFECTS */ !== 0;
   // The common case needs no update: A already set on every level (and D in the leaf for a write).
@@ -658,22 +641,260 @@ function setAccessedDirty(mem: PhysicalMemory, out: WalkResult, fromLevel: numbe
   }
 }
 
+/** The second-stage rights of the translation of each guest paging-structure entry's gpa, per level (scratch of walkNested). */
+const stageRights = new Int32Array(6);
+
+/**
+ * The two-dimensional walk (SDM Vol. 3C §29.3.2-29.3.3 for EPT, AMD APM Vol. 2 §15.25.5-15.25.6 for NPT):
+ * the guest's paging structures are walked as in `walk`, but every guest-physical address the processor
+ * uses goes through `ctx.nested` first: the address of each guest paging-structure entry (NESTED_TABLE),
+ * and the final guest-physical address once the guest's rights allow the access (NESTED_FINAL). The guest
+ * entries are read at the host-physical addresses the second stage returns, in `mem` (host memory). A TLB
+ * miss with 4-level guest tables and 4-level second-stage tables reads 4 x 4 second-stage entries for the
+ * guest tables, 4 guest entries and 4 second-stage entries for the final address: 24 references, counted
+ * in `out.refs` (n guest levels over m second-stage levels: n * (m + 1) + m; PAE's PDPTEs are registers).
+ *
+ * Reserved bits of the guest entries are those of the processor's MAXPHYADDR, the stage's (the guest's
+ * CPUID value, `ctx.maxPhyAddr`, does not change what the hardware checks; a gpa beyond the guest's
+ * MAXPHYADDR reaches the second stage, which KVM leaves unmapped and then handles, see mmu-tdp's design).
+ *
+ * A/D updates of guest entries are writes (SDM §29.3.3.2: "Writes by the logical processor to guest paging
+ * structures to update accessed and dirty flags are considered to be data writes"), done after the final
+ * translation succeeded: an entry that needs one and whose second-stage translation did not allow writes
+ * ends the walk with a second-stage fault (a write to a guest paging-structure entry, not final). The
+ * stage decides what kind of access a paging-structure read is (EPT: a read, a write with EPTP bit 6; NPT:
+ * a user write), so for NPT and A/D-enabled EPT that check never fails.
+ *
+ * `out` as for `walk`, and `out.entryPa` holds host-physical addresses, `out.entryGpa` the guest-physical
+ * ones, `out.pa` the host-physical address; `out.nestedRights`/`nestedDirty` describe the final
+ * translation (the TLB caches the combined translation, SDM §29.4.1: its rights are the AND of both).
+ */
+export function walkNested(ctx: PagingContext, mem: PhysicalMemory, va: number, access: number, flags: number, out: WalkResult): number {
+  const stage = ctx.nested!;
+  out.errorCode = 0;
+  out.global = false;
+  out.pkey = 0;
+  out.refs = 0;
+  const mode = ctx.mode;
+  if (mode === 2 /* MODE_LONG4 */ && !(va >= -140737488355328 && va < 140737488355328)) return generalProtection(out);
+  if (mode === 3 /* MODE_LONG5 */ && !(va >= -72057594037927936 && va < 72057594037927936)) return generalProtection(out);
+  const lo = va | 0;
+  if (mode === 0 /* MODE_LEGACY32 */) return walkNested32(ctx, stage, mem, lo, access, flags, out);
+  const hi = Math.floor(va * 2.3283064365386963e-10) | 0;
+  const ePa = out.entryPa;
+  const eLo = out.entryLo;
+  const eHi = out.entryHi;
+  const eGpa = out.entryGpa;
+  const m = stage.maxPhyAddr - 32; // first reserved address bit, in the high half (the processor's MAXPHYADDR)
+  const nx = ctx.eferNxe ? 0 : 0x80000000; // XD is reserved without NXE
+  let level: number;
+  let base: number;
+  let rsvdHi: number;
+  if (mode === 1 /* MODE_PAE */) {
+    // §4.4.1: the PDPTE registers (loaded at CR3 load, through the second stage: loadPdptes).
+    const i = lo >>> 30;
+    const plo = ctx.pdpteLo[i]!;
+    const phi = ctx.pdpteHi[i]!;
+    out.topLevel = 3;
+    eGpa[3] = ePa[3] = (((ctx.cr3 >>> 0) & 0xffffffe0) >>> 0) + i * 8;
+    eLo[3] = plo;
+    eHi[3] = phi;
+    if ((plo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 3);
+    rsvdHi = ((0x7fffffff >>> m) << m) | nx; // bits 62:M (§4.4.2)
+    level = 2;
+    base = tableAt(plo, phi);
+  } else {
+    rsvdHi = ((0xfffff >>> m) << m) | nx; // bits 51:M (§4.5.4)
+    level = mode === 3 ? 5 : 4;
+    out.topLevel = level;
+    base = longRoot(ctx.cr3, m);
+  }
+  let acc = -1;
+  let xd = 0;
+  let elo: number;
+  let ehi: number;
+  let pageSize = 4096;
+  for (;;) {
+    let index: number;
+    switch (level) {
+      case 1:
+        index = (lo >>> 12) & 0x1ff;
+        break;
+      case 2:
+        index = (lo >>> 21) & 0x1ff;
+        break;
+      case 3:
+        index = ((lo >>> 30) | (hi << 2)) & 0x1ff;
+        break;
+      case 4:
+        index = (hi >>> 7) & 0x1ff;
+        break;
+      default:
+        index = (hi >>> 16) & 0x1ff;
+        break;
+    }
+    const gpa = base + index * 8;
+    const hpa = stage.translate(gpa, access, NESTED_TABLE, flags, out);
+    if (hpa < 0) return nestedFault(out);
+    stageRights[level] = out.nestedRights;
+    elo = mem.read32(hpa);
+    ehi = mem.read32(hpa + 4);
+    out.refs++;
+    ePa[level] = hpa;
+    eGpa[level] = gpa;
+    eLo[level] = elo;
+    eHi[level] = ehi;
+    if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, level);
+    let rsvdLo = 0;
+    let isLeaf = level === 1;
+    if ((elo & 0x80) /* PS */ !== 0) {
+      if (level === 2) {
+        isLeaf = true;
+        rsvdLo = 0x001fe000; // bits 20:13
+        pageSize = 2097152;
+      } else if (level === 3 && mode !== 1) {
+        isLeaf = true;
+        rsvdLo = 0x3fffe000; // bits 29:13
+        pageSize = 1073741824;
+      } else if (level >= 4) {
+        rsvdLo = 0x80; // PS is reserved in a PML4E and a PML5E
+      }
+    }
+    if ((elo & rsvdLo) !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, level);
+    acc &= elo;
+    xd |= ehi;
+    if (isLeaf) break;
+    base = tableAt(elo, ehi);
+    level--;
+  }
+  const offsetMask = pageSize - 1;
+  out.leafLevel = level;
+  out.pageSize = pageSize;
+  out.writable = (acc & 0x2) /* R/W */ !== 0;
+  out.user = (acc & 0x4) /* U/S */ !== 0;
+  out.executable = (xd & 0x80000000) /* XD */ === 0;
+  out.global = ctx.cr4Pge && (elo & 0x100) /* G */ !== 0;
+  out.pkey = mode === 1 ? 0 : (ehi >>> 27) & 15;
+  out.pa = ((elo & ~offsetMask) >>> 0) + (ehi & 0xfffff) * 4294967296 + (lo & offsetMask);
+  return finishNested(ctx, stage, mem, access, flags, out, mode === 1 ? 2 : out.topLevel, acc, xd, elo);
+}
+
+/** `walkNested` for 32-bit paging (§4.3): a PDE and a PTE of 4 bytes, or a 4 MiB page with CR4.PSE. */
+function walkNested32(ctx: PagingContext, stage: SecondStage, mem: PhysicalMemory, lo: number, access: number, flags: number, out: WalkResult): number {
+  out.topLevel = 2;
+  const ePa = out.entryPa;
+  const eLo = out.entryLo;
+  const eHi = out.entryHi;
+  const eGpa = out.entryGpa;
+  let gpa = (((ctx.cr3 >>> 0) & 0xfffff000) >>> 0) + (lo >>> 22) * 4;
+  let hpa = stage.translate(gpa, access, NESTED_TABLE, flags, out);
+  if (hpa < 0) return nestedFault(out);
+  stageRights[2] = out.nestedRights;
+  const pde = mem.read32(hpa);
+  out.refs++;
+  ePa[2] = hpa;
+  eGpa[2] = gpa;
+  eLo[2] = pde;
+  eHi[2] = 0;
+  if ((pde & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 2);
+  let leaf = pde;
+  let pa: number;
+  if (ctx.cr4Pse && (pde & 0x80) /* PS */ !== 0) {
+    const m = stage.maxPhyAddr < 40 ? stage.maxPhyAddr : 40;
+    const rsvd = ((0x3fffff >>> (m - 19)) << (m - 19)) >>> 0; // bits 21:(M-19)
+    if ((pde & rsvd) !== 0) return reservedFault(ctx, out, access, 2);
+    pa = ((pde & 0xffc00000) >>> 0) + ((pde >>> 13) & ((1 << (m - 32)) - 1)) * 4294967296 + (lo & 0x3fffff);
+    out.leafLevel = 2;
+    out.pageSize = 4194304;
+  } else {
+    gpa = ((pde & 0xfffff000) >>> 0) + ((lo >>> 12) & 0x3ff) * 4;
+    hpa = stage.translate(gpa, access, NESTED_TABLE, flags, out);
+    if (hpa < 0) return nestedFault(out);
+    stageRights[1] = out.nestedRights;
+    leaf = mem.read32(hpa);
+    out.refs++;
+    ePa[1] = hpa;
+    eGpa[1] = gpa;
+    eLo[1] = leaf;
+    eHi[1] = 0;
+    if ((leaf & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 1);
+    pa = ((leaf & 0xfffff000) >>> 0) + (lo & 0xfff);
+    out.leafLevel = 1;
+    out.pageSize = 4096;
+  }
+  const both = pde & leaf;
+  out.writable = (both & 0x2) /* R/W */ !== 0;
+  out.user = (both & 0x4) /* U/S */ !== 0;
+  out.executable = true;
+  out.global = ctx.cr4Pge && (leaf & 0x100) /* G */ !== 0;
+  out.pa = pa;
+  return finishNested(ctx, stage, mem, access, flags, out, 2, both, 0, leaf);
+}
+
+/**
+ * The end of a two-dimensional walk whose guest-physical address is in `out.pa`: the guest's rights (§4.6),
+ * the second-stage translation of the final address, then the guest's A/D updates (§4.8), each a write to a
+ * guest paging-structure entry that its second-stage translation must allow (`stageRights`, per level).
+ * Leaves the host-physical address in `out.pa`.
+ */
+function finishNested(
+  ctx: PagingContext,
+  stage: SecondStage,
+  mem: PhysicalMemory,
+  access: number,
+  flags: number,
+  out: WalkResult,
+  fromLevel: number,
+  acc: number,
+  xd: number,
+  leafLo: number,
+): number {
+  const fault = permissionFault(ctx, access, (acc & 0x6) | (xd & 0x80000000), out.pkey);
+  if (fault !== 0) return pageFault(out, fault);
+  const hpa = stage.translate(out.pa, access, NESTED_FINAL, flags, out);
+  if (hpa < 0) return nestedFault(out);
+  const write = (access & 0x2) /* ACC_WRITE */ !== 0;
+  const sideEffects = (flags & 1) /* WALK_SIDE_EFFECTS */ !== 0;
+  if (sideEffects && ((acc & 0x20) /* A */ === 0 || (write && (leafLo & 0x40) /* D */ === 0))) {
+    const leafLevel = out.leafLevel;
+    for (let l = fromLevel; l >= leafLevel; l--) {
+      const want = l === leafLevel && write ? 0x60 /* A | D */ : 0x20; /* A */
+      if ((out.entryLo[l]! & want) !== want && (stageRights[l]! & NESTED_W) === 0) {
+        // SDM §29.3.3.2: the flag update is a data write the second stage does not allow.
+        out.nestedGpa = out.entryGpa[l]!;
+        out.nestedFinal = false;
+        out.nestedAccess = ACC_WRITE;
+        out.nestedCode = (stageRights[l]! !== 0 ? PFERR_PRESENT : 0) | ACC_WRITE;
+        out.nestedRights = stageRights[l]!;
+        out.nestedMisconfig = false;
+        return nestedFault(out);
+      }
+    }
+    setAccessedDirty(mem, out, fromLevel, write);
+  }
+  out.pa = hpa;
+  out.dirty = (leafLo & 0x40) /* D */ !== 0 || (sideEffects && write);
+  out.status = 0; // WALK_OK
+  return 0;
+}
+
 /**
  * Loads the four PAE PDPTE registers from the 32-byte-aligned PDPT at CR3[31:5] (SDM Vol. 3A §4.4.1), as
  * MOV to CR3 (and the CR0/CR4 writes that enable PAE paging) do. Returns false, leaving the registers
  * unchanged, when a present PDPTE has a reserved bit set (bits 2:1, 8:5, 63:MAXPHYADDR; Table 4-8): the
  * instruction then raises #GP(0), not #PF. With a second stage, the PDPT's guest-physical address is
- * translated first (`final` = false, the access a write as KVM's `load_pdptrs` asks for) and a refusal
- * also fails the load (KVM `load_pdptrs` returns false when the translation fails). `scratch` receives a
- * second-stage fault's details.
+ * translated first, as a read (NESTED_PDPTE: "loads of guest PDPTEs are treated as reads and do not cause EPT
+ * violations due to a guest-physical address not being writable", SDM Vol. 3C §29.3.3.2), the reserved bits
+ * are those of the processor's MAXPHYADDR (the stage's), and a refusal also fails the load (KVM
+ * `load_pdptrs` returns false when the translation fails). `scratch` receives a second-stage fault's details.
  */
 export function loadPdptes(ctx: PagingContext, mem: PhysicalMemory, scratch: WalkResult = loadScratch): boolean {
   let base = ((ctx.cr3 >>> 0) & 0xffffffe0) >>> 0;
   if (ctx.nested !== null) {
-    base = ctx.nested.translate(base, ACC_WRITE | ACC_USER, false, scratch);
+    base = ctx.nested.translate(base, ACC_READ, NESTED_PDPTE, WALK_SIDE_EFFECTS, scratch);
     if (base < 0) return false;
   }
-  const m = ctx.maxPhyAddr - 32;
+  const m = (ctx.nested !== null ? ctx.nested.maxPhyAddr : ctx.maxPhyAddr) - 32;
   const rsvdHi = ((0xffffffff >>> m) << m) >>> 0; // bits 63:M
   for (let i = 0; i < 4; i++) {
     const lo = mem.read32(base + i * 8);

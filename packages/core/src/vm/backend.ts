@@ -1,4 +1,6 @@
 import type { HardwareExit } from '../exits/vm-exit.js';
+import type { PhysicalMemory } from '../memory/physical.js';
+import type { SecondStage, WalkResult } from '../paging/types.js';
 import { TYPES } from './tokens.js';
 
 /** How the VM's MMU translates guest memory, which decides how a backend programs its intercepts. */
@@ -18,23 +20,28 @@ export interface Backend<S = unknown> {
   exceptionExits(state: S, vector: number, errorCode: number): boolean;
   /** Whether MOV to CR0/CR3/CR4 (`cr` = 0, 3, 4) or WRMSR EFER (`cr` = 0xc0000080) of `value` exits. */
   crWriteExits(state: S, cr: number, value: number): boolean;
-  /** Whether MOV from CR`cr` exits (VMX CR3-store exiting, SVM CR read intercepts). */
-  crReadExits(state: S, cr: number): boolean;
   /** Whether INVLPG exits. */
   invlpgExits(state: S): boolean;
   /** Records an exception exit in the control state's exit fields and describes it. */
   exceptionExit(state: S, vector: number, errorCode: number, address: number): HardwareExit;
   /** A CR (or EFER) write exit. */
   crWriteExit(state: S, cr: number, value: number): HardwareExit;
-  /** A CR read exit (no vCPU operation reads CRs yet; the rule and the exit information are modelled). */
-  crReadExit(state: S, cr: number): HardwareExit;
   /** An INVLPG exit. */
   invlpgExit(state: S, va: number): HardwareExit;
   /**
-   * A second-stage fault (EPT violation / misconfiguration, NPF). `errorCode` carries the PFERR bits of the
-   * fault (RSVD = a misconfigured entry) plus bit 32 (final translation) or bit 33 (guest page-table access).
+   * A second-stage fault (VMX: EPT violation or EPT misconfiguration; SVM: #VMEXIT(NPF)), from what the walk
+   * recorded in `fault` (`nestedGpa`, `nestedFinal`, `nestedCode`, `nestedRights`, `nestedAccess`,
+   * `nestedMisconfig`, and the guest's rights of the linear address for a final access); `address` is the
+   * guest-linear address being translated. Writes the control state's exit fields and describes them.
    */
-  nestedFaultExit(state: S, gpa: number, address: number, errorCode: number): HardwareExit;
+  nestedFaultExit(state: S, fault: WalkResult, address: number): HardwareExit;
+  /**
+   * The fault error code the hypervisor derives from the last second-stage exit's fields, as KVM passes it to
+   * `kvm_mmu_page_fault`: PFERR bits plus 2^32 (PFERR_GUEST_FINAL_MASK) or 2^33 (PFERR_GUEST_PAGE_MASK);
+   * RSVD alone for an EPT misconfiguration (VMX `handle_ept_violation` / `handle_ept_misconfig`, SVM
+   * `npf_interception`).
+   */
+  nestedFaultErrorCode(state: S): number;
   /** An access to a guest-physical address with no RAM (an MMIO spte: KVM's reserved-bit / misconfig encodings). */
   mmioExit(state: S, gpa: number, address: number, access: number): HardwareExit;
   /** The hypervisor finished handling a CR write exit: the control state follows the guest's new value. */
@@ -46,8 +53,25 @@ export interface Backend<S = unknown> {
    * error code in `out.errorCode`.
    */
   vmEntry(state: S, out: { errorCode: number }): number;
-  /** Points the second stage at `root` (VMX EPT pointer, SVM nCR3) and enables it. */
-  setNestedRoot(state: S, root: number): void;
+  /**
+   * Points the second stage at `root` (VMX EPT pointer, SVM nCR3) and enables it: `levels` 4 (default) or 5
+   * (KVM uses 5-level TDP only when the guest's MAXPHYADDR is above 48, `kvm_mmu_get_tdp_level`; SVM: the
+   * host's paging mode), `accessedDirty` the EPT A/D flags (EPTP bit 6; KVM `enable_ept_ad_bits`; NPT always
+   * has them).
+   */
+  setNestedRoot(state: S, root: number, options?: NestedRootOptions): void;
+  /**
+   * The second stage as the hardware walks it under `state` (its EPTP / nCR3), over the second-stage tables
+   * in `hostMem`, with the processor's MAXPHYADDR: what the TDP MMU hands to `Vcpu.setSecondStage`. Throws a
+   * RangeError when the second stage is not enabled or its pointer is invalid (a VM-entry failure).
+   */
+  createSecondStage(state: S, hostMem: PhysicalMemory, hostMaxPhyAddr: number): SecondStage;
+}
+
+/** How the second stage is set up (`Backend.setNestedRoot`). */
+export interface NestedRootOptions {
+  readonly levels?: 4 | 5;
+  readonly accessedDirty?: boolean;
 }
 
 /**

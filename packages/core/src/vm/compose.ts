@@ -9,6 +9,7 @@ import {
   ModuleLoadError,
   type ModuleSource,
   type ModuleSources,
+  UNRELEASED_MMU_PACKAGES,
 } from './modules.js';
 import { TYPES } from './tokens.js';
 import { joinPath, parseVariantParts, zodProblems, type Variant, type VariantProblem } from './variant.js';
@@ -131,33 +132,35 @@ export async function composeVariant(raw: unknown, sources: ModuleSources): Prom
     }
     if (parts.mmu !== null) {
       const m = sources.mmus[parts.mmu];
-      if (m === undefined) problems.push({ path: 'mmu', message: `no module for mmu '${parts.mmu}'${installedMmus(sources, from)}` });
+      const unreleased = UNRELEASED_MMU_PACKAGES[parts.mmu];
+      if (m === undefined && unreleased !== undefined) problems.push({ path: 'mmu', message: notInThisRelease(parts.mmu, unreleased, sources, from) });
+      else if (m === undefined) problems.push({ path: 'mmu', message: `no module for mmu '${parts.mmu}'${installedMmus(sources, from)}` });
       else {
         try {
           container.load(await loadModuleSource(m, from));
           loaded.mmu = true;
         } catch (e) {
           if (e instanceof ModuleLoadError && e.notInstalled && typeof m === 'string') {
-            // Not a broken install: this release has no such package (there is no @vmexit/mmu-tdp yet). A
-            // package of that name that does resolve is loaded as any other.
-            const title = MMU_TITLES[parts.mmu] ?? `mmu '${parts.mmu}'`;
-            problems.push({
-              path: 'mmu',
-              message: `${title} (mmu '${parts.mmu}') is not available in this release: no ${m} package is installed${installedMmus(sources, from)}`,
-            });
+            // Not a broken install: the package the sources name is not installed. A package of that name
+            // that does resolve is loaded as any other.
+            problems.push({ path: 'mmu', message: notInThisRelease(parts.mmu, m, sources, from) });
           } else problems.push({ path: 'mmu', message: `mmu '${parts.mmu}' is not available: ${messageOf(e)}` });
         }
       }
     }
   }
 
-  // Built-in policies, by name.
+  // Built-in policies, by name: loaded only when the variant names a policy, so that a VM without policies
+  // needs no policy package (the backend and the MMU are all it needs). A built-in package that is not
+  // installed is no problem unless a policy is looked for in it (the message on that policy says so).
   const byName = new Map<string, FaultPolicy<unknown>>();
-  for (const src of sources.policies) {
+  const notInstalled: string[] = [];
+  for (const src of parts.policies.length > 0 ? sources.policies : []) {
     try {
       for (const p of loadAndDiff(container, await loadModuleSource(src, from))) byName.set(p.name, p);
     } catch (e) {
-      if (!(e instanceof ModuleLoadError && typeof src === 'string' && /exports no inversify ContainerModule/.test(e.message))) {
+      if (e instanceof ModuleLoadError && e.notInstalled && typeof src === 'string') notInstalled.push(src);
+      else if (!(e instanceof ModuleLoadError && typeof src === 'string' && /exports no inversify ContainerModule/.test(e.message))) {
         problems.push({ path: 'policies', message: `built-in policies '${typeof src === 'string' ? src : 'module'}' failed to load: ${messageOf(e)}` });
       }
     }
@@ -179,7 +182,7 @@ export async function composeVariant(raw: unknown, sources: ModuleSources): Prom
           bound = loadAndDiff(container, await importContainerModule(spec, from));
           loadedPackages.set(spec, bound);
         } catch (e) {
-          const known = [...byName.keys()].join(', ') || 'none';
+          const known = ([...byName.keys()].join(', ') || 'none') + (notInstalled.length > 0 ? `, as ${notInstalled.join(', ')} is not installed` : '');
           problems.push({
             path,
             message: isPathSpecifier(spec)
@@ -242,6 +245,11 @@ export async function composeVariant(raw: unknown, sources: ModuleSources): Prom
 }
 
 /** ` (installed mmus: shadow)`: the MMUs of `sources` whose packages resolve from `from`. */
+function notInThisRelease(mmu: string, pkg: string, sources: ModuleSources, from: string): string {
+  const title = MMU_TITLES[mmu] ?? `mmu '${mmu}'`;
+  return `${title} (mmu '${mmu}') is not available in this release: no ${pkg} package is installed${installedMmus(sources, from)}`;
+}
+
 function installedMmus(sources: ModuleSources, from: string): string {
   const names = Object.entries(sources.mmus)
     .filter(([, src]) => isModuleSourceInstalled(src, from))

@@ -20,9 +20,16 @@ export interface ModuleSources {
 /** The monorepo's own packages, by package name (the CLI passes these). */
 export const DEFAULT_MODULE_SOURCES: ModuleSources = {
   backends: { vmx: '@vmexit/backend-vmx', svm: '@vmexit/backend-svm' },
-  mmus: { shadow: '@vmexit/mmu-shadow', tdp: '@vmexit/mmu-tdp' },
+  mmus: { shadow: '@vmexit/mmu-shadow' },
   policies: ['@vmexit/policies'],
 };
+
+/**
+ * MMUs that the variant schema names but this release does not ship, with the package that is to provide
+ * each: composing one says which package is missing, instead of "no module". When that package is
+ * released, its entry moves from here to `DEFAULT_MODULE_SOURCES.mmus` (for tdp: `tdp: '@vmexit/mmu-tdp'`).
+ */
+export const UNRELEASED_MMU_PACKAGES: Readonly<Record<string, string>> = { tdp: '@vmexit/mmu-tdp' };
 
 /** A module that could not be loaded: the message says which and why. */
 export class ModuleLoadError extends Error {
@@ -109,12 +116,24 @@ function resolveSpecifierPath(specifier: string, from: string): string {
   const here = dirname(fileURLToPath(import.meta.url));
   for (const start of [resolve(from), here]) {
     for (let dir = start; ; dir = dirname(dir)) {
+      // The package itself, as Node's self-reference resolves it: `vmexit run --policy my-policy` inside my-policy.
+      if (start !== here && ownPackageName(dir) === specifier) return packageEntry(dir, specifier);
       const pkg = join(dir, 'node_modules', specifier);
       if (existsSync(join(pkg, 'package.json'))) return packageEntry(pkg, specifier);
       if (dirname(dir) === dir) break;
     }
   }
   throw new ModuleLoadError(`package '${specifier}' is not installed (looked in node_modules from ${resolve(from)} upwards)`, { notInstalled: true });
+}
+
+/** The `name` of `dir/package.json`, or null (no such file, or not readable JSON). */
+function ownPackageName(dir: string): string | null {
+  try {
+    const name = (JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { name?: unknown }).name;
+    return typeof name === 'string' ? name : null;
+  } catch {
+    return null;
+  }
 }
 
 /** A package directory's ESM entry: exports["."] (import / default / node), else module, else main, else index.js. */

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { PAGING_MODE_NAMES } from '../arch/modes.js';
 import { COST_PROFILES, DEFAULT_COST_PROFILE } from '../cost/profiles.js';
+import { costProfileSchema } from '../cost/schema.js';
 
 /** One problem with a variant: the path of the offending field (`policies.1.use`) and what is wrong. */
 export interface VariantProblem {
@@ -50,9 +51,16 @@ export const variantSchema = z.strictObject({
     .default({ mode: 'long4', personality: 'linux' }),
   vcpus: z.number().int().min(1).max(256).default(1),
   memory: memorySchema.default(256 * 1024 * 1024),
+  /** A built-in cost model by name, or a whole profile (the CLI reads `--cost-model FILE.json` into one). */
   costModel: z
-    .string()
-    .refine((n) => n in COST_PROFILES, { message: `unknown cost model (expected one of ${Object.keys(COST_PROFILES).join(', ')})` })
+    .union([
+      z
+        .string()
+        .refine((n) => n in COST_PROFILES, {
+          message: `unknown cost model (expected one of ${Object.keys(COST_PROFILES).join(', ')}); a custom model is a .json file (--cost-model) or a profile object`,
+        }),
+      costProfileSchema,
+    ])
     .default(DEFAULT_COST_PROFILE),
   resolveFrom: z.string().optional(),
 });

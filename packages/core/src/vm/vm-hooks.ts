@@ -1,7 +1,9 @@
 import { ACC_FETCH, ACC_READ, ACC_WRITE, GP_VECTOR, PF_VECTOR } from '../arch/constants.js';
 import { createEmulationOutcome, emulatePendingAccess, EMULATION_FAILED } from '../machine/emulate.js';
 import { FAULT_DELIVER, FAULT_DONE, FAULT_RETRY, type FaultAction, type VcpuHooks } from '../machine/hooks.js';
-import { hex, MachineError, type Vcpu } from '../machine/vcpu.js';
+import { hexU64 as hex } from '../arch/hex.js';
+import { MachineError } from '../machine/errors.js';
+import type { Vcpu } from '../machine/vcpu.js';
 import type { WalkResult } from '../paging/types.js';
 import { ExitError } from '../exits/errors.js';
 import type { ExitChannel } from '../exits/pipeline.js';
@@ -22,7 +24,7 @@ export const PFERR_GUEST_PAGE = 2 ** 33;
  * does not exit goes to the guest's IDT; a CR write or INVLPG that does not exit still tells the MMU
  * (exited = false). Nothing here allocates unless an event exits.
  */
-export class VmHooks implements VcpuHooks {
+export class VmHooks implements VcpuHooks<Vcpu> {
   private seq = 0;
   /**
    * Called after every exit of this vCPU once it is fully handled (resolution applied, emulation done),
@@ -51,10 +53,11 @@ export class VmHooks implements VcpuHooks {
   }
 
   nestedFault(vcpu: Vcpu, address: number, access: number, r: WalkResult): FaultAction {
-    // A second-stage fault always exits (SDM Vol. 3C §29.3.3; APM Vol. 2 §15.25.6).
-    const errorCode = r.nestedCode + (r.nestedFinal ? PFERR_GUEST_FINAL : PFERR_GUEST_PAGE);
+    // A second-stage fault always exits (SDM Vol. 3C §29.3.3; APM Vol. 2 §15.25.6); the hypervisor's error
+    // code comes from the exit's fields (VMX handle_ept_violation / handle_ept_misconfig, SVM npf_interception).
     const gpa = r.nestedGpa;
-    const hw = this.backend.nestedFaultExit(this.state, gpa, address, errorCode);
+    const hw = this.backend.nestedFaultExit(this.state, r, address);
+    const errorCode = this.backend.nestedFaultErrorCode(this.state);
     const exit: VmExit = { kind: 'nested-fault', vcpu: vcpu.id, seq: ++this.seq, hw, gpa, address, access, errorCode, resolution: null, resolvedBy: null };
     return this.done(exit, this.act(exit, this.channel.push(exit), PF_VECTOR, address));
   }

@@ -4,7 +4,7 @@ import { Machine } from '../machine/machine.js';
 import type { MemslotSpec } from '../machine/guest-memory.js';
 import { NativeHooks } from '../machine/hooks.js';
 import type { Vcpu } from '../machine/vcpu.js';
-import { COST_PROFILES } from '../cost/profiles.js';
+import { resolveCostProfile, type CostModelInput } from '../cost/schema.js';
 import { modelCycles, type CostReport } from '../cost/model.js';
 import { mmuEventKindsOf, type MmuDecisionOf, type MmuEvent } from '../exits/mmu-events.js';
 import { countAndObserveExits, isNoopObservers, type ExitRecorder, type ExitTracer } from '../exits/observers.js';
@@ -19,7 +19,7 @@ import { composeVariant } from './compose.js';
 import { DEFAULT_MODULE_SOURCES, type ModuleSources } from './modules.js';
 import type { Mmu, MmuHost } from './mmu.js';
 import { TYPES } from './tokens.js';
-import { VariantError, type Variant } from './variant.js';
+import { VariantError, type Variant, type VariantInput } from './variant.js';
 import { VmHooks } from './vm-hooks.js';
 import type { Container } from 'inversify';
 
@@ -32,6 +32,8 @@ export interface CreateVmOptions {
   readonly memslots?: readonly MemslotSpec[];
   /** The guest's MAXPHYADDR, 36..52 (default 46). */
   readonly maxPhyAddr?: number;
+  /** The host's (the processor's) MAXPHYADDR, from the guest's to 52 (default: the guest's). */
+  readonly hostMaxPhyAddr?: number;
   /** Observers to use instead of the container's (no-op) ones. */
   readonly tracer?: ExitTracer;
   readonly recorder?: ExitRecorder;
@@ -74,7 +76,7 @@ export class Vm implements MmuHost {
     tracer: ExitTracer,
     recorder: ExitRecorder,
     seed: number,
-    machineOptions: { memslots?: readonly MemslotSpec[]; maxPhyAddr?: number } = {},
+    machineOptions: { memslots?: readonly MemslotSpec[]; maxPhyAddr?: number; hostMaxPhyAddr?: number } = {},
   ) {
     this.machine = new Machine({
       memoryBytes: variant.memory,
@@ -82,6 +84,7 @@ export class Vm implements MmuHost {
       seed,
       memslots: machineOptions.memslots,
       maxPhyAddr: machineOptions.maxPhyAddr,
+      hostMaxPhyAddr: machineOptions.hostMaxPhyAddr,
     });
     this.vcpus = this.machine.vcpus;
     this.stats = this.vcpus.map(() => new Stats());
@@ -110,8 +113,8 @@ export class Vm implements MmuHost {
           tracer.traceMmuEvent(ev);
           recorder.recordMmuEvent(ev);
         });
-        let mch: MmuEventChannel | null = null;
-        mch = new MmuEventChannel(mmuEventPipeline(() => mch!, mmuOps, [mmuObserver]));
+        let mmuChannel: MmuEventChannel | null = null;
+        mmuChannel = new MmuEventChannel(mmuEventPipeline(() => mmuChannel!, mmuOps, [mmuObserver]));
         // An event no policy on this vCPU may decide (none takes MMU events, or none names its kind): the MMU's
         // own choice stands, so the event needs no stream; it is still counted, traced and recorded exactly as
         // the pipeline's observers would.
@@ -125,7 +128,7 @@ export class Vm implements MmuHost {
         this.mmuDecidable.push(mmuEventKindsOf(mmuOps));
         this.mmuQuiet.push(quiet ? eventCounts : null);
         this.exitChannels.push(channel);
-        this.mmuChannels.push(mch);
+        this.mmuChannels.push(mmuChannel);
         hooks.push(vmHooks);
         v.hooks = vmHooks;
         mmu.attachVcpu(v);
@@ -193,10 +196,8 @@ export class Vm implements MmuHost {
   }
 
   /** Modelled cycles of the run so far under the variant's cost model (or `profile`). */
-  cycles(profile = this.variant.costModel): CostReport {
-    const p = COST_PROFILES[profile];
-    if (p === undefined) throw new RangeError(`unknown cost model '${profile}'`);
-    return modelCycles(p, this.counters().total);
+  cycles(profile: CostModelInput = this.variant.costModel): CostReport {
+    return modelCycles(resolveCostProfile(profile), this.counters().total);
   }
 }
 
@@ -238,7 +239,7 @@ class MmuEventCounts {
  * policies' ContainerModules into one inversify container, checks every policy's needs, and builds the
  * machine. Any problem throws a VariantError listing them all; nothing is created then.
  */
-export async function createVm(variant: unknown, options: CreateVmOptions = {}): Promise<Vm> {
+export async function createVm(variant: VariantInput, options: CreateVmOptions = {}): Promise<Vm> {
   const comp = await composeVariant(variant, options.sources ?? DEFAULT_MODULE_SOURCES);
   if (comp.problems.length > 0 || comp.variant === null) throw new VariantError(comp.problems);
   const c: Container = comp.container;
@@ -264,6 +265,7 @@ export async function createVm(variant: unknown, options: CreateVmOptions = {}):
     {
       memslots: options.memslots,
       maxPhyAddr: options.maxPhyAddr,
+      hostMaxPhyAddr: options.hostMaxPhyAddr,
     },
   );
 }

@@ -6,6 +6,7 @@ import { DensePhysicalMemory } from '../../src/memory/dense.js';
 import type { PhysicalMemory } from '../../src/memory/physical.js';
 import { SparsePhysicalMemory } from '../../src/memory/sparse.js';
 import {
+  NESTED_FINAL,
   WALK_GP,
   WALK_NESTED_FAULT,
   WALK_OK,
@@ -96,8 +97,12 @@ function expectTranslation(out: WalkResult, want: RefOutcome): void {
 /** The second stage of the scenarios: identity, except for the guest-physical pages in `refused`. */
 class TestStage implements SecondStage {
   readonly calls: Array<[number, number, boolean]> = [];
-  constructor(readonly refused: ReadonlySet<number>) {}
-  translate(gpa: number, access: number, final: boolean, out: WalkResult): number {
+  constructor(
+    readonly refused: ReadonlySet<number>,
+    readonly maxPhyAddr: number,
+  ) {}
+  translate(gpa: number, access: number, kind: number, _flags: number, out: WalkResult): number {
+    const final = kind === NESTED_FINAL;
     this.calls.push([gpa, access, final]);
     if (this.refused.has(Math.floor(gpa / 4096))) {
       out.nestedGpa = gpa;
@@ -105,6 +110,8 @@ class TestStage implements SecondStage {
       out.nestedCode = 1;
       return -1;
     }
+    out.nestedRights = 7; // grants everything, with no dirty flag to set
+    out.nestedDirty = true;
     return gpa;
   }
 }
@@ -426,7 +433,7 @@ function scenarioArbFor(layout: Layout): fc.Arbitrary<Scenario> {
         eflagsAc: ac,
         pkru: s.pkru,
       });
-      if (refused !== null) ctx.nested = new TestStage(refused);
+      if (refused !== null) ctx.nested = new TestStage(refused, s.maxPhyAddr);
       const mem = layout.memory();
       const words: number[] = [];
       const put = (pa: number, value: number): void => {
@@ -508,7 +515,7 @@ describe('walk', () => {
         fc.property(scenarioArb, ({ ctx, mem, va, access, sideEffects, refused, words }) => {
           const refMem = clone(mem, words);
           const calls: Array<[number, number, boolean]> = [];
-          const want = refWalk(ctx, refMem, va, access, sideEffects, refused === null ? null : new TestStage(refused), calls);
+          const want = refWalk(ctx, refMem, va, access, sideEffects, refused === null ? null : new TestStage(refused, ctx.maxPhyAddr), calls);
           const before = snapshot(mem, words);
           const out = new WalkResult();
           const log = new WriteLog(mem);
@@ -529,7 +536,7 @@ describe('walk', () => {
           if (want.leafLevel !== undefined && want.status !== WALK_NESTED_FAULT) expect(out.leafLevel).toBe(want.leafLevel);
           expectTranslation(out, want);
           if (want.status === WALK_NESTED_FAULT) expect([out.nestedGpa, out.nestedFinal]).toEqual([want.nestedGpa, want.nestedFinal]);
-          if (ctx.nested !== null) expect((ctx.nested as TestStage).calls).toEqual(calls);
+          if (ctx.nested !== null) expect((ctx.nested as unknown as TestStage).calls).toEqual(calls);
           // The memory afterwards: the scenario's words, and any word the walk wrote.
           const addrs = [...words, ...log.written];
           const after = snapshot(mem, words);
@@ -566,7 +573,7 @@ describe('walk', () => {
         fc.property(fc.array(scenarioArb, { minLength: 2, maxLength: 6 }), (scenarios) => {
           for (const { ctx, mem, va, access, sideEffects, refused, words } of scenarios) {
             const refMem = clone(mem, words);
-            const want = refWalk(ctx, refMem, va, access, sideEffects, refused === null ? null : new TestStage(refused), []);
+            const want = refWalk(ctx, refMem, va, access, sideEffects, refused === null ? null : new TestStage(refused, ctx.maxPhyAddr), []);
             const log = new WriteLog(mem);
             const status = walk(ctx, log, va, access, sideEffects ? WALK_SIDE_EFFECTS : 0, out);
             expect([status, out.errorCode]).toEqual([want.status, want.errorCode]);

@@ -10,6 +10,7 @@ import {
   WALK_SIDE_EFFECTS,
   WalkResult,
   type PagingContext,
+  NESTED_FINAL,
   type SecondStage,
 } from '../../src/paging/types.js';
 import { createPagingContext, loadPdptes, rightsFault, walk, type PagingContextInit } from '../../src/paging/walker.js';
@@ -548,15 +549,19 @@ describe('walk', () => {
   describe('the second-stage seam (EPT/NPT, SDM Vol. 3C §29.3.3.2)', () => {
     /** Guest-physical x lives at host-physical x + 0x10000000; refuses `refuse` if given. */
     class OffsetStage implements SecondStage {
+      readonly maxPhyAddr = 46;
       calls: Array<[number, boolean]> = [];
       constructor(private readonly refuse = -1) {}
-      translate(gpa: number, _access: number, final: boolean, out: WalkResult): number {
+      translate(gpa: number, _access: number, kind: number, _flags: number, out: WalkResult): number {
+        const final = kind === NESTED_FINAL;
         this.calls.push([gpa, final]);
         if (gpa === this.refuse) {
           out.nestedGpa = gpa;
           out.nestedFinal = final;
           return -1;
         }
+        out.nestedRights = 7;
+        out.nestedDirty = true;
         return gpa + 0x10000000;
       }
     }

@@ -15,7 +15,8 @@ import {
   EFER_LME,
   EFER_NXE,
 } from '../../src/arch/constants.js';
-import { GuestAbort, type Vcpu } from '../../src/machine/vcpu.js';
+import { GuestAbort } from '../../src/machine/errors.js';
+import type { Vcpu } from '../../src/machine/vcpu.js';
 import { Machine } from '../../src/machine/machine.js';
 
 /*

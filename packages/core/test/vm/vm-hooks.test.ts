@@ -18,6 +18,7 @@ import {
   type MemslotSpec,
   type Mmu,
   type PageFaultResolution,
+  type SecondStage,
   type Vcpu,
 } from '../../src/index.js';
 import { TestTables } from '../machine/tables.js';
@@ -40,9 +41,6 @@ class FakeBackend implements Backend<{ pending: [number, number] | null }> {
   crWriteExits(_s: unknown, cr: number): boolean {
     return cr === 3 && this.interceptCr3;
   }
-  crReadExits(): boolean {
-    return false;
-  }
   invlpgExits(): boolean {
     return false;
   }
@@ -55,14 +53,17 @@ class FakeBackend implements Backend<{ pending: [number, number] | null }> {
   crWriteExit(_s: unknown, cr: number): HardwareExit {
     return this.hw(`CR${cr}_WRITE`);
   }
-  crReadExit(): HardwareExit {
-    return this.hw('CR_READ');
-  }
   invlpgExit(): HardwareExit {
     return this.hw('INVLPG');
   }
   nestedFaultExit(): HardwareExit {
     return this.hw('NESTED');
+  }
+  nestedFaultErrorCode(): number {
+    return 0;
+  }
+  createSecondStage(): SecondStage {
+    throw new RangeError('no second stage');
   }
   mmioExit(): HardwareExit {
     return this.hw('MMIO');

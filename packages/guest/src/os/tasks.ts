@@ -215,13 +215,25 @@ export class TaskRunner {
     if (p.threads === 0 && !p.exited) this.kernel.exit(t.vcpu, p);
   }
 
+  /**
+   * Drops finished tasks from a long list, keeping the round-robin position on the same next task. (It used to
+   * reset the position to 0 whenever the list was over 64 long, after every quantum, even with nothing to drop:
+   * with more than 64 live tasks on a vCPU the first runnable one ran every quantum and the others never did,
+   * so `pt-recycle:dirs=127`, whose parent waits on its 65th child, never finished.)
+   */
   private compact(vi: number): void {
     const list = this.perVcpu[vi]!;
-    if (list.length > 64) {
-      const keep = list.filter((t) => !t.done);
-      list.length = 0;
-      list.push(...keep);
-      this.rr[vi] = 0;
+    if (list.length <= 64) return;
+    const next = this.rr[vi]!;
+    let kept = 0;
+    let nextKept = 0;
+    for (let i = 0; i < list.length; i++) {
+      if (i === next) nextKept = kept;
+      const t = list[i]!;
+      if (!t.done) list[kept++] = t;
     }
+    if (kept === list.length) return;
+    list.length = kept;
+    this.rr[vi] = kept === 0 ? 0 : nextKept % kept;
   }
 }

@@ -2,7 +2,7 @@ import type { VxtAccesses, VxtCollapse } from './types.js';
 
 /**
  * Growable columnar access records (typed arrays doubled as needed) that collapse accesses into records
- * as `VxtCollapse` says (perf.md §4.4).
+ * as `VxtCollapse` (types.ts) describes.
  */
 export class AccessBuilder {
   kind: Uint8Array;

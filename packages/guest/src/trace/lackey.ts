@@ -19,7 +19,9 @@ export interface ImportLackeyOptions {
  * valgrind --tool=lackey --trace-mem=yes --trace-syscalls=yes --trace-children=yes --log-file=PREFIX.%p.%n CMD
  * ```
  *
- * (x86-64 Linux; perf.md §4.2 has the line format). Each log is one pid's stretch between execs: a fork
+ * (x86-64 Linux; the line format is that of valgrind's lackey/lk_main.c: `I  addr,size` for a fetch, ` L`, ` S`
+ * and ` M` for a load, store and modify, addresses in hex without `0x`; `SYSCALL[pid,tid](nr)` lines from
+ * `--trace-syscalls=yes` in the same stream, in program order). Each log is one pid's stretch between execs: a fork
  * child's log begins with the clone's return (` --> ... Success(0x0)`) and ends with `sys_execve`, and the
  * exec'd image writes a new log under the same pid whose `Command:` is the exec'd program (valgrind's `%n`
  * numbering does not give their order, so it is rebuilt from those two facts). The process tree comes from
@@ -184,7 +186,13 @@ function scanLog(file: string, index: number): LogInfo {
     throw new TraceError('io', file, `cannot open (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
   try {
-    const size = fs.fstatSync(fd).size;
+    const st = fs.fstatSync(fd);
+    // Size-checked before it is read: a device such as /dev/zero, a FIFO or a directory has no size to
+    // check and may never end; a lackey log is a regular file (a symbolic link is followed to what it names).
+    if (!st.isFile()) {
+      throw new TraceError('io', file, `not a regular file (${st.isDirectory() ? 'a directory' : 'a device, FIFO or socket'}); a lackey log is a file`);
+    }
+    const size = st.size;
     const head = readRange(file, fd, 0, Math.min(size, HEAD_BYTES));
     const tail = size > HEAD_BYTES ? readRange(file, fd, Math.max(HEAD_BYTES, size - TAIL_BYTES), size - Math.max(HEAD_BYTES, size - TAIL_BYTES)) : head;
     const lines = head.split('\n');
@@ -215,6 +223,16 @@ function scanLog(file: string, index: number): LogInfo {
     }
     const x = /^==\d+== Exit code:\s+(\d+)/m.exec(tail);
     const s = /^==\d+== Process terminating with default action of signal (\d+)/m.exec(tail);
+    // A log valgrind finished ends with the "Exit code:" footer, the signal that killed the process, or (a
+    // stretch before an exec) a successful execve; anything else was cut short, and importing it would
+    // replay a shorter program than the one recorded.
+    if (x === null && s === null && execPath === null) {
+      throw new TraceError(
+        'truncated',
+        file,
+        `truncated lackey log: it ends without valgrind's "==${pid}== Exit code:" footer (nor a fatal signal, nor an execve); the recording was cut short`,
+      );
+    }
     return {
       file,
       pid,
@@ -320,6 +338,14 @@ class ProcessState {
 
 const PAGE = 4096;
 
+/**
+ * The largest access one lackey line may describe. An instruction fetch is at most 15 bytes (SDM Vol. 2A
+ * §2.3.11), a vector load or store at most 64 (AVX-512), and the largest, XSAVE/XRSTOR with AMX tile data,
+ * about 11 KiB (SDM Vol. 1 §13.4). 64 KiB leaves room; a larger size is a corrupt line, which would otherwise
+ * expand into one record per page (4 GiB: a million pages; 2^64: never ends).
+ */
+const MAX_ACCESS_BYTES = 65536;
+
 /** Parses one log's body into `st` (streaming, in 4 MiB chunks). */
 function parseLog(log: LogInfo, st: ProcessState): void {
   const file = log.file;
@@ -394,6 +420,13 @@ function parseLog(log: LogInfo, st: ProcessState): void {
               'bad-line',
               file,
               `line ${lineNo}: not a lackey access line: ${JSON.stringify(buf.toString('latin1', s, Math.min(e, s + 80)))}`,
+            );
+          }
+          if (size > MAX_ACCESS_BYTES) {
+            throw new TraceError(
+              'bad-line',
+              file,
+              `line ${lineNo}: an access of ${size} bytes, more than the ${MAX_ACCESS_BYTES} bytes one instruction can touch: ${JSON.stringify(buf.toString('latin1', s, Math.min(e, s + 80)))}`,
             );
           }
           const first = Math.floor(a / PAGE);

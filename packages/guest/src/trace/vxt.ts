@@ -1,3 +1,4 @@
+import * as fs from 'node:fs';
 import * as zlib from 'node:zlib';
 import { TraceError } from './errors.js';
 import type { VxtAccesses, VxtCollapse, VxtEvent, VxtMapping, VxtProcess, VxtTrace } from './types.js';
@@ -22,7 +23,8 @@ import type { VxtAccesses, VxtCollapse, VxtEvent, VxtMapping, VxtProcess, VxtTra
  * - kinds: one byte per record (0 fetch, 1 load, 2 store, 3 modify);
  * - counts: LEB128 varint of `count - 1` per record;
  * - pages: LEB128 varint of `zigzag(page - previous page of the same class)` per record, where the
- *   classes are fetch and data (load/store/modify) as in perf.md §4.4, both starting at page 0.
+ *   classes are fetch and data (load/store/modify), both starting at page 0 (a fetch and a data stream each
+ *   move by small steps; interleaved, their deltas would be large).
  *
  * Columns rather than interleaved tokens: each decodes in its own tight loop straight into a typed array,
  * and brotli models each separately (it sees long runs of like bytes).
@@ -144,8 +146,30 @@ export interface VxtHeader {
   readonly bodyBytes: number;
 }
 
-/** Checks the fixed header and the file length; throws TraceError naming `name`. */
-export function readVxtHeader(bytes: Uint8Array, name: string): VxtHeader {
+/**
+ * The most a header may honestly claim for the body, as a multiple of the compressed payload. Brotli packs
+ * the varint columns of a real recording about 50 to 1 (the bundled kbuild trace: 2.97 MB of payload, 148 MB
+ * of body); a claim far beyond that is a corrupt or hostile file, and believing it would make the reader
+ * decompress gigabytes (a 780 KB file claiming a 4 GiB body). 1024 to 1 leaves
+ * twenty times that for very regular traces.
+ */
+export const VXT_MAX_RATIO = 1024;
+
+/**
+ * The largest body this reader decodes (1 GiB, seven times the bundled kbuild trace's): the decoded columns
+ * take about 4.5 times the body again, and memory is the limit.
+ */
+export const VXT_MAX_BODY_BYTES = 2 ** 30;
+
+/** The largest `.vxt` file this reader reads (a payload for the largest body at a modest ratio). */
+export const VXT_MAX_FILE_BYTES = 2 ** 30;
+
+/**
+ * Checks the fixed header against the file's length (`fileBytes`, by default `bytes.length`: the whole file
+ * is `bytes`; a reader that has only the first 24 bytes passes the file's size) and the body length it
+ * claims against the payload (VXT_MAX_RATIO, VXT_MAX_BODY_BYTES); throws TraceError naming `name`.
+ */
+export function readVxtHeader(bytes: Uint8Array, name: string, fileBytes: number = bytes.length): VxtHeader {
   if (bytes.length < 4 || VXT_MAGIC.some((b, i) => bytes[i] !== b)) {
     throw new TraceError('not-vxt', name, 'not a .vxt trace (bad magic number)');
   }
@@ -157,17 +181,81 @@ export function readVxtHeader(bytes: Uint8Array, name: string): VxtHeader {
   if (version !== VXT_VERSION) {
     throw new TraceError('version', name, `unsupported .vxt version ${version} (this build reads version ${VXT_VERSION})`);
   }
+  const flags = dv.getUint16(6, true);
+  if (flags !== 0) {
+    throw new TraceError('corrupt', name, `corrupt .vxt trace: reserved flags field is 0x${flags.toString(16)} (version ${VXT_VERSION} writes 0)`);
+  }
   const payloadBytes = dv.getUint32(8, true);
   const crc = dv.getUint32(12, true);
   const bodyBytes = dv.getUint32(16, true) + dv.getUint32(20, true) * TWO32;
   const expected = HEADER_BYTES + payloadBytes;
-  if (bytes.length < expected) {
-    throw new TraceError('truncated', name, `truncated .vxt trace: ${bytes.length} bytes, the header says ${expected}`);
+  if (fileBytes < expected) {
+    throw new TraceError('truncated', name, `truncated .vxt trace: ${fileBytes} bytes, the header says ${expected}`);
   }
-  if (bytes.length > expected) {
-    throw new TraceError('corrupt', name, `corrupt .vxt trace: ${bytes.length - expected} bytes after the end of the trace`);
+  if (fileBytes > expected) {
+    throw new TraceError('corrupt', name, `corrupt .vxt trace: ${fileBytes - expected} bytes after the end of the trace`);
+  }
+  if (bodyBytes > VXT_MAX_BODY_BYTES) {
+    throw new TraceError(
+      'corrupt',
+      name,
+      `corrupt .vxt trace: the header claims a body of ${bodyBytes} bytes, over the ${VXT_MAX_BODY_BYTES} bytes (1 GiB) this reader decodes`,
+    );
+  }
+  if (bodyBytes > Math.max(1, payloadBytes) * VXT_MAX_RATIO) {
+    throw new TraceError(
+      'corrupt',
+      name,
+      `corrupt .vxt trace: the header claims a body of ${bodyBytes} bytes from ${payloadBytes} bytes of compressed payload, more than ${VXT_MAX_RATIO} times as large (a real trace is about 50 times)`,
+    );
   }
   return { version, payloadBytes, crc, bodyBytes };
+}
+
+/**
+ * Reads a `.vxt` file with every size checked before it is read: it must be a regular file (not a device
+ * such as /dev/zero, a FIFO or a directory; a symbolic link is followed to what it names) of at most
+ * VXT_MAX_FILE_BYTES, whose header agrees with its size. Returns the file's bytes; TraceError naming `file`.
+ */
+export function readVxtFile(file: string): Uint8Array {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, 'r');
+  } catch (e) {
+    throw new TraceError('io', file, `cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile())
+      throw new TraceError('io', file, `not a regular file (${st.isDirectory() ? 'a directory' : 'a device, FIFO or socket'}); a .vxt trace is a file`);
+    if (st.size > VXT_MAX_FILE_BYTES) throw new TraceError('io', file, `${st.size} bytes, over the ${VXT_MAX_FILE_BYTES} bytes (1 GiB) this reader reads`);
+    const size = st.size;
+    const head = readFully(fd, file, Math.min(size, HEADER_BYTES));
+    readVxtHeader(head, file, size);
+    const bytes = new Uint8Array(size);
+    bytes.set(head, 0);
+    const rest = readFully(fd, file, size - head.length, head.length);
+    bytes.set(rest, head.length);
+    return bytes;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function readFully(fd: number, file: string, length: number, position = 0): Uint8Array {
+  const buf = new Uint8Array(length);
+  let got = 0;
+  try {
+    while (got < length) {
+      const k = fs.readSync(fd, buf, got, length - got, position + got);
+      if (k === 0) break;
+      got += k;
+    }
+  } catch (e) {
+    throw new TraceError('io', file, `cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
+  if (got < length) throw new TraceError('truncated', file, `truncated .vxt trace: the file shrank while it was read`);
+  return buf;
 }
 
 /** Parses a `.vxt` file. Any problem (not a trace, truncated, corrupt) is a TraceError naming `name`. */
@@ -180,6 +268,7 @@ export function decodeVxt(bytes: Uint8Array, name: string): VxtTrace {
   const corrupt = (what: string): TraceError => new TraceError('corrupt', name, `corrupt .vxt trace: ${what}`);
   let body: Uint8Array;
   try {
+    // readVxtHeader bounded bodyBytes (1 GiB, VXT_MAX_RATIO times the payload): a valid maxOutputLength.
     body = zlib.brotliDecompressSync(payload, { maxOutputLength: Math.max(1, h.bodyBytes) });
   } catch (e) {
     throw corrupt(`cannot decompress (${(e as Error).message})`);

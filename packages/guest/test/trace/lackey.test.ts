@@ -58,7 +58,10 @@ describe('importLackey', () => {
 
     it('joins fetches and same-kind data accesses across the other class in class mode', () => {
       const head = fs.readFileSync(tiny[0]!, 'latin1').split('\n').slice(0, 6).join('\n');
-      const f = tmpFile('cls.100.1', `${head}\nI  00001000,4\n L 00005000,8\nI  00001004,4\n L 00005008,8\n S 00005000,8\nI  00001008,2\n L 00005010,8\n`);
+      const f = tmpFile(
+        'cls.100.1',
+        `${head}\nI  00001000,4\n L 00005000,8\nI  00001004,4\n L 00005008,8\n S 00005000,8\nI  00001008,2\n L 00005010,8\n==100== Exit code:       0\n`,
+      );
       // fetches: 0x1 x3 (one record); data: L 0x5 x2, S 0x5, L 0x5 (the load after the store is a new
       // record: the last data record is the store). In run mode nothing joins across the other class.
       expect(records(importLackey([f]))).toEqual([
@@ -153,6 +156,29 @@ describe('importLackey', () => {
       const text = fs.readFileSync(tiny[0]!, 'latin1').replace('sys_mmap ( 0x0, 8192, 5,', 'sys_mmap ( 0x0, ?, 5,');
       const f = tmpFile('mm.100.1', text);
       expect(() => importLackey([f])).toThrow(/mm\.100\.1: line 16: mmap syscall without a valid length/);
+    });
+
+    it('rejects a log cut short: at a line boundary before the footer, or after its header', () => {
+      const text = fs.readFileSync(tiny[0]!, 'latin1');
+      const lines = text.split('\n');
+      // tiny.100.1 ends "==100== Exit code: 0"; cut 4 lines earlier, at a line boundary, it would replay a shorter program
+      const cut = tmpFile('cut.100.1', `${lines.slice(0, lines.length - 5).join('\n')}\n`);
+      expect(() => importLackey([cut])).toThrow(`${cut}: truncated lackey log: it ends without valgrind's "==100== Exit code:" footer`);
+      const head = tmpFile('head.100.1', `${lines.slice(0, 6).join('\n')}\n`);
+      expect(() => importLackey([head])).toThrow(`${head}: truncated lackey log`);
+      // a fork child's stretch that ends in its execve has no footer and is complete (tiny.101.2)
+      expect(() => importLackey(tiny)).not.toThrow();
+    });
+
+    it('refuses an access line of more bytes than one instruction can touch (it would expand without end)', () => {
+      const text = fs.readFileSync(tiny[0]!, 'latin1').replace(' L 1fff000740,8', ' L 1fff000740,18446744073709551615');
+      const f = tmpFile('huge.100.1', text);
+      expect(() => importLackey([f])).toThrow(/huge\.100\.1: line 13: an access of 18446744073709552000 bytes, more than the 65536 bytes/);
+    });
+
+    it('refuses a device or a directory instead of reading it without bound', () => {
+      expect(() => importLackey(['/dev/zero'])).toThrow('/dev/zero: not a regular file (a device, FIFO or socket); a lackey log is a file');
+      expect(() => importLackey([FIX])).toThrow(`${FIX}: not a regular file (a directory)`);
     });
 
     it('rejects logs of two recordings (two roots), an orphan fork child and a missing file', () => {

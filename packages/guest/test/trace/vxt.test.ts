@@ -1,6 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { decodeVxt, encodeVxt, readVxtHeader } from '../../src/trace/vxt.js';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as zlib from 'node:zlib';
+import { decodeVxt, encodeVxt, readVxtFile, readVxtHeader, VXT_MAX_BODY_BYTES } from '../../src/trace/vxt.js';
 import { TraceError } from '../../src/trace/errors.js';
 import type { VxtEvent, VxtProcess, VxtTrace } from '../../src/trace/types.js';
 
@@ -114,6 +118,49 @@ describe('vxt', () => {
       const long = new Uint8Array(good.length + 3);
       long.set(good);
       expect(() => decodeVxt(long, 'l.vxt')).toThrow('l.vxt: corrupt .vxt trace: 3 bytes after the end of the trace');
+    });
+
+    /** `good` with the header's body length set to `body` (the checksum still matches: it covers the payload). */
+    const claiming = (body: number): Uint8Array => {
+      const b = good.slice();
+      const dv = new DataView(b.buffer);
+      dv.setUint32(16, body % 2 ** 32, true);
+      dv.setUint32(20, Math.floor(body / 2 ** 32), true);
+      return b;
+    };
+
+    it('bounds the body length the header claims by the payload and an absolute limit, before decompressing', () => {
+      const payload = good.length - 24;
+      // 4 GiB from a few hundred bytes: refused from the header alone (it once made `trace info` use 8.5 GB)
+      expect(() => decodeVxt(claiming(2 ** 32), 'bomb.vxt')).toThrow(`bomb.vxt: corrupt .vxt trace: the header claims a body of ${2 ** 32} bytes, over the`);
+      expect(() => decodeVxt(claiming(payload * 1025), 'r.vxt')).toThrow(`more than 1024 times as large`);
+      // over 4 GiB: no leak of zlib's "options.maxOutputLength is out of range"
+      expect(() => decodeVxt(claiming(2 ** 40), 'big.vxt')).toThrow(
+        `big.vxt: corrupt .vxt trace: the header claims a body of ${2 ** 40} bytes, over the ${VXT_MAX_BODY_BYTES} bytes`,
+      );
+      // inside the bound but not what the payload holds: the decompressor stops at the claim
+      expect(() => decodeVxt(claiming(payload * 2), 's.vxt')).toThrow(/s\.vxt: corrupt \.vxt trace: (cannot decompress|body is)/);
+    });
+
+    it('rejects a nonzero reserved flags field', () => {
+      const b = good.slice();
+      b[6] = 1;
+      expect(() => decodeVxt(b, 'f.vxt')).toThrow('f.vxt: corrupt .vxt trace: reserved flags field is 0x1 (version 1 writes 0)');
+    });
+
+    it('reads a file only when it is a regular file whose header agrees with its size', () => {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vxt-read-'));
+      const f = path.join(dir, 'ok.vxt');
+      fs.writeFileSync(f, good);
+      expect(readVxtFile(f)).toEqual(good);
+      const link = path.join(dir, 'zero.vxt');
+      fs.symlinkSync('/dev/zero', link);
+      expect(() => readVxtFile(link)).toThrow(`${link}: not a regular file (a device, FIFO or socket)`);
+      expect(() => readVxtFile(dir)).toThrow(`${dir}: not a regular file (a directory)`);
+      const cut = path.join(dir, 'cut.vxt');
+      fs.writeFileSync(cut, good.subarray(0, good.length - 5));
+      expect(() => readVxtFile(cut)).toThrow(`${cut}: truncated .vxt trace: ${good.length - 5} bytes, the header says ${good.length}`);
+      expect(zlib.crc32(readVxtFile(f).subarray(24))).toBe(new DataView(good.buffer).getUint32(12, true));
     });
 
     it('checks the structure even when the checksum matches', () => {

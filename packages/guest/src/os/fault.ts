@@ -1,0 +1,146 @@
+import {
+  GuestAbort,
+  PAGE_SIZE,
+  PFERR_FETCH,
+  PFERR_RSVD,
+  PFERR_USER,
+  PFERR_WRITE,
+  PT_ACCESSED,
+  PT_DIRTY,
+  PT_PRESENT,
+  PT_USER,
+  PT_WRITABLE,
+  type Vcpu,
+} from '@vmexit/core';
+import { KernelPanic, hexa } from './errors.js';
+import { cachePage } from './filemap.js';
+import { FRAME_ANON } from './frames.js';
+import { tableIndex } from './layout.js';
+import { frameOf, leafHi, readPte, tableFor, writePte } from './pgtable.js';
+import type { Process } from './process.js';
+import type { KernelState } from './state.js';
+import { FAULT_COW, FAULT_DEMAND_ZERO, FAULT_FILE, FAULT_SIGSEGV, FAULT_SPURIOUS, FAULT_WP_REUSE, FAULT_ZERO_PAGE } from './stats.js';
+import { flushRange } from './tlb.js';
+import { PROT_EXEC, PROT_READ, PROT_WRITE, VMA_ALIAS, VMA_ANON, VMA_FILE_PRIVATE, VMA_FILE_SHARED, type Vma } from './vma.js';
+
+/*
+ * The #PF and #GP handlers: Linux arch/x86/mm/fault.c `exc_page_fault` -> mm/memory.c `handle_mm_fault`
+ * (`do_anonymous_page`, `do_fault`, `do_wp_page`), and arch/x86/kernel/traps.c `exc_general_protection`.
+ */
+
+/** The #PF handler: SIGSEGV (a GuestAbort) for a bad user access, a panic for a fault in the kernel. */
+export function pageFault(k: KernelState, v: Vcpu, errorCode: number, cr2: number): void {
+  const proc = k.current[v.id]!;
+  const ev = k.events.push(v.id, proc === null ? 0 : proc.pid, cr2, errorCode);
+  k.stats.pageFaults++;
+  if ((errorCode & PFERR_USER) === 0 || proc === null) {
+    throw new KernelPanic(`vCPU ${v.id}: page fault in kernel mode at ${hexa(cr2)}, error code ${errorCode}`);
+  }
+  if ((errorCode & PFERR_RSVD) !== 0) {
+    throw new KernelPanic(`vCPU ${v.id}: reserved bit set in a page-table entry for ${hexa(cr2)} (pid ${proc.pid}), error code ${errorCode}`);
+  }
+  k.inKernel++;
+  let kind: number;
+  try {
+    kind = handleUserFault(k, v, proc, cr2, errorCode);
+  } finally {
+    k.inKernel--;
+  }
+  k.stats.faults[kind]++;
+  k.events.setKind(ev, kind);
+  if (kind === FAULT_SIGSEGV) throw new GuestAbort(`SIGSEGV: pid ${proc.pid} at ${hexa(cr2)}, error code ${errorCode}`);
+}
+
+/**
+ * The #GP handler. From user mode it sends SIGSEGV (`force_sig(SIGSEGV)`), as for a user access to a
+ * non-canonical address (SDM Vol. 3A §4.5.1 and §6.15, "Interrupt 13": a non-canonical linear address is
+ * #GP, not #PF); in the kernel it is an oops.
+ */
+export function generalProtection(k: KernelState, v: Vcpu, errorCode: number, address: number): void {
+  const proc = k.current[v.id];
+  if (k.inKernel > 0 || proc === null) {
+    throw new KernelPanic(`vCPU ${v.id}: general protection fault in kernel mode at ${hexa(address)}, error code ${errorCode}`);
+  }
+  k.stats.generalProtection++;
+  throw new GuestAbort(`SIGSEGV: pid ${proc.pid}: general protection fault at ${hexa(address)}, error code ${errorCode}`);
+}
+
+function handleUserFault(k: KernelState, v: Vcpu, proc: Process, cr2: number, errorCode: number): number {
+  let vma = proc.vmas.find(cr2);
+  if (vma === null) return FAULT_SIGSEGV;
+  const write = (errorCode & PFERR_WRITE) !== 0;
+  const need = write ? PROT_WRITE : (errorCode & PFERR_FETCH) !== 0 ? PROT_EXEC : PROT_READ;
+  if ((vma.prot & need) === 0) return FAULT_SIGSEGV;
+  let va = cr2 - (((cr2 % PAGE_SIZE) + PAGE_SIZE) % PAGE_SIZE);
+  if (vma.backing === VMA_ALIAS) {
+    // The read-only view of an arena page: fault the page in through its primary mapping; the alias PDE
+    // points to the same page table.
+    va -= k.layout.arenaSize;
+    vma = proc.vmas.find(va);
+    if (vma === null || (vma.prot & PROT_READ) === 0) return FAULT_SIGSEGV;
+  }
+  const pt = tableFor(k, v, proc, va, 1, true);
+  const idx = tableIndex(k.layout, va, 1);
+  const { lo, hi } = readPte(k, v, pt, idx, { lo: 0, hi: 0 });
+  if ((lo & PT_PRESENT) === 0) return notPresent(k, v, vma, va, pt, idx, write);
+  if (write && (lo & PT_WRITABLE) === 0) return writeProtect(k, v, proc, vma, va, pt, idx, lo, hi);
+  return FAULT_SPURIOUS;
+}
+
+/** A not-present pte in an area: the zero page, a new anonymous page, or a page cache page (or its private copy). */
+function notPresent(k: KernelState, v: Vcpu, vma: Vma, va: number, pt: number, idx: number, write: boolean): number {
+  const hi = leafHi(k, vma.prot);
+  if (vma.backing === VMA_ANON) {
+    if (!write) {
+      writePte(k, v, pt, idx, (k.zeroFrame * PAGE_SIZE) | PT_PRESENT | PT_USER | PT_ACCESSED, hi);
+      return FAULT_ZERO_PAGE;
+    }
+    const f = newAnonPage(k, v, vma, -1);
+    writePte(k, v, pt, idx, (f * PAGE_SIZE) | PT_PRESENT | PT_WRITABLE | PT_USER | PT_ACCESSED | PT_DIRTY, hi);
+    return FAULT_DEMAND_ZERO;
+  }
+  const cache = cachePage(k, v, vma.file!, vma.filePage(va));
+  if (vma.backing === VMA_FILE_PRIVATE && write) {
+    const f = newAnonPage(k, v, vma, cache);
+    writePte(k, v, pt, idx, (f * PAGE_SIZE) | PT_PRESENT | PT_WRITABLE | PT_USER | PT_ACCESSED | PT_DIRTY, hi);
+    return FAULT_COW;
+  }
+  k.frames.get(cache);
+  let lo = (cache * PAGE_SIZE) | PT_PRESENT | PT_USER | PT_ACCESSED;
+  if (vma.backing === VMA_FILE_SHARED && (vma.prot & PROT_WRITE) !== 0) lo |= PT_WRITABLE | (write ? PT_DIRTY : 0);
+  writePte(k, v, pt, idx, lo, hi);
+  return FAULT_FILE;
+}
+
+/** A new anonymous page: zeroed (clear_page) or a copy of frame `from` (copy_page), through the direct map. */
+function newAnonPage(k: KernelState, v: Vcpu, vma: Vma, from: number): number {
+  const f = k.frames.alloc(FRAME_ANON);
+  const dst = k.dm + f * PAGE_SIZE;
+  if (from < 0 || from === k.zeroFrame) v.repStos(dst, PAGE_SIZE / 8, 8, 0, 0);
+  else v.repMovs(dst, k.dm + from * PAGE_SIZE, PAGE_SIZE / 8, 8);
+  vma.anon = true;
+  return f;
+}
+
+/** A write to a present read-only pte in a writable area: COW (mm/memory.c `do_wp_page`). */
+function writeProtect(k: KernelState, v: Vcpu, proc: Process, vma: Vma, va: number, pt: number, idx: number, lo: number, hi: number): number {
+  const frame = frameOf(k, lo, hi);
+  if (vma.backing === VMA_FILE_SHARED) {
+    writePte(k, v, pt, idx, lo | PT_WRITABLE | PT_DIRTY | PT_ACCESSED, hi);
+    return FAULT_WP_REUSE;
+  }
+  const f = k.frames;
+  if (frame !== k.zeroFrame && f.useOf(frame) === FRAME_ANON && f.refcountOf(frame) === 1) {
+    // wp_page_reuse: the only user. Making a pte more permissive needs no flush (a stale entry faults
+    // again and the walk sees the new pte, SDM Vol. 3A §4.10.4.3).
+    writePte(k, v, pt, idx, lo | PT_WRITABLE | PT_DIRTY | PT_ACCESSED, hi);
+    return FAULT_WP_REUSE;
+  }
+  // wp_page_copy: copy, then ptep_clear_flush (clear the pte, flush the TLBs) and set the new pte.
+  const copy = newAnonPage(k, v, vma, frame);
+  writePte(k, v, pt, idx, 0, 0);
+  flushRange(k, v, proc, va, va + PAGE_SIZE);
+  writePte(k, v, pt, idx, (copy * PAGE_SIZE) | PT_PRESENT | PT_WRITABLE | PT_USER | PT_ACCESSED | PT_DIRTY, hi);
+  if (frame !== k.zeroFrame) f.put(frame);
+  return FAULT_COW;
+}

@@ -1,0 +1,119 @@
+import { PAGE_SIZE, PT_ACCESSED, PT_DIRTY, PT_WRITABLE, type Vcpu } from '@vmexit/core';
+import { lookupFile } from './filemap.js';
+import { forEachPte, frameOf, freeTable, freeTables, newMm, tableFor, writePte, zap } from './pgtable.js';
+import { Process, type AreaSpec, type ImageSpec } from './process.js';
+import type { KernelState } from './state.js';
+import { flushMm } from './tlb.js';
+import { PROT_EXEC, PROT_READ, PROT_WRITE, VMA_ALIAS, VMA_ANON, VMA_FILE_PRIVATE, VMA_FILE_SHARED, Vma } from './vma.js';
+
+/*
+ * Process address spaces: creation, fork (kernel/fork.c), exec (fs/exec.c, fs/binfmt_elf.c) and exit
+ * (kernel/exit.c -> mm/mmap.c `exit_mmap`). Run by the kernel in a system call.
+ */
+
+/** A process with an empty user address space. */
+export function newProcess(k: KernelState, v: Vcpu, name: string, parent: Process | null): Process {
+  const p = new Process(k.nextPid++, parent, name);
+  newMm(k, v, p);
+  k.processes.push(p);
+  k.stats.processes++;
+  return p;
+}
+
+/**
+ * fork (kernel/fork.c `dup_mmap`): the child gets copies of the areas; for areas with anonymous pages
+ * (`vma_needs_copy`) the ptes are copied (`copy_page_range`): a writable pte of a private area is
+ * write-protected in the parent and the child, the child's copy is old (A=0); then the parent's TLBs are
+ * flushed (`flush_tlb_mm`).
+ */
+export function doFork(k: KernelState, v: Vcpu, parent: Process): Process {
+  k.stats.forks++;
+  const child = newProcess(k, v, parent.name, parent);
+  child.brkBase = parent.brkBase;
+  child.brkEnd = parent.brkEnd;
+  for (const a of parent.vmas.list) child.vmas.insert(a.clone());
+  for (const a of parent.vmas.list) {
+    if (!a.anon || a.backing === VMA_ALIAS) continue;
+    const cow = a.backing !== VMA_FILE_SHARED;
+    forEachPte(k, v, parent, a.start, a.end, (pt, idx, va, lo, hi) => {
+      let c = lo & ~PT_ACCESSED;
+      if (cow && (lo & PT_WRITABLE) !== 0) {
+        writePte(k, v, pt, idx, lo & ~PT_WRITABLE, hi);
+        c &= ~PT_WRITABLE;
+      }
+      if (!cow) c &= ~PT_DIRTY;
+      const frame = frameOf(k, lo, hi);
+      if (frame !== k.zeroFrame) k.frames.get(frame);
+      const cpt = tableFor(k, v, child, va, 1, true);
+      writePte(k, v, cpt, idx, c, hi);
+    });
+  }
+  flushMm(k, v, parent);
+  return child;
+}
+
+/**
+ * exec: a new address space that `map` fills; the vCPUs running the process switch to it, then the old
+ * one is torn down (fs/exec.c `exec_mmap`, then `mmput` -> `exit_mmap`), its page-table pages freed.
+ */
+export function doExec(k: KernelState, v: Vcpu, proc: Process, path: string, map: () => void): void {
+  k.stats.execs++;
+  const old = new Process(proc.pid, proc.parent, proc.name);
+  old.root = proc.root;
+  for (const a of proc.vmas.list) old.vmas.list.push(a);
+  old.tables.set(proc.tables);
+  proc.vmas.clear();
+  proc.tables.fill(0);
+  proc.name = path;
+  newMm(k, v, proc);
+  map();
+  for (const w of k.machine.vcpus) {
+    if (k.current[w.id] === proc) w.movToCr3(proc.root);
+  }
+  teardown(k, v, old);
+}
+
+/** The areas a trace's exec event lists (the mappings the loader made). */
+export function mapAreas(proc: Process, areas: readonly AreaSpec[]): void {
+  for (const a of areas) {
+    if (a.end <= a.start || proc.vmas.intersects(a.start, a.end)) continue;
+    const vma = new Vma(a.start, a.end, a.prot, a.backing, a.file, a.offset);
+    vma.growsDown = a.growsDown;
+    proc.vmas.insert(vma);
+  }
+  proc.brkBase = 0;
+  proc.brkEnd = 0;
+}
+
+/** The areas of an image (ELF load, fs/binfmt_elf.c): text and data from the file, bss, heap, stack. */
+export function mapImage(k: KernelState, proc: Process, image: ImageSpec): void {
+  const L = k.layout;
+  const file = lookupFile(k, image.path);
+  let at = L.textBase;
+  const add = (pages: number, prot: number, backing: number, offset: number): Vma | null => {
+    if (pages <= 0) return null;
+    const vma = new Vma(at, at + pages * PAGE_SIZE, prot, backing, backing === VMA_ANON ? null : file, offset);
+    proc.vmas.insert(vma);
+    at += pages * PAGE_SIZE;
+    return vma;
+  };
+  add(image.textPages, PROT_READ | PROT_EXEC, VMA_FILE_PRIVATE, 0);
+  add(image.dataPages, PROT_READ | PROT_WRITE, VMA_FILE_PRIVATE, image.textPages * PAGE_SIZE);
+  add(image.bssPages, PROT_READ | PROT_WRITE, VMA_ANON, 0);
+  proc.brkBase = at;
+  proc.brkEnd = at;
+  if (image.stackPages > 0) {
+    const stack = new Vma(L.stackTop - image.stackPages * PAGE_SIZE, L.stackTop, PROT_READ | PROT_WRITE, VMA_ANON, null, 0);
+    stack.growsDown = true;
+    proc.vmas.insert(stack);
+  }
+}
+
+/** exit_mmap: zap every area, free every user table, then the top table (pgd_free). */
+export function teardown(k: KernelState, v: Vcpu, proc: Process): void {
+  for (const a of proc.vmas.list) if (a.backing !== VMA_ALIAS) zap(k, v, proc, a.start, a.end);
+  // free_pgtables over all of user space (PAE: the preallocated PDs too), then pgd_free.
+  freeTables(k, v, proc, 0, k.layout.userLimit + PAGE_SIZE, true);
+  freeTable(k, proc, proc.root, k.layout.top);
+  proc.vmas.clear();
+}

@@ -1,0 +1,291 @@
+import { PAGE_SIZE, PAGING_MODE_NAMES, pagingModeId, type PagingModeName } from '@vmexit/core';
+import { modeLayout } from './os/layout.js';
+import type { VxtEvent, VxtProcess, VxtTrace } from './trace/types.js';
+
+/**
+ * Relocation of a trace into a smaller user space (a 64-bit program's trace on a PAE or 32-bit guest).
+ *
+ * The unit is a process tree: a fork child starts with a copy of its parent's address space, so a child
+ * and its parent must see every address at the same place; one map serves every process of the tree for
+ * all of its events, before and after its execs. The map is built from what the tree uses: every range
+ * of an mmap, munmap, mprotect and exec mapping (whole, so that each event stays one range), the heap
+ * between the lowest and the highest break, and every page an access record touches. Overlapping or
+ * touching ranges join into one region; the regions keep their sizes and their order, and each moves by
+ * a multiple of 2 MiB (the span of a 64-bit page table), so that an address keeps its page offset and its
+ * place in its page table, and a region covers as many page tables as it did. A gap between two regions
+ * shrinks to at most 2 MiB (never to nothing: adjacent areas would merge).
+ */
+
+/** A region moves by a multiple of this: the span of one page table of 4-level paging (2 MiB). */
+export const RELOCATION_ALIGN = 2 * 1024 * 1024;
+
+/** One region of a process tree's addresses: `[from, from + length)` replays at `[to, to + length)`. */
+export interface RelocationRegion {
+  readonly from: number;
+  readonly to: number;
+  readonly length: number;
+}
+
+/** The map of one process tree. */
+export interface RelocationGroup {
+  /** The pids of the tree, the root first. */
+  readonly pids: readonly number[];
+  /** Its regions in address order (ascending `from`, and so ascending `to`). */
+  readonly regions: readonly RelocationRegion[];
+  /** The bytes from the first region's start to the last one's end, after relocation. */
+  readonly span: number;
+  /** The bytes the regions cover. */
+  readonly bytes: number;
+}
+
+/** How a trace was relocated for a user space of `userLimit` bytes (in a run's JSON as `relocation`). */
+export interface TraceRelocation {
+  readonly userLimit: number;
+  readonly groups: readonly RelocationGroup[];
+}
+
+/** A process tree whose regions do not fit the user space, even packed. */
+export interface RelocationMisfit {
+  readonly pids: readonly number[];
+  /** The bytes the regions cover, and the bytes they need packed (with their gaps and alignment). */
+  readonly bytes: number;
+  readonly span: number;
+  readonly highest: number;
+}
+
+/** The plan for a trace in a user space: null when every address already fits; `misfits` when it cannot. */
+export type RelocationPlan =
+  | { readonly kind: 'fits' }
+  | { readonly kind: 'relocated'; readonly relocation: TraceRelocation }
+  | { readonly kind: 'too-big'; readonly misfits: readonly RelocationMisfit[] };
+
+/** The process trees of a trace: each root (no parent in the trace) with its descendants, roots in trace order. */
+function processTrees(trace: VxtTrace): VxtProcess[][] {
+  const byPid = new Map<number, VxtProcess>();
+  for (const p of trace.processes) byPid.set(p.pid, p);
+  const rootOf = (p: VxtProcess): number => {
+    let r = p;
+    for (let guard = 0; r.parent !== 0 && byPid.has(r.parent) && guard <= trace.processes.length; guard++) r = byPid.get(r.parent)!;
+    return r.pid;
+  };
+  const trees = new Map<number, VxtProcess[]>();
+  for (const p of trace.processes) {
+    const root = rootOf(p);
+    let t = trees.get(root);
+    if (t === undefined) trees.set(root, (t = []));
+    t.push(p);
+  }
+  return [...trees.values()];
+}
+
+/** The page ranges `[first, end)` a tree uses, joined where they overlap or touch, in order. */
+function usedRanges(trace: VxtTrace, tree: readonly VxtProcess[]): number[] {
+  const starts: number[] = [];
+  const ends: number[] = [];
+  const add = (first: number, end: number): void => {
+    if (end <= first) return;
+    starts.push(first);
+    ends.push(end);
+  };
+  const P = PAGE_SIZE;
+  const page = trace.accesses.page;
+  for (const p of tree) {
+    // Access pages, run-length joined first (consecutive records mostly repeat a page).
+    let i = p.recordStart;
+    while (i < p.recordEnd) {
+      let lo = page[i]!;
+      let hi = lo + 1;
+      for (i++; i < p.recordEnd; i++) {
+        const g = page[i]!;
+        if (g >= lo - 1 && g <= hi) {
+          if (g < lo) lo = g;
+          if (g + 1 > hi) hi = g + 1;
+        } else break;
+      }
+      add(lo, hi);
+    }
+    let brkLo = Infinity;
+    let brkHi = -Infinity;
+    for (const e of p.events) {
+      if (e.type === 'mmap' || e.type === 'munmap' || e.type === 'mprotect') add(Math.floor(e.start / P), Math.ceil((e.start + e.length) / P));
+      else if (e.type === 'exec') for (const m of e.mappings) add(Math.floor(m.start / P), Math.ceil((m.start + m.length) / P));
+      else if (e.type === 'brk') {
+        brkLo = Math.min(brkLo, e.result);
+        brkHi = Math.max(brkHi, e.result);
+      }
+    }
+    if (brkLo <= brkHi) add(Math.floor(brkLo / P), Math.floor(brkHi / P) + 1);
+  }
+  const order = starts.map((_, k) => k).sort((a, b) => starts[a]! - starts[b]! || ends[a]! - ends[b]!);
+  const out: number[] = [];
+  for (const k of order) {
+    const s = starts[k]!;
+    const e = ends[k]!;
+    if (out.length > 0 && s <= out[out.length - 1]!) out[out.length - 1] = Math.max(out[out.length - 1]!, e);
+    else out.push(s, e);
+  }
+  return out;
+}
+
+/** Places the ranges (bytes `[s, e)` pairs) from `first` on; returns the regions. */
+function place(ranges: readonly number[], first: number): RelocationRegion[] {
+  const A = RELOCATION_ALIGN;
+  const regions: RelocationRegion[] = [];
+  let end = 0;
+  for (let k = 0; k < ranges.length; k += 2) {
+    const from = ranges[k]!;
+    const length = ranges[k + 1]! - from;
+    let to: number;
+    if (k === 0) to = first;
+    else {
+      // The lowest address above the previous region's end (a gap of at least a page) that is congruent
+      // to `from` modulo 2 MiB: the original gap when it is under 2 MiB, else a gap of (0, 2 MiB].
+      const rem = (((from - end) % A) + A) % A;
+      to = end + (rem === 0 ? A : rem);
+    }
+    regions.push({ from, to, length });
+    end = to + length;
+  }
+  return regions;
+}
+
+/** Plans the relocation of `trace` into a user space of `userLimit` bytes. */
+export function planRelocation(trace: VxtTrace, userLimit: number): RelocationPlan {
+  const groups: RelocationGroup[] = [];
+  const misfits: RelocationMisfit[] = [];
+  let moved = false;
+  for (const tree of processTrees(trace)) {
+    const pages = usedRanges(trace, tree);
+    const ranges = pages.map((g) => g * PAGE_SIZE);
+    const pids = tree.map((p) => p.pid);
+    let bytes = 0;
+    for (let k = 0; k < ranges.length; k += 2) bytes += ranges[k + 1]! - ranges[k]!;
+    if (ranges.length === 0) {
+      groups.push({ pids, regions: [], span: 0, bytes: 0 });
+      continue;
+    }
+    const highest = ranges[ranges.length - 1]!;
+    let regions: RelocationRegion[];
+    if (highest <= userLimit) {
+      regions = [];
+      for (let k = 0; k < ranges.length; k += 2) regions.push({ from: ranges[k]!, to: ranges[k]!, length: ranges[k + 1]! - ranges[k]! });
+    } else {
+      moved = true;
+      // The lowest region stays where it is when the rest then fits, else it moves down to its offset in 2 MiB.
+      regions = place(ranges, ranges[0]!);
+      const last = regions[regions.length - 1]!;
+      if (last.to + last.length > userLimit) regions = place(ranges, ranges[0]! % RELOCATION_ALIGN);
+    }
+    const last = regions[regions.length - 1]!;
+    const span = last.to + last.length - regions[0]!.to;
+    if (last.to + last.length > userLimit) misfits.push({ pids, bytes, span, highest });
+    groups.push({ pids, regions, span, bytes });
+  }
+  if (misfits.length > 0) return { kind: 'too-big', misfits };
+  return moved ? { kind: 'relocated', relocation: { userLimit, groups } } : { kind: 'fits' };
+}
+
+/** Maps addresses of one group: the region holding the page of `address`, by binary search. */
+class AddressMap {
+  private readonly from: Float64Array;
+  private readonly end: Float64Array;
+  private readonly delta: Float64Array;
+  constructor(regions: readonly RelocationRegion[]) {
+    this.from = Float64Array.from(regions, (r) => r.from);
+    this.end = Float64Array.from(regions, (r) => r.from + r.length);
+    this.delta = Float64Array.from(regions, (r) => r.to - r.from);
+  }
+  /** The relocated `address` (an address outside every region is a bug of the plan: it throws). */
+  map(address: number): number {
+    const at = address - (((address % PAGE_SIZE) + PAGE_SIZE) % PAGE_SIZE);
+    let lo = 0;
+    let hi = this.from.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (at < this.from[mid]!) hi = mid - 1;
+      else if (at >= this.end[mid]!) lo = mid + 1;
+      else return address + this.delta[mid]!;
+    }
+    throw new RangeError(`relocation: address 0x${address.toString(16)} is in no region of its process tree`);
+  }
+}
+
+/** The trace with every address of every process mapped by its tree's regions (a new trace; `trace` is not changed). */
+export function relocateTrace(trace: VxtTrace, relocation: TraceRelocation): VxtTrace {
+  const mapOf = new Map<number, AddressMap>();
+  for (const g of relocation.groups) {
+    const m = new AddressMap(g.regions);
+    for (const pid of g.pids) mapOf.set(pid, m);
+  }
+  const page = Float64Array.from(trace.accesses.page);
+  const processes = trace.processes.map((p): VxtProcess => {
+    const m = mapOf.get(p.pid)!;
+    for (let i = p.recordStart; i < p.recordEnd; i++) page[i] = m.map(page[i]! * PAGE_SIZE) / PAGE_SIZE;
+    const events = p.events.map((e): VxtEvent => {
+      switch (e.type) {
+        case 'mmap':
+        case 'munmap':
+        case 'mprotect':
+          return { ...e, start: m.map(e.start) };
+        case 'brk':
+          // The request is only the program's argument (0 to query); the result is the break the replay uses.
+          return { ...e, request: e.request === 0 ? 0 : e.request - e.result + m.map(e.result), result: m.map(e.result) };
+        case 'exec':
+          return { ...e, mappings: e.mappings.map((x) => ({ ...x, start: m.map(x.start) })) };
+        default:
+          return e;
+      }
+    });
+    return { ...p, events };
+  });
+  return { ...trace, accesses: { ...trace.accesses, page }, processes };
+}
+
+/** How a trace replays in one paging mode (for `vmexit trace info`). */
+export interface TraceFit {
+  readonly mode: PagingModeName;
+  /** The mode's user space, `[0, userLimit)`. */
+  readonly userLimit: number;
+  /** `as-recorded`: every address fits; `relocated`: each process tree's regions move down; `too-big`: refused. */
+  readonly replay: 'as-recorded' | 'relocated' | 'too-big';
+  /** When relocated: each tree's regions; when too big: the trees that do not fit. */
+  readonly groups?: readonly RelocationGroup[];
+  readonly misfits?: readonly RelocationMisfit[];
+}
+
+/** How `trace` replays in each paging mode. */
+export function traceFit(trace: VxtTrace): TraceFit[] {
+  return PAGING_MODE_NAMES.map((mode): TraceFit => {
+    const userLimit = modeLayout(pagingModeId(mode)).userLimit;
+    const plan = planRelocation(trace, userLimit);
+    if (plan.kind === 'fits') return { mode, userLimit, replay: 'as-recorded' };
+    if (plan.kind === 'relocated') return { mode, userLimit, replay: 'relocated', groups: plan.relocation.groups };
+    return { mode, userLimit, replay: 'too-big', misfits: plan.misfits };
+  });
+}
+
+const hex = (n: number): string => `0x${n.toString(16)}`;
+const mib = (n: number): string => `${(n / 2 ** 20).toFixed(1)} MiB`;
+
+/**
+ * The message that refuses a trace in `mode`: the sizes of each process tree that does not fit, and the
+ * paging modes that can replay it (or that none can).
+ */
+export function relocationRefusal(trace: VxtTrace, mode: PagingModeName, misfits: readonly RelocationMisfit[]): string {
+  const userLimit = modeLayout(pagingModeId(mode)).userLimit;
+  const trees = misfits
+    .map(
+      (m) =>
+        `the process tree of pid ${m.pids[0]} (${m.pids.length} process${m.pids.length === 1 ? '' : 'es'}) uses addresses up to ${hex(m.highest)}; its ` +
+        `mappings cover ${m.bytes} bytes (${mib(m.bytes)}) and need ${m.span} bytes (${mib(m.span)}) relocated with their gaps`,
+    )
+    .join('; ');
+  const can = traceFit(trace)
+    .filter((f) => f.replay !== 'too-big')
+    .map((f) => f.mode);
+  const advice =
+    can.length > 0
+      ? `replay it with --mode ${can.join(' or --mode ')}`
+      : 'no paging mode can replay it: the largest user space of the guest kernel is that of 4- and 5-level paging';
+  return `the trace does not fit the ${userLimit} bytes (${hex(userLimit)}, ${mib(userLimit)}) of user space of ${mode} paging, even relocated: ${trees}; ${advice}`;
+}

@@ -1,0 +1,170 @@
+import { availableParallelism } from 'node:os';
+import { Piscina } from 'piscina';
+import { cellKey, compiledFile, outcomeError, runCellOutcome, type Cell, type CellOutcome, type CellRecord } from './cell.js';
+import { InputError } from './errors.js';
+import { ResultStore } from './store.js';
+import { reportHtml } from './report.js';
+import { summaryCsv } from './summary.js';
+import { parseVariantSpec } from './variant-spec.js';
+
+/**
+ * Runs cells somewhere: in this process, on worker threads, or on the machines of a queue. It calls
+ * `onOutcome` once per cell as each finishes, and starts no new cell once `signal` aborts.
+ */
+export interface CellExecutor {
+  run(cells: readonly Cell[], onOutcome: (cell: Cell, outcome: CellOutcome) => void, signal?: AbortSignal): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** One cell at a time in this thread. */
+export class InProcessExecutor implements CellExecutor {
+  async run(cells: readonly Cell[], onOutcome: (cell: Cell, outcome: CellOutcome) => void, signal?: AbortSignal): Promise<void> {
+    for (const c of cells) {
+      if (signal?.aborted === true) return;
+      onOutcome(c, await runCellOutcome(c));
+    }
+  }
+  async close(): Promise<void> {}
+}
+
+/**
+ * `jobs` worker threads (piscina), each running one cell at a time. Both bounds of the pool are set: piscina's
+ * default minimum is half the cores, one thread on a 2-core machine.
+ */
+export class ThreadPoolExecutor implements CellExecutor {
+  private readonly pool: Piscina;
+  constructor(readonly jobs: number) {
+    this.pool = new Piscina({ filename: compiledFile('cell-worker'), minThreads: jobs, maxThreads: jobs, idleTimeout: 1000 });
+  }
+  async run(cells: readonly Cell[], onOutcome: (cell: Cell, outcome: CellOutcome) => void, signal?: AbortSignal): Promise<void> {
+    const aborted = (): boolean => signal?.aborted === true;
+    const pending = cells.map(async (c) => {
+      if (aborted()) return;
+      let outcome: CellOutcome;
+      try {
+        outcome = (await this.pool.run(c, { signal })) as CellOutcome;
+      } catch (e) {
+        if (aborted()) return; // the cell was cancelled: no result
+        throw e;
+      }
+      onOutcome(c, outcome);
+    });
+    await Promise.all(pending);
+  }
+  async close(): Promise<void> {
+    await this.pool.destroy();
+  }
+}
+
+export interface SweepProgressInfo {
+  /** Cells finished in this run (not counting the skipped). */
+  readonly done: number;
+  /** Cells to run in this run (the skipped excluded). */
+  readonly total: number;
+  readonly skipped: number;
+  readonly elapsedMs: number;
+  /** Estimated milliseconds left (null before the first cell finishes). */
+  readonly etaMs: number | null;
+}
+
+export interface SweepOptions {
+  readonly cells: readonly Cell[];
+  /** The output directory (results.jsonl, summary.csv); cells already in its results.jsonl are skipped. */
+  readonly out?: string;
+  /** Worker threads (default 1: in this thread). Ignored when `executor` is given. */
+  readonly jobs?: number;
+  /** Where the cells run (default: this thread, or `jobs` worker threads). */
+  readonly executor?: CellExecutor;
+  readonly onProgress?: (p: SweepProgressInfo) => void;
+  /** Stops starting cells; the ones finished are kept, the file stays whole. */
+  readonly signal?: AbortSignal;
+  readonly now?: () => number;
+}
+
+export interface SweepOutcome {
+  /** One record per cell, in the order of `cells` (cells not run, after an interruption, are missing). */
+  readonly records: readonly CellRecord[];
+  readonly ran: number;
+  readonly skipped: number;
+  readonly interrupted: boolean;
+}
+
+/**
+ * Runs every cell not already in `out` and stores each result as it arrives: one line of results.jsonl per
+ * cell, then summary.csv over all the directory's results. Each cell is a pure function of its spec, so its
+ * result (counters, cycles, digest) is the same whichever thread or machine ran it and however many ran at
+ * once. The variants are composed here first, so a bad variant stops the sweep before any cell runs; a cell
+ * that fails stops it after the cells running then (InputError for bad input such as an unknown workload,
+ * RunFailure otherwise), and the results so far are kept.
+ */
+export async function sweep(o: SweepOptions): Promise<SweepOutcome> {
+  const now = o.now ?? Date.now;
+  const seen = new Set<string>();
+  for (const c of o.cells) {
+    const k = cellKey(c);
+    if (seen.has(k)) throw new InputError(`the sweep names the cell ${c.workload} on "${c.variant}", ${c.mode}, seed ${c.seed} twice`);
+    seen.add(k);
+  }
+  for (const spec of new Set(o.cells.map((c) => c.variant))) {
+    const overrides = o.cells.find((c) => c.variant === spec)?.overrides;
+    await parseVariantSpec(spec, overrides ?? {});
+  }
+  const store = o.out === undefined ? null : new ResultStore(o.out);
+  const inMemory = new Map<string, CellRecord>();
+  const todo = o.cells.filter((c) => store === null || !store.has(cellKey(c)));
+  const skipped = o.cells.length - todo.length;
+  const start = now();
+  let done = 0;
+  let failure: Error | null = null;
+  const stop = new AbortController();
+  const onAbort = (): void => stop.abort();
+  o.signal?.addEventListener('abort', onAbort);
+  if (o.signal?.aborted === true) stop.abort();
+  const report = (): void => {
+    const elapsed = now() - start;
+    o.onProgress?.({ done, total: todo.length, skipped, elapsedMs: elapsed, etaMs: done === 0 ? null : (elapsed / done) * (todo.length - done) });
+  };
+  report();
+  const executor = o.executor ?? ((o.jobs ?? 1) > 1 ? new ThreadPoolExecutor(Math.min(o.jobs!, availableParallelism() * 4)) : new InProcessExecutor());
+  try {
+    await executor.run(
+      todo,
+      (cell, outcome) => {
+        if (!outcome.ok) {
+          failure ??= outcomeError(cell, outcome.error);
+          stop.abort();
+          return;
+        }
+        if (outcome.record.cell.key !== cellKey(cell)) throw new Error(`a worker answered cell ${cellKey(cell)} with ${outcome.record.cell.key}`);
+        if (store !== null) store.append(outcome.record);
+        inMemory.set(outcome.record.cell.key, outcome.record);
+        done++;
+        report();
+      },
+      stop.signal,
+    );
+  } finally {
+    o.signal?.removeEventListener('abort', onAbort);
+    if (o.executor === undefined) await executor.close();
+    if (store !== null) {
+      store.writeFile('summary.csv', summaryCsv(store.records()));
+      if (store.records().length > 0) store.writeFile('report.html', reportHtml(store.records(), `vmexit sweep: ${o.out}`));
+    }
+  }
+  if (failure !== null) throw failure;
+  const records = o.cells.map((c) => inMemory.get(cellKey(c)) ?? store?.records().find((r) => r.cell.key === cellKey(c)) ?? null).filter((r) => r !== null);
+  return { records, ran: done, skipped, interrupted: o.signal?.aborted === true };
+}
+
+/** `[#########        ]  7/12 cells  58%  elapsed 4.1 s  ETA 3.0 s`: one line of the sweep's progress bar. */
+export function renderSweepProgress(p: SweepProgressInfo, width = 24): string {
+  const f = p.total === 0 ? 1 : p.done / p.total;
+  const n = Math.round(f * width);
+  const skipped = p.skipped > 0 ? ` (${p.skipped} done before)` : '';
+  const eta = p.etaMs === null ? '' : `  ETA ${seconds(p.etaMs)}`;
+  return `[${'#'.repeat(n)}${' '.repeat(width - n)}] ${p.done}/${p.total} cells${skipped} ${(f * 100).toFixed(0).padStart(3)}%  elapsed ${seconds(p.elapsedMs)}${eta}`;
+}
+
+function seconds(ms: number): string {
+  return ms >= 60_000 ? `${Math.floor(ms / 60_000)} min ${Math.round((ms % 60_000) / 1000)} s` : `${(ms / 1000).toFixed(1)} s`;
+}

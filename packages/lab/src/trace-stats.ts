@@ -1,0 +1,133 @@
+import { createReadStream } from 'node:fs';
+import { createInterface } from 'node:readline';
+import { COST_PROFILES, DEFAULT_COST_PROFILE, type CostProfile } from '@vmexit/core';
+import { InputError } from './errors.js';
+import { readCostModel } from './variant-spec.js';
+import { spread, type Spread } from './summary.js';
+
+/** One exit reason's row of `vmexit trace stats`: what `perf kvm stat report` shows per reason, with modelled cycles. */
+export interface ReasonStats {
+  /** The backend's exit reason (`EXCEPTION_NMI`, `VMEXIT_EXCP14`). */
+  readonly reason: string;
+  readonly count: number;
+  /** count / all exits counted, 0..1. */
+  readonly share: number;
+  /** Modelled cycles per exit (see traceStats): min, mean, max, and the total. */
+  readonly cycles: Spread & { readonly total: number };
+}
+
+export interface TraceStats {
+  readonly profile: string;
+  /** True when the trace had a counting window and only the exits inside it were counted (as `vmexit run` counts). */
+  readonly windowed: boolean;
+  readonly exits: number;
+  readonly reasons: readonly ReasonStats[];
+  /** vCPU -> its rows. */
+  readonly perVcpu: Readonly<Record<number, readonly ReasonStats[]>>;
+}
+
+export interface TraceStatsOptions {
+  /** Count only this vCPU's exits. */
+  readonly vcpu?: number;
+  /** The cost model that prices each exit (default the default profile). */
+  readonly costModel?: string;
+  /** Count the exits outside the window too (the boot). */
+  readonly all?: boolean;
+}
+
+/**
+ * The modelled cycles of one traced exit: the VM exit + entry round trip of its kind, plus the hypervisor's
+ * handler figure for what it did: `emulate` is an emulated instruction (`insn_emulation`), `inject` a fault
+ * reflected into the guest (`pf_guest`), and an intercepted #PF resumed after the MMU fixed it a fixed fault
+ * (`pf_fixed`). MMIO's extra round trip to user space is added for `mmio` exits.
+ */
+export function exitCycles(p: CostProfile, kind: string, resolution: string | undefined): number {
+  let c = p.exitRoundTrip[kind]?.cycles ?? 0;
+  if (resolution === 'emulate') c += p.handler.insn_emulation?.cycles ?? 0;
+  else if (resolution === 'inject') c += p.handler.pf_guest?.cycles ?? 0;
+  else if (kind === 'exception' && resolution === 'resume') c += p.handler.pf_fixed?.cycles ?? 0;
+  if (kind === 'mmio') c += p.userspaceExit.cycles;
+  return c;
+}
+
+/**
+ * The `perf kvm stat report` view of a `--trace` file: per exit reason the count, share and modelled cycles
+ * (min, mean, max), over all vCPUs and per vCPU. When the trace has window lines (every `vmexit run --trace`
+ * has), only the exits between them are counted, which are the exits the run's counters hold.
+ */
+export async function traceStats(file: string, o: TraceStatsOptions = {}): Promise<TraceStats> {
+  // a name, or a JSON file as everywhere else a cost model is given
+  const profile: CostProfile | undefined =
+    o.costModel?.endsWith('.json') === true ? readCostModel(o.costModel, '--cost-model') : COST_PROFILES[o.costModel ?? DEFAULT_COST_PROFILE];
+  if (profile === undefined) throw new InputError(`--cost-model: unknown cost model '${o.costModel}' (expected ${Object.keys(COST_PROFILES).join(', ')})`);
+  type Ex = { vcpu: number; reason: string; cycles: number; inWindow: boolean };
+  const exits: Ex[] = [];
+  let inWindow = false;
+  let sawWindow = false;
+  let n = 0;
+  const stream = createReadStream(file, 'utf8');
+  const opened = new Promise<void>((resolve, reject) => {
+    stream.once('open', () => resolve());
+    stream.once('error', (e: NodeJS.ErrnoException) => reject(new InputError(`${file}: cannot read (${e.code ?? e.message})`)));
+  });
+  await opened;
+  for await (const line of createInterface({ input: stream, crlfDelay: Infinity })) {
+    n++;
+    if (line.trim() === '') continue;
+    let e: { type?: string; vcpu?: number; reason?: string; kind?: string; phase?: string; resolution?: { kind?: string } };
+    try {
+      e = JSON.parse(line) as typeof e;
+    } catch {
+      throw new InputError(`${file}:${n}: not a JSON line (is this a --trace file?)`);
+    }
+    if (e.type === 'window') {
+      sawWindow = true;
+      inWindow = e.phase === 'start';
+    } else if (e.type === 'exit') {
+      if (typeof e.vcpu !== 'number' || typeof e.reason !== 'string' || typeof e.kind !== 'string')
+        throw new InputError(`${file}:${n}: an exit line without vcpu, reason or kind`);
+      exits.push({ vcpu: e.vcpu, reason: e.reason, cycles: exitCycles(profile, e.kind, e.resolution?.kind), inWindow });
+    }
+  }
+  const counted = exits.filter((x) => (o.all === true || !sawWindow || x.inWindow) && (o.vcpu === undefined || x.vcpu === o.vcpu));
+  const rows = (xs: readonly Ex[]): ReasonStats[] => {
+    const by = new Map<string, number[]>();
+    for (const x of xs) {
+      let a = by.get(x.reason);
+      if (a === undefined) by.set(x.reason, (a = []));
+      a.push(x.cycles);
+    }
+    return [...by.entries()]
+      .map(([reason, cs]) => ({ reason, count: cs.length, share: cs.length / xs.length, cycles: { ...spread(cs), total: cs.reduce((s, c) => s + c, 0) } }))
+      .sort((a, b) => b.count - a.count || (a.reason < b.reason ? -1 : 1));
+  };
+  const perVcpu: Record<number, ReasonStats[]> = {};
+  for (const v of [...new Set(counted.map((x) => x.vcpu))].sort((a, b) => a - b)) perVcpu[v] = rows(counted.filter((x) => x.vcpu === v));
+  return { profile: profile.name, windowed: sawWindow && o.all !== true, exits: counted.length, reasons: rows(counted), perVcpu };
+}
+
+/** The stats as `perf kvm stat report` lays them out: reason, samples, share, and modelled cycles min/mean/max. */
+export function formatTraceStats(s: TraceStats): string {
+  const table = (rows: readonly ReasonStats[]): string[] => {
+    const head = ['exit reason', 'samples', 'share', 'min cycles', 'mean cycles', 'max cycles', 'total cycles'];
+    const body = rows.map((r) => [
+      r.reason,
+      String(r.count),
+      `${(r.share * 100).toFixed(2)}%`,
+      String(Math.round(r.cycles.min)),
+      String(Math.round(r.cycles.mean)),
+      String(Math.round(r.cycles.max)),
+      Math.round(r.cycles.total).toLocaleString('en-US'),
+    ]);
+    const all = [head, ...body];
+    const w = head.map((_, c) => Math.max(...all.map((r) => r[c]!.length)));
+    return all.map((r) => r.map((x, c) => (c === 0 ? x.padEnd(w[c]!) : x.padStart(w[c]!))).join('  '));
+  };
+  const out = [
+    `${s.exits} exits${s.windowed ? ' in the counting window (boot excluded, as the run counts them)' : ''}; cycles modelled under ${s.profile}`,
+    ...table(s.reasons),
+  ];
+  const vcpus = Object.keys(s.perVcpu);
+  if (vcpus.length > 1) for (const v of vcpus) out.push('', `vCPU ${v}:`, ...table(s.perVcpu[Number(v)]!));
+  return `${out.join('\n')}\n`;
+}

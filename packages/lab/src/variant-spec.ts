@@ -1,0 +1,300 @@
+import { closeSync, fstatSync, openSync, readSync, statSync } from 'node:fs';
+import { dirname, extname, isAbsolute, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import {
+  MAX_GUEST_RAM,
+  MMIO_HOLE_START,
+  composeVariant,
+  guestPhysicalEnd,
+  type PagingModeName,
+  parseCostProfile,
+  type CostProfile,
+  DEFAULT_MODULE_SOURCES,
+  isPathSpecifier,
+  type ModuleSources,
+  type Variant,
+  type VariantProblem,
+} from '@vmexit/core';
+import { InputError } from './errors.js';
+
+/**
+ * A variant as the CLI's flags give it (all optional strings: a config file or the schema's defaults fill
+ * the rest): `--backend`, `--mmu`, `--policy a,b`, `--config FILE`, `--cost-model NAME|FILE.json`,
+ * `--vcpus N`, `--memory SIZE`.
+ */
+export interface VariantOptions {
+  backend?: string;
+  mmu?: string;
+  policy?: string;
+  config?: string;
+  costModel?: string;
+  vcpus?: string;
+  memory?: string;
+}
+
+/** What a spec may override in every variant of a comparison or sweep (as flags give them: strings). */
+export type VariantOverrides = Pick<VariantOptions, 'vcpus' | 'memory' | 'costModel'>;
+
+/** Where the variant's modules come from, and the directory relative names are resolved from (tests pass their own). */
+export interface VariantContext {
+  readonly cwd?: string;
+  readonly sources?: ModuleSources;
+}
+
+/**
+ * Builds the variant from `--config FILE` (if given) with the flags on top, then checks all of it: the
+ * schema (unknown keys, wrong types), that every policy is known or loads from its package or path, its
+ * options, and that the backend and MMU provide what each policy needs. Any problem is an InputError
+ * (exit 2) with one line per problem, each with the path of the offending field; nothing runs.
+ */
+export async function variantFromOptions(opts: VariantOptions, context: VariantContext = {}): Promise<Variant> {
+  const cwd = context.cwd ?? process.cwd();
+  const raw = await rawVariant(opts, cwd);
+  const comp = await composeVariant(raw, context.sources ?? DEFAULT_MODULE_SOURCES);
+  if (comp.problems.length > 0 || comp.variant === null) throw variantInputError(comp.problems, opts.config);
+  checkVariantMemory(comp.variant.memory, opts);
+  return comp.variant;
+}
+
+/** The limit of guest RAM, for messages: `4 TiB (4398046511104 bytes)`. */
+export function memoryLimitText(): string {
+  return `${formatSize(MAX_GUEST_RAM)} (${MAX_GUEST_RAM} bytes)`;
+}
+
+function formatSize(bytes: number): string {
+  for (const [unit, n] of [
+    ['TiB', 2 ** 40],
+    ['GiB', 2 ** 30],
+    ['MiB', 2 ** 20],
+    ['KiB', 2 ** 10],
+  ] as const) {
+    if (bytes >= n && bytes % n === 0) return `${bytes / n} ${unit}`;
+  }
+  return `${bytes} bytes`;
+}
+
+/**
+ * Guest RAM however it was given (`--memory`, a config file's `memory`): a positive multiple of 4 KiB, and at
+ * most core's MAX_GUEST_RAM (the one limit, which the machine enforces too); `option` names where it came from.
+ */
+export function checkGuestMemory(bytes: number, option: string): number {
+  if (!Number.isSafeInteger(bytes) || bytes < 4096 || bytes % 4096 !== 0) throw new InputError(`${option}: ${bytes} bytes is not a positive multiple of 4 KiB`);
+  if (bytes > MAX_GUEST_RAM) throw new InputError(`${option}: ${formatSize(bytes)} of guest RAM is over the limit of ${memoryLimitText()}`);
+  return bytes;
+}
+
+/**
+ * Guest RAM that the paging mode can address: RAM beyond MMIO_HOLE_START lies above 4 GiB (core's
+ * `defaultMemslots`), out of reach of 32-bit paging, whose ptes hold 32-bit frame addresses (SDM Vol. 3A
+ * §4.3; PSE-36 reaches above 4 GiB with 4 MiB pages only). PAE and 4/5-level paging address it all.
+ * `option` names where the size came from.
+ */
+export function checkModeMemory(mode: PagingModeName, bytes: number, option = '--memory'): void {
+  if (mode === 'legacy32' && guestPhysicalEnd(bytes) > 2 ** 32) {
+    throw new InputError(
+      `${option}: ${formatSize(bytes)} of guest RAM is more than --mode legacy32 can address: 32-bit paging reaches physical addresses below 4 GiB only, ` +
+        `and RAM beyond ${formatSize(MMIO_HOLE_START)} goes above the MMIO hole at 4 GiB; give legacy32 at most ${formatSize(MMIO_HOLE_START)}, or use --mode pae, long4 or long5`,
+    );
+  }
+}
+
+/** The composed variant's memory, checked (the flag already was, in rawVariant; here a config file's value). */
+function checkVariantMemory(bytes: number, opts: VariantOptions): void {
+  checkGuestMemory(bytes, opts.memory !== undefined ? '--memory' : opts.config !== undefined ? `--config ${opts.config}: memory` : 'memory');
+}
+
+/** `256M`, `1G`, `65536K`, `1048576` (bytes); K/M/G/T are binary (KiB, MiB, GiB, TiB). Checked against the limit. */
+export function parseSize(text: string, option = '--memory'): number {
+  const m = /^(\d+)\s*([KMGT])?(i?B)?$/i.exec(text.trim());
+  if (m === null) throw new InputError(`${option}: '${text}' is not a size (examples: 256M, 1G)`);
+  const unit = m[2] === undefined ? 1 : 1024 ** ' KMGT'.indexOf(m[2].toUpperCase());
+  const bytes = Number(m[1]) * unit;
+  if (!Number.isSafeInteger(bytes) || bytes < 4096 || bytes % 4096 !== 0) throw new InputError(`${option}: ${text} is not a positive multiple of 4 KiB`);
+  return checkGuestMemory(bytes, option);
+}
+
+/**
+ * Checks the variant flags whose values the command must parse itself, before anything runs: `--vcpus` an
+ * integer 1..256, `--memory` a size within the limit. (`--backend`, `--mmu`, `--cost-model` and the policies
+ * are checked by the composition, which lists every problem at once.)
+ */
+export function checkVariantFlags(opts: VariantOptions): void {
+  if (opts.vcpus !== undefined && (!/^\d+$/.test(opts.vcpus) || Number(opts.vcpus) < 1 || Number(opts.vcpus) > 256))
+    throw new InputError(`--vcpus: expected an integer from 1 to 256, got '${opts.vcpus}'`);
+  if (opts.memory !== undefined) parseSize(opts.memory);
+}
+
+/** The variant as data, before validation: the config file's object with the flags applied. */
+export async function rawVariant(opts: VariantOptions, cwd: string): Promise<Record<string, unknown>> {
+  let raw: Record<string, unknown> = {};
+  let from = cwd;
+  if (opts.config !== undefined) {
+    const file = resolve(cwd, opts.config);
+    raw = await readConfig(file);
+    from = dirname(file);
+  }
+  checkVariantFlags(opts);
+  raw = { ...raw };
+  if (raw.resolveFrom === undefined) raw.resolveFrom = from;
+  if (opts.backend !== undefined) raw.backend = opts.backend;
+  if (opts.mmu !== undefined) raw.mmu = opts.mmu;
+  if (opts.costModel !== undefined) raw.costModel = opts.costModel;
+  // A cost model from a file (`--cost-model ./mine.json`, or "costModel": "./mine.json" in a config, relative to it).
+  if (typeof raw.costModel === 'string' && raw.costModel.endsWith('.json')) {
+    const base = opts.costModel !== undefined ? cwd : from;
+    raw.costModel = readCostModel(resolve(base, raw.costModel), opts.costModel !== undefined ? '--cost-model' : 'costModel');
+  }
+  if (opts.vcpus !== undefined) raw.vcpus = /^\d+$/.test(opts.vcpus) ? Number(opts.vcpus) : opts.vcpus;
+  if (opts.memory !== undefined) raw.memory = parseSize(opts.memory);
+  if (opts.policy !== undefined) {
+    // Paths on the command line are relative to the working directory, whatever the config's directory is.
+    raw.policies = opts.policy
+      .split(',')
+      .map((s) => s.trim())
+      .filter((s) => s.length > 0)
+      .map((use) => ({ use: isPathSpecifier(use) && !use.startsWith('file:') ? resolve(cwd, use) : use }));
+  }
+  return raw;
+}
+
+/**
+ * Reads a custom cost model (a JSON file shaped as `CostProfile`, see docs/cost-models.md) and validates it:
+ * an InputError (exit 2) names the file and each bad field's path.
+ */
+export function readCostModel(file: string, flag: string): CostProfile {
+  statInputFile(file, flag, 'a cost model (.json)');
+  let value: unknown;
+  try {
+    value = JSON.parse(readBounded(file, MAX_CONFIG_BYTES, flag));
+  } catch (e) {
+    throw new InputError(`${flag} ${file}: not valid JSON: ${e instanceof Error ? e.message : String(e)}`);
+  }
+  const r = parseCostProfile(value);
+  if (r.profile === null)
+    throw new InputError(`${flag} ${file}: not a cost model:\n${r.problems.map((p) => `  ${p.path || '(model)'}: ${p.message}`).join('\n')}`);
+  return r.profile;
+}
+
+/** Reads a variant file: JSON (`vmexit.config.json`) or an ES module whose default export is the variant (`.mjs`). */
+export async function readConfig(file: string): Promise<Record<string, unknown>> {
+  statInputFile(file, '--config', 'a variant file (vmexit.config.json or vmexit.config.mjs)');
+  const ext = extname(file);
+  let value: unknown;
+  if (ext === '.mjs' || ext === '.js') {
+    try {
+      const ns = (await import(pathToFileURL(file).href)) as { default?: unknown };
+      value = typeof ns.default === 'function' ? await (ns.default as () => unknown)() : ns.default;
+    } catch (e) {
+      throw new InputError(`--config ${file}: cannot load: ${e instanceof Error ? e.message : String(e)}`);
+    }
+    if (value === undefined) throw new InputError(`--config ${file}: the module has no default export (export default { backend: 'vmx', ... })`);
+  } else if (ext === '.json') {
+    try {
+      value = JSON.parse(readBounded(file, MAX_CONFIG_BYTES, '--config'));
+    } catch (e) {
+      throw new InputError(`--config ${file}: not valid JSON: ${e instanceof Error ? e.message : String(e)}`);
+    }
+  } else {
+    throw new InputError(`--config ${file}: expected a .json or .mjs file`);
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new InputError(`--config ${file}: the variant must be an object`);
+  return value as Record<string, unknown>;
+}
+
+export function variantInputError(problems: readonly VariantProblem[], config?: string): InputError {
+  const where = config !== undefined ? ` (${config})` : '';
+  return new InputError(`invalid variant${where}:\n${problems.map((p) => `  ${p.path || '(variant)'}: ${p.message}`).join('\n')}`);
+}
+
+/** Checks that an input file named by `flag` exists and is a regular file of at most MAX_CONFIG_BYTES (an InputError, exit 2, otherwise). */
+function statInputFile(file: string, flag: string, what: string): void {
+  let st;
+  try {
+    st = statSync(file);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new InputError(`${flag} ${file}: ${code === 'ENOENT' ? 'no such file' : `cannot read (${code ?? (e as Error).message})`}`);
+  }
+  if (st.isDirectory()) throw new InputError(`${flag} ${file}: is a directory; give ${what}`);
+  if (!st.isFile()) throw new InputError(`${flag} ${file}: not a regular file (a device, FIFO or socket); give ${what}`);
+  if (st.size > MAX_CONFIG_BYTES) throw new InputError(`${flag} ${file}: ${st.size} bytes; ${what} is at most ${MAX_CONFIG_BYTES} bytes`);
+}
+
+/** The largest variant file read (a variant is a few hundred bytes). */
+const MAX_CONFIG_BYTES = 1 << 20;
+
+/** Reads at most `max` bytes of a regular file (it was checked by stat; fstat again on the open file). */
+function readBounded(file: string, max: number, flag: string): string {
+  const fd = openSync(file, 'r');
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile() || st.size > max) throw new InputError(`${flag} ${file}: not a regular file of at most ${max} bytes`);
+    const buf = Buffer.alloc(st.size);
+    let got = 0;
+    while (got < buf.length) {
+      const k = readSync(fd, buf, got, buf.length - got, got);
+      if (k === 0) break;
+      got += k;
+    }
+    return buf.toString('utf8', 0, got);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * A variant spec: a config file (`.json`/`.mjs`, which must exist), or words: a backend (`vmx`, `svm`,
+ * `none`/`native`), an MMU (`shadow`, `tdp`) and comma-separated policies, in any order
+ * (`"vmx shadow pte-update,bypass-guest-pf"`). The composed variant is checked in full (schema, policies,
+ * capabilities, guest RAM); any problem is an InputError naming the spec and each offending field.
+ */
+export async function parseVariantSpec(spec: string, overrides: VariantOverrides = {}, context: VariantContext = {}): Promise<Variant> {
+  const cwd = context.cwd ?? process.cwd();
+  const trimmed = spec.trim();
+  if (/\.(json|mjs|js)$/.test(trimmed)) {
+    if (!isFile(resolve(cwd, trimmed))) throw new InputError(`--variant ${spec}: no such config file`);
+    return variantFromOptions({ config: trimmed, ...overrides }, context);
+  }
+  const opts: VariantOptions = { ...overrides };
+  const policies: string[] = [];
+  // Each of backend and MMU is named at most once: "vmx svm shadow" or "native vmx" is a mistake, not a
+  // choice of the last word.
+  const backends: string[] = [];
+  const mmus: string[] = [];
+  for (const word of trimmed.split(/\s+/).filter((w) => w.length > 0)) {
+    if (word === 'vmx' || word === 'svm' || word === 'none' || word === 'native') backends.push(word);
+    else if (word === 'shadow' || word === 'tdp') mmus.push(word);
+    else policies.push(...word.split(',').filter((p) => p.length > 0));
+  }
+  if (backends.length > 1) throw new InputError(`--variant "${spec}": names ${backends.length} backends (${backends.join(', ')}); a variant has one`);
+  if (mmus.length > 1) throw new InputError(`--variant "${spec}": names ${mmus.length} MMUs (${mmus.join(', ')}); a variant has one`);
+  if (backends.length === 0) throw new InputError(`--variant "${spec}": name a backend (vmx, svm, or native)`);
+  opts.backend = backends[0] === 'native' ? 'none' : backends[0];
+  if (mmus.length === 1) {
+    if (opts.backend === 'none') throw new InputError(`--variant "${spec}": ${mmus[0]} is an MMU of a hypervisor; a native variant has none`);
+    opts.mmu = mmus[0];
+  }
+  if (opts.backend === 'none' && policies.length > 0)
+    throw new InputError(`--variant "${spec}": policies (${policies.join(', ')}) need a hypervisor; a native variant has none`);
+  if (policies.length > 0) opts.policy = policies.join(',');
+  try {
+    return await variantFromOptions(opts, context);
+  } catch (e) {
+    if (e instanceof InputError) throw new InputError(`--variant "${spec}": ${e.message}`);
+    throw e;
+  }
+}
+
+/** A spec with any config-file path made absolute, so that a worker elsewhere (another thread, directory) reads the same file. */
+export function absoluteSpec(spec: string, cwd: string = process.cwd()): string {
+  const t = spec.trim();
+  return /\.(json|mjs|js)$/.test(t) && !isAbsolute(t) ? resolve(cwd, t) : t;
+}
+
+function isFile(file: string): boolean {
+  try {
+    return statSync(file).isFile();
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,71 @@
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import puppeteer from 'puppeteer-core';
+import { describe, expect, it } from 'vitest';
+import { reportCharts, reportHtml, runVariant, type LabRunResult } from '../src/index.js';
+
+const CHROMIUM = '/usr/bin/chromium';
+const ARTIFACTS = fileURLToPath(new URL('./artifacts/', import.meta.url));
+const have = fs.existsSync(CHROMIUM) && spawnSync(CHROMIUM, ['--version'], { stdio: 'ignore' }).status === 0;
+if (!have && process.env.CI) throw new Error(`CI: ${CHROMIUM} is missing (.ci/run installs Debian's chromium)`);
+
+describe('reportHtml', () => {
+  it.skipIf(!have)(
+    'renders every chart in headless Chromium, offline, with no console error',
+    async () => {
+      // Two variants x two seeds of a tiny workload: enough for stacks, a breakdown and a spread.
+      const results: LabRunResult[] = [];
+      for (const v of ['vmx shadow', 'vmx shadow unsync']) for (const seed of [1, 2]) results.push(await runVariant(v, 'fork-cow:pages=8,forks=1', { seed }));
+      const html = reportHtml(results, 'test report');
+      expect(html).not.toMatch(/<script[^>]+src=|<link[^>]+href=/); // self-contained
+      fs.mkdirSync(ARTIFACTS, { recursive: true });
+      const file = path.join(ARTIFACTS, 'report.html');
+      fs.writeFileSync(file, html);
+      const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'vmexit-chromium-'));
+      const browser = await puppeteer.launch({
+        executablePath: CHROMIUM,
+        headless: true,
+        args: [
+          '--headless',
+          '--no-sandbox',
+          '--disable-gpu',
+          '--disable-quic',
+          '--no-first-run',
+          '--disable-background-networking',
+          '--disable-component-update',
+          '--disable-sync',
+          `--user-data-dir=${profile}`,
+        ],
+      });
+      try {
+        const page = await browser.newPage();
+        const problems: string[] = [];
+        page.on('console', (m) => {
+          if (m.type() === 'error') problems.push(m.text());
+        });
+        page.on('pageerror', (e) => problems.push(String(e)));
+        page.on('requestfailed', (r) => problems.push(`request failed: ${r.url()}`));
+        await page.setViewport({ width: 1000, height: 800 });
+        await page.goto(`file://${file}`, { waitUntil: 'load' });
+        await page.evaluate('window.vmexitRendered.then(() => true)');
+        const drawn = await page.$$eval('.chart', (els) =>
+          els.map((e) => ({ id: e.id, svg: e.querySelector('svg') !== null, marks: e.querySelectorAll('svg path, svg rect, svg line').length })),
+        );
+        expect(drawn.map((d) => d.id)).toEqual(reportCharts(results).map((c) => c.id));
+        for (const d of drawn) {
+          expect(d.svg, d.id).toBe(true);
+          expect(d.marks, d.id).toBeGreaterThan(4);
+        }
+        expect(problems).toEqual([]);
+        await page.screenshot({ path: `${ARTIFACTS}report.png`, fullPage: true });
+      } finally {
+        await browser.close();
+        fs.rmSync(profile, { recursive: true, force: true });
+      }
+    },
+    180_000,
+  );
+});

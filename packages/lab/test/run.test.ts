@@ -1,0 +1,50 @@
+import { describe, expect, it } from 'vitest';
+import { compareVariants, deterministicPart, InputError, parseVariantSpec, provenance, runVariant } from '../src/index.js';
+
+const WL = 'fork-cow:pages=16,forks=1';
+
+describe('runVariant', () => {
+  it('gives the same counters, cycles and digest for a spec and for the composed variant, run twice', async () => {
+    const a = await runVariant('vmx shadow pte-update', WL, { seed: 2 });
+    const b = await runVariant(await parseVariantSpec('vmx shadow pte-update'), WL, { seed: 2 });
+    expect(deterministicPart(b)).toEqual(deterministicPart(a));
+    expect(a.counters.total.exits).toBeGreaterThan(0);
+    expect(a.cycles.cycles).toBeGreaterThan(0);
+    expect(a.memoryDigest).toMatch(/^[0-9a-f]+$/);
+    expect(a.variant).toMatchObject({ backend: 'vmx', mmu: 'shadow', policies: ['pte-update'], mode: 'long4' });
+  });
+
+  it('records the packages that ran, Node, the host and the start time', async () => {
+    const r = await runVariant('svm shadow unsync', WL);
+    expect(Object.keys(r.provenance.packages)).toEqual([
+      '@vmexit/backend-svm',
+      '@vmexit/core',
+      '@vmexit/guest',
+      '@vmexit/lab',
+      '@vmexit/mmu-shadow',
+      '@vmexit/policies',
+    ]);
+    expect(r.provenance.packages['@vmexit/lab']).toMatch(/^\d+\.\d+\.\d+/);
+    expect(r.provenance.node).toBe(process.version);
+    expect(r.provenance.host.cpus).toBeGreaterThan(0);
+    expect(Date.parse(r.provenance.startedAt)).not.toBeNaN();
+    // A native run loads no backend, MMU or policy package.
+    expect(Object.keys(provenance(await parseVariantSpec('native')).packages)).toEqual(['@vmexit/core', '@vmexit/guest', '@vmexit/lab']);
+  });
+
+  it('refuses a bad spec with an InputError naming it', async () => {
+    await expect(runVariant('shadow', WL)).rejects.toThrow(new InputError('--variant "shadow": name a backend (vmx, svm, or native)'));
+    await expect(runVariant('vmx shadow no-such-policy', WL)).rejects.toThrow(/--variant "vmx shadow no-such-policy": invalid variant:\n {2}policies\.0\.use/);
+  });
+});
+
+describe('compareVariants', () => {
+  it('runs each variant as runVariant does, and tabulates them against the first', async () => {
+    const doc = await compareVariants({ workload: WL, variants: ['vmx shadow', 'vmx shadow pte-update'], mode: 'long4', seed: 1 });
+    const single = await runVariant('vmx shadow pte-update', WL);
+    expect(deterministicPart(doc.results[1]!)).toEqual({ ...deterministicPart(single), label: 'vmx shadow pte-update', spec: 'vmx shadow pte-update' });
+    const exits = doc.table.find((r) => r.metric === 'vmexits')!;
+    expect(exits.values).toEqual(doc.results.map((r) => r.counters.total.exits));
+    expect(exits.ratios[0]).toBe(1);
+  });
+});

@@ -1,0 +1,3 @@
+import { vmexitVitestConfig } from '../../vitest.shared.js';
+
+export default vmexitVitestConfig();

@@ -1,0 +1,242 @@
+import {
+  ACC_EXEC_MASK,
+  ACC_FETCH,
+  ACC_USER,
+  ACC_USER_MASK,
+  ACC_WRITE,
+  ACC_WRITE_MASK,
+  childRole,
+  makeLeafSpte,
+  MODE_LEGACY32,
+  MODE_LONG4,
+  MODE_PAE,
+  PAGE_SIZE,
+  PFERR_PRESENT,
+  PFERR_RSVD,
+  roleAccess,
+  WALK_OK,
+  WALK_PAGE_FAULT,
+  WALK_SIDE_EFFECTS,
+  walk,
+  type Memslot,
+  type PageFaultResolution,
+  type Vcpu,
+  type WalkResult,
+} from '@vmexit/core';
+import { decidePrefetch, decideTrackedWrite } from './decisions.js';
+import { ShadowMmuError } from './errors.js';
+import { gpteAccess, leafFromGpte, leafPkey, levelIndex, readGpte } from './gpte.js';
+import type { ShadowPage } from './page.js';
+import { hasUpperLevelPage, installLeaf, link, prepareZap, reservePages, zapSpte } from './page-cache.js';
+import { finish, processReloads, requireTopPage, topPage } from './roots.js';
+import { hex, type ShadowMmuState, type VcpuShadowState } from './state.js';
+import { syncPage, tryUnsync } from './unsync.js';
+
+/**
+ * The shadow page fault (KVM arch/x86/kvm/mmu/paging_tmpl.h `FNAME(page_fault)`, `FNAME(fetch)`,
+ * `FNAME(pte_prefetch)`; mmu.c `mmu_set_spte`): the guest walk, then the shadow tables built down to the
+ * leaf, which `makeLeafSpte` (core) builds.
+ */
+
+/** PTE_PREFETCH_NUM: the aligned group of sptes `FNAME(pte_prefetch)` fills around a fault. */
+export const PTE_PREFETCH_NUM = 8;
+
+const EMULATE: PageFaultResolution = { kind: 'emulate' };
+const RETRY: PageFaultResolution = { kind: 'retry' };
+
+/** KVM `FNAME(page_fault)`: what the shadow MMU does with a #PF that exited. */
+export function pageFault(s: ShadowMmuState, vcpu: Vcpu, address: number, errorCode: number): PageFaultResolution {
+  const st = s.stateOf(vcpu);
+  s.initiator = vcpu.id;
+  s.scratch.faultVa = address;
+  processReloads(s);
+  // The 2007 flood detector (KVM 86a5ba025d0a, FNAME(page_fault) "reset fork detector"): any fault that is not
+  // an emulated page-table write resets the vCPU's count; the two page-table-write paths below restore it.
+  const ptWriteCount = st.lastPtWriteCount;
+  st.lastPtWriteCount = 0;
+  // make_mmu_pages_available + the topup of KVM's caches: reserve the pages the fetch may need before
+  // any state changes (one per shadow level below the root).
+  reservePages(s, st.ctx.mode === MODE_PAE ? 1 : st.ctx.mode === MODE_LONG4 ? 3 : 4, 'a page fault');
+  // FNAME(page_fault) (paging_tmpl.h): the guest walk, with RSVD (from our own sptes) stripped and A/D set.
+  const access = errorCode & (ACC_WRITE | ACC_USER | ACC_FETCH);
+  const r = s.scratch.walk;
+  const ws = walk(vcpu.ctx, vcpu.memory, address, access, WALK_SIDE_EFFECTS, r);
+  if (ws === WALK_PAGE_FAULT) {
+    // pf_guest is counted where the fault is injected (the VM's hooks, as KVM's kvm_inject_page_fault).
+    return { kind: 'inject', vector: 14, errorCode: r.errorCode, cr2: address };
+  }
+  if (ws !== WALK_OK)
+    throw new ShadowMmuError('E_MMU_STATE', `vCPU ${vcpu.id}: the guest walk of ${hex(address)} ended with status ${ws} (expected a #PF or success)`);
+  const gpa = r.pa;
+  const gfn = Math.floor(gpa / PAGE_SIZE);
+  const write = (access & ACC_WRITE) !== 0;
+  const user = (access & ACC_USER) !== 0;
+  const slot = s.memory.slotForGfn(gfn);
+  // No memslot (or a write to read-only RAM): MMIO, an exit to user space (KVM `kvm_handle_noslot_fault`).
+  if (slot === null || (write && slot.readonly)) return { kind: 'mmio', gpa };
+  let writeProtected = write && s.isWriteProtected(gfn);
+  if (writeProtected && decideTrackedWrite(s.host, vcpu.id, st.mmuEventSeq++, gfn, address, errorCode)) {
+    // A policy unprotects the gfn (KVM 2007: a user-mode write is a hint that the page is no longer a
+    // page table, `mmu_unshadow`): zap its shadow pages, and map the page writable below.
+    for (const sp of s.indirectPagesOf(gfn)) prepareZap(s, sp);
+    writeProtected = s.isWriteProtected(gfn);
+  }
+  // page_fault_handle_page_track: a write that hit a present spte (P=1 without RSVD: a trap spte is not
+  // present) of a guest page table that an upper-level page write-tracks. A level-1-only gfn goes on to
+  // the fetch, where it may go unsync (mmu_try_to_unsync_pages) or stay read-only (then emulated).
+  if ((errorCode & (PFERR_PRESENT | PFERR_RSVD)) === PFERR_PRESENT && writeProtected && hasUpperLevelPage(s, gfn)) {
+    clearFloodCounts(s, st, address);
+    s.host.count(vcpu.id, 'pf_emulate');
+    st.lastPtWriteCount = ptWriteCount;
+    finish(s);
+    return EMULATE;
+  }
+  // Rights of the leaf (walk_addr_generic): the AND over all levels; a clean gpte maps read-only unless
+  // this is a write, which has just set D (`protect_clean_gpte`).
+  let pteAccess = (r.writable ? ACC_WRITE_MASK : 0) | (r.user ? ACC_USER_MASK : 0) | (r.executable ? ACC_EXEC_MASK : 0);
+  if (!r.dirty) pteAccess &= ~ACC_WRITE_MASK;
+  const g = vcpu.ctx;
+  // CR0.WP = 0 (Documentation/virt/kvm/x86/mmu.rst "Emulating cr0.wp", FNAME(page_fault)): the hardware runs
+  // with WP = 1, so a supervisor write to a read-only page gets a kernel-only writable spte; with SMEP it also loses X.
+  if (write && !user && !g.cr0Wp && (pteAccess & ACC_WRITE_MASK) === 0) {
+    if (g.cr4Smap && r.user) {
+      // A user page made kernel-only would escape SMAP for later supervisor reads (KVM lets that
+      // happen; mmu.rst leaves the case out). Emulating the store keeps the guest's view exact.
+      s.host.count(vcpu.id, 'pf_emulate');
+      finish(s);
+      return EMULATE;
+    }
+    pteAccess = (pteAccess | ACC_WRITE_MASK) & ~ACC_USER_MASK;
+    if (g.cr4Smep) pteAccess &= ~ACC_EXEC_MASK;
+  }
+  const res = fetch(s, st, address, r, gfn, slot, pteAccess, write);
+  if (res === EMULATE) st.lastPtWriteCount = ptWriteCount; // a write to a write-protected page table
+  finish(s);
+  return res;
+}
+
+/** Resets the flood counts of the pages a walk of `va` uses (KVM `clear_sp_write_flooding_count`). */
+function clearFloodCounts(s: ShadowMmuState, st: VcpuShadowState, va: number): void {
+  let sp = topPage(st, va);
+  while (sp !== null) {
+    sp.writeFloodingCount = 0;
+    if (sp.level === 1) return;
+    const loc = sp.base + levelIndex(va, sp.level);
+    const lo = s.pool.lo(loc);
+    const hi = s.pool.hi(loc);
+    if (!s.isPresent(lo, hi)) return;
+    sp = s.childPage(lo, hi);
+  }
+}
+
+/**
+ * FNAME(fetch) (paging_tmpl.h): walk the shadow tables from the root, create each missing level (an
+ * indirect page for each guest table, direct pages below a guest large page), then set the leaf.
+ */
+function fetch(
+  s: ShadowMmuState,
+  st: VcpuShadowState,
+  va: number,
+  r: WalkResult,
+  gfn: number,
+  slot: Memslot,
+  pteAccess: number,
+  write: boolean,
+): PageFaultResolution {
+  const g = st.vcpu.ctx;
+  const nxe = g.eferNxe && g.mode !== MODE_LEGACY32;
+  const guestLeaf = r.leafLevel;
+  let sp = requireTopPage(st, va);
+  const pool = s.pool;
+  for (;;) {
+    sp.writeFloodingCount = 0;
+    const level = sp.level;
+    const idx = levelIndex(va, level);
+    const loc = sp.base + idx;
+    if (level === 1) return setLeaf(s, st, sp, loc, gfn, slot, pteAccess, write, leafPkey(st.vcpu, r.entryHi[guestLeaf]!));
+    const direct = level - 1 < guestLeaf;
+    let childGfn: number;
+    let access: number;
+    if (!direct) {
+      childGfn = Math.floor(r.entryPa[level - 1]! / PAGE_SIZE);
+      access = roleAccess(sp.role) & gpteAccess(r.entryLo[level]!, r.entryHi[level]!, nxe);
+    } else {
+      const span = 2 ** (9 * (level - 1));
+      childGfn = Math.floor(gfn / span) * span;
+      access = pteAccess;
+    }
+    const role = childRole(sp.role, idx, direct, access);
+    const lo = pool.lo(loc);
+    const hi = pool.hi(loc);
+    if (s.isPresent(lo, hi)) {
+      const child = s.childPage(lo, hi);
+      if (child.gfn === childGfn && child.role === role) {
+        sp = child;
+        continue;
+      }
+      // validate_direct_spte: a direct page built for other rights (the guest pte became dirty, or an
+      // alias with other rights): unlink it and link the right one.
+      zapSpte(s, sp, loc);
+    }
+    const child = s.getPage(childGfn, role);
+    // FNAME(fetch): "We must synchronize the pagetable before linking it because the guest doesn't need
+    // to flush tlb when the gpte is changed from non-present to present."
+    if (child.unsync) syncPage(s, st.vcpu, child);
+    link(s, loc, child);
+    sp = child;
+  }
+}
+
+/** KVM `mmu_set_spte`: the leaf spte (`makeLeafSpte`), never more than guest rights AND the host mapping. */
+function setLeaf(
+  s: ShadowMmuState,
+  st: VcpuShadowState,
+  sp: ShadowPage,
+  loc: number,
+  gfn: number,
+  slot: Memslot,
+  pteAccess: number,
+  write: boolean,
+  pkey: number,
+): PageFaultResolution {
+  const vcpuId = st.vcpu.id;
+  let wrprot = false;
+  let writable = false;
+  if ((pteAccess & ACC_WRITE_MASK) !== 0 && !slot.readonly) {
+    // mmu_try_to_unsync_pages: a write-protected guest page table stays read-only unless its level-1
+    // pages may go unsync.
+    if (s.isWriteProtected(gfn) && !tryUnsync(s, st, gfn)) wrprot = true;
+    else writable = true;
+  }
+  const leaf = s.scratch.leaf;
+  makeLeafSpte(leaf, gfn, pteAccess, !slot.readonly, writable, pkey);
+  installLeaf(s, sp, loc, leaf.lo, leaf.hi);
+  // FNAME(pte_prefetch) after the leaf of a level-1 page of a guest table, when a policy asks for it.
+  if (!sp.direct && decidePrefetch(s.host, vcpuId, st.mmuEventSeq++, s.scratch.faultVa, sp.gfn)) prefetch(s, st.vcpu, sp, loc - sp.base);
+  // kvm_mmu_do_page_fault's statistics: pf_fixed for RET_PF_FIXED, pf_emulate for RET_PF_EMULATE.
+  if (wrprot && write) {
+    s.host.count(vcpuId, 'pf_emulate');
+    return EMULATE;
+  }
+  s.host.count(vcpuId, 'pf_fixed');
+  return RETRY;
+}
+
+/**
+ * FNAME(pte_prefetch) (PTE_PREFETCH_NUM = 8): after the fault at spte `idx` of level-1 page `sp`, map the
+ * other non-present sptes of its aligned group of 8 whose gptes are present and accessed; stop at the
+ * first gpte that cannot be mapped. A prefetch never makes a page unsync.
+ */
+function prefetch(s: ShadowMmuState, vcpu: Vcpu, sp: ShadowPage, idx: number): void {
+  const pool = s.pool;
+  const { gpte, leaf } = s.scratch;
+  const first = idx & ~(PTE_PREFETCH_NUM - 1);
+  for (let i = first; i < first + PTE_PREFETCH_NUM; i++) {
+    if (i === idx) continue;
+    const loc = sp.base + i;
+    if (s.isPresent(pool.lo(loc), pool.hi(loc))) continue;
+    readGpte(s, sp, i, gpte);
+    if (!leafFromGpte(s, vcpu, sp, gpte.lo, gpte.hi, leaf)) break;
+    installLeaf(s, sp, loc, leaf.lo, leaf.hi);
+  }
+}

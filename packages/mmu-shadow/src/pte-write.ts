@@ -1,0 +1,117 @@
+import { CR4_PAE, PAGE_SIZE, PT_PRESENT, ROLE_4BYTE_GPTE, ROLE_BASE_MASK, roleQuadrant, spteNeedsFlush, type Vcpu } from '@vmexit/core';
+import { decideFlood, decidePteWrite, detectWriteMisaligned, writtenSptes } from './decisions.js';
+import { leafFromGpte } from './gpte.js';
+import type { ShadowPage } from './page.js';
+import { installLeaf, prepareZap, zapSpte } from './page-cache.js';
+import { baseRole, finish } from './roots.js';
+import { collectIndirectPages, type ShadowMmuState } from './state.js';
+
+/**
+ * An emulated write to a shadowed guest page table (KVM arch/x86/kvm/mmu/mmu.c `kvm_mmu_track_write`, formerly
+ * `kvm_mmu_pte_write`; paging_tmpl.h `FNAME(update_pte)` of KVM 2007-2021): for each shadow page of the
+ * written gfn, the flood and pte-write decisions (decisions.ts), then the written sptes cleared or updated.
+ */
+
+/** KVM `kvm_mmu_track_write`: the vCPU stored `size` bytes at `gpa` (old and new value given) into a write-protected gfn. */
+export function pteWrite(s: ShadowMmuState, vcpu: Vcpu, gpa: number, size: number, oldLo: number, oldHi: number, newLo: number, newHi: number): void {
+  if (s.indirectShadowPages === 0) return;
+  const st = s.stateOf(vcpu);
+  s.initiator = vcpu.id;
+  // mmu_pte_write_fetch_gpte: a 4-byte write into an 8-byte gpte is the whole gpte; re-read it after the store.
+  let bytes = size;
+  if ((vcpu.cr4 & CR4_PAE) !== 0 && bytes === 4) {
+    gpa -= gpa % 8;
+    bytes = 8;
+  }
+  let gLo = 0;
+  let gHi = 0;
+  if (bytes === 4 || bytes === 8) {
+    gLo = s.memory.read32(gpa - (gpa % 4));
+    gHi = bytes === 8 ? s.memory.read32(gpa - (gpa % 4) + 4) : 0;
+  }
+  const gfn = Math.floor(gpa / PAGE_SIZE);
+  s.host.count(vcpu.id, 'mmu_pte_write');
+  // The valid indirect pages of the gfn, as a snapshot (zapping one below changes its hash bucket), in a
+  // scratch array that this call owns while it runs (a nested call would take a fresh one).
+  const targets = s.scratch.pages ?? [];
+  s.scratch.pages = null;
+  const count = collectIndirectPages(s, gfn, targets);
+  let vcpuBaseRole = -1; // the vCPU's base role, computed for the first update-spte decision
+  // The 2007 per-vCPU detector (OLD-MMU kvm_mmu_pre_write): consecutive emulated writes to one gfn.
+  if (gfn === st.lastPtWriteGfn) st.lastPtWriteCount++;
+  else {
+    st.lastPtWriteGfn = gfn;
+    st.lastPtWriteCount = 1;
+  }
+  const pool = s.pool;
+  for (let t = 0; t < count; t++) {
+    const sp = targets[t]!;
+    targets[t] = null;
+    if (sp.zapped) continue;
+    const level = sp.level;
+    const fourByte = (sp.role & ROLE_4BYTE_GPTE) !== 0;
+    const pteSize = fourByte ? 4 : 8;
+    const misaligned = detectWriteMisaligned(gpa, bytes, pteSize);
+    // detect_write_flooding: the policy decides (today's KVM: per page, level 1 exempt, >= 3).
+    sp.writeFloodingCount++;
+    const flooded = decideFlood(s.host, vcpu.id, st.mmuEventSeq++, gfn, level, sp.writeFloodingCount, st.lastPtWriteCount);
+    const decision = flooded ? 'zap-page' : decidePteWrite(s.host, vcpu.id, st.mmuEventSeq++, gpa, bytes, oldLo, oldHi, newLo, newHi, level, misaligned);
+    if (decision === 'zap-page') {
+      prepareZap(s, sp);
+      s.host.count(vcpu.id, 'mmu_flooded');
+      continue;
+    }
+    const quadrant = roleQuadrant(sp.role);
+    // get_written_sptes for the first and the last byte written: a write that straddles two gptes touches
+    // both (KVM zaps the page instead, detect_write_misaligned; without that policy both sptes are cleared).
+    const w1 = writtenSptes(gpa, fourByte, level, quadrant);
+    const w2 = misaligned ? writtenSptes(gpa + bytes - 1, fourByte, level, quadrant) : -1;
+    // update_pte (KVM 2007-2021): a full, aligned gpte write into a level-1 page of the vCPU's base role.
+    let update = decision === 'update-spte' && !misaligned && level === 1 && bytes >= pteSize;
+    if (update) {
+      if (vcpuBaseRole < 0) vcpuBaseRole = baseRole(vcpu);
+      update = (sp.role & ROLE_BASE_MASK) === (vcpuBaseRole & ROLE_BASE_MASK);
+    }
+    const passes = w2 >= 0 && w2 !== w1 ? 2 : 1;
+    for (let pass = 0; pass < passes; pass++) {
+      const w = pass === 0 ? w1 : w2;
+      if (w < 0) continue; // another quadrant's alias
+      const first = w >>> 2;
+      const n = w & 3;
+      for (let k = 0; k < n; k++) {
+        const loc = sp.base + first + k;
+        // kvm_mmu_pte_write: "entry = *spte; mmu_page_zap_pte(); [update]; if (need_remote_flush(entry,
+        // *spte)) flush = true": the flush depends on the spte before and after, not on the zap alone, so
+        // an update that keeps or adds rights flushes nothing (a TLB entry with fewer rights only misses).
+        const sLo = pool.lo(loc);
+        const sHi = pool.hi(loc);
+        const pending = s.pendingFlush;
+        zapSpte(s, sp, loc);
+        s.pendingFlush = pending;
+        if ((gLo !== 0 || gHi !== 0) && level !== 1) s.host.count(vcpu.id, 'mmu_pde_zapped');
+        if (update) updatePte(s, vcpu, sp, loc, gLo, gHi);
+        if (s.isPresent(sLo, sHi) && (!s.isPresent(pool.lo(loc), pool.hi(loc)) || spteNeedsFlush(sLo, sHi, pool.lo(loc), pool.hi(loc)))) s.pendingFlush = true;
+      }
+    }
+  }
+  s.scratch.pages = targets;
+  finish(s);
+}
+
+/**
+ * FNAME(update_pte) (KVM 2007-2021): after the written spte was cleared, install the new gpte at once
+ * when it is present and accessed with no reserved bits; access is the page's role access AND the gpte's.
+ * A gpte written not present becomes notrap where the page may hold notrap sptes (KVM 2007: "if
+ * (!offset_in_pte && !is_present_pte(gpte)) set_shadow_pte(spte, shadow_notrap_nonpresent_pte)"); a
+ * present gpte with A=0 stays trap, so that the access that sets A exits.
+ */
+function updatePte(s: ShadowMmuState, vcpu: Vcpu, sp: ShadowPage, loc: number, gLo: number, gHi: number): void {
+  if ((gLo & PT_PRESENT) === 0) {
+    if (s.notrapAllowed(sp)) s.pool.set(loc, s.notrapLo, s.notrapHi);
+    return;
+  }
+  const leaf = s.scratch.leaf;
+  if (!leafFromGpte(s, vcpu, sp, gLo, gHi, leaf)) return;
+  installLeaf(s, sp, loc, leaf.lo, leaf.hi);
+  s.host.count(vcpu.id, 'mmu_pte_updated');
+}

@@ -1,0 +1,240 @@
+import {
+  createPageCache,
+  PAGE_SIZE,
+  pageBucket,
+  pageOfLoc,
+  ROLE_4BYTE_GPTE,
+  roleQuadrant,
+  SPTE_HI_ADDR_MASK,
+  SPTE_P,
+  SpteHalves,
+  sptePa,
+  SptePoolMemory,
+  WalkResult,
+  type GuestMemory,
+  type MmuHost,
+  type PageCache,
+  type SptePool,
+  type Vcpu,
+  POOL_BASE,
+  Rmaps,
+} from '@vmexit/core';
+import { ShadowPagingContext } from './context.js';
+import { ShadowMmuError } from './errors.js';
+import type { ShadowPage } from './page.js';
+
+/** The most roots a vCPU's guest state needs: four PAE (or quadrant) roots. */
+export const MAX_ROOTS = 4;
+/** The high half of POOL_BASE (a non-leaf spte's address bits 51:32 are at least this). */
+const POOL_BASE_HI = POOL_BASE / 4294967296;
+
+/** Per-vCPU state: the roots and the shadow paging context the hardware walks (KVM `struct kvm_mmu` of a vCPU). */
+export class VcpuShadowState {
+  readonly ctx: ShadowPagingContext;
+  /** 4/5-level guests: the root page. */
+  root: ShadowPage | null = null;
+  /** 32-bit and PAE guests: the four PAE roots (null = not present). */
+  readonly paeRoots: (ShadowPage | null)[] = [null, null, null, null];
+  /** The guest-state signature the roots were built for (mode, PG and role bits); -1 = none loaded. */
+  signature = -1;
+  /** The PDPTE registers the PAE roots were built from. */
+  readonly pdpteLo = new Uint32Array(4);
+  readonly pdpteHi = new Uint32Array(4);
+  /** Cached roots of earlier CR3 values (KVM `prev_roots`), most recent first. */
+  readonly prevRoots: { pgd: number; sp: ShadowPage }[] = [];
+  /** A root in use was zapped: load new roots before the vCPU runs again (KVM_REQ_MMU_FREE_OBSOLETE_ROOTS). */
+  needReload = false;
+  mmuEventSeq = 0;
+  /** The 2007 write-flood detector (KVM 86a5ba025d0a): the last gfn this vCPU wrote by emulation and how often in a row. */
+  lastPtWriteGfn = -1;
+  lastPtWriteCount = 0;
+
+  constructor(readonly vcpu: Vcpu) {
+    this.ctx = new ShadowPagingContext(vcpu.ctx);
+  }
+
+  /** Every root slot's page (current roots only). */
+  currentRoots(): ShadowPage[] {
+    const out: ShadowPage[] = [];
+    if (this.root !== null) out.push(this.root);
+    for (const p of this.paeRoots) if (p !== null) out.push(p);
+    return out;
+  }
+}
+
+/**
+ * The per-call out-values of the MMU's mechanisms, in one declared place: each is written by the callee
+ * named and read by its caller right after, never across an exit. Values a function returns through them
+ * are passed to it explicitly (`out`), so no function reads a scratch value that another one left behind.
+ */
+export class ShadowScratch {
+  /** The leaf spte `makeLeafSpte` / `leafFromGpte` built. */
+  readonly leaf = new SpteHalves();
+  /** The gpte `readGpte` read. */
+  readonly gpte = new SpteHalves();
+  /** The linear address of the fault being handled (the prefetch event names it). */
+  faultVa = 0;
+  /** The guest walk of the fault being handled. */
+  readonly walk = new WalkResult();
+  /** The roots a vCPU's guest state needs, as `rootTargets` lists them (gfn, role). */
+  readonly rootGfn = new Float64Array(MAX_ROOTS);
+  readonly rootRole = new Int32Array(MAX_ROOTS);
+  /** trackWrite's snapshot of the written gfn's pages (null while a call uses it; a nested call takes a fresh array). */
+  pages: (ShadowPage | null)[] | null = [];
+}
+
+/**
+ * The shadow MMU's data (KVM keeps it in `struct kvm_arch` and `struct kvm_mmu_page`): the page cache core
+ * defines, with the shadow MMU's own bookkeeping next to it. The mechanisms are functions over this state, one
+ * file per mechanism (page-cache.ts, roots.ts, fault.ts, pte-write.ts, unsync.ts); the queries below are the
+ * few that every one of them (and the audit) asks.
+ */
+export abstract class ShadowMmuState implements PageCache<ShadowPage> {
+  host!: MmuHost;
+  memory!: GuestMemory;
+  pool!: SptePool;
+  /** What the hardware walks: the pool above POOL_BASE, guest RAM below. */
+  shadowMemory!: SptePoolMemory;
+  rmaps!: Rmaps;
+  maxPages = 0;
+  usedPages = 0;
+  pages: (ShadowPage | null)[] = [];
+  readonly active = new Set<ShadowPage>();
+  readonly hash: ShadowPage[][] = [];
+  readonly freeFrames: number[] = [];
+  nextFrame = 0;
+  /** Zapped roots that some vCPU still uses (role.invalid), freed when their root count drops to 0. */
+  readonly invalidRoots = new Set<ShadowPage>();
+  /** Zapped pages waiting for the TLB flush before their frames are freed (KVM's `invalid_list`). */
+  readonly invalidList: ShadowPage[] = [];
+  /** Indirect (gpte-backed) pages per gfn: a gfn with a count is a write-protected guest page table. */
+  readonly writeTrack = new Map<number, number>();
+  indirectShadowPages = 0;
+  readonly states: VcpuShadowState[] = [];
+  /** The level-1 pages that are out of sync, and how many there are per gfn. */
+  readonly unsyncPages = new Set<ShadowPage>();
+  readonly unsyncCount = new Map<number, number>();
+  /** An spte lost rights or disappeared: flush every TLB before the zapped pages are freed. */
+  pendingFlush = false;
+  /** The vCPU whose operation runs now (counters of MMU-wide work go to it). */
+  initiator = 0;
+  /**
+   * The non-present spte encodings (KVM `kvm_mmu_set_nonpresent_ptes(trap, notrap)`): `trap` faults with
+   * P=1|RSVD (so it exits even when P=0 faults bypass the hypervisor), `notrap` with P=0. Both 0 by default.
+   */
+  trapLo = 0;
+  trapHi = 0;
+  notrapLo = 0;
+  notrapHi = 0;
+  readonly scratch = new ShadowScratch();
+
+  /**
+   * The page for (gfn, role), created on a miss: page-cache.ts `getPage`, called by every mechanism through
+   * this method, so that a subclass (a test, a tool) may observe each lookup.
+   */
+  abstract getPage(gfn: number, role: number): ShadowPage;
+
+  /** Sets up the page cache and the rmaps for `host`'s guest memory with a budget of `maxPages`. */
+  protected initState(host: MmuHost, memory: GuestMemory, maxPages: number): void {
+    this.host = host;
+    this.memory = memory;
+    const c = createPageCache<ShadowPage>(maxPages);
+    this.pool = c.pool;
+    this.maxPages = maxPages;
+    this.pages = c.pages;
+    this.hash.push(...c.hash);
+    this.nextFrame = c.nextFrame;
+    this.shadowMemory = new SptePoolMemory(this.pool, memory);
+    this.rmaps = new Rmaps(memory);
+  }
+
+  /** Free pages (KVM `kvm_mmu_available_pages`). */
+  get availablePages(): number {
+    return this.maxPages - this.usedPages;
+  }
+
+  /** Whether trap and notrap sptes differ (the bypass encoding is on). */
+  get bypassEncoding(): boolean {
+    return this.trapLo !== this.notrapLo || this.trapHi !== this.notrapHi;
+  }
+
+  /** KVM `is_shadow_present_pte`: P set and not the trap value. */
+  isPresent(lo: number, hi: number): boolean {
+    return (lo & SPTE_P) !== 0 && (lo !== this.trapLo || hi !== this.trapHi);
+  }
+
+  /** A notrap spte (only meaningful while the bypass encoding is on). */
+  isNotrap(lo: number, hi: number): boolean {
+    return lo === this.notrapLo && hi === this.notrapHi;
+  }
+
+  /**
+   * Whether `gfn` is a write-protected guest page table: shadowed by an indirect page that is not unsync
+   * (KVM: write-tracked by an upper-level page, or rmap-write-protected for a synced level-1 page).
+   */
+  isWriteProtected(gfn: number): boolean {
+    const t = this.writeTrack.get(gfn);
+    return t !== undefined && t > (this.unsyncCount.get(gfn) ?? 0);
+  }
+
+  /** Whether `sp` may hold notrap sptes: bypass on, a level-1 page of 8-byte gptes, in sync. */
+  notrapAllowed(sp: ShadowPage): boolean {
+    return this.bypassEncoding && sp.level === 1 && !sp.direct && (sp.role & ROLE_4BYTE_GPTE) === 0 && !sp.unsync;
+  }
+
+  /** The page a non-leaf spte points at. */
+  pageAt(pa: number): ShadowPage {
+    const f = this.pool.hpaToFrame(pa);
+    const sp = f < 0 ? null : this.pages[f]!;
+    if (sp === null || sp === undefined) throw new ShadowMmuError('E_MMU_STATE', `a shadow pte points at ${hex(pa)}, which is no shadow page`);
+    return sp;
+  }
+
+  /** The page a present non-leaf spte (`lo`, `hi`) points at: `pageAt(sptePa(lo, hi))` in integer arithmetic. */
+  childPage(lo: number, hi: number): ShadowPage {
+    const f = ((hi & SPTE_HI_ADDR_MASK) - POOL_BASE_HI) * 0x100000 + (lo >>> 12);
+    const sp = f >= 0 && f < this.pages.length ? this.pages[f] : null;
+    return sp === null || sp === undefined ? this.pageAt(sptePa(lo, hi)) : sp; // pageAt names the bad spte
+  }
+
+  /** The page that holds spte location `loc`. */
+  pageOfLoc(loc: number): ShadowPage {
+    return pageOfLoc(this, loc);
+  }
+
+  /** The guest-physical address of the gpte behind spte `i` of indirect level-1 page `sp` (KVM `FNAME(get_level1_sp_gpa)`). */
+  gpteAddress(sp: ShadowPage, i: number): number {
+    if ((sp.role & ROLE_4BYTE_GPTE) !== 0) return sp.gfn * PAGE_SIZE + ((roleQuadrant(sp.role) << 9) + i) * 4;
+    return sp.gfn * PAGE_SIZE + i * 8;
+  }
+
+  /** The valid indirect pages of `gfn` (KVM `for_each_gfn_valid_sp_with_gptes`), as a snapshot. */
+  indirectPagesOf(gfn: number): ShadowPage[] {
+    const out: ShadowPage[] = [];
+    collectIndirectPages(this, gfn, out);
+    return out;
+  }
+
+  /** The state of an attached vCPU. */
+  stateOf(vcpu: Vcpu): VcpuShadowState {
+    const st = this.states[vcpu.id];
+    if (st === undefined) throw new ShadowMmuError('E_MMU_STATE', `vCPU ${vcpu.id} was not attached to the shadow MMU`);
+    return st;
+  }
+}
+
+/** `indirectPagesOf` into `out` from index 0 (entries past the returned count are left as they are). */
+export function collectIndirectPages(s: ShadowMmuState, gfn: number, out: (ShadowPage | null)[]): number {
+  const bucket = pageBucket(s, gfn);
+  let n = 0;
+  for (let i = 0; i < bucket.length; i++) {
+    const sp = bucket[i]!;
+    if (sp.gfn === gfn && !sp.direct && !sp.zapped) out[n++] = sp;
+  }
+  return n;
+}
+
+/** An address or gfn for a message (unsigned hex). */
+export function hex(n: number): string {
+  return n < 0 ? `-0x${(-n).toString(16)}` : `0x${n.toString(16)}`;
+}
