@@ -65,3 +65,34 @@ export class TestTables {
     this.set(this.pteAddr(va), (pa | flags) >>> 0, 0);
   }
 }
+
+/** Guest-physical 32-bit loads and stores on `mem` (the DataView calls tests used on the flat RAM buffer; little-endian only). */
+export function ramView(mem: GuestMemory): { getUint32(pa: number, le: true): number; setUint32(pa: number, value: number, le: true): void } {
+  return {
+    getUint32: (pa) => mem.read32(pa),
+    setUint32: (pa, value) => mem.write32(pa, value >>> 0),
+  };
+}
+
+/** Writes `bytes` (whole pages) into guest RAM from guest-physical 0. */
+export function loadRam(mem: GuestMemory, bytes: Uint8Array): void {
+  for (let a = 0; a < bytes.byteLength; a += PAGE_SIZE) {
+    const page = bytes.subarray(a, a + PAGE_SIZE);
+    if (page.every((b) => b === 0)) continue; // a page never written reads as zeros already
+    const off = mem.gpaToOffset(a);
+    mem.u8.set(page, off);
+  }
+}
+
+/** The contents of guest RAM, slot by slot in guest-physical order (pages never written read as zeros). */
+export function ramBytes(mem: GuestMemory): Buffer {
+  const out = Buffer.alloc(mem.size);
+  let at = 0;
+  for (const s of mem.slots) {
+    for (let a = s.baseGfn * PAGE_SIZE, end = a + s.pages * PAGE_SIZE; a < end; a += PAGE_SIZE, at += PAGE_SIZE) {
+      const off = mem.readOffset(a);
+      out.set(mem.u8.subarray(off, off + PAGE_SIZE), at);
+    }
+  }
+  return out;
+}
