@@ -118,9 +118,9 @@ export async function createVmVectorMachine(vector: ConformanceVector, variant: 
       const word = va - (((va % 4) + 4) % 4);
       try {
         if ((access & ACC_WRITE) !== 0) {
-          const before = backed.map((gfn) => mem.u8[mem.gpaToOffset(gfn * PAGE_SIZE) + pageOffset(va)]!);
+          const before = backed.map((gfn) => mem.u8[mem.readOffset(gfn * PAGE_SIZE) + pageOffset(va)]!);
           v.write(va, 1, WRITE_MARKER);
-          const hits = backed.filter((gfn, i) => mem.u8[mem.gpaToOffset(gfn * PAGE_SIZE) + pageOffset(va)] !== before[i]);
+          const hits = backed.filter((gfn, i) => mem.u8[mem.readOffset(gfn * PAGE_SIZE) + pageOffset(va)] !== before[i]);
           return ok(hits.length === 1 ? hits[0]! * PAGE_SIZE + pageOffset(va) : null);
         }
         const value = (access & ACC_FETCH) !== 0 ? v.fetch(word, 4) : v.read(word, 4);
@@ -128,7 +128,7 @@ export async function createVmVectorMachine(vector: ConformanceVector, variant: 
         if (page !== undefined && (value & 0x3ff) === pageOffset(word) / 4) return ok(page * PAGE_SIZE + pageOffset(va));
         // Not a pattern word: the access reached a table page (or the wrong place). Find the backed page
         // holding this value at this offset; the answer must be unique to count.
-        const hits = backed.filter((gfn) => mem.view.getUint32(mem.gpaToOffset(gfn * PAGE_SIZE) + pageOffset(word), true) === value >>> 0);
+        const hits = backed.filter((gfn) => mem.view.getUint32(mem.readOffset(gfn * PAGE_SIZE) + pageOffset(word), true) === value >>> 0);
         return ok(hits.length === 1 ? hits[0]! * PAGE_SIZE + pageOffset(va) : null);
       } catch (e) {
         if (e instanceof GuestAbort) return last;
@@ -136,7 +136,7 @@ export async function createVmVectorMachine(vector: ConformanceVector, variant: 
       }
     },
     read(pa: bigint, size: 4 | 8): bigint {
-      const off = mem.gpaToOffset(Number(pa));
+      const off = mem.readOffset(Number(pa));
       const lo = BigInt(mem.view.getUint32(off, true));
       return size === 4 ? lo : (BigInt(mem.view.getUint32(off + 4, true)) << 32n) | lo;
     },

@@ -11,7 +11,7 @@ function view(events: Ev[], words: number[] = [0, 0, 0, 0], extra: Partial<Guest
   return {
     events: { length: evs.length, at: (i) => evs[i]! },
     sigsegv: evs.filter((e) => e.kind === 'sigsegv').length,
-    memory: { u32, offsetToGpa: (off) => 0x1000 + off },
+    memory: { size: 0x2000, read32: (pa) => (pa >= 0x1000 && pa < 0x1000 + 4 * u32.length ? u32[(pa - 0x1000) / 4]! : 0), backedGfns: () => [1] },
     memoryDigest: Array.from(u32, (w) => w.toString(16)).join('.'),
     ...extra,
   };

@@ -95,7 +95,17 @@ export { type NptOptions, NptStage } from './paging/npt.js';
 // The machine a guest model drives: vCPUs, guest memory and memslots, the hooks below a vCPU.
 export { GuestAbort, MachineError, type MachineErrorCode } from './machine/errors.js';
 export { FAULT_DELIVER, FAULT_DONE, FAULT_RETRY, type FaultAction, type VcpuHooks } from './machine/hooks.js';
-export { GuestMemory, MAX_GUEST_RAM, type Memslot, type MemslotSpec } from './machine/guest-memory.js';
+export {
+  defaultMemslots,
+  DIGEST_FORMAT,
+  GuestMemory,
+  guestPhysicalEnd,
+  HIGH_RAM_START,
+  MAX_GUEST_RAM,
+  type Memslot,
+  type MemslotSpec,
+  MMIO_HOLE_START,
+} from './machine/guest-memory.js';
 export { Machine, type MachineOptions } from './machine/machine.js';
 export { Rng } from './machine/rng.js';
 export { type ExceptionHandler, MSR_EFER, Vcpu } from './machine/vcpu.js';

@@ -44,5 +44,5 @@ export function tableFrames(k: Kernel, root: number): number[] {
 }
 
 export function isFree(k: Kernel, frame: number): boolean {
-  return k.frames.use[frame] === FRAME_FREE;
+  return k.frames.useOf(frame) === FRAME_FREE;
 }

@@ -38,6 +38,7 @@ export { provenance, type Provenance } from './provenance.js';
 export {
   absoluteSpec,
   checkGuestMemory,
+  checkModeMemory,
   checkVariantFlags,
   memoryLimitText,
   parseSize,

@@ -24,6 +24,7 @@ import {
   type RunResult,
 } from '@vmexit/guest';
 import { InputError, RunFailure } from './errors.js';
+import { checkModeMemory } from './variant-spec.js';
 
 /** What one run needs: the workload and guest shape, and the variant below it. */
 export interface VariantRunOptions {
@@ -82,6 +83,7 @@ async function composeVariantVm(o: VariantRunOptions): Promise<Vm> {
  */
 export async function runOnVariant(o: VariantRunOptions): Promise<VariantRunOutcome> {
   const v = o.variant;
+  checkModeMemory(o.mode, v.memory);
   const vm = v.backend === 'none' ? null : await composeVariantVm(o);
   let outcome: RunOutcome;
   try {
@@ -137,9 +139,12 @@ export interface GuestView {
   };
   readonly sigsegv: number;
   readonly memory: {
-    readonly u32: Uint32Array;
-    /** The guest-physical address of byte `offset` of the RAM buffer (memslots may leave holes). */
-    offsetToGpa(offset: number): number;
+    /** Bytes of guest RAM (every memslot). */
+    readonly size: number;
+    /** The 32-bit word at guest-physical address `pa` (zero in a page never written). */
+    read32(pa: number): number;
+    /** The gfns of the pages that have host memory behind them (written at least once), ascending. */
+    backedGfns(): number[];
   };
   readonly memoryDigest: string;
   /**
@@ -222,6 +227,8 @@ export interface CheckReport {
 
 /** A and D, bits 5 and 6 of every paging-structure entry format (SDM Vol. 3A §4.8; Tables 4-4..4-20). */
 const PTE_ACCESSED_DIRTY = 0x60;
+const PAGE_BYTES = 4096;
+const PAGE_WORDS = PAGE_BYTES / 4;
 /** At most this many allowed differences are listed one by one. */
 const ALLOWED_LISTED = 20;
 
@@ -299,18 +306,25 @@ function fmtEvent(e: GuestFaultEvent): string {
 
 /** The first word of final memory that differs beyond what ALLOWED_DIFFERENCES allows, or null. */
 function compareMemory(native: GuestView, virt: GuestView, allow: (id: AllowedDifferenceId, detail: string) => void): MemoryDifference | null {
-  const x = native.memory.u32;
-  const y = virt.memory.u32;
-  if (x.length !== y.length) return { what: 'memory', gpa: null, native: null, variant: null };
+  const xm = native.memory;
+  const ym = virt.memory;
+  if (xm.size !== ym.size) return { what: 'memory', gpa: null, native: null, variant: null };
   const stale = new Set([...(native.staleFlagEntries ?? []), ...(virt.staleFlagEntries ?? [])]);
-  for (let k = 0; k < x.length; k++) {
-    if (x[k] === y[k]) continue;
-    const gpa = native.memory.offsetToGpa(k * 4);
-    if (((x[k]! ^ y[k]!) & ~PTE_ACCESSED_DIRTY) === 0 && stale.has(gpa)) {
-      allow('stale-accessed-dirty', `the entry at guest-physical ${hexU64(gpa)}: ${hexU64(x[k]!)} natively, ${hexU64(y[k]!)} under the variant`);
-      continue;
+  // Only pages that either run wrote can differ (a page never written reads as zeros in both): in
+  // guest-physical order, word by word.
+  const gfns = [...new Set([...xm.backedGfns(), ...ym.backedGfns()])].sort((a, b) => a - b);
+  for (const gfn of gfns) {
+    for (let k = 0; k < PAGE_WORDS; k++) {
+      const gpa = gfn * PAGE_BYTES + k * 4;
+      const x = xm.read32(gpa);
+      const y = ym.read32(gpa);
+      if (x === y) continue;
+      if (((x ^ y) & ~PTE_ACCESSED_DIRTY) === 0 && stale.has(gpa)) {
+        allow('stale-accessed-dirty', `the entry at guest-physical ${hexU64(gpa)}: ${hexU64(x)} natively, ${hexU64(y)} under the variant`);
+        continue;
+      }
+      return { what: 'memory', gpa, native: x, variant: y };
     }
-    return { what: 'memory', gpa, native: x[k]!, variant: y[k]! };
   }
   return null;
 }

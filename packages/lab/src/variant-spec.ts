@@ -3,7 +3,10 @@ import { dirname, extname, isAbsolute, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import {
   MAX_GUEST_RAM,
+  MMIO_HOLE_START,
   composeVariant,
+  guestPhysicalEnd,
+  type PagingModeName,
   parseCostProfile,
   type CostProfile,
   DEFAULT_MODULE_SOURCES,
@@ -53,7 +56,7 @@ export async function variantFromOptions(opts: VariantOptions, context: VariantC
   return comp.variant;
 }
 
-/** The limit of guest RAM, for messages: `3 GiB (3221225472 bytes)`. */
+/** The limit of guest RAM, for messages: `4 TiB (4398046511104 bytes)`. */
 export function memoryLimitText(): string {
   return `${formatSize(MAX_GUEST_RAM)} (${MAX_GUEST_RAM} bytes)`;
 }
@@ -78,6 +81,21 @@ export function checkGuestMemory(bytes: number, option: string): number {
   if (!Number.isSafeInteger(bytes) || bytes < 4096 || bytes % 4096 !== 0) throw new InputError(`${option}: ${bytes} bytes is not a positive multiple of 4 KiB`);
   if (bytes > MAX_GUEST_RAM) throw new InputError(`${option}: ${formatSize(bytes)} of guest RAM is over the limit of ${memoryLimitText()}`);
   return bytes;
+}
+
+/**
+ * Guest RAM that the paging mode can address: RAM beyond MMIO_HOLE_START lies above 4 GiB (core's
+ * `defaultMemslots`), out of reach of 32-bit paging, whose ptes hold 32-bit frame addresses (SDM Vol. 3A
+ * §4.3; PSE-36 reaches above 4 GiB with 4 MiB pages only). PAE and 4/5-level paging address it all.
+ * `option` names where the size came from.
+ */
+export function checkModeMemory(mode: PagingModeName, bytes: number, option = '--memory'): void {
+  if (mode === 'legacy32' && guestPhysicalEnd(bytes) > 2 ** 32) {
+    throw new InputError(
+      `${option}: ${formatSize(bytes)} of guest RAM is more than --mode legacy32 can address: 32-bit paging reaches physical addresses below 4 GiB only, ` +
+        `and RAM beyond ${formatSize(MMIO_HOLE_START)} goes above the MMIO hole at 4 GiB; give legacy32 at most ${formatSize(MMIO_HOLE_START)}, or use --mode pae, long4 or long5`,
+    );
+  }
 }
 
 /** The composed variant's memory, checked (the flag already was, in rawVariant; here a config file's value). */

@@ -71,8 +71,8 @@ export class Auditor {
   /** A Buffer view of the pool's words (recreated when the pool grows), for native page compares. */
   private poolBuf: Buffer<ArrayBufferLike> = Buffer.alloc(0);
   private poolWords: Uint32Array | null = null;
-  /** A Buffer view of guest RAM. */
-  private readonly ramBuf: Buffer<ArrayBufferLike>;
+  /** A Buffer over guest memory's backing buffer (re-made when the buffer grows, see `ram`). */
+  private ramBuf: Buffer<ArrayBufferLike>;
   private framePage: (ShadowPage | null)[] = [];
   private frameRole = new Int32Array(0);
   private frameUnsync = new Uint8Array(0);
@@ -161,7 +161,7 @@ export class Auditor {
       const four = (sp.role & ROLE_4BYTE_GPTE) !== 0;
       const q = roleQuadrant(sp.role);
       const a = !four ? sp.gfn * PAGE_SIZE + i * 8 : sp.gfn * PAGE_SIZE + (sp.level === 1 ? (q << 9) + i : (q << 8) + (i >>> 1)) * 4;
-      if (m.gpaToOffset(a) < 0) return ` (guest pte at gpa 0x${a.toString(16)}, outside every memslot)`;
+      if (m.readOffset(a) < 0) return ` (guest pte at gpa 0x${a.toString(16)}, outside every memslot)`;
       return ` (guest pte ${hex64(m.read32(a), four ? 0 : m.read32(a + 4))} at level ${sp.level}, gpa 0x${a.toString(16)})`;
     }
     // Up the parent_ptes (the first parent of each page) to a page with none: a root.
@@ -225,7 +225,7 @@ export class Auditor {
   }
 
   private ensureCapacity(): void {
-    const cap = this.pool.capacity;
+    const cap = this.pool.frames;
     if (this.frameRole.length >= cap) return;
     const grow = <T extends Int32Array | Uint8Array | Uint32Array>(old: T, n: number, make: (n: number) => T): T => {
       const a = make(n);
@@ -484,13 +484,20 @@ export class Auditor {
     }
   }
 
+  /** The Buffer over guest memory's backing buffer as it is now. */
+  private ram(): Buffer<ArrayBufferLike> {
+    if (this.ramBuf.buffer !== this.memory.buffer) this.ramBuf = Buffer.from(this.memory.buffer, 0, this.memory.buffer.byteLength);
+    return this.ramBuf;
+  }
+
   /** Keeps a copy of guest page `gfn` (from now on, until an audit no longer needs it). */
   private track(gfn: number): void {
     this.usedGfns.add(gfn);
     if (this.guestSnap.has(gfn)) return;
     const buf = Buffer.alloc(PAGE_SIZE);
-    const off = this.memory.gpaToOffset(gfn * PAGE_SIZE);
-    if (off >= 0) this.ramBuf.copy(buf, 0, off, off + PAGE_SIZE);
+    // readOffset: the audit backs no page (one never written is read through the zero page).
+    const off = this.memory.readOffset(gfn * PAGE_SIZE);
+    if (off >= 0) this.ram().copy(buf, 0, off, off + PAGE_SIZE);
     this.guestSnap.set(gfn, { off, buf, words: new Uint32Array(buf.buffer, buf.byteOffset, PAGE_SIZE / 4) });
   }
 
@@ -499,10 +506,13 @@ export class Auditor {
    * write). Then the notrap sptes over changed gptes of pages that were not re-checked in full above.
    */
   private auditGuestPages(): void {
+    const ram = this.ram();
     const u32 = this.memory.u32;
-    for (const [gfn, { off, buf, words: copy }] of this.guestSnap) {
-      if (off < 0) continue; // unbacked: reads 0, never changes
-      if (this.ramBuf.compare(buf, 0, PAGE_SIZE, off, off + PAGE_SIZE) === 0) continue;
+    for (const [gfn, { off: at, buf, words: copy }] of this.guestSnap) {
+      if (at < 0) continue; // no memslot: reads 0, never changes
+      // Where the page is now (it may have been backed since the copy was taken).
+      const off = this.memory.readOffset(gfn * PAGE_SIZE);
+      if (ram.compare(buf, 0, PAGE_SIZE, off, off + PAGE_SIZE) === 0) continue;
       const w0 = off >>> 2;
       let words: number[] | null = null;
       for (let k = 0; k < PAGE_SIZE / 4; k++) {
@@ -755,6 +765,7 @@ export class Auditor {
 
 /** A copy of one guest page: its RAM offset (-1: no memslot), the bytes, and the same as words. */
 interface GuestCopy {
+  /** RAM offset when the copy was taken (-1: no memslot). */
   off: number;
   buf: Buffer;
   words: Uint32Array;

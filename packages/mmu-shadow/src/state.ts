@@ -98,6 +98,7 @@ export abstract class ShadowMmuState implements PageCache<ShadowPage> {
   readonly active = new Set<ShadowPage>();
   readonly hash: ShadowPage[][] = [];
   readonly freeFrames: number[] = [];
+  nextFrame = 0;
   /** Zapped roots that some vCPU still uses (role.invalid), freed when their root count drops to 0. */
   readonly invalidRoots = new Set<ShadowPage>();
   /** Zapped pages waiting for the TLB flush before their frames are freed (KVM's `invalid_list`). */
@@ -138,7 +139,7 @@ export abstract class ShadowMmuState implements PageCache<ShadowPage> {
     this.maxPages = maxPages;
     this.pages = c.pages;
     this.hash.push(...c.hash);
-    this.freeFrames.push(...c.freeFrames);
+    this.nextFrame = c.nextFrame;
     this.shadowMemory = new SptePoolMemory(this.pool, memory);
     this.rmaps = new Rmaps(memory);
   }

@@ -28,6 +28,7 @@ export class TdpMmuState implements PageCache<TdpPage> {
   active = new Set<TdpPage>();
   hash: TdpPage[][] = [];
   freeFrames: number[] = [];
+  nextFrame = 0;
 
   /** The most frames the pool may grow to (its host-physical window). */
   maxPoolFrames = 0;

@@ -63,6 +63,17 @@ describe('hostile input', () => {
     });
   });
 
+  describe('guest memory by paging mode (issue 15)', () => {
+    it('accepts 1 TiB on long4 (RAM above the MMIO hole, backed only where written)', async () => {
+      expect(await main(['run', '--workload', 'demand-fault:pages=16', '--memory', '1T', '--backend', 'vmx', '--mmu', 'shadow'])).toBe(0);
+    }, 60_000);
+
+    it('refuses more than legacy32 can address: exit 2 naming --memory and --mode legacy32', async () => {
+      expect(await main(['run', '--workload', 'demand-fault:pages=16', '--memory', '4G', '--mode', 'legacy32'])).toBe(2);
+      expect(err()).toMatch(/^vmexit: --memory: 4 GiB of guest RAM is more than --mode legacy32 can address: .* at most 3 GiB/);
+    });
+  });
+
   describe('outputs (3, 4, 5)', () => {
     it('refuses a --trace that is the workload itself, leaving it whole', async () => {
       const victim = await tinyTrace();
@@ -170,7 +181,7 @@ describe('hostile input', () => {
       for (const [flag, value, msg] of [
         ['--mmu', 'tdp', /mmu/],
         ['--vcpus', 'abc', /--vcpus: expected an integer from 1 to 256, got 'abc'/],
-        ['--memory', '1TB', /--memory: .*(over the limit|not a size)/],
+        ['--memory', '8TB', /--memory: .*(over the limit|not a size)/],
         ['--cost-model', 'foo', /costModel: unknown cost model/],
       ] as const) {
         io.err.length = 0;
@@ -180,7 +191,7 @@ describe('hostile input', () => {
     });
 
     it('conformance refuses --memory (each vector builds its own memory)', async () => {
-      expect(await main(['conformance', '--backend', 'vmx', '--memory', '8G', VECTORS])).toBe(2);
+      expect(await main(['conformance', '--backend', 'vmx', '--memory', '8T', VECTORS])).toBe(2);
       expect(err()).toMatch(/^vmexit: --memory: .*(over the limit|each vector's guest memory)/);
       io.err.length = 0;
       expect(await main(['conformance', '--backend', 'vmx', '--memory', '64M', VECTORS])).toBe(2);

@@ -59,7 +59,8 @@ export function emulatePendingAccess(vcpu: Vcpu, mmu: WriteTracker | null, out: 
   out.gpa = gpa;
   const mem = vcpu.memory;
   const write = (vcpu.pendingAccess & ACC_WRITE) !== 0;
-  const off = mem.gpaToOffset(gpa);
+  // A load reads a page never written through the zero page; a store backs the page.
+  const off = write ? mem.gpaToOffset(gpa) : mem.readOffset(gpa);
   if (off < 0 || (write && mem.isReadonly(gpa))) {
     vcpu.emulatedLo = openBus(vcpu.pendingSize);
     vcpu.emulatedHi = vcpu.pendingSize === 8 ? 0xffffffff : 0;

@@ -8,9 +8,11 @@
  *   "Interrupt 8—Double Fault Exception": a fault while delivering a double fault shuts the processor down);
  * - `nested-fault`: a second-stage (EPT/NPT) fault reached a vCPU that runs without a hypervisor;
  * - `emulation-failure`: the hypervisor could not emulate an instruction it had to (KVM's
- *   KVM_EXIT_INTERNAL_ERROR with KVM_INTERNAL_ERROR_EMULATION).
+ *   KVM_EXIT_INTERNAL_ERROR with KVM_INTERNAL_ERROR_EMULATION);
+ * - `zero-page`: a store reached the shared zero page with no guest page recorded for its TLB entry (a bug:
+ *   every TLB fill that points at the zero page records its guest page).
  */
-export type MachineErrorCode = 'paging-disabled' | 'walk-status' | 'fault-loop' | 'triple-fault' | 'nested-fault' | 'emulation-failure';
+export type MachineErrorCode = 'paging-disabled' | 'walk-status' | 'fault-loop' | 'triple-fault' | 'nested-fault' | 'emulation-failure' | 'zero-page';
 
 /** The machine layer's error class: `code` is one of MachineErrorCode, the message names the vCPU and the address. */
 export class MachineError extends Error {

@@ -1,14 +1,12 @@
 import { createHash } from 'node:crypto';
-import { PAGE_SHIFT, PAGE_SIZE } from '../arch/constants.js';
+import { PAGE_SIZE } from '../arch/constants.js';
 import type { PhysicalMemory } from '../memory/physical.js';
 
-/** A memslot: guest-physical pages [baseGfn, baseGfn + pages) backed by RAM at `offset` (KVM `kvm_memory_slot`). */
+/** A memslot: guest-physical pages [baseGfn, baseGfn + pages) of RAM (KVM `kvm_memory_slot`). */
 export interface Memslot {
   readonly id: number;
   readonly baseGfn: number;
   readonly pages: number;
-  /** Byte offset of the slot's first page in the RAM buffer. */
-  readonly offset: number;
   /** Read-only RAM (a ROM): reads are RAM, writes are MMIO (KVM_MEM_READONLY). */
   readonly readonly: boolean;
 }
@@ -22,37 +20,113 @@ export interface MemslotSpec {
   readonly readonly?: boolean;
 }
 
-/** The largest piece of RAM `GuestMemory.digest` hands to one hash update (256 MiB). */
-const DIGEST_CHUNK = 256 * 1024 * 1024;
-
-/** Largest RAM this simulator backs: TLB entries hold host page offsets in 32 bits. */
-export const MAX_GUEST_RAM = 3 * 1024 * 1024 * 1024;
+const GiB = 1024 * 1024 * 1024;
 
 /**
- * Guest-physical memory: one ArrayBuffer holding all RAM, mapped into the guest-physical address space by
- * memslots. A guest-physical address with no slot is MMIO. The host mapping is the identity on slots:
- * host-physical addresses of guest RAM equal guest-physical addresses.
+ * The largest guest RAM (`--memory`) this simulator accepts: 4 TiB. Guest RAM is backed page by page on first
+ * write, so the limit is not what the host has; it keeps every guest-physical address (RAM above the MMIO hole
+ * included) below 2^43, well inside the default MAXPHYADDR of 46 and below the shadow MMU's pool of host frames.
+ */
+export const MAX_GUEST_RAM = 4 * 1024 * GiB;
+
+/**
+ * Guest-physical address where the MMIO hole below 4 GiB begins: RAM beyond this much goes above 4 GiB (the PC
+ * layout; QEMU's i440fx machine puts RAM above 3 GiB above 4 GiB, hw/i386/pc_piix.c `pc_init1`, lowmem
+ * 0xc0000000), and [3 GiB, 4 GiB) is left to devices: no memslot, so an access there is MMIO.
+ */
+export const MMIO_HOLE_START = 3 * GiB;
+/** Where RAM above the MMIO hole begins. */
+export const HIGH_RAM_START = 4 * GiB;
+
+/**
+ * The guest-physical layout of `ramBytes` of RAM: one slot [0, ramBytes) up to MMIO_HOLE_START, else
+ * [0, 3 GiB) and the rest from 4 GiB up.
+ */
+export function defaultMemslots(ramBytes: number): MemslotSpec[] {
+  if (ramBytes <= MMIO_HOLE_START) return [{ base: 0, size: ramBytes }];
+  return [
+    { base: 0, size: MMIO_HOLE_START },
+    { base: HIGH_RAM_START, size: ramBytes - MMIO_HOLE_START },
+  ];
+}
+
+/** The highest guest-physical address + 1 of the default layout of `ramBytes` (what a guest must address). */
+export function guestPhysicalEnd(ramBytes: number): number {
+  return ramBytes <= MMIO_HOLE_START ? ramBytes : HIGH_RAM_START + (ramBytes - MMIO_HOLE_START);
+}
+
+/**
+ * Most distinct pages a run may write: backed pages live in one host buffer whose offsets the TLB keeps in 32
+ * bits (core/src/tlb), and page 0 of it is the shared zero page.
+ */
+const MAX_BACKED_PAGES = 2 ** 20 - 1;
+/** log2 of the guest pages one directory chunk covers (1024 pages: 4 MiB of guest RAM per 4 KiB chunk). */
+const CHUNK_SHIFT = 10;
+const CHUNK_MASK = (1 << CHUNK_SHIFT) - 1;
+
+/** The text the memory digest starts with: its format and version (see `GuestMemory.digest`). */
+export const DIGEST_FORMAT = 'vmexit-memory/1';
+
+/** Whether the 1024 words of a page from word `w0` of `u32` are all zero. */
+function allZeros(u32: Uint32Array, w0: number): boolean {
+  for (let k = w0, end = w0 + PAGE_SIZE / 4; k < end; k++) if (u32[k] !== 0) return false;
+  return true;
+}
+
+/** A memslot with its page directory: guest page -> backing page (0: never written, reads as zeros). */
+class Slot implements Memslot {
+  /** Per chunk of 1024 guest pages: the backing page of each, or undefined while none is backed. */
+  readonly dir: (Int32Array | undefined)[];
+  constructor(
+    readonly id: number,
+    readonly baseGfn: number,
+    readonly pages: number,
+    readonly readonly: boolean,
+  ) {
+    this.dir = [];
+    this.dir.length = Math.ceil(pages / (CHUNK_MASK + 1));
+  }
+}
+
+/**
+ * Guest-physical memory: RAM mapped into the guest-physical address space by memslots (a guest-physical
+ * address with no slot is MMIO), backed page by page on first write. A page never written reads as zeros: it
+ * is backed by the shared zero page (page 0 of the backing buffer), as an anonymous mapping is on a Linux
+ * host. Backed pages live in one buffer that grows as pages are first written, in order of first write; a
+ * "RAM offset" (what `gpaToOffset` returns and the TLB caches) is an offset in that buffer. The host mapping is
+ * the identity on slots: host-physical addresses of guest RAM equal guest-physical addresses.
  */
 export class GuestMemory implements PhysicalMemory {
-  readonly buffer: ArrayBuffer;
-  readonly u8: Uint8Array;
-  readonly u32: Uint32Array;
-  readonly view: DataView;
+  /** The backing buffer and views of it; replaced (contents and offsets kept) when it grows. */
+  buffer: ArrayBuffer;
+  u8: Uint8Array;
+  u32: Uint32Array;
+  view: DataView;
   readonly slots: readonly Memslot[];
-  /** Total RAM bytes. */
+  /** Total RAM bytes (what the guest has, not what is backed). */
   readonly size: number;
-  private lastSlot: Memslot;
+  private lastSlot: Slot;
+  private readonly slotList: readonly Slot[];
+  /** Pages of `buffer` in use, the zero page included. */
+  private used = 1;
+  /** The guest page number each backing page holds (index 0: the zero page, -1). */
+  private gfnOfPage: Float64Array;
+  /** Called with (gfn, RAM offset of its new page) when a page is backed (the vCPUs re-point their TLBs). */
+  private readonly backListeners: ((gfn: number, offset: number) => void)[] = [];
 
-  /** `specs` default to one RAM slot [0, ramBytes). */
+  /** `specs` default to `defaultMemslots(ramBytes)`. */
   constructor(ramBytes: number, specs?: readonly MemslotSpec[]) {
-    const list = specs ?? [{ base: 0, size: ramBytes }];
+    if (specs === undefined && !(Number.isInteger(ramBytes) && ramBytes > 0 && ramBytes <= MAX_GUEST_RAM)) {
+      throw new RangeError(`guest RAM of ${ramBytes} bytes is not from 4 KiB to the limit of ${MAX_GUEST_RAM} bytes (4 TiB)`);
+    }
+    const list = specs ?? defaultMemslots(ramBytes);
     let total = 0;
-    const slots: Memslot[] = [];
+    const slots: Slot[] = [];
     for (const [id, s] of list.entries()) {
       if (s.base % PAGE_SIZE !== 0 || s.size % PAGE_SIZE !== 0 || s.size <= 0) {
         throw new RangeError(`memslot ${id}: base ${s.base} and size ${s.size} must be positive multiples of 4096`);
       }
-      slots.push({ id, baseGfn: s.base / PAGE_SIZE, pages: s.size / PAGE_SIZE, offset: total, readonly: s.readonly === true });
+      slots.push(new Slot(id, s.base / PAGE_SIZE, s.size / PAGE_SIZE, s.readonly === true));
       total += s.size;
     }
     slots.sort((x, y) => x.baseGfn - y.baseGfn);
@@ -60,22 +134,29 @@ export class GuestMemory implements PhysicalMemory {
       const p = slots[i - 1]!;
       if (p.baseGfn + p.pages > slots[i]!.baseGfn) throw new RangeError(`memslots ${p.id} and ${slots[i]!.id} overlap`);
     }
-    if (total > MAX_GUEST_RAM) throw new RangeError(`guest RAM of ${total} bytes is over the limit of ${MAX_GUEST_RAM}`);
+    if (total > MAX_GUEST_RAM) throw new RangeError(`guest RAM of ${total} bytes is over the limit of ${MAX_GUEST_RAM} bytes (4 TiB)`);
     if (slots.length === 0) throw new RangeError('guest memory needs at least one memslot');
     this.size = total;
-    this.buffer = new ArrayBuffer(total);
+    const initialPages = 16;
+    this.buffer = new ArrayBuffer(initialPages * PAGE_SIZE);
     this.u8 = new Uint8Array(this.buffer);
     this.u32 = new Uint32Array(this.buffer);
     this.view = new DataView(this.buffer);
+    this.gfnOfPage = new Float64Array(initialPages).fill(-1);
     this.slots = slots;
+    this.slotList = slots;
     this.lastSlot = slots[0]!;
   }
 
   /** The memslot holding `gfn`, or null (MMIO). */
   slotForGfn(gfn: number): Memslot | null {
+    return this.slotOf(gfn);
+  }
+
+  private slotOf(gfn: number): Slot | null {
     const l = this.lastSlot;
     if (gfn >= l.baseGfn && gfn < l.baseGfn + l.pages) return l;
-    for (const s of this.slots) {
+    for (const s of this.slotList) {
       if (gfn >= s.baseGfn && gfn < s.baseGfn + s.pages) {
         this.lastSlot = s;
         return s;
@@ -84,54 +165,158 @@ export class GuestMemory implements PhysicalMemory {
     return null;
   }
 
-  /** The RAM buffer offset of guest-physical address `gpa`, or -1 when no memslot backs it. */
+  /**
+   * The RAM offset of guest-physical address `gpa`, backing its page first (callers may write through it), or
+   * -1 when no memslot holds it. Readers that must not back a page use `readOffset`.
+   */
   gpaToOffset(gpa: number): number {
     const gfn = Math.floor(gpa / PAGE_SIZE);
-    const s = this.slotForGfn(gfn);
+    const s = this.slotOf(gfn);
     if (s === null) return -1;
-    return s.offset + (gpa - s.baseGfn * PAGE_SIZE);
+    return this.pageOf(s, gfn, true) * PAGE_SIZE + (gpa % PAGE_SIZE);
+  }
+
+  /**
+   * The RAM offset to READ guest-physical address `gpa` at: its page's, or the zero page's while the page was
+   * never written (so never write through it); -1 when no memslot holds it. Backs nothing.
+   */
+  readOffset(gpa: number): number {
+    const gfn = Math.floor(gpa / PAGE_SIZE);
+    const s = this.slotOf(gfn);
+    if (s === null) return -1;
+    return this.pageOf(s, gfn, false) * PAGE_SIZE + (gpa % PAGE_SIZE);
+  }
+
+  /** Whether guest page `gfn` has a page of its own (was written); false for MMIO. */
+  isBacked(gfn: number): boolean {
+    const s = this.slotOf(gfn);
+    return s !== null && this.pageOf(s, gfn, false) !== 0;
+  }
+
+  /** Backs guest page `gfn` of RAM if it is not yet and returns the RAM offset of its page (-1: MMIO). */
+  backGfn(gfn: number): number {
+    const s = this.slotOf(gfn);
+    return s === null ? -1 : this.pageOf(s, gfn, true) * PAGE_SIZE;
   }
 
   /** Whether `gpa` is read-only RAM (writes to it are MMIO). */
   isReadonly(gpa: number): boolean {
-    const s = this.slotForGfn(Math.floor(gpa / PAGE_SIZE));
+    const s = this.slotOf(Math.floor(gpa / PAGE_SIZE));
     return s !== null && s.readonly;
   }
 
-  /** The guest-physical address of RAM buffer offset `offset`. */
+  /** The guest-physical address that RAM offset `offset` holds (the zero page holds none: a RangeError). */
   offsetToGpa(offset: number): number {
-    for (const s of this.slots) {
-      if (offset >= s.offset && offset < s.offset + s.pages * PAGE_SIZE) return s.baseGfn * PAGE_SIZE + (offset - s.offset);
-    }
-    throw new RangeError(`offset ${offset} is outside guest RAM`);
+    const p = Math.floor(offset / PAGE_SIZE);
+    if (!(p >= 1 && p < this.used)) throw new RangeError(`offset ${offset} is not in a backed page of guest RAM`);
+    return this.gfnOfPage[p]! * PAGE_SIZE + (offset % PAGE_SIZE);
+  }
+
+  /** Calls `listener(gfn, offset)` whenever a page of guest RAM is backed (its contents were zeros until then). */
+  onBack(listener: (gfn: number, offset: number) => void): void {
+    this.backListeners.push(listener);
   }
 
   read32(pa: number): number {
-    const off = this.gpaToOffset(pa);
-    return off < 0 ? 0 : this.u32[off >>> 2]!;
+    const gfn = Math.floor(pa / PAGE_SIZE);
+    const s = this.slotOf(gfn);
+    if (s === null) return 0;
+    const rel = gfn - s.baseGfn;
+    const c = s.dir[rel >>> CHUNK_SHIFT];
+    // Unbacked: page 0, the zero page, reads 0 like the page it stands for.
+    const p = c === undefined ? 0 : c[rel & CHUNK_MASK]!;
+    return this.u32[(p << 10) | ((pa & 0xfff) >>> 2)]!;
   }
 
   write32(pa: number, value: number): void {
-    const off = this.gpaToOffset(pa);
-    if (off >= 0) this.u32[off >>> 2] = value;
+    const gfn = Math.floor(pa / PAGE_SIZE);
+    const s = this.slotOf(gfn);
+    if (s === null) return;
+    // Zero into a page never written changes nothing it holds: it stays unbacked.
+    const p = this.pageOf(s, gfn, value !== 0);
+    if (p !== 0) this.u32[(p << 10) | ((pa & 0xfff) >>> 2)] = value;
   }
 
   /** The number of guest pages of RAM. */
   get pages(): number {
-    return this.size >>> PAGE_SHIFT;
+    return this.size / PAGE_SIZE;
+  }
+
+  /** The number of guest pages that are backed (were written with something other than zeros). */
+  get backedPages(): number {
+    return this.used - 1;
+  }
+
+  /** The guest page numbers of the backed pages, ascending (cold path: comparisons, tests). */
+  backedGfns(): number[] {
+    return Array.from(this.gfnOfPage.subarray(1, this.used)).sort((a, b) => a - b);
   }
 
   /**
-   * SHA-256 of all guest RAM, slot by slot in guest-physical order: the run's memory digest. Fed to the hash
-   * in pieces of at most DIGEST_CHUNK bytes (node:crypto refuses one update of 2 GiB or more); SHA-256 of a
-   * byte sequence does not depend on how it is split, so the digest is that of the whole sequence.
+   * The run's memory digest (`DIGEST_FORMAT`): SHA-256 over
+   * - the ASCII text `vmexit-memory/1` and, per memslot in guest-physical order, `;BASE+PAGES` (+`r` when
+   *   read-only), BASE and PAGES the slot's first guest page number and page count in lower-case hex, then a `\n`;
+   * - then, for each guest page whose 4096 bytes are not all zeros, in ascending guest page number: the page
+   *   number as 8 bytes little-endian, then the 32-byte SHA-256 of the page's contents.
+   * A page never written and a page written back to all zeros contribute nothing alike, so the digest is that
+   * of what guest memory holds, whatever is backed; it costs time in proportion to the pages backed (every
+   * other page is zeros), not to the size of RAM.
    */
   digest(): string {
     const h = createHash('sha256');
-    for (const s of this.slots) {
-      const end = s.offset + s.pages * PAGE_SIZE;
-      for (let at = s.offset; at < end; at += DIGEST_CHUNK) h.update(this.u8.subarray(at, Math.min(end, at + DIGEST_CHUNK)));
+    h.update(DIGEST_FORMAT);
+    for (const s of this.slotList) h.update(`;${s.baseGfn.toString(16)}+${s.pages.toString(16)}${s.readonly ? 'r' : ''}`);
+    h.update('\n');
+    const key = new DataView(new ArrayBuffer(8));
+    for (const gfn of this.backedGfns()) {
+      const off = this.readOffset(gfn * PAGE_SIZE);
+      const page = this.u8.subarray(off, off + PAGE_SIZE);
+      if (allZeros(this.u32, off >>> 2)) continue;
+      key.setUint32(0, gfn >>> 0, true);
+      key.setUint32(4, Math.floor(gfn / 4294967296), true);
+      h.update(new Uint8Array(key.buffer));
+      h.update(createHash('sha256').update(page).digest());
     }
     return h.digest('hex');
+  }
+
+  /** The backing page of `gfn` in slot `s` (0: the zero page); with `back`, a page of its own, made now if needed. */
+  private pageOf(s: Slot, gfn: number, back: boolean): number {
+    const rel = gfn - s.baseGfn;
+    const ci = rel >>> CHUNK_SHIFT;
+    let c = s.dir[ci];
+    if (c === undefined) {
+      if (!back) return 0;
+      c = s.dir[ci] = new Int32Array(CHUNK_MASK + 1);
+    }
+    const p = c[rel & CHUNK_MASK]!;
+    if (p !== 0 || !back) return p;
+    return (c[rel & CHUNK_MASK] = this.newPage(gfn));
+  }
+
+  /** Takes the next page of the buffer for `gfn` (zeros), growing the buffer when it is full. */
+  private newPage(gfn: number): number {
+    const p = this.used;
+    if (p > MAX_BACKED_PAGES) {
+      throw new RangeError(`the guest wrote more than ${MAX_BACKED_PAGES} distinct pages (4 GiB), the most this simulator backs`);
+    }
+    if (p >= this.gfnOfPage.length) this.grow(Math.min(this.gfnOfPage.length * 2, MAX_BACKED_PAGES + 1));
+    this.used = p + 1;
+    this.gfnOfPage[p] = gfn;
+    for (const l of this.backListeners) l(gfn, p * PAGE_SIZE);
+    return p;
+  }
+
+  private grow(pages: number): void {
+    const buf = new ArrayBuffer(pages * PAGE_SIZE);
+    const u8 = new Uint8Array(buf);
+    u8.set(this.u8.subarray(0, this.used * PAGE_SIZE));
+    this.buffer = buf;
+    this.u8 = u8;
+    this.u32 = new Uint32Array(buf);
+    this.view = new DataView(buf);
+    const g = new Float64Array(pages).fill(-1);
+    g.set(this.gfnOfPage.subarray(0, this.used));
+    this.gfnOfPage = g;
   }
 }

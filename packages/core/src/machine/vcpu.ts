@@ -112,6 +112,13 @@ export class Vcpu {
   private readonly walkResult = new WalkResult();
   /** The second-stage fault of a PDPTE load (kept apart from the access walk's result). */
   private readonly pdpteResult = new WalkResult();
+  /**
+   * Pages never written are backed by the shared zero page (GuestMemory): a TLB entry may point there. Per TLB
+   * entry, the guest page it stands for (valid while the entry's host page is 0), and per such guest page the
+   * entries that may point to the zero page for it, so that backing the page re-points them (see `zeroBacked`).
+   */
+  private readonly zeroGfn: Float64Array;
+  private readonly zeroRefs = new Map<number, number[]>();
 
   constructor(id: number, memory: GuestMemory, options: { maxPhyAddr?: number; hostMaxPhyAddr?: number; tlbEntries?: number } = {}) {
     this.id = id;
@@ -141,6 +148,8 @@ export class Vcpu {
     this.activeCtx = this.ctx;
     this.activeMem = memory;
     this.tlb = new Tlb(options.tlbEntries ?? 4096);
+    this.zeroGfn = new Float64Array(this.tlb.size).fill(-1);
+    memory.onBack((gfn, offset) => this.zeroBacked(gfn, offset));
     this.hooks = new NativeHooks();
   }
 
@@ -200,6 +209,8 @@ export class Vcpu {
       off = this.slowPath(va, access);
       if (off < 0) return; // emulated, or dropped (MMIO write)
     }
+    // The zero page (a page never written): zeros change nothing; anything else backs the page first.
+    if (off < PAGE_SIZE && (off = this.unzero(va, off, zeroStore(size, lo, hi))) < 0) return;
     storeAt(this.memory, off, size, lo, hi);
   }
 
@@ -231,7 +242,8 @@ export class Vcpu {
       const inPage = Math.min(count - i, Math.floor((PAGE_SIZE - (a % PAGE_SIZE)) / elemSize));
       const n = Math.max(1, inPage);
       const pieces = (n * elemSize) / store;
-      for (let k = 0; k < pieces; k++) storeAt(this.memory, off + k * store, store, lo, hi);
+      if (off < PAGE_SIZE) off = this.unzero(a, off, zeroStore(store, lo, hi));
+      if (off >= 0) for (let k = 0; k < pieces; k++) storeAt(this.memory, off + k * store, store, lo, hi);
       this.accesses += n - 1;
       i += n;
     }
@@ -261,6 +273,8 @@ export class Vcpu {
           continue;
         }
       }
+      // The rest of the page is copied below from a source that need not be zeros: back the zero page.
+      if (doff < PAGE_SIZE) doff = this.unzero(d, doff, false);
       storeAt(this.memory, doff, elemSize, lo, hi);
       if (n > 1) {
         const soff = this.tlb.lookup(s, ACC_READ | user, this.pcid);
@@ -502,8 +516,11 @@ export class Vcpu {
           if (action === FAULT_RETRY) continue;
           vector = GP_VECTOR;
         } else {
-          const off = slot.offset + (pa - slot.baseGfn * PAGE_SIZE);
-          this.fillTlb(va, off - (pa % PAGE_SIZE), r, slot.readonly);
+          // A page never written reads through the zero page (offset 0 + page offset); see `unzero`.
+          const off = this.memory.readOffset(pa);
+          const hostPage = off - (pa % PAGE_SIZE);
+          this.fillTlb(va, hostPage, r, slot.readonly);
+          if (hostPage === 0) this.noteZero(va, Math.floor(pa / PAGE_SIZE));
           return off;
         }
       } else if (st === WALK_PAGE_FAULT) {
@@ -539,6 +556,59 @@ export class Vcpu {
       `vCPU ${this.id}: the access to ${hexU64(va)} (access bits ${access}) faulted ${MAX_RETRIES} times in a row` +
         ` (last walk status ${r.status}, error code ${r.errorCode}): a fault loop`,
     );
+  }
+
+  /** TLB entry of `va` now points to the zero page for guest page `gfn`. */
+  private noteZero(va: number, gfn: number): void {
+    const i = Math.floor(va / PAGE_SIZE) & this.tlb.mask;
+    this.zeroGfn[i] = gfn;
+    let l = this.zeroRefs.get(gfn);
+    if (l === undefined) {
+      // Entries refilled since stay listed until their page is backed: rebuild the lists from the TLB when
+      // they outgrow it (bounded memory whatever the guest reads).
+      if (this.zeroRefs.size >= 4 * this.tlb.size) this.rebuildZeroRefs();
+      this.zeroRefs.set(gfn, (l = []));
+    }
+    l.push(i);
+  }
+
+  private rebuildZeroRefs(): void {
+    this.zeroRefs.clear();
+    const data = this.tlb.data;
+    for (let i = 0; i < data.length; i++) {
+      const g = this.zeroGfn[i]!;
+      if (data[i] === 0 || (data[i]! & ~0xfff) !== 0 || g < 0) continue;
+      const l = this.zeroRefs.get(g);
+      if (l === undefined) this.zeroRefs.set(g, [i]);
+      else l.push(i);
+    }
+  }
+
+  /** Guest page `gfn` was backed at RAM offset `offset`: TLB entries that read it through the zero page now point there. */
+  private zeroBacked(gfn: number, offset: number): void {
+    const l = this.zeroRefs.get(gfn);
+    if (l === undefined) return;
+    this.zeroRefs.delete(gfn);
+    const data = this.tlb.data;
+    for (const i of l) {
+      const d = data[i]!;
+      if (d !== 0 && (d & ~0xfff) === 0 && this.zeroGfn[i] === gfn) data[i] = offset | (d & 0xfff) | 0;
+    }
+  }
+
+  /**
+   * A store through the TLB entry of `va` landed on the zero page (`off` < 4096): a page never written. A store
+   * of zeros changes nothing (-1: skip it); any other backs the page (which re-points the entry, `zeroBacked`)
+   * and returns the offset to store at.
+   */
+  private unzero(va: number, off: number, zeros: boolean): number {
+    if (zeros) return -1;
+    const i = Math.floor(va / PAGE_SIZE) & this.tlb.mask;
+    const gfn = this.zeroGfn[i]!;
+    if (gfn < 0 || (this.tlb.data[i]! & ~0xfff) !== 0) {
+      throw new MachineError('zero-page', `vCPU ${this.id}: a store to ${hexU64(va)} through the zero page with no guest page recorded for its TLB entry`);
+    }
+    return this.memory.backGfn(gfn) + (off & 0xfff);
   }
 
   /**
@@ -642,6 +712,11 @@ function loadAt(vcpu: Vcpu, off: number, size: number): number {
       vcpu.valueHi = m.view.getUint32(off + 4, true);
       return m.view.getUint32(off, true);
   }
+}
+
+/** Whether a store of `size` bytes of (lo, hi) writes only zero bytes. */
+function zeroStore(size: number, lo: number, hi: number): boolean {
+  return size === 1 ? (lo & 0xff) === 0 : size === 2 ? (lo & 0xffff) === 0 : size === 8 ? (lo | hi) === 0 : (lo | 0) === 0;
 }
 
 /** Stores `size` bytes at RAM offset `off`. */

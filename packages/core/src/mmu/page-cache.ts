@@ -23,22 +23,26 @@ export interface PageCache<P extends MmuPage> {
   readonly active: Set<P>;
   /** KVM `mmu_page_hash`: 4096 buckets by gfn. */
   readonly hash: P[][];
-  /** The frames no page uses. */
+  /** The frames freed and not used again (a LIFO stack); frames from `nextFrame` up were never used. */
   readonly freeFrames: number[];
+  /** The lowest frame never handed out: a new frame comes from `freeFrames` first, then from here up. */
+  nextFrame: number;
 }
 
-/** The fields of an empty cache of `maxPages` pages (every frame free), its pool's frame 0 at `poolBase`. */
+/**
+ * The fields of an empty cache of `maxPages` pages (every frame free), its pool's frame 0 at `poolBase`. Nothing is made per frame of the
+ * budget: frames are handed out lowest first and their host memory is made as they are (SptePool.ensure).
+ */
 export function createPageCache<P extends MmuPage>(maxPages: number, poolBase: number = POOL_BASE): PageCache<P> {
-  const freeFrames: number[] = [];
-  for (let f = maxPages - 1; f >= 0; f--) freeFrames.push(f);
   return {
     pool: new SptePool(maxPages, poolBase),
     maxPages,
     usedPages: 0,
-    pages: new Array<P | null>(maxPages).fill(null),
+    pages: [],
     active: new Set<P>(),
     hash: Array.from({ length: 1 << KVM_MMU_HASH_SHIFT }, () => []),
-    freeFrames,
+    freeFrames: [],
+    nextFrame: 0,
   };
 }
 
@@ -73,8 +77,13 @@ export function availablePages<P extends MmuPage>(c: PageCache<P>): number {
  */
 export function allocPage<P extends MmuPage>(c: PageCache<P>, gfn: number, role: number, make: (frame: number, gfn: number, role: number) => P): P | null {
   if (c.usedPages >= c.maxPages) return null;
-  const frame = c.freeFrames.pop();
-  if (frame === undefined) return null;
+  let frame = c.freeFrames.pop();
+  if (frame === undefined) {
+    if (c.nextFrame >= c.pool.capacity) return null;
+    frame = c.nextFrame++;
+    c.pool.ensure(frame);
+    c.pages.push(null);
+  }
   const sp = make(frame, gfn, role);
   c.pages[frame] = sp;
   c.usedPages++;
@@ -98,13 +107,12 @@ export function freePage<P extends MmuPage>(c: PageCache<P>, sp: P): void {
   c.usedPages--;
 }
 
-/** Makes room for a budget of `n` pages (KVM_SET_NR_MMU_PAGES above the pool's size): more frames, every spte kept. */
+/**
+ * Makes room for a budget of `n` pages (KVM_SET_NR_MMU_PAGES above the pool's size): more frames, every spte
+ * kept. The new frames are handed out after every free frame below them, lowest first.
+ */
 export function growPageCache<P extends MmuPage>(c: PageCache<P>, n: number): void {
-  if (n <= c.pool.capacity) return;
-  const old = c.pool.capacity;
   c.pool.grow(n);
-  for (let f = n - 1; f >= old; f--) c.freeFrames.unshift(f);
-  while (c.pages.length < n) c.pages.push(null);
 }
 
 /** The page that holds spte location `loc`. */

@@ -4,20 +4,27 @@ import type { PhysicalMemory } from '../memory/physical.js';
 
 /**
  * Host-physical address of the first frame of the MMU page pool. Guest RAM's host-physical addresses
- * equal its guest-physical ones (below 3 GiB in this simulator); the pool lives far above, at 2^40, so a
- * hardware walk of the MMU's tables can tell the two apart by address alone.
+ * equal its guest-physical ones (below 2^43: MAX_GUEST_RAM of 4 TiB, RAM above the MMIO hole included);
+ * the pool lives far above, at 2^45 (below the default host MAXPHYADDR of 46), so a hardware walk of the
+ * MMU's tables can tell the two apart by address alone.
  */
-export const POOL_BASE = 2 ** 40;
+export const POOL_BASE = 2 ** 45;
 /** Sptes per MMU page (one 4 KiB host frame of 8-byte entries). */
 export const SPTES_PER_PAGE = 512;
+/** Frames the pool's array holds at first (256 KiB of sptes). */
+const INITIAL_FRAMES = 64;
 
 /**
- * The host frames that hold an MMU's pages (shadow pages, or TDP pages): `capacity` frames of 512 64-bit sptes each, in one Uint32Array
- * (spte i of frame f is the words at `(f * 512 + i) * 2` (low half) and `+ 1` (high half)). An spte
- * location ("sptep") is the number `f * 512 + i`.
+ * The host frames that hold an MMU's pages (shadow pages, or TDP pages): up to `capacity` frames of 512 64-bit
+ * sptes each, in one Uint32Array (spte i of frame f is the words at `(f * 512 + i) * 2` (low half) and `+ 1`
+ * (high half)). An spte location ("sptep") is the number `f * 512 + i`. The array holds the frames handed out
+ * so far (`frames`) and grows, by doubling up to `capacity`, when a higher frame is first used (`ensure`): the
+ * budget of a large guest (2% of its pages, KVM's default) costs host memory only as pages are made. A frame
+ * beyond `frames` reads as zeros.
  */
 export class SptePool {
   words: Uint32Array;
+  /** The budget: frames [0, capacity) may be used. */
   capacity: number;
   /**
    * Host-physical address of frame 0: POOL_BASE, or (for an MMU whose tables a processor with a small
@@ -30,16 +37,33 @@ export class SptePool {
     if (!Number.isInteger(base) || base % PAGE_SIZE !== 0 || base <= 0) throw new RangeError(`pool base ${base} is not a positive 4 KiB-aligned address`);
     this.capacity = capacity;
     this.base = base;
-    this.words = new Uint32Array(capacity * SPTES_PER_PAGE * 2);
+    this.words = new Uint32Array(Math.min(capacity, INITIAL_FRAMES) * SPTES_PER_PAGE * 2);
   }
 
-  /** Grows the pool to `capacity` frames, keeping every spte (a larger page budget). */
+  /** Frames the array holds now. */
+  get frames(): number {
+    return this.words.length / (SPTES_PER_PAGE * 2);
+  }
+
+  /** Makes the array hold `frame` (within the budget), keeping every spte. */
+  ensure(frame: number): void {
+    if (frame < this.frames) return;
+    if (frame >= this.capacity) throw new RangeError(`frame ${frame} is beyond the pool's budget of ${this.capacity} frames`);
+    let n = this.frames;
+    while (n <= frame) n *= 2;
+    this.resize(Math.min(n, this.capacity));
+  }
+
+  /** Grows the budget to `capacity` frames (a larger page budget; the array grows as frames are used). */
   grow(capacity: number): void {
     if (capacity <= this.capacity) return;
-    const w = new Uint32Array(capacity * SPTES_PER_PAGE * 2);
+    this.capacity = capacity;
+  }
+
+  private resize(frames: number): void {
+    const w = new Uint32Array(frames * SPTES_PER_PAGE * 2);
     w.set(this.words);
     this.words = w;
-    this.capacity = capacity;
   }
 
   /** The host-physical address of pool frame `frame` (POOL_BASE + frame * 4 KiB). */

@@ -73,9 +73,11 @@ export class SpteList {
 /**
  * Reverse maps, per memslot and per level (KVM `slot->arch.rmap[level - 1][gfn_to_index(gfn, base_gfn,
  * level)]`, arch/x86/kvm/mmu/mmu.c `__gfn_to_rmap`): for a gfn, every leaf spte that maps it at that level.
+ * KVM allocates the arrays per slot up front; here the heads of each (slot, level) are kept by index in a map
+ * and made on first use, so that a large slot (1 TiB is 2^28 level-1 heads) costs only what is mapped.
  */
 export class Rmaps {
-  private readonly perSlot = new Map<number, (SpteList | undefined)[][]>();
+  private readonly perSlot = new Map<number, Map<number, SpteList>[]>();
   /**
    * The rmap heads added to or removed from since the audit last drained this log (each at most once, with
    * `queued` set). Bounded by the number of heads, so it needs no reader to stay small.
@@ -84,8 +86,8 @@ export class Rmaps {
 
   constructor(private readonly memory: GuestMemory) {
     for (const s of memory.slots) {
-      const levels: (SpteList | undefined)[][] = [];
-      for (let l = 1; l <= RMAP_LEVELS; l++) levels.push(new Array<SpteList | undefined>(indexCount(s, l)));
+      const levels: Map<number, SpteList>[] = [];
+      for (let l = 1; l <= RMAP_LEVELS; l++) levels.push(new Map());
       this.perSlot.set(s.id, levels);
     }
   }
@@ -96,24 +98,25 @@ export class Rmaps {
     if (s === null) return null;
     const arr = this.perSlot.get(s.id)![level - 1]!;
     const i = gfnToIndex(gfn, s.baseGfn, level);
-    let h = arr[i];
+    let h = arr.get(i);
     if (h === undefined) {
       if (!create) return null;
-      h = arr[i] = new SpteList();
+      h = new SpteList();
       h.changeLog = this.changed;
+      arr.set(i, h);
     }
     return h;
   }
 
-  /** Every (slot, level, index) head that is not empty, for the audit. */
+  /** Every (slot, level, index) head that is not empty, in that order, for the audit. */
   *entries(): Generator<{ slot: Memslot; level: number; index: number; list: SpteList }> {
     for (const s of this.memory.slots) {
       const levels = this.perSlot.get(s.id)!;
       for (let l = 1; l <= RMAP_LEVELS; l++) {
         const arr = levels[l - 1]!;
-        for (let i = 0; i < arr.length; i++) {
-          const list = arr[i];
-          if (list !== undefined && list.size > 0) yield { slot: s, level: l, index: i, list };
+        for (const i of [...arr.keys()].sort((x, y) => x - y)) {
+          const list = arr.get(i)!;
+          if (list.size > 0) yield { slot: s, level: l, index: i, list };
         }
       }
     }
@@ -124,8 +127,4 @@ export class Rmaps {
 export function gfnToIndex(gfn: number, baseGfn: number, level: number): number {
   const d = 2 ** (9 * (level - 1));
   return Math.floor(gfn / d) - Math.floor(baseGfn / d);
-}
-
-function indexCount(s: Memslot, level: number): number {
-  return gfnToIndex(s.baseGfn + s.pages - 1, s.baseGfn, level) + 1;
 }

@@ -7,38 +7,112 @@ const GiB = 1024 * MiB;
 
 describe('GuestMemory', () => {
   describe('.digest', () => {
-    it('is the SHA-256 of all RAM, slot by slot in guest-physical order', () => {
-      // The slots are given out of order: the buffer holds [0x10000, 0x12000) first, the digest takes gpa 0 first.
+    /** The digest as its definition states it (GuestMemory.digest), computed from read32 alone. */
+    function byDefinition(mem: GuestMemory): string {
+      const h = createHash('sha256');
+      h.update('vmexit-memory/1');
+      for (const s of mem.slots) h.update(`;${s.baseGfn.toString(16)}+${s.pages.toString(16)}${s.readonly ? 'r' : ''}`);
+      h.update('\n');
+      for (const s of mem.slots) {
+        for (let gfn = s.baseGfn; gfn < s.baseGfn + s.pages; gfn++) {
+          const page = Buffer.alloc(4096);
+          for (let k = 0; k < 1024; k++) page.writeUInt32LE(mem.read32(gfn * 4096 + k * 4), k * 4);
+          if (page.every((b) => b === 0)) continue;
+          const key = Buffer.alloc(8);
+          key.writeUInt32LE(gfn >>> 0, 0);
+          key.writeUInt32LE(Math.floor(gfn / 2 ** 32), 4);
+          h.update(key);
+          h.update(createHash('sha256').update(page).digest());
+        }
+      }
+      return h.digest('hex');
+    }
+
+    it('is SHA-256 over the slot layout and (gfn, SHA-256 of the page) of each non-zero page, in gfn order', () => {
+      // The slots are given out of order, and pages are written high first: the digest takes gfn 0 first.
       const mem = new GuestMemory(0, [
-        { base: 0x10000, size: 0x2000 },
+        { base: 0x10000, size: 0x3000 },
         { base: 0, size: 0x1000, readonly: true },
       ]);
-      for (let i = 0; i < mem.size; i++) mem.u8[i] = (i * 7 + 3) & 0xff;
-      const low = mem.u8.subarray(mem.gpaToOffset(0), mem.gpaToOffset(0) + 0x1000);
-      const high = mem.u8.subarray(mem.gpaToOffset(0x10000), mem.gpaToOffset(0x10000) + 0x2000);
-      expect(mem.digest()).toBe(
-        createHash('sha256')
-          .update(Buffer.concat([low, high]))
-          .digest('hex'),
-      );
+      for (let a = 0x12000; a < 0x13000; a += 4) mem.write32(a, (a * 7 + 3) >>> 0);
+      for (let a = 0; a < 0x1000; a += 4) mem.write32(a, a ^ 0x5a5a);
+      mem.write32(0x10ffc, 1);
+      expect(mem.backedGfns()).toEqual([0, 0x10, 0x12]);
+      expect(mem.digest()).toBe(byDefinition(mem));
+      // The empty memory of that layout: the header alone.
+      const empty = new GuestMemory(0, [
+        { base: 0, size: 0x1000, readonly: true },
+        { base: 0x10000, size: 0x3000 },
+      ]);
+      expect(empty.digest()).toBe(createHash('sha256').update('vmexit-memory/1;0+1r;10+3\n').digest('hex'));
     });
 
-    it('gives the digests it always gave below 2 GiB (1 MiB of zeros: the sha256sum of 1 MiB of /dev/zero)', () => {
-      expect(new GuestMemory(MiB).digest()).toBe('30e14955ebf1352266dc2ff8067e68104607e750abb9d3b36582b8af909fcb58');
+    it('is equal for equal memory whatever is backed: a page written back to zeros equals one never written', () => {
+      const a = new GuestMemory(16 * MiB);
+      const b = new GuestMemory(16 * MiB);
+      a.write32(0x5000, 7);
+      a.write32(0x9000, 0xdead);
+      a.write32(0x5000, 0); // back to zeros: page 5 is backed, and all zeros
+      b.write32(0x9000, 0xdead);
+      expect(a.backedPages).toBe(2);
+      expect(b.backedPages).toBe(1);
+      expect(a.digest()).toBe(b.digest());
+      b.write32(0x9004, 1);
+      expect(a.digest()).not.toBe(b.digest());
     });
 
-    it('hashes 2 GiB of RAM, more than one hash update takes (node:crypto refuses 2^31 bytes at once)', () => {
-      const mem = new GuestMemory(2 * GiB);
-      expect(mem.size).toBe(2 ** 31);
-      expect(() => createHash('sha256').update(mem.u8)).toThrow(/too long/); // what the digest did before
-      mem.u8[0] = 1;
-      mem.u8[256 * MiB] = 2; // the first byte of the second piece
-      mem.u8[mem.size - 1] = 3; // the last byte: a digest that stopped early would miss it
-      // The same bytes fed in other pieces (1 GiB - 3 bytes, then the rest) give the same SHA-256.
+    it('differs between layouts of the same contents (the slots are part of it)', () => {
+      expect(new GuestMemory(MiB).digest()).not.toBe(new GuestMemory(2 * MiB).digest());
+    });
+
+    it('costs what the written pages cost, not the RAM size: a 1 TiB guest with two pages written', () => {
+      const mem = new GuestMemory(1024 * GiB);
+      mem.write32(0, 1);
+      mem.write32(1024 * GiB - 4 + GiB, 2); // the last word of RAM: above the MMIO hole, at 1 TiB + 1 GiB - 4
+      expect(mem.backedPages).toBe(2);
+      expect(mem.digest()).toBe(byDefinitionSparse(mem, [0, (1024 * GiB + GiB - 4096) / 4096]));
+    });
+
+    /** byDefinition over the listed gfns only (all others read as zeros: checked by the slot walk elsewhere). */
+    function byDefinitionSparse(mem: GuestMemory, gfns: number[]): string {
       const h = createHash('sha256');
-      const step = GiB - 3;
-      for (let at = 0; at < mem.size; at += step) h.update(mem.u8.subarray(at, Math.min(mem.size, at + step)));
-      expect(mem.digest()).toBe(h.digest('hex'));
-    }, 60_000);
+      h.update('vmexit-memory/1');
+      for (const s of mem.slots) h.update(`;${s.baseGfn.toString(16)}+${s.pages.toString(16)}${s.readonly ? 'r' : ''}`);
+      h.update('\n');
+      for (const gfn of gfns) {
+        const page = Buffer.alloc(4096);
+        for (let k = 0; k < 1024; k++) page.writeUInt32LE(mem.read32(gfn * 4096 + k * 4), k * 4);
+        const key = Buffer.alloc(8);
+        key.writeUInt32LE(gfn >>> 0, 0);
+        key.writeUInt32LE(Math.floor(gfn / 2 ** 32), 4);
+        h.update(key);
+        h.update(createHash('sha256').update(page).digest());
+      }
+      return h.digest('hex');
+    }
+  });
+
+  describe('lazy backing', () => {
+    it('reads zeros from pages never written, and backs a page on its first non-zero write only', () => {
+      const mem = new GuestMemory(64 * GiB);
+      expect(mem.slots.map((s) => [s.baseGfn * 4096, s.pages * 4096])).toEqual([
+        [0, 3 * GiB],
+        [4 * GiB, 61 * GiB],
+      ]);
+      expect(mem.read32(40 * GiB + 8)).toBe(0);
+      mem.write32(40 * GiB + 8, 0); // zeros into an unbacked page: nothing to back
+      expect(mem.backedPages).toBe(0);
+      expect(mem.readOffset(40 * GiB)).toBeLessThan(4096); // the shared zero page
+      mem.write32(40 * GiB + 8, 0x1234);
+      expect(mem.backedPages).toBe(1);
+      expect(mem.read32(40 * GiB + 8)).toBe(0x1234);
+      expect(mem.offsetToGpa(mem.readOffset(40 * GiB + 8))).toBe(40 * GiB + 8);
+      expect(mem.read32(3 * GiB + 8)).toBe(0); // the MMIO hole: no slot
+      expect(mem.gpaToOffset(3 * GiB)).toBe(-1);
+    });
+
+    it('refuses RAM over the limit', () => {
+      expect(() => new GuestMemory(4 * 1024 * GiB + 4096)).toThrow(/limit/);
+    });
   });
 });

@@ -23,21 +23,17 @@ export class TestTables {
   alloc(): number {
     const f = this.next;
     this.next += PAGE_SIZE;
-    this.mem.u8.fill(0, f, f + PAGE_SIZE);
+    for (let a = f; a < f + PAGE_SIZE; a += 4) this.mem.write32(a, 0);
     return f;
   }
 
   set(pa: number, lo: number, hi: number): void {
-    if (this.mode === 'legacy32') {
-      this.mem.view.setUint32(pa, lo >>> 0, true);
-    } else {
-      this.mem.view.setUint32(pa, lo >>> 0, true);
-      this.mem.view.setUint32(pa + 4, hi >>> 0, true);
-    }
+    this.mem.write32(pa, lo >>> 0);
+    if (this.mode !== 'legacy32') this.mem.write32(pa + 4, hi >>> 0);
   }
 
   get(pa: number): number {
-    return this.mem.view.getUint32(pa, true);
+    return this.mem.read32(pa);
   }
 
   /** The physical address of the level-1 entry for `va`, creating intermediate tables with `upper` flags. */
@@ -68,4 +64,35 @@ export class TestTables {
   map(va: number, pa: number, flags = 0x7): void {
     this.set(this.pteAddr(va), (pa | flags) >>> 0, 0);
   }
+}
+
+/** Guest-physical 32-bit loads and stores on `mem` (the DataView calls tests used on the flat RAM buffer; little-endian only). */
+export function ramView(mem: GuestMemory): { getUint32(pa: number, le: true): number; setUint32(pa: number, value: number, le: true): void } {
+  return {
+    getUint32: (pa) => mem.read32(pa),
+    setUint32: (pa, value) => mem.write32(pa, value >>> 0),
+  };
+}
+
+/** Writes `bytes` (whole pages) into guest RAM from guest-physical 0. */
+export function loadRam(mem: GuestMemory, bytes: Uint8Array): void {
+  for (let a = 0; a < bytes.byteLength; a += PAGE_SIZE) {
+    const page = bytes.subarray(a, a + PAGE_SIZE);
+    if (page.every((b) => b === 0)) continue; // a page never written reads as zeros already
+    const off = mem.gpaToOffset(a);
+    mem.u8.set(page, off);
+  }
+}
+
+/** The contents of guest RAM, slot by slot in guest-physical order (pages never written read as zeros). */
+export function ramBytes(mem: GuestMemory): Buffer {
+  const out = Buffer.alloc(mem.size);
+  let at = 0;
+  for (const s of mem.slots) {
+    for (let a = s.baseGfn * PAGE_SIZE, end = a + s.pages * PAGE_SIZE; a < end; a += PAGE_SIZE, at += PAGE_SIZE) {
+      const off = mem.readOffset(a);
+      out.set(mem.u8.subarray(off, off + PAGE_SIZE), at);
+    }
+  }
+  return out;
 }

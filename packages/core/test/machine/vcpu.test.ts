@@ -43,7 +43,7 @@ describe('Vcpu', () => {
       const { t, v, m } = long4Machine();
       t.map(0x400000, 0x200000);
       v.write(0x400010, 8, 0xdeadbeef, 0x1234);
-      expect(m.memory.view.getUint32(0x200010, true)).toBe(0xdeadbeef);
+      expect(m.memory.read32(0x200010)).toBe(0xdeadbeef);
       expect(v.read(0x400010, 8)).toBe(0xdeadbeef);
       expect(v.valueHi).toBe(0x1234);
       expect(v.read(0x400012, 2)).toBe(0xdead);
@@ -93,17 +93,19 @@ describe('Vcpu', () => {
 
     it('places each slot at its own buffer offset', () => {
       const { t, v, m } = slotMachine();
-      expect([m.memory.gpaToOffset(ROM), m.memory.gpaToOffset(RAM2 + 0x1234), m.memory.gpaToOffset(HOLE)]).toEqual([0x100000, 0x110000 + 0x1234, -1]);
+      // Pages are backed on first write, each at its own RAM offset: the offset of a slot's page leads back to it.
+      const offs = [m.memory.gpaToOffset(ROM), m.memory.gpaToOffset(RAM2 + 0x1234), m.memory.gpaToOffset(HOLE)];
+      expect([m.memory.offsetToGpa(offs[0]!), m.memory.offsetToGpa(offs[1]!), offs[2]]).toEqual([ROM, RAM2 + 0x1234, -1]);
       t.map(VA_RAM2, RAM2 + 0x1000, 0x3);
       v.write(VA_RAM2 + 8, 8, 0xcafef00d, 0x5a5a5a5a);
-      expect(m.memory.view.getUint32(0x110000 + 0x1008, true)).toBe(0xcafef00d);
+      expect(m.memory.read32(RAM2 + 0x1008)).toBe(0xcafef00d);
       expect(m.memory.read32(RAM2 + 0x100c)).toBe(0x5a5a5a5a);
       expect(v.read(VA_RAM2 + 8, 4)).toBe(0xcafef00d);
     });
 
     it('reads ROM, and never lets a store into it, even after a read filled the TLB from a writable dirty pte', () => {
       const { t, v, m, mmio } = slotMachine();
-      m.memory.view.setUint32(m.memory.gpaToOffset(ROM + 0x10), 0x0badc0de, true);
+      m.memory.write32(ROM + 0x10, 0x0badc0de);
       t.map(VA_ROM, ROM, 0x3 | PT_DIRTY); // P|W|D: the pte allows the store; the slot does not
       expect(v.read(VA_ROM + 0x10, 4)).toBe(0x0badc0de);
       // The read's TLB entry serves reads, not writes (KVM_MEM_READONLY: a write is MMIO, never RAM).
@@ -249,7 +251,7 @@ describe('Vcpu', () => {
       v.movToCr3(t.root);
       v.movToCr0(CR0_PG | 1);
       const bad = t.alloc();
-      m.memory.view.setUint32(bad, 0x5000 | 1 | (1 << 5), true); // bit 5 is reserved in a PDPTE
+      m.memory.write32(bad, 0x5000 | 1 | (1 << 5)); // bit 5 is reserved in a PDPTE
       return { m, t, v, bad };
     }
 
@@ -286,7 +288,7 @@ describe('Vcpu', () => {
       expect(v.cr3).toBe(t.root);
       // MOV to CR4 that reloads the PDPTEs (PGE changes in PAE mode) from a bad table faults the same way.
       v.hooks = new NativeHooks();
-      m.memory.view.setUint32(t.root, 0x5000 | 1 | (1 << 6), true);
+      m.memory.write32(t.root, 0x5000 | 1 | (1 << 6));
       v.movToCr4(CR4_PAE | CR4_PGE);
       expect(gp).toEqual([0, 0, 0]);
       expect(v.cr4).toBe(CR4_PAE);
@@ -299,8 +301,8 @@ describe('Vcpu', () => {
       for (let i = 0; i < 4; i++) t.map(0x400000 + i * 4096, 0x200000 + i * 4096, 0x3 | PT_DIRTY);
       v.repStos(0x400000, 2048, 8, 0x11111111, 0x22222222);
       expect(v.tlb.misses).toBe(4);
-      expect(m.memory.view.getUint32(0x200000 + 3 * 4096 + 4088, true)).toBe(0x11111111);
-      expect(m.memory.view.getUint32(0x200000 + 3 * 4096 + 4092, true)).toBe(0x22222222);
+      expect(m.memory.read32(0x200000 + 3 * 4096 + 4088)).toBe(0x11111111);
+      expect(m.memory.read32(0x200000 + 3 * 4096 + 4092)).toBe(0x22222222);
       expect(v.accesses).toBe(2048);
     });
   });
@@ -312,9 +314,9 @@ describe('Vcpu', () => {
         t.map(0x400000 + i * 4096, 0x200000 + i * 4096, 0x3 | PT_DIRTY);
         t.map(0x600000 + i * 4096, 0x300000 + i * 4096, 0x3 | PT_DIRTY);
       }
-      for (let i = 0; i < 2048; i++) m.memory.view.setUint32(0x200000 + i * 4, i, true);
+      for (let i = 0; i < 2048; i++) m.memory.write32(0x200000 + i * 4, i);
       v.repMovs(0x600000, 0x400000, 2048, 4);
-      for (let i = 0; i < 2048; i += 97) expect(m.memory.view.getUint32(0x300000 + i * 4, true)).toBe(i);
+      for (let i = 0; i < 2048; i += 97) expect(m.memory.read32(0x300000 + i * 4)).toBe(i);
       expect(v.tlb.misses).toBe(4);
     });
   });

@@ -115,11 +115,11 @@ describe('Vcpu', () => {
       // 4-level tables by hand: PML4 0x1000 -> PDPT 0x2000 -> PD 0x3000 (entry 2: va 0x400000) -> PT 0x4000,
       // 16 user pages at 0x200000, with A and D already set so that writes hit too (SDM Vol. 3A §4.8).
       const m = new Machine({ memoryBytes: 4 * 1024 * 1024 });
-      const view = m.memory.view;
-      view.setUint32(0x1000, 0x2007, true);
-      view.setUint32(0x2000, 0x3007, true);
-      view.setUint32(0x3000 + 2 * 8, 0x4007, true);
-      for (let i = 0; i < 16; i++) view.setUint32(0x4000 + i * 8, (0x20_0000 + i * 4096) | 0x67, true);
+      const mem = m.memory;
+      mem.write32(0x1000, 0x2007);
+      mem.write32(0x2000, 0x3007);
+      mem.write32(0x3000 + 2 * 8, 0x4007);
+      for (let i = 0; i < 16; i++) mem.write32(0x4000 + i * 8, (0x20_0000 + i * 4096) | 0x67);
       const v = m.vcpus[0]!;
       v.writeEfer(EFER_LME | EFER_NXE);
       v.movToCr4(CR4_PAE | CR4_PGE);

@@ -18,6 +18,7 @@ import {
 import { GuestAbort } from '../../src/machine/errors.js';
 import type { Vcpu } from '../../src/machine/vcpu.js';
 import { Machine } from '../../src/machine/machine.js';
+import { loadRam, ramBytes, ramView } from '../machine/tables.js';
 
 /*
  * SDM Vol. 3A §4.10: the TLB caches translations, and while the paging structures do not change, what an
@@ -170,7 +171,7 @@ function slotVa(mode: ModeName, s: SlotSpec): number {
 function buildTables(m: Machine, sc: Scenario): { root: number; vas: number[] } {
   const mode = sc.mode;
   const lay = LAYOUTS[mode];
-  const view = m.memory.view;
+  const view = ramView(m.memory);
   let next = TABLES;
   const alloc = () => {
     const t = next;
@@ -248,7 +249,7 @@ interface Seen {
 /** Runs `sc` on a fresh machine; `cold` flushes the TLB before every access. The log of what the guest saw, and the memory. */
 function run(sc: Scenario, cold: boolean, seen?: Seen): { log: unknown[]; memory: Buffer } {
   const m = new Machine({ memoryBytes: RAM, maxPhyAddr: 46 });
-  m.memory.u8.set(TEMPLATE);
+  loadRam(m.memory, TEMPLATE);
   const { root, vas } = buildTables(m, sc);
   const v: Vcpu = m.vcpus[0]!;
   const long = sc.mode === 'long4' || sc.mode === 'long5';
@@ -326,7 +327,7 @@ function run(sc: Scenario, cold: boolean, seen?: Seen): { log: unknown[]; memory
     }
   }
   if (seen !== undefined) seen.large += sc.slots.filter((s) => s.leaf > 1).length;
-  return { log, memory: Buffer.from(m.memory.buffer) };
+  return { log, memory: ramBytes(m.memory) };
 }
 
 describe('Vcpu', () => {

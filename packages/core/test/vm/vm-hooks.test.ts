@@ -150,7 +150,7 @@ describe('VmHooks', () => {
       });
       const t = long4(r);
       const mem = r.vm.machine.memory;
-      mem.view.setUint32(mem.gpaToOffset(ROM), 0x1234abcd, true);
+      mem.write32(ROM, 0x1234abcd);
       t.map(0x400000, ROM, 0x3 | PT_DIRTY);
       // Exits: the read is RAM (none); each of the two stores is an MMIO exit that user space completes by
       // dropping it (KVM_MEM_READONLY -> KVM_EXIT_MMIO), because the read's TLB entry has no write permission.
@@ -201,7 +201,7 @@ describe('VmHooks', () => {
       r.v.movToCr3(t.root);
       r.v.movToCr0(CR0_PG | 1);
       const bad = t.alloc();
-      r.vm.machine.memory.view.setUint32(bad, 0x5000 | 1 | (1 << 5), true);
+      r.vm.machine.memory.write32(bad, 0x5000 | 1 | (1 << 5));
       const gp: number[] = [];
       r.v.setExceptionHandler(GP_VECTOR, (_v, _vec, ec) => gp.push(ec));
       r.mmu.log.length = 0;
@@ -246,7 +246,7 @@ describe('VmHooks', () => {
       const r = paeWithBadPdpt();
       r.backend.interceptCr3 = true;
       const good = r.t.alloc();
-      r.vm.machine.memory.view.setUint32(good, 0x5000 | 1, true);
+      r.vm.machine.memory.write32(good, 0x5000 | 1);
       r.v.movToCr3(good);
       expect(r.exits()).toEqual(['CR3_WRITE -> resume']);
       expect(r.rec.exits[0]!.kind === 'cr-write' && r.rec.exits[0]!.faulted).toBe(false);

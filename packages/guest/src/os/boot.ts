@@ -3,13 +3,12 @@ import { MODE_PAE, tableIndex, type ModeLayout } from './layout.js';
 import { HI_XD, KERNEL_LARGE, KERNEL_TABLE } from './pte.js';
 
 /**
- * Writes the idle top table and the direct map of all RAM with physical writes (paging is still off; Linux
+ * Writes the idle top table and the direct map of the first `mem` bytes of RAM with physical writes (paging is still off; Linux
  * builds the same in `init_mem_mapping`). Returns the top table and, in PAE, the kernel PD that PDPTE 3 of
  * every process will share.
  */
-export function buildDirectMap(m: Machine['memory'], L: ModeLayout, nx: boolean, bootAlloc: () => number): { root: number; kernelPd: number } {
+export function buildDirectMap(m: Machine['memory'], mem: number, L: ModeLayout, nx: boolean, bootAlloc: () => number): { root: number; kernelPd: number } {
   const esz = L.entrySize;
-  const mem = m.size;
   const root = bootAlloc();
   let kernelPd = 0;
   const put = (tablePa: number, idx: number, lo: number, hi: number): void => {

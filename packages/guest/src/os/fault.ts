@@ -131,7 +131,7 @@ function writeProtect(k: KernelState, v: Vcpu, proc: Process, vma: Vma, va: numb
     return FAULT_WP_REUSE;
   }
   const f = k.frames;
-  if (frame !== k.zeroFrame && f.use[frame] === FRAME_ANON && f.refcount[frame] === 1) {
+  if (frame !== k.zeroFrame && f.useOf(frame) === FRAME_ANON && f.refcountOf(frame) === 1) {
     // wp_page_reuse: the only user. Making a pte more permissive needs no flush (a stale entry faults
     // again and the walk sees the new pte, SDM Vol. 3A §4.10.4.3).
     writePte(k, v, pt, idx, lo | PT_WRITABLE | PT_DIRTY | PT_ACCESSED, hi);

@@ -17,7 +17,7 @@ import {
 import { generalProtection, pageFault } from './fault.js';
 import { lookupFile } from './filemap.js';
 import { doExec, doFork, mapAreas, mapImage, newProcess, teardown } from './fork.js';
-import type { FrameAllocator } from './frames.js';
+import { FRAME_FREE, type FrameAllocator } from './frames.js';
 import { MODE_LEGACY32, MODE_LONG4, MODE_LONG5, tableSpan, type ModeLayout } from './layout.js';
 import { doBrk, doMmap, doMprotect, doMunmap } from './mmap.js';
 import { inspectPte, tableFor } from './pgtable.js';
@@ -25,6 +25,9 @@ import type { AreaSpec, ImageSpec, Process } from './process.js';
 import { KernelState, type KernelOptions, type Personality } from './state.js';
 import type { GuestEventLog, KernelStats } from './stats.js';
 import type { FileObject } from './vma.js';
+
+/** Frames that boot warms through the direct map (256 MiB of RAM, see `Kernel.warm`). */
+const WARM_FRAMES = 65536;
 
 export { KernelPanic, GuestConfigError } from './errors.js';
 export { fileWord } from './filemap.js';
@@ -97,14 +100,18 @@ export class Kernel {
     v.setExceptionHandler(GP_VECTOR, (vcpu, _vector, errorCode, address) => generalProtection(k, vcpu, errorCode, address));
   }
 
-  /** Touches every free page through the direct map (a read and the same value written back). */
+  /**
+   * Touches the free pages of the first WARM_FRAMES frames through the direct map (a read and the same value
+   * written back): the frames the allocator hands out first (lowest first), so that a workload that fits in them
+   * finds its direct-map translations warm. Bounded, so that boot does not cost in proportion to the RAM size.
+   */
   private warm(v: Vcpu): void {
     const k = this.k;
     const f = k.frames;
     k.inKernel++;
     try {
-      for (let frame = 0; frame < f.totalFrames; frame++) {
-        if (f.use[frame] !== 0) continue;
+      for (let frame = 0; frame < Math.min(f.totalFrames, WARM_FRAMES); frame++) {
+        if (f.useOf(frame) !== FRAME_FREE) continue;
         const va = k.dm + frame * PAGE_SIZE;
         v.write(va, 4, v.read(va, 4));
       }

@@ -26,7 +26,7 @@ export interface ModeLayout {
   readonly kernelTopIndex: number;
   /** User space is [0, userLimit). */
   readonly userLimit: number;
-  /** Largest guest RAM the direct map can hold. */
+  /** Largest guest RAM the direct map can hold (Linux: 896 MiB of lowmem on 32-bit; 64 TiB in 4-level, Documentation/arch/x86/x86_64/mm.rst). */
   readonly maxMemory: number;
   /** Where the stack of a new image ends (exclusive) and the bottom-up mmap base. */
   readonly stackTop: number;
@@ -92,7 +92,7 @@ export function modeLayout(mode: PagingModeId): ModeLayout {
         directMapPage: 2 * 1024 * 1024,
         kernelTopIndex: 256,
         userLimit: 2 ** 47 - 4096,
-        maxMemory: 512 * GiB,
+        maxMemory: 64 * 1024 * GiB,
         stackTop: 0x7ffffffff000,
         mmapBase: 0x7f0000000000,
         arenaBase: 0x100000000000,
@@ -113,7 +113,7 @@ export function modeLayout(mode: PagingModeId): ModeLayout {
         directMapPage: 2 * 1024 * 1024,
         kernelTopIndex: 256,
         userLimit: 2 ** 47 - 4096,
-        maxMemory: 512 * GiB,
+        maxMemory: 64 * 1024 * GiB,
         stackTop: 0x7ffffffff000,
         mmapBase: 0x7f0000000000,
         arenaBase: 0x100000000000,

@@ -1,4 +1,4 @@
-import { PAGE_SIZE, type Machine } from '@vmexit/core';
+import { defaultMemslots, guestPhysicalEnd, MMIO_HOLE_START, PAGE_SIZE, type Machine } from '@vmexit/core';
 import { buildDirectMap } from './boot.js';
 import { GuestConfigError } from './errors.js';
 import { FrameAllocator } from './frames.js';
@@ -69,29 +69,39 @@ export class KernelState {
     this.esz = layout.entrySize;
     this.dm = layout.directMapBase;
     const mem = machine.memory.size;
-    if (mem > layout.maxMemory) {
-      throw new GuestConfigError(`guest memory of ${mem} bytes does not fit the ${layout.maxMemory / 2 ** 30} GiB kernel direct map of this paging mode`);
-    }
     if (mem % layout.directMapPage !== 0) {
       throw new GuestConfigError(
         `guest memory of ${mem} bytes is not a multiple of the ${layout.directMapPage / 2 ** 20} MiB direct-map page of this paging mode`,
       );
     }
-    if (machine.memory.slots.length !== 1 || machine.memory.slots[0]!.baseGfn !== 0) {
-      throw new GuestConfigError('the guest kernel expects one RAM memslot at guest-physical address 0');
+    const want = defaultMemslots(mem);
+    const slots = machine.memory.slots;
+    if (slots.length !== want.length || slots.some((s, i) => s.baseGfn * PAGE_SIZE !== want[i]!.base || s.pages * PAGE_SIZE !== want[i]!.size)) {
+      throw new GuestConfigError('the guest kernel expects the default RAM layout: one memslot at guest-physical 0 (and one at 4 GiB for RAM beyond 3 GiB)');
     }
+    // 32-bit paging maps 4 KiB pages and page tables below 4 GiB only (PSE-36, SDM Vol. 3A §4.3, reaches above
+    // it with 4 MiB pages alone, which this kernel does not use for memory it hands out): RAM beyond the MMIO
+    // hole, at 4 GiB and up, would be out of its reach.
+    if (mode === MODE_LEGACY32 && guestPhysicalEnd(mem) > 2 ** 32) {
+      throw new GuestConfigError(
+        `guest memory of ${mem} bytes puts RAM above 4 GiB (RAM beyond ${MMIO_HOLE_START / 2 ** 30} GiB goes above the MMIO hole), which 32-bit paging without PSE-36 cannot address: give legacy32 at most ${MMIO_HOLE_START / 2 ** 30} GiB`,
+      );
+    }
+    // The RAM the kernel direct-maps and allocates from: what its direct map holds (Linux without HIGHMEM leaves
+    // RAM above lowmem unused), and only below the MMIO hole (its ptes are written with 32-bit frame addresses).
+    const usable = Math.min(mem, layout.maxMemory, MMIO_HOLE_START);
     this.current = machine.vcpus.map(() => null);
 
     // Frame 0 is reserved (real-mode IVT/BIOS data), then the idle top table and the direct map's tables,
     // then the zero page.
-    const totalFrames = mem / PAGE_SIZE;
+    const totalFrames = usable / PAGE_SIZE;
     let next = 1;
     const bootAlloc = (): number => {
       const f = next++;
       if (f >= totalFrames) throw new GuestConfigError(`guest memory of ${mem} bytes is too small to boot`);
       return f * PAGE_SIZE;
     };
-    const boot = buildDirectMap(machine.memory, layout, this.nx, bootAlloc);
+    const boot = buildDirectMap(machine.memory, usable, layout, this.nx, bootAlloc);
     this.idleRoot = boot.root;
     this.kernelPd = boot.kernelPd;
     this.zeroFrame = bootAlloc() / PAGE_SIZE;
