@@ -51,6 +51,7 @@ export const ACCESS_CASE_FLAGS = [
   'eflags.ac',
 ] as const;
 
+/** One of access.c's flags (`pte.p`, `pde.pse`, `pku.wd`, `cr4.smap`, `twice`, ...). */
 export type AccessCaseFlag = (typeof ACCESS_CASE_FLAGS)[number];
 
 /** The number of flags: a case's flags are an integer below 2^ACCESS_CASE_FLAG_COUNT. */
@@ -60,7 +61,9 @@ const bitOf = (name: AccessCaseFlag): number => 2 ** ACCESS_CASE_FLAGS.indexOf(n
 
 /** One generated case: a paging mode, the guest's MAXPHYADDR and the access.c flags. */
 export interface AccessCase {
+  /** The paging mode. */
   mode: PagingModeName;
+  /** The guest's MAXPHYADDR (CPUID.80000008H:EAX[7:0]). */
   maxPhyAddr: 36 | 46 | 52;
   /** Bit i set = flag ACCESS_CASE_FLAGS[i]. */
   flags: number;
