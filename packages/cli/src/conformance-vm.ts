@@ -31,8 +31,16 @@ import {
   type Vcpu,
 } from '@vmexit/core';
 
-/** The marker byte a write access stores, to find which physical page it reached. */
-const WRITE_MARKER = 0xa5;
+/** The marker bytes write accesses store (in turn, so that a second store changes the byte again), to find which physical page it reached. */
+const WRITE_MARKERS = [0xa5, 0x5a] as const;
+
+/**
+ * Guest RAM lies below 2^46: the model backs guest-physical address X at host-physical X, and the shadow MMU's
+ * host walks with MAXPHYADDR 46 (mmu-shadow HOST_MAXPHYADDR), as KVM refuses a memslot above the host's reach
+ * under TDP (`kvm_arch_prepare_memory_region`, `kvm_mmu_max_gfn`). A page a vector's access reaches above it
+ * is outside guest RAM: MMIO, which the hypervisor must emulate (open bus), never loop on.
+ */
+const RAM_LIMIT = 2 ** 46;
 
 /**
  * Builds a VM of `variant` in the state a conformance vector describes and returns it as a VectorMachine:
@@ -55,7 +63,7 @@ export async function createVmVectorMachine(vector: ConformanceVector, variant: 
   for (const acc of [vector.preAccess, vector.access]) {
     if (acc === null) continue;
     const o = native.access(acc);
-    if (o.result === 'ok' && o.pa !== null) dataPages.add(Math.floor(Number(o.pa) / PAGE_SIZE));
+    if (o.result === 'ok' && o.pa !== null && Number(o.pa) < RAM_LIMIT) dataPages.add(Math.floor(Number(o.pa) / PAGE_SIZE));
   }
   const allPages = [...new Set([...tablePages, ...dataPages])].sort((a, b) => a - b);
   const memslots: MemslotSpec[] = allPages.map((gfn) => ({ base: gfn * PAGE_SIZE, size: PAGE_SIZE }));
@@ -82,6 +90,15 @@ export async function createVmVectorMachine(vector: ConformanceVector, variant: 
   }
 
   let last: AccessOutcome = { result: 'ok', errorCode: null, pa: null };
+  // An access outside guest RAM exits as MMIO (to user space, which answers open bus): where it went is the exit's gpa.
+  let mmioGpa = -1;
+  // (A #PF that the MMU found to be MMIO exits to user space too: its resolution says where.)
+  vm.exits$.subscribe((e) => {
+    const r = e.resolution;
+    if (e.kind === 'mmio') mmioGpa = e.gpa;
+    else if (r !== null && r.kind === 'userspace' && r.reason === 'mmio') mmioGpa = r.gpa;
+  });
+  let stores = 0;
   v.setExceptionHandler(PF_VECTOR, (_vc, _vec, ec) => {
     last = { result: 'pf', errorCode: ec, pa: null };
     throw new GuestAbort('#PF');
@@ -116,14 +133,17 @@ export async function createVmVectorMachine(vector: ConformanceVector, variant: 
       if (!booted) return { result: 'gp', errorCode: null, pa: null };
       v.setCpl((access & ACC_USER) !== 0 ? 3 : 0);
       const word = va - (((va % 4) + 4) % 4);
+      mmioGpa = -1;
       try {
         if ((access & ACC_WRITE) !== 0) {
           const before = backed.map((gfn) => mem.u8[mem.readOffset(gfn * PAGE_SIZE) + pageOffset(va)]!);
-          v.write(va, 1, WRITE_MARKER);
+          v.write(va, 1, WRITE_MARKERS[stores++ % 2]!);
+          if (mmioGpa >= 0) return ok(mmioGpa);
           const hits = backed.filter((gfn, i) => mem.u8[mem.readOffset(gfn * PAGE_SIZE) + pageOffset(va)] !== before[i]);
           return ok(hits.length === 1 ? hits[0]! * PAGE_SIZE + pageOffset(va) : null);
         }
         const value = (access & ACC_FETCH) !== 0 ? v.fetch(word, 4) : v.read(word, 4);
+        if (mmioGpa >= 0) return ok(mmioGpa - pageOffset(word) + pageOffset(va));
         const page = (value & 0x80000000) !== 0 ? tagOf.get((value >>> 10) & 0x1fffff) : undefined;
         if (page !== undefined && (value & 0x3ff) === pageOffset(word) / 4) return ok(page * PAGE_SIZE + pageOffset(va));
         // Not a pattern word: the access reached a table page (or the wrong place). Find the backed page

@@ -159,7 +159,7 @@ export {
 } from './vm/backend.js';
 export { type Mmu, type MmuHost } from './vm/mmu.js';
 export { TYPES } from './vm/tokens.js';
-export { type PolicyUse, type Variant, VariantError, type VariantInput, type VariantProblem } from './vm/variant.js';
+export { parseVariant, type PolicyUse, type Variant, VariantError, type VariantInput, type VariantProblem } from './vm/variant.js';
 export { DEFAULT_MODULE_SOURCES, isPathSpecifier, ModuleLoadError, type ModuleSource, type ModuleSources } from './vm/modules.js';
 export { type AvailablePolicy, capabilityProviders, composeVariant, type Composition, listPolicies } from './vm/compose.js';
 export { createVm, type CreateVmOptions, Vm, type VmCounters } from './vm/vm.js';
@@ -180,6 +180,7 @@ export {
   type VectorOutcome,
 } from './conformance/vector.js';
 export { loadVectorFile } from './conformance/load.js';
+export { ACCESS_CASE_FLAGS, type AccessCase, type AccessCaseFlag, accessCaseVector, sweepCase } from './conformance/generate.js';
 export {
   type AccessOutcome,
   createNativeVectorMachine,

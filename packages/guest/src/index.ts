@@ -43,6 +43,7 @@ export { decodeVxt, encodeVxt, type EncodeVxtOptions, readVxtFile, readVxtHeader
 export { describeVxt, type VxtDescription } from './trace/describe.js';
 export { importLackey, type ImportLackeyOptions } from './trace/lackey.js';
 export { TraceError } from './trace/errors.js';
+export { type RelocationGroup, type RelocationMisfit, type TraceFit, traceFit } from './relocate.js';
 export { KBUILD_TRACE_PATH } from './replay.js';
 export { Kernel } from './os/kernel.js';
 export { type AreaSpec, type ImageSpec, Process } from './os/process.js';

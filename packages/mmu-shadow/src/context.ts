@@ -20,6 +20,13 @@ import { MODE_PAE } from '@vmexit/core';
 /** The host's MAXPHYADDR under which the shadow tables are walked. */
 export const HOST_MAXPHYADDR = 46;
 
+/**
+ * The first gfn the host cannot map: guest RAM is at host-physical = guest-physical in this model, so a
+ * memslot gfn at or above 2^(HOST_MAXPHYADDR - 12) has no frame an spte can name (its address bits would be
+ * reserved bits, SDM Vol. 3A §4.5.4, and every access would fault with RSVD again).
+ */
+export const HOST_GFN_LIMIT = 2 ** (HOST_MAXPHYADDR - 12);
+
 export class ShadowPagingContext implements PagingContext {
   mode: PagingModeId = MODE_PAE;
   cr3 = 0;

@@ -5,6 +5,7 @@ import {
   ACC_WRITE,
   MODE_LEGACY32,
   MODE_LONG4,
+  MODE_LONG5,
   MODE_PAE,
   PAGE_SIZE,
   PFERR_PRESENT,
@@ -15,6 +16,7 @@ import {
   walk,
   type Memslot,
   EMULATE,
+  type PagingContext,
   type ExitResolution,
   PF_VECTOR,
   RESUME,
@@ -23,6 +25,7 @@ import {
 } from '@vmexit/core';
 import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, childRole, makeLeafSpte, roleAccess } from '@vmexit/core/mmu';
 import { decidePrefetch, decideTrackedWrite } from './decisions.js';
+import { HOST_GFN_LIMIT } from './context.js';
 import { ShadowMmuError } from './errors.js';
 import { gpteAccess, leafFromGpte, leafPkey, levelIndex, readGpte } from './gpte.js';
 import type { ShadowPage } from './page.js';
@@ -70,6 +73,12 @@ export function pageFault(s: ShadowMmuState, vcpu: Vcpu, address: number, errorC
   const slot = s.memory.slotForGfn(gfn);
   // No memslot (or a write to read-only RAM): MMIO, an exit to user space (KVM `kvm_handle_noslot_fault`).
   if (slot === null || (write && slot.readonly)) return { kind: 'userspace', reason: 'mmio', gpa };
+  // RAM the host cannot map (HOST_GFN_LIMIT): an spte naming it would have reserved address bits set and fault
+  // with RSVD forever. KVM emulates such a gfn rather than build an spte for it (mmu.c
+  // `kvm_handle_noslot_fault`: "Do not create an MMIO SPTE for a gfn greater than host.MAXPHYADDR" ->
+  // RET_PF_EMULATE); the emulator performs the access on guest RAM through the guest's tables.
+  if (gfn >= HOST_GFN_LIMIT) return emulate(s, vcpu);
+
   let writeProtected = write && s.isWriteProtected(gfn);
   if (writeProtected && decideTrackedWrite(s.host, vcpu.id, st.mmuEventSeq++, gfn, address, errorCode)) {
     // A policy unprotects the gfn (KVM 2007: a user-mode write is a hint that the page is no longer a
@@ -92,16 +101,23 @@ export function pageFault(s: ShadowMmuState, vcpu: Vcpu, address: number, errorC
   let pteAccess = (r.writable ? ACC_WRITE_MASK : 0) | (r.user ? ACC_USER_MASK : 0) | (r.executable ? ACC_EXEC_MASK : 0);
   if (!r.dirty) pteAccess &= ~ACC_WRITE_MASK;
   const g = vcpu.ctx;
+  if (write && !user && !g.cr0Wp && r.user && pkeysApply(g) && pkruWriteDisabled(g.pkru, r.entryHi[r.leafLevel]!)) {
+    // CR0.WP = 0 with protection keys: PKRU.WD of the page's key stops a supervisor write to a user-mode
+    // address only when CR0.WP = 1 (SDM Vol. 3A §4.6.2), but the hardware runs the shadow with WP = 1, so any
+    // user spte takes a PK fault (P|W|PK) on this store again and again, and a kernel-only spte would let
+    // later supervisor reads escape PKRU.AD (WRPKRU sets it without an exit). No spte gives the guest's
+    // rights: emulate the store. (KVM offers no PKU to a shadow-paging guest at all: cpuid.c
+    // `kvm_set_cpu_caps`, "PKU is not yet implemented for shadow paging"; this model lets CR4.PKE through
+    // and keeps the guest's view exact.)
+    return emulate(s, vcpu);
+  }
   // CR0.WP = 0 (Documentation/virt/kvm/x86/mmu.rst "Emulating cr0.wp", FNAME(page_fault)): the hardware runs
   // with WP = 1, so a supervisor write to a read-only page gets a kernel-only writable spte; with SMEP it also loses X.
   if (write && !user && !g.cr0Wp && (pteAccess & ACC_WRITE_MASK) === 0) {
-    if (g.cr4Smap && r.user) {
-      // A user page made kernel-only would escape SMAP for later supervisor reads (KVM lets that
-      // happen; mmu.rst leaves the case out). Emulating the store keeps the guest's view exact.
-      s.host.count(vcpu.id, 'pf_emulate');
-      finish(s);
-      return EMULATE;
-    }
+    // A user page made kernel-only would escape SMAP, and PKRU.AD (keys apply to user-mode addresses only),
+    // for later supervisor reads (KVM lets the SMAP case happen; mmu.rst leaves it out). Emulating the store
+    // keeps the guest's view exact.
+    if (r.user && (g.cr4Smap || pkeysApply(g))) return emulate(s, vcpu);
     pteAccess = (pteAccess | ACC_WRITE_MASK) & ~ACC_USER_MASK;
     if (g.cr4Smep) pteAccess &= ~ACC_EXEC_MASK;
   }
@@ -109,6 +125,24 @@ export function pageFault(s: ShadowMmuState, vcpu: Vcpu, address: number, errorC
   if (res === EMULATE) st.lastPtWriteCount = ptWriteCount; // a write to a write-protected page table
   finish(s);
   return res;
+}
+
+/** RET_PF_EMULATE without an spte: counted as KVM counts it (pf_emulate), the MMU's work for the fault finished. */
+function emulate(s: ShadowMmuState, vcpu: Vcpu): ExitResolution {
+  s.host.count(vcpu.id, 'pf_emulate');
+  finish(s);
+  return EMULATE;
+}
+
+/** Protection keys apply: CR4.PKE in 4- or 5-level paging (SDM Vol. 3A §4.6.2; PAE and 32-bit entries have no key). */
+function pkeysApply(g: PagingContext): boolean {
+  return g.cr4Pke && (g.mode === MODE_LONG4 || g.mode === MODE_LONG5);
+}
+
+/** PKRU.WD (bit 2k + 1) of the key in bits 62:59 of a leaf (`hi` = its high half, bits 30:27). */
+function pkruWriteDisabled(pkru: number, hi: number): boolean {
+  const key = (hi >>> 27) & 0xf;
+  return ((pkru >>> (2 * key + 1)) & 1) !== 0;
 }
 
 /** Resets the flood counts of the pages a walk of `va` uses (KVM `clear_sp_write_flooding_count`). */

@@ -1,5 +1,6 @@
 import { MODE_LONG4, MODE_LONG5, MODE_PAE, PT_ACCESSED, PT_DIRTY, PT_HI_XD, PT_PRESENT, PT_USER, PT_WRITABLE, type Vcpu } from '@vmexit/core';
 import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, makeLeafSpte, ROLE_4BYTE_GPTE, roleAccess, SPTE_HI_PKEY_MASK, type SpteHalves } from '@vmexit/core/mmu';
+import { HOST_GFN_LIMIT } from './context.js';
 import type { ShadowPage } from './page.js';
 import type { ShadowMmuState } from './state.js';
 
@@ -54,7 +55,7 @@ export function readGpte(s: ShadowMmuState, sp: ShadowPage, i: number, out: Spte
 /**
  * The leaf spte for gpte (`gLo`, `gHi`) in level-1 page `sp` (KVM `FNAME(prefetch_gpte)` / `sync_spte`),
  * into `out`; false when the gpte is invalid for that (not present, A=0, reserved bits: KVM
- * `FNAME(prefetch_invalid_gpte)`) or maps no memslot. Rights: the page's role access AND the gpte's; W only
+ * `FNAME(prefetch_invalid_gpte)`) or maps no memslot (or a gfn beyond the host's reach, HOST_GFN_LIMIT). Rights: the page's role access AND the gpte's; W only
  * when the gpte is dirty (`protect_clean_gpte`) and the target is not a write-protected guest page table.
  */
 export function leafFromGpte(s: ShadowMmuState, vcpu: Vcpu, sp: ShadowPage, gLo: number, gHi: number, out: SpteHalves): boolean {
@@ -65,7 +66,8 @@ export function leafFromGpte(s: ShadowMmuState, vcpu: Vcpu, sp: ShadowPage, gLo:
   if (!fourByte && gpteReserved(gHi, g.maxPhyAddr, nxe, g.mode === MODE_PAE)) return false;
   const gfn = fourByte ? gLo >>> 12 : (gLo >>> 12) + (gHi & 0xfffff) * 0x100000;
   const slot = s.memory.slotForGfn(gfn);
-  if (slot === null) return false;
+  // No spte for a gfn the host cannot name (its accesses are emulated, see pageFault).
+  if (slot === null || gfn >= HOST_GFN_LIMIT) return false;
   let access = roleAccess(sp.role) & gpteAccess(gLo, fourByte ? 0 : gHi, nxe);
   if ((gLo & PT_DIRTY) === 0) access &= ~ACC_WRITE_MASK; // protect_clean_gpte
   const writable = (access & ACC_WRITE_MASK) !== 0 && !slot.readonly && !s.isWriteProtected(gfn);

@@ -95,8 +95,9 @@ export class Harness implements MmuHost, VcpuHooks {
         action = FAULT_DELIVER;
         break;
       case 'userspace':
+        // As the VM's hooks do: user space completes the access (open bus), through the emulator.
         this.exit('mmio');
-        action = FAULT_DONE;
+        action = emulatePendingAccess(vcpu, this.mmu, this.out).action as FaultAction;
         break;
       case 'emulate': {
         const o = emulatePendingAccess(vcpu, this.mmu, this.out);

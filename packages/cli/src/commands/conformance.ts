@@ -3,6 +3,7 @@ import { VectorError, formatFailure, formatSummary, loadVectorFile, reportToJson
 import type { ConformanceReport, ConformanceVector, ModuleSources, Variant, VectorResult } from '@vmexit/core';
 import * as fs from 'node:fs';
 import { createVmVectorMachine } from '../conformance-vm.js';
+import { turnOfEventLoop } from '../differential.js';
 import { InputError } from '../errors.js';
 import { addVariantOptions, checkVariantFlags as checkFlagValues, variantFromOptions, type VariantOptions } from '../variant-options.js';
 
@@ -127,7 +128,9 @@ const VECTOR_STOPPING = new Set(['MachineError', 'ExitError', 'ShadowMmuError'])
  */
 export async function runVectorsOnVariant(vectors: readonly ConformanceVector[], variant: Variant, sources?: ModuleSources): Promise<ConformanceReport> {
   const results: VectorResult[] = [];
-  for (const vector of vectors) {
+  for (const [i, vector] of vectors.entries()) {
+    // One VM per vector: let the event loop turn now and then, so that V8 frees the VMs (see turnOfEventLoop).
+    if (i % 64 === 63) await turnOfEventLoop();
     const machine = await createVmVectorMachine(vector, variant, sources);
     try {
       results.push(runVector(vector, () => machine));

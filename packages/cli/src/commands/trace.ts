@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
-import { TraceError, decodeVxt, describeVxt, encodeVxt, importLackey, readVxtFile } from '@vmexit/guest';
-import type { VxtDescription } from '@vmexit/guest';
+import { TraceError, decodeVxt, describeVxt, encodeVxt, importLackey, readVxtFile, traceFit } from '@vmexit/guest';
+import type { TraceFit, VxtDescription } from '@vmexit/guest';
 import { InputError } from '../errors.js';
 import { checkOutputTarget, writeOutputFile } from '../output-file.js';
 
@@ -52,10 +52,9 @@ export function registerTrace(program: Command): void {
     .option('--json', 'print the description as JSON')
     .action((file: string, opts: { json?: boolean }) => {
       const bytes = translate(() => readVxtFile(file));
-      const d = describeVxt(
-        translate(() => decodeVxt(bytes, file)),
-        bytes.length,
-      );
+      const t = translate(() => decodeVxt(bytes, file));
+      // How it replays in each paging mode: as recorded, relocated into a 32-bit user space, or refused (relocate.ts).
+      const d = { ...describeVxt(t, bytes.length), modes: traceFit(t) };
       process.stdout.write(opts.json ? `${JSON.stringify(d, null, 2)}\n` : formatDescription(file, d));
     });
 }
@@ -92,7 +91,24 @@ function translate<T>(f: () => T): T {
   }
 }
 
-function formatDescription(file: string, d: VxtDescription): string {
+const mib = (n: number): string => `${(n / 2 ** 20).toFixed(1)} MiB`;
+const size = (n: number): string => (n >= 2 ** 40 ? `${(n / 2 ** 40).toFixed(1)} TiB` : n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(1)} GiB` : mib(n));
+
+/** One line per paging mode: how the trace replays there (`vmexit run --mode M` with it). */
+function formatFit(f: TraceFit): string {
+  const where = `${f.mode.padEnd(8)} (user space ${size(f.userLimit)}): `;
+  if (f.replay === 'as-recorded') return `${where}as recorded`;
+  if (f.replay === 'relocated') {
+    const g = f.groups ?? [];
+    const regions = g.reduce((n, x) => n + x.regions.length, 0);
+    const span = Math.max(0, ...g.map((x) => x.span));
+    return `${where}relocated: ${g.length} process tree${g.length === 1 ? '' : 's'}, ${regions} regions moved down (page offsets, order and sizes kept; largest span ${mib(span)})`;
+  }
+  const worst = (f.misfits ?? []).reduce((a, m) => (m.span > a.span ? m : a), { span: 0, bytes: 0, pids: [0] as readonly number[] });
+  return `${where}does not fit: the process tree of pid ${worst.pids[0]} needs ${mib(worst.span)} relocated (its mappings cover ${mib(worst.bytes)})`;
+}
+
+function formatDescription(file: string, d: VxtDescription & { modes: TraceFit[] }): string {
   const lines = [
     `${file}: ${d.source.tool} trace of: ${d.source.command}`,
     `collapse: ${d.collapse}`,
@@ -104,6 +120,8 @@ function formatDescription(file: string, d: VxtDescription): string {
     `size: ${d.size.fileBytes} bytes, ${(d.size.bytesPerAccess ?? 0).toFixed(4)} bytes/access, ${(d.size.ratio ?? 0).toFixed(1)}x smaller than the decoded columns (${d.size.columnBytes} bytes)`,
     `processes (${d.processes.length}):`,
     ...d.tree.map((t) => `  ${t}`),
+    'replay by paging mode (--mode):',
+    ...d.modes.map((f) => `  ${formatFit(f)}`),
   ];
   return `${lines.join('\n')}\n`;
 }

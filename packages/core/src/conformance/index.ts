@@ -2,3 +2,4 @@ export * from './vector.js';
 export * from './load.js';
 export * from './machine.js';
 export * from './runner.js';
+export * from './generate.js';

@@ -1,0 +1,48 @@
+import svm from '@vmexit/backend-svm';
+import vmx from '@vmexit/backend-vmx';
+import { ACCESS_CASE_FLAGS, accessCaseVector, runVector, type AccessCaseFlag } from '@vmexit/core';
+import shadow from '@vmexit/mmu-shadow';
+import policies from '@vmexit/policies';
+import { describe, expect, it } from 'vitest';
+import { parseVariantSpec } from '../src/commands/compare.js';
+import { createVmVectorMachine } from '../src/conformance-vm.js';
+import { runDifferentialSweep, SWEEP_VARIANTS } from '../src/differential.js';
+
+const sources = { backends: { vmx, svm }, mmus: { shadow }, policies: [policies] };
+const flags = (names: AccessCaseFlag[]) => names.reduce((a, n) => a + 2 ** ACCESS_CASE_FLAGS.indexOf(n), 0);
+
+describe('runDifferentialSweep', () => {
+  // The fixed CI sample of scripts/differential-sweep.mjs (seed 14, its default): 120 vectors x 5 variants,
+  // every mode and MAXPHYADDR 10 times over. The whole sweep (200,000 cases) is the script's.
+  it('finds no difference between the native walker and any sweep variant on the fixed sample (600 cases)', async () => {
+    const r = await runDifferentialSweep({ seed: 14, count: 120, sources });
+    expect(r.failures.map((f) => `#${f.index} [${f.variant}] ${f.detail}`)).toEqual([]);
+    expect(r.cases).toBe(120 * SWEEP_VARIANTS.length);
+  });
+
+  // The two classes of issue 14 that looped (MachineError fault-loop), now the native outcome under every variant.
+  it.each([
+    [
+      'a WP=0 supervisor write to a user page whose key has PKRU.WD (4 KiB)',
+      'long4',
+      46,
+      ['pte.p', 'pte.rw', 'pte.user', 'pte.a', 'pte.d', 'pte.pkey', 'pde.p', 'pde.rw', 'pde.user', 'pde.a', 'pku.wd', 'write', 'cr4.pke'],
+    ],
+    [
+      'the same on a 2 MiB page, 5-level',
+      'long5',
+      52,
+      ['pte.pkey', 'pde.p', 'pde.rw', 'pde.user', 'pde.a', 'pde.d', 'pde.pse', 'pku.wd', 'write', 'twice', 'cr4.pke'],
+    ],
+    ['a PAE leaf at a gpa with bit 51 set (MAXPHYADDR 52, outside guest RAM)', 'pae', 52, ['pte.p', 'pte.a', 'pte.51', 'pde.p', 'pde.a', 'write', 'twice']],
+    ['a 4-level large page at a gpa with bit 51 set, fetched', 'long4', 52, ['pde.p', 'pde.user', 'pde.a', 'pde.pse', 'pde.51', 'user', 'fetch', 'efer.nx']],
+  ] as const)('%s: the native outcome under every variant', async (_what, mode, maxPhyAddr, names) => {
+    const vector = accessCaseVector({ mode, maxPhyAddr, flags: flags([...names]) });
+    expect(vector.expect.fault).toBe(false); // natively the access completes
+    for (const { name } of SWEEP_VARIANTS) {
+      const machine = await createVmVectorMachine(vector, await parseVariantSpec(name, {}), sources);
+      const r = runVector(vector, () => machine);
+      expect({ variant: name, mismatches: r.mismatches }).toEqual({ variant: name, mismatches: [] });
+    }
+  });
+});
