@@ -2,11 +2,13 @@ import { describe, expect, it } from 'vitest';
 import { compareVariants, deterministicPart, InputError, parseVariantSpec, provenance, runVariant } from '../src/index.js';
 
 const WL = 'fork-cow:pages=16,forks=1';
+// 4 MiB of guest RAM: the workload needs far less, and a run's cost (boot, the memory digest) grows with the RAM.
+const SMALL = { memory: '4M' };
 
 describe('runVariant', () => {
   it('gives the same counters, cycles and digest for a spec and for the composed variant, run twice', async () => {
-    const a = await runVariant('vmx shadow pte-update', WL, { seed: 2 });
-    const b = await runVariant(await parseVariantSpec('vmx shadow pte-update'), WL, { seed: 2 });
+    const a = await runVariant('vmx shadow pte-update', WL, { seed: 2, overrides: SMALL });
+    const b = await runVariant(await parseVariantSpec('vmx shadow pte-update', SMALL), WL, { seed: 2 });
     expect(deterministicPart(b)).toEqual(deterministicPart(a));
     expect(a.counters.total.exits).toBeGreaterThan(0);
     expect(a.cycles.cycles).toBeGreaterThan(0);
@@ -15,7 +17,7 @@ describe('runVariant', () => {
   });
 
   it('records the packages that ran, Node, the host and the start time', async () => {
-    const r = await runVariant('svm shadow unsync', WL);
+    const r = await runVariant('svm shadow unsync', WL, { overrides: SMALL });
     expect(Object.keys(r.provenance.packages)).toEqual([
       '@vmexit/backend-svm',
       '@vmexit/core',
@@ -40,8 +42,8 @@ describe('runVariant', () => {
 
 describe('compareVariants', () => {
   it('runs each variant as runVariant does, and tabulates them against the first', async () => {
-    const doc = await compareVariants({ workload: WL, variants: ['vmx shadow', 'vmx shadow pte-update'], mode: 'long4', seed: 1 });
-    const single = await runVariant('vmx shadow pte-update', WL);
+    const doc = await compareVariants({ workload: WL, variants: ['vmx shadow', 'vmx shadow pte-update'], mode: 'long4', seed: 1, overrides: SMALL });
+    const single = await runVariant('vmx shadow pte-update', WL, { overrides: SMALL });
     expect(deterministicPart(doc.results[1]!)).toEqual({ ...deterministicPart(single), label: 'vmx shadow pte-update', spec: 'vmx shadow pte-update' });
     const exits = doc.table.find((r) => r.metric === 'vmexits')!;
     expect(exits.values).toEqual(doc.results.map((r) => r.counters.total.exits));
