@@ -357,7 +357,7 @@ export function comparisonMetrics(results: readonly ComparisonInput[], options: 
       });
       if (withCycles)
         byReason.push({
-          label: '    modelled cycles',
+          label: '    cycles (modelled)',
           name: `${name} cycles`,
           value: (r) => (own(r) && r.exitReasons !== undefined ? (r.exitReasons.find((x) => x.reason === reason)?.cycles ?? 0) : null),
         });
