@@ -75,3 +75,4 @@ export {
 export { InputError, RunFailure } from './errors.js';
 export { reportCharts, reportHtml, type ReportChart, type ReportInput } from './report.js';
 export { traceStats, formatTraceStats, exitCycles, type TraceStats, type TraceStatsOptions, type ReasonStats } from './trace-stats.js';
+export { SelectingTracer, parseTraceFilter, parseTraceSample, traceSelectionLine, type TraceSelection } from './trace-select.js';
