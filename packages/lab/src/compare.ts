@@ -31,6 +31,8 @@ export interface ComparisonOptions {
    * variant's result is the same either way: each runs on a fresh VM composed from its spec.
    */
   readonly jobs?: number;
+  /** Tally each exit reason's count and modelled cycles in the window (`exitReasons`), and show its share and cycles in the table. */
+  readonly exitReasons?: boolean;
   /** Counters to show as rows of their own (a policy's counters): names, or globs such as `write_flood.*`. */
   readonly counters?: readonly string[];
   /** Called before each variant runs (in this thread; with `jobs` > 1, as each is handed to a thread). */
@@ -66,8 +68,8 @@ export type ComparisonResult = VariantRunResult & {
   label: string;
   spec: string;
   check?: CheckReport;
-  /** Per exit reason in the counting window, most frequent first (none for a native run). */
-  exitReasons: readonly ExitReasonCost[];
+  /** Per exit reason in the counting window, most frequent first (empty for a native run); with the `exitReasons` option only. */
+  exitReasons?: readonly ExitReasonCost[];
   provenance: Provenance;
 };
 
@@ -121,13 +123,15 @@ export interface CompareTask {
   readonly personalities: readonly Personality[];
   readonly check: boolean;
   readonly audit: boolean;
+  readonly exitReasons?: boolean;
 }
 
 /** Runs one variant of a comparison in this thread. */
 export async function runCompareTask(t: CompareTask, context?: VariantContext, composed?: Variant): Promise<ComparisonResult> {
   const variant = composed ?? (await parseVariantSpec(t.spec, t.overrides, context));
   const started = provenance(variant);
-  const tally = variant.backend === 'none' ? undefined : new ExitReasonTally(resolveCostProfile(variant.costModel));
+  const tally = t.exitReasons !== true || variant.backend === 'none' ? undefined : new ExitReasonTally(resolveCostProfile(variant.costModel));
+  const reasons = (): { exitReasons?: ExitReasonCost[] } => (t.exitReasons === true ? { exitReasons: tally?.reasons() ?? [] } : {});
   const runOpts = {
     workload: t.workload,
     mode: t.mode,
@@ -141,10 +145,10 @@ export async function runCompareTask(t: CompareTask, context?: VariantContext, c
   const label = (r: VariantRunResult): string => t.label ?? comparisonLabel(r.variant);
   if (t.check && variant.backend !== 'none') {
     const c = await runChecked(runOpts);
-    return { ...c.run.result, label: label(c.run.result), spec: t.spec, check: c.check, exitReasons: tally?.reasons() ?? [], provenance: started };
+    return { ...c.run.result, label: label(c.run.result), spec: t.spec, check: c.check, ...reasons(), provenance: started };
   }
   const r = await runOnVariant(runOpts);
-  return { ...r.result, label: label(r.result), spec: t.spec, exitReasons: tally?.reasons() ?? [], provenance: started };
+  return { ...r.result, label: label(r.result), spec: t.spec, ...reasons(), provenance: started };
 }
 
 /** A compare task's result across a thread: the result, or the error it stopped with (classes do not cross). */
@@ -205,6 +209,7 @@ export async function compareVariants(o: ComparisonOptions): Promise<ComparisonD
     personalities: o.personalities ?? [],
     check: o.check === true,
     audit: o.audit === true,
+    ...(o.exitReasons === true ? { exitReasons: true } : {}),
   });
   const now = o.now ?? Date.now;
   const start = now();
@@ -349,12 +354,13 @@ export function comparisonMetrics(results: readonly ComparisonInput[], options: 
       const own = (r: ComparisonInput): boolean => backendOf(r) === backend;
       const name = `${backend} ${reason}`;
       byReason.push({ label: `  ${name}`, value: (r) => (own(r) ? counter(`exits.${reason}`)(r) : null) });
-      byReason.push({
-        label: '    share of exits',
-        name: `${name} share`,
-        share: true,
-        value: (r) => (own(r) ? (exitsOf(r) > 0 ? counter(`exits.${reason}`)(r) / exitsOf(r) : 0) : null),
-      });
+      if (withCycles)
+        byReason.push({
+          label: '    share of exits',
+          name: `${name} share`,
+          share: true,
+          value: (r) => (own(r) ? (exitsOf(r) > 0 ? counter(`exits.${reason}`)(r) / exitsOf(r) : 0) : null),
+        });
       if (withCycles)
         byReason.push({
           label: '    cycles (modelled)',

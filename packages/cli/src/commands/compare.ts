@@ -99,6 +99,7 @@ export function registerCompare(program: Command): void {
           variants: [...columns],
           jobs,
           counters,
+          exitReasons: true,
           onProgress: (p) => bar.update(p),
           mode: checkMode(flags.mode),
           seed: checkSeed(flags.seed),
