@@ -1,3 +1,5 @@
+import { renderSweepProgress, type SweepProgressInfo } from '@vmexit/lab';
+
 /** `12.3 M`, `4.5 k`, `980`: a count or a rate, short (for the summary table and the progress bar). */
 export function rate(n: number): string {
   return n >= 1e6 ? `${(n / 1e6).toFixed(1)} M` : n >= 1e3 ? `${(n / 1e3).toFixed(1)} k` : n.toFixed(0);
@@ -56,6 +58,29 @@ export class Progress {
   }
 
   /** Erases the bar, if one was drawn. */
+  clear(): void {
+    if (this.drawn) this.write('\r\x1b[K');
+    this.drawn = false;
+  }
+}
+
+/** The progress bar of a sweep or a comparison (`unit`: cells, variants): on stderr when it is a terminal, redrawn at most every 100 ms. */
+export class CountBar {
+  private last = 0;
+  private drawn = false;
+  constructor(
+    private readonly unit = 'cells',
+    private readonly tty = process.stderr.isTTY === true,
+    private readonly write: (s: string) => void = (s) => process.stderr.write(s),
+  ) {}
+  update(p: SweepProgressInfo): void {
+    if (!this.tty) return;
+    const now = Date.now();
+    if (now - this.last < 100 && p.done < p.total) return;
+    this.last = now;
+    this.write(`\r${renderSweepProgress(p, 24, this.unit)}\x1b[K`);
+    this.drawn = true;
+  }
   clear(): void {
     if (this.drawn) this.write('\r\x1b[K');
     this.drawn = false;

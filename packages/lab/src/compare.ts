@@ -1,36 +1,79 @@
-import type { PagingModeName, Variant } from '@vmexit/core';
+import { availableParallelism } from 'node:os';
+import { Piscina } from 'piscina';
+import { resolveCostProfile, type CostProfile, type ExitTracer, type PagingModeName, type Variant, type VmExit } from '@vmexit/core';
 import type { Personality, RunResult } from '@vmexit/guest';
-import { InputError } from './errors.js';
+import { compiledFile } from './cell.js';
+import { InputError, RunFailure } from './errors.js';
 import { provenance, type Provenance } from './provenance.js';
 import { runChecked, runOnVariant, type CheckReport, type VariantRunResult } from './run-variant.js';
-import { parseVariantSpec, type VariantContext, type VariantOverrides } from './variant-spec.js';
+import type { SweepProgressInfo } from './sweep.js';
+import { exitCycles } from './trace-stats.js';
+import { absoluteSpec, parseVariantSpec, type VariantContext, type VariantOverrides } from './variant-spec.js';
+
+/** A variant of a comparison under a column label of the caller's choosing (`--label NAME=VARIANT`). */
+export interface LabelledVariant {
+  readonly spec: string;
+  readonly label: string;
+}
 
 /** What `compareVariants` compares: the workload, the variant specs, and the mode, seed and checks of every run. */
 export interface ComparisonOptions {
   readonly workload: string;
-  /** Variant specs: config files or flag strings (see parseVariantSpec). */
-  readonly variants: readonly string[];
+  /** Variant specs (config files or flag strings, see parseVariantSpec), each optionally with its own column label. */
+  readonly variants: readonly (string | LabelledVariant)[];
   readonly mode: PagingModeName;
   readonly seed: number;
   readonly overrides?: VariantOverrides;
   readonly personalities?: readonly Personality[];
   readonly check?: boolean;
   readonly audit?: boolean;
-  /** Called before each variant runs (progress for long comparisons). */
+  /**
+   * Variants run at once, each on its own worker thread (default 1: one after the other in this thread). Every
+   * variant's result is the same either way: each runs on a fresh VM composed from its spec.
+   */
+  readonly jobs?: number;
+  /** Tally each exit reason's count and modelled cycles in the window (`exitReasons`), and show its share and cycles in the table. */
+  readonly exitReasons?: boolean;
+  /** Counters to show as rows of their own (a policy's counters): names, or globs such as `write_flood.*`. */
+  readonly counters?: readonly string[];
+  /** Called before each variant runs (in this thread; with `jobs` > 1, as each is handed to a thread). */
   readonly onVariant?: (label: string, index: number, count: number) => void;
+  /** Called as variants finish (and once before the first): done, total, elapsed and ETA. */
+  readonly onProgress?: (p: SweepProgressInfo) => void;
   readonly context?: VariantContext;
+  /** The clock for progress (ms; default `Date.now`): a test's fixed clock. */
+  readonly now?: () => number;
 }
 
 /** One metric of the table: its value for each variant (null: not applicable) and the ratio to the first variant's. */
 export interface ComparisonRow {
   readonly metric: string;
   readonly values: readonly (number | null)[];
-  /** value / first variant's value; 1 when both are 0; null when either is not applicable or only the first is 0. */
+  /** value / first variant's value; 1 when both are 0; null when either is not applicable, only the first is 0, or the metric is a share. */
   readonly ratios: readonly (number | null)[];
 }
 
+/**
+ * One exit reason's part of a run, inside the counting window: how many exits, and their modelled cycles as
+ * `vmexit trace stats` prices each exit (the round trip of its kind plus the handler's figure for what it
+ * did: emulated, injected, or a fixed #PF).
+ */
+export interface ExitReasonCost {
+  readonly reason: string;
+  readonly kind: string;
+  readonly count: number;
+  readonly cycles: number;
+}
+
 /** One variant's result in a comparison: the run's result, its column label, the spec it came from, and where it came from. */
-export type ComparisonResult = VariantRunResult & { label: string; spec: string; check?: CheckReport; provenance: Provenance };
+export type ComparisonResult = VariantRunResult & {
+  label: string;
+  spec: string;
+  check?: CheckReport;
+  /** Per exit reason in the counting window, most frequent first (empty for a native run); with the `exitReasons` option only. */
+  exitReasons?: readonly ExitReasonCost[];
+  provenance: Provenance;
+};
 
 /** What `compareVariants` returns and `vmexit compare --json` prints (schema `vmexit.compare/1`): each variant's result and the metric table. */
 export interface ComparisonDocument {
@@ -38,41 +81,186 @@ export interface ComparisonDocument {
   readonly workload: string;
   readonly mode: PagingModeName;
   readonly seed: number;
+  /** The `counters` patterns asked for (their rows are in the table). */
+  readonly counters?: readonly string[];
   readonly results: readonly ComparisonResult[];
   /** The side-by-side table as data: the rows `formatComparison` prints, columns in `results` order. */
   readonly table: readonly ComparisonRow[];
 }
 
 /**
- * Runs every variant on the same workload, mode and seed (one after the other, each on a fresh VM) and
- * returns their results with the comparison table. What `vmexit compare --json` prints.
+ * Tallies each exit reason's count and modelled cycles inside the counting window (a window start clears the
+ * tally, as it restarts the run's counters), at the cost of one map lookup per exit.
+ */
+export class ExitReasonTally implements ExitTracer {
+  private counting = false;
+  private readonly byReason = new Map<string, { reason: string; kind: string; count: number; cycles: number }>();
+  constructor(private readonly profile: CostProfile) {}
+  traceExit(exit: VmExit): void {
+    if (!this.counting) return;
+    const name = exit.hw.name;
+    let r = this.byReason.get(name);
+    if (r === undefined) this.byReason.set(name, (r = { reason: name, kind: exit.kind, count: 0, cycles: 0 }));
+    r.count++;
+    r.cycles += exitCycles(this.profile, exit.kind, exit.resolution?.kind);
+  }
+  traceMmuEvent(): void {}
+  traceWindow(phase: 'start' | 'end'): void {
+    if (phase === 'start') this.byReason.clear();
+    this.counting = phase === 'start';
+  }
+  /** Most frequent first, then by name. */
+  reasons(): ExitReasonCost[] {
+    return [...this.byReason.values()].map((r) => ({ ...r })).sort((a, b) => b.count - a.count || (a.reason < b.reason ? -1 : 1));
+  }
+}
+
+/** What one variant of a comparison needs: serialisable, so that a worker thread can run it. */
+export interface CompareTask {
+  readonly spec: string;
+  readonly label?: string;
+  readonly workload: string;
+  readonly mode: PagingModeName;
+  readonly seed: number;
+  readonly overrides: VariantOverrides;
+  readonly personalities: readonly Personality[];
+  readonly check: boolean;
+  readonly audit: boolean;
+  readonly exitReasons?: boolean;
+}
+
+/** Runs one variant of a comparison in this thread. */
+export async function runCompareTask(t: CompareTask, context?: VariantContext, composed?: Variant): Promise<ComparisonResult> {
+  const variant = composed ?? (await parseVariantSpec(t.spec, t.overrides, context));
+  const started = provenance(variant);
+  const tally = t.exitReasons !== true || variant.backend === 'none' ? undefined : new ExitReasonTally(resolveCostProfile(variant.costModel));
+  const reasons = (): { exitReasons?: ExitReasonCost[] } => (t.exitReasons === true ? { exitReasons: tally?.reasons() ?? [] } : {});
+  const runOpts = {
+    workload: t.workload,
+    mode: t.mode,
+    seed: t.seed,
+    personalities: t.personalities,
+    variant,
+    audit: t.audit,
+    tracer: tally,
+    sources: context?.sources,
+  };
+  const label = (r: VariantRunResult): string => t.label ?? comparisonLabel(r.variant);
+  if (t.check && variant.backend !== 'none') {
+    const c = await runChecked(runOpts);
+    return { ...c.run.result, label: label(c.run.result), spec: t.spec, check: c.check, ...reasons(), provenance: started };
+  }
+  const r = await runOnVariant(runOpts);
+  return { ...r.result, label: label(r.result), spec: t.spec, ...reasons(), provenance: started };
+}
+
+/** A compare task's result across a thread: the result, or the error it stopped with (classes do not cross). */
+export type CompareOutcome =
+  { readonly ok: true; readonly result: ComparisonResult } | { readonly ok: false; readonly error: { name: string; message: string; exitCode?: number } };
+
+/** runCompareTask with any error turned into data (the worker thread's entry). */
+export async function runCompareTaskOutcome(t: CompareTask): Promise<CompareOutcome> {
+  try {
+    return { ok: true, result: await runCompareTask(t) };
+  } catch (e) {
+    const err = e instanceof Error ? e : new Error(String(e));
+    const message = err instanceof InputError || err instanceof RunFailure ? err.message : `${err.name}: ${err.message}`;
+    return { ok: false, error: { name: err.name, message, exitCode: (err as { exitCode?: number }).exitCode } };
+  }
+}
+
+const GLOB = /^[A-Za-z0-9_.:*-]+$/;
+
+/** `--counter` patterns, checked: names or globs of letters, digits, `_ . : -` and `*`. */
+export function checkCounterPatterns(patterns: readonly string[]): string[] {
+  for (const p of patterns)
+    if (!GLOB.test(p)) throw new InputError(`--counter '${p}': expected a counter name or a glob such as 'write_flood.*' (letters, digits, _ . : - and *)`);
+  return [...patterns];
+}
+
+/** Whether `name` matches the glob `pattern` (`*` is any run of characters, dots included). */
+export function counterMatches(pattern: string, name: string): boolean {
+  return new RegExp(
+    `^${pattern
+      .split('*')
+      .map((part) => part.replace(/\./g, '\\.'))
+      .join('.*')}$`,
+  ).test(name);
+}
+
+/**
+ * Runs every variant on the same workload, mode and seed, each on a fresh VM (one after the other, or `jobs`
+ * at once on worker threads), and returns their results in the order given with the comparison table.
+ * What `vmexit compare --json` prints.
  */
 export async function compareVariants(o: ComparisonOptions): Promise<ComparisonDocument> {
   if (o.variants.length === 0) throw new InputError('--variant: give at least one variant');
-  const variants: { spec: string; variant: Variant }[] = [];
-  for (const spec of o.variants) variants.push({ spec, variant: await parseVariantSpec(spec, o.overrides ?? {}, o.context) });
-  const results: ComparisonResult[] = [];
-  for (const [i, { spec, variant }] of variants.entries()) {
-    o.onVariant?.(spec, i, variants.length);
-    const started = provenance(variant);
-    const runOpts = {
-      workload: o.workload,
-      mode: o.mode,
-      seed: o.seed,
-      personalities: o.personalities ?? [],
-      variant,
-      audit: o.audit,
-      sources: o.context?.sources,
-    };
-    if (o.check === true && variant.backend !== 'none') {
-      const c = await runChecked(runOpts);
-      results.push({ ...c.run.result, label: comparisonLabel(c.run.result.variant), spec, check: c.check, provenance: started });
-    } else {
-      const r = await runOnVariant(runOpts);
-      results.push({ ...r.result, label: comparisonLabel(r.result.variant), spec, provenance: started });
+  const jobs = o.jobs ?? 1;
+  if (!Number.isInteger(jobs) || jobs < 1) throw new InputError(`--jobs: expected a positive integer, got ${jobs}`);
+  const counters = checkCounterPatterns(o.counters ?? []);
+  const given = o.variants.map((v) => (typeof v === 'string' ? { spec: v, label: undefined } : v));
+  // Every variant is composed here first, so that a bad one stops the comparison before any runs.
+  const variants: { spec: string; label?: string; variant: Variant }[] = [];
+  for (const { spec, label } of given) variants.push({ spec, label, variant: await parseVariantSpec(spec, o.overrides ?? {}, o.context) });
+  const task = (spec: string, label: string | undefined): CompareTask => ({
+    spec,
+    ...(label !== undefined ? { label } : {}),
+    workload: o.workload,
+    mode: o.mode,
+    seed: o.seed,
+    overrides: o.overrides ?? {},
+    personalities: o.personalities ?? [],
+    check: o.check === true,
+    audit: o.audit === true,
+    ...(o.exitReasons === true ? { exitReasons: true } : {}),
+  });
+  const now = o.now ?? Date.now;
+  const start = now();
+  let done = 0;
+  const progress = (): void => {
+    const elapsed = now() - start;
+    o.onProgress?.({ done, total: variants.length, skipped: 0, elapsedMs: elapsed, etaMs: done === 0 ? null : (elapsed / done) * (variants.length - done) });
+  };
+  progress();
+  const results: ComparisonResult[] = new Array(variants.length);
+  const threads = Math.min(jobs, variants.length, availableParallelism() * 4);
+  if (threads <= 1) {
+    for (const [i, { spec, label, variant }] of variants.entries()) {
+      o.onVariant?.(label ?? spec, i, variants.length);
+      results[i] = { ...(await runCompareTask(task(spec, label), o.context, variant)), spec };
+      done++;
+      progress();
+    }
+  } else {
+    if (o.context?.sources !== undefined) throw new InputError('--jobs: variants whose modules are bound in code (context.sources) run in this thread only');
+    const pool = new Piscina({ filename: compiledFile('cell-worker'), name: 'compareTask', minThreads: threads, maxThreads: threads, idleTimeout: 1000 });
+    try {
+      await Promise.all(
+        variants.map(async ({ spec, label }, i) => {
+          o.onVariant?.(label ?? spec, i, variants.length);
+          const outcome = (await pool.run(task(absoluteSpec(spec, o.context?.cwd), label))) as CompareOutcome;
+          if (!outcome.ok) {
+            const e = outcome.error;
+            throw e.exitCode === 2 ? new InputError(`--variant ${spec}: ${e.message}`) : new RunFailure(`--variant ${spec}: ${e.message}`);
+          }
+          results[i] = { ...outcome.result, spec };
+          done++;
+          progress();
+        }),
+      );
+    } finally {
+      await pool.destroy();
     }
   }
-  return { schema: 'vmexit.compare/1', workload: o.workload, mode: o.mode, seed: o.seed, results, table: comparisonTable(results) };
+  return {
+    schema: 'vmexit.compare/1',
+    workload: o.workload,
+    mode: o.mode,
+    seed: o.seed,
+    ...(counters.length > 0 ? { counters } : {}),
+    results,
+    table: comparisonTable(results, { counters }),
+  };
 }
 
 /** `vmx shadow pte-update,bypass-guest-pf` or `native`. */
@@ -117,9 +305,22 @@ export const EXIT_KIND_NAMES: Readonly<Record<string, string>> = {
  */
 export interface Metric {
   readonly label: string;
+  /** The row's name in the JSON table (default: the label, trimmed). */
+  readonly name?: string;
   /** Reads the metric from one variant's result; null where the metric does not exist for it. */
-  readonly value: (r: VariantRunResult) => number | null;
+  readonly value: (r: ComparisonInput) => number | null;
   readonly digits?: number;
+  /** A fraction, printed as a percentage, with no ratio to the first variant. */
+  readonly share?: boolean;
+}
+
+/** What a row reads: a run's result, and its exit reasons' costs when it was run by compareVariants. */
+export type ComparisonInput = VariantRunResult & { readonly exitReasons?: readonly ExitReasonCost[] };
+
+/** Which rows `comparisonTable` adds to the standard ones. */
+export interface ComparisonMetricOptions {
+  /** `counters` patterns: each counter of the results that matches gets a row, after the standard rows. */
+  readonly counters?: readonly string[];
 }
 
 const exitsOf = (r: VariantRunResult): number => r.counters.total.exits ?? 0;
@@ -132,9 +333,11 @@ const backendOf = (r: VariantRunResult): string => String(r.variant.backend);
 /**
  * The rows of the table, in order: guest faults, vmexits by common exit kind, then by the backend's own exit
  * reason (`vmx EXCEPTION_NMI`, `svm VMEXIT_EXCP14`: not applicable, '-', to a variant of the other backend or
- * a native run), exits per guest fault, and the MMU's and the cost model's figures.
+ * a native run), each reason with its share of the variant's exits and, for results of compareVariants, its
+ * modelled cycles; exits per guest fault; the MMU's and the cost model's figures; then the counters that
+ * `counters` asks for.
  */
-export function comparisonMetrics(results: readonly VariantRunResult[]): Metric[] {
+export function comparisonMetrics(results: readonly ComparisonInput[], options: ComparisonMetricOptions = {}): Metric[] {
   const kinds = new Set<string>();
   const reasons = new Map<string, Set<string>>(); // backend (in the order of the variants) -> reasons seen on it
   for (const r of results) {
@@ -149,11 +352,37 @@ export function comparisonMetrics(results: readonly VariantRunResult[]): Metric[
     }
   }
   const kindOrder = Object.keys(EXIT_KIND_NAMES);
+  const withCycles = results.some((r) => r.exitReasons !== undefined);
   const byReason: Metric[] = [];
   for (const backend of reasons.keys()) {
     for (const reason of [...reasons.get(backend)!].sort()) {
-      byReason.push({ label: `  ${backend} ${reason}`, value: (r) => (backendOf(r) === backend ? counter(`exits.${reason}`)(r) : null) });
+      const own = (r: ComparisonInput): boolean => backendOf(r) === backend;
+      const name = `${backend} ${reason}`;
+      byReason.push({ label: `  ${name}`, value: (r) => (own(r) ? counter(`exits.${reason}`)(r) : null) });
+      if (withCycles)
+        byReason.push({
+          label: '    share of exits',
+          name: `${name} share`,
+          share: true,
+          value: (r) => (own(r) ? (exitsOf(r) > 0 ? counter(`exits.${reason}`)(r) / exitsOf(r) : 0) : null),
+        });
+      if (withCycles)
+        byReason.push({
+          label: '    cycles (modelled)',
+          name: `${name} cycles`,
+          value: (r) => (own(r) && r.exitReasons !== undefined ? (r.exitReasons.find((x) => x.reason === reason)?.cycles ?? 0) : null),
+        });
     }
+  }
+  const picked: Metric[] = [];
+  const patterns = options.counters ?? [];
+  if (patterns.length > 0) {
+    const names = new Set<string>();
+    for (const p of patterns) {
+      if (!p.includes('*')) names.add(p);
+      else for (const r of results) for (const k of Object.keys(r.counters.total)) if (counterMatches(p, k)) names.add(k);
+    }
+    picked.push({ label: 'counters', value: () => null }, ...[...names].sort().map((k) => ({ label: `  ${k}`, value: counter(k) })));
   }
   return [
     { label: 'guest faults', value: (r) => r.guest.faults.total },
@@ -170,6 +399,7 @@ export function comparisonMetrics(results: readonly VariantRunResult[]): Metric[
     { label: 'TLB flushes', value: (r) => (r.counters.total.tlb_flush ?? 0) + (r.counters.total.remote_tlb_flush ?? 0) },
     ...(results.some((r) => r.variant.mmu === 'tdp') ? walkMetrics : []),
     { label: 'modelled cycles', value: (r) => r.cycles.cycles },
+    ...picked,
   ];
 }
 
@@ -190,12 +420,17 @@ const walkMetrics: readonly Metric[] = [
   },
 ];
 
+/** The globs of `counters` that match no counter of any result (a typo, or a plugin that did not run). */
+export function unmatchedCounters(results: readonly VariantRunResult[], counters: readonly string[]): string[] {
+  return counters.filter((p) => p.includes('*') && !results.some((r) => Object.keys(r.counters.total).some((k) => counterMatches(p, k))));
+}
+
 /** The table as data: every metric's values and ratios to the first variant (see ComparisonRow). */
-export function comparisonTable(results: readonly VariantRunResult[]): ComparisonRow[] {
-  return comparisonMetrics(results).map((m) => {
+export function comparisonTable(results: readonly ComparisonInput[], options: ComparisonMetricOptions = {}): ComparisonRow[] {
+  return comparisonMetrics(results, options).map((m) => {
     const values = results.map((r) => m.value(r));
     const base = values[0] ?? null;
-    const ratios = values.map((v) => (v === null || base === null ? null : base === 0 ? (v === 0 ? 1 : null) : v / base));
-    return { metric: m.label.trim(), values, ratios };
+    const ratios = values.map((v) => (m.share === true || v === null || base === null ? null : base === 0 ? (v === 0 ? 1 : null) : v / base));
+    return { metric: m.name ?? m.label.trim(), values, ratios };
   });
 }

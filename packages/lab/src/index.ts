@@ -13,6 +13,12 @@ export {
   type ComparisonDocument,
   comparisonLabel,
   comparisonMetrics,
+  checkCounterPatterns,
+  type ComparisonInput,
+  type ComparisonMetricOptions,
+  type ExitReasonCost,
+  type LabelledVariant,
+  unmatchedCounters,
   type ComparisonOptions,
   type ComparisonResult,
   type ComparisonRow,
@@ -71,3 +77,4 @@ export {
 export { InputError, RunFailure } from './errors.js';
 export { type ReportChart, reportCharts, reportHtml, type ReportInput } from './report.js';
 export { exitCycles, formatTraceStats, type ReasonStats, traceStats, type TraceStats, type TraceStatsOptions } from './trace-stats.js';
+export { parseTraceFilter, parseTraceSample, SelectingTracer, traceSelectionLine, type TraceSelection } from './trace-select.js';

@@ -2,7 +2,7 @@ import type { ExitTracer, ModuleSources, PagingModeName, Variant } from '@vmexit
 import type { Personality } from '@vmexit/guest';
 import { provenance, type Provenance } from './provenance.js';
 import { runOnVariant, type VariantRunResult } from './run-variant.js';
-import { parseVariantSpec, type VariantContext } from './variant-spec.js';
+import { parseVariantSpec, type VariantContext, type VariantOverrides } from './variant-spec.js';
 
 /** How one run goes; everything but the variant and workload has the CLI's default. */
 export interface RunOptions {
@@ -16,6 +16,8 @@ export interface RunOptions {
   readonly tracer?: ExitTracer;
   /** Called as the run goes: accesses made so far, and the total when the workload knows it. */
   readonly onProgress?: (accesses: number, total: number | null) => void;
+  /** What a spec's variant has overridden (`{ memory: '16M', vcpus: '2' }`), as `--memory` and `--vcpus` do; ignored for a composed Variant. */
+  readonly overrides?: VariantOverrides;
   /** Where a spec's relative paths are resolved from, and where modules come from. */
   readonly context?: VariantContext;
   /** The variant's modules (tests bind their own MMU here); defaults to context.sources. */
@@ -37,7 +39,7 @@ export type LabRunResult = VariantRunResult & { readonly provenance: Provenance 
  *   r.counters.total.exits; r.cycles.cycles; r.memoryDigest;
  */
 export async function runVariant(variant: Variant | string, workload: string, options: RunOptions = {}): Promise<LabRunResult> {
-  const v = typeof variant === 'string' ? await parseVariantSpec(variant, {}, options.context) : variant;
+  const v = typeof variant === 'string' ? await parseVariantSpec(variant, options.overrides ?? {}, options.context) : variant;
   const prov = provenance(v);
   const { result } = await runOnVariant({
     workload,

@@ -163,13 +163,13 @@ export async function sweep(o: SweepOptions): Promise<SweepOutcome> {
   return { records, ran: done, skipped, interrupted: o.signal?.aborted === true };
 }
 
-/** `[#########        ]  7/12 cells  58%  elapsed 4.1 s  ETA 3.0 s`: one line of the sweep's progress bar. */
-export function renderSweepProgress(p: SweepProgressInfo, width = 24): string {
+/** `[#########        ]  7/12 cells  58%  elapsed 4.1 s  ETA 3.0 s`: one line of the sweep's (or a comparison's, unit `variants`) progress bar. */
+export function renderSweepProgress(p: SweepProgressInfo, width = 24, unit = 'cells'): string {
   const f = p.total === 0 ? 1 : p.done / p.total;
   const n = Math.round(f * width);
   const skipped = p.skipped > 0 ? ` (${p.skipped} done before)` : '';
   const eta = p.etaMs === null ? '' : `  ETA ${seconds(p.etaMs)}`;
-  return `[${'#'.repeat(n)}${' '.repeat(width - n)}] ${p.done}/${p.total} cells${skipped} ${(f * 100).toFixed(0).padStart(3)}%  elapsed ${seconds(p.elapsedMs)}${eta}`;
+  return `[${'#'.repeat(n)}${' '.repeat(width - n)}] ${p.done}/${p.total} ${unit}${skipped} ${(f * 100).toFixed(0).padStart(3)}%  elapsed ${seconds(p.elapsedMs)}${eta}`;
 }
 
 function seconds(ms: number): string {

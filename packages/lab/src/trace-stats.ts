@@ -4,6 +4,7 @@ import { COST_PROFILES, DEFAULT_COST_PROFILE, type CostProfile } from '@vmexit/c
 import { InputError } from './errors.js';
 import { readCostModel } from './variant-spec.js';
 import { spread, type Spread } from './summary.js';
+import type { TraceSelection } from './trace-select.js';
 
 /** One exit reason's row of `vmexit trace stats`: what `perf kvm stat report` shows per reason, with modelled cycles. */
 export interface ReasonStats {
@@ -22,6 +23,8 @@ export interface TraceStats {
   /** True when the trace had a counting window and only the exits inside it were counted (as `vmexit run` counts). */
   readonly windowed: boolean;
   readonly exits: number;
+  /** What `--trace-filter` / `--trace-sample` left out of the trace (null: every exit is in it). Counts are of the lines kept. */
+  readonly selection: TraceSelection | null;
   readonly reasons: readonly ReasonStats[];
   /** vCPU -> its rows. */
   readonly perVcpu: Readonly<Record<number, readonly ReasonStats[]>>;
@@ -66,6 +69,7 @@ export async function traceStats(file: string, o: TraceStatsOptions = {}): Promi
   const exits: Ex[] = [];
   let inWindow = false;
   let sawWindow = false;
+  let selection: TraceSelection | null = null;
   let n = 0;
   const stream = createReadStream(file, 'utf8');
   const opened = new Promise<void>((resolve, reject) => {
@@ -76,13 +80,24 @@ export async function traceStats(file: string, o: TraceStatsOptions = {}): Promi
   for await (const line of createInterface({ input: stream, crlfDelay: Infinity })) {
     n++;
     if (line.trim() === '') continue;
-    let e: { type?: string; vcpu?: number; reason?: string; kind?: string; phase?: string; resolution?: { kind?: string } };
+    let e: {
+      type?: string;
+      vcpu?: number;
+      reason?: string;
+      kind?: string;
+      phase?: string;
+      resolution?: { kind?: string };
+      filter?: string[] | null;
+      sample?: number;
+    };
     try {
       e = JSON.parse(line) as typeof e;
     } catch {
       throw new InputError(`${file}:${n}: not a JSON line (is this a --trace file?)`);
     }
-    if (e.type === 'window') {
+    if (e.type === 'trace-selection') {
+      selection = { filter: Array.isArray(e.filter) ? e.filter : null, sample: typeof e.sample === 'number' && e.sample >= 1 ? e.sample : 1 };
+    } else if (e.type === 'window') {
       sawWindow = true;
       inWindow = e.phase === 'start';
     } else if (e.type === 'exit') {
@@ -105,7 +120,7 @@ export async function traceStats(file: string, o: TraceStatsOptions = {}): Promi
   };
   const perVcpu: Record<number, ReasonStats[]> = {};
   for (const v of [...new Set(counted.map((x) => x.vcpu))].sort((a, b) => a - b)) perVcpu[v] = rows(counted.filter((x) => x.vcpu === v));
-  return { profile: profile.name, windowed: sawWindow && o.all !== true, exits: counted.length, reasons: rows(counted), perVcpu };
+  return { profile: profile.name, windowed: sawWindow && o.all !== true, exits: counted.length, selection, reasons: rows(counted), perVcpu };
 }
 
 /** The stats as `perf kvm stat report` lays them out: reason, samples, share, and modelled cycles min/mean/max. */
@@ -125,8 +140,18 @@ export function formatTraceStats(s: TraceStats): string {
     const w = head.map((_, c) => Math.max(...all.map((r) => r[c]!.length)));
     return all.map((r) => r.map((x, c) => (c === 0 ? x.padEnd(w[c]!) : x.padStart(w[c]!))).join('  '));
   };
+  const sel = s.selection;
+  const selected =
+    sel === null
+      ? []
+      : [
+          `the trace holds ${sel.filter === null ? 'every exit' : `only the exits of ${sel.filter.filter((x) => x !== 'mmu').join(', ') || 'no reason'}`}` +
+            (sel.sample > 1 ? `, 1 in ${sel.sample} of them: samples (about ${sel.sample} times as many exits ran)` : '') +
+            (sel.filter === null ? '' : '; shares are of the exits kept'),
+        ];
   const out = [
     `${s.exits} exits${s.windowed ? ' in the counting window (boot excluded, as the run counts them)' : ''}; cycles modelled under ${s.profile}`,
+    ...selected,
     ...table(s.reasons),
   ];
   const vcpus = Object.keys(s.perVcpu);

@@ -18,7 +18,8 @@ describe('reportHtml', () => {
     async () => {
       // Two variants x two seeds of a tiny workload: enough for stacks, a breakdown and a spread.
       const results: LabRunResult[] = [];
-      for (const v of ['vmx shadow', 'vmx shadow unsync']) for (const seed of [1, 2]) results.push(await runVariant(v, 'fork-cow:pages=8,forks=1', { seed }));
+      for (const v of ['vmx shadow', 'vmx shadow unsync'])
+        for (const seed of [1, 2]) results.push(await runVariant(v, 'fork-cow:pages=8,forks=1', { seed, overrides: { memory: '4M' } }));
       const html = reportHtml(results, 'test report');
       expect(html).not.toMatch(/<script[^>]+src=|<link[^>]+href=/); // self-contained
       fs.mkdirSync(ARTIFACTS, { recursive: true });

@@ -1,12 +1,18 @@
 import { describe, expect, it } from 'vitest';
-import { compareVariants, deterministicPart, InputError, parseVariantSpec, provenance, runVariant } from '../src/index.js';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { JsonLinesTracer } from '@vmexit/core';
+import { compareVariants, deterministicPart, InputError, parseVariantSpec, provenance, runVariant, traceStats } from '../src/index.js';
 
 const WL = 'fork-cow:pages=16,forks=1';
+// 4 MiB of guest RAM: the workload needs far less, and a run's cost (boot, the memory digest) grows with the RAM.
+const SMALL = { memory: '4M' };
 
 describe('runVariant', () => {
   it('gives the same counters, cycles and digest for a spec and for the composed variant, run twice', async () => {
-    const a = await runVariant('vmx shadow pte-update', WL, { seed: 2 });
-    const b = await runVariant(await parseVariantSpec('vmx shadow pte-update'), WL, { seed: 2 });
+    const a = await runVariant('vmx shadow pte-update', WL, { seed: 2, overrides: SMALL });
+    const b = await runVariant(await parseVariantSpec('vmx shadow pte-update', SMALL), WL, { seed: 2 });
     expect(deterministicPart(b)).toEqual(deterministicPart(a));
     expect(a.counters.total.exits).toBeGreaterThan(0);
     expect(a.cycles.cycles).toBeGreaterThan(0);
@@ -15,7 +21,7 @@ describe('runVariant', () => {
   });
 
   it('records the packages that ran, Node, the host and the start time', async () => {
-    const r = await runVariant('svm shadow unsync', WL);
+    const r = await runVariant('svm shadow unsync', WL, { overrides: SMALL });
     expect(Object.keys(r.provenance.packages)).toEqual([
       '@vmexit/backend-svm',
       '@vmexit/core',
@@ -40,11 +46,40 @@ describe('runVariant', () => {
 
 describe('compareVariants', () => {
   it('runs each variant as runVariant does, and tabulates them against the first', async () => {
-    const doc = await compareVariants({ workload: WL, variants: ['vmx shadow', 'vmx shadow pte-update'], mode: 'long4', seed: 1 });
-    const single = await runVariant('vmx shadow pte-update', WL);
-    expect(deterministicPart(doc.results[1]!)).toEqual({ ...deterministicPart(single), label: 'vmx shadow pte-update', spec: 'vmx shadow pte-update' });
+    const doc = await compareVariants({
+      workload: WL,
+      variants: ['vmx shadow', 'vmx shadow pte-update'],
+      mode: 'long4',
+      seed: 1,
+      overrides: SMALL,
+      exitReasons: true,
+    });
+    const single = await runVariant('vmx shadow pte-update', WL, { overrides: SMALL });
+    // The same result, with the exit reasons' costs that the next test checks.
+    const { exitReasons, ...rest } = deterministicPart(doc.results[1]!);
+    expect(rest).toEqual({ ...deterministicPart(single), label: 'vmx shadow pte-update', spec: 'vmx shadow pte-update' });
+    expect(exitReasons!.length).toBeGreaterThan(0);
     const exits = doc.table.find((r) => r.metric === 'vmexits')!;
     expect(exits.values).toEqual(doc.results.map((r) => r.counters.total.exits));
     expect(exits.ratios[0]).toBe(1);
+  });
+
+  it("gives each exit reason's count and cycles in the window as `vmexit trace stats` counts and prices them", async () => {
+    const doc = await compareVariants({ workload: WL, variants: ['vmx shadow pte-update'], mode: 'long4', seed: 1, overrides: SMALL, exitReasons: true });
+    const r = doc.results[0]!;
+    const exitReasons = r.exitReasons!;
+    // The tally counts the window's exits, as the counters do: reason by reason, and in all.
+    for (const x of exitReasons) expect(x.count, x.reason).toBe(r.counters.total[`exits.${x.reason}`]);
+    expect(exitReasons.reduce((n, x) => n + x.count, 0)).toBe(r.counters.total.exits);
+    const lines: string[] = [];
+    await runVariant('vmx shadow pte-update', WL, { overrides: SMALL, tracer: new JsonLinesTracer((l) => lines.push(l)) });
+    const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vmexit-lab-run-')), 'trace.jsonl');
+    fs.writeFileSync(file, lines.join(''));
+    const stats = await traceStats(file);
+    expect(exitReasons.map((x) => [x.reason, x.count, x.cycles])).toEqual(stats.reasons.map((x) => [x.reason, x.count, x.cycles.total]));
+    const share = doc.table.find((row) => row.metric === 'vmx EXCEPTION_NMI share')!;
+    expect(share.values[0]).toBeCloseTo(r.counters.total['exits.EXCEPTION_NMI']! / r.counters.total.exits!, 12);
+    expect(share.ratios[0]).toBeNull();
+    fs.rmSync(path.dirname(file), { recursive: true });
   });
 });

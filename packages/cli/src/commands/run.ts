@@ -1,11 +1,24 @@
 import type { Command } from 'commander';
-import { hexU64, JsonLinesTracer, PAGING_MODE_NAMES, type PagingModeName } from '@vmexit/core';
+import { hexU64, JsonLinesTracer, PAGING_MODE_NAMES, type ExitTracer, type PagingModeName } from '@vmexit/core';
 import { PERSONALITIES, type GuestEventLog, type Personality } from '@vmexit/guest';
 import { InputError, RunFailure } from '../errors.js';
 import { OutputFile } from '../output-file.js';
 import { checkWorkloadSpec, workloadInputs } from '../workload-check.js';
 import { Progress, rate } from '../progress.js';
-import { checkFailure, provenance, runChecked, runOnVariant, variantLabel, type CheckReport, type VariantRunResult } from '@vmexit/lab';
+import {
+  SelectingTracer,
+  checkFailure,
+  parseTraceFilter,
+  parseTraceSample,
+  provenance,
+  runChecked,
+  runOnVariant,
+  traceSelectionLine,
+  variantLabel,
+  type CheckReport,
+  type TraceSelection,
+  type VariantRunResult,
+} from '@vmexit/lab';
 import { addVariantOptions, variantFromOptions, type VariantOptions } from '../variant-options.js';
 
 export { parseSize } from '../variant-options.js';
@@ -17,6 +30,8 @@ interface RunFlags extends VariantOptions {
   personality?: string[];
   json?: boolean;
   trace?: string;
+  traceFilter?: string;
+  traceSample?: string;
   audit?: boolean;
   check?: boolean;
 }
@@ -46,17 +61,28 @@ export function registerRun(program: Command): void {
     .option(
       '--trace <file>',
       'write every exit, MMU decision and guest-visible fault as JSON Lines, as the run goes (window lines mark what the counters cover)',
-    );
+    )
+    .option(
+      '--trace-filter <reasons>',
+      'trace only these exits: reasons (EXCEPTION_NMI,CR_ACCESS) or kinds (exception, cr-write, ...); add mmu for MMU decisions',
+    )
+    .option('--trace-sample <n>', 'trace 1 in N of the exits (and of the MMU decisions) that pass the filter');
   addVariantOptions(cmd).action(async (flags: RunFlags) => {
     const opts = checkFlags(flags);
     const variant = await variantFromOptions(flags);
     // Everything is checked before the trace file is opened: bad input leaves no file and the old one as it was.
     checkWorkloadSpec(flags.workload, '--workload');
+    const selection = traceSelection(flags);
     const progress = new Progress();
     const started = provenance(variant);
     const inputs = [...workloadInputs(flags.workload), ...(flags.config === undefined ? [] : [flags.config])];
     const traceFile = flags.trace === undefined ? null : new TraceFile(flags.trace, inputs);
-    const tracer = traceFile === null ? undefined : new JsonLinesTracer(traceFile.write);
+    let tracer: ExitTracer | undefined = traceFile === null ? undefined : new JsonLinesTracer(traceFile.write);
+    let selecting: SelectingTracer | null = null;
+    if (traceFile !== null && selection !== null) {
+      traceFile.write(traceSelectionLine(selection));
+      tracer = selecting = new SelectingTracer(tracer!, selection);
+    }
     const runOpts = { ...opts, variant, audit: flags.audit === true, tracer, onProgress: (n: number, total: number | null) => progress.update(n, total) };
     let result: VariantRunResult;
     let events: GuestEventLog;
@@ -82,10 +108,22 @@ export function registerRun(program: Command): void {
       progress.clear();
     }
     traceFile?.finish(events);
+    for (const name of selecting?.unmatched() ?? []) process.stderr.write(`vmexit: --trace-filter: ${name} matched nothing in this run\n`);
     const doc = check === null ? { ...result, provenance: started } : { ...result, check, provenance: started };
     process.stdout.write(flags.json === true ? `${JSON.stringify(doc, null, 2)}\n` : summary(result, check));
     if (check !== null && !check.ok) throw checkFailure(check);
   });
+}
+
+/** `--trace-filter` / `--trace-sample`, checked (they need `--trace`); null when neither is given. */
+function traceSelection(f: RunFlags): TraceSelection | null {
+  if (f.traceFilter === undefined && f.traceSample === undefined) return null;
+  const which = f.traceFilter !== undefined ? '--trace-filter' : '--trace-sample';
+  if (f.trace === undefined) throw new InputError(`${which}: selects what --trace FILE writes; give --trace too`);
+  return {
+    filter: f.traceFilter === undefined ? null : parseTraceFilter(f.traceFilter),
+    sample: f.traceSample === undefined ? 1 : parseTraceSample(f.traceSample),
+  };
 }
 
 function checkFlags(f: RunFlags): { workload: string; mode: PagingModeName; seed: number; personalities: Personality[] } {

@@ -1,7 +1,8 @@
 import type { Command } from 'commander';
 import { PAGING_MODE_NAMES, type PagingModeName } from '@vmexit/core';
 import { PERSONALITIES, type Personality } from '@vmexit/guest';
-import { absoluteSpec, expandGrid, renderSweepProgress, sweep, type CellExecutor, type SweepProgressInfo } from '@vmexit/lab';
+import { absoluteSpec, expandGrid, sweep, type CellExecutor } from '@vmexit/lab';
+import { CountBar } from '../progress.js';
 import { InputError } from '../errors.js';
 import { parseSize } from './run.js';
 
@@ -84,7 +85,7 @@ export function registerSweep(program: Command): void {
         stop.abort();
       };
       process.on('SIGINT', onSigint);
-      const bar = new SweepBar();
+      const bar = new CountBar('cells');
       let outcome;
       try {
         outcome = await sweep({ cells, out: flags.out, jobs, executor, signal: stop.signal, onProgress: (p) => bar.update(p) });
@@ -100,24 +101,6 @@ export function registerSweep(program: Command): void {
         process.exitCode = 130;
       }
     });
-}
-
-/** The progress bar: redrawn at most every 100 ms, on stderr when it is a terminal. */
-class SweepBar {
-  private last = 0;
-  private drawn = false;
-  private readonly tty = process.stderr.isTTY === true;
-  update(p: SweepProgressInfo): void {
-    if (!this.tty) return;
-    const now = Date.now();
-    if (now - this.last < 100 && p.done < p.total) return;
-    this.last = now;
-    process.stderr.write(`\r${renderSweepProgress(p)}\x1b[K`);
-    this.drawn = true;
-  }
-  clear(): void {
-    if (this.drawn) process.stderr.write('\r\x1b[K');
-  }
 }
 
 function checkMode(mode: string): PagingModeName {
@@ -161,7 +144,7 @@ export function parseParams(list: readonly string[]): Record<string, string[]> {
   return out;
 }
 
-function parseJobs(text: string): number {
+export function parseJobs(text: string): number {
   if (!/^\d+$/.test(text) || Number(text) < 1 || Number(text) > 256) throw new InputError(`--jobs: expected an integer from 1 to 256, got '${text}'`);
   return Number(text);
 }

@@ -4,11 +4,12 @@ import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { captureStdio } from '../helpers/stdio.js';
 import { main } from '../../src/program.js';
+import { deterministicPart } from '@vmexit/lab';
 import { formatComparison, type ComparisonDocument } from '../../src/commands/compare.js';
 
 const { out, err } = captureStdio();
 
-const WL = ['--workload', 'demand-fault:pages=64', '--memory', '16M'];
+const WL = ['--workload', 'demand-fault:pages=64', '--memory', '4M'];
 
 /** The table's cells: the header row's labels, and each row's label and cells (split on two or more spaces). */
 function parseTable(text: string): { head: string[]; rows: Map<string, string[]> } {
@@ -47,6 +48,8 @@ describe('compare', () => {
         '#PF (intercepted exception)',
         'vmexits by exit reason',
         'vmx EXCEPTION_NMI',
+        'share of exits',
+        'cycles (modelled)',
         'exits per guest fault',
         'faults fixed (pf_fixed)',
         'faults injected (pf_guest)',
@@ -58,6 +61,11 @@ describe('compare', () => {
       // Every value cell of the second column is "value (xRATIO)" with RATIO = value / first value.
       for (const [label, cells] of rows) {
         if (label === 'vmexits by exit reason') continue;
+        if (label === 'share of exits') {
+          // A share has no ratio: the one exit reason is every exit.
+          expect(cells).toEqual(['100.0%', '100.0%']);
+          continue;
+        }
         const first = Number(cells[0]!.replace(/,/g, ''));
         const m = /^([\d,.]+) \(x([\d.]+)\)$/.exec(cells[1]!);
         expect(m, `${label}: ${cells[1]}`).not.toBeNull();
@@ -78,7 +86,7 @@ describe('compare', () => {
         '--workload',
         'fork-cow:pages=16,forks=1',
         '--memory',
-        '16M',
+        '4M',
         '--variant',
         'vmx shadow',
         '--variant',
@@ -166,6 +174,57 @@ describe('compare', () => {
       err.length = 0;
       expect(await main(['compare', ...WL, '--variant', '/nonexistent/v.json'])).toBe(2);
       expect(err.join('')).toMatch(/--variant \/nonexistent\/v\.json: no such config file/);
+    });
+  });
+
+  describe('--jobs, --label, --counter', () => {
+    it('gives the same document on 2 worker threads as one variant after another', async () => {
+      const args = ['compare', ...WL, '--variant', 'vmx shadow', '--variant', 'vmx shadow pte-update', '--json'];
+      expect(await main(args)).toBe(0);
+      const serial = JSON.parse(out.join('')) as ComparisonDocument;
+      out.length = 0;
+      expect(await main([...args, '--jobs', '2'])).toBe(0);
+      const parallel = JSON.parse(out.join('')) as ComparisonDocument;
+      const strip = (d: ComparisonDocument): unknown => ({ ...d, results: d.results.map((r) => deterministicPart(r)) });
+      expect(strip(parallel)).toEqual(strip(serial));
+      expect(err.join('')).toBe(''); // no bar: stderr is not a terminal
+    });
+
+    it('labels a column, keeps --variant and --label in command-line order, and adds the counters asked for', async () => {
+      const code = await main([
+        'compare',
+        ...WL,
+        '--label',
+        'base=vmx shadow',
+        '--variant',
+        'vmx shadow pte-update',
+        '--counter',
+        'mmu_events.*',
+        '--counter',
+        'pf_fixed',
+        '--counter',
+        'no_such.*',
+      ]);
+      expect(code).toBe(0);
+      const text = out.join('');
+      const { head, rows } = parseTable(text);
+      expect(head).toEqual(['base', 'vmx shadow pte-update']);
+      const keys = [...rows.keys()];
+      const picked = keys.slice(keys.indexOf('counters') + 1).filter((k) => !k.startsWith('--counter'));
+      expect(picked.length).toBeGreaterThan(1);
+      expect(picked.filter((k) => k !== 'pf_fixed').every((k) => k.startsWith('mmu_events.'))).toBe(true);
+      expect(picked).toContain('mmu_events.pte-write');
+      expect(text).toMatch(/^--counter 'no_such\.\*': no counter of these runs matches$/m);
+    });
+
+    it.each([
+      [['--label', 'fast'], /--label: expected NAME=VARIANT \(e\.g\. fast=flood\.json\), got 'fast'/],
+      [['--counter', 'a b'], /--counter 'a b': expected a counter name or a glob/],
+      [['--jobs', '0'], /--jobs: expected an integer from 1 to 256, got '0'/],
+    ])('exits 2 on %j before running anything', async (extra, message) => {
+      expect(await main(['compare', ...WL, '--variant', 'vmx shadow', ...extra])).toBe(2);
+      expect(err.join('')).toMatch(message);
+      expect(out.join('')).toBe('');
     });
   });
 });

@@ -14,7 +14,7 @@ afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 describe('sweep', () => {
   it('runs the cross product into --out, one result per cell, and skips them on a rerun', async () => {
     const dir = path.join(tmp, 'a');
-    const args = ['sweep', '--workload', 'demand-fault', '--param', 'pages=8,12', '--variant', 'native', '--seeds', '1..2', '--out', dir];
+    const args = ['sweep', '--workload', 'demand-fault', '--param', 'pages=8,12', '--variant', 'native', '--seeds', '1..2', '--memory', '4M', '--out', dir];
     expect(await main(args), err.join('')).toBe(0);
     expect(out.join('')).toBe(`4 cells: 4 ran, 0 already done; ${dir}/results.jsonl, ${dir}/summary.csv\n`);
     const rs = readResults(path.join(dir, 'results.jsonl'));

@@ -10,10 +10,65 @@ const { out, err } = captureStdio();
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vmexit-trace-stats-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
+// A tiny run (4 MiB of guest RAM: boot and the memory digest grow with it).
+const RUN = ['--workload', 'fork-cow:pages=8,forks=1', '--backend', 'vmx', '--mmu', 'shadow', '--memory', '4M'];
+type Line = { type: string; reason?: string; kind?: string; phase?: string };
+const lines = (file: string): Line[] =>
+  fs
+    .readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((l) => l.length > 0)
+    .map((l) => JSON.parse(l) as Line);
+
+describe('run --trace-filter / --trace-sample', () => {
+  it('keeps 1 in N of the exits of the reasons named, every window line, and no MMU line unless asked; the counters do not change', async () => {
+    const full = path.join(tmp, 'full.jsonl');
+    const some = path.join(tmp, 'some.jsonl');
+    expect(await main(['run', ...RUN, '--json', '--trace', full])).toBe(0);
+    const fullRun = JSON.parse(out.join('')) as { counters: unknown; memoryDigest: string };
+    out.length = 0;
+    expect(await main(['run', ...RUN, '--json', '--trace', some, '--trace-filter', 'EXCEPTION_NMI,invlpg', '--trace-sample', '3'])).toBe(0);
+    const someRun = JSON.parse(out.join('')) as { counters: unknown; memoryDigest: string };
+    expect(someRun.counters).toEqual(fullRun.counters);
+    expect(someRun.memoryDigest).toBe(fullRun.memoryDigest);
+    const a = lines(full);
+    const b = lines(some);
+    expect(b[0]).toEqual({ type: 'trace-selection', filter: ['EXCEPTION_NMI', 'invlpg'], sample: 3 });
+    // The selected exits are the full trace's exits of those reasons, the 1st, 4th, 7th, ...
+    const picked = a.filter((l) => l.type === 'exit' && (l.reason === 'EXCEPTION_NMI' || l.kind === 'invlpg')).filter((_, i) => i % 3 === 0);
+    expect(picked.length).toBeGreaterThan(2);
+    expect(b.filter((l) => l.type === 'exit')).toEqual(picked);
+    expect(b.filter((l) => l.type === 'window')).toEqual(a.filter((l) => l.type === 'window'));
+    expect(a.some((l) => l.type === 'mmu')).toBe(true);
+    expect(b.some((l) => l.type === 'mmu')).toBe(false);
+    expect(b.filter((l) => l.type === 'page-fault')).toEqual(a.filter((l) => l.type === 'page-fault'));
+    out.length = 0;
+    expect(await main(['trace', 'stats', some])).toBe(0);
+    expect(out.join('')).toMatch(/^the trace holds only the exits of EXCEPTION_NMI, invlpg, 1 in 3 of them: samples/m);
+    expect(err.join('')).toBe('');
+  }, 120_000);
+
+  it.each([
+    [['--trace-filter', 'EXCEPTION_NMI'], /--trace-filter: selects what --trace FILE writes; give --trace too/],
+    [['--trace', 'T', '--trace-filter', 'exception nmi'], /--trace-filter: 'exception nmi' is neither an exit reason/],
+    [['--trace', 'T', '--trace-sample', '0'], /--trace-sample: expected an integer from 1 to 2147483647, got '0'/],
+  ])('exits 2 on %j and writes no trace', async (extra, message) => {
+    const args = extra.map((x) => (x === 'T' ? path.join(tmp, 'never.jsonl') : x));
+    expect(await main(['run', ...RUN, ...args])).toBe(2);
+    expect(err.join('')).toMatch(message);
+    expect(fs.existsSync(path.join(tmp, 'never.jsonl'))).toBe(false);
+  });
+
+  it('names a filter entry that matched nothing', async () => {
+    expect(await main(['run', ...RUN, '--trace', path.join(tmp, 'x.jsonl'), '--trace-filter', 'VMEXIT_NPF'])).toBe(0);
+    expect(err.join('')).toBe('vmexit: --trace-filter: VMEXIT_NPF matched nothing in this run\n');
+  });
+});
+
 describe('trace stats', () => {
   it("counts per exit reason exactly the exits the run's counters hold, with shares and modelled cycles", async () => {
     const trace = path.join(tmp, 't.jsonl');
-    expect(await main(['run', '--workload', 'fork-cow:pages=8,forks=1', '--backend', 'vmx', '--mmu', 'shadow', '--json', '--trace', trace])).toBe(0);
+    expect(await main(['run', ...RUN, '--json', '--trace', trace])).toBe(0);
     const run = JSON.parse(out.join('')) as { counters: { total: Record<string, number> }; cycles: { breakdown: Record<string, number> } };
     out.length = 0;
     expect(await main(['trace', 'stats', trace, '--json'])).toBe(0);
