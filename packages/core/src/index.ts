@@ -12,3 +12,4 @@ export * from './vm/index.js';
 export * from './conformance/index.js';
 export * from './cost/index.js';
 export * from './mmu/index.js';
+export * from './race/index.js';

@@ -9,3 +9,5 @@ export * from './role.js';
 export * from './rmap.js';
 export * from './page.js';
 export * from './page-cache.js';
+export * from './dirty-log.js';
+export * from './fast-fault.js';
