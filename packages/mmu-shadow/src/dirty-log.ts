@@ -1,4 +1,4 @@
-import { PAGE_SIZE, SPTE_W, type Memslot } from '@vmexit/core';
+import { PAGE_SIZE, SPTE_W, type Memslot, type PhysicalMemory } from '@vmexit/core';
 import { remoteFlush } from './page-cache.js';
 import type { ShadowMmuState } from './state.js';
 
@@ -59,4 +59,25 @@ export function flushForLog(s: ShadowMmuState, initiator: number): void {
 /** KVM `mark_page_dirty` of the page at `gpa`. */
 export function markGpaDirty(s: ShadowMmuState, gpa: number): void {
   if (s.dirtyLog !== null) s.dirtyLog.markPageDirty(Math.floor(gpa / PAGE_SIZE));
+}
+
+/**
+ * Guest memory as the shadow MMU's guest walk writes it while a slot logs: the accessed and dirty bits that
+ * the walk sets in guest ptes mark the page table's page dirty (KVM paging_tmpl.h
+ * `FNAME(update_accessed_dirty_bits)`: `kvm_vcpu_mark_page_dirty(vcpu, table_gfn)`).
+ */
+export class DirtyMarkingMemory implements PhysicalMemory {
+  constructor(
+    private readonly s: ShadowMmuState,
+    private readonly inner: PhysicalMemory,
+  ) {}
+
+  read32(pa: number): number {
+    return this.inner.read32(pa);
+  }
+
+  write32(pa: number, value: number): void {
+    this.inner.write32(pa, value);
+    markGpaDirty(this.s, pa);
+  }
 }

@@ -43,6 +43,7 @@ const PH_CMPXCHG = 2;
 const PH_MARK = 3;
 const PH_END = 4;
 const PH_IDLE = 5;
+const PHASE_NAMES = ['lockless begin', 'read spte', 'cmpxchg', 'mark_page_dirty', 'lockless end', 'idle'];
 
 /** Deliberate faults for the race explorer's tests (a broken MMU must be caught). Never set in a run. */
 export interface FastFaultMutation {
@@ -69,6 +70,11 @@ export class FastPageFault {
     readonly vcpu: Vcpu,
     readonly mutation: FastFaultMutation = {},
   ) {}
+
+  /** What the next step does (for schedules). */
+  get phaseName(): string {
+    return PHASE_NAMES[this.phase]!;
+  }
 
   get busy(): boolean {
     return this.phase !== PH_IDLE;

@@ -18,7 +18,7 @@ import {
 import { auditShadowMmu } from './audit.js';
 import { HOST_MAXPHYADDR } from './context.js';
 import { ShadowMmuError } from './errors.js';
-import { flushForLog, markGpaDirty, slotRemoveWriteAccess, writeProtectMasked } from './dirty-log.js';
+import { DirtyMarkingMemory, flushForLog, markGpaDirty, slotRemoveWriteAccess, writeProtectMasked } from './dirty-log.js';
 import { FastPageFault } from './fast-fault.js';
 import { pageFault } from './fault.js';
 import type { ShadowPage } from './page.js';
@@ -165,6 +165,7 @@ export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEnco
   /** Binds the VM's dirty log: this MMU write-protects for it and marks the pages it makes writable. */
   attachDirtyLog(log: DirtyLog): void {
     this.dirtyLog = log;
+    this.dirtyMarkingMemory = new DirtyMarkingMemory(this, this.memory);
     log.attach(this);
   }
 

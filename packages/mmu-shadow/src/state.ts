@@ -17,6 +17,7 @@ import {
   type SptePool,
   type Vcpu,
   type DirtyLog,
+  type PhysicalMemory,
   MmuLock,
   POOL_BASE,
   Rmaps,
@@ -138,6 +139,8 @@ export abstract class ShadowMmuState implements PageCache<ShadowPage> {
    * not freed while this is nonzero (the race scenarios' zapper waits; a sequential run never sees it nonzero).
    */
   locklessWalkers = 0;
+  /** Guest memory whose writes mark pages dirty: what the guest walk writes A/D bits through while a slot logs. */
+  dirtyMarkingMemory!: PhysicalMemory;
 
   /**
    * The page for (gfn, role), created on a miss: page-cache.ts `getPage`, called by every mechanism through

@@ -30,6 +30,8 @@ export interface ExploreResult {
   /** The steps of all interleavings together. */
   readonly steps: number;
   readonly complete: boolean;
+  /** The instances' `stats()` summed over all interleavings. */
+  readonly stats: Record<string, number>;
   readonly examples: readonly RaceViolation[];
 }
 
@@ -54,6 +56,7 @@ export function explore(scenario: RaceScenario, options: ExploreOptions): Explor
   let violations = 0;
   let steps = 0;
   const examples: RaceViolation[] = [];
+  const stats: Record<string, number> = {};
   while (pending.length > 0) {
     if (interleavings >= maxRuns) break;
     const prefix = pending.pop()!;
@@ -100,12 +103,13 @@ export function explore(scenario: RaceScenario, options: ExploreOptions): Explor
     if (problems.length === 0) problems.push(...inst.check());
     interleavings++;
     steps += schedule.length;
+    for (const [k, v] of Object.entries(inst.stats?.() ?? {})) stats[k] = (stats[k] ?? 0) + v;
     if (problems.length > 0) {
       violations++;
       if (examples.length < keep) examples.push({ schedule, steps: trace, problems });
     }
   }
-  return { scenario: scenario.name, preemptions: bound, interleavings, violations, steps, complete: pending.length === 0, examples };
+  return { scenario: scenario.name, preemptions: bound, interleavings, violations, steps, complete: pending.length === 0, stats, examples };
 }
 
 /** Runs one interleaving of `scenario` given as thread indices (a violation's `schedule`), then finishes it thread by thread. */

@@ -20,6 +20,8 @@ export interface RaceThread {
 export interface RaceInstance {
   readonly threads: readonly RaceThread[];
   check(): string[];
+  /** Counters of this interleaving (lock acquisitions, contentions, fast fixes...), summed by the explorer. */
+  stats?(): Record<string, number>;
 }
 
 /** A named small scenario: `create()` builds a fresh instance (the explorer replays schedules from the start). */
