@@ -65,3 +65,4 @@ export {
 export { InputError, RunFailure } from './errors.js';
 export { reportCharts, reportHtml, type ReportChart, type ReportInput } from './report.js';
 export { traceStats, formatTraceStats, exitCycles, type TraceStats, type TraceStatsOptions, type ReasonStats } from './trace-stats.js';
+export { migrate, formatMigrate, DIRTY_LOG_MODES, type DirtyLogMode, type MigrateOptions, type MigrateResult, type MigrateRound } from './migrate.js';

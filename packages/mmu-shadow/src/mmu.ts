@@ -5,6 +5,7 @@ import {
   pageFaultCanBeFast,
   type DirtyLog,
   type DirtyLogMmu,
+  type FastPageFaultControl,
   type Memslot,
   PAGE_SIZE,
   SPTE_P,
@@ -48,7 +49,7 @@ const HOST_RSVD_HI = ((0xfffff >>> (HOST_MAXPHYADDR - 32)) << (HOST_MAXPHYADDR -
  * `Mmu` and `NonPresentSpteEncoding` interfaces over the shadow MMU's state. Each method is the entry of one
  * mechanism (fault.ts, pte-write.ts, roots.ts, unsync.ts, page-cache.ts); DESIGN.md walks through them.
  */
-export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEncoding, DirtyLogMmu {
+export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEncoding, DirtyLogMmu, FastPageFaultControl {
   readonly name = 'shadow' as const;
   private readonly options: ShadowMmuOptions;
   /** Whether write-protect faults under dirty logging try the fast path first. */
@@ -157,6 +158,11 @@ export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEnco
   /** `--audit`: checks every invariant of the MMU (see audit.ts); throws ShadowMmuError E_MMU_AUDIT at the first violation. */
   audit(): void {
     auditShadowMmu(this);
+  }
+
+  /** FastPageFaultControl: the `fast-page-fault` policy turns the fast path on. */
+  setFastPageFault(on: boolean): void {
+    this.fastPageFault = on;
   }
 
   // -------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-import type { Mmu, NonPresentSpteEncoding } from '@vmexit/core';
+import type { DirtyLogMmu, FastPageFaultControl, Mmu, NonPresentSpteEncoding } from '@vmexit/core';
 import { ContainerModule } from 'inversify';
 import { ShadowMmu, type ShadowMmuOptions } from './mmu.js';
 
@@ -7,6 +7,10 @@ export const MMU_TOKEN: symbol = Symbol.for('vmexit.Mmu');
 
 /** core's `TYPES.NonPresentSpteEncoding` capability (the bypass policy's trap / notrap sptes). */
 export const NON_PRESENT_SPTE_ENCODING_TOKEN: symbol = Symbol.for('vmexit.NonPresentSpteEncoding');
+
+/** core's `TYPES.FastPageFault` and `TYPES.DirtyLogMmu` capabilities. */
+export const FAST_PAGE_FAULT_TOKEN: symbol = Symbol.for('vmexit.FastPageFault');
+export const DIRTY_LOG_MMU_TOKEN: symbol = Symbol.for('vmexit.DirtyLogMmu');
 
 /** The module's own token for its one ShadowMmu (Mmu and NonPresentSpteEncoding both resolve to it). */
 const SHADOW_MMU: symbol = Symbol('vmexit.mmu-shadow.ShadowMmu');
@@ -22,6 +26,8 @@ export function shadowMmuModule(options: ShadowMmuOptions = {}): ContainerModule
       .inSingletonScope();
     bind<Mmu>(MMU_TOKEN).toService(SHADOW_MMU);
     bind<NonPresentSpteEncoding>(NON_PRESENT_SPTE_ENCODING_TOKEN).toService(SHADOW_MMU);
+    bind<FastPageFaultControl>(FAST_PAGE_FAULT_TOKEN).toService(SHADOW_MMU);
+    bind<DirtyLogMmu>(DIRTY_LOG_MMU_TOKEN).toService(SHADOW_MMU);
   });
 }
 

@@ -10,6 +10,7 @@ export * from './write-flood.js';
 export * from './misaligned-write.js';
 export * from './prefetch.js';
 export * from './user-write-hint.js';
+export * from './fast-page-fault.js';
 export * from './split-policy.js';
 export * from './module.js';
 export { default } from './module.js';

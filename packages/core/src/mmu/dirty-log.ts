@@ -16,6 +16,8 @@ export const HOST_THREAD = -2;
 
 /** What an MMU does for dirty logging. The shadow MMU implements it; the TDP MMU can bind the same capability. */
 export interface DirtyLogMmu {
+  /** Binds the VM's dirty log: the MMU marks the pages it makes writable, and calls `log.attach(this)`. */
+  attachDirtyLog(log: DirtyLog): void;
   /** The MMU's `mmu_lock`: the dirty-log ioctls write-protect under it. */
   readonly mmuLock: MmuLock;
   /**

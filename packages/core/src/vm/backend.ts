@@ -92,6 +92,14 @@ export interface NonPresentSpteEncoding {
   setNonPresentSptes(trapLo: number, trapHi: number, notrapLo: number, notrapHi: number): void;
 }
 
+/**
+ * Capability: KVM's fast page fault (arch/x86/kvm/mmu/mmu.c `fast_page_fault`): write-protect faults under
+ * dirty logging fixed by an spte compare-and-swap without `mmu_lock`. Bound by mmu-shadow (direct pages).
+ */
+export interface FastPageFaultControl {
+  setFastPageFault(on: boolean): void;
+}
+
 /** Who provides a capability: the backend's module or the MMU's module. */
 export type CapabilityProvider = 'backend' | 'mmu';
 
@@ -115,5 +123,11 @@ export const CAPABILITIES: Readonly<Record<string, CapabilityInfo>> = {
     token: TYPES.NonPresentSpteEncoding,
     providedBy: 'mmu',
     description: 'trap / notrap encodings of non-present shadow ptes',
+  },
+  FastPageFault: {
+    name: 'FastPageFault',
+    token: TYPES.FastPageFault,
+    providedBy: 'mmu',
+    description: "KVM's lock-free fast page fault (spte cmpxchg outside mmu_lock)",
   },
 };
