@@ -66,3 +66,4 @@ export { InputError, RunFailure } from './errors.js';
 export { reportCharts, reportHtml, type ReportChart, type ReportInput } from './report.js';
 export { traceStats, formatTraceStats, exitCycles, type TraceStats, type TraceStatsOptions, type ReasonStats } from './trace-stats.js';
 export { migrate, formatMigrate, DIRTY_LOG_MODES, type DirtyLogMode, type MigrateOptions, type MigrateResult, type MigrateRound } from './migrate.js';
+export { exploreScenario, exploreScenarios, formatExplore, type ExploreDocument } from './explore.js';
