@@ -42,7 +42,7 @@ export interface MigrateOptions {
 const ROUND_COUNTERS = ['exits', 'pf_fixed', 'pf_fast', 'pf_spurious', 'pf_fast_cmpxchg_fail', 'pf_emulate', 'mmu_lock.acquired', 'remote_tlb_flush'];
 
 export interface MigrateRound {
-  /** 0 = the first full copy; the last round is the stop-and-copy. */
+  /** 0 = the first full copy; the last round is the stop-and-copy (the guest does not run during it). */
   readonly round: number;
   /** Pages the harvest reported dirty (round 0: every page). */
   readonly dirtyPages: number;
@@ -193,11 +193,24 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     if (!(e instanceof StopGuest)) throw e;
   }
   if (!started) throw new InputError(`workload '${o.workload}' ended before it ran a quantum: nothing to migrate`);
-  // The guest is stopped: the last round's accesses, then the stop-and-copy.
+  // The guest is stopped. Stopped by the migration: the harvest that decided it is the stop-and-copy (the guest
+  // ran no more since; a last harvest finds what the harvest's own re-protection left, nothing in practice).
+  // Stopped by the workload's end: the last round's accesses are known, and the stop-and-copy is a new round.
   const last = rounds[rounds.length - 1]!;
-  rounds[rounds.length - 1] = { ...last, guestAccesses: lastAccesses - roundStart, counters: mergeCounters(last.counters, roundCounters()) };
-  const n = harvest();
-  rounds.push({ round: rounds.length, dirtyPages: n, pagesSent: n, guestAccesses: 0, counters: roundCounters() });
+  if (stoppedBy === 'workload-end') {
+    rounds[rounds.length - 1] = { ...last, guestAccesses: lastAccesses - roundStart, counters: mergeCounters(last.counters, roundCounters()) };
+    const n = harvest();
+    rounds.push({ round: rounds.length, dirtyPages: n, pagesSent: n, guestAccesses: 0, counters: roundCounters() });
+  } else {
+    const n = harvest();
+    rounds[rounds.length - 1] = {
+      ...last,
+      dirtyPages: last.dirtyPages + n,
+      pagesSent: last.pagesSent + n,
+      counters: mergeCounters(last.counters, roundCounters()),
+    };
+  }
+  const downtimePages = rounds[rounds.length - 1]!.pagesSent;
   const sourceDigest = memory.digest();
   const destinationDigest = digestOf(memory, destination);
   const pagesSent = rounds.reduce((a, r) => a + r.pagesSent, 0);
@@ -214,7 +227,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     source: { memoryDigest: sourceDigest },
     destination: { memoryDigest: destinationDigest },
     pagesSent,
-    modelled: { pageCopyCycles, totalCopyCycles: pagesSent * pageCopyCycles, downtimeCycles: n * pageCopyCycles },
+    modelled: { pageCopyCycles, totalCopyCycles: pagesSent * pageCopyCycles, downtimeCycles: downtimePages * pageCopyCycles },
     counters: { total: vm.counters().total },
   };
 }

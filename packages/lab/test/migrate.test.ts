@@ -45,6 +45,20 @@ describe('migrate', () => {
     }, 60_000);
   }
 
+  it('stops the guest when a round dirties few pages: that harvest is the stop-and-copy, the downtime its pages', async () => {
+    // Rounds as above until 186 <= 200: the guest stops there, before its end; round 2 is sent while it is stopped.
+    const r = await run('vmx shadow', { stopPages: 200 });
+    expect(r.stoppedBy).toBe('dirty-set-small');
+    expect(r.rounds.map((x) => x.dirtyPages)).toEqual([4096, 503, 186]);
+    expect(r.rounds[2]!.guestAccesses).toBe(0);
+    expect(r.modelled.downtimeCycles).toBe(186 * r.modelled.pageCopyCycles);
+    expect(r.digestMatch).toBe(true);
+    const m = await run('vmx shadow', { stopPages: 0, maxRounds: 1 });
+    expect(m.stoppedBy).toBe('max-rounds');
+    expect(m.rounds.map((x) => x.dirtyPages)).toEqual([4096, 503]);
+    expect(m.digestMatch).toBe(true);
+  }, 60_000);
+
   it('with fast-page-fault: the same memory and exits, part of the write faults fixed without mmu_lock', async () => {
     const slow = await run('vmx shadow');
     const fast = await run('vmx shadow fast-page-fault');

@@ -72,6 +72,8 @@ const PS = 0x80;
 
 /** Deliberately broken MMUs, for the tests that require the explorer to catch each. */
 export interface RaceMutation extends FastFaultMutation {
+  /** false: the fast page fault off (the `fast-page-fault` policy not composed): every fault takes mmu_lock. Not a broken MMU. */
+  readonly fastPageFault?: boolean;
   /** KVM_GET_DIRTY_LOG re-protects but does not flush the TLBs. */
   readonly harvestWithoutFlush?: boolean;
 }
@@ -358,7 +360,7 @@ class RaceWorld implements RaceInstance {
     w64(PD, PT | P | W | A);
     w64(PD + 8, LARGE_VA | P | W | A | D | PS);
     for (let i = 0; i < 8; i++) w64(PT + i * 8, SMALL_BASE + i * PAGE_SIZE + (P | W | A | D));
-    const mmu = new ShadowMmu({ fastPageFault: true });
+    const mmu = new ShadowMmu({ fastPageFault: mutation.fastPageFault !== false });
     this.mmu = mmu;
     mmu.init(new RaceHost(machine.vcpus));
     for (const v of machine.vcpus) {

@@ -38,6 +38,18 @@ describe('shadow MMU race scenarios', () => {
     expect(r.stats['mmu_lock.acquired']).toBe(r.interleavings);
   });
 
+  it('with the fast path off, the two vCPUs take mmu_lock for their faults and contend for it; with it on, neither does', () => {
+    // Fast path on: per interleaving one acquisition (the final harvest), never contended; 128 fixes, and the
+    // vCPU that comes second sees the spte already writable (spurious) or loses the cmpxchg and walks again.
+    const on = explore(shadowRaceScenario('fast-pf-same-spte'), { preemptions: 2 });
+    expect(on.stats).toMatchObject({ 'mmu_lock.acquired': 128, 'mmu_lock.contended': 0, pf_fixed: 128, pf_spurious: 120, pf_fast_cmpxchg_fail: 20 });
+    // Fast path off: the slow faults serialize on the lock: fewer interleavings (a vCPU that would spin is not
+    // scheduled), 42 acquisitions in 16 interleavings, 8 of them found the lock held.
+    const off = explore(shadowRaceScenario('fast-pf-same-spte', { fastPageFault: false }), { preemptions: 2 });
+    expect(off.violations).toBe(0);
+    expect([off.interleavings, off.stats['mmu_lock.acquired'], off.stats['mmu_lock.contended'], off.stats['pf_fast'] ?? 0]).toEqual([16, 42, 8, 0]);
+  });
+
   it('catches a fast path that stores the spte without the compare (fast-pf-vs-zap: a zapped spte comes back, out of the rmap)', () => {
     const r = explore(shadowRaceScenario('fast-pf-vs-zap', { plainStore: true }), { preemptions: 2 });
     expect(r.violations).toBeGreaterThan(0);

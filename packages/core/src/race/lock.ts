@@ -40,8 +40,16 @@ export class MmuLock {
     this.holder = -1;
   }
 
-  /** Whether `who` could take the lock now (the scheduler runs only threads that can make progress). */
+  /**
+   * Whether `who`, which wants the lock, could take it now (the scheduler runs only threads that can make
+   * progress). Asking while another thread holds it is a contention (counted once per acquisition).
+   */
   available(who: number): boolean {
-    return this.holder === -1 || this.holder === who;
+    if (this.holder === -1 || this.holder === who) return true;
+    if (!this.waiting.has(who)) {
+      this.waiting.add(who);
+      this.contended++;
+    }
+    return false;
   }
 }
