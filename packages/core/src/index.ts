@@ -152,12 +152,14 @@ export {
   CAPABILITIES,
   type CapabilityInfo,
   type CapabilityProvider,
+  type FastPageFaultControl,
   type MmuMode,
   type NestedRootOptions,
   type NonPresentSpteEncoding,
   type PageFaultFilter,
 } from './vm/backend.js';
 export { type Mmu, type MmuHost } from './vm/mmu.js';
+export { DirtyLog, DirtyLogError, type DirtyLogMmu, type DirtyLogSlotOptions } from './mmu/dirty-log.js';
 export { TYPES } from './vm/tokens.js';
 export { parseVariant, type PolicyUse, type Variant, VariantError, type VariantInput, type VariantProblem } from './vm/variant.js';
 export { DEFAULT_MODULE_SOURCES, isPathSpecifier, ModuleLoadError, type ModuleSource, type ModuleSources } from './vm/modules.js';
@@ -200,3 +202,7 @@ export {
   type VectorObservation,
   type VectorResult,
 } from './conformance/runner.js';
+
+// Racing vCPUs: scenarios of threads that interleave at the MMU's points of contention, and the explorer that runs every interleaving.
+export { type RaceInstance, type RaceScenario, type RaceThread } from './race/thread.js';
+export { explore, type ExploreOptions, type ExploreResult, type RaceViolation, replaySchedule, runSequential, type ScheduleStep } from './race/explore.js';

@@ -59,7 +59,9 @@ export function pageFault(s: ShadowMmuState, vcpu: Vcpu, address: number, errorC
   // FNAME(page_fault) (paging_tmpl.h): the guest walk, with RSVD (from our own sptes) stripped and A/D set.
   const access = errorCode & (ACC_WRITE | ACC_USER | ACC_FETCH);
   const r = s.scratch.walk;
-  const ws = walk(vcpu.ctx, vcpu.memory, address, access, WALK_SIDE_EFFECTS, r);
+  // While a slot logs, A/D bits the walk sets mark their page table dirty (dirty-log.ts DirtyMarkingMemory).
+  const log = s.dirtyLog;
+  const ws = walk(vcpu.ctx, log !== null && log.loggingSlots > 0 ? s.dirtyMarkingMemory : vcpu.memory, address, access, WALK_SIDE_EFFECTS, r);
   if (ws === WALK_PAGE_FAULT) {
     // pf_guest is counted where the fault is injected (the VM's hooks, as KVM's kvm_inject_page_fault).
     return { kind: 'inject', vector: PF_VECTOR, errorCode: r.errorCode };

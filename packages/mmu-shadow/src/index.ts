@@ -13,3 +13,5 @@ export type { ShadowPage } from './page.js';
 export { defaultMaxMmuPages } from './page-cache.js';
 export { ShadowMmuError } from './errors.js';
 export { auditShadowMmu, type AuditOptions } from './audit.js';
+export { FastPageFault, type FastFaultMutation } from './fast-fault.js';
+export { RACE_SCENARIOS, shadowRaceScenario, type RaceMutation } from './race.js';

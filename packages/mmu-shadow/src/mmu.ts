@@ -1,8 +1,23 @@
-import { hexU64, PAGE_SIZE, type Mmu, type MmuHost, type NonPresentSpteEncoding, type ExitResolution, type Vcpu } from '@vmexit/core';
-import { growPageCache, SPTE_P, SPTES_PER_PAGE } from '@vmexit/core/mmu';
+import {
+  hexU64,
+  PAGE_SIZE,
+  type Mmu,
+  type MmuHost,
+  type NonPresentSpteEncoding,
+  type ExitResolution,
+  type DirtyLog,
+  type DirtyLogMmu,
+  type FastPageFaultControl,
+  type Memslot,
+  RESUME,
+  type Vcpu,
+} from '@vmexit/core';
+import { FAST_FIXED, FAST_SPURIOUS, growPageCache, pageFaultCanBeFast, SPTE_P, SPTES_PER_PAGE } from '@vmexit/core/mmu';
 import { auditShadowMmu } from './audit.js';
 import { HOST_MAXPHYADDR } from './context.js';
 import { ShadowMmuError } from './errors.js';
+import { DirtyMarkingMemory, flushForLog, markGpaDirty, slotRemoveWriteAccess, writeProtectMasked } from './dirty-log.js';
+import { FastPageFault } from './fast-fault.js';
 import { pageFault } from './fault.js';
 import type { ShadowPage } from './page.js';
 import { commitZap, defaultMaxMmuPages, getPage, prepareZap, zapOldest } from './page-cache.js';
@@ -15,6 +30,11 @@ import { invlpgSync, syncPage } from './unsync.js';
 export interface ShadowMmuOptions {
   /** n_max_mmu_pages (KVM_SET_NR_MMU_PAGES); default `defaultMaxMmuPages(guest pages)`. */
   readonly maxMmuPages?: number;
+  /**
+   * KVM's fast page fault (fast-fault.ts): write-protect faults under dirty logging on direct pages are fixed
+   * by a cmpxchg without `mmu_lock`. Default off (the `fast-page-fault` policy turns it on).
+   */
+  readonly fastPageFault?: boolean;
 }
 
 /** Bits 51:HOST_MAXPHYADDR of an spte's high half: reserved in every entry format under the host MAXPHYADDR. */
@@ -25,13 +45,18 @@ const HOST_RSVD_HI = ((0xfffff >>> (HOST_MAXPHYADDR - 32)) << (HOST_MAXPHYADDR -
  * `Mmu` and `NonPresentSpteEncoding` interfaces over the shadow MMU's state. Each method is the entry of one
  * mechanism (fault.ts, pte-write.ts, roots.ts, unsync.ts, page-cache.ts); DESIGN.md walks through them.
  */
-export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEncoding {
+export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEncoding, DirtyLogMmu, FastPageFaultControl {
   readonly name = 'shadow' as const;
   private readonly options: ShadowMmuOptions;
+  /** Whether write-protect faults under dirty logging try the fast path first. */
+  fastPageFault: boolean;
+  /** Each vCPU's fast page fault (by vCPU id). */
+  readonly fastFaults: FastPageFault[] = [];
 
   constructor(options: ShadowMmuOptions = {}) {
     super();
     this.options = options;
+    this.fastPageFault = options.fastPageFault === true;
   }
 
   // -------------------------------------------------------------------------------------------------
@@ -50,6 +75,7 @@ export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEnco
   attachVcpu(vcpu: Vcpu): void {
     const st = new VcpuShadowState(vcpu);
     this.states[vcpu.id] = st;
+    this.fastFaults[vcpu.id] = new FastPageFault(this, vcpu);
     st.ctx.syncFromGuest();
     vcpu.activeCtx = st.ctx;
     vcpu.activeMem = this.shadowMemory;
@@ -59,11 +85,40 @@ export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEnco
   }
 
   handlePageFault(vcpu: Vcpu, address: number, errorCode: number): ExitResolution {
-    return pageFault(this, vcpu, address, errorCode);
+    // kvm_mmu_page_fault: the fast path first, without mmu_lock (only while some slot logs dirty pages, so that
+    // it costs nothing otherwise), then FNAME(page_fault) under mmu_lock.
+    const log = this.dirtyLog;
+    if (this.fastPageFault && log !== null && log.loggingSlots > 0 && pageFaultCanBeFast(errorCode)) {
+      const r = this.fastFaults[vcpu.id]!.run(address, errorCode);
+      if (r === FAST_FIXED || r === FAST_SPURIOUS) return RESUME;
+    }
+    this.lockFor(vcpu.id);
+    try {
+      return pageFault(this, vcpu, address, errorCode);
+    } finally {
+      this.mmuLock.release(vcpu.id);
+    }
   }
 
   trackWrite(vcpu: Vcpu, gpa: number, size: number, oldLo: number, oldHi: number, newLo: number, newHi: number): void {
-    pteWrite(this, vcpu, gpa, size, oldLo, oldHi, newLo, newHi);
+    // emulator_write_phys -> kvm_vcpu_write_guest: mark_page_dirty; then kvm_mmu_track_write under mmu_lock.
+    markGpaDirty(this, gpa);
+    this.lockFor(vcpu.id);
+    try {
+      pteWrite(this, vcpu, gpa, size, oldLo, oldHi, newLo, newHi);
+    } finally {
+      this.mmuLock.release(vcpu.id);
+    }
+  }
+
+  /**
+   * Takes `mmu_lock` for vCPU `id` in a sequential run. The lock counts every acquisition itself; the vCPU's
+   * `mmu_lock.acquired` counter is kept in runs with a dirty log attached (the runs that compare the fast page
+   * fault), so that the counter sets of other runs, and their golden results, stay as they were.
+   */
+  private lockFor(id: number): void {
+    this.mmuLock.acquire(id);
+    if (this.dirtyLog !== null) this.host.count(id, 'mmu_lock.acquired');
   }
 
   crWritten(vcpu: Vcpu, cr: number, _oldValue: number, exited: boolean): void {
@@ -99,6 +154,33 @@ export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEnco
   /** `--audit`: checks every invariant of the MMU (see audit.ts); throws ShadowMmuError E_MMU_AUDIT at the first violation. */
   audit(): void {
     auditShadowMmu(this);
+  }
+
+  /** FastPageFaultControl: the `fast-page-fault` policy turns the fast path on. */
+  setFastPageFault(on: boolean): void {
+    this.fastPageFault = on;
+  }
+
+  // -------------------------------------------------------------------------------------------------
+  // DirtyLogMmu (dirty-log.ts)
+
+  /** Binds the VM's dirty log: this MMU write-protects for it and marks the pages it makes writable. */
+  attachDirtyLog(log: DirtyLog): void {
+    this.dirtyLog = log;
+    this.dirtyMarkingMemory = new DirtyMarkingMemory(this, this.memory);
+    log.attach(this);
+  }
+
+  slotRemoveWriteAccess(slot: Memslot): boolean {
+    return slotRemoveWriteAccess(this, slot);
+  }
+
+  writeProtectMasked(slot: Memslot, offset: number, mask: number): boolean {
+    return writeProtectMasked(this, slot, offset, mask);
+  }
+
+  flushRemoteTlbs(initiator: number): void {
+    flushForLog(this, initiator);
   }
 
   // -------------------------------------------------------------------------------------------------

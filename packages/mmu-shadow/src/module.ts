@@ -1,4 +1,4 @@
-import type { Mmu, NonPresentSpteEncoding } from '@vmexit/core';
+import type { DirtyLogMmu, FastPageFaultControl, Mmu, NonPresentSpteEncoding } from '@vmexit/core';
 import { ContainerModule } from 'inversify';
 import { ShadowMmu, type ShadowMmuOptions } from './mmu.js';
 
@@ -10,6 +10,9 @@ export const NON_PRESENT_SPTE_ENCODING_TOKEN: symbol = Symbol.for('vmexit.NonPre
 
 /** core's `TYPES.ShadowPageTables` capability (the policies that act on guest page-table writes and shadow pages). */
 export const SHADOW_PAGE_TABLES_TOKEN: symbol = Symbol.for('vmexit.ShadowPageTables');
+/** core's `TYPES.FastPageFault` and `TYPES.DirtyLogMmu` capabilities. */
+export const FAST_PAGE_FAULT_TOKEN: symbol = Symbol.for('vmexit.FastPageFault');
+export const DIRTY_LOG_MMU_TOKEN: symbol = Symbol.for('vmexit.DirtyLogMmu');
 
 /** The module's own token for its one ShadowMmu (Mmu and NonPresentSpteEncoding both resolve to it). */
 const SHADOW_MMU: symbol = Symbol('vmexit.mmu-shadow.ShadowMmu');
@@ -26,6 +29,8 @@ export function shadowMmuModule(options: ShadowMmuOptions = {}): ContainerModule
     bind<Mmu>(MMU_TOKEN).toService(SHADOW_MMU);
     bind<NonPresentSpteEncoding>(NON_PRESENT_SPTE_ENCODING_TOKEN).toService(SHADOW_MMU);
     bind<Mmu>(SHADOW_PAGE_TABLES_TOKEN).toService(SHADOW_MMU);
+    bind<FastPageFaultControl>(FAST_PAGE_FAULT_TOKEN).toService(SHADOW_MMU);
+    bind<DirtyLogMmu>(DIRTY_LOG_MMU_TOKEN).toService(SHADOW_MMU);
   });
 }
 

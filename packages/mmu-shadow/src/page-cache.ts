@@ -89,9 +89,11 @@ export function writeProtectGfn(s: ShadowMmuState, gfn: number): void {
   const pool = s.pool;
   for (const loc of head.toArray()) {
     const lo = pool.lo(loc);
-    if ((lo & SPTE_W) !== 0) {
+    // spte_write_protect(pt_protect = true): MMU-writable goes too, even when W is already clear (an spte
+    // write-protected for dirty logging), or the fast page fault would make a guest page table writable.
+    if ((lo & (SPTE_W | SPTE_MMU_WRITABLE)) !== 0) {
       pool.set(loc, (lo & ~(SPTE_W | SPTE_MMU_WRITABLE)) >>> 0, pool.hi(loc));
-      s.pendingFlush = true;
+      if ((lo & SPTE_W) !== 0) s.pendingFlush = true;
     }
   }
 }
@@ -116,6 +118,7 @@ export function installLeaf(s: ShadowMmuState, sp: ShadowPage, loc: number, lo: 
   const oldLo = pool.lo(loc);
   const oldHi = pool.hi(loc);
   const gfn = Math.floor(sptePa(lo, hi) / PAGE_SIZE);
+  markIfWritable(s, lo, gfn);
   if (s.isPresent(oldLo, oldHi)) {
     if (sptePa(oldLo, oldHi) !== sptePa(lo, hi)) {
       zapSpte(s, sp, loc); // another frame: drop the old mapping (and flush) first
@@ -127,6 +130,11 @@ export function installLeaf(s: ShadowMmuState, sp: ShadowPage, loc: number, lo: 
   }
   pool.set(loc, lo, hi);
   rmapAdd(s, gfn, loc);
+}
+
+/** KVM `make_spte`: "if ((spte & PT_WRITABLE_MASK) && kvm_slot_dirty_track_enabled(slot)) mark_page_dirty_in_slot". */
+function markIfWritable(s: ShadowMmuState, lo: number, gfn: number): void {
+  if ((lo & SPTE_W) !== 0 && s.dirtyLog !== null) s.dirtyLog.markPageDirty(gfn);
 }
 
 /** KVM `mmu_page_zap_pte`: drops one spte of `sp` (a leaf and its rmap, or the link to a child). */
@@ -219,7 +227,7 @@ export function commitZap(s: ShadowMmuState): void {
 }
 
 /** KVM `kvm_flush_remote_tlbs`: every vCPU's TLB. Only when an spte lost rights or disappeared. */
-function remoteFlush(s: ShadowMmuState): void {
+export function remoteFlush(s: ShadowMmuState): void {
   s.pendingFlush = false;
   s.host.count(s.initiator, 'remote_tlb_flush');
   for (const v of s.host.vcpus) {

@@ -1,4 +1,4 @@
-import { hexU64, PAGE_SIZE, WalkResult, type GuestMemory, type MmuHost, type Vcpu } from '@vmexit/core';
+import { hexU64, PAGE_SIZE, WalkResult, type DirtyLog, type GuestMemory, type MmuHost, type PhysicalMemory, type Vcpu } from '@vmexit/core';
 import {
   createPageCache,
   pageBucket,
@@ -12,6 +12,7 @@ import {
   SptePoolMemory,
   type PageCache,
   type SptePool,
+  MmuLock,
   POOL_BASE,
   Rmaps,
 } from '@vmexit/core/mmu';
@@ -123,6 +124,18 @@ export abstract class ShadowMmuState implements PageCache<ShadowPage> {
   notrapLo = 0;
   notrapHi = 0;
   readonly scratch = new ShadowScratch();
+  /** KVM `mmu_lock` (a spinlock for the shadow MMU): every operation but the fast page fault runs under it. */
+  readonly mmuLock = new MmuLock();
+  /** The VM's dirty log, when attached (`attachDirtyLog`): writable leaves in a logged slot mark their page dirty. */
+  dirtyLog: DirtyLog | null = null;
+  /**
+   * vCPUs inside `walk_shadow_page_lockless_begin/end` (KVM sets vcpu->mode = READING_SHADOW_PAGE_TABLES with
+   * interrupts off, so the remote flush that precedes freeing a zapped page waits for them): a zapped page is
+   * not freed while this is nonzero (the race scenarios' zapper waits; a sequential run never sees it nonzero).
+   */
+  locklessWalkers = 0;
+  /** Guest memory whose writes mark pages dirty: what the guest walk writes A/D bits through while a slot logs. */
+  dirtyMarkingMemory!: PhysicalMemory;
 
   /**
    * The page for (gfn, role), created on a miss: page-cache.ts `getPage`, called by every mechanism through

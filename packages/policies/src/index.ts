@@ -10,6 +10,7 @@ export { writeFlood, writeFloodOptions, type WriteFloodOptions } from './write-f
 export { misalignedWrite, misalignedWriteOptions, type MisalignedWriteOptions } from './misaligned-write.js';
 export { prefetch, prefetchOptions, type PrefetchOptions } from './prefetch.js';
 export { userWriteHint, userWriteHintOptions, type UserWriteHintOptions } from './user-write-hint.js';
+export { fastPageFault, fastPageFaultOptions, type FastPageFaultOptions } from './fast-page-fault.js';
 export { errorCodeMatches, type SplitCondition, type SplitOptions, splitPolicy, type SplitPolicyConfig } from './split-policy.js';
 export { BUILT_IN_POLICIES, policiesModule } from './module.js';
 export { default } from './module.js';

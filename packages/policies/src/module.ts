@@ -1,6 +1,7 @@
 import { TYPES, type FaultPolicy } from '@vmexit/core';
 import { ContainerModule } from 'inversify';
 import { bypassGuestPf } from './bypass-guest-pf.js';
+import { fastPageFault } from './fast-page-fault.js';
 import { misalignedWrite } from './misaligned-write.js';
 import { prefetch } from './prefetch.js';
 import { pteUpdate } from './pte-update.js';
@@ -17,6 +18,7 @@ export const BUILT_IN_POLICIES: readonly FaultPolicy<unknown>[] = [
   misalignedWrite,
   prefetch,
   userWriteHint,
+  fastPageFault,
 ] as readonly unknown[] as readonly FaultPolicy<unknown>[];
 
 /** Multi-binds every built-in policy to `TYPES.FaultPolicy`; a variant then names them in `policies[].use`. */

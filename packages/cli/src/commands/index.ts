@@ -9,6 +9,8 @@ import { registerWorkloads } from './workloads.js';
 import { registerSweep } from './sweep.js';
 import { registerWorker } from './worker.js';
 import { registerReport } from './report.js';
+import { registerMigrate } from './migrate.js';
+import { registerExplore } from './explore.js';
 
 /** A subcommand: adds itself to the program. Each lives in its own file under commands/. */
 export type CommandRegistration = (program: Command) => void;
@@ -21,6 +23,8 @@ export const commands: CommandRegistration[] = [
   registerSweep,
   registerWorker,
   registerReport,
+  registerMigrate,
+  registerExplore,
   registerConformance,
   registerTrace,
   registerPolicies,

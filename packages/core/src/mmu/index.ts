@@ -83,3 +83,11 @@ export {
   unhashPage,
 } from './page-cache.js';
 export { createEmulationOutcome, emulatePendingAccess, EMULATION_FAILED, type EmulationOutcome } from '../machine/emulate.js';
+export { GetDirtyLogOp, HOST_THREAD } from './dirty-log.js';
+export { FAST_FIXED, FAST_MORE, FAST_PF_MAX_RETRY, FAST_SLOW, FAST_SPURIOUS, isWriteAllowed, pageFaultCanBeFast, spteCmpxchg } from './fast-fault.js';
+export { MmuLock } from '../race/lock.js';
+/**
+ * The TLB entry's rights (a scenario that installs a translation by hand, as the race scenarios do after a
+ * walk): supervisor read and write.
+ */
+export { TLB_READ_SUP, TLB_WRITE_SUP } from '../tlb/tlb.js';

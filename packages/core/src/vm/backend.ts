@@ -97,6 +97,15 @@ export interface NonPresentSpteEncoding {
   setNonPresentSptes(trapLo: number, trapHi: number, notrapLo: number, notrapHi: number): void;
 }
 
+/**
+ * Capability: KVM's fast page fault (arch/x86/kvm/mmu/mmu.c `fast_page_fault`): write-protect faults under
+ * dirty logging fixed by an spte compare-and-swap without `mmu_lock`. Bound by mmu-shadow (direct pages).
+ */
+export interface FastPageFaultControl {
+  /** Turns the fast path on or off for the whole VM (off by default; the `fast-page-fault` policy turns it on). */
+  setFastPageFault(on: boolean): void;
+}
+
 /** Who provides a capability: the backend's module or the MMU's module. */
 export type CapabilityProvider = 'backend' | 'mmu';
 
@@ -127,5 +136,11 @@ export const CAPABILITIES: Readonly<Record<string, CapabilityInfo>> = {
     token: TYPES.ShadowPageTables,
     providedBy: 'mmu',
     description: "shadow page tables built from the guest's, with its page-table writes trapped and emulated: a shadow-paging idea",
+  },
+  FastPageFault: {
+    name: 'FastPageFault',
+    token: TYPES.FastPageFault,
+    providedBy: 'mmu',
+    description: "KVM's lock-free fast page fault (spte cmpxchg outside mmu_lock)",
   },
 };

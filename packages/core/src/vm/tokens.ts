@@ -20,6 +20,10 @@ export const TYPES = {
    * tables are walked by the hardware and the hypervisor never sees a guest pte write.
    */
   ShadowPageTables: Symbol.for('vmexit.ShadowPageTables'),
+  /** Capability: the MMU has KVM's lock-free fast page fault (`FastPageFaultControl`). */
+  FastPageFault: Symbol.for('vmexit.FastPageFault'),
+  /** Capability: the MMU write-protects for dirty logging (`DirtyLogMmu`, core/src/mmu/dirty-log.ts) and takes the VM's dirty log. */
+  DirtyLogMmu: Symbol.for('vmexit.DirtyLogMmu'),
   /** Observers: the exit tracer and the exit recorder (no-ops by default, see core's `coreModule`). */
   ExitTracer: Symbol.for('vmexit.ExitTracer'),
   ExitRecorder: Symbol.for('vmexit.ExitRecorder'),

@@ -435,7 +435,52 @@ const zipf = accessLoop(
   },
 );
 
+/**
+ * KVM's selftest tools/testing/selftests/kvm/dirty_log_test.c, as a guest workload: one area of `pages` pages
+ * shared by a thread on each vCPU; in each iteration each thread writes the iteration number into the first 8
+ * bytes of `writes` pages picked at random. Under `vmexit migrate` the host harvests the dirty log while it runs,
+ * and the destination's memory must equal the source's at the stop.
+ */
+const dirtyLogTest: SyntheticWorkload = {
+  name: 'dirty-log-test',
+  doc: "KVM's dirty_log_test: a thread per vCPU writes the iteration number into the first 8 bytes of random pages of one area, iteration after iteration (run it under `vmexit migrate`)",
+  params: {
+    pages: int(1024, 1, MAX_PAGES, 'pages of the test area'),
+    iterations: int(32, 1, 1 << 20, 'iterations'),
+    writes: int(64, 1, 1 << 20, 'pages each vCPU writes per iteration'),
+  },
+  minPages: (p) => p.pages! + Math.ceil(p.pages! / 512) + 16,
+  setup(ctx, p) {
+    const pages = p.pages!;
+    const iterations = p.iterations!;
+    const writes = p.writes!;
+    // two 4-byte stores per page written (the 8-byte iteration number), by each vCPU's thread
+    ctx.expectAccesses(ctx.vcpus * iterations * writes * 2);
+    function* writer(t: Task, base: number): Program {
+      for (let it = 1; it <= iterations; it++) {
+        for (let k = 0; k < writes; k++) {
+          const va = base + ctx.rng.nextInt(pages) * PAGE_SIZE;
+          t.access(va, ACC_WRITE, it);
+          t.access(va + 4, ACC_WRITE, 0);
+        }
+        yield; // the end of an iteration: the host may harvest here
+      }
+    }
+    const v0 = ctx.runner.machine.vcpus[0]!;
+    const proc = ctx.kernel.createProcess(v0, 'dirty-log-test');
+    ctx.runner.start(
+      proc,
+      function* (t) {
+        const base = mapAnon(t, pages);
+        for (let i = 1; i < ctx.vcpus; i++) t.spawnThread((u) => writer(u, base), ctx.runner.machine.vcpus[i]!);
+        yield* writer(t, base);
+      },
+      v0,
+    );
+  },
+};
+
 /** The synthetic workloads, by name. */
 export const SYNTHETIC_WORKLOADS: ReadonlyMap<string, SyntheticWorkload> = new Map(
-  [demandFault, forkCow, execStorm, mprotectStorm, ptRecycle, scan, randomWs, zipf].map((w) => [w.name, w]),
+  [demandFault, forkCow, execStorm, mprotectStorm, ptRecycle, scan, randomWs, zipf, dirtyLogTest].map((w) => [w.name, w]),
 );

@@ -67,6 +67,7 @@ const SMALL = [
   'scan:pages=128,passes=2',
   'random-ws:pages=128,accesses=3000',
   'zipf:pages=128,accesses=3000',
+  'dirty-log-test:pages=64,iterations=4,writes=16',
 ];
 
 describe('golden results', () => {

@@ -1,0 +1,337 @@
+import { PAGE_SIZE } from '../arch/constants.js';
+import type { GuestMemory, Memslot } from '../machine/guest-memory.js';
+import type { MmuLock } from '../race/lock.js';
+
+/**
+ * Dirty logging, the VM's (virt/kvm/kvm_main.c; Documentation/virt/kvm/api.rst, KVM_SET_USER_MEMORY_REGION
+ * with KVM_MEM_LOG_DIRTY_PAGES, KVM_GET_DIRTY_LOG, KVM_CLEAR_DIRTY_LOG, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2):
+ * a bitmap per logged memslot, one bit per page, set by `markPageDirty` (KVM `mark_page_dirty_in_slot`) for
+ * every page that becomes writable to the guest and every page the hypervisor writes. Each MMU write-protects
+ * and re-protects its own sptes through the `DirtyLogMmu` capability. The bitmap words are 32 bits here
+ * (KVM's are `unsigned long`, 64 bits: KVM_CLEAR_DIRTY_LOG's `first_page` must be a multiple of 64, and so it is here).
+ */
+
+/** The host's thread id for `mmu_lock` (vCPUs are 0..n-1): the thread that runs the dirty-log ioctls. */
+export const HOST_THREAD = -2;
+
+/** What an MMU does for dirty logging. The shadow MMU implements it; the TDP MMU can bind the same capability. */
+export interface DirtyLogMmu {
+  /** Binds the VM's dirty log: the MMU marks the pages it makes writable, and calls `log.attach(this)`. */
+  attachDirtyLog(log: DirtyLog): void;
+  /** The MMU's `mmu_lock`: the dirty-log ioctls write-protect under it. */
+  readonly mmuLock: MmuLock;
+  /**
+   * KVM `kvm_mmu_slot_remove_write_access` (PG_LEVEL_4K): clear W in every leaf spte that maps a page of
+   * `slot`, keeping MMU-writable so that the fast page fault may restore W. Returns whether an spte lost W
+   * (the caller flushes the TLBs).
+   */
+  slotRemoveWriteAccess(slot: Memslot): boolean;
+  /**
+   * KVM `kvm_arch_mmu_enable_log_dirty_pt_masked` (`kvm_mmu_write_protect_pt_masked`): write-protect, as
+   * above, the pages `slot.baseGfn + offset + i` for every bit i set in the 32-bit `mask`. Returns whether an spte lost W.
+   */
+  writeProtectMasked(slot: Memslot, offset: number, mask: number): boolean;
+  /** KVM `kvm_flush_remote_tlbs_memslot`: every vCPU's TLB, on behalf of `initiator` (a vCPU id or HOST_THREAD). */
+  flushRemoteTlbs(initiator: number): void;
+}
+
+/** How one memslot's dirty log is kept (`DirtyLog.enable`): KVM's capabilities for it. */
+export interface DirtyLogSlotOptions {
+  /**
+   * KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: `getDirtyLog` returns the bitmap without clearing it or re-protecting;
+   * `clearDirtyLog` does both for the pages the caller names.
+   */
+  readonly manualProtect?: boolean;
+  /** KVM_DIRTY_LOG_INITIALLY_SET (with manualProtect): the bitmap starts all set and nothing is write-protected yet. */
+  readonly initiallySet?: boolean;
+}
+
+class SlotLog {
+  readonly bitmap: Uint32Array;
+  constructor(
+    readonly slot: Memslot,
+    readonly manualProtect: boolean,
+  ) {
+    this.bitmap = new Uint32Array(Math.ceil(slot.pages / 32));
+  }
+}
+
+/** A misuse of the dirty log (a slot that does not log, a range outside the slot): the request names the slot. */
+export class DirtyLogError extends Error {
+  readonly code = 'E_DIRTY_LOG';
+}
+
+/** The dirty logs of a VM's memslots (KVM `memslot->dirty_bitmap`) and the ioctls over them. */
+export class DirtyLog {
+  private readonly logs: (SlotLog | undefined)[] = [];
+  private mmu: DirtyLogMmu | null = null;
+  /** How many slots log (the hot check: 0 = `markPageDirty` returns at once, and the fast page fault is off). */
+  loggingSlots = 0;
+  /** Pages marked (a bit that went from 0 to 1). */
+  marked = 0;
+
+  constructor(readonly memory: GuestMemory) {}
+
+  /** The MMU that write-protects for the log (bound once, when the VM is built). */
+  attach(mmu: DirtyLogMmu): void {
+    this.mmu = mmu;
+  }
+
+  private slotById(slotId: number): Memslot {
+    const s = this.memory.slots.find((m) => m.id === slotId);
+    if (s === undefined) throw new DirtyLogError(`memslot ${slotId} does not exist (the VM has ${this.memory.slots.map((m) => m.id).join(', ')})`);
+    return s;
+  }
+
+  private requireMmu(): DirtyLogMmu {
+    if (this.mmu === null) throw new DirtyLogError('dirty logging needs an MMU that implements DirtyLogMmu; none is attached');
+    return this.mmu;
+  }
+
+  private logOf(slotId: number, what: string): SlotLog {
+    const l = this.logs[slotId];
+    if (l === undefined) throw new DirtyLogError(`${what}: memslot ${slotId} does not log dirty pages (set KVM_MEM_LOG_DIRTY_PAGES first)`);
+    return l;
+  }
+
+  /**
+   * Sets KVM_MEM_LOG_DIRTY_PAGES on `slotId` (KVM `kvm_mmu_slot_apply_flags`): a fresh bitmap, and every
+   * writable spte of the slot write-protected and the TLBs flushed, except with manual protect and
+   * initially-set, where every bit starts set and the write protection waits for `clearDirtyLog`.
+   */
+  enable(slotId: number, options: DirtyLogSlotOptions = {}): void {
+    const slot = this.slotById(slotId);
+    if (this.logs[slotId] !== undefined) throw new DirtyLogError(`memslot ${slotId} already logs dirty pages`);
+    if (options.initiallySet === true && options.manualProtect !== true)
+      throw new DirtyLogError('initiallySet (KVM_DIRTY_LOG_INITIALLY_SET) needs manualProtect');
+    if (slot.readonly) throw new DirtyLogError(`memslot ${slotId} is read-only: KVM refuses KVM_MEM_LOG_DIRTY_PAGES with KVM_MEM_READONLY`);
+    const mmu = this.requireMmu();
+    const log = new SlotLog(slot, options.manualProtect === true);
+    this.logs[slotId] = log;
+    this.loggingSlots++;
+    if (options.initiallySet === true) {
+      log.bitmap.fill(0xffffffff);
+      const tail = slot.pages % 32;
+      if (tail !== 0) log.bitmap[log.bitmap.length - 1] = (2 ** tail - 1) >>> 0;
+      return;
+    }
+    mmu.mmuLock.acquire(HOST_THREAD);
+    const flush = mmu.slotRemoveWriteAccess(slot);
+    mmu.mmuLock.release(HOST_THREAD);
+    if (flush) mmu.flushRemoteTlbs(HOST_THREAD);
+  }
+
+  /** Clears KVM_MEM_LOG_DIRTY_PAGES: the bitmap goes (sptes stay write-protected; a write makes them writable again). */
+  disable(slotId: number): void {
+    this.logOf(slotId, 'disable');
+    this.logs[slotId] = undefined;
+    this.loggingSlots--;
+  }
+
+  /** Whether `slot` logs (KVM `kvm_slot_dirty_track_enabled`). */
+  isLogging(slot: Memslot): boolean {
+    return this.logs[slot.id] !== undefined;
+  }
+
+  /** KVM `mark_page_dirty`: sets the bit of `gfn` when its slot logs. */
+  markPageDirty(gfn: number): void {
+    if (this.loggingSlots === 0) return;
+    const slot = this.memory.slotForGfn(gfn);
+    if (slot === null) return;
+    const log = this.logs[slot.id];
+    if (log === undefined) return;
+    const rel = gfn - slot.baseGfn;
+    const w = rel >>> 5;
+    const bit = 1 << (rel & 31);
+    if ((log.bitmap[w]! & bit) === 0) {
+      log.bitmap[w]! |= bit;
+      this.marked++;
+    }
+  }
+
+  /** Whether `gfn`'s bit is set (false when its slot does not log). */
+  isDirty(gfn: number): boolean {
+    const slot = this.memory.slotForGfn(gfn);
+    const log = slot === null ? undefined : this.logs[slot.id];
+    if (slot === null || log === undefined) return false;
+    const rel = gfn - slot.baseGfn;
+    return (log.bitmap[rel >>> 5]! & (1 << (rel & 31))) !== 0;
+  }
+
+  /** The number of bitmap words of a logged slot. */
+  words(slotId: number): number {
+    return this.logOf(slotId, 'words').bitmap.length;
+  }
+
+  /** The slot a logged slot id names. */
+  slotOf(slotId: number): Memslot {
+    return this.logOf(slotId, 'slotOf').slot;
+  }
+
+  /** Whether a logged slot is in manual-protect mode. */
+  isManual(slotId: number): boolean {
+    return this.logOf(slotId, 'isManual').manualProtect;
+  }
+
+  /** The `xchg(&dirty_bitmap[i], 0)` of KVM_GET_DIRTY_LOG: word `i`'s bits, now cleared. One atomic step. */
+  exchangeWord(slotId: number, i: number): number {
+    const b = this.logOf(slotId, 'exchangeWord').bitmap;
+    const v = b[i]!;
+    b[i] = 0;
+    return v;
+  }
+
+  /** The `atomic_long_fetch_andnot(mask, p)` of KVM_CLEAR_DIRTY_LOG: clears `mask` in word `i`, returns the bits of `mask` that were set. */
+  fetchAndNotWord(slotId: number, i: number, mask: number): number {
+    const b = this.logOf(slotId, 'fetchAndNotWord').bitmap;
+    const v = b[i]!;
+    b[i] = v & ~mask;
+    return (v & mask) >>> 0;
+  }
+
+  /** A plain read of word `i` (manual-protect KVM_GET_DIRTY_LOG copies the bitmap as it is). */
+  peekWord(slotId: number, i: number): number {
+    return this.logOf(slotId, 'peekWord').bitmap[i]!;
+  }
+
+  /**
+   * KVM_GET_DIRTY_LOG (KVM `kvm_get_dirty_log_protect`), run to completion: the slot's bitmap (a copy). Without
+   * manual protect, each nonzero word is exchanged with 0 and its pages write-protected again, all under
+   * `mmu_lock`, and the TLBs are flushed after the lock is dropped when any bit was set ("Between [write
+   * protection] and [the flush], the guest may write to the page using the remaining TLB entry. This is not a
+   * problem because the page is reported dirty using the snapshot taken before", kvm_main.c). With manual
+   * protect the bitmap is copied as it is.
+   */
+  getDirtyLog(slotId: number): Uint32Array {
+    const op = new GetDirtyLogOp(this, slotId, HOST_THREAD);
+    while (!op.done) if (op.runnable()) op.step();
+    return op.result;
+  }
+
+  /**
+   * KVM_CLEAR_DIRTY_LOG (KVM `kvm_clear_dirty_log_protect`): for the pages [first, first + count) of the slot
+   * whose bits are set in `bitmap` (bit j = page first + j), clear the dirty bit and write-protect the page
+   * again, under `mmu_lock`; flush the TLBs when any was. Needs manual protect. `first` must be a multiple of
+   * 64 and `count` one too unless the range ends at the slot's end, as KVM checks.
+   */
+  clearDirtyLog(slotId: number, first: number, count: number, bitmap: Uint32Array): void {
+    const log = this.logOf(slotId, 'clearDirtyLog');
+    if (!log.manualProtect) throw new DirtyLogError(`clearDirtyLog: memslot ${slotId} is not in manual-protect mode (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)`);
+    const pages = log.slot.pages;
+    if (!Number.isInteger(first) || !Number.isInteger(count) || first < 0 || count < 0 || first % 64 !== 0 || first + count > pages) {
+      throw new DirtyLogError(
+        `clearDirtyLog: first ${first} and count ${count} must be non-negative integers, first a multiple of 64, within the slot's ${pages} pages`,
+      );
+    }
+    if (count % 64 !== 0 && first + count !== pages)
+      throw new DirtyLogError(`clearDirtyLog: count ${count} must be a multiple of 64 unless the range ends at page ${pages}`);
+    if (bitmap.length * 32 < count) throw new DirtyLogError(`clearDirtyLog: the bitmap has ${bitmap.length * 32} bits for ${count} pages`);
+    const mmu = this.requireMmu();
+    let flush = false;
+    mmu.mmuLock.acquire(HOST_THREAD);
+    for (let j = 0; j < count; j += 32) {
+      const n = Math.min(32, count - j);
+      let mask = bitmap[j >>> 5]!;
+      if (n < 32) mask &= (2 ** n - 1) >>> 0;
+      if (mask === 0) continue;
+      const w = (first + j) >>> 5;
+      mask = this.fetchAndNotWord(slotId, w, mask);
+      if (mask === 0) continue;
+      flush = true;
+      mmu.writeProtectMasked(log.slot, w * 32, mask);
+    }
+    mmu.mmuLock.release(HOST_THREAD);
+    if (flush) mmu.flushRemoteTlbs(HOST_THREAD);
+  }
+
+  /** The MMU the log is attached to (the race scenarios step its operations). */
+  get attachedMmu(): DirtyLogMmu {
+    return this.requireMmu();
+  }
+
+  /** The gfns whose bits are set in `bitmap` of `slotId` (for copies, reports and tests). */
+  static gfns(slot: Memslot, bitmap: Uint32Array): number[] {
+    const out: number[] = [];
+    for (let w = 0; w < bitmap.length; w++) {
+      let m = bitmap[w]!;
+      while (m !== 0) {
+        const b = 31 - Math.clz32(m & -m);
+        out.push(slot.baseGfn + w * 32 + b);
+        m &= m - 1;
+      }
+    }
+    return out;
+  }
+
+  /** Bytes of one guest page, for a migration's copy. */
+  static readonly PAGE_SIZE = PAGE_SIZE;
+}
+
+/**
+ * KVM_GET_DIRTY_LOG as steps at its racing points, so that the race scheduler can interleave it with vCPUs:
+ * take `mmu_lock`; per nonzero word, exchange it with 0 and write-protect its pages (one step each); release
+ * the lock; flush the TLBs. `getDirtyLog` runs it to completion. `skipFlush` leaves the flush out (a broken
+ * harvester for the explorer's tests: a vCPU's writable TLB entry then outlives the re-protection).
+ */
+export class GetDirtyLogOp {
+  readonly result: Uint32Array;
+  done = false;
+  private phase = 0;
+  private word = 0;
+  private flush = false;
+  private readonly mmu: DirtyLogMmu;
+  private readonly manual: boolean;
+
+  constructor(
+    readonly log: DirtyLog,
+    readonly slotId: number,
+    readonly thread: number,
+    readonly skipFlush = false,
+  ) {
+    this.result = new Uint32Array(log.words(slotId));
+    this.mmu = log.attachedMmu;
+    this.manual = log.isManual(slotId);
+  }
+
+  /** Whether the op can take its next step now (its first step needs `mmu_lock` unless the slot is in manual-protect mode). */
+  runnable(): boolean {
+    return this.phase !== 0 || this.manual || this.mmu.mmuLock.available(this.thread);
+  }
+
+  /** Takes one step of KVM_GET_DIRTY_LOG and says what it did (the explorer's log line). */
+  step(): string {
+    const n = this.result.length;
+    switch (this.phase) {
+      case 0:
+        if (this.manual) {
+          for (let i = 0; i < n; i++) this.result[i] = this.log.peekWord(this.slotId, i);
+          this.done = true;
+          return 'copy bitmap';
+        }
+        if (!this.mmu.mmuLock.tryAcquire(this.thread)) return 'spin on mmu_lock';
+        this.phase = 1;
+        return 'mmu_lock';
+      case 1: {
+        while (this.word < n && this.log.peekWord(this.slotId, this.word) === 0) this.word++;
+        if (this.word >= n) {
+          this.mmu.mmuLock.release(this.thread);
+          this.phase = 2;
+          return 'mmu_unlock';
+        }
+        const i = this.word++;
+        const mask = this.log.exchangeWord(this.slotId, i);
+        this.result[i] = mask;
+        this.flush = true;
+        this.mmu.writeProtectMasked(this.log.slotOf(this.slotId), i * 32, mask);
+        return `xchg word ${i} = 0x${mask.toString(16)}, write-protect`;
+      }
+      default:
+        this.done = true;
+        if (this.flush && !this.skipFlush) {
+          this.mmu.flushRemoteTlbs(this.thread);
+          return 'flush remote TLBs';
+        }
+        return this.flush ? 'no flush (broken)' : 'nothing to flush';
+    }
+  }
+}

@@ -1,0 +1,85 @@
+import { DEFAULT_MODULE_SOURCES, type Memslot } from '@vmexit/core';
+import { ShadowMmu } from '@vmexit/mmu-shadow';
+import { ContainerModule } from 'inversify';
+import { describe, expect, it } from 'vitest';
+import { InputError, migrate, parseVariantSpec, type MigrateOptions } from '../src/index.js';
+
+// Pre-copy migration of KVM's dirty_log_test (one vCPU writing 64 random pages of 512 per iteration, 40
+// iterations) in a 16 MiB guest (4096 pages), the link at 1000 pages per 1000 guest accesses so that the run
+// has several rounds.
+const WORKLOAD = 'dirty-log-test:pages=512,iterations=40,writes=64';
+async function run(spec: string, o: Partial<MigrateOptions> = {}) {
+  const variant = await parseVariantSpec(spec, { memory: '16M' });
+  return migrate({ workload: WORKLOAD, mode: 'long4', seed: 1, personalities: [], variant, copyRate: 1000, stopPages: 0, maxRounds: 20, ...o });
+}
+
+/** A shadow MMU whose harvest forgets to write-protect again: writes after a harvest go unlogged. */
+class ForgetfulShadowMmu extends ShadowMmu {
+  override writeProtectMasked(_slot: Memslot, _offset: number, _mask: number): boolean {
+    return false;
+  }
+}
+
+const forgetful = new ContainerModule(({ bind }) => {
+  const S = Symbol('forgetful');
+  bind(S)
+    .toDynamicValue(() => new ForgetfulShadowMmu())
+    .inSingletonScope();
+  bind(Symbol.for('vmexit.Mmu')).toService(S);
+  bind(Symbol.for('vmexit.DirtyLogMmu')).toService(S);
+  bind(Symbol.for('vmexit.FastPageFault')).toService(S);
+});
+
+describe('migrate', () => {
+  for (const dirtyLog of ['bitmap', 'clear'] as const) {
+    it(`${dirtyLog}: the destination's memory equals the source's at the stop, after several rounds`, async () => {
+      const r = await run('vmx shadow', { dirtyLog });
+      expect(r.schema).toBe('vmexit.migrate/1');
+      // Round 0 sends all 4096 pages; each later round sends what the guest dirtied while the previous one
+      // was sent (shrinking as the rounds get shorter), the last is the stop-and-copy at the workload's end.
+      expect(r.rounds.map((x) => x.dirtyPages)).toEqual([4096, 503, 186, 113, 62, 4]);
+      expect(r.stoppedBy).toBe('workload-end');
+      expect(r.digestMatch).toBe(true);
+      expect(r.destination.memoryDigest).toBe(r.source.memoryDigest);
+      expect(r.pagesSent).toBe(r.rounds.reduce((a, x) => a + x.pagesSent, 0));
+    }, 60_000);
+  }
+
+  it('stops the guest when a round dirties few pages: that harvest is the stop-and-copy, the downtime its pages', async () => {
+    // Rounds as above until 186 <= 200: the guest stops there, before its end; round 2 is sent while it is stopped.
+    const r = await run('vmx shadow', { stopPages: 200 });
+    expect(r.stoppedBy).toBe('dirty-set-small');
+    expect(r.rounds.map((x) => x.dirtyPages)).toEqual([4096, 503, 186]);
+    expect(r.rounds[2]!.guestAccesses).toBe(0);
+    expect(r.modelled.downtimeCycles).toBe(186 * r.modelled.pageCopyCycles);
+    expect(r.digestMatch).toBe(true);
+    const m = await run('vmx shadow', { stopPages: 0, maxRounds: 1 });
+    expect(m.stoppedBy).toBe('max-rounds');
+    expect(m.rounds.map((x) => x.dirtyPages)).toEqual([4096, 503]);
+    expect(m.digestMatch).toBe(true);
+  }, 60_000);
+
+  it('with fast-page-fault: the same memory and exits, part of the write faults fixed without mmu_lock', async () => {
+    const slow = await run('vmx shadow');
+    const fast = await run('vmx shadow fast-page-fault');
+    expect(fast.source.memoryDigest).toBe(slow.source.memoryDigest);
+    expect(fast.digestMatch).toBe(true);
+    const sum = (r: typeof slow, k: string): number => r.rounds.reduce((a, x) => a + (x.counters[k] ?? 0), 0);
+    expect(sum(fast, 'exits')).toBe(sum(slow, 'exits'));
+    expect(sum(fast, 'pf_fast')).toBeGreaterThan(0);
+    expect(sum(slow, 'pf_fast')).toBe(0);
+    // Each fast fix is a slow fix less, and a lock acquisition less.
+    expect(sum(slow, 'mmu_lock.acquired') - sum(fast, 'mmu_lock.acquired')).toBe(sum(fast, 'pf_fast') - sum(fast, 'pf_spurious'));
+  }, 60_000);
+
+  it('catches an MMU that does not re-protect harvested pages: the digests differ', async () => {
+    const r = await run('vmx shadow', { sources: { ...DEFAULT_MODULE_SOURCES, mmus: { shadow: forgetful } } });
+    expect(r.digestMatch).toBe(false);
+  }, 60_000);
+
+  it('refuses bad options and a native variant with a clear message', async () => {
+    await expect(run('vmx shadow', { maxRounds: -1 })).rejects.toThrow(/--max-rounds must be an integer of at least 0, not -1/);
+    await expect(run('vmx shadow', { dirtyLog: 'ring' as never })).rejects.toThrow(InputError);
+    await expect(run('native')).rejects.toThrow(/backend none runs natively/);
+  });
+});
