@@ -1,4 +1,4 @@
-import { PAGE_SIZE, PAGING_MODE_NAMES, pagingModeId, type PagingModeName } from '@vmexit/core';
+import { hexU64 as hex, PAGE_SIZE, PAGING_MODE_NAMES, pagingModeId, type PagingModeName } from '@vmexit/core';
 import { modeLayout } from './os/layout.js';
 import type { VxtEvent, VxtProcess, VxtTrace } from './trace/types.js';
 
@@ -225,7 +225,7 @@ class AddressMap {
       else if (at >= this.end[mid]!) lo = mid + 1;
       else return address + this.delta[mid]!;
     }
-    throw new RangeError(`relocation: address 0x${address.toString(16)} is in no region of its process tree`);
+    throw new RangeError(`relocation: address ${hex(address)} is in no region of its process tree`);
   }
 }
 
@@ -283,7 +283,6 @@ export function traceFit(trace: VxtTrace): TraceFit[] {
   });
 }
 
-const hex = (n: number): string => `0x${n.toString(16)}`;
 const mib = (n: number): string => `${(n / 2 ** 20).toFixed(1)} MiB`;
 
 /**

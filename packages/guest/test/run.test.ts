@@ -37,6 +37,6 @@ describe('runWorkload', () => {
     expect(bad('scan:pgs=3')).toMatch(/scan has no parameter 'pgs'/);
     expect(bad('scan:pages=x')).toMatch(/pages=x is not a number/);
     expect(bad('demand-fault:pages=100000')).toMatch(/needs at least .* free pages/);
-    expect(bad('scan', { mode: 'pae', memory: 2 * 1024 ** 3 })).toMatch(/does not fit the 1 GiB kernel direct map/);
+    expect(bad('scan', { mode: 'legacy32', memory: 4 * 1024 ** 3 })).toMatch(/32-bit paging without PSE-36 cannot address/);
   });
 });

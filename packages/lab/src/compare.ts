@@ -6,7 +6,7 @@ import { compiledFile } from './cell.js';
 import { InputError, RunFailure } from './errors.js';
 import { provenance, type Provenance } from './provenance.js';
 import { runChecked, runOnVariant, type CheckReport, type VariantRunResult } from './run-variant.js';
-import type { SweepProgressInfo } from './sweep.js';
+import type { SweepProgressInfo } from './progress.js';
 import { exitCycles } from './trace-stats.js';
 import { absoluteSpec, parseVariantSpec, type VariantContext, type VariantOverrides } from './variant-spec.js';
 

@@ -27,16 +27,8 @@ export {
   type Metric,
   variantLabel,
 } from './compare.js';
-export {
-  type CellExecutor,
-  InProcessExecutor,
-  renderSweepProgress,
-  sweep,
-  type SweepOptions,
-  type SweepOutcome,
-  type SweepProgressInfo,
-  ThreadPoolExecutor,
-} from './sweep.js';
+export { type CellExecutor, InProcessExecutor, sweep, type SweepOptions, type SweepOutcome, ThreadPoolExecutor } from './sweep.js';
+export { renderSweepProgress, type SweepProgressInfo } from './progress.js';
 export { type Cell, cellKey, type CellOutcome, type CellRecord, expandGrid, runCell, type RunCell, type SweepGrid, withParams } from './cell.js';
 export { readResults } from './store.js';
 export { spread, type Spread, summarize, summaryCsv, type SummaryGroup } from './summary.js';

@@ -125,13 +125,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     memory.size,
     memory.slots.map((s) => ({ base: s.baseGfn * PAGE_SIZE, size: s.pages * PAGE_SIZE, readonly: s.readonly })),
   );
-  const sendPage = (gfn: number): void => {
-    const src = memory.readOffset(gfn * PAGE_SIZE);
-    const page = memory.u8.subarray(src, src + PAGE_SIZE);
-    if (!destination.isBacked(gfn) && !memory.isBacked(gfn)) return; // zeros on both sides
-    const dst = destination.gpaToOffset(gfn * PAGE_SIZE); // backs the page (the buffer may grow: read u8 after)
-    destination.u8.set(page, dst);
-  };
+  const sendPage = (gfn: number): void => memory.copyPageTo(destination, gfn);
   const slots = memory.slots.filter((s) => !s.readonly);
 
   const rounds: MigrateRound[] = [];

@@ -1,4 +1,5 @@
 import {
+  hexU64 as hex,
   ACC_WRITE,
   CR0_PE,
   CR0_PG,
@@ -6,6 +7,7 @@ import {
   CR4_PAE,
   DirtyLog,
   EFER_LME,
+  GuestMemory,
   Machine,
   PAGE_SIZE,
   WALK_OK,
@@ -340,7 +342,7 @@ class RaceWorld implements RaceInstance {
   readonly machine: Machine;
   readonly mmu: ShadowMmu;
   readonly log: DirtyLog;
-  readonly destination: Uint8Array;
+  readonly destination: GuestMemory;
   threads: RaceThread[] = [];
   private readonly problems: string[] = [];
 
@@ -348,7 +350,7 @@ class RaceWorld implements RaceInstance {
     vcpus: number,
     premap: readonly number[],
     readonly mutation: RaceMutation,
-    private readonly sequential: (() => Uint8Array[]) | null,
+    private readonly sequential: (() => string[]) | null,
   ) {
     const machine = new Machine({ memoryBytes: RAM, vcpus });
     this.machine = machine;
@@ -381,7 +383,9 @@ class RaceWorld implements RaceInstance {
       while (!t.done) t.step();
     }
     this.log.enable(0);
-    this.destination = m.u8.slice();
+    // The destination: the same memslots, sent every page the guest has written (the first full copy).
+    this.destination = new GuestMemory(RAM);
+    for (const gfn of m.backedGfns()) m.copyPageTo(this.destination, gfn);
     this.host.counters.clear();
     this.lockBase = [mmu.mmuLock.acquired, mmu.mmuLock.contended];
   }
@@ -402,10 +406,7 @@ class RaceWorld implements RaceInstance {
   copy(bitmap: Uint32Array): number {
     const m = this.machine.memory;
     const gfns = DirtyLog.gfns(this.log.slotOf(0), bitmap);
-    for (const gfn of gfns) {
-      const off = m.gpaToOffset(gfn * PAGE_SIZE);
-      this.destination.set(m.u8.subarray(off, off + PAGE_SIZE), off);
-    }
+    for (const gfn of gfns) m.copyPageTo(this.destination, gfn);
     return gfns.length;
   }
 
@@ -431,15 +432,12 @@ class RaceWorld implements RaceInstance {
     } catch (e) {
       out.push(`audit: ${(e as Error).message.split('\n')[0]}`);
     }
-    const src = this.machine.memory.u8;
-    const lost: string[] = [];
-    for (let off = 0; off < src.length; off += PAGE_SIZE) {
-      if (Buffer.compare(src.subarray(off, off + PAGE_SIZE), this.destination.subarray(off, off + PAGE_SIZE)) !== 0) lost.push(hex(off / PAGE_SIZE));
-    }
+    const lost = this.machine.memory.differingPages(this.destination).map(hex);
     if (lost.length > 0) out.push(`dirty page lost: the destination differs from the source in gfn ${lost.join(', ')}`);
     if (this.sequential !== null) {
       const outcomes = this.sequential();
-      if (!outcomes.some((o) => Buffer.compare(o, src) === 0)) out.push('guest memory differs from every sequential run of the threads');
+      const digest = this.machine.memory.digest();
+      if (!outcomes.includes(digest)) out.push('guest memory differs from every sequential run of the threads');
     }
     return out;
   }
@@ -522,11 +520,11 @@ export const RACE_SCENARIOS: readonly string[] = SPECS.map((s) => s.name);
 export function shadowRaceScenario(name: string, mutation: RaceMutation = {}): RaceScenario {
   const spec = SPECS.find((s) => s.name === name);
   if (spec === undefined) throw new RangeError(`unknown race scenario '${name}' (scenarios: ${RACE_SCENARIOS.join(', ')})`);
-  let outcomes: Uint8Array[] | null = null;
+  let outcomes: string[] | null = null;
   // The sequential runs: every order of the threads, each run as far as it can before the next.
-  const sequential = (): Uint8Array[] => {
+  const sequential = (): string[] => {
     if (outcomes !== null) return outcomes;
-    const list: Uint8Array[] = [];
+    const list: string[] = [];
     const probe = new RaceWorld(spec.vcpus, spec.premap, {}, null);
     probe.threads = spec.build(probe);
     for (const order of permutations(probe.threads.length)) {
@@ -537,7 +535,7 @@ export function shadowRaceScenario(name: string, mutation: RaceMutation = {}): R
         if (k === undefined) break;
         w.threads[k]!.step();
       }
-      list.push(w.machine.memory.u8.slice());
+      list.push(w.machine.memory.digest());
     }
     outcomes = list;
     return list;
@@ -558,8 +556,4 @@ function permutations(n: number): number[][] {
   const out: number[][] = [];
   for (const p of permutations(n - 1)) for (let i = 0; i <= p.length; i++) out.push([...p.slice(0, i), n - 1, ...p.slice(i)]);
   return out;
-}
-
-function hex(n: number): string {
-  return `0x${n.toString(16)}`;
 }

@@ -179,7 +179,7 @@ describe('hostile input', () => {
 
     it('policies checks every variant flag given', async () => {
       for (const [flag, value, msg] of [
-        ['--mmu', 'tdp', /mmu/],
+        ['--mmu', 'ept', /mmu/],
         ['--vcpus', 'abc', /--vcpus: expected an integer from 1 to 256, got 'abc'/],
         ['--memory', '8TB', /--memory: .*(over the limit|not a size)/],
         ['--cost-model', 'foo', /costModel: unknown cost model/],

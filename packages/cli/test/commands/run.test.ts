@@ -59,7 +59,7 @@ describe('run', () => {
     [['--workload', 'scan:pages=-4'], /out of range/],
     [['--workload', 'demand-fault:pages=100000', '--memory', '16M'], /demand-fault:pages=100000.*free pages/],
     [['--workload', 'scan', '--memory', 'lots'], /--memory: 'lots' is not a size/],
-    [['--workload', 'scan', '--memory', '2G', '--mode', 'legacy32'], /does not fit/],
+    [['--workload', 'scan', '--memory', '4G', '--mode', 'legacy32'], /more than --mode legacy32 can address/],
     [['--workload', 'scan', '--backend', 'kvm'], /backend: .*vmx.*svm.*none/],
     [['--workload', 'scan', '--mode', 'real'], /unknown paging mode 'real'/],
     [['--workload', 'missing.vxt'], /missing\.vxt.*cannot read/],

@@ -1,5 +1,6 @@
 import { ACC_MASK, TWO_POW_32 } from '../arch/constants.js';
 import { pagingModeId } from '../arch/modes.js';
+import { hexU64 } from '../arch/hex.js';
 import { DensePhysicalMemory } from '../memory/dense.js';
 import type { PhysicalMemory } from '../memory/physical.js';
 import { SparsePhysicalMemory } from '../memory/sparse.js';
@@ -54,7 +55,7 @@ export function vectorDenseMemory(vector: ConformanceVector): DensePhysicalMemor
   for (const e of vector.memory) end = Math.max(end, Number(e.pa) + e.size);
   if (end > DENSE_VECTOR_MEMORY_LIMIT) {
     throw new RangeError(
-      `vector ${vector.id} (${vector.file}:${vector.line}): memory up to 0x${end.toString(16)} does not fit a ${DENSE_VECTOR_MEMORY_LIMIT}-byte dense memory`,
+      `vector ${vector.id} (${vector.file}:${vector.line}): memory up to ${hexU64(end)} does not fit a ${DENSE_VECTOR_MEMORY_LIMIT}-byte dense memory`,
     );
   }
   const mem = new DensePhysicalMemory(Math.ceil(end / 4096) * 4096);

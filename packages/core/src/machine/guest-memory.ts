@@ -1,3 +1,4 @@
+import { Buffer } from 'node:buffer';
 import { createHash } from 'node:crypto';
 import { PAGE_SIZE } from '../arch/constants.js';
 import type { PhysicalMemory } from '../memory/physical.js';
@@ -245,6 +246,27 @@ export class GuestMemory implements PhysicalMemory {
   /** The number of guest pages that are backed (were written with something other than zeros). */
   get backedPages(): number {
     return this.used - 1;
+  }
+
+  /**
+   * Copies guest page `gfn` into the same page of `target` (a migration sending a page): `target` must have
+   * `gfn` in a memslot. A page that is zeros on both sides (backed by neither) stays unbacked.
+   */
+  copyPageTo(target: GuestMemory, gfn: number): void {
+    if (!this.isBacked(gfn) && !target.isBacked(gfn)) return;
+    const src = this.readOffset(gfn * PAGE_SIZE);
+    const dst = target.gpaToOffset(gfn * PAGE_SIZE); // backs the page: target's buffer may grow, so take its u8 after
+    target.u8.set(this.u8.subarray(src, src + PAGE_SIZE), dst);
+  }
+
+  /** The gfns whose contents differ between this memory and `other` (cold path: the end-to-end check of a migration). */
+  differingPages(other: GuestMemory): number[] {
+    const gfns = [...new Set([...this.backedGfns(), ...other.backedGfns()])].sort((a, b) => a - b);
+    return gfns.filter((gfn) => {
+      const a = this.readOffset(gfn * PAGE_SIZE);
+      const b = other.readOffset(gfn * PAGE_SIZE);
+      return a < 0 || b < 0 || Buffer.compare(this.u8.subarray(a, a + PAGE_SIZE), other.u8.subarray(b, b + PAGE_SIZE)) !== 0;
+    });
   }
 
   /** The guest page numbers of the backed pages, ascending (cold path: comparisons, tests). */

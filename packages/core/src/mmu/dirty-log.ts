@@ -1,4 +1,5 @@
 import { PAGE_SIZE } from '../arch/constants.js';
+import { hexU64 } from '../arch/hex.js';
 import type { GuestMemory, Memslot } from '../machine/guest-memory.js';
 import type { MmuLock } from '../race/lock.js';
 
@@ -323,7 +324,7 @@ export class GetDirtyLogOp {
         this.result[i] = mask;
         this.flush = true;
         this.mmu.writeProtectMasked(this.log.slotOf(this.slotId), i * 32, mask);
-        return `xchg word ${i} = 0x${mask.toString(16)}, write-protect`;
+        return `xchg word ${i} = ${hexU64(mask)}, write-protect`;
       }
       default:
         this.done = true;

@@ -16,6 +16,7 @@ import { pathToFileURL } from 'node:url';
 // Through the package's public entry only: what a policy author's test sees is what these helpers use.
 import {
   CR0_PE,
+  hexU64,
   CR0_PG,
   CR4_PAE,
   createVm,
@@ -154,9 +155,9 @@ export function pagedVcpu(mappings: readonly TestMapping[], memoryBytes = 1 << 2
   m.memory.write32(0x11000, entry(0x12000)); // PDPT[0] -> PD
   m.memory.write32(0x12000, entry(0x13000)); // PD[0] -> PT (the first 2 MiB)
   for (const map of mappings) {
-    if (map.va % 4096 !== 0 || map.va < 0 || map.va >= 1 << 21) throw new RangeError(`pagedVcpu: va 0x${map.va.toString(16)} is not a 4 KiB page below 2 MiB`);
+    if (map.va % 4096 !== 0 || map.va < 0 || map.va >= 1 << 21) throw new RangeError(`pagedVcpu: va ${hexU64(map.va)} is not a 4 KiB page below 2 MiB`);
     if (map.gpa % 4096 !== 0 || map.gpa < 0 || map.gpa >= m.memory.size)
-      throw new RangeError(`pagedVcpu: gpa 0x${map.gpa.toString(16)} is not a page of guest memory`);
+      throw new RangeError(`pagedVcpu: gpa ${hexU64(map.gpa)} is not a page of guest memory`);
     m.memory.write32(0x13000 + (map.va >>> 12) * 8, entry(map.gpa, map.user, map.writable));
   }
   v.writeEfer(EFER_LME);
