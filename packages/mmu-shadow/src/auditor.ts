@@ -1,5 +1,5 @@
 import { Buffer } from 'node:buffer';
-import { hexHiLo, hexU64, MODE_LEGACY32, PAGE_SIZE, PT_PRESENT, WALK_OK, WalkResult, walk, type GuestMemory, type PagingContext } from '@vmexit/core';
+import { MODE_LEGACY32, PAGE_SIZE, PT_PRESENT, WALK_OK, WalkResult, walk, type GuestMemory, type PagingContext } from '@vmexit/core';
 import {
   ACC_EXEC_MASK,
   ACC_USER_MASK,
@@ -143,7 +143,7 @@ export class Auditor {
       const i = loc - sp.base;
       const lo = this.pool.lo(loc);
       const hi = this.pool.hi(loc);
-      where = ` at spte ${i} = ${hexHiLo(hi, lo)} of the shadow page for gfn ${hexU64(sp.gfn)} role ${describeRole(sp.role)}${gpte ?? this.guestPteOf(sp, i)}`;
+      where = ` at spte ${i} = ${hex64(lo, hi)} of the shadow page for gfn 0x${sp.gfn.toString(16)} role ${describeRole(sp.role)}${gpte ?? this.guestPteOf(sp, i)}`;
     }
     throw new ShadowMmuError('E_MMU_AUDIT', `shadow MMU audit: ${what}${where}${extra}`);
   }
@@ -161,8 +161,8 @@ export class Auditor {
       const four = (sp.role & ROLE_4BYTE_GPTE) !== 0;
       const q = roleQuadrant(sp.role);
       const a = !four ? sp.gfn * PAGE_SIZE + i * 8 : sp.gfn * PAGE_SIZE + (sp.level === 1 ? (q << 9) + i : (q << 8) + (i >>> 1)) * 4;
-      if (m.readOffset(a) < 0) return ` (guest pte at gpa ${hexU64(a)}, outside every memslot)`;
-      return ` (guest pte ${hexHiLo(four ? 0 : m.read32(a + 4), m.read32(a))} at level ${sp.level}, gpa ${hexU64(a)})`;
+      if (m.readOffset(a) < 0) return ` (guest pte at gpa 0x${a.toString(16)}, outside every memslot)`;
+      return ` (guest pte ${hex64(m.read32(a), four ? 0 : m.read32(a + 4))} at level ${sp.level}, gpa 0x${a.toString(16)})`;
     }
     // Up the parent_ptes (the first parent of each page) to a page with none: a root.
     let va = i * 2 ** (12 + 9 * (sp.level - 1));
@@ -190,9 +190,9 @@ export class Auditor {
       const r = this.r;
       const status = walk(ctx, st.vcpu.memory, addr, 0, 0, r);
       if (status !== WALK_OK)
-        return ` (no guest pte: vCPU ${st.vcpu.id}'s guest walk of va ${hexU64(addr)} fails, status ${status}, error code ${r.errorCode})`;
+        return ` (no guest pte: vCPU ${st.vcpu.id}'s guest walk of va 0x${addr.toString(16)} fails, status ${status}, error code ${r.errorCode})`;
       const l = r.leafLevel;
-      return ` (guest pte ${hexHiLo(r.entryHi[l]!, r.entryLo[l]!)} at level ${l}, gpa ${hexU64(r.entryPa[l]!)}, by vCPU ${st.vcpu.id}'s guest walk of va ${hexU64(addr)})`;
+      return ` (guest pte ${hex64(r.entryLo[l]!, r.entryHi[l]!)} at level ${l}, gpa 0x${r.entryPa[l]!.toString(16)}, by vCPU ${st.vcpu.id}'s guest walk of va 0x${addr.toString(16)})`;
     }
     return ' (guest pte unknown: the direct page is reachable from no current root)';
   }
@@ -267,7 +267,8 @@ export class Auditor {
     for (const st of mmu.states) {
       if (st === undefined) continue;
       for (const sp of [...st.currentRoots(), ...st.prevRoots.map((p) => p.sp)]) {
-        if (mmu.pages[sp.frame] !== sp) this.fail(`vCPU ${st.vcpu.id} uses a freed root`, null, 0, ` (gfn ${hexU64(sp.gfn)} role ${describeRole(sp.role)})`);
+        if (mmu.pages[sp.frame] !== sp)
+          this.fail(`vCPU ${st.vcpu.id} uses a freed root`, null, 0, ` (gfn 0x${sp.gfn.toString(16)} role ${describeRole(sp.role)})`);
         refs.set(sp, (refs.get(sp) ?? 0) + 1);
       }
     }
@@ -291,7 +292,8 @@ export class Auditor {
     }
     if (mmu.unsyncPages.size !== unsync) this.fail(`${mmu.unsyncPages.size} pages in the unsync set but ${unsync} unsync pages in use`, null, 0);
     for (const [gfn, n] of unsyncByGfn)
-      if (mmu.unsyncCount.get(gfn) !== n) this.fail(`unsync count ${mmu.unsyncCount.get(gfn) ?? 0} for gfn ${hexU64(gfn)} but ${n} unsync pages`, null, 0);
+      if (mmu.unsyncCount.get(gfn) !== n)
+        this.fail(`unsync count ${mmu.unsyncCount.get(gfn) ?? 0} for gfn 0x${gfn.toString(16)} but ${n} unsync pages`, null, 0);
     if (mmu.unsyncCount.size !== unsyncByGfn.size)
       this.fail(`unsync counts for ${mmu.unsyncCount.size} gfns but unsync pages for ${unsyncByGfn.size}`, null, 0);
     // parent_ptes: every entry is a present spte, once, in a page in use one level up, that points here.
@@ -409,7 +411,7 @@ export class Auditor {
       const head = this.rmaps.head(gfn, 1, false);
       if (head === null || !head.has(loc)) continue;
       if (!this.isLeafOf(loc, gfn))
-        this.fail(`the level-1 rmap of gfn ${hexU64(gfn)} holds spte ${loc}, which is not a present leaf mapping it`, this.livePageOf(loc), loc);
+        this.fail(`the level-1 rmap of gfn 0x${gfn.toString(16)} holds spte ${loc}, which is not a present leaf mapping it`, this.livePageOf(loc), loc);
     }
     let parents = 0;
     for (const sp of this.all) parents += sp.parentPtes.size;
@@ -454,13 +456,13 @@ export class Auditor {
     }
     const gfn = Math.floor(pa / PAGE_SIZE);
     const slot = this.memory.slotForGfn(gfn);
-    if (slot === null) this.fail(`a leaf spte maps gfn ${hexU64(gfn)}, outside every memslot`, sp, loc);
+    if (slot === null) this.fail(`a leaf spte maps gfn 0x${gfn.toString(16)}, outside every memslot`, sp, loc);
     const head = this.rmaps.head(gfn, 1, false);
-    if (head === null || !head.has(loc)) this.fail(`no rmap for the leaf spte (gfn ${hexU64(gfn)})`, sp, loc);
+    if (head === null || !head.has(loc)) this.fail(`no rmap for the leaf spte (gfn 0x${gfn.toString(16)})`, sp, loc);
     if ((lo & SPTE_W) !== 0) {
       if (slot.readonly || (lo & SPTE_HOST_WRITABLE) === 0) this.fail('a writable spte maps read-only host memory', sp, loc);
       if ((lo & SPTE_MMU_WRITABLE) === 0) this.fail('W without MMU-writable', sp, loc);
-      if (mmu.isWriteProtected(gfn)) this.fail(`a writable spte maps write-protected guest page table gfn ${hexU64(gfn)}`, sp, loc);
+      if (mmu.isWriteProtected(gfn)) this.fail(`a writable spte maps write-protected guest page table gfn 0x${gfn.toString(16)}`, sp, loc);
     }
     const acc = roleAccess(sp.role);
     if ((lo & SPTE_U) !== 0 && (acc & ACC_USER_MASK) === 0) this.fail('U beyond the page role access', sp, loc);
@@ -475,7 +477,7 @@ export class Auditor {
     const m = this.memory;
     if ((m.read32(ga) & PT_PRESENT) !== 0) {
       this.fail(
-        `a notrap spte where the guest pte at gpa ${hexU64(ga)} is present (${hexHiLo(m.read32(ga + 4), m.read32(ga))}): the guest's access would fault forever`,
+        `a notrap spte where the guest pte at gpa 0x${ga.toString(16)} is present (${hex64(m.read32(ga), m.read32(ga + 4))}): the guest's access would fault forever`,
         sp,
         sp.base + i,
       );
@@ -572,7 +574,7 @@ export class Auditor {
         this.fail(`${name} holds spte ${loc}, which is not a present leaf`, this.livePageOf(loc), loc);
       }
       const gfn = Math.floor(sptePa(lo, hi) / PAGE_SIZE);
-      if (this.rmaps.head(gfn, sp.level, false) !== list) this.fail(`${name} holds an spte that maps gfn ${hexU64(gfn)}, another gfn's`, sp, loc);
+      if (this.rmaps.head(gfn, sp.level, false) !== list) this.fail(`${name} holds an spte that maps gfn 0x${gfn.toString(16)}, another gfn's`, sp, loc);
       if (this.locStamp[loc] === s) this.fail(`${name} holds spte ${loc} twice`, sp, loc);
       this.locStamp[loc] = s;
     }
@@ -584,7 +586,7 @@ export class Auditor {
       const lo = this.pool.lo(loc);
       const hi = this.pool.hi(loc);
       if (mmu.isPresent(lo, hi) && this.rmaps.head(Math.floor(sptePa(lo, hi) / PAGE_SIZE), 1, false) === list) {
-        this.fail(`no rmap for the leaf spte (gfn ${hexU64(Math.floor(sptePa(lo, hi) / PAGE_SIZE))})`, sp, loc);
+        this.fail(`no rmap for the leaf spte (gfn 0x${Math.floor(sptePa(lo, hi) / PAGE_SIZE).toString(16)})`, sp, loc);
       }
     }
     this.rmapTotal += cur.length - old.length;
@@ -604,7 +606,7 @@ export class Auditor {
       if (head === null) continue;
       for (const loc of head.toArray()) {
         if ((this.pool.lo(loc) & SPTE_W) !== 0)
-          this.fail(`a writable spte maps write-protected guest page table gfn ${hexU64(gfn)}`, mmu.pageOfLoc(loc) ?? null, loc);
+          this.fail(`a writable spte maps write-protected guest page table gfn 0x${gfn.toString(16)}`, mmu.pageOfLoc(loc) ?? null, loc);
       }
     }
     this.protectedGfns = now;
@@ -720,7 +722,7 @@ export class Auditor {
     const status = walk(ctx, st.vcpu.memory, cva, 0, 0, r);
     if (status !== WALK_OK)
       this.fail(
-        `vCPU ${st.vcpu.id}: va ${hexU64(cva)} has a present leaf spte but the guest tables do not map it (walk status ${status}, error code ${r.errorCode})`,
+        `vCPU ${st.vcpu.id}: va 0x${cva.toString(16)} has a present leaf spte but the guest tables do not map it (walk status ${status}, error code ${r.errorCode})`,
         sp,
         loc,
       );
@@ -741,17 +743,23 @@ export class Auditor {
       }
     }
     const gpte = (): string =>
-      ` (guest pte ${hexHiLo(r.entryHi[r.leafLevel]!, r.entryLo[r.leafLevel]!)} at level ${r.leafLevel}, gpa ${hexU64(r.entryPa[r.leafLevel]!)})`;
+      ` (guest pte ${hex64(r.entryLo[r.leafLevel]!, r.entryHi[r.leafLevel]!)} at level ${r.leafLevel}, gpa 0x${r.entryPa[r.leafLevel]!.toString(16)})`;
     if (Math.floor(r.pa / PAGE_SIZE) !== Math.floor(sptePa(lo, hi) / PAGE_SIZE)) {
-      this.fail(`vCPU ${st.vcpu.id}: va ${hexU64(cva)} maps gpa ${hexU64(r.pa)} in the guest tables but another frame in the shadow`, sp, loc, '', gpte());
+      this.fail(
+        `vCPU ${st.vcpu.id}: va 0x${cva.toString(16)} maps gpa 0x${r.pa.toString(16)} in the guest tables but another frame in the shadow`,
+        sp,
+        loc,
+        '',
+        gpte(),
+      );
     }
     if ((lo & SPTE_W) !== 0 && !(r.dirty && (r.writable || (!ctx.cr0Wp && (lo & SPTE_U) === 0)))) {
-      this.fail(`vCPU ${st.vcpu.id}: va ${hexU64(cva)} is writable in the shadow but not writable and dirty in the guest`, sp, loc, '', gpte());
+      this.fail(`vCPU ${st.vcpu.id}: va 0x${cva.toString(16)} is writable in the shadow but not writable and dirty in the guest`, sp, loc, '', gpte());
     }
     if ((lo & SPTE_U) !== 0 && !r.user)
-      this.fail(`vCPU ${st.vcpu.id}: va ${hexU64(cva)} is user in the shadow but supervisor in the guest`, sp, loc, '', gpte());
+      this.fail(`vCPU ${st.vcpu.id}: va 0x${cva.toString(16)} is user in the shadow but supervisor in the guest`, sp, loc, '', gpte());
     if ((hi & SPTE_HI_NX) === 0 && !r.executable)
-      this.fail(`vCPU ${st.vcpu.id}: va ${hexU64(cva)} is executable in the shadow but not in the guest`, sp, loc, '', gpte());
+      this.fail(`vCPU ${st.vcpu.id}: va 0x${cva.toString(16)} is executable in the shadow but not in the guest`, sp, loc, '', gpte());
   }
 }
 
@@ -762,7 +770,6 @@ interface GuestCopy {
   buf: Buffer;
   words: Uint32Array;
 }
-
 const KIND_NONE = 0;
 const KIND_LEAF = 1;
 const KIND_LINK = 2;
@@ -789,3 +796,5 @@ function sameCtx(g: PagingContext, rec: VcpuRecord): boolean {
 function copyValue(v: unknown): unknown {
   return ArrayBuffer.isView(v) && !(v instanceof DataView) ? (v as Uint32Array).slice() : v;
 }
+
+const hex64 = (lo: number, hi: number): string => `0x${(hi >>> 0).toString(16).padStart(8, '0')}${(lo >>> 0).toString(16).padStart(8, '0')}`;

@@ -1,5 +1,4 @@
 import {
-  hexHiLo,
   hexU64,
   PAGE_SIZE,
   type Mmu,
@@ -198,12 +197,13 @@ export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEnco
     trapHi >>>= 0;
     notrapLo >>>= 0;
     notrapHi >>>= 0;
-    if ((notrapLo & SPTE_P) !== 0) throw new ShadowMmuError('E_MMU_OPTION', `the notrap spte ${hexHiLo(notrapHi, notrapLo)} has P set: it must fault with P=0`);
+    const hex64 = (lo: number, hi: number): string => `0x${hi.toString(16).padStart(8, '0')}${lo.toString(16).padStart(8, '0')}`;
+    if ((notrapLo & SPTE_P) !== 0) throw new ShadowMmuError('E_MMU_OPTION', `the notrap spte ${hex64(notrapLo, notrapHi)} has P set: it must fault with P=0`);
     const same = trapLo === notrapLo && trapHi === notrapHi;
     if (!same && ((trapLo & SPTE_P) === 0 || (trapHi & HOST_RSVD_HI) === 0)) {
       throw new ShadowMmuError(
         'E_MMU_OPTION',
-        `the trap spte ${hexHiLo(trapHi, trapLo)} must have P and a reserved bit in 51:${HOST_MAXPHYADDR} set, so that it faults with P=1|RSVD (KVM uses 0xfffffffffffff001)`,
+        `the trap spte ${hex64(trapLo, trapHi)} must have P and a reserved bit in 51:${HOST_MAXPHYADDR} set, so that it faults with P=1|RSVD (KVM uses 0xfffffffffffff001)`,
       );
     }
     const pool = this.pool;
