@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { captureStdio } from '../helpers/stdio.js';
 import { main } from '../../src/program.js';
-import { HEADLINE_VARIANTS, REFUSED_ON_SVM, WITH_FLOOD, formatConformance, formatHeadline, type MainDocument } from '../../src/commands/main.js';
+import { HEADLINE_VARIANTS, REFUSED_ON_SVM, TDP_VARIANTS, WITH_FLOOD, formatConformance, formatHeadline, type MainDocument } from '../../src/commands/main.js';
 
 const { out, err } = captureStdio();
 
@@ -21,9 +21,16 @@ describe('main', () => {
       expect(code).toBe(0);
       const doc = JSON.parse(out.join('')) as MainDocument;
       expect(doc.schema).toBe('vmexit.main/1');
-      expect(Object.keys(doc.conformance)).toEqual(['native', 'vmx shadow', 'svm shadow']);
+      expect(Object.keys(doc.conformance)).toEqual(['native', 'vmx shadow', 'svm shadow', 'vmx tdp', 'svm tdp']);
       for (const c of Object.values(doc.conformance)) expect(c.failed).toBe(0);
-      expect(Object.keys(doc.comparisons)).toEqual(['vmx', 'svm', 'vmx+write-flood', 'svm+write-flood']);
+      expect(Object.keys(doc.comparisons)).toEqual(['vmx', 'svm', 'vmx+write-flood', 'svm+write-flood', 'vmx+tdp', 'svm+tdp']);
+      // Two-dimensional paging beside the best shadow variant (by modelled cycles) of the same backend.
+      for (const backend of ['vmx', 'svm'] as const) {
+        const specs = doc.comparisons[`${backend}+tdp`]!.results.map((r) => r.spec);
+        expect(specs).toHaveLength(2);
+        expect(specs[0]).toMatch(new RegExp(`^${backend} shadow`));
+        expect(specs[1]).toBe(TDP_VARIANTS[backend]);
+      }
       expect(doc.comparisons.vmx!.results.map((r) => r.spec)).toEqual(HEADLINE_VARIANTS.vmx);
       expect(doc.comparisons['svm+write-flood']!.results.map((r) => r.spec)).toEqual(WITH_FLOOD.svm);
       // Every variant runs the same workload and seed and leaves the same guest memory.
@@ -40,7 +47,7 @@ describe('main', () => {
       // The text mode: the conformance counts, the four headline tables and the SVM refusal.
       const text = formatConformance(doc) + formatHeadline(doc);
       expect(text).toMatch(
-        /^paging conformance \(\d+ vectors, SDM Vol\. 3A ch\. 4\):\n {2}native {7}\d+ passed, 0 failed\n {2}vmx shadow {3}\d+ passed, 0 failed\n {2}svm shadow {3}\d+ passed, 0 failed\n/,
+        /^paging conformance \(\d+ vectors, SDM Vol\. 3A ch\. 4\):\n {2}native {7}\d+ passed, 0 failed\n {2}vmx shadow {3}\d+ passed, 0 failed\n {2}svm shadow {3}\d+ passed, 0 failed\n {2}vmx tdp {6}\d+ passed, 0 failed\n {2}svm tdp {6}\d+ passed, 0 failed\n/,
       );
       const titles = [...text.matchAll(/^(VMX|SVM), shadow paging.*:$/gm)].map((m) => m[0]);
       expect(titles).toEqual([
@@ -51,7 +58,10 @@ describe('main', () => {
       ]);
       // Each table's header names its variants, in order.
       const heads = text.split('\n').filter((l) => l.startsWith('   ') && !l.trimStart().startsWith('#') && /shadow/.test(l));
-      expect(heads.map((h) => h.trim().split(/ {2,}/))).toEqual([HEADLINE_VARIANTS.vmx, HEADLINE_VARIANTS.svm, WITH_FLOOD.vmx, WITH_FLOOD.svm]);
+      const tdpHeads = (['vmx', 'svm'] as const).map((b) => doc.comparisons[`${b}+tdp`]!.results.map((r) => r.spec));
+      expect(heads.map((h) => h.trim().split(/ {2,}/))).toEqual([HEADLINE_VARIANTS.vmx, HEADLINE_VARIANTS.svm, WITH_FLOOD.vmx, WITH_FLOOD.svm, ...tdpHeads]);
+      expect(text).toContain('\nVMX, the best shadow variant against two-dimensional paging (EPT):\n');
+      expect(text).toContain('\nSVM, the best shadow variant against two-dimensional paging (NPT):\n');
       expect(text).toContain(`${REFUSED_ON_SVM}: refused:\n`);
       expect(text).toMatch(/policy 'bypass-guest-pf' needs PageFaultFilter \(error-code filtering of #PF exits/);
     },
