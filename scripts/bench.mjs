@@ -161,11 +161,19 @@ if (opts.writeReadme) {
     '`node scripts/bench.mjs --write-readme` (what `npm run bench` runs, without the flag). "x scan" is the ratio to a plain',
     "scan measured in the same run: accesses/s over the scan's, or ns over the scan's ns per element.",
     '',
-    '| what | figure | target | | x scan |',
-    '|---|---|---|---|---|',
-    ...cells.map((c) => `| ${c.map(esc).join(' | ')} |`),
+    ...markdownTable(
+      ['what', 'figure', 'target', '', 'x scan'],
+      cells.map((c) => c.map(esc)),
+    ),
     '',
   ].join('\n');
   writeFileSync(path, readme.slice(0, start) + md + readme.slice(end));
   process.stdout.write('README.md: the "Measured" table was regenerated\n');
+}
+
+/** A Markdown table laid out as prettier lays it out (cells padded to their column's width), so that the README stays format-clean. */
+function markdownTable(head, body) {
+  const w = head.map((h, i) => Math.max(3, h.length, ...body.map((r) => r[i].length)));
+  const line = (r) => `| ${r.map((x, i) => x.padEnd(w[i])).join(' | ')} |`;
+  return [line(head), `| ${w.map((n) => '-'.repeat(n)).join(' | ')} |`, ...body.map(line)];
 }
