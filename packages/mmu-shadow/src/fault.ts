@@ -69,6 +69,8 @@ export function pageFault(s: ShadowMmuState, vcpu: Vcpu, address: number, errorC
   if (ws !== WALK_OK)
     throw new ShadowMmuError('E_MMU_STATE', `vCPU ${vcpu.id}: the guest walk of ${hexU64(address)} ended with status ${ws} (expected a #PF or success)`);
   const gpa = r.pa;
+  // An emulation of this access (RET_PF_EMULATE below) completes at this gpa instead of walking again.
+  vcpu.noteGuestWalk(address, access, gpa);
   const gfn = Math.floor(gpa / PAGE_SIZE);
   const write = (access & ACC_WRITE) !== 0;
   const user = (access & ACC_USER) !== 0;

@@ -23,14 +23,17 @@ export interface EmulationOutcome {
   gpa: number;
   /** No memslot backs `gpa` (the access was completed as MMIO, FAULT_DONE). */
   unbacked?: boolean;
-  /** The emulator's guest walk (one per outcome, reused; created on first use when absent). */
+  /** The emulator's guest walk (one per outcome, reused; created on first use when absent); not updated when `folded`. */
   walk?: WalkResult;
+  /** The emulator used the hypervisor's walk of the guest's tables for this access (Vcpu.noteGuestWalk) instead of its own. */
+  folded?: boolean;
 }
 
 /**
  * Emulates the access in flight on `vcpu` (`pendingVa`, `pendingAccess`, `pendingSize`, `pendingLo/Hi`) as
  * KVM's x86 emulator does after RET_PF_EMULATE: translate the linear address through the GUEST's own tables
- * (vcpu.ctx over guest memory, setting guest A/D bits as the hardware would), perform the access on guest
+ * (vcpu.ctx over guest memory, setting guest A/D bits as the hardware would; or take the translation the
+ * hypervisor's own walk found for this access, Vcpu.noteGuestWalk), perform the access on guest
  * RAM, and for a store call the MMU's write hook afterwards with the old and new values
  * (`kvm_mmu_track_write`, arch/x86/kvm/mmu/mmu.c). A guest walk that faults injects that #PF (the emulator's
  * `inject_emulated_exception`). A guest-physical address with no RAM is MMIO (FAULT_DONE after the caller
@@ -39,23 +42,29 @@ export interface EmulationOutcome {
  * shadowed page table (`kvm_mmu_unprotect_page`), and reports the failure to user space otherwise (VmHooks).
  */
 export function emulatePendingAccess(vcpu: Vcpu, mmu: WriteTracker | null, out: EmulationOutcome): EmulationOutcome {
-  const r = (out.walk ??= new WalkResult());
   out.vector = PF_VECTOR;
   out.gpa = -1;
   out.unbacked = false;
-  const st = walk(vcpu.ctx, vcpu.memory, vcpu.pendingVa, vcpu.pendingAccess, WALK_SIDE_EFFECTS, r);
-  if (st === WALK_PAGE_FAULT) {
-    vcpu.deliverErrorCode = r.errorCode;
-    out.action = FAULT_DELIVER;
-    return out;
+  // The hypervisor's walk of the guest's tables for this very access, when it made one (Vcpu.noteGuestWalk);
+  // otherwise the emulator's own.
+  let gpa = vcpu.takeGuestWalk();
+  out.folded = gpa >= 0;
+  if (gpa < 0) {
+    const r = (out.walk ??= new WalkResult());
+    const st = walk(vcpu.ctx, vcpu.memory, vcpu.pendingVa, vcpu.pendingAccess, WALK_SIDE_EFFECTS, r);
+    if (st === WALK_PAGE_FAULT) {
+      vcpu.deliverErrorCode = r.errorCode;
+      out.action = FAULT_DELIVER;
+      return out;
+    }
+    if (st !== WALK_OK) {
+      vcpu.deliverErrorCode = 0;
+      out.vector = GP_VECTOR;
+      out.action = FAULT_DELIVER;
+      return out;
+    }
+    gpa = r.pa;
   }
-  if (st !== WALK_OK) {
-    vcpu.deliverErrorCode = 0;
-    out.vector = GP_VECTOR;
-    out.action = FAULT_DELIVER;
-    return out;
-  }
-  const gpa = r.pa;
   out.gpa = gpa;
   const mem = vcpu.memory;
   const write = (vcpu.pendingAccess & ACC_WRITE) !== 0;
@@ -95,5 +104,5 @@ export function emulatePendingAccess(vcpu: Vcpu, mmu: WriteTracker | null, out: 
 
 /** A fresh outcome object (one per caller, reused across calls). */
 export function createEmulationOutcome(): EmulationOutcome {
-  return { action: FAULT_RETRY, vector: PF_VECTOR, gpa: -1, unbacked: false, walk: new WalkResult() };
+  return { action: FAULT_RETRY, vector: PF_VECTOR, gpa: -1, unbacked: false, walk: new WalkResult(), folded: false };
 }

@@ -93,6 +93,14 @@ export class Vcpu {
   /** A load completed by emulation leaves its value here. */
   emulatedLo = 0;
   emulatedHi = 0;
+  /**
+   * The guest-physical address that the hypervisor's own successful walk of the guest's tables found for the
+   * access in flight (`noteGuestWalk`), or -1: the emulator completes that access at it instead of walking the
+   * same tables again (`takeGuestWalk`). Cleared when an exit starts (`clearGuestWalk`) and when taken.
+   */
+  private walkedGpa = -1;
+  private walkedVa = 0;
+  private walkedAccess = 0;
 
   /** Guest-visible counters. */
   accesses = 0;
@@ -475,6 +483,36 @@ export class Vcpu {
       }
     }
     return loadAt(this, off, size);
+  }
+
+  /**
+   * The hypervisor walked the guest's own tables for linear address `va` with access `access` (PFERR_* bits, as
+   * the emulator would walk for the access in flight), with side effects, and it succeeded at `gpa` (KVM
+   * FNAME(walk_addr) in FNAME(page_fault)). Until the next exit starts, an emulation of the same access uses
+   * it: a second walk would read the same entries (only the hypervisor runs in between, and it writes no guest
+   * paging-structure entry), find the accessed and dirty flags already set (SDM Vol. 3A §4.8: they are set
+   * only when not set already), and end at the same address. KVM's emulator walks again (x86.c
+   * emulator_read_write_onepage -> FNAME(gva_to_gpa)); folding it changes no result and no guest byte.
+   */
+  noteGuestWalk(va: number, access: number, gpa: number): void {
+    this.walkedVa = va;
+    this.walkedAccess = access;
+    this.walkedGpa = gpa;
+  }
+
+  /** Forgets a walk noted by `noteGuestWalk` (an exit starts: what was walked before may have changed since). */
+  clearGuestWalk(): void {
+    this.walkedGpa = -1;
+  }
+
+  /**
+   * The gpa of the hypervisor's guest walk for the access in flight (`pendingVa`, `pendingAccess`), or -1 when
+   * none was noted for exactly that access since the exit started. Taking it clears it.
+   */
+  takeGuestWalk(): number {
+    const gpa = this.walkedGpa;
+    this.walkedGpa = -1;
+    return gpa >= 0 && this.walkedVa === this.pendingVa && this.walkedAccess === this.pendingAccess ? gpa : -1;
   }
 
   private setPending(va: number, access: number, size: number, lo: number, hi: number): void {

@@ -38,6 +38,9 @@ export class VcpuMmuEvents {
     this.decidable = mmuEventKindsOf(policies);
     this.quiet = quiet;
     this.counts = counts;
+    // Whether each kind is decided by default, fixed for the VM's life: one switch per event on the hot path.
+    const byDefault = (kind: MmuEventKind): boolean => quiet && this.decidable !== null && !this.decidable.has(kind);
+    counts.setByDefault(byDefault('pte-write'), byDefault('flood'), byDefault('prefetch'), byDefault('unsync'), byDefault('tracked-write'));
   }
 
   /** The event through the pipeline; `fallback` (the MMU's choice) when no policy decides. */
@@ -47,9 +50,7 @@ export class VcpuMmuEvents {
 
   /** True (and the event counted) when nothing could see an event of `kind`: see the class comment. */
   decideByDefault(kind: MmuEventKind): boolean {
-    if (!this.quiet || this.decidable === null || this.decidable.has(kind)) return false;
-    this.counts.count(kind);
-    return true;
+    return this.counts.countIfByDefault(kind);
   }
 }
 
@@ -61,7 +62,50 @@ class MmuEventCounts {
   private unsync: StatCell | null = null;
   private trackedWrite: StatCell | null = null;
 
+  /** Per kind: nothing could see its events (VcpuMmuEvents.decideByDefault). */
+  private pteWriteByDefault = false;
+  private floodByDefault = false;
+  private prefetchByDefault = false;
+  private unsyncByDefault = false;
+  private trackedWriteByDefault = false;
+
   constructor(private readonly stats: Stats) {}
+
+  setByDefault(pteWrite: boolean, flood: boolean, prefetch: boolean, unsync: boolean, trackedWrite: boolean): void {
+    this.pteWriteByDefault = pteWrite;
+    this.floodByDefault = flood;
+    this.prefetchByDefault = prefetch;
+    this.unsyncByDefault = unsync;
+    this.trackedWriteByDefault = trackedWrite;
+  }
+
+  /** Counts an event of `kind` and returns true when its kind is decided by default; false (nothing counted) otherwise. */
+  countIfByDefault(kind: MmuEventKind): boolean {
+    switch (kind) {
+      case 'pte-write':
+        if (!this.pteWriteByDefault) return false;
+        (this.pteWrite ??= this.stats.cell(mmuEventKey(kind))).n++;
+        return true;
+      case 'flood':
+        if (!this.floodByDefault) return false;
+        (this.flood ??= this.stats.cell(mmuEventKey(kind))).n++;
+        return true;
+      case 'prefetch':
+        if (!this.prefetchByDefault) return false;
+        (this.prefetch ??= this.stats.cell(mmuEventKey(kind))).n++;
+        return true;
+      case 'unsync':
+        if (!this.unsyncByDefault) return false;
+        (this.unsync ??= this.stats.cell(mmuEventKey(kind))).n++;
+        return true;
+      case 'tracked-write':
+        if (!this.trackedWriteByDefault) return false;
+        (this.trackedWrite ??= this.stats.cell(mmuEventKey(kind))).n++;
+        return true;
+      default:
+        return false;
+    }
+  }
 
   count(kind: MmuEventKind): void {
     switch (kind) {

@@ -65,6 +65,7 @@ export class VmHooks implements VcpuHooks<Vcpu> {
 
   exception(vcpu: Vcpu, vector: number, errorCode: number, address: number, access: number): FaultAction {
     if (!this.backend.exceptionExits(this.state, vector, errorCode >>> 0)) return FAULT_DELIVER;
+    vcpu.clearGuestWalk();
     const hw = this.backend.exceptionExit(this.state, vector, errorCode, address);
     const exit: VmExit = { kind: 'exception', vcpu: vcpu.id, seq: ++this.seq, hw, vector, errorCode, address, access, resolution: null, resolvedBy: null };
     return this.done(exit, this.act(exit, this.channel.push(exit), vector, address));
@@ -74,6 +75,7 @@ export class VmHooks implements VcpuHooks<Vcpu> {
     // A second-stage fault always exits (SDM Vol. 3C §29.3.3; APM Vol. 2 §15.25.6); the hypervisor's error
     // code comes from the exit's fields (VMX handle_ept_violation / handle_ept_misconfig, SVM npf_interception).
     const gpa = r.nestedGpa;
+    vcpu.clearGuestWalk();
     const hw = this.backend.nestedFaultExit(this.state, r, address);
     const errorCode = this.backend.nestedFaultErrorCode(this.state);
     const exit: VmExit = { kind: 'nested-fault', vcpu: vcpu.id, seq: ++this.seq, hw, gpa, address, access, errorCode, resolution: null, resolvedBy: null };
@@ -82,6 +84,7 @@ export class VmHooks implements VcpuHooks<Vcpu> {
 
   mmio(vcpu: Vcpu, gpa: number, access: number): FaultAction {
     const address = vcpu.pendingVa;
+    vcpu.clearGuestWalk();
     const hw = this.backend.mmioExit(this.state, gpa, address, access);
     const exit: VmExit = { kind: 'mmio', vcpu: vcpu.id, seq: ++this.seq, hw, gpa, address, access, resolution: null, resolvedBy: null };
     return this.done(exit, this.act(exit, this.channel.push(exit), GP_VECTOR, address));

@@ -24,6 +24,7 @@ import {
   type Vcpu,
 } from '../../src/index.js';
 import { NativeHooks } from '../../src/machine/hooks.js';
+import { createEmulationOutcome, emulatePendingAccess } from '../../src/machine/emulate.js';
 import { TestTables } from './tables.js';
 
 function long4Machine(opts: { tlbEntries?: number; memslots?: MemslotSpec[] } = {}) {
@@ -292,6 +293,60 @@ describe('Vcpu', () => {
       v.movToCr4(CR4_PAE | CR4_PGE);
       expect(gp).toEqual([0, 0, 0]);
       expect(v.cr4).toBe(CR4_PAE);
+    });
+  });
+
+  describe(".noteGuestWalk / .takeGuestWalk (the emulator folds the hypervisor's guest walk)", () => {
+    /** A vCPU with a store of 8 bytes to 0x400010 in flight, as a write-protect exit leaves it. */
+    function inFlight() {
+      const { t, v, m } = long4Machine();
+      t.map(0x400000, 0x200000);
+      v.pendingVa = 0x400010;
+      v.pendingAccess = ACC_WRITE;
+      v.pendingSize = 8;
+      v.pendingLo = 0x11223344;
+      v.pendingHi = 0x55667788;
+      return { t, v, m };
+    }
+
+    it('gives the noted gpa once, for exactly the access in flight', () => {
+      const { v } = inFlight();
+      expect(v.takeGuestWalk()).toBe(-1);
+      v.noteGuestWalk(0x400010, ACC_WRITE, 0x200010);
+      expect(v.takeGuestWalk()).toBe(0x200010);
+      expect(v.takeGuestWalk()).toBe(-1); // taken
+      v.noteGuestWalk(0x400010, ACC_WRITE | PFERR_USER, 0x200010); // another access kind
+      expect(v.takeGuestWalk()).toBe(-1);
+      v.noteGuestWalk(0x400018, ACC_WRITE, 0x200018); // another address
+      expect(v.takeGuestWalk()).toBe(-1);
+      v.noteGuestWalk(0x400010, ACC_WRITE, 0x200010);
+      v.clearGuestWalk(); // an exit started
+      expect(v.takeGuestWalk()).toBe(-1);
+    });
+
+    it('lets the emulator store where the noted walk ended, with the same bytes and A/D bits as its own walk', () => {
+      // Emulated twice on two machines alike: once with its own walk, once folded into a noted walk (made by
+      // the walker here, as the MMU makes it, so that A/D are already set when the emulator runs).
+      const own = inFlight();
+      const folded = inFlight();
+      const outOwn = emulatePendingAccess(own.v, null, createEmulationOutcome());
+      expect(outOwn.folded).toBe(false);
+      folded.v.read(0x400010, 8); // fills A on every level (a read leaves D clear)
+      const pte = folded.t.pteAddr(0x400000);
+      folded.m.memory.write32(pte, folded.m.memory.read32(pte) | PT_DIRTY); // what the MMU's write walk sets
+      folded.v.pendingVa = 0x400010;
+      folded.v.pendingAccess = ACC_WRITE;
+      folded.v.pendingSize = 8;
+      folded.v.pendingLo = 0x11223344;
+      folded.v.pendingHi = 0x55667788;
+      folded.v.noteGuestWalk(0x400010, ACC_WRITE, 0x200010);
+      const outFolded = emulatePendingAccess(folded.v, null, createEmulationOutcome());
+      expect(outFolded.folded).toBe(true);
+      expect(outFolded.gpa).toBe(outOwn.gpa);
+      expect(outFolded.action).toBe(outOwn.action);
+      expect(folded.m.memory.read32(0x200010)).toBe(0x11223344);
+      expect(folded.m.memory.read32(0x200014)).toBe(0x55667788);
+      expect(folded.m.memory.read32(pte)).toBe(own.m.memory.read32(own.t.pteAddr(0x400000)));
     });
   });
 

@@ -1,0 +1,179 @@
+#!/usr/bin/env node
+/**
+ * `npm run bench`: runs the benchmarks that carry the project's speed targets, each in a process of its own,
+ * and ends with one summary table: for each figure the value, the target, met or MISSED, and the ratio to the
+ * plain scan measured in the same run.
+ *
+ *   node scripts/bench.mjs [--quick] [--runs N] [--json FILE] [--write-readme]
+ *
+ * - packages/core/bench/paging.bench.mjs: the TLB hit and the page walks (ratio: ns per op / ns per element
+ *   of a plain Uint32Array scan, timed in runs interleaved with the figure's);
+ * - packages/cli/bench/main.bench.mjs: kbuild natively, under every variant of `vmexit main` and under TDP;
+ *   ns per exit on pt-recycle under VMX shadow paging, by exit kind; the RxJS exit pipeline's share; the
+ *   peak RSS and wall time of a 64 GiB guest (ratio: accesses/s / the scan's represented accesses/s, or ns /
+ *   the scan's ns per record, the scan of the kbuild trace's records timed before every run).
+ *
+ * `--write-readme` replaces the body of the README's "## Measured" section with the summary table. The load
+ * average (os.loadavg) at the start and the end is printed with it: the machine is shared, so the ratios to
+ * the scan are the figures to compare across runs. Not part of `npm test`.
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import process from 'node:process';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+
+function usage(message) {
+  process.stderr.write(`bench: ${message}\nusage: node scripts/bench.mjs [--quick] [--runs N] [--json FILE] [--write-readme]\n`);
+  process.exit(2);
+}
+const opts = { quick: false, runs: null, json: null, writeReadme: false };
+{
+  const argv = process.argv.slice(2);
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--quick') opts.quick = true;
+    else if (a === '--write-readme') opts.writeReadme = true;
+    else if (a === '--json') {
+      if (argv[i + 1] === undefined || argv[i + 1].startsWith('--')) usage('--json needs a file name');
+      opts.json = argv[++i];
+    } else if (a === '--runs') {
+      const n = Number(argv[++i]);
+      if (!Number.isInteger(n) || n < 1 || n > 51) usage(`--runs ${argv[i]} is not an integer from 1 to 51`);
+      opts.runs = n;
+    } else usage(`unknown argument '${a}'`);
+  }
+}
+
+const load = () =>
+  loadavg()
+    .map((x) => x.toFixed(2))
+    .join(', ');
+const loadStart = load();
+const started = new Date();
+const dir = mkdtempSync(join(tmpdir(), 'vmexit-bench-'));
+
+/** Runs one benchmark script with `--json`, its output streamed; returns its JSON document. */
+function runBench(script, extra) {
+  const json = join(dir, `${script.replace(/[^a-z0-9]+/gi, '_')}.json`);
+  const args = [join(root, script), '--json', json, ...extra];
+  if (opts.quick) args.push('--quick');
+  if (opts.runs !== null) args.push('--runs', String(opts.runs));
+  process.stdout.write(`\n$ node ${script} ${args.slice(1 + 2).join(' ')}\n`);
+  const r = spawnSync(process.execPath, args, { stdio: 'inherit', cwd: dirname(dirname(join(root, script))) });
+  if (r.status !== 0) {
+    process.stderr.write(`bench: ${script} failed (exit ${r.status ?? r.signal})\n`);
+    process.exit(1);
+  }
+  return JSON.parse(readFileSync(json, 'utf8'));
+}
+
+const core = runBench('packages/core/bench/paging.bench.mjs', []);
+const main = runBench('packages/cli/bench/main.bench.mjs', []);
+rmSync(dir, { recursive: true, force: true });
+const loadEnd = load();
+
+// ---------------------------------------------------------------------------------------------------------
+// The summary: [figure, value, target, met, x scan]
+
+const rows = [];
+const verdict = (met) => (met === null ? '' : met ? 'met' : 'MISSED');
+const f1 = (x) => x.toFixed(1);
+const mps = (x) => `${(x / 1e6).toFixed(1)} M/s`;
+const walk = core.walks.find((w) => w.mode === 'long4' && w.pageSize === 4096 && w.layout === 'resident');
+rows.push([
+  'TLB hit (Tlb.lookup)',
+  `${f1(core.tlbHit.mPerS)} M/s`,
+  `>= ${core.tlbHit.targetMPerS} M/s`,
+  verdict(core.tlbHit.targetMet),
+  core.tlbHit.ratioToScan,
+]);
+rows.push(['4-level walk, 4 KiB, tables cache-resident', `${walk.nsPerOp.toFixed(2)} ns`, `<= ${walk.targetNs} ns`, verdict(walk.targetMet), walk.ratioToScan]);
+for (const v of main.kbuild.variants) {
+  const name = v.spec === 'native' ? 'kbuild natively' : `kbuild, ${v.spec}`;
+  const value = v.spec === 'native' ? mps(v.accessesPerSecond) : `${mps(v.accessesPerSecond)}, ${v.ratioToNative.toFixed(2)}x native (${v.exits} exits)`;
+  rows.push([name, value, v.target === null ? '' : `>= ${v.target}x native`, verdict(v.targetMet), v.ratioToScan]);
+}
+const pt = main.ptRecycle;
+rows.push([
+  `${pt.workload}, vmx shadow: (variant - native) / exits`,
+  `${f1(pt.nsPerExit)} ns/exit (${pt.exits} exits, ${pt.emulatedWrites} emulated writes)`,
+  `<= ${pt.target} ns`,
+  verdict(pt.targetMet),
+  pt.ratioToScan,
+]);
+for (const k of pt.byKind) {
+  rows.push([
+    `  by kind, in the hypervisor: ${k.kind}`,
+    `${f1(k.hypervisorNsPerExit)} ns/exit (${k.calls} exits)`,
+    '',
+    '',
+    k.hypervisorNsPerExit / pt.scanNsPerRecord,
+  ]);
+}
+rows.push([
+  'exit pipeline (RxJS) per exit, share of an exit',
+  `${f1(main.pipeline.nsPerExit)} ns/exit, ${(main.pipeline.shareOfExit * 100).toFixed(1)}% of ${f1(pt.nsPerExit)} ns`,
+  '',
+  '',
+  main.pipeline.ratioToScan,
+]);
+for (const r of main.rss) {
+  rows.push([
+    `64 GiB guest, ${r.workload}, ${r.spec}: peak RSS, wall`,
+    `${f1(r.maxRssMiB)} MiB, ${r.wallSeconds.toFixed(2)} s`,
+    `< ${r.targetRssMiB} MiB, < ${r.targetWallSeconds} s`,
+    verdict(r.targetMet),
+    null,
+  ]);
+}
+
+const header = ['figure', 'value', 'target', '', 'x scan'];
+const cells = rows.map(([a, b, c, d, e]) => [a, b, c, d, e === null ? '' : e < 0.01 ? e.toFixed(4) : e.toFixed(2)]);
+const widths = header.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i].length)));
+const text = [header, ...cells].map((c) => c.map((x, i) => (i === 1 || i === 4 ? x.padStart(widths[i]) : x.padEnd(widths[i]))).join('  ')).join('\n');
+const context = `node ${process.version}, ${started.toISOString().slice(0, 10)}, load average ${loadStart} at the start and ${loadEnd} at the end${opts.quick ? ', --quick' : ''}`;
+process.stdout.write(`\nSummary (${context})\n${text}\n`);
+process.stdout.write(
+  "\nx scan: accesses/s divided by the plain scan's represented accesses/s, or ns divided by the scan's ns per element (per trace record for the exit figures), measured in the same run.\n",
+);
+
+if (opts.json !== null) writeFileSync(opts.json, JSON.stringify({ context, loadStart, loadEnd, core, main }, null, 2) + '\n');
+
+if (opts.writeReadme) {
+  const path = join(root, 'README.md');
+  const readme = readFileSync(path, 'utf8');
+  const start = readme.indexOf('\n## Measured\n');
+  const end = readme.indexOf('\n## ', start + 1);
+  if (start < 0 || end < 0) {
+    process.stderr.write('bench: README.md has no "## Measured" section followed by another section\n');
+    process.exit(1);
+  }
+  const esc = (s) => s.replace(/\|/g, '\\|');
+  const md = [
+    '',
+    '## Measured',
+    '',
+    `On this project's 2-core machine, shared with other processes (${context}); written by`,
+    '`node scripts/bench.mjs --write-readme` (what `npm run bench` runs, without the flag). "x scan" is the ratio to a plain',
+    "scan measured in the same run: accesses/s over the scan's, or ns over the scan's ns per element.",
+    '',
+    ...markdownTable(
+      ['what', 'figure', 'target', '', 'x scan'],
+      cells.map((c) => c.map(esc)),
+    ),
+    '',
+  ].join('\n');
+  writeFileSync(path, readme.slice(0, start) + md + readme.slice(end));
+  process.stdout.write('README.md: the "Measured" table was regenerated\n');
+}
+
+/** A Markdown table laid out as prettier lays it out (cells padded to their column's width), so that the README stays format-clean. */
+function markdownTable(head, body) {
+  const w = head.map((h, i) => Math.max(3, h.length, ...body.map((r) => r[i].length)));
+  const line = (r) => `| ${r.map((x, i) => x.padEnd(w[i])).join(' | ')} |`;
+  return [line(head), `| ${w.map((n) => '-'.repeat(n)).join(' | ')} |`, ...body.map(line)];
+}
