@@ -506,7 +506,12 @@ class RaceWorld implements RaceInstance {
     for (let off = 0; off < src.length; off += PAGE_SIZE) {
       if (Buffer.compare(src.subarray(off, off + PAGE_SIZE), this.destination.subarray(off, off + PAGE_SIZE)) !== 0) lost.push(hex(off / PAGE_SIZE));
     }
-    if (lost.length > 0) out.push(`dirty page lost: the destination differs from the source in gfn ${lost.join(', ')}`);
+    if (lost.length > 0) {
+      // `lost` holds RAM page indices (guest memory is backed page by page on first write): name their gfns.
+      const m = this.machine.memory;
+      const gfnAt = new Map(m.backedGfns().map((g) => [hex(m.readOffset(g * PAGE_SIZE) / PAGE_SIZE), hex(g)]));
+      out.push(`dirty page lost: the destination differs from the source in gfn ${lost.map((p) => gfnAt.get(p) ?? `(RAM page ${p})`).join(', ')}`);
+    }
     if (this.sequential !== null) {
       const outcomes = this.sequential();
       if (!outcomes.some((o) => Buffer.compare(o, src) === 0)) out.push('guest memory differs from every sequential run of the threads');
