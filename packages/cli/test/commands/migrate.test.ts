@@ -35,9 +35,34 @@ describe('vmexit migrate', () => {
     expect(d.destination.memoryDigest).toBe(d.source.memoryDigest);
   }, 60_000);
 
-  it('refuses a dirty-log mode it does not have, and a bad round count, with exit 2', async () => {
-    expect(await main(['migrate', '--workload', WL, '--dirty-log', 'ring'])).toBe(2);
-    expect(err).toContain("--dirty-log: unknown mode 'ring' (expected bitmap, clear; ring and pml are not built yet)");
+  it('--dirty-log ring --dirty-ring-size 256: the same rounds, KVM_EXIT_DIRTY_RING_FULL exits in the table, matching digests', async () => {
+    expect(
+      await main([
+        'migrate',
+        '--workload',
+        WL,
+        '--memory',
+        '16M',
+        '--copy-rate',
+        '1000',
+        '--stop-pages',
+        '0',
+        '--dirty-log',
+        'ring',
+        '--dirty-ring-size',
+        '256',
+      ]),
+    ).toBe(0);
+    expect(out).toContain('dirty log: ring');
+    expect(out).toContain('dirty ring: 256 entries per vCPU (soft limit 192); 3553 entries harvested; 15 KVM_EXIT_DIRTY_RING_FULL exits');
+    expect(out).toMatch(/^destination .* match$/m);
+  }, 60_000);
+
+  it('refuses a dirty-log mode it does not have, a bad ring size, and a bad round count, with exit 2', async () => {
+    expect(await main(['migrate', '--workload', WL, '--dirty-log', 'pml'])).toBe(2);
+    expect(err).toContain("--dirty-log: unknown mode 'pml' (expected bitmap, clear, ring; pml is not built yet)");
+    expect(await main(['migrate', '--workload', WL, '--dirty-log', 'ring', '--dirty-ring-size', '128'])).toBe(2);
+    expect(err).toContain('--dirty-ring-size: dirty ring: 128 entries (2048 bytes) is smaller than the 64 reserved entries or one 4 KiB page');
     expect(await main(['migrate', '--workload', WL, '--max-rounds', 'x'])).toBe(2);
     expect(err).toContain("--max-rounds: expected an integer from 0 to 10000, got 'x'");
   });
@@ -46,7 +71,8 @@ describe('vmexit migrate', () => {
 describe('vmexit explore', () => {
   it('--list names every scenario', async () => {
     expect(await main(['explore', '--list'])).toBe(0);
-    for (const s of ['fast-pf-vs-get-dirty-log', 'fast-pf-same-spte', 'fast-pf-vs-zap', 'fault-vs-pte-write']) expect(out).toContain(`${s}\n`);
+    for (const s of ['fast-pf-vs-get-dirty-log', 'fast-pf-same-spte', 'fast-pf-vs-zap', 'fault-vs-pte-write', 'fast-pf-vs-ring-reset'])
+      expect(out).toContain(`${s}\n`);
   });
 
   it('--json prints vmexit.explore/1: every interleaving of fast-pf-vs-zap with one preemption, no violation', async () => {
