@@ -68,6 +68,25 @@ describe('vmexit migrate', () => {
   });
 });
 
+describe('vmexit run --workload dirty-log-test:...,harvest=ring', () => {
+  const RING = 'dirty-log-test:pages=512,iterations=8,writes=64,harvest=ring,ring=256';
+  it('--json reports dirtyLog with no page lost; the table has a dirty log row', async () => {
+    expect(await main(['run', '--workload', RING, '--memory', '16M', '--vcpus', '2', '--seed', '1', '--json'])).toBe(0);
+    const d = JSON.parse(out) as { dirtyLog: { mode: string; lost: number; falseDirty: number; harvests: number } };
+    expect(d.dirtyLog).toMatchObject({ mode: 'ring', harvests: 9, lost: 0, falseDirty: 43 });
+    out = '';
+    expect(await main(['run', '--workload', RING, '--memory', '16M', '--vcpus', '2', '--seed', '1'])).toBe(0);
+    expect(out).toMatch(/dirty log +ring: 9 harvests, 2,?863 page checks, 0 lost, 43 false dirty; rings of 256, 1,?778 entries harvested, 1 full exits/);
+  }, 60_000);
+
+  it('natively (no dirty log) and with an unknown mode: exit 2 naming the parameter', async () => {
+    expect(await main(['run', '--workload', RING, '--backend', 'none', '--memory', '16M'])).toBe(2);
+    expect(err).toContain('harvest=ring needs a VM whose MMU logs dirty pages');
+    expect(await main(['run', '--workload', 'dirty-log-test:harvest=pml', '--memory', '16M'])).toBe(2);
+    expect(err).toContain('parameter harvest=pml is not one of none, bitmap, clear, ring');
+  });
+});
+
 describe('vmexit explore', () => {
   it('--list names every scenario', async () => {
     expect(await main(['explore', '--list'])).toBe(0);
