@@ -8,7 +8,7 @@ import { InputError, runVariant } from '../src/index.js';
 // harvests after each iteration of vCPU 0's thread and once more when the last writer ends (9 harvests), and
 // checks every mapped page of the area against the harvest.
 const WL = (harvest: string) => `dirty-log-test:pages=512,iterations=8,writes=64,harvest=${harvest},ring=256`;
-const O = { seed: 1, overrides: { memory: '16M', vcpus: 2 } };
+const O = { seed: 1, overrides: { memory: '16M', vcpus: '2' } };
 
 /** A shadow MMU whose re-protection does nothing: pages written after a harvest go unlogged. */
 class ForgetfulShadowMmu extends ShadowMmu {
