@@ -204,7 +204,9 @@ export class DirtyLog {
     if (log === undefined) return;
     const rel = gfn - slot.baseGfn;
     if (vcpu >= 0 && this.rings !== null) {
-      this.rings[vcpu]!.push(slot.id, rel);
+      const ring = this.rings[vcpu];
+      if (ring === undefined) throw new DirtyRingError(`vCPU ${vcpu} has no dirty ring (KVM_CAP_DIRTY_LOG_RING was enabled for ${this.rings.length} vCPUs)`);
+      ring.push(slot.id, rel);
       return;
     }
     const w = rel >>> 5;

@@ -207,7 +207,7 @@ export class ResetDirtyRingsOp {
         const what = `slot ${this.slot} offset ${this.offset} mask 0x${this.mask.toString(16)}`;
         // kvm_reset_dirty_gfn: a memslot that is gone, or a run past its end, is skipped.
         const slot = this.log.memory.slots.find((s) => s.id === this.slot);
-        const valid = slot !== undefined && this.log.isLogging(slot) && this.offset + 31 - Math.clz32(this.mask) < slot.pages;
+        const valid = slot !== undefined && this.offset + 31 - Math.clz32(this.mask) < slot.pages;
         if (valid && this.mutation.skipProtect !== true) this.mmu.writeProtectMasked(slot, this.offset, this.mask);
         this.mmu.mmuLock.release(this.thread);
         this.phase = R_SCAN;

@@ -81,8 +81,9 @@ describe('ResetDirtyRingsOp (KVM_RESET_DIRTY_RINGS)', () => {
     expect(log.isDirty(10)).toBe(false);
   });
 
-  it('does nothing and flushes nothing when no entry was harvested', () => {
+  it('does nothing and flushes nothing when no entry was harvested; a vCPU without a ring is an error', () => {
     const { log, mmu } = ringLog();
+    expect(() => log.markPageDirty(7, 1)).toThrow(/vCPU 1 has no dirty ring \(KVM_CAP_DIRTY_LOG_RING was enabled for 1 vCPUs\)/);
     log.markPageDirty(7, 0);
     expect(log.resetDirtyRings()).toBe(0);
     expect([mmu.runs.length, mmu.flushes]).toEqual([0, 0]);
