@@ -160,6 +160,16 @@ export {
 } from './vm/backend.js';
 export { type Mmu, type MmuHost } from './vm/mmu.js';
 export { DirtyLog, DirtyLogError, type DirtyLogMmu, type DirtyLogSlotOptions } from './mmu/dirty-log.js';
+export {
+  checkDirtyRingEntries,
+  DirtyRing,
+  DirtyRingError,
+  KVM_DIRTY_GFN_BYTES,
+  KVM_DIRTY_GFN_F_DIRTY,
+  KVM_DIRTY_GFN_F_RESET,
+  KVM_DIRTY_RING_MAX_ENTRIES,
+  KVM_DIRTY_RING_RSVD_ENTRIES,
+} from './mmu/dirty-ring.js';
 export { TYPES } from './vm/tokens.js';
 export { parseVariant, type PolicyUse, type Variant, VariantError, type VariantInput, type VariantProblem } from './vm/variant.js';
 export { DEFAULT_MODULE_SOURCES, isPathSpecifier, ModuleLoadError, type ModuleSource, type ModuleSources } from './vm/modules.js';

@@ -10,7 +10,14 @@
  */
 export { nativeCounters, type RunCounters, type RunOptions, type RunOutcome, type RunResult, runWorkload } from './run.js';
 export { type ParamDef, parseWorkloadRef, resolveParams, WorkloadError, type WorkloadRef } from './workloads/params.js';
-export { type MeasureWindow, SYNTHETIC_WORKLOADS, type SyntheticWorkload, type WorkloadContext } from './workloads/synthetic.js';
+export {
+  type DirtyLogCheck,
+  HARVEST_MODES,
+  type MeasureWindow,
+  SYNTHETIC_WORKLOADS,
+  type SyntheticWorkload,
+  type WorkloadContext,
+} from './workloads/synthetic.js';
 export {
   type AccessKind,
   KIND_FETCH,

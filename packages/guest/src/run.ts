@@ -1,5 +1,5 @@
 import { performance } from 'node:perf_hooks';
-import { Machine, Rng, pagingModeId, PAGING_MODE_NAMES, type MachineOptions, type PagingModeName } from '@vmexit/core';
+import { Machine, Rng, pagingModeId, PAGING_MODE_NAMES, type DirtyLog, type MachineOptions, type PagingModeName } from '@vmexit/core';
 import { OutOfMemoryError } from './os/frames.js';
 import { GuestConfigError, Kernel, PERSONALITIES, type Personality } from './os/kernel.js';
 import { FAULT_KIND_NAMES, FAULT_SIGSEGV, type FaultKindName, type GuestEventLog } from './os/stats.js';
@@ -8,7 +8,7 @@ import { KBUILD_TRACE_PATH, ReplayStats, loadVxtFile, startReplay } from './repl
 import type { VxtTrace } from './trace/types.js';
 import type { TraceRelocation } from './relocate.js';
 import { WorkloadError, parseWorkloadRef, resolveParams } from './workloads/params.js';
-import { SYNTHETIC_WORKLOADS } from './workloads/synthetic.js';
+import { SYNTHETIC_WORKLOADS, type DirtyLogCheck } from './workloads/synthetic.js';
 
 export const RUN_SCHEMA = 'vmexit.run/1';
 export const DEFAULT_MEMORY = 256 * 1024 * 1024;
@@ -53,6 +53,8 @@ export interface RunOptions {
    * accesses, or what a synthetic workload expects, see WorkloadContext.expectAccesses; null until known).
    */
   readonly onProgress?: (accesses: number, total: number | null) => void;
+  /** The VM's dirty log, attached to its MMU on first call (WorkloadContext.dirtyLog); absent natively. */
+  readonly dirtyLog?: () => DirtyLog | null;
 }
 
 /** One run's result document (schema `vmexit.run/1`). */
@@ -78,6 +80,8 @@ export interface RunResult {
   /** Counters (and guest.faults) cover the window a workload marks as its steady state, when it marks one. */
   readonly counters: RunCounters;
   readonly measured?: string;
+  /** dirty-log-test with `harvest`: the harvests checked against page contents. */
+  readonly dirtyLog?: DirtyLogCheck;
   readonly wallSeconds: number;
   readonly accessesPerSecond: number;
   readonly memoryDigest: string;
@@ -201,12 +205,17 @@ export function runWorkload(options: RunOptions): RunOutcome {
       kindsAtEnd = Float64Array.from(kernel.stats.faults);
     },
   };
+  let dirtyLogCheck: DirtyLogCheck | null = null;
   const t0 = performance.now();
   try {
     const expectAccesses = (n: number): void => {
       total = n;
     };
-    if (synthetic !== undefined) synthetic.setup({ kernel, runner, rng: new Rng(seed ^ 0x3c6ef372), vcpus, measure, expectAccesses }, params);
+    const reportDirtyLog = (c: DirtyLogCheck): void => {
+      dirtyLogCheck = c;
+    };
+    if (synthetic !== undefined)
+      synthetic.setup({ kernel, runner, rng: new Rng(seed ^ 0x3c6ef372), vcpus, measure, expectAccesses, dirtyLog: options.dirtyLog, reportDirtyLog }, params);
     else startReplay(kernel, runner, trace!, replay, tracePath);
     runner.run();
   } catch (e) {
@@ -256,6 +265,7 @@ export function runWorkload(options: RunOptions): RunOutcome {
     },
     counters: diffCounters(final ?? readCounters(machine, 'end'), baseline),
     ...(windowed ? { measured: 'steady state (the workload marks it)' } : {}),
+    ...(dirtyLogCheck === null ? {} : { dirtyLog: dirtyLogCheck }),
     wallSeconds,
     accessesPerSecond: wallSeconds > 0 ? accesses / wallSeconds : 0,
     memoryDigest: machine.memory.digest(),

@@ -70,5 +70,14 @@ export { InputError, RunFailure } from './errors.js';
 export { type ReportChart, reportCharts, reportHtml, type ReportInput } from './report.js';
 export { exitCycles, formatTraceStats, type ReasonStats, traceStats, type TraceStats, type TraceStatsOptions } from './trace-stats.js';
 export { parseTraceFilter, parseTraceSample, SelectingTracer, traceSelectionLine, type TraceSelection } from './trace-select.js';
-export { DIRTY_LOG_MODES, type DirtyLogMode, formatMigrate, migrate, type MigrateOptions, type MigrateResult, type MigrateRound } from './migrate.js';
+export {
+  DEFAULT_DIRTY_RING_ENTRIES,
+  DIRTY_LOG_MODES,
+  type DirtyLogMode,
+  formatMigrate,
+  migrate,
+  type MigrateOptions,
+  type MigrateResult,
+  type MigrateRound,
+} from './migrate.js';
 export { type ExploreDocument, exploreScenario, exploreScenarios, formatExplore } from './explore.js';

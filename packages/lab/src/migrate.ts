@@ -1,6 +1,7 @@
 import {
   createVm,
   DirtyLog,
+  DirtyRingError,
   GuestMemory,
   PAGE_SIZE,
   VariantError,
@@ -23,10 +24,16 @@ import { describeVariant } from './run-variant.js';
  * must equal the source's at the stop: the end-to-end proof that no dirty page was lost.
  */
 
-/** How the log is harvested: `bitmap` (KVM_GET_DIRTY_LOG clears and re-protects) or `clear` (manual protect: KVM_CLEAR_DIRTY_LOG). */
-export type DirtyLogMode = 'bitmap' | 'clear';
+/**
+ * How the log is harvested: `bitmap` (KVM_GET_DIRTY_LOG clears and re-protects), `clear` (manual protect:
+ * KVM_CLEAR_DIRTY_LOG) or `ring` (KVM_CAP_DIRTY_LOG_RING: a ring per vCPU, harvested and then reset with
+ * KVM_RESET_DIRTY_RINGS at each round and at each KVM_EXIT_DIRTY_RING_FULL, as QEMU's `kvm_dirty_ring_reap`).
+ */
+export type DirtyLogMode = 'bitmap' | 'clear' | 'ring';
 /** The harvest modes `vmexit migrate --dirty-log` takes. */
-export const DIRTY_LOG_MODES: readonly DirtyLogMode[] = ['bitmap', 'clear'];
+export const DIRTY_LOG_MODES: readonly DirtyLogMode[] = ['bitmap', 'clear', 'ring'];
+/** The ring size of `ring` mode unless given: 4096 entries per vCPU (the value QEMU's documentation suggests for dirty-ring-size). */
+export const DEFAULT_DIRTY_RING_ENTRIES = 4096;
 
 /** A migration: the workload and variant of the source VM, and the link and rounds of the pre-copy. */
 export interface MigrateOptions {
@@ -37,6 +44,8 @@ export interface MigrateOptions {
   readonly variant: Variant;
   /** `bitmap`: KVM_GET_DIRTY_LOG clears and re-protects; `clear`: manual protect (initially set), KVM_GET_DIRTY_LOG then KVM_CLEAR_DIRTY_LOG. */
   readonly dirtyLog?: DirtyLogMode;
+  /** `ring` mode: entries per vCPU ring (a power of two, 256..65536; default DEFAULT_DIRTY_RING_ENTRIES). */
+  readonly ringEntries?: number;
   /** The most harvest rounds after the first full copy before the guest is stopped (default 10). */
   readonly maxRounds?: number;
   /** Stop when a round's dirty set is at most this many pages (default 64). */
@@ -84,6 +93,8 @@ export interface MigrateResult {
   readonly pagesSent: number;
   readonly modelled: { readonly pageCopyCycles: number; readonly totalCopyCycles: number; readonly downtimeCycles: number };
   readonly counters: { readonly total: Readonly<Record<string, number>> };
+  /** `ring` mode: the ring size, and the entries harvested and KVM_EXIT_DIRTY_RING_FULL exits over the migration. */
+  readonly dirtyRing?: { readonly entries: number; readonly softLimit: number; readonly harvested: number; readonly fullExits: number };
 }
 
 /** Thrown from the guest's quantum callback to stop the source guest (the run ends there; memory is consistent between quanta). */
@@ -120,6 +131,25 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
   const memory = vm.machine.memory;
   const log = new DirtyLog(memory);
   mmu.attachDirtyLog(log);
+  const ringEntries = o.ringEntries ?? DEFAULT_DIRTY_RING_ENTRIES;
+  if (mode === 'ring') {
+    try {
+      log.enableRing(vm.machine.vcpus.length, ringEntries);
+    } catch (e) {
+      if (e instanceof DirtyRingError) throw new InputError(`--dirty-ring-size: ${e.message}`);
+      throw e;
+    }
+  }
+  // ring mode: user space's own dirty set (QEMU's dirty bitmap), filled by each reap of the rings; the pages are
+  // copied at the round's harvest. A reap harvests every ring and resets them before any page is copied, so a
+  // store after the copy faults again and is pushed again.
+  const reaped = new Set<number>();
+  let ringHarvested = 0;
+  const reap = (): void => {
+    ringHarvested += log.collectRings((_slot, gfn) => reaped.add(gfn));
+    log.resetDirtyRings();
+  };
+  log.onRingFull = reap;
   // The destination VM's RAM: the same memslots, backed as pages arrive (a page of zeros need not be sent).
   const destination = new GuestMemory(
     memory.size,
@@ -130,15 +160,16 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
 
   const rounds: MigrateRound[] = [];
   let before = vm.counters().total;
+  const roundKeys = mode === 'ring' ? [...ROUND_COUNTERS, 'dirty_ring_full_exits'] : ROUND_COUNTERS;
   const roundCounters = (): Record<string, number> => {
     const now = vm.counters().total;
     const out: Record<string, number> = {};
     for (const k of Object.keys(now)) {
-      if (!ROUND_COUNTERS.includes(k) && !k.startsWith('exits.')) continue;
+      if (!roundKeys.includes(k) && !k.startsWith('exits.')) continue;
       const d = (now[k] ?? 0) - (before[k] ?? 0);
-      if (d !== 0 || ROUND_COUNTERS.includes(k)) out[k] = d;
+      if (d !== 0 || roundKeys.includes(k)) out[k] = d;
     }
-    for (const k of ROUND_COUNTERS) out[k] ??= 0;
+    for (const k of roundKeys) out[k] ??= 0;
     before = now;
     return out;
   };
@@ -151,6 +182,15 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
   /** One harvest of every logged slot and the copy of what it reports. */
   const harvest = (): number => {
     let n = 0;
+    if (mode === 'ring') {
+      reap();
+      for (const gfn of reaped) sendPage(gfn);
+      n = reaped.size;
+      reaped.clear();
+      // The host's own writes are in the bitmaps (KVM's dirty_ring_with_bitmap): a GET_DIRTY_LOG of each slot.
+      for (const s of slots) n += copy(s.id, log.getDirtyLog(s.id));
+      return n;
+    }
     for (const s of slots) {
       const bitmap = log.getDirtyLog(s.id);
       if (mode === 'clear') log.clearDirtyLog(s.id, 0, s.pages, bitmap);
@@ -246,6 +286,16 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     pagesSent,
     modelled: { pageCopyCycles, totalCopyCycles: pagesSent * pageCopyCycles, downtimeCycles: downtimePages * pageCopyCycles },
     counters: { total: vm.counters().total },
+    ...(log.rings !== null
+      ? {
+          dirtyRing: {
+            entries: ringEntries,
+            softLimit: log.rings[0]!.softLimit,
+            harvested: ringHarvested,
+            fullExits: vm.counters().total['dirty_ring_full_exits'] ?? 0,
+          },
+        }
+      : {}),
   };
 }
 
@@ -268,6 +318,12 @@ export function formatMigrate(r: MigrateResult): string {
     );
   }
   const m = r.modelled;
+  if (r.dirtyRing !== undefined) {
+    const d = r.dirtyRing;
+    lines.push(
+      `dirty ring: ${d.entries} entries per vCPU (soft limit ${d.softLimit}); ${d.harvested} entries harvested; ${d.fullExits} KVM_EXIT_DIRTY_RING_FULL exits`,
+    );
+  }
   lines.push(
     `stopped by ${r.stoppedBy}; ${r.pagesSent} pages sent; modelled copy ${m.totalCopyCycles} cycles, downtime ${m.downtimeCycles} cycles (${m.pageCopyCycles} per page, an estimate)`,
     `source digest ${r.source.memoryDigest}`,

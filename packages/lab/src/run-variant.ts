@@ -3,6 +3,8 @@ import {
   JsonLinesTracer,
   VariantError,
   createVm,
+  DirtyLog,
+  type DirtyLogMmu,
   hexU64,
   modelCycles,
   type CostReport,
@@ -105,6 +107,7 @@ export async function runOnVariant(o: VariantRunOptions): Promise<VariantRunOutc
               return { total: c.total, vcpus: c.perVcpu.map((x) => ({ ...x })) };
             },
       onProgress: o.onProgress,
+      dirtyLog: vm === null ? undefined : () => attachDirtyLog(vm),
     });
   } catch (e) {
     if (e instanceof WorkloadError || e instanceof TraceError || e instanceof GuestConfigError) throw new InputError(e.message);
@@ -115,6 +118,19 @@ export async function runOnVariant(o: VariantRunOptions): Promise<VariantRunOutc
     v.backend === 'none' ? { ...outcome.result.counters.total, 'guest.page_faults': outcome.result.guest.faults.total } : outcome.result.counters.total;
   const result: VariantRunResult = { ...outcome.result, cycles: modelCycles(profile, total) };
   return { result, outcome, vm };
+}
+
+/**
+ * A dirty log attached to the VM's MMU, for a workload that harvests it itself (dirty-log-test's `harvest`):
+ * attached only on request, since an attached log changes what the MMU counts (`mmu_lock.acquired`). Null when
+ * the MMU has no dirty logging.
+ */
+function attachDirtyLog(vm: Vm): DirtyLog | null {
+  const mmu = vm.mmu as (Partial<DirtyLogMmu> & { name: string }) | null;
+  if (mmu === null || typeof mmu.attachDirtyLog !== 'function') return null;
+  const log = new DirtyLog(vm.machine.memory);
+  mmu.attachDirtyLog(log);
+  return log;
 }
 
 /** The variant as it appears in a result: what it is, not where its modules came from. */

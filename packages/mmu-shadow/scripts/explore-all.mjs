@@ -1,6 +1,7 @@
 // Every race scenario of the shadow MMU (src/race.ts) explored with core's explorer up to K preemptions, on
-// the MMU as it is, with the fast page fault off (the policy not composed), and on the two deliberately broken MMUs (a fast path without the compare-and-swap, a
-// KVM_GET_DIRTY_LOG that re-protects without flushing). The test suite runs the small scenarios at K = 2
+// the MMU as it is, with the fast page fault off (the policy not composed), and on the deliberately broken MMUs (a fast path without the compare-and-swap, a
+// KVM_GET_DIRTY_LOG that re-protects without flushing, a KVM_RESET_DIRTY_RINGS that does not re-protect, one that
+// re-protects without flushing). The test suite runs the small scenarios at K = 2
 // (test/race.test.ts); this runs them all, at the bound given, and prints one line per (scenario, MMU):
 // interleavings, violations, steps, lock acquisitions and contentions, fast fixes, cmpxchg failures, time.
 // It exits 1 when the MMU as it is violates an invariant or a broken MMU is not caught by some scenario,
@@ -33,6 +34,8 @@ const MMUS = [
   ['no-fast-path', { fastPageFault: false }],
   ['no-cmpxchg', { plainStore: true }],
   ['no-flush', { harvestWithoutFlush: true }],
+  ['ring-no-wp', { resetWithoutProtect: true }],
+  ['ring-no-flush', { resetWithoutFlush: true }],
 ];
 const rows = [];
 let bad = false;

@@ -57,9 +57,9 @@ export function flushForLog(s: ShadowMmuState, initiator: number): void {
   s.initiator = prev;
 }
 
-/** KVM `mark_page_dirty` of the page at `gpa`. */
-export function markGpaDirty(s: ShadowMmuState, gpa: number): void {
-  if (s.dirtyLog !== null) s.dirtyLog.markPageDirty(Math.floor(gpa / PAGE_SIZE));
+/** KVM `kvm_vcpu_mark_page_dirty` of the page at `gpa`, on behalf of vCPU `vcpu` (default: the vCPU whose exit the MMU is handling). */
+export function markGpaDirty(s: ShadowMmuState, gpa: number, vcpu = s.initiator): void {
+  if (s.dirtyLog !== null) s.dirtyLog.markPageDirty(Math.floor(gpa / PAGE_SIZE), vcpu);
 }
 
 /**

@@ -146,7 +146,7 @@ export class FastPageFault {
         // "if (is_writable_pte(new_spte) && !is_writable_pte(old_spte)) mark_page_dirty_in_slot(...)": the gfn
         // of a direct page's spte (kvm_mmu_page_get_gfn).
         const sp = this.sp!;
-        if (s.dirtyLog !== null) s.dirtyLog.markPageDirty(sp.gfn + (this.loc - sp.base));
+        if (s.dirtyLog !== null) s.dirtyLog.markPageDirty(sp.gfn + (this.loc - sp.base), this.vcpu.id);
         this.result = FAST_FIXED;
         this.phase = PH_END;
         return FAST_MORE;

@@ -90,25 +90,43 @@ export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEnco
     const log = this.dirtyLog;
     if (this.fastPageFault && log !== null && log.loggingSlots > 0 && pageFaultCanBeFast(errorCode)) {
       const r = this.fastFaults[vcpu.id]!.run(address, errorCode);
-      if (r === FAST_FIXED || r === FAST_SPURIOUS) return RESUME;
+      if (r === FAST_FIXED || r === FAST_SPURIOUS) {
+        if (log.rings !== null) this.enterGuest(vcpu.id);
+        return RESUME;
+      }
     }
     this.lockFor(vcpu.id);
+    let res: ExitResolution;
     try {
-      return pageFault(this, vcpu, address, errorCode);
+      res = pageFault(this, vcpu, address, errorCode);
     } finally {
       this.mmuLock.release(vcpu.id);
     }
+    if (log !== null && log.rings !== null) this.enterGuest(vcpu.id);
+    return res;
   }
 
   trackWrite(vcpu: Vcpu, gpa: number, size: number, oldLo: number, oldHi: number, newLo: number, newHi: number): void {
     // emulator_write_phys -> kvm_vcpu_write_guest: mark_page_dirty; then kvm_mmu_track_write under mmu_lock.
-    markGpaDirty(this, gpa);
+    markGpaDirty(this, gpa, vcpu.id);
     this.lockFor(vcpu.id);
     try {
       pteWrite(this, vcpu, gpa, size, oldLo, oldHi, newLo, newHi);
     } finally {
       this.mmuLock.release(vcpu.id);
     }
+    if (this.dirtyLog !== null && this.dirtyLog.rings !== null) this.enterGuest(vcpu.id);
+  }
+
+  /**
+   * The end of an exit whose handling may have pushed to the vCPU's dirty ring, before the guest runs again
+   * (KVM `vcpu_enter_guest` -> `kvm_dirty_ring_check_request`): a soft-full ring exits to user space with
+   * KVM_EXIT_DIRTY_RING_FULL (DirtyLog.enterGuest), counted as `dirty_ring_full_exits` (KVM's exit reason, named
+   * as its `mmio_exits`). Checked after page faults and emulated writes, where marks happen; a mark made while
+   * syncing an unsync page (CR3 write, INVLPG) is checked at the vCPU's next fault, within the reserved entries.
+   */
+  private enterGuest(id: number): void {
+    if (this.dirtyLog!.enterGuest(id)) this.host.count(id, 'dirty_ring_full_exits');
   }
 
   /**

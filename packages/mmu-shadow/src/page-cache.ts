@@ -134,7 +134,7 @@ export function installLeaf(s: ShadowMmuState, sp: ShadowPage, loc: number, lo: 
 
 /** KVM `make_spte`: "if ((spte & PT_WRITABLE_MASK) && kvm_slot_dirty_track_enabled(slot)) mark_page_dirty_in_slot". */
 function markIfWritable(s: ShadowMmuState, lo: number, gfn: number): void {
-  if ((lo & SPTE_W) !== 0 && s.dirtyLog !== null) s.dirtyLog.markPageDirty(gfn);
+  if ((lo & SPTE_W) !== 0 && s.dirtyLog !== null) s.dirtyLog.markPageDirty(gfn, s.initiator); // the vCPU whose exit this is
 }
 
 /** KVM `mmu_page_zap_pte`: drops one spte of `sp` (a leaf and its rmap, or the link to a child). */

@@ -30,6 +30,7 @@ import {
   GetDirtyLogOp,
   HOST_THREAD,
   pageFaultCanBeFast,
+  ResetDirtyRingsOp,
   SPTE_W,
   sptePa,
   TLB_READ_SUP,
@@ -80,7 +81,14 @@ export interface RaceMutation extends FastFaultMutation {
   readonly fastPageFault?: boolean;
   /** KVM_GET_DIRTY_LOG re-protects but does not flush the TLBs. */
   readonly harvestWithoutFlush?: boolean;
+  /** KVM_RESET_DIRTY_RINGS resets the harvested entries without write-protecting their pages again. */
+  readonly resetWithoutProtect?: boolean;
+  /** KVM_RESET_DIRTY_RINGS re-protects but does not flush the TLBs. */
+  readonly resetWithoutFlush?: boolean;
 }
+
+/** The ring size of the ring scenarios: KVM's smallest (one 4 KiB page of 16-byte entries). */
+const RING_ENTRIES = 256;
 
 class RaceHost implements MmuHost {
   readonly counters = new Map<string, number>();
@@ -235,6 +243,61 @@ class Harvester implements RaceThread {
   }
 }
 
+/**
+ * The host's migration thread with dirty rings (KVM_CAP_DIRTY_LOG_RING), in the order QEMU's
+ * `kvm_dirty_ring_reap` and the selftest keep: harvest every vCPU's ring (user space reads the DIRTY entries and
+ * flags them RESET), KVM_RESET_DIRTY_RINGS (re-protect the harvested pages, then flush), then copy the pages
+ * harvested. `rounds` such harvests, then, once every vCPU is done, the invariant check and the final harvest
+ * (the rings, and the bitmap of the host's own writes) and copy.
+ */
+class RingHarvester implements RaceThread {
+  readonly name = 'harvest';
+  private op: ResetDirtyRingsOp | null = null;
+  private gfns: number[] = [];
+  private round = 0;
+  private finished = false;
+
+  constructor(
+    private readonly w: RaceWorld,
+    private readonly rounds: number,
+  ) {}
+
+  get done(): boolean {
+    return this.finished;
+  }
+
+  runnable(): boolean {
+    if (this.round < this.rounds) return this.op === null || this.op.done || this.op.runnable();
+    return this.w.threads.every((t) => t === this || t.done);
+  }
+
+  step(): string {
+    const w = this.w;
+    const { log, mutation } = w;
+    if (this.round < this.rounds) {
+      if (this.op === null) {
+        this.gfns = [];
+        const n = log.collectRings((_slot, gfn) => this.gfns.push(gfn));
+        this.op = new ResetDirtyRingsOp(log, log.rings!, HOST_THREAD, { skipProtect: mutation.resetWithoutProtect, skipFlush: mutation.resetWithoutFlush });
+        return `harvest ${n} ring entries`;
+      }
+      if (!this.op.done) return `reset_dirty_rings: ${this.op.step()}`;
+      const n = w.copyGfns(this.gfns);
+      this.op = null;
+      this.round++;
+      return `copy ${n} harvested pages`;
+    }
+    w.checkWritableSptes();
+    const gfns: number[] = [];
+    log.collectRings((_slot, gfn) => gfns.push(gfn));
+    log.resetDirtyRings();
+    gfns.push(...DirtyLog.gfns(log.slotOf(0), log.getDirtyLog(0)));
+    const n = w.copyGfns(gfns);
+    this.finished = true;
+    return `stop: final harvest of the rings and the bitmap, copy ${n} pages`;
+  }
+}
+
 /** The host unmaps a gfn (an mmu-notifier invalidation, KVM `kvm_unmap_gfn_range` -> `kvm_zap_rmap`, then a flush, under `mmu_lock`). */
 class Unmapper implements RaceThread {
   readonly name = 'unmap';
@@ -318,7 +381,7 @@ class PteWriter implements RaceThread {
         this.oldHi = m.read32(this.gpa + 4);
         m.write32(this.gpa, this.lo);
         m.write32(this.gpa + 4, 0);
-        log.markPageDirty(Math.floor(this.gpa / PAGE_SIZE));
+        log.markPageDirty(Math.floor(this.gpa / PAGE_SIZE), this.vcpu.id);
         this.phase = 1;
         return `store gpte ${hex(this.gpa)} = ${hex(this.lo)}`;
       case 1:
@@ -349,6 +412,7 @@ class RaceWorld implements RaceInstance {
   constructor(
     vcpus: number,
     premap: readonly number[],
+    ring: boolean,
     readonly mutation: RaceMutation,
     private readonly sequential: (() => string[]) | null,
   ) {
@@ -382,6 +446,7 @@ class RaceWorld implements RaceInstance {
       const t = new VcpuWriter(this, machine.vcpus[0]!, [{ va, value: 0 }]);
       while (!t.done) t.step();
     }
+    if (ring) this.log.enableRing(vcpus, RING_ENTRIES);
     this.log.enable(0);
     // The destination: the same memslots, sent every page the guest has written (the first full copy).
     this.destination = new GuestMemory(RAM);
@@ -404,8 +469,13 @@ class RaceWorld implements RaceInstance {
   }
 
   copy(bitmap: Uint32Array): number {
+    return this.copyGfns(DirtyLog.gfns(this.log.slotOf(0), bitmap));
+  }
+
+  /** Copies the pages `gfns` (a ring harvest may name a page twice) to the destination; returns how many distinct. */
+  copyGfns(list: readonly number[]): number {
     const m = this.machine.memory;
-    const gfns = DirtyLog.gfns(this.log.slotOf(0), bitmap);
+    const gfns = [...new Set(list)];
     for (const gfn of gfns) m.copyPageTo(this.destination, gfn);
     return gfns.length;
   }
@@ -448,6 +518,8 @@ interface ScenarioSpec {
   readonly description: string;
   readonly vcpus: number;
   readonly premap: readonly number[];
+  /** KVM_CAP_DIRTY_LOG_RING on (a ring per vCPU) before logging starts. */
+  readonly ring?: boolean;
   readonly build: (w: RaceWorld) => RaceThread[];
 }
 
@@ -511,6 +583,22 @@ const SPECS: readonly ScenarioSpec[] = [
       new Harvester(w, 2),
     ],
   },
+  {
+    name: 'fast-pf-vs-ring-reset',
+    description:
+      'dirty rings: vCPU 0 writes a logged page twice (the fast path fixes it, pushing to its ring) and vCPU 1 another, while the host harvests the rings, resets them (KVM_RESET_DIRTY_RINGS) and copies, then stops and copies the rest',
+    vcpus: 2,
+    premap: [LARGE_VA, LARGE_VA + PAGE_SIZE],
+    ring: true,
+    build: (w) => [
+      new VcpuWriter(w, w.machine.vcpus[0]!, [
+        { va: LARGE_VA, value: 1 },
+        { va: LARGE_VA + 8, value: 2 },
+      ]),
+      new VcpuWriter(w, w.machine.vcpus[1]!, [{ va: LARGE_VA + PAGE_SIZE, value: 3 }]),
+      new RingHarvester(w, 1),
+    ],
+  },
 ];
 
 /** The names of the shadow MMU's race scenarios. */
@@ -525,10 +613,10 @@ export function shadowRaceScenario(name: string, mutation: RaceMutation = {}): R
   const sequential = (): string[] => {
     if (outcomes !== null) return outcomes;
     const list: string[] = [];
-    const probe = new RaceWorld(spec.vcpus, spec.premap, {}, null);
+    const probe = new RaceWorld(spec.vcpus, spec.premap, spec.ring === true, {}, null);
     probe.threads = spec.build(probe);
     for (const order of permutations(probe.threads.length)) {
-      const w = new RaceWorld(spec.vcpus, spec.premap, {}, null);
+      const w = new RaceWorld(spec.vcpus, spec.premap, spec.ring === true, {}, null);
       w.threads = spec.build(w);
       for (;;) {
         const k = order.find((i) => !w.threads[i]!.done && w.threads[i]!.runnable());
@@ -544,7 +632,7 @@ export function shadowRaceScenario(name: string, mutation: RaceMutation = {}): R
     name: spec.name,
     description: spec.description,
     create(): RaceInstance {
-      const w = new RaceWorld(spec.vcpus, spec.premap, mutation, sequential);
+      const w = new RaceWorld(spec.vcpus, spec.premap, spec.ring === true, mutation, sequential);
       w.threads = spec.build(w);
       return w;
     },

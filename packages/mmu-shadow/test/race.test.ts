@@ -10,7 +10,7 @@ const SMALL = ['fast-pf-vs-get-dirty-log', 'fast-pf-same-spte', 'fast-pf-vs-zap'
 
 describe('shadow MMU race scenarios', () => {
   it('lists the scenarios, and refuses an unknown name with the list', () => {
-    expect(RACE_SCENARIOS).toEqual([...SMALL, 'two-vcpus-vs-two-harvests']);
+    expect(RACE_SCENARIOS).toEqual([...SMALL, 'two-vcpus-vs-two-harvests', 'fast-pf-vs-ring-reset']);
     expect(() => shadowRaceScenario('nope')).toThrow(/unknown race scenario 'nope' \(scenarios: fast-pf-vs-get-dirty-log, /);
   });
 

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { PAGING_MODE_NAMES, type PagingModeName } from '@vmexit/core';
-import { DIRTY_LOG_MODES, formatMigrate, migrate, type DirtyLogMode } from '@vmexit/lab';
+import { DEFAULT_DIRTY_RING_ENTRIES, DIRTY_LOG_MODES, formatMigrate, migrate, type DirtyLogMode } from '@vmexit/lab';
 import { InputError, RunFailure } from '../errors.js';
 import { addVariantOptions, variantFromOptions, type VariantOptions } from '../variant-options.js';
 import { checkWorkloadSpec } from '../workload-check.js';
@@ -10,6 +10,7 @@ interface MigrateFlags extends VariantOptions {
   mode: string;
   seed: string;
   dirtyLog: string;
+  dirtyRingSize: string;
   maxRounds: string;
   stopPages: string;
   copyRate: string;
@@ -23,7 +24,7 @@ function integer(text: string, option: string, min: number, max: number): number
 }
 
 /**
- * `vmexit migrate --workload W [variant flags] [--dirty-log bitmap|clear] [--max-rounds N] [--stop-pages N]
+ * `vmexit migrate --workload W [variant flags] [--dirty-log bitmap|clear|ring] [--dirty-ring-size N] [--max-rounds N] [--stop-pages N]
  * [--copy-rate R] [--json]`: pre-copy live migration of the source VM running the workload (lab `migrate`).
  * Prints a table per round (dirty pages, pages sent, exits, fast fixes, lock acquisitions), the modelled copy
  * time and downtime, and the two digests; a mismatch (a dirty page lost) exits 1.
@@ -36,6 +37,11 @@ export function registerMigrate(program: Command): void {
     .option('--mode <mode>', `paging mode: ${PAGING_MODE_NAMES.join(', ')}`, 'long4')
     .option('--seed <n>', 'seed of every random choice', '1')
     .option('--dirty-log <mode>', `how the log is harvested: ${DIRTY_LOG_MODES.join(', ')}`, 'bitmap')
+    .option(
+      '--dirty-ring-size <entries>',
+      'ring mode: entries per vCPU ring (a power of two, 256..65536; KVM_CAP_DIRTY_LOG_RING)',
+      String(DEFAULT_DIRTY_RING_ENTRIES),
+    )
     .option('--max-rounds <n>', 'harvest rounds after the first full copy before the guest is stopped', '10')
     .option('--stop-pages <n>', 'stop when a round dirties at most this many pages', '64')
     .option('--copy-rate <r>', 'pages the link copies per 1000 guest accesses (a round lasts until its pages are sent)', '4')
@@ -44,8 +50,9 @@ export function registerMigrate(program: Command): void {
     if (!(PAGING_MODE_NAMES as readonly string[]).includes(flags.mode))
       throw new InputError(`--mode: unknown paging mode '${flags.mode}' (expected ${PAGING_MODE_NAMES.join(', ')})`);
     if (!(DIRTY_LOG_MODES as readonly string[]).includes(flags.dirtyLog))
-      throw new InputError(`--dirty-log: unknown mode '${flags.dirtyLog}' (expected ${DIRTY_LOG_MODES.join(', ')}; ring and pml are not built yet)`);
+      throw new InputError(`--dirty-log: unknown mode '${flags.dirtyLog}' (expected ${DIRTY_LOG_MODES.join(', ')}; pml is not built yet)`);
     const seed = integer(flags.seed, '--seed', 0, 0xffffffff);
+    const ringEntries = integer(flags.dirtyRingSize, '--dirty-ring-size', 1, 2 ** 31);
     const maxRounds = integer(flags.maxRounds, '--max-rounds', 0, 10_000);
     const stopPages = integer(flags.stopPages, '--stop-pages', 0, 2 ** 31);
     const copyRate = Number(flags.copyRate);
@@ -59,6 +66,7 @@ export function registerMigrate(program: Command): void {
       personalities: [],
       variant,
       dirtyLog: flags.dirtyLog as DirtyLogMode,
+      ringEntries,
       maxRounds,
       stopPages,
       copyRate,

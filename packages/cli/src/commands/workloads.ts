@@ -6,7 +6,7 @@ export interface WorkloadListing {
   readonly name: string;
   readonly kind: 'synthetic' | 'trace';
   readonly doc: string;
-  readonly params: readonly { name: string; default: number; min: number; max: number; integer: boolean; doc: string }[];
+  readonly params: readonly { name: string; default: number; min: number; max: number; integer: boolean; doc: string; choices?: string[] }[];
 }
 
 /** Every workload `--workload` takes: the synthetic ones of the guest OS model, then the traces. */
@@ -15,7 +15,15 @@ export function listWorkloads(): WorkloadListing[] {
     name: w.name,
     kind: 'synthetic',
     doc: w.doc,
-    params: Object.entries(w.params).map(([name, d]) => ({ name, default: d.default, min: d.min, max: d.max, integer: d.integer, doc: d.doc })),
+    params: Object.entries(w.params).map(([name, d]) => ({
+      name,
+      default: d.default,
+      min: d.min,
+      max: d.max,
+      integer: d.integer,
+      doc: d.doc,
+      ...(d.choices === undefined ? {} : { choices: [...d.choices] }),
+    })),
   }));
   return [
     ...synthetic,
@@ -37,8 +45,14 @@ export function registerWorkloads(program: Command): void {
         return;
       }
       for (const w of all) {
-        process.stdout.write(`${w.name}${w.params.length > 0 ? `:${w.params.map((p) => `${p.name}=N`).join(',')}` : ''}\n  ${w.doc}\n`);
+        process.stdout.write(
+          `${w.name}${w.params.length > 0 ? `:${w.params.map((p) => `${p.name}=${p.choices === undefined ? 'N' : p.choices.join('|')}`).join(',')}` : ''}\n  ${w.doc}\n`,
+        );
         for (const p of w.params) {
+          if (p.choices !== undefined) {
+            process.stdout.write(`  ${p.name.padEnd(12)} one of ${p.choices.join(', ')}, default ${p.choices[p.default]}: ${p.doc}\n`);
+            continue;
+          }
           const kind = p.integer ? 'integer' : 'number';
           process.stdout.write(`  ${p.name.padEnd(12)} ${kind} ${p.min}..${p.max}, default ${p.default}: ${p.doc}\n`);
         }

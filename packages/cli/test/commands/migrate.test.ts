@@ -35,18 +35,63 @@ describe('vmexit migrate', () => {
     expect(d.destination.memoryDigest).toBe(d.source.memoryDigest);
   }, 60_000);
 
-  it('refuses a dirty-log mode it does not have, and a bad round count, with exit 2', async () => {
-    expect(await main(['migrate', '--workload', WL, '--dirty-log', 'ring'])).toBe(2);
-    expect(err).toContain("--dirty-log: unknown mode 'ring' (expected bitmap, clear; ring and pml are not built yet)");
+  it('--dirty-log ring --dirty-ring-size 256: the same rounds, KVM_EXIT_DIRTY_RING_FULL exits in the table, matching digests', async () => {
+    expect(
+      await main([
+        'migrate',
+        '--workload',
+        WL,
+        '--memory',
+        '16M',
+        '--copy-rate',
+        '1000',
+        '--stop-pages',
+        '0',
+        '--dirty-log',
+        'ring',
+        '--dirty-ring-size',
+        '256',
+      ]),
+    ).toBe(0);
+    expect(out).toContain('dirty log: ring');
+    expect(out).toContain('dirty ring: 256 entries per vCPU (soft limit 192); 3553 entries harvested; 15 KVM_EXIT_DIRTY_RING_FULL exits');
+    expect(out).toMatch(/^destination .* match$/m);
+  }, 60_000);
+
+  it('refuses a dirty-log mode it does not have, a bad ring size, and a bad round count, with exit 2', async () => {
+    expect(await main(['migrate', '--workload', WL, '--dirty-log', 'pml'])).toBe(2);
+    expect(err).toContain("--dirty-log: unknown mode 'pml' (expected bitmap, clear, ring; pml is not built yet)");
+    expect(await main(['migrate', '--workload', WL, '--dirty-log', 'ring', '--dirty-ring-size', '128'])).toBe(2);
+    expect(err).toContain('--dirty-ring-size: dirty ring: 128 entries (2048 bytes) is smaller than the 64 reserved entries or one 4 KiB page');
     expect(await main(['migrate', '--workload', WL, '--max-rounds', 'x'])).toBe(2);
     expect(err).toContain("--max-rounds: expected an integer from 0 to 10000, got 'x'");
+  });
+});
+
+describe('vmexit run --workload dirty-log-test:...,harvest=ring', () => {
+  const RING = 'dirty-log-test:pages=512,iterations=8,writes=64,harvest=ring,ring=256';
+  it('--json reports dirtyLog with no page lost; the table has a dirty log row', async () => {
+    expect(await main(['run', '--workload', RING, '--memory', '16M', '--vcpus', '2', '--seed', '1', '--json'])).toBe(0);
+    const d = JSON.parse(out) as { dirtyLog: { mode: string; lost: number; falseDirty: number; harvests: number } };
+    expect(d.dirtyLog).toMatchObject({ mode: 'ring', harvests: 9, lost: 0, falseDirty: 43 });
+    out = '';
+    expect(await main(['run', '--workload', RING, '--memory', '16M', '--vcpus', '2', '--seed', '1'])).toBe(0);
+    expect(out).toMatch(/dirty log +ring: 9 harvests, 2,?863 page checks, 0 lost, 43 false dirty; rings of 256, 1,?778 entries harvested, 1 full exits/);
+  }, 60_000);
+
+  it('natively (no dirty log) and with an unknown mode: exit 2 naming the parameter', async () => {
+    expect(await main(['run', '--workload', RING, '--backend', 'none', '--memory', '16M'])).toBe(2);
+    expect(err).toContain('harvest=ring needs a VM whose MMU logs dirty pages');
+    expect(await main(['run', '--workload', 'dirty-log-test:harvest=pml', '--memory', '16M'])).toBe(2);
+    expect(err).toContain('parameter harvest=pml is not one of none, bitmap, clear, ring');
   });
 });
 
 describe('vmexit explore', () => {
   it('--list names every scenario', async () => {
     expect(await main(['explore', '--list'])).toBe(0);
-    for (const s of ['fast-pf-vs-get-dirty-log', 'fast-pf-same-spte', 'fast-pf-vs-zap', 'fault-vs-pte-write']) expect(out).toContain(`${s}\n`);
+    for (const s of ['fast-pf-vs-get-dirty-log', 'fast-pf-same-spte', 'fast-pf-vs-zap', 'fault-vs-pte-write', 'fast-pf-vs-ring-reset'])
+      expect(out).toContain(`${s}\n`);
   });
 
   it('--json prints vmexit.explore/1: every interleaving of fast-pf-vs-zap with one preemption, no violation', async () => {

@@ -13,7 +13,8 @@ export interface CostFigure {
 /**
  * The events a profile prices, each applied to a counter:
  * - `exitRoundTrip[kind]`: VM exit + VM entry for an exit of that kind (counter `exits.kind.<kind>`);
- * - `userspaceExit`: the extra round trip to user space of an MMIO exit (`mmio_exits`);
+ * - `userspaceExit`: the extra round trip to user space of an MMIO exit (`mmio_exits`) and of a dirty ring's
+ *   KVM_EXIT_DIRTY_RING_FULL (`dirty_ring_full_exits`: KVM_RUN returns and is called again, no VM exit of its own);
  * - `handler`: the hypervisor's work per KVM event (`pf_fixed`, `pf_guest`, `insn_emulation`, ...);
  * - `guestFault`: the guest kernel's own #PF handling, per fault delivered to the guest (`guest.page_faults`);
  * - `walkReference`: one memory reference of a hardware page walk (`walk_refs`).
@@ -48,6 +49,7 @@ export function modelCycles(profile: CostProfile, counters: Readonly<Record<stri
   };
   for (const [kind, fig] of Object.entries(profile.exitRoundTrip)) add(`exits.kind.${kind}`, fig);
   add('mmio_exits', profile.userspaceExit);
+  add('dirty_ring_full_exits', profile.userspaceExit);
   for (const [counter, fig] of Object.entries(profile.handler)) add(counter, fig);
   add('guest.page_faults', profile.guestFault);
   add('walk_refs', profile.walkReference);

@@ -2,6 +2,7 @@ import { PAGE_SIZE } from '../arch/constants.js';
 import { hexU64 } from '../arch/hex.js';
 import type { GuestMemory, Memslot } from '../machine/guest-memory.js';
 import type { MmuLock } from '../race/lock.js';
+import { DirtyRing, DirtyRingError, KVM_DIRTY_RING_RSVD_ENTRIES, ResetDirtyRingsOp } from './dirty-ring.js';
 
 /**
  * Dirty logging, the VM's (virt/kvm/kvm_main.c; Documentation/virt/kvm/api.rst, KVM_SET_USER_MEMORY_REGION
@@ -70,6 +71,13 @@ export class DirtyLog {
   loggingSlots = 0;
   /** Pages marked (a bit that went from 0 to 1). */
   marked = 0;
+  /** The vCPUs' dirty rings (KVM_CAP_DIRTY_LOG_RING, `enableRing`), or null: marks go to the bitmap. */
+  rings: DirtyRing[] | null = null;
+  /**
+   * User space's handler of KVM_EXIT_DIRTY_RING_FULL for vCPU `vcpu` (`enterGuest`): it harvests the rings
+   * (`DirtyRing.collect`) and calls `resetDirtyRings`, as QEMU's `kvm_dirty_ring_reap` does.
+   */
+  onRingFull: ((vcpu: number) => void) | null = null;
 
   constructor(readonly memory: GuestMemory) {}
 
@@ -134,14 +142,74 @@ export class DirtyLog {
     return this.logs[slot.id] !== undefined;
   }
 
-  /** KVM `mark_page_dirty`: sets the bit of `gfn` when its slot logs. */
-  markPageDirty(gfn: number): void {
+  /**
+   * KVM_CAP_DIRTY_LOG_RING: a ring of `entries` per vCPU (ids 0..vcpus-1); `cpuDirtyLogSize` adds to the
+   * reserved entries as KVM's `kvm_cpu_dirty_log_size()` (PML's buffer on VMX). KVM allows it only before any vCPU
+   * is created; here, before any slot logs. The bitmaps stay, for the pages no vCPU dirties (the host's own
+   * writes), as with KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP.
+   */
+  enableRing(vcpus: number, entries: number, cpuDirtyLogSize = 0): void {
+    if (this.rings !== null) throw new DirtyRingError('KVM_CAP_DIRTY_LOG_RING is already enabled (KVM allows it once)');
+    if (this.loggingSlots > 0) throw new DirtyRingError('KVM_CAP_DIRTY_LOG_RING must be enabled before any memslot logs dirty pages');
+    if (!Number.isInteger(vcpus) || vcpus < 1) throw new DirtyRingError(`dirty ring: ${vcpus} vCPUs (expected at least 1)`);
+    const rings: DirtyRing[] = [];
+    for (let i = 0; i < vcpus; i++) rings.push(new DirtyRing(i, entries, KVM_DIRTY_RING_RSVD_ENTRIES + cpuDirtyLogSize));
+    this.rings = rings;
+  }
+
+  /**
+   * Before vCPU `vcpu` enters the guest again (KVM `vcpu_enter_guest` -> `kvm_dirty_ring_check_request`): when
+   * its ring is soft-full it exits with KVM_EXIT_DIRTY_RING_FULL, user space's `onRingFull` harvests and resets,
+   * and the vCPU runs again. Returns whether it exited (the MMU counts `dirty_ring_full_exits`). A ring still
+   * soft-full after the handler would exit at once again on every KVM_RUN: that is an error, not a hang.
+   */
+  enterGuest(vcpu: number): boolean {
+    const ring = this.rings?.[vcpu];
+    if (ring === undefined || !ring.checkRequest()) return false;
+    if (this.onRingFull === null)
+      throw new DirtyRingError(`vCPU ${vcpu}: KVM_EXIT_DIRTY_RING_FULL (${ring.used()} entries not reset) and no user space handler to harvest the ring`);
+    this.onRingFull(vcpu);
+    if (ring.checkRequest())
+      throw new DirtyRingError(
+        `vCPU ${vcpu}: the ring is still soft-full (${ring.used()} of ${ring.softLimit}) after user space handled KVM_EXIT_DIRTY_RING_FULL`,
+      );
+    return true;
+  }
+
+  /** User space's harvest of every vCPU's ring (`DirtyRing.collect`): visits (slot id, gfn) per harvested entry; returns their number. */
+  collectRings(visit: (slotId: number, gfn: number) => void): number {
+    if (this.rings === null) throw new DirtyRingError('collectRings: KVM_CAP_DIRTY_LOG_RING is not enabled');
+    let n = 0;
+    for (const r of this.rings) n += r.collect((slot, offset) => visit(slot, this.slotById(slot).baseGfn + offset));
+    return n;
+  }
+
+  /** KVM_RESET_DIRTY_RINGS, run to completion (`ResetDirtyRingsOp`): returns the entries reset. */
+  resetDirtyRings(): number {
+    if (this.rings === null) throw new DirtyRingError('KVM_RESET_DIRTY_RINGS: KVM_CAP_DIRTY_LOG_RING is not enabled (-EINVAL)');
+    const op = new ResetDirtyRingsOp(this, this.rings, HOST_THREAD);
+    while (!op.done) if (op.runnable()) op.step();
+    return op.cleared;
+  }
+
+  /**
+   * KVM `mark_page_dirty_in_slot`: when `gfn`'s slot logs, pushes it to the ring of `vcpu` (the running vCPU,
+   * `kvm_get_running_vcpu()`) when rings are on, else sets its bit; the host's writes (`vcpu` HOST_THREAD) go to
+   * the bitmap, as KVM does with `dirty_ring_with_bitmap`.
+   */
+  markPageDirty(gfn: number, vcpu = HOST_THREAD): void {
     if (this.loggingSlots === 0) return;
     const slot = this.memory.slotForGfn(gfn);
     if (slot === null) return;
     const log = this.logs[slot.id];
     if (log === undefined) return;
     const rel = gfn - slot.baseGfn;
+    if (vcpu >= 0 && this.rings !== null) {
+      const ring = this.rings[vcpu];
+      if (ring === undefined) throw new DirtyRingError(`vCPU ${vcpu} has no dirty ring (KVM_CAP_DIRTY_LOG_RING was enabled for ${this.rings.length} vCPUs)`);
+      ring.push(slot.id, rel);
+      return;
+    }
     const w = rel >>> 5;
     const bit = 1 << (rel & 31);
     if ((log.bitmap[w]! & bit) === 0) {
@@ -150,12 +218,13 @@ export class DirtyLog {
     }
   }
 
-  /** Whether `gfn`'s bit is set (false when its slot does not log). */
+  /** Whether `gfn`'s bit is set or a ring entry not yet reset names it (false when its slot does not log). */
   isDirty(gfn: number): boolean {
     const slot = this.memory.slotForGfn(gfn);
     const log = slot === null ? undefined : this.logs[slot.id];
     if (slot === null || log === undefined) return false;
     const rel = gfn - slot.baseGfn;
+    if (this.rings !== null && this.rings.some((r) => r.holds(slot.id, rel))) return true;
     return (log.bitmap[rel >>> 5]! & (1 << (rel & 31))) !== 0;
   }
 

@@ -84,6 +84,7 @@ export {
 } from './page-cache.js';
 export { createEmulationOutcome, emulatePendingAccess, EMULATION_FAILED, type EmulationOutcome } from '../machine/emulate.js';
 export { GetDirtyLogOp, HOST_THREAD } from './dirty-log.js';
+export { ResetDirtyRingsOp, type ResetDirtyRingsMutation } from './dirty-ring.js';
 export { FAST_FIXED, FAST_MORE, FAST_PF_MAX_RETRY, FAST_SLOW, FAST_SPURIOUS, isWriteAllowed, pageFaultCanBeFast, spteCmpxchg } from './fast-fault.js';
 export { MmuLock } from '../race/lock.js';
 /**

@@ -22,6 +22,8 @@ export interface ParamDef {
   /** Whole numbers only. */
   readonly integer: boolean;
   readonly doc: string;
+  /** A parameter that names one of these: given by name (or index), its value is the index (0..length-1). */
+  readonly choices?: readonly string[];
 }
 
 /** A parsed workload reference. */
@@ -83,7 +85,14 @@ export function resolveParams(
       out[k] = d.default;
       continue;
     }
+    const choice = d.choices?.indexOf(text) ?? -1;
+    if (choice >= 0) {
+      out[k] = choice;
+      continue;
+    }
     const v = parseNumber(text);
+    if (d.choices !== undefined && !(Number.isInteger(v) && v >= 0 && v < d.choices.length))
+      throw new WorkloadError('bad-value', input, `parameter ${k}=${text} is not one of ${d.choices.join(', ')}`);
     if (!Number.isFinite(v)) throw new WorkloadError('bad-value', input, `parameter ${k}=${text} is not a number`);
     if (d.integer && !Number.isInteger(v)) throw new WorkloadError('bad-value', input, `parameter ${k}=${text} must be a whole number`);
     if (v < d.min || v > d.max) throw new WorkloadError('bad-value', input, `parameter ${k}=${text} is out of range (${d.min}..${d.max})`);

@@ -1,7 +1,7 @@
-import { ACC_FETCH, ACC_READ, ACC_WRITE, PAGE_SIZE, type Rng } from '@vmexit/core';
+import { ACC_FETCH, ACC_READ, ACC_WRITE, DirtyLog, PAGE_SIZE, type Rng } from '@vmexit/core';
 import { PROT_READ, PROT_WRITE, VMA_ANON, type ImageSpec, type Kernel, type Process } from '../os/kernel.js';
 import type { Program, Task, TaskRunner } from '../os/tasks.js';
-import type { ParamDef } from './params.js';
+import { WorkloadError, type ParamDef } from './params.js';
 
 /**
  * Where a workload's steady state begins and ends. The run's counters are read at `begin()` and `end()`
@@ -27,7 +27,34 @@ export interface WorkloadContext {
    * exact (mprotect-storm's readers; its setup says so). Each call replaces the last.
    */
   expectAccesses(total: number): void;
+  /**
+   * The VM's dirty log, attached to its MMU at the first call (null natively, or when the MMU has none): for
+   * a workload that harvests it as a host thread would (dirty-log-test's `harvest`). Absent: null.
+   */
+  readonly dirtyLog?: () => DirtyLog | null;
+  /** Adds the dirty-log check to the run's result (`result.dirtyLog`). */
+  readonly reportDirtyLog?: (check: DirtyLogCheck) => void;
 }
+
+/**
+ * dirty-log-test's check of the harvests against page contents (`result.dirtyLog` of `vmexit run`): after each
+ * harvest, a page of the test area whose first 8 bytes changed since the previous harvest must have been
+ * reported dirty (`lost` counts those that were not: a real bug); `falseDirty` counts pages reported dirty whose
+ * 8 bytes did not change (not an error: a store of the same iteration number, or a mark without a store).
+ */
+export interface DirtyLogCheck {
+  readonly mode: 'bitmap' | 'clear' | 'ring';
+  readonly harvests: number;
+  /** Page checks in all (pages of the area mapped at a harvest, summed over the harvests). */
+  readonly checked: number;
+  readonly lost: number;
+  readonly falseDirty: number;
+  /** ring mode: entries per vCPU ring, entries harvested, and KVM_EXIT_DIRTY_RING_FULL exits handled. */
+  readonly ring?: { readonly entries: number; readonly harvested: number; readonly fullExits: number };
+}
+
+/** dirty-log-test's harvest modes (its `harvest` parameter): none leaves the log to `vmexit migrate`. */
+export const HARVEST_MODES = ['none', 'bitmap', 'clear', 'ring'] as const;
 
 /**
  * A synthetic workload: its name and doc, its parameters with ranges, the guest memory it needs, and the `setup` that starts its programs on the task
@@ -443,28 +470,40 @@ const zipf = accessLoop(
  */
 const dirtyLogTest: SyntheticWorkload = {
   name: 'dirty-log-test',
-  doc: "KVM's dirty_log_test: a thread per vCPU writes the iteration number into the first 8 bytes of random pages of one area, iteration after iteration (run it under `vmexit migrate`)",
+  doc: "KVM's dirty_log_test: a thread per vCPU writes the iteration number into the first 8 bytes of random pages of one area, iteration after iteration; with harvest=bitmap|clear|ring (on a VM) the host harvests the dirty log after each iteration of vCPU 0's thread and checks it against page contents (result.dirtyLog: lost, falseDirty)",
   params: {
     pages: int(1024, 1, MAX_PAGES, 'pages of the test area'),
     iterations: int(32, 1, 1 << 20, 'iterations'),
     writes: int(64, 1, 1 << 20, 'pages each vCPU writes per iteration'),
+    harvest: {
+      ...int(0, 0, HARVEST_MODES.length - 1, `how the host harvests: ${HARVEST_MODES.join(', ')} (none: left to vmexit migrate; the others need a VM)`),
+      choices: HARVEST_MODES,
+    },
+    ring: int(4096, 256, 65536, 'harvest=ring: entries per vCPU ring (a power of two)'),
   },
   minPages: (p) => p.pages! + Math.ceil(p.pages! / 512) + 16,
   setup(ctx, p) {
     const pages = p.pages!;
     const iterations = p.iterations!;
     const writes = p.writes!;
+    const mode = HARVEST_MODES[p.harvest!]!;
     // two 4-byte stores per page written (the 8-byte iteration number), by each vCPU's thread
     ctx.expectAccesses(ctx.vcpus * iterations * writes * 2);
-    function* writer(t: Task, base: number): Program {
+    const host = mode === 'none' ? null : dirtyLogHost(ctx, mode, p.ring!, pages);
+    let running = ctx.vcpus;
+    function* writer(t: Task, base: number, harvester: boolean): Program {
       for (let it = 1; it <= iterations; it++) {
         for (let k = 0; k < writes; k++) {
           const va = base + ctx.rng.nextInt(pages) * PAGE_SIZE;
           t.access(va, ACC_WRITE, it);
           t.access(va + 4, ACC_WRITE, 0);
         }
-        yield; // the end of an iteration: the host may harvest here
+        // The end of an iteration: the host may harvest here (with `harvest`, after each of vCPU 0's).
+        if (harvester && host !== null) host.harvest(t.proc, base);
+        yield;
       }
+      // The last writer to finish: the host's final harvest sees every store.
+      if (--running === 0 && host !== null) host.finish(t.proc, base);
     }
     const v0 = ctx.runner.machine.vcpus[0]!;
     const proc = ctx.kernel.createProcess(v0, 'dirty-log-test');
@@ -472,13 +511,89 @@ const dirtyLogTest: SyntheticWorkload = {
       proc,
       function* (t) {
         const base = mapAnon(t, pages);
-        for (let i = 1; i < ctx.vcpus; i++) t.spawnThread((u) => writer(u, base), ctx.runner.machine.vcpus[i]!);
-        yield* writer(t, base);
+        for (let i = 1; i < ctx.vcpus; i++) t.spawnThread((u) => writer(u, base, false), ctx.runner.machine.vcpus[i]!);
+        yield* writer(t, base, true);
       },
       v0,
     );
   },
 };
+
+/**
+ * dirty-log-test's host side (the selftest's main thread): logging on for every writable memslot from the start
+ * (with `ring`, KVM_CAP_DIRTY_LOG_RING first, and KVM_EXIT_DIRTY_RING_FULL reaped into the next harvest), then
+ * harvests (`bitmap`: KVM_GET_DIRTY_LOG; `clear`: manual protect, KVM_GET_DIRTY_LOG then KVM_CLEAR_DIRTY_LOG;
+ * `ring`: every ring collected, KVM_RESET_DIRTY_RINGS, and the bitmap of the host's own writes), each checked
+ * against the first 8 bytes of every mapped page of the area (DirtyLogCheck).
+ */
+function dirtyLogHost(ctx: WorkloadContext, mode: 'bitmap' | 'clear' | 'ring', ringEntries: number, pages: number) {
+  const log = ctx.dirtyLog?.() ?? null;
+  if (log === null)
+    throw new WorkloadError(
+      'bad-config',
+      'dirty-log-test',
+      `harvest=${mode} needs a VM whose MMU logs dirty pages (a run with --backend vmx|svm); natively there is no dirty log`,
+    );
+  const memory = ctx.runner.machine.memory;
+  const slots = memory.slots.filter((s) => !s.readonly);
+  if (mode === 'ring') {
+    if ((ringEntries & (ringEntries - 1)) !== 0) throw new WorkloadError('bad-value', 'dirty-log-test', `parameter ring=${ringEntries} must be a power of two`);
+    log.enableRing(ctx.vcpus, ringEntries);
+  }
+  for (const s of slots) log.enable(s.id, mode === 'clear' ? { manualProtect: true } : {});
+  const dirty = new Set<number>();
+  let ringHarvested = 0;
+  let fullExits = 0;
+  const reap = (): void => {
+    ringHarvested += log.collectRings((_slot, gfn) => dirty.add(gfn));
+    log.resetDirtyRings();
+  };
+  log.onRingFull = () => {
+    fullExits++;
+    reap();
+  };
+  const last = new Uint32Array(pages);
+  let harvests = 0;
+  let checked = 0;
+  let lost = 0;
+  let falseDirty = 0;
+  const harvest = (proc: Process, base: number): void => {
+    if (mode === 'ring') reap();
+    for (const s of slots) {
+      const bitmap = log.getDirtyLog(s.id);
+      if (mode === 'clear') log.clearDirtyLog(s.id, 0, s.pages, bitmap);
+      for (const gfn of DirtyLog.gfns(s, bitmap)) dirty.add(gfn);
+    }
+    harvests++;
+    for (let i = 0; i < pages; i++) {
+      const pte = ctx.kernel.inspectPte(proc, base + i * PAGE_SIZE);
+      if (pte === null || (pte.lo & 1) === 0) continue; // never written: not mapped yet
+      const pa = (pte.lo & 0xfffff000) + (pte.hi & 0xfffff) * 2 ** 32;
+      const value = memory.read32(pa);
+      const changed = value !== last[i];
+      const isDirty = dirty.has(pa / PAGE_SIZE);
+      if (changed && !isDirty) lost++;
+      if (isDirty && !changed) falseDirty++;
+      last[i] = value;
+      checked++;
+    }
+    dirty.clear();
+  };
+  return {
+    harvest,
+    finish(proc: Process, base: number): void {
+      harvest(proc, base);
+      ctx.reportDirtyLog?.({
+        mode,
+        harvests,
+        checked,
+        lost,
+        falseDirty,
+        ...(mode === 'ring' ? { ring: { entries: ringEntries, harvested: ringHarvested, fullExits } } : {}),
+      });
+    },
+  };
+}
 
 /** The synthetic workloads, by name. */
 export const SYNTHETIC_WORKLOADS: ReadonlyMap<string, SyntheticWorkload> = new Map(

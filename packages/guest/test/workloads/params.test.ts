@@ -19,6 +19,14 @@ describe('resolveParams', () => {
     expect(() => resolveParams('w', 'w', defs, { pages: '1000' })).toThrow(/out of range/);
     expect(() => resolveParams('w', 'w', defs, { pages: '1.5' })).toThrow(/whole number/);
   });
+  it('takes a choice by name or index, its value the index, and names the choices when refused', () => {
+    const c = { harvest: { default: 0, min: 0, max: 2, integer: true, doc: '', choices: ['none', 'bitmap', 'ring'] } };
+    expect(resolveParams('w', 'w', c, {})).toEqual({ harvest: 0 });
+    expect(resolveParams('w', 'w', c, { harvest: 'ring' })).toEqual({ harvest: 2 });
+    expect(resolveParams('w', 'w', c, { harvest: '1' })).toEqual({ harvest: 1 });
+    expect(() => resolveParams('w', 'w', c, { harvest: 'pml' })).toThrow(/parameter harvest=pml is not one of none, bitmap, ring/);
+    expect(() => resolveParams('w', 'w', c, { harvest: '3' })).toThrow(/is not one of/);
+  });
   it('reads suffixes', () => {
     expect(parseNumber('64k')).toBe(64000);
     expect(parseNumber('4Ki')).toBe(4096);
