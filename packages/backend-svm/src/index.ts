@@ -1,6 +1,6 @@
 /**
  * @vmexit/backend-svm: AMD SVM (APM Vol. 2 ch. 15) for vmexit. Public: the module, the backend class, its VMCB
- * state, and the exit codes (APM Vol. 2 Appendix C) with their names; the intercept, EVENTINJ and EXITINFO bits
+ * state, its error class, and the exit codes (APM Vol. 2 Appendix C) with their names; the intercept, EVENTINJ and EXITINFO bits
  * are internal.
  *
  * @module
@@ -36,6 +36,7 @@ export {
   VMEXIT_VMMCALL,
   VMEXIT_VMRUN,
 } from './constants.js';
+export { BackendError, type BackendErrorCode } from './errors.js';
 export { Vmcb } from './state.js';
 export { SvmBackend } from './backend.js';
 export { svmModule, svmModule as default } from './module.js';
