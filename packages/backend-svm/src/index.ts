@@ -7,6 +7,7 @@
  */
 export {
   exitCodeName,
+  SVM_EXIT_CODE_NAMES,
   VMEXIT_CPUID,
   VMEXIT_CR0_READ,
   VMEXIT_CR0_SEL_WRITE,

@@ -32,6 +32,7 @@ export {
   EXIT_REASON_VMCALL,
   EXIT_REASON_XSETBV,
   exitReasonName,
+  VMX_EXIT_REASON_NAMES,
 } from './constants.js';
 export { BackendError, type BackendErrorCode } from './errors.js';
 export { Vmcs } from './state.js';
