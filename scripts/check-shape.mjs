@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// The shape of the source tree, checked on every `npm test` (issue 11):
+// The shape of the source tree, checked on every `npm test`:
 // - no import cycle among the source files of a package (`src/**/*.ts`; type-only imports and re-exports
 //   count, as they tie the files together for a reader as much as a value import does);
 // - no source file over MAX_LINES lines.

@@ -134,7 +134,7 @@ export class SvmBackend implements Backend<Vmcb> {
 
   /** KVM's error code for the last NPF: EXITINFO1 as it is (arch/x86/kvm/svm/svm.c npf_interception). */
   nestedFaultErrorCode(v: Vmcb): number {
-    if (v.exitCode !== VMEXIT_NPF) throw new RangeError(`SVM: exit code ${codeName(v.exitCode)} is not VMEXIT_NPF`);
+    if (v.exitCode !== VMEXIT_NPF) throw new BackendError('E_BACKEND_STATE', `SVM: exit code ${codeName(v.exitCode)} is not VMEXIT_NPF`);
     return v.exitInfo1;
   }
 
@@ -185,7 +185,7 @@ export class SvmBackend implements Backend<Vmcb> {
 
   /** The nested-paging walk under the VMCB's nCR3 (APM Vol. 2 §15.25.5). */
   createSecondStage(v: Vmcb, hostMem: PhysicalMemory, hostMaxPhyAddr: number): SecondStage {
-    if (!v.npEnable) throw new RangeError('SVM: NP_ENABLE is 0 in the VMCB: no second stage');
+    if (!v.npEnable) throw new BackendError('E_BACKEND_STATE', 'SVM: NP_ENABLE is 0 in the VMCB: no second stage');
     return new NptStage(hostMem, v.nCr3, { maxPhyAddr: hostMaxPhyAddr, levels: v.nptLevels });
   }
 

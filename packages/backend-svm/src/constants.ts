@@ -127,6 +127,37 @@ export function exitCodeName(code: number): string {
   }
 }
 
+/** Every exit code that `exitCodeName` names, by its name, in the order of the constants above (what `vmexit run --trace-filter` accepts on SVM). */
+export const SVM_EXIT_CODE_NAMES: readonly string[] = [
+  VMEXIT_CR0_READ,
+  VMEXIT_CR2_READ,
+  VMEXIT_CR3_READ,
+  VMEXIT_CR4_READ,
+  VMEXIT_CR8_READ,
+  VMEXIT_CR0_WRITE,
+  VMEXIT_CR2_WRITE,
+  VMEXIT_CR3_WRITE,
+  VMEXIT_CR4_WRITE,
+  VMEXIT_CR8_WRITE,
+  ...Array.from({ length: VMEXIT_EXCP_LAST - VMEXIT_EXCP_BASE + 1 }, (_, x) => VMEXIT_EXCP_BASE + x),
+  VMEXIT_INTR,
+  VMEXIT_NMI,
+  VMEXIT_VINTR,
+  VMEXIT_CR0_SEL_WRITE,
+  VMEXIT_CPUID,
+  VMEXIT_HLT,
+  VMEXIT_INVLPG,
+  VMEXIT_INVLPGA,
+  VMEXIT_IOIO,
+  VMEXIT_MSR,
+  VMEXIT_TASK_SWITCH,
+  VMEXIT_SHUTDOWN,
+  VMEXIT_VMRUN,
+  VMEXIT_VMMCALL,
+  VMEXIT_NPF,
+  VMEXIT_INVALID,
+].map(exitCodeName);
+
 /**
  * The CR intercept vector (VMCB offset 000h), APM Vol. 2 §15.9 and Appendix B (Table B-1): bit n intercepts
  * reads of CRn, bit 16 + n writes (KVM INTERCEPT_CRn_READ / INTERCEPT_CRn_WRITE, as masks here).

@@ -1,12 +1,13 @@
 /**
  * @vmexit/backend-svm: AMD SVM (APM Vol. 2 ch. 15) for vmexit. Public: the module, the backend class, its VMCB
- * state, and the exit codes (APM Vol. 2 Appendix C) with their names; the intercept, EVENTINJ and EXITINFO bits
+ * state, its error class, and the exit codes (APM Vol. 2 Appendix C) with their names; the intercept, EVENTINJ and EXITINFO bits
  * are internal.
  *
  * @module
  */
 export {
   exitCodeName,
+  SVM_EXIT_CODE_NAMES,
   VMEXIT_CPUID,
   VMEXIT_CR0_READ,
   VMEXIT_CR0_SEL_WRITE,
@@ -36,6 +37,7 @@ export {
   VMEXIT_VMMCALL,
   VMEXIT_VMRUN,
 } from './constants.js';
+export { BackendError, type BackendErrorCode } from './errors.js';
 export { Vmcb } from './state.js';
 export { SvmBackend } from './backend.js';
 export { svmModule, svmModule as default } from './module.js';

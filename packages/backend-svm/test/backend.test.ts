@@ -17,6 +17,7 @@ import { describe, expect, it } from 'vitest';
 import { SvmBackend } from '../src/backend.js';
 import {
   exitCodeName,
+  SVM_EXIT_CODE_NAMES,
   INTERCEPT_CR0_READ,
   INTERCEPT_CR0_WRITE,
   INTERCEPT_CR3_READ,
@@ -146,6 +147,18 @@ describe('SvmBackend', () => {
       expect(svm.nestedFaultExit(v, f, 0x400000).fields.exitInfo1).toBe(0x2_0000_0007);
       expect(svm.mmioExit(v, 0xfee00000, 0, ACC_WRITE).fields.exitInfo1).toBe(2 ** 32 + (PFERR_PRESENT | PFERR_RSVD | ACC_WRITE));
       expect(svm.mmioExit(createVmcb('shadow'), 0xfee00000, 0x1000, 0).code).toBe(0x4e);
+    });
+
+    it('lists in SVM_EXIT_CODE_NAMES every name that exitCodeName gives, once', () => {
+      const named = Array.from({ length: 0x402 }, (_, c) => c - 1).flatMap((c) => {
+        try {
+          return [exitCodeName(c)];
+        } catch {
+          return [];
+        }
+      });
+      expect([...SVM_EXIT_CODE_NAMES].sort()).toEqual(named.sort());
+      expect(new Set(SVM_EXIT_CODE_NAMES).size).toBe(SVM_EXIT_CODE_NAMES.length);
     });
 
     it('names exit codes and rejects an unknown one', () => {

@@ -14,6 +14,7 @@ import {
 import { describe, expect, it } from 'vitest';
 import { SvmBackend } from '../src/backend.js';
 import { VMEXIT_NPF } from '../src/constants.js';
+import { BackendError } from '../src/errors.js';
 import { createVmcb } from '../src/state.js';
 
 /*
@@ -86,6 +87,18 @@ describe('SvmBackend', () => {
 
     it('refuses to make a second stage with NP_ENABLE clear', () => {
       expect(() => new SvmBackend().createSecondStage(createVmcb('shadow'), new SparsePhysicalMemory(), 46)).toThrow(/NP_ENABLE/);
+      expect(() => new SvmBackend().createSecondStage(createVmcb('shadow'), new SparsePhysicalMemory(), 46)).toThrow(
+        expect.objectContaining({ name: 'BackendError', code: 'E_BACKEND_STATE' }),
+      );
+    });
+
+    it('gives no NPF error code for an exit that is not VMEXIT_NPF (BackendError E_BACKEND_STATE)', () => {
+      const v = createVmcb('tdp');
+      v.exitCode = 0x4e; // VMEXIT_EXCP_PF
+      expect(() => new SvmBackend().nestedFaultErrorCode(v)).toThrow(BackendError);
+      expect(() => new SvmBackend().nestedFaultErrorCode(v)).toThrow(
+        expect.objectContaining({ code: 'E_BACKEND_STATE', message: expect.stringMatching(/is not VMEXIT_NPF$/) }),
+      );
     });
   });
 });

@@ -228,7 +228,7 @@ export class VmxBackend implements Backend<Vmcs>, PageFaultFilter {
         return ec + ((q & EPT_VIOLATION_GVA_TRANSLATED) !== 0 ? PFERR_GUEST_FINAL : PFERR_GUEST_PAGE);
       }
       default:
-        throw new RangeError(`VMX: exit reason ${v.vmExitReason} (${exitReasonName(v.vmExitReason)}) is not an EPT exit`);
+        throw new BackendError('E_BACKEND_STATE', `VMX: exit reason ${v.vmExitReason} (${exitReasonName(v.vmExitReason)}) is not an EPT exit`);
     }
   }
 
@@ -286,7 +286,8 @@ export class VmxBackend implements Backend<Vmcs>, PageFaultFilter {
 
   /** The EPT walk under the VMCS's EPT pointer (SDM Vol. 3C §29.3); an invalid EPTP fails VM entry (§27.2.1.1). */
   createSecondStage(v: Vmcs, hostMem: PhysicalMemory, hostMaxPhyAddr: number): SecondStage {
-    if ((v.secondaryVmExecControl & SECONDARY_EXEC_ENABLE_EPT) === 0) throw new RangeError('VMX: "enable EPT" is 0 in the secondary controls: no second stage');
+    if ((v.secondaryVmExecControl & SECONDARY_EXEC_ENABLE_EPT) === 0)
+      throw new BackendError('E_BACKEND_STATE', 'VMX: "enable EPT" is 0 in the secondary controls: no second stage');
     return new EptStage(hostMem, v.eptPointer, { maxPhyAddr: hostMaxPhyAddr });
   }
 

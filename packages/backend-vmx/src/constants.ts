@@ -116,6 +116,35 @@ export function exitReasonName(reason: number): string {
   }
 }
 
+/** Every exit reason that `exitReasonName` names, by its name, in the order of the constants above (what `vmexit run --trace-filter` accepts on VMX). */
+export const VMX_EXIT_REASON_NAMES: readonly string[] = [
+  EXIT_REASON_EXCEPTION_NMI,
+  EXIT_REASON_EXTERNAL_INTERRUPT,
+  EXIT_REASON_TRIPLE_FAULT,
+  EXIT_REASON_INTERRUPT_WINDOW,
+  EXIT_REASON_NMI_WINDOW,
+  EXIT_REASON_TASK_SWITCH,
+  EXIT_REASON_CPUID,
+  EXIT_REASON_HLT,
+  EXIT_REASON_INVD,
+  EXIT_REASON_INVLPG,
+  EXIT_REASON_VMCALL,
+  EXIT_REASON_CR_ACCESS,
+  EXIT_REASON_DR_ACCESS,
+  EXIT_REASON_IO_INSTRUCTION,
+  EXIT_REASON_MSR_READ,
+  EXIT_REASON_MSR_WRITE,
+  EXIT_REASON_INVALID_STATE,
+  EXIT_REASON_APIC_ACCESS,
+  EXIT_REASON_EPT_VIOLATION,
+  EXIT_REASON_EPT_MISCONFIG,
+  EXIT_REASON_INVEPT,
+  EXIT_REASON_INVVPID,
+  EXIT_REASON_XSETBV,
+  EXIT_REASON_INVPCID,
+  EXIT_REASON_PML_FULL,
+].map(exitReasonName);
+
 /** Primary processor-based VM-execution controls, SDM Vol. 3C §25.6.2 (Table 25-6). */
 export const CPU_BASED_INVLPG_EXITING = 1 << 9;
 export const CPU_BASED_CR3_LOAD_EXITING = 1 << 15;

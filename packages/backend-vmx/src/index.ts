@@ -1,6 +1,6 @@
 /**
  * @vmexit/backend-vmx: Intel VMX (SDM Vol. 3C) for vmexit. Public: the module, the backend class, its VMCS
- * state, and the basic exit reasons (SDM Vol. 3C Appendix C) with their names; the VM-execution control and
+ * state, its error class, and the basic exit reasons (SDM Vol. 3C Appendix C) with their names; the VM-execution control and
  * qualification bits are internal.
  *
  * @module
@@ -32,7 +32,9 @@ export {
   EXIT_REASON_VMCALL,
   EXIT_REASON_XSETBV,
   exitReasonName,
+  VMX_EXIT_REASON_NAMES,
 } from './constants.js';
+export { BackendError, type BackendErrorCode } from './errors.js';
 export { Vmcs } from './state.js';
 export { VmxBackend } from './backend.js';
 export { vmxModule, vmxModule as default } from './module.js';

@@ -26,6 +26,7 @@ import {
   EXIT_REASON_INVLPG,
   EXIT_REASON_MSR_WRITE,
   exitReasonName,
+  VMX_EXIT_REASON_NAMES,
   MSR_EFER,
   SECONDARY_EXEC_ENABLE_EPT,
 } from '../src/constants.js';
@@ -233,6 +234,17 @@ describe('VmxBackend', () => {
     it('names every reason it knows and rejects an unknown one', () => {
       expect([0, 14, 28, 48, 49].map(exitReasonName)).toEqual(['EXCEPTION_NMI', 'INVLPG', 'CR_ACCESS', 'EPT_VIOLATION', 'EPT_MISCONFIG']);
       expect(() => exitReasonName(77)).toThrow(/unknown VMX exit reason 77/);
+    });
+
+    it('lists in VMX_EXIT_REASON_NAMES every name that exitReasonName gives, once', () => {
+      const named = Array.from({ length: 128 }, (_, r) => r).flatMap((r) => {
+        try {
+          return [exitReasonName(r)];
+        } catch {
+          return [];
+        }
+      });
+      expect(VMX_EXIT_REASON_NAMES).toEqual(named);
     });
   });
 

@@ -16,6 +16,7 @@ import {
 import { describe, expect, it } from 'vitest';
 import { VmxBackend } from '../src/backend.js';
 import { EXIT_REASON_EPT_MISCONFIG, EXIT_REASON_EPT_VIOLATION } from '../src/constants.js';
+import { BackendError } from '../src/errors.js';
 import { createVmcs } from '../src/state.js';
 
 /*
@@ -86,9 +87,21 @@ describe('VmxBackend', () => {
       expect(vmx.nestedFaultErrorCode(v)).toBe(8);
     });
 
+    it('gives no second-stage error code for an exit that is not an EPT exit (BackendError E_BACKEND_STATE)', () => {
+      const v = createVmcs('tdp');
+      v.vmExitReason = 0; // EXCEPTION_NMI
+      expect(() => new VmxBackend().nestedFaultErrorCode(v)).toThrow(BackendError);
+      expect(() => new VmxBackend().nestedFaultErrorCode(v)).toThrow(
+        expect.objectContaining({ code: 'E_BACKEND_STATE', message: 'VMX: exit reason 0 (EXCEPTION_NMI) is not an EPT exit' }),
+      );
+    });
+
     it('refuses to make a second stage with EPT off, or from an invalid EPTP', () => {
       const vmx = new VmxBackend();
       expect(() => vmx.createSecondStage(createVmcs('shadow'), new SparsePhysicalMemory(), 46)).toThrow(/enable EPT/);
+      expect(() => vmx.createSecondStage(createVmcs('shadow'), new SparsePhysicalMemory(), 46)).toThrow(
+        expect.objectContaining({ name: 'BackendError', code: 'E_BACKEND_STATE' }),
+      );
       const v = createVmcs('tdp');
       v.eptPointer = EPT + (2 << 3) + 6; // a 3-level walk
       expect(() => vmx.createSecondStage(v, new SparsePhysicalMemory(), 46)).toThrow(/page-walk length 3/);

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * The exit-path and whole-run benchmark (issue 15): every variant that `vmexit main` runs, on the bundled
+ * The exit-path and whole-run benchmark: every variant that `vmexit main` runs, on the bundled
  * kbuild trace, against the native run and a plain scan of the trace's records, all in one process; the cost
  * of an exit on `pt-recycle` under VMX shadow paging (no write-flood), by exit kind; the RxJS exit pipeline's
  * share of it; and the peak RSS and wall time of a 64 GiB guest running `demand-fault:pages=16`, each in a
@@ -25,8 +25,9 @@ import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import process from 'node:process';
 import { createVm, PF_VECTOR } from '@vmexit/core';
-import { KBUILD_TRACE_PATH, decodeVxt, runWorkload } from '@vmexit/guest';
+import { KBUILD_TRACE_PATH, decodeVxt } from '@vmexit/guest';
 import { parseVariantSpec } from '@vmexit/lab';
+import { median, runWorkloadOn, scanRecords, spread } from '../../../scripts/kbuild-bench.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 let HEADLINE_VARIANTS;
@@ -80,7 +81,7 @@ if (opts.json !== null) {
 const RUNS = opts.quick ? 1 : opts.runs;
 const SEED = 1;
 const MODE = 'long4';
-/** Targets (issue 15). */
+/** Targets (the README's Measured table): shadow paging at >= 0.6x native, TDP at >= 0.8x native, an exit in <= 150 ns. */
 const SHADOW_TARGET = 0.6;
 const TDP_TARGET = 0.8;
 const EXIT_NS_TARGET = 150;
@@ -90,9 +91,6 @@ const RSS_WALL_TARGET = 3;
 const PT_RECYCLE = opts.quick ? 'pt-recycle:dirs=16,rounds=2' : 'pt-recycle:dirs=64,rounds=4';
 const RSS_WORKLOAD = 'demand-fault:pages=16';
 const RSS_MEMORY = 64 * 2 ** 30;
-
-const median = (a) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
-const spread = (a) => (a.length < 2 ? 0 : (Math.max(...a) - Math.min(...a)) / median(a));
 
 const out = { schema: 'vmexit-main-bench/1', node: process.version, runs: RUNS, quick: opts.quick, seed: SEED, mode: MODE };
 const lines = [];
@@ -143,18 +141,9 @@ const trace = decodeVxt(readFileSync(KBUILD_TRACE_PATH), KBUILD_TRACE_PATH);
 const scanSeconds = [];
 let represented = 0;
 function scan() {
-  const { count, page } = trace.accesses;
-  const t = performance.now();
-  let n = 0;
-  let s = 0;
-  for (let j = 0; j < count.length; j++) {
-    n += count[j];
-    s += page[j];
-  }
-  const seconds = (performance.now() - t) / 1000;
-  if (s === -1) process.stdout.write(''); // keeps the sum live
-  represented = n;
-  return seconds;
+  const r = scanRecords(trace);
+  represented = r.represented;
+  return r.seconds;
 }
 
 /** A parsed variant per spec ('native' = backend none). */
@@ -177,22 +166,7 @@ async function vmOf(spec) {
 async function runOnce(spec, workload, prepare, atStart) {
   const vm = await vmOf(spec);
   if (prepare !== undefined && vm !== null) prepare(vm);
-  const { result } = runWorkload({
-    workload,
-    mode: MODE,
-    seed: SEED,
-    loadTrace: () => trace,
-    machine: vm === null ? undefined : vm.machine,
-    counters:
-      vm === null
-        ? undefined
-        : (_machine, at) => {
-            if (at === 'start' && atStart !== undefined) atStart();
-            const c = vm.counters();
-            return { total: c.total, vcpus: c.perVcpu.map((x) => ({ ...x })) };
-          },
-  });
-  return result;
+  return runWorkloadOn(vm, { workload, mode: MODE, seed: SEED, trace, atStart });
 }
 
 /** Round-robin runs of `specs` on `workload`; returns a row per spec (median wall time). */

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// The differential sweep (issue 14): generated paging vectors, built as kvm-unit-tests' access.c builds its
+// The differential sweep: generated paging vectors, built as kvm-unit-tests' access.c builds its
 // matrix and crossed with MAXPHYADDR 36/46/52 and the four paging modes, each run natively (the reference)
 // and as a guest access under every sweep variant (src/differential.ts SWEEP_VARIANTS). Every difference in
 // fault, error code, physical address or A/D bits, and every fault loop, is printed with the case's index

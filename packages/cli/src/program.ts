@@ -50,12 +50,13 @@ export async function main(argv: string[]): Promise<number> {
 /**
  * The errors with which a layer stops a run that it cannot go on with, each with a stable `code`: the machine
  * (`MachineError`: a triple fault, a fault loop, an emulation failure, KVM's KVM_EXIT_INTERNAL_ERROR), the exit
- * pipeline (`ExitError`: an unresolved exit, a policy that threw), the shadow MMU (`ShadowMmuError`: out of
- * pages, an inconsistent state) and the guest kernel (`KernelPanic`). They are the run's outcome, not a bug
+ * pipeline (`ExitError`: an unresolved exit, a policy that threw), the MMUs (`ShadowMmuError`, `TdpMmuError`:
+ * out of pages, an inconsistent state), the backends (`BackendError`: an exit reason without a name, a call the
+ * VMCS or VMCB state does not allow) and the guest kernel (`KernelPanic`). They are the run's outcome, not a bug
  * of the CLI: exit 1 with the layer, the code and the message, and no stack trace. Anything else is an
  * internal error (bin/vmexit.ts, exit 70).
  */
-const RUN_STOPPING = new Set(['MachineError', 'ExitError', 'ShadowMmuError', 'KernelPanic']);
+const RUN_STOPPING = new Set(['MachineError', 'ExitError', 'ShadowMmuError', 'TdpMmuError', 'BackendError', 'KernelPanic']);
 
 function runStopped(e: unknown): string | null {
   if (!(e instanceof Error) || !RUN_STOPPING.has(e.name)) return null;

@@ -20,7 +20,7 @@ describe('createVmVectorMachine', () => {
     expect(VECTORS.length).toBe(240);
   });
 
-  // Issue 5, "conformance under a variant": each vector runs as a guest access on vCPU 0 of a VM of the
+  // Conformance under a variant: each vector runs as a guest access on vCPU 0 of a VM of the
   // variant (the shadow MMU builds its sptes, the backend decides which #PFs exit) and must give exactly the
   // outcome the vector expects natively: the same #PF error code, #GP, or physical page reached.
   describe.each(['vmx', 'svm'] as const)('%s shadow', (backend) => {

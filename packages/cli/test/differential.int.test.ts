@@ -20,7 +20,7 @@ describe('runDifferentialSweep', () => {
     expect(r.cases).toBe(120 * SWEEP_VARIANTS.length);
   });
 
-  // The two classes of issue 14 that looped (MachineError fault-loop), now the native outcome under every variant.
+  // The two classes of generated vectors that once looped (MachineError fault-loop), now the native outcome under every variant.
   it.each([
     [
       'a WP=0 supervisor write to a user page whose key has PKRU.WD (4 KiB)',

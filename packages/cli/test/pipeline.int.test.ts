@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, beforeEach, afterEach, describe, expect, it, vi } from 'vitest';
 import { main } from '../src/program.js';
 
-// Issue 3, "a recording of a multi-process shell pipeline made as above imports and runs": the lackey logs
+// A recording of a multi-process shell pipeline imports and runs: the lackey logs
 // of `sh -c 'ls /usr/bin | sort | head -3'` (packages/guest/test/fixtures/pipeline, recorded by its
 // record-pipeline.sh with --trace-children=yes) go through `vmexit trace import lackey`, and the .vxt runs
 // natively and under shadow paging on VMX and SVM with `--check --audit` (the guest sees the same faults and

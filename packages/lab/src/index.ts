@@ -67,7 +67,7 @@ export {
   type VariantRunResult,
 } from './run-variant.js';
 export { InputError, RunFailure } from './errors.js';
-export { type ReportChart, reportCharts, reportHtml, type ReportInput } from './report.js';
+export { readReportData, type ReportChart, reportCharts, type ReportData, reportHtml, type ReportInput } from './report.js';
 export { exitCycles, formatTraceStats, type ReasonStats, traceStats, type TraceStats, type TraceStatsOptions } from './trace-stats.js';
 export { parseTraceFilter, parseTraceSample, SelectingTracer, traceSelectionLine, type TraceSelection } from './trace-select.js';
 export {

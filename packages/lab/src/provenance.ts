@@ -1,8 +1,9 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync, realpathSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import * as os from 'node:os';
-import { dirname, join } from 'node:path';
-import { isPathSpecifier, type Variant } from '@vmexit/core';
+import { dirname, join, resolve } from 'node:path';
+import { isPathSpecifier, resolveSpecifier, type Variant } from '@vmexit/core';
 
 /**
  * Where a result came from: the packages that ran (every `@vmexit/*` package and plugin, name -> version),
@@ -10,7 +11,11 @@ import { isPathSpecifier, type Variant } from '@vmexit/core';
  * and digests are deterministic, provenance is not (the start time, and the host, differ from run to run).
  */
 export interface Provenance {
-  /** Package name -> version, sorted by name. A policy given as a path appears under its path with the version of the package.json above it, or `unversioned`. */
+  /**
+   * Package name -> version, sorted by name. A policy given as a path appears under that path: as
+   * `name@version` when the module it loads is the entry (or an `exports` target) of the package around it,
+   * else as `unpackaged sha256:…`, the hash of the module file (a plugin in a plain directory has no version).
+   */
   readonly packages: Readonly<Record<string, string>>;
   readonly node: string;
   readonly host: { readonly os: string; readonly release: string; readonly arch: string; readonly cpu: string; readonly cpus: number };
@@ -35,15 +40,64 @@ export function packageVersion(name: string, from?: string): string | null {
   }
 }
 
-function nearestPackage(dir: string, name?: string): { name?: string; version?: string } | null {
+/** The package.json named `name` nearest above `dir`, or null. */
+function nearestPackage(dir: string, name: string): { name?: string; version?: string } | null {
   for (let d = dir; ; d = dirname(d)) {
     const f = join(d, 'package.json');
     if (existsSync(f)) {
       const pkg = JSON.parse(readFileSync(f, 'utf8')) as { name?: string; version?: string };
-      if (name === undefined || pkg.name === name) return pkg;
+      if (pkg.name === name) return pkg;
     }
     if (dirname(d) === d) return null;
   }
+}
+
+/**
+ * The package whose module `file` is: the nearest package.json above it, only when `file` is that package's entry
+ * or one of its `exports` targets. A file that merely sits below some package.json (a policy in a folder of a
+ * project, or of a test tree) is not that package's.
+ */
+function owningPackage(file: string): { name?: string; version?: string } | null {
+  let dir = dirname(file);
+  while (!existsSync(join(dir, 'package.json'))) {
+    if (dirname(dir) === dir) return null;
+    dir = dirname(dir);
+  }
+  let pkg: { name?: string; version?: string; exports?: unknown; module?: unknown; main?: unknown };
+  try {
+    pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as typeof pkg;
+  } catch {
+    return null;
+  }
+  const targets: string[] = [];
+  const collect = (e: unknown): void => {
+    if (typeof e === 'string') targets.push(e);
+    else if (typeof e === 'object' && e !== null) for (const v of Object.values(e)) collect(v);
+  };
+  collect(pkg.exports);
+  for (const f of [pkg.module, pkg.main]) if (typeof f === 'string') targets.push(f);
+  if (targets.length === 0) targets.push('index.js');
+  const owns = targets.some((t) => {
+    try {
+      return realpathSync(resolve(dir, t)) === file;
+    } catch {
+      return false;
+    }
+  });
+  return owns ? { name: pkg.name, version: pkg.version } : null;
+}
+
+/** What provenance records for a policy given as a path (see `Provenance.packages`), resolved from `from` as the VM resolves it. */
+function pathPolicyVersion(use: string, from: string): string {
+  let file: string;
+  try {
+    file = resolveSpecifier(use, from);
+  } catch {
+    return 'not found';
+  }
+  const pkg = owningPackage(file);
+  if (pkg !== null && pkg.name !== undefined) return `${pkg.name}@${pkg.version ?? 'unversioned'}`;
+  return `unpackaged sha256:${createHash('sha256').update(readFileSync(file)).digest('hex').slice(0, 16)}`;
 }
 
 /**
@@ -59,8 +113,7 @@ export function packagesOf(variant: Variant | null): Record<string, string> {
     for (const p of variant.policies) {
       const use = p.use.split('#')[0]!;
       if (isPathSpecifier(use)) {
-        const pkg = nearestPackage(dirname(use.startsWith('file:') ? new URL(use).pathname : use));
-        out[p.use] = pkg?.name !== undefined ? `${pkg.name}@${pkg.version ?? 'unversioned'}` : 'unversioned';
+        out[p.use] = pathPolicyVersion(use, variant.resolveFrom ?? process.cwd());
         continue;
       }
       const v = packageVersion(use, variant.resolveFrom);

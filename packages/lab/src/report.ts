@@ -3,6 +3,8 @@ import { join } from 'node:path';
 import { createRequire } from 'node:module';
 import type { CellRecord } from './cell.js';
 import { comparisonLabel } from './compare.js';
+import { InputError } from './errors.js';
+import type { MigrateResult } from './migrate.js';
 import type { VariantRunResult } from './run-variant.js';
 
 const require = createRequire(import.meta.url);
@@ -25,12 +27,103 @@ interface Row {
   seed: number;
 }
 
+/** What a report file holds: run results (a sweep's cells, a comparison's results) and migrations (`vmexit migrate --json`). */
+export interface ReportData {
+  readonly results: readonly ReportInput[];
+  readonly migrations: readonly MigrateResult[];
+}
+
+const MIGRATE_SCHEMA: MigrateResult['schema'] = 'vmexit.migrate/1';
+
+function isMigration(x: unknown): x is MigrateResult {
+  return typeof x === 'object' && x !== null && (x as { schema?: unknown }).schema === MIGRATE_SCHEMA && Array.isArray((x as { rounds?: unknown }).rounds);
+}
+
 /**
- * The charts of a report: exits per variant stacked by exit reason, the modelled cycles by what they price,
- * exits per guest fault, and the spread of exits across seeds. Values are means across seeds where a
- * variant ran several. Migration rounds (dirty pages per round) are a further chart when results hold them.
+ * Reads what `vmexit report` charts from `file`: one `vmexit migrate --json` document, or JSON Lines of sweep
+ * results (`results.jsonl`, one cell record a line) and of migration documents (one a line), in any mix. A line
+ * (or document) that is neither is an InputError naming the file and the line.
  */
-export function reportCharts(results: readonly ReportInput[]): ReportChart[] {
+export function readReportData(file: string): ReportData {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new InputError(`${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
+  try {
+    const whole = JSON.parse(text) as unknown;
+    if (isMigration(whole)) return { results: [], migrations: [whole] };
+  } catch {
+    // not one JSON document: JSON Lines
+  }
+  const results: ReportInput[] = [];
+  const migrations: MigrateResult[] = [];
+  for (const [i, line] of text.split('\n').entries()) {
+    if (line.trim().length === 0) continue;
+    let x: unknown;
+    try {
+      x = JSON.parse(line);
+    } catch (e) {
+      throw new InputError(`${file}:${i + 1}: not a JSON line (${(e as Error).message})`);
+    }
+    if (isMigration(x)) migrations.push(x);
+    else if (typeof x === 'object' && x !== null && typeof (x as CellRecord).cell?.key === 'string' && typeof (x as CellRecord).counters?.total === 'object')
+      results.push(x as CellRecord);
+    else throw new InputError(`${file}:${i + 1}: neither a sweep result (no cell.key or counters) nor a migration (schema ${MIGRATE_SCHEMA})`);
+  }
+  return { results, migrations };
+}
+
+/** The label of a migration in a chart: its variant, how the dirty log was harvested, the workload and the seed. */
+function migrationLabel(m: MigrateResult): string {
+  return `${comparisonLabel(m.variant as VariantRunResult['variant'])}, ${m.dirtyLog}, ${m.workload}, seed ${m.seed}`;
+}
+
+/** The chart of migrations' rounds: the pages each harvest found dirty and the pages sent, round by round. */
+function migrationChart(migrations: readonly MigrateResult[]): ReportChart {
+  const rows = migrations.flatMap((m) => {
+    const label = migrationLabel(m);
+    const last = m.rounds.length - 1;
+    return m.rounds.flatMap((r) => {
+      const round = r.round === last ? `${r.round} (stop)` : String(r.round);
+      return [
+        { migration: label, round: r.round, roundLabel: round, measure: 'dirty pages', pages: r.dirtyPages },
+        { migration: label, round: r.round, roundLabel: round, measure: 'pages sent', pages: r.pagesSent },
+      ];
+    });
+  });
+  return {
+    id: 'migration-rounds',
+    title: 'live migration: dirty pages and pages sent per round',
+    note: 'round 0 is the first full copy, the last round (stop) the stop-and-copy with the guest stopped; a symlog scale, so that the full copy and the last rounds both show',
+    spec: {
+      $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+      background: 'white',
+      data: { values: rows },
+      width: 600,
+      mark: { type: 'line', point: true },
+      encoding: {
+        x: { field: 'round', type: 'ordinal', title: 'round', axis: { labelAngle: 0 } },
+        y: { field: 'pages', type: 'quantitative', title: 'pages', scale: { type: 'symlog' } },
+        color: { field: 'migration', type: 'nominal', title: 'migration', legend: { labelLimit: 400, orient: 'bottom', direction: 'vertical' } },
+        strokeDash: { field: 'measure', type: 'nominal', title: 'measure' },
+        tooltip: [{ field: 'migration' }, { field: 'roundLabel', title: 'round' }, { field: 'measure' }, { field: 'pages', type: 'quantitative' }],
+      },
+    },
+  };
+}
+
+/**
+ * The charts of a report: for run results, exits per variant stacked by exit reason, the modelled cycles by
+ * what they price, exits per guest fault, and the spread of exits across seeds (means across seeds where a
+ * variant ran several); for migrations, the dirty pages and the pages sent per round.
+ */
+export function reportCharts(results: readonly ReportInput[], migrations: readonly MigrateResult[] = []): ReportChart[] {
+  return [...(results.length > 0 ? runCharts(results) : []), ...(migrations.length > 0 ? [migrationChart(migrations)] : [])];
+}
+
+function runCharts(results: readonly ReportInput[]): ReportChart[] {
   const base = (r: ReportInput): Row => ({ variant: comparisonLabel(r.variant), workload: r.workload.input, mode: String(r.variant.mode), seed: r.seed });
   const exits = results.flatMap((r) =>
     Object.entries(r.counters.total)
@@ -148,9 +241,13 @@ function escapeHtml(s: string): string {
  * One self-contained HTML page (works offline: the vega, vega-lite and vega-embed bundles are inlined from
  * their npm packages) with the charts of `reportCharts`, rendered as SVG. `title` heads the page.
  */
-export function reportHtml(results: readonly ReportInput[], title = 'vmexit report'): string {
-  const charts = reportCharts(results);
+export function reportHtml(results: readonly ReportInput[], title = 'vmexit report', migrations: readonly MigrateResult[] = []): string {
+  const charts = reportCharts(results, migrations);
   const variants = new Set(results.map((r) => comparisonLabel(r.variant))).size;
+  const holds = [
+    ...(results.length > 0 || migrations.length === 0 ? [`${results.length} results, ${variants} variants`] : []),
+    ...(migrations.length > 0 ? [`${migrations.length} migration${migrations.length === 1 ? '' : 's'}`] : []),
+  ];
   const json = JSON.stringify(charts.map((c) => ({ id: c.id, spec: c.spec }))).replace(/</g, '\\u003c');
   const sections = charts
     .map((c) => `<section><h2>${escapeHtml(c.title)}</h2><p>${escapeHtml(c.note)}</p><div class="chart" id="${c.id}"></div></section>`)
@@ -163,7 +260,7 @@ export function reportHtml(results: readonly ReportInput[], title = 'vmexit repo
 <script>${bundle('vega-embed', 'build/vega-embed.min.js')}</script>
 </head><body>
 <h1>${escapeHtml(title)}</h1>
-<p>${results.length} results, ${variants} variants. Migration rounds (dirty pages per round) appear here for results that hold migrations.</p>
+<p>${escapeHtml(holds.join('; '))}.</p>
 ${sections}
 <script>
 const charts = ${json};

@@ -7,6 +7,8 @@ import {
   type DirtyLogMmu,
   hexU64,
   modelCycles,
+  PT_ACCESSED,
+  PT_DIRTY,
   type CostReport,
   type ExitTracer,
   type ModuleSources,
@@ -242,7 +244,7 @@ export interface CheckReport {
 }
 
 /** A and D, bits 5 and 6 of every paging-structure entry format (SDM Vol. 3A §4.8; Tables 4-4..4-20). */
-const PTE_ACCESSED_DIRTY = 0x60;
+const PTE_ACCESSED_DIRTY = PT_ACCESSED | PT_DIRTY;
 const PAGE_BYTES = 4096;
 const PAGE_WORDS = PAGE_BYTES / 4;
 /** At most this many allowed differences are listed one by one. */

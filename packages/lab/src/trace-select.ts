@@ -1,3 +1,5 @@
+import { SVM_EXIT_CODE_NAMES } from '@vmexit/backend-svm';
+import { VMX_EXIT_REASON_NAMES } from '@vmexit/backend-vmx';
 import type { ExitTracer, MmuEvent, VmExit } from '@vmexit/core';
 import { InputError } from './errors.js';
 
@@ -14,16 +16,43 @@ export interface TraceSelection {
 
 const KINDS = ['exception', 'cr-write', 'invlpg', 'nested-fault', 'mmio'];
 
-/** `EXCEPTION_NMI,CR_ACCESS,mmu` -> its names, checked: exit reasons as the manuals spell them, exit kinds, or `mmu`. */
-export function parseTraceFilter(text: string): string[] {
+/** The exit reasons of each backend, as its `hw.name` spells them (the SDM's basic exit reasons, the APM's exit codes). */
+const REASONS: Readonly<Record<string, readonly string[]>> = { vmx: VMX_EXIT_REASON_NAMES, svm: SVM_EXIT_CODE_NAMES };
+
+/** `names` for a message, a run of numbered names (VMEXIT_EXCP0, VMEXIT_EXCP1, ...) written as its first..last. */
+function listNames(names: readonly string[]): string {
+  const out: string[] = [];
+  for (let i = 0; i < names.length;) {
+    const m = /^(.*?)(\d+)$/.exec(names[i]!);
+    let j = i + 1;
+    if (m !== null) while (j < names.length && names[j] === `${m[1]}${Number(m[2]) + (j - i)}`) j++;
+    out.push(j - i > 2 ? `${names[i]}..${names[j - 1]}` : names.slice(i, j).join(', '));
+    i = j;
+  }
+  return out.join(', ');
+}
+
+/**
+ * `EXCEPTION_NMI,CR_ACCESS,mmu` -> its names, checked: the exit reasons of `backend` as the manuals spell them
+ * (those of either backend for `none` or when not given), exit kinds, or `mmu`. An unknown name is an InputError
+ * that names it and lists the valid ones.
+ */
+export function parseTraceFilter(text: string, backend?: string): string[] {
   const names = text
     .split(',')
     .map((x) => x.trim())
     .filter((x) => x.length > 0);
   if (names.length === 0) throw new InputError(`--trace-filter: expected exit reasons, e.g. EXCEPTION_NMI,CR_ACCESS, got '${text}'`);
-  for (const n of names)
-    if (!/^[A-Z][A-Z0-9_]*$/.test(n) && !KINDS.includes(n) && n !== 'mmu')
-      throw new InputError(`--trace-filter: '${n}' is neither an exit reason (EXCEPTION_NMI, VMEXIT_NPF, ...), an exit kind (${KINDS.join(', ')}) nor mmu`);
+  const reasons = REASONS[backend ?? ''];
+  const valid = new Set(reasons ?? [...VMX_EXIT_REASON_NAMES, ...SVM_EXIT_CODE_NAMES]);
+  for (const n of names) {
+    if (valid.has(n) || KINDS.includes(n) || n === 'mmu') continue;
+    const which =
+      reasons === undefined
+        ? `an exit reason (VMX: ${listNames(VMX_EXIT_REASON_NAMES)}; SVM: ${listNames(SVM_EXIT_CODE_NAMES)})`
+        : `an exit reason of ${backend!.toUpperCase()} (${listNames(reasons)})`;
+    throw new InputError(`--trace-filter: '${n}' is not ${which}, an exit kind (${KINDS.join(', ')}) or mmu`);
+  }
   return [...new Set(names)];
 }
 

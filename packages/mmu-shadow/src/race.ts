@@ -10,6 +10,11 @@ import {
   GuestMemory,
   Machine,
   PAGE_SIZE,
+  PT_ACCESSED,
+  PT_DIRTY,
+  PT_PAGE_SIZE,
+  PT_PRESENT,
+  PT_WRITABLE,
   WALK_OK,
   WALK_PAGE_FAULT,
   WALK_SIDE_EFFECTS,
@@ -69,11 +74,11 @@ const SMALL_BASE = 0x180000;
 export const LARGE_VA = 0x200000;
 /** Where `fault-vs-pte-write` moves the 4 KiB page at va 0. */
 const MOVED_PA = 0x190000;
-const P = 1;
-const W = 2;
-const A = 0x20;
-const D = 0x40;
-const PS = 0x80;
+const P = PT_PRESENT;
+const W = PT_WRITABLE;
+const A = PT_ACCESSED;
+const D = PT_DIRTY;
+const PS = PT_PAGE_SIZE;
 
 /** Deliberately broken MMUs, for the tests that require the explorer to catch each. */
 export interface RaceMutation extends FastFaultMutation {

@@ -1,6 +1,5 @@
 // Every policy combination on every bundled workload and paging mode, with `vmexit run --check --audit`
-// semantics (issue 6: "every policy combination still passes --check --audit on every bundled workload and
-// mode"): every subset of the seven built-in policies on VMX (128) and every subset without bypass-guest-pf
+// semantics: every subset of the seven built-in policies on VMX (128) and every subset without bypass-guest-pf
 // on SVM (64; SVM refuses it, it has no error-code filtering of #PF), shadow paging, one vCPU, on each bundled
 // synthetic workload at its default parameters and on the bundled kbuild trace (4- and 5-level paging only:
 // the trace's addresses do not fit in a 32-bit guest), in every paging mode. Each run audits the shadow MMU

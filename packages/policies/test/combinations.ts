@@ -3,7 +3,7 @@ import type { PagingModeName } from '@vmexit/core';
 import { describe, expect, it } from 'vitest';
 import { runOn } from './vm.js';
 
-// Issue 6: "every policy combination still passes --check --audit on every bundled workload and mode". One
+// Every policy combination still passes --check --audit on every bundled workload and mode. One
 // test file per paging mode (so that vitest spreads the modes over the cores). Each run is shadow paging with
 // the MMU audited after every exit (incremental, as `--audit` does) and at the end, and must show the guest
 // exactly what a native run shows it (`--check`): the same #PFs in the same order (address, error code, vCPU,

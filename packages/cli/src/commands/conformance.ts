@@ -118,7 +118,7 @@ function stoppedOf(r: VectorResult): string | null {
 }
 
 /** The errors with which a layer stops a guest (program.ts has the same list for whole runs). */
-const VECTOR_STOPPING = new Set(['MachineError', 'ExitError', 'ShadowMmuError']);
+const VECTOR_STOPPING = new Set(['MachineError', 'ExitError', 'ShadowMmuError', 'TdpMmuError', 'BackendError']);
 
 /**
  * Runs every vector as guest accesses on a VM of `variant`. A vector whose access the machine stops (a fault

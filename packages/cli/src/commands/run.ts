@@ -72,7 +72,7 @@ export function registerRun(program: Command): void {
     const variant = await variantFromOptions(flags);
     // Everything is checked before the trace file is opened: bad input leaves no file and the old one as it was.
     checkWorkloadSpec(flags.workload, '--workload');
-    const selection = traceSelection(flags);
+    const selection = traceSelection(flags, variant.backend);
     const progress = new Progress();
     const started = provenance(variant);
     const inputs = [...workloadInputs(flags.workload), ...(flags.config === undefined ? [] : [flags.config])];
@@ -121,12 +121,12 @@ export function registerRun(program: Command): void {
 }
 
 /** `--trace-filter` / `--trace-sample`, checked (they need `--trace`); null when neither is given. */
-function traceSelection(f: RunFlags): TraceSelection | null {
+function traceSelection(f: RunFlags, backend: string): TraceSelection | null {
   if (f.traceFilter === undefined && f.traceSample === undefined) return null;
   const which = f.traceFilter !== undefined ? '--trace-filter' : '--trace-sample';
   if (f.trace === undefined) throw new InputError(`${which}: selects what --trace FILE writes; give --trace too`);
   return {
-    filter: f.traceFilter === undefined ? null : parseTraceFilter(f.traceFilter),
+    filter: f.traceFilter === undefined ? null : parseTraceFilter(f.traceFilter, backend),
     sample: f.traceSample === undefined ? 1 : parseTraceSample(f.traceSample),
   };
 }

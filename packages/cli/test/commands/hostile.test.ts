@@ -10,7 +10,7 @@ import { main } from '../../src/program.js';
 import { runVectorsOnVariant } from '../../src/commands/conformance.js';
 import { parseVariantSpec } from '../../src/commands/compare.js';
 
-// Hostile input, tried as a new user would (issue 14): each ends with a message that names the input and
+// Hostile input, tried as a new user would: each ends with a message that names the input and
 // exit 2 (1 for a run that cannot go on), never exit 70, a stack trace, a hang, or a lost file.
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -63,7 +63,7 @@ describe('hostile input', () => {
     });
   });
 
-  describe('guest memory by paging mode (issue 15)', () => {
+  describe('guest memory by paging mode', () => {
     it('accepts 1 TiB on long4 (RAM above the MMIO hole, backed only where written)', async () => {
       expect(await main(['run', '--workload', 'demand-fault:pages=16', '--memory', '1T', '--backend', 'vmx', '--mmu', 'shadow'])).toBe(0);
     }, 60_000);

@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
-// Issue 14, hostile input 6: SIGINT during `vmexit run --trace FILE` (Ctrl-C in a shell) must not leave a
+// Hostile input: SIGINT during `vmexit run --trace FILE` (Ctrl-C in a shell) must not leave a
 // valid-looking trace. The run is a real subprocess (the built bin), interrupted once its trace has grown.
 
 const BIN = path.resolve(import.meta.dirname, '../../bin/vmexit.js');

@@ -50,7 +50,7 @@ describe('trace', () => {
       expect(out.join('')).toContain('records: 14  accesses: 17 (fetch 9, load 2, store 5, modify 1)');
     });
 
-    // Issue 14, "32-bit guests running real programs": the stack of the recording (near 0x2000000000) is far
+    // 32-bit guests running real programs: the stack of the recording (near 0x2000000000) is far
     // beyond a 32-bit user space, so pae and legacy32 replay it relocated (one process tree: 100 and its
     // fork child 101, six regions), 4- and 5-level as recorded; `run` says so in its JSON and passes --check.
     it('says how the trace replays in each paging mode, and replays it relocated on pae and legacy32 under --check --audit', async () => {

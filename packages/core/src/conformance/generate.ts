@@ -69,7 +69,7 @@ export interface AccessCase {
   flags: number;
 }
 
-/** The MAXPHYADDR values the sweep crosses every flag combination with (the 36, 46, 52). */
+/** The MAXPHYADDR values the sweep crosses every flag combination with: the architecture's least (36) and most (52), and the common 46. */
 export const ACCESS_CASE_MAXPHYADDRS = [36, 46, 52] as const;
 
 /** The linear address of every 32-bit case (access.c's is in the same spirit: every index and offset nonzero). */

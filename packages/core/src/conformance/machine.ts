@@ -19,7 +19,7 @@ export interface AccessOutcome {
 /**
  * A machine set up in a vector's state, on which the runner performs the vector's accesses and then reads
  * the guest's page-table entries back. The native machine walks the guest's tables directly; a hypervisor
- * variant (a later issue) builds a VM in the same state and runs the accesses as guest accesses.
+ * variant (the CLI's `vmexit conformance --variant`) builds a VM in the same state and runs the accesses as guest accesses.
  */
 export interface VectorMachine {
   /** Performs one access of kind `access` (ACC_* bits) at the vector's linear address. */

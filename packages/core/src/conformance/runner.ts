@@ -1,3 +1,4 @@
+import { hexHiLo } from '../arch/hex.js';
 import { createNativeVectorMachine, type AccessOutcome, type VectorMachineFactory } from './machine.js';
 import type { ConformanceVector, VectorOutcome } from './vector.js';
 
@@ -34,7 +35,8 @@ export interface ConformanceReport {
   results: VectorResult[];
 }
 
-const hex = (v: bigint): string => `0x${v.toString(16)}`;
+/** A 64-bit value of a vector (a physical address, a memory entry) in vmexit's one hex format. */
+const hex = (v: bigint): string => hexHiLo(Number((v >> 32n) & 0xffffffffn), Number(v & 0xffffffffn));
 
 /** Runs a vector's accesses on a machine built by `factory` (pre_access first, its result kept apart). */
 export function observeVector(vector: ConformanceVector, factory: VectorMachineFactory): VectorObservation {

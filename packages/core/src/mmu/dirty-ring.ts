@@ -1,4 +1,18 @@
-import type { DirtyLog, DirtyLogMmu } from './dirty-log.js';
+import type { Memslot } from '../machine/guest-memory.js';
+import type { MmuLock } from '../race/lock.js';
+
+/** What KVM_RESET_DIRTY_RINGS needs of the MMU (a `DirtyLogMmu` has it): its lock, the masked write-protect, the remote flush. */
+export interface RingResetMmu {
+  readonly mmuLock: MmuLock;
+  writeProtectMasked(slot: Memslot, offset: number, mask: number): boolean;
+  flushRemoteTlbs(initiator: number): void;
+}
+
+/** What KVM_RESET_DIRTY_RINGS needs of the dirty log (a `DirtyLog` has it): the MMU attached to it and the memslots. */
+export interface RingResetLog {
+  readonly attachedMmu: RingResetMmu;
+  readonly memory: { readonly slots: readonly Memslot[] };
+}
 
 /**
  * The per-vCPU dirty ring (KVM_CAP_DIRTY_LOG_RING: virt/kvm/dirty_ring.c, include/linux/kvm_dirty_ring.h,
@@ -178,10 +192,10 @@ export class ResetDirtyRingsOp {
   private slot = 0;
   private offset = 0;
   private mask = 0;
-  private readonly mmu: DirtyLogMmu;
+  private readonly mmu: RingResetMmu;
 
   constructor(
-    readonly log: DirtyLog,
+    readonly log: RingResetLog,
     readonly rings: readonly DirtyRing[],
     readonly thread: number,
     readonly mutation: ResetDirtyRingsMutation = {},

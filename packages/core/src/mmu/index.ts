@@ -3,7 +3,7 @@
  * layout and the one leaf constructor (KVM's `spte.c`), the host frame pool, the page role
  * (`kvm_mmu_page_role`), rmaps, the (gfn, role)-keyed page cache (KVM's `mmu.c`), and the emulation of the
  * access that trapped on a write-protected page (KVM's `x86_emulate_instruction` path). They are core's so
- * that MMUs share them without importing each other (ARCHITECTURE.md, "Packages"). An extension API for MMU
+ * that MMUs share them without importing each other (leaf packages import only core, never one another). An extension API for MMU
  * authors: it follows KVM's shape and may change with it more often than `@vmexit/core`.
  *
  * @module

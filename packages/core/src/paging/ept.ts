@@ -24,6 +24,8 @@ export const EPT_IGNORE_PAT = 1 << 6;
 export const EPT_PAGE_SIZE = 1 << 7;
 export const EPT_ACCESSED = 1 << 8;
 export const EPT_DIRTY = 1 << 9;
+/** The walk's own copy of EPT_PAGE_SIZE: V8 (Node 20) reads an exported binding through its module cell on every use. */
+const PS = EPT_PAGE_SIZE;
 
 /** What an EPT second stage is built with: the processor features that decide which EPT entries are valid (SDM Vol. 3C §29.3.2). */
 export interface EptOptions {
@@ -144,7 +146,7 @@ export class EptStage implements SecondStage {
       let leaf = level === 1;
       if (level >= 4) {
         if ((elo & 0xf8) !== 0) return this.refuse(out, gpa, kind, acc, rights & xwr, true); // bits 7:3
-      } else if (level >= 2 && (elo & 0x80) !== 0) {
+      } else if (level >= 2 && (elo & PS) !== 0) {
         leaf = true;
         offsetMask = level === 3 ? 0x3fffffff : 0x1fffff;
         if ((elo & (level === 3 ? 0x3ffff000 : 0x1ff000)) !== 0) return this.refuse(out, gpa, kind, acc, rights & xwr, true); // bits 29:12 / 20:12

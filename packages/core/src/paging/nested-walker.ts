@@ -1,4 +1,4 @@
-import { ACC_WRITE, PFERR_PRESENT } from '../arch/constants.js';
+import { ACC_WRITE, PFERR_PRESENT, PT_ACCESSED, PT_DIRTY, PT_PAGE_SIZE } from '../arch/constants.js';
 import type { PhysicalMemory } from '../memory/physical.js';
 import { NESTED_FINAL, NESTED_TABLE, NESTED_W, WalkResult, type PagingContext, type SecondStage } from './types.js';
 import {
@@ -13,6 +13,15 @@ import {
   tableAt,
   tableIndex,
 } from './walk-common.js';
+
+/*
+ * The pte bits of the hot path as module-local constants (SDM Vol. 3A §4.3-4.5: A = bit 5, D = bit 6, PS =
+ * bit 7): V8 (Node 20) reads an imported binding through its module cell on every use, where it reads a
+ * module-local const as a literal.
+ */
+const PS = PT_PAGE_SIZE;
+const ACCESSED = PT_ACCESSED;
+const DIRTY = PT_DIRTY;
 
 /** The second-stage rights of the translation of each guest paging-structure entry's gpa, per level (scratch of walkNested). */
 const stageRights = new Int32Array(6);
@@ -103,7 +112,7 @@ export function walkNested(ctx: PagingContext, mem: PhysicalMemory, va: number, 
     if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, level);
     let rsvdLo = 0;
     let isLeaf = level === 1;
-    if ((elo & 0x80) /* PS */ !== 0) {
+    if ((elo & PS) !== 0) {
       if (level === 2) {
         isLeaf = true;
         rsvdLo = 0x001fe000; // bits 20:13
@@ -113,7 +122,7 @@ export function walkNested(ctx: PagingContext, mem: PhysicalMemory, va: number, 
         rsvdLo = 0x3fffe000; // bits 29:13
         pageSize = 1073741824;
       } else if (level >= 4) {
-        rsvdLo = 0x80; // PS is reserved in a PML4E and a PML5E
+        rsvdLo = PS; // PS is reserved in a PML4E and a PML5E
       }
     }
     if ((elo & rsvdLo) !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, level);
@@ -155,7 +164,7 @@ function walkNested32(ctx: PagingContext, stage: SecondStage, mem: PhysicalMemor
   if ((pde & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 2);
   let leaf = pde;
   let pa: number;
-  if (ctx.cr4Pse && (pde & 0x80) /* PS */ !== 0) {
+  if (ctx.cr4Pse && (pde & PS) !== 0) {
     const m = stage.maxPhyAddr < 40 ? stage.maxPhyAddr : 40;
     const rsvd = ((0x3fffff >>> (m - 19)) << (m - 19)) >>> 0; // bits 21:(M-19)
     if ((pde & rsvd) !== 0) return reservedFault(ctx, out, access, 2);
@@ -211,10 +220,10 @@ function finishNested(
   if (hpa < 0) return nestedFault(out);
   const write = (access & 0x2) /* ACC_WRITE */ !== 0;
   const sideEffects = (flags & 1) /* WALK_SIDE_EFFECTS */ !== 0;
-  if (sideEffects && ((acc & 0x20) /* A */ === 0 || (write && (leafLo & 0x40) /* D */ === 0))) {
+  if (sideEffects && ((acc & ACCESSED) === 0 || (write && (leafLo & DIRTY) === 0))) {
     const leafLevel = out.leafLevel;
     for (let l = fromLevel; l >= leafLevel; l--) {
-      const want = l === leafLevel && write ? 0x60 /* A | D */ : 0x20; /* A */
+      const want = l === leafLevel && write ? ACCESSED | DIRTY : ACCESSED;
       if ((out.entryLo[l]! & want) !== want && (stageRights[l]! & NESTED_W) === 0) {
         // SDM §29.3.3.2: the flag update is a data write the second stage does not allow.
         out.nestedGpa = out.entryGpa[l]!;
@@ -230,7 +239,7 @@ function finishNested(
     setAccessedDirty(mem, out, fromLevel, write);
   }
   out.pa = hpa;
-  out.dirty = (leafLo & 0x40) /* D */ !== 0 || (sideEffects && write);
+  out.dirty = (leafLo & DIRTY) !== 0 || (sideEffects && write);
   out.status = 0; // WALK_OK
   return 0;
 }

@@ -1,10 +1,11 @@
+import { PT_ACCESSED, PT_DIRTY } from '../arch/constants.js';
 import type { PhysicalMemory } from '../memory/physical.js';
 import type { PagingContext, WalkResult } from './types.js';
 
 /*
  * What the page walkers share (walker.ts, nested-walker.ts): the fault results, the rights check, the
  * table-address helpers and the A/D update (SDM Vol. 3A ch. 4; walker.ts explains the layout rules:
- * literal constants in hot code, no allocation).
+ * module-local constants in hot code, no allocation).
  */
 
 /** Bits 8:5 and 2:1 of a PAE PDPTE are reserved (SDM Vol. 3A §4.4.1, Table 4-8). */
@@ -121,7 +122,7 @@ export function longRoot(cr3: number, m: number): number {
 export function setAccessedDirty(mem: PhysicalMemory, out: WalkResult, fromLevel: number, write: boolean): void {
   const leafLevel = out.leafLevel;
   for (let l = fromLevel; l >= leafLevel; l--) {
-    const want = l === leafLevel && write ? 0x60 /* A | D */ : 0x20; /* A */
+    const want = l === leafLevel && write ? PT_ACCESSED | PT_DIRTY : PT_ACCESSED;
     const seen = out.entryLo[l]!;
     if ((seen & want) !== want) {
       const epa = out.entryPa[l]!;

@@ -1,4 +1,4 @@
-import { ACC_READ, PT_PRESENT } from '../arch/constants.js';
+import { ACC_READ, PT_ACCESSED, PT_DIRTY, PT_PAGE_SIZE, PT_PRESENT } from '../arch/constants.js';
 import { MODE_LEGACY32, MODE_LONG4, MODE_LONG5, MODE_PAE, type PagingModeId } from '../arch/modes.js';
 import type { PhysicalMemory } from '../memory/physical.js';
 import { NESTED_PDPTE, WALK_SIDE_EFFECTS, WalkResult, type PagingContext } from './types.js';
@@ -15,6 +15,15 @@ import {
   tableIndex,
 } from './walk-common.js';
 import { walkNested } from './nested-walker.js';
+
+/*
+ * The pte bits of the hot path as module-local constants (SDM Vol. 3A §4.3-4.5: A = bit 5, D = bit 6, PS =
+ * bit 7): V8 (Node 20) reads an imported binding through its module cell on every use, where it reads a
+ * module-local const as a literal.
+ */
+const PS = PT_PAGE_SIZE;
+const ACCESSED = PT_ACCESSED;
+const DIRTY = PT_DIRTY;
 
 /*
  * The architectural page walk, SDM Vol. 3A ch. 4. The hot path allocates nothing, uses no BigInt and no
@@ -37,10 +46,11 @@ import { walkNested } from './nested-walker.js';
  *   Nothing is read twice, so a walk reads the same entries in the same order whichever path it takes.
  *   The high half of an entry is read at `(epa | 4) >>> 0`, which is epa + 4 (entries are 8-byte aligned)
  *   and stays a uint32.
- * - Literal constants in the hot functions, each with its SDM name in a comment, not the imported ones:
- *   V8 (Node 20) reads an imported (or exported) binding through a module cell on every use instead of
- *   folding it (the same fix made the TLB hit path 2x faster, tlb/tlb.ts). Entry bits: P = 0x1, R/W = 0x2,
- *   U/S = 0x4, A = 0x20, D = 0x40, PS = 0x80, G = 0x100 (§4.3-4.5); XD = bit 63 = high-half
+ * - Literal constants in the hot functions, each with its SDM name in a comment, or module-local copies of
+ *   the named ones (PS, ACCESSED, DIRTY below), never the imported ones: V8 (Node 20) reads an imported (or
+ *   exported) binding through a module cell on every use instead of folding it (the same fix made the TLB
+ *   hit path 2x faster, tlb/tlb.ts). Entry bits: P = 0x1, R/W = 0x2, U/S = 0x4, A = 0x20, D = 0x40, PS =
+ *   0x80, G = 0x100 (§4.3-4.5); XD = bit 63 = high-half
  *   0x80000000; the protection key is bits 62:59 = high-half bits 30:27. Error code (§4.7, Figure 4-12):
  *   P = 0x1, W/R = 0x2, U/S = 0x4, RSVD = 0x8, I/D = 0x10, PK = 0x20; access kinds are the same bits
  *   (ACC_WRITE = 0x2, ACC_USER = 0x4, ACC_FETCH = 0x10). Statuses: WALK_OK = 0, WALK_PAGE_FAULT = 1,
@@ -121,7 +131,7 @@ function walk32(ctx: PagingContext, mem: PhysicalMemory, lo: number, access: num
 
   let leaf = pde;
   let pa: number;
-  if (ctx.cr4Pse && (pde & 0x80) /* PS */ !== 0) {
+  if (ctx.cr4Pse && (pde & PS) !== 0) {
     const m = ctx.maxPhyAddr < 40 ? ctx.maxPhyAddr : 40;
     const rsvd = ((0x3fffff >>> (m - 19)) << (m - 19)) >>> 0; // bits 21:(M-19)
     if ((pde & rsvd) !== 0) return reservedFault(ctx, out, access, 2);
@@ -174,7 +184,7 @@ function walk4(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
   eLo[4] = elo;
   eHi[4] = ehi;
   if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 4);
-  if ((elo & 0x80) /* PS */ !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 4);
+  if ((elo & PS) !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 4);
   let acc = elo;
   let xd = ehi;
   if ((ehi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 3, tableAt(elo, ehi), rsvdHi, acc, xd);
@@ -189,7 +199,7 @@ function walk4(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
   if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 3);
   let level = 3;
   let offsetMask = 0x3fffffff; // 1 GiB
-  if ((elo & 0x80) /* PS */ !== 0) {
+  if ((elo & PS) !== 0) {
     if ((elo & 0x3fffe000) !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 3);
   } else {
     if ((ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 3);
@@ -207,7 +217,7 @@ function walk4(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
     if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 2);
     level = 2;
     offsetMask = 0x1fffff; // 2 MiB
-    if ((elo & 0x80) /* PS */ !== 0) {
+    if ((elo & PS) !== 0) {
       if ((elo & 0x001fe000) !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 2);
     } else {
       if ((ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 2);
@@ -265,7 +275,7 @@ function walk5(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
   eLo[5] = elo;
   eHi[5] = ehi;
   if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 5);
-  if ((elo & 0x80) /* PS */ !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 5);
+  if ((elo & PS) !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 5);
   let acc = elo;
   let xd = ehi;
   if ((ehi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 4, tableAt(elo, ehi), rsvdHi, acc, xd);
@@ -278,7 +288,7 @@ function walk5(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
   eLo[4] = elo;
   eHi[4] = ehi;
   if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 4);
-  if ((elo & 0x80) /* PS */ !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 4);
+  if ((elo & PS) !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 4);
   acc &= elo;
   xd |= ehi;
   if ((ehi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 3, tableAt(elo, ehi), rsvdHi, acc, xd);
@@ -293,7 +303,7 @@ function walk5(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
   if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 3);
   let level = 3;
   let offsetMask = 0x3fffffff; // 1 GiB
-  if ((elo & 0x80) /* PS */ !== 0) {
+  if ((elo & PS) !== 0) {
     if ((elo & 0x3fffe000) !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 3);
   } else {
     if ((ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 3);
@@ -311,7 +321,7 @@ function walk5(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
     if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 2);
     level = 2;
     offsetMask = 0x1fffff; // 2 MiB
-    if ((elo & 0x80) /* PS */ !== 0) {
+    if ((elo & PS) !== 0) {
       if ((elo & 0x001fe000) !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 2);
     } else {
       if ((ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 2);
@@ -379,7 +389,7 @@ function walkPae(ctx: PagingContext, mem: PhysicalMemory, lo: number, access: nu
   let xd = 0;
   let level = 2;
   let offsetMask = 0x1fffff; // 2 MiB
-  if ((elo & 0x80) /* PS */ !== 0) {
+  if ((elo & PS) !== 0) {
     if ((elo & 0x001fe000) !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 2);
   } else {
     if ((ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 2);
@@ -449,7 +459,7 @@ function walkFrom(
     if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, level);
     let rsvdLo = 0;
     let isLeaf = level === 1;
-    if ((elo & 0x80) /* PS */ !== 0) {
+    if ((elo & PS) !== 0) {
       if (level === 2) {
         isLeaf = true;
         rsvdLo = 0x001fe000; // bits 20:13
@@ -459,7 +469,7 @@ function walkFrom(
         rsvdLo = 0x3fffe000; // bits 29:13
         pageSize = 1073741824; // 1 GiB
       } else if (level >= 4) {
-        rsvdLo = 0x80; // PS is reserved in a PML4E and a PML5E
+        rsvdLo = PS; // PS is reserved in a PML4E and a PML5E
       }
       // level 1: bit 7 of a PTE is PAT, not PS
     }
@@ -507,9 +517,9 @@ function finish(
   const write = (access & 0x2) /* ACC_WRITE */ !== 0;
   const sideEffects = (flags & 1) /* WALK_SIDE_EFFECTS */ !== 0;
   // The common case needs no update: A already set on every level (and D in the leaf for a write).
-  if (sideEffects && ((acc & 0x20) /* A */ === 0 || (write && (leafLo & 0x40) /* D */ === 0))) setAccessedDirty(mem, out, fromLevel, write);
+  if (sideEffects && ((acc & ACCESSED) === 0 || (write && (leafLo & DIRTY) === 0))) setAccessedDirty(mem, out, fromLevel, write);
   // D after the walk: the leaf's, or set now by a write with side effects.
-  out.dirty = (leafLo & 0x40) /* D */ !== 0 || (sideEffects && write);
+  out.dirty = (leafLo & DIRTY) !== 0 || (sideEffects && write);
   out.status = 0; // WALK_OK
   return 0;
 }

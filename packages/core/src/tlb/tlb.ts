@@ -39,6 +39,8 @@ export const TLB_NEED: Int32Array = (() => {
 
 /** The hit path's own reference to TLB_NEED (see `Tlb.lookup`). */
 const NEED = TLB_NEED;
+/** The hit path's own copy of TLB_GLOBAL (see `Tlb.lookup`). */
+const GLOBAL = TLB_GLOBAL;
 
 /**
  * A per-vCPU TLB, direct-mapped by virtual page number, in typed arrays (SDM Vol. 3A §4.10). Entries are
@@ -82,14 +84,14 @@ export class Tlb {
    * or the entry does not grant `access`). Counts hits and misses.
    */
   lookup(va: number, access: number, pcid: number): number {
-    // Literals (4096, 0xfff, 0x80 = TLB_GLOBAL) and the unexported NEED, not the imported PAGE_SIZE or the
+    // Literals (4096, 0xfff) and the module-local NEED and GLOBAL, not the imported PAGE_SIZE or the
     // exported constants: V8 (Node 20) reads an import or an export through a module cell instead of folding
     // it, which took the hit path from ~5 to ~11 ns (bench/paging.bench.mjs).
     const vpn = Math.floor(va / 4096);
     const i = vpn & this.mask;
     const d = this.data[i]!;
     const need = NEED[access & 0x16]!;
-    if (this.tag[i] === vpn && (d & need) === need && (this.pcid[i] === pcid || (d & 0x80) !== 0)) {
+    if (this.tag[i] === vpn && (d & need) === need && (this.pcid[i] === pcid || (d & GLOBAL) !== 0)) {
       this.hits++;
       // `va & 0xfff` is the page offset for any integer va, negative ones included (ToInt32 is modulo 2^32,
       // which 4096 divides); unlike `va - vpn * 4096` it stays an int32 and keeps double arithmetic off the

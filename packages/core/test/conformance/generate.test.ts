@@ -50,7 +50,7 @@ function toJson(v: ReturnType<typeof accessCaseVector>): unknown {
 }
 
 describe('accessCaseVector', () => {
-  it('builds the issue-14 protection-key case: natively a WP=0 supervisor write to a user page with PKRU.WD completes', () => {
+  it('builds the protection-key case: natively a WP=0 supervisor write to a user page with PKRU.WD completes', () => {
     const v = accessCaseVector({
       mode: 'long4',
       maxPhyAddr: 46,

@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { runWorkload, type RunOptions, type RunResult } from '../../src/run.js';
 
 /**
- * Golden results (STYLE.md rule 10): the committed expected native result of each bundled workload, and of
+ * Golden results: the committed expected native result of each bundled workload, and of
  * each synthetic workload with small parameters, in long4, pae and legacy32. A test runs each and diffs it
  * against the file; a change to a file is a reviewed change of the guest's behaviour.
  *

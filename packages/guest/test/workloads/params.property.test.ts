@@ -5,7 +5,7 @@ import { WorkloadError, type ParamDef } from '../../src/workloads/params.js';
 import { SYNTHETIC_WORKLOADS } from '../../src/workloads/synthetic.js';
 
 /*
- * Issue 14, item 13: every workload at every parameter's minimum, maximum and random values inside its range
+ * Every workload at every parameter's minimum, maximum and random values inside its range
  * finishes, or is refused up front with the reason (a WorkloadError before the first access). A case whose
  * work is large is not run to its end: it must keep making accesses, quantum after quantum, until a budget
  * of accesses (a hang such as pt-recycle:dirs=127's, which made no progress, fails within a few quanta).
