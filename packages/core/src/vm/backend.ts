@@ -99,7 +99,7 @@ export interface NonPresentSpteEncoding {
 
 /**
  * Capability: KVM's fast page fault (arch/x86/kvm/mmu/mmu.c `fast_page_fault`): write-protect faults under
- * dirty logging fixed by an spte compare-and-swap without `mmu_lock`. Bound by mmu-shadow (direct pages).
+ * dirty logging fixed by an spte compare-and-swap without `mmu_lock`. Bound by mmu-shadow (direct pages) and mmu-tdp.
  */
 export interface FastPageFaultControl {
   /** Turns the fast path on or off for the whole VM (off by default; the `fast-page-fault` policy turns it on). */
