@@ -215,5 +215,5 @@ export {
 
 // Racing vCPUs: scenarios of threads that interleave at the MMU's points of contention, and the explorer that runs every interleaving.
 export { type RaceInstance, type RaceScenario, type RaceThread } from './race/thread.js';
-export { Harvester, type HarvestWorld, RaceHost } from './race/harvest.js';
+export { Harvester, type HarvestWorld, RaceHost, sequentialDigests } from './race/harvest.js';
 export { explore, type ExploreOptions, type ExploreResult, type RaceViolation, replaySchedule, runSequential, type ScheduleStep } from './race/explore.js';

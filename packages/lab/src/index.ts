@@ -80,4 +80,4 @@ export {
   type MigrateResult,
   type MigrateRound,
 } from './migrate.js';
-export { type ExploreDocument, exploreScenario, exploreScenarios, formatExplore } from './explore.js';
+export { type ExploreDocument, exploreScenario, exploreScenarios, type ExploreTarget, formatExplore } from './explore.js';

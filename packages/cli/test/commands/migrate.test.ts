@@ -101,6 +101,17 @@ describe('vmexit explore', () => {
     expect(d.interleavings).toBeGreaterThan(1);
   });
 
+  it('--mmu tdp --backend svm runs the TDP MMU scenarios (mmu_lock a reader-writer lock) on NPT', async () => {
+    expect(await main(['explore', '--mmu', 'tdp', '--list'])).toBe(0);
+    expect(out).not.toContain('fault-vs-pte-write');
+    out = '';
+    expect(await main(['explore', '--mmu', 'tdp', '--backend', 'svm', '--scenario', 'fast-pf-same-spte', '--preemptions', '1', '--json'])).toBe(0);
+    const d = JSON.parse(out) as Record<string, unknown>;
+    expect(d).toMatchObject({ schema: 'vmexit.explore/1', scenario: 'fast-pf-same-spte', mmu: 'tdp', backend: 'svm', violations: 0, complete: true });
+    expect(await main(['explore', '--mmu', 'tdp', '--scenario', 'fault-vs-pte-write'])).toBe(2);
+    expect(err).toContain("unknown scenario 'fault-vs-pte-write' of the tdp MMU");
+  });
+
   it('refuses an unknown scenario and a bad bound with exit 2', async () => {
     expect(await main(['explore', '--scenario', 'nope'])).toBe(2);
     expect(err).toContain("unknown scenario 'nope'");

@@ -90,3 +90,30 @@ export class Harvester implements RaceThread {
     return `stop: final harvest, copy ${n} pages`;
   }
 }
+
+/**
+ * The outcomes of the sequential runs of a scenario (its reference for "guest memory equal to a sequential
+ * run"): for every order of its threads, a fresh instance from `create` runs, at each step, the first thread of
+ * the order that can run; `digest` reads the instance's guest memory at the end. One digest per order.
+ */
+export function sequentialDigests<W extends { readonly threads: readonly RaceThread[] }>(create: () => W, digest: (w: W) => string): string[] {
+  const n = create().threads.length;
+  const out: string[] = [];
+  for (const order of permutations(n)) {
+    const w = create();
+    for (;;) {
+      const k = order.find((i) => !w.threads[i]!.done && w.threads[i]!.runnable());
+      if (k === undefined) break;
+      w.threads[k]!.step();
+    }
+    out.push(digest(w));
+  }
+  return out;
+}
+
+function permutations(n: number): number[][] {
+  if (n === 0) return [[]];
+  const out: number[][] = [];
+  for (const p of permutations(n - 1)) for (let i = 0; i <= p.length; i++) out.push([...p.slice(0, i), n - 1, ...p.slice(i)]);
+  return out;
+}
