@@ -65,6 +65,7 @@ export {
   type VariantRunOptions,
   type VariantRunOutcome,
   type VariantRunResult,
+  withPmlPolicy,
 } from './run-variant.js';
 export { InputError, RunFailure } from './errors.js';
 export { type ReportChart, reportCharts, reportHtml, type ReportInput } from './report.js';

@@ -12,6 +12,9 @@ import {
   type DirtyLog,
   type DirtyLogMmu,
   type FastPageFaultControl,
+  type CpuDirtyLogControl,
+  type PageModificationLogging,
+  type PmlLog,
   type Memslot,
   type Vcpu,
 } from '@vmexit/core';
@@ -75,13 +78,16 @@ function choosePoolBase(memory: GuestMemory, top: number): number {
  * MMIO sptes with the memslot generation, zaps with a remote flush. The guest's own page faults, CR3 loads
  * and INVLPGs never reach it: under TDP they do not exit.
  */
-export class TdpMmu extends TdpMmuState implements Mmu, DirtyLogMmu, FastPageFaultControl {
+export class TdpMmu extends TdpMmuState implements Mmu, DirtyLogMmu, FastPageFaultControl, CpuDirtyLogControl {
   readonly name = 'tdp' as const;
   private readonly options: TdpMmuOptions;
   /** Whether write-protect faults under dirty logging try the fast path first (the `fast-page-fault` policy). */
   fastPageFault: boolean;
   /** Each vCPU's fast page fault (by vCPU id). */
   readonly fastFaults: TdpFastPageFault[] = [];
+  /** The backend's PML once `enableCpuDirtyLog` turned it on, and each vCPU's log (by vCPU id). */
+  private pml: PageModificationLogging | null = null;
+  readonly pmlLogs: PmlLog[] = [];
 
   constructor(options: TdpMmuOptions = {}) {
     super();
@@ -126,6 +132,7 @@ export class TdpMmu extends TdpMmuState implements Mmu, DirtyLogMmu, FastPageFau
     this.backend.setNestedRoot(state, this.root.hpa, { levels: this.rootLevel as 4 | 5, accessedDirty: this.format.name === 'ept' });
     vcpu.setSecondStage(this.backend.createSecondStage(state, this.poolMemory, vcpu.hostMaxPhyAddr));
     this.fastFaults[vcpu.id] = new TdpFastPageFault(this, vcpu.id);
+    if (this.pml !== null) this.pmlLogs[vcpu.id] = this.pml.enablePml(state, vcpu.secondStage!);
   }
 
   /**
@@ -135,6 +142,8 @@ export class TdpMmu extends TdpMmuState implements Mmu, DirtyLogMmu, FastPageFau
   handlePageFault(vcpu: Vcpu, gpa: number, errorCode: number): ExitResolution {
     this.initiator = vcpu.id;
     const log = this.dirtyLog;
+    // vmx_handle_exit: with PML on, every VM exit first empties the vCPU's log (vmx_flush_pml_buffer).
+    if (this.pml !== null) this.flushPml(vcpu.id);
     let taken = true;
     // kvm_tdp_page_fault: the fast path first, without mmu_lock (only while some slot logs, so that it costs
     // nothing otherwise: the fault of a write-protected spte is the only one it fixes), then under the read lock.
@@ -310,5 +319,43 @@ export class TdpMmu extends TdpMmuState implements Mmu, DirtyLogMmu, FastPageFau
 
   flushRemoteTlbs(initiator: number): void {
     flushForLog(this, initiator);
+  }
+
+  // -------------------------------------------------------------------------------------------------
+  // CpuDirtyLogControl: PML (KVM vmx.c enable_pml, vmx_flush_pml_buffer, handle_pml_full)
+
+  /**
+   * Dirty logging through the processor's PML log (the `pml` policy, with the backend's PML): each vCPU's log is
+   * turned on as it attaches, and from then on dirty logging clears D flags instead of write-protecting
+   * (dirty-log.ts; KVM with `kvm_x86_ops.cpu_dirty_log_size`), so that a logged write costs no exit until a
+   * vCPU's 512 entries are full.
+   */
+  enableCpuDirtyLog(pml: PageModificationLogging): void {
+    if (this.format.name !== 'ept') throw new TdpMmuError('E_MMU_STATE', 'PML logs EPT dirty flags: the second stage is NPT (SVM has no PML)');
+    this.pml = pml;
+    this.cpuDirtyLog = true;
+    for (const v of this.host.vcpus) if (v.secondStage !== null) this.pmlLogs[v.id] = pml.enablePml(this.host.backendState!(v.id), v.secondStage);
+  }
+
+  /** KVM `vmx_flush_pml_buffer`: every gpa the vCPU's log holds is marked dirty (`kvm_vcpu_mark_page_dirty`), the index reset to 511. */
+  flushPml(vcpuId: number): number {
+    const log = this.pmlLogs[vcpuId];
+    if (log === undefined || log.index === 511) return 0;
+    const dirty = this.dirtyLog;
+    return log.drain((gpa) => dirty?.markPageDirty(Math.floor(gpa / PAGE_SIZE), vcpuId));
+  }
+
+  /** A PML-full exit (KVM `handle_pml_full`, after `vmx_handle_exit` emptied the log): resume; the access is repeated. */
+  pmlFull(vcpu: Vcpu): ExitResolution {
+    this.initiator = vcpu.id;
+    this.flushPml(vcpu.id);
+    if (this.dirtyLog !== null && this.dirtyLog.rings !== null) this.enterGuest(vcpu.id);
+    return RESUME;
+  }
+
+  /** KVM `kvm_arch_sync_dirty_log`: kick every vCPU (each exit empties its PML log) before a harvest. */
+  syncDirtyLog(): void {
+    if (this.pml === null) return;
+    for (const v of this.host.vcpus) this.flushPml(v.id);
   }
 }
