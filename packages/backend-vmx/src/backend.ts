@@ -2,6 +2,8 @@ import {
   ACC_FETCH,
   ACC_WRITE,
   EptStage,
+  PmlLog,
+  type PageModificationLogging,
   PF_VECTOR,
   PFERR_FETCH,
   PFERR_PRESENT,
@@ -45,6 +47,8 @@ import {
   INTR_TYPE_HARD_EXCEPTION,
   MSR_EFER,
   SECONDARY_EXEC_ENABLE_EPT,
+  SECONDARY_EXEC_ENABLE_PML,
+  EXIT_REASON_PML_FULL,
   VMX_EPTP_AD_ENABLE,
   VMX_EPTP_MT_WB,
   VMX_EPTP_PWL_4,
@@ -66,7 +70,7 @@ const PFERR_GUEST_PAGE = 2 ** 33;
  * Intel VMX: the exit rules of SDM Vol. 3C ch. 26 ("VMX Non-Root Operation") over a `Vmcs`, and the exit
  * information of ch. 28 ("VM Exits"). Also the `PageFaultFilter` capability (PFEC_MASK / PFEC_MATCH).
  */
-export class VmxBackend implements Backend<Vmcs>, PageFaultFilter {
+export class VmxBackend implements Backend<Vmcs>, PageFaultFilter, PageModificationLogging<Vmcs> {
   readonly name = 'vmx' as const;
 
   createState(_vcpuId: number, mmu: MmuMode): Vmcs {
@@ -175,6 +179,13 @@ export class VmxBackend implements Backend<Vmcs>, PageFaultFilter {
   nestedFaultExit(v: Vmcs, fault: WalkResult, address: number): HardwareExit {
     const gpa = fault.nestedGpa;
     v.guestPhysicalAddress = gpa;
+    if (fault.nestedPmlFull) {
+      // §29.3.6 / §28.2.1: a PML-full event is exit reason 62; the qualification is 0 here (bit 12, NMI
+      // unblocking due to IRET, is not modelled); the guest-physical address field is not defined for it.
+      v.vmExitReason = EXIT_REASON_PML_FULL;
+      v.exitQualification = 0;
+      return this.describe(v, { exitQualification: 0 });
+    }
     if (fault.nestedMisconfig) {
       v.vmExitReason = EXIT_REASON_EPT_MISCONFIG;
       v.exitQualification = 0;
@@ -289,6 +300,21 @@ export class VmxBackend implements Backend<Vmcs>, PageFaultFilter {
     if ((v.secondaryVmExecControl & SECONDARY_EXEC_ENABLE_EPT) === 0)
       throw new BackendError('E_BACKEND_STATE', 'VMX: "enable EPT" is 0 in the secondary controls: no second stage');
     return new EptStage(hostMem, v.eptPointer, { maxPhyAddr: hostMaxPhyAddr });
+  }
+
+  /**
+   * PageModificationLogging (SDM Vol. 3C §29.3.6; KVM vmx.c `init_vmcs` with `enable_pml`: SECONDARY_EXEC_ENABLE_PML,
+   * PML_ADDRESS = the page of `vmx->pml_pg`, GUEST_PML_INDEX = PML_HEAD_INDEX): the log the EPT walk of `stage`
+   * writes. PML logs the dirty flags of EPT: the EPTP must enable them (bit 6), else "enable PML" has no effect.
+   */
+  enablePml(v: Vmcs, stage: SecondStage): PmlLog {
+    if (!(stage instanceof EptStage)) throw new RangeError('VMX PML: the second stage is not an EPT walk');
+    if (!stage.accessedDirty) throw new RangeError('VMX PML needs EPT accessed and dirty flags (EPTP bit 6): none would be logged');
+    const log = v.pml ?? new PmlLog();
+    v.pml = log;
+    v.secondaryVmExecControl |= SECONDARY_EXEC_ENABLE_PML;
+    stage.pml = log;
+    return log;
   }
 
   /** PageFaultFilter: programs PFEC_MASK and PFEC_MATCH (32-bit fields). */

@@ -154,6 +154,8 @@ export const CPU_BASED_ACTIVATE_SECONDARY_CONTROLS = 1 << 31;
 
 /** Secondary processor-based VM-execution controls, SDM Vol. 3C §25.6.2 (Table 25-7). */
 export const SECONDARY_EXEC_ENABLE_EPT = 1 << 1;
+/** "Enable PML" (bit 17): page-modification logging, §29.3.6. */
+export const SECONDARY_EXEC_ENABLE_PML = 1 << 17;
 
 /** Number of CR3-target values a processor supports (SDM Vol. 3C §25.6.7; IA32_VMX_MISC[24:16], 4 on all Intel CPUs so far). */
 export const CR3_TARGET_VALUES = 4;

@@ -1,4 +1,19 @@
-import { CR0_PE, CR0_PG, CR0_WP, CR4_LA57, CR4_PAE, CR4_PCIDE, CR4_PGE, CR4_PKE, CR4_PSE, CR4_SMAP, CR4_SMEP, PF_VECTOR, type MmuMode } from '@vmexit/core';
+import {
+  CR0_PE,
+  CR0_PG,
+  CR0_WP,
+  CR4_LA57,
+  CR4_PAE,
+  CR4_PCIDE,
+  CR4_PGE,
+  CR4_PKE,
+  CR4_PSE,
+  CR4_SMAP,
+  CR4_SMEP,
+  PF_VECTOR,
+  type MmuMode,
+  type PmlLog,
+} from '@vmexit/core';
 import {
   CPU_BASED_ACTIVATE_SECONDARY_CONTROLS,
   CPU_BASED_CR3_LOAD_EXITING,
@@ -37,6 +52,11 @@ export class Vmcs {
   readonly msrWriteIntercepts = new Set<number>();
   /** The EPT pointer (§25.6.11). */
   eptPointer = 0;
+  /**
+   * The PML address (§25.6.18) and the guest PML index (§25.4.2), as the processor's log (core's `PmlLog`: its
+   * entries and index) when "enable PML" is on, else null.
+   */
+  pml: PmlLog | null = null;
 
   // VM-entry control fields (§25.8.3)
   vmEntryIntrInfoField = 0;

@@ -90,6 +90,7 @@ export { SparsePhysicalMemory } from './memory/sparse.js';
 export { type PagingContext, type SecondStage, WALK_GP, WALK_NESTED_FAULT, WALK_OK, WALK_PAGE_FAULT, WALK_SIDE_EFFECTS, WalkResult } from './paging/types.js';
 export { createPagingContext, type PagingContextInit, walk } from './paging/walker.js';
 export { type EptOptions, EptStage } from './paging/ept.js';
+export { PML_ENTRIES, PML_HEAD_INDEX, PmlLog } from './paging/pml.js';
 export { type NptOptions, NptStage } from './paging/npt.js';
 
 // The machine a guest model drives: vCPUs, guest memory and memslots, the hooks below a vCPU.
@@ -153,6 +154,8 @@ export {
   type CapabilityInfo,
   type CapabilityProvider,
   type FastPageFaultControl,
+  type PageModificationLogging,
+  type CpuDirtyLogControl,
   type MmuMode,
   type NestedRootOptions,
   type NonPresentSpteEncoding,
@@ -215,4 +218,5 @@ export {
 
 // Racing vCPUs: scenarios of threads that interleave at the MMU's points of contention, and the explorer that runs every interleaving.
 export { type RaceInstance, type RaceScenario, type RaceThread } from './race/thread.js';
+export { Harvester, type HarvestWorld, RaceHost, sequentialDigests } from './race/harvest.js';
 export { explore, type ExploreOptions, type ExploreResult, type RaceViolation, replaySchedule, runSequential, type ScheduleStep } from './race/explore.js';

@@ -65,6 +65,7 @@ export {
   type VariantRunOptions,
   type VariantRunOutcome,
   type VariantRunResult,
+  withPmlPolicy,
 } from './run-variant.js';
 export { InputError, RunFailure } from './errors.js';
 export { readReportData, type ReportChart, reportCharts, type ReportData, reportHtml, type ReportInput } from './report.js';
@@ -80,4 +81,4 @@ export {
   type MigrateResult,
   type MigrateRound,
 } from './migrate.js';
-export { type ExploreDocument, exploreScenario, exploreScenarios, formatExplore } from './explore.js';
+export { type ExploreDocument, exploreScenario, exploreScenarios, type ExploreTarget, formatExplore } from './explore.js';

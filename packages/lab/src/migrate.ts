@@ -13,7 +13,7 @@ import {
 } from '@vmexit/core';
 import { GuestConfigError, runWorkload, TraceError, WorkloadError, type Personality } from '@vmexit/guest';
 import { InputError } from './errors.js';
-import { describeVariant } from './run-variant.js';
+import { describeVariant, withPmlPolicy } from './run-variant.js';
 
 /**
  * Pre-copy live migration (as QEMU drives KVM's dirty log, and as KVM's selftest
@@ -29,9 +29,9 @@ import { describeVariant } from './run-variant.js';
  * KVM_CLEAR_DIRTY_LOG) or `ring` (KVM_CAP_DIRTY_LOG_RING: a ring per vCPU, harvested and then reset with
  * KVM_RESET_DIRTY_RINGS at each round and at each KVM_EXIT_DIRTY_RING_FULL, as QEMU's `kvm_dirty_ring_reap`).
  */
-export type DirtyLogMode = 'bitmap' | 'clear' | 'ring';
+export type DirtyLogMode = 'bitmap' | 'clear' | 'ring' | 'pml';
 /** The harvest modes `vmexit migrate --dirty-log` takes. */
-export const DIRTY_LOG_MODES: readonly DirtyLogMode[] = ['bitmap', 'clear', 'ring'];
+export const DIRTY_LOG_MODES: readonly DirtyLogMode[] = ['bitmap', 'clear', 'ring', 'pml'];
 /** The ring size of `ring` mode unless given: 4096 entries per vCPU (the value QEMU's documentation suggests for dirty-ring-size). */
 export const DEFAULT_DIRTY_RING_ENTRIES = 4096;
 
@@ -115,10 +115,12 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
   if (!(copyRate > 0) || !Number.isFinite(copyRate)) throw new InputError(`--copy-rate must be a positive number, not ${copyRate}`);
   const pageCopyCycles = o.pageCopyCycles ?? 10_000;
   if (o.variant.backend === 'none') throw new InputError('migrate needs a VM: backend none runs natively and has no dirty log');
+  // pml: KVM_GET_DIRTY_LOG harvests as bitmap does, over the processor's page-modification log (the pml policy).
+  const variant = mode === 'pml' ? withPmlPolicy(o.variant) : o.variant;
   let vm: Vm;
   try {
     vm = await createVm(
-      { ...o.variant, guest: { ...o.variant.guest, mode: o.mode, personality: o.personalities.length > 0 ? o.personalities.join(',') : 'linux' } },
+      { ...variant, guest: { ...o.variant.guest, mode: o.mode, personality: o.personalities.length > 0 ? o.personalities.join(',') : 'linux' } },
       { seed: o.seed, sources: o.sources },
     );
   } catch (e) {
@@ -239,7 +241,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
       seed: o.seed,
       personalities: o.personalities,
       machine: vm.machine,
-      variant: describeVariant(o.variant),
+      variant: describeVariant(variant),
       onProgress: (n) => {
         lastAccesses = n;
         onQuantum(n);
@@ -273,7 +275,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
   const pagesSent = rounds.reduce((a, r) => a + r.pagesSent, 0);
   return {
     schema: 'vmexit.migrate/1',
-    variant: describeVariant(o.variant),
+    variant: describeVariant(variant),
     workload: o.workload,
     mode: o.mode,
     seed: o.seed,

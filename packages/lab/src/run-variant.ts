@@ -58,9 +58,24 @@ export interface VariantRunOutcome {
   readonly vm: Vm | null;
 }
 
+/**
+ * `variant` with the `pml` policy (page-modification logging) composed, when it is not already: what
+ * `vmexit migrate --dirty-log pml` and `dirty-log-test:harvest=pml` run on, so that a backend or MMU without PML
+ * is refused at composition, naming the capability it lacks.
+ */
+export function withPmlPolicy(variant: Variant): Variant {
+  if (variant.policies.some((p) => p.use === 'pml')) return variant;
+  return { ...variant, policies: [...variant.policies, { use: 'pml', options: {} }] };
+}
+
+/** Whether a workload spec is dirty-log-test harvested with PML (`dirty-log-test:...harvest=pml...`). */
+function harvestsWithPml(workload: string): boolean {
+  return /^dirty-log-test:(.*,)?harvest=pml(,|$)/.test(workload);
+}
+
 /** The VM of a variant with a backend (bad input becomes an InputError), with the MMU's audit after every exit under `--audit`. */
 async function composeVariantVm(o: VariantRunOptions): Promise<Vm> {
-  const v = o.variant;
+  const v = harvestsWithPml(o.workload) ? withPmlPolicy(o.variant) : o.variant;
   let vm: Vm;
   try {
     vm = await createVm(
@@ -86,7 +101,7 @@ async function composeVariantVm(o: VariantRunOptions): Promise<Vm> {
  * run; modelled cycles price them under the variant's cost model. Bad input becomes an InputError (exit 2).
  */
 export async function runOnVariant(o: VariantRunOptions): Promise<VariantRunOutcome> {
-  const v = o.variant;
+  const v = harvestsWithPml(o.workload) ? withPmlPolicy(o.variant) : o.variant;
   checkModeMemory(o.mode, v.memory);
   const vm = v.backend === 'none' ? null : await composeVariantVm(o);
   let outcome: RunOutcome;

@@ -20,9 +20,9 @@ import {
   WALK_SIDE_EFFECTS,
   WalkResult,
   walk,
-  type MmuDecisionOf,
-  type MmuEvent,
-  type MmuHost,
+  Harvester,
+  RaceHost,
+  type HarvestWorld,
   type RaceInstance,
   type RaceScenario,
   type RaceThread,
@@ -32,7 +32,6 @@ import {
   FAST_FIXED,
   FAST_MORE,
   FAST_SPURIOUS,
-  GetDirtyLogOp,
   HOST_THREAD,
   pageFaultCanBeFast,
   ResetDirtyRingsOp,
@@ -94,17 +93,6 @@ export interface RaceMutation extends FastFaultMutation {
 
 /** The ring size of the ring scenarios: KVM's smallest (one 4 KiB page of 16-byte entries). */
 const RING_ENTRIES = 256;
-
-class RaceHost implements MmuHost {
-  readonly counters = new Map<string, number>();
-  constructor(readonly vcpus: readonly Vcpu[]) {}
-  count(_vcpuId: number, name: string, n = 1): void {
-    this.counters.set(name, (this.counters.get(name) ?? 0) + n);
-  }
-  decide<E extends MmuEvent>(_event: E, fallback: MmuDecisionOf<E>): MmuDecisionOf<E> {
-    return fallback;
-  }
-}
 
 interface GuestWrite {
   readonly va: number;
@@ -200,51 +188,6 @@ class VcpuWriter implements RaceThread {
   private next(): void {
     if (++this.i >= this.writes.length) this.phase = V_DONE;
     else this.phase = V_ACCESS;
-  }
-}
-
-/**
- * The host's migration thread: `rounds` harvests (KVM_GET_DIRTY_LOG, then a copy of the reported pages to the
- * destination), then, once every vCPU is done (the guest is stopped), the invariant check and the final
- * harvest and copy.
- */
-class Harvester implements RaceThread {
-  readonly name = 'harvest';
-  private op: GetDirtyLogOp | null = null;
-  private round = 0;
-  private finished = false;
-
-  constructor(
-    private readonly w: RaceWorld,
-    private readonly rounds: number,
-  ) {}
-
-  get done(): boolean {
-    return this.finished;
-  }
-
-  runnable(): boolean {
-    if (this.round < this.rounds) return this.op === null || this.op.runnable();
-    return this.w.threads.every((t) => t === this || t.done);
-  }
-
-  step(): string {
-    const w = this.w;
-    if (this.round < this.rounds) {
-      if (this.op === null) this.op = new GetDirtyLogOp(w.log, 0, HOST_THREAD, w.mutation.harvestWithoutFlush === true);
-      if (!this.op.done) return `get_dirty_log: ${this.op.step()}`;
-      const n = w.copy(this.op.result);
-      this.op = null;
-      this.round++;
-      return `copy ${n} dirty pages`;
-    }
-    // The guest is stopped: the writable-spte invariant, then the final harvest and copy.
-    w.checkWritableSptes();
-    const op = new GetDirtyLogOp(w.log, 0, HOST_THREAD);
-    while (!op.done) op.step();
-    const n = w.copy(op.result);
-    this.finished = true;
-    return `stop: final harvest, copy ${n} pages`;
   }
 }
 
@@ -406,7 +349,7 @@ class PteWriter implements RaceThread {
 }
 
 /** One instance of a scenario: the machine, the MMU with its dirty log, the destination's memory, and the threads. */
-class RaceWorld implements RaceInstance {
+class RaceWorld implements RaceInstance, HarvestWorld {
   readonly machine: Machine;
   readonly mmu: ShadowMmu;
   readonly log: DirtyLog;
@@ -461,6 +404,11 @@ class RaceWorld implements RaceInstance {
   }
 
   private readonly lockBase: number[];
+
+  /** The broken harvester of the explorer's tests (core's `Harvester` reads it). */
+  get harvestWithoutFlush(): boolean {
+    return this.mutation.harvestWithoutFlush === true;
+  }
 
   get host(): RaceHost {
     return this.mmu.host as RaceHost;

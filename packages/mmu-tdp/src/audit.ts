@@ -25,7 +25,8 @@ export interface TdpAuditOptions {
  * - Every present leaf maps its own gfn (host-physical addresses of guest RAM are guest-physical: so a
  *   present leaf never changes to another frame, whatever happened in between), its whole range lies in one
  *   memslot, with rights no wider than the slot's (no write to read-only RAM), no larger than the host
- *   backing allows; its bits are `make_spte`'s but for the accessed and dirty flags the hardware sets.
+ *   backing allows; its bits are `make_spte`'s but for the accessed and dirty flags the hardware sets and a W
+ *   that dirty logging cleared (MMU-writable kept).
  * - A non-present spte is zero or an MMIO spte: at 4 KiB, for the gfn of its position, which no memslot
  *   holds, with a generation not newer than the MMU's.
  * - The counts (pages in use, leaves per level, MMIO sptes) match the tables. Counted on a full audit; an
@@ -85,7 +86,9 @@ export function auditTdpMmu(s: TdpMmuState, options: TdpAuditOptions = {}): void
         const slot = slotOfRange(s, gfn, SPAN[level]!);
         if (slot === null) fail(`${where}: a leaf whose range is not inside one memslot`);
         makeLeafSpte(want, gfn, ACC_ALL, !slot!.readonly, !slot!.readonly, 0, s.format, level);
-        const hw = s.format.accessedLo | s.format.dirtyLo;
+        // The A/D flags are the hardware's (and the dirty log's under PML); W may be clear where dirty logging
+        // write-protected the leaf, MMU-writable kept (kvm_tdp_mmu_wrprot_slot), for the fast page fault to restore.
+        const hw = s.format.accessedLo | s.format.dirtyLo | (slot!.readonly ? 0 : s.format.writableLo);
         if ((want.lo | hw) !== (lo | hw) || want.hi !== hi) {
           fail(
             `${where}: not the spte of its gfn with the memslot's rights (${slot!.readonly ? 'read-only' : 'writable'}): expected ${hexHiLo(want.hi, want.lo)}`,

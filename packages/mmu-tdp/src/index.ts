@@ -10,6 +10,8 @@ export { default } from './module.js';
 export { TdpMmu, type TdpMmuOptions } from './mmu.js';
 export { TdpMmuState, hostPageLevel, type HostPages } from './state.js';
 export { TdpPage } from './page.js';
+export { TdpFastPageFault, type TdpFastFaultMutation } from './fast-fault.js';
+export { TDP_RACE_SCENARIOS, tdpRaceScenario, type TdpRaceMutation } from './race.js';
 export { TdpMmuError } from './errors.js';
 export { auditTdpMmu, type TdpAuditOptions } from './audit.js';
 export { isMmioSpte, isPresentSpte, mmioSpteGeneration, mmioSpteGfn, MMIO_GEN_MASK } from './mmio.js';

@@ -38,6 +38,8 @@ function link(s: TdpMmuState, loc: number, child: TdpPage): void {
  * one leaf never maps a gfn outside the memslot or with other rights.
  */
 export function mappingLevel(s: TdpMmuState, gfn: number, slot: Memslot): number {
+  // kvm_mmu_hugepage_adjust: "if (kvm_slot_dirty_track_enabled(slot)) return;" a logged slot is mapped at 4 KiB.
+  if (s.dirtyLog !== null && s.dirtyLog.loggingSlots > 0 && s.dirtyLog.isLogging(slot)) return 1;
   for (let level = s.maxLeafLevel; level > 1; level--) {
     const span = SPAN[level]!;
     const base = Math.floor(gfn / span) * span;
@@ -78,19 +80,29 @@ export function tdpMap(s: TdpMmuState, gfn: number, slot: Memslot, goal: number)
 
 /** KVM `tdp_mmu_map_handle_target_level`. */
 function mapTarget(s: TdpMmuState, loc: number, level: number, gfn: number, slot: Memslot, lo: number, hi: number): number {
-  if (isPresentSpte(lo)) {
-    // A leaf for this gfn is there already: the fault was spurious (another vCPU mapped it, or the TLB
-    // held a stale translation). A page table where the leaf belongs is replaced by the huge leaf, its
-    // pages freed after a flush (handle_changed_spte -> handle_removed_pt).
-    if (isLeaf(lo, level)) return MAP_SPURIOUS;
-    removeSubtree(s, childOf(s, lo, hi));
-  } else if (isMmioSpte(lo, hi)) s.mmioSptes--; // stale generation (handle_mmio_page_fault -> RET_PF_INVALID)
   const span = SPAN[level]!;
   const base = Math.floor(gfn / span) * span;
   const w = !slot.readonly;
   makeLeafSpte(s.scratch, base, ACC_ALL, w, w, 0, s.format, level);
+  let added = true;
+  if (isPresentSpte(lo)) {
+    if (isLeaf(lo, level)) {
+      // A leaf for this gfn is there already: "if (new_spte == iter->old_spte) ret = RET_PF_SPURIOUS" (another
+      // vCPU mapped it, or the TLB held a stale translation; the A/D flags the hardware set do not count).
+      // Otherwise it was write-protected for dirty logging and make_spte's writable spte replaces it.
+      const hw = s.format.accessedLo | s.format.dirtyLo;
+      if ((s.scratch.lo | hw) === (lo | hw) && s.scratch.hi === hi) return MAP_SPURIOUS;
+      added = false;
+    } else {
+      // A page table where the leaf belongs is replaced by the huge leaf, its pages freed after a flush
+      // (handle_changed_spte -> handle_removed_pt).
+      removeSubtree(s, childOf(s, lo, hi));
+    }
+  } else if (isMmioSpte(lo, hi)) s.mmioSptes--; // stale generation (handle_mmio_page_fault -> RET_PF_INVALID)
   s.setSpte(loc, s.scratch.lo, s.scratch.hi);
-  addLeaf(s, level);
+  if (added) addLeaf(s, level);
+  // make_spte: "if ((spte & PT_WRITABLE_MASK) && kvm_slot_dirty_track_enabled(slot)) mark_page_dirty_in_slot()".
+  if (w && s.dirtyLog !== null) s.dirtyLog.markPageDirty(base, s.initiator);
   return MAP_FIXED;
 }
 

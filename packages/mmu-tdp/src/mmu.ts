@@ -9,10 +9,31 @@ import {
   type ExitResolution,
   EMULATE,
   RESUME,
+  type DirtyLog,
+  type DirtyLogMmu,
+  type FastPageFaultControl,
+  type CpuDirtyLogControl,
+  type PageModificationLogging,
+  type PmlLog,
+  type Memslot,
   type Vcpu,
 } from '@vmexit/core';
-import { createPageCache, POOL_BASE, ROLE_DIRECT, rootRoleOf, SPTE_FORMAT_EPT, SPTE_FORMAT_NPT, SptePoolMemory } from '@vmexit/core/mmu';
+import {
+  createPageCache,
+  FAST_FIXED,
+  FAST_SPURIOUS,
+  HOST_THREAD,
+  pageFaultCanBeFast,
+  POOL_BASE,
+  ROLE_DIRECT,
+  rootRoleOf,
+  SPTE_FORMAT_EPT,
+  SPTE_FORMAT_NPT,
+  SptePoolMemory,
+} from '@vmexit/core/mmu';
 import { auditTdpMmu } from './audit.js';
+import { flushForLog, markGpaDirty, slotRemoveWriteAccess, writeProtectMasked } from './dirty-log.js';
+import { TdpFastPageFault } from './fast-fault.js';
 import { TdpMmuError } from './errors.js';
 import { leafLoc, MAP_SPURIOUS, mapMmio, mappingLevel, newPage, splitHugePages, tdpMap } from './map.js';
 import { isMmioSpte, MMIO_GEN_MASK, mmioSpteGeneration, mmioValue } from './mmio.js';
@@ -23,6 +44,8 @@ import { finish, memslotChanged, SPAN, zapAll, zapLeafs } from './zap.js';
 export interface TdpMmuOptions {
   /** The host page size backing guest RAM (`--host-pages`): the largest leaf the MMU builds. Default '4k'. */
   readonly hostPages?: HostPages;
+  /** KVM's fast page fault (fast-fault.ts); default off (the `fast-page-fault` policy turns it on). */
+  readonly fastPageFault?: boolean;
 }
 
 /** Frames the pool starts with (it doubles when full: the TDP MMU has no page budget). */
@@ -55,12 +78,20 @@ function choosePoolBase(memory: GuestMemory, top: number): number {
  * MMIO sptes with the memslot generation, zaps with a remote flush. The guest's own page faults, CR3 loads
  * and INVLPGs never reach it: under TDP they do not exit.
  */
-export class TdpMmu extends TdpMmuState implements Mmu {
+export class TdpMmu extends TdpMmuState implements Mmu, DirtyLogMmu, FastPageFaultControl, CpuDirtyLogControl {
   readonly name = 'tdp' as const;
   private readonly options: TdpMmuOptions;
+  /** Whether write-protect faults under dirty logging try the fast path first (the `fast-page-fault` policy). */
+  fastPageFault: boolean;
+  /** Each vCPU's fast page fault (by vCPU id). */
+  readonly fastFaults: TdpFastPageFault[] = [];
+  /** The backend's PML once `enableCpuDirtyLog` turned it on, and each vCPU's log (by vCPU id). */
+  private pml: PageModificationLogging | null = null;
+  readonly pmlLogs: PmlLog[] = [];
 
   constructor(options: TdpMmuOptions = {}) {
     super();
+    this.fastPageFault = options.fastPageFault === true;
     const hp = options.hostPages ?? '4k';
     if (hp !== '4k' && hp !== '2m' && hp !== '1g') throw new TdpMmuError('E_MMU_OPTION', `hostPages must be '4k', '2m' or '1g', not '${String(hp)}'`);
     this.options = options;
@@ -100,6 +131,8 @@ export class TdpMmu extends TdpMmuState implements Mmu {
     const state = this.host.backendState!(vcpu.id);
     this.backend.setNestedRoot(state, this.root.hpa, { levels: this.rootLevel as 4 | 5, accessedDirty: this.format.name === 'ept' });
     vcpu.setSecondStage(this.backend.createSecondStage(state, this.poolMemory, vcpu.hostMaxPhyAddr));
+    this.fastFaults[vcpu.id] = new TdpFastPageFault(this, vcpu.id);
+    if (this.pml !== null) this.pmlLogs[vcpu.id] = this.pml.enablePml(state, vcpu.secondStage!);
   }
 
   /**
@@ -107,6 +140,40 @@ export class TdpMmu extends TdpMmuState implements Mmu {
    * for PFERR_RSVD, else `kvm_tdp_page_fault`); `errorCode` is KVM's 64-bit form from the backend.
    */
   handlePageFault(vcpu: Vcpu, gpa: number, errorCode: number): ExitResolution {
+    this.initiator = vcpu.id;
+    const log = this.dirtyLog;
+    // vmx_handle_exit: with PML on, every VM exit first empties the vCPU's log (vmx_flush_pml_buffer).
+    if (this.pml !== null) this.flushPml(vcpu.id);
+    let taken = true;
+    // kvm_tdp_page_fault: the fast path first, without mmu_lock (only while some slot logs, so that it costs
+    // nothing otherwise: the fault of a write-protected spte is the only one it fixes), then under the read lock.
+    if (this.fastPageFault && log !== null && log.loggingSlots > 0 && pageFaultCanBeFast(errorCode) && gpa < 2 ** vcpu.ctx.maxPhyAddr) {
+      this.host.count(vcpu.id, 'pf_taken'); // kvm_mmu_do_page_fault counts every fault it handles, fast or not
+      taken = false;
+      const r = this.fastFaults[vcpu.id]!.run(gpa, errorCode);
+      if (r === FAST_FIXED || r === FAST_SPURIOUS) {
+        if (log.rings !== null) this.enterGuest(vcpu.id);
+        return RESUME;
+      }
+    }
+    this.mmuLock.acquireRead(vcpu.id);
+    if (log !== null) this.host.count(vcpu.id, 'mmu_lock.acquired');
+    let res: ExitResolution;
+    try {
+      res = this.pageFaultLocked(vcpu, gpa, errorCode, taken);
+    } finally {
+      this.mmuLock.releaseRead(vcpu.id);
+    }
+    if (log !== null && log.rings !== null) this.enterGuest(vcpu.id);
+    return res;
+  }
+
+  /**
+   * The fault under `mmu_lock` held for read (KVM `kvm_tdp_page_fault` past the fast path, with
+   * `handle_mmio_page_fault` for PFERR_RSVD): the race scenarios step it between taking and dropping the lock.
+   * `countTaken` false: the fast path already counted `pf_taken`.
+   */
+  pageFaultLocked(vcpu: Vcpu, gpa: number, errorCode: number, countTaken = true): ExitResolution {
     this.initiator = vcpu.id;
     if (gpa >= 2 ** vcpu.ctx.maxPhyAddr) {
       // A gpa the guest's MAXPHYADDR makes illegal (its tables set bits the host's MAXPHYADDR allows but the
@@ -128,7 +195,7 @@ export class TdpMmu extends TdpMmuState implements Mmu {
       }
       if (mmioSpteGeneration(lo, hi) === (this.generation & MMIO_GEN_MASK)) return { kind: 'userspace', reason: 'mmio', gpa };
     }
-    this.host.count(vcpu.id, 'pf_taken');
+    if (countTaken) this.host.count(vcpu.id, 'pf_taken');
     const slot = this.memory.slotForGfn(gfn);
     if (slot === null) {
       // kvm_handle_noslot_fault: cache an MMIO spte when MMIO caching is on and the gfn fits the tables and
@@ -152,8 +219,25 @@ export class TdpMmu extends TdpMmuState implements Mmu {
     return RESUME;
   }
 
-  /** KVM `kvm_mmu_track_write` returns at once without indirect (shadow) pages: nothing is write-tracked under TDP. */
-  trackWrite(): void {}
+  /**
+   * An emulated store (`emulator_write_phys` -> `kvm_vcpu_write_guest`): the page is marked dirty
+   * (`mark_page_dirty`); KVM `kvm_mmu_track_write` then returns at once without indirect (shadow) pages:
+   * nothing is write-tracked under TDP.
+   */
+  trackWrite(vcpu: Vcpu, gpa: number): void {
+    if (this.dirtyLog === null) return;
+    markGpaDirty(this, gpa, vcpu.id);
+    if (this.dirtyLog.rings !== null) this.enterGuest(vcpu.id);
+  }
+
+  /**
+   * Before the guest runs again after an exit that may have pushed to the vCPU's dirty ring (KVM
+   * `vcpu_enter_guest` -> `kvm_dirty_ring_check_request`): a soft-full ring exits to user space
+   * (KVM_EXIT_DIRTY_RING_FULL), counted as `dirty_ring_full_exits` as on the shadow MMU.
+   */
+  private enterGuest(id: number): void {
+    if (this.dirtyLog!.enterGuest(id)) this.host.count(id, 'dirty_ring_full_exits');
+  }
 
   /** The TDP root does not depend on the guest's CR0/CR3/CR4/EFER (kvm_calc_tdp_mmu_root_page_role): nothing to do. */
   crWritten(): void {}
@@ -182,26 +266,96 @@ export class TdpMmu extends TdpMmuState implements Mmu {
    * every MMIO spte is stale from now on.
    */
   memslotChanged(baseGfn: number, pages: number): void {
+    this.mmuLock.acquire(HOST_THREAD); // KVM_SET_USER_MEMORY_REGION: write_lock(&kvm->mmu_lock)
     memslotChanged(this, baseGfn, pages);
     finish(this);
+    this.mmuLock.release(HOST_THREAD);
   }
 
-  /** KVM `kvm_tdp_mmu_zap_leafs`: zaps the leaves mapping gfns in [start, end) and flushes. */
+  /** KVM `kvm_tdp_mmu_zap_leafs`: zaps the leaves mapping gfns in [start, end) and flushes, under `mmu_lock` held for write. */
   zapGfnRange(start: number, end: number): boolean {
+    this.mmuLock.acquire(HOST_THREAD);
     const z = zapLeafs(this, start, end);
     finish(this);
+    this.mmuLock.release(HOST_THREAD);
     return z;
   }
 
-  /** KVM `kvm_tdp_mmu_zap_all`: frees every page below the root and flushes. */
+  /** KVM `kvm_tdp_mmu_zap_all`: frees every page below the root and flushes, under `mmu_lock` held for write. */
   zapAll(): void {
+    this.mmuLock.acquire(HOST_THREAD);
     zapAll(this);
     finish(this);
+    this.mmuLock.release(HOST_THREAD);
   }
 
   /** KVM `kvm_tdp_mmu_try_split_huge_pages` (eager page splitting): huge leaves over [start, end) become 4 KiB ones. */
   splitHugePages(start: number, end: number): void {
     splitHugePages(this, start, end);
     finish(this);
+  }
+
+  // -------------------------------------------------------------------------------------------------
+  // FastPageFaultControl and DirtyLogMmu (fast-fault.ts, dirty-log.ts)
+
+  /** FastPageFaultControl: the `fast-page-fault` policy turns the fast path on. */
+  setFastPageFault(on: boolean): void {
+    this.fastPageFault = on;
+  }
+
+  /** Binds the VM's dirty log: this MMU write-protects for it and marks the pages it makes writable. */
+  attachDirtyLog(log: DirtyLog): void {
+    this.dirtyLog = log;
+    log.attach(this);
+  }
+
+  slotRemoveWriteAccess(slot: Memslot): boolean {
+    return slotRemoveWriteAccess(this, slot);
+  }
+
+  writeProtectMasked(slot: Memslot, offset: number, mask: number): boolean {
+    return writeProtectMasked(this, slot, offset, mask);
+  }
+
+  flushRemoteTlbs(initiator: number): void {
+    flushForLog(this, initiator);
+  }
+
+  // -------------------------------------------------------------------------------------------------
+  // CpuDirtyLogControl: PML (KVM vmx.c enable_pml, vmx_flush_pml_buffer, handle_pml_full)
+
+  /**
+   * Dirty logging through the processor's PML log (the `pml` policy, with the backend's PML): each vCPU's log is
+   * turned on as it attaches, and from then on dirty logging clears D flags instead of write-protecting
+   * (dirty-log.ts; KVM with `kvm_x86_ops.cpu_dirty_log_size`), so that a logged write costs no exit until a
+   * vCPU's 512 entries are full.
+   */
+  enableCpuDirtyLog(pml: PageModificationLogging): void {
+    if (this.format.name !== 'ept') throw new TdpMmuError('E_MMU_STATE', 'PML logs EPT dirty flags: the second stage is NPT (SVM has no PML)');
+    this.pml = pml;
+    this.cpuDirtyLog = true;
+    for (const v of this.host.vcpus) if (v.secondStage !== null) this.pmlLogs[v.id] = pml.enablePml(this.host.backendState!(v.id), v.secondStage);
+  }
+
+  /** KVM `vmx_flush_pml_buffer`: every gpa the vCPU's log holds is marked dirty (`kvm_vcpu_mark_page_dirty`), the index reset to 511. */
+  flushPml(vcpuId: number): number {
+    const log = this.pmlLogs[vcpuId];
+    if (log === undefined || log.index === 511) return 0;
+    const dirty = this.dirtyLog;
+    return log.drain((gpa) => dirty?.markPageDirty(Math.floor(gpa / PAGE_SIZE), vcpuId));
+  }
+
+  /** A PML-full exit (KVM `handle_pml_full`, after `vmx_handle_exit` emptied the log): resume; the access is repeated. */
+  pmlFull(vcpu: Vcpu): ExitResolution {
+    this.initiator = vcpu.id;
+    this.flushPml(vcpu.id);
+    if (this.dirtyLog !== null && this.dirtyLog.rings !== null) this.enterGuest(vcpu.id);
+    return RESUME;
+  }
+
+  /** KVM `kvm_arch_sync_dirty_log`: kick every vCPU (each exit empties its PML log) before a harvest. */
+  syncDirtyLog(): void {
+    if (this.pml === null) return;
+    for (const v of this.host.vcpus) this.flushPml(v.id);
   }
 }

@@ -1,5 +1,5 @@
-import { type Backend, type GuestMemory, type MmuHost } from '@vmexit/core';
-import { SptePoolMemory, SpteHalves, type PageCache, type SpteFormat, type SptePool } from '@vmexit/core/mmu';
+import { type Backend, type DirtyLog, type GuestMemory, type MmuHost } from '@vmexit/core';
+import { MmuRwLock, SptePoolMemory, SpteHalves, type PageCache, type SpteFormat, type SptePool } from '@vmexit/core/mmu';
 import type { TdpPage } from './page.js';
 
 /** Host page sizes that may back guest RAM (`--host-pages`): the largest TDP leaf the MMU may build. */
@@ -60,6 +60,15 @@ export class TdpMmuState implements PageCache<TdpPage> {
   readonly scratch = new SpteHalves();
   /** Frames whose sptes the MMU changed since the audit last ran (the audit re-reads only those). */
   readonly changedFrames = new Set<number>();
+  /** KVM's `mmu_lock`, a reader-writer lock for the TDP MMU: faults take it for read, zaps and the dirty-log ioctls for write. */
+  readonly mmuLock = new MmuRwLock();
+  /** The VM's dirty log once attached (`attachDirtyLog`), or null. */
+  dirtyLog: DirtyLog | null = null;
+  /**
+   * The CPU logs dirty pages itself (PML on VMX, KVM `kvm_x86_ops.cpu_dirty_log_size`): dirty logging clears
+   * the D flags of 4 KiB leaves instead of write-protecting them (dirty-log.ts).
+   */
+  cpuDirtyLog = false;
 
   /** Writes spte `loc` (and notes its frame for the audit). */
   setSpte(loc: number, lo: number, hi: number): void {

@@ -12,12 +12,14 @@ export type FastPageFaultOptions = z.output<typeof fastPageFaultOptions>;
  * P|W on an spte write-protected only for dirty logging (MMU-writable set) is fixed by a compare-and-swap of
  * the spte outside `mmu_lock`, and the page marked dirty; a fault on an spte that already allows the write is
  * spurious and returns at once. The MMU does the work (mmu-shadow fast-fault.ts, on direct shadow pages: an
- * indirect spte's gfn is not stable); this policy turns it on. It changes nothing while no memslot logs dirty
+ * indirect spte's gfn is not stable; mmu-tdp fast-fault.ts, on every TDP leaf, with the TDP MMU's lockless
+ * walk); this policy turns it on. It changes nothing while no memslot logs dirty
  * pages (`vmexit migrate`, the `dirty-log-test` workload).
  *
  * @example
  * // vmexit.config.json
  * { "backend": "vmx", "mmu": "shadow", "policies": [{ "use": "fast-page-fault" }] }
+ * // or on TDP: { "backend": "svm", "mmu": "tdp", "policies": [{ "use": "fast-page-fault" }] }
  */
 export const fastPageFault: FaultPolicy<FastPageFaultOptions> = {
   name: 'fast-page-fault',

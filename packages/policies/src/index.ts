@@ -11,6 +11,7 @@ export { misalignedWrite, misalignedWriteOptions, type MisalignedWriteOptions } 
 export { prefetch, prefetchOptions, type PrefetchOptions } from './prefetch.js';
 export { userWriteHint, userWriteHintOptions, type UserWriteHintOptions } from './user-write-hint.js';
 export { fastPageFault, fastPageFaultOptions, type FastPageFaultOptions } from './fast-page-fault.js';
+export { pml, pmlOptions, type PmlOptions } from './pml.js';
 export { errorCodeMatches, type SplitCondition, type SplitOptions, splitPolicy, type SplitPolicyConfig } from './split-policy.js';
 export { BUILT_IN_POLICIES, policiesModule } from './module.js';
 export { default } from './module.js';

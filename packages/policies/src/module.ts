@@ -3,6 +3,7 @@ import { ContainerModule } from 'inversify';
 import { bypassGuestPf } from './bypass-guest-pf.js';
 import { fastPageFault } from './fast-page-fault.js';
 import { misalignedWrite } from './misaligned-write.js';
+import { pml } from './pml.js';
 import { prefetch } from './prefetch.js';
 import { pteUpdate } from './pte-update.js';
 import { unsync } from './unsync.js';
@@ -19,6 +20,7 @@ export const BUILT_IN_POLICIES: readonly FaultPolicy<unknown>[] = [
   prefetch,
   userWriteHint,
   fastPageFault,
+  pml,
 ] as readonly unknown[] as readonly FaultPolicy<unknown>[];
 
 /** Multi-binds every built-in policy to `TYPES.FaultPolicy`; a variant then names them in `policies[].use`. */

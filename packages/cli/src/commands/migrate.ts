@@ -24,7 +24,7 @@ function integer(text: string, option: string, min: number, max: number): number
 }
 
 /**
- * `vmexit migrate --workload W [variant flags] [--dirty-log bitmap|clear|ring] [--dirty-ring-size N] [--max-rounds N] [--stop-pages N]
+ * `vmexit migrate --workload W [variant flags] [--dirty-log bitmap|clear|ring|pml] [--dirty-ring-size N] [--max-rounds N] [--stop-pages N]
  * [--copy-rate R] [--json]`: pre-copy live migration of the source VM running the workload (lab `migrate`).
  * Prints a table per round (dirty pages, pages sent, exits, fast fixes, lock acquisitions), the modelled copy
  * time and downtime, and the two digests; a mismatch (a dirty page lost) exits 1.
@@ -50,7 +50,7 @@ export function registerMigrate(program: Command): void {
     if (!(PAGING_MODE_NAMES as readonly string[]).includes(flags.mode))
       throw new InputError(`--mode: unknown paging mode '${flags.mode}' (expected ${PAGING_MODE_NAMES.join(', ')})`);
     if (!(DIRTY_LOG_MODES as readonly string[]).includes(flags.dirtyLog))
-      throw new InputError(`--dirty-log: unknown mode '${flags.dirtyLog}' (expected ${DIRTY_LOG_MODES.join(', ')}; pml is not built yet)`);
+      throw new InputError(`--dirty-log: unknown mode '${flags.dirtyLog}' (expected ${DIRTY_LOG_MODES.join(', ')})`);
     const seed = integer(flags.seed, '--seed', 0, 0xffffffff);
     const ringEntries = integer(flags.dirtyRingSize, '--dirty-ring-size', 1, 2 ** 31);
     const maxRounds = integer(flags.maxRounds, '--max-rounds', 0, 10_000);

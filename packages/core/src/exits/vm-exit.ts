@@ -81,6 +81,11 @@ export interface NestedFaultExit extends ExitBase {
   readonly access: number;
   /** PFERR bits of the fault, plus 2^32 (final translation) or 2^33 (guest page-table access), as KVM's. */
   readonly errorCode: number;
+  /**
+   * Set on a PML-full exit (VMX exit reason 62, SDM Vol. 3C §29.3.6): not a fault but the processor's full
+   * page-modification log; `gpa` is the address it could not log, `errorCode` 0.
+   */
+  readonly pmlFull?: boolean;
 }
 
 /** An access that reached a guest-physical address with no RAM (or a write to read-only RAM). */
@@ -110,6 +115,7 @@ export function describeExit(exit: VmExit): string {
     case 'invlpg':
       return `${head}: INVLPG ${hex(exit.va)}`;
     case 'nested-fault':
+      if (exit.pmlFull === true) return `${head}: page-modification log full at gpa ${hex(exit.gpa)}, address ${hex(exit.address)}`;
       return `${head}: second-stage fault at gpa ${hex(exit.gpa)}, error code ${hex(exit.errorCode)}, address ${hex(exit.address)}`;
     case 'mmio':
       return `${head}: MMIO at gpa ${hex(exit.gpa)}, address ${hex(exit.address)}`;

@@ -16,7 +16,7 @@ import { DirtyRing, DirtyRingError, KVM_DIRTY_RING_RSVD_ENTRIES, ResetDirtyRings
 /** The host's thread id for `mmu_lock` (vCPUs are 0..n-1): the thread that runs the dirty-log ioctls. */
 export const HOST_THREAD = -2;
 
-/** What an MMU does for dirty logging. The shadow MMU implements it; the TDP MMU can bind the same capability. */
+/** What an MMU does for dirty logging. The shadow MMU and the TDP MMU implement it (the `DirtyLogMmu` capability). */
 export interface DirtyLogMmu {
   /** Binds the VM's dirty log: the MMU marks the pages it makes writable, and calls `log.attach(this)`. */
   attachDirtyLog(log: DirtyLog): void;
@@ -35,6 +35,16 @@ export interface DirtyLogMmu {
   writeProtectMasked(slot: Memslot, offset: number, mask: number): boolean;
   /** KVM `kvm_flush_remote_tlbs_memslot`: every vCPU's TLB, on behalf of `initiator` (a vCPU id or HOST_THREAD). */
   flushRemoteTlbs(initiator: number): void;
+  /**
+   * Whether the processor logs dirty pages itself (PML: KVM `kvm_x86_ops.cpu_dirty_log_size`): then the MMU
+   * clears dirty flags where it would write-protect, and `syncDirtyLog` empties the processor's logs.
+   */
+  readonly cpuDirtyLog?: boolean;
+  /**
+   * KVM `kvm_arch_sync_dirty_log`: before a harvest, every vCPU is kicked out of the guest, and each exit empties
+   * its PML log into the dirty log (`vmx_flush_pml_buffer`). Absent (or a no-op) without PML.
+   */
+  syncDirtyLog?(): void;
 }
 
 /** How one memslot's dirty log is kept (`DirtyLog.enable`): KVM's capabilities for it. */
@@ -179,6 +189,7 @@ export class DirtyLog {
   /** User space's harvest of every vCPU's ring (`DirtyRing.collect`): visits (slot id, gfn) per harvested entry; returns their number. */
   collectRings(visit: (slotId: number, gfn: number) => void): number {
     if (this.rings === null) throw new DirtyRingError('collectRings: KVM_CAP_DIRTY_LOG_RING is not enabled');
+    this.mmu?.syncDirtyLog?.();
     let n = 0;
     for (const r of this.rings) n += r.collect((slot, offset) => visit(slot, this.slotById(slot).baseGfn + offset));
     return n;
@@ -273,6 +284,7 @@ export class DirtyLog {
    * protect the bitmap is copied as it is.
    */
   getDirtyLog(slotId: number): Uint32Array {
+    this.requireMmu().syncDirtyLog?.();
     const op = new GetDirtyLogOp(this, slotId, HOST_THREAD);
     while (!op.done) if (op.runnable()) op.step();
     return op.result;
@@ -312,6 +324,11 @@ export class DirtyLog {
     }
     mmu.mmuLock.release(HOST_THREAD);
     if (flush) mmu.flushRemoteTlbs(HOST_THREAD);
+  }
+
+  /** Whether the attached MMU logs through the processor's log (PML): see `DirtyLogMmu.cpuDirtyLog`. */
+  get cpuDirtyLog(): boolean {
+    return this.mmu?.cpuDirtyLog === true;
   }
 
   /** The MMU the log is attached to (the race scenarios step its operations). */

@@ -1,4 +1,5 @@
 import type { PhysicalMemory } from '../memory/physical.js';
+import type { PmlLog } from './pml.js';
 import { NESTED_FINAL, NESTED_PDPTE, NESTED_TABLE, type SecondStage, type WalkResult } from './types.js';
 import { tableIndex } from './walk-common.js';
 
@@ -81,6 +82,11 @@ export class EptStage implements SecondStage {
   root = 0;
   levels = 4;
   accessedDirty = false;
+  /**
+   * The PML log when the "enable PML" control is on (§29.3.6; set by the backend's PML capability), else null:
+   * each dirty flag the walk sets is logged first, and a full log stops the walk with a PML-full event.
+   */
+  pml: PmlLog | null = null;
   /** The entries of the last translation, per level (1..5): host-physical address and low half. */
   private readonly usedPa = new Float64Array(6);
   private readonly usedLo = new Uint32Array(6);
@@ -170,6 +176,13 @@ export class EptStage implements SecondStage {
     let dirty = true;
     if (this.accessedDirty) {
       dirty = (elo & EPT_DIRTY) !== 0 || (sideEffects && write);
+      if (sideEffects && write && (elo & EPT_DIRTY) === 0 && this.pml !== null && !this.pml.log(gpa)) {
+        // §29.3.6: the dirty flag must be set and logged, and the PML index is out of range: a PML-full
+        // event before any flag is set (the access is repeated after the hypervisor empties the log).
+        this.refuse(out, gpa, kind, acc, rights, false);
+        out.nestedPmlFull = true;
+        return -1;
+      }
       if (sideEffects) {
         for (let l = this.levels; l >= level; l--) {
           const set = l === level && write ? EPT_ACCESSED | EPT_DIRTY : EPT_ACCESSED;
@@ -193,6 +206,7 @@ export class EptStage implements SecondStage {
     out.nestedAccess = acc;
     out.nestedRights = misconfig ? 0 : rights;
     out.nestedMisconfig = misconfig;
+    out.nestedPmlFull = false;
     out.nestedCode = misconfig ? 0x9 /* P | RSVD */ | acc : (rights !== 0 ? 0x1 /* P */ : 0) | acc;
     return -1;
   }

@@ -233,6 +233,7 @@ function finishNested(
         out.nestedRights = stageRights[l]!;
         out.nestedMisconfig = false;
         out.nestedPdpteLoad = false;
+        out.nestedPmlFull = false;
         return nestedFault(out);
       }
     }

@@ -145,6 +145,7 @@ export class NptStage implements SecondStage {
     out.nestedAccess = acc;
     out.nestedRights = 0;
     out.nestedMisconfig = false;
+    out.nestedPmlFull = false;
     out.nestedCode = code;
     return -1;
   }

@@ -136,6 +136,11 @@ export class WalkResult {
    * paging, SDM Vol. 3C §29.3.3.2): no linear address is being translated (Table 28-7 bit 7 is clear).
    */
   nestedPdpteLoad = false;
+  /**
+   * The walk stopped at a PML-full event (SDM Vol. 3C §29.3.6): it had to set an EPT dirty flag and log the
+   * address, and the PML index was out of range. A VM exit (reason 62), not a violation; nothing was set.
+   */
+  nestedPmlFull = false;
 }
 
 /** Options of one walk. */

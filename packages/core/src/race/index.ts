@@ -5,3 +5,4 @@
 export * from './lock.js';
 export * from './thread.js';
 export * from './explore.js';
+export * from './harvest.js';

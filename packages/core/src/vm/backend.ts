@@ -1,6 +1,7 @@
 import type { HardwareExit } from '../exits/vm-exit.js';
 import type { PhysicalMemory } from '../memory/physical.js';
 import type { SecondStage, WalkResult } from '../paging/types.js';
+import type { PmlLog } from '../paging/pml.js';
 import { TYPES } from './tokens.js';
 
 /** How the VM's MMU translates guest memory, which decides how a backend programs its intercepts. */
@@ -99,11 +100,34 @@ export interface NonPresentSpteEncoding {
 
 /**
  * Capability: KVM's fast page fault (arch/x86/kvm/mmu/mmu.c `fast_page_fault`): write-protect faults under
- * dirty logging fixed by an spte compare-and-swap without `mmu_lock`. Bound by mmu-shadow (direct pages).
+ * dirty logging fixed by an spte compare-and-swap without `mmu_lock`. Bound by mmu-shadow (direct pages) and mmu-tdp.
  */
 export interface FastPageFaultControl {
   /** Turns the fast path on or off for the whole VM (off by default; the `fast-page-fault` policy turns it on). */
   setFastPageFault(on: boolean): void;
+}
+
+/**
+ * Capability (backend): page-modification logging, Intel SDM Vol. 3C §29.3.6 (KVM vmx.c `enable_pml`). Bound
+ * only by backend-vmx: AMD SVM has no PML.
+ */
+export interface PageModificationLogging<S = unknown> {
+  /**
+   * Turns PML on in the vCPU's control state `state` (the "enable PML" secondary control, the PML address, the
+   * PML index at 511) for its second stage `stage` and returns the log the processor writes. Throws when the
+   * stage has no EPT accessed and dirty flags (EPTP bit 6), which PML needs.
+   */
+  enablePml(state: S, stage: SecondStage): PmlLog;
+}
+
+/**
+ * Capability (MMU): dirty logging through the processor's own log (KVM `kvm_x86_ops.cpu_dirty_log_size`): the
+ * MMU clears dirty flags instead of write-protecting, and empties each vCPU's log into the dirty log. Bound by
+ * mmu-tdp (the logged addresses are guest-physical: a second-stage idea).
+ */
+export interface CpuDirtyLogControl {
+  /** Turns it on for every vCPU, with the backend's PML (the `pml` policy wires the two). */
+  enableCpuDirtyLog(pml: PageModificationLogging): void;
 }
 
 /** Who provides a capability: the backend's module or the MMU's module. */
@@ -142,5 +166,17 @@ export const CAPABILITIES: Readonly<Record<string, CapabilityInfo>> = {
     token: TYPES.FastPageFault,
     providedBy: 'mmu',
     description: "KVM's lock-free fast page fault (spte cmpxchg outside mmu_lock)",
+  },
+  PageModificationLogging: {
+    name: 'PageModificationLogging',
+    token: TYPES.PageModificationLogging,
+    providedBy: 'backend',
+    description: 'page-modification logging of EPT dirty flags (VMX PML, SDM Vol. 3C §29.3.6; SVM has no PML)',
+  },
+  CpuDirtyLogging: {
+    name: 'CpuDirtyLogging',
+    token: TYPES.CpuDirtyLogging,
+    providedBy: 'mmu',
+    description: "dirty logging through the processor's log of guest-physical addresses (needs two-dimensional paging; the shadow MMU has none)",
   },
 };

@@ -68,4 +68,9 @@ export interface Mmu extends WriteTracker {
    * with a report of what is wrong. Called after every exit when a run audits.
    */
   audit?(): void;
+  /**
+   * A PML-full exit (VMX exit reason 62, KVM `handle_pml_full` after `vmx_flush_pml_buffer`): empty the vCPU's
+   * page-modification log into the dirty log and resume. Only an MMU that turned PML on has it.
+   */
+  pmlFull?(vcpu: Vcpu): ExitResolution;
 }

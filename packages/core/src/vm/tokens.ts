@@ -24,6 +24,10 @@ export const TYPES = {
   FastPageFault: Symbol.for('vmexit.FastPageFault'),
   /** Capability: the MMU write-protects for dirty logging (`DirtyLogMmu`, core/src/mmu/dirty-log.ts) and takes the VM's dirty log. */
   DirtyLogMmu: Symbol.for('vmexit.DirtyLogMmu'),
+  /** Capability: VMX page-modification logging (`PageModificationLogging`, SDM Vol. 3C §29.3.6). Bound only by backend-vmx: SVM has no PML. */
+  PageModificationLogging: Symbol.for('vmexit.PageModificationLogging'),
+  /** Capability: the MMU logs dirty pages through the processor's log, clearing dirty flags instead of write-protecting (`CpuDirtyLogControl`). Bound by mmu-tdp. */
+  CpuDirtyLogging: Symbol.for('vmexit.CpuDirtyLogging'),
   /** Observers: the exit tracer and the exit recorder (no-ops by default, see core's `coreModule`). */
   ExitTracer: Symbol.for('vmexit.ExitTracer'),
   ExitRecorder: Symbol.for('vmexit.ExitRecorder'),

@@ -77,6 +77,23 @@ export class VmHooks implements VcpuHooks<Vcpu> {
     const gpa = r.nestedGpa;
     vcpu.clearGuestWalk();
     const hw = this.backend.nestedFaultExit(this.state, r, address);
+    if (r.nestedPmlFull) {
+      // A PML-full event (SDM Vol. 3C §29.3.6), exit reason 62: the hypervisor empties the log (Mmu.pmlFull).
+      const exit: VmExit = {
+        kind: 'nested-fault',
+        vcpu: vcpu.id,
+        seq: ++this.seq,
+        hw,
+        gpa,
+        address,
+        access,
+        errorCode: 0,
+        pmlFull: true,
+        resolution: null,
+        resolvedBy: null,
+      };
+      return this.done(exit, this.act(exit, this.channel.push(exit), PF_VECTOR, address));
+    }
     const errorCode = this.backend.nestedFaultErrorCode(this.state);
     const exit: VmExit = { kind: 'nested-fault', vcpu: vcpu.id, seq: ++this.seq, hw, gpa, address, access, errorCode, resolution: null, resolvedBy: null };
     return this.done(exit, this.act(exit, this.channel.push(exit), PF_VECTOR, address));
@@ -153,6 +170,10 @@ export class VmHooks implements VcpuHooks<Vcpu> {
         if (exit.vector === PF_VECTOR) return this.mmu.handlePageFault(vcpu, exit.address, exit.errorCode);
         return { kind: 'inject', vector: exit.vector, errorCode: exit.errorCode };
       case 'nested-fault':
+        if (exit.pmlFull === true) {
+          if (this.mmu.pmlFull === undefined) throw new ExitError('E_BAD_RESOLUTION', `${describeExit(exit)}: the ${this.mmu.name} MMU keeps no PML log`);
+          return this.mmu.pmlFull(vcpu);
+        }
         return this.mmu.handlePageFault(vcpu, exit.gpa, exit.errorCode);
       case 'cr-write':
         // KVM handle_cr -> kvm_set_cr3 / kvm_set_cr0 / kvm_set_cr4: a failed PDPTE load is #GP(0), nothing changes.

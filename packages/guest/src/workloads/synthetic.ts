@@ -43,7 +43,7 @@ export interface WorkloadContext {
  * 8 bytes did not change (not an error: a store of the same iteration number, or a mark without a store).
  */
 export interface DirtyLogCheck {
-  readonly mode: 'bitmap' | 'clear' | 'ring';
+  readonly mode: 'bitmap' | 'clear' | 'ring' | 'pml';
   readonly harvests: number;
   /** Page checks in all (pages of the area mapped at a harvest, summed over the harvests). */
   readonly checked: number;
@@ -53,8 +53,11 @@ export interface DirtyLogCheck {
   readonly ring?: { readonly entries: number; readonly harvested: number; readonly fullExits: number };
 }
 
-/** dirty-log-test's harvest modes (its `harvest` parameter): none leaves the log to `vmexit migrate`. */
-export const HARVEST_MODES = ['none', 'bitmap', 'clear', 'ring'] as const;
+/**
+ * dirty-log-test's harvest modes (its `harvest` parameter): none leaves the log to `vmexit migrate`; pml is
+ * KVM_GET_DIRTY_LOG on a VM whose processor logs dirty pages itself (the `pml` policy: VMX with TDP).
+ */
+export const HARVEST_MODES = ['none', 'bitmap', 'clear', 'ring', 'pml'] as const;
 
 /**
  * A synthetic workload: its name and doc, its parameters with ranges, the guest memory it needs, and the `setup` that starts its programs on the task
@@ -470,7 +473,7 @@ const zipf = accessLoop(
  */
 const dirtyLogTest: SyntheticWorkload = {
   name: 'dirty-log-test',
-  doc: "KVM's dirty_log_test: a thread per vCPU writes the iteration number into the first 8 bytes of random pages of one area, iteration after iteration; with harvest=bitmap|clear|ring (on a VM) the host harvests the dirty log after each iteration of vCPU 0's thread and checks it against page contents (result.dirtyLog: lost, falseDirty)",
+  doc: "KVM's dirty_log_test: a thread per vCPU writes the iteration number into the first 8 bytes of random pages of one area, iteration after iteration; with harvest=bitmap|clear|ring|pml (on a VM; pml on VMX with TDP) the host harvests the dirty log after each iteration of vCPU 0's thread and checks it against page contents (result.dirtyLog: lost, falseDirty)",
   params: {
     pages: int(1024, 1, MAX_PAGES, 'pages of the test area'),
     iterations: int(32, 1, 1 << 20, 'iterations'),
@@ -526,7 +529,7 @@ const dirtyLogTest: SyntheticWorkload = {
  * `ring`: every ring collected, KVM_RESET_DIRTY_RINGS, and the bitmap of the host's own writes), each checked
  * against the first 8 bytes of every mapped page of the area (DirtyLogCheck).
  */
-function dirtyLogHost(ctx: WorkloadContext, mode: 'bitmap' | 'clear' | 'ring', ringEntries: number, pages: number) {
+function dirtyLogHost(ctx: WorkloadContext, mode: 'bitmap' | 'clear' | 'ring' | 'pml', ringEntries: number, pages: number) {
   const log = ctx.dirtyLog?.() ?? null;
   if (log === null)
     throw new WorkloadError(
@@ -534,6 +537,10 @@ function dirtyLogHost(ctx: WorkloadContext, mode: 'bitmap' | 'clear' | 'ring', r
       'dirty-log-test',
       `harvest=${mode} needs a VM whose MMU logs dirty pages (a run with --backend vmx|svm); natively there is no dirty log`,
     );
+  // pml: KVM_GET_DIRTY_LOG as bitmap, with the processor's page-modification log under it (KVM kicks the vCPUs to
+  // empty their logs before the harvest, kvm_arch_sync_dirty_log). A VM without PML would silently be bitmap.
+  if (mode === 'pml' && !log.cpuDirtyLog)
+    throw new WorkloadError('bad-config', 'dirty-log-test', 'harvest=pml needs PML: the pml policy on VMX with --mmu tdp (SVM has no PML)');
   const memory = ctx.runner.machine.memory;
   const slots = memory.slots.filter((s) => !s.readonly);
   if (mode === 'ring') {

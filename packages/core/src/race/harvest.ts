@@ -1,0 +1,119 @@
+import type { Backend } from '../vm/backend.js';
+import type { MmuHost } from '../vm/mmu.js';
+import type { MmuDecisionOf, MmuEvent } from '../exits/mmu-events.js';
+import type { Vcpu } from '../machine/vcpu.js';
+import { GetDirtyLogOp, HOST_THREAD, type DirtyLog } from '../mmu/dirty-log.js';
+import type { RaceThread } from './thread.js';
+
+/**
+ * The host side of an MMU's race scenarios (mmu-shadow race.ts, mmu-tdp race.ts): an `MmuHost` that sums the
+ * counters of every vCPU (a scenario's `stats()`), takes every MMU decision by the MMU's own choice, and, for
+ * an MMU that programs the hardware (TDP), hands out the backend and its per-vCPU control states.
+ */
+export class RaceHost implements MmuHost {
+  /** The counters, summed over the vCPUs. */
+  readonly counters = new Map<string, number>();
+  private readonly states: unknown[];
+
+  constructor(
+    readonly vcpus: readonly Vcpu[],
+    readonly backend: Backend | null = null,
+  ) {
+    this.states = backend === null ? [] : vcpus.map((v) => backend.createState(v.id, 'tdp'));
+  }
+
+  count(_vcpuId: number, name: string, n = 1): void {
+    this.counters.set(name, (this.counters.get(name) ?? 0) + n);
+  }
+
+  decide<E extends MmuEvent>(_event: E, fallback: MmuDecisionOf<E>): MmuDecisionOf<E> {
+    return fallback;
+  }
+
+  backendState(vcpuId: number): unknown {
+    return this.states[vcpuId];
+  }
+}
+
+/** What a `Harvester` needs of its scenario instance. */
+export interface HarvestWorld {
+  readonly log: DirtyLog;
+  readonly threads: readonly RaceThread[];
+  /** A broken harvester for the explorer's tests: KVM_GET_DIRTY_LOG re-protects without flushing. */
+  readonly harvestWithoutFlush?: boolean;
+  /** Copies the pages set in `bitmap` (of slot 0) to the destination; returns how many. */
+  copy(bitmap: Uint32Array): number;
+  /** Records a violation for each writable spte of a logged page that is not marked dirty (the guest is stopped). */
+  checkWritableSptes(): void;
+}
+
+/**
+ * The host's migration thread: `rounds` harvests of slot 0 (KVM_GET_DIRTY_LOG as `GetDirtyLogOp`'s steps, then a
+ * copy of the reported pages to the destination), then, once every other thread is done (the guest is
+ * stopped), the writable-spte check and the final harvest and copy.
+ */
+export class Harvester implements RaceThread {
+  readonly name = 'harvest';
+  private op: GetDirtyLogOp | null = null;
+  private round = 0;
+  private finished = false;
+
+  constructor(
+    private readonly w: HarvestWorld,
+    private readonly rounds: number,
+  ) {}
+
+  get done(): boolean {
+    return this.finished;
+  }
+
+  runnable(): boolean {
+    if (this.round < this.rounds) return this.op === null || this.op.runnable();
+    return this.w.threads.every((t) => t === this || t.done);
+  }
+
+  step(): string {
+    const w = this.w;
+    if (this.round < this.rounds) {
+      if (this.op === null) this.op = new GetDirtyLogOp(w.log, 0, HOST_THREAD, w.harvestWithoutFlush === true);
+      if (!this.op.done) return `get_dirty_log: ${this.op.step()}`;
+      const n = w.copy(this.op.result);
+      this.op = null;
+      this.round++;
+      return `copy ${n} dirty pages`;
+    }
+    w.checkWritableSptes();
+    const op = new GetDirtyLogOp(w.log, 0, HOST_THREAD);
+    while (!op.done) op.step();
+    const n = w.copy(op.result);
+    this.finished = true;
+    return `stop: final harvest, copy ${n} pages`;
+  }
+}
+
+/**
+ * The outcomes of the sequential runs of a scenario (its reference for "guest memory equal to a sequential
+ * run"): for every order of its threads, a fresh instance from `create` runs, at each step, the first thread of
+ * the order that can run; `digest` reads the instance's guest memory at the end. One digest per order.
+ */
+export function sequentialDigests<W extends { readonly threads: readonly RaceThread[] }>(create: () => W, digest: (w: W) => string): string[] {
+  const n = create().threads.length;
+  const out: string[] = [];
+  for (const order of permutations(n)) {
+    const w = create();
+    for (;;) {
+      const k = order.find((i) => !w.threads[i]!.done && w.threads[i]!.runnable());
+      if (k === undefined) break;
+      w.threads[k]!.step();
+    }
+    out.push(digest(w));
+  }
+  return out;
+}
+
+function permutations(n: number): number[][] {
+  if (n === 0) return [[]];
+  const out: number[][] = [];
+  for (const p of permutations(n - 1)) for (let i = 0; i <= p.length; i++) out.push([...p.slice(0, i), n - 1, ...p.slice(i)]);
+  return out;
+}

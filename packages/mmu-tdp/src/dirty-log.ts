@@ -1,0 +1,97 @@
+import { PAGE_SIZE, type Memslot } from '@vmexit/core';
+import { isPresentSpte } from './mmio.js';
+import { splitHugePages } from './map.js';
+import type { TdpMmuState } from './state.js';
+import { finish, isLeaf, SPAN, childOf } from './zap.js';
+import type { TdpPage } from './page.js';
+
+/**
+ * Dirty logging on the TDP MMU (KVM arch/x86/kvm/mmu/tdp_mmu.c): the write protection of a logged slot's
+ * leaf sptes (`kvm_tdp_mmu_wrprot_slot`, `wrprot_gfn_range`), which clears W and keeps the MMU-writable
+ * software bit so that the fast page fault (fast-fault.ts) may set W again without `mmu_lock`; the
+ * re-protection of harvested pages (`kvm_tdp_mmu_clear_dirty_pt_masked`); under PML the dirty flag is cleared
+ * instead of W (`clear_dirty_gfn_range` with A/D bits, `kvm_mmu_slot_leaf_clear_dirty`): the CPU then logs the
+ * next write in its PML buffer without an exit. Marking pages dirty happens where a writable leaf is installed
+ * (map.ts `mapTarget`, as `make_spte` calls `mark_page_dirty_in_slot`), in the fast path, for every emulated
+ * store (mmu.ts `trackWrite`), and when a vCPU's PML buffer is flushed (mmu.ts `flushPml`).
+ */
+
+/**
+ * Clears `clear` in the low half of every present leaf spte of level >= `minLevel` mapping a gfn in
+ * [start, end) (KVM `wrprot_gfn_range` with `PT_WRITABLE_MASK`, `clear_dirty_gfn_range` with
+ * `shadow_dirty_mask`), by a plain store under `mmu_lock` held for write. Returns whether an spte changed.
+ */
+function clearLeafBits(s: TdpMmuState, sp: TdpPage, start: number, end: number, clear: number, minLevel: number): boolean {
+  const pool = s.pool;
+  const level = sp.level;
+  const span = SPAN[level]!;
+  let changed = false;
+  for (let i = 0; i < 512; i++) {
+    const base = sp.gfn + i * span;
+    if (base >= end || base + span <= start) continue;
+    const loc = sp.base + i;
+    const lo = pool.lo(loc);
+    if (!isPresentSpte(lo)) continue;
+    if (!isLeaf(lo, level)) {
+      if (clearLeafBits(s, childOf(s, lo, pool.hi(loc)), start, end, clear, minLevel)) changed = true;
+      continue;
+    }
+    if (level < minLevel || (lo & clear) === 0) continue;
+    s.setSpte(loc, (lo & ~clear) >>> 0, pool.hi(loc));
+    changed = true;
+  }
+  return changed;
+}
+
+/**
+ * KVM `kvm_mmu_slot_apply_flags` when KVM_MEM_LOG_DIRTY_PAGES goes on: eager page splitting first
+ * (`kvm_mmu_slot_try_split_huge_pages`, so that the log has 4 KiB granularity and no huge mapping is left to
+ * drop at the first write), then `kvm_mmu_slot_remove_write_access(PG_LEVEL_4K)` -> `kvm_tdp_mmu_wrprot_slot`:
+ * W cleared in every leaf of the slot, MMU-writable kept. Under PML (`cpuDirtyLog`): `kvm_mmu_slot_leaf_clear_dirty`
+ * clears the D flags of the 4 KiB leaves instead, and the huge ones are write-protected (`PG_LEVEL_2M`).
+ * Returns whether an spte changed (the caller flushes).
+ */
+export function slotRemoveWriteAccess(s: TdpMmuState, slot: Memslot): boolean {
+  const start = slot.baseGfn;
+  const end = slot.baseGfn + slot.pages;
+  splitHugePages(s, start, end);
+  if (s.cpuDirtyLog) {
+    const d = clearLeafBits(s, s.root, start, end, s.format.dirtyLo, 1);
+    const w = clearLeafBits(s, s.root, start, end, s.format.writableLo, 2);
+    return d || w;
+  }
+  return clearLeafBits(s, s.root, start, end, s.format.writableLo, 1);
+}
+
+/**
+ * KVM `kvm_arch_mmu_enable_log_dirty_pt_masked` -> `kvm_tdp_mmu_clear_dirty_pt_masked(wrprot = !PML)`: for each
+ * bit i of `mask`, the 4 KiB leaf of gfn `slot.baseGfn + offset + i` loses W (or, under PML, D). A huge leaf
+ * over a logged gfn cannot be there (logged slots are mapped at 4 KiB; enabling the log split them), but it
+ * would be write-protected as a whole.
+ */
+export function writeProtectMasked(s: TdpMmuState, slot: Memslot, offset: number, mask: number): boolean {
+  const clear = s.cpuDirtyLog ? s.format.dirtyLo : s.format.writableLo;
+  let changed = false;
+  let m = mask >>> 0;
+  while (m !== 0) {
+    const b = 31 - Math.clz32(m & -m);
+    const gfn = slot.baseGfn + offset + b;
+    if (clearLeafBits(s, s.root, gfn, gfn + 1, clear, 1)) changed = true;
+    m = (m & (m - 1)) >>> 0;
+  }
+  return changed;
+}
+
+/** KVM `kvm_flush_remote_tlbs_memslot`: every vCPU's combined mappings, counted on `initiator` (the host's ioctls on vCPU 0). */
+export function flushForLog(s: TdpMmuState, initiator: number): void {
+  const prev = s.initiator;
+  s.initiator = initiator < 0 ? 0 : initiator;
+  s.pendingFlush = true;
+  finish(s);
+  s.initiator = prev;
+}
+
+/** KVM `kvm_vcpu_mark_page_dirty` of the page at `gpa`, on behalf of vCPU `vcpu`. */
+export function markGpaDirty(s: TdpMmuState, gpa: number, vcpu: number): void {
+  if (s.dirtyLog !== null) s.dirtyLog.markPageDirty(Math.floor(gpa / PAGE_SIZE), vcpu);
+}
