@@ -263,12 +263,13 @@ export async function compareVariants(o: ComparisonOptions): Promise<ComparisonD
   };
 }
 
-/** `vmx shadow pte-update,bypass-guest-pf` or `native`. */
+/** `vmx shadow pte-update,bypass-guest-pf`, `vmx tdp host-pages=2m` or `native`: the words of a variant spec. */
 export function variantLabel(v: RunResult['variant']): string {
   if (v.backend === 'none') return 'native';
   const pol = (v.policies as (string | { use: string })[] | undefined) ?? [];
   const names = pol.map((p) => (typeof p === 'string' ? p : p.use));
-  return `${v.backend} ${String(v.mmu)}${names.length > 0 ? ` ${names.join(',')}` : ''}`;
+  const hostPages = typeof v.hostPages === 'string' ? ` host-pages=${v.hostPages}` : '';
+  return `${v.backend} ${String(v.mmu)}${hostPages}${names.length > 0 ? ` ${names.join(',')}` : ''}`;
 }
 
 /**
