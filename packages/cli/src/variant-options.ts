@@ -4,6 +4,7 @@ import { COST_PROFILES } from '@vmexit/core';
 // The variant's reading, composing and checking are @vmexit/lab's (one home for the CLI, sweeps and workers).
 export {
   checkGuestMemory,
+  checkHostPages,
   checkVariantFlags,
   memoryLimitText,
   parseSize,
@@ -17,8 +18,9 @@ export {
 } from '@vmexit/lab';
 
 /**
- * Adds the variant flags to `cmd`: `--backend vmx|svm|none --mmu shadow|tdp --policy a,b --config FILE --cost-model NAME --vcpus N --memory SIZE`.
- * `shadow` is @vmexit/mmu-shadow, `tdp` (two-dimensional paging: EPT on VMX, NPT on SVM) @vmexit/mmu-tdp.
+ * Adds the variant flags to `cmd`: `--backend vmx|svm|none --mmu shadow|tdp --policy a,b --config FILE --cost-model NAME --vcpus N --memory SIZE
+ * --host-pages 4k|2m|1g`. `shadow` is @vmexit/mmu-shadow, `tdp` (two-dimensional paging: EPT on VMX, NPT on SVM) @vmexit/mmu-tdp;
+ * `--host-pages` is the host page size backing guest RAM, the largest second-stage leaf the TDP MMU builds (refused with `--mmu shadow`).
  */
 export function addVariantOptions(cmd: Command): Command {
   return cmd
@@ -28,5 +30,6 @@ export function addVariantOptions(cmd: Command): Command {
     .option('--config <file>', 'a variant file: vmexit.config.json or vmexit.config.mjs (flags override its fields)')
     .option('--cost-model <name|file>', `the cost model for modelled cycles: ${Object.keys(COST_PROFILES).join(', ')}, or a JSON file (docs/cost-models.md)`)
     .option('--vcpus <n>', 'number of vCPUs')
-    .option('--memory <size>', 'guest RAM, e.g. 256M or 1G');
+    .option('--memory <size>', 'guest RAM, e.g. 256M or 1G')
+    .option('--host-pages <size>', 'host page size backing guest RAM: 4k (default), 2m or 1g; the largest EPT/NPT leaf, --mmu tdp only');
 }

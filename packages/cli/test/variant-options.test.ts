@@ -8,6 +8,7 @@ import { vmxModule } from '@vmexit/backend-vmx';
 import { policiesModule } from '@vmexit/policies';
 import { Command } from 'commander';
 import { describe, expect, it } from 'vitest';
+import { parseVariantSpec } from '@vmexit/lab';
 import { InputError } from '../src/errors.js';
 import { addVariantOptions, variantFromOptions, type VariantOptions } from '../src/variant-options.js';
 import { fakeMmuModule } from './helpers/fake-mmu.js';
@@ -169,6 +170,54 @@ describe('variantFromOptions', () => {
     const sources = { ...fakeSources(), mmus: { shadow: fakeMmuModule().module, tdp: '@vmexit/mmu-tdp' } };
     const v = await variantFromOptions(parse(['--mmu', 'tdp']), { cwd: dir, sources });
     expect(v.mmu).toBe('tdp');
+  });
+
+  describe('--host-pages', () => {
+    const tdpSources = async (): Promise<ModuleSources> => ({
+      ...fakeSources(),
+      mmus: { shadow: fakeMmuModule().module, tdp: (await import('@vmexit/mmu-tdp')).default },
+    });
+
+    it('sets hostPages under --mmu tdp (absent: no field, 4 KiB), from a flag or a config file, the flag winning', async () => {
+      const sources = await tdpSources();
+      expect((await variantFromOptions(parse(['--mmu', 'tdp', '--host-pages', '2m']), { sources })).hostPages).toBe('2m');
+      expect((await variantFromOptions(parse(['--mmu', 'tdp', '--host-pages', '1G']), { sources })).hostPages).toBe('1g');
+      expect((await variantFromOptions(parse(['--mmu', 'tdp']), { sources })).hostPages).toBeUndefined();
+      const dir = tmp();
+      writeFileSync(join(dir, 'v.json'), JSON.stringify({ backend: 'svm', mmu: 'tdp', hostPages: '1g' }));
+      expect((await variantFromOptions(parse(['--config', 'v.json']), { cwd: dir, sources })).hostPages).toBe('1g');
+      expect((await variantFromOptions(parse(['--config', 'v.json', '--host-pages', '4k']), { cwd: dir, sources })).hostPages).toBe('4k');
+    });
+
+    it("takes the spec word host-pages=SIZE in a --variant, over an override's hostPages", async () => {
+      const context = { sources: await tdpSources() };
+      expect((await parseVariantSpec('vmx tdp host-pages=2m', {}, context)).hostPages).toBe('2m');
+      expect((await parseVariantSpec('svm host-pages=1g tdp', { hostPages: '2m' }, context)).hostPages).toBe('1g');
+      expect((await parseVariantSpec('svm tdp', { hostPages: '2m' }, context)).hostPages).toBe('2m');
+      expect(await problemsOf(parseVariantSpec('vmx tdp host-pages=2m host-pages=1g', {}, context))).toContain('names 2 host page sizes (2m, 1g)');
+      expect(await problemsOf(parseVariantSpec('vmx tdp host-pages=8k', {}, context))).toContain('host-pages: expected 4k, 2m, 1g');
+      expect(await problemsOf(parseVariantSpec('vmx shadow host-pages=2m', {}, context))).toContain("mmu 'shadow' maps guest RAM with 4 KiB pages");
+    });
+
+    it('refuses a bad size, and host pages under shadow paging or natively, naming the field', async () => {
+      const sources = await tdpSources();
+      expect(await problemsOf(variantFromOptions(parse(['--mmu', 'tdp', '--host-pages', '3m']), { sources }))).toBe(
+        "--host-pages: expected 4k, 2m, 1g (the host page size backing guest RAM, for --mmu tdp), got '3m'",
+      );
+      expect(await problemsOf(variantFromOptions(parse(['--mmu', 'shadow', '--host-pages', '2m']), { sources }))).toContain(
+        "hostPages: host pages (--host-pages) apply to two-dimensional paging (mmu 'tdp') only; mmu 'shadow' maps guest RAM with 4 KiB pages",
+      );
+      // The default MMU is shadow: --host-pages alone is refused too.
+      expect(await problemsOf(variantFromOptions(parse(['--host-pages', '2m']), { sources }))).toContain("mmu 'shadow' maps guest RAM with 4 KiB pages");
+      expect(await problemsOf(variantFromOptions(parse(['--backend', 'none', '--host-pages', '2m']), { sources }))).toContain(
+        "hostPages: host pages (--host-pages) apply to two-dimensional paging (mmu 'tdp'), and backend is 'none' (native)",
+      );
+      const dir = tmp();
+      writeFileSync(join(dir, 'v.json'), JSON.stringify({ mmu: 'tdp', hostPages: '4m' }));
+      expect(await problemsOf(variantFromOptions(parse(['--config', 'v.json']), { cwd: dir, sources }))).toContain(
+        "hostPages: expected '4k', '2m' or '1g' (the host page size backing guest RAM)",
+      );
+    });
   });
 
   it('refuses an MMU with backend none: there is no hypervisor for it', async () => {

@@ -174,7 +174,16 @@ export {
   KVM_DIRTY_RING_RSVD_ENTRIES,
 } from './mmu/dirty-ring.js';
 export { TYPES } from './vm/tokens.js';
-export { parseVariant, type PolicyUse, type Variant, VariantError, type VariantInput, type VariantProblem } from './vm/variant.js';
+export {
+  HOST_PAGE_SIZES,
+  type HostPages,
+  parseVariant,
+  type PolicyUse,
+  type Variant,
+  VariantError,
+  type VariantInput,
+  type VariantProblem,
+} from './vm/variant.js';
 export { DEFAULT_MODULE_SOURCES, isPathSpecifier, ModuleLoadError, resolveSpecifier, type ModuleSource, type ModuleSources } from './vm/modules.js';
 export { type AvailablePolicy, capabilityProviders, composeVariant, type Composition, listPolicies } from './vm/compose.js';
 export { createVm, type CreateVmOptions, Vm, type VmCounters } from './vm/vm.js';

@@ -263,12 +263,13 @@ export async function compareVariants(o: ComparisonOptions): Promise<ComparisonD
   };
 }
 
-/** `vmx shadow pte-update,bypass-guest-pf` or `native`. */
+/** `vmx shadow pte-update,bypass-guest-pf`, `vmx tdp host-pages=2m` or `native`: the words of a variant spec. */
 export function variantLabel(v: RunResult['variant']): string {
   if (v.backend === 'none') return 'native';
   const pol = (v.policies as (string | { use: string })[] | undefined) ?? [];
   const names = pol.map((p) => (typeof p === 'string' ? p : p.use));
-  return `${v.backend} ${String(v.mmu)}${names.length > 0 ? ` ${names.join(',')}` : ''}`;
+  const hostPages = typeof v.hostPages === 'string' ? ` host-pages=${v.hostPages}` : '';
+  return `${v.backend} ${String(v.mmu)}${hostPages}${names.length > 0 ? ` ${names.join(',')}` : ''}`;
 }
 
 /**
@@ -405,17 +406,21 @@ export function comparisonMetrics(results: readonly ComparisonInput[], options: 
 
 /**
  * What two-dimensional paging pays instead of exits: every TLB miss walks the guest's tables with each
- * guest-physical address translated by EPT/NPT (up to 24 references for 4 + 4 levels, SDM Vol. 3C §29.3.3;
- * `walk_refs` counts those made). Shown when a variant runs on TDP, so that the table has the trade-off. A
- * miss whose walk faults walks again once the fault is handled, so references per TLB miss may exceed 24.
+ * guest-physical address translated by EPT/NPT (n guest levels over m second-stage levels make n * (m + 1) + m
+ * references: 24 for 4 + 4, SDM Vol. 3C §29.3.3, AMD APM Vol. 2 §15.25.5; `walk_refs` counts those made).
+ * Shown when a variant runs on TDP, so that the table has the trade-off. The references are per walk: an
+ * access whose walk faults (a guest #PF, an EPT violation) is re-executed once the fault is handled, misses
+ * the TLB again and walks again, as on hardware, so `walks` counts every walk while `tlb_misses` counts the
+ * accesses that missed (once each). Per walk, the figure is at most 24 for 4 + 4 levels; per missed access it
+ * is not (a faulting access pays for two walks or more).
  */
 const walkMetrics: readonly Metric[] = [
   { label: 'TLB misses', value: counter('tlb_misses') },
   { label: 'walks', value: counter('walks') },
   { label: 'walk references (walk_refs)', value: counter('walk_refs') },
   {
-    label: 'walk references per TLB miss',
-    value: (r) => ((r.counters.total.tlb_misses ?? 0) > 0 ? (r.counters.total.walk_refs ?? 0) / r.counters.total.tlb_misses! : 0),
+    label: 'walk references per walk',
+    value: (r) => ((r.counters.total.walks ?? 0) > 0 ? (r.counters.total.walk_refs ?? 0) / r.counters.total.walks! : 0),
     digits: 2,
   },
 ];

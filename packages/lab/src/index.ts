@@ -36,6 +36,7 @@ export { provenance, type Provenance } from './provenance.js';
 export {
   absoluteSpec,
   checkGuestMemory,
+  checkHostPages,
   checkModeMemory,
   checkVariantFlags,
   memoryLimitText,

@@ -155,6 +155,8 @@ export function describeVariant(v: Variant): Record<string, unknown> {
   return {
     backend: v.backend,
     ...(v.backend === 'none' ? {} : { mmu: v.mmu, policies: v.policies.map((p) => (Object.keys(p.options).length > 0 ? p : p.use)) }),
+    // Only when the variant names one (absent: 4 KiB), so that results of variants without it stay as they were.
+    ...(v.hostPages !== undefined ? { hostPages: v.hostPages } : {}),
     costModel: typeof v.costModel === 'string' ? v.costModel : v.costModel.name,
   };
 }

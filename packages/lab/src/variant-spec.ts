@@ -10,6 +10,8 @@ import {
   parseCostProfile,
   type CostProfile,
   DEFAULT_MODULE_SOURCES,
+  HOST_PAGE_SIZES,
+  type HostPages,
   isPathSpecifier,
   type ModuleSources,
   type Variant,
@@ -20,7 +22,7 @@ import { InputError } from './errors.js';
 /**
  * A variant as the CLI's flags give it (all optional strings: a config file or the schema's defaults fill
  * the rest): `--backend`, `--mmu`, `--policy a,b`, `--config FILE`, `--cost-model NAME|FILE.json`,
- * `--vcpus N`, `--memory SIZE`.
+ * `--vcpus N`, `--memory SIZE`, `--host-pages 4k|2m|1g`.
  */
 export interface VariantOptions {
   backend?: string;
@@ -30,10 +32,12 @@ export interface VariantOptions {
   costModel?: string;
   vcpus?: string;
   memory?: string;
+  /** The host page size backing guest RAM, two-dimensional paging only: 4k, 2m or 1g. */
+  hostPages?: string;
 }
 
 /** What a spec may override in every variant of a comparison or sweep (as flags give them: strings). */
-export type VariantOverrides = Pick<VariantOptions, 'vcpus' | 'memory' | 'costModel'>;
+export type VariantOverrides = Pick<VariantOptions, 'vcpus' | 'memory' | 'costModel' | 'hostPages'>;
 
 /** Where the variant's modules come from, and the directory relative names are resolved from (tests pass their own). */
 export interface VariantContext {
@@ -122,6 +126,15 @@ export function checkVariantFlags(opts: VariantOptions): void {
   if (opts.vcpus !== undefined && (!/^\d+$/.test(opts.vcpus) || Number(opts.vcpus) < 1 || Number(opts.vcpus) > 256))
     throw new InputError(`--vcpus: expected an integer from 1 to 256, got '${opts.vcpus}'`);
   if (opts.memory !== undefined) parseSize(opts.memory);
+  if (opts.hostPages !== undefined) checkHostPages(opts.hostPages, '--host-pages');
+}
+
+/** A host page size as a flag or a spec word gives it: 4k, 2m or 1g (an InputError, exit 2, otherwise). */
+export function checkHostPages(text: string, option: string): HostPages {
+  const t = text.trim().toLowerCase();
+  if (!(HOST_PAGE_SIZES as readonly string[]).includes(t))
+    throw new InputError(`${option}: expected ${HOST_PAGE_SIZES.join(', ')} (the host page size backing guest RAM, for --mmu tdp), got '${text}'`);
+  return t as HostPages;
 }
 
 /** The variant as data, before validation: the config file's object with the flags applied. */
@@ -146,6 +159,7 @@ export async function rawVariant(opts: VariantOptions, cwd: string): Promise<Rec
   }
   if (opts.vcpus !== undefined) raw.vcpus = /^\d+$/.test(opts.vcpus) ? Number(opts.vcpus) : opts.vcpus;
   if (opts.memory !== undefined) raw.memory = parseSize(opts.memory);
+  if (opts.hostPages !== undefined) raw.hostPages = checkHostPages(opts.hostPages, '--host-pages');
   if (opts.policy !== undefined) {
     // Paths on the command line are relative to the working directory, whatever the config's directory is.
     raw.policies = opts.policy
@@ -245,8 +259,9 @@ function readBounded(file: string, max: number, flag: string): string {
 
 /**
  * A variant spec: a config file (`.json`/`.mjs`, which must exist), or words: a backend (`vmx`, `svm`,
- * `none`/`native`), an MMU (`shadow`, `tdp`) and comma-separated policies, in any order
- * (`"vmx shadow pte-update,bypass-guest-pf"`). The composed variant is checked in full (schema, policies,
+ * `none`/`native`), an MMU (`shadow`, `tdp`), `host-pages=4k|2m|1g` (TDP only) and comma-separated
+ * policies, in any order (`"vmx shadow pte-update,bypass-guest-pf"`, `"vmx tdp host-pages=2m"`); a
+ * `host-pages=` word takes precedence over an override's `hostPages`. The composed variant is checked in full (schema, policies,
  * capabilities, guest RAM); any problem is an InputError naming the spec and each offending field.
  */
 export async function parseVariantSpec(spec: string, overrides: VariantOverrides = {}, context: VariantContext = {}): Promise<Variant> {
@@ -262,14 +277,18 @@ export async function parseVariantSpec(spec: string, overrides: VariantOverrides
   // choice of the last word.
   const backends: string[] = [];
   const mmus: string[] = [];
+  const hostPages: string[] = [];
   for (const word of trimmed.split(/\s+/).filter((w) => w.length > 0)) {
     if (word === 'vmx' || word === 'svm' || word === 'none' || word === 'native') backends.push(word);
     else if (word === 'shadow' || word === 'tdp') mmus.push(word);
+    else if (word.startsWith('host-pages=')) hostPages.push(checkHostPages(word.slice('host-pages='.length), `--variant "${spec}": host-pages`));
     else policies.push(...word.split(',').filter((p) => p.length > 0));
   }
   if (backends.length > 1) throw new InputError(`--variant "${spec}": names ${backends.length} backends (${backends.join(', ')}); a variant has one`);
   if (mmus.length > 1) throw new InputError(`--variant "${spec}": names ${mmus.length} MMUs (${mmus.join(', ')}); a variant has one`);
   if (backends.length === 0) throw new InputError(`--variant "${spec}": name a backend (vmx, svm, or native)`);
+  if (hostPages.length > 1) throw new InputError(`--variant "${spec}": names ${hostPages.length} host page sizes (${hostPages.join(', ')}); a variant has one`);
+  if (hostPages.length === 1) opts.hostPages = hostPages[0];
   opts.backend = backends[0] === 'native' ? 'none' : backends[0];
   if (mmus.length === 1) {
     if (opts.backend === 'none') throw new InputError(`--variant "${spec}": ${mmus[0]} is an MMU of a hypervisor; a native variant has none`);

@@ -64,6 +64,22 @@ describe('compareVariants', () => {
     expect(exits.ratios[0]).toBe(1);
   });
 
+  it('under TDP, gives walk references per walk (at most 24 for 4 + 4 levels), not per missed access', async () => {
+    const doc = await compareVariants({ workload: WL, variants: ['vmx tdp', 'svm tdp host-pages=2m'], mode: 'long4', seed: 1, overrides: SMALL });
+    const row = (m: string) => doc.table.find((r) => r.metric === m)!.values as number[];
+    expect(doc.table.map((r) => r.metric)).not.toContain('walk references per TLB miss');
+    for (const [i, r] of doc.results.entries()) {
+      const c = r.counters.total;
+      expect(row('walk references per walk')[i]).toBe(c.walk_refs! / c.walks!);
+      expect(row('walk references per walk')[i]).toBeLessThanOrEqual(24);
+      // Not vacuous: the guest's #PFs make accesses walk twice, so per missed access it is more than per walk.
+      expect(c.walks!).toBeGreaterThan(c.tlb_misses!);
+    }
+    expect(doc.results.map((r) => r.label)).toEqual(['vmx tdp', 'svm tdp host-pages=2m']);
+    expect(doc.results[1]!.variant).toMatchObject({ mmu: 'tdp', hostPages: '2m' });
+    expect(doc.results[0]!.variant).not.toHaveProperty('hostPages');
+  });
+
   it("gives each exit reason's count and cycles in the window as `vmexit trace stats` counts and prices them", async () => {
     const doc = await compareVariants({ workload: WL, variants: ['vmx shadow pte-update'], mode: 'long4', seed: 1, overrides: SMALL, exitReasons: true });
     const r = doc.results[0]!;

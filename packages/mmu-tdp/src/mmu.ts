@@ -42,7 +42,10 @@ import { finish, memslotChanged, SPAN, zapAll, zapLeafs } from './zap.js';
 
 /** How the TDP MMU is built: the host page size that backs guest RAM (the largest leaf it may map). */
 export interface TdpMmuOptions {
-  /** The host page size backing guest RAM (`--host-pages`): the largest leaf the MMU builds. Default '4k'. */
+  /**
+   * The host page size backing guest RAM: the largest leaf the MMU builds. Default '4k'. A variant's own
+   * `hostPages` (`--host-pages`, passed as `MmuHost.hostPages`) takes precedence.
+   */
   readonly hostPages?: HostPages;
   /** KVM's fast page fault (fast-fault.ts); default off (the `fast-page-fault` policy turns it on). */
   readonly fastPageFault?: boolean;
@@ -119,7 +122,8 @@ export class TdpMmu extends TdpMmuState implements Mmu, DirtyLogMmu, FastPageFau
     // kvm_mmu_get_tdp_level: 5-level EPT only when the guest's MAXPHYADDR is above 48; NPT follows the host's
     // paging mode (get_npt_level), 5-level on a host whose MAXPHYADDR needs more than 48 bits.
     this.rootLevel = (backend.name === 'vmx' ? v0.ctx.maxPhyAddr : v0.hostMaxPhyAddr) > 48 ? 5 : 4;
-    this.maxLeafLevel = hostPageLevel(this.options.hostPages ?? '4k');
+    // The variant's host page size (`--host-pages`) when it names one, else the module's option, else 4 KiB.
+    this.maxLeafLevel = hostPageLevel(host.hostPages ?? this.options.hostPages ?? '4k');
     this.mmioValue = mmioValue(this.format, v0.hostMaxPhyAddr);
     // kvm_tdp_mmu_get_vcpu_root_hpa: the root role is direct, all rights, the TDP level.
     this.root = newPage(this, 0, rootRoleOf(this.rootLevel, false, 0, true, true, false, false) | ROLE_DIRECT, -1);

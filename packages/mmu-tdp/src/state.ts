@@ -1,9 +1,9 @@
-import { type Backend, type DirtyLog, type GuestMemory, type MmuHost } from '@vmexit/core';
+import { type Backend, type DirtyLog, type GuestMemory, type HostPages, type MmuHost } from '@vmexit/core';
 import { MmuRwLock, SptePoolMemory, SpteHalves, type PageCache, type SpteFormat, type SptePool } from '@vmexit/core/mmu';
 import type { TdpPage } from './page.js';
 
-/** Host page sizes that may back guest RAM (`--host-pages`): the largest TDP leaf the MMU may build. */
-export type HostPages = '4k' | '2m' | '1g';
+/** Host page sizes that may back guest RAM (`--host-pages`): the largest TDP leaf the MMU may build (core's type). */
+export type { HostPages };
 
 /** The TDP leaf level a host page size allows: 1 (4 KiB), 2 (2 MiB) or 3 (1 GiB). */
 export function hostPageLevel(p: HostPages): number {

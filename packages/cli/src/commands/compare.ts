@@ -39,6 +39,7 @@ interface CompareFlags {
   seed: string;
   vcpus?: string;
   memory?: string;
+  hostPages?: string;
   costModel?: string;
   personality?: string[];
   check?: boolean;
@@ -80,13 +81,14 @@ export function registerCompare(program: Command): void {
     .option('--seed <n>', 'seed of every random choice', '1')
     .option('--vcpus <n>', 'number of vCPUs (overrides the variants)')
     .option('--memory <size>', 'guest RAM, e.g. 256M (overrides the variants)')
+    .option('--host-pages <size>', 'host page size backing guest RAM, 4k, 2m or 1g (every variant: --mmu tdp only; or the spec word host-pages=2m)')
     .option('--cost-model <name|file>', 'the cost model for modelled cycles, a name or a JSON file (overrides the variants)')
     .option('--personality <names...>', `guest personalities: ${PERSONALITIES.join(', ')}`)
     .option('--check', 'also compare each variant with a native run of what the guest observed')
     .option('--audit', "check the MMU's invariants after every exit")
     .option('--json', 'print the results as one JSON document')
     .action(async (flags: CompareFlags) => {
-      checkVariantFlags({ vcpus: flags.vcpus, memory: flags.memory, costModel: flags.costModel });
+      checkVariantFlags({ vcpus: flags.vcpus, memory: flags.memory, costModel: flags.costModel, hostPages: flags.hostPages });
       checkWorkloadSpec(flags.workload, '--workload');
       if (columns.length === 0) throw new InputError("required option '--variant <variant>' not specified (or --label NAME=VARIANT)");
       const jobs = parseJobs(flags.jobs);
@@ -103,7 +105,12 @@ export function registerCompare(program: Command): void {
           onProgress: (p) => bar.update(p),
           mode: checkMode(flags.mode),
           seed: checkSeed(flags.seed),
-          overrides: { vcpus: flags.vcpus, memory: flags.memory === undefined ? undefined : String(parseSize(flags.memory)), costModel: flags.costModel },
+          overrides: {
+            vcpus: flags.vcpus,
+            memory: flags.memory === undefined ? undefined : String(parseSize(flags.memory)),
+            costModel: flags.costModel,
+            hostPages: flags.hostPages,
+          },
           personalities: checkPersonalities(flags.personality),
           check: flags.check === true,
           audit: flags.audit === true,
@@ -137,7 +144,7 @@ export function runComparison(o: ComparisonOptions): Promise<ComparisonDocument>
 }
 
 /** A variant spec (a config file or words such as "vmx shadow pte-update"), composed and checked: @vmexit/lab's parseVariantSpec. */
-export function parseVariantSpec(spec: string, overrides: Pick<VariantOptions, 'vcpus' | 'memory' | 'costModel'>): Promise<Variant> {
+export function parseVariantSpec(spec: string, overrides: Pick<VariantOptions, 'vcpus' | 'memory' | 'costModel' | 'hostPages'>): Promise<Variant> {
   return labParseVariantSpec(spec, overrides);
 }
 

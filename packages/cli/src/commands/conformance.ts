@@ -82,6 +82,7 @@ function ignoredFlags(opts: VariantOptions): string[] {
     ['--cost-model', opts.costModel],
     ['--vcpus', opts.vcpus],
     ['--memory', opts.memory],
+    ['--host-pages', opts.hostPages],
   ];
   return given.filter(([, v]) => v !== undefined).map(([flag, v]) => `${flag} ${v}`);
 }

@@ -16,7 +16,7 @@ export function registerPolicies(program: Command, sources: ModuleSources = DEFA
   addVariantOptions(cmd).action(async (opts: VariantOptions & { json?: boolean }) => {
     const cwd = process.cwd();
     // Any variant flag makes it a check of that variant: `--mmu tdp` or `--vcpus abc` alone must not list and exit 0.
-    const checking = [opts.backend, opts.mmu, opts.policy, opts.config, opts.costModel, opts.vcpus, opts.memory].some((v) => v !== undefined);
+    const checking = [opts.backend, opts.mmu, opts.policy, opts.config, opts.costModel, opts.vcpus, opts.memory, opts.hostPages].some((v) => v !== undefined);
     const raw = await rawVariant(opts, cwd);
     const from = typeof raw.resolveFrom === 'string' ? raw.resolveFrom : cwd;
     const extra: string[] = [];

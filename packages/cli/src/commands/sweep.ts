@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { PAGING_MODE_NAMES, type PagingModeName } from '@vmexit/core';
 import { PERSONALITIES, type Personality } from '@vmexit/guest';
-import { absoluteSpec, expandGrid, sweep, type CellExecutor } from '@vmexit/lab';
+import { absoluteSpec, checkHostPages, expandGrid, sweep, type CellExecutor } from '@vmexit/lab';
 import { CountBar } from '../progress.js';
 import { InputError } from '../errors.js';
 import { parseSize } from './run.js';
@@ -19,6 +19,7 @@ interface SweepFlags {
   personality?: string[];
   vcpus?: string;
   memory?: string;
+  hostPages?: string;
   costModel?: string;
 }
 
@@ -51,6 +52,7 @@ export function registerSweep(program: Command): void {
     .option('--personality <names...>', `guest personalities: ${PERSONALITIES.join(', ')}`)
     .option('--vcpus <n>', 'number of vCPUs (overrides the variants)')
     .option('--memory <size>', 'guest RAM, e.g. 256M (overrides the variants)')
+    .option('--host-pages <size>', 'host page size backing guest RAM, 4k, 2m or 1g (every variant: --mmu tdp only; or the spec word host-pages=2m)')
     .option('--cost-model <name>', 'the cost model for modelled cycles (overrides the variants)')
     .action(async (flags: SweepFlags) => {
       const modes = (flags.mode.length > 0 ? flags.mode : ['long4']).map(checkMode);
@@ -70,7 +72,12 @@ export function registerSweep(program: Command): void {
         seeds,
         params,
         personalities: personalities as Personality[],
-        overrides: { vcpus: flags.vcpus, memory: flags.memory === undefined ? undefined : String(parseSize(flags.memory)), costModel: flags.costModel },
+        overrides: {
+          vcpus: flags.vcpus,
+          memory: flags.memory === undefined ? undefined : String(parseSize(flags.memory)),
+          costModel: flags.costModel,
+          hostPages: flags.hostPages === undefined ? undefined : checkHostPages(flags.hostPages, '--host-pages'),
+        },
       });
       if (cells.length > MAX_CELLS) throw new InputError(`the sweep has ${cells.length} cells, more than ${MAX_CELLS}`);
       let executor: CellExecutor | undefined;

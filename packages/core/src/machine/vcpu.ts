@@ -104,7 +104,11 @@ export class Vcpu {
 
   /** Guest-visible counters. */
   accesses = 0;
-  /** Hardware walks of the active tables (TLB misses that walked), and the paging-structure entries they read. */
+  /**
+   * Hardware walks of the active tables: one per TLB miss as the hardware has them. An access whose walk faults
+   * (a #PF the guest handles, an exit the hypervisor resolves) is re-executed, misses again and walks again, so
+   * this counts more than `tlb.misses`, which counts each access that missed once.
+   */
   walks = 0;
   /**
    * Memory references of those walks: paging-structure entries read (one-dimensional: top level down to where

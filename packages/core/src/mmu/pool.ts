@@ -1,6 +1,6 @@
 import { PAGE_SIZE } from '../arch/constants.js';
 import type { GuestMemory } from '../machine/guest-memory.js';
-import type { PhysicalMemory } from '../memory/physical.js';
+import type { VersionedTables } from '../paging/stage-memo.js';
 
 /**
  * Host-physical address of the first frame of the MMU page pool. Guest RAM's host-physical addresses
@@ -31,6 +31,12 @@ export class SptePool {
    * MAXPHYADDR must reach, see `TdpMmu`) a 4 KiB-aligned address below that MAXPHYADDR that no memslot uses.
    */
   readonly base: number;
+  /**
+   * Counts the writes to the sptes (`set`, `clearFrame`, `fillFrame`, and the hardware's A/D updates through
+   * `SptePoolMemory.write32`): every write goes through them, so a second stage may keep what it walked while
+   * the version stays the same (core's StageMemo).
+   */
+  version = 0;
 
   constructor(capacity: number, base: number = POOL_BASE) {
     if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError(`shadow pool capacity must be a positive integer, not ${capacity}`);
@@ -95,12 +101,14 @@ export class SptePool {
 
   /** Writes both halves of the spte at `loc`. */
   set(loc: number, lo: number, hi: number): void {
+    this.version++;
     this.words[loc * 2] = lo;
     this.words[loc * 2 + 1] = hi;
   }
 
   /** Zeroes every spte of `frame` (a freshly allocated page: all not present). */
   clearFrame(frame: number): void {
+    this.version++;
     this.words.fill(0, frame * SPTES_PER_PAGE * 2, (frame + 1) * SPTES_PER_PAGE * 2);
   }
 
@@ -110,6 +118,7 @@ export class SptePool {
       this.clearFrame(frame);
       return;
     }
+    this.version++;
     const w = this.words;
     for (let i = frame * SPTES_PER_PAGE * 2, end = i + SPTES_PER_PAGE * 2; i < end; i += 2) {
       w[i] = lo;
@@ -123,11 +132,26 @@ export class SptePool {
  * above, guest RAM below. The hardware walk of those tables reads (and, for A/D bits, writes) only pool
  * frames; the final address of a translation is guest RAM, which the vCPU reaches through its memslots.
  */
-export class SptePoolMemory implements PhysicalMemory {
+export class SptePoolMemory implements VersionedTables {
   constructor(
     readonly pool: SptePool,
     readonly guest: GuestMemory,
   ) {}
+
+  /** The pool's write count (VersionedTables): what a second stage walked holds while it is the same. */
+  get tablesVersion(): number {
+    return this.pool.version;
+  }
+
+  /** Where the pool's frames begin (VersionedTables). */
+  get tablesBase(): number {
+    return this.pool.base;
+  }
+
+  /** Where the frames the pool holds end (VersionedTables). */
+  get tablesEnd(): number {
+    return this.pool.base + this.pool.words.length * 4;
+  }
 
   read32(pa: number): number {
     const base = this.pool.base;
@@ -145,8 +169,10 @@ export class SptePoolMemory implements PhysicalMemory {
     const base = this.pool.base;
     if (pa >= base) {
       const w = (pa - base) / 4;
-      if (w < this.pool.words.length) this.pool.words[w] = value;
-      else if (base !== POOL_BASE) this.guest.write32(pa, value);
+      if (w < this.pool.words.length) {
+        this.pool.version++;
+        this.pool.words[w] = value;
+      } else if (base !== POOL_BASE) this.guest.write32(pa, value);
       return;
     }
     this.guest.write32(pa, value);

@@ -1,6 +1,7 @@
 import type { PhysicalMemory } from '../memory/physical.js';
 import type { PmlLog } from './pml.js';
 import { NESTED_FINAL, NESTED_PDPTE, NESTED_TABLE, type SecondStage, type WalkResult } from './types.js';
+import { isVersionedTables, MEMO_ALL_ACCESSED, MEMO_DIRTY, StageMemo } from './stage-memo.js';
 import { tableIndex } from './walk-common.js';
 
 /*
@@ -90,6 +91,8 @@ export class EptStage implements SecondStage {
   /** The entries of the last translation, per level (1..5): host-physical address and low half. */
   private readonly usedPa = new Float64Array(6);
   private readonly usedLo = new Uint32Array(6);
+  /** Walks already made, while the tables have not changed (StageMemo); null when `mem` does not count its table writes. */
+  private readonly memo: StageMemo | null;
 
   constructor(
     readonly mem: PhysicalMemory,
@@ -100,6 +103,7 @@ export class EptStage implements SecondStage {
     if (!Number.isInteger(m) || m < 36 || m > 52) throw new RangeError(`EptStage: MAXPHYADDR ${m} is outside 36..52`);
     this.maxPhyAddr = m;
     this.executeOnly = options.executeOnly ?? true;
+    this.memo = isVersionedTables(mem) ? new StageMemo(mem) : null;
     this.load(eptp);
   }
 
@@ -112,6 +116,7 @@ export class EptStage implements SecondStage {
     this.root = eptp - low;
     this.levels = ((low >>> EPTP_PWL_SHIFT) & 7) + 1;
     this.accessedDirty = (low & EPTP_AD_ENABLE) !== 0;
+    this.memo?.version.fill(-1); // another root: nothing walked before holds
   }
 
   translate(gpa: number, access: number, kind: number, flags: number, out: WalkResult): number {
@@ -127,6 +132,25 @@ export class EptStage implements SecondStage {
     } else {
       acc = 0;
       want = 1;
+    }
+    const sideEffects = (flags & 1) /* WALK_SIDE_EFFECTS */ !== 0;
+    const write = want === 2;
+    const memo = this.memo;
+    if (memo !== null) {
+      // The same page walked before, the tables unchanged since: the same entries, rights and flags. Taken only
+      // when the walk would set no flag (every accessed flag set, and the leaf's dirty flag for a write).
+      const gfn = Math.floor(gpa / 4096);
+      const i = gfn & memo.mask;
+      if (memo.gfn[i] === gfn && memo.version[i] === memo.tables.tablesVersion) {
+        const info = memo.info[i]!;
+        const leafDirty = (info & MEMO_DIRTY) !== 0;
+        if ((info & want) !== 0 && (!this.accessedDirty || !sideEffects || ((info & MEMO_ALL_ACCESSED) !== 0 && (!write || leafDirty)))) {
+          out.refs += info >>> 8;
+          out.nestedRights = info & 7;
+          out.nestedDirty = !this.accessedDirty || leafDirty || (sideEffects && write);
+          return memo.hpa[i]! + (gpa % 4096);
+        }
+      }
     }
     const mem = this.mem;
     const lo = (gpa % 4294967296) | 0;
@@ -171,9 +195,8 @@ export class EptStage implements SecondStage {
       level--;
     }
     if ((rights & want) === 0) return this.refuse(out, gpa, kind, acc, rights, false);
-    const sideEffects = (flags & 1) /* WALK_SIDE_EFFECTS */ !== 0;
-    const write = want === 2;
     let dirty = true;
+    let accessed = EPT_ACCESSED;
     if (this.accessedDirty) {
       dirty = (elo & EPT_DIRTY) !== 0 || (sideEffects && write);
       if (sideEffects && write && (elo & EPT_DIRTY) === 0 && this.pml !== null && !this.pml.log(gpa)) {
@@ -183,19 +206,40 @@ export class EptStage implements SecondStage {
         out.nestedPmlFull = true;
         return -1;
       }
-      if (sideEffects) {
-        for (let l = this.levels; l >= level; l--) {
-          const set = l === level && write ? EPT_ACCESSED | EPT_DIRTY : EPT_ACCESSED;
-          if ((this.usedLo[l]! & set) !== set) {
+      for (let l = this.levels; l >= level; l--) {
+        const set = l === level && write ? EPT_ACCESSED | EPT_DIRTY : EPT_ACCESSED;
+        if ((this.usedLo[l]! & set) !== set) {
+          if (sideEffects) {
             const epa = this.usedPa[l]!;
             mem.write32(epa, (mem.read32(epa) | set) >>> 0);
-          }
+          } else accessed &= this.usedLo[l]!;
         }
       }
     }
     out.nestedRights = rights;
     out.nestedDirty = dirty;
-    return ((elo & ~offsetMask & 0xfffff000) >>> 0) + (ehi & 0xfffff) * 4294967296 + ((gpa % 4294967296) & offsetMask);
+    const hpa = ((elo & ~offsetMask & 0xfffff000) >>> 0) + (ehi & 0xfffff) * 4294967296 + ((gpa % 4294967296) & offsetMask);
+    if (memo !== null && this.inTables(level)) {
+      // As the entries are now (after the flags this walk set): a leaf's dirty flag is set when it was, or was just set.
+      memo.fill(
+        Math.floor(gpa / 4096),
+        hpa - (gpa % 4096),
+        rights | (accessed !== 0 ? MEMO_ALL_ACCESSED : 0) | (dirty ? MEMO_DIRTY : 0) | ((this.levels - level + 1) << 8),
+      );
+    }
+    return hpa;
+  }
+
+  /** Whether every entry of the walk that ended at `level` lies in the versioned tables (StageMemo keeps only those). */
+  private inTables(level: number): boolean {
+    const t = this.memo!.tables;
+    const base = t.tablesBase;
+    const end = t.tablesEnd;
+    for (let l = this.levels; l >= level; l--) {
+      const epa = this.usedPa[l]!;
+      if (epa < base || epa >= end) return false;
+    }
+    return true;
   }
 
   /** Records an EPT violation (rights = the AND of bits 2:0 of the entries used) or misconfiguration. */

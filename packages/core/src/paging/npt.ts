@@ -1,6 +1,7 @@
 import { PT_ACCESSED, PT_DIRTY, PT_PAGE_SIZE } from '../arch/constants.js';
 import type { PhysicalMemory } from '../memory/physical.js';
 import { NESTED_FINAL, NESTED_PDPTE, type SecondStage, type WalkResult } from './types.js';
+import { isVersionedTables, MEMO_ALL_ACCESSED, MEMO_DIRTY, StageMemo } from './stage-memo.js';
 import { tableIndex } from './walk-common.js';
 
 /*
@@ -49,6 +50,8 @@ export class NptStage implements SecondStage {
   root = 0;
   private readonly usedPa = new Float64Array(6);
   private readonly usedLo = new Uint32Array(6);
+  /** Walks already made, while the tables have not changed (StageMemo); null when `mem` does not count its table writes. */
+  private readonly memo: StageMemo | null;
 
   constructor(
     readonly mem: PhysicalMemory,
@@ -62,6 +65,7 @@ export class NptStage implements SecondStage {
     this.maxPhyAddr = m;
     this.levels = levels;
     this.nxe = options.nxe ?? true;
+    this.memo = isVersionedTables(mem) ? new StageMemo(mem) : null;
     this.load(nCr3);
   }
 
@@ -71,6 +75,7 @@ export class NptStage implements SecondStage {
       throw new RangeError(`NptStage: nCR3 ${nCr3} is not a physical address below 2^${this.maxPhyAddr}`);
     }
     this.root = nCr3 - (nCr3 % 4096);
+    this.memo?.version.fill(-1); // another root: nothing walked before holds
   }
 
   translate(gpa: number, access: number, kind: number, flags: number, out: WalkResult): number {
@@ -78,6 +83,27 @@ export class NptStage implements SecondStage {
     // write (a PDPTE load a user read).
     const acc = kind === NESTED_FINAL ? (access & 0x12) | 0x4 : kind === NESTED_PDPTE ? 0x4 : 0x6;
     const fetchId = (acc & 0x10) !== 0 && this.nxe ? 0x10 : 0; // I/D (§4.7 of the SDM, with the host's NXE)
+    const sideEffects = (flags & 1) /* WALK_SIDE_EFFECTS */ !== 0;
+    const write = (acc & 0x2) !== 0;
+    const memo = this.memo;
+    if (memo !== null) {
+      // The same page walked before, the tables unchanged since: the same entries, rights and flags (see
+      // StageMemo). A successful walk had U=1 throughout (rights R); a write needs W, a fetch X. Taken only when
+      // the walk would set no flag.
+      const gfn = Math.floor(gpa / 4096);
+      const i = gfn & memo.mask;
+      if (memo.gfn[i] === gfn && memo.version[i] === memo.tables.tablesVersion) {
+        const info = memo.info[i]!;
+        const need = write ? 2 : (acc & 0x10) !== 0 ? 4 : 1;
+        const dirty = (info & MEMO_DIRTY) !== 0;
+        if ((info & need) !== 0 && (!sideEffects || ((info & MEMO_ALL_ACCESSED) !== 0 && (!write || dirty)))) {
+          out.refs += info >>> 8;
+          out.nestedRights = info & 7;
+          out.nestedDirty = dirty || (sideEffects && write);
+          return memo.hpa[i]! + (gpa % 4096);
+        }
+      }
+    }
     const mem = this.mem;
     const lo = (gpa % 4294967296) | 0;
     const hi = Math.floor(gpa / 4294967296) | 0;
@@ -120,9 +146,7 @@ export class NptStage implements SecondStage {
     const user = (both & 0x4) !== 0;
     const writable = user && (both & 0x2) !== 0;
     const executable = user && (!this.nxe || (xd & 0x80000000) === 0);
-    const write = (acc & 0x2) !== 0;
     if (!user || (write && !writable) || ((acc & 0x10) !== 0 && !executable)) return this.refuse(out, gpa, kind, acc, 0x1 /* P */ | (acc & 0x6) | fetchId);
-    const sideEffects = (flags & 1) /* WALK_SIDE_EFFECTS */ !== 0;
     if (sideEffects && ((both & ACCESSED) === 0 || (write && (elo & DIRTY) === 0))) {
       for (let l = this.levels; l >= level; l--) {
         const set = l === level && write ? ACCESSED | DIRTY : ACCESSED;
@@ -132,9 +156,33 @@ export class NptStage implements SecondStage {
         }
       }
     }
-    out.nestedRights = 1 /* R */ | (writable ? 2 /* W */ : 0) | (executable ? 4 /* X */ : 0);
-    out.nestedDirty = (elo & DIRTY) !== 0 || (sideEffects && write);
-    return ((elo & ~offsetMask & 0xfffff000) >>> 0) + (ehi & 0xfffff) * 4294967296 + ((gpa % 4294967296) & offsetMask);
+    const rights = 1 /* R */ | (writable ? 2 /* W */ : 0) | (executable ? 4 /* X */ : 0);
+    const dirty = (elo & DIRTY) !== 0 || (sideEffects && write);
+    out.nestedRights = rights;
+    out.nestedDirty = dirty;
+    const hpa = ((elo & ~offsetMask & 0xfffff000) >>> 0) + (ehi & 0xfffff) * 4294967296 + ((gpa % 4294967296) & offsetMask);
+    if (memo !== null && this.inTables(level)) {
+      // As the entries are now: with side effects every accessed flag is set, and the leaf's dirty flag for a write.
+      const accessed = sideEffects || (both & ACCESSED) !== 0;
+      memo.fill(
+        Math.floor(gpa / 4096),
+        hpa - (gpa % 4096),
+        rights | (accessed ? MEMO_ALL_ACCESSED : 0) | (dirty ? MEMO_DIRTY : 0) | ((this.levels - level + 1) << 8),
+      );
+    }
+    return hpa;
+  }
+
+  /** Whether every entry of the walk that ended at `level` lies in the versioned tables (StageMemo keeps only those). */
+  private inTables(level: number): boolean {
+    const t = this.memo!.tables;
+    const base = t.tablesBase;
+    const end = t.tablesEnd;
+    for (let l = this.levels; l >= level; l--) {
+      const epa = this.usedPa[l]!;
+      if (epa < base || epa >= end) return false;
+    }
+    return true;
   }
 
   /** Records a nested page fault with the #PF-style error code `code` (EXITINFO1[31:0]). */

@@ -110,6 +110,17 @@ export async function composeVariant(raw: unknown, sources: ModuleSources): Prom
   container.load(coreModule);
 
   const loaded = { backend: false, mmu: false };
+  // Host huge pages back guest RAM for the TDP MMU's second-stage leaves; shadow paging here maps 4 KiB sptes
+  // only, and natively nothing maps guest RAM at all: a host page size there would be silently ignored.
+  if (parts.hostPagesGiven && (parts.backend === 'none' || (parts.mmu !== null && parts.mmu !== 'tdp'))) {
+    problems.push({
+      path: 'hostPages',
+      message:
+        parts.backend === 'none'
+          ? "host pages (--host-pages) apply to two-dimensional paging (mmu 'tdp'), and backend is 'none' (native): leave hostPages out"
+          : `host pages (--host-pages) apply to two-dimensional paging (mmu 'tdp') only; mmu '${parts.mmu}' maps guest RAM with 4 KiB pages: leave hostPages out, or use mmu 'tdp'`,
+    });
+  }
   if (parts.backend === 'none') {
     // Native: nothing runs below the guest, so an MMU named with it would be silently ignored.
     if (parts.mmuGiven && parts.mmu !== null)

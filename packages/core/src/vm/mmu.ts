@@ -3,6 +3,7 @@ import type { WriteTracker } from '../machine/emulate.js';
 import type { MmuDecisionOf, MmuEvent, MmuEventKind } from '../exits/mmu-events.js';
 import type { ExitResolution } from '../exits/vm-exit.js';
 import type { Backend } from './backend.js';
+import type { HostPages } from './variant.js';
 
 /** The VM an MMU serves: its vCPUs (for remote TLB flushes) and counters. */
 export interface MmuHost {
@@ -30,6 +31,11 @@ export interface MmuHost {
   readonly backend?: Backend | null;
   /** The backend's control state (VMCS, VMCB) of vCPU `vcpuId`; present with `backend`. */
   backendState?(vcpuId: number): unknown;
+  /**
+   * The host page size backing guest RAM (the variant's `hostPages`), or undefined for 4 KiB: the largest
+   * leaf a TDP MMU may map (KVM `kvm_mmu_max_mapping_level` follows the host mapping's level).
+   */
+  readonly hostPages?: HostPages;
 }
 
 /**

@@ -28,6 +28,11 @@ const memorySchema = z.union([z.number().int().positive(), z.string().regex(SIZE
   return Number(m[1]) * unit;
 });
 
+/** Host page sizes that may back guest RAM (`--host-pages`): the largest leaf a TDP MMU may map (4 KiB, 2 MiB, 1 GiB). */
+export const HOST_PAGE_SIZES = ['4k', '2m', '1g'] as const;
+/** A host page size backing guest RAM: '4k', '2m' or '1g'. */
+export type HostPages = (typeof HOST_PAGE_SIZES)[number];
+
 export const policyUseSchema = z.strictObject({
   /** A built-in policy's name, a package name (`@acme/vmexit-policy`, optionally `#policyName`) or a path. */
   use: z.string().min(1),
@@ -51,6 +56,12 @@ export const variantSchema = z.strictObject({
     .default({ mode: 'long4', personality: 'linux' }),
   vcpus: z.number().int().min(1).max(256).default(1),
   memory: memorySchema.default(256 * 1024 * 1024),
+  /**
+   * The host page size backing guest RAM (`--host-pages`), for two-dimensional paging only (mmu 'tdp'): the
+   * largest second-stage leaf the TDP MMU may build (KVM maps 2 MiB / 1 GiB where the host backing, THP or
+   * hugetlbfs, and the memslot allow). Absent means 4 KiB pages, and is left out of results.
+   */
+  hostPages: z.enum(HOST_PAGE_SIZES, { error: "expected '4k', '2m' or '1g' (the host page size backing guest RAM)" }).optional(),
   /** A built-in cost model by name, or a whole profile (the CLI reads `--cost-model FILE.json` into one). */
   costModel: z
     .union([
@@ -81,6 +92,8 @@ export interface VariantParts {
   readonly mmu: Variant['mmu'] | null;
   /** Whether the input named an MMU (rather than taking the default). */
   readonly mmuGiven: boolean;
+  /** Whether the input named a host page size (`hostPages`). */
+  readonly hostPagesGiven: boolean;
   readonly policies: readonly (PolicyUse | null)[];
   readonly resolveFrom: string | undefined;
 }
@@ -100,6 +113,7 @@ export function parseVariantParts(raw: unknown): { variant: Variant | null; prob
     backend: field(shape.backend, r.backend),
     mmu: field(shape.mmu, r.mmu),
     mmuGiven: r.mmu !== undefined,
+    hostPagesGiven: r.hostPages !== undefined,
     policies,
     resolveFrom: field(shape.resolveFrom, r.resolveFrom) ?? undefined,
   };

@@ -15,7 +15,7 @@ import { DEFAULT_MODULE_SOURCES, type ModuleSources } from './modules.js';
 import type { Mmu, MmuHost } from './mmu.js';
 import type { FaultPolicy, PolicySetupContext, PolicyVcpuContext } from './policy.js';
 import { TYPES } from './tokens.js';
-import { VariantError, type Variant, type VariantInput } from './variant.js';
+import { VariantError, type HostPages, type Variant, type VariantInput } from './variant.js';
 import { VcpuMmuEvents } from './vcpu-mmu-events.js';
 import { VmHooks } from './vm-hooks.js';
 import type { Container } from 'inversify';
@@ -58,6 +58,8 @@ export class Vm implements MmuHost {
   readonly exits$: Observable<VmExit>;
   /** Per vCPU: its MMU decisions (the `mmuEvents` pipeline, see VcpuMmuEvents). */
   private readonly mmuEvents: VcpuMmuEvents[] = [];
+  /** The host page size backing guest RAM (`variant.hostPages`; undefined: 4 KiB), for the MMU. */
+  readonly hostPages: HostPages | undefined;
 
   constructor(
     readonly variant: Variant,
@@ -79,6 +81,7 @@ export class Vm implements MmuHost {
       hostMaxPhyAddr: machineOptions.hostMaxPhyAddr,
     });
     this.vcpus = this.machine.vcpus;
+    this.hostPages = variant.hostPages;
     this.stats = this.vcpus.map(() => new Stats());
     const backendStates: unknown[] = [];
     const hooks: VmHooks[] = [];

@@ -478,4 +478,23 @@ describe('Vcpu under TDP', () => {
     v.read(0x400010, 4);
     expect([v.walks, v.walkRefs]).toEqual([1, 24]);
   });
+
+  it('one TLB miss whose walk faults in the guest walks twice: 20 + 24 references, at most 24 per walk', () => {
+    for (const format of ['ept', 'npt'] as const) {
+      const { v, log } = tdpMachine(format, []);
+      // Page 16 (va 0x410000) has no entry in the guest's PT: the guest's handler maps it (with a physical
+      // write, as a kernel that writes its pte: no access of its own through the TLB) and returns.
+      v.setExceptionHandler(14, (vc, _vec, ec, cr2) => {
+        log.push(['#PF', ec, cr2]);
+        vc.memory.write32(0x4000 + 16 * 8, (0x200000 + 16 * 4096) | 7);
+      });
+      v.read(0x410008, 4);
+      expect(log).toEqual([['#PF', 0, 0x410008]]);
+      // Walk 1: PML4E, PDPTE, PDE, PTE, each after the 4 second-stage references of its gpa (4 x 5 = 20), and the
+      // PTE is not present: #PF, no final translation. The guest's handler runs, the access is re-executed, its
+      // TLB lookup is not counted again (the access missed once) but it walks again: 4 x 5 + 4 = 24.
+      expect([v.tlb.misses, v.walks, v.walkRefs]).toEqual([1, 2, 20 + 24]);
+      expect(v.walkRefs / v.walks).toBeLessThanOrEqual(24);
+    }
+  });
 });
