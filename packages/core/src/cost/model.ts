@@ -17,7 +17,8 @@ export interface CostFigure {
  *   KVM_EXIT_DIRTY_RING_FULL (`dirty_ring_full_exits`: KVM_RUN returns and is called again, no VM exit of its own);
  * - `handler`: the hypervisor's work per KVM event (`pf_fixed`, `pf_guest`, `insn_emulation`, ...);
  * - `guestFault`: the guest kernel's own #PF handling, per fault delivered to the guest (`guest.page_faults`);
- * - `walkReference`: one memory reference of a hardware page walk (`walk_refs`).
+ * - `walkReference`: one memory reference of a hardware page walk (`walk_refs`);
+ * - and, in every profile, the cycles vCPUs spun on a contended `mmu_lock` (`mmu_lock.spin_cycles`), one for one.
  */
 export interface CostProfile {
   readonly name: string;
@@ -36,6 +37,12 @@ export interface CostReport {
   readonly breakdown: Readonly<Record<string, number>>;
 }
 
+const SPIN_CYCLE: CostFigure = {
+  cycles: 1,
+  basis: 'derived',
+  source: "mmu_lock.spin_cycles counts modelled cycles (core's LockTimeline: the overlap of two vCPUs' critical sections on their modelled clocks)",
+};
+
 /** Prices `counters` (a VM's or one vCPU's snapshot) under `profile`. Counters the profile does not price cost nothing. */
 export function modelCycles(profile: CostProfile, counters: Readonly<Record<string, number>>): CostReport {
   const breakdown: Record<string, number> = {};
@@ -53,5 +60,7 @@ export function modelCycles(profile: CostProfile, counters: Readonly<Record<stri
   for (const [counter, fig] of Object.entries(profile.handler)) add(counter, fig);
   add('guest.page_faults', profile.guestFault);
   add('walk_refs', profile.walkReference);
+  // Cycles a vCPU spun on a contended mmu_lock (LockTimeline): already cycles, priced one for one.
+  add('mmu_lock.spin_cycles', SPIN_CYCLE);
   return { profile: profile.name, cycles: total, breakdown };
 }
