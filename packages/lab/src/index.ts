@@ -80,4 +80,5 @@ export {
   type MigrateResult,
   type MigrateRound,
 } from './migrate.js';
+export { GUEST_ACCESS_CYCLES, guestProgress, timeMmuLock, vcpuClock } from './lock-time.js';
 export { type ExploreDocument, exploreScenario, exploreScenarios, formatExplore } from './explore.js';
