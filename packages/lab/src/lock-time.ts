@@ -1,4 +1,4 @@
-import { modelCycles, resolveCostProfile, type CostProfile, type DirtyLogMmu, type Vm } from '@vmexit/core';
+import { pricedCounters, resolveCostProfile, type CostFigure, type CostProfile, type DirtyLogMmu, type Vm } from '@vmexit/core';
 import { LockTimeline } from '@vmexit/core/mmu';
 
 /**
@@ -13,11 +13,19 @@ export const GUEST_ACCESS_CYCLES = 1;
  * faults, walk references, its spins on `mmu_lock`) plus GUEST_ACCESS_CYCLES per guest access.
  */
 export function vcpuClock(vm: Vm, profile: CostProfile, vcpu: number): number {
+  return vcpuClockOf(vm, pricedCounters(profile), vcpu);
+}
+
+/** vcpuClock over the profile's priced counters, looked up one by one (no snapshot: it runs at every lock acquisition). */
+function vcpuClockOf(vm: Vm, priced: readonly (readonly [string, CostFigure])[], vcpu: number): number {
   const v = vm.vcpus[vcpu]!;
-  const c = vm.stats[vcpu]!.snapshot();
-  c['guest.page_faults'] = v.pageFaultsDelivered;
-  c['walk_refs'] = v.walkRefs;
-  return modelCycles(profile, c).cycles + v.accesses * GUEST_ACCESS_CYCLES;
+  const stats = vm.stats[vcpu]!;
+  let cycles = v.accesses * GUEST_ACCESS_CYCLES;
+  for (const [name, fig] of priced) {
+    const n = name === 'guest.page_faults' ? v.pageFaultsDelivered : name === 'walk_refs' ? v.walkRefs : stats.get(name);
+    cycles += n * fig.cycles;
+  }
+  return cycles;
 }
 
 /**
@@ -34,7 +42,8 @@ export function timeMmuLock(vm: Vm, mmu: Pick<DirtyLogMmu, 'mmuLock'>): boolean 
   const profile = resolveCostProfile(vm.variant.costModel);
   const hold = profile.handler['pf_fixed']?.cycles ?? 0;
   if (!(hold > 0)) return false;
-  lock.timeline = new LockTimeline(vm.vcpus.length, hold, (v) => vcpuClock(vm, profile, v));
+  const priced = pricedCounters(profile);
+  lock.timeline = new LockTimeline(vm.vcpus.length, hold, (v) => vcpuClockOf(vm, priced, v));
   return true;
 }
 
