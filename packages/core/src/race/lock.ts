@@ -69,8 +69,15 @@ export class MmuLock {
   }
 }
 
-/** Critical sections remembered per vCPU (older ones are forgotten: an acquisition that far behind sees no contention). */
-const TIMELINE_HISTORY = 4096;
+/**
+ * Critical sections remembered per vCPU (a power of two; older ones are forgotten, so an acquisition further
+ * behind another vCPU's clock than that vCPU's last 65,536 sections sees no contention from it). The vCPUs'
+ * clocks drift apart as the scheduler runs one quantum after another (by tens of millions of cycles in a
+ * kbuild of 4 vCPUs, some 25,000 sections), so the history must span that drift.
+ */
+const TIMELINE_HISTORY = 1 << 16;
+/** Sections a vCPU's history starts with; it doubles as needed up to TIMELINE_HISTORY. */
+const TIMELINE_INITIAL = 1024;
 
 /**
  * When `mmu_lock` would have been contended had the vCPUs run in parallel, for sequential runs: the model runs
@@ -87,7 +94,7 @@ const TIMELINE_HISTORY = 4096;
  * nothing ever spins.
  */
 export class LockTimeline {
-  /** Per vCPU: the last TIMELINE_HISTORY critical sections [start, end), in order (a ring). */
+  /** Per vCPU: its last critical sections [start, end), in order (a ring of `starts[v].length`, a power of two). */
   private readonly starts: Float64Array[];
   private readonly ends: Float64Array[];
   private readonly count: Int32Array;
@@ -100,8 +107,8 @@ export class LockTimeline {
     readonly clock: (vcpu: number) => number,
   ) {
     if (!(holdCycles > 0)) throw new Error(`LockTimeline: holdCycles must be positive, not ${holdCycles}`);
-    this.starts = Array.from({ length: vcpus }, () => new Float64Array(TIMELINE_HISTORY));
-    this.ends = Array.from({ length: vcpus }, () => new Float64Array(TIMELINE_HISTORY));
+    this.starts = Array.from({ length: vcpus }, () => new Float64Array(TIMELINE_INITIAL));
+    this.ends = Array.from({ length: vcpus }, () => new Float64Array(TIMELINE_INITIAL));
     this.count = new Int32Array(vcpus);
     this.spun = new Float64Array(vcpus);
   }
@@ -110,7 +117,7 @@ export class LockTimeline {
   acquire(vcpu: number): number {
     const c = this.count[vcpu]!;
     // A vCPU's clock never goes back, and its own critical sections do not overlap (nor count as a spin).
-    const prevEnd = c > 0 ? this.ends[vcpu]![(c - 1) % TIMELINE_HISTORY]! : -Infinity;
+    const prevEnd = c > 0 ? this.ends[vcpu]![(c - 1) & (this.ends[vcpu]!.length - 1)]! : -Infinity;
     const t = Math.max(this.clock(vcpu), prevEnd);
     const h = this.holdCycles;
     let s = t;
@@ -121,7 +128,7 @@ export class LockTimeline {
         if (o === vcpu) continue;
         const k = this.lastStartingBefore(o, s + h);
         if (k < 0) continue;
-        const i = k % TIMELINE_HISTORY;
+        const i = k & (this.starts[o]!.length - 1);
         const a = this.starts[o]![i]!;
         const b = this.ends[o]![i]!;
         if (b <= s) continue;
@@ -131,7 +138,8 @@ export class LockTimeline {
       }
       if (!moved) break;
     }
-    const i = c % TIMELINE_HISTORY;
+    if (c === this.starts[vcpu]!.length && c < TIMELINE_HISTORY) this.grow(vcpu);
+    const i = c & (this.starts[vcpu]!.length - 1);
     this.starts[vcpu]![i] = s;
     this.ends[vcpu]![i] = s + h;
     this.count[vcpu] = c + 1;
@@ -140,16 +148,28 @@ export class LockTimeline {
     return spin;
   }
 
+  /** Doubles vCPU `v`'s history (it is full and has never wrapped: sequence numbers are indexes). */
+  private grow(v: number): void {
+    const n = this.starts[v]!.length * 2;
+    const starts = new Float64Array(n);
+    const ends = new Float64Array(n);
+    starts.set(this.starts[v]!);
+    ends.set(this.ends[v]!);
+    this.starts[v] = starts;
+    this.ends[v] = ends;
+  }
+
   /** The sequence number of vCPU `o`'s last remembered critical section that starts before `x`, or -1. */
   private lastStartingBefore(o: number, x: number): number {
     const c = this.count[o]!;
-    let lo = Math.max(0, c - TIMELINE_HISTORY);
-    let hi = c - 1;
     const starts = this.starts[o]!;
-    if (hi < lo || starts[lo % TIMELINE_HISTORY]! >= x) return -1;
+    const mask = starts.length - 1;
+    let lo = Math.max(0, c - starts.length);
+    let hi = c - 1;
+    if (hi < lo || starts[lo & mask]! >= x) return -1;
     while (lo < hi) {
-      const mid = (lo + hi + 1) >>> 1;
-      if (starts[mid % TIMELINE_HISTORY]! < x) lo = mid;
+      const mid = lo + Math.ceil((hi - lo) / 2);
+      if (starts[mid & mask]! < x) lo = mid;
       else hi = mid - 1;
     }
     return lo;

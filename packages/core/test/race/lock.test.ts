@@ -40,6 +40,25 @@ describe('LockTimeline', () => {
       expect(t.acquire(2)).toBe(250);
     });
 
+    it('remembers the last 65,536 sections of a vCPU: a vCPU far behind meets the old ones, not the forgotten', () => {
+      const clock = [0, 0];
+      const t = new LockTimeline(2, 100, (v) => clock[v]!);
+      // vCPU 0 runs far ahead: 70,000 sections [200k, 200k + 100).
+      for (let k = 0; k < 70_000; k++) {
+        clock[0] = 200 * k;
+        t.acquire(0);
+      }
+      // Sections 0..4,463 are forgotten (70,000 - 65,536 = 4,464): vCPU 1 at 50 meets nothing.
+      clock[1] = 50;
+      expect(t.acquire(1)).toBe(0);
+      // Section 4,464 = [892,800, 892,900) is remembered: vCPU 1 at 892,850 spins 50.
+      clock[1] = 892_850;
+      expect(t.acquire(1)).toBe(50);
+      // And the last one, [13,999,800, 13,999,900): at 13,999,820, 80.
+      clock[1] = 13_999_820;
+      expect(t.acquire(1)).toBe(80);
+    });
+
     it('never spins with one vCPU', () => {
       let c = 0;
       const t = new LockTimeline(1, 100, () => c);
