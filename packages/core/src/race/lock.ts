@@ -101,9 +101,17 @@ export class LockTimeline {
   /** Cycles each vCPU spun so far. */
   readonly spun: Float64Array;
 
+  /**
+   * @param vcpus the vCPUs (ids 0..vcpus-1)
+   * @param holdCycles how long each acquisition holds the lock (its critical section), in modelled cycles
+   * @param clock a vCPU's modelled clock now, including the cycles its earlier acquisitions spun
+   */
   constructor(
+    /** The vCPUs (ids 0..vcpus-1). */
     readonly vcpus: number,
+    /** How long each acquisition holds the lock, in modelled cycles. */
     readonly holdCycles: number,
+    /** A vCPU's modelled clock now, including the cycles its earlier acquisitions spun. */
     readonly clock: (vcpu: number) => number,
   ) {
     if (!(holdCycles > 0)) throw new Error(`LockTimeline: holdCycles must be positive, not ${holdCycles}`);
