@@ -189,7 +189,7 @@ export { type AvailablePolicy, capabilityProviders, composeVariant, type Composi
 export { createVm, type CreateVmOptions, Vm, type VmCounters } from './vm/vm.js';
 
 // Cost models: pricing counters in modelled cycles.
-export { type CostFigure, type CostProfile, type CostReport, modelCycles } from './cost/model.js';
+export { type CostFigure, type CostProfile, type CostReport, modelCycles, pricedCounters } from './cost/model.js';
 export { COST_PROFILES, DEFAULT_COST_PROFILE, PROFILE_2007, PROFILE_CLOUD_VM, PROFILE_SERVER } from './cost/profiles.js';
 export { type CostModelInput, costProfileSchema, parseCostProfile, resolveCostProfile } from './cost/schema.js';
 

@@ -8,6 +8,7 @@ import { provenance, type Provenance } from './provenance.js';
 import { runChecked, runOnVariant, type CheckReport, type VariantRunResult } from './run-variant.js';
 import type { SweepProgressInfo } from './progress.js';
 import { exitCycles } from './trace-stats.js';
+import { guestProgress } from './lock-time.js';
 import { absoluteSpec, parseVariantSpec, type VariantContext, type VariantOverrides } from './variant-spec.js';
 
 /** A variant of a comparison under a column label of the caller's choosing (`--label NAME=VARIANT`). */
@@ -400,9 +401,29 @@ export function comparisonMetrics(results: readonly ComparisonInput[], options: 
     { label: 'TLB flushes', value: (r) => (r.counters.total.tlb_flush ?? 0) + (r.counters.total.remote_tlb_flush ?? 0) },
     ...(results.some((r) => r.variant.mmu === 'tdp') ? walkMetrics : []),
     { label: 'modelled cycles', value: (r) => r.cycles.cycles },
+    ...(results.some((r) => r.counters.total['mmu_lock.acquired'] !== undefined) ? lockMetrics : []),
     ...picked,
   ];
 }
+
+/**
+ * The MMU lock and the fast page fault, shown when a variant ran with a dirty log (the runs that count
+ * `mmu_lock.acquired`): acquisitions, contended acquisitions and the cycles spun (with several vCPUs, the
+ * lock's timeline, lab's lock-time.ts), fast fixes, and guest progress: guest accesses per 1000 modelled cycles
+ * (the cycles above plus GUEST_ACCESS_CYCLES per access), whose ratio is how much faster the guest got on.
+ */
+const lockMetrics: readonly Metric[] = [
+  { label: 'mmu_lock acquired', value: counter('mmu_lock.acquired') },
+  { label: 'mmu_lock contended', value: counter('mmu_lock.contended') },
+  { label: 'mmu_lock spin cycles', value: counter('mmu_lock.spin_cycles') },
+  { label: 'fast fixes (pf_fast)', value: counter('pf_fast') },
+  {
+    label: 'guest progress (accesses/kcycle)',
+    name: 'guest progress',
+    value: (r) => guestProgress(r.counters.total['guest.accesses'] ?? 0, r.cycles.cycles),
+    digits: 3,
+  },
+];
 
 /**
  * What two-dimensional paging pays instead of exits: every TLB miss walks the guest's tables with each

@@ -82,4 +82,5 @@ export {
   type MigrateResult,
   type MigrateRound,
 } from './migrate.js';
+export { GUEST_ACCESS_CYCLES, guestProgress, timeMmuLock, vcpuClock } from './lock-time.js';
 export { type ExploreDocument, exploreScenario, exploreScenarios, type ExploreTarget, formatExplore } from './explore.js';

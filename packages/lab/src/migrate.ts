@@ -3,7 +3,9 @@ import {
   DirtyLog,
   DirtyRingError,
   GuestMemory,
+  modelCycles,
   PAGE_SIZE,
+  resolveCostProfile,
   VariantError,
   type DirtyLogMmu,
   type ModuleSources,
@@ -14,6 +16,7 @@ import {
 import { GuestConfigError, runWorkload, TraceError, WorkloadError, type Personality } from '@vmexit/guest';
 import { InputError } from './errors.js';
 import { describeVariant, withPmlPolicy } from './run-variant.js';
+import { GUEST_ACCESS_CYCLES, guestProgress, timeMmuLock } from './lock-time.js';
 
 /**
  * Pre-copy live migration (as QEMU drives KVM's dirty log, and as KVM's selftest
@@ -61,7 +64,18 @@ export interface MigrateOptions {
 }
 
 /** The counters a round reports (deltas over the round; `exits.*` by reason). */
-const ROUND_COUNTERS = ['exits', 'pf_fixed', 'pf_fast', 'pf_spurious', 'pf_fast_cmpxchg_fail', 'pf_emulate', 'mmu_lock.acquired', 'remote_tlb_flush'];
+const ROUND_COUNTERS = [
+  'exits',
+  'pf_fixed',
+  'pf_fast',
+  'pf_spurious',
+  'pf_fast_cmpxchg_fail',
+  'pf_emulate',
+  'mmu_lock.acquired',
+  'mmu_lock.contended',
+  'mmu_lock.spin_cycles',
+  'remote_tlb_flush',
+];
 
 /** One round of the pre-copy: what the harvest found, what was sent, and what the guest did meanwhile. */
 export interface MigrateRound {
@@ -72,6 +86,8 @@ export interface MigrateRound {
   readonly pagesSent: number;
   /** Guest accesses while the round's pages were being sent (0 for the stop-and-copy: the guest is stopped). */
   readonly guestAccesses: number;
+  /** The cost model's cycles of the round's counters (exits, handlers, guest faults, walk references, spins on mmu_lock). */
+  readonly modelledCycles: number;
   readonly counters: Readonly<Record<string, number>>;
 }
 
@@ -93,6 +109,12 @@ export interface MigrateResult {
   readonly pagesSent: number;
   readonly modelled: { readonly pageCopyCycles: number; readonly totalCopyCycles: number; readonly downtimeCycles: number };
   readonly counters: { readonly total: Readonly<Record<string, number>> };
+  /**
+   * Guest progress after dirty logging started: guest accesses per 1000 modelled cycles over the rounds the
+   * guest ran in (all but the stop-and-copy), the cycles being the cost model's plus GUEST_ACCESS_CYCLES per
+   * access (lock-time.ts). Its ratio between two variants is how much faster the guest got on under the log.
+   */
+  readonly guestProgress: { readonly accesses: number; readonly cycles: number; readonly accessesPerKcycle: number };
   /** `ring` mode: the ring size, and the entries harvested and KVM_EXIT_DIRTY_RING_FULL exits over the migration. */
   readonly dirtyRing?: { readonly entries: number; readonly softLimit: number; readonly harvested: number; readonly fullExits: number };
 }
@@ -133,6 +155,8 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
   const memory = vm.machine.memory;
   const log = new DirtyLog(memory);
   mmu.attachDirtyLog(log);
+  // several vCPUs: mmu_lock on the vCPUs' modelled clocks (contention and spins, lock-time.ts)
+  timeMmuLock(vm, mmu as DirtyLogMmu);
   const ringEntries = o.ringEntries ?? DEFAULT_DIRTY_RING_ENTRIES;
   if (mode === 'ring') {
     try {
@@ -162,6 +186,8 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
 
   const rounds: MigrateRound[] = [];
   let before = vm.counters().total;
+  const profile = resolveCostProfile(vm.variant.costModel);
+  let cyclesBefore = modelCycles(profile, before).cycles;
   const roundKeys = mode === 'ring' ? [...ROUND_COUNTERS, 'dirty_ring_full_exits'] : ROUND_COUNTERS;
   const roundCounters = (): Record<string, number> => {
     const now = vm.counters().total;
@@ -174,6 +200,13 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     for (const k of roundKeys) out[k] ??= 0;
     before = now;
     return out;
+  };
+  /** The modelled cycles since the last call (taken with roundCounters, at the same points). */
+  const roundCycles = (): number => {
+    const now = modelCycles(profile, vm.counters().total).cycles;
+    const d = now - cyclesBefore;
+    cyclesBefore = now;
+    return d;
   };
   const copy = (slotId: number, bitmap: Uint32Array): number => {
     const slot = log.slotOf(slotId);
@@ -210,9 +243,10 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
       // The migration starts once the guest runs its workload: logging on, then the first full copy.
       started = true;
       roundCounters(); // the rounds count from here (boot and the guest's set-up are not the migration's)
+      roundCycles();
       for (const s of slots) log.enable(s.id, mode === 'clear' ? { manualProtect: true, initiallySet: true } : {});
       const sent = mode === 'clear' ? harvest() : (memory.backedGfns().forEach(sendPage), memory.pages);
-      rounds.push({ round: 0, dirtyPages: memory.pages, pagesSent: sent, guestAccesses: 0, counters: roundCounters() });
+      rounds.push({ round: 0, dirtyPages: memory.pages, pagesSent: sent, guestAccesses: 0, modelledCycles: roundCycles(), counters: roundCounters() });
       roundStart = accesses;
       sending = sent;
       return;
@@ -220,9 +254,14 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     if (accesses - roundStart < (sending * 1000) / copyRate) return;
     // The previous round's pages are sent: its guest accesses are known; harvest the next round.
     const prev = rounds[rounds.length - 1]!;
-    rounds[rounds.length - 1] = { ...prev, guestAccesses: accesses - roundStart, counters: mergeCounters(prev.counters, roundCounters()) };
+    rounds[rounds.length - 1] = {
+      ...prev,
+      guestAccesses: accesses - roundStart,
+      modelledCycles: prev.modelledCycles + roundCycles(),
+      counters: mergeCounters(prev.counters, roundCounters()),
+    };
     const n = harvest();
-    rounds.push({ round: rounds.length, dirtyPages: n, pagesSent: n, guestAccesses: 0, counters: roundCounters() });
+    rounds.push({ round: rounds.length, dirtyPages: n, pagesSent: n, guestAccesses: 0, modelledCycles: roundCycles(), counters: roundCounters() });
     roundStart = accesses;
     sending = n;
     if (n <= stopPages) stoppedBy = 'dirty-set-small';
@@ -257,15 +296,21 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
   // Stopped by the workload's end: the last round's accesses are known, and the stop-and-copy is a new round.
   const last = rounds[rounds.length - 1]!;
   if (stoppedBy === 'workload-end') {
-    rounds[rounds.length - 1] = { ...last, guestAccesses: lastAccesses - roundStart, counters: mergeCounters(last.counters, roundCounters()) };
+    rounds[rounds.length - 1] = {
+      ...last,
+      guestAccesses: lastAccesses - roundStart,
+      modelledCycles: last.modelledCycles + roundCycles(),
+      counters: mergeCounters(last.counters, roundCounters()),
+    };
     const n = harvest();
-    rounds.push({ round: rounds.length, dirtyPages: n, pagesSent: n, guestAccesses: 0, counters: roundCounters() });
+    rounds.push({ round: rounds.length, dirtyPages: n, pagesSent: n, guestAccesses: 0, modelledCycles: roundCycles(), counters: roundCounters() });
   } else {
     const n = harvest();
     rounds[rounds.length - 1] = {
       ...last,
       dirtyPages: last.dirtyPages + n,
       pagesSent: last.pagesSent + n,
+      modelledCycles: last.modelledCycles + roundCycles(),
       counters: mergeCounters(last.counters, roundCounters()),
     };
   }
@@ -273,6 +318,11 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
   const sourceDigest = memory.digest();
   const destinationDigest = destination.digest();
   const pagesSent = rounds.reduce((a, r) => a + r.pagesSent, 0);
+  // Guest progress over the rounds the guest ran in: every round but the stop-and-copy (whose cycles are the
+  // last harvest's, with the guest stopped).
+  const ran = rounds.slice(0, -1);
+  const progressAccesses = ran.reduce((a, r) => a + r.guestAccesses, 0);
+  const progressCycles = ran.reduce((a, r) => a + r.modelledCycles, 0);
   return {
     schema: 'vmexit.migrate/1',
     variant: describeVariant(variant),
@@ -288,6 +338,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     pagesSent,
     modelled: { pageCopyCycles, totalCopyCycles: pagesSent * pageCopyCycles, downtimeCycles: downtimePages * pageCopyCycles },
     counters: { total: vm.counters().total },
+    guestProgress: { accesses: progressAccesses, cycles: progressCycles, accessesPerKcycle: guestProgress(progressAccesses, progressCycles) },
     ...(log.rings !== null
       ? {
           dirtyRing: {
@@ -311,12 +362,12 @@ function mergeCounters(a: Readonly<Record<string, number>>, b: Readonly<Record<s
 export function formatMigrate(r: MigrateResult): string {
   const lines = [
     `migrate ${r.workload} (${r.mode}, seed ${r.seed}) on ${JSON.stringify(r.variant)}, dirty log: ${r.dirtyLog}`,
-    'round  dirty pages  pages sent  guest accesses     exits  pf_fixed  pf_fast  mmu_lock.acquired',
+    'round  dirty pages  pages sent  guest accesses     exits  pf_fixed  pf_fast  mmu_lock.acquired  contended  modelled cycles',
   ];
   for (const x of r.rounds) {
     const c = x.counters;
     lines.push(
-      `${String(x.round).padStart(5)}  ${String(x.dirtyPages).padStart(11)}  ${String(x.pagesSent).padStart(10)}  ${String(x.guestAccesses).padStart(14)}  ${String(c['exits'] ?? 0).padStart(8)}  ${String(c['pf_fixed'] ?? 0).padStart(8)}  ${String(c['pf_fast'] ?? 0).padStart(7)}  ${String(c['mmu_lock.acquired'] ?? 0).padStart(17)}`,
+      `${String(x.round).padStart(5)}  ${String(x.dirtyPages).padStart(11)}  ${String(x.pagesSent).padStart(10)}  ${String(x.guestAccesses).padStart(14)}  ${String(c['exits'] ?? 0).padStart(8)}  ${String(c['pf_fixed'] ?? 0).padStart(8)}  ${String(c['pf_fast'] ?? 0).padStart(7)}  ${String(c['mmu_lock.acquired'] ?? 0).padStart(17)}  ${String(c['mmu_lock.contended'] ?? 0).padStart(9)}  ${String(x.modelledCycles).padStart(15)}`,
     );
   }
   const m = r.modelled;
@@ -327,6 +378,7 @@ export function formatMigrate(r: MigrateResult): string {
     );
   }
   lines.push(
+    `guest progress after dirty logging started: ${r.guestProgress.accesses} accesses in ${r.guestProgress.cycles + r.guestProgress.accesses * GUEST_ACCESS_CYCLES} modelled cycles = ${r.guestProgress.accessesPerKcycle.toFixed(3)} accesses per 1000 cycles`,
     `stopped by ${r.stoppedBy}; ${r.pagesSent} pages sent; modelled copy ${m.totalCopyCycles} cycles, downtime ${m.downtimeCycles} cycles (${m.pageCopyCycles} per page, an estimate)`,
     `source digest ${r.source.memoryDigest}`,
     `destination   ${r.destination.memoryDigest}  ${r.digestMatch ? 'match' : 'MISMATCH: a dirty page was lost'}`,

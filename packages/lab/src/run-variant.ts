@@ -29,6 +29,7 @@ import {
 } from '@vmexit/guest';
 import { InputError, RunFailure } from './errors.js';
 import { checkModeMemory } from './variant-spec.js';
+import { timeMmuLock } from './lock-time.js';
 
 /** What one run needs: the workload and guest shape, and the variant below it. */
 export interface VariantRunOptions {
@@ -139,14 +140,16 @@ export async function runOnVariant(o: VariantRunOptions): Promise<VariantRunOutc
 
 /**
  * A dirty log attached to the VM's MMU, for a workload that harvests it itself (dirty-log-test's `harvest`):
- * attached only on request, since an attached log changes what the MMU counts (`mmu_lock.acquired`). Null when
- * the MMU has no dirty logging.
+ * attached only on request, since an attached log changes what the MMU counts (`mmu_lock.acquired`; with several
+ * vCPUs the lock is timed too, `timeMmuLock`: `mmu_lock.contended`, `mmu_lock.spin_cycles`). Null when the MMU
+ * has no dirty logging.
  */
 function attachDirtyLog(vm: Vm): DirtyLog | null {
   const mmu = vm.mmu as (Partial<DirtyLogMmu> & { name: string }) | null;
   if (mmu === null || typeof mmu.attachDirtyLog !== 'function') return null;
   const log = new DirtyLog(vm.machine.memory);
   mmu.attachDirtyLog(log);
+  if (mmu.mmuLock !== undefined) timeMmuLock(vm, { mmuLock: mmu.mmuLock });
   return log;
 }
 

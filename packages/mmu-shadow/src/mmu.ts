@@ -132,11 +132,18 @@ export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEnco
   /**
    * Takes `mmu_lock` for vCPU `id` in a sequential run. The lock counts every acquisition itself; the vCPU's
    * `mmu_lock.acquired` counter is kept in runs with a dirty log attached (the runs that compare the fast page
-   * fault), so that the counter sets of other runs, and their golden results, stay as they were.
+   * fault), so that the counter sets of other runs, and their golden results, stay as they were. With a
+   * `LockTimeline` on the lock (runs of several vCPUs that model the time, see core's race/lock.ts), an
+   * acquisition that would have met another vCPU's critical section counts `mmu_lock.contended` and the
+   * cycles it spun, `mmu_lock.spin_cycles` (which the cost model prices).
    */
   private lockFor(id: number): void {
-    this.mmuLock.acquire(id);
+    const spin = this.mmuLock.acquire(id);
     if (this.dirtyLog !== null) this.host.count(id, 'mmu_lock.acquired');
+    if (spin > 0) {
+      this.host.count(id, 'mmu_lock.contended');
+      this.host.count(id, 'mmu_lock.spin_cycles', spin);
+    }
   }
 
   crWritten(vcpu: Vcpu, cr: number, _oldValue: number, exited: boolean): void {

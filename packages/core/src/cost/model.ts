@@ -17,7 +17,8 @@ export interface CostFigure {
  *   KVM_EXIT_DIRTY_RING_FULL (`dirty_ring_full_exits`: KVM_RUN returns and is called again, no VM exit of its own);
  * - `handler`: the hypervisor's work per KVM event (`pf_fixed`, `pf_guest`, `insn_emulation`, ...);
  * - `guestFault`: the guest kernel's own #PF handling, per fault delivered to the guest (`guest.page_faults`);
- * - `walkReference`: one memory reference of a hardware page walk (`walk_refs`).
+ * - `walkReference`: one memory reference of a hardware page walk (`walk_refs`);
+ * - and, in every profile, the cycles vCPUs spun on a contended `mmu_lock` (`mmu_lock.spin_cycles`), one for one.
  */
 export interface CostProfile {
   readonly name: string;
@@ -36,22 +37,37 @@ export interface CostReport {
   readonly breakdown: Readonly<Record<string, number>>;
 }
 
+const SPIN_CYCLE: CostFigure = {
+  cycles: 1,
+  basis: 'derived',
+  source: "mmu_lock.spin_cycles counts modelled cycles (core's LockTimeline: the overlap of two vCPUs' critical sections on their modelled clocks)",
+};
+
+/**
+ * The counters `profile` prices, each with its figure, in the order modelCycles adds them: exits by kind, the
+ * user-space exits, the handlers, the guest's own faults, walk references, and the cycles spun on `mmu_lock`.
+ */
+export function pricedCounters(profile: CostProfile): [counter: string, figure: CostFigure][] {
+  const out: [string, CostFigure][] = [];
+  for (const [kind, fig] of Object.entries(profile.exitRoundTrip)) out.push([`exits.kind.${kind}`, fig]);
+  out.push(['mmio_exits', profile.userspaceExit], ['dirty_ring_full_exits', profile.userspaceExit]);
+  for (const [counter, fig] of Object.entries(profile.handler)) out.push([counter, fig]);
+  out.push(['guest.page_faults', profile.guestFault], ['walk_refs', profile.walkReference]);
+  // Cycles a vCPU spun on a contended mmu_lock (LockTimeline): already cycles, priced one for one.
+  out.push(['mmu_lock.spin_cycles', SPIN_CYCLE]);
+  return out;
+}
+
 /** Prices `counters` (a VM's or one vCPU's snapshot) under `profile`. Counters the profile does not price cost nothing. */
 export function modelCycles(profile: CostProfile, counters: Readonly<Record<string, number>>): CostReport {
   const breakdown: Record<string, number> = {};
   let total = 0;
-  const add = (counter: string, fig: CostFigure): void => {
+  for (const [counter, fig] of pricedCounters(profile)) {
     const n = counters[counter] ?? 0;
-    if (n === 0) return;
+    if (n === 0) continue;
     const c = n * fig.cycles;
     breakdown[counter] = (breakdown[counter] ?? 0) + c;
     total += c;
-  };
-  for (const [kind, fig] of Object.entries(profile.exitRoundTrip)) add(`exits.kind.${kind}`, fig);
-  add('mmio_exits', profile.userspaceExit);
-  add('dirty_ring_full_exits', profile.userspaceExit);
-  for (const [counter, fig] of Object.entries(profile.handler)) add(counter, fig);
-  add('guest.page_faults', profile.guestFault);
-  add('walk_refs', profile.walkReference);
+  }
   return { profile: profile.name, cycles: total, breakdown };
 }

@@ -86,7 +86,7 @@ export { createEmulationOutcome, emulatePendingAccess, EMULATION_FAILED, type Em
 export { GetDirtyLogOp, HOST_THREAD } from './dirty-log.js';
 export { ResetDirtyRingsOp, type ResetDirtyRingsMutation } from './dirty-ring.js';
 export { FAST_FIXED, FAST_MORE, FAST_PF_MAX_RETRY, FAST_SLOW, FAST_SPURIOUS, isWriteAllowed, pageFaultCanBeFast, spteCmpxchg } from './fast-fault.js';
-export { MmuLock, MmuRwLock } from '../race/lock.js';
+export { LockTimeline, MmuLock, MmuRwLock } from '../race/lock.js';
 /**
  * The TLB entry's rights (a scenario that installs a translation by hand, as the race scenarios do after a
  * walk): supervisor read and write.

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { modelCycles } from '../../src/cost/model.js';
+import { modelCycles, pricedCounters } from '../../src/cost/model.js';
 import { COST_PROFILES, PROFILE_2007, PROFILE_SERVER } from '../../src/cost/profiles.js';
 import { VM_EXIT_KINDS } from '../../src/exits/vm-exit.js';
 
@@ -27,6 +27,23 @@ describe('modelCycles', () => {
     });
     expect(r.cycles).toBe(Object.values(r.breakdown).reduce((a, b) => a + b, 0));
     expect(modelCycles(PROFILE_2007, counters).cycles).toBeGreaterThan(r.cycles);
+  });
+
+  it('prices the cycles spun on mmu_lock one for one, under every profile, and nothing for the acquisitions', () => {
+    for (const p of Object.values(COST_PROFILES)) {
+      const r = modelCycles(p, { 'mmu_lock.spin_cycles': 1234, 'mmu_lock.acquired': 10, 'mmu_lock.contended': 2 });
+      expect(r.breakdown).toEqual({ 'mmu_lock.spin_cycles': 1234 });
+      expect(r.cycles).toBe(1234);
+    }
+  });
+});
+
+describe('pricedCounters', () => {
+  it('lists what modelCycles prices: a counter of each at 1 costs the sum of the figures', () => {
+    const priced = pricedCounters(PROFILE_SERVER);
+    const ones = Object.fromEntries(priced.map(([k]) => [k, 1]));
+    expect(modelCycles(PROFILE_SERVER, ones).cycles).toBe(priced.reduce((a, [, f]) => a + f.cycles, 0));
+    expect(priced.map(([k]) => k)).toContain('mmu_lock.spin_cycles');
   });
 });
 
