@@ -7,10 +7,11 @@
 // Every difference in fault, error code, physical address or A/D bits, and every fault loop, is printed
 // with the case's index and id; the exit status is 1 when any case fails.
 //
-//   node packages/cli/scripts/differential-sweep.mjs [--shard K/N] [--from I] [--count C]
+//   node packages/cli/scripts/differential-sweep.mjs [--shard K/N] [--from I] [--count C] [--skip S] [--take T]
 //
 // Default: the whole space. --shard K/N runs every N-th case from case K-1 (N machines, one shard each,
-// together run the whole space); --from/--count a contiguous range. `npm test` runs a fixed sample
+// together run the whole space); --from/--count a contiguous range. --skip S --take T then run T of the
+// selected cases after the first S (to split one selection over processes, or resume it). `npm test` runs a fixed sample
 // (test/differential.int.test.ts). Build first (npm run build): the script runs the built dist.
 import { parseArgs } from 'node:util';
 import vmx from '@vmexit/backend-vmx';
@@ -26,7 +27,15 @@ const fail = (msg) => {
 };
 let values;
 try {
-  ({ values } = parseArgs({ options: { shard: { type: 'string', default: '1/1' }, from: { type: 'string' }, count: { type: 'string' } } }));
+  ({ values } = parseArgs({
+    options: {
+      shard: { type: 'string', default: '1/1' },
+      from: { type: 'string' },
+      count: { type: 'string' },
+      skip: { type: 'string', default: '0' },
+      take: { type: 'string' },
+    },
+  }));
 } catch (e) {
   fail(e.message);
 }
@@ -53,6 +62,15 @@ if (values.from !== undefined || values.count !== undefined) {
 } else {
   indices = [...space.shard(k, n)];
   what = n === 1 ? 'the whole space' : `shard ${k}/${n} (every ${n}th case from case ${k - 1})`;
+}
+const skip = Number(values.skip);
+const take = values.take === undefined ? Infinity : Number(values.take);
+if (!Number.isSafeInteger(skip) || skip < 0) fail('--skip: expected a non-negative integer');
+if (take !== Infinity && (!Number.isSafeInteger(take) || take < 0)) fail('--take: expected a non-negative integer');
+if (skip > 0 || take !== Infinity) {
+  const all = indices.length;
+  indices = indices.slice(skip, take === Infinity ? undefined : skip + take);
+  what += `, its cases ${skip}..${skip + indices.length - 1} of ${all}`;
 }
 const total = indices.length;
 process.stderr.write(

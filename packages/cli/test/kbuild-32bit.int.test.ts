@@ -35,7 +35,7 @@ describe('kbuild, thinned, on 32-bit guests (--check --audit)', () => {
         expect(r.guest.trace?.records).toBe(2918);
         expect(r.counters.total.exits).toBeGreaterThan(0);
       },
-      120_000,
+      300_000,
     );
   }
 });
