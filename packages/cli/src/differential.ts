@@ -1,20 +1,23 @@
 import {
+  ACCESS_CASE_MAXPHYADDRS,
+  accessCaseSpace,
   accessCaseVector,
   formatFailure,
   parseVariant,
   runVector,
-  sweepCase,
   VariantError,
+  type AccessCase,
   type ModuleSources,
+  type PagingModeName,
   type Variant,
   type VariantInput,
 } from '@vmexit/core';
 import { createVmVectorMachine } from './conformance-vm.js';
 
 /*
- * The differential sweep: generated paging vectors (core's `sweepCase` / `accessCaseVector`, the matrix of
- * kvm-unit-tests' access.c crossed with MAXPHYADDR 36/46/52 and the four paging modes), each run natively
- * and as a guest access under hypervisor variants. The native walker is the reference and the hypervisor
+ * The differential sweep: generated paging vectors (core's `accessCaseSpace` / `accessCaseVector`: every
+ * case of the flag space of kvm-unit-tests' access.c, crossed with MAXPHYADDR 36/46/52 and the four paging
+ * modes), each run natively and as a guest access under hypervisor variants. The native walker is the reference and the hypervisor
  * must be invisible: any difference in fault, error code, physical address or the A/D bits of the guest's
  * entries (memory after), or a run the machine stops (a fault loop), fails the case and names it.
  */
@@ -26,16 +29,73 @@ export interface SweepVariant {
 }
 
 /**
- * The variants every case runs under: each backend with the shadow MMU, and VMX with each policy that
- * changes the fault path (bypass-guest-pf needs VMX's PFEC filter; TDP joins when an MMU provides it).
+ * The variants every case runs under: each backend with each MMU (shadow and TDP), and each policy that
+ * changes the fault path where it applies: `bypass-guest-pf` on VMX shadow only (it needs VMX's PFEC
+ * filter and shadow ptes), `pte-update` and `unsync` on shadow paging under both backends (under TDP there
+ * are no shadowed guest tables for them to act on).
  */
 export const SWEEP_VARIANTS: readonly SweepVariant[] = [
   { name: 'vmx shadow', variant: { backend: 'vmx', mmu: 'shadow' } },
   { name: 'svm shadow', variant: { backend: 'svm', mmu: 'shadow' } },
+  { name: 'vmx tdp', variant: { backend: 'vmx', mmu: 'tdp' } },
+  { name: 'svm tdp', variant: { backend: 'svm', mmu: 'tdp' } },
   { name: 'vmx shadow bypass-guest-pf', variant: { backend: 'vmx', mmu: 'shadow', policies: [{ use: 'bypass-guest-pf' }] } },
   { name: 'vmx shadow pte-update', variant: { backend: 'vmx', mmu: 'shadow', policies: [{ use: 'pte-update' }] } },
+  { name: 'svm shadow pte-update', variant: { backend: 'svm', mmu: 'shadow', policies: [{ use: 'pte-update' }] } },
   { name: 'vmx shadow unsync', variant: { backend: 'vmx', mmu: 'shadow', policies: [{ use: 'unsync' }] } },
+  { name: 'svm shadow unsync', variant: { backend: 'svm', mmu: 'shadow', policies: [{ use: 'unsync' }] } },
 ];
+
+/** The paging modes of the sweep, in the order of its strata. */
+export const SWEEP_MODES: readonly PagingModeName[] = ['legacy32', 'pae', 'long4', 'long5'];
+
+/**
+ * The whole flag space as one list: stratum by stratum (MAXPHYADDR 36, 46, 52, each with the four modes),
+ * each stratum the cases of core's `accessCaseSpace` in its order. Case `i` of the sweep is `at(i)`.
+ */
+export class SweepSpace {
+  /** The strata, in order: mode, MAXPHYADDR, the stratum's flags and the sweep index of its first case. */
+  readonly strata: readonly { mode: PagingModeName; maxPhyAddr: 36 | 46 | 52; flags: Uint32Array; first: number }[];
+  /** The number of cases (vectors) in the whole space. */
+  readonly size: number;
+
+  constructor() {
+    const strata: { mode: PagingModeName; maxPhyAddr: 36 | 46 | 52; flags: Uint32Array; first: number }[] = [];
+    let first = 0;
+    for (const maxPhyAddr of ACCESS_CASE_MAXPHYADDRS) {
+      for (const mode of SWEEP_MODES) {
+        const flags = accessCaseSpace(mode, maxPhyAddr);
+        strata.push({ mode, maxPhyAddr, flags, first });
+        first += flags.length;
+      }
+    }
+    this.strata = strata;
+    this.size = first;
+  }
+
+  /** Case `index` (0 <= index < size). */
+  at(index: number): AccessCase {
+    for (const s of this.strata) {
+      if (index < s.first + s.flags.length) return { mode: s.mode, maxPhyAddr: s.maxPhyAddr, flags: s.flags[index - s.first]! };
+    }
+    throw new RangeError(`sweep case ${index}: the space has ${this.size} cases`);
+  }
+
+  /** The indices of shard `k` of `n` (1 <= k <= n): every n-th case, from case k - 1. */
+  *shard(k: number, n: number): Generator<number> {
+    for (let i = k - 1; i < this.size; i += n) yield i;
+  }
+
+  /** `perStratum` cases of each stratum, evenly spaced through it (a fixed sample of every stratum). */
+  sample(perStratum: number): number[] {
+    const out: number[] = [];
+    for (const s of this.strata) {
+      const step = s.flags.length / perStratum;
+      for (let j = 0; j < perStratum; j++) out.push(s.first + Math.floor(j * step + step / 2));
+    }
+    return out;
+  }
+}
 
 /** One failed (vector, variant) case. */
 export interface SweepFailure {
@@ -54,10 +114,10 @@ export interface SweepResult {
 }
 
 export interface SweepOptions {
-  readonly seed: number;
-  /** The first case index and how many vectors to generate (every vector runs under every variant). */
-  readonly from?: number;
-  readonly count: number;
+  /** The space the indices refer to. */
+  readonly space: SweepSpace;
+  /** The cases to run (indices into the space); every one runs under every variant. */
+  readonly indices: Iterable<number>;
   readonly variants?: readonly SweepVariant[];
   /** Preloaded modules (a sweep builds one VM per case; resolving packages each time would dominate). */
   readonly sources?: ModuleSources;
@@ -72,15 +132,16 @@ function checkedVariant(input: VariantInput): Variant {
   return r.variant;
 }
 
-/** Runs vectors `from`..`from + count - 1` of the sweep with `seed` under every variant. */
+/** Runs the cases `indices` of the sweep space under every variant. */
 export async function runDifferentialSweep(options: SweepOptions): Promise<SweepResult> {
   const variants = (options.variants ?? SWEEP_VARIANTS).map((v) => ({ name: v.name, variant: checkedVariant(v.variant) }));
-  const from = options.from ?? 0;
   const failures: SweepFailure[] = [];
   let cases = 0;
-  for (let i = from; i < from + options.count; i++) {
-    if ((i - from) % 64 === 63) await turnOfEventLoop();
-    const vector = accessCaseVector(sweepCase(options.seed, i), `sweep seed ${options.seed}`, i);
+  let vectors = 0;
+  for (const i of options.indices) {
+    if (vectors % 64 === 63) await turnOfEventLoop();
+    vectors++;
+    const vector = accessCaseVector(options.space.at(i), 'sweep', i);
     for (const { name, variant } of variants) {
       cases++;
       let detail: string | null;
@@ -94,9 +155,9 @@ export async function runDifferentialSweep(options: SweepOptions): Promise<Sweep
       }
       if (detail !== null) failures.push({ index: i, variant: name, detail });
     }
-    options.progress?.(i - from + 1, cases, failures.length);
+    options.progress?.(vectors, cases, failures.length);
   }
-  return { vectors: options.count, cases, failures };
+  return { vectors, cases, failures };
 }
 
 /**

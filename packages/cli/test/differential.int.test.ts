@@ -2,23 +2,46 @@ import svm from '@vmexit/backend-svm';
 import vmx from '@vmexit/backend-vmx';
 import { ACCESS_CASE_FLAGS, accessCaseVector, runVector, type AccessCaseFlag } from '@vmexit/core';
 import shadow from '@vmexit/mmu-shadow';
+import tdp from '@vmexit/mmu-tdp';
 import policies from '@vmexit/policies';
 import { describe, expect, it } from 'vitest';
 import { parseVariantSpec } from '../src/commands/compare.js';
 import { createVmVectorMachine } from '../src/conformance-vm.js';
-import { runDifferentialSweep, SWEEP_VARIANTS } from '../src/differential.js';
+import { runDifferentialSweep, SweepSpace, SWEEP_VARIANTS } from '../src/differential.js';
 
-const sources = { backends: { vmx, svm }, mmus: { shadow }, policies: [policies] };
+const sources = { backends: { vmx, svm }, mmus: { shadow, tdp }, policies: [policies] };
 const flags = (names: AccessCaseFlag[]) => names.reduce((a, n) => a + 2 ** ACCESS_CASE_FLAGS.indexOf(n), 0);
 
 describe('runDifferentialSweep', () => {
-  // The fixed CI sample of scripts/differential-sweep.mjs (seed 14, its default): 120 vectors x 5 variants,
-  // every mode and MAXPHYADDR 10 times over. The whole sweep (200,000 cases) is the script's.
-  it('finds no difference between the native walker and any sweep variant on the fixed sample (600 cases)', async () => {
-    const r = await runDifferentialSweep({ seed: 14, count: 120, sources });
-    expect(r.failures.map((f) => `#${f.index} [${f.variant}] ${f.detail}`)).toEqual([]);
-    expect(r.cases).toBe(120 * SWEEP_VARIANTS.length);
+  const space = new SweepSpace();
+
+  // The whole space is the script's (scripts/differential-sweep.mjs); these pin its shape.
+  it('covers every mode and MAXPHYADDR, every backend with shadow and TDP, and the fault-path policies', () => {
+    expect(space.strata.map((s) => `${s.mode}/m${s.maxPhyAddr}`)).toEqual(
+      [36, 46, 52].flatMap((m) => ['legacy32', 'pae', 'long4', 'long5'].map((mode) => `${mode}/m${m}`)),
+    );
+    expect(space.size).toBe(2_445_990);
+    expect(SWEEP_VARIANTS.map((v) => v.name)).toEqual([
+      'vmx shadow',
+      'svm shadow',
+      'vmx tdp',
+      'svm tdp',
+      'vmx shadow bypass-guest-pf',
+      'vmx shadow pte-update',
+      'svm shadow pte-update',
+      'vmx shadow unsync',
+      'svm shadow unsync',
+    ]);
+    // shards partition the space
+    expect([...space.shard(1, 110)].length + [...space.shard(110, 110)].length).toBe(Math.ceil(space.size / 110) + Math.floor(space.size / 110));
   });
+
+  // The fixed CI sample: 6 cases evenly spaced through each of the 12 strata (72 vectors) x 9 variants.
+  it('finds no difference between the native walker and any sweep variant on the fixed sample (648 cases)', async () => {
+    const r = await runDifferentialSweep({ space, indices: space.sample(6), sources });
+    expect(r.failures.map((f) => `#${f.index} [${f.variant}] ${f.detail}`)).toEqual([]);
+    expect(r.cases).toBe(72 * SWEEP_VARIANTS.length);
+  }, 60_000);
 
   // The two classes of generated vectors that once looped (MachineError fault-loop), now the native outcome under every variant.
   it.each([

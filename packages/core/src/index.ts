@@ -204,7 +204,18 @@ export {
   type VectorOutcome,
 } from './conformance/vector.js';
 export { loadVectorFile } from './conformance/load.js';
-export { ACCESS_CASE_FLAGS, type AccessCase, type AccessCaseFlag, accessCaseVector, sweepCase } from './conformance/generate.js';
+export {
+  ACCESS_CASE_FLAGS,
+  ACCESS_CASE_MAXPHYADDRS,
+  type AccessCase,
+  type AccessCaseFlag,
+  accessCaseId,
+  accessCaseSpace,
+  accessCaseVector,
+  accessFlagsLegal,
+  canonicalAccessFlags,
+  sweepCase,
+} from './conformance/generate.js';
 export {
   type AccessOutcome,
   createNativeVectorMachine,

@@ -13,6 +13,7 @@ export { type ParamDef, parseWorkloadRef, resolveParams, WorkloadError, type Wor
 export {
   type DirtyLogCheck,
   HARVEST_MODES,
+  MAX_WORKLOAD_WORK,
   type MeasureWindow,
   SYNTHETIC_WORKLOADS,
   type SyntheticWorkload,

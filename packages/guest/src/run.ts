@@ -8,7 +8,7 @@ import { KBUILD_TRACE_PATH, ReplayStats, loadVxtFile, startReplay } from './repl
 import type { VxtTrace } from './trace/types.js';
 import type { TraceRelocation } from './relocate.js';
 import { WorkloadError, parseWorkloadRef, resolveParams } from './workloads/params.js';
-import { SYNTHETIC_WORKLOADS, type DirtyLogCheck } from './workloads/synthetic.js';
+import { MAX_WORKLOAD_WORK, SYNTHETIC_WORKLOADS, type DirtyLogCheck } from './workloads/synthetic.js';
 
 export const RUN_SCHEMA = 'vmexit.run/1';
 export const DEFAULT_MEMORY = 256 * 1024 * 1024;
@@ -55,6 +55,11 @@ export interface RunOptions {
   readonly onProgress?: (accesses: number, total: number | null) => void;
   /** The VM's dirty log, attached to its MMU on first call (WorkloadContext.dirtyLog); absent natively. */
   readonly dirtyLog?: () => DirtyLog | null;
+  /**
+   * The most work a synthetic workload may do (SyntheticWorkload.work, in operations); a workload whose
+   * parameters give more is refused before anything runs. Default MAX_WORKLOAD_WORK.
+   */
+  readonly maxWork?: number;
 }
 
 /** One run's result document (schema `vmexit.run/1`). */
@@ -144,6 +149,15 @@ export function runWorkload(options: RunOptions): RunOutcome {
       );
     }
     params = resolveParams(input, ref.name, synthetic.params, ref.raw);
+    const limit = options.maxWork ?? MAX_WORKLOAD_WORK;
+    const work = synthetic.work(params, vcpuCount);
+    if (!(work <= limit)) {
+      throw new WorkloadError(
+        'too-much-work',
+        input,
+        `these parameters ask for about ${work.toExponential(2)} operations (accesses, and pages mapped, copied and torn down) on ${vcpuCount} vCPU${vcpuCount === 1 ? '' : 's'}, over the limit of ${limit.toExponential(2)} a run may do; give smaller values`,
+      );
+    }
   } else {
     tracePath = ref.path ?? KBUILD_TRACE_PATH;
     trace = (options.loadTrace ?? loadVxtFile)(tracePath);

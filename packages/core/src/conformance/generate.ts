@@ -232,3 +232,204 @@ export function sweepCase(seed: number, index: number): AccessCase {
   }
   return { mode, maxPhyAddr, flags };
 }
+
+/*
+ * The whole flag space, enumerated. access.c walks every flag combination that `ac_test_legal` accepts; the
+ * space here is the same combinations with each one named once: a flag the architecture ignores for the
+ * case (it cannot change what either access does, natively) is cleared, so that two combinations whose
+ * guest state differs only in ignored bits are one case (`canonicalAccessFlags`). The rules:
+ *
+ * - access.c's own (`ac_test_legal`): a fetch is not a write; no user access with CR4.SMEP (access.c maps
+ *   its code supervisor under SMEP); PKRU.AD/WD only with CR4.PKE; pde.13 only with pde.pse; at most one
+ *   reserved-address bit (pte/pde .51 .36, pde.13, and the NX bits when EFER.NXE=0; here also a PAE
+ *   entry's key bits, which PAE reserves, SDM Vol. 3A Table 4-11) per case.
+ * - Bits that are not there: 32-bit entries have no bit 36/51/63 or key (effectiveFlags); CR4.PKE and
+ *   PKRU exist only in IA-32e paging (SDM Vol. 3A §4.6.2), EFER.NXE has no effect in 32-bit paging (§4.3).
+ * - A walk that stops: a not-present PDE or PTE ignores its other bits and the PTE after it (§4.3-4.5:
+ *   "ignored" when P=0); a reserved bit ends the walk with the same error code whatever the entry's
+ *   rights (§4.7: RSVD with W/R, U/S and I/D from the access), so the rights of that entry and the PTE
+ *   after it are cleared. Bit 6 of a PDE that references a page table is ignored (Table 4-19).
+ * - CPU state that neither access of the case can see (the first access of `twice` is a supervisor read):
+ *   CR0.WP applies to supervisor writes only (§4.6.1); CR4.SMEP to supervisor fetches only (and to the
+ *   I/D bit of a fetch's error code, §4.7); CR4.SMAP and EFLAGS.AC to supervisor data accesses only, AC
+ *   only with SMAP; CR4.PKE to data accesses only (§4.6.2), a key bit in an entry only with CR4.PKE,
+ *   PKRU's key-1 bits only for a page with key 1; EFER.NXE only with an NX bit set or a fetch.
+ *
+ * Which address bit is reserved depends on MAXPHYADDR: bit 51 below 52, bit 36 at 36 (a PSE-36 PDE's bit
+ * 17 is physical bit 36, its bit 13 physical bit 32); an address bit that is not reserved maps the table or
+ * page above guest RAM (MMIO), which is a case of its own.
+ */
+
+const F = (name: AccessCaseFlag): number => 1 << ACCESS_CASE_FLAGS.indexOf(name);
+const PDE_ALL = ['pde.p', 'pde.rw', 'pde.user', 'pde.a', 'pde.d', 'pde.pse', 'pde.nx', 'pde.51', 'pde.36', 'pde.13'].map((n) => F(n as AccessCaseFlag));
+const PTE_ALL = ['pte.p', 'pte.rw', 'pte.user', 'pte.a', 'pte.d', 'pte.nx', 'pte.51', 'pte.36', 'pte.pkey'].map((n) => F(n as AccessCaseFlag));
+const PKU = F('pku.ad') | F('pku.wd');
+const maskOf = (bits: number[]): number => bits.reduce((a, b) => a | b, 0);
+const PDE_MASK = maskOf(PDE_ALL);
+const PTE_MASK = maskOf(PTE_ALL);
+
+/** The flags that are reserved bits of the PDE (a walk stops there) for this mode, MAXPHYADDR and EFER.NXE. */
+function pdeReserved(mode: PagingModeName, maxPhyAddr: number, nxe: boolean, pse: boolean): number {
+  if (mode === 'legacy32') return pse && maxPhyAddr <= 36 ? F('pde.36') : 0;
+  return (
+    (maxPhyAddr < 52 ? F('pde.51') : 0) |
+    (maxPhyAddr <= 36 ? F('pde.36') : 0) |
+    (pse ? F('pde.13') : 0) |
+    (nxe ? 0 : F('pde.nx')) |
+    (pse && mode === 'pae' ? F('pte.pkey') : 0)
+  );
+}
+
+/** The flags that are reserved bits of the PTE. */
+function pteReserved(mode: PagingModeName, maxPhyAddr: number, nxe: boolean): number {
+  if (mode === 'legacy32') return 0;
+  return (maxPhyAddr < 52 ? F('pte.51') : 0) | (maxPhyAddr <= 36 ? F('pte.36') : 0) | (nxe ? 0 : F('pte.nx')) | (mode === 'pae' ? F('pte.pkey') : 0);
+}
+
+/** access.c's `ac_test_legal` (and one reserved bit at a time), on flags already through effectiveFlags. */
+export function accessFlagsLegal(c: AccessCase): boolean {
+  const f = effectiveFlags(c);
+  const is = (n: AccessCaseFlag) => (f & F(n)) !== 0;
+  if (is('fetch') && is('write')) return false;
+  if (is('user') && is('cr4.smep')) return false;
+  if (!is('cr4.pke') && (f & PKU) !== 0) return false;
+  if (!is('pde.pse') && is('pde.13')) return false;
+  let reserved = F('pde.51') | F('pde.36') | F('pde.13') | F('pte.51') | F('pte.36');
+  if (!is('efer.nx') && c.mode !== 'legacy32') reserved |= F('pde.nx') | F('pte.nx');
+  if (c.mode === 'pae') reserved |= F('pte.pkey');
+  reserved &= f;
+  return (reserved & (reserved - 1)) === 0;
+}
+
+/** The flags of `c` with every flag cleared that the architecture ignores for the case (see above); idempotent. */
+export function canonicalAccessFlags(c: AccessCase): number {
+  const mode = c.mode;
+  const long = mode === 'long4' || mode === 'long5';
+  let f = effectiveFlags(c);
+  const is = (n: AccessCaseFlag) => (f & F(n)) !== 0;
+  const clear = (bits: number) => {
+    f &= ~bits;
+  };
+  if (!long) clear(F('cr4.pke'));
+  if (mode === 'legacy32') clear(F('efer.nx'));
+  const write = is('write');
+  const fetch = is('fetch');
+  const user = is('user');
+  const twice = is('twice');
+  // CPU state the accesses cannot see.
+  if (!(twice || (!user && !fetch))) clear(F('cr4.smap'));
+  if (!is('cr4.smap')) clear(F('eflags.ac'));
+  if (!(write && !user)) clear(F('cr0.wp'));
+  if (!fetch) clear(F('cr4.smep'));
+  if (!(twice || !fetch)) clear(F('cr4.pke'));
+  if (long && !is('cr4.pke')) clear(F('pte.pkey'));
+  // The walk.
+  const nxe = is('efer.nx');
+  if (!is('pde.p')) clear(PDE_MASK | PTE_MASK);
+  else {
+    const pse = is('pde.pse');
+    const res = pdeReserved(mode, c.maxPhyAddr, nxe, pse);
+    if ((f & res) !== 0) {
+      // Keep P, PS and the reserved bit(s); the rights of the PDE and everything below go.
+      const keep = F('pde.p') | F('pde.pse') | (f & res);
+      clear((PDE_MASK | PTE_MASK) & ~keep);
+    } else {
+      if (!pse) clear(F('pde.d'));
+      if (pse) clear(PTE_MASK & ~F('pte.pkey'));
+      else if (!is('pte.p')) clear(PTE_MASK);
+      else {
+        const pres = pteReserved(mode, c.maxPhyAddr, nxe);
+        if ((f & pres) !== 0) clear(PTE_MASK & ~(F('pte.p') | (f & pres)));
+      }
+    }
+  }
+  if (!(long && is('cr4.pke') && is('pte.pkey'))) clear(PKU);
+  if (!fetch && !is('pde.nx') && !is('pte.nx')) clear(F('efer.nx'));
+  return f;
+}
+
+/**
+ * Every case of the flag space of `mode` at `maxPhyAddr`: each legal combination (accessFlagsLegal) named
+ * once (canonicalAccessFlags), in a fixed order. Built by choosing, in turn, the access, the CPU state the
+ * access can see, the PDE and the PTE, so each case comes out exactly once.
+ */
+export function accessCaseSpace(mode: PagingModeName, maxPhyAddr: 36 | 46 | 52): Uint32Array {
+  const out: number[] = [];
+  const long = mode === 'long4' || mode === 'long5';
+  const l32 = mode === 'legacy32';
+  /** Each subset of `bits` (their OR), the empty one first. */
+  const subsets = (bits: number[]): number[] => {
+    let acc = [0];
+    for (const b of bits) acc = acc.flatMap((s) => [s, s | b]);
+    return acc;
+  };
+  const one = (bits: number[]): number[] => [0, ...bits.filter((b) => b !== 0)];
+  for (const kind of ['read', 'write', 'fetch'] as const) {
+    for (const user of [false, true]) {
+      for (const twice of [false, true]) {
+        const write = kind === 'write';
+        const fetch = kind === 'fetch';
+        const access = (write ? F('write') : 0) | (fetch ? F('fetch') : 0) | (user ? F('user') : 0) | (twice ? F('twice') : 0);
+        const smapOpts = twice || (!user && !fetch) ? [0, F('cr4.smap'), F('cr4.smap') | F('eflags.ac')] : [0];
+        const wpOpts = write && !user ? [0, F('cr0.wp')] : [0];
+        const smepOpts = fetch && !user ? [0, F('cr4.smep')] : [0];
+        const pkeOpts = long && (twice || !fetch) ? [0, F('cr4.pke')] : [0];
+        for (const nxe of l32 ? [false] : [false, true]) {
+          for (const cpu of subsetsProduct([smapOpts, wpOpts, smepOpts, pkeOpts])) {
+            const pke = (cpu & F('cr4.pke')) !== 0;
+            const base = access | cpu | (nxe ? F('efer.nx') : 0);
+            // The key of the leaf and PKRU's key-1 bits (only with CR4.PKE in IA-32e paging).
+            const keyOpts = long && pke ? [0, F('pte.pkey'), F('pte.pkey') | F('pku.ad'), F('pte.pkey') | F('pku.wd'), F('pte.pkey') | PKU] : [0];
+            const emit = (entries: number) => {
+              const f = base | entries;
+              // EFER.NXE is seen only by a fetch or an NX bit.
+              if (nxe && !fetch && (f & (F('pde.nx') | F('pte.nx'))) === 0) return;
+              out.push(f >>> 0);
+            };
+            // A not-present PDE.
+            emit(0);
+            for (const pse of [0, F('pde.pse')]) {
+              const pres = pdeReserved(mode, maxPhyAddr, nxe, pse !== 0);
+              // A reserved bit in the PDE: the walk stops there.
+              for (const r of bitsOf(pres)) emit(F('pde.p') | pse | r);
+              // The PDE's address bits that are not reserved here (one at a time), and its rights.
+              const addr = pse ? (l32 ? [F('pde.36'), F('pde.13')] : [F('pde.51'), F('pde.36')]) : l32 ? [] : [F('pde.51'), F('pde.36')];
+              const pdeAddr = one(addr.filter((b) => (b & pres) === 0));
+              const rights = subsets([F('pde.rw'), F('pde.user'), F('pde.a'), ...(pse ? [F('pde.d')] : []), ...(nxe ? [F('pde.nx')] : [])]);
+              for (const a of pdeAddr) {
+                for (const rw of rights) {
+                  const pde = F('pde.p') | pse | a | rw;
+                  if (pse) {
+                    for (const k of keyOpts) emit(pde | k);
+                    continue;
+                  }
+                  emit(pde); // a not-present PTE
+                  const ptres = pteReserved(mode, maxPhyAddr, nxe);
+                  // (one reserved-address bit per case: none here when the PDE has an address bit)
+                  if (a === 0) for (const r of bitsOf(ptres)) emit(pde | F('pte.p') | r);
+                  const pteAddr = a !== 0 ? [0] : one((l32 ? [] : [F('pte.51'), F('pte.36')]).filter((b) => (b & ptres) === 0));
+                  const pteRights = subsets([F('pte.rw'), F('pte.user'), F('pte.a'), F('pte.d'), ...(nxe ? [F('pte.nx')] : [])]);
+                  for (const pa of pteAddr) for (const pr of pteRights) for (const k of keyOpts) emit(pde | F('pte.p') | pa | pr | k);
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  return Uint32Array.from(out);
+}
+
+function bitsOf(mask: number): number[] {
+  const r: number[] = [];
+  for (let i = 0; i < ACCESS_CASE_FLAG_COUNT; i++) if ((mask & (1 << i)) !== 0) r.push(1 << i);
+  return r;
+}
+
+/** Every OR of one element from each list. */
+function subsetsProduct(lists: number[][]): number[] {
+  let acc = [0];
+  for (const l of lists) acc = acc.flatMap((s) => l.map((x) => s | x));
+  return acc;
+}

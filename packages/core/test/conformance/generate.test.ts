@@ -4,8 +4,12 @@ import {
   ACCESS_CASE_FLAG_COUNT,
   ACCESS_CASE_FLAGS,
   accessCaseId,
+  accessCaseSpace,
   accessCaseVector,
+  accessFlagsLegal,
+  canonicalAccessFlags,
   effectiveFlags,
+  type AccessCase,
   sweepCase,
   type AccessCaseFlag,
 } from '../../src/conformance/generate.js';
@@ -96,5 +100,49 @@ describe('sweepCase', () => {
     expect(new Set(cases.map((c) => `${c.mode}/${c.maxPhyAddr}`)).size).toBe(12);
     expect(sweepCase(14, 12345)).toEqual(sweepCase(14, 12345));
     expect(cases.every((c) => c.flags < 2 ** ACCESS_CASE_FLAG_COUNT)).toBe(true);
+  });
+});
+
+describe('accessCaseSpace', () => {
+  // Three strata of the twelve (one per MAXPHYADDR, one per kind of entry: 4-byte, PAE, 5-level); the
+  // differential test pins the size of all twelve.
+  const strata = [
+    { mode: 'legacy32', maxPhyAddr: 46, size: 7030 },
+    { mode: 'pae', maxPhyAddr: 52, size: 112_530 },
+    { mode: 'long5', maxPhyAddr: 36, size: 129_382 },
+  ] as const;
+
+  it.each(strata)('$mode at MAXPHYADDR $maxPhyAddr: $size cases, each legal and canonical, none twice', ({ mode, maxPhyAddr, size }) => {
+    const space = accessCaseSpace(mode, maxPhyAddr);
+    expect(space.length).toBe(size);
+    expect(new Set(space).size).toBe(size);
+    const bad = [...space].filter((f) => {
+      const c: AccessCase = { mode, maxPhyAddr, flags: f };
+      return !accessFlagsLegal(c) || canonicalAccessFlags(c) !== f;
+    });
+    expect(bad.map((f) => accessCaseId({ mode, maxPhyAddr, flags: f }))).toEqual([]);
+  });
+
+  // The space is the whole flag space: any legal combination of the 31 flags names a case of it, and that
+  // case behaves natively as the combination does (the cleared flags are ones the architecture ignores).
+  it.each(strata)('$mode at MAXPHYADDR $maxPhyAddr: any legal combination is, up to ignored flags, a case of the space', ({ mode, maxPhyAddr }) => {
+    const space = new Set(accessCaseSpace(mode, maxPhyAddr));
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 2 ** ACCESS_CASE_FLAG_COUNT - 1 }), (flags) => {
+        const c: AccessCase = { mode, maxPhyAddr, flags };
+        fc.pre(accessFlagsLegal(c));
+        const canonical = canonicalAccessFlags(c);
+        expect(canonicalAccessFlags({ ...c, flags: canonical })).toBe(canonical);
+        expect(space.has(canonical), accessCaseId(c)).toBe(true);
+        const a = accessCaseVector(c);
+        const b = accessCaseVector({ ...c, flags: canonical });
+        expect({ id: a.id, main: b.expect, pre: b.preExpect }).toMatchObject({
+          id: a.id,
+          main: { fault: a.expect.fault, errorCode: a.expect.errorCode, pa: a.expect.pa },
+          pre: a.preExpect,
+        });
+      }),
+      { numRuns: 400, seed: 14 },
+    );
   });
 });

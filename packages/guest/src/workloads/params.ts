@@ -5,7 +5,7 @@
 /** Bad workload input: `input` is what the user wrote, the message says what is wrong with it. */
 export class WorkloadError extends Error {
   constructor(
-    readonly code: 'unknown-workload' | 'unknown-parameter' | 'bad-value' | 'too-small-memory' | 'bad-config',
+    readonly code: 'unknown-workload' | 'unknown-parameter' | 'bad-value' | 'too-small-memory' | 'too-much-work' | 'bad-config',
     readonly input: string,
     detail: string,
   ) {

@@ -69,6 +69,12 @@ export interface SyntheticWorkload {
   readonly params: Readonly<Record<string, ParamDef>>;
   /** Guest pages the workload needs at least (beyond the kernel's), for an early "memory too small" error. */
   minPages(p: Readonly<Record<string, number>>, vcpus: number): number;
+  /**
+   * An upper bound of the work a run does, in operations: the guest's accesses, plus the pages the kernel
+   * maps, copies, changes and tears down for it and the host's per-page work (a dirty-log harvest). A run
+   * whose bound is over the limit (RunOptions.maxWork, MAX_WORKLOAD_WORK) is refused before it starts.
+   */
+  work(p: Readonly<Record<string, number>>, vcpus: number): number;
   /** Creates the processes and starts their programs on the runner. */
   setup(ctx: WorkloadContext, p: Readonly<Record<string, number>>): void;
 }
@@ -78,6 +84,13 @@ const real = (def: number, min: number, max: number, doc: string): ParamDef => (
 
 const RW = PROT_READ | PROT_WRITE;
 const MAX_PAGES = 1 << 22;
+
+/**
+ * The work a run may do (SyntheticWorkload.work), by default: 2^28 operations, a few minutes natively and
+ * what a run under a hypervisor variant finishes in well under an hour. Larger parameter values are refused
+ * up front, naming the bound, rather than left to run for days.
+ */
+export const MAX_WORKLOAD_WORK = 2 ** 28;
 
 /** The value a workload stores: deterministic, different per page and pass. */
 function word(page: number, n: number): number {
@@ -106,6 +119,8 @@ const demandFault: SyntheticWorkload = {
     write: int(1, 0, 1, '1: write each page (demand-zero), 0: read it (zero page)'),
   },
   minPages: (p) => p.pages! + Math.ceil(p.pages! / 512) + 8,
+  // the accesses, and the mapping and teardown of each page
+  work: (p) => 3 * p.pages! + 64,
   setup(ctx, p) {
     // one access per page, exactly
     ctx.expectAccesses(p.pages!);
@@ -134,6 +149,9 @@ const forkCow: SyntheticWorkload = {
     write: real(0.5, 0, 1, 'fraction of the pages each child writes'),
   },
   minPages: (p) => 2 * p.pages! + 2 * Math.ceil(p.pages! / 512) + 16,
+  // the parent's pass, then per child: the fork's copy of the parent's ptes, the child's writes (a copy
+  // each), its teardown, the parent's pass (write-protect faults) and the order of its pages
+  work: (p) => 3 * p.pages! + p.forks! * (5 * p.pages! + 2 * Math.floor(p.pages! * p.write!) + 64),
   setup(ctx, p) {
     const rng = ctx.rng;
     // exactly: the parent's first pass, then per child its k writes and the parent's pass after it
@@ -217,6 +235,8 @@ const execStorm: SyntheticWorkload = {
     stack: int(4, 1, 4096, 'stack pages'),
   },
   minPages: (p) => 64 + 4 * (p.text! + p.data! + p.bss! + p.stack!),
+  // per vCPU: the shell, then per child its fork, the exec's mappings, the image's accesses and the teardown
+  work: (p, vcpus) => vcpus * (64 + p.execs! * (64 + 4 * (p.text! + p.data! + p.bss! + p.stack!))),
   setup(ctx, p) {
     // exactly: per vCPU, the shell's image, then each child's
     ctx.expectAccesses(ctx.vcpus * (imageAccesses(SHELL) + p.execs! * imageAccesses(storeImage(p, 0))));
@@ -244,6 +264,9 @@ const mprotectStorm: SyntheticWorkload = {
     writes: int(8, 0, 1 << 20, 'writes per round, to random pages'),
   },
   minPages: (p) => p.pages! + 16,
+  // the first pass; per round the mprotect of the whole region, the writes with their retries and
+  // single-page mprotects, and the readers' accesses on the other vCPUs (about a quantum each per round)
+  work: (p, vcpus) => 3 * p.pages! + p.rounds! * (p.pages! + 4 * p.writes! + (vcpus - 1) * 128 + 64),
   setup(ctx, p) {
     const rng = ctx.rng;
     const pages = p.pages!;
@@ -307,6 +330,10 @@ const ptRecycle: SyntheticWorkload = {
     rounds: int(1, 1, 1 << 12, 'rounds'),
   },
   minPages: (p) => 64 + 24 * p.dirs!,
+  // per round: at most `dirs` children (each owns a page directory or more), each freeing at most 16
+  // frames (its tables at every level and its anonymous pages), each memset with 512 stores; the children's
+  // exec, images and teardown
+  work: (p) => p.rounds! * p.dirs! * (16 * 520 + 128),
   setup(ctx, p) {
     const image: ImageSpec = { path: '/bin/true', textPages: 1, dataPages: 0, bssPages: 1, stackPages: 1 };
     startProcesses(ctx, 'pt-recycle', 1, function* (t) {
@@ -396,6 +423,8 @@ function accessLoop(
       procs: int(0, 0, 4096, 'processes (0: one per vCPU)'),
     },
     minPages: (p, vcpus) => (p.procs === 0 ? vcpus : p.procs!) * (p.pages! + Math.ceil(p.pages! / 512) + 8),
+    // per process: its accesses, and its area's set-up (a distribution over the pages) and teardown
+    work: (p, vcpus) => (p.procs === 0 ? vcpus : p.procs!) * ((p.accesses ?? p.passes! * p.pages!) + 3 * p.pages! + 64),
     setup(ctx, p) {
       const procs = p.procs === 0 ? ctx.vcpus : p.procs!;
       // exactly: n accesses per process
@@ -485,6 +514,10 @@ const dirtyLogTest: SyntheticWorkload = {
     ring: int(4096, 256, 65536, 'harvest=ring: entries per vCPU ring (a power of two)'),
   },
   minPages: (p) => p.pages! + Math.ceil(p.pages! / 512) + 16,
+  // the threads' stores; with a harvest, per iteration (and once more at the end) a pass over the area's
+  // pages and over the log (a ring's entries)
+  work: (p, vcpus) =>
+    3 * p.pages! + vcpus * p.iterations! * p.writes! * 2 + (p.harvest === 0 ? 0 : (p.iterations! + 1) * (2 * p.pages! + vcpus * p.ring! + 64)),
   setup(ctx, p) {
     const pages = p.pages!;
     const iterations = p.iterations!;
