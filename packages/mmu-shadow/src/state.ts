@@ -254,7 +254,7 @@ export abstract class ShadowMmuState implements PageCache<ShadowPage> {
    */
   isWriteProtected(gfn: number): boolean {
     const t = this.writeTrack.get(gfn);
-    return t !== undefined && t > (this.unsyncCount.get(gfn) ?? 0);
+    return t !== undefined && (this.unsyncCount.size === 0 || t > (this.unsyncCount.get(gfn) ?? 0));
   }
 
   /** Whether `sp` may hold notrap sptes: bypass on, a level-1 page of 8-byte gptes, in sync. */
