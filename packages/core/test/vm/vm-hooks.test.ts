@@ -333,6 +333,7 @@ describe('VmHooks', () => {
       const keep: FaultPolicy<unknown> = {
         name: 'keep',
         description: 'keeps what it sees',
+        needs: [],
         exits: () => tap((e: VmExit) => seen.push({ exit: e, seq: e.seq })),
       };
       const variant = variantSchema.parse({ backend: 'vmx', mmu: 'shadow', memory: '4M', vcpus: 1 });
