@@ -5,6 +5,7 @@ import {
   PFERR_RSVD,
   type Backend,
   type HardwareExit,
+  type HardwareExitBuffer,
   type MmuMode,
   type NestedRootOptions,
   type PhysicalMemory,
@@ -92,6 +93,19 @@ export class SvmBackend implements Backend<Vmcb> {
     v.exitInfo1 = hasErrorCode(vector) ? errorCode >>> 0 : 0;
     v.exitInfo2 = vector === PF_VECTOR ? address : 0;
     return this.describe(v);
+  }
+
+  /** `exceptionExit` into a description the caller reuses (no allocation). */
+  exceptionExitInto(v: Vmcb, vector: number, errorCode: number, address: number, out: HardwareExitBuffer): void {
+    v.exitCode = VMEXIT_EXCP_BASE + vector;
+    v.exitInfo1 = hasErrorCode(vector) ? errorCode >>> 0 : 0;
+    v.exitInfo2 = vector === PF_VECTOR ? address : 0;
+    out.backend = 'svm';
+    out.code = v.exitCode;
+    out.name = codeName(v.exitCode);
+    const f = out.fields;
+    f.exitInfo1 = v.exitInfo1;
+    f.exitInfo2 = v.exitInfo2;
   }
 
   /**

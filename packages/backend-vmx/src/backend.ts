@@ -12,6 +12,7 @@ import {
   PFERR_WRITE,
   type Backend,
   type HardwareExit,
+  type HardwareExitBuffer,
   type MmuMode,
   type NestedRootOptions,
   type PageFaultFilter,
@@ -60,6 +61,18 @@ import { BackendError } from './errors.js';
 /** Exceptions that push an error code (SDM Vol. 3A §6.15): #DF 8, #TS 10, #NP 11, #SS 12, #GP 13, #PF 14, #AC 17, #CP 21. */
 function hasErrorCode(vector: number): boolean {
   return vector === 8 || (vector >= 10 && vector <= 14) || vector === 17 || vector === 21;
+}
+
+/** The exception exits' reason name, looked up once. */
+const EXCEPTION_NMI_NAME = exitReasonName(EXIT_REASON_EXCEPTION_NMI);
+
+/** The exit fields of an exception exit (SDM Vol. 3C §28.2.1-28.2.2; see VmxBackend.exceptionExit). */
+function recordException(v: Vmcs, vector: number, errorCode: number, address: number): void {
+  const withCode = hasErrorCode(vector);
+  v.vmExitReason = EXIT_REASON_EXCEPTION_NMI;
+  v.exitQualification = vector === PF_VECTOR ? address : 0;
+  v.vmExitIntrInfo = (INTR_INFO_VALID | INTR_TYPE_HARD_EXCEPTION | (withCode ? INTR_INFO_DELIVER_CODE : 0) | (vector & INTR_INFO_VECTOR_MASK)) >>> 0;
+  v.vmExitIntrErrorCode = withCode ? errorCode >>> 0 : 0;
 }
 
 /** 2^32 / 2^33: bits 32 and 33 of KVM's fault error code (PFERR_GUEST_FINAL_MASK / PFERR_GUEST_PAGE_MASK, kvm_host.h). */
@@ -127,16 +140,24 @@ export class VmxBackend implements Backend<Vmcs>, PageFaultFilter, PageModificat
    * written when a #PF causes a VM exit, §28.1).
    */
   exceptionExit(v: Vmcs, vector: number, errorCode: number, address: number): HardwareExit {
-    const withCode = hasErrorCode(vector);
-    v.vmExitReason = EXIT_REASON_EXCEPTION_NMI;
-    v.exitQualification = vector === PF_VECTOR ? address : 0;
-    v.vmExitIntrInfo = (INTR_INFO_VALID | INTR_TYPE_HARD_EXCEPTION | (withCode ? INTR_INFO_DELIVER_CODE : 0) | (vector & INTR_INFO_VECTOR_MASK)) >>> 0;
-    v.vmExitIntrErrorCode = withCode ? errorCode >>> 0 : 0;
+    recordException(v, vector, errorCode, address);
     return this.describe(v, {
       exitQualification: v.exitQualification,
       vmExitIntrInfo: v.vmExitIntrInfo,
       vmExitIntrErrorCode: v.vmExitIntrErrorCode,
     });
+  }
+
+  /** `exceptionExit` into a description the caller reuses (no allocation). */
+  exceptionExitInto(v: Vmcs, vector: number, errorCode: number, address: number, out: HardwareExitBuffer): void {
+    recordException(v, vector, errorCode, address);
+    out.backend = 'vmx';
+    out.code = EXIT_REASON_EXCEPTION_NMI;
+    out.name = EXCEPTION_NMI_NAME;
+    const f = out.fields;
+    f.exitQualification = v.exitQualification;
+    f.vmExitIntrInfo = v.vmExitIntrInfo;
+    f.vmExitIntrErrorCode = v.vmExitIntrErrorCode;
   }
 
   /**

@@ -118,6 +118,7 @@ export {
   type ExceptionExit,
   type ExitResolution,
   type HardwareExit,
+  type HardwareExitBuffer,
   type InvlpgExit,
   type MmioExit,
   type NestedFaultExit,
@@ -144,7 +145,7 @@ export {
   type TrackedWriteEvent,
   type UnsyncEvent,
 } from './exits/mmu-events.js';
-export { keyCache } from './exits/stats.js';
+export { keyCache, type StatCell } from './exits/stats.js';
 export { ArrayRecorder, type ExitRecorder, type ExitTracer, JsonLinesTracer, NoopRecorder, NoopTracer } from './exits/observers.js';
 
 // Composing a VM: the contracts of backends and MMUs, DI tokens, variants, module loading.

@@ -1,4 +1,5 @@
 import type { FloodEvent, MmuHost, PrefetchEvent, PteWriteDecision, PteWriteEvent, TrackedWriteEvent, UnsyncEvent } from '@vmexit/core';
+import type { VcpuShadowState } from './state.js';
 
 /**
  * The five decision points of the shadow MMU that policies may answer, each an MMU event on the vCPU's
@@ -24,35 +25,36 @@ export const DEFAULT_TRACKED_WRITE_DECISION = false;
 /** KVM's flood threshold (`detect_write_flooding`: `++sp->write_flooding_count >= 3`), for policies. */
 export const WRITE_FLOOD_THRESHOLD = 3;
 
-// Each decide* builds its event only when something may see it (MmuHost.decideByDefault).
+// Each decide* builds its event only when something may see it (MmuHost.decideByDefault, through
+// VcpuShadowState.decidedByDefault, which asks the host once per kind when it can).
 
-export function decideFlood(host: MmuHost, vcpuId: number, seq: number, gfn: number, level: number, writeCount: number, vcpuWriteCount: number): boolean {
-  if (host.decideByDefault !== undefined && host.decideByDefault(vcpuId, 'flood')) return DEFAULT_FLOOD_DECISION;
-  const ev: FloodEvent = { kind: 'flood', vcpu: vcpuId, seq, decidedBy: null, gfn, level, writeCount, vcpuWriteCount, decision: null };
+export function decideFlood(host: MmuHost, st: VcpuShadowState, seq: number, gfn: number, level: number, writeCount: number, vcpuWriteCount: number): boolean {
+  if (st.decidedByDefault(host, 1, 'flood')) return DEFAULT_FLOOD_DECISION;
+  const ev: FloodEvent = { kind: 'flood', vcpu: st.vcpu.id, seq, decidedBy: null, gfn, level, writeCount, vcpuWriteCount, decision: null };
   return host.decide(ev, DEFAULT_FLOOD_DECISION);
 }
 
-export function decidePrefetch(host: MmuHost, vcpuId: number, seq: number, address: number, gfn: number): boolean {
-  if (host.decideByDefault !== undefined && host.decideByDefault(vcpuId, 'prefetch')) return DEFAULT_PREFETCH_DECISION;
-  const ev: PrefetchEvent = { kind: 'prefetch', vcpu: vcpuId, seq, decidedBy: null, address, gfn, decision: null };
+export function decidePrefetch(host: MmuHost, st: VcpuShadowState, seq: number, address: number, gfn: number): boolean {
+  if (st.decidedByDefault(host, 2, 'prefetch')) return DEFAULT_PREFETCH_DECISION;
+  const ev: PrefetchEvent = { kind: 'prefetch', vcpu: st.vcpu.id, seq, decidedBy: null, address, gfn, decision: null };
   return host.decide(ev, DEFAULT_PREFETCH_DECISION);
 }
 
-export function decideUnsync(host: MmuHost, vcpuId: number, seq: number, gfn: number): boolean {
-  if (host.decideByDefault !== undefined && host.decideByDefault(vcpuId, 'unsync')) return DEFAULT_UNSYNC_DECISION;
-  const ev: UnsyncEvent = { kind: 'unsync', vcpu: vcpuId, seq, decidedBy: null, gfn, decision: null };
+export function decideUnsync(host: MmuHost, st: VcpuShadowState, seq: number, gfn: number): boolean {
+  if (st.decidedByDefault(host, 3, 'unsync')) return DEFAULT_UNSYNC_DECISION;
+  const ev: UnsyncEvent = { kind: 'unsync', vcpu: st.vcpu.id, seq, decidedBy: null, gfn, decision: null };
   return host.decide(ev, DEFAULT_UNSYNC_DECISION);
 }
 
-export function decideTrackedWrite(host: MmuHost, vcpuId: number, seq: number, gfn: number, address: number, errorCode: number): boolean {
-  if (host.decideByDefault !== undefined && host.decideByDefault(vcpuId, 'tracked-write')) return DEFAULT_TRACKED_WRITE_DECISION;
-  const ev: TrackedWriteEvent = { kind: 'tracked-write', vcpu: vcpuId, seq, decidedBy: null, gfn, address, errorCode, decision: null };
+export function decideTrackedWrite(host: MmuHost, st: VcpuShadowState, seq: number, gfn: number, address: number, errorCode: number): boolean {
+  if (st.decidedByDefault(host, 4, 'tracked-write')) return DEFAULT_TRACKED_WRITE_DECISION;
+  const ev: TrackedWriteEvent = { kind: 'tracked-write', vcpu: st.vcpu.id, seq, decidedBy: null, gfn, address, errorCode, decision: null };
   return host.decide(ev, DEFAULT_TRACKED_WRITE_DECISION);
 }
 
 export function decidePteWrite(
   host: MmuHost,
-  vcpuId: number,
+  st: VcpuShadowState,
   seq: number,
   gpa: number,
   size: number,
@@ -63,8 +65,22 @@ export function decidePteWrite(
   level: number,
   misaligned: boolean,
 ): PteWriteDecision {
-  if (host.decideByDefault !== undefined && host.decideByDefault(vcpuId, 'pte-write')) return DEFAULT_PTE_WRITE_DECISION;
-  const ev: PteWriteEvent = { kind: 'pte-write', vcpu: vcpuId, seq, decidedBy: null, gpa, size, oldLo, oldHi, newLo, newHi, level, misaligned, decision: null };
+  if (st.decidedByDefault(host, 0, 'pte-write')) return DEFAULT_PTE_WRITE_DECISION;
+  const ev: PteWriteEvent = {
+    kind: 'pte-write',
+    vcpu: st.vcpu.id,
+    seq,
+    decidedBy: null,
+    gpa,
+    size,
+    oldLo,
+    oldHi,
+    newLo,
+    newHi,
+    level,
+    misaligned,
+    decision: null,
+  };
   return host.decide(ev, DEFAULT_PTE_WRITE_DECISION);
 }
 

@@ -81,10 +81,10 @@ export function pageFault(s: ShadowMmuState, vcpu: Vcpu, address: number, errorC
   // with RSVD forever. KVM emulates such a gfn rather than build an spte for it (mmu.c
   // `kvm_handle_noslot_fault`: "Do not create an MMIO SPTE for a gfn greater than host.MAXPHYADDR" ->
   // RET_PF_EMULATE); the emulator performs the access on guest RAM through the guest's tables.
-  if (gfn >= HOST_GFN_LIMIT) return emulate(s, vcpu);
+  if (gfn >= HOST_GFN_LIMIT) return emulate(s, st);
 
   let writeProtected = write && s.isWriteProtected(gfn);
-  if (writeProtected && decideTrackedWrite(s.host, vcpu.id, st.mmuEventSeq++, gfn, address, errorCode)) {
+  if (writeProtected && decideTrackedWrite(s.host, st, st.mmuEventSeq++, gfn, address, errorCode)) {
     // A policy unprotects the gfn (KVM 2007: a user-mode write is a hint that the page is no longer a
     // page table, `mmu_unshadow`): zap its shadow pages, and map the page writable below.
     for (const sp of s.indirectPagesOf(gfn)) prepareZap(s, sp);
@@ -95,7 +95,7 @@ export function pageFault(s: ShadowMmuState, vcpu: Vcpu, address: number, errorC
   // the fetch, where it may go unsync (mmu_try_to_unsync_pages) or stay read-only (then emulated).
   if ((errorCode & (PFERR_PRESENT | PFERR_RSVD)) === PFERR_PRESENT && writeProtected && hasUpperLevelPage(s, gfn)) {
     clearFloodCounts(s, st, address);
-    s.host.count(vcpu.id, 'pf_emulate');
+    st.bump(s.host, 0 /* pf_emulate */);
     st.lastPtWriteCount = ptWriteCount;
     finish(s);
     return EMULATE;
@@ -113,7 +113,7 @@ export function pageFault(s: ShadowMmuState, vcpu: Vcpu, address: number, errorC
     // rights: emulate the store. (KVM offers no PKU to a shadow-paging guest at all: cpuid.c
     // `kvm_set_cpu_caps`, "PKU is not yet implemented for shadow paging"; this model lets CR4.PKE through
     // and keeps the guest's view exact.)
-    return emulate(s, vcpu);
+    return emulate(s, st);
   }
   // CR0.WP = 0 (Documentation/virt/kvm/x86/mmu.rst "Emulating cr0.wp", FNAME(page_fault)): the hardware runs
   // with WP = 1, so a supervisor write to a read-only page gets a kernel-only writable spte; with SMEP it also loses X.
@@ -121,7 +121,7 @@ export function pageFault(s: ShadowMmuState, vcpu: Vcpu, address: number, errorC
     // A user page made kernel-only would escape SMAP, and PKRU.AD (keys apply to user-mode addresses only),
     // for later supervisor reads (KVM lets the SMAP case happen; mmu.rst leaves it out). Emulating the store
     // keeps the guest's view exact.
-    if (r.user && (g.cr4Smap || pkeysApply(g))) return emulate(s, vcpu);
+    if (r.user && (g.cr4Smap || pkeysApply(g))) return emulate(s, st);
     pteAccess = (pteAccess | ACC_WRITE_MASK) & ~ACC_USER_MASK;
     if (g.cr4Smep) pteAccess &= ~ACC_EXEC_MASK;
   }
@@ -132,8 +132,8 @@ export function pageFault(s: ShadowMmuState, vcpu: Vcpu, address: number, errorC
 }
 
 /** RET_PF_EMULATE without an spte: counted as KVM counts it (pf_emulate), the MMU's work for the fault finished. */
-function emulate(s: ShadowMmuState, vcpu: Vcpu): ExitResolution {
-  s.host.count(vcpu.id, 'pf_emulate');
+function emulate(s: ShadowMmuState, st: VcpuShadowState): ExitResolution {
+  st.bump(s.host, 0 /* pf_emulate */);
   finish(s);
   return EMULATE;
 }
@@ -233,7 +233,6 @@ function setLeaf(
   write: boolean,
   pkey: number,
 ): ExitResolution {
-  const vcpuId = st.vcpu.id;
   let wrprot = false;
   let writable = false;
   if ((pteAccess & ACC_WRITE_MASK) !== 0 && !slot.readonly) {
@@ -246,13 +245,13 @@ function setLeaf(
   makeLeafSpte(leaf, gfn, pteAccess, !slot.readonly, writable, pkey);
   installLeaf(s, sp, loc, leaf.lo, leaf.hi);
   // FNAME(pte_prefetch) after the leaf of a level-1 page of a guest table, when a policy asks for it.
-  if (!sp.direct && decidePrefetch(s.host, vcpuId, st.mmuEventSeq++, s.scratch.faultVa, sp.gfn)) prefetch(s, st.vcpu, sp, loc - sp.base);
+  if (!sp.direct && decidePrefetch(s.host, st, st.mmuEventSeq++, s.scratch.faultVa, sp.gfn)) prefetch(s, st.vcpu, sp, loc - sp.base);
   // kvm_mmu_do_page_fault's statistics: pf_fixed for RET_PF_FIXED, pf_emulate for RET_PF_EMULATE.
   if (wrprot && write) {
-    s.host.count(vcpuId, 'pf_emulate');
+    st.bump(s.host, 0 /* pf_emulate */);
     return EMULATE;
   }
-  s.host.count(vcpuId, 'pf_fixed');
+  st.bump(s.host, 1 /* pf_fixed */);
   return RESUME;
 }
 

@@ -5,7 +5,7 @@ import { leafFromGpte } from './gpte.js';
 import type { ShadowPage } from './page.js';
 import { installLeaf, prepareZap, zapSpte } from './page-cache.js';
 import { baseRole, finish } from './roots.js';
-import { collectIndirectPages, type ShadowMmuState } from './state.js';
+import { collectIndirectPages, type ShadowMmuState, type VcpuShadowState } from './state.js';
 
 /**
  * An emulated write to a shadowed guest page table (KVM arch/x86/kvm/mmu/mmu.c `kvm_mmu_track_write`, formerly
@@ -31,7 +31,7 @@ export function pteWrite(s: ShadowMmuState, vcpu: Vcpu, gpa: number, size: numbe
     gHi = bytes === 8 ? s.memory.read32(gpa - (gpa % 4) + 4) : 0;
   }
   const gfn = Math.floor(gpa / PAGE_SIZE);
-  s.host.count(vcpu.id, 'mmu_pte_write');
+  st.bump(s.host, 2 /* mmu_pte_write */);
   // The valid indirect pages of the gfn, as a snapshot (zapping one below changes its hash bucket), in a
   // scratch array that this call owns while it runs (a nested call would take a fresh one).
   const targets = s.scratch.pages ?? [];
@@ -55,8 +55,8 @@ export function pteWrite(s: ShadowMmuState, vcpu: Vcpu, gpa: number, size: numbe
     const misaligned = detectWriteMisaligned(gpa, bytes, pteSize);
     // detect_write_flooding: the policy decides (today's KVM: per page, level 1 exempt, >= 3).
     sp.writeFloodingCount++;
-    const flooded = decideFlood(s.host, vcpu.id, st.mmuEventSeq++, gfn, level, sp.writeFloodingCount, st.lastPtWriteCount);
-    const decision = flooded ? 'zap-page' : decidePteWrite(s.host, vcpu.id, st.mmuEventSeq++, gpa, bytes, oldLo, oldHi, newLo, newHi, level, misaligned);
+    const flooded = decideFlood(s.host, st, st.mmuEventSeq++, gfn, level, sp.writeFloodingCount, st.lastPtWriteCount);
+    const decision = flooded ? 'zap-page' : decidePteWrite(s.host, st, st.mmuEventSeq++, gpa, bytes, oldLo, oldHi, newLo, newHi, level, misaligned);
     if (decision === 'zap-page') {
       prepareZap(s, sp);
       s.host.count(vcpu.id, 'mmu_flooded');
@@ -90,7 +90,7 @@ export function pteWrite(s: ShadowMmuState, vcpu: Vcpu, gpa: number, size: numbe
         zapSpte(s, sp, loc);
         s.pendingFlush = pending;
         if ((gLo !== 0 || gHi !== 0) && level !== 1) s.host.count(vcpu.id, 'mmu_pde_zapped');
-        if (update) updatePte(s, vcpu, sp, loc, gLo, gHi);
+        if (update) updatePte(s, st, sp, loc, gLo, gHi);
         if (s.isPresent(sLo, sHi) && (!s.isPresent(pool.lo(loc), pool.hi(loc)) || spteNeedsFlush(sLo, sHi, pool.lo(loc), pool.hi(loc)))) s.pendingFlush = true;
       }
     }
@@ -106,13 +106,13 @@ export function pteWrite(s: ShadowMmuState, vcpu: Vcpu, gpa: number, size: numbe
  * (!offset_in_pte && !is_present_pte(gpte)) set_shadow_pte(spte, shadow_notrap_nonpresent_pte)"); a
  * present gpte with A=0 stays trap, so that the access that sets A exits.
  */
-function updatePte(s: ShadowMmuState, vcpu: Vcpu, sp: ShadowPage, loc: number, gLo: number, gHi: number): void {
+function updatePte(s: ShadowMmuState, st: VcpuShadowState, sp: ShadowPage, loc: number, gLo: number, gHi: number): void {
   if ((gLo & PT_PRESENT) === 0) {
     if (s.notrapAllowed(sp)) s.pool.set(loc, s.notrapLo, s.notrapHi);
     return;
   }
   const leaf = s.scratch.leaf;
-  if (!leafFromGpte(s, vcpu, sp, gLo, gHi, leaf)) return;
+  if (!leafFromGpte(s, st.vcpu, sp, gLo, gHi, leaf)) return;
   installLeaf(s, sp, loc, leaf.lo, leaf.hi);
-  s.host.count(vcpu.id, 'mmu_pte_updated');
+  st.bump(s.host, 3 /* mmu_pte_updated */);
 }

@@ -1,4 +1,15 @@
-import { hexU64, PAGE_SIZE, WalkResult, type DirtyLog, type GuestMemory, type MmuHost, type PhysicalMemory, type Vcpu } from '@vmexit/core';
+import {
+  hexU64,
+  PAGE_SIZE,
+  WalkResult,
+  type DirtyLog,
+  type GuestMemory,
+  type MmuEventKind,
+  type MmuHost,
+  type PhysicalMemory,
+  type StatCell,
+  type Vcpu,
+} from '@vmexit/core';
 import {
   createPageCache,
   pageBucket,
@@ -25,6 +36,17 @@ export const MAX_ROOTS = 4;
 /** The high half of POOL_BASE (a non-leaf spte's address bits 51:32 are at least this). */
 const POOL_BASE_HI = POOL_BASE / 4294967296;
 
+/**
+ * The counters an exit adds to on the MMU's hot paths (a fault, an emulated pte write), by index: a vCPU keeps
+ * their cells (`VcpuShadowState.bump`) instead of looking each up by name per exit.
+ */
+export const HOT_COUNTERS = ['pf_emulate', 'pf_fixed', 'mmu_pte_write', 'mmu_pte_updated'] as const;
+/** Indexes into HOT_COUNTERS (literals at the call sites, with the name in a comment: see `bump`). */
+export type HotCounter = 0 | 1 | 2 | 3;
+
+/** The MMU event kinds by index (decisions.ts passes the index with the kind: see `VcpuShadowState.decidedByDefault`). */
+export type MmuEventIndex = 0 | 1 | 2 | 3 | 4;
+
 /** Per-vCPU state: the roots and the shadow paging context the hardware walks (KVM `struct kvm_mmu` of a vCPU). */
 export class VcpuShadowState {
   readonly ctx: ShadowPagingContext;
@@ -46,8 +68,57 @@ export class VcpuShadowState {
   lastPtWriteGfn = -1;
   lastPtWriteCount = 0;
 
+  /** The cells of HOT_COUNTERS for this vCPU, each taken at its first add (null until then). */
+  private readonly cells: (StatCell | null)[] = [null, null, null, null];
+
   constructor(readonly vcpu: Vcpu) {
     this.ctx = new ShadowPagingContext(vcpu.ctx);
+  }
+
+  /**
+   * Per MMU event kind (by index: 0 pte-write, 1 flood, 2 prefetch, 3 unsync, 4 tracked-write): 1 when the host
+   * decides every such event by default (`MmuHost.decidesByDefault`, asked once), 0 when it does not, -1 not
+   * asked yet; and the cell of its `mmu_events.<kind>` counter, taken at the first event.
+   */
+  private readonly byDefault = new Int8Array(5).fill(-1);
+  private readonly eventCells: (StatCell | null)[] = [null, null, null, null, null];
+
+  /**
+   * `MmuHost.decideByDefault` for this vCPU: true (and the event counted) when nothing could see an event of
+   * `kind`, whose index is `i`. Asks the host once per kind when it can say so for good (`decidesByDefault`
+   * with `counter`), and then counts the events itself: no call into the host per event.
+   */
+  decidedByDefault(host: MmuHost, i: MmuEventIndex, kind: MmuEventKind): boolean {
+    const d = this.byDefault[i]!;
+    if (d === 1) {
+      const c = this.eventCells[i]!;
+      if (c !== null) c.n++;
+      else (this.eventCells[i] = host.counter!(this.vcpu.id, `mmu_events.${kind}`)).n++;
+      return true;
+    }
+    if (d === 0) return false;
+    if (host.decidesByDefault === undefined || host.counter === undefined)
+      return host.decideByDefault !== undefined && host.decideByDefault(this.vcpu.id, kind);
+    this.byDefault[i] = host.decidesByDefault(this.vcpu.id, kind) ? 1 : 0;
+    return this.decidedByDefault(host, i, kind);
+  }
+
+  /**
+   * Adds 1 to this vCPU's counter HOT_COUNTERS[i] (`MmuHost.count`): through its cell (`MmuHost.counter`)
+   * after the first add, or by name when the host keeps no cells.
+   */
+  bump(host: MmuHost, i: HotCounter): void {
+    const c = this.cells[i]!;
+    if (c !== null) {
+      c.n++;
+      return;
+    }
+    const name = HOT_COUNTERS[i];
+    if (host.counter === undefined) {
+      host.count(this.vcpu.id, name);
+      return;
+    }
+    (this.cells[i] = host.counter(this.vcpu.id, name)).n++;
   }
 
   /** Every root slot's page (current roots only). */
@@ -183,7 +254,7 @@ export abstract class ShadowMmuState implements PageCache<ShadowPage> {
    */
   isWriteProtected(gfn: number): boolean {
     const t = this.writeTrack.get(gfn);
-    return t !== undefined && t > (this.unsyncCount.get(gfn) ?? 0);
+    return t !== undefined && (this.unsyncCount.size === 0 || t > (this.unsyncCount.get(gfn) ?? 0));
   }
 
   /** Whether `sp` may hold notrap sptes: bypass on, a level-1 page of 8-byte gptes, in sync. */

@@ -18,7 +18,7 @@ import type { ShadowMmuState, VcpuShadowState } from './state.js';
  */
 export function tryUnsync(s: ShadowMmuState, st: VcpuShadowState, gfn: number): boolean {
   if (hasUpperLevelPage(s, gfn)) return false;
-  if (!decideUnsync(s.host, st.vcpu.id, st.mmuEventSeq++, gfn)) return false;
+  if (!decideUnsync(s.host, st, st.mmuEventSeq++, gfn)) return false;
   for (const sp of s.indirectPagesOf(gfn)) if (!sp.unsync) markUnsync(s, st.vcpu.id, sp);
   return true;
 }

@@ -1,6 +1,12 @@
-import type { MmuDecisionOf, MmuEvent, MmuHost } from '@vmexit/core';
+import { Machine, type MmuDecisionOf, type MmuEvent, type MmuHost, type StatCell } from '@vmexit/core';
 import { describe, expect, it } from 'vitest';
 import { decideFlood, decidePteWrite, detectWriteMisaligned, writtenSptes } from '../src/decisions.js';
+import { VcpuShadowState } from '../src/state.js';
+
+/** The shadow state of vCPU `id` of a fresh two-vCPU machine. */
+function stateOf(id: number): VcpuShadowState {
+  return new VcpuShadowState(new Machine({ memoryBytes: 1 << 20, vcpus: 2 }).vcpus[id]!);
+}
 
 describe('writtenSptes', () => {
   it('maps a 32-bit guest PTE 700 write to spte 188 of quadrant 1 only', () => {
@@ -54,16 +60,44 @@ describe('decideFlood', () => {
 
   it('takes the MMU default without building an event when the host says nothing would see it', () => {
     const h = host(true);
-    expect(decideFlood(h, 1, 7, 0x55, 2, 3, 3)).toBe(false);
-    expect(decidePteWrite(h, 1, 8, 0x55000, 8, 0, 0, 1, 0, 1, false)).toBe('zap-spte');
+    const st = stateOf(1);
+    expect(decideFlood(h, st, 7, 0x55, 2, 3, 3)).toBe(false);
+    expect(decidePteWrite(h, st, 8, 0x55000, 8, 0, 0, 1, 0, 1, false)).toBe('zap-spte');
     expect(h.asked).toEqual(['default flood on vCPU 1', 'default pte-write on vCPU 1']);
   });
 
   it('builds the event and asks decide() otherwise, or when the host has no fast path', () => {
     for (const quiet of [false, undefined]) {
       const h = host(quiet);
-      expect(decideFlood(h, 0, 9, 0x55, 2, 3, 3)).toBe(true);
+      expect(decideFlood(h, stateOf(0), 9, 0x55, 2, 3, 3)).toBe(true);
       expect(h.asked.at(-1)).toBe('decide flood #9');
     }
+  });
+
+  it('asks a host that decides by default for good once per kind, then counts the events in the cell it gave', () => {
+    const h = host(true);
+    const cells = new Map<string, StatCell>();
+    h.decidesByDefault = (vcpu, kind) => {
+      h.asked.push(`for good ${kind} on vCPU ${vcpu}`);
+      return kind === 'flood';
+    };
+    h.counter = (vcpu, name) => {
+      h.asked.push(`cell ${name} of vCPU ${vcpu}`);
+      let c = cells.get(name);
+      if (c === undefined) cells.set(name, (c = { n: 0 }));
+      return c;
+    };
+    const st = stateOf(1);
+    for (let i = 0; i < 3; i++) expect(decideFlood(h, st, i, 0x55, 2, 3, 3)).toBe(false);
+    // pte-write is not decided by default for good: built and decided every time.
+    for (let i = 0; i < 2; i++) expect(decidePteWrite(h, st, 10 + i, 0x55000, 8, 0, 0, 1, 0, 1, false)).toBe('zap-spte');
+    expect(h.asked).toEqual([
+      'for good flood on vCPU 1',
+      'cell mmu_events.flood of vCPU 1',
+      'for good pte-write on vCPU 1',
+      'decide pte-write #10',
+      'decide pte-write #11',
+    ]);
+    expect(cells.get('mmu_events.flood')?.n).toBe(3);
   });
 });

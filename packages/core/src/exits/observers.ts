@@ -130,6 +130,14 @@ export function isNoopObservers(tracer: ExitTracer, recorder: ExitRecorder): boo
  * subject.pipe(exitPipeline(policies, handler, [countAndObserveExits(stats, tracer, recorder)]))
  */
 export function countAndObserveExits(stats: Stats, tracer: ExitTracer, recorder: ExitRecorder): MonoTypeOperatorFunction<VmExit> {
+  return tap(exitObserver(stats, tracer, recorder));
+}
+
+/**
+ * The body of `countAndObserveExits` as a function of one exit, for a link that calls it itself
+ * (`exitPipeline`'s `observe`: the handler's link counts too, one operator hop fewer per exit).
+ */
+export function exitObserver(stats: Stats, tracer: ExitTracer, recorder: ExitRecorder): (exit: VmExit) => void {
   const feed = !isNoopObservers(tracer, recorder);
   // Cells taken at the first exit; the reason's and the kind's for the last name seen (runs of one reason).
   let exits: StatCell | null = null;
@@ -137,7 +145,7 @@ export function countAndObserveExits(stats: Stats, tracer: ExitTracer, recorder:
   let reasonCell: StatCell | null = null;
   let kind = '';
   let kindCell: StatCell | null = null;
-  return tap((exit: VmExit) => {
+  return (exit: VmExit): void => {
     (exits ??= stats.cell('exits')).n++;
     const r = exit.hw.name;
     if (reasonCell === null || r !== reason) {
@@ -155,7 +163,7 @@ export function countAndObserveExits(stats: Stats, tracer: ExitTracer, recorder:
       tracer.traceExit(exit);
       recorder.recordExit(exit);
     }
-  });
+  };
 }
 
 /** Feeds every exit to the tracer and the recorder. */

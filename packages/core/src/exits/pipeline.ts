@@ -9,9 +9,21 @@ export type ExitHandler = (exit: VmExit) => ExitResolution;
 /**
  * Hands every still-unresolved exit to `handler` (resolvedBy 'mmu'), and fails the stream with
  * E_EXIT_UNRESOLVED, as `requireResolved` does, when the handler gives no resolution: one link, so an exit
- * pays one operator hop for both.
+ * pays one operator hop for both. `observe`, when given, is then called with the resolved exit in the same
+ * link (what a `tap` after it would do, without the hop).
  */
-export function handleRemaining(handler: ExitHandler): MonoTypeOperatorFunction<VmExit> {
+export function handleRemaining(handler: ExitHandler, observe: ((exit: VmExit) => void) | null = null): MonoTypeOperatorFunction<VmExit> {
+  if (observe !== null) {
+    return map((exit: VmExit) => {
+      if (exit.resolution === null) {
+        exit.resolution = handler(exit);
+        exit.resolvedBy = 'mmu';
+        if (exit.resolution === null) throw unresolved(exit);
+      }
+      observe(exit);
+      return exit;
+    });
+  }
   return map((exit: VmExit) => {
     if (exit.resolution === null) {
       exit.resolution = handler(exit);
@@ -35,8 +47,8 @@ function unresolved(exit: VmExit): ExitError {
 
 /**
  * A vCPU's exit pipeline: the policies in order, then the MMU's handler (when given), then the check that
- * every exit was resolved, then the observers (taps: counters, tracer, recorder). Observers therefore see
- * each exit once, with its resolution.
+ * every exit was resolved, then `observe` (a function: in the handler's link) and the observers (taps:
+ * counters, tracer, recorder). Observers therefore see each exit once, with its resolution.
  *
  * @example
  * subject.pipe(exitPipeline([bypass, reflect], mmuHandler, [countExits(stats)]))
@@ -45,9 +57,12 @@ export function exitPipeline(
   policies: readonly MonoTypeOperatorFunction<VmExit>[],
   handler: ExitHandler | null,
   observers: readonly MonoTypeOperatorFunction<VmExit>[] = [],
+  observe: ((exit: VmExit) => void) | null = null,
 ): MonoTypeOperatorFunction<VmExit> {
   const stages: MonoTypeOperatorFunction<VmExit>[] = [...policies];
-  stages.push(handler !== null ? handleRemaining(handler) : requireResolved(), ...observers);
+  if (handler !== null) stages.push(handleRemaining(handler, observe));
+  else stages.push(requireResolved(), ...(observe !== null ? [tap(observe)] : []));
+  stages.push(...observers);
   return chain(stages);
 }
 
@@ -78,6 +93,11 @@ class SyncChannel<T> {
   readonly output: Observable<T> = this.out.asObservable();
   private reached: T | null = null;
   private failure: unknown = null;
+
+  /** Whether something subscribes to `output` now (and may keep the items it sees). */
+  get observed(): boolean {
+    return this.out.observed;
+  }
 
   constructor(
     operator: MonoTypeOperatorFunction<T>,

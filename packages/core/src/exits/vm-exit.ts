@@ -14,6 +14,17 @@ export interface HardwareExit {
 }
 
 /**
+ * A `HardwareExit` that its owner refills for every exit it describes (`Backend.exceptionExitInto`): writable,
+ * with one `fields` object reused.
+ */
+export interface HardwareExitBuffer {
+  backend: 'vmx' | 'svm';
+  code: number;
+  name: string;
+  fields: Record<string, number>;
+}
+
+/**
  * How an exit was resolved:
  * - `resume`: re-enter the guest, the access re-executes (the translation was fixed, or the event handled);
  * - `inject`: re-enter the guest with an exception injected (the guest's own fault);

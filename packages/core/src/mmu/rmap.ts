@@ -78,6 +78,8 @@ export class SpteList {
  */
 export class Rmaps {
   private readonly perSlot = new Map<number, Map<number, SpteList>[]>();
+  /** The same per-slot arrays by slot id (a number-keyed array read per `head`, not a Map lookup). */
+  private readonly bySlotId: (Map<number, SpteList>[] | undefined)[] = [];
   /**
    * The rmap heads added to or removed from since the audit last drained this log (each at most once, with
    * `queued` set). Bounded by the number of heads, so it needs no reader to stay small.
@@ -89,6 +91,7 @@ export class Rmaps {
       const levels: Map<number, SpteList>[] = [];
       for (let l = 1; l <= RMAP_LEVELS; l++) levels.push(new Map());
       this.perSlot.set(s.id, levels);
+      this.bySlotId[s.id] = levels;
     }
   }
 
@@ -96,8 +99,8 @@ export class Rmaps {
   head(gfn: number, level: number, create: boolean): SpteList | null {
     const s = this.memory.slotForGfn(gfn);
     if (s === null) return null;
-    const arr = this.perSlot.get(s.id)![level - 1]!;
-    const i = gfnToIndex(gfn, s.baseGfn, level);
+    const arr = (this.bySlotId[s.id] ?? this.perSlot.get(s.id)!)[level - 1]!;
+    const i = level === 1 ? gfn - s.baseGfn : gfnToIndex(gfn, s.baseGfn, level);
     let h = arr.get(i);
     if (h === undefined) {
       if (!create) return null;

@@ -1,4 +1,4 @@
-import type { HardwareExit } from '../exits/vm-exit.js';
+import type { HardwareExit, HardwareExitBuffer } from '../exits/vm-exit.js';
 import type { PhysicalMemory } from '../memory/physical.js';
 import type { SecondStage, WalkResult } from '../paging/types.js';
 import type { PmlLog } from '../paging/pml.js';
@@ -25,6 +25,12 @@ export interface Backend<S = unknown> {
   invlpgExits(state: S): boolean;
   /** Records an exception exit in the control state's exit fields and describes it. */
   exceptionExit(state: S, vector: number, errorCode: number, address: number): HardwareExit;
+  /**
+   * As `exceptionExit`, with the description written into `out` (which the caller owns and reuses: the same
+   * values, and the same fields in the same order, as `exceptionExit` returns), so that an exit allocates
+   * nothing (optional: without it the VM allocates a description per exit).
+   */
+  exceptionExitInto?(state: S, vector: number, errorCode: number, address: number, out: HardwareExitBuffer): void;
   /** A CR (or EFER) write exit. */
   crWriteExit(state: S, cr: number, value: number): HardwareExit;
   /** An INVLPG exit. */

@@ -2,6 +2,7 @@ import type { Vcpu } from '../machine/vcpu.js';
 import type { WriteTracker } from '../machine/emulate.js';
 import type { MmuDecisionOf, MmuEvent, MmuEventKind } from '../exits/mmu-events.js';
 import type { ExitResolution } from '../exits/vm-exit.js';
+import type { StatCell } from '../exits/stats.js';
 import type { Backend } from './backend.js';
 import type { HostPages } from './variant.js';
 
@@ -10,6 +11,11 @@ export interface MmuHost {
   readonly vcpus: readonly Vcpu[];
   /** Adds `n` to the KVM-named counter `name` of vCPU `vcpuId` (its merge gives the VM total). */
   count(vcpuId: number, name: string, n?: number): void;
+  /**
+   * The cell of vCPU `vcpuId`'s counter `name` (optional; `Stats.cell`): a hot path keeps it and adds to
+   * `cell.n` with no lookup by name. Take it at the first add, as `count` would create the counter then.
+   */
+  counter?(vcpuId: number, name: string): StatCell;
   /**
    * An MMU-internal decision that policies may take over: the event goes through the vCPU's `mmuEvents`
    * pipeline (the policies, then `fallback`, the MMU's own choice, when none decides; then the counters and
@@ -23,6 +29,12 @@ export interface MmuHost {
    * (or no such method): build the event and call `decide`.
    */
   decideByDefault?(vcpuId: number, kind: MmuEventKind): boolean;
+  /**
+   * Whether every event of `kind` on vCPU `vcpuId` is decided by default, for the VM's life (optional): when
+   * true, the MMU may ask once and from then on count each event itself as `mmu_events.<kind>` (through
+   * `counter`, taken at the first event) and keep its own choice, exactly as `decideByDefault` would.
+   */
+  decidesByDefault?(vcpuId: number, kind: MmuEventKind): boolean;
   /**
    * The backend below the VM (optional: a host without one serves only an MMU that programs no hardware).
    * The TDP MMU points each vCPU's second stage at its root through it (`Backend.setNestedRoot`,

@@ -48,6 +48,11 @@ export class VcpuMmuEvents {
     return this.channel.decide(event, fallback);
   }
 
+  /** Whether every event of `kind` is decided by default (fixed at composition; counts nothing). */
+  decidesByDefault(kind: MmuEventKind): boolean {
+    return this.counts.isByDefault(kind);
+  }
+
   /** True (and the event counted) when nothing could see an event of `kind`: see the class comment. */
   decideByDefault(kind: MmuEventKind): boolean {
     return this.counts.countIfByDefault(kind);
@@ -77,6 +82,24 @@ class MmuEventCounts {
     this.prefetchByDefault = prefetch;
     this.unsyncByDefault = unsync;
     this.trackedWriteByDefault = trackedWrite;
+  }
+
+  /** Whether events of `kind` are decided by default. */
+  isByDefault(kind: MmuEventKind): boolean {
+    switch (kind) {
+      case 'pte-write':
+        return this.pteWriteByDefault;
+      case 'flood':
+        return this.floodByDefault;
+      case 'prefetch':
+        return this.prefetchByDefault;
+      case 'unsync':
+        return this.unsyncByDefault;
+      case 'tracked-write':
+        return this.trackedWriteByDefault;
+      default:
+        return false;
+    }
   }
 
   /** Counts an event of `kind` and returns true when its kind is decided by default; false (nothing counted) otherwise. */

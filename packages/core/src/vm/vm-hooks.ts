@@ -9,7 +9,7 @@ import { ExitError } from '../exits/errors.js';
 import { ExitChannel, exitPipeline } from '../exits/pipeline.js';
 import type { StatCell, Stats } from '../exits/stats.js';
 import type { MonoTypeOperatorFunction } from 'rxjs';
-import { assertNever, describeExit, RESUME, type ExitResolution, type VmExit } from '../exits/vm-exit.js';
+import { assertNever, describeExit, RESUME, type ExceptionExit, type ExitResolution, type HardwareExitBuffer, type VmExit } from '../exits/vm-exit.js';
 import type { Backend } from './backend.js';
 import type { Mmu } from './mmu.js';
 
@@ -47,6 +47,13 @@ export class VmHooks implements VcpuHooks<Vcpu> {
   /** The insn_emulation counter's cell, taken at the first emulation (Stats.cell). */
   private insnEmulation: StatCell | null = null;
   private readonly entry = { errorCode: 0 };
+  /**
+   * The exception exit this vCPU reuses (null: none, every exit is a new object): see `reusableException`.
+   * In flight from its push until its action is decided; an exit raised meanwhile (a guest handler's access
+   * that exits while an injected exception is delivered) takes a new object.
+   */
+  private readonly scratch: ScratchExceptionExit | null;
+  private scratchInFlight = false;
 
   /** This vCPU's exit pipeline: the policies' operators, then `handleExit`, then the observers. */
   readonly channel: ExitChannel;
@@ -59,13 +66,46 @@ export class VmHooks implements VcpuHooks<Vcpu> {
     readonly stats: Stats,
     policies: readonly MonoTypeOperatorFunction<VmExit>[],
     observers: readonly MonoTypeOperatorFunction<VmExit>[],
+    options: VmHooksOptions = {},
   ) {
-    this.channel = new ExitChannel(exitPipeline(policies, (exit) => this.handleExit(exit), observers));
+    this.channel = new ExitChannel(exitPipeline(policies, (exit) => this.handleExit(exit), observers, options.observe ?? null));
+    this.scratch =
+      options.reuseExits === true && backend.exceptionExitInto !== undefined
+        ? {
+            kind: 'exception',
+            vcpu: vcpu.id,
+            seq: 0,
+            hw: { backend: backend.name, code: 0, name: '', fields: {} },
+            vector: 0,
+            errorCode: 0,
+            address: 0,
+            access: 0,
+            resolution: null,
+            resolvedBy: null,
+          }
+        : null;
   }
 
   exception(vcpu: Vcpu, vector: number, errorCode: number, address: number, access: number): FaultAction {
     if (!this.backend.exceptionExits(this.state, vector, errorCode >>> 0)) return FAULT_DELIVER;
     vcpu.clearGuestWalk();
+    const scratch = this.scratch;
+    // Nothing outside the pipeline can keep the exit (no tracer, recorder, audit hook or `exits$` subscriber;
+    // policies see an exit only while it is in the pipeline): refill this vCPU's one exception exit.
+    if (scratch !== null && !this.scratchInFlight && this.afterExit === null && !this.channel.observed) {
+      this.backend.exceptionExitInto!(this.state, vector, errorCode, address, scratch.hw);
+      scratch.seq = ++this.seq;
+      scratch.vector = vector;
+      scratch.errorCode = errorCode;
+      scratch.address = address;
+      scratch.access = access;
+      scratch.resolution = null;
+      scratch.resolvedBy = null;
+      this.scratchInFlight = true;
+      const action = this.act(scratch, this.channel.push(scratch), vector, address);
+      this.scratchInFlight = false;
+      return action;
+    }
     const hw = this.backend.exceptionExit(this.state, vector, errorCode, address);
     const exit: VmExit = { kind: 'exception', vcpu: vcpu.id, seq: ++this.seq, hw, vector, errorCode, address, access, resolution: null, resolvedBy: null };
     return this.done(exit, this.act(exit, this.channel.push(exit), vector, address));
@@ -286,6 +326,20 @@ export class VmHooks implements VcpuHooks<Vcpu> {
     }
   }
 }
+
+/** How a vCPU's hooks are built. */
+export interface VmHooksOptions {
+  /**
+   * Nothing but the pipeline sees an exit (no tracer or recorder bound): an exception exit may be one object
+   * refilled for every exit while nothing subscribes to the channel's output (no allocation per exit).
+   */
+  readonly reuseExits?: boolean;
+  /** Called with every exit once resolved, in the handler's link (`exitPipeline`'s `observe`), before `observers`. */
+  readonly observe?: (exit: VmExit) => void;
+}
+
+/** An exception exit that VmHooks refills (its fields writable, its description a buffer). */
+type ScratchExceptionExit = { -readonly [K in keyof ExceptionExit]: ExceptionExit[K] } & { hw: HardwareExitBuffer };
 
 /** A PFERR_* access kind in words, for messages. */
 function accessName(access: number): string {

@@ -6,8 +6,8 @@ import type { Vcpu } from '../machine/vcpu.js';
 import { resolveCostProfile, type CostModelInput } from '../cost/schema.js';
 import { modelCycles, type CostReport } from '../cost/model.js';
 import type { MmuDecisionOf, MmuEvent, MmuEventKind } from '../exits/mmu-events.js';
-import { countAndObserveExits, type ExitRecorder, type ExitTracer } from '../exits/observers.js';
-import { mergeStats, Stats } from '../exits/stats.js';
+import { exitObserver, isNoopObservers, type ExitRecorder, type ExitTracer } from '../exits/observers.js';
+import { mergeStats, Stats, type StatCell } from '../exits/stats.js';
 import type { VmExit } from '../exits/vm-exit.js';
 import { CAPABILITIES, type Backend } from './backend.js';
 import { composeVariant } from './compose.js';
@@ -100,7 +100,10 @@ export class Vm implements MmuHost {
         const mmuOps = policies.flatMap(({ policy, options }) => (policy.mmuEvents ? [policy.mmuEvents(ctxFor(options))] : []));
         // The exit route of this vCPU: VmHooks -> its exit pipeline (exitOps, then VmHooks.handleExit, then
         // the counters and observers) -> the resolution VmHooks acts on. MMU decisions: VcpuMmuEvents.
-        const vmHooks = new VmHooks(v, backend, backendStates[v.id], mmu, stats, exitOps, [countAndObserveExits(stats, tracer, recorder)]);
+        const vmHooks = new VmHooks(v, backend, backendStates[v.id], mmu, stats, exitOps, [], {
+          reuseExits: isNoopObservers(tracer, recorder),
+          observe: exitObserver(stats, tracer, recorder), // countAndObserveExits, in the handler's link
+        });
         this.mmuEvents.push(new VcpuMmuEvents(stats, mmuOps, tracer, recorder));
         hooks.push(vmHooks);
         v.hooks = vmHooks;
@@ -137,6 +140,11 @@ export class Vm implements MmuHost {
     this.stats[vcpuId]!.add(name, n);
   }
 
+  /** MmuHost: the cell of a vCPU's KVM-named counter (created at 0: take it at the first add). */
+  counter(vcpuId: number, name: string): StatCell {
+    return this.stats[vcpuId]!.cell(name);
+  }
+
   /** MmuHost: an MMU decision through the vCPU's `mmuEvents` pipeline (policies first, then `fallback`). */
   decide<E extends MmuEvent>(event: E, fallback: MmuDecisionOf<E>): MmuDecisionOf<E> {
     const route = this.mmuEvents[event.vcpu];
@@ -147,6 +155,12 @@ export class Vm implements MmuHost {
   decideByDefault(vcpuId: number, kind: MmuEventKind): boolean {
     const route = this.mmuEvents[vcpuId];
     return route !== undefined && route.decideByDefault(kind);
+  }
+
+  /** MmuHost: whether every MMU event of this kind on this vCPU is decided by default (fixed at composition). */
+  decidesByDefault(vcpuId: number, kind: MmuEventKind): boolean {
+    const route = this.mmuEvents[vcpuId];
+    return route !== undefined && route.decidesByDefault(kind);
   }
 
   /** Per-vCPU counters (with the guest-side counts the cost model prices) and their merge. */

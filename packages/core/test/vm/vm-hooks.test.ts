@@ -8,18 +8,23 @@ import {
   EFER_LME,
   GP_VECTOR,
   MachineError,
+  NoopRecorder,
   NoopTracer,
   PF_VECTOR,
   PT_DIRTY,
   Vm,
   type Backend,
+  type FaultPolicy,
   type HardwareExit,
+  type HardwareExitBuffer,
   type MemslotSpec,
   type Mmu,
   type ExitResolution,
   type SecondStage,
   type Vcpu,
+  type VmExit,
 } from '../../src/index.js';
+import { tap } from 'rxjs';
 import { variantSchema } from '../../src/vm/variant.js';
 import { TestTables } from '../machine/tables.js';
 
@@ -307,6 +312,67 @@ describe('VmHooks', () => {
       expect(r.exits()).toEqual(['EXCEPTION_14 -> emulate']);
       expect(r.mmu.log).toEqual(['pf 400010 3', 'emulation failed 300010']);
       expect(r.vm.machine.memory.read32(0x300010)).toBe(0);
+    });
+  });
+
+  describe('.exception (exit objects)', () => {
+    /** A backend that can describe an exception exit into a buffer, like VMX and SVM. */
+    class BufferingBackend extends FakeBackend {
+      exceptionExitInto(_s: unknown, vector: number, _ec: number, _a: number, out: HardwareExitBuffer): void {
+        out.backend = 'vmx';
+        out.code = 0;
+        out.name = `EXCEPTION_${vector}`;
+      }
+    }
+
+    /** A VM with no tracer or recorder, whose one policy keeps every exit object it sees and its seq then. */
+    function quietVm() {
+      const backend = new BufferingBackend();
+      const mmu = new FakeMmu();
+      const seen: { exit: VmExit; seq: number }[] = [];
+      const keep: FaultPolicy<unknown> = {
+        name: 'keep',
+        description: 'keeps what it sees',
+        needs: [],
+        exits: () => tap((e: VmExit) => seen.push({ exit: e, seq: e.seq })),
+      };
+      const variant = variantSchema.parse({ backend: 'vmx', mmu: 'shadow', memory: '4M', vcpus: 1 });
+      const vm = new Vm(variant, backend, mmu, [{ policy: keep, options: {} }], () => null, new NoopTracer(), new NoopRecorder(), 1);
+      const r = { vm, v: vm.vcpus[0]!, backend, mmu, rec: new ArrayRecorder(), exits: () => [], total: () => vm.counters().total };
+      const t = long4(r);
+      // The guest maps the page writable; the active (shadow) tables read-only: each store faults (P|W) and
+      // the MMU answers "emulate", so each store is one exit and nothing is left in the TLB to hit.
+      t.map(0x400000, 0x300000, 0x3 | PT_DIRTY);
+      const s = new TestTables(vm.machine.memory, 'long4', 0x80000);
+      s.map(0x400000, 0x300000, 0x1);
+      mmu.shadowRoot = s.root;
+      r.v.movToCr3(t.root);
+      backend.interceptPf = true;
+      mmu.onFault = { kind: 'emulate' };
+      return { ...r, seen };
+    }
+
+    it('refills one exit object per vCPU while nothing outside the pipeline can keep it', () => {
+      const r = quietVm();
+      r.v.write(0x400000, 4, 1);
+      r.v.write(0x400008, 4, 2);
+      // Two exits (one per store), the same object, numbered 1 and 2 as they went through.
+      expect(r.seen.map((x) => x.seq)).toEqual([1, 2]);
+      expect(r.seen[0]!.exit).toBe(r.seen[1]!.exit);
+      expect(r.total()).toMatchObject({ exits: 2, 'exits.EXCEPTION_14': 2, 'exits.kind.exception': 2, insn_emulation: 2 });
+      expect(r.vm.machine.memory.read32(0x300008)).toBe(2);
+    });
+
+    it('gives each exit an object of its own while something subscribes to exits$', () => {
+      const r = quietVm();
+      const out: VmExit[] = [];
+      const sub = r.vm.exits$.subscribe((e) => out.push(e));
+      r.v.write(0x400000, 4, 1);
+      r.v.write(0x400008, 4, 2);
+      sub.unsubscribe();
+      expect(out.map((e) => e.seq)).toEqual([1, 2]);
+      expect(out[0]).not.toBe(out[1]);
+      expect(out.map((e) => e.hw.name)).toEqual(['EXCEPTION_14', 'EXCEPTION_14']);
     });
   });
 });
