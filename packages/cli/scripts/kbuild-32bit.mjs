@@ -79,7 +79,7 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
           const r = run.result;
           const ok = check.divergence === null;
           if (!ok) failed++;
-          line = `${ok ? 'ok  ' : 'FAIL'} kbuild ${mode} [${spec}] --check --audit: ${ok ? 'no divergence' : check.divergence}; ${r.guest.accesses} accesses, ${r.counters.total.exits} exits, relocated: ${r.trace?.relocation !== undefined}`;
+          line = `${ok ? 'ok  ' : 'FAIL'} kbuild ${mode} [${spec}] --check --audit: ${ok ? 'no divergence' : check.divergence}; ${r.guest.accesses} accesses, ${r.counters.total.exits} exits, relocated into ${r.guest.trace?.relocation?.userLimit ?? '(not relocated)'} bytes of user space`;
         } catch (e) {
           failed++;
           line = `FAIL kbuild ${mode} [${spec}] --check --audit: stopped: ${e instanceof Error ? `${e.name}: ${e.message}` : String(e)}`;
