@@ -23,30 +23,18 @@ import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import process from 'node:process';
+import { parseBenchArgs } from './bench-args.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 
-function usage(message) {
-  process.stderr.write(`bench: ${message}\nusage: node scripts/bench.mjs [--quick] [--runs N] [--json FILE] [--write-readme]\n`);
-  process.exit(2);
-}
-const opts = { quick: false, runs: null, json: null, writeReadme: false };
-{
-  const argv = process.argv.slice(2);
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (a === '--quick') opts.quick = true;
-    else if (a === '--write-readme') opts.writeReadme = true;
-    else if (a === '--json') {
-      if (argv[i + 1] === undefined || argv[i + 1].startsWith('--')) usage('--json needs a file name');
-      opts.json = argv[++i];
-    } else if (a === '--runs') {
-      const n = Number(argv[++i]);
-      if (!Number.isInteger(n) || n < 1 || n > 51) usage(`--runs ${argv[i]} is not an integer from 1 to 51`);
-      opts.runs = n;
-    } else usage(`unknown argument '${a}'`);
-  }
-}
+let writeReadme = false;
+const opts = parseBenchArgs({
+  name: 'bench',
+  synopsis: 'node scripts/bench.mjs [--quick] [--runs N] [--json FILE] [--write-readme]',
+  runs: null,
+  maxRuns: 51,
+  options: { '--write-readme': () => (writeReadme = true) },
+});
 
 const load = () =>
   loadavg()
@@ -143,7 +131,7 @@ process.stdout.write(
 
 if (opts.json !== null) writeFileSync(opts.json, JSON.stringify({ context, loadStart, loadEnd, core, main }, null, 2) + '\n');
 
-if (opts.writeReadme) {
+if (writeReadme) {
   const path = join(root, 'README.md');
   const readme = readFileSync(path, 'utf8');
   const start = readme.indexOf('\n## Measured\n');

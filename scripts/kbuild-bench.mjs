@@ -1,7 +1,8 @@
 // The kbuild benchmark that packages/policies and packages/mmu-tdp run on their own variants: the bundled
 // kbuild trace natively and under each variant, in one process, reporting represented guest accesses/s for
 // each, the ratio to the native run, and a plain scan of the decoded trace's records (the scan baseline), all
-// measured in the same run. The scan, `runWorkloadOn`, `median` and `spread` also serve packages/cli/bench/main.bench.mjs.
+// measured in the same run. The scan, `runWorkloadOn`, `median` and `spread` also serve packages/cli/bench/main.bench.mjs
+// (the scan and `median` packages/guest/bench/replay.bench.mjs).
 //
 // Each variant is composed by `createVm` with the built-in module sources, as `vmexit run` does (@vmexit/lab's
 // runVariant), and run by `runWorkload` on the VM's machine. Every round runs each variant once (round-robin),

@@ -27,6 +27,7 @@ import process from 'node:process';
 import { createVm, PF_VECTOR } from '@vmexit/core';
 import { KBUILD_TRACE_PATH, decodeVxt } from '@vmexit/guest';
 import { parseVariantSpec } from '@vmexit/lab';
+import { parseBenchArgs } from '../../../scripts/bench-args.mjs';
 import { median, runWorkloadOn, scanRecords, spread } from '../../../scripts/kbuild-bench.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -43,41 +44,23 @@ try {
 // Command line
 
 const PARTS = ['kbuild', 'pt-recycle', 'pipeline', 'rss'];
-function usage(message) {
-  process.stderr.write(`main.bench: ${message}\nusage: node bench/main.bench.mjs [--json FILE] [--runs N] [--quick] [--only ${PARTS.join(',')}]\n`);
-  process.exit(2);
-}
-const opts = { json: null, runs: 3, quick: false, only: new Set(PARTS) };
-{
-  const argv = process.argv.slice(2);
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (a === '--json') {
-      if (argv[i + 1] === undefined || argv[i + 1].startsWith('--')) usage('--json needs a file name');
-      opts.json = argv[++i];
-    } else if (a === '--runs') {
-      const n = Number(argv[++i]);
-      if (!Number.isInteger(n) || n < 1 || n > 51) usage(`--runs ${argv[i]} is not an integer from 1 to 51`);
-      opts.runs = n;
-    } else if (a === '--only') {
-      const parts = (argv[++i] ?? '').split(',').filter((s) => s !== '');
+const only = new Set(PARTS);
+const opts = parseBenchArgs({
+  name: 'main.bench',
+  synopsis: `node bench/main.bench.mjs [--json FILE] [--runs N] [--quick] [--only ${PARTS.join(',')}]`,
+  runs: 3,
+  maxRuns: 51,
+  options: {
+    '--only': (next, usage) => {
+      const arg = next();
+      const parts = (arg ?? '').split(',').filter((s) => s !== '');
       const bad = parts.filter((p) => !PARTS.includes(p));
-      if (parts.length === 0 || bad.length > 0) usage(`--only: expected some of ${PARTS.join(', ')}, got '${argv[i] ?? ''}'`);
-      opts.only = new Set(parts);
-    } else if (a === '--quick') {
-      opts.quick = true;
-    } else {
-      usage(`unknown argument '${a}'`);
-    }
-  }
-}
-if (opts.json !== null) {
-  try {
-    writeFileSync(opts.json, '');
-  } catch (e) {
-    usage(`cannot write --json file '${opts.json}': ${e.message}`);
-  }
-}
+      if (parts.length === 0 || bad.length > 0) usage(`--only: expected some of ${PARTS.join(', ')}, got '${arg ?? ''}'`);
+      only.clear();
+      for (const p of parts) only.add(p);
+    },
+  },
+});
 const RUNS = opts.quick ? 1 : opts.runs;
 const SEED = 1;
 const MODE = 'long4';
@@ -104,7 +87,7 @@ say(`vmexit main benchmark: node ${process.version}, ${RUNS} round-robin run(s) 
 // (0) A 64 GiB guest running demand-fault:pages=16: peak RSS and wall time, in a child process each, spawned
 // first, while this process is small (see guest-rss.mjs: ru_maxrss survives fork and execve).
 
-if (opts.only.has('rss')) {
+if (only.has('rss')) {
   out.rss = [];
   for (const spec of ['vmx shadow', 'vmx tdp']) {
     const t0 = performance.now();
@@ -202,7 +185,7 @@ async function roundRobin(label, specs, workload) {
 // (1) kbuild: native, every variant of `vmexit main`, and TDP.
 
 const M = (x) => `${(x / 1e6).toFixed(1).padStart(7)} M/s`;
-if (opts.only.has('kbuild')) {
+if (only.has('kbuild')) {
   const shadow = [...HEADLINE_VARIANTS.vmx, ...HEADLINE_VARIANTS.svm, ...WITH_FLOOD.vmx, ...WITH_FLOOD.svm];
   const tdp = ['vmx tdp', 'svm tdp'];
   const rows = await roundRobin('kbuild', ['native', ...shadow, ...tdp], 'kbuild');
@@ -292,7 +275,7 @@ function timerOverheadNs() {
 }
 
 let exitNs = null;
-if (opts.only.has('pt-recycle') || opts.only.has('pipeline')) {
+if (only.has('pt-recycle') || only.has('pipeline')) {
   const rows = await roundRobin('pt-recycle', ['native', 'vmx shadow'], PT_RECYCLE);
   const [native, vmx] = rows;
   const exits = vmx.counters.exits ?? 0;
@@ -344,7 +327,7 @@ if (opts.only.has('pt-recycle') || opts.only.has('pipeline')) {
 // (3) The RxJS exit pipeline's share: the VM's own channel (its policies, none here, the handler link and the
 // counting observer), with the handler answered at once, timed per exit, against the cost of an exit above.
 
-if (opts.only.has('pipeline')) {
+if (only.has('pipeline')) {
   const vm = await vmOf('vmx shadow');
   const h = vm.hooks[0];
   h.handleExit = () => ({ kind: 'resume' }); // the link stays; only the MMU's work behind it is left out

@@ -18,6 +18,7 @@
 import { writeFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import process from 'node:process';
+import { parseBenchArgs } from '../../../scripts/bench-args.mjs';
 // The built package: `npx tsc -b packages/core` (the nx bench target depends on build).
 // The TLB, dense memory and the PDPTE load are internal (not in the package's entry): imported from their files.
 let core;
@@ -61,42 +62,20 @@ const {
 // ---------------------------------------------------------------------------------------------------------
 // Command line
 
-function usage(message) {
-  process.stderr.write(`paging.bench: ${message}\nusage: node bench/paging.bench.mjs [--json FILE] [--runs N] [--quick] [--filter TEXT]\n`);
-  process.exit(2);
-}
-
-const opts = { json: null, runs: 7, quick: false, filter: null };
-{
-  const argv = process.argv.slice(2);
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (a === '--json') {
-      if (argv[i + 1] === undefined || argv[i + 1].startsWith('--')) usage('--json needs a file name');
-      opts.json = argv[++i];
-    } else if (a === '--runs') {
-      const n = Number(argv[++i]);
-      if (!Number.isInteger(n) || n < 1 || n > 101) usage(`--runs ${argv[i]} is not an integer from 1 to 101`);
-      opts.runs = n;
-    } else if (a === '--filter') {
-      if (argv[i + 1] === undefined) usage('--filter needs a text (e.g. "long4 4K resident")');
-      opts.filter = argv[++i];
-    } else if (a === '--quick') {
-      opts.quick = true;
-    } else {
-      usage(`unknown argument '${a}'`);
-    }
-  }
-}
-
-if (opts.json !== null) {
-  // Fail now, not after the whole run, if the figures could not be written.
-  try {
-    writeFileSync(opts.json, '');
-  } catch (e) {
-    usage(`cannot write --json file '${opts.json}': ${e.message}`);
-  }
-}
+let filter = null;
+const opts = parseBenchArgs({
+  name: 'paging.bench',
+  synopsis: 'node bench/paging.bench.mjs [--json FILE] [--runs N] [--quick] [--filter TEXT]',
+  runs: 7,
+  maxRuns: 101,
+  options: {
+    '--filter': (next, usage) => {
+      filter = next();
+      if (filter === undefined) usage('--filter needs a text (e.g. "long4 4K resident")');
+    },
+  },
+});
+const usage = opts.usage;
 
 const WARMUP = opts.quick ? 1 : 3;
 const RUNS = opts.quick ? Math.min(opts.runs, 3) : opts.runs;
@@ -426,7 +405,7 @@ let seed = 0x5eed_1000;
 for (const [mode, level] of WALK_CASES) {
   for (const layout of ['resident', 'scattered']) {
     const caseSeed = seed++;
-    if (opts.filter !== null && !`${pagingModeName(mode)} ${sizeName(leafSize(mode, level))} ${layout}`.includes(opts.filter)) continue;
+    if (filter !== null && !`${pagingModeName(mode)} ${sizeName(leafSize(mode, level))} ${layout}`.includes(filter)) continue;
     const c = buildWalkCase(mode, level, layout, caseSeed);
     const m = measure(WALK_LEN, () => walkLoop(c.ctx, c.mem, c.vas, walkOut, ACC_USER, WALK_SIDE_EFFECTS));
     results.walks.push({

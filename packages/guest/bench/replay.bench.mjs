@@ -4,10 +4,10 @@
 import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { KBUILD_TRACE_PATH, decodeVxt, runWorkload } from '../dist/index.js';
+import { median, scanRecords } from '../../../scripts/kbuild-bench.mjs';
 
 const RUNS = Number(process.env.RUNS ?? 5);
 const bytes = readFileSync(KBUILD_TRACE_PATH);
-const median = (a) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
 
 let trace;
 const decode = [];
@@ -16,24 +16,15 @@ const replay = [];
 let represented = 0;
 let result;
 for (let i = 0; i < RUNS + 1; i++) {
-  let t = performance.now();
+  const t = performance.now();
   trace = decodeVxt(bytes, KBUILD_TRACE_PATH);
   const d = (performance.now() - t) / 1000;
-  t = performance.now();
-  const { count, page } = trace.accesses;
-  let n = 0;
-  let s = 0;
-  for (let j = 0; j < count.length; j++) {
-    n += count[j];
-    s += page[j];
-  }
-  const sc = (performance.now() - t) / 1000;
-  if (s === -1) console.log('');
-  represented = n;
+  const sc = scanRecords(trace);
+  represented = sc.represented;
   result = runWorkload({ workload: 'kbuild', seed: 7, loadTrace: () => trace }).result;
   if (i === 0) continue; // warm-up
   decode.push(d);
-  scan.push(sc);
+  scan.push(sc.seconds);
   replay.push(result.wallSeconds);
 }
 const rate = (s) => represented / s;

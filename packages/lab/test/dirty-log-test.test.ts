@@ -1,30 +1,12 @@
-import { DEFAULT_MODULE_SOURCES, type Memslot } from '@vmexit/core';
-import { ShadowMmu } from '@vmexit/mmu-shadow';
-import { ContainerModule } from 'inversify';
 import { describe, expect, it } from 'vitest';
 import { InputError, runVariant } from '../src/index.js';
+import { forgetfulSources } from './helpers/forgetful-mmu.js';
 
 // KVM's dirty_log_test as a run: two vCPUs write 64 random pages of 512 per iteration, 8 iterations; the host
 // harvests after each iteration of vCPU 0's thread and once more when the last writer ends (9 harvests), and
 // checks every mapped page of the area against the harvest.
 const WL = (harvest: string) => `dirty-log-test:pages=512,iterations=8,writes=64,harvest=${harvest},ring=256`;
 const O = { seed: 1, overrides: { memory: '16M', vcpus: '2' } };
-
-/** A shadow MMU whose re-protection does nothing: pages written after a harvest go unlogged. */
-class ForgetfulShadowMmu extends ShadowMmu {
-  override writeProtectMasked(_slot: Memslot, _offset: number, _mask: number): boolean {
-    return false;
-  }
-}
-const forgetful = new ContainerModule(({ bind }) => {
-  const S = Symbol('forgetful');
-  bind(S)
-    .toDynamicValue(() => new ForgetfulShadowMmu())
-    .inSingletonScope();
-  bind(Symbol.for('vmexit.Mmu')).toService(S);
-  bind(Symbol.for('vmexit.DirtyLogMmu')).toService(S);
-  bind(Symbol.for('vmexit.FastPageFault')).toService(S);
-});
 
 describe('dirty-log-test with harvest', () => {
   it.each(['bitmap', 'clear', 'ring'])(
@@ -71,7 +53,7 @@ describe('dirty-log-test with harvest', () => {
 
   it('catches an MMU that does not re-protect after a harvest: lost pages, in every mode', async () => {
     for (const harvest of ['bitmap', 'clear', 'ring']) {
-      const r = await runVariant('vmx shadow', WL(harvest), { ...O, sources: { ...DEFAULT_MODULE_SOURCES, mmus: { shadow: forgetful } } });
+      const r = await runVariant('vmx shadow', WL(harvest), { ...O, sources: forgetfulSources });
       expect(r.dirtyLog!.lost, harvest).toBeGreaterThan(0);
     }
   }, 60_000);

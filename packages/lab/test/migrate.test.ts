@@ -1,8 +1,6 @@
-import { DEFAULT_MODULE_SOURCES, type Memslot } from '@vmexit/core';
-import { ShadowMmu } from '@vmexit/mmu-shadow';
-import { ContainerModule } from 'inversify';
 import { describe, expect, it } from 'vitest';
 import { InputError, migrate, parseVariantSpec, type MigrateOptions } from '../src/index.js';
+import { forgetfulSources } from './helpers/forgetful-mmu.js';
 
 // Pre-copy migration of KVM's dirty_log_test (one vCPU writing 64 random pages of 512 per iteration, 40
 // iterations) in a 16 MiB guest (4096 pages), the link at 1000 pages per 1000 guest accesses so that the run
@@ -12,23 +10,6 @@ async function run(spec: string, o: Partial<MigrateOptions> = {}) {
   const variant = await parseVariantSpec(spec, { memory: '16M' });
   return migrate({ workload: WORKLOAD, mode: 'long4', seed: 1, personalities: [], variant, copyRate: 1000, stopPages: 0, maxRounds: 20, ...o });
 }
-
-/** A shadow MMU whose harvest forgets to write-protect again: writes after a harvest go unlogged. */
-class ForgetfulShadowMmu extends ShadowMmu {
-  override writeProtectMasked(_slot: Memslot, _offset: number, _mask: number): boolean {
-    return false;
-  }
-}
-
-const forgetful = new ContainerModule(({ bind }) => {
-  const S = Symbol('forgetful');
-  bind(S)
-    .toDynamicValue(() => new ForgetfulShadowMmu())
-    .inSingletonScope();
-  bind(Symbol.for('vmexit.Mmu')).toService(S);
-  bind(Symbol.for('vmexit.DirtyLogMmu')).toService(S);
-  bind(Symbol.for('vmexit.FastPageFault')).toService(S);
-});
 
 describe('migrate', () => {
   for (const dirtyLog of ['bitmap', 'clear'] as const) {
@@ -103,7 +84,7 @@ describe('migrate', () => {
   }, 60_000);
 
   it('catches an MMU that does not re-protect harvested pages: the digests differ', async () => {
-    const r = await run('vmx shadow', { sources: { ...DEFAULT_MODULE_SOURCES, mmus: { shadow: forgetful } } });
+    const r = await run('vmx shadow', { sources: forgetfulSources });
     expect(r.digestMatch).toBe(false);
   }, 60_000);
 
@@ -134,7 +115,7 @@ describe('migrate', () => {
     }, 60_000);
 
     it('catches an MMU that does not re-protect the pages a ring reset names: the digests differ', async () => {
-      const r = await run('vmx shadow', { dirtyLog: 'ring', sources: { ...DEFAULT_MODULE_SOURCES, mmus: { shadow: forgetful } } });
+      const r = await run('vmx shadow', { dirtyLog: 'ring', sources: forgetfulSources });
       expect(r.digestMatch).toBe(false);
     }, 60_000);
   });

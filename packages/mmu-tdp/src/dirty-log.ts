@@ -1,9 +1,7 @@
 import { PAGE_SIZE, type Memslot } from '@vmexit/core';
-import { isPresentSpte } from './mmio.js';
 import { splitHugePages } from './map.js';
 import type { TdpMmuState } from './state.js';
-import { finish, isLeaf, SPAN, childOf } from './zap.js';
-import type { TdpPage } from './page.js';
+import { finish, visitLeafs } from './zap.js';
 
 /**
  * Dirty logging on the TDP MMU (KVM arch/x86/kvm/mmu/tdp_mmu.c): the write protection of a logged slot's
@@ -19,28 +17,18 @@ import type { TdpPage } from './page.js';
 /**
  * Clears `clear` in the low half of every present leaf spte of level >= `minLevel` mapping a gfn in
  * [start, end) (KVM `wrprot_gfn_range` with `PT_WRITABLE_MASK`, `clear_dirty_gfn_range` with
- * `shadow_dirty_mask`), by a plain store under `mmu_lock` held for write. Returns whether an spte changed.
+ * `shadow_dirty_mask`), by a plain store under `mmu_lock` held for write (a visitLeafs walk from the root).
+ * Returns whether an spte changed.
  */
-function clearLeafBits(s: TdpMmuState, sp: TdpPage, start: number, end: number, clear: number, minLevel: number): boolean {
-  const pool = s.pool;
-  const level = sp.level;
-  const span = SPAN[level]!;
-  let changed = false;
-  for (let i = 0; i < 512; i++) {
-    const base = sp.gfn + i * span;
-    if (base >= end || base + span <= start) continue;
-    const loc = sp.base + i;
-    const lo = pool.lo(loc);
-    if (!isPresentSpte(lo)) continue;
-    if (!isLeaf(lo, level)) {
-      if (clearLeafBits(s, childOf(s, lo, pool.hi(loc)), start, end, clear, minLevel)) changed = true;
-      continue;
-    }
-    if (level < minLevel || (lo & clear) === 0) continue;
-    s.setSpte(loc, (lo & ~clear) >>> 0, pool.hi(loc));
-    changed = true;
-  }
-  return changed;
+function clearLeafBits(s: TdpMmuState, start: number, end: number, clear: number, minLevel: number): boolean {
+  return visitLeafs(s, s.root, start, end, clearBits, clear, minLevel);
+}
+
+/** clearLeafBits' visitor. */
+function clearBits(s: TdpMmuState, loc: number, lo: number, level: number, clear: number, minLevel: number): boolean {
+  if (level < minLevel || (lo & clear) === 0) return false;
+  s.setSpte(loc, (lo & ~clear) >>> 0, s.pool.hi(loc));
+  return true;
 }
 
 /**
@@ -56,11 +44,11 @@ export function slotRemoveWriteAccess(s: TdpMmuState, slot: Memslot): boolean {
   const end = slot.baseGfn + slot.pages;
   splitHugePages(s, start, end);
   if (s.cpuDirtyLog) {
-    const d = clearLeafBits(s, s.root, start, end, s.format.dirtyLo, 1);
-    const w = clearLeafBits(s, s.root, start, end, s.format.writableLo, 2);
+    const d = clearLeafBits(s, start, end, s.format.dirtyLo, 1);
+    const w = clearLeafBits(s, start, end, s.format.writableLo, 2);
     return d || w;
   }
-  return clearLeafBits(s, s.root, start, end, s.format.writableLo, 1);
+  return clearLeafBits(s, start, end, s.format.writableLo, 1);
 }
 
 /**
@@ -76,7 +64,7 @@ export function writeProtectMasked(s: TdpMmuState, slot: Memslot, offset: number
   while (m !== 0) {
     const b = 31 - Math.clz32(m & -m);
     const gfn = slot.baseGfn + offset + b;
-    if (clearLeafBits(s, s.root, gfn, gfn + 1, clear, 1)) changed = true;
+    if (clearLeafBits(s, gfn, gfn + 1, clear, 1)) changed = true;
     m = (m & (m - 1)) >>> 0;
   }
   return changed;

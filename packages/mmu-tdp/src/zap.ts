@@ -66,14 +66,34 @@ export function removeSubtree(s: TdpMmuState, sp: TdpPage): void {
  * are invalidated by the memslot generation. Returns whether anything was zapped (a flush is pending).
  */
 export function zapLeafs(s: TdpMmuState, start: number, end: number): boolean {
-  return zapLeafsIn(s, s.root, start, end);
+  return visitLeafs(s, s.root, start, end, zapLeaf, 0, 0);
 }
 
-function zapLeafsIn(s: TdpMmuState, sp: TdpPage, start: number, end: number): boolean {
+/** zapLeafs' visitor: the leaf spte at `loc` is cleared. */
+function zapLeaf(s: TdpMmuState, loc: number, _lo: number, level: number): boolean {
+  s.setSpte(loc, 0, 0);
+  dropLeaf(s, level);
+  s.pendingFlush = true;
+  return true;
+}
+
+/**
+ * What visitLeafs does to a present leaf spte: `lo` is its low half at `loc` in the pool, `level` its level,
+ * `a` and `b` the arguments visitLeafs was given (numbers, so that a visitor is a plain function and a walk
+ * allocates nothing). Returns whether it changed the spte.
+ */
+export type LeafVisitor = (s: TdpMmuState, loc: number, lo: number, level: number, a: number, b: number) => boolean;
+
+/**
+ * Calls `visit` on every present leaf spte below `sp` that maps a gfn in [start, end) (a huge leaf that
+ * overlaps the range as a whole), in the order of the gfns, descending into the non-leaf sptes that overlap
+ * it (KVM `for_each_tdp_pte_min_level` over [start, end)). Returns whether any visit changed its spte.
+ */
+export function visitLeafs(s: TdpMmuState, sp: TdpPage, start: number, end: number, visit: LeafVisitor, a: number, b: number): boolean {
   const pool = s.pool;
   const level = sp.level;
   const span = SPAN[level]!;
-  let zapped = false;
+  let changed = false;
   for (let i = 0; i < 512; i++) {
     const base = sp.gfn + i * span;
     if (base >= end || base + span <= start) continue;
@@ -81,13 +101,10 @@ function zapLeafsIn(s: TdpMmuState, sp: TdpPage, start: number, end: number): bo
     const lo = pool.lo(loc);
     if (!isPresentSpte(lo)) continue;
     if (isLeaf(lo, level)) {
-      s.setSpte(loc, 0, 0);
-      dropLeaf(s, level);
-      s.pendingFlush = true;
-      zapped = true;
-    } else if (zapLeafsIn(s, childOf(s, lo, pool.hi(loc)), start, end)) zapped = true;
+      if (visit(s, loc, lo, level, a, b)) changed = true;
+    } else if (visitLeafs(s, childOf(s, lo, pool.hi(loc)), start, end, visit, a, b)) changed = true;
   }
-  return zapped;
+  return changed;
 }
 
 /** KVM `kvm_tdp_mmu_zap_all`: every page below the root is unlinked and freed, the root emptied. */

@@ -61,3 +61,30 @@ export async function runTdp(
 export function runNative(workload: string, mode: 'legacy32' | 'pae' | 'long4' | 'long5' = 'long4', memory = 16 * 1024 * 1024): RunOutcome {
   return runWorkload({ workload, mode, memory, seed: 1 });
 }
+
+/**
+ * The backends a TDP test runs on: the name, the exits of the boot's CR0 and CR4 writes (the paging bits the
+ * hypervisor owns) and its EFER write, and the counter of a second-stage fault (EPT violation / #NPF).
+ */
+export const TDP_BACKENDS = [
+  ['vmx', { 'exits.CR_ACCESS': 2, 'exits.MSR_WRITE': 1 }, 'exits.EPT_VIOLATION'],
+  ['svm', { 'exits.VMEXIT_CR0_WRITE': 1, 'exits.VMEXIT_CR4_WRITE': 1, 'exits.VMEXIT_MSR': 1 }, 'exits.VMEXIT_NPF'],
+] as const;
+
+/**
+ * The whole-run counters of the guest OS model on 16 MiB (4096 frames) of 4 KiB host pages: the 3 exits of
+ * `crExits`, and one second-stage fault (`violation`) per frame the hardware touches, 4094 (every frame but
+ * frame 0 and the zero page), each fixed by one 4 KiB leaf; the TDP tables: PML4 + PDPT + PD + 8 PTs = 11 pages.
+ */
+export function bootCounters4k(crExits: Readonly<Record<string, number>>, violation: string): Record<string, number> {
+  return {
+    exits: 3 + 4094,
+    ...crExits,
+    [violation]: 4094,
+    'exits.kind.nested-fault': 4094,
+    pf_taken: 4094,
+    pf_fixed: 4094,
+    pages_4k: 4094,
+    tdp_mmu_pages: 11,
+  };
+}

@@ -139,9 +139,8 @@ export class EptStage implements SecondStage {
     if (memo !== null) {
       // The same page walked before, the tables unchanged since: the same entries, rights and flags. Taken only
       // when the walk would set no flag (every accessed flag set, and the leaf's dirty flag for a write).
-      const gfn = Math.floor(gpa / 4096);
-      const i = gfn & memo.mask;
-      if (memo.gfn[i] === gfn && memo.version[i] === memo.tables.tablesVersion) {
+      const i = memo.find(gpa);
+      if (i >= 0) {
         const info = memo.info[i]!;
         const leafDirty = (info & MEMO_DIRTY) !== 0;
         if ((info & want) !== 0 && (!this.accessedDirty || !sideEffects || ((info & MEMO_ALL_ACCESSED) !== 0 && (!write || leafDirty)))) {
@@ -219,27 +218,11 @@ export class EptStage implements SecondStage {
     out.nestedRights = rights;
     out.nestedDirty = dirty;
     const hpa = ((elo & ~offsetMask & 0xfffff000) >>> 0) + (ehi & 0xfffff) * 4294967296 + ((gpa % 4294967296) & offsetMask);
-    if (memo !== null && this.inTables(level)) {
+    if (memo !== null) {
       // As the entries are now (after the flags this walk set): a leaf's dirty flag is set when it was, or was just set.
-      memo.fill(
-        Math.floor(gpa / 4096),
-        hpa - (gpa % 4096),
-        rights | (accessed !== 0 ? MEMO_ALL_ACCESSED : 0) | (dirty ? MEMO_DIRTY : 0) | ((this.levels - level + 1) << 8),
-      );
+      memo.fillWalk(this.usedPa, this.levels, level, gpa, hpa, rights | (accessed !== 0 ? MEMO_ALL_ACCESSED : 0) | (dirty ? MEMO_DIRTY : 0));
     }
     return hpa;
-  }
-
-  /** Whether every entry of the walk that ended at `level` lies in the versioned tables (StageMemo keeps only those). */
-  private inTables(level: number): boolean {
-    const t = this.memo!.tables;
-    const base = t.tablesBase;
-    const end = t.tablesEnd;
-    for (let l = this.levels; l >= level; l--) {
-      const epa = this.usedPa[l]!;
-      if (epa < base || epa >= end) return false;
-    }
-    return true;
   }
 
   /** Records an EPT violation (rights = the AND of bits 2:0 of the entries used) or misconfiguration. */

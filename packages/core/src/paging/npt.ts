@@ -90,9 +90,8 @@ export class NptStage implements SecondStage {
       // The same page walked before, the tables unchanged since: the same entries, rights and flags (see
       // StageMemo). A successful walk had U=1 throughout (rights R); a write needs W, a fetch X. Taken only when
       // the walk would set no flag.
-      const gfn = Math.floor(gpa / 4096);
-      const i = gfn & memo.mask;
-      if (memo.gfn[i] === gfn && memo.version[i] === memo.tables.tablesVersion) {
+      const i = memo.find(gpa);
+      if (i >= 0) {
         const info = memo.info[i]!;
         const need = write ? 2 : (acc & 0x10) !== 0 ? 4 : 1;
         const dirty = (info & MEMO_DIRTY) !== 0;
@@ -161,28 +160,12 @@ export class NptStage implements SecondStage {
     out.nestedRights = rights;
     out.nestedDirty = dirty;
     const hpa = ((elo & ~offsetMask & 0xfffff000) >>> 0) + (ehi & 0xfffff) * 4294967296 + ((gpa % 4294967296) & offsetMask);
-    if (memo !== null && this.inTables(level)) {
+    if (memo !== null) {
       // As the entries are now: with side effects every accessed flag is set, and the leaf's dirty flag for a write.
       const accessed = sideEffects || (both & ACCESSED) !== 0;
-      memo.fill(
-        Math.floor(gpa / 4096),
-        hpa - (gpa % 4096),
-        rights | (accessed ? MEMO_ALL_ACCESSED : 0) | (dirty ? MEMO_DIRTY : 0) | ((this.levels - level + 1) << 8),
-      );
+      memo.fillWalk(this.usedPa, this.levels, level, gpa, hpa, rights | (accessed ? MEMO_ALL_ACCESSED : 0) | (dirty ? MEMO_DIRTY : 0));
     }
     return hpa;
-  }
-
-  /** Whether every entry of the walk that ended at `level` lies in the versioned tables (StageMemo keeps only those). */
-  private inTables(level: number): boolean {
-    const t = this.memo!.tables;
-    const base = t.tablesBase;
-    const end = t.tablesEnd;
-    for (let l = this.levels; l >= level; l--) {
-      const epa = this.usedPa[l]!;
-      if (epa < base || epa >= end) return false;
-    }
-    return true;
   }
 
   /** Records a nested page fault with the #PF-style error code `code` (EXITINFO1[31:0]). */

@@ -40,6 +40,13 @@ export class StageMemo {
 
   constructor(readonly tables: VersionedTables) {}
 
+  /** The entry that holds the walk of the page of `gpa` at the tables' current version, or -1 when none does. */
+  find(gpa: number): number {
+    const gfn = Math.floor(gpa / 4096);
+    const i = gfn & this.mask;
+    return this.gfn[i] === gfn && this.version[i] === this.tables.tablesVersion ? i : -1;
+  }
+
   /** Records the walk of page `gfn` to host page `hpaPage`, at the tables' current version. */
   fill(gfn: number, hpaPage: number, info: number): void {
     const i = gfn & this.mask;
@@ -47,5 +54,21 @@ export class StageMemo {
     this.hpa[i] = hpaPage;
     this.info[i] = info;
     this.version[i] = this.tables.tablesVersion;
+  }
+
+  /**
+   * Records the successful walk of `gpa` to `hpa` that read the entries at `usedPa[levels]` down to
+   * `usedPa[level]` (host-physical addresses, one per level), with the rights and MEMO_* bits in
+   * `rightsAndFlags`, when every one of those entries lies in the versioned tables (only such walks are kept; see the class).
+   * The count of entries read goes in `info` bits 15:8.
+   */
+  fillWalk(usedPa: Float64Array, levels: number, level: number, gpa: number, hpa: number, rightsAndFlags: number): void {
+    const base = this.tables.tablesBase;
+    const end = this.tables.tablesEnd;
+    for (let l = levels; l >= level; l--) {
+      const epa = usedPa[l]!;
+      if (epa < base || epa >= end) return;
+    }
+    this.fill(Math.floor(gpa / 4096), hpa - (gpa % 4096), rightsAndFlags | ((levels - level + 1) << 8));
   }
 }
