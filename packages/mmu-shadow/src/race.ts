@@ -3,6 +3,7 @@ import {
   DirtyLog,
   GuestWriter,
   Harvester,
+  Unmapper,
   MigrationWorld,
   type MigrationMutation,
   PAGE_SIZE,
@@ -172,54 +173,31 @@ class RingHarvester implements RaceThread {
   }
 }
 
-/** The host unmaps a gfn (an mmu-notifier invalidation, KVM `kvm_unmap_gfn_range` -> `kvm_zap_rmap`, then a flush, under `mmu_lock`). */
-class Unmapper implements RaceThread {
-  readonly name = 'unmap';
-  private phase = 0;
-
-  constructor(
-    private readonly w: RaceWorld,
-    private readonly gfn: number,
-  ) {}
-
-  get done(): boolean {
-    return this.phase === 4;
-  }
-
-  runnable(): boolean {
-    const mmu = this.w.mmu;
-    if (this.phase === 0) return mmu.mmuLock.available(HOST_THREAD);
-    // kvm_flush_remote_tlbs waits for every vCPU to take the IPI; one inside walk_shadow_page_lockless_begin/end
-    // has interrupts off and answers only at its end.
-    if (this.phase === 2) return mmu.locklessWalkers === 0;
-    return true;
-  }
-
-  step(): string {
-    const mmu = this.w.mmu;
-    switch (this.phase) {
-      case 0:
-        if (!mmu.mmuLock.tryAcquire(HOST_THREAD)) return 'spin on mmu_lock';
-        this.phase = 1;
-        return 'mmu_lock';
-      case 1: {
-        const head = mmu.rmaps.head(this.gfn, 1, false);
+/** The host's unmap of a gfn (core's `Unmapper`): KVM `kvm_unmap_gfn_range` -> `kvm_zap_rmap`, then a flush, under `mmu_lock`. */
+function unmapper(w: RaceWorld, gfn: number): Unmapper {
+  const mmu = w.mmu;
+  return new Unmapper(
+    {
+      lockName: 'mmu_lock',
+      lockAvailable: () => mmu.mmuLock.available(HOST_THREAD),
+      tryLock: () => mmu.mmuLock.tryAcquire(HOST_THREAD),
+      unlock: () => mmu.mmuLock.release(HOST_THREAD),
+      zap: (g) => {
+        const head = mmu.rmaps.head(g, 1, false);
         const locs = head === null ? [] : head.toArray();
         for (const loc of locs) zapSpte(mmu, mmu.pageOfLoc(loc), loc);
-        this.phase = 2;
-        return `zap the ${locs.length} sptes of gfn ${hex(this.gfn)}`;
-      }
-      case 2:
+        return `zap the ${locs.length} sptes of gfn ${hex(g)}`;
+      },
+      // kvm_flush_remote_tlbs waits for every vCPU to take the IPI; one inside walk_shadow_page_lockless_begin/end
+      // has interrupts off and answers only at its end.
+      flushReady: () => mmu.locklessWalkers === 0,
+      flush: () => {
         mmu.flushRemoteTlbs(HOST_THREAD);
         mmu.pendingFlush = false;
-        this.phase = 3;
-        return 'flush remote TLBs';
-      default:
-        mmu.mmuLock.release(HOST_THREAD);
-        this.phase = 4;
-        return 'mmu_unlock';
-    }
-  }
+      },
+    },
+    gfn,
+  );
 }
 
 /** A vCPU's emulated store to a guest pte (the emulator writes guest memory, marks it dirty, then `kvm_mmu_track_write` under `mmu_lock`). */
@@ -362,7 +340,7 @@ const SPECS: readonly ScenarioSpec[] = [
     description: "vCPU 0 writes a logged page while the host unmaps the page's gfn (mmu-notifier invalidation) under mmu_lock",
     vcpus: 1,
     premap: [LARGE_VA],
-    build: (w) => [new VcpuWriter(w, w.machine.vcpus[0]!, [{ va: LARGE_VA, value: 1 }]), new Unmapper(w, LARGE_VA / PAGE_SIZE), new Harvester(w, 0)],
+    build: (w) => [new VcpuWriter(w, w.machine.vcpus[0]!, [{ va: LARGE_VA, value: 1 }]), unmapper(w, LARGE_VA / PAGE_SIZE), new Harvester(w, 0)],
   },
   {
     name: 'fault-vs-pte-write',

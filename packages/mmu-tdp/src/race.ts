@@ -2,6 +2,7 @@ import {
   hexU64 as hex,
   GuestWriter,
   Harvester,
+  Unmapper,
   MigrationWorld,
   PAGE_SIZE,
   sequentialDigests,
@@ -107,46 +108,20 @@ class VcpuWriter extends GuestWriter {
   }
 }
 
-/** The host unmaps a gfn (an mmu-notifier invalidation, KVM `kvm_tdp_mmu_unmap_gfn_range`, then a flush, under `mmu_lock` held for write). */
-class Unmapper implements RaceThread {
-  readonly name = 'unmap';
-  private phase = 0;
-
-  constructor(
-    private readonly w: TdpRaceWorld,
-    private readonly gfn: number,
-  ) {}
-
-  get done(): boolean {
-    return this.phase === 4;
-  }
-
-  runnable(): boolean {
-    return this.phase !== 0 || this.w.mmu.mmuLock.available(HOST_THREAD);
-  }
-
-  step(): string {
-    const mmu = this.w.mmu;
-    switch (this.phase) {
-      case 0:
-        if (!mmu.mmuLock.tryAcquire(HOST_THREAD)) return 'spin on mmu_lock (write)';
-        this.phase = 1;
-        return 'mmu_lock (write)';
-      case 1: {
-        const z = zapLeafs(mmu, this.gfn, this.gfn + 1);
-        this.phase = 2;
-        return `zap the leaf of gfn ${hex(this.gfn)}${z ? '' : ' (none)'}`;
-      }
-      case 2:
-        finish(mmu); // kvm_flush_remote_tlbs
-        this.phase = 3;
-        return 'flush remote TLBs';
-      default:
-        mmu.mmuLock.release(HOST_THREAD);
-        this.phase = 4;
-        return 'mmu_unlock (write)';
-    }
-  }
+/** The host's unmap of a gfn (core's `Unmapper`): KVM `kvm_tdp_mmu_unmap_gfn_range`, then a flush, under `mmu_lock` held for write. */
+function unmapper(w: TdpRaceWorld, gfn: number): Unmapper {
+  const mmu = w.mmu;
+  return new Unmapper(
+    {
+      lockName: 'mmu_lock (write)',
+      lockAvailable: () => mmu.mmuLock.available(HOST_THREAD),
+      tryLock: () => mmu.mmuLock.tryAcquire(HOST_THREAD),
+      unlock: () => mmu.mmuLock.release(HOST_THREAD),
+      zap: (g) => `zap the leaf of gfn ${hex(g)}${zapLeafs(mmu, g, g + 1) ? '' : ' (none)'}`,
+      flush: () => finish(mmu), // kvm_flush_remote_tlbs
+    },
+    gfn,
+  );
 }
 
 /** The guest's tables (in slot 1): va i * 4 KiB -> gpa DATA + i * 4 KiB, for i < 8. */
@@ -234,7 +209,7 @@ const SPECS: readonly ScenarioSpec[] = [
     description: "vCPU 0 writes a logged page while the host unmaps the page's gfn (mmu-notifier invalidation) under mmu_lock held for write",
     vcpus: 1,
     premap: [0],
-    build: (w) => [new VcpuWriter(w, w.machine.vcpus[0]!, [{ va: 0, value: 1 }]), new Unmapper(w, DATA / PAGE_SIZE), new Harvester(w, 0)],
+    build: (w) => [new VcpuWriter(w, w.machine.vcpus[0]!, [{ va: 0, value: 1 }]), unmapper(w, DATA / PAGE_SIZE), new Harvester(w, 0)],
   },
 ];
 

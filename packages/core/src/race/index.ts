@@ -8,3 +8,4 @@ export * from './explore.js';
 export * from './harvest.js';
 export * from './writer.js';
 export * from './world.js';
+export * from './unmapper.js';
