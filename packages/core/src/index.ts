@@ -242,5 +242,13 @@ export { type RaceInstance, type RaceScenario, type RaceThread } from './race/th
 export { Harvester, type HarvestWorld, RaceHost, sequentialDigests } from './race/harvest.js';
 export { GuestWriter, type GuestWrite, type GuestWriterMmu, type SteppedFastFault } from './race/writer.js';
 export { type UnmapMmu, Unmapper } from './race/unmapper.js';
-export { type MigrationGuest, type MigrationMmu, type MigrationMutation, MigrationWorld, type MigrationWorldOptions } from './race/world.js';
+export {
+  type MigrationGuest,
+  type MigrationMmu,
+  type MigrationMutation,
+  migrationScenario,
+  type MigrationScenarioSpec,
+  MigrationWorld,
+  type MigrationWorldOptions,
+} from './race/world.js';
 export { explore, type ExploreOptions, type ExploreResult, type RaceViolation, replaySchedule, runSequential, type ScheduleStep } from './race/explore.js';

@@ -4,18 +4,18 @@ import {
   GuestWriter,
   Harvester,
   Unmapper,
+  migrationScenario,
   MigrationWorld,
   type MigrationMutation,
+  type MigrationScenarioSpec,
   PAGE_SIZE,
   PT_ACCESSED,
   PT_DIRTY,
   PT_PAGE_SIZE,
   PT_PRESENT,
   PT_WRITABLE,
-  sequentialDigests,
   WALK_PAGE_FAULT,
   type GuestWrite,
-  type RaceInstance,
   type RaceScenario,
   type RaceThread,
   type Vcpu,
@@ -300,14 +300,11 @@ class RaceWorld extends MigrationWorld<ShadowMmu, RaceMutation> {
   }
 }
 
-interface ScenarioSpec {
-  readonly name: string;
-  readonly description: string;
+interface ScenarioSpec extends MigrationScenarioSpec<RaceWorld> {
   readonly vcpus: number;
   readonly premap: readonly number[];
   /** KVM_CAP_DIRTY_LOG_RING on (a ring per vCPU) before logging starts. */
   readonly ring?: boolean;
-  readonly build: (w: RaceWorld) => RaceThread[];
 }
 
 const SPECS: readonly ScenarioSpec[] = [
@@ -395,23 +392,5 @@ export const RACE_SCENARIOS: readonly string[] = SPECS.map((s) => s.name);
 export function shadowRaceScenario(name: string, mutation: RaceMutation = {}): RaceScenario {
   const spec = SPECS.find((s) => s.name === name);
   if (spec === undefined) throw new RangeError(`unknown race scenario '${name}' (scenarios: ${RACE_SCENARIOS.join(', ')})`);
-  let outcomes: string[] | null = null;
-  const sequential = (): string[] =>
-    (outcomes ??= sequentialDigests(
-      () => {
-        const w = new RaceWorld(spec.vcpus, spec.premap, spec.ring === true, {}, null);
-        w.threads = spec.build(w);
-        return w;
-      },
-      (w) => w.machine.memory.digest(),
-    ));
-  return {
-    name: spec.name,
-    description: spec.description,
-    create(): RaceInstance {
-      const w = new RaceWorld(spec.vcpus, spec.premap, spec.ring === true, mutation, sequential);
-      w.threads = spec.build(w);
-      return w;
-    },
-  };
+  return migrationScenario(spec, mutation, (m, sequential) => new RaceWorld(spec.vcpus, spec.premap, spec.ring === true, m, sequential));
 }

@@ -3,16 +3,15 @@ import {
   GuestWriter,
   Harvester,
   Unmapper,
+  migrationScenario,
   MigrationWorld,
   PAGE_SIZE,
-  sequentialDigests,
   WALK_NESTED_FAULT,
   type Backend,
   type GuestWrite,
   type MigrationMutation,
-  type RaceInstance,
+  type MigrationScenarioSpec,
   type RaceScenario,
-  type RaceThread,
   type Vcpu,
   type WalkResult,
 } from '@vmexit/core';
@@ -171,12 +170,9 @@ class TdpRaceWorld extends MigrationWorld<TdpMmu, TdpRaceMutation> {
   }
 }
 
-interface ScenarioSpec {
-  readonly name: string;
-  readonly description: string;
+interface ScenarioSpec extends MigrationScenarioSpec<TdpRaceWorld> {
   readonly vcpus: number;
   readonly premap: readonly number[];
-  readonly build: (w: TdpRaceWorld) => RaceThread[];
 }
 
 const SPECS: readonly ScenarioSpec[] = [
@@ -224,23 +220,5 @@ export const TDP_RACE_SCENARIOS: readonly string[] = SPECS.map((s) => s.name);
 export function tdpRaceScenario(name: string, backend: Backend, mutation: TdpRaceMutation = {}): RaceScenario {
   const spec = SPECS.find((s) => s.name === name);
   if (spec === undefined) throw new RangeError(`unknown TDP race scenario '${name}' (scenarios: ${TDP_RACE_SCENARIOS.join(', ')})`);
-  let outcomes: string[] | null = null;
-  const sequential = (): string[] =>
-    (outcomes ??= sequentialDigests(
-      () => {
-        const w = new TdpRaceWorld(backend, spec.vcpus, spec.premap, {}, null);
-        w.threads = spec.build(w);
-        return w;
-      },
-      (w) => w.machine.memory.digest(),
-    ));
-  return {
-    name: spec.name,
-    description: spec.description,
-    create(): RaceInstance {
-      const w = new TdpRaceWorld(backend, spec.vcpus, spec.premap, mutation, sequential);
-      w.threads = spec.build(w);
-      return w;
-    },
-  };
+  return migrationScenario(spec, mutation, (m, sequential) => new TdpRaceWorld(backend, spec.vcpus, spec.premap, m, sequential));
 }

@@ -6,9 +6,9 @@ import type { Vcpu } from '../machine/vcpu.js';
 import { DirtyLog } from '../mmu/dirty-log.js';
 import type { Backend } from '../vm/backend.js';
 import type { MmuHost } from '../vm/mmu.js';
-import { RaceHost, type HarvestWorld } from './harvest.js';
+import { RaceHost, sequentialDigests, type HarvestWorld } from './harvest.js';
 import type { MmuLock } from './lock.js';
-import type { RaceInstance, RaceThread } from './thread.js';
+import type { RaceInstance, RaceScenario, RaceThread } from './thread.js';
 import type { GuestWrite } from './writer.js';
 
 /** The guest of a `MigrationWorld`: its RAM, memslots and 4-level page tables. */
@@ -169,4 +169,45 @@ export abstract class MigrationWorld<M extends MigrationMmu, X extends Migration
       out.push('guest memory differs from every sequential run of the threads');
     return out;
   }
+}
+
+/** A race scenario over a `MigrationWorld`: its name, its description, and the threads it runs in a world. */
+export interface MigrationScenarioSpec<W> {
+  /** The scenario's name (`vmexit explore --scenario`). */
+  readonly name: string;
+  /** What the threads do. */
+  readonly description: string;
+  /** The scenario's threads in the world `w`. */
+  readonly build: (w: W) => RaceThread[];
+}
+
+/**
+ * The `RaceScenario` of `spec`: each instance is `world(mutation, sequential)` running `spec.build`'s threads,
+ * whose reference ("guest memory equal to a sequential run") is the digests of the sequential runs of unbroken
+ * instances (`world({}, null)`, core's `sequentialDigests`), computed once, on the first check.
+ */
+export function migrationScenario<X extends object, W extends RaceInstance & { threads: RaceThread[]; readonly machine: Machine }>(
+  spec: MigrationScenarioSpec<W>,
+  mutation: X,
+  world: (mutation: Partial<X>, sequential: (() => string[]) | null) => W,
+): RaceScenario {
+  let outcomes: string[] | null = null;
+  const sequential = (): string[] =>
+    (outcomes ??= sequentialDigests(
+      () => {
+        const w = world({}, null);
+        w.threads = spec.build(w);
+        return w;
+      },
+      (w) => w.machine.memory.digest(),
+    ));
+  return {
+    name: spec.name,
+    description: spec.description,
+    create(): RaceInstance {
+      const w = world(mutation, sequential);
+      w.threads = spec.build(w);
+      return w;
+    },
+  };
 }
