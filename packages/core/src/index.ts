@@ -240,4 +240,15 @@ export {
 // Racing vCPUs: scenarios of threads that interleave at the MMU's points of contention, and the explorer that runs every interleaving.
 export { type RaceInstance, type RaceScenario, type RaceThread } from './race/thread.js';
 export { Harvester, type HarvestWorld, RaceHost, sequentialDigests } from './race/harvest.js';
+export { GuestWriter, type GuestWrite, type GuestWriterMmu, type SteppedFastFault } from './race/writer.js';
+export { type UnmapMmu, Unmapper } from './race/unmapper.js';
+export {
+  type MigrationGuest,
+  type MigrationMmu,
+  type MigrationMutation,
+  migrationScenario,
+  type MigrationScenarioSpec,
+  MigrationWorld,
+  type MigrationWorldOptions,
+} from './race/world.js';
 export { explore, type ExploreOptions, type ExploreResult, type RaceViolation, replaySchedule, runSequential, type ScheduleStep } from './race/explore.js';

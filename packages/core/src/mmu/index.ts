@@ -85,7 +85,24 @@ export {
 export { createEmulationOutcome, emulatePendingAccess, EMULATION_FAILED, type EmulationOutcome } from '../machine/emulate.js';
 export { GetDirtyLogOp, HOST_THREAD } from './dirty-log.js';
 export { ResetDirtyRingsOp, type ResetDirtyRingsMutation } from './dirty-ring.js';
-export { FAST_FIXED, FAST_MORE, FAST_PF_MAX_RETRY, FAST_SLOW, FAST_SPURIOUS, isWriteAllowed, pageFaultCanBeFast, spteCmpxchg } from './fast-fault.js';
+export {
+  FAST_FIXED,
+  FAST_MORE,
+  FAST_PF_MAX_RETRY,
+  FAST_PH_BEGIN,
+  FAST_PH_CMPXCHG,
+  FAST_PH_END,
+  FAST_PH_IDLE,
+  FAST_PH_MARK,
+  FAST_PH_READ,
+  FAST_SLOW,
+  FAST_SPURIOUS,
+  type FastFaultMutation,
+  isWriteAllowed,
+  LocklessFastFault,
+  pageFaultCanBeFast,
+  spteCmpxchg,
+} from './fast-fault.js';
 export { LockTimeline, MmuLock, MmuRwLock } from '../race/lock.js';
 /**
  * The TLB entry's rights (a scenario that installs a translation by hand, as the race scenarios do after a

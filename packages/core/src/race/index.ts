@@ -6,3 +6,6 @@ export * from './lock.js';
 export * from './thread.js';
 export * from './explore.js';
 export * from './harvest.js';
+export * from './writer.js';
+export * from './world.js';
+export * from './unmapper.js';
