@@ -83,7 +83,7 @@ export {
 export { hexHiLo, hexU64 } from './arch/hex.js';
 
 // Guest-physical memory.
-export { type PhysicalMemory } from './memory/physical.js';
+export { type DirectWords, type PhysicalMemory } from './memory/physical.js';
 export { SparsePhysicalMemory } from './memory/sparse.js';
 
 // The architectural page walker (SDM Vol. 3A ch. 4) and the second stage (EPT, NPT).

@@ -30,6 +30,19 @@ export const WRITE_FLOOD_THRESHOLD = 3;
 
 export function decideFlood(host: MmuHost, st: VcpuShadowState, seq: number, gfn: number, level: number, writeCount: number, vcpuWriteCount: number): boolean {
   if (st.decidedByDefault(host, 1, 'flood')) return DEFAULT_FLOOD_DECISION;
+  return decideFloodEvent(host, st, seq, gfn, level, writeCount, vcpuWriteCount);
+}
+
+/** `decideFlood` once `decidedByDefault` said no: the event, through the host. */
+export function decideFloodEvent(
+  host: MmuHost,
+  st: VcpuShadowState,
+  seq: number,
+  gfn: number,
+  level: number,
+  writeCount: number,
+  vcpuWriteCount: number,
+): boolean {
   const ev: FloodEvent = { kind: 'flood', vcpu: st.vcpu.id, seq, decidedBy: null, gfn, level, writeCount, vcpuWriteCount, decision: null };
   return host.decide(ev, DEFAULT_FLOOD_DECISION);
 }
@@ -66,6 +79,23 @@ export function decidePteWrite(
   misaligned: boolean,
 ): PteWriteDecision {
   if (st.decidedByDefault(host, 0, 'pte-write')) return DEFAULT_PTE_WRITE_DECISION;
+  return decidePteWriteEvent(host, st, seq, gpa, size, oldLo, oldHi, newLo, newHi, level, misaligned);
+}
+
+/** `decidePteWrite` once `decidedByDefault` said no: the event, through the host. */
+export function decidePteWriteEvent(
+  host: MmuHost,
+  st: VcpuShadowState,
+  seq: number,
+  gpa: number,
+  size: number,
+  oldLo: number,
+  oldHi: number,
+  newLo: number,
+  newHi: number,
+  level: number,
+  misaligned: boolean,
+): PteWriteDecision {
   const ev: PteWriteEvent = {
     kind: 'pte-write',
     vcpu: st.vcpu.id,
@@ -89,8 +119,8 @@ export function decidePteWrite(
  * 4 bytes, except a 1-byte write at a gpte-aligned offset (Linux updates status bits with `andb`).
  */
 export function detectWriteMisaligned(gpa: number, bytes: number, pteSize: number): boolean {
-  const offset = gpa % 4096;
-  if (offset % pteSize === 0 && bytes === 1) return false;
+  const offset = gpa & 0xfff; // gpa % 4096 (an integer below 2^53), without fmod
+  if ((offset & (pteSize - 1)) === 0 && bytes === 1) return false;
   const misaligned = ((offset ^ (offset + bytes - 1)) & ~(pteSize - 1)) !== 0;
   return misaligned || bytes < 4;
 }
@@ -101,7 +131,7 @@ export function detectWriteMisaligned(gpa: number, bytes: number, pteSize: numbe
  * spte index * 4 + the count (1 or 2), or -1 when the write belongs to another quadrant's alias.
  */
 export function writtenSptes(gpa: number, fourByteGpte: boolean, level: number, quadrant: number): number {
-  let pageOffset = gpa % 4096;
+  let pageOffset = gpa & 0xfff; // gpa % 4096
   let nspte = 1;
   if (fourByteGpte) {
     pageOffset <<= 1; // 4-byte gpte index -> 8-byte spte index

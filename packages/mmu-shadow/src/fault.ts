@@ -94,7 +94,7 @@ export function pageFault(s: ShadowMmuState, vcpu: Vcpu, address: number, errorC
   // present) of a guest page table that an upper-level page write-tracks. A level-1-only gfn goes on to
   // the fetch, where it may go unsync (mmu_try_to_unsync_pages) or stay read-only (then emulated).
   if ((errorCode & (PFERR_PRESENT | PFERR_RSVD)) === PFERR_PRESENT && writeProtected && hasUpperLevelPage(s, gfn)) {
-    clearFloodCounts(s, st, address);
+    if (!s.floodCountsUnread()) clearFloodCounts(s, st, address);
     st.bump(s.host, 0 /* pf_emulate */);
     st.lastPtWriteCount = ptWriteCount;
     finish(s);

@@ -1,6 +1,6 @@
-import { CR4_PAE, PAGE_SIZE, PT_PRESENT, type Vcpu } from '@vmexit/core';
+import { CR4_PAE, PAGE_SIZE, PT_PRESENT, type PteWriteDecision, type Vcpu } from '@vmexit/core';
 import { ROLE_4BYTE_GPTE, ROLE_BASE_MASK, roleQuadrant, spteNeedsFlush } from '@vmexit/core/mmu';
-import { decideFlood, decidePteWrite, detectWriteMisaligned, writtenSptes } from './decisions.js';
+import { decideFloodEvent, decidePteWriteEvent, DEFAULT_PTE_WRITE_DECISION, detectWriteMisaligned, writtenSptes } from './decisions.js';
 import { leafFromGpte } from './gpte.js';
 import type { ShadowPage } from './page.js';
 import { installLeaf, prepareZap, zapSpte } from './page-cache.js';
@@ -21,14 +21,20 @@ export function pteWrite(s: ShadowMmuState, vcpu: Vcpu, gpa: number, size: numbe
   // mmu_pte_write_fetch_gpte: a 4-byte write into an 8-byte gpte is the whole gpte; re-read it after the store.
   let bytes = size;
   if ((vcpu.cr4 & CR4_PAE) !== 0 && bytes === 4) {
-    gpa -= gpa % 8;
+    gpa -= gpa & 7;
     bytes = 8;
   }
   let gLo = 0;
   let gHi = 0;
-  if (bytes === 4 || bytes === 8) {
-    gLo = s.memory.read32(gpa - (gpa % 4));
-    gHi = bytes === 8 ? s.memory.read32(gpa - (gpa % 4) + 4) : 0;
+  if (bytes === size && (gpa & (bytes - 1)) === 0) {
+    // The store was the whole aligned gpte: what the re-read would find is what was just stored.
+    if (bytes === 4 || bytes === 8) {
+      gLo = newLo;
+      gHi = bytes === 8 ? newHi : 0;
+    }
+  } else if (bytes === 4 || bytes === 8) {
+    gLo = s.memory.read32(gpa - (gpa & 3));
+    gHi = bytes === 8 ? s.memory.read32(gpa - (gpa & 3) + 4) : 0;
   }
   const gfn = Math.floor(gpa / PAGE_SIZE);
   st.bump(s.host, 2 /* mmu_pte_write */);
@@ -55,8 +61,17 @@ export function pteWrite(s: ShadowMmuState, vcpu: Vcpu, gpa: number, size: numbe
     const misaligned = detectWriteMisaligned(gpa, bytes, pteSize);
     // detect_write_flooding: the policy decides (today's KVM: per page, level 1 exempt, >= 3).
     sp.writeFloodingCount++;
-    const flooded = decideFlood(s.host, st, st.mmuEventSeq++, gfn, level, sp.writeFloodingCount, st.lastPtWriteCount);
-    const decision = flooded ? 'zap-page' : decidePteWrite(s.host, st, st.mmuEventSeq++, gpa, bytes, oldLo, oldHi, newLo, newHi, level, misaligned);
+    // (decideFlood and decidePteWrite, with their by-default checks written out here: no call per page when
+    // nothing could see the events.)
+    const floodSeq = st.mmuEventSeq++;
+    const flooded = !st.decidedByDefault(s.host, 1, 'flood') && decideFloodEvent(s.host, st, floodSeq, gfn, level, sp.writeFloodingCount, st.lastPtWriteCount);
+    let decision: PteWriteDecision = 'zap-page';
+    if (!flooded) {
+      const seq = st.mmuEventSeq++;
+      decision = st.decidedByDefault(s.host, 0, 'pte-write')
+        ? DEFAULT_PTE_WRITE_DECISION
+        : decidePteWriteEvent(s.host, st, seq, gpa, bytes, oldLo, oldHi, newLo, newHi, level, misaligned);
+    }
     if (decision === 'zap-page') {
       prepareZap(s, sp);
       s.host.count(vcpu.id, 'mmu_flooded');
@@ -89,7 +104,7 @@ export function pteWrite(s: ShadowMmuState, vcpu: Vcpu, gpa: number, size: numbe
         const pending = s.pendingFlush;
         zapSpte(s, sp, loc);
         s.pendingFlush = pending;
-        if ((gLo !== 0 || gHi !== 0) && level !== 1) s.host.count(vcpu.id, 'mmu_pde_zapped');
+        if ((gLo !== 0 || gHi !== 0) && level !== 1) st.bump(s.host, 4 /* mmu_pde_zapped */);
         if (update) updatePte(s, st, sp, loc, gLo, gHi);
         if (s.isPresent(sLo, sHi) && (!s.isPresent(pool.lo(loc), pool.hi(loc)) || spteNeedsFlush(sLo, sHi, pool.lo(loc), pool.hi(loc)))) s.pendingFlush = true;
       }

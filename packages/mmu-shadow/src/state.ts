@@ -40,9 +40,9 @@ const POOL_BASE_HI = POOL_BASE / 4294967296;
  * The counters an exit adds to on the MMU's hot paths (a fault, an emulated pte write), by index: a vCPU keeps
  * their cells (`VcpuShadowState.bump`) instead of looking each up by name per exit.
  */
-export const HOT_COUNTERS = ['pf_emulate', 'pf_fixed', 'mmu_pte_write', 'mmu_pte_updated'] as const;
+export const HOT_COUNTERS = ['pf_emulate', 'pf_fixed', 'mmu_pte_write', 'mmu_pte_updated', 'mmu_pde_zapped'] as const;
 /** Indexes into HOT_COUNTERS (literals at the call sites, with the name in a comment: see `bump`). */
-export type HotCounter = 0 | 1 | 2 | 3;
+export type HotCounter = 0 | 1 | 2 | 3 | 4;
 
 /** The MMU event kinds by index (decisions.ts passes the index with the kind: see `VcpuShadowState.decidedByDefault`). */
 export type MmuEventIndex = 0 | 1 | 2 | 3 | 4;
@@ -69,7 +69,7 @@ export class VcpuShadowState {
   lastPtWriteCount = 0;
 
   /** The cells of HOT_COUNTERS for this vCPU, each taken at its first add (null until then). */
-  private readonly cells: (StatCell | null)[] = [null, null, null, null];
+  private readonly cells: (StatCell | null)[] = [null, null, null, null, null];
 
   constructor(readonly vcpu: Vcpu) {
     this.ctx = new ShadowPagingContext(vcpu.ctx);
@@ -101,6 +101,16 @@ export class VcpuShadowState {
       return host.decideByDefault !== undefined && host.decideByDefault(this.vcpu.id, kind);
     this.byDefault[i] = host.decidesByDefault(this.vcpu.id, kind) ? 1 : 0;
     return this.decidedByDefault(host, i, kind);
+  }
+
+  /**
+   * Whether every event of `kind` (index `i`) on this vCPU is decided by default for good (`MmuHost.decidesByDefault`,
+   * asked once), without counting an event: what the MMU may use to skip state that only such events read.
+   */
+  alwaysDefault(host: MmuHost, i: MmuEventIndex, kind: MmuEventKind): boolean {
+    if (this.byDefault[i] === -1 && host.decidesByDefault !== undefined && host.counter !== undefined)
+      this.byDefault[i] = host.decidesByDefault(this.vcpu.id, kind) ? 1 : 0;
+    return this.byDefault[i] === 1;
   }
 
   /**
@@ -207,6 +217,23 @@ export abstract class ShadowMmuState implements PageCache<ShadowPage> {
   locklessWalkers = 0;
   /** Guest memory whose writes mark pages dirty: what the guest walk writes A/D bits through while a slot logs. */
   dirtyMarkingMemory!: PhysicalMemory;
+
+  /**
+   * Whether no flood event will ever be seen (each vCPU's decided by default for good, fixed when the VM was
+   * composed): then the pages' write-flooding counts are read by nothing, and the fault path does not reset
+   * them (KVM `clear_sp_write_flooding_count`). -1: not known yet (asked at the first fault).
+   */
+  private floodCountsRead = -1;
+
+  /** See `floodCountsRead`. */
+  floodCountsUnread(): boolean {
+    if (this.floodCountsRead < 0) {
+      let read = false;
+      for (const st of this.states) if (st !== undefined && !st.alwaysDefault(this.host, 1, 'flood')) read = true;
+      this.floodCountsRead = read ? 1 : 0;
+    }
+    return this.floodCountsRead === 0;
+  }
 
   /**
    * The page for (gfn, role), created on a miss: page-cache.ts `getPage`, called by every mechanism through

@@ -23,6 +23,8 @@ export interface EmulationOutcome {
   gpa: number;
   /** No memslot backs `gpa` (the access was completed as MMIO, FAULT_DONE). */
   unbacked?: boolean;
+  /** The access was completed as MMIO (no memslot, or a store to read-only RAM), FAULT_DONE. */
+  mmio?: boolean;
   /** The emulator's guest walk (one per outcome, reused; created on first use when absent); not updated when `folded`. */
   walk?: WalkResult;
   /** The emulator used the hypervisor's walk of the guest's tables for this access (Vcpu.noteGuestWalk) instead of its own. */
@@ -45,6 +47,7 @@ export function emulatePendingAccess(vcpu: Vcpu, mmu: WriteTracker | null, out: 
   out.vector = PF_VECTOR;
   out.gpa = -1;
   out.unbacked = false;
+  out.mmio = false;
   // The hypervisor's walk of the guest's tables for this very access, when it made one (Vcpu.noteGuestWalk);
   // otherwise the emulator's own.
   let gpa = vcpu.takeGuestWalk();
@@ -74,6 +77,7 @@ export function emulatePendingAccess(vcpu: Vcpu, mmu: WriteTracker | null, out: 
     vcpu.emulatedLo = openBus(vcpu.pendingSize);
     vcpu.emulatedHi = vcpu.pendingSize === 8 ? 0xffffffff : 0;
     out.unbacked = off < 0;
+    out.mmio = true;
     out.action = FAULT_DONE;
     return out;
   }
@@ -104,5 +108,5 @@ export function emulatePendingAccess(vcpu: Vcpu, mmu: WriteTracker | null, out: 
 
 /** A fresh outcome object (one per caller, reused across calls). */
 export function createEmulationOutcome(): EmulationOutcome {
-  return { action: FAULT_RETRY, vector: PF_VECTOR, gpa: -1, unbacked: false, walk: new WalkResult(), folded: false };
+  return { action: FAULT_RETRY, vector: PF_VECTOR, gpa: -1, unbacked: false, mmio: false, walk: new WalkResult(), folded: false };
 }

@@ -251,7 +251,7 @@ export class Vcpu {
         }
       }
       // The rest of this page in one go: every element of it is a store the TLB now allows.
-      const inPage = Math.min(count - i, Math.floor((PAGE_SIZE - (a % PAGE_SIZE)) / elemSize));
+      const inPage = Math.min(count - i, Math.floor((PAGE_SIZE - (a & 0xfff)) / elemSize));
       const n = Math.max(1, inPage);
       const pieces = (n * elemSize) / store;
       if (off < PAGE_SIZE) off = this.unzero(a, off, zeroStore(store, lo, hi));
@@ -270,7 +270,7 @@ export class Vcpu {
       const d = dst + i * elemSize;
       checkSpan(s, elemSize);
       checkSpan(d, elemSize);
-      const room = Math.min(PAGE_SIZE - (s % PAGE_SIZE), PAGE_SIZE - (d % PAGE_SIZE));
+      const room = Math.min(PAGE_SIZE - (s & 0xfff), PAGE_SIZE - (d & 0xfff));
       const n = Math.max(1, Math.min(count - i, Math.floor(room / elemSize)));
       // Source first, as the instruction reads before it writes.
       const lo = this.load(s, elemSize, ACC_READ);
@@ -560,7 +560,7 @@ export class Vcpu {
         } else {
           // A page never written reads through the zero page (offset 0 + page offset); see `unzero`.
           const off = this.memory.readOffset(pa);
-          const hostPage = off - (pa % PAGE_SIZE);
+          const hostPage = off - (pa & 0xfff);
           this.fillTlb(va, hostPage, r, slot.readonly);
           if (hostPage === 0) this.noteZero(va, Math.floor(pa / PAGE_SIZE));
           return off;
@@ -787,7 +787,8 @@ export function storeAt(m: GuestMemory, off: number, size: number, lo: number, h
 
 /** An access must not cross a 4 KiB page (the guest model splits those), and its size must be 1..16. */
 function checkSpan(va: number, size: number): void {
-  if (((va % PAGE_SIZE) + PAGE_SIZE) % PAGE_SIZE > PAGE_SIZE - size || !(size === 1 || size === 2 || size === 4 || size === 8 || size === 16)) {
+  // va & 0xfff: the offset in the page (bits 11:0 of the two's-complement address; `%` on a double would call fmod).
+  if ((va & 0xfff) > 4096 - size || !(size === 1 || size === 2 || size === 4 || size === 8 || size === 16)) {
     throw new RangeError(`an access of ${size} bytes at ${hexU64(va)} crosses a page boundary or has an unsupported size`);
   }
 }

@@ -12,3 +12,15 @@ export interface PhysicalMemory {
   /** Stores the low 32 bits of `value` at `pa` (4-byte aligned). */
   write32(pa: number, value: number): void;
 }
+
+/**
+ * A memory that holds a range of its words in one array the page walker may read without a call: the MMU
+ * pool's frames (`SptePoolMemory`), where the shadow tables a vCPU walks under shadow paging live. Word `i`
+ * of `directWords` is the word at physical address `directBase + 4 * i`, exactly what `read32` returns there.
+ */
+export interface DirectWords extends PhysicalMemory {
+  /** The words (replaced when the range grows: read it again for every walk). */
+  readonly directWords: Uint32Array;
+  /** The physical address of word 0. */
+  readonly directBase: number;
+}

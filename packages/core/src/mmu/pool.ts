@@ -1,6 +1,7 @@
 import { PAGE_SIZE } from '../arch/constants.js';
 import type { GuestMemory } from '../machine/guest-memory.js';
 import type { VersionedTables } from '../paging/stage-memo.js';
+import type { DirectWords } from '../memory/physical.js';
 
 /**
  * Host-physical address of the first frame of the MMU page pool. Guest RAM's host-physical addresses
@@ -132,7 +133,7 @@ export class SptePool {
  * above, guest RAM below. The hardware walk of those tables reads (and, for A/D bits, writes) only pool
  * frames; the final address of a translation is guest RAM, which the vCPU reaches through its memslots.
  */
-export class SptePoolMemory implements VersionedTables {
+export class SptePoolMemory implements VersionedTables, DirectWords {
   constructor(
     readonly pool: SptePool,
     readonly guest: GuestMemory,
@@ -151,6 +152,16 @@ export class SptePoolMemory implements VersionedTables {
   /** Where the frames the pool holds end (VersionedTables). */
   get tablesEnd(): number {
     return this.pool.base + this.pool.words.length * 4;
+  }
+
+  /** The pool's words (DirectWords: the walker reads the shadow tables from them directly). */
+  get directWords(): Uint32Array {
+    return this.pool.words;
+  }
+
+  /** The host-physical address of the pool's first word (DirectWords). */
+  get directBase(): number {
+    return this.pool.base;
   }
 
   read32(pa: number): number {

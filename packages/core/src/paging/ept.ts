@@ -147,12 +147,12 @@ export class EptStage implements SecondStage {
           out.refs += info >>> 8;
           out.nestedRights = info & 7;
           out.nestedDirty = !this.accessedDirty || leafDirty || (sideEffects && write);
-          return memo.hpa[i]! + (gpa % 4096);
+          return memo.hpa[i]! + (gpa & 0xfff);
         }
       }
     }
     const mem = this.mem;
-    const lo = (gpa % 4294967296) | 0;
+    const lo = gpa | 0; // bits 31:0 (ToInt32 is the value mod 2^32)
     const hi = Math.floor(gpa / 4294967296) | 0;
     if (this.levels === 4 && hi >>> 16 !== 0) return this.refuse(out, gpa, kind, acc, 0, false);
     const m = this.maxPhyAddr - 32;
@@ -217,7 +217,7 @@ export class EptStage implements SecondStage {
     }
     out.nestedRights = rights;
     out.nestedDirty = dirty;
-    const hpa = ((elo & ~offsetMask & 0xfffff000) >>> 0) + (ehi & 0xfffff) * 4294967296 + ((gpa % 4294967296) & offsetMask);
+    const hpa = ((elo & ~offsetMask & 0xfffff000) >>> 0) + (ehi & 0xfffff) * 4294967296 + (gpa & offsetMask);
     if (memo !== null) {
       // As the entries are now (after the flags this walk set): a leaf's dirty flag is set when it was, or was just set.
       memo.fillWalk(this.usedPa, this.levels, level, gpa, hpa, rights | (accessed !== 0 ? MEMO_ALL_ACCESSED : 0) | (dirty ? MEMO_DIRTY : 0));

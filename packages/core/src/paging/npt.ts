@@ -99,12 +99,12 @@ export class NptStage implements SecondStage {
           out.refs += info >>> 8;
           out.nestedRights = info & 7;
           out.nestedDirty = dirty || (sideEffects && write);
-          return memo.hpa[i]! + (gpa % 4096);
+          return memo.hpa[i]! + (gpa & 0xfff);
         }
       }
     }
     const mem = this.mem;
-    const lo = (gpa % 4294967296) | 0;
+    const lo = gpa | 0; // bits 31:0 (ToInt32 is the value mod 2^32)
     const hi = Math.floor(gpa / 4294967296) | 0;
     if (this.levels === 4 && hi >>> 16 !== 0) return this.refuse(out, gpa, kind, acc, (acc & 0x6) | fetchId); // beyond a 4-level table: not present
     const m = this.maxPhyAddr - 32;
@@ -159,7 +159,7 @@ export class NptStage implements SecondStage {
     const dirty = (elo & DIRTY) !== 0 || (sideEffects && write);
     out.nestedRights = rights;
     out.nestedDirty = dirty;
-    const hpa = ((elo & ~offsetMask & 0xfffff000) >>> 0) + (ehi & 0xfffff) * 4294967296 + ((gpa % 4294967296) & offsetMask);
+    const hpa = ((elo & ~offsetMask & 0xfffff000) >>> 0) + (ehi & 0xfffff) * 4294967296 + (gpa & offsetMask);
     if (memo !== null) {
       // As the entries are now: with side effects every accessed flag is set, and the leaf's dirty flag for a write.
       const accessed = sideEffects || (both & ACCESSED) !== 0;

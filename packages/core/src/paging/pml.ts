@@ -24,7 +24,7 @@ export class PmlLog {
   log(gpa: number): boolean {
     const i = this.index;
     if (i > PML_HEAD_INDEX) return false;
-    this.entries[i] = gpa - (gpa % 4096);
+    this.entries[i] = gpa - (gpa & 0xfff);
     this.index = (i - 1) & 0xffff;
     return true;
   }

@@ -69,6 +69,6 @@ export class StageMemo {
       const epa = usedPa[l]!;
       if (epa < base || epa >= end) return;
     }
-    this.fill(Math.floor(gpa / 4096), hpa - (gpa % 4096), rightsAndFlags | ((levels - level + 1) << 8));
+    this.fill(Math.floor(gpa / 4096), hpa - (gpa & 0xfff), rightsAndFlags | ((levels - level + 1) << 8));
   }
 }

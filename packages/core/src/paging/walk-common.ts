@@ -114,6 +114,11 @@ export function longRoot(cr3: number, m: number): number {
   return (((cr3 >>> 0) & 0xfffff000) >>> 0) + (cr3 < 4294967296 ? 0 : ((Math.floor(cr3 / 4294967296) & ((1 << m) - 1)) >>> 0) * 4294967296);
 }
 
+/** Bits 63:32 of `longRoot(cr3, m)`, an int (the walker passes a table address as two int halves). */
+export function longRootHi(cr3: number, m: number): number {
+  return cr3 < 4294967296 ? 0 : Math.floor(cr3 / 4294967296) & ((1 << m) - 1);
+}
+
 /**
  * Sets A in every entry walked from `fromLevel` down to `out.leafLevel`, and D in the leaf for a write
  * (§4.8). Each update is a read-modify-write of the entry's low half that only sets bits, so that entries

@@ -1,10 +1,10 @@
 import { ACC_READ, PT_ACCESSED, PT_DIRTY, PT_PAGE_SIZE, PT_PRESENT } from '../arch/constants.js';
 import { MODE_LEGACY32, MODE_LONG4, MODE_LONG5, MODE_PAE, type PagingModeId } from '../arch/modes.js';
-import type { PhysicalMemory } from '../memory/physical.js';
+import type { DirectWords, PhysicalMemory } from '../memory/physical.js';
 import { NESTED_PDPTE, WALK_SIDE_EFFECTS, WalkResult, type PagingContext } from './types.js';
 import {
   generalProtection,
-  longRoot,
+  longRootHi,
   notPresent,
   pageFault,
   PDPTE_RSVD_LO,
@@ -174,7 +174,7 @@ function walk4(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
   const rsvdHi = ((0xfffff >>> m) << m) | (ctx.eferNxe ? 0 : 0x80000000); // bits 51:M, and XD without NXE (§4.5.4)
   const cr3 = ctx.cr3;
   // CR3 bits M-1:12 locate the top table (§4.5.2; bits 11:0 are flags or the PCID).
-  if (!(cr3 < 4294967296)) return walkFrom(ctx, mem, lo, hi, access, flags, out, 4, longRoot(cr3, m), rsvdHi, -1, 0);
+  if (!(cr3 < 4294967296)) return walkFrom(ctx, mem, lo, hi, access, flags, out, 4, cr3 & 0xfffff000, longRootHi(cr3, m), rsvdHi, -1, 0);
 
   // PML4E (§4.5.4): PS is reserved.
   let epa = ((cr3 & 0xfffff000) | (((hi >>> 7) & 0x1ff) << 3)) >>> 0;
@@ -187,7 +187,7 @@ function walk4(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
   if ((elo & PS) !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 4);
   let acc = elo;
   let xd = ehi;
-  if ((ehi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 3, tableAt(elo, ehi), rsvdHi, acc, xd);
+  if ((ehi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 3, elo & 0xfffff000, ehi & 0xfffff, rsvdHi, acc, xd);
 
   // PDPTE (§4.5.4; a 1 GiB leaf: Table 4-15).
   epa = ((elo & 0xfffff000) | ((((lo >>> 30) | (hi << 2)) & 0x1ff) << 3)) >>> 0;
@@ -205,7 +205,7 @@ function walk4(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
     if ((ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 3);
     acc &= elo;
     xd |= ehi;
-    if ((ehi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 2, tableAt(elo, ehi), rsvdHi, acc, xd);
+    if ((ehi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 2, elo & 0xfffff000, ehi & 0xfffff, rsvdHi, acc, xd);
 
     // PDE (§4.5.4; a 2 MiB leaf: Table 4-17).
     epa = ((elo & 0xfffff000) | (((lo >>> 21) & 0x1ff) << 3)) >>> 0;
@@ -223,7 +223,7 @@ function walk4(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
       if ((ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 2);
       acc &= elo;
       xd |= ehi;
-      if ((ehi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 1, tableAt(elo, ehi), rsvdHi, acc, xd);
+      if ((ehi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 1, elo & 0xfffff000, ehi & 0xfffff, rsvdHi, acc, xd);
 
       // PTE (§4.5.4): bit 7 is PAT, not PS.
       epa = ((elo & 0xfffff000) | (((lo >>> 12) & 0x1ff) << 3)) >>> 0;
@@ -265,7 +265,7 @@ function walk5(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
   const rsvdHi = ((0xfffff >>> m) << m) | (ctx.eferNxe ? 0 : 0x80000000); // bits 51:M, and XD without NXE (§4.5.4)
   const cr3 = ctx.cr3;
   // CR3 bits M-1:12 locate the top table (§4.5.2; bits 11:0 are flags or the PCID).
-  if (!(cr3 < 4294967296)) return walkFrom(ctx, mem, lo, hi, access, flags, out, 5, longRoot(cr3, m), rsvdHi, -1, 0);
+  if (!(cr3 < 4294967296)) return walkFrom(ctx, mem, lo, hi, access, flags, out, 5, cr3 & 0xfffff000, longRootHi(cr3, m), rsvdHi, -1, 0);
 
   // PML5E (§4.5.4): PS is reserved.
   let epa = ((cr3 & 0xfffff000) | (((hi >>> 16) & 0x1ff) << 3)) >>> 0;
@@ -278,7 +278,7 @@ function walk5(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
   if ((elo & PS) !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 5);
   let acc = elo;
   let xd = ehi;
-  if ((ehi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 4, tableAt(elo, ehi), rsvdHi, acc, xd);
+  if ((ehi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 4, elo & 0xfffff000, ehi & 0xfffff, rsvdHi, acc, xd);
 
   // PML4E (§4.5.4): PS is reserved.
   epa = ((elo & 0xfffff000) | (((hi >>> 7) & 0x1ff) << 3)) >>> 0;
@@ -291,7 +291,7 @@ function walk5(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
   if ((elo & PS) !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 4);
   acc &= elo;
   xd |= ehi;
-  if ((ehi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 3, tableAt(elo, ehi), rsvdHi, acc, xd);
+  if ((ehi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 3, elo & 0xfffff000, ehi & 0xfffff, rsvdHi, acc, xd);
 
   // PDPTE (§4.5.4; a 1 GiB leaf: Table 4-15).
   epa = ((elo & 0xfffff000) | ((((lo >>> 30) | (hi << 2)) & 0x1ff) << 3)) >>> 0;
@@ -309,7 +309,7 @@ function walk5(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
     if ((ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 3);
     acc &= elo;
     xd |= ehi;
-    if ((ehi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 2, tableAt(elo, ehi), rsvdHi, acc, xd);
+    if ((ehi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 2, elo & 0xfffff000, ehi & 0xfffff, rsvdHi, acc, xd);
 
     // PDE (§4.5.4; a 2 MiB leaf: Table 4-17).
     epa = ((elo & 0xfffff000) | (((lo >>> 21) & 0x1ff) << 3)) >>> 0;
@@ -327,7 +327,7 @@ function walk5(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
       if ((ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 2);
       acc &= elo;
       xd |= ehi;
-      if ((ehi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 1, tableAt(elo, ehi), rsvdHi, acc, xd);
+      if ((ehi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 1, elo & 0xfffff000, ehi & 0xfffff, rsvdHi, acc, xd);
 
       // PTE (§4.5.4): bit 7 is PAT, not PS.
       epa = ((elo & 0xfffff000) | (((lo >>> 12) & 0x1ff) << 3)) >>> 0;
@@ -375,7 +375,7 @@ function walkPae(ctx: PagingContext, mem: PhysicalMemory, lo: number, access: nu
   if ((plo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 3);
   const m = ctx.maxPhyAddr - 32; // first reserved address bit, in the high half
   const rsvdHi = ((0x7fffffff >>> m) << m) | (ctx.eferNxe ? 0 : 0x80000000); // bits 62:M, and XD without NXE (§4.4.2)
-  if ((phi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, 0, access, flags, out, 2, tableAt(plo, phi), rsvdHi, -1, 0);
+  if ((phi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, 0, access, flags, out, 2, plo & 0xfffff000, phi & 0xfffff, rsvdHi, -1, 0);
 
   // PDE (§4.4.2; a 2 MiB leaf: Table 4-9).
   let epa = ((plo & 0xfffff000) | (((lo >>> 21) & 0x1ff) << 3)) >>> 0;
@@ -395,7 +395,7 @@ function walkPae(ctx: PagingContext, mem: PhysicalMemory, lo: number, access: nu
     if ((ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 2);
     acc = elo;
     xd = ehi;
-    if ((ehi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, 0, access, flags, out, 1, tableAt(elo, ehi), rsvdHi, acc, xd);
+    if ((ehi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, 0, access, flags, out, 1, elo & 0xfffff000, ehi & 0xfffff, rsvdHi, acc, xd);
 
     // PTE (§4.4.2): bit 7 is PAT, not PS.
     epa = ((elo & 0xfffff000) | (((lo >>> 12) & 0x1ff) << 3)) >>> 0;
@@ -424,7 +424,8 @@ function walkPae(ctx: PagingContext, mem: PhysicalMemory, lo: number, access: nu
 
 /**
  * The general walk of 8-byte entries (PAE and 4-/5-level paging), from `level` (whose table is at the
- * physical address `base`, a plain number) down: table addresses at or above 4 GiB. `acc` and `xd` carry what the levels
+ * physical address `baseLo + baseHi * 2^32`, passed as two int halves so that no double is boxed for the
+ * call) down: table addresses at or above 4 GiB. `acc` and `xd` carry what the levels
  * above accumulated (-1 and 0 when none were walked in memory); `rsvdHi` is the high-half reserved mask of
  * the mode. `out.topLevel` and the entries of the levels above are already filled.
  */
@@ -437,7 +438,8 @@ function walkFrom(
   flags: number,
   out: WalkResult,
   level: number,
-  base: number,
+  baseLo: number,
+  baseHi: number,
   rsvdHi: number,
   acc: number,
   xd: number,
@@ -448,11 +450,23 @@ function walkFrom(
   let elo: number;
   let ehi: number;
   let pageSize = 4096;
+  let base = (baseLo >>> 0) + baseHi * 4294967296;
+  // The MMU pool's frames (DirectWords), read here without a call: the shadow tables a vCPU walks under
+  // shadow paging, all at POOL_BASE and above. Whatever else (guest RAM, other memories) goes through read32.
+  const words = (mem as Partial<DirectWords>).directWords;
+  const dBase = words === undefined ? 0 : (mem as DirectWords).directBase;
+  const dEnd = words === undefined ? -1 : dBase + words.length * 4;
   for (;;) {
     const index = tableIndex(level, lo, hi);
     const epa = base + index * 8;
-    elo = mem.read32(epa);
-    ehi = mem.read32(epa + 4);
+    if (epa >= dBase && epa < dEnd) {
+      const w = (epa - dBase) / 4;
+      elo = words![w]!;
+      ehi = words![w + 1]!;
+    } else {
+      elo = mem.read32(epa);
+      ehi = mem.read32(epa + 4);
+    }
     ePa[level] = epa;
     eLo[level] = elo;
     eHi[level] = ehi;

@@ -111,7 +111,7 @@ export class Tlb {
     // The entry packs the host page into the high 20 bits of an int32: a misaligned or >= 4 GiB offset
     // would corrupt the flags or alias another page, and a page size other than a power-of-two multiple
     // of 4 KiB would give INVLPG a wrong large-page range. The fill runs once per walk, so checking is cheap.
-    if (!(hostPage >= 0 && hostPage <= 0xfffff000) || hostPage % PAGE_SIZE !== 0) {
+    if (!(hostPage >= 0 && hostPage <= 0xfffff000) || (hostPage & 0xfff) !== 0) {
       throw new RangeError(`Tlb.fill: host page offset ${hostPage} is not 4 KiB-aligned below 4 GiB`);
     }
     if (!(pageSize >= PAGE_SIZE && pageSize <= 2 ** 30) || (pageSize & (pageSize - 1)) !== 0) {

@@ -272,13 +272,7 @@ export class VmHooks implements VcpuHooks<Vcpu> {
     (this.insnEmulation ??= this.stats.cell('insn_emulation')).n++;
     const out = emulatePendingAccess(this.vcpu, this.mmu, this.emulation);
     // Completed as MMIO (no memslot, or a store to read-only RAM: KVM_MEM_READONLY): an exit to user space.
-    if (
-      out.action === FAULT_DONE &&
-      out.gpa >= 0 &&
-      (out.unbacked === true || ((this.vcpu.pendingAccess & ACC_WRITE) !== 0 && this.vcpu.memory.isReadonly(out.gpa)))
-    ) {
-      this.stats.add('mmio_exits');
-    }
+    if (out.action === FAULT_DONE && out.mmio === true) this.stats.add('mmio_exits');
     return this.emulationAction(address, hookVector);
   }
 
