@@ -26,7 +26,9 @@ export const DEFAULT_TRACKED_WRITE_DECISION = false;
 export const WRITE_FLOOD_THRESHOLD = 3;
 
 // Each decide* builds its event only when something may see it (MmuHost.decideByDefault, through
-// VcpuShadowState.decidedByDefault, which asks the host once per kind when it can).
+// VcpuShadowState.decidedByDefault, which asks the host once per kind when it can). The exit paths
+// (fault.ts, pte-write.ts) make that check themselves and call the decide*Event half only when it fails:
+// no call per event, and no address boxed for one, when the MMU decides alone.
 
 export function decideFlood(host: MmuHost, st: VcpuShadowState, seq: number, gfn: number, level: number, writeCount: number, vcpuWriteCount: number): boolean {
   if (st.decidedByDefault(host, 1, 'flood')) return DEFAULT_FLOOD_DECISION;
@@ -49,6 +51,11 @@ export function decideFloodEvent(
 
 export function decidePrefetch(host: MmuHost, st: VcpuShadowState, seq: number, address: number, gfn: number): boolean {
   if (st.decidedByDefault(host, 2, 'prefetch')) return DEFAULT_PREFETCH_DECISION;
+  return decidePrefetchEvent(host, st, seq, address, gfn);
+}
+
+/** `decidePrefetch` once `decidedByDefault` said no: the event, through the host. */
+export function decidePrefetchEvent(host: MmuHost, st: VcpuShadowState, seq: number, address: number, gfn: number): boolean {
   const ev: PrefetchEvent = { kind: 'prefetch', vcpu: st.vcpu.id, seq, decidedBy: null, address, gfn, decision: null };
   return host.decide(ev, DEFAULT_PREFETCH_DECISION);
 }
@@ -61,6 +68,11 @@ export function decideUnsync(host: MmuHost, st: VcpuShadowState, seq: number, gf
 
 export function decideTrackedWrite(host: MmuHost, st: VcpuShadowState, seq: number, gfn: number, address: number, errorCode: number): boolean {
   if (st.decidedByDefault(host, 4, 'tracked-write')) return DEFAULT_TRACKED_WRITE_DECISION;
+  return decideTrackedWriteEvent(host, st, seq, gfn, address, errorCode);
+}
+
+/** `decideTrackedWrite` once `decidedByDefault` said no: the event, through the host. */
+export function decideTrackedWriteEvent(host: MmuHost, st: VcpuShadowState, seq: number, gfn: number, address: number, errorCode: number): boolean {
   const ev: TrackedWriteEvent = { kind: 'tracked-write', vcpu: st.vcpu.id, seq, decidedBy: null, gfn, address, errorCode, decision: null };
   return host.decide(ev, DEFAULT_TRACKED_WRITE_DECISION);
 }

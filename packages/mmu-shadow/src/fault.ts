@@ -24,7 +24,7 @@ import {
   type WalkResult,
 } from '@vmexit/core';
 import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, childRole, makeLeafSpte, roleAccess } from '@vmexit/core/mmu';
-import { decidePrefetch, decideTrackedWrite } from './decisions.js';
+import { decidePrefetchEvent, decideTrackedWriteEvent } from './decisions.js';
 import { HOST_GFN_LIMIT } from './context.js';
 import { ShadowMmuError } from './errors.js';
 import { gpteAccess, leafFromGpte, leafPkey, levelIndex, readGpte } from './gpte.js';
@@ -84,11 +84,15 @@ export function pageFault(s: ShadowMmuState, vcpu: Vcpu, address: number, errorC
   if (gfn >= HOST_GFN_LIMIT) return emulate(s, st);
 
   let writeProtected = write && s.isWriteProtected(gfn);
-  if (writeProtected && decideTrackedWrite(s.host, st, st.mmuEventSeq++, gfn, address, errorCode)) {
-    // A policy unprotects the gfn (KVM 2007: a user-mode write is a hint that the page is no longer a
-    // page table, `mmu_unshadow`): zap its shadow pages, and map the page writable below.
-    for (const sp of s.indirectPagesOf(gfn)) prepareZap(s, sp);
-    writeProtected = s.isWriteProtected(gfn);
+  if (writeProtected) {
+    // (decideTrackedWrite with its by-default check written out: no call, and no boxed address, when nothing sees the event)
+    const seq = st.mmuEventSeq++;
+    if (!st.decidedByDefault(s.host, 4, 'tracked-write') && decideTrackedWriteEvent(s.host, st, seq, gfn, address, errorCode)) {
+      // A policy unprotects the gfn (KVM 2007: a user-mode write is a hint that the page is no longer a
+      // page table, `mmu_unshadow`): zap its shadow pages, and map the page writable below.
+      for (const sp of s.indirectPagesOf(gfn)) prepareZap(s, sp);
+      writeProtected = s.isWriteProtected(gfn);
+    }
   }
   // page_fault_handle_page_track: a write that hit a present spte (P=1 without RSVD: a trap spte is not
   // present) of a guest page table that an upper-level page write-tracks. A level-1-only gfn goes on to
@@ -245,7 +249,10 @@ function setLeaf(
   makeLeafSpte(leaf, gfn, pteAccess, !slot.readonly, writable, pkey);
   installLeaf(s, sp, loc, leaf.lo, leaf.hi);
   // FNAME(pte_prefetch) after the leaf of a level-1 page of a guest table, when a policy asks for it.
-  if (!sp.direct && decidePrefetch(s.host, st, st.mmuEventSeq++, s.scratch.faultVa, sp.gfn)) prefetch(s, st.vcpu, sp, loc - sp.base);
+  if (!sp.direct) {
+    const seq = st.mmuEventSeq++;
+    if (!st.decidedByDefault(s.host, 2, 'prefetch') && decidePrefetchEvent(s.host, st, seq, s.scratch.faultVa, sp.gfn)) prefetch(s, st.vcpu, sp, loc - sp.base);
+  }
   // kvm_mmu_do_page_fault's statistics: pf_fixed for RET_PF_FIXED, pf_emulate for RET_PF_EMULATE.
   if (wrprot && write) {
     st.bump(s.host, 0 /* pf_emulate */);
