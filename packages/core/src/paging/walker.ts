@@ -11,7 +11,6 @@ import {
   permissionFault,
   reservedFault,
   setAccessedDirty,
-  tableAt,
   tableIndex,
 } from './walk-common.js';
 import { walkNested } from './nested-walker.js';
@@ -450,17 +449,22 @@ function walkFrom(
   let elo: number;
   let ehi: number;
   let pageSize = 4096;
-  let base = (baseLo >>> 0) + baseHi * 4294967296;
-  // The MMU pool's frames (DirectWords), read here without a call: the shadow tables a vCPU walks under
-  // shadow paging, all at POOL_BASE and above. Whatever else (guest RAM, other memories) goes through read32.
+  let tLo = baseLo >>> 0; // the table's address, bits 31:0 (4 KiB aligned) and bits 51:32
+  let tHi = baseHi;
+  // The MMU pool's frames (DirectWords), read here without a call and in integer arithmetic: the shadow
+  // tables a vCPU walks under shadow paging, all at POOL_BASE and above. A table at bits 51:32 = dHi or
+  // dHi + 1 is at word (tHi - dHi) * 2^30 + tLo / 4 of the window (when the window starts on a 4 GiB
+  // boundary, as POOL_BASE does). Whatever else (guest RAM, other memories) goes through read32.
   const words = (mem as Partial<DirectWords>).directWords;
-  const dBase = words === undefined ? 0 : (mem as DirectWords).directBase;
-  const dEnd = words === undefined ? -1 : dBase + words.length * 4;
+  const dBase = words === undefined ? -1 : (mem as DirectWords).directBase;
+  const dHi = dBase >= 0 && dBase % 4294967296 === 0 ? dBase / 4294967296 : -1;
+  const dLen = words === undefined ? 0 : words.length;
   for (;;) {
     const index = tableIndex(level, lo, hi);
-    const epa = base + index * 8;
-    if (epa >= dBase && epa < dEnd) {
-      const w = (epa - dBase) / 4;
+    const epa = tLo + tHi * 4294967296 + index * 8;
+    const rel = tHi - dHi;
+    const w = dHi >= 0 && (rel === 0 || rel === 1) ? rel * 1073741824 + ((tLo >>> 2) | (index << 1)) : -1;
+    if (w >= 0 && w < dLen) {
       elo = words![w]!;
       ehi = words![w + 1]!;
     } else {
@@ -491,7 +495,8 @@ function walkFrom(
     acc &= elo;
     xd |= ehi; // XD is non-zero only with NXE (otherwise it is reserved and faulted above)
     if (isLeaf) break;
-    base = tableAt(elo, ehi);
+    tLo = (elo & 0xfffff000) >>> 0;
+    tHi = ehi & 0xfffff;
     level--;
   }
 
