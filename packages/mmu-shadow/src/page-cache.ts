@@ -78,7 +78,11 @@ function initSptes(s: ShadowMmuState, sp: ShadowPage): void {
 
 /** Whether some indirect page of `gfn` is above level 1 (KVM: the gfn is page-tracked, never unsync). */
 export function hasUpperLevelPage(s: ShadowMmuState, gfn: number): boolean {
-  for (const sp of pageBucket(s, gfn)) if (sp.gfn === gfn && !sp.direct && !sp.zapped && sp.level > 1) return true;
+  const bucket = pageBucket(s, gfn);
+  for (let i = 0; i < bucket.length; i++) {
+    const sp = bucket[i]!;
+    if (sp.gfn === gfn && !sp.direct && !sp.zapped && sp.level > 1) return true;
+  }
   return false;
 }
 
@@ -146,6 +150,11 @@ export function zapSpte(s: ShadowMmuState, sp: ShadowPage, loc: number): void {
     if (lo !== s.trapLo || hi !== s.trapHi) setTrap(s, loc); // a notrap spte: the gpte may change
     return;
   }
+  zapPresentSpte(s, sp, loc, lo, hi);
+}
+
+/** `zapSpte` of a present spte (`lo`, `hi`), out of line: the emulated pte write mostly meets non-present ones. */
+function zapPresentSpte(s: ShadowMmuState, sp: ShadowPage, loc: number, lo: number, hi: number): void {
   if (sp.level === 1) {
     rmapRemove(s, Math.floor(sptePa(lo, hi) / PAGE_SIZE), loc);
   } else {
@@ -220,6 +229,10 @@ export function zapAllFourByte(s: ShadowMmuState): void {
 
 /** KVM `kvm_mmu_commit_zap_page`: flush the TLBs, then free the zapped pages. */
 export function commitZap(s: ShadowMmuState): void {
+  if (s.pendingFlush || s.invalidList.length !== 0) commitPendingZap(s); // nearly always nothing to do: a few bytes to inline
+}
+
+function commitPendingZap(s: ShadowMmuState): void {
   if (s.pendingFlush) remoteFlush(s);
   if (s.invalidList.length === 0) return;
   for (const sp of s.invalidList) freePage(s, sp);

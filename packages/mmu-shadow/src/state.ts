@@ -89,14 +89,25 @@ export class VcpuShadowState {
    * with `counter`), and then counts the events itself: no call into the host per event.
    */
   decidedByDefault(host: MmuHost, i: MmuEventIndex, kind: MmuEventKind): boolean {
+    // The hot case in a few bytes (V8 inlines it into the exit paths); the rest out of line.
     const d = this.byDefault[i]!;
     if (d === 1) {
       const c = this.eventCells[i]!;
-      if (c !== null) c.n++;
-      else (this.eventCells[i] = host.counter!(this.vcpu.id, `mmu_events.${kind}`)).n++;
+      if (c === null) return this.countFirstDefault(host, i, kind);
+      c.n++;
       return true;
     }
-    if (d === 0) return false;
+    return d === 0 ? false : this.askByDefault(host, i, kind);
+  }
+
+  /** The first event of `kind` decided by default: its counter's cell, taken now. */
+  private countFirstDefault(host: MmuHost, i: MmuEventIndex, kind: MmuEventKind): boolean {
+    (this.eventCells[i] = host.counter!(this.vcpu.id, `mmu_events.${kind}`)).n++;
+    return true;
+  }
+
+  /** `decidedByDefault` before the host was asked whether it decides `kind` by default for good. */
+  private askByDefault(host: MmuHost, i: MmuEventIndex, kind: MmuEventKind): boolean {
     if (host.decidesByDefault === undefined || host.counter === undefined)
       return host.decideByDefault !== undefined && host.decideByDefault(this.vcpu.id, kind);
     this.byDefault[i] = host.decidesByDefault(this.vcpu.id, kind) ? 1 : 0;
@@ -119,10 +130,12 @@ export class VcpuShadowState {
    */
   bump(host: MmuHost, i: HotCounter): void {
     const c = this.cells[i]!;
-    if (c !== null) {
-      c.n++;
-      return;
-    }
+    if (c !== null) c.n++;
+    else this.bumpFirst(host, i);
+  }
+
+  /** `bump` before the counter's cell was taken. */
+  private bumpFirst(host: MmuHost, i: HotCounter): void {
     const name = HOT_COUNTERS[i];
     if (host.counter === undefined) {
       host.count(this.vcpu.id, name);
@@ -227,12 +240,15 @@ export abstract class ShadowMmuState implements PageCache<ShadowPage> {
 
   /** See `floodCountsRead`. */
   floodCountsUnread(): boolean {
-    if (this.floodCountsRead < 0) {
-      let read = false;
-      for (const st of this.states) if (st !== undefined && !st.alwaysDefault(this.host, 1, 'flood')) read = true;
-      this.floodCountsRead = read ? 1 : 0;
-    }
-    return this.floodCountsRead === 0;
+    const r = this.floodCountsRead;
+    return r < 0 ? this.askFloodCountsRead() : r === 0;
+  }
+
+  private askFloodCountsRead(): boolean {
+    let read = false;
+    for (const st of this.states) if (st !== undefined && !st.alwaysDefault(this.host, 1, 'flood')) read = true;
+    this.floodCountsRead = read ? 1 : 0;
+    return !read;
   }
 
   /**
@@ -325,9 +341,13 @@ export abstract class ShadowMmuState implements PageCache<ShadowPage> {
   /** The state of an attached vCPU. */
   stateOf(vcpu: Vcpu): VcpuShadowState {
     const st = this.states[vcpu.id];
-    if (st === undefined) throw new ShadowMmuError('E_MMU_STATE', `vCPU ${vcpu.id} was not attached to the shadow MMU`);
-    return st;
+    return st !== undefined ? st : notAttached(vcpu);
   }
+}
+
+/** E_MMU_STATE: `vcpu` was not attached (out of line, so that `stateOf` stays small enough to inline). */
+function notAttached(vcpu: Vcpu): never {
+  throw new ShadowMmuError('E_MMU_STATE', `vCPU ${vcpu.id} was not attached to the shadow MMU`);
 }
 
 /** `indirectPagesOf` into `out` from index 0 (entries past the returned count are left as they are). */

@@ -161,7 +161,11 @@ export class GuestMemory implements PhysicalMemory {
 
   private slotOf(gfn: number): Slot | null {
     const l = this.lastSlot;
-    if (gfn >= l.baseGfn && gfn < l.baseGfn + l.pages) return l;
+    return gfn >= l.baseGfn && gfn < l.baseGfn + l.pages ? l : this.findSlot(gfn);
+  }
+
+  /** `slotOf` beyond the slot of the last lookup. */
+  private findSlot(gfn: number): Slot | null {
     for (const s of this.slotList) {
       if (gfn >= s.baseGfn && gfn < s.baseGfn + s.pages) {
         this.lastSlot = s;

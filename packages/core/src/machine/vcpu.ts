@@ -788,7 +788,10 @@ export function storeAt(m: GuestMemory, off: number, size: number, lo: number, h
 /** An access must not cross a 4 KiB page (the guest model splits those), and its size must be 1..16. */
 function checkSpan(va: number, size: number): void {
   // va & 0xfff: the offset in the page (bits 11:0 of the two's-complement address; `%` on a double would call fmod).
-  if ((va & 0xfff) > 4096 - size || !(size === 1 || size === 2 || size === 4 || size === 8 || size === 16)) {
-    throw new RangeError(`an access of ${size} bytes at ${hexU64(va)} crosses a page boundary or has an unsupported size`);
-  }
+  if ((va & 0xfff) > 4096 - size || !(size === 1 || size === 2 || size === 4 || size === 8 || size === 16)) badSpan(va, size);
+}
+
+/** checkSpan's error, out of line (checkSpan runs on every access and should stay small enough to inline). */
+function badSpan(va: number, size: number): never {
+  throw new RangeError(`an access of ${size} bytes at ${hexU64(va)} crosses a page boundary or has an unsupported size`);
 }
