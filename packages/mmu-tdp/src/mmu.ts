@@ -40,6 +40,8 @@ import { isMmioSpte, MMIO_GEN_MASK, mmioSpteGeneration, mmioValue } from './mmio
 import { hostPageLevel, TdpMmuState, type HostPages } from './state.js';
 import { finish, memslotChanged, SPAN, zapAll, zapLeafs } from './zap.js';
 
+/** 2^i for i = 0..52 (a guest MAXPHYADDR's limit per fault, from a table: V8 computes `**` with a call). */
+const POW2 = Array.from({ length: 53 }, (_, i) => 2 ** i);
 /** How the TDP MMU is built: the host page size that backs guest RAM (the largest leaf it may map). */
 export interface TdpMmuOptions {
   /**
@@ -151,7 +153,7 @@ export class TdpMmu extends TdpMmuState implements Mmu, DirtyLogMmu, FastPageFau
     let taken = true;
     // kvm_tdp_page_fault: the fast path first, without mmu_lock (only while some slot logs, so that it costs
     // nothing otherwise: the fault of a write-protected spte is the only one it fixes), then under the read lock.
-    if (this.fastPageFault && log !== null && log.loggingSlots > 0 && pageFaultCanBeFast(errorCode) && gpa < 2 ** vcpu.ctx.maxPhyAddr) {
+    if (this.fastPageFault && log !== null && log.loggingSlots > 0 && pageFaultCanBeFast(errorCode) && gpa < POW2[vcpu.ctx.maxPhyAddr]!) {
       this.host.count(vcpu.id, 'pf_taken'); // kvm_mmu_do_page_fault counts every fault it handles, fast or not
       taken = false;
       const r = this.fastFaults[vcpu.id]!.run(gpa, errorCode);
@@ -179,7 +181,7 @@ export class TdpMmu extends TdpMmuState implements Mmu, DirtyLogMmu, FastPageFau
    */
   pageFaultLocked(vcpu: Vcpu, gpa: number, errorCode: number, countTaken = true): ExitResolution {
     this.initiator = vcpu.id;
-    if (gpa >= 2 ** vcpu.ctx.maxPhyAddr) {
+    if (gpa >= POW2[vcpu.ctx.maxPhyAddr]!) {
       // A gpa the guest's MAXPHYADDR makes illegal (its tables set bits the host's MAXPHYADDR allows but the
       // guest's does not): KVM's handle_ept_violation / npf_interception with allow_smaller_maxphyaddr emulate
       // the access, and the emulator's walk of the guest's tables, under the guest's MAXPHYADDR, raises the

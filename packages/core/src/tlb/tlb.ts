@@ -114,7 +114,7 @@ export class Tlb {
     if (!(hostPage >= 0 && hostPage <= 0xfffff000) || (hostPage & 0xfff) !== 0) {
       throw new RangeError(`Tlb.fill: host page offset ${hostPage} is not 4 KiB-aligned below 4 GiB`);
     }
-    if (!(pageSize >= PAGE_SIZE && pageSize <= 2 ** 30) || (pageSize & (pageSize - 1)) !== 0) {
+    if (!(pageSize >= PAGE_SIZE && pageSize <= 1073741824) /* 1 GiB */ || (pageSize & (pageSize - 1)) !== 0) {
       throw new RangeError(`Tlb.fill: page size ${pageSize} is not a power of two between 4 KiB and 1 GiB`);
     }
     const vpn = Math.floor(va / PAGE_SIZE);
