@@ -42,6 +42,7 @@ import { finish, memslotChanged, SPAN, zapAll, zapLeafs } from './zap.js';
 
 /** 2^i for i = 0..52 (a guest MAXPHYADDR's limit per fault, from a table: V8 computes `**` with a call). */
 const POW2 = Array.from({ length: 53 }, (_, i) => 2 ** i);
+
 /** How the TDP MMU is built: the host page size that backs guest RAM (the largest leaf it may map). */
 export interface TdpMmuOptions {
   /**
