@@ -20,7 +20,11 @@ export class MmuPage {
   /** The first spte location of this page (`frame * 512`). */
   readonly base: number;
   readonly gfn: number;
+  /** The page's role (role.ts). Only ROLE_INVALID is ever set after construction. */
   role: number;
+  /** The role's level and direct bit, fixed at construction (plain fields: read on every exit's hot path). */
+  readonly level: number;
+  readonly direct: boolean;
   /** The non-leaf sptes that point here (KVM `parent_ptes`). Roots are pointed at by vCPU root slots instead. */
   readonly parentPtes = new SpteList();
   /** vCPU root slots (CR3 roots, PAE roots, cached previous roots) using this page (KVM `root_count`). */
@@ -37,13 +41,7 @@ export class MmuPage {
     this.base = frame * SPTES_PER_PAGE;
     this.gfn = gfn;
     this.role = role;
-  }
-
-  get level(): number {
-    return roleLevel(this.role);
-  }
-
-  get direct(): boolean {
-    return roleDirect(this.role);
+    this.level = roleLevel(role);
+    this.direct = roleDirect(role);
   }
 }
