@@ -1,0 +1,191 @@
+#!/usr/bin/env node
+/**
+ * Where the time of one emulated page-table write goes. `pt-recycle` runs under a shadow-paging variant (no
+ * write-flood: every 8-byte store to a recycled guest page table exits and is emulated); at the Nth such exit
+ * whose page table is write-tracked by an upper-level shadow page (KVM `page_fault_handle_page_track`), and at
+ * the Nth whose page table is only a level-1 table (the fetch path: `FNAME(fetch)` -> `mmu_set_spte`, which
+ * finds it write-protected), the benchmark repeats that very store K times, then its parts one by one:
+ *
+ * - the whole store: `Vcpu.write` -> TLB miss -> the hardware walk of the shadow tables -> #PF -> the exit
+ *   (backend, RxJS pipeline, the MMU's fault handler, the emulator and the MMU's write hook) -> back;
+ * - the vCPU's side alone: the store with the exit answered at once (`VmHooks.exception` returning "done"):
+ *   the TLB miss and the hardware walk of the shadow tables; and that walk alone;
+ * - the exit alone: `VmHooks.exception` called directly (backend, pipeline, MMU, emulator);
+ * - the MMU's fault handler alone (`Mmu.handlePageFault`: the guest walk and the MMU's checks), and the guest
+ *   walk alone;
+ * - the MMU's write hook alone (`Mmu.trackWrite`: the written gfn's shadow pages, the decisions, the zaps);
+ * - what the parts cost more together than alone: the whole store minus the vCPU's side and the exit, and
+ *   the exit minus the fault handler and the write hook (the backend, the pipeline, the emulator's store,
+ *   and the composition: each part runs with the others' code and data around it, not in a loop of its own).
+ *
+ * The exit is found by wrapping `VmHooks.prototype.exception`, which is restored before anything is timed (an
+ * own-property wrapper on the instance would change its hidden class and slow every exit it measures).
+ *
+ * Repeating one store is idempotent for the guest (it writes the value that is there) and for the MMU (the
+ * written spte is already cleared after the first), so every repetition does the same work. Each figure is the
+ * best of `runs` timed loops (ns per repetition), with its ratio to a plain Uint32Array scan's ns per element
+ * timed in the same run. Counters and digests are not reported: the repetitions are extra exits.
+ *
+ *   node bench/exit-breakdown.mjs [--variant "vmx shadow"] [--json FILE] [--runs N] [--quick]
+ */
+import { writeFileSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
+import process from 'node:process';
+import { createVm, FAULT_DONE, hexU64, walk, WalkResult, PF_VECTOR } from '@vmexit/core';
+import { parseVariantSpec } from '@vmexit/lab';
+import { parseBenchArgs } from '../../../scripts/bench-args.mjs';
+import { runWorkloadOn } from '../../../scripts/kbuild-bench.mjs';
+
+let spec = 'vmx shadow';
+const opts = parseBenchArgs({
+  name: 'exit-breakdown',
+  synopsis: 'node bench/exit-breakdown.mjs [--variant SPEC] [--json FILE] [--runs N] [--quick]',
+  runs: 7,
+  maxRuns: 51,
+  options: {
+    '--variant': (next, usage) => {
+      const v = next();
+      if (v === undefined || v.startsWith('--')) usage('--variant needs a variant spec, e.g. "vmx shadow"');
+      spec = v;
+    },
+  },
+});
+const K = opts.quick ? 50_000 : 200_000;
+const RUNS = opts.quick ? 3 : opts.runs;
+const AT = 20_000; // the emulated write to start looking from (past the boot and the first rounds' warm-up)
+const WORKLOAD = 'pt-recycle:dirs=16,rounds=1';
+
+let variant;
+try {
+  variant = await parseVariantSpec(spec, {});
+} catch (e) {
+  process.stderr.write(`exit-breakdown: --variant '${spec}': ${e.message}\n`);
+  process.exit(2);
+}
+const vm = await createVm({ ...variant, guest: { ...variant.guest, mode: 'long4', personality: 'linux' } }, { seed: 1 });
+const mmu = vm.mmu;
+if (mmu === null || mmu.name !== 'shadow') {
+  process.stderr.write(`exit-breakdown: --variant '${spec}': the breakdown is of the shadow MMU's emulated page-table write; use a shadow variant\n`);
+  process.exit(2);
+}
+
+/** ns per element of a plain scan of a Uint32Array of 2^22 words (the best of RUNS, after a warm-up), the ratio's baseline. */
+function scanSum(a) {
+  let s = 0;
+  for (let i = 0; i < a.length; i++) s = (s + a[i]) | 0;
+  return s;
+}
+function scanNs() {
+  const a = new Uint32Array(1 << 22).map((_, i) => i * 2654435761);
+  let sink = scanSum(a);
+  let best = Infinity;
+  for (let r = 0; r < RUNS; r++) {
+    const t = performance.now();
+    sink ^= scanSum(a);
+    best = Math.min(best, performance.now() - t);
+  }
+  if (sink === 0.5) process.stdout.write('');
+  return (best * 1e6) / a.length;
+}
+
+/** The best of RUNS timed loops of K calls of `f`, in ns per call. */
+function time(f) {
+  let best = Infinity;
+  for (let r = 0; r < RUNS; r++) {
+    const t = performance.now();
+    for (let i = 0; i < K; i++) f();
+    best = Math.min(best, performance.now() - t);
+  }
+  return (best * 1e6) / K;
+}
+
+/** Whether some shadow page above level 1 shadows `gfn` (the fault handler then emulates without the fetch). */
+function writeTracked(gfn) {
+  for (const sp of mmu.indirectPagesOf(gfn)) if (sp.level > 1) return true;
+  return false;
+}
+
+const results = {};
+const hooks = vm.hooks[0];
+const proto = Object.getPrototypeOf(hooks);
+const exception = proto.exception;
+let seen = 0;
+proto.exception = function (vcpu, vector, errorCode, va, access) {
+  // An emulated write: a present, write #PF (P|W) into a write-protected guest page table.
+  if (this === hooks && vector === PF_VECTOR && (errorCode & 3) === 3 && ++seen >= AT) {
+    const r = new WalkResult();
+    walk(vcpu.ctx, vcpu.memory, va, access, 0, r);
+    const gpa = r.pa;
+    const gfn = Math.floor(gpa / 4096);
+    const path = writeTracked(gfn) ? 'tracked' : 'fetch';
+    if (results[path] === undefined && mmu.isWriteProtected(gfn)) {
+      const done = Object.keys(results).length === 1;
+      if (done) proto.exception = exception; // the second path: nothing is wrapped from here on
+      const { pendingSize: size, pendingLo: lo, pendingHi: hi } = vcpu;
+      const wrapper = proto.exception;
+      proto.exception = exception;
+      const hw = new WalkResult();
+      const g = new WalkResult();
+      const store = time(() => vcpu.write(va, size, lo, hi));
+      const exit = time(() => exception.call(hooks, vcpu, vector, errorCode, va, access));
+      const fault = time(() => mmu.handlePageFault(vcpu, va, errorCode));
+      const guestWalk = time(() => walk(vcpu.ctx, vcpu.memory, va, access, 1, g));
+      const writeHook = time(() => mmu.trackWrite(vcpu, gpa, size, lo, hi, lo, hi));
+      const hwWalk = time(() => walk(vcpu.activeCtx, vcpu.activeMem, va, access, 1, hw));
+      proto.exception = () => FAULT_DONE;
+      const vcpuSide = time(() => vcpu.write(va, size, lo, hi));
+      proto.exception = wrapper;
+      results[path] = {
+        va,
+        gpa,
+        store,
+        vcpuSide,
+        hwWalk,
+        exit,
+        fault,
+        guestWalk,
+        writeHook,
+        together: store - vcpuSide - exit,
+        exitRest: exit - fault - writeHook,
+      };
+    }
+  }
+  return exception.call(this, vcpu, vector, errorCode, va, access);
+};
+runWorkloadOn(vm, { workload: WORKLOAD, mode: 'long4', seed: 1, trace: null });
+proto.exception = exception;
+const scan = scanNs();
+
+const rows = [
+  ['the whole store (write, exit, emulation)', 'store'],
+  ["  the vCPU's side (TLB miss, hardware walk, the exit answered at once)", 'vcpuSide'],
+  ['    of which the hardware walk of the shadow tables', 'hwWalk'],
+  ['  the exit (VmHooks.exception: backend, pipeline, MMU, emulator)', 'exit'],
+  ["    the MMU's fault handler (Mmu.handlePageFault)", 'fault'],
+  ['      of which the guest walk', 'guestWalk'],
+  ["    the MMU's write hook (Mmu.trackWrite)", 'writeHook'],
+  ['    the rest of the exit (backend, pipeline, emulator)', 'exitRest'],
+  ["  what the vCPU's side and the exit cost more together", 'together'],
+];
+const hex = (x) => hexU64(x);
+process.stdout.write(
+  `exit breakdown: ${WORKLOAD} under ${spec}, long4, seed 1; one emulated page-table write repeated ${K} times per loop, best of ${RUNS} loops (node ${process.version})\n`,
+);
+for (const path of ['tracked', 'fetch']) {
+  const x = results[path];
+  if (x === undefined) {
+    process.stdout.write(`${path}: no such exit in the run\n`);
+    continue;
+  }
+  process.stdout.write(
+    `\n${path === 'tracked' ? 'write-tracked page table (emulated from the fault handler)' : 'level-1 page table (the fetch path, then emulated)'}: va ${hex(x.va)}, gpa ${hex(x.gpa)}\n`,
+  );
+  for (const [label, key] of rows)
+    process.stdout.write(`  ${label.padEnd(72)} ${x[key].toFixed(1).padStart(7)} ns  ${(x[key] / scan).toFixed(1).padStart(6)}x scan\n`);
+}
+process.stdout.write(`\nscan: ${scan.toFixed(3)} ns per element (a plain Uint32Array sum, best of ${RUNS})\n`);
+if (opts.json !== null)
+  writeFileSync(
+    opts.json,
+    JSON.stringify({ schema: 'vmexit-exit-breakdown/1', workload: WORKLOAD, variant: spec, repetitions: K, runs: RUNS, scanNs: scan, results }, null, 2) + '\n',
+  );
