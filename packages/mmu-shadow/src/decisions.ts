@@ -25,36 +25,18 @@ export const DEFAULT_TRACKED_WRITE_DECISION = false;
 /** KVM's flood threshold (`detect_write_flooding`: `++sp->write_flooding_count >= 3`), for policies. */
 export const WRITE_FLOOD_THRESHOLD = 3;
 
-// Each decide* builds its event only when something may see it (MmuHost.decideByDefault, through
-// VcpuShadowState.decidedByDefault, which asks the host once per kind when it can). The exit paths
-// (fault.ts, pte-write.ts) make that check themselves and call the decide*Event half only when it fails:
-// no call per event, and no address boxed for one, when the MMU decides alone.
+// Each decision builds its event only when something may see it (MmuHost.decideByDefault, through
+// VcpuShadowState.decidedByDefault, which asks the host once per kind when it can). For the tracked-write and
+// prefetch decisions the fault path (fault.ts) makes that check itself and calls decide*Event only when it
+// fails: no call, and no linear address boxed for one, per exit when the MMU decides alone.
 
 export function decideFlood(host: MmuHost, st: VcpuShadowState, seq: number, gfn: number, level: number, writeCount: number, vcpuWriteCount: number): boolean {
   if (st.decidedByDefault(host, 1, 'flood')) return DEFAULT_FLOOD_DECISION;
-  return decideFloodEvent(host, st, seq, gfn, level, writeCount, vcpuWriteCount);
-}
-
-/** `decideFlood` once `decidedByDefault` said no: the event, through the host. */
-export function decideFloodEvent(
-  host: MmuHost,
-  st: VcpuShadowState,
-  seq: number,
-  gfn: number,
-  level: number,
-  writeCount: number,
-  vcpuWriteCount: number,
-): boolean {
   const ev: FloodEvent = { kind: 'flood', vcpu: st.vcpu.id, seq, decidedBy: null, gfn, level, writeCount, vcpuWriteCount, decision: null };
   return host.decide(ev, DEFAULT_FLOOD_DECISION);
 }
 
-export function decidePrefetch(host: MmuHost, st: VcpuShadowState, seq: number, address: number, gfn: number): boolean {
-  if (st.decidedByDefault(host, 2, 'prefetch')) return DEFAULT_PREFETCH_DECISION;
-  return decidePrefetchEvent(host, st, seq, address, gfn);
-}
-
-/** `decidePrefetch` once `decidedByDefault` said no: the event, through the host. */
+/** The prefetch decision once `st.decidedByDefault(host, 2, 'prefetch')` said no (fault.ts checks that first): the event, through the host. */
 export function decidePrefetchEvent(host: MmuHost, st: VcpuShadowState, seq: number, address: number, gfn: number): boolean {
   const ev: PrefetchEvent = { kind: 'prefetch', vcpu: st.vcpu.id, seq, decidedBy: null, address, gfn, decision: null };
   return host.decide(ev, DEFAULT_PREFETCH_DECISION);
@@ -66,12 +48,7 @@ export function decideUnsync(host: MmuHost, st: VcpuShadowState, seq: number, gf
   return host.decide(ev, DEFAULT_UNSYNC_DECISION);
 }
 
-export function decideTrackedWrite(host: MmuHost, st: VcpuShadowState, seq: number, gfn: number, address: number, errorCode: number): boolean {
-  if (st.decidedByDefault(host, 4, 'tracked-write')) return DEFAULT_TRACKED_WRITE_DECISION;
-  return decideTrackedWriteEvent(host, st, seq, gfn, address, errorCode);
-}
-
-/** `decideTrackedWrite` once `decidedByDefault` said no: the event, through the host. */
+/** The tracked-write decision once `st.decidedByDefault(host, 4, 'tracked-write')` said no (fault.ts checks that first): the event, through the host. */
 export function decideTrackedWriteEvent(host: MmuHost, st: VcpuShadowState, seq: number, gfn: number, address: number, errorCode: number): boolean {
   const ev: TrackedWriteEvent = { kind: 'tracked-write', vcpu: st.vcpu.id, seq, decidedBy: null, gfn, address, errorCode, decision: null };
   return host.decide(ev, DEFAULT_TRACKED_WRITE_DECISION);
@@ -91,23 +68,6 @@ export function decidePteWrite(
   misaligned: boolean,
 ): PteWriteDecision {
   if (st.decidedByDefault(host, 0, 'pte-write')) return DEFAULT_PTE_WRITE_DECISION;
-  return decidePteWriteEvent(host, st, seq, gpa, size, oldLo, oldHi, newLo, newHi, level, misaligned);
-}
-
-/** `decidePteWrite` once `decidedByDefault` said no: the event, through the host. */
-export function decidePteWriteEvent(
-  host: MmuHost,
-  st: VcpuShadowState,
-  seq: number,
-  gpa: number,
-  size: number,
-  oldLo: number,
-  oldHi: number,
-  newLo: number,
-  newHi: number,
-  level: number,
-  misaligned: boolean,
-): PteWriteDecision {
   const ev: PteWriteEvent = {
     kind: 'pte-write',
     vcpu: st.vcpu.id,

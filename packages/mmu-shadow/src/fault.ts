@@ -88,7 +88,7 @@ export function pageFault(s: ShadowMmuState, vcpu: Vcpu, address: number, errorC
 
   let writeProtected = write && s.isWriteProtected(gfn);
   if (writeProtected) {
-    // (decideTrackedWrite with its by-default check written out: no call, and no boxed address, when nothing sees the event)
+    // The tracked-write decision (decisions.ts): by default unless a policy or an observer may see it.
     const seq = st.mmuEventSeq++;
     if (!st.decidedByDefault(s.host, 4, 'tracked-write') && decideTrackedWriteEvent(s.host, st, seq, gfn, address, errorCode)) {
       // A policy unprotects the gfn (KVM 2007: a user-mode write is a hint that the page is no longer a

@@ -1,6 +1,6 @@
-import { CR4_PAE, PAGE_SIZE, PT_PRESENT, type PteWriteDecision, type Vcpu } from '@vmexit/core';
+import { CR4_PAE, PAGE_SIZE, PT_PRESENT, type Vcpu } from '@vmexit/core';
 import { ROLE_4BYTE_GPTE, ROLE_BASE_MASK, roleQuadrant, spteNeedsFlush } from '@vmexit/core/mmu';
-import { decideFloodEvent, decidePteWriteEvent, DEFAULT_PTE_WRITE_DECISION, detectWriteMisaligned, writtenSptes } from './decisions.js';
+import { decideFlood, decidePteWrite, detectWriteMisaligned, writtenSptes } from './decisions.js';
 import { leafFromGpte } from './gpte.js';
 import type { ShadowPage } from './page.js';
 import { installLeaf, prepareZap, zapSpte } from './page-cache.js';
@@ -61,17 +61,8 @@ export function pteWrite(s: ShadowMmuState, vcpu: Vcpu, gpa: number, size: numbe
     const misaligned = detectWriteMisaligned(gpa, bytes, pteSize);
     // detect_write_flooding: the policy decides (today's KVM: per page, level 1 exempt, >= 3).
     sp.writeFloodingCount++;
-    // (decideFlood and decidePteWrite, with their by-default checks written out here: no call per page when
-    // nothing could see the events.)
-    const floodSeq = st.mmuEventSeq++;
-    const flooded = !st.decidedByDefault(s.host, 1, 'flood') && decideFloodEvent(s.host, st, floodSeq, gfn, level, sp.writeFloodingCount, st.lastPtWriteCount);
-    let decision: PteWriteDecision = 'zap-page';
-    if (!flooded) {
-      const seq = st.mmuEventSeq++;
-      decision = st.decidedByDefault(s.host, 0, 'pte-write')
-        ? DEFAULT_PTE_WRITE_DECISION
-        : decidePteWriteEvent(s.host, st, seq, gpa, bytes, oldLo, oldHi, newLo, newHi, level, misaligned);
-    }
+    const flooded = decideFlood(s.host, st, st.mmuEventSeq++, gfn, level, sp.writeFloodingCount, st.lastPtWriteCount);
+    const decision = flooded ? 'zap-page' : decidePteWrite(s.host, st, st.mmuEventSeq++, gpa, bytes, oldLo, oldHi, newLo, newHi, level, misaligned);
     if (decision === 'zap-page') {
       prepareZap(s, sp);
       s.host.count(vcpu.id, 'mmu_flooded');
