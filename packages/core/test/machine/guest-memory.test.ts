@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { GuestMemory } from '../../src/index.js';
 
@@ -109,6 +110,44 @@ describe('GuestMemory', () => {
       expect(mem.offsetToGpa(mem.readOffset(40 * GiB + 8))).toBe(40 * GiB + 8);
       expect(mem.read32(3 * GiB + 8)).toBe(0); // the MMIO hole: no slot
       expect(mem.gpaToOffset(3 * GiB)).toBe(-1);
+    });
+
+    it('read32 (through its gfn -> page cache) always reads what was stored, whatever backs the page (property)', () => {
+      // Guest pages that collide in the 64-entry cache (gfn mod 64 alike), in both slots of a 64 GiB guest,
+      // and one in the MMIO hole (reads 0, writes dropped). Operations: write32 (zeros too: a page stays
+      // unbacked), a store through gpaToOffset (how the emulator and the vCPU store: it backs the page),
+      // backGfn, and reads. A model of the words says what every read must return.
+      const gfns = [5, 69, 133, 6, 3 * 262144 + 5, 4 * 262144 + 5, 4 * 262144 + 69, 40 * 262144 + 5];
+      const op = fc.record({
+        kind: fc.constantFrom('write32', 'store', 'back', 'read'),
+        gfn: fc.constantFrom(...gfns),
+        word: fc.integer({ min: 0, max: 3 }),
+        value: fc.constantFrom(0, 1, 0xdeadbeef, 0x80000000),
+      });
+      fc.assert(
+        fc.property(fc.array(op, { minLength: 1, maxLength: 40 }), (ops) => {
+          const mem = new GuestMemory(64 * GiB);
+          const model = new Map<number, number>();
+          const mmio = (gfn: number) => gfn >= 3 * 262144 && gfn < 4 * 262144;
+          for (const o of ops) {
+            const pa = o.gfn * 4096 + o.word * 4;
+            if (o.kind === 'write32') {
+              mem.write32(pa, o.value);
+              if (!mmio(o.gfn)) model.set(pa, o.value);
+            } else if (o.kind === 'store') {
+              const off = mem.gpaToOffset(pa);
+              if (off >= 0) {
+                mem.u32[off >>> 2] = o.value;
+                model.set(pa, o.value);
+              }
+            } else if (o.kind === 'back') {
+              mem.backGfn(o.gfn);
+            }
+            for (const g of gfns) for (let w = 0; w < 4; w++) expect(mem.read32(g * 4096 + w * 4)).toBe(model.get(g * 4096 + w * 4) ?? 0);
+          }
+        }),
+        { seed: 0xcace, numRuns: 500 },
+      );
     });
 
     it('refuses RAM over the limit', () => {
