@@ -1,8 +1,8 @@
 import {
   hexU64 as hex,
-  DirtyLog,
   GuestWriter,
   Harvester,
+  RingHarvester,
   Unmapper,
   migrationScenario,
   MigrationWorld,
@@ -21,7 +21,7 @@ import {
   type Vcpu,
   type WalkResult,
 } from '@vmexit/core';
-import { HOST_THREAD, ResetDirtyRingsOp, SPTE_W, sptePa } from '@vmexit/core/mmu';
+import { HOST_THREAD, SPTE_W, sptePa } from '@vmexit/core/mmu';
 import { FastPageFault, type FastFaultMutation } from './fast-fault.js';
 import { pageFault } from './fault.js';
 import { ShadowMmu } from './mmu.js';
@@ -61,14 +61,13 @@ const A = PT_ACCESSED;
 const D = PT_DIRTY;
 const PS = PT_PAGE_SIZE;
 
-/** Deliberately broken MMUs, for the tests that require the explorer to catch each. */
+/**
+ * Deliberately broken MMUs, for the tests that require the explorer to catch each; the broken dirty-log hosts
+ * (`harvestWithoutFlush`, `resetWithoutProtect`, `resetWithoutFlush`) are core's `MigrationMutation`.
+ */
 export interface RaceMutation extends FastFaultMutation, MigrationMutation {
   /** false: the fast page fault off (the `fast-page-fault` policy not composed): every fault takes mmu_lock. Not a broken MMU. */
   readonly fastPageFault?: boolean;
-  /** KVM_RESET_DIRTY_RINGS resets the harvested entries without write-protecting their pages again. */
-  readonly resetWithoutProtect?: boolean;
-  /** KVM_RESET_DIRTY_RINGS re-protects but does not flush the TLBs. */
-  readonly resetWithoutFlush?: boolean;
 }
 
 /** The ring size of the ring scenarios: KVM's smallest (one 4 KiB page of 16-byte entries). */
@@ -115,61 +114,6 @@ class VcpuWriter extends GuestWriter {
 
   protected slowFault(va: number, _addr: number, errorCode: number): string {
     return pageFault(this.w.mmu, this.vcpu, va, errorCode).kind;
-  }
-}
-
-/**
- * The host's migration thread with dirty rings (KVM_CAP_DIRTY_LOG_RING), in the order QEMU's
- * `kvm_dirty_ring_reap` and the selftest keep: harvest every vCPU's ring (user space reads the DIRTY entries and
- * flags them RESET), KVM_RESET_DIRTY_RINGS (re-protect the harvested pages, then flush), then copy the pages
- * harvested. `rounds` such harvests, then, once every vCPU is done, the invariant check and the final harvest
- * (the rings, and the bitmap of the host's own writes) and copy.
- */
-class RingHarvester implements RaceThread {
-  readonly name = 'harvest';
-  private op: ResetDirtyRingsOp | null = null;
-  private gfns: number[] = [];
-  private round = 0;
-  private finished = false;
-
-  constructor(
-    private readonly w: RaceWorld,
-    private readonly rounds: number,
-  ) {}
-
-  get done(): boolean {
-    return this.finished;
-  }
-
-  runnable(): boolean {
-    if (this.round < this.rounds) return this.op === null || this.op.done || this.op.runnable();
-    return this.w.threads.every((t) => t === this || t.done);
-  }
-
-  step(): string {
-    const w = this.w;
-    const { log, mutation } = w;
-    if (this.round < this.rounds) {
-      if (this.op === null) {
-        this.gfns = [];
-        const n = log.collectRings((_slot, gfn) => this.gfns.push(gfn));
-        this.op = new ResetDirtyRingsOp(log, log.rings!, HOST_THREAD, { skipProtect: mutation.resetWithoutProtect, skipFlush: mutation.resetWithoutFlush });
-        return `harvest ${n} ring entries`;
-      }
-      if (!this.op.done) return `reset_dirty_rings: ${this.op.step()}`;
-      const n = w.copyGfns(this.gfns);
-      this.op = null;
-      this.round++;
-      return `copy ${n} harvested pages`;
-    }
-    w.checkWritableSptes();
-    const gfns: number[] = [];
-    log.collectRings((_slot, gfn) => gfns.push(gfn));
-    log.resetDirtyRings();
-    gfns.push(...DirtyLog.gfns(log.slotOf(0), log.getDirtyLog(0)));
-    const n = w.copyGfns(gfns);
-    this.finished = true;
-    return `stop: final harvest of the rings and the bitmap, copy ${n} pages`;
   }
 }
 

@@ -2,6 +2,7 @@ import {
   hexU64 as hex,
   GuestWriter,
   Harvester,
+  RingHarvester,
   Unmapper,
   migrationScenario,
   MigrationWorld,
@@ -31,7 +32,8 @@ import { finish, isLeaf, zapLeafs } from './zap.js';
  * for write) and copying the pages it reports, the host unmapping a gfn (an mmu-notifier invalidation, KVM
  * `kvm_tdp_mmu_unmap_gfn_range`, for write). After each interleaving: no dirty page lost (the destination equals
  * the source), no writable leaf for a logged page that is not marked dirty, the full audit (audit.ts), and guest
- * memory equal to a sequential run's.
+ * memory equal to a sequential run's. With dirty rings (KVM_CAP_DIRTY_LOG_RING) the host harvests the vCPUs' rings
+ * and re-protects with KVM_RESET_DIRTY_RINGS (core's `RingHarvester`), as on the shadow MMU.
  */
 
 /**
@@ -53,7 +55,13 @@ const W = 2;
 const A = 0x20;
 const D = 0x40;
 
-/** Deliberately broken MMUs, for the tests that require the explorer to catch each. */
+/** The ring size of the ring scenarios: KVM's smallest (one 4 KiB page of 16-byte entries), as mmu-shadow's. */
+const RING_ENTRIES = 256;
+
+/**
+ * Deliberately broken MMUs, for the tests that require the explorer to catch each; the broken dirty-log hosts
+ * (`harvestWithoutFlush`, and KVM_RESET_DIRTY_RINGS's `resetWithoutProtect`, `resetWithoutFlush`) are core's `MigrationMutation`.
+ */
 export interface TdpRaceMutation extends TdpFastFaultMutation, MigrationMutation {
   /** false: the fast page fault off (the `fast-page-fault` policy not composed): every fault takes mmu_lock for read. Not a broken MMU. */
   readonly fastPageFault?: boolean;
@@ -141,8 +149,14 @@ const GUEST = {
 
 /** One instance of a scenario (core's `MigrationWorld`): the machine, the TDP MMU with its dirty log, the destination's memory, and the threads. */
 class TdpRaceWorld extends MigrationWorld<TdpMmu, TdpRaceMutation> {
-  constructor(backend: Backend, vcpus: number, premap: readonly number[], mutation: TdpRaceMutation, sequential: (() => string[]) | null) {
-    super(GUEST, new TdpMmu({ fastPageFault: mutation.fastPageFault !== false }), mutation, { vcpus, premap, backend, sequential });
+  constructor(backend: Backend, vcpus: number, premap: readonly number[], ring: boolean, mutation: TdpRaceMutation, sequential: (() => string[]) | null) {
+    super(GUEST, new TdpMmu({ fastPageFault: mutation.fastPageFault !== false }), mutation, {
+      vcpus,
+      premap,
+      backend,
+      ringEntries: ring ? RING_ENTRIES : 0,
+      sequential,
+    });
   }
 
   writer(vcpu: Vcpu, writes: readonly GuestWrite[]): VcpuWriter {
@@ -173,6 +187,8 @@ class TdpRaceWorld extends MigrationWorld<TdpMmu, TdpRaceMutation> {
 interface ScenarioSpec extends MigrationScenarioSpec<TdpRaceWorld> {
   readonly vcpus: number;
   readonly premap: readonly number[];
+  /** KVM_CAP_DIRTY_LOG_RING on (a ring per vCPU) before logging starts. */
+  readonly ring?: boolean;
 }
 
 const SPECS: readonly ScenarioSpec[] = [
@@ -207,6 +223,22 @@ const SPECS: readonly ScenarioSpec[] = [
     premap: [0],
     build: (w) => [new VcpuWriter(w, w.machine.vcpus[0]!, [{ va: 0, value: 1 }]), unmapper(w, DATA / PAGE_SIZE), new Harvester(w, 0)],
   },
+  {
+    name: 'fast-pf-vs-ring-reset',
+    description:
+      'dirty rings: vCPU 0 writes a logged page twice (the fast path fixes it, pushing to its ring) and vCPU 1 another, while the host harvests the rings, resets them (KVM_RESET_DIRTY_RINGS, mmu_lock held for write) and copies, then stops and copies the rest',
+    vcpus: 2,
+    premap: [0, PAGE_SIZE],
+    ring: true,
+    build: (w) => [
+      new VcpuWriter(w, w.machine.vcpus[0]!, [
+        { va: 0, value: 1 },
+        { va: 8, value: 2 },
+      ]),
+      new VcpuWriter(w, w.machine.vcpus[1]!, [{ va: PAGE_SIZE, value: 3 }]),
+      new RingHarvester(w, 1),
+    ],
+  },
 ];
 
 /** The names of the TDP MMU's race scenarios (`vmexit explore --mmu tdp`). */
@@ -220,5 +252,5 @@ export const TDP_RACE_SCENARIOS: readonly string[] = SPECS.map((s) => s.name);
 export function tdpRaceScenario(name: string, backend: Backend, mutation: TdpRaceMutation = {}): RaceScenario {
   const spec = SPECS.find((s) => s.name === name);
   if (spec === undefined) throw new RangeError(`unknown TDP race scenario '${name}' (scenarios: ${TDP_RACE_SCENARIOS.join(', ')})`);
-  return migrationScenario(spec, mutation, (m, sequential) => new TdpRaceWorld(backend, spec.vcpus, spec.premap, m, sequential));
+  return migrationScenario(spec, mutation, (m, sequential) => new TdpRaceWorld(backend, spec.vcpus, spec.premap, spec.ring === true, m, sequential));
 }

@@ -125,6 +125,7 @@ describe('vmexit explore', () => {
 
   it('--mmu tdp --backend svm runs the TDP MMU scenarios (mmu_lock a reader-writer lock) on NPT', async () => {
     expect(await main(['explore', '--mmu', 'tdp', '--list'])).toBe(0);
+    for (const s of ['fast-pf-vs-get-dirty-log', 'fast-pf-same-spte', 'fast-pf-vs-zap', 'fast-pf-vs-ring-reset']) expect(out).toContain(`${s}\n`);
     expect(out).not.toContain('fault-vs-pte-write');
     out = '';
     expect(await main(['explore', '--mmu', 'tdp', '--backend', 'svm', '--scenario', 'fast-pf-same-spte', '--preemptions', '1', '--json'])).toBe(0);

@@ -2,7 +2,8 @@ import type { Backend } from '../vm/backend.js';
 import type { MmuHost } from '../vm/mmu.js';
 import type { MmuDecisionOf, MmuEvent } from '../exits/mmu-events.js';
 import type { Vcpu } from '../machine/vcpu.js';
-import { GetDirtyLogOp, HOST_THREAD, type DirtyLog } from '../mmu/dirty-log.js';
+import { DirtyLog, GetDirtyLogOp, HOST_THREAD } from '../mmu/dirty-log.js';
+import { ResetDirtyRingsOp } from '../mmu/dirty-ring.js';
 import type { RaceThread } from './thread.js';
 
 /**
@@ -88,6 +89,85 @@ export class Harvester implements RaceThread {
     const n = w.copy(op.result);
     this.finished = true;
     return `stop: final harvest, copy ${n} pages`;
+  }
+}
+
+/** The deliberately broken KVM_RESET_DIRTY_RINGS of a `RingHarvester`, for the explorer's tests (core's `MigrationMutation` extends it). */
+export interface RingMutation {
+  /** KVM_RESET_DIRTY_RINGS resets the harvested entries without write-protecting their pages again. */
+  readonly resetWithoutProtect?: boolean;
+  /** KVM_RESET_DIRTY_RINGS re-protects but does not flush the TLBs. */
+  readonly resetWithoutFlush?: boolean;
+}
+
+/** What a `RingHarvester` needs of its scenario instance (a `MigrationWorld` whose `ringEntries` were set has it). */
+export interface RingHarvestWorld {
+  /** The VM's dirty log, with KVM_CAP_DIRTY_LOG_RING enabled (`DirtyLog.enableRing`). */
+  readonly log: DirtyLog;
+  /** The scenario's threads (the final harvest waits until every other one is done). */
+  readonly threads: readonly RaceThread[];
+  /** The scenario's broken reset, or `{}`. */
+  readonly mutation: RingMutation;
+  /** Copies the pages `list` (a gfn may come twice) to the destination; returns how many distinct. */
+  copyGfns(list: readonly number[]): number;
+  /** Records a violation for each writable spte of a logged page that is not marked dirty (the guest is stopped). */
+  checkWritableSptes(): void;
+}
+
+/**
+ * The host's migration thread with dirty rings (KVM_CAP_DIRTY_LOG_RING), for every MMU's ring scenarios
+ * (mmu-shadow race.ts, mmu-tdp race.ts), in the order QEMU's `kvm_dirty_ring_reap` and the selftest
+ * (tools/testing/selftests/kvm/dirty_log_test.c) keep: harvest every vCPU's ring (user space reads the DIRTY
+ * entries and flags them RESET), KVM_RESET_DIRTY_RINGS as `ResetDirtyRingsOp`'s steps (re-protect the harvested
+ * pages under `mmu_lock`, for write on the TDP MMU, then flush), then copy the pages harvested. `rounds` such
+ * harvests, then, once every other thread is done (the guest is stopped), the writable-spte check and the final
+ * harvest (the rings, and the bitmap of slot 0 that holds the host's own writes) and copy.
+ */
+export class RingHarvester implements RaceThread {
+  readonly name = 'harvest';
+  private op: ResetDirtyRingsOp | null = null;
+  private gfns: number[] = [];
+  private round = 0;
+  private finished = false;
+
+  constructor(
+    private readonly w: RingHarvestWorld,
+    private readonly rounds: number,
+  ) {}
+
+  get done(): boolean {
+    return this.finished;
+  }
+
+  runnable(): boolean {
+    if (this.round < this.rounds) return this.op === null || this.op.done || this.op.runnable();
+    return this.w.threads.every((t) => t === this || t.done);
+  }
+
+  step(): string {
+    const w = this.w;
+    const { log, mutation } = w;
+    if (this.round < this.rounds) {
+      if (this.op === null) {
+        this.gfns = [];
+        const n = log.collectRings((_slot, gfn) => this.gfns.push(gfn));
+        this.op = new ResetDirtyRingsOp(log, log.rings!, HOST_THREAD, { skipProtect: mutation.resetWithoutProtect, skipFlush: mutation.resetWithoutFlush });
+        return `harvest ${n} ring entries`;
+      }
+      if (!this.op.done) return `reset_dirty_rings: ${this.op.step()}`;
+      const n = w.copyGfns(this.gfns);
+      this.op = null;
+      this.round++;
+      return `copy ${n} harvested pages`;
+    }
+    w.checkWritableSptes();
+    const gfns: number[] = [];
+    log.collectRings((_slot, gfn) => gfns.push(gfn));
+    log.resetDirtyRings();
+    gfns.push(...DirtyLog.gfns(log.slotOf(0), log.getDirtyLog(0)));
+    const n = w.copyGfns(gfns);
+    this.finished = true;
+    return `stop: final harvest of the rings and the bitmap, copy ${n} pages`;
   }
 }
 

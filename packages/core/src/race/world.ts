@@ -6,7 +6,7 @@ import type { Vcpu } from '../machine/vcpu.js';
 import { DirtyLog } from '../mmu/dirty-log.js';
 import type { Backend } from '../vm/backend.js';
 import type { MmuHost } from '../vm/mmu.js';
-import { RaceHost, sequentialDigests, type HarvestWorld } from './harvest.js';
+import { RaceHost, sequentialDigests, type HarvestWorld, type RingHarvestWorld, type RingMutation } from './harvest.js';
 import type { MmuLock } from './lock.js';
 import type { RaceInstance, RaceScenario, RaceThread } from './thread.js';
 import type { GuestWrite } from './writer.js';
@@ -35,8 +35,11 @@ export interface MigrationMmu {
   attachDirtyLog(log: DirtyLog): void;
 }
 
-/** The deliberate breakage of a `MigrationWorld`'s host, for the explorer's tests (an MMU's mutation extends it). */
-export interface MigrationMutation {
+/**
+ * The deliberate breakage of a `MigrationWorld`'s host, for the explorer's tests (an MMU's mutation extends it):
+ * KVM_GET_DIRTY_LOG's (`Harvester`) and KVM_RESET_DIRTY_RINGS's (`RingMutation`, `RingHarvester`).
+ */
+export interface MigrationMutation extends RingMutation {
   /** KVM_GET_DIRTY_LOG re-protects but does not flush the TLBs. */
   readonly harvestWithoutFlush?: boolean;
 }
@@ -64,7 +67,9 @@ export interface MigrationWorldOptions {
  * of the threads produces. The MMU-specific parts are the subclass's: its guest writer, its audit and its
  * writable-spte check.
  */
-export abstract class MigrationWorld<M extends MigrationMmu, X extends MigrationMutation = MigrationMutation> implements RaceInstance, HarvestWorld {
+export abstract class MigrationWorld<M extends MigrationMmu, X extends MigrationMutation = MigrationMutation>
+  implements RaceInstance, HarvestWorld, RingHarvestWorld
+{
   /** The machine (guest memory is the migration's source). */
   readonly machine: Machine;
   /** The MMU under test. */
