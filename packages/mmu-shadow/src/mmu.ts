@@ -111,7 +111,7 @@ export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEnco
     markGpaDirty(this, gpa, vcpu.id);
     this.lockFor(vcpu.id);
     try {
-      pteWrite(this, vcpu, gpa, size, oldLo, oldHi, newLo, newHi);
+      pteWrite(this, vcpu, gpa, size, oldLo, oldHi, newLo, newHi, true); // the emulator's store was the last thing it did
     } finally {
       this.mmuLock.release(vcpu.id);
     }

@@ -13,8 +13,23 @@ import { collectIndirectPages, type ShadowMmuState, type VcpuShadowState } from 
  * written gfn, the flood and pte-write decisions (decisions.ts), then the written sptes cleared or updated.
  */
 
-/** KVM `kvm_mmu_track_write`: the vCPU stored `size` bytes at `gpa` (old and new value given) into a write-protected gfn. */
-export function pteWrite(s: ShadowMmuState, vcpu: Vcpu, gpa: number, size: number, oldLo: number, oldHi: number, newLo: number, newHi: number): void {
+/**
+ * KVM `kvm_mmu_track_write`: the vCPU stored `size` bytes at `gpa` (old and new value given) into a
+ * write-protected gfn. `justStored`: nothing ran between the store and this call (the emulator's store, then
+ * its write hook), so memory at `gpa` still holds the new value; otherwise (a store that other vCPUs could
+ * follow before this vCPU took mmu_lock) the gpte is read again, as KVM always does.
+ */
+export function pteWrite(
+  s: ShadowMmuState,
+  vcpu: Vcpu,
+  gpa: number,
+  size: number,
+  oldLo: number,
+  oldHi: number,
+  newLo: number,
+  newHi: number,
+  justStored: boolean,
+): void {
   if (s.indirectShadowPages === 0) return;
   const st = s.stateOf(vcpu);
   s.initiator = vcpu.id;
@@ -26,8 +41,8 @@ export function pteWrite(s: ShadowMmuState, vcpu: Vcpu, gpa: number, size: numbe
   }
   let gLo = 0;
   let gHi = 0;
-  if (bytes === size && (gpa & (bytes - 1)) === 0) {
-    // The store was the whole aligned gpte: what the re-read would find is what was just stored.
+  if (justStored && bytes === size && (gpa & (bytes - 1)) === 0) {
+    // The store was the whole aligned gpte, just now: what the re-read would find is what was stored.
     if (bytes === 4 || bytes === 8) {
       gLo = newLo;
       gHi = bytes === 8 ? newHi : 0;

@@ -185,7 +185,8 @@ class PteWriter implements RaceThread {
         this.phase = 2;
         return 'mmu_lock';
       case 2:
-        pteWrite(mmu, this.vcpu, this.gpa, 8, this.oldLo, this.oldHi, this.lo, 0);
+        // Other threads may have run since the store (phase 0): kvm_mmu_track_write reads the gpte again.
+        pteWrite(mmu, this.vcpu, this.gpa, 8, this.oldLo, this.oldHi, this.lo, 0, false);
         this.phase = 3;
         return 'kvm_mmu_track_write';
       default:

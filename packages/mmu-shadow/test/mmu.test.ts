@@ -5,6 +5,7 @@ import { ACC_WRITE_MASK, ROLE_4BYTE_GPTE, ROLE_DIRECT, ROLE_INVALID, roleAccess,
 import { levelIndex } from '../src/gpte.js';
 import { ShadowMmu, ShadowMmuError } from '../src/index.js';
 import { KVM_MIN_FREE_MMU_PAGES, KVM_REFILL_PAGES } from '../src/page-cache.js';
+import { pteWrite } from '../src/pte-write.js';
 import { A, D, GuestTables, Harness, P, setup, U, W } from './harness.js';
 
 const USER = 0x40000000; // 1 GiB: user space of the test guests
@@ -255,6 +256,27 @@ describe('ShadowMmu', () => {
       h.decider = null;
       vcpu.write(e, 8, (0x901000 | P | W | U | A | D) >>> 0, 0);
       expect([h.e('pf'), h.c('remote_tlb_flush')]).toEqual([5, 3]);
+    });
+
+    it('takes the stored value as the gpte only when nothing ran since the store; otherwise reads the gpte again (kvm_mmu_track_write)', () => {
+      const { h, pt, vcpu, mmu } = setup('long4');
+      h.decider = (ev) => (ev.kind === 'pte-write' ? 'update-spte' : null);
+      const e = pt.map(USER, 0x900000, P | U | A); // read-only
+      userRead(vcpu, USER); // a read-only leaf; the guest PT is shadowed (write-protected)
+      const loc = findLeafLoc(mmu, mmu.states[0]!.root!, USER);
+      const readOnly = (0x900000 | P | U | A) >>> 0;
+      const writable = (0x900000 | P | W | U | A | D) >>> 0;
+      // A vCPU stored `readOnly`, and before its write hook took mmu_lock another vCPU stored `writable` there
+      // (the race scenarios' pte writer: store, then the lock, then the hook). The hook installs what memory
+      // holds, as KVM's re-read of the gpte under mmu_lock does.
+      pt.w64(e, writable, 0);
+      pteWrite(mmu, vcpu, e, 8, readOnly, 0, readOnly, 0, false);
+      expect(mmu.pool.lo(loc) & (SPTE_P | SPTE_W)).toBe(SPTE_P | SPTE_W);
+      // The emulator's store, then its hook with nothing in between (justStored): memory holds the value
+      // stored, so the hook takes it without reading. Shown here by a value memory does not hold.
+      pteWrite(mmu, vcpu, e, 8, writable, 0, readOnly, 0, true);
+      expect(mmu.pool.lo(loc) & (SPTE_P | SPTE_W)).toBe(SPTE_P);
+      expect(h.c('mmu_pte_updated')).toBe(2);
     });
   });
 
