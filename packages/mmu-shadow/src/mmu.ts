@@ -75,6 +75,7 @@ export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEnco
   attachVcpu(vcpu: Vcpu): void {
     const st = new VcpuShadowState(vcpu);
     this.states[vcpu.id] = st;
+    this.floodCountsRead = -1; // the new vCPU's route may see flood events
     this.fastFaults[vcpu.id] = new FastPageFault(this, vcpu);
     st.ctx.syncFromGuest();
     vcpu.activeCtx = st.ctx;

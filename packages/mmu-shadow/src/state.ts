@@ -234,9 +234,10 @@ export abstract class ShadowMmuState implements PageCache<ShadowPage> {
   /**
    * Whether no flood event will ever be seen (each vCPU's decided by default for good, fixed when the VM was
    * composed): then the pages' write-flooding counts are read by nothing, and the fault path does not reset
-   * them (KVM `clear_sp_write_flooding_count`). -1: not known yet (asked at the first fault).
+   * them (KVM `clear_sp_write_flooding_count`). -1: not known yet (asked at the first write-tracked
+   * emulation; asked again after a vCPU is attached).
    */
-  private floodCountsRead = -1;
+  protected floodCountsRead = -1;
 
   /** See `floodCountsRead`. */
   floodCountsUnread(): boolean {
