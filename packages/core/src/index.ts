@@ -239,7 +239,16 @@ export {
 
 // Racing vCPUs: scenarios of threads that interleave at the MMU's points of contention, and the explorer that runs every interleaving.
 export { type RaceInstance, type RaceScenario, type RaceThread } from './race/thread.js';
-export { Harvester, type HarvestWorld, RaceHost, RingHarvester, type RingHarvestWorld, type RingMutation, sequentialDigests } from './race/harvest.js';
+export {
+  Harvester,
+  type HarvestWorld,
+  RACE_RING_ENTRIES,
+  RaceHost,
+  RingHarvester,
+  type RingHarvestWorld,
+  type RingMutation,
+  sequentialDigests,
+} from './race/harvest.js';
 export { GuestWriter, type GuestWrite, type GuestWriterMmu, type SteppedFastFault } from './race/writer.js';
 export { type UnmapMmu, Unmapper } from './race/unmapper.js';
 export {

@@ -23,7 +23,7 @@ import {
   type Vcpu,
   type WalkResult,
 } from '@vmexit/core';
-import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, childRole, makeLeafSpte, roleAccess } from '@vmexit/core/mmu';
+import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, childRole, GFNS_PER_ENTRY, makeLeafSpte, roleAccess } from '@vmexit/core/mmu';
 import { decidePrefetchEvent, decideTrackedWriteEvent } from './decisions.js';
 import { HOST_GFN_LIMIT } from './context.js';
 import { ShadowMmuError } from './errors.js';
@@ -39,9 +39,6 @@ import { syncPage, tryUnsync } from './unsync.js';
  * `FNAME(pte_prefetch)`; mmu.c `mmu_set_spte`): the guest walk, then the shadow tables built down to the
  * leaf, which `makeLeafSpte` (core) builds.
  */
-
-/** The gfns one entry of each level maps (index = level): 2^(9 * (level - 1)), from a table (V8 computes `**` with a call). */
-const GFNS_PER_ENTRY = [0, 1, 512, 262144, 134217728, 68719476736];
 
 /** PTE_PREFETCH_NUM: the aligned group of sptes `FNAME(pte_prefetch)` fills around a fault. */
 export const PTE_PREFETCH_NUM = 8;

@@ -2,6 +2,7 @@ import {
   hexU64 as hex,
   GuestWriter,
   Harvester,
+  RACE_RING_ENTRIES,
   RingHarvester,
   Unmapper,
   migrationScenario,
@@ -69,9 +70,6 @@ export interface RaceMutation extends FastFaultMutation, MigrationMutation {
   /** false: the fast page fault off (the `fast-page-fault` policy not composed): every fault takes mmu_lock. Not a broken MMU. */
   readonly fastPageFault?: boolean;
 }
-
-/** The ring size of the ring scenarios: KVM's smallest (one 4 KiB page of 16-byte entries). */
-const RING_ENTRIES = 256;
 
 /** A vCPU that performs guest stores (core's `GuestWriter`): a TLB hit or a hardware walk of the shadow tables, then the store; or a #PF into the fast path or the slow one under `mmu_lock`. */
 class VcpuWriter extends GuestWriter {
@@ -216,7 +214,7 @@ class RaceWorld extends MigrationWorld<ShadowMmu, RaceMutation> {
     super(GUEST, new ShadowMmu({ fastPageFault: mutation.fastPageFault !== false }), mutation, {
       vcpus,
       premap,
-      ringEntries: ring ? RING_ENTRIES : 0,
+      ringEntries: ring ? RACE_RING_ENTRIES : 0,
       sequential,
     });
   }

@@ -2,6 +2,7 @@ import {
   hexU64 as hex,
   GuestWriter,
   Harvester,
+  RACE_RING_ENTRIES,
   RingHarvester,
   Unmapper,
   migrationScenario,
@@ -54,9 +55,6 @@ const P = 1;
 const W = 2;
 const A = 0x20;
 const D = 0x40;
-
-/** The ring size of the ring scenarios: KVM's smallest (one 4 KiB page of 16-byte entries), as mmu-shadow's. */
-const RING_ENTRIES = 256;
 
 /**
  * Deliberately broken MMUs, for the tests that require the explorer to catch each; the broken dirty-log hosts
@@ -154,7 +152,7 @@ class TdpRaceWorld extends MigrationWorld<TdpMmu, TdpRaceMutation> {
       vcpus,
       premap,
       backend,
-      ringEntries: ring ? RING_ENTRIES : 0,
+      ringEntries: ring ? RACE_RING_ENTRIES : 0,
       sequential,
     });
   }

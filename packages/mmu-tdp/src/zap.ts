@@ -1,12 +1,12 @@
 import { hexHiLo } from '@vmexit/core';
-import { freePage, SPTE_LARGE, sptePa, unhashPage } from '@vmexit/core/mmu';
+import { freePage, GFNS_PER_ENTRY, SPTE_LARGE, sptePa, unhashPage } from '@vmexit/core/mmu';
 import { TdpMmuError } from './errors.js';
 import { isMmioSpte, isPresentSpte, MMIO_GEN_MASK } from './mmio.js';
 import type { TdpPage } from './page.js';
 import { PAGES_STAT, type TdpMmuState } from './state.js';
 
 /** Guest pages one spte of `level` spans (KVM `KVM_PAGES_PER_HPAGE`): 1, 512, 512^2, ... */
-export const SPAN = [0, 1, 512, 512 ** 2, 512 ** 3, 512 ** 4, 512 ** 5];
+export const SPAN = GFNS_PER_ENTRY;
 
 /** The index of `gfn`'s spte in a page of `level` (KVM `SPTE_INDEX`). */
 export function spteIndex(gfn: number, level: number): number {

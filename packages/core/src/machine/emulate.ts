@@ -21,8 +21,6 @@ export interface EmulationOutcome {
   action: FaultAction | typeof EMULATION_FAILED;
   vector: number;
   gpa: number;
-  /** No memslot backs `gpa` (the access was completed as MMIO, FAULT_DONE). */
-  unbacked?: boolean;
   /** The access was completed as MMIO (no memslot, or a store to read-only RAM), FAULT_DONE. */
   mmio?: boolean;
   /** The emulator's guest walk (one per outcome, reused; created on first use when absent); not updated when `folded`. */
@@ -46,7 +44,6 @@ export interface EmulationOutcome {
 export function emulatePendingAccess(vcpu: Vcpu, mmu: WriteTracker | null, out: EmulationOutcome): EmulationOutcome {
   out.vector = PF_VECTOR;
   out.gpa = -1;
-  out.unbacked = false;
   out.mmio = false;
   // The hypervisor's walk of the guest's tables for this very access, when it made one (Vcpu.noteGuestWalk);
   // otherwise the emulator's own.
@@ -76,7 +73,6 @@ export function emulatePendingAccess(vcpu: Vcpu, mmu: WriteTracker | null, out: 
   if (off < 0 || (write && mem.isReadonly(gpa))) {
     vcpu.emulatedLo = openBus(vcpu.pendingSize);
     vcpu.emulatedHi = vcpu.pendingSize === 8 ? 0xffffffff : 0;
-    out.unbacked = off < 0;
     out.mmio = true;
     out.action = FAULT_DONE;
     return out;
@@ -108,5 +104,5 @@ export function emulatePendingAccess(vcpu: Vcpu, mmu: WriteTracker | null, out: 
 
 /** A fresh outcome object (one per caller, reused across calls). */
 export function createEmulationOutcome(): EmulationOutcome {
-  return { action: FAULT_RETRY, vector: PF_VECTOR, gpa: -1, unbacked: false, mmio: false, walk: new WalkResult(), folded: false };
+  return { action: FAULT_RETRY, vector: PF_VECTOR, gpa: -1, mmio: false, walk: new WalkResult(), folded: false };
 }

@@ -126,11 +126,14 @@ export class Rmaps {
   }
 }
 
-/** The gfns one entry of each level maps (index = level): 2^(9 * (level - 1)). */
-const GFNS_PER_ENTRY = [0, 1, 512, 262144, 134217728, 68719476736];
+/**
+ * The gfns one entry of each paging level maps (index = level, 1 to 6): 2^(9 * (level - 1)), from a table,
+ * since V8 computes `**` with a call.
+ */
+export const GFNS_PER_ENTRY: readonly number[] = [0, 1, 512, 262144, 134217728, 68719476736, 35184372088832];
 
 /** KVM `gfn_to_index`: the rmap index of `gfn` at `level` within a slot starting at `baseGfn`. */
 export function gfnToIndex(gfn: number, baseGfn: number, level: number): number {
-  const d = GFNS_PER_ENTRY[level]!; // 2^(9 * (level - 1)), from a table: V8 computes `**` with a call
+  const d = GFNS_PER_ENTRY[level]!;
   return Math.floor(gfn / d) - Math.floor(baseGfn / d);
 }

@@ -111,7 +111,7 @@ export function tableAt(elo: number, ehi: number): number {
 
 /** The top table of 4-/5-level paging: CR3 bits M-1:12, with `m` = M - 32 (§4.5.2). */
 export function longRoot(cr3: number, m: number): number {
-  return (((cr3 >>> 0) & 0xfffff000) >>> 0) + (cr3 < 4294967296 ? 0 : ((Math.floor(cr3 / 4294967296) & ((1 << m) - 1)) >>> 0) * 4294967296);
+  return (((cr3 >>> 0) & 0xfffff000) >>> 0) + longRootHi(cr3, m) * 4294967296;
 }
 
 /** Bits 63:32 of `longRoot(cr3, m)`, an int (the walker passes a table address as two int halves). */

@@ -114,6 +114,9 @@ export interface RingHarvestWorld {
   checkWritableSptes(): void;
 }
 
+/** The ring size of the race scenarios' dirty rings: KVM's smallest (one 4 KiB page of 16-byte entries). */
+export const RACE_RING_ENTRIES = 256;
+
 /**
  * The host's migration thread with dirty rings (KVM_CAP_DIRTY_LOG_RING), for every MMU's ring scenarios
  * (mmu-shadow race.ts, mmu-tdp race.ts), in the order QEMU's `kvm_dirty_ring_reap` and the selftest

@@ -111,10 +111,10 @@ export class Tlb {
     // The entry packs the host page into the high 20 bits of an int32: a misaligned or >= 4 GiB offset
     // would corrupt the flags or alias another page, and a page size other than a power-of-two multiple
     // of 4 KiB would give INVLPG a wrong large-page range. The fill runs once per walk, so checking is cheap.
-    if (!(hostPage >= 0 && hostPage <= 0xfffff000) || (hostPage & 0xfff) !== 0) {
+    if (!(hostPage >= 0 && hostPage <= 0xfffff000) || hostPage >>> 0 !== hostPage || (hostPage & 0xfff) !== 0) {
       throw new RangeError(`Tlb.fill: host page offset ${hostPage} is not 4 KiB-aligned below 4 GiB`);
     }
-    if (!(pageSize >= PAGE_SIZE && pageSize <= 1073741824) /* 1 GiB */ || (pageSize & (pageSize - 1)) !== 0) {
+    if (!(pageSize >= PAGE_SIZE && pageSize <= 1073741824) /* 1 GiB */ || pageSize >>> 0 !== pageSize || (pageSize & (pageSize - 1)) !== 0) {
       throw new RangeError(`Tlb.fill: page size ${pageSize} is not a power of two between 4 KiB and 1 GiB`);
     }
     const vpn = Math.floor(va / PAGE_SIZE);

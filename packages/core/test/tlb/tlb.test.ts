@@ -58,6 +58,22 @@ describe('Tlb', () => {
     });
   });
 
+  describe('.fill', () => {
+    it('refuses a host page offset or a page size it cannot pack: not 4 KiB-aligned, not an integer, out of range', () => {
+      const tlb = new Tlb(64);
+      for (const host of [0x1001, 4096.5, -4096, 2 ** 32, Number.NaN]) {
+        expect(() => tlb.fill(0x5000, 0, host, ALL, KB4), `host page ${host}`).toThrow(/host page offset .* is not 4 KiB-aligned below 4 GiB/);
+      }
+      for (const size of [KB4 + 0.5, 3 * KB4, 2 * SIZE_1G, KB4 / 2]) {
+        expect(() => tlb.fill(0x5000, 0, 0x9000, ALL, size), `page size ${size}`).toThrow(/page size .* is not a power of two/);
+      }
+      // What it accepts: the last page below 4 GiB, and every power of two from 4 KiB to 1 GiB.
+      tlb.fill(0x5000, 0, 0xffff_f000, ALL, KB4);
+      expect(tlb.lookup(0x5008, ACC_READ, 0)).toBe(0xffff_f008);
+      for (const size of [KB4, SIZE_2M, SIZE_4M, SIZE_1G]) tlb.fill(0, 0, 0, ALL, size);
+    });
+  });
+
   describe('.lookup', () => {
     it('counts a miss on an empty TLB and a hit after a fill, returning host page + page offset', () => {
       const tlb = new Tlb(64);
