@@ -64,9 +64,10 @@ function runBench(script, extra, tag = '') {
 const core = runBench('packages/core/bench/paging.bench.mjs', []);
 // kbuild's variants run round-robin in one process, as `vmexit main` runs them; the exit figures in a process of
 // their own, so that the ns per exit of one variant does not carry the JIT feedback of 19 others run before it.
-// The ns per exit varies from process to process on this machine by up to half (where the heap and the code
-// land): the exit figures are taken in EXIT_PROCESSES processes, and the one with the median ns per exit is
-// reported (with the others' figures alongside).
+// The ns per exit moves from process to process on this machine (by a few percent within a run, and by up to
+// half between runs at different times: where the heap and the code land, and what else the host runs): the
+// exit figures are taken in EXIT_PROCESSES processes, and the one with the median ns per exit is reported
+// (with the others' figures alongside).
 const EXIT_PROCESSES = 3;
 const exitRuns = [];
 for (let i = 0; i < EXIT_PROCESSES; i++) exitRuns.push(runBench('packages/cli/bench/main.bench.mjs', ['--only', 'pt-recycle,pipeline'], `exit-${i}`));
