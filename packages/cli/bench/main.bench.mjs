@@ -11,7 +11,10 @@
  * Every variant is composed by `createVm` from the spec `vmexit main` uses (its HEADLINE_VARIANTS and
  * WITH_FLOOD lists) plus the two TDP variants, and run by `runWorkload` on the VM's machine, as `vmexit run`
  * does. Runs are round-robin (each round runs every variant once, so that the load of a shared machine falls
- * on all of them alike; round 0 is a warm-up); the median wall time is reported. Each run is checked against
+ * on all of them alike; round 0 is a warm-up); the median wall time is reported. A variant's ratio to native
+ * is the median over the rounds of that round's native wall time over the variant's: each variant is set
+ * against the native run of its own round, so that a machine that speeds up or slows down between rounds
+ * (this one does, by a third at times) moves both sides of a ratio. Each run is checked against
  * the previous run of the same variant (same exits, same memory digest) and against the native run (same
  * memory digest, same represented accesses): a figure is never printed for work that differs.
  *
@@ -154,7 +157,9 @@ async function runOnce(spec, workload, prepare, atStart) {
 
 /** Round-robin runs of `specs` on `workload`; returns a row per spec (median wall time). */
 async function roundRobin(label, specs, workload) {
+  if (specs[0] !== 'native') throw new Error(`${label}: the round-robin runs native first (each variant's ratio is to its own round's native run)`);
   const walls = new Map(specs.map((s) => [s, []]));
+  const ratios = new Map(specs.map((s) => [s, []]));
   const last = new Map();
   for (let i = 0; i < RUNS + 1; i++) {
     for (const spec of specs) {
@@ -168,6 +173,8 @@ async function roundRobin(label, specs, workload) {
       if (i === 0) continue; // warm-up
       scanSeconds.push(sc);
       walls.get(spec).push(r.wallSeconds);
+      // native runs first in every round: this round's native wall time over this run's.
+      ratios.get(spec).push(walls.get('native')[i - 1] / r.wallSeconds);
     }
   }
   const native = last.get('native');
@@ -177,7 +184,15 @@ async function roundRobin(label, specs, workload) {
       throw new Error(`${label} ${spec}: memory digest ${r.memoryDigest} differs from the native run's ${native.memoryDigest}`);
     if (r.guest.accesses !== native.guest.accesses) throw new Error(`${label} ${spec}: ${r.guest.accesses} accesses, natively ${native.guest.accesses}`);
     const w = walls.get(spec);
-    return { spec, runs: w.length, wallSeconds: median(w), spread: spread(w), accesses: r.guest.accesses, counters: r.counters.total };
+    return {
+      spec,
+      runs: w.length,
+      wallSeconds: median(w),
+      spread: spread(w),
+      ratioToNative: median(ratios.get(spec)),
+      accesses: r.guest.accesses,
+      counters: r.counters.total,
+    };
   });
 }
 
@@ -191,7 +206,6 @@ if (only.has('kbuild')) {
   const rows = await roundRobin('kbuild', ['native', ...shadow, ...tdp], 'kbuild');
   const scanRate = represented / median(scanSeconds);
   const native = rows[0];
-  const nativeRate = native.accesses / native.wallSeconds;
   say(`kbuild (${MODE}, seed ${SEED}): ${trace.accesses.length} records, ${represented} represented accesses; scan ${M(scanRate)}`);
   out.kbuild = {
     records: trace.accesses.length,
@@ -199,7 +213,7 @@ if (only.has('kbuild')) {
     scanAccessesPerSecond: scanRate,
     variants: rows.map((r) => {
       const rate = r.accesses / r.wallSeconds;
-      const ratio = rate / nativeRate;
+      const ratio = r.ratioToNative;
       const target = r.spec === 'native' ? null : tdp.includes(r.spec) ? TDP_TARGET : SHADOW_TARGET;
       const exits = r.counters.exits ?? 0;
       const row = {
