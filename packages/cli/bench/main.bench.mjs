@@ -157,9 +157,7 @@ async function runOnce(spec, workload, prepare, atStart) {
 
 /** Round-robin runs of `specs` on `workload`; returns a row per spec (median wall time). */
 async function roundRobin(label, specs, workload) {
-  if (specs[0] !== 'native') throw new Error(`${label}: the round-robin runs native first (each variant's ratio is to its own round's native run)`);
   const walls = new Map(specs.map((s) => [s, []]));
-  const ratios = new Map(specs.map((s) => [s, []]));
   const last = new Map();
   for (let i = 0; i < RUNS + 1; i++) {
     for (const spec of specs) {
@@ -173,11 +171,10 @@ async function roundRobin(label, specs, workload) {
       if (i === 0) continue; // warm-up
       scanSeconds.push(sc);
       walls.get(spec).push(r.wallSeconds);
-      // native runs first in every round: this round's native wall time over this run's.
-      ratios.get(spec).push(walls.get('native')[i - 1] / r.wallSeconds);
     }
   }
   const native = last.get('native');
+  const nativeWalls = walls.get('native');
   return specs.map((spec) => {
     const r = last.get(spec);
     if (r.memoryDigest !== native.memoryDigest)
@@ -189,7 +186,8 @@ async function roundRobin(label, specs, workload) {
       runs: w.length,
       wallSeconds: median(w),
       spread: spread(w),
-      ratioToNative: median(ratios.get(spec)),
+      // Round j's native wall time over the variant's in round j (both arrays hold one entry per round).
+      ratioToNative: median(w.map((x, j) => nativeWalls[j] / x)),
       accesses: r.guest.accesses,
       counters: r.counters.total,
     };
