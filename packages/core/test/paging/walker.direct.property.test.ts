@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { ACC_FETCH, ACC_USER, ACC_WRITE } from '../../src/arch/constants.js';
 import { MODE_LONG4, MODE_LONG5, MODE_PAE, type PagingModeId } from '../../src/arch/modes.js';
 import { GuestMemory } from '../../src/machine/guest-memory.js';
-import type { PhysicalMemory } from '../../src/memory/physical.js';
+import type { DirectWords, PhysicalMemory } from '../../src/memory/physical.js';
 import { POOL_BASE, SptePool, SptePoolMemory } from '../../src/mmu/pool.js';
 import { WALK_SIDE_EFFECTS, WalkResult, type PagingContext } from '../../src/paging/types.js';
 import { createPagingContext, walk } from '../../src/paging/walker.js';
@@ -16,13 +16,13 @@ import { createPagingContext, walk } from '../../src/paging/walker.js';
  */
 
 /** Where a random entry points: pool frames 0-3, a frame past the pool's array (reads as zeros), guest RAM. */
-const targets = (base: number) => [base, base + 0x1000, base + 0x2000, base + 0x3000, base + 200 * 0x1000, 0x1000, 0x2000];
+const poolTargets = (base: number) => [base, base + 0x1000, base + 0x2000, base + 0x3000, base + 200 * 0x1000, 0x1000, 0x2000];
 /** High-half bits besides the address: none, XD, a key bit, ignored bits 62:52, bit 51 (reserved unless M = 52). */
 const EXTRA_HI = [0, 0, 0, 0x80000000, 0x08000000, 0x7ff00000, 1 << 19];
 
-const entryArb = (base: number) =>
+const entryArb = (targets: readonly number[]) =>
   fc.record({
-    target: fc.constantFrom(...targets(base)),
+    target: fc.constantFrom(...targets),
     flags: fc.integer({ min: 0, max: 0xfff }),
     extraHi: fc.constantFrom(...EXTRA_HI),
     present: fc.boolean(),
@@ -36,14 +36,14 @@ interface Scenario {
   access: number;
 }
 
-/** Random tables in a pool whose frames start at `base`. */
-const scenarioArb = (base: number) =>
+/** Random tables, the root at `base` + 0-3 pages, every other table at one of `targets`. */
+const scenarioArb = (base: number, targets: readonly number[] = poolTargets(base)) =>
   fc
     .record({
       mode: fc.constantFrom<PagingModeId>(MODE_PAE, MODE_LONG4, MODE_LONG5),
       maxPhyAddr: fc.constantFrom(36, 40, 46, 46, 48, 52),
       bits: fc.array(fc.boolean(), { minLength: 7, maxLength: 7 }),
-      entries: fc.array(entryArb(base), { minLength: 5, maxLength: 5 }),
+      entries: fc.array(entryArb(targets), { minLength: 5, maxLength: 5 }),
       rootFrame: fc.integer({ min: 0, max: 3 }),
       vaLo: fc.integer({ min: 0, max: 0xffffffff }),
       vaHi: fc.integer({ min: -(2 ** 20), max: 2 ** 20 - 1 }),
@@ -106,7 +106,7 @@ function build(s: Scenario, base: number): SptePoolMemory {
 }
 
 /** What the walk saw and left: its outcome, the entries it read, and every entry's memory afterwards. */
-function outcome(s: Scenario, mem: PhysicalMemory, words: SptePoolMemory): unknown {
+function outcome(s: Scenario, mem: PhysicalMemory, words: PhysicalMemory): unknown {
   const r = new WalkResult();
   const status = walk(s.ctx(), mem, s.va, s.access, WALK_SIDE_EFFECTS, r);
   const read = [];
@@ -119,6 +119,43 @@ function outcome(s: Scenario, mem: PhysicalMemory, words: SptePoolMemory): unkno
     read,
     after: s.entries.map((e) => [words.read32(e.pa), words.read32(e.pa + 4)]),
   };
+}
+
+/**
+ * A `DirectWords` memory whose window is more than 4 GiB long: `WINDOW_WORDS` words from `base` (4 GiB
+ * aligned), so that tables in the window's second 4 GiB (address bits 51:32 one above the base's) are read
+ * directly too, as a pool of more than 2^20 frames would be. The words are sparse (a Map behind a Proxy that
+ * counts the direct reads); read32 and write32 reach the same Map, at any address.
+ */
+const WINDOW_WORDS = 2 ** 30 + 2 ** 20; // 4 GiB + 4 MiB
+class WideWindow implements DirectWords {
+  readonly words = new Map<number, number>(); // by address / 4
+  /** Words read through `directWords`, and of those, in the window's second 4 GiB. */
+  directReads = 0;
+  highDirectReads = 0;
+  readonly directWords: Uint32Array;
+  constructor(readonly directBase: number) {
+    const first = directBase / 4;
+    this.directWords = new Proxy(
+      {},
+      {
+        get: (_t, k) => {
+          if (k === 'length') return WINDOW_WORDS;
+          const i = Number(k);
+          if (!Number.isInteger(i) || i < 0 || i >= WINDOW_WORDS) return undefined;
+          this.directReads++;
+          if (i >= 2 ** 30) this.highDirectReads++;
+          return this.words.get(first + i) ?? 0;
+        },
+      },
+    ) as Uint32Array;
+  }
+  read32(pa: number): number {
+    return this.words.get(pa / 4) ?? 0;
+  }
+  write32(pa: number, value: number): void {
+    this.words.set(pa / 4, value >>> 0);
+  }
 }
 
 /** Walks over a pool at `base` give what read32 alone gives; returns how many read pool tables. */
@@ -139,6 +176,41 @@ function checkAgainstRead32(base: number, runs: number): number {
 }
 
 describe('walk over DirectWords (properties)', () => {
+  it('reads tables in the second 4 GiB of a window longer than 4 GiB directly, with exactly the results of read32', () => {
+    // Tables in the first and the second 4 GiB of the window (address bits 51:32 equal to the base's, and one
+    // above), past its end (read32), and below it (read32).
+    const base = POOL_BASE;
+    const high = base + 2 ** 32;
+    const targets = [base, base + 0x1000, high, high + 0x1000, high + 0x2000, high + 2 ** 22 + 0x1000, 0x1000];
+    let high2nd = 0;
+    let direct = 0;
+    let highDirect = 0;
+    fc.assert(
+      fc.property(scenarioArb(base, targets), (s) => {
+        const fill = (m: WideWindow) => {
+          for (const e of s.entries) {
+            m.write32(e.pa, e.lo);
+            m.write32(e.pa + 4, e.hi);
+          }
+          return m;
+        };
+        const a = fill(new WideWindow(base));
+        const b = fill(new WideWindow(base));
+        const plain: PhysicalMemory = { read32: (pa) => b.read32(pa), write32: (pa, v) => b.write32(pa, v) };
+        const r1 = outcome(s, a, a);
+        expect(r1).toEqual(outcome(s, plain, b));
+        if (s.entries.some((e) => e.pa >= high && e.pa < base + WINDOW_WORDS * 4)) high2nd++;
+        direct += a.directReads;
+        highDirect += a.highDirectReads;
+      }),
+      { seed: 0x4c1b, numRuns: 1500 },
+    );
+    // Many walks read a table in the second 4 GiB, and the window's words were read directly, there too.
+    expect(high2nd).toBeGreaterThan(500);
+    expect(direct).toBeGreaterThan(1000);
+    expect(highDirect).toBeGreaterThan(200);
+  });
+
   it('reads the pool directly with exactly the result, entries and A/D writes of read32', () => {
     // most walks read pool tables, so the direct path is exercised
     expect(checkAgainstRead32(POOL_BASE, 3000)).toBeGreaterThan(1000);
