@@ -90,13 +90,15 @@ export function checkGuestMemory(bytes: number, option: string): number {
 /**
  * Guest RAM that the paging mode can address: RAM beyond MMIO_HOLE_START lies above 4 GiB (core's
  * `defaultMemslots`), out of reach of 32-bit paging, whose ptes hold 32-bit frame addresses (SDM Vol. 3A
- * §4.3; PSE-36 reaches above 4 GiB with 4 MiB pages only). PAE and 4/5-level paging address it all.
+ * §4.3, Table 4-6): the guest OS model hands out RAM as 4 KiB pages and page tables, neither of which can be
+ * above 4 GiB (PSE-36 reaches above 4 GiB with 4 MiB pages only, Table 4-4). PAE and 4/5-level paging address
+ * it all.
  * `option` names where the size came from.
  */
 export function checkModeMemory(mode: PagingModeName, bytes: number, option = '--memory'): void {
   if (mode === 'legacy32' && guestPhysicalEnd(bytes) > 2 ** 32) {
     throw new InputError(
-      `${option}: ${formatSize(bytes)} of guest RAM is more than --mode legacy32 can address: 32-bit paging reaches physical addresses below 4 GiB only, ` +
+      `${option}: ${formatSize(bytes)} of guest RAM is more than --mode legacy32 can address: the guest hands out RAM as 4 KiB pages and page tables, which 32-bit paging reaches only below 4 GiB, ` +
         `and RAM beyond ${formatSize(MMIO_HOLE_START)} goes above the MMIO hole at 4 GiB; give legacy32 at most ${formatSize(MMIO_HOLE_START)}, or use --mode pae, long4 or long5`,
     );
   }
