@@ -38,27 +38,29 @@ export class ReplayStats {
 }
 
 /**
- * Replays a VxtTrace on the OS model: each recorded process becomes a process whose task runs its records
- * in program order; its events become OS operations at their place (`at`): mmap, munmap, mprotect, brk,
- * fork (the child's task starts), exec (a new address space with the image's mappings), exit. Each access
- * record is one translation on the vCPU (`touch`); its `count` accesses are counted as represented (the
- * repeats are TLB hits on the page just translated).
+ * The trace to replay on `kernel`: `recorded` itself when every address fits the paging mode's user space,
+ * else relocated per process tree when its regions fit (relocate.ts; `stats.relocation` says how), else a
+ * WorkloadError naming the trees that do not fit. Setup, like the kernel's boot: runWorkload calls it before
+ * its timed window opens (planning scans every record, and a relocation rewrites them).
  */
-export function startReplay(
-  kernel: Kernel,
-  runner: TaskRunner,
-  recorded: VxtTrace,
-  stats: ReplayStats,
-  name: string = recorded.source.command || 'trace',
-): void {
-  let trace = recorded;
-  // A trace beyond this mode's user space is relocated per process tree when its regions fit (relocate.ts).
-  const plan = planRelocation(trace, kernel.layout.userLimit);
-  if (plan.kind === 'too-big') throw new WorkloadError('bad-config', name, relocationRefusal(trace, modeName(kernel.layout.mode), plan.misfits));
+export function prepareReplay(kernel: Kernel, recorded: VxtTrace, stats: ReplayStats, name: string = recorded.source.command || 'trace'): VxtTrace {
+  const plan = planRelocation(recorded, kernel.layout.userLimit);
+  if (plan.kind === 'too-big') throw new WorkloadError('bad-config', name, relocationRefusal(recorded, modeName(kernel.layout.mode), plan.misfits));
   if (plan.kind === 'relocated') {
     stats.relocation = plan.relocation;
-    trace = relocateTrace(trace, plan.relocation);
+    return relocateTrace(recorded, plan.relocation);
   }
+  return recorded;
+}
+
+/**
+ * Replays a VxtTrace, as `prepareReplay` gave it, on the OS model: each recorded process becomes a process
+ * whose task runs its records in program order; its events become OS operations at their place (`at`): mmap,
+ * munmap, mprotect, brk, fork (the child's task starts), exec (a new address space with the image's mappings),
+ * exit. Each access record is one translation on the vCPU (`touch`); its `count` accesses are counted as
+ * represented (the repeats are TLB hits on the page just translated).
+ */
+export function startReplay(kernel: Kernel, runner: TaskRunner, trace: VxtTrace, stats: ReplayStats, name: string = trace.source.command || 'trace'): void {
   const byPid = new Map<number, VxtProcess>();
   for (const p of trace.processes) byPid.set(p.pid, p);
   for (const p of trace.processes) {

@@ -4,7 +4,7 @@ import { OutOfMemoryError } from './os/frames.js';
 import { GuestConfigError, Kernel, PERSONALITIES, type Personality } from './os/kernel.js';
 import { FAULT_KIND_NAMES, FAULT_SIGSEGV, type FaultKindName, type GuestEventLog } from './os/stats.js';
 import { TaskRunner } from './os/tasks.js';
-import { KBUILD_TRACE_PATH, ReplayStats, loadVxtFile, startReplay } from './replay.js';
+import { KBUILD_TRACE_PATH, ReplayStats, loadVxtFile, prepareReplay, startReplay } from './replay.js';
 import type { VxtTrace } from './trace/types.js';
 import type { TraceRelocation } from './relocate.js';
 import { WorkloadError, parseWorkloadRef, resolveParams } from './workloads/params.js';
@@ -87,7 +87,12 @@ export interface RunResult {
   readonly measured?: string;
   /** dirty-log-test with `harvest`: the harvests checked against page contents. */
   readonly dirtyLog?: DirtyLogCheck;
+  /**
+   * Seconds of the workload's run on the machine: from its first guest access to the end, after the setup
+   * (the machine built, the kernel booted, a trace loaded and planned or relocated for the paging mode).
+   */
   readonly wallSeconds: number;
+  /** `guest.accesses` / `wallSeconds`. */
   readonly accessesPerSecond: number;
   readonly memoryDigest: string;
 }
@@ -196,6 +201,8 @@ export function runWorkload(options: RunOptions): RunOutcome {
     onQuantum: options.onProgress === undefined ? undefined : (n) => options.onProgress!(n, total),
   });
   const replay = new ReplayStats();
+  // A trace is planned (and relocated when it must be) before the timed window, as the kernel was booted.
+  const replayed = trace === null ? null : prepareReplay(kernel, trace, replay, tracePath);
   const readCounters = options.counters ?? nativeCounters;
   let baseline = readCounters(machine, 'start');
   let final: RunCounters | null = null;
@@ -230,7 +237,7 @@ export function runWorkload(options: RunOptions): RunOutcome {
     };
     if (synthetic !== undefined)
       synthetic.setup({ kernel, runner, rng: new Rng(seed ^ 0x3c6ef372), vcpus, measure, expectAccesses, dirtyLog: options.dirtyLog, reportDirtyLog }, params);
-    else startReplay(kernel, runner, trace!, replay, tracePath);
+    else startReplay(kernel, runner, replayed!, replay, tracePath);
     runner.run();
   } catch (e) {
     if (e instanceof OutOfMemoryError) {
