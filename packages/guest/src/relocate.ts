@@ -308,8 +308,17 @@ export function relocationRefusal(trace: VxtTrace, mode: PagingModeName, misfits
   return `the trace does not fit the ${userLimit} bytes (${hex(userLimit)}, ${mib(userLimit)}) of user space of ${mode} paging, even relocated: ${trees}; ${advice}`;
 }
 
+/** `traceHighestAddress` of each trace it was asked of (a VxtTrace does not change). */
+const highestOf = new WeakMap<VxtTrace, number>();
+
 /** The largest linear address the trace touches or maps (for the paging mode's user-space check). */
 export function traceHighestAddress(trace: VxtTrace): number {
+  let max = highestOf.get(trace);
+  if (max === undefined) highestOf.set(trace, (max = highestAddress(trace)));
+  return max;
+}
+
+function highestAddress(trace: VxtTrace): number {
   let max = 0;
   const pages = trace.accesses.page;
   for (let i = 0; i < pages.length; i++) if (pages[i]! > max) max = pages[i]!;

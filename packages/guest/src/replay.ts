@@ -1,3 +1,5 @@
+import { statSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ACC_FETCH, ACC_READ, ACC_WRITE, GuestAbort, PAGE_SIZE } from '@vmexit/core';
 import { PROT_READ, VMA_ANON, VMA_FILE_PRIVATE, VMA_FILE_SHARED, type AreaSpec, type Kernel } from './os/kernel.js';
@@ -20,6 +22,33 @@ export const KBUILD_TRACE_PATH = fileURLToPath(new URL('../traces/kbuild.vxt', i
 export function loadVxtFile(path: string): VxtTrace {
   // Size-checked before it is read (a regular file, its header agreeing with its size): readVxtFile.
   return decodeVxt(readVxtFile(path), path);
+}
+
+/**
+ * A trace loader for `RunOptions.loadTrace` that keeps the last trace it decoded and gives that trace again
+ * while its file is the same one, unchanged (its path, inode, size and modification time): runs of several
+ * variants on one trace (a comparison, `vmexit main`) read and decode it once. The runs share the trace and
+ * only read it. The loader holds one trace: drop the loader to let it go.
+ */
+export function createTraceLoader(load: (path: string) => VxtTrace = loadVxtFile): (path: string) => VxtTrace {
+  let key: string | null = null;
+  let kept: VxtTrace | null = null;
+  return (path: string): VxtTrace => {
+    let k: string;
+    try {
+      const st = statSync(path);
+      k = `${resolve(path)}\0${st.ino}\0${st.size}\0${st.mtimeMs}`;
+    } catch {
+      return load(path); // the loader names what is wrong with the path
+    }
+    if (k === key && kept !== null) return kept;
+    key = null;
+    kept = null; // the earlier trace can go before the next one is decoded
+    const trace = load(path);
+    key = k;
+    kept = trace;
+    return trace;
+  };
 }
 
 /** Record kind -> access kind (a modify replays as a write: its store is what the MMU sees). */

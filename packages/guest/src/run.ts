@@ -304,10 +304,15 @@ export function diffCounters(after: RunCounters, before: RunCounters): RunCounte
   return { total: d(after.total, before.total), vcpus: after.vcpus.map((c, i) => d(c, before.vcpus[i])) };
 }
 
+/** The accesses a trace represents (the sum of its records' counts), worked out once per trace (a VxtTrace does not change). */
+const representedOf = new WeakMap<VxtTrace, number>();
 function sumCounts(trace: VxtTrace): number {
-  let n = 0;
+  let n = representedOf.get(trace);
+  if (n !== undefined) return n;
+  n = 0;
   const c = trace.accesses.count;
   for (let i = 0; i < c.length; i++) n += c[i]!;
+  representedOf.set(trace, n);
   return n;
 }
 

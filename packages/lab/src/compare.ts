@@ -1,7 +1,7 @@
 import { availableParallelism } from 'node:os';
 import { Piscina } from 'piscina';
 import { resolveCostProfile, type CostProfile, type ExitTracer, type PagingModeName, type Variant, type VmExit } from '@vmexit/core';
-import type { Personality, RunResult } from '@vmexit/guest';
+import { createTraceLoader, type Personality, type RunResult, type VxtTrace } from '@vmexit/guest';
 import { compiledFile } from './cell.js';
 import { InputError, RunFailure } from './errors.js';
 import { provenance, type Provenance } from './provenance.js';
@@ -44,6 +44,12 @@ export interface ComparisonOptions {
   readonly context?: VariantContext;
   /** The clock for progress (ms; default `Date.now`): a test's fixed clock. */
   readonly now?: () => number;
+  /**
+   * Loads the trace of a trace workload, for the variants run in this thread (default: a `createTraceLoader`
+   * of this comparison's own, so that the trace is decoded once for all of them; give one to share it across
+   * comparisons). Worker threads (`jobs` > 1) load it themselves.
+   */
+  readonly loadTrace?: (path: string) => VxtTrace;
 }
 
 /** One metric of the table: its value for each variant (null: not applicable) and the ratio to the first variant's. */
@@ -131,7 +137,12 @@ export interface CompareTask {
 }
 
 /** Runs one variant of a comparison in this thread. */
-export async function runCompareTask(t: CompareTask, context?: VariantContext, composed?: Variant): Promise<ComparisonResult> {
+export async function runCompareTask(
+  t: CompareTask,
+  context?: VariantContext,
+  composed?: Variant,
+  loadTrace?: (path: string) => VxtTrace,
+): Promise<ComparisonResult> {
   const variant = composed ?? (await parseVariantSpec(t.spec, t.overrides, context));
   const started = provenance(variant);
   const tally = t.exitReasons !== true || variant.backend === 'none' ? undefined : new ExitReasonTally(resolveCostProfile(variant.costModel));
@@ -145,6 +156,7 @@ export async function runCompareTask(t: CompareTask, context?: VariantContext, c
     audit: t.audit,
     tracer: tally,
     sources: context?.sources,
+    loadTrace,
   };
   const label = (r: VariantRunResult): string => t.label ?? comparisonLabel(r.variant);
   if (t.check && variant.backend !== 'none') {
@@ -226,9 +238,10 @@ export async function compareVariants(o: ComparisonOptions): Promise<ComparisonD
   const results: ComparisonResult[] = new Array(variants.length);
   const threads = Math.min(jobs, variants.length, availableParallelism() * 4);
   if (threads <= 1) {
+    const loadTrace = o.loadTrace ?? createTraceLoader();
     for (const [i, { spec, label, variant }] of variants.entries()) {
       o.onVariant?.(label ?? spec, i, variants.length);
-      results[i] = { ...(await runCompareTask(task(spec, label), o.context, variant)), spec };
+      results[i] = { ...(await runCompareTask(task(spec, label), o.context, variant, loadTrace)), spec };
       done++;
       progress();
     }

@@ -26,6 +26,7 @@ import {
   type Personality,
   type RunOutcome,
   type RunResult,
+  type VxtTrace,
 } from '@vmexit/guest';
 import { InputError, RunFailure } from './errors.js';
 import { checkModeMemory } from './variant-spec.js';
@@ -47,6 +48,8 @@ export interface VariantRunOptions {
   readonly onProgress?: (accesses: number, total: number | null) => void;
   /** Where the variant's modules come from (default: the monorepo's packages); tests bind their own MMU here. */
   readonly sources?: ModuleSources;
+  /** Loads a trace workload (default: read and decode the file); runs on one trace may share one (`createTraceLoader`). */
+  readonly loadTrace?: (path: string) => VxtTrace;
 }
 
 /** A RunResult with the modelled cycles of the variant's cost model. */
@@ -125,6 +128,7 @@ export async function runOnVariant(o: VariantRunOptions): Promise<VariantRunOutc
               return { total: c.total, vcpus: c.perVcpu.map((x) => ({ ...x })) };
             },
       onProgress: o.onProgress,
+      loadTrace: o.loadTrace,
       dirtyLog: vm === null ? undefined : () => attachDirtyLog(vm),
     });
   } catch (e) {

@@ -3,6 +3,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import type { Command } from 'commander';
 import { PAGING_MODE_NAMES, loadVectorFile, runConformance, type ConformanceVector, type PagingModeName } from '@vmexit/core';
+import { createTraceLoader } from '@vmexit/guest';
 import { comparisonTable, reportHtml, type ComparisonResult } from '@vmexit/lab';
 import { checkOutputTarget, writeOutputFile } from '../output-file.js';
 import { checkWorkloadSpec } from '../workload-check.js';
@@ -93,7 +94,8 @@ export async function runMain(o: MainOptions): Promise<MainDocument> {
     const report = await runVectorsOnVariant(vectors, variant);
     conformance[spec] = { passed: report.passed, failed: report.failed };
   }
-  // 2. The headline comparisons.
+  // 2. The headline comparisons. Every run replays one workload: a trace is read and decoded once for all.
+  const loadTrace = createTraceLoader();
   const comparisons: Record<string, ComparisonDocument> = {};
   for (const [key, , sets] of HEADLINE_SETS) {
     for (const backend of ['vmx', 'svm'] as const) {
@@ -102,6 +104,7 @@ export async function runMain(o: MainOptions): Promise<MainDocument> {
         variants: sets[backend],
         mode: o.mode,
         seed: o.seed,
+        loadTrace,
         onVariant: (label, i, n) => progress(`[${backend} ${i + 1}/${n}] ${label} on ${o.workload}...\n`),
       });
     }
@@ -115,6 +118,7 @@ export async function runMain(o: MainOptions): Promise<MainDocument> {
       variants: [TDP_VARIANTS[backend]],
       mode: o.mode,
       seed: o.seed,
+      loadTrace,
       onVariant: (label) => progress(`[${backend} tdp] ${label} on ${o.workload}...\n`),
     });
     const results: ComparisonResult[] = [best, ...tdp.results];

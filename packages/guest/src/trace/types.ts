@@ -211,7 +211,11 @@ export interface VxtProcess {
  */
 export type VxtCollapse = 'run' | 'class';
 
-/** A decoded trace. */
+/**
+ * A decoded trace. Nothing changes a trace once it is made: a replay only reads it (runs may share one, see
+ * `createTraceLoader`), and what a run derives from all its records (the highest address it touches, the
+ * accesses it represents) is worked out once per trace.
+ */
 export interface VxtTrace {
   /** How accesses were collapsed into records. */
   readonly collapse: VxtCollapse;
