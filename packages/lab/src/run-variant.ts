@@ -17,6 +17,7 @@ import {
   type Vm,
 } from '@vmexit/core';
 import {
+  createTraceLoader,
   GuestConfigError,
   TraceError,
   WorkloadError,
@@ -373,8 +374,17 @@ function compareMemory(native: GuestView, virt: GuestView, allow: (id: AllowedDi
 
 /** Runs natively and under the variant and compares; a divergence is a RunFailure naming the first difference. */
 export async function runChecked(o: VariantRunOptions): Promise<{ run: VariantRunOutcome; check: CheckReport }> {
-  const native = await runOnVariant({ ...o, variant: { ...o.variant, backend: 'none', policies: [] }, audit: false, tracer: undefined, onProgress: undefined });
-  const run = await runOnVariant(o);
+  // Both runs replay one decoded trace (a trace workload is read once).
+  const loadTrace = o.loadTrace ?? createTraceLoader();
+  const native = await runOnVariant({
+    ...o,
+    variant: { ...o.variant, backend: 'none', policies: [] },
+    audit: false,
+    tracer: undefined,
+    onProgress: undefined,
+    loadTrace,
+  });
+  const run = await runOnVariant({ ...o, loadTrace });
   const check = compareGuestViews(guestViewOf(native.outcome), guestViewOf(run.outcome));
   return { run, check };
 }
