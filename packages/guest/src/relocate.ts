@@ -1,5 +1,6 @@
 import { hexU64 as hex, PAGE_SIZE, PAGING_MODE_NAMES, pagingModeId, type PagingModeName } from '@vmexit/core';
 import { modeLayout } from './os/layout.js';
+import { perSharedTrace } from './trace/shared.js';
 import type { VxtEvent, VxtProcess, VxtTrace } from './trace/types.js';
 
 /**
@@ -308,14 +309,12 @@ export function relocationRefusal(trace: VxtTrace, mode: PagingModeName, misfits
   return `the trace does not fit the ${userLimit} bytes (${hex(userLimit)}, ${mib(userLimit)}) of user space of ${mode} paging, even relocated: ${trees}; ${advice}`;
 }
 
-/** `traceHighestAddress` of each trace it was asked of (a VxtTrace does not change). */
+/** `traceHighestAddress` of each shared trace (trace/shared.ts). */
 const highestOf = new WeakMap<VxtTrace, number>();
 
 /** The largest linear address the trace touches or maps (for the paging mode's user-space check). */
 export function traceHighestAddress(trace: VxtTrace): number {
-  let max = highestOf.get(trace);
-  if (max === undefined) highestOf.set(trace, (max = highestAddress(trace)));
-  return max;
+  return perSharedTrace(highestOf, trace, highestAddress);
 }
 
 function highestAddress(trace: VxtTrace): number {

@@ -5,6 +5,7 @@ import { ACC_FETCH, ACC_READ, ACC_WRITE, GuestAbort, PAGE_SIZE } from '@vmexit/c
 import { PROT_READ, VMA_ANON, VMA_FILE_PRIVATE, VMA_FILE_SHARED, type AreaSpec, type Kernel } from './os/kernel.js';
 import type { Program, Task, TaskRunner } from './os/tasks.js';
 import { decodeVxt, readVxtFile } from './trace/vxt.js';
+import { sharedTraces } from './trace/shared.js';
 import { TraceError } from './trace/errors.js';
 import { MAP_ANONYMOUS, MAP_SHARED, type VxtEvent, type VxtExecEvent, type VxtProcess, type VxtTrace } from './trace/types.js';
 import { WorkloadError } from './workloads/params.js';
@@ -28,7 +29,8 @@ export function loadVxtFile(path: string): VxtTrace {
  * A trace loader for `RunOptions.loadTrace` that keeps the last trace it decoded and gives that trace again
  * while its file is the same one, unchanged (its path, inode, size and modification time): runs of several
  * variants on one trace (a comparison, `vmexit main`) read and decode it once. The runs share the trace and
- * only read it. The loader holds one trace: drop the loader to let it go.
+ * only read it (do not change a trace a loader gave out: what runs work out from all its records, such as its
+ * highest address, is kept with it). The loader holds one trace: drop the loader to let it go.
  */
 export function createTraceLoader(load: (path: string) => VxtTrace = loadVxtFile): (path: string) => VxtTrace {
   let key: string | null = null;
@@ -45,6 +47,7 @@ export function createTraceLoader(load: (path: string) => VxtTrace = loadVxtFile
     key = null;
     kept = null; // the earlier trace can go before the next one is decoded
     const trace = load(path);
+    sharedTraces.add(trace);
     key = k;
     kept = trace;
     return trace;

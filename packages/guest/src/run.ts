@@ -5,6 +5,7 @@ import { GuestConfigError, Kernel, PERSONALITIES, type Personality } from './os/
 import { FAULT_KIND_NAMES, FAULT_SIGSEGV, type FaultKindName, type GuestEventLog } from './os/stats.js';
 import { TaskRunner } from './os/tasks.js';
 import { KBUILD_TRACE_PATH, ReplayStats, loadVxtFile, prepareReplay, startReplay } from './replay.js';
+import { perSharedTrace } from './trace/shared.js';
 import type { VxtTrace } from './trace/types.js';
 import type { TraceRelocation } from './relocate.js';
 import { WorkloadError, parseWorkloadRef, resolveParams } from './workloads/params.js';
@@ -304,16 +305,15 @@ export function diffCounters(after: RunCounters, before: RunCounters): RunCounte
   return { total: d(after.total, before.total), vcpus: after.vcpus.map((c, i) => d(c, before.vcpus[i])) };
 }
 
-/** The accesses a trace represents (the sum of its records' counts), worked out once per trace (a VxtTrace does not change). */
+/** The accesses a trace represents (the sum of its records' counts), kept for a shared trace (trace/shared.ts). */
 const representedOf = new WeakMap<VxtTrace, number>();
 function sumCounts(trace: VxtTrace): number {
-  let n = representedOf.get(trace);
-  if (n !== undefined) return n;
-  n = 0;
-  const c = trace.accesses.count;
-  for (let i = 0; i < c.length; i++) n += c[i]!;
-  representedOf.set(trace, n);
-  return n;
+  return perSharedTrace(representedOf, trace, (t) => {
+    let n = 0;
+    const c = t.accesses.count;
+    for (let i = 0; i < c.length; i++) n += c[i]!;
+    return n;
+  });
 }
 
 function mib(bytes: number): string {

@@ -89,17 +89,15 @@ export function checkGuestMemory(bytes: number, option: string): number {
 
 /**
  * Guest RAM that the paging mode can address: RAM beyond MMIO_HOLE_START lies above 4 GiB (core's
- * `defaultMemslots`), out of reach of 32-bit paging, whose ptes hold 32-bit frame addresses (SDM Vol. 3A
- * §4.3, Table 4-6): the guest OS model hands out RAM as 4 KiB pages and page tables, neither of which can be
- * above 4 GiB (PSE-36 reaches above 4 GiB with 4 MiB pages only, Table 4-4). PAE and 4/5-level paging address
- * it all.
- * `option` names where the size came from.
+ * `defaultMemslots`), where 32-bit paging can put neither a 4 KiB page nor a page table: its entries hold
+ * 32-bit addresses (SDM Vol. 3A §4.3, Tables 4-5 and 4-6; only PSE-36's 4 MiB pages reach above 4 GiB, Table
+ * 4-4). PAE and 4/5-level paging reach all of it. `option` names where the size came from.
  */
 export function checkModeMemory(mode: PagingModeName, bytes: number, option = '--memory'): void {
   if (mode === 'legacy32' && guestPhysicalEnd(bytes) > 2 ** 32) {
     throw new InputError(
-      `${option}: ${formatSize(bytes)} of guest RAM is more than --mode legacy32 can address: the guest hands out RAM as 4 KiB pages and page tables, which 32-bit paging reaches only below 4 GiB, ` +
-        `and RAM beyond ${formatSize(MMIO_HOLE_START)} goes above the MMIO hole at 4 GiB; give legacy32 at most ${formatSize(MMIO_HOLE_START)}, or use --mode pae, long4 or long5`,
+      `${option}: ${formatSize(bytes)} of guest RAM is more than --mode legacy32 can address: RAM beyond ${formatSize(MMIO_HOLE_START)} goes above the MMIO hole, ` +
+        `to 4 GiB and up, where 32-bit paging can put neither a 4 KiB page nor a page table (only PSE-36 4 MiB pages reach it); give legacy32 at most ${formatSize(MMIO_HOLE_START)}, or use --mode pae, long4 or long5`,
     );
   }
 }

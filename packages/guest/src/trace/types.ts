@@ -212,9 +212,8 @@ export interface VxtProcess {
 export type VxtCollapse = 'run' | 'class';
 
 /**
- * A decoded trace. Nothing changes a trace once it is made: a replay only reads it (runs may share one, see
- * `createTraceLoader`), and what a run derives from all its records (the highest address it touches, the
- * accesses it represents) is worked out once per trace.
+ * A decoded trace. A replay only reads it. A trace that a `createTraceLoader` gave out is shared by the runs
+ * that replay it: do not change it.
  */
 export interface VxtTrace {
   /** How accesses were collapsed into records. */
