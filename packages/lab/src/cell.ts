@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { PagingModeName } from '@vmexit/core';
-import type { Personality } from '@vmexit/guest';
+import type { Personality, VxtTrace } from '@vmexit/guest';
 import { InputError, RunFailure } from './errors.js';
 import { runVariant, type LabRunResult } from './run.js';
 import { parseVariantSpec, type VariantOverrides } from './variant-spec.js';
@@ -39,17 +39,20 @@ export type CellRecord = LabRunResult & { readonly cell: Cell & { readonly key: 
 export type CellOutcome =
   { readonly ok: true; readonly record: CellRecord } | { readonly ok: false; readonly error: { name: string; message: string; exitCode?: number } };
 
-/** Runs one cell in this thread. */
-export async function runCell(cell: Cell): Promise<CellRecord> {
+/**
+ * Runs one cell in this thread. `loadTrace` loads a trace workload (default: read and decode the file); the
+ * executors give each thread one `createTraceLoader`, so that cells on one trace decode it once per thread.
+ */
+export async function runCell(cell: Cell, loadTrace?: (path: string) => VxtTrace): Promise<CellRecord> {
   const variant = await parseVariantSpec(cell.variant, cell.overrides ?? {});
-  const result = await runVariant(variant, cell.workload, { mode: cell.mode, seed: cell.seed, personalities: cell.personalities });
+  const result = await runVariant(variant, cell.workload, { mode: cell.mode, seed: cell.seed, personalities: cell.personalities, loadTrace });
   return { ...result, cell: { ...cell, key: cellKey(cell) } };
 }
 
 /** runCell, with any error turned into data (for worker threads and queue workers). */
-export async function runCellOutcome(cell: Cell): Promise<CellOutcome> {
+export async function runCellOutcome(cell: Cell, loadTrace?: (path: string) => VxtTrace): Promise<CellOutcome> {
   try {
-    return { ok: true, record: await runCell(cell) };
+    return { ok: true, record: await runCell(cell, loadTrace) };
   } catch (e) {
     const err = e instanceof Error ? e : new Error(String(e));
     const code = (err as { code?: unknown }).code;

@@ -172,9 +172,9 @@ export type CompareOutcome =
   { readonly ok: true; readonly result: ComparisonResult } | { readonly ok: false; readonly error: { name: string; message: string; exitCode?: number } };
 
 /** runCompareTask with any error turned into data (the worker thread's entry). */
-export async function runCompareTaskOutcome(t: CompareTask): Promise<CompareOutcome> {
+export async function runCompareTaskOutcome(t: CompareTask, loadTrace?: (path: string) => VxtTrace): Promise<CompareOutcome> {
   try {
-    return { ok: true, result: await runCompareTask(t) };
+    return { ok: true, result: await runCompareTask(t, undefined, undefined, loadTrace) };
   } catch (e) {
     const err = e instanceof Error ? e : new Error(String(e));
     const message = err instanceof InputError || err instanceof RunFailure ? err.message : `${err.name}: ${err.message}`;

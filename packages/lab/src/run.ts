@@ -1,5 +1,5 @@
 import type { ExitTracer, ModuleSources, PagingModeName, Variant } from '@vmexit/core';
-import type { Personality } from '@vmexit/guest';
+import type { Personality, VxtTrace } from '@vmexit/guest';
 import { provenance, type Provenance } from './provenance.js';
 import { runOnVariant, type VariantRunResult } from './run-variant.js';
 import { parseVariantSpec, type VariantContext, type VariantOverrides } from './variant-spec.js';
@@ -22,6 +22,8 @@ export interface RunOptions {
   readonly context?: VariantContext;
   /** The variant's modules (tests bind their own MMU here); defaults to context.sources. */
   readonly sources?: ModuleSources;
+  /** Loads a trace workload (default: read and decode the file); runs on one trace may share one (`createTraceLoader`). */
+  readonly loadTrace?: (path: string) => VxtTrace;
 }
 
 /** A run's result (what `vmexit run --json` prints): the deterministic RunResult with cycles, and where it came from. */
@@ -51,6 +53,7 @@ export async function runVariant(variant: Variant | string, workload: string, op
     tracer: options.tracer,
     onProgress: options.onProgress,
     sources: options.sources ?? options.context?.sources,
+    loadTrace: options.loadTrace,
   });
   return { ...result, provenance: prov };
 }

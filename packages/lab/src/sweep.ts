@@ -1,4 +1,5 @@
 import { availableParallelism } from 'node:os';
+import { createTraceLoader, type VxtTrace } from '@vmexit/guest';
 import { Piscina } from 'piscina';
 import { cellKey, compiledFile, outcomeError, runCellOutcome, type Cell, type CellOutcome, type CellRecord } from './cell.js';
 import { InputError } from './errors.js';
@@ -19,15 +20,22 @@ export interface CellExecutor {
   close(): Promise<void>;
 }
 
-/** One cell at a time in this thread. */
+/** One cell at a time in this thread; cells on one trace decode it once (`loadTrace`: by default a `createTraceLoader` of the executor's own). */
 export class InProcessExecutor implements CellExecutor {
+  private loadTrace: (path: string) => VxtTrace;
+  constructor(loadTrace?: (path: string) => VxtTrace) {
+    this.loadTrace = loadTrace ?? createTraceLoader();
+  }
   async run(cells: readonly Cell[], onOutcome: (cell: Cell, outcome: CellOutcome) => void, signal?: AbortSignal): Promise<void> {
     for (const c of cells) {
       if (signal?.aborted === true) return;
-      onOutcome(c, await runCellOutcome(c));
+      onOutcome(c, await runCellOutcome(c, this.loadTrace));
     }
   }
-  async close(): Promise<void> {}
+  /** Lets the last trace go. */
+  async close(): Promise<void> {
+    this.loadTrace = createTraceLoader();
+  }
 }
 
 /**
