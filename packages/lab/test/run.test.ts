@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { JsonLinesTracer } from '@vmexit/core';
-import { createTraceLoader, decodeVxt, encodeVxt, readVxtFile, type VxtTrace } from '@vmexit/guest';
+import { countingLoader, encodeVxt, storeTrace } from './helpers/store-trace.js';
 import { compareVariants, deterministicPart, InputError, parseVariantSpec, provenance, runVariant, traceStats } from '../src/index.js';
 
 const WL = 'fork-cow:pages=16,forks=1';
@@ -67,33 +67,14 @@ describe('compareVariants', () => {
 
   it('decodes a trace workload once for all its variants (the loader it is given, or one of its own), with the results of separate runs', async () => {
     const n = 48;
-    const trace: VxtTrace = {
-      collapse: 'run',
-      source: { tool: 'test', command: 'x' },
-      accesses: {
-        length: n,
-        kind: new Uint8Array(n).fill(2),
-        page: Float64Array.from({ length: n }, (_, i) => 0x4835 + (i % 3)),
-        count: new Uint32Array(n).fill(2),
-      },
-      processes: [
-        {
-          pid: 1,
-          parent: 0,
-          recordStart: 0,
-          recordEnd: n,
-          events: [{ type: 'mmap', at: 0, start: 0x4835000, length: 3 * 4096, prot: 3, flags: 34, offset: 0, file: null }],
-        },
-      ],
-    };
+    const trace = storeTrace(n, 3, 2);
     const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vmexit-lab-trace-')), 'w.vxt');
     fs.writeFileSync(file, encodeVxt(trace));
-    let decoded = 0;
-    const loadTrace = createTraceLoader((p) => (decoded++, decodeVxt(readVxtFile(p), p)));
+    const { load: loadTrace, decoded } = countingLoader();
     const variants = ['vmx shadow', 'svm shadow', 'vmx tdp'];
     const doc = await compareVariants({ workload: file, variants, mode: 'long4', seed: 1, overrides: SMALL, loadTrace, check: true });
     // --check runs natively too: 6 runs, one decode.
-    expect(decoded).toBe(1);
+    expect(decoded()).toBe(1);
     for (const [i, spec] of variants.entries()) {
       const own = await runVariant(spec, file, { overrides: SMALL });
       expect(deterministicPart(doc.results[i]!)).toMatchObject(deterministicPart(own));

@@ -2,7 +2,6 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { createTraceLoader, decodeVxt, encodeVxt, readVxtFile, type VxtTrace } from '@vmexit/guest';
 import {
   cellKey,
   deterministicPart,
@@ -16,6 +15,7 @@ import {
   withParams,
   type CellRecord,
 } from '../src/index.js';
+import { countingLoader, encodeVxt, storeTrace } from './helpers/store-trace.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vmexit-lab-sweep-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -104,37 +104,18 @@ describe('sweep', () => {
 
 describe('InProcessExecutor', () => {
   it('decodes a trace workload once for the cells on it, with the results of cells run one by one', async () => {
-    const n = 40;
-    const trace: VxtTrace = {
-      collapse: 'run',
-      source: { tool: 'test', command: 'x' },
-      accesses: {
-        length: n,
-        kind: new Uint8Array(n).fill(2),
-        page: Float64Array.from({ length: n }, (_, i) => 0x4835 + (i % 2)),
-        count: new Uint32Array(n).fill(1),
-      },
-      processes: [
-        {
-          pid: 1,
-          parent: 0,
-          recordStart: 0,
-          recordEnd: n,
-          events: [{ type: 'mmap', at: 0, start: 0x4835000, length: 2 * 4096, prot: 3, flags: 34, offset: 0, file: null }],
-        },
-      ],
-    };
+    const trace = storeTrace(40, 2, 1);
     const file = path.join(tmp, 'cells.vxt');
     fs.writeFileSync(file, encodeVxt(trace));
     const traceCells = expandGrid({ workloads: [file], variants: ['vmx shadow', 'svm tdp'], modes: ['long4'], seeds: [1, 2], overrides: { memory: '4M' } });
-    let decoded = 0;
-    const executor = new InProcessExecutor(createTraceLoader((p) => (decoded++, decodeVxt(readVxtFile(p), p))));
+    const { load, decoded } = countingLoader();
+    const executor = new InProcessExecutor(load);
     const records: CellRecord[] = [];
     await executor.run(traceCells, (_c, o) => {
       if (!o.ok) throw new Error(o.error.message);
       records.push(o.record);
     });
-    expect(decoded).toBe(1);
+    expect(decoded()).toBe(1);
     expect(records).toHaveLength(4);
     for (const [i, c] of traceCells.entries()) expect(deterministicPart(records[i]!)).toEqual(deterministicPart(await runCell(c)));
   });
