@@ -89,8 +89,8 @@ export interface RunResult {
   /** dirty-log-test with `harvest`: the harvests checked against page contents. */
   readonly dirtyLog?: DirtyLogCheck;
   /**
-   * Seconds of the workload's run on the machine: from its first guest access to the end, after the setup
-   * (the machine built, the kernel booted, a trace loaded and planned or relocated for the paging mode).
+   * Seconds of the workload's run on the machine: from the start of its processes to the end of the last, after
+   * the setup (the machine built, the kernel booted, a trace loaded and planned or relocated for the paging mode).
    */
   readonly wallSeconds: number;
   /** `guest.accesses` / `wallSeconds`. */
