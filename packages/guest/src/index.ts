@@ -52,7 +52,7 @@ export { describeVxt, type VxtDescription } from './trace/describe.js';
 export { importLackey, type ImportLackeyOptions } from './trace/lackey.js';
 export { TraceError } from './trace/errors.js';
 export { type RelocationGroup, type RelocationMisfit, type TraceFit, traceFit } from './relocate.js';
-export { createTraceLoader, KBUILD_TRACE_PATH } from './replay.js';
+export { createTraceLoader, KBUILD_TRACE_PATH, type TraceLoader } from './replay.js';
 export { Kernel } from './os/kernel.js';
 export { type AreaSpec, type ImageSpec, Process } from './os/process.js';
 export { type KernelOptions, PERSONALITIES, type Personality } from './os/state.js';

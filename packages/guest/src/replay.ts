@@ -25,6 +25,9 @@ export function loadVxtFile(path: string): VxtTrace {
   return decodeVxt(readVxtFile(path), path);
 }
 
+/** What loads a trace workload's file (`RunOptions.loadTrace`): `loadVxtFile`, or a `createTraceLoader`. */
+export type TraceLoader = (path: string) => VxtTrace;
+
 /**
  * A trace loader for `RunOptions.loadTrace` that keeps the last trace it decoded and gives that trace again
  * while its file is the same one, unchanged (its path, inode, size and modification time): runs of several
@@ -32,7 +35,7 @@ export function loadVxtFile(path: string): VxtTrace {
  * only read it (do not change a trace a loader gave out: what runs work out from all its records, such as its
  * highest address, is kept with it). The loader holds one trace: drop the loader to let it go.
  */
-export function createTraceLoader(load: (path: string) => VxtTrace = loadVxtFile): (path: string) => VxtTrace {
+export function createTraceLoader(load: TraceLoader = loadVxtFile): TraceLoader {
   let key: string | null = null;
   let kept: VxtTrace | null = null;
   return (path: string): VxtTrace => {

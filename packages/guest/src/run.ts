@@ -4,7 +4,7 @@ import { OutOfMemoryError } from './os/frames.js';
 import { GuestConfigError, Kernel, PERSONALITIES, type Personality } from './os/kernel.js';
 import { FAULT_KIND_NAMES, FAULT_SIGSEGV, type FaultKindName, type GuestEventLog } from './os/stats.js';
 import { TaskRunner } from './os/tasks.js';
-import { KBUILD_TRACE_PATH, ReplayStats, loadVxtFile, prepareReplay, startReplay } from './replay.js';
+import { KBUILD_TRACE_PATH, ReplayStats, loadVxtFile, prepareReplay, startReplay, type TraceLoader } from './replay.js';
 import { perSharedTrace } from './trace/shared.js';
 import type { VxtTrace } from './trace/types.js';
 import type { TraceRelocation } from './relocate.js';
@@ -48,7 +48,7 @@ export interface RunOptions {
    */
   readonly counters?: (machine: Machine, at: 'start' | 'end') => RunCounters;
   /** Loads a trace workload (default: read and decode the file; `kbuild` is the bundled trace). */
-  readonly loadTrace?: (path: string) => VxtTrace;
+  readonly loadTrace?: TraceLoader;
   /**
    * Progress, after each quantum: user accesses so far and the expected total (a trace's represented
    * accesses, or what a synthetic workload expects, see WorkloadContext.expectAccesses; null until known).

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { PagingModeName } from '@vmexit/core';
-import type { Personality, VxtTrace } from '@vmexit/guest';
+import type { Personality, TraceLoader } from '@vmexit/guest';
 import { InputError, RunFailure } from './errors.js';
 import { runVariant, type LabRunResult } from './run.js';
 import { parseVariantSpec, type VariantOverrides } from './variant-spec.js';
@@ -43,14 +43,14 @@ export type CellOutcome =
  * Runs one cell in this thread. `loadTrace` loads a trace workload (default: read and decode the file); the
  * executors give each thread one `createTraceLoader`, so that cells on one trace decode it once per thread.
  */
-export async function runCell(cell: Cell, loadTrace?: (path: string) => VxtTrace): Promise<CellRecord> {
+export async function runCell(cell: Cell, loadTrace?: TraceLoader): Promise<CellRecord> {
   const variant = await parseVariantSpec(cell.variant, cell.overrides ?? {});
   const result = await runVariant(variant, cell.workload, { mode: cell.mode, seed: cell.seed, personalities: cell.personalities, loadTrace });
   return { ...result, cell: { ...cell, key: cellKey(cell) } };
 }
 
 /** runCell, with any error turned into data (for worker threads and queue workers). */
-export async function runCellOutcome(cell: Cell, loadTrace?: (path: string) => VxtTrace): Promise<CellOutcome> {
+export async function runCellOutcome(cell: Cell, loadTrace?: TraceLoader): Promise<CellOutcome> {
   try {
     return { ok: true, record: await runCell(cell, loadTrace) };
   } catch (e) {

@@ -1,7 +1,7 @@
 import { availableParallelism } from 'node:os';
 import { Piscina } from 'piscina';
 import { resolveCostProfile, type CostProfile, type ExitTracer, type PagingModeName, type Variant, type VmExit } from '@vmexit/core';
-import { createTraceLoader, type Personality, type RunResult, type VxtTrace } from '@vmexit/guest';
+import { createTraceLoader, type Personality, type RunResult, type TraceLoader } from '@vmexit/guest';
 import { compiledFile } from './cell.js';
 import { InputError, RunFailure } from './errors.js';
 import { provenance, type Provenance } from './provenance.js';
@@ -49,7 +49,7 @@ export interface ComparisonOptions {
    * of this comparison's own, so that the trace is decoded once for all of them; give one to share it across
    * comparisons). Worker threads (`jobs` > 1) load it themselves.
    */
-  readonly loadTrace?: (path: string) => VxtTrace;
+  readonly loadTrace?: TraceLoader;
 }
 
 /** One metric of the table: its value for each variant (null: not applicable) and the ratio to the first variant's. */
@@ -137,12 +137,7 @@ export interface CompareTask {
 }
 
 /** Runs one variant of a comparison in this thread. */
-export async function runCompareTask(
-  t: CompareTask,
-  context?: VariantContext,
-  composed?: Variant,
-  loadTrace?: (path: string) => VxtTrace,
-): Promise<ComparisonResult> {
+export async function runCompareTask(t: CompareTask, context?: VariantContext, composed?: Variant, loadTrace?: TraceLoader): Promise<ComparisonResult> {
   const variant = composed ?? (await parseVariantSpec(t.spec, t.overrides, context));
   const started = provenance(variant);
   const tally = t.exitReasons !== true || variant.backend === 'none' ? undefined : new ExitReasonTally(resolveCostProfile(variant.costModel));
@@ -172,7 +167,7 @@ export type CompareOutcome =
   { readonly ok: true; readonly result: ComparisonResult } | { readonly ok: false; readonly error: { name: string; message: string; exitCode?: number } };
 
 /** runCompareTask with any error turned into data (the worker thread's entry). */
-export async function runCompareTaskOutcome(t: CompareTask, loadTrace?: (path: string) => VxtTrace): Promise<CompareOutcome> {
+export async function runCompareTaskOutcome(t: CompareTask, loadTrace?: TraceLoader): Promise<CompareOutcome> {
   try {
     return { ok: true, result: await runCompareTask(t, undefined, undefined, loadTrace) };
   } catch (e) {

@@ -27,7 +27,7 @@ import {
   type Personality,
   type RunOutcome,
   type RunResult,
-  type VxtTrace,
+  type TraceLoader,
 } from '@vmexit/guest';
 import { InputError, RunFailure } from './errors.js';
 import { checkModeMemory } from './variant-spec.js';
@@ -50,7 +50,7 @@ export interface VariantRunOptions {
   /** Where the variant's modules come from (default: the monorepo's packages); tests bind their own MMU here. */
   readonly sources?: ModuleSources;
   /** Loads a trace workload (default: read and decode the file); runs on one trace may share one (`createTraceLoader`). */
-  readonly loadTrace?: (path: string) => VxtTrace;
+  readonly loadTrace?: TraceLoader;
 }
 
 /** A RunResult with the modelled cycles of the variant's cost model. */

@@ -1,5 +1,5 @@
 import type { ExitTracer, ModuleSources, PagingModeName, Variant } from '@vmexit/core';
-import type { Personality, VxtTrace } from '@vmexit/guest';
+import type { Personality, TraceLoader } from '@vmexit/guest';
 import { provenance, type Provenance } from './provenance.js';
 import { runOnVariant, type VariantRunResult } from './run-variant.js';
 import { parseVariantSpec, type VariantContext, type VariantOverrides } from './variant-spec.js';
@@ -23,7 +23,7 @@ export interface RunOptions {
   /** The variant's modules (tests bind their own MMU here); defaults to context.sources. */
   readonly sources?: ModuleSources;
   /** Loads a trace workload (default: read and decode the file); runs on one trace may share one (`createTraceLoader`). */
-  readonly loadTrace?: (path: string) => VxtTrace;
+  readonly loadTrace?: TraceLoader;
 }
 
 /** A run's result (what `vmexit run --json` prints): the deterministic RunResult with cycles, and where it came from. */

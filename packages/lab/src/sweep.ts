@@ -1,5 +1,5 @@
 import { availableParallelism } from 'node:os';
-import { createTraceLoader, type VxtTrace } from '@vmexit/guest';
+import { createTraceLoader, type TraceLoader } from '@vmexit/guest';
 import { Piscina } from 'piscina';
 import { cellKey, compiledFile, outcomeError, runCellOutcome, type Cell, type CellOutcome, type CellRecord } from './cell.js';
 import { InputError } from './errors.js';
@@ -22,8 +22,8 @@ export interface CellExecutor {
 
 /** One cell at a time in this thread; cells on one trace decode it once (`loadTrace`: by default a `createTraceLoader` of the executor's own). */
 export class InProcessExecutor implements CellExecutor {
-  private loadTrace: (path: string) => VxtTrace;
-  constructor(loadTrace?: (path: string) => VxtTrace) {
+  private loadTrace: TraceLoader;
+  constructor(loadTrace?: TraceLoader) {
     this.loadTrace = loadTrace ?? createTraceLoader();
   }
   async run(cells: readonly Cell[], onOutcome: (cell: Cell, outcome: CellOutcome) => void, signal?: AbortSignal): Promise<void> {
