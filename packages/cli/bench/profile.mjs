@@ -1,0 +1,232 @@
+#!/usr/bin/env node
+/**
+ * Where a variant's simulation time goes: runs a workload on a variant (by default kbuild under "vmx shadow", the
+ * exit-bound case) with V8's sampling profiler on for the timed window only (from the workload's first process to
+ * the end of the run: not the boot, the trace's decoding or its planning), and prints the self time of the
+ * functions that took the most, and the self time by package (`@vmexit/core/paging`, `@vmexit/mmu-shadow`, rxjs,
+ * the garbage collector, ...). One warm-up run first, unprofiled, so that the profile is of optimized code;
+ * then `--runs` profiled runs (default 3), their samples added up. `--cpuprofile FILE` writes the profile of
+ * the last run for Chrome DevTools (Performance panel: Load profile).
+ *
+ * This is `node --cpu-prof` limited to the window the figures time, with the summary that the speed work's notes
+ * put before and after a change.
+ *
+ *   node bench/profile.mjs [--variant SPEC] [--workload SPEC] [--mode MODE] [--top N] [--runs N]
+ *                          [--interval US] [--cpuprofile FILE] [--json FILE] [--quick]
+ */
+import { writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector';
+import process from 'node:process';
+import { createVm } from '@vmexit/core';
+import { createTraceLoader, nativeCounters, runWorkload } from '@vmexit/guest';
+import { parseVariantSpec } from '@vmexit/lab';
+import { parseBenchArgs } from '../../../scripts/bench-args.mjs';
+
+const SYNOPSIS =
+  'node bench/profile.mjs [--variant SPEC] [--workload SPEC] [--mode MODE] [--top N] [--runs N] [--interval US] [--cpuprofile FILE] [--json FILE] [--quick]';
+let spec = 'vmx shadow';
+let workload = null;
+let mode = 'long4';
+let top = 25;
+let interval = 100;
+let cpuprofile = null;
+const value = (name, next, usage) => {
+  const v = next();
+  if (v === undefined || v.startsWith('--')) usage(`${name} needs a value`);
+  return v;
+};
+const count = (name, v, lo, hi, usage) => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < lo || n > hi) usage(`${name} ${v} is not an integer from ${lo} to ${hi}`);
+  return n;
+};
+const opts = parseBenchArgs({
+  name: 'profile',
+  synopsis: SYNOPSIS,
+  runs: 3,
+  maxRuns: 20,
+  options: {
+    '--variant': (next, usage) => (spec = value('--variant', next, usage)),
+    '--workload': (next, usage) => (workload = value('--workload', next, usage)),
+    '--mode': (next, usage) => {
+      mode = value('--mode', next, usage);
+      if (!['legacy32', 'pae', 'long4', 'long5'].includes(mode)) usage(`--mode ${mode} is not one of legacy32, pae, long4, long5`);
+    },
+    '--top': (next, usage) => (top = count('--top', value('--top', next, usage), 1, 500, usage)),
+    '--interval': (next, usage) => (interval = count('--interval', value('--interval', next, usage), 10, 100_000, usage)),
+    '--cpuprofile': (next, usage) => {
+      cpuprofile = value('--cpuprofile', next, usage);
+      try {
+        writeFileSync(cpuprofile, ''); // as --json: a file that cannot be written fails the run before it starts
+      } catch (e) {
+        usage(`cannot write --cpuprofile file '${cpuprofile}': ${e.message}`);
+      }
+    },
+  },
+});
+workload ??= opts.quick ? 'pt-recycle:dirs=16,rounds=2' : 'kbuild';
+const runs = opts.quick ? 1 : opts.runs;
+
+let variant = null;
+if (spec !== 'native') {
+  try {
+    variant = await parseVariantSpec(spec, {});
+  } catch (e) {
+    opts.usage(`--variant '${spec}': ${e.message}`);
+  }
+}
+
+const session = new Session();
+session.connect();
+/** `Session.post` for the Profiler domain, which answers before `post` returns (the profiler runs in this thread). */
+function post(method, params = {}) {
+  let result;
+  let error = null;
+  session.post(method, params, (e, r) => {
+    error = e;
+    result = r;
+  });
+  if (error !== null) throw error;
+  return result;
+}
+post('Profiler.enable');
+post('Profiler.setSamplingInterval', { interval });
+
+const loadTrace = createTraceLoader();
+const nowUs = () => Number(process.hrtime.bigint() / 1000n); // the profiler's clock (the monotonic clock, in us)
+
+/**
+ * One run; with `profile`, under the profiler, started before the VM is built (the profiler's thread takes a while
+ * to take its first sample), and the run's window, from the counters' start to their end, in the profiler's clock.
+ */
+async function runOnce(profile) {
+  if (profile) post('Profiler.start');
+  const vm = variant === null ? null : await createVm({ ...variant, guest: { ...variant.guest, mode } }, { seed: 1 });
+  let from = 0;
+  let to = 0;
+  let result;
+  try {
+    result = runWorkload({
+      workload,
+      mode,
+      seed: 1,
+      loadTrace,
+      machine: vm === null ? undefined : vm.machine,
+      counters: (machine, at) => {
+        if (at === 'start') from = nowUs();
+        else to = nowUs();
+        if (vm === null) return nativeCounters(machine);
+        const c = vm.counters();
+        return { total: c.total, vcpus: c.perVcpu.map((x) => ({ ...x })) };
+      },
+    }).result;
+  } catch (e) {
+    if (profile) post('Profiler.stop');
+    process.stderr.write(`profile: --workload '${workload}' on '${spec}': ${e.message}\n`);
+    process.exit(2);
+  }
+  if (!profile) return { result };
+  const { profile: p } = post('Profiler.stop');
+  return { result, profile: p, from, to };
+}
+
+await runOnce(false); // warm-up
+const self = new Map(); // function key -> microseconds
+const byArea = new Map();
+let total = 0;
+let inHooks = 0;
+let seconds = 0;
+let exits = 0;
+let wall = 0;
+let last = null;
+for (let i = 0; i < runs; i++) {
+  const { result, profile, from, to } = await runOnce(true);
+  seconds += (to - from) / 1e6;
+  wall += result.wallSeconds;
+  exits = result.counters.total.exits ?? 0;
+  last = profile;
+  const nodes = new Map(profile.nodes.map((n) => [n.id, n]));
+  // Each sample stands for the time since the one before it; only those taken in the window count.
+  const ticks = new Map();
+  let at = profile.startTime;
+  for (let j = 0; j < profile.samples.length; j++) {
+    const dt = profile.timeDeltas[j] ?? 0;
+    at += dt;
+    if (at > from && at <= to) ticks.set(profile.samples[j], (ticks.get(profile.samples[j]) ?? 0) + dt);
+  }
+  // The samples under a VmHooks method: the hypervisor's side of the exits (backend, pipeline, MMU, emulator).
+  const parent = new Map();
+  for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const underHooks = (id) => {
+    for (let a = id; a !== undefined; a = parent.get(a)) if (nodes.get(a).callFrame.url.endsWith('/core/dist/vm/vm-hooks.js')) return true;
+    return false;
+  };
+  for (const [id, us] of ticks) {
+    const cf = nodes.get(id).callFrame;
+    if (underHooks(id)) inHooks += us;
+    const area = areaOf(cf);
+    if (area === null) continue; // (program) and (idle): not JavaScript of the run
+    const key = `${cf.functionName || '(anonymous)'}  ${shortUrl(cf.url)}${cf.url === '' ? '' : `:${cf.lineNumber + 1}`}`;
+    self.set(key, (self.get(key) ?? 0) + us);
+    byArea.set(area, (byArea.get(area) ?? 0) + us);
+    total += us;
+  }
+}
+session.disconnect();
+
+/** The package (and for core, the folder) a frame's script belongs to; null for the profiler's own pseudo-frames. */
+function areaOf(cf) {
+  if (cf.functionName === '(program)' || cf.functionName === '(idle)' || cf.functionName === '(root)') return null;
+  if (cf.functionName === '(garbage collector)') return '(garbage collector)';
+  const m = /\/(?:packages|examples)\/([^/]+)\/dist\/(?:([^/]+)\/)?/.exec(cf.url);
+  if (m !== null) return m[1] === 'core' && m[2] !== undefined ? `@vmexit/core/${m[2]}` : `@vmexit/${m[1]}`;
+  const nm = /\/node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(cf.url);
+  if (nm !== null) return nm[1];
+  if (cf.url.startsWith('node:') || cf.url === '') return 'node internals';
+  return 'other';
+}
+function shortUrl(url) {
+  const m = /\/(?:packages|examples)\/([^/]+)\/dist\/(.*)$/.exec(url);
+  if (m !== null) return `${m[1]}/${m[2]}`;
+  const nm = /\/node_modules\/(.*)$/.exec(url);
+  return nm !== null ? nm[1] : url;
+}
+
+const ms = (us) => `${(us / 1000).toFixed(0).padStart(7)} ms`;
+const pct = (us) => `${((100 * us) / total).toFixed(1).padStart(5)}%`;
+process.stdout.write(
+  `profile: ${workload} under ${spec}, ${mode}, seed 1; ${runs} profiled run(s) after a warm-up, sampling interval ${interval} us requested (node ${process.version})\n` +
+    `  timed window ${(wall / runs).toFixed(3)} s per run (profiled ${(seconds / runs).toFixed(3)} s), ${exits} exits per run` +
+    (exits > 0 ? `, ${(((seconds / runs) * 1e9) / exits).toFixed(0)} ns of run per exit` : '') +
+    `\n  ${(total / 1000).toFixed(0)} ms of samples in JavaScript, native code and GC; ${pct(inHooks).trim()} of them under VmHooks` +
+    ` (the hypervisor's side of the exits: backend, exit pipeline, MMU, emulator)\n\nself time by package:\n`,
+);
+const areas = [...byArea].sort((a, b) => b[1] - a[1]);
+for (const [a, us] of areas) process.stdout.write(`  ${ms(us)} ${pct(us)}  ${a}\n`);
+process.stdout.write(`\nself time by function, the ${top} that took the most:\n`);
+const fns = [...self].sort((a, b) => b[1] - a[1]).slice(0, top);
+for (const [k, us] of fns) process.stdout.write(`  ${ms(us)} ${pct(us)}  ${k}\n`);
+
+if (cpuprofile !== null) writeFileSync(cpuprofile, JSON.stringify(last));
+if (opts.json !== null)
+  writeFileSync(
+    opts.json,
+    JSON.stringify(
+      {
+        schema: 'vmexit-profile/1',
+        workload,
+        variant: spec,
+        mode,
+        runs,
+        intervalUs: interval,
+        wallSecondsPerRun: wall / runs,
+        exitsPerRun: exits,
+        sampledMs: total / 1000,
+        underVmHooksMs: inHooks / 1000,
+        byPackage: areas.map(([area, us]) => ({ area, ms: us / 1000 })),
+        functions: fns.map(([fn, us]) => ({ fn, ms: us / 1000 })),
+      },
+      null,
+      2,
+    ) + '\n',
+  );
