@@ -1,12 +1,13 @@
 #!/usr/bin/env node
 /**
  * Where a variant's simulation time goes: runs a workload on a variant (by default kbuild under "vmx shadow", the
- * exit-bound case) with V8's sampling profiler on for the timed window only (from the workload's first process to
- * the end of the run: not the boot, the trace's decoding or its planning), and prints the self time of the
+ * exit-bound case) under V8's sampling profiler and keeps the samples of the window the run's counters cover (from
+ * the workload's first process, or the start of the window it marks itself, to its end: not the VM's creation,
+ * the boot, the trace's decoding or its planning), and prints the self time of the
  * functions that took the most, and the self time by package (`@vmexit/core/paging`, `@vmexit/mmu-shadow`, rxjs,
  * the garbage collector, ...). One warm-up run first, unprofiled, so that the profile is of optimized code;
- * then `--runs` profiled runs (default 3), their samples added up. `--cpuprofile FILE` writes the profile of
- * the last run for Chrome DevTools (Performance panel: Load profile).
+ * then `--runs` profiled runs (default 3), their samples added up. `--cpuprofile FILE` writes the last run's
+ * profile, cut to that window, for Chrome DevTools (Performance panel: Load profile).
  *
  * This is `node --cpu-prof` limited to the window the figures time, with the summary that the speed work's notes
  * put before and after a change.
@@ -17,10 +18,16 @@
 import { writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector';
 import process from 'node:process';
-import { createVm } from '@vmexit/core';
-import { createTraceLoader, nativeCounters, runWorkload } from '@vmexit/guest';
-import { parseVariantSpec } from '@vmexit/lab';
+import { createVm, VariantError } from '@vmexit/core';
+import { createTraceLoader, nativeCounters, runWorkload, TraceError, WorkloadError } from '@vmexit/guest';
+import { InputError, parseVariantSpec } from '@vmexit/lab';
 import { parseBenchArgs } from '../../../scripts/bench-args.mjs';
+
+// Output cut short by its reader (`| head`) ends the run quietly.
+process.stdout.on('error', (e) => {
+  if (e.code === 'EPIPE') process.exit(0);
+  throw e;
+});
 
 const SYNOPSIS =
   'node bench/profile.mjs [--variant SPEC] [--workload SPEC] [--mode MODE] [--top N] [--runs N] [--interval US] [--cpuprofile FILE] [--json FILE] [--quick]';
@@ -67,14 +74,32 @@ const opts = parseBenchArgs({
 workload ??= opts.quick ? 'pt-recycle:dirs=16,rounds=2' : 'kbuild';
 const runs = opts.quick ? 1 : opts.runs;
 
-let variant = null;
-if (spec !== 'native') {
+/** An error's message on one line (a variant's errors list their findings on lines of their own). */
+const oneLine = (e) =>
+  e.message
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l.length > 0)
+    .join(' ');
+let variant;
+try {
+  variant = await parseVariantSpec(spec, {});
+} catch (e) {
+  if (!(e instanceof InputError)) throw e;
+  opts.usage(oneLine(e));
+}
+const native = variant.backend === 'none';
+/** A VM of the variant, null for a native one (a variant the core refuses is a usage error, found before any run). */
+async function vmOf() {
+  if (native) return null;
   try {
-    variant = await parseVariantSpec(spec, {});
+    return await createVm({ ...variant, guest: { ...variant.guest, mode } }, { seed: 1 });
   } catch (e) {
-    opts.usage(`--variant '${spec}': ${e.message}`);
+    if (!(e instanceof VariantError)) throw e;
+    opts.usage(`--variant "${spec}": ${oneLine(e)}`);
   }
 }
+await vmOf();
 
 const session = new Session();
 session.connect();
@@ -101,7 +126,7 @@ const nowUs = () => Number(process.hrtime.bigint() / 1000n); // the profiler's c
  */
 async function runOnce(profile) {
   if (profile) post('Profiler.start');
-  const vm = variant === null ? null : await createVm({ ...variant, guest: { ...variant.guest, mode } }, { seed: 1 });
+  const vm = await vmOf();
   let from = 0;
   let to = 0;
   let result;
@@ -121,39 +146,59 @@ async function runOnce(profile) {
       },
     }).result;
   } catch (e) {
+    // A workload or trace the guest refuses is a usage error; anything else is a fault of the simulator.
+    if (!(e instanceof WorkloadError || e instanceof TraceError)) throw e;
     if (profile) post('Profiler.stop');
-    process.stderr.write(`profile: --workload '${workload}' on '${spec}': ${e.message}\n`);
-    process.exit(2);
+    opts.usage(`--workload '${workload}' on "${spec}": ${oneLine(e)}`);
   }
   if (!profile) return { result };
   const { profile: p } = post('Profiler.stop');
   return { result, profile: p, from, to };
 }
 
-await runOnce(false); // warm-up
+/**
+ * `p` cut to the window (from, to], in the profiler's clock: the samples taken in it, each standing for the time
+ * since the one before it, and the nodes' hit counts recounted (their per-line ticks, which cover the whole run, left out).
+ */
+function windowOf(p, from, to) {
+  const samples = [];
+  const timeDeltas = [];
+  let at = p.startTime;
+  let prev = from;
+  for (let j = 0; j < p.samples.length; j++) {
+    at += p.timeDeltas[j] ?? 0;
+    if (at <= from || at > to) continue;
+    samples.push(p.samples[j]);
+    timeDeltas.push(at - prev);
+    prev = at;
+  }
+  const hits = new Map();
+  for (const id of samples) hits.set(id, (hits.get(id) ?? 0) + 1);
+  const nodes = p.nodes.map((n) => {
+    const m = { ...n, hitCount: hits.get(n.id) ?? 0 };
+    delete m.positionTicks;
+    return m;
+  });
+  return { nodes, startTime: from, endTime: to, samples, timeDeltas };
+}
+
+const warm = (await runOnce(false)).result; // warm-up, unprofiled
 const self = new Map(); // function key -> microseconds
 const byArea = new Map();
 let total = 0;
 let inHooks = 0;
 let seconds = 0;
 let exits = 0;
-let wall = 0;
 let last = null;
 for (let i = 0; i < runs; i++) {
-  const { result, profile, from, to } = await runOnce(true);
-  seconds += (to - from) / 1e6;
-  wall += result.wallSeconds;
-  exits = result.counters.total.exits ?? 0;
+  const run = await runOnce(true);
+  const profile = windowOf(run.profile, run.from, run.to);
+  seconds += (run.to - run.from) / 1e6;
+  exits = run.result.counters.total.exits ?? 0;
   last = profile;
   const nodes = new Map(profile.nodes.map((n) => [n.id, n]));
-  // Each sample stands for the time since the one before it; only those taken in the window count.
   const ticks = new Map();
-  let at = profile.startTime;
-  for (let j = 0; j < profile.samples.length; j++) {
-    const dt = profile.timeDeltas[j] ?? 0;
-    at += dt;
-    if (at > from && at <= to) ticks.set(profile.samples[j], (ticks.get(profile.samples[j]) ?? 0) + dt);
-  }
+  for (let j = 0; j < profile.samples.length; j++) ticks.set(profile.samples[j], (ticks.get(profile.samples[j]) ?? 0) + profile.timeDeltas[j]);
   // The samples under a VmHooks method: the hypervisor's side of the exits (backend, pipeline, MMU, emulator).
   const parent = new Map();
   for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
@@ -163,9 +208,9 @@ for (let i = 0; i < runs; i++) {
   };
   for (const [id, us] of ticks) {
     const cf = nodes.get(id).callFrame;
-    if (underHooks(id)) inHooks += us;
     const area = areaOf(cf);
     if (area === null) continue; // (program) and (idle): not JavaScript of the run
+    if (underHooks(id)) inHooks += us;
     const key = `${cf.functionName || '(anonymous)'}  ${shortUrl(cf.url)}${cf.url === '' ? '' : `:${cf.lineNumber + 1}`}`;
     self.set(key, (self.get(key) ?? 0) + us);
     byArea.set(area, (byArea.get(area) ?? 0) + us);
@@ -196,8 +241,9 @@ const ms = (us) => `${(us / 1000).toFixed(0).padStart(7)} ms`;
 const pct = (us) => `${((100 * us) / total).toFixed(1).padStart(5)}%`;
 process.stdout.write(
   `profile: ${workload} under ${spec}, ${mode}, seed 1; ${runs} profiled run(s) after a warm-up, sampling interval ${interval} us requested (node ${process.version})\n` +
-    `  timed window ${(wall / runs).toFixed(3)} s per run (profiled ${(seconds / runs).toFixed(3)} s), ${exits} exits per run` +
-    (exits > 0 ? `, ${(((seconds / runs) * 1e9) / exits).toFixed(0)} ns of run per exit` : '') +
+    `  profiled: the window each run's counters cover, ${(seconds / runs).toFixed(3)} s per run, ${exits} exits per run` +
+    (exits > 0 ? ` (${(((seconds / runs) * 1e9) / exits).toFixed(0)} ns of window per exit)` : '') +
+    `\n  the warm-up run, unprofiled: ${warm.wallSeconds.toFixed(3)} s (its wallSeconds)` +
     `\n  ${(total / 1000).toFixed(0)} ms of samples in JavaScript, native code and GC; ${pct(inHooks).trim()} of them under VmHooks` +
     ` (the hypervisor's side of the exits: backend, exit pipeline, MMU, emulator)\n\nself time by package:\n`,
 );
@@ -219,7 +265,8 @@ if (opts.json !== null)
         mode,
         runs,
         intervalUs: interval,
-        wallSecondsPerRun: wall / runs,
+        windowSecondsPerRun: seconds / runs,
+        warmUpWallSeconds: warm.wallSeconds,
         exitsPerRun: exits,
         sampledMs: total / 1000,
         underVmHooksMs: inHooks / 1000,

@@ -20,9 +20,18 @@ describe("the queue worker's job processor", () => {
     const [a, b] = expandGrid({ workloads: [file], variants: ['vmx shadow'], modes: ['long4'], seeds: [1, 2], overrides: { memory: '4M' } });
     let decodes = 0;
     let loaders = 0;
-    const newLoader = () => (loaders++, createTraceLoader((p) => (decodes++, decodeVxt(readVxtFile(p), p))));
+    let collections = 0;
+    let slowJob = false; // a decode that takes 2 s of the (fake) clock, as a long job would
+    const newLoader = () => {
+      loaders++;
+      return createTraceLoader((p) => {
+        decodes++;
+        if (slowJob) vi.advanceTimersByTime(2000);
+        return decodeVxt(readVxtFile(p), p);
+      });
+    };
     vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
-    const processJob = jobProcessor(1000, newLoader);
+    const processJob = jobProcessor(1000, newLoader, () => collections++);
 
     // Two jobs on one trace: one decode.
     const first = await processJob({ data: a! });
@@ -33,12 +42,19 @@ describe("the queue worker's job processor", () => {
     await processJob({ data: a! });
     vi.advanceTimersByTime(999);
     await processJob({ data: a! });
-    expect([decodes, loaders]).toEqual([1, 1]);
-    // 1000 ms idle: the loader (and its trace) is replaced, so the next job decodes the file again.
+    expect([decodes, loaders, collections]).toEqual([1, 1, 0]);
+    // 1000 ms idle: the loader (and its trace) is replaced and the heap collected, so the next job decodes again.
     vi.advanceTimersByTime(1000);
-    expect(loaders).toBe(2);
+    expect([loaders, collections]).toEqual([2, 1]);
+    // That job runs longer than the idle time: the idle time counts from its end, not its start.
+    slowJob = true;
     const again = await processJob({ data: a! });
-    expect(decodes).toBe(2);
+    slowJob = false;
+    expect([decodes, loaders]).toEqual([2, 2]);
+    vi.advanceTimersByTime(999);
+    expect(loaders).toBe(2);
+    vi.advanceTimersByTime(1);
+    expect([loaders, collections]).toEqual([3, 2]);
 
     // The results are those of a cell run on its own.
     expect(first.ok && again.ok).toBe(true);
