@@ -2,6 +2,7 @@
 // kbuild trace natively and under each variant, in one process, reporting represented guest accesses/s for
 // each, the ratio to the native run, and a plain scan of the decoded trace's records (the scan baseline), all
 // measured in the same run. The scan, `runWorkloadOn`, `median` and `spread` also serve packages/cli/bench/main.bench.mjs
+// (`runWorkloadOn` packages/cli/bench/exit-breakdown.mjs and profile.mjs)
 // (the scan and `median` packages/guest/bench/replay.bench.mjs).
 //
 // Each variant is composed by `createVm` with the built-in module sources, as `vmexit run` does (@vmexit/lab's
@@ -12,7 +13,7 @@ import { performance } from 'node:perf_hooks';
 import process from 'node:process';
 import { readFileSync } from 'node:fs';
 import { createVm } from '@vmexit/core';
-import { KBUILD_TRACE_PATH, decodeVxt, runWorkload } from '@vmexit/guest';
+import { KBUILD_TRACE_PATH, decodeVxt, nativeCounters, runWorkload } from '@vmexit/guest';
 
 const SEED = 1;
 const MODE = 'long4';
@@ -45,24 +46,24 @@ export function runsFromEnv() {
 }
 
 /**
- * One run of `workload` (its trace, if it has one, already decoded) on `vm`'s machine, natively when `vm` is null,
- * counting with the VM's counters; `atStart` is called when the counted window starts (after the guest booted).
+ * One run of `workload` on `vm`'s machine, natively when `vm` is null, counting with the VM's counters. Its trace,
+ * if it has one: `trace` (already decoded), or what `loadTrace` loads. `atStart` and `atEnd` are called where the
+ * counted window starts (after the guest booted) and ends.
  */
-export function runWorkloadOn(vm, { workload, mode, seed, trace, atStart }) {
+export function runWorkloadOn(vm, { workload, mode, seed, trace = null, loadTrace = () => trace, atStart, atEnd }) {
   const { result } = runWorkload({
     workload,
     mode,
     seed,
-    loadTrace: () => trace,
+    loadTrace,
     machine: vm === null ? undefined : vm.machine,
-    counters:
-      vm === null
-        ? undefined
-        : (_machine, at) => {
-            if (at === 'start' && atStart !== undefined) atStart();
-            const c = vm.counters();
-            return { total: c.total, vcpus: c.perVcpu.map((x) => ({ ...x })) };
-          },
+    counters: (machine, at) => {
+      if (at === 'start' && atStart !== undefined) atStart();
+      if (at === 'end' && atEnd !== undefined) atEnd();
+      if (vm === null) return nativeCounters(machine);
+      const c = vm.counters();
+      return { total: c.total, vcpus: c.perVcpu.map((x) => ({ ...x })) };
+    },
   });
   return result;
 }

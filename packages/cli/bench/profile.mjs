@@ -19,9 +19,10 @@ import { writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector';
 import process from 'node:process';
 import { createVm, VariantError } from '@vmexit/core';
-import { createTraceLoader, nativeCounters, runWorkload, TraceError, WorkloadError } from '@vmexit/guest';
+import { createTraceLoader, TraceError, WorkloadError } from '@vmexit/guest';
 import { InputError, parseVariantSpec } from '@vmexit/lab';
 import { parseBenchArgs } from '../../../scripts/bench-args.mjs';
+import { runWorkloadOn } from '../../../scripts/kbuild-bench.mjs';
 
 // Output cut short by its reader (`| head`) ends the run quietly.
 process.stdout.on('error', (e) => {
@@ -131,20 +132,7 @@ async function runOnce(profile) {
   let to = 0;
   let result;
   try {
-    result = runWorkload({
-      workload,
-      mode,
-      seed: 1,
-      loadTrace,
-      machine: vm === null ? undefined : vm.machine,
-      counters: (machine, at) => {
-        if (at === 'start') from = nowUs();
-        else to = nowUs();
-        if (vm === null) return nativeCounters(machine);
-        const c = vm.counters();
-        return { total: c.total, vcpus: c.perVcpu.map((x) => ({ ...x })) };
-      },
-    }).result;
+    result = runWorkloadOn(vm, { workload, mode, seed: 1, loadTrace, atStart: () => (from = nowUs()), atEnd: () => (to = nowUs()) });
   } catch (e) {
     // A workload or trace the guest refuses is a usage error; anything else is a fault of the simulator.
     if (!(e instanceof WorkloadError || e instanceof TraceError)) throw e;
