@@ -99,11 +99,8 @@ function time(f) {
   return (best * 1e6) / K;
 }
 
-/** Whether some shadow page above level 1 shadows `gfn` (the fault handler then emulates without the fetch). */
-function writeTracked(gfn) {
-  for (const sp of mmu.indirectPagesOf(gfn)) if (sp.level > 1) return true;
-  return false;
-}
+/** Whether some shadow page above level 1 shadows `gfn`, its write-track count (the fault handler then emulates without the fetch). */
+const writeTracked = (gfn) => mmu.upperTrack.has(gfn);
 
 const results = {};
 const hooks = vm.hooks[0];

@@ -273,6 +273,7 @@ export class Auditor {
       }
     }
     const unsyncByGfn = new Map<number, number>();
+    const upperByGfn = new Map<number, number>();
     let unsync = 0;
     for (const sp of all) {
       if (mmu.pages[sp.frame] !== sp) this.fail('a page in use is not in its frame', sp, sp.base);
@@ -280,6 +281,7 @@ export class Auditor {
       if (sp.rootCount !== (refs.get(sp) ?? 0)) this.fail(`root_count ${sp.rootCount} but ${refs.get(sp) ?? 0} vCPU root slots use the page`, sp, sp.base);
       if (!sp.direct) {
         if (!sp.zapped && !mmu.writeTrack.has(sp.gfn)) this.fail('a shadowed guest page table is not write-tracked', sp, sp.base);
+        if (!sp.zapped && sp.level > 1) upperByGfn.set(sp.gfn, (upperByGfn.get(sp.gfn) ?? 0) + 1);
         if (mmu.notrapAllowed(sp)) this.track(sp.gfn); // its notrap sptes promise non-present gptes
       }
       if (sp.unsync) {
@@ -296,6 +298,12 @@ export class Auditor {
         this.fail(`unsync count ${mmu.unsyncCount.get(gfn) ?? 0} for gfn 0x${gfn.toString(16)} but ${n} unsync pages`, null, 0);
     if (mmu.unsyncCount.size !== unsyncByGfn.size)
       this.fail(`unsync counts for ${mmu.unsyncCount.size} gfns but unsync pages for ${unsyncByGfn.size}`, null, 0);
+    // The write-track count of a gfn (KVM's gfn_write_track): its indirect pages above level 1.
+    for (const [gfn, n] of upperByGfn)
+      if (mmu.upperTrack.get(gfn) !== n)
+        this.fail(`write-track count ${mmu.upperTrack.get(gfn) ?? 0} for gfn 0x${gfn.toString(16)} but ${n} indirect pages above level 1`, null, 0);
+    if (mmu.upperTrack.size !== upperByGfn.size)
+      this.fail(`write-track counts for ${mmu.upperTrack.size} gfns but indirect pages above level 1 for ${upperByGfn.size}`, null, 0);
     // parent_ptes: every entry is a present spte, once, in a page in use one level up, that points here.
     // With as many entries as present non-leaf sptes (checked after the sptes), every non-leaf spte is in
     // its child's parent_ptes.

@@ -55,6 +55,7 @@ export function getPage(s: ShadowMmuState, gfn: number, role: number): ShadowPag
     // account_shadowed: the gfn becomes a write-protected guest page table.
     s.indirectShadowPages++;
     s.writeTrack.set(gfn, (s.writeTrack.get(gfn) ?? 0) + 1);
+    if (sp.level > 1) s.upperTrack.set(gfn, (s.upperTrack.get(gfn) ?? 0) + 1);
     writeProtectGfn(s, gfn);
   }
   return sp;
@@ -78,12 +79,7 @@ function initSptes(s: ShadowMmuState, sp: ShadowPage): void {
 
 /** Whether some indirect page of `gfn` is above level 1 (KVM: the gfn is page-tracked, never unsync). */
 export function hasUpperLevelPage(s: ShadowMmuState, gfn: number): boolean {
-  const bucket = pageBucket(s, gfn);
-  for (let i = 0; i < bucket.length; i++) {
-    const sp = bucket[i]!;
-    if (sp.gfn === gfn && !sp.direct && !sp.zapped && sp.level > 1) return true;
-  }
-  return false;
+  return s.upperTrack.has(gfn);
 }
 
 /** KVM `rmap_write_protect`: clear W (and MMU-writable) in every spte that maps `gfn`. */
@@ -208,6 +204,11 @@ export function prepareZap(s: ShadowMmuState, sp: ShadowPage): void {
     const c = s.writeTrack.get(sp.gfn)! - 1;
     if (c === 0) s.writeTrack.delete(sp.gfn);
     else s.writeTrack.set(sp.gfn, c);
+    if (sp.level > 1) {
+      const u = s.upperTrack.get(sp.gfn)! - 1;
+      if (u === 0) s.upperTrack.delete(sp.gfn);
+      else s.upperTrack.set(sp.gfn, u);
+    }
   }
   unhashPage(s, sp);
   if (sp.rootCount === 0) {

@@ -200,6 +200,12 @@ export abstract class ShadowMmuState implements PageCache<ShadowPage> {
   readonly invalidList: ShadowPage[] = [];
   /** Indirect (gpte-backed) pages per gfn: a gfn with a count is a write-protected guest page table. */
   readonly writeTrack = new Map<number, number>();
+  /**
+   * Indirect pages above level 1 per gfn: KVM's write-track count of the gfn (`account_shadowed` adds a non-leaf
+   * page with `__kvm_write_track_add_gfn`; `page_fault_handle_page_track` reads it), kept so that the fault path
+   * asks it in one lookup instead of scanning the gfn's hash bucket.
+   */
+  readonly upperTrack = new Map<number, number>();
   indirectShadowPages = 0;
   readonly states: VcpuShadowState[] = [];
   /** The level-1 pages that are out of sync, and how many there are per gfn. */

@@ -178,6 +178,21 @@ describe('auditShadowMmu', () => {
       expectNeither(mmu);
     });
 
+    it("report a write-track count (KVM's gfn_write_track) that disagrees with the gfn's indirect pages above level 1", () => {
+      const { mmu } = guest(mode);
+      const [gfn, n] = [...mmu.upperTrack][0]!; // a guest table above level 1: its shadow pages write-track it
+      mmu.upperTrack.set(gfn, n + 1);
+      expectBoth(mmu, new RegExp(`write-track count ${n + 1} for gfn 0x${gfn.toString(16)} but ${n} indirect pages above level 1`));
+      mmu.upperTrack.set(gfn, n);
+      expectNeither(mmu);
+      // A gfn counted that no upper-level page shadows (a count left behind by a zap).
+      const size = mmu.upperTrack.size;
+      mmu.upperTrack.set(0x7ffff, 1);
+      expectBoth(mmu, new RegExp(`write-track counts for ${size + 1} gfns but indirect pages above level 1 for ${size}`));
+      mmu.upperTrack.delete(0x7ffff);
+      expectNeither(mmu);
+    });
+
     it('report a guest pte written behind the MMU (straight into guest RAM, no trap): another frame, not present, a redirected PDE', () => {
       const { mmu, machine, pt } = guest(mode);
       const mem = machine.memory;
