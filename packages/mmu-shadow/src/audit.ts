@@ -12,7 +12,8 @@ import type { ShadowMmuState } from './state.js';
  *    once;
  * 3. parent links: each non-leaf spte is in its child's parent_ptes and each parent_ptes entry points back,
  *    once, from a page one level up;
- * 4. no spte that maps a write-protected gfn (a shadowed guest page table) is writable;
+ * 4. no spte that maps a write-protected gfn (a shadowed guest page table) is writable, and each gfn's
+ *    write-track count is the number of its indirect pages above level 1;
  * 5. page accounting: pages in use = active + invalid roots, root counts equal the vCPUs' root slots, and
  *    no root in use is freed;
  * 6. non-present sptes are the trap or the notrap value; with the bypass encoding (KVM 2007 audit

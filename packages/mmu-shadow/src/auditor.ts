@@ -22,6 +22,7 @@ import {
   type SptePool,
 } from '@vmexit/core/mmu';
 import { ShadowMmuError } from './errors.js';
+import { gfnCountMismatch } from './audit-counts.js';
 import type { ShadowPage } from './page.js';
 import type { ShadowMmuState, VcpuShadowState } from './state.js';
 
@@ -272,8 +273,6 @@ export class Auditor {
         refs.set(sp, (refs.get(sp) ?? 0) + 1);
       }
     }
-    const unsyncByGfn = new Map<number, number>();
-    const upperByGfn = new Map<number, number>();
     let unsync = 0;
     for (const sp of all) {
       if (mmu.pages[sp.frame] !== sp) this.fail('a page in use is not in its frame', sp, sp.base);
@@ -281,29 +280,21 @@ export class Auditor {
       if (sp.rootCount !== (refs.get(sp) ?? 0)) this.fail(`root_count ${sp.rootCount} but ${refs.get(sp) ?? 0} vCPU root slots use the page`, sp, sp.base);
       if (!sp.direct) {
         if (!sp.zapped && !mmu.writeTrack.has(sp.gfn)) this.fail('a shadowed guest page table is not write-tracked', sp, sp.base);
-        if (!sp.zapped && sp.level > 1) upperByGfn.set(sp.gfn, (upperByGfn.get(sp.gfn) ?? 0) + 1);
         if (mmu.notrapAllowed(sp)) this.track(sp.gfn); // its notrap sptes promise non-present gptes
       }
       if (sp.unsync) {
         if (sp.level !== 1 || sp.direct)
           this.fail(`an unsync page at level ${sp.level}${sp.direct ? ' (direct)' : ''}: only indirect level-1 pages may be unsync`, sp, sp.base);
         if (!mmu.unsyncPages.has(sp)) this.fail('an unsync page missing from the unsync set', sp, sp.base);
-        unsyncByGfn.set(sp.gfn, (unsyncByGfn.get(sp.gfn) ?? 0) + 1);
         unsync++;
       }
     }
     if (mmu.unsyncPages.size !== unsync) this.fail(`${mmu.unsyncPages.size} pages in the unsync set but ${unsync} unsync pages in use`, null, 0);
-    for (const [gfn, n] of unsyncByGfn)
-      if (mmu.unsyncCount.get(gfn) !== n)
-        this.fail(`unsync count ${mmu.unsyncCount.get(gfn) ?? 0} for gfn 0x${gfn.toString(16)} but ${n} unsync pages`, null, 0);
-    if (mmu.unsyncCount.size !== unsyncByGfn.size)
-      this.fail(`unsync counts for ${mmu.unsyncCount.size} gfns but unsync pages for ${unsyncByGfn.size}`, null, 0);
-    // The write-track count of a gfn (KVM's gfn_write_track): its indirect pages above level 1.
-    for (const [gfn, n] of upperByGfn)
-      if (mmu.upperTrack.get(gfn) !== n)
-        this.fail(`write-track count ${mmu.upperTrack.get(gfn) ?? 0} for gfn 0x${gfn.toString(16)} but ${n} indirect pages above level 1`, null, 0);
-    if (mmu.upperTrack.size !== upperByGfn.size)
-      this.fail(`write-track counts for ${mmu.upperTrack.size} gfns but indirect pages above level 1 for ${upperByGfn.size}`, null, 0);
+    // The counts per gfn: unsync pages, and the write-track count (KVM's gfn_write_track: indirect pages above level 1).
+    const counts =
+      gfnCountMismatch(mmu.unsyncCount, all, (sp) => sp.unsync, 'unsync count', 'unsync pages') ??
+      gfnCountMismatch(mmu.upperTrack, all, (sp) => !sp.direct && !sp.zapped && sp.level > 1, 'write-track count', 'indirect pages above level 1');
+    if (counts !== null) this.fail(counts, null, 0);
     // parent_ptes: every entry is a present spte, once, in a page in use one level up, that points here.
     // With as many entries as present non-leaf sptes (checked after the sptes), every non-leaf spte is in
     // its child's parent_ptes.
