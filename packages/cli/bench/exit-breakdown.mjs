@@ -26,6 +26,18 @@
  * best of `runs` timed loops (ns per repetition), with its ratio to a plain Uint32Array scan's ns per element
  * timed in the same run. Counters and digests are not reported: the repetitions are extra exits.
  *
+ * Then the same parts in situ: the bench's own pt-recycle (`main.bench.mjs`: dirs=64, rounds=4; dirs=16,
+ * rounds=2 with --quick) is run once per part, after a warm-up run, with that part timed on every call of an
+ * emulated write: `VmHooks.exception` and `Mmu.handlePageFault` on a present, write #PF (P|W), `Mmu.trackWrite`
+ * on every call, each wrapped on its prototype in a run of its own, so that no timer sits inside another. The
+ * mean is reported with the timer's own cost subtracted (an empty timed region in the same wrapper, measured
+ * on every call). A last, untimed run counts what its emulated writes meet: the
+ * indirect shadow pages of the written gfn that the write hook visits (KVM `for_each_gfn_valid_sp_with_gptes`),
+ * how many of them were present sptes it zapped, and how many writes took the fetch path (no upper-level page
+ * write-tracks the gfn). In a long run a recycled frame is shadowed at several levels at once (it was a page
+ * table of one level in one round, of another in the next), which the one repeated exit of the loop does not
+ * show.
+ *
  *   node bench/exit-breakdown.mjs [--variant "vmx shadow"] [--json FILE] [--runs N] [--quick]
  */
 import { writeFileSync } from 'node:fs';
@@ -181,8 +193,137 @@ for (const path of ['tracked', 'fetch']) {
     process.stdout.write(`  ${label.padEnd(72)} ${x[key].toFixed(1).padStart(7)} ns  ${(x[key] / scan).toFixed(1).padStart(6)}x scan\n`);
 }
 process.stdout.write(`\nscan: ${scan.toFixed(3)} ns per element (a plain Uint32Array sum, best of ${RUNS})\n`);
+
+// ---------------------------------------------------------------------------------------------------------
+// In situ: each part timed per call over a whole run of the bench's pt-recycle.
+
+const IN_SITU = opts.quick ? 'pt-recycle:dirs=16,rounds=2' : 'pt-recycle:dirs=64,rounds=4';
+const newVm = () => createVm({ ...variant, guest: { ...variant.guest, mode: 'long4', personality: 'linux' } }, { seed: 1 });
+const runInSitu = (v) => runWorkloadOn(v, { workload: IN_SITU, mode: 'long4', seed: 1, trace: null });
+
+/**
+ * Runs IN_SITU on a new VM with `proto[name]` timed on every call that `emulatedWrite(first three arguments)` picks: the mean ns
+ * per call, the timer's cost subtracted. A first run on another VM, with the same wrapper, warms the code up
+ * and is not counted.
+ */
+async function timedInSitu(protoOf, name, emulatedWrite) {
+  let calls = 0;
+  let inside = 0;
+  let empty = 0;
+  for (const counted of [false, true]) {
+    const v = await newVm();
+    const p = protoOf(v);
+    const orig = p[name];
+    calls = inside = empty = 0;
+    // Fixed arity (the most any of the three takes): no rest array, no apply, inside the timed region.
+    p[name] = function (a, b, c, d, e, f, g) {
+      if (!emulatedWrite(a, b, c)) return orig.call(this, a, b, c, d, e, f, g);
+      const t0 = performance.now();
+      const r = orig.call(this, a, b, c, d, e, f, g);
+      const t1 = performance.now();
+      const t2 = performance.now();
+      inside += t1 - t0;
+      empty += t2 - t1;
+      calls++;
+      return r;
+    };
+    try {
+      runInSitu(v);
+    } finally {
+      p[name] = orig;
+    }
+    if (counted) break;
+  }
+  return { calls, ns: ((inside - empty) * 1e6) / calls, timerNs: (empty * 1e6) / calls };
+}
+
+// The exits of emulated writes: a present, write #PF (P|W), as the loop above picks them (nearly all such
+// exits of pt-recycle are emulated writes; the write hook is called for emulated writes only).
+const inSitu = {
+  exit: await timedInSitu(
+    (v) => Object.getPrototypeOf(v.hooks[0]),
+    'exception',
+    (_vcpu, vector, errorCode) => vector === PF_VECTOR && (errorCode & 3) === 3,
+  ),
+  fault: await timedInSitu(
+    (v) => Object.getPrototypeOf(v.mmu),
+    'handlePageFault',
+    (_vcpu, _address, errorCode) => (errorCode & 3) === 3,
+  ),
+  writeHook: await timedInSitu(
+    (v) => Object.getPrototypeOf(v.mmu),
+    'trackWrite',
+    () => true,
+  ),
+};
+
+// What the run's emulated writes meet (untimed).
+const mix = { writes: 0, fetchPath: 0, pagesVisited: 0, presentZapped: 0, byPages: {} };
+{
+  const v = await newVm();
+  const m = v.mmu;
+  const p = Object.getPrototypeOf(m);
+  const orig = p.trackWrite;
+  p.trackWrite = function (vcpu, gpa, ...rest) {
+    if (this === m) {
+      const gfn = Math.floor(gpa / 4096);
+      const pages = m.indirectPagesOf(gfn);
+      mix.writes++;
+      if (!m.upperTrack.has(gfn)) mix.fetchPath++;
+      mix.pagesVisited += pages.length;
+      mix.byPages[pages.length] = (mix.byPages[pages.length] ?? 0) + 1;
+      for (const sp of pages) {
+        const loc = sp.base + ((gpa & 0xfff) >>> 3); // 8-byte gptes (the long4 guest)
+        if (m.isPresent(m.pool.lo(loc), m.pool.hi(loc))) mix.presentZapped++;
+      }
+    }
+    return orig.call(this, vcpu, gpa, ...rest);
+  };
+  try {
+    runInSitu(v);
+  } finally {
+    p.trackWrite = orig;
+  }
+}
+
+const loopTracked = results.tracked;
+const pct = (n) => `${((100 * n) / mix.writes).toFixed(1)}%`;
+process.stdout.write(
+  `\nin situ: ${IN_SITU} under ${spec}, long4, seed 1; each part timed on every P|W #PF (or write hook) in a run of its own after a warm-up run, the timer's cost (${inSitu.exit.timerNs.toFixed(1)} ns) subtracted\n`,
+);
+for (const [label, key, loopKey] of [
+  ['the exit (VmHooks.exception: backend, pipeline, MMU, emulator)', 'exit', 'exit'],
+  ["  the MMU's fault handler (Mmu.handlePageFault)", 'fault', 'fault'],
+  ["  the MMU's write hook (Mmu.trackWrite)", 'writeHook', 'writeHook'],
+]) {
+  const x = inSitu[key];
+  const loop = loopTracked === undefined ? '' : `  (the write-tracked loop above: ${loopTracked[loopKey].toFixed(1)} ns)`;
+  process.stdout.write(`  ${label.padEnd(72)} ${x.ns.toFixed(1).padStart(7)} ns  ${(x.ns / scan).toFixed(1).padStart(6)}x scan, ${x.calls} calls${loop}\n`);
+}
+const byPages = Object.entries(mix.byPages)
+  .sort((a, b) => Number(a[0]) - Number(b[0]))
+  .map(([n, c]) => `${n}: ${pct(c)}`)
+  .join(', ');
+process.stdout.write(
+  `  the ${mix.writes} emulated writes: ${(mix.pagesVisited / mix.writes).toFixed(2)} shadow pages of the written gfn each (${byPages}); ` +
+    `${(mix.presentZapped / mix.writes).toFixed(3)} present sptes zapped each; ${pct(mix.fetchPath)} took the fetch path\n`,
+);
+
 if (opts.json !== null)
   writeFileSync(
     opts.json,
-    JSON.stringify({ schema: 'vmexit-exit-breakdown/1', workload: WORKLOAD, variant: spec, repetitions: K, runs: RUNS, scanNs: scan, results }, null, 2) + '\n',
+    JSON.stringify(
+      {
+        schema: 'vmexit-exit-breakdown/2',
+        workload: WORKLOAD,
+        variant: spec,
+        repetitions: K,
+        runs: RUNS,
+        scanNs: scan,
+        results,
+        inSitu: { workload: IN_SITU, ...inSitu, mix },
+      },
+      null,
+      2,
+    ) + '\n',
   );
