@@ -33,6 +33,9 @@ export function pteWrite(
   if (s.indirectShadowPages === 0) return;
   const st = s.stateOf(vcpu);
   s.initiator = vcpu.id;
+  // The bytes the store wrote: the gptes they touch are the sptes to clear, and whether they are misaligned.
+  const storeGpa = gpa;
+  const storeLast = gpa + size - 1;
   // mmu_pte_write_fetch_gpte: a 4-byte write into an 8-byte gpte is the whole gpte; re-read it after the store.
   let bytes = size;
   if ((vcpu.cr4 & CR4_PAE) !== 0 && bytes === 4) {
@@ -73,7 +76,11 @@ export function pteWrite(
     const level = sp.level;
     const fourByte = (sp.role & ROLE_4BYTE_GPTE) !== 0;
     const pteSize = fourByte ? 4 : 8;
-    const misaligned = detectWriteMisaligned(gpa, bytes, pteSize);
+    // KVM decides this on the widened write above, so a 4-byte store at bytes 5-7 of an 8-byte gpte counts as
+    // one aligned gpte although it also writes the next one. The SDM's tables are what the store wrote: it
+    // is misaligned when it touches two gptes, whatever KVM's widening says (a departure from KVM, which
+    // would leave the second gpte's spte stale; see below).
+    const misaligned = detectWriteMisaligned(storeGpa, size, pteSize);
     // detect_write_flooding: the policy decides (today's KVM: per page, level 1 exempt, >= 3).
     sp.writeFloodingCount++;
     const flooded = decideFlood(s.host, st, st.mmuEventSeq++, gfn, level, sp.writeFloodingCount, st.lastPtWriteCount);
@@ -84,19 +91,18 @@ export function pteWrite(
       continue;
     }
     const quadrant = roleQuadrant(sp.role);
-    // get_written_sptes for the first and the last byte written: a write that straddles two gptes touches
-    // both (KVM zaps the page instead, detect_write_misaligned; without that policy both sptes are cleared).
-    const w1 = writtenSptes(gpa, fourByte, level, quadrant);
-    const w2 = misaligned ? writtenSptes(gpa + bytes - 1, fourByte, level, quadrant) : -1;
     // update_pte (KVM 2007-2021): a full, aligned gpte write into a level-1 page of the vCPU's base role.
     let update = decision === 'update-spte' && !misaligned && level === 1 && bytes >= pteSize;
     if (update) {
       if (vcpuBaseRole < 0) vcpuBaseRole = baseRole(vcpu);
       update = (sp.role & ROLE_BASE_MASK) === (vcpuBaseRole & ROLE_BASE_MASK);
     }
-    const passes = w2 >= 0 && w2 !== w1 ? 2 : 1;
-    for (let pass = 0; pass < passes; pass++) {
-      const w = pass === 0 ? w1 : w2;
+    // get_written_sptes for every gpte the store wrote a byte of: one for an aligned store; two for one that
+    // straddles a boundary, or three for an 8-byte store over 4-byte gptes from byte 2 of one (KVM zaps the page
+    // instead, detect_write_misaligned, and looks only at the first gpte; without that policy each written
+    // gpte's sptes are cleared, so that no spte outlives the gpte it was built from).
+    for (let a = storeGpa - (storeGpa & (pteSize - 1)); a <= storeLast; a += pteSize) {
+      const w = writtenSptes(a, fourByte, level, quadrant);
       if (w < 0) continue; // another quadrant's alias
       const first = w >>> 2;
       const n = w & 3;

@@ -184,6 +184,104 @@ describe('ShadowMmu', () => {
       expect(h.c('mmu_pde_zapped')).toBe(2);
     });
 
+    it('a 4-byte store across two 8-byte gptes clears both sptes (KVM widens it to the first gpte only)', () => {
+      const { h, pt, vcpu, mmu } = setup('long4');
+      pt.map(USER + 0x3000, 0x7f0000, P | W | U); // keeps the guest PT shadowed
+      const e0 = pt.map(USER, 0x900000, P | W | U | A);
+      const e1 = pt.map(USER + 0x1000, 0x901000, P | W | U | A);
+      expect(e1).toBe(e0 + 8);
+      userRead(vcpu, USER);
+      userRead(vcpu, USER + 0x1000);
+      const root = mmu.states[0]!.root!;
+      expect(findLeaf(mmu, root, USER) & SPTE_P).toBe(SPTE_P);
+      expect(findLeaf(mmu, root, USER + 0x1000) & SPTE_P).toBe(SPTE_P);
+      h.reset();
+      // A kernel store of 4 zero bytes at e0+6: bytes 6-7 of gpte 0 (already 0) and bytes 0-1 of gpte 1, whose
+      // P goes. One exit, emulated. KVM's mmu_pte_write_fetch_gpte widens a 4-byte write under PAE to the
+      // aligned 8 bytes at e0, so get_written_sptes would clear gpte 0's spte only and leave gpte 1's present:
+      // the guest would go on reading through a pte it cleared, even after a CR3 reload (SDM Vol. 3A §4.10.4).
+      // Here the store is misaligned (it writes two gptes) and both sptes are cleared.
+      vcpu.write(e0 + 6, 4, 0);
+      expect(h.e('pf')).toBe(1);
+      expect(h.c('pf_emulate')).toBe(1);
+      expect(pt.r32(e1) & P).toBe(0);
+      expect(findLeaf(mmu, root, USER) & SPTE_P).toBe(0);
+      expect(findLeaf(mmu, root, USER + 0x1000) & SPTE_P).toBe(0);
+      // Guest-visible: after a CR3 reload the user read of the cleared page faults (U, not present: 4).
+      const faults: number[] = [];
+      vcpu.setExceptionHandler(PF_VECTOR, (_v, _vec, ec, cr2) => {
+        faults.push(ec);
+        pt.map(cr2, 0x901000, P | W | U | A);
+      });
+      vcpu.movToCr3(pt.root);
+      userRead(vcpu, USER + 0x1000);
+      expect(faults).toEqual([4]);
+    });
+
+    it('32-bit guest: an 8-byte store over three 4-byte gptes clears all three sptes, the middle one too', () => {
+      const { h, pt, vcpu, mmu } = setup('legacy32');
+      const e1 = pt.map(USER + 0x1000, 0x901000, P | W | U | A);
+      const e2 = pt.map(USER + 0x2000, 0x902000, P | W | U | A);
+      const e3 = pt.map(USER + 0x3000, 0x903000, P | W | U | A);
+      expect([e2 - e1, e3 - e2]).toEqual([4, 4]);
+      for (const va of [USER + 0x1000, USER + 0x2000, USER + 0x3000]) userRead(vcpu, va);
+      const root = mmu.states[0]!.paeRoots[1]!; // USER is at 1 GiB: quadrant root 1
+      for (const va of [USER + 0x1000, USER + 0x2000, USER + 0x3000]) expect(findLeaf(mmu, root, va) & SPTE_P).toBe(SPTE_P);
+      h.reset();
+      // 8 zero bytes at e1+2: bytes 2-3 of gpte 1, all of gpte 2, bytes 0-1 of gpte 3. One exit, emulated;
+      // the store is misaligned, and every gpte it wrote loses its spte (the first and the last byte's gptes
+      // alone would leave gpte 2's, whose page the guest has just unmapped).
+      vcpu.write(e1 + 2, 8, 0, 0);
+      expect(h.e('pf')).toBe(1);
+      expect([pt.r32(e1) & P, pt.r32(e2), pt.r32(e3) & P]).toEqual([P, 0, 0]);
+      for (const va of [USER + 0x1000, USER + 0x2000, USER + 0x3000]) expect(findLeaf(mmu, root, va) & SPTE_P).toBe(0);
+      const faults: number[] = [];
+      vcpu.setExceptionHandler(PF_VECTOR, (_v, _vec, ec, cr2) => {
+        faults.push(ec);
+        pt.map(cr2, 0x902000, P | W | U | A);
+      });
+      vcpu.movToCr3(pt.root);
+      userRead(vcpu, USER + 0x2000);
+      expect(faults).toEqual([4]);
+    });
+
+    it('property: after any store into a shadowed guest PT (any offset, 1 to 8 bytes), no spte outlives its gpte', () => {
+      // The auditor compares every present leaf spte with the guest tables (audit.ts item 1): a store whose
+      // written gptes were not all cleared leaves an spte that maps what its gpte no longer says.
+      const modes = ['legacy32', 'pae', 'long4'] as const;
+      const store = fc.record({ offset: fc.nat(4095), size: fc.constantFrom(1, 2, 4, 8), lo: fc.nat(0xffffffff), hi: fc.nat(0xffffffff) });
+      fc.assert(
+        fc.property(fc.constantFrom(...modes), fc.array(store, { minLength: 1, maxLength: 12 }), (mode, stores) => {
+          const { pt, vcpu, mmu } = setup(mode);
+          // Twelve user pages through one guest PT, each read once so that its leaf spte exists.
+          let e0 = -1;
+          for (let i = 0; i < 12; i++) {
+            const e = pt.map(USER + i * 0x1000, 0x900000 + i * 0x1000, P | W | U | A);
+            if (i === 0) e0 = e;
+            userRead(vcpu, USER + i * 0x1000);
+          }
+          const ptPage = e0 - (e0 & 0xfff);
+          vcpu.setExceptionHandler(PF_VECTOR, () => {
+            throw new Error("no guest #PF is expected: the stores are the kernel's, to its own direct map");
+          });
+          for (const { offset, size, lo, hi } of stores) {
+            const at = Math.min(offset, 4096 - size); // within the page
+            vcpu.write(ptPage + at, size, size === 8 ? lo : lo % 2 ** (8 * size), size === 8 ? hi : 0);
+            mmu.audit();
+            // Re-read the user pages the guest still maps (reads through cleared sptes build them again).
+            for (let i = 0; i < 12; i++) {
+              const e = pt.entryAddr(USER + i * 0x1000, 1);
+              const gLo = pt.r32(e);
+              const gHi = mode === 'legacy32' ? 0 : pt.r32(e + 4);
+              if ((gLo & (P | U)) === (P | U) && (gLo & 0xfffff000) === 0x900000 + i * 0x1000 && gHi === 0) userRead(vcpu, USER + i * 0x1000);
+            }
+            mmu.audit();
+          }
+        }),
+        { numRuns: 60 },
+      );
+    });
+
     it('keeps byte-wise pte writes correct: the spte follows the whole gpte, never a partial value', () => {
       for (const decision of ['zap-spte', 'update-spte'] as const) {
         const { h, pt, vcpu } = setup('long4');

@@ -10,9 +10,10 @@ export type MisalignedWriteOptions = z.output<typeof misalignedWriteOptions>;
  * `misaligned-write` (KVM 0e7bc4b9610e, "A misaligned write zaps the page"; today arch/x86/kvm/mmu/mmu.c detect_write_misaligned): an emulated
  * write that straddles two guest ptes, or is shorter than 4 bytes except a 1-byte write at a pte's first byte
  * (Linux's `andb` on status bits), zaps the whole shadow page: "since a misaligned access is unlikely to occur
- * on a real page table, just zap the page". The MMU computes `misaligned` exactly as `detect_write_misaligned`,
- * after widening a 4-byte write into an 8-byte gpte (so a 4-byte store at offset 4 of a PAE table is not
- * misaligned, and an 8-byte store there is). Without the policy the MMU clears every spte the write touched.
+ * on a real page table, just zap the page". The MMU computes `misaligned` as `detect_write_misaligned` does,
+ * over the bytes the store wrote (a 4-byte store at offset 4 of a PAE table is not misaligned, an 8-byte
+ * store there is, and so is a 4-byte store at offset 6, which KVM, widening it to the aligned 8 bytes first,
+ * would take for aligned). Without the policy the MMU clears every spte the write touched.
  *
  * @example
  * { "policies": [{ "use": "misaligned-write" }] }
