@@ -25,6 +25,13 @@ export type BypassGuestPfOptions = z.output<typeof bypassGuestPfOptions>;
  * it knows the guest pte is not present, so the guest's own fault costs no exit, and trap (P=1 with reserved
  * bits, a P=1|RSVD fault that exits) everywhere else.
  *
+ * A bypassed fault carries the error code the hardware computed on the shadow tables, with the EFER in effect
+ * in the guest, and KVM runs a shadow-paged guest with EFER.NX set whatever the guest wrote (vmx.c
+ * `update_transition_efer`, svm.c `svm_set_efer`: "shadow paging assumes NX to be available"). So an
+ * instruction fetch from a not-present page reaches a PAE or 4-level guest with EFER.NXE = 0 with I/D = 1
+ * (SDM Vol. 3A §4.7), where its own hardware would give I/D = 0. The model keeps that difference, as KVM
+ * had it; every fault that exits is injected with the guest walk's own error code.
+ *
  * Refused on SVM, which cannot filter #PF intercepts by error code (APM Vol. 2 §15.12: the intercept is all
  * or nothing; the composition fails because backend-svm binds no `PageFaultFilter`), and under two-dimensional
  * paging (KVM set `bypass_guest_pf = 0` with EPT: there are no shadow ptes to encode, and #PF is not intercepted).
