@@ -27,7 +27,8 @@ export type BypassGuestPfOptions = z.output<typeof bypassGuestPfOptions>;
  *
  * A bypassed fault carries the error code the hardware computed on the shadow tables, with the EFER in effect
  * in the guest, and KVM runs a shadow-paged guest with EFER.NX set whatever the guest wrote (vmx.c
- * `update_transition_efer`, svm.c `svm_set_efer`: "shadow paging assumes NX to be available"). So an
+ * `update_transition_efer` keeps the host's NX without EPT; svm.c `svm_set_efer`: "Shadow paging assumes NX
+ * to be available"). So an
  * instruction fetch from a not-present page reaches a PAE or 4-level guest with EFER.NXE = 0 with I/D = 1
  * (SDM Vol. 3A §4.7), where its own hardware would give I/D = 0. The model keeps that difference, as KVM
  * had it; every fault that exits is injected with the guest walk's own error code.
