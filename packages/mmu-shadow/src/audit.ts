@@ -7,7 +7,8 @@ import type { ShadowMmuState } from './state.js';
  * (code E_MMU_AUDIT) naming the spte, the guest pte and the role at the first violation:
  *
  * 1. every present leaf spte reachable from a vCPU's roots maps the frame the guest tables give for its
- *    address, with no more rights than the guest pte (W only when dirty; U; X) and the host mapping;
+ *    address, with no more rights than the guest pte (W only when dirty, or in read-only memory, where D is
+ *    never set; U; X) and the host mapping;
  * 2. every present leaf spte has a memslot and is in the rmap of its gfn; every rmap entry is such an spte,
  *    once;
  * 3. parent links: each non-leaf spte is in its child's parent_ptes and each parent_ptes entry points back,

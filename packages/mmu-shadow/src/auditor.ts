@@ -295,9 +295,8 @@ export class Auditor {
       gfnCountMismatch(mmu.unsyncCount, all, (sp) => sp.unsync, 'unsync count', 'unsync pages') ??
       gfnCountMismatch(mmu.upperTrack, all, (sp) => !sp.direct && !sp.zapped && sp.level > 1, 'write-track count', 'indirect pages above level 1');
     if (counts !== null) this.fail(counts, null, 0);
-    // parent_ptes: every entry is a present spte, once, in a page in use one level up, that points here.
-    // With as many entries as present non-leaf sptes (checked after the sptes), every non-leaf spte is in
-    // its child's parent_ptes.
+    // parent_ptes: every entry is a present spte, once, in a page in use one level up, that points here. With as many
+    // entries as present non-leaf sptes (checked after the sptes), every non-leaf spte is in its child's parent_ptes.
     const pool = this.pool;
     const s = this.nextStamp();
     for (const sp of all) {
@@ -752,7 +751,8 @@ export class Auditor {
         gpte(),
       );
     }
-    if ((lo & SPTE_W) !== 0 && !(r.dirty && (r.writable || (!ctx.cr0Wp && (lo & SPTE_U) === 0)))) {
+    const dirty = r.dirty || st.vcpu.memory.isReadonly(r.entryPa[r.leafLevel]!); // a gpte in ROM never gets D (KVM pte_writable)
+    if ((lo & SPTE_W) !== 0 && !(dirty && (r.writable || (!ctx.cr0Wp && (lo & SPTE_U) === 0)))) {
       this.fail(`vCPU ${st.vcpu.id}: va 0x${cva.toString(16)} is writable in the shadow but not writable and dirty in the guest`, sp, loc, '', gpte());
     }
     if ((lo & SPTE_U) !== 0 && !r.user)

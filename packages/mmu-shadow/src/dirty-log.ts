@@ -81,4 +81,8 @@ export class DirtyMarkingMemory implements PhysicalMemory {
     this.inner.write32(pa, value);
     markGpaDirty(this.s, pa);
   }
+
+  isReadonly(pa: number): boolean {
+    return this.inner.isReadonly !== undefined && this.inner.isReadonly(pa);
+  }
 }

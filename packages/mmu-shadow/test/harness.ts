@@ -12,6 +12,7 @@ import {
   MSR_EFER,
   PF_VECTOR,
   type FaultAction,
+  type MemslotSpec,
   type MmuDecisionOf,
   type MmuEvent,
   type MmuHost,
@@ -230,8 +231,11 @@ export interface Setup {
  * A guest in `mode` on `vcpus` vCPUs, 16 MiB of RAM, its tables from 1 MiB, the first 4 MiB identity-mapped
  * for the kernel (supervisor, writable), paging enabled with CR0.WP (unless `wp` is false).
  */
-export function setup(mode: Mode, options: ShadowMmuOptions & { vcpus?: number; wp?: boolean; nxe?: boolean; memoryBytes?: number } = {}): Setup {
-  const machine = new Machine({ memoryBytes: options.memoryBytes ?? 16 * 1024 * 1024, vcpus: options.vcpus ?? 1 });
+export function setup(
+  mode: Mode,
+  options: ShadowMmuOptions & { vcpus?: number; wp?: boolean; nxe?: boolean; memoryBytes?: number; memslots?: MemslotSpec[] } = {},
+): Setup {
+  const machine = new Machine({ memoryBytes: options.memoryBytes ?? 16 * 1024 * 1024, vcpus: options.vcpus ?? 1, memslots: options.memslots });
   const mmu = new ShadowMmu(options);
   const h = new Harness(machine, mmu);
   mmu.init(h);

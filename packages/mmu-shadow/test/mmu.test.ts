@@ -68,6 +68,33 @@ describe('ShadowMmu', () => {
       expect(mmu.usedPages).toBe(6);
     });
 
+    it('leaves the A and D flags of a guest pte in read-only RAM as they are, as KVM skips them (pte_writable)', () => {
+      const ROM = 0xc00000;
+      const { h, pt, vcpu, mmu } = setup('long4', {
+        memslots: [
+          { base: 0, size: ROM },
+          { base: ROM, size: 0x10000, readonly: true },
+        ],
+      });
+      pt.map(USER + 0x3000, 0x7f0000, P | W | U); // the PD for USER, in RAM
+      const pde = pt.entryAddr(USER, 2);
+      pt.w64(pde, ROM | P | W | U, 0); // the guest PT is the ROM's first page
+      const pte = ROM + levelIndex(USER, 1) * 8;
+      pt.w64(pte, 0x900000 | P | W | U, 0); // A = D = 0 (the ROM's contents)
+      h.reset();
+      // Exit 1: the read faults (no spte); the guest walk would set A in the ROM pte: skipped (KVM
+      // FNAME(update_accessed_dirty_bits) leaves a gpte in a read-only memslot alone); the leaf is read-only
+      // (the gpte is clean). Exit 2: the write faults on it; the walk would set A and D: skipped; the write
+      // fault keeps W (KVM applies protect_clean_gpte to read faults only), so the spte becomes writable.
+      expect(userRead(vcpu, USER)).toBe(0);
+      userWrite(vcpu, USER, 0x77);
+      expect(userRead(vcpu, USER)).toBe(0x77);
+      expect(h.e('pf')).toBe(2);
+      expect([pt.r32(pte), pt.r32(pte + 4)]).toEqual([0x900000 | P | W | U, 0]);
+      expect(pt.r32(pde) & A).toBe(A); // the PDE, in RAM, got its A
+      mmu.audit({ full: true });
+    });
+
     it('maps a clean guest pte read-only and makes it writable on the first write (D set by the walk)', () => {
       const { h, pt, vcpu } = setup('long4');
       const e = pt.map(USER, 0x900000, P | W | U);

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { auditTdpMmu } from '../src/index.js';
-import { handGuest } from './hand-guest.js';
+import { handGuest, PD } from './hand-guest.js';
 
 // Scenarios on the hand-built guest (test/hand-guest.ts), each exit named. Boot exits, on every scenario:
 // VMX: CR_ACCESS for CR4 (PAE is host-owned in the CR4 guest/host mask), MSR_WRITE for EFER, CR_ACCESS for
@@ -123,6 +123,39 @@ for (const backend of ['vmx', 'svm'] as const) {
       g.tryRead(0x1000);
       g.tryRead(0x200000);
       expect(g.c().exits).toBe(BOOT + 1);
+      auditTdpMmu(g.mmu, { full: true });
+    });
+
+    it('a guest page table in read-only RAM: each access through it exits and is emulated, its A/D flags stay as they are', async () => {
+      const ROM = 16 * 1024 * 1024 - 0x10000;
+      const g = await handGuest(backend, {
+        memslots: [
+          { base: 0, size: ROM },
+          { base: ROM, size: 0x10000, readonly: true },
+        ],
+      });
+      const mem = g.vm.machine.memory;
+      mem.write32(PD + 16, (ROM | 3) >>> 0); // VA 4-6 MiB: its page table is the ROM's first page
+      mem.write32(ROM, (DATA | 3) >>> 0); // VA 4 MiB -> DATA, P|W, A = D = 0
+      // Exits 4-6: the 2D walk is refused at the PML4, PDPT and PD (each a write to the second stage: guest
+      // paging-structure accesses are writes with EPT A/D, SDM Vol. 3C §29.3.3.2, and user writes to NPT, as
+      // KVM's nested walker makes them: core's npt.ts), each mapped. Exit 7: at the page table in read-only RAM, a write the second stage never
+      // allows: KVM emulates the instruction (RET_PF_EMULATE), whose own walk leaves the ROM's flags alone
+      // (FNAME(update_accessed_dirty_bits): a gpte whose memslot is not writable) and whose store is to RAM:
+      // no exit to user space. Every later access through that page table takes the same exit (exits 8, 9).
+      expect(g.tryWrite(0x400000, 0x77)).toBe(true);
+      expect(g.tryRead(0x400000)).toBe(0x77);
+      expect(g.tryRead(0x400000)).toBe(0x77);
+      expect(mem.read32(DATA)).toBe(0x77);
+      expect(mem.read32(ROM)).toBe((DATA | 3) >>> 0);
+      expect(pick(g.c(), 'exits', VIOLATION, 'pf_fixed', 'pf_emulate', 'insn_emulation', 'mmio_exits')).toEqual({
+        exits: BOOT + 6,
+        [VIOLATION]: 6,
+        pf_fixed: 3,
+        pf_emulate: 3,
+        insn_emulation: 3,
+        mmio_exits: 0,
+      });
       auditTdpMmu(g.mmu, { full: true });
     });
 

@@ -11,6 +11,11 @@ export interface PhysicalMemory {
   read32(pa: number): number;
   /** Stores the low 32 bits of `value` at `pa` (4-byte aligned). */
   write32(pa: number, value: number): void;
+  /**
+   * Whether a store to `pa` by the guest has no effect: read-only memory (a read-only memslot, ROM). The page
+   * walker leaves the accessed and dirty flags of an entry there as they are. Absent: all of it is writable.
+   */
+  isReadonly?(pa: number): boolean;
 }
 
 /**

@@ -176,6 +176,13 @@ export class SptePoolMemory implements VersionedTables, DirectWords {
     return this.guest.read32(pa);
   }
 
+  /** Guest RAM's read-only memslots; the pool's frames are always writable. */
+  isReadonly(pa: number): boolean {
+    const base = this.pool.base;
+    if (pa >= base && ((pa - base) / 4 < this.pool.words.length || base === POOL_BASE)) return false;
+    return this.guest.isReadonly(pa);
+  }
+
   write32(pa: number, value: number): void {
     const base = this.pool.base;
     if (pa >= base) {

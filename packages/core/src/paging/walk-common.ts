@@ -131,6 +131,10 @@ export function setAccessedDirty(mem: PhysicalMemory, out: WalkResult, fromLevel
     const seen = out.entryLo[l]!;
     if ((seen & want) !== want) {
       const epa = out.entryPa[l]!;
+      // An entry in read-only memory keeps its flags: the processor's locked update of it (§4.8) goes to memory
+      // that ignores stores. KVM's software walk skips it likewise (paging_tmpl.h
+      // FNAME(update_accessed_dirty_bits): a gpte whose memslot is not writable, `pte_writable`).
+      if (mem.isReadonly !== undefined && mem.isReadonly(epa)) continue;
       const now = (mem.read32(epa) | want) >>> 0;
       mem.write32(epa, now);
       out.entryLo[l] = now;

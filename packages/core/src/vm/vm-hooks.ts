@@ -256,11 +256,16 @@ export class VmHooks implements VcpuHooks<Vcpu> {
       case 'emulate':
         return this.emulate(address, hookVector);
       case 'userspace':
-        this.stats.add('mmio_exits'); // KVM: an MMIO exit to user space (x86.c, vcpu_mmio_*)
-        if (exit.kind === 'mmio') return FAULT_DONE; // the vCPU completes it as an open-bus access
-        // A #PF / second-stage fault the MMU found to be MMIO: KVM emulates the instruction, which exits.
+        if (exit.kind === 'mmio') {
+          this.stats.add('mmio_exits'); // KVM: an MMIO exit to user space (x86.c, vcpu_mmio_*)
+          return FAULT_DONE; // the vCPU completes it as an open-bus access
+        }
+        // A #PF / second-stage fault at a gpa the MMU found to be MMIO or read-only RAM: KVM emulates the
+        // instruction, and exits to user space when the emulated access is MMIO. It need not be: a second-stage
+        // fault on a guest paging-structure entry in read-only RAM (its A/D update, SDM Vol. 3C §29.3.3.2)
+        // emulates an access whose own gpa may well be RAM (the emulator's walk leaves that entry's flags alone).
         this.stats.add('insn_emulation');
-        emulatePendingAccess(this.vcpu, this.mmu, this.emulation);
+        if (emulatePendingAccess(this.vcpu, this.mmu, this.emulation).mmio === true) this.stats.add('mmio_exits');
         return this.emulationAction(address, hookVector);
       default:
         return assertNever(res);

@@ -18,6 +18,7 @@ import {
   PFERR_WRITE,
   PF_VECTOR,
   GP_VECTOR,
+  PT_ACCESSED,
   PT_DIRTY,
   type FaultAction,
   type MemslotSpec,
@@ -132,6 +133,24 @@ describe('Vcpu', () => {
       v.repMovs(VA_ROM + 0x40, VA_RAM2, 2, 4);
       expect(m.memory.read32(ROM + 0x40)).toBe(0);
       expect(mmio.length).toBe(8);
+    });
+
+    it("leaves the A and D flags of a page table in ROM as they are: the walk's flag updates go nowhere", () => {
+      const { t, v, m } = slotMachine();
+      const VA = 0xa00000;
+      const idx = (level: number): number => Math.floor(VA / 2 ** (12 + 9 * (level - 1))) % 512;
+      t.pteAddr(VA); // the PML4E, PDPTE and PDE for VA, in RAM
+      let table = t.root;
+      for (let l = 4; l > 2; l--) table = t.get(table + idx(l) * 8) & ~0xfff;
+      const pde = table + idx(2) * 8;
+      t.set(pde, ROM | 0x7, 0); // the page table is the ROM's first page
+      const pte = ROM + idx(1) * 8;
+      m.memory.write32(pte, (RAM2 | 0x7) >>> 0); // P|W|U, A = D = 0 (written as the ROM's contents)
+      v.write(VA + 8, 4, 0x1234);
+      expect(v.read(VA + 8, 4)).toBe(0x1234); // the store went to RAM2 through the ROM pte
+      expect(m.memory.read32(RAM2 + 8)).toBe(0x1234);
+      expect(t.get(pte)).toBe((RAM2 | 0x7) >>> 0); // neither A nor D in the ROM pte
+      expect(t.get(pde) & PT_ACCESSED).toBe(PT_ACCESSED); // the PDE, in RAM, got its A
     });
 
     it('reads a hole as all ones and drops stores to it', () => {
