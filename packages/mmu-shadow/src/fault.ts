@@ -47,6 +47,7 @@ export const PTE_PREFETCH_NUM = 8;
 export function pageFault(s: ShadowMmuState, vcpu: Vcpu, address: number, errorCode: number): ExitResolution {
   const st = s.stateOf(vcpu);
   s.initiator = vcpu.id;
+  st.bump(s.host, 5 /* pf_taken */); // kvm_mmu_do_page_fault counts every fault it handles
   s.scratch.faultVa = address;
   processReloads(s);
   // The 2007 flood detector (KVM 86a5ba025d0a, FNAME(page_fault) "reset fork detector"): any fault that is not
@@ -75,8 +76,13 @@ export function pageFault(s: ShadowMmuState, vcpu: Vcpu, address: number, errorC
   const write = (access & ACC_WRITE) !== 0;
   const user = (access & ACC_USER) !== 0;
   const slot = s.memory.slotForGfn(gfn);
-  // No memslot (or a write to read-only RAM): MMIO, an exit to user space (KVM `kvm_handle_noslot_fault`).
-  if (slot === null || (write && slot.readonly)) return { kind: 'userspace', reason: 'mmio', gpa };
+  // No memslot (or a write to read-only RAM): MMIO, an exit to user space. KVM returns RET_PF_EMULATE for both
+  // and counts pf_emulate (`kvm_handle_noslot_fault`; `kvm_handle_error_pfn` for KVM_PFN_ERR_RO_FAULT). It also
+  // caches an MMIO spte for a gfn with no slot, which this model does not: each such access faults in full.
+  if (slot === null || (write && slot.readonly)) {
+    st.bump(s.host, 0 /* pf_emulate */);
+    return { kind: 'userspace', reason: 'mmio', gpa };
+  }
   // RAM the host cannot map (HOST_GFN_LIMIT): an spte naming it would have reserved address bits set and fault
   // with RSVD forever. KVM emulates such a gfn rather than build an spte for it (mmu.c
   // `kvm_handle_noslot_fault`: "Do not create an MMIO SPTE for a gfn greater than host.MAXPHYADDR" ->

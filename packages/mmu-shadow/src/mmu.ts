@@ -92,6 +92,7 @@ export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEnco
     if (this.fastPageFault && log !== null && log.loggingSlots > 0 && pageFaultCanBeFast(errorCode)) {
       const r = this.fastFaults[vcpu.id]!.run(address, errorCode);
       if (r === FAST_FIXED || r === FAST_SPURIOUS) {
+        this.stateOf(vcpu).bump(this.host, 5 /* pf_taken */); // counted by pageFault otherwise
         if (log.rings !== null) this.enterGuest(vcpu.id);
         return RESUME;
       }

@@ -40,9 +40,9 @@ const POOL_BASE_HI = POOL_BASE / 4294967296;
  * The counters an exit adds to on the MMU's hot paths (a fault, an emulated pte write), by index: a vCPU keeps
  * their cells (`VcpuShadowState.bump`) instead of looking each up by name per exit.
  */
-export const HOT_COUNTERS = ['pf_emulate', 'pf_fixed', 'mmu_pte_write', 'mmu_pte_updated', 'mmu_pde_zapped'] as const;
+export const HOT_COUNTERS = ['pf_emulate', 'pf_fixed', 'mmu_pte_write', 'mmu_pte_updated', 'mmu_pde_zapped', 'pf_taken'] as const;
 /** Indexes into HOT_COUNTERS (literals at the call sites, with the name in a comment: see `bump`). */
-export type HotCounter = 0 | 1 | 2 | 3 | 4;
+export type HotCounter = 0 | 1 | 2 | 3 | 4 | 5;
 
 /** The MMU event kinds by index (decisions.ts passes the index with the kind: see `VcpuShadowState.decidedByDefault`). */
 export type MmuEventIndex = 0 | 1 | 2 | 3 | 4;
@@ -69,7 +69,7 @@ export class VcpuShadowState {
   lastPtWriteCount = 0;
 
   /** The cells of HOT_COUNTERS for this vCPU, each taken at its first add (null until then). */
-  private readonly cells: (StatCell | null)[] = [null, null, null, null, null];
+  private readonly cells: (StatCell | null)[] = [null, null, null, null, null, null];
 
   constructor(readonly vcpu: Vcpu) {
     this.ctx = new ShadowPagingContext(vcpu.ctx);

@@ -59,6 +59,7 @@ describe('ShadowMmu', () => {
       expect(h.c('pf_guest')).toBe(1);
       expect(h.c('pf_emulate')).toBe(1);
       expect(h.c('pf_fixed')).toBe(1);
+      expect(h.c('pf_taken')).toBe(3); // kvm_mmu_do_page_fault: every fault the MMU handles, whatever it resolves to
       expect(h.c('mmu_pte_write')).toBe(1);
       expect(h.c('tlb_flush')).toBe(0);
       // Then the translation is cached: no more exits.
@@ -140,6 +141,9 @@ describe('ShadowMmu', () => {
       pt.map(USER + 0x5000, 0x4000000, P | W | U);
       expect(mmu.handlePageFault(vcpu, USER + 0x5000, 4)).toEqual({ kind: 'userspace', reason: 'mmio', gpa: 0x4000000 });
       expect(h.c('pf_guest')).toBe(1);
+      // KVM counts RET_PF_EMULATE for a gfn with no slot (kvm_handle_noslot_fault), and every fault as pf_taken:
+      // the user write (injected), its re-execution (fixed) and the MMIO fault.
+      expect([h.c('pf_emulate'), h.c('pf_taken')]).toEqual([1, 3]);
     });
 
     it('emulates CR0.WP=0 as KVM does: a kernel write to a read-only user page gets a kernel-only writable spte', () => {
