@@ -13,7 +13,8 @@ import { InputError } from './errors.js';
  *   would destroy what is being read.
  * - The bytes go to `TARGET.partial-<pid>` beside it (same directory, so the rename is atomic), created with
  *   the old file's mode (a mode-600 file stays 600), and are renamed over the target only when the command
- *   succeeds. On bad input the partial file is removed and the old target is untouched.
+ *   succeeds. On bad input the partial file is removed and the old target is untouched; a command that fails
+ *   with something worth keeping (a run's trace up to its failure) leaves the partial file, and the target untouched.
  */
 export class OutputFile {
   /** The file being written (renamed to `target` by `commit`). */
@@ -73,6 +74,11 @@ export class OutputFile {
       fs.rmSync(this.partial, { force: true });
       throw new InputError(`${this.option}: cannot write ${this.target} (${errCode(e)})`);
     }
+  }
+
+  /** Failure with something worth keeping: closes the partial file and leaves it beside the untouched target. */
+  keepPartial(): void {
+    this.closeFd();
   }
 
   /** Failure before anything worth keeping: removes the partial file; the target is untouched. */

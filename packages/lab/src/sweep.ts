@@ -150,9 +150,11 @@ export async function sweep(o: SweepOptions): Promise<SweepOutcome> {
   } finally {
     o.signal?.removeEventListener('abort', onAbort);
     if (o.executor === undefined) await executor.close();
-    if (store !== null) {
+    // No result (the first cells failed, or the queue could not be reached): nothing is written, and a directory
+    // that did not exist is not made.
+    if (store !== null && store.records().length > 0) {
       store.writeFile('summary.csv', summaryCsv(store.records()));
-      if (store.records().length > 0) store.writeFile('report.html', reportHtml(store.records(), `vmexit sweep: ${o.out}`));
+      store.writeFile('report.html', reportHtml(store.records(), `vmexit sweep: ${o.out}`));
     }
   }
   if (failure !== null) throw failure;

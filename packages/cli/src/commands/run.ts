@@ -151,8 +151,9 @@ function checkFlags(f: RunFlags): { workload: string; mode: PagingModeName; seed
  * input of the run) and replace FILE only at the end:
  *
  * - a run that completes: the guest-visible faults follow the exits (they come from the guest's own log);
- * - a run that fails (an --audit violation, a panic): every line up to the failure, then one
- *   `{"type":"aborted"}` line that says why;
+ * - a run that fails (an --audit violation, a policy that throws, a panic): every line up to the failure, then
+ *   one `{"type":"aborted"}` line that says why, left in the partial file (named on stderr); the old FILE is
+ *   untouched, as for bad input, since the command failed;
  * - bad input: no file, and the old FILE untouched;
  * - a run stopped from outside (SIGINT, a kill, running out of memory), where no code of ours runs: every
  *   write of a chunk also writes an `{"type":"interrupted"}` line after it, which the next chunk overwrites,
@@ -210,10 +211,18 @@ class TraceFile {
     this.close();
   }
 
-  /** A run that failed: what was traced up to the failure, and the failure. */
+  /** A run that failed: what was traced up to the failure, and the failure, in the partial file (FILE untouched). */
   abort(error: unknown): void {
     this.write(`${JSON.stringify({ type: 'aborted', error: error instanceof Error ? error.message : String(error) })}\n`);
-    this.close();
+    try {
+      this.flush(false);
+      this.out.truncate(this.position);
+    } catch (e) {
+      this.out.discard();
+      throw e;
+    }
+    this.out.keepPartial();
+    process.stderr.write(`vmexit: --trace: the run failed; ${this.file} keeps its old contents, and ${this.out.partial} holds the trace up to the failure\n`);
   }
 
   /** Bad input: no trace at all, the old file untouched. */

@@ -5,6 +5,7 @@ import { absoluteSpec, checkHostPages, expandGrid, sweep, type CellExecutor } fr
 import { CountBar } from '../progress.js';
 import { InputError } from '../errors.js';
 import { parseSize } from './run.js';
+import { checkWorkloadSpec } from '../workload-check.js';
 
 interface SweepFlags {
   workload: string[];
@@ -80,6 +81,9 @@ export function registerSweep(program: Command): void {
         },
       });
       if (cells.length > MAX_CELLS) throw new InputError(`the sweep has ${cells.length} cells, more than ${MAX_CELLS}`);
+      // Every cell's workload, with its --param values, before anything runs or is written (an unknown workload,
+      // a parameter out of range or given twice, an unreadable trace).
+      for (const w of new Set(cells.map((c) => c.workload))) checkWorkloadSpec(w, '--workload');
       let executor: CellExecutor | undefined;
       if (flags.queue !== undefined) {
         const { QueueExecutor, parseRedisUrl } = await import('@vmexit/lab/queue');

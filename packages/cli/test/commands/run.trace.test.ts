@@ -91,13 +91,22 @@ describe('run', () => {
       const failAt = (firstInWindow.seq as number) + 10;
 
       const file = path.join(dir, 'fail.jsonl');
+      fs.writeFileSync(file, 'the old trace\n');
       // A policy that throws stops the run (ExitError E_POLICY_FAILED): exit 1 with the layer, the code and the
-      // message, no stack trace (program.ts runStopped).
+      // message, no stack trace (program.ts runStopped). The command failed, so FILE keeps its old contents; the
+      // trace up to the failure is left beside it, in the partial file, which stderr names.
       err.length = 0;
       expect(await main(['run', '--config', config(failAt), '--workload', 'demand-fault:pages=20', '--trace', file])).toBe(1);
-      expect(err.join('')).toMatch(/^vmexit: the run stopped: ExitError E_POLICY_FAILED: .*\(Error: fail-at: exit #\d+ \(EXCEPTION_NMI\), as asked\)\n$/);
+      const partial = `${file}.partial-${process.pid}`;
+      expect(err.join('')).toMatch(
+        new RegExp(
+          `^vmexit: --trace: the run failed; ${file} keeps its old contents, and ${partial} holds the trace up to the failure\n` +
+            'vmexit: the run stopped: ExitError E_POLICY_FAILED: .*\\(Error: fail-at: exit #\\d+ \\(EXCEPTION_NMI\\), as asked\\)\n$',
+        ),
+      );
       expect(err.join('')).not.toMatch(/\n\s+at /);
-      const lines = readTrace(file);
+      expect(fs.readFileSync(file, 'utf8')).toBe('the old trace\n');
+      const lines = readTrace(partial);
       const exits = lines.filter((l) => l.type === 'exit');
       // Every exit before the failing one, exactly as in the run that completed, then the reason.
       expect(exits.map((l) => l.seq)).toEqual(Array.from({ length: failAt - 1 }, (_, i) => i + 1));

@@ -48,12 +48,29 @@ describe('sweep', () => {
     [['--variant', 'shadow'], /--variant "shadow": name a backend/],
     [['--queue', 'http://x'], /--queue: 'http:\/\/x': expected a redis:\/\/ URL/],
     [['--queue', 'redis://127.0.0.1:1'], /--queue redis:\/\/127\.0\.0\.1:1: cannot connect \(ECONNREFUSED\)/],
-  ])('exits 2 on bad input %j, and writes nothing', async (extra, message) => {
-    const dir = path.join(tmp, 'bad');
+  ])('exits 2 on bad input %j, and writes nothing: not even the --out directory', async (extra, message) => {
+    const dir = path.join(tmp, 'bad', 'out');
     const code = await main(['sweep', '--workload', 'demand-fault:pages=8', '--variant', 'native', '--out', dir, ...extra]);
     expect(code).toBe(2);
     expect(err.join('')).toMatch(message);
-    expect(fs.existsSync(path.join(dir, 'results.jsonl'))).toBe(false);
+    expect(fs.existsSync(path.join(tmp, 'bad'))).toBe(false);
+  });
+
+  it.each([
+    // Each cell's workload is checked before any cell runs: the good cells of a sweep with a bad one do not run.
+    [['--workload', 'demand-fault', '--param', 'pages=16,abc'], /--workload: workload 'demand-fault:pages=abc': parameter pages=abc is not a number/],
+    [
+      ['--workload', 'demand-fault:pages=8', '--param', 'bogus=1'],
+      /--workload: workload 'demand-fault:pages=8,bogus=1': demand-fault has no parameter 'bogus'/,
+    ],
+    [['--workload', 'demand-fault:pages=8', '--workload', 'bogus'], /--workload: workload 'bogus': no workload 'bogus'/],
+    // A sweep whose only cell fails before any result: nothing is written either.
+    [['--workload', 'demand-fault:pages=4096', '--memory', '2M'], /needs at least 4112 free pages .* give more --memory/],
+  ])('exits 2 on the bad workload of %j before any cell runs, and makes no --out directory', async (args, message) => {
+    const dir = path.join(tmp, 'bad-cells', 'out');
+    expect(await main(['sweep', ...args, '--variant', 'native', '--out', dir])).toBe(2);
+    expect(err.join('')).toMatch(message);
+    expect(fs.existsSync(path.join(tmp, 'bad-cells'))).toBe(false);
   });
 
   it('parses seeds and parameters', () => {

@@ -526,6 +526,17 @@ function checkProcesses(processes: unknown[], page: Float64Array, corrupt: (w: s
       }
     }
   }
+  // Each access record belongs to one process: the processes' record ranges do not overlap.
+  const ranges = (processes as VxtProcess[]).filter((p) => p.recordEnd > p.recordStart).sort((a, b) => a.recordStart - b.recordStart);
+  for (let i = 1; i < ranges.length; i++) {
+    const a = ranges[i - 1]!;
+    const b = ranges[i]!;
+    if (b.recordStart < a.recordEnd) {
+      throw corrupt(
+        `pid ${b.pid}'s records [${b.recordStart}, ${b.recordEnd}) overlap pid ${a.pid}'s [${a.recordStart}, ${a.recordEnd}) (a record belongs to one process)`,
+      );
+    }
+  }
   for (const [i, p] of (processes as VxtProcess[]).entries()) {
     const by = forkedBy.get(p.pid);
     if (p.parent === 0) {

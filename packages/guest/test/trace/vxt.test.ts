@@ -229,6 +229,20 @@ describe('vxt', () => {
       expect(() => decodeVxt(encodeVxt(trace([[1, 2 ** 44 - 1, 1]], [root([])])), 'ok.vxt')).not.toThrow();
     });
 
+    it('rejects processes whose record ranges overlap (a record belongs to one process)', () => {
+      const recs: [number, number, number][] = [
+        [0, 0x108, 1],
+        [0, 0x109, 1],
+        [0, 0x10a, 1],
+      ];
+      const fork: VxtEvent = { type: 'fork', at: 1, parent: 1, child: 2 };
+      const second = (recordStart: number): VxtProcess => ({ pid: 2, parent: 1, recordStart, recordEnd: 3, events: [] });
+      expect(problem([root([fork], 2), second(1)], recs)).toBe(
+        "bad.vxt: corrupt .vxt trace: pid 2's records [1, 3) overlap pid 1's [0, 2) (a record belongs to one process)",
+      );
+      expect(() => decodeVxt(encodeVxt(trace(recs, [root([fork], 2), second(2)])), 'ok.vxt')).not.toThrow();
+    });
+
     it('rejects a process tree the replay cannot run: a self-fork, a fork of a missing or foreign child, a double fork, an unforked child, a cycle', () => {
       const child = (pid: number, parent: number): VxtProcess => ({ pid, parent, recordStart: 1, recordEnd: 1, events: [] });
       const fork = (parent: number, c: number): VxtEvent => ({ type: 'fork', at: 1, parent, child: c });
