@@ -19,9 +19,12 @@ export function registerExplore(program: Command): void {
     .option('--backend <name>', 'the backend of a tdp scenario: vmx (EPT) or svm (NPT)', 'vmx')
     .option('--list', 'list the scenarios')
     .option('--json', 'print one document (schema vmexit.explore/1)')
-    .action((flags: { scenario?: string; preemptions: string; mmu: string; backend: string; list?: boolean; json?: boolean }) => {
+    .action((flags: { scenario?: string; preemptions: string; mmu: string; backend: string; list?: boolean; json?: boolean }, cmd: Command) => {
       if (flags.mmu !== 'shadow' && flags.mmu !== 'tdp') throw new InputError(`--mmu: expected shadow or tdp, got '${flags.mmu}'`);
       if (flags.backend !== 'vmx' && flags.backend !== 'svm') throw new InputError(`--backend: expected vmx or svm, got '${flags.backend}'`);
+      // The shadow MMU's scenarios model the MMU alone, the same on either backend: a --backend would be ignored.
+      if (flags.mmu === 'shadow' && cmd.getOptionValueSource('backend') === 'cli')
+        throw new InputError(`--backend ${flags.backend}: only the tdp scenarios have a backend (EPT or NPT); give --mmu tdp, or leave --backend out`);
       if (flags.list === true) {
         const all = exploreScenarios(flags.mmu);
         process.stdout.write(

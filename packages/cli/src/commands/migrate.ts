@@ -53,10 +53,13 @@ export function registerMigrate(program: Command): void {
       throw new InputError(`--dirty-log: unknown mode '${flags.dirtyLog}' (expected ${DIRTY_LOG_MODES.join(', ')})`);
     const seed = integer(flags.seed, '--seed', 0, 0xffffffff);
     const ringEntries = integer(flags.dirtyRingSize, '--dirty-ring-size', 1, 2 ** 31);
+    if (flags.dirtyLog !== 'ring' && cmd.getOptionValueSource('dirtyRingSize') === 'cli')
+      throw new InputError(`--dirty-ring-size: sizes the rings of --dirty-log ring; this migration harvests with --dirty-log ${flags.dirtyLog}`);
     const maxRounds = integer(flags.maxRounds, '--max-rounds', 0, 10_000);
     const stopPages = integer(flags.stopPages, '--stop-pages', 0, 2 ** 31);
     const copyRate = Number(flags.copyRate);
-    if (!/^\d+(\.\d+)?$/.test(flags.copyRate) || !(copyRate > 0)) throw new InputError(`--copy-rate: expected a positive number, got '${flags.copyRate}'`);
+    if (!/^\d+(\.\d+)?$/.test(flags.copyRate) || !(copyRate > 0))
+      throw new InputError(`--copy-rate: expected a positive decimal number (digits and an optional fraction, as 4 or 0.5), got '${flags.copyRate}'`);
     checkWorkloadSpec(flags.workload, '--workload');
     const variant = await variantFromOptions(flags);
     const r = await migrate({

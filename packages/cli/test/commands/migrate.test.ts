@@ -87,6 +87,11 @@ describe('vmexit migrate', () => {
     expect(err).toContain('--dirty-ring-size: dirty ring: 128 entries (2048 bytes) is smaller than the 64 reserved entries or one 4 KiB page');
     expect(await main(['migrate', '--workload', WL, '--max-rounds', 'x'])).toBe(2);
     expect(err).toContain("--max-rounds: expected an integer from 0 to 10000, got 'x'");
+    // A ring size without rings would be ignored; a rate in another notation is named as such.
+    expect(await main(['migrate', '--workload', WL, '--dirty-ring-size', '512'])).toBe(2);
+    expect(err).toContain('--dirty-ring-size: sizes the rings of --dirty-log ring; this migration harvests with --dirty-log bitmap');
+    expect(await main(['migrate', '--workload', WL, '--copy-rate', '1e9'])).toBe(2);
+    expect(err).toContain("--copy-rate: expected a positive decimal number (digits and an optional fraction, as 4 or 0.5), got '1e9'");
   });
 });
 
@@ -140,5 +145,8 @@ describe('vmexit explore', () => {
     expect(err).toContain("unknown scenario 'nope'");
     expect(await main(['explore', '--scenario', 'fast-pf-vs-zap', '--preemptions', '9'])).toBe(2);
     expect(await main(['explore'])).toBe(2);
+    // The shadow MMU's scenarios have no backend: a --backend would be ignored.
+    expect(await main(['explore', '--scenario', 'fast-pf-vs-zap', '--backend', 'svm'])).toBe(2);
+    expect(err).toContain('--backend svm: only the tdp scenarios have a backend (EPT or NPT); give --mmu tdp, or leave --backend out');
   });
 });
