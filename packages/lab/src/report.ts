@@ -1,10 +1,13 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
+import { PAGING_MODE_NAMES } from '@vmexit/core';
+import { z } from 'zod';
 import type { CellRecord } from './cell.js';
 import { comparisonLabel } from './compare.js';
 import { InputError } from './errors.js';
-import type { MigrateResult } from './migrate.js';
+import { amount, array, count, inputProblem, object, oneOf, record, string } from './input-schema.js';
+import { DIRTY_LOG_MODES, type MigrateResult } from './migrate.js';
 import type { VariantRunResult } from './run-variant.js';
 
 const require = createRequire(import.meta.url);
@@ -35,14 +38,57 @@ export interface ReportData {
 
 const MIGRATE_SCHEMA: MigrateResult['schema'] = 'vmexit.migrate/1';
 
-function isMigration(x: unknown): x is MigrateResult {
-  return typeof x === 'object' && x !== null && (x as { schema?: unknown }).schema === MIGRATE_SCHEMA && Array.isArray((x as { rounds?: unknown }).rounds);
+/**
+ * The variant as a result describes it (`describeVariant`), as far as a chart's label reads it: the backend,
+ * and unless native the MMU, the host page size when named, and the policies (names, or `{use, options}`).
+ */
+const variantFields = {
+  backend: oneOf(['vmx', 'svm', 'none']),
+  mmu: string.optional(),
+  hostPages: string.optional(),
+  policies: array(
+    z.union([string, object({ use: string, options: record(z.unknown()).optional() })], { error: 'a policy name or an object with a use' }),
+  ).optional(),
+};
+const needsMmu = (v: { backend: string; mmu?: string }, ctx: z.core.$RefinementCtx): void => {
+  if (v.backend !== 'none' && v.mmu === undefined)
+    ctx.addIssue({ code: 'custom', path: ['mmu'], message: `a string (the MMU of a ${v.backend} variant)`, input: v.mmu });
+};
+
+/** What the run charts read of a sweep's cell record (other fields are kept, unchecked). */
+const cellRecordSchema = object({
+  variant: object({ ...variantFields, mode: oneOf(PAGING_MODE_NAMES as unknown as readonly [string, ...string[]]) }).superRefine(needsMmu),
+  workload: object({ input: string }),
+  seed: count,
+  guest: object({ faults: object({ total: count }) }),
+  counters: object({ total: record(amount) }),
+  cycles: object({ cycles: amount, breakdown: record(amount) }),
+  cell: object({ key: string }),
+});
+
+/** What the migration chart reads of a `vmexit migrate --json` document. */
+const migrationSchema = object({
+  schema: z.literal(MIGRATE_SCHEMA),
+  variant: object(variantFields).superRefine(needsMmu),
+  workload: string,
+  seed: count,
+  dirtyLog: oneOf(DIRTY_LOG_MODES as unknown as readonly [string, ...string[]]),
+  rounds: array(object({ round: count, dirtyPages: count, pagesSent: count })),
+});
+
+function claimsMigration(x: unknown): boolean {
+  return typeof x === 'object' && x !== null && (x as { schema?: unknown }).schema === MIGRATE_SCHEMA;
+}
+
+function claimsCellRecord(x: unknown): boolean {
+  return typeof x === 'object' && x !== null && typeof (x as CellRecord).cell?.key === 'string' && typeof (x as CellRecord).counters?.total === 'object';
 }
 
 /**
  * Reads what `vmexit report` charts from `file`: one `vmexit migrate --json` document, or JSON Lines of sweep
  * results (`results.jsonl`, one cell record a line) and of migration documents (one a line), in any mix. A line
- * (or document) that is neither is an InputError naming the file and the line.
+ * (or document) that is neither, or one with a field the charts read missing or of the wrong type, is an
+ * InputError naming the file, the line and the field (`FILE:3: variant.policies must be an array, not ...`).
  */
 export function readReportData(file: string): ReportData {
   let text: string;
@@ -51,11 +97,16 @@ export function readReportData(file: string): ReportData {
   } catch (e) {
     throw new InputError(`${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
+  let whole: unknown;
   try {
-    const whole = JSON.parse(text) as unknown;
-    if (isMigration(whole)) return { results: [], migrations: [whole] };
+    whole = JSON.parse(text) as unknown;
   } catch {
     // not one JSON document: JSON Lines
+  }
+  if (claimsMigration(whole)) {
+    const problem = inputProblem(migrationSchema, whole);
+    if (problem !== null) throw new InputError(`${file}: ${problem}`);
+    return { results: [], migrations: [whole as MigrateResult] };
   }
   const results: ReportInput[] = [];
   const migrations: MigrateResult[] = [];
@@ -67,10 +118,12 @@ export function readReportData(file: string): ReportData {
     } catch (e) {
       throw new InputError(`${file}:${i + 1}: not a JSON line (${(e as Error).message})`);
     }
-    if (isMigration(x)) migrations.push(x);
-    else if (typeof x === 'object' && x !== null && typeof (x as CellRecord).cell?.key === 'string' && typeof (x as CellRecord).counters?.total === 'object')
-      results.push(x as CellRecord);
-    else throw new InputError(`${file}:${i + 1}: neither a sweep result (no cell.key or counters) nor a migration (schema ${MIGRATE_SCHEMA})`);
+    const kind = claimsMigration(x) ? 'migration' : claimsCellRecord(x) ? 'result' : null;
+    if (kind === null) throw new InputError(`${file}:${i + 1}: neither a sweep result (no cell.key or counters) nor a migration (schema ${MIGRATE_SCHEMA})`);
+    const problem = inputProblem(kind === 'migration' ? migrationSchema : cellRecordSchema, x);
+    if (problem !== null) throw new InputError(`${file}:${i + 1}: ${problem}`);
+    if (kind === 'migration') migrations.push(x as MigrateResult);
+    else results.push(x as CellRecord);
   }
   return { results, migrations };
 }

@@ -1,7 +1,12 @@
 import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
-import { COST_PROFILES, DEFAULT_COST_PROFILE, type CostProfile } from '@vmexit/core';
+import { SVM_EXIT_CODE_NAMES } from '@vmexit/backend-svm';
+import { VMX_EXIT_REASON_NAMES } from '@vmexit/backend-vmx';
+import { COST_PROFILES, DEFAULT_COST_PROFILE, VM_EXIT_KINDS, type CostProfile } from '@vmexit/core';
+import { z } from 'zod';
 import { InputError } from './errors.js';
+import { array, count, describeValue, inputProblem, object, oneOf, string } from './input-schema.js';
 import { readCostModel } from './variant-spec.js';
 import { spread, type Spread } from './summary.js';
 import type { TraceSelection } from './trace-select.js';
@@ -55,6 +60,39 @@ export function exitCycles(p: CostProfile, kind: string, resolution: string | un
   return c;
 }
 
+/** The record types a `vmexit run --trace` file holds (core's JsonLinesTracer, and the CLI's TraceFile and trace selection). */
+const RECORD_TYPES = ['exit', 'mmu', 'window', 'page-fault', 'trace-selection', 'aborted', 'interrupted'] as const;
+const EXIT_REASONS = new Set<string>([...VMX_EXIT_REASON_NAMES, ...SVM_EXIT_CODE_NAMES]);
+
+/** What `traceStats` reads of each record: every line an object with a known type; of exits, window and selection lines their fields. */
+const recordSchema = object({ type: oneOf(RECORD_TYPES, `a trace record type (${RECORD_TYPES.join(', ')})`) });
+const exitSchema = object({
+  vcpu: count,
+  reason: string.refine((r) => EXIT_REASONS.has(r), { error: 'an exit reason of VMX or SVM (EXCEPTION_NMI, VMEXIT_EXCP14, ...)' }),
+  kind: oneOf(VM_EXIT_KINDS as unknown as readonly [string, ...string[]], `an exit kind (${VM_EXIT_KINDS.join(', ')})`),
+  resolution: z
+    .union([z.null(), object({ kind: oneOf(['resume', 'inject', 'emulate', 'userspace'], 'a resolution kind (resume, inject, emulate, userspace)') })], {
+      error: 'null or an object with a kind',
+    })
+    .optional(),
+});
+const windowSchema = object({ phase: oneOf(['start', 'end']) });
+const selectionSchema = object({
+  filter: z.union([z.null(), array(string)], { error: 'null or an array of exit reasons' }),
+  sample: z.number({ error: 'a positive integer' }).int({ error: 'a positive integer' }).min(1, { error: 'a positive integer' }),
+});
+const RECORD_FIELDS: Partial<Record<(typeof RECORD_TYPES)[number], z.ZodType>> = { exit: exitSchema, window: windowSchema, 'trace-selection': selectionSchema };
+
+/** The first problem of a trace line's record (`exit record: vcpu must be ...`), or null when `traceStats` can read it. */
+function checkRecord(x: unknown): string | null {
+  if (typeof x !== 'object' || x === null || Array.isArray(x)) return `a trace record must be an object with a type, not ${describeValue(x)}`;
+  const problem = inputProblem(recordSchema, x);
+  if (problem !== null) return problem;
+  const fields = RECORD_FIELDS[(x as { type: (typeof RECORD_TYPES)[number] }).type];
+  const p = fields === undefined ? null : inputProblem(fields, x);
+  return p === null ? null : `${(x as { type: string }).type} record: ${p}`;
+}
+
 /**
  * The `perf kvm stat report` view of a `--trace` file: per exit reason the count, share and modelled cycles
  * (min, mean, max), over all vCPUs and per vCPU. When the trace has window lines (every `vmexit run --trace`
@@ -71,40 +109,55 @@ export async function traceStats(file: string, o: TraceStatsOptions = {}): Promi
   let sawWindow = false;
   let selection: TraceSelection | null = null;
   let n = 0;
+  try {
+    if ((await stat(file)).isDirectory()) throw new InputError(`${file}: is a directory, not a trace file`);
+  } catch (e) {
+    if (e instanceof InputError) throw e;
+    throw new InputError(`${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
   const stream = createReadStream(file, 'utf8');
   const opened = new Promise<void>((resolve, reject) => {
     stream.once('open', () => resolve());
     stream.once('error', (e: NodeJS.ErrnoException) => reject(new InputError(`${file}: cannot read (${e.code ?? e.message})`)));
   });
   await opened;
-  for await (const line of createInterface({ input: stream, crlfDelay: Infinity })) {
-    n++;
-    if (line.trim() === '') continue;
-    let e: {
-      type?: string;
-      vcpu?: number;
-      reason?: string;
-      kind?: string;
-      phase?: string;
-      resolution?: { kind?: string };
-      filter?: string[] | null;
-      sample?: number;
-    };
-    try {
-      e = JSON.parse(line) as typeof e;
-    } catch {
-      throw new InputError(`${file}:${n}: not a JSON line (is this a --trace file?)`);
+  try {
+    for await (const line of createInterface({ input: stream, crlfDelay: Infinity })) {
+      n++;
+      if (line.trim() === '') continue;
+      let x: unknown;
+      try {
+        x = JSON.parse(line);
+      } catch {
+        throw new InputError(`${file}:${n}: not a JSON line (is this a --trace file?)`);
+      }
+      const problem = checkRecord(x);
+      if (problem !== null) throw new InputError(`${file}:${n}: ${problem}`);
+      const e = x as {
+        type: (typeof RECORD_TYPES)[number];
+        vcpu: number;
+        reason: string;
+        kind: string;
+        phase: 'start' | 'end';
+        resolution?: { kind: string } | null;
+        filter: string[] | null;
+        sample: number;
+      };
+      if (e.type === 'trace-selection') {
+        selection = { filter: e.filter, sample: e.sample };
+      } else if (e.type === 'window') {
+        sawWindow = true;
+        inWindow = e.phase === 'start';
+      } else if (e.type === 'exit') {
+        exits.push({ vcpu: e.vcpu, reason: e.reason, cycles: exitCycles(profile, e.kind, e.resolution?.kind), inWindow });
+      }
     }
-    if (e.type === 'trace-selection') {
-      selection = { filter: Array.isArray(e.filter) ? e.filter : null, sample: typeof e.sample === 'number' && e.sample >= 1 ? e.sample : 1 };
-    } else if (e.type === 'window') {
-      sawWindow = true;
-      inWindow = e.phase === 'start';
-    } else if (e.type === 'exit') {
-      if (typeof e.vcpu !== 'number' || typeof e.reason !== 'string' || typeof e.kind !== 'string')
-        throw new InputError(`${file}:${n}: an exit line without vcpu, reason or kind`);
-      exits.push({ vcpu: e.vcpu, reason: e.reason, cycles: exitCycles(profile, e.kind, e.resolution?.kind), inWindow });
-    }
+  } catch (e) {
+    // the stream failing after it opened (EIO): the file's fault, not ours
+    if (e instanceof InputError || typeof (e as NodeJS.ErrnoException).code !== 'string') throw e;
+    throw new InputError(`${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  } finally {
+    stream.destroy();
   }
   const counted = exits.filter((x) => (o.all === true || !sawWindow || x.inWindow) && (o.vcpu === undefined || x.vcpu === o.vcpu));
   const rows = (xs: readonly Ex[]): ReasonStats[] => {
