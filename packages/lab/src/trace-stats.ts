@@ -101,7 +101,11 @@ function checkRecord(x: unknown): string | null {
 export async function traceStats(file: string, o: TraceStatsOptions = {}): Promise<TraceStats> {
   // a name, or a JSON file as everywhere else a cost model is given
   const profile: CostProfile | undefined =
-    o.costModel?.endsWith('.json') === true ? readCostModel(o.costModel, '--cost-model') : COST_PROFILES[o.costModel ?? DEFAULT_COST_PROFILE];
+    o.costModel?.endsWith('.json') === true
+      ? readCostModel(o.costModel, '--cost-model')
+      : Object.hasOwn(COST_PROFILES, o.costModel ?? DEFAULT_COST_PROFILE)
+        ? COST_PROFILES[o.costModel ?? DEFAULT_COST_PROFILE]
+        : undefined; // own names only: 'toString' is no cost model
   if (profile === undefined) throw new InputError(`--cost-model: unknown cost model '${o.costModel}' (expected ${Object.keys(COST_PROFILES).join(', ')})`);
   type Ex = { vcpu: number; reason: string; cycles: number; inWindow: boolean };
   const exits: Ex[] = [];

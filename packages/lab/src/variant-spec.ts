@@ -2,6 +2,7 @@ import { closeSync, fstatSync, openSync, readSync, statSync } from 'node:fs';
 import { dirname, extname, isAbsolute, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import {
+  COST_PROFILES,
   MAX_GUEST_RAM,
   MMIO_HOLE_START,
   composeVariant,
@@ -82,8 +83,9 @@ function formatSize(bytes: number): string {
  * most core's MAX_GUEST_RAM (the one limit, which the machine enforces too); `option` names where it came from.
  */
 export function checkGuestMemory(bytes: number, option: string): number {
-  if (!Number.isSafeInteger(bytes) || bytes < 4096 || bytes % 4096 !== 0) throw new InputError(`${option}: ${bytes} bytes is not a positive multiple of 4 KiB`);
+  // Over the limit first: a size beyond 2^53 (no safe integer) is too large, whether a multiple or not.
   if (bytes > MAX_GUEST_RAM) throw new InputError(`${option}: ${formatSize(bytes)} of guest RAM is over the limit of ${memoryLimitText()}`);
+  if (!Number.isSafeInteger(bytes) || bytes < 4096 || bytes % 4096 !== 0) throw new InputError(`${option}: ${bytes} bytes is not a positive multiple of 4 KiB`);
   return bytes;
 }
 
@@ -113,19 +115,26 @@ export function parseSize(text: string, option = '--memory'): number {
   if (m === null) throw new InputError(`${option}: '${text}' is not a size (examples: 256M, 1G)`);
   const unit = m[2] === undefined ? 1 : 1024 ** ' KMGT'.indexOf(m[2].toUpperCase());
   const bytes = Number(m[1]) * unit;
+  // Over the limit before the multiple of 4 KiB: 999999999G is a multiple, only too large (and beyond 2^53).
+  if (bytes > MAX_GUEST_RAM) throw new InputError(`${option}: ${text.trim()} of guest RAM is over the limit of ${memoryLimitText()}`);
   if (!Number.isSafeInteger(bytes) || bytes < 4096 || bytes % 4096 !== 0) throw new InputError(`${option}: ${text} is not a positive multiple of 4 KiB`);
   return checkGuestMemory(bytes, option);
 }
 
 /**
  * Checks the variant flags whose values the command must parse itself, before anything runs: `--vcpus` an
- * integer 1..256, `--memory` a size within the limit. (`--backend`, `--mmu`, `--cost-model` and the policies
- * are checked by the composition, which lists every problem at once.)
+ * integer 1..256, `--memory` a size within the limit, `--cost-model` a built-in model's name or a `.json` file
+ * (read later). (`--backend`, `--mmu` and the policies are checked by the composition, which lists every
+ * problem at once.)
  */
 export function checkVariantFlags(opts: VariantOptions): void {
   if (opts.vcpus !== undefined && (!/^\d+$/.test(opts.vcpus) || Number(opts.vcpus) < 1 || Number(opts.vcpus) > 256))
     throw new InputError(`--vcpus: expected an integer from 1 to 256, got '${opts.vcpus}'`);
   if (opts.memory !== undefined) parseSize(opts.memory);
+  if (opts.costModel !== undefined && !opts.costModel.endsWith('.json') && !Object.hasOwn(COST_PROFILES, opts.costModel))
+    throw new InputError(
+      `--cost-model: unknown cost model '${opts.costModel}' (expected one of ${Object.keys(COST_PROFILES).join(', ')}, or a custom model's .json file)`,
+    );
   if (opts.hostPages !== undefined) checkHostPages(opts.hostPages, '--host-pages');
 }
 
@@ -184,8 +193,11 @@ export function readCostModel(file: string, flag: string): CostProfile {
     throw new InputError(`${flag} ${file}: not valid JSON: ${e instanceof Error ? e.message : String(e)}`);
   }
   const r = parseCostProfile(value);
-  if (r.profile === null)
-    throw new InputError(`${flag} ${file}: not a cost model:\n${r.problems.map((p) => `  ${p.path || '(model)'}: ${p.message}`).join('\n')}`);
+  if (r.profile === null) {
+    const problems = r.problems.map((p) => `${p.path || '(model)'}: ${p.message}`);
+    // One problem on the line itself; several, one line each.
+    throw new InputError(`${flag} ${file}: not a cost model:${problems.length === 1 ? ` ${problems[0]}` : `\n${problems.map((p) => `  ${p}`).join('\n')}`}`);
+  }
   return r.profile;
 }
 

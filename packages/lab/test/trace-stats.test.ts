@@ -39,6 +39,11 @@ describe('traceStats', () => {
     expect(s.selection).toEqual({ filter: ['EXCEPTION_NMI'], sample: 2 });
   });
 
+  it('takes a cost model by its own names only (not an inherited property such as toString)', async () => {
+    for (const name of ['toString', 'constructor', 'nope'])
+      await expect(traceStats(write(''), { costModel: name })).rejects.toThrow(`--cost-model: unknown cost model '${name}' (expected core2-2007, server-2020s`);
+  });
+
   it('counts no exits in an empty trace (a run that traced nothing)', async () => {
     expect((await traceStats(write(''))).exits).toBe(0);
     expect((await traceStats(write('\n\n'))).exits).toBe(0);

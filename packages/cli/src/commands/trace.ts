@@ -33,7 +33,8 @@ export function registerTrace(program: Command): void {
         throw new InputError(`--collapse: expected class or run, got ${JSON.stringify(opts.collapse)}`);
       }
       const collapse = opts.collapse;
-      const quality = Number(opts.quality);
+      // Decimal digits only: Number() would also take '' (0), '0x5', '1e1' and ' 5'.
+      const quality = /^\d+$/.test(opts.quality) ? Number(opts.quality) : NaN;
       if (!Number.isInteger(quality) || quality < 0 || quality > 11) {
         throw new InputError(`--quality: expected an integer 0..11, got ${JSON.stringify(opts.quality)}`);
       }

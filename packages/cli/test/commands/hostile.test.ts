@@ -61,6 +61,18 @@ describe('hostile input', () => {
       expect(await main(['policies', '--memory', OVER])).toBe(2);
       expect(err()).toMatch(/--memory: .* over the limit/);
     });
+
+    it('says a size beyond 2^53 bytes is over the limit, not that it is no multiple of 4 KiB', async () => {
+      const limit = `${MAX_GUEST_RAM / 2 ** 40} TiB (${MAX_GUEST_RAM} bytes)`;
+      for (const cmd of [['run'], ['compare', '--variant', 'vmx']]) {
+        io.err.length = 0;
+        expect(await main([...cmd, '--workload', 'demand-fault:pages=16', '--memory', '999999999G'])).toBe(2);
+        expect(err()).toBe(`vmexit: --memory: 999999999G of guest RAM is over the limit of ${limit}\n`);
+      }
+      io.err.length = 0;
+      expect(await main(['run', '--workload', 'demand-fault:pages=16', '--memory', '5000'])).toBe(2);
+      expect(err()).toBe('vmexit: --memory: 5000 is not a positive multiple of 4 KiB\n');
+    });
   });
 
   describe('guest memory by paging mode', () => {
@@ -182,7 +194,7 @@ describe('hostile input', () => {
         ['--mmu', 'ept', /mmu/],
         ['--vcpus', 'abc', /--vcpus: expected an integer from 1 to 256, got 'abc'/],
         ['--memory', '8TB', /--memory: .*(over the limit|not a size)/],
-        ['--cost-model', 'foo', /costModel: unknown cost model/],
+        ['--cost-model', 'foo', /--cost-model: unknown cost model 'foo'/],
       ] as const) {
         io.err.length = 0;
         expect(await main(['policies', flag, value])).toBe(2);

@@ -95,6 +95,37 @@ describe('trace', () => {
       expect(fs.readdirSync(dir)).toEqual(['notes.txt']);
     });
 
+    it('exits 2 on an address or length a .vxt cannot hold, naming the log, its line and the value, and writes no file', async () => {
+      const text = fs.readFileSync(tiny[0]!, 'latin1');
+      for (const [from, to, msg] of [
+        [
+          ' L 1fff000740,8',
+          ' L fffffffffffff000,8192',
+          'line 13: an access of 8192 bytes at 0xfffffffffffff000: the address is not below 2^53 (0x20000000000000), the end of the addresses a .vxt trace holds: " L fffffffffffff000,8192"',
+        ],
+        [
+          'sys_mmap ( 0x0, 8192, 5,',
+          'sys_mmap ( 0x0, 99999999999999999999, 5,',
+          'line 16: mmap of 99999999999999999999 bytes: the length is not below 2^53 (0x20000000000000), the most a .vxt trace holds',
+        ],
+      ]) {
+        const log = path.join(dir, 'tiny.100.1');
+        fs.writeFileSync(log, text.replace(from!, to!));
+        const f = path.join(dir, 'x.vxt');
+        err = [];
+        expect(await main(['trace', 'import', 'lackey', log, tiny[1]!, tiny[2]!, '-o', f])).toBe(2);
+        expect(err.join('')).toBe(`vmexit: ${log}: ${msg}\n`);
+        expect(fs.readdirSync(dir)).toEqual(['tiny.100.1']);
+      }
+    });
+
+    it.each(['', '0x5', '1e1', ' 5', '-1', '12', '5.5', 'abc'])('exits 2 on --quality=%j, before reading the logs', async (q) => {
+      const f = path.join(dir, 'q.vxt');
+      expect(await main(['trace', 'import', 'lackey', ...tiny, '-o', f, `--quality=${q}`])).toBe(2);
+      expect(err.join('')).toBe(`vmexit: --quality: expected an integer 0..11, got ${JSON.stringify(q)}\n`);
+      expect(fs.readdirSync(dir)).toEqual([]);
+    });
+
     it('exits 2 when the output cannot be written, removing the temporary file', async () => {
       const f = path.join(dir, 'no-such-dir', 'x.vxt');
       expect(await main(['trace', 'import', 'lackey', ...tiny, '-o', f])).toBe(2);

@@ -69,4 +69,39 @@ describe('vmexit run --cost-model FILE.json', () => {
     expect(await main(['run', '--workload', 'demand-fault:pages=16', '--cost-model', join(dir, 'none.json')])).toBe(2);
     expect(err).toContain('none.json: no such file');
   });
+
+  it('exits 2 with one line naming an unknown handler key, or a figure over 1e9 cycles (run, compare, policies)', async () => {
+    const handler = doubled.handler as Record<string, unknown>;
+    writeFileSync(join(dir, 'key.json'), JSON.stringify({ ...doubled, handler: { ...handler, bogus: handler.pf_fixed } }));
+    writeFileSync(join(dir, 'huge.json'), JSON.stringify({ ...doubled, guestFault: { ...(doubled.guestFault as object), cycles: 1e308 } }));
+    const key = `--cost-model ${join(dir, 'key.json')}: not a cost model: handler.bogus: unknown key (expected pf_fixed, pf_guest, insn_emulation)`;
+    const huge = `--cost-model ${join(dir, 'huge.json')}: not a cost model: guestFault.cycles: 1e+308 cycles is over the limit of 1e9 cycles per event`;
+    for (const [argv, msg] of [
+      [['run', '--workload', 'demand-fault:pages=16', '--backend', 'vmx', '--cost-model', join(dir, 'key.json')], key],
+      [['run', '--workload', 'demand-fault:pages=16', '--backend', 'vmx', '--json', '--cost-model', join(dir, 'huge.json')], huge],
+      [['compare', '--workload', 'demand-fault:pages=16', '--variant', 'vmx', '--cost-model', join(dir, 'huge.json')], `--variant "vmx": ${huge}`],
+      [['policies', '--cost-model', join(dir, 'key.json')], key],
+    ] as const) {
+      err = '';
+      expect(await main([...argv])).toBe(2);
+      expect(err).toBe(`vmexit: ${msg}\n`);
+      expect(out).toBe('');
+    }
+  });
+
+  it('exits 2 naming the value of a --cost-model that is neither a built-in name nor a .json file', async () => {
+    for (const name of ['bogus', '', dir, '/etc/passwd', 'toString']) {
+      err = '';
+      expect(await main(['run', '--workload', 'demand-fault:pages=16', '--backend', 'vmx', '--cost-model', name])).toBe(2);
+      expect(err).toBe(
+        `vmexit: --cost-model: unknown cost model '${name}' (expected one of core2-2007, server-2020s, cloud-vm-measured, or a custom model's .json file)\n`,
+      );
+    }
+    err = '';
+    expect(await main(['policies', '--cost-model', 'bogus'])).toBe(2);
+    expect(err).toBe(
+      `vmexit: --cost-model: unknown cost model 'bogus' (expected one of core2-2007, server-2020s, cloud-vm-measured, or a custom model's .json file)\n`,
+    );
+    expect(out).toBe('');
+  });
 });

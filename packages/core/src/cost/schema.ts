@@ -3,8 +3,24 @@ import { VM_EXIT_KINDS } from '../exits/vm-exit.js';
 import type { CostProfile } from './model.js';
 import { COST_PROFILES } from './profiles.js';
 
+/**
+ * The most cycles one figure may price an event at: 1e9, a third of a second at 3 GHz, a million times the
+ * largest built-in figure. A larger figure is a mistake (1e308 would make a run's modelled cycles infinite),
+ * and is refused with its field's path.
+ */
+export const MAX_FIGURE_CYCLES = 1e9;
+
+/** The counters a `handler` figure may price: the hypervisor's work per KVM event (docs/cost-models.md). */
+export const COST_HANDLER_COUNTERS = ['pf_fixed', 'pf_guest', 'insn_emulation'] as const;
+
 const figureSchema = z.strictObject({
-  cycles: z.number().finite().nonnegative(),
+  cycles: z
+    .number()
+    .finite()
+    .nonnegative()
+    .max(MAX_FIGURE_CYCLES, {
+      error: (iss) => `${String(iss.input)} cycles is over the limit of ${MAX_FIGURE_CYCLES.toExponential().replace('+', '')} cycles per event`,
+    }),
   basis: z.enum(['published', 'measured', 'derived', 'estimate']),
   source: z.string().min(1, 'say where the figure comes from'),
 });
@@ -18,7 +34,12 @@ export const costProfileSchema = z.strictObject({
   description: z.string(),
   exitRoundTrip: z.record(z.enum(VM_EXIT_KINDS as unknown as [string, ...string[]]), figureSchema),
   userspaceExit: figureSchema,
-  handler: z.record(z.string().min(1), figureSchema),
+  handler: z.strictObject(
+    Object.fromEntries(COST_HANDLER_COUNTERS.map((c) => [c, figureSchema.optional()])) as Record<
+      (typeof COST_HANDLER_COUNTERS)[number],
+      z.ZodOptional<typeof figureSchema>
+    >,
+  ),
   guestFault: figureSchema,
   walkReference: figureSchema,
 });
@@ -26,17 +47,28 @@ export const costProfileSchema = z.strictObject({
 /** A cost model in a variant: a built-in one by name, or a whole profile. */
 export type CostModelInput = string | CostProfile;
 
-/** Validates `raw` as a cost profile: the profile, or each problem with the path of its field (`exitRoundTrip.exception.cycles`). */
+/**
+ * Validates `raw` as a cost profile: the profile, or each problem with the path of its field
+ * (`exitRoundTrip.exception.cycles`); an unknown key is a problem of its own path (`handler.bogus: unknown key`).
+ */
 export function parseCostProfile(raw: unknown): { profile: CostProfile; problems: [] } | { profile: null; problems: { path: string; message: string }[] } {
   const r = costProfileSchema.safeParse(raw);
   if (r.success) return { profile: r.data, problems: [] };
-  return { profile: null, problems: r.error.issues.map((i) => ({ path: i.path.map(String).join('.'), message: i.message })) };
+  return {
+    profile: null,
+    problems: r.error.issues.flatMap((i) => {
+      const path = i.path.map(String).join('.');
+      if (i.code !== 'unrecognized_keys') return [{ path, message: i.message }];
+      const expected = path === 'handler' ? ` (expected ${COST_HANDLER_COUNTERS.join(', ')})` : '';
+      return i.keys.map((k) => ({ path: path === '' ? k : `${path}.${k}`, message: `unknown key${expected}` }));
+    }),
+  };
 }
 
 /** The profile a variant's `costModel` stands for (a built-in name or a profile); RangeError for an unknown name. */
 export function resolveCostProfile(model: CostModelInput): CostProfile {
   if (typeof model !== 'string') return model;
-  const p = COST_PROFILES[model];
+  const p = Object.hasOwn(COST_PROFILES, model) ? COST_PROFILES[model] : undefined;
   if (p === undefined) throw new RangeError(`unknown cost model '${model}' (expected one of ${Object.keys(COST_PROFILES).join(', ')}, or a profile)`);
   return p;
 }

@@ -65,8 +65,10 @@ export const variantSchema = z.strictObject({
   /** A built-in cost model by name, or a whole profile (the CLI reads `--cost-model FILE.json` into one). */
   costModel: z
     .union([
-      z.string().refine((n) => n in COST_PROFILES, {
-        message: `unknown cost model (expected one of ${Object.keys(COST_PROFILES).join(', ')}); a custom model is a .json file (--cost-model) or a profile object`,
+      // Own keys only: `toString` is `in` every object.
+      z.string().refine((n) => Object.hasOwn(COST_PROFILES, n), {
+        error: (iss) =>
+          `unknown cost model '${String(iss.input)}' (expected one of ${Object.keys(COST_PROFILES).join(', ')}); a custom model is a .json file (--cost-model) or a profile object`,
       }),
       costProfileSchema,
     ])

@@ -44,9 +44,13 @@ describe('parseVariant', () => {
       'y',
     ]);
     expect(r.problems.find((p) => p.path === 'x')?.message).toBe('unknown key');
-    expect(r.problems.find((p) => p.path === 'costModel')?.message).toMatch(
-      /unknown cost model \(expected one of core2-2007, server-2020s, cloud-vm-measured\)/,
+    expect(r.problems.find((p) => p.path === 'costModel')?.message).toBe(
+      "unknown cost model 'pentium' (expected one of core2-2007, server-2020s, cloud-vm-measured); a custom model is a .json file (--cost-model) or a profile object",
     );
+    // an own key only: every object has a toString
+    expect(parseVariant({ costModel: 'toString' }).problems.map((p) => p.message)).toEqual([
+      "unknown cost model 'toString' (expected one of core2-2007, server-2020s, cloud-vm-measured); a custom model is a .json file (--cost-model) or a profile object",
+    ]);
   });
 });
 

@@ -346,6 +346,17 @@ const PAGE = 4096;
  */
 const MAX_ACCESS_BYTES = 65536;
 
+/**
+ * The end of the addresses a .vxt trace holds. Its reader (vxt.ts, `rangeProblem` and the brk check) takes
+ * the start and the length of every mmap, munmap and mprotect, and a brk's request and result, only as whole
+ * numbers below 2^53, a range's start page aligned and an mmap's length not 0; the initial mappings inferred
+ * from the accesses (infer.ts) are such ranges too, so every access must end at or below 2^53 as well. The
+ * importer refuses what the reader would call corrupt (x86-64 user space ends at 2^47, or 2^56 with 5-level
+ * paging; nothing valgrind records comes near).
+ */
+const VXT_ADDRESS_END = 2 ** 53;
+const PAST_END = 'not below 2^53 (0x20000000000000), the end of the addresses a .vxt trace holds';
+
 /** Parses one log's body into `st` (streaming, in 4 MiB chunks). */
 function parseLog(log: LogInfo, st: ProcessState): void {
   const file = log.file;
@@ -429,6 +440,15 @@ function parseLog(log: LogInfo, st: ProcessState): void {
               `line ${lineNo}: an access of ${size} bytes, more than the ${MAX_ACCESS_BYTES} bytes one instruction can touch: ${JSON.stringify(buf.toString('latin1', s, Math.min(e, s + 80)))}`,
             );
           }
+          if (a + Math.max(size, 1) > VXT_ADDRESS_END) {
+            const at = `0x${buf.toString('latin1', s + 3, s + 3 + digits).toLowerCase()}`;
+            const end = BigInt(at) + BigInt(size);
+            throw new TraceError(
+              'bad-line',
+              file,
+              `line ${lineNo}: an access of ${size} bytes at ${at}: ${a >= VXT_ADDRESS_END ? `the address is ${PAST_END}` : `it ends at 0x${end.toString(16)}, past 2^53 (0x20000000000000), the end of the addresses a .vxt trace holds`}: ${JSON.stringify(buf.toString('latin1', s, Math.min(e, s + 80)))}`,
+            );
+          }
           const first = Math.floor(a / PAGE);
           const last = size > 0 ? Math.floor((a + size - 1) / PAGE) : first;
           b.add(kind, first);
@@ -491,12 +511,18 @@ function otherLine(line: string, st: ProcessState, file: string, lineNo: number)
   throw new TraceError('bad-line', file, `line ${lineNo}: not a lackey log line: ${JSON.stringify(line.slice(0, 80))}`);
 }
 
+/** A syscall's result: its value (`-errno` for a failure) and, as the log writes it, the hex of a success (`0x4835000`). */
+interface SyscallResult {
+  readonly value: number;
+  readonly hex: string;
+}
+
 /** `Success(0x..)` → its value, `Failure(0x..)` → `-errno`, anything else null. */
-function result(text: string): number | null {
+function result(text: string): SyscallResult | null {
   const m = /(Success|Failure)\(0x([0-9a-f]+)\)\s*(?:==\d+==\s*)?$/.exec(text) ?? /(Success|Failure)\(0x([0-9a-f]+)\)/.exec(text);
   if (!m) return null;
   const v = parseInt(m[2]!, 16);
-  return m[1] === 'Success' ? v : -Math.max(v, 1);
+  return { value: m[1] === 'Success' ? v : -Math.max(v, 1), hex: `0x${m[2]!}` };
 }
 
 /** The arguments between the first "(" after the name and its ")" ("0x4(/path)" keeps its path). */
@@ -523,9 +549,32 @@ function args(text: string): string[] {
 }
 
 function num(a: string | undefined): number {
-  if (a === undefined) return NaN;
-  const m = /^(0x[0-9a-f]+|\d+)/.exec(a);
-  return m ? Number(m[1]) : NaN;
+  const t = numText(a);
+  return t === null ? NaN : Number(t);
+}
+
+/** The number at the start of an argument as the log writes it (`0x4835000`, `8192`), or null. */
+function numText(a: string | undefined): string | null {
+  const m = a === undefined ? null : /^(0x[0-9a-f]+|\d+)/.exec(a);
+  return m ? m[1]! : null;
+}
+
+/**
+ * What is wrong with the range `[start, start + pageUp(length))` of a successful mmap, munmap or mprotect for a
+ * .vxt trace (VXT_ADDRESS_END), or null; `startText` and `lengthText` are the values as the log writes them.
+ * A value that is not a number at all is left to ProcessState.event ("without a valid ...").
+ */
+function rangeProblem(call: string, start: number, startText: string, length: number, lengthText: string, emptyOk: boolean): string | null {
+  if (!Number.isFinite(start) || !Number.isFinite(length)) return null;
+  if (start >= VXT_ADDRESS_END) return `${call} at ${startText}: the address is ${PAST_END}`;
+  if (length >= VXT_ADDRESS_END) return `${call} of ${lengthText} bytes: the length is not below 2^53 (0x20000000000000), the most a .vxt trace holds`;
+  const end = BigInt(start) + BigInt(length);
+  if (end > BigInt(VXT_ADDRESS_END)) {
+    return `${call} of ${lengthText} bytes at ${startText}: it ends at 0x${end.toString(16)}, past 2^53 (0x20000000000000), the end of the addresses a .vxt trace holds`;
+  }
+  if (start % PAGE !== 0) return `${call} at ${startText}: the address is not a multiple of 4096 (a .vxt trace holds page-aligned ranges)`;
+  if (length === 0 && !emptyOk) return `${call} of ${lengthText} bytes: a .vxt trace holds no empty mapping`;
+  return null;
 }
 
 function pathArg(a: string | undefined): string | null {
@@ -545,10 +594,18 @@ function createdChild(text: string): number | null {
 }
 
 /** Turns a completed syscall into an event (x86-64 syscall numbers, arch/x86/entry/syscalls/syscall_64.tbl). */
-function finishSyscall(st: ProcessState, nr: number, text: string, r: number | null): void {
+function finishSyscall(st: ProcessState, nr: number, text: string, res: SyscallResult | null): void {
+  const r = res === null ? null : res.value;
   const ok = r !== null && r >= 0;
   const at = st.builder.length;
   const a = args(text);
+  /** Refuses a range the .vxt trace cannot hold (rangeProblem), naming the log, the line and the value. */
+  const checkRange = (call: string, start: number, startText: string, emptyOk: boolean): number => {
+    const length = pageUp(num(a[1]));
+    const bad = rangeProblem(call, start, startText, length, numText(a[1]) ?? '', emptyOk);
+    if (bad !== null) throw new TraceError('bad-line', st.file, `${st.where}: ${bad}`);
+    return length;
+  };
   switch (nr) {
     case 9: {
       // mmap(addr, length, prot, flags, fd, offset)
@@ -560,7 +617,7 @@ function finishSyscall(st: ProcessState, nr: number, text: string, r: number | n
         type: 'mmap',
         at,
         start: r,
-        length: pageUp(num(a[1])),
+        length: checkRange('mmap', r, res!.hex, false),
         prot: num(a[2]),
         flags,
         offset: num(a[5]),
@@ -569,13 +626,22 @@ function finishSyscall(st: ProcessState, nr: number, text: string, r: number | n
       return;
     }
     case 10:
-      if (ok) st.event({ type: 'mprotect', at, start: num(a[0]), length: pageUp(num(a[1])), prot: num(a[2]) });
+      if (ok) st.event({ type: 'mprotect', at, start: num(a[0]), length: checkRange('mprotect', num(a[0]), numText(a[0]) ?? '', true), prot: num(a[2]) });
       return;
     case 11:
-      if (ok) st.event({ type: 'munmap', at, start: num(a[0]), length: pageUp(num(a[1])) });
+      if (ok) st.event({ type: 'munmap', at, start: num(a[0]), length: checkRange('munmap', num(a[0]), numText(a[0]) ?? '', true) });
       return;
     case 12:
-      if (ok) st.event({ type: 'brk', at, request: num(a[0]), result: r });
+      if (ok) {
+        const request = num(a[0]);
+        for (const [v, shown] of [
+          [request, numText(a[0]) ?? ''],
+          [r, res!.hex],
+        ] as const) {
+          if (v >= VXT_ADDRESS_END) throw new TraceError('bad-line', st.file, `${st.where}: brk at ${shown}: the address is ${PAST_END}`);
+        }
+        st.event({ type: 'brk', at, request, result: r });
+      }
       return;
     case 2: // open(path, ...)
     case 257: {

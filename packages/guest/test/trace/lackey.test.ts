@@ -176,6 +176,37 @@ describe('importLackey', () => {
       expect(() => importLackey([f])).toThrow(/huge\.100\.1: line 13: an access of 18446744073709552000 bytes, more than the 65536 bytes/);
     });
 
+    it('refuses an address, length or end the .vxt reader would call corrupt (2^53 and up), naming the line and the value', () => {
+      const text = fs.readFileSync(tiny[0]!, 'latin1');
+      const imp = (name: string, from: string, to: string): (() => VxtTrace) => {
+        const f = tmpFile(name, text.replace(from, to));
+        return () => importLackey([f, tiny[1]!, tiny[2]!]);
+      };
+      const END = 'not below 2^53 (0x20000000000000), the end of the addresses a .vxt trace holds';
+      expect(imp('a.100.1', ' L 1fff000740,8', ' L fffffffffffff000,8192')).toThrow(
+        `a.100.1: line 13: an access of 8192 bytes at 0xfffffffffffff000: the address is ${END}: " L fffffffffffff000,8192"`,
+      );
+      expect(imp('b.100.1', ' L 1fff000740,8', ' L 1ffffffffffff8,16')).toThrow(
+        'b.100.1: line 13: an access of 16 bytes at 0x1ffffffffffff8: it ends at 0x20000000000008, past 2^53 (0x20000000000000), the end of the addresses a .vxt trace holds: " L 1ffffffffffff8,16"',
+      );
+      expect(imp('c.100.1', 'sys_mmap ( 0x0, 8192, 5,', 'sys_mmap ( 0x0, 99999999999999999999, 5,')).toThrow(
+        'c.100.1: line 16: mmap of 99999999999999999999 bytes: the length is not below 2^53 (0x20000000000000), the most a .vxt trace holds',
+      );
+      expect(imp('d.100.1', 'Success(0x4835000)', 'Success(0xfffffffffffff000)')).toThrow(
+        `d.100.1: line 16: mmap at 0xfffffffffffff000: the address is ${END}`,
+      );
+      expect(imp('e.100.1', 'sys_munmap ( 0x4835000, 5000 )', 'sys_munmap ( 0x1ffffffffff000, 8192 )')).toThrow(
+        'e.100.1: line 28: munmap of 8192 bytes at 0x1ffffffffff000: it ends at 0x20000000001000, past 2^53 (0x20000000000000), the end of the addresses a .vxt trace holds',
+      );
+      expect(imp('f.100.1', 'sys_mprotect ( 0x4835000,', 'sys_mprotect ( 0x4835001,')).toThrow(
+        'f.100.1: line 22: mprotect at 0x4835001: the address is not a multiple of 4096 (a .vxt trace holds page-aligned ranges)',
+      );
+      expect(imp('g.100.1', 'Success(0x4036000)', 'Success(0x20000000000000)')).toThrow(`g.100.1: line 20: brk at 0x20000000000000: the address is ${END}`);
+      // the last byte below 2^53 is still a trace the reader takes
+      const t = imp('h.100.1', ' L 1fff000740,8', ' L 1ffffffffffff8,8')();
+      expect(() => decodeVxt(encodeVxt(t, { quality: 1 }), 'h.vxt')).not.toThrow();
+    });
+
     it('refuses a device or a directory instead of reading it without bound', () => {
       expect(() => importLackey(['/dev/zero'])).toThrow('/dev/zero: not a regular file (a device, FIFO or socket); a lackey log is a file');
       expect(() => importLackey([FIX])).toThrow(`${FIX}: not a regular file (a directory)`);
