@@ -39,6 +39,21 @@ function userWrite(vcpu: Vcpu, va: number, v: number): void {
   }
 }
 
+/**
+ * The error codes of the #PFs the guest takes on a user read of `va` after a CR3 reload (a flush of every
+ * translation: SDM Vol. 3A §4.10.4); the handler maps `va` to some frame so that the read completes.
+ */
+function faultsAfterReload(vcpu: Vcpu, pt: GuestTables, va: number): number[] {
+  const faults: number[] = [];
+  vcpu.setExceptionHandler(PF_VECTOR, (_v, _vec, ec, cr2) => {
+    faults.push(ec);
+    pt.map(cr2, 0x980000, P | W | U | A);
+  });
+  vcpu.movToCr3(pt.root);
+  userRead(vcpu, va);
+  return faults;
+}
+
 describe('ShadowMmu', () => {
   describe('.handlePageFault', () => {
     it('takes 3 exits for a demand fault: reflect, emulated pte write, re-fault', () => {
@@ -239,14 +254,7 @@ describe('ShadowMmu', () => {
       expect(findLeaf(mmu, root, USER) & SPTE_P).toBe(0);
       expect(findLeaf(mmu, root, USER + 0x1000) & SPTE_P).toBe(0);
       // Guest-visible: after a CR3 reload the user read of the cleared page faults (U, not present: 4).
-      const faults: number[] = [];
-      vcpu.setExceptionHandler(PF_VECTOR, (_v, _vec, ec, cr2) => {
-        faults.push(ec);
-        pt.map(cr2, 0x901000, P | W | U | A);
-      });
-      vcpu.movToCr3(pt.root);
-      userRead(vcpu, USER + 0x1000);
-      expect(faults).toEqual([4]);
+      expect(faultsAfterReload(vcpu, pt, USER + 0x1000)).toEqual([4]);
     });
 
     it('32-bit guest: an 8-byte store over three 4-byte gptes clears all three sptes, the middle one too', () => {
@@ -266,14 +274,7 @@ describe('ShadowMmu', () => {
       expect(h.e('pf')).toBe(1);
       expect([pt.r32(e1) & P, pt.r32(e2), pt.r32(e3) & P]).toEqual([P, 0, 0]);
       for (const va of [USER + 0x1000, USER + 0x2000, USER + 0x3000]) expect(findLeaf(mmu, root, va) & SPTE_P).toBe(0);
-      const faults: number[] = [];
-      vcpu.setExceptionHandler(PF_VECTOR, (_v, _vec, ec, cr2) => {
-        faults.push(ec);
-        pt.map(cr2, 0x902000, P | W | U | A);
-      });
-      vcpu.movToCr3(pt.root);
-      userRead(vcpu, USER + 0x2000);
-      expect(faults).toEqual([4]);
+      expect(faultsAfterReload(vcpu, pt, USER + 0x2000)).toEqual([4]);
     });
 
     it('property: after any store into a shadowed guest PT (any offset, 1 to 8 bytes), no spte outlives its gpte', () => {

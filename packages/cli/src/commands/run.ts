@@ -214,13 +214,7 @@ class TraceFile {
   /** A run that failed: what was traced up to the failure, and the failure, in the partial file (FILE untouched). */
   abort(error: unknown): void {
     this.write(`${JSON.stringify({ type: 'aborted', error: error instanceof Error ? error.message : String(error) })}\n`);
-    try {
-      this.flush(false);
-      this.out.truncate(this.position);
-    } catch (e) {
-      this.out.discard();
-      throw e;
-    }
+    this.settle();
     this.out.keepPartial();
     process.stderr.write(`vmexit: --trace: the run failed; ${this.file} keeps its old contents, and ${this.out.partial} holds the trace up to the failure\n`);
   }
@@ -233,6 +227,12 @@ class TraceFile {
   }
 
   private close(): void {
+    this.settle();
+    this.out.commit();
+  }
+
+  /** The last lines written and the interrupted record cut off: the partial file as it is to stay (or discarded on error). */
+  private settle(): void {
     try {
       this.flush(false);
       this.out.truncate(this.position);
@@ -240,7 +240,6 @@ class TraceFile {
       this.out.discard();
       throw e;
     }
-    this.out.commit();
   }
 }
 
