@@ -2,6 +2,7 @@ import { CR0_PG, CR0_WP, GP_VECTOR, Machine, PF_VECTOR, type Vcpu } from '@vmexi
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { ACC_WRITE_MASK, ROLE_4BYTE_GPTE, ROLE_DIRECT, ROLE_INVALID, roleAccess, roleQuadrant, SPTE_P, SPTE_W } from '@vmexit/core/mmu';
+import { auditShadowMmu } from '../src/audit.js';
 import { levelIndex } from '../src/gpte.js';
 import { ShadowMmu, ShadowMmuError } from '../src/index.js';
 import { KVM_MIN_FREE_MMU_PAGES, KVM_REFILL_PAGES } from '../src/page-cache.js';
@@ -108,7 +109,7 @@ describe('ShadowMmu', () => {
       expect(h.e('pf')).toBe(2);
       expect([pt.r32(pte), pt.r32(pte + 4)]).toEqual([0x900000 | P | W | U, 0]);
       expect(pt.r32(pde) & A).toBe(A); // the PDE, in RAM, got its A
-      mmu.audit({ full: true });
+      auditShadowMmu(mmu, { full: true });
     });
 
     it('maps a clean guest pte read-only and makes it writable on the first write (D set by the walk)', () => {
