@@ -190,9 +190,9 @@ export { type AvailablePolicy, capabilityProviders, composeVariant, type Composi
 export { createVm, type CreateVmOptions, Vm, type VmCounters } from './vm/vm.js';
 
 // Cost models: pricing counters in modelled cycles.
-export { type CostFigure, type CostProfile, type CostReport, modelCycles, pricedCounters } from './cost/model.js';
-export { COST_PROFILES, DEFAULT_COST_PROFILE, PROFILE_2007, PROFILE_CLOUD_VM, PROFILE_SERVER } from './cost/profiles.js';
-export { COST_HANDLER_COUNTERS, type CostModelInput, costProfileSchema, MAX_FIGURE_CYCLES, parseCostProfile, resolveCostProfile } from './cost/schema.js';
+export { COST_HANDLER_COUNTERS, type CostFigure, type CostProfile, type CostReport, modelCycles, pricedCounters } from './cost/model.js';
+export { builtInCostProfile, COST_PROFILES, DEFAULT_COST_PROFILE, PROFILE_2007, PROFILE_CLOUD_VM, PROFILE_SERVER } from './cost/profiles.js';
+export { type CostModelInput, costProfileSchema, MAX_FIGURE_CYCLES, parseCostProfile, resolveCostProfile } from './cost/schema.js';
 
 // The conformance runner: test vectors run on the native machine (and on a variant by the CLI).
 export {

@@ -1,13 +1,12 @@
 import { createReadStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { SVM_EXIT_CODE_NAMES } from '@vmexit/backend-svm';
 import { VMX_EXIT_REASON_NAMES } from '@vmexit/backend-vmx';
-import { COST_PROFILES, DEFAULT_COST_PROFILE, VM_EXIT_KINDS, type CostProfile } from '@vmexit/core';
+import { builtInCostProfile, DEFAULT_COST_PROFILE, VM_EXIT_KINDS, type CostProfile } from '@vmexit/core';
 import { z } from 'zod';
 import { InputError } from './errors.js';
 import { array, count, describeValue, inputProblem, object, oneOf, string } from './input-schema.js';
-import { readCostModel } from './variant-spec.js';
+import { readCostModel, unknownCostModel } from './variant-spec.js';
 import { spread, type Spread } from './summary.js';
 import type { TraceSelection } from './trace-select.js';
 
@@ -83,14 +82,45 @@ const selectionSchema = object({
 });
 const RECORD_FIELDS: Partial<Record<(typeof RECORD_TYPES)[number], z.ZodType>> = { exit: exitSchema, window: windowSchema, 'trace-selection': selectionSchema };
 
+const TYPES = new Set<string>(RECORD_TYPES);
+const KINDS = new Set<string>(VM_EXIT_KINDS);
+const RESOLUTIONS = new Set(['resume', 'inject', 'emulate', 'userspace']);
+
+/**
+ * What the schemas below accept, checked by hand for the lines a trace is made of (its exits, and the lines
+ * whose fields are not read): most lines of a long trace never reach zod, which only words the problem.
+ */
+function plainlyValid(x: Record<string, unknown>): boolean {
+  const type = x['type'];
+  if (typeof type !== 'string' || !TYPES.has(type)) return false;
+  if (type !== 'exit') return RECORD_FIELDS[type as (typeof RECORD_TYPES)[number]] === undefined;
+  const vcpu = x['vcpu'];
+  const r = x['resolution'];
+  return (
+    Number.isInteger(vcpu) &&
+    (vcpu as number) >= 0 &&
+    typeof x['reason'] === 'string' &&
+    EXIT_REASONS.has(x['reason']) &&
+    typeof x['kind'] === 'string' &&
+    KINDS.has(x['kind']) &&
+    (r === undefined || r === null || (typeof r === 'object' && !Array.isArray(r) && RESOLUTIONS.has((r as { kind?: unknown }).kind as string)))
+  );
+}
+
 /** The first problem of a trace line's record (`exit record: vcpu must be ...`), or null when `traceStats` can read it. */
 function checkRecord(x: unknown): string | null {
   if (typeof x !== 'object' || x === null || Array.isArray(x)) return `a trace record must be an object with a type, not ${describeValue(x)}`;
+  if (plainlyValid(x as Record<string, unknown>)) return null;
   const problem = inputProblem(recordSchema, x);
   if (problem !== null) return problem;
   const fields = RECORD_FIELDS[(x as { type: (typeof RECORD_TYPES)[number] }).type];
   const p = fields === undefined ? null : inputProblem(fields, x);
   return p === null ? null : `${(x as { type: string }).type} record: ${p}`;
+}
+
+/** The file could not be read: a directory (opened, then EISDIR on the first read), or another error code. */
+function readError(file: string, code: string): InputError {
+  return new InputError(code === 'EISDIR' ? `${file}: is a directory, not a trace file` : `${file}: cannot read (${code})`);
 }
 
 /**
@@ -100,29 +130,19 @@ function checkRecord(x: unknown): string | null {
  */
 export async function traceStats(file: string, o: TraceStatsOptions = {}): Promise<TraceStats> {
   // a name, or a JSON file as everywhere else a cost model is given
-  const profile: CostProfile | undefined =
-    o.costModel?.endsWith('.json') === true
-      ? readCostModel(o.costModel, '--cost-model')
-      : Object.hasOwn(COST_PROFILES, o.costModel ?? DEFAULT_COST_PROFILE)
-        ? COST_PROFILES[o.costModel ?? DEFAULT_COST_PROFILE]
-        : undefined; // own names only: 'toString' is no cost model
-  if (profile === undefined) throw new InputError(`--cost-model: unknown cost model '${o.costModel}' (expected ${Object.keys(COST_PROFILES).join(', ')})`);
+  const name = o.costModel ?? DEFAULT_COST_PROFILE;
+  const profile: CostProfile | undefined = name.endsWith('.json') ? readCostModel(name, '--cost-model') : builtInCostProfile(name);
+  if (profile === undefined) throw unknownCostModel(name);
   type Ex = { vcpu: number; reason: string; cycles: number; inWindow: boolean };
   const exits: Ex[] = [];
   let inWindow = false;
   let sawWindow = false;
   let selection: TraceSelection | null = null;
   let n = 0;
-  try {
-    if ((await stat(file)).isDirectory()) throw new InputError(`${file}: is a directory, not a trace file`);
-  } catch (e) {
-    if (e instanceof InputError) throw e;
-    throw new InputError(`${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
-  }
   const stream = createReadStream(file, 'utf8');
   const opened = new Promise<void>((resolve, reject) => {
     stream.once('open', () => resolve());
-    stream.once('error', (e: NodeJS.ErrnoException) => reject(new InputError(`${file}: cannot read (${e.code ?? e.message})`)));
+    stream.once('error', (e: NodeJS.ErrnoException) => reject(readError(file, e.code ?? e.message)));
   });
   await opened;
   try {
@@ -157,9 +177,9 @@ export async function traceStats(file: string, o: TraceStatsOptions = {}): Promi
       }
     }
   } catch (e) {
-    // the stream failing after it opened (EIO): the file's fault, not ours
+    // the stream failing after it opened (EISDIR for a directory, EIO): the file's fault, not ours
     if (e instanceof InputError || typeof (e as NodeJS.ErrnoException).code !== 'string') throw e;
-    throw new InputError(`${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    throw readError(file, (e as NodeJS.ErrnoException).code!);
   } finally {
     stream.destroy();
   }

@@ -2,6 +2,7 @@ import { closeSync, fstatSync, openSync, readSync, statSync } from 'node:fs';
 import { dirname, extname, isAbsolute, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import {
+  builtInCostProfile,
   COST_PROFILES,
   MAX_GUEST_RAM,
   MMIO_HOLE_START,
@@ -121,6 +122,13 @@ export function parseSize(text: string, option = '--memory'): number {
   return checkGuestMemory(bytes, option);
 }
 
+/** `--cost-model NAME` that is neither a built-in model nor a `.json` file. */
+export function unknownCostModel(name: string): InputError {
+  return new InputError(
+    `--cost-model: unknown cost model '${name}' (expected one of ${Object.keys(COST_PROFILES).join(', ')}, or a custom model's .json file)`,
+  );
+}
+
 /**
  * Checks the variant flags whose values the command must parse itself, before anything runs: `--vcpus` an
  * integer 1..256, `--memory` a size within the limit, `--cost-model` a built-in model's name or a `.json` file
@@ -131,10 +139,8 @@ export function checkVariantFlags(opts: VariantOptions): void {
   if (opts.vcpus !== undefined && (!/^\d+$/.test(opts.vcpus) || Number(opts.vcpus) < 1 || Number(opts.vcpus) > 256))
     throw new InputError(`--vcpus: expected an integer from 1 to 256, got '${opts.vcpus}'`);
   if (opts.memory !== undefined) parseSize(opts.memory);
-  if (opts.costModel !== undefined && !opts.costModel.endsWith('.json') && !Object.hasOwn(COST_PROFILES, opts.costModel))
-    throw new InputError(
-      `--cost-model: unknown cost model '${opts.costModel}' (expected one of ${Object.keys(COST_PROFILES).join(', ')}, or a custom model's .json file)`,
-    );
+  if (opts.costModel !== undefined && !opts.costModel.endsWith('.json') && builtInCostProfile(opts.costModel) === undefined)
+    throw unknownCostModel(opts.costModel);
   if (opts.hostPages !== undefined) checkHostPages(opts.hostPages, '--host-pages');
 }
 

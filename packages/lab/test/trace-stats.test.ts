@@ -41,7 +41,9 @@ describe('traceStats', () => {
 
   it('takes a cost model by its own names only (not an inherited property such as toString)', async () => {
     for (const name of ['toString', 'constructor', 'nope'])
-      await expect(traceStats(write(''), { costModel: name })).rejects.toThrow(`--cost-model: unknown cost model '${name}' (expected core2-2007, server-2020s`);
+      await expect(traceStats(write(''), { costModel: name })).rejects.toThrow(
+        `--cost-model: unknown cost model '${name}' (expected one of core2-2007, server-2020s, cloud-vm-measured, or a custom model's .json file)`,
+      );
   });
 
   it('counts no exits in an empty trace (a run that traced nothing)', async () => {

@@ -751,8 +751,8 @@ export class Auditor {
         gpte(),
       );
     }
-    const dirty = r.dirty || st.vcpu.memory.isReadonly(r.entryPa[r.leafLevel]!); // a gpte in ROM never gets D (KVM pte_writable)
-    if ((lo & SPTE_W) !== 0 && !(dirty && (r.writable || (!ctx.cr0Wp && (lo & SPTE_U) === 0)))) {
+    // W needs D, but a gpte in ROM never gets D (KVM keeps W for a write fault there: pte_writable); asked only of a writable spte.
+    if ((lo & SPTE_W) !== 0 && !((r.dirty || st.vcpu.memory.isReadonly(r.entryPa[r.leafLevel]!)) && (r.writable || (!ctx.cr0Wp && (lo & SPTE_U) === 0)))) {
       this.fail(`vCPU ${st.vcpu.id}: va 0x${cva.toString(16)} is writable in the shadow but not writable and dirty in the guest`, sp, loc, '', gpte());
     }
     if ((lo & SPTE_U) !== 0 && !r.user)

@@ -69,7 +69,7 @@ export class VcpuShadowState {
   lastPtWriteCount = 0;
 
   /** The cells of HOT_COUNTERS for this vCPU, each taken at its first add (null until then). */
-  private readonly cells: (StatCell | null)[] = [null, null, null, null, null, null];
+  private readonly cells: (StatCell | null)[] = HOT_COUNTERS.map(() => null);
 
   constructor(readonly vcpu: Vcpu) {
     this.ctx = new ShadowPagingContext(vcpu.ctx);

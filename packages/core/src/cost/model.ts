@@ -15,17 +15,20 @@ export interface CostFigure {
  * - `exitRoundTrip[kind]`: VM exit + VM entry for an exit of that kind (counter `exits.kind.<kind>`);
  * - `userspaceExit`: the extra round trip to user space of an MMIO exit (`mmio_exits`) and of a dirty ring's
  *   KVM_EXIT_DIRTY_RING_FULL (`dirty_ring_full_exits`: KVM_RUN returns and is called again, no VM exit of its own);
- * - `handler`: the hypervisor's work per KVM event (`pf_fixed`, `pf_guest`, `insn_emulation`, ...);
+ * - `handler`: the hypervisor's work per KVM event (`pf_fixed`, `pf_guest`, `insn_emulation`: COST_HANDLER_COUNTERS);
  * - `guestFault`: the guest kernel's own #PF handling, per fault delivered to the guest (`guest.page_faults`);
  * - `walkReference`: one memory reference of a hardware page walk (`walk_refs`);
  * - and, in every profile, the cycles vCPUs spun on a contended `mmu_lock` (`mmu_lock.spin_cycles`), one for one.
  */
+/** The counters a `handler` figure may price: the hypervisor's work per KVM event (docs/cost-models.md). */
+export const COST_HANDLER_COUNTERS = ['pf_fixed', 'pf_guest', 'insn_emulation'] as const;
+
 export interface CostProfile {
   readonly name: string;
   readonly description: string;
   readonly exitRoundTrip: Readonly<Record<string, CostFigure>>;
   readonly userspaceExit: CostFigure;
-  readonly handler: Readonly<Record<string, CostFigure>>;
+  readonly handler: Readonly<Partial<Record<(typeof COST_HANDLER_COUNTERS)[number], CostFigure>>>;
   readonly guestFault: CostFigure;
   readonly walkReference: CostFigure;
 }

@@ -89,5 +89,10 @@ export const COST_PROFILES: Readonly<Record<string, CostProfile>> = {
   [PROFILE_CLOUD_VM.name]: PROFILE_CLOUD_VM,
 };
 
+/** The built-in cost model named `name`, or undefined: its own names only (`toString` is in every object, and no model). */
+export function builtInCostProfile(name: string): CostProfile | undefined {
+  return Object.hasOwn(COST_PROFILES, name) ? COST_PROFILES[name] : undefined;
+}
+
 /** The name of the cost model a variant uses when it names none (server-2020s). */
 export const DEFAULT_COST_PROFILE = PROFILE_SERVER.name;

@@ -1,17 +1,14 @@
 import { z } from 'zod';
 import { VM_EXIT_KINDS } from '../exits/vm-exit.js';
-import type { CostProfile } from './model.js';
-import { COST_PROFILES } from './profiles.js';
+import { COST_HANDLER_COUNTERS, type CostProfile } from './model.js';
+import { builtInCostProfile, COST_PROFILES } from './profiles.js';
 
 /**
- * The most cycles one figure may price an event at: 1e9, a third of a second at 3 GHz, a million times the
- * largest built-in figure. A larger figure is a mistake (1e308 would make a run's modelled cycles infinite),
+ * The most cycles one figure may price an event at: 1e9, a third of a second at 3 GHz, about 265,000 times
+ * the largest built-in figure (3,780). A larger figure is a mistake (1e308 would make a run's modelled cycles infinite),
  * and is refused with its field's path.
  */
 export const MAX_FIGURE_CYCLES = 1e9;
-
-/** The counters a `handler` figure may price: the hypervisor's work per KVM event (docs/cost-models.md). */
-export const COST_HANDLER_COUNTERS = ['pf_fixed', 'pf_guest', 'insn_emulation'] as const;
 
 const figureSchema = z.strictObject({
   cycles: z
@@ -68,7 +65,7 @@ export function parseCostProfile(raw: unknown): { profile: CostProfile; problems
 /** The profile a variant's `costModel` stands for (a built-in name or a profile); RangeError for an unknown name. */
 export function resolveCostProfile(model: CostModelInput): CostProfile {
   if (typeof model !== 'string') return model;
-  const p = Object.hasOwn(COST_PROFILES, model) ? COST_PROFILES[model] : undefined;
+  const p = builtInCostProfile(model);
   if (p === undefined) throw new RangeError(`unknown cost model '${model}' (expected one of ${Object.keys(COST_PROFILES).join(', ')}, or a profile)`);
   return p;
 }

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { PAGING_MODE_NAMES } from '../arch/modes.js';
-import { COST_PROFILES, DEFAULT_COST_PROFILE } from '../cost/profiles.js';
+import { builtInCostProfile, COST_PROFILES, DEFAULT_COST_PROFILE } from '../cost/profiles.js';
 import { costProfileSchema } from '../cost/schema.js';
 
 /** One problem with a variant: the path of the offending field (`policies.1.use`) and what is wrong. */
@@ -66,7 +66,7 @@ export const variantSchema = z.strictObject({
   costModel: z
     .union([
       // Own keys only: `toString` is `in` every object.
-      z.string().refine((n) => Object.hasOwn(COST_PROFILES, n), {
+      z.string().refine((n) => builtInCostProfile(n) !== undefined, {
         error: (iss) =>
           `unknown cost model '${String(iss.input)}' (expected one of ${Object.keys(COST_PROFILES).join(', ')}); a custom model is a .json file (--cost-model) or a profile object`,
       }),
