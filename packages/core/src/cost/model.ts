@@ -10,6 +10,9 @@ export interface CostFigure {
   readonly source: string;
 }
 
+/** The counters a `handler` figure may price: the hypervisor's work per KVM event (docs/cost-models.md). */
+export const COST_HANDLER_COUNTERS = ['pf_fixed', 'pf_guest', 'insn_emulation'] as const;
+
 /**
  * The events a profile prices, each applied to a counter:
  * - `exitRoundTrip[kind]`: VM exit + VM entry for an exit of that kind (counter `exits.kind.<kind>`);
@@ -20,9 +23,6 @@ export interface CostFigure {
  * - `walkReference`: one memory reference of a hardware page walk (`walk_refs`);
  * - and, in every profile, the cycles vCPUs spun on a contended `mmu_lock` (`mmu_lock.spin_cycles`), one for one.
  */
-/** The counters a `handler` figure may price: the hypervisor's work per KVM event (docs/cost-models.md). */
-export const COST_HANDLER_COUNTERS = ['pf_fixed', 'pf_guest', 'insn_emulation'] as const;
-
 export interface CostProfile {
   readonly name: string;
   readonly description: string;
