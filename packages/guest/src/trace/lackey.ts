@@ -356,6 +356,8 @@ const MAX_ACCESS_BYTES = 65536;
  */
 const VXT_ADDRESS_END = 2 ** 53;
 const PAST_END = 'not below 2^53 (0x20000000000000), the end of the addresses a .vxt trace holds';
+/** The words for a range that starts below VXT_ADDRESS_END but ends past it. */
+const endsPast = (end: bigint): string => `it ends at 0x${end.toString(16)}, past 2^53 (0x20000000000000), the end of the addresses a .vxt trace holds`;
 
 /** Parses one log's body into `st` (streaming, in 4 MiB chunks). */
 function parseLog(log: LogInfo, st: ProcessState): void {
@@ -446,7 +448,7 @@ function parseLog(log: LogInfo, st: ProcessState): void {
             throw new TraceError(
               'bad-line',
               file,
-              `line ${lineNo}: an access of ${size} bytes at ${at}: ${a >= VXT_ADDRESS_END ? `the address is ${PAST_END}` : `it ends at 0x${end.toString(16)}, past 2^53 (0x20000000000000), the end of the addresses a .vxt trace holds`}: ${JSON.stringify(buf.toString('latin1', s, Math.min(e, s + 80)))}`,
+              `line ${lineNo}: an access of ${size} bytes at ${at}: ${a >= VXT_ADDRESS_END ? `the address is ${PAST_END}` : endsPast(end)}: ${JSON.stringify(buf.toString('latin1', s, Math.min(e, s + 80)))}`,
             );
           }
           const first = Math.floor(a / PAGE);
@@ -569,9 +571,7 @@ function rangeProblem(call: string, start: number, startText: string, length: nu
   if (start >= VXT_ADDRESS_END) return `${call} at ${startText}: the address is ${PAST_END}`;
   if (length >= VXT_ADDRESS_END) return `${call} of ${lengthText} bytes: the length is not below 2^53 (0x20000000000000), the most a .vxt trace holds`;
   const end = BigInt(start) + BigInt(length);
-  if (end > BigInt(VXT_ADDRESS_END)) {
-    return `${call} of ${lengthText} bytes at ${startText}: it ends at 0x${end.toString(16)}, past 2^53 (0x20000000000000), the end of the addresses a .vxt trace holds`;
-  }
+  if (end > BigInt(VXT_ADDRESS_END)) return `${call} of ${lengthText} bytes at ${startText}: ${endsPast(end)}`;
   if (start % PAGE !== 0) return `${call} at ${startText}: the address is not a multiple of 4096 (a .vxt trace holds page-aligned ranges)`;
   if (length === 0 && !emptyOk) return `${call} of ${lengthText} bytes: a .vxt trace holds no empty mapping`;
   return null;
@@ -634,12 +634,8 @@ function finishSyscall(st: ProcessState, nr: number, text: string, res: SyscallR
     case 12:
       if (ok) {
         const request = num(a[0]);
-        for (const [v, shown] of [
-          [request, numText(a[0]) ?? ''],
-          [r, res!.hex],
-        ] as const) {
-          if (v >= VXT_ADDRESS_END) throw new TraceError('bad-line', st.file, `${st.where}: brk at ${shown}: the address is ${PAST_END}`);
-        }
+        const past = request >= VXT_ADDRESS_END ? (numText(a[0]) ?? '') : r >= VXT_ADDRESS_END ? res!.hex : null;
+        if (past !== null) throw new TraceError('bad-line', st.file, `${st.where}: brk at ${past}: the address is ${PAST_END}`);
         st.event({ type: 'brk', at, request, result: r });
       }
       return;
