@@ -253,16 +253,23 @@ function setLeaf(
   }
   const leaf = s.scratch.leaf;
   makeLeafSpte(leaf, gfn, pteAccess, !slot.readonly, writable, pkey);
-  installLeaf(s, sp, loc, leaf.lo, leaf.hi);
+  // mmu_set_spte: RET_PF_SPURIOUS when the spte already is this one (another vCPU fixed it first), unless the
+  // write must be emulated (RET_PF_EMULATE overrides it); FNAME(fetch) then returns without the prefetch.
+  const spurious = !installLeaf(s, sp, loc, leaf.lo, leaf.hi) && !(wrprot && write);
   // FNAME(pte_prefetch) after the leaf of a level-1 page of a guest table, when a policy asks for it.
-  if (!sp.direct) {
+  if (!sp.direct && !spurious) {
     const seq = st.mmuEventSeq++;
     if (!st.decidedByDefault(s.host, 2, 'prefetch') && decidePrefetchEvent(s.host, st, seq, s.scratch.faultVa, sp.gfn)) prefetch(s, st.vcpu, sp, loc - sp.base);
   }
-  // kvm_mmu_do_page_fault's statistics: pf_fixed for RET_PF_FIXED, pf_emulate for RET_PF_EMULATE.
+  // kvm_mmu_do_page_fault's statistics: pf_fixed for RET_PF_FIXED, pf_emulate for RET_PF_EMULATE, pf_spurious
+  // for RET_PF_SPURIOUS.
   if (wrprot && write) {
     st.bump(s.host, 0 /* pf_emulate */);
     return EMULATE;
+  }
+  if (spurious) {
+    s.host.count(st.vcpu.id, 'pf_spurious');
+    return RESUME;
   }
   st.bump(s.host, 1 /* pf_fixed */);
   return RESUME;

@@ -112,24 +112,28 @@ export function link(s: ShadowMmuState, loc: number, child: ShadowPage): void {
 /**
  * Installs leaf spte (`lo`, `hi`) at `loc` of `sp` (the spte half of KVM `mmu_set_spte`): another frame
  * drops the old mapping first; the same frame with fewer rights asks for a flush; a new mapping enters the rmap.
+ * Returns false, changing nothing, when the spte already is (`lo`, `hi`).
  */
-export function installLeaf(s: ShadowMmuState, sp: ShadowPage, loc: number, lo: number, hi: number): void {
+export function installLeaf(s: ShadowMmuState, sp: ShadowPage, loc: number, lo: number, hi: number): boolean {
   const pool = s.pool;
   const oldLo = pool.lo(loc);
   const oldHi = pool.hi(loc);
   const gfn = Math.floor(sptePa(lo, hi) / PAGE_SIZE);
   markIfWritable(s, lo, gfn);
+  // mmu_set_spte: "if (*sptep == spte) ret = RET_PF_SPURIOUS", nothing to update (make_spte has marked the page dirty).
+  if (oldLo === lo && oldHi === hi) return false;
   if (s.isPresent(oldLo, oldHi)) {
     if (sptePa(oldLo, oldHi) !== sptePa(lo, hi)) {
       zapSpte(s, sp, loc); // another frame: drop the old mapping (and flush) first
     } else {
       if (spteNeedsFlush(oldLo, oldHi, lo, hi)) s.pendingFlush = true;
       pool.set(loc, lo, hi);
-      return;
+      return true;
     }
   }
   pool.set(loc, lo, hi);
   rmapAdd(s, gfn, loc);
+  return true;
 }
 
 /** KVM `make_spte`: "if ((spte & PT_WRITABLE_MASK) && kvm_slot_dirty_track_enabled(slot)) mark_page_dirty_in_slot". */

@@ -48,6 +48,10 @@ describe('shadow MMU race scenarios', () => {
     const off = explore(shadowRaceScenario('fast-pf-same-spte', { fastPageFault: false }), { preemptions: 2 });
     expect(off.violations).toBe(0);
     expect([off.interleavings, off.stats['mmu_lock.acquired'], off.stats['mmu_lock.contended'], off.stats['pf_fast'] ?? 0]).toEqual([16, 42, 8, 0]);
+    // 26 slow faults: the spte is made once per interleaving (16 pf_fixed); in the 10 interleavings where the
+    // second vCPU took its exit before the first one's fault set the spte, its own fault, under the lock after
+    // it, makes the very same spte: RET_PF_SPURIOUS (mmu.c mmu_set_spte), pf_spurious, and no prefetch.
+    expect(off.stats).toMatchObject({ pf_taken: 26, pf_fixed: 16, pf_spurious: 10 });
   });
 
   it('catches a fast path that stores the spte without the compare (fast-pf-vs-zap: a zapped spte comes back, out of the rmap)', () => {
