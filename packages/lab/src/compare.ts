@@ -5,7 +5,7 @@ import { createTraceLoader, type Personality, type RunResult, type TraceLoader }
 import { compiledFile } from './cell.js';
 import { InputError, RunFailure } from './errors.js';
 import { provenance, type Provenance } from './provenance.js';
-import { runChecked, runOnVariant, type CheckReport, type VariantRunResult } from './run-variant.js';
+import { describeVariant, runChecked, runOnVariant, type CheckReport, type VariantRunResult } from './run-variant.js';
 import type { SweepProgressInfo } from './progress.js';
 import { exitCycles } from './trace-stats.js';
 import { guestProgress } from './lock-time.js';
@@ -210,6 +210,7 @@ export async function compareVariants(o: ComparisonOptions): Promise<ComparisonD
   // Every variant is composed here first, so that a bad one stops the comparison before any runs.
   const variants: { spec: string; label?: string; variant: Variant }[] = [];
   for (const { spec, label } of given) variants.push({ spec, label, variant: await parseVariantSpec(spec, o.overrides ?? {}, o.context) });
+  checkColumnLabels(variants);
   const task = (spec: string, label: string | undefined): CompareTask => ({
     spec,
     ...(label !== undefined ? { label } : {}),
@@ -279,6 +280,28 @@ export function variantLabel(v: RunResult['variant']): string {
   const names = pol.map((p) => (typeof p === 'string' ? p : p.use));
   const hostPages = typeof v.hostPages === 'string' ? ` host-pages=${v.hostPages}` : '';
   return `${v.backend} ${String(v.mmu)}${hostPages}${names.length > 0 ? ` ${names.join(',')}` : ''}`;
+}
+
+/**
+ * Each label given (`--label NAME=VARIANT`) names one column: not twice, and not the name another column gets
+ * by itself (its `comparisonLabel`), which would make two columns of one name. Variants given without a label
+ * may share a name (the same variant twice).
+ */
+function checkColumnLabels(variants: readonly { spec: string; label?: string; variant: Variant }[]): void {
+  const given = new Map<string, string>();
+  for (const { spec, label } of variants) {
+    if (label === undefined) continue;
+    const first = given.get(label);
+    if (first !== undefined) throw new InputError(`--label: the label '${label}' is given twice ('${label}=${first}', '${label}=${spec}'); give each column a name of its own`);
+    given.set(label, spec);
+  }
+  for (const { spec, label, variant } of variants) {
+    if (label !== undefined) continue;
+    const name = comparisonLabel(describeVariant(variant) as RunResult['variant']);
+    const clash = given.get(name);
+    if (clash !== undefined)
+      throw new InputError(`--label: the label '${name}' (of '${name}=${clash}') is also the name of the column of --variant '${spec}'; give it a name of its own`);
+  }
 }
 
 /**

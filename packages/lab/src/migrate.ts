@@ -281,6 +281,11 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
       personalities: o.personalities,
       machine: vm.machine,
       variant: describeVariant(variant),
+      // The dirty log is the migration's to harvest: a workload that harvests it too (dirty-log-test) would take
+      // the pages the migration has to send.
+      dirtyLog: () => {
+        throw new InputError(`workload '${o.workload}' harvests the dirty log itself, and migrate harvests it for the migration: migrate another workload, or run this one with vmexit run`);
+      },
       onProgress: (n) => {
         lastAccesses = n;
         onQuantum(n);

@@ -157,6 +157,8 @@ export async function rawVariant(opts: VariantOptions, cwd: string): Promise<Rec
   let raw: Record<string, unknown> = {};
   let from = cwd;
   if (opts.config !== undefined) {
+    // `--config=` would resolve to the working directory itself.
+    if (opts.config.trim() === '') throw new InputError('--config: expected a variant file (vmexit.config.json or vmexit.config.mjs), got an empty value');
     const file = resolve(cwd, opts.config);
     raw = await readConfig(file);
     from = dirname(file);

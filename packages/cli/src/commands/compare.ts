@@ -91,7 +91,6 @@ export function registerCompare(program: Command): void {
       checkVariantFlags({ vcpus: flags.vcpus, memory: flags.memory, costModel: flags.costModel, hostPages: flags.hostPages });
       checkWorkloadSpec(flags.workload, '--workload');
       if (columns.length === 0) throw new InputError("required option '--variant <variant>' not specified (or --label NAME=VARIANT)");
-      checkLabels(columns);
       const jobs = parseJobs(flags.jobs);
       const counters = checkCounterPatterns(flags.counter);
       const bar = new CountBar('variants');
@@ -134,20 +133,6 @@ export function parseLabel(text: string): LabelledVariant {
   const m = /^([^=]+)=(.+)$/.exec(text);
   if (m === null || m[1]!.trim() === '' || m[2]!.trim() === '') throw new InputError(`--label: expected NAME=VARIANT (e.g. fast=flood.json), got '${text}'`);
   return { label: m[1]!.trim(), spec: m[2]!.trim() };
-}
-
-/** Each `--label` names a column of its own: a name given twice would make two columns of that name. */
-export function checkLabels(columns: readonly (string | LabelledVariant)[]): void {
-  const specs = new Map<string, string>();
-  for (const c of columns) {
-    if (typeof c === 'string') continue;
-    const first = specs.get(c.label);
-    if (first !== undefined)
-      throw new InputError(
-        `--label: the label '${c.label}' is given twice ('${c.label}=${first}', '${c.label}=${c.spec}'); give each column a name of its own`,
-      );
-    specs.set(c.label, c.spec);
-  }
 }
 
 /** The options of a comparison: lab's, with the CLI's defaults for where modules come from. */

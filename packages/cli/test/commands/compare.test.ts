@@ -220,6 +220,11 @@ describe('compare', () => {
     it.each([
       [['--label', 'fast'], /--label: expected NAME=VARIANT \(e\.g\. fast=flood\.json\), got 'fast'/],
       [['--label', 'a=vmx', '--label', 'a=svm'], /^vmexit: --label: the label 'a' is given twice \('a=vmx', 'a=svm'\); give each column a name of its own\n$/],
+      // The label is the name `--variant 'vmx shadow'` gets by itself: two columns of one name.
+      [
+        ['--label', 'vmx shadow=svm shadow'],
+        /^vmexit: --label: the label 'vmx shadow' \(of 'vmx shadow=svm shadow'\) is also the name of the column of --variant 'vmx shadow'; give it a name of its own\n$/,
+      ],
       [['--counter', 'a b'], /--counter 'a b': expected a counter name or a glob/],
       [['--jobs', '0'], /--jobs: expected an integer from 1 to 256, got '0'/],
     ])('exits 2 on %j before running anything', async (extra, message) => {

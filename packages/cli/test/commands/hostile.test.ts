@@ -173,6 +173,11 @@ describe('hostile input', () => {
       expect(await main(['run', '--workload', 'demand-fault:pages=4', '--config', dir])).toBe(2);
       expect(err()).toBe(`vmexit: --config ${dir}: is a directory; give a variant file (vmexit.config.json or vmexit.config.mjs)\n`);
     });
+
+    it('--config= (an empty value) says it is empty, not that the working directory is a directory', async () => {
+      expect(await main(['run', '--workload', 'demand-fault:pages=4', '--config='])).toBe(2);
+      expect(err()).toBe('vmexit: --config: expected a variant file (vmexit.config.json or vmexit.config.mjs), got an empty value\n');
+    });
   });
 
   describe('options checked by the command that takes them (8, 9, 14)', () => {

@@ -92,6 +92,13 @@ describe('vmexit migrate', () => {
     expect(err).toContain('--dirty-ring-size: sizes the rings of --dirty-log ring; this migration harvests with --dirty-log bitmap');
     expect(await main(['migrate', '--workload', WL, '--copy-rate', '1e9'])).toBe(2);
     expect(err).toContain("--copy-rate: expected a positive decimal number (digits and an optional fraction, as 4 or 0.5), got '1e9'");
+    // dirty-log-test harvests the log itself, which is the migration's to harvest: refused, with nothing printed.
+    const before = out.length;
+    expect(await main(['migrate', '--workload', 'dirty-log-test:pages=64,harvest=bitmap', '--backend', 'vmx'])).toBe(2);
+    expect(err).toContain(
+      "workload 'dirty-log-test:pages=64,harvest=bitmap' harvests the dirty log itself, and migrate harvests it for the migration: migrate another workload, or run this one with vmexit run",
+    );
+    expect(out.length).toBe(before);
   });
 });
 
