@@ -292,7 +292,8 @@ function checkColumnLabels(variants: readonly { spec: string; label?: string; va
   for (const { spec, label } of variants) {
     if (label === undefined) continue;
     const first = given.get(label);
-    if (first !== undefined) throw new InputError(`--label: the label '${label}' is given twice ('${label}=${first}', '${label}=${spec}'); give each column a name of its own`);
+    if (first !== undefined)
+      throw new InputError(`--label: the label '${label}' is given twice ('${label}=${first}', '${label}=${spec}'); give each column a name of its own`);
     given.set(label, spec);
   }
   for (const { spec, label, variant } of variants) {
@@ -300,7 +301,9 @@ function checkColumnLabels(variants: readonly { spec: string; label?: string; va
     const name = comparisonLabel(describeVariant(variant) as RunResult['variant']);
     const clash = given.get(name);
     if (clash !== undefined)
-      throw new InputError(`--label: the label '${name}' (of '${name}=${clash}') is also the name of the column of --variant '${spec}'; give it a name of its own`);
+      throw new InputError(
+        `--label: the label '${name}' (of '${name}=${clash}') is also the name of the column of --variant '${spec}'; give it a name of its own`,
+      );
   }
 }
 

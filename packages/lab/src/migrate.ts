@@ -284,7 +284,9 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
       // The dirty log is the migration's to harvest: a workload that harvests it too (dirty-log-test) would take
       // the pages the migration has to send.
       dirtyLog: () => {
-        throw new InputError(`workload '${o.workload}' harvests the dirty log itself, and migrate harvests it for the migration: migrate another workload, or run this one with vmexit run`);
+        throw new InputError(
+          `workload '${o.workload}' harvests the dirty log itself, and migrate harvests it for the migration: migrate another workload, or run this one with vmexit run`,
+        );
       },
       onProgress: (n) => {
         lastAccesses = n;
