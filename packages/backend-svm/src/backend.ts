@@ -13,12 +13,16 @@ import {
   type WalkResult,
 } from '@vmexit/core';
 import {
+  CR0_ET,
+  CR0_SELECTIVE_IGNORED,
   exitCodeName,
+  INTERCEPT_CR0_READ,
   INTERCEPT_CR0_WRITE,
   INTERCEPT_CR3_WRITE,
   INTERCEPT_CR4_WRITE,
   INTERCEPT_INVLPG,
   INTERCEPT_MSR_PROT,
+  INTERCEPT_SELECTIVE_CR0,
   MSR_EFER,
   NPF_EXITINFO1_FINAL,
   NPF_EXITINFO1_PAGE_TABLE,
@@ -28,13 +32,14 @@ import {
   SVM_EVTINJ_VALID_ERR,
   SVM_EVTINJ_VEC_MASK,
   SVM_MSR_EXITINFO1_WRITE,
+  VMEXIT_CR0_SEL_WRITE,
   VMEXIT_CR0_WRITE,
   VMEXIT_EXCP_BASE,
   VMEXIT_INVLPG,
   VMEXIT_MSR,
   VMEXIT_NPF,
 } from './constants.js';
-import { createVmcb, Vmcb } from './state.js';
+import { createVmcb, hostCr0, Vmcb } from './state.js';
 import { BackendError } from './errors.js';
 
 /** Exceptions that push an error code (APM Vol. 2 §8.2): #DF, #TS, #NP, #SS, #GP, #PF, #AC, #CP (21), #SX (30). */
@@ -60,13 +65,16 @@ export class SvmBackend implements Backend<Vmcb> {
   }
 
   /**
-   * APM Vol. 2 §15.9 (CR intercepts: a write of CRn exits iff bit 16+n of the CR intercept vector is set) and
-   * §15.11 (MSR intercepts: WRMSR exits iff MSR_PROT is set and the MSR's write bit in the MSRPM is set).
+   * APM Vol. 2 §15.9 (CR intercepts: a write of CRn exits iff bit 16+n of the CR intercept vector is set;
+   * §15.9.2: with the CR0 write intercept clear, the selective CR0 write intercept makes a write of CR0 exit iff
+   * it changes a bit other than TS and MP, compared here with the VMCB's CR0) and §15.11 (MSR intercepts: WRMSR
+   * exits iff MSR_PROT is set and the MSR's write bit in the MSRPM is set).
    */
-  crWriteExits(v: Vmcb, cr: number, _value: number): boolean {
+  crWriteExits(v: Vmcb, cr: number, value: number): boolean {
     switch (cr) {
       case 0:
-        return (v.interceptCr & INTERCEPT_CR0_WRITE) !== 0;
+        if ((v.interceptCr & INTERCEPT_CR0_WRITE) !== 0) return true;
+        return (v.interceptMisc1 & INTERCEPT_SELECTIVE_CR0) !== 0 && ((value ^ v.cr0) & ~CR0_SELECTIVE_IGNORED) !== 0;
       case 3:
         return (v.interceptCr & INTERCEPT_CR3_WRITE) !== 0;
       case 4:
@@ -109,8 +117,10 @@ export class SvmBackend implements Backend<Vmcb> {
   }
 
   /**
-   * CR write: VMEXIT_CR0_WRITE + n; with decode assists (§15.33.1) EXITINFO1 bit 63 = MOV-to-CR and bits 3:0
-   * the GPR (reported as 0 = RAX, so the value 2^63 is exact in a double). EFER: VMEXIT_MSR, EXITINFO1 = 1 (WRMSR).
+   * CR write: VMEXIT_CR0_WRITE + n, or VMEXIT_CR0_SEL_WRITE (65h) for a CR0 write that only the selective
+   * intercept took (the CR0 write intercept has priority, §15.9.2); with decode assists (§15.33.1) EXITINFO1
+   * bit 63 = MOV-to-CR and bits 3:0 the GPR (reported as 0 = RAX, so the value 2^63 is exact in a double; KVM
+   * cr_interception reads CR_VALID for both CR0 codes). EFER: VMEXIT_MSR, EXITINFO1 = 1 (WRMSR).
    */
   crWriteExit(v: Vmcb, cr: number, _value: number): HardwareExit {
     if (cr === MSR_EFER) {
@@ -119,7 +129,7 @@ export class SvmBackend implements Backend<Vmcb> {
       v.exitInfo2 = 0;
       return this.describe(v);
     }
-    v.exitCode = VMEXIT_CR0_WRITE + cr;
+    v.exitCode = cr === 0 && (v.interceptCr & INTERCEPT_CR0_WRITE) === 0 ? VMEXIT_CR0_SEL_WRITE : VMEXIT_CR0_WRITE + cr;
     v.exitInfo1 = SVM_CR_EXITINFO1_MOV;
     v.exitInfo2 = 0;
     return this.describe(v);
@@ -168,8 +178,19 @@ export class SvmBackend implements Backend<Vmcb> {
     return this.exceptionExit(v, PF_VECTOR, code, address);
   }
 
-  /** SVM keeps no read shadows: nothing follows a CR write. */
-  crWriteHandled(_v: Vmcb, _cr: number, _value: number): void {}
+  /**
+   * SVM keeps no read shadows, but KVM reprograms the CR0 intercepts after it handles a CR0 write (svm.c
+   * `svm_set_cr0`, after kvm_set_cr0 forced ET): the VMCB's CR0 becomes the guest's value as KVM runs it
+   * (`hostCr0`), and when that equals the guest's own CR0 the CR0 read and write intercepts are cleared ("Selective
+   * CR0 write remains on"), else set. From then on only a write that changes a bit other than TS and MP exits.
+   */
+  crWriteHandled(v: Vmcb, cr: number, value: number): void {
+    if (cr !== 0) return;
+    const cr0 = (value | CR0_ET) >>> 0;
+    v.cr0 = hostCr0(cr0, !v.npEnable);
+    if (v.cr0 === cr0) v.interceptCr &= ~(INTERCEPT_CR0_READ | INTERCEPT_CR0_WRITE);
+    else v.interceptCr |= INTERCEPT_CR0_READ | INTERCEPT_CR0_WRITE;
+  }
 
   /** §15.20 Event Injection: EVENTINJ = vector | type 3 | EV (error code valid) | V, error code in bits 63:32. */
   injectException(v: Vmcb, vector: number, errorCode: number): void {

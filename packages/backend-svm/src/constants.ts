@@ -169,9 +169,28 @@ export const INTERCEPT_CR0_WRITE = 1 << 16;
 export const INTERCEPT_CR3_WRITE = 1 << 19;
 export const INTERCEPT_CR4_WRITE = 1 << 20;
 
-/** Intercept vector 3 (VMCB offset 0Ch), APM Vol. 2 Appendix B (Table B-1): bit 25 INVLPG, bit 28 MSR_PROT. */
+/**
+ * Intercept vector 3 (VMCB offset 0Ch), APM Vol. 2 Appendix B (Table B-1): bit 5 the selective CR0 write
+ * intercept (KVM INTERCEPT_SELECTIVE_CR0), bit 25 INVLPG, bit 28 MSR_PROT.
+ */
+export const INTERCEPT_SELECTIVE_CR0 = 1 << 5;
 export const INTERCEPT_INVLPG = 1 << 25;
 export const INTERCEPT_MSR_PROT = 1 << 28;
+
+/** CR0.MP (bit 1), CR0.TS (bit 3), CR0.ET (bit 4), CR0.NW (bit 29), CR0.CD (bit 30): APM Vol. 2 §3.1.1. */
+export const CR0_MP = 1 << 1;
+export const CR0_TS = 1 << 3;
+export const CR0_ET = 1 << 4;
+export const CR0_NW = 1 << 29;
+export const CR0_CD = 1 << 30;
+/**
+ * The CR0 bits a write may change without the selective CR0 write intercept firing (APM Vol. 2 §15.9.2: it
+ * intercepts "a write to CR0 that changes any bit other than CR0.TS or CR0.MP"; KVM SVM_CR0_SELECTIVE_MASK),
+ * plus ET, which no write can change (APM Vol. 2 §3.1.1: read-only, forced to 1).
+ */
+export const CR0_SELECTIVE_IGNORED = CR0_TS | CR0_MP | CR0_ET;
+/** CR0 after RESET as KVM sets it (x86.c kvm_vcpu_reset: ET | NW | CD), 6000_0010h. */
+export const CR0_RESET = (CR0_CD | CR0_NW | CR0_ET) >>> 0;
 
 /** EVENTINJ (VMCB offset 0A8h), APM Vol. 2 §15.20: bits 7:0 vector, 10:8 type (3 = exception), 11 EV, 31 V, 63:32 error code. */
 export const SVM_EVTINJ_VEC_MASK = 0xff;

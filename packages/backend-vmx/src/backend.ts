@@ -24,6 +24,7 @@ import {
   CPU_BASED_CR3_LOAD_EXITING,
   CPU_BASED_INVLPG_EXITING,
   CPU_BASED_USE_MSR_BITMAPS,
+  CR0_ET,
   CR_ACCESS_TYPE_MOV_TO_CR,
   EPT_VIOLATION_ACC_INSTR,
   EPT_VIOLATION_ACC_READ,
@@ -86,8 +87,8 @@ const PFERR_GUEST_PAGE = 2 ** 33;
 export class VmxBackend implements Backend<Vmcs>, PageFaultFilter, PageModificationLogging<Vmcs> {
   readonly name = 'vmx' as const;
 
-  createState(_vcpuId: number, mmu: MmuMode): Vmcs {
-    return createVmcs(mmu);
+  createState(_vcpuId: number, mmu: MmuMode, cpu?: { readonly maxPhyAddr: number; readonly hostMaxPhyAddr: number }): Vmcs {
+    return createVmcs(mmu, cpu);
   }
 
   /**
@@ -279,9 +280,12 @@ export class VmxBackend implements Backend<Vmcs>, PageFaultFilter, PageModificat
     return this.exceptionExit(v, PF_VECTOR, PFERR_PRESENT | PFERR_RSVD | access, address);
   }
 
-  /** After a CR0/CR4 write exit, KVM sets the read shadow to the guest's new value (vmx_set_cr0 / vmx_set_cr4). */
+  /**
+   * After a CR0/CR4 write exit, KVM sets the read shadow to the guest's new value (vmx_set_cr0 / vmx_set_cr4),
+   * CR0 with ET set (kvm_set_cr0: "cr0 |= X86_CR0_ET").
+   */
   crWriteHandled(v: Vmcs, cr: number, value: number): void {
-    if (cr === 0) v.cr0ReadShadow = value >>> 0;
+    if (cr === 0) v.cr0ReadShadow = (value | CR0_ET) >>> 0;
     else if (cr === 4) v.cr4ReadShadow = value >>> 0;
   }
 

@@ -202,5 +202,18 @@ export const VMX_EPTP_PWL_4 = 3 << 3;
 export const VMX_EPTP_PWL_5 = 4 << 3;
 export const VMX_EPTP_AD_ENABLE = 1 << 6;
 
+/** CR0.TS (bit 3), CR0.ET (bit 4), CR0.NW (bit 29), CR0.CD (bit 30): SDM Vol. 3A §2.5. */
+export const CR0_TS = 1 << 3;
+export const CR0_ET = 1 << 4;
+export const CR0_NW = 1 << 29;
+export const CR0_CD = 1 << 30;
+/** CR0 after RESET as KVM sets it (x86.c kvm_vcpu_reset: ET | NW | CD, 6000_0010h), and so the CR0 read shadow. */
+export const CR0_RESET = (CR0_CD | CR0_NW | CR0_ET) >>> 0;
+/**
+ * The CR4 bits KVM may let the guest own (kvm_cache_regs.h KVM_POSSIBLE_CR4_GUEST_BITS: PVI 1, TSD 2, DE 3,
+ * PGE 7, PCE 8, OSFXSR 9, OSXMMEXCPT 10, FSGSBASE 16); every other bit is host-owned.
+ */
+export const KVM_POSSIBLE_CR4_GUEST_BITS = (1 << 1) | (1 << 2) | (1 << 3) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 16);
+
 /** IA32_EFER, the one MSR whose writes the simulator models. */
 export const MSR_EFER = 0xc0000080;

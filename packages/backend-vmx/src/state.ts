@@ -1,26 +1,14 @@
-import {
-  CR0_PE,
-  CR0_PG,
-  CR0_WP,
-  CR4_LA57,
-  CR4_PAE,
-  CR4_PCIDE,
-  CR4_PGE,
-  CR4_PKE,
-  CR4_PSE,
-  CR4_SMAP,
-  CR4_SMEP,
-  PF_VECTOR,
-  type MmuMode,
-  type PmlLog,
-} from '@vmexit/core';
+import { CR0_WP, CR4_PGE, PF_VECTOR, PFERR_PRESENT, PFERR_RSVD, type MmuMode, type PmlLog } from '@vmexit/core';
 import {
   CPU_BASED_ACTIVATE_SECONDARY_CONTROLS,
   CPU_BASED_CR3_LOAD_EXITING,
   CPU_BASED_CR3_STORE_EXITING,
   CPU_BASED_INVLPG_EXITING,
   CPU_BASED_USE_MSR_BITMAPS,
+  CR0_RESET,
+  CR0_TS,
   CR3_TARGET_VALUES,
+  KVM_POSSIBLE_CR4_GUEST_BITS,
   MSR_EFER,
   SECONDARY_EXEC_ENABLE_EPT,
 } from './constants.js';
@@ -75,25 +63,40 @@ export class Vmcs {
  * A VMCS set up as KVM sets it up (arch/x86/kvm/vmx/vmx.c `init_vmcs`, `vmx_update_exception_bitmap`,
  * `exec_controls_set`):
  * - shadow paging: #PF intercepted with PFEC_MASK = PFEC_MATCH = 0 (every #PF exits), CR3-load and CR3-store
- *   exiting with no CR3-target values, INVLPG exiting, the paging bits of CR0 and CR4 host-owned, EPT off;
- * - TDP (EPT): #PF not intercepted ("eb &= ~(1u << PF_VECTOR)" with enable_ept), no CR3 or INVLPG exiting,
- *   CR4.PGE guest-owned, EPT enabled (the pointer is set when the MMU has a root).
+ *   exiting with no CR3-target values, INVLPG exiting, EPT off;
+ * - TDP (EPT): #PF not intercepted, no CR3 or INVLPG exiting, EPT enabled (the pointer is set when the MMU has
+ *   a root). Except when the guest is told a smaller MAXPHYADDR than the processor has (`cpu`): then KVM
+ *   intercepts #PF (vmx_need_pf_intercept, allow_smaller_maxphyaddr, on by default on VMX) with PFEC_MASK = P|RSVD
+ *   and PFEC_MATCH = P (vmx_update_exception_bitmap: "we only care about present, non-reserved faults"), so that
+ *   it can add the RSVD the processor, walking with its own MAXPHYADDR, did not see (SDM Vol. 3C §25.6.3 rule).
+ * The CR0/CR4 guest/host masks are the complement of what the guest owns (init_vmcs: CR0_GUEST_HOST_MASK =
+ * ~cr0_guest_owned_bits, set_cr4_guest_host_mask): of CR0 only TS, and WP under EPT (vmx.h
+ * vmx_l1_guest_owned_cr0_bits, KVM_POSSIBLE_CR0_GUEST_BITS); of CR4 KVM_POSSIBLE_CR4_GUEST_BITS, less PGE
+ * without EPT (X86_CR4_TLBFLUSH_BITS / X86_CR4_PDPTR_BITS). Every other bit (PG, PE, CD, NW, AM, NE, MP, ...,
+ * PAE, PSE, SMEP, OSXSAVE, ...) is host-owned, so a MOV that changes it exits (SDM Vol. 3C §26.1.3). The read
+ * shadows start at the RESET values KVM writes (kvm_vcpu_reset -> vmx_set_cr0(6000_0010h), vmx_set_cr4(0)).
  * Both intercept writes to IA32_EFER (KVM keeps EFER out of the pass-through MSR list).
  */
-export function createVmcs(mmu: MmuMode): Vmcs {
+export function createVmcs(mmu: MmuMode, cpu?: { readonly maxPhyAddr: number; readonly hostMaxPhyAddr: number }): Vmcs {
   const v = new Vmcs();
-  const paging4 = CR4_PAE | CR4_PSE | CR4_SMEP | CR4_SMAP | CR4_PKE | CR4_LA57 | CR4_PCIDE;
+  v.cr0ReadShadow = CR0_RESET;
+  v.cr4ReadShadow = 0;
   v.cpuBasedVmExecControl = CPU_BASED_USE_MSR_BITMAPS | CPU_BASED_ACTIVATE_SECONDARY_CONTROLS;
   v.msrWriteIntercepts.add(MSR_EFER);
   if (mmu === 'shadow') {
     v.exceptionBitmap = 1 << PF_VECTOR;
     v.cpuBasedVmExecControl |= CPU_BASED_INVLPG_EXITING | CPU_BASED_CR3_LOAD_EXITING | CPU_BASED_CR3_STORE_EXITING;
-    v.cr0GuestHostMask = (CR0_PG | CR0_WP | CR0_PE) >>> 0;
-    v.cr4GuestHostMask = paging4 | CR4_PGE;
+    v.cr0GuestHostMask = ~CR0_TS >>> 0;
+    v.cr4GuestHostMask = ~(KVM_POSSIBLE_CR4_GUEST_BITS & ~CR4_PGE) >>> 0;
   } else {
     v.secondaryVmExecControl = SECONDARY_EXEC_ENABLE_EPT;
-    v.cr0GuestHostMask = (CR0_PG | CR0_PE) >>> 0;
-    v.cr4GuestHostMask = paging4;
+    v.cr0GuestHostMask = ~(CR0_TS | CR0_WP) >>> 0;
+    v.cr4GuestHostMask = ~KVM_POSSIBLE_CR4_GUEST_BITS >>> 0;
+    if (cpu !== undefined && cpu.maxPhyAddr < cpu.hostMaxPhyAddr) {
+      v.exceptionBitmap |= 1 << PF_VECTOR;
+      v.pageFaultErrorCodeMask = PFERR_PRESENT | PFERR_RSVD;
+      v.pageFaultErrorCodeMatch = PFERR_PRESENT;
+    }
   }
   return v;
 }

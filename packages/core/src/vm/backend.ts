@@ -15,8 +15,12 @@ export type MmuMode = 'shadow' | 'tdp';
  */
 export interface Backend<S = unknown> {
   readonly name: 'vmx' | 'svm';
-  /** Creates a vCPU's control state, set up as KVM sets it up for this MMU mode. */
-  createState(vcpuId: number, mmu: MmuMode): S;
+  /**
+   * Creates a vCPU's control state, set up as KVM sets it up for this MMU mode and, when given, the vCPU's
+   * MAXPHYADDR as the guest is told it (`maxPhyAddr`) and the processor's (`hostMaxPhyAddr`): KVM intercepts
+   * #PF on VMX with EPT when the guest's is the smaller (vmx.c vmx_need_pf_intercept, allow_smaller_maxphyaddr).
+   */
+  createState(vcpuId: number, mmu: MmuMode, cpu?: { readonly maxPhyAddr: number; readonly hostMaxPhyAddr: number }): S;
   /** Whether an exception of `vector` with `errorCode` (32-bit) exits instead of going to the guest's IDT. */
   exceptionExits(state: S, vector: number, errorCode: number): boolean;
   /** Whether MOV to CR0/CR3/CR4 (`cr` = 0, 3, 4) or WRMSR EFER (`cr` = 0xc0000080) of `value` exits. */

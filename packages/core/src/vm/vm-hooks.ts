@@ -1,10 +1,11 @@
-import { ACC_FETCH, ACC_READ, ACC_WRITE, GP_VECTOR, PF_VECTOR } from '../arch/constants.js';
+import { ACC_FETCH, ACC_MASK, ACC_READ, ACC_WRITE, GP_VECTOR, PF_VECTOR, PFERR_PRESENT } from '../arch/constants.js';
 import { createEmulationOutcome, emulatePendingAccess, EMULATION_FAILED } from '../machine/emulate.js';
 import { FAULT_DELIVER, FAULT_DONE, FAULT_RETRY, type FaultAction, type VcpuHooks } from '../machine/hooks.js';
 import { hexU64 as hex } from '../arch/hex.js';
 import { MachineError } from '../machine/errors.js';
 import type { Vcpu } from '../machine/vcpu.js';
-import type { WalkResult } from '../paging/types.js';
+import { WALK_PAGE_FAULT, WALK_SIDE_EFFECTS, WalkResult } from '../paging/types.js';
+import { walk } from '../paging/walker.js';
 import { ExitError } from '../exits/errors.js';
 import { ExitChannel, exitPipeline } from '../exits/pipeline.js';
 import type { StatCell, Stats } from '../exits/stats.js';
@@ -47,6 +48,8 @@ export class VmHooks implements VcpuHooks<Vcpu> {
   /** The insn_emulation counter's cell, taken at the first emulation (Stats.cell). */
   private insnEmulation: StatCell | null = null;
   private readonly entry = { errorCode: 0 };
+  /** The guest walk of `fixupPageFault` (created at its first use). */
+  private fixupWalk: WalkResult | null = null;
   /**
    * The exception exit this vCPU reuses (null: none, every exit is a new object): see `reusableException`.
    * In flight from its push until its action is decided; an exit raised meanwhile (a guest handler's access
@@ -207,7 +210,12 @@ export class VmHooks implements VcpuHooks<Vcpu> {
     const vcpu = this.vcpu;
     switch (exit.kind) {
       case 'exception':
-        if (exit.vector === PF_VECTOR) return this.mmu.handlePageFault(vcpu, exit.address, exit.errorCode);
+        if (exit.vector === PF_VECTOR) {
+          // Under TDP a #PF exits only where the backend intercepts it for a guest MAXPHYADDR below the host's
+          // (VMX vmx_need_pf_intercept): KVM's handle_exception_nmi does not call the MMU then.
+          if (this.mmu.name === 'tdp') return this.fixupPageFault(exit.address, exit.errorCode);
+          return this.mmu.handlePageFault(vcpu, exit.address, exit.errorCode);
+        }
         return { kind: 'inject', vector: exit.vector, errorCode: exit.errorCode };
       case 'nested-fault':
         if (exit.pmlFull === true) {
@@ -229,6 +237,25 @@ export class VmHooks implements VcpuHooks<Vcpu> {
       default:
         return assertNever(exit);
     }
+  }
+
+  /**
+   * An intercepted #PF under TDP (KVM vmx.c handle_exception_nmi with enable_ept -> x86.c
+   * kvm_fixup_and_inject_pf_error): the processor walked the guest's tables with the host's MAXPHYADDR, so a
+   * present fault may hide a reserved bit that the guest's smaller MAXPHYADDR makes. KVM walks the guest's
+   * tables itself (walk_mmu->gva_to_gpa, under the guest's MAXPHYADDR, for the W/U/I-D bits of the error code)
+   * and injects that walk's fault; when the fault is not present, or its own walk succeeds, it injects the
+   * processor's error code. The walk has the emulator's side effects (FNAME(walk_addr_generic) sets accessed and
+   * dirty flags only after a walk that succeeds, which cannot follow a present fault on the same tables here).
+   */
+  private fixupPageFault(address: number, errorCode: number): ExitResolution {
+    if ((errorCode & PFERR_PRESENT) !== 0) {
+      const r = (this.fixupWalk ??= new WalkResult());
+      const vcpu = this.vcpu;
+      if (walk(vcpu.ctx, vcpu.memory, address, errorCode & ACC_MASK, WALK_SIDE_EFFECTS, r) === WALK_PAGE_FAULT)
+        return { kind: 'inject', vector: PF_VECTOR, errorCode: r.errorCode };
+    }
+    return { kind: 'inject', vector: PF_VECTOR, errorCode };
   }
 
   /**

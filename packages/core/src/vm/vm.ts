@@ -87,7 +87,7 @@ export class Vm implements MmuHost {
     const hooks: VmHooks[] = [];
     if (backend !== null && mmu !== null) {
       const mode = mmu.name;
-      for (const v of this.vcpus) backendStates.push(backend.createState(v.id, mode));
+      for (const v of this.vcpus) backendStates.push(backend.createState(v.id, mode, { maxPhyAddr: v.ctx.maxPhyAddr, hostMaxPhyAddr: v.hostMaxPhyAddr }));
       this.backendStates = backendStates;
       mmu.init(this);
       const setupCtx = this.setupContext(backend, mmu, backendStates, null);

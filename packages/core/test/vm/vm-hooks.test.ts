@@ -7,6 +7,7 @@ import {
   CR4_PAE,
   EFER_LME,
   GP_VECTOR,
+  GuestAbort,
   MachineError,
   NoopRecorder,
   NoopTracer,
@@ -373,6 +374,74 @@ describe('VmHooks', () => {
       expect(out.map((e) => e.seq)).toEqual([1, 2]);
       expect(out[0]).not.toBe(out[1]);
       expect(out.map((e) => e.hw.name)).toEqual(['EXCEPTION_14', 'EXCEPTION_14']);
+    });
+  });
+
+  describe('an intercepted #PF under TDP (KVM handle_exception_nmi -> kvm_fixup_and_inject_pf_error)', () => {
+    /**
+     * A TDP MMU in miniature for a guest told MAXPHYADDR 36 on a processor with 46: the hardware walks the
+     * guest's tables as the processor does, with its own MAXPHYADDR (activeCtx, re-made after each CR write).
+     */
+    function tdpVm() {
+      const backend = new FakeBackend();
+      const log: string[] = [];
+      const point = (vcpu: Vcpu) => {
+        vcpu.activeCtx = { ...vcpu.ctx, maxPhyAddr: vcpu.hostMaxPhyAddr };
+      };
+      const mmu: Mmu = {
+        name: 'tdp',
+        init() {},
+        attachVcpu: point,
+        handlePageFault(_v, address, errorCode) {
+          log.push(`pf ${address.toString(16)} ${errorCode}`);
+          return { kind: 'resume' };
+        },
+        trackWrite() {},
+        crWritten: point,
+        invlpg() {},
+        emulationFailed: () => false,
+      };
+      const rec = new ArrayRecorder();
+      const variant = variantSchema.parse({ backend: 'vmx', mmu: 'tdp', memory: '4M', vcpus: 1 });
+      const vm = new Vm(variant, backend, mmu, [], () => null, new NoopTracer(), rec, 1, { maxPhyAddr: 36, hostMaxPhyAddr: 46 });
+      const v = vm.vcpus[0]!;
+      const r = {
+        vm,
+        v,
+        backend,
+        mmu: null as unknown as FakeMmu,
+        rec,
+        exits: () => rec.exits.map((e) => `${e.hw.name} -> ${e.resolution?.kind ?? 'none'}`),
+        total: () => vm.counters().total,
+      };
+      const t = long4(r);
+      const codes: number[] = [];
+      v.setExceptionHandler(PF_VECTOR, (_v, _n, errorCode) => {
+        codes.push(errorCode);
+        throw new GuestAbort('abandon');
+      });
+      backend.interceptPf = true;
+      return { ...r, t, log, codes };
+    }
+
+    function attempt(f: () => void): void {
+      try {
+        f();
+      } catch (e) {
+        if (!(e instanceof GuestAbort)) throw e;
+      }
+    }
+
+    it("injects the guest walk's own fault (RSVD under the guest's MAXPHYADDR), else the processor's error code; the MMU is not called", () => {
+      const r = tdpVm();
+      r.t.set(r.t.pteAddr(0x400000), 0x300000 | 0x1, 1 << 8); // gpa 2^40 + 0x300000, present, read-only: bit 40 is reserved to the guest, legal to the processor
+      r.t.map(0x401000, 0x300000, 0x1); // present, read-only, no reserved bit
+      attempt(() => r.v.write(0x400000, 4, 1)); // exit 1: P|W from the processor; injected P|W|RSVD (0xb)
+      attempt(() => r.v.write(0x401000, 4, 1)); // exit 2: P|W; the guest walk agrees: injected P|W (0x3)
+      expect(r.codes).toEqual([0xb, 0x3]);
+      expect(r.exits()).toEqual(['EXCEPTION_14 -> inject', 'EXCEPTION_14 -> inject']);
+      expect(r.log).toEqual([]); // kvm_mmu_page_fault is not reached (the address is linear, not a gpa)
+      expect(r.total()).toMatchObject({ exits: 2, pf_guest: 2 });
     });
   });
 });
