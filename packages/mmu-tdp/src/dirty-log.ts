@@ -53,17 +53,28 @@ export function slotRemoveWriteAccess(s: TdpMmuState, slot: Memslot): boolean {
 
 /**
  * KVM `kvm_arch_mmu_enable_log_dirty_pt_masked` -> `kvm_tdp_mmu_clear_dirty_pt_masked(wrprot = !PML)`: for each
- * bit i of `mask`, the 4 KiB leaf of gfn `slot.baseGfn + offset + i` loses W (or, under PML, D). A huge leaf
- * over a logged gfn cannot be there (logged slots are mapped at 4 KiB; enabling the log split them), but it
- * would be write-protected as a whole.
+ * bit i of `mask`, the 4 KiB leaf of gfn `slot.baseGfn + offset + i` loses W (or, under PML, D).
+ *
+ * A huge leaf over a logged gfn is there only with KVM_DIRTY_LOG_INITIALLY_SET: enabling the log then neither
+ * split nor protected anything (`kvm_mmu_slot_apply_flags` returns early), and the huge leaves stay until the
+ * first clear. KVM splits them first ("If the slot was assumed to be 'initially all dirty', write-protect huge
+ * pages to ensure they are split to 4KiB on the first write": `kvm_mmu_try_split_huge_pages` over the mask's
+ * first to last gfn, with eager page splitting, which never fails here), and `clear_dirty_pt_masked` itself
+ * skips leaves above 4 KiB. So only the named 4 KiB pages lose W or D: write-protecting the whole huge leaf
+ * would make the other 511 pages of a 2 MiB leaf exit on their next store, and under PML clearing its one D
+ * flag would log only the first store to any of its pages, losing the others.
  */
 export function writeProtectMasked(s: TdpMmuState, slot: Memslot, offset: number, mask: number): boolean {
+  const m0 = mask >>> 0;
+  if (m0 === 0) return false;
   const clear = s.cpuDirtyLog ? s.format.dirtyLo : s.format.writableLo;
+  const base = slot.baseGfn + offset;
+  splitHugePages(s, base + 31 - Math.clz32(m0 & -m0), base + 32 - Math.clz32(m0));
   let changed = false;
-  let m = mask >>> 0;
+  let m = m0;
   while (m !== 0) {
     const b = 31 - Math.clz32(m & -m);
-    const gfn = slot.baseGfn + offset + b;
+    const gfn = base + b;
     if (clearLeafBits(s, gfn, gfn + 1, clear, 1)) changed = true;
     m = (m & (m - 1)) >>> 0;
   }

@@ -14,9 +14,11 @@ import {
   type FastPageFaultControl,
   type CpuDirtyLogControl,
   type PageModificationLogging,
-  type PmlLog,
   type Memslot,
   type Vcpu,
+  EptStage,
+  PmlLog,
+  type SecondStage,
 } from '@vmexit/core';
 import {
   createPageCache,
@@ -74,6 +76,28 @@ function choosePoolBase(memory: GuestMemory, top: number): number {
     if (!memory.slots.some((s) => s.baseGfn < hi && s.baseGfn + s.pages > lo)) return b;
   }
   throw new TdpMmuError('E_MMU_STATE', `no 64 MiB of host-physical space below 2^${Math.log2(top)} is free of memslots for the TDP tables`);
+}
+
+/**
+ * The processor's PML log as KVM drives it (vmx.c `vmx_secondary_exec_control`, `vmx_update_cpu_dirty_logging`):
+ * SECONDARY_EXEC_ENABLE_PML is set only while some memslot logs dirty pages (`nr_memslots_dirty_logging`), and
+ * every change of that count is applied before the vCPU re-enters (KVM_REQ_UPDATE_CPU_DIRTY_LOGGING). With the
+ * control clear the processor sets EPT dirty flags without logging them and never has a PML-full event (SDM
+ * Vol. 3C §29.3.6). The backend's PageModificationLogging only turns PML on, so the EPT walk is given this view of
+ * the vCPU's log, which logs into it only while the VM's dirty log has a logging slot.
+ */
+class PmlWhileLogging extends PmlLog {
+  constructor(
+    private readonly vcpuLog: PmlLog,
+    private readonly s: TdpMmuState,
+  ) {
+    super();
+  }
+
+  override log(gpa: number): boolean {
+    const d = this.s.dirtyLog;
+    return d === null || d.loggingSlots === 0 || this.vcpuLog.log(gpa);
+  }
 }
 
 /**
@@ -139,7 +163,14 @@ export class TdpMmu extends TdpMmuState implements Mmu, DirtyLogMmu, FastPageFau
     this.backend.setNestedRoot(state, this.root.hpa, { levels: this.rootLevel as 4 | 5, accessedDirty: this.format.name === 'ept' });
     vcpu.setSecondStage(this.backend.createSecondStage(state, this.poolMemory, vcpu.hostMaxPhyAddr));
     this.fastFaults[vcpu.id] = new TdpFastPageFault(this, vcpu.id);
-    if (this.pml !== null) this.pmlLogs[vcpu.id] = this.pml.enablePml(state, vcpu.secondStage!);
+    if (this.pml !== null) this.enablePml(state, vcpu.secondStage!, vcpu.id);
+  }
+
+  /** Turns the backend's PML on for one vCPU, the EPT walk logging through `PmlWhileLogging`. */
+  private enablePml(state: unknown, stage: SecondStage, id: number): void {
+    const log = this.pml!.enablePml(state, stage);
+    this.pmlLogs[id] = log;
+    if (stage instanceof EptStage) stage.pml = new PmlWhileLogging(log, this);
   }
 
   /**
@@ -151,15 +182,27 @@ export class TdpMmu extends TdpMmuState implements Mmu, DirtyLogMmu, FastPageFau
     const log = this.dirtyLog;
     // vmx_handle_exit: with PML on, every VM exit first empties the vCPU's log (vmx_flush_pml_buffer).
     if (this.pml !== null) this.flushPml(vcpu.id);
+    if (this.format.name === 'ept' && (errorCode & PFERR_RSVD) === 0 && gpa >= POW2[vcpu.ctx.maxPhyAddr]!) {
+      // A gpa the guest's MAXPHYADDR makes illegal (its tables set bits the host's MAXPHYADDR allows but the
+      // guest's does not): KVM's handle_ept_violation (allow_smaller_maxphyaddr, on by default on VMX) returns
+      // kvm_emulate_instruction at once, before kvm_mmu_page_fault, so no MMU counter moves (no pf_taken, no
+      // pf_emulate) and mmu_lock is not taken; the emulator's walk of the guest's tables, under the guest's
+      // MAXPHYADDR, raises the reserved-bit #PF the guest expects. SVM has no such check: with NPT, KVM turns
+      // allow_smaller_maxphyaddr off and npf_interception calls kvm_mmu_page_fault (a gpa no memslot holds: MMIO).
+      if (log !== null && log.rings !== null) this.enterGuest(vcpu.id);
+      return EMULATE;
+    }
     let taken = true;
-    // kvm_tdp_page_fault: the fast path first, without mmu_lock (only while some slot logs, so that it costs
-    // nothing otherwise: the fault of a write-protected spte is the only one it fixes), then under the read lock.
-    if (this.fastPageFault && log !== null && log.loggingSlots > 0 && pageFaultCanBeFast(errorCode) && gpa < POW2[vcpu.ctx.maxPhyAddr]!) {
+    // kvm_tdp_page_fault -> kvm_tdp_mmu_page_fault: the fast path first, without mmu_lock, for every fault that
+    // page_fault_can_be_fast admits (KVM tries it whether or not a slot logs: a leaf write-protected while the
+    // log was on stays so after KVM_MEM_LOG_DIRTY_PAGES is cleared, and its next write is fixed there), then under
+    // the read lock.
+    if (this.fastPageFault && pageFaultCanBeFast(errorCode)) {
       this.host.count(vcpu.id, 'pf_taken'); // kvm_mmu_do_page_fault counts every fault it handles, fast or not
       taken = false;
       const r = this.fastFaults[vcpu.id]!.run(gpa, errorCode);
       if (r === FAST_FIXED || r === FAST_SPURIOUS) {
-        if (log.rings !== null) this.enterGuest(vcpu.id);
+        if (log !== null && log.rings !== null) this.enterGuest(vcpu.id);
         return RESUME;
       }
     }
@@ -182,14 +225,6 @@ export class TdpMmu extends TdpMmuState implements Mmu, DirtyLogMmu, FastPageFau
    */
   pageFaultLocked(vcpu: Vcpu, gpa: number, errorCode: number, countTaken = true): ExitResolution {
     this.initiator = vcpu.id;
-    if (gpa >= POW2[vcpu.ctx.maxPhyAddr]!) {
-      // A gpa the guest's MAXPHYADDR makes illegal (its tables set bits the host's MAXPHYADDR allows but the
-      // guest's does not): KVM's handle_ept_violation / npf_interception with allow_smaller_maxphyaddr emulate
-      // the access, and the emulator's walk of the guest's tables, under the guest's MAXPHYADDR, raises the
-      // reserved-bit #PF the guest expects.
-      this.host.count(vcpu.id, 'pf_emulate');
-      return EMULATE;
-    }
     const gfn = Math.floor(gpa / PAGE_SIZE);
     if ((errorCode & PFERR_RSVD) !== 0) {
       // handle_mmio_page_fault: an MMIO spte of the current generation goes to emulation at once (no
@@ -246,12 +281,32 @@ export class TdpMmu extends TdpMmuState implements Mmu, DirtyLogMmu, FastPageFau
     if (this.dirtyLog!.enterGuest(id)) this.host.count(id, 'dirty_ring_full_exits');
   }
 
-  /** The TDP root does not depend on the guest's CR0/CR3/CR4/EFER (kvm_calc_tdp_mmu_root_page_role): nothing to do. */
-  crWritten(): void {}
+  /**
+   * The TDP root does not depend on the guest's CR0/CR3/CR4/EFER (kvm_calc_tdp_mmu_root_page_role): the tables
+   * stay. But a write that exited (a host-owned CR0/CR4 bit, WRMSR EFER) is a VM exit like any other, and with
+   * PML on `vmx_handle_exit` empties the vCPU's log first (`vmx_flush_pml_buffer`), whatever the exit reason.
+   */
+  crWritten(vcpu: Vcpu, _cr: number, _oldValue: number, exited: boolean): void {
+    if (exited) this.otherExit(vcpu);
+  }
 
   /** KVM `kvm_mmu_invlpg`: the guest's TLB entry is gone (the vCPU did that); the TDP tables do not change. Counted when it exited. */
   invlpg(vcpu: Vcpu, _va: number, exited: boolean): void {
-    if (exited) this.host.count(vcpu.id, 'invlpg');
+    if (!exited) return;
+    this.host.count(vcpu.id, 'invlpg');
+    this.otherExit(vcpu);
+  }
+
+  /**
+   * A VM exit that is not a second-stage fault: with PML on, `vmx_handle_exit` empties the vCPU's log before it
+   * dispatches any exit (`vmx_flush_pml_buffer`), so the log restarts at entry 511 and the pages it held are
+   * marked dirty now (pushed to the vCPU's dirty ring, whose soft-full check runs before the guest re-enters).
+   */
+  private otherExit(vcpu: Vcpu): void {
+    if (this.pml === null) return;
+    this.initiator = vcpu.id;
+    this.flushPml(vcpu.id);
+    if (this.dirtyLog !== null && this.dirtyLog.rings !== null) this.enterGuest(vcpu.id);
   }
 
   /** No guest page table is write-protected under TDP: an emulation failure is not one the MMU can undo. */
@@ -341,7 +396,7 @@ export class TdpMmu extends TdpMmuState implements Mmu, DirtyLogMmu, FastPageFau
     if (this.format.name !== 'ept') throw new TdpMmuError('E_MMU_STATE', 'PML logs EPT dirty flags: the second stage is NPT (SVM has no PML)');
     this.pml = pml;
     this.cpuDirtyLog = true;
-    for (const v of this.host.vcpus) if (v.secondStage !== null) this.pmlLogs[v.id] = pml.enablePml(this.host.backendState!(v.id), v.secondStage);
+    for (const v of this.host.vcpus) if (v.secondStage !== null) this.enablePml(this.host.backendState!(v.id), v.secondStage, v.id);
   }
 
   /** KVM `vmx_flush_pml_buffer`: every gpa the vCPU's log holds is marked dirty (`kvm_vcpu_mark_page_dirty`), the index reset to 511. */

@@ -63,6 +63,49 @@ describe('TdpMmu dirty logging', () => {
     }
   }
 
+  for (const backend of ['vmx', 'svm'] as const) {
+    it(`${backend}, KVM_DIRTY_LOG_INITIALLY_SET: the first clear splits the huge leaf and protects only the pages it names`, async () => {
+      const { g, log, d, reset } = await logged(backend, false);
+      const exitName = backend === 'vmx' ? 'exits.EPT_VIOLATION' : 'exits.VMEXIT_NPF';
+      g.map(0x3000, 0x201000); // gfn 0x201, in the same 2 MiB leaf as gfn 0x200 (va 0x1000)
+      // Initially-set: every bit starts set, nothing is split or protected (kvm_mmu_slot_apply_flags returns early).
+      log.enable(0, { manualProtect: true, initiallySet: true });
+      expect([g.mmu.leaves[2], d('split_huge_pages'), d('remote_tlb_flush')]).toEqual([2, 0, 0]);
+      // KVM_CLEAR_DIRTY_LOG of gfn 0x200 alone: kvm_arch_mmu_enable_log_dirty_pt_masked splits the 2 MiB leaf
+      // over it first (kvm_mmu_try_split_huge_pages), then write-protects the one 4 KiB leaf; one flush.
+      log.clearDirtyLog(0, 0x200, 64, new Uint32Array([1, 0]));
+      expect([g.mmu.leaves[2], g.mmu.leaves[1], d('split_huge_pages'), d('remote_tlb_flush')]).toEqual([1, 512, 1, 1]);
+      reset();
+      // A store to gfn 0x201: its 4 KiB leaf kept the huge leaf's W (the guest's tables are in the 0-2 MiB leaf,
+      // untouched): no exit. A store to gfn 0x200: one write-protect fault.
+      expect(g.tryWrite(0x3000, 2)).toBe(true);
+      expect(d(exitName)).toBe(0);
+      expect(g.tryWrite(0x1000, 2)).toBe(true);
+      expect([d(exitName), d('pf_fixed')]).toEqual([1, 1]);
+      g.mmu.audit();
+    });
+  }
+
+  it('the fast path also fixes a leaf left write-protected after the log was turned off (KVM tries it for every P|W fault)', async () => {
+    // 4 KiB host pages, so that nothing could be mapped larger once the log is off (KVM recovers huge pages then).
+    const g = await handGuest('vmx');
+    g.mmu.setFastPageFault(true);
+    g.map(0x1000, 0x10000);
+    g.tryWrite(0x1000, 1);
+    const log = new DirtyLog(g.vm.machine.memory);
+    g.mmu.attachDirtyLog(log);
+    log.enable(0);
+    log.disable(0); // KVM_MEM_LOG_DIRTY_PAGES cleared: the leaves stay write-protected (MMU-writable kept)
+    const before = { ...g.c() };
+    const d = (k: string): number => (g.c()[k] ?? 0) - (before[k] ?? 0);
+    // The store walks the guest's four table pages (writes to EPT, §29.3.5) and writes the data page: 5 violations
+    // with P|W on MMU-writable leaves. kvm_tdp_mmu_page_fault -> fast_page_fault sets W by cmpxchg each time:
+    // pf_fast and pf_fixed 5, mmu_lock never taken.
+    expect(g.tryWrite(0x1000, 2)).toBe(true);
+    expect([d('exits.EPT_VIOLATION'), d('pf_taken'), d('pf_fast'), d('pf_fixed'), d('mmu_lock.acquired')]).toEqual([5, 5, 5, 5, 0]);
+    g.mmu.audit();
+  });
+
   it('an emulated store marks its page dirty (mark_page_dirty of kvm_vcpu_write_guest)', async () => {
     const { g, log } = await logged('vmx', false);
     log.enable(0);

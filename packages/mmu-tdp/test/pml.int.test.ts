@@ -1,4 +1,4 @@
-import { DirtyLog } from '@vmexit/core';
+import { DirtyLog, EFER_LME, EFER_NXE } from '@vmexit/core';
 import { VmxBackend } from '@vmexit/backend-vmx';
 import { describe, expect, it } from 'vitest';
 import { handGuest } from './hand-guest.js';
@@ -64,6 +64,60 @@ describe('PML (page-modification logging) under the TDP MMU on VMX', () => {
     expect(g.mmu.pmlLogs[0]!.index).toBe(511 - 5); // PML4, PDPT, PD, PT 0x4000 and the data page
     expect(d('exits.PML_FULL')).toBe(0);
     expect(DirtyLog.gfns(log.slotOf(0), log.getDirtyLog(0))).toEqual([1, 2, 3, 4, 0x400]);
+  });
+
+  it('every VM exit empties the log (vmx_handle_exit -> vmx_flush_pml_buffer), not only EPT violations and PML-full exits', async () => {
+    const { g, log, d } = await pmlGuest(600);
+    // 300 stores below 2 MiB log 304 entries (PML4, PDPT, PD, PT 0x4000 and 300 data pages). Then WRMSR EFER
+    // exits (MSR_WRITE: KVM keeps EFER intercepted); KVM empties the PML log at that exit as at any other, so
+    // the 300 stores after it (301 entries with PT 0x6000) fit in the log again: no PML-full exit. Without the
+    // flush at the MSR exit the 605 entries would overflow the 512 once.
+    for (let i = 0; i < 300; i++) expect(g.tryWrite(i * 4096, 2)).toBe(true);
+    g.v.writeEfer(EFER_LME | EFER_NXE);
+    expect(d('exits.MSR_WRITE')).toBe(1);
+    expect(g.mmu.pmlLogs[0]!.index).toBe(511);
+    for (let i = 300; i < 600; i++) expect(g.tryWrite(i * 4096, 2)).toBe(true);
+    expect([d('exits.PML_FULL'), d('exits.EPT_VIOLATION'), g.mmu.pmlLogs[0]!.index]).toEqual([0, 0, 511 - 301]);
+    const want = [...TABLE_GFNS, ...Array.from({ length: 600 }, (_, i) => dataGfn(i))].sort((a, b) => a - b);
+    expect(DirtyLog.gfns(log.slotOf(0), log.getDirtyLog(0))).toEqual(want);
+  });
+
+  it('PML is on only while a slot logs (vmx_update_cpu_dirty_logging): once the log is off, stores log nothing and never fill the log', async () => {
+    const { g, log, d } = await pmlGuest(600);
+    // Enabling the log cleared the D flags of the 600 data pages and the guest's tables. KVM_MEM_LOG_DIRTY_PAGES
+    // cleared again: nr_memslots_dirty_logging is 0, so KVM clears SECONDARY_EXEC_ENABLE_PML before the vCPU
+    // re-enters. The 600 stores set the D flags again (605 of them, with the tables) but log none: no PML-full exit,
+    // which 605 logged entries would have caused once (SDM Vol. 3C §29.3.6).
+    log.disable(0);
+    for (let i = 0; i < 600; i++) expect(g.tryWrite(i * 4096, 2)).toBe(true);
+    expect([d('exits.PML_FULL'), d('exits.EPT_VIOLATION'), g.mmu.pmlLogs[0]!.index]).toEqual([0, 0, 511]);
+    g.mmu.audit();
+  });
+
+  it('KVM_DIRTY_LOG_INITIALLY_SET with 2 MiB host pages: the first clear splits the huge leaf, so each page written is logged', async () => {
+    const g = await handGuest('vmx', { hostPages: '2m' });
+    g.map(0x1000, 0x400000); // gfns 0x400 and 0x401: one 2 MiB leaf
+    g.map(0x2000, 0x401000);
+    g.tryWrite(0x1000, 1);
+    g.tryWrite(0x2000, 1);
+    g.mmu.enableCpuDirtyLog(new VmxBackend());
+    const log = new DirtyLog(g.vm.machine.memory);
+    g.mmu.attachDirtyLog(log);
+    log.enable(0, { manualProtect: true, initiallySet: true });
+    // KVM_CLEAR_DIRTY_LOG of gfns 0x400 and 0x401: KVM splits the 2 MiB leaf over them first
+    // (kvm_arch_mmu_enable_log_dirty_pt_masked, initially-set), then clears the D flags of the two 4 KiB leaves
+    // (clear_dirty_pt_masked skips huge leaves). Clearing the one D flag of the 2 MiB leaf instead would let the
+    // processor log only the first store into it (§29.3.6 logs a D flag that goes from 0 to 1), losing 0x401.
+    log.clearDirtyLog(0, 0x400, 64, new Uint32Array([3, 0]));
+    expect(g.mmu.leaves[2]).toBe(1);
+    const before = g.c()['exits.EPT_VIOLATION'] ?? 0;
+    expect(g.tryWrite(0x1000, 2)).toBe(true);
+    expect(g.tryWrite(0x2000, 2)).toBe(true);
+    expect(g.c()['exits.EPT_VIOLATION'] ?? 0).toBe(before); // PML: no store exits
+    expect(g.mmu.pmlLogs[0]!.index).toBe(511 - 2); // the two data pages (the guest's tables' 2 MiB leaf kept its D flag)
+    const bitmap = log.getDirtyLog(0);
+    expect((bitmap[0x400 >>> 5]! >>> (0x400 & 31)) & 3).toBe(3);
+    g.mmu.audit();
   });
 
   it('composition: the pml policy needs VMX (SVM has no PML) and the TDP MMU (the shadow MMU has no CPU dirty log), each refusal naming the capability', async () => {

@@ -182,22 +182,63 @@ describe('a guest told a smaller MAXPHYADDR than the host has (KVM allow_smaller
   it('VMX: a leaf with bit 40 set, legal to the host (46) but reserved to the guest (36), is a reserved-bit #PF to the guest', async () => {
     const g = await handGuest('vmx', { maxPhyAddr: 36, hostMaxPhyAddr: 46 });
     g.map(0x1000, 2 ** 40 + 0x5000);
-    // Exits 4-7: the guest tables. Exit 8: the final gpa 2^40 + 0x5000 is refused by EPT (nothing maps it);
-    // it is not a legal gpa for the guest, so the MMU emulates the access (KVM handle_ept_violation:
-    // !kvm_vcpu_is_legal_gpa -> kvm_emulate_instruction) and the emulator's walk of the guest's tables, under
-    // MAXPHYADDR 36, raises #PF with P|RSVD (a supervisor read: 0x9) to the guest. No MMIO spte is made.
-    // (Where the guest's walk faults for another reason first, e.g. a user access to a supervisor page, the
-    // processor reports that fault without RSVD and no exit happens: KVM intercepts present #PFs on VMX for
-    // this case, vmx_need_pf_intercept; that intercept is not modelled here.)
+    // Exits 4-7: the guest tables (4 violations, 4 pf_taken). Exit 8: the final gpa 2^40 + 0x5000 is refused
+    // by EPT (nothing maps it); it is not a legal gpa for the guest, so KVM's handle_ept_violation emulates the
+    // access at once (!kvm_vcpu_is_legal_gpa -> kvm_emulate_instruction), without kvm_mmu_page_fault: no
+    // pf_taken, no pf_emulate (both are counted there), no mmu_lock. The emulator's walk of the guest's tables,
+    // under MAXPHYADDR 36, raises #PF with P|RSVD (a supervisor read: 0x9) to the guest. No MMIO spte is made.
     expect(g.tryRead(0x1000)).toBeNull();
     expect(g.lastErrorCode).toBe(0x9);
-    expect(pick(g.c(), 'exits', 'exits.EPT_VIOLATION', 'pf_emulate', 'pf_mmio_spte_created', 'pf_guest')).toEqual({
+    expect(pick(g.c(), 'exits', 'exits.EPT_VIOLATION', 'pf_taken', 'pf_emulate', 'pf_mmio_spte_created', 'insn_emulation', 'pf_guest')).toEqual({
       exits: BOOT + 5,
       'exits.EPT_VIOLATION': 5,
-      pf_emulate: 1,
+      pf_taken: 4,
+      pf_emulate: 0,
       pf_mmio_spte_created: 0,
+      insn_emulation: 1,
       pf_guest: 1,
     });
+  });
+
+  it('VMX: a write to a read-only page whose pte has bit 40 set exits as an intercepted #PF, and the guest gets P|W|RSVD', async () => {
+    const g = await handGuest('vmx', { maxPhyAddr: 36, hostMaxPhyAddr: 46 });
+    g.map(0x1000, 2 ** 40 + 0x5000, false);
+    // Exits 4-7: the guest tables (4 violations, 4 pf_taken). The processor, walking with MAXPHYADDR 46, finds
+    // the leaf legal and read-only: a protection #PF (P|W, 0x3) before the final gpa is translated. KVM
+    // intercepts present, non-reserved #PFs on VMX when the guest's MAXPHYADDR is the smaller
+    // (vmx_need_pf_intercept; PFEC_MASK = P|RSVD, PFEC_MATCH = P), so exit 8 is EXCEPTION_NMI, which does not
+    // reach the MMU (no pf_taken): kvm_fixup_and_inject_pf_error walks the guest's tables under MAXPHYADDR 36,
+    // meets the reserved bit 40, and injects that walk's error code, P|W|RSVD (0xb).
+    expect(g.tryWrite(0x1000, 1)).toBe(false);
+    expect(g.lastErrorCode).toBe(0xb);
+    expect(pick(g.c(), 'exits', 'exits.EPT_VIOLATION', 'exits.EXCEPTION_NMI', 'pf_taken', 'pf_emulate', 'pf_guest')).toEqual({
+      exits: BOOT + 5,
+      'exits.EPT_VIOLATION': 4,
+      'exits.EXCEPTION_NMI': 1,
+      pf_taken: 4,
+      pf_emulate: 0,
+      pf_guest: 1,
+    });
+    auditTdpMmu(g.mmu, { full: true });
+  });
+
+  it('SVM: no such check (KVM turns allow_smaller_maxphyaddr off with NPT): the #NPF is an ordinary fault on a gpa no memslot holds', async () => {
+    const g = await handGuest('svm', { maxPhyAddr: 36, hostMaxPhyAddr: 46 });
+    g.map(0x1000, 2 ** 40 + 0x5000);
+    g.tryRead(0x1000);
+    // Exits 4-7: the guest tables. Exit 8: npf_interception -> kvm_mmu_page_fault (pf_taken) -> no memslot:
+    // an MMIO spte is cached (the gfn is below the host's MAXPHYADDR, kvm_mmu_max_gfn) and the access is
+    // emulated (pf_emulate). What the emulator then does is core's: its walk of the guest's tables, under the
+    // guest's MAXPHYADDR, injects the reserved-bit #PF (KVM's emulator would use the #NPF's gpa, gpa_available).
+    expect(pick(g.c(), 'exits', 'exits.VMEXIT_NPF', 'pf_taken', 'pf_emulate', 'pf_mmio_spte_created', 'insn_emulation')).toEqual({
+      exits: BOOT + 5,
+      'exits.VMEXIT_NPF': 5,
+      pf_taken: 5,
+      pf_emulate: 1,
+      pf_mmio_spte_created: 1,
+      insn_emulation: 1,
+    });
+    auditTdpMmu(g.mmu, { full: true });
   });
 });
 
