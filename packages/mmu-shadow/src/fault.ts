@@ -10,6 +10,8 @@ import {
   PAGE_SIZE,
   PFERR_PRESENT,
   PFERR_RSVD,
+  PT_DIRTY,
+  PT_WRITABLE,
   WALK_OK,
   WALK_PAGE_FAULT,
   WALK_SIDE_EFFECTS,
@@ -23,7 +25,7 @@ import {
   type Vcpu,
   type WalkResult,
 } from '@vmexit/core';
-import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, childRole, GFNS_PER_ENTRY, makeLeafSpte, roleAccess } from '@vmexit/core/mmu';
+import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, childRole, GFNS_PER_ENTRY, makeLeafSpte, roleAccess, sptePa } from '@vmexit/core/mmu';
 import { decidePrefetchEvent, decideTrackedWriteEvent } from './decisions.js';
 import { HOST_GFN_LIMIT } from './context.js';
 import { ShadowMmuError } from './errors.js';
@@ -278,11 +280,18 @@ function setLeaf(
 /**
  * FNAME(pte_prefetch) (PTE_PREFETCH_NUM = 8): after the fault at spte `idx` of level-1 page `sp`, map the
  * other non-present sptes of its aligned group of 8 whose gptes are present and accessed; stop at the
- * first gpte that cannot be mapped. A prefetch never makes a page unsync.
+ * first gpte that cannot be mapped, which includes a gpte with write access (the role's, W and D) into a
+ * memslot that logs dirty pages. A prefetch never makes a page unsync.
  */
 function prefetch(s: ShadowMmuState, vcpu: Vcpu, sp: ShadowPage, idx: number): void {
   const pool = s.pool;
   const { gpte, leaf } = s.scratch;
+  const log = s.dirtyLog;
+  // KVM FNAME(prefetch_gpte) -> kvm_mmu_prefetch_sptes (formerly pte_prefetch_gfn_to_pfn, since the first
+  // FNAME(pte_prefetch) of 2010): `gfn_to_memslot_dirty_bitmap(vcpu, gfn, pte_access & ACC_WRITE_MASK)` is NULL
+  // for a logging slot, and the prefetch stops there. A writable prefetched spte would mark a page dirty
+  // (make_spte) that the guest never wrote.
+  const writeAccess = (roleAccess(sp.role) & ACC_WRITE_MASK) !== 0;
   const first = idx & ~(PTE_PREFETCH_NUM - 1);
   for (let i = first; i < first + PTE_PREFETCH_NUM; i++) {
     if (i === idx) continue;
@@ -290,6 +299,10 @@ function prefetch(s: ShadowMmuState, vcpu: Vcpu, sp: ShadowPage, idx: number): v
     if (s.isPresent(pool.lo(loc), pool.hi(loc))) continue;
     readGpte(s, sp, i, gpte);
     if (!leafFromGpte(s, vcpu, sp, gpte.lo, gpte.hi, leaf)) break;
+    if (log !== null && log.loggingSlots > 0 && writeAccess && (gpte.lo & (PT_WRITABLE | PT_DIRTY)) === (PT_WRITABLE | PT_DIRTY)) {
+      const slot = s.memory.slotForGfn(Math.floor(sptePa(leaf.lo, leaf.hi) / PAGE_SIZE));
+      if (slot !== null && log.isLogging(slot)) break;
+    }
     installLeaf(s, sp, loc, leaf.lo, leaf.hi);
   }
 }

@@ -117,7 +117,12 @@ export function pteWrite(
         zapSpte(s, sp, loc);
         s.pendingFlush = pending;
         if ((gLo !== 0 || gHi !== 0) && level !== 1) st.bump(s.host, 4 /* mmu_pde_zapped */);
-        if (update) updatePte(s, st, sp, loc, gLo, gHi);
+        if (update) {
+          // mmu_pte_write_new_pte (KVM 2007-2021): "++vcpu->kvm->stat.mmu_pte_updated; ...update_pte(...)": every
+          // update_pte call counts, whether or not its gpte makes an spte (not present, A=0, reserved bits).
+          st.bump(s.host, 3 /* mmu_pte_updated */);
+          updatePte(s, st, sp, loc, gLo, gHi);
+        }
         if (s.isPresent(sLo, sHi) && (!s.isPresent(pool.lo(loc), pool.hi(loc)) || spteNeedsFlush(sLo, sHi, pool.lo(loc), pool.hi(loc)))) s.pendingFlush = true;
       }
     }
@@ -141,5 +146,4 @@ function updatePte(s: ShadowMmuState, st: VcpuShadowState, sp: ShadowPage, loc: 
   const leaf = s.scratch.leaf;
   if (!leafFromGpte(s, st.vcpu, sp, gLo, gHi, leaf)) return;
   installLeaf(s, sp, loc, leaf.lo, leaf.hi);
-  st.bump(s.host, 3 /* mmu_pte_updated */);
 }

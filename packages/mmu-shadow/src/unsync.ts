@@ -1,4 +1,4 @@
-import { type Vcpu } from '@vmexit/core';
+import { PT_PRESENT, type Vcpu } from '@vmexit/core';
 import { sptePa, SPTES_PER_PAGE } from '@vmexit/core/mmu';
 import { decideUnsync } from './decisions.js';
 import { leafFromGpte, levelIndex, readGpte } from './gpte.js';
@@ -41,7 +41,10 @@ function markUnsync(s: ShadowMmuState, vcpuId: number, sp: ShadowPage): void {
 /**
  * kvm_sync_page: write-protect the gfn again, then bring every present spte back in line with its gpte
  * (FNAME(sync_spte)): an invalid gpte or another frame drops the spte, otherwise it is rebuilt with the
- * gpte's current rights (a flush when rights were lost).
+ * gpte's current rights (a flush when rights were lost). A dropped spte whose gpte is not present becomes
+ * notrap where the now synced page may hold notrap sptes (KVM 4731d4c7a077 FNAME(sync_page), with the bypass
+ * encoding: "if (is_present_pte(gpte)) nonpresent = shadow_trap_nonpresent_pte; else nonpresent =
+ * shadow_notrap_nonpresent_pte"), so that the guest's own fault on it bypasses the hypervisor again.
  */
 export function syncPage(s: ShadowMmuState, vcpu: Vcpu, sp: ShadowPage): void {
   clearUnsync(s, sp);
@@ -54,8 +57,10 @@ export function syncPage(s: ShadowMmuState, vcpu: Vcpu, sp: ShadowPage): void {
     const hi = pool.hi(loc);
     if (!s.isPresent(lo, hi)) continue;
     readGpte(s, sp, i, gpte);
-    if (!leafFromGpte(s, vcpu, sp, gpte.lo, gpte.hi, leaf) || sptePa(lo, hi) !== sptePa(leaf.lo, leaf.hi)) zapSpte(s, sp, loc);
-    else installLeaf(s, sp, loc, leaf.lo, leaf.hi);
+    if (!leafFromGpte(s, vcpu, sp, gpte.lo, gpte.hi, leaf) || sptePa(lo, hi) !== sptePa(leaf.lo, leaf.hi)) {
+      zapSpte(s, sp, loc);
+      if ((gpte.lo & PT_PRESENT) === 0 && s.notrapAllowed(sp)) pool.set(loc, s.notrapLo, s.notrapHi);
+    } else installLeaf(s, sp, loc, leaf.lo, leaf.hi);
   }
 }
 

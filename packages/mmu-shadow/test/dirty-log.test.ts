@@ -1,8 +1,9 @@
-import { DirtyLog } from '@vmexit/core';
+import { DirtyLog, type Vcpu } from '@vmexit/core';
+import fc from 'fast-check';
 import { SPTE_MMU_WRITABLE, SPTE_W } from '@vmexit/core/mmu';
 import { describe, expect, it } from 'vitest';
 import type { ShadowMmu, ShadowPage } from '../src/index.js';
-import { A, D, P, setup, W } from './harness.js';
+import { A, D, P, setup, U, W, type Mode } from './harness.js';
 
 /** The leaf spte location of `va` under vCPU 0's root (4-level guest), or -1 when a level above is not present. */
 function leafLoc(mmu: ShadowMmu, va: number): number {
@@ -155,6 +156,88 @@ describe('ShadowMmu dirty logging', () => {
       expect(h.c('pf_fast')).toBe(2);
       expect(log.isDirty(0x800) && log.isDirty(0x801)).toBe(true);
       expect(() => log.clearDirtyLog(0, 3, 64, mask)).toThrow(/first a multiple of 64/);
+    });
+  });
+
+  describe('prefetch (FNAME(pte_prefetch)) while a slot logs', () => {
+    const USER = 0x40000000;
+    const DATA = 0x900000; // gpte i maps DATA + i * 4096
+    const userRead = (v: Vcpu, va: number): void => {
+      v.setCpl(3);
+      v.read(va, 4);
+      v.setCpl(0);
+    };
+    /** A guest in `mode` whose user pages USER + i * 4096 (one aligned group of 8 gptes) have the flags `flags[i]`, prefetch on, slot 0 logging. */
+    function group(mode: Mode, flags: readonly number[]) {
+      const t = setup(mode);
+      t.h.decider = (ev) => (ev.kind === 'prefetch' ? true : null);
+      for (let i = 0; i < flags.length; i++) t.pt.map(USER + i * 4096, DATA + i * 4096, flags[i]!);
+      const log = new DirtyLog(t.machine.memory);
+      t.mmu.attachDirtyLog(log);
+      log.enable(0);
+      gfns(log); // the harvest before the reads
+      t.h.reset();
+      const present = (): boolean[] =>
+        flags.map((_, i) => {
+          const loc = userLoc(t.mmu, USER + i * 4096);
+          return t.mmu.isPresent(t.mmu.pool.lo(loc), t.mmu.pool.hi(loc));
+        });
+      const dirtyData = (): number[] => gfns(log).filter((g) => g >= DATA / 4096 && g < DATA / 4096 + 8);
+      return { ...t, present, dirtyData };
+    }
+    /** The leaf spte location of user address `va` through the root of VA bits 31:30 (PAE, 32-bit) or vCPU 0's root. */
+    function userLoc(mmu: ShadowMmu, va: number): number {
+      const st = mmu.states[0]!;
+      let sp: ShadowPage = st.root ?? st.paeRoots[(va >>> 30) & 3]!;
+      while (sp.level > 1) {
+        const loc = sp.base + (Math.floor(va / 2 ** (12 + 9 * (sp.level - 1))) & 511);
+        sp = mmu.childPage(mmu.pool.lo(loc), mmu.pool.hi(loc));
+      }
+      return sp.base + ((va >>> 12) & 511);
+    }
+
+    for (const mode of ['legacy32', 'pae', 'long4'] as const) {
+      it(`${mode}: stops at a writable, dirty gpte into the logging slot (gfn_to_memslot_dirty_bitmap): no page marked that the guest did not write`, () => {
+        const RO = P | U | A; // read-only gptes: prefetched as read-only sptes, nothing to log
+        const { vcpu, h, present, dirtyData } = group(mode, [RO, RO, RO, RO, P | W | U | A | D, RO, RO, RO]);
+        // Read 0: 1 exit (#PF, the guest walk succeeds): spte 0 read-only, then the prefetch maps gptes 1-3 and
+        // stops at gpte 4 (write access into a logging slot: KVM's slot lookup for the prefetch fails), so 5-7
+        // are not mapped either.
+        userRead(vcpu, USER);
+        expect(h.e('pf')).toBe(1);
+        expect(present()).toEqual([true, true, true, true, false, false, false, false]);
+        expect(dirtyData()).toEqual([]);
+        // Reads 1-3: no exit. Read 4: 1 exit; its own fault maps it writable (the gpte is dirty) and make_spte
+        // marks it dirty, as KVM does; its prefetch maps 5-7 (read-only). Reads 5-7: no exit. 2 exits in all.
+        for (let i = 1; i < 8; i++) userRead(vcpu, USER + i * 4096);
+        expect(h.e('pf')).toBe(2);
+        expect(present()).toEqual(Array.from({ length: 8 }, () => true));
+        expect(dirtyData()).toEqual([DATA / 4096 + 4]);
+      });
+    }
+
+    it('property: a read marks no data page dirty but its own, and the prefetch maps the group up to the first gpte it may not map', () => {
+      const gpteFlags = fc.constantFrom(0, P | U, P | U | A, P | W | U | A, P | W | U | A | D);
+      fc.assert(
+        fc.property(fc.constantFrom<Mode>('legacy32', 'pae', 'long4'), fc.array(gpteFlags, { minLength: 8, maxLength: 8 }), fc.nat(7), (mode, flags, at) => {
+          const f = flags.slice();
+          f[at] = f[at]! | P | U; // the read's own page is mapped
+          const { vcpu, present, dirtyData } = group(mode, f);
+          userRead(vcpu, USER + at * 4096);
+          // KVM FNAME(pte_prefetch): from the group's first gpte, skip the fault's own, stop at the first not present
+          // and accessed, or with W and D (write access into the logging slot).
+          const want = f.map((_, i) => i === at);
+          for (let i = 0; i < 8; i++) {
+            if (i === at) continue;
+            if ((f[i]! & (P | A)) !== (P | A) || (f[i]! & (W | D)) === (W | D)) break;
+            want[i] = true;
+          }
+          expect(present()).toEqual(want);
+          const own = (f[at]! & (W | D)) === (W | D) ? [DATA / 4096 + at] : [];
+          expect(dirtyData()).toEqual(own);
+        }),
+        { numRuns: 150 },
+      );
     });
   });
 });

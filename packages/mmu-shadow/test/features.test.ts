@@ -1,4 +1,5 @@
 import { PF_VECTOR, type Vcpu } from '@vmexit/core';
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { ShadowMmuError, type ShadowMmu, type ShadowPage } from '../src/index.js';
 import { A, D, type GuestTables, P, setup, U, W } from './harness.js';
@@ -241,6 +242,72 @@ describe('ShadowMmu', () => {
       expect(h.c('mmu_unsync')).toBe(1);
     });
 
+    it('with the bypass encoding, a sync drops the spte of a cleared gpte to notrap: the guest fault on it bypasses', () => {
+      for (const mode of ['pae', 'long4'] as const) {
+        const { mmu, h, vcpu, pt } = setup(mode);
+        mmu.setNonPresentSptes(TRAP_LO, TRAP_HI, 0, 0);
+        h.pfecMask = 1;
+        h.pfecMatch = 1;
+        h.decider = (ev) => (ev.kind === 'unsync' ? true : null);
+        const e = pt.map(USER, 0x900000, P | W | U | A | D);
+        pt.map(USER + 0x1000, 0x901000, P | W | U | A | D);
+        user(vcpu, () => vcpu.read(USER, 4));
+        user(vcpu, () => vcpu.read(USER + 0x1000, 4));
+        // The kernel's first pte store makes the PT unsync (1 exit); it then clears gpte 0 without an exit and
+        // flushes its TLB (CR3 write: the page is synced and write-protected again).
+        vcpu.write(pt.entryAddr(USER + 0x2000, 1), 8, 0x902000 | P | W | U | A | D, 0);
+        vcpu.write(e, 8, 0, 0);
+        vcpu.movToCr3(pt.root);
+        const sp = levelOnePage(mmu, pt, USER);
+        expect(sp.unsync).toBe(false);
+        // KVM 4731d4c7a077 FNAME(sync_page): the gpte is not present, so the dropped spte is notrap (trap where
+        // the gpte is present but invalid, e.g. A=0).
+        expect([mmu.pool.lo(leafLoc(mmu, USER)), mmu.pool.hi(leafLoc(mmu, USER))]).toEqual([0, 0]);
+        mmu.audit();
+        // The user read: P=0, PFEC_MASK = PFEC_MATCH = P sends it straight to the guest (0 exits); the pager's
+        // pte store hits the write-protected PT (exit 1, emulated, the spte cleared: no pte-update); the
+        // re-executed read faults on the trap spte (exit 2) and maps it. With trap after the sync: 3 exits.
+        h.reset();
+        pager(vcpu, pt);
+        user(vcpu, () => vcpu.read(USER, 4));
+        expect(h.c('pf_bypassed')).toBe(1);
+        expect(h.e('pf')).toBe(2);
+        mmu.audit();
+      }
+    });
+
+    it('property: with bypass and unsync, after any kernel pte stores, TLB flushes and user reads, the audit holds (no notrap over a present gpte) and every read sees its gpte', () => {
+      const op = fc.record({ kind: fc.constantFrom('store', 'clear', 'read', 'cr3', 'invlpg'), page: fc.nat(7), frame: fc.nat(3) });
+      fc.assert(
+        fc.property(fc.constantFrom('pae', 'long4'), fc.array(op, { minLength: 1, maxLength: 30 }), (mode, ops) => {
+          const { mmu, h, vcpu, pt } = setup(mode);
+          mmu.setNonPresentSptes(TRAP_LO, TRAP_HI, 0, 0);
+          h.pfecMask = 1;
+          h.pfecMatch = 1;
+          h.decider = (ev) => (ev.kind === 'unsync' ? true : null);
+          for (let f = 0; f < 4; f++) vcpu.memory.write32(0x900000 + f * 4096, 0x100 + f);
+          for (let i = 0; i < 8; i++) pt.map(USER + i * 4096, 0x900000 + (i % 4) * 4096, P | W | U | A | D);
+          // A not-present page faults into the guest, whose handler maps it to frame 0 (one kernel pte store).
+          vcpu.setExceptionHandler(PF_VECTOR, (v, _vec, _ec, cr2) => v.write(pt.entryAddr(cr2, 1), 8, 0x900000 | P | W | U | A | D, 0));
+          for (const o of ops) {
+            const va = USER + o.page * 4096;
+            if (o.kind === 'store') vcpu.write(pt.entryAddr(va, 1), 8, (0x900000 + o.frame * 4096) | P | W | U | A | D, 0);
+            else if (o.kind === 'clear') vcpu.write(pt.entryAddr(va, 1), 8, 0, 0);
+            else if (o.kind === 'cr3') vcpu.movToCr3(pt.root);
+            else if (o.kind === 'invlpg') vcpu.invlpg(va);
+            else {
+              // The guest may read a stale translation until it flushes (unsync); after a CR3 write it sees its gpte.
+              vcpu.movToCr3(pt.root);
+              const got = user(vcpu, () => vcpu.read(va, 4));
+              expect(got).toBe(vcpu.memory.read32(pt.r32(pt.entryAddr(va, 1)) & 0xfffff000));
+            }
+            mmu.audit();
+          }
+        }),
+        { numRuns: 80 },
+      );
+    });
+
     it('never lets an upper-level guest table go unsync (it is emulated)', () => {
       const { mmu, h, vcpu, pt } = setup('long4');
       h.decider = (ev) => (ev.kind === 'unsync' ? true : null);
@@ -254,6 +321,30 @@ describe('ShadowMmu', () => {
   });
 
   describe('.trackWrite (flood and misaligned events)', () => {
+    it('update-spte: mmu_pte_updated counts every update_pte call (mmu_pte_write_new_pte), installed or not', () => {
+      for (const mode of ['legacy32', 'pae', 'long4'] as const) {
+        const { h, vcpu, pt } = setup(mode);
+        h.decider = (ev) => (ev.kind === 'pte-write' && ev.level === 1 && !ev.misaligned ? 'update-spte' : null);
+        pt.map(USER + 0x1000, 0x901000, P | W | U | A); // keeps the guest PT shadowed by a level-1 page
+        user(vcpu, () => vcpu.read(USER + 0x1000, 4));
+        const e = pt.entryAddr(USER, 1);
+        const store = (lo: number): void => (mode === 'legacy32' ? vcpu.write(e, 4, lo >>> 0) : vcpu.write(e, 8, lo >>> 0, 0));
+        h.reset();
+        // Three whole-gpte stores into the shadowed PT, each 1 exit (emulated) and one update_pte call of its
+        // level-1 page: present and accessed (an spte installed), present with A=0 (none: its access must set A),
+        // not present (none). KVM counts the call ("++mmu_pte_updated; update_pte()"), not the spte.
+        store(0x900000 | P | W | U | A);
+        store(0x900000 | P | W | U);
+        store(0x900000 | W | U);
+        expect(h.e('pf')).toBe(3);
+        expect(h.c('mmu_pte_write')).toBe(3);
+        expect(h.c('mmu_pte_updated')).toBe(3);
+        // A 2-byte store is not a whole gpte: no update_pte (its spte is cleared), nothing counted.
+        vcpu.write(e + 2, 2, 0x90);
+        expect(h.c('mmu_pte_updated')).toBe(3);
+      }
+    });
+
     it('counts per shadow page (reset by a walk through it) and per vCPU (reset by any other fault)', () => {
       const { h, vcpu, pt } = setup('long4');
       const seen: [number, number, number][] = [];

@@ -10,7 +10,9 @@ export type PrefetchOptions = z.output<typeof prefetchOptions>;
  * `prefetch` (KVM `FNAME(pte_prefetch)`, PTE_PREFETCH_NUM = 8, arch/x86/kvm/mmu/paging_tmpl.h): when a fault is fixed in
  * a level-1 shadow page of a guest page table, the MMU also maps the other non-present sptes of the aligned
  * group of 8 whose gptes are present and accessed (rights = the page's role AND the gpte's, writable only
- * when dirty), stopping at the first gpte it cannot map. Neighbouring pages then cost no fault.
+ * when dirty), stopping at the first gpte it cannot map: one that is not present and accessed, or, while its
+ * memslot logs dirty pages, one with write access (KVM's `gfn_to_memslot_dirty_bitmap(..., no_dirty_log)`: a
+ * prefetched writable spte would mark a page dirty that the guest never wrote). Neighbouring pages then cost no fault.
  *
  * @example
  * { "policies": [{ "use": "prefetch" }] }
