@@ -37,8 +37,8 @@ export function decideFlood(host: MmuHost, st: VcpuShadowState, seq: number, gfn
 }
 
 /** The prefetch decision once `st.decidedByDefault(host, 2, 'prefetch')` said no (fault.ts checks that first): the event, through the host. */
-export function decidePrefetchEvent(host: MmuHost, st: VcpuShadowState, seq: number, address: number, gfn: number): boolean {
-  const ev: PrefetchEvent = { kind: 'prefetch', vcpu: st.vcpu.id, seq, decidedBy: null, address, gfn, decision: null };
+export function decidePrefetchEvent(host: MmuHost, st: VcpuShadowState, seq: number, address: number, gfn: number, direct: boolean): boolean {
+  const ev: PrefetchEvent = { kind: 'prefetch', vcpu: st.vcpu.id, seq, decidedBy: null, address, gfn, direct, decision: null };
   return host.decide(ev, DEFAULT_PREFETCH_DECISION);
 }
 

@@ -258,10 +258,14 @@ function setLeaf(
   // mmu_set_spte: RET_PF_SPURIOUS when the spte already is this one (another vCPU fixed it first), unless the
   // write must be emulated (RET_PF_EMULATE overrides it); FNAME(fetch) then returns without the prefetch.
   const spurious = !installLeaf(s, sp, loc, leaf.lo, leaf.hi) && !(wrprot && write);
-  // FNAME(pte_prefetch) after the leaf of a level-1 page of a guest table, when a policy asks for it.
-  if (!sp.direct && !spurious) {
+  // FNAME(pte_prefetch) after the leaf of a level-1 page, when a policy asks for it: the gptes' neighbours in a
+  // page of a guest table, the neighbouring gfns in a direct page (__direct_pte_prefetch).
+  if (!spurious) {
     const seq = st.mmuEventSeq++;
-    if (!st.decidedByDefault(s.host, 2, 'prefetch') && decidePrefetchEvent(s.host, st, seq, s.scratch.faultVa, sp.gfn)) prefetch(s, st.vcpu, sp, loc - sp.base);
+    if (!st.decidedByDefault(s.host, 2, 'prefetch') && decidePrefetchEvent(s.host, st, seq, s.scratch.faultVa, sp.gfn, sp.direct)) {
+      if (sp.direct) directPrefetch(s, sp, loc - sp.base, pkey);
+      else prefetch(s, st.vcpu, sp, loc - sp.base);
+    }
   }
   // kvm_mmu_do_page_fault's statistics: pf_fixed for RET_PF_FIXED, pf_emulate for RET_PF_EMULATE, pf_spurious
   // for RET_PF_SPURIOUS.
@@ -275,6 +279,48 @@ function setLeaf(
   }
   st.bump(s.host, 1 /* pf_fixed */);
   return RESUME;
+}
+
+/**
+ * KVM `__direct_pte_prefetch` (FNAME(pte_prefetch) of a direct level-1 page, the one under a guest large page):
+ * after the fault at spte `idx`, each run of non-present sptes in its aligned group of 8 (the faulting spte and
+ * present ones end a run) is mapped with the page's role access, gfn `sp.gfn + i` for spte i
+ * (`direct_pte_prefetch_many`). A run whose gfns are not all in one memslot that can be written (the pages
+ * are taken with write access, `kvm_prefetch_pages` / `gfn_to_page_many_atomic`), or, when the access includes
+ * write, in a slot that logs dirty pages (`gfn_to_memslot_dirty_bitmap`), stops the prefetch. As any prefetch,
+ * it makes no page unsync: a write-protected guest page table is mapped read-only (`mmu_try_to_unsync_pages`
+ * with `prefetch`). `pkey` is the guest large page's protection key.
+ */
+function directPrefetch(s: ShadowMmuState, sp: ShadowPage, idx: number, pkey: number): void {
+  const pool = s.pool;
+  const first = idx & ~(PTE_PREFETCH_NUM - 1);
+  let start = -1;
+  for (let i = first; i <= first + PTE_PREFETCH_NUM; i++) {
+    const ends = i === first + PTE_PREFETCH_NUM || i === idx || s.isPresent(pool.lo(sp.base + i), pool.hi(sp.base + i));
+    if (!ends) {
+      if (start < 0) start = i;
+    } else if (start >= 0) {
+      if (!directPrefetchRun(s, sp, start, i, pkey)) return;
+      start = -1;
+    }
+  }
+}
+
+/** KVM `direct_pte_prefetch_many` for sptes `start` to `end` - 1 of direct page `sp`: false when the prefetch stops. */
+function directPrefetchRun(s: ShadowMmuState, sp: ShadowPage, start: number, end: number, pkey: number): boolean {
+  const access = roleAccess(sp.role);
+  const gfn = sp.gfn + start;
+  const slot = s.memory.slotForGfn(gfn);
+  if (slot === null || slot.readonly || gfn + (end - start) > slot.baseGfn + slot.pages || gfn + (end - start) > HOST_GFN_LIMIT) return false;
+  const log = s.dirtyLog;
+  if ((access & ACC_WRITE_MASK) !== 0 && log !== null && log.isLogging(slot)) return false;
+  const leaf = s.scratch.leaf;
+  for (let i = start; i < end; i++) {
+    const writable = (access & ACC_WRITE_MASK) !== 0 && !s.isWriteProtected(gfn + i - start);
+    makeLeafSpte(leaf, gfn + i - start, access, true, writable, pkey);
+    installLeaf(s, sp, sp.base + i, leaf.lo, leaf.hi);
+  }
+  return true;
 }
 
 /**

@@ -239,5 +239,30 @@ describe('ShadowMmu dirty logging', () => {
         { numRuns: 150 },
       );
     });
+
+    it('in a direct page: a writable guest large page in the logging slot is not prefetched (direct_pte_prefetch_many), a read-only one is', () => {
+      const LARGE = 0x40000000; // a user 2 MiB page at gpa 8 MiB, in slot 0
+      for (const [flags, mapped] of [
+        [P | W | U | A | D, 1], // write access: the slot lookup for the prefetch fails, only the fault's own spte
+        [P | U | A, 8], // read-only: the group of 8 is mapped, nothing is marked dirty
+      ] as const) {
+        const t = setup('long4');
+        t.h.decider = (ev) => (ev.kind === 'prefetch' ? true : null);
+        t.pt.map(LARGE, 0x800000, flags, 2);
+        const log = new DirtyLog(t.machine.memory);
+        t.mmu.attachDirtyLog(log);
+        log.enable(0);
+        gfns(log);
+        t.h.reset();
+        userRead(t.vcpu, LARGE + 3 * 4096);
+        expect(t.h.e('pf')).toBe(1);
+        // Then the group's other pages: one exit each that the prefetch did not map.
+        for (const i of [0, 1, 2, 4, 5, 6, 7]) userRead(t.vcpu, LARGE + i * 4096);
+        expect(t.h.e('pf')).toBe(1 + (8 - mapped));
+        // Each read of the writable, dirty page faults on its own and maps it writable, marking it (make_spte).
+        expect(gfns(log).filter((g) => g >= 0x800 && g < 0x808)).toEqual(flags & W ? [0x800, 0x801, 0x802, 0x803, 0x804, 0x805, 0x806, 0x807] : []);
+        t.mmu.audit();
+      }
+    });
   });
 });

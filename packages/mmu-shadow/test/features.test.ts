@@ -185,6 +185,39 @@ describe('ShadowMmu', () => {
       mmu.audit();
     });
 
+    it('in a direct page (under a guest 2 MiB page) maps the neighbouring gfns of the group, each run of non-present sptes (__direct_pte_prefetch)', () => {
+      const { mmu, h, vcpu, pt } = setup('long4');
+      h.decider = (ev) => (ev.kind === 'prefetch' ? true : null);
+      const LARGE = 0x40000000; // a user 2 MiB page at gpa 8 MiB
+      pt.map(LARGE, 0x800000, P | W | U | A | D, 2);
+      const leaf = (i: number): number => {
+        const st = mmu.states[0]!;
+        let sp: ShadowPage = st.root!;
+        const va = LARGE + i * 4096;
+        while (sp.level > 1) {
+          const loc = sp.base + (Math.floor(va / 2 ** (12 + 9 * (sp.level - 1))) & 511);
+          sp = mmu.childPage(mmu.pool.lo(loc), mmu.pool.hi(loc));
+        }
+        expect(sp.direct).toBe(true);
+        return sp.base + i;
+      };
+      const present = (i: number): boolean => mmu.isPresent(mmu.pool.lo(leaf(i)), mmu.pool.hi(leaf(i)));
+      // Exit 1: the read of page 3 faults; its spte is made, and the prefetch maps the rest of spte group 0-7
+      // (runs 0-2 and 4-7, gfns 0x800-0x802 and 0x804-0x807), writable with the direct page's access (uwx).
+      user(vcpu, () => vcpu.read(LARGE + 3 * 4096, 4));
+      expect(h.e('pf')).toBe(1);
+      expect(h.c('pf_fixed')).toBe(1);
+      expect([...Array(10).keys()].map(present)).toEqual([true, true, true, true, true, true, true, true, false, false]);
+      expect(mmu.pool.lo(leaf(5)) & W).toBe(W);
+      // The other 7 pages of the group, read and written: no exit. Page 8 is in the next group: 1 exit.
+      h.reset();
+      for (const i of [0, 1, 2, 4, 5, 6, 7]) user(vcpu, () => vcpu.write(LARGE + i * 4096, 4, i));
+      expect(h.e('pf')).toBe(0);
+      user(vcpu, () => vcpu.read(LARGE + 8 * 4096, 4));
+      expect(h.e('pf')).toBe(1);
+      mmu.audit();
+    });
+
     it('does nothing without a policy (the default decision)', () => {
       const { mmu, vcpu, pt } = setup('long4');
       pt.map(USER, 0x900000, P | U | A);

@@ -12,14 +12,18 @@ export type PrefetchOptions = z.output<typeof prefetchOptions>;
  * group of 8 whose gptes are present and accessed (rights = the page's role AND the gpte's, writable only
  * when dirty), stopping at the first gpte it cannot map: one that is not present and accessed, or, while its
  * memslot logs dirty pages, one with write access (KVM's `gfn_to_memslot_dirty_bitmap(..., no_dirty_log)`: a
- * prefetched writable spte would mark a page dirty that the guest never wrote). Neighbouring pages then cost no fault.
+ * prefetched writable spte would mark a page dirty that the guest never wrote). Under a guest large page (a direct
+ * shadow page) the neighbours are the other pages of the group, mapped with the large page's rights, each run of
+ * non-present sptes at once, up to a run outside a writable memslot (KVM `__direct_pte_prefetch`). Neighbouring pages
+ * then cost no fault.
  *
  * @example
  * { "policies": [{ "use": "prefetch" }] }
  */
 export const prefetch: FaultPolicy<PrefetchOptions> = {
   name: 'prefetch',
-  description: 'on a level-1 fault, also map the other present and accessed guest ptes of its aligned group of 8',
+  description:
+    'on a level-1 fault, also map the other present and accessed guest ptes of its aligned group of 8 (under a guest large page: the neighbouring pages)',
   needs: ['ShadowPageTables'],
   optionsSchema: prefetchOptions,
   mmuEvents: () => decideMmuEvents('prefetch', (ev) => (ev.kind === 'prefetch' ? true : null), ['prefetch']),

@@ -10,7 +10,7 @@ import { bootGuest, counterDelta } from './vm.js';
 describe('prefetch', () => {
   describe('.mmuEvents', () => {
     it('asks for the prefetch of the group', async () => {
-      expect(await decide(prefetch, { ...base, kind: 'prefetch', gfn: 3, address: 0x1000 }, {})).toBe(true);
+      expect(await decide(prefetch, { ...base, kind: 'prefetch', gfn: 3, address: 0x1000, direct: false }, {})).toBe(true);
       expect(await decide(prefetch, pteWrite(1, false), {})).toBeNull();
     });
   });

@@ -57,14 +57,18 @@ export interface FloodEvent extends MmuEventBase {
 }
 
 /**
- * A leaf fault was fixed in a level-1 shadow page of a guest page table: whether to also map the other
- * present and accessed gptes of its aligned group of 8 (KVM `FNAME(pte_prefetch)`, PTE_PREFETCH_NUM).
+ * A leaf fault was fixed in a level-1 shadow page: whether to also map the neighbours of the faulting spte in
+ * its aligned group of 8 (KVM `FNAME(pte_prefetch)`, PTE_PREFETCH_NUM): in a page of a guest page table, the
+ * other present and accessed gptes; in a direct page (under a guest large page), the neighbouring gfns
+ * (`__direct_pte_prefetch`).
  */
 export interface PrefetchEvent extends MmuEventBase {
   readonly kind: 'prefetch';
-  /** The linear address of the fault and the gfn of the guest page table. */
+  /** The linear address of the fault, and the gfn of the guest page table (of a direct page: the first gfn it maps). */
   readonly address: number;
   readonly gfn: number;
+  /** The page is direct: it maps part of a guest large page, not a guest page table. */
+  readonly direct: boolean;
   decision: boolean | null;
 }
 

@@ -83,7 +83,7 @@ export class JsonLinesTracer implements ExitTracer {
           : ev.kind === 'tracked-write'
             ? { gfn: hex(ev.gfn), address: hex(ev.address), errorCode: ev.errorCode }
             : ev.kind === 'prefetch'
-              ? { gfn: hex(ev.gfn), address: hex(ev.address) }
+              ? { gfn: hex(ev.gfn), address: hex(ev.address), ...(ev.direct ? { direct: true } : {}) }
               : { gfn: hex(ev.gfn) };
     this.write(`${JSON.stringify({ type: 'mmu', vcpu: ev.vcpu, seq: ev.seq, kind: ev.kind, ...body, decision: ev.decision, decidedBy: ev.decidedBy })}\n`);
   }
