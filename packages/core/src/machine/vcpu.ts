@@ -30,6 +30,7 @@ import { loadPdptes, rightsFault, walk } from '../paging/walker.js';
 import { TLB_FETCH_SUP, TLB_FETCH_USER, TLB_GLOBAL, TLB_READ_SUP, TLB_READ_USER, TLB_WRITE_SUP, TLB_WRITE_USER, Tlb } from '../tlb/tlb.js';
 import type { GuestMemory } from './guest-memory.js';
 import { MachineError } from './errors.js';
+import { badSpan, copyElements, OPEN_BUS, openBus, zeroStore } from './ram-access.js';
 import { FAULT_DELIVER, FAULT_DONE, FAULT_RETRY, NativeHooks, type FaultAction, type VcpuHooks } from './hooks.js';
 
 /** MSR number of IA32_EFER, the `cr` argument of VcpuHooks.crWrite for an EFER write. */
@@ -42,9 +43,6 @@ export type ExceptionHandler = (vcpu: Vcpu, vector: number, errorCode: number, c
 const SLOW_DONE = -2; // completed by emulation (or an MMIO access): nothing left to do
 /** How many times one access may be re-executed before the vCPU calls it a fault loop. */
 const MAX_RETRIES = 64;
-
-/** The value that a read of unbacked guest-physical memory returns (an open bus reads all ones). */
-const OPEN_BUS = 0xffffffff;
 
 /** One vCPU: the architectural state and the guest-visible operations (see core DESIGN.md, "The vCPU"). */
 export class Vcpu {
@@ -291,8 +289,7 @@ export class Vcpu {
       if (n > 1) {
         const soff = this.tlb.lookup(s, ACC_READ | user, this.pcid);
         if (soff >= 0) {
-          const bytes = (n - 1) * elemSize;
-          this.memory.u8.copyWithin(doff + elemSize, soff + elemSize, soff + elemSize + bytes);
+          copyElements(this.memory.u8, doff + elemSize, soff + elemSize, (n - 1) * elemSize, elemSize);
           this.accesses += 2 * (n - 1);
           i += n;
           continue;
@@ -305,13 +302,16 @@ export class Vcpu {
   // ---------------------------------------------------------------------------------------------------
   // Control registers (SDM Vol. 3A §2.5, §4.1, §4.10.4).
 
-  /** MOV to CR0. Changing PG or WP flushes the TLB (§4.10.4.1; WP because TLB permissions were computed under it). */
+  /**
+   * MOV to CR0. Changing PG or WP flushes the TLB (§4.10.4.1; WP because TLB permissions were computed under it).
+   * In PAE paging a change of PG, CD (bit 30) or NW (bit 29) reloads the PDPTE registers (§4.4.1).
+   */
   movToCr0(value: number): void {
     const old = this.cr0;
     const v = value >>> 0;
     this.cr0 = v;
     this.updateMode();
-    if (this.pagingEnabled && this.ctx.mode === MODE_PAE && ((old ^ v) & CR0_PG) !== 0 && !this.reloadPdptes()) {
+    if (this.pagingEnabled && this.ctx.mode === MODE_PAE && ((old ^ v) & (CR0_PG | 0x60000000)) !== 0 && !this.reloadPdptes()) {
       this.cr0 = old;
       this.updateMode();
       this.crWriteFault(0, v);
@@ -330,8 +330,12 @@ export class Vcpu {
   movToCr3(value: number, noFlush = false): void {
     const old = this.cr3;
     const oldCtxCr3 = this.ctx.cr3;
-    this.cr3 = value;
     const pcide = (this.cr4 & CR4_PCIDE) !== 0;
+    // IA-32e mode: operand bits 63:M are reserved (§4.5.2, Tables 4-12/4-13; bit 63 is the no-flush hint only
+    // with CR4.PCIDE): #GP(0), CR3 unchanged (Vol. 2B MOV). M is the processor's under TDP, else the guest's.
+    const m = this.secondStage !== null ? this.hostMaxPhyAddr : this.ctx.maxPhyAddr;
+    if ((this.efer & EFER_LMA) !== 0 && ((noFlush && !pcide) || !(value < 2 ** m))) return this.crWriteFault(3, value);
+    this.cr3 = value;
     this.ctx.cr3 = this.ctx.mode === MODE_PAE ? value - (value % 32) : value - (value % PAGE_SIZE);
     if (this.pagingEnabled && this.ctx.mode === MODE_PAE && !this.reloadPdptes()) {
       this.cr3 = old;
@@ -356,6 +360,11 @@ export class Vcpu {
   movToCr4(value: number): void {
     const old = this.cr4;
     const v = value >>> 0;
+    // Vol. 2B MOV CR4: #GP(0), CR4 unchanged, for setting PCIDE outside IA-32e mode or with CR3[11:0] != 0 (§4.10.1:
+    // the PCID would not be CR3[11:0]), and in IA-32e mode for clearing PAE or changing LA57 (§4.1.1, §4.5; KVM kvm_set_cr4).
+    const lma = (this.efer & EFER_LMA) !== 0;
+    if ((v & ~old & CR4_PCIDE) !== 0 && (!lma || this.cr3 % PAGE_SIZE !== 0)) return this.crWriteFault(4, v);
+    if (lma && ((v & CR4_PAE) === 0 || ((old ^ v) & CR4_LA57) !== 0)) return this.crWriteFault(4, v);
     this.cr4 = v;
     this.updateMode();
     const changed = old ^ v;
@@ -573,6 +582,7 @@ export class Vcpu {
         this.deliverErrorCode = 0;
         action = this.hooks.exception(this, GP_VECTOR, 0, va, access);
       } else if (st === WALK_NESTED_FAULT) {
+        this.tlb.dropPage(va, this.pcid); // an EPT violation drops the combined mappings of va (SDM Vol. 3C §29.4.3.1)
         action = this.hooks.nestedFault(this, va, access, r);
       } else {
         throw new MachineError('walk-status', `unknown walk status ${st}`);
@@ -587,6 +597,9 @@ export class Vcpu {
         const pLo = this.pendingLo;
         const pHi = this.pendingHi;
         const pEmulatable = this.pendingEmulatable;
+        // A #PF the guest sees invalidates the TLB entries of the faulting page (SDM Vol. 3A §4.10.4.1; KVM does it
+        // for the #PF it injects, kvm_inject_emulated_page_fault): the handler's fix is seen, whether it retries or not.
+        if (vector === PF_VECTOR) this.tlb.dropPage(va, this.pcid);
         this.raise(vector, this.deliverErrorCode, va);
         this.setPending(pVa, pAccess, pSize, pLo, pHi);
         this.pendingEmulatable = pEmulatable;
@@ -731,10 +744,7 @@ export class Vcpu {
   }
 }
 
-/** What a load of `size` bytes from unbacked guest-physical memory returns: every byte 0xff. */
-export function openBus(size: number): number {
-  return size === 1 ? 0xff : size === 2 ? 0xffff : OPEN_BUS;
-}
+export { openBus } from './ram-access.js';
 
 /** Loads `size` bytes at RAM offset `off`. */
 function loadAt(vcpu: Vcpu, off: number, size: number): number {
@@ -754,11 +764,6 @@ function loadAt(vcpu: Vcpu, off: number, size: number): number {
       vcpu.valueHi = m.view.getUint32(off + 4, true);
       return m.view.getUint32(off, true);
   }
-}
-
-/** Whether a store of `size` bytes of (lo, hi) writes only zero bytes. */
-function zeroStore(size: number, lo: number, hi: number): boolean {
-  return size === 1 ? (lo & 0xff) === 0 : size === 2 ? (lo & 0xffff) === 0 : size === 8 ? (lo | hi) === 0 : (lo | 0) === 0;
 }
 
 /** Stores `size` bytes at RAM offset `off`. */
@@ -789,9 +794,4 @@ export function storeAt(m: GuestMemory, off: number, size: number, lo: number, h
 function checkSpan(va: number, size: number): void {
   // va & 0xfff: the offset in the page (bits 11:0 of the two's-complement address; `%` on a double would call fmod).
   if ((va & 0xfff) > 4096 - size || !(size === 1 || size === 2 || size === 4 || size === 8 || size === 16)) badSpan(va, size);
-}
-
-/** checkSpan's error, out of line (checkSpan runs on every access and should stay small enough to inline). */
-function badSpan(va: number, size: number): never {
-  throw new RangeError(`an access of ${size} bytes at ${hexU64(va)} crosses a page boundary or has an unsupported size`);
 }

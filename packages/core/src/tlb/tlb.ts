@@ -165,6 +165,17 @@ export class Tlb {
    */
   invlpg(va: number, pcid: number): void {
     this.invlpgs++;
+    this.dropPage(va, pcid);
+  }
+
+  /**
+   * Drops what INVLPG of `va` drops, without counting an INVLPG: what a page fault on `va` invalidates (SDM
+   * Vol. 3A §4.10.4.1, "page faults invalidate entries in the TLBs": those for that page number in the current
+   * PCID, every cached piece of a large page included, §4.10.2.3; dropping a global entry too is allowed, a
+   * processor may drop any entry at any time) and what an EPT violation met translating `va` invalidates
+   * (Vol. 3C §29.4.3.1: the combined mappings of that linear address).
+   */
+  dropPage(va: number, pcid: number): void {
     const vpn = Math.floor(va / PAGE_SIZE);
     const i = vpn & this.mask;
     if (this.tag[i] === vpn && (this.pcid[i] === pcid || (this.data[i]! & TLB_GLOBAL) !== 0)) this.drop(i);

@@ -386,7 +386,7 @@ describe('walkNested (two-dimensional paging)', () => {
 
 describe('Vcpu under TDP', () => {
   /** A long4 guest (tables at 0x1000.., data 0x200000..) on an identity EPT with 4 KiB pages; `ro` pages read-only in EPT. */
-  function tdpMachine(format: 'ept' | 'npt', ro: number[]): { v: Vcpu; log: unknown[]; host: SparsePhysicalMemory } {
+  function tdpMachine(format: 'ept' | 'npt', ro: number[]): { v: Vcpu; log: unknown[]; host: SparsePhysicalMemory; tables: StageTables } {
     const m = new Machine({ memoryBytes: 4 * 2 ** 20, maxPhyAddr: 46 });
     const v = m.vcpus[0]!;
     const mem = m.memory;
@@ -419,7 +419,7 @@ describe('Vcpu under TDP', () => {
     v.movToCr3(0x1000);
     v.movToCr0(CR0_PG | CR0_PE);
     expect(v.mode).toBe(MODE_LONG4);
-    return { v, log, host };
+    return { v, log, host, tables };
   }
 
   it('a warm TLB gives the same results as a cold one (property), and walk refs count 24 per 4 KiB miss', () => {
@@ -495,6 +495,25 @@ describe('Vcpu under TDP', () => {
       // TLB lookup is not counted again (the access missed once) but it walks again: 4 x 5 + 4 = 24.
       expect([v.tlb.misses, v.walks, v.walkRefs]).toEqual([1, 2, 20 + 24]);
       expect(v.walkRefs / v.walks).toBeLessThanOrEqual(24);
+    }
+  });
+
+  it('a second-stage fault drops the combined mapping of its linear address (SDM Vol. 3C §29.4.3.1)', () => {
+    for (const format of ['ept', 'npt'] as const) {
+      const { v, log, tables } = tdpMachine(format, [0x200000]);
+      v.memory.write32(0x200008, 0xaaaa);
+      v.memory.write32(0x205008, 0xbbbb);
+      expect(v.read(0x400008, 4)).toBe(0xaaaa); // the TLB holds gpa 0x200000 -> hpa 0x200000, read-only
+      // The hypervisor points the gpa at another host page, read-only still, without invalidating; a write faults.
+      tables.map(0x200000, 0x205000, format === 'ept' ? 5 | EPT_WB : P | U);
+      try {
+        v.write(0x400008, 4, 1);
+      } catch (e) {
+        if (!(e instanceof GuestAbort)) throw e;
+      }
+      expect(log.map((e) => (e as unknown[])[0])).toEqual(['nested']);
+      // The fault dropped the entry: the read walks both stages again and reads the new host page.
+      expect(v.read(0x400008, 4)).toBe(0xbbbb);
     }
   });
 });

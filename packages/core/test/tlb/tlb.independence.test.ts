@@ -268,13 +268,14 @@ function run(sc: Scenario, cold: boolean, seen?: Seen): { log: unknown[]; memory
     (sc.mode === 'legacy32' ? CR4_PSE : CR4_PAE | CR4_PSE) |
       (sc.mode === 'long5' ? CR4_LA57 : 0) |
       (sc.pge ? CR4_PGE : 0) |
-      (pcide ? CR4_PCIDE : 0) |
       (sc.smep ? CR4_SMEP : 0) |
       (sc.smap ? CR4_SMAP : 0) |
       (sc.pke && long ? CR4_PKE : 0),
   );
   v.movToCr3(root);
   v.movToCr0(CR0_PG | CR0_PE | (sc.wp ? CR0_WP : 0));
+  // PCIDE only once in IA-32e mode, with CR3[11:0] = 0 (§4.10.1; otherwise MOV to CR4 is a #GP, Vol. 2B MOV).
+  if (pcide) v.movToCr4(v.cr4 | CR4_PCIDE);
   v.wrpkru(sc.pkru);
   v.setAc(sc.ac);
   expect(v.mode).toBe(MODES.indexOf(sc.mode)); // MODE_LEGACY32 = 0 .. MODE_LONG5 = 3

@@ -1,0 +1,31 @@
+import { hexU64 } from '../arch/hex.js';
+
+/** The value that a read of unbacked guest-physical memory returns (an open bus reads all ones). */
+export const OPEN_BUS = 0xffffffff;
+
+/** What a load of `size` bytes from unbacked guest-physical memory returns: every byte 0xff. */
+export function openBus(size: number): number {
+  return size === 1 ? 0xff : size === 2 ? 0xffff : OPEN_BUS;
+}
+
+/**
+ * The bulk part of `rep movs` (Vcpu.repMovs): `bytes` bytes of RAM from offset `from` to offset `to`, in
+ * elements of `size` bytes, ascending (EFLAGS.DF = 0). SDM Vol. 2B MOVS/REP: the instruction moves one
+ * element at a time, so a destination that starts inside the source (to > from, overlapping) reads back the
+ * elements it stored before: moving four elements of 1,2,3,4,5 one element up gives 1,1,1,1,1, where one
+ * memmove (copyWithin) would give 1,1,2,3,4. Without that overlap the two are the same, and one copyWithin does it.
+ */
+export function copyElements(u8: Uint8Array, to: number, from: number, bytes: number, size: number): void {
+  if (!(to > from && to < from + bytes)) u8.copyWithin(to, from, from + bytes);
+  else for (let k = 0; k < bytes; k += size) u8.copyWithin(to + k, from + k, from + k + size);
+}
+
+/** Whether a store of `size` bytes of (lo, hi) writes only zero bytes (a store to the zero page, Vcpu.unzero). */
+export function zeroStore(size: number, lo: number, hi: number): boolean {
+  return size === 1 ? (lo & 0xff) === 0 : size === 2 ? (lo & 0xffff) === 0 : size === 8 ? (lo | hi) === 0 : (lo | 0) === 0;
+}
+
+/** The error of Vcpu's checkSpan, out of line (checkSpan runs on every access and should stay small enough to inline). */
+export function badSpan(va: number, size: number): never {
+  throw new RangeError(`an access of ${size} bytes at ${hexU64(va)} crosses a page boundary or has an unsupported size`);
+}
