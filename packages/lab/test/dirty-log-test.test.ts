@@ -51,6 +51,13 @@ describe('dirty-log-test with harvest', () => {
     await expect(runVariant('vmx shadow', WL('pml'), O)).rejects.toThrow(/policy 'pml' needs CpuDirtyLogging .*mmu 'shadow' does not provide/);
   });
 
+  it('harvest=ring with PML: a ring smaller than its 576 reserved entries is refused, as KVM_CAP_DIRTY_LOG_RING is (-EINVAL)', async () => {
+    // KVM reserves KVM_DIRTY_RING_RSVD_ENTRIES (64) plus kvm_cpu_dirty_log_size() (PML's 512 entries) in each ring:
+    // 256 entries is too small once PML is on (it was accepted with 64 reserved, and a PML flush could overflow it).
+    await expect(runVariant('vmx tdp pml', WL('ring'), O)).rejects.toThrow(InputError);
+    await expect(runVariant('vmx tdp pml', WL('ring'), O)).rejects.toThrow(/parameter ring=256: .*smaller than the 576 reserved entries/);
+  });
+
   it('catches an MMU that does not re-protect after a harvest: lost pages, in every mode', async () => {
     for (const harvest of ['bitmap', 'clear', 'ring']) {
       const r = await runVariant('vmx shadow', WL(harvest), { ...O, sources: forgetfulSources });

@@ -124,8 +124,8 @@ export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEnco
    * The end of an exit whose handling may have pushed to the vCPU's dirty ring, before the guest runs again
    * (KVM `vcpu_enter_guest` -> `kvm_dirty_ring_check_request`): a soft-full ring exits to user space with
    * KVM_EXIT_DIRTY_RING_FULL (DirtyLog.enterGuest), counted as `dirty_ring_full_exits` (KVM's exit reason, named
-   * as its `mmio_exits`). Checked after page faults and emulated writes, where marks happen; a mark made while
-   * syncing an unsync page (CR3 write, INVLPG) is checked at the vCPU's next fault, within the reserved entries.
+   * as its `mmio_exits`). Checked after every exit whose handling may mark pages: page faults, emulated writes,
+   * and the CR writes and INVLPGs that sync unsync pages (KVM checks the request before every entry).
    */
   private enterGuest(id: number): void {
     if (this.dirtyLog!.enterGuest(id)) this.host.count(id, 'dirty_ring_full_exits');
@@ -150,6 +150,8 @@ export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEnco
 
   crWritten(vcpu: Vcpu, cr: number, _oldValue: number, exited: boolean): void {
     crWrite(this, vcpu, cr, exited);
+    // A CR3 write that syncs unsync pages may push to the ring (make_spte): checked before the guest re-enters.
+    if (exited && this.dirtyLog !== null && this.dirtyLog.rings !== null) this.enterGuest(vcpu.id);
   }
 
   invlpg(vcpu: Vcpu, va: number, exited: boolean): void {
@@ -167,6 +169,7 @@ export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEnco
     this.initiator = vcpu.id;
     invlpgSync(this, st, va);
     finish(this);
+    if (this.dirtyLog !== null && this.dirtyLog.rings !== null) this.enterGuest(vcpu.id);
   }
 
   emulationFailed(vcpu: Vcpu, gpa: number): boolean {

@@ -43,7 +43,7 @@ describe('ShadowMmu dirty logging', () => {
       expect(gfns(log)).toEqual([]);
     });
 
-    it('refuses a read-only slot, an unknown slot, twice, and initially-set without manual protect, naming the input', () => {
+    it('refuses an unknown slot, twice, and initially-set without manual protect, naming the input', () => {
       const { log } = logged(false);
       expect(() => log.enable(7)).toThrow(/memslot 7 does not exist/);
       expect(() => log.enable(0, { initiallySet: true })).toThrow(/initiallySet .* needs manualProtect/);

@@ -1,7 +1,7 @@
 import { DirtyLog, DirtyRingError, explore, replaySchedule, runSequential } from '@vmexit/core';
 import { describe, expect, it } from 'vitest';
 import { shadowRaceScenario } from '../src/index.js';
-import { A, D, P, setup, W } from './harness.js';
+import { A, D, P, setup, U, W } from './harness.js';
 
 /** A 4-level guest: 4 KiB pages over 0-4 MiB (indirect shadow pages), a 2 MiB page at 8 MiB (direct: the fast path's); a dirty ring per vCPU. */
 function ringed(vcpus = 1, entries = 256) {
@@ -84,6 +84,36 @@ describe('ShadowMmu with dirty rings (KVM_CAP_DIRTY_LOG_RING)', () => {
     expect(harvested[1]!.slice(0, 2)).toEqual([0x800 + 191, 0x800 + 192]);
     expect(log.rings![0]!.used()).toBe(10);
     expect(log.rings![0]!.pushes).toBe(394);
+  });
+
+  it('a CR3 write whose sync of an unsync page reaches the soft limit exits with KVM_EXIT_DIRTY_RING_FULL before the guest re-enters', () => {
+    const { vcpu, log, h, mmu, pt } = ringed(1, 256);
+    h.decider = (ev) => (ev.kind === 'unsync' ? true : null);
+    const va = 0x600000;
+    const e = pt.map(va, 0xc00000, P | W | U | A | D);
+    log.enable(0);
+    let harvested: number[] = [];
+    log.onRingFull = () => {
+      harvested = harvest(log);
+      log.resetDirtyRings();
+    };
+    vcpu.write(va, 4, 1); // maps va writable (marked dirty)
+    // The kernel's store of a second gpte into the PT page faults on its write-protected spte; the page's only
+    // shadow is level 1: it goes unsync, no emulation.
+    vcpu.write(e + 8, 8, 0xc01000 | P | W | U | A | D, 0);
+    expect(mmu.unsyncPages.size).toBe(1);
+    const ring = log.rings![0]!;
+    while (ring.used() < 191) log.markPageDirty(0x300, 0); // one entry below the soft limit (256 - 64 = 192)
+    h.reset();
+    // MOV to CR3 exits; the sync of the unsync page (kvm_mmu_sync_roots, syncPage) rebuilds its one present spte,
+    // va's (gpte 0: gfn 0xc00, writable), and the writable spte marks gfn 0xc00 (unsync.ts: the FNAME(sync_page)
+    // whose set_spte marks; the second gpte has no spte yet, nothing to sync): the 192nd entry, the soft-full
+    // request. KVM checks it before the vCPU re-enters (vcpu_enter_guest -> kvm_dirty_ring_check_request): 1
+    // KVM_EXIT_DIRTY_RING_FULL at this exit (it used to wait for the vCPU's next fault), whose handler harvests the
+    // 192 entries, the last 0xc00.
+    vcpu.movToCr3(pt.root);
+    expect([mmu.unsyncPages.size, h.c('dirty_ring_full_exits'), harvested.length, harvested[191]]).toEqual([0, 1, 192, 0xc00]);
+    expect(ring.used()).toBe(0);
   });
 
   it('a full exit with no user space handler, or one that leaves the ring soft-full, is an error naming the vCPU', () => {

@@ -1,7 +1,10 @@
 import { PAGE_SIZE, type Memslot } from '@vmexit/core';
-import { splitHugePages } from './map.js';
+import { SPTE_HI_ADDR_MASK, SPTE_LARGE } from '@vmexit/core/mmu';
+import { mappingLevel, splitHugePages } from './map.js';
+import { isPresentSpte } from './mmio.js';
+import type { TdpPage } from './page.js';
 import type { TdpMmuState } from './state.js';
-import { finish, visitLeafs } from './zap.js';
+import { addLeaf, childOf, finish, isLeaf, removeSubtree, SPAN, visitLeafs } from './zap.js';
 
 /**
  * Dirty logging on the TDP MMU (KVM arch/x86/kvm/mmu/tdp_mmu.c): the write protection of a logged slot's
@@ -79,6 +82,78 @@ export function writeProtectMasked(s: TdpMmuState, slot: Memslot, offset: number
     m = (m & (m - 1)) >>> 0;
   }
   return changed;
+}
+
+/**
+ * KVM `kvm_mmu_recover_huge_pages` -> `kvm_tdp_mmu_recover_huge_pages` (`recover_huge_pages_range`, v6.13; older
+ * kernels zap the same tables, `kvm_mmu_zap_collapsible_sptes`), when KVM_MEM_LOG_DIRTY_PAGES is cleared on `slot`
+ * (`kvm_mmu_slot_apply_flags`): from the root down, each present non-leaf spte of level 2 MiB or 1 GiB whose gfn
+ * lies in the slot and whose range the host backing and the slot allow to map huge (`kvm_mmu_max_mapping_level`,
+ * here `mappingLevel`, the slot no longer logging) becomes one huge leaf made from the first present leaf below
+ * it (`tdp_mmu_make_huge_spte` -> `make_huge_spte`: that leaf's bits with the page-size bit, the address aligned
+ * down), so a first leaf write-protected for logging gives a write-protected huge leaf (MMU-writable kept: the
+ * next write fixes it once for the whole range). The tables below are freed after one flush. A table with no
+ * present leaf stays. Returns whether a table was replaced.
+ */
+export function recoverHugePages(s: TdpMmuState, slot: Memslot): boolean {
+  const prev = s.initiator;
+  s.initiator = 0; // the host's ioctl: counted on vCPU 0, as flushForLog does
+  const changed = recoverIn(s, s.root, slot);
+  finish(s); // "if (flush) kvm_flush_remote_tlbs_memslot(kvm, slot)", then the freed tables
+  s.initiator = prev;
+  return changed;
+}
+
+/** recoverHugePages below `sp`: `for_each_tdp_pte_min_level(iter, kvm, root, PG_LEVEL_2M, start, end)`, pre-order. */
+function recoverIn(s: TdpMmuState, sp: TdpPage, slot: Memslot): boolean {
+  const level = sp.level;
+  if (level < 2) return false;
+  const pool = s.pool;
+  const span = SPAN[level]!;
+  const start = slot.baseGfn;
+  const end = slot.baseGfn + slot.pages;
+  let changed = false;
+  for (let i = 0; i < 512; i++) {
+    const gfn = sp.gfn + i * span;
+    if (gfn >= end || gfn + span <= start) continue;
+    const loc = sp.base + i;
+    const lo = pool.lo(loc);
+    if (!isPresentSpte(lo) || isLeaf(lo, level)) continue; // "Don't zap leaf SPTEs"
+    const child = childOf(s, lo, pool.hi(loc));
+    // level > KVM_MAX_HUGEPAGE_LEVEL (1 GiB), or iter.gfn outside the slot, or max_mapping_level < iter.level: step down.
+    if (level <= 3 && gfn >= start && mappingLevel(s, gfn, slot) >= level && makeHugeFromFirstLeaf(s, child, gfn)) {
+      removeSubtree(s, child);
+      s.setSpte(loc, s.scratch.lo, s.scratch.hi);
+      addLeaf(s, level);
+      changed = true;
+      continue;
+    }
+    if (recoverIn(s, child, slot)) changed = true;
+  }
+  return changed;
+}
+
+/**
+ * `tdp_mmu_make_huge_spte`: the first present leaf below `sp` (in gfn order) made a huge leaf at `sp`'s parent
+ * level mapping from `gfn` (`make_huge_spte`: "small_spte | PT_PAGE_SIZE_MASK", the address bits below the huge
+ * page cleared), into `s.scratch`. False when no leaf is present (-ENOENT: the table stays).
+ */
+function makeHugeFromFirstLeaf(s: TdpMmuState, sp: TdpPage, gfn: number): boolean {
+  const pool = s.pool;
+  for (let i = 0; i < 512; i++) {
+    const loc = sp.base + i;
+    const lo = pool.lo(loc);
+    if (!isPresentSpte(lo)) continue;
+    const hi = pool.hi(loc);
+    if (!isLeaf(lo, sp.level)) {
+      if (makeHugeFromFirstLeaf(s, childOf(s, lo, hi), gfn)) return true;
+      continue;
+    }
+    s.scratch.lo = ((gfn % 0x100000) * PAGE_SIZE + ((lo & 0xfff) | SPTE_LARGE)) >>> 0;
+    s.scratch.hi = (Math.floor(gfn / 0x100000) | (hi & ~SPTE_HI_ADDR_MASK)) >>> 0;
+    return true;
+  }
+  return false;
 }
 
 /** KVM `kvm_flush_remote_tlbs_memslot`: every vCPU's combined mappings, counted on `initiator` (the host's ioctls on vCPU 0). */

@@ -34,7 +34,7 @@ import {
   SptePoolMemory,
 } from '@vmexit/core/mmu';
 import { auditTdpMmu } from './audit.js';
-import { flushForLog, markGpaDirty, slotRemoveWriteAccess, writeProtectMasked } from './dirty-log.js';
+import { flushForLog, markGpaDirty, recoverHugePages, slotRemoveWriteAccess, writeProtectMasked } from './dirty-log.js';
 import { TdpFastPageFault } from './fast-fault.js';
 import { TdpMmuError } from './errors.js';
 import { leafLoc, MAP_SPURIOUS, mapMmio, mappingLevel, newPage, splitHugePages, tdpMap } from './map.js';
@@ -381,6 +381,16 @@ export class TdpMmu extends TdpMmuState implements Mmu, DirtyLogMmu, FastPageFau
 
   flushRemoteTlbs(initiator: number): void {
     flushForLog(this, initiator);
+  }
+
+  /** KVM `kvm_mmu_recover_huge_pages` once `slot` stops logging (dirty-log.ts): under `mmu_lock` held for read, as KVM takes it. */
+  recoverHugePages(slot: Memslot): void {
+    this.mmuLock.acquireRead(HOST_THREAD);
+    try {
+      recoverHugePages(this, slot);
+    } finally {
+      this.mmuLock.releaseRead(HOST_THREAD);
+    }
   }
 
   // -------------------------------------------------------------------------------------------------

@@ -1,10 +1,22 @@
 import { DirtyLog } from '@vmexit/core';
-import { EPT_SPTE_W } from '@vmexit/core/mmu';
+import { EPT_SPTE_W, SPTE_LARGE } from '@vmexit/core/mmu';
 import { describe, expect, it } from 'vitest';
 import { handGuest } from './hand-guest.js';
 import { leafLoc } from '../src/map.js';
+import { childOf, spteIndex } from '../src/zap.js';
+import type { TdpMmu } from '../src/index.js';
 
 const gfns = (log: DirtyLog): number[] => DirtyLog.gfns(log.slotOf(0), log.getDirtyLog(0));
+
+/** The location of the level-2 spte that maps `gfn` (the walk from the root through present non-leaf sptes). */
+function level2Loc(mmu: TdpMmu, gfn: number): number {
+  let sp = mmu.root;
+  for (let level = mmu.rootLevel; level > 2; level--) {
+    const loc = sp.base + spteIndex(gfn, level);
+    sp = childOf(mmu, mmu.pool.lo(loc), mmu.pool.hi(loc));
+  }
+  return sp.base + spteIndex(gfn, 2);
+}
 
 /** The hand-built guest (hand-guest.ts) with 2 MiB host pages, va 0x1000 -> gpa 0x200000 (a 2 MiB leaf) and va 0x2000 -> gpa 0x10000, both written once, and a dirty log attached. */
 async function logged(backend: 'vmx' | 'svm', fast: boolean) {
@@ -104,6 +116,56 @@ describe('TdpMmu dirty logging', () => {
     expect(g.tryWrite(0x1000, 2)).toBe(true);
     expect([d('exits.EPT_VIOLATION'), d('pf_taken'), d('pf_fast'), d('pf_fixed'), d('mmu_lock.acquired')]).toEqual([5, 5, 5, 5, 0]);
     g.mmu.audit();
+  });
+
+  for (const backend of ['vmx', 'svm'] as const) {
+    it(`${backend}: turning the log off maps huge again (kvm_mmu_recover_huge_pages): one write-protect fault per 2 MiB, not per page`, async () => {
+      const { g, log, d, reset } = await logged(backend, true);
+      const exitName = backend === 'vmx' ? 'exits.EPT_VIOLATION' : 'exits.VMEXIT_NPF';
+      g.map(0x3000, 0x201000); // gfn 0x201, in the same 2 MiB as gfn 0x200 (va 0x1000)
+      log.enable(0); // the two 2 MiB leaves split into 1024 4 KiB leaves, all write-protected
+      reset();
+      // KVM_MEM_LOG_DIRTY_PAGES cleared: kvm_mmu_slot_apply_flags -> kvm_mmu_recover_huge_pages. Both page tables
+      // (0-2 MiB: the guest's tables and gpa 0x10000; 2-4 MiB: gpa 0x200000) lie in slot 0 and the 2 MiB host
+      // pages allow a 2 MiB leaf: each becomes a huge leaf made from its first 4 KiB leaf (make_huge_spte), the
+      // tables are freed, one flush.
+      log.disable(0);
+      expect([g.mmu.leaves[1], g.mmu.leaves[2]]).toEqual([0, 2]);
+      expect([d('pages_4k'), d('pages_2m'), d('tdp_mmu_pages'), d('remote_tlb_flush')]).toEqual([-1024, 2, -2, 1]);
+      // The first leaf was write-protected for the log (W clear, MMU-writable kept): so is the huge leaf.
+      expect(leafLoc(g.mmu, 0x200)).toBe(-1); // the walk stops above level 1
+      const pde = level2Loc(g.mmu, 0x200);
+      const f = g.mmu.format;
+      expect([g.mmu.pool.lo(pde) & SPTE_LARGE, g.mmu.pool.lo(pde) & f.writableLo, g.mmu.pool.hi(pde) & f.mmuWritableHi]).toEqual([
+        SPTE_LARGE,
+        0,
+        f.mmuWritableHi,
+      ]);
+      reset();
+      // Stores to gfn 0x200 and 0x201. The first store's walk writes the guest's table pages (gfns 1-4, see
+      // above), all in the 0-2 MiB huge leaf: one EPT violation / #NPF with P|W, fixed by the fast path for the
+      // whole 2 MiB (the slot no longer logs); then gfn 0x200: one more for the 2-4 MiB leaf. The store to gfn
+      // 0x201 finds that leaf writable: no exit. 2 exits (with the 4 KiB leaves left write-protected: 6, one per
+      // table page and one per data page).
+      expect(g.tryWrite(0x1000, 2)).toBe(true);
+      expect(g.tryWrite(0x3000, 2)).toBe(true);
+      expect([d(exitName), d('pf_fast'), d('pf_fixed'), d('mmu_lock.acquired')]).toEqual([2, 2, 2, 0]);
+      expect([g.mmu.leaves[1], g.mmu.leaves[2]]).toEqual([0, 2]);
+      g.mmu.audit();
+    });
+  }
+
+  it('re-enabling the log on a slot whose leaves are all write-protected still flushes once (unconditional in kvm_mmu_slot_apply_flags)', async () => {
+    const g = await handGuest('vmx');
+    g.map(0x1000, 0x10000);
+    g.tryWrite(0x1000, 1);
+    const log = new DirtyLog(g.vm.machine.memory);
+    g.mmu.attachDirtyLog(log);
+    log.enable(0);
+    log.disable(0); // 4 KiB host pages: nothing to recover, the leaves stay write-protected
+    const before = g.c()['remote_tlb_flush'] ?? 0;
+    log.enable(0); // no leaf loses W now
+    expect((g.c()['remote_tlb_flush'] ?? 0) - before).toBe(1);
   });
 
   it('an emulated store marks its page dirty (mark_page_dirty of kvm_vcpu_write_guest)', async () => {

@@ -120,6 +120,56 @@ describe('PML (page-modification logging) under the TDP MMU on VMX', () => {
     g.mmu.audit();
   });
 
+  it('KVM_CLEAR_DIRTY_LOG kicks the vCPUs first (kvm_arch_sync_dirty_log): a page still in the PML log is cleared and logged again', async () => {
+    const g = await handGuest('vmx');
+    g.map(0, dataGfn(0) * 4096);
+    g.tryWrite(0, 1);
+    g.mmu.enableCpuDirtyLog(new VmxBackend());
+    const log = new DirtyLog(g.vm.machine.memory);
+    g.mmu.attachDirtyLog(log);
+    log.enable(0, { manualProtect: true }); // D flags cleared (kvm_mmu_slot_leaf_clear_dirty)
+    // The store logs 5 entries (PML4, PDPT, PD, PT 0x4000, the data page) and exits not: they are in the PML log,
+    // not in the bitmap. User space clears the data page (as after an earlier KVM_GET_DIRTY_LOG that named it):
+    // kvm_clear_dirty_log_protect syncs first, so the page's bit is taken and its D flag cleared. The next
+    // KVM_GET_DIRTY_LOG names the 4 table pages only; a store to the data page logs it again.
+    expect(g.tryWrite(0, 2)).toBe(true);
+    expect(g.mmu.pmlLogs[0]!.index).toBe(511 - 5);
+    log.clearDirtyLog(0, 0x400, 64, new Uint32Array([1, 0]));
+    expect(DirtyLog.gfns(log.slotOf(0), log.getDirtyLog(0))).toEqual([1, 2, 3, 4]);
+    expect(g.tryWrite(0, 3)).toBe(true);
+    expect(g.mmu.pmlLogs[0]!.index).toBe(511 - 1);
+    expect(DirtyLog.gfns(log.slotOf(0), log.getDirtyLog(0))).toEqual([1, 2, 3, 4, 0x400]);
+    g.mmu.audit();
+  });
+
+  it('dirty rings with PML reserve the 512 entries one PML flush may push (kvm_dirty_ring_get_rsvd_entries): 504 entries fill a 1024-entry ring', async () => {
+    const g = await handGuest('vmx');
+    for (let i = 0; i < 500; i++) g.map(i * 4096, dataGfn(i) * 4096);
+    for (let i = 0; i < 500; i++) g.tryWrite(i * 4096, 1);
+    g.mmu.enableCpuDirtyLog(new VmxBackend());
+    const log = new DirtyLog(g.vm.machine.memory);
+    g.mmu.attachDirtyLog(log);
+    // 1024 entries, 64 + 512 reserved (KVM_DIRTY_RING_RSVD_ENTRIES + PML_LOG_NR_ENTRIES): soft limit 448.
+    log.enableRing(1, 1024);
+    expect(log.rings![0]!.softLimit).toBe(448);
+    let harvested = 0;
+    log.onRingFull = () => {
+      harvested += log.collectRings(() => {});
+      log.resetDirtyRings();
+    };
+    log.enable(0);
+    const before = { ...g.c() };
+    const d = (key: string): number => (g.c()[key] ?? 0) - (before[key] ?? 0);
+    // 500 stores below 2 MiB log 504 entries (PML4, PDPT, PD, PT 0x4000 and 500 data pages): no PML-full exit
+    // (512 entries) and no EPT violation. WRMSR EFER exits; the exit empties the PML log into the vCPU's ring
+    // (vmx_flush_pml_buffer): 504 pushes, past the soft limit of 448 (with only 64 reserved it would be 960), so
+    // the vCPU leaves KVM_RUN with KVM_EXIT_DIRTY_RING_FULL before it re-enters: 1 exit, the 504 entries harvested.
+    for (let i = 0; i < 500; i++) expect(g.tryWrite(i * 4096, 2)).toBe(true);
+    g.v.writeEfer(EFER_LME | EFER_NXE);
+    expect([d('exits.PML_FULL'), d('exits.EPT_VIOLATION'), d('exits.MSR_WRITE'), d('dirty_ring_full_exits'), harvested]).toEqual([0, 0, 1, 1, 504]);
+    g.mmu.audit();
+  });
+
   it('composition: the pml policy needs VMX (SVM has no PML) and the TDP MMU (the shadow MMU has no CPU dirty log), each refusal naming the capability', async () => {
     const src = { ...sources(), policies: [policies] };
     await expect(createVm({ backend: 'svm', mmu: 'tdp', policies: [{ use: 'pml' }] }, { sources: src })).rejects.toThrow(

@@ -1,6 +1,7 @@
 import { PAGE_SIZE } from '../arch/constants.js';
 import { hexU64 } from '../arch/hex.js';
 import type { GuestMemory, Memslot } from '../machine/guest-memory.js';
+import { PML_ENTRIES } from '../paging/pml.js';
 import type { MmuLock } from '../race/lock.js';
 import { DirtyRing, DirtyRingError, KVM_DIRTY_RING_RSVD_ENTRIES, ResetDirtyRingsOp } from './dirty-ring.js';
 
@@ -35,6 +36,12 @@ export interface DirtyLogMmu {
   writeProtectMasked(slot: Memslot, offset: number, mask: number): boolean;
   /** KVM `kvm_flush_remote_tlbs_memslot`: every vCPU's TLB, on behalf of `initiator` (a vCPU id or HOST_THREAD). */
   flushRemoteTlbs(initiator: number): void;
+  /**
+   * KVM `kvm_mmu_recover_huge_pages`, when KVM_MEM_LOG_DIRTY_PAGES is cleared on `slot` (which no longer logs):
+   * the page tables that logging left where the host backing allows a huge leaf become huge leaves again, under
+   * the MMU's own locking, with the flush it needs. Absent where the MMU never maps huge leaves (the shadow MMU).
+   */
+  recoverHugePages?(slot: Memslot): void;
   /**
    * Whether the processor logs dirty pages itself (PML: KVM `kvm_x86_ops.cpu_dirty_log_size`): then the MMU
    * clears dirty flags where it would write-protect, and `syncDirtyLog` empties the processor's logs.
@@ -115,15 +122,15 @@ export class DirtyLog {
 
   /**
    * Sets KVM_MEM_LOG_DIRTY_PAGES on `slotId` (KVM `kvm_mmu_slot_apply_flags`): a fresh bitmap, and every
-   * writable spte of the slot write-protected and the TLBs flushed, except with manual protect and
-   * initially-set, where every bit starts set and the write protection waits for `clearDirtyLog`.
+   * writable spte of the slot write-protected and the TLBs flushed (always, even when no spte was writable),
+   * except with manual protect and initially-set, where every bit starts set and the write protection (and
+   * the flush) waits for `clearDirtyLog`, and on a read-only slot, where nothing is to protect.
    */
   enable(slotId: number, options: DirtyLogSlotOptions = {}): void {
     const slot = this.slotById(slotId);
     if (this.logs[slotId] !== undefined) throw new DirtyLogError(`memslot ${slotId} already logs dirty pages`);
     if (options.initiallySet === true && options.manualProtect !== true)
       throw new DirtyLogError('initiallySet (KVM_DIRTY_LOG_INITIALLY_SET) needs manualProtect');
-    if (slot.readonly) throw new DirtyLogError(`memslot ${slotId} is read-only: KVM refuses KVM_MEM_LOG_DIRTY_PAGES with KVM_MEM_READONLY`);
     const mmu = this.requireMmu();
     const log = new SlotLog(slot, options.manualProtect === true);
     this.logs[slotId] = log;
@@ -134,17 +141,29 @@ export class DirtyLog {
       if (tail !== 0) log.bitmap[log.bitmap.length - 1] = (2 ** tail - 1) >>> 0;
       return;
     }
+    // KVM takes KVM_MEM_LOG_DIRTY_PAGES with KVM_MEM_READONLY (check_memory_region_flags), and
+    // kvm_mmu_slot_apply_flags then does "Nothing more to do for RO slots (which can't be dirtied and can't be
+    // made writable)": nothing protected, no flush (the slot is mapped at 4 KiB while it logs, PML on).
+    if (slot.readonly) return;
     mmu.mmuLock.acquire(HOST_THREAD);
-    const flush = mmu.slotRemoveWriteAccess(slot);
+    mmu.slotRemoveWriteAccess(slot);
     mmu.mmuLock.release(HOST_THREAD);
-    if (flush) mmu.flushRemoteTlbs(HOST_THREAD);
+    // kvm_mmu_slot_apply_flags: "Unconditionally flush the TLBs after enabling dirty logging" (whether or not an
+    // spte lost W: the helpers do not track MMU-writable), once, after mmu_lock is dropped.
+    mmu.flushRemoteTlbs(HOST_THREAD);
   }
 
-  /** Clears KVM_MEM_LOG_DIRTY_PAGES: the bitmap goes (sptes stay write-protected; a write makes them writable again). */
+  /**
+   * Clears KVM_MEM_LOG_DIRTY_PAGES: the bitmap goes, then KVM `kvm_mmu_slot_apply_flags` ->
+   * `kvm_mmu_recover_huge_pages` (v6.13; `kvm_mmu_zap_collapsible_sptes` before): the MMU maps huge again where the
+   * host backing allows (`DirtyLogMmu.recoverHugePages`). Other 4 KiB sptes stay write-protected, MMU-writable
+   * kept: a write makes them writable again.
+   */
   disable(slotId: number): void {
-    this.logOf(slotId, 'disable');
+    const slot = this.logOf(slotId, 'disable').slot;
     this.logs[slotId] = undefined;
     this.loggingSlots--;
+    this.mmu?.recoverHugePages?.(slot);
   }
 
   /** Whether `slot` logs (KVM `kvm_slot_dirty_track_enabled`). */
@@ -154,11 +173,13 @@ export class DirtyLog {
 
   /**
    * KVM_CAP_DIRTY_LOG_RING: a ring of `entries` per vCPU (ids 0..vcpus-1); `cpuDirtyLogSize` adds to the
-   * reserved entries as KVM's `kvm_cpu_dirty_log_size()` (PML's buffer on VMX). KVM allows it only before any vCPU
+   * reserved entries as KVM's `kvm_cpu_dirty_log_size()` (`kvm_dirty_ring_get_rsvd_entries`): by default PML's 512
+   * entries when the attached MMU logs through PML (`cpuDirtyLog`; one PML flush may push that many past the soft
+   * limit), else 0. KVM allows it only before any vCPU
    * is created; here, before any slot logs. The bitmaps stay, for the pages no vCPU dirties (the host's own
    * writes), as with KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP.
    */
-  enableRing(vcpus: number, entries: number, cpuDirtyLogSize = 0): void {
+  enableRing(vcpus: number, entries: number, cpuDirtyLogSize = this.cpuDirtyLog ? PML_ENTRIES : 0): void {
     if (this.rings !== null) throw new DirtyRingError('KVM_CAP_DIRTY_LOG_RING is already enabled (KVM allows it once)');
     if (this.loggingSlots > 0) throw new DirtyRingError('KVM_CAP_DIRTY_LOG_RING must be enabled before any memslot logs dirty pages');
     if (!Number.isInteger(vcpus) || vcpus < 1) throw new DirtyRingError(`dirty ring: ${vcpus} vCPUs (expected at least 1)`);
@@ -309,6 +330,9 @@ export class DirtyLog {
       throw new DirtyLogError(`clearDirtyLog: count ${count} must be a multiple of 64 unless the range ends at page ${pages}`);
     if (bitmap.length * 32 < count) throw new DirtyLogError(`clearDirtyLog: the bitmap has ${bitmap.length * 32} bits for ${count} pages`);
     const mmu = this.requireMmu();
+    // kvm_clear_dirty_log_protect calls kvm_arch_sync_dirty_log before it clears: the pages the vCPUs' PML logs
+    // hold reach the bitmap first, so that the clear clears (and re-protects) them too.
+    mmu.syncDirtyLog?.();
     let flush = false;
     mmu.mmuLock.acquire(HOST_THREAD);
     for (let j = 0; j < count; j += 32) {
