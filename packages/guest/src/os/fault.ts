@@ -1,7 +1,7 @@
 import {
   GuestAbort,
   PAGE_SIZE,
-  PFERR_FETCH,
+  PFERR_PRESENT,
   PFERR_RSVD,
   PFERR_USER,
   PFERR_WRITE,
@@ -68,10 +68,8 @@ export function generalProtection(k: KernelState, v: Vcpu, errorCode: number, ad
 
 function handleUserFault(k: KernelState, v: Vcpu, proc: Process, cr2: number, errorCode: number): number {
   let vma = proc.vmas.find(cr2);
-  if (vma === null) return FAULT_SIGSEGV;
+  if (vma === null || accessError(vma, errorCode)) return FAULT_SIGSEGV;
   const write = (errorCode & PFERR_WRITE) !== 0;
-  const need = write ? PROT_WRITE : (errorCode & PFERR_FETCH) !== 0 ? PROT_EXEC : PROT_READ;
-  if ((vma.prot & need) === 0) return FAULT_SIGSEGV;
   let va = cr2 - (((cr2 % PAGE_SIZE) + PAGE_SIZE) % PAGE_SIZE);
   if (vma.backing === VMA_ALIAS) {
     // The read-only view of an arena page: fault the page in through its primary mapping; the alias PDE
@@ -86,6 +84,19 @@ function handleUserFault(k: KernelState, v: Vcpu, proc: Process, cr2: number, er
   if ((lo & PT_PRESENT) === 0) return notPresent(k, v, vma, va, pt, idx, write);
   if (write && (lo & PT_WRITABLE) === 0) return writeProtect(k, v, proc, vma, va, pt, idx, lo, hi);
   return FAULT_SPURIOUS;
+}
+
+/**
+ * arch/x86/mm/fault.c `access_error`: a write needs a writable area. Any other access, an instruction fetch
+ * included, is checked as a read: on a present page (PF_PROT: NX, or U/S) it is the error; on a not-present
+ * one it needs only an accessible area (`vma_is_accessible`: read, write or exec). So a fetch from a
+ * non-executable area first maps the page (with XD), and the fetch that faults on it again is the SIGSEGV;
+ * a read of a write-only or exec-only area maps the page (x86 has no write-only or exec-only ptes).
+ */
+function accessError(vma: Vma, errorCode: number): boolean {
+  if ((errorCode & PFERR_WRITE) !== 0) return (vma.prot & PROT_WRITE) === 0;
+  if ((errorCode & PFERR_PRESENT) !== 0) return true;
+  return (vma.prot & (PROT_READ | PROT_WRITE | PROT_EXEC)) === 0;
 }
 
 /** A not-present pte in an area: the zero page, a new anonymous page, or a page cache page (or its private copy). */
@@ -108,7 +119,11 @@ function notPresent(k: KernelState, v: Vcpu, vma: Vma, va: number, pt: number, i
   }
   k.frames.get(cache);
   let lo = (cache * PAGE_SIZE) | PT_PRESENT | PT_USER | PT_ACCESSED;
-  if (vma.backing === VMA_FILE_SHARED && (vma.prot & PROT_WRITE) !== 0) lo |= PT_WRITABLE | (write ? PT_DIRTY : 0);
+  // A shared writable mapping of a file wants write notification (mm/mmap.c `vma_wants_writenotify`: its
+  // mapping can write back), so its vm_page_prot has no R/W: a read (do_read_fault) maps the page read-only
+  // and the first write is a write-protect fault (do_wp_page -> wp_page_shared); a write (do_shared_fault)
+  // maps it writable and dirty (`maybe_mkwrite(pte_mkdirty())`).
+  if (vma.backing === VMA_FILE_SHARED && write) lo |= PT_WRITABLE | PT_DIRTY;
   writePte(k, v, pt, idx, lo, hi);
   return FAULT_FILE;
 }
@@ -119,6 +134,8 @@ function newAnonPage(k: KernelState, v: Vcpu, vma: Vma, from: number): number {
   const dst = k.dm + f * PAGE_SIZE;
   if (from < 0 || from === k.zeroFrame) v.repStos(dst, PAGE_SIZE / 8, 8, 0, 0);
   else v.repMovs(dst, k.dm + from * PAGE_SIZE, PAGE_SIZE / 8, 8);
+  // A page a fault gives to one process is exclusive (folio_add_new_anon_rmap sets PageAnonExclusive).
+  k.frames.setExclusive(f, true);
   vma.anon = true;
   return f;
 }
@@ -133,7 +150,9 @@ function writeProtect(k: KernelState, v: Vcpu, proc: Process, vma: Vma, va: numb
   const f = k.frames;
   if (frame !== k.zeroFrame && f.useOf(frame) === FRAME_ANON && f.refcountOf(frame) === 1) {
     // wp_page_reuse: the only user. Making a pte more permissive needs no flush (a stale entry faults
-    // again and the walk sees the new pte, SDM Vol. 3A §4.10.4.3).
+    // again and the walk sees the new pte, SDM Vol. 3A §4.10.4.3). do_wp_page marks the page exclusive
+    // again (folio_move_anon_rmap, SetPageAnonExclusive).
+    f.setExclusive(frame, true);
     writePte(k, v, pt, idx, lo | PT_WRITABLE | PT_DIRTY | PT_ACCESSED, hi);
     return FAULT_WP_REUSE;
   }

@@ -1,5 +1,6 @@
 import { PAGE_SIZE, PT_ACCESSED, PT_DIRTY, PT_WRITABLE, type Vcpu } from '@vmexit/core';
 import { lookupFile } from './filemap.js';
+import { FRAME_ANON } from './frames.js';
 import { forEachPte, frameOf, freeTable, freeTables, newMm, tableFor, writePte, zap } from './pgtable.js';
 import { Process, type AreaSpec, type ImageSpec } from './process.js';
 import type { KernelState } from './state.js';
@@ -44,6 +45,8 @@ export function doFork(k: KernelState, v: Vcpu, parent: Process): Process {
       if (!cow) c &= ~PT_DIRTY;
       const frame = frameOf(k, lo, hi);
       if (frame !== k.zeroFrame) k.frames.get(frame);
+      // Both sides now map the page: it is no longer exclusive (folio_try_dup_anon_rmap_pte).
+      if (frame !== k.zeroFrame && k.frames.useOf(frame) === FRAME_ANON) k.frames.setExclusive(frame, false);
       const cpt = tableFor(k, v, child, va, 1, true);
       writePte(k, v, cpt, idx, c, hi);
     });

@@ -30,6 +30,7 @@ class FrameRecords {
   refcount: (Int32Array | undefined)[] = [];
   use: (Uint8Array | undefined)[] = [];
   lastUse: (Uint8Array | undefined)[] = [];
+  exclusive: (Uint8Array | undefined)[] = [];
 
   chunk(frame: number): number {
     const c = frame >>> CHUNK_SHIFT;
@@ -37,6 +38,7 @@ class FrameRecords {
       this.refcount[c] = new Int32Array(CHUNK_MASK + 1);
       this.use[c] = new Uint8Array(CHUNK_MASK + 1);
       this.lastUse[c] = new Uint8Array(CHUNK_MASK + 1);
+      this.exclusive[c] = new Uint8Array(CHUNK_MASK + 1);
     }
     return c;
   }
@@ -113,6 +115,7 @@ export class FrameAllocator {
     if ((use === FRAME_ANON || use === FRAME_CACHE) && prev >= FRAME_TABLE) this.tableReusedAsData[prev - FRAME_TABLE]++;
     this.rec.use[c]![i] = use;
     this.rec.refcount[c]![i] = 1;
+    this.rec.exclusive[c]![i] = 0;
     this.allocations++;
     return f;
   }
@@ -134,6 +137,19 @@ export class FrameAllocator {
     this.stack[this.top++] = frame;
     this.frees++;
     return true;
+  }
+
+  /**
+   * Whether anonymous page `frame` is known to be mapped by one process only (Linux `PageAnonExclusive`): set
+   * when a fault gives the page to one process (a new page, a COW copy, a reuse), cleared when fork shares it.
+   */
+  isExclusive(frame: number): boolean {
+    const x = this.rec.exclusive[frame >>> CHUNK_SHIFT];
+    return x !== undefined && x[frame & CHUNK_MASK] === 1;
+  }
+
+  setExclusive(frame: number, exclusive: boolean): void {
+    this.rec.exclusive[this.rec.chunk(frame)]![frame & CHUNK_MASK] = exclusive ? 1 : 0;
   }
 
   get(frame: number): void {

@@ -1,5 +1,6 @@
 import { GuestAbort, hexU64, PAGE_SIZE, PT_DIRTY, PT_PRESENT, PT_WRITABLE, type Vcpu } from '@vmexit/core';
-import { forEachPte, freeTables, inArena, leafHi, writePte, zap } from './pgtable.js';
+import { FRAME_ANON } from './frames.js';
+import { forEachPte, frameOf, freeTables, inArena, leafHi, writePte, zap } from './pgtable.js';
 import type { Process } from './process.js';
 import { HI_XD, PTE_PROTNONE } from './pte.js';
 import type { KernelState } from './state.js';
@@ -53,29 +54,46 @@ export function doMunmap(k: KernelState, v: Vcpu, proc: Process, start: number, 
   }
 }
 
-/** Removes the areas of [start, end): zaps their ptes, flushes what was present, frees the tables no area uses. */
+/**
+ * Removes the areas of [start, end): zaps their ptes, frees the tables no area uses, then flushes, as
+ * `unmap_region` does with one mmu_gather (`unmap_vmas`, `free_pgtables`, `tlb_finish_mmu`). The range flushed
+ * is that of the ptes cleared (`tlb_remove_tlb_entry`) and of the first page mapped by each table freed
+ * (`pte_free_tlb`, `pmd_free_tlb`, `pud_free_tlb`: `tlb_flush_p?d_range(tlb, address, PAGE_SIZE)`), stepping a
+ * page when ptes were cleared, else the span of the lowest level whose entries were (`tlb_get_unmap_shift`).
+ */
 function unmapRange(k: KernelState, v: Vcpu, proc: Process, start: number, end: number): void {
   const areas = proc.vmas.carve(start, end);
   if (areas.length === 0) return;
   let lo = Infinity;
   let hi = -Infinity;
+  let stride = Infinity;
   for (const a of areas) {
     if (a.backing === VMA_ALIAS) continue;
     const r = zap(k, v, proc, a.start, a.end);
     if (r !== null) {
       lo = Math.min(lo, r[0]);
       hi = Math.max(hi, r[1]);
+      stride = PAGE_SIZE;
     }
   }
   proc.vmas.remove(areas);
-  if (lo < hi) flushRange(k, v, proc, lo, hi);
-  freeTables(k, v, proc, areas[0]!.start, areas[areas.length - 1]!.end, false);
+  const L = k.layout;
+  freeTables(k, v, proc, areas[0]!.start, areas[areas.length - 1]!.end, false, (va, level) => {
+    lo = Math.min(lo, va);
+    hi = Math.max(hi, va + PAGE_SIZE);
+    // a table of `level` freed clears an entry of level + 1 (p4d_free_tlb, at the top of 5-level, marks none)
+    if (level + 1 < 5) stride = Math.min(stride, 2 ** L.shift[level + 1]!);
+  });
+  if (lo < hi) flushRange(k, v, proc, lo, hi, stride === Infinity ? PAGE_SIZE : stride);
 }
 
 /**
- * mprotect (mm/mprotect.c `change_protection`): new rights for the areas, and each present pte rewritten
- * with `pte_modify`: a private writable area keeps its ptes read-only (PAGE_COPY: the write fault makes
- * them writable); PROT_NONE makes them not present. The range is flushed when a pte changed.
+ * mprotect (mm/mprotect.c `change_protection`): new rights for the areas whose rights change, and each of
+ * their present ptes rewritten with `pte_modify`: a private writable area's
+ * vm_page_prot is read-only (PAGE_COPY: the write fault makes a pte writable), but change_pte_range makes
+ * writable at once a pte the write fault would only reuse (MM_CP_TRY_CHANGE_WRITABLE, `canChangeWritable`);
+ * PROT_NONE makes them not present. The area's range is flushed when a pte changed (a raised R/W too: x86
+ * `pte_needs_flush`).
  */
 export function doMprotect(k: KernelState, v: Vcpu, proc: Process, start: number, length: number, prot: number): void {
   k.stats.mprotects++;
@@ -83,6 +101,8 @@ export function doMprotect(k: KernelState, v: Vcpu, proc: Process, start: number
   const areas = proc.vmas.carve(start, end);
   for (const a of areas) {
     if (a.backing === VMA_ALIAS) continue;
+    // mprotect_fixup leaves an area whose rights do not change alone (newflags == oldflags).
+    if (a.prot === prot) continue;
     a.prot = prot;
     let changed = 0;
     const hiNew = leafHi(k, a.prot);
@@ -91,9 +111,11 @@ export function doMprotect(k: KernelState, v: Vcpu, proc: Process, start: number
       if (prot === PROT_NONE) n |= PTE_PROTNONE;
       else {
         n |= PT_PRESENT;
-        if (a.backing === VMA_FILE_SHARED && (prot & PROT_WRITE) !== 0 && (lo & PT_DIRTY) !== 0) n |= PT_WRITABLE;
+        if ((prot & PROT_WRITE) !== 0 && canChangeWritable(k, a, lo, hi)) n |= PT_WRITABLE;
       }
       const nh = k.esz === 8 ? ((hi & ~HI_XD) | hiNew) >>> 0 : 0;
+      // (Linux's change_pte_range stores every present pte twice, changed or not: ptep_modify_prot_start
+      // clears it, ptep_modify_prot_commit stores the new value. The model stores a changed pte once.)
       if (n >>> 0 !== lo >>> 0 || nh !== hi >>> 0) {
         writePte(k, v, pt, idx, n, nh);
         changed++;
@@ -104,6 +126,18 @@ export function doMprotect(k: KernelState, v: Vcpu, proc: Process, start: number
   proc.vmas.mergeAdjacent();
 }
 
+/**
+ * mm/mprotect.c `can_change_pte_writable`, for a pte of an area that becomes writable: in a shared file
+ * area, a dirty pte (its write notification happened); in a private area, a pte of an anonymous page that
+ * is exclusive (PageAnonExclusive: not the zero page, not a page-cache page, not shared since a fork), as
+ * do_wp_page would reuse it. (Linux 5.19 and later; before, such a pte stayed read-only until a write fault.)
+ */
+function canChangeWritable(k: KernelState, a: Vma, lo: number, hi: number): boolean {
+  if (a.backing === VMA_FILE_SHARED) return (lo & PT_DIRTY) !== 0;
+  const frame = frameOf(k, lo, hi);
+  return frame !== k.zeroFrame && k.frames.useOf(frame) === FRAME_ANON && k.frames.isExclusive(frame);
+}
+
 /** brk: moves the end of the heap ([brkBase, brkEnd), anonymous, read-write). */
 export function doBrk(k: KernelState, v: Vcpu, proc: Process, newEnd: number): number {
   k.stats.brks++;
@@ -111,7 +145,12 @@ export function doBrk(k: KernelState, v: Vcpu, proc: Process, newEnd: number): n
   const cur = Math.ceil(proc.brkEnd / PAGE_SIZE) * PAGE_SIZE;
   if (end > cur) {
     if (proc.vmas.intersects(cur, end)) return proc.brkEnd;
-    proc.vmas.insert(new Vma(cur, end, PROT_READ | PROT_WRITE, VMA_ANON, null, 0));
+    // do_brk_flags: the heap's area grows (vma_expand) when the area just below is the heap, whether or not it
+    // has anonymous pages yet (can_vma_merge_after: an anon_vma merges with none), so fork copies the heap's
+    // ptes as one area; else a new area.
+    const heap = cur > 0 ? proc.vmas.find(cur - 1) : null;
+    if (heap !== null && heap.end === cur && heap.backing === VMA_ANON && heap.prot === (PROT_READ | PROT_WRITE) && !heap.growsDown) heap.end = end;
+    else proc.vmas.insert(new Vma(cur, end, PROT_READ | PROT_WRITE, VMA_ANON, null, 0));
     proc.vmas.mergeAdjacent();
   } else if (end < cur) {
     unmapRange(k, v, proc, end, cur);

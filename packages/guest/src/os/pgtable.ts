@@ -208,9 +208,18 @@ export function forEachPte(
 /**
  * Frees the page-table pages under [start, end) whose whole span no area uses any more (Linux
  * `free_pgtables` with its floor and ceiling): clears the entry that points to each, then frees it.
- * `all` frees every user table (exit, exec). The top table is never freed here.
+ * `all` frees every user table (exit, exec). The top table is never freed here. `freed(va, level)` hears of
+ * each table freed (of `level`, mapping from `va`), for the flush that follows (`pte_free_tlb` and kin).
  */
-export function freeTables(k: KernelState, v: Vcpu, proc: Process, start: number, end: number, all: boolean): void {
+export function freeTables(
+  k: KernelState,
+  v: Vcpu,
+  proc: Process,
+  start: number,
+  end: number,
+  all: boolean,
+  freed?: (va: number, level: number) => void,
+): void {
   const L = k.layout;
   walkRange(k, v, proc.root, L.top, 0, start, end, {
     floor: 2,
@@ -230,11 +239,17 @@ export function freeTables(k: KernelState, v: Vcpu, proc: Process, start: number
       }
       if (k.aliased && level - 1 === 1 && inArena(k, va)) clearAliasPde(k, v, proc, va);
       freeTable(k, proc, child, level - 1);
+      // (A PAE PDPTE change was flushed by its CR3 reload above.)
+      if (!(L.mode === MODE_PAE && level === 3)) freed?.(va, level - 1);
     },
   });
 }
 
-/** Clears the ptes of [start, end) and drops their pages (`zap_pte_range`); returns [min, max) of what was present, or null. */
+/**
+ * Clears the ptes of [start, end) and drops their pages (`zap_pte_range`); returns [min, max) of the ptes it
+ * cleared, or null: present ones and PROT_NONE ones, which x86 `pte_present` counts as present, so that
+ * `tlb_remove_tlb_entry` adds them to the range to flush.
+ */
 export function zap(k: KernelState, v: Vcpu, proc: Process, start: number, end: number): [number, number] | null {
   let min = Infinity;
   let max = -Infinity;
@@ -242,10 +257,8 @@ export function zap(k: KernelState, v: Vcpu, proc: Process, start: number, end: 
     writePte(k, v, pt, idx, 0, 0);
     const frame = frameOf(k, lo, hi);
     if (frame !== k.zeroFrame) k.frames.put(frame);
-    if ((lo & PT_PRESENT) !== 0) {
-      min = Math.min(min, va);
-      max = Math.max(max, va + PAGE_SIZE);
-    }
+    min = Math.min(min, va);
+    max = Math.max(max, va + PAGE_SIZE);
   });
   return min < max ? [min, max] : null;
 }

@@ -1,4 +1,4 @@
-import { ACC_FETCH, ACC_READ, ACC_WRITE, DirtyLog, PAGE_SIZE, type Rng } from '@vmexit/core';
+import { ACC_FETCH, ACC_READ, ACC_WRITE, DirtyLog, DirtyRingError, PAGE_SIZE, type Rng } from '@vmexit/core';
 import { PROT_READ, PROT_WRITE, VMA_ANON, type ImageSpec, type Kernel, type Process } from '../os/kernel.js';
 import type { Program, Task, TaskRunner } from '../os/tasks.js';
 import { WorkloadError, type ParamDef } from './params.js';
@@ -578,7 +578,13 @@ function dirtyLogHost(ctx: WorkloadContext, mode: 'bitmap' | 'clear' | 'ring' | 
   const slots = memory.slots.filter((s) => !s.readonly);
   if (mode === 'ring') {
     if ((ringEntries & (ringEntries - 1)) !== 0) throw new WorkloadError('bad-value', 'dirty-log-test', `parameter ring=${ringEntries} must be a power of two`);
-    log.enableRing(ctx.vcpus, ringEntries);
+    try {
+      log.enableRing(ctx.vcpus, ringEntries);
+    } catch (e) {
+      // KVM_CAP_DIRTY_LOG_RING's -EINVAL: e.g. a ring smaller than its reserved entries (64, plus PML's 512 with PML)
+      if (e instanceof DirtyRingError) throw new WorkloadError('bad-value', 'dirty-log-test', `parameter ring=${ringEntries}: ${e.message}`);
+      throw e;
+    }
   }
   for (const s of slots) log.enable(s.id, mode === 'clear' ? { manualProtect: true } : {});
   const dirty = new Set<number>();
