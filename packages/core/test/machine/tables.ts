@@ -1,4 +1,4 @@
-import { GuestMemory, PAGE_SIZE } from '../../src/index.js';
+import { CR0_PG, CR0_WP, CR4_PAE, CR4_PGE, EFER_LME, EFER_NXE, GuestMemory, Machine, PAGE_SIZE, type MemslotSpec } from '../../src/index.js';
 
 /**
  * A tiny page-table builder for tests: 4-level (long4), PAE or 32-bit tables in guest memory, built with
@@ -95,4 +95,16 @@ export function ramBytes(mem: GuestMemory): Buffer {
     }
   }
   return out;
+}
+
+/** A machine whose vCPU 0 runs 4-level paging (NXE, PGE, CR0.WP) on a fresh TestTables root. */
+export function long4Machine(opts: { tlbEntries?: number; memslots?: MemslotSpec[] } = {}) {
+  const m = new Machine({ memoryBytes: 4 * 1024 * 1024, tlbEntries: opts.tlbEntries, memslots: opts.memslots });
+  const t = new TestTables(m.memory, 'long4');
+  const v = m.vcpus[0]!;
+  v.writeEfer(EFER_LME | EFER_NXE);
+  v.movToCr4(CR4_PAE | CR4_PGE);
+  v.movToCr3(t.root);
+  v.movToCr0(CR0_PG | CR0_WP | 1);
+  return { m, t, v };
 }

@@ -2,12 +2,9 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
   CR0_PG,
-  CR0_WP,
   CR4_PAE,
   CR4_PCIDE,
   CR4_PGE,
-  EFER_LME,
-  EFER_NXE,
   ACC_WRITE,
   FAULT_DELIVER,
   FAULT_RETRY,
@@ -26,18 +23,7 @@ import {
 } from '../../src/index.js';
 import { NativeHooks } from '../../src/machine/hooks.js';
 import { createEmulationOutcome, emulatePendingAccess } from '../../src/machine/emulate.js';
-import { TestTables } from './tables.js';
-
-function long4Machine(opts: { tlbEntries?: number; memslots?: MemslotSpec[] } = {}) {
-  const m = new Machine({ memoryBytes: 4 * 1024 * 1024, tlbEntries: opts.tlbEntries, memslots: opts.memslots });
-  const t = new TestTables(m.memory, 'long4');
-  const v = m.vcpus[0]!;
-  v.writeEfer(EFER_LME | EFER_NXE);
-  v.movToCr4(CR4_PAE | CR4_PGE);
-  v.movToCr3(t.root);
-  v.movToCr0(CR0_PG | CR0_WP | 1);
-  return { m, t, v };
-}
+import { long4Machine, TestTables } from './tables.js';
 
 describe('Vcpu', () => {
   describe('.write/.read', () => {

@@ -1,30 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import {
-  CR0_PG,
-  CR0_WP,
-  CR4_PAE,
-  CR4_PGE,
-  EFER_LME,
-  EFER_NXE,
-  GuestAbort,
-  Machine,
-  PFERR_PRESENT,
-  PFERR_WRITE,
-  PF_VECTOR,
-  PT_ACCESSED,
-} from '../../src/index.js';
-import { TestTables } from './tables.js';
-
-function long4Machine() {
-  const m = new Machine({ memoryBytes: 4 * 1024 * 1024 });
-  const t = new TestTables(m.memory, 'long4');
-  const v = m.vcpus[0]!;
-  v.writeEfer(EFER_LME | EFER_NXE);
-  v.movToCr4(CR4_PAE | CR4_PGE);
-  v.movToCr3(t.root);
-  v.movToCr0(CR0_PG | CR0_WP | 1);
-  return { m, t, v };
-}
+import { GuestAbort, PFERR_PRESENT, PFERR_WRITE, PF_VECTOR, PT_ACCESSED } from '../../src/index.js';
+import { long4Machine } from './tables.js';
 
 /** Runs `f`, which must end in a #PF the handler abandoned (GuestAbort). */
 function abandoned(f: () => void): void {
