@@ -29,3 +29,14 @@ export function zeroStore(size: number, lo: number, hi: number): boolean {
 export function badSpan(va: number, size: number): never {
   throw new RangeError(`an access of ${size} bytes at ${hexU64(va)} crosses a page boundary or has an unsupported size`);
 }
+
+/** An element of rep stos / rep movs must not cross a 4 KiB page (the guest model splits those); 1 to 16 bytes. */
+export function checkSpan(va: number, size: number): void {
+  // va & 0xfff: the offset in the page (bits 11:0 of the two's-complement address; `%` on a double would call fmod).
+  if ((va & 0xfff) > 4096 - size || !(size === 1 || size === 2 || size === 4 || size === 8 || size === 16)) badSpan(va, size);
+}
+
+/** A load or store (read, write, fetch): 1, 2, 4 or 8 bytes, the most its value (lo, hi) holds, in one page. */
+export function checkScalarSpan(va: number, size: number): void {
+  if ((va & 0xfff) > 4096 - size || !(size === 1 || size === 2 || size === 4 || size === 8)) badSpan(va, size);
+}

@@ -30,7 +30,7 @@ import { loadPdptes, rightsFault, walk } from '../paging/walker.js';
 import { TLB_FETCH_SUP, TLB_FETCH_USER, TLB_GLOBAL, TLB_READ_SUP, TLB_READ_USER, TLB_WRITE_SUP, TLB_WRITE_USER, Tlb } from '../tlb/tlb.js';
 import type { GuestMemory } from './guest-memory.js';
 import { MachineError } from './errors.js';
-import { badSpan, copyElements, OPEN_BUS, openBus, zeroStore } from './ram-access.js';
+import { checkScalarSpan, checkSpan, copyElements, OPEN_BUS, openBus, zeroStore } from './ram-access.js';
 import { FAULT_DELIVER, FAULT_DONE, FAULT_RETRY, NativeHooks, type FaultAction, type VcpuHooks } from './hooks.js';
 
 /** MSR number of IA32_EFER, the `cr` argument of VcpuHooks.crWrite for an EFER write. */
@@ -212,7 +212,7 @@ export class Vcpu {
   write(va: number, size: number, lo: number, hi = 0): void {
     const access = ACC_WRITE | (this.cpl === 3 ? ACC_USER : 0);
     this.accesses++;
-    checkSpan(va, size);
+    checkScalarSpan(va, size);
     let off = this.tlb.lookup(va, access, this.pcid);
     if (off < 0) {
       this.setPending(va, access, size, lo, hi);
@@ -485,7 +485,7 @@ export class Vcpu {
   private load(va: number, size: number, kind: number): number {
     const access = kind | (this.cpl === 3 ? ACC_USER : 0);
     this.accesses++;
-    checkSpan(va, size);
+    checkScalarSpan(va, size);
     let off = this.tlb.lookup(va, access, this.pcid);
     if (off < 0) {
       this.setPending(va, access, size, 0, 0);
@@ -788,10 +788,4 @@ export function storeAt(m: GuestMemory, off: number, size: number, lo: number, h
         m.view.setUint32(off + 4, hi, true);
       }
   }
-}
-
-/** An access must not cross a 4 KiB page (the guest model splits those), and its size must be 1..16. */
-function checkSpan(va: number, size: number): void {
-  // va & 0xfff: the offset in the page (bits 11:0 of the two's-complement address; `%` on a double would call fmod).
-  if ((va & 0xfff) > 4096 - size || !(size === 1 || size === 2 || size === 4 || size === 8 || size === 16)) badSpan(va, size);
 }

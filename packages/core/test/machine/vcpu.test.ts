@@ -50,6 +50,17 @@ describe('Vcpu', () => {
       expect(t.get(pte) & PT_DIRTY).toBe(PT_DIRTY);
       expect(v.tlb.misses).toBe(2);
     });
+
+    it('refuses a load or store of 16 bytes (its value is at most 8 bytes; a vector store is a rep stos element) and one that crosses a page', () => {
+      const { t, v, m } = long4Machine();
+      t.map(0x400000, 0x200000);
+      expect(() => v.write(0x400010, 16, 1, 2)).toThrow('an access of 16 bytes at 0x400010 crosses a page boundary or has an unsupported size');
+      expect(() => v.read(0x400010, 16)).toThrow(RangeError);
+      expect(() => v.write(0x400ffc, 8, 1, 2)).toThrow('an access of 8 bytes at 0x400ffc crosses a page boundary or has an unsupported size');
+      expect(m.memory.read32(0x200010)).toBe(0); // nothing was stored
+      v.repStos(0x400010, 1, 16, 1, 2); // rep stos takes 16-byte elements
+      expect([m.memory.read32(0x200010), m.memory.read32(0x200014), m.memory.read32(0x200018), m.memory.read32(0x20001c)]).toEqual([1, 2, 1, 2]);
+    });
   });
 
   describe('memslots (RAM, read-only RAM, holes)', () => {
