@@ -1,4 +1,4 @@
-import { PFERR_USER, type MmuHost, type Vcpu } from '@vmexit/core';
+import { hexU64, PFERR_USER, type MmuHost, type Vcpu } from '@vmexit/core';
 import {
   FAST_PH_CMPXCHG,
   FAST_PH_END,
@@ -11,6 +11,7 @@ import {
   type FastFaultMutation,
   type SptePool,
 } from '@vmexit/core/mmu';
+import { ShadowMmuError } from './errors.js';
 import { levelIndex } from './gpte.js';
 import type { ShadowPage } from './page.js';
 import { topPage } from './roots.js';
@@ -92,6 +93,10 @@ export class FastPageFault extends LocklessFastFault {
     // for_each_shadow_entry_lockless: one spte read per level.
     const s = this.s;
     const sp = this.sp!;
+    // walk_shadow_page_lockless_begin keeps the pages this walk reaches from being freed: the remote flush before
+    // kvm_mmu_commit_zap_page frees them waits for this vCPU (race scenario `fast-pf-vs-page-zap`).
+    if (s.pages[sp.frame] !== sp)
+      throw new ShadowMmuError('E_MMU_STATE', `vCPU ${this.vcpu.id}: the lockless walk read the freed shadow page of gfn ${hexU64(sp.gfn)}`);
     const loc = sp.base + levelIndex(this.va, sp.level);
     const lo = s.pool.lo(loc);
     const hi = s.pool.hi(loc);
@@ -107,7 +112,10 @@ export class FastPageFault extends LocklessFastFault {
       this.result = FAST_SPURIOUS;
       return FAST_PH_END;
     }
-    if (!sp.direct || (lo & SPTE_MMU_WRITABLE) === 0 || !isWriteAllowed(lo | SPTE_W, this.user)) {
+    // KVM fast_page_fault: "if (fault->write && is_mmu_writable_spte(spte))": an spte without MMU-writable (a gfn
+    // write-protected as a guest page table) is the slow path's (race scenario `fast-pf-vs-shadowing`).
+    const mmuWritable = (lo & SPTE_MMU_WRITABLE) !== 0 || this.mutation.ignoreMmuWritable === true;
+    if (!sp.direct || !mmuWritable || !isWriteAllowed(lo | SPTE_W, this.user)) {
       // an indirect page, a page-table gfn, or rights the guest does not grant: slow path. An spte the fast
       // path would have fixed but for its indirect page is counted (`pf_fast_indirect`, no KVM stat), so
       // that a comparison shows how many write-protect faults shadow paging leaves under mmu_lock.

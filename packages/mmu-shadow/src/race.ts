@@ -26,7 +26,7 @@ import { HOST_THREAD, SPTE_W, sptePa } from '@vmexit/core/mmu';
 import { FastPageFault, type FastFaultMutation } from './fast-fault.js';
 import { pageFault } from './fault.js';
 import { ShadowMmu } from './mmu.js';
-import { zapSpte } from './page-cache.js';
+import { commitZap, prepareZap, zapSpte } from './page-cache.js';
 import { pteWrite } from './pte-write.js';
 
 /**
@@ -56,6 +56,12 @@ const SMALL_BASE = 0x180000;
 export const LARGE_VA = 0x200000;
 /** Where `fault-vs-pte-write` moves the 4 KiB page at va 0. */
 const MOVED_PA = 0x190000;
+/**
+ * `fast-pf-vs-shadowing`'s guest page table: the last 4 KiB of the 2 MiB guest page (so a direct spte maps it), the
+ * table of va 4 .. 6 MiB (PD entry 2), whose entry 0 maps SHADOWED_VA to the data page at pa SMALL_BASE + 32 KiB.
+ */
+const PT2 = LARGE_VA + 0x1ff000;
+const SHADOWED_VA = 0x400000;
 const P = PT_PRESENT;
 const W = PT_WRITABLE;
 const A = PT_ACCESSED;
@@ -67,6 +73,8 @@ const PS = PT_PAGE_SIZE;
  * (`harvestWithoutFlush`, `resetWithoutProtect`, `resetWithoutFlush`) are core's `MigrationMutation`.
  */
 export interface RaceMutation extends FastFaultMutation, MigrationMutation {
+  /** The host's remote TLB flush completes while a vCPU is inside walk_shadow_page_lockless_begin/end. */
+  readonly flushWithoutWait?: boolean;
   /** false: the fast page fault off (the `fast-page-fault` policy not composed): every fault takes mmu_lock. Not a broken MMU. */
   readonly fastPageFault?: boolean;
 }
@@ -132,11 +140,40 @@ function unmapper(w: RaceWorld, gfn: number): Unmapper {
       },
       // kvm_flush_remote_tlbs waits for every vCPU to take the IPI; one inside walk_shadow_page_lockless_begin/end
       // has interrupts off and answers only at its end.
-      flushReady: () => mmu.locklessWalkers === 0,
+      flushReady: () => mmu.locklessWalkers === 0 || w.mutation.flushWithoutWait === true,
       flush: () => {
         mmu.flushRemoteTlbs(HOST_THREAD);
         mmu.pendingFlush = false;
       },
+    },
+    gfn,
+  );
+}
+
+/**
+ * The host zapping the direct shadow page below the guest's 2 MiB page (as `kvm_mmu_zap_oldest_mmu_pages` does when
+ * pages run short), an `Unmapper` whose zap is `kvm_mmu_prepare_zap_page` (unlink, zap the sptes) and whose flush is
+ * `kvm_mmu_commit_zap_page`: kvm_flush_remote_tlbs, which waits for the vCPUs inside walk_shadow_page_lockless_begin/end
+ * (interrupts off, vcpu->mode = READING_SHADOW_PAGE_TABLES), then the free. The wait is what makes the lockless walk
+ * safe (mmu.c walk_shadow_page_lockless_begin: "Prevent page table teardown by making any free-er wait during
+ * kvm_flush_remote_tlbs() IPI to all active vcpus").
+ */
+function pageZapper(w: RaceWorld, gfn: number): Unmapper {
+  const mmu = w.mmu;
+  return new Unmapper(
+    {
+      lockName: 'mmu_lock',
+      lockAvailable: () => mmu.mmuLock.available(HOST_THREAD),
+      tryLock: () => mmu.mmuLock.tryAcquire(HOST_THREAD),
+      unlock: () => mmu.mmuLock.release(HOST_THREAD),
+      zap: (g) => {
+        const sp = [...mmu.active].find((p) => p.direct && p.level === 1 && p.gfn === g);
+        if (sp === undefined) return `no direct page for gfn ${hex(g)}`;
+        prepareZap(mmu, sp);
+        return `prepare to zap the direct page of gfn ${hex(g)}`;
+      },
+      flushReady: () => mmu.locklessWalkers === 0 || w.mutation.flushWithoutWait === true,
+      flush: () => commitZap(mmu),
     },
     gfn,
   );
@@ -204,19 +241,22 @@ const GUEST = {
     [PDPT, PD | P | W | A],
     [PD, PT | P | W | A],
     [PD + 8, LARGE_VA | P | W | A | D | PS],
+    [PD + 16, PT2 | P | W | A],
+    [PT2, SMALL_BASE + 8 * PAGE_SIZE + (P | W | A | D)],
     ...Array.from({ length: 8 }, (_, i) => [PT + i * 8, SMALL_BASE + i * PAGE_SIZE + (P | W | A | D)] as const),
   ],
 } as const;
 
 /** One instance of a scenario (core's `MigrationWorld`): the machine, the shadow MMU with its dirty log, the destination's memory, and the threads. */
 class RaceWorld extends MigrationWorld<ShadowMmu, RaceMutation> {
-  constructor(vcpus: number, premap: readonly number[], ring: boolean, mutation: RaceMutation, sequential: (() => string[]) | null) {
+  constructor(vcpus: number, premap: readonly number[], ring: boolean, unsync: boolean, mutation: RaceMutation, sequential: (() => string[]) | null) {
     super(GUEST, new ShadowMmu({ fastPageFault: mutation.fastPageFault !== false }), mutation, {
       vcpus,
       premap,
       ringEntries: ring ? RACE_RING_ENTRIES : 0,
       sequential,
     });
+    if (unsync) this.host.decisions.set('unsync', true);
   }
 
   writer(vcpu: Vcpu, writes: readonly GuestWrite[]): VcpuWriter {
@@ -229,6 +269,7 @@ class RaceWorld extends MigrationWorld<ShadowMmu, RaceMutation> {
 
   /** No writable spte for a page of a logged slot that is not marked dirty. */
   checkWritableSptes(): void {
+    this.auditStopped();
     const mmu = this.mmu;
     for (const sp of mmu.active) {
       if (sp.level !== 1) continue;
@@ -248,6 +289,11 @@ interface ScenarioSpec extends MigrationScenarioSpec<RaceWorld> {
   readonly premap: readonly number[];
   /** KVM_CAP_DIRTY_LOG_RING on (a ring per vCPU) before logging starts. */
   readonly ring?: boolean;
+  /**
+   * A write fault on a level-1 guest page table unsyncs it (`mmu_try_to_unsync_pages`, as KVM since 2008) instead of
+   * the model's default, emulation, which a `VcpuWriter` does not do.
+   */
+  readonly unsync?: boolean;
 }
 
 const SPECS: readonly ScenarioSpec[] = [
@@ -261,6 +307,24 @@ const SPECS: readonly ScenarioSpec[] = [
         { va: LARGE_VA, value: 1 },
         { va: LARGE_VA + 8, value: 2 },
       ]),
+      new Harvester(w, 1),
+    ],
+  },
+  {
+    // locking.rst, "flush tlbs due to spte updated": KVM_GET_DIRTY_LOG flushes after it write-protects. vCPU 0's TLB
+    // may cache the spte vCPU 1 made writable until that flush; a flush before the write-protect would leave the
+    // entry vCPU 0 refills in between, and its second store would reach the page after the copy, unmarked.
+    name: 'tlb-fill-vs-get-dirty-log',
+    description:
+      'vCPU 1 writes a logged page (the fast path fixes it) and vCPU 0 writes the same page twice, through its TLB, while the host harvests the log once and copies, then stops and copies the rest',
+    vcpus: 2,
+    premap: [LARGE_VA],
+    build: (w) => [
+      new VcpuWriter(w, w.machine.vcpus[0]!, [
+        { va: LARGE_VA, value: 1 },
+        { va: LARGE_VA + 16, value: 3 },
+      ]),
+      new VcpuWriter(w, w.machine.vcpus[1]!, [{ va: LARGE_VA + 8, value: 2 }]),
       new Harvester(w, 1),
     ],
   },
@@ -283,6 +347,14 @@ const SPECS: readonly ScenarioSpec[] = [
     build: (w) => [new VcpuWriter(w, w.machine.vcpus[0]!, [{ va: LARGE_VA, value: 1 }]), unmapper(w, LARGE_VA / PAGE_SIZE), new Harvester(w, 0)],
   },
   {
+    name: 'fast-pf-vs-page-zap',
+    description:
+      'vCPU 0 writes a logged page (the fast path walks the direct shadow page below the 2 MiB guest page) while the host zaps that shadow page and frees it after the remote flush',
+    vcpus: 1,
+    premap: [LARGE_VA],
+    build: (w) => [new VcpuWriter(w, w.machine.vcpus[0]!, [{ va: LARGE_VA, value: 1 }]), pageZapper(w, LARGE_VA / PAGE_SIZE), new Harvester(w, 0)],
+  },
+  {
     name: 'fault-vs-pte-write',
     description: 'vCPU 0 faults on a 4 KiB page (slow path) while vCPU 1 emulates a store that moves its guest pte to another frame',
     vcpus: 2,
@@ -290,6 +362,23 @@ const SPECS: readonly ScenarioSpec[] = [
     build: (w) => [
       new VcpuWriter(w, w.machine.vcpus[0]!, [{ va: 0, value: 1 }]),
       new PteWriter(w, w.machine.vcpus[1]!, PT, MOVED_PA | P | W | A | D),
+      new Harvester(w, 0),
+    ],
+  },
+  {
+    // locking.rst, "Fast page fault": W is set by the cmpxchg only on an MMU-writable spte; a gfn that becomes a guest
+    // page table loses MMU-writable (rmap_write_protect with pt_protect, under mmu_lock), and the cmpxchg fails when
+    // that happens between the fast path's read and its cmpxchg. Without the check, or without the compare, the
+    // guest writes its page table through a writable spte the shadow page does not know of.
+    name: 'fast-pf-vs-shadowing',
+    description:
+      'vCPU 0 writes a logged page mapped by a direct spte (the fast path) while vCPU 1 faults on a va whose guest page table is that page: the slow path shadows it and write-protects its gfn (MMU-writable cleared)',
+    vcpus: 2,
+    premap: [PT2 + 64],
+    unsync: true,
+    build: (w) => [
+      new VcpuWriter(w, w.machine.vcpus[0]!, [{ va: PT2 + 64, value: 2 }]),
+      new VcpuWriter(w, w.machine.vcpus[1]!, [{ va: SHADOWED_VA, value: 3 }]),
       new Harvester(w, 0),
     ],
   },
@@ -335,5 +424,5 @@ export const RACE_SCENARIOS: readonly string[] = SPECS.map((s) => s.name);
 export function shadowRaceScenario(name: string, mutation: RaceMutation = {}): RaceScenario {
   const spec = SPECS.find((s) => s.name === name);
   if (spec === undefined) throw new RangeError(`unknown race scenario '${name}' (scenarios: ${RACE_SCENARIOS.join(', ')})`);
-  return migrationScenario(spec, mutation, (m, sequential) => new RaceWorld(spec.vcpus, spec.premap, spec.ring === true, m, sequential));
+  return migrationScenario(spec, mutation, (m, sequential) => new RaceWorld(spec.vcpus, spec.premap, spec.ring === true, spec.unsync === true, m, sequential));
 }

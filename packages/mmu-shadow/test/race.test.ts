@@ -6,7 +6,15 @@ import { RACE_SCENARIOS, shadowRaceScenario } from '../src/index.js';
 // is, and on deliberately broken ones that the explorer must catch. The counts are those of the machinery
 // (deterministic: same scenario, same bound -> same interleavings); a change to them is a change in where
 // the MMU's threads can race, to be reviewed.
-const SMALL = ['fast-pf-vs-get-dirty-log', 'fast-pf-same-spte', 'fast-pf-vs-zap', 'fault-vs-pte-write'];
+const SMALL = [
+  'fast-pf-vs-get-dirty-log',
+  'tlb-fill-vs-get-dirty-log',
+  'fast-pf-same-spte',
+  'fast-pf-vs-zap',
+  'fast-pf-vs-page-zap',
+  'fault-vs-pte-write',
+  'fast-pf-vs-shadowing',
+];
 
 describe('shadow MMU race scenarios', () => {
   it('lists the scenarios, and refuses an unknown name with the list', () => {
@@ -18,11 +26,18 @@ describe('shadow MMU race scenarios', () => {
     for (const name of RACE_SCENARIOS) expect(runSequential(shadowRaceScenario(name)).problems, name).toEqual([]);
   });
 
+  // The guest gained a third PD entry (va 4 MiB, its table inside the 2 MiB page) for fast-pf-vs-shadowing; no
+  // other scenario touches it, so their counts stand. tlb-fill-vs-get-dirty-log: three threads of 14 to 23 steps;
+  // fast-pf-vs-page-zap: fast-pf-vs-zap's shape (the flush waits for the walker), the zap now of a whole page;
+  // fast-pf-vs-shadowing: two vCPUs, one of them under mmu_lock for a slow fault that shadows a page.
   it.each([
     ['fast-pf-vs-get-dirty-log', 78],
+    ['tlb-fill-vs-get-dirty-log', 1685],
     ['fast-pf-same-spte', 128],
     ['fast-pf-vs-zap', 38],
+    ['fast-pf-vs-page-zap', 38],
     ['fault-vs-pte-write', 53],
+    ['fast-pf-vs-shadowing', 86],
   ])('%s: all %i interleavings with at most 2 preemptions keep every invariant', (name, n) => {
     const r = explore(shadowRaceScenario(name as string), { preemptions: 2 });
     expect(r.examples.flatMap((e) => e.problems)).toEqual([]);
@@ -68,5 +83,53 @@ describe('shadow MMU race scenarios', () => {
     const r = explore(shadowRaceScenario('fast-pf-vs-get-dirty-log', { harvestWithoutFlush: true }), { preemptions: 2 });
     expect(r.violations).toBe(2);
     expect(r.examples[0]!.problems).toEqual(['dirty page lost: the destination differs from the source in gfn 0x200']);
+  });
+
+  it('catches a KVM_GET_DIRTY_LOG that flushes before it re-protects (an entry refilled in between: a dirty page lost)', () => {
+    // locking.rst, "flush tlbs due to spte updated": the flush must follow the write-protect. The broken harvest
+    // flushes as its first step, then re-protects without a flush: a vCPU refills its TLB from the still writable
+    // spte in between, and its next store after the copy hits the stale entry, unmarked. Two preemptions in both
+    // scenarios. (A flush moved to after the bitmap read, inside GetDirtyLogOp, tried by a temporary edit of core,
+    // needs three in fast-pf-vs-get-dirty-log but two in tlb-fill-vs-get-dirty-log, where vCPU 1 marked the page.)
+    const one = explore(shadowRaceScenario('fast-pf-vs-get-dirty-log', { harvestFlushBefore: true }), { preemptions: 2 });
+    expect([one.interleavings, one.violations]).toEqual([99, 2]);
+    const r = explore(shadowRaceScenario('tlb-fill-vs-get-dirty-log', { harvestFlushBefore: true }), { preemptions: 2 });
+    expect([r.interleavings, r.violations]).toEqual([1873, 6]);
+    const v = r.examples[0]!;
+    expect(v.problems).toEqual(['dirty page lost: the destination differs from the source in gfn 0x200']);
+    const actions = v.steps.map((x) => `${x.thread}: ${x.action}`);
+    expect(actions.slice(actions.indexOf('harvest: flush remote TLBs before get_dirty_log (broken)'))).toContain('vcpu0: write 0x200010 = 3 (TLB hit)');
+  });
+
+  it('catches a fast path that ignores MMU-writable (fast-pf-vs-shadowing: a guest page table made writable behind its shadow page)', () => {
+    // KVM fast_page_fault sets W only "if (fault->write && is_mmu_writable_spte(spte))". No other scenario has an
+    // spte without MMU-writable; here vCPU 1's slow fault shadows the page (rmap_write_protect, pt_protect).
+    const r = explore(shadowRaceScenario('fast-pf-vs-shadowing', { ignoreMmuWritable: true }), { preemptions: 2 });
+    expect([r.interleavings, r.violations]).toEqual([87, 66]);
+    expect(r.examples[0]!.problems.join('\n')).toMatch(/audit: shadow MMU audit: W without MMU-writable .* direct=1/);
+  });
+
+  it('catches a fast path without the compare in fast-pf-vs-shadowing: the slow path write-protects between its read and its store', () => {
+    const r = explore(shadowRaceScenario('fast-pf-vs-shadowing', { plainStore: true }), { preemptions: 2 });
+    expect([r.interleavings, r.violations]).toEqual([86, 5]);
+    const v = r.examples[0]!;
+    expect(v.problems.join('\n')).toMatch(/audit: shadow MMU audit: a writable spte maps write-protected guest page table gfn 0x3ff/);
+    const actions = v.steps.map((x) => `${x.thread}: ${x.action}`);
+    const slow = actions.indexOf('vcpu1: page fault (slow path)');
+    expect(actions.slice(0, slow)).toContain('vcpu0: fast: read spte');
+    expect(actions.slice(slow)).toContain('vcpu0: fast: cmpxchg');
+    expect(replaySchedule(shadowRaceScenario('fast-pf-vs-shadowing', { plainStore: true }), v.schedule).problems).toEqual(v.problems);
+  });
+
+  it('catches a remote flush that does not wait for a lockless walker (fast-pf-vs-page-zap: a freed shadow page read)', () => {
+    // mmu.c walk_shadow_page_lockless_begin: "Prevent page table teardown by making any free-er wait during
+    // kvm_flush_remote_tlbs() IPI". fast-pf-vs-zap zaps a leaf only, so the wait was never needed there.
+    const r = explore(shadowRaceScenario('fast-pf-vs-page-zap', { flushWithoutWait: true }), { preemptions: 1 });
+    expect([r.interleavings, r.violations]).toEqual([14, 1]);
+    const v = r.examples[0]!;
+    expect(v.problems).toEqual(['error: vCPU 0: the lockless walk read the freed shadow page of gfn 0x200']);
+    expect(v.steps.map((x) => x.action)).toContain('prepare to zap the direct page of gfn 0x200');
+    // The schedule reproduces it (replaySchedule lets the error through).
+    expect(() => replaySchedule(shadowRaceScenario('fast-pf-vs-page-zap', { flushWithoutWait: true }), v.schedule)).toThrow(/read the freed shadow page/);
   });
 });

@@ -92,7 +92,7 @@ export class TdpFastPageFault extends LocklessFastFault {
     this.loc = loc;
     this.lo = lo;
     this.hi = hi;
-    const mmuWritable = (lo & f.mmuWritableLo) !== 0 || (hi & f.mmuWritableHi) !== 0;
+    const mmuWritable = (lo & f.mmuWritableLo) !== 0 || (hi & f.mmuWritableHi) !== 0 || this.mutation.ignoreMmuWritable === true;
     if ((lo & f.writableLo) !== 0) {
       this.result = FAST_SPURIOUS; // is_access_allowed: the spte already allows the write
       return FAST_PH_END;

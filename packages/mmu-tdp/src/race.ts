@@ -167,6 +167,7 @@ class TdpRaceWorld extends MigrationWorld<TdpMmu, TdpRaceMutation> {
 
   /** No writable leaf for a page of a logged slot that is not marked dirty. */
   checkWritableSptes(): void {
+    this.auditStopped();
     const mmu = this.mmu;
     const wbit = mmu.format.writableLo;
     for (const sp of mmu.active) {
@@ -200,6 +201,24 @@ const SPECS: readonly ScenarioSpec[] = [
         { va: 0, value: 1 },
         { va: 8, value: 2 },
       ]),
+      new Harvester(w, 1),
+    ],
+  },
+  {
+    // locking.rst, "flush tlbs due to spte updated": KVM_GET_DIRTY_LOG flushes after it write-protects. vCPU 0's TLB
+    // may cache the spte vCPU 1 made writable until that flush; a flush before the write-protect would leave the
+    // entry vCPU 0 refills in between, and its second store would reach the page after the copy, unmarked.
+    name: 'tlb-fill-vs-get-dirty-log',
+    description:
+      'vCPU 1 writes a logged page (the fast path fixes it) and vCPU 0 writes the same page twice, through its TLB, while the host harvests the log once and copies, then stops and copies the rest',
+    vcpus: 2,
+    premap: [0],
+    build: (w) => [
+      new VcpuWriter(w, w.machine.vcpus[0]!, [
+        { va: 0, value: 1 },
+        { va: 16, value: 3 },
+      ]),
+      new VcpuWriter(w, w.machine.vcpus[1]!, [{ va: 8, value: 2 }]),
       new Harvester(w, 1),
     ],
   },

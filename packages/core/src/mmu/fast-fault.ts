@@ -66,6 +66,11 @@ const PHASE_NAMES = ['lockless begin', 'read spte', 'cmpxchg', 'mark_page_dirty'
 export interface FastFaultMutation {
   /** A plain store of the new spte instead of the compare-and-swap. */
   readonly plainStore?: boolean;
+  /**
+   * The fast path ignores MMU-writable (locking.rst: W is set only when "spte.WRITE_PROTECT = 1", the MMU-writable
+   * bit, so that a gfn write-protected as a guest page table, `rmap_write_protect(pt_protect)`, stays read-only).
+   */
+  readonly ignoreMmuWritable?: boolean;
 }
 
 /**

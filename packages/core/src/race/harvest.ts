@@ -1,6 +1,6 @@
 import type { Backend } from '../vm/backend.js';
 import type { MmuHost } from '../vm/mmu.js';
-import type { MmuDecisionOf, MmuEvent } from '../exits/mmu-events.js';
+import type { MmuDecisionOf, MmuEvent, MmuEventKind } from '../exits/mmu-events.js';
 import type { Vcpu } from '../machine/vcpu.js';
 import { DirtyLog, GetDirtyLogOp, HOST_THREAD } from '../mmu/dirty-log.js';
 import { ResetDirtyRingsOp } from '../mmu/dirty-ring.js';
@@ -14,6 +14,8 @@ import type { RaceThread } from './thread.js';
 export class RaceHost implements MmuHost {
   /** The counters, summed over the vCPUs. */
   readonly counters = new Map<string, number>();
+  /** Decisions a scenario takes instead of the MMU's own choice, by event kind (e.g. `unsync`: true, as KVM since 2008). */
+  readonly decisions = new Map<MmuEventKind, unknown>();
   private readonly states: unknown[];
 
   constructor(
@@ -27,8 +29,8 @@ export class RaceHost implements MmuHost {
     this.counters.set(name, (this.counters.get(name) ?? 0) + n);
   }
 
-  decide<E extends MmuEvent>(_event: E, fallback: MmuDecisionOf<E>): MmuDecisionOf<E> {
-    return fallback;
+  decide<E extends MmuEvent>(event: E, fallback: MmuDecisionOf<E>): MmuDecisionOf<E> {
+    return this.decisions.has(event.kind) ? (this.decisions.get(event.kind) as MmuDecisionOf<E>) : fallback;
   }
 
   backendState(vcpuId: number): unknown {
@@ -42,6 +44,8 @@ export interface HarvestWorld {
   readonly threads: readonly RaceThread[];
   /** A broken harvester for the explorer's tests: KVM_GET_DIRTY_LOG re-protects without flushing. */
   readonly harvestWithoutFlush?: boolean;
+  /** A broken harvester for the explorer's tests: KVM_GET_DIRTY_LOG flushes first, then re-protects (and flushes no more). */
+  readonly harvestFlushBefore?: boolean;
   /** Copies the pages set in `bitmap` (of slot 0) to the destination; returns how many. */
   copy(bitmap: Uint32Array): number;
   /** Records a violation for each writable spte of a logged page that is not marked dirty (the guest is stopped). */
@@ -76,7 +80,14 @@ export class Harvester implements RaceThread {
   step(): string {
     const w = this.w;
     if (this.round < this.rounds) {
-      if (this.op === null) this.op = new GetDirtyLogOp(w.log, 0, HOST_THREAD, w.harvestWithoutFlush === true);
+      if (this.op === null) {
+        const before = w.harvestFlushBefore === true;
+        this.op = new GetDirtyLogOp(w.log, 0, HOST_THREAD, w.harvestWithoutFlush === true || before);
+        if (before) {
+          w.log.attachedMmu.flushRemoteTlbs(HOST_THREAD);
+          return 'flush remote TLBs before get_dirty_log (broken)';
+        }
+      }
       if (!this.op.done) return `get_dirty_log: ${this.op.step()}`;
       const n = w.copy(this.op.result);
       this.op = null;

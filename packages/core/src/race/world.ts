@@ -42,6 +42,8 @@ export interface MigrationMmu {
 export interface MigrationMutation extends RingMutation {
   /** KVM_GET_DIRTY_LOG re-protects but does not flush the TLBs. */
   readonly harvestWithoutFlush?: boolean;
+  /** KVM_GET_DIRTY_LOG flushes the TLBs before it re-protects, not after (locking.rst, "flush tlbs due to spte updated"). */
+  readonly harvestFlushBefore?: boolean;
 }
 
 /** The world options of a `MigrationWorld` besides its guest and MMU. */
@@ -86,6 +88,8 @@ export abstract class MigrationWorld<M extends MigrationMmu, X extends Migration
   protected readonly problems: string[] = [];
   private readonly lockBase: readonly number[];
   private readonly sequential: (() => string[]) | null;
+  /** The failure of `auditStopped`, if any (`check` does not report the same one twice). */
+  private stoppedAudit: string | null = null;
 
   constructor(
     guest: MigrationGuest,
@@ -135,6 +139,11 @@ export abstract class MigrationWorld<M extends MigrationMmu, X extends Migration
     return this.mutation.harvestWithoutFlush === true;
   }
 
+  /** The broken harvester that flushes before it re-protects (core's `Harvester` reads it). */
+  get harvestFlushBefore(): boolean {
+    return this.mutation.harvestFlushBefore === true;
+  }
+
   /** A vCPU thread that performs `writes` (called by the constructor, for the premap, before subclass fields exist). */
   abstract writer(vcpu: Vcpu, writes: readonly GuestWrite[]): RaceThread;
   /** The MMU's full audit; throws on an inconsistency. */
@@ -161,12 +170,28 @@ export abstract class MigrationWorld<M extends MigrationMmu, X extends Migration
     return gfns.length;
   }
 
+  /**
+   * The MMU's audit when the guest has stopped (the harvester's last step calls `checkWritableSptes`, whose
+   * implementations call this first), before the final harvest: that harvest write-protects every page marked dirty
+   * (KVM_GET_DIRTY_LOG), so a writable spte the MMU must not have made (a write-protected guest page table, W
+   * without MMU-writable) would be gone by `check`'s audit. A failure is recorded as `check`'s would be (once).
+   */
+  protected auditStopped(): void {
+    try {
+      this.audit();
+    } catch (e) {
+      this.stoppedAudit = `audit: ${(e as Error).message.split('\n')[0]}`;
+      this.problems.push(this.stoppedAudit);
+    }
+  }
+
   check(): string[] {
     const out = [...this.problems];
     try {
       this.audit();
     } catch (e) {
-      out.push(`audit: ${(e as Error).message.split('\n')[0]}`);
+      const msg = `audit: ${(e as Error).message.split('\n')[0]}`;
+      if (msg !== this.stoppedAudit) out.push(msg);
     }
     const lost = this.machine.memory.differingPages(this.destination).map(hex);
     if (lost.length > 0) out.push(`dirty page lost: the destination differs from the source in gfn ${lost.join(', ')}`);

@@ -70,6 +70,68 @@ describe('explore', () => {
     expect(r.interleavings).toBe(2);
   });
 
+  it('runs exactly the schedules within the bound: three threads, one lock, against a brute-force enumeration', () => {
+    // Each thread is a list of steps: 'L' takes the lock (not runnable while another holds it), 'U' releases it,
+    // 'n' is a plain step. The enumeration counts every complete schedule whose switches away from a thread that
+    // could have continued number at most the bound; a lock-blocked or finished thread is switched from for free.
+    const specs = [
+      ['n', 'L', 'n', 'U', 'n'],
+      ['L', 'U', 'n'],
+      ['n', 'n', 'n'],
+    ];
+    const scenario: RaceScenario = {
+      name: 'three',
+      description: 'three threads, one lock',
+      create(): RaceInstance {
+        const lock = new MmuLock();
+        const threads = specs.map((ops, id): RaceThread => {
+          let pc = 0;
+          return {
+            name: `t${id}`,
+            get done() {
+              return pc >= ops.length;
+            },
+            runnable: () => ops[pc] !== 'L' || lock.available(id),
+            step(): string {
+              const op = ops[pc]!;
+              if (op === 'L' && !lock.tryAcquire(id)) return 'spin';
+              if (op === 'U') lock.release(id);
+              pc++;
+              return op;
+            },
+          };
+        });
+        return { threads, check: () => [] };
+      },
+    };
+    const brute = (bound: number): number => {
+      let count = 0;
+      const go = (pcs: number[], holder: number, cur: number, pre: number): void => {
+        const en = specs.flatMap((ops, i) => (pcs[i]! < ops.length && !(ops[pcs[i]!] === 'L' && holder !== -1) ? [i] : []));
+        if (en.length === 0) {
+          count++;
+          return;
+        }
+        for (const t of en) {
+          const p = pre + (en.includes(cur) && t !== cur ? 1 : 0);
+          if (p > bound) continue;
+          const op = specs[t]![pcs[t]!];
+          go(
+            pcs.map((x, i) => (i === t ? x + 1 : x)),
+            op === 'L' ? t : op === 'U' ? -1 : holder,
+            t,
+            p,
+          );
+        }
+      };
+      go([0, 0, 0], -1, -1, 0);
+      return count;
+    };
+    // Bound 0: the 3! orders; unbounded, 3,300 schedules.
+    expect([0, 1, 2, 3].map((b) => brute(b))).toEqual([6, 47, 237, 755]);
+    for (const b of [0, 1, 2, 3]) expect(explore(scenario, { preemptions: b }).interleavings, `bound ${b}`).toBe(brute(b));
+  });
+
   it('refuses a negative bound', () => {
     expect(() => explore(counter(false), { preemptions: -1 })).toThrow(/non-negative integer/);
   });
