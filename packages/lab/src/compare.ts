@@ -1,6 +1,6 @@
 import { availableParallelism } from 'node:os';
 import { Piscina } from 'piscina';
-import { resolveCostProfile, type CostProfile, type ExitTracer, type PagingModeName, type Variant, type VmExit } from '@vmexit/core';
+import { resolveCostProfile, type CostProfile, type ExitTracer, type PagingModeName, type Variant, type Vm, type VmExit } from '@vmexit/core';
 import { createTraceLoader, type Personality, type RunResult, type TraceLoader } from '@vmexit/guest';
 import { compiledFile } from './cell.js';
 import { InputError, RunFailure } from './errors.js';
@@ -63,7 +63,8 @@ export interface ComparisonRow {
 /**
  * One exit reason's part of a run, inside the counting window: how many exits, and their modelled cycles as
  * `vmexit trace stats` prices each exit (the round trip of its kind plus the handler's figure for what it
- * did: emulated, injected, or a fixed #PF).
+ * did: emulated, injected, or a fixed fault, a #PF or an EPT/NPT fault), except that a fault the MMU found
+ * already fixed (`pf_spurious`) is priced without the `pf_fixed` handler, as the run's modelled cycles price it.
  */
 export interface ExitReasonCost {
   readonly reason: string;
@@ -102,14 +103,34 @@ export interface ComparisonDocument {
 export class ExitReasonTally implements ExitTracer {
   private counting = false;
   private readonly byReason = new Map<string, { reason: string; kind: string; count: number; cycles: number }>();
+  /** Each vCPU's `pf_spurious` count (null: not watched), and its value at that vCPU's last exit. */
+  private spuriousOf: ((vcpu: number) => number) | null = null;
+  private readonly spuriousSeen: number[] = [];
   constructor(private readonly profile: CostProfile) {}
+  /**
+   * Watches the VM's `pf_spurious` counts, so that a resumed fault the MMU found already fixed (RET_PF_SPURIOUS:
+   * `pf_spurious`, not `pf_fixed`) is priced without the `pf_fixed` handler, as the run's modelled cycles price it.
+   * Without it every resumed fault is priced as a fixed one (what `vmexit trace stats` does: a trace cannot tell).
+   */
+  watch(vm: Pick<Vm, 'stats'>): void {
+    this.spuriousOf = (vcpu) => vm.stats[vcpu]?.get('pf_spurious') ?? 0;
+    this.spuriousSeen.length = 0;
+    for (let v = 0; v < vm.stats.length; v++) this.spuriousSeen.push(this.spuriousOf(v));
+  }
   traceExit(exit: VmExit): void {
+    // Kept in step at every exit, counted or not: the exit was spurious when its handling bumped pf_spurious.
+    let spurious = false;
+    if (this.spuriousOf !== null) {
+      const n = this.spuriousOf(exit.vcpu);
+      spurious = n > (this.spuriousSeen[exit.vcpu] ?? 0);
+      this.spuriousSeen[exit.vcpu] = n;
+    }
     if (!this.counting) return;
     const name = exit.hw.name;
     let r = this.byReason.get(name);
     if (r === undefined) this.byReason.set(name, (r = { reason: name, kind: exit.kind, count: 0, cycles: 0 }));
     r.count++;
-    r.cycles += exitCycles(this.profile, exit.kind, exit.resolution?.kind);
+    r.cycles += exitCycles(this.profile, exit.kind, exit.resolution?.kind, spurious);
   }
   traceMmuEvent(): void {}
   traceWindow(phase: 'start' | 'end'): void {
@@ -152,6 +173,7 @@ export async function runCompareTask(t: CompareTask, context?: VariantContext, c
     tracer: tally,
     sources: context?.sources,
     loadTrace,
+    onVm: (vm: Vm) => tally?.watch(vm),
   };
   const label = (r: VariantRunResult): string => t.label ?? comparisonLabel(r.variant);
   if (t.check && variant.backend !== 'none') {
@@ -432,7 +454,9 @@ export function comparisonMetrics(results: readonly ComparisonInput[], options: 
     { label: 'faults injected (pf_guest)', value: counter('pf_guest') },
     { label: 'emulated writes', value: counter('insn_emulation') },
     { label: 'shadow pages zapped', value: counter('mmu_shadow_zapped') },
-    { label: 'TLB flushes', value: (r) => (r.counters.total.tlb_flush ?? 0) + (r.counters.total.remote_tlb_flush ?? 0) },
+    // The vCPUs' TLB flushes by the MMU (KVM's per-vCPU `tlb_flush`): one remote flush (`remote_tlb_flush`, VM-wide)
+    // flushes every vCPU's TLB and counts one of these on each, so adding the two would count each flush twice.
+    { label: 'TLB flushes', value: (r) => r.counters.total.tlb_flush ?? 0 },
     ...(results.some((r) => r.variant.mmu === 'tdp') ? walkMetrics : []),
     { label: 'modelled cycles', value: (r) => r.cycles.cycles },
     ...(results.some((r) => r.counters.total['mmu_lock.acquired'] !== undefined) ? lockMetrics : []),

@@ -99,6 +99,16 @@ export interface MigrateResult {
   readonly mode: PagingModeName;
   readonly seed: number;
   readonly dirtyLog: DirtyLogMode;
+  /** The source VM's vCPUs (with the rest of this document, what made these rounds). */
+  readonly vcpus: number;
+  /** The source VM's guest RAM, in bytes. */
+  readonly memory: number;
+  /** The link's rate: pages copied per 1000 guest accesses (`--copy-rate`). */
+  readonly copyRate: number;
+  /** The stop rule: a round that dirties at most this many pages is the last before the stop (`--stop-pages`). */
+  readonly stopPages: number;
+  /** The most harvest rounds after the first full copy (`--max-rounds`). */
+  readonly maxRounds: number;
   readonly rounds: readonly MigrateRound[];
   /** Why the guest was stopped: the dirty set was small, the rounds ran out, or the workload ended first. */
   readonly stoppedBy: 'dirty-set-small' | 'max-rounds' | 'workload-end';
@@ -337,6 +347,11 @@ export async function migrate(o: MigrateOptions): Promise<MigrateResult> {
     mode: o.mode,
     seed: o.seed,
     dirtyLog: mode,
+    vcpus: o.variant.vcpus,
+    memory: o.variant.memory,
+    copyRate,
+    stopPages,
+    maxRounds,
     rounds,
     stoppedBy,
     digestMatch: sourceDigest === destinationDigest,

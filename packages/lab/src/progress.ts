@@ -21,6 +21,13 @@ export function renderSweepProgress(p: SweepProgressInfo, width = 24, unit = 'ce
   return `[${'#'.repeat(n)}${' '.repeat(width - n)}] ${p.done}/${p.total} ${unit}${skipped} ${(f * 100).toFixed(0).padStart(3)}%  elapsed ${seconds(p.elapsedMs)}${eta}`;
 }
 
+/**
+ * `4.1 s` under a minute (to the tenth), else `2 min 0 s` (to the second): rounded once, before it is split into
+ * minutes and seconds (119.6 s was `1 min 60 s`, its seconds rounded after the minutes were taken).
+ */
 function seconds(ms: number): string {
-  return ms >= 60_000 ? `${Math.floor(ms / 60_000)} min ${Math.round((ms % 60_000) / 1000)} s` : `${(ms / 1000).toFixed(1)} s`;
+  const tenths = Math.round(ms / 100);
+  if (tenths < 600) return `${(tenths / 10).toFixed(1)} s`;
+  const s = Math.round(ms / 1000);
+  return `${Math.floor(s / 60)} min ${s % 60} s`;
 }

@@ -27,6 +27,8 @@ interface Row {
   variant: string;
   workload: string;
   mode: string;
+  /** The chart's panel (a facet row): the workload and the paging mode. */
+  panel: string;
   seed: number;
 }
 
@@ -128,15 +130,46 @@ export function readReportData(file: string): ReportData {
   return { results, migrations };
 }
 
-/** The label of a migration in a chart: its variant, how the dirty log was harvested, the workload and the seed. */
-function migrationLabel(m: MigrateResult): string {
+/** A migration's label in a chart: its variant, how the dirty log was harvested, the workload and the seed. */
+function migrationBaseLabel(m: MigrateResult): string {
   return `${comparisonLabel(m.variant as VariantRunResult['variant'])}, ${m.dirtyLog}, ${m.workload}, seed ${m.seed}`;
+}
+
+/** What else made a migration's rounds: the mode, cost model, vCPUs, RAM, link rate and stop rule (those a document has). */
+function migrationSettings(m: MigrateResult): string {
+  const x = m as Partial<MigrateResult>;
+  const costModel = (m.variant as { costModel?: unknown }).costModel;
+  return [
+    String(m.mode),
+    ...(typeof costModel === 'string' ? [costModel] : []),
+    ...(typeof x.vcpus === 'number' ? [`${x.vcpus} vCPU${x.vcpus === 1 ? '' : 's'}`] : []),
+    ...(typeof x.memory === 'number' ? [`${x.memory / 2 ** 20} MiB`] : []),
+    ...(typeof x.copyRate === 'number' ? [`copy rate ${x.copyRate}`] : []),
+    ...(typeof x.stopPages === 'number' ? [`stop pages ${x.stopPages}`] : []),
+    ...(typeof x.maxRounds === 'number' ? [`max rounds ${x.maxRounds}`] : []),
+  ].join(', ');
+}
+
+/**
+ * Each migration's label: migrationBaseLabel, and where migrations of one such label differ in what else made
+ * their rounds (`--vcpus`, `--copy-rate`, ...), those settings too, so that each migration is a line of its own.
+ */
+function migrationLabels(migrations: readonly MigrateResult[]): (m: MigrateResult) => string {
+  const settings = new Map<string, Set<string>>();
+  for (const m of migrations) {
+    const base = migrationBaseLabel(m);
+    let set = settings.get(base);
+    if (set === undefined) settings.set(base, (set = new Set()));
+    set.add(migrationSettings(m));
+  }
+  return (m) => (settings.get(migrationBaseLabel(m))!.size > 1 ? `${migrationBaseLabel(m)} (${migrationSettings(m)})` : migrationBaseLabel(m));
 }
 
 /** The chart of migrations' rounds: the pages each harvest found dirty and the pages sent, round by round. */
 function migrationChart(migrations: readonly MigrateResult[]): ReportChart {
+  const labelOf = migrationLabels(migrations);
   const rows = migrations.flatMap((m) => {
-    const label = migrationLabel(m);
+    const label = labelOf(m);
     const last = m.rounds.length - 1;
     return m.rounds.flatMap((r) => {
       const round = r.round === last ? `${r.round} (stop)` : String(r.round);
@@ -170,25 +203,105 @@ function migrationChart(migrations: readonly MigrateResult[]): ReportChart {
 /**
  * The charts of a report: for run results, exits per variant stacked by exit reason, the modelled cycles by
  * what they price, exits per guest fault, and the spread of exits across seeds (means across seeds where a
- * variant ran several); for migrations, the dirty pages and the pages sent per round.
+ * variant ran several: a seed without an exit reason or a priced counter counts as 0), one panel per workload
+ * and paging mode, so that each bar is the mean of the cells summary.csv groups (same workload, variant and
+ * mode); for migrations, the dirty pages and the pages sent per round.
  */
 export function reportCharts(results: readonly ReportInput[], migrations: readonly MigrateResult[] = []): ReportChart[] {
   return [...(results.length > 0 ? runCharts(results) : []), ...(migrations.length > 0 ? [migrationChart(migrations)] : [])];
 }
 
+/**
+ * The rows of a per-result breakdown (exits by reason, cycles by counter), zeros included: each result has a row
+ * for every key that any result of its group (panel and variant) has, so that a mean across seeds counts a
+ * seed without any of it as 0 rather than leaving it out (`mean` in Vega-Lite averages the rows there are).
+ */
+function breakdownRows<T extends string>(
+  results: readonly ReportInput[],
+  row: (r: ReportInput) => Row,
+  parts: (r: ReportInput) => Record<string, number>,
+  keyField: T,
+  valueField: string,
+): (Row & Record<string, string | number>)[] {
+  const group = (r: ReportInput): string => JSON.stringify([row(r).panel, row(r).variant]);
+  const keys = new Map<string, Set<string>>();
+  for (const r of results) {
+    let set = keys.get(group(r));
+    if (set === undefined) keys.set(group(r), (set = new Set()));
+    for (const k of Object.keys(parts(r))) set.add(k);
+  }
+  return results.flatMap((r) => {
+    const own = parts(r);
+    return [...keys.get(group(r))!].map((k) => ({ ...row(r), [keyField]: k, [valueField]: own[k] ?? 0 }));
+  });
+}
+
+/** What a result ran with beyond its label's words: the cost model, vCPUs, guest RAM and personalities. */
+function settingsOf(r: ReportInput): string {
+  const v = r.variant as { costModel?: unknown; vcpus?: unknown; memory?: unknown; personalities?: unknown };
+  const parts: string[] = [];
+  if (typeof v.costModel === 'string') parts.push(v.costModel);
+  if (typeof v.vcpus === 'number') parts.push(`${v.vcpus} vCPU${v.vcpus === 1 ? '' : 's'}`);
+  if (typeof v.memory === 'number') parts.push(`${v.memory / 2 ** 20} MiB`);
+  if (Array.isArray(v.personalities) && v.personalities.length > 0) parts.push(v.personalities.join(' '));
+  return parts.join(', ');
+}
+
+/**
+ * Each result's variant in the charts: its comparisonLabel, and where results of one label ran with different
+ * settings (a results.jsonl of sweeps run with different --cost-model, --vcpus, --memory or --personality), the
+ * settings too (`vmx shadow (core2-2007, 1 vCPU, 4 MiB)`), so that no bar averages runs of different settings.
+ */
+function reportLabels(results: readonly ReportInput[]): (r: ReportInput) => string {
+  const settings = new Map<string, Set<string>>();
+  for (const r of results) {
+    const label = comparisonLabel(r.variant);
+    let set = settings.get(label);
+    if (set === undefined) settings.set(label, (set = new Set()));
+    set.add(settingsOf(r));
+  }
+  return (r) => {
+    const label = comparisonLabel(r.variant);
+    return settings.get(label)!.size > 1 ? `${label} (${settingsOf(r)})` : label;
+  };
+}
+
 function runCharts(results: readonly ReportInput[]): ReportChart[] {
-  const base = (r: ReportInput): Row => ({ variant: comparisonLabel(r.variant), workload: r.workload.input, mode: String(r.variant.mode), seed: r.seed });
-  const exits = results.flatMap((r) =>
-    Object.entries(r.counters.total)
-      .filter(([k, n]) => k.startsWith('exits.') && !k.startsWith('exits.kind.') && n > 0)
-      .map(([k, n]) => ({ ...base(r), reason: `${String(r.variant.backend)} ${k.slice(6)}`, exits: n })),
+  const labelOf = reportLabels(results);
+  // One panel per workload and paging mode: cells of different modes are different cells, never averaged together.
+  const base = (r: ReportInput): Row => {
+    const workload = r.workload.input;
+    const mode = String(r.variant.mode);
+    return { variant: labelOf(r), workload, mode, panel: `${workload}, ${mode}`, seed: r.seed };
+  };
+  const exits = breakdownRows(
+    results,
+    base,
+    (r) =>
+      Object.fromEntries(
+        Object.entries(r.counters.total)
+          .filter(([k, n]) => k.startsWith('exits.') && !k.startsWith('exits.kind.') && n > 0)
+          .map(([k, n]) => [`${String(r.variant.backend)} ${k.slice(6)}`, n]),
+      ),
+    'reason',
+    'exits',
   );
-  const cycles = results.flatMap((r) => Object.entries(r.cycles.breakdown).map(([k, c]) => ({ ...base(r), priced: k, cycles: c })));
+  const cycles = breakdownRows(results, base, (r) => r.cycles.breakdown, 'priced', 'cycles');
   const perFault = results.map((r) => ({ ...base(r), exitsPerFault: r.guest.faults.total > 0 ? (r.counters.total.exits ?? 0) / r.guest.faults.total : 0 }));
   const spread = results.map((r) => ({ ...base(r), exits: r.counters.total.exits ?? 0, cycles: r.cycles.cycles }));
-  const seeds = new Set(results.map((r) => r.seed)).size;
+  // The seeds each bar averages: one count when every bar has the same (else the axis says "mean across seeds").
+  const seedsPerBar = new Map<string, Set<number>>();
+  for (const r of results) {
+    const b = base(r);
+    const key = JSON.stringify([b.panel, b.variant]);
+    let set = seedsPerBar.get(key);
+    if (set === undefined) seedsPerBar.set(key, (set = new Set()));
+    set.add(r.seed);
+  }
+  const counts = new Set([...seedsPerBar.values()].map((x) => x.size));
+  const seedsTitle = counts.size === 1 ? (counts.has(1) ? '' : ` (mean of ${[...counts][0]} seeds)`) : ' (mean across seeds)';
   const common = { $schema: 'https://vega.github.io/schema/vega-lite/v6.json', background: 'white' };
-  const facetWorkload = { row: { field: 'workload', type: 'nominal', title: null } };
+  const facetPanel = { row: { field: 'panel', type: 'nominal', title: null } };
   return [
     {
       id: 'exits-by-reason',
@@ -200,9 +313,9 @@ function runCharts(results: readonly ReportInput[]): ReportChart[] {
         width: 600,
         mark: 'bar',
         encoding: {
-          ...facetWorkload,
+          ...facetPanel,
           y: { field: 'variant', type: 'nominal', title: null, sort: null },
-          x: { aggregate: 'mean', field: 'exits', type: 'quantitative', title: `vmexits${seeds > 1 ? ` (mean of ${seeds} seeds)` : ''}` },
+          x: { aggregate: 'mean', field: 'exits', type: 'quantitative', title: `vmexits${seedsTitle}` },
           color: { field: 'reason', type: 'nominal', title: 'exit reason' },
           tooltip: [{ field: 'variant' }, { field: 'reason' }, { aggregate: 'mean', field: 'exits', type: 'quantitative' }],
         },
@@ -218,7 +331,7 @@ function runCharts(results: readonly ReportInput[]): ReportChart[] {
         width: 600,
         mark: 'bar',
         encoding: {
-          ...facetWorkload,
+          ...facetPanel,
           y: { field: 'variant', type: 'nominal', title: null, sort: null },
           x: { aggregate: 'mean', field: 'cycles', type: 'quantitative', title: 'modelled cycles (mean across seeds)' },
           color: { field: 'priced', type: 'nominal', title: 'counter' },
@@ -236,7 +349,7 @@ function runCharts(results: readonly ReportInput[]): ReportChart[] {
         width: 600,
         mark: 'bar',
         encoding: {
-          ...facetWorkload,
+          ...facetPanel,
           y: { field: 'variant', type: 'nominal', title: null, sort: null },
           x: { aggregate: 'mean', field: 'exitsPerFault', type: 'quantitative', title: 'exits per guest fault' },
           tooltip: [{ field: 'variant' }, { aggregate: 'mean', field: 'exitsPerFault', type: 'quantitative', format: '.3f' }],
@@ -250,7 +363,7 @@ function runCharts(results: readonly ReportInput[]): ReportChart[] {
       spec: {
         ...common,
         data: { values: spread },
-        facet: { row: { field: 'workload', type: 'nominal', title: null } },
+        facet: { row: { field: 'panel', type: 'nominal', title: null } },
         spec: {
           width: 600,
           layer: [
@@ -296,7 +409,8 @@ function escapeHtml(s: string): string {
  */
 export function reportHtml(results: readonly ReportInput[], title = 'vmexit report', migrations: readonly MigrateResult[] = []): string {
   const charts = reportCharts(results, migrations);
-  const variants = new Set(results.map((r) => comparisonLabel(r.variant))).size;
+  const labelOf = reportLabels(results);
+  const variants = new Set(results.map(labelOf)).size;
   const holds = [
     ...(results.length > 0 || migrations.length === 0 ? [`${results.length} results, ${variants} variants`] : []),
     ...(migrations.length > 0 ? [`${migrations.length} migration${migrations.length === 1 ? '' : 's'}`] : []),

@@ -51,6 +51,8 @@ export interface VariantRunOptions {
   readonly sources?: ModuleSources;
   /** Loads a trace workload (default: read and decode the file); runs on one trace may share one (`createTraceLoader`). */
   readonly loadTrace?: TraceLoader;
+  /** Called with the VM once it is composed, before the guest boots (not for a native run). */
+  readonly onVm?: (vm: Vm) => void;
 }
 
 /** A RunResult with the modelled cycles of the variant's cost model. */
@@ -91,6 +93,7 @@ async function composeVariantVm(o: VariantRunOptions): Promise<Vm> {
     if (e instanceof VariantError) throw new InputError(`invalid variant:\n${e.message}`);
     throw e;
   }
+  o.onVm?.(vm);
   if (o.audit === true) {
     const mmu = vm.mmu;
     if (mmu === null || mmu.audit === undefined) throw new InputError(`--audit: the '${v.mmu}' MMU has no audit`);

@@ -47,14 +47,18 @@ export interface TraceStatsOptions {
 /**
  * The modelled cycles of one traced exit: the VM exit + entry round trip of its kind, plus the hypervisor's
  * handler figure for what it did: `emulate` is an emulated instruction (`insn_emulation`), `inject` a fault
- * reflected into the guest (`pf_guest`), and an intercepted #PF resumed after the MMU fixed it a fixed fault
- * (`pf_fixed`). MMIO's extra round trip to user space is added for `mmio` exits.
+ * reflected into the guest (`pf_guest`), and a fault resumed after the MMU fixed it, an intercepted #PF
+ * (shadow paging) or an EPT violation / NPT fault (two-dimensional paging), a fixed fault (`pf_fixed`, which
+ * both MMUs count, as KVM's kvm_mmu_do_page_fault does). A resumed fault the MMU found already fixed
+ * (`spurious`: RET_PF_SPURIOUS, counted `pf_spurious`) has no handler figure; a trace cannot tell one from a
+ * fixed fault, so `vmexit trace stats` prices it as fixed. MMIO's extra round trip to user space is added for
+ * `mmio` exits. These are the figures by which the run's modelled cycles price the same counters.
  */
-export function exitCycles(p: CostProfile, kind: string, resolution: string | undefined): number {
+export function exitCycles(p: CostProfile, kind: string, resolution: string | undefined, spurious = false): number {
   let c = p.exitRoundTrip[kind]?.cycles ?? 0;
   if (resolution === 'emulate') c += p.handler.insn_emulation?.cycles ?? 0;
   else if (resolution === 'inject') c += p.handler.pf_guest?.cycles ?? 0;
-  else if (kind === 'exception' && resolution === 'resume') c += p.handler.pf_fixed?.cycles ?? 0;
+  else if ((kind === 'exception' || kind === 'nested-fault') && resolution === 'resume' && !spurious) c += p.handler.pf_fixed?.cycles ?? 0;
   if (kind === 'mmio') c += p.userspaceExit.cycles;
   return c;
 }

@@ -118,4 +118,40 @@ describe('compareVariants', () => {
     expect(share.ratios[0]).toBeNull();
     fs.rmSync(path.dirname(file), { recursive: true });
   });
+
+  it("prices each exit reason's cycles as the run's modelled cycles price its counters: a spurious fault without pf_fixed, a fixed EPT violation with it", async () => {
+    // server-2020s: an exception or EPT-violation round trip 1,360 cycles, pf_fixed 680, pf_guest 680, insn_emulation 1,360.
+    // exec-storm:execs=8 on vmx shadow, 4 MiB: 72,536 #PF exits = 207 fixed + 208 injected + 72,112 emulated + 9 spurious
+    // (the MMU found the spte already installed: pf_spurious, not pf_fixed).
+    const shadow = (
+      await compareVariants({ workload: 'exec-storm:execs=8', variants: ['vmx shadow'], mode: 'long4', seed: 1, overrides: SMALL, exitReasons: true })
+    ).results[0]!;
+    const t = shadow.counters.total;
+    expect([t['exits.EXCEPTION_NMI'], t.pf_fixed, t.pf_guest, t.pf_emulate, t.pf_spurious]).toEqual([72536, 207, 208, 72112, 9]);
+    // 72,536 x 1,360 + 207 x 680 + 208 x 680 + 72,112 x 1,360 = 98,648,960 + 140,760 + 141,440 + 98,072,320 = 197,003,480
+    // (before: + 9 x 680 = 6,120 for the spurious faults priced as fixed, 197,009,600).
+    expect(shadow.exitReasons!.find((x) => x.reason === 'EXCEPTION_NMI')!.cycles).toBe(197_003_480);
+    // dirty-log-test on vmx tdp, 4 MiB: 87 EPT violations, each fixed by the TDP MMU (pf_fixed 87, as the model prices).
+    // 87 x 1,360 + 87 x 680 = 118,320 + 59,160 = 177,480 (before: 118,320, the handler left out).
+    const lines: string[] = [];
+    const workload = 'dirty-log-test:pages=64,iterations=4,writes=16,harvest=bitmap';
+    const tdp = (await compareVariants({ workload, variants: ['vmx tdp'], mode: 'long4', seed: 1, overrides: SMALL, exitReasons: true })).results[0]!;
+    expect([tdp.counters.total['exits.EPT_VIOLATION'], tdp.counters.total.pf_fixed, tdp.counters.total.pf_spurious ?? 0]).toEqual([87, 87, 0]);
+    expect(tdp.exitReasons).toEqual([{ reason: 'EPT_VIOLATION', kind: 'nested-fault', count: 87, cycles: 177_480 }]);
+    // Every run's reasons add up to its modelled cycles less what no exit pays (the guest's own faults, walk references).
+    for (const r of [shadow, tdp]) {
+      const b = r.cycles.breakdown;
+      const exitCycles = r.cycles.cycles - (b['guest.page_faults'] ?? 0) - (b.walk_refs ?? 0) - (b['mmu_lock.spin_cycles'] ?? 0);
+      expect(
+        r.exitReasons!.reduce((n, x) => n + x.cycles, 0),
+        r.label,
+      ).toBe(exitCycles);
+    }
+    // `vmexit trace stats` prices the EPT violations the same.
+    await runVariant('vmx tdp', workload, { overrides: SMALL, tracer: new JsonLinesTracer((l) => lines.push(l)) });
+    const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vmexit-lab-run-')), 'trace.jsonl');
+    fs.writeFileSync(file, lines.join(''));
+    expect((await traceStats(file)).reasons.map((x) => [x.reason, x.count, x.cycles.total])).toEqual([['EPT_VIOLATION', 87, 177_480]]);
+    fs.rmSync(path.dirname(file), { recursive: true });
+  });
 });

@@ -150,8 +150,9 @@ export function parseVariantSpec(spec: string, overrides: Pick<VariantOptions, '
 
 /**
  * The side-by-side table: each value, and its ratio to the first variant's ('-' where a metric does not
- * apply to a variant; no ratio where the first variant's value is 0 or does not apply). A section row
- * ('vmexits by exit reason') has no values.
+ * apply to a variant; no ratio where the first variant's value does not apply, or is 0 and this one's is not;
+ * `x1.00` where both are 0, as the JSON table's ratio 1; none for a share). A section row ('vmexits by exit
+ * reason') has no values.
  */
 export function formatComparison(doc: Pick<ComparisonDocument, 'workload' | 'mode' | 'seed' | 'results' | 'counters'>): string {
   const metrics = comparisonMetrics(doc.results, { counters: doc.counters });
