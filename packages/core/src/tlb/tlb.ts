@@ -62,6 +62,8 @@ export class Tlb {
   readonly largePages: Int32Array;
   /** Number of valid entries that are pieces of a large page (INVLPG scans only when some exist). */
   private largeCount = 0;
+  /** The size in pages of the largest large page a valid entry has been a piece of since largeCount was last 0. */
+  private largestPages = 0;
 
   hits = 0;
   misses = 0;
@@ -128,6 +130,7 @@ export class Tlb {
       this.largeBase[i] = Math.floor(vpn / pages) * pages;
       this.largePages[i] = pages;
       this.largeCount++;
+      if (pages > this.largestPages) this.largestPages = pages;
     } else {
       flags &= ~TLB_LARGE;
     }
@@ -179,13 +182,28 @@ export class Tlb {
     const vpn = Math.floor(va / PAGE_SIZE);
     const i = vpn & this.mask;
     if (this.tag[i] === vpn && (this.pcid[i] === pcid || (this.data[i]! & TLB_GLOBAL) !== 0)) this.drop(i);
-    if (this.largeCount === 0) return;
-    for (let j = 0; j < this.size; j++) {
-      const d = this.data[j]!;
-      if ((d & (TLB_VALID | TLB_LARGE)) !== (TLB_VALID | TLB_LARGE)) continue;
-      const base = this.largeBase[j]!;
-      if (vpn >= base && vpn < base + this.largePages[j]! && (this.pcid[j] === pcid || (d & TLB_GLOBAL) !== 0)) this.drop(j);
+    if (this.largeCount === 0) {
+      this.largestPages = 0;
+      return;
     }
+    // A piece of a large page that holds vpn caches a page of that large page, which lies in the aligned window of
+    // `largestPages` pages around vpn (the sizes are powers of two, so smaller aligned pages nest in it): the
+    // direct-mapped slots of that window are the only ones to look at (all of them once the window is the TLB's size).
+    const window = this.largestPages;
+    if (window >= this.size) {
+      for (let j = 0; j < this.size; j++) this.dropLargePiece(j, vpn, pcid);
+      return;
+    }
+    const first = Math.floor(vpn / window) * window;
+    for (let k = 0; k < window; k++) this.dropLargePiece((first + k) & this.mask, vpn, pcid);
+  }
+
+  /** Drops entry `j` if it is a piece of a large page that holds `vpn`, in PCID `pcid` or global. */
+  private dropLargePiece(j: number, vpn: number, pcid: number): void {
+    const d = this.data[j]!;
+    if ((d & (TLB_VALID | TLB_LARGE)) !== (TLB_VALID | TLB_LARGE)) return;
+    const base = this.largeBase[j]!;
+    if (vpn >= base && vpn < base + this.largePages[j]! && (this.pcid[j] === pcid || (d & TLB_GLOBAL) !== 0)) this.drop(j);
   }
 
   /** Number of valid entries (for tests and statistics; not on a hot path). */

@@ -312,6 +312,43 @@ describe('Tlb', () => {
       expect(tlb.lookup(0x20_0000, ACC_READ, 1)).toBe(0x1000);
       expect(tlb.lookup(0x80_0000, ACC_READ, 1)).toBe(-1);
     });
+
+    it('property: drops exactly the entries a scan of every slot would, whatever mix of page sizes, PCIDs and global bits is cached', () => {
+      // The reference: every valid entry whose page is va's page, or a piece of a large page holding va, in the
+      // PCID or global (what dropPage did by scanning all slots). dropPage looks only at the slots of the aligned
+      // window of the largest large page cached.
+      const sizes = [KB4, SIZE_2M, SIZE_4M, SIZE_1G];
+      const fill = fc.record({
+        page: fc.integer({ min: 0, max: 1 << 20 }),
+        size: fc.constantFrom(...sizes),
+        pcid: fc.integer({ min: 0, max: 2 }),
+        global: fc.boolean(),
+      });
+      fc.assert(
+        fc.property(
+          fc.array(fill, { maxLength: 200 }),
+          fc.integer({ min: 0, max: 1 << 20 }),
+          fc.integer({ min: 0, max: 2 }),
+          fc.constantFrom(64, 1024, 4096),
+          (fills, page, pcid, size) => {
+            const tlb = new Tlb(size);
+            for (const f of fills) tlb.fill(f.page * KB4, f.pcid, 0x1000, ALL | (f.global ? TLB_GLOBAL : 0), f.size);
+            const vpn = page;
+            const want: boolean[] = [];
+            for (let j = 0; j < size; j++) {
+              const d = tlb.data[j]!;
+              const valid = (d & TLB_VALID) !== 0;
+              const mine = tlb.pcid[j] === pcid || (d & TLB_GLOBAL) !== 0;
+              const holds = (d & TLB_LARGE) !== 0 ? vpn >= tlb.largeBase[j]! && vpn < tlb.largeBase[j]! + tlb.largePages[j]! : tlb.tag[j] === vpn;
+              want.push(valid && !(mine && holds));
+            }
+            tlb.dropPage(vpn * KB4, pcid);
+            expect([...tlb.data].map((d) => (d & TLB_VALID) !== 0)).toEqual(want);
+          },
+        ),
+        { numRuns: 300 },
+      );
+    });
   });
 
   describe('against a reference model', () => {
