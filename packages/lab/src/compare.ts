@@ -7,7 +7,7 @@ import { InputError, RunFailure } from './errors.js';
 import { provenance, type Provenance } from './provenance.js';
 import { describeVariant, runChecked, runOnVariant, type CheckReport, type VariantRunResult } from './run-variant.js';
 import type { SweepProgressInfo } from './progress.js';
-import { exitCycles } from './trace-stats.js';
+import { exitCycles, resumedFaultFixed } from './trace-stats.js';
 import { guestProgress } from './lock-time.js';
 import { absoluteSpec, parseVariantSpec, type VariantContext, type VariantOverrides } from './variant-spec.js';
 
@@ -63,8 +63,10 @@ export interface ComparisonRow {
 /**
  * One exit reason's part of a run, inside the counting window: how many exits, and their modelled cycles as
  * `vmexit trace stats` prices each exit (the round trip of its kind plus the handler's figure for what it
- * did: emulated, injected, or a fixed fault, a #PF or an EPT/NPT fault), except that a fault the MMU found
- * already fixed (`pf_spurious`) is priced without the `pf_fixed` handler, as the run's modelled cycles price it.
+ * did: emulated, injected, or a fixed fault, a #PF or an EPT/NPT fault), and the user-space round trip of each
+ * KVM_EXIT_DIRTY_RING_FULL its handling caused: by what the exit's handling counted (`ExitReasonTally.watch`),
+ * so that a fault the MMU found already fixed (`pf_spurious`) or a PML-full exit has no `pf_fixed` handler, as
+ * the run's modelled cycles price them.
  */
 export interface ExitReasonCost {
   readonly reason: string;
@@ -103,34 +105,52 @@ export interface ComparisonDocument {
 export class ExitReasonTally implements ExitTracer {
   private counting = false;
   private readonly byReason = new Map<string, { reason: string; kind: string; count: number; cycles: number }>();
-  /** Each vCPU's `pf_spurious` count (null: not watched), and its value at that vCPU's last exit. */
-  private spuriousOf: ((vcpu: number) => number) | null = null;
-  private readonly spuriousSeen: number[] = [];
+  /** Reads a counter of a vCPU (null: the VM is not watched), and each vCPU's `pf_fixed` / `dirty_ring_full_exits` at its last exit. */
+  private statOf: ((vcpu: number, name: string) => number) | null = null;
+  private readonly fixedSeen: number[] = [];
+  private readonly ringFullSeen: number[] = [];
   constructor(private readonly profile: CostProfile) {}
   /**
-   * Watches the VM's `pf_spurious` counts, so that a resumed fault the MMU found already fixed (RET_PF_SPURIOUS:
-   * `pf_spurious`, not `pf_fixed`) is priced without the `pf_fixed` handler, as the run's modelled cycles price it.
-   * Without it every resumed fault is priced as a fixed one (what `vmexit trace stats` does: a trace cannot tell).
+   * Watches the VM's counters, so that each exit is priced by what its handling counted, as the run's modelled
+   * cycles price those counters: the `pf_fixed` handler only when the exit fixed a fault (not for a fault the MMU
+   * found already fixed, `pf_spurious`, nor for a PML-full exit), and the user-space round trip of each
+   * KVM_EXIT_DIRTY_RING_FULL it caused (`dirty_ring_full_exits`). Unwatched (`vmexit trace stats`, which reads a
+   * trace file), a resumed fault is priced as fixed unless it is a PML-full exit, and ring-full trips are not seen.
    */
   watch(vm: Pick<Vm, 'stats'>): void {
-    this.spuriousOf = (vcpu) => vm.stats[vcpu]?.get('pf_spurious') ?? 0;
-    this.spuriousSeen.length = 0;
-    for (let v = 0; v < vm.stats.length; v++) this.spuriousSeen.push(this.spuriousOf(v));
+    this.statOf = (vcpu, name) => vm.stats[vcpu]?.get(name) ?? 0;
+    this.fixedSeen.length = 0;
+    this.ringFullSeen.length = 0;
+    for (let v = 0; v < vm.stats.length; v++) {
+      this.fixedSeen.push(this.statOf(v, 'pf_fixed'));
+      this.ringFullSeen.push(this.statOf(v, 'dirty_ring_full_exits'));
+    }
   }
   traceExit(exit: VmExit): void {
-    // Kept in step at every exit, counted or not: the exit was spurious when its handling bumped pf_spurious.
-    let spurious = false;
-    if (this.spuriousOf !== null) {
-      const n = this.spuriousOf(exit.vcpu);
-      spurious = n > (this.spuriousSeen[exit.vcpu] ?? 0);
-      this.spuriousSeen[exit.vcpu] = n;
+    // Kept in step at every exit, counted or not: what the exit's handling added to the vCPU's counters.
+    let fixed: boolean | undefined;
+    let ringFull = 0;
+    if (this.statOf !== null) {
+      const v = exit.vcpu;
+      const f = this.statOf(v, 'pf_fixed');
+      fixed = f > (this.fixedSeen[v] ?? 0);
+      this.fixedSeen[v] = f;
+      const rf = this.statOf(v, 'dirty_ring_full_exits');
+      ringFull = rf - (this.ringFullSeen[v] ?? 0);
+      this.ringFullSeen[v] = rf;
     }
     if (!this.counting) return;
     const name = exit.hw.name;
     let r = this.byReason.get(name);
     if (r === undefined) this.byReason.set(name, (r = { reason: name, kind: exit.kind, count: 0, cycles: 0 }));
     r.count++;
-    r.cycles += exitCycles(this.profile, exit.kind, exit.resolution?.kind, spurious);
+    r.cycles += exitCycles(
+      this.profile,
+      exit.kind,
+      exit.resolution?.kind,
+      fixed ?? resumedFaultFixed(exit.kind, exit.resolution?.kind, exit.kind === 'nested-fault' && exit.pmlFull === true),
+    );
+    if (ringFull > 0) r.cycles += ringFull * this.profile.userspaceExit.cycles;
   }
   traceMmuEvent(): void {}
   traceWindow(phase: 'start' | 'end'): void {

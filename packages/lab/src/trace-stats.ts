@@ -47,20 +47,27 @@ export interface TraceStatsOptions {
 /**
  * The modelled cycles of one traced exit: the VM exit + entry round trip of its kind, plus the hypervisor's
  * handler figure for what it did: `emulate` is an emulated instruction (`insn_emulation`), `inject` a fault
- * reflected into the guest (`pf_guest`), and a fault resumed after the MMU fixed it, an intercepted #PF
- * (shadow paging) or an EPT violation / NPT fault (two-dimensional paging), a fixed fault (`pf_fixed`, which
- * both MMUs count, as KVM's kvm_mmu_do_page_fault does). A resumed fault the MMU found already fixed
- * (`spurious`: RET_PF_SPURIOUS, counted `pf_spurious`) has no handler figure; a trace cannot tell one from a
- * fixed fault, so `vmexit trace stats` prices it as fixed. MMIO's extra round trip to user space is added for
- * `mmio` exits. These are the figures by which the run's modelled cycles price the same counters.
+ * reflected into the guest (`pf_guest`), and `fixed` a fault the MMU fixed before resuming, an intercepted #PF
+ * (shadow paging) or an EPT violation / NPT fault (two-dimensional paging): `pf_fixed`, which both MMUs count, as
+ * KVM's kvm_mmu_do_page_fault does. MMIO's extra round trip to user space is added for `mmio` exits. These are the
+ * figures by which the run's modelled cycles price the same counters.
  */
-export function exitCycles(p: CostProfile, kind: string, resolution: string | undefined, spurious = false): number {
+export function exitCycles(p: CostProfile, kind: string, resolution: string | undefined, fixed: boolean): number {
   let c = p.exitRoundTrip[kind]?.cycles ?? 0;
   if (resolution === 'emulate') c += p.handler.insn_emulation?.cycles ?? 0;
   else if (resolution === 'inject') c += p.handler.pf_guest?.cycles ?? 0;
-  else if ((kind === 'exception' || kind === 'nested-fault') && resolution === 'resume' && !spurious) c += p.handler.pf_fixed?.cycles ?? 0;
+  else if (fixed) c += p.handler.pf_fixed?.cycles ?? 0;
   if (kind === 'mmio') c += p.userspaceExit.cycles;
   return c;
+}
+
+/**
+ * Whether an exit fixed a fault, as far as its kind and resolution tell (a trace file records no counters): a #PF
+ * or second-stage fault that resumed, except a PML-full exit (reason 62, a nested-fault exit that fixes nothing).
+ * A fault the MMU found already fixed (`pf_spurious`) also resumes; only the VM's counters tell it apart.
+ */
+export function resumedFaultFixed(kind: string, resolution: string | undefined, pmlFull: boolean): boolean {
+  return (kind === 'exception' || kind === 'nested-fault') && resolution === 'resume' && !pmlFull;
 }
 
 /** The record types a `vmexit run --trace` file holds (core's JsonLinesTracer, and the CLI's TraceFile and trace selection). */
@@ -177,7 +184,12 @@ export async function traceStats(file: string, o: TraceStatsOptions = {}): Promi
         sawWindow = true;
         inWindow = e.phase === 'start';
       } else if (e.type === 'exit') {
-        exits.push({ vcpu: e.vcpu, reason: e.reason, cycles: exitCycles(profile, e.kind, e.resolution?.kind), inWindow });
+        exits.push({
+          vcpu: e.vcpu,
+          reason: e.reason,
+          cycles: exitCycles(profile, e.kind, e.resolution?.kind, resumedFaultFixed(e.kind, e.resolution?.kind, e.reason === 'PML_FULL')),
+          inWindow,
+        });
       }
     }
   } catch (e) {

@@ -119,6 +119,44 @@ describe('compareVariants', () => {
     fs.rmSync(path.dirname(file), { recursive: true });
   });
 
+  it('prices a PML-full exit without the pf_fixed handler, and a dirty ring-full trip to user space with the exit that filled the ring', async () => {
+    // vmx tdp with pml: 2 PML_FULL exits (reason 62, nested-fault kind), which fix no fault (pf_fixed 0): 2 x 1,360 =
+    // 2,720, no handler (before: + 2 x 680 for a "fixed" fault, 4,080, above the run's own 2,720).
+    const pml = (
+      await compareVariants({
+        workload: 'dirty-log-test:pages=2048,iterations=2,writes=1024,harvest=pml',
+        variants: ['vmx tdp pml'],
+        mode: 'long4',
+        seed: 1,
+        overrides: { memory: '16M' },
+        exitReasons: true,
+      })
+    ).results[0]!;
+    expect([pml.counters.total['exits.PML_FULL'], pml.counters.total.pf_fixed ?? 0]).toEqual([2, 0]);
+    expect(pml.exitReasons).toEqual([{ reason: 'PML_FULL', kind: 'nested-fault', count: 2, cycles: 2720 }]);
+    // A 256-entry dirty ring on 2 vCPUs: 3 KVM_EXIT_DIRTY_RING_FULL trips, each priced (userspaceExit) with the exit
+    // whose handling filled the ring, so that the reasons add up to the run's exit cycles here too.
+    const ring = (
+      await compareVariants({
+        workload: 'dirty-log-test:pages=512,iterations=8,writes=64,harvest=ring,ring=256',
+        variants: ['vmx shadow fast-page-fault'],
+        mode: 'long4',
+        seed: 1,
+        overrides: { memory: '16M', vcpus: '2' },
+        exitReasons: true,
+      })
+    ).results[0]!;
+    expect(ring.counters.total.dirty_ring_full_exits).toBe(3);
+    for (const r of [pml, ring]) {
+      const b = r.cycles.breakdown;
+      const exitCycles = r.cycles.cycles - (b['guest.page_faults'] ?? 0) - (b.walk_refs ?? 0) - (b['mmu_lock.spin_cycles'] ?? 0);
+      expect(
+        r.exitReasons!.reduce((n, x) => n + x.cycles, 0),
+        r.label,
+      ).toBe(exitCycles);
+    }
+  });
+
   it("prices each exit reason's cycles as the run's modelled cycles price its counters: a spurious fault without pf_fixed, a fixed EPT violation with it", async () => {
     // server-2020s: an exception or EPT-violation round trip 1,360 cycles, pf_fixed 680, pf_guest 680, insn_emulation 1,360.
     // exec-storm:execs=8 on vmx shadow, 4 MiB: 72,536 #PF exits = 207 fixed + 208 injected + 72,112 emulated + 9 spurious
