@@ -62,23 +62,6 @@ describe('Linux fidelity', () => {
     expect(k.stats.faults[FAULT_WP_REUSE]).toBe(2);
   });
 
-  it('mprotect leaves an area whose rights do not change alone (mprotect_fixup: newflags == oldflags)', () => {
-    // An exclusive anonymous page whose pte is read-only in a writable area (a wp fault would reuse it):
-    // mprotect(PROT_READ|PROT_WRITE) of the area, already PROT_READ|PROT_WRITE, changes nothing.
-    const { k, v } = boot(MODE_LONG4);
-    const p = k.createProcess(v, 'p');
-    k.switchTo(v, p);
-    const base = k.mmap(v, p, null, PAGE_SIZE, RW, VMA_ANON);
-    user(v, () => v.write(base, 4, 1));
-    const child = k.fork(v, p);
-    k.exit(v, child);
-    k.switchTo(v, p);
-    const writes = k.stats.pteWrites;
-    k.mprotect(v, p, base, PAGE_SIZE, RW);
-    expect(k.stats.pteWrites - writes).toBe(0);
-    expect(k.inspectPte(p, base)!.lo & PT_WRITABLE).toBe(0);
-  });
-
   it('a fetch from a non-executable area maps the page, then the fetch from the NX page is the SIGSEGV (access_error)', () => {
     // arch/x86/mm/fault.c access_error: an instruction fetch is checked as a read; not present, it needs
     // only an accessible area (do_anonymous_page maps the zero page, with NX); present (PF_PROT), it is the
