@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { JsonLinesTracer } from '@vmexit/core';
 import { countingLoader, encodeVxt, storeTrace } from './helpers/store-trace.js';
-import { compareVariants, deterministicPart, InputError, parseVariantSpec, provenance, runVariant, traceStats } from '../src/index.js';
+import { compareVariants, deterministicPart, InputError, parseVariantSpec, provenance, runVariant, traceStats, type ComparisonResult } from '../src/index.js';
 
 const WL = 'fork-cow:pages=16,forks=1';
 // 4 MiB of guest RAM: the workload needs far less, and a run's cost (boot, the memory digest) grows with the RAM.
@@ -147,14 +147,7 @@ describe('compareVariants', () => {
       })
     ).results[0]!;
     expect(ring.counters.total.dirty_ring_full_exits).toBe(3);
-    for (const r of [pml, ring]) {
-      const b = r.cycles.breakdown;
-      const exitCycles = r.cycles.cycles - (b['guest.page_faults'] ?? 0) - (b.walk_refs ?? 0) - (b['mmu_lock.spin_cycles'] ?? 0);
-      expect(
-        r.exitReasons!.reduce((n, x) => n + x.cycles, 0),
-        r.label,
-      ).toBe(exitCycles);
-    }
+    expectReasonsAddUp(pml, ring);
   });
 
   it("prices each exit reason's cycles as the run's modelled cycles price its counters: a spurious fault without pf_fixed, a fixed EPT violation with it", async () => {
@@ -177,14 +170,7 @@ describe('compareVariants', () => {
     expect([tdp.counters.total['exits.EPT_VIOLATION'], tdp.counters.total.pf_fixed, tdp.counters.total.pf_spurious ?? 0]).toEqual([87, 87, 0]);
     expect(tdp.exitReasons).toEqual([{ reason: 'EPT_VIOLATION', kind: 'nested-fault', count: 87, cycles: 177_480 }]);
     // Every run's reasons add up to its modelled cycles less what no exit pays (the guest's own faults, walk references).
-    for (const r of [shadow, tdp]) {
-      const b = r.cycles.breakdown;
-      const exitCycles = r.cycles.cycles - (b['guest.page_faults'] ?? 0) - (b.walk_refs ?? 0) - (b['mmu_lock.spin_cycles'] ?? 0);
-      expect(
-        r.exitReasons!.reduce((n, x) => n + x.cycles, 0),
-        r.label,
-      ).toBe(exitCycles);
-    }
+    expectReasonsAddUp(shadow, tdp);
     // `vmexit trace stats` prices the EPT violations the same.
     await runVariant('vmx tdp', workload, { overrides: SMALL, tracer: new JsonLinesTracer((l) => lines.push(l)) });
     const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vmexit-lab-run-')), 'trace.jsonl');
@@ -193,3 +179,15 @@ describe('compareVariants', () => {
     fs.rmSync(path.dirname(file), { recursive: true });
   });
 });
+
+/** The exit reasons' cycles of each comparison result add up to its modelled cycles less what no exit pays (guest faults, walk references, spins). */
+function expectReasonsAddUp(...results: ComparisonResult[]): void {
+  for (const r of results) {
+    const b = r.cycles.breakdown;
+    const exitCycles = r.cycles.cycles - (b['guest.page_faults'] ?? 0) - (b.walk_refs ?? 0) - (b['mmu_lock.spin_cycles'] ?? 0);
+    expect(
+      r.exitReasons!.reduce((n, x) => n + x.cycles, 0),
+      r.label,
+    ).toBe(exitCycles);
+  }
+}

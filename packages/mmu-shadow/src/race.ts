@@ -123,24 +123,34 @@ class VcpuWriter extends GuestWriter {
   }
 }
 
+/**
+ * What the host's zaps share: `mmu_lock` taken as the host thread, and a flush that waits as kvm_flush_remote_tlbs
+ * does for every vCPU to take the IPI (one inside walk_shadow_page_lockless_begin/end has interrupts off and
+ * answers only at its end), unless the `flushWithoutWait` mutation is on.
+ */
+function hostUnderMmuLock(w: RaceWorld) {
+  const mmu = w.mmu;
+  return {
+    lockName: 'mmu_lock',
+    lockAvailable: () => mmu.mmuLock.available(HOST_THREAD),
+    tryLock: () => mmu.mmuLock.tryAcquire(HOST_THREAD),
+    unlock: () => mmu.mmuLock.release(HOST_THREAD),
+    flushReady: () => mmu.locklessWalkers === 0 || w.mutation.flushWithoutWait === true,
+  };
+}
+
 /** The host's unmap of a gfn (core's `Unmapper`): KVM `kvm_unmap_gfn_range` -> `kvm_zap_rmap`, then a flush, under `mmu_lock`. */
 function unmapper(w: RaceWorld, gfn: number): Unmapper {
   const mmu = w.mmu;
   return new Unmapper(
     {
-      lockName: 'mmu_lock',
-      lockAvailable: () => mmu.mmuLock.available(HOST_THREAD),
-      tryLock: () => mmu.mmuLock.tryAcquire(HOST_THREAD),
-      unlock: () => mmu.mmuLock.release(HOST_THREAD),
+      ...hostUnderMmuLock(w),
       zap: (g) => {
         const head = mmu.rmaps.head(g, 1, false);
         const locs = head === null ? [] : head.toArray();
         for (const loc of locs) zapSpte(mmu, mmu.pageOfLoc(loc), loc);
         return `zap the ${locs.length} sptes of gfn ${hex(g)}`;
       },
-      // kvm_flush_remote_tlbs waits for every vCPU to take the IPI; one inside walk_shadow_page_lockless_begin/end
-      // has interrupts off and answers only at its end.
-      flushReady: () => mmu.locklessWalkers === 0 || w.mutation.flushWithoutWait === true,
       flush: () => {
         mmu.flushRemoteTlbs(HOST_THREAD);
         mmu.pendingFlush = false;
@@ -162,17 +172,13 @@ function pageZapper(w: RaceWorld, gfn: number): Unmapper {
   const mmu = w.mmu;
   return new Unmapper(
     {
-      lockName: 'mmu_lock',
-      lockAvailable: () => mmu.mmuLock.available(HOST_THREAD),
-      tryLock: () => mmu.mmuLock.tryAcquire(HOST_THREAD),
-      unlock: () => mmu.mmuLock.release(HOST_THREAD),
+      ...hostUnderMmuLock(w),
       zap: (g) => {
         const sp = [...mmu.active].find((p) => p.direct && p.level === 1 && p.gfn === g);
         if (sp === undefined) return `no direct page for gfn ${hex(g)}`;
         prepareZap(mmu, sp);
         return `prepare to zap the direct page of gfn ${hex(g)}`;
       },
-      flushReady: () => mmu.locklessWalkers === 0 || w.mutation.flushWithoutWait === true,
       flush: () => commitZap(mmu),
     },
     gfn,
