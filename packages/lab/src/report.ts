@@ -155,14 +155,31 @@ function migrationSettings(m: MigrateResult): string {
  * their rounds (`--vcpus`, `--copy-rate`, ...), those settings too, so that each migration is a line of its own.
  */
 function migrationLabels(migrations: readonly MigrateResult[]): (m: MigrateResult) => string {
-  const settings = new Map<string, Set<string>>();
-  for (const m of migrations) {
-    const base = migrationBaseLabel(m);
-    let set = settings.get(base);
-    if (set === undefined) settings.set(base, (set = new Set()));
-    set.add(migrationSettings(m));
+  return labelsApart(migrations, migrationBaseLabel, migrationSettings);
+}
+
+/** For each key of `items`, the set of the values its items bring. */
+function setsByKey<T, V>(items: readonly T[], key: (x: T) => string, values: (x: T) => Iterable<V>): Map<string, Set<V>> {
+  const sets = new Map<string, Set<V>>();
+  for (const x of items) {
+    const k = key(x);
+    let set = sets.get(k);
+    if (set === undefined) sets.set(k, (set = new Set()));
+    for (const v of values(x)) set.add(v);
   }
-  return (m) => (settings.get(migrationBaseLabel(m))!.size > 1 ? `${migrationBaseLabel(m)} (${migrationSettings(m)})` : migrationBaseLabel(m));
+  return sets;
+}
+
+/**
+ * Each item's label: `base(x)`, and where items of one base label differ in `settings(x)`, those settings in
+ * parentheses too, so that no line or bar mixes items of different settings.
+ */
+function labelsApart<T>(items: readonly T[], base: (x: T) => string, settings: (x: T) => string): (x: T) => string {
+  const sets = setsByKey(items, base, (x) => [settings(x)]);
+  return (x) => {
+    const b = base(x);
+    return sets.get(b)!.size > 1 ? `${b} (${settings(x)})` : b;
+  };
 }
 
 /** The chart of migrations' rounds: the pages each harvest found dirty and the pages sent, round by round. */
@@ -223,13 +240,11 @@ function breakdownRows<T extends string>(
   keyField: T,
   valueField: string,
 ): (Row & Record<string, string | number>)[] {
-  const group = (r: ReportInput): string => JSON.stringify([row(r).panel, row(r).variant]);
-  const keys = new Map<string, Set<string>>();
-  for (const r of results) {
-    let set = keys.get(group(r));
-    if (set === undefined) keys.set(group(r), (set = new Set()));
-    for (const k of Object.keys(parts(r))) set.add(k);
-  }
+  const group = (r: ReportInput): string => {
+    const b = row(r);
+    return JSON.stringify([b.panel, b.variant]);
+  };
+  const keys = setsByKey(results, group, (r) => Object.keys(parts(r)));
   return results.flatMap((r) => {
     const own = parts(r);
     return [...keys.get(group(r))!].map((k) => ({ ...row(r), [keyField]: k, [valueField]: own[k] ?? 0 }));
@@ -253,17 +268,7 @@ function settingsOf(r: ReportInput): string {
  * settings too (`vmx shadow (core2-2007, 1 vCPU, 4 MiB)`), so that no bar averages runs of different settings.
  */
 function reportLabels(results: readonly ReportInput[]): (r: ReportInput) => string {
-  const settings = new Map<string, Set<string>>();
-  for (const r of results) {
-    const label = comparisonLabel(r.variant);
-    let set = settings.get(label);
-    if (set === undefined) settings.set(label, (set = new Set()));
-    set.add(settingsOf(r));
-  }
-  return (r) => {
-    const label = comparisonLabel(r.variant);
-    return settings.get(label)!.size > 1 ? `${label} (${settingsOf(r)})` : label;
-  };
+  return labelsApart(results, (r) => comparisonLabel(r.variant), settingsOf);
 }
 
 function runCharts(results: readonly ReportInput[]): ReportChart[] {
@@ -290,14 +295,14 @@ function runCharts(results: readonly ReportInput[]): ReportChart[] {
   const perFault = results.map((r) => ({ ...base(r), exitsPerFault: r.guest.faults.total > 0 ? (r.counters.total.exits ?? 0) / r.guest.faults.total : 0 }));
   const spread = results.map((r) => ({ ...base(r), exits: r.counters.total.exits ?? 0, cycles: r.cycles.cycles }));
   // The seeds each bar averages: one count when every bar has the same (else the axis says "mean across seeds").
-  const seedsPerBar = new Map<string, Set<number>>();
-  for (const r of results) {
-    const b = base(r);
-    const key = JSON.stringify([b.panel, b.variant]);
-    let set = seedsPerBar.get(key);
-    if (set === undefined) seedsPerBar.set(key, (set = new Set()));
-    set.add(r.seed);
-  }
+  const seedsPerBar = setsByKey(
+    results,
+    (r) => {
+      const b = base(r);
+      return JSON.stringify([b.panel, b.variant]);
+    },
+    (r) => [r.seed],
+  );
   const counts = new Set([...seedsPerBar.values()].map((x) => x.size));
   const seedsTitle = counts.size === 1 ? (counts.has(1) ? '' : ` (mean of ${[...counts][0]} seeds)`) : ' (mean across seeds)';
   const common = { $schema: 'https://vega.github.io/schema/vega-lite/v6.json', background: 'white' };
