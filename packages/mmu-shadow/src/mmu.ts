@@ -93,7 +93,7 @@ export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEnco
       const r = this.fastFaults[vcpu.id]!.run(address, errorCode);
       if (r === FAST_FIXED || r === FAST_SPURIOUS) {
         this.stateOf(vcpu).bump(this.host, 5 /* pf_taken */); // counted by pageFault otherwise
-        if (log.rings !== null) this.enterGuest(vcpu.id);
+        this.enterGuest(vcpu.id);
         return RESUME;
       }
     }
@@ -104,7 +104,7 @@ export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEnco
     } finally {
       this.mmuLock.release(vcpu.id);
     }
-    if (log !== null && log.rings !== null) this.enterGuest(vcpu.id);
+    this.enterGuest(vcpu.id);
     return res;
   }
 
@@ -117,7 +117,7 @@ export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEnco
     } finally {
       this.mmuLock.release(vcpu.id);
     }
-    if (this.dirtyLog !== null && this.dirtyLog.rings !== null) this.enterGuest(vcpu.id);
+    this.enterGuest(vcpu.id);
   }
 
   /**
@@ -128,7 +128,7 @@ export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEnco
    * and the CR writes and INVLPGs that sync unsync pages (KVM checks the request before every entry).
    */
   private enterGuest(id: number): void {
-    if (this.dirtyLog!.enterGuest(id)) this.host.count(id, 'dirty_ring_full_exits');
+    if (this.dirtyLog?.enterGuest(id) === true) this.host.count(id, 'dirty_ring_full_exits');
   }
 
   /**
@@ -151,7 +151,7 @@ export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEnco
   crWritten(vcpu: Vcpu, cr: number, _oldValue: number, exited: boolean): void {
     crWrite(this, vcpu, cr, exited);
     // A CR3 write that syncs unsync pages may push to the ring (make_spte): checked before the guest re-enters.
-    if (exited && this.dirtyLog !== null && this.dirtyLog.rings !== null) this.enterGuest(vcpu.id);
+    if (exited) this.enterGuest(vcpu.id);
   }
 
   invlpg(vcpu: Vcpu, va: number, exited: boolean): void {
@@ -169,7 +169,7 @@ export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEnco
     this.initiator = vcpu.id;
     invlpgSync(this, st, va);
     finish(this);
-    if (this.dirtyLog !== null && this.dirtyLog.rings !== null) this.enterGuest(vcpu.id);
+    this.enterGuest(vcpu.id);
   }
 
   emulationFailed(vcpu: Vcpu, gpa: number): boolean {

@@ -189,7 +189,7 @@ export class TdpMmu extends TdpMmuState implements Mmu, DirtyLogMmu, FastPageFau
       // pf_emulate) and mmu_lock is not taken; the emulator's walk of the guest's tables, under the guest's
       // MAXPHYADDR, raises the reserved-bit #PF the guest expects. SVM has no such check: with NPT, KVM turns
       // allow_smaller_maxphyaddr off and npf_interception calls kvm_mmu_page_fault (a gpa no memslot holds: MMIO).
-      if (log !== null && log.rings !== null) this.enterGuest(vcpu.id);
+      this.enterGuest(vcpu.id);
       return EMULATE;
     }
     let taken = true;
@@ -202,7 +202,7 @@ export class TdpMmu extends TdpMmuState implements Mmu, DirtyLogMmu, FastPageFau
       taken = false;
       const r = this.fastFaults[vcpu.id]!.run(gpa, errorCode);
       if (r === FAST_FIXED || r === FAST_SPURIOUS) {
-        if (log !== null && log.rings !== null) this.enterGuest(vcpu.id);
+        this.enterGuest(vcpu.id);
         return RESUME;
       }
     }
@@ -214,7 +214,7 @@ export class TdpMmu extends TdpMmuState implements Mmu, DirtyLogMmu, FastPageFau
     } finally {
       this.mmuLock.releaseRead(vcpu.id);
     }
-    if (log !== null && log.rings !== null) this.enterGuest(vcpu.id);
+    this.enterGuest(vcpu.id);
     return res;
   }
 
@@ -269,7 +269,7 @@ export class TdpMmu extends TdpMmuState implements Mmu, DirtyLogMmu, FastPageFau
   trackWrite(vcpu: Vcpu, gpa: number): void {
     if (this.dirtyLog === null) return;
     markGpaDirty(this, gpa, vcpu.id);
-    if (this.dirtyLog.rings !== null) this.enterGuest(vcpu.id);
+    this.enterGuest(vcpu.id);
   }
 
   /**
@@ -278,7 +278,7 @@ export class TdpMmu extends TdpMmuState implements Mmu, DirtyLogMmu, FastPageFau
    * (KVM_EXIT_DIRTY_RING_FULL), counted as `dirty_ring_full_exits` as on the shadow MMU.
    */
   private enterGuest(id: number): void {
-    if (this.dirtyLog!.enterGuest(id)) this.host.count(id, 'dirty_ring_full_exits');
+    if (this.dirtyLog?.enterGuest(id) === true) this.host.count(id, 'dirty_ring_full_exits');
   }
 
   /**
@@ -306,7 +306,7 @@ export class TdpMmu extends TdpMmuState implements Mmu, DirtyLogMmu, FastPageFau
     if (this.pml === null) return;
     this.initiator = vcpu.id;
     this.flushPml(vcpu.id);
-    if (this.dirtyLog !== null && this.dirtyLog.rings !== null) this.enterGuest(vcpu.id);
+    this.enterGuest(vcpu.id);
   }
 
   /** No guest page table is write-protected under TDP: an emulation failure is not one the MMU can undo. */
@@ -421,7 +421,7 @@ export class TdpMmu extends TdpMmuState implements Mmu, DirtyLogMmu, FastPageFau
   pmlFull(vcpu: Vcpu): ExitResolution {
     this.initiator = vcpu.id;
     this.flushPml(vcpu.id);
-    if (this.dirtyLog !== null && this.dirtyLog.rings !== null) this.enterGuest(vcpu.id);
+    this.enterGuest(vcpu.id);
     return RESUME;
   }
 
