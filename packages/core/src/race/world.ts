@@ -177,22 +177,26 @@ export abstract class MigrationWorld<M extends MigrationMmu, X extends Migration
    * without MMU-writable) would be gone by `check`'s audit. A failure is recorded as `check`'s would be (once).
    */
   protected auditStopped(): void {
+    const problem = this.auditProblem();
+    if (problem === null) return;
+    this.stoppedAudit = problem;
+    this.problems.push(problem);
+  }
+
+  /** The MMU's audit as a problem line (its message's first line), or null when it passes. */
+  private auditProblem(): string | null {
     try {
       this.audit();
+      return null;
     } catch (e) {
-      this.stoppedAudit = `audit: ${(e as Error).message.split('\n')[0]}`;
-      this.problems.push(this.stoppedAudit);
+      return `audit: ${(e as Error).message.split('\n')[0]}`;
     }
   }
 
   check(): string[] {
     const out = [...this.problems];
-    try {
-      this.audit();
-    } catch (e) {
-      const msg = `audit: ${(e as Error).message.split('\n')[0]}`;
-      if (msg !== this.stoppedAudit) out.push(msg);
-    }
+    const audit = this.auditProblem();
+    if (audit !== null && audit !== this.stoppedAudit) out.push(audit);
     const lost = this.machine.memory.differingPages(this.destination).map(hex);
     if (lost.length > 0) out.push(`dirty page lost: the destination differs from the source in gfn ${lost.join(', ')}`);
     if (this.sequential !== null && !this.sequential().includes(this.machine.memory.digest()))
