@@ -84,15 +84,19 @@ if (injected !== 16) {
   console.error(`plugin-author: vmexit run counted reflect_range.injected = ${injected}, expected 16`);
   process.exit(1);
 }
-const cmp = sh(
-  'npx',
-  ['vmexit', 'compare', '--workload', 'demand-fault:pages=16', '--variant', 'vmx shadow', '--variant', `vmx shadow ${NAME}`],
-  pol,
-  'npx vmexit compare',
-);
-if (!cmp.includes(NAME)) {
-  console.error(`plugin-author: vmexit compare does not show the policy:\n${cmp}`);
-  process.exit(1);
+// By name and by path (the README's `--variant "vmx shadow ./dist/index.js"`), with its counter shown: 0 on the
+// built-in variant, 16 with the policy.
+for (const use of [NAME, './dist/index.js']) {
+  const cmp = sh(
+    'npx',
+    ['vmexit', 'compare', '--workload', 'demand-fault:pages=16', '--variant', 'vmx shadow', '--variant', `vmx shadow ${use}`, '--counter', 'reflect_range.*'],
+    pol,
+    `npx vmexit compare ... --variant "vmx shadow ${use}"`,
+  );
+  if (!/^\s*reflect_range\.injected\s+0\s+16\s*$/m.test(cmp)) {
+    console.error(`plugin-author: vmexit compare does not show the policy's 16 injections:\n${cmp}`);
+    process.exit(1);
+  }
 }
 rmSync(work, { recursive: true, force: true });
 console.log(`plugin-author: ok, ${tgz.length} tarballs, ${NAME} scaffolded, tested, run and compared (${((Date.now() - started) / 1000).toFixed(1)} s)`);

@@ -10,8 +10,8 @@ export function renderPolicyPackage(options: ScaffoldOptions): Map<string, strin
 /** The range of `@vmexit/*` that a scaffolded package depends on: `^` this initializer's version (released in lockstep with them). */
 export function vmexitRange(): string;
 
-/** Why `name` is not a valid npm package name, or null when it is. */
+/** Why npm would refuse `name` for a new package (validate-npm-package-name's validForNewPackages), or null when it would not. */
 export function invalidPackageName(name: string): string | null;
 
-/** Writes `renderPolicyPackage(options)` into `dir`, which must not exist or be empty; returns the paths written. */
+/** Writes `renderPolicyPackage(options)` into `dir`, which must not exist or be an empty directory; returns the paths written. */
 export function scaffold(dir: string, options: ScaffoldOptions): string[];

@@ -2,6 +2,7 @@
 // filled in. `create-vmexit-policy` writes them for a user; examples/policy-template in the vmexit repository
 // is the same output (scripts/gen-policy-template.mjs writes it, and a test checks that they are equal).
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { builtinModules } from 'node:module';
 import { dirname, join, relative, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -18,12 +19,19 @@ export function vmexitRange() {
   return `^${ownPackage.version}`;
 }
 
+// npm's rules for a new package's name (validate-npm-package-name, validForNewPackages): these two names are
+// errors; a core module's name, capitals, more than 214 characters and ~'!()* after the scope are warnings,
+// which a new package may not have either.
+const EXCLUDED = new Set(['node_modules', 'favicon.ico']);
+
 export function invalidPackageName(name) {
   if (typeof name !== 'string' || name.length === 0) return 'the name is empty';
   if (name.length > 214) return 'the name is longer than 214 characters';
   if (name !== name.toLowerCase()) return 'the name has capital letters';
-  if (!/^(@[a-z0-9][a-z0-9._~-]*\/)?[a-z0-9][a-z0-9._~-]*$/.test(name))
-    return 'a package name is lowercase letters, digits, and - . _ ~ (optionally @scope/ first), and starts with a letter or digit';
+  if (EXCLUDED.has(name)) return `'${name}' is not a valid package name`;
+  if (builtinModules.includes(name)) return `'${name}' is the name of a Node.js core module`;
+  if (!/^(@[a-z0-9][a-z0-9._~-]*\/)?[a-z0-9][a-z0-9._-]*$/.test(name))
+    return 'a package name is lowercase letters, digits, and - . _ (optionally @scope/ first), and starts with a letter or digit';
   return null;
 }
 
@@ -53,6 +61,7 @@ export function renderPolicyPackage(options) {
 
 export function scaffold(dir, options) {
   const files = renderPolicyPackage(options);
+  if (existsSync(dir) && !statSync(dir).isDirectory()) throw new Error(`${dir} is not a directory`);
   if (existsSync(dir) && readdirSync(dir).length > 0) throw new Error(`${dir} already exists and is not empty`);
   const written = [];
   for (const [rel, text] of files) {

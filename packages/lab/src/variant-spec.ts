@@ -280,14 +280,15 @@ function readBounded(file: string, max: number, flag: string): string {
 /**
  * A variant spec: a config file (`.json`/`.mjs`, which must exist), or words: a backend (`vmx`, `svm`,
  * `none`/`native`), an MMU (`shadow`, `tdp`), `host-pages=4k|2m|1g` (TDP only) and comma-separated
- * policies, in any order (`"vmx shadow pte-update,bypass-guest-pf"`, `"vmx tdp host-pages=2m"`); a
+ * policies (built-in names, package names, or paths relative to the working directory: `./dist/index.js`, `.`),
+ * in any order (`"vmx shadow pte-update,bypass-guest-pf"`, `"vmx tdp host-pages=2m"`); a
  * `host-pages=` word takes precedence over an override's `hostPages`. The composed variant is checked in full (schema, policies,
  * capabilities, guest RAM); any problem is an InputError naming the spec and each offending field.
  */
 export async function parseVariantSpec(spec: string, overrides: VariantOverrides = {}, context: VariantContext = {}): Promise<Variant> {
   const cwd = context.cwd ?? process.cwd();
   const trimmed = spec.trim();
-  if (/\.(json|mjs|js)$/.test(trimmed)) {
+  if (isConfigSpec(trimmed)) {
     if (!isFile(resolve(cwd, trimmed))) throw new InputError(`--variant ${spec}: no such config file`);
     return variantFromOptions({ config: trimmed, ...overrides }, context);
   }
@@ -325,10 +326,34 @@ export async function parseVariantSpec(spec: string, overrides: VariantOverrides
   }
 }
 
-/** A spec with any config-file path made absolute, so that a worker elsewhere (another thread, directory) reads the same file. */
+/**
+ * Whether a (trimmed) spec is a config file: one word ending in .json, .mjs or .js. A spec of several words
+ * is words, whatever the last ends in: in `vmx shadow ./dist/index.js` the last word is a policy's path.
+ */
+function isConfigSpec(trimmed: string): boolean {
+  return !/\s/.test(trimmed) && /\.(json|mjs|js)$/.test(trimmed);
+}
+
+/**
+ * A spec with its config-file path, or the paths among its policies, made absolute, so that a worker
+ * elsewhere (another thread, directory) reads the same files. A spec without paths is returned as it is.
+ */
 export function absoluteSpec(spec: string, cwd: string = process.cwd()): string {
   const t = spec.trim();
-  return /\.(json|mjs|js)$/.test(t) && !isAbsolute(t) ? resolve(cwd, t) : t;
+  if (isConfigSpec(t)) return isAbsolute(t) ? t : resolve(cwd, t);
+  const words = t.split(/\s+/);
+  const isRelativePath = (p: string): boolean => isPathSpecifier(p) && !p.startsWith('file:') && !isAbsolute(p);
+  if (!words.some((w) => w.split(',').some(isRelativePath))) return t;
+  return words
+    .map((w) =>
+      w.startsWith('host-pages=')
+        ? w
+        : w
+            .split(',')
+            .map((p) => (isRelativePath(p) ? resolve(cwd, p) : p))
+            .join(','),
+    )
+    .join(' ');
 }
 
 function isFile(file: string): boolean {

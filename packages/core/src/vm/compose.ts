@@ -191,17 +191,24 @@ export async function composeVariant(raw: unknown, sources: ModuleSources): Prom
       if (bound === undefined) {
         try {
           bound = loadAndDiff(container, await importContainerModule(spec, from));
-          loadedPackages.set(spec, bound);
         } catch (e) {
           const known = ([...byName.keys()].join(', ') || 'none') + (notInstalled.length > 0 ? `, as ${notInstalled.join(', ')} is not installed` : '');
           problems.push({
             path,
             message: isPathSpecifier(spec)
-              ? `cannot load policy from '${spec}': ${messageOf(e)}`
-              : `unknown policy or package '${use.use}' (built-in policies: ${known}; ${messageOf(e)})`,
+              ? `cannot load policy from '${spec}': ${loadErrorMessage(e)}`
+              : `unknown policy or package '${use.use}' (built-in policies: ${known}; ${loadErrorMessage(e)})`,
           });
           continue;
         }
+        // What it binds must be a policy, under a name of its own: results, traces and `resolvedBy` tell
+        // policies apart by name, so a plugin may not take a built-in policy's name.
+        const wrong = bound.map((p) => notAPolicy(p, byName)).find((m) => m !== null);
+        if (wrong !== undefined) {
+          problems.push({ path, message: `'${spec}' ${wrong}` });
+          continue;
+        }
+        loadedPackages.set(spec, bound);
       }
       if (want !== null) policy = bound.find((p) => p.name === want);
       else if (bound.length === 1) policy = bound[0];
@@ -270,4 +277,29 @@ function installedMmus(sources: ModuleSources, from: string): string {
 
 function messageOf(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
+}
+
+/**
+ * Why a value bound to TYPES.FaultPolicy by a plugin cannot be composed (`binds ...`), or null: it is not a
+ * FaultPolicy (a name, a description, `needs`, operators that are functions), or it has a built-in policy's name.
+ */
+function notAPolicy(p: unknown, builtIn: ReadonlyMap<string, FaultPolicy<unknown>>): string | null {
+  const bad = (why: string): string => `binds a value to Symbol.for('vmexit.FaultPolicy') that is not a FaultPolicy: ${why}`;
+  if (typeof p !== 'object' || p === null) return bad(`it is ${p === null ? 'null' : typeof p}`);
+  const q = p as Record<string, unknown>;
+  if (typeof q['name'] !== 'string' || q['name'].length === 0) return bad("it has no 'name'");
+  if (!Array.isArray(q['needs']) || !q['needs'].every((n) => typeof n === 'string'))
+    return bad(`'needs' of '${q['name']}' is not an array of capability names`);
+  for (const f of ['setup', 'exits', 'mmuEvents'] as const) {
+    if (q[f] !== undefined && typeof q[f] !== 'function') return bad(`'${f}' of '${q['name']}' is not a function`);
+  }
+  if (builtIn.has(q['name'])) return `binds a policy named '${q['name']}', the name of a built-in policy: give it a name of its own`;
+  return null;
+}
+
+/** A load error's message, with what to do when inversify could not build a class bound without its decorators. */
+function loadErrorMessage(e: unknown): string {
+  const m = messageOf(e);
+  if (!/missing metadata|Missing required @injectable/i.test(m)) return m;
+  return `${m.split('\n')[0]} (a class bound to a token is @injectable() and takes each constructor argument with an explicit @inject(TOKEN); TypeScript needs "experimentalDecorators" for that)`;
 }

@@ -45,11 +45,13 @@ export class ModuleLoadError extends Error {
 }
 
 /**
- * Whether a `use` string is a path (rather than a policy or package name): it starts with `.`, `/` or
- * `file:`, ends in .js/.mjs/.cjs, or has a `/` without being a scoped package name (`@scope/name`).
+ * Whether a `use` string is a path (rather than a policy or package name): `.` or `..`, it starts with `./`,
+ * `../`, `/` or `file:`, ends in .js/.mjs/.cjs, or has a `/` without being a scoped package name (`@scope/name`).
  */
 export function isPathSpecifier(s: string): boolean {
   return (
+    s === '.' ||
+    s === '..' ||
     s.startsWith('./') ||
     s.startsWith('../') ||
     s.startsWith('/') ||
@@ -71,17 +73,29 @@ function looksLikeContainerModule(x: unknown): x is ContainerModule {
  */
 export async function importContainerModule(specifier: string, from: string): Promise<ContainerModule> {
   const file = resolveSpecifier(specifier, from);
+  // The specifier as given, then the file it resolved to (once, when they are the same).
+  const where = specifier === file ? `'${file}'` : `'${specifier}' (${file})`;
   let ns: Record<string, unknown>;
   try {
     ns = (await import(pathToFileURL(file).href)) as Record<string, unknown>;
   } catch (e) {
-    throw new ModuleLoadError(`cannot load '${specifier}' (${file}): ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    throw new ModuleLoadError(`cannot load ${where}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
   }
   for (const key of ['default', 'containerModule', 'module']) {
     const m = ns[key];
     if (looksLikeContainerModule(m)) return m;
   }
-  throw new ModuleLoadError(`'${specifier}' (${file}) exports no inversify ContainerModule (expected a default export, or 'containerModule')`);
+  throw new ModuleLoadError(
+    `${where} exports no inversify ContainerModule (expected a default export, or 'containerModule')${policyInsteadOfModule(ns['default'])}`,
+  );
+}
+
+/** The hint for a default export that is a policy itself (a FaultPolicy's name and operators) instead of a module binding it. */
+function policyInsteadOfModule(x: unknown): string {
+  if (typeof x !== 'object' || x === null) return '';
+  const p = x as { name?: unknown; exits?: unknown; mmuEvents?: unknown; setup?: unknown };
+  if (typeof p.name !== 'string' || ![p.exits, p.mmuEvents, p.setup].some((f) => typeof f === 'function')) return '';
+  return `; its default export is a policy ('${p.name}'), not a module: export default new ContainerModule(({ bind }) => { bind(Symbol.for('vmexit.FaultPolicy')).toConstantValue(policy); })`;
 }
 
 export async function loadModuleSource(source: ModuleSource, from: string): Promise<ContainerModule> {

@@ -91,13 +91,17 @@ export class Vm implements MmuHost {
       this.backendStates = backendStates;
       mmu.init(this);
       const setupCtx = this.setupContext(backend, mmu, backendStates, null);
-      for (const { policy, options } of policies) policy.setup?.({ ...setupCtx, options });
+      for (const [i, { policy, options }] of policies.entries()) refusing(i, policy, 'setup', () => policy.setup?.({ ...setupCtx, options }));
       for (const v of this.vcpus) {
         const stats = this.stats[v.id]!;
         const vctx = this.setupContext(backend, mmu, backendStates, v);
         const ctxFor = (options: unknown): PolicyVcpuContext<unknown> => ({ ...vctx, options }) as PolicyVcpuContext<unknown>;
-        const exitOps = policies.flatMap(({ policy, options }) => (policy.exits ? [policy.exits(ctxFor(options))] : []));
-        const mmuOps = policies.flatMap(({ policy, options }) => (policy.mmuEvents ? [policy.mmuEvents(ctxFor(options))] : []));
+        const exitOps = policies.flatMap(({ policy, options }, i) =>
+          policy.exits ? [refusing(i, policy, 'exits', () => policy.exits!(ctxFor(options)))] : [],
+        );
+        const mmuOps = policies.flatMap(({ policy, options }, i) =>
+          policy.mmuEvents ? [refusing(i, policy, 'mmuEvents', () => policy.mmuEvents!(ctxFor(options)))] : [],
+        );
         // The exit route of this vCPU: VmHooks -> its exit pipeline (exitOps, then VmHooks.handleExit, then
         // the counters and observers) -> the resolution VmHooks acts on. MMU decisions: VcpuMmuEvents.
         const vmHooks = new VmHooks(v, backend, backendStates[v.id], mmu, stats, exitOps, [], {
@@ -180,6 +184,20 @@ export class Vm implements MmuHost {
   /** Modelled cycles of the run so far under the variant's cost model (or `profile`). */
   cycles(profile: CostModelInput = this.variant.costModel): CostReport {
     return modelCycles(resolveCostProfile(profile), this.counters().total);
+  }
+}
+
+/**
+ * Calls a policy's `setup`, `exits` or `mmuEvents` while the VM is built: what it throws refuses the VM (the
+ * policy API: "throw to refuse a VM"), as a VariantError on `policies.<i>` that names the policy and its reason.
+ */
+function refusing<R>(i: number, policy: FaultPolicy<unknown>, step: 'setup' | 'exits' | 'mmuEvents', f: () => R): R {
+  try {
+    return f();
+  } catch (e) {
+    throw new VariantError([
+      { path: `policies.${i}`, message: `policy '${policy.name}' refused the VM in ${step}(): ${e instanceof Error ? e.message : String(e)}` },
+    ]);
   }
 }
 

@@ -4,7 +4,7 @@ import { ArrayRecorder, NoopRecorder, NoopTracer, type ExitRecorder } from '../.
 import type { FaultPolicy } from '../../src/vm/policy.js';
 import type { Backend } from '../../src/vm/backend.js';
 import type { Mmu, MmuHost } from '../../src/vm/mmu.js';
-import { variantSchema } from '../../src/vm/variant.js';
+import { VariantError, variantSchema } from '../../src/vm/variant.js';
 import { Vm } from '../../src/vm/vm.js';
 
 /** An MMU that only keeps its host (the Vm under test). */
@@ -120,5 +120,32 @@ describe('Vm', () => {
       expect(v.decide(flood(0, 1), false)).toBe(true);
       expect(v.counters().total['mmu_events.flood']).toBe(1);
     });
+  });
+});
+
+describe('Vm (a policy that refuses the VM)', () => {
+  const refuser = (step: 'setup' | 'exits' | 'mmuEvents'): FaultPolicy<unknown> => ({
+    name: 'refuser',
+    description: 'throws while the VM is built',
+    needs: [],
+    [step]: () => {
+      throw new Error('needs 4 vCPUs');
+    },
+  });
+
+  it('turns what setup, exits or mmuEvents throws into a VariantError on the policy, naming it', () => {
+    for (const step of ['setup', 'exits', 'mmuEvents'] as const) {
+      let e: unknown = null;
+      try {
+        vm([
+          { policy: { name: 'fine', description: 'x', needs: [] }, options: {} },
+          { policy: refuser(step), options: {} },
+        ]);
+      } catch (x) {
+        e = x;
+      }
+      expect(e, step).toBeInstanceOf(VariantError);
+      expect((e as VariantError).problems).toEqual([{ path: 'policies.1', message: `policy 'refuser' refused the VM in ${step}(): needs 4 vCPUs` }]);
+    }
   });
 });
