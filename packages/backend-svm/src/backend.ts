@@ -74,7 +74,10 @@ export class SvmBackend implements Backend<Vmcb> {
     switch (cr) {
       case 0:
         if ((v.interceptCr & INTERCEPT_CR0_WRITE) !== 0) return true;
-        return (v.interceptMisc1 & INTERCEPT_SELECTIVE_CR0) !== 0 && ((value ^ v.cr0) & ~CR0_SELECTIVE_IGNORED) !== 0;
+        if ((v.interceptMisc1 & INTERCEPT_SELECTIVE_CR0) === 0) return false;
+        // An operand with a bit of 63:32 set changes a bit other than TS and MP (the VMCB's CR0 has them 0).
+        if (!(value >= -(2 ** 31) && value < 2 ** 32)) return true;
+        return ((value ^ v.cr0) & ~CR0_SELECTIVE_IGNORED) !== 0;
       case 3:
         return (v.interceptCr & INTERCEPT_CR3_WRITE) !== 0;
       case 4:

@@ -86,6 +86,8 @@ describe('SvmBackend CR0 intercepts as KVM programs them (svm.c init_vmcb, svm_s
     svm.crWriteHandled(v, 0, GUEST_CR0);
     for (const value of [GUEST_CR0, GUEST_CR0 | CR0_TS, GUEST_CR0 | CR0_MP, GUEST_CR0 | CR0_TS | CR0_MP]) expect(svm.crWriteExits(v, 0, value)).toBe(false);
     for (const value of [GUEST_CR0 | CR0_AM, GUEST_CR0 & ~CR0_WP, (GUEST_CR0 & ~CR0_PG) >>> 0]) expect(svm.crWriteExits(v, 0, value)).toBe(true);
+    // A 64-bit operand with bit 32 set changes a bit other than TS and MP: it exits (then KVM injects the #GP).
+    expect(svm.crWriteExits(v, 0, GUEST_CR0 + 2 ** 32)).toBe(true);
     // APM §15.33.1 decode assists: EXITINFO1 bit 63 = MOV (KVM cr_interception checks CR_VALID for SEL_WRITE too).
     expect(svm.crWriteExit(v, 0, GUEST_CR0 | CR0_AM)).toMatchObject({
       code: VMEXIT_CR0_SEL_WRITE,

@@ -113,6 +113,9 @@ export class VmxBackend implements Backend<Vmcs>, PageFaultFilter, PageModificat
   crWriteExits(v: Vmcs, cr: number, value: number): boolean {
     switch (cr) {
       case 0:
+        // The masks are natural-width with bits 63:32 set (KVM: the complement of the guest-owned bits, an unsigned
+        // long) and the shadows' bits 63:32 are 0: an operand with any of them set differs in a host-owned bit.
+        if (hasUpper32(value)) return true;
         return ((value ^ v.cr0ReadShadow) & v.cr0GuestHostMask) !== 0;
       case 3: {
         if ((v.cpuBasedVmExecControl & CPU_BASED_CR3_LOAD_EXITING) === 0) return false;
@@ -121,6 +124,7 @@ export class VmxBackend implements Backend<Vmcs>, PageFaultFilter, PageModificat
         return true;
       }
       case 4:
+        if (hasUpper32(value)) return true;
         return ((value ^ v.cr4ReadShadow) & v.cr4GuestHostMask) !== 0;
       case MSR_EFER:
         return (v.cpuBasedVmExecControl & CPU_BASED_USE_MSR_BITMAPS) === 0 || v.msrWriteIntercepts.has(MSR_EFER);
@@ -352,4 +356,9 @@ export class VmxBackend implements Backend<Vmcs>, PageFaultFilter, PageModificat
   private describe(v: Vmcs, fields: Record<string, number>): HardwareExit {
     return { backend: 'vmx', code: v.vmExitReason, name: exitReasonName(v.vmExitReason), fields };
   }
+}
+
+/** A MOV-to-CR operand with a bit of 63:32 set (outside 0..2^32-1 and the int32 range a `1 << 31` makes). */
+function hasUpper32(value: number): boolean {
+  return !(value >= -(2 ** 31) && value < 2 ** 32);
 }

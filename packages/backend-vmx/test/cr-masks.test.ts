@@ -46,6 +46,18 @@ describe('VMX CR0/CR4 guest/host masks and read shadows as KVM programs them (vm
     for (const bit of [CR0_MP, CR0_AM, CR0_NE, CR0_CD]) expect(vmx.crWriteExits(v, 0, GUEST_CR0 | bit)).toBe(true);
   });
 
+  it('exits on MOV to CR0/CR4 of an operand with a bit of 63:32 set: the masks own bits 63:32 (SDM Vol. 3C §26.1.3)', () => {
+    // KVM's guest/host masks are natural-width complements of the guest-owned bits, so bits 63:32 are host-owned
+    // and the read shadows have them 0: a 64-bit operand with bit 32 set differs in a host-owned bit and exits,
+    // after which KVM finds it reserved and injects #GP. Compared in 32 bits, bit 32 was lost and nothing exited.
+    const v = createVmcs('tdp');
+    vmx.crWriteHandled(v, 0, GUEST_CR0);
+    expect(vmx.crWriteExits(v, 0, GUEST_CR0)).toBe(false);
+    expect(vmx.crWriteExits(v, 0, GUEST_CR0 + 2 ** 32)).toBe(true);
+    expect(vmx.crWriteExits(v, 4, 2 ** 32)).toBe(true);
+    expect(vmx.crWriteExits(v, 4, CR4_PGE)).toBe(false); // guest-owned under EPT, bits 63:32 clear
+  });
+
   for (const mmu of ['shadow', 'tdp'] as const) {
     it(`${mmu}: a guest that boots and then rewrites CR0 and CR4 takes exactly the CR_ACCESS exits KVM's VMCS gives`, async () => {
       const vm = await vmxVm(mmu);

@@ -48,12 +48,15 @@ export interface VcpuHooks<V extends HookedVcpu = HookedVcpu> {
   /** MOV to CR0/CR3/CR4 or WRMSR IA32_EFER (`cr` = 0, 3, 4, or 0xc0000080), after the architectural effect. */
   crWrite(vcpu: V, cr: number, oldValue: number): void;
   /**
-   * MOV to CR0/CR3/CR4 of `value` whose architectural checks failed: in PAE paging a present PDPTE with a
-   * reserved bit (SDM Vol. 3A §4.4.1) makes it #GP(0). The vCPU has left the register (and the PDPTE
-   * registers) unchanged. A VM exit the write would cause comes first (SDM Vol. 3C §26.1.1, "Relative
+   * MOV to CR0/CR3/CR4 or WRMSR IA32_EFER (`cr` = 0xc0000080) of `value` whose architectural checks failed:
+   * #GP(0) for an invalid value (cr-checks.ts: reserved bits, CR0.PG without PE, NW without CD, leaving or entering
+   * IA-32e mode the wrong way, an LME change with paging on; CR3's reserved bits and CR4.PCIDE's conditions), or,
+   * in PAE paging, for a present PDPTE with a reserved bit (SDM Vol. 3A §4.4.1). The vCPU has left the register
+   * (and the PDPTE registers) unchanged. A VM exit the write would cause comes first (SDM Vol. 3C §26.1.1, "Relative
    * Priority of Faults and VM Exits": only #UD, privilege-level faults and I/O-permission #GPs have priority
-   * over a VM exit), and then the hypervisor, emulating the write, finds the PDPTEs bad and injects the #GP
-   * itself (KVM kvm_set_cr3 -> load_pdptrs fails -> kvm_complete_insn_gp). Answers FAULT_DELIVER to deliver
+   * over a VM exit; AMD checks intercepts before operand-dependent exceptions, APM Vol. 2 §15.7), and then the
+   * hypervisor, emulating the write, makes the same checks and injects the #GP itself (KVM kvm_set_cr0 /
+   * kvm_set_cr3 / kvm_set_cr4 / set_efer fail -> kvm_complete_insn_gp). Answers FAULT_DELIVER to deliver
    * #GP(vcpu.deliverErrorCode) to the guest's handler; FAULT_RETRY when it was delivered already.
    */
   crWriteFault(vcpu: V, cr: number, value: number): FaultAction;

@@ -30,6 +30,7 @@ import { loadPdptes, rightsFault, walk } from '../paging/walker.js';
 import { TLB_FETCH_SUP, TLB_FETCH_USER, TLB_GLOBAL, TLB_READ_SUP, TLB_READ_USER, TLB_WRITE_SUP, TLB_WRITE_USER, Tlb } from '../tlb/tlb.js';
 import type { GuestMemory } from './guest-memory.js';
 import { MachineError } from './errors.js';
+import { cr0Loaded, cr0WriteFaults, cr4WriteFaults, eferWriteFaults } from './cr-checks.js';
 import { checkScalarSpan, checkSpan, copyElements, OPEN_BUS, openBus, zeroStore } from './ram-access.js';
 import { FAULT_DELIVER, FAULT_DONE, FAULT_RETRY, NativeHooks, type FaultAction, type VcpuHooks } from './hooks.js';
 
@@ -303,12 +304,14 @@ export class Vcpu {
   // Control registers (SDM Vol. 3A §2.5, §4.1, §4.10.4).
 
   /**
-   * MOV to CR0. Changing PG or WP flushes the TLB (§4.10.4.1; WP because TLB permissions were computed under it).
+   * MOV to CR0. Invalid values are #GP(0), CR0 unchanged, and reserved bits of CR0[31:0] are ignored (cr0WriteFaults).
+   * Changing PG or WP flushes the TLB (§4.10.4.1; WP because TLB permissions were computed under it).
    * In PAE paging a change of PG, CD (bit 30) or NW (bit 29) reloads the PDPTE registers (§4.4.1).
    */
   movToCr0(value: number): void {
+    if (cr0WriteFaults(this, value)) return this.crWriteFault(0, value);
     const old = this.cr0;
-    const v = value >>> 0;
+    const v = cr0Loaded(value);
     this.cr0 = v;
     this.updateMode();
     if (this.pagingEnabled && this.ctx.mode === MODE_PAE && ((old ^ v) & (CR0_PG | 0x60000000)) !== 0 && !this.reloadPdptes()) {
@@ -358,13 +361,10 @@ export class Vcpu {
    * PGE, PSE or SMEP reload the PDPTE registers (§4.4.1).
    */
   movToCr4(value: number): void {
+    // #GP(0), CR4 unchanged: reserved bits, PCIDE outside IA-32e mode or with CR3[11:0] != 0, PAE or LA57 in IA-32e mode.
+    if (cr4WriteFaults(this, value)) return this.crWriteFault(4, value);
     const old = this.cr4;
     const v = value >>> 0;
-    // Vol. 2B MOV CR4: #GP(0), CR4 unchanged, for setting PCIDE outside IA-32e mode or with CR3[11:0] != 0 (§4.10.1:
-    // the PCID would not be CR3[11:0]), and in IA-32e mode for clearing PAE or changing LA57 (§4.1.1, §4.5; KVM kvm_set_cr4).
-    const lma = (this.efer & EFER_LMA) !== 0;
-    if ((v & ~old & CR4_PCIDE) !== 0 && (!lma || this.cr3 % PAGE_SIZE !== 0)) return this.crWriteFault(4, v);
-    if (lma && ((v & CR4_PAE) === 0 || ((old ^ v) & CR4_LA57) !== 0)) return this.crWriteFault(4, v);
     this.cr4 = v;
     this.updateMode();
     const changed = old ^ v;
@@ -379,8 +379,12 @@ export class Vcpu {
     this.hooks.crWrite(this, 4, old);
   }
 
-  /** WRMSR IA32_EFER. LMA follows LME and CR0.PG (§9.8.5); an NXE change flushes the TLB. */
+  /**
+   * WRMSR IA32_EFER. Reserved bits, or an LME change with paging on, are #GP(0), EFER unchanged (eferWriteFaults).
+   * LMA follows LME and CR0.PG (§9.8.5; a written LMA is ignored); an NXE change flushes the TLB.
+   */
   writeEfer(value: number): void {
+    if (eferWriteFaults(this, value)) return this.crWriteFault(MSR_EFER, value);
     const old = this.efer;
     this.efer = value >>> 0;
     this.updateMode();
@@ -414,7 +418,7 @@ export class Vcpu {
   }
 
   /**
-   * A MOV to CR`cr` of `value` failed its checks (state already restored): #GP(0), unless what runs below
+   * A MOV to CR`cr` (or WRMSR EFER, `cr` = MSR_EFER) of `value` failed its checks (state unchanged or restored): #GP(0), unless what runs below
    * the guest handled it (it exited, and the hypervisor injected the #GP), see VcpuHooks.crWriteFault.
    */
   private crWriteFault(cr: number, value: number): void {
