@@ -65,8 +65,8 @@ export interface ComparisonRow {
  * `vmexit trace stats` prices each exit (the round trip of its kind plus the handler's figure for what it
  * did: emulated, injected, or a fixed fault, a #PF or an EPT/NPT fault), and the user-space round trip of each
  * KVM_EXIT_DIRTY_RING_FULL its handling caused: by what the exit's handling counted (`ExitReasonTally.watch`),
- * so that a fault the MMU found already fixed (`pf_spurious`) or a PML-full exit has no `pf_fixed` handler, as
- * the run's modelled cycles price them.
+ * so that a fault the MMU fixed, or found already fixed (`pf_spurious`, which ran the same handler), has the
+ * `pf_fixed` handler and a PML-full exit has none, as the run's modelled cycles price them.
  */
 export interface ExitReasonCost {
   readonly reason: string;
@@ -112,8 +112,8 @@ export class ExitReasonTally implements ExitTracer {
   constructor(private readonly profile: CostProfile) {}
   /**
    * Watches the VM's counters, so that each exit is priced by what its handling counted, as the run's modelled
-   * cycles price those counters: the `pf_fixed` handler only when the exit fixed a fault (not for a fault the MMU
-   * found already fixed, `pf_spurious`, nor for a PML-full exit), and the user-space round trip of each
+   * cycles price those counters: the `pf_fixed` handler when the exit fixed a fault or found it already fixed
+   * (`pf_spurious`: the same handler ran; not for a PML-full exit), and the user-space round trip of each
    * KVM_EXIT_DIRTY_RING_FULL it caused (`dirty_ring_full_exits`). Unwatched (`vmexit trace stats`, which reads a
    * trace file), a resumed fault is priced as fixed unless it is a PML-full exit, and ring-full trips are not seen.
    */
@@ -122,7 +122,7 @@ export class ExitReasonTally implements ExitTracer {
     this.fixedSeen.length = 0;
     this.ringFullSeen.length = 0;
     for (let v = 0; v < vm.stats.length; v++) {
-      this.fixedSeen.push(this.statOf(v, 'pf_fixed'));
+      this.fixedSeen.push(this.statOf(v, 'pf_fixed') + this.statOf(v, 'pf_spurious'));
       this.ringFullSeen.push(this.statOf(v, 'dirty_ring_full_exits'));
     }
   }
@@ -132,7 +132,7 @@ export class ExitReasonTally implements ExitTracer {
     let ringFull = 0;
     if (this.statOf !== null) {
       const v = exit.vcpu;
-      const f = this.statOf(v, 'pf_fixed');
+      const f = this.statOf(v, 'pf_fixed') + this.statOf(v, 'pf_spurious');
       fixed = f > (this.fixedSeen[v] ?? 0);
       this.fixedSeen[v] = f;
       const rf = this.statOf(v, 'dirty_ring_full_exits');

@@ -64,7 +64,7 @@ export function exitCycles(p: CostProfile, kind: string, resolution: string | un
 /**
  * Whether an exit fixed a fault, as far as its kind and resolution tell (a trace file records no counters): a #PF
  * or second-stage fault that resumed, except a PML-full exit (reason 62, a nested-fault exit that fixes nothing).
- * A fault the MMU found already fixed (`pf_spurious`) also resumes; only the VM's counters tell it apart.
+ * A fault the MMU found already fixed (`pf_spurious`) also resumes, and is priced as fixed too (the same handler ran).
  */
 export function resumedFaultFixed(kind: string, resolution: string | undefined, pmlFull: boolean): boolean {
   return (kind === 'exception' || kind === 'nested-fault') && resolution === 'resume' && !pmlFull;

@@ -1,4 +1,4 @@
-import { connect, filter, identity, merge, pipe, type MonoTypeOperatorFunction } from 'rxjs';
+import { connect, filter, identity, merge, pipe, tap, type MonoTypeOperatorFunction } from 'rxjs';
 import { PF_VECTOR, type FaultPolicy, type MmuEvent, type OptionsSchema, type PolicySetupContext, type PolicyVcpuContext, type VmExit } from '@vmexit/core';
 import { PolicyError } from './errors.js';
 
@@ -97,15 +97,24 @@ export function splitPolicy(config: SplitPolicyConfig): FaultPolicy<SplitOptions
       const pred = cond.exit;
       const tOp: MonoTypeOperatorFunction<VmExit> = t.exits?.(sub(ctx, 'true')) ?? identity;
       const fOp: MonoTypeOperatorFunction<VmExit> = f?.exits?.(sub(ctx, 'false')) ?? identity;
-      return connect((shared) =>
-        merge(
-          shared.pipe(
-            filter((e) => pred(e)),
-            tOp,
-          ),
-          shared.pipe(
-            filter((e) => !pred(e)),
-            fOp,
+      // The predicate is asked once per exit, before the exit is shared out to both branches (the pipeline is
+      // synchronous: both filters see this exit before the next one comes): asked once per branch, an impure
+      // predicate (a counter, a sample) could send an exit down both branches or neither.
+      let toTrue = false;
+      return pipe(
+        tap((e: VmExit) => {
+          toTrue = pred(e);
+        }),
+        connect((shared) =>
+          merge(
+            shared.pipe(
+              filter(() => toTrue),
+              tOp,
+            ),
+            shared.pipe(
+              filter(() => !toTrue),
+              fOp,
+            ),
           ),
         ),
       );

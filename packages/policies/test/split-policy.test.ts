@@ -41,6 +41,25 @@ describe('splitPolicy', () => {
         [4, 'prot'],
       ]);
     });
+    it('asks the predicate once per exit: an impure one (every other call) still sends each exit down one branch', async () => {
+      // A predicate that alternates on every call, as one that samples or counts does. Asked once per branch, exit 1
+      // got true for the first branch and false for the second (so it went down both: twice out of the pipeline);
+      // asked once per exit, the exits go true, false, true, false.
+      let calls = 0;
+      const split = splitPolicy({ name: 'alt', condition: { exit: () => calls++ % 2 === 0 }, true: tagger('t'), false: tagger('f') });
+      const r = split.optionsSchema!.safeParse({});
+      const options = r.success ? r.data : never();
+      const out = await lastValueFrom(
+        from([pf(1, 0), pf(2, 0), pf(3, 0), pf(4, 0)]).pipe(split.exits!({ options, backend: { name: 'vmx' } } as never), toArray()),
+      );
+      expect(out.map((e) => [e.seq, e.resolvedBy])).toEqual([
+        [1, 't'],
+        [2, 'f'],
+        [3, 't'],
+        [4, 'f'],
+      ]);
+      expect(calls).toBe(4);
+    });
     it('by backend: the chosen branch only, and it needs only what both branches need', async () => {
       const split = splitPolicy({ name: 'by-backend', condition: { backend: 'vmx' }, true: tagger('v', ['PageFaultFilter']), false: tagger('s') });
       expect(split.needs).toEqual([]);

@@ -6,7 +6,7 @@ import type { CostFigure, CostProfile } from './model.js';
 const XEN_SVM =
   'Xen commit f64b7618e11930c5402b02a85db112b72a2beb2b "svm: Avoid VMSAVE/VMLOAD/VMSAVE/VMLOAD sequence on every vmexit/vmentry" (Keir Fraser): a null hypercall costs ~3,300 cycles (after the fix saved ~650) on an AMD Athlon 64 X2, Xen\'s exit + entry with its trivial handler';
 const ROTH_2020 =
-  'M. Roth, LKML Dec 2020 (lkml.iu.edu/hypermail/linux/kernel/2012.2/00527.html), SVM VMLOAD/VMSAVE rework, AMD (SEV work): a KVM_RUN ioctl round trip ~2,530 cycles, of which ~1,350 pre-VMRUN -> post-VMRUN';
+  'M. Roth, LKML Dec 2020 (lkml.iu.edu/hypermail/linux/kernel/2012.2/00527.html), SVM VMLOAD/VMSAVE rework, AMD (SEV work), "current v2 patch, sample 2": a KVM_RUN ioctl round trip of 2,528 cycles, ioctl entry -> pre-VMRUN +576, pre-VMRUN -> post-VMRUN +1,360, post-VMRUN -> ioctl exit +592 (sample 1: 576 + 1,376 + 576 = 2,528)';
 const CPUID_PROBE =
   "a CPUID loop in a user-space program (CPUID always exits, SDM Vol. 3C §26.1.2) on this project's cloud VM (2.1 GHz Xeon, KVM host; docs/cost-models.md): a CPUID round trip from user space 1.30-1.86 us = 2,730-3,900 cycles (6 runs)";
 const MEASURED_FAULT =
@@ -40,7 +40,7 @@ export const PROFILE_2007: CostProfile = {
   userspaceExit: fig(
     1200,
     'estimate',
-    `no 2007 figure on record; estimate: about the user-space part of today's KVM_RUN round trip (${ROTH_2020}: 2,530 - 1,350 = 1,180)`,
+    `no 2007 figure on record; estimate: about the user-space part of today's KVM_RUN round trip (${ROTH_2020}: 2,528 - 1,360 = 1,168)`,
   ),
   handler: {
     pf_fixed: fig(1650, 'estimate', `${SPLITX_NO_HANDLER_FIGURE}; estimate: half this profile's exit round trip`),
@@ -59,8 +59,12 @@ export const PROFILE_2007: CostProfile = {
 export const PROFILE_SERVER: CostProfile = {
   name: 'server-2020s',
   description: 'current server: AMD EPYC / Xeon class host, KVM 5.x-6.x exit path (exit figure from AMD)',
-  exitRoundTrip: everyKind(fig(1360, 'published', `${ROTH_2020}: the VMRUN round trip, ~1,350; ${NO_KIND_FIGURES}`)),
-  userspaceExit: fig(1180, 'derived', `${ROTH_2020}: the ioctl round trip less the VMRUN round trip, 2,530 - 1,350 = 1,180`),
+  exitRoundTrip: everyKind(fig(1360, 'published', `${ROTH_2020}: the VMRUN round trip, 1,360; ${NO_KIND_FIGURES}`)),
+  userspaceExit: fig(
+    1168,
+    'derived',
+    `${ROTH_2020}: the ioctl round trip less the VMRUN round trip, 2,528 - 1,360 = 1,168 (576 + 592: KVM_RUN's own path around VMRUN; the system call and the VMM's handling are not in it)`,
+  ),
   handler: {
     pf_fixed: fig(680, 'estimate', `${SPLITX_NO_HANDLER_FIGURE}; estimate: half this profile's exit round trip`),
     pf_guest: fig(680, 'estimate', `${SPLITX_NO_HANDLER_FIGURE}; estimate: a guest walk plus the injection, priced like pf_fixed`),

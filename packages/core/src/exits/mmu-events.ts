@@ -1,5 +1,6 @@
 import { map, type MonoTypeOperatorFunction } from 'rxjs';
 import { ExitError } from './errors.js';
+import { selfNaming } from './policy.js';
 
 /**
  * The MMU-internal decisions that policies may take over, carried on a vCPU's `mmuEvents` stream. The MMU
@@ -167,7 +168,7 @@ export function decideMmuEvents(
     return ev;
   });
   if (kinds !== undefined) Object.defineProperty(op, 'mmuEventKinds', { value: Object.freeze([...kinds]), enumerable: true });
-  return op;
+  return selfNaming(name, op);
 }
 
 /**

@@ -1,7 +1,58 @@
-import { map, Observable, pipe, Subject, tap, type MonoTypeOperatorFunction, type Subscriber, type UnaryFunction } from 'rxjs';
+import { catchError, map, Observable, pipe, Subject, tap, type MonoTypeOperatorFunction, type Subscriber, type UnaryFunction } from 'rxjs';
 import { ExitError } from './errors.js';
 import type { MmuDecisionOf, MmuEvent } from './mmu-events.js';
+import { policyMark } from './policy.js';
 import { describeExit, type ExitResolution, type VmExit } from './vm-exit.js';
+
+/**
+ * An error of a link that is not a policy's (the MMU's handler, `observe`, an observer), on its way through the
+ * stream's error channel: the channel rethrows `error` as it is, as if the link had been called directly (an
+ * MMU's out-of-pages error stays the MMU layer's, with its class and code; a bug stays a bug).
+ */
+class LinkFailure {
+  constructor(readonly error: unknown) {}
+}
+
+/** A policy's error, tagged by the link it came out of: the channel names the policy (`name`, or its position). */
+class PolicyFailure {
+  constructor(
+    readonly name: string | null,
+    readonly position: number,
+    readonly error: unknown,
+  ) {}
+}
+
+/** Whether `e` already says where it comes from (an ExitError, or tagged by its link). */
+function attributed(e: unknown): boolean {
+  return e instanceof ExitError || e instanceof LinkFailure || e instanceof PolicyFailure;
+}
+
+/**
+ * The policies' operators as links that tag what they throw with the policy (`namedPolicy`'s name, or the
+ * position): one link each, except for operators that name themselves (resolveExits, decideMmuEvents), which
+ * pay no extra operator hop. An error that reaches a link from upstream is already tagged and passes as it is.
+ */
+function policyLinks<T>(ops: readonly MonoTypeOperatorFunction<T>[]): MonoTypeOperatorFunction<T>[] {
+  return ops.map((op, i) => {
+    const mark = policyMark(op as MonoTypeOperatorFunction<unknown>);
+    if (mark.selfNaming) return op;
+    return (source: Observable<T>) =>
+      op(source).pipe(
+        catchError((e: unknown) => {
+          throw attributed(e) ? e : new PolicyFailure(mark.name, i + 1, e);
+        }),
+      );
+  });
+}
+
+/** Calls `f(x)`, tagging what it throws (other than an ExitError) as a LinkFailure. */
+function asLink<X, R>(f: (x: X) => R, x: X): R {
+  try {
+    return f(x);
+  } catch (e) {
+    throw e instanceof ExitError ? e : new LinkFailure(e);
+  }
+}
 
 /** The MMU's handler: resolves what no policy did (`VmHooks.handleExit` is the one a VM uses). */
 export type ExitHandler = (exit: VmExit) => ExitResolution;
@@ -13,20 +64,21 @@ export type ExitHandler = (exit: VmExit) => ExitResolution;
  * link (what a `tap` after it would do, without the hop).
  */
 export function handleRemaining(handler: ExitHandler, observe: ((exit: VmExit) => void) | null = null): MonoTypeOperatorFunction<VmExit> {
+  // What the handler or `observe` throws is theirs, not a policy's: the channel rethrows it as it is (LinkFailure).
   if (observe !== null) {
     return map((exit: VmExit) => {
       if (exit.resolution === null) {
-        exit.resolution = handler(exit);
+        exit.resolution = asLink(handler, exit);
         exit.resolvedBy = 'mmu';
         if (exit.resolution === null) throw unresolved(exit);
       }
-      observe(exit);
+      asLink(observe, exit);
       return exit;
     });
   }
   return map((exit: VmExit) => {
     if (exit.resolution === null) {
-      exit.resolution = handler(exit);
+      exit.resolution = asLink(handler, exit);
       exit.resolvedBy = 'mmu';
       if (exit.resolution === null) throw unresolved(exit);
     }
@@ -48,7 +100,11 @@ function unresolved(exit: VmExit): ExitError {
 /**
  * A vCPU's exit pipeline: the policies in order, then the MMU's handler (when given), then the check that
  * every exit was resolved, then `observe` (a function: in the handler's link) and the observers (taps:
- * counters, tracer, recorder). Observers therefore see each exit once, with its resolution.
+ * counters, tracer, recorder). Observers therefore see each exit once, with its resolution (an exit that an
+ * operator emits twice fails the push, E_EXIT_DUPLICATED). What a policy throws fails the push with
+ * E_POLICY_FAILED naming the policy (`resolveExits`, `namedPolicy`; else its position); what the handler,
+ * `observe` or an observer throws is rethrown as it is. (The stream's errors other than ExitErrors are tagged
+ * with their link for the channel, `ExitChannel`, which turns them into what `push` throws.)
  *
  * @example
  * subject.pipe(exitPipeline([bypass, reflect], mmuHandler, [countExits(stats)]))
@@ -59,10 +115,10 @@ export function exitPipeline(
   observers: readonly MonoTypeOperatorFunction<VmExit>[] = [],
   observe: ((exit: VmExit) => void) | null = null,
 ): MonoTypeOperatorFunction<VmExit> {
-  const stages: MonoTypeOperatorFunction<VmExit>[] = [...policies];
+  const stages: MonoTypeOperatorFunction<VmExit>[] = policyLinks(policies);
   if (handler !== null) stages.push(handleRemaining(handler, observe));
-  else stages.push(requireResolved(), ...(observe !== null ? [tap(observe)] : []));
-  stages.push(...observers);
+  else stages.push(requireResolved(), ...(observe !== null ? [tap((e: VmExit) => asLink(observe, e))] : []));
+  stages.push(...observers); // untagged: what an observer throws passes through the channel as it is
   return chain(stages);
 }
 
@@ -74,8 +130,10 @@ function chain<T>(ops: readonly MonoTypeOperatorFunction<T>[]): MonoTypeOperator
 
 /**
  * A synchronous stream with a pipeline behind it: `push` sends one item through the whole pipeline and
- * returns when it came out of the end (RxJS operators deliver synchronously). A failure in the pipeline
- * is rethrown by `push`, and the channel stays closed afterwards.
+ * returns when it came out of the end (RxJS operators deliver synchronously). The item must come out exactly
+ * once: not at all is E_EXIT_DROPPED, more than once E_EXIT_DUPLICATED (its observers saw it twice). A failure in
+ * the pipeline is rethrown by `push` (a policy's as E_POLICY_FAILED naming it, any other link's as it is). After
+ * any of these the channel stays closed (E_PIPELINE_CLOSED), as it does once an operator completed the stream.
  *
  * The pipeline's source is an Observable whose subscribers (the first operator's, once per subscription:
  * one unless an operator subscribes to its source several times) the channel keeps and feeds directly, as a
@@ -91,8 +149,12 @@ class SyncChannel<T> {
   private readonly out = new Subject<T>();
   /** The items after the pipeline (hot): observe it for merged views (the VM's `exits$`). */
   readonly output: Observable<T> = this.out.asObservable();
-  private reached: T | null = null;
-  private failure: unknown = null;
+  /** The item being pushed (null: none), and how many times it came out of the pipeline so far. */
+  private inFlight: T | null = null;
+  private arrivals = 0;
+  /** The error that closed the channel, as `push` throws it (null: open). */
+  private failure: Error | null = null;
+  private completed = false;
 
   /** Whether something subscribes to `output` now (and may keep the items it sees). */
   get observed(): boolean {
@@ -102,6 +164,7 @@ class SyncChannel<T> {
   constructor(
     operator: MonoTypeOperatorFunction<T>,
     private readonly what: string,
+    private readonly describe: (item: T) => string,
   ) {
     const out = this.out;
     const sinks = this.sinks;
@@ -114,46 +177,93 @@ class SyncChannel<T> {
     });
     input.pipe(operator).subscribe({
       next: (v) => {
-        this.reached = v;
+        if (v === this.inFlight) this.arrivals++;
         if (out.observed) out.next(v);
       },
       error: (e: unknown) => {
-        this.failure = e;
-        out.error(e);
+        const err = this.failureOf(e);
+        this.failure = err;
+        out.error(err);
+      },
+      complete: () => {
+        this.completed = true;
+        out.complete();
       },
     });
   }
 
-  protected send(item: T, describe: (item: T) => string): void {
+  /** The error `push` throws for what the pipeline failed with while `inFlight` was in it. */
+  private failureOf(e: unknown): Error {
+    if (e instanceof ExitError) return e;
+    if (e instanceof LinkFailure) return e.error instanceof Error ? e.error : new Error(String(e.error));
+    const item = this.inFlight;
+    const on = item === null ? `the ${this.what} pipeline` : this.describe(item);
+    if (e instanceof PolicyFailure) {
+      const who = e.name !== null ? `policy '${e.name}'` : `policy #${e.position} of the ${this.what} pipeline`;
+      return new ExitError('E_POLICY_FAILED', `${who} failed on ${on}: ${errorMessage(e.error)}`, { cause: e.error });
+    }
+    // Untagged: every policy's link tags what it throws, so this is an observer's (or a fallback's) own error,
+    // rethrown as it is (no operator hop per observer to tag it: the exit path's cost).
+    return e instanceof Error ? e : new Error(String(e));
+  }
+
+  protected send(item: T): void {
+    const describe = this.describe;
     if (this.failure !== null) {
-      throw new ExitError('E_PIPELINE_CLOSED', `${describe(item)}: the ${this.what} pipeline failed earlier (${errorMessage(this.failure)})`, {
+      throw new ExitError('E_PIPELINE_CLOSED', `${describe(item)}: the ${this.what} pipeline failed earlier (${this.failure.message})`, {
         cause: this.failure,
       });
     }
-    this.reached = null;
+    if (this.completed) {
+      throw new ExitError(
+        'E_PIPELINE_CLOSED',
+        `${describe(item)}: the ${this.what} pipeline completed after an earlier ${this.what === 'exit' ? 'exit' : 'event'} (an operator in it ended the stream)`,
+      );
+    }
+    // A push from inside the pipeline (none is known; kept safe) counts its own item's arrivals.
+    const outerItem = this.inFlight;
+    const outerArrivals = this.arrivals;
+    this.inFlight = item;
+    this.arrivals = 0;
     const sinks = this.sinks;
-    if (sinks.length === 1) sinks[0]!.next(item);
-    else for (const s of sinks.slice()) s.next(item);
-    const f = this.failure as unknown; // set by the subscriber's error callback during next()
-    if (f !== null) {
-      if (f instanceof ExitError) throw f;
-      throw new ExitError('E_POLICY_FAILED', `${describe(item)}: the ${this.what} pipeline failed: ${errorMessage(f)}`, { cause: f });
+    try {
+      if (sinks.length === 1) sinks[0]!.next(item);
+      else for (const s of sinks.slice()) s.next(item);
+    } finally {
+      this.inFlight = outerItem;
     }
-    if (this.reached !== item) {
-      throw new ExitError('E_EXIT_DROPPED', `${describe(item)} did not come out of the ${this.what} pipeline (an operator dropped it)`);
+    const arrivals = this.arrivals;
+    this.arrivals = outerArrivals;
+    const f = this.failure as Error | null; // set by the subscriber's error callback during next()
+    if (f !== null) throw f;
+    if (arrivals === 1) return;
+    if (arrivals === 0) {
+      // Closed from here on: an operator that held the item back (bufferCount, delay) must not let it out during a
+      // later push, out of its order and after its own push failed.
+      const why = this.completed ? 'an operator dropped it and ended the stream' : 'an operator dropped it';
+      const err = new ExitError('E_EXIT_DROPPED', `${describe(item)} did not come out of the ${this.what} pipeline (${why})`);
+      this.failure = err;
+      throw err;
     }
+    // Its observers (counters, tracer, recorder) saw it `arrivals` times: the counts are wrong from here on.
+    const err = new ExitError(
+      'E_EXIT_DUPLICATED',
+      `${describe(item)} came out of the ${this.what} pipeline ${arrivals} times (an operator emitted it more than once)`,
+    );
+    this.failure = err;
+    throw err;
   }
 }
 
 /** A vCPU's exit stream. */
 export class ExitChannel extends SyncChannel<VmExit> {
   constructor(operator: MonoTypeOperatorFunction<VmExit>) {
-    super(operator, 'exit');
+    super(operator, 'exit', describeExit);
   }
 
   /** Sends `exit` through the pipeline and returns its resolution. */
   push(exit: VmExit): ExitResolution {
-    this.send(exit, describeExit);
+    this.send(exit);
     return exit.resolution!;
   }
 }
@@ -161,13 +271,13 @@ export class ExitChannel extends SyncChannel<VmExit> {
 /** A vCPU's MMU-event stream: policies first, then the MMU's own default, then observers. */
 export class MmuEventChannel extends SyncChannel<MmuEvent> {
   constructor(operator: MonoTypeOperatorFunction<MmuEvent>) {
-    super(operator, 'mmuEvents');
+    super(operator, 'mmuEvents', describeMmuEvent);
   }
 
   /** Sends `event` through; an event no policy decided takes `fallback` (decidedBy 'mmu'). */
   decide<E extends MmuEvent>(event: E, fallback: MmuDecisionOf<E>): MmuDecisionOf<E> {
     this.fallback = fallback;
-    this.send(event, describeMmuEvent);
+    this.send(event);
     return event.decision as MmuDecisionOf<E>;
   }
 
@@ -188,7 +298,7 @@ export function mmuEventPipeline(
     }
     return ev;
   });
-  return chain([...policies, fallback, ...observers]);
+  return chain([...policyLinks(policies), fallback, ...observers]);
 }
 
 function describeMmuEvent(e: MmuEvent): string {

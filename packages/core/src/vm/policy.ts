@@ -44,7 +44,11 @@ export interface FaultPolicy<O = Record<string, unknown>> {
   readonly optionsSchema?: OptionsSchema<O>;
   /** Runs once per VM before any vCPU does: programs backend and MMU capabilities (`ctx.capability`) for the whole VM. */
   setup?(ctx: PolicySetupContext<O>): void;
-  /** The operator on a vCPU's exit stream: resolve an exit (see `resolveExits`, exits/policy.ts) or pass it on untouched. */
+  /**
+   * The operator on a vCPU's exit stream: resolve an exit (see `resolveExits`, exits/policy.ts) or pass it on
+   * untouched. The exit object is lent for the push only (the VM may refill it for the next exit): keep copies of
+   * its fields, never the object.
+   */
   exits?(ctx: PolicyVcpuContext<O>): MonoTypeOperatorFunction<VmExit>;
   /** The operator on a vCPU's MMU-event stream (see `decideMmuEvents`). */
   mmuEvents?(ctx: PolicyVcpuContext<O>): MonoTypeOperatorFunction<MmuEvent>;

@@ -7,6 +7,7 @@ import { resolveCostProfile, type CostModelInput } from '../cost/schema.js';
 import { modelCycles, type CostReport } from '../cost/model.js';
 import type { MmuDecisionOf, MmuEvent, MmuEventKind } from '../exits/mmu-events.js';
 import { exitObserver, isNoopObservers, type ExitRecorder, type ExitTracer } from '../exits/observers.js';
+import { namedPolicy } from '../exits/policy.js';
 import { mergeStats, Stats, type StatCell } from '../exits/stats.js';
 import type { VmExit } from '../exits/vm-exit.js';
 import { CAPABILITIES, type Backend } from './backend.js';
@@ -97,10 +98,24 @@ export class Vm implements MmuHost {
         const vctx = this.setupContext(backend, mmu, backendStates, v);
         const ctxFor = (options: unknown): PolicyVcpuContext<unknown> => ({ ...vctx, options }) as PolicyVcpuContext<unknown>;
         const exitOps = policies.flatMap(({ policy, options }, i) =>
-          policy.exits ? [refusing(i, policy, 'exits', () => policy.exits!(ctxFor(options)))] : [],
+          policy.exits
+            ? [
+                namedPolicy(
+                  policy.name,
+                  refusing(i, policy, 'exits', () => policy.exits!(ctxFor(options))),
+                ),
+              ]
+            : [],
         );
         const mmuOps = policies.flatMap(({ policy, options }, i) =>
-          policy.mmuEvents ? [refusing(i, policy, 'mmuEvents', () => policy.mmuEvents!(ctxFor(options)))] : [],
+          policy.mmuEvents
+            ? [
+                namedPolicy(
+                  policy.name,
+                  refusing(i, policy, 'mmuEvents', () => policy.mmuEvents!(ctxFor(options))),
+                ),
+              ]
+            : [],
         );
         // The exit route of this vCPU: VmHooks -> its exit pipeline (exitOps, then VmHooks.handleExit, then
         // the counters and observers) -> the resolution VmHooks acts on. MMU decisions: VcpuMmuEvents.

@@ -19,7 +19,7 @@ describe('modelCycles', () => {
     expect(r.breakdown).toEqual({
       'exits.kind.exception': 3 * 1360,
       'exits.kind.cr-write': 1360,
-      mmio_exits: 1180,
+      mmio_exits: 1168,
       pf_fixed: 2 * 680,
       insn_emulation: 1360,
       'guest.page_faults': 5 * 3780,
