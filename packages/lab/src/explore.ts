@@ -78,7 +78,7 @@ export function formatExplore(d: ExploreDocument): string {
   const lines = [
     `${d.scenario}${d.mmu === 'tdp' ? ` (tdp on ${d.backend})` : ''}: ${d.description}`,
     `${d.interleavings} interleavings (at most ${d.preemptions} preemptions${d.complete ? '' : ', stopped early'}), ${d.steps} steps, ${d.wallSeconds.toFixed(1)} s`,
-    `mmu_lock acquired ${s['mmu_lock.acquired'] ?? 0}, contended ${s['mmu_lock.contended'] ?? 0}; pf_fast ${s['pf_fast'] ?? 0}, pf_spurious ${s['pf_spurious'] ?? 0}, cmpxchg failures ${s['pf_fast_cmpxchg_fail'] ?? 0} (summed over the interleavings)`,
+    `mmu_lock acquired ${s['mmu_lock.acquired'] ?? 0}, contended ${s['mmu_lock.contended'] ?? 0}; pf_fast ${s['pf_fast'] ?? 0}, pf_spurious ${s['pf_spurious'] ?? 0}, cmpxchg failures ${s['pf_fast_cmpxchg_fail'] ?? 0}${s['map_retry'] !== undefined ? `, slow-path retries ${s['map_retry']}` : ''} (summed over the interleavings)`,
     `${d.violations} violations`,
   ];
   for (const v of d.examples) {

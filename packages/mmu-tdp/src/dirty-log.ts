@@ -13,7 +13,7 @@ import { addLeaf, childOf, finish, isLeaf, removeSubtree, SPAN, visitLeafs } fro
  * re-protection of harvested pages (`kvm_tdp_mmu_clear_dirty_pt_masked`); under PML the dirty flag is cleared
  * instead of W (`clear_dirty_gfn_range` with A/D bits, `kvm_mmu_slot_leaf_clear_dirty`): the CPU then logs the
  * next write in its PML buffer without an exit. Marking pages dirty happens where a writable leaf is installed
- * (map.ts `mapTarget`, as `make_spte` calls `mark_page_dirty_in_slot`), in the fast path, for every emulated
+ * (map-fault.ts `TdpMapFault`, as `make_spte` calls `mark_page_dirty_in_slot`), in the fast path, for every emulated
  * store (mmu.ts `trackWrite`), and when a vCPU's PML buffer is flushed (mmu.ts `flushPml`).
  */
 

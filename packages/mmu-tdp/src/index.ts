@@ -11,6 +11,7 @@ export { TdpMmu, type TdpMmuOptions } from './mmu.js';
 export { TdpMmuState, hostPageLevel, type HostPages } from './state.js';
 export { TdpPage } from './page.js';
 export { TdpFastPageFault, type TdpFastFaultMutation } from './fast-fault.js';
+export { TdpMapFault, type TdpMapMutation } from './map-fault.js';
 export { TDP_RACE_SCENARIOS, tdpRaceScenario, type TdpRaceMutation } from './race.js';
 export { TdpMmuError } from './errors.js';
 export { auditTdpMmu, type TdpAuditOptions } from './audit.js';

@@ -1,10 +1,10 @@
 import { type Memslot } from '@vmexit/core';
-import { ACC_ALL, allocPage, childRole, growPageCache, makeLeafSpte, makeNonLeafSpte, SPTE_LARGE, sptePa } from '@vmexit/core/mmu';
+import { ACC_ALL, allocPage, childRole, growPageCache, makeNonLeafSpte, SPTE_LARGE, sptePa } from '@vmexit/core/mmu';
 import { TdpMmuError } from './errors.js';
 import { isMmioSpte, isPresentSpte, makeMmioSpte } from './mmio.js';
 import { TdpPage } from './page.js';
 import type { TdpMmuState } from './state.js';
-import { addLeaf, childOf, dropLeaf, isLeaf, removeSubtree, SPAN, spteIndex } from './zap.js';
+import { addLeaf, childOf, dropLeaf, isLeaf, SPAN, spteIndex } from './zap.js';
 
 /**
  * KVM `tdp_mmu_alloc_sp` + `tdp_mmu_init_child_sp`: a new page below spte `parentLoc` mapping the range
@@ -27,7 +27,7 @@ export function newPage(s: TdpMmuState, gfn: number, role: number, parentLoc: nu
 }
 
 /** KVM `tdp_mmu_link_sp`: points spte `loc` at `child` (`make_nonleaf_spte`). */
-function link(s: TdpMmuState, loc: number, child: TdpPage): void {
+export function linkPage(s: TdpMmuState, loc: number, child: TdpPage): void {
   makeNonLeafSpte(s.scratch, child.hpa, s.format);
   s.setSpte(loc, s.scratch.lo, s.scratch.hi);
 }
@@ -46,64 +46,6 @@ export function mappingLevel(s: TdpMmuState, gfn: number, slot: Memslot): number
     if (base >= slot.baseGfn && base + span <= slot.baseGfn + slot.pages) return level;
   }
   return 1;
-}
-
-/** The outcome of `tdpMap`: KVM's RET_PF_FIXED or RET_PF_SPURIOUS. */
-export const MAP_FIXED = 0;
-export const MAP_SPURIOUS = 1;
-
-/**
- * KVM `kvm_tdp_mmu_map`: walks from the root towards `goal` for `gfn`, creating each missing page table
- * (and splitting a huge leaf above the goal, `tdp_mmu_split_huge_page`), then sets the leaf
- * (`tdp_mmu_map_handle_target_level` with `make_spte`): the frame of the gfn (host-physical addresses of
- * guest RAM are its guest-physical ones), all rights, writable unless the memslot is read-only.
- */
-export function tdpMap(s: TdpMmuState, gfn: number, slot: Memslot, goal: number): number {
-  const pool = s.pool;
-  let sp = s.root;
-  for (let level = s.rootLevel; ; level--) {
-    const idx = spteIndex(gfn, level);
-    const loc = sp.base + idx;
-    const lo = pool.lo(loc);
-    const hi = pool.hi(loc);
-    if (level === goal) return mapTarget(s, loc, level, gfn, slot, lo, hi);
-    if (isPresentSpte(lo)) {
-      sp = isLeaf(lo, level) ? splitHuge(s, sp, loc, level) : childOf(s, lo, hi);
-      continue;
-    }
-    if (isMmioSpte(lo, hi)) s.mmioSptes--; // a stale MMIO spte above the goal (a memslot appeared): replaced
-    const child = newPage(s, Math.floor(gfn / SPAN[level]!) * SPAN[level]!, childRole(sp.role, idx, true, ACC_ALL), loc);
-    link(s, loc, child);
-    sp = child;
-  }
-}
-
-/** KVM `tdp_mmu_map_handle_target_level`. */
-function mapTarget(s: TdpMmuState, loc: number, level: number, gfn: number, slot: Memslot, lo: number, hi: number): number {
-  const span = SPAN[level]!;
-  const base = Math.floor(gfn / span) * span;
-  const w = !slot.readonly;
-  makeLeafSpte(s.scratch, base, ACC_ALL, w, w, 0, s.format, level);
-  let added = true;
-  if (isPresentSpte(lo)) {
-    if (isLeaf(lo, level)) {
-      // A leaf for this gfn is there already: "if (new_spte == iter->old_spte) ret = RET_PF_SPURIOUS" (another
-      // vCPU mapped it, or the TLB held a stale translation; the A/D flags the hardware set do not count).
-      // Otherwise it was write-protected for dirty logging and make_spte's writable spte replaces it.
-      const hw = s.format.accessedLo | s.format.dirtyLo;
-      if ((s.scratch.lo | hw) === (lo | hw) && s.scratch.hi === hi) return MAP_SPURIOUS;
-      added = false;
-    } else {
-      // A page table where the leaf belongs is replaced by the huge leaf, its pages freed after a flush
-      // (handle_changed_spte -> handle_removed_pt).
-      removeSubtree(s, childOf(s, lo, hi));
-    }
-  } else if (isMmioSpte(lo, hi)) s.mmioSptes--; // stale generation (handle_mmio_page_fault -> RET_PF_INVALID)
-  s.setSpte(loc, s.scratch.lo, s.scratch.hi);
-  if (added) addLeaf(s, level);
-  // make_spte: "if ((spte & PT_WRITABLE_MASK) && kvm_slot_dirty_track_enabled(slot)) mark_page_dirty_in_slot()".
-  if (w && s.dirtyLog !== null) s.dirtyLog.markPageDirty(base, s.initiator);
-  return MAP_FIXED;
 }
 
 /**
@@ -125,7 +67,7 @@ export function splitHuge(s: TdpMmuState, parent: TdpPage, loc: number, level: n
     const gfn = base + i * span;
     s.setSpte(child.base + i, ((gfn % 0x100000) * 4096 + attrLo) >>> 0, (Math.floor(gfn / 0x100000) | attrHi) >>> 0);
   }
-  link(s, loc, child);
+  linkPage(s, loc, child);
   dropLeaf(s, level);
   addLeaf(s, childLevel, 512);
   s.host.count(s.initiator, 'split_huge_pages');
@@ -157,7 +99,7 @@ export function mapMmio(s: TdpMmuState, gfn: number): void {
     }
     if (isMmioSpte(lo, hi)) s.mmioSptes--;
     const child = newPage(s, Math.floor(gfn / SPAN[level]!) * SPAN[level]!, childRole(sp.role, idx, true, ACC_ALL), loc);
-    link(s, loc, child);
+    linkPage(s, loc, child);
     sp = child;
   }
 }

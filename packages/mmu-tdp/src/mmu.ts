@@ -37,7 +37,8 @@ import { auditTdpMmu } from './audit.js';
 import { flushForLog, markGpaDirty, recoverHugePages, slotRemoveWriteAccess, writeProtectMasked } from './dirty-log.js';
 import { TdpFastPageFault } from './fast-fault.js';
 import { TdpMmuError } from './errors.js';
-import { leafLoc, MAP_SPURIOUS, mapMmio, mappingLevel, newPage, splitHugePages, tdpMap } from './map.js';
+import { leafLoc, mapMmio, mappingLevel, newPage, splitHugePages } from './map.js';
+import { MAP_MORE, MAP_RETRY, MAP_SPURIOUS, TdpMapFault } from './map-fault.js';
 import { isMmioSpte, MMIO_GEN_MASK, mmioSpteGeneration, mmioValue } from './mmio.js';
 import { hostPageLevel, TdpMmuState, type HostPages } from './state.js';
 import { finish, memslotChanged, SPAN, zapAll, zapLeafs } from './zap.js';
@@ -115,6 +116,8 @@ export class TdpMmu extends TdpMmuState implements Mmu, DirtyLogMmu, FastPageFau
   fastPageFault: boolean;
   /** Each vCPU's fast page fault (by vCPU id). */
   readonly fastFaults: TdpFastPageFault[] = [];
+  /** Each vCPU's slow page fault's map (by vCPU id). */
+  readonly mapFaults: TdpMapFault[] = [];
   /** The backend's PML once `enableCpuDirtyLog` turned it on, and each vCPU's log (by vCPU id). */
   private pml: PageModificationLogging | null = null;
   readonly pmlLogs: PmlLog[] = [];
@@ -163,6 +166,7 @@ export class TdpMmu extends TdpMmuState implements Mmu, DirtyLogMmu, FastPageFau
     this.backend.setNestedRoot(state, this.root.hpa, { levels: this.rootLevel as 4 | 5, accessedDirty: this.format.name === 'ept' });
     vcpu.setSecondStage(this.backend.createSecondStage(state, this.poolMemory, vcpu.hostMaxPhyAddr));
     this.fastFaults[vcpu.id] = new TdpFastPageFault(this, vcpu.id);
+    this.mapFaults[vcpu.id] = new TdpMapFault(this, vcpu.id);
     if (this.pml !== null) this.enablePml(state, vcpu.secondStage!, vcpu.id);
   }
 
@@ -220,10 +224,25 @@ export class TdpMmu extends TdpMmuState implements Mmu, DirtyLogMmu, FastPageFau
 
   /**
    * The fault under `mmu_lock` held for read (KVM `kvm_tdp_page_fault` past the fast path, with
-   * `handle_mmio_page_fault` for PFERR_RSVD): the race scenarios step it between taking and dropping the lock.
+   * `handle_mmio_page_fault` for PFERR_RSVD): `pageFaultStart`, then the map's steps to its end.
    * `countTaken` false: the fast path already counted `pf_taken`.
    */
   pageFaultLocked(vcpu: Vcpu, gpa: number, errorCode: number, countTaken = true): ExitResolution {
+    const map = this.mapFaults[vcpu.id]!;
+    const res = this.pageFaultStart(vcpu, gpa, errorCode, countTaken, map);
+    if (res !== null) return res;
+    for (;;) {
+      const r = this.pageFaultStep(map);
+      if (r !== null) return r;
+    }
+  }
+
+  /**
+   * The slow fault's checks (MMIO, no memslot, a store to read-only RAM): their resolution, or null when the fault
+   * maps the gfn, `map` started (`kvm_tdp_mmu_map`); `pageFaultStep` runs its steps. The race scenarios step them
+   * between taking and dropping the read lock, several vCPUs at once.
+   */
+  pageFaultStart(vcpu: Vcpu, gpa: number, errorCode: number, countTaken: boolean, map: TdpMapFault): ExitResolution | null {
     this.initiator = vcpu.id;
     const gfn = Math.floor(gpa / PAGE_SIZE);
     if ((errorCode & PFERR_RSVD) !== 0) {
@@ -255,8 +274,18 @@ export class TdpMmu extends TdpMmuState implements Mmu, DirtyLogMmu, FastPageFau
       this.host.count(vcpu.id, 'pf_emulate');
       return { kind: 'userspace', reason: 'mmio', gpa };
     }
-    const r = tdpMap(this, gfn, slot, mappingLevel(this, gfn, slot));
-    this.host.count(vcpu.id, r === MAP_SPURIOUS ? 'pf_spurious' : 'pf_fixed');
+    map.start(gfn, slot, mappingLevel(this, gfn, slot));
+    return null;
+  }
+
+  /**
+   * One step of the map `pageFaultStart` began: null while it has more, else RESUME, counted as
+   * `kvm_mmu_do_page_fault` counts (`pf_fixed`, `pf_spurious`; nothing for RET_PF_RETRY: the guest repeats the access).
+   */
+  pageFaultStep(map: TdpMapFault): ExitResolution | null {
+    const r = map.step();
+    if (r === MAP_MORE) return null;
+    if (r !== MAP_RETRY) this.host.count(map.vcpuId, r === MAP_SPURIOUS ? 'pf_spurious' : 'pf_fixed');
     finish(this);
     return RESUME;
   }

@@ -17,9 +17,10 @@ import {
   type Vcpu,
   type WalkResult,
 } from '@vmexit/core';
-import { HOST_THREAD } from '@vmexit/core/mmu';
+import { FAST_FIXED, FAST_SPURIOUS, HOST_THREAD } from '@vmexit/core/mmu';
 import { auditTdpMmu } from './audit.js';
 import { TdpFastPageFault, type TdpFastFaultMutation } from './fast-fault.js';
+import { TdpMapFault, type TdpMapMutation } from './map-fault.js';
 import { isPresentSpte } from './mmio.js';
 import { TdpMmu } from './mmu.js';
 import { finish, isLeaf, zapLeafs } from './zap.js';
@@ -60,20 +61,50 @@ const D = 0x40;
  * Deliberately broken MMUs, for the tests that require the explorer to catch each; the broken dirty-log hosts
  * (`harvestWithoutFlush`, and KVM_RESET_DIRTY_RINGS's `resetWithoutProtect`, `resetWithoutFlush`) are core's `MigrationMutation`.
  */
-export interface TdpRaceMutation extends TdpFastFaultMutation, MigrationMutation {
+export interface TdpRaceMutation extends TdpFastFaultMutation, TdpMapMutation, MigrationMutation {
   /** false: the fast page fault off (the `fast-page-fault` policy not composed): every fault takes mmu_lock for read. Not a broken MMU. */
   readonly fastPageFault?: boolean;
 }
 
 /**
+ * The fast page fault as a race's vCPU runs it: `kvm_mmu_do_page_fault` counts `pf_taken` once per fault, before the
+ * fast path (as `TdpMmu.handlePageFault` does); `tried` until the fast path fixes the fault or finds it spurious, so
+ * that the slow path it falls back to does not count it again.
+ */
+class RaceFastFault extends TdpFastPageFault {
+  tried = false;
+
+  override start(gpa: number): void {
+    this.s.host.count(this.vcpuId, 'pf_taken');
+    this.tried = true;
+    super.start(gpa);
+  }
+
+  override step(): number {
+    const r = super.step();
+    if (r === FAST_FIXED || r === FAST_SPURIOUS) this.tried = false;
+    return r;
+  }
+}
+
+/**
  * A vCPU that performs guest stores (core's `GuestWriter`), each one instruction: a TLB hit, or the
  * two-dimensional walk and then the store; or an EPT violation / #NPF (the walk's second-stage error code),
- * handled by the fast path or by the slow path under the read lock.
+ * handled by the fast path or by the slow path under the read lock. The slow path's map (`TdpMapFault`) runs in
+ * steps, as other vCPUs' run beside it under the same read lock: the step that takes the fault runs its checks and
+ * its first spte read; the writer's own steps run the rest (each compare-and-swap, each further read) before the
+ * unlock, and a failed compare-and-swap ends it with RET_PF_RETRY (the guest repeats the store).
  */
 class VcpuWriter extends GuestWriter {
   protected readonly faultStatus = WALK_NESTED_FAULT;
   protected readonly lockName = 'mmu_lock (read)';
-  protected readonly fast: TdpFastPageFault;
+  protected readonly fast: RaceFastFault;
+  /** This vCPU's slow page fault's map. */
+  readonly map: TdpMapFault;
+  /** The map has steps left (the writer runs them before core's unlock step). */
+  private mapping = false;
+  /** The label of the step that took the slow fault (core's names it 'page fault (slow path)'). */
+  private faultLabel: string | null = null;
 
   constructor(
     private readonly w: TdpRaceWorld,
@@ -81,7 +112,24 @@ class VcpuWriter extends GuestWriter {
     writes: readonly GuestWrite[],
   ) {
     super(vcpu, w.machine.memory, w.mmu, writes);
-    this.fast = new TdpFastPageFault(w.mmu, vcpu.id, w.mutation);
+    this.fast = new RaceFastFault(w.mmu, vcpu.id, w.mutation);
+    this.map = new TdpMapFault(w.mmu, vcpu.id, w.mutation);
+  }
+
+  override step(): string {
+    if (this.mapping) return this.mapStep();
+    const out = super.step();
+    const label = this.faultLabel;
+    this.faultLabel = null;
+    return label ?? out;
+  }
+
+  /** One step of the map; the label names it and, at the end, its outcome. */
+  private mapStep(): string {
+    const what = this.map.phaseName;
+    const res = this.w.mmu.pageFaultStep(this.map);
+    this.mapping = res === null;
+    return res === null ? `slow: ${what}` : `slow: ${what} -> ${this.map.resultName}`;
   }
 
   protected faultAddress(r: WalkResult): number {
@@ -109,7 +157,13 @@ class VcpuWriter extends GuestWriter {
   }
 
   protected slowFault(_va: number, gpa: number, errorCode: number): string {
-    return this.w.mmu.pageFaultLocked(this.vcpu, gpa, errorCode).kind;
+    const taken = !this.fast.tried; // the fast path counted pf_taken already
+    this.fast.tried = false;
+    const res = this.w.mmu.pageFaultStart(this.vcpu, gpa, errorCode, taken, this.map);
+    if (res !== null) return res.kind;
+    this.faultLabel = `page fault (slow path), ${this.mapStep()}`;
+    // The map's further steps are this writer's (`mapping`); core's writer unlocks after them. Its results are RESUME.
+    return 'resume';
   }
 }
 
@@ -163,6 +217,15 @@ class TdpRaceWorld extends MigrationWorld<TdpMmu, TdpRaceMutation> {
 
   protected audit(): void {
     auditTdpMmu(this.mmu, { full: true });
+  }
+
+  /** Core's counters, and `map_retry`: the slow paths' RET_PF_RETRY outcomes (the explorer's count; KVM has no stat for them). */
+  override stats(): Record<string, number> {
+    const out = super.stats();
+    let n = 0;
+    for (const t of this.threads) if (t instanceof VcpuWriter) n += t.map.retries;
+    out['map_retry'] = n;
+    return out;
   }
 
   /** No writable leaf for a page of a logged slot that is not marked dirty. */
@@ -254,6 +317,21 @@ const SPECS: readonly ScenarioSpec[] = [
       ]),
       new VcpuWriter(w, w.machine.vcpus[1]!, [{ va: PAGE_SIZE, value: 3 }]),
       new RingHarvester(w, 1),
+    ],
+  },
+  {
+    // kvm_tdp_mmu_map under the read lock: both vCPUs fault on the same gfn, not mapped (an EPT violation / #NPF on a
+    // non-present spte: not a fast page fault), and both walks read the empty leaf; one cmpxchg installs it, the
+    // other fails (RET_PF_RETRY: no pf_fixed), and that vCPU's store is repeated through the leaf the first made.
+    name: 'slow-pf-same-gfn',
+    description:
+      'two vCPUs write the same unmapped page at once: both take the slow path under mmu_lock held for read, one leaf cmpxchg may fail (RET_PF_RETRY, the store repeated), while the host harvests the log once and copies, then stops and copies the rest',
+    vcpus: 2,
+    premap: [0],
+    build: (w) => [
+      new VcpuWriter(w, w.machine.vcpus[0]!, [{ va: PAGE_SIZE, value: 1 }]),
+      new VcpuWriter(w, w.machine.vcpus[1]!, [{ va: PAGE_SIZE + 8, value: 2 }]),
+      new Harvester(w, 1),
     ],
   },
 ];
