@@ -17,8 +17,10 @@ describe('prefetch', () => {
 
   describe('with bypass-guest-pf, on a VM (createVm, the guest kernel)', () => {
     // A long4 guest process has written 8 pages: gptes 0-7 of its page table T (an aligned group of 8) are
-    // present, accessed and dirty, and mapped by sptes. mprotect(PROT_READ) rewrites the 8 gptes (each store
-    // exits and is emulated; the MMU clears each spte) and INVLPGs each page (8 INVLPG exits). The process
+    // present, accessed and dirty, and mapped by sptes. mprotect(PROT_READ) rewrites the 8 gptes as Linux's
+    // change_pte_range does, each twice (ptep_modify_prot_start stores 0, ptep_modify_prot_commit the read-only
+    // value: 16 stores, each exits and is emulated; the MMU clears each spte) and INVLPGs each page (8 INVLPG
+    // exits). The process
     // then reads the 8 pages. The MMU is audited after every exit (the trap / notrap invariants among them:
     // no notrap spte where the gpte is present, mmu-shadow/src/audit.ts check 6).
     async function mprotectThenRead(policies: string[]) {
@@ -49,7 +51,7 @@ describe('prefetch', () => {
 
     it('the cleared sptes of present gptes are trap; the first read maps all 8 (1 exit), with the guest seeing no fault', async () => {
       const r = await mprotectThenRead(['bypass-guest-pf', 'prefetch']);
-      expect(r.mprotect).toEqual({ exits: 16, 'exits.EXCEPTION_NMI': 8, 'exits.INVLPG': 8, insn_emulation: 8 });
+      expect(r.mprotect).toEqual({ exits: 24, 'exits.EXCEPTION_NMI': 16, 'exits.INVLPG': 8, insn_emulation: 16 });
       // Each spte cleared under a present gpte is trap (P=1|RSVD: its fault has P=1 and still exits), never
       // notrap (P=0, a fault that PFEC_MASK = PFEC_MATCH = P would send to the guest, which has no fault to see).
       expect(r.cleared.map((s) => ({ lo: s.lo | 0, hi: s.hi | 0 }))).toEqual(Array.from({ length: 8 }, () => trap));

@@ -17,7 +17,7 @@ import { KernelPanic } from './errors.js';
 import { cachePage } from './filemap.js';
 import { FRAME_ANON } from './frames.js';
 import { tableIndex } from './layout.js';
-import { frameOf, leafHi, readPte, tableFor, writePte } from './pgtable.js';
+import { frameOf, getAndClear, leafHi, readPte, setPte, tableFor } from './pgtable.js';
 import type { Process } from './process.js';
 import type { KernelState } from './state.js';
 import { FAULT_COW, FAULT_DEMAND_ZERO, FAULT_FILE, FAULT_SIGSEGV, FAULT_SPURIOUS, FAULT_WP_REUSE, FAULT_ZERO_PAGE } from './stats.js';
@@ -104,17 +104,17 @@ function notPresent(k: KernelState, v: Vcpu, vma: Vma, va: number, pt: number, i
   const hi = leafHi(k, vma.prot);
   if (vma.backing === VMA_ANON) {
     if (!write) {
-      writePte(k, v, pt, idx, (k.zeroFrame * PAGE_SIZE) | PT_PRESENT | PT_USER | PT_ACCESSED, hi);
+      setPte(k, v, pt, idx, (k.zeroFrame * PAGE_SIZE) | PT_PRESENT | PT_USER | PT_ACCESSED, hi);
       return FAULT_ZERO_PAGE;
     }
     const f = newAnonPage(k, v, vma, -1);
-    writePte(k, v, pt, idx, (f * PAGE_SIZE) | PT_PRESENT | PT_WRITABLE | PT_USER | PT_ACCESSED | PT_DIRTY, hi);
+    setPte(k, v, pt, idx, (f * PAGE_SIZE) | PT_PRESENT | PT_WRITABLE | PT_USER | PT_ACCESSED | PT_DIRTY, hi);
     return FAULT_DEMAND_ZERO;
   }
   const cache = cachePage(k, v, vma.file!, vma.filePage(va));
   if (vma.backing === VMA_FILE_PRIVATE && write) {
     const f = newAnonPage(k, v, vma, cache);
-    writePte(k, v, pt, idx, (f * PAGE_SIZE) | PT_PRESENT | PT_WRITABLE | PT_USER | PT_ACCESSED | PT_DIRTY, hi);
+    setPte(k, v, pt, idx, (f * PAGE_SIZE) | PT_PRESENT | PT_WRITABLE | PT_USER | PT_ACCESSED | PT_DIRTY, hi);
     return FAULT_COW;
   }
   k.frames.get(cache);
@@ -124,7 +124,7 @@ function notPresent(k: KernelState, v: Vcpu, vma: Vma, va: number, pt: number, i
   // and the first write is a write-protect fault (do_wp_page -> wp_page_shared); a write (do_shared_fault)
   // maps it writable and dirty (`maybe_mkwrite(pte_mkdirty())`).
   if (vma.backing === VMA_FILE_SHARED && write) lo |= PT_WRITABLE | PT_DIRTY;
-  writePte(k, v, pt, idx, lo, hi);
+  setPte(k, v, pt, idx, lo, hi);
   return FAULT_FILE;
 }
 
@@ -144,7 +144,7 @@ function newAnonPage(k: KernelState, v: Vcpu, vma: Vma, from: number): number {
 function writeProtect(k: KernelState, v: Vcpu, proc: Process, vma: Vma, va: number, pt: number, idx: number, lo: number, hi: number): number {
   const frame = frameOf(k, lo, hi);
   if (vma.backing === VMA_FILE_SHARED) {
-    writePte(k, v, pt, idx, lo | PT_WRITABLE | PT_DIRTY | PT_ACCESSED, hi);
+    setPte(k, v, pt, idx, lo | PT_WRITABLE | PT_DIRTY | PT_ACCESSED, hi);
     return FAULT_WP_REUSE;
   }
   const f = k.frames;
@@ -153,14 +153,14 @@ function writeProtect(k: KernelState, v: Vcpu, proc: Process, vma: Vma, va: numb
     // again and the walk sees the new pte, SDM Vol. 3A §4.10.4.3). do_wp_page marks the page exclusive
     // again (folio_move_anon_rmap, SetPageAnonExclusive).
     f.setExclusive(frame, true);
-    writePte(k, v, pt, idx, lo | PT_WRITABLE | PT_DIRTY | PT_ACCESSED, hi);
+    setPte(k, v, pt, idx, lo | PT_WRITABLE | PT_DIRTY | PT_ACCESSED, hi);
     return FAULT_WP_REUSE;
   }
   // wp_page_copy: copy, then ptep_clear_flush (clear the pte, flush the TLBs) and set the new pte.
   const copy = newAnonPage(k, v, vma, frame);
-  writePte(k, v, pt, idx, 0, 0);
+  getAndClear(k, v, pt, idx);
   flushRange(k, v, proc, va, va + PAGE_SIZE);
-  writePte(k, v, pt, idx, (copy * PAGE_SIZE) | PT_PRESENT | PT_WRITABLE | PT_USER | PT_ACCESSED | PT_DIRTY, hi);
+  setPte(k, v, pt, idx, (copy * PAGE_SIZE) | PT_PRESENT | PT_WRITABLE | PT_USER | PT_ACCESSED | PT_DIRTY, hi);
   if (frame !== k.zeroFrame) f.put(frame);
   return FAULT_COW;
 }

@@ -1,7 +1,7 @@
 import { PAGE_SIZE, PT_ACCESSED, PT_DIRTY, PT_WRITABLE, type Vcpu } from '@vmexit/core';
 import { lookupFile } from './filemap.js';
 import { FRAME_ANON } from './frames.js';
-import { forEachPte, frameOf, freeTable, freeTables, newMm, tableFor, writePte, zap } from './pgtable.js';
+import { forEachPte, frameOf, freeTable, freeTables, newMm, setPte, setWrprotect, tableFor, zap } from './pgtable.js';
 import { Process, type AreaSpec, type ImageSpec } from './process.js';
 import type { KernelState } from './state.js';
 import { flushMm } from './tlb.js';
@@ -23,9 +23,13 @@ export function newProcess(k: KernelState, v: Vcpu, name: string, parent: Proces
 
 /**
  * fork (kernel/fork.c `dup_mmap`): the child gets copies of the areas; for areas with anonymous pages
- * (`vma_needs_copy`) the ptes are copied (`copy_page_range`): a writable pte of a private area is
+ * (`vma_needs_copy`) the ptes are copied (mm/memory.c `copy_page_range`): a writable pte of a private area is
  * write-protected in the parent and the child, the child's copy is old (A=0); then the parent's TLBs are
- * flushed (`flush_tlb_mm`).
+ * flushed (`flush_tlb_mm`). The stores are Linux's, in its order: `copy_pud_range`, `copy_pmd_range` and
+ * `copy_pte_range` allocate the child's table of their level (`pud_alloc`, `pmd_alloc`, `pte_alloc_map_lock`)
+ * for each present parent entry above it, before they read the parent's entries below (so the child gets a
+ * page table even where the parent's has no pte present in the area); then, pte by pte, `copy_present_pte`
+ * write-protects the parent's (`ptep_set_wrprotect`, `setWrprotect`) and sets the child's (`set_ptes`).
  */
 export function doFork(k: KernelState, v: Vcpu, parent: Process): Process {
   k.stats.forks++;
@@ -36,10 +40,13 @@ export function doFork(k: KernelState, v: Vcpu, parent: Process): Process {
   for (const a of parent.vmas.list) {
     if (!a.anon || a.backing === VMA_ALIAS) continue;
     const cow = a.backing !== VMA_FILE_SHARED;
-    forEachPte(k, v, parent, a.start, a.end, (pt, idx, va, lo, hi) => {
+    const onEntry = (_table: number, _idx: number, va: number, level: number): void => {
+      tableFor(k, v, child, Math.max(va, a.start), level - 1, true);
+    };
+    const onPte = (pt: number, idx: number, va: number, lo: number, hi: number): void => {
       let c = lo & ~PT_ACCESSED;
       if (cow && (lo & PT_WRITABLE) !== 0) {
-        writePte(k, v, pt, idx, lo & ~PT_WRITABLE, hi);
+        setWrprotect(k, v, pt, idx, lo, hi);
         c &= ~PT_WRITABLE;
       }
       if (!cow) c &= ~PT_DIRTY;
@@ -47,9 +54,10 @@ export function doFork(k: KernelState, v: Vcpu, parent: Process): Process {
       if (frame !== k.zeroFrame) k.frames.get(frame);
       // Both sides now map the page: it is no longer exclusive (folio_try_dup_anon_rmap_pte).
       if (frame !== k.zeroFrame && k.frames.useOf(frame) === FRAME_ANON) k.frames.setExclusive(frame, false);
-      const cpt = tableFor(k, v, child, va, 1, true);
-      writePte(k, v, cpt, idx, c, hi);
-    });
+      const cpt = tableFor(k, v, child, va, 1, false);
+      setPte(k, v, cpt, idx, c, hi);
+    };
+    forEachPte(k, v, parent, a.start, a.end, onPte, onEntry);
   }
   flushMm(k, v, parent);
   return child;
@@ -114,7 +122,7 @@ export function mapImage(k: KernelState, proc: Process, image: ImageSpec): void 
 
 /** exit_mmap: zap every area, free every user table, then the top table (pgd_free). */
 export function teardown(k: KernelState, v: Vcpu, proc: Process): void {
-  for (const a of proc.vmas.list) if (a.backing !== VMA_ALIAS) zap(k, v, proc, a.start, a.end);
+  for (const a of proc.vmas.list) if (a.backing !== VMA_ALIAS) zap(k, v, proc, a.start, a.end, true);
   // free_pgtables over all of user space (PAE: the preallocated PDs too), then pgd_free.
   freeTables(k, v, proc, 0, k.layout.userLimit + PAGE_SIZE, true);
   freeTable(k, proc, proc.root, k.layout.top);

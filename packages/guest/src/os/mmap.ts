@@ -1,6 +1,6 @@
-import { GuestAbort, hexU64, PAGE_SIZE, PT_DIRTY, PT_PRESENT, PT_WRITABLE, type Vcpu } from '@vmexit/core';
+import { GuestAbort, hexU64, PAGE_SIZE, PT_DIRTY, PT_GLOBAL, PT_PAGE_SIZE, PT_PCD, PT_PRESENT, PT_PWT, PT_USER, PT_WRITABLE, type Vcpu } from '@vmexit/core';
 import { FRAME_ANON } from './frames.js';
-import { forEachPte, frameOf, freeTables, inArena, leafHi, writePte, zap } from './pgtable.js';
+import { forEachPte, frameOf, freeTables, getAndClear, inArena, leafHi, setPte, zap } from './pgtable.js';
 import type { Process } from './process.js';
 import { HI_XD, PTE_PROTNONE } from './pte.js';
 import type { KernelState } from './state.js';
@@ -92,8 +92,11 @@ function unmapRange(k: KernelState, v: Vcpu, proc: Process, start: number, end: 
  * their present ptes rewritten with `pte_modify`: a private writable area's
  * vm_page_prot is read-only (PAGE_COPY: the write fault makes a pte writable), but change_pte_range makes
  * writable at once a pte the write fault would only reuse (MM_CP_TRY_CHANGE_WRITABLE, `canChangeWritable`);
- * PROT_NONE makes them not present. The area's range is flushed when a pte changed (a raised R/W too: x86
- * `pte_needs_flush`).
+ * PROT_NONE makes them not present. Each present pte (PROT_NONE ones too: x86 `pte_present`) is stored twice,
+ * changed or not: `ptep_modify_prot_start` clears it (include/linux/pgtable.h `__ptep_modify_prot_start`:
+ * `ptep_get_and_clear`, on x86-64 an xchg that stores 0), `ptep_modify_prot_commit` stores the new value
+ * (`set_pte_at`). Then each area's gathered range is flushed (`tlb_end_vma`): that of the ptes for which
+ * `pte_needs_flush` holds (`tlb_flush_pte_range`).
  */
 export function doMprotect(k: KernelState, v: Vcpu, proc: Process, start: number, length: number, prot: number): void {
   k.stats.mprotects++;
@@ -104,26 +107,46 @@ export function doMprotect(k: KernelState, v: Vcpu, proc: Process, start: number
     // mprotect_fixup leaves an area whose rights do not change alone (newflags == oldflags).
     if (a.prot === prot) continue;
     a.prot = prot;
-    let changed = 0;
+    let lo0 = Infinity;
+    let hi0 = -Infinity;
     const hiNew = leafHi(k, a.prot);
-    forEachPte(k, v, proc, a.start, a.end, (pt, idx, _va, lo, hi) => {
+    forEachPte(k, v, proc, a.start, a.end, (pt, idx, va, lo, hi) => {
       let n = lo & ~(PT_PRESENT | PT_WRITABLE | PTE_PROTNONE);
       if (prot === PROT_NONE) n |= PTE_PROTNONE;
       else {
         n |= PT_PRESENT;
         if ((prot & PROT_WRITE) !== 0 && canChangeWritable(k, a, lo, hi)) n |= PT_WRITABLE;
       }
-      const nh = k.esz === 8 ? ((hi & ~HI_XD) | hiNew) >>> 0 : 0;
-      // (Linux's change_pte_range stores every present pte twice, changed or not: ptep_modify_prot_start
-      // clears it, ptep_modify_prot_commit stores the new value. The model stores a changed pte once.)
-      if (n >>> 0 !== lo >>> 0 || nh !== hi >>> 0) {
-        writePte(k, v, pt, idx, n, nh);
-        changed++;
+      const nh = k.esz === 8 ? (hi & ~HI_XD) | hiNew | 0 : 0;
+      getAndClear(k, v, pt, idx);
+      setPte(k, v, pt, idx, n, nh);
+      if (pteNeedsFlush(lo, hi, n, nh)) {
+        lo0 = Math.min(lo0, va);
+        hi0 = Math.max(hi0, va + PAGE_SIZE);
       }
     });
-    if (changed > 0) flushRange(k, v, proc, a.start, a.end);
+    if (lo0 < hi0) flushRange(k, v, proc, lo0, hi0);
   }
   proc.vmas.mergeAdjacent();
+}
+
+/** Flags whose change needs a flush (x86 `pte_flags_need_flush`'s flush_on_change): R/W, U/S, PWT, PCD, PAT (bit 7 of a pte), G; and XD. */
+const FLUSH_ON_CHANGE = PT_WRITABLE | PT_USER | PT_PWT | PT_PCD | PT_PAGE_SIZE | PT_GLOBAL;
+/** Flags whose clearing needs a flush (flush_on_clear, A ignored as pte_needs_flush does): P, D. */
+const FLUSH_ON_CLEAR = PT_PRESENT | PT_DIRTY;
+
+/**
+ * arch/x86/include/asm/tlbflush.h `pte_needs_flush`: no flush for an old pte that was not present (the TLB
+ * holds nothing for it); a flush when the frame changes, when a flush_on_change flag (or XD, or a protection
+ * key) changes, or when P or D is cleared; software bits (PROT_NONE's among them) and A are ignored.
+ */
+function pteNeedsFlush(oldLo: number, oldHi: number, newLo: number, newHi: number): boolean {
+  if ((oldLo & PT_PRESENT) === 0) return false;
+  if (oldLo >>> 12 !== newLo >>> 12 || (oldHi & 0xfffff) !== (newHi & 0xfffff)) return true;
+  const diff = oldLo ^ newLo;
+  if ((diff & oldLo & FLUSH_ON_CLEAR) !== 0) return true;
+  // bits 59-63 of the high half: the protection key and XD
+  return (diff & FLUSH_ON_CHANGE) !== 0 || ((oldHi ^ newHi) & 0xf8000000) !== 0;
 }
 
 /**

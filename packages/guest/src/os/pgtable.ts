@@ -1,4 +1,4 @@
-import { PAGE_SIZE, PT_PRESENT, PT_ACCESSED, PT_USER, type Vcpu } from '@vmexit/core';
+import { PAGE_SIZE, PT_PRESENT, PT_ACCESSED, PT_USER, PT_WRITABLE, type Vcpu } from '@vmexit/core';
 import { FRAME_TABLE } from './frames.js';
 import { MODE_PAE, tableIndex } from './layout.js';
 import type { Process } from './process.js';
@@ -40,6 +40,50 @@ export function writePte(k: KernelState, v: Vcpu, tablePa: number, idx: number, 
     const nb = byteOf(lo, hi, b);
     if (nb !== byteOf(oldLo, oldHi, b)) v.write(va + b, 1, nb);
   }
+}
+
+/*
+ * The stores of Linux's entry primitives (x86: arch/x86/include/asm/pgtable.h, pgtable_64.h, pgtable-2level.h,
+ * pgtable-3level.h). An 8-byte entry is one store, but PAE Linux (32-bit, 8-byte entries) writes some
+ * in halves: `native_set_pte` the high half then the low one, `native_pte_clear`/`native_pmd_clear` the low
+ * half then the high one, and `ptep_set_wrprotect` is a cmpxchg of a `long`, the low half. The atomic ones
+ * (`ptep_get_and_clear`: xchg, PAE cmpxchg8b in `pxx_xchg64`; `set_pmd`, `set_pud`) are one store of the whole
+ * entry. With byte-pte-writes, every one is `writePte`'s byte stores.
+ */
+
+/** One 4-byte store to half `half` (0: bits 31:0, 1: bits 63:32) of an 8-byte entry. */
+function storeHalf(k: KernelState, v: Vcpu, table: number, idx: number, half: 0 | 1, value: number): void {
+  k.stats.pteWrites++;
+  v.write(k.dm + table + idx * 8 + half * 4, 4, value | 0);
+}
+
+function inHalves(k: KernelState): boolean {
+  return k.layout.mode === MODE_PAE && !k.byteWrites;
+}
+
+/** Linux `set_pte` (`set_pte_at`, `set_ptes`, and `ptep_set_access_flags` when the pte changes). */
+export function setPte(k: KernelState, v: Vcpu, pt: number, idx: number, lo: number, hi: number): void {
+  if (!inHalves(k)) return writePte(k, v, pt, idx, lo, hi);
+  storeHalf(k, v, pt, idx, 1, hi);
+  storeHalf(k, v, pt, idx, 0, lo);
+}
+
+/** Linux `pte_clear`, `pmd_clear`, and `ptep_get_and_clear_full` of a whole mm (`native_local_ptep_get_and_clear`). */
+export function clearEntry(k: KernelState, v: Vcpu, table: number, idx: number): void {
+  if (!inHalves(k)) return writePte(k, v, table, idx, 0, 0);
+  storeHalf(k, v, table, idx, 0, 0);
+  storeHalf(k, v, table, idx, 1, 0);
+}
+
+/** Linux `ptep_get_and_clear` (`ptep_clear_flush`, `ptep_modify_prot_start`, a zap of part of an mm): one atomic store of 0. */
+export function getAndClear(k: KernelState, v: Vcpu, pt: number, idx: number): void {
+  writePte(k, v, pt, idx, 0, 0);
+}
+
+/** Linux `ptep_set_wrprotect` (6.6 and later: a `try_cmpxchg` of a `long` at the pte) of the pte (`lo`, `hi`). */
+export function setWrprotect(k: KernelState, v: Vcpu, pt: number, idx: number, lo: number, hi: number): void {
+  if (!inHalves(k)) return writePte(k, v, pt, idx, lo & ~PT_WRITABLE, hi);
+  storeHalf(k, v, pt, idx, 0, lo & ~PT_WRITABLE);
 }
 
 /** The frame an entry of this kernel's tables points to. */
@@ -156,6 +200,8 @@ interface RangeWalk {
   readonly floor: 1 | 2;
   /** A pte (level 1) that is present or PROT_NONE. */
   pte?(pt: number, idx: number, va: number, lo: number, hi: number): void;
+  /** A present table entry of `level` > 1 (mapping from `va`), before the walk below it. */
+  before?(table: number, idx: number, va: number, level: number): void;
   /** An aliased-pdes alias PDE (level 2): never descended, the primary mapping owns the PT. */
   alias?(pd: number, idx: number, va: number, span: number): void;
   /** A present table entry of `level` > 1 pointing to `child`, after the walk below it. */
@@ -188,12 +234,17 @@ function walkRange(k: KernelState, v: Vcpu, table: number, level: number, base: 
       continue;
     }
     const child = frameOf(k, lo, hi) * PAGE_SIZE;
+    w.before?.(table, i, va, level);
     if (level - 1 >= w.floor) walkRange(k, v, child, level - 1, va, start, end, w);
     w.after?.(table, i, va, span, level, child);
   }
 }
 
-/** Calls `pte(pt, idx, va, lo, hi)` for every pte of `proc` in [start, end) that is present or PROT_NONE. */
+/**
+ * Calls `pte(pt, idx, va, lo, hi)` for every pte of `proc` in [start, end) that is present or PROT_NONE, and
+ * `before(table, idx, va, level)` at every present entry of a level above that the walk descends through,
+ * before it descends (`va`: the start of the entry's span).
+ */
 export function forEachPte(
   k: KernelState,
   v: Vcpu,
@@ -201,8 +252,9 @@ export function forEachPte(
   start: number,
   end: number,
   pte: (pt: number, idx: number, va: number, lo: number, hi: number) => void,
+  before?: (table: number, idx: number, va: number, level: number) => void,
 ): void {
-  walkRange(k, v, proc.root, k.layout.top, 0, start, end, { floor: 1, pte });
+  walkRange(k, v, proc.root, k.layout.top, 0, start, end, { floor: 1, pte, before });
 }
 
 /**
@@ -234,8 +286,10 @@ export function freeTables(
       if (L.mode === MODE_PAE && level === 3 && k.sparsePdptes) {
         writePte(k, v, table, idx, JUNK_PDPTE_LO ^ (idx << 12), JUNK_PDPTE_HI);
         if (!all) reloadPdptes(k, v, proc);
+      } else if (level === 2) {
+        clearEntry(k, v, table, idx); // free_pte_range: pmd_clear
       } else {
-        writePte(k, v, table, idx, 0, 0);
+        writePte(k, v, table, idx, 0, 0); // pud_clear, p4d_clear, pgd_clear: set_p?d(0)
       }
       if (k.aliased && level - 1 === 1 && inArena(k, va)) clearAliasPde(k, v, proc, va);
       freeTable(k, proc, child, level - 1);
@@ -248,13 +302,16 @@ export function freeTables(
 /**
  * Clears the ptes of [start, end) and drops their pages (`zap_pte_range`); returns [min, max) of the ptes it
  * cleared, or null: present ones and PROT_NONE ones, which x86 `pte_present` counts as present, so that
- * `tlb_remove_tlb_entry` adds them to the range to flush.
+ * `tlb_remove_tlb_entry` adds them to the range to flush. Each pte is cleared by `ptep_get_and_clear_full`:
+ * `ptep_get_and_clear`, or `native_local_ptep_get_and_clear` (a `pte_clear`) when `full` (the whole mm goes:
+ * exit_mmap's fullmm mmu_gather).
  */
-export function zap(k: KernelState, v: Vcpu, proc: Process, start: number, end: number): [number, number] | null {
+export function zap(k: KernelState, v: Vcpu, proc: Process, start: number, end: number, full = false): [number, number] | null {
   let min = Infinity;
   let max = -Infinity;
   forEachPte(k, v, proc, start, end, (pt, idx, va, lo, hi) => {
-    writePte(k, v, pt, idx, 0, 0);
+    if (full) clearEntry(k, v, pt, idx);
+    else getAndClear(k, v, pt, idx);
     const frame = frameOf(k, lo, hi);
     if (frame !== k.zeroFrame) k.frames.put(frame);
     min = Math.min(min, va);
