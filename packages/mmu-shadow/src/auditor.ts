@@ -439,7 +439,7 @@ export class Auditor {
       if (!mmu.isNotrap(lo, hi)) this.fail('a non-present spte is neither the trap nor the notrap value', sp, loc);
       if (!mmu.bypassEncoding) return KIND_NONE;
       if (sp.level > 1) this.fail('a notrap spte at a non-leaf level (its faults would bypass the hypervisor)', sp, loc);
-      if (!mmu.notrapAllowed(sp)) this.fail(`a notrap spte in a ${sp.unsync ? 'unsync' : sp.direct ? 'direct' : '4-byte-gpte'} page`, sp, loc);
+      if (!mmu.notrapAllowed(sp)) this.fail(`a notrap spte in a ${sp.unsync ? 'unsync' : sp.direct ? 'direct' : '4-byte-gpte or efer_nx=0'} page`, sp, loc);
       this.checkNotrapGpte(sp, i);
       return KIND_NONE;
     }

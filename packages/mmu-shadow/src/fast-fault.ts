@@ -7,6 +7,7 @@ import {
   isWriteAllowed,
   LocklessFastFault,
   SPTE_MMU_WRITABLE,
+  SPTE_U,
   SPTE_W,
   type FastFaultMutation,
   type SptePool,
@@ -108,6 +109,12 @@ export class FastPageFault extends LocklessFastFault {
     this.loc = loc;
     this.lo = lo;
     this.hi = hi;
+    // SMAP (SDM Vol. 3A §4.6.1): the hardware walk of the shadow applies the guest's CR4.SMAP and EFLAGS.AC to
+    // the spte's U bit, so a supervisor write to a user spte faults P|W whatever the spte's W: neither spurious
+    // nor fixed by setting W (either would retry the same fault forever). KVM's `fast_page_fault` never sees
+    // such a fault: it runs on direct MMUs only, where a guest's SMAP fault does not exit. The slow path's
+    // guest walk injects it.
+    if (!this.user && (lo & SPTE_U) !== 0 && this.smapForbids()) return FAST_PH_END;
     if (isWriteAllowed(lo, this.user)) {
       this.result = FAST_SPURIOUS;
       return FAST_PH_END;
@@ -123,6 +130,12 @@ export class FastPageFault extends LocklessFastFault {
       return FAST_PH_END;
     }
     return FAST_PH_CMPXCHG;
+  }
+
+  /** CR4.SMAP with EFLAGS.AC = 0 in the context the hardware walks the shadow under (an explicit supervisor access). */
+  private smapForbids(): boolean {
+    const ctx = this.s.stateOf(this.vcpu).ctx;
+    return ctx.cr4Smap && !ctx.eflagsAc;
   }
 
   protected markDirty(): void {

@@ -5,7 +5,6 @@ import {
   ACC_WRITE,
   MODE_LEGACY32,
   MODE_LONG4,
-  MODE_LONG5,
   MODE_PAE,
   PAGE_SIZE,
   PFERR_PRESENT,
@@ -18,7 +17,6 @@ import {
   walk,
   type Memslot,
   EMULATE,
-  type PagingContext,
   type ExitResolution,
   PF_VECTOR,
   RESUME,
@@ -29,7 +27,7 @@ import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, childRole, GFNS_PER_ENTRY
 import { decidePrefetchEvent, decideTrackedWriteEvent } from './decisions.js';
 import { HOST_GFN_LIMIT } from './context.js';
 import { ShadowMmuError } from './errors.js';
-import { gpteAccess, leafFromGpte, leafPkey, levelIndex, readGpte } from './gpte.js';
+import { gpteAccess, leafFromGpte, leafPkey, levelIndex, pkeysApply, readGpte } from './gpte.js';
 import type { ShadowPage } from './page.js';
 import { hasUpperLevelPage, installLeaf, link, prepareZap, reservePages, zapSpte } from './page-cache.js';
 import { finish, processReloads, requireTopPage, topPage } from './roots.js';
@@ -132,7 +130,8 @@ export function pageFault(s: ShadowMmuState, vcpu: Vcpu, address: number, errorC
   if (write && !user && !g.cr0Wp && (pteAccess & ACC_WRITE_MASK) === 0) {
     // A user page made kernel-only would escape SMAP, and PKRU.AD (keys apply to user-mode addresses only),
     // for later supervisor reads (KVM lets the SMAP case happen; mmu.rst leaves it out). Emulating the store
-    // keeps the guest's view exact.
+    // keeps the guest's view exact. The pages such sptes are built in (SMAP off, or no keys) are never used
+    // where SMAP or keys apply: smap_andnot_wp and ROLE_PKEYS_ANDNOT_WP (roots.ts) keep them apart.
     if (r.user && (g.cr4Smap || pkeysApply(g))) return emulate(s, st);
     pteAccess = (pteAccess | ACC_WRITE_MASK) & ~ACC_USER_MASK;
     if (g.cr4Smep) pteAccess &= ~ACC_EXEC_MASK;
@@ -148,11 +147,6 @@ function emulate(s: ShadowMmuState, st: VcpuShadowState): ExitResolution {
   st.bump(s.host, 0 /* pf_emulate */);
   finish(s);
   return EMULATE;
-}
-
-/** Protection keys apply: CR4.PKE in 4- or 5-level paging (SDM Vol. 3A §4.6.2; PAE and 32-bit entries have no key). */
-function pkeysApply(g: PagingContext): boolean {
-  return g.cr4Pke && (g.mode === MODE_LONG4 || g.mode === MODE_LONG5);
 }
 
 /** PKRU.WD (bit 2k + 1) of the key in bits 62:59 of a leaf (`hi` = its high half, bits 30:27). */

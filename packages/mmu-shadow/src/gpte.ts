@@ -1,4 +1,16 @@
-import { MODE_LONG4, MODE_LONG5, MODE_PAE, PT_ACCESSED, PT_DIRTY, PT_HI_XD, PT_PRESENT, PT_USER, PT_WRITABLE, type Vcpu } from '@vmexit/core';
+import {
+  MODE_LONG4,
+  MODE_LONG5,
+  MODE_PAE,
+  PT_ACCESSED,
+  PT_DIRTY,
+  PT_HI_XD,
+  PT_PRESENT,
+  PT_USER,
+  PT_WRITABLE,
+  type PagingContext,
+  type Vcpu,
+} from '@vmexit/core';
 import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, makeLeafSpte, ROLE_4BYTE_GPTE, roleAccess, SPTE_HI_PKEY_MASK, type SpteHalves } from '@vmexit/core/mmu';
 import { HOST_GFN_LIMIT } from './context.js';
 import type { ShadowPage } from './page.js';
@@ -37,6 +49,11 @@ function gpteReserved(hi: number, maxPhyAddr: number, nxe: boolean, pae: boolean
   const m = maxPhyAddr - 32;
   const addrRsvd = pae ? (0x7fffffff >>> m) << m : (0xfffff >>> m) << m;
   return (hi & addrRsvd) !== 0 || (!nxe && (hi & PT_HI_XD) !== 0);
+}
+
+/** Protection keys apply: CR4.PKE in 4- or 5-level paging (SDM Vol. 3A §4.6.2; PAE and 32-bit entries have no key). */
+export function pkeysApply(g: PagingContext): boolean {
+  return g.cr4Pke && (g.mode === MODE_LONG4 || g.mode === MODE_LONG5);
 }
 
 /** The protection key of a leaf in high-half position: 4/5-level guests only (SDM Vol. 3A §4.6.2). */

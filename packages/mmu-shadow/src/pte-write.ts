@@ -4,7 +4,7 @@ import { decideFlood, decidePteWrite, detectWriteMisaligned, writtenSptes } from
 import { leafFromGpte } from './gpte.js';
 import type { ShadowPage } from './page.js';
 import { installLeaf, prepareZap, zapSpte } from './page-cache.js';
-import { baseRole, finish } from './roots.js';
+import { baseRole, finish, ROLE_PKEYS_ANDNOT_WP } from './roots.js';
 import { collectIndirectPages, type ShadowMmuState, type VcpuShadowState } from './state.js';
 
 /**
@@ -95,7 +95,7 @@ export function pteWrite(
     let update = decision === 'update-spte' && !misaligned && level === 1 && bytes >= pteSize;
     if (update) {
       if (vcpuBaseRole < 0) vcpuBaseRole = baseRole(vcpu);
-      update = (sp.role & ROLE_BASE_MASK) === (vcpuBaseRole & ROLE_BASE_MASK);
+      update = ((sp.role ^ vcpuBaseRole) & (ROLE_BASE_MASK | ROLE_PKEYS_ANDNOT_WP)) === 0;
     }
     // get_written_sptes for every gpte the store wrote a byte of: one for an aligned store; two for one that
     // straddles a boundary, or three for an 8-byte store over 4-byte gptes from byte 2 of one (KVM zaps the page

@@ -1,6 +1,7 @@
 import { hexU64, MODE_LEGACY32, MODE_LONG4, MODE_LONG5, MODE_PAE, PAGE_SIZE, PT_PRESENT, type PagingContext, type Vcpu } from '@vmexit/core';
 import { findPage, ROLE_4BYTE_GPTE, rootRoleOf, SPTE_P } from '@vmexit/core/mmu';
 import { ShadowMmuError } from './errors.js';
+import { pkeysApply } from './gpte.js';
 import type { ShadowPage } from './page.js';
 import { commitZap, noSpace, reservePages, zapAllFourByte } from './page-cache.js';
 import { MAX_ROOTS, type ShadowMmuState, type VcpuShadowState } from './state.js';
@@ -21,10 +22,23 @@ const SIG_CR4_PSE = 1;
 /** The signature of a vCPU with CR0.PG = 0 (no roots). */
 const SIG_NOPAGING = -2;
 
+/**
+ * pkeys_andnot_wp (bit 19, the first of the bits KVM's `kvm_mmu_page_role` leaves unused): protection keys
+ * apply (CR4.PKE in 4/5-level paging, `pkeysApply`) and CR0.WP = 0. The CR0.WP = 0 fault path builds
+ * kernel-only writable sptes for supervisor writes to read-only user pages only where keys do not apply (with
+ * keys, PKRU.AD must go on stopping supervisor reads of the page, and a kernel-only spte escapes it, SDM
+ * Vol. 3A §4.6.2); this bit keeps the pages that hold such sptes from being used where keys apply, as
+ * `smap_andnot_wp` does for SMAP (Documentation/virt/kvm/x86/mmu.rst "Emulating cr0.wp"). KVM has no such bit:
+ * it offers no PKU to a shadow-paging guest (cpuid.c `kvm_set_cpu_caps`, "PKU is not yet implemented for
+ * shadow paging").
+ */
+export const ROLE_PKEYS_ANDNOT_WP = 1 << 19;
+
 /** The guest-state inputs of the root role, without level and quadrant (KVM's base role). */
 export function baseRole(vcpu: Vcpu): number {
   const g = vcpu.ctx;
-  return rootRoleOf(0, g.mode === MODE_LEGACY32, 0, g.eferNxe, g.cr0Wp, g.cr4Smep, g.cr4Smap);
+  const role = rootRoleOf(0, g.mode === MODE_LEGACY32, 0, g.eferNxe, g.cr0Wp, g.cr4Smep, g.cr4Smap);
+  return !g.cr0Wp && pkeysApply(g) ? role | ROLE_PKEYS_ANDNOT_WP : role;
 }
 
 function signatureOf(vcpu: Vcpu): number {

@@ -15,6 +15,7 @@ import {
   pageBucket,
   pageOfLoc,
   ROLE_4BYTE_GPTE,
+  ROLE_EFER_NX,
   roleQuadrant,
   SPTE_HI_ADDR_MASK,
   SPTE_P,
@@ -307,9 +308,14 @@ export abstract class ShadowMmuState implements PageCache<ShadowPage> {
     return t !== undefined && (this.unsyncCount.size === 0 || t > (this.unsyncCount.get(gfn) ?? 0));
   }
 
-  /** Whether `sp` may hold notrap sptes: bypass on, a level-1 page of 8-byte gptes, in sync. */
+  /**
+   * Whether `sp` may hold notrap sptes: bypass on, a level-1 page of 8-byte gptes, in sync, for EFER.NXE = 1. A
+   * notrap fault reaches the guest with the hardware's error code, computed under the NXE = 1 the shadow runs
+   * with: for a guest with NXE = 0 a fetch would carry an I/D bit the native CPU sets only with SMEP (SDM Vol. 3A
+   * §4.7). KVM's 2007 bypass_guest_pf let that through (vmx.c `update_transition_efer`: "NX is emulated").
+   */
   notrapAllowed(sp: ShadowPage): boolean {
-    return this.bypassEncoding && sp.level === 1 && !sp.direct && (sp.role & ROLE_4BYTE_GPTE) === 0 && !sp.unsync;
+    return this.bypassEncoding && sp.level === 1 && !sp.direct && (sp.role & (ROLE_4BYTE_GPTE | ROLE_EFER_NX)) === ROLE_EFER_NX && !sp.unsync;
   }
 
   /** The page a non-leaf spte points at. */

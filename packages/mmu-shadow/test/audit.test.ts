@@ -252,7 +252,7 @@ describe('auditShadowMmu', () => {
 
   describe('incremental and full, bypass encoding', () => {
     it('report a notrap spte whose gpte the guest made present behind the MMU', () => {
-      const { mmu, machine, pt, h } = setup('long4');
+      const { mmu, machine, pt, h } = setup('long4', { nxe: true }); // notrap sptes need EFER.NXE = 1 (state.ts notrapAllowed)
       mmu.setNonPresentSptes(TRAP_LO, TRAP_HI, 0, 0);
       kernelPager(machine.vcpus[0]!, pt);
       asUser(machine.vcpus[0]!, () => machine.vcpus[0]!.write(USER, 4, 1)); // the PT is shadowed: notrap at 1..511

@@ -75,7 +75,7 @@ describe('ShadowMmu', () => {
 
   describe('.handlePageFault (bypass encoding)', () => {
     it('gives a new level-1 page of 8-byte gptes notrap exactly where the gpte is not present, and costs a demand fault 1 exit with update-spte', () => {
-      const { mmu, h, vcpu, pt } = setup('long4');
+      const { mmu, h, vcpu, pt } = setup('long4', { nxe: true }); // notrap sptes need EFER.NXE = 1 (state.ts notrapAllowed)
       mmu.setNonPresentSptes(TRAP_LO, TRAP_HI, 0, 0);
       h.pfecMask = 1;
       h.pfecMatch = 1;
@@ -99,7 +99,7 @@ describe('ShadowMmu', () => {
     });
 
     it('writes trap, never notrap, when an spte is zapped, and notrap on a pte-update of a not-present gpte', () => {
-      const { mmu, h, vcpu, pt } = setup('long4');
+      const { mmu, h, vcpu, pt } = setup('long4', { nxe: true }); // notrap sptes need EFER.NXE = 1 (state.ts notrapAllowed)
       mmu.setNonPresentSptes(TRAP_LO, TRAP_HI, 0, 0);
       h.pfecMask = 1;
       h.pfecMatch = 1;
@@ -142,7 +142,7 @@ describe('ShadowMmu', () => {
     });
 
     it('audit: reports a notrap spte over a present gpte and a notrap spte at a non-leaf level', () => {
-      const { mmu, h, vcpu, pt } = setup('long4');
+      const { mmu, h, vcpu, pt } = setup('long4', { nxe: true }); // notrap sptes need EFER.NXE = 1 (state.ts notrapAllowed)
       mmu.setNonPresentSptes(TRAP_LO, TRAP_HI, 0, 0);
       h.audit = false;
       pt.map(USER, 0x900000, P | W | U | A);
@@ -277,7 +277,7 @@ describe('ShadowMmu', () => {
 
     it('with the bypass encoding, a sync drops the spte of a cleared gpte to notrap: the guest fault on it bypasses', () => {
       for (const mode of ['pae', 'long4'] as const) {
-        const { mmu, h, vcpu, pt } = setup(mode);
+        const { mmu, h, vcpu, pt } = setup(mode, { nxe: true }); // notrap sptes need EFER.NXE = 1 (state.ts notrapAllowed)
         mmu.setNonPresentSptes(TRAP_LO, TRAP_HI, 0, 0);
         h.pfecMask = 1;
         h.pfecMatch = 1;

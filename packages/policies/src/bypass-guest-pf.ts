@@ -28,10 +28,10 @@ export type BypassGuestPfOptions = z.output<typeof bypassGuestPfOptions>;
  * A bypassed fault carries the error code the hardware computed on the shadow tables, with the EFER in effect
  * in the guest, and KVM runs a shadow-paged guest with EFER.NX set whatever the guest wrote (vmx.c
  * `update_transition_efer` keeps the host's NX without EPT; svm.c `svm_set_efer`: "Shadow paging assumes NX
- * to be available"). So an
- * instruction fetch from a not-present page reaches a PAE or 4-level guest with EFER.NXE = 0 with I/D = 1
- * (SDM Vol. 3A §4.7), where its own hardware would give I/D = 0. The model keeps that difference, as KVM
- * had it; every fault that exits is injected with the guest walk's own error code.
+ * to be available"). So on KVM an instruction fetch from a not-present page reached a PAE or 4-level guest with
+ * EFER.NXE = 0 with I/D = 1 (SDM Vol. 3A §4.7), where its own hardware gives I/D = 0. The model follows the
+ * SDM: shadow pages of a guest with EFER.NXE = 0 stay all-trap (mmu-shadow `notrapAllowed`), so such a guest's
+ * not-present faults exit and are injected with the guest walk's own error code, as every exiting fault is.
  *
  * Refused on SVM, which cannot filter #PF intercepts by error code (APM Vol. 2 §15.12: the intercept is all
  * or nothing; the composition fails because backend-svm binds no `PageFaultFilter`), and under two-dimensional

@@ -120,6 +120,8 @@ export function describeRole(role: number): string {
     `smep_andnot_wp=${role & ROLE_SMEP_ANDNOT_WP ? 1 : 0}`,
     `smap_andnot_wp=${role & ROLE_SMAP_ANDNOT_WP ? 1 : 0}`,
   ];
+  // Bit 19: mmu-shadow's pkeys_andnot_wp (protection keys apply and CR0.WP = 0), a bit KVM's role leaves unused.
+  if (role & (1 << 19)) parts.push('pkeys_andnot_wp=1');
   if (role & ROLE_INVALID) parts.push('invalid');
   return `{${parts.join(' ')}}`;
 }
