@@ -144,9 +144,11 @@ describe('reportHtml charts, as drawn', () => {
   it.skipIf(!have)(
     "draws each bar at summary.csv's mean of its cells: one panel per paging mode, a seed without an exit reason counted as 0",
     async () => {
-      // mprotect-storm:pages=8,rounds=4 on vmx shadow, 2 vCPUs, 8 MiB, in long4 and pae, seeds 1 and 2. Its counts:
-      //   long4: EXCEPTION_NMI 126 (seed 1), 119 (seed 2); INVLPG 73, 66; CR_ACCESS 4, 4
-      //   pae:   EXCEPTION_NMI 122 (seed 1), 115 (seed 2); INVLPG 73, 66; CR_ACCESS 4, 4
+      // mprotect-storm:pages=8,rounds=4 on vmx shadow, 2 vCPUs, 8 MiB, in long4 and pae, seeds 1 and 2. Its counts
+      // (mprotect stores each present pte twice, as Linux's change_pte_range does, and PAE's set_pte is two 4-byte
+      // stores, each an emulated write under shadow paging):
+      //   long4: EXCEPTION_NMI 168 (seed 1), 158 (seed 2); INVLPG 73, 66; CR_ACCESS 4, 4
+      //   pae:   EXCEPTION_NMI 222 (seed 1), 209 (seed 2); INVLPG 73, 66; CR_ACCESS 4, 4
       const records: CellRecord[] = [];
       for (const mode of ['long4', 'pae'] as const)
         for (const seed of [1, 2])
@@ -162,17 +164,17 @@ describe('reportHtml charts, as drawn', () => {
           );
       const exitsOf = (r: CellRecord): number[] => ['EXCEPTION_NMI', 'INVLPG', 'CR_ACCESS'].map((k) => r.counters.total[`exits.${k}`]!);
       expect(records.map(exitsOf)).toEqual([
-        [126, 73, 4],
-        [119, 66, 4],
-        [122, 73, 4],
-        [115, 66, 4],
+        [168, 73, 4],
+        [158, 66, 4],
+        [222, 73, 4],
+        [209, 66, 4],
       ]);
       // A third long4 seed without INVLPG exits (the seed-2 record, its INVLPG count taken out): its mean is
       // (73 + 66 + 0) / 3 = 46.333..., not (73 + 66) / 2 = 69.5 as a mean of the rows there are would give.
       const two = records[1]!;
-      // Its exits: 189 - 66 = 123.
+      // Its exits: 228 - 66 = 162.
       const { 'exits.INVLPG': _invlpg, 'exits.kind.invlpg': _kind, ...withoutInvlpg } = two.counters.total;
-      const total = { ...withoutInvlpg, exits: 189 - 66 };
+      const total = { ...withoutInvlpg, exits: 228 - 66 };
       records.push({ ...two, seed: 3, cell: { ...two.cell, seed: 3, key: 'seed3-no-invlpg' }, counters: { ...two.counters, total } });
       fs.mkdirSync(ARTIFACTS, { recursive: true });
       const file = path.join(ARTIFACTS, 'report-modes.html');
@@ -180,14 +182,14 @@ describe('reportHtml charts, as drawn', () => {
       const [exits, , , spread] = await drawnData(file);
       const bars = Object.fromEntries(exits!.map((b) => [`${String(b.panel)} ${String(b.reason)}`, b.mean_exits]));
       const w = 'mprotect-storm:pages=8,rounds=4';
-      // long4: EXCEPTION_NMI (126 + 119 + 119) / 3 = 121.333..., INVLPG (73 + 66 + 0) / 3 = 46.333..., CR_ACCESS 4;
-      // pae: (122 + 115) / 2 = 118.5, (73 + 66) / 2 = 69.5, 4. (Before, one panel per workload averaged both modes:
-      // EXCEPTION_NMI (126 + 119 + 119 + 122 + 115) / 5 = 120.2, INVLPG (73 + 66 + 73 + 66) / 4 = 69.5.)
+      // long4: EXCEPTION_NMI (168 + 158 + 158) / 3 = 161.333..., INVLPG (73 + 66 + 0) / 3 = 46.333..., CR_ACCESS 4;
+      // pae: (222 + 209) / 2 = 215.5, (73 + 66) / 2 = 69.5, 4. (Before, one panel per workload averaged both modes:
+      // EXCEPTION_NMI (168 + 158 + 158 + 222 + 209) / 5 = 183, INVLPG (73 + 66 + 73 + 66) / 4 = 69.5.)
       const expected: Record<string, number> = {
-        [`${w}, long4 vmx EXCEPTION_NMI`]: 364 / 3,
+        [`${w}, long4 vmx EXCEPTION_NMI`]: 484 / 3,
         [`${w}, long4 vmx INVLPG`]: 139 / 3,
         [`${w}, long4 vmx CR_ACCESS`]: 4,
-        [`${w}, pae vmx EXCEPTION_NMI`]: 118.5,
+        [`${w}, pae vmx EXCEPTION_NMI`]: 215.5,
         [`${w}, pae vmx INVLPG`]: 69.5,
         [`${w}, pae vmx CR_ACCESS`]: 4,
       };
@@ -197,10 +199,10 @@ describe('reportHtml charts, as drawn', () => {
       for (const g of summarize(records))
         for (const reason of ['EXCEPTION_NMI', 'INVLPG', 'CR_ACCESS'])
           expect(bars[`${g.workload}, ${g.mode} vmx ${reason}`] as number).toBeCloseTo(g.counters[`exits.${reason}`]!.mean, 9);
-      // The spread: one rule per panel, from its own cells' min to max of all exits (long4 203, 189, 123; pae 199, 185).
+      // The spread: one rule per panel, from its own cells' min to max of all exits (long4 245, 228, 162; pae 299, 279).
       expect(spread!.filter((m) => m.mark === 'rule').map((m) => [m.min_exits, m.max_exits])).toEqual([
-        [123, 203],
-        [185, 199],
+        [162, 245],
+        [279, 299],
       ]);
     },
     180_000,
