@@ -3,10 +3,12 @@
 // thread keeps the last trace it replayed (createTraceLoader): a worker's next job is most often on the same
 // workload. BullMQ keeps the thread between jobs, so once it has had no job for KEEP_TRACE_IDLE_MS it lets the
 // trace go and collects it: a worker whose queue ran dry does not sit on a decoded trace (kbuild's: 430 MB).
+import { hostname } from 'node:os';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { createTraceLoader, type TraceLoader } from '@vmexit/guest';
 import { runCellOutcome, type Cell, type CellOutcome } from './cell.js';
+import { vmexitBuild, type CellJob, type QueueOutcome, type VmexitBuild } from './queue.js';
 
 /**
  * How long a job thread keeps its last trace after its last job ended. Jobs of a running sweep follow each other
@@ -56,4 +58,25 @@ export function jobProcessor(
   };
 }
 
-export default jobProcessor(KEEP_TRACE_IDLE_MS);
+/**
+ * `run` for the cells of this build only: a job whose sweep runs another build (`job.data.build`) is answered
+ * with a BuildMismatch error, not run, as its result could differ from the sweep's own. Every answer carries
+ * this worker's build and host, so that the sweep can tell whose it is.
+ */
+export function buildCheckedProcessor(
+  run: (job: { data: Cell }) => Promise<CellOutcome>,
+  build: () => VmexitBuild = vmexitBuild,
+): (job: { data: CellJob }) => Promise<QueueOutcome> {
+  return async (job) => {
+    const { build: wanted, ...cell } = job.data;
+    const mine = build();
+    const tag = { build: mine.id, lab: mine.packages['@vmexit/lab'] ?? 'not installed', host: hostname() };
+    if (wanted !== mine.id) {
+      const message = `the worker on ${tag.host} runs vmexit build ${mine.id} (@vmexit/lab ${tag.lab}), the sweep build ${wanted ?? '(none given)'}: run the same build on every machine`;
+      return { ok: false, error: { name: 'BuildMismatch', message }, ...tag };
+    }
+    return { ...(await run({ data: cell })), ...tag };
+  };
+}
+
+export default buildCheckedProcessor(jobProcessor(KEEP_TRACE_IDLE_MS));

@@ -1,9 +1,13 @@
 import { Queue, Worker, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
-import { cellKey, compiledFile, type Cell, type CellOutcome } from './cell.js';
-import { InputError } from './errors.js';
-import type { CellExecutor } from './sweep.js';
+import { createHash } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { cellKey, compiledFile, type Cell, type CellOutcome } from './cell.js';
+import { InputError, RunFailure } from './errors.js';
+import type { CellExecutor } from './sweep.js';
 
 /** Where the Redis is: `redis://[:PASSWORD@]HOST:PORT[/DB]`. */
 export interface RedisConnection {
@@ -50,10 +54,86 @@ export async function checkRedis(c: RedisConnection): Promise<void> {
   }
 }
 
-/** A cell's job id: its key (jobs of the same cell from two sweeps are one job, as their results are one result). */
-export function jobId(cell: Cell): string {
-  return `cell-${cellKey(cell)}`;
+/**
+ * A cell's job id: its key and the build that runs it. Jobs of the same cell from two sweeps of one build are
+ * one job, as their results are one result; sweeps of two builds never share one (nor does a rerun after an
+ * upgrade pick up a result of the old build that is still in the queue).
+ */
+export function jobId(cell: Cell, build: string = vmexitBuild().id): string {
+  return `cell-${cellKey(cell)}-${build.slice(0, 8)}`;
 }
+
+/** Which vmexit runs here: the version of each package a cell runs on, and `id`, a hash of those and of their compiled code. */
+export interface VmexitBuild {
+  readonly id: string;
+  readonly packages: Readonly<Record<string, string>>;
+}
+
+/** The packages whose code decides a cell's result (third-party policies are named in each result's provenance). */
+const BUILD_PACKAGES = [
+  '@vmexit/backend-svm',
+  '@vmexit/backend-vmx',
+  '@vmexit/core',
+  '@vmexit/guest',
+  '@vmexit/lab',
+  '@vmexit/mmu-shadow',
+  '@vmexit/mmu-tdp',
+  '@vmexit/policies',
+];
+let thisBuild: VmexitBuild | null = null;
+
+/**
+ * This process's build: two machines agree on it when they run the same versions of the same compiled code
+ * (a checkout rebuilt after a change differs though its versions do not). The sweep sends its own with each cell,
+ * and a worker of another build refuses the cell, so that one merged result never mixes two builds.
+ */
+export function vmexitBuild(): VmexitBuild {
+  if (thisBuild !== null) return thisBuild;
+  const req = createRequire(import.meta.url);
+  const hash = createHash('sha256');
+  const packages: Record<string, string> = {};
+  for (const name of BUILD_PACKAGES) {
+    let manifest: string;
+    try {
+      manifest = req.resolve(`${name}/package.json`);
+    } catch {
+      packages[name] = 'not installed';
+      hash.update(`${name}\0-\0`);
+      continue;
+    }
+    const version = String((JSON.parse(readFileSync(manifest, 'utf8')) as { version?: unknown }).version);
+    packages[name] = version;
+    hash.update(`${name}\0${version}\0`);
+    const dist = join(dirname(manifest), 'dist');
+    let files: string[] = [];
+    try {
+      files = readdirSync(dist, { recursive: true, encoding: 'utf8' })
+        .filter((f) => f.endsWith('.js'))
+        .sort();
+    } catch {
+      // no dist (not built): the versions alone
+    }
+    for (const f of files)
+      hash
+        .update(f)
+        .update('\0')
+        .update(readFileSync(join(dist, f)));
+  }
+  thisBuild = { id: hash.digest('hex').slice(0, 16), packages };
+  return thisBuild;
+}
+
+/** A build as a user reads it: its id and the version of @vmexit/lab. */
+function describeBuild(b: VmexitBuild | { id: string; lab?: string }): string {
+  const lab = 'packages' in b ? b.packages['@vmexit/lab'] : b.lab;
+  return `build ${b.id}${lab !== undefined ? `, @vmexit/lab ${lab}` : ''}`;
+}
+
+/** What the sweep puts on the queue for a cell: the cell, and the build that must run it. */
+export type CellJob = Cell & { readonly build: string };
+
+/** What a queue worker answers for a cell: the outcome, with the build and host that ran (or refused) it. */
+export type QueueOutcome = CellOutcome & { readonly build: string; readonly lab: string; readonly host: string };
 
 /** How a QueueExecutor reaches its queue: the Redis connection, the queue name, the poll interval and the attempts per cell. */
 export interface QueueExecutorOptions {
@@ -66,62 +146,156 @@ export interface QueueExecutorOptions {
   readonly attempts?: number;
   /** Receives one line per queue event worth telling the user (a cell retried, a worker lost). */
   readonly onLog?: (line: string) => void;
+  /**
+   * How long the sweep waits for a Redis that stopped answering (default 30 s) before it fails with an error
+   * that says so; the results collected so far are kept.
+   */
+  readonly redisTimeoutMs?: number;
+  /** The build the workers must run (default this process's, `vmexitBuild()`); tests give another one. */
+  readonly build?: VmexitBuild;
 }
 
 /**
  * Runs cells on the `vmexit worker`s of a BullMQ queue: enqueues each cell as a job whose id is the cell's key
- * (adding a job that exists is a no-op, so a cell is queued once), then collects each job's result as it
- * completes, hands it on once, and removes the job. BullMQ delivers at least once: a worker killed mid-job
- * loses its lock, the job is found stalled and run again by another worker (its stalled-job check), and the
- * result of a cell is the same whoever ran it; the sweep's store writes each key once.
+ * and build (adding a job that exists is a no-op, so a cell is queued once), then collects each job's result as
+ * it completes, hands it on once, and removes the job. BullMQ delivers at least once: a worker killed mid-job
+ * loses its lock, the job is found stalled and run again by another worker (its stalled-job check), and a
+ * worker whose lock expired cannot complete the job any more (BullMQ checks the lock's token); the result of a
+ * cell is the same whoever ran it, and the sweep's store writes each key once. A result from a worker of another
+ * build is refused, as is a Redis that stops answering for `redisTimeoutMs`. Once every cell is in and the queue
+ * holds no other job, the queue's own keys (its event stream, which repeats each result, its meta and id
+ * counter) are deleted.
  */
 export class QueueExecutor implements CellExecutor {
   private queue: Queue | null = null;
+  /** The last error of the queue's connection (ECONNREFUSED ...), for the message when Redis stops answering. */
+  private lastError: Error | null = null;
   constructor(readonly options: QueueExecutorOptions) {}
 
-  /** Enqueues the cells that are not in the queue yet and calls `onOutcome` as each finishes on some worker; stops waiting once `signal` aborts. */
+  /**
+   * Enqueues the cells that are not in the queue yet and calls `onOutcome` as each finishes on some worker; once
+   * `signal` aborts, takes back the cells not started and waits for the ones running.
+   */
   async run(cells: readonly Cell[], onOutcome: (cell: Cell, outcome: CellOutcome) => void, signal?: AbortSignal): Promise<void> {
     const o = this.options;
+    const build = o.build ?? vmexitBuild();
     await checkRedis(o.connection);
-    const queue = (this.queue ??= new Queue(o.queueName ?? 'vmexit-sweep', { connection: { ...o.connection } }));
-    const pending = new Map(cells.map((c) => [jobId(c), c]));
-    await queue.addBulk(
-      cells.map((c) => ({ name: 'cell', data: c, opts: { jobId: jobId(c), attempts: o.attempts ?? 3, removeOnComplete: false, removeOnFail: false } })),
-    );
+    const queue = (this.queue ??= this.open());
+    const client = await queue.backend.client;
+    // A command waits while Redis is away (BullMQ reconnects and replays it); it fails once Redis has been away for
+    // redisTimeoutMs, however long a command takes while it answers (queueing 100,000 cells does take a while).
+    const redis = <T>(p: Promise<T>): Promise<T> =>
+      whileConnected(
+        p,
+        () => client.status === 'ready',
+        o.redisTimeoutMs ?? 30_000,
+        () => this.lost(),
+      );
+    const pending = new Map(cells.map((c) => [jobId(c, build.id), c]));
+    const job = (id: string, c: Cell) => ({ name: 'cell', data: { ...c, build: build.id } satisfies CellJob, opts: { jobId: id, attempts: o.attempts ?? 3 } });
+    await redis(queue.addBulk([...pending].map(([id, c]) => job(id, c))));
     o.onLog?.(`queued ${cells.length} cells on ${queue.name} at redis://${o.connection.host}:${o.connection.port}\n`);
     while (pending.size > 0) {
-      if (signal?.aborted === true) {
-        // Take back the cells no worker has started; the ones running finish on their workers, unread.
-        for (const id of pending.keys()) await (await queue.getJob(id))?.remove().catch(() => {});
-        return;
-      }
+      // Once `signal` aborts, the sweep takes back the cells no worker has started and waits for the ones running, as
+      // the local executors do: their results are kept, and no job is left behind in Redis.
+      const draining = signal?.aborted === true;
       for (const [id, cell] of [...pending]) {
-        const job: Job | undefined = await queue.getJob(id);
-        if (job === undefined) {
-          // Removed by another sweep that collected it first: queue it again.
-          await queue.add('cell', cell, { jobId: id, attempts: o.attempts ?? 3 });
+        // The state first, then the job: a job read while active and found completed after would have no result.
+        const state = await redis(queue.getJobState(id));
+        if (state === 'unknown') {
+          if (draining) pending.delete(id);
+          else {
+            // Removed by another sweep that collected it first: queue it again.
+            const again = job(id, cell);
+            await redis(queue.add(again.name, again.data, again.opts));
+          }
           continue;
         }
-        const state = await job.getState();
+        if (state !== 'completed' && state !== 'failed' && (!draining || state === 'active')) continue;
+        const j: Job | undefined = await redis(queue.getJob(id));
+        if (j === undefined) continue; // removed meanwhile: the next round finds it unknown
         if (state === 'completed') {
           pending.delete(id);
-          onOutcome(cell, job.returnvalue as CellOutcome);
-          await job.remove().catch(() => {});
+          onOutcome(cell, checkBuild(j.returnvalue as QueueOutcome | CellOutcome, build));
+          await redis(j.remove().catch(() => {}));
         } else if (state === 'failed') {
           pending.delete(id);
-          onOutcome(cell, { ok: false, error: { name: 'QueueError', message: `the job failed after ${job.attemptsMade} attempts: ${job.failedReason}` } });
-          await job.remove().catch(() => {});
+          onOutcome(cell, { ok: false, error: { name: 'QueueError', message: `the job failed after ${j.attemptsMade} attempts: ${j.failedReason}` } });
+          await redis(j.remove().catch(() => {}));
+        } else if (await redis(removed(j))) {
+          // Draining: a cell no worker has started is taken back (a job a worker holds is locked: collected once done).
+          pending.delete(id);
         }
       }
       if (pending.size > 0) await sleep(o.pollMs ?? 200);
     }
+    await redis(tidy(queue));
   }
 
-  /** Closes the queue connection. */
-  async close(): Promise<void> {
-    await this.queue?.close();
-    this.queue = null;
+  private open(): Queue {
+    const queue = new Queue(this.options.queueName ?? 'vmexit-sweep', {
+      connection: { ...this.options.connection },
+      // Each `completed` event repeats the job's result; nothing reads them, so keep few.
+      streams: { events: { maxLen: 100 } },
+    });
+    queue.on('error', (e: Error) => (this.lastError = e)); // reported once, by `lost`, not once per reconnection
+    return queue;
   }
+
+  private lost(): RunFailure {
+    const c = this.options.connection;
+    const why = (this.lastError as NodeJS.ErrnoException | null)?.code ?? this.lastError?.message ?? 'no answer';
+    const s = (this.options.redisTimeoutMs ?? 30_000) / 1000;
+    return new RunFailure(
+      `--queue redis://${c.host}:${c.port}: lost the connection (${why}) for ${s} s; the results so far are kept: rerun the sweep once Redis is back`,
+    );
+  }
+
+  /** Closes the queue connection (at once, when Redis is gone). */
+  async close(): Promise<void> {
+    const q = this.queue;
+    this.queue = null;
+    if (q === null) return;
+    const client = await q.backend.client.catch(() => null);
+    if (client?.status === 'ready') await withDeadline(q.close(), 2000, () => new Error('close')).catch(() => {});
+    // A client still reconnecting never ends on BullMQ's disconnect (it waits for 'end'): end it without waiting.
+    client?.disconnect();
+  }
+}
+
+/** A worker's answer, refused (as a failed cell naming both builds) when that worker runs another build than the sweep. */
+function checkBuild(out: QueueOutcome | CellOutcome, build: VmexitBuild): CellOutcome {
+  const theirs = typeof out === 'object' && out !== null && 'build' in out ? out : null;
+  if (theirs !== null && theirs.build === build.id) {
+    const { build: _build, lab: _lab, host: _host, ...outcome } = theirs;
+    return outcome as CellOutcome;
+  }
+  const worker = theirs === null ? 'a vmexit from before build checks' : `${describeBuild({ id: theirs.build, lab: theirs.lab })} on ${theirs.host}`;
+  return {
+    ok: false,
+    error: {
+      name: 'BuildMismatch',
+      message: `a worker runs another vmexit (${worker}) than this sweep (${describeBuild(build)}): run the same build on every machine`,
+    },
+  };
+}
+
+/** Removes `j` unless a worker holds it (then BullMQ refuses: the job is locked). */
+async function removed(j: Job): Promise<boolean> {
+  try {
+    await j.remove();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Once no job is left in the queue (no other sweep's either), deletes its event stream, meta and id counter. */
+async function tidy(queue: Queue): Promise<void> {
+  const counts = await queue.getJobCounts();
+  if (Object.values(counts).some((n) => n > 0)) return;
+  const client = await queue.backend.client;
+  await client.del(queue.keys.events!, queue.keys.meta!, queue.keys.id!);
 }
 
 /** How a worker (`vmexit worker`) serves a queue: the Redis connection, the queue name, cells at once, and the lock duration. */
@@ -135,6 +309,8 @@ export interface QueueWorkerOptions {
    * this long; the other workers then find them stalled (checked as often) and run them again.
    */
   readonly lockMs?: number;
+  /** How long the worker waits for a Redis that stopped answering (default 30 s) before it stops with an error that says so. */
+  readonly redisTimeoutMs?: number;
   /** Receives one line per job the worker starts or finishes. */
   readonly onLog?: (line: string) => void;
   readonly signal?: AbortSignal;
@@ -143,7 +319,9 @@ export interface QueueWorkerOptions {
 /**
  * A queue worker (`vmexit worker`): takes cells from the queue and runs each on a worker thread (BullMQ's
  * sandboxed processor, so the lock is renewed while the cell computes) until `signal` aborts, then finishes
- * the cells it holds and returns.
+ * the cells it holds and returns. A cell queued by a sweep of another vmexit build is refused (answered with
+ * an error naming both builds), not run. A Redis that stops answering for `redisTimeoutMs` stops the worker
+ * with a RunFailure (its cells are then run again by other workers, once their locks expire).
  */
 export async function runQueueWorker(o: QueueWorkerOptions): Promise<{ completed: number }> {
   await checkRedis(o.connection);
@@ -158,19 +336,56 @@ export async function runQueueWorker(o: QueueWorkerOptions): Promise<{ completed
     maxStalledCount: 2,
   });
   let completed = 0;
+  let lastError: Error | null = null;
   worker.on('active', (job: Job) => o.onLog?.(`started ${job.id} ${describe(job.data as Cell)}\n`));
   worker.on('completed', (job: Job) => {
-    completed++;
+    const out = job.returnvalue as QueueOutcome;
+    if (!out.ok && out.error.name === 'BuildMismatch') o.onLog?.(`refused ${job.id}: ${out.error.message}\n`);
+    else completed++;
     o.onLog?.(`done ${job.id}\n`);
   });
   worker.on('failed', (job: Job | undefined, e: Error) => o.onLog?.(`failed ${job?.id ?? '?'}: ${e.message}\n`));
-  worker.on('error', (e: Error) => o.onLog?.(`error: ${e.message}\n`));
-  await worker.waitUntilReady();
-  o.onLog?.(`worker on ${worker.name} at redis://${o.connection.host}:${o.connection.port}, ${o.jobs ?? 1} at a time\n`);
-  await new Promise<void>((resolve) => {
-    if (o.signal?.aborted === true) resolve();
-    o.signal?.addEventListener('abort', () => resolve());
+  const client = await worker.backend.client;
+  worker.on('error', (e: Error) => {
+    if (client.status === 'ready') return o.onLog?.(`error: ${e.message}\n`); // a lock it could not renew, ...
+    // Redis is away: once per outage, not once per reconnection attempt.
+    if (lastError === null) o.onLog?.(`error: ${e.message}; retrying for ${(o.redisTimeoutMs ?? 30_000) / 1000} s\n`);
+    lastError = e;
   });
+  await worker.waitUntilReady();
+  o.onLog?.(`worker on ${worker.name} at redis://${o.connection.host}:${o.connection.port}, ${o.jobs ?? 1} at a time, ${describeBuild(vmexitBuild())}\n`);
+  let watchdog: ReturnType<typeof setInterval> | undefined;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      if (o.signal?.aborted === true) resolve();
+      o.signal?.addEventListener('abort', () => resolve());
+      const timeout = o.redisTimeoutMs ?? 30_000;
+      let downSince: number | null = null;
+      watchdog = setInterval(
+        () => {
+          if (client.status === 'ready') {
+            if (downSince !== null && lastError !== null) o.onLog?.(`reconnected\n`);
+            downSince = null;
+            lastError = null;
+            return;
+          }
+          downSince ??= Date.now();
+          if (Date.now() - downSince < timeout) return;
+          const why = (lastError as NodeJS.ErrnoException | null)?.code ?? lastError?.message ?? client.status;
+          reject(new RunFailure(`--queue redis://${o.connection.host}:${o.connection.port}: lost the connection (${why}) for ${timeout / 1000} s`));
+        },
+        Math.min(1000, timeout / 4),
+      );
+    });
+  } catch (e) {
+    // Redis is gone: nothing can be finished or handed back; the cells held are run again elsewhere once their locks expire.
+    await withDeadline(worker.close(true), 2000, () => new Error('close')).catch(() => {});
+    client.disconnect();
+    (await worker.backend.blockingClient?.catch(() => null))?.disconnect();
+    throw e;
+  } finally {
+    clearInterval(watchdog);
+  }
   await worker.close();
   return { completed };
 }
@@ -181,4 +396,27 @@ function describe(c: Cell): string {
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+/** `p`, or the error of `lost` once `connected()` has been false for `ms` while `p` is pending. */
+function whileConnected<T>(p: Promise<T>, connected: () => boolean, ms: number, lost: () => Error): Promise<T> {
+  let timer: ReturnType<typeof setInterval> | undefined;
+  let downSince: number | null = null;
+  const watch = new Promise<never>((_, reject) => {
+    timer = setInterval(
+      () => {
+        if (connected()) downSince = null;
+        else if (Date.now() - (downSince ??= Date.now()) >= ms) reject(lost());
+      },
+      Math.min(250, ms / 4),
+    );
+  });
+  return Promise.race([p, watch]).finally(() => clearInterval(timer));
+}
+
+/** `p`, or the error of `onTimeout` once `ms` passed without it settling. */
+function withDeadline<T>(p: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const deadline = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(onTimeout()), ms)));
+  return Promise.race([p, deadline]).finally(() => clearTimeout(timer));
 }

@@ -5,7 +5,7 @@ import { cellKey, compiledFile, outcomeError, runCellOutcome, type Cell, type Ce
 import { InputError } from './errors.js';
 import { ResultStore } from './store.js';
 import { reportHtml } from './report.js';
-import { summaryCsv } from './summary.js';
+import { cellSettings, summaryCsv } from './summary.js';
 import { parseVariantSpec } from './variant-spec.js';
 import type { SweepProgressInfo } from './progress.js';
 
@@ -153,11 +153,31 @@ export async function sweep(o: SweepOptions): Promise<SweepOutcome> {
     // No result (the first cells failed, or the queue could not be reached): nothing is written, and a directory
     // that did not exist is not made.
     if (store !== null && store.records().length > 0) {
-      store.writeFile('summary.csv', summaryCsv(store.records()));
-      store.writeFile('report.html', reportHtml(store.records(), `vmexit sweep: ${o.out}`));
+      const ordered = inSweepOrder(store.records(), o.cells);
+      store.writeFile('summary.csv', summaryCsv(ordered));
+      store.writeFile('report.html', reportHtml(ordered, `vmexit sweep: ${o.out}`));
     }
   }
   if (failure !== null) throw failure;
   const records = o.cells.map((c) => inMemory.get(cellKey(c)) ?? store?.records().find((r) => r.cell.key === cellKey(c)) ?? null).filter((r) => r !== null);
   return { records, ran: done, skipped, interrupted: o.signal?.aborted === true };
+}
+
+/**
+ * The records in an order that does not depend on when each cell finished (threads and queue workers finish in
+ * any order, and results.jsonl keeps that order): the sweep's cells in the order given, then the directory's
+ * other records (from earlier sweeps of other grids) by workload, variant, mode, settings and seed. summary.csv
+ * and report.html list groups in first-seen order, so the same sweep writes the same bytes however it ran.
+ */
+function inSweepOrder(records: readonly CellRecord[], cells: readonly Cell[]): CellRecord[] {
+  const rank = new Map(cells.map((c, i) => [cellKey(c), i]));
+  const sortKey = (r: CellRecord): string => JSON.stringify([r.cell.workload, r.cell.variant, r.cell.mode, cellSettings(r.cell), r.cell.seed, r.cell.key]);
+  return [...records].sort((a, b) => {
+    const ra = rank.get(a.cell.key) ?? Infinity;
+    const rb = rank.get(b.cell.key) ?? Infinity;
+    if (ra !== rb) return ra < rb ? -1 : 1;
+    const ka = sortKey(a);
+    const kb = sortKey(b);
+    return ka < kb ? -1 : ka > kb ? 1 : 0;
+  });
 }

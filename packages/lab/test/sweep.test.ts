@@ -13,8 +13,10 @@ import {
   summaryCsv,
   sweep,
   withParams,
+  type CellExecutor,
   type CellRecord,
 } from '../src/index.js';
+import { runCellOutcome } from '../src/cell.js';
 import { countingLoader, encodeVxt, storeTrace } from './helpers/store-trace.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vmexit-lab-sweep-'));
@@ -91,6 +93,26 @@ describe('sweep', () => {
     expect(csv.split('\n')[0]).toBe('workload,variant,mode,seeds,counter,mean,sd,min,max');
     expect(csv).toMatch(/^demand-fault:pages=8,vmx shadow,long4,2,exits,\d+,\d+(\.\d+)?,\d+,\d+$/m);
   });
+
+  it('writes the same summary.csv and report.html bytes whatever order the cells finish in', async () => {
+    // A queue or a thread pool hands results back in the order the cells finish, which differs from run to run.
+    // `cells` is 2 groups (pages=8, pages=12) of 2 seeds; delivered last-first, the pages=12 group arrives first.
+    // summary.csv must still list the groups in the sweep's order (pages=8 first), byte for byte as the
+    // in-process sweep in tmp/one wrote them (results.jsonl may differ in order; it is keyed per line).
+    const reversed: CellExecutor = {
+      async run(cs, onOutcome) {
+        const outcomes = [];
+        for (const c of cs) outcomes.push([c, await runCellOutcome(c)] as const);
+        for (const [c, o] of outcomes.reverse()) onOutcome(c, o);
+      },
+      async close() {},
+    };
+    await sweep({ cells, out: path.join(tmp, 'reversed'), executor: reversed });
+    const read = (dir: string, name: string): string => fs.readFileSync(path.join(tmp, dir, name), 'utf8');
+    expect(readResults(path.join(tmp, 'reversed', 'results.jsonl'))[0]!.cell.workload).toBe('demand-fault:pages=12');
+    expect(read('reversed', 'summary.csv')).toBe(read('one', 'summary.csv'));
+    expect(read('reversed', 'report.html').replace(/reversed/g, 'one')).toBe(read('one', 'report.html'));
+  }, 120_000);
 
   it('refuses a bad variant before any cell runs, and stops at a cell that fails, keeping the others', async () => {
     await expect(sweep({ cells: [{ ...cells[0]!, variant: 'vmx shadow nope' }], out: path.join(tmp, 'bad') })).rejects.toThrow(/--variant "vmx shadow nope"/);

@@ -17,6 +17,7 @@ interface SweepFlags {
   out: string;
   queue?: string;
   queueName: string;
+  redisTimeoutMs: string;
   personality?: string[];
   vcpus?: string;
   memory?: string;
@@ -50,6 +51,7 @@ export function registerSweep(program: Command): void {
     .requiredOption('--out <dir>', 'the output directory (cells already in its results.jsonl are skipped)')
     .option('--queue <url>', 'run the cells on the `vmexit worker`s of this Redis (redis://HOST:PORT) instead of here')
     .option('--queue-name <name>', 'the queue on that Redis', 'vmexit-sweep')
+    .option('--redis-timeout-ms <ms>', 'with --queue: how long to wait for a Redis that stopped answering before failing', '30000')
     .option('--personality <names...>', `guest personalities: ${PERSONALITIES.join(', ')}`)
     .option('--vcpus <n>', 'number of vCPUs (overrides the variants)')
     .option('--memory <size>', 'guest RAM, e.g. 256M (overrides the variants)')
@@ -84,10 +86,16 @@ export function registerSweep(program: Command): void {
       // Every cell's workload, with its --param values, before anything runs or is written (an unknown workload,
       // a parameter out of range or given twice, an unreadable trace).
       for (const w of new Set(cells.map((c) => c.workload))) checkWorkloadSpec(w, '--workload');
+      const redisTimeoutMs = parseRedisTimeout(flags.redisTimeoutMs);
       let executor: CellExecutor | undefined;
       if (flags.queue !== undefined) {
         const { QueueExecutor, parseRedisUrl } = await import('@vmexit/lab/queue');
-        executor = new QueueExecutor({ connection: parseRedisUrl(flags.queue), queueName: flags.queueName, onLog: (s) => process.stderr.write(s) });
+        executor = new QueueExecutor({
+          connection: parseRedisUrl(flags.queue),
+          queueName: flags.queueName,
+          redisTimeoutMs,
+          onLog: (s) => process.stderr.write(s),
+        });
       }
       const stop = new AbortController();
       const onSigint = (): void => {
@@ -153,6 +161,12 @@ export function parseParams(list: readonly string[]): Record<string, string[]> {
     out[m[1]!] = values;
   }
   return out;
+}
+
+/** `--redis-timeout-ms`: at least 500 ms (a reconnection takes some), in milliseconds. */
+export function parseRedisTimeout(text: string): number {
+  if (!/^\d+$/.test(text) || Number(text) < 500) throw new InputError(`--redis-timeout-ms: expected an integer of at least 500, got '${text}'`);
+  return Number(text);
 }
 
 export function parseJobs(text: string): number {

@@ -48,6 +48,7 @@ describe('sweep', () => {
     [['--variant', 'shadow'], /--variant "shadow": name a backend/],
     [['--queue', 'http://x'], /--queue: 'http:\/\/x': expected a redis:\/\/ URL/],
     [['--queue', 'redis://127.0.0.1:1'], /--queue redis:\/\/127\.0\.0\.1:1: cannot connect \(ECONNREFUSED\)/],
+    [['--redis-timeout-ms', '10'], /--redis-timeout-ms: expected an integer of at least 500, got '10'/],
   ])('exits 2 on bad input %j, and writes nothing: not even the --out directory', async (extra, message) => {
     const dir = path.join(tmp, 'bad', 'out');
     const code = await main(['sweep', '--workload', 'demand-fault:pages=8', '--variant', 'native', '--out', dir, ...extra]);

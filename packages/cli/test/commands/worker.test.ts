@@ -4,7 +4,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { deterministicPart, readResults, type CellRecord } from '@vmexit/lab';
+import { Redis } from 'ioredis';
+import { deterministicPart, expandGrid, readResults, sweep, type CellRecord } from '@vmexit/lab';
+import { parseRedisUrl, QueueExecutor, vmexitBuild } from '@vmexit/lab/queue';
 import { captureStdio } from '../helpers/stdio.js';
 import { testRedis } from '../helpers/redis.js';
 import { main } from '../../src/program.js';
@@ -33,7 +35,7 @@ function startWorker(url: string, queue: string): { proc: ChildProcess; log: str
   const started = new Promise<string>((r) => (onStart = r));
   proc.stderr!.setEncoding('utf8').on('data', (s: string) => {
     log.push(s);
-    const m = /started (cell-[0-9a-f]+)/.exec(s);
+    const m = /started (cell-[0-9a-f]+-[0-9a-f]+)/.exec(s);
     if (m !== null) onStart(m[1]!);
   });
   return { proc, log, started };
@@ -64,6 +66,162 @@ describe('sweep --queue and worker (BullMQ on Redis)', () => {
     expect(queued.length).toBe(3);
     expect(new Set(queued.map((r) => r.cell.key)).size).toBe(3);
     expect(byKey(queued)).toEqual(byKey(local));
+    // The summary is the local sweep's, byte for byte, though the killed worker's cell came in last.
+    expect(fs.readFileSync(path.join(tmp, 'queued', 'summary.csv'), 'utf8')).toBe(fs.readFileSync(path.join(tmp, 'local', 'summary.csv'), 'utf8'));
     expect(err.join('')).toMatch(/queued 3 cells on vmexit-test-\d+/);
   }, 240_000);
+
+  it('keeps the result of the worker that holds the lock when a worker whose lock expired finishes the same cell', async (ctx) => {
+    if (redis === null) return ctx.skip();
+    const queue = `vmexit-test-slow-${process.pid}`;
+    // Of two workers, the one that takes the cell (A) is stopped (SIGSTOP: a worker cut off from Redis, or swapped
+    // out) for longer than its lock (1.5 s); the other (B) finds the job stalled and starts it again; then A
+    // resumes mid-cell and finishes. A's lock is gone (BullMQ checks its token when a job completes), so A's
+    // result must not be taken: the cell is collected once, from B, and A is told that its lock does not hold
+    // (Lock mismatch: B's lock is there) or that the job is gone (Missing key: the sweep collected B's first).
+    const workers2 = [startWorker(redis.url, queue), startWorker(redis.url, queue)];
+    const out = path.join(tmp, 'slow');
+    const swept = main(['sweep', '--workload', 'demand-fault:pages=500', '--variant', 'vmx shadow', '--out', out, '--queue', redis.url, '--queue-name', queue]);
+    const [a, b] = await Promise.race(workers2.map((w, i) => w.started.then(() => (i === 0 ? workers2 : [workers2[1]!, workers2[0]!]))));
+    const id = await a!.started;
+    a!.proc.kill('SIGSTOP');
+    expect(await b!.started).toBe(id);
+    a!.proc.kill('SIGCONT');
+    expect(await swept).toBe(0);
+    expect(readResults(path.join(out, 'results.jsonl')).map((r) => r.cell.key)).toEqual([id.slice(5, 21)]);
+    expect(b!.log.join('')).toContain(`done ${id}`);
+    const refused = new RegExp(`(Lock mismatch|Missing lock|Missing key) for job ${id}\\.( Cmd)? moveToFinished`);
+    while (!refused.test(a!.log.join(''))) await new Promise((r) => setTimeout(r, 100));
+    expect(a!.log.join('')).not.toContain(`done ${id}`);
+    for (const w of workers2) w.proc.kill('SIGTERM');
+  }, 120_000);
+
+  it('collects what a sweep killed mid-way left, when the same sweep is run again', async (ctx) => {
+    if (redis === null) return ctx.skip();
+    const queue = `vmexit-test-resume-${process.pid}`;
+    const w = startWorker(redis.url, queue);
+    const out = path.join(tmp, 'resume');
+    const args = [
+      'sweep',
+      '--workload',
+      'demand-fault:pages=16',
+      '--variant',
+      'vmx shadow',
+      '--seeds',
+      '1..4',
+      '--out',
+      out,
+      '--queue',
+      redis.url,
+      '--queue-name',
+      queue,
+    ];
+    // The first sweep is a process of its own, killed (SIGKILL: its machine crashed) once a result is in --out.
+    const first = spawn(process.execPath, [BIN, ...args], { stdio: 'ignore' });
+    workers.push(first);
+    const results = path.join(out, 'results.jsonl');
+    while (!(fs.existsSync(results) && fs.readFileSync(results, 'utf8').includes('\n'))) await new Promise((r) => setTimeout(r, 50));
+    first.kill('SIGKILL');
+    await new Promise((r) => first.once('exit', r));
+    const before = readResults(results).length;
+    expect(before).toBeGreaterThanOrEqual(1);
+    const lines = err.length;
+    expect(await main(args)).toBe(0);
+    // Every cell once: the ones in --out skipped, the others collected (finished meanwhile, or run now).
+    const after = readResults(results);
+    expect(after.length).toBe(4);
+    expect(new Set(after.map((r) => r.cell.key)).size).toBe(4);
+    expect(err.slice(lines).join('')).toContain(`queued ${4 - before} cells on ${queue}`);
+    w.proc.kill('SIGTERM');
+  }, 120_000);
+
+  it('finishes the cell it holds on SIGTERM, hands in its result and exits 0', async (ctx) => {
+    if (redis === null) return ctx.skip();
+    const queue = `vmexit-test-term-${process.pid}`;
+    const w = startWorker(redis.url, queue);
+    const out = path.join(tmp, 'term');
+    const swept = main(['sweep', '--workload', 'demand-fault:pages=500', '--variant', 'vmx shadow', '--out', out, '--queue', redis.url, '--queue-name', queue]);
+    const id = await w.started;
+    w.proc.kill('SIGTERM'); // mid-cell: its first, in a fresh thread
+    const code = await new Promise<number | null>((r) => w.proc.once('exit', (c) => r(c)));
+    expect(code).toBe(0);
+    expect(w.log.join('')).toContain(`finishing the cells it holds, then stopping`);
+    expect(w.log.join('')).toContain(`done ${id}`);
+    // No other worker: the sweep can only have its cell from the one that stopped.
+    expect(await swept).toBe(0);
+    expect(readResults(path.join(out, 'results.jsonl')).map((r) => r.cell.key)).toEqual([id.slice(5, 21)]);
+  }, 120_000);
+
+  it('stops as a local sweep does: takes back the cells not started, keeps the one running, and leaves no job behind', async (ctx) => {
+    if (redis === null) return ctx.skip();
+    const queue = `vmexit-test-stop-${process.pid}`;
+    const w = startWorker(redis.url, queue);
+    // 2 cells, 1 worker: the sweep is stopped (Ctrl-C) while the worker runs the first. As the local executors do
+    // (and as `vmexit sweep` says: "stopping after the cells running now"), it must wait for that cell and keep
+    // its result, take back the second, and leave nothing in Redis (no finished job that nobody reads).
+    const executor = new QueueExecutor({ connection: parseRedisUrl(redis.url), queueName: queue, pollMs: 50 });
+    const cells = expandGrid({ workloads: ['demand-fault:pages=500'], variants: ['vmx shadow'], modes: ['long4'], seeds: [1, 2] });
+    const stop = new AbortController();
+    const out = path.join(tmp, 'stopped');
+    const swept = sweep({ cells, out, executor, signal: stop.signal });
+    const id = await w.started;
+    stop.abort();
+    const outcome = await swept;
+    await executor.close();
+    expect([outcome.ran, outcome.interrupted]).toEqual([1, true]);
+    expect(readResults(path.join(out, 'results.jsonl')).map((r) => r.cell.key)).toEqual([id.slice(5, 21)]);
+    expect(w.log.join('').match(/started /g)).toHaveLength(1);
+    const client = new Redis(parseRedisUrl(redis.url));
+    try {
+      const keys = await client.keys(`bull:${queue}:*`);
+      const ttls = await Promise.all(keys.map(async (k) => [k, await client.pttl(k)] as const));
+      expect(ttls.filter(([, ttl]) => ttl < 0).map(([k]) => k)).toEqual([]);
+    } finally {
+      client.disconnect();
+      w.proc.kill('SIGTERM');
+    }
+  }, 120_000);
+
+  it('refuses the cells of a sweep of another vmexit build, naming both builds', async (ctx) => {
+    if (redis === null) return ctx.skip();
+    const queue = `vmexit-test-build-${process.pid}`;
+    const w = startWorker(redis.url, queue);
+    // This sweep says it runs another build (as a coordinator on a machine with another checkout would): the
+    // worker must not run its cell, whose result could differ, and the sweep must say why, not store a result.
+    const other = { id: 'ffffffffffffffff', packages: { '@vmexit/lab': '9.9.9' } };
+    const executor = new QueueExecutor({ connection: parseRedisUrl(redis.url), queueName: queue, build: other, pollMs: 50 });
+    const cells = expandGrid({ workloads: ['demand-fault:pages=16'], variants: ['vmx shadow'], modes: ['long4'], seeds: [1] });
+    const out = path.join(tmp, 'other-build');
+    try {
+      await expect(sweep({ cells, out, executor })).rejects.toThrow(
+        new RegExp(
+          `: a worker runs another vmexit \\(build ${vmexitBuild().id}, @vmexit/lab \\S+ on \\S+\\) than this sweep \\(build ffffffffffffffff, @vmexit/lab 9\\.9\\.9\\): run the same build on every machine$`,
+        ),
+      );
+    } finally {
+      await executor.close();
+    }
+    expect(fs.existsSync(path.join(out, 'results.jsonl'))).toBe(false);
+    expect(w.log.join('')).toMatch(/refused cell-[0-9a-f]{16}-ffffffff: the worker on \S+ runs vmexit build [0-9a-f]{16} .*, the sweep build ffffffffffffffff/);
+    w.proc.kill('SIGTERM');
+  }, 120_000);
+
+  it("leaves no key of the queue without an expiry once the sweep is done (each result is repeated in BullMQ's event stream)", async (ctx) => {
+    if (redis === null) return ctx.skip();
+    const queue = `vmexit-test-keys-${process.pid}`;
+    const w = startWorker(redis.url, queue);
+    const grid = ['--workload', 'demand-fault:pages=16', '--variant', 'vmx shadow', '--seeds', '1..2'];
+    expect(await main(['sweep', ...grid, '--out', path.join(tmp, 'keys'), '--queue', redis.url, '--queue-name', queue])).toBe(0);
+    const client = new Redis(parseRedisUrl(redis.url));
+    try {
+      const keys = await client.keys(`bull:${queue}:*`);
+      const ttls = await Promise.all(keys.map(async (k) => [k, await client.pttl(k)] as const));
+      // With the worker still connected, only its own throttle (stalled-check, which expires) may be left: no
+      // job, no event stream, no meta or id counter that stays for ever.
+      expect(ttls.filter(([, ttl]) => ttl < 0).map(([k]) => k)).toEqual([]);
+    } finally {
+      client.disconnect();
+      w.proc.kill('SIGTERM');
+    }
+  }, 120_000);
 });

@@ -1,0 +1,70 @@
+import { describe, expect, it } from 'vitest';
+import { expandGrid, sweep } from '../src/index.js';
+import { jobId, parseRedisUrl, QueueExecutor, runQueueWorker, vmexitBuild } from '../src/queue.js';
+import { ownRedis } from './helpers/redis.js';
+
+const cells = expandGrid({ workloads: ['demand-fault:pages=16'], variants: ['vmx shadow'], modes: ['long4'], seeds: [1, 2, 3] });
+
+/** `p`, or 'still waiting' after `ms`: what a hang looks like in a test with a bound. */
+const within = <T>(p: Promise<T>, ms: number): Promise<T | 'still waiting'> =>
+  Promise.race([p, new Promise<'still waiting'>((r) => setTimeout(() => r('still waiting'), ms).unref())]);
+
+describe('jobId', () => {
+  it("names the cell's key and this build, so that sweeps of two builds never share a job", () => {
+    const b = vmexitBuild();
+    expect(b.id).toMatch(/^[0-9a-f]{16}$/);
+    expect(b.packages['@vmexit/lab']).toMatch(/^\d+\.\d+\.\d+/);
+    expect(jobId(cells[0]!)).toBe(`cell-${jobId(cells[0]!, b.id).slice(5, 21)}-${b.id.slice(0, 8)}`);
+    expect(jobId(cells[0]!, 'ffffffffffffffff')).not.toBe(jobId(cells[0]!));
+  });
+});
+
+// Redis going away must end a sweep, and a worker, with an error that says so, not leave them waiting: BullMQ's
+// connections reconnect forever (the worker's must: maxRetriesPerRequest null), queueing every command meanwhile.
+describe('a Redis that goes away', () => {
+  it('fails the sweep with a RunFailure naming Redis after redisTimeoutMs, and the executor closes', async (ctx) => {
+    const own = await ownRedis(); // a server of the test's own: it kills it
+    if (own === null) return ctx.skip(); // outside CI, without redis-server
+    const executor = new QueueExecutor({ connection: parseRedisUrl(own.url), queueName: 'gone', redisTimeoutMs: 1000, pollMs: 50 });
+    // No worker: the cells stay queued, the sweep polls; Redis dies under it.
+    const swept = sweep({ cells, executor });
+    await new Promise((r) => setTimeout(r, 500));
+    await own.kill();
+    const started = Date.now();
+    const outcome = await within(
+      swept.then(
+        () => 'finished',
+        (e: Error) => e,
+      ),
+      10_000,
+    );
+    expect(outcome).toBeInstanceOf(Error);
+    expect((outcome as Error).name).toBe('RunFailure');
+    expect((outcome as Error).message).toMatch(
+      /^--queue redis:\/\/127\.0\.0\.1:\d+: lost the connection \((ECONNREFUSED|ECONNRESET)\) for 1 s; the results so far are kept/,
+    );
+    // The deadline (1 s) plus at most a poll and a reconnection attempt.
+    expect(Date.now() - started).toBeLessThan(5000);
+    expect(await within(executor.close(), 3000)).toBeUndefined();
+  }, 30_000);
+
+  it('stops a worker with a RunFailure naming Redis after redisTimeoutMs', async (ctx) => {
+    const own = await ownRedis();
+    if (own === null) return ctx.skip();
+    const lines: string[] = [];
+    const worker = runQueueWorker({ connection: parseRedisUrl(own.url), queueName: 'gone', redisTimeoutMs: 1000, onLog: (s) => lines.push(s) });
+    while (!lines.some((l) => l.startsWith('worker on gone'))) await new Promise((r) => setTimeout(r, 50));
+    await own.kill();
+    const outcome = await within(
+      worker.then(
+        () => 'returned',
+        (e: Error) => e,
+      ),
+      10_000,
+    );
+    expect(outcome).toBeInstanceOf(Error);
+    expect((outcome as Error).message).toMatch(/^--queue redis:\/\/127\.0\.0\.1:\d+: lost the connection \((ECONNREFUSED|ECONNRESET)\) for 1 s$/);
+    // One line for the outage, not one per reconnection attempt.
+    expect(lines.filter((l) => l.startsWith('error:'))).toHaveLength(1);
+  }, 30_000);
+});
