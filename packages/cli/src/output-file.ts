@@ -113,6 +113,8 @@ export function writeOutputFile(option: string, target: string, bytes: Uint8Arra
  */
 export function checkOutputTarget(option: string, target: string, inputs: readonly string[] = []): number | undefined {
   if (target.length === 0) throw new InputError(`${option}: the file name is empty`);
+  // '-' reads as standard output in most tools; here it would silently be a file named '-' in the working directory.
+  if (target === '-') throw new InputError(`${option} -: writes a file, not standard output; give a file name (./- for a file named -)`);
   let st: fs.Stats | null = null;
   try {
     st = fs.lstatSync(target);

@@ -1,3 +1,4 @@
+import * as fs from 'node:fs';
 import type { Command } from 'commander';
 import { COST_PROFILES } from '@vmexit/core';
 
@@ -32,4 +33,21 @@ export function addVariantOptions(cmd: Command): Command {
     .option('--vcpus <n>', 'number of vCPUs')
     .option('--memory <size>', 'guest RAM, e.g. 256M or 1G')
     .option('--host-pages <size>', 'host page size backing guest RAM: 4k (default), 2m or 1g; the largest EPT/NPT leaf, --mmu tdp only');
+}
+
+/**
+ * The files the variant flags read (`--config`, a `--cost-model` file, `--policy` paths): inputs that an output
+ * file of the same command must not replace (`run --cost-model m.json --trace m.json` wrote the trace over the
+ * model). Only names of existing regular files: a built-in name or a package name is no file.
+ */
+export function variantInputFiles(flags: { readonly config?: string; readonly costModel?: string; readonly policy?: string }): string[] {
+  const named = [flags.config, flags.costModel, ...(flags.policy ?? '').split(',').map((p) => p.trim())];
+  return named.filter((f): f is string => {
+    if (f === undefined || f === '') return false;
+    try {
+      return fs.statSync(f).isFile();
+    } catch {
+      return false;
+    }
+  });
 }

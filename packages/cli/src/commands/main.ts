@@ -6,7 +6,7 @@ import { PAGING_MODE_NAMES, loadVectorFile, runConformance, type ConformanceVect
 import { createTraceLoader } from '@vmexit/guest';
 import { comparisonTable, reportHtml, type ComparisonResult } from '@vmexit/lab';
 import { checkOutputTarget, writeOutputFile } from '../output-file.js';
-import { checkWorkloadSpec } from '../workload-check.js';
+import { checkWorkloadSpec, workloadInputs } from '../workload-check.js';
 import { runVectorsOnVariant } from './conformance.js';
 import { InputError, RunFailure } from '../errors.js';
 import { parseVariantSpec, formatComparison, runComparison, type ComparisonDocument } from './compare.js';
@@ -191,7 +191,8 @@ export function registerMain(program: Command): void {
       // the workload is checked before the conformance vectors run (they take seconds)
       checkWorkloadSpec(flags.workload, '--workload');
       // the report's target is checked before anything runs (a bad one costs nothing and leaves nothing)
-      if (flags.report !== undefined) checkOutputTarget('--report', flags.report);
+      // (the workload's trace file is an input: --report naming it would replace the trace with the report)
+      if (flags.report !== undefined) checkOutputTarget('--report', flags.report, workloadInputs(flags.workload));
       const doc = await runMain({
         workload: flags.workload,
         mode: flags.mode as PagingModeName,
@@ -200,7 +201,12 @@ export function registerMain(program: Command): void {
       });
       process.stdout.write(flags.json === true ? `${JSON.stringify(doc, null, 2)}\n` : formatConformance(doc) + formatHeadline(doc));
       if (flags.report !== undefined)
-        writeOutputFile('--report', flags.report, Buffer.from(reportHtml(mainReportResults(doc), `vmexit main: ${flags.workload}`)));
+        writeOutputFile(
+          '--report',
+          flags.report,
+          Buffer.from(reportHtml(mainReportResults(doc), `vmexit main: ${flags.workload}`)),
+          workloadInputs(flags.workload),
+        );
       const failed = Object.entries(doc.conformance).filter(([, c]) => c.failed > 0);
       if (failed.length > 0) throw new RunFailure(`paging conformance failed: ${failed.map(([k, c]) => `${k} ${c.failed}`).join(', ')}`);
     });

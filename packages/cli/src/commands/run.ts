@@ -19,7 +19,7 @@ import {
   type TraceSelection,
   type VariantRunResult,
 } from '@vmexit/lab';
-import { addVariantOptions, variantFromOptions, type VariantOptions } from '../variant-options.js';
+import { addVariantOptions, variantFromOptions, variantInputFiles, type VariantOptions } from '../variant-options.js';
 
 export { parseSize } from '../variant-options.js';
 
@@ -75,7 +75,7 @@ export function registerRun(program: Command): void {
     const selection = traceSelection(flags, variant.backend);
     const progress = new Progress();
     const started = provenance(variant);
-    const inputs = [...workloadInputs(flags.workload), ...(flags.config === undefined ? [] : [flags.config])];
+    const inputs = [...workloadInputs(flags.workload), ...variantInputFiles(flags)];
     const traceFile = flags.trace === undefined ? null : new TraceFile(flags.trace, inputs);
     let tracer: ExitTracer | undefined = traceFile === null ? undefined : new JsonLinesTracer(traceFile.write);
     let selecting: SelectingTracer | null = null;

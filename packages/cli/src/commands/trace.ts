@@ -1,3 +1,4 @@
+import * as fs from 'node:fs';
 import type { Command } from 'commander';
 import { TraceError, decodeVxt, describeVxt, encodeVxt, importLackey, readVxtFile, traceFit } from '@vmexit/guest';
 import type { TraceFit, VxtDescription } from '@vmexit/guest';
@@ -76,10 +77,27 @@ function registerTraceStats(trace: Command): void {
     .option('--json', 'print the stats as JSON')
     .action(async (file: string, opts: { vcpu?: string; costModel?: string; all?: boolean; json?: boolean }) => {
       if (opts.vcpu !== undefined && !/^\d+$/.test(opts.vcpu)) throw new InputError(`--vcpu: expected a vCPU number, got '${opts.vcpu}'`);
+      checkStatsInput(file);
       const { traceStats, formatTraceStats } = await import('@vmexit/lab');
       const s = await traceStats(file, { vcpu: opts.vcpu === undefined ? undefined : Number(opts.vcpu), costModel: opts.costModel, all: opts.all });
       process.stdout.write(opts.json === true ? `${JSON.stringify(s, null, 2)}\n` : formatTraceStats(s));
     });
+}
+
+/**
+ * A --trace file is a regular file (or a directory, which traceStats names as such): /dev/zero was read as one
+ * endless line until node died with a stack trace, and a FIFO waited for a writer.
+ */
+function checkStatsInput(file: string): void {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(file);
+  } catch {
+    return; // traceStats says why it cannot read it
+  }
+  if (!st.isFile() && !st.isDirectory()) {
+    throw new InputError(`${file}: not a regular file (a device, FIFO or socket); give a trace written by vmexit run --trace`);
+  }
 }
 
 /** Runs `f`, turning the trace layer's errors (which name the file) into InputError (exit 2). */

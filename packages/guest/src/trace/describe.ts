@@ -30,7 +30,7 @@ export interface VxtDescription {
     readonly status: number | null;
     readonly signal: number | null;
   }[];
-  /** The process tree drawn with indentation, one line per process. */
+  /** The process tree drawn with indentation, one line per process; a line deeper than 32 levels is indented 32 and says its depth. */
   readonly tree: readonly string[];
   /** Sizes: the file, the in-memory columns (13 bytes per record), and bytes per represented access. */
   readonly size: {
@@ -40,6 +40,12 @@ export interface VxtDescription {
     readonly bytesPerAccess: number | null;
   };
 }
+
+/**
+ * The deepest level the tree indents; a process deeper down is indented as much and says its depth. Else a
+ * chain of forks n deep took n^2 characters (100000 deep: 10^10, more than a string holds).
+ */
+const TREE_INDENT_LEVELS = 32;
 
 /** Summarises a trace; `fileBytes` is the size of its `.vxt` file when known (for the compression ratio). */
 export function describeVxt(trace: VxtTrace, fileBytes: number | null = null): VxtDescription {
@@ -80,14 +86,35 @@ export function describeVxt(trace: VxtTrace, fileBytes: number | null = null): V
     };
   });
   const accesses = byKind[0]! + byKind[1]! + byKind[2]! + byKind[3]!;
+  // The tree, drawn without recursion and in linear time: a trace may hold a chain of forks thousands deep
+  // (recursion overflowed the stack) and 100000 processes (a scan per process took minutes).
+  const byPid = new Map<number, (typeof processes)[number]>();
+  for (const p of processes) if (!byPid.has(p.pid)) byPid.set(p.pid, p);
+  const children = new Map<number, number[]>();
+  for (const c of processes) {
+    if (c.parent === c.pid) continue;
+    const list = children.get(c.parent);
+    if (list === undefined) children.set(c.parent, [c.pid]);
+    else list.push(c.pid);
+  }
   const tree: string[] = [];
-  const walk = (pid: number, depth: number): void => {
-    const p = processes.find((x) => x.pid === pid)!;
-    const what = p.images.length > 0 ? p.images.join(' -> ') : '(fork, no exec)';
-    tree.push(`${'  '.repeat(depth)}${p.pid} ${what}: ${p.accesses} accesses, ${p.records} records`);
-    for (const c of processes) if (c.parent === pid && c.pid !== pid) walk(c.pid, depth + 1);
-  };
-  for (const r of processes) if (r.parent === 0 || !processes.some((x) => x.pid === r.parent)) walk(r.pid, 0);
+  const drawn = new Set<number>();
+  for (const r of processes) {
+    if (r.parent !== 0 && byPid.has(r.parent)) continue;
+    // Depth first, children in list order: pushed in reverse onto the stack.
+    const stack: [number, number][] = [[r.pid, 0]];
+    while (stack.length > 0) {
+      const [pid, depth] = stack.pop()!;
+      if (drawn.has(pid)) continue;
+      drawn.add(pid);
+      const p = byPid.get(pid)!;
+      const what = p.images.length > 0 ? p.images.join(' -> ') : '(fork, no exec)';
+      const indent = depth <= TREE_INDENT_LEVELS ? '  '.repeat(depth) : `${'  '.repeat(TREE_INDENT_LEVELS)}(depth ${depth}) `;
+      tree.push(`${indent}${p.pid} ${what}: ${p.accesses} accesses, ${p.records} records`);
+      const kids = children.get(pid) ?? [];
+      for (let k = kids.length - 1; k >= 0; k--) stack.push([kids[k]!, depth + 1]);
+    }
+  }
   const columnBytes = trace.accesses.length * 13;
   return {
     collapse: trace.collapse,

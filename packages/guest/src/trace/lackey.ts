@@ -34,6 +34,21 @@ export interface ImportLackeyOptions {
  */
 export function importLackey(logPaths: readonly string[], options: ImportLackeyOptions = {}): VxtTrace {
   if (logPaths.length === 0) throw new TraceError('io', '(no logs)', 'no lackey logs given');
+  // The same file twice (by two paths: a glob and a name) is one process's log twice, and no order of the
+  // logs makes sense: say so, rather than that the log after it cannot be told.
+  const seen = new Map<string, string>();
+  for (const f of logPaths) {
+    let st: fs.Stats;
+    try {
+      st = fs.statSync(f);
+    } catch {
+      continue; // scanLog says why it cannot read it
+    }
+    const id = `${st.dev}:${st.ino}`;
+    const first = seen.get(id);
+    if (first !== undefined) throw new TraceError('inconsistent', f, `the log is given twice (also as ${first})`);
+    seen.set(id, f);
+  }
   const logs = logPaths.map((f, i) => scanLog(f, i));
   const byPid = new Map<number, LogInfo[]>();
   for (const l of logs) {

@@ -291,7 +291,9 @@ export function decodeVxt(bytes: Uint8Array, name: string): VxtTrace {
   const kind = body.slice(o, o + n);
   o += n;
   const count = new Uint32Array(n);
-  if (decodeCounts(body, o, o + m.countsBytes, count) !== o + m.countsBytes) throw corrupt('count column does not match the record count');
+  const ce = decodeCounts(body, o, o + m.countsBytes, count);
+  if (ce <= -2) throw corrupt(`record ${-ce - 2} has a count above ${MAX_COUNT}`);
+  if (ce !== o + m.countsBytes) throw corrupt('count column does not match the record count');
   o += m.countsBytes;
   const page = new Float64Array(n);
   const pe = decodePages(body, o, o + m.pagesBytes, kind, page);
@@ -302,7 +304,13 @@ export function decodeVxt(bytes: Uint8Array, name: string): VxtTrace {
   return { collapse: m.collapse, source: m.source, accesses, processes: m.processes };
 }
 
-/** Decodes `out.length` varints (each `count - 1`) from `buf[p..]`; returns the position after the last. */
+/** The largest count of a record: the count column holds u32 counts (a larger one would wrap in the Uint32Array). */
+const MAX_COUNT = 0xffffffff;
+
+/**
+ * Decodes `out.length` varints (each `count - 1`) from `buf[p..]`; returns the position after the last (-1: too
+ * short, -2 - i: record i's count is above MAX_COUNT).
+ */
 function decodeCounts(buf: Uint8Array, p: number, end: number, out: Uint32Array): number {
   const n = out.length;
   for (let i = 0; i < n; i++) {
@@ -321,6 +329,7 @@ function decodeCounts(buf: Uint8Array, p: number, end: number, out: Uint32Array)
             b = buf[p++]!;
             v += (b & 0x7f) * 0x10000000;
             if (b >= 0x80) return -1;
+            if (v >= MAX_COUNT) return -2 - i;
           }
         }
       }
@@ -526,17 +535,25 @@ function checkProcesses(processes: unknown[], page: Float64Array, corrupt: (w: s
       }
     }
   }
-  // Each access record belongs to one process: the processes' record ranges do not overlap.
+  // Each access record belongs to exactly one process: the processes' record ranges do not overlap, and
+  // they leave no record out (the replay runs a process's records only; a record of no process was skipped).
   const ranges = (processes as VxtProcess[]).filter((p) => p.recordEnd > p.recordStart).sort((a, b) => a.recordStart - b.recordStart);
-  for (let i = 1; i < ranges.length; i++) {
-    const a = ranges[i - 1]!;
+  const orphans = (from: number, to: number): TraceError => corrupt(`records [${from}, ${to}) belong to no process (each record is an access of one process)`);
+  let covered = 0;
+  for (let i = 0; i < ranges.length; i++) {
     const b = ranges[i]!;
-    if (b.recordStart < a.recordEnd) {
-      throw corrupt(
-        `pid ${b.pid}'s records [${b.recordStart}, ${b.recordEnd}) overlap pid ${a.pid}'s [${a.recordStart}, ${a.recordEnd}) (a record belongs to one process)`,
-      );
+    if (i > 0) {
+      const a = ranges[i - 1]!;
+      if (b.recordStart < a.recordEnd) {
+        throw corrupt(
+          `pid ${b.pid}'s records [${b.recordStart}, ${b.recordEnd}) overlap pid ${a.pid}'s [${a.recordStart}, ${a.recordEnd}) (a record belongs to one process)`,
+        );
+      }
     }
+    if (b.recordStart > covered) throw orphans(covered, b.recordStart);
+    covered = b.recordEnd;
   }
+  if (covered < n) throw orphans(covered, n);
   for (const [i, p] of (processes as VxtProcess[]).entries()) {
     const by = forkedBy.get(p.pid);
     if (p.parent === 0) {

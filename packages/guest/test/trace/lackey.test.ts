@@ -146,6 +146,12 @@ describe('importLackey', () => {
       expect(() => importLackey([f])).toThrow(`${f}: not a valgrind lackey log`);
     });
 
+    it('rejects a log given twice, naming it (it said it could not tell which log follows it)', () => {
+      // `vmexit trace import lackey logs/* logs/tiny.100.1`: the same file twice, once by another path.
+      const again = path.relative(process.cwd(), tiny[0]!);
+      expect(() => importLackey([...tiny, again])).toThrow(`${again}: the log is given twice (also as ${tiny[0]})`);
+    });
+
     it('rejects a bad line with its line number', () => {
       const text = fs.readFileSync(tiny[0]!, 'latin1').replace(' L 1fff000740,8', ' L 1fff00zz40,8');
       const f = tmpFile('bad.100.1', text);

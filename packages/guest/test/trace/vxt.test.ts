@@ -285,6 +285,50 @@ describe('vxt', () => {
       );
     });
 
+    it('rejects access records that belong to no process (the replay skipped them, and info counted no accesses)', () => {
+      // Three records; pid 1 owns [0, 1) and pid 2 [2, 3): record 1 is nobody's. With no process at all,
+      // all three are. An importer writes each process's records as one range, the ranges tiling the column.
+      const recs: [number, number, number][] = [
+        [0, 0x108, 1],
+        [0, 0x108, 1],
+        [0, 0x108, 1],
+      ];
+      const fork: VxtEvent = { type: 'fork', at: 1, parent: 1, child: 2 };
+      expect(
+        problem(
+          [
+            { pid: 1, parent: 0, recordStart: 0, recordEnd: 1, events: [exec, fork] },
+            { pid: 2, parent: 1, recordStart: 2, recordEnd: 3, events: [] },
+          ],
+          recs,
+        ),
+      ).toBe('bad.vxt: corrupt .vxt trace: records [1, 2) belong to no process (each record is an access of one process)');
+      expect(problem([], recs)).toBe('bad.vxt: corrupt .vxt trace: records [0, 3) belong to no process (each record is an access of one process)');
+    });
+
+    it('rejects a record count above 2^32 - 1 (it wrapped to a count of 0 in the Uint32Array)', () => {
+      // One fetch of page 0x108, its count column replaced by the 5-byte varint of 2^32 - 1 (ff ff ff ff 0f),
+      // which stands for a count of 2^32: encodeVxt writes count - 1 of a u32 count, so at most 2^32 - 2.
+      const good = encodeVxt(trace([[0, 0x108, 1]]));
+      const body = zlib.brotliDecompressSync(good.subarray(24));
+      const metaLength = body.readUInt32LE(0);
+      const meta = JSON.parse(body.subarray(4, 4 + metaLength).toString()) as Record<string, unknown>;
+      expect(meta['countsBytes']).toBe(1);
+      const columns = body.subarray(4 + metaLength);
+      const pages = columns.subarray(2); // after 1 kind byte and the 1-byte count
+      const metaBytes = Buffer.from(JSON.stringify({ ...meta, countsBytes: 5 }));
+      const length = Buffer.alloc(4);
+      length.writeUInt32LE(metaBytes.length);
+      const newBody = Buffer.concat([length, metaBytes, Buffer.from([0]), Buffer.from([0xff, 0xff, 0xff, 0xff, 0x0f]), pages]);
+      const payload = zlib.brotliCompressSync(newBody);
+      const header = Buffer.alloc(24);
+      Buffer.from(good.subarray(0, 8)).copy(header);
+      header.writeUInt32LE(payload.length, 8);
+      header.writeUInt32LE(zlib.crc32(payload) >>> 0, 12);
+      header.writeUInt32LE(newBody.length, 16);
+      expect(() => decodeVxt(Buffer.concat([header, payload]), 'c.vxt')).toThrow('c.vxt: corrupt .vxt trace: record 0 has a count above 4294967295');
+    });
+
     it('reads the header of a good file', () => {
       expect(readVxtHeader(good, 'g.vxt')).toMatchObject({ version: 1, payloadBytes: good.length - 24 });
     });
