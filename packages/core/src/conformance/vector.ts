@@ -205,7 +205,9 @@ function sameEntries(c: Ctx, memory: readonly VectorMemoryEntry[], after: readon
   if (after.length !== memory.length) {
     const listed = new Set(after.map((e) => e.pa));
     const missing = memory.filter((e) => !listed.has(e.pa)).map((e) => `0x${e.pa.toString(16)}`);
-    c.fail(path, `lists ${after.length} entries, memory lists ${memory.length}: missing ${missing.join(', ')} (memory_after lists the same entries as memory)`);
+    // The first ten, so that a vector missing thousands of entries gets a message of one line, not megabytes.
+    const shown = missing.length > 10 ? `${missing.slice(0, 10).join(', ')} and ${missing.length - 10} more` : missing.join(', ');
+    c.fail(path, `lists ${after.length} entries, memory lists ${memory.length}: missing ${shown} (memory_after lists the same entries as memory)`);
   }
 }
 

@@ -139,6 +139,18 @@ describe('validateVector', () => {
       );
     });
 
+    it('names the first ten missing entries and counts the rest (a vector of thousands gets one short line)', () => {
+      const many = Array.from({ length: 25 }, (_, i) => [`0x${(0x1000 + i * 8).toString(16)}`, '0x0', 8]);
+      const v = { ...two, memory: many, expect: { ...two.expect, memory_after: [] } };
+      const shown = many
+        .slice(0, 10)
+        .map((e) => e[0])
+        .join(', ');
+      expect(problem(v)).toBe(
+        `v.jsonl:7: expect.memory_after: lists 0 entries, memory lists 25: missing ${shown} and 15 more (memory_after lists the same entries as memory)`,
+      );
+    });
+
     it('rejects a changed address, a changed size and an extra entry', () => {
       expect(
         problem(

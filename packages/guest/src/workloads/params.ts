@@ -43,13 +43,15 @@ export function parseWorkloadRef(input: string): WorkloadRef {
     if (rest.length > 0) throw new WorkloadError('unknown-parameter', input, 'the kbuild trace takes no parameters');
     return { kind: 'trace', name, path: null, input };
   }
-  const raw: Record<string, string> = {};
+  // No prototype: a parameter named like an Object.prototype member (`__proto__`, `toString`) is a key like any other
+  // (an unknown one), not "given twice".
+  const raw = Object.create(null) as Record<string, string>;
   if (rest.length > 0) {
     for (const part of rest.split(',')) {
       const eq = part.indexOf('=');
       if (eq <= 0) throw new WorkloadError('bad-value', input, `parameter '${part}' is not of the form key=value`);
       const k = part.slice(0, eq).trim();
-      if (k in raw) throw new WorkloadError('bad-value', input, `parameter '${k}' is given twice`);
+      if (Object.hasOwn(raw, k)) throw new WorkloadError('bad-value', input, `parameter '${k}' is given twice`);
       raw[k] = part.slice(eq + 1).trim();
     }
   }
@@ -74,7 +76,7 @@ export function resolveParams(
 ): Record<string, number> {
   const out: Record<string, number> = {};
   for (const k of Object.keys(raw)) {
-    if (!(k in defs)) {
+    if (!Object.hasOwn(defs, k)) {
       const known = Object.keys(defs);
       throw new WorkloadError('unknown-parameter', input, `${workload} has no parameter '${k}' (it takes ${known.length === 0 ? 'none' : known.join(', ')})`);
     }

@@ -9,6 +9,16 @@ describe('parseWorkloadRef', () => {
     expect(() => parseWorkloadRef('scan:pages')).toThrow(WorkloadError);
     expect(() => parseWorkloadRef('kbuild:x=1')).toThrow(/takes no parameters/);
   });
+  it("takes keys named like Object.prototype's members as keys (unknown ones), not as given twice", () => {
+    // `'__proto__' in {}` is true, so these were "given twice" once, and `raw.__proto__ = '1'` set no key at all.
+    for (const k of ['__proto__', 'toString', 'constructor']) {
+      const ref = parseWorkloadRef(`scan:${k}=1`);
+      expect(ref.kind === 'synthetic' && Object.keys(ref.raw), k).toEqual([k]);
+      const defs = { pages: { default: 8, min: 1, max: 100, integer: true, doc: '' } };
+      expect(() => resolveParams('scan', `scan:${k}=1`, defs, ref.kind === 'synthetic' ? ref.raw : {}), k).toThrow(WorkloadError);
+    }
+    expect(() => parseWorkloadRef('scan:pages=1,pages=2')).toThrow(/parameter 'pages' is given twice/);
+  });
 });
 
 describe('resolveParams', () => {
