@@ -211,7 +211,10 @@ export class QueueExecutor implements CellExecutor {
           }
           continue;
         }
-        if (state !== 'completed' && state !== 'failed' && (!draining || state === 'active')) continue;
+        // Draining, every job not finished is offered back (`removed`): BullMQ refuses while a worker holds its lock
+        // (that cell is waited for), and takes it once the lock expired (its worker died, and no other worker may be
+        // left to find the job stalled: waiting for it would never end).
+        if (state !== 'completed' && state !== 'failed' && !draining) continue;
         const j: Job | undefined = await redis(queue.getJob(id));
         if (j === undefined) continue; // removed meanwhile: the next round finds it unknown
         if (state === 'completed') {
@@ -223,7 +226,8 @@ export class QueueExecutor implements CellExecutor {
           onOutcome(cell, { ok: false, error: { name: 'QueueError', message: `the job failed after ${j.attemptsMade} attempts: ${j.failedReason}` } });
           await redis(j.remove().catch(() => {}));
         } else if (await redis(removed(j))) {
-          // Draining: a cell no worker has started is taken back (a job a worker holds is locked: collected once done).
+          // Draining: a cell no worker has started, or whose worker's lock expired, is taken back (a job a live worker
+          // holds is locked: collected once done).
           pending.delete(id);
         }
       }

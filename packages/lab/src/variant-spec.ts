@@ -288,7 +288,7 @@ function readBounded(file: string, max: number, flag: string): string {
 export async function parseVariantSpec(spec: string, overrides: VariantOverrides = {}, context: VariantContext = {}): Promise<Variant> {
   const cwd = context.cwd ?? process.cwd();
   const trimmed = spec.trim();
-  if (isConfigSpec(trimmed)) {
+  if (isConfigSpec(trimmed, cwd)) {
     if (!isFile(resolve(cwd, trimmed))) throw new InputError(`--variant ${spec}: no such config file`);
     return variantFromOptions({ config: trimmed, ...overrides }, context);
   }
@@ -327,11 +327,12 @@ export async function parseVariantSpec(spec: string, overrides: VariantOverrides
 }
 
 /**
- * Whether a (trimmed) spec is a config file: one word ending in .json, .mjs or .js. A spec of several words
- * is words, whatever the last ends in: in `vmx shadow ./dist/index.js` the last word is a policy's path.
+ * Whether a (trimmed) spec is a config file: one word ending in .json, .mjs or .js, or a spec ending so that names
+ * an existing file as a whole (a path with spaces in it: `/home/a user/v.json`). Other specs of several words are
+ * words, whatever the last ends in: in `vmx shadow ./dist/index.js` the last word is a policy's path.
  */
-function isConfigSpec(trimmed: string): boolean {
-  return !/\s/.test(trimmed) && /\.(json|mjs|js)$/.test(trimmed);
+function isConfigSpec(trimmed: string, cwd: string): boolean {
+  return /\.(json|mjs|js)$/.test(trimmed) && (!/\s/.test(trimmed) || isFile(resolve(cwd, trimmed)));
 }
 
 /**
@@ -340,7 +341,7 @@ function isConfigSpec(trimmed: string): boolean {
  */
 export function absoluteSpec(spec: string, cwd: string = process.cwd()): string {
   const t = spec.trim();
-  if (isConfigSpec(t)) return isAbsolute(t) ? t : resolve(cwd, t);
+  if (isConfigSpec(t, cwd)) return isAbsolute(t) ? t : resolve(cwd, t);
   const words = t.split(/\s+/);
   const isRelativePath = (p: string): boolean => isPathSpecifier(p) && !p.startsWith('file:') && !isAbsolute(p);
   if (!words.some((w) => w.split(',').some(isRelativePath))) return t;
@@ -350,10 +351,22 @@ export function absoluteSpec(spec: string, cwd: string = process.cwd()): string 
         ? w
         : w
             .split(',')
-            .map((p) => (isRelativePath(p) ? resolve(cwd, p) : p))
+            .map((p) => (isRelativePath(p) ? absolutePolicyPath(p, cwd) : p))
             .join(','),
     )
     .join(' ');
+}
+
+/**
+ * A relative policy path (with its `#name`, if any) made absolute; as a file: URL when the absolute path has a space
+ * or a comma, which would split it into two words or two policies when the spec is read again.
+ */
+function absolutePolicyPath(p: string, cwd: string): string {
+  const hash = p.lastIndexOf('#');
+  const [path, name] = hash > 0 ? [p.slice(0, hash), p.slice(hash)] : [p, ''];
+  const abs = resolve(cwd, path);
+  if (!/[\s,]/.test(abs)) return abs + name;
+  return pathToFileURL(abs).href.replace(/,/g, '%2C') + name;
 }
 
 function isFile(file: string): boolean {

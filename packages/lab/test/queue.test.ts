@@ -1,3 +1,5 @@
+import { spawn } from 'node:child_process';
+import { resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { expandGrid, sweep } from '../src/index.js';
 import { jobId, parseRedisUrl, QueueExecutor, runQueueWorker, vmexitBuild } from '../src/queue.js';
@@ -66,5 +68,37 @@ describe('a Redis that goes away', () => {
     expect((outcome as Error).message).toMatch(/^--queue redis:\/\/127\.0\.0\.1:\d+: lost the connection \((ECONNREFUSED|ECONNRESET)\) for 1 s$/);
     // One line for the outage, not one per reconnection attempt.
     expect(lines.filter((l) => l.startsWith('error:'))).toHaveLength(1);
+  }, 30_000);
+});
+
+describe('a sweep stopped while a dead worker holds a cell', () => {
+  it('takes the cell back once its lock expired, instead of waiting for ever for a worker to find it stalled', async (ctx) => {
+    const own = await ownRedis();
+    if (own === null) return ctx.skip();
+    // The only worker (a process of its own, lock 1 s) takes the only cell and dies (SIGKILL): no worker is left to
+    // find the job stalled, so it stays active. The sweep is stopped (Ctrl-C): it must not wait for that cell.
+    const script = [
+      "import { Worker } from 'bullmq';",
+      `const w = new Worker('dead', () => new Promise(() => {}), { connection: { host: '127.0.0.1', port: ${own.port}, maxRetriesPerRequest: null }, lockDuration: 1000 });`,
+      "w.on('active', () => process.stdout.write('active\\n'));",
+    ].join('\n');
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
+      cwd: resolve(import.meta.dirname, '..'),
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    const executor = new QueueExecutor({ connection: parseRedisUrl(own.url), queueName: 'dead', pollMs: 50 });
+    try {
+      const stop = new AbortController();
+      const swept = sweep({ cells: cells.slice(0, 1), executor, signal: stop.signal });
+      await new Promise<void>((r) => child.stdout!.on('data', (d: Buffer) => String(d).includes('active') && r()));
+      child.kill('SIGKILL');
+      stop.abort();
+      const outcome = await within(swept, 10_000);
+      expect(outcome === 'still waiting' ? outcome : [outcome.ran, outcome.interrupted]).toEqual([0, true]);
+    } finally {
+      child.kill('SIGKILL');
+      await executor.close();
+      await own.kill();
+    }
   }, 30_000);
 });

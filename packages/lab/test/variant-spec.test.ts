@@ -15,8 +15,8 @@ export default new ContainerModule(({ bind }) => {
 `;
 
 /** A scratch directory with the policy as ./dist/index.js and ./mine.mjs, a variant file, and this repository's node_modules. */
-function project(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'vmexit-variant-spec-'));
+function project(prefix = 'vmexit-variant-spec-'): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
   symlinkSync(join(root, 'node_modules'), join(dir, 'node_modules'), 'dir');
   writeFileSync(join(dir, 'mine.mjs'), POLICY);
   writeFileSync(join(dir, 'index.js'), POLICY);
@@ -37,6 +37,22 @@ describe('parseVariantSpec', () => {
     const c = await parseVariantSpec('v.json', {}, { cwd: dir });
     expect([c.backend, c.policies]).toEqual(['svm', []]);
     await expect(parseVariantSpec('nothing.json', {}, { cwd: dir })).rejects.toThrow('--variant nothing.json: no such config file');
+  });
+
+  it('reads a config file whose path has a space, and a policy path made absolute in a directory whose path has one', async () => {
+    // A home directory such as "/home/a user" (or "C:\\Users\\A User"): a config file there is one file, not the
+    // words "/home/a" and "user/v.json"; and absoluteSpec, which compare and sweep apply before a worker reads the
+    // spec again, must not split a policy path there into two words.
+    const dir = project('vmexit variant spec ');
+    const c = await parseVariantSpec(join(dir, 'v.json'), {}, { cwd: tmpdir() });
+    expect([c.backend, c.mmu]).toEqual(['svm', 'shadow']);
+    expect(absoluteSpec('v.json', dir)).toBe(join(dir, 'v.json'));
+    const again = await parseVariantSpec(absoluteSpec('v.json', dir), {}, { cwd: tmpdir() });
+    expect(again.backend).toBe('svm');
+    const abs = absoluteSpec('vmx shadow ./index.js#mine,pte-update', dir);
+    expect(abs.split(' ')).toHaveLength(3);
+    const v = await parseVariantSpec(abs, {}, { cwd: tmpdir() });
+    expect([v.backend, v.mmu, v.policies.length, v.policies[1]!.use]).toEqual(['vmx', 'shadow', 2, 'pte-update']);
   });
 });
 
