@@ -99,3 +99,8 @@ export function eferWriteFaults(s: CrState, value: number): boolean {
   if (!(value >= 0 && value < 2 ** 32) || (value & ~EFER_SUPPORTED) !== 0) return true;
   return (s.cr0 & CR0_PG) !== 0 && ((value ^ s.efer) & EFER_LME) !== 0;
 }
+
+/** The operand of a MOV to CR as the instruction sees it: 64 bits in 64-bit mode (EFER.LMA = 1 here), else its low 32 bits. */
+export function crOperand(s: CrState, value: number): number {
+  return (s.efer & EFER_LMA) !== 0 ? value : value >>> 0;
+}

@@ -45,8 +45,12 @@ export interface VcpuHooks<V extends HookedVcpu = HookedVcpu> {
   nestedFault(vcpu: V, address: number, access: number, r: WalkResult): FaultAction;
   /** An access reached a guest-physical address with no RAM behind it (MMIO, or a write to read-only RAM). */
   mmio(vcpu: V, gpa: number, access: number): FaultAction;
-  /** MOV to CR0/CR3/CR4 or WRMSR IA32_EFER (`cr` = 0, 3, 4, or 0xc0000080), after the architectural effect. */
-  crWrite(vcpu: V, cr: number, oldValue: number): void;
+  /**
+   * MOV to CR0/CR3/CR4 or WRMSR IA32_EFER (`cr` = 0, 3, 4, or 0xc0000080), after the architectural effect. `operand`
+   * is the value the instruction wrote (32 bits outside 64-bit mode), which may differ from the register's new value
+   * (CR0's reserved bits are ignored): a VM exit is decided on the operand (SDM Vol. 3C §26.1.3).
+   */
+  crWrite(vcpu: V, cr: number, oldValue: number, operand: number): void;
   /**
    * MOV to CR0/CR3/CR4 or WRMSR IA32_EFER (`cr` = 0xc0000080) of `value` whose architectural checks failed:
    * #GP(0) for an invalid value (cr-checks.ts: reserved bits, CR0.PG without PE, NW without CD, leaving or entering
@@ -75,7 +79,7 @@ export class NativeHooks implements VcpuHooks {
   mmio(_vcpu: HookedVcpu, _gpa: number, _access: number): FaultAction {
     return FAULT_DONE; // reads of unbacked memory return all ones; writes are dropped (the vCPU does that)
   }
-  crWrite(_vcpu: HookedVcpu, _cr: number, _oldValue: number): void {}
+  crWrite(_vcpu: HookedVcpu, _cr: number, _oldValue: number, _operand: number): void {}
   crWriteFault(_vcpu: HookedVcpu, _cr: number, _value: number): FaultAction {
     return FAULT_DELIVER; // the #GP goes to the guest's handler
   }

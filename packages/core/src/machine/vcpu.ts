@@ -30,7 +30,7 @@ import { loadPdptes, rightsFault, walk } from '../paging/walker.js';
 import { TLB_FETCH_SUP, TLB_FETCH_USER, TLB_GLOBAL, TLB_READ_SUP, TLB_READ_USER, TLB_WRITE_SUP, TLB_WRITE_USER, Tlb } from '../tlb/tlb.js';
 import type { GuestMemory } from './guest-memory.js';
 import { MachineError } from './errors.js';
-import { cr0Loaded, cr0WriteFaults, cr4WriteFaults, eferWriteFaults } from './cr-checks.js';
+import { cr0Loaded, cr0WriteFaults, cr4WriteFaults, crOperand, eferWriteFaults } from './cr-checks.js';
 import { checkScalarSpan, checkSpan, copyElements, OPEN_BUS, openBus, zeroStore } from './ram-access.js';
 import { FAULT_DELIVER, FAULT_DONE, FAULT_RETRY, NativeHooks, type FaultAction, type VcpuHooks } from './hooks.js';
 
@@ -309,7 +309,8 @@ export class Vcpu {
    * In PAE paging a change of PG, CD (bit 30) or NW (bit 29) reloads the PDPTE registers (§4.4.1).
    */
   movToCr0(value: number): void {
-    if (cr0WriteFaults(this, value)) return this.crWriteFault(0, value);
+    const operand = crOperand(this, value);
+    if (cr0WriteFaults(this, value)) return this.crWriteFault(0, operand);
     const old = this.cr0;
     const v = cr0Loaded(value);
     this.cr0 = v;
@@ -321,7 +322,7 @@ export class Vcpu {
       return;
     }
     if (((old ^ v) & (CR0_PG | CR0_WP)) !== 0) this.tlb.flushAll(false);
-    this.hooks.crWrite(this, 0, old);
+    this.hooks.crWrite(this, 0, old, operand);
   }
 
   /**
@@ -352,7 +353,7 @@ export class Vcpu {
     } else {
       this.tlb.flushAll((this.cr4 & CR4_PGE) !== 0);
     }
-    this.hooks.crWrite(this, 3, old);
+    this.hooks.crWrite(this, 3, old, value);
   }
 
   /**
@@ -362,7 +363,8 @@ export class Vcpu {
    */
   movToCr4(value: number): void {
     // #GP(0), CR4 unchanged: reserved bits, PCIDE outside IA-32e mode or with CR3[11:0] != 0, PAE or LA57 in IA-32e mode.
-    if (cr4WriteFaults(this, value)) return this.crWriteFault(4, value);
+    const operand = crOperand(this, value);
+    if (cr4WriteFaults(this, value)) return this.crWriteFault(4, operand);
     const old = this.cr4;
     const v = value >>> 0;
     this.cr4 = v;
@@ -376,7 +378,7 @@ export class Vcpu {
     }
     if ((changed & (CR4_PGE | CR4_PAE | CR4_PSE | CR4_PCIDE | CR4_SMEP | CR4_SMAP | CR4_PKE | CR4_LA57)) !== 0) this.tlb.flushAll(false);
     if ((v & CR4_PCIDE) === 0) this.pcid = 0;
-    this.hooks.crWrite(this, 4, old);
+    this.hooks.crWrite(this, 4, old, operand);
   }
 
   /**
@@ -389,7 +391,7 @@ export class Vcpu {
     this.efer = value >>> 0;
     this.updateMode();
     if (((old ^ this.efer) & (EFER_NXE | EFER_LME)) !== 0) this.tlb.flushAll(false);
-    this.hooks.crWrite(this, MSR_EFER, old);
+    this.hooks.crWrite(this, MSR_EFER, old, value);
   }
 
   /** INVLPG (§4.10.4.1): invalidates the TLB entries for the page holding `va`, then tells the hooks. */

@@ -150,9 +150,11 @@ export class VmHooks implements VcpuHooks<Vcpu> {
     return this.done(exit, this.act(exit, this.channel.push(exit), GP_VECTOR, address));
   }
 
-  crWrite(vcpu: Vcpu, cr: number, oldValue: number): void {
+  crWrite(vcpu: Vcpu, cr: number, oldValue: number, operand: number): void {
     const value = cr === 0 ? vcpu.cr0 : cr === 3 ? vcpu.cr3 : cr === 4 ? vcpu.cr4 : vcpu.efer;
-    if (!this.backend.crWriteExits(this.state, cr, value)) {
+    // The exit is decided on the operand (VMX compares the source operand with the read shadow under the guest/host
+    // mask, SDM Vol. 3C §26.1.3: CR0's reserved bits, which the load ignores, still count); the handler loads the value.
+    if (!this.backend.crWriteExits(this.state, cr, cr === 0 || cr === 4 ? operand : value)) {
       this.mmu.crWritten(vcpu, cr, oldValue, false);
       return;
     }
