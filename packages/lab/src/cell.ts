@@ -1,11 +1,12 @@
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { createReadStream, existsSync, statSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { PagingModeName } from '@vmexit/core';
-import type { Personality, TraceLoader } from '@vmexit/guest';
+import { parseWorkloadRef, type Personality, type TraceLoader } from '@vmexit/guest';
 import { InputError, RunFailure } from './errors.js';
 import { runVariant, type LabRunResult } from './run.js';
-import { parseVariantSpec, type VariantOverrides } from './variant-spec.js';
+import { parseVariantSpec, variantInputFiles, type VariantOverrides } from './variant-spec.js';
 
 /**
  * One cell of a sweep: a pure, serialisable description of one run, so that it runs the same on any thread
@@ -22,14 +23,132 @@ export interface RunCell {
   readonly seed: number;
   readonly personalities?: readonly Personality[];
   readonly overrides?: VariantOverrides;
+  /**
+   * The files the cell reads and their contents' SHA-256, in `cellInputFiles` order, as the sweep found them when
+   * it planned the cell (`withInputDigests`); absent when it reads none. Part of the key: a changed config,
+   * policy, cost model or trace is another cell. A worker refuses the cell when its files differ.
+   */
+  readonly inputs?: readonly CellInput[];
+}
+/** One file a cell reads: its absolute path where the sweep planned the cell, and the SHA-256 (hex) of its contents. */
+export interface CellInput {
+  readonly file: string;
+  readonly sha256: string;
 }
 /** A sweep cell: a pure, serialisable spec of one experiment, keyed by `cellKey` (today only `run` cells). */
 export type Cell = RunCell;
 
 /** A cell's identity: a hash of everything that determines its result (not of where or when it runs). */
 export function cellKey(c: Cell): string {
-  const canonical = JSON.stringify([c.kind, c.workload, c.variant, c.mode, c.seed, c.personalities ?? [], c.overrides ?? {}]);
-  return createHash('sha256').update(canonical).digest('hex').slice(0, 16);
+  const parts: unknown[] = [c.kind, c.workload, c.variant, c.mode, c.seed, c.personalities ?? [], c.overrides ?? {}];
+  // Only when present: a cell that reads no file keeps the key it had before inputs were keyed.
+  if (c.inputs !== undefined) parts.push(c.inputs.map((i) => [i.file, i.sha256]));
+  return createHash('sha256').update(JSON.stringify(parts)).digest('hex').slice(0, 16);
+}
+
+/** The key of the cell whatever its files hold: a stored record with this key but another `cellKey` is an outdated run of the cell. */
+export function cellBaseKey(c: Cell): string {
+  const { inputs: _inputs, ...rest } = c;
+  return cellKey(rest);
+}
+
+/**
+ * The files a cell reads, as absolute paths resolved from `cwd` as its run resolves them: a `.vxt` trace workload,
+ * and the variant's files (`variantInputFiles`: a config file, policy modules by path, a cost model's .json).
+ * The bundled `kbuild` trace is part of the build, not an input.
+ */
+export async function cellInputFiles(c: Cell, cwd: string = process.cwd()): Promise<string[]> {
+  return [...new Set([...traceFile(c, cwd), ...(await variantInputFiles(c.variant, c.overrides ?? {}, cwd))])];
+}
+
+/** A `.vxt` trace workload's file, resolved from `cwd` as the trace loader opens it (none for kbuild or a synthetic workload). */
+function traceFile(c: Cell, cwd: string): string[] {
+  let ref: ReturnType<typeof parseWorkloadRef>;
+  try {
+    ref = parseWorkloadRef(c.workload);
+  } catch {
+    return []; // not a workload: the run says so
+  }
+  return ref.kind === 'trace' && ref.path !== null ? [resolve(cwd, ref.path)] : [];
+}
+
+/** The SHA-256 (hex) of a regular file's contents, read as a stream (a trace may be large); an InputError otherwise. */
+export function fileSha256(file: string): Promise<string> {
+  let st;
+  try {
+    st = statSync(file);
+  } catch (e) {
+    return Promise.reject(new InputError(`${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`));
+  }
+  // A FIFO or a device would block the read (or never end): an input is a file.
+  if (!st.isFile()) return Promise.reject(new InputError(`${file}: not a regular file (${st.isDirectory() ? 'a directory' : 'a device, FIFO or socket'})`));
+  return new Promise((done, fail) => {
+    const h = createHash('sha256');
+    createReadStream(file)
+      .on('data', (chunk) => h.update(chunk))
+      .on('error', (e: NodeJS.ErrnoException) => fail(new InputError(`${file}: cannot read (${e.code ?? e.message})`)))
+      .on('end', () => done(h.digest('hex')));
+  });
+}
+
+/**
+ * The cells with the digests of the files each reads (`inputs`), found now (each file read once), so that their
+ * keys cover what those files hold; a cell that reads no file is returned as it is (its key unchanged).
+ */
+export async function withInputDigests(cells: readonly Cell[], cwd: string = process.cwd()): Promise<Cell[]> {
+  const digests = new Map<string, Promise<string>>();
+  const digest = (f: string): Promise<string> => digests.get(f) ?? digests.set(f, fileSha256(f)).get(f)!;
+  // Many cells share a variant: its files are found once (a config read once, not once per cell).
+  const variants = new Map<string, Promise<string[]>>();
+  const variantFiles = (c: Cell): Promise<string[]> => {
+    const k = JSON.stringify([c.variant, c.overrides ?? {}]);
+    return variants.get(k) ?? variants.set(k, variantInputFiles(c.variant, c.overrides ?? {}, cwd)).get(k)!;
+  };
+  return Promise.all(
+    cells.map(async (c) => {
+      const { inputs: _old, ...cell } = c;
+      const files = [...new Set([...traceFile(cell, cwd), ...(await variantFiles(cell))])];
+      if (files.length === 0) return cell;
+      return { ...cell, inputs: await Promise.all(files.map(async (file) => ({ file, sha256: await digest(file) }))) };
+    }),
+  );
+}
+
+/**
+ * Module files (a `.mjs` config, a policy) this thread has checked, with their digest then: Node imports a file
+ * once per thread and keeps it, so once one was imported, a changed file would run as the old one.
+ */
+const modulesSeen = new Map<string, string>();
+
+/**
+ * Checks that the files `c` reads here hold what they held when the sweep planned it (`inputs`), so that no
+ * result stands under its key for other inputs: an InputError names the first file that differs (it changed
+ * since, or this machine's copy is another), or the module this thread already imported in another version.
+ */
+export async function checkCellInputs(c: Cell, cwd: string = process.cwd()): Promise<void> {
+  if (c.inputs === undefined) return;
+  const files = await cellInputFiles(c, cwd);
+  const planned = c.inputs;
+  if (files.length !== planned.length) {
+    throw new InputError(
+      `the cell reads ${files.length} files here (${files.join(', ') || 'none'}), where the sweep planned it with ${planned.length} (${planned.map((i) => i.file).join(', ')}): rerun the sweep`,
+    );
+  }
+  for (const [i, file] of files.entries()) {
+    const sha256 = await fileSha256(file);
+    if (sha256 !== planned[i]!.sha256) {
+      throw new InputError(
+        `${file} is not the file the sweep planned the cell with (sha256 ${sha256.slice(0, 12)}… here, ${planned[i]!.sha256.slice(0, 12)}… then): it changed since, or this machine has another copy; rerun the sweep (a queue's workers need the same files)`,
+      );
+    }
+    if (/\.(json|vxt)$/i.test(file)) continue; // read again by every run
+    const seen = modulesSeen.get(file);
+    if (seen !== undefined && seen !== sha256)
+      throw new InputError(
+        `${file} changed after this thread imported it (Node keeps a module once imported): restart the worker, or run the sweep in a new process`,
+      );
+    modulesSeen.set(file, sha256);
+  }
 }
 
 /** A cell's result as a line of results.jsonl: the RunResult, with the cell it answers. */
@@ -40,10 +159,12 @@ export type CellOutcome =
   { readonly ok: true; readonly record: CellRecord } | { readonly ok: false; readonly error: { name: string; message: string; exitCode?: number } };
 
 /**
- * Runs one cell in this thread. `loadTrace` loads a trace workload (default: read and decode the file); the
+ * Runs one cell in this thread, once its files are checked against the digests it was planned with
+ * (`checkCellInputs`). `loadTrace` loads a trace workload (default: read and decode the file); the
  * executors give each thread one `createTraceLoader`, so that cells on one trace decode it once per thread.
  */
 export async function runCell(cell: Cell, loadTrace?: TraceLoader): Promise<CellRecord> {
+  await checkCellInputs(cell);
   const variant = await parseVariantSpec(cell.variant, cell.overrides ?? {});
   const result = await runVariant(variant, cell.workload, { mode: cell.mode, seed: cell.seed, personalities: cell.personalities, loadTrace });
   return { ...result, cell: { ...cell, key: cellKey(cell) } };

@@ -29,7 +29,21 @@ export {
 } from './compare.js';
 export { type CellExecutor, InProcessExecutor, sweep, type SweepOptions, type SweepOutcome, ThreadPoolExecutor } from './sweep.js';
 export { renderSweepProgress, type SweepProgressInfo } from './progress.js';
-export { type Cell, cellKey, type CellOutcome, type CellRecord, expandGrid, runCell, type RunCell, type SweepGrid, withParams } from './cell.js';
+export {
+  type Cell,
+  cellInputFiles,
+  type CellInput,
+  cellKey,
+  type CellOutcome,
+  type CellRecord,
+  checkCellInputs,
+  expandGrid,
+  runCell,
+  type RunCell,
+  type SweepGrid,
+  withInputDigests,
+  withParams,
+} from './cell.js';
 export { readResults } from './store.js';
 export { spread, type Spread, summarize, summaryCsv, type SummaryGroup } from './summary.js';
 export { provenance, type Provenance } from './provenance.js';
@@ -48,6 +62,7 @@ export {
   type VariantContext,
   variantFromOptions,
   variantInputError,
+  variantInputFiles,
   type VariantOptions,
   type VariantOverrides,
 } from './variant-spec.js';

@@ -1,7 +1,8 @@
 // BullMQ's sandboxed processor (a worker thread of `vmexit worker`): runs the cell a job carries. A cell that
-// fails returns its error as data, so BullMQ does not retry a run that would fail the same way again. The
-// thread keeps the last trace it replayed (createTraceLoader): a worker's next job is most often on the same
-// workload. BullMQ keeps the thread between jobs, so once it has had no job for KEEP_TRACE_IDLE_MS it lets the
+// fails returns its error as data, so BullMQ does not retry a run that would fail the same way again; so does a
+// cell whose files here differ from the digests the sweep planned it with (runCell checks them first:
+// checkCellInputs), as its result under that key would be another's. The thread keeps the last trace it replayed
+// (createTraceLoader): a worker's next job is most often on the same workload. BullMQ keeps the thread between jobs, so once it has had no job for KEEP_TRACE_IDLE_MS it lets the
 // trace go and collects it: a worker whose queue ran dry does not sit on a decoded trace (kbuild's: 430 MB).
 import { hostname } from 'node:os';
 import { setFlagsFromString } from 'node:v8';

@@ -1,9 +1,11 @@
+import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
 import { createTraceLoader, type TraceLoader } from '@vmexit/guest';
 import { Piscina } from 'piscina';
-import { cellKey, compiledFile, outcomeError, runCellOutcome, type Cell, type CellOutcome, type CellRecord } from './cell.js';
+import { cellBaseKey, cellKey, compiledFile, outcomeError, runCellOutcome, withInputDigests, type Cell, type CellOutcome, type CellRecord } from './cell.js';
 import { InputError } from './errors.js';
-import { ResultStore } from './store.js';
+import { readResults, ResultStore, writeAtomically } from './store.js';
 import { reportHtml } from './report.js';
 import { cellSettings, summaryCsv } from './summary.js';
 import { parseVariantSpec } from './variant-spec.js';
@@ -95,9 +97,11 @@ export interface SweepOutcome {
 
 /**
  * Runs every cell not already in `out` and stores each result as it arrives: one line of results.jsonl per
- * cell, then summary.csv over all the directory's results. Each cell is a pure function of its spec, so its
- * result (counters, cycles, digest) is the same whichever thread or machine ran it and however many ran at
- * once. The variants are composed here first, so a bad variant stops the sweep before any cell runs; a cell
+ * cell, then summary.csv over all the directory's results. The cells are planned first with the digests of the
+ * files they read (`withInputDigests`: a config, policy modules by path, a cost model, a trace), so that a cell
+ * whose file changed since its result was stored runs again, and that result is dropped from results.jsonl.
+ * Each cell is a pure function of its spec and those files, so its result (counters, cycles, digest) is the same
+ * whichever thread or machine ran it and however many ran at once. The variants are composed here first, so a bad variant stops the sweep before any cell runs; a cell
  * that fails stops it after the cells running then (InputError for bad input such as an unknown workload,
  * RunFailure otherwise), and the results so far are kept.
  */
@@ -105,7 +109,7 @@ export async function sweep(o: SweepOptions): Promise<SweepOutcome> {
   const now = o.now ?? Date.now;
   const seen = new Set<string>();
   for (const c of o.cells) {
-    const k = cellKey(c);
+    const k = cellBaseKey(c);
     if (seen.has(k)) throw new InputError(`the sweep names the cell ${c.workload} on "${c.variant}", ${c.mode}, seed ${c.seed} twice`);
     seen.add(k);
   }
@@ -113,10 +117,13 @@ export async function sweep(o: SweepOptions): Promise<SweepOutcome> {
     const overrides = o.cells.find((c) => c.variant === spec)?.overrides;
     await parseVariantSpec(spec, overrides ?? {});
   }
+  // The cells with the digests of the files they read: a changed input is another key, so its cells run again.
+  const cells = await withInputDigests(o.cells);
+  if (o.out !== undefined) dropOutdated(o.out, cells);
   const store = o.out === undefined ? null : new ResultStore(o.out);
   const inMemory = new Map<string, CellRecord>();
-  const todo = o.cells.filter((c) => store === null || !store.has(cellKey(c)));
-  const skipped = o.cells.length - todo.length;
+  const todo = cells.filter((c) => store === null || !store.has(cellKey(c)));
+  const skipped = cells.length - todo.length;
   const start = now();
   let done = 0;
   let failure: Error | null = null;
@@ -153,14 +160,32 @@ export async function sweep(o: SweepOptions): Promise<SweepOutcome> {
     // No result (the first cells failed, or the queue could not be reached): nothing is written, and a directory
     // that did not exist is not made.
     if (store !== null && store.records().length > 0) {
-      const ordered = inSweepOrder(store.records(), o.cells);
+      const ordered = inSweepOrder(store.records(), cells);
       store.writeFile('summary.csv', summaryCsv(ordered));
       store.writeFile('report.html', reportHtml(ordered, `vmexit sweep: ${o.out}`));
     }
   }
   if (failure !== null) throw failure;
-  const records = o.cells.map((c) => inMemory.get(cellKey(c)) ?? store?.records().find((r) => r.cell.key === cellKey(c)) ?? null).filter((r) => r !== null);
+  const records = cells.map((c) => inMemory.get(cellKey(c)) ?? store?.records().find((r) => r.cell.key === cellKey(c)) ?? null).filter((r) => r !== null);
   return { records, ran: done, skipped, interrupted: o.signal?.aborted === true };
+}
+
+/**
+ * Removes from `out`'s results.jsonl the records of `cells` run on other inputs (the same cell but for what its
+ * files held: `cellBaseKey` equal, `cellKey` not), so that neither they nor summary.csv keep an outdated result
+ * beside the new one. The file is rewritten whole (a temporary file and a rename), only when there is one to drop.
+ */
+function dropOutdated(out: string, cells: readonly Cell[]): void {
+  const file = join(out, 'results.jsonl');
+  if (!existsSync(file)) return;
+  const current = new Map(cells.map((c) => [cellBaseKey(c), cellKey(c)]));
+  const records = readResults(file);
+  const kept = records.filter((r) => {
+    const { key, ...cell } = r.cell;
+    const now = current.get(cellBaseKey(cell));
+    return now === undefined || now === key;
+  });
+  if (kept.length < records.length) writeAtomically(file, kept.map((r) => `${JSON.stringify(r)}\n`).join(''));
 }
 
 /**

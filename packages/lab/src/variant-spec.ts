@@ -16,6 +16,7 @@ import {
   type HostPages,
   isPathSpecifier,
   type ModuleSources,
+  resolveSpecifier,
   type Variant,
   type VariantProblem,
 } from '@vmexit/core';
@@ -367,6 +368,51 @@ function absolutePolicyPath(p: string, cwd: string): string {
   const abs = resolve(cwd, path);
   if (!/[\s,]/.test(abs)) return abs + name;
   return pathToFileURL(abs).href.replace(/,/g, '%2C') + name;
+}
+
+/**
+ * The files a variant spec reads, as a run of it resolves them from `cwd`: the config file (`.json`, `.mjs`), the
+ * policy modules named by path (in the spec's words or the config's `policies`; a directory is its package's
+ * entry file), and a cost model's `.json` file (`overrides.costModel`, or the config's `costModel`). Each module is
+ * the file itself: the modules it imports are not listed. Package names and built-in names read no file of the
+ * user's; a path that does not resolve is an InputError.
+ */
+export async function variantInputFiles(spec: string, overrides: VariantOverrides = {}, cwd: string = process.cwd()): Promise<string[]> {
+  const t = spec.trim();
+  const files: string[] = [];
+  let uses: string[];
+  let from = cwd;
+  let costModel = overrides.costModel;
+  let costFrom = cwd;
+  if (isConfigSpec(t, cwd)) {
+    const file = resolve(cwd, t);
+    files.push(file);
+    const raw = await readConfig(file);
+    uses = Array.isArray(raw.policies)
+      ? raw.policies.flatMap((p: unknown) => (typeof (p as { use?: unknown })?.use === 'string' ? [(p as { use: string }).use] : []))
+      : [];
+    // As rawVariant and composeVariant resolve them: policies from the config's resolveFrom (else its directory), its cost model from its directory.
+    from = typeof raw.resolveFrom === 'string' ? raw.resolveFrom : dirname(file);
+    if (costModel === undefined && typeof raw.costModel === 'string') [costModel, costFrom] = [raw.costModel, dirname(file)];
+  } else {
+    const notPolicy = (w: string): boolean => ['vmx', 'svm', 'none', 'native', 'shadow', 'tdp'].includes(w) || w.startsWith('host-pages=');
+    uses = t
+      .split(/\s+/)
+      .filter((w) => w.length > 0 && !notPolicy(w))
+      .flatMap((w) => w.split(',').filter((p) => p.length > 0));
+  }
+  for (const use of uses) {
+    const hash = use.lastIndexOf('#');
+    const specifier = hash > 0 ? use.slice(0, hash) : use;
+    if (!isPathSpecifier(specifier)) continue;
+    try {
+      files.push(resolveSpecifier(specifier, from));
+    } catch (e) {
+      throw new InputError(`--variant ${spec}: policy '${use}': ${e instanceof Error ? e.message : String(e)}`);
+    }
+  }
+  if (costModel?.endsWith('.json') === true) files.push(resolve(costFrom, costModel));
+  return [...new Set(files)];
 }
 
 function isFile(file: string): boolean {
