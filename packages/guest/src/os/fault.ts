@@ -14,7 +14,7 @@ import {
   hexU64,
 } from '@vmexit/core';
 import { KernelPanic } from './errors.js';
-import { cachePage } from './filemap.js';
+import { cachePage, fileReadLeaf, mapCachedPages } from './filemap.js';
 import { FRAME_ANON } from './frames.js';
 import { tableIndex } from './layout.js';
 import { frameOf, getAndClear, leafHi, readPte, setPte, tableFor } from './pgtable.js';
@@ -111,21 +111,47 @@ function notPresent(k: KernelState, v: Vcpu, vma: Vma, va: number, pt: number, i
     setPte(k, v, pt, idx, (f * PAGE_SIZE) | PT_PRESENT | PT_WRITABLE | PT_USER | PT_ACCESSED | PT_DIRTY, hi);
     return FAULT_DEMAND_ZERO;
   }
+  // mm/memory.c `do_fault`: a read is do_read_fault, a write do_cow_fault (private) or do_shared_fault.
+  if (!write) {
+    // A shared writable mapping of a file wants write notification (mm/mmap.c `vma_wants_writenotify`: its
+    // mapping can write back), so its vm_page_prot has no R/W: a read maps the page read-only and the first
+    // write is a write-protect fault (do_wp_page -> wp_page_shared).
+    if (!faultAround(k, v, vma, va, pt, idx, hi)) {
+      // __do_fault (filemap_fault: the page, read in on a miss), then finish_fault.
+      const cache = cachePage(k, v, vma.file!, vma.filePage(va));
+      k.frames.get(cache);
+      setPte(k, v, pt, idx, fileReadLeaf(cache), hi);
+    }
+    return FAULT_FILE;
+  }
   const cache = cachePage(k, v, vma.file!, vma.filePage(va));
-  if (vma.backing === VMA_FILE_PRIVATE && write) {
+  if (vma.backing === VMA_FILE_PRIVATE) {
     const f = newAnonPage(k, v, vma, cache);
     setPte(k, v, pt, idx, (f * PAGE_SIZE) | PT_PRESENT | PT_WRITABLE | PT_USER | PT_ACCESSED | PT_DIRTY, hi);
     return FAULT_COW;
   }
+  // do_shared_fault maps the page writable and dirty (`maybe_mkwrite(pte_mkdirty())`).
   k.frames.get(cache);
-  let lo = (cache * PAGE_SIZE) | PT_PRESENT | PT_USER | PT_ACCESSED;
-  // A shared writable mapping of a file wants write notification (mm/mmap.c `vma_wants_writenotify`: its
-  // mapping can write back), so its vm_page_prot has no R/W: a read (do_read_fault) maps the page read-only
-  // and the first write is a write-protect fault (do_wp_page -> wp_page_shared); a write (do_shared_fault)
-  // maps it writable and dirty (`maybe_mkwrite(pte_mkdirty())`).
-  if (vma.backing === VMA_FILE_SHARED && write) lo |= PT_WRITABLE | PT_DIRTY;
-  setPte(k, v, pt, idx, lo, hi);
+  setPte(k, v, pt, idx, fileReadLeaf(cache) | PT_WRITABLE | PT_DIRTY, hi);
   return FAULT_FILE;
+}
+
+/** mm/memory.c `fault_around_pages`: fault_around_bytes (65536) >> PAGE_SHIFT. */
+const FAULT_AROUND_PAGES = 16;
+
+/**
+ * mm/memory.c `do_read_fault` -> `do_fault_around` (Linux 3.15 and later; the window as 6.4 and later compute
+ * it): the page-cache pages around `va` already there are mapped (`filemap_map_pages`) before the faulting page
+ * is read in. The window is the aligned block of FAULT_AROUND_PAGES ptes around the pte, but starts no lower
+ * than the area (`from_pte`; it then still spans FAULT_AROUND_PAGES ptes) and ends at the area's end or the
+ * page table's last pte (`to_pte`). Returns whether the faulting page was among those mapped (it was cached).
+ */
+function faultAround(k: KernelState, v: Vcpu, vma: Vma, va: number, pt: number, pteOff: number, hi: number): boolean {
+  const nr = FAULT_AROUND_PAGES;
+  const vmaOff = (va - vma.start) / PAGE_SIZE;
+  const from = Math.max(pteOff - (pteOff % nr), pteOff - Math.min(pteOff, vmaOff));
+  const to = Math.min(from + nr, k.layout.entries, pteOff + (vma.end - vma.start) / PAGE_SIZE - vmaOff) - 1;
+  return mapCachedPages(k, v, vma.file!, vma.filePage(va) + from - pteOff, pt, from, to, pteOff, hi);
 }
 
 /** A new anonymous page: zeroed (clear_page) or a copy of frame `from` (copy_page), through the direct map. */
