@@ -1,11 +1,11 @@
 import { MODE_LONG4, MODE_PAE, PAGE_SIZE, PT_ACCESSED, PT_PRESENT, PT_USER, PT_WRITABLE, type Vcpu } from '@vmexit/core';
 import { describe, expect, it } from 'vitest';
-import { FRAME_TABLE } from '../../src/os/frames.js';
 import type { Kernel, Process } from '../../src/os/kernel.js';
 import { HI_XD } from '../../src/os/pte.js';
 import { FAULT_COW, FAULT_FILE } from '../../src/os/stats.js';
 import { PROT_READ, PROT_WRITE, VMA_ANON, VMA_FILE_PRIVATE, VMA_FILE_SHARED, type FileObject } from '../../src/os/vma.js';
 import { boot, user } from '../helpers.js';
+import { recordStores, type Store } from './stores.js';
 
 /*
  * Fault-around (Linux 6.x): a read fault in a file mapping first maps the pages around the address that are
@@ -21,27 +21,6 @@ import { boot, user } from '../helpers.js';
 
 const A = 0x4000_0000; // 1 GiB: 16-page (and PT) aligned, inside user space in every paging mode
 const MiB2 = 2 * 1024 * 1024;
-
-/** One store to a page-table page: its guest-physical address, size and value (low half). */
-interface Store {
-  pa: number;
-  size: number;
-  lo: number;
-  hi: number;
-}
-
-/** Records every store `v` makes to a page-table page through the direct map, from now on. */
-function recordStores(k: Kernel, v: Vcpu): Store[] {
-  const log: Store[] = [];
-  const dm = k.directMap(0);
-  const write = v.write.bind(v);
-  v.write = (va: number, size: number, lo: number, hi = 0): void => {
-    const pa = va - dm;
-    if (pa >= 0 && k.frames.useOf(Math.floor(pa / PAGE_SIZE)) >= FRAME_TABLE) log.push({ pa, size, lo: lo >>> 0, hi: hi >>> 0 });
-    write(va, size, lo, hi);
-  };
-  return log;
-}
 
 function setup(mode: number = MODE_LONG4): { k: Kernel; v: Vcpu; p: Process; file: FileObject } {
   const { k, v } = boot(mode);

@@ -1,10 +1,10 @@
 import { MODE_LONG4, MODE_PAE, PAGE_SIZE, PT_ACCESSED, PT_DIRTY, PT_PRESENT, PT_WRITABLE, type Vcpu } from '@vmexit/core';
 import { describe, expect, it } from 'vitest';
-import { FRAME_TABLE } from '../../src/os/frames.js';
 import { USER_TABLE } from '../../src/os/pte.js';
 import type { Kernel, Process } from '../../src/os/kernel.js';
 import { PROT_NONE, PROT_READ, PROT_WRITE, VMA_ANON } from '../../src/os/vma.js';
 import { boot, user } from '../helpers.js';
+import { recordStores, type Store } from './stores.js';
 
 /*
  * The stores the guest kernel makes to page-table entries, one by one, against the Linux (6.15, x86-64)
@@ -15,14 +15,6 @@ import { boot, user } from '../helpers.js';
 const RW = PROT_READ | PROT_WRITE;
 const MiB2 = 2 * 1024 * 1024;
 
-/** One store to a page-table page: its guest-physical address and size, and the value stored (low half, high half). */
-interface Store {
-  pa: number;
-  size: number;
-  lo: number;
-  hi: number;
-}
-
 /** An 8-byte store (x86-64 `set_pte` and the atomics: one `mov`, `xchg` or `cmpxchg` of the whole entry). */
 function st(pa: number, lo: number, hi = 0): Store {
   return { pa, size: 8, lo: lo >>> 0, hi: hi >>> 0 };
@@ -31,19 +23,6 @@ function st(pa: number, lo: number, hi = 0): Store {
 /** A 4-byte store (a half of a PAE entry). */
 function half(pa: number, value: number): Store {
   return { pa, size: 4, lo: value >>> 0, hi: 0 };
-}
-
-/** Records every store `v` makes to a page-table page through the direct map, from now on. */
-function recordStores(k: Kernel, v: Vcpu): Store[] {
-  const log: Store[] = [];
-  const dm = k.directMap(0);
-  const write = v.write.bind(v);
-  v.write = (va: number, size: number, lo: number, hi = 0): void => {
-    const pa = va - dm;
-    if (pa >= 0 && k.frames.useOf(Math.floor(pa / PAGE_SIZE)) >= FRAME_TABLE) log.push({ pa, size, lo: lo >>> 0, hi: hi >>> 0 });
-    write(va, size, lo, hi);
-  };
-  return log;
 }
 
 /** The guest-physical address of the entry of `level` that maps `va` in `proc` (read from guest memory directly). */
