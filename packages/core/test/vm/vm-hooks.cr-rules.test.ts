@@ -9,69 +9,12 @@ import {
   MSR_EFER,
   NoopTracer,
   Vm,
-  type Backend,
   type ExitResolution,
-  type HardwareExit,
   type Mmu,
-  type SecondStage,
   type Vcpu,
 } from '../../src/index.js';
 import { variantSchema } from '../../src/vm/variant.js';
-
-/** A backend that intercepts the writes of the control registers in `intercepted` (0, 4, MSR_EFER) and #GP when asked. */
-class CrBackend implements Backend<{ pending: [number, number] | null }> {
-  readonly name = 'vmx' as const;
-  readonly intercepted = new Set<number>();
-  interceptGp = false;
-  createState() {
-    return { pending: null };
-  }
-  exceptionExits(_s: unknown, vector: number): boolean {
-    return vector === GP_VECTOR && this.interceptGp;
-  }
-  crWriteExits(_s: unknown, cr: number): boolean {
-    return this.intercepted.has(cr);
-  }
-  invlpgExits(): boolean {
-    return false;
-  }
-  private hw(name: string): HardwareExit {
-    return { backend: 'vmx', code: 0, name, fields: {} };
-  }
-  exceptionExit(_s: unknown, vector: number): HardwareExit {
-    return this.hw(`EXCEPTION_${vector}`);
-  }
-  crWriteExit(_s: unknown, cr: number): HardwareExit {
-    return this.hw(cr === MSR_EFER ? 'MSR_WRITE' : `CR${cr}_WRITE`);
-  }
-  invlpgExit(): HardwareExit {
-    return this.hw('INVLPG');
-  }
-  nestedFaultExit(): HardwareExit {
-    return this.hw('NESTED');
-  }
-  nestedFaultErrorCode(): number {
-    return 0;
-  }
-  createSecondStage(): SecondStage {
-    throw new RangeError('no second stage');
-  }
-  mmioExit(): HardwareExit {
-    return this.hw('MMIO');
-  }
-  crWriteHandled(): void {}
-  injectException(s: { pending: [number, number] | null }, vector: number, errorCode: number): void {
-    s.pending = [vector, errorCode];
-  }
-  vmEntry(s: { pending: [number, number] | null }, out: { errorCode: number }): number {
-    if (s.pending === null) return -1;
-    const [vector, errorCode] = s.pending;
-    s.pending = null;
-    out.errorCode = errorCode;
-    return vector;
-  }
-  setNestedRoot(): void {}
-}
+import { FakeBackend } from './fake-backend.js';
 
 /** An MMU that records the control-register writes it is told of. */
 class CrMmu implements Mmu {
@@ -93,7 +36,7 @@ class CrMmu implements Mmu {
 }
 
 function vmWith() {
-  const backend = new CrBackend();
+  const backend = new FakeBackend();
   const mmu = new CrMmu();
   const rec = new ArrayRecorder();
   const variant = variantSchema.parse({ backend: 'vmx', mmu: 'shadow', memory: '4M', vcpus: 1 });

@@ -14,79 +14,18 @@ import {
   PF_VECTOR,
   PT_DIRTY,
   Vm,
-  type Backend,
   type FaultPolicy,
-  type HardwareExit,
   type HardwareExitBuffer,
   type MemslotSpec,
   type Mmu,
   type ExitResolution,
-  type SecondStage,
   type Vcpu,
   type VmExit,
 } from '../../src/index.js';
 import { tap } from 'rxjs';
 import { variantSchema } from '../../src/vm/variant.js';
+import { FakeBackend } from './fake-backend.js';
 import { TestTables } from '../machine/tables.js';
-
-/**
- * A backend with switchable intercepts, describing every exit by a made-up reason name (what these tests
- * count), with a one-slot injection queue as VMX and SVM have.
- */
-class FakeBackend implements Backend<{ pending: [number, number] | null }> {
-  readonly name = 'vmx' as const;
-  interceptPf = false;
-  interceptGp = false;
-  interceptCr3 = false;
-  createState() {
-    return { pending: null };
-  }
-  exceptionExits(_s: unknown, vector: number): boolean {
-    return (vector === PF_VECTOR && this.interceptPf) || (vector === GP_VECTOR && this.interceptGp);
-  }
-  crWriteExits(_s: unknown, cr: number): boolean {
-    return cr === 3 && this.interceptCr3;
-  }
-  invlpgExits(): boolean {
-    return false;
-  }
-  private hw(name: string): HardwareExit {
-    return { backend: 'vmx', code: 0, name, fields: {} };
-  }
-  exceptionExit(_s: unknown, vector: number): HardwareExit {
-    return this.hw(`EXCEPTION_${vector}`);
-  }
-  crWriteExit(_s: unknown, cr: number): HardwareExit {
-    return this.hw(`CR${cr}_WRITE`);
-  }
-  invlpgExit(): HardwareExit {
-    return this.hw('INVLPG');
-  }
-  nestedFaultExit(): HardwareExit {
-    return this.hw('NESTED');
-  }
-  nestedFaultErrorCode(): number {
-    return 0;
-  }
-  createSecondStage(): SecondStage {
-    throw new RangeError('no second stage');
-  }
-  mmioExit(): HardwareExit {
-    return this.hw('MMIO');
-  }
-  crWriteHandled(): void {}
-  injectException(s: { pending: [number, number] | null }, vector: number, errorCode: number): void {
-    s.pending = [vector, errorCode];
-  }
-  vmEntry(s: { pending: [number, number] | null }, out: { errorCode: number }): number {
-    if (s.pending === null) return -1;
-    const [vector, errorCode] = s.pending;
-    s.pending = null;
-    out.errorCode = errorCode;
-    return vector;
-  }
-  setNestedRoot(): void {}
-}
 
 /**
  * A shadow MMU in miniature: the hardware walks `shadowRoot` (tables the test builds) when set, else the
@@ -216,7 +155,7 @@ describe('VmHooks', () => {
 
     it('exits before the #GP when CR3 writes are intercepted; the handler injects #GP(0) and the MMU hears nothing', () => {
       const r = paeWithBadPdpt();
-      r.backend.interceptCr3 = true;
+      r.backend.intercepted.add(3);
       r.v.movToCr3(r.bad);
       // SDM Vol. 3C §26.1.1: the CR3-load exit has priority over the #GP of the PDPTE load. Exit 1, the CR3
       // write (faulted): KVM kvm_set_cr3 -> load_pdptrs fails -> inject #GP(0); VM entry delivers it to the
@@ -230,7 +169,7 @@ describe('VmHooks', () => {
       expect(r.mmu.log).toEqual([]);
       expect(r.total()).toMatchObject({ exits: 1, 'exits.kind.cr-write': 1 });
       // The same guest-visible outcome as without the intercept:
-      r.backend.interceptCr3 = false;
+      r.backend.intercepted.delete(3);
       r.v.movToCr3(r.bad);
       expect(r.gp).toEqual([0, 0]);
       expect(r.v.cr3).toBe(r.t.root);
@@ -250,7 +189,7 @@ describe('VmHooks', () => {
 
     it('lets a good PAE CR3 write exit and reach the MMU as before', () => {
       const r = paeWithBadPdpt();
-      r.backend.interceptCr3 = true;
+      r.backend.intercepted.add(3);
       const good = r.t.alloc();
       r.vm.machine.memory.write32(good, 0x5000 | 1);
       r.v.movToCr3(good);
