@@ -332,6 +332,7 @@ export class Vcpu {
    * those of the new PCID, unless `noFlush` (bit 63 of the source operand) is set.
    */
   movToCr3(value: number, noFlush = false): void {
+    value = crOperand(this, value); // a 32-bit operand outside 64-bit mode (Vol. 2B MOV)
     const old = this.cr3;
     const oldCtxCr3 = this.ctx.cr3;
     const pcide = (this.cr4 & CR4_PCIDE) !== 0;

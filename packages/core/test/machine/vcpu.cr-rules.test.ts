@@ -135,6 +135,18 @@ describe('Vcpu.movToCr0: invalid bit combinations are #GP(0), CR0 unchanged (SDM
   });
 });
 
+describe('Vcpu.movToCr3 outside 64-bit mode: a 32-bit operand (SDM Vol. 2B MOV)', () => {
+  it('loads the low 32 bits, as an unsigned address', () => {
+    // The operand of MOV to CR3 outside 64-bit mode is 32 bits: bit 32 of a wider number is not there, and an int32
+    // with bit 31 set (what `x | 0` makes) is the address 0x80001000, not a negative one.
+    const { v, gp } = offMachine();
+    v.movToCr3(2 ** 32 + 0x1000);
+    expect(v.cr3).toBe(0x1000);
+    v.movToCr3(0x80001000 | 0);
+    expect([v.cr3, gp.length]).toEqual([0x80001000, 0]);
+  });
+});
+
 describe('Vcpu.movToCr4: reserved bits and bits of features the processor lacks are #GP(0), CR4 unchanged (§2.5; KVM kvm_is_valid_cr4)', () => {
   for (const [name, bit] of [
     ['bit 15 (reserved)', 1 << 15],
