@@ -19,6 +19,8 @@ export class Task {
   /** User accesses this task performed (represented accesses for trace records). */
   accesses = 0;
   program!: Program;
+  /** Its index in its vCPU's task list (the runner's). */
+  pos = 0;
   /** aliased-pdes: reads of the arena go through its read-only alias view, this far above. */
   private readonly aliasDelta: number;
   private readonly arenaBase: number;
@@ -122,15 +124,97 @@ export interface TaskRunnerOptions {
 }
 
 /**
+ * A set of task positions with `firstFrom` and `last` in O(log n): a tree of counts over the positions.
+ */
+class PositionSet {
+  private size = 1;
+  private cnt = new Int32Array(2);
+  /** Tree nodes visited (a cost counter for tests). */
+  steps = 0;
+
+  get count(): number {
+    return this.cnt[1]!;
+  }
+
+  set(i: number, on: boolean): void {
+    if (i >= this.size) this.grow(i);
+    let x = this.size + i;
+    const d = (on ? 1 : 0) - this.cnt[x]!;
+    if (d === 0) return;
+    for (; x >= 1; x >>= 1) {
+      this.steps++;
+      this.cnt[x]! += d;
+    }
+  }
+
+  /** The lowest position at or above `i` in the set, or -1. */
+  firstFrom(i: number): number {
+    if (i >= this.size) return -1;
+    let x = this.size + i;
+    if (this.cnt[x] !== 0) return i;
+    for (; x > 1; x >>= 1) {
+      this.steps++;
+      if ((x & 1) === 0 && this.cnt[x + 1] !== 0) return this.descend(x + 1, false);
+    }
+    return -1;
+  }
+
+  /** The highest position in the set, or -1. */
+  last(): number {
+    return this.cnt[1] === 0 ? -1 : this.descend(1, true);
+  }
+
+  private descend(x: number, high: boolean): number {
+    while (x < this.size) {
+      this.steps++;
+      x = 2 * x;
+      if (high ? this.cnt[x + 1] !== 0 : this.cnt[x] === 0) x++;
+    }
+    return x - this.size;
+  }
+
+  private grow(i: number): void {
+    let size = this.size;
+    while (size <= i) size *= 2;
+    const cnt = new Int32Array(2 * size);
+    cnt.set(this.cnt.subarray(this.size, 2 * this.size), size);
+    for (let x = size - 1; x >= 1; x--) cnt[x] = cnt[2 * x]! + cnt[2 * x + 1]!;
+    this.steps += size;
+    this.size = size;
+    this.cnt = cnt;
+  }
+}
+
+/**
+ * The tasks of one vCPU in the order they started (`tasks`, never reordered). The round robin is that of a
+ * list from which the finished tasks are dropped once it is over 64 long (`kept`: the tasks still in that
+ * list), with a position (`cut`): the next task to try is the first runnable one at or after it, cyclically.
+ */
+class VcpuTasks {
+  readonly tasks: Task[] = [];
+  /** The tasks that can run now: not done, not waiting for a process that has not exited. */
+  readonly runnable = new PositionSet();
+  /** The tasks not dropped from the round-robin list. */
+  readonly kept = new PositionSet();
+  /** The finished tasks still in the round-robin list. */
+  readonly done: Task[] = [];
+  cut = 0;
+}
+
+/**
  * Runs tasks on the machine's vCPUs. The machine's seeded scheduler picks which vCPU runs the next quantum
  * (among those with a runnable task) and how long it is; each vCPU runs its tasks round robin, switching
- * address spaces with a CR3 write. A process ends (exit) when its last task finishes.
+ * address spaces with a CR3 write. A process ends (exit) when its last task finishes. Each quantum costs
+ * O(vCPUs + log tasks): the runnable tasks are kept in a set, and a task that waits for a process is woken
+ * when that process exits (Linux's run queue and `wait_queue_head`, kernel/sched/core.c `try_to_wake_up`).
  */
 export class TaskRunner {
   readonly tasks: Task[] = [];
-  private readonly perVcpu: Task[][];
-  private readonly rr: number[];
+  private readonly perVcpu: VcpuTasks[];
+  /** The tasks blocked in wait4 on each process. */
+  private readonly waiters = new Map<Process, Task[]>();
   private nextVcpu = 0;
+  private live = 0;
   accesses = 0;
   private readonly qmin: number;
   private readonly qmax: number;
@@ -140,10 +224,16 @@ export class TaskRunner {
     readonly kernel: Kernel,
     private readonly options: TaskRunnerOptions = {},
   ) {
-    this.perVcpu = machine.vcpus.map(() => []);
-    this.rr = machine.vcpus.map(() => 0);
+    this.perVcpu = machine.vcpus.map(() => new VcpuTasks());
     this.qmin = options.quantumMin ?? 2000;
     this.qmax = options.quantumMax ?? 6000;
+  }
+
+  /** Tree nodes the scheduling structures visited (a cost counter for tests). */
+  get steps(): number {
+    let n = 0;
+    for (const q of this.perVcpu) n += q.runnable.steps + q.kept.steps;
+    return n;
   }
 
   /** Starts `program` as a task of `proc` on `vcpu` (by default the next vCPU in turn). */
@@ -153,7 +243,12 @@ export class TaskRunner {
     t.program = program(t);
     proc.threads++;
     this.tasks.push(t);
-    this.perVcpu[v.id]!.push(t);
+    const q = this.perVcpu[v.id]!;
+    t.pos = q.tasks.length;
+    q.tasks.push(t);
+    q.kept.set(t.pos, true);
+    q.runnable.set(t.pos, true);
+    this.live++;
     return t;
   }
 
@@ -167,32 +262,20 @@ export class TaskRunner {
     const ready: number[] = [];
     for (;;) {
       ready.length = 0;
-      let live = false;
-      for (let i = 0; i < vcpus.length; i++) {
-        const list = this.perVcpu[i]!;
-        let any = false;
-        for (const t of list) {
-          if (!t.done) live = true;
-          if (this.runnable(t)) any = true;
-        }
-        if (any) ready.push(i);
-      }
+      for (let i = 0; i < vcpus.length; i++) if (this.perVcpu[i]!.runnable.count > 0) ready.push(i);
       if (ready.length === 0) {
-        if (live) throw new Error('guest deadlock: every remaining task waits for a process that never exits');
+        if (this.live > 0) throw new Error('guest deadlock: every remaining task waits for a process that never exits');
         return;
       }
       const vi = ready[this.machine.scheduler.pick(ready.length)]!;
-      const list = this.perVcpu[vi]!;
-      let t: Task | undefined;
-      for (let k = 0; k < list.length; k++) {
-        const c = list[(this.rr[vi]! + k) % list.length]!;
-        if (this.runnable(c)) {
-          t = c;
-          this.rr[vi] = (this.rr[vi]! + k + 1) % list.length;
-          break;
-        }
-      }
-      this.runQuantum(t!);
+      const q = this.perVcpu[vi]!;
+      let at = q.runnable.firstFrom(q.cut);
+      if (at < 0) at = q.runnable.firstFrom(0);
+      // the list's next position, or its first when the task was its last
+      q.cut = q.kept.last() > at ? at + 1 : 0;
+      const t = q.tasks[at]!;
+      this.runQuantum(t);
+      if (!t.done && !this.runnable(t)) this.block(t);
       this.compact(vi);
     }
   }
@@ -210,32 +293,42 @@ export class TaskRunner {
     this.options.onQuantum?.(this.accesses);
   }
 
+  /** `t` waits for a process that has not exited: off the runnable set until that process exits. */
+  private block(t: Task): void {
+    const p = t.waitingFor!;
+    this.perVcpu[t.vcpu.id]!.runnable.set(t.pos, false);
+    const w = this.waiters.get(p);
+    if (w === undefined) this.waiters.set(p, [t]);
+    else w.push(t);
+  }
+
   private finish(t: Task): void {
     t.done = true;
+    const q = this.perVcpu[t.vcpu.id]!;
+    q.runnable.set(t.pos, false);
+    q.done.push(t);
+    this.live--;
     const p = t.proc;
     p.threads--;
     if (p.threads === 0 && !p.exited) this.kernel.exit(t.vcpu, p);
+    if (p.exited) {
+      for (const w of this.waiters.get(p) ?? []) if (this.runnable(w)) this.perVcpu[w.vcpu.id]!.runnable.set(w.pos, true);
+      this.waiters.delete(p);
+    }
   }
 
   /**
-   * Drops finished tasks from a long list, keeping the round-robin position on the same next task. (It used to
-   * reset the position to 0 whenever the list was over 64 long, after every quantum, even with nothing to drop:
-   * with more than 64 live tasks on a vCPU the first runnable one ran every quantum and the others never did,
-   * so `pt-recycle:dirs=127`, whose parent waits on its 65th child, never finished.)
+   * Drops the finished tasks from a round-robin list over 64 long, keeping its position on the same next
+   * task (or on its first one when no task is left after it). (It used to reset the position to 0 whenever the
+   * list was over 64 long, after every quantum, even with nothing to drop: with more than 64 live tasks on a
+   * vCPU the first runnable one ran every quantum and the others never did, so `pt-recycle:dirs=127`, whose
+   * parent waits on its 65th child, never finished.)
    */
   private compact(vi: number): void {
-    const list = this.perVcpu[vi]!;
-    if (list.length <= 64) return;
-    const next = this.rr[vi]!;
-    let kept = 0;
-    let nextKept = 0;
-    for (let i = 0; i < list.length; i++) {
-      if (i === next) nextKept = kept;
-      const t = list[i]!;
-      if (!t.done) list[kept++] = t;
-    }
-    if (kept === list.length) return;
-    list.length = kept;
-    this.rr[vi] = kept === 0 ? 0 : nextKept % kept;
+    const q = this.perVcpu[vi]!;
+    if (q.kept.count <= 64 || q.done.length === 0) return;
+    for (const t of q.done) q.kept.set(t.pos, false);
+    q.done.length = 0;
+    if (q.kept.last() < q.cut) q.cut = 0;
   }
 }
