@@ -14,7 +14,7 @@ import {
   hexU64,
 } from '@vmexit/core';
 import { KernelPanic } from './errors.js';
-import { cachePage, fileReadLeaf, mapCachedPages } from './filemap.js';
+import { filemapFault, fileReadLeaf, mapCachedPages } from './filemap.js';
 import { FRAME_ANON } from './frames.js';
 import { tableIndex } from './layout.js';
 import { frameOf, getAndClear, leafHi, readPte, setPte, tableFor } from './pgtable.js';
@@ -117,14 +117,14 @@ function notPresent(k: KernelState, v: Vcpu, vma: Vma, va: number, pt: number, i
     // mapping can write back), so its vm_page_prot has no R/W: a read maps the page read-only and the first
     // write is a write-protect fault (do_wp_page -> wp_page_shared).
     if (!faultAround(k, v, vma, va, pt, idx, hi)) {
-      // __do_fault (filemap_fault: the page, read in on a miss), then finish_fault.
-      const cache = cachePage(k, v, vma.file!, vma.filePage(va));
+      // __do_fault (filemap_fault: the page, read in with the pages around it on a miss), then finish_fault.
+      const cache = filemapFault(k, v, vma.file!, vma.filePage(va));
       k.frames.get(cache);
       setPte(k, v, pt, idx, fileReadLeaf(cache), hi);
     }
     return FAULT_FILE;
   }
-  const cache = cachePage(k, v, vma.file!, vma.filePage(va));
+  const cache = filemapFault(k, v, vma.file!, vma.filePage(va));
   if (vma.backing === VMA_FILE_PRIVATE) {
     const f = newAnonPage(k, v, vma, cache);
     setPte(k, v, pt, idx, (f * PAGE_SIZE) | PT_PRESENT | PT_WRITABLE | PT_USER | PT_ACCESSED | PT_DIRTY, hi);

@@ -35,6 +35,139 @@ export function cachePage(k: KernelState, v: Vcpu, file: FileObject, index: numb
 }
 
 /**
+ * The read-ahead side of a file: its size, its pages marked PG_readahead (mm/readahead.c
+ * `page_cache_ra_unbounded`: `folio_set_readahead`), and `struct file_ra_state` (include/linux/fs.h: the window
+ * [start, start + size), its async tail, mmap_miss), which Linux keeps per open file (`file->f_ra`) and this
+ * model per file.
+ */
+export interface FileReadahead {
+  /**
+   * The file's size in pages (i_size): the model's files have no length of their own, so a file is as long as
+   * the furthest page an area mapped of it (an access past EOF would be SIGBUS, which the model never has).
+   */
+  filePages: number;
+  readonly marked: Set<number>;
+  start: number;
+  size: number;
+  asyncSize: number;
+  mmapMiss: number;
+}
+
+const READAHEAD = new WeakMap<FileObject, FileReadahead>();
+
+/** The read-ahead state of `file` (created on first use). */
+export function readaheadOf(file: FileObject): FileReadahead {
+  let r = READAHEAD.get(file);
+  if (r === undefined) {
+    r = { filePages: 0, marked: new Set(), start: 0, size: 0, asyncSize: 0, mmapMiss: 0 };
+    READAHEAD.set(file, r);
+  }
+  return r;
+}
+
+/** An area maps `bytes` of `file` from byte `offset`: the file is at least that long. */
+export function noteMapping(file: FileObject | null, offset: number, bytes: number): void {
+  if (file === null || bytes <= 0) return;
+  const r = readaheadOf(file);
+  r.filePages = Math.max(r.filePages, Math.ceil((offset + bytes) / PAGE_SIZE));
+}
+
+/** include/linux/mm.h `VM_READAHEAD_PAGES` (SZ_128K / PAGE_SIZE): a file's `ra_pages`. */
+const RA_PAGES = 32;
+/** mm/filemap.c `MMAP_LOTSAMISS`: past this many more misses than hits, no read-around. */
+const MMAP_LOTSAMISS = 100;
+
+/**
+ * mm/filemap.c `filemap_fault` (Linux 6.6) for file page `index`: a page-cache hit (`do_async_mmap_readahead`:
+ * one hit less in mmap_miss, and the next window read when the page is marked PG_readahead), or a miss
+ * (`do_sync_mmap_readahead`: the read-around window, then the page itself if that did not read it). Returns the
+ * page's frame. The model has no madvise, so no area is VM_RAND_READ or VM_SEQ_READ.
+ */
+export function filemapFault(k: KernelState, v: Vcpu, file: FileObject, index: number): number {
+  const ra = readaheadOf(file);
+  const hit = file.pages.get(index);
+  if (hit !== undefined) {
+    if (ra.mmapMiss > 0) ra.mmapMiss--;
+    if (ra.marked.has(index)) asyncReadahead(k, v, file, index);
+    return hit;
+  }
+  if (ra.mmapMiss < MMAP_LOTSAMISS * 10) ra.mmapMiss++;
+  if (ra.mmapMiss <= MMAP_LOTSAMISS) {
+    // mmap read-around: ra_pages around the page, the last quarter asynchronous (page_cache_ra_order falls
+    // back to do_page_cache_ra for order-0 pages).
+    ra.start = Math.max(0, index - RA_PAGES / 2);
+    ra.size = RA_PAGES;
+    ra.asyncSize = RA_PAGES / 4;
+    readPages(k, v, file, ra.start, ra.size, ra.asyncSize);
+  }
+  return cachePage(k, v, file, index);
+}
+
+/** mm/readahead.c `get_next_ra_size`: the next window, quadrupled or doubled up to `max`. */
+function nextRaSize(cur: number, max: number): number {
+  if (cur < max / 16) return 4 * cur;
+  if (cur <= max / 2) return 2 * cur;
+  return max;
+}
+
+/**
+ * mm/readahead.c `page_cache_async_ra` -> `ondemand_readahead` (Linux 6.6) on a hit on PG_readahead page
+ * `index` (`req_size` is ra_pages): the mark is cleared and the window pushed forward.
+ */
+function asyncReadahead(k: KernelState, v: Vcpu, file: FileObject, index: number): void {
+  const ra = readaheadOf(file);
+  const max = RA_PAGES;
+  ra.marked.delete(index);
+  if (index === 0) {
+    // initial_readahead: get_init_ra_size(ra_pages, ra_pages) is ra_pages, async_size the whole window.
+    ra.start = 0;
+    ra.size = max;
+    ra.asyncSize = max;
+  } else if (index === ra.start + ra.size - ra.asyncSize || index === ra.start + ra.size) {
+    // The expected index: sequential, ramp up and push the window forward.
+    ra.start += ra.size;
+    ra.size = nextRaSize(ra.size, max);
+    ra.asyncSize = ra.size;
+  } else {
+    // A marked page without valid state: the window starts at the next page not cached
+    // (`page_cache_next_miss(mapping, index + 1, max_pages)`).
+    let start = index + 1;
+    while (start < index + max && file.pages.has(start)) start++;
+    ra.start = start;
+    ra.size = nextRaSize(start - index + max, max);
+    ra.asyncSize = ra.size;
+  }
+  // readit: a window that would hit its own mark at once takes the next window in now.
+  if (index === ra.start && ra.size === ra.asyncSize) {
+    const add = nextRaSize(ra.size, max);
+    if (ra.size + add <= max) {
+      ra.asyncSize = add;
+      ra.size += add;
+    } else {
+      ra.size = max;
+      ra.asyncSize = max >> 1;
+    }
+  }
+  readPages(k, v, file, ra.start, ra.size, ra.asyncSize);
+}
+
+/**
+ * mm/readahead.c `do_page_cache_ra` -> `page_cache_ra_unbounded`: reads the pages of [index, index + nr) not
+ * cached (clipped to the file's last page), in ascending order, each as a miss reads it (`cachePage`), and
+ * marks PG_readahead the page `lookahead` before the end of the clipped window if that one was read here.
+ */
+function readPages(k: KernelState, v: Vcpu, file: FileObject, index: number, nr: number, lookahead: number): void {
+  const ra = readaheadOf(file);
+  if (ra.filePages === 0 || index > ra.filePages - 1) return;
+  const n = Math.min(nr, ra.filePages - index);
+  for (let i = 0; i < n; i++) {
+    if (file.pages.has(index + i)) continue;
+    cachePage(k, v, file, index + i);
+    if (i === n - lookahead) ra.marked.add(index + i);
+  }
+}
+
+/**
  * The pte of a read fault on page-cache frame `frame` (set_pte_range: `mk_pte(page, vma->vm_page_prot)`): x86's
  * PAGE_READONLY, PAGE_COPY and PAGE_SHARED carry `___A`, and neither the faulting pte nor a prefaulted one is
  * made old (`arch_wants_old_prefaulted_pte` is false but on arm64; `pte_sw_mkyoung` does nothing on x86); no
@@ -47,9 +180,11 @@ export function fileReadLeaf(frame: number): number {
 /**
  * mm/filemap.c `filemap_map_pages` for the ptes [from, to] of the page table at `pt`, slot `from` being file page
  * `first`: each page already in the page cache (`next_uptodate_folio`: this kernel's cached pages are all
- * uptodate and unlocked) whose pte is none (`filemap_map_order0_folio`: `pte_none`) gets a read-only pte
- * (`set_pte_range`, one `set_pte`) and a reference (`folio_ref_inc`), in ascending order; a pte is read only
- * for a cached page. Returns whether slot `fault` was mapped (VM_FAULT_NOPAGE: the fault is resolved).
+ * uptodate and unlocked, but a PG_readahead page is skipped, left for `filemap_fault` to trigger the async
+ * read-ahead) whose pte is none (`filemap_map_order0_folio`: `pte_none`) gets a read-only pte (`set_pte_range`,
+ * one `set_pte`) and a reference (`folio_ref_inc`), in ascending order; a pte is read only for a cached page.
+ * Each page mapped counts as a hit against the file's mmap_miss. Returns whether slot `fault` was mapped
+ * (VM_FAULT_NOPAGE: the fault is resolved).
  */
 export function mapCachedPages(
   k: KernelState,
@@ -63,14 +198,16 @@ export function mapCachedPages(
   hi: number,
 ): boolean {
   const e: PteValue = { lo: 0, hi: 0 };
+  const ra = readaheadOf(file);
   let mapped = false;
   for (let i = from; i <= to; i++) {
     const frame = file.pages.get(first + i - from);
-    if (frame === undefined) continue;
+    if (frame === undefined || ra.marked.has(first + i - from)) continue;
     readPte(k, v, pt, i, e);
     if (e.lo !== 0 || e.hi !== 0) continue;
     setPte(k, v, pt, i, fileReadLeaf(frame), hi);
     k.frames.get(frame);
+    if (ra.mmapMiss > 0) ra.mmapMiss--;
     if (i === fault) mapped = true;
   }
   return mapped;

@@ -1,5 +1,5 @@
 import { PAGE_SIZE, PT_ACCESSED, PT_DIRTY, PT_WRITABLE, type Vcpu } from '@vmexit/core';
-import { lookupFile } from './filemap.js';
+import { lookupFile, noteMapping } from './filemap.js';
 import { FRAME_ANON } from './frames.js';
 import { forEachPte, frameOf, freeTable, freeTables, newMm, setPte, setWrprotect, tableFor, zap } from './pgtable.js';
 import { Process, type AreaSpec, type ImageSpec } from './process.js';
@@ -91,6 +91,7 @@ export function mapAreas(proc: Process, areas: readonly AreaSpec[]): void {
     const vma = new Vma(a.start, a.end, a.prot, a.backing, a.file, a.offset);
     vma.growsDown = a.growsDown;
     proc.vmas.insert(vma);
+    noteMapping(vma.file, a.offset, a.end - a.start);
   }
   proc.brkBase = 0;
   proc.brkEnd = 0;
@@ -105,6 +106,7 @@ export function mapImage(k: KernelState, proc: Process, image: ImageSpec): void 
     if (pages <= 0) return null;
     const vma = new Vma(at, at + pages * PAGE_SIZE, prot, backing, backing === VMA_ANON ? null : file, offset);
     proc.vmas.insert(vma);
+    noteMapping(vma.file, offset, pages * PAGE_SIZE);
     at += pages * PAGE_SIZE;
     return vma;
   };

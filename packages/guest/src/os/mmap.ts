@@ -1,5 +1,6 @@
 import { GuestAbort, hexU64, PAGE_SIZE, PT_DIRTY, PT_GLOBAL, PT_PAGE_SIZE, PT_PCD, PT_PRESENT, PT_PWT, PT_USER, PT_WRITABLE, type Vcpu } from '@vmexit/core';
 import { FRAME_ANON } from './frames.js';
+import { noteMapping } from './filemap.js';
 import { forEachPte, frameOf, freeTables, getAndClear, inArena, leafHi, setPte, zap } from './pgtable.js';
 import type { Process } from './process.js';
 import { HI_XD, PTE_PROTNONE } from './pte.js';
@@ -40,6 +41,7 @@ export function doMmap(
     if (start < 0) throw new GuestAbort(`mmap of ${len} bytes: no room in the address space (ENOMEM)`);
   }
   proc.vmas.insert(new Vma(start, start + len, prot, backing, file, offset));
+  noteMapping(file, offset, len);
   if (arena) proc.vmas.insert(new Vma(start + L.arenaSize, start + L.arenaSize + len, PROT_READ, VMA_ALIAS, null, 0));
   return start;
 }
