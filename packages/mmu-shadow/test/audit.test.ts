@@ -3,7 +3,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { SPTE_HI_NX, SPTE_HOST_WRITABLE, SPTE_MMU_WRITABLE, SPTE_U, SPTE_W, sptePa } from '@vmexit/core/mmu';
 import { auditShadowMmu, ShadowMmuError, type ShadowMmu, type ShadowPage } from '../src/index.js';
-import { A, D, GuestTables, type Mode, P, setup, U, W } from './harness.js';
+import { A, D, GuestTables, type Mode, P, setup, U, W, asUser } from './harness.js';
 
 const USER = 0x40000000; // 1 GiB: user space of the test guests
 const USER2 = USER + 0x400000; // another page directory entry (another guest PT in every mode)
@@ -34,15 +34,6 @@ function expectBoth(mmu: ShadowMmu, re: RegExp): void {
 function expectNeither(mmu: ShadowMmu): void {
   expect(reported(mmu, false)).toBeNull();
   expect(reported(mmu, true)).toBeNull();
-}
-
-function asUser<T>(vcpu: Vcpu, f: () => T): T {
-  vcpu.setCpl(3);
-  try {
-    return f();
-  } finally {
-    vcpu.setCpl(0);
-  }
 }
 
 /** The guest kernel's #PF handler for user pages: maps a missing page to its own frame, or grants W, U, A, D. */

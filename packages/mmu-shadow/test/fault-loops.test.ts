@@ -1,8 +1,8 @@
-import { CR0_PG, CR4_PAE, CR4_PKE, CR4_PSE, GuestAbort, Machine, PF_VECTOR, type Vcpu } from '@vmexit/core';
+import { CR0_PG, CR4_PAE, CR4_PKE, CR4_PSE, GuestAbort, Machine, type Vcpu } from '@vmexit/core';
 import { describe, expect, it } from 'vitest';
 import { HOST_GFN_LIMIT } from '../src/context.js';
 import { ShadowMmu } from '../src/index.js';
-import { A, D, GuestTables, Harness, P, setup, U, W } from './harness.js';
+import { A, D, GuestTables, Harness, P, setup, U, W, recordFaults } from './harness.js';
 
 /*
  * The guest accesses that used to fault forever under shadow paging (a MachineError fault-loop: 64 faults in a
@@ -26,16 +26,6 @@ function userRead(vcpu: Vcpu, va: number): number {
   } finally {
     vcpu.setCpl(0);
   }
-}
-
-/** The error codes of the #PFs delivered to the guest (each abandons its access, as a guest kills a task). */
-function recordFaults(vcpu: Vcpu): number[] {
-  const faults: number[] = [];
-  vcpu.setExceptionHandler(PF_VECTOR, (_v, _vec, ec) => {
-    faults.push(ec);
-    throw new GuestAbort('#PF');
-  });
-  return faults;
 }
 
 function tryAccess(f: () => unknown): void {

@@ -8,6 +8,7 @@ import {
   FAULT_DELIVER,
   FAULT_DONE,
   FAULT_RETRY,
+  GuestAbort,
   Machine,
   MSR_EFER,
   PF_VECTOR,
@@ -251,4 +252,24 @@ export function setup(
   }
   h.reset();
   return { machine, mmu, h, pt, vcpu: machine.vcpus[0]! };
+}
+
+/** The error codes of the #PFs delivered to the guest (each abandons its access, as a guest kills a task). */
+export function recordFaults(vcpu: Vcpu): number[] {
+  const faults: number[] = [];
+  vcpu.setExceptionHandler(PF_VECTOR, (_v, _vec, ec) => {
+    faults.push(ec);
+    throw new GuestAbort('#PF');
+  });
+  return faults;
+}
+
+/** `f()` at CPL 3 (a user-mode access), back at CPL 0 after it, whatever it threw. */
+export function asUser<T>(vcpu: Vcpu, f: () => T): T {
+  vcpu.setCpl(3);
+  try {
+    return f();
+  } finally {
+    vcpu.setCpl(0);
+  }
 }

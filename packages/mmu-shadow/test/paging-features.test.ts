@@ -1,7 +1,7 @@
-import { CR4_PAE, CR4_PKE, CR4_SMAP, DirtyLog, EFER_NXE, GuestAbort, PF_VECTOR, type Vcpu } from '@vmexit/core';
+import { CR4_PAE, CR4_PKE, CR4_SMAP, DirtyLog, EFER_NXE, GuestAbort, type Vcpu } from '@vmexit/core';
 import { describe, expect, it } from 'vitest';
 import { ROLE_PKEYS_ANDNOT_WP } from '../src/roots.js';
-import { A, D, P, setup, U, W } from './harness.js';
+import { A, D, P, setup, U, W, recordFaults, asUser } from './harness.js';
 
 /*
  * Guest paging features under shadow paging where the guest's view once differed from the native CPU's: protection
@@ -22,16 +22,6 @@ const PFERR_RSVD = 8;
 const PFERR_PK = 0x20;
 const PFERR_FETCH = 0x10;
 
-/** The error codes of the #PFs delivered to the guest (each abandons its access, as a guest kills a task). */
-function recordFaults(vcpu: Vcpu): number[] {
-  const faults: number[] = [];
-  vcpu.setExceptionHandler(PF_VECTOR, (_v, _vec, ec) => {
-    faults.push(ec);
-    throw new GuestAbort('#PF');
-  });
-  return faults;
-}
-
 /** `f()`'s value, or null when it took a #PF. */
 function attempt(f: () => number | void): number | null {
   try {
@@ -39,15 +29,6 @@ function attempt(f: () => number | void): number | null {
   } catch (e) {
     if (!(e instanceof GuestAbort)) throw e;
     return null;
-  }
-}
-
-function asUser<T>(vcpu: Vcpu, f: () => T): T {
-  vcpu.setCpl(3);
-  try {
-    return f();
-  } finally {
-    vcpu.setCpl(0);
   }
 }
 
