@@ -193,6 +193,8 @@ export { createVm, type CreateVmOptions, Vm, type VmCounters } from './vm/vm.js'
 export { COST_HANDLER_COUNTERS, type CostFigure, type CostProfile, type CostReport, modelCycles, pricedCounters } from './cost/model.js';
 export { builtInCostProfile, COST_PROFILES, DEFAULT_COST_PROFILE, PROFILE_2007, PROFILE_CLOUD_VM, PROFILE_SERVER } from './cost/profiles.js';
 export { type CostModelInput, costProfileSchema, MAX_FIGURE_CYCLES, parseCostProfile, resolveCostProfile } from './cost/schema.js';
+// The files users write (variant files, cost models) are read as I-JSON: no member name twice in an object.
+export { type DuplicateJsonKey, findDuplicateJsonKey, JsonDuplicateKeyError, parseJsonStrict } from './json-strict.js';
 
 // The conformance runner: test vectors run on the native machine (and on a variant by the CLI).
 export {

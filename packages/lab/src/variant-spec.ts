@@ -19,6 +19,7 @@ import {
   resolveSpecifier,
   type Variant,
   type VariantProblem,
+  parseJsonStrict,
 } from '@vmexit/core';
 import { InputError } from './errors.js';
 
@@ -197,7 +198,7 @@ export function readCostModel(file: string, flag: string): CostProfile {
   statInputFile(file, flag, 'a cost model (.json)');
   let value: unknown;
   try {
-    value = JSON.parse(readBounded(file, MAX_CONFIG_BYTES, flag));
+    value = parseJsonStrict(readBounded(file, MAX_CONFIG_BYTES, flag));
   } catch (e) {
     throw new InputError(`${flag} ${file}: not valid JSON: ${e instanceof Error ? e.message : String(e)}`);
   }
@@ -225,7 +226,7 @@ export async function readConfig(file: string): Promise<Record<string, unknown>>
     if (value === undefined) throw new InputError(`--config ${file}: the module has no default export (export default { backend: 'vmx', ... })`);
   } else if (ext === '.json') {
     try {
-      value = JSON.parse(readBounded(file, MAX_CONFIG_BYTES, '--config'));
+      value = parseJsonStrict(readBounded(file, MAX_CONFIG_BYTES, '--config'));
     } catch (e) {
       throw new InputError(`--config ${file}: not valid JSON: ${e instanceof Error ? e.message : String(e)}`);
     }
