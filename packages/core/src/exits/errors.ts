@@ -7,7 +7,7 @@
  * - `E_POLICY_FAILED`: a policy threw while it looked at the exit (the MMU's handler and the observers throw
  *   their own errors, rethrown as they are);
  * - `E_PIPELINE_CLOSED`: an exit was pushed into a pipeline that had already failed (any error above: a dropped or
- *   duplicated exit included), or that an operator completed;
+ *   duplicated exit included), that an operator completed, or whose VM was disposed (`Vm.dispose`);
  * - `E_BAD_RESOLUTION`: the resolution cannot be applied to this kind of exit.
  */
 export type ExitErrorCode = 'E_EXIT_UNRESOLVED' | 'E_EXIT_DROPPED' | 'E_EXIT_DUPLICATED' | 'E_POLICY_FAILED' | 'E_PIPELINE_CLOSED' | 'E_BAD_RESOLUTION';

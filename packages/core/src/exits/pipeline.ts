@@ -1,4 +1,4 @@
-import { catchError, map, Observable, pipe, Subject, tap, type MonoTypeOperatorFunction, type Subscriber, type UnaryFunction } from 'rxjs';
+import { catchError, map, Observable, pipe, Subject, tap, type MonoTypeOperatorFunction, type Subscriber, type Subscription, type UnaryFunction } from 'rxjs';
 import { ExitError } from './errors.js';
 import type { MmuDecisionOf, MmuEvent } from './mmu-events.js';
 import { policyMark } from './policy.js';
@@ -133,7 +133,8 @@ function chain<T>(ops: readonly MonoTypeOperatorFunction<T>[]): MonoTypeOperator
  * returns when it came out of the end (RxJS operators deliver synchronously). The item must come out exactly
  * once: not at all is E_EXIT_DROPPED, more than once E_EXIT_DUPLICATED (its observers saw it twice). A failure in
  * the pipeline is rethrown by `push` (a policy's as E_POLICY_FAILED naming it, any other link's as it is). After
- * any of these the channel stays closed (E_PIPELINE_CLOSED), as it does once an operator completed the stream.
+ * any of these the channel stays closed (E_PIPELINE_CLOSED), as it does once an operator completed the stream
+ * or its owner closed it (`close`: the VM was disposed).
  *
  * The pipeline's source is an Observable whose subscribers (the first operator's, once per subscription:
  * one unless an operator subscribes to its source several times) the channel keeps and feeds directly, as a
@@ -155,6 +156,10 @@ class SyncChannel<T> {
   /** The error that closed the channel, as `push` throws it (null: open). */
   private failure: Error | null = null;
   private completed = false;
+  /** Why `close` ended the channel (null: it did not); read only when a push is refused. */
+  private closedBy: string | null = null;
+  /** The pipeline's subscription to the channel's input (ended by `close`). */
+  private readonly pipeline: Subscription;
 
   /** Whether something subscribes to `output` now (and may keep the items it sees). */
   get observed(): boolean {
@@ -175,7 +180,7 @@ class SyncChannel<T> {
         if (i >= 0) sinks.splice(i, 1);
       };
     });
-    input.pipe(operator).subscribe({
+    this.pipeline = input.pipe(operator).subscribe({
       next: (v) => {
         if (v === this.inFlight) this.arrivals++;
         if (out.observed) out.next(v);
@@ -190,6 +195,20 @@ class SyncChannel<T> {
         out.complete();
       },
     });
+  }
+
+  /**
+   * Ends the channel, once, from outside (the VM's `dispose`): `output` completes, unless the pipeline failed
+   * earlier (then its subscribers keep the error, late ones included), and the pipeline's operators are
+   * unsubscribed (their finalizers run). A later push is refused (E_PIPELINE_CLOSED, naming `why`). No work per
+   * item: a closed channel is a completed one, told apart only in the refusal's message.
+   */
+  close(why: string): void {
+    if (this.closedBy !== null) return;
+    this.closedBy = why;
+    this.completed = true;
+    this.out.complete(); // a no-op on an output that already failed or completed
+    this.pipeline.unsubscribe();
   }
 
   /** The error `push` throws for what the pipeline failed with while `inFlight` was in it. */
@@ -217,7 +236,9 @@ class SyncChannel<T> {
     if (this.completed) {
       throw new ExitError(
         'E_PIPELINE_CLOSED',
-        `${describe(item)}: the ${this.what} pipeline completed after an earlier ${this.what === 'exit' ? 'exit' : 'event'} (an operator in it ended the stream)`,
+        this.closedBy !== null
+          ? `${describe(item)}: the ${this.what} pipeline is closed (${this.closedBy})`
+          : `${describe(item)}: the ${this.what} pipeline completed after an earlier ${this.what === 'exit' ? 'exit' : 'event'} (an operator in it ended the stream)`,
       );
     }
     // A push from inside the pipeline (none is known; kept safe) counts its own item's arrivals.

@@ -1,4 +1,4 @@
-import { tap, type MonoTypeOperatorFunction } from 'rxjs';
+import { tap, type MonoTypeOperatorFunction, type Observable } from 'rxjs';
 import { mmuEventKindsOf, type MmuDecisionOf, type MmuEvent, type MmuEventKind } from '../exits/mmu-events.js';
 import { isNoopObservers, type ExitRecorder, type ExitTracer } from '../exits/observers.js';
 import { MmuEventChannel, mmuEventPipeline } from '../exits/pipeline.js';
@@ -13,7 +13,9 @@ const mmuEventKey = keyCache('mmu_events.');
  * traces, records). The one shortcut is taken before an event exists: when no policy of this vCPU may decide
  * the kind (none takes MMU events, or all name their kinds and none names this one) and no tracer or recorder
  * is bound, nothing could see the event, so `decideByDefault` counts it and the MMU keeps its default
- * without building it (the hot path allocates nothing).
+ * without building it (the hot path allocates nothing). A subscriber to `output` (the VM's `mmuEvents$`) sees
+ * events too: while one is there, no kind is decided by default, so an MMU that asks (`decidesByDefault`, once
+ * per kind at that kind's first event) before any event builds every event from then on.
  */
 export class VcpuMmuEvents {
   private readonly channel: MmuEventChannel;
@@ -43,19 +45,32 @@ export class VcpuMmuEvents {
     counts.setByDefault(byDefault('pte-write'), byDefault('flood'), byDefault('prefetch'), byDefault('unsync'), byDefault('tracked-write'));
   }
 
+  /** The decided events (hot): what comes out of the pipeline, each once. */
+  get output(): Observable<MmuEvent> {
+    return this.channel.output;
+  }
+
+  /** Completes `output` (unless the pipeline failed) and refuses later events (the VM's `dispose`). */
+  close(why: string): void {
+    this.channel.close(why);
+  }
+
   /** The event through the pipeline; `fallback` (the MMU's choice) when no policy decides. */
   decide<E extends MmuEvent>(event: E, fallback: MmuDecisionOf<E>): MmuDecisionOf<E> {
     return this.channel.decide(event, fallback);
   }
 
-  /** Whether every event of `kind` is decided by default (fixed at composition; counts nothing). */
+  /**
+   * Whether every event of `kind` is decided by default from now on (counts nothing): fixed at composition,
+   * unless something subscribes to `output` when the MMU asks.
+   */
   decidesByDefault(kind: MmuEventKind): boolean {
-    return this.counts.isByDefault(kind);
+    return this.counts.isByDefault(kind) && !this.channel.observed;
   }
 
   /** True (and the event counted) when nothing could see an event of `kind`: see the class comment. */
   decideByDefault(kind: MmuEventKind): boolean {
-    return this.counts.countIfByDefault(kind);
+    return !this.channel.observed && this.counts.countIfByDefault(kind);
   }
 }
 

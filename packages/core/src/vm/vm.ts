@@ -1,4 +1,4 @@
-import { merge, type Observable } from 'rxjs';
+import { merge, Subject, type Observable } from 'rxjs';
 import { Machine } from '../machine/machine.js';
 import type { MemslotSpec } from '../machine/guest-memory.js';
 import { NativeHooks } from '../machine/hooks.js';
@@ -48,6 +48,18 @@ export interface VmCounters {
  * A composed VM: the machine, the backend and MMU below it, one exit pipeline and one MMU-event stream per
  * vCPU. Per-vCPU counters under KVM's names; the VM's totals are their merge. The vCPUs' `hooks` are the
  * VM's (`VmHooks`), or native ones for backend 'none'.
+ *
+ * Its public streams, `exits$` and `mmuEvents$`, are hot (subscribe before running) and complete when the VM
+ * is disposed (`dispose()`, once its runs are over), so that `toArray()`, `count()` and `lastValueFrom` end;
+ * a subscription after that completes at once. A failure in a vCPU's pipeline (a policy that throws, an exit
+ * nobody resolved) reaches their subscribers as an error, also after `dispose()`, never as a completion.
+ *
+ * @example
+ * const vm = await createVm({ backend: 'vmx', mmu: 'shadow', memory: '16M' });
+ * const exits = lastValueFrom(vm.exits$.pipe(count()));
+ * // ... run the guest on vm.vcpus ...
+ * vm.dispose();
+ * console.log(await exits); // every exit of the run
  */
 export class Vm implements MmuHost {
   readonly machine: Machine;
@@ -55,10 +67,23 @@ export class Vm implements MmuHost {
   readonly stats: readonly Stats[];
   readonly backendStates: readonly unknown[];
   readonly hooks: readonly VmHooks[];
-  /** Every exit of every vCPU after its pipeline (hot; subscribe before running). */
+  /**
+   * Every exit of every vCPU after its pipeline, resolved (hot: subscribe before running). Completes at
+   * `dispose()`; errors with what failed a vCPU's exit pipeline.
+   */
   readonly exits$: Observable<VmExit>;
+  /**
+   * Every MMU decision of every vCPU after its `mmuEvents` pipeline, decided (hot: subscribe before running).
+   * Subscribed before the run, it sees every event the MMU meets; one that comes later misses the kinds that
+   * no policy decides (the MMU stopped building their events at the first one: counted only). Completes at
+   * `dispose()`; errors with what failed a vCPU's MMU-event pipeline.
+   */
+  readonly mmuEvents$: Observable<MmuEvent>;
   /** Per vCPU: its MMU decisions (the `mmuEvents` pipeline, see VcpuMmuEvents). */
   private readonly mmuEvents: VcpuMmuEvents[] = [];
+  /** Completes at `dispose()`: ends the public streams also of a VM without vCPU pipelines (backend 'none'). */
+  private readonly ended = new Subject<never>();
+  private isDisposed = false;
   /** The host page size backing guest RAM (`variant.hostPages`; undefined: 4 KiB), for the MMU. */
   readonly hostPages: HostPages | undefined;
 
@@ -133,7 +158,28 @@ export class Vm implements MmuHost {
     }
     this.backendStates = backendStates;
     this.hooks = hooks;
-    this.exits$ = merge(...hooks.map((h) => h.channel.output));
+    // `ended` emits nothing: no work per exit or event, only what makes the merges complete at dispose().
+    this.exits$ = merge(...hooks.map((h) => h.channel.output), this.ended);
+    this.mmuEvents$ = merge(...this.mmuEvents.map((m) => m.output), this.ended);
+  }
+
+  /** Whether `dispose()` was called. */
+  get disposed(): boolean {
+    return this.isDisposed;
+  }
+
+  /**
+   * Ends the VM's streams, once (later calls do nothing): `exits$` and `mmuEvents$` complete (a pipeline that
+   * failed keeps its error for them), the pipelines' operators are unsubscribed, and an exit or MMU decision
+   * after this fails with E_PIPELINE_CLOSED. Counters, memory and the machine stay readable.
+   */
+  dispose(): void {
+    if (this.isDisposed) return;
+    this.isDisposed = true;
+    const why = 'the VM was disposed';
+    for (const h of this.hooks) h.channel.close(why);
+    for (const m of this.mmuEvents) m.close(why);
+    this.ended.complete();
   }
 
   private setupContext(backend: Backend, mmu: Mmu, backendStates: unknown[], vcpu: Vcpu | null): Omit<PolicyVcpuContext<unknown>, 'options'> {
