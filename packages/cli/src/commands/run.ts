@@ -268,6 +268,8 @@ export function summary(r: VariantRunResult, check: CheckReport | null = null): 
       ],
       ['modelled cycles', `${num(r.cycles.cycles)} (${r.cycles.profile})`],
     );
+    const policies = ((r.variant.policies as readonly (string | { use: string })[] | undefined) ?? []).map((p) => (typeof p === 'string' ? p : p.use));
+    if (policies.length > 0) exitRows.push(['policies', policiesRow(policies, t)]);
   }
   const kinds = Object.entries(g.faults)
     .filter(([k, n]) => k !== 'total' && n > 0)
@@ -319,6 +321,41 @@ export function summary(r: VariantRunResult, check: CheckReport | null = null): 
 }
 
 export { variantLabel };
+
+/**
+ * The counters that show what each built-in policy did, in the order `policies` prints them: first the MMU's
+ * count of what the policy's "yes" made it do (mmu-shadow `mmu_flooded`: a flooded page zapped; `mmu_unsync`: a
+ * page let out of sync; `mmu_pte_updated`: an spte updated instead of cleared; core `pf_fast*`: the fast page
+ * fault), then `mmu_events.<kind>`, the MMU decisions of the kinds the policy takes (`decideMmuEvents(...,
+ * kinds)` in @vmexit/policies): each was offered to it, whatever it answered, so two policies of one kind show
+ * the same count. bypass-guest-pf and pml program the hardware and count nothing of their own (their effect is
+ * in the vmexits row).
+ */
+const POLICY_COUNTERS: Readonly<Record<string, readonly string[]>> = {
+  'bypass-guest-pf': [],
+  'fast-page-fault': ['pf_fast', 'pf_fast_indirect', 'pf_fast_cmpxchg_fail'],
+  'misaligned-write': ['mmu_events.pte-write'],
+  pml: [],
+  prefetch: ['mmu_events.prefetch'],
+  'pte-update': ['mmu_pte_updated', 'mmu_events.pte-write'],
+  unsync: ['mmu_unsync', 'mmu_events.unsync'],
+  'user-write-hint': ['mmu_events.tracked-write'],
+  'write-flood': ['mmu_flooded', 'mmu_events.flood'],
+};
+
+/**
+ * The `policies` row: each composed policy in the variant's order with its nonzero counters (POLICY_COUNTERS,
+ * under their --json names), `-` when none is nonzero or the policy is not a built-in one (its counters are in
+ * --json).
+ */
+function policiesRow(policies: readonly string[], t: Readonly<Record<string, number>>): string {
+  return policies
+    .map((p) => {
+      const shown = (POLICY_COUNTERS[p] ?? []).filter((k) => (t[k] ?? 0) > 0).map((k) => `${k} ${num(t[k]!)}`);
+      return `${p}: ${shown.length > 0 ? shown.join(', ') : '-'}`;
+    })
+    .join('; ');
+}
 
 function sum(o: Record<string, number>): number {
   return Object.values(o).reduce((a, b) => a + b, 0);
