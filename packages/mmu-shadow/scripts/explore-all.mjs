@@ -36,6 +36,7 @@ const MMUS = [
   ['no-flush', { harvestWithoutFlush: true }],
   ['ring-no-wp', { resetWithoutProtect: true }],
   ['ring-no-flush', { resetWithoutFlush: true }],
+  ['no-gpte-check', { noGpteChangedCheck: true }],
 ];
 const rows = [];
 let bad = false;

@@ -21,7 +21,7 @@ import {
   PF_VECTOR,
   RESUME,
   type Vcpu,
-  type WalkResult,
+  WalkResult,
 } from '@vmexit/core';
 import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, childRole, GFNS_PER_ENTRY, makeLeafSpte, roleAccess, sptePa } from '@vmexit/core/mmu';
 import { decidePrefetchEvent, decideTrackedWriteEvent } from './decisions.js';
@@ -54,21 +54,108 @@ export function pageFault(s: ShadowMmuState, vcpu: Vcpu, address: number, errorC
   // an emulated page-table write resets the vCPU's count; the two page-table-write paths below restore it.
   const ptWriteCount = st.lastPtWriteCount;
   st.lastPtWriteCount = 0;
-  // make_mmu_pages_available + the topup of KVM's caches: reserve the pages the fetch may need before
-  // any state changes (one per shadow level below the root).
-  reservePages(s, st.ctx.mode === MODE_PAE ? 1 : st.ctx.mode === MODE_LONG4 ? 3 : 4, 'a page fault');
-  // FNAME(page_fault) (paging_tmpl.h): the guest walk, with RSVD (from our own sptes) stripped and A/D set.
-  const access = errorCode & (ACC_WRITE | ACC_USER | ACC_FETCH);
+  reserveFaultPages(s, st);
   const r = s.scratch.walk;
+  // pf_guest is counted where the fault is injected (the VM's hooks, as KVM's kvm_inject_page_fault).
+  if (!walkGuest(s, vcpu, address, errorCode, r)) return { kind: 'inject', vector: PF_VECTOR, errorCode: r.errorCode };
+  // Nothing ran since the walk: FNAME(gpte_changed) would compare each gpte with itself, and is left out.
+  return faultWalked(s, st, address, errorCode, r, ptWriteCount, false);
+}
+
+/**
+ * RET_PF_RETRY from FNAME(fetch): a gpte the guest walk used changed before `mmu_lock` was taken (FNAME(gpte_changed));
+ * nothing is mapped, and the guest re-executes the access (the vCPU resumes), which faults again. `kvm_mmu_do_page_fault`
+ * counts only pf_taken for it (mmu_internal.h; kvm_mmu_page_fault in mmu.c since 6.8): no pf_fixed, pf_spurious, pf_emulate.
+ */
+export const RETRY: ExitResolution = Object.freeze({ kind: 'resume' });
+
+/**
+ * A slow page fault in KVM's two parts (FNAME(page_fault)), for threads that race (race.ts): `walk` is the guest walk
+ * (FNAME(walk_addr)), which KVM runs before it takes mmu_lock, reading guest memory and setting A/D with a cmpxchg;
+ * `locked` is the rest under mmu_lock, where FNAME(fetch) re-reads each gpte the walk used (FNAME(gpte_changed)),
+ * since another vCPU may have stored to a guest page table in between (a table not yet shadowed is not
+ * write-protected, and a write-protected one is written by the emulator). One per vCPU, reused; the walk is its
+ * own, as other vCPUs fault between the two parts.
+ */
+export class SlowPageFault {
+  /** RET_PF_RETRY outcomes (a gpte changed): no KVM stat counts them, `kvm_mmu_do_page_fault` only pf_taken. */
+  retries = 0;
+  private readonly r = new WalkResult();
+  private address = 0;
+  private errorCode = 0;
+
+  constructor(
+    private readonly s: ShadowMmuState,
+    private readonly vcpu: Vcpu,
+    /** false: FNAME(fetch) without FNAME(gpte_changed) (a deliberately broken MMU, for the race explorer's tests). */
+    private readonly checkGptes = true,
+  ) {}
+
+  /** The lockless part of the fault on `address`: pf_taken, and the guest walk; the #PF to inject, or null (`locked` goes on). */
+  walk(address: number, errorCode: number): ExitResolution | null {
+    const s = this.s;
+    s.initiator = this.vcpu.id;
+    s.stateOf(this.vcpu).bump(s.host, 5 /* pf_taken */);
+    this.address = address;
+    this.errorCode = errorCode;
+    return walkGuest(s, this.vcpu, address, errorCode, this.r) ? null : { kind: 'inject', vector: PF_VECTOR, errorCode: this.r.errorCode };
+  }
+
+  /** The rest under mmu_lock, given the walk: RETRY when a gpte it used changed, else as `pageFault`. */
+  locked(): ExitResolution {
+    const s = this.s;
+    const st = s.stateOf(this.vcpu);
+    s.initiator = this.vcpu.id;
+    s.scratch.faultVa = this.address;
+    processReloads(s);
+    const ptWriteCount = st.lastPtWriteCount;
+    st.lastPtWriteCount = 0;
+    reserveFaultPages(s, st);
+    const res = faultWalked(s, st, this.address, this.errorCode, this.r, ptWriteCount, this.checkGptes);
+    if (res === RETRY) this.retries++;
+    return res;
+  }
+}
+
+/**
+ * make_mmu_pages_available + the topup of KVM's caches: reserve the pages the fetch may need before any state
+ * changes (one per shadow level below the root).
+ */
+function reserveFaultPages(s: ShadowMmuState, st: VcpuShadowState): void {
+  reservePages(s, st.ctx.mode === MODE_PAE ? 1 : st.ctx.mode === MODE_LONG4 ? 3 : 4, 'a page fault');
+}
+
+/**
+ * FNAME(walk_addr) (paging_tmpl.h), the guest walk of FNAME(page_fault), with RSVD (from our own sptes) stripped and
+ * A/D set (FNAME(update_accessed_dirty_bits)), into `r`; false for a guest #PF (`r.errorCode`).
+ */
+function walkGuest(s: ShadowMmuState, vcpu: Vcpu, address: number, errorCode: number, r: WalkResult): boolean {
+  const access = errorCode & (ACC_WRITE | ACC_USER | ACC_FETCH);
   // While a slot logs, A/D bits the walk sets mark their page table dirty (dirty-log.ts DirtyMarkingMemory).
   const log = s.dirtyLog;
   const ws = walk(vcpu.ctx, log !== null && log.loggingSlots > 0 ? s.dirtyMarkingMemory : vcpu.memory, address, access, WALK_SIDE_EFFECTS, r);
-  if (ws === WALK_PAGE_FAULT) {
-    // pf_guest is counted where the fault is injected (the VM's hooks, as KVM's kvm_inject_page_fault).
-    return { kind: 'inject', vector: PF_VECTOR, errorCode: r.errorCode };
-  }
+  if (ws === WALK_PAGE_FAULT) return false;
   if (ws !== WALK_OK)
     throw new ShadowMmuError('E_MMU_STATE', `vCPU ${vcpu.id}: the guest walk of ${hexU64(address)} ended with status ${ws} (expected a #PF or success)`);
+  return true;
+}
+
+/**
+ * FNAME(page_fault) after the guest walk `r` of `address`, under mmu_lock. With `checkGptes`, FNAME(fetch) re-reads
+ * each gpte the walk used (FNAME(gpte_changed)) and returns RETRY when one changed: needed when other threads ran
+ * since the walk (`SlowPageFault`).
+ */
+function faultWalked(
+  s: ShadowMmuState,
+  st: VcpuShadowState,
+  address: number,
+  errorCode: number,
+  r: WalkResult,
+  ptWriteCount: number,
+  checkGptes: boolean,
+): ExitResolution {
+  const vcpu = st.vcpu;
+  const access = errorCode & (ACC_WRITE | ACC_USER | ACC_FETCH);
   const gpa = r.pa;
   // An emulation of this access (RET_PF_EMULATE below) completes at this gpa instead of walking again.
   vcpu.noteGuestWalk(address, access, gpa);
@@ -136,7 +223,7 @@ export function pageFault(s: ShadowMmuState, vcpu: Vcpu, address: number, errorC
     pteAccess = (pteAccess | ACC_WRITE_MASK) & ~ACC_USER_MASK;
     if (g.cr4Smep) pteAccess &= ~ACC_EXEC_MASK;
   }
-  const res = fetch(s, st, address, r, gfn, slot, pteAccess, write);
+  const res = fetch(s, st, address, r, gfn, slot, pteAccess, write, checkGptes);
   if (res === EMULATE) st.lastPtWriteCount = ptWriteCount; // a write to a write-protected page table
   finish(s);
   return res;
@@ -171,7 +258,9 @@ function clearFloodCounts(s: ShadowMmuState, st: VcpuShadowState, va: number): v
 
 /**
  * FNAME(fetch) (paging_tmpl.h): walk the shadow tables from the root, create each missing level (an
- * indirect page for each guest table, direct pages below a guest large page), then set the leaf.
+ * indirect page for each guest table, direct pages below a guest large page), then set the leaf. With
+ * `checkGptes`, each gpte of the walk is read again where FNAME(fetch) does (FNAME(gpte_changed)): RETRY when one
+ * changed since the walk.
  */
 function fetch(
   s: ShadowMmuState,
@@ -182,10 +271,15 @@ function fetch(
   slot: Memslot,
   pteAccess: number,
   write: boolean,
+  checkGptes: boolean,
 ): ExitResolution {
   const g = st.vcpu.ctx;
   const nxe = g.eferNxe && g.mode !== MODE_LEGACY32;
   const guestLeaf = r.leafLevel;
+  // FNAME(fetch): "Verify that the top-level gpte is still there." (its page, a root, is write-protected or
+  // invalid from here on). top_level is the guest's paging level, PT32E_ROOT_LEVEL mapped to PT32_ROOT_LEVEL: a PAE
+  // guest's PDPTEs are registers loaded with CR3 (SDM Vol. 3A §4.4.1), not memory, so its check is on the PDE.
+  if (checkGptes && gpteChanged(s, g.mode, r, r.topLevel === 3 ? 2 : r.topLevel)) return RETRY;
   let sp = requireTopPage(st, va);
   const pool = s.pool;
   for (;;) {
@@ -211,6 +305,8 @@ function fetch(
     if (s.isPresent(lo, hi)) {
       const child = s.childPage(lo, hi);
       if (child.gfn === childGfn && child.role === role) {
+        // kvm_mmu_get_child_sp -> -EEXIST: nothing to link, but the gpte is checked all the same.
+        if (checkGptes && !direct && gpteChanged(s, g.mode, r, level - 1)) return RETRY;
         sp = child;
         continue;
       }
@@ -222,9 +318,25 @@ function fetch(
     // FNAME(fetch): "We must synchronize the pagetable before linking it because the guest doesn't need
     // to flush tlb when the gpte is changed from non-present to present."
     if (child.unsync) syncPage(s, st.vcpu, child);
+    // FNAME(fetch), after kvm_mmu_get_child_sp (which write-protects the table's gfn) and before link_shadow_page:
+    // "Verify that the gpte in the page we've just write protected is still there." The new page stays, unlinked.
+    if (checkGptes && !direct && gpteChanged(s, g.mode, r, level - 1)) return RETRY;
     link(s, loc, child);
     sp = child;
   }
+}
+
+/**
+ * KVM `FNAME(gpte_changed)`: the gpte of `level` that walk `r` used is no longer in guest memory (4-byte gptes in
+ * 32-bit paging). For level 1 KVM reads the aligned group of PTE_PREFETCH_NUM gptes, kept for FNAME(pte_prefetch);
+ * only the faulting one is compared, and `prefetch` reads the others itself, under the same mmu_lock. A gpa with no
+ * memslot reads as 0 (kvm_vcpu_read_guest_atomic's failure, "changed"): never equal to the present gpte walked.
+ */
+function gpteChanged(s: ShadowMmuState, mode: number, r: WalkResult, level: number): boolean {
+  const pa = r.entryPa[level]!;
+  const m = s.memory;
+  if (m.read32(pa) !== r.entryLo[level]) return true;
+  return mode !== MODE_LEGACY32 && m.read32(pa + 4) !== r.entryHi[level];
 }
 
 /** KVM `mmu_set_spte`: the leaf spte (`makeLeafSpte`), never more than guest rights AND the host mapping. */

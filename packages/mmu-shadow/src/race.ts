@@ -24,7 +24,7 @@ import {
 } from '@vmexit/core';
 import { HOST_THREAD, SPTE_W, sptePa } from '@vmexit/core/mmu';
 import { FastPageFault, type FastFaultMutation } from './fast-fault.js';
-import { pageFault } from './fault.js';
+import { RETRY, SlowPageFault } from './fault.js';
 import { ShadowMmu } from './mmu.js';
 import { commitZap, prepareZap, zapSpte } from './page-cache.js';
 import { pteWrite } from './pte-write.js';
@@ -32,8 +32,9 @@ import { pteWrite } from './pte-write.js';
 /**
  * Race scenarios of the shadow MMU for core's explorer (core/src/race): a small guest, dirty logging on, and
  * threads that race where KVM's threads race (Documentation/virt/kvm/locking.rst): vCPUs whose guest writes
- * fault into the fast page fault (lockless, cmpxchg) or the slow one (under `mmu_lock`), the host harvesting
- * the dirty log (KVM_GET_DIRTY_LOG) and copying the pages it reports as a pre-copy migration does, the host
+ * fault into the fast page fault (lockless, cmpxchg) or the slow one (its guest walk lockless, the rest under
+ * `mmu_lock`), the host harvesting the dirty log (KVM_GET_DIRTY_LOG) and copying the pages it reports as a
+ * pre-copy migration does, the host
  * unmapping a gfn (an mmu-notifier invalidation, KVM `kvm_unmap_gfn_range`), and an emulated guest pte write
  * (`kvm_mmu_track_write`). After each interleaving:
  *  - no dirty page lost: the destination (the initial copy, the copies of each harvest, and the final
@@ -54,7 +55,7 @@ const PT = 0x103000;
 const SMALL_BASE = 0x180000;
 /** va 2 .. 4 MiB: one 2 MiB guest page at pa 2 MiB (direct shadow pages below it: the fast path's pages). */
 export const LARGE_VA = 0x200000;
-/** Where `fault-vs-pte-write` moves the 4 KiB page at va 0. */
+/** Where `fault-vs-pte-write` moves the 4 KiB page at va 0, and `walk-vs-gpte-store` the one at SHADOWED_VA. */
 const MOVED_PA = 0x190000;
 /**
  * `fast-pf-vs-shadowing`'s guest page table: the last 4 KiB of the 2 MiB guest page (so a direct spte maps it), the
@@ -77,13 +78,24 @@ export interface RaceMutation extends FastFaultMutation, MigrationMutation {
   readonly flushWithoutWait?: boolean;
   /** false: the fast page fault off (the `fast-page-fault` policy not composed): every fault takes mmu_lock. Not a broken MMU. */
   readonly fastPageFault?: boolean;
+  /** FNAME(fetch) without FNAME(gpte_changed): the slow path maps what its lockless guest walk read, even if a gpte changed since. */
+  readonly noGpteChangedCheck?: boolean;
 }
 
-/** A vCPU that performs guest stores (core's `GuestWriter`): a TLB hit or a hardware walk of the shadow tables, then the store; or a #PF into the fast path or the slow one under `mmu_lock`. */
+/**
+ * A vCPU that performs guest stores (core's `GuestWriter`): a TLB hit or a hardware walk of the shadow tables, then the
+ * store; or a #PF into the fast path or the slow one. The slow one runs as KVM's FNAME(page_fault) does: the guest
+ * walk first, a step of its own without `mmu_lock` (FNAME(walk_addr)), then the rest under the lock, where a gpte that
+ * changed since the walk ends the fault with RET_PF_RETRY (FNAME(gpte_changed)) and the store is repeated.
+ */
 class VcpuWriter extends GuestWriter {
   protected readonly faultStatus = WALK_PAGE_FAULT;
   protected readonly lockName = 'mmu_lock';
   protected readonly fast: FastPageFault;
+  /** This vCPU's slow page fault. */
+  readonly slow: SlowPageFault;
+  /** The label of the step that took the slow fault when it ended in RET_PF_RETRY (core's names it 'page fault (slow path)'). */
+  private faultLabel: string | null = null;
 
   constructor(
     private readonly w: RaceWorld,
@@ -92,6 +104,14 @@ class VcpuWriter extends GuestWriter {
   ) {
     super(vcpu, w.machine.memory, w.mmu, writes);
     this.fast = new FastPageFault(w.mmu, vcpu, w.mutation);
+    this.slow = new SlowPageFault(w.mmu, vcpu, w.mutation.noGpteChangedCheck !== true);
+  }
+
+  override step(): string {
+    const out = super.step();
+    const label = this.faultLabel;
+    this.faultLabel = null;
+    return label ?? out;
   }
 
   protected faultAddress(_r: WalkResult, va: number): number {
@@ -118,8 +138,19 @@ class VcpuWriter extends GuestWriter {
     this.w.mmu.mmuLock.release(this.vcpu.id);
   }
 
-  protected slowFault(va: number, _addr: number, errorCode: number): string {
-    return pageFault(this.w.mmu, this.vcpu, va, errorCode).kind;
+  protected override slowFaultUnlocked(va: number, _addr: number, errorCode: number): string {
+    const res = this.slow.walk(va, errorCode);
+    if (res !== null)
+      throw new Error(
+        `${this.name}: the guest walk of ${hex(va)} faulted (error code ${res.kind === 'inject' ? res.errorCode : '?'}); the scenario expects a mapped va`,
+      );
+    return 'guest walk (lockless)';
+  }
+
+  protected slowFault(): string {
+    const res = this.slow.locked();
+    if (res === RETRY) this.faultLabel = 'page fault (slow path): gpte changed -> retry';
+    return res.kind;
   }
 }
 
@@ -273,6 +304,15 @@ class RaceWorld extends MigrationWorld<ShadowMmu, RaceMutation> {
     this.mmu.audit();
   }
 
+  /** Core's counters, and `gpte_changed_retry`: the slow paths' RET_PF_RETRY outcomes (the explorer's count; KVM has no stat for them). */
+  override stats(): Record<string, number> {
+    const out = super.stats();
+    let n = 0;
+    for (const t of this.threads) if (t instanceof VcpuWriter) n += t.slow.retries;
+    out['gpte_changed_retry'] = n;
+    return out;
+  }
+
   /** No writable spte for a page of a logged slot that is not marked dirty. */
   checkWritableSptes(): void {
     this.auditStopped();
@@ -385,6 +425,26 @@ const SPECS: readonly ScenarioSpec[] = [
     build: (w) => [
       new VcpuWriter(w, w.machine.vcpus[0]!, [{ va: PT2 + 64, value: 2 }]),
       new VcpuWriter(w, w.machine.vcpus[1]!, [{ va: SHADOWED_VA, value: 3 }]),
+      new Harvester(w, 0),
+    ],
+  },
+  {
+    // paging_tmpl.h FNAME(page_fault) walks the guest tables (FNAME(walk_addr)) before it takes mmu_lock, and FNAME(fetch)
+    // verifies "that the gpte in the page we've just write protected is still there" (FNAME(gpte_changed)) before it
+    // links the shadow page. Until the fetch shadows it, PT2 is no guest page table to the MMU: vCPU 1's store into it
+    // is a plain guest store (the fast path makes its spte writable again). When that store lands between vCPU 0's walk
+    // and its fetch, the fetch finds the gpte changed and returns RET_PF_RETRY; vCPU 0 faults again and maps the new frame.
+    // When vCPU 0's fault shadows PT2 first, vCPU 1's store faults on a write-protected level-1 guest page table, which
+    // goes unsync (mmu_try_to_unsync_pages) as in fast-pf-vs-shadowing.
+    name: 'walk-vs-gpte-store',
+    description:
+      "vCPU 0 faults on a va whose guest page table is not shadowed yet (the slow path's guest walk runs without mmu_lock) while vCPU 1 stores a new gpte into that table, moving the va to another frame",
+    vcpus: 2,
+    premap: [PT2 + 64],
+    unsync: true,
+    build: (w) => [
+      new VcpuWriter(w, w.machine.vcpus[0]!, [{ va: SHADOWED_VA, value: 1 }]),
+      new VcpuWriter(w, w.machine.vcpus[1]!, [{ va: PT2, value: MOVED_PA | P | W | A | D }]),
       new Harvester(w, 0),
     ],
   },

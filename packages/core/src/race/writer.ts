@@ -39,6 +39,7 @@ const V_LOCK = 2;
 const V_FAULT = 3;
 const V_UNLOCK = 4;
 const V_DONE = 5;
+const V_UNLOCKED = 6;
 
 /**
  * A vCPU of a race scenario that performs guest stores, each one instruction: a TLB hit, or the hardware walk
@@ -87,6 +88,12 @@ export abstract class GuestWriter implements RaceThread {
   protected abstract unlock(): void;
   /** The slow page fault under `mmu_lock` on `addr` (of the store to `va`); returns the MMU's resolution kind. */
   protected abstract slowFault(va: number, addr: number, errorCode: number): string;
+  /**
+   * The slow page fault's first part, a step of its own before the lock, when the MMU has one (none by default: the
+   * slow path begins with the lock). mmu-shadow: the guest walk, which KVM's `FNAME(page_fault)` (paging_tmpl.h) runs
+   * before it takes `mmu_lock`. Returns the step's label.
+   */
+  protected slowFaultUnlocked?(va: number, addr: number, errorCode: number): string;
 
   get done(): boolean {
     return this.phase === V_DONE;
@@ -110,7 +117,7 @@ export abstract class GuestWriter implements RaceThread {
             this.errorCode = this.faultErrorCode(this.r);
             const { mmu } = this;
             const log = mmu.dirtyLog;
-            this.phase = mmu.fastPageFault && log !== null && log.loggingSlots > 0 && pageFaultCanBeFast(this.errorCode) ? V_FAST : V_LOCK;
+            this.phase = mmu.fastPageFault && log !== null && log.loggingSlots > 0 && pageFaultCanBeFast(this.errorCode) ? V_FAST : this.slowPhase();
             if (this.phase === V_FAST) this.fast.start(this.addr, this.errorCode);
             return this.describeFault(wr.va, this.addr, this.errorCode);
           }
@@ -127,9 +134,12 @@ export abstract class GuestWriter implements RaceThread {
         const what = this.fast.phaseName;
         const res = this.fast.step();
         if (res === FAST_MORE) return `fast: ${what}`;
-        this.phase = res === FAST_FIXED || res === FAST_SPURIOUS ? V_ACCESS : V_LOCK;
+        this.phase = res === FAST_FIXED || res === FAST_SPURIOUS ? V_ACCESS : this.slowPhase();
         return `fast: ${what} -> ${res === FAST_FIXED ? 'fixed' : res === FAST_SPURIOUS ? 'spurious' : 'slow path'}`;
       }
+      case V_UNLOCKED:
+        this.phase = V_LOCK;
+        return this.slowFaultUnlocked!(wr.va, this.addr, this.errorCode);
       case V_LOCK:
         if (!this.tryLock()) return `spin on ${this.lockName}`;
         this.phase = V_FAULT;
@@ -147,5 +157,10 @@ export abstract class GuestWriter implements RaceThread {
       default:
         throw new Error(`${this.name} stepped after its end`);
     }
+  }
+
+  /** Where the slow path begins: its lockless first part, when the MMU has one, else the lock. */
+  private slowPhase(): number {
+    return this.slowFaultUnlocked === undefined ? V_LOCK : V_UNLOCKED;
   }
 }
