@@ -1,10 +1,12 @@
 import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, statSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { PagingModeName } from '@vmexit/core';
-import { parseWorkloadRef, type Personality, type TraceLoader } from '@vmexit/guest';
+import { parseWorkloadRef, type Personality } from '@vmexit/guest';
+import { CellTraceLoader } from './cell-traces.js';
 import { InputError, RunFailure } from './errors.js';
+import { fileDigests } from './file-digests.js';
 import { runVariant, type LabRunResult } from './run.js';
 import { parseVariantSpec, variantInputFiles, type VariantOverrides } from './variant-spec.js';
 
@@ -72,32 +74,13 @@ function traceFile(c: Cell, cwd: string): string[] {
   return ref.kind === 'trace' && ref.path !== null ? [resolve(cwd, ref.path)] : [];
 }
 
-/** The SHA-256 (hex) of a regular file's contents, read as a stream (a trace may be large); an InputError otherwise. */
-export function fileSha256(file: string): Promise<string> {
-  let st;
-  try {
-    st = statSync(file);
-  } catch (e) {
-    return Promise.reject(new InputError(`${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`));
-  }
-  // A FIFO or a device would block the read (or never end): an input is a file.
-  if (!st.isFile()) return Promise.reject(new InputError(`${file}: not a regular file (${st.isDirectory() ? 'a directory' : 'a device, FIFO or socket'})`));
-  return new Promise((done, fail) => {
-    const h = createHash('sha256');
-    createReadStream(file)
-      .on('data', (chunk) => h.update(chunk))
-      .on('error', (e: NodeJS.ErrnoException) => fail(new InputError(`${file}: cannot read (${e.code ?? e.message})`)))
-      .on('end', () => done(h.digest('hex')));
-  });
-}
-
 /**
  * The cells with the digests of the files each reads (`inputs`), found now (each file read once), so that their
  * keys cover what those files hold; a cell that reads no file is returned as it is (its key unchanged).
  */
 export async function withInputDigests(cells: readonly Cell[], cwd: string = process.cwd()): Promise<Cell[]> {
   const digests = new Map<string, Promise<string>>();
-  const digest = (f: string): Promise<string> => digests.get(f) ?? digests.set(f, fileSha256(f)).get(f)!;
+  const digest = (f: string): Promise<string> => digests.get(f) ?? digests.set(f, fileDigests.sha256(f)).get(f)!;
   // Many cells share a variant: its files are found once (a config read once, not once per cell).
   const variants = new Map<string, Promise<string[]>>();
   const variantFiles = (c: Cell): Promise<string[]> => {
@@ -135,7 +118,7 @@ export async function checkCellInputs(c: Cell, cwd: string = process.cwd()): Pro
     );
   }
   for (const [i, file] of files.entries()) {
-    const sha256 = await fileSha256(file);
+    const sha256 = await fileDigests.sha256(file); // a stat, once this thread hashed the file as it is
     if (sha256 !== planned[i]!.sha256) {
       throw new InputError(
         `${file} is not the file the sweep planned the cell with (sha256 ${sha256.slice(0, 12)}… here, ${planned[i]!.sha256.slice(0, 12)}… then): it changed since, or this machine has another copy; rerun the sweep (a queue's workers need the same files)`,
@@ -160,20 +143,23 @@ export type CellOutcome =
 
 /**
  * Runs one cell in this thread, once its files are checked against the digests it was planned with
- * (`checkCellInputs`). `loadTrace` loads a trace workload (default: read and decode the file); the
- * executors give each thread one `createTraceLoader`, so that cells on one trace decode it once per thread.
+ * (`checkCellInputs`). Its trace workload comes from `traces` with the digest its key names, so that the cell
+ * replays that content and no other (InputError naming the file when the file changed since the sweep was planned).
+ * The executors give each thread one `CellTraceLoader`, so that cells on one trace decode it once per thread.
  */
-export async function runCell(cell: Cell, loadTrace?: TraceLoader): Promise<CellRecord> {
+export async function runCell(cell: Cell, traces: CellTraceLoader = new CellTraceLoader()): Promise<CellRecord> {
   await checkCellInputs(cell);
   const variant = await parseVariantSpec(cell.variant, cell.overrides ?? {});
+  const planned = new Map((cell.inputs ?? []).map((i) => [i.file, i.sha256]));
+  const loadTrace = traces.forCell((file) => planned.get(file));
   const result = await runVariant(variant, cell.workload, { mode: cell.mode, seed: cell.seed, personalities: cell.personalities, loadTrace });
   return { ...result, cell: { ...cell, key: cellKey(cell) } };
 }
 
 /** runCell, with any error turned into data (for worker threads and queue workers). */
-export async function runCellOutcome(cell: Cell, loadTrace?: TraceLoader): Promise<CellOutcome> {
+export async function runCellOutcome(cell: Cell, traces?: CellTraceLoader): Promise<CellOutcome> {
   try {
-    return { ok: true, record: await runCell(cell, loadTrace) };
+    return { ok: true, record: await runCell(cell, traces) };
   } catch (e) {
     const err = e instanceof Error ? e : new Error(String(e));
     const code = (err as { code?: unknown }).code;

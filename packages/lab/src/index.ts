@@ -44,6 +44,8 @@ export {
   withInputDigests,
   withParams,
 } from './cell.js';
+export { CellTraceLoader, type CellTraceLoaderOptions } from './cell-traces.js';
+export { createFileDigests, type FileDigests, type FileDigestsOptions } from './file-digests.js';
 export { readResults } from './store.js';
 export { spread, type Spread, summarize, summaryCsv, type SummaryGroup } from './summary.js';
 export { provenance, type Provenance } from './provenance.js';

@@ -1,9 +1,9 @@
-import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, realpathSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import * as os from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { isPathSpecifier, resolveSpecifier, type Variant } from '@vmexit/core';
+import { fileDigests } from './file-digests.js';
 
 /**
  * Where a result came from: the packages that ran (every `@vmexit/*` package and plugin, name -> version),
@@ -97,7 +97,7 @@ function pathPolicyVersion(use: string, from: string): string {
   }
   const pkg = owningPackage(file);
   if (pkg !== null && pkg.name !== undefined) return `${pkg.name}@${pkg.version ?? 'unversioned'}`;
-  return `unpackaged sha256:${createHash('sha256').update(readFileSync(file)).digest('hex').slice(0, 16)}`;
+  return `unpackaged sha256:${fileDigests.sha256Sync(file).slice(0, 16)}`; // hashed once per thread while the file is unchanged
 }
 
 /**

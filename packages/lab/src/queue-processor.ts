@@ -2,12 +2,12 @@
 // fails returns its error as data, so BullMQ does not retry a run that would fail the same way again; so does a
 // cell whose files here differ from the digests the sweep planned it with (runCell checks them first:
 // checkCellInputs), as its result under that key would be another's. The thread keeps the last trace it replayed
-// (createTraceLoader): a worker's next job is most often on the same workload. BullMQ keeps the thread between jobs, so once it has had no job for KEEP_TRACE_IDLE_MS it lets the
+// (CellTraceLoader, by the digest the cell's key names): a worker's next job is most often on the same workload. BullMQ keeps the thread between jobs, so once it has had no job for KEEP_TRACE_IDLE_MS it lets the
 // trace go and collects it: a worker whose queue ran dry does not sit on a decoded trace (kbuild's: 430 MB).
 import { hostname } from 'node:os';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { createTraceLoader, type TraceLoader } from '@vmexit/guest';
+import { CellTraceLoader } from './cell-traces.js';
 import { runCellOutcome, type Cell, type CellOutcome } from './cell.js';
 import { vmexitBuild, type CellJob, type QueueOutcome, type VmexitBuild } from './queue.js';
 
@@ -34,10 +34,10 @@ function collectGarbage(): void {
  */
 export function jobProcessor(
   keepIdleMs: number,
-  newLoader: () => TraceLoader = createTraceLoader,
+  newLoader: () => CellTraceLoader = () => new CellTraceLoader(),
   collect: () => void = collectGarbage,
 ): (job: { data: Cell }) => Promise<CellOutcome> {
-  let loadTrace = newLoader();
+  let traces = newLoader();
   let idle: ReturnType<typeof setTimeout> | null = null;
   let running = 0;
   return async (job) => {
@@ -45,12 +45,12 @@ export function jobProcessor(
     idle = null;
     running++;
     try {
-      return await runCellOutcome(job.data, loadTrace);
+      return await runCellOutcome(job.data, traces);
     } finally {
       if (--running === 0) {
         idle = setTimeout(() => {
           idle = null;
-          loadTrace = newLoader();
+          traces = newLoader();
           collect();
         }, keepIdleMs);
         idle.unref(); // never what keeps the thread alive

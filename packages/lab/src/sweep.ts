@@ -1,8 +1,8 @@
 import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { createTraceLoader, type TraceLoader } from '@vmexit/guest';
 import { Piscina } from 'piscina';
+import { CellTraceLoader } from './cell-traces.js';
 import { cellBaseKey, cellKey, compiledFile, outcomeError, runCellOutcome, withInputDigests, type Cell, type CellOutcome, type CellRecord } from './cell.js';
 import { InputError } from './errors.js';
 import { readResults, ResultStore, writeAtomically } from './store.js';
@@ -22,21 +22,21 @@ export interface CellExecutor {
   close(): Promise<void>;
 }
 
-/** One cell at a time in this thread; cells on one trace decode it once (`loadTrace`: by default a `createTraceLoader` of the executor's own). */
+/** One cell at a time in this thread; cells on one trace decode it once (`traces`: by default a `CellTraceLoader` of the executor's own). */
 export class InProcessExecutor implements CellExecutor {
-  private loadTrace: TraceLoader;
-  constructor(loadTrace?: TraceLoader) {
-    this.loadTrace = loadTrace ?? createTraceLoader();
+  private traces: CellTraceLoader;
+  constructor(traces?: CellTraceLoader) {
+    this.traces = traces ?? new CellTraceLoader();
   }
   async run(cells: readonly Cell[], onOutcome: (cell: Cell, outcome: CellOutcome) => void, signal?: AbortSignal): Promise<void> {
     for (const c of cells) {
       if (signal?.aborted === true) return;
-      onOutcome(c, await runCellOutcome(c, this.loadTrace));
+      onOutcome(c, await runCellOutcome(c, this.traces));
     }
   }
   /** Lets the last trace go. */
   async close(): Promise<void> {
-    this.loadTrace = createTraceLoader();
+    this.traces = new CellTraceLoader();
   }
 }
 

@@ -2,8 +2,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
-import { createTraceLoader, decodeVxt, readVxtFile } from '@vmexit/guest';
-import { deterministicPart, expandGrid, runCell } from '../src/index.js';
+import { decodeVxt } from '@vmexit/guest';
+import { CellTraceLoader, deterministicPart, expandGrid, runCell } from '../src/index.js';
 import { jobProcessor } from '../src/queue-processor.js';
 import { encodeVxt, storeTrace } from './helpers/store-trace.js';
 
@@ -24,10 +24,12 @@ describe("the queue worker's job processor", () => {
     let slowJob = false; // a decode that takes 2 s of the (fake) clock, as a long job would
     const newLoader = () => {
       loaders++;
-      return createTraceLoader((p) => {
-        decodes++;
-        if (slowJob) vi.advanceTimersByTime(2000);
-        return decodeVxt(readVxtFile(p), p);
+      return new CellTraceLoader({
+        decode: (bytes, p) => {
+          decodes++;
+          if (slowJob) vi.advanceTimersByTime(2000);
+          return decodeVxt(bytes, p);
+        },
       });
     };
     vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });

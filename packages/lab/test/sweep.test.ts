@@ -17,7 +17,7 @@ import {
   type CellRecord,
 } from '../src/index.js';
 import { runCellOutcome } from '../src/cell.js';
-import { countingLoader, encodeVxt, storeTrace } from './helpers/store-trace.js';
+import { countingCellTraces, encodeVxt, storeTrace } from './helpers/store-trace.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vmexit-lab-sweep-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -130,8 +130,8 @@ describe('InProcessExecutor', () => {
     const file = path.join(tmp, 'cells.vxt');
     fs.writeFileSync(file, encodeVxt(trace));
     const traceCells = expandGrid({ workloads: [file], variants: ['vmx shadow', 'svm tdp'], modes: ['long4'], seeds: [1, 2], overrides: { memory: '4M' } });
-    const { load, decoded } = countingLoader();
-    const executor = new InProcessExecutor(load);
+    const { traces, decoded } = countingCellTraces();
+    const executor = new InProcessExecutor(traces);
     const records: CellRecord[] = [];
     await executor.run(traceCells, (_c, o) => {
       if (!o.ok) throw new Error(o.error.message);

@@ -1,4 +1,5 @@
 import { createTraceLoader, decodeVxt, encodeVxt, readVxtFile, type VxtTrace } from '@vmexit/guest';
+import { CellTraceLoader } from '../../src/index.js';
 
 /**
  * A small trace of one process (pid 1) that maps `pages` anonymous pages at 0x4835000 and then stores to them
@@ -30,6 +31,12 @@ export function storeTrace(n: number, pages: number, count: number): VxtTrace {
 export function countingLoader(): { load: (path: string) => VxtTrace; decoded: () => number } {
   let n = 0;
   return { load: createTraceLoader((p) => (n++, decodeVxt(readVxtFile(p), p))), decoded: () => n };
+}
+
+/** A sweep thread's trace loader that counts the traces it decodes (`decoded()`). */
+export function countingCellTraces(): { traces: CellTraceLoader; decoded: () => number } {
+  let n = 0;
+  return { traces: new CellTraceLoader({ decode: (bytes, p) => (n++, decodeVxt(bytes, p)) }), decoded: () => n };
 }
 
 export { encodeVxt };
