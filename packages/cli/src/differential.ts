@@ -7,6 +7,7 @@ import {
   runVector,
   VariantError,
   type AccessCase,
+  type ConformanceVector,
   type ModuleSources,
   type PagingModeName,
   type Variant,
@@ -17,9 +18,11 @@ import { createVmVectorMachine } from './conformance-vm.js';
 /*
  * The differential sweep: generated paging vectors (core's `accessCaseSpace` / `accessCaseVector`: every
  * case of the flag space of kvm-unit-tests' access.c, crossed with MAXPHYADDR 36/46/52 and the four paging
- * modes), each run natively and as a guest access under hypervisor variants. The native walker is the reference and the hypervisor
- * must be invisible: any difference in fault, error code, physical address or the A/D bits of the guest's
- * entries (memory after), or a run the machine stops (a fault loop), fails the case and names it.
+ * modes), each run as a guest access under hypervisor variants. A vector expects what core's reference machine
+ * (a reading of the SDM apart from the walker) gives, which the walker gives natively too (core's tests), and
+ * the hypervisor must be invisible: any difference in fault, error code, physical address or the A/D bits of
+ * the guest's entries (memory after), or a run the machine stops (a fault loop), fails the case and names it.
+ * `runVectorsDifferential` does the same for a list of vectors (core's `extendedCaseVectors`, sample files).
  */
 
 /** A variant of the sweep, under its short name. */
@@ -134,14 +137,37 @@ function checkedVariant(input: VariantInput): Variant {
 
 /** Runs the cases `indices` of the sweep space under every variant. */
 export async function runDifferentialSweep(options: SweepOptions): Promise<SweepResult> {
+  return runUnderVariants(
+    (function* () {
+      for (const i of options.indices) yield [i, accessCaseVector(options.space.at(i), 'sweep', i)] as const;
+    })(),
+    options,
+  );
+}
+
+/** Options of `runVectorsDifferential`: SweepOptions without the space and its indices. */
+export type VectorsDifferentialOptions = Omit<SweepOptions, 'space' | 'indices'>;
+
+/**
+ * Runs given vectors (core's `extendedCaseVectors`, or the vectors of a file) under every variant, as the
+ * sweep runs its cases: each must give exactly the outcome it expects. A failure's `index` is the vector's
+ * position in `vectors`.
+ */
+export async function runVectorsDifferential(vectors: readonly ConformanceVector[], options: VectorsDifferentialOptions = {}): Promise<SweepResult> {
+  return runUnderVariants(
+    vectors.map((v, i) => [i, v] as const),
+    options,
+  );
+}
+
+async function runUnderVariants(vectorsOf: Iterable<readonly [number, ConformanceVector]>, options: VectorsDifferentialOptions): Promise<SweepResult> {
   const variants = (options.variants ?? SWEEP_VARIANTS).map((v) => ({ name: v.name, variant: checkedVariant(v.variant) }));
   const failures: SweepFailure[] = [];
   let cases = 0;
   let vectors = 0;
-  for (const i of options.indices) {
+  for (const [i, vector] of vectorsOf) {
     if (vectors % 64 === 63) await turnOfEventLoop();
     vectors++;
-    const vector = accessCaseVector(options.space.at(i), 'sweep', i);
     for (const { name, variant } of variants) {
       cases++;
       let detail: string | null;

@@ -1,15 +1,20 @@
 import svm from '@vmexit/backend-svm';
 import vmx from '@vmexit/backend-vmx';
-import { ACCESS_CASE_FLAGS, accessCaseVector, runVector, type AccessCaseFlag } from '@vmexit/core';
+import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ACCESS_CASE_FLAGS, accessCaseVector, loadVectorFile, runVector, type AccessCaseFlag } from '@vmexit/core';
 import shadow from '@vmexit/mmu-shadow';
 import tdp from '@vmexit/mmu-tdp';
 import policies from '@vmexit/policies';
 import { describe, expect, it } from 'vitest';
 import { parseVariantSpec } from '../src/commands/compare.js';
 import { createVmVectorMachine } from '../src/conformance-vm.js';
-import { runDifferentialSweep, SweepSpace, SWEEP_VARIANTS } from '../src/differential.js';
+import { runDifferentialSweep, runVectorsDifferential, SweepSpace, SWEEP_VARIANTS } from '../src/differential.js';
 
 const sources = { backends: { vmx, svm }, mmus: { shadow, tdp }, policies: [policies] };
+/** @vmexit/core's vector files (conformance/*.jsonl). */
+const FIXTURES = fileURLToPath(new URL('../../core/conformance/', import.meta.url));
 const flags = (names: AccessCaseFlag[]) => names.reduce((a, n) => a + 2 ** ACCESS_CASE_FLAGS.indexOf(n), 0);
 
 describe('runDifferentialSweep', () => {
@@ -68,4 +73,27 @@ describe('runDifferentialSweep', () => {
       expect({ variant: name, mismatches: r.mismatches }).toEqual({ variant: name, mismatches: [] });
     }
   });
+
+  // The state access.c's space keeps fixed (core's extended cases, written to conformance/extended.jsonl:
+  // upper-level rights and reserved bits, 1 GiB pages, PDPTE registers apart from memory, ...): 55 vectors x 9
+  // variants, each the SDM outcome of core's reference machine.
+  it('finds no difference on the extended cases under any sweep variant (495 cases)', async () => {
+    const r = await runVectorsDifferential(loadVectorFile(join(FIXTURES, 'extended.jsonl')), { sources });
+    expect(r.failures.map((f) => `#${f.index} [${f.variant}] ${f.detail}`)).toEqual([]);
+    expect([r.vectors, r.cases]).toEqual([55, 55 * SWEEP_VARIANTS.length]);
+  }, 60_000);
+
+  // The sample files run under vmx/svm shadow (conformance-vm.int.test.ts) and TDP (commands/conformance.test.ts);
+  // here under the fault-path policy variants too, which otherwise see only generated vectors.
+  it('passes the 240 sample vectors under the fault-path policy variants (1,200 cases)', async () => {
+    const vectors = readdirSync(FIXTURES)
+      .filter((f) => f.startsWith('sample-') && f.endsWith('.jsonl'))
+      .sort()
+      .flatMap((f) => loadVectorFile(join(FIXTURES, f)));
+    const variants = SWEEP_VARIANTS.filter((v) => v.variant.policies !== undefined);
+    expect(variants).toHaveLength(5);
+    const r = await runVectorsDifferential(vectors, { sources, variants });
+    expect(r.failures.map((f) => `#${f.index} [${f.variant}] ${f.detail}`)).toEqual([]);
+    expect(r.cases).toBe(240 * 5);
+  }, 120_000);
 });

@@ -205,7 +205,10 @@ export {
   type VectorExpect,
   type VectorMemoryEntry,
   type VectorOutcome,
+  vectorToJson,
 } from './conformance/vector.js';
+export { createReferenceVectorMachine } from './conformance/reference.js';
+export { EXTENDED_CASES, type ExtendedCase, extendedCaseVector, extendedCaseVectors } from './conformance/extended.js';
 export { loadVectorFile } from './conformance/load.js';
 export {
   ACCESS_CASE_FLAGS,

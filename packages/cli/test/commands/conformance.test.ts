@@ -52,6 +52,13 @@ describe('vmexit conformance', () => {
     expect(err).toBe('');
   });
 
+  // core's extended cases (state access.c's flag space keeps fixed), natively.
+  it('passes the 55 extended vectors natively', async () => {
+    expect(await main(['conformance', fixture('extended.jsonl')])).toBe(0);
+    expect(out).toBe('conformance: 55 passed, 0 failed\n');
+    expect(err).toBe('');
+  });
+
   it.each(['vmx', 'svm'])('passes every sample vector as guest accesses under TDP on %s (EPT / NPT built at fault time)', async (backend) => {
     expect(await main(['conformance', '--backend', backend, '--mmu', 'tdp', ...ALL])).toBe(0);
     expect(out).toBe('conformance: 240 passed, 0 failed\n');

@@ -1,19 +1,21 @@
 import type { PagingModeName } from '../arch/modes.js';
-import { ACC_FETCH, ACC_USER, ACC_WRITE } from '../arch/constants.js';
-import { createNativeVectorMachine, type AccessOutcome } from './machine.js';
+import { ACC_FETCH, ACC_READ, ACC_USER, ACC_WRITE } from '../arch/constants.js';
+import type { AccessOutcome } from './machine.js';
+import { createReferenceVectorMachine } from './reference.js';
 import { observeVector } from './runner.js';
 import type { ConformanceVector, VectorMemoryEntry, VectorOutcome } from './vector.js';
 
 /*
  * Generated paging vectors, built the way kvm-unit-tests' x86/access.c builds its matrix (`ac_test_t`,
  * `ac_test_setup_ptes`): upper levels fully permissive (P|W|U|A), the PDE and the PTE (or the large-page PDE)
- * from a set of flags, a CPU state from more flags, and one access (twice with AC_ACCESS_TWICE). The flags
+ * from a set of flags, a CPU state from more flags, and one access (with AC_ACCESS_TWICE preceded by a
+ * supervisor read, as access.c's `ac_test_do_access` does before it switches to user mode). The flags
  * are access.c's, named as it names them (pte.p, pde.pse, pku.wd, cr4.smap, ...), plus CR4.SMAP with
  * EFLAGS.AC (access.c tests SMAP in a separate function) and a MAXPHYADDR and paging mode per case.
  *
- * A vector's `expect` is the native outcome (the architectural walker): the generated vectors are for
- * differential runs (the same vector natively and under a hypervisor variant), where the native walker is
- * the reference, and they are valid input for `vmexit conformance`.
+ * A vector's `expect` is the outcome of the reference machine (reference.ts), a reading of the SDM that shares
+ * no code with the walker: a generated vector checks the walker natively, and a hypervisor variant against
+ * the SDM, in differential runs. They are valid input for `vmexit conformance`.
  */
 
 /** access.c's flags, in the bit order of `AccessCaseFlags` (bit i = ACCESS_CASE_FLAGS[i]). */
@@ -114,7 +116,7 @@ export function accessCaseId(c: AccessCase): string {
 }
 
 /**
- * The vector of case `c` (its `expect` is the native outcome, see observeAccessCase). Tables: CR3 = 0x1000,
+ * The vector of case `c` (its `expect` is the reference machine's outcome, see above). Tables: CR3 = 0x1000,
  * then one page per level at 0x2000, 0x3000, ... (PAE: the PDPTEs at CR3, loaded from memory); a PDE with
  * pde.36 / pde.51 points its page table at that address bit too, as access.c's do.
  */
@@ -188,13 +190,14 @@ export function accessCaseVector(c: AccessCase, file = '(generated)', line = 0):
     pdptes: null,
     memory,
     va,
-    preAccess: is('twice') ? access : null,
+    // access.c AC_ACCESS_TWICE: a supervisor read first (`mov (addr), reg` at CPL 0), then the access.
+    preAccess: is('twice') ? ACC_READ : null,
     access,
     expect: { fault: false, errorCode: null, pa: 0n, memoryAfter: memory.map((e) => ({ ...e })), memoryAfterDontCare: [] },
     preExpect: null,
   };
-  // The expectation: what the architectural walker does.
-  const seen = observeVector(vector, createNativeVectorMachine);
+  // The expectation: what the SDM says (the reference machine, not the walker under test).
+  const seen = observeVector(vector, createReferenceVectorMachine);
   vector.expect = { ...outcomeOf(seen.main), memoryAfter: memory.map((e, i) => ({ ...e, value: seen.memoryAfter[i]! })), memoryAfterDontCare: [] };
   if (seen.pre !== null) vector.preExpect = outcomeOf(seen.pre);
   return vector;

@@ -331,6 +331,13 @@ export function validateVector(json: Json, file: string, line: number): Conforma
   }
   const preAccess = v['pre_access'] === undefined ? null : access(c, v['pre_access'], 'pre_access');
   const acc = access(c, field(c, v, 'access', 'access'), 'access');
+  // FORMAT.md: `user: 1` is a user-mode access (CPL 3), otherwise an explicit supervisor access (CPL 0). The
+  // machines take the kind of access from `access`; a cpl that contradicts it would be parsed and never used.
+  const accUser = (acc & ACC_USER) !== 0;
+  if (cpu.cpl !== (accUser ? 3 : 0)) {
+    const what = accUser ? 'user: 1 is a user-mode access, at CPL 3' : 'user: 0 is an explicit supervisor access, at CPL 0';
+    c.fail('cpu.cpl', `${cpu.cpl} is not the CPL of access (${what}; FORMAT.md)`);
+  }
 
   const eo = object(c, field(c, v, 'expect', 'expect'), 'expect');
   const exp = outcome(c, eo, 'expect');
@@ -393,4 +400,43 @@ export function parseVectorLines(text: string, file: string): ConformanceVector[
   }
   if (out.length === 0) throw new VectorError(file, 0, '', 'no vectors (the file is empty or has only blank lines)');
   return out;
+}
+
+/** A vector in its JSON Lines form (FORMAT.md): the inverse of `validateVector` (`file` and `line` are not written). */
+export function vectorToJson(v: ConformanceVector): Record<string, unknown> {
+  const hexOf = (n: bigint) => `0x${n.toString(16)}`;
+  const b = (x: boolean) => (x ? 1 : 0);
+  const acc = (a: number) => ({ write: b((a & ACC_WRITE) !== 0), user: b((a & ACC_USER) !== 0), fetch: b((a & ACC_FETCH) !== 0) });
+  const out = (o: VectorOutcome) => ({ fault: o.fault, error_code: o.errorCode, pa: o.pa === null ? null : hexOf(o.pa) });
+  const mem = (list: readonly VectorMemoryEntry[]) => list.map((e) => [hexOf(e.pa), hexOf(e.value), e.size]);
+  const c = v.cpu;
+  return {
+    id: v.id,
+    mode: v.mode,
+    cpu: {
+      cr0_wp: b(c.cr0Wp),
+      cr4_pse: b(c.cr4Pse),
+      ...(c.cr4Pge ? { cr4_pge: 1 } : {}),
+      cr4_smep: b(c.cr4Smep),
+      cr4_smap: b(c.cr4Smap),
+      cr4_pke: b(c.cr4Pke),
+      efer_nxe: b(c.eferNxe),
+      eflags_ac: b(c.eflagsAc),
+      cpl: c.cpl,
+      pkru: c.pkru,
+      maxphyaddr: c.maxPhyAddr,
+    },
+    cr3: hexOf(v.cr3),
+    ...(v.pdptes === null ? {} : { pdptes: v.pdptes.map(hexOf) }),
+    memory: mem(v.memory),
+    va: hexOf(v.va),
+    ...(v.preAccess === null ? {} : { pre_access: acc(v.preAccess) }),
+    access: acc(v.access),
+    expect: {
+      ...out(v.expect),
+      memory_after: mem(v.expect.memoryAfter),
+      ...(v.expect.memoryAfterDontCare.length === 0 ? {} : { memory_after_dontcare: v.expect.memoryAfterDontCare.map((d) => [hexOf(d.pa), hexOf(d.mask)]) }),
+    },
+    ...(v.preExpect === null ? {} : { pre_expect: out(v.preExpect) }),
+  };
 }

@@ -9,8 +9,10 @@ const FILES = readdirSync(DIR)
   .filter((f) => f.endsWith('.jsonl'))
   .sort();
 
-// Vectors per sample file (one per line): 30+60+40 access, 15+40+15 ext, 10+20+10 twice = 240.
+// Vectors per file (one per line): 30+60+40 access, 15+40+15 ext, 10+20+10 twice = 240 samples, and the 55
+// extended cases (extended.jsonl, written from conformance/extended.ts; extended.test.ts keeps them equal).
 const COUNTS: Record<string, number> = {
+  'extended.jsonl': 55,
   'sample-access-legacy32.jsonl': 30,
   'sample-access-long4.jsonl': 60,
   'sample-access-pae.jsonl': 40,

@@ -70,6 +70,24 @@ describe('accessCaseVector', () => {
     expect(wp.expect).toMatchObject({ fault: true, errorCode: 0x23 });
   });
 
+  // kvm-unit-tests access.c, ac_test_do_access: with AC_ACCESS_TWICE a supervisor read (`mov (addr), reg`, before
+  // the switch to user mode) precedes the access: it fills the TLB (a shadow MMU: a shadow pte) with a
+  // supervisor translation that the access itself must not inherit.
+  it('makes the first access of a twice case a supervisor read, as access.c does', () => {
+    // The page is a supervisor page (PDE U/S=1, PTE U/S=0): the supervisor read completes and sets A in all four
+    // levels (§4.8); the user read then faults with P|U = 5 (§4.6.1, §4.7).
+    const v = accessCaseVector({
+      mode: 'long4',
+      maxPhyAddr: 46,
+      flags: flags(['pte.p', 'pte.rw', 'pde.p', 'pde.rw', 'pde.user', 'user', 'twice']),
+    });
+    expect(v.preAccess).toBe(0);
+    expect(v.preExpect).toEqual({ fault: false, errorCode: null, pa: 0x2000abcn });
+    expect(v.expect).toMatchObject({ fault: true, errorCode: 5, pa: null });
+    expect(v.expect.memoryAfter.map((e) => e.value & 0x20n)).toEqual([0x20n, 0x20n, 0x20n, 0x20n]);
+    expect(v.cpu.cpl).toBe(3);
+  });
+
   it('maps bit 51 into the address under MAXPHYADDR 52 and makes it a reserved-bit fault below', () => {
     const names: AccessCaseFlag[] = ['pte.p', 'pte.a', 'pte.51', 'pde.p', 'pde.a'];
     expect(accessCaseVector({ mode: 'pae', maxPhyAddr: 52, flags: flags(names) }).expect).toMatchObject({ fault: false, pa: (1n << 51n) + 0x2000abcn });

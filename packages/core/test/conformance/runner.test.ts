@@ -91,6 +91,17 @@ describe('runVectorNative', () => {
     expect(runVectorNative(one(v)).mismatches[0]).toEqual({ field: 'memory_after[0x1920]', expected: "0x2067 (bits 0x20 don't care)", observed: '0x2007' });
   });
 
+  it("applies a memory_after_dontcare mask to its own entry only: the leaf's A bit stays checked", () => {
+    // As above: #PF P|W (3), nothing written. The PML4E's A bit is don't-care; the PTE's is not, so an
+    // expectation that claims A was set in the PTE (0x2000025) fails on the PTE alone.
+    const v = structuredClone(BASE);
+    v.cpu.cr0_wp = 1;
+    v.memory[3] = ['0x4c48', '0x2000005', 8];
+    v.expect = { fault: true, error_code: 3, pa: null, memory_after: structuredClone(v.memory), memory_after_dontcare: [['0x1920', '0x20']] };
+    v.expect.memory_after[3] = ['0x4c48', '0x2000025', 8];
+    expect(runVectorNative(one(v)).mismatches).toEqual([{ field: 'memory_after[0x4c48]', expected: '0x2000025', observed: '0x2000005' }]);
+  });
+
   it('runs pre_access first and checks pre_expect', () => {
     // A read first sets A everywhere; the write then sets D; pre_expect claims a fault that did not happen.
     const v = { ...structuredClone(BASE), pre_access: { write: 0, user: 0, fetch: 0 }, pre_expect: { fault: true, error_code: 0, pa: null } };

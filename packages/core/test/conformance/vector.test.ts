@@ -298,6 +298,20 @@ describe('validateVector', () => {
     });
   });
 
+  // FORMAT.md: `user: 1` is a user-mode access (CPL 3), otherwise an explicit supervisor access, which runs at
+  // CPL 0..2. cpu.cpl is the CPL of `access` (a pre_access may differ: access.c's twice read runs at CPL 0);
+  // a cpl that contradicts it would be read and never used, so the vector could mean an implicit supervisor
+  // access at CPL 3 (SMAP regardless of EFLAGS.AC, SDM Vol. 3A §4.6.1) and silently run as an explicit one.
+  it('rejects a cpu.cpl that is not the CPL of the access', () => {
+    expect(problem(withField('cpu.cpl', 3))).toBe(
+      'v.jsonl:7: cpu.cpl: 3 is not the CPL of access (user: 0 is an explicit supervisor access, at CPL 0; FORMAT.md)',
+    );
+    const user = withField('access', { write: 1, user: 1, fetch: 0 });
+    expect(problem(user)).toBe('v.jsonl:7: cpu.cpl: 0 is not the CPL of access (user: 1 is a user-mode access, at CPL 3; FORMAT.md)');
+    (user['cpu'] as Record<string, number>)['cpl'] = 3;
+    expect(() => validateVector({ ...user, pre_access: { write: 0, user: 0, fetch: 0 } }, 'v.jsonl', 7)).not.toThrow();
+  });
+
   it('names a missing field', () => {
     expect(problem(withField('cpu.cr4_smep', undefined))).toBe('v.jsonl:7: cpu.cr4_smep: missing');
     expect(problem(withField('expect.memory_after', undefined))).toBe('v.jsonl:7: expect.memory_after: missing');
