@@ -116,15 +116,22 @@ function notPresent(k: KernelState, v: Vcpu, vma: Vma, va: number, pt: number, i
     // A shared writable mapping of a file wants write notification (mm/mmap.c `vma_wants_writenotify`: its
     // mapping can write back), so its vm_page_prot has no R/W: a read maps the page read-only and the first
     // write is a write-protect fault (do_wp_page -> wp_page_shared).
-    if (!faultAround(k, v, vma, va, pt, idx, hi)) {
-      // __do_fault (filemap_fault: the page, read in with the pages around it on a miss), then finish_fault.
-      const cache = filemapFault(k, v, vma.file!, vma.filePage(va));
-      k.frames.get(cache);
-      setPte(k, v, pt, idx, fileReadLeaf(cache), hi);
-    }
+    // __do_fault (filemap_fault: the page, read in with the pages around it on a miss), then finish_fault. A
+    // filemap_fault that read ends in VM_FAULT_RETRY, and the retried do_read_fault maps with fault-around
+    // what the read brought in (the faulting page too, unless it is the PG_readahead one).
+    const file = vma.file!;
+    const index = vma.filePage(va);
+    // (If it does not, the retry's filemap_fault is a hit with FAULT_FLAG_TRIED, which changes nothing.)
+    if (faultAround(k, v, vma, va, pt, idx, hi)) return FAULT_FILE;
+    if (filemapFault(k, v, file, index) && faultAround(k, v, vma, va, pt, idx, hi)) return FAULT_FILE;
+    const cache = file.pages.get(index)!;
+    k.frames.get(cache);
+    setPte(k, v, pt, idx, fileReadLeaf(cache), hi);
     return FAULT_FILE;
   }
-  const cache = filemapFault(k, v, vma.file!, vma.filePage(va));
+  // do_cow_fault and do_shared_fault: __do_fault; its retry (FAULT_FLAG_TRIED) is a plain hit and changes nothing.
+  filemapFault(k, v, vma.file!, vma.filePage(va));
+  const cache = vma.file!.pages.get(vma.filePage(va))!;
   if (vma.backing === VMA_FILE_PRIVATE) {
     const f = newAnonPage(k, v, vma, cache);
     setPte(k, v, pt, idx, (f * PAGE_SIZE) | PT_PRESENT | PT_WRITABLE | PT_USER | PT_ACCESSED | PT_DIRTY, hi);

@@ -16,7 +16,7 @@ export function fileWord(id: number, index: number): number {
 export function lookupFile(k: KernelState, path: string): FileObject {
   let f = k.files.get(path);
   if (f === undefined) {
-    f = { id: k.files.size + 1, path, pages: new Map() };
+    f = { id: k.files.size + 1, path, pages: new Map(), ra: { filePages: 0, marked: new Set(), start: 0, size: 0, asyncSize: 0, mmapMiss: 0 } };
     k.files.set(path, f);
   }
   return f;
@@ -34,41 +34,10 @@ export function cachePage(k: KernelState, v: Vcpu, file: FileObject, index: numb
   return f;
 }
 
-/**
- * The read-ahead side of a file: its size, its pages marked PG_readahead (mm/readahead.c
- * `page_cache_ra_unbounded`: `folio_set_readahead`), and `struct file_ra_state` (include/linux/fs.h: the window
- * [start, start + size), its async tail, mmap_miss), which Linux keeps per open file (`file->f_ra`) and this
- * model per file.
- */
-export interface FileReadahead {
-  /**
-   * The file's size in pages (i_size): the model's files have no length of their own, so a file is as long as
-   * the furthest page an area mapped of it (an access past EOF would be SIGBUS, which the model never has).
-   */
-  filePages: number;
-  readonly marked: Set<number>;
-  start: number;
-  size: number;
-  asyncSize: number;
-  mmapMiss: number;
-}
-
-const READAHEAD = new WeakMap<FileObject, FileReadahead>();
-
-/** The read-ahead state of `file` (created on first use). */
-export function readaheadOf(file: FileObject): FileReadahead {
-  let r = READAHEAD.get(file);
-  if (r === undefined) {
-    r = { filePages: 0, marked: new Set(), start: 0, size: 0, asyncSize: 0, mmapMiss: 0 };
-    READAHEAD.set(file, r);
-  }
-  return r;
-}
-
 /** An area maps `bytes` of `file` from byte `offset`: the file is at least that long. */
 export function noteMapping(file: FileObject | null, offset: number, bytes: number): void {
   if (file === null || bytes <= 0) return;
-  const r = readaheadOf(file);
+  const r = file.ra;
   r.filePages = Math.max(r.filePages, Math.ceil((offset + bytes) / PAGE_SIZE));
 }
 
@@ -80,16 +49,22 @@ const MMAP_LOTSAMISS = 100;
 /**
  * mm/filemap.c `filemap_fault` (Linux 6.6) for file page `index`: a page-cache hit (`do_async_mmap_readahead`:
  * one hit less in mmap_miss, and the next window read when the page is marked PG_readahead), or a miss
- * (`do_sync_mmap_readahead`: the read-around window, then the page itself if that did not read it). Returns the
- * page's frame. The model has no madvise, so no area is VM_RAND_READ or VM_SEQ_READ.
+ * (`do_sync_mmap_readahead`: the read-around window, then the page itself if that did not read it). The page is
+ * in the cache afterwards. Returns whether the fault ends in VM_FAULT_RETRY: to read, filemap_fault drops the
+ * mmap lock (mm/internal.h `maybe_unlock_mmap_for_io`, on the first attempt of a fault that may retry, as x86's
+ * user faults may: FAULT_FLAG_DEFAULT), on a miss and on a hit of a PG_readahead page, and the fault is retried
+ * with FAULT_FLAG_TRIED (arch/x86/mm/fault.c `do_user_addr_fault`), whose filemap_fault, a hit, does nothing
+ * more (`if (!(vmf->flags & FAULT_FLAG_TRIED)) do_async_mmap_readahead`): the caller retries without calling
+ * this again. The model has no madvise, so no area is VM_RAND_READ (no read-ahead) or VM_SEQ_READ
+ * (`page_cache_sync_ra`), and its mappings have no large folios (`page_cache_ra_order` falls back to order 0).
  */
-export function filemapFault(k: KernelState, v: Vcpu, file: FileObject, index: number): number {
-  const ra = readaheadOf(file);
-  const hit = file.pages.get(index);
-  if (hit !== undefined) {
+export function filemapFault(k: KernelState, v: Vcpu, file: FileObject, index: number): boolean {
+  const ra = file.ra;
+  if (file.pages.has(index)) {
     if (ra.mmapMiss > 0) ra.mmapMiss--;
-    if (ra.marked.has(index)) asyncReadahead(k, v, file, index);
-    return hit;
+    if (!ra.marked.has(index)) return false;
+    asyncReadahead(k, v, file, index);
+    return true;
   }
   if (ra.mmapMiss < MMAP_LOTSAMISS * 10) ra.mmapMiss++;
   if (ra.mmapMiss <= MMAP_LOTSAMISS) {
@@ -100,7 +75,9 @@ export function filemapFault(k: KernelState, v: Vcpu, file: FileObject, index: n
     ra.asyncSize = RA_PAGES / 4;
     readPages(k, v, file, ra.start, ra.size, ra.asyncSize);
   }
-  return cachePage(k, v, file, index);
+  // The page itself if read-around did not read it (__filemap_get_folio, then page_not_uptodate's read).
+  cachePage(k, v, file, index);
+  return true;
 }
 
 /** mm/readahead.c `get_next_ra_size`: the next window, quadrupled or doubled up to `max`. */
@@ -115,7 +92,7 @@ function nextRaSize(cur: number, max: number): number {
  * `index` (`req_size` is ra_pages): the mark is cleared and the window pushed forward.
  */
 function asyncReadahead(k: KernelState, v: Vcpu, file: FileObject, index: number): void {
-  const ra = readaheadOf(file);
+  const ra = file.ra;
   const max = RA_PAGES;
   ra.marked.delete(index);
   if (index === 0) {
@@ -157,7 +134,7 @@ function asyncReadahead(k: KernelState, v: Vcpu, file: FileObject, index: number
  * marks PG_readahead the page `lookahead` before the end of the clipped window if that one was read here.
  */
 function readPages(k: KernelState, v: Vcpu, file: FileObject, index: number, nr: number, lookahead: number): void {
-  const ra = readaheadOf(file);
+  const ra = file.ra;
   if (ra.filePages === 0 || index > ra.filePages - 1) return;
   const n = Math.min(nr, ra.filePages - index);
   for (let i = 0; i < n; i++) {
@@ -183,7 +160,9 @@ export function fileReadLeaf(frame: number): number {
  * uptodate and unlocked, but a PG_readahead page is skipped, left for `filemap_fault` to trigger the async
  * read-ahead) whose pte is none (`filemap_map_order0_folio`: `pte_none`) gets a read-only pte (`set_pte_range`,
  * one `set_pte`) and a reference (`folio_ref_inc`), in ascending order; a pte is read only for a cached page.
- * Each page mapped counts as a hit against the file's mmap_miss. Returns whether slot `fault` was mapped
+ * Each cached page found, mapped here or already mapped, counts as a hit against the file's mmap_miss
+ * (`filemap_map_order0_folio`, Linux 6.4 to 6.8; 6.9 and later skip PG_workingset pages, which the model, whose
+ * page cache is never reclaimed, has none of). Returns whether slot `fault` was mapped
  * (VM_FAULT_NOPAGE: the fault is resolved).
  */
 export function mapCachedPages(
@@ -198,16 +177,17 @@ export function mapCachedPages(
   hi: number,
 ): boolean {
   const e: PteValue = { lo: 0, hi: 0 };
-  const ra = readaheadOf(file);
+  const ra = file.ra;
   let mapped = false;
   for (let i = from; i <= to; i++) {
     const frame = file.pages.get(first + i - from);
     if (frame === undefined || ra.marked.has(first + i - from)) continue;
+    // A hit for each page found, its pte none or not (`(*mmap_miss)++` comes before the `pte_none` check).
+    if (ra.mmapMiss > 0) ra.mmapMiss--;
     readPte(k, v, pt, i, e);
     if (e.lo !== 0 || e.hi !== 0) continue;
     setPte(k, v, pt, i, fileReadLeaf(frame), hi);
     k.frames.get(frame);
-    if (ra.mmapMiss > 0) ra.mmapMiss--;
     if (i === fault) mapped = true;
   }
   return mapped;

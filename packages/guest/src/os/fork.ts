@@ -71,9 +71,8 @@ export function doExec(k: KernelState, v: Vcpu, proc: Process, path: string, map
   k.stats.execs++;
   const old = new Process(proc.pid, proc.parent, proc.name);
   old.root = proc.root;
-  for (const a of proc.vmas.list) old.vmas.list.push(a);
+  old.vmas.adopt(proc.vmas);
   old.tables.set(proc.tables);
-  proc.vmas.clear();
   proc.tables.fill(0);
   proc.name = path;
   newMm(k, v, proc);

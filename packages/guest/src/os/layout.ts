@@ -28,9 +28,15 @@ export interface ModeLayout {
   readonly userLimit: number;
   /** Largest guest RAM the direct map can hold (Linux: 896 MiB of lowmem on 32-bit; 64 TiB in 4-level, Documentation/arch/x86/x86_64/mm.rst). */
   readonly maxMemory: number;
-  /** Where the stack of a new image ends (exclusive) and the bottom-up mmap base. */
+  /** Where the stack of a new image ends (exclusive). */
   readonly stackTop: number;
+  /**
+   * `mm->mmap_base` of the default (top-down) layout: mmap(NULL) takes the highest free range below it
+   * (see `topDownMmapBase`).
+   */
   readonly mmapBase: number;
+  /** `mm->mmap_legacy_base`: where the bottom-up search starts when the top-down one finds no room (see `legacyMmapBase`). */
+  readonly legacyMmapBase: number;
   /** The aliased-pdes arena: anonymous mappings go in [arenaBase, arenaBase + arenaSize) and their read-only alias view at + arenaSize. */
   readonly arenaBase: number;
   readonly arenaSize: number;
@@ -38,7 +44,48 @@ export interface ModeLayout {
   readonly textBase: number;
 }
 
-const GiB = 1024 * 1024 * 1024;
+const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
+const PAGE = 4096;
+
+/** RLIMIT_STACK's default soft limit (include/uapi/linux/resource.h `_STK_LIM`, 8 MiB). */
+export const STK_LIM = 8 * MiB;
+/** mm/mmap.c `stack_guard_gap`: 256 pages kept free below a stack that grows down. */
+export const STACK_GUARD_GAP = 256 * PAGE;
+
+/**
+ * `mm->mmap_base` of the top-down layout that Linux picks unless the legacy one is asked for
+ * (arch/x86/mm/mmap.c `arch_pick_mmap_layout`: `mmap_is_legacy` holds only with the ADDR_COMPAT_LAYOUT
+ * personality or the legacy_va_layout sysctl), from arch/x86/mm/mmap.c `mmap_base`:
+ *
+ *     gap = rlimit(RLIMIT_STACK) + stack_maxrandom_size(task_size) + stack_guard_gap
+ *     gap = clamp(gap, 128 MiB, task_size / 6 * 5)
+ *     mmap_base = PAGE_ALIGN(task_size - gap - rnd)
+ *
+ * The model has no address-space randomization (it is deterministic): a process runs as with PF_RANDOMIZE
+ * clear (`setarch -R`, or randomize_va_space = 0), so `stack_maxrandom_size` and `rnd` (`arch_mmap_rnd`) are 0.
+ * With the default 8 MiB stack rlimit: gap = 8 MiB + 1 MiB, clamped up to 128 MiB, and mmap_base =
+ * task_size - 128 MiB: 0x7ffff7fff000 in 64-bit mode (task_size_64bit(0) = DEFAULT_MAP_WINDOW = 2^47 - 4 KiB,
+ * where Linux maps a process's libraries under gdb, which turns randomization off), 0xb8000000 on 32-bit
+ * (TASK_SIZE = PAGE_OFFSET = 3 GiB).
+ */
+export function topDownMmapBase(taskSize: number): number {
+  const gap = Math.min(Math.max(STK_LIM + STACK_GUARD_GAP, 128 * MiB), Math.floor(taskSize / 6) * 5);
+  return Math.ceil((taskSize - gap) / PAGE) * PAGE;
+}
+
+/**
+ * `mm->mmap_legacy_base` (arch/x86/mm/mmap.c `mmap_legacy_base`, rnd 0): `__TASK_UNMAPPED_BASE(task_size)` =
+ * PAGE_ALIGN(task_size / 3): 0x2aaaaaaab000 in 64-bit mode, 0x40000000 on 32-bit.
+ */
+export function legacyMmapBase(taskSize: number): number {
+  return Math.ceil(taskSize / 3 / PAGE) * PAGE;
+}
+
+/** TASK_SIZE of 32-bit paging and PAE: PAGE_OFFSET, the 3G/1G split. */
+const TASK_SIZE_32 = 0xc0000000;
+/** TASK_SIZE of a 64-bit process (task_size_64bit(0) = DEFAULT_MAP_WINDOW, 47 bits less a page, in 5-level paging too). */
+const TASK_SIZE_64 = 2 ** 47 - PAGE;
 
 export function modeLayout(mode: PagingModeId): ModeLayout {
   switch (mode) {
@@ -53,10 +100,11 @@ export function modeLayout(mode: PagingModeId): ModeLayout {
         directMapBase: 0xc0000000,
         directMapPage: 4 * 1024 * 1024,
         kernelTopIndex: 768,
-        userLimit: 0xc0000000,
+        userLimit: TASK_SIZE_32,
         maxMemory: GiB,
         stackTop: 0xbffff000,
-        mmapBase: 0x40000000,
+        mmapBase: topDownMmapBase(TASK_SIZE_32),
+        legacyMmapBase: legacyMmapBase(TASK_SIZE_32),
         arenaBase: 0x80000000,
         arenaSize: 0x20000000,
         textBase: 0x08048000,
@@ -72,10 +120,11 @@ export function modeLayout(mode: PagingModeId): ModeLayout {
         directMapBase: 0xc0000000,
         directMapPage: 2 * 1024 * 1024,
         kernelTopIndex: 3,
-        userLimit: 0xc0000000,
+        userLimit: TASK_SIZE_32,
         maxMemory: GiB,
         stackTop: 0xbffff000,
-        mmapBase: 0x40000000,
+        mmapBase: topDownMmapBase(TASK_SIZE_32),
+        legacyMmapBase: legacyMmapBase(TASK_SIZE_32),
         arenaBase: 0x80000000,
         arenaSize: 0x20000000,
         textBase: 0x08048000,
@@ -91,10 +140,11 @@ export function modeLayout(mode: PagingModeId): ModeLayout {
         directMapBase: -0x778000000000,
         directMapPage: 2 * 1024 * 1024,
         kernelTopIndex: 256,
-        userLimit: 2 ** 47 - 4096,
+        userLimit: TASK_SIZE_64,
         maxMemory: 64 * 1024 * GiB,
         stackTop: 0x7ffffffff000,
-        mmapBase: 0x7f0000000000,
+        mmapBase: topDownMmapBase(TASK_SIZE_64),
+        legacyMmapBase: legacyMmapBase(TASK_SIZE_64),
         arenaBase: 0x100000000000,
         arenaSize: 0x10000000000,
         textBase: 0x400000,
@@ -112,10 +162,11 @@ export function modeLayout(mode: PagingModeId): ModeLayout {
         directMapBase: -(2 ** 52),
         directMapPage: 2 * 1024 * 1024,
         kernelTopIndex: 256,
-        userLimit: 2 ** 47 - 4096,
+        userLimit: TASK_SIZE_64,
         maxMemory: 64 * 1024 * GiB,
         stackTop: 0x7ffffffff000,
-        mmapBase: 0x7f0000000000,
+        mmapBase: topDownMmapBase(TASK_SIZE_64),
+        legacyMmapBase: legacyMmapBase(TASK_SIZE_64),
         arenaBase: 0x100000000000,
         arenaSize: 0x10000000000,
         textBase: 0x400000,

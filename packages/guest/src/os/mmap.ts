@@ -3,6 +3,7 @@ import { FRAME_ANON } from './frames.js';
 import { noteMapping } from './filemap.js';
 import { forEachPte, frameOf, freeTables, getAndClear, inArena, leafHi, setPte, zap } from './pgtable.js';
 import type { Process } from './process.js';
+import { STACK_GUARD_GAP } from './layout.js';
 import { HI_XD, PTE_PROTNONE } from './pte.js';
 import type { KernelState } from './state.js';
 import { flushRange } from './tlb.js';
@@ -37,13 +38,78 @@ export function doMmap(
     }
     if (proc.vmas.intersects(start, start + len)) unmapRange(k, v, proc, start, start + len);
   } else {
-    start = arena ? proc.vmas.findGap(L.arenaBase, len, L.arenaBase + L.arenaSize) : proc.vmas.findGap(L.mmapBase, len, L.userLimit);
+    start = arena ? proc.vmas.findGap(L.arenaBase, len, L.arenaBase + L.arenaSize) : unmappedArea(k, proc, len);
     if (start < 0) throw new GuestAbort(`mmap of ${len} bytes: no room in the address space (ENOMEM)`);
   }
   proc.vmas.insert(new Vma(start, start + len, prot, backing, file, offset));
   noteMapping(file, offset, len);
   if (arena) proc.vmas.insert(new Vma(start + L.arenaSize, start + L.arenaSize + len, PROT_READ, VMA_ALIAS, null, 0));
   return start;
+}
+
+/**
+ * Where mmap(NULL) puts an area (arch/x86/kernel/sys_x86_64.c `arch_get_unmapped_area_topdown`): the highest
+ * free range in [PAGE_SIZE, mm->mmap_base) (`vm_unmapped_area` with VM_UNMAPPED_AREA_TOPDOWN, info.low_limit =
+ * PAGE_SIZE, info.high_limit = mmap_base; align_mask 0: `get_align_mask` is 0 but for AMD family 15h with
+ * randomization), else, when that fails, the lowest in [TASK_UNMAPPED_BASE, TASK_SIZE) (the bottom-up
+ * `arch_get_unmapped_area` it falls back to). -1 if neither has room. With aliased-pdes the arena and its alias
+ * view are left out (they are kept for anonymous mappings, see doMmap).
+ */
+function unmappedArea(k: KernelState, proc: Process, len: number): number {
+  const L = k.layout;
+  for (const [lo, hi] of outsideArena(k, PAGE_SIZE, L.mmapBase).reverse()) {
+    const at = topDown(proc, lo, len, hi);
+    if (at >= 0) return at;
+  }
+  for (const [lo, hi] of outsideArena(k, L.legacyMmapBase, L.userLimit)) {
+    const at = bottomUp(proc, lo, len, hi);
+    if (at >= 0) return at;
+  }
+  return -1;
+}
+
+/** Whether the area above a range ending at `end` is a stack whose guard gap (`vm_start_gap`: stack_guard_gap below it) reaches into the range. */
+function stackAbove(proc: Process, end: number): Vma | null {
+  const next = proc.vmas.firstFrom(end);
+  return next !== null && next.growsDown && next.start - STACK_GUARD_GAP < end ? next : null;
+}
+
+/**
+ * mm/mmap.c `unmapped_area_topdown`: the highest gap with room; if the area above it grows down and its guard
+ * gap reaches into the range (`vm_start_gap(tmp) < gap_end`), again below the guard gap (high_limit =
+ * vm_start_gap(tmp)).
+ */
+function topDown(proc: Process, lo: number, len: number, hi: number): number {
+  for (;;) {
+    const at = proc.vmas.findGapTopDown(lo, len, hi);
+    if (at < 0) return -1;
+    const stack = stackAbove(proc, at + len);
+    if (stack === null) return at;
+    hi = stack.start - STACK_GUARD_GAP;
+  }
+}
+
+/** mm/mmap.c `unmapped_area`: the lowest gap with room; if a stack's guard gap reaches into it, again above that stack (low_limit = tmp->vm_end). */
+function bottomUp(proc: Process, lo: number, len: number, hi: number): number {
+  for (;;) {
+    const at = proc.vmas.findGap(lo, len, hi);
+    if (at < 0) return -1;
+    const stack = stackAbove(proc, at + len);
+    if (stack === null) return at;
+    lo = stack.end;
+  }
+}
+
+/** The parts of [lo, hi) outside the aliased-pdes arena and its alias view (all of it without that personality), in address order. */
+function outsideArena(k: KernelState, lo: number, hi: number): [number, number][] {
+  const L = k.layout;
+  if (!k.aliased) return [[lo, hi]];
+  const a = L.arenaBase;
+  const b = L.arenaBase + 2 * L.arenaSize;
+  const out: [number, number][] = [];
+  if (lo < Math.min(hi, a)) out.push([lo, Math.min(hi, a)]);
+  if (Math.max(lo, b) < hi) out.push([Math.max(lo, b), hi]);
+  return out;
 }
 
 export function doMunmap(k: KernelState, v: Vcpu, proc: Process, start: number, length: number): void {

@@ -1,9 +1,10 @@
 /**
  * Virtual memory areas (Linux `struct vm_area_struct`), the kernel's own bookkeeping in plain TypeScript:
- * a sorted array of non-overlapping [start, end) ranges with their rights and backing.
+ * non-overlapping [start, end) ranges with their rights and backing, in address order.
  */
 
 import { PROT_EXEC, PROT_READ, PROT_WRITE } from '../trace/types.js';
+import { VmaNode, VmaTree } from './vmatree.js';
 
 /** `PROT_*` bits, as mmap/mprotect take them (PROT_READ/WRITE/EXEC are the trace format's, the same Linux values). */
 export const PROT_NONE = 0;
@@ -18,12 +19,33 @@ export const VMA_FILE_SHARED = 2;
 /** Aliased-pdes: the read-only view of an arena area (see Kernel) */
 export const VMA_ALIAS = 3;
 
-/** A file of the guest OS model: its id, its path, and its page cache. */
+/**
+ * The read-ahead side of a file: its size, its pages marked PG_readahead (mm/readahead.c
+ * `page_cache_ra_unbounded`: `folio_set_readahead`), and `struct file_ra_state` (include/linux/fs.h: the window
+ * [start, start + size), its async tail, mmap_miss), which Linux keeps in the open file (`file->f_ra`) and this
+ * model in its file object (the model has no open files apart from its files).
+ */
+export interface FileReadahead {
+  /**
+   * The file's size in pages (i_size): the model's files have no length of their own, so a file is as long as
+   * the furthest page an area mapped of it (an access past EOF would be SIGBUS, which the model never has).
+   */
+  filePages: number;
+  readonly marked: Set<number>;
+  start: number;
+  size: number;
+  asyncSize: number;
+  mmapMiss: number;
+}
+
+/** A file of the guest OS model: its id, its path, its page cache and its read-ahead state. */
 export interface FileObject {
   readonly id: number;
   readonly path: string;
   /** The page cache: file page index -> frame. */
   readonly pages: Map<number, number>;
+  /** Read-ahead (Linux `file->f_ra` and the page cache's PG_readahead marks). */
+  readonly ra: FileReadahead;
 }
 
 /** A virtual memory area (Linux `vm_area_struct`): `[start, end)`, its PROT_* rights, its backing (VMA_*), and its file and offset. */
@@ -32,6 +54,8 @@ export class Vma {
   owner: VmaList | null = null;
   /** Reported to `owner` since its last `mergeAdjacent`. */
   dirty = false;
+  /** The area's node in its list's tree (null when the list is an array, see VmaList, or the area in none). */
+  node: VmaNode<Vma> | null = null;
   private s: number;
   private e: number;
   private p: number;
@@ -135,84 +159,111 @@ function canMerge(p: Vma, v: Vma): boolean {
 }
 
 /**
- * A process's areas, sorted by address, with the last one found cached (Linux's `mm->mmap` and `vmacache`).
- * Searches are binary (Linux keeps the areas in a maple tree, lib/maple_tree.c, for the same reason): a
- * trace's exec may list 100,000 areas, and its mmap, munmap and mprotect events each touch a few of them.
+ * A process's areas in address order, with the last one found cached (Linux's `mm->mmap` and `vmacache`). The
+ * areas are a balanced tree that tracks the gaps between them (vmatree.ts; Linux keeps them in a maple tree,
+ * lib/maple_tree.c, for the same reason): a trace's exec may list 100,000 areas, and its mmap, munmap and
+ * mprotect events each touch a few of them; insert, remove, find and the gap search are O(log n).
  */
 export class VmaList {
-  readonly list: Vma[] = [];
+  private readonly tree = new VmaTree<Vma>();
+  /**
+   * The areas, once an empty one was inserted (an mmap of length 0 through the kernel's API; Linux refuses it
+   * with EINVAL, mm/mmap.c `do_mmap`, and so does the trace reader): splits can then leave them out of order by
+   * start, so until `clear` they are this array, in the order the tree had, and every operation scans it.
+   */
+  private linear: Vma[] | null = null;
   private last: Vma | null = null;
   /**
    * The areas inserted or changed since the last `mergeAdjacent`: after it no two adjacent areas can merge,
-   * so until then only a pair next to one of these can. `mergeAll`: a change not tracked area by area.
+   * so until then only a pair next to one of these can.
    */
   private readonly changed: Vma[] = [];
-  private mergeAll = false;
-  /**
-   * Set once an empty area was inserted (an mmap of length 0 through the kernel's API; Linux refuses it with
-   * EINVAL, mm/mmap.c `do_mmap`, and so does the trace reader). Splits can then leave the list out of order by
-   * start, so until `clear` every operation scans the whole list, as it always did.
-   */
-  private linear = false;
   /** Areas looked at by the searches, a cost counter (tests): O(log n) an operation, plus the areas it returns or changes. */
-  steps = 0;
+  private ownSteps = 0;
+
+  get steps(): number {
+    return this.ownSteps + this.tree.steps;
+  }
+  set steps(n: number) {
+    this.ownSteps = n;
+    this.tree.steps = 0;
+  }
+
+  /** The areas in address order (a copy, but for a list that holds an empty area). */
+  get list(): readonly Vma[] {
+    return this.linear ?? this.tree.toArray();
+  }
+
+  /** The number of areas. */
+  get size(): number {
+    return this.linear === null ? this.tree.size : this.linear.length;
+  }
 
   /** Removes every area (exec, exit). */
   clear(): void {
-    this.list.length = 0;
+    if (this.linear === null) for (const v of this.tree.toArray()) v.node = null;
+    this.tree.root = null;
+    this.tree.size = 0;
+    this.linear = null;
     this.last = null;
     for (const v of this.changed) v.dirty = false;
     this.changed.length = 0;
-    this.mergeAll = false;
-    this.linear = false;
+  }
+
+  /** Takes every area of `from`, which is left empty (exec: the old address space is torn down apart). */
+  adopt(from: VmaList): void {
+    this.clear();
+    const areas = from.list.slice();
+    const linear = from.linear !== null;
+    from.clear();
+    if (linear) this.linear = areas;
+    for (const v of areas) {
+      v.owner = this;
+      if (!linear) this.tree.insert((v.node = new VmaNode(v)));
+    }
   }
 
   /** Notes that `vma`, an area of this list, was inserted or changed (its setters call this). */
   touch(vma: Vma): void {
-    if (vma.end <= vma.start) this.linear = true;
+    if (vma.end <= vma.start) this.makeLinear();
+    const n = vma.node;
+    if (this.linear === null && n !== null) {
+      // its gap, and the gap of the area after it
+      this.tree.updateGap(n);
+      const after = this.tree.next(n);
+      if (after !== null) this.tree.updateGap(after);
+    }
+    this.track(vma);
+  }
+
+  /** Notes `vma` in `changed` (once). */
+  private track(vma: Vma): void {
     if (vma.dirty) return;
     vma.dirty = true;
     this.changed.push(vma);
   }
 
-  /** The index of the first area that starts at or above `va` (the areas are sorted by start). */
-  private lowerStart(va: number): number {
-    const a = this.list;
-    let lo = 0;
-    let hi = a.length;
-    while (lo < hi) {
-      this.steps++;
-      const mid = (lo + hi) >> 1;
-      if (a[mid]!.start < va) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
-  }
-
-  /**
-   * The index from which a scan of the areas that end above `va` may start: every area before it ends at or
-   * below `va`. The areas below `va` do not overlap, so only the last non-empty one can reach past it.
-   */
-  private firstEndingAbove(va: number): number {
-    const a = this.list;
-    const j = this.lowerStart(va);
-    let k = j - 1;
-    while (k >= 0 && a[k]!.end === a[k]!.start) k--;
-    return k >= 0 && a[k]!.end > va ? k : j;
-  }
-
-  /** The index of `vma` in the list, or -1. */
-  private indexOf(vma: Vma): number {
-    const a = this.list;
-    for (let i = this.lowerStart(vma.start); i < a.length && a[i]!.start === vma.start; i++) if (a[i] === vma) return i;
-    return -1;
+  /** Makes the areas an array (an empty area was inserted): the order stays. */
+  private makeLinear(): void {
+    if (this.linear !== null) return;
+    const a = this.tree.toArray();
+    for (const v of a) v.node = null;
+    this.tree.root = null;
+    this.tree.size = 0;
+    this.linear = a;
   }
 
   /** The area that contains `va`, or null. */
   find(va: number): Vma | null {
     const l = this.last;
     if (l !== null && va >= l.start && va < l.end) return l;
-    const a = this.list;
+    const a = this.linear;
+    if (a === null) {
+      const n = this.tree.lastStartBelow(va, true);
+      if (n === null || va >= n.vma.end) return null;
+      this.last = n.vma;
+      return n.vma;
+    }
     let lo = 0;
     let hi = a.length - 1;
     while (lo <= hi) {
@@ -228,36 +279,52 @@ export class VmaList {
     return null;
   }
 
+  /** The first area that starts at or above `va` (in address order), or null. */
+  firstFrom(va: number): Vma | null {
+    const a = this.linear;
+    if (a === null) {
+      const t = this.tree;
+      const p = t.lastStartBelow(va);
+      const n = p === null ? t.first() : t.next(p);
+      return n === null ? null : n.vma;
+    }
+    let best: Vma | null = null;
+    for (const v of a) {
+      this.ownSteps++;
+      if (v.start >= va && (best === null || v.start < best.start)) best = v;
+    }
+    return best;
+  }
+
   /**
-   * Whether any area intersects [start, end) (starts below `end` and ends above `start`). Of the areas that
-   * start below `end`, the last non-empty one ends the highest; empty ones after it are looked at on the way.
+   * Whether any area intersects [start, end) (starts below `end` and ends above `start`): of the areas that
+   * start below `end`, the last ends the highest.
    */
   intersects(start: number, end: number): boolean {
-    const a = this.list;
-    if (this.linear) {
-      this.steps += a.length;
-      for (const v of a) if (v.start < end && v.end > start) return true;
-      return false;
+    const a = this.linear;
+    if (a === null) {
+      const n = this.tree.lastStartBelow(end);
+      return n !== null && n.vma.end > start;
     }
-    for (let i = this.lowerStart(end) - 1; i >= 0; i--) {
-      this.steps++;
-      const v = a[i]!;
-      if (v.end > start) return true;
-      if (v.end > v.start) return false;
-    }
+    this.ownSteps += a.length;
+    for (const v of a) if (v.start < end && v.end > start) return true;
     return false;
   }
 
   /** Inserts `vma`, which must not overlap an existing area, after the areas that start below it. */
   insert(vma: Vma): void {
     if (this.intersects(vma.start, vma.end)) throw new Error(`vma [${vma.start.toString(16)}, ${vma.end.toString(16)}) overlaps an existing one`);
-    if (vma.end <= vma.start) this.linear = true;
-    let i = 0;
-    if (this.linear) while (i < this.list.length && this.list[i]!.start < vma.start) i++;
-    else i = this.lowerStart(vma.start);
-    this.list.splice(i, 0, vma);
+    if (vma.end <= vma.start) this.makeLinear();
+    const a = this.linear;
+    if (a === null)
+      this.tree.insert((vma.node = new VmaNode(vma))); // its gap and the next area's too
+    else {
+      let i = 0;
+      while (i < a.length && a[i]!.start < vma.start) i++;
+      a.splice(i, 0, vma);
+    }
     vma.owner = this;
-    this.touch(vma);
+    this.track(vma);
   }
 
   /**
@@ -267,70 +334,83 @@ export class VmaList {
   carve(start: number, end: number): Vma[] {
     this.last = null;
     const out: Vma[] = [];
-    for (let i = this.linear ? 0 : this.firstEndingAbove(start); i < this.list.length; i++) {
-      this.steps++;
-      const v = this.list[i]!;
-      if (v.end <= start) continue;
-      if (v.start >= end) {
-        if (this.linear) continue;
-        break; // and so do all the areas after it
+    const a = this.linear;
+    if (a === null) {
+      for (let n = this.tree.firstEndingAbove(start); n !== null; n = this.tree.next(n)) {
+        this.ownSteps++;
+        const v = n.vma;
+        if (v.start >= end) break; // and so do all the areas after it
+        if (v.start < start) {
+          this.split(v, start);
+          continue; // the right part is visited next
+        }
+        if (v.end > end) this.split(v, end);
+        out.push(v);
       }
+      return out;
+    }
+    for (let i = 0; i < a.length; i++) {
+      this.ownSteps++;
+      const v = a[i]!;
+      if (v.end <= start || v.start >= end) continue;
       if (v.start < start) {
-        this.split(i, start);
+        this.split(v, start, i);
         continue; // the right part is visited next
       }
-      if (v.end > end) this.split(i, end);
+      if (v.end > end) this.split(v, end, i);
       out.push(v);
     }
     return out;
   }
 
-  /** Splits the area at index `i` at `at`: the area keeps [start, at), a copy [at, end) follows it. */
-  private split(i: number, at: number): void {
-    const v = this.list[i]!;
+  /** Splits `v` (at index `i` of the array) at `at`: the area keeps [start, at), a copy [at, end) follows it. */
+  private split(v: Vma, at: number, i = -1): void {
     const right = v.clone();
     right.offset = v.offset + (at - v.start);
     right.start = at;
     v.end = at;
-    this.list.splice(i + 1, 0, right);
+    if (this.linear === null) this.tree.insert((right.node = new VmaNode(right)));
+    else this.linear.splice(i + 1, 0, right);
     right.owner = this;
-    this.touch(right);
+    this.track(right);
   }
 
-  /** Removes the given areas. */
+  /** Removes the given areas; the areas around each become neighbours (changed, for `mergeAdjacent`). */
   remove(areas: readonly Vma[]): void {
     this.last = null;
     if (areas.length === 0) return;
-    const a = this.list;
-    // carve returns adjacent areas in order: one splice; the areas around the gap are new neighbours.
-    const i = this.linear ? -1 : this.indexOf(areas[0]!);
-    let run = i >= 0 && i + areas.length <= a.length;
-    for (let k = 1; run && k < areas.length; k++) run = a[i + k] === areas[k];
-    if (run) {
-      a.splice(i, areas.length);
-      if (i > 0) this.touch(a[i - 1]!);
-      if (i < a.length) this.touch(a[i]!);
-    } else {
-      const gone = new Set(areas);
-      let j = 0;
-      for (let n = 0; n < a.length; n++) if (!gone.has(a[n]!)) a[j++] = a[n]!;
-      a.length = j;
-      this.mergeAll = true;
+    const a = this.linear;
+    if (a === null) {
+      for (const v of areas) {
+        const n = v.node;
+        if (n === null || v.owner !== this) continue;
+        const before = this.tree.prev(n);
+        const after = this.tree.next(n);
+        this.tree.remove(n);
+        v.node = null;
+        v.owner = null;
+        if (before !== null) this.touch(before.vma);
+        if (after !== null) this.touch(after.vma);
+      }
+      return;
     }
+    const gone = new Set(areas);
+    let j = 0;
+    for (let n = 0; n < a.length; n++) if (!gone.has(a[n]!)) a[j++] = a[n]!;
+    a.length = j;
     for (const v of areas) v.owner = null;
   }
 
   /**
    * Merges neighbours that continue each other with the same rights and backing (Linux `vma_merge`). Only
-   * the pairs next to an area changed since the last merge can merge (see `changed`); when many changed,
-   * one pass over the list.
+   * the pairs next to an area changed since the last merge can merge (see `changed`); an array, one pass.
    */
   mergeAdjacent(): void {
     this.last = null;
-    const a = this.list;
     const c = this.changed;
-    if (this.mergeAll || this.linear || c.length * 8 > a.length) {
-      this.steps += a.length;
+    const a = this.linear;
+    if (a !== null) {
+      this.ownSteps += a.length;
       let j = 0;
       for (let i = 0; i < a.length; i++) {
         const v = a[i]!;
@@ -344,43 +424,95 @@ export class VmaList {
       }
       a.length = j;
     } else {
-      // the left index of each pair next to a changed area, then those that can merge
-      const lefts: number[] = [];
+      // the left node of each pair next to a changed area that can merge, each once
+      const t = this.tree;
+      const lefts = new Set<VmaNode<Vma>>();
       for (const v of c) {
-        const i = this.indexOf(v);
-        if (i < 0) continue;
-        if (i > 0) lefts.push(i - 1);
-        if (i + 1 < a.length) lefts.push(i);
+        const n = v.node;
+        if (n === null || v.owner !== this) continue;
+        const before = t.prev(n);
+        const after = t.next(n);
+        this.ownSteps += 2;
+        if (before !== null && canMerge(before.vma, v)) lefts.add(before);
+        if (after !== null && canMerge(v, after.vma)) lefts.add(n);
       }
-      lefts.sort((x, y) => x - y);
-      const m: number[] = [];
-      for (let k = 0; k < lefts.length; k++) {
-        const l = lefts[k]!;
-        if ((k === 0 || l !== lefts[k - 1]) && canMerge(a[l]!, a[l + 1]!)) m.push(l);
+      // each run of mergeable pairs becomes its first area (a pair whose left area is the right one of another
+      // pair belongs to that pair's run): the runs first, then the merges
+      const runs: VmaNode<Vma>[][] = [];
+      for (const l of lefts) {
+        const before = t.prev(l);
+        if (before !== null && lefts.has(before)) continue;
+        const run = [l];
+        let n = l;
+        do {
+          n = t.next(n)!;
+          run.push(n);
+        } while (lefts.has(n));
+        runs.push(run);
       }
-      // each run of mergeable pairs l, l + 1, ... becomes its first area; from the right, so indices hold
-      for (let r = m.length - 1; r >= 0;) {
-        let l = r;
-        while (l > 0 && m[l - 1] === m[l]! - 1) l--;
-        const first = m[l]!;
-        const n = m[r]! - first + 1;
-        a[first]!.end = a[first + n]!.end;
-        for (const v of a.splice(first + 1, n)) v.owner = null;
-        r = l - 1;
+      for (const run of runs) {
+        run[0]!.vma.end = run[run.length - 1]!.vma.end;
+        for (let i = 1; i < run.length; i++) {
+          const n = run[i]!;
+          t.remove(n);
+          n.vma.node = null;
+          n.vma.owner = null;
+        }
       }
     }
     for (const v of c) v.dirty = false;
     c.length = 0;
-    this.mergeAll = false;
   }
 
-  /** The lowest free gap of `length` bytes at or above `from`, below `limit`; -1 if none. */
+  /**
+   * The highest free range of `length` bytes in [low, high): its start, -1 if none. The range is the top of the
+   * highest gap that has room (mm/mmap.c `unmapped_area_topdown`, align_mask 0): the gap above the last area
+   * that starts below `high`, if it ends at or below `high - length`, else the last gap at or before that area
+   * large enough, else the one below the first area.
+   */
+  findGapTopDown(low: number, length: number, high: number): number {
+    const top = high - length;
+    if (top < low) return -1;
+    const a = this.linear;
+    if (a === null) {
+      const t = this.tree;
+      const p = t.lastStartBelow(high);
+      if (p === null || p.vma.end <= top) return top;
+      const n = t.lastGapAtOrBefore(p, length);
+      const at = (n ?? t.first()!).vma.start - length;
+      return at >= low ? at : -1;
+    }
+    // an array, maybe out of order by start (an empty area): the range must end at or below the start of each
+    // area it meets (an area it meets ends above it, so it cannot start at or above that end)
+    let at = top;
+    for (;;) {
+      let end = Infinity;
+      for (const v of a) {
+        this.ownSteps++;
+        if (v.start < at + length && v.end > at) end = Math.min(end, v.start);
+      }
+      if (end === Infinity) return at;
+      at = end - length;
+      if (at < low) return -1;
+    }
+  }
+
+  /** The lowest free gap of `length` bytes at or above `from`, below `limit`; -1 if none (the bottom-up search, mm/mmap.c `unmapped_area`). */
   findGap(from: number, length: number, limit: number): number {
-    const a = this.list;
     let at = from;
-    for (let i = this.linear ? 0 : this.firstEndingAbove(from); i < a.length; i++) {
-      this.steps++;
-      const v = a[i]!;
+    const a = this.linear;
+    if (a === null) {
+      const t = this.tree;
+      const n = t.firstEndingAbove(from);
+      // areas from `n` on, each up against the one before it closer than `length`, push `at` to the last one's end
+      if (n !== null && n.vma.start < from + length) {
+        const g = t.firstGapAfter(n, length);
+        at = g === null ? t.last()!.vma.end : t.prev(g)!.vma.end;
+      }
+      return at + length <= limit ? at : -1;
+    }
+    for (const v of a) {
+      this.ownSteps++;
       if (v.end <= at) continue;
       if (v.start >= at + length) break;
       at = v.end;

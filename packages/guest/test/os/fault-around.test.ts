@@ -1,7 +1,6 @@
 import { MODE_LONG4, MODE_PAE, PAGE_SIZE, PT_ACCESSED, PT_PRESENT, PT_USER, PT_WRITABLE, type Vcpu } from '@vmexit/core';
 import { describe, expect, it } from 'vitest';
 import type { Kernel, Process } from '../../src/os/kernel.js';
-import { readaheadOf } from '../../src/os/filemap.js';
 import { HI_XD } from '../../src/os/pte.js';
 import { FAULT_COW, FAULT_FILE } from '../../src/os/stats.js';
 import { PROT_READ, PROT_WRITE, VMA_ANON, VMA_FILE_PRIVATE, VMA_FILE_SHARED, type FileObject } from '../../src/os/vma.js';
@@ -78,11 +77,11 @@ describe('fault-around (mm/memory.c do_fault_around, mm/filemap.c filemap_map_pa
     expect(k.frames.refcountOf(file.pages.get(9)!)).toBe(2);
   });
 
-  it('maps only pages in the page cache, and a faulting page that was not cached last (filemap_map_pages, then __do_fault and finish_fault)', () => {
+  it('maps only pages in the page cache, and a faulting page that was not cached last (filemap_map_pages, __do_fault, then the retry)', () => {
     const { k, v, p, file } = setup();
     // A file that misses much more than it hits (mm/filemap.c `do_sync_mmap_readahead`: mmap_miss past
     // MMAP_LOTSAMISS): a miss reads its page alone, no read-around, so the page cache can be sparse.
-    readaheadOf(file).mmapMiss = 1000;
+    file.ra.mmapMiss = 1000;
     cache(k, v, p, file, [0, 2, 4, 12]);
     const base = k.mmap(v, p, A, 16 * PAGE_SIZE, PROT_READ, VMA_FILE_SHARED, file, 0);
     k.tableFor(v, p, base, 1, true);
@@ -90,7 +89,8 @@ describe('fault-around (mm/memory.c do_fault_around, mm/filemap.c filemap_map_pa
     const misses = k.stats.pageCacheMisses;
     const log = recordStores(k, v);
     user(v, () => v.read(base + 7 * PAGE_SIZE, 4));
-    // Fault-around maps the cached 0, 2, 4 and 12; page 7 is read in (a miss) and mapped after them.
+    // Fault-around maps the cached 0, 2, 4 and 12; page 7 is read in (a miss: filemap_fault drops the mmap lock to
+    // read it, VM_FAULT_RETRY), and the retried fault's fault-around maps it after them (the others are present).
     expect(slots(k, log, pt)).toEqual([0, 2, 4, 12, 7].map((i) => [i, leaf(file, i)]));
     expect(k.stats.pageCacheMisses - misses).toBe(1);
     expect(k.inspectPte(p, base + 3 * PAGE_SIZE)!.lo).toBe(0);

@@ -138,7 +138,11 @@ describe('Linux fidelity', () => {
     const { k, v } = boot(MODE_LONG4);
     const p = k.createProcess(v, 'p');
     k.switchTo(v, p);
-    const base = k.mmap(v, p, null, 2 * PAGE_SIZE, RW, VMA_ANON);
+    // MAP_FIXED at a 512 GiB-aligned address: the page table, PD and PDPT freed are each added at the start of
+    // what they map (pte_free_tlb, pmd_free_tlb, pud_free_tlb), here base. At the top-down mmap(NULL) address,
+    // 0x7ffff7ffd000, they would be 0x7ffff7e00000, 0x7fffc0000000 and 0x7f8000000000: a range over 33 pages,
+    // a full flush, with or without the PROT_NONE pte.
+    const base = k.mmap(v, p, 0x7f0000000000, 2 * PAGE_SIZE, RW, VMA_ANON);
     user(v, () => v.write(base, 4, 1));
     k.mprotect(v, p, base, 2 * PAGE_SIZE, PROT_NONE);
     expect(k.inspectPte(p, base)!.lo & PT_PRESENT).toBe(0);
@@ -153,7 +157,11 @@ describe('Linux fidelity', () => {
     const { k, v } = boot(MODE_LONG4);
     const p = k.createProcess(v, 'p');
     k.switchTo(v, p);
-    const base = k.mmap(v, p, null, 4 * PAGE_SIZE, RW, VMA_ANON);
+    // MAP_FIXED at a 512 GiB-aligned address, so that the page table, PD and PDPT freed below are all added
+    // at the same address (pte_free_tlb, pmd_free_tlb, pud_free_tlb: the start of what each maps). At the
+    // top-down mmap(NULL) address, 0x7ffff7ffb000, they would be 0x7ffff7e00000, 0x7fffc0000000 and
+    // 0x7f8000000000: over 33 strides of 2 MiB apart, a full flush.
+    const base = k.mmap(v, p, 0x7f0000000000, 4 * PAGE_SIZE, RW, VMA_ANON);
     user(v, () => v.write(base, 4, 1));
     // The first page's area goes, but its page table stays for the rest of the area.
     k.munmap(v, p, base, PAGE_SIZE);

@@ -141,11 +141,14 @@ describe('pte stores', () => {
     });
 
     it('gives the child a page table for each of the parent page tables under an anonymous area, even one with no pte present', () => {
-      // A 4 MiB area across two page tables; a page is written in each, then the second one is unmapped: its
+      // A 4 MiB area (less a page) across two page tables; a page is written in each, then the second one is unmapped: its
       // page table stays (the rest of the area uses it) with no pte present. copy_pmd_range calls
       // copy_pte_range for every present parent PDE, and copy_pte_range allocates the child's page table
       // before it reads a pte: the child gets both page tables.
-      const { k, v, p, base } = setup(2 * 512);
+      // 1023 pages: mmap(NULL) puts the area's end at mmap_base, 0x7ffff7fff000, a page below a 2 MiB
+      // boundary (mmap.test.ts), so it starts at 0x7ffff7c00000, 2 MiB aligned, and spans two page tables.
+      const { k, v, p, base } = setup(2 * 512 - 1);
+      expect(base).toBe(0x7ffff7c00000);
       expect(base % MiB2).toBe(0);
       user(v, () => {
         v.write(base, 4, 1);
