@@ -1,5 +1,5 @@
 import { hexU64 as hex, PAGE_SIZE, PAGING_MODE_NAMES, pagingModeId, type PagingModeName } from '@vmexit/core';
-import { modeLayout } from './os/layout.js';
+import { modeLayout, type ModeLayout } from './os/layout.js';
 import { perSharedTrace } from './trace/shared.js';
 import type { VxtEvent, VxtProcess, VxtTrace } from './trace/types.js';
 
@@ -11,14 +11,48 @@ import type { VxtEvent, VxtProcess, VxtTrace } from './trace/types.js';
  * all of its events, before and after its execs. The map is built from what the tree uses: every range
  * of an mmap, munmap, mprotect and exec mapping (whole, so that each event stays one range), the heap
  * between the lowest and the highest break, and every page an access record touches. Overlapping or
- * touching ranges join into one region; the regions keep their sizes and their order, and each moves by
- * a multiple of 2 MiB (the span of a 64-bit page table), so that an address keeps its page offset and its
- * place in its page table, and a region covers as many page tables as it did. A gap between two regions
- * shrinks to at most 2 MiB (never to nothing: adjacent areas would merge).
+ * touching ranges join into one region; the regions keep their sizes and their order.
+ *
+ * The goal is that the guest builds the page tables the recorded process had: regions that shared a table
+ * at some level share one after relocation, regions that did not do not, and each address keeps its offset
+ * in its tables (the same ptes are written at the same indices). A table spans its entries times the span of
+ * an entry (SDM Vol. 3A §4.3-4.5): a page table 4 MiB in 32-bit paging (a PDE maps 4 MiB, §4.3) and 2 MiB
+ * with 8-byte entries (PAE, 4- and 5-level); a page directory 1 GiB (a PDPTE maps 1 GiB, §4.4, §4.5); a PDPT
+ * 512 GiB; a PML4 256 TiB. The top table (the 32-bit PD, the PAE PDPT, the PML4, the PML5) is one per process.
+ *
+ * The regions are packed by blocks of one size (the group's `align`): the largest power of two, from the
+ * span of a page table up, by which the packed regions fit the user space. A run of regions each of which
+ * begins in the block where the one before ends keeps its distances; each run moves by a multiple of the
+ * block into the block after the one where the run before ends (the one after that when it would touch it:
+ * adjacent areas would merge), at its recorded offset in its block. Every table span is a power of two, so
+ * every table of at most `align` bytes is kept: the regions in one are in one after relocation, those in
+ * different ones are in different ones, and the address bits under `align` are as recorded (the indices
+ * in those tables, and the slot of each page in core's TLB, which is indexed by the low bits of the page
+ * number). On kbuild that is 1 GiB in pae and legacy32 (in pae the recorded page directories are kept).
+ *
+ * Above `align` the guest's user space is too small for the recorded layout: runs recorded under different
+ * tables larger than `align` (in pae, more runs of 1 GiB than the 3 user page directories) share one, so
+ * the guest has fewer such tables than the recording had, and a run can straddle a boundary of one that it
+ * did not straddle. When even packing by page tables does not fit, the tree is refused (`too-big`).
  */
 
-/** A region moves by a multiple of this: the span of one page table of 4-level paging (2 MiB). */
-export const RELOCATION_ALIGN = 2 * 1024 * 1024;
+/** What relocation needs of a paging mode (its layout, os/layout.ts). */
+export type RelocationSpace = Pick<ModeLayout, 'userLimit' | 'top' | 'shift' | 'entries'>;
+
+/**
+ * The spans of a mode's tables below the top, ascending: `entries` entries of `2^shift[L]` bytes at each
+ * level L < top (4 MiB in 32-bit paging; 2 MiB, 1 GiB, 512 GiB, 256 TiB with 8-byte entries). A bare user
+ * limit is taken as that of a mode with 8-byte entries (PAE, 4- or 5-level paging): its tables under the limit.
+ */
+export function tableSpans(space: RelocationSpace | number): number[] {
+  const spans: number[] = [];
+  if (typeof space === 'number') {
+    for (let s = 2 ** 21; s < space; s *= 512) spans.push(s);
+    return spans;
+  }
+  for (let level = 1; level < space.top; level++) spans.push(space.entries * 2 ** space.shift[level]!);
+  return spans;
+}
 
 /** One region of a process tree's addresses: `[from, from + length)` replays at `[to, to + length)`. */
 export interface RelocationRegion {
@@ -37,6 +71,12 @@ export interface RelocationGroup {
   readonly span: number;
   /** The bytes the regions cover. */
   readonly bytes: number;
+  /**
+   * The block the regions were packed by (each moves by a multiple of it, a power of two): which regions
+   * share a table of this span or a smaller one is as recorded (2 or 4 MiB: page tables; 1 GiB: page
+   * directories too). The largest power of two under the user limit when the tree fits as recorded.
+   */
+  readonly align: number;
 }
 
 /** How a trace was relocated for a user space of `userLimit` bytes (in a run's JSON as `relocation`). */
@@ -144,30 +184,43 @@ function usedRanges(trace: VxtTrace, tree: readonly VxtProcess[]): number[] {
   return out;
 }
 
-/** Places the ranges (bytes `[s, e)` pairs) from `first` on; returns the regions. */
-function place(ranges: readonly number[], first: number): RelocationRegion[] {
-  const A = RELOCATION_ALIGN;
+/**
+ * Places the ranges (bytes `[s, e)` pairs) from `first` on (congruent to the first range's start modulo
+ * `span`), by blocks of `span` bytes: a range that begins in the block where the one before ends keeps its
+ * distance from it; any other goes to the block after the one where the region before ends (the one after
+ * that when it would touch the region), at its recorded offset in its block.
+ */
+function place(ranges: readonly number[], first: number, span: number): RelocationRegion[] {
   const regions: RelocationRegion[] = [];
+  let delta = 0;
   let end = 0;
   for (let k = 0; k < ranges.length; k += 2) {
     const from = ranges[k]!;
     const length = ranges[k + 1]! - from;
     let to: number;
     if (k === 0) to = first;
+    else if (Math.floor(from / span) === Math.floor((ranges[k - 1]! - 1) / span)) to = from + delta;
     else {
-      // The lowest address above the previous region's end (a gap of at least a page) that is congruent
-      // to `from` modulo 2 MiB: the original gap when it is under 2 MiB, else a gap of (0, 2 MiB].
-      const rem = (((from - end) % A) + A) % A;
-      to = end + (rem === 0 ? A : rem);
+      to = (Math.floor((end - 1) / span) + 1) * span + (from % span);
+      if (to === end) to += span;
     }
+    delta = to - from;
     regions.push({ from, to, length });
     end = to + length;
   }
   return regions;
 }
 
-/** Plans the relocation of `trace` into a user space of `userLimit` bytes. */
-export function planRelocation(trace: VxtTrace, userLimit: number): RelocationPlan {
+/**
+ * Plans the relocation of `trace` into the user space of a paging mode: its layout (a bare user limit is
+ * taken as that of a mode with 8-byte entries: see `tableSpans`).
+ */
+export function planRelocation(trace: VxtTrace, space: RelocationSpace | number): RelocationPlan {
+  const userLimit = typeof space === 'number' ? space : space.userLimit;
+  // The blocks to pack by: powers of two from the span of a page table to the largest under the user limit.
+  const smallest = tableSpans(space)[0] ?? PAGE_SIZE;
+  let largest = smallest;
+  while (largest * 2 < userLimit) largest *= 2;
   // One pass over the pages and events first: a trace that fits as recorded (every 64-bit trace on a 4- or
   // 5-level guest) needs no ranges (collecting them costs seconds on a trace of 33 M records).
   if (traceHighestAddress(trace) <= userLimit) return { kind: 'fits' };
@@ -181,25 +234,36 @@ export function planRelocation(trace: VxtTrace, userLimit: number): RelocationPl
     let bytes = 0;
     for (let k = 0; k < ranges.length; k += 2) bytes += ranges[k + 1]! - ranges[k]!;
     if (ranges.length === 0) {
-      groups.push({ pids, regions: [], span: 0, bytes: 0 });
+      groups.push({ pids, regions: [], span: 0, bytes: 0, align: largest });
       continue;
     }
     const highest = ranges[ranges.length - 1]!;
-    let regions: RelocationRegion[];
+    let regions: RelocationRegion[] | null = null;
+    let align = largest;
     if (highest <= userLimit) {
       regions = [];
       for (let k = 0; k < ranges.length; k += 2) regions.push({ from: ranges[k]!, to: ranges[k]!, length: ranges[k + 1]! - ranges[k]! });
     } else {
       moved = true;
-      // The lowest region stays where it is when the rest then fits, else it moves down to its offset in 2 MiB.
-      regions = place(ranges, ranges[0]!);
-      const last = regions[regions.length - 1]!;
-      if (last.to + last.length > userLimit) regions = place(ranges, ranges[0]! % RELOCATION_ALIGN);
+      // By the largest blocks first; at each size the lowest region stays where it is when the rest then
+      // fits, else it moves down to its offset in its block. Refused when even page tables do not fit.
+      for (let size = largest; size >= smallest && regions === null; size /= 2) {
+        align = size;
+        for (const first of [ranges[0]!, ranges[0]! % align]) {
+          const r = place(ranges, first, align);
+          const end = r[r.length - 1]!;
+          if (end.to + end.length <= userLimit) {
+            regions = r;
+            break;
+          }
+        }
+      }
+      regions ??= place(ranges, ranges[0]! % align, align);
     }
     const last = regions[regions.length - 1]!;
     const span = last.to + last.length - regions[0]!.to;
     if (last.to + last.length > userLimit) misfits.push({ pids, bytes, span, highest });
-    groups.push({ pids, regions, span, bytes });
+    groups.push({ pids, regions, span, bytes, align });
   }
   if (misfits.length > 0) return { kind: 'too-big', misfits };
   return moved ? { kind: 'relocated', relocation: { userLimit, groups } } : { kind: 'fits' };
@@ -277,7 +341,7 @@ export interface TraceFit {
 export function traceFit(trace: VxtTrace): TraceFit[] {
   return PAGING_MODE_NAMES.map((mode): TraceFit => {
     const userLimit = modeLayout(pagingModeId(mode)).userLimit;
-    const plan = planRelocation(trace, userLimit);
+    const plan = planRelocation(trace, modeLayout(pagingModeId(mode)));
     if (plan.kind === 'fits') return { mode, userLimit, replay: 'as-recorded' };
     if (plan.kind === 'relocated') return { mode, userLimit, replay: 'relocated', groups: plan.relocation.groups };
     return { mode, userLimit, replay: 'too-big', misfits: plan.misfits };

@@ -1,12 +1,43 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { RELOCATION_ALIGN, planRelocation, relocateTrace, traceFit, type TraceRelocation } from '../src/relocate.js';
+import { MODE_LEGACY32, MODE_LONG4, MODE_PAE } from '@vmexit/core';
+import { modeLayout } from '../src/os/layout.js';
+import { planRelocation, relocateTrace, tableSpans, traceFit, type RelocationRegion, type TraceRelocation } from '../src/relocate.js';
 import { runWorkload } from '../src/run.js';
 import type { VxtEvent, VxtProcess, VxtTrace } from '../src/trace/types.js';
 import { WorkloadError } from '../src/workloads/params.js';
 
 const MEM = 16 * 1024 * 1024;
 const PAE_USER = 0xc0000000;
+const MiB = 2 ** 20;
+const GiB = 2 ** 30;
+
+/** The relocated regions of the one process tree of `plan`, and the table span it was packed by. */
+function placed(plan: ReturnType<typeof planRelocation>): { to: number[]; align: number } {
+  if (plan.kind !== 'relocated') throw new Error(`relocated expected, got ${plan.kind}`);
+  const g = plan.relocation.groups[0]!;
+  return { to: g.regions.map((r) => r.to), align: g.align };
+}
+
+/** The table of `span` bytes that holds `address`. */
+const table = (address: number, span: number): number => Math.floor(address / span);
+
+/**
+ * For each pair of regions (the last page of the lower, the first of the upper): whether they are in the same
+ * table of `span` bytes, as recorded and as relocated (the two lists are equal when relocation keeps the sharing).
+ */
+function sharing(regions: readonly RelocationRegion[], span: number): { recorded: boolean[]; relocated: boolean[] } {
+  const recorded: boolean[] = [];
+  const relocated: boolean[] = [];
+  for (let i = 0; i < regions.length; i++)
+    for (let j = i + 1; j < regions.length; j++) {
+      const a = regions[i]!;
+      const b = regions[j]!;
+      recorded.push(table(a.from + a.length - 1, span) === table(b.from, span));
+      relocated.push(table(a.to + a.length - 1, span) === table(b.to, span));
+    }
+  return { recorded, relocated };
+}
 
 /** A trace of processes given as (pid, parent, events, pages); records are loads, in process order. */
 function trace(procs: { pid: number; parent: number; events: VxtEvent[]; pages: number[] }[]): VxtTrace {
@@ -50,27 +81,34 @@ describe('planRelocation', () => {
     expect(planRelocation(VALGRIND, 2 ** 47 - 4096)).toEqual({ kind: 'fits' });
   });
 
-  it('moves the regions of a 64-bit process into 3 GiB: same sizes, same order, the first in place, 2 MiB-congruent', () => {
-    const plan = planRelocation(VALGRIND, PAE_USER);
+  it('moves the regions of a 64-bit process into 3 GiB: same sizes, same order, by page directories (pae)', () => {
+    const plan = planRelocation(VALGRIND, modeLayout(MODE_PAE));
     expect(plan.kind).toBe('relocated');
     const groups = (plan as { relocation: TraceRelocation }).relocation.groups;
     // Four regions: the exe [0x108000, 0x10a000); the mmap [0x4835000, 0x4838000); the munmap page
-    // 0x1ffeff0000 and the stack page 0x1fff000000, 64 KiB apart, kept as two regions with their gap.
-    // The exe stays; the mmap keeps its gap (under 2 MiB? no: 71 MiB, so it comes down to the first
-    // address congruent to 0x4835000 mod 2 MiB above 0x10a000: 0x235000); the stack pages likewise.
+    // 0x1ffeff0000 and the stack page 0x1fff000000, 64 KiB apart. The first two are in the first GiB (one
+    // page directory, PDPTE 0), the last two in GiB 0x7f (0x1ffeff0000 >> 30): two runs of 1 GiB, which fit
+    // the 3 user GiBs of PAE. The first run stays; the second goes to GiB 1 at its offset in its GiB,
+    // 0x1ffeff0000 - 0x7f * 2^30 = 0x3eff0000: 0x7eff0000, and the stack 0x10000 above it at 0x7f000000.
+    // (By 2 GiB it would go to 0x80000000 + 0x7eff0000, past 3 GiB.)
+    // (Before: packed by 2 MiB, to 0x108000, 0x235000, 0x3f0000, 0x400000: one page directory where the
+    // recording had two, and the mmap and the munmap page in one page table.)
     expect(groups).toEqual([
       {
         pids: [1],
         regions: [
           { from: 0x108000, to: 0x108000, length: 0x2000 },
-          { from: 0x4835000, to: 0x235000, length: 0x3000 },
-          { from: 0x1ffeff0000, to: 0x3f0000, length: 0x1000 },
-          { from: 0x1fff000000, to: 0x400000, length: 0x1000 },
+          { from: 0x4835000, to: 0x4835000, length: 0x3000 },
+          { from: 0x1ffeff0000, to: 0x7eff0000, length: 0x1000 },
+          { from: 0x1fff000000, to: 0x7f000000, length: 0x1000 },
         ],
-        span: 0x400000 + 0x1000 - 0x108000,
+        span: 0x7f000000 + 0x1000 - 0x108000,
         bytes: 0x7000,
+        align: GiB,
       },
     ]);
+    // A bare user limit is taken as that of a mode with 8-byte entries: PAE here.
+    expect(planRelocation(VALGRIND, PAE_USER)).toEqual(plan);
   });
 
   it('gives a fork child its parent map (one map per process tree), and a separate tree its own', () => {
@@ -89,6 +127,9 @@ describe('planRelocation', () => {
   it('refuses a tree whose regions do not fit, with the sizes, and says which modes can replay it', () => {
     const t = trace([{ pid: 1, parent: 0, events: [exec(1, 0x108000, 0x1000), mmap(0x10000000, 2 ** 32)], pages: [0x108] }]);
     const plan = planRelocation(t, PAE_USER);
+    // Packed by page directories the mmap stays in the exe's (both begin in GiB 0) and ends at 0x110000000;
+    // by page tables it goes to the next 2 MiB after the exe's, 0x200000 (its offset in 2 MiB is 0): it
+    // ends at 0x200000 + 2^32, past 3 GiB as well.
     expect(plan).toEqual({ kind: 'too-big', misfits: [{ pids: [1], bytes: 2 ** 32 + 0x1000, span: 2 ** 32 + 0x200000 - 0x108000, highest: 0x110000000 }] });
     let err: unknown = null;
     try {
@@ -109,12 +150,91 @@ describe('planRelocation', () => {
   });
 });
 
+describe('planRelocation (tables shared as recorded)', () => {
+  /**
+   * VALGRIND with an mmap of `length` bytes at 0x4835000 instead of 0x3000: so large that the regions fit
+   * 3 GiB only packed by small blocks.
+   */
+  const big = (length: number): VxtTrace =>
+    trace([
+      {
+        pid: 1,
+        parent: 0,
+        events: [exec(1, 0x108000, 0x2000), mmap(0x4835000, length), { type: 'munmap', at: 0, start: 0x1ffeff0000, length: 0x1000 }],
+        pages: [0x108, 0x4836, 0x1fff000],
+      },
+    ]);
+
+  it('keeps regions recorded in different page tables in different ones, packed by page tables (pae)', () => {
+    const plan = planRelocation(big(0xbf4cb000), modeLayout(MODE_PAE));
+    // The mmap [0x4835000, 0xc3d00000); the munmap page 0x1ffeff0000 (offset 0x1f0000 in its 2 MiB, 0xfff7f)
+    // and the stack page 0x1fff000000 (offset 0, in the 2 MiB 0xfff80): each region in a page table of its
+    // own. By 2 MiB the exe stays, the mmap goes to 2 MiB 1 at its offset 0x35000: [0x235000, 0xbf700000);
+    // the munmap page to the next 2 MiB, 0xbf800000 + 0x1f0000 = 0xbf9f0000; the stack page to the next,
+    // 0xbfa00000, and ends under 3 GiB. By 4 MiB the mmap would end at 0x435000 + 0xbf4cb000 = 0xbf900000,
+    // the munmap page go to 0xbfc00000 + 0x3f0000 and the stack page to 0xc0000000: past 3 GiB.
+    // (Before: the munmap page went to the lowest address above 0xbf700000 with its offset in 2 MiB,
+    // 0xbf7f0000, in the mmap's last page table, and the stack page to 0xbf800000.)
+    expect(placed(plan)).toEqual({ to: [0x108000, 0x235000, 0xbf9f0000, 0xbfa00000], align: 2 * MiB });
+    const s = sharing((plan as { relocation: TraceRelocation }).relocation.groups[0]!.regions, 2 * MiB);
+    expect(s.relocated).toEqual(s.recorded);
+  });
+
+  it('keeps regions recorded in different 4 MiB page tables in different ones in legacy32 (a PDE maps 4 MiB)', () => {
+    const plan = planRelocation(big(0xbf2cb000), modeLayout(MODE_LEGACY32));
+    // 32-bit paging has one table below the top, the page table, of 4 MiB (SDM Vol. 3A §4.3). By 4 MiB the
+    // exe stays; the mmap (offset 0x35000 in its 4 MiB) goes to 0x435000 and ends at 0xbf700000; the munmap
+    // page (offset 0x3f0000) to the next 4 MiB, 0xbf800000 + 0x3f0000 = 0xbfbf0000; the stack page (offset
+    // 0) to the next, 0xbfc00000. By 8 MiB the mmap would end at 0x835000 + 0xbf2cb000 = 0xbfb00000 and the
+    // munmap page go to 0xc0000000 + 0x7f0000: past 3 GiB.
+    // (Before: packed by 2 MiB, the mmap went to 0x235000, in the exe's page table [0, 4 MiB).)
+    expect(placed(plan)).toEqual({ to: [0x108000, 0x435000, 0xbfbf0000, 0xbfc00000], align: 4 * MiB });
+    const s = sharing((plan as { relocation: TraceRelocation }).relocation.groups[0]!.regions, 4 * MiB);
+    expect(s.relocated).toEqual(s.recorded);
+  });
+
+  it('keeps the page directories of a small 64-bit trace in legacy32 too (packed by 1 GiB)', () => {
+    // As in pae: by 2 GiB the munmap page would go to 0x80000000 + 0x7eff0000, past 3 GiB; by 1 GiB it goes
+    // to 0x7eff0000. (Before: 0x108000, 0x235000, 0x3f0000, 0x400000; the mmap and the munmap page in the
+    // exe's 4 MiB page table.)
+    expect(placed(planRelocation(VALGRIND, modeLayout(MODE_LEGACY32)))).toEqual({ to: [0x108000, 0x4835000, 0x7eff0000, 0x7f000000], align: GiB });
+  });
+
+  it('never lets a region touch the one before: at an offset of 0 after a region that ends on a block boundary, one block more', () => {
+    const t = trace([{ pid: 1, parent: 0, events: [exec(1, 0x108000, 0x80000000 - 0x108000), mmap(0x1000000000, 0x1000)], pages: [] }]);
+    // The exe ends at 2 GiB, a boundary of every block up to 2 GiB, and the mmap is at offset 0 in each: it
+    // would touch the exe (an mmap adjacent to the exe's area could merge with it), so it goes one block
+    // further: by 2 GiB and 1 GiB to 0x100000000 and 0xc0000000, past 3 GiB; by 512 MiB to 0xa0000000.
+    // (Before: 0x80200000.)
+    expect(placed(planRelocation(t, modeLayout(MODE_LEGACY32)))).toEqual({ to: [0x108000, 0xa0000000], align: 512 * MiB });
+  });
+
+  it('keeps the page directories and PDPTs of a 57-bit trace replayed in long4', () => {
+    const t = trace([{ pid: 1, parent: 0, events: [exec(1, 0x108000, 0x2000), mmap(0x7ffff7a00000, 0x1000), mmap(0xffffffff000000, 0x1000)], pages: [] }]);
+    // The user space is 2^47 - 4 KiB: blocks of up to 2^46. By 2^46 the mmap stays (block 1) and the last
+    // region (block 0x3ff) would go to block 2, 2^47: past it. By 2^45 the mmap (block 3, offset
+    // 0x1ffff7a00000) goes to block 1: 0x3ffff7a00000; the last (block 0x7ff, offset 0x1fffff000000) to
+    // block 2: 0x5fffff000000. Everything under 32 TiB is as recorded: page tables, PDs, PDPTs and their indices.
+    expect(placed(planRelocation(t, modeLayout(MODE_LONG4)))).toEqual({ to: [0x108000, 0x3ffff7a00000, 0x5fffff000000], align: 2 ** 45 });
+  });
+
+  it('tableSpans: the tables below the top of each mode, and those of 8-byte entries under a bare limit', () => {
+    expect(tableSpans(modeLayout(MODE_LEGACY32))).toEqual([4 * MiB]);
+    expect(tableSpans(modeLayout(MODE_PAE))).toEqual([2 * MiB, GiB]);
+    expect(tableSpans(modeLayout(MODE_LONG4))).toEqual([2 * MiB, GiB, 2 ** 39]);
+    expect(tableSpans(PAE_USER)).toEqual([2 * MiB, GiB]);
+  });
+});
+
 describe('relocateTrace', () => {
   it('maps accesses and events by their region, and leaves the input trace unchanged', () => {
     const plan = planRelocation(VALGRIND, PAE_USER) as { relocation: TraceRelocation };
     const r = relocateTrace(VALGRIND, plan.relocation);
-    expect([...r.accesses.page]).toEqual([0x108, 0x236, 0x400, 0x109]);
-    expect(r.processes[0]!.events.map((e) => ('start' in e ? e.start : 'mappings' in e ? e.mappings[0]!.start : null))).toEqual([0x108000, 0x235000, 0x3f0000]);
+    // The regions of the pae test above: the exe and the mmap stay, 0x1ffeff0000 -> 0x7eff0000, 0x1fff000000 -> 0x7f000000.
+    expect([...r.accesses.page]).toEqual([0x108, 0x4836, 0x7f000, 0x109]);
+    expect(r.processes[0]!.events.map((e) => ('start' in e ? e.start : 'mappings' in e ? e.mappings[0]!.start : null))).toEqual([
+      0x108000, 0x4835000, 0x7eff0000,
+    ]);
     expect([...VALGRIND.accesses.page]).toEqual([0x108, 0x4836, 0x1fff000, 0x109]);
   });
 
@@ -128,7 +248,7 @@ describe('relocateTrace', () => {
     }
   });
 
-  it('keeps page offsets, order and sizes, and maps each tree one-to-one (property)', () => {
+  it('keeps page offsets, order, sizes and the tables regions share, and maps each tree one-to-one (property)', () => {
     const region = fc.record({ gapPages: fc.integer({ min: 1, max: 2 ** 26 }), pages: fc.integer({ min: 1, max: 64 }) });
     fc.assert(
       fc.property(fc.array(region, { minLength: 1, maxLength: 12 }), fc.integer({ min: 1, max: 2 ** 20 }), (regions, firstPage) => {
@@ -149,28 +269,36 @@ describe('relocateTrace', () => {
             pages,
           },
         ]);
-        const plan = planRelocation(t, PAE_USER);
+        const plan = planRelocation(t, modeLayout(MODE_PAE));
+        const bytes = maps.reduce((s, m) => s + m.length, 0);
         if (plan.kind === 'too-big') {
-          // Refused only when packing cannot fit: the regions with gaps of at most 2 MiB each exceed 3 GiB.
-          const bytes = maps.reduce((s, m) => s + m.length, 0);
-          expect(bytes + (maps.length - 1) * RELOCATION_ALIGN + (maps[0]!.start % RELOCATION_ALIGN)).toBeGreaterThan(PAE_USER);
+          // Refused only when packing by page tables cannot fit: each gap then is under two page tables
+          // (the next table after the one where the region before ends, at an offset under 2 MiB).
+          expect(bytes + (maps.length - 1) * 4 * MiB + (maps[0]!.start % (2 * MiB))).toBeGreaterThan(PAE_USER);
           return;
         }
         if (plan.kind === 'fits') {
           expect((at - regions[regions.length - 1]!.gapPages) * 4096).toBeLessThanOrEqual(PAE_USER);
           return;
         }
-        const rs = plan.relocation.groups[0]!.regions;
+        const g = plan.relocation.groups[0]!;
+        const rs = g.regions;
+        // Which regions share a page table is as recorded, and which share a page directory when packed by 1 GiB or more.
+        for (const span of [2 * MiB, GiB].filter((x) => x === 2 * MiB || x <= g.align)) {
+          const sh = sharing(rs, span);
+          expect(sh.relocated).toEqual(sh.recorded);
+        }
+        expect(Number.isInteger(Math.log2(g.align)) && g.align >= 2 * MiB && g.align < PAE_USER).toBe(true);
         for (let i = 0; i < rs.length; i++) {
           const r = rs[i]!;
-          expect(Math.abs((r.to - r.from) % RELOCATION_ALIGN)).toBe(0); // offsets in the page and in its 2 MiB kept
+          expect(Math.abs((r.to - r.from) % g.align)).toBe(0); // offsets in the page and in its tables kept
           expect(r.to).toBeGreaterThanOrEqual(0);
           expect(r.to + r.length).toBeLessThanOrEqual(PAE_USER);
           if (i > 0) {
             const p = rs[i - 1]!;
             expect(r.from).toBeGreaterThan(p.from + p.length); // regions are disjoint and not touching
             expect(r.to).toBeGreaterThan(p.to + p.length); // order kept, never touching after either
-            expect(r.to - (p.to + p.length)).toBeLessThanOrEqual(Math.min(r.from - (p.from + p.length), RELOCATION_ALIGN));
+            expect(r.to - (p.to + p.length)).toBeLessThanOrEqual(r.from - (p.from + p.length)); // gaps never grow
           }
         }
         // Sizes kept: each mapping is inside one region, with its length, and maps to a distinct place.
