@@ -2,7 +2,7 @@ import { statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ACC_FETCH, ACC_READ, ACC_WRITE, GuestAbort, PAGE_SIZE } from '@vmexit/core';
-import { PROT_READ, VMA_ANON, VMA_FILE_PRIVATE, VMA_FILE_SHARED, type AreaSpec, type Kernel } from './os/kernel.js';
+import { PROT_READ, VMA_ANON, VMA_FILE_PRIVATE, VMA_FILE_SHARED, type AreaSpec, type Kernel, type Process } from './os/kernel.js';
 import type { Program, Task, TaskRunner } from './os/tasks.js';
 import { decodeVxt, readVxtFile } from './trace/vxt.js';
 import { sharedTraces } from './trace/shared.js';
@@ -79,7 +79,7 @@ export class ReplayStats {
  * its timed window opens (planning scans every record, and a relocation rewrites them).
  */
 export function prepareReplay(kernel: Kernel, recorded: VxtTrace, stats: ReplayStats, name: string = recorded.source.command || 'trace'): VxtTrace {
-  const plan = planRelocation(recorded, kernel.layout.userLimit);
+  const plan = planRelocation(recorded, kernel.layout);
   if (plan.kind === 'too-big') throw new WorkloadError('bad-config', name, relocationRefusal(recorded, modeName(kernel.layout.mode), plan.misfits));
   if (plan.kind === 'relocated') {
     stats.relocation = plan.relocation;
@@ -91,9 +91,11 @@ export function prepareReplay(kernel: Kernel, recorded: VxtTrace, stats: ReplayS
 /**
  * Replays a VxtTrace, as `prepareReplay` gave it, on the OS model: each recorded process becomes a process
  * whose task runs its records in program order; its events become OS operations at their place (`at`): mmap,
- * munmap, mprotect, brk, fork (the child's task starts), exec (a new address space with the image's mappings),
- * exit. Each access record is one translation on the vCPU (`touch`); its `count` accesses are counted as
- * represented (the repeats are TLB hits on the page just translated).
+ * munmap, mprotect, brk, fork (the child's task starts), vfork (the child's task starts in the parent's address
+ * space, and the parent blocks until the child has exec'd or exited), wait (the task blocks until the child has
+ * exited), exec (a new address space with the image's mappings), exit. Each access record is one translation on
+ * the vCPU (`touch`); its `count` accesses are counted as represented (the repeats are TLB hits on the page just
+ * translated).
  */
 export function startReplay(kernel: Kernel, runner: TaskRunner, trace: VxtTrace, stats: ReplayStats, name: string = trace.source.command || 'trace'): void {
   const byPid = new Map<number, VxtProcess>();
@@ -113,17 +115,31 @@ function* replayProcess(t: Task, tp: VxtProcess, trace: VxtTrace, byPid: Readonl
   let ev = 0;
   let i = tp.recordStart;
   const end = tp.recordEnd;
+  /** The children this process forked, by recorded pid (for its wait events). */
+  const children = new Map<number, Process>();
   for (;;) {
     while (ev < events.length && events[ev]!.at <= i) {
       const e = events[ev++]!;
       if (e.type === 'exit') return;
+      if (e.type === 'wait') {
+        // Blocked in wait4 until the child has exited, as in the recording (the runner wakes it then).
+        const child = children.get(e.child);
+        if (child !== undefined) yield* t.wait(child);
+        continue;
+      }
+      let child: Process | null;
       try {
-        applyEvent(t, e, trace, byPid, stats, name);
+        child = applyEvent(t, e, trace, byPid, stats, name);
       } catch (x) {
         // A checked trace never gets here (decodeVxt checks the ranges, the replay the mode's limit): an
         // event the guest kernel refuses is bad input, named with the trace, the process and the event.
         if (!(x instanceof GuestAbort)) throw x;
         throw new TraceError('inconsistent', name, `pid ${tp.pid}: ${e.type} event ${ev - 1} (before record ${e.at}) cannot be replayed: ${x.message}`);
+      }
+      if (child !== null && e.type === 'fork') {
+        children.set(e.child, child);
+        // vfork: asleep until the child has exec'd or exited (its accesses before that run in this address space).
+        if (e.vfork === true) yield* t.vforkDone(child);
       }
     }
     if (i >= end) return;
@@ -153,15 +169,15 @@ function* replayProcess(t: Task, tp: VxtProcess, trace: VxtTrace, byPid: Readonl
   }
 }
 
-/** Applies one event of a process (not exit) to the OS model. */
+/** Applies one event of a process (not exit, not wait) to the OS model; for a fork, returns the child process. */
 function applyEvent(
   t: Task,
-  e: Exclude<VxtEvent, { type: 'exit' }>,
+  e: Exclude<VxtEvent, { type: 'exit' | 'wait' }>,
   trace: VxtTrace,
   byPid: ReadonlyMap<number, VxtProcess>,
   stats: ReplayStats,
   name: string,
-): void {
+): Process | null {
   const kernel = t.kernel;
   const v = t.vcpu;
   switch (e.type) {
@@ -170,31 +186,34 @@ function applyEvent(
       const backing = anon ? VMA_ANON : (e.flags & MAP_SHARED) !== 0 ? VMA_FILE_SHARED : VMA_FILE_PRIVATE;
       const file = anon ? null : kernel.file(e.file ?? `[fd@${e.start.toString(16)}]`);
       kernel.mmap(v, t.proc, e.start, e.length, e.prot, backing, file, e.offset);
-      return;
+      return null;
     }
     case 'munmap':
       kernel.munmap(v, t.proc, e.start, e.length);
-      return;
+      return null;
     case 'mprotect':
       kernel.mprotect(v, t.proc, e.start, e.length, e.prot);
-      return;
-    case 'brk':
-      if (t.proc.brkBase === 0 || t.proc.brkEnd === 0) {
-        t.proc.brkBase = e.result;
-        t.proc.brkEnd = e.result;
-      } else if (e.result !== t.proc.brkEnd) {
+      return null;
+    case 'brk': {
+      // The heap of the address space the process runs in (a vfork child's before its exec: its parent's).
+      const mm = t.proc.mm;
+      if (mm.brkBase === 0 || mm.brkEnd === 0) {
+        mm.brkBase = e.result;
+        mm.brkEnd = e.result;
+      } else if (e.result !== mm.brkEnd) {
         kernel.brk(v, t.proc, e.result);
       }
-      return;
+      return null;
+    }
     case 'fork': {
       const child = byPid.get(e.child);
       if (child === undefined) throw new TraceError('inconsistent', name, `pid ${e.parent}: forks pid ${e.child}, not in the trace`);
-      t.fork((c) => replayProcess(c, child, trace, byPid, stats, name));
-      return;
+      const program = (c: Task): Program => replayProcess(c, child, trace, byPid, stats, name);
+      return e.vfork === true ? t.vfork(program) : t.fork(program);
     }
     case 'exec':
       kernel.execAreas(v, t.proc, e.path, execAreas(kernel, e));
-      return;
+      return null;
   }
 }
 

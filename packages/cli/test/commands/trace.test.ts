@@ -43,7 +43,7 @@ describe('trace', () => {
       expect(d.collapse).toBe('class');
       // fetches: 2 + 1 + 2 (the crossing one) + 2 in pid 100, 2 in pid 101; stores: 2 + 1 in pid 100, 2 in pid 101
       expect(d.accessesByKind).toEqual({ fetch: 9, load: 2, store: 5, modify: 1 });
-      expect(d.events).toEqual({ mmap: 1, munmap: 1, mprotect: 1, brk: 2, fork: 1, exec: 2, exit: 2 });
+      expect(d.events).toEqual({ mmap: 1, munmap: 1, mprotect: 1, brk: 2, fork: 1, vfork: 0, wait: 0, exec: 2, exit: 2 });
       expect(d.tree).toEqual(['100 /bin/sh: 12 accesses, 9 records', '  101 /bin/true: 5 accesses, 5 records']);
       out = [];
       expect(await main(['trace', 'info', f])).toBe(0);
@@ -70,8 +70,8 @@ describe('trace', () => {
       expect(await main(['trace', 'info', f])).toBe(0);
       expect(out.join('')).toContain(
         'replay by paging mode (--mode):\n' +
-          '  legacy32 (user space 3.0 GiB): relocated: 1 process tree, 6 regions moved down (page offsets, order and sizes kept; largest span 5.0 MiB)\n' +
-          '  pae      (user space 3.0 GiB): relocated: 1 process tree, 6 regions moved down (page offsets, order and sizes kept; largest span 5.0 MiB)\n' +
+          '  legacy32 (user space 3.0 GiB): relocated: 1 process tree, 6 regions moved down (page offsets, order and sizes kept; largest span 2031.0 MiB)\n' +
+          '  pae      (user space 3.0 GiB): relocated: 1 process tree, 6 regions moved down (page offsets, order and sizes kept; largest span 2031.0 MiB)\n' +
           '  long4    (user space 128.0 TiB): as recorded\n',
       );
       // (32 MiB of guest RAM: the audit's cost is the boot's page tables, the trace itself is 17 accesses.)

@@ -24,6 +24,7 @@ import { inspectPte, tableFor } from './pgtable.js';
 import type { AreaSpec, ImageSpec, Process } from './process.js';
 import { KernelState, type KernelOptions, type Personality } from './state.js';
 import type { GuestEventLog, KernelStats } from './stats.js';
+import { doVfork, vforkExec, vforkExit } from './vfork.js';
 import type { FileObject } from './vma.js';
 
 /** Frames that boot warms through the direct map (256 MiB of RAM, see `Kernel.warm`). */
@@ -54,13 +55,19 @@ export class Kernel {
   readonly stats: KernelStats;
   readonly events: GuestEventLog;
   readonly personalities: ReadonlySet<Personality>;
-  /** The process each vCPU runs (null: idle, on the kernel-only tables). */
+  /**
+   * The address space each vCPU has loaded: the process whose tables CR3 holds (null: idle, on the kernel-only
+   * tables). It is the process the vCPU runs, except for a vfork child before its exec (it runs in its parent's
+   * space: `Process.mm`) and after such a child exited (the parent's space stays loaded).
+   */
   readonly current: (Process | null)[];
   readonly processes: Process[];
   /** Top table of init_mm (swapper_pg_dir): the kernel half only. */
   readonly idleRoot: number;
   readonly zeroFrame: number;
   private readonly k: KernelState;
+  /** The process each vCPU runs (null: none), whose space is `current` (`Process.mm`). */
+  private readonly running: (Process | null)[];
 
   constructor(machine: Machine, mode: number, options: KernelOptions = {}) {
     // Boot: the boot loader has put the kernel's initial page tables in RAM (KernelState writes them).
@@ -73,6 +80,7 @@ export class Kernel {
     this.events = k.events;
     this.personalities = k.personalities;
     this.current = k.current;
+    this.running = machine.vcpus.map(() => null);
     this.processes = k.processes;
     this.idleRoot = k.idleRoot;
     this.zeroFrame = k.zeroFrame;
@@ -143,15 +151,23 @@ export class Kernel {
     return this.syscall(v, () => newProcess(this.k, v, name, parent));
   }
 
-  /** Context switch: CR3 := the process's top table (the idle tables for null). */
+  /**
+   * Context switch to `proc` (null: idle): CR3 := the top table of its address space (`proc.mm`), unless the vCPU
+   * has that space loaded already, as when it switches between a parent and its vfork child (arch/x86/mm/tlb.c
+   * `switch_mm_irqs_off`: `prev == next` writes no CR3).
+   */
   switchTo(v: Vcpu, proc: Process | null): void {
     const k = this.k;
-    if (k.current[v.id] === proc) return;
-    k.current[v.id] = proc;
-    k.stats.contextSwitches++;
+    if (this.running[v.id] !== proc) {
+      this.running[v.id] = proc;
+      k.stats.contextSwitches++;
+    }
+    const mm = proc === null ? null : proc.mm;
+    if (k.current[v.id] === mm) return;
+    k.current[v.id] = mm;
     k.inKernel++;
     try {
-      v.movToCr3(proc === null ? k.idleRoot : proc.root);
+      v.movToCr3(mm === null ? k.idleRoot : mm.root);
     } finally {
       k.inKernel--;
     }
@@ -164,37 +180,52 @@ export class Kernel {
 
   /** mmap: a new area (MAP_FIXED replaces what was there). Returns its start. */
   mmap(v: Vcpu, proc: Process, addr: number | null, length: number, prot: number, backing: number, file: FileObject | null = null, offset = 0): number {
-    return this.syscall(v, () => doMmap(this.k, v, proc, addr, length, prot, backing, file, offset));
+    return this.syscall(v, () => doMmap(this.k, v, proc.mm, addr, length, prot, backing, file, offset));
   }
 
   /** munmap(2): removes `[start, start + length)` from `proc`'s areas, frees the pages, and flushes the TLB of every vCPU that runs the process. */
   munmap(v: Vcpu, proc: Process, start: number, length: number): void {
-    this.syscall(v, () => doMunmap(this.k, v, proc, start, length));
+    this.syscall(v, () => doMunmap(this.k, v, proc.mm, start, length));
   }
 
   /** mprotect: new rights for [start, start + length) and its present ptes (see `doMprotect`). */
   mprotect(v: Vcpu, proc: Process, start: number, length: number, prot: number): void {
-    this.syscall(v, () => doMprotect(this.k, v, proc, start, length, prot));
+    this.syscall(v, () => doMprotect(this.k, v, proc.mm, start, length, prot));
   }
 
   /** brk: moves the end of the heap ([brkBase, brkEnd), anonymous, read-write). */
   brk(v: Vcpu, proc: Process, newEnd: number): number {
-    return this.syscall(v, () => doBrk(this.k, v, proc, newEnd));
+    return this.syscall(v, () => doBrk(this.k, v, proc.mm, newEnd));
   }
 
-  /** fork: a child with a copy-on-write copy of the parent's address space (see `doFork`). */
+  /**
+   * fork: a child with a copy-on-write copy of the parent's address space (see `doFork`); of the space it runs in
+   * (`parent.mm`: a vfork child that forks before its exec copies its parent's, as Linux's `dup_mmap(current->mm)`).
+   */
   fork(v: Vcpu, parent: Process): Process {
-    return this.syscall(v, () => doFork(this.k, v, parent));
+    return this.syscall(v, () => doFork(this.k, v, parent.mm));
   }
 
-  /** exec: a new address space with the image's areas, the old one torn down. */
+  /** vfork: a child that runs in the parent's address space until its exec or exit; nothing copied (see `doVfork`). */
+  vfork(v: Vcpu, parent: Process): Process {
+    return this.syscall(v, () => doVfork(this.k, parent));
+  }
+
+  /** exec: a new address space with the image's areas, the old one torn down (a vfork child's: left to its parent). */
   exec(v: Vcpu, proc: Process, image: ImageSpec): void {
-    this.syscall(v, () => doExec(this.k, v, proc, image.path, () => mapImage(this.k, proc, image)));
+    this.execWith(v, proc, image.path, () => mapImage(this.k, proc, image));
   }
 
   /** exec with explicit areas (a trace's exec event: the mappings the loader made). */
   execAreas(v: Vcpu, proc: Process, path: string, areas: readonly AreaSpec[]): void {
-    this.syscall(v, () => doExec(this.k, v, proc, path, () => mapAreas(proc, areas)));
+    this.execWith(v, proc, path, () => mapAreas(proc, areas));
+  }
+
+  private execWith(v: Vcpu, proc: Process, path: string, map: () => void): void {
+    this.syscall(v, () => {
+      if (proc.borrowedMm !== null) vforkExec(this.k, v, proc, path, map, this.running);
+      else doExec(this.k, v, proc, path, map);
+    });
   }
 
   /** The areas of an image (ELF load): text and data from the file, bss, heap, stack. */
@@ -207,9 +238,22 @@ export class Kernel {
     return { text: this.k.layout.textBase, stackTop: this.k.layout.stackTop };
   }
 
-  /** exit: the vCPUs that run the process go idle, then its address space is torn down. */
+  /**
+   * exit: the vCPUs that run the process go idle, then its address space is torn down. A vfork child that has not
+   * exec'd frees nothing (the space is its parent's, see `vforkExit`) and its vCPUs keep that space loaded.
+   */
   exit(v: Vcpu, proc: Process): void {
     if (proc.exited) return;
+    if (proc.borrowedMm !== null) {
+      // The vCPUs that run it switch away from it, with no CR3 write (lazy TLB: the parent's space stays loaded).
+      for (const w of this.machine.vcpus) {
+        if (this.running[w.id] !== proc) continue;
+        this.running[w.id] = null;
+        this.k.stats.contextSwitches++;
+      }
+      vforkExit(this.k, proc);
+      return;
+    }
     this.syscall(v, () => {
       this.k.stats.exits++;
       for (const w of this.machine.vcpus) if (this.k.current[w.id] === proc) this.switchTo(w, null);

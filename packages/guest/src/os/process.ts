@@ -33,9 +33,21 @@ export class Process {
   readonly tables = new Float64Array(6);
   /** Tasks (threads) of this process that have not finished. */
   threads = 0;
+  /**
+   * A vfork child before its exec or exit: the process whose address space it runs in (kernel/fork.c `copy_mm`
+   * with CLONE_VM: `mm = oldmm`, nothing copied); its own areas, root and tables are empty until its exec. Null
+   * once it has released the space (`mm_release` at exec or exit, which wakes the parent), and for every other
+   * process. See os/vfork.ts.
+   */
+  borrowedMm: Process | null = null;
   constructor(
     readonly pid: number,
     readonly parent: Process | null,
     public name: string,
   ) {}
+
+  /** The process whose address space this one runs in: itself, or the parent whose space a vfork child borrows. */
+  get mm(): Process {
+    return this.borrowedMm ?? this;
+  }
 }

@@ -13,8 +13,13 @@ export type ProgramFactory = (task: Task) => Program;
 export class Task {
   /** Operations left in the current quantum. */
   budget = 0;
-  /** The task is blocked until this process has exited (wait4). */
+  /**
+   * The task is blocked until this process has exited (wait4), or with `vforkWait`, until this vfork child has
+   * released the task's address space (at its exec or exit).
+   */
   waitingFor: Process | null = null;
+  /** `waitingFor` is a vfork child: the task sleeps in vfork (kernel/fork.c `wait_for_vfork_done`). */
+  vforkWait = false;
   done = false;
   /** User accesses this task performed (represented accesses for trace records). */
   accesses = 0;
@@ -91,6 +96,30 @@ export class Task {
     const child = this.kernel.fork(this.vcpu, this.proc);
     this.runner.start(child, program);
     return child;
+  }
+
+  /**
+   * vfork: the child, which runs in this process's address space, runs `program` on a vCPU the runner picks. The
+   * caller then sleeps until the child has exec'd or exited: `yield* task.vforkDone(child)`.
+   */
+  vfork(program: ProgramFactory): Process {
+    const child = this.kernel.vfork(this.vcpu, this.proc);
+    this.runner.start(child, program);
+    return child;
+  }
+
+  /**
+   * Blocks until the vfork child `p` has released this task's address space, at its exec or exit (kernel/fork.c
+   * `wait_for_vfork_done`, woken by `complete_vfork_done`). Use as `yield* task.vforkDone(p)`.
+   */
+  *vforkDone(p: Process): Program {
+    while (p.borrowedMm !== null) {
+      this.waitingFor = p;
+      this.vforkWait = true;
+      yield;
+    }
+    this.waitingFor = null;
+    this.vforkWait = false;
   }
 
   /** A new thread of this process on another vCPU (clone with CLONE_VM). */
@@ -204,14 +233,15 @@ class VcpuTasks {
 /**
  * Runs tasks on the machine's vCPUs. The machine's seeded scheduler picks which vCPU runs the next quantum
  * (among those with a runnable task) and how long it is; each vCPU runs its tasks round robin, switching
- * address spaces with a CR3 write. A process ends (exit) when its last task finishes. Each quantum costs
- * O(vCPUs + log tasks): the runnable tasks are kept in a set, and a task that waits for a process is woken
- * when that process exits (Linux's run queue and `wait_queue_head`, kernel/sched/core.c `try_to_wake_up`).
+ * address spaces with a CR3 write (none between two tasks of one address space: Kernel.switchTo). A process ends
+ * (exit) when its last task finishes. Each quantum costs O(vCPUs + log tasks): the runnable tasks are kept in a
+ * set, and a task that waits for a process is woken when that process exits, or in vfork when its child execs
+ * (Linux's run queue and `wait_queue_head`, kernel/sched/core.c `try_to_wake_up`).
  */
 export class TaskRunner {
   readonly tasks: Task[] = [];
   private readonly perVcpu: VcpuTasks[];
-  /** The tasks blocked in wait4 on each process. */
+  /** The tasks blocked on each process: in wait4 until it exits, or in vfork until it releases their space. */
   private readonly waiters = new Map<Process, Task[]>();
   private nextVcpu = 0;
   private live = 0;
@@ -253,7 +283,8 @@ export class TaskRunner {
   }
 
   private runnable(t: Task): boolean {
-    return !t.done && (t.waitingFor === null || t.waitingFor.exited);
+    const p = t.waitingFor;
+    return !t.done && (p === null || p.exited || (t.vforkWait && p.borrowedMm === null));
   }
 
   /** Runs until every task has finished. */
@@ -286,9 +317,13 @@ export class TaskRunner {
     t.budget = this.machine.scheduler.quantum(this.qmin, this.qmax);
     v.setCpl(3);
     const before = t.accesses;
+    const p = t.proc;
+    const borrowing = p.borrowedMm !== null;
     const r = t.program.next();
     v.setCpl(0);
     this.accesses += t.accesses - before;
+    // A vfork child that exec'd in this quantum released its parent's space: the parent wakes (complete_vfork_done).
+    if (borrowing && p.borrowedMm === null) this.wake(p);
     if (r.done === true) this.finish(t);
     this.options.onQuantum?.(this.accesses);
   }
@@ -311,10 +346,20 @@ export class TaskRunner {
     const p = t.proc;
     p.threads--;
     if (p.threads === 0 && !p.exited) this.kernel.exit(t.vcpu, p);
-    if (p.exited) {
-      for (const w of this.waiters.get(p) ?? []) if (this.runnable(w)) this.perVcpu[w.vcpu.id]!.runnable.set(w.pos, true);
-      this.waiters.delete(p);
+    if (p.exited) this.wake(p);
+  }
+
+  /** Makes the tasks waiting on `p` that can run now runnable again; the others keep waiting. */
+  private wake(p: Process): void {
+    const w = this.waiters.get(p);
+    if (w === undefined) return;
+    const still: Task[] = [];
+    for (const t of w) {
+      if (this.runnable(t)) this.perVcpu[t.vcpu.id]!.runnable.set(t.pos, true);
+      else still.push(t);
     }
+    if (still.length === 0) this.waiters.delete(p);
+    else this.waiters.set(p, still);
   }
 
   /**

@@ -14,8 +14,8 @@ export interface VxtDescription {
   readonly accessesByKind: Readonly<Record<(typeof KIND_NAMES)[number], number>>;
   /** Distinct 4 KiB pages touched, over all processes (by virtual page number). */
   readonly distinctPages: number;
-  /** Events by type over all processes. */
-  readonly events: Readonly<Record<VxtEvent['type'], number>>;
+  /** Events by type over all processes; `vfork`: the fork events that are vforks (counted in `fork` too). */
+  readonly events: Readonly<Record<VxtEvent['type'] | 'vfork', number>>;
   /** One entry per process, parents before children. */
   readonly processes: readonly {
     readonly pid: number;
@@ -52,12 +52,16 @@ export function describeVxt(trace: VxtTrace, fileBytes: number | null = null): V
   const { kind, page, count } = trace.accesses;
   const byKind = [0, 0, 0, 0];
   const all = new Set<number>();
-  const events: Record<VxtEvent['type'], number> = {
+  /** The children created by a vfork (the tree marks them). */
+  const vforked = new Set<number>();
+  const events: Record<VxtEvent['type'] | 'vfork', number> = {
     mmap: 0,
     munmap: 0,
     mprotect: 0,
     brk: 0,
     fork: 0,
+    vfork: 0,
+    wait: 0,
     exec: 0,
     exit: 0,
   };
@@ -71,7 +75,13 @@ export function describeVxt(trace: VxtTrace, fileBytes: number | null = null): V
       mine.add(page[i]!);
       all.add(page[i]!);
     }
-    for (const e of p.events) events[e.type]++;
+    for (const e of p.events) {
+      events[e.type]++;
+      if (e.type === 'fork' && e.vfork === true) {
+        events.vfork++;
+        vforked.add(e.child);
+      }
+    }
     const exit = p.events.find((e) => e.type === 'exit');
     return {
       pid: p.pid,
@@ -110,7 +120,7 @@ export function describeVxt(trace: VxtTrace, fileBytes: number | null = null): V
       const p = byPid.get(pid)!;
       const what = p.images.length > 0 ? p.images.join(' -> ') : '(fork, no exec)';
       const indent = depth <= TREE_INDENT_LEVELS ? '  '.repeat(depth) : `${'  '.repeat(TREE_INDENT_LEVELS)}(depth ${depth}) `;
-      tree.push(`${indent}${p.pid} ${what}: ${p.accesses} accesses, ${p.records} records`);
+      tree.push(`${indent}${p.pid}${vforked.has(pid) ? ' (vfork)' : ''} ${what}: ${p.accesses} accesses, ${p.records} records`);
       const kids = children.get(pid) ?? [];
       for (let k = kids.length - 1; k >= 0; k--) stack.push([kids[k]!, depth + 1]);
     }

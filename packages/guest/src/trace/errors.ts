@@ -4,8 +4,11 @@
  */
 export class TraceError extends Error {
   constructor(
-    /** What is wrong: `not-vxt`, `version`, `truncated`, `corrupt`, `not-lackey`, `bad-line`, `inconsistent`, `io`. */
-    readonly code: 'not-vxt' | 'version' | 'truncated' | 'corrupt' | 'not-lackey' | 'bad-line' | 'inconsistent' | 'io',
+    /**
+     * What is wrong: `not-vxt`, `version`, `truncated`, `corrupt`, `not-lackey`, `bad-line`, `inconsistent`, `io`;
+     * `unsupported`: a valid recording that does something the trace and the guest model cannot replay (mremap).
+     */
+    readonly code: 'not-vxt' | 'version' | 'truncated' | 'corrupt' | 'not-lackey' | 'bad-line' | 'inconsistent' | 'io' | 'unsupported',
     /** The input (file name) the problem is in. */
     readonly input: string,
     detail: string,

@@ -145,6 +145,7 @@ export function inferInitialMappings(trace: VxtTrace): void {
           break;
         }
         case 'mprotect':
+        case 'wait':
         case 'exit':
           break;
       }

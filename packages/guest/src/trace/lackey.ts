@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { AccessBuilder } from './builder.js';
 import { TraceError } from './errors.js';
 import { inferInitialMappings } from './infer.js';
+import { unmodelledMmapFlag, unmodelledSyscall } from './unmodelled.js';
 import type { VxtCollapse, VxtEvent, VxtProcess, VxtTrace } from './types.js';
 import { KIND_FETCH, KIND_LOAD, KIND_MODIFY, KIND_STORE, MAP_ANONYMOUS } from './types.js';
 
@@ -29,8 +30,10 @@ export interface ImportLackeyOptions {
  *
  * Every access becomes one access per 4 KiB page it touches; accesses collapse into records as
  * `options.collapse` says (types.ts, `VxtCollapse`), never across an event. Events: successful mmap, munmap,
- * mprotect, brk, fork (clone/fork/vfork), exec and exit. The initial mappings of each image (what
- * valgrind's loader mapped) are inferred afterwards (infer.ts).
+ * mprotect, brk, fork (clone/fork/vfork), wait (a wait4/waitid that reaped a child), exec and exit. The initial
+ * mappings of each image (what valgrind's loader mapped) are inferred afterwards (infer.ts). A successful
+ * syscall that changes the address space in a way no event holds (mremap, madvise(MADV_DONTNEED), mmap with
+ * MAP_POPULATE, ...: unmodelled.ts) is refused with a TraceError `unsupported` naming the log and the line.
  */
 export function importLackey(logPaths: readonly string[], options: ImportLackeyOptions = {}): VxtTrace {
   if (logPaths.length === 0) throw new TraceError('io', '(no logs)', 'no lackey logs given');
@@ -329,15 +332,30 @@ class ProcessState {
     readonly forks: Map<number, number>,
   ) {}
 
-  /** A fork/clone of this process created process `child`: a fork event here, the fds copied to the child. */
-  fork(child: number): void {
+  /**
+   * A fork/clone of this process created process `child`: a fork event here (with `vfork` for a vfork, see
+   * `isVfork`), the fds copied to the child.
+   */
+  fork(child: number, vfork: boolean): void {
     const by = this.forks.get(child);
     if (by !== undefined) {
       throw new TraceError('inconsistent', this.file, `${this.where}: pid ${this.pid} creates pid ${child}, which pid ${by} created already`);
     }
     this.forks.set(child, this.pid);
-    this.event({ type: 'fork', at: this.builder.length, parent: this.pid, child });
+    this.event(
+      vfork
+        ? { type: 'fork', at: this.builder.length, parent: this.pid, child, vfork: true }
+        : { type: 'fork', at: this.builder.length, parent: this.pid, child },
+    );
     this.fdsAtFork.set(child, new Map(this.fds));
+  }
+
+  /**
+   * A wait of this process returned child `child`: a wait event, when the child is one this process forked (a
+   * child it did not fork, or that the logs do not show, is not waited for in the replay).
+   */
+  waited(child: number): void {
+    if (this.forks.get(child) === this.pid) this.event({ type: 'wait', at: this.builder.length, child });
   }
 
   event(e: VxtEvent): void {
@@ -514,7 +532,7 @@ function otherLine(line: string, st: ProcessState, file: string, lineNo: number)
     // a fork is known from the parent's line itself ("clone(fork): process P created child C"), or else
     // from the clone's result (finishSyscall)
     const c = createdChild(text);
-    if (c !== null) st.fork(c);
+    if (c !== null) st.fork(c, isVfork(nr, text));
     return;
   }
   if (line.startsWith(' --> ')) {
@@ -599,13 +617,46 @@ function pathArg(a: string | undefined): string | null {
 
 const pageUp = (n: number): number => Math.ceil(n / PAGE) * PAGE;
 
-/** `CLONE_THREAD`, include/uapi/linux/sched.h. */
+/** `CLONE_VM`, `CLONE_VFORK` and `CLONE_THREAD`, include/uapi/linux/sched.h. */
+const CLONE_VM = 0x100;
+const CLONE_VFORK = 0x4000;
 const CLONE_THREAD = 0x10000;
+
+/**
+ * Whether the syscall `nr` (its log text `text`) that created a process is a vfork: `vfork()` (58, which valgrind
+ * logs as "sys_fork ( )", coregrind/m_syswrap/syswrap-amd64-linux.c: `GENX_(__NR_vfork, sys_fork)`), or a `clone`
+ * (56) whose flags, the first argument in hex, have CLONE_VM and CLONE_VFORK (glibc's posix_spawn: CLONE_VM |
+ * CLONE_VFORK | SIGCHLD). Valgrind runs both as a fork (syswrap-linux.c `PRE(sys_clone)` clears the two flags: "assume
+ * vfork == fork") but logs the flags as the program gave them. clone3 (435) does not occur: valgrind 3.19 does not
+ * run it (ENOSYS, and glibc falls back to clone), and its flags are in memory, not in the log.
+ */
+function isVfork(nr: number, text: string): boolean {
+  if (nr === 58) return true;
+  if (nr !== 56) return false;
+  return (parseInt(args(text)[0] ?? '', 16) & (CLONE_VM | CLONE_VFORK)) === (CLONE_VM | CLONE_VFORK);
+}
 
 /** The child of valgrind's "clone(fork): process P created child C" on a clone line, or null. */
 function createdChild(text: string): number | null {
   const m = /created child (\d+)/.exec(text);
   return m ? Number(m[1]) : null;
+}
+
+/** wait4 options (include/uapi/linux/wait.h): WNOHANG, WUNTRACED (a stopped child), WCONTINUED (a continued one). */
+const WNOHANG = 1;
+const WUNTRACED = 2;
+const WCONTINUED = 8;
+/** waitid: idtype P_PID (the child is `id`) and option WEXITED (include/uapi/linux/wait.h). */
+const P_PID = 1;
+const WEXITED = 4;
+
+/** Refuses a successful syscall that the trace cannot hold and the guest model does not model (unmodelled.ts). */
+function unsupported(st: ProcessState, what: string): TraceError {
+  return new TraceError(
+    'unsupported',
+    st.file,
+    `${st.where}: pid ${st.pid} calls ${what}; the replay would run the accesses after it on another address space than the recorded one, so the logs are not imported`,
+  );
 }
 
 /** Turns a completed syscall into an event (x86-64 syscall numbers, arch/x86/entry/syscalls/syscall_64.tbl). */
@@ -626,6 +677,8 @@ function finishSyscall(st: ProcessState, nr: number, text: string, res: SyscallR
       // mmap(addr, length, prot, flags, fd, offset)
       if (!ok) return;
       const flags = num(a[3]);
+      const unmodelledFlag = unmodelledMmapFlag(flags);
+      if (unmodelledFlag !== null) throw unsupported(st, `mmap with ${unmodelledFlag}`);
       const fdn = num(a[4]) | 0;
       const file = (flags & MAP_ANONYMOUS) === 0 && fdn >= 0 ? (st.fds.get(fdn) ?? null) : null;
       st.event({
@@ -667,7 +720,7 @@ function finishSyscall(st: ProcessState, nr: number, text: string, res: SyscallR
     case 56: // clone(flags, ...): flags in hex, without 0x (valgrind's PRINT of sys_clone)
     case 57: // fork()
     case 58: {
-      // vfork(): in the parent, the result is the child's pid (in the child, 0)
+      // vfork(): in the parent, the result is the child's pid (in the child, 0); a vfork event (isVfork)
       if (!ok || r === 0) return;
       const c = createdChild(text);
       if (c !== null) {
@@ -679,7 +732,7 @@ function finishSyscall(st: ProcessState, nr: number, text: string, res: SyscallR
       }
       // CLONE_THREAD (include/uapi/linux/sched.h): a thread of this process, not a new process
       if (nr === 56 && (parseInt(a[0] ?? '', 16) & CLONE_THREAD) !== 0) return;
-      st.fork(r);
+      st.fork(r, isVfork(nr, text));
       return;
     }
     case 59: {
@@ -691,7 +744,24 @@ function finishSyscall(st: ProcessState, nr: number, text: string, res: SyscallR
     case 231:
       st.exitStatus = num(a[0]) & 0xff;
       return;
-    default:
+    case 61: {
+      // wait4(pid, status, options, rusage) returns the child reaped (0: WNOHANG and none yet). With WUNTRACED or
+      // WCONTINUED the child may only have stopped or continued, and is not waited for.
+      const options = num(a[2]);
+      if (ok && r > 0 && (options & (WUNTRACED | WCONTINUED)) === 0) st.waited(r);
       return;
+    }
+    case 247: {
+      // waitid(idtype, id, infop, options) returns 0; the child is in *infop, which the log does not show, except
+      // for idtype P_PID (the child is `id`). Only a blocking wait for an exit (WEXITED, no WNOHANG) is certain.
+      const options = num(a[3]);
+      if (ok && num(a[0]) === P_PID && (options & WEXITED) !== 0 && (options & (WNOHANG | WUNTRACED | WCONTINUED)) === 0) st.waited(num(a[1]));
+      return;
+    }
+    default: {
+      const what = ok ? unmodelledSyscall(nr, (i) => num(a[i])) : null;
+      if (what !== null) throw unsupported(st, what);
+      return;
+    }
   }
 }

@@ -6,7 +6,7 @@
  * exec'd image share the pid, as they do under Linux). There is no global order between processes: the
  * recording (valgrind lackey, one log per process) gives none: access lines carry
  * no timestamp or sequence number, and each process writes its own log), so the replayer
- * schedules the per-process streams itself, using fork/exec/exit as synchronisation points.
+ * schedules the per-process streams itself, using fork/wait/exec/exit as synchronisation points.
  *
  * Within one process, everything is in program order: the access records of process `p` are the global
  * record indices `[p.recordStart, p.recordEnd)` (records of one process are contiguous), and each of its
@@ -142,8 +142,8 @@ export interface VxtBrkEvent extends VxtEventBase {
 }
 
 /**
- * In the parent: `fork`/`vfork`/`clone` created process `child`, a copy of the parent's address space at
- * this point (valgrind runs a vfork as a fork: the child never shares the parent's memory).
+ * In the parent: `fork`/`vfork`/`clone` created process `child`. After a fork the child has a copy of the
+ * parent's address space at this point; after a vfork (`vfork`) it shares the parent's until it execs or exits.
  */
 export interface VxtForkEvent extends VxtEventBase {
   readonly type: 'fork';
@@ -151,6 +151,14 @@ export interface VxtForkEvent extends VxtEventBase {
   readonly parent: number;
   /** The child's pid; it is one of `VxtTrace.processes`. */
   readonly child: number;
+  /**
+   * A vfork: `vfork()` (x86-64 syscall 58), or `clone` with CLONE_VM and CLONE_VFORK (glibc's posix_spawn). The
+   * child runs in the parent's address space (kernel/fork.c `copy_mm`: CLONE_VM shares the mm, nothing is copied)
+   * and the parent sleeps until the child has exec'd or exited (`wait_for_vfork_done`). Valgrind runs a vfork as a
+   * fork, so the recording shows the child's accesses as a fork child's; the replay gives them the shared space.
+   * Absent on a fork; a .vxt file writes a vfork as an event of type `vfork`, which a reader without it refuses.
+   */
+  readonly vfork?: true;
 }
 
 /**
@@ -167,6 +175,18 @@ export interface VxtExecEvent extends VxtEventBase {
   readonly mappings: readonly VxtMapping[];
 }
 
+/**
+ * The process waited for its child `child` to exit and reaped it (`wait4`/`waitid` returned that child): in the
+ * recording the process was blocked until then, so the replay runs none of its records after this event before
+ * the child has exited. (Without it, a parent that forks and waits, as a compiler driver does for each pass,
+ * would run on alongside its child, and the children of later forks alongside the earlier ones.)
+ */
+export interface VxtWaitEvent extends VxtEventBase {
+  readonly type: 'wait';
+  /** The child reaped: a process this one forked earlier (a `fork` event before this one). */
+  readonly child: number;
+}
+
 /** The process ends (its last event). */
 export interface VxtExitEvent extends VxtEventBase {
   readonly type: 'exit';
@@ -179,7 +199,7 @@ export interface VxtExitEvent extends VxtEventBase {
 }
 
 /** A process event, positioned in its process's program order by `at`. */
-export type VxtEvent = VxtMmapEvent | VxtMunmapEvent | VxtMprotectEvent | VxtBrkEvent | VxtForkEvent | VxtExecEvent | VxtExitEvent;
+export type VxtEvent = VxtMmapEvent | VxtMunmapEvent | VxtMprotectEvent | VxtBrkEvent | VxtForkEvent | VxtWaitEvent | VxtExecEvent | VxtExitEvent;
 
 /** One recorded process (one pid). */
 export interface VxtProcess {

@@ -18,7 +18,9 @@ import type { VxtAccesses, VxtCollapse, VxtEvent, VxtMapping, VxtProcess, VxtTra
  * ```
  *
  * body = u32 LE metaLength, meta (UTF-8 JSON: source, record count, column lengths, processes with their
- * events), then three columns of the access records, each a run over all records in global order:
+ * events; a fork event with `vfork` is written as an event of type `vfork`, without the flag, so that a reader
+ * that does not know vforks refuses the file rather than replay them as forks), then three columns of the access
+ * records, each a run over all records in global order:
  *
  * - kinds: one byte per record (0 fetch, 1 load, 2 store, 3 modify);
  * - counts: LEB128 varint of `count - 1` per record;
@@ -105,7 +107,7 @@ export function encodeVxt(trace: VxtTrace, options: EncodeVxtOptions = {}): Uint
     records: n,
     countsBytes: counts.pos,
     pagesBytes: pages.pos,
-    processes: trace.processes,
+    processes: withVforkEvents(trace.processes),
   };
   const metaBytes = new TextEncoder().encode(JSON.stringify(meta));
   const bodyLength = 4 + metaBytes.length + n + counts.pos + pages.pos;
@@ -137,6 +139,18 @@ export function encodeVxt(trace: VxtTrace, options: EncodeVxtOptions = {}): Uint
   dv.setUint32(20, Math.floor(bodyLength / TWO32), true);
   out.set(payload, HEADER_BYTES);
   return out;
+}
+
+/**
+ * The processes as the file holds them: each fork event with `vfork` becomes an event of type `vfork` (same
+ * fields, no flag). A trace without vforks is written as it is (its file is the same as before vforks existed).
+ */
+function withVforkEvents(processes: readonly VxtProcess[]): readonly unknown[] {
+  if (!processes.some((p) => p.events.some((e) => e.type === 'fork' && e.vfork === true))) return processes;
+  return processes.map((p) => ({
+    ...p,
+    events: p.events.map((e) => (e.type === 'fork' && e.vfork === true ? { type: 'vfork', at: e.at, parent: e.parent, child: e.child } : e)),
+  }));
 }
 
 /** What `readVxtHeader` finds in the first 24 bytes. */
@@ -403,13 +417,18 @@ function checkMeta(meta: unknown, corrupt: (w: string) => TraceError): Meta {
   return meta as unknown as Meta;
 }
 
+/** An event type as the file writes it: a fork event with `vfork` is written as type `vfork`. */
+type FileEventType = VxtEvent['type'] | 'vfork';
+
 /** The fields each event type must have (numbers, or the named special types). */
-const EVENT_FIELDS: Record<VxtEvent['type'], readonly string[]> = {
+const EVENT_FIELDS: Record<FileEventType, readonly string[]> = {
   mmap: ['start', 'length', 'prot', 'flags', 'offset'],
   munmap: ['start', 'length'],
   mprotect: ['start', 'length', 'prot'],
   brk: ['request', 'result'],
   fork: ['parent', 'child'],
+  vfork: ['parent', 'child'],
+  wait: ['child'],
   exec: ['pid'],
   exit: ['pid'],
 };
@@ -471,7 +490,7 @@ function checkProcesses(processes: unknown[], page: Float64Array, corrupt: (w: s
       if (!isObj(e) || typeof e['type'] !== 'string' || !(e['type'] in EVENT_FIELDS) || !isUint(e['at'])) {
         throw corrupt(`${where} has a malformed event (event ${k})`);
       }
-      const type = e['type'] as VxtEvent['type'];
+      const type = e['type'] as FileEventType;
       const ev = `${where}: ${type} event ${k}`;
       const at = e['at'];
       if (at < last || at > p['recordEnd']) throw corrupt(`${where} has an event out of order or outside its records (event ${k})`);
@@ -490,16 +509,25 @@ function checkProcesses(processes: unknown[], page: Float64Array, corrupt: (w: s
           if (!isUint(e['request']) || !isUint(e['result']))
             throw corrupt(`${ev} has a break outside user space (request ${e['request']}, result ${e['result']})`);
           break;
-        case 'fork': {
+        case 'fork':
+        case 'vfork': {
           const child = e['child'];
           if (e['parent'] !== pid) throw corrupt(`${ev} names pid ${e['parent']} as the parent, not this process`);
+          // A vfork is written as its own event type (a reader without it refuses it), never as a flag on a fork.
+          if (type === 'fork' && 'vfork' in e) throw corrupt(`${ev} has a vfork field (a vfork is written as an event of type vfork)`);
           if (!isUint(child)) throw corrupt(`${ev} has a child pid of ${child}`);
           if (child === pid) throw corrupt(`${ev} forks the process itself`);
           const before = forkedBy.get(child);
           if (before !== undefined) throw corrupt(`${ev} forks pid ${child}, which pid ${before} already forked (a child is forked once)`);
           forkedBy.set(child, pid);
+          // In memory a vfork is a fork event with the flag (types.ts, VxtForkEvent).
+          if (type === 'vfork') (p['events'] as unknown[])[k] = { type: 'fork', at, parent: pid, child, vfork: true };
           break;
         }
+        case 'wait':
+          // The replay blocks the process until the child has exited: a child it forked before, so that it runs.
+          if (forkedBy.get(e['child'] as number) !== pid) throw corrupt(`${ev} waits for pid ${e['child']}, which this process did not fork before`);
+          break;
         case 'exec': {
           if (e['pid'] !== pid) throw corrupt(`${ev} is about pid ${e['pid']}`);
           if (typeof e['path'] !== 'string' || !Array.isArray(e['mappings'])) throw corrupt(`${ev} has no path or no mappings`);

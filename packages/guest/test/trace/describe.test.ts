@@ -44,6 +44,31 @@ describe('describeVxt', () => {
       ]);
     });
 
+    it('counts vforks among the forks and marks a vforked child in the tree', () => {
+      // 1 vforks 2 (which execs /bin/cc1) and forks 3
+      const t = processesOnly([
+        {
+          pid: 1,
+          parent: 0,
+          recordStart: 0,
+          recordEnd: 0,
+          events: [
+            { type: 'fork', at: 0, parent: 1, child: 2, vfork: true },
+            { type: 'fork', at: 0, parent: 1, child: 3 },
+          ],
+        },
+        { pid: 2, parent: 1, recordStart: 0, recordEnd: 0, events: [{ type: 'exec', at: 0, pid: 2, path: '/bin/cc1', mappings: [] }] },
+        { pid: 3, parent: 1, recordStart: 0, recordEnd: 0, events: [] },
+      ]);
+      const d = describeVxt(t);
+      expect(d.events).toMatchObject({ fork: 2, vfork: 1, exec: 1 });
+      expect(d.tree).toEqual([
+        '1 (fork, no exec): 0 accesses, 0 records',
+        '  2 (vfork) /bin/cc1: 0 accesses, 0 records',
+        '  3 (fork, no exec): 0 accesses, 0 records',
+      ]);
+    });
+
     it('draws a process chain 100000 deep (it recursed once per level and overflowed the stack at about 8000)', () => {
       // `vmexit trace info` on such a trace (decodeVxt accepts it: each process forked by its parent) ended
       // in "internal error: RangeError: Maximum call stack size exceeded" and a stack trace. Indented in

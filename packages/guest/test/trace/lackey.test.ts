@@ -7,7 +7,7 @@ import { importLackey } from '../../src/trace/lackey.js';
 import { TraceError } from '../../src/trace/errors.js';
 import { describeVxt } from '../../src/trace/describe.js';
 import { decodeVxt, encodeVxt } from '../../src/trace/vxt.js';
-import type { VxtTrace } from '../../src/trace/types.js';
+import type { VxtEvent, VxtTrace } from '../../src/trace/types.js';
 
 const FIX = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'fixtures');
 const tiny = ['tiny.100.1', 'tiny.101.1', 'tiny.101.2'].map((f) => path.join(FIX, 'tiny', f));
@@ -273,6 +273,59 @@ describe('importLackey', () => {
       expect(() => importLackey(pipeline((x) => x, /^pipe\.10323\./))).toThrow(
         /pipe\.10309\.1: pid 10309 created pid 10323, but no log of pid 10323 is among the inputs/,
       );
+    });
+
+    it('takes a wait event from a wait4 or waitid that reaped a child it forked, and from nothing else', () => {
+      // In the fixture the shell's waits end without a result (interrupted by SIGCHLD) or fail (ECHILD): no wait
+      // event. Added before its exit_group: a WNOHANG wait4 that found none (0), a WUNTRACED wait4 (the child may
+      // only have stopped), a wait4 returning a pid the shell did not fork, a blocking waitid(P_PID, 10322,
+      // ..., WEXITED) (valgrind: "sys_waitid( idtype, id, infop, options, rusage )"), and a plain wait4 that
+      // returned 10323 (0x2853).
+      expect(original.processes[0]!.events.filter((e) => e.type === 'wait')).toEqual([]);
+      const waits = [
+        'SYSCALL[10309,1](61) sys_wait4 ( 4294967295, 0x1fff00035c, 1, 0x0 ) --> [pre-success] Success(0x0) ',
+        'SYSCALL[10309,1](61) sys_wait4 ( 4294967295, 0x1fff00035c, 2, 0x0 ) --> [async] ... ',
+        'SYSCALL[10309,1](61) ... [async] --> Success(0x2851) ',
+        'SYSCALL[10309,1](61) sys_wait4 ( 4294967295, 0x1fff00035c, 0, 0x0 ) --> [async] ... ',
+        'SYSCALL[10309,1](61) ... [async] --> Success(0x9999) ',
+        'SYSCALL[10309,1](247) sys_waitid( 1, 10322, 0x1fff000400, 4, 0x0 ) --> [async] ... ',
+        'SYSCALL[10309,1](247) ... [async] --> Success(0x0) ',
+        ' L 1fff000438,8',
+        'SYSCALL[10309,1](61) sys_wait4 ( 4294967295, 0x1fff00035c, 0, 0x0 ) --> [async] ... ',
+        'SYSCALL[10309,1](61) ... [async] --> Success(0x2853) ',
+        '',
+      ].join('\n');
+      const t = importLackey(pipeline((x) => x.replace(/^SYSCALL\[10309,1\]\(231\) exit_group/m, `${waits}$&`)));
+      const sh = t.processes[0]!;
+      const w = sh.events.filter((e) => e.type === 'wait');
+      expect(w.map((e) => (e.type === 'wait' ? e.child : 0))).toEqual([10322, 10323]);
+      // in program order: the load between them comes after the first and before the second
+      expect(w[1]!.at - w[0]!.at).toBe(1);
+      expect(() => decodeVxt(encodeVxt(t), 'waits.vxt')).not.toThrow();
+    });
+
+    it('marks a vfork, and a clone with CLONE_VM and CLONE_VFORK, as a vfork event; a plain fork or clone not', () => {
+      // The fixture's sh forks with clone(CLONE_CHILD_SETTID|CLONE_CHILD_CLEARTID|SIGCHLD = 0x1200011): no vfork.
+      const forks = (t: VxtTrace): VxtEvent[] => t.processes[0]!.events.filter((e) => e.type === 'fork');
+      expect(forks(original).map((e) => 'vfork' in e)).toEqual([false, false, false]);
+      const LINE = `SYSCALL[10309,1](56) sys_clone ( 1200011, 0x0, 0x0, 0x4a27a10, 0x0 )  ${CLONE}`;
+      expect(fs.readFileSync(path.join(PIPE, 'pipe.10309.1'), 'latin1')).toContain(`${LINE}\n --> [pre-success] Success(0x2852) `);
+      const edited = (line: string): VxtEvent[] => forks(importLackey(pipeline((x) => x.replace(LINE, line))));
+      // vfork(): valgrind 3.19 logs syscall 58 as sys_fork, with the child on the line (as the kbuild recording shows)
+      expect(edited('SYSCALL[10309,1](58) sys_fork ( )   fork: process 10309 created child 10322')[1]).toEqual({
+        type: 'fork',
+        at: forks(original)[1]!.at,
+        parent: 10309,
+        child: 10322,
+        vfork: true,
+      });
+      // glibc's posix_spawn: clone(CLONE_VM|CLONE_VFORK|SIGCHLD = 0x4111, stack, ...), the child from the line or, without
+      // the text, from the result (Success(0x2852) on the next line)
+      const spawn = 'SYSCALL[10309,1](56) sys_clone ( 4111, 0x4b2c000, 0x0, 0x0, 0x0 )';
+      expect(edited(`${spawn}  ${CLONE}`).map((e) => (e.type === 'fork' ? e.vfork === true : null))).toEqual([false, true, false]);
+      expect(edited(spawn).map((e) => (e.type === 'fork' ? e.vfork === true : null))).toEqual([false, true, false]);
+      // CLONE_VFORK without CLONE_VM (0x4011) is no vfork (valgrind refuses it: "Unsupported clone() flags")
+      expect(edited('SYSCALL[10309,1](56) sys_clone ( 4011, 0x0, 0x0, 0x0, 0x0 )').map((e) => 'vfork' in e)).toEqual([false, false, false]);
     });
 
     it('ignores a clone with CLONE_THREAD (a thread, not a process)', () => {

@@ -263,6 +263,52 @@ describe('vxt', () => {
       expect(problem([root([fork(1, 5)]), child(5, 0)])).toBe('bad.vxt: corrupt .vxt trace: pid 5 is a root (parent 0) but pid 1 forks it');
     });
 
+    it('keeps a wait event for a child forked before it, and rejects one the replay would block on forever', () => {
+      const child = (pid: number, parent: number): VxtProcess => ({ pid, parent, recordStart: 1, recordEnd: 1, events: [] });
+      const fork: VxtEvent = { type: 'fork', at: 1, parent: 1, child: 2 };
+      const wait = (c: number): VxtEvent => ({ type: 'wait', at: 1, child: c });
+      const ok = trace([[0, 1, 1]], [root([fork, wait(2)]), child(2, 1)]);
+      expect(decodeVxt(encodeVxt(ok), 'ok.vxt').processes[0]!.events.slice(1)).toEqual([fork, wait(2)]);
+      // a wait before the fork, for a process that is not a child, or for a pid not in the trace: no exit wakes it
+      expect(problem([root([wait(2), fork]), child(2, 1)])).toBe(
+        'bad.vxt: corrupt .vxt trace: pid 1: wait event 1 waits for pid 2, which this process did not fork before',
+      );
+      expect(problem([root([fork, wait(1)]), child(2, 1)])).toBe(
+        'bad.vxt: corrupt .vxt trace: pid 1: wait event 2 waits for pid 1, which this process did not fork before',
+      );
+      expect(problem([root([fork, wait(7)]), child(2, 1)])).toBe(
+        'bad.vxt: corrupt .vxt trace: pid 1: wait event 2 waits for pid 7, which this process did not fork before',
+      );
+      expect(problem([root([{ type: 'wait', at: 1 } as unknown as VxtEvent])])).toBe('bad.vxt: corrupt .vxt trace: pid 1: wait event without child');
+    });
+
+    it('writes a vfork as an event of type vfork, which a reader without vforks refuses, and a trace without one as before', () => {
+      const child: VxtProcess = { pid: 2, parent: 1, recordStart: 1, recordEnd: 1, events: [] };
+      const fork: VxtEvent = { type: 'fork', at: 1, parent: 1, child: 2 };
+      const vfork: VxtEvent = { ...fork, vfork: true };
+      /** The processes of the file's metadata, as written. */
+      const written = (t: VxtTrace): unknown => {
+        const body = zlib.brotliDecompressSync(encodeVxt(t).subarray(24));
+        const n = new DataView(body.buffer, body.byteOffset).getUint32(0, true);
+        return (JSON.parse(body.subarray(4, 4 + n).toString('utf8')) as { processes: unknown }).processes;
+      };
+      const plain = trace([[0, 1, 1]], [root([fork]), child]);
+      const vforked = trace([[0, 1, 1]], [root([vfork]), child]);
+      // No vfork: the processes are written as they are (the encoding before vforks existed), byte for byte.
+      expect(JSON.stringify(written(plain))).toBe(JSON.stringify(plain.processes));
+      // A vfork: type vfork, no flag. Readers before it refused an event type they did not know ("pid 1 has a
+      // malformed event"), so none replays it as a fork.
+      expect((written(vforked) as VxtProcess[])[0]!.events[1]).toEqual({ type: 'vfork', at: 1, parent: 1, child: 2 });
+      expect(decodeVxt(encodeVxt(vforked), 'ok.vxt').processes[0]!.events[1]).toEqual(vfork);
+      expect(decodeVxt(encodeVxt(plain), 'ok.vxt').processes[0]!.events[1]).toEqual(fork);
+      // the fork checks hold for a vfork; a vfork is never written as a flag on a fork event
+      expect(problem([root([{ ...vfork, child: 1 }])])).toBe('bad.vxt: corrupt .vxt trace: pid 1: vfork event 1 forks the process itself');
+      // (encodeVxt turns `vfork: true` into a vfork event; any other value stays on the fork event, as written)
+      expect(problem([root([{ ...fork, vfork: 1 } as unknown as VxtEvent]), child])).toBe(
+        'bad.vxt: corrupt .vxt trace: pid 1: fork event 1 has a vfork field (a vfork is written as an event of type vfork)',
+      );
+    });
+
     it('type-checks exec mappings (file, role, ranges, order) and the pid of exec and exit events', () => {
       const m = { start: 0x108000, length: 0x2000, prot: 5, role: 'exe', file: '/bin/x' } as const;
       const withMappings = (mappings: unknown[]): VxtProcess[] => [
