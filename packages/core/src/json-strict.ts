@@ -9,9 +9,12 @@
 export interface DuplicateJsonKey {
   /** The member's name, decoded (`"a"` and `"\u0061"` are the same name). */
   readonly key: string;
-  /** The object's path from the document's root, as variant problems give theirs (`policies.0.options`; '' for the root). */
+  /**
+   * The object's path from the document's root, as variant problems give theirs (`policies.0.options`; '' for the
+   * root). Whole here; the error's message cuts one longer than 120 characters in its middle.
+   */
   readonly path: string;
-  /** 1-based line and column (UTF-16 units) of the second name's opening quote. */
+  /** 1-based line (lines end at LF, CRLF or a lone CR) and column (UTF-16 units) of the second name's opening quote. */
   readonly line: number;
   readonly column: number;
   /** 1-based line of the first. */
@@ -22,13 +25,23 @@ export interface DuplicateJsonKey {
 export class JsonDuplicateKeyError extends SyntaxError {
   constructor(readonly duplicate: DuplicateJsonKey) {
     const d = duplicate;
-    const where = d.path === '' ? '' : ` in ${d.path}`;
+    const where = d.path === '' ? '' : ` in ${shortPath(d.path)}`;
     super(
       `duplicate key ${JSON.stringify(d.key)}${where} at line ${d.line}, column ${d.column} (first at line ${d.firstLine}): ` +
         'JSON would keep only the last one; give each key once',
     );
     this.name = 'JsonDuplicateKeyError';
   }
+}
+
+/** The longest path a message gives whole; a longer one (deep nesting: up to 400 KB in a 1 MiB file) is cut in its middle. */
+const MESSAGE_PATH_CHARS = 120;
+
+/** `path` for a message: whole when short, else its first and last 60 characters around the count of those left out. */
+function shortPath(path: string): string {
+  if (path.length <= MESSAGE_PATH_CHARS) return path;
+  const half = MESSAGE_PATH_CHARS / 2;
+  return `${path.slice(0, half)}…(${path.length - 2 * half} characters)…${path.slice(-half)}`;
 }
 
 /**
@@ -55,6 +68,7 @@ const LBRACKET = 0x5b;
 const RBRACKET = 0x5d;
 const COLON = 0x3a;
 const COMMA = 0x2c;
+const CR = 0x0d;
 
 /** An open object (its names so far, by the line each was given on, and the member being read) or array (its element index). */
 type Frame = { readonly names: Map<string, number>; key: string } | { readonly names: null; index: number };
@@ -108,7 +122,9 @@ export function findDuplicateJsonKey(text: string): DuplicateJsonKey | null {
       else expectName = true;
     } else if (c === COLON) {
       expectName = false;
-    } else if (c === LF) {
+    } else if (c === LF || (c === CR && text.charCodeAt(i + 1) !== LF)) {
+      // A line ends at LF, CRLF or a lone CR (JSON whitespace, RFC 8259 §2; the line break of old Mac files,
+      // which editors count as one): a CR before an LF is counted at the LF.
       line++;
       lineStart = i + 1;
     }

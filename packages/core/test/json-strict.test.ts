@@ -36,6 +36,18 @@ describe('parseJsonStrict', () => {
     expect(refusal(text).message).toMatch(/^duplicate key "threshold" in policies\.1\.options at line 5, column 7 \(first at line 4\)/);
   });
 
+  it('cuts a deep path in the message (whole in .duplicate), so that a deeply nested file does not print it all', () => {
+    // 100,000 nested objects under "a" (600 KB, under the 1 MiB a variant file may have): the path is "a.a. ... a",
+    // 199,999 characters, which the message gave whole (a 200 KB line). The second "b" is at offset 5 * depth + 7.
+    const depth = 100_000;
+    const e = refusal(`${'{"a":'.repeat(depth)}{"b":1,"b":2}${'}'.repeat(depth)}`);
+    expect(e.duplicate.path).toBe(Array(depth).fill('a').join('.'));
+    const cut = `${'a.'.repeat(30)}…(${2 * depth - 1 - 120} characters)…${'.a'.repeat(30)}`;
+    expect(e.message).toBe(
+      `duplicate key "b" in ${cut} at line 1, column ${5 * depth + 8} (first at line 1): JSON would keep only the last one; give each key once`,
+    );
+  });
+
   it('compares names as JSON decodes them (escapes), including __proto__', () => {
     expect(refusal('{"a": 1, "\\u0061": 2}').duplicate).toMatchObject({ key: 'a', line: 1, column: 10 });
     expect(refusal('{"a\\"b": 1, "a\\"b": 2}').duplicate.key).toBe('a"b');
@@ -44,6 +56,13 @@ describe('parseJsonStrict', () => {
 
   it('counts lines by LF, with CRLF files too', () => {
     expect(refusal('{\r\n"x": {\r\n"k": 1,\r\n"k": 2}}').duplicate).toEqual({ key: 'k', path: 'x', line: 4, column: 1, firstLine: 3 });
+  });
+
+  it('counts a lone CR as a line end (old Mac files; JSON whitespace), as editors do', () => {
+    // Lines: 1 `{`, 2 `  "x": 1,`, 3 `  "x": 2`, 4 `}`. Counting LF alone put both on line 1, the second at column 15.
+    expect(refusal('{\r  "x": 1,\r  "x": 2\r}').duplicate).toEqual({ key: 'x', path: '', line: 3, column: 3, firstLine: 2 });
+    // Mixed endings: a CRLF is one line end, not two.
+    expect(refusal('{\r\n"a": 1,\r"b": 2,\n"a": 3}').duplicate).toEqual({ key: 'a', path: '', line: 4, column: 1, firstLine: 2 });
   });
 
   it('accepts equal names in different objects, and strings equal to a name that are values', () => {

@@ -107,9 +107,10 @@ const modulesSeen = new Map<string, string>();
  * Checks that the files `c` reads here hold what they held when the sweep planned it (`inputs`), so that no
  * result stands under its key for other inputs: an InputError names the first file that differs (it changed
  * since, or this machine's copy is another), or the module this thread already imported in another version.
+ * Returns the files as resolved here (from `cwd`), in the order of `inputs` (none without `inputs`).
  */
-export async function checkCellInputs(c: Cell, cwd: string = process.cwd()): Promise<void> {
-  if (c.inputs === undefined) return;
+export async function checkCellInputs(c: Cell, cwd: string = process.cwd()): Promise<string[]> {
+  if (c.inputs === undefined) return [];
   const files = await cellInputFiles(c, cwd);
   const planned = c.inputs;
   if (files.length !== planned.length) {
@@ -132,6 +133,7 @@ export async function checkCellInputs(c: Cell, cwd: string = process.cwd()): Pro
       );
     modulesSeen.set(file, sha256);
   }
+  return files;
 }
 
 /** A cell's result as a line of results.jsonl: the RunResult, with the cell it answers. */
@@ -148,9 +150,11 @@ export type CellOutcome =
  * The executors give each thread one `CellTraceLoader`, so that cells on one trace decode it once per thread.
  */
 export async function runCell(cell: Cell, traces: CellTraceLoader = new CellTraceLoader()): Promise<CellRecord> {
-  await checkCellInputs(cell);
+  const files = await checkCellInputs(cell);
   const variant = await parseVariantSpec(cell.variant, cell.overrides ?? {});
-  const planned = new Map((cell.inputs ?? []).map((i) => [i.file, i.sha256]));
+  // Each file as this thread resolves it (its working directory may not be the planner's, whose absolute paths
+  // `inputs` names), paired with its planned digest by position, as checkCellInputs checked it.
+  const planned = new Map(files.map((f, i) => [f, cell.inputs![i]!.sha256]));
   const loadTrace = traces.forCell((file) => planned.get(file));
   const result = await runVariant(variant, cell.workload, { mode: cell.mode, seed: cell.seed, personalities: cell.personalities, loadTrace });
   return { ...result, cell: { ...cell, key: cellKey(cell) } };

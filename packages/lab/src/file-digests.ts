@@ -45,8 +45,12 @@ export interface FileDigestsOptions {
 
 /**
  * How recent a change must be for its file's digest not to be kept. Linux stamps file times from a coarse clock
- * (one tick, at most 10 ms; fs/inode.c `current_time`); 2 s also covers FAT's 2-second times and small clock
- * differences with a file server. The cost: a file written less than 2 s before it was hashed is hashed again.
+ * (one tick, at most 10 ms; fs/inode.c `current_time`); 2 s also covers FAT's 2-second times and a file server
+ * whose clock is up to 2 s behind this machine's. The check compares the file's ctime, stamped by the file
+ * system's clock, with this machine's clock (git compares with its index file's mtime, stamped by the same file
+ * system): a server more than 2 s behind stamps a fresh write with a time that looks old, and a file written
+ * again in the same tick as it was hashed would then keep a stale digest; a server ahead only costs hashes.
+ * The cost: a file written less than 2 s before it was hashed is hashed again.
  */
 export const RACY_NS = 2_000_000_000n;
 

@@ -20,6 +20,7 @@ import {
   type Variant,
   type VariantProblem,
   parseJsonStrict,
+  JsonDuplicateKeyError,
 } from '@vmexit/core';
 import { InputError } from './errors.js';
 
@@ -200,7 +201,7 @@ export function readCostModel(file: string, flag: string): CostProfile {
   try {
     value = parseJsonStrict(readBounded(file, MAX_CONFIG_BYTES, flag));
   } catch (e) {
-    throw new InputError(`${flag} ${file}: not valid JSON: ${e instanceof Error ? e.message : String(e)}`);
+    throw jsonInputError(flag, file, e);
   }
   const r = parseCostProfile(value);
   if (r.profile === null) {
@@ -228,13 +229,23 @@ export async function readConfig(file: string): Promise<Record<string, unknown>>
     try {
       value = parseJsonStrict(readBounded(file, MAX_CONFIG_BYTES, '--config'));
     } catch (e) {
-      throw new InputError(`--config ${file}: not valid JSON: ${e instanceof Error ? e.message : String(e)}`);
+      throw jsonInputError('--config', file, e);
     }
   } else {
     throw new InputError(`--config ${file}: expected a .json or .mjs file`);
   }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new InputError(`--config ${file}: the variant must be an object`);
   return value as Record<string, unknown>;
+}
+
+/**
+ * The InputError for a JSON file `parseJsonStrict` refused. A key given twice is valid JSON (RFC 8259 §4: names
+ * SHOULD be unique) that I-JSON refuses (RFC 7493 §2.3), so its message is not called "not valid JSON".
+ */
+function jsonInputError(flag: string, file: string, e: unknown): InputError {
+  if (e instanceof JsonDuplicateKeyError) return new InputError(`${flag} ${file}: ${e.message}`);
+  if (e instanceof InputError) return e; // readBounded's own (the file changed after its stat)
+  return new InputError(`${flag} ${file}: not valid JSON: ${e instanceof Error ? e.message : String(e)}`);
 }
 
 /** An InputError that lists the variant's problems, each with its field path, and names the config file they came from. */

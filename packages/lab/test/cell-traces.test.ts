@@ -136,6 +136,46 @@ describe('runCell on a trace workload', () => {
     expect([read.error.name, read.error.exitCode]).toEqual(['InputError', 2]);
     expect(read.error.message).toContain(`${file} changed since the sweep was planned`);
   }, 60_000);
+
+  it("holds a relative trace path to its planned digest in a worker whose working directory is not the planner's", async () => {
+    // A queue's worker runs in a directory of its own, with the same relative layout (`rel.vxt` in both). The cell's
+    // inputs name the planner's absolute path; checkCellInputs pairs the files by position, and so must the trace
+    // read: keyed by the planner's path, the worker's file found no digest and was replayed whatever it held.
+    const planner = path.join(tmp, 'planner');
+    const worker = path.join(tmp, 'worker');
+    for (const d of [planner, worker]) {
+      fs.mkdirSync(d, { recursive: true });
+      writeKeepingMtime(path.join(d, 'rel.vxt'), TWO_PAGES);
+    }
+    const [planned] = await withInputDigests([cellOn('rel.vxt')], planner);
+    expect(planned!.inputs).toEqual([{ file: path.join(planner, 'rel.vxt'), sha256: sha256(TWO_PAGES) }]);
+    const file = path.join(worker, 'rel.vxt');
+    // Replaced after the check, before the trace is read (as above).
+    const own = createFileDigests();
+    const replacing: FileDigests = {
+      sha256: (f) => own.sha256(f),
+      sha256Sync: (f) => own.sha256Sync(f),
+      get hashed() {
+        return own.hashed;
+      },
+      readWithSha256: (f, read) => {
+        writeKeepingMtime(file, EIGHT_PAGES);
+        return own.readWithSha256(f, read);
+      },
+    };
+    const cwd = process.cwd();
+    process.chdir(worker);
+    let out: Awaited<ReturnType<typeof runCellOutcome>>;
+    try {
+      out = await runCellOutcome(planned!, new CellTraceLoader({ digests: replacing }));
+    } finally {
+      process.chdir(cwd);
+    }
+    expect(out.ok).toBe(false);
+    if (out.ok) return;
+    expect([out.error.name, out.error.exitCode]).toEqual(['InputError', 2]);
+    expect(out.error.message).toContain(`${file} changed since the sweep was planned`);
+  }, 60_000);
 });
 
 describe('sweep', () => {

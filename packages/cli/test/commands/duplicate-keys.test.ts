@@ -8,7 +8,8 @@ import { main } from '../../src/program.js';
 
 // The JSON files users write (a variant file, a cost model, a sweep's variant file) are read as I-JSON
 // (RFC 7493 §2.3): a member named twice in one object is refused, exit 2, with the file, the key and the line,
-// and nothing is written. JSON.parse alone kept the last one without a word.
+// and nothing is written. JSON.parse alone kept the last one without a word. Such a file is valid JSON (RFC 8259 §4:
+// names SHOULD be unique), so the message says what is wrong with it, not "not valid JSON".
 
 const io = captureStdio();
 const err = (): string => io.err.join('');
@@ -29,7 +30,7 @@ function write(name: string, text: string): string {
 
 /** A variant file whose second "policies" replaced the first. */
 const DUP_POLICIES = '{\n  "backend": "vmx",\n  "mmu": "shadow",\n  "policies": ["write-flood"],\n  "policies": ["unsync"]\n}\n';
-const DUP_MESSAGE = 'not valid JSON: duplicate key "policies" at line 5, column 3 (first at line 4): JSON would keep only the last one; give each key once';
+const DUP_MESSAGE = 'duplicate key "policies" at line 5, column 3 (first at line 4): JSON would keep only the last one; give each key once';
 
 describe('duplicate JSON keys', () => {
   it('run --config: refuses a variant file that names a key twice, and writes no --trace', async () => {
@@ -47,7 +48,7 @@ describe('duplicate JSON keys', () => {
     const column = line3.lastIndexOf('"threshold"') + 1; // 69
     expect(await main(['run', '--workload', 'scan:pages=4', '--config', config])).toBe(2);
     expect(err()).toBe(
-      `vmexit: --config ${config}: not valid JSON: duplicate key "threshold" in policies.0.options at line 3, column ${column} (first at line 3): JSON would keep only the last one; give each key once\n`,
+      `vmexit: --config ${config}: duplicate key "threshold" in policies.0.options at line 3, column ${column} (first at line 3): JSON would keep only the last one; give each key once\n`,
     );
   });
 
@@ -60,7 +61,7 @@ describe('duplicate JSON keys', () => {
     const first = text.split('\n').findIndex((l) => l.startsWith('  "guestFault": {')) + 1; // 1-based
     expect(await main(['run', '--workload', 'scan:pages=4', '--cost-model', model])).toBe(2);
     expect(err()).toBe(
-      `vmexit: --cost-model ${model}: not valid JSON: duplicate key "guestFault" at line ${first + 1}, column 3 (first at line ${first}): JSON would keep only the last one; give each key once\n`,
+      `vmexit: --cost-model ${model}: duplicate key "guestFault" at line ${first + 1}, column 3 (first at line ${first}): JSON would keep only the last one; give each key once\n`,
     );
   });
 
@@ -69,7 +70,7 @@ describe('duplicate JSON keys', () => {
     const config = write('vmexit.config.json', '{ "backend": "vmx", "costModel": "./mine.json" }');
     expect(await main(['run', '--workload', 'scan:pages=4', '--config', config])).toBe(2);
     expect(err()).toBe(
-      `vmexit: costModel ${model}: not valid JSON: duplicate key "name" at line 1, column 19 (first at line 1): JSON would keep only the last one; give each key once\n`,
+      `vmexit: costModel ${model}: duplicate key "name" at line 1, column 19 (first at line 1): JSON would keep only the last one; give each key once\n`,
     );
   });
 

@@ -156,7 +156,9 @@ class SyncChannel<T> {
   /** The error that closed the channel, as `push` throws it (null: open). */
   private failure: Error | null = null;
   private completed = false;
-  /** Why `close` ended the channel (null: it did not); read only when a push is refused. */
+  /** Whether `close` was called. */
+  private closed = false;
+  /** Why `close` ended the channel (null: it did not, or an operator had completed it before); read only when a push is refused. */
   private closedBy: string | null = null;
   /** The pipeline's subscription to the channel's input (ended by `close`). */
   private readonly pipeline: Subscription;
@@ -204,8 +206,10 @@ class SyncChannel<T> {
    * item: a closed channel is a completed one, told apart only in the refusal's message.
    */
   close(why: string): void {
-    if (this.closedBy !== null) return;
-    this.closedBy = why;
+    if (this.closed) return;
+    this.closed = true;
+    // A channel an operator completed earlier keeps that reason for its refusals (the first cause).
+    if (!this.completed) this.closedBy = why;
     this.completed = true;
     this.out.complete(); // a no-op on an output that already failed or completed
     this.pipeline.unsubscribe();

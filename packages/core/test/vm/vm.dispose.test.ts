@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { count, finalize, lastValueFrom, tap, toArray } from 'rxjs';
+import { count, finalize, lastValueFrom, take, tap, toArray } from 'rxjs';
 import {
   CR0_PE,
   CR0_PG,
@@ -228,6 +228,17 @@ describe('Vm', () => {
       expect(r.vm.disposed).toBe(true);
       expect(() => r.stores(1)).toThrow(expect.objectContaining({ code: 'E_PIPELINE_CLOSED', message: expect.stringContaining('the VM was disposed') }));
       expect(r.vm.counters().total['exits']).toBe(1); // the refused exit was not counted
+    });
+
+    it('keeps, for an exit after it, the first reason of a pipeline an operator had ended before (not the disposal)', () => {
+      const once: FaultPolicy<unknown> = { name: 'once', description: 'passes one exit, then ends the stream', needs: [], exits: () => take<VmExit>(1) };
+      const r = emulatingVm([once]);
+      r.stores(1); // exit #1 passes; take(1) completes the pipeline
+      const ended = 'the exit pipeline completed after an earlier exit (an operator in it ended the stream)';
+      expect(() => r.stores(1)).toThrow(expect.objectContaining({ code: 'E_PIPELINE_CLOSED', message: expect.stringContaining(ended) }));
+      r.vm.dispose();
+      // Exit #3 is refused for the same reason as #2: dispose() did not close an open pipeline here.
+      expect(() => r.stores(1)).toThrow(expect.objectContaining({ code: 'E_PIPELINE_CLOSED', message: expect.stringContaining(ended) }));
     });
 
     it("unsubscribes the policies' operators (their finalizers run once per vCPU)", () => {
