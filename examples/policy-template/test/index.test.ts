@@ -59,6 +59,8 @@ describe('reflectRange', () => {
       expect(base.counters['pf_taken']! - mine.counters['pf_taken']!).toBe(64);
       const all = Object.keys({ ...base.counters, ...mine.counters });
       expect(all.filter((k) => base.counters[k] !== mine.counters[k]).sort()).toEqual(['pf_taken', 'reflect_range.injected']);
+      // What it declares in `counters` (what `vmexit run` shows for it) is the counter its work moved.
+      expect(reflectRange.counters).toEqual(['reflect_range.injected']);
       expect(mine.memoryDigest).toBe(base.memoryDigest);
       expect(mine.guestEvents).toBe(base.guestEvents);
       // An empty range changes nothing.

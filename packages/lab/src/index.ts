@@ -78,6 +78,7 @@ export {
   compareGuestViews,
   type GuestView,
   type MemoryDifference,
+  type PolicyCounters,
   runChecked,
   runOnVariant,
   type VariantRunOptions,

@@ -55,8 +55,18 @@ export interface VariantRunOptions {
   readonly onVm?: (vm: Vm) => void;
 }
 
-/** A RunResult with the modelled cycles of the variant's cost model. */
-export type VariantRunResult = RunResult & { cycles: CostReport };
+/** What a composed policy declares it counts (`FaultPolicy.counters`): its name and the counters, in print order. */
+export interface PolicyCounters {
+  readonly policy: string;
+  readonly counters: readonly string[];
+}
+
+/**
+ * A RunResult with the modelled cycles of the variant's cost model, and, when the variant composes policies,
+ * `policyCounters`: each composed policy in the order of `variant.policies`, with the counters it declares
+ * (`FaultPolicy.counters`, keys of `counters.total`), so that a reader of the result needs no policy object.
+ */
+export type VariantRunResult = RunResult & { cycles: CostReport; policyCounters?: readonly PolicyCounters[] };
 
 /** One run on a variant: its result (counters, cycles, digest) and how the run ended. */
 export interface VariantRunOutcome {
@@ -142,7 +152,14 @@ export async function runOnVariant(o: VariantRunOptions): Promise<VariantRunOutc
   const profile = resolveCostProfile(v.costModel);
   const total =
     v.backend === 'none' ? { ...outcome.result.counters.total, 'guest.page_faults': outcome.result.guest.faults.total } : outcome.result.counters.total;
-  const result: VariantRunResult = { ...outcome.result, cycles: modelCycles(profile, total) };
+  const result: VariantRunResult = {
+    ...outcome.result,
+    cycles: modelCycles(profile, total),
+    // Only with policies, so that the results of variants without them stay as they were.
+    ...(vm !== null && vm.policies.length > 0
+      ? { policyCounters: vm.policies.map(({ policy }) => ({ policy: policy.name, counters: [...(policy.counters ?? [])] })) }
+      : {}),
+  };
   return { result, outcome, vm };
 }
 

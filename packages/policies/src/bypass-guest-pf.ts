@@ -46,6 +46,8 @@ export const bypassGuestPf: FaultPolicy<BypassGuestPfOptions> = {
   description: 'VMX: not-present guest #PFs go straight to the guest (PFEC_MASK = PFEC_MATCH = 1); trap / notrap non-present sptes (KVM 2007)',
   needs: ['PageFaultFilter', 'NonPresentSpteEncoding'],
   optionsSchema: bypassGuestPfOptions,
+  // It programs the hardware and counts nothing of its own: its effect is in the exits (fewer #PF exits).
+  counters: [],
   setup(ctx) {
     if (ctx.mmu.name !== 'shadow') {
       throw new PolicyError(

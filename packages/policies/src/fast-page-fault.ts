@@ -26,6 +26,9 @@ export const fastPageFault: FaultPolicy<FastPageFaultOptions> = {
   description: 'write-protect faults under dirty logging fixed by an spte cmpxchg without mmu_lock (KVM 2012)',
   needs: ['FastPageFault'],
   optionsSchema: fastPageFaultOptions,
+  // core mmu/fast-fault.ts: a fault fixed (or found spurious) without mmu_lock, a lost cmpxchg; mmu-shadow
+  // fast-fault.ts: a fault the fast path would have fixed but for its indirect shadow page.
+  counters: ['pf_fast', 'pf_fast_indirect', 'pf_fast_cmpxchg_fail'],
   setup(ctx) {
     ctx.capability<FastPageFaultControl>('FastPageFault').setFastPageFault(true);
   },

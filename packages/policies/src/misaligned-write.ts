@@ -23,5 +23,8 @@ export const misalignedWrite: FaultPolicy<MisalignedWriteOptions> = {
   description: 'an emulated write that straddles two guest ptes or is shorter than 4 bytes (but a 1-byte write at a pte start) zaps the shadow page',
   needs: ['ShadowPageTables'],
   optionsSchema: misalignedWriteOptions,
+  // Its zap counts as `mmu_flooded`, as KVM's does (mmu.c kvm_mmu_pte_write: "if (detect_write_misaligned(sp, gpa,
+  // bytes) || detect_write_flooding(sp)) { ...; ++vcpu->kvm->stat.mmu_flooded; }"): with write-flood, the count is both's.
+  counters: ['mmu_flooded', 'mmu_events.pte-write'],
   mmuEvents: () => decideMmuEvents('misaligned-write', (ev) => (ev.kind === 'pte-write' && ev.misaligned ? 'zap-page' : null), ['pte-write']),
 };

@@ -24,6 +24,9 @@ export const pml: FaultPolicy<PmlOptions> = {
   description: 'page-modification logging: the CPU logs dirty gpas in a 512-entry buffer, one exit per full buffer (VMX with TDP)',
   needs: ['PageModificationLogging', 'CpuDirtyLogging'],
   optionsSchema: pmlOptions,
+  // It programs the hardware and counts nothing of its own: its effect is in the exits (PML-full exits instead of
+  // write-protect faults).
+  counters: [],
   setup(ctx) {
     ctx.capability<CpuDirtyLogControl>('CpuDirtyLogging').enableCpuDirtyLog(ctx.capability<PageModificationLogging>('PageModificationLogging'));
   },

@@ -26,5 +26,7 @@ export const prefetch: FaultPolicy<PrefetchOptions> = {
     'on a level-1 fault, also map the other present and accessed guest ptes of its aligned group of 8 (under a guest large page: the neighbouring pages)',
   needs: ['ShadowPageTables'],
   optionsSchema: prefetchOptions,
+  // The MMU has no counter of prefetched sptes (neither has KVM); the faults they save show in pf_fixed.
+  counters: ['mmu_events.prefetch'],
   mmuEvents: () => decideMmuEvents('prefetch', (ev) => (ev.kind === 'prefetch' ? true : null), ['prefetch']),
 };

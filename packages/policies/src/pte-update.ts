@@ -23,5 +23,6 @@ export const pteUpdate: FaultPolicy<PteUpdateOptions> = {
   description: 'install the new shadow pte on an emulated write of a full guest pte into a level-1 page, instead of clearing it (KVM 2007)',
   needs: ['ShadowPageTables'],
   optionsSchema: pteUpdateOptions,
+  counters: ['mmu_pte_updated', 'mmu_events.pte-write'],
   mmuEvents: () => decideMmuEvents('pte-update', (ev) => (ev.kind === 'pte-write' && ev.level === 1 && !ev.misaligned ? 'update-spte' : null), ['pte-write']),
 };

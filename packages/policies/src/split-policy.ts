@@ -70,6 +70,8 @@ export function splitPolicy(config: SplitPolicyConfig): FaultPolicy<SplitOptions
       config.description ?? `${config.true.name} ${byBackend ? `on ${cond.backend}` : 'for the exits that match'}, otherwise ${f?.name ?? 'nothing'}`,
     needs,
     optionsSchema: splitOptionsSchema(config.name, t, f),
+    // Both branches' counters, `true`'s first.
+    counters: [...new Set([...(t.counters ?? []), ...(f?.counters ?? [])])],
     setup(ctx: PolicySetupContext<SplitOptions>) {
       if (byBackend) {
         const b = branchOf(ctx.backend.name);

@@ -30,6 +30,7 @@ export const unsync: FaultPolicy<UnsyncOptions> = {
   description: 'level-1 guest page tables become writable and out of sync, synced on the guest TLB flush (CR3 write, INVLPG) (KVM 2008)',
   needs: ['ShadowPageTables'],
   optionsSchema: unsyncOptions,
+  counters: ['mmu_unsync', 'mmu_events.unsync'],
   setup(ctx) {
     if (ctx.mmu.name !== 'shadow') return; // two-dimensional paging shadows no guest tables
     for (const [i, state] of ctx.backendStates.entries()) {

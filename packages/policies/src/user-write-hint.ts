@@ -20,6 +20,8 @@ export const userWriteHint: FaultPolicy<UserWriteHintOptions> = {
   description: 'a user-mode write fault on a shadowed guest page table zaps its shadow pages (KVM 2007)',
   needs: ['ShadowPageTables'],
   optionsSchema: userWriteHintOptions,
+  // Its unshadow zaps count in mmu_shadow_zapped with every other zap: no counter of its own.
+  counters: ['mmu_events.tracked-write'],
   mmuEvents: () =>
     decideMmuEvents('user-write-hint', (ev) => (ev.kind === 'tracked-write' && (ev.errorCode & PFERR_USER) !== 0 ? true : null), ['tracked-write']),
 };

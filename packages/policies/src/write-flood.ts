@@ -33,6 +33,7 @@ export const writeFlood: FaultPolicy<WriteFloodOptions> = {
   description: 'zap a shadow page after 3 consecutive emulated writes (options: threshold; count per-page as today or per-vcpu as in 2007)',
   needs: ['ShadowPageTables'],
   optionsSchema: writeFloodOptions,
+  counters: ['mmu_flooded', 'mmu_events.flood'],
   mmuEvents: ({ options }) =>
     decideMmuEvents(
       'write-flood',

@@ -14,6 +14,7 @@ import {
 } from '@vmexit/lab';
 import { InputError } from '../errors.js';
 import { CountBar } from '../progress.js';
+import { traceSigsegvWarnings } from './run.js';
 import { parseJobs } from './sweep.js';
 import { checkVariantFlags, parseSize, type VariantOptions } from '../variant-options.js';
 import { checkWorkloadSpec } from '../workload-check.js';
@@ -119,6 +120,7 @@ export function registerCompare(program: Command): void {
         bar.clear();
       }
       process.stdout.write(flags.json === true ? `${JSON.stringify(doc, null, 2)}\n` : formatComparison(doc));
+      if (flags.json !== true) process.stderr.write(traceSigsegvWarnings(doc.results));
       const bad = doc.results.find((r) => r.check !== undefined && !r.check.ok);
       if (bad?.check !== undefined) throw checkFailure(bad.check);
     });

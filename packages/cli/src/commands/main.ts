@@ -8,6 +8,7 @@ import { comparisonTable, reportHtml, type ComparisonResult } from '@vmexit/lab'
 import { checkOutputTarget, writeOutputFile } from '../output-file.js';
 import { checkWorkloadSpec, workloadInputs } from '../workload-check.js';
 import { runVectorsOnVariant } from './conformance.js';
+import { traceSigsegvWarnings } from './run.js';
 import { InputError, RunFailure } from '../errors.js';
 import { parseVariantSpec, formatComparison, runComparison, type ComparisonDocument } from './compare.js';
 
@@ -200,6 +201,7 @@ export function registerMain(program: Command): void {
         progress: (s) => process.stderr.write(s),
       });
       process.stdout.write(flags.json === true ? `${JSON.stringify(doc, null, 2)}\n` : formatConformance(doc) + formatHeadline(doc));
+      if (flags.json !== true) process.stderr.write(traceSigsegvWarnings(Object.values(doc.comparisons).flatMap((c) => c.results)));
       if (flags.report !== undefined)
         writeOutputFile(
           '--report',

@@ -111,6 +111,8 @@ export function registerRun(program: Command): void {
     for (const name of selecting?.unmatched() ?? []) process.stderr.write(`vmexit: --trace-filter: ${name} matched nothing in this run\n`);
     const doc = check === null ? { ...result, provenance: started } : { ...result, check, provenance: started };
     process.stdout.write(flags.json === true ? `${JSON.stringify(doc, null, 2)}\n` : summary(result, check));
+    const segv = flags.json === true ? null : traceSigsegvWarning(result);
+    if (segv !== null) process.stderr.write(segv);
     if (check !== null && !check.ok) throw checkFailure(check);
     // dirty-log-test with harvest=...: a page whose contents changed since a harvest but that the next one did
     // not report is a lost dirty page (KVM's dirty_log_test fails on it).
@@ -269,7 +271,7 @@ export function summary(r: VariantRunResult, check: CheckReport | null = null): 
       ['modelled cycles', `${num(r.cycles.cycles)} (${r.cycles.profile})`],
     );
     const policies = ((r.variant.policies as readonly (string | { use: string })[] | undefined) ?? []).map((p) => (typeof p === 'string' ? p : p.use));
-    if (policies.length > 0) exitRows.push(['policies', policiesRow(policies, t)]);
+    if (policies.length > 0) exitRows.push(['policies', policiesRow(policies, r.policyCounters ?? [], t)]);
   }
   const kinds = Object.entries(g.faults)
     .filter(([k, n]) => k !== 'total' && n > 0)
@@ -322,39 +324,54 @@ export function summary(r: VariantRunResult, check: CheckReport | null = null): 
 
 export { variantLabel };
 
-/**
- * The counters that show what each built-in policy did, in the order `policies` prints them: first the MMU's
- * count of what the policy's "yes" made it do (mmu-shadow `mmu_flooded`: a flooded page zapped; `mmu_unsync`: a
- * page let out of sync; `mmu_pte_updated`: an spte updated instead of cleared; core `pf_fast*`: the fast page
- * fault), then `mmu_events.<kind>`, the MMU decisions of the kinds the policy takes (`decideMmuEvents(...,
- * kinds)` in @vmexit/policies): each was offered to it, whatever it answered, so two policies of one kind show
- * the same count. bypass-guest-pf and pml program the hardware and count nothing of their own (their effect is
- * in the vmexits row).
- */
-const POLICY_COUNTERS: Readonly<Record<string, readonly string[]>> = {
-  'bypass-guest-pf': [],
-  'fast-page-fault': ['pf_fast', 'pf_fast_indirect', 'pf_fast_cmpxchg_fail'],
-  'misaligned-write': ['mmu_events.pte-write'],
-  pml: [],
-  prefetch: ['mmu_events.prefetch'],
-  'pte-update': ['mmu_pte_updated', 'mmu_events.pte-write'],
-  unsync: ['mmu_unsync', 'mmu_events.unsync'],
-  'user-write-hint': ['mmu_events.tracked-write'],
-  'write-flood': ['mmu_flooded', 'mmu_events.flood'],
-};
+/** One composed policy's declared counters, as a result carries them. */
+type PolicyCounters = NonNullable<VariantRunResult['policyCounters']>[number];
 
 /**
- * The `policies` row: each composed policy in the variant's order with its nonzero counters (POLICY_COUNTERS,
- * under their --json names), `-` when none is nonzero or the policy is not a built-in one (its counters are in
- * --json).
+ * The `policies` row: each composed policy in the variant's order (as the variant names it: a built-in name, a
+ * package or a path) with its nonzero counters under their --json names: the ones it declares
+ * (`FaultPolicy.counters`, which the result carries as `policyCounters`, in the same order), `-` when it declares
+ * none or all of them are zero.
  */
-function policiesRow(policies: readonly string[], t: Readonly<Record<string, number>>): string {
+function policiesRow(policies: readonly string[], declared: readonly PolicyCounters[], t: Readonly<Record<string, number>>): string {
   return policies
-    .map((p) => {
-      const shown = (POLICY_COUNTERS[p] ?? []).filter((k) => (t[k] ?? 0) > 0).map((k) => `${k} ${num(t[k]!)}`);
+    .map((p, i) => {
+      const shown = (declared[i]?.counters ?? []).filter((k) => (t[k] ?? 0) > 0).map((k) => `${k} ${num(t[k]!)}`);
       return `${p}: ${shown.length > 0 ? shown.join(', ') : '-'}`;
     })
     .join('; ');
+}
+
+/**
+ * A warning for a trace replay that took SIGSEGVs, or null (a synthetic workload, some of which segfault on
+ * purpose, or a clean replay). A recording is of a run that completed, so no access of it segfaulted: a record
+ * that ends in SIGSEGV on replay (`guest.trace.sigsegvRecords`; `guest.sigsegv` counts the signals) is an
+ * access the guest model's address space does not allow, where the model disagrees with the recording.
+ */
+export function traceSigsegvWarning(r: Pick<VariantRunResult, 'workload' | 'guest'>): string | null {
+  if (r.workload.kind !== 'trace') return null;
+  const records = r.guest.trace?.sigsegvRecords ?? 0;
+  if (records === 0 && r.guest.sigsegv === 0) return null;
+  return (
+    `vmexit: warning: the replay of trace '${r.workload.input}' took SIGSEGVs (guest.trace.sigsegvRecords ${num(records)}, ` +
+    `guest.sigsegv ${num(r.guest.sigsegv)}): the recorded run completed without them, so the guest model disagrees with ` +
+    `the recording (an access outside what the model mapped for the process) and those accesses were not replayed as recorded\n`
+  );
+}
+
+/**
+ * `traceSigsegvWarning` once per workload of `results` (the runs of one workload on several variants: what the
+ * guest model does is the same on every variant, so the first run's counts stand for all).
+ */
+export function traceSigsegvWarnings(results: readonly Pick<VariantRunResult, 'workload' | 'guest'>[]): string {
+  const seen = new Set<string>();
+  let out = '';
+  for (const r of results) {
+    if (seen.has(r.workload.input)) continue;
+    seen.add(r.workload.input);
+    out += traceSigsegvWarning(r) ?? '';
+  }
+  return out;
 }
 
 function sum(o: Record<string, number>): number {

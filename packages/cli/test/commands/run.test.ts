@@ -217,12 +217,17 @@ describe('run summary table', () => {
     // the guest's TLB flush, KVM kvm_sync_page), each answered yes (mmu_unsync 7).
     expect(text).toMatch(/^policies +write-flood: mmu_flooded 12, mmu_events\.flood 44; unsync: mmu_unsync 7, mmu_events\.unsync 7$/m);
     expect(text).toMatch(/^MMU +47 faults fixed, 25 injected, 44 emulated, 44 pte writes, 12 pages zapped$/m);
-    // The same figures as --json, which is unchanged.
+    // The same figures as --json, with each policy's declared counters (policyCounters).
     out.length = 0;
     expect(await main([...args, '--json'])).toBe(0);
     const r = JSON.parse(out.join(''));
     expect(r.variant.policies).toEqual(['write-flood', 'unsync']);
     expect(r.counters.total).toMatchObject({ mmu_flooded: 12, 'mmu_events.flood': 44, mmu_unsync: 7, 'mmu_events.unsync': 7, mmu_pte_write: 44 });
+    // The counters the row shows come from the policies' own declarations (FaultPolicy.counters), in the result.
+    expect(r.policyCounters).toEqual([
+      { policy: 'write-flood', counters: ['mmu_flooded', 'mmu_events.flood'] },
+      { policy: 'unsync', counters: ['mmu_unsync', 'mmu_events.unsync'] },
+    ]);
   });
 
   it("lists the policies in the variant's order, by name with or without options, with - for one that counted nothing", async () => {
@@ -231,11 +236,22 @@ describe('run summary table', () => {
     const r = JSON.parse(out.join(''));
     const policies = ['unsync', { use: 'write-flood', options: { threshold: 5 } }, 'bypass-guest-pf', '/plugins/mine.mjs'];
     const total = { ...r.counters.total, mmu_unsync: 0, 'mmu_events.unsync': 3, mmu_flooded: 1_234, 'mmu_events.flood': 0 };
-    const table = summary({ ...r, variant: { ...r.variant, policies }, counters: { ...r.counters, total } });
-    // Zero counters are left out; a policy with none left, or one that is not built in, shows -.
+    // The counters each policy declares (FaultPolicy.counters), as a run with these policies carries them; the
+    // plugin's one counter is zero.
+    const policyCounters = [
+      { policy: 'unsync', counters: ['mmu_unsync', 'mmu_events.unsync'] },
+      { policy: 'write-flood', counters: ['mmu_flooded', 'mmu_events.flood'] },
+      { policy: 'bypass-guest-pf', counters: [] },
+      { policy: 'mine', counters: ['mine.seen'] },
+    ];
+    const table = summary({ ...r, variant: { ...r.variant, policies }, counters: { ...r.counters, total }, policyCounters });
+    // Zero counters are left out; a policy with none left, or that declares none, shows -.
     expect(table).toMatch(/^policies +unsync: mmu_events\.unsync 3; write-flood: mmu_flooded 1,234; bypass-guest-pf: -; \/plugins\/mine\.mjs: -$/m);
-    // No policies, no row.
+    // A result without policyCounters (written before policies declared their counters): - for each.
+    expect(summary({ ...r, variant: { ...r.variant, policies: ['unsync'] }, counters: { ...r.counters, total } })).toMatch(/^policies +unsync: -$/m);
+    // No policies, no row (and no policyCounters in the result).
     expect(summary(r)).not.toMatch(/^policies/m);
+    expect(r.policyCounters).toBeUndefined();
   });
 
   it('formats the wall time in seconds and accesses/s in k or M', async () => {

@@ -42,6 +42,20 @@ export interface FaultPolicy<O = Record<string, unknown>> {
   /** The capabilities it needs (keys of CAPABILITIES): composing it where one is missing fails. */
   readonly needs: readonly string[];
   readonly optionsSchema?: OptionsSchema<O>;
+  /**
+   * The counters (under their `--json` names, keys of `counters.total`) that show what this policy did, in the
+   * order `vmexit run` prints them in its `policies` row (a result carries each composed policy's list as
+   * `policyCounters`). First what its answers made the MMU count (mmu-shadow `mmu_flooded`: a shadow page zapped
+   * on a pte write; `mmu_unsync`: a page let out of sync; `mmu_pte_updated`: an spte updated instead of
+   * cleared), then `mmu_events.<kind>` for each kind of MMU event it takes: that counter counts every event of
+   * the kind the MMU offered to the vCPU's policies, whatever they answered, so two policies that take one
+   * kind show the same count. A counter the policy's own operators add to (`ctx.count(name)`) belongs here too.
+   * Absent or empty: the policy counts nothing of its own (`vmexit run` shows `-`).
+   *
+   * @example
+   * counters: ['mmu_flooded', 'mmu_events.flood']
+   */
+  readonly counters?: readonly string[];
   /** Runs once per VM before any vCPU does: programs backend and MMU capabilities (`ctx.capability`) for the whole VM. */
   setup?(ctx: PolicySetupContext<O>): void;
   /**

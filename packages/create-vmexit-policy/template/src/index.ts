@@ -33,6 +33,9 @@ export const reflectRange: FaultPolicy<ReflectRangeOptions> = {
   description: "inject the #PF exits of a guest address range that the guest's own tables do not allow, without asking the MMU",
   needs: [],
   optionsSchema: reflectRangeOptions,
+  // The counters that show what it did, under their --json names: `vmexit run` prints the nonzero ones in its
+  // `policies` row (`__NAME__: reflect_range.injected 64`).
+  counters: ['reflect_range.injected'],
   exits: (ctx) => {
     const r = new WalkResult(); // one per vCPU, reused: the exit path allocates nothing
     return resolveExits('reflect-range', (e) => {
