@@ -18,7 +18,7 @@ describe('migrate', () => {
       expect(r.schema).toBe('vmexit.migrate/1');
       // Round 0 sends all 4096 pages; each later round sends what the guest dirtied while the previous one
       // was sent (shrinking as the rounds get shorter), the last is the stop-and-copy at the workload's end.
-      expect(r.rounds.map((x) => x.dirtyPages)).toEqual([4096, 503, 186, 113, 62, 4]);
+      expect(r.rounds.map((x) => x.dirtyPages)).toEqual([4096, 505, 186, 113, 62, 5]);
       expect(r.stoppedBy).toBe('workload-end');
       expect(r.digestMatch).toBe(true);
       expect(r.destination.memoryDigest).toBe(r.source.memoryDigest);
@@ -30,13 +30,13 @@ describe('migrate', () => {
     // Rounds as above until 186 <= 200: the guest stops there, before its end; round 2 is sent while it is stopped.
     const r = await run('vmx shadow', { stopPages: 200 });
     expect(r.stoppedBy).toBe('dirty-set-small');
-    expect(r.rounds.map((x) => x.dirtyPages)).toEqual([4096, 503, 186]);
+    expect(r.rounds.map((x) => x.dirtyPages)).toEqual([4096, 505, 186]);
     expect(r.rounds[2]!.guestAccesses).toBe(0);
     expect(r.modelled.downtimeCycles).toBe(186 * r.modelled.pageCopyCycles);
     expect(r.digestMatch).toBe(true);
     const m = await run('vmx shadow', { stopPages: 0, maxRounds: 1 });
     expect(m.stoppedBy).toBe('max-rounds');
-    expect(m.rounds.map((x) => x.dirtyPages)).toEqual([4096, 503]);
+    expect(m.rounds.map((x) => x.dirtyPages)).toEqual([4096, 505]);
     expect(m.digestMatch).toBe(true);
   }, 60_000);
 
@@ -56,28 +56,28 @@ describe('migrate', () => {
   it('reports guest progress after logging started; with 2 vCPUs the lock is timed, and the fast path spins less', async () => {
     const sum = (r: Awaited<ReturnType<typeof run>>, k: string): number => r.rounds.reduce((a, x) => a + (x.counters[k] ?? 0), 0);
     // One vCPU: the fast path changes no priced counter (a fast fix is priced as a slow one) and nothing spins,
-    // so the 4,992 guest accesses of the rounds before the stop take the same 8,135,152 modelled cycles.
+    // so the 4,992 guest accesses of the rounds before the stop take the same 8,130,240 modelled cycles.
     const slow1 = await run('vmx shadow');
     const fast1 = await run('vmx shadow fast-page-fault');
     expect(slow1.guestProgress).toEqual(fast1.guestProgress);
-    expect(slow1.guestProgress).toMatchObject({ accesses: 4992, cycles: 8_135_152 });
+    expect(slow1.guestProgress).toMatchObject({ accesses: 4992, cycles: 8_130_240 });
     expect(sum(slow1, 'mmu_lock.contended') + sum(fast1, 'mmu_lock.contended')).toBe(0);
     // The guest ran in every round but the stop-and-copy: progress is over those rounds' accesses and cycles.
     const ran = slow1.rounds.slice(0, -1);
     expect(ran.reduce((a, r) => a + r.guestAccesses, 0)).toBe(4992);
-    expect(ran.reduce((a, r) => a + r.modelledCycles, 0)).toBe(8_135_152);
-    expect(slow1.guestProgress.accessesPerKcycle).toBeCloseTo((4992 * 1000) / (8_135_152 + 4992), 12);
+    expect(ran.reduce((a, r) => a + r.modelledCycles, 0)).toBe(8_130_240);
+    expect(slow1.guestProgress.accessesPerKcycle).toBeCloseTo((4992 * 1000) / (8_130_240 + 4992), 12);
     // Two vCPUs: the lock's critical sections (680 cycles each) overlap on the vCPUs' modelled clocks. Without the
-    // fast path 3,640 acquisitions spin 389,935 cycles; with it 454 fewer acquisitions spin 387,747. The count of
-    // contended acquisitions is not monotone in so small a run (523, then 755: the spins move the clocks, and
+    // fast path 3,641 acquisitions spin 390,526 cycles; with it 455 fewer acquisitions spin 390,476. The count of
+    // contended acquisitions is not monotone in so small a run (518, then 765: the spins move the clocks, and
     // with them which sections meet), the cycles are. The modelled cycles differ by the spins alone.
     const slow2 = await run('vmx shadow', { variant: await parseVariantSpec('vmx shadow', { memory: '16M', vcpus: '2' }) });
     const fast2 = await run('vmx shadow fast-page-fault', { variant: await parseVariantSpec('vmx shadow fast-page-fault', { memory: '16M', vcpus: '2' }) });
     expect(fast2.source.memoryDigest).toBe(slow2.source.memoryDigest);
-    expect([sum(slow2, 'mmu_lock.acquired'), sum(fast2, 'mmu_lock.acquired'), sum(fast2, 'pf_fast')]).toEqual([3640, 3186, 454]);
-    expect([sum(slow2, 'mmu_lock.contended'), sum(fast2, 'mmu_lock.contended')]).toEqual([523, 755]);
-    expect([sum(slow2, 'mmu_lock.spin_cycles'), sum(fast2, 'mmu_lock.spin_cycles')]).toEqual([389_935, 387_747]);
-    expect([slow2.guestProgress.cycles, fast2.guestProgress.cycles]).toEqual([9_205_687, 9_203_499]);
+    expect([sum(slow2, 'mmu_lock.acquired'), sum(fast2, 'mmu_lock.acquired'), sum(fast2, 'pf_fast')]).toEqual([3641, 3186, 455]);
+    expect([sum(slow2, 'mmu_lock.contended'), sum(fast2, 'mmu_lock.contended')]).toEqual([518, 765]);
+    expect([sum(slow2, 'mmu_lock.spin_cycles'), sum(fast2, 'mmu_lock.spin_cycles')]).toEqual([390_526, 390_476]);
+    expect([slow2.guestProgress.cycles, fast2.guestProgress.cycles]).toEqual([9_202_822, 9_202_772]);
     expect(slow2.guestProgress.cycles - fast2.guestProgress.cycles).toBe(sum(slow2, 'mmu_lock.spin_cycles') - sum(fast2, 'mmu_lock.spin_cycles'));
     expect(fast2.guestProgress.accesses).toBe(slow2.guestProgress.accesses);
     expect(fast2.guestProgress.accessesPerKcycle).toBeGreaterThan(slow2.guestProgress.accessesPerKcycle);
@@ -90,10 +90,10 @@ describe('migrate', () => {
 
   describe('ring (KVM_CAP_DIRTY_LOG_RING)', () => {
     it('with rings of 4096 entries: the same rounds as the bitmap, no ring ever soft-full, the digests match', async () => {
-      // A round's dirty set is the same set whether it is read from bitmaps or rings; the largest round (503
+      // A round's dirty set is the same set whether it is read from bitmaps or rings; the largest round (505
       // pages) stays far below the soft limit (4096 - 64), so no vCPU exits for its ring.
       const r = await run('vmx shadow', { dirtyLog: 'ring' });
-      expect(r.rounds.map((x) => x.dirtyPages)).toEqual([4096, 503, 186, 113, 62, 4]);
+      expect(r.rounds.map((x) => x.dirtyPages)).toEqual([4096, 505, 186, 113, 62, 5]);
       expect(r.dirtyRing).toMatchObject({ entries: 4096, softLimit: 4032, fullExits: 0 });
       expect(r.digestMatch).toBe(true);
     }, 60_000);
@@ -109,7 +109,7 @@ describe('migrate', () => {
       // guest sets its workload up and its vCPU fills the 192 entries of the soft limit 13 times; at each exit
       // user space harvests and resets, re-protecting pages the guest is still writing, which fault again:
       // 1,282 more exits than with the bitmap in round 0. 15 exits in all, each a user-space round trip.
-      expect(r.dirtyRing).toMatchObject({ entries: 256, softLimit: 192, harvested: 3553, fullExits: 15 });
+      expect(r.dirtyRing).toMatchObject({ entries: 256, softLimit: 192, harvested: 3555, fullExits: 15 });
       expect(r.rounds.map((x) => x.counters['dirty_ring_full_exits'])).toEqual([13, 0, 0, 0, 2, 0]);
       expect(r.rounds[0]!.counters['exits']! - bitmap.rounds[0]!.counters['exits']!).toBe(1282);
     }, 60_000);

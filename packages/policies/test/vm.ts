@@ -114,7 +114,11 @@ export async function bootGuest(variant: VariantInput, guestMode: PagingModeId, 
   const kernel = new Kernel(vm.machine, guestMode);
   const proc = kernel.createProcess(v, 'init');
   kernel.switchTo(v, proc);
-  const base = kernel.mmap(v, proc, null, pages * 4096, PROT_READ | PROT_WRITE, VMA_ANON);
+  // A fixed address (mmap with an address replaces what is there, as MAP_FIXED does) at the start of a page table
+  // of every mode (4 MiB-aligned): the tests index the area's gptes from 0 of its table. mmap(NULL) would not do:
+  // it is top-down (arch/x86/mm/mmap.c, arch_get_unmapped_area_topdown) and ends the area at mmap_base.
+  const at = kernel.layout.userLimit > 2 ** 32 ? 0x7f00_0000_0000 : 0x4000_0000;
+  const base = kernel.mmap(v, proc, at, pages * 4096, PROT_READ | PROT_WRITE, VMA_ANON);
   v.setCpl(3);
   for (let i = 0; i < pages; i++) v.write(base + i * 4096, 4, i + 1);
   v.setCpl(0);

@@ -30,7 +30,7 @@ describe('vmexit migrate', () => {
       destination: { memoryDigest: string };
     };
     expect(d.schema).toBe('vmexit.migrate/1');
-    expect(d.rounds.map((r) => r.dirtyPages)).toEqual([4096, 503, 186, 113, 62, 4]);
+    expect(d.rounds.map((r) => r.dirtyPages)).toEqual([4096, 505, 186, 113, 62, 5]);
     expect(d.digestMatch).toBe(true);
     expect(d.destination.memoryDigest).toBe(d.source.memoryDigest);
   }, 60_000);
@@ -54,7 +54,7 @@ describe('vmexit migrate', () => {
       ]),
     ).toBe(0);
     expect(out).toContain('dirty log: ring');
-    expect(out).toContain('dirty ring: 256 entries per vCPU (soft limit 192); 3553 entries harvested; 15 KVM_EXIT_DIRTY_RING_FULL exits');
+    expect(out).toContain('dirty ring: 256 entries per vCPU (soft limit 192); 3555 entries harvested; 15 KVM_EXIT_DIRTY_RING_FULL exits');
     expect(out).toMatch(/^destination .* match$/m);
   }, 60_000);
 
@@ -67,13 +67,14 @@ describe('vmexit migrate', () => {
       rounds: { dirtyPages: number; counters: Record<string, number> }[];
     };
     expect(d).toMatchObject({ variant: { policies: ['pml'] }, digestMatch: true, dirtyLog: 'pml' });
-    // The guest dirties 513 pages while round 0's full copy is sent (round 1 harvests them). With write protection
-    // (--dirty-log bitmap) each is an EPT violation in round 0 (513); with PML none is: the processor logs them, and
-    // only the 513th entry finds vCPU 0's 512-entry log full: 1 PML_FULL exit. Round 1 dirties nothing (the end).
+    // The processor logs 514 pages while round 0's full copy is sent (round 1 harvests them); none of the writes
+    // exits, and only the 513th entry finds vCPU 0's 512-entry log full: 1 PML_FULL exit. Round 1 dirties nothing
+    // (the end). With write protection (--dirty-log bitmap) round 0 takes 515 EPT violations and round 1 harvests
+    // 515 pages, one more than PML logs.
     const per = d.rounds.map((r) => [r.dirtyPages, r.counters['exits.EPT_VIOLATION'] ?? 0, r.counters['exits.PML_FULL'] ?? 0]);
     expect(per).toEqual([
       [65536, 0, 1],
-      [513, 0, 0],
+      [514, 0, 0],
     ]);
   }, 60_000);
 
@@ -110,7 +111,7 @@ describe('vmexit run --workload dirty-log-test:...,harvest=ring', () => {
     expect(d.dirtyLog).toMatchObject({ mode: 'ring', harvests: 9, lost: 0, falseDirty: 43 });
     out = '';
     expect(await main(['run', '--workload', RING, '--memory', '16M', '--vcpus', '2', '--seed', '1'])).toBe(0);
-    expect(out).toMatch(/dirty log +ring: 9 harvests, 2,?863 page checks, 0 lost, 43 false dirty; rings of 256, 1,?778 entries harvested, 1 full exits/);
+    expect(out).toMatch(/dirty log +ring: 9 harvests, 2,?863 page checks, 0 lost, 43 false dirty; rings of 256, 1,?779 entries harvested, 1 full exits/);
   }, 60_000);
 
   it('natively (no dirty log) and with an unknown mode: exit 2 naming the parameter', async () => {

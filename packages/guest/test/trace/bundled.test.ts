@@ -104,18 +104,18 @@ describe('bundled traces', () => {
       const d = describeVxt(t, bytes.length);
       expect(d.processes.map((p) => [p.parent === 0, p.images])).toEqual([
         [true, ['gcc']],
-        // in the trace's process order (pids: the recording's pids wrapped, so as (6130) comes before cc1)
-        [false, ['/usr/bin/as']],
+        // in the trace's process order (the order of the recording's pids: cc1 13470, as 15442)
         [false, ['/usr/lib/gcc/x86_64-linux-gnu/12/cc1']],
+        [false, ['/usr/bin/as']],
       ]);
       expect(d.processes.slice(1).every((p) => p.parent === d.processes[0]!.pid)).toBe(true);
       expect(d.processes.map((p) => p.status)).toEqual([0, 0, 0]);
       // the figures of the committed recording (record-kbuild.sh prints them)
-      expect(d.records).toBe(32995631);
-      expect(d.accesses).toBe(186879863);
-      expect(d.distinctPages).toBe(4383);
-      // imported before vfork and wait events: its two vforks are plain forks, and it has no wait
-      expect(d.events).toEqual({ mmap: 107, munmap: 3, mprotect: 23, brk: 28, fork: 2, vfork: 0, wait: 0, exec: 3, exit: 3 });
+      expect(d.records).toBe(32999309);
+      expect(d.accesses).toBe(186871846);
+      expect(d.distinctPages).toBe(4382);
+      // the gcc driver vforks cc1 and as (valgrind logs vfork as `(58) sys_fork`) and waits for each (wait4)
+      expect(d.events).toEqual({ mmap: 107, munmap: 3, mprotect: 23, brk: 26, fork: 2, vfork: 2, wait: 2, exec: 3, exit: 3 });
       expect(uncovered(t)).toEqual({ missing: 0, forbidden: 0 });
     });
   });
