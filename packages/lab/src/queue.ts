@@ -9,6 +9,9 @@ import { cellKey, compiledFile, type Cell, type CellOutcome } from './cell.js';
 import { InputError, RunFailure } from './errors.js';
 import type { CellExecutor } from './sweep.js';
 
+/** Socket errors that mean Redis is away (an outage), whatever the client's status says at that moment. */
+const CONNECTION_ERRORS = new Set(['ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'ENOTCONN', 'EHOSTUNREACH', 'ENETUNREACH']);
+
 /** Where the Redis is: `redis://[:PASSWORD@]HOST:PORT[/DB]`. */
 export interface RedisConnection {
   readonly host: string;
@@ -351,7 +354,9 @@ export async function runQueueWorker(o: QueueWorkerOptions): Promise<{ completed
   worker.on('failed', (job: Job | undefined, e: Error) => o.onLog?.(`failed ${job?.id ?? '?'}: ${e.message}\n`));
   const client = await worker.backend.client;
   worker.on('error', (e: Error) => {
-    if (client.status === 'ready') return o.onLog?.(`error: ${e.message}\n`); // a lock it could not renew, ...
+    // A lock it could not renew, ...: logged each time. But the socket's own error (the first of an outage, ECONNRESET
+    // when Redis dies) can come while the client still says 'ready': it is the outage, not another error.
+    if (client.status === 'ready' && !CONNECTION_ERRORS.has((e as NodeJS.ErrnoException).code ?? '')) return o.onLog?.(`error: ${e.message}\n`);
     // Redis is away: once per outage, not once per reconnection attempt.
     if (lastError === null) o.onLog?.(`error: ${e.message}; retrying for ${(o.redisTimeoutMs ?? 30_000) / 1000} s\n`);
     lastError = e;
