@@ -34,7 +34,8 @@ export interface RunOptions {
   readonly personalities?: readonly Personality[];
   /**
    * The machine to run on: an already-built one (its vCPUs' hooks set by the VM), or a factory given the
-   * machine options. Default: `new Machine(options)` with native hooks (no hypervisor).
+   * machine options. Default: `new Machine(options)` with native hooks (no hypervisor). The run boots the guest
+   * kernel on it, so it must be one no kernel has booted on (its vCPUs' paging off): one workload per machine.
    */
   readonly machine?: Machine | ((options: MachineOptions) => Machine);
   /** What the variant is, merged into `result.variant` (default `{ backend: 'none' }`). */
@@ -177,6 +178,18 @@ export function runWorkload(options: RunOptions): RunOutcome {
   } catch (e) {
     if (e instanceof RangeError) throw new WorkloadError('bad-config', input, e.message);
     throw e;
+  }
+  // The boot below is a power-on boot: the boot loader writes the kernel's tables into RAM from frame 1 up with
+  // physical writes, and the vCPUs leave real mode. On a machine that already runs a kernel it would write over
+  // that kernel's tables and pages, while the TLBs (global entries survive the new CR3) and the hypervisor's MMU
+  // keep what the first kernel mapped; nothing models a reset (INIT, RAM, the MMU), so such a machine is refused.
+  const booted = machine.vcpus.find((v) => v.pagingEnabled);
+  if (booted !== undefined) {
+    throw new WorkloadError(
+      'bad-config',
+      input,
+      `vCPU ${booted.id} already has paging on (CR0.PG=1): a guest kernel was booted on this machine (an earlier runWorkload), and a second boot would write its page tables over the first kernel's memory while the TLBs and the hypervisor's MMU still map it; one workload per machine: create a new machine (or VM) for each run`,
+    );
   }
   let kernel: Kernel;
   try {

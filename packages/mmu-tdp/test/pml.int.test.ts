@@ -1,7 +1,7 @@
-import { DirtyLog, EFER_LME, EFER_NXE } from '@vmexit/core';
+import { CR4_PAE, CR4_PGE, DirtyLog, EFER_LME, EFER_NXE } from '@vmexit/core';
 import { VmxBackend } from '@vmexit/backend-vmx';
 import { describe, expect, it } from 'vitest';
-import { handGuest } from './hand-guest.js';
+import { handGuest, PDPT, PML4, PT0 } from './hand-guest.js';
 import { sources } from './vm.js';
 import { createVm, VariantError } from '@vmexit/core';
 import policies from '@vmexit/policies';
@@ -64,6 +64,52 @@ describe('PML (page-modification logging) under the TDP MMU on VMX', () => {
     expect(g.mmu.pmlLogs[0]!.index).toBe(511 - 5); // PML4, PDPT, PD, PT 0x4000 and the data page
     expect(d('exits.PML_FULL')).toBe(0);
     expect(DirtyLog.gfns(log.slotOf(0), log.getDirtyLog(0))).toEqual([1, 2, 3, 4, 0x400]);
+  });
+
+  it('a guest paging structure is logged only when the processor walks it: a global TLB entry kept across a CR3 load skips the other PML4', async () => {
+    // Two guest PML4s share the PDPT (as each process's top table and the kernel's share the kernel half): 0x1000
+    // and 0x7000. Linear page 0 is global (PTE.G, CR4.PGE); page 0x1000 is not. With EPT A/D on, the processor
+    // sets a guest paging structure's EPT dirty flag, and with PML logs its gpa, when its walk accesses that
+    // structure (SDM Vol. 3C §29.3.5, §29.3.6); a translation the TLB completes walks nothing. A MOV to CR3 keeps
+    // global translations (Vol. 3A §4.10.4.1; the combined mappings of VMX likewise, Vol. 3C §29.4.3.1), so after
+    // the switch to 0x7000 the load from page 0 hits the TLB and 0x7000 is not logged: its D flag stays clear
+    // until a walk goes through it. That is why the guest kernel's own PML4 (gfn 1) is not logged in `vmexit
+    // migrate --dirty-log pml` (514 pages where write protection gives 515): the exiting task's switch to the
+    // kernel's tables keeps the global direct-map translations, where under write protection the EPT violations
+    // on direct-map stores had dropped them (an EPT violation drops the combined mappings of its linear address,
+    // here every piece of the guest's huge direct-map page), so that the kernel's reads walked its PML4 again.
+    const g = await handGuest('vmx');
+    const mem = g.vm.machine.memory;
+    const PML4_B = 0x7000;
+    mem.write32(PML4_B, PDPT | 3);
+    g.v.movToCr4(CR4_PAE | CR4_PGE);
+    mem.write32(PT0, dataGfn(0) * 4096 + 0x103); // va 0: P | W | G
+    g.map(0x1000, dataGfn(1) * 4096);
+    g.v.movToCr3(PML4_B);
+    expect(g.tryWrite(0x1000, 1)).toBe(true); // the EPT leaf of 0x7000 (first touch) and of the data pages
+    g.v.movToCr3(PML4);
+    expect(g.tryWrite(0, 1)).toBe(true);
+    g.mmu.enableCpuDirtyLog(new VmxBackend());
+    const log = new DirtyLog(mem);
+    g.mmu.attachDirtyLog(log);
+    log.enable(0); // the EPT dirty flags cleared, and every vCPU's TLB flushed
+    const violations = g.c()['exits.EPT_VIOLATION'];
+    expect(violations).toBe(7); // the first touches: the 5 table pages and the 2 data pages
+    // Under 0x1000: the walk logs PML4 0x1000, the PDPT, the PD and PT 0x4000 (a load: the data page is not).
+    expect(g.tryRead(0)).toBe(1);
+    expect(g.mmu.pmlLogs[0]!.index).toBe(511 - 4);
+    // Under 0x7000: the global translation completes the load, no walk, nothing logged.
+    g.v.movToCr3(PML4_B);
+    expect(g.tryRead(0)).toBe(1);
+    expect(g.mmu.pmlLogs[0]!.index).toBe(511 - 4);
+    expect(DirtyLog.gfns(log.slotOf(0), log.getDirtyLog(0))).toEqual([1, 2, 3, 4]);
+    // The harvest cleared the dirty flags it returned and flushed (kvm_flush_remote_tlbs after
+    // kvm_arch_mmu_enable_log_dirty_pt_masked): the load walks 0x7000 now, which is logged with the shared tables.
+    expect(g.tryRead(0)).toBe(1);
+    expect(g.mmu.pmlLogs[0]!.index).toBe(511 - 4);
+    expect(DirtyLog.gfns(log.slotOf(0), log.getDirtyLog(0))).toEqual([2, 3, 4, 7]);
+    expect(g.c()['exits.EPT_VIOLATION']).toBe(violations); // PML: no exit since
+    g.mmu.audit();
   });
 
   it('every VM exit empties the log (vmx_handle_exit -> vmx_flush_pml_buffer), not only EPT violations and PML-full exits', async () => {

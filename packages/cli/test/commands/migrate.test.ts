@@ -70,7 +70,12 @@ describe('vmexit migrate', () => {
     // The processor logs 514 pages while round 0's full copy is sent (round 1 harvests them); none of the writes
     // exits, and only the 513th entry finds vCPU 0's 512-entry log full: 1 PML_FULL exit. Round 1 dirties nothing
     // (the end). With write protection (--dirty-log bitmap) round 0 takes 515 EPT violations and round 1 harvests
-    // 515 pages, one more than PML logs.
+    // 515 pages, one more than PML logs: the guest kernel's PML4 (gfn 1). The processor sets its EPT dirty flag (and
+    // PML logs it) only when a walk reads it (SDM Vol. 3C §29.3.5, §29.3.6). When the task exits, the guest switches
+    // to the kernel's tables (CR3 = gfn 1), and the kernel's direct-map reads hit global TLB entries, which a MOV to
+    // CR3 keeps (Vol. 3A §4.10.4.1): no walk reads gfn 1. Under write protection those entries are gone: each EPT
+    // violation on a direct-map store dropped the combined mappings of its address (Vol. 3C §29.4.3.1), every piece
+    // of the guest's huge direct-map page, so the reads walk gfn 1 and fault on it (mmu-tdp test/pml.int.test.ts).
     const per = d.rounds.map((r) => [r.dirtyPages, r.counters['exits.EPT_VIOLATION'] ?? 0, r.counters['exits.PML_FULL'] ?? 0]);
     expect(per).toEqual([
       [65536, 0, 1],
