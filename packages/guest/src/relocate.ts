@@ -212,6 +212,16 @@ function place(ranges: readonly number[], first: number, span: number): Relocati
 }
 
 /**
+ * The lowest address congruent to `from` modulo `align` that a region may start at: not page 0, which Linux never
+ * maps (the unmapped-area searches start at PAGE_SIZE, mm/mmap.c `vm_unmapped_area`; security/min_addr.c
+ * `mmap_min_addr`), so a region at offset 0 of its block goes to the next block.
+ */
+function lowest(from: number, align: number): number {
+  const at = from % align;
+  return at < PAGE_SIZE ? at + align : at;
+}
+
+/**
  * Plans the relocation of `trace` into the user space of a paging mode: its layout (a bare user limit is
  * taken as that of a mode with 8-byte entries: see `tableSpans`).
  */
@@ -249,7 +259,7 @@ export function planRelocation(trace: VxtTrace, space: RelocationSpace | number)
       // fits, else it moves down to its offset in its block. Refused when even page tables do not fit.
       for (let size = largest; size >= smallest && regions === null; size /= 2) {
         align = size;
-        for (const first of [ranges[0]!, ranges[0]! % align]) {
+        for (const first of [ranges[0]!, lowest(ranges[0]!, align)]) {
           const r = place(ranges, first, align);
           const end = r[r.length - 1]!;
           if (end.to + end.length <= userLimit) {
@@ -258,7 +268,7 @@ export function planRelocation(trace: VxtTrace, space: RelocationSpace | number)
           }
         }
       }
-      regions ??= place(ranges, ranges[0]! % align, align);
+      regions ??= place(ranges, lowest(ranges[0]!, align), align);
     }
     const last = regions[regions.length - 1]!;
     const span = last.to + last.length - regions[0]!.to;

@@ -209,6 +209,17 @@ describe('planRelocation (tables shared as recorded)', () => {
     expect(placed(planRelocation(t, modeLayout(MODE_LEGACY32)))).toEqual({ to: [0x108000, 0xa0000000], align: 512 * MiB });
   });
 
+  it('never moves a region to page 0: a lowest region at offset 0 in its block goes one block up', () => {
+    // The exe at 1 TiB, at offset 0 of every block up to 1 TiB; the stack near the top of 47-bit space. By its
+    // offset the exe would move to address 0, a page Linux never maps (the top-down and bottom-up searches
+    // start at PAGE_SIZE, mm/mmap.c `vm_unmapped_area`'s low_limit; security/min_addr.c `mmap_min_addr`). So
+    // it goes to the next block: by 2 GiB to 0x80000000, and the stack (offset 0x7ffde000 in its 2 GiB) to
+    // 0x100000000 + 0x7ffde000, past 3 GiB; by 1 GiB the exe to 0x40000000 and the stack (offset 0x3ffde000)
+    // to 0x80000000 + 0x3ffde000 = 0xbffde000.
+    const t = trace([{ pid: 1, parent: 0, events: [exec(1, 2 ** 40, 0x1000), mmap(0x7ffffffde000, 0x1000)], pages: [] }]);
+    expect(placed(planRelocation(t, modeLayout(MODE_LEGACY32)))).toEqual({ to: [GiB, 0xbffde000], align: GiB });
+  });
+
   it('keeps the page directories and PDPTs of a 57-bit trace replayed in long4', () => {
     const t = trace([{ pid: 1, parent: 0, events: [exec(1, 0x108000, 0x2000), mmap(0x7ffff7a00000, 0x1000), mmap(0xffffffff000000, 0x1000)], pages: [] }]);
     // The user space is 2^47 - 4 KiB: blocks of up to 2^46. By 2^46 the mmap stays (block 1) and the last

@@ -239,9 +239,10 @@ describe('vfork', () => {
       ]);
       const pageFaults = (page: number): number[] => [...vf.k.events].filter((e) => Math.floor(e.address / 4096) === page).map((e) => e.pid);
       // page 0: the driver's demand-zero fault only; page N: the pass's read (the zero page, mapped in the driver's
-      // space: the fault log names the space's pid, 1) and the driver's write (W|P: a copy of the zero page)
+      // space, but taken by the pass: the fault log names the task that faulted, 2, as Linux's perf sample of
+      // exceptions:page_fault_user names `current`) and the driver's write (W|P: a copy of the zero page)
       expect(pageFaults(AREA)).toEqual([1]);
-      expect(pageFaults(AREA + N)).toEqual([1, 1]);
+      expect(pageFaults(AREA + N)).toEqual([2, 1]);
       expect(vf.k.stats.faults[1]).toBe(1);
     });
 
@@ -262,6 +263,56 @@ describe('vfork', () => {
       // driver, pass, none (the pass exited), driver, idle
       expect(vf.contextSwitches).toBe(5);
       expect(s.exits).toBe(2);
+    });
+
+    it('names the vfork child, not the parent whose space it runs in, in its fault log entry and its SIGSEGV', () => {
+      // A vfork child that faults before its exec is `current` in the #PF handler (arch/x86/mm/fault.c
+      // `do_user_addr_fault` -> `bad_area_nosemaphore` -> `force_sig_fault(SIGSEGV)` on `current`): the signal is
+      // the child's, and the parent, asleep in vfork, takes none. The areas searched are the parent's (its mm).
+      const m = new Machine({ memoryBytes: 32 * 1024 * 1024, vcpus: 1, seed: 1 });
+      const k = new Kernel(m, MODE_LONG4);
+      const v = m.vcpus[0]!;
+      const parent = k.createProcess(v, 'drv');
+      k.switchTo(v, parent);
+      const area = k.mmap(v, parent, null, 4096, 3, 0);
+      const child = k.vfork(v, parent);
+      k.switchTo(v, child);
+      v.setCpl(3);
+      v.touch(area, ACC_WRITE); // the parent's area: a demand-zero fault, taken by the child
+      expect(() => v.touch(0x1000, ACC_WRITE)).toThrow(`SIGSEGV: pid ${child.pid} at`);
+      expect([...k.events].map((e) => e.pid)).toEqual([child.pid, child.pid]);
+      expect(child.pid).not.toBe(parent.pid);
+    });
+
+    it('leaves a vCPU lazily on the parent\u2019s old space idle when the parent execs, and reloads CR3 when the parent runs there', () => {
+      // The pass runs on vCPU 1 and exits without exec: vCPU 1 keeps the driver's tables loaded (lazy TLB, no CR3
+      // write). The driver then execs on vCPU 0: its old mm is torn down (fs/exec.c `exec_mmap` -> `mmput` ->
+      // `exit_mmap`), and freeing its page tables flushes every CPU in its mm_cpumask, lazy ones included
+      // (arch/x86/mm/tlb.c `flush_tlb_multi`: `info->freed_tables`), where `flush_tlb_func` switches a lazy CPU
+      // to init_mm (`switch_mm_irqs_off(NULL, &init_mm, NULL)`). So vCPU 1 is on the idle tables, not on the
+      // driver's new ones (which it never ran), and when the driver is next scheduled there, that is a CR3 write.
+      const m = new Machine({ memoryBytes: 32 * 1024 * 1024, vcpus: 2, seed: 1 });
+      const k = new Kernel(m, MODE_LONG4);
+      const [v0, v1] = [m.vcpus[0]!, m.vcpus[1]!];
+      const drv = k.createProcess(v0, 'drv');
+      k.switchTo(v0, drv);
+      const pass = k.vfork(v0, drv);
+      k.switchTo(v1, pass);
+      expect(v1.cr3).toBe(drv.root);
+      k.exit(v1, pass);
+      expect(v1.cr3).toBe(drv.root); // lazy: still the driver's tables
+      k.execAreas(v0, drv, '/bin/next', []);
+      expect(v0.cr3).toBe(drv.root); // the new tables, on the vCPU that execs
+      expect(v1.cr3).toBe(k.idleRoot);
+      expect(k.current[1]).toBeNull();
+      const writes: number[] = [];
+      const mov = v1.movToCr3.bind(v1);
+      v1.movToCr3 = (value: number): void => {
+        writes.push(value);
+        mov(value);
+      };
+      k.switchTo(v1, drv);
+      expect(writes).toEqual([drv.root]);
     });
 
     it('keeps the vfork flag through a .vxt file', () => {

@@ -29,10 +29,15 @@ import { PROT_EXEC, PROT_READ, PROT_WRITE, VMA_ALIAS, VMA_ANON, VMA_FILE_PRIVATE
  * (`do_anonymous_page`, `do_fault`, `do_wp_page`), and arch/x86/kernel/traps.c `exc_general_protection`.
  */
 
-/** The #PF handler: SIGSEGV (a GuestAbort) for a bad user access, a panic for a fault in the kernel. */
-export function pageFault(k: KernelState, v: Vcpu, errorCode: number, cr2: number): void {
+/**
+ * The #PF handler: SIGSEGV (a GuestAbort) for a bad user access, a panic for a fault in the kernel. `task` is the
+ * process the vCPU runs (Linux `current`), which the fault log and the signal name; the areas searched are those
+ * of the address space loaded (`k.current`: its parent's for a vfork child before its exec, `current->mm`).
+ */
+export function pageFault(k: KernelState, v: Vcpu, errorCode: number, cr2: number, task: Process | null = k.current[v.id]!): void {
   const proc = k.current[v.id]!;
-  const ev = k.events.push(v.id, proc === null ? 0 : proc.pid, cr2, errorCode);
+  const pid = task === null ? (proc === null ? 0 : proc.pid) : task.pid;
+  const ev = k.events.push(v.id, pid, cr2, errorCode);
   k.stats.pageFaults++;
   if ((errorCode & PFERR_USER) === 0 || proc === null) {
     throw new KernelPanic(`vCPU ${v.id}: page fault in kernel mode at ${hexU64(cr2)}, error code ${errorCode}`);
@@ -49,7 +54,7 @@ export function pageFault(k: KernelState, v: Vcpu, errorCode: number, cr2: numbe
   }
   k.stats.faults[kind]++;
   k.events.setKind(ev, kind);
-  if (kind === FAULT_SIGSEGV) throw new GuestAbort(`SIGSEGV: pid ${proc.pid} at ${hexU64(cr2)}, error code ${errorCode}`);
+  if (kind === FAULT_SIGSEGV) throw new GuestAbort(`SIGSEGV: pid ${pid} at ${hexU64(cr2)}, error code ${errorCode}`);
 }
 
 /**
@@ -57,8 +62,8 @@ export function pageFault(k: KernelState, v: Vcpu, errorCode: number, cr2: numbe
  * non-canonical address (SDM Vol. 3A §4.5.1 and §6.15, "Interrupt 13": a non-canonical linear address is
  * #GP, not #PF); in the kernel it is an oops.
  */
-export function generalProtection(k: KernelState, v: Vcpu, errorCode: number, address: number): void {
-  const proc = k.current[v.id];
+export function generalProtection(k: KernelState, v: Vcpu, errorCode: number, address: number, task: Process | null = k.current[v.id]!): void {
+  const proc = task ?? k.current[v.id];
   if (k.inKernel > 0 || proc === null) {
     throw new KernelPanic(`vCPU ${v.id}: general protection fault in kernel mode at ${hexU64(address)}, error code ${errorCode}`);
   }

@@ -104,8 +104,9 @@ export class Kernel {
     v.writeEfer(efer);
     v.movToCr3(k.idleRoot);
     v.movToCr0(CR0_PG | CR0_WP | CR0_PE);
-    v.setExceptionHandler(PF_VECTOR, (vcpu, _vector, errorCode, cr2) => pageFault(k, vcpu, errorCode, cr2));
-    v.setExceptionHandler(GP_VECTOR, (vcpu, _vector, errorCode, address) => generalProtection(k, vcpu, errorCode, address));
+    // The handlers name the task the vCPU runs (`running`), which differs from the space loaded for a vfork child.
+    v.setExceptionHandler(PF_VECTOR, (vcpu, _vector, errorCode, cr2) => pageFault(k, vcpu, errorCode, cr2, this.running[vcpu.id] ?? null));
+    v.setExceptionHandler(GP_VECTOR, (vcpu, _vector, errorCode, address) => generalProtection(k, vcpu, errorCode, address, this.running[vcpu.id] ?? null));
   }
 
   /**
@@ -224,7 +225,7 @@ export class Kernel {
   private execWith(v: Vcpu, proc: Process, path: string, map: () => void): void {
     this.syscall(v, () => {
       if (proc.borrowedMm !== null) vforkExec(this.k, v, proc, path, map, this.running);
-      else doExec(this.k, v, proc, path, map);
+      else doExec(this.k, v, proc, path, map, this.running);
     });
   }
 

@@ -115,6 +115,8 @@ export class Vma {
     return this.a;
   }
   set anon(x: boolean) {
+    // Set on every anonymous fault, but a change only at the first (`anon_vma_prepare`): the others cost nothing.
+    if (this.a === x) return;
     this.a = x;
     this.owner?.touch(this);
   }
