@@ -14,44 +14,9 @@ import {
   type AccessCaseFlag,
 } from '../../src/conformance/generate.js';
 import { runVectorNative } from '../../src/conformance/runner.js';
-import { validateVector } from '../../src/conformance/vector.js';
+import { validateVector, vectorToJson } from '../../src/conformance/vector.js';
 
 const flags = (names: AccessCaseFlag[]) => names.reduce((a, n) => a + 2 ** ACCESS_CASE_FLAGS.indexOf(n), 0);
-
-/** The JSON Lines form of a vector (FORMAT.md), to check that a generated vector is valid input. */
-function toJson(v: ReturnType<typeof accessCaseVector>): unknown {
-  const hex = (n: bigint) => `0x${n.toString(16)}`;
-  const acc = (a: number) => ({ write: a & 2 ? 1 : 0, user: a & 4 ? 1 : 0, fetch: a & 16 ? 1 : 0 });
-  const out = (o: { fault: boolean; errorCode: number | null; pa: bigint | null }) => ({
-    fault: o.fault,
-    error_code: o.errorCode,
-    pa: o.pa === null ? null : hex(o.pa),
-  });
-  const b = (x: boolean) => (x ? 1 : 0);
-  const c = v.cpu;
-  return {
-    id: v.id,
-    mode: v.mode,
-    cpu: {
-      cr0_wp: b(c.cr0Wp),
-      cr4_pse: b(c.cr4Pse),
-      cr4_smep: b(c.cr4Smep),
-      cr4_smap: b(c.cr4Smap),
-      cr4_pke: b(c.cr4Pke),
-      efer_nxe: b(c.eferNxe),
-      eflags_ac: b(c.eflagsAc),
-      cpl: c.cpl,
-      pkru: c.pkru,
-      maxphyaddr: c.maxPhyAddr,
-    },
-    cr3: hex(v.cr3),
-    memory: v.memory.map((e) => [hex(e.pa), hex(e.value), e.size]),
-    va: hex(v.va),
-    ...(v.preAccess === null ? {} : { pre_access: acc(v.preAccess), pre_expect: out(v.preExpect!) }),
-    access: acc(v.access),
-    expect: { ...out(v.expect), memory_after: v.expect.memoryAfter.map((e) => [hex(e.pa), hex(e.value), e.size]) },
-  };
-}
 
 describe('accessCaseVector', () => {
   it('builds the protection-key case: natively a WP=0 supervisor write to a user page with PKRU.WD completes', () => {
@@ -104,7 +69,7 @@ describe('accessCaseVector', () => {
     fc.assert(
       fc.property(fc.integer({ min: 0, max: 0xffffffff }), fc.nat(1_000_000), (seed, index) => {
         const v = accessCaseVector(sweepCase(seed, index));
-        const parsed = validateVector(JSON.parse(JSON.stringify(toJson(v))), 'gen', 1);
+        const parsed = validateVector(JSON.parse(JSON.stringify(vectorToJson(v))), 'gen', 1);
         expect(runVectorNative(parsed).passed).toBe(true);
       }),
       { numRuns: 300 },
