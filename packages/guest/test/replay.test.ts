@@ -47,6 +47,15 @@ describe('startReplay', () => {
       );
     });
 
+    it('refuses an mmap event of length 0: a recorded mmap succeeded, and Linux fails every mmap of length 0', () => {
+      // mm/mmap.c do_mmap returns -EINVAL for a length of 0; the lackey importer keeps only the mmaps that
+      // succeeded (a failed one mapped nothing) and decodeVxt refuses an empty one, so such an event is bad
+      // input, not something to map as an empty area.
+      const t = trace([{ type: 'mmap', at: 0, start: 0x4835000, length: 0, prot: 3, flags: 34, offset: 0, file: null }]);
+      expect(() => replay(t)).toThrow(TraceError);
+      expect(() => replay(t)).toThrow('mem.vxt: pid 1: mmap event 1 (before record 0) cannot be replayed: mmap of 0 bytes: EINVAL');
+    });
+
     it("checks munmap and mprotect ranges against the paging mode's user space too: beyond it, they are relocated with the rest", () => {
       const t = trace([{ type: 'munmap', at: 0, start: 0x1fff000000, length: 4096 }]);
       expect(traceHighestAddress(t)).toBe(0x1fff001000);

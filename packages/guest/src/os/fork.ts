@@ -4,7 +4,7 @@ import { FRAME_ANON } from './frames.js';
 import { forEachPte, frameOf, freeTable, freeTables, newMm, setPte, setWrprotect, tableFor, zap } from './pgtable.js';
 import { Process, type AreaSpec, type ImageSpec } from './process.js';
 import type { KernelState } from './state.js';
-import { flushMm } from './tlb.js';
+import { flushMm, switchMm } from './tlb.js';
 import { PROT_EXEC, PROT_READ, PROT_WRITE, VMA_ALIAS, VMA_ANON, VMA_FILE_PRIVATE, VMA_FILE_SHARED, Vma } from './vma.js';
 
 /*
@@ -66,12 +66,12 @@ export function doFork(k: KernelState, v: Vcpu, parent: Process): Process {
 /**
  * exec: a new address space that `map` fills; the vCPUs running the process switch to it, then the old
  * one is torn down (fs/exec.c `exec_mmap`, then `mmput` -> `exit_mmap`), its page-table pages freed. A vCPU
- * that only has the old space loaded, lazily (`running`, the process each vCPU runs, names another: a vfork
+ * that only has the old space loaded, lazily (`KernelState.running` names no process there: a vfork
  * child of the process exited there), goes to the idle tables: freeing the page tables flushes the lazy CPUs
  * too (arch/x86/mm/tlb.c `flush_tlb_multi` with `freed_tables`), and `flush_tlb_func` switches such a CPU to
  * init_mm.
  */
-export function doExec(k: KernelState, v: Vcpu, proc: Process, path: string, map: () => void, running?: readonly (Process | null)[]): void {
+export function doExec(k: KernelState, v: Vcpu, proc: Process, path: string, map: () => void): void {
   k.stats.execs++;
   const old = new Process(proc.pid, proc.parent, proc.name);
   old.root = proc.root;
@@ -83,11 +83,8 @@ export function doExec(k: KernelState, v: Vcpu, proc: Process, path: string, map
   map();
   for (const w of k.machine.vcpus) {
     if (k.current[w.id] !== proc) continue;
-    if (w === v || running === undefined || running[w.id]?.mm === proc) w.movToCr3(proc.root);
-    else {
-      k.current[w.id] = null;
-      w.movToCr3(k.idleRoot);
-    }
+    if (w === v || k.running[w.id]?.mm === proc) w.movToCr3(proc.root);
+    else switchMm(k, w, null);
   }
   teardown(k, v, old);
 }

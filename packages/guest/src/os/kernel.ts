@@ -24,6 +24,7 @@ import { inspectPte, tableFor } from './pgtable.js';
 import type { AreaSpec, ImageSpec, Process } from './process.js';
 import { KernelState, type KernelOptions, type Personality } from './state.js';
 import type { GuestEventLog, KernelStats } from './stats.js';
+import { switchMm } from './tlb.js';
 import { doVfork, vforkExec, vforkExit } from './vfork.js';
 import type { FileObject } from './vma.js';
 
@@ -58,7 +59,8 @@ export class Kernel {
   /**
    * The address space each vCPU has loaded: the process whose tables CR3 holds (null: idle, on the kernel-only
    * tables). It is the process the vCPU runs, except for a vfork child before its exec (it runs in its parent's
-   * space: `Process.mm`) and after such a child exited (the parent's space stays loaded).
+   * space: `Process.mm`) and after such a child exited (the parent's space stays loaded, in lazy TLB mode: see
+   * tlb.ts).
    */
   readonly current: (Process | null)[];
   readonly processes: Process[];
@@ -66,7 +68,7 @@ export class Kernel {
   readonly idleRoot: number;
   readonly zeroFrame: number;
   private readonly k: KernelState;
-  /** The process each vCPU runs (null: none), whose space is `current` (`Process.mm`). */
+  /** The process each vCPU runs (null: none), whose space is `current` (`Process.mm`): `KernelState.running`. */
   private readonly running: (Process | null)[];
 
   constructor(machine: Machine, mode: number, options: KernelOptions = {}) {
@@ -80,7 +82,7 @@ export class Kernel {
     this.events = k.events;
     this.personalities = k.personalities;
     this.current = k.current;
-    this.running = machine.vcpus.map(() => null);
+    this.running = k.running;
     this.processes = k.processes;
     this.idleRoot = k.idleRoot;
     this.zeroFrame = k.zeroFrame;
@@ -155,7 +157,8 @@ export class Kernel {
   /**
    * Context switch to `proc` (null: idle): CR3 := the top table of its address space (`proc.mm`), unless the vCPU
    * has that space loaded already, as when it switches between a parent and its vfork child (arch/x86/mm/tlb.c
-   * `switch_mm_irqs_off`: `prev == next` writes no CR3).
+   * `switch_mm_irqs_off`: `prev == next` writes no CR3), or back to a space it kept loaded lazily, unless a flush
+   * of that space skipped it meanwhile (see tlb.ts `switchMm`).
    */
   switchTo(v: Vcpu, proc: Process | null): void {
     const k = this.k;
@@ -163,12 +166,9 @@ export class Kernel {
       this.running[v.id] = proc;
       k.stats.contextSwitches++;
     }
-    const mm = proc === null ? null : proc.mm;
-    if (k.current[v.id] === mm) return;
-    k.current[v.id] = mm;
     k.inKernel++;
     try {
-      v.movToCr3(mm === null ? k.idleRoot : mm.root);
+      switchMm(k, v, proc === null ? null : proc.mm);
     } finally {
       k.inKernel--;
     }
@@ -224,8 +224,8 @@ export class Kernel {
 
   private execWith(v: Vcpu, proc: Process, path: string, map: () => void): void {
     this.syscall(v, () => {
-      if (proc.borrowedMm !== null) vforkExec(this.k, v, proc, path, map, this.running);
-      else doExec(this.k, v, proc, path, map, this.running);
+      if (proc.borrowedMm !== null) vforkExec(this.k, v, proc, path, map);
+      else doExec(this.k, v, proc, path, map);
     });
   }
 

@@ -14,7 +14,11 @@ import { PROT_NONE, PROT_READ, PROT_WRITE, VMA_ALIAS, VMA_ANON, VMA_FILE_SHARED,
  * by the kernel in a system call: the caller holds the vCPU in CPL 0.
  */
 
-/** mmap: a new area (MAP_FIXED replaces what was there). Returns its start. */
+/**
+ * mmap: a new area (MAP_FIXED replaces what was there). Returns its start. A length of 0 is EINVAL, one above
+ * user space ENOMEM (mm/mmap.c `do_mmap`, before anything is placed or unmapped): a GuestAbort, nothing mapped,
+ * so that no area is ever empty.
+ */
 export function doMmap(
   k: KernelState,
   v: Vcpu,
@@ -27,8 +31,12 @@ export function doMmap(
   offset: number,
 ): number {
   k.stats.mmaps++;
+  if (length === 0) throw new GuestAbort('mmap of 0 bytes: EINVAL (an mmap maps at least a page)');
   const L = k.layout;
   const len = Math.ceil(length / PAGE_SIZE) * PAGE_SIZE;
+  // do_mmap: `len = PAGE_ALIGN(len); if (!len || len > TASK_SIZE) return -ENOMEM` (a length that is negative or
+  // not a number, which the unsigned one cannot be, fails here too)
+  if (!(len > 0 && len <= L.userLimit)) throw new GuestAbort(`mmap of ${length} bytes: ENOMEM (more than user space holds)`);
   let start: number;
   const arena = k.aliased && backing === VMA_ANON && addr === null;
   if (addr !== null) {
@@ -127,7 +135,8 @@ export function doMunmap(k: KernelState, v: Vcpu, proc: Process, start: number, 
  * `unmap_region` does with one mmu_gather (`unmap_vmas`, `free_pgtables`, `tlb_finish_mmu`). The range flushed
  * is that of the ptes cleared (`tlb_remove_tlb_entry`) and of the first page mapped by each table freed
  * (`pte_free_tlb`, `pmd_free_tlb`, `pud_free_tlb`: `tlb_flush_p?d_range(tlb, address, PAGE_SIZE)`), stepping a
- * page when ptes were cleared, else the span of the lowest level whose entries were (`tlb_get_unmap_shift`).
+ * page when ptes were cleared, else the span of the lowest level whose entries were (`tlb_get_unmap_shift`); a
+ * table freed sets the gather's `freed_tables`, which makes the flush reach lazy vCPUs too (tlb.ts).
  */
 function unmapRange(k: KernelState, v: Vcpu, proc: Process, start: number, end: number): void {
   const areas = proc.vmas.carve(start, end);
@@ -135,6 +144,7 @@ function unmapRange(k: KernelState, v: Vcpu, proc: Process, start: number, end: 
   let lo = Infinity;
   let hi = -Infinity;
   let stride = Infinity;
+  let freed = false;
   for (const a of areas) {
     if (a.backing === VMA_ALIAS) continue;
     const r = zap(k, v, proc, a.start, a.end);
@@ -147,12 +157,13 @@ function unmapRange(k: KernelState, v: Vcpu, proc: Process, start: number, end: 
   proc.vmas.remove(areas);
   const L = k.layout;
   freeTables(k, v, proc, areas[0]!.start, areas[areas.length - 1]!.end, false, (va, level) => {
+    freed = true;
     lo = Math.min(lo, va);
     hi = Math.max(hi, va + PAGE_SIZE);
     // a table of `level` freed clears an entry of level + 1 (p4d_free_tlb, at the top of 5-level, marks none)
     if (level + 1 < 5) stride = Math.min(stride, 2 ** L.shift[level + 1]!);
   });
-  if (lo < hi) flushRange(k, v, proc, lo, hi, stride === Infinity ? PAGE_SIZE : stride);
+  if (lo < hi) flushRange(k, v, proc, lo, hi, stride === Infinity ? PAGE_SIZE : stride, freed);
 }
 
 /**

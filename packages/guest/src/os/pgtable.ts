@@ -142,6 +142,7 @@ export function tableFor(k: KernelState, v: Vcpu, proc: Process, va: number, lev
 export function reloadPdptes(k: KernelState, v: Vcpu, proc: Process): void {
   for (const w of k.machine.vcpus) {
     if (k.current[w.id] === proc || (w === v && w.cr3 === proc.root)) {
+      k.lazyBehind[w.id] = false;
       w.movToCr3(proc.root);
       k.stats.fullFlushes++;
     }

@@ -30,8 +30,19 @@ export class KernelState {
   readonly stats = new KernelStats();
   readonly events = new GuestEventLog();
   readonly personalities: ReadonlySet<Personality>;
-  /** The process each vCPU runs (null: idle, on the kernel-only tables). */
+  /**
+   * The address space each vCPU has loaded (arch/x86/mm/tlb.c `cpu_tlbstate.loaded_mm`): the process whose tables
+   * CR3 holds (null: idle, on the kernel-only tables). It is `running`'s space (`Process.mm`), or, when `running`
+   * is null, a space the vCPU keeps loaded in lazy TLB mode (a vfork child exited there before its exec).
+   */
   readonly current: (Process | null)[];
+  /** The process each vCPU runs (null: none: the vCPU is idle, lazily on `current` when that is not null). */
+  readonly running: (Process | null)[];
+  /**
+   * A vCPU in lazy TLB mode missed a flush of the space it has loaded (no IPI: its `cpu_tlbstate.ctxs[].tlb_gen`
+   * is behind the mm's `context.tlb_gen`); its next switch back to that space reloads CR3 (see tlb.ts).
+   */
+  readonly lazyBehind: boolean[];
   readonly processes: Process[] = [];
   /** Top table of init_mm (swapper_pg_dir): the kernel half only. */
   readonly idleRoot: number;
@@ -91,6 +102,8 @@ export class KernelState {
     // RAM above lowmem unused), and only below the MMIO hole (its ptes are written with 32-bit frame addresses).
     const usable = Math.min(mem, layout.maxMemory, MMIO_HOLE_START);
     this.current = machine.vcpus.map(() => null);
+    this.running = machine.vcpus.map(() => null);
+    this.lazyBehind = machine.vcpus.map(() => false);
 
     // Frame 0 is reserved (real-mode IVT/BIOS data), then the idle top table and the direct map's tables,
     // then the zero page.

@@ -2,6 +2,7 @@ import type { Vcpu } from '@vmexit/core';
 import { newMm } from './pgtable.js';
 import { Process } from './process.js';
 import type { KernelState } from './state.js';
+import { switchMm } from './tlb.js';
 
 /*
  * vfork: kernel/fork.c `kernel_clone` with CLONE_VM | CLONE_VFORK (vfork(2), and glibc's posix_spawn). The child
@@ -31,20 +32,16 @@ export function doVfork(k: KernelState, parent: Process): Process {
 /**
  * exec in a vfork child (fs/exec.c `exec_mmap` on a shared mm): the parent is released first
  * (`exec_mm_release`), then the child gets a new address space that `map` fills and the vCPUs that run it
- * (`running`, the process each vCPU runs) switch to it (`activate_mm`). The old space is the parent's: `mmput`
+ * (`KernelState.running`, the process each vCPU runs) switch to it (`activate_mm`). The old space is the parent's: `mmput`
  * only drops the child's reference, and nothing of it is torn down, freed or flushed.
  */
-export function vforkExec(k: KernelState, v: Vcpu, proc: Process, path: string, map: () => void, running: readonly (Process | null)[]): void {
+export function vforkExec(k: KernelState, v: Vcpu, proc: Process, path: string, map: () => void): void {
   k.stats.execs++;
   proc.borrowedMm = null;
   proc.name = path;
   newMm(k, v, proc);
   map();
-  for (const w of k.machine.vcpus) {
-    if (running[w.id] !== proc) continue;
-    k.current[w.id] = proc;
-    w.movToCr3(proc.root);
-  }
+  for (const w of k.machine.vcpus) if (k.running[w.id] === proc) switchMm(k, w, proc);
 }
 
 /**

@@ -54,7 +54,7 @@ export class Vma {
   owner: VmaList | null = null;
   /** Reported to `owner` since its last `mergeAdjacent`. */
   dirty = false;
-  /** The area's node in its list's tree (null when the list is an array, see VmaList, or the area in none). */
+  /** The area's node in its list's tree (null when the area is in none). */
   node: VmaNode<Vma> | null = null;
   private s: number;
   private e: number;
@@ -164,16 +164,12 @@ function canMerge(p: Vma, v: Vma): boolean {
  * A process's areas in address order, with the last one found cached (Linux's `mm->mmap` and `vmacache`). The
  * areas are a balanced tree that tracks the gaps between them (vmatree.ts; Linux keeps them in a maple tree,
  * lib/maple_tree.c, for the same reason): a trace's exec may list 100,000 areas, and its mmap, munmap and
- * mprotect events each touch a few of them; insert, remove, find and the gap search are O(log n).
+ * mprotect events each touch a few of them; insert, remove, find and the gap search are O(log n). No area is
+ * empty (Linux has none: mm/mmap.c `do_mmap` refuses a length of 0 with EINVAL, and so does the kernel's mmap):
+ * inserting one, or making one empty, is an error.
  */
 export class VmaList {
   private readonly tree = new VmaTree<Vma>();
-  /**
-   * The areas, once an empty one was inserted (an mmap of length 0 through the kernel's API; Linux refuses it
-   * with EINVAL, mm/mmap.c `do_mmap`, and so does the trace reader): splits can then leave them out of order by
-   * start, so until `clear` they are this array, in the order the tree had, and every operation scans it.
-   */
-  private linear: Vma[] | null = null;
   private last: Vma | null = null;
   /**
    * The areas inserted or changed since the last `mergeAdjacent`: after it no two adjacent areas can merge,
@@ -191,22 +187,21 @@ export class VmaList {
     this.tree.steps = 0;
   }
 
-  /** The areas in address order (a copy, but for a list that holds an empty area). */
+  /** The areas in address order (a copy). */
   get list(): readonly Vma[] {
-    return this.linear ?? this.tree.toArray();
+    return this.tree.toArray();
   }
 
   /** The number of areas. */
   get size(): number {
-    return this.linear === null ? this.tree.size : this.linear.length;
+    return this.tree.size;
   }
 
   /** Removes every area (exec, exit). */
   clear(): void {
-    if (this.linear === null) for (const v of this.tree.toArray()) v.node = null;
+    for (const v of this.tree.toArray()) v.node = null;
     this.tree.root = null;
     this.tree.size = 0;
-    this.linear = null;
     this.last = null;
     for (const v of this.changed) v.dirty = false;
     this.changed.length = 0;
@@ -215,21 +210,19 @@ export class VmaList {
   /** Takes every area of `from`, which is left empty (exec: the old address space is torn down apart). */
   adopt(from: VmaList): void {
     this.clear();
-    const areas = from.list.slice();
-    const linear = from.linear !== null;
+    const areas = from.list;
     from.clear();
-    if (linear) this.linear = areas;
     for (const v of areas) {
       v.owner = this;
-      if (!linear) this.tree.insert((v.node = new VmaNode(v)));
+      this.tree.insert((v.node = new VmaNode(v)));
     }
   }
 
   /** Notes that `vma`, an area of this list, was inserted or changed (its setters call this). */
   touch(vma: Vma): void {
-    if (vma.end <= vma.start) this.makeLinear();
+    if (vma.end <= vma.start) throw new Error(`vma [${vma.start.toString(16)}, ${vma.end.toString(16)}) is empty`);
     const n = vma.node;
-    if (this.linear === null && n !== null) {
+    if (n !== null) {
       // its gap, and the gap of the area after it
       this.tree.updateGap(n);
       const after = this.tree.next(n);
@@ -245,57 +238,22 @@ export class VmaList {
     this.changed.push(vma);
   }
 
-  /** Makes the areas an array (an empty area was inserted): the order stays. */
-  private makeLinear(): void {
-    if (this.linear !== null) return;
-    const a = this.tree.toArray();
-    for (const v of a) v.node = null;
-    this.tree.root = null;
-    this.tree.size = 0;
-    this.linear = a;
-  }
-
   /** The area that contains `va`, or null. */
   find(va: number): Vma | null {
     const l = this.last;
     if (l !== null && va >= l.start && va < l.end) return l;
-    const a = this.linear;
-    if (a === null) {
-      const n = this.tree.lastStartBelow(va, true);
-      if (n === null || va >= n.vma.end) return null;
-      this.last = n.vma;
-      return n.vma;
-    }
-    let lo = 0;
-    let hi = a.length - 1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >> 1;
-      const v = a[mid]!;
-      if (va < v.start) hi = mid - 1;
-      else if (va >= v.end) lo = mid + 1;
-      else {
-        this.last = v;
-        return v;
-      }
-    }
-    return null;
+    const n = this.tree.lastStartBelow(va, true);
+    if (n === null || va >= n.vma.end) return null;
+    this.last = n.vma;
+    return n.vma;
   }
 
   /** The first area that starts at or above `va` (in address order), or null. */
   firstFrom(va: number): Vma | null {
-    const a = this.linear;
-    if (a === null) {
-      const t = this.tree;
-      const p = t.lastStartBelow(va);
-      const n = p === null ? t.first() : t.next(p);
-      return n === null ? null : n.vma;
-    }
-    let best: Vma | null = null;
-    for (const v of a) {
-      this.ownSteps++;
-      if (v.start >= va && (best === null || v.start < best.start)) best = v;
-    }
-    return best;
+    const t = this.tree;
+    const p = t.lastStartBelow(va);
+    const n = p === null ? t.first() : t.next(p);
+    return n === null ? null : n.vma;
   }
 
   /**
@@ -303,28 +261,15 @@ export class VmaList {
    * start below `end`, the last ends the highest.
    */
   intersects(start: number, end: number): boolean {
-    const a = this.linear;
-    if (a === null) {
-      const n = this.tree.lastStartBelow(end);
-      return n !== null && n.vma.end > start;
-    }
-    this.ownSteps += a.length;
-    for (const v of a) if (v.start < end && v.end > start) return true;
-    return false;
+    const n = this.tree.lastStartBelow(end);
+    return n !== null && n.vma.end > start;
   }
 
-  /** Inserts `vma`, which must not overlap an existing area, after the areas that start below it. */
+  /** Inserts `vma`, which must not be empty nor overlap an existing area. */
   insert(vma: Vma): void {
+    if (vma.end <= vma.start) throw new Error(`vma [${vma.start.toString(16)}, ${vma.end.toString(16)}) is empty`);
     if (this.intersects(vma.start, vma.end)) throw new Error(`vma [${vma.start.toString(16)}, ${vma.end.toString(16)}) overlaps an existing one`);
-    if (vma.end <= vma.start) this.makeLinear();
-    const a = this.linear;
-    if (a === null)
-      this.tree.insert((vma.node = new VmaNode(vma))); // its gap and the next area's too
-    else {
-      let i = 0;
-      while (i < a.length && a[i]!.start < vma.start) i++;
-      a.splice(i, 0, vma);
-    }
+    this.tree.insert((vma.node = new VmaNode(vma))); // its gap and the next area's too
     vma.owner = this;
     this.track(vma);
   }
@@ -336,43 +281,27 @@ export class VmaList {
   carve(start: number, end: number): Vma[] {
     this.last = null;
     const out: Vma[] = [];
-    const a = this.linear;
-    if (a === null) {
-      for (let n = this.tree.firstEndingAbove(start); n !== null; n = this.tree.next(n)) {
-        this.ownSteps++;
-        const v = n.vma;
-        if (v.start >= end) break; // and so do all the areas after it
-        if (v.start < start) {
-          this.split(v, start);
-          continue; // the right part is visited next
-        }
-        if (v.end > end) this.split(v, end);
-        out.push(v);
-      }
-      return out;
-    }
-    for (let i = 0; i < a.length; i++) {
+    for (let n = this.tree.firstEndingAbove(start); n !== null; n = this.tree.next(n)) {
       this.ownSteps++;
-      const v = a[i]!;
-      if (v.end <= start || v.start >= end) continue;
+      const v = n.vma;
+      if (v.start >= end) break; // and so do all the areas after it
       if (v.start < start) {
-        this.split(v, start, i);
+        this.split(v, start);
         continue; // the right part is visited next
       }
-      if (v.end > end) this.split(v, end, i);
+      if (v.end > end) this.split(v, end);
       out.push(v);
     }
     return out;
   }
 
-  /** Splits `v` (at index `i` of the array) at `at`: the area keeps [start, at), a copy [at, end) follows it. */
-  private split(v: Vma, at: number, i = -1): void {
+  /** Splits `v` at `at`, inside it: the area keeps [start, at), a copy [at, end) follows it. */
+  private split(v: Vma, at: number): void {
     const right = v.clone();
     right.offset = v.offset + (at - v.start);
     right.start = at;
     v.end = at;
-    if (this.linear === null) this.tree.insert((right.node = new VmaNode(right)));
-    else this.linear.splice(i + 1, 0, right);
+    this.tree.insert((right.node = new VmaNode(right)));
     right.owner = this;
     this.track(right);
   }
@@ -380,86 +309,59 @@ export class VmaList {
   /** Removes the given areas; the areas around each become neighbours (changed, for `mergeAdjacent`). */
   remove(areas: readonly Vma[]): void {
     this.last = null;
-    if (areas.length === 0) return;
-    const a = this.linear;
-    if (a === null) {
-      for (const v of areas) {
-        const n = v.node;
-        if (n === null || v.owner !== this) continue;
-        const before = this.tree.prev(n);
-        const after = this.tree.next(n);
-        this.tree.remove(n);
-        v.node = null;
-        v.owner = null;
-        if (before !== null) this.touch(before.vma);
-        if (after !== null) this.touch(after.vma);
-      }
-      return;
+    for (const v of areas) {
+      const n = v.node;
+      if (n === null || v.owner !== this) continue;
+      const before = this.tree.prev(n);
+      const after = this.tree.next(n);
+      this.tree.remove(n);
+      v.node = null;
+      v.owner = null;
+      if (before !== null) this.touch(before.vma);
+      if (after !== null) this.touch(after.vma);
     }
-    const gone = new Set(areas);
-    let j = 0;
-    for (let n = 0; n < a.length; n++) if (!gone.has(a[n]!)) a[j++] = a[n]!;
-    a.length = j;
-    for (const v of areas) v.owner = null;
   }
 
   /**
    * Merges neighbours that continue each other with the same rights and backing (Linux `vma_merge`). Only
-   * the pairs next to an area changed since the last merge can merge (see `changed`); an array, one pass.
+   * the pairs next to an area changed since the last merge can merge (see `changed`).
    */
   mergeAdjacent(): void {
     this.last = null;
     const c = this.changed;
-    const a = this.linear;
-    if (a !== null) {
-      this.ownSteps += a.length;
-      let j = 0;
-      for (let i = 0; i < a.length; i++) {
-        const v = a[i]!;
-        const p = j > 0 ? a[j - 1]! : null;
-        if (p !== null && canMerge(p, v)) {
-          p.end = v.end;
-          v.owner = null;
-          continue;
-        }
-        a[j++] = v;
-      }
-      a.length = j;
-    } else {
-      // the left node of each pair next to a changed area that can merge, each once
-      const t = this.tree;
-      const lefts = new Set<VmaNode<Vma>>();
-      for (const v of c) {
-        const n = v.node;
-        if (n === null || v.owner !== this) continue;
-        const before = t.prev(n);
-        const after = t.next(n);
-        this.ownSteps += 2;
-        if (before !== null && canMerge(before.vma, v)) lefts.add(before);
-        if (after !== null && canMerge(v, after.vma)) lefts.add(n);
-      }
-      // each run of mergeable pairs becomes its first area (a pair whose left area is the right one of another
-      // pair belongs to that pair's run): the runs first, then the merges
-      const runs: VmaNode<Vma>[][] = [];
-      for (const l of lefts) {
-        const before = t.prev(l);
-        if (before !== null && lefts.has(before)) continue;
-        const run = [l];
-        let n = l;
-        do {
-          n = t.next(n)!;
-          run.push(n);
-        } while (lefts.has(n));
-        runs.push(run);
-      }
-      for (const run of runs) {
-        run[0]!.vma.end = run[run.length - 1]!.vma.end;
-        for (let i = 1; i < run.length; i++) {
-          const n = run[i]!;
-          t.remove(n);
-          n.vma.node = null;
-          n.vma.owner = null;
-        }
+    // the left node of each pair next to a changed area that can merge, each once
+    const t = this.tree;
+    const lefts = new Set<VmaNode<Vma>>();
+    for (const v of c) {
+      const n = v.node;
+      if (n === null || v.owner !== this) continue;
+      const before = t.prev(n);
+      const after = t.next(n);
+      this.ownSteps += 2;
+      if (before !== null && canMerge(before.vma, v)) lefts.add(before);
+      if (after !== null && canMerge(v, after.vma)) lefts.add(n);
+    }
+    // each run of mergeable pairs becomes its first area (a pair whose left area is the right one of another
+    // pair belongs to that pair's run): the runs first, then the merges
+    const runs: VmaNode<Vma>[][] = [];
+    for (const l of lefts) {
+      const before = t.prev(l);
+      if (before !== null && lefts.has(before)) continue;
+      const run = [l];
+      let n = l;
+      do {
+        n = t.next(n)!;
+        run.push(n);
+      } while (lefts.has(n));
+      runs.push(run);
+    }
+    for (const run of runs) {
+      run[0]!.vma.end = run[run.length - 1]!.vma.end;
+      for (let i = 1; i < run.length; i++) {
+        const n = run[i]!;
+        t.remove(n);
+        n.vma.node = null;
+        n.vma.owner = null;
       }
     }
     for (const v of c) v.dirty = false;
@@ -475,49 +377,23 @@ export class VmaList {
   findGapTopDown(low: number, length: number, high: number): number {
     const top = high - length;
     if (top < low) return -1;
-    const a = this.linear;
-    if (a === null) {
-      const t = this.tree;
-      const p = t.lastStartBelow(high);
-      if (p === null || p.vma.end <= top) return top;
-      const n = t.lastGapAtOrBefore(p, length);
-      const at = (n ?? t.first()!).vma.start - length;
-      return at >= low ? at : -1;
-    }
-    // an array, maybe out of order by start (an empty area): the range must end at or below the start of each
-    // area it meets (an area it meets ends above it, so it cannot start at or above that end)
-    let at = top;
-    for (;;) {
-      let end = Infinity;
-      for (const v of a) {
-        this.ownSteps++;
-        if (v.start < at + length && v.end > at) end = Math.min(end, v.start);
-      }
-      if (end === Infinity) return at;
-      at = end - length;
-      if (at < low) return -1;
-    }
+    const t = this.tree;
+    const p = t.lastStartBelow(high);
+    if (p === null || p.vma.end <= top) return top;
+    const n = t.lastGapAtOrBefore(p, length);
+    const at = (n ?? t.first()!).vma.start - length;
+    return at >= low ? at : -1;
   }
 
   /** The lowest free gap of `length` bytes at or above `from`, below `limit`; -1 if none (the bottom-up search, mm/mmap.c `unmapped_area`). */
   findGap(from: number, length: number, limit: number): number {
     let at = from;
-    const a = this.linear;
-    if (a === null) {
-      const t = this.tree;
-      const n = t.firstEndingAbove(from);
-      // areas from `n` on, each up against the one before it closer than `length`, push `at` to the last one's end
-      if (n !== null && n.vma.start < from + length) {
-        const g = t.firstGapAfter(n, length);
-        at = g === null ? t.last()!.vma.end : t.prev(g)!.vma.end;
-      }
-      return at + length <= limit ? at : -1;
-    }
-    for (const v of a) {
-      this.ownSteps++;
-      if (v.end <= at) continue;
-      if (v.start >= at + length) break;
-      at = v.end;
+    const t = this.tree;
+    const n = t.firstEndingAbove(from);
+    // areas from `n` on, each up against the one before it closer than `length`, push `at` to the last one's end
+    if (n !== null && n.vma.start < from + length) {
+      const g = t.firstGapAfter(n, length);
+      at = g === null ? t.last()!.vma.end : t.prev(g)!.vma.end;
     }
     return at + length <= limit ? at : -1;
   }

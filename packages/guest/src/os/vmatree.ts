@@ -6,8 +6,8 @@
  * enough. This one is an AVL tree (Adelson-Velsky and Landis: heights of sibling subtrees differ by at most
  * one, so the depth is under 1.45 log2(n + 2)): insert, remove, find and the gap search are O(log n).
  *
- * The areas do not overlap and none is empty (the list falls back to an array otherwise, see VmaList), so
- * the order by start is the order by end too.
+ * The areas do not overlap and none is empty (VmaList refuses an empty one), so the order by start is the order
+ * by end too.
  */
 
 /** What the tree needs of an area: its range. */

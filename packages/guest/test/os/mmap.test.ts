@@ -132,4 +132,32 @@ describe('doMmap', () => {
       }
     });
   });
+
+  describe('.length', () => {
+    it('refuses a length of 0 with EINVAL and maps nothing, MAP_FIXED or not (mm/mmap.c do_mmap)', () => {
+      // do_mmap: `if (!len) return -EINVAL;`, before the area is placed and before MAP_FIXED unmaps what is
+      // there. So mmap(NULL, 0) maps nothing, and mmap(addr, 0, MAP_FIXED) in the middle of an area leaves that
+      // area whole (one area, not two halves around an empty one).
+      const { k, v } = boot(MODE_LONG4);
+      const p = k.createProcess(v, 'p');
+      k.switchTo(v, p);
+      const base = k.mmap(v, p, null, 4 * PAGE_SIZE, RW, VMA_ANON);
+      expect(() => k.mmap(v, p, null, 0, RW, VMA_ANON)).toThrow(GuestAbort);
+      expect(() => k.mmap(v, p, null, 0, RW, VMA_ANON)).toThrow('EINVAL');
+      expect(() => k.mmap(v, p, base + 2 * PAGE_SIZE, 0, PROT_READ, VMA_ANON)).toThrow('EINVAL');
+      expect(p.vmas.list.map((a) => [a.start, a.end, a.prot])).toEqual([[base, base + 4 * PAGE_SIZE, RW]]);
+      // The next mmap(NULL) goes right under the area, as if the failed calls had not been made.
+      expect(k.mmap(v, p, null, PAGE_SIZE, RW, VMA_ANON)).toBe(base - PAGE_SIZE);
+    });
+
+    it('refuses a length above user space with ENOMEM (do_mmap: PAGE_ALIGN(len) > TASK_SIZE)', () => {
+      // A length the unsigned argument would read as huge (here negative) fails the same way, never as an empty area.
+      const { k, v } = boot(MODE_LONG4);
+      const p = k.createProcess(v, 'p');
+      k.switchTo(v, p);
+      expect(() => k.mmap(v, p, null, k.layout.userLimit + 1, RW, VMA_ANON)).toThrow('ENOMEM');
+      expect(() => k.mmap(v, p, null, -PAGE_SIZE, RW, VMA_ANON)).toThrow('ENOMEM');
+      expect(p.vmas.size).toBe(0);
+    });
+  });
 });
