@@ -214,6 +214,10 @@ export class Auditor {
     this.changedWords = new Set();
     this.changedByGfn = new Map();
     this.usedGfns = new Set();
+    // First, as every check below reads the maps: the one-gfn memo of isWriteProtected (state.ts) answers as the
+    // maps do (a change to them that did not bump trackVersion would show here).
+    const memo = mmu.trackMemoDisagreement();
+    if (memo >= 0) this.fail(`the write-track memo of gfn 0x${memo.toString(16)} disagrees with the write-track maps`, null, -1);
     this.auditPages();
     this.auditSptes();
     this.auditGuestPages();
@@ -460,7 +464,7 @@ export class Auditor {
     if ((lo & SPTE_W) !== 0) {
       if (slot.readonly || (lo & SPTE_HOST_WRITABLE) === 0) this.fail('a writable spte maps read-only host memory', sp, loc);
       if ((lo & SPTE_MMU_WRITABLE) === 0) this.fail('W without MMU-writable', sp, loc);
-      if (mmu.isWriteProtected(gfn)) this.fail(`a writable spte maps write-protected guest page table gfn 0x${gfn.toString(16)}`, sp, loc);
+      if (mmu.writeProtectedInMaps(gfn)) this.fail(`a writable spte maps write-protected guest page table gfn 0x${gfn.toString(16)}`, sp, loc);
     }
     const acc = roleAccess(sp.role);
     if ((lo & SPTE_U) !== 0 && (acc & ACC_USER_MASK) === 0) this.fail('U beyond the page role access', sp, loc);
@@ -597,7 +601,7 @@ export class Auditor {
     const mmu = this.mmu;
     const now = new Set<number>();
     for (const gfn of mmu.writeTrack.keys()) {
-      if (!mmu.isWriteProtected(gfn)) continue;
+      if (!mmu.writeProtectedInMaps(gfn)) continue;
       now.add(gfn);
       if (this.protectedGfns.has(gfn)) continue; // its sptes were checked then; a changed one was checked above
       const head = this.rmaps.head(gfn, 1, false);

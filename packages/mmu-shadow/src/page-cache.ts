@@ -54,6 +54,7 @@ export function getPage(s: ShadowMmuState, gfn: number, role: number): ShadowPag
   if (!sp.direct) {
     // account_shadowed: the gfn becomes a write-protected guest page table.
     s.indirectShadowPages++;
+    s.trackVersion++;
     s.writeTrack.set(gfn, (s.writeTrack.get(gfn) ?? 0) + 1);
     if (sp.level > 1) s.upperTrack.set(gfn, (s.upperTrack.get(gfn) ?? 0) + 1);
     writeProtectGfn(s, gfn);
@@ -79,7 +80,7 @@ function initSptes(s: ShadowMmuState, sp: ShadowPage): void {
 
 /** Whether some indirect page of `gfn` is above level 1 (KVM: the gfn is page-tracked, never unsync). */
 export function hasUpperLevelPage(s: ShadowMmuState, gfn: number): boolean {
-  return s.upperTrack.has(gfn);
+  return s.isUpperTracked(gfn);
 }
 
 /** KVM `rmap_write_protect`: clear W (and MMU-writable) in every spte that maps `gfn`. */
@@ -183,6 +184,7 @@ function rmapRemove(s: ShadowMmuState, gfn: number, loc: number): void {
 export function clearUnsync(s: ShadowMmuState, sp: ShadowPage): void {
   sp.unsync = false;
   s.unsyncPages.delete(sp);
+  s.trackVersion++;
   const c = s.unsyncCount.get(sp.gfn)! - 1;
   if (c === 0) s.unsyncCount.delete(sp.gfn);
   else s.unsyncCount.set(sp.gfn, c);
@@ -205,6 +207,7 @@ export function prepareZap(s: ShadowMmuState, sp: ShadowPage): void {
   if (sp.unsync) clearUnsync(s, sp);
   if (!sp.direct) {
     s.indirectShadowPages--;
+    s.trackVersion++;
     const c = s.writeTrack.get(sp.gfn)! - 1;
     if (c === 0) s.writeTrack.delete(sp.gfn);
     else s.writeTrack.set(sp.gfn, c);

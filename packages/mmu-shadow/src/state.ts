@@ -304,8 +304,57 @@ export abstract class ShadowMmuState implements PageCache<ShadowPage> {
    * (KVM: write-tracked by an upper-level page, or rmap-write-protected for a synced level-1 page).
    */
   isWriteProtected(gfn: number): boolean {
+    if (gfn !== this.trackMemoGfn || this.trackMemoVersion !== this.trackVersion) this.memoTrack(gfn);
+    return this.trackMemoWp;
+  }
+
+  /** Whether some indirect page of `gfn` is above level 1 (`upperTrack` has it), through the same memo as `isWriteProtected`. */
+  isUpperTracked(gfn: number): boolean {
+    if (gfn !== this.trackMemoGfn || this.trackMemoVersion !== this.trackVersion) this.memoTrack(gfn);
+    const u = this.trackMemoUpper;
+    return u === 0 ? false : u === 1 ? true : this.memoUpper(gfn);
+  }
+
+  /**
+   * Bumped by every change to `writeTrack`, `upperTrack` or `unsyncCount` (page-cache.ts, unsync.ts): the one-gfn
+   * memo of `isWriteProtected` and `isUpperTracked` holds while it is unchanged. An exit asks both of the gfn it
+   * writes up to four times (the fault handler, `mmu_set_spte`, `mmu_try_to_unsync_pages`), and a run of emulated
+   * writes asks of one gfn again and again: one Map lookup each instead of one per question.
+   */
+  trackVersion = 0;
+  private trackMemoGfn = -1;
+  private trackMemoVersion = -1;
+  private trackMemoWp = false;
+  /** `upperTrack.has(trackMemoGfn)`: 1 or 0, -1 not looked up yet. */
+  private trackMemoUpper = -1;
+
+  /** `isWriteProtected` from the maps themselves, past the memo (the auditor: it checks the maps as they are). */
+  writeProtectedInMaps(gfn: number): boolean {
     const t = this.writeTrack.get(gfn);
     return t !== undefined && (this.unsyncCount.size === 0 || t > (this.unsyncCount.get(gfn) ?? 0));
+  }
+
+  /** The auditor's check of the memo: -1 when it is stale or says what the maps say, else its gfn. */
+  trackMemoDisagreement(): number {
+    if (this.trackMemoVersion !== this.trackVersion || this.trackMemoGfn < 0) return -1;
+    const gfn = this.trackMemoGfn;
+    if (this.trackMemoWp !== this.writeProtectedInMaps(gfn)) return gfn;
+    if (this.trackMemoUpper !== -1 && this.trackMemoUpper === 1 !== this.upperTrack.has(gfn)) return gfn;
+    return -1;
+  }
+
+  private memoTrack(gfn: number): void {
+    const t = this.writeTrack.get(gfn);
+    this.trackMemoWp = t !== undefined && (this.unsyncCount.size === 0 || t > (this.unsyncCount.get(gfn) ?? 0));
+    this.trackMemoUpper = t === undefined ? 0 : -1; // no indirect page at all: none above level 1 either
+    this.trackMemoGfn = gfn;
+    this.trackMemoVersion = this.trackVersion;
+  }
+
+  private memoUpper(gfn: number): boolean {
+    const u = this.upperTrack.has(gfn);
+    this.trackMemoUpper = u ? 1 : 0;
+    return u;
   }
 
   /**

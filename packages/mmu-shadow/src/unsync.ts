@@ -26,6 +26,7 @@ export function tryUnsync(s: ShadowMmuState, st: VcpuShadowState, gfn: number): 
 function markUnsync(s: ShadowMmuState, vcpuId: number, sp: ShadowPage): void {
   sp.unsync = true;
   s.unsyncPages.add(sp);
+  s.trackVersion++;
   s.unsyncCount.set(sp.gfn, (s.unsyncCount.get(sp.gfn) ?? 0) + 1);
   s.host.count(vcpuId, 'mmu_unsync');
   // mmu_convert_notrap: the guest may now make a gpte present without an exit, so no notrap may stay.

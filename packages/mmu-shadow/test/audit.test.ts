@@ -184,6 +184,29 @@ describe('auditShadowMmu', () => {
       expectNeither(mmu);
     });
 
+    it('report a write-track memo that a change to the maps left stale (one that did not bump trackVersion)', () => {
+      const { mmu } = guest(mode);
+      const [gfn] = [...mmu.upperTrack][0]!; // a write-protected guest table
+      expect(mmu.isWriteProtected(gfn)).toBe(true); // the memo now holds gfn
+      expect(mmu.isUpperTracked(gfn)).toBe(true);
+      expectNeither(mmu);
+      // The gfn's protection dropped behind the MMU's back: the memo still says protected.
+      const [w, u] = [mmu.writeTrack.get(gfn)!, mmu.upperTrack.get(gfn)!];
+      mmu.writeTrack.delete(gfn);
+      mmu.upperTrack.delete(gfn);
+      expect(mmu.isWriteProtected(gfn)).toBe(true);
+      expect(reported(mmu, false)).toMatch(new RegExp(`the write-track memo of gfn 0x${gfn.toString(16)} disagrees with the write-track maps`));
+      // A change made through the page cache bumps trackVersion, and the memo is asked again.
+      mmu.trackVersion++;
+      expect(mmu.isWriteProtected(gfn)).toBe(false);
+      expect(mmu.isUpperTracked(gfn)).toBe(false);
+      mmu.writeTrack.set(gfn, w);
+      mmu.upperTrack.set(gfn, u);
+      mmu.trackVersion++;
+      expect(mmu.isWriteProtected(gfn)).toBe(true);
+      expectNeither(mmu);
+    });
+
     it('report a guest pte written behind the MMU (straight into guest RAM, no trap): another frame, not present, a redirected PDE', () => {
       const { mmu, machine, pt } = guest(mode);
       const mem = machine.memory;
