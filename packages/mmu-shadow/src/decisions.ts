@@ -1,4 +1,14 @@
-import type { FloodEvent, MmuHost, PrefetchEvent, PteWriteDecision, PteWriteEvent, TrackedWriteEvent, UnsyncEvent } from '@vmexit/core';
+import type {
+  FloodEvent,
+  MmuDecisionOf,
+  MmuEvent,
+  MmuHost,
+  PrefetchEvent,
+  PteWriteDecision,
+  PteWriteEvent,
+  TrackedWriteEvent,
+  UnsyncEvent,
+} from '@vmexit/core';
 import type { VcpuShadowState } from './state.js';
 
 /**
@@ -29,29 +39,105 @@ export const WRITE_FLOOD_THRESHOLD = 3;
 // VcpuShadowState.decidedByDefault, which asks the host once per kind when it can). For the tracked-write and
 // prefetch decisions the fault path (fault.ts) makes that check itself and calls decide*Event only when it
 // fails: no call, and no linear address boxed for one, per exit when the MMU decides alone.
+//
+// An event that policies decide is built once per vCPU and kind and refilled for each decision while nothing
+// outside the pipeline can keep it (MmuHost.reusesEvents: no tracer, recorder or mmuEvents$ subscriber), as
+// VmHooks refills its exception exit: the policies' operators see it only while it is in the pipeline. A
+// decision asked while another is in flight (a policy that calls back into the MMU) takes a new object.
+
+/** Whether this decision may refill the vCPU's scratch event (asked per decision: a subscriber may come between runs). */
+function reusable(host: MmuHost, st: VcpuShadowState): boolean {
+  return !st.events.inFlight && host.reusesEvents !== undefined && host.reusesEvents(st.vcpu.id);
+}
+
+/** `host.decide` of a scratch event, marked in flight while the pipeline has it. */
+function decideScratch<E extends MmuEvent>(host: MmuHost, st: VcpuShadowState, ev: E, fallback: MmuDecisionOf<E>): MmuDecisionOf<E> {
+  const scratch = st.events;
+  scratch.inFlight = true;
+  try {
+    return host.decide(ev, fallback);
+  } finally {
+    scratch.inFlight = false;
+  }
+}
+
+function floodEvent(vcpu: number, seq: number, gfn: number, level: number, writeCount: number, vcpuWriteCount: number): FloodEvent {
+  return { kind: 'flood', vcpu, seq, decidedBy: null, gfn, level, writeCount, vcpuWriteCount, decision: null };
+}
 
 export function decideFlood(host: MmuHost, st: VcpuShadowState, seq: number, gfn: number, level: number, writeCount: number, vcpuWriteCount: number): boolean {
   if (st.decidedByDefault(host, 1, 'flood')) return DEFAULT_FLOOD_DECISION;
-  const ev: FloodEvent = { kind: 'flood', vcpu: st.vcpu.id, seq, decidedBy: null, gfn, level, writeCount, vcpuWriteCount, decision: null };
-  return host.decide(ev, DEFAULT_FLOOD_DECISION);
+  if (!reusable(host, st)) return host.decide(floodEvent(st.vcpu.id, seq, gfn, level, writeCount, vcpuWriteCount), DEFAULT_FLOOD_DECISION);
+  let ev = st.events.flood;
+  if (ev === null) ev = st.events.flood = floodEvent(st.vcpu.id, seq, gfn, level, writeCount, vcpuWriteCount);
+  else {
+    ev.seq = seq;
+    ev.decidedBy = null;
+    ev.gfn = gfn;
+    ev.level = level;
+    ev.writeCount = writeCount;
+    ev.vcpuWriteCount = vcpuWriteCount;
+    ev.decision = null;
+  }
+  return decideScratch(host, st, ev, DEFAULT_FLOOD_DECISION);
+}
+
+function prefetchEvent(vcpu: number, seq: number, address: number, gfn: number, direct: boolean): PrefetchEvent {
+  return { kind: 'prefetch', vcpu, seq, decidedBy: null, address, gfn, direct, decision: null };
 }
 
 /** The prefetch decision once `st.decidedByDefault(host, 2, 'prefetch')` said no (fault.ts checks that first): the event, through the host. */
 export function decidePrefetchEvent(host: MmuHost, st: VcpuShadowState, seq: number, address: number, gfn: number, direct: boolean): boolean {
-  const ev: PrefetchEvent = { kind: 'prefetch', vcpu: st.vcpu.id, seq, decidedBy: null, address, gfn, direct, decision: null };
-  return host.decide(ev, DEFAULT_PREFETCH_DECISION);
+  if (!reusable(host, st)) return host.decide(prefetchEvent(st.vcpu.id, seq, address, gfn, direct), DEFAULT_PREFETCH_DECISION);
+  let ev = st.events.prefetch;
+  if (ev === null) ev = st.events.prefetch = prefetchEvent(st.vcpu.id, seq, address, gfn, direct);
+  else {
+    ev.seq = seq;
+    ev.decidedBy = null;
+    ev.address = address;
+    ev.gfn = gfn;
+    ev.direct = direct;
+    ev.decision = null;
+  }
+  return decideScratch(host, st, ev, DEFAULT_PREFETCH_DECISION);
+}
+
+function unsyncEvent(vcpu: number, seq: number, gfn: number): UnsyncEvent {
+  return { kind: 'unsync', vcpu, seq, decidedBy: null, gfn, decision: null };
 }
 
 export function decideUnsync(host: MmuHost, st: VcpuShadowState, seq: number, gfn: number): boolean {
   if (st.decidedByDefault(host, 3, 'unsync')) return DEFAULT_UNSYNC_DECISION;
-  const ev: UnsyncEvent = { kind: 'unsync', vcpu: st.vcpu.id, seq, decidedBy: null, gfn, decision: null };
-  return host.decide(ev, DEFAULT_UNSYNC_DECISION);
+  if (!reusable(host, st)) return host.decide(unsyncEvent(st.vcpu.id, seq, gfn), DEFAULT_UNSYNC_DECISION);
+  let ev = st.events.unsync;
+  if (ev === null) ev = st.events.unsync = unsyncEvent(st.vcpu.id, seq, gfn);
+  else {
+    ev.seq = seq;
+    ev.decidedBy = null;
+    ev.gfn = gfn;
+    ev.decision = null;
+  }
+  return decideScratch(host, st, ev, DEFAULT_UNSYNC_DECISION);
+}
+
+function trackedWriteEvent(vcpu: number, seq: number, gfn: number, address: number, errorCode: number): TrackedWriteEvent {
+  return { kind: 'tracked-write', vcpu, seq, decidedBy: null, gfn, address, errorCode, decision: null };
 }
 
 /** The tracked-write decision once `st.decidedByDefault(host, 4, 'tracked-write')` said no (fault.ts checks that first): the event, through the host. */
 export function decideTrackedWriteEvent(host: MmuHost, st: VcpuShadowState, seq: number, gfn: number, address: number, errorCode: number): boolean {
-  const ev: TrackedWriteEvent = { kind: 'tracked-write', vcpu: st.vcpu.id, seq, decidedBy: null, gfn, address, errorCode, decision: null };
-  return host.decide(ev, DEFAULT_TRACKED_WRITE_DECISION);
+  if (!reusable(host, st)) return host.decide(trackedWriteEvent(st.vcpu.id, seq, gfn, address, errorCode), DEFAULT_TRACKED_WRITE_DECISION);
+  let ev = st.events.trackedWrite;
+  if (ev === null) ev = st.events.trackedWrite = trackedWriteEvent(st.vcpu.id, seq, gfn, address, errorCode);
+  else {
+    ev.seq = seq;
+    ev.decidedBy = null;
+    ev.gfn = gfn;
+    ev.address = address;
+    ev.errorCode = errorCode;
+    ev.decision = null;
+  }
+  return decideScratch(host, st, ev, DEFAULT_TRACKED_WRITE_DECISION);
 }
 
 export function decidePteWrite(
@@ -68,22 +154,28 @@ export function decidePteWrite(
   misaligned: boolean,
 ): PteWriteDecision {
   if (st.decidedByDefault(host, 0, 'pte-write')) return DEFAULT_PTE_WRITE_DECISION;
-  const ev: PteWriteEvent = {
-    kind: 'pte-write',
-    vcpu: st.vcpu.id,
-    seq,
-    decidedBy: null,
-    gpa,
-    size,
-    oldLo,
-    oldHi,
-    newLo,
-    newHi,
-    level,
-    misaligned,
-    decision: null,
-  };
-  return host.decide(ev, DEFAULT_PTE_WRITE_DECISION);
+  const vcpu = st.vcpu.id;
+  if (!reusable(host, st)) {
+    const fresh: PteWriteEvent = { kind: 'pte-write', vcpu, seq, decidedBy: null, gpa, size, oldLo, oldHi, newLo, newHi, level, misaligned, decision: null };
+    return host.decide(fresh, DEFAULT_PTE_WRITE_DECISION);
+  }
+  let ev = st.events.pteWrite;
+  if (ev === null)
+    ev = st.events.pteWrite = { kind: 'pte-write', vcpu, seq, decidedBy: null, gpa, size, oldLo, oldHi, newLo, newHi, level, misaligned, decision: null };
+  else {
+    ev.seq = seq;
+    ev.decidedBy = null;
+    ev.gpa = gpa;
+    ev.size = size;
+    ev.oldLo = oldLo;
+    ev.oldHi = oldHi;
+    ev.newLo = newLo;
+    ev.newHi = newHi;
+    ev.level = level;
+    ev.misaligned = misaligned;
+    ev.decision = null;
+  }
+  return decideScratch(host, st, ev, DEFAULT_PTE_WRITE_DECISION);
 }
 
 /**

@@ -31,6 +31,7 @@ import {
 import { ShadowPagingContext } from './context.js';
 import { ShadowMmuError } from './errors.js';
 import type { ShadowPage } from './page.js';
+import { ScratchEvents } from './scratch-events.js';
 
 /** The most roots a vCPU's guest state needs: four PAE (or quadrant) roots. */
 export const MAX_ROOTS = 4;
@@ -68,6 +69,8 @@ export class VcpuShadowState {
   /** The 2007 write-flood detector (KVM 86a5ba025d0a): the last gfn this vCPU wrote by emulation and how often in a row. */
   lastPtWriteGfn = -1;
   lastPtWriteCount = 0;
+  /** The MMU events this vCPU refills while nothing outside the pipeline can keep one (decisions.ts). */
+  readonly events = new ScratchEvents();
 
   /** The cells of HOT_COUNTERS for this vCPU, each taken at its first add (null until then). */
   private readonly cells: (StatCell | null)[] = HOT_COUNTERS.map(() => null);

@@ -101,3 +101,104 @@ describe('decideFlood', () => {
     expect(cells.get('mmu_events.flood')?.n).toBe(3);
   });
 });
+
+describe('refilled events (MmuHost.reusesEvents)', () => {
+  /**
+   * A host whose policies decide every event (a flood: true; a pte-write: 'update-spte'), recording the object it
+   * was handed and a copy of its fields at that moment; `reuse` is its answer to reusesEvents (undefined: none).
+   * `nested` makes the first decision ask another one of the same kind while it is in flight.
+   */
+  function host(reuse: boolean | undefined, nested: ((st: VcpuShadowState) => void) | null = null) {
+    const seen: { ev: MmuEvent; copy: MmuEvent }[] = [];
+    let depth = 0;
+    let st: VcpuShadowState | null = null;
+    const h: MmuHost = {
+      vcpus: [],
+      count: () => {},
+      decideByDefault: () => false,
+      decide: <E extends MmuEvent>(ev: E, fallback: MmuDecisionOf<E>): MmuDecisionOf<E> => {
+        seen.push({ ev, copy: { ...ev } });
+        if (nested !== null && depth++ === 0) nested(st!);
+        return (ev.kind === 'flood' ? true : ev.kind === 'pte-write' ? 'update-spte' : fallback) as MmuDecisionOf<E>;
+      },
+      ...(reuse === undefined ? {} : { reusesEvents: () => reuse }),
+    };
+    return { h, seen, bind: (s: VcpuShadowState) => (st = s) };
+  }
+
+  it('hands the policies one object per kind, refilled with each decision, while nothing outside the pipeline can keep it', () => {
+    const { h, seen } = host(true);
+    const st = stateOf(1);
+    expect(decideFlood(h, st, 7, 0x10, 2, 3, 1)).toBe(true);
+    expect(decideFlood(h, st, 8, 0x11, 1, 4, 2)).toBe(true);
+    expect(decidePteWrite(h, st, 9, 0x11008, 8, 1, 2, 3, 4, 1, false)).toBe('update-spte');
+    expect(decidePteWrite(h, st, 10, 0x12010, 4, 5, 0, 6, 0, 2, true)).toBe('update-spte');
+    // The same flood object twice, and the same pte-write object twice; each decision saw its own fields.
+    expect(seen[1]!.ev).toBe(seen[0]!.ev);
+    expect(seen[3]!.ev).toBe(seen[2]!.ev);
+    expect(seen[2]!.ev).not.toBe(seen[0]!.ev);
+    expect(seen.map((s) => s.copy)).toEqual([
+      { kind: 'flood', vcpu: 1, seq: 7, decidedBy: null, gfn: 0x10, level: 2, writeCount: 3, vcpuWriteCount: 1, decision: null },
+      { kind: 'flood', vcpu: 1, seq: 8, decidedBy: null, gfn: 0x11, level: 1, writeCount: 4, vcpuWriteCount: 2, decision: null },
+      {
+        kind: 'pte-write',
+        vcpu: 1,
+        seq: 9,
+        decidedBy: null,
+        gpa: 0x11008,
+        size: 8,
+        oldLo: 1,
+        oldHi: 2,
+        newLo: 3,
+        newHi: 4,
+        level: 1,
+        misaligned: false,
+        decision: null,
+      },
+      {
+        kind: 'pte-write',
+        vcpu: 1,
+        seq: 10,
+        decidedBy: null,
+        gpa: 0x12010,
+        size: 4,
+        oldLo: 5,
+        oldHi: 0,
+        newLo: 6,
+        newHi: 0,
+        level: 2,
+        misaligned: true,
+        decision: null,
+      },
+    ]);
+    // decision and decidedBy start at null for every decision, whatever the previous one left in them (a host
+    // that sets them, as the VM's pipeline does).
+    (seen[0]!.ev as { decision: unknown }).decision = true;
+    decideFlood(h, st, 11, 0x12, 2, 5, 3);
+    expect(seen[4]!.copy).toMatchObject({ seq: 11, decision: null, decidedBy: null });
+  });
+
+  it('builds a new object for each decision when the host may let something keep it, or does not say', () => {
+    for (const reuse of [false, undefined]) {
+      const { h, seen } = host(reuse);
+      const st = stateOf(0);
+      decideFlood(h, st, 1, 0x10, 2, 3, 1);
+      decideFlood(h, st, 2, 0x10, 2, 4, 1);
+      expect(seen[1]!.ev).not.toBe(seen[0]!.ev);
+      expect(seen[0]!.ev).toMatchObject({ seq: 1, writeCount: 3 }); // the first is left as it was handed
+    }
+  });
+
+  it('builds a new object for a decision asked while the refilled one is in the pipeline', () => {
+    const t = host(true, (st) => decideFlood(t.h, st, 2, 0x20, 3, 1, 1));
+    const st = stateOf(0);
+    t.bind(st);
+    decideFlood(t.h, st, 1, 0x10, 2, 3, 1);
+    // seen[0] the outer event (in flight), seen[1] the nested one: another object, and the outer one untouched.
+    expect(t.seen[1]!.ev).not.toBe(t.seen[0]!.ev);
+    expect(t.seen[0]!.ev).toMatchObject({ seq: 1, gfn: 0x10 });
+    // Once the outer decision is over, the refilled object serves again.
+    decideFlood(t.h, st, 3, 0x30, 2, 3, 1);
+    expect(t.seen[2]!.ev).toBe(t.seen[0]!.ev);
+  });
+});

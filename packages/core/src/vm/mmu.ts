@@ -36,6 +36,14 @@ export interface MmuHost {
    */
   decidesByDefault?(vcpuId: number, kind: MmuEventKind): boolean;
   /**
+   * Whether nothing outside vCPU `vcpuId`'s `mmuEvents` pipeline can keep an event it is handed now (optional;
+   * no tracer or recorder is bound and nothing subscribes to `mmuEvents$`): the MMU may then pass one object
+   * per kind to `decide`, refilled for every event, instead of a new one (the hot path allocates nothing). A
+   * policy sees an event only while it is in the pipeline (an operator that holds one back fails the
+   * pipeline), so it sees each event's own fields. Asked per event: a subscriber may come between runs.
+   */
+  reusesEvents?(vcpuId: number): boolean;
+  /**
    * The backend below the VM (optional: a host without one serves only an MMU that programs no hardware).
    * The TDP MMU points each vCPU's second stage at its root through it (`Backend.setNestedRoot`,
    * `Backend.createSecondStage`), as KVM's `kvm_mmu_load` -> `kvm_x86_call(load_mmu_pgd)` does.

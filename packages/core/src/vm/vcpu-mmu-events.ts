@@ -68,6 +68,14 @@ export class VcpuMmuEvents {
     return this.counts.isByDefault(kind) && !this.channel.observed;
   }
 
+  /**
+   * Nothing outside the pipeline can keep an event now: no tracer or recorder, and no subscriber to `output`
+   * (policies see an event only while it is in the pipeline). The MMU may then refill one event per kind.
+   */
+  get reusable(): boolean {
+    return this.quiet && !this.channel.observed;
+  }
+
   /** True (and the event counted) when nothing could see an event of `kind`: see the class comment. */
   decideByDefault(kind: MmuEventKind): boolean {
     return !this.channel.observed && this.counts.countIfByDefault(kind);

@@ -222,6 +222,12 @@ export class Vm implements MmuHost {
     return route !== undefined && route.decideByDefault(kind);
   }
 
+  /** MmuHost: whether nothing outside this vCPU's MMU-event pipeline can keep an event now (the MMU may refill one). */
+  reusesEvents(vcpuId: number): boolean {
+    const route = this.mmuEvents[vcpuId];
+    return route !== undefined && route.reusable;
+  }
+
   /** MmuHost: whether every MMU event of this kind on this vCPU is decided by default (fixed at composition). */
   decidesByDefault(vcpuId: number, kind: MmuEventKind): boolean {
     const route = this.mmuEvents[vcpuId];

@@ -123,6 +123,24 @@ describe('Vm', () => {
   });
 });
 
+describe('Vm.reusesEvents', () => {
+  it('is true only while nothing outside the pipeline can keep an event: no tracer or recorder, no mmuEvents$ subscriber', () => {
+    const v = vm([]);
+    expect(v.reusesEvents(0)).toBe(true);
+    expect(v.reusesEvents(1)).toBe(true);
+    // A subscriber keeps what it sees: no refilled events while it is there (asked per event), again once it left.
+    const kept: MmuEvent[] = [];
+    const sub = v.mmuEvents$.subscribe((e) => kept.push(e));
+    expect(v.reusesEvents(0)).toBe(false);
+    sub.unsubscribe();
+    expect(v.reusesEvents(0)).toBe(true);
+    // A recorder keeps them too, for the VM's life.
+    expect(vm([], new ArrayRecorder()).reusesEvents(0)).toBe(false);
+    // No such vCPU: nothing to refill for.
+    expect(v.reusesEvents(2)).toBe(false);
+  });
+});
+
 describe('Vm (a policy that refuses the VM)', () => {
   const refuser = (step: 'setup' | 'exits' | 'mmuEvents'): FaultPolicy<unknown> => ({
     name: 'refuser',
