@@ -65,6 +65,15 @@ export class Tlb {
   /** The size in pages of the largest large page a valid entry has been a piece of since largeCount was last 0. */
   private largestPages = 0;
 
+  /**
+   * The slots filled since the last flush that cleared the whole TLB, so that a flush clears those instead of
+   * every slot (a flush per zapped shadow page, per CR3 write: most of the TLB is empty then). A slot refilled
+   * after a drop is listed again; past `size` listings the list is given up (`filledCount` > size) and the next
+   * flush clears every slot. Invariant: every valid slot is listed, or the list is given up.
+   */
+  private readonly filled: Int32Array;
+  private filledCount = 0;
+
   hits = 0;
   misses = 0;
   flushes = 0;
@@ -79,6 +88,7 @@ export class Tlb {
     this.pcid = new Uint16Array(size);
     this.largeBase = new Float64Array(size);
     this.largePages = new Int32Array(size);
+    this.filled = new Int32Array(size);
   }
 
   /**
@@ -121,7 +131,9 @@ export class Tlb {
     }
     const vpn = Math.floor(va / PAGE_SIZE);
     const i = vpn & this.mask;
-    if ((this.data[i]! & (TLB_VALID | TLB_LARGE)) === (TLB_VALID | TLB_LARGE)) this.largeCount--;
+    const was = this.data[i]!;
+    if ((was & (TLB_VALID | TLB_LARGE)) === (TLB_VALID | TLB_LARGE)) this.largeCount--;
+    if ((was & TLB_VALID) === 0) this.listFilled(i);
     this.tag[i] = vpn;
     this.pcid[i] = pcid;
     if (pageSize > PAGE_SIZE) {
@@ -142,24 +154,52 @@ export class Tlb {
     this.flushes++;
     const { data, tag } = this;
     if (!keepGlobal) {
-      tag.fill(NaN);
-      data.fill(0);
+      const n = this.filledCount;
+      if (n > this.size >>> 2) {
+        tag.fill(NaN);
+        data.fill(0);
+      } else {
+        const filled = this.filled;
+        for (let k = 0; k < n; k++) {
+          const i = filled[k]!;
+          tag[i] = NaN;
+          data[i] = 0;
+        }
+      }
+      this.filledCount = 0;
       this.largeCount = 0;
       return;
     }
-    for (let i = 0; i < this.size; i++) {
-      const d = data[i]!;
-      if ((d & TLB_VALID) !== 0 && (d & TLB_GLOBAL) === 0) this.drop(i);
-    }
+    this.dropNonGlobal(false, 0);
   }
 
   /** Drops the non-global entries of one PCID (a CR3 write with CR4.PCIDE=1 and bit 63 clear, §4.10.4.1). */
   flushPcid(pcid: number): void {
     this.flushes++;
-    for (let i = 0; i < this.size; i++) {
-      const d = this.data[i]!;
-      if ((d & TLB_VALID) !== 0 && (d & TLB_GLOBAL) === 0 && this.pcid[i] === pcid) this.drop(i);
+    this.dropNonGlobal(true, pcid);
+  }
+
+  /** Drops every valid non-global entry (of PCID `pcid` when `onePcid`), and lists the slots still valid. */
+  private dropNonGlobal(onePcid: boolean, pcid: number): void {
+    const { data, filled } = this;
+    const all = this.filledCount > this.size;
+    const n = all ? this.size : this.filledCount;
+    let kept = 0;
+    for (let k = 0; k < n; k++) {
+      const i = all ? k : filled[k]!;
+      const d = data[i]!;
+      if ((d & TLB_VALID) === 0) continue;
+      if ((d & TLB_GLOBAL) === 0 && (!onePcid || this.pcid[i] === pcid)) this.drop(i);
+      else filled[kept++] = i; // kept <= k: the slots not read yet are not overwritten
     }
+    this.filledCount = kept;
+  }
+
+  /** Lists slot `i`, just made valid (see `filled`). */
+  private listFilled(i: number): void {
+    const n = this.filledCount;
+    if (n < this.size) this.filled[n] = i;
+    if (n <= this.size) this.filledCount = n + 1;
   }
 
   /**
