@@ -8,9 +8,12 @@
 // Each variant is composed by `createVm` with the built-in module sources, as `vmexit run` does (@vmexit/lab's
 // runVariant), and run by `runWorkload` on the VM's machine. Every round runs each variant once (round-robin),
 // so that the load of a shared machine falls on all of them alike; round 0 is the warm-up. It fails when a
-// run's memory digest or exit count differs from the run before it, or its digest or accesses from native's.
+// run's memory digest or exit count differs from the run before it, or its digest or accesses from native's. The
+// garbage of the runs before is collected before each run (`collectGarbage`).
 import { performance } from 'node:perf_hooks';
 import process from 'node:process';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { readFileSync } from 'node:fs';
 import { createVm } from '@vmexit/core';
 import { KBUILD_TRACE_PATH, decodeVxt, nativeCounters, runWorkload } from '@vmexit/guest';
@@ -36,6 +39,21 @@ export function scanRecords(trace) {
   const seconds = (performance.now() - t) / 1000;
   if (s === -1) console.log(''); // keep the sum live
   return { seconds, represented: n };
+}
+
+// V8's full collection, as `node --expose-gc` gives it, without the flag on the command line: the flag takes effect for
+// contexts made after it is set, so a new context hands over its `gc`.
+setFlagsFromString('--expose-gc');
+const fullGc = runInNewContext('gc');
+
+/**
+ * Collects the garbage of the runs before, outside any timed window: called before each run, so that a run does
+ * not pay for the heap that another variant left (a round-robin round runs every variant in one process, and an
+ * old VM's shadow pages, maps and guest memory are collected at whatever point of the next run V8 chooses). A
+ * run still pays for the garbage it makes itself while it runs.
+ */
+export function collectGarbage() {
+  fullGc();
 }
 
 /** `RUNS` from the environment: measured runs per variant (default 3). */
@@ -92,6 +110,7 @@ export async function runKbuildBench({ variants, runs, target, extra }) {
   let represented = 0;
   for (let i = 0; i < runs + 1; i++) {
     for (const [name, variant] of variants) {
+      collectGarbage();
       const sc = scanRecords(trace);
       represented = sc.represented;
       const r = await runOnce(variant);

@@ -14,7 +14,9 @@
  * on all of them alike; round 0 is a warm-up); the median wall time is reported. A variant's ratio to native
  * is the median over the rounds of that round's native wall time over the variant's: each variant is set
  * against the native run of its own round, so that a machine that speeds up or slows down between rounds
- * (this one does, by a third at times) moves both sides of a ratio. Each run is checked against
+ * (this one does, by a third at times) moves both sides of a ratio. The garbage of the runs before is collected
+ * before each run, outside its window (scripts/kbuild-bench.mjs collectGarbage): otherwise a run pays, at whatever
+ * point V8 chooses, for the heap another variant left, and a ratio measures the order of the round. Each run is checked against
  * the previous run of the same variant (same exits, same memory digest) and against the native run (same
  * memory digest, same represented accesses): a figure is never printed for work that differs.
  *
@@ -31,7 +33,7 @@ import { createVm, PF_VECTOR } from '@vmexit/core';
 import { KBUILD_TRACE_PATH, decodeVxt } from '@vmexit/guest';
 import { parseVariantSpec } from '@vmexit/lab';
 import { parseBenchArgs } from '../../../scripts/bench-args.mjs';
-import { median, runWorkloadOn, scanRecords, spread } from '../../../scripts/kbuild-bench.mjs';
+import { collectGarbage, median, runWorkloadOn, scanRecords, spread } from '../../../scripts/kbuild-bench.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 let HEADLINE_VARIANTS;
@@ -161,6 +163,7 @@ async function roundRobin(label, specs, workload) {
   const last = new Map();
   for (let i = 0; i < RUNS + 1; i++) {
     for (const spec of specs) {
+      collectGarbage(); // the runs before leave their heap: see collectGarbage
       const sc = scan();
       const r = await runOnce(spec, workload);
       const prev = last.get(spec);
