@@ -1,6 +1,7 @@
-import { map, type MonoTypeOperatorFunction } from 'rxjs';
+import type { MonoTypeOperatorFunction } from 'rxjs';
 import { ExitError } from './errors.js';
 import { selfNaming } from './policy.js';
+import { stepOperator } from './step.js';
 
 /**
  * The MMU-internal decisions that policies may take over, carried on a vCPU's `mmuEvents` stream. The MMU
@@ -144,7 +145,7 @@ export function decideMmuEvents(
   const only = kinds === undefined ? null : new Set<string>(kinds);
   // One kind (what the built-in policies name): a comparison per event instead of a Set lookup.
   const one = kinds !== undefined && only!.size === 1 ? kinds[0]! : null;
-  const op: MmuEventOperator = map((ev: MmuEvent) => {
+  const op: MmuEventOperator = stepOperator((ev: MmuEvent) => {
     if (ev.decision !== null) return ev;
     if (one !== null ? ev.kind !== one : only !== null && !only.has(ev.kind)) return ev;
     let d: MmuAnswerOf<MmuEventKind> | null;

@@ -1,5 +1,6 @@
-import { tap, type MonoTypeOperatorFunction } from 'rxjs';
+import type { MonoTypeOperatorFunction } from 'rxjs';
 import type { MmuEvent } from './mmu-events.js';
+import { tapStep } from './step.js';
 import { keyCache, type StatCell, type Stats } from './stats.js';
 import { exitToJson, type VmExit } from './vm-exit.js';
 import { hexHiLo, hexU64 as hex } from '../arch/hex.js';
@@ -97,7 +98,7 @@ export class JsonLinesTracer implements ExitTracer {
  * exits$.pipe(countExits(stats)).subscribe();
  */
 export function countExits(stats: Stats): MonoTypeOperatorFunction<VmExit> {
-  return tap((exit: VmExit) => {
+  return tapStep((exit: VmExit) => {
     stats.add('exits');
     stats.add(reasonKey(exit.hw.name));
     stats.add(kindKey(exit.kind));
@@ -130,7 +131,7 @@ export function isNoopObservers(tracer: ExitTracer, recorder: ExitRecorder): boo
  * subject.pipe(exitPipeline(policies, handler, [countAndObserveExits(stats, tracer, recorder)]))
  */
 export function countAndObserveExits(stats: Stats, tracer: ExitTracer, recorder: ExitRecorder): MonoTypeOperatorFunction<VmExit> {
-  return tap(exitObserver(stats, tracer, recorder));
+  return tapStep(exitObserver(stats, tracer, recorder));
 }
 
 /**
@@ -168,7 +169,7 @@ export function exitObserver(stats: Stats, tracer: ExitTracer, recorder: ExitRec
 
 /** Feeds every exit to the tracer and the recorder. */
 export function observeExits(tracer: ExitTracer, recorder: ExitRecorder): MonoTypeOperatorFunction<VmExit> {
-  return tap((exit: VmExit) => {
+  return tapStep((exit: VmExit) => {
     tracer.traceExit(exit);
     recorder.recordExit(exit);
   });

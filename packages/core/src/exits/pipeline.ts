@@ -1,7 +1,8 @@
-import { catchError, map, Observable, pipe, Subject, tap, type MonoTypeOperatorFunction, type Subscriber, type Subscription, type UnaryFunction } from 'rxjs';
+import { catchError, Observable, pipe, Subject, type MonoTypeOperatorFunction, type Subscriber, type Subscription, type UnaryFunction } from 'rxjs';
 import { ExitError } from './errors.js';
 import type { MmuDecisionOf, MmuEvent } from './mmu-events.js';
 import { policyMark } from './policy.js';
+import { fuseSteps, stepOperator, tapStep } from './step.js';
 import { describeExit, type ExitResolution, type VmExit } from './vm-exit.js';
 
 /**
@@ -66,7 +67,7 @@ export type ExitHandler = (exit: VmExit) => ExitResolution;
 export function handleRemaining(handler: ExitHandler, observe: ((exit: VmExit) => void) | null = null): MonoTypeOperatorFunction<VmExit> {
   // What the handler or `observe` throws is theirs, not a policy's: the channel rethrows it as it is (LinkFailure).
   if (observe !== null) {
-    return map((exit: VmExit) => {
+    return stepOperator((exit: VmExit) => {
       if (exit.resolution === null) {
         exit.resolution = asLink(handler, exit);
         exit.resolvedBy = 'mmu';
@@ -76,7 +77,7 @@ export function handleRemaining(handler: ExitHandler, observe: ((exit: VmExit) =
       return exit;
     });
   }
-  return map((exit: VmExit) => {
+  return stepOperator((exit: VmExit) => {
     if (exit.resolution === null) {
       exit.resolution = asLink(handler, exit);
       exit.resolvedBy = 'mmu';
@@ -88,7 +89,7 @@ export function handleRemaining(handler: ExitHandler, observe: ((exit: VmExit) =
 
 /** Fails the stream with E_EXIT_UNRESOLVED, naming the exit, when an exit arrives unresolved. */
 export function requireResolved(): MonoTypeOperatorFunction<VmExit> {
-  return tap((exit: VmExit) => {
+  return tapStep((exit: VmExit) => {
     if (exit.resolution === null) throw unresolved(exit);
   });
 }
@@ -117,14 +118,15 @@ export function exitPipeline(
 ): MonoTypeOperatorFunction<VmExit> {
   const stages: MonoTypeOperatorFunction<VmExit>[] = policyLinks(policies);
   if (handler !== null) stages.push(handleRemaining(handler, observe));
-  else stages.push(requireResolved(), ...(observe !== null ? [tap((e: VmExit) => asLink(observe, e))] : []));
+  else stages.push(requireResolved(), ...(observe !== null ? [tapStep((e: VmExit) => asLink(observe, e))] : []));
   stages.push(...observers); // untagged: what an observer throws passes through the channel as it is
   return chain(stages);
 }
 
+/** The links in order, consecutive steps (step.ts: the maps this package makes) run in one link. */
 function chain<T>(ops: readonly MonoTypeOperatorFunction<T>[]): MonoTypeOperatorFunction<T> {
   return (pipe as (...fns: UnaryFunction<Observable<T>, Observable<T>>[]) => UnaryFunction<Observable<T>, Observable<T>>)(
-    ...ops,
+    ...fuseSteps(ops),
   ) as MonoTypeOperatorFunction<T>;
 }
 
@@ -316,7 +318,7 @@ export function mmuEventPipeline(
   policies: readonly MonoTypeOperatorFunction<MmuEvent>[],
   observers: readonly MonoTypeOperatorFunction<MmuEvent>[] = [],
 ): MonoTypeOperatorFunction<MmuEvent> {
-  const fallback = map((ev: MmuEvent) => {
+  const fallback = stepOperator((ev: MmuEvent) => {
     if (ev.decision === null) {
       (ev as { decision: unknown }).decision = channel().fallback;
       ev.decidedBy = 'mmu';

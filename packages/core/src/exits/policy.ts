@@ -1,5 +1,6 @@
-import { map, type MonoTypeOperatorFunction } from 'rxjs';
+import type { MonoTypeOperatorFunction } from 'rxjs';
 import { ExitError } from './errors.js';
+import { stepOperator } from './step.js';
 import { describeExit, type ExitResolution, type VmExit } from './vm-exit.js';
 
 /**
@@ -17,7 +18,7 @@ import { describeExit, type ExitResolution, type VmExit } from './vm-exit.js';
 export function resolveExits(name: string, decide: (exit: VmExit) => ExitResolution | null): MonoTypeOperatorFunction<VmExit> {
   return selfNaming(
     name,
-    map((exit: VmExit) => {
+    stepOperator((exit: VmExit) => {
       if (exit.resolution !== null) return exit;
       let r: ExitResolution | null;
       try {

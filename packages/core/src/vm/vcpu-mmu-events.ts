@@ -1,7 +1,8 @@
-import { tap, type MonoTypeOperatorFunction, type Observable } from 'rxjs';
+import type { MonoTypeOperatorFunction, Observable } from 'rxjs';
 import { mmuEventKindsOf, type MmuDecisionOf, type MmuEvent, type MmuEventKind } from '../exits/mmu-events.js';
 import { isNoopObservers, type ExitRecorder, type ExitTracer } from '../exits/observers.js';
 import { MmuEventChannel, mmuEventPipeline } from '../exits/pipeline.js';
+import { tapStep } from '../exits/step.js';
 import { keyCache, type StatCell, type Stats } from '../exits/stats.js';
 
 const mmuEventKey = keyCache('mmu_events.');
@@ -28,7 +29,7 @@ export class VcpuMmuEvents {
   constructor(stats: Stats, policies: readonly MonoTypeOperatorFunction<MmuEvent>[], tracer: ExitTracer, recorder: ExitRecorder) {
     const quiet = isNoopObservers(tracer, recorder);
     const counts = new MmuEventCounts(stats);
-    const observe: MonoTypeOperatorFunction<MmuEvent> = tap((ev: MmuEvent) => {
+    const observe: MonoTypeOperatorFunction<MmuEvent> = tapStep((ev: MmuEvent) => {
       counts.count(ev.kind);
       if (quiet) return;
       tracer.traceMmuEvent(ev);
