@@ -214,8 +214,7 @@ export class Auditor {
     this.changedWords = new Set();
     this.changedByGfn = new Map();
     this.usedGfns = new Set();
-    // First, as every check below reads the maps: the one-gfn memo of isWriteProtected (state.ts) answers as the
-    // maps do (a change to them that did not bump trackVersion would show here).
+    // First (every check below reads the maps): isWriteProtected's one-gfn memo (state.ts) says what the maps say.
     const memo = mmu.trackMemoDisagreement();
     if (memo >= 0) this.fail(`the write-track memo of gfn 0x${memo.toString(16)} disagrees with the write-track maps`, null, -1);
     this.auditPages();
@@ -420,7 +419,6 @@ export class Auditor {
     if (parents !== links) this.fail(`${parents} parent_ptes entries for ${links} present non-leaf sptes`, null, 0);
     this.leafCount = leaves;
   }
-
   private leafCount = 0;
 
   /** Whether spte `loc` is now a present leaf, in a page in use, that maps `gfn`. */
@@ -796,8 +794,6 @@ function sameCtx(g: PagingContext, rec: VcpuRecord): boolean {
   return true;
 }
 
-function copyValue(v: unknown): unknown {
-  return ArrayBuffer.isView(v) && !(v instanceof DataView) ? (v as Uint32Array).slice() : v;
-}
+const copyValue = (v: unknown): unknown => (ArrayBuffer.isView(v) && !(v instanceof DataView) ? (v as Uint32Array).slice() : v);
 
 const hex64 = (lo: number, hi: number): string => `0x${(hi >>> 0).toString(16).padStart(8, '0')}${(lo >>> 0).toString(16).padStart(8, '0')}`;

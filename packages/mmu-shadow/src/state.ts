@@ -342,7 +342,7 @@ export abstract class ShadowMmuState implements PageCache<ShadowPage> {
     if (this.trackMemoVersion !== this.trackVersion || this.trackMemoGfn < 0) return -1;
     const gfn = this.trackMemoGfn;
     if (this.trackMemoWp !== this.writeProtectedInMaps(gfn)) return gfn;
-    if (this.trackMemoUpper !== -1 && this.trackMemoUpper === 1 !== this.upperTrack.has(gfn)) return gfn;
+    if (this.trackMemoUpper !== -1 && (this.trackMemoUpper === 1) !== this.upperTrack.has(gfn)) return gfn;
     return -1;
   }
 
