@@ -396,6 +396,16 @@ export async function runQueueWorker(o: QueueWorkerOptions): Promise<{ completed
     clearInterval(watchdog);
   }
   await worker.close();
+  // The worker's stalled-job check (BullMQ moveStalledJobsToWait, which trims the event stream through
+  // getOrSetMaxEvents) writes the queue's meta hash back whenever it is missing: after a sweep tidied the queue, a
+  // worker still serving it brings `meta` back. So a worker that stops tidies as the sweep does, once no job is left
+  // (a queue opened without writing its own meta).
+  const queue = new Queue(worker.name, { connection: { ...o.connection }, skipMetasUpdate: true });
+  try {
+    await withDeadline(tidy(queue), 2000, () => new Error('tidy')).catch(() => {}); // best effort: the cells are done
+  } finally {
+    await withDeadline(queue.close(), 2000, () => new Error('close')).catch(() => {});
+  }
   return { completed };
 }
 

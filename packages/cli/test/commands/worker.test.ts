@@ -171,15 +171,10 @@ describe('sweep --queue and worker (BullMQ on Redis)', () => {
     expect([outcome.ran, outcome.interrupted]).toEqual([1, true]);
     expect(readResults(path.join(out, 'results.jsonl')).map((r) => r.cell.key)).toEqual([id.slice(5, 21)]);
     expect(w.log.join('').match(/started /g)).toHaveLength(1);
-    const client = new Redis(parseRedisUrl(redis.url));
-    try {
-      const keys = await client.keys(`bull:${queue}:*`);
-      const ttls = await Promise.all(keys.map(async (k) => [k, await client.pttl(k)] as const));
-      expect(ttls.filter(([, ttl]) => ttl < 0).map(([k]) => k)).toEqual([]);
-    } finally {
-      client.disconnect();
-      w.proc.kill('SIGTERM');
-    }
+    // Once the worker stopped too: a worker serving the queue writes its meta back (see the next test).
+    w.proc.kill('SIGTERM');
+    expect(await new Promise<number | null>((r) => w.proc.once('exit', (c) => r(c)))).toBe(0);
+    expect(await keysWithoutExpiry(redis.url, queue)).toEqual([]);
   }, 120_000);
 
   it('refuses the cells of a sweep of another vmexit build, naming both builds', async (ctx) => {
@@ -212,16 +207,30 @@ describe('sweep --queue and worker (BullMQ on Redis)', () => {
     const w = startWorker(redis.url, queue);
     const grid = ['--workload', 'demand-fault:pages=16', '--variant', 'vmx shadow', '--seeds', '1..2'];
     expect(await main(['sweep', ...grid, '--out', path.join(tmp, 'keys'), '--queue', redis.url, '--queue-name', queue])).toBe(0);
-    const client = new Redis(parseRedisUrl(redis.url));
-    try {
-      const keys = await client.keys(`bull:${queue}:*`);
-      const ttls = await Promise.all(keys.map(async (k) => [k, await client.pttl(k)] as const));
-      // With the worker still connected, only its own throttle (stalled-check, which expires) may be left: no
-      // job, no event stream, no meta or id counter that stays for ever.
-      expect(ttls.filter(([, ttl]) => ttl < 0).map(([k]) => k)).toEqual([]);
-    } finally {
-      client.disconnect();
-      w.proc.kill('SIGTERM');
-    }
+    // With the worker still connected, the sweep has left no job, event stream or id counter, and no meta unless the
+    // worker's stalled-job check (BullMQ moveStalledJobsToWait: trimEvents -> getOrSetMaxEvents) wrote it back since,
+    // which it does whenever it runs after the sweep's tidy; its own throttle (stalled-check) expires.
+    const left = await keysWithoutExpiry(redis.url, queue);
+    expect(left.filter((k) => k !== `bull:${queue}:meta`)).toEqual([]);
+    // And it does write it back: its stalled-job check runs every 1.5 s (--lock-ms).
+    const deadline = Date.now() + 20_000;
+    while (!(await keysWithoutExpiry(redis.url, queue)).includes(`bull:${queue}:meta`) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    expect(await keysWithoutExpiry(redis.url, queue)).toEqual([`bull:${queue}:meta`]);
+    // Once the worker stopped, it has tidied as the sweep does: nothing stays for ever.
+    w.proc.kill('SIGTERM');
+    expect(await new Promise<number | null>((r) => w.proc.once('exit', (c) => r(c)))).toBe(0);
+    expect(await keysWithoutExpiry(redis.url, queue)).toEqual([]);
   }, 120_000);
 });
+
+/** The keys of queue `queue` that have no expiry (PTTL < 0). */
+async function keysWithoutExpiry(url: string, queue: string): Promise<string[]> {
+  const client = new Redis(parseRedisUrl(url));
+  try {
+    const keys = await client.keys(`bull:${queue}:*`);
+    const ttls = await Promise.all(keys.map(async (k) => [k, await client.pttl(k)] as const));
+    return ttls.filter(([, ttl]) => ttl < 0).map(([k]) => k);
+  } finally {
+    client.disconnect();
+  }
+}
