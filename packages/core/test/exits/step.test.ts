@@ -1,5 +1,5 @@
 import fc from 'fast-check';
-import { from, map, pipe, tap, type MonoTypeOperatorFunction, type Observable, type UnaryFunction } from 'rxjs';
+import { from, map, pipe, Subject, tap, type MonoTypeOperatorFunction, type Observable, type UnaryFunction } from 'rxjs';
 import { describe, expect, it } from 'vitest';
 import { fuseSteps, stepOperator, tapStep } from '../../src/exits/step.js';
 
@@ -33,6 +33,34 @@ describe('fuseSteps', () => {
     expect(fuseSteps([a])[0]).toBe(a);
     expect(fuseSteps([])).toEqual([]);
     expect(outcome(fused, [1, 2])).toEqual(['1:a,b,map,c,d,e,t', '2:a,b,map,c,d,e,t', 'complete']);
+  });
+
+  it('runs no later step once the stream ended during an earlier one (a step that pushed into its own pipeline, where a later step failed)', () => {
+    // A pushes item 2 into the pipeline's own source while it handles item 1; B fails on item 2. Separate maps: the
+    // error ends the stream inside A's push, so B and C never see item 1. The fused link must do the same.
+    const run = (fuse: boolean): string[] => {
+      const seen: string[] = [];
+      const source = new Subject<Item>();
+      const a = stepOperator((it: Item) => {
+        seen.push(`A${it.n}`);
+        if (it.n === 1) source.next({ n: 2, trail: [] });
+        return it;
+      });
+      const b = stepOperator((it: Item) => {
+        seen.push(`B${it.n}`);
+        if (it.n === 2) throw new Error('B refused 2');
+        return it;
+      });
+      const c = tapStep((it: Item) => void seen.push(`C${it.n}`));
+      const ops = fuse ? fuseSteps([a, b, c]) : [a, b, c];
+      expect(ops).toHaveLength(fuse ? 1 : 3);
+      const p = (pipe as (...fns: UnaryFunction<Observable<Item>, Observable<Item>>[]) => UnaryFunction<Observable<Item>, Observable<Item>>)(...ops);
+      p(source).subscribe({ next: (it) => seen.push(`out${it.n}`), error: (e: unknown) => seen.push(`error ${(e as Error).message}`) });
+      source.next({ n: 1, trail: [] });
+      return seen;
+    };
+    expect(run(false)).toEqual(['A1', 'A2', 'B2', 'error B refused 2']);
+    expect(run(true)).toEqual(run(false));
   });
 
   it('property: a pipeline delivers the same items, in the same order, with the same error and completion, fused or not', () => {
