@@ -303,8 +303,15 @@ export class MmuEventChannel extends SyncChannel<MmuEvent> {
 
   /** Sends `event` through; an event no policy decided takes `fallback` (decidedBy 'mmu'). */
   decide<E extends MmuEvent>(event: E, fallback: MmuDecisionOf<E>): MmuDecisionOf<E> {
+    // A decision asked from inside the pipeline (a policy that calls back into the MMU) has its own default; the
+    // event it interrupted gets its own back.
+    const outer = this.fallback;
     this.fallback = fallback;
-    this.send(event);
+    try {
+      this.send(event);
+    } finally {
+      this.fallback = outer;
+    }
     return event.decision as MmuDecisionOf<E>;
   }
 

@@ -2,7 +2,7 @@ import { bufferCount, connect, filter, from, map, merge, mergeMap, of, take, tap
 import { describe, expect, it } from 'vitest';
 import { ACC_WRITE, PF_VECTOR } from '../../src/arch/constants.js';
 import { ExitError } from '../../src/exits/errors.js';
-import { decideMmuEvents, mmuEventKindsOf, type FloodEvent, type MmuEvent } from '../../src/exits/mmu-events.js';
+import { decideMmuEvents, mmuEventKindsOf, type FloodEvent, type MmuEvent, type PteWriteEvent } from '../../src/exits/mmu-events.js';
 import { countExits } from '../../src/exits/observers.js';
 import { ExitChannel, exitPipeline, MmuEventChannel, mmuEventPipeline } from '../../src/exits/pipeline.js';
 import { namedPolicy, resolveExits } from '../../src/exits/policy.js';
@@ -232,6 +232,40 @@ describe('MmuEventChannel', () => {
         ),
       );
       expect(() => ch2!.decide(flood(), false)).toThrow(full);
+    });
+
+    it('gives each event its own default when a policy asks another decision while it decides one (a nested decide)', () => {
+      // The policy, on a flood event, asks a pte-write decision first (default 'zap-spte'), then passes the flood on:
+      // the flood must still get its own default (false), not the nested event's.
+      let ch: MmuEventChannel | null = null;
+      const pteWrite = (): PteWriteEvent => ({
+        kind: 'pte-write',
+        vcpu: 0,
+        seq: ++seq,
+        decidedBy: null,
+        gpa: 0x5000,
+        size: 8,
+        oldLo: 0,
+        oldHi: 0,
+        newLo: 0,
+        newHi: 0,
+        level: 1,
+        misaligned: false,
+        decision: null,
+      });
+      const nested: string[] = [];
+      const asks = decideMmuEvents(
+        'asks',
+        () => {
+          nested.push(ch!.decide(pteWrite(), 'zap-spte'));
+          return null;
+        },
+        ['flood'],
+      );
+      ch = new MmuEventChannel(mmuEventPipeline(() => ch!, [asks]));
+      const ev = flood();
+      expect(ch.decide(ev, false)).toBe(false);
+      expect([ev.decision, ev.decidedBy, nested]).toEqual([false, 'mmu', ['zap-spte']]);
     });
   });
 });
