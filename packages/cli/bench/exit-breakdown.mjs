@@ -27,7 +27,8 @@
  * timed in the same run. Counters and digests are not reported: the repetitions are extra exits.
  *
  * Then the same parts in situ: the bench's own pt-recycle (`main.bench.mjs`: dirs=64, rounds=4; dirs=16,
- * rounds=2 with --quick) is run once per part, after a warm-up run, with that part timed on every call of an
+ * rounds=2 with --quick), or the workload `--in-situ` names (`kbuild`, a `.vxt` trace, a synthetic spec), is run
+ * once per part, after a warm-up run, with that part timed on every call of an
  * emulated write: `VmHooks.exception` and `Mmu.handlePageFault` on a present, write #PF (P|W), `Mmu.trackWrite`
  * on every call, each wrapped on its prototype in a run of its own, so that no timer sits inside another. The
  * mean is reported with the timer's own cost subtracted (an empty timed region in the same wrapper, measured
@@ -38,20 +39,22 @@
  * table of one level in one round, of another in the next), which the one repeated exit of the loop does not
  * show.
  *
- *   node bench/exit-breakdown.mjs [--variant "vmx shadow"] [--json FILE] [--runs N] [--quick]
+ *   node bench/exit-breakdown.mjs [--variant "vmx shadow"] [--in-situ WORKLOAD] [--json FILE] [--runs N] [--quick]
  */
 import { writeFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import process from 'node:process';
 import { createVm, FAULT_DONE, hexU64, walk, WalkResult, PF_VECTOR } from '@vmexit/core';
+import { createTraceLoader, parseWorkloadRef, WorkloadError } from '@vmexit/guest';
 import { parseVariantSpec } from '@vmexit/lab';
 import { parseBenchArgs } from '../../../scripts/bench-args.mjs';
 import { runWorkloadOn } from '../../../scripts/kbuild-bench.mjs';
 
 let spec = 'vmx shadow';
+let inSituWorkload = null;
 const opts = parseBenchArgs({
   name: 'exit-breakdown',
-  synopsis: 'node bench/exit-breakdown.mjs [--variant SPEC] [--json FILE] [--runs N] [--quick]',
+  synopsis: 'node bench/exit-breakdown.mjs [--variant SPEC] [--in-situ WORKLOAD] [--json FILE] [--runs N] [--quick]',
   runs: 7,
   maxRuns: 51,
   options: {
@@ -59,6 +62,16 @@ const opts = parseBenchArgs({
       const v = next();
       if (v === undefined || v.startsWith('--')) usage('--variant needs a variant spec, e.g. "vmx shadow"');
       spec = v;
+    },
+    '--in-situ': (next, usage) => {
+      const w = next();
+      if (w === undefined || w.startsWith('--')) usage('--in-situ needs a workload, e.g. kbuild or pt-recycle:dirs=64,rounds=4');
+      try {
+        parseWorkloadRef(w);
+      } catch (e) {
+        usage(`--in-situ '${w}': ${e.message}`);
+      }
+      inSituWorkload = w;
     },
   },
 });
@@ -197,9 +210,18 @@ process.stdout.write(`\nscan: ${scan.toFixed(3)} ns per element (a plain Uint32A
 // ---------------------------------------------------------------------------------------------------------
 // In situ: each part timed per call over a whole run of the bench's pt-recycle.
 
-const IN_SITU = opts.quick ? 'pt-recycle:dirs=16,rounds=2' : 'pt-recycle:dirs=64,rounds=4';
+const IN_SITU = inSituWorkload ?? (opts.quick ? 'pt-recycle:dirs=16,rounds=2' : 'pt-recycle:dirs=64,rounds=4');
+const loadTrace = createTraceLoader(); // a trace workload's (kbuild, a .vxt), decoded once for all the runs
 const newVm = () => createVm({ ...variant, guest: { ...variant.guest, mode: 'long4', personality: 'linux' } }, { seed: 1 });
-const runInSitu = (v) => runWorkloadOn(v, { workload: IN_SITU, mode: 'long4', seed: 1, trace: null });
+function runInSitu(v) {
+  try {
+    return runWorkloadOn(v, { workload: IN_SITU, mode: 'long4', seed: 1, loadTrace });
+  } catch (e) {
+    if (!(e instanceof WorkloadError)) throw e;
+    process.stderr.write(`exit-breakdown: --in-situ '${IN_SITU}': ${e.message}\n`); // the first run: nothing written yet
+    process.exit(2);
+  }
+}
 
 /**
  * Runs IN_SITU on a new VM with `proto[name]` timed on every call that `emulatedWrite(first three arguments)` picks: the mean ns
