@@ -9,6 +9,7 @@ import type {
   TrackedWriteEvent,
   UnsyncEvent,
 } from '@vmexit/core';
+import type { Refillable } from './scratch-events.js';
 import type { VcpuShadowState } from './state.js';
 
 /**
@@ -61,83 +62,132 @@ function decideScratch<E extends MmuEvent>(host: MmuHost, st: VcpuShadowState, e
   }
 }
 
-function floodEvent(vcpu: number, seq: number, gfn: number, level: number, writeCount: number, vcpuWriteCount: number): FloodEvent {
-  return { kind: 'flood', vcpu, seq, decidedBy: null, gfn, level, writeCount, vcpuWriteCount, decision: null };
+// Each kind's event builder: `into` (the vCPU's scratch event of that kind) refilled with this decision's fields,
+// or a new event when `into` is null.
+
+function floodEvent(
+  into: Refillable<FloodEvent> | null,
+  vcpu: number,
+  seq: number,
+  gfn: number,
+  level: number,
+  writeCount: number,
+  vcpuWriteCount: number,
+): Refillable<FloodEvent> {
+  if (into === null) return { kind: 'flood', vcpu, seq, decidedBy: null, gfn, level, writeCount, vcpuWriteCount, decision: null };
+  into.seq = seq;
+  into.decidedBy = null;
+  into.gfn = gfn;
+  into.level = level;
+  into.writeCount = writeCount;
+  into.vcpuWriteCount = vcpuWriteCount;
+  into.decision = null;
+  return into;
 }
 
 export function decideFlood(host: MmuHost, st: VcpuShadowState, seq: number, gfn: number, level: number, writeCount: number, vcpuWriteCount: number): boolean {
   if (st.decidedByDefault(host, 1, 'flood')) return DEFAULT_FLOOD_DECISION;
-  if (!reusable(host, st)) return host.decide(floodEvent(st.vcpu.id, seq, gfn, level, writeCount, vcpuWriteCount), DEFAULT_FLOOD_DECISION);
-  let ev = st.events.flood;
-  if (ev === null) ev = st.events.flood = floodEvent(st.vcpu.id, seq, gfn, level, writeCount, vcpuWriteCount);
-  else {
-    ev.seq = seq;
-    ev.decidedBy = null;
-    ev.gfn = gfn;
-    ev.level = level;
-    ev.writeCount = writeCount;
-    ev.vcpuWriteCount = vcpuWriteCount;
-    ev.decision = null;
-  }
+  const vcpu = st.vcpu.id;
+  if (!reusable(host, st)) return host.decide(floodEvent(null, vcpu, seq, gfn, level, writeCount, vcpuWriteCount), DEFAULT_FLOOD_DECISION);
+  const ev = (st.events.flood = floodEvent(st.events.flood, vcpu, seq, gfn, level, writeCount, vcpuWriteCount));
   return decideScratch(host, st, ev, DEFAULT_FLOOD_DECISION);
 }
 
-function prefetchEvent(vcpu: number, seq: number, address: number, gfn: number, direct: boolean): PrefetchEvent {
-  return { kind: 'prefetch', vcpu, seq, decidedBy: null, address, gfn, direct, decision: null };
+function prefetchEvent(
+  into: Refillable<PrefetchEvent> | null,
+  vcpu: number,
+  seq: number,
+  address: number,
+  gfn: number,
+  direct: boolean,
+): Refillable<PrefetchEvent> {
+  if (into === null) return { kind: 'prefetch', vcpu, seq, decidedBy: null, address, gfn, direct, decision: null };
+  into.seq = seq;
+  into.decidedBy = null;
+  into.address = address;
+  into.gfn = gfn;
+  into.direct = direct;
+  into.decision = null;
+  return into;
 }
 
 /** The prefetch decision once `st.decidedByDefault(host, 2, 'prefetch')` said no (fault.ts checks that first): the event, through the host. */
 export function decidePrefetchEvent(host: MmuHost, st: VcpuShadowState, seq: number, address: number, gfn: number, direct: boolean): boolean {
-  if (!reusable(host, st)) return host.decide(prefetchEvent(st.vcpu.id, seq, address, gfn, direct), DEFAULT_PREFETCH_DECISION);
-  let ev = st.events.prefetch;
-  if (ev === null) ev = st.events.prefetch = prefetchEvent(st.vcpu.id, seq, address, gfn, direct);
-  else {
-    ev.seq = seq;
-    ev.decidedBy = null;
-    ev.address = address;
-    ev.gfn = gfn;
-    ev.direct = direct;
-    ev.decision = null;
-  }
+  const vcpu = st.vcpu.id;
+  if (!reusable(host, st)) return host.decide(prefetchEvent(null, vcpu, seq, address, gfn, direct), DEFAULT_PREFETCH_DECISION);
+  const ev = (st.events.prefetch = prefetchEvent(st.events.prefetch, vcpu, seq, address, gfn, direct));
   return decideScratch(host, st, ev, DEFAULT_PREFETCH_DECISION);
 }
 
-function unsyncEvent(vcpu: number, seq: number, gfn: number): UnsyncEvent {
-  return { kind: 'unsync', vcpu, seq, decidedBy: null, gfn, decision: null };
+function unsyncEvent(into: Refillable<UnsyncEvent> | null, vcpu: number, seq: number, gfn: number): Refillable<UnsyncEvent> {
+  if (into === null) return { kind: 'unsync', vcpu, seq, decidedBy: null, gfn, decision: null };
+  into.seq = seq;
+  into.decidedBy = null;
+  into.gfn = gfn;
+  into.decision = null;
+  return into;
 }
 
 export function decideUnsync(host: MmuHost, st: VcpuShadowState, seq: number, gfn: number): boolean {
   if (st.decidedByDefault(host, 3, 'unsync')) return DEFAULT_UNSYNC_DECISION;
-  if (!reusable(host, st)) return host.decide(unsyncEvent(st.vcpu.id, seq, gfn), DEFAULT_UNSYNC_DECISION);
-  let ev = st.events.unsync;
-  if (ev === null) ev = st.events.unsync = unsyncEvent(st.vcpu.id, seq, gfn);
-  else {
-    ev.seq = seq;
-    ev.decidedBy = null;
-    ev.gfn = gfn;
-    ev.decision = null;
-  }
+  const vcpu = st.vcpu.id;
+  if (!reusable(host, st)) return host.decide(unsyncEvent(null, vcpu, seq, gfn), DEFAULT_UNSYNC_DECISION);
+  const ev = (st.events.unsync = unsyncEvent(st.events.unsync, vcpu, seq, gfn));
   return decideScratch(host, st, ev, DEFAULT_UNSYNC_DECISION);
 }
 
-function trackedWriteEvent(vcpu: number, seq: number, gfn: number, address: number, errorCode: number): TrackedWriteEvent {
-  return { kind: 'tracked-write', vcpu, seq, decidedBy: null, gfn, address, errorCode, decision: null };
+function trackedWriteEvent(
+  into: Refillable<TrackedWriteEvent> | null,
+  vcpu: number,
+  seq: number,
+  gfn: number,
+  address: number,
+  errorCode: number,
+): Refillable<TrackedWriteEvent> {
+  if (into === null) return { kind: 'tracked-write', vcpu, seq, decidedBy: null, gfn, address, errorCode, decision: null };
+  into.seq = seq;
+  into.decidedBy = null;
+  into.gfn = gfn;
+  into.address = address;
+  into.errorCode = errorCode;
+  into.decision = null;
+  return into;
 }
 
 /** The tracked-write decision once `st.decidedByDefault(host, 4, 'tracked-write')` said no (fault.ts checks that first): the event, through the host. */
 export function decideTrackedWriteEvent(host: MmuHost, st: VcpuShadowState, seq: number, gfn: number, address: number, errorCode: number): boolean {
-  if (!reusable(host, st)) return host.decide(trackedWriteEvent(st.vcpu.id, seq, gfn, address, errorCode), DEFAULT_TRACKED_WRITE_DECISION);
-  let ev = st.events.trackedWrite;
-  if (ev === null) ev = st.events.trackedWrite = trackedWriteEvent(st.vcpu.id, seq, gfn, address, errorCode);
-  else {
-    ev.seq = seq;
-    ev.decidedBy = null;
-    ev.gfn = gfn;
-    ev.address = address;
-    ev.errorCode = errorCode;
-    ev.decision = null;
-  }
+  const vcpu = st.vcpu.id;
+  if (!reusable(host, st)) return host.decide(trackedWriteEvent(null, vcpu, seq, gfn, address, errorCode), DEFAULT_TRACKED_WRITE_DECISION);
+  const ev = (st.events.trackedWrite = trackedWriteEvent(st.events.trackedWrite, vcpu, seq, gfn, address, errorCode));
   return decideScratch(host, st, ev, DEFAULT_TRACKED_WRITE_DECISION);
+}
+
+function pteWriteEvent(
+  into: Refillable<PteWriteEvent> | null,
+  vcpu: number,
+  seq: number,
+  gpa: number,
+  size: number,
+  oldLo: number,
+  oldHi: number,
+  newLo: number,
+  newHi: number,
+  level: number,
+  misaligned: boolean,
+): Refillable<PteWriteEvent> {
+  if (into === null) return { kind: 'pte-write', vcpu, seq, decidedBy: null, gpa, size, oldLo, oldHi, newLo, newHi, level, misaligned, decision: null };
+  into.seq = seq;
+  into.decidedBy = null;
+  into.gpa = gpa;
+  into.size = size;
+  into.oldLo = oldLo;
+  into.oldHi = oldHi;
+  into.newLo = newLo;
+  into.newHi = newHi;
+  into.level = level;
+  into.misaligned = misaligned;
+  into.decision = null;
+  return into;
 }
 
 export function decidePteWrite(
@@ -156,25 +206,9 @@ export function decidePteWrite(
   if (st.decidedByDefault(host, 0, 'pte-write')) return DEFAULT_PTE_WRITE_DECISION;
   const vcpu = st.vcpu.id;
   if (!reusable(host, st)) {
-    const fresh: PteWriteEvent = { kind: 'pte-write', vcpu, seq, decidedBy: null, gpa, size, oldLo, oldHi, newLo, newHi, level, misaligned, decision: null };
-    return host.decide(fresh, DEFAULT_PTE_WRITE_DECISION);
+    return host.decide(pteWriteEvent(null, vcpu, seq, gpa, size, oldLo, oldHi, newLo, newHi, level, misaligned), DEFAULT_PTE_WRITE_DECISION);
   }
-  let ev = st.events.pteWrite;
-  if (ev === null)
-    ev = st.events.pteWrite = { kind: 'pte-write', vcpu, seq, decidedBy: null, gpa, size, oldLo, oldHi, newLo, newHi, level, misaligned, decision: null };
-  else {
-    ev.seq = seq;
-    ev.decidedBy = null;
-    ev.gpa = gpa;
-    ev.size = size;
-    ev.oldLo = oldLo;
-    ev.oldHi = oldHi;
-    ev.newLo = newLo;
-    ev.newHi = newHi;
-    ev.level = level;
-    ev.misaligned = misaligned;
-    ev.decision = null;
-  }
+  const ev = (st.events.pteWrite = pteWriteEvent(st.events.pteWrite, vcpu, seq, gpa, size, oldLo, oldHi, newLo, newHi, level, misaligned));
   return decideScratch(host, st, ev, DEFAULT_PTE_WRITE_DECISION);
 }
 
