@@ -333,7 +333,11 @@ export abstract class ShadowMmuState implements PageCache<ShadowPage> {
 
   /** `isWriteProtected` from the maps themselves, past the memo (the auditor: it checks the maps as they are). */
   writeProtectedInMaps(gfn: number): boolean {
-    const t = this.writeTrack.get(gfn);
+    return this.protectedBy(this.writeTrack.get(gfn), gfn);
+  }
+
+  /** Whether `gfn`, shadowed by `t` indirect pages (`writeTrack`), is write-protected: not all of them unsync. */
+  private protectedBy(t: number | undefined, gfn: number): boolean {
     return t !== undefined && (this.unsyncCount.size === 0 || t > (this.unsyncCount.get(gfn) ?? 0));
   }
 
@@ -348,7 +352,7 @@ export abstract class ShadowMmuState implements PageCache<ShadowPage> {
 
   private memoTrack(gfn: number): void {
     const t = this.writeTrack.get(gfn);
-    this.trackMemoWp = t !== undefined && (this.unsyncCount.size === 0 || t > (this.unsyncCount.get(gfn) ?? 0));
+    this.trackMemoWp = this.protectedBy(t, gfn);
     this.trackMemoUpper = t === undefined ? 0 : -1; // no indirect page at all: none above level 1 either
     this.trackMemoGfn = gfn;
     this.trackMemoVersion = this.trackVersion;
