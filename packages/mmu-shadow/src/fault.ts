@@ -27,7 +27,7 @@ import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, childRole, GFNS_PER_ENTRY
 import { decidePrefetchEvent, decideTrackedWriteEvent } from './decisions.js';
 import { HOST_GFN_LIMIT } from './context.js';
 import { ShadowMmuError } from './errors.js';
-import { gpteAccess, leafFromGpte, leafPkey, levelIndex, levelIndexOfHalves, pkeysApply, readGpte } from './gpte.js';
+import { gpteAccess, leafFromGpte, leafPkey, levelIndex, pkeysApply, readGpte } from './gpte.js';
 import type { ShadowPage } from './page.js';
 import { hasUpperLevelPage, installLeaf, link, prepareZap, reservePages, zapSpte } from './page-cache.js';
 import { finish, processReloads, requireTopPage, topPage } from './roots.js';
@@ -282,22 +282,18 @@ function fetch(
   if (checkGptes && gpteChanged(s, g.mode, r, r.topLevel === 3 ? 2 : r.topLevel)) return RETRY;
   let sp = requireTopPage(st, va);
   const pool = s.pool;
-  const { entryPa, entryLo, entryHi } = r;
-  // The two 32-bit halves of the signed-canonical address, once (levelIndex splits it at every level above 2).
-  const vaLo = va >>> 0;
-  const vaHi = ((va - vaLo) / 4294967296) | 0;
   for (;;) {
     sp.writeFloodingCount = 0;
     const level = sp.level;
-    const idx = level === 1 ? (vaLo >>> 12) & 511 : level === 2 ? (vaLo >>> 21) & 511 : levelIndexOfHalves(vaLo, vaHi, level);
+    const idx = levelIndex(va, level);
     const loc = sp.base + idx;
-    if (level === 1) return setLeaf(s, st, sp, loc, gfn, slot, pteAccess, write, leafPkey(st.vcpu, entryHi[guestLeaf]!));
+    if (level === 1) return setLeaf(s, st, sp, loc, gfn, slot, pteAccess, write, leafPkey(st.vcpu, r.entryHi[guestLeaf]!));
     const direct = level - 1 < guestLeaf;
     let childGfn: number;
     let access: number;
     if (!direct) {
-      childGfn = Math.floor(entryPa[level - 1]! / PAGE_SIZE);
-      access = roleAccess(sp.role) & gpteAccess(entryLo[level]!, entryHi[level]!, nxe);
+      childGfn = Math.floor(r.entryPa[level - 1]! / PAGE_SIZE);
+      access = roleAccess(sp.role) & gpteAccess(r.entryLo[level]!, r.entryHi[level]!, nxe);
     } else {
       const span = GFNS_PER_ENTRY[level]!;
       childGfn = Math.floor(gfn / span) * span;

@@ -29,11 +29,7 @@ export function levelIndex(va: number, level: number): number {
   // The two 32-bit halves of the signed-canonical address (core DESIGN.md): `va - lo` is an exact multiple of
   // 2^32, so `hi` is exact and the shifts below are the bits of the two's-complement address.
   const lo = va >>> 0;
-  return levelIndexOfHalves(lo, ((va - lo) / 4294967296) | 0, level);
-}
-
-/** `levelIndex` for `level` >= 3 of an address given as its low and high 32-bit halves. */
-export function levelIndexOfHalves(lo: number, hi: number, level: number): number {
+  const hi = ((va - lo) / 4294967296) | 0;
   if (level === 3) return ((lo >>> 30) | (hi << 2)) & 511;
   if (level === 4) return (hi >>> 7) & 511;
   return (hi >>> 16) & 511;
