@@ -17,7 +17,7 @@ const STEP = Symbol('vmexit.step');
 
 type Stepped<T> = MonoTypeOperatorFunction<T> & { [STEP]?: (item: T) => T };
 
-/** `map(step)`, marked as a step (`step` must return the item it was given, as every step here does). */
+/** `map(step)`, marked as a step. */
 export function stepOperator<T>(step: (item: T) => T): MonoTypeOperatorFunction<T> {
   const op: Stepped<T> = map(step);
   op[STEP] = step;
