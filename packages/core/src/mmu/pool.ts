@@ -32,6 +32,8 @@ export class SptePool {
    * MAXPHYADDR must reach, see `TdpMmu`) a 4 KiB-aligned address below that MAXPHYADDR that no memslot uses.
    */
   readonly base: number;
+  /** Bits 51:32 of `base` when it is a multiple of 4 GiB, else -1. */
+  readonly baseHi: number;
   /**
    * Counts the writes to the sptes (`set`, `clearFrame`, `fillFrame`, and the hardware's A/D updates through
    * `SptePoolMemory.write32`): every write goes through them, so a second stage may keep what it walked while
@@ -44,6 +46,7 @@ export class SptePool {
     if (!Number.isInteger(base) || base % PAGE_SIZE !== 0 || base <= 0) throw new RangeError(`pool base ${base} is not a positive 4 KiB-aligned address`);
     this.capacity = capacity;
     this.base = base;
+    this.baseHi = base % 4294967296 === 0 ? base / 4294967296 : -1;
     this.words = new Uint32Array(Math.min(capacity, INITIAL_FRAMES) * SPTES_PER_PAGE * 2);
   }
 
@@ -162,6 +165,11 @@ export class SptePoolMemory implements VersionedTables, DirectWords {
   /** The host-physical address of the pool's first word (DirectWords). */
   get directBase(): number {
     return this.pool.base;
+  }
+
+  /** Bits 51:32 of `directBase` when it is a multiple of 4 GiB, else -1 (DirectWords). */
+  get directBaseHi(): number {
+    return this.pool.baseHi;
   }
 
   read32(pa: number): number {

@@ -173,7 +173,11 @@ function walk4(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
   const rsvdHi = ((0xfffff >>> m) << m) | (ctx.eferNxe ? 0 : 0x80000000); // bits 51:M, and XD without NXE (§4.5.4)
   const cr3 = ctx.cr3;
   // CR3 bits M-1:12 locate the top table (§4.5.2; bits 11:0 are flags or the PCID).
-  if (!(cr3 < 4294967296)) return walkFrom(ctx, mem, lo, hi, access, flags, out, 4, cr3 & 0xfffff000, longRootHi(cr3, m), rsvdHi, -1, 0);
+  if (!(cr3 < 4294967296)) {
+    const words = (mem as Partial<DirectWords>).directWords;
+    if (words !== undefined) return walk4Direct(ctx, mem as DirectWords, words, lo, hi, access, flags, out, cr3 & 0xfffff000, longRootHi(cr3, m), rsvdHi);
+    return walkFrom(ctx, mem, lo, hi, access, flags, out, 4, cr3 & 0xfffff000, longRootHi(cr3, m), rsvdHi, -1, 0);
+  }
 
   // PML4E (§4.5.4): PS is reserved.
   let epa = ((cr3 & 0xfffff000) | (((hi >>> 7) & 0x1ff) << 3)) >>> 0;
@@ -248,6 +252,129 @@ function walk4(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
   out.pkey = (ehi >>> 27) & 15; // bits 62:59 (§4.6.2)
   out.pa = (((elo & ~offsetMask) | (lo & offsetMask)) >>> 0) + (ehi & 0xfffff) * 4294967296;
   return finish(ctx, mem, access, flags, out, 4, acc, xd, elo);
+}
+
+/**
+ * `walk4` for tables in a memory's direct window (`DirectWords`: the MMU pool's frames, where the shadow tables
+ * are, above 4 GiB): the same checks in the same order, each entry read from the window's words without a
+ * call. The table at (`tLo`, `tHi`: bits 31:0 and 51:32 of its address) is word `(tHi - dHi) * 2^30 + tLo / 4`
+ * of the window, when the window starts on a 4 GiB boundary (dHi = its bits 51:32) and the table is in the
+ * window's first 8 GiB; any other table goes on in `walkFrom`, from that level, with what was accumulated.
+ */
+function walk4Direct(
+  ctx: PagingContext,
+  mem: DirectWords,
+  words: Uint32Array,
+  lo: number,
+  hi: number,
+  access: number,
+  flags: number,
+  out: WalkResult,
+  tLo: number,
+  tHi: number,
+  rsvdHi: number,
+): number {
+  const dHi = mem.directBaseHi;
+  const last = words.length - 1024; // the last word a table may start at
+  const ePa = out.entryPa;
+  const eLo = out.entryLo;
+  const eHi = out.entryHi;
+  // PML4E (§4.5.4): PS is reserved.
+  let tw = tableWord(tLo, tHi, dHi, last);
+  if (tw < 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 4, tLo, tHi, rsvdHi, -1, 0);
+  let idx = (hi >>> 7) & 0x1ff;
+  let elo = words[tw + (idx << 1)]!;
+  let ehi = words[tw + (idx << 1) + 1]!;
+  ePa[4] = (tLo >>> 0) + tHi * 4294967296 + idx * 8;
+  eLo[4] = elo;
+  eHi[4] = ehi;
+  if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 4);
+  if ((elo & PS) !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 4);
+  let acc = elo;
+  let xd = ehi;
+
+  // PDPTE (§4.5.4; a 1 GiB leaf: Table 4-15).
+  tLo = elo & 0xfffff000;
+  tHi = ehi & 0xfffff;
+  tw = tableWord(tLo, tHi, dHi, last);
+  if (tw < 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 3, tLo >>> 0, tHi, rsvdHi, acc, xd);
+  idx = ((lo >>> 30) | (hi << 2)) & 0x1ff;
+  elo = words[tw + (idx << 1)]!;
+  ehi = words[tw + (idx << 1) + 1]!;
+  ePa[3] = (tLo >>> 0) + tHi * 4294967296 + idx * 8;
+  eLo[3] = elo;
+  eHi[3] = ehi;
+  if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 3);
+  let level = 3;
+  let offsetMask = 0x3fffffff; // 1 GiB
+  if ((elo & PS) !== 0) {
+    if ((elo & 0x3fffe000) !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 3);
+  } else {
+    if ((ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 3);
+    acc &= elo;
+    xd |= ehi;
+
+    // PDE (§4.5.4; a 2 MiB leaf: Table 4-17).
+    tLo = elo & 0xfffff000;
+    tHi = ehi & 0xfffff;
+    tw = tableWord(tLo, tHi, dHi, last);
+    if (tw < 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 2, tLo >>> 0, tHi, rsvdHi, acc, xd);
+    idx = (lo >>> 21) & 0x1ff;
+    elo = words[tw + (idx << 1)]!;
+    ehi = words[tw + (idx << 1) + 1]!;
+    ePa[2] = (tLo >>> 0) + tHi * 4294967296 + idx * 8;
+    eLo[2] = elo;
+    eHi[2] = ehi;
+    if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 2);
+    level = 2;
+    offsetMask = 0x1fffff; // 2 MiB
+    if ((elo & PS) !== 0) {
+      if ((elo & 0x001fe000) !== 0 || (ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 2);
+    } else {
+      if ((ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 2);
+      acc &= elo;
+      xd |= ehi;
+
+      // PTE (§4.5.4): bit 7 is PAT, not PS.
+      tLo = elo & 0xfffff000;
+      tHi = ehi & 0xfffff;
+      tw = tableWord(tLo, tHi, dHi, last);
+      if (tw < 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 1, tLo >>> 0, tHi, rsvdHi, acc, xd);
+      idx = (lo >>> 12) & 0x1ff;
+      elo = words[tw + (idx << 1)]!;
+      ehi = words[tw + (idx << 1) + 1]!;
+      ePa[1] = (tLo >>> 0) + tHi * 4294967296 + idx * 8;
+      eLo[1] = elo;
+      eHi[1] = ehi;
+      if ((elo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 1);
+      if ((ehi & rsvdHi) !== 0) return reservedFault(ctx, out, access, 1);
+      level = 1;
+      offsetMask = 0xfff;
+    }
+  }
+  acc &= elo;
+  xd |= ehi;
+  out.leafLevel = level;
+  out.pageSize = offsetMask + 1;
+  out.writable = (acc & 0x2) /* R/W */ !== 0;
+  out.user = (acc & 0x4) /* U/S */ !== 0;
+  out.executable = (xd & 0x80000000) /* XD */ === 0;
+  out.global = ctx.cr4Pge && (elo & 0x100) /* G */ !== 0;
+  out.pkey = (ehi >>> 27) & 15; // bits 62:59 (§4.6.2)
+  out.pa = (((elo & ~offsetMask) | (lo & offsetMask)) >>> 0) + (ehi & 0xfffff) * 4294967296;
+  return finish(ctx, mem, access, flags, out, 4, acc, xd, elo);
+}
+
+/**
+ * The window word a table starts at (`tLo`: its address bits 31:12, as an int32; `tHi`: bits 51:32), or -1
+ * when it is not in the window (whose base has bits 51:32 `dHi` and bits 31:0 zero; its first 8 GiB in int32
+ * arithmetic: `rel << 30` is at most 2^30).
+ */
+function tableWord(tLo: number, tHi: number, dHi: number, last: number): number {
+  const rel = tHi - dHi;
+  if (dHi < 0 || (rel !== 0 && rel !== 1)) return -1;
+  const w = (rel << 30) | (tLo >>> 2);
+  return w <= last ? w : -1;
 }
 
 /**
@@ -456,8 +583,7 @@ function walkFrom(
   // dHi + 1 is at word (tHi - dHi) * 2^30 + tLo / 4 of the window (when the window starts on a 4 GiB
   // boundary, as POOL_BASE does). Whatever else (guest RAM, other memories) goes through read32.
   const words = (mem as Partial<DirectWords>).directWords;
-  const dBase = words === undefined ? -1 : (mem as DirectWords).directBase;
-  const dHi = dBase >= 0 && dBase % 4294967296 === 0 ? dBase / 4294967296 : -1;
+  const dHi = words === undefined ? -1 : (mem as DirectWords).directBaseHi;
   const dLen = words === undefined ? 0 : words.length;
   for (;;) {
     const index = tableIndex(level, lo, hi);

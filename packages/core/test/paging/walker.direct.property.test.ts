@@ -134,7 +134,9 @@ class WideWindow implements DirectWords {
   directReads = 0;
   highDirectReads = 0;
   readonly directWords: Uint32Array;
+  readonly directBaseHi: number;
   constructor(readonly directBase: number) {
+    this.directBaseHi = directBase % 2 ** 32 === 0 ? directBase / 2 ** 32 : -1;
     const first = directBase / 4;
     this.directWords = new Proxy(
       {},
