@@ -229,11 +229,12 @@ export class GuestMemory implements PhysicalMemory {
 
   read32(pa: number): number {
     // The page walker's read: a small direct-mapped cache of gfn -> backing page first (a walk reads both
-    // halves of an entry, and the same few tables walk after walk), small enough for V8 to inline.
-    const gfn = Math.floor(pa / 4096);
-    const i = gfn & (READ_CACHE - 1);
-    if (this.rcGfn[i] === gfn) return this.u32[(this.rcPage[i]! << 10) | ((pa & 0xfff) >>> 2)]!;
-    return this.read32Miss(pa, gfn, i);
+    // halves of an entry, and the same few tables walk after walk), small enough for V8 to inline (7 of the 8
+    // reads of a 4-level walk: no Math.floor, whose lookup and call take more bytecode than this subtraction).
+    const off = pa & 0xfff; // pa's low 12 bits (exact for any pa below 2^53)
+    const gfn = (pa - off) / 4096;
+    const i = gfn & 63; // READ_CACHE - 1
+    return this.rcGfn[i] === gfn ? this.u32[(this.rcPage[i]! << 10) | (off >>> 2)]! : this.read32Miss(pa, gfn, i);
   }
 
   /** `read32` when the read cache does not hold `gfn` (entry `i` is refilled with it). */
