@@ -40,6 +40,7 @@ export {
   PAGE_MASK,
   PAGE_SHIFT,
   PAGE_SIZE,
+  pageNumber,
   PF_VECTOR,
   PFERR_DEFINED,
   PFERR_FETCH,

@@ -1,4 +1,4 @@
-import { PAGE_SIZE, type Memslot, type PhysicalMemory } from '@vmexit/core';
+import { pageNumber, type Memslot, type PhysicalMemory } from '@vmexit/core';
 import { SPTE_W } from '@vmexit/core/mmu';
 import { remoteFlush } from './page-cache.js';
 import type { ShadowMmuState } from './state.js';
@@ -59,7 +59,7 @@ export function flushForLog(s: ShadowMmuState, initiator: number): void {
 
 /** KVM `kvm_vcpu_mark_page_dirty` of the page at `gpa`, on behalf of vCPU `vcpu` (default: the vCPU whose exit the MMU is handling). */
 export function markGpaDirty(s: ShadowMmuState, gpa: number, vcpu = s.initiator): void {
-  if (s.dirtyLog !== null) s.dirtyLog.markPageDirty(Math.floor(gpa / PAGE_SIZE), vcpu);
+  if (s.dirtyLog !== null) s.dirtyLog.markPageDirty(pageNumber(gpa), vcpu);
 }
 
 /**

@@ -6,7 +6,7 @@ import {
   MODE_LEGACY32,
   MODE_LONG4,
   MODE_PAE,
-  PAGE_SIZE,
+  pageNumber,
   PFERR_PRESENT,
   PFERR_RSVD,
   PT_DIRTY,
@@ -159,7 +159,7 @@ function faultWalked(
   const gpa = r.pa;
   // An emulation of this access (RET_PF_EMULATE below) completes at this gpa instead of walking again.
   vcpu.noteGuestWalk(address, access, gpa);
-  const gfn = Math.floor(gpa / PAGE_SIZE);
+  const gfn = pageNumber(gpa);
   const write = (access & ACC_WRITE) !== 0;
   const user = (access & ACC_USER) !== 0;
   const slot = s.memory.slotForGfn(gfn);
@@ -292,7 +292,7 @@ function fetch(
     let childGfn: number;
     let access: number;
     if (!direct) {
-      childGfn = Math.floor(r.entryPa[level - 1]! / PAGE_SIZE);
+      childGfn = pageNumber(r.entryPa[level - 1]!);
       access = roleAccess(sp.role) & gpteAccess(r.entryLo[level]!, r.entryHi[level]!, nxe);
     } else {
       const span = GFNS_PER_ENTRY[level]!;
@@ -452,7 +452,7 @@ function prefetch(s: ShadowMmuState, vcpu: Vcpu, sp: ShadowPage, idx: number): v
     readGpte(s, sp, i, gpte);
     if (!leafFromGpte(s, vcpu, sp, gpte.lo, gpte.hi, leaf)) break;
     if (log !== null && log.loggingSlots > 0 && writeAccess && (gpte.lo & (PT_WRITABLE | PT_DIRTY)) === (PT_WRITABLE | PT_DIRTY)) {
-      const slot = s.memory.slotForGfn(Math.floor(sptePa(leaf.lo, leaf.hi) / PAGE_SIZE));
+      const slot = s.memory.slotForGfn(pageNumber(sptePa(leaf.lo, leaf.hi)));
       if (slot !== null && log.isLogging(slot)) break;
     }
     installLeaf(s, sp, loc, leaf.lo, leaf.hi);

@@ -1,6 +1,6 @@
 import {
   hexU64,
-  PAGE_SIZE,
+  pageNumber,
   type Mmu,
   type MmuHost,
   type NonPresentSpteEncoding,
@@ -175,7 +175,7 @@ export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEnco
   emulationFailed(vcpu: Vcpu, gpa: number): boolean {
     // kvm_mmu_unprotect_page: a page table recycled into a data page; zap every shadow page of the gfn.
     this.initiator = vcpu.id;
-    const pages = this.indirectPagesOf(Math.floor(gpa / PAGE_SIZE));
+    const pages = this.indirectPagesOf(pageNumber(gpa));
     for (const sp of pages) prepareZap(this, sp);
     finish(this);
     return pages.length > 0;

@@ -1,4 +1,4 @@
-import { hexU64, PAGE_SIZE, PT_PRESENT } from '@vmexit/core';
+import { hexU64, PAGE_SIZE, pageNumber, PT_PRESENT } from '@vmexit/core';
 import {
   allocPage,
   describeRole,
@@ -119,7 +119,7 @@ export function installLeaf(s: ShadowMmuState, sp: ShadowPage, loc: number, lo: 
   const pool = s.pool;
   const oldLo = pool.lo(loc);
   const oldHi = pool.hi(loc);
-  const gfn = Math.floor(sptePa(lo, hi) / PAGE_SIZE);
+  const gfn = pageNumber(sptePa(lo, hi));
   markIfWritable(s, lo, gfn);
   // mmu_set_spte: "if (*sptep == spte) ret = RET_PF_SPURIOUS", nothing to update (make_spte has marked the page dirty).
   if (oldLo === lo && oldHi === hi) return false;
@@ -157,7 +157,7 @@ export function zapSpte(s: ShadowMmuState, sp: ShadowPage, loc: number): void {
 /** `zapSpte` of a present spte (`lo`, `hi`), out of line: the emulated pte write mostly meets non-present ones. */
 function zapPresentSpte(s: ShadowMmuState, sp: ShadowPage, loc: number, lo: number, hi: number): void {
   if (sp.level === 1) {
-    rmapRemove(s, Math.floor(sptePa(lo, hi) / PAGE_SIZE), loc);
+    rmapRemove(s, pageNumber(sptePa(lo, hi)), loc);
   } else {
     const child = s.childPage(lo, hi);
     if (!child.parentPtes.remove(loc)) throw new ShadowMmuError('E_MMU_STATE', `parent_ptes of the page for gfn ${hexU64(child.gfn)} lack spte ${loc}`);

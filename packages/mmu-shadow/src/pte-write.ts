@@ -1,4 +1,4 @@
-import { CR4_PAE, PAGE_SIZE, PT_PRESENT, type Vcpu } from '@vmexit/core';
+import { CR4_PAE, pageNumber, PT_PRESENT, type Vcpu } from '@vmexit/core';
 import { ROLE_4BYTE_GPTE, ROLE_BASE_MASK, roleQuadrant, spteNeedsFlush } from '@vmexit/core/mmu';
 import { decideFlood, decidePteWrite, detectWriteMisaligned, writtenSptes } from './decisions.js';
 import { leafFromGpte } from './gpte.js';
@@ -54,7 +54,7 @@ export function pteWrite(
     gLo = s.memory.read32(gpa - (gpa & 3));
     gHi = bytes === 8 ? s.memory.read32(gpa - (gpa & 3) + 4) : 0;
   }
-  const gfn = Math.floor(gpa / PAGE_SIZE);
+  const gfn = pageNumber(gpa);
   st.bump(s.host, 2 /* mmu_pte_write */);
   // The valid indirect pages of the gfn, as a snapshot (zapping one below changes its hash bucket), in a
   // scratch array that this call owns while it runs (a nested call would take a fresh one).

@@ -1,4 +1,4 @@
-import { hexU64, MODE_LEGACY32, MODE_LONG4, MODE_LONG5, MODE_PAE, PAGE_SIZE, PT_PRESENT, type PagingContext, type Vcpu } from '@vmexit/core';
+import { hexU64, MODE_LEGACY32, MODE_LONG4, MODE_LONG5, MODE_PAE, pageNumber, PT_PRESENT, type PagingContext, type Vcpu } from '@vmexit/core';
 import { findPage, ROLE_4BYTE_GPTE, rootRoleOf, SPTE_P } from '@vmexit/core/mmu';
 import { ShadowMmuError } from './errors.js';
 import { pkeysApply } from './gpte.js';
@@ -52,7 +52,7 @@ function signatureOf(vcpu: Vcpu): number {
  * present), or, for a 32-bit guest, its one page directory, shadowed once per quadrant (KVM `role.quadrant`).
  */
 function paeRootGfn(g: PagingContext, i: number): number {
-  if (g.mode === MODE_LEGACY32) return Math.floor(g.cr3 / PAGE_SIZE);
+  if (g.mode === MODE_LEGACY32) return pageNumber(g.cr3);
   const lo = g.pdpteLo[i]!;
   if ((lo & PT_PRESENT) === 0) return -1;
   return (lo >>> 12) + (g.pdpteHi[i]! & 0xfffff) * 0x100000;
@@ -166,7 +166,7 @@ export function loadRoots(s: ShadowMmuState, st: VcpuShadowState): void {
   const base = baseRole(vcpu);
   if (g.mode === MODE_LONG4 || g.mode === MODE_LONG5) {
     const level = g.mode === MODE_LONG4 ? 4 : 5;
-    const sp = s.getPage(Math.floor(g.cr3 / PAGE_SIZE), base | level);
+    const sp = s.getPage(pageNumber(g.cr3), base | level);
     sp.rootCount++;
     st.root = sp;
     ctx.mode = g.mode;
@@ -219,7 +219,7 @@ function newPgd(s: ShadowMmuState, st: VcpuShadowState): void {
   const g = st.vcpu.ctx;
   if (!st.vcpu.pagingEnabled) return;
   if ((g.mode === MODE_LONG4 || g.mode === MODE_LONG5) && st.root !== null) {
-    const pgd = Math.floor(g.cr3 / PAGE_SIZE);
+    const pgd = pageNumber(g.cr3);
     const cur = st.root;
     if (cur.gfn === pgd && !cur.zapped) return;
     const i = st.prevRoots.findIndex((p) => p.pgd === pgd && p.sp.role === cur.role);
@@ -251,7 +251,7 @@ function rootTargets(s: ShadowMmuState, vcpu: Vcpu): number {
   const { rootGfn, rootRole } = s.scratch;
   const g = vcpu.ctx;
   const base = baseRole(vcpu);
-  const cr3Gfn = Math.floor(g.cr3 / PAGE_SIZE);
+  const cr3Gfn = pageNumber(g.cr3);
   if (g.mode === MODE_LONG4 || g.mode === MODE_LONG5) {
     rootGfn[0] = cr3Gfn;
     rootRole[0] = base | (g.mode === MODE_LONG4 ? 4 : 5);

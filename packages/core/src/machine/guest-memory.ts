@@ -1,6 +1,6 @@
 import { Buffer } from 'node:buffer';
 import { createHash } from 'node:crypto';
-import { PAGE_SIZE } from '../arch/constants.js';
+import { PAGE_SIZE, pageNumber } from '../arch/constants.js';
 import type { PhysicalMemory } from '../memory/physical.js';
 
 /** A memslot: guest-physical pages [baseGfn, baseGfn + pages) of RAM (KVM `kvm_memory_slot`). */
@@ -180,7 +180,7 @@ export class GuestMemory implements PhysicalMemory {
    * -1 when no memslot holds it. Readers that must not back a page use `readOffset`.
    */
   gpaToOffset(gpa: number): number {
-    const gfn = Math.floor(gpa / PAGE_SIZE);
+    const gfn = pageNumber(gpa);
     const s = this.slotOf(gfn);
     if (s === null) return -1;
     return this.pageOf(s, gfn, true) * PAGE_SIZE + (gpa & 0xfff);
@@ -191,7 +191,7 @@ export class GuestMemory implements PhysicalMemory {
    * never written (so never write through it); -1 when no memslot holds it. Backs nothing.
    */
   readOffset(gpa: number): number {
-    const gfn = Math.floor(gpa / PAGE_SIZE);
+    const gfn = pageNumber(gpa);
     const s = this.slotOf(gfn);
     if (s === null) return -1;
     return this.pageOf(s, gfn, false) * PAGE_SIZE + (gpa & 0xfff);
@@ -211,13 +211,13 @@ export class GuestMemory implements PhysicalMemory {
 
   /** Whether `gpa` is read-only RAM (writes to it are MMIO). */
   isReadonly(gpa: number): boolean {
-    const s = this.slotOf(Math.floor(gpa / PAGE_SIZE));
+    const s = this.slotOf(pageNumber(gpa));
     return s !== null && s.readonly;
   }
 
   /** The guest-physical address that RAM offset `offset` holds (the zero page holds none: a RangeError). */
   offsetToGpa(offset: number): number {
-    const p = Math.floor(offset / PAGE_SIZE);
+    const p = pageNumber(offset);
     if (!(p >= 1 && p < this.used)) throw new RangeError(`offset ${offset} is not in a backed page of guest RAM`);
     return this.gfnOfPage[p]! * PAGE_SIZE + (offset % PAGE_SIZE);
   }
@@ -248,7 +248,7 @@ export class GuestMemory implements PhysicalMemory {
   }
 
   write32(pa: number, value: number): void {
-    const gfn = Math.floor(pa / PAGE_SIZE);
+    const gfn = pageNumber(pa);
     const s = this.slotOf(gfn);
     if (s === null) return;
     // Zero into a page never written changes nothing it holds: it stays unbacked.

@@ -18,6 +18,7 @@ import {
   EFER_NXE,
   GP_VECTOR,
   PAGE_SIZE,
+  pageNumber,
   PF_VECTOR,
 } from '../arch/constants.js';
 import { hexU64 } from '../arch/hex.js';
@@ -561,7 +562,7 @@ export class Vcpu {
       let vector = PF_VECTOR;
       if (st === WALK_OK) {
         const pa = r.pa;
-        const slot = this.memory.slotForGfn(Math.floor(pa / PAGE_SIZE));
+        const slot = this.memory.slotForGfn(pageNumber(pa));
         // No slot: MMIO. A store to read-only RAM is MMIO too (KVM_MEM_READONLY: "writes ... exit to user
         // space as KVM_EXIT_MMIO", Documentation/virt/kvm/api.rst, KVM_SET_USER_MEMORY_REGION).
         if (slot === null || ((access & ACC_WRITE) !== 0 && slot.readonly)) {
@@ -578,7 +579,7 @@ export class Vcpu {
           const off = this.memory.readOffset(pa);
           const hostPage = off - (pa & 0xfff);
           this.fillTlb(va, hostPage, r, slot.readonly);
-          if (hostPage === 0) this.noteZero(va, Math.floor(pa / PAGE_SIZE));
+          if (hostPage === 0) this.noteZero(va, pageNumber(pa));
           return off;
         }
       } else if (st === WALK_PAGE_FAULT) {
@@ -622,7 +623,7 @@ export class Vcpu {
 
   /** TLB entry of `va` now points to the zero page for guest page `gfn`. */
   private noteZero(va: number, gfn: number): void {
-    const i = Math.floor(va / PAGE_SIZE) & this.tlb.mask;
+    const i = pageNumber(va) & this.tlb.mask;
     this.zeroGfn[i] = gfn;
     let l = this.zeroRefs.get(gfn);
     if (l === undefined) {
@@ -665,7 +666,7 @@ export class Vcpu {
    */
   private unzero(va: number, off: number, zeros: boolean): number {
     if (zeros) return -1;
-    const i = Math.floor(va / PAGE_SIZE) & this.tlb.mask;
+    const i = pageNumber(va) & this.tlb.mask;
     const gfn = this.zeroGfn[i]!;
     if (gfn < 0 || (this.tlb.data[i]! & ~0xfff) !== 0) {
       throw new MachineError('zero-page', `vCPU ${this.id}: a store to ${hexU64(va)} through the zero page with no guest page recorded for its TLB entry`);

@@ -1,4 +1,4 @@
-import { PAGE_SIZE } from '../arch/constants.js';
+import { PAGE_SIZE, pageNumber } from '../arch/constants.js';
 import type { GuestMemory } from '../machine/guest-memory.js';
 import type { VersionedTables } from '../paging/stage-memo.js';
 import type { DirectWords } from '../memory/physical.js';
@@ -89,7 +89,7 @@ export class SptePool {
   /** The frame index of a pool host-physical address, or -1 when the address is not in the pool. */
   hpaToFrame(hpa: number): number {
     if (hpa < this.base) return -1;
-    const f = Math.floor((hpa - this.base) / PAGE_SIZE);
+    const f = pageNumber(hpa - this.base);
     return f < this.capacity ? f : -1;
   }
 
