@@ -2,7 +2,8 @@ import { ACC_WRITE, GP_VECTOR, PF_VECTOR } from '../arch/constants.js';
 import { WALK_OK, WALK_PAGE_FAULT, WALK_SIDE_EFFECTS, WalkResult } from '../paging/types.js';
 import { walk } from '../paging/walker.js';
 import { FAULT_DELIVER, FAULT_DONE, FAULT_RETRY, type FaultAction } from './hooks.js';
-import { openBus, storeAt, type Vcpu } from './vcpu.js';
+import { openBus, storeAt } from './ram-access.js';
+import type { Vcpu } from './vcpu.js';
 
 /**
  * What the emulator tells after a store to guest RAM: the MMU's write hook (KVM `kvm_mmu_track_write`).

@@ -1,4 +1,5 @@
 import { hexU64 } from '../arch/hex.js';
+import type { GuestMemory } from './guest-memory.js';
 
 /** The value that a read of unbacked guest-physical memory returns (an open bus reads all ones). */
 export const OPEN_BUS = 0xffffffff;
@@ -39,4 +40,40 @@ export function checkSpan(va: number, size: number): void {
 /** A load or store (read, write, fetch): 1, 2, 4 or 8 bytes, the most its value (lo, hi) holds, in one page. */
 export function checkScalarSpan(va: number, size: number): void {
   if ((va & 0xfff) > 4096 - size || !(size === 1 || size === 2 || size === 4 || size === 8)) badSpan(va, size);
+}
+
+/** Stores `size` bytes at RAM offset `off`. */
+export function storeAt(m: GuestMemory, off: number, size: number, lo: number, hi: number): void {
+  switch (size) {
+    case 1:
+      m.u8[off] = lo;
+      return;
+    case 2:
+      m.view.setUint16(off, lo, true);
+      return;
+    case 4:
+      if ((off & 3) === 0) m.u32[off >>> 2] = lo;
+      else m.view.setUint32(off, lo, true);
+      return;
+    default:
+      if ((off & 3) === 0) {
+        m.u32[off >>> 2] = lo;
+        m.u32[(off >>> 2) + 1] = hi;
+      } else {
+        m.view.setUint32(off, lo, true);
+        m.view.setUint32(off + 4, hi, true);
+      }
+  }
+}
+
+/**
+ * `count` stores of `size` bytes of (lo, hi) from RAM offset `off` upwards, in one page: the bulk of `rep stos`
+ * (Vcpu.repStos), with the bytes `count` `storeAt` calls leave. A byte value, an aligned 4-byte one, and an
+ * aligned 8-byte one whose halves are equal (clear_page's zeros) are one `fill` of the page's words.
+ */
+export function fillElements(m: GuestMemory, off: number, count: number, size: number, lo: number, hi: number): void {
+  if (size === 1) m.u8.fill(lo & 0xff, off, off + count);
+  else if (size === 4 && (off & 3) === 0) m.u32.fill(lo, off >>> 2, (off >>> 2) + count);
+  else if (size === 8 && (off & 3) === 0 && (lo ^ hi) === 0) m.u32.fill(lo, off >>> 2, (off >>> 2) + 2 * count);
+  else for (let k = 0; k < count; k++) storeAt(m, off + k * size, size, lo, hi);
 }

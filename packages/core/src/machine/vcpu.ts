@@ -32,7 +32,7 @@ import { TLB_FETCH_SUP, TLB_FETCH_USER, TLB_GLOBAL, TLB_READ_SUP, TLB_READ_USER,
 import type { GuestMemory } from './guest-memory.js';
 import { MachineError } from './errors.js';
 import { cr0Loaded, cr0WriteFaults, cr4WriteFaults, crOperand, eferWriteFaults } from './cr-checks.js';
-import { checkScalarSpan, checkSpan, copyElements, OPEN_BUS, openBus, zeroStore } from './ram-access.js';
+import { checkScalarSpan, checkSpan, copyElements, fillElements, OPEN_BUS, openBus, storeAt, zeroStore } from './ram-access.js';
 import { FAULT_DELIVER, FAULT_DONE, FAULT_RETRY, NativeHooks, type FaultAction, type VcpuHooks } from './hooks.js';
 
 /** MSR number of IA32_EFER, the `cr` argument of VcpuHooks.crWrite for an EFER write. */
@@ -255,7 +255,7 @@ export class Vcpu {
       const n = Math.max(1, inPage);
       const pieces = (n * elemSize) / store;
       if (off < PAGE_SIZE) off = this.unzero(a, off, zeroStore(store, lo, hi));
-      if (off >= 0) for (let k = 0; k < pieces; k++) storeAt(this.memory, off + k * store, store, lo, hi);
+      if (off >= 0) fillElements(this.memory, off, pieces, store, lo, hi);
       this.accesses += n - 1;
       i += n;
     }
@@ -771,29 +771,5 @@ function loadAt(vcpu: Vcpu, off: number, size: number): number {
       }
       vcpu.valueHi = m.view.getUint32(off + 4, true);
       return m.view.getUint32(off, true);
-  }
-}
-
-/** Stores `size` bytes at RAM offset `off`. */
-export function storeAt(m: GuestMemory, off: number, size: number, lo: number, hi: number): void {
-  switch (size) {
-    case 1:
-      m.u8[off] = lo;
-      return;
-    case 2:
-      m.view.setUint16(off, lo, true);
-      return;
-    case 4:
-      if ((off & 3) === 0) m.u32[off >>> 2] = lo;
-      else m.view.setUint32(off, lo, true);
-      return;
-    default:
-      if ((off & 3) === 0) {
-        m.u32[off >>> 2] = lo;
-        m.u32[(off >>> 2) + 1] = hi;
-      } else {
-        m.view.setUint32(off, lo, true);
-        m.view.setUint32(off + 4, hi, true);
-      }
   }
 }
