@@ -133,6 +133,8 @@ describe('VmHooks', () => {
       expect(r.exits()).toEqual(['EXCEPTION_14 -> emulate']);
       expect(r.total()).toMatchObject({ mmio_exits: 1, insn_emulation: 1 });
       expect(r.vm.machine.memory.read32(ROM)).toBe(0);
+      // Nor does the emulator back the ROM page that it found read-only: it was never written, and stays unbacked.
+      expect(r.vm.machine.memory.isBacked(ROM / 4096)).toBe(false);
       expect(r.mmu.log.filter((l) => l.startsWith('write'))).toEqual([]); // no tracked write: nothing was stored
     });
   });
