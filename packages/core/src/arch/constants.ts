@@ -117,8 +117,9 @@ export const PAGE_SIZE = 4096;
 export const PAGE_MASK = 0xfff;
 
 /**
- * The 4 KiB page (frame) number of an address: `Math.floor(a / PAGE_SIZE)` for any integer `a` with |a| < 2^53
- * (a signed-canonical linear address or a physical one), computed as `(a - (a & 0xfff)) / 4096`: `& 0xfff` takes
+ * The 4 KiB page (frame) number of an integer address: `Math.floor(a / PAGE_SIZE)` for any integer `a` with
+ * |a| < 2^53 (a signed-canonical linear address or a physical one; a fraction is not an address, and gives
+ * another value), computed as `(a - (a & 0xfff)) / 4096`: `& 0xfff` takes
  * the low 12 bits of the two's complement (exact below 2^53), and the division of a multiple of 4096 by a
  * power of two is exact. Hot paths use it: V8 (Node 20) computes `Math.floor(a / PAGE_SIZE)` with a lookup of
  * Math.floor, of the imported PAGE_SIZE and a true division, where this is a few integer and float operations.

@@ -62,17 +62,21 @@ export function guestPhysicalEnd(ramBytes: number): number {
  */
 const MAX_BACKED_PAGES = 2 ** 20 - 1;
 /**
- * The pages the buffer holds from the start, at most (fewer for a smaller RAM): 64 MiB of address space, which
- * the OS maps lazily (an untouched page of a fresh ArrayBuffer costs no RSS), so that a guest that writes less
- * never pays for a copy into a larger buffer; beyond it the buffer doubles. Growing 16 -> 16384 pages by
- * doubling took 10-13% of a native kbuild run (ten copies, and a first touch of every page of each new buffer).
+ * The buffer's pages at its first growth, at most (fewer for a smaller RAM: enough for all of it, and the zero
+ * page): 64 MiB of address space, which the OS maps lazily (an untouched page of a fresh ArrayBuffer costs no
+ * RSS), so that a guest that writes less never copies its pages again; beyond it the buffer doubles. Growing
+ * 16 -> 16384 pages by doubling took 10-13% of a native kbuild run (ten copies, and a first touch of every page
+ * of each new buffer). The buffer still starts at 16 pages: V8 counts an ArrayBuffer's size as external
+ * memory and answers a large one with a full collection, which a VM that writes a few pages (a test, a race
+ * scenario's world) should not pay for.
  */
-const INITIAL_PAGES = 16384;
+const FIRST_GROWTH_PAGES = 16384;
 /** log2 of the guest pages one directory chunk covers (1024 pages: 4 MiB of guest RAM per 4 KiB chunk). */
 const CHUNK_SHIFT = 10;
 const CHUNK_MASK = (1 << CHUNK_SHIFT) - 1;
 /** Entries of `read32`'s gfn -> page cache (a power of two). */
 const READ_CACHE = 64;
+const READ_CACHE_MASK = READ_CACHE - 1;
 
 /** The text the memory digest starts with: its format and version (see `GuestMemory.digest`). */
 export const DIGEST_FORMAT = 'vmexit-memory/1';
@@ -150,7 +154,7 @@ export class GuestMemory implements PhysicalMemory {
     if (total > MAX_GUEST_RAM) throw new RangeError(`guest RAM of ${total} bytes is over the limit of ${MAX_GUEST_RAM} bytes (4 TiB)`);
     if (slots.length === 0) throw new RangeError('guest memory needs at least one memslot');
     this.size = total;
-    const initialPages = Math.min(Math.max(16, total / PAGE_SIZE), INITIAL_PAGES);
+    const initialPages = 16;
     this.buffer = new ArrayBuffer(initialPages * PAGE_SIZE);
     this.u8 = new Uint8Array(this.buffer);
     this.u32 = new Uint32Array(this.buffer);
@@ -240,7 +244,7 @@ export class GuestMemory implements PhysicalMemory {
     // reads of a 4-level walk: no Math.floor, whose lookup and call take more bytecode than this subtraction).
     const off = pa & 0xfff; // pa's low 12 bits (exact for any pa below 2^53)
     const gfn = (pa - off) / 4096;
-    const i = gfn & 63; // READ_CACHE - 1
+    const i = gfn & READ_CACHE_MASK;
     return this.rcGfn[i] === gfn ? this.u32[(this.rcPage[i]! << 10) | (off >>> 2)]! : this.read32Miss(pa, gfn, i);
   }
 
@@ -347,10 +351,13 @@ export class GuestMemory implements PhysicalMemory {
     if (p > MAX_BACKED_PAGES) {
       throw new RangeError(`the guest wrote more than ${MAX_BACKED_PAGES} distinct pages (4 GiB), the most this simulator backs`);
     }
-    if (p >= this.gfnOfPage.length) this.grow(Math.min(this.gfnOfPage.length * 2, MAX_BACKED_PAGES + 1));
+    if (p >= this.gfnOfPage.length) {
+      const n = this.gfnOfPage.length;
+      this.grow(Math.min(n === 16 ? Math.max(32, Math.min(FIRST_GROWTH_PAGES, this.size / PAGE_SIZE + 1)) : n * 2, MAX_BACKED_PAGES + 1));
+    }
     this.used = p + 1;
     this.gfnOfPage[p] = gfn;
-    const i = gfn & (READ_CACHE - 1);
+    const i = gfn & READ_CACHE_MASK;
     if (this.rcGfn[i] === gfn) this.rcPage[i] = p; // it read through the zero page until now
     for (const l of this.backListeners) l(gfn, p * PAGE_SIZE);
     return p;

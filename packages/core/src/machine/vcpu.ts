@@ -623,7 +623,7 @@ export class Vcpu {
 
   /** TLB entry of `va` now points to the zero page for guest page `gfn`. */
   private noteZero(va: number, gfn: number): void {
-    const i = pageNumber(va) & this.tlb.mask;
+    const i = Math.floor(va / 4096) & this.tlb.mask; // the TLB's own index of va (Tlb.lookup)
     this.zeroGfn[i] = gfn;
     let l = this.zeroRefs.get(gfn);
     if (l === undefined) {
@@ -666,7 +666,7 @@ export class Vcpu {
    */
   private unzero(va: number, off: number, zeros: boolean): number {
     if (zeros) return -1;
-    const i = pageNumber(va) & this.tlb.mask;
+    const i = Math.floor(va / 4096) & this.tlb.mask; // the TLB's own index of va (Tlb.lookup)
     const gfn = this.zeroGfn[i]!;
     if (gfn < 0 || (this.tlb.data[i]! & ~0xfff) !== 0) {
       throw new MachineError('zero-page', `vCPU ${this.id}: a store to ${hexU64(va)} through the zero page with no guest page recorded for its TLB entry`);

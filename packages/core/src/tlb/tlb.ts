@@ -1,4 +1,4 @@
-import { PAGE_SIZE, pageNumber } from '../arch/constants.js';
+import { PAGE_SIZE } from '../arch/constants.js';
 
 /**
  * TLB entry flag bits, kept in the low 12 bits of `Tlb.data[i]` (as v86's `src/rust/tlb.rs`); the high 20
@@ -129,7 +129,7 @@ export class Tlb {
     if (!(pageSize >= PAGE_SIZE && pageSize <= 1073741824) /* 1 GiB */ || pageSize >>> 0 !== pageSize || (pageSize & (pageSize - 1)) !== 0) {
       throw new RangeError(`Tlb.fill: page size ${pageSize} is not a power of two between 4 KiB and 1 GiB`);
     }
-    const vpn = pageNumber(va);
+    const vpn = Math.floor(va / 4096); // as `lookup` computes it, so that every method agrees on an entry's index
     const i = vpn & this.mask;
     const was = this.data[i]!;
     if ((was & (TLB_VALID | TLB_LARGE)) === (TLB_VALID | TLB_LARGE)) this.largeCount--;
@@ -219,7 +219,7 @@ export class Tlb {
    * (Vol. 3C §29.4.3.1: the combined mappings of that linear address).
    */
   dropPage(va: number, pcid: number): void {
-    const vpn = pageNumber(va);
+    const vpn = Math.floor(va / 4096); // as `lookup` computes it, so that every method agrees on an entry's index
     const i = vpn & this.mask;
     if (this.tag[i] === vpn && (this.pcid[i] === pcid || (this.data[i]! & TLB_GLOBAL) !== 0)) this.drop(i);
     if (this.largeCount === 0) {
