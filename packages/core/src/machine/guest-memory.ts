@@ -61,16 +61,6 @@ export function guestPhysicalEnd(ramBytes: number): number {
  * bits (core/src/tlb), and page 0 of it is the shared zero page.
  */
 const MAX_BACKED_PAGES = 2 ** 20 - 1;
-/**
- * The buffer's pages at its first growth, at most (fewer for a smaller RAM: enough for all of it, and the zero
- * page): 64 MiB of address space, which the OS maps lazily (an untouched page of a fresh ArrayBuffer costs no
- * RSS), so that a guest that writes less never copies its pages again; beyond it the buffer doubles. Growing
- * 16 -> 16384 pages by doubling took 10-13% of a native kbuild run (ten copies, and a first touch of every page
- * of each new buffer). The buffer still starts at 16 pages: V8 counts an ArrayBuffer's size as external
- * memory and answers a large one with a full collection, which a VM that writes a few pages (a test, a race
- * scenario's world) should not pay for.
- */
-const FIRST_GROWTH_PAGES = 16384;
 /** log2 of the guest pages one directory chunk covers (1024 pages: 4 MiB of guest RAM per 4 KiB chunk). */
 const CHUNK_SHIFT = 10;
 const CHUNK_MASK = (1 << CHUNK_SHIFT) - 1;
@@ -351,10 +341,7 @@ export class GuestMemory implements PhysicalMemory {
     if (p > MAX_BACKED_PAGES) {
       throw new RangeError(`the guest wrote more than ${MAX_BACKED_PAGES} distinct pages (4 GiB), the most this simulator backs`);
     }
-    if (p >= this.gfnOfPage.length) {
-      const n = this.gfnOfPage.length;
-      this.grow(Math.min(n === 16 ? Math.max(32, Math.min(FIRST_GROWTH_PAGES, this.size / PAGE_SIZE + 1)) : n * 2, MAX_BACKED_PAGES + 1));
-    }
+    if (p >= this.gfnOfPage.length) this.grow(Math.min(this.gfnOfPage.length * 2, MAX_BACKED_PAGES + 1));
     this.used = p + 1;
     this.gfnOfPage[p] = gfn;
     const i = gfn & READ_CACHE_MASK;
