@@ -54,7 +54,6 @@ export function pageFault(s: ShadowMmuState, vcpu: Vcpu, address: number, errorC
   // an emulated page-table write resets the vCPU's count; the two page-table-write paths below restore it.
   const ptWriteCount = st.lastPtWriteCount;
   st.lastPtWriteCount = 0;
-  reserveFaultPages(s, st);
   const r = s.scratch.walk;
   // pf_guest is counted where the fault is injected (the VM's hooks, as KVM's kvm_inject_page_fault).
   if (!walkGuest(s, vcpu, address, errorCode, r)) return { kind: 'inject', vector: PF_VECTOR, errorCode: r.errorCode };
@@ -110,7 +109,6 @@ export class SlowPageFault {
     processReloads(s);
     const ptWriteCount = st.lastPtWriteCount;
     st.lastPtWriteCount = 0;
-    reserveFaultPages(s, st);
     const res = faultWalked(s, st, this.address, this.errorCode, this.r, ptWriteCount, this.checkGptes);
     if (res === RETRY) this.retries++;
     return res;
@@ -118,8 +116,10 @@ export class SlowPageFault {
 }
 
 /**
- * make_mmu_pages_available + the topup of KVM's caches: reserve the pages the fetch may need before any state
- * changes (one per shadow level below the root).
+ * make_mmu_pages_available + the topup of KVM's caches: reserve the pages the fetch may need (one per shadow level
+ * below the root) before it changes anything. KVM FNAME(page_fault) does it only on the way to FNAME(fetch): after
+ * the guest walk (a guest #PF is injected without it) and after page_fault_handle_page_track (an emulated
+ * page-table write needs no page), so a fault that builds nothing never reclaims the oldest pages.
  */
 function reserveFaultPages(s: ShadowMmuState, st: VcpuShadowState): void {
   reservePages(s, st.ctx.mode === MODE_PAE ? 1 : st.ctx.mode === MODE_LONG4 ? 3 : 4, 'a page fault');
@@ -223,6 +223,7 @@ function faultWalked(
     pteAccess = (pteAccess | ACC_WRITE_MASK) & ~ACC_USER_MASK;
     if (g.cr4Smep) pteAccess &= ~ACC_EXEC_MASK;
   }
+  reserveFaultPages(s, st);
   const res = fetch(s, st, address, r, gfn, slot, pteAccess, write, checkGptes);
   if (res === EMULATE) st.lastPtWriteCount = ptWriteCount; // a write to a write-protected page table
   finish(s);

@@ -604,6 +604,41 @@ describe('ShadowMmu', () => {
       expect(h.e('pf')).toBe(19);
     });
 
+    it('reclaims only on the way to FNAME(fetch): not for a fault injected into the guest, nor for an emulated page-table write', () => {
+      // KVM FNAME(page_fault) (paging_tmpl.h): walk_addr, then the guest's own #PF is injected (RET_PF_RETRY), and
+      // a write to a page table that an upper-level page write-tracks is emulated (page_fault_handle_page_track),
+      // both before make_mmu_pages_available, which only the faults that go on to FNAME(fetch) reach.
+      const { h, pt, vcpu, mmu } = setup('long4', { maxMmuPages: 10 });
+      pt.map(0x40000000, 0x900000, P | W | U); // the guest builds a PD and a PT for the region at 1 GiB
+      const pde = pt.entryAddr(0x40000000, 2);
+      // Exit 1: the kernel reads that PD through its identity map (P=0: the fetch builds the kernel's PDPT, PD and
+      // PT; the PD's gfn is not shadowed yet, so its spte is writable). 4 pages in use, 6 free.
+      expect(vcpu.read(pde, 4)).toBe(pt.r32(pde));
+      // Exit 2: a user read at 1 GiB: the fetch finds the PDPT and builds a PD and a PT (6 free: no reclaim);
+      // shadowing the guest PD write-protects it, the kernel's spte included. 6 in use, 4 free (fewer than 5).
+      userRead(vcpu, 0x40000000);
+      expect([mmu.usedPages, mmu.availablePages, h.c('mmu_recycled')]).toEqual([6, 4, 0]);
+      h.reset();
+      // Exit 3: a user read the guest never mapped (no spte: P=0; the guest walk fails): the #PF is injected
+      // (pf_guest) and the guest's handler gives up. Nothing is reclaimed.
+      vcpu.setExceptionHandler(PF_VECTOR, () => {
+        throw new Abort();
+      });
+      expect(() => userRead(vcpu, 0x80000000)).toThrow(Abort);
+      expect([h.e('pf'), h.c('pf_guest'), h.c('mmu_recycled'), mmu.usedPages]).toEqual([1, 1, 0, 6]);
+      // Exit 4: the kernel stores the PDE again, through its now read-only spte (P=1, W): the PD is tracked by a
+      // level-2 shadow page, so the store is emulated (pf_emulate), and still nothing is reclaimed.
+      vcpu.write(pde, 4, pt.r32(pde));
+      expect([h.e('pf'), h.c('pf_emulate'), h.c('mmu_recycled')]).toEqual([2, 1, 0]);
+      // Exit 5: a user read of a new region at 3 GiB goes on to the fetch: 4 free < 5, so the reclaim zaps the
+      // oldest pages first (every one but the root and those its fetch walks through), then builds.
+      pt.map(0xc0000000, 0x902000, P | W | U);
+      userRead(vcpu, 0xc0000000);
+      expect(h.e('pf')).toBe(3);
+      expect(h.c('mmu_recycled')).toBeGreaterThan(0);
+      auditShadowMmu(mmu, { full: true });
+    });
+
     it('PAE and 32-bit guests under a tiny budget: reclaim never frees a PAE root or a quadrant root', () => {
       for (const mode of ['pae', 'legacy32'] as const) {
         const { h, pt, vcpu, mmu } = setup(mode, { maxMmuPages: 8 });
