@@ -263,7 +263,10 @@ export function remoteFlush(s: ShadowMmuState): void {
  * state is changed, when `need` pages are still not free.
  */
 export function reservePages(s: ShadowMmuState, need: number, what: string): void {
-  if (s.availablePages < Math.max(KVM_MIN_FREE_MMU_PAGES, need)) zapOldest(s, Math.max(KVM_REFILL_PAGES, need) - s.availablePages);
+  // A page prepared for zapping is no longer in use: KVM takes it off n_used_mmu_pages then
+  // (`__kvm_mmu_prepare_zap_page` -> `kvm_unaccount_mmu_page`), not when the zap is committed.
+  const available = s.availablePages + s.invalidList.length;
+  if (available < Math.max(KVM_MIN_FREE_MMU_PAGES, need)) zapOldest(s, Math.max(KVM_REFILL_PAGES, need) - available);
   // Pages zapped earlier in this operation (released invalid roots, a CR4.PSE zap) wait for the commit.
   if (s.availablePages < need && s.invalidList.length > 0) commitZap(s);
   if (s.availablePages < need) noSpace(s, need, what);

@@ -179,10 +179,10 @@ function checkAgainstRead32(base: number, runs: number): number {
 
 /**
  * 4-level walks down a chain of pool tables (PML4 at `base`, PDPT, PD and PT in the next three frames), biased
- * to go deep: each entry present 9 times in 10, PS in the PML4E 1 time in 16 and below it 3 in 16, a high half with more than address
- * bits 1 time in 3, and a PS entry at level 3 or 2 (a
- * leaf) with random bits 29:13, so that the reserved bits of 1 GiB and 2 MiB leaves, XD and the rights of every
- * level are all reached (the general scenarios above mostly end at the first levels).
+ * to go deep: each entry present 9 times in 10, PS in the PML4E 1 time in 16 and below it 3 in 16, a high half
+ * with more than address bits 1 time in 3, and a PS entry at level 3 or 2 (a leaf) with random address bits and
+ * one reserved bit set 1 time in 4, so that 1 GiB and 2 MiB translations, their reserved bits, XD and the rights
+ * of every level are all reached (the general scenarios above mostly end at the first levels).
  */
 const deepWalkArb = (base: number) =>
   fc
@@ -193,12 +193,13 @@ const deepWalkArb = (base: number) =>
       present: fc.array(fc.integer({ min: 0, max: 9 }), { minLength: 4, maxLength: 4 }),
       keepPs: fc.array(fc.integer({ min: 0, max: 7 }), { minLength: 4, maxLength: 4 }),
       leafBits: fc.integer({ min: 0, max: 0x1ffff }),
+      leafPick: fc.integer({ min: 0, max: 3 }),
       extraHi: fc.array(fc.constantFrom(0, 0, 0, 0, 0, 0, ...EXTRA_HI), { minLength: 4, maxLength: 4 }),
       vaLo: fc.integer({ min: 0, max: 0xffffffff }),
       vaHi: fc.integer({ min: -(2 ** 15), max: 2 ** 15 - 1 }),
       access: fc.constantFrom(0, ACC_WRITE, ACC_FETCH, ACC_USER, ACC_USER | ACC_WRITE, ACC_USER | ACC_FETCH),
     })
-    .map(({ maxPhyAddr, bits, flags, present, keepPs, leafBits, extraHi, vaLo, vaHi, access }): Scenario => {
+    .map(({ maxPhyAddr, bits, flags, present, keepPs, leafBits, leafPick, extraHi, vaLo, vaHi, access }): Scenario => {
       const [wp, smep, smap, pke, nxe, pse, ac] = bits as boolean[];
       const va = vaHi * 2 ** 32 + vaLo;
       const u = BigInt.asUintN(64, BigInt(va));
@@ -209,9 +210,12 @@ const deepWalkArb = (base: number) =>
         let f = flags[4 - level]! & ~1;
         if (keepPs[4 - level]! > (level === 4 ? 0 : 2)) f &= ~0x80; // PS kept 1 time in 8 at level 4, 3 in 8 below
         const p = present[4 - level]! !== 0 ? 1 : 0;
-        // A non-leaf entry points at the next table; a PS entry at level 3 or 2 is a leaf with random bits 29:13.
+        // A non-leaf entry points at the next table; a PS entry at level 3 or 2 is a leaf with random address bits
+        // 29:13 (1 GiB) or 20:13 (2 MiB), its reserved ones clear 3 times in 4, else exactly one of them set.
         const leaf = (level === 3 || level === 2) && (f & 0x80) !== 0;
-        const lo = leaf ? ((leafBits << 13) | f | p) >>> 0 : (((base + (5 - level) * 0x1000) % 2 ** 32) | f | p) >>> 0;
+        const rsvd = level === 3 ? 0x3fffe000 : 0x001fe000;
+        const leafLo = ((leafBits << 13) & ~rsvd) | (leafPick === 0 ? 1 << (13 + (leafBits % (level === 3 ? 17 : 8))) : 0);
+        const lo = leaf ? (leafLo | f | p) >>> 0 : (((base + (5 - level) * 0x1000) % 2 ** 32) | f | p) >>> 0;
         const hi = ((level === 1 || leaf ? 0 : hiBase) | extraHi[4 - level]!) >>> 0;
         entries.push({ pa: table + Number((u >> BigInt(12 + 9 * (level - 1))) & 0x1ffn) * 8, lo, hi });
       }
@@ -273,21 +277,25 @@ describe('walk over DirectWords (properties)', () => {
   });
 
   it('walks down to every level of pool tables with exactly the result, entries and A/D writes of read32', () => {
-    // The deep walks: how many end (with a translation or a fault) at each level, for the coverage below.
+    // The deep walks: how many end (with a translation or a fault) at each level, and how many translate to a
+    // 4 KiB, 2 MiB and 1 GiB page, for the coverage below.
     const endedAt = [0, 0, 0, 0, 0];
+    const translated = [0, 0, 0, 0];
     fc.assert(
       fc.property(deepWalkArb(POOL_BASE), (s) => {
         const a = build(s, POOL_BASE);
         const b = build(s, POOL_BASE);
         const plain: PhysicalMemory = { read32: (pa) => b.read32(pa), write32: (pa, v) => b.write32(pa, v) };
-        const direct = outcome(s, a, a) as { leaf: number[] };
+        const direct = outcome(s, a, a) as { status: number; leaf: number[] };
         expect(direct).toEqual(outcome(s, plain, b));
         endedAt[direct.leaf[0]!]!++; // the level of the entry that ended the walk
+        if (direct.status === 0) translated[direct.leaf[0]!]!++;
       }),
       { seed: 0xdee9, numRuns: 3000 },
     );
     expect(endedAt[1]).toBeGreaterThan(600);
     for (const level of [2, 3, 4]) expect(endedAt[level]).toBeGreaterThan(300);
+    for (const level of [1, 2, 3]) expect(translated[level]).toBeGreaterThan(50);
   });
 
   it('reads a pool whose frames do not start on a 4 GiB boundary through read32, with the same results', () => {
