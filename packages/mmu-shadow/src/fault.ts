@@ -163,18 +163,11 @@ function faultWalked(
   const write = (access & ACC_WRITE) !== 0;
   const user = (access & ACC_USER) !== 0;
   const slot = s.memory.slotForGfn(gfn);
-  // No memslot (or a write to read-only RAM): MMIO, an exit to user space. KVM returns RET_PF_EMULATE for both
-  // and counts pf_emulate (`kvm_handle_noslot_fault`; `kvm_handle_error_pfn` for KVM_PFN_ERR_RO_FAULT). It also
-  // caches an MMIO spte for a gfn with no slot, which this model does not: each such access faults in full.
-  if (slot === null || (write && slot.readonly)) {
-    st.bump(s.host, 0 /* pf_emulate */);
-    return { kind: 'userspace', reason: 'mmio', gpa };
-  }
-  // RAM the host cannot map (HOST_GFN_LIMIT): an spte naming it would have reserved address bits set and fault
-  // with RSVD forever. KVM emulates such a gfn rather than build an spte for it (mmu.c
-  // `kvm_handle_noslot_fault`: "Do not create an MMIO SPTE for a gfn greater than host.MAXPHYADDR" ->
-  // RET_PF_EMULATE); the emulator performs the access on guest RAM through the guest's tables.
-  if (gfn >= HOST_GFN_LIMIT) return emulate(s, st);
+  // No memslot: MMIO, an exit to user space. KVM returns RET_PF_EMULATE and counts pf_emulate
+  // (`kvm_handle_noslot_fault`). It also caches an MMIO spte for a gfn with no slot, which this model does not:
+  // each such access faults in full. A gfn with no slot is never write-tracked (`kvm_gfn_is_write_tracked` is
+  // false without a slot), so taking it before the page-track check below changes nothing.
+  if (slot === null) return mmio(s, st, gpa);
 
   let writeProtected = write && s.isWriteProtected(gfn);
   if (writeProtected) {
@@ -197,6 +190,14 @@ function faultWalked(
     finish(s);
     return EMULATE;
   }
+  // kvm_faultin_pfn, after the page-track check (FNAME(page_fault)): a write to read-only RAM is MMIO
+  // (`kvm_handle_error_pfn` for KVM_PFN_ERR_RO_FAULT: RET_PF_EMULATE, and the emulated store exits to user space).
+  if (write && slot.readonly) return mmio(s, st, gpa);
+  // RAM the host cannot map (HOST_GFN_LIMIT): an spte naming it would have reserved address bits set and fault
+  // with RSVD forever. KVM emulates such a gfn rather than build an spte for it (mmu.c
+  // `kvm_handle_noslot_fault`: "Do not create an MMIO SPTE for a gfn greater than host.MAXPHYADDR" ->
+  // RET_PF_EMULATE); the emulator performs the access on guest RAM through the guest's tables.
+  if (gfn >= HOST_GFN_LIMIT) return emulate(s, st);
   // Rights of the leaf (walk_addr_generic): the AND over all levels; a clean gpte maps read-only unless
   // this is a write, which has just set D (`protect_clean_gpte`).
   let pteAccess = (r.writable ? ACC_WRITE_MASK : 0) | (r.user ? ACC_USER_MASK : 0) | (r.executable ? ACC_EXEC_MASK : 0);
@@ -228,6 +229,13 @@ function faultWalked(
   if (res === EMULATE) st.lastPtWriteCount = ptWriteCount; // a write to a write-protected page table
   finish(s);
   return res;
+}
+
+/** RET_PF_EMULATE of an access that is MMIO (no memslot, or a store to read-only RAM): pf_emulate, an exit to user space. */
+function mmio(s: ShadowMmuState, st: VcpuShadowState, gpa: number): ExitResolution {
+  st.bump(s.host, 0 /* pf_emulate */);
+  finish(s);
+  return { kind: 'userspace', reason: 'mmio', gpa };
 }
 
 /** RET_PF_EMULATE without an spte: counted as KVM counts it (pf_emulate), the MMU's work for the fault finished. */

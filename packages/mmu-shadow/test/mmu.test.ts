@@ -112,6 +112,37 @@ describe('ShadowMmu', () => {
       auditShadowMmu(mmu, { full: true });
     });
 
+    it('emulates a write to a page directory in read-only RAM as a write-tracked page table first (KVM page_fault_handle_page_track), then exits to user space', () => {
+      // KVM FNAME(page_fault) checks page_fault_handle_page_track before kvm_faultin_pfn, whose
+      // KVM_PFN_ERR_RO_FAULT (a write to a read-only memslot) would also emulate: a write-tracked gfn in ROM is
+      // RET_PF_EMULATE from the page-track check, and the emulator's store to ROM becomes the MMIO exit.
+      const ROM = 0xc00000;
+      const { h, pt, vcpu, mmu } = setup('long4', {
+        memslots: [
+          { base: 0, size: ROM },
+          { base: ROM, size: 0x10000, readonly: true },
+        ],
+      });
+      pt.w64(pt.entryAddr(USER, 3), ROM | P | W | U, 0); // the guest PD for USER is the ROM's first page
+      const pde = ROM + levelIndex(USER, 2) * 8;
+      const ptPage = pt.alloc();
+      pt.w64(pde, ptPage | P | W | U | A, 0);
+      pt.w64(ptPage + levelIndex(USER, 1) * 8, 0x900000 | P | W | U | A, 0);
+      pt.map(0x500000, ROM, P | W); // the kernel's mapping of the ROM page
+      // Exit 1: the user read builds the shadow PD of the ROM page (a level-2 page: the gfn is write-tracked).
+      // Exit 2: the kernel reads the ROM through its own mapping (a read-only spte: a tracked gfn in ROM).
+      userRead(vcpu, USER);
+      vcpu.read(0x500000, 4);
+      h.reset();
+      // Exit 3: the kernel stores to the PDE (P=1, W): the page-track check takes it first, RET_PF_EMULATE
+      // (pf_emulate, not a user-space exit of the MMU's own); the emulator finds the store lands in ROM, which
+      // user space drops: the ROM keeps its PDE.
+      vcpu.write(0x500000 + (pde - ROM), 4, 0);
+      expect([h.e('pf'), h.e('mmio'), h.c('pf_emulate')]).toEqual([1, 0, 1]);
+      expect(pt.r32(pde)).toBe((ptPage | P | W | U | A) >>> 0);
+      auditShadowMmu(mmu, { full: true });
+    });
+
     it('maps a clean guest pte read-only and makes it writable on the first write (D set by the walk)', () => {
       const { h, pt, vcpu } = setup('long4');
       const e = pt.map(USER, 0x900000, P | W | U);
