@@ -36,6 +36,12 @@ interface Scenario {
   access: number;
 }
 
+/** A context of `mode` with CR3 `cr3`, and CR0.WP, CR4.SMEP, SMAP, PKE, EFER.NXE, CR4.PSE and RFLAGS.AC from `bits`. */
+function contextOf(mode: PagingModeId, cr3: number, maxPhyAddr: number, bits: readonly boolean[]): PagingContext {
+  const [wp, smep, smap, pke, nxe, pse, ac] = bits as boolean[];
+  return createPagingContext({ mode, cr3, maxPhyAddr, cr0Wp: wp, cr4Smep: smep, cr4Smap: smap, cr4Pke: pke, eferNxe: nxe, cr4Pse: pse, eflagsAc: ac });
+}
+
 /** Random tables, the root at `base` + 0-3 pages, every other table at one of `targets`. */
 const scenarioArb = (base: number, targets: readonly number[] = poolTargets(base)) =>
   fc
@@ -50,7 +56,6 @@ const scenarioArb = (base: number, targets: readonly number[] = poolTargets(base
       access: fc.constantFrom(0, ACC_WRITE, ACC_FETCH, ACC_USER, ACC_USER | ACC_WRITE, ACC_USER | ACC_FETCH),
     })
     .map(({ mode, maxPhyAddr, bits, entries, rootFrame, vaLo, vaHi, access }): Scenario => {
-      const [wp, smep, smap, pke, nxe, pse, ac] = bits as boolean[];
       const root = base + rootFrame * 0x1000;
       const va = mode === MODE_PAE ? vaLo : (mode === MODE_LONG4 ? vaHi >> 4 : vaHi) * 2 ** 32 + vaLo;
       const u = BigInt.asUintN(64, BigInt(va));
@@ -74,18 +79,7 @@ const scenarioArb = (base: number, targets: readonly number[] = poolTargets(base
         table = e.target;
       }
       const ctx = () => {
-        const c = createPagingContext({
-          mode,
-          cr3: mode === MODE_PAE ? 0 : root,
-          maxPhyAddr,
-          cr0Wp: wp,
-          cr4Smep: smep,
-          cr4Smap: smap,
-          cr4Pke: pke,
-          eferNxe: nxe,
-          cr4Pse: pse,
-          eflagsAc: ac,
-        });
+        const c = contextOf(mode, mode === MODE_PAE ? 0 : root, maxPhyAddr, bits);
         if (mode === MODE_PAE) {
           c.pdpteLo[pdpte.i] = pdpte.lo;
           c.pdpteHi[pdpte.i] = pdpte.hi;
@@ -200,7 +194,6 @@ const deepWalkArb = (base: number) =>
       access: fc.constantFrom(0, ACC_WRITE, ACC_FETCH, ACC_USER, ACC_USER | ACC_WRITE, ACC_USER | ACC_FETCH),
     })
     .map(({ maxPhyAddr, bits, flags, present, keepPs, leafBits, leafPick, extraHi, vaLo, vaHi, access }): Scenario => {
-      const [wp, smep, smap, pke, nxe, pse, ac] = bits as boolean[];
       const va = vaHi * 2 ** 32 + vaLo;
       const u = BigInt.asUintN(64, BigInt(va));
       const hiBase = Math.floor(base / 2 ** 32);
@@ -219,19 +212,7 @@ const deepWalkArb = (base: number) =>
         const hi = ((level === 1 || leaf ? 0 : hiBase) | extraHi[4 - level]!) >>> 0;
         entries.push({ pa: table + Number((u >> BigInt(12 + 9 * (level - 1))) & 0x1ffn) * 8, lo, hi });
       }
-      const ctx = () =>
-        createPagingContext({
-          mode: MODE_LONG4,
-          cr3: base,
-          maxPhyAddr,
-          cr0Wp: wp,
-          cr4Smep: smep,
-          cr4Smap: smap,
-          cr4Pke: pke,
-          eferNxe: nxe,
-          cr4Pse: pse,
-          eflagsAc: ac,
-        });
+      const ctx = () => contextOf(MODE_LONG4, base, maxPhyAddr, bits);
       return { mode: MODE_LONG4, ctx, entries, va, access };
     });
 
