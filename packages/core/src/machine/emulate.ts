@@ -69,9 +69,10 @@ export function emulatePendingAccess(vcpu: Vcpu, mmu: WriteTracker | null, out: 
   out.gpa = gpa;
   const mem = vcpu.memory;
   const write = (vcpu.pendingAccess & ACC_WRITE) !== 0;
-  // A load reads a page never written through the zero page; a store backs the page, unless it is read-only
-  // RAM, which a store never changes (checked first, so that no page of it is backed for nothing).
-  const off = !write ? mem.readOffset(gpa) : mem.isReadonly(gpa) ? -1 : mem.gpaToOffset(gpa);
+  // A load reads a page never written through the zero page; a store backs the page, unless it is read-only RAM,
+  // which a store never changes, or a store the emulator cannot do (it fails below, having stored nothing): no
+  // page is backed for nothing.
+  const off = !write ? mem.readOffset(gpa) : mem.isReadonly(gpa) ? -1 : vcpu.pendingEmulatable ? mem.gpaToOffset(gpa) : mem.readOffset(gpa);
   if (off < 0) {
     vcpu.emulatedLo = openBus(vcpu.pendingSize);
     vcpu.emulatedHi = vcpu.pendingSize === 8 ? 0xffffffff : 0;

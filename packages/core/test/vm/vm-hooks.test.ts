@@ -254,6 +254,8 @@ describe('VmHooks', () => {
       expect(r.exits()).toEqual(['EXCEPTION_14 -> emulate']);
       expect(r.mmu.log).toEqual(['pf 400010 3', 'emulation failed 300010']);
       expect(r.vm.machine.memory.read32(0x300010)).toBe(0);
+      // The emulator stored nothing, and took no page to store into: the page, never written, stays unbacked.
+      expect(r.vm.machine.memory.isBacked(0x300000 / 4096)).toBe(false);
     });
   });
 
