@@ -174,6 +174,17 @@ export class Kernel {
     }
   }
 
+  /**
+   * `v` has no task left to run (its tasks wait or have finished): it runs the idle task, which keeps the space
+   * it had loaded (kernel/sched/core.c `context_switch` to a kernel thread: `enter_lazy_tlb`, no CR3 write). A
+   * flush of that space skips it from then on, unless it frees page tables (tlb.ts), until a task runs there again.
+   */
+  idle(v: Vcpu): void {
+    if (this.running[v.id] === null) return;
+    this.running[v.id] = null;
+    this.k.stats.contextSwitches++;
+  }
+
   /** The file object of `path` (created on first use). */
   file(path: string): FileObject {
     return lookupFile(this.k, path);

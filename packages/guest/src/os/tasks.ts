@@ -307,6 +307,8 @@ export class TaskRunner {
       const t = q.tasks[at]!;
       this.runQuantum(t);
       if (!t.done && !this.runnable(t)) this.block(t);
+      // Nothing left to run there: the vCPU goes idle, in lazy TLB mode (Kernel.idle).
+      if (q.runnable.count === 0) this.kernel.idle(t.vcpu);
       this.compact(vi);
     }
   }

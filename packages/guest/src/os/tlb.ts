@@ -13,7 +13,8 @@ export const TLB_SINGLE_PAGE_FLUSH_CEILING = 33;
  * init_mm, so that it cannot walk freed tables speculatively). A lazy CPU that missed a flush catches up when the
  * mm runs there again (`switch_mm_irqs_off` with `prev == next` and `was_lazy`: its tlb_gen is behind the mm's,
  * so it reloads CR3 with a flush). Here a vCPU is lazy when it runs no process (`running`) and still has a space
- * loaded (`current`): where a vfork child exited before its exec.
+ * loaded (`current`): where a vfork child exited before its exec, and where every task of the vCPU has finished or
+ * waits, so that it runs the idle task (`Kernel.idle`).
  */
 
 /** Whether `w` is in lazy TLB mode: a space loaded, no task of it running. */

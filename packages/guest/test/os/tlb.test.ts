@@ -1,6 +1,7 @@
 import { MODE_LONG4, PAGE_SIZE, type Vcpu } from '@vmexit/core';
 import { describe, expect, it } from 'vitest';
 import type { Kernel, Process } from '../../src/os/kernel.js';
+import { TaskRunner } from '../../src/os/tasks.js';
 import { PROT_READ, PROT_WRITE, VMA_ANON } from '../../src/os/vma.js';
 import { boot, user } from '../helpers.js';
 
@@ -119,6 +120,43 @@ describe('TLB flushes', () => {
       expect(v1.tlb.invlpgs - i1).toBe(1);
       k.switchTo(v1, drv);
       expect(cr3).toEqual([]);
+    });
+
+    it('treats a vCPU whose tasks have all finished as idle and lazy: no IPI for a flush that frees no table', () => {
+      // A process with a task on each vCPU (two threads of one space). Task B on vCPU 1 reads the page (the space
+      // loaded there, a TLB entry for it) and finishes; vCPU 1 has nothing left to run, so it runs the idle task,
+      // which keeps the space loaded (kernel/sched/core.c context_switch -> enter_lazy_tlb). Task A on vCPU 0
+      // then makes the page read-only: a one-page flush that frees no table, so should_flush_tlb is false for the
+      // lazy vCPU 1: no shootdown, and one INVLPG, vCPU 0's own.
+      const { m, k } = boot(MODE_LONG4, { vcpus: 2 });
+      const [v0, v1] = [m.vcpus[0]!, m.vcpus[1]!];
+      const p = k.createProcess(v0, 'p');
+      const base = k.mmap(v0, p, null, PAGE_SIZE, RW, VMA_ANON);
+      const runner = new TaskRunner(m, k);
+      let bDone = false;
+      let flush: { shootdowns: number; invlpgs: number; v1Invlpgs: number } | null = null;
+      runner.start(
+        p,
+        function* (t) {
+          t.write(base, 1);
+          while (!bDone) yield;
+          const s0 = { shootdowns: k.stats.shootdowns, invlpgs: k.stats.invlpgs, v1: v1.tlb.invlpgs };
+          k.mprotect(t.vcpu, p, base, PAGE_SIZE, PROT_READ);
+          flush = { shootdowns: k.stats.shootdowns - s0.shootdowns, invlpgs: k.stats.invlpgs - s0.invlpgs, v1Invlpgs: v1.tlb.invlpgs - s0.v1 };
+        },
+        v0,
+      );
+      runner.start(
+        p,
+        function* (t) {
+          while (k.stats.pageFaults === 0) yield; // A has written the page
+          t.read(base);
+          bDone = true;
+        },
+        v1,
+      );
+      runner.run();
+      expect(flush).toEqual({ shootdowns: 0, invlpgs: 1, v1Invlpgs: 0 });
     });
 
     it('writes no CR3 when a lazy vCPU returns to the space and no flush was skipped', () => {
