@@ -4,7 +4,7 @@ import { FRAME_ANON } from './frames.js';
 import { forEachPte, frameOf, freeTable, freeTables, newMm, setPte, setWrprotect, tableFor, zap } from './pgtable.js';
 import { Process, type AreaSpec, type ImageSpec } from './process.js';
 import type { KernelState } from './state.js';
-import { flushMm, switchMm } from './tlb.js';
+import { flushLazy, flushMm } from './tlb.js';
 import { PROT_EXEC, PROT_READ, PROT_WRITE, VMA_ALIAS, VMA_ANON, VMA_FILE_PRIVATE, VMA_FILE_SHARED, Vma } from './vma.js';
 
 /*
@@ -67,9 +67,9 @@ export function doFork(k: KernelState, v: Vcpu, parent: Process): Process {
  * exec: a new address space that `map` fills; the vCPUs running the process switch to it, then the old
  * one is torn down (fs/exec.c `exec_mmap`, then `mmput` -> `exit_mmap`), its page-table pages freed. A vCPU
  * that only has the old space loaded, lazily (`KernelState.running` names no process there: a vfork
- * child of the process exited there), goes to the idle tables: freeing the page tables flushes the lazy CPUs
- * too (arch/x86/mm/tlb.c `flush_tlb_multi` with `freed_tables`), and `flush_tlb_func` switches such a CPU to
- * init_mm.
+ * child of the process exited there, or its tasks all wait), goes to the idle tables: freeing the page tables
+ * flushes the lazy CPUs too (arch/x86/mm/tlb.c `flush_tlb_multi` with `freed_tables`, a shootdown), and
+ * `flush_tlb_func` switches such a CPU to init_mm.
  */
 export function doExec(k: KernelState, v: Vcpu, proc: Process, path: string, map: () => void): void {
   k.stats.execs++;
@@ -84,7 +84,7 @@ export function doExec(k: KernelState, v: Vcpu, proc: Process, path: string, map
   for (const w of k.machine.vcpus) {
     if (k.current[w.id] !== proc) continue;
     if (w === v || k.running[w.id]?.mm === proc) w.movToCr3(proc.root);
-    else switchMm(k, w, null);
+    else flushLazy(k, w, true); // the old tables' teardown flushes with freed_tables: the IPI, then init_mm
   }
   teardown(k, v, old);
 }

@@ -24,7 +24,7 @@ import { inspectPte, tableFor } from './pgtable.js';
 import type { AreaSpec, ImageSpec, Process } from './process.js';
 import { KernelState, type KernelOptions, type Personality } from './state.js';
 import type { GuestEventLog, KernelStats } from './stats.js';
-import { switchMm } from './tlb.js';
+import { flushLazy, switchMm } from './tlb.js';
 import { doVfork, vforkExec, vforkExit } from './vfork.js';
 import type { FileObject } from './vma.js';
 
@@ -268,7 +268,13 @@ export class Kernel {
     }
     this.syscall(v, () => {
       this.k.stats.exits++;
-      for (const w of this.machine.vcpus) if (this.k.current[w.id] === proc) this.switchTo(w, null);
+      for (const w of this.machine.vcpus) {
+        if (this.k.current[w.id] !== proc) continue;
+        // A vCPU lazily on the space (no task of it runs there) gets the IPI of the teardown's flush, which frees
+        // page tables (exit_mmap -> tlb_finish_mmu), and goes to the idle tables (tlb.ts flushLazy).
+        if (w !== v && this.running[w.id] === null) flushLazy(this.k, w, true);
+        else this.switchTo(w, null);
+      }
       teardown(this.k, v, proc);
       proc.exited = true;
     });

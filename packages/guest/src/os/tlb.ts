@@ -26,7 +26,7 @@ function isLazy(k: KernelState, w: Vcpu): boolean {
  * A flush of the space lazy vCPU `w` has loaded: with page tables freed, the IPI, and `flush_tlb_func` switches
  * `w` to init_mm (a CR3 write of the idle tables, a full flush); without, no IPI, and `w` is behind.
  */
-function flushLazy(k: KernelState, w: Vcpu, freedTables: boolean): void {
+export function flushLazy(k: KernelState, w: Vcpu, freedTables: boolean): void {
   if (!freedTables) {
     k.lazyBehind[w.id] = true;
     return;

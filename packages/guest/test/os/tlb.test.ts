@@ -170,6 +170,28 @@ describe('TLB flushes', () => {
     });
   });
 
+  describe('teardown of a space', () => {
+    // exit (do_exit -> exit_mm -> mmput) and exec (exec_mmap, then mmput of the old mm) end in exit_mmap, whose
+    // tlb_finish_mmu flushes with freed_tables: every CPU of mm_cpumask gets the IPI, a lazy one included, and
+    // flush_tlb_func switches it to init_mm. One shootdown and one full flush for vCPU 1, and a CR3 write of the
+    // idle tables there.
+    it('sends a vCPU lazily on the space an IPI when the process exits', () => {
+      const { k, v0, drv, cr3 } = lazyVcpu();
+      const s0 = { shootdowns: k.stats.shootdowns, fullFlushes: k.stats.fullFlushes };
+      k.exit(v0, drv);
+      expect([k.stats.shootdowns - s0.shootdowns, k.stats.fullFlushes - s0.fullFlushes]).toEqual([1, 1]);
+      expect(cr3).toEqual([k.idleRoot]);
+    });
+
+    it('sends a vCPU lazily on the space an IPI when the process execs (its old tables are freed)', () => {
+      const { k, v0, drv, cr3 } = lazyVcpu();
+      const s0 = { shootdowns: k.stats.shootdowns, fullFlushes: k.stats.fullFlushes };
+      k.exec(v0, drv, { path: '/bin/x', textPages: 1, dataPages: 0, bssPages: 0, stackPages: 1 });
+      expect([k.stats.shootdowns - s0.shootdowns, k.stats.fullFlushes - s0.fullFlushes]).toEqual([1, 1]);
+      expect(cr3).toEqual([k.idleRoot]);
+    });
+  });
+
   describe('.flushMm', () => {
     it('sends a vCPU lazily on the space an IPI at fork, and it goes to the idle tables (flush_tlb_mm frees tables)', () => {
       // dup_mmap ends with flush_tlb_mm(oldmm), which x86 defines as flush_tlb_mm_range(mm, 0, TLB_FLUSH_ALL,
