@@ -306,11 +306,25 @@ export class TaskRunner {
       q.cut = q.kept.last() > at ? at + 1 : 0;
       const t = q.tasks[at]!;
       this.runQuantum(t);
+      const stopped = t.done || !this.runnable(t);
       if (!t.done && !this.runnable(t)) this.block(t);
-      // Nothing left to run there: the vCPU goes idle, in lazy TLB mode (Kernel.idle).
-      if (q.runnable.count === 0) this.kernel.idle(t.vcpu);
+      // A task that finished or waits gives up the vCPU at once (kernel/sched/core.c `__schedule`): the vCPU
+      // switches to its next task now, not at that task's quantum, so that flushes of the old space no longer
+      // reach it; with nothing left to run it goes idle, in lazy TLB mode (Kernel.idle).
+      if (stopped) this.switchAway(q, t.vcpu);
       this.compact(vi);
     }
+  }
+
+  /** After its task stopped: `v` switches to the task its next quantum will run, or to the idle task. */
+  private switchAway(q: VcpuTasks, v: Vcpu): void {
+    if (q.runnable.count === 0) {
+      this.kernel.idle(v);
+      return;
+    }
+    let at = q.runnable.firstFrom(q.cut);
+    if (at < 0) at = q.runnable.firstFrom(0);
+    this.kernel.switchTo(v, q.tasks[at]!.proc);
   }
 
   private runQuantum(t: Task): void {

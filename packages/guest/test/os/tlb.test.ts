@@ -159,6 +159,110 @@ describe('TLB flushes', () => {
       expect(flush).toEqual({ shootdowns: 0, invlpgs: 1, v1Invlpgs: 0 });
     });
 
+    it('switches a vCPU to its next task as soon as its task finishes: a flush of the old space no longer reaches it', () => {
+      // vCPU 1 has thread B of p and a task C of another process q. When B finishes, vCPU 1 switches to q at once
+      // (kernel/sched/core.c __schedule), not at C's next quantum: A's one-page mprotect on vCPU 0 then sends it
+      // nothing (it runs q: should_flush_tlb is false), one INVLPG on vCPU 0 only. vCPU 1's CR3 goes p, then q.
+      const { m, k } = boot(MODE_LONG4, { vcpus: 2 });
+      const [v0, v1] = [m.vcpus[0]!, m.vcpus[1]!];
+      const p = k.createProcess(v0, 'p');
+      const q = k.createProcess(v0, 'q');
+      const base = k.mmap(v0, p, null, PAGE_SIZE, RW, VMA_ANON);
+      const cr3: string[] = [];
+      const mov = v1.movToCr3.bind(v1);
+      v1.movToCr3 = (x: number): void => {
+        cr3.push(x === p.root ? 'p' : x === q.root ? 'q' : x === k.idleRoot ? 'idle' : String(x));
+        mov(x);
+      };
+      const runner = new TaskRunner(m, k);
+      let bDone = false;
+      let aDone = false;
+      let flush: { shootdowns: number; invlpgs: number; v1Invlpgs: number } | null = null;
+      runner.start(
+        p,
+        function* (t) {
+          t.write(base, 1);
+          while (!bDone) yield;
+          const s0 = { shootdowns: k.stats.shootdowns, invlpgs: k.stats.invlpgs, v1: v1.tlb.invlpgs };
+          k.mprotect(t.vcpu, p, base, PAGE_SIZE, PROT_READ);
+          flush = { shootdowns: k.stats.shootdowns - s0.shootdowns, invlpgs: k.stats.invlpgs - s0.invlpgs, v1Invlpgs: v1.tlb.invlpgs - s0.v1 };
+          aDone = true;
+        },
+        v0,
+      );
+      runner.start(
+        p,
+        function* (t) {
+          while (k.stats.pageFaults === 0) yield; // A has written the page
+          t.read(base);
+          bDone = true;
+        },
+        v1,
+      );
+      runner.start(
+        q,
+        function* () {
+          while (!aDone) yield;
+        },
+        v1,
+      );
+      runner.run();
+      expect(flush).toEqual({ shootdowns: 0, invlpgs: 1, v1Invlpgs: 0 });
+      expect(cr3.slice(0, 2)).toEqual(['p', 'q']);
+    });
+
+    it('treats a vCPU whose task waits as idle and lazy, and reloads CR3 when the task runs again after a skipped flush', () => {
+      // Task B of p on vCPU 1 reads the page, then waits for a child process (wait4); vCPU 1 has nothing else
+      // to run, so it goes idle, lazily on p. A's one-page mprotect on vCPU 0 sends it no IPI and leaves it
+      // behind; when the child exits and B runs again, switch_mm_irqs_off finds vCPU 1 behind and reloads CR3
+      // (one full flush, a CR3 write of p's tables).
+      const { m, k } = boot(MODE_LONG4, { vcpus: 2 });
+      const [v0, v1] = [m.vcpus[0]!, m.vcpus[1]!];
+      const p = k.createProcess(v0, 'p');
+      const base = k.mmap(v0, p, null, PAGE_SIZE, RW, VMA_ANON);
+      const runner = new TaskRunner(m, k);
+      let bWaits = false;
+      let release = false;
+      let flush: { shootdowns: number; v1Invlpgs: number } | null = null;
+      let resumed: { fullFlushes: number; cr3IsP: boolean } | null = null;
+      runner.start(
+        p,
+        function* (t) {
+          t.write(base, 1);
+          while (!bWaits) yield;
+          yield; // B is blocked now (its quantum ended in the wait)
+          const s0 = { shootdowns: k.stats.shootdowns, v1: v1.tlb.invlpgs };
+          k.mprotect(t.vcpu, p, base, PAGE_SIZE, PROT_READ);
+          flush = { shootdowns: k.stats.shootdowns - s0.shootdowns, v1Invlpgs: v1.tlb.invlpgs - s0.v1 };
+          release = true;
+        },
+        v0,
+      );
+      runner.start(
+        p,
+        function* (t) {
+          while (k.stats.pageFaults === 0) yield;
+          t.read(base);
+          const child = k.createProcess(t.vcpu, 'child', p);
+          runner.start(
+            child,
+            function* () {
+              while (!release) yield;
+            },
+            v0,
+          );
+          bWaits = true;
+          const full = k.stats.fullFlushes;
+          yield* t.wait(child);
+          resumed = { fullFlushes: k.stats.fullFlushes - full, cr3IsP: v1.cr3 === p.root };
+        },
+        v1,
+      );
+      runner.run();
+      expect(flush).toEqual({ shootdowns: 0, v1Invlpgs: 0 });
+      expect(resumed).toEqual({ fullFlushes: 1, cr3IsP: true });
+    });
+
     it('writes no CR3 when a lazy vCPU returns to the space and no flush was skipped', () => {
       // Nothing flushed the driver's space while vCPU 1 was lazy: its tlb_gen equals the mm's, and
       // switch_mm_irqs_off returns without a CR3 write.
