@@ -55,6 +55,50 @@ function lazyVcpu(): Lazy {
   return { k, v0, v1, drv, base, cr3 };
 }
 
+/** Two vCPUs, a process `p` with one anonymous page at `base`, and a task runner (the scheduler-level tests). */
+function twoVcpus() {
+  const { m, k } = boot(MODE_LONG4, { vcpus: 2 });
+  const [v0, v1] = [m.vcpus[0]!, m.vcpus[1]!];
+  const p = k.createProcess(v0, 'p');
+  const base = k.mmap(v0, p, null, PAGE_SIZE, RW, VMA_ANON);
+  return { m, k, v0, v1, p, base, runner: new TaskRunner(m, k) };
+}
+
+/** `p`'s page at `base` made read-only from `v` (a one-page flush that frees no table): what it cost. */
+function mprotectFlush(k: Kernel, v: Vcpu, watched: Vcpu, p: Process, base: number): { shootdowns: number; invlpgs: number; watchedInvlpgs: number } {
+  const s0 = { shootdowns: k.stats.shootdowns, invlpgs: k.stats.invlpgs, watched: watched.tlb.invlpgs };
+  k.mprotect(v, p, base, PAGE_SIZE, PROT_READ);
+  return { shootdowns: k.stats.shootdowns - s0.shootdowns, invlpgs: k.stats.invlpgs - s0.invlpgs, watchedInvlpgs: watched.tlb.invlpgs - s0.watched };
+}
+
+/**
+ * Two threads of `w.p`: A on vCPU 0 writes the page, waits until B is done, then makes the page read-only
+ * (`flush`, watched on vCPU 1); B on vCPU 1 reads the page once A has written it, and finishes.
+ */
+function writerAndReader(w: ReturnType<typeof twoVcpus>) {
+  const out = { bDone: false, aDone: false, flush: null as ReturnType<typeof mprotectFlush> | null };
+  w.runner.start(
+    w.p,
+    function* (t) {
+      t.write(w.base, 1);
+      while (!out.bDone) yield;
+      out.flush = mprotectFlush(w.k, t.vcpu, w.v1, w.p, w.base);
+      out.aDone = true;
+    },
+    w.v0,
+  );
+  w.runner.start(
+    w.p,
+    function* (t) {
+      while (w.k.stats.pageFaults === 0) yield; // A has written the page
+      t.read(w.base);
+      out.bDone = true;
+    },
+    w.v1,
+  );
+  return out;
+}
+
 describe('TLB flushes', () => {
   describe('.flushRange', () => {
     it('sends a vCPU lazily on the space no IPI when no page table is freed, and flushes it when the space runs there again', () => {
@@ -128,86 +172,35 @@ describe('TLB flushes', () => {
       // which keeps the space loaded (kernel/sched/core.c context_switch -> enter_lazy_tlb). Task A on vCPU 0
       // then makes the page read-only: a one-page flush that frees no table, so should_flush_tlb is false for the
       // lazy vCPU 1: no shootdown, and one INVLPG, vCPU 0's own.
-      const { m, k } = boot(MODE_LONG4, { vcpus: 2 });
-      const [v0, v1] = [m.vcpus[0]!, m.vcpus[1]!];
-      const p = k.createProcess(v0, 'p');
-      const base = k.mmap(v0, p, null, PAGE_SIZE, RW, VMA_ANON);
-      const runner = new TaskRunner(m, k);
-      let bDone = false;
-      let flush: { shootdowns: number; invlpgs: number; v1Invlpgs: number } | null = null;
-      runner.start(
-        p,
-        function* (t) {
-          t.write(base, 1);
-          while (!bDone) yield;
-          const s0 = { shootdowns: k.stats.shootdowns, invlpgs: k.stats.invlpgs, v1: v1.tlb.invlpgs };
-          k.mprotect(t.vcpu, p, base, PAGE_SIZE, PROT_READ);
-          flush = { shootdowns: k.stats.shootdowns - s0.shootdowns, invlpgs: k.stats.invlpgs - s0.invlpgs, v1Invlpgs: v1.tlb.invlpgs - s0.v1 };
-        },
-        v0,
-      );
-      runner.start(
-        p,
-        function* (t) {
-          while (k.stats.pageFaults === 0) yield; // A has written the page
-          t.read(base);
-          bDone = true;
-        },
-        v1,
-      );
-      runner.run();
-      expect(flush).toEqual({ shootdowns: 0, invlpgs: 1, v1Invlpgs: 0 });
+      const w = twoVcpus();
+      const ab = writerAndReader(w);
+      w.runner.run();
+      expect(ab.flush).toEqual({ shootdowns: 0, invlpgs: 1, watchedInvlpgs: 0 });
     });
 
     it('switches a vCPU to its next task as soon as its task finishes: a flush of the old space no longer reaches it', () => {
       // vCPU 1 has thread B of p and a task C of another process q. When B finishes, vCPU 1 switches to q at once
       // (kernel/sched/core.c __schedule), not at C's next quantum: A's one-page mprotect on vCPU 0 then sends it
       // nothing (it runs q: should_flush_tlb is false), one INVLPG on vCPU 0 only. vCPU 1's CR3 goes p, then q.
-      const { m, k } = boot(MODE_LONG4, { vcpus: 2 });
-      const [v0, v1] = [m.vcpus[0]!, m.vcpus[1]!];
-      const p = k.createProcess(v0, 'p');
-      const q = k.createProcess(v0, 'q');
-      const base = k.mmap(v0, p, null, PAGE_SIZE, RW, VMA_ANON);
+      const w = twoVcpus();
+      const { k, v1, p } = w;
+      const q = k.createProcess(w.v0, 'q');
       const cr3: string[] = [];
       const mov = v1.movToCr3.bind(v1);
       v1.movToCr3 = (x: number): void => {
         cr3.push(x === p.root ? 'p' : x === q.root ? 'q' : x === k.idleRoot ? 'idle' : String(x));
         mov(x);
       };
-      const runner = new TaskRunner(m, k);
-      let bDone = false;
-      let aDone = false;
-      let flush: { shootdowns: number; invlpgs: number; v1Invlpgs: number } | null = null;
-      runner.start(
-        p,
-        function* (t) {
-          t.write(base, 1);
-          while (!bDone) yield;
-          const s0 = { shootdowns: k.stats.shootdowns, invlpgs: k.stats.invlpgs, v1: v1.tlb.invlpgs };
-          k.mprotect(t.vcpu, p, base, PAGE_SIZE, PROT_READ);
-          flush = { shootdowns: k.stats.shootdowns - s0.shootdowns, invlpgs: k.stats.invlpgs - s0.invlpgs, v1Invlpgs: v1.tlb.invlpgs - s0.v1 };
-          aDone = true;
-        },
-        v0,
-      );
-      runner.start(
-        p,
-        function* (t) {
-          while (k.stats.pageFaults === 0) yield; // A has written the page
-          t.read(base);
-          bDone = true;
-        },
-        v1,
-      );
-      runner.start(
+      const ab = writerAndReader(w);
+      w.runner.start(
         q,
         function* () {
-          while (!aDone) yield;
+          while (!ab.aDone) yield;
         },
         v1,
       );
-      runner.run();
-      expect(flush).toEqual({ shootdowns: 0, invlpgs: 1, v1Invlpgs: 0 });
+      w.runner.run();
+      expect(ab.flush).toEqual({ shootdowns: 0, invlpgs: 1, watchedInvlpgs: 0 });
       expect(cr3.slice(0, 2)).toEqual(['p', 'q']);
     });
 
@@ -216,14 +209,10 @@ describe('TLB flushes', () => {
       // to run, so it goes idle, lazily on p. A's one-page mprotect on vCPU 0 sends it no IPI and leaves it
       // behind; when the child exits and B runs again, switch_mm_irqs_off finds vCPU 1 behind and reloads CR3
       // (one full flush, a CR3 write of p's tables).
-      const { m, k } = boot(MODE_LONG4, { vcpus: 2 });
-      const [v0, v1] = [m.vcpus[0]!, m.vcpus[1]!];
-      const p = k.createProcess(v0, 'p');
-      const base = k.mmap(v0, p, null, PAGE_SIZE, RW, VMA_ANON);
-      const runner = new TaskRunner(m, k);
+      const { k, v0, v1, p, base, runner } = twoVcpus();
       let bWaits = false;
       let release = false;
-      let flush: { shootdowns: number; v1Invlpgs: number } | null = null;
+      let flush: ReturnType<typeof mprotectFlush> | null = null;
       let resumed: { fullFlushes: number; cr3IsP: boolean } | null = null;
       runner.start(
         p,
@@ -231,9 +220,7 @@ describe('TLB flushes', () => {
           t.write(base, 1);
           while (!bWaits) yield;
           yield; // B is blocked now (its quantum ended in the wait)
-          const s0 = { shootdowns: k.stats.shootdowns, v1: v1.tlb.invlpgs };
-          k.mprotect(t.vcpu, p, base, PAGE_SIZE, PROT_READ);
-          flush = { shootdowns: k.stats.shootdowns - s0.shootdowns, v1Invlpgs: v1.tlb.invlpgs - s0.v1 };
+          flush = mprotectFlush(k, t.vcpu, v1, p, base);
           release = true;
         },
         v0,
@@ -259,7 +246,7 @@ describe('TLB flushes', () => {
         v1,
       );
       runner.run();
-      expect(flush).toEqual({ shootdowns: 0, v1Invlpgs: 0 });
+      expect(flush).toEqual({ shootdowns: 0, invlpgs: 1, watchedInvlpgs: 0 });
       expect(resumed).toEqual({ fullFlushes: 1, cr3IsP: true });
     });
 
