@@ -307,7 +307,7 @@ export class TaskRunner {
       const t = q.tasks[at]!;
       this.runQuantum(t);
       const stopped = t.done || !this.runnable(t);
-      if (!t.done && !this.runnable(t)) this.block(t);
+      if (stopped && !t.done) this.block(t);
       // A task that finished or waits gives up the vCPU at once (kernel/sched/core.c `__schedule`): the vCPU
       // switches to its next task now, not at that task's quantum, so that flushes of the old space no longer
       // reach it; with nothing left to run it goes idle, in lazy TLB mode (Kernel.idle).
