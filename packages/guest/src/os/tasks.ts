@@ -230,6 +230,12 @@ class VcpuTasks {
   cut = 0;
 }
 
+/** The position of the runnable task a vCPU runs next: the first from its round-robin position, else from the start. */
+function nextRunnable(q: VcpuTasks): number {
+  const at = q.runnable.firstFrom(q.cut);
+  return at >= 0 ? at : q.runnable.firstFrom(0);
+}
+
 /**
  * Runs tasks on the machine's vCPUs. The machine's seeded scheduler picks which vCPU runs the next quantum
  * (among those with a runnable task) and how long it is; each vCPU runs its tasks round robin, switching
@@ -300,8 +306,7 @@ export class TaskRunner {
       }
       const vi = ready[this.machine.scheduler.pick(ready.length)]!;
       const q = this.perVcpu[vi]!;
-      let at = q.runnable.firstFrom(q.cut);
-      if (at < 0) at = q.runnable.firstFrom(0);
+      const at = nextRunnable(q);
       // the list's next position, or its first when the task was its last
       q.cut = q.kept.last() > at ? at + 1 : 0;
       const t = q.tasks[at]!;
@@ -322,9 +327,7 @@ export class TaskRunner {
       this.kernel.idle(v);
       return;
     }
-    let at = q.runnable.firstFrom(q.cut);
-    if (at < 0) at = q.runnable.firstFrom(0);
-    this.kernel.switchTo(v, q.tasks[at]!.proc);
+    this.kernel.switchTo(v, q.tasks[nextRunnable(q)]!.proc);
   }
 
   private runQuantum(t: Task): void {
