@@ -64,6 +64,8 @@ const MAX_BACKED_PAGES = 2 ** 20 - 1;
 /** log2 of the guest pages one directory chunk covers (1024 pages: 4 MiB of guest RAM per 4 KiB chunk). */
 const CHUNK_SHIFT = 10;
 const CHUNK_MASK = (1 << CHUNK_SHIFT) - 1;
+/** Guest pages below 4 GiB (2^20): the most `GuestMemory.low` maps. */
+const LOW_GFNS = 2 ** 20;
 /** Entries of `read32`'s gfn -> page cache (a power of two). */
 const READ_CACHE = 64;
 const READ_CACHE_MASK = READ_CACHE - 1;
@@ -115,7 +117,15 @@ export class GuestMemory implements PhysicalMemory {
   private used = 1;
   /** The guest page number each backing page holds (index 0: the zero page, -1). */
   private gfnOfPage: Float64Array;
-  /** `read32`'s cache: entry `gfn & (READ_CACHE - 1)` holds guest page `rcGfn` at backing page `rcPage` (-1: empty). */
+  /**
+   * Guest page -> backing page for every guest page below the end of the RAM under 4 GiB (0: the zero page: never
+   * written, or no memslot, which `read32` reads as zeros too): one typed-array load for `read32` and the offset
+   * lookups, with no cache to check. A guest's page tables are there in practice (Linux allocates them from low
+   * memory first). Sized to that RAM, 1/1024 of it: at most 4 MiB, of which only the entries of pages touched
+   * are ever resident.
+   */
+  private readonly low: Int32Array;
+  /** `read32`'s cache for pages above `low`: entry `gfn & (READ_CACHE - 1)` holds guest page `rcGfn` at backing page `rcPage` (-1: empty). */
   private readonly rcGfn = new Float64Array(READ_CACHE).fill(-1);
   private readonly rcPage = new Int32Array(READ_CACHE);
   /** Called with (gfn, RAM offset of its new page) when a page is backed (the vCPUs re-point their TLBs). */
@@ -153,6 +163,9 @@ export class GuestMemory implements PhysicalMemory {
     this.slots = slots;
     this.slotList = slots;
     this.lastSlot = slots[0]!;
+    let lowEnd = 0;
+    for (const sl of slots) if (sl.baseGfn < LOW_GFNS) lowEnd = Math.max(lowEnd, Math.min(sl.baseGfn + sl.pages, LOW_GFNS));
+    this.low = new Int32Array(lowEnd);
   }
 
   /** The memslot holding `gfn`, or null (MMIO). */
@@ -181,6 +194,8 @@ export class GuestMemory implements PhysicalMemory {
    * -1 when no memslot holds it. Readers that must not back a page use `readOffset`.
    */
   gpaToOffset(gpa: number): number {
+    const lp = this.lowPage(gpa);
+    if (lp !== 0) return lp * PAGE_SIZE + (gpa & 0xfff);
     const gfn = pageNumber(gpa);
     const s = this.slotOf(gfn);
     if (s === null) return -1;
@@ -192,6 +207,8 @@ export class GuestMemory implements PhysicalMemory {
    * never written (so never write through it); -1 when no memslot holds it. Backs nothing.
    */
   readOffset(gpa: number): number {
+    const lp = this.lowPage(gpa);
+    if (lp !== 0) return lp * PAGE_SIZE + (gpa & 0xfff);
     const gfn = pageNumber(gpa);
     const s = this.slotOf(gfn);
     if (s === null) return -1;
@@ -228,10 +245,22 @@ export class GuestMemory implements PhysicalMemory {
     this.backListeners.push(listener);
   }
 
+  /** The backing page of `gpa` from `low` (0: not backed, MMIO, or above `low`: ask the slots). */
+  private lowPage(gpa: number): number {
+    const gfn = gpa >>> 12;
+    return gpa < 4294967296 && gfn < this.low.length ? this.low[gfn]! : 0;
+  }
+
   read32(pa: number): number {
-    // The page walker's read: a small direct-mapped cache of gfn -> backing page first (a walk reads both
-    // halves of an entry, and the same few tables walk after walk), small enough for V8 to inline (7 of the 8
-    // reads of a 4-level walk: no Math.floor, whose lookup and call take more bytecode than this subtraction).
+    // The page walker's read, small enough for V8 to inline at every read of a walk: below 4 GiB, in integer
+    // arithmetic (pa >>> 12 is the page number of any pa < 2^32), the backing page from `low`.
+    const gfn = pa >>> 12;
+    if (pa < 4294967296 && gfn < this.low.length) return this.u32[(this.low[gfn]! << 10) | ((pa & 0xfff) >>> 2)]!;
+    return this.read32High(pa);
+  }
+
+  /** `read32` above `low`: a small direct-mapped cache of gfn -> backing page first (a walk reads both halves of an entry, and the same few tables walk after walk). */
+  private read32High(pa: number): number {
     const off = pa & 0xfff; // pa's low 12 bits (exact for any pa below 2^53)
     const gfn = (pa - off) / 4096;
     const i = gfn & READ_CACHE_MASK;
@@ -344,6 +373,7 @@ export class GuestMemory implements PhysicalMemory {
     if (p >= this.gfnOfPage.length) this.grow(Math.min(this.gfnOfPage.length * 2, MAX_BACKED_PAGES + 1));
     this.used = p + 1;
     this.gfnOfPage[p] = gfn;
+    if (gfn < this.low.length) this.low[gfn] = p;
     const i = gfn & READ_CACHE_MASK;
     if (this.rcGfn[i] === gfn) this.rcPage[i] = p; // it read through the zero page until now
     for (const l of this.backListeners) l(gfn, p * PAGE_SIZE);

@@ -112,12 +112,13 @@ describe('GuestMemory', () => {
       expect(mem.gpaToOffset(3 * GiB)).toBe(-1);
     });
 
-    it('read32 (through its gfn -> page cache) always reads what was stored, whatever backs the page (property)', () => {
-      // Guest pages that collide in the 64-entry cache (gfn mod 64 alike), in both slots of a 64 GiB guest,
-      // and one in the MMIO hole (reads 0, writes dropped). Operations: write32 (zeros too: a page stays
+    it('read32 and readOffset (through the map of low RAM or the gfn -> page cache) always read what was stored, whatever backs the page (property)', () => {
+      // Guest pages that collide in the 64-entry cache of RAM above 4 GiB (gfn mod 64 alike), in both slots of a
+      // 64 GiB guest, the last page below the MMIO hole (the last one the map of low RAM holds), and one in the
+      // MMIO hole (reads 0, writes dropped). Operations: write32 (zeros too: a page stays
       // unbacked), a store through gpaToOffset (how the emulator and the vCPU store: it backs the page),
       // backGfn, and reads. A model of the words says what every read must return.
-      const gfns = [5, 69, 133, 6, 3 * 262144 + 5, 4 * 262144 + 5, 4 * 262144 + 69, 40 * 262144 + 5];
+      const gfns = [5, 69, 133, 6, 3 * 262144 - 1, 3 * 262144 + 5, 4 * 262144 + 5, 4 * 262144 + 69, 40 * 262144 + 5];
       const op = fc.record({
         kind: fc.constantFrom('write32', 'store', 'back', 'read'),
         gfn: fc.constantFrom(...gfns),
@@ -143,7 +144,17 @@ describe('GuestMemory', () => {
             } else if (o.kind === 'back') {
               mem.backGfn(o.gfn);
             }
-            for (const g of gfns) for (let w = 0; w < 4; w++) expect(mem.read32(g * 4096 + w * 4)).toBe(model.get(g * 4096 + w * 4) ?? 0);
+            for (const g of gfns) {
+              for (let w = 0; w < 4; w++) expect(mem.read32(g * 4096 + w * 4)).toBe(model.get(g * 4096 + w * 4) ?? 0);
+              // readOffset: -1 for MMIO, else where the word is (the zero page's while the page is not backed).
+              const off = mem.readOffset(g * 4096 + 8);
+              if (mmio(g)) expect(off).toBe(-1);
+              else {
+                expect(off % 4096).toBe(8);
+                expect(mem.u32[off >>> 2]).toBe(model.get(g * 4096 + 8) ?? 0);
+                expect(off >= 4096).toBe(mem.isBacked(g));
+              }
+            }
           }
         }),
         { seed: 0xcace, numRuns: 500 },
