@@ -7,7 +7,8 @@
  *   node scripts/bench.mjs [--quick] [--runs N] [--json FILE] [--write-readme]
  *
  * - packages/core/bench/paging.bench.mjs: the TLB hit and the page walks (ratio: ns per op / ns per element
- *   of a plain Uint32Array scan, timed in runs interleaved with the figure's);
+ *   of a plain Uint32Array scan, timed in runs interleaved with the figure's); then again, in a process of its
+ *   own, the 4-level walk over guest memory and over the shadow MMU's pool (`--memories guest,pool`);
  * - packages/cli/bench/main.bench.mjs: ns per exit on pt-recycle under VMX shadow paging, by exit kind, and the
  *   RxJS exit pipeline's share, in three processes of their own (the median one is reported: the figure varies
  *   from process to process); kbuild natively, under every variant of `vmexit main` and under TDP
@@ -62,6 +63,9 @@ function runBench(script, extra, tag = '') {
 }
 
 const core = runBench('packages/core/bench/paging.bench.mjs', []);
+// The same 4-level walk over the memories the simulator's walks read, in a process of its own (after the dense
+// matrix the walker's reads are polymorphic, which is not what a simulator run sees).
+const coreMemories = runBench('packages/core/bench/paging.bench.mjs', ['--memories', 'guest,pool']);
 // kbuild's variants run round-robin in one process, as `vmexit main` runs them; the exit figures in a process of
 // their own, so that the ns per exit of one variant does not carry the JIT feedback of 19 others run before it.
 // The ns per exit moves from process to process on this machine (by a few percent within a run, and by up to
@@ -93,7 +97,9 @@ const rows = [];
 const verdict = (met) => (met === null ? '' : met ? 'met' : 'MISSED');
 const f1 = (x) => x.toFixed(1);
 const mps = (x) => `${(x / 1e6).toFixed(1)} M/s`;
-const walk = core.walks.find((w) => w.mode === 'long4' && w.pageSize === 4096 && w.layout === 'resident');
+const walk = core.walks.find((w) => w.mode === 'long4' && w.pageSize === 4096 && w.layout === 'resident' && w.memory === 'dense');
+// The same walk over the memories the simulator's walks read (no target of their own).
+const walkOver = (memory) => coreMemories.walks.find((w) => w.mode === 'long4' && w.pageSize === 4096 && w.layout === 'resident' && w.memory === memory);
 rows.push([
   'TLB hit (Tlb.lookup)',
   `${f1(core.tlbHit.mPerS)} M/s`,
@@ -102,6 +108,13 @@ rows.push([
   core.tlbHit.ratioToScan,
 ]);
 rows.push(['4-level walk, 4 KiB, tables cache-resident', `${walk.nsPerOp.toFixed(2)} ns`, `<= ${walk.targetNs} ns`, verdict(walk.targetMet), walk.ratioToScan]);
+for (const [memory, label] of [
+  ['guest', 'the same walk in guest memory (GuestMemory: the guest walks)'],
+  ['pool', "the same walk in the shadow MMU's pool (the hardware walk of shadow tables)"],
+]) {
+  const w = walkOver(memory);
+  if (w !== undefined) rows.push([`  ${label}`, `${w.nsPerOp.toFixed(2)} ns`, '', '', w.ratioToScan]);
+}
 for (const v of main.kbuild.variants) {
   const name = v.spec === 'native' ? 'kbuild natively' : `kbuild, ${v.spec}`;
   const value = v.spec === 'native' ? mps(v.accessesPerSecond) : `${mps(v.accessesPerSecond)}, ${v.ratioToNative.toFixed(2)}x native (${v.exits} exits)`;

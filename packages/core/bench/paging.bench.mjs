@@ -7,6 +7,9 @@
  *
  * --filter runs only the walk cases whose name ("long4 4K resident") contains TEXT (for profiling with
  * `node --cpu-prof`); the scan and the TLB figures always run, since every ratio needs the scan.
+ * --memories says which memories the walks read (default dense): `dense` (DensePhysicalMemory: every mode and
+ * page size, the walk's own cost), `guest` (GuestMemory) and `pool` (the shadow MMU's pool, SptePoolMemory),
+ * the last two for the 4-level resident walk only: the memories the simulator's walks read.
  *
  * Every figure: WARMUP untimed runs, then N timed runs (default 7), each followed by a timed run of the plain
  * scan; the median is reported, and its ratio to the median of the scan runs interleaved with it. Before any
@@ -23,10 +26,10 @@ import { parseBenchArgs } from '../../../scripts/bench-args.mjs';
 // The TLB, dense memory and the PDPTE load are internal (not in the package's entry): imported from their files.
 let core;
 try {
-  const [entry, dense, tlb, walker] = await Promise.all(
-    ['../dist/index.js', '../dist/memory/dense.js', '../dist/tlb/tlb.js', '../dist/paging/walker.js'].map((p) => import(p)),
+  const [entry, dense, tlb, walker, mmu] = await Promise.all(
+    ['../dist/index.js', '../dist/memory/dense.js', '../dist/tlb/tlb.js', '../dist/paging/walker.js', '../dist/mmu/index.js'].map((p) => import(p)),
   );
-  core = { ...entry, ...dense, ...tlb, loadPdptes: walker.loadPdptes };
+  core = { ...entry, ...dense, ...tlb, loadPdptes: walker.loadPdptes, SptePool: mmu.SptePool, SptePoolMemory: mmu.SptePoolMemory, POOL_BASE: mmu.POOL_BASE };
 } catch (e) {
   process.stderr.write(`paging.bench: cannot load ../dist/index.js (${e.message}); build first: npx tsc -b packages/core\n`);
   process.exit(1);
@@ -35,6 +38,7 @@ const {
   ACC_READ,
   ACC_USER,
   DensePhysicalMemory,
+  GuestMemory,
   MODE_LEGACY32,
   MODE_LONG4,
   MODE_LONG5,
@@ -45,6 +49,9 @@ const {
   PT_PRESENT,
   PT_USER,
   PT_WRITABLE,
+  POOL_BASE,
+  SptePool,
+  SptePoolMemory,
   TLB_READ_SUP,
   TLB_READ_USER,
   TLB_WRITE_SUP,
@@ -63,15 +70,24 @@ const {
 // Command line
 
 let filter = null;
+let memories = ['dense'];
+const MEMORIES = ['dense', 'guest', 'pool'];
 const opts = parseBenchArgs({
   name: 'paging.bench',
-  synopsis: 'node bench/paging.bench.mjs [--json FILE] [--runs N] [--quick] [--filter TEXT]',
+  synopsis: 'node bench/paging.bench.mjs [--json FILE] [--runs N] [--quick] [--filter TEXT] [--memories dense,guest,pool]',
   runs: 7,
   maxRuns: 101,
   options: {
     '--filter': (next, usage) => {
       filter = next();
       if (filter === undefined) usage('--filter needs a text (e.g. "long4 4K resident")');
+    },
+    '--memories': (next, usage) => {
+      const v = next();
+      if (v === undefined || v.startsWith('--')) usage(`--memories needs a list of ${MEMORIES.join(', ')}`);
+      memories = v.split(',');
+      const bad = memories.find((m) => !MEMORIES.includes(m));
+      if (bad !== undefined) usage(`--memories: '${bad}' is not one of ${MEMORIES.join(', ')}`);
     },
   },
 });
@@ -296,14 +312,19 @@ class TableBuilder {
 /**
  * One walk configuration: `mode`, the leaf level, and the layout. 'resident': a few tables (the mapped
  * pages share them). 'scattered': SCATTER_PAGES pages at random indices on every level, each new table at a
- * random frame of a SCATTER_MEM memory, so nearly every walk reads cold lines.
+ * random frame of a SCATTER_MEM memory, so nearly every walk reads cold lines. `memory` says where the tables
+ * are: 'dense' (DensePhysicalMemory, the walk's own cost), 'guest' (GuestMemory, what the vCPU's walk of the
+ * guest's tables and the shadow MMU's guest walk read) or 'pool' (the shadow MMU's pool at POOL_BASE, through
+ * SptePoolMemory: the hardware's walk of shadow tables, which reads the pool's words directly).
  */
-function buildWalkCase(mode, level, layout, seed) {
+function buildWalkCase(mode, level, layout, seed, memory = 'dense') {
   const rand = mulberry32(seed);
   const size = leafSize(mode, level);
   const scattered = layout === 'scattered';
   const memBytes = scattered ? SCATTER_MEM : 1 << 20;
-  const mem = new DensePhysicalMemory(memBytes);
+  const mem =
+    memory === 'guest' ? new GuestMemory(memBytes) : memory === 'pool' ? poolMemory(memBytes / KB4) : new DensePhysicalMemory(memBytes);
+  const frameBase = memory === 'pool' ? POOL_BASE : 0;
   // Table frames: scattered layouts take frames in a shuffled order; resident ones take them in a row.
   const frames = memBytes / KB4;
   const order = new Uint32Array(frames);
@@ -319,7 +340,7 @@ function buildWalkCase(mode, level, layout, seed) {
   let used = 0;
   const nextFrame = () => {
     if (used >= frames) throw new Error(`walk case ${pagingModeName(mode)} ${layout}: out of table frames`);
-    return order[used++] * KB4;
+    return frameBase + order[used++] * KB4;
   };
   const b = new TableBuilder(mode, mem, nextFrame);
 
@@ -378,6 +399,13 @@ function buildWalkCase(mode, level, layout, seed) {
   return { mode, size, layout, ctx, mem, vas, tables: b.tables, pages: pages.length };
 }
 
+/** An SptePoolMemory whose pool holds `frames` frames at POOL_BASE (over a small guest memory it never reads here). */
+function poolMemory(frames) {
+  const pool = new SptePool(frames);
+  pool.ensure(frames - 1);
+  return new SptePoolMemory(pool, new GuestMemory(1 << 20));
+}
+
 /** The timed loop: one walk per trace entry, with side effects (the vCPU's miss path). */
 function walkLoop(ctx, mem, vas, out, access, flags) {
   let s = 0;
@@ -402,7 +430,19 @@ const WALK_CASES = [
 ];
 const walkOut = new WalkResult();
 let seed = 0x5eed_1000;
-for (const [mode, level] of WALK_CASES) {
+// The 4-level walk over the memories the simulator walks (--memories guest,pool): guest memory and the shadow MMU's
+// pool, in a process of their own (the walker then sees no other memory, as in a simulator run: after dense memory,
+// the walk's reads are polymorphic and each case takes up to twice as long). Every mode and page size over dense
+// memory (the default): the walk's own cost, with the target.
+for (const memory of ['guest', 'pool']) {
+  if (!memories.includes(memory)) continue;
+  const caseSeed = 0x5eed_2000 + (memory === 'guest' ? 0 : 1);
+  if (filter !== null && !`long4 4K resident ${memory}`.includes(filter)) continue;
+  const c = buildWalkCase(MODE_LONG4, 1, 'resident', caseSeed, memory);
+  const m = measure(WALK_LEN, () => walkLoop(c.ctx, c.mem, c.vas, walkOut, ACC_USER, WALK_SIDE_EFFECTS));
+  results.walks.push({ mode: 'long4', pageSize: c.size, layout: 'resident', memory, tables: c.tables, pages: c.pages, ...m });
+}
+for (const [mode, level] of memories.includes('dense') ? WALK_CASES : []) {
   for (const layout of ['resident', 'scattered']) {
     const caseSeed = seed++;
     if (filter !== null && !`${pagingModeName(mode)} ${sizeName(leafSize(mode, level))} ${layout}`.includes(filter)) continue;
@@ -412,6 +452,7 @@ for (const [mode, level] of WALK_CASES) {
       mode: pagingModeName(mode),
       pageSize: c.size,
       layout,
+      memory: 'dense',
       tables: c.tables,
       pages: c.pages,
       ...m,
@@ -432,6 +473,9 @@ const fmt = (x, d) => x.toFixed(d).padStart(9);
 const TLB_TARGET = 200; // M accesses/s
 const WALK_TARGET = 30; // ns per 4-level walk, tables cache-resident
 
+/** The walk the target is set for: 4-level, 4 KiB, resident tables in dense memory. */
+const isTargetWalk = (w) => w.mode === 'long4' && w.pageSize === KB4 && w.layout === 'resident' && w.memory === 'dense';
+
 const lines = [];
 lines.push(`vmexit core benchmark: node ${process.version}, ${RUNS} timed runs after ${WARMUP} warm-up(s), median (min-max)${opts.quick ? ', --quick' : ''}`);
 lines.push(`scan/TLB trace: ${SCAN_LEN} addresses over ${TLB_PAGES} pages; walks: ${WALK_LEN} per run`);
@@ -445,9 +489,8 @@ row('(a) plain scan, Uint32Array sum', results.scan);
 const tlbM = 1e3 / results.tlb.nsPerOp;
 row('(b) TLB hit, Tlb.lookup', results.tlb, `   target >= ${TLB_TARGET} M/s: ${tlbM >= TLB_TARGET ? 'met' : 'MISSED'}`);
 for (const w of results.walks) {
-  const name = `(c) walk ${w.mode} ${sizeName(w.pageSize)} ${w.layout} (${w.tables} tbl)`;
-  const target =
-    w.mode === 'long4' && w.pageSize === KB4 && w.layout === 'resident' ? `   target <= ${WALK_TARGET} ns: ${w.nsPerOp <= WALK_TARGET ? 'met' : 'MISSED'}` : '';
+  const name = `(c) walk ${w.mode} ${sizeName(w.pageSize)} ${w.layout}${w.memory === 'dense' ? '' : ` ${w.memory}`} (${w.tables} tbl)`;
+  const target = isTargetWalk(w) ? `   target <= ${WALK_TARGET} ns: ${w.nsPerOp <= WALK_TARGET ? 'met' : 'MISSED'}` : '';
   row(name, w, target);
 }
 lines.push('');
@@ -476,7 +519,7 @@ if (opts.json !== null) {
       ...w,
       mPerS: 1e3 / w.nsPerOp,
       ratioToScan: w.nsPerOp / w.scanNsPerElement,
-      ...(w.mode === 'long4' && w.pageSize === KB4 && w.layout === 'resident' ? { targetNs: WALK_TARGET, targetMet: w.nsPerOp <= WALK_TARGET } : {}),
+      ...(isTargetWalk(w) ? { targetNs: WALK_TARGET, targetMet: w.nsPerOp <= WALK_TARGET } : {}),
     })),
   };
   try {

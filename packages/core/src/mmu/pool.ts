@@ -46,7 +46,7 @@ export class SptePool {
     if (!Number.isInteger(base) || base % PAGE_SIZE !== 0 || base <= 0) throw new RangeError(`pool base ${base} is not a positive 4 KiB-aligned address`);
     this.capacity = capacity;
     this.base = base;
-    this.baseHi = base % 4294967296 === 0 ? base / 4294967296 : -1;
+    this.baseHi = base % 4294967296 === 0 ? (base / 4294967296) | 0 : -1; // an int32 (bits 51:32), not a double
     this.words = new Uint32Array(Math.min(capacity, INITIAL_FRAMES) * SPTES_PER_PAGE * 2);
   }
 
