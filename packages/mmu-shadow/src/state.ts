@@ -36,7 +36,8 @@ import { ScratchEvents } from './scratch-events.js';
 /** The most roots a vCPU's guest state needs: four PAE (or quadrant) roots. */
 export const MAX_ROOTS = 4;
 /** The high half of POOL_BASE (a non-leaf spte's address bits 51:32 are at least this). */
-const POOL_BASE_HI = POOL_BASE / 4294967296;
+// An int32: a division leaves a double (a heap number), which made `childPage` float arithmetic.
+const POOL_BASE_HI = (POOL_BASE / 4294967296) | 0;
 
 /**
  * The counters an exit adds to on the MMU's hot paths (a fault, an emulated pte write), by index: a vCPU keeps
