@@ -322,8 +322,7 @@ function buildWalkCase(mode, level, layout, seed, memory = 'dense') {
   const size = leafSize(mode, level);
   const scattered = layout === 'scattered';
   const memBytes = scattered ? SCATTER_MEM : 1 << 20;
-  const mem =
-    memory === 'guest' ? new GuestMemory(memBytes) : memory === 'pool' ? poolMemory(memBytes / KB4) : new DensePhysicalMemory(memBytes);
+  const mem = memory === 'guest' ? new GuestMemory(memBytes) : memory === 'pool' ? poolMemory(memBytes / KB4) : new DensePhysicalMemory(memBytes);
   const frameBase = memory === 'pool' ? POOL_BASE : 0;
   // Table frames: scattered layouts take frames in a shuffled order; resident ones take them in a row.
   const frames = memBytes / KB4;
