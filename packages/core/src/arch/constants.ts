@@ -123,9 +123,12 @@ export const PAGE_MASK = 0xfff;
  * the low 12 bits of the two's complement (exact below 2^53), and the division of a multiple of 4096 by a
  * power of two is exact. Hot paths use it: V8 (Node 20) computes `Math.floor(a / PAGE_SIZE)` with a lookup of
  * Math.floor, of the imported PAGE_SIZE and a true division, where this is a few integer and float operations.
+ * From 0 to 2^32 - 1 it is `a >>> 12` (-0 gives 0 there, no address being -0): V8 then keeps the page number an
+ * integer, as do the fields and maps it goes to, where the division would leave a double in them (a guest page
+ * number kept by the shadow MMU was a heap number).
  */
 export function pageNumber(a: number): number {
-  return (a - (a & 0xfff)) / 4096;
+  return a >= 0 && a < 4294967296 ? a >>> 12 : (a - (a & 0xfff)) / 4096;
 }
 /** Bytes in a 2 MiB page (a PDE leaf in PAE and IA-32e paging). */
 export const SIZE_2M = 2 * 1024 * 1024;
