@@ -164,7 +164,7 @@ process.stdout.write(
   "\nx scan: accesses/s divided by the plain scan's represented accesses/s, or ns divided by the scan's ns per element (per trace record for the exit figures), measured in the same run.\n",
 );
 
-if (opts.json !== null) writeFileSync(opts.json, JSON.stringify({ context, loadStart, loadEnd, core, main }, null, 2) + '\n');
+if (opts.json !== null) writeFileSync(opts.json, JSON.stringify({ context, loadStart, loadEnd, core, coreMemories, main }, null, 2) + '\n');
 
 if (writeReadme) {
   const path = join(root, 'README.md');

@@ -9,7 +9,9 @@
  * `node --cpu-prof`); the scan and the TLB figures always run, since every ratio needs the scan.
  * --memories says which memories the walks read (default dense): `dense` (DensePhysicalMemory: every mode and
  * page size, the walk's own cost), `guest` (GuestMemory) and `pool` (the shadow MMU's pool, SptePoolMemory),
- * the last two for the 4-level resident walk only: the memories the simulator's walks read.
+ * the last two for the 4-level resident walk only: the memories the simulator's walks read. Give those two a
+ * process of their own (as scripts/bench.mjs does): in a combined run they go first, and the dense cases after
+ * them run on a walker whose reads are polymorphic, slower than in a dense-only run.
  *
  * Every figure: WARMUP untimed runs, then N timed runs (default 7), each followed by a timed run of the plain
  * scan; the median is reported, and its ratio to the median of the scan runs interleaved with it. Before any

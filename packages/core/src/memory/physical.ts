@@ -28,6 +28,6 @@ export interface DirectWords extends PhysicalMemory {
   readonly directWords: Uint32Array;
   /** The physical address of word 0. */
   readonly directBase: number;
-  /** Bits 51:32 of `directBase` when it is a multiple of 4 GiB, else -1 (the walker's integer arithmetic). */
+  /** Bits 51:32 of `directBase` when it is a multiple of 4 GiB, else -1 (the walker's integer arithmetic: it takes it `| 0`). */
   readonly directBaseHi: number;
 }

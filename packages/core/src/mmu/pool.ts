@@ -44,6 +44,9 @@ export class SptePool {
   constructor(capacity: number, base: number = POOL_BASE) {
     if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError(`shadow pool capacity must be a positive integer, not ${capacity}`);
     if (!Number.isInteger(base) || base % PAGE_SIZE !== 0 || base <= 0) throw new RangeError(`pool base ${base} is not a positive 4 KiB-aligned address`);
+    // The frames must be addressable by a 52-bit physical address (the architectural MAXPHYADDR limit), which also
+    // keeps `baseHi` an int32.
+    if (base + capacity * PAGE_SIZE > 2 ** 52) throw new RangeError(`a pool of ${capacity} frames at ${base} does not end below 2^52`);
     this.capacity = capacity;
     this.base = base;
     this.baseHi = base % 4294967296 === 0 ? (base / 4294967296) | 0 : -1; // an int32 (bits 51:32), not a double
