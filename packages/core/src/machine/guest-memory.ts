@@ -248,14 +248,14 @@ export class GuestMemory implements PhysicalMemory {
   /** The backing page of `gpa` from `low` (0: not backed, MMIO, or above `low`: ask the slots). */
   private lowPage(gpa: number): number {
     const gfn = gpa >>> 12;
-    return gpa < 4294967296 && gfn < this.low.length ? this.low[gfn]! : 0;
+    return gpa >>> 0 === gpa && gfn < this.low.length ? this.low[gfn]! : 0; // gpa >>> 0 === gpa: an integer in [0, 2^32)
   }
 
   read32(pa: number): number {
-    // The page walker's read, small enough for V8 to inline at every read of a walk: below 4 GiB, in integer
-    // arithmetic (pa >>> 12 is the page number of any pa < 2^32), the backing page from `low`.
+    // The page walker's read, small enough for V8 to inline at every read of a walk: below 4 GiB (pa >>> 0 === pa:
+    // an integer in [0, 2^32), whose page number pa >>> 12 is), the backing page from `low`.
     const gfn = pa >>> 12;
-    if (pa < 4294967296 && gfn < this.low.length) return this.u32[(this.low[gfn]! << 10) | ((pa & 0xfff) >>> 2)]!;
+    if (pa >>> 0 === pa && gfn < this.low.length) return this.u32[(this.low[gfn]! << 10) | ((pa & 0xfff) >>> 2)]!;
     return this.read32High(pa);
   }
 
