@@ -305,7 +305,10 @@ function fetch(
       access = roleAccess(sp.role) & gpteAccess(r.entryLo[level]!, r.entryHi[level]!, nxe);
     } else {
       const span = GFNS_PER_ENTRY[level]!;
-      childGfn = Math.floor(gfn / span) * span;
+      // The span's first gfn: by a mask (exact for any gfn below 2^53 while span <= 2^31; a direct child is under a
+      // guest 2 MiB or 1 GiB page, span 512 or 2^18), an integer, where Math.floor(gfn / span) * span was a heap
+      // number in the page's gfn field (V8 then keeps every page's gfn as a double).
+      childGfn = span <= 0x80000000 ? gfn - (gfn & (span - 1)) : Math.floor(gfn / span) * span;
       access = pteAccess;
     }
     const role = childRole(sp.role, idx, direct, access);

@@ -49,7 +49,7 @@ export function createPageCache<P extends MmuPage>(maxPages: number, poolBase: n
 /** The hash bucket of `gfn` (KVM `kvm_page_table_hashfn`; a multiplicative hash over both halves of the gfn). */
 export function pageHashOf(gfn: number): number {
   const lo = gfn >>> 0;
-  const hi = Math.floor(gfn / 4294967296);
+  const hi = lo === gfn ? 0 : Math.floor(gfn / 4294967296); // no division for a gfn below 2^32
   return (Math.imul(lo ^ Math.imul(hi, 0x85ebca6b), 0x9e3779b1) >>> (32 - KVM_MMU_HASH_SHIFT)) & ((1 << KVM_MMU_HASH_SHIFT) - 1);
 }
 
@@ -117,5 +117,5 @@ export function growPageCache<P extends MmuPage>(c: PageCache<P>, n: number): vo
 
 /** The page that holds spte location `loc`. */
 export function pageOfLoc<P extends MmuPage>(c: PageCache<P>, loc: number): P {
-  return c.pages[Math.floor(loc / SPTES_PER_PAGE)]!;
+  return c.pages[loc >>> 0 === loc ? loc >>> 9 : Math.floor(loc / SPTES_PER_PAGE)]!; // loc / 512, by a shift below 2^32
 }

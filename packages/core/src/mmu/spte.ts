@@ -167,8 +167,12 @@ export function makeLeafSpte(
   format: SpteFormat = SPTE_FORMAT_SHADOW,
   level = 1,
 ): void {
-  let lo = ((gfn % 0x100000) * PAGE_SIZE + (format.presentLo | format.mmuPresentLo | format.accessedLo | format.memtypeLo)) >>> 0;
-  let hi = Math.floor(gfn / 0x100000) | pkeyHi;
+  // The gfn's bits 19:0 go to address bits 31:12 and the rest to the high half: by shifts for a gfn below 2^32
+  // (gfn >>> 0 === gfn), with no fmod or division.
+  const small = gfn >>> 0 === gfn;
+  let lo =
+    ((small ? (gfn & 0xfffff) << 12 : (gfn % 0x100000) * PAGE_SIZE) | format.presentLo | format.mmuPresentLo | format.accessedLo | format.memtypeLo) >>> 0;
+  let hi = (small ? gfn >>> 20 : Math.floor(gfn / 0x100000)) | pkeyHi;
   if (level > 1) lo |= SPTE_LARGE;
   if (hostWritable) {
     lo |= format.hostWritableLo;
