@@ -23,7 +23,7 @@ import {
   type Vcpu,
   WalkResult,
 } from '@vmexit/core';
-import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, childRole, GFNS_PER_ENTRY, makeLeafSpte, roleAccess, sptePa } from '@vmexit/core/mmu';
+import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, childRole, GFNS_PER_ENTRY, makeLeafSpte, roleAccess, spanStart, sptePa } from '@vmexit/core/mmu';
 import { decidePrefetchEvent, decideTrackedWriteEvent } from './decisions.js';
 import { HOST_GFN_LIMIT } from './context.js';
 import { ShadowMmuError } from './errors.js';
@@ -305,10 +305,7 @@ function fetch(
       access = roleAccess(sp.role) & gpteAccess(r.entryLo[level]!, r.entryHi[level]!, nxe);
     } else {
       const span = GFNS_PER_ENTRY[level]!;
-      // The span's first gfn: by a mask (exact for any gfn below 2^53 while span <= 2^31; a direct child is under a
-      // guest 2 MiB or 1 GiB page, span 512 or 2^18), an integer, where Math.floor(gfn / span) * span was a heap
-      // number in the page's gfn field (V8 then keeps every page's gfn as a double).
-      childGfn = span <= 0x80000000 ? gfn - (gfn & (span - 1)) : Math.floor(gfn / span) * span;
+      childGfn = spanStart(gfn, span);
       access = pteAccess;
     }
     const role = childRole(sp.role, idx, direct, access);

@@ -281,6 +281,8 @@ export abstract class ShadowMmuState implements PageCache<ShadowPage> {
     this.nextFrame = c.nextFrame;
     this.shadowMemory = new SptePoolMemory(this.pool, memory);
     this.rmaps = new Rmaps(memory);
+    // Replaced when a dirty log is attached (only read while a slot logs): set here so that every MMU has the one shape.
+    this.dirtyMarkingMemory = memory;
   }
 
   /** Free pages (KVM `kvm_mmu_available_pages`). */

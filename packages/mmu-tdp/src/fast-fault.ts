@@ -1,5 +1,5 @@
-import { PAGE_SIZE, type MmuHost } from '@vmexit/core';
-import { FAST_PH_CMPXCHG, FAST_PH_END, FAST_PH_READ, FAST_SPURIOUS, LocklessFastFault, type FastFaultMutation, type SptePool } from '@vmexit/core/mmu';
+import { pageNumber, type MmuHost } from '@vmexit/core';
+import { FAST_PH_CMPXCHG, FAST_PH_END, FAST_PH_READ, FAST_SPURIOUS, LocklessFastFault, spanStart, type FastFaultMutation, type SptePool } from '@vmexit/core/mmu';
 import { isPresentSpte } from './mmio.js';
 import type { TdpPage } from './page.js';
 import type { TdpMmuState } from './state.js';
@@ -55,7 +55,7 @@ export class TdpFastPageFault extends LocklessFastFault {
 
   /** Begins a fast page fault on `gpa` (KVM `fast_page_fault` entry; the caller checked `pageFaultCanBeFast`). */
   start(gpa: number): void {
-    this.gfn = Math.floor(gpa / PAGE_SIZE);
+    this.gfn = pageNumber(gpa);
     this.begin();
   }
 
@@ -108,7 +108,7 @@ export class TdpFastPageFault extends LocklessFastFault {
   protected markDirty(): void {
     // mark_page_dirty_in_slot(fault->gfn): the leaf's first gfn (a huge leaf is fixed only outside a logged slot).
     const span = SPAN[this.level]!;
-    if (this.s.dirtyLog !== null) this.s.dirtyLog.markPageDirty(Math.floor(this.gfn / span) * span, this.vcpuId);
+    if (this.s.dirtyLog !== null) this.s.dirtyLog.markPageDirty(spanStart(this.gfn, span), this.vcpuId);
   }
 
   /** Whether the faulting gfn's memslot logs dirty pages (KVM `kvm_slot_dirty_track_enabled(fault->slot)`). */

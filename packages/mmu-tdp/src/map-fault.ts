@@ -1,5 +1,5 @@
 import { type Memslot } from '@vmexit/core';
-import { ACC_ALL, childRole, makeLeafSpte } from '@vmexit/core/mmu';
+import { ACC_ALL, childRole, makeLeafSpte, spanStart } from '@vmexit/core/mmu';
 import { linkPage, newPage, splitHuge } from './map.js';
 import { isMmioSpte, isPresentSpte } from './mmio.js';
 import type { TdpPage } from './page.js';
@@ -158,7 +158,7 @@ export class TdpMapFault {
       if (level !== this.goal) return present ? PH_SPLIT : PH_LINK; // a huge leaf above the goal, or no page table
       const span = SPAN[level]!;
       const w = this.writable;
-      makeLeafSpte(s.scratch, Math.floor(gfn / span) * span, ACC_ALL, w, w, 0, s.format, level);
+      makeLeafSpte(s.scratch, spanStart(gfn, span), ACC_ALL, w, w, 0, s.format, level);
       this.newLo = s.scratch.lo;
       this.newHi = s.scratch.hi;
       if (present && isLeaf(lo, level)) {
@@ -192,7 +192,7 @@ export class TdpMapFault {
     const level = this.level;
     if (isMmioSpte(this.lo, this.hi)) s.mmioSptes--; // a stale MMIO spte above the goal (a memslot appeared): replaced
     const span = SPAN[level]!;
-    const child = newPage(s, Math.floor(this.gfn / span) * span, childRole(sp.role, this.loc - sp.base, true, ACC_ALL), this.loc);
+    const child = newPage(s, spanStart(this.gfn, span), childRole(sp.role, this.loc - sp.base, true, ACC_ALL), this.loc);
     linkPage(s, this.loc, child);
     this.sp = child;
     this.level = level - 1;
@@ -216,7 +216,7 @@ export class TdpMapFault {
     if (added) addLeaf(s, level);
     // make_spte: "if ((spte & PT_WRITABLE_MASK) && kvm_slot_dirty_track_enabled(slot)) mark_page_dirty_in_slot()".
     const span = SPAN[level]!;
-    if (this.writable && s.dirtyLog !== null) s.dirtyLog.markPageDirty(Math.floor(this.gfn / span) * span, this.vcpuId);
+    if (this.writable && s.dirtyLog !== null) s.dirtyLog.markPageDirty(spanStart(this.gfn, span), this.vcpuId);
     this.result = MAP_FIXED;
     return PH_IDLE;
   }

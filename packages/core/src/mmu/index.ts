@@ -68,7 +68,7 @@ export {
   rootRole,
   rootRoleOf,
 } from './role.js';
-export { GFNS_PER_ENTRY, RMAP_LEVELS, Rmaps, SpteList } from './rmap.js';
+export { GFNS_PER_ENTRY, RMAP_LEVELS, Rmaps, spanStart, SpteList } from './rmap.js';
 export { MmuPage } from './page.js';
 export {
   allocPage,

@@ -132,6 +132,15 @@ export class Rmaps {
  */
 export const GFNS_PER_ENTRY: readonly number[] = [0, 1, 512, 262144, 134217728, 68719476736, 35184372088832];
 
+/**
+ * The first gfn of the aligned run of `span` gfns (a power of two) that holds `gfn`: `Math.floor(gfn / span) * span`,
+ * by a mask while span <= 2^31 (exact for any integer gfn below 2^53), so that the result is an integer for V8 too (a
+ * page gfn made by the division was a heap number, and V8 then kept every MMU page's `gfn` as a double).
+ */
+export function spanStart(gfn: number, span: number): number {
+  return span <= 0x80000000 ? gfn - (gfn & (span - 1)) : Math.floor(gfn / span) * span;
+}
+
 /** KVM `gfn_to_index`: the rmap index of `gfn` at `level` within a slot starting at `baseGfn`. */
 export function gfnToIndex(gfn: number, baseGfn: number, level: number): number {
   const d = GFNS_PER_ENTRY[level]!;

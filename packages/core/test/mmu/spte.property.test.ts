@@ -1,6 +1,17 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { ACC_EXEC_MASK, ACC_USER_MASK, makeLeafSpte, SPTE_FORMAT_EPT, SPTE_FORMAT_NPT, SPTE_FORMAT_SHADOW, SpteHalves, sptePa } from '../../src/mmu/index.js';
+import {
+  ACC_EXEC_MASK,
+  ACC_USER_MASK,
+  GFNS_PER_ENTRY,
+  makeLeafSpte,
+  spanStart,
+  SPTE_FORMAT_EPT,
+  SPTE_FORMAT_NPT,
+  SPTE_FORMAT_SHADOW,
+  SpteHalves,
+  sptePa,
+} from '../../src/mmu/index.js';
 
 /*
  * makeLeafSpte puts the gfn in the address bits by shifts below 2^32 and by division above: either way the spte
@@ -34,6 +45,18 @@ describe('makeLeafSpte (properties)', () => {
         },
       ),
       { seed: 0x5be7, numRuns: 5000 },
+    );
+  });
+});
+
+describe('spanStart (properties)', () => {
+  it('is Math.floor(gfn / span) * span for every gfn below 2^53 and every span of GFNS_PER_ENTRY', () => {
+    fc.assert(
+      fc.property(fc.oneof(fc.integer({ min: 0, max: 2 ** 32 }), fc.maxSafeNat()), fc.integer({ min: 1, max: GFNS_PER_ENTRY.length - 1 }), (gfn, level) => {
+        const span = GFNS_PER_ENTRY[level]!;
+        expect(spanStart(gfn, span)).toBe(Math.floor(gfn / span) * span);
+      }),
+      { seed: 0x5a4, numRuns: 5000 },
     );
   });
 });
