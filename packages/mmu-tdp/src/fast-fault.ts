@@ -1,5 +1,14 @@
 import { pageNumber, type MmuHost } from '@vmexit/core';
-import { FAST_PH_CMPXCHG, FAST_PH_END, FAST_PH_READ, FAST_SPURIOUS, LocklessFastFault, spanStart, type FastFaultMutation, type SptePool } from '@vmexit/core/mmu';
+import {
+  FAST_PH_CMPXCHG,
+  FAST_PH_END,
+  FAST_PH_READ,
+  FAST_SPURIOUS,
+  LocklessFastFault,
+  spanStart,
+  type FastFaultMutation,
+  type SptePool,
+} from '@vmexit/core/mmu';
 import { isPresentSpte } from './mmio.js';
 import type { TdpPage } from './page.js';
 import type { TdpMmuState } from './state.js';
