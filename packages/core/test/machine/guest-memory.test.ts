@@ -157,7 +157,7 @@ describe('GuestMemory', () => {
             }
           }
         }),
-        { seed: 0xcace, numRuns: 500 },
+        { seed: 0xcace, numRuns: 300 },
       );
     });
 
@@ -210,7 +210,7 @@ describe('GuestMemory', () => {
             }
           }
         }),
-        { seed: 0x10a4, numRuns: 300 },
+        { seed: 0x10a4, numRuns: 120 },
       );
     });
 
