@@ -97,9 +97,9 @@ const rows = [];
 const verdict = (met) => (met === null ? '' : met ? 'met' : 'MISSED');
 const f1 = (x) => x.toFixed(1);
 const mps = (x) => `${(x / 1e6).toFixed(1)} M/s`;
-const walk = core.walks.find((w) => w.mode === 'long4' && w.pageSize === 4096 && w.layout === 'resident' && w.memory === 'dense');
-// The same walk over the memories the simulator's walks read (no target of their own).
-const walkOver = (memory) => coreMemories.walks.find((w) => w.mode === 'long4' && w.pageSize === 4096 && w.layout === 'resident' && w.memory === memory);
+/** The 4-level walk with resident 4 KiB tables over `memory` in a paging bench document. */
+const residentWalk = (doc, memory) => doc.walks.find((w) => w.mode === 'long4' && w.pageSize === 4096 && w.layout === 'resident' && w.memory === memory);
+const walk = residentWalk(core, 'dense');
 rows.push([
   'TLB hit (Tlb.lookup)',
   `${f1(core.tlbHit.mPerS)} M/s`,
@@ -112,7 +112,7 @@ for (const [memory, label] of [
   ['guest', 'the same walk in guest memory (GuestMemory: the guest walks)'],
   ['pool', "the same walk in the shadow MMU's pool (the hardware walk of shadow tables)"],
 ]) {
-  const w = walkOver(memory);
+  const w = residentWalk(coreMemories, memory); // the same walk over a memory the simulator's walks read (no target)
   if (w !== undefined) rows.push([`  ${label}`, `${w.nsPerOp.toFixed(2)} ns`, '', '', w.ratioToScan]);
 }
 for (const v of main.kbuild.variants) {
