@@ -12,6 +12,19 @@ import type { CellExecutor } from './sweep.js';
 /** Socket errors that mean Redis is away (an outage), whatever the client's status says at that moment. */
 const CONNECTION_ERRORS = new Set(['ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'ENOTCONN', 'EHOSTUNREACH', 'ENETUNREACH']);
 
+/**
+ * What a message says lost the connection: the socket's last error (its code: ECONNREFUSED, ...), or, when none
+ * came, that the connection closed. A server that dies closes its sockets without an error on the client's side,
+ * and the first reconnection attempt, whose failure names ECONNREFUSED, comes only after a delay (BullMQ's retry
+ * strategy waits at least 1 s), which may be after the deadline.
+ */
+function lostCause(lastError: Error | null, status: string): string {
+  const code = (lastError as NodeJS.ErrnoException | null)?.code;
+  if (code !== undefined) return code;
+  if (lastError !== null) return lastError.message;
+  return status === 'reconnecting' || status === 'close' || status === 'end' ? 'connection closed' : 'no answer';
+}
+
 /** Where the Redis is: `redis://[:PASSWORD@]HOST:PORT[/DB]`. */
 export interface RedisConnection {
   readonly host: string;
@@ -192,7 +205,7 @@ export class QueueExecutor implements CellExecutor {
         p,
         () => client.status === 'ready',
         o.redisTimeoutMs ?? 30_000,
-        () => this.lost(),
+        () => this.lost(client.status),
       );
     const pending = new Map(cells.map((c) => [jobId(c, build.id), c]));
     const job = (id: string, c: Cell) => ({ name: 'cell', data: { ...c, build: build.id } satisfies CellJob, opts: { jobId: id, attempts: o.attempts ?? 3 } });
@@ -249,9 +262,9 @@ export class QueueExecutor implements CellExecutor {
     return queue;
   }
 
-  private lost(): RunFailure {
+  private lost(status: string): RunFailure {
     const c = this.options.connection;
-    const why = (this.lastError as NodeJS.ErrnoException | null)?.code ?? this.lastError?.message ?? 'no answer';
+    const why = lostCause(this.lastError, status);
     const s = (this.options.redisTimeoutMs ?? 30_000) / 1000;
     return new RunFailure(
       `--queue redis://${c.host}:${c.port}: lost the connection (${why}) for ${s} s; the results so far are kept: rerun the sweep once Redis is back`,
@@ -380,7 +393,7 @@ export async function runQueueWorker(o: QueueWorkerOptions): Promise<{ completed
           }
           downSince ??= Date.now();
           if (Date.now() - downSince < timeout) return;
-          const why = (lastError as NodeJS.ErrnoException | null)?.code ?? lastError?.message ?? client.status;
+          const why = lostCause(lastError, client.status);
           reject(new RunFailure(`--queue redis://${o.connection.host}:${o.connection.port}: lost the connection (${why}) for ${timeout / 1000} s`));
         },
         Math.min(1000, timeout / 4),
