@@ -160,7 +160,10 @@ describe('sweep --queue and worker (BullMQ on Redis)', () => {
     // (and as `vmexit sweep` says: "stopping after the cells running now"), it must wait for that cell and keep
     // its result, take back the second, and leave nothing in Redis (no finished job that nobody reads).
     const executor = new QueueExecutor({ connection: parseRedisUrl(redis.url), queueName: queue, pollMs: 50 });
-    const cells = expandGrid({ workloads: ['demand-fault:pages=500'], variants: ['vmx shadow'], modes: ['long4'], seeds: [1, 2] });
+    // The first cell must still be running when the stop reaches Redis: a cell of a second or more (pt-recycle, about
+    // 1.6 million exits), not one of 0.1 s that a loaded machine lets finish first, after which the worker takes the
+    // second cell before the sweep can take it back. Only the first runs: the second is taken back.
+    const cells = expandGrid({ workloads: ['pt-recycle:dirs=64,rounds=4'], variants: ['vmx shadow'], modes: ['long4'], seeds: [1, 2] });
     const stop = new AbortController();
     const out = path.join(tmp, 'stopped');
     const swept = sweep({ cells, out, executor, signal: stop.signal });
