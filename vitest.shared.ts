@@ -5,10 +5,14 @@ import { defineConfig } from 'vitest/config';
  * The vitest settings every package shares: the default reporter for people, and a JSON report that
  * `scripts/test.mjs` sums into the closing "N passed, N failed" line.
  */
-export function vmexitVitestConfig(overrides: { testTimeout?: number; isolate?: boolean } = {}) {
+const TESTS = 'test/**/*.test.ts';
+
+export function vmexitVitestConfig(overrides: { testTimeout?: number; isolate?: boolean; isolated?: readonly string[] } = {}) {
+  const isolated = overrides.isolated ?? [];
   return defineConfig({
     test: {
-      include: ['test/**/*.test.ts'],
+      // (With `isolated`, each project says which files it runs: a project's list would add to this one.)
+      ...(isolated.length > 0 ? {} : { include: [TESTS] }),
       reporters: ['default', 'json'],
       outputFile: { json: '.test-report.json' },
       testTimeout: overrides.testTimeout ?? 60_000,
@@ -25,6 +29,16 @@ export function vmexitVitestConfig(overrides: { testTimeout?: number; isolate?: 
       // it imported for its next test file instead of importing the simulator again for each (that import was a
       // third of these packages' test time on a 2-core machine).
       isolate: overrides.isolate ?? true,
+      // `isolated` (with `isolate: false`): the files that do mock a module (vi.mock) run in a project of their own,
+      // each with a fresh module graph; the others share their worker's, as above.
+      ...(isolated.length > 0
+        ? {
+            projects: [
+              { extends: true, test: { name: 'shared', include: [TESTS], exclude: [...isolated], isolate: false } },
+              { extends: true, test: { name: 'isolated', include: [...isolated], isolate: true } },
+            ],
+          }
+        : {}),
     },
   });
 }

@@ -2,7 +2,10 @@
 // The shape of the source tree, checked on every `npm test`:
 // - no import cycle among the source files of a package (`src/**/*.ts`; type-only imports and re-exports
 //   count, as they tie the files together for a reader as much as a value import does);
-// - no source file over MAX_LINES lines.
+// - no source file over MAX_LINES lines;
+// - in a package whose tests share their worker's modules (`isolate: false` in its vitest.config.ts), no test file
+//   that mocks a module (vi.mock, vi.doMock) unless the config lists it in `isolated`, and no listed file that
+//   does not exist (a mock in a shared worker would meet modules that earlier files already imported).
 // Imports are read with TypeScript's own pre-processor (`ts.preProcessFile`: import, import type, export
 // ... from, import()), and relative specifiers are resolved as the compiler resolves them under NodeNext
 // (`./x.js` -> `./x.ts`, a folder -> its `index.ts`). Every offender is printed; the exit code is 1 if any.
@@ -125,11 +128,35 @@ function packages() {
     .sort();
 }
 
-function main() {
+/**
+ * The test files that mock a module in a package whose vitest config shares modules between test files
+ * (`isolate: false`) without listing them in `isolated` (see vitest.shared.ts), and listed files that are gone.
+ */
+export function isolationProblems(rel) {
   const problems = [];
   for (const pkg of packages()) {
+    const config = join(pkg, 'vitest.config.ts');
+    if (!existsSync(config)) continue;
+    const text = readFileSync(config, 'utf8').replace(/\/\/.*$/gm, '');
+    if (!/\bisolate:\s*false\b/.test(text)) continue;
+    const listed = new Set([...text.matchAll(/'(test\/[^']+)'/g)].map((m) => m[1]));
+    for (const f of listed) if (!existsSync(join(pkg, f))) problems.push(`${rel(config)} lists ${f} in \`isolated\`, which does not exist`);
+    for (const f of sourceFiles(join(pkg, 'test'))) {
+      if (!f.endsWith('.test.ts')) continue;
+      const name = relative(pkg, f);
+      if (/\bvi\.(mock|doMock)\(/.test(readFileSync(f, 'utf8')) && !listed.has(name)) {
+        problems.push(`${rel(f)} mocks a module (vi.mock) but shares its worker's modules: list it in \`isolated\` in ${rel(config)}`);
+      }
+    }
+  }
+  return problems;
+}
+
+function main() {
+  const problems = [];
+  const rel = (f) => relative(root, f);
+  for (const pkg of packages()) {
     const files = sourceFiles(join(pkg, 'src'));
-    const rel = (f) => relative(root, f);
     for (const { files: c, path } of findCycles(importGraph(files))) {
       problems.push(`import cycle among ${c.length} files of ${rel(pkg)}: ${path.map((f) => relative(join(pkg, 'src'), f)).join(' -> ')}`);
     }
@@ -139,8 +166,9 @@ function main() {
       if (lines > MAX_LINES) problems.push(`${rel(f)}: ${lines} lines (at most ${MAX_LINES})`);
     }
   }
+  problems.push(...isolationProblems(rel));
   if (problems.length === 0) {
-    console.log(`shape: no import cycle, no source file over ${MAX_LINES} lines`);
+    console.log(`shape: no import cycle, no source file over ${MAX_LINES} lines, no module mock in a shared test worker`);
     return 0;
   }
   console.error(`shape: ${problems.length} problem(s):`);

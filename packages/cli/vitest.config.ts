@@ -1,3 +1,4 @@
 import { vmexitVitestConfig } from '../../vitest.shared.js';
 
-export default vmexitVitestConfig();
+// program.test.ts mocks @vmexit/lab (vi.mock): it gets a module graph of its own.
+export default vmexitVitestConfig({ isolate: false, isolated: ['test/program.test.ts'] });

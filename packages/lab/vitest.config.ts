@@ -1,3 +1,3 @@
 import { vmexitVitestConfig } from '../../vitest.shared.js';
 
-export default vmexitVitestConfig();
+export default vmexitVitestConfig({ isolate: false });
