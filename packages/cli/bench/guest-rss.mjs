@@ -11,7 +11,11 @@
  */
 import { readFileSync } from 'node:fs';
 import process from 'node:process';
+import { tuneV8 } from '@vmexit/core';
 import { runVariant } from '@vmexit/lab';
+
+// The V8 flags the CLI runs with (core's tuneV8): the figures are the CLI's.
+tuneV8();
 
 const [spec, workload, memory] = process.argv.slice(2);
 if (spec === undefined || workload === undefined || !/^\d+$/.test(memory ?? '')) {

@@ -18,11 +18,14 @@
 import { writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector';
 import process from 'node:process';
-import { createVm, VariantError } from '@vmexit/core';
+import { createVm, tuneV8, VariantError } from '@vmexit/core';
 import { createTraceLoader, TraceError, WorkloadError } from '@vmexit/guest';
 import { InputError, parseVariantSpec } from '@vmexit/lab';
 import { parseBenchArgs } from '../../../scripts/bench-args.mjs';
 import { runWorkloadOn } from '../../../scripts/kbuild-bench.mjs';
+
+// The V8 flags the CLI runs with (core's tuneV8), set before anything is profiled: the profile is the CLI's.
+tuneV8();
 
 // Output cut short by its reader (`| head`) ends the run quietly.
 process.stdout.on('error', (e) => {

@@ -109,6 +109,8 @@ export {
   MMIO_HOLE_START,
 } from './machine/guest-memory.js';
 export { Machine, type MachineOptions } from './machine/machine.js';
+// The V8 flags the simulator runs with (the CLI and the benchmarks set them as they start).
+export { tuneV8, V8_FLAGS } from './engine.js';
 export { Rng } from './machine/rng.js';
 export { type ExceptionHandler, MSR_EFER, Vcpu } from './machine/vcpu.js';
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env node
+import { tuneV8 } from '@vmexit/core';
 import { quietOnEpipe } from '../epipe.js';
 import { main } from '../program.js';
 
+// Before anything runs the simulator: V8's inlining budget for the exit path (core's engine.ts).
+tuneV8();
 quietOnEpipe();
 
 let settled = false;

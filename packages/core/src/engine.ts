@@ -1,0 +1,26 @@
+import { setFlagsFromString } from 'node:v8';
+
+/**
+ * The V8 flags the simulator runs with (`tuneV8`): V8 inlines callees into an optimized function until their
+ * bytecode adds up to `--max-inlined-bytecode-size-cumulative` (920 bytes by default). One exit is a deep chain
+ * of small functions (the vCPU's slow path, the backend, the RxJS pipeline, the MMU's fault handler, the
+ * emulator, the write hook), and at the default budget V8 stops inlining them part way: the chain then pays a
+ * call, and loses what the optimizer could do across it, at every link. A budget of 3000 bytes lets it inline
+ * most of the chain (see DESIGN.md, "Speed", for the measured difference).
+ */
+export const V8_FLAGS: readonly string[] = ['--max-inlined-bytecode-size-cumulative=3000'];
+
+let tuned = false;
+
+/**
+ * Sets `V8_FLAGS` in this process, once (the flags are process-wide: worker threads started later have them
+ * too). Call it before the simulator runs: V8 reads an inlining flag each time it optimizes a function, so
+ * code optimized before the call keeps the old budget until it is optimized again. The CLI calls it as it
+ * starts, and the benchmarks do, so that they measure what the CLI runs. Semantics do not change: only which
+ * functions V8 compiles together.
+ */
+export function tuneV8(): void {
+  if (tuned) return;
+  tuned = true;
+  for (const f of V8_FLAGS) setFlagsFromString(f);
+}
