@@ -227,9 +227,9 @@ export class QueueExecutor implements CellExecutor {
           }
           continue;
         }
-        // Draining, every job not finished is offered back (`removed`): BullMQ refuses while a worker holds its lock
-        // (that cell is waited for), and takes it once the lock expired (its worker died, and no other worker may be
-        // left to find the job stalled: waiting for it would never end).
+        // Draining, every job not finished and not held by a live worker is offered back (`removed`): one no worker has
+        // started, and one whose lock expired (its worker died, and no other worker may be left to find the job
+        // stalled: waiting for it would never end). A job a worker holds is waited for.
         if (state !== 'completed' && state !== 'failed' && !draining) continue;
         const j: Job | undefined = await redis(queue.getJob(id));
         if (j === undefined) continue; // removed meanwhile: the next round finds it unknown
@@ -241,9 +241,19 @@ export class QueueExecutor implements CellExecutor {
           pending.delete(id);
           onOutcome(cell, { ok: false, error: { name: 'QueueError', message: `the job failed after ${j.attemptsMade} attempts: ${j.failedReason}` } });
           await redis(j.remove().catch(() => {}));
+        } else if (state === 'active' && (await redis(client.get(`${queue.toKey(id)}:lock`))) !== null) {
+          // Draining, a job a live worker holds (its lock is there): waited for, and collected once done. Not offered
+          // for removal: a job that finishes between the state read above and the removal has no lock any more, and
+          // BullMQ would remove it with its result.
+          continue;
+        } else if (state === 'active' && (await redis(queue.getJobState(id))) !== 'active') {
+          // It finished (or went back to wait) since the first read: the next round sees it as it is now.
+          continue;
         } else if (await redis(removed(j))) {
-          // Draining: a cell no worker has started, or whose worker's lock expired, is taken back (a job a live worker
-          // holds is locked: collected once done).
+          // Draining: a cell no worker has started, or whose worker's lock expired (a worker without the lock cannot
+          // finish the job: BullMQ's moveToFinished checks the lock's token), is taken back. A job a worker takes
+          // and finishes between the state read and this removal, in one round trip to Redis, would be lost with
+          // its result (it would run again in the next sweep).
           pending.delete(id);
         }
       }

@@ -27,8 +27,10 @@ afterAll(async () => {
 });
 
 /** A `vmexit worker` subprocess whose stderr lines are collected. */
-function startWorker(url: string, queue: string): { proc: ChildProcess; log: string[]; started: Promise<string> } {
-  const proc = spawn(process.execPath, [BIN, 'worker', '--queue', url, '--queue-name', queue, '--lock-ms', '1500'], { stdio: ['ignore', 'ignore', 'pipe'] });
+function startWorker(url: string, queue: string, lockMs = 1500): { proc: ChildProcess; log: string[]; started: Promise<string> } {
+  const proc = spawn(process.execPath, [BIN, 'worker', '--queue', url, '--queue-name', queue, '--lock-ms', String(lockMs)], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
   workers.push(proc);
   const log: string[] = [];
   let onStart: (id: string) => void = () => {};
@@ -155,7 +157,10 @@ describe('sweep --queue and worker (BullMQ on Redis)', () => {
   it('stops as a local sweep does: takes back the cells not started, keeps the one running, and leaves no job behind', async (ctx) => {
     if (redis === null) return ctx.skip();
     const queue = `vmexit-test-stop-${process.pid}`;
-    const w = startWorker(redis.url, queue);
+    // The worker stays alive here: a lock that outlasts its cell even if CPU contention delays the renewals (with
+    // 1.5 s, a renewal late by more than 0.75 s would let it expire, and the sweep would rightly take the cell back
+    // as a dead worker's).
+    const w = startWorker(redis.url, queue, 30_000);
     // 2 cells, 1 worker: the sweep is stopped (Ctrl-C) while the worker runs the first. As the local executors do
     // (and as `vmexit sweep` says: "stopping after the cells running now"), it must wait for that cell and keep
     // its result, take back the second, and leave nothing in Redis (no finished job that nobody reads).
