@@ -1,5 +1,5 @@
 import { availableParallelism } from 'node:os';
-import { defineConfig } from 'vitest/config';
+import { configDefaults, defineConfig } from 'vitest/config';
 
 /**
  * The vitest settings every package shares: the default reporter for people, and a JSON report that
@@ -8,7 +8,8 @@ import { defineConfig } from 'vitest/config';
 const TESTS = 'test/**/*.test.ts';
 
 export function vmexitVitestConfig(overrides: { testTimeout?: number; isolate?: boolean; isolated?: readonly string[] } = {}) {
-  const isolated = overrides.isolated ?? [];
+  // `isolated` only means something when the other files share their workers (`isolate: false`).
+  const isolated = overrides.isolate === false ? (overrides.isolated ?? []) : [];
   return defineConfig({
     test: {
       // (With `isolated`, each project says which files it runs: a project's list would add to this one.)
@@ -34,7 +35,7 @@ export function vmexitVitestConfig(overrides: { testTimeout?: number; isolate?: 
       ...(isolated.length > 0
         ? {
             projects: [
-              { extends: true, test: { name: 'shared', include: [TESTS], exclude: [...isolated], isolate: false } },
+              { extends: true, test: { name: 'shared', include: [TESTS], exclude: [...configDefaults.exclude, ...isolated], isolate: false } },
               { extends: true, test: { name: 'isolated', include: [...isolated], isolate: true } },
             ],
           }

@@ -137,7 +137,9 @@ export function isolationProblems(rel) {
   for (const pkg of packages()) {
     const config = join(pkg, 'vitest.config.ts');
     if (!existsSync(config)) continue;
-    const text = readFileSync(config, 'utf8').replace(/\/\/.*$/gm, '');
+    const text = readFileSync(config, 'utf8')
+      .replace(/\/\*[\s\S]*?\*\//g, '')
+      .replace(/\/\/.*$/gm, '');
     if (!/\bisolate:\s*false\b/.test(text)) continue;
     const listed = new Set([...text.matchAll(/'(test\/[^']+)'/g)].map((m) => m[1]));
     for (const f of listed) if (!existsSync(join(pkg, f))) problems.push(`${rel(config)} lists ${f} in \`isolated\`, which does not exist`);
