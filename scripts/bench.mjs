@@ -117,7 +117,7 @@ for (const [memory, label] of [
 }
 for (const v of main.kbuild.variants) {
   const name = v.spec === 'native' ? 'kbuild natively' : `kbuild, ${v.spec}`;
-  const value = v.spec === 'native' ? mps(v.accessesPerSecond) : `${mps(v.accessesPerSecond)}, ${v.ratioToNative.toFixed(2)}x native (${v.exits} exits)`;
+  const value = v.spec === 'native' ? mps(v.accessesPerSecond) : `${mps(v.accessesPerSecond)}, ${v.ratioToNative.toFixed(3)}x native (${v.exits} exits)`;
   rows.push([name, value, v.target === null ? '' : `>= ${v.target}x native`, verdict(v.targetMet), v.ratioToScan]);
 }
 const pt = main.ptRecycle;
