@@ -39,8 +39,11 @@ describe('fuzzed trace inputs', () => {
         const [, bytes] = mutateVxt(good, r) as [string, Uint8Array];
         const f = path.join(dir, `p${i}.vxt`);
         fs.writeFileSync(f, bytes);
-        // the child reports its own peak RSS (process.resourceUsage().maxRSS, KiB) on exit
-        const script = `process.on('exit',()=>process.stderr.write('RSS '+process.resourceUsage().maxRSS+'\\n'));process.argv=[process.argv[0],${JSON.stringify(bin)},'trace','info',${JSON.stringify(f)}];await import(${JSON.stringify(bin)});`;
+        // The child reports its own peak RSS (KiB) on exit: VmHWM, its address space's own high-water mark. Not
+        // process.resourceUsage().maxRSS where /proc is there: Linux keeps ru_maxrss across fork and execve, so it
+        // would count the forked copy of this test worker, which holds whatever earlier test files left in it.
+        const peak = `(()=>{try{return Number(/VmHWM:\\s+(\\d+)/.exec(readFileSync('/proc/self/status','utf8'))[1])}catch{return process.resourceUsage().maxRSS}})()`;
+        const script = `import { readFileSync } from 'node:fs';process.on('exit',()=>process.stderr.write('RSS '+${peak}+'\\n'));process.argv=[process.argv[0],${JSON.stringify(bin)},'trace','info',${JSON.stringify(f)}];await import(${JSON.stringify(bin)});`;
         const p = spawnSync(process.execPath, ['--input-type=module', '-e', script], { timeout: 10000, stdio: ['ignore', 'ignore', 'pipe'] });
         const code = p.status;
         const stderr = String(p.stderr);
