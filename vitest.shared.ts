@@ -1,12 +1,12 @@
 import { availableParallelism } from 'node:os';
 import { configDefaults, defineConfig } from 'vitest/config';
 
+const TESTS = 'test/**/*.test.ts';
+
 /**
  * The vitest settings every package shares: the default reporter for people, and a JSON report that
  * `scripts/test.mjs` sums into the closing "N passed, N failed" line.
  */
-const TESTS = 'test/**/*.test.ts';
-
 export function vmexitVitestConfig(overrides: { testTimeout?: number; isolate?: boolean; isolated?: readonly string[] } = {}) {
   // `isolated` only means something when the other files share their workers (`isolate: false`).
   const isolated = overrides.isolate === false ? (overrides.isolated ?? []) : [];
@@ -30,8 +30,9 @@ export function vmexitVitestConfig(overrides: { testTimeout?: number; isolate?: 
       // it imported for its next test file instead of importing the simulator again for each (that import was a
       // third of these packages' test time on a 2-core machine).
       isolate: overrides.isolate ?? true,
-      // `isolated` (with `isolate: false`): the files that do mock a module (vi.mock) run in a project of their own,
-      // each with a fresh module graph; the others share their worker's, as above.
+      // `isolated` (with `isolate: false`): the files that mock a module (vi.mock) or depend on what ran before them in
+      // the process (a count of its garbage collections) run in a project of their own, each with a fresh module graph;
+      // the others share their worker's, as above.
       ...(isolated.length > 0
         ? {
             projects: [
