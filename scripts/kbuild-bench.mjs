@@ -15,12 +15,8 @@ import process from 'node:process';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { readFileSync } from 'node:fs';
-import { createVm, tuneV8 } from '@vmexit/core';
+import { createVm } from '@vmexit/core';
 import { KBUILD_TRACE_PATH, decodeVxt, nativeCounters, runWorkload } from '@vmexit/guest';
-
-// Every benchmark that imports this module runs with the V8 flags the CLI runs with (core's tuneV8), set here,
-// before anything is measured: its figures are the CLI's.
-tuneV8();
 
 const SEED = 1;
 const MODE = 'long4';
