@@ -269,6 +269,11 @@ export class QueueExecutor implements CellExecutor {
       streams: { events: { maxLen: 100 } },
     });
     queue.on('error', (e: Error) => (this.lastError = e)); // reported once, by `lost`, not once per reconnection
+    // An outage that healed is over: its error must not name a later one (whose deadline may come before any error).
+    void queue.backend.client.then(
+      (c) => c.on('ready', () => (this.lastError = null)),
+      () => {},
+    );
     return queue;
   }
 
