@@ -186,13 +186,16 @@ async function roundRobin(label, specs, workload) {
       throw new Error(`${label} ${spec}: memory digest ${r.memoryDigest} differs from the native run's ${native.memoryDigest}`);
     if (r.guest.accesses !== native.guest.accesses) throw new Error(`${label} ${spec}: ${r.guest.accesses} accesses, natively ${native.guest.accesses}`);
     const w = walls.get(spec);
+    // Round j's native wall time over the variant's in round j (both arrays hold one entry per round).
+    const ratios = w.map((x, j) => nativeWalls[j] / x);
     return {
       spec,
       runs: w.length,
       wallSeconds: median(w),
       spread: spread(w),
-      // Round j's native wall time over the variant's in round j (both arrays hold one entry per round).
-      ratioToNative: median(w.map((x, j) => nativeWalls[j] / x)),
+      ratioToNative: median(ratios),
+      roundWalls: w,
+      roundRatios: ratios,
       accesses: r.guest.accesses,
       counters: r.counters.total,
     };
@@ -223,6 +226,9 @@ if (only.has('kbuild')) {
         spec: r.spec,
         wallSeconds: r.wallSeconds,
         spread: r.spread,
+        // Each measured round's wall time and ratio to native (scripts/bench.mjs pools them over processes).
+        roundWalls: r.roundWalls,
+        roundRatios: r.roundRatios,
         accessesPerSecond: rate,
         ratioToNative: ratio,
         ratioToScan: rate / scanRate,
