@@ -282,6 +282,60 @@ const inSitu = {
   ),
 };
 
+/**
+ * The MMU's fault handler on every emulated write of a run of IN_SITU (after a warm-up run on another VM), by path:
+ * a write-tracked page table (the handler emulates at once) or the fetch path (a level-1-only page table: the
+ * shadow tables walked down to the leaf, which `mmu_set_spte` finds write-protected). Each call is timed, then
+ * the same call again at once: with what it reads now in the caches, the difference is what the first paid for
+ * data that was cold. The second call is idempotent for an emulated write (same result, same sptes; only
+ * counters move, in a run whose counters are not reported). The path is read before the call (a guest walk
+ * without side effects, outside the timed regions); calls that did not emulate are left out.
+ */
+async function faultByPath() {
+  const paths = { tracked: { calls: 0, ns: 0, againNs: 0 }, fetch: { calls: 0, ns: 0, againNs: 0 } };
+  for (const counted of [false, true]) {
+    const v = await newVm();
+    const m = v.mmu;
+    const p = Object.getPrototypeOf(m);
+    const orig = p.handlePageFault;
+    const r = new WalkResult();
+    const first = { tracked: 0, fetch: 0 };
+    const again = { tracked: 0, fetch: 0 };
+    const calls = { tracked: 0, fetch: 0 };
+    let empty = 0;
+    p.handlePageFault = function (vcpu, address, errorCode) {
+      if (this !== m || (errorCode & 3) !== 3) return orig.call(this, vcpu, address, errorCode);
+      const path = walk(vcpu.ctx, vcpu.memory, address, errorCode & 0x16, 0, r) === 0 && m.upperTrack.has(Math.floor(r.pa / 4096)) ? 'tracked' : 'fetch';
+      const t0 = performance.now();
+      const res = orig.call(this, vcpu, address, errorCode);
+      const t1 = performance.now();
+      orig.call(this, vcpu, address, errorCode);
+      const t2 = performance.now();
+      const t3 = performance.now();
+      if (res.kind === 'emulate') {
+        first[path] += t1 - t0;
+        again[path] += t2 - t1;
+        empty += t3 - t2;
+        calls[path]++;
+      }
+      return res;
+    };
+    try {
+      runInSitu(v);
+    } finally {
+      p.handlePageFault = orig;
+    }
+    if (!counted) continue;
+    const timer = empty / (calls.tracked + calls.fetch);
+    for (const k of ['tracked', 'fetch']) {
+      const n = calls[k];
+      paths[k] = { calls: n, ns: n === 0 ? 0 : ((first[k] - timer * n) * 1e6) / n, againNs: n === 0 ? 0 : ((again[k] - timer * n) * 1e6) / n };
+    }
+  }
+  return paths;
+}
+const byPath = await faultByPath();
+
 // What the run's emulated writes meet (untimed).
 const mix = { writes: 0, fetchPath: 0, pagesVisited: 0, presentZapped: 0, byPages: {} };
 {
@@ -325,6 +379,17 @@ for (const [label, key, loopKey] of [
   const loop = loopTracked === undefined ? '' : `  (the write-tracked loop above: ${loopTracked[loopKey].toFixed(1)} ns)`;
   process.stdout.write(`  ${label.padEnd(72)} ${x.ns.toFixed(1).padStart(7)} ns  ${(x.ns / scan).toFixed(1).padStart(6)}x scan, ${x.calls} calls${loop}\n`);
 }
+process.stdout.write(`    the fault handler by path, each call timed and then the same call again at once (what it reads now cached):\n`);
+for (const [label, key] of [
+  ['a write-tracked page table (emulated at once)', 'tracked'],
+  ['the fetch path (a level-1-only page table)', 'fetch'],
+]) {
+  const x = byPath[key];
+  const cell = (ns) => `${ns.toFixed(1).padStart(7)} ns ${(ns / scan).toFixed(1).padStart(6)}x scan`;
+  process.stdout.write(
+    x.calls === 0 ? `      ${label.padEnd(70)} none\n` : `      ${label.padEnd(70)} ${cell(x.ns)}, again ${cell(x.againNs)}, ${x.calls} calls\n`,
+  );
+}
 const byPages = Object.entries(mix.byPages)
   .sort((a, b) => Number(a[0]) - Number(b[0]))
   .map(([n, c]) => `${n}: ${pct(c)}`)
@@ -339,14 +404,14 @@ if (opts.json !== null)
     opts.json,
     JSON.stringify(
       {
-        schema: 'vmexit-exit-breakdown/2',
+        schema: 'vmexit-exit-breakdown/3',
         workload: WORKLOAD,
         variant: spec,
         repetitions: K,
         runs: RUNS,
         scanNs: scan,
         results,
-        inSitu: { workload: IN_SITU, ...inSitu, mix },
+        inSitu: { workload: IN_SITU, ...inSitu, faultByPath: byPath, mix },
       },
       null,
       2,
