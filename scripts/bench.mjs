@@ -98,7 +98,7 @@ const main = {
 rmSync(dir, { recursive: true, force: true });
 const loadEnd = load();
 
-/** The median of `a` (the upper one of an even count). */
+/** The median of `a` (the upper one of an even count), as scripts/kbuild-bench.mjs's (not imported: that module loads the simulator). */
 function median(a) {
   return [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
 }
@@ -167,8 +167,11 @@ for (const [memory, label] of [
   if (w !== undefined) rows.push([`  ${label}`, `${w.nsPerOp.toFixed(2)} ns`, '', '', w.ratioToScan]);
 }
 for (const v of main.kbuild.variants) {
+  const many = (n, what) => `${n} ${what}${n === 1 ? '' : what.endsWith('s') ? 'es' : 's'}`;
   const name =
-    v.spec === 'native' ? `kbuild natively (each kbuild figure: the median of ${v.rounds} rounds in ${main.kbuild.processes} processes)` : `kbuild, ${v.spec}`;
+    v.spec === 'native'
+      ? `kbuild natively (each kbuild figure: the median of ${many(v.rounds, 'round')} in ${many(main.kbuild.processes, 'process')})`
+      : `kbuild, ${v.spec}`;
   const value = v.spec === 'native' ? mps(v.accessesPerSecond) : `${mps(v.accessesPerSecond)}, ${v.ratioToNative.toFixed(3)}x native (${v.exits} exits)`;
   rows.push([name, value, v.target === null ? '' : `>= ${v.target}x native`, verdict(v.targetMet), v.ratioToScan]);
 }

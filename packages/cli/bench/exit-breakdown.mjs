@@ -32,7 +32,9 @@
  * emulated write: `VmHooks.exception` and `Mmu.handlePageFault` on a present, write #PF (P|W), `Mmu.trackWrite`
  * on every call, each wrapped on its prototype in a run of its own, so that no timer sits inside another. The
  * mean is reported with the timer's own cost subtracted (an empty timed region in the same wrapper, measured
- * on every call). A last, untimed run counts what its emulated writes meet: the
+ * on every call). In one more run the fault handler is timed by path (write-tracked page table or fetch path),
+ * each emulated write's call and then the same call again at once (`faultByPath`). A last, untimed run counts
+ * what its emulated writes meet: the
  * indirect shadow pages of the written gfn that the write hook visits (KVM `for_each_gfn_valid_sp_with_gptes`),
  * how many of them were present sptes it zapped, and how many writes took the fetch path (no upper-level page
  * write-tracks the gfn). In a long run a recycled frame is shadowed at several levels at once (it was a page
@@ -284,12 +286,13 @@ const inSitu = {
 
 /**
  * The MMU's fault handler on every emulated write of a run of IN_SITU (after a warm-up run on another VM), by path:
- * a write-tracked page table (the handler emulates at once) or the fetch path (a level-1-only page table: the
- * shadow tables walked down to the leaf, which `mmu_set_spte` finds write-protected). Each call is timed, then
- * the same call again at once: with what it reads now in the caches, the difference is what the first paid for
- * data that was cold. The second call is idempotent for an emulated write (same result, same sptes; only
- * counters move, in a run whose counters are not reported). The path is read before the call (a guest walk
- * without side effects, outside the timed regions); calls that did not emulate are left out.
+ * a write-tracked page table (the handler emulates at once) or one that no upper-level page write-tracks (the
+ * fetch path: the shadow tables walked down to the leaf, which `mmu_set_spte` finds write-protected). Each call
+ * that emulates is timed, then the same call is made again at once and timed: the second finds warm what the
+ * first found cold (caches, branch predictors, one-time work such as pending root reloads), so the difference is
+ * what the run's surroundings cost the first. The second call is idempotent for an emulated write (same result,
+ * same sptes; only counters move, in a run whose counters are not reported). The path is read before the call (a
+ * guest walk without side effects, outside the timed regions).
  */
 async function faultByPath() {
   const paths = { tracked: { calls: 0, ns: 0, againNs: 0 }, fetch: { calls: 0, ns: 0, againNs: 0 } };
@@ -309,15 +312,15 @@ async function faultByPath() {
       const t0 = performance.now();
       const res = orig.call(this, vcpu, address, errorCode);
       const t1 = performance.now();
-      orig.call(this, vcpu, address, errorCode);
+      if (res.kind !== 'emulate') return res; // not an emulated write: not repeated, not counted
       const t2 = performance.now();
+      orig.call(this, vcpu, address, errorCode);
       const t3 = performance.now();
-      if (res.kind === 'emulate') {
-        first[path] += t1 - t0;
-        again[path] += t2 - t1;
-        empty += t3 - t2;
-        calls[path]++;
-      }
+      const t4 = performance.now();
+      first[path] += t1 - t0;
+      again[path] += t3 - t2;
+      empty += t4 - t3;
+      calls[path]++;
       return res;
     };
     try {
@@ -379,10 +382,10 @@ for (const [label, key, loopKey] of [
   const loop = loopTracked === undefined ? '' : `  (the write-tracked loop above: ${loopTracked[loopKey].toFixed(1)} ns)`;
   process.stdout.write(`  ${label.padEnd(72)} ${x.ns.toFixed(1).padStart(7)} ns  ${(x.ns / scan).toFixed(1).padStart(6)}x scan, ${x.calls} calls${loop}\n`);
 }
-process.stdout.write(`    the fault handler by path, each call timed and then the same call again at once (what it reads now cached):\n`);
+process.stdout.write(`    the fault handler by path, each call timed and then the same call again at once (warm: caches, predictors):\n`);
 for (const [label, key] of [
   ['a write-tracked page table (emulated at once)', 'tracked'],
-  ['the fetch path (a level-1-only page table)', 'fetch'],
+  ['a page table no upper-level page write-tracks (the fetch path)', 'fetch'],
 ]) {
   const x = byPath[key];
   const cell = (ns) => `${ns.toFixed(1).padStart(7)} ns ${(ns / scan).toFixed(1).padStart(6)}x scan`;

@@ -82,7 +82,7 @@ const PT_RECYCLE = opts.quick ? 'pt-recycle:dirs=16,rounds=2' : 'pt-recycle:dirs
 const RSS_WORKLOAD = 'demand-fault:pages=16';
 const RSS_MEMORY = 64 * 2 ** 30;
 
-const out = { schema: 'vmexit-main-bench/1', node: process.version, runs: RUNS, quick: opts.quick, seed: SEED, mode: MODE };
+const out = { schema: 'vmexit-main-bench/2', node: process.version, runs: RUNS, quick: opts.quick, seed: SEED, mode: MODE };
 const lines = [];
 const say = (s) => {
   lines.push(s);

@@ -263,6 +263,8 @@ export class QueueExecutor implements CellExecutor {
   }
 
   private open(): Queue {
+    // A new connection: an error of the one before (closed by `close`) says nothing about it.
+    this.lastError = null;
     const queue = new Queue(this.options.queueName ?? 'vmexit-sweep', {
       connection: { ...this.options.connection },
       // Each `completed` event repeats the job's result; nothing reads them, so keep few.

@@ -17,7 +17,10 @@ export async function ownRedis(): Promise<{ port: number; url: string; kill: () 
     const server = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
     const exited = new Promise<void>((resolve) => server.once('exit', () => resolve()));
     for (let i = 0; !(await canConnect(port)); i++) {
-      if (i > 100) throw new Error(`redis-server did not start on port ${port}`);
+      if (i > 100 || server.exitCode !== null || server.signalCode !== null) {
+        server.kill('SIGKILL');
+        throw new Error(`redis-server did not start on port ${port}${server.exitCode !== null ? ` (it exited with ${server.exitCode})` : ''}`);
+      }
       await new Promise((r) => setTimeout(r, 50));
     }
     return { server, exited };
