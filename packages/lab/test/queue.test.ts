@@ -89,8 +89,9 @@ describe('a Redis that goes away', () => {
 
   // Two ways an executor outlives an outage: its connection reconnects when Redis is back, or its owner closes it and
   // runs it again (a new connection). Either way the next outage's message is that outage's.
-  it.each(['reconnects', 'is closed and run again'])(
+  it.for(['reconnects', 'is closed and run again'])(
     'names the outage it fails on, not an earlier one, when the executor %s',
+    { timeout: 30_000 },
     async (how, ctx) => {
       const own = await ownRedis();
       if (own === null) return ctx.skip();
@@ -135,7 +136,6 @@ describe('a Redis that goes away', () => {
         await own.kill();
       }
     },
-    30_000,
   );
 });
 
