@@ -249,11 +249,9 @@ export class QueueExecutor implements CellExecutor {
         } else if (state === 'active' && (await redis(queue.getJobState(id))) !== 'active') {
           // It finished (or went back to wait) since the first read: the next round sees it as it is now.
           continue;
-        } else if (await redis(removed(j))) {
+        } else if (await redis(takeBack(queue, client, j, state))) {
           // Draining: a cell no worker has started, or whose worker's lock expired (a worker without the lock cannot
-          // finish the job: BullMQ's moveToFinished checks the lock's token), is taken back. A job a worker takes
-          // and finishes between the state read and this removal, in one round trip to Redis, would be lost with
-          // its result (it would run again in the next sweep).
+          // finish the job: BullMQ's moveToFinished checks the lock's token), is taken back.
           pending.delete(id);
         }
       }
@@ -316,6 +314,33 @@ function checkBuild(out: QueueOutcome | CellOutcome, build: VmexitBuild): CellOu
     },
   };
 }
+
+/**
+ * Draining: removes job `j`, read in `state`, unless a worker has it. A job read as waiting is taken off the wait
+ * list and deleted in one atomic step (`TAKE_WAITING`), and only if it is still on that list: a worker takes a job
+ * off it atomically too (LMOVE), so a job no longer there was taken since the state was read, and may even be
+ * finished; it stays (the next round waits for it or collects its result; BullMQ's removal would delete a finished
+ * job with its result, since it holds no lock). Any other job is removed unless it is locked (`removed`).
+ */
+async function takeBack(queue: Queue, client: Awaited<Queue['backend']['client']>, j: Job, state: string): Promise<boolean> {
+  if (state !== 'waiting') return removed(j);
+  // A command of our own through the client's script engine (BullMQ's clients take no other commands).
+  client.defineCommand(TAKE_WAITING, { numberOfKeys: 7, lua: TAKE_WAITING_LUA });
+  const key = queue.toKey(j.id!);
+  const keys = [key, ...['logs', 'dependencies', 'processed', 'failed', 'unsuccessful'].map((k) => `${key}:${k}`)];
+  return (await client.runCommand(TAKE_WAITING, [queue.keys.wait!, ...keys, j.id!])) === 1;
+}
+
+/** The client command `takeBack` defines. */
+const TAKE_WAITING = 'vmexitTakeWaiting';
+/**
+ * KEYS: the wait list, then the job's hash and the five keys named after it that BullMQ's removeJob deletes with it
+ * (its removeJobKeys: logs, dependencies, processed, failed, unsuccessful); ARGV: the job id. When the id is on the
+ * wait list it is taken off and those keys are deleted: 1; else nothing changes: 0.
+ */
+const TAKE_WAITING_LUA = `if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
+return 1`;
 
 /** Removes `j` unless a worker holds it (then BullMQ refuses: the job is locked). */
 async function removed(j: Job): Promise<boolean> {

@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import { resolve } from 'node:path';
+import { Queue } from 'bullmq';
 import { describe, expect, it } from 'vitest';
 import { expandGrid, sweep } from '../src/index.js';
 import { jobId, parseRedisUrl, QueueExecutor, runQueueWorker, vmexitBuild } from '../src/queue.js';
@@ -137,6 +138,47 @@ describe('a Redis that goes away', () => {
       }
     },
   );
+});
+
+describe('a sweep stopped while a worker takes a waiting cell', () => {
+  it('keeps the result of a cell that a worker took and finished after the sweep read it as waiting', async (ctx) => {
+    const own = await ownRedis();
+    if (own === null) return ctx.skip();
+    // Stopped at once, the sweep drains: it reads the only cell's job as waiting and fetches it to take it back. Right
+    // then (in the sweep's own call of getJob) a worker takes that job and finishes it, as one could in the round trip
+    // between the two. The sweep must not take back a job that is no longer waiting: that would delete it with its
+    // result (BullMQ removes a finished job, which holds no lock), and the cell would run again in the next sweep.
+    const connection = parseRedisUrl(own.url);
+    const executor = new QueueExecutor({ connection, queueName: 'taken', pollMs: 50 });
+    const getJob = Queue.prototype.getJob;
+    let raced = false;
+    Queue.prototype.getJob = async function (this: Queue, id: string) {
+      if (!raced && this.name === 'taken') {
+        raced = true;
+        const stopWorker = new AbortController();
+        const lines: string[] = [];
+        const worker = runQueueWorker({ connection, queueName: 'taken', signal: stopWorker.signal, onLog: (l) => lines.push(l) });
+        for (let i = 0; !lines.some((l) => l.startsWith('done')); i++) {
+          if (i > 400) throw new Error(`the worker did not finish the cell: ${lines.join('')}`);
+          await new Promise((r) => setTimeout(r, 25));
+        }
+        stopWorker.abort();
+        await worker;
+      }
+      return getJob.call(this, id);
+    } as typeof getJob;
+    try {
+      const stop = new AbortController();
+      stop.abort();
+      const outcome = await within(sweep({ cells: cells.slice(0, 1), executor, signal: stop.signal }), 20_000);
+      expect(raced).toBe(true);
+      expect(outcome === 'still waiting' ? outcome : [outcome.ran, outcome.interrupted, outcome.records.length]).toEqual([1, true, 1]);
+    } finally {
+      Queue.prototype.getJob = getJob;
+      await executor.close();
+      await own.kill();
+    }
+  }, 30_000);
 });
 
 describe('a sweep stopped while a dead worker holds a cell', () => {
