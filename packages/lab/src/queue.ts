@@ -179,8 +179,8 @@ export interface QueueExecutorOptions {
  * worker whose lock expired cannot complete the job any more (BullMQ checks the lock's token); the result of a
  * cell is the same whoever ran it, and the sweep's store writes each key once. A result from a worker of another
  * build is refused, as is a Redis that stops answering for `redisTimeoutMs`. Once every cell is in and the queue
- * holds no other job, the queue's own keys (its event stream, which repeats each result, its meta and id
- * counter) are deleted.
+ * holds no other job, the queue's own keys (its event stream, which repeats each result, its meta, id counter
+ * and marker) are deleted.
  */
 export class QueueExecutor implements CellExecutor {
   private queue: Queue | null = null;
@@ -227,7 +227,7 @@ export class QueueExecutor implements CellExecutor {
           }
           continue;
         }
-        // Draining, every job not finished and not held by a live worker is offered back (`removed`): one no worker has
+        // Draining, every job not finished and not held by a live worker is taken back (`takeBack`): one no worker has
         // started, and one whose lock expired (its worker died, and no other worker may be left to find the job
         // stalled: waiting for it would never end). A job a worker holds is waited for.
         if (state !== 'completed' && state !== 'failed' && !draining) continue;
@@ -251,7 +251,9 @@ export class QueueExecutor implements CellExecutor {
           continue;
         } else if (await redis(takeBack(queue, client, j, state))) {
           // Draining: a cell no worker has started, or whose worker's lock expired (a worker without the lock cannot
-          // finish the job: BullMQ's moveToFinished checks the lock's token), is taken back.
+          // finish the job: BullMQ's moveToFinished checks the lock's token), is taken back. Left: a job whose lock
+          // expired that BullMQ's stalled check puts back on the wait list, and a live worker takes and finishes, all
+          // between the state read above and this removal (one round trip), would be removed with its result.
           pending.delete(id);
         }
       }
@@ -318,28 +320,34 @@ function checkBuild(out: QueueOutcome | CellOutcome, build: VmexitBuild): CellOu
 /**
  * Draining: removes job `j`, read in `state`, unless a worker has it. A job read as waiting is taken off the wait
  * list and deleted in one atomic step (`TAKE_WAITING`), and only if it is still on that list: a worker takes a job
- * off it atomically too (LMOVE), so a job no longer there was taken since the state was read, and may even be
- * finished; it stays (the next round waits for it or collects its result; BullMQ's removal would delete a finished
- * job with its result, since it holds no lock). Any other job is removed unless it is locked (`removed`).
+ * off it atomically too (BullMQ's moveToActive, RPOPLPUSH), so a job no longer there was taken since the state was
+ * read, and may even be finished; it stays (the next round waits for it or collects its result; BullMQ's removal
+ * would delete a finished job with its result, since it holds no lock). Any other job is removed unless it is
+ * locked (`removed`).
  */
 async function takeBack(queue: Queue, client: Awaited<Queue['backend']['client']>, j: Job, state: string): Promise<boolean> {
   if (state !== 'waiting') return removed(j);
-  // A command of our own through the client's script engine (BullMQ's clients take no other commands).
-  client.defineCommand(TAKE_WAITING, { numberOfKeys: 7, lua: TAKE_WAITING_LUA });
+  // A command of our own through the client's script engine (BullMQ's clients take no other commands), defined once
+  // per client (as BullMQ defines its own: a redefinition would send the whole script again instead of its hash).
+  if ((client as unknown as Record<string, unknown>)[TAKE_WAITING] === undefined)
+    client.defineCommand(TAKE_WAITING, { numberOfKeys: 8, lua: TAKE_WAITING_LUA });
   const key = queue.toKey(j.id!);
   const keys = [key, ...['logs', 'dependencies', 'processed', 'failed', 'unsuccessful'].map((k) => `${key}:${k}`)];
-  return (await client.runCommand(TAKE_WAITING, [queue.keys.wait!, ...keys, j.id!])) === 1;
+  return (await client.runCommand(TAKE_WAITING, [queue.keys.wait!, queue.keys.paused!, ...keys, j.id!])) === 1;
 }
 
 /** The client command `takeBack` defines. */
 const TAKE_WAITING = 'vmexitTakeWaiting';
 /**
- * KEYS: the wait list, then the job's hash and the five keys named after it that BullMQ's removeJob deletes with it
- * (its removeJobKeys: logs, dependencies, processed, failed, unsuccessful); ARGV: the job id. When the id is on the
- * wait list it is taken off and those keys are deleted: 1; else nothing changes: 0.
+ * KEYS: the wait list, the paused list (where BullMQ before version 6 kept the waiting jobs of a paused queue, and
+ * which its getState still reads as waiting), then the job's hash and the five keys named after it that BullMQ's
+ * removeJob deletes with it (its removeJobKeys: logs, dependencies, processed, failed, unsuccessful); ARGV: the job
+ * id. When the id is on either list it is taken off and those keys are deleted: 1; else nothing changes: 0. Unlike
+ * BullMQ's removeJob it writes no `removed` event and has no priority, deduplication or parent job to clean up:
+ * a sweep's jobs have none, and nothing reads the event stream.
  */
-const TAKE_WAITING_LUA = `if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
+const TAKE_WAITING_LUA = `if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 and redis.call('LREM', KEYS[2], 1, ARGV[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
 return 1`;
 
 /** Removes `j` unless a worker holds it (then BullMQ refuses: the job is locked). */
@@ -352,12 +360,13 @@ async function removed(j: Job): Promise<boolean> {
   }
 }
 
-/** Once no job is left in the queue (no other sweep's either), deletes its event stream, meta and id counter. */
+/** Once no job is left in the queue (no other sweep's either), deletes its event stream, meta, id counter and marker. */
 async function tidy(queue: Queue): Promise<void> {
   const counts = await queue.getJobCounts();
   if (Object.values(counts).some((n) => n > 0)) return;
   const client = await queue.backend.client;
-  await client.del(queue.keys.events!, queue.keys.meta!, queue.keys.id!);
+  // The marker wakes workers when a job is added; with no job left it marks nothing (a sweep stopped before any worker came leaves it).
+  await client.del(queue.keys.events!, queue.keys.meta!, queue.keys.id!, queue.keys.marker!);
 }
 
 /** How a worker (`vmexit worker`) serves a queue: the Redis connection, the queue name, cells at once, and the lock duration. */

@@ -150,10 +150,13 @@ describe('a sweep stopped while a worker takes a waiting cell', () => {
     // result (BullMQ removes a finished job, which holds no lock), and the cell would run again in the next sweep.
     const connection = parseRedisUrl(own.url);
     const executor = new QueueExecutor({ connection, queueName: 'taken', pollMs: 50 });
-    const getJob = Queue.prototype.getJob;
+    // The executor's queue, opened now so that its getJob can be wrapped on the instance (nothing global is patched:
+    // the package's tests share their workers' modules).
+    const queue: Queue = (executor['queue'] = executor['open']());
+    const getJob = queue.getJob.bind(queue);
     let raced = false;
-    Queue.prototype.getJob = async function (this: Queue, id: string) {
-      if (!raced && this.name === 'taken') {
+    queue.getJob = async (id: string) => {
+      if (!raced) {
         raced = true;
         const stopWorker = new AbortController();
         const lines: string[] = [];
@@ -165,8 +168,8 @@ describe('a sweep stopped while a worker takes a waiting cell', () => {
         stopWorker.abort();
         await worker;
       }
-      return getJob.call(this, id);
-    } as typeof getJob;
+      return getJob(id);
+    };
     try {
       const stop = new AbortController();
       stop.abort();
@@ -174,7 +177,27 @@ describe('a sweep stopped while a worker takes a waiting cell', () => {
       expect(raced).toBe(true);
       expect(outcome === 'still waiting' ? outcome : [outcome.ran, outcome.interrupted, outcome.records.length]).toEqual([1, true, 1]);
     } finally {
-      Queue.prototype.getJob = getJob;
+      await executor.close();
+      await own.kill();
+    }
+  }, 30_000);
+});
+
+describe('a sweep stopped before any worker came', () => {
+  it('takes its cells back and leaves no key of its queue behind', async (ctx) => {
+    const own = await ownRedis();
+    if (own === null) return ctx.skip();
+    // No worker: every cell is still waiting when the sweep, stopped at once, takes them back. Adding them left BullMQ's
+    // marker (which wakes workers) as well as the jobs; with the queue empty, nothing of it may stay in Redis.
+    const executor = new QueueExecutor({ connection: parseRedisUrl(own.url), queueName: 'unserved', pollMs: 50 });
+    try {
+      const stop = new AbortController();
+      stop.abort();
+      const outcome = await within(sweep({ cells, executor, signal: stop.signal }), 10_000);
+      expect(outcome === 'still waiting' ? outcome : [outcome.ran, outcome.interrupted]).toEqual([0, true]);
+      const client = await executor['queue']!.backend.client;
+      expect(await client.scan('0', { MATCH: 'bull:unserved:*', COUNT: 1000 })).toEqual(['0', []]);
+    } finally {
       await executor.close();
       await own.kill();
     }
