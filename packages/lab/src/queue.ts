@@ -251,9 +251,7 @@ export class QueueExecutor implements CellExecutor {
           continue;
         } else if (await redis(takeBack(queue, client, j, state))) {
           // Draining: a cell no worker has started, or whose worker's lock expired (a worker without the lock cannot
-          // finish the job: BullMQ's moveToFinished checks the lock's token), is taken back. Left: a job whose lock
-          // expired that BullMQ's stalled check puts back on the wait list, and a live worker takes and finishes, all
-          // between the state read above and this removal (one round trip), would be removed with its result.
+          // finish the job: BullMQ's moveToFinished checks the lock's token), is taken back.
           pending.delete(id);
         }
       }
@@ -318,36 +316,39 @@ function checkBuild(out: QueueOutcome | CellOutcome, build: VmexitBuild): CellOu
 }
 
 /**
- * Draining: removes job `j`, read in `state`, unless a worker has it. A job read as waiting is taken off the wait
- * list and deleted in one atomic step (`TAKE_WAITING`), and only if it is still on that list: a worker takes a job
- * off it atomically too (BullMQ's moveToActive, RPOPLPUSH), so a job no longer there was taken since the state was
- * read, and may even be finished; it stays (the next round waits for it or collects its result; BullMQ's removal
- * would delete a finished job with its result, since it holds no lock). Any other job is removed unless it is
- * locked (`removed`).
+ * Draining: removes job `j`, read in `state`, unless a worker has it. A job read as waiting, or as active without a
+ * lock (its worker died), is taken off its list and deleted in one atomic step (`TAKE_BACK`), and only if it is
+ * still on that list and unlocked. Workers move jobs between lists atomically too (BullMQ's moveToActive takes a
+ * waiting job with RPOPLPUSH; its stalled check puts an unlocked active job back on the wait list), so a job no
+ * longer where it was read was taken since, and may even be finished; it stays (the next round waits for it or
+ * collects its result; BullMQ's removal would delete a finished job with its result, since it holds no lock). A
+ * job in any other state is removed unless it is locked (`removed`).
  */
 async function takeBack(queue: Queue, client: Awaited<Queue['backend']['client']>, j: Job, state: string): Promise<boolean> {
-  if (state !== 'waiting') return removed(j);
+  if (state !== 'waiting' && state !== 'active') return removed(j);
   // A command of our own through the client's script engine (BullMQ's clients take no other commands), defined once
   // per client (as BullMQ defines its own: a redefinition would send the whole script again instead of its hash).
-  if ((client as unknown as Record<string, unknown>)[TAKE_WAITING] === undefined)
-    client.defineCommand(TAKE_WAITING, { numberOfKeys: 8, lua: TAKE_WAITING_LUA });
+  if ((client as unknown as Record<string, unknown>)[TAKE_BACK] === undefined) client.defineCommand(TAKE_BACK, { numberOfKeys: 9, lua: TAKE_BACK_LUA });
   const key = queue.toKey(j.id!);
+  const lists = state === 'waiting' ? [queue.keys.wait!, queue.keys.paused!] : [queue.keys.active!, queue.keys.active!];
   const keys = [key, ...['logs', 'dependencies', 'processed', 'failed', 'unsuccessful'].map((k) => `${key}:${k}`)];
-  return (await client.runCommand(TAKE_WAITING, [queue.keys.wait!, queue.keys.paused!, ...keys, j.id!])) === 1;
+  return (await client.runCommand(TAKE_BACK, [...lists, `${key}:lock`, ...keys, j.id!])) === 1;
 }
 
 /** The client command `takeBack` defines. */
-const TAKE_WAITING = 'vmexitTakeWaiting';
+const TAKE_BACK = 'vmexitTakeBack';
 /**
- * KEYS: the wait list, the paused list (where BullMQ before version 6 kept the waiting jobs of a paused queue, and
- * which its getState still reads as waiting), then the job's hash and the five keys named after it that BullMQ's
- * removeJob deletes with it (its removeJobKeys: logs, dependencies, processed, failed, unsuccessful); ARGV: the job
- * id. When the id is on either list it is taken off and those keys are deleted: 1; else nothing changes: 0. Unlike
- * BullMQ's removeJob it writes no `removed` event and has no priority, deduplication or parent job to clean up:
- * a sweep's jobs have none, and nothing reads the event stream.
+ * KEYS: the two lists the job was read on (waiting: the wait list, and the paused list, where BullMQ before version
+ * 6 kept the waiting jobs of a paused queue and which its getState still reads as waiting; active: the active list
+ * twice), the job's lock, then the job's hash and the five keys named after it that BullMQ's removeJob deletes with
+ * it (its removeJobKeys: logs, dependencies, processed, failed, unsuccessful); ARGV: the job id. When the job is not
+ * locked and its id is on either list, it is taken off and those keys are deleted: 1; else nothing changes: 0.
+ * Unlike BullMQ's removeJob it writes no `removed` event and has no priority, deduplication or parent job to clean
+ * up: a sweep's jobs have none, and nothing reads the event stream.
  */
-const TAKE_WAITING_LUA = `if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 and redis.call('LREM', KEYS[2], 1, ARGV[1]) == 0 then return 0 end
-redis.call('DEL', KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
+const TAKE_BACK_LUA = `if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 and redis.call('LREM', KEYS[2], 1, ARGV[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9])
 return 1`;
 
 /** Removes `j` unless a worker holds it (then BullMQ refuses: the job is locked). */

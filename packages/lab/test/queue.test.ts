@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import { resolve } from 'node:path';
 import { Queue } from 'bullmq';
+import { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import { expandGrid, sweep } from '../src/index.js';
 import { jobId, parseRedisUrl, QueueExecutor, runQueueWorker, vmexitBuild } from '../src/queue.js';
@@ -175,6 +176,74 @@ describe('a sweep stopped while a worker takes a waiting cell', () => {
       expect(raced).toBe(true);
       expect(outcome === 'still waiting' ? outcome : [outcome.ran, outcome.interrupted, outcome.records.length]).toEqual([1, true, 1]);
     } finally {
+      await executor.close();
+      await own.kill();
+    }
+  }, 30_000);
+});
+
+describe('a sweep stopped while a dead worker holds a cell that BullMQ hands to another worker', () => {
+  it('keeps the result when the cell is finished while the sweep takes it back', async (ctx) => {
+    const own = await ownRedis();
+    if (own === null) return ctx.skip();
+    // A worker (a process of its own, lock 1 s) takes the only cell and dies. Once its lock expired the draining sweep,
+    // having found no lock, reads the job as still active and goes to take it back. Right then BullMQ's stalled check
+    // puts the job back on the wait list (done here by hand, as its script does: off the active list, onto the wait
+    // list) and a live worker takes it and finishes it. The sweep must not delete the finished job with its result.
+    const connection = parseRedisUrl(own.url);
+    const script = [
+      "import { Worker } from 'bullmq';",
+      `const w = new Worker('stalled', () => new Promise(() => {}), { connection: { host: '127.0.0.1', port: ${own.port}, maxRetriesPerRequest: null }, lockDuration: 1000, stalledInterval: 600000 });`,
+      "w.on('active', () => process.stdout.write('active\\n'));",
+    ].join('\n');
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
+      cwd: resolve(import.meta.dirname, '..'),
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    const executor = new QueueExecutor({ connection, queueName: 'stalled', pollMs: 50 });
+    // The executor's own queue and connection, wrapped on the instances: its lock check arms the race, and its next
+    // read of the job's state (the one that finds it still active) runs it.
+    const queue: Queue = (executor['queue'] = executor['open']());
+    const client = await queue.backend.client;
+    const get = client.get.bind(client);
+    let armed = false;
+    let raced = false;
+    client.get = async (key: string) => {
+      const v = await get(key);
+      if (key.endsWith(':lock') && v === null) armed = true;
+      return v;
+    };
+    const getJobState = queue.getJobState.bind(queue);
+    queue.getJobState = async (id: string) => {
+      const state = await getJobState(id);
+      if (armed && !raced && state === 'active') {
+        raced = true;
+        const other = new Redis(own.port, '127.0.0.1'); // BullMQ's client takes no plain list commands
+        await other.multi().lrem(queue.keys.active!, 1, id).rpush(queue.keys.wait!, id).exec();
+        other.disconnect();
+        const stopWorker = new AbortController();
+        const lines: string[] = [];
+        const worker = runQueueWorker({ connection, queueName: 'stalled', signal: stopWorker.signal, onLog: (l) => lines.push(l) });
+        for (let i = 0; !lines.some((l) => l.startsWith('done')); i++) {
+          if (i > 400) throw new Error(`the worker did not finish the cell: ${lines.join('')}`);
+          await new Promise((r) => setTimeout(r, 25));
+        }
+        stopWorker.abort();
+        await worker;
+      }
+      return state;
+    };
+    try {
+      const stop = new AbortController();
+      const swept = sweep({ cells: cells.slice(0, 1), executor, signal: stop.signal });
+      await new Promise<void>((r) => child.stdout!.on('data', (d: Buffer) => String(d).includes('active') && r()));
+      child.kill('SIGKILL');
+      stop.abort();
+      const outcome = await within(swept, 20_000);
+      expect(raced).toBe(true);
+      expect(outcome === 'still waiting' ? outcome : [outcome.ran, outcome.interrupted, outcome.records.length]).toEqual([1, true, 1]);
+    } finally {
+      child.kill('SIGKILL');
       await executor.close();
       await own.kill();
     }
