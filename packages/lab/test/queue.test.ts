@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { resolve } from 'node:path';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
@@ -22,6 +22,37 @@ const failureOf = (p: Promise<unknown>): Promise<Error | 'settled' | 'still wait
     ),
     10_000,
   );
+
+/** Runs a worker on `queueName` until it has finished one cell, then stops it: a worker that takes a job in a race. */
+async function finishOne(connection: ReturnType<typeof parseRedisUrl>, queueName: string): Promise<void> {
+  const stop = new AbortController();
+  const lines: string[] = [];
+  const worker = runQueueWorker({ connection, queueName, signal: stop.signal, onLog: (l) => lines.push(l) });
+  for (let i = 0; !lines.some((l) => l.startsWith('done')); i++) {
+    if (i > 400) throw new Error(`the worker did not finish the cell: ${lines.join('')}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  stop.abort();
+  await worker;
+}
+
+/**
+ * A worker in a process of its own (lock 1 s) that takes a job on `queueName` and never finishes it: `active` resolves
+ * once it holds one, and the test kills it (SIGKILL) to leave the job active with a lock that will expire.
+ */
+function doomedWorker(port: number, queueName: string): ChildProcess & { active: Promise<void> } {
+  const script = [
+    "import { Worker } from 'bullmq';",
+    `const w = new Worker('${queueName}', () => new Promise(() => {}), { connection: { host: '127.0.0.1', port: ${port}, maxRetriesPerRequest: null }, lockDuration: 1000 });`,
+    "w.on('active', () => process.stdout.write('active\\n'));",
+  ].join('\n');
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
+    cwd: resolve(import.meta.dirname, '..'),
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const active = new Promise<void>((r) => child.stdout.on('data', (d: Buffer) => String(d).includes('active') && r()));
+  return Object.assign(child, { active });
+}
 
 describe('jobId', () => {
   it("names the cell's key and this build, so that sweeps of two builds never share a job", () => {
@@ -159,15 +190,7 @@ describe('a sweep stopped while a worker takes a waiting cell', () => {
     queue.getJob = async (id: string) => {
       if (!raced) {
         raced = true;
-        const stopWorker = new AbortController();
-        const lines: string[] = [];
-        const worker = runQueueWorker({ connection, queueName: 'taken', signal: stopWorker.signal, onLog: (l) => lines.push(l) });
-        for (let i = 0; !lines.some((l) => l.startsWith('done')); i++) {
-          if (i > 400) throw new Error(`the worker did not finish the cell: ${lines.join('')}`);
-          await new Promise((r) => setTimeout(r, 25));
-        }
-        stopWorker.abort();
-        await worker;
+        await finishOne(connection, 'taken');
       }
       return getJob(id);
     };
@@ -191,15 +214,7 @@ describe('a sweep stopped while a dead worker holds a cell that BullMQ hands to 
     // puts the job back on the wait list (done here by hand, as its script does: off the active list, onto the wait
     // list) and a live worker takes it and finishes it. The sweep must not delete the finished job with its result.
     const connection = parseRedisUrl(own.url);
-    const script = [
-      "import { Worker } from 'bullmq';",
-      `const w = new Worker('stalled', () => new Promise(() => {}), { connection: { host: '127.0.0.1', port: ${own.port}, maxRetriesPerRequest: null }, lockDuration: 1000, stalledInterval: 600000 });`,
-      "w.on('active', () => process.stdout.write('active\\n'));",
-    ].join('\n');
-    const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
-      cwd: resolve(import.meta.dirname, '..'),
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
+    const child = doomedWorker(own.port, 'stalled');
     const executor = new QueueExecutor({ connection, queueName: 'stalled', pollMs: 50 });
     // The executor's own queue and connection, wrapped on the instances: its lock check arms the race, and its next
     // read of the job's state (the one that finds it still active) runs it.
@@ -221,22 +236,14 @@ describe('a sweep stopped while a dead worker holds a cell that BullMQ hands to 
         const other = new Redis(own.port, '127.0.0.1'); // BullMQ's client takes no plain list commands
         await other.multi().lrem(queue.keys.active!, 1, id).rpush(queue.keys.wait!, id).exec();
         other.disconnect();
-        const stopWorker = new AbortController();
-        const lines: string[] = [];
-        const worker = runQueueWorker({ connection, queueName: 'stalled', signal: stopWorker.signal, onLog: (l) => lines.push(l) });
-        for (let i = 0; !lines.some((l) => l.startsWith('done')); i++) {
-          if (i > 400) throw new Error(`the worker did not finish the cell: ${lines.join('')}`);
-          await new Promise((r) => setTimeout(r, 25));
-        }
-        stopWorker.abort();
-        await worker;
+        await finishOne(connection, 'stalled');
       }
       return state;
     };
     try {
       const stop = new AbortController();
       const swept = sweep({ cells: cells.slice(0, 1), executor, signal: stop.signal });
-      await new Promise<void>((r) => child.stdout!.on('data', (d: Buffer) => String(d).includes('active') && r()));
+      await child.active;
       child.kill('SIGKILL');
       stop.abort();
       const outcome = await within(swept, 20_000);
@@ -275,20 +282,12 @@ describe('a sweep stopped while a dead worker holds a cell', () => {
     if (own === null) return ctx.skip();
     // The only worker (a process of its own, lock 1 s) takes the only cell and dies (SIGKILL): no worker is left to
     // find the job stalled, so it stays active. The sweep is stopped (Ctrl-C): it must not wait for that cell.
-    const script = [
-      "import { Worker } from 'bullmq';",
-      `const w = new Worker('dead', () => new Promise(() => {}), { connection: { host: '127.0.0.1', port: ${own.port}, maxRetriesPerRequest: null }, lockDuration: 1000 });`,
-      "w.on('active', () => process.stdout.write('active\\n'));",
-    ].join('\n');
-    const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
-      cwd: resolve(import.meta.dirname, '..'),
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
+    const child = doomedWorker(own.port, 'dead');
     const executor = new QueueExecutor({ connection: parseRedisUrl(own.url), queueName: 'dead', pollMs: 50 });
     try {
       const stop = new AbortController();
       const swept = sweep({ cells: cells.slice(0, 1), executor, signal: stop.signal });
-      await new Promise<void>((r) => child.stdout!.on('data', (d: Buffer) => String(d).includes('active') && r()));
+      await child.active;
       child.kill('SIGKILL');
       stop.abort();
       const outcome = await within(swept, 10_000);
