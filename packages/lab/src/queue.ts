@@ -241,17 +241,11 @@ export class QueueExecutor implements CellExecutor {
           pending.delete(id);
           onOutcome(cell, { ok: false, error: { name: 'QueueError', message: `the job failed after ${j.attemptsMade} attempts: ${j.failedReason}` } });
           await redis(j.remove().catch(() => {}));
-        } else if (state === 'active' && (await redis(client.get(`${queue.toKey(id)}:lock`))) !== null) {
-          // Draining, a job a live worker holds (its lock is there): waited for, and collected once done. Not offered
-          // for removal: a job that finishes between the state read above and the removal has no lock any more, and
-          // BullMQ would remove it with its result.
-          continue;
-        } else if (state === 'active' && (await redis(queue.getJobState(id))) !== 'active') {
-          // It finished (or went back to wait) since the first read: the next round sees it as it is now.
-          continue;
         } else if (await redis(takeBack(queue, client, j, state))) {
           // Draining: a cell no worker has started, or whose worker's lock expired (a worker without the lock cannot
-          // finish the job: BullMQ's moveToFinished checks the lock's token), is taken back.
+          // finish the job: BullMQ's moveToFinished checks the lock's token), is taken back. One a live worker holds
+          // (its lock is there), or that moved since the state was read, is not: the next round waits for it or
+          // collects its result.
           pending.delete(id);
         }
       }

@@ -23,17 +23,33 @@ const failureOf = (p: Promise<unknown>): Promise<Error | 'settled' | 'still wait
     10_000,
   );
 
+/**
+ * A worker on `queueName` (in this process, as `vmexit worker` runs), started now: `until(what)` waits for its first log
+ * line starting with `what` ('started', 'done'), `stop()` stops it once the cell it holds is finished.
+ */
+function liveWorker(connection: ReturnType<typeof parseRedisUrl>, queueName: string) {
+  const abort = new AbortController();
+  const lines: string[] = [];
+  const worker = runQueueWorker({ connection, queueName, signal: abort.signal, onLog: (l) => lines.push(l) });
+  return {
+    until: async (what: string): Promise<void> => {
+      for (let i = 0; !lines.some((l) => l.startsWith(what)); i++) {
+        if (i > 600) throw new Error(`the worker logged no '${what}': ${lines.join('')}`);
+        await new Promise((r) => setTimeout(r, 25));
+      }
+    },
+    stop: async (): Promise<void> => {
+      abort.abort();
+      await worker;
+    },
+  };
+}
+
 /** Runs a worker on `queueName` until it has finished one cell, then stops it: a worker that takes a job in a race. */
 async function finishOne(connection: ReturnType<typeof parseRedisUrl>, queueName: string): Promise<void> {
-  const stop = new AbortController();
-  const lines: string[] = [];
-  const worker = runQueueWorker({ connection, queueName, signal: stop.signal, onLog: (l) => lines.push(l) });
-  for (let i = 0; !lines.some((l) => l.startsWith('done')); i++) {
-    if (i > 400) throw new Error(`the worker did not finish the cell: ${lines.join('')}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  stop.abort();
-  await worker;
+  const w = liveWorker(connection, queueName);
+  await w.until('done');
+  await w.stop();
 }
 
 /**
@@ -206,55 +222,56 @@ describe('a sweep stopped while a worker takes a waiting cell', () => {
 });
 
 describe('a sweep stopped while a dead worker holds a cell that BullMQ hands to another worker', () => {
-  it('keeps the result when the cell is finished while the sweep takes it back', async (ctx) => {
-    const own = await ownRedis();
-    if (own === null) return ctx.skip();
-    // A worker (a process of its own, lock 1 s) takes the only cell and dies. Once its lock expired the draining sweep,
-    // having found no lock, reads the job as still active and goes to take it back. Right then BullMQ's stalled check
-    // puts the job back on the wait list (done here by hand, as its script does: off the active list, onto the wait
-    // list) and a live worker takes it and finishes it. The sweep must not delete the finished job with its result.
-    const connection = parseRedisUrl(own.url);
-    const child = doomedWorker(own.port, 'stalled');
-    const executor = new QueueExecutor({ connection, queueName: 'stalled', pollMs: 50 });
-    // The executor's own queue and connection, wrapped on the instances: its lock check arms the race, and its next
-    // read of the job's state (the one that finds it still active) runs it.
-    const queue: Queue = (executor['queue'] = executor['open']());
-    const client = await queue.backend.client;
-    const get = client.get.bind(client);
-    let armed = false;
-    let raced = false;
-    client.get = async (key: string) => {
-      const v = await get(key);
-      if (key.endsWith(':lock') && v === null) armed = true;
-      return v;
-    };
-    const getJobState = queue.getJobState.bind(queue);
-    queue.getJobState = async (id: string) => {
-      const state = await getJobState(id);
-      if (armed && !raced && state === 'active') {
-        raced = true;
-        const other = new Redis(own.port, '127.0.0.1'); // BullMQ's client takes no plain list commands
-        await other.multi().lrem(queue.keys.active!, 1, id).rpush(queue.keys.wait!, id).exec();
-        other.disconnect();
-        await finishOne(connection, 'stalled');
+  // A cell that takes a few seconds: the live worker is still running it when the sweep tries to take it back.
+  const slow = expandGrid({ workloads: ['pt-recycle:dirs=64,rounds=4'], variants: ['vmx shadow'], modes: ['long4'], seeds: [1] });
+  it.for(['has finished', 'still runs'])(
+    'keeps the result when a live worker that BullMQ handed the cell to %s it as the sweep takes it back',
+    { timeout: 30_000 },
+    async (how, ctx) => {
+      const own = await ownRedis();
+      if (own === null) return ctx.skip();
+      // A worker (a process of its own, lock 1 s) takes the only cell and dies. Once its lock expired the draining sweep
+      // goes to take the job back from the active list. Right then BullMQ's stalled check puts the job back on the wait
+      // list (done here by hand, as its script does: off the active list, onto the wait list) and a live worker takes
+      // it, and finishes it or is still running it (locked, back on the active list). Either way the sweep must leave
+      // the job to that worker and collect its result, not delete it (with its result, or under the running worker).
+      const connection = parseRedisUrl(own.url);
+      const child = doomedWorker(own.port, 'stalled');
+      const executor = new QueueExecutor({ connection, queueName: 'stalled', pollMs: 50 });
+      // The executor's own queue and connection, the latter's script call wrapped on the instance: the first take-back
+      // from the active list runs the race first.
+      const queue: Queue = (executor['queue'] = executor['open']());
+      const client = await queue.backend.client;
+      const runCommand = client.runCommand.bind(client);
+      let live: ReturnType<typeof liveWorker> | null = null;
+      client.runCommand = async (name: string, args: string[]) => {
+        if (live === null && args[0] === queue.keys.active) {
+          const id = args[args.length - 1]!;
+          const other = new Redis(own.port, '127.0.0.1'); // BullMQ's client takes no plain list commands
+          await other.multi().lrem(queue.keys.active!, 1, id).rpush(queue.keys.wait!, id).exec();
+          other.disconnect();
+          live = liveWorker(connection, 'stalled');
+          await live.until(how === 'has finished' ? 'done' : 'started');
+        }
+        return runCommand(name, args);
+      };
+      try {
+        const stop = new AbortController();
+        const swept = sweep({ cells: slow, executor, signal: stop.signal });
+        await child.active;
+        child.kill('SIGKILL');
+        stop.abort();
+        const outcome = await within(swept, 20_000);
+        expect(live).not.toBe(null);
+        expect(outcome === 'still waiting' ? outcome : [outcome.ran, outcome.interrupted, outcome.records.length]).toEqual([1, true, 1]);
+      } finally {
+        child.kill('SIGKILL');
+        await (live as ReturnType<typeof liveWorker> | null)?.stop();
+        await executor.close();
+        await own.kill();
       }
-      return state;
-    };
-    try {
-      const stop = new AbortController();
-      const swept = sweep({ cells: cells.slice(0, 1), executor, signal: stop.signal });
-      await child.active;
-      child.kill('SIGKILL');
-      stop.abort();
-      const outcome = await within(swept, 20_000);
-      expect(raced).toBe(true);
-      expect(outcome === 'still waiting' ? outcome : [outcome.ran, outcome.interrupted, outcome.records.length]).toEqual([1, true, 1]);
-    } finally {
-      child.kill('SIGKILL');
-      await executor.close();
-      await own.kill();
-    }
-  }, 30_000);
+    },
+  );
 });
 
 describe('a sweep stopped before any worker came', () => {
