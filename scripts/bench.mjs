@@ -166,8 +166,9 @@ for (const [memory, label] of [
   const w = residentWalk(coreMemories, memory); // the same walk over a memory the simulator's walks read (no target)
   if (w !== undefined) rows.push([`  ${label}`, `${w.nsPerOp.toFixed(2)} ns`, '', '', w.ratioToScan]);
 }
+/** `n` and `what`, plural unless n is 1 (round, rounds; process, processes). */
+const many = (n, what) => `${n} ${what}${n === 1 ? '' : what.endsWith('s') ? 'es' : 's'}`;
 for (const v of main.kbuild.variants) {
-  const many = (n, what) => `${n} ${what}${n === 1 ? '' : what.endsWith('s') ? 'es' : 's'}`;
   const name =
     v.spec === 'native'
       ? `kbuild natively (each kbuild figure: the median of ${many(v.rounds, 'round')} in ${many(main.kbuild.processes, 'process')})`

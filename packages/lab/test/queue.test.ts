@@ -4,7 +4,7 @@ import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import { expandGrid, sweep } from '../src/index.js';
-import { jobId, parseRedisUrl, QueueExecutor, runQueueWorker, vmexitBuild } from '../src/queue.js';
+import { jobId, parseRedisUrl, QueueExecutor, runQueueWorker, vmexitBuild, type RedisConnection } from '../src/queue.js';
 import { ownRedis } from './helpers/redis.js';
 
 const cells = expandGrid({ workloads: ['demand-fault:pages=16'], variants: ['vmx shadow'], modes: ['long4'], seeds: [1, 2, 3] });
@@ -27,7 +27,7 @@ const failureOf = (p: Promise<unknown>): Promise<Error | 'settled' | 'still wait
  * A worker on `queueName` (in this process, as `vmexit worker` runs), started now: `until(what)` waits for its first log
  * line starting with `what` ('started', 'done'), `stop()` stops it once the cell it holds is finished.
  */
-function liveWorker(connection: ReturnType<typeof parseRedisUrl>, queueName: string) {
+function liveWorker(connection: RedisConnection, queueName: string) {
   const abort = new AbortController();
   const lines: string[] = [];
   const worker = runQueueWorker({ connection, queueName, signal: abort.signal, onLog: (l) => lines.push(l) });
@@ -46,7 +46,7 @@ function liveWorker(connection: ReturnType<typeof parseRedisUrl>, queueName: str
 }
 
 /** Runs a worker on `queueName` until it has finished one cell, then stops it: a worker that takes a job in a race. */
-async function finishOne(connection: ReturnType<typeof parseRedisUrl>, queueName: string): Promise<void> {
+async function finishOne(connection: RedisConnection, queueName: string): Promise<void> {
   const w = liveWorker(connection, queueName);
   await w.until('done');
   await w.stop();
