@@ -1,14 +1,20 @@
 import { setFlagsFromString } from 'node:v8';
 
 /**
- * The V8 flags the simulator runs with (`tuneV8`): V8 inlines callees into an optimized function until their
- * bytecode adds up to `--max-inlined-bytecode-size-cumulative` (920 bytes by default). One exit is a deep chain
- * of small functions (the vCPU's slow path, the backend, the RxJS pipeline, the MMU's fault handler, the
- * emulator, the write hook), and at the default budget V8 stops inlining them part way: the chain then pays a
- * call, and loses what the optimizer could do across it, at every link. A budget of 3000 bytes lets it inline
- * most of the chain (see DESIGN.md, "Speed", for the measured difference).
+ * The V8 flags the simulator runs with (`tuneV8`):
+ * - V8 inlines callees into an optimized function until their bytecode adds up to
+ *   `--max-inlined-bytecode-size-cumulative` (920 bytes by default). One exit is a deep chain of small functions
+ *   (the vCPU's slow path, the backend, the RxJS pipeline, the MMU's fault handler, the emulator, the write hook),
+ *   and at the default budget V8 stops inlining them part way: the chain then pays a call, and loses what the
+ *   optimizer could do across it, at every link. A budget of 3000 bytes lets it inline most of the chain.
+ * - V8 does not inline a call site that ran in fewer than `--min-inlining-frequency` (0.15 by default) of its
+ *   function's calls when it was optimized, however small the callee. A walk's read of a level that most walks
+ *   of the warm-up never reached (a 4 KiB leaf under 2 MiB ones) then stays a call, and a call that returns an
+ *   entry's high half with XD set (a uint32 at or above 2^31) boxes it in a new heap number, every walk. With 0,
+ *   rare sites are inlined too, after the frequent ones, within the same budget.
+ * See DESIGN.md, "Speed", for the measured difference of each.
  */
-export const V8_FLAGS: readonly string[] = Object.freeze(['--max-inlined-bytecode-size-cumulative=3000']);
+export const V8_FLAGS: readonly string[] = Object.freeze(['--max-inlined-bytecode-size-cumulative=3000', '--min-inlining-frequency=0']);
 
 let tuned = false;
 

@@ -175,6 +175,11 @@ function pteWriteEvent(
   level: number,
   misaligned: boolean,
 ): Refillable<PteWriteEvent> {
+  // The halves unsigned, whatever the write hook was given (pteWrite takes them signed on its hot path).
+  oldLo >>>= 0;
+  oldHi >>>= 0;
+  newLo >>>= 0;
+  newHi >>>= 0;
   if (into === null) return { kind: 'pte-write', vcpu, seq, decidedBy: null, gpa, size, oldLo, oldHi, newLo, newHi, level, misaligned, decision: null };
   into.seq = seq;
   into.decidedBy = null;

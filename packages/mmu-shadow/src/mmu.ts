@@ -113,7 +113,9 @@ export class ShadowMmu extends ShadowMmuState implements Mmu, NonPresentSpteEnco
     markGpaDirty(this, gpa, vcpu.id);
     this.lockFor(vcpu.id);
     try {
-      pteWrite(this, vcpu, gpa, size, oldLo, oldHi, newLo, newHi, true); // the emulator's store was the last thing it did
+      // The halves as int32 (`| 0`): an unsigned half with bit 31 set is no small integer to V8, and passing it to
+      // pteWrite would box it in a new heap number; pteWrite reads them with bit operations only.
+      pteWrite(this, vcpu, gpa, size, oldLo | 0, oldHi | 0, newLo | 0, newHi | 0, true); // the emulator's store was the last thing it did
     } finally {
       this.mmuLock.release(vcpu.id);
     }

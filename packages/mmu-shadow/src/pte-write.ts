@@ -14,7 +14,8 @@ import { collectIndirectPages, type ShadowMmuState, type VcpuShadowState } from 
  */
 
 /**
- * KVM `kvm_mmu_track_write`: the vCPU stored `size` bytes at `gpa` (old and new value given) into a
+ * KVM `kvm_mmu_track_write`: the vCPU stored `size` bytes at `gpa` (old and new value given, as 32-bit halves,
+ * signed or unsigned: only their bits are read, and the pte-write event gets them unsigned) into a
  * write-protected gfn. `justStored`: nothing ran between the store and this call (the emulator's store, then
  * its write hook), so memory at `gpa` still holds the new value; otherwise (a store that other vCPUs could
  * follow before this vCPU took mmu_lock) the gpte is read again, as KVM always does.
@@ -51,8 +52,8 @@ export function pteWrite(
       gHi = bytes === 8 ? newHi : 0;
     }
   } else if (bytes === 4 || bytes === 8) {
-    gLo = s.memory.read32(gpa - (gpa & 3));
-    gHi = bytes === 8 ? s.memory.read32(gpa - (gpa & 3) + 4) : 0;
+    gLo = s.memory.read32(gpa - (gpa & 3)) | 0;
+    gHi = bytes === 8 ? s.memory.read32(gpa - (gpa & 3) + 4) | 0 : 0;
   }
   const gfn = pageNumber(gpa);
   st.bump(s.host, 2 /* mmu_pte_write */);

@@ -58,6 +58,10 @@ const DIRTY = PT_DIRTY;
  * - The rights of the translation are accumulated while walking, as `acc` (the AND of the low halves: R/W,
  *   U/S and A of every entry read from memory) and `xd` (the OR of the high halves: XD of every level),
  *   and checked from those (`permissionFault`), not reloaded from `out`.
+ * - Each half is taken as an int32 as it is read (`mem.read32(epa) | 0`): only bit operations use it. A uint32
+ *   with bit 31 set (an XD bit, a high address bit) is no small integer to V8, and where `let xd = ehi` and
+ *   `xd |= ehi` meet, V8 kept it as a boxed number: a heap allocation on every walk of an XD page (the emulated
+ *   write's guest walk among them). Stored in `entryLo`/`entryHi` (Uint32Arrays), an int32 is the same bits.
  * - The common case of a walk with side effects writes nothing: A already set on every level, and D in
  *   the leaf for a write. Only when a bit is missing does `setAccessedDirty` run.
  * - Two-dimensional paging (`ctx.nested`, EPT/NPT) is `walkNested`, a function of its own that `walk`
@@ -122,7 +126,7 @@ function walk32(ctx: PagingContext, mem: PhysicalMemory, lo: number, access: num
   const eLo = out.entryLo;
   const eHi = out.entryHi;
   let epa = (((ctx.cr3 >>> 0) & 0xfffff000) >>> 0) + (lo >>> 22) * 4;
-  const pde = mem.read32(epa);
+  const pde = mem.read32(epa) | 0;
   ePa[2] = epa;
   eLo[2] = pde;
   eHi[2] = 0;
@@ -140,7 +144,7 @@ function walk32(ctx: PagingContext, mem: PhysicalMemory, lo: number, access: num
     out.pageSize = 4194304; // 4 MiB
   } else {
     epa = ((pde & 0xfffff000) >>> 0) + ((lo >>> 12) & 0x3ff) * 4;
-    leaf = mem.read32(epa);
+    leaf = mem.read32(epa) | 0;
     ePa[1] = epa;
     eLo[1] = leaf;
     eHi[1] = 0;
@@ -181,8 +185,8 @@ function walk4(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
 
   // PML4E (§4.5.4): PS is reserved.
   let epa = ((cr3 & 0xfffff000) | (((hi >>> 7) & 0x1ff) << 3)) >>> 0;
-  let elo = mem.read32(epa);
-  let ehi = mem.read32((epa | 4) >>> 0);
+  let elo = mem.read32(epa) | 0;
+  let ehi = mem.read32((epa | 4) >>> 0) | 0;
   ePa[4] = epa;
   eLo[4] = elo;
   eHi[4] = ehi;
@@ -194,8 +198,8 @@ function walk4(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
 
   // PDPTE (§4.5.4; a 1 GiB leaf: Table 4-15).
   epa = ((elo & 0xfffff000) | ((((lo >>> 30) | (hi << 2)) & 0x1ff) << 3)) >>> 0;
-  elo = mem.read32(epa);
-  ehi = mem.read32((epa | 4) >>> 0);
+  elo = mem.read32(epa) | 0;
+  ehi = mem.read32((epa | 4) >>> 0) | 0;
   ePa[3] = epa;
   eLo[3] = elo;
   eHi[3] = ehi;
@@ -212,8 +216,8 @@ function walk4(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
 
     // PDE (§4.5.4; a 2 MiB leaf: Table 4-17).
     epa = ((elo & 0xfffff000) | (((lo >>> 21) & 0x1ff) << 3)) >>> 0;
-    elo = mem.read32(epa);
-    ehi = mem.read32((epa | 4) >>> 0);
+    elo = mem.read32(epa) | 0;
+    ehi = mem.read32((epa | 4) >>> 0) | 0;
     ePa[2] = epa;
     eLo[2] = elo;
     eHi[2] = ehi;
@@ -230,8 +234,8 @@ function walk4(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
 
       // PTE (§4.5.4): bit 7 is PAT, not PS.
       epa = ((elo & 0xfffff000) | (((lo >>> 12) & 0x1ff) << 3)) >>> 0;
-      elo = mem.read32(epa);
-      ehi = mem.read32((epa | 4) >>> 0);
+      elo = mem.read32(epa) | 0;
+      ehi = mem.read32((epa | 4) >>> 0) | 0;
       ePa[1] = epa;
       eLo[1] = elo;
       eHi[1] = ehi;
@@ -285,8 +289,8 @@ function walk4Direct(
   let tw = tableWord(tLo, tHi, dHi, last);
   if (tw < 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 4, tLo, tHi, rsvdHi, -1, 0);
   let idx = (hi >>> 7) & 0x1ff;
-  let elo = words[tw + (idx << 1)]!;
-  let ehi = words[tw + (idx << 1) + 1]!;
+  let elo = words[tw + (idx << 1)]! | 0;
+  let ehi = words[tw + (idx << 1) + 1]! | 0;
   ePa[4] = (tLo >>> 0) + tHi * 4294967296 + idx * 8;
   eLo[4] = elo;
   eHi[4] = ehi;
@@ -301,8 +305,8 @@ function walk4Direct(
   tw = tableWord(tLo, tHi, dHi, last);
   if (tw < 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 3, tLo >>> 0, tHi, rsvdHi, acc, xd);
   idx = ((lo >>> 30) | (hi << 2)) & 0x1ff;
-  elo = words[tw + (idx << 1)]!;
-  ehi = words[tw + (idx << 1) + 1]!;
+  elo = words[tw + (idx << 1)]! | 0;
+  ehi = words[tw + (idx << 1) + 1]! | 0;
   ePa[3] = (tLo >>> 0) + tHi * 4294967296 + idx * 8;
   eLo[3] = elo;
   eHi[3] = ehi;
@@ -322,8 +326,8 @@ function walk4Direct(
     tw = tableWord(tLo, tHi, dHi, last);
     if (tw < 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 2, tLo >>> 0, tHi, rsvdHi, acc, xd);
     idx = (lo >>> 21) & 0x1ff;
-    elo = words[tw + (idx << 1)]!;
-    ehi = words[tw + (idx << 1) + 1]!;
+    elo = words[tw + (idx << 1)]! | 0;
+    ehi = words[tw + (idx << 1) + 1]! | 0;
     ePa[2] = (tLo >>> 0) + tHi * 4294967296 + idx * 8;
     eLo[2] = elo;
     eHi[2] = ehi;
@@ -343,8 +347,8 @@ function walk4Direct(
       tw = tableWord(tLo, tHi, dHi, last);
       if (tw < 0) return walkFrom(ctx, mem, lo, hi, access, flags, out, 1, tLo >>> 0, tHi, rsvdHi, acc, xd);
       idx = (lo >>> 12) & 0x1ff;
-      elo = words[tw + (idx << 1)]!;
-      ehi = words[tw + (idx << 1) + 1]!;
+      elo = words[tw + (idx << 1)]! | 0;
+      ehi = words[tw + (idx << 1) + 1]! | 0;
       ePa[1] = (tLo >>> 0) + tHi * 4294967296 + idx * 8;
       eLo[1] = elo;
       eHi[1] = ehi;
@@ -397,8 +401,8 @@ function walk5(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
 
   // PML5E (§4.5.4): PS is reserved.
   let epa = ((cr3 & 0xfffff000) | (((hi >>> 16) & 0x1ff) << 3)) >>> 0;
-  let elo = mem.read32(epa);
-  let ehi = mem.read32((epa | 4) >>> 0);
+  let elo = mem.read32(epa) | 0;
+  let ehi = mem.read32((epa | 4) >>> 0) | 0;
   ePa[5] = epa;
   eLo[5] = elo;
   eHi[5] = ehi;
@@ -410,8 +414,8 @@ function walk5(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
 
   // PML4E (§4.5.4): PS is reserved.
   epa = ((elo & 0xfffff000) | (((hi >>> 7) & 0x1ff) << 3)) >>> 0;
-  elo = mem.read32(epa);
-  ehi = mem.read32((epa | 4) >>> 0);
+  elo = mem.read32(epa) | 0;
+  ehi = mem.read32((epa | 4) >>> 0) | 0;
   ePa[4] = epa;
   eLo[4] = elo;
   eHi[4] = ehi;
@@ -423,8 +427,8 @@ function walk5(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
 
   // PDPTE (§4.5.4; a 1 GiB leaf: Table 4-15).
   epa = ((elo & 0xfffff000) | ((((lo >>> 30) | (hi << 2)) & 0x1ff) << 3)) >>> 0;
-  elo = mem.read32(epa);
-  ehi = mem.read32((epa | 4) >>> 0);
+  elo = mem.read32(epa) | 0;
+  ehi = mem.read32((epa | 4) >>> 0) | 0;
   ePa[3] = epa;
   eLo[3] = elo;
   eHi[3] = ehi;
@@ -441,8 +445,8 @@ function walk5(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
 
     // PDE (§4.5.4; a 2 MiB leaf: Table 4-17).
     epa = ((elo & 0xfffff000) | (((lo >>> 21) & 0x1ff) << 3)) >>> 0;
-    elo = mem.read32(epa);
-    ehi = mem.read32((epa | 4) >>> 0);
+    elo = mem.read32(epa) | 0;
+    ehi = mem.read32((epa | 4) >>> 0) | 0;
     ePa[2] = epa;
     eLo[2] = elo;
     eHi[2] = ehi;
@@ -459,8 +463,8 @@ function walk5(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
 
       // PTE (§4.5.4): bit 7 is PAT, not PS.
       epa = ((elo & 0xfffff000) | (((lo >>> 12) & 0x1ff) << 3)) >>> 0;
-      elo = mem.read32(epa);
-      ehi = mem.read32((epa | 4) >>> 0);
+      elo = mem.read32(epa) | 0;
+      ehi = mem.read32((epa | 4) >>> 0) | 0;
       ePa[1] = epa;
       eLo[1] = elo;
       eHi[1] = ehi;
@@ -507,8 +511,8 @@ function walkPae(ctx: PagingContext, mem: PhysicalMemory, lo: number, access: nu
 
   // PDE (§4.4.2; a 2 MiB leaf: Table 4-9).
   let epa = ((plo & 0xfffff000) | (((lo >>> 21) & 0x1ff) << 3)) >>> 0;
-  let elo = mem.read32(epa);
-  let ehi = mem.read32((epa | 4) >>> 0);
+  let elo = mem.read32(epa) | 0;
+  let ehi = mem.read32((epa | 4) >>> 0) | 0;
   ePa[2] = epa;
   eLo[2] = elo;
   eHi[2] = ehi;
@@ -527,8 +531,8 @@ function walkPae(ctx: PagingContext, mem: PhysicalMemory, lo: number, access: nu
 
     // PTE (§4.4.2): bit 7 is PAT, not PS.
     epa = ((elo & 0xfffff000) | (((lo >>> 12) & 0x1ff) << 3)) >>> 0;
-    elo = mem.read32(epa);
-    ehi = mem.read32((epa | 4) >>> 0);
+    elo = mem.read32(epa) | 0;
+    ehi = mem.read32((epa | 4) >>> 0) | 0;
     ePa[1] = epa;
     eLo[1] = elo;
     eHi[1] = ehi;
@@ -593,11 +597,11 @@ function walkFrom(
     const rel = tHi - dHi;
     const w = dHi >= 0 && (rel === 0 || rel === 1) ? rel * 1073741824 + ((tLo >>> 2) | (index << 1)) : -1;
     if (w >= 0 && w < dLen) {
-      elo = words![w]!;
-      ehi = words![w + 1]!;
+      elo = words![w]! | 0;
+      ehi = words![w + 1]! | 0;
     } else {
-      elo = mem.read32(epa);
-      ehi = mem.read32(epa + 4);
+      elo = mem.read32(epa) | 0;
+      ehi = mem.read32(epa + 4) | 0;
     }
     ePa[level] = epa;
     eLo[level] = elo;

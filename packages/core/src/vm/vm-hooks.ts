@@ -87,6 +87,14 @@ export class VmHooks implements VcpuHooks<Vcpu> {
             resolvedBy: null,
           }
         : null;
+    // V8 keeps a field that has only ever held numbers as an unboxed double, and every read of it that is passed on
+    // (`handleExit` hands `address` to the MMU's fault handler) boxes it in a new heap number: an allocation per exit.
+    // A field that once held something else is a plain slot: it keeps the number `exception` was given as it is,
+    // and passing it on allocates nothing.
+    if (this.scratch !== null) {
+      (this.scratch as { address: unknown }).address = null;
+      this.scratch.address = 0;
+    }
   }
 
   exception(vcpu: Vcpu, vector: number, errorCode: number, address: number, access: number): FaultAction {
