@@ -194,6 +194,13 @@ for (const k of pt.byKind) {
   ]);
 }
 rows.push([
+  '  heap allocated, (variant - native) / exits (V8\'s heap sampling, one run each; see core\'s DESIGN.md, "Speed")',
+  `${pt.allocation.bytesPerExit.toFixed(2)} B/exit`,
+  '',
+  '',
+  null,
+]);
+rows.push([
   'exit pipeline (RxJS) per exit, share of an exit',
   `${f1(main.pipeline.nsPerExit)} ns/exit, ${(main.pipeline.shareOfExit * 100).toFixed(1)}% of ${f1(pt.nsPerExit)} ns`,
   '',

@@ -2,8 +2,8 @@
 /**
  * The exit-path and whole-run benchmark: every variant that `vmexit main` runs, on the bundled
  * kbuild trace, against the native run and a plain scan of the trace's records, all in one process; the cost
- * of an exit on `pt-recycle` under VMX shadow paging (no write-flood), by exit kind; the RxJS exit pipeline's
- * share of it; and the peak RSS and wall time of a 64 GiB guest running `demand-fault:pages=16`, each in a
+ * of an exit on `pt-recycle` under VMX shadow paging (no write-flood), by exit kind, and the heap it allocates
+ * (V8's sampling heap profiler over one run); the RxJS exit pipeline's share of it; and the peak RSS and wall time of a 64 GiB guest running `demand-fault:pages=16`, each in a
  * child process of its own (bench/guest-rss.mjs).
  *
  *   node bench/main.bench.mjs [--json FILE] [--runs N] [--quick] [--only kbuild,pt-recycle,pipeline,rss]
@@ -27,6 +27,7 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Session } from 'node:inspector';
 import { performance } from 'node:perf_hooks';
 import process from 'node:process';
 import { createVm, PF_VECTOR, tuneV8 } from '@vmexit/core';
@@ -75,6 +76,8 @@ const MODE = 'long4';
 const SHADOW_TARGET = 0.6;
 const TDP_TARGET = 0.8;
 const EXIT_NS_TARGET = 150;
+/** V8's heap sampling interval for the allocation figure: one sample per this many bytes allocated, on average. */
+const ALLOC_SAMPLING_INTERVAL = 128;
 const RSS_MB_TARGET = 200;
 const RSS_WALL_TARGET = 3;
 /** pt-recycle big enough that its exits (nearly all emulated writes to recycled page tables) dominate. */
@@ -82,7 +85,7 @@ const PT_RECYCLE = opts.quick ? 'pt-recycle:dirs=16,rounds=2' : 'pt-recycle:dirs
 const RSS_WORKLOAD = 'demand-fault:pages=16';
 const RSS_MEMORY = 64 * 2 ** 30;
 
-const out = { schema: 'vmexit-main-bench/2', node: process.version, runs: RUNS, quick: opts.quick, seed: SEED, mode: MODE };
+const out = { schema: 'vmexit-main-bench/3', node: process.version, runs: RUNS, quick: opts.quick, seed: SEED, mode: MODE };
 const lines = [];
 const say = (s) => {
   lines.push(s);
@@ -297,6 +300,57 @@ function timerOverheadNs() {
   return (acc / n) * 1e6;
 }
 
+/**
+ * The heap bytes a run allocates: one run of `workload` on `spec` (null natively; a VM as `vmexit run` makes it,
+ * nothing attached that could keep an exit) under V8's sampling heap profiler, over the counted window, objects the
+ * garbage collector has collected since included. The profiler takes a sample every `ALLOC_SAMPLING_INTERVAL` bytes
+ * on average and scales each to an unbiased estimate of the bytes allocated. Returns the estimate and the run's exits.
+ */
+async function allocationOf(spec, workload) {
+  const session = new Session();
+  session.connect();
+  const post = (method, params = {}) => {
+    let result;
+    let error = null;
+    session.post(method, params, (e, r) => {
+      error = e;
+      result = r;
+    });
+    if (error !== null) throw error;
+    return result;
+  };
+  const vm = await vmOf(spec);
+  let profile = null;
+  let r;
+  collectGarbage();
+  post('HeapProfiler.enable');
+  try {
+    r = runWorkloadOn(vm, {
+      workload,
+      mode: MODE,
+      seed: SEED,
+      trace,
+      atStart: () =>
+        post('HeapProfiler.startSampling', {
+          samplingInterval: ALLOC_SAMPLING_INTERVAL,
+          includeObjectsCollectedByMajorGC: true,
+          includeObjectsCollectedByMinorGC: true,
+        }),
+      atEnd: () => (profile = post('HeapProfiler.stopSampling').profile),
+    });
+  } finally {
+    post('HeapProfiler.disable');
+    session.disconnect();
+  }
+  let bytes = 0;
+  const visit = (node) => {
+    bytes += node.selfSize;
+    for (const c of node.children) visit(c);
+  };
+  visit(profile.head);
+  return { bytes, exits: r.counters.total.exits ?? 0 };
+}
+
 let exitNs = null;
 if (only.has('pt-recycle') || only.has('pipeline')) {
   const rows = await roundRobin('pt-recycle', ['native', 'vmx shadow'], PT_RECYCLE);
@@ -318,6 +372,12 @@ if (only.has('pt-recycle') || only.has('pipeline')) {
   const kinds = [...buckets.entries()]
     .sort((a, b) => b[1].calls - a[1].calls)
     .map(([kind, b]) => ({ kind, calls: b.calls, hypervisorNsPerExit: Math.max(0, (b.ms / b.calls) * 1e6 - overhead) }));
+  // What an exit allocates, as its time: (variant - native) / exits, each run's whole window sampled (the guest's own
+  // work allocates alike in both). Attributing samples to the hypervisor's functions would miss those V8 inlined
+  // into the vCPU's (a sample names only the functions with frames of their own).
+  const allocNative = await allocationOf('native', PT_RECYCLE);
+  const alloc = await allocationOf('vmx shadow', PT_RECYCLE);
+  const allocPerExit = (alloc.bytes - allocNative.bytes) / alloc.exits;
   const met = exitNs <= EXIT_NS_TARGET;
   out.ptRecycle = {
     workload: PT_RECYCLE,
@@ -334,6 +394,13 @@ if (only.has('pt-recycle') || only.has('pipeline')) {
     targetMet: met,
     timerOverheadNs: overhead,
     byKind: kinds,
+    allocation: {
+      samplingIntervalBytes: ALLOC_SAMPLING_INTERVAL,
+      exits: alloc.exits,
+      nativeBytes: allocNative.bytes,
+      variantBytes: alloc.bytes,
+      bytesPerExit: allocPerExit,
+    },
     counters: vmx.counters,
   };
   say(
@@ -344,6 +411,13 @@ if (only.has('pt-recycle') || only.has('pipeline')) {
   );
   for (const k of kinds)
     say(`  in the hypervisor, ${k.kind.padEnd(14)} ${k.hypervisorNsPerExit.toFixed(1).padStart(8)} ns/exit  (${k.calls} exits, instrumented run)`);
+  // No target: an address made by arithmetic where it becomes an exit (a `rep stos` element) is boxed once, new shadow
+  // pages and roots are objects, and the rarer exits (CR writes, injected faults) build their own; an emulated write
+  // made by a store allocates nothing (packages/cli/test/exit-allocation.int.test.ts pins it). See core's DESIGN.md.
+  say(
+    `  heap allocated, (variant - native) / exits ${allocPerExit.toFixed(2).padStart(7)} B/exit` +
+      `  (native ${(allocNative.bytes / 2 ** 20).toFixed(1)} MiB, vmx ${(alloc.bytes / 2 ** 20).toFixed(1)} MiB; V8's heap sampling, every ${ALLOC_SAMPLING_INTERVAL} B, one run each)`,
+  );
 }
 
 // ---------------------------------------------------------------------------------------------------------
