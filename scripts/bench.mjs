@@ -9,8 +9,8 @@
  * - packages/core/bench/paging.bench.mjs: the TLB hit and the page walks (ratio: ns per op / ns per element
  *   of a plain Uint32Array scan, timed in runs interleaved with the figure's); then again, in a process of its
  *   own, the 4-level walk over guest memory and over the shadow MMU's pool (`--memories guest,pool`);
- * - packages/cli/bench/main.bench.mjs: ns per exit on pt-recycle under VMX shadow paging, by exit kind, and the
- *   RxJS exit pipeline's share, in three processes of their own (the median one is reported: the figure varies
+ * - packages/cli/bench/main.bench.mjs: ns per exit on pt-recycle under VMX shadow paging, by exit kind, the heap
+ *   bytes allocated per exit, and the RxJS exit pipeline's share, in three processes of their own (the median one is reported: the figure varies
  *   from process to process); kbuild natively, under every variant of `vmexit main` and under TDP
  *   (round-robin in each of three processes, as `vmexit main` runs them; each ratio to native the median of all
  *   the processes' rounds); the peak RSS and wall time of a 64 GiB guest
@@ -195,7 +195,7 @@ for (const k of pt.byKind) {
 }
 rows.push([
   '  heap allocated, (variant - native) / exits (V8\'s heap sampling, one run each; see core\'s DESIGN.md, "Speed")',
-  `${pt.allocation.bytesPerExit.toFixed(2)} B/exit`,
+  pt.allocation.bytesPerExit === null ? 'n/a (no exits)' : `${pt.allocation.bytesPerExit.toFixed(2)} B/exit`,
   '',
   '',
   null,

@@ -307,8 +307,8 @@ function timerOverheadNs() {
  * on average and scales each to an unbiased estimate of the bytes allocated. Returns the estimate and the run's exits.
  */
 async function allocationOf(spec, workload) {
+  const vm = await vmOf(spec);
   const session = new Session();
-  session.connect();
   const post = (method, params = {}) => {
     let result;
     let error = null;
@@ -319,28 +319,32 @@ async function allocationOf(spec, workload) {
     if (error !== null) throw error;
     return result;
   };
-  const vm = await vmOf(spec);
   let profile = null;
+  let sampling = false;
   let r;
   collectGarbage();
-  post('HeapProfiler.enable');
+  session.connect();
   try {
+    post('HeapProfiler.enable');
     r = runWorkloadOn(vm, {
       workload,
       mode: MODE,
       seed: SEED,
       trace,
-      atStart: () =>
+      // A workload that marks its own window starts the count again there (the counters' last 'start' counts).
+      atStart: () => {
+        if (sampling) post('HeapProfiler.stopSampling');
         post('HeapProfiler.startSampling', {
           samplingInterval: ALLOC_SAMPLING_INTERVAL,
           includeObjectsCollectedByMajorGC: true,
           includeObjectsCollectedByMinorGC: true,
-        }),
+        });
+        sampling = true;
+      },
       atEnd: () => (profile = post('HeapProfiler.stopSampling').profile),
     });
   } finally {
-    post('HeapProfiler.disable');
-    session.disconnect();
+    session.disconnect(); // ends the profiler's sampling with the session
   }
   let bytes = 0;
   const visit = (node) => {
@@ -377,7 +381,7 @@ if (only.has('pt-recycle') || only.has('pipeline')) {
   // into the vCPU's (a sample names only the functions with frames of their own).
   const allocNative = await allocationOf('native', PT_RECYCLE);
   const alloc = await allocationOf('vmx shadow', PT_RECYCLE);
-  const allocPerExit = (alloc.bytes - allocNative.bytes) / alloc.exits;
+  const allocPerExit = alloc.exits > 0 ? (alloc.bytes - allocNative.bytes) / alloc.exits : null;
   const met = exitNs <= EXIT_NS_TARGET;
   out.ptRecycle = {
     workload: PT_RECYCLE,
@@ -415,7 +419,7 @@ if (only.has('pt-recycle') || only.has('pipeline')) {
   // pages and roots are objects, and the rarer exits (CR writes, injected faults) build their own; an emulated write
   // made by a store allocates nothing (packages/cli/test/exit-allocation.int.test.ts pins it). See core's DESIGN.md.
   say(
-    `  heap allocated, (variant - native) / exits ${allocPerExit.toFixed(2).padStart(7)} B/exit` +
+    `  heap allocated, (variant - native) / exits ${allocPerExit === null ? '     n/a' : allocPerExit.toFixed(2).padStart(7)} B/exit` +
       `  (native ${(allocNative.bytes / 2 ** 20).toFixed(1)} MiB, vmx ${(alloc.bytes / 2 ** 20).toFixed(1)} MiB; V8's heap sampling, every ${ALLOC_SAMPLING_INTERVAL} B, one run each)`,
   );
 }
