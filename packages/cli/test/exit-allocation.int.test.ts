@@ -1,8 +1,7 @@
-import { PerformanceObserver, performance } from 'node:perf_hooks';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
+import { performance } from 'node:perf_hooks';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createVm, PF_VECTOR, tuneV8, walk, WalkResult, type Vcpu, type Vm } from '@vmexit/core';
+import { GcWatch } from '@vmexit/core/testing';
 import { runWorkload } from '@vmexit/guest';
 import { parseVariantSpec } from '@vmexit/lab';
 
@@ -19,8 +18,8 @@ import { parseVariantSpec } from '@vmexit/lab';
  * reached read, or leaves it a call that boxes what it returns, depends on when it optimizes). Exits that allocated
  * one 16-byte heap number each would fill V8's young generation (at most a few tens of MiB) once per million
  * exits or so; each test repeats its store 3 M times after 200 k to warm up (V8 optimizes the path: code that is not
- * optimized yet boxes freely) and a full collection. Collections are counted with a PerformanceObserver on 'gc'
- * entries; a control loop that allocates shows the detector sees them. A tolerance of one covers a collection
+ * optimized yet boxes freely) and a full collection. Collections are counted by core's GcWatch (a
+ * PerformanceObserver on 'gc' entries); a control loop that allocates shows the detector sees them. A tolerance of one covers a collection
  * that the run before made due. The file runs in a process of its own (vitest.config.ts): after other variants
  * in the same process, call sites the exit path shares with them may be compiled for several targets.
  */
@@ -37,24 +36,9 @@ interface Found {
   xd: boolean;
 }
 
-let gcTimes: number[] = [];
-let observer: PerformanceObserver;
-let collect: () => void = () => {};
-beforeAll(() => {
-  observer = new PerformanceObserver((list) => {
-    for (const e of list.getEntries()) gcTimes.push(e.startTime);
-  });
-  observer.observe({ entryTypes: ['gc'] });
-  // A full collection before each measured loop empties the young generation (node exposes `gc` to a new context
-  // once the flag is set).
-  setFlagsFromString('--expose-gc');
-  const gc = runInNewContext('gc') as unknown;
-  if (typeof gc === 'function') collect = gc as () => void;
-});
-afterAll(() => observer.disconnect());
-
-/** GC entries are delivered asynchronously: let them arrive. */
-const settle = () => new Promise((resolve) => setTimeout(resolve, 50));
+let gcs: GcWatch;
+beforeAll(() => (gcs = new GcWatch()));
+afterAll(() => gcs.stop());
 
 /**
  * Runs pt-recycle on a VMX shadow VM until an emulated write (a present write #PF, P|W) to a write-protected gfn that
@@ -79,7 +63,7 @@ async function repeatEmulatedWrite(tracked: boolean): Promise<{ from: number; to
         const { pendingSize: size, pendingLo: lo, pendingHi: hi } = vcpu;
         hooks.exception = exception; // the repeated stores exit through the hook itself
         for (let i = 0; i < WARM; i++) vcpu.write(va, size, lo, hi);
-        collect();
+        gcs.collectNow();
         const before = vm.counters().total.exits ?? 0;
         const from = performance.now();
         for (let i = 0; i < STORES; i++) vcpu.write(va, size, lo, hi);
@@ -100,8 +84,7 @@ describe('the emulated page-table write allocates nothing', () => {
     ['to a level-1 page table, a pte with XD (the fetch path, then emulated)', false],
   ] as const)('%s', { timeout: 120_000 }, async ([, tracked]) => {
     const r = await repeatEmulatedWrite(tracked);
-    await settle();
-    const found: Found = { gcs: gcTimes.filter((t) => t >= r.from && t <= r.to).length, exits: r.exits, xd: r.xd };
+    const found: Found = { gcs: await gcs.between(r.from, r.to), exits: r.exits, xd: r.xd };
     // Every store was an exit (the write-protected spte stays read-only: each is emulated), and none made V8 collect.
     expect(found.exits).toBe(STORES);
     expect(found.gcs).toBeLessThanOrEqual(1);
@@ -109,7 +92,6 @@ describe('the emulated page-table write allocates nothing', () => {
   });
 
   it('the detector sees a loop that allocates 16 bytes per iteration', async () => {
-    gcTimes = [];
     const keep: number[][] = [];
     const from = performance.now();
     for (let i = 0; i < STORES; i++) {
@@ -117,8 +99,7 @@ describe('the emulated page-table write allocates nothing', () => {
       if ((i & 4095) === 0) keep.push(a);
     }
     const to = performance.now();
-    await settle();
     expect(keep.length).toBe(Math.ceil(STORES / 4096));
-    expect(gcTimes.filter((t) => t >= from && t <= to).length).toBeGreaterThan(1);
+    expect(await gcs.between(from, to)).toBeGreaterThan(1);
   });
 });
