@@ -41,6 +41,23 @@ export function scanRecords(trace) {
   return { seconds, represented: n };
 }
 
+/**
+ * `session.post` (node:inspector) as a call that returns the method's result, or throws its error: the Profiler and
+ * HeapProfiler domains answer before `post` returns, as the inspector runs in this thread.
+ */
+export function syncPost(session) {
+  return (method, params = {}) => {
+    let result;
+    let error = null;
+    session.post(method, params, (e, r) => {
+      error = e;
+      result = r;
+    });
+    if (error !== null) throw error;
+    return result;
+  };
+}
+
 /** V8's full collection: `gc` of `node --expose-gc`, else the flag set now (see collectGarbage). */
 let fullGc = null;
 

@@ -34,7 +34,7 @@ import { createVm, PF_VECTOR, tuneV8 } from '@vmexit/core';
 import { KBUILD_TRACE_PATH, decodeVxt } from '@vmexit/guest';
 import { parseVariantSpec } from '@vmexit/lab';
 import { parseBenchArgs } from '../../../scripts/bench-args.mjs';
-import { collectGarbage, median, runWorkloadOn, scanRecords, spread } from '../../../scripts/kbuild-bench.mjs';
+import { collectGarbage, median, runWorkloadOn, scanRecords, spread, syncPost } from '../../../scripts/kbuild-bench.mjs';
 
 // The V8 flags the CLI runs with (core's tuneV8), set before anything is measured: the figures are the CLI's.
 tuneV8();
@@ -309,16 +309,7 @@ function timerOverheadNs() {
 async function allocationOf(spec, workload) {
   const vm = await vmOf(spec);
   const session = new Session();
-  const post = (method, params = {}) => {
-    let result;
-    let error = null;
-    session.post(method, params, (e, r) => {
-      error = e;
-      result = r;
-    });
-    if (error !== null) throw error;
-    return result;
-  };
+  const post = syncPost(session);
   let profile = null;
   let sampling = false;
   let r;

@@ -22,7 +22,7 @@ import { createVm, tuneV8, VariantError } from '@vmexit/core';
 import { createTraceLoader, TraceError, WorkloadError } from '@vmexit/guest';
 import { InputError, parseVariantSpec } from '@vmexit/lab';
 import { parseBenchArgs } from '../../../scripts/bench-args.mjs';
-import { runWorkloadOn } from '../../../scripts/kbuild-bench.mjs';
+import { runWorkloadOn, syncPost } from '../../../scripts/kbuild-bench.mjs';
 
 // The V8 flags the CLI runs with (core's tuneV8), set before anything is profiled: the profile is the CLI's.
 tuneV8();
@@ -107,17 +107,7 @@ await vmOf();
 
 const session = new Session();
 session.connect();
-/** `Session.post` for the Profiler domain, which answers before `post` returns (the profiler runs in this thread). */
-function post(method, params = {}) {
-  let result;
-  let error = null;
-  session.post(method, params, (e, r) => {
-    error = e;
-    result = r;
-  });
-  if (error !== null) throw error;
-  return result;
-}
+const post = syncPost(session);
 post('Profiler.enable');
 post('Profiler.setSamplingInterval', { interval });
 
