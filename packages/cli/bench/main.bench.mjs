@@ -3,8 +3,9 @@
  * The exit-path and whole-run benchmark: every variant that `vmexit main` runs, on the bundled
  * kbuild trace, against the native run and a plain scan of the trace's records, all in one process; the cost
  * of an exit on `pt-recycle` under VMX shadow paging (no write-flood), by exit kind, and the heap it allocates
- * (V8's sampling heap profiler over one run); the RxJS exit pipeline's share of it; and the peak RSS and wall time of a 64 GiB guest running `demand-fault:pages=16`, each in a
- * child process of its own (bench/guest-rss.mjs).
+ * (V8's sampling heap profiler over one run); the RxJS exit pipeline's share of it; and the peak RSS and wall
+ * time of a 64 GiB guest running `demand-fault:pages=16`, each in a child process of its own
+ * (bench/guest-rss.mjs).
  *
  *   node bench/main.bench.mjs [--json FILE] [--runs N] [--quick] [--only kbuild,pt-recycle,pipeline,rss]
  *

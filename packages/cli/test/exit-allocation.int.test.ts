@@ -19,9 +19,10 @@ import { parseVariantSpec } from '@vmexit/lab';
  * one 16-byte heap number each would fill V8's young generation (at most a few tens of MiB) once per million
  * exits or so; each test repeats its store 3 M times after 200 k to warm up (V8 optimizes the path: code that is not
  * optimized yet boxes freely) and a full collection. Collections are counted by core's GcWatch (a
- * PerformanceObserver on 'gc' entries); a control loop that allocates shows the detector sees them. A tolerance of one covers a collection
- * that the run before made due. The file runs in a process of its own (vitest.config.ts): after other variants
- * in the same process, call sites the exit path shares with them may be compiled for several targets.
+ * PerformanceObserver on 'gc' entries); a control loop that allocates shows the detector sees them. A tolerance
+ * of one covers a collection that the run before made due. The file runs in a process of its own
+ * (vitest.config.ts): after other variants in the same process, call sites the exit path shares with them may be
+ * compiled for several targets.
  */
 tuneV8();
 
@@ -91,7 +92,7 @@ describe('the emulated page-table write allocates nothing', () => {
     if (!tracked) expect(found.xd).toBe(true);
   });
 
-  it('the detector sees a loop that allocates 16 bytes per iteration', async () => {
+  it('the detector sees a loop that allocates a small array per iteration', async () => {
     const keep: number[][] = [];
     const from = performance.now();
     for (let i = 0; i < STORES; i++) {

@@ -59,9 +59,10 @@ const DIRTY = PT_DIRTY;
  *   U/S and A of every entry read from memory) and `xd` (the OR of the high halves: XD of every level),
  *   and checked from those (`permissionFault`), not reloaded from `out`.
  * - Each half is taken as an int32 as it is read (`mem.read32(epa) | 0`): only bit operations use it. A uint32
- *   with bit 31 set (an XD bit, a high address bit) is no small integer to V8, and where `let xd = ehi` and
- *   `xd |= ehi` meet, V8 kept it as a boxed number: a heap allocation on every walk of an XD page (the emulated
- *   write's guest walk among them). Stored in `entryLo`/`entryHi` (Uint32Arrays), an int32 is the same bits.
+ *   with bit 31 set (an XD bit, a high address bit) is no small integer to V8, and in a run's compiled walk V8
+ *   kept such a value, merged from the walk's branches, as a boxed number: a heap allocation on every walk of an
+ *   XD page (the emulated write's guest walk among them). Stored in `entryLo`/`entryHi` (Uint32Arrays), an int32
+ *   is the same bits.
  * - The common case of a walk with side effects writes nothing: A already set on every level, and D in
  *   the leaf for a write. Only when a bit is missing does `setAccessedDirty` run.
  * - Two-dimensional paging (`ctx.nested`, EPT/NPT) is `walkNested`, a function of its own that `walk`
