@@ -4,8 +4,9 @@
 //   count, as they tie the files together for a reader as much as a value import does);
 // - no source file over MAX_LINES lines;
 // - in a package whose tests share their worker's modules (`isolate: false` in its vitest.config.ts), no test file
-//   that mocks a module (vi.mock, vi.doMock) unless the config lists it in `isolated`, and no listed file that
-//   does not exist (a mock in a shared worker would meet modules that earlier files already imported).
+//   that mocks a module (vi.mock, vi.doMock) or counts garbage collections (GcWatch) unless the config lists it in
+//   `isolated`, and no listed file that does not exist (a mock in a shared worker would meet modules that earlier
+//   files already imported; a count of collections would depend on the heap that earlier files left).
 // Imports are read with TypeScript's own pre-processor (`ts.preProcessFile`: import, import type, export
 // ... from, import()), and relative specifiers are resolved as the compiler resolves them under NodeNext
 // (`./x.js` -> `./x.ts`, a folder -> its `index.ts`). Every offender is printed; the exit code is 1 if any.
@@ -129,8 +130,9 @@ function packages() {
 }
 
 /**
- * The test files that mock a module in a package whose vitest config shares modules between test files
- * (`isolate: false`) without listing them in `isolated` (see vitest.shared.ts), and listed files that are gone.
+ * The test files that mock a module, or count garbage collections, in a package whose vitest config shares modules
+ * between test files (`isolate: false`) without listing them in `isolated` (see vitest.shared.ts), and listed files
+ * that are gone.
  */
 export function isolationProblems(rel) {
   const problems = [];
@@ -146,8 +148,13 @@ export function isolationProblems(rel) {
     for (const f of sourceFiles(join(pkg, 'test'))) {
       if (!f.endsWith('.test.ts')) continue;
       const name = relative(pkg, f);
-      if (/\bvi\.(mock|doMock)\(/.test(readFileSync(f, 'utf8')) && !listed.has(name)) {
+      if (listed.has(name)) continue;
+      const code = readFileSync(f, 'utf8');
+      if (/\bvi\.(mock|doMock)\(/.test(code)) {
         problems.push(`${rel(f)} mocks a module (vi.mock) but shares its worker's modules: list it in \`isolated\` in ${rel(config)}`);
+      }
+      if (/\bnew GcWatch\(/.test(code)) {
+        problems.push(`${rel(f)} counts garbage collections (GcWatch) but shares its worker's heap: list it in \`isolated\` in ${rel(config)}`);
       }
     }
   }
@@ -170,7 +177,7 @@ function main() {
   }
   problems.push(...isolationProblems(rel));
   if (problems.length === 0) {
-    console.log(`shape: no import cycle, no source file over ${MAX_LINES} lines, no module mock in a shared test worker`);
+    console.log(`shape: no import cycle, no source file over ${MAX_LINES} lines, no module mock or collection count in a shared test worker`);
     return 0;
   }
   console.error(`shape: ${problems.length} problem(s):`);

@@ -338,6 +338,7 @@ async function allocationOf(spec, workload) {
   } finally {
     session.disconnect(); // ends the profiler's sampling with the session
   }
+  if (profile === null) throw new Error(`main.bench: the run of ${workload} on ${spec} never reached the end of its counted window`);
   let bytes = 0;
   const visit = (node) => {
     bytes += node.selfSize;

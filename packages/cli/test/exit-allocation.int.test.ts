@@ -14,11 +14,11 @@ import { parseVariantSpec } from '@vmexit/lab';
  * handler emulates it at once) and one to a level-1 table only (the fetch path, then emulated), whose new pte has
  * XD set: a high half at or above 2^31, no small integer to V8.
  *
- * The VM runs with the V8 flags the CLI runs with (core's tuneV8: without them, whether V8 inlines a walk's rarely
- * reached read, or leaves it a call that boxes what it returns, depends on when it optimizes). Exits that allocated
- * one 16-byte heap number each would fill V8's young generation (at most a few tens of MiB) once per million
- * exits or so; each test repeats its store 3 M times after 200 k to warm up (V8 optimizes the path: code that is not
- * optimized yet boxes freely) and a full collection. Collections are counted by core's GcWatch (a
+ * The VM runs with the V8 flags the CLI runs with (core's tuneV8: with V8's default inlining budget a link of the
+ * chain stays a call, and what it passes or returns is boxed). Exits that allocated one 16-byte heap number each
+ * would fill V8's young generation (16 MiB per half once grown) about once per million exits: each test repeats its
+ * store 5 M times, after 200 k to warm up (V8 optimizes the path: code that is not optimized yet boxes freely) and a
+ * full collection, so that such an exit shows four collections or more. Collections are counted by core's GcWatch (a
  * PerformanceObserver on 'gc' entries); a control loop that allocates shows the detector sees them. A tolerance
  * of one covers a collection that the run before made due. The file runs in a process of its own
  * (vitest.config.ts): after other variants in the same process, call sites the exit path shares with them may be
@@ -27,7 +27,7 @@ import { parseVariantSpec } from '@vmexit/lab';
 tuneV8();
 
 const WARM = 200_000;
-const STORES = 3_000_000;
+const STORES = 5_000_000;
 /** The emulated write to start looking from (past the boot and the first rounds). */
 const FROM = 20_000;
 

@@ -13,10 +13,7 @@
  * @module
  */
 import type { ContainerModule } from 'inversify';
-import { PerformanceObserver } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 // Through the package's public entry only: what a policy author's test sees is what these helpers use.
 import {
   CR0_PE,
@@ -243,59 +240,4 @@ export async function runPolicyVm(o: PolicyVmOptions): Promise<PolicyVmRun> {
   return { vm, counters: out.result.counters.total, memoryDigest: out.result.memoryDigest, guestEvents: JSON.stringify(out.events) };
 }
 
-/**
- * Counts V8's garbage collections (a PerformanceObserver on 'gc' entries), for a test that pins "this loop allocates
- * nothing" without timing anything: millions of iterations that allocated even one 16-byte heap number each would
- * fill V8's young generation (a few tens of MiB at most) many times over, and one that allocates nothing makes V8
- * collect nothing. Run the loop once first to warm it up (code V8 has not optimized yet boxes numbers freely), then
- * `collectNow()`, then the measured loop between two `performance.now()` readings; allow one collection that what
- * ran before made due.
- *
- * @example
- * const gcs = new GcWatch();
- * loop(200_000); // warm-up
- * gcs.collectNow();
- * const from = performance.now();
- * loop(5_000_000);
- * expect(await gcs.between(from, performance.now())).toBeLessThanOrEqual(1);
- * gcs.stop();
- */
-export class GcWatch {
-  private readonly starts: number[] = [];
-  private readonly observer: PerformanceObserver;
-  private gc: (() => void) | null = null;
-
-  constructor() {
-    this.observer = new PerformanceObserver((list) => {
-      for (const e of list.getEntries()) this.starts.push(e.startTime);
-    });
-    this.observer.observe({ entryTypes: ['gc'] });
-  }
-
-  /**
-   * A full collection now (it empties the young generation), through the `gc` that node exposes to a new context
-   * once `--expose-gc` is set (set here, the first time); nothing when that cannot be had.
-   */
-  collectNow(): void {
-    if (this.gc === null) {
-      setFlagsFromString('--expose-gc');
-      const gc = runInNewContext('gc') as unknown;
-      this.gc = typeof gc === 'function' ? (gc as () => void) : () => {};
-    }
-    this.gc();
-  }
-
-  /**
-   * The collections that started from `from` to `to` (`performance.now()` times), counted once V8 has delivered
-   * them: entries arrive asynchronously, so it waits 50 ms first.
-   */
-  async between(from: number, to: number): Promise<number> {
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    return this.starts.filter((t) => t >= from && t <= to).length;
-  }
-
-  /** Stops watching. */
-  stop(): void {
-    this.observer.disconnect();
-  }
-}
+export { GcWatch } from './gc-watch.js';

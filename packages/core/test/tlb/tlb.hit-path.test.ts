@@ -3,7 +3,8 @@ import { performance } from 'node:perf_hooks';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CR0_PG, CR0_WP, CR4_PAE, CR4_PGE, EFER_LME, EFER_NXE } from '../../src/arch/constants.js';
 import { Machine } from '../../src/machine/machine.js';
-import { GcWatch } from '../../src/testing/index.js';
+// Its own module, not the testing entry: that one loads core's whole public entry, whose larger heap collects less often.
+import { GcWatch } from '../../src/testing/gc-watch.js';
 import { TLB_NEED, Tlb } from '../../src/tlb/tlb.js';
 
 /*
@@ -67,9 +68,7 @@ describe('Tlb', () => {
         }
         return sum;
       };
-      // 16 bytes per lookup, 80 MB over the loop: about ten collections of the young generation while it runs (the
-      // count is of those that start within the loop), against at most one for a loop that allocates nothing.
-      expect(await gcsDuring(allocating)).toBeGreaterThan(5);
+      expect(await gcsDuring(allocating)).toBeGreaterThan(10);
       expect(kept.length).toBeGreaterThan(0);
     });
 
