@@ -154,13 +154,13 @@ async function vmOf(spec) {
 }
 
 /**
- * One run of `workload` on `spec`; `prepare(vm)` may instrument the VM before the run, and `atStart` is called
- * when the counted window starts (after the guest booted).
+ * One run of `workload` on `spec`; `prepare(vm)` may instrument the VM before the run, and `atStart` and `atEnd`
+ * are called where the counted window starts (after the guest booted) and ends.
  */
-async function runOnce(spec, workload, prepare, atStart) {
+async function runOnce(spec, workload, prepare, atStart, atEnd) {
   const vm = await vmOf(spec);
   if (prepare !== undefined && vm !== null) prepare(vm);
-  return runWorkloadOn(vm, { workload, mode: MODE, seed: SEED, trace, atStart });
+  return runWorkloadOn(vm, { workload, mode: MODE, seed: SEED, trace, atStart, atEnd });
 }
 
 /** Round-robin runs of `specs` on `workload`; returns a row per spec (median wall time). */
@@ -308,7 +308,6 @@ function timerOverheadNs() {
  * on average and scales each to an unbiased estimate of the bytes allocated. Returns the estimate and the run's exits.
  */
 async function allocationOf(spec, workload) {
-  const vm = await vmOf(spec);
   const session = new Session();
   const post = syncPost(session);
   let profile = null;
@@ -318,13 +317,12 @@ async function allocationOf(spec, workload) {
   session.connect();
   try {
     post('HeapProfiler.enable');
-    r = runWorkloadOn(vm, {
+    r = await runOnce(
+      spec,
       workload,
-      mode: MODE,
-      seed: SEED,
-      trace,
+      undefined,
       // A workload that marks its own window starts the count again there (the counters' last 'start' counts).
-      atStart: () => {
+      () => {
         if (sampling) post('HeapProfiler.stopSampling');
         post('HeapProfiler.startSampling', {
           samplingInterval: ALLOC_SAMPLING_INTERVAL,
@@ -333,8 +331,8 @@ async function allocationOf(spec, workload) {
         });
         sampling = true;
       },
-      atEnd: () => (profile = post('HeapProfiler.stopSampling').profile),
-    });
+      () => (profile = post('HeapProfiler.stopSampling').profile),
+    );
   } finally {
     session.disconnect(); // ends the profiler's sampling with the session
   }
