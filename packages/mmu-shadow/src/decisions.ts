@@ -37,9 +37,11 @@ export const DEFAULT_TRACKED_WRITE_DECISION = false;
 export const WRITE_FLOOD_THRESHOLD = 3;
 
 // Each decision builds its event only when something may see it (MmuHost.decideByDefault, through
-// VcpuShadowState.decidedByDefault, which asks the host once per kind when it can). For the tracked-write and
-// prefetch decisions the fault path (fault.ts) makes that check itself and calls decide*Event only when it
-// fails: no call, and no linear address boxed for one, per exit when the MMU decides alone.
+// VcpuShadowState.decidedByDefault, which asks the host once per kind when it can). The hot paths make that check
+// themselves and call decide*Event only when it fails: the fault path (fault.ts) for the tracked-write and prefetch
+// decisions, so that no linear address is boxed for a call per exit when the MMU decides alone; the write hook
+// (pte-write.ts) for the flood and pte-write decisions, so that what it branches on is a boolean it made, not the
+// merge of a default and whatever `host.decide` may return.
 //
 // An event that policies decide is built once per vCPU and kind and refilled for each decision while nothing
 // outside the pipeline can keep it (MmuHost.reusesEvents: no tracer, recorder or mmuEvents$ subscriber), as
@@ -87,6 +89,19 @@ function floodEvent(
 
 export function decideFlood(host: MmuHost, st: VcpuShadowState, seq: number, gfn: number, level: number, writeCount: number, vcpuWriteCount: number): boolean {
   if (st.decidedByDefault(host, 1, 'flood')) return DEFAULT_FLOOD_DECISION;
+  return decideFloodEvent(host, st, seq, gfn, level, writeCount, vcpuWriteCount);
+}
+
+/** The flood decision once `st.decidedByDefault(host, 1, 'flood')` said no (pte-write.ts checks that first): the event, through the host. */
+export function decideFloodEvent(
+  host: MmuHost,
+  st: VcpuShadowState,
+  seq: number,
+  gfn: number,
+  level: number,
+  writeCount: number,
+  vcpuWriteCount: number,
+): boolean {
   const vcpu = st.vcpu.id;
   if (!reusable(host, st)) return host.decide(floodEvent(null, vcpu, seq, gfn, level, writeCount, vcpuWriteCount), DEFAULT_FLOOD_DECISION);
   const ev = (st.events.flood = floodEvent(st.events.flood, vcpu, seq, gfn, level, writeCount, vcpuWriteCount));
@@ -209,6 +224,23 @@ export function decidePteWrite(
   misaligned: boolean,
 ): PteWriteDecision {
   if (st.decidedByDefault(host, 0, 'pte-write')) return DEFAULT_PTE_WRITE_DECISION;
+  return decidePteWriteEvent(host, st, seq, gpa, size, oldLo, oldHi, newLo, newHi, level, misaligned);
+}
+
+/** The pte-write decision once `st.decidedByDefault(host, 0, 'pte-write')` said no (pte-write.ts checks that first): the event, through the host. */
+export function decidePteWriteEvent(
+  host: MmuHost,
+  st: VcpuShadowState,
+  seq: number,
+  gpa: number,
+  size: number,
+  oldLo: number,
+  oldHi: number,
+  newLo: number,
+  newHi: number,
+  level: number,
+  misaligned: boolean,
+): PteWriteDecision {
   const vcpu = st.vcpu.id;
   if (!reusable(host, st)) {
     return host.decide(pteWriteEvent(null, vcpu, seq, gpa, size, oldLo, oldHi, newLo, newHi, level, misaligned), DEFAULT_PTE_WRITE_DECISION);

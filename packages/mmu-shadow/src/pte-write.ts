@@ -1,17 +1,30 @@
-import { CR4_PAE, pageNumber, PT_PRESENT, type Vcpu } from '@vmexit/core';
-import { ROLE_4BYTE_GPTE, ROLE_BASE_MASK, roleQuadrant, spteNeedsFlush } from '@vmexit/core/mmu';
-import { decideFlood, decidePteWrite, detectWriteMisaligned, writtenSptes } from './decisions.js';
+import * as core from '@vmexit/core';
+import type { Vcpu } from '@vmexit/core';
+import * as coreMmu from '@vmexit/core/mmu';
+import * as decisions from './decisions.js';
 import { leafFromGpte } from './gpte.js';
 import type { ShadowPage } from './page.js';
-import { installLeaf, prepareZap, zapSpte } from './page-cache.js';
-import { baseRole, finish, ROLE_PKEYS_ANDNOT_WP } from './roots.js';
-import { collectIndirectPages, type ShadowMmuState, type VcpuShadowState } from './state.js';
+import * as pageCache from './page-cache.js';
+import * as roots from './roots.js';
+import * as state from './state.js';
+import type { ShadowMmuState, VcpuShadowState } from './state.js';
 
 /**
  * An emulated write to a shadowed guest page table (KVM arch/x86/kvm/mmu/mmu.c `kvm_mmu_track_write`, formerly
  * `kvm_mmu_pte_write`; paging_tmpl.h `FNAME(update_pte)` of KVM 2007-2021): for each shadow page of the
  * written gfn, the flood and pte-write decisions (decisions.ts), then the written sptes cleared or updated.
  */
+
+// Module-local copies of the imported constants and helpers the write hook uses. V8 folds a module's own constants
+// into its compiled code, but reads an imported binding through its module cell, with a check, on every use (core
+// DESIGN.md, "Speed").
+const { CR4_PAE, pageNumber, PT_PRESENT } = core;
+const { ROLE_4BYTE_GPTE, ROLE_BASE_MASK, roleQuadrant, spteNeedsFlush } = coreMmu;
+const { decideFloodEvent, decidePteWriteEvent, detectWriteMisaligned, writtenSptes } = decisions;
+const { installLeaf, prepareZap, zapSpte } = pageCache;
+const { baseRole, finish } = roots;
+const { collectIndirectPages } = state;
+const UPDATE_ROLE_MASK = ROLE_BASE_MASK | roots.ROLE_PKEYS_ANDNOT_WP;
 
 /**
  * KVM `kvm_mmu_track_write`: the vCPU stored `size` bytes at `gpa` (old and new value given, as 32-bit halves,
@@ -36,7 +49,6 @@ export function pteWrite(
   s.initiator = vcpu.id;
   // The bytes the store wrote: the gptes they touch are the sptes to clear, and whether they are misaligned.
   const storeGpa = gpa;
-  const storeLast = gpa + size - 1;
   // mmu_pte_write_fetch_gpte: a 4-byte write into an 8-byte gpte is the whole gpte; re-read it after the store.
   let bytes = size;
   if ((vcpu.cr4 & CR4_PAE) !== 0 && bytes === 4) {
@@ -69,40 +81,60 @@ export function pteWrite(
     st.lastPtWriteGfn = gfn;
     st.lastPtWriteCount = 1;
   }
+  const host = s.host;
   const pool = s.pool;
+  // The store's first and last byte within its page, as integers: the gptes it wrote are those of these offsets
+  // (a store that runs into the next page has offsets past 0xfff, which `writtenSptes` reads within this page, as
+  // it read the gpas of that page before).
+  const storeOff = storeGpa & 0xfff;
+  const storeLastOff = storeOff + size - 1;
   for (let t = 0; t < count; t++) {
     const sp = targets[t]!;
     targets[t] = null;
     if (sp.zapped) continue;
     const level = sp.level;
-    const fourByte = (sp.role & ROLE_4BYTE_GPTE) !== 0;
+    const role = sp.role;
+    const fourByte = (role & ROLE_4BYTE_GPTE) !== 0;
     const pteSize = fourByte ? 4 : 8;
     // KVM decides this on the widened write above, so a 4-byte store at bytes 5-7 of an 8-byte gpte counts as
     // one aligned gpte although it also writes the next one. The SDM's tables are what the store wrote: it
     // is misaligned when it touches two gptes, whatever KVM's widening says (a departure from KVM, which
     // would leave the second gpte's spte stale; see below).
-    const misaligned = detectWriteMisaligned(storeGpa, size, pteSize);
-    // detect_write_flooding: the policy decides (today's KVM: per page, level 1 exempt, >= 3).
+    const misaligned = detectWriteMisaligned(storeOff, size, pteSize);
+    // detect_write_flooding: the policy decides (today's KVM: per page, level 1 exempt, >= 3); by default (no policy
+    // or observer may see the event, decisions.ts) never flooded. Then the pte-write decision, unless flooded: by
+    // default zap-spte (clear the written sptes); update-spte; or zap-page, which zaps the page as a flood does.
     sp.writeFloodingCount++;
-    const flooded = decideFlood(s.host, st, st.mmuEventSeq++, gfn, level, sp.writeFloodingCount, st.lastPtWriteCount);
-    const decision = flooded ? 'zap-page' : decidePteWrite(s.host, st, st.mmuEventSeq++, gpa, bytes, oldLo, oldHi, newLo, newHi, level, misaligned);
-    if (decision === 'zap-page') {
+    const floodSeq = st.mmuEventSeq++;
+    let zapPage =
+      !st.decidedByDefault(host, 1, 'flood') && decideFloodEvent(host, st, floodSeq, gfn, level, sp.writeFloodingCount, st.lastPtWriteCount) === true;
+    let updateSpte = false;
+    if (!zapPage) {
+      const seq = st.mmuEventSeq++;
+      if (!st.decidedByDefault(host, 0, 'pte-write')) {
+        const decision = decidePteWriteEvent(host, st, seq, gpa, bytes, oldLo, oldHi, newLo, newHi, level, misaligned);
+        zapPage = decision === 'zap-page';
+        updateSpte = decision === 'update-spte';
+      }
+    }
+    if (zapPage) {
       prepareZap(s, sp);
-      s.host.count(vcpu.id, 'mmu_flooded');
+      host.count(vcpu.id, 'mmu_flooded');
       continue;
     }
-    const quadrant = roleQuadrant(sp.role);
+    // The quadrant matters only for 4-byte gptes (writtenSptes).
+    const quadrant = fourByte ? roleQuadrant(role) : 0;
     // update_pte (KVM 2007-2021): a full, aligned gpte write into a level-1 page of the vCPU's base role.
-    let update = decision === 'update-spte' && !misaligned && level === 1 && bytes >= pteSize;
+    let update = updateSpte && !misaligned && level === 1 && bytes >= pteSize;
     if (update) {
       if (vcpuBaseRole < 0) vcpuBaseRole = baseRole(vcpu);
-      update = ((sp.role ^ vcpuBaseRole) & (ROLE_BASE_MASK | ROLE_PKEYS_ANDNOT_WP)) === 0;
+      update = ((role ^ vcpuBaseRole) & UPDATE_ROLE_MASK) === 0;
     }
     // get_written_sptes for every gpte the store wrote a byte of: one for an aligned store; two for one that
     // straddles a boundary, or three for an 8-byte store over 4-byte gptes from byte 2 of one (KVM zaps the page
     // instead, detect_write_misaligned, and looks only at the first gpte; without that policy each written
     // gpte's sptes are cleared, so that no spte outlives the gpte it was built from).
-    for (let a = storeGpa - (storeGpa & (pteSize - 1)); a <= storeLast; a += pteSize) {
+    for (let a = storeOff - (storeOff & (pteSize - 1)); a <= storeLastOff; a += pteSize) {
       const w = writtenSptes(a, fourByte, level, quadrant);
       if (w < 0) continue; // another quadrant's alias
       const first = w >>> 2;
@@ -117,11 +149,11 @@ export function pteWrite(
         const pending = s.pendingFlush;
         zapSpte(s, sp, loc);
         s.pendingFlush = pending;
-        if ((gLo !== 0 || gHi !== 0) && level !== 1) st.bump(s.host, 4 /* mmu_pde_zapped */);
+        if ((gLo !== 0 || gHi !== 0) && level !== 1) st.bump(host, 4 /* mmu_pde_zapped */);
         if (update) {
           // mmu_pte_write_new_pte (KVM 2007-2021): "++vcpu->kvm->stat.mmu_pte_updated; ...update_pte(...)": every
           // update_pte call counts, whether or not its gpte makes an spte (not present, A=0, reserved bits).
-          st.bump(s.host, 3 /* mmu_pte_updated */);
+          st.bump(host, 3 /* mmu_pte_updated */);
           updatePte(s, st, sp, loc, gLo, gHi);
         }
         if (s.isPresent(sLo, sHi) && (!s.isPresent(pool.lo(loc), pool.hi(loc)) || spteNeedsFlush(sLo, sHi, pool.lo(loc), pool.hi(loc)))) s.pendingFlush = true;

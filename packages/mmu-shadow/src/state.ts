@@ -10,28 +10,17 @@ import {
   type StatCell,
   type Vcpu,
 } from '@vmexit/core';
-import {
-  createPageCache,
-  pageBucket,
-  pageOfLoc,
-  ROLE_4BYTE_GPTE,
-  ROLE_EFER_NX,
-  roleQuadrant,
-  SPTE_HI_ADDR_MASK,
-  SPTE_P,
-  SpteHalves,
-  sptePa,
-  SptePoolMemory,
-  type PageCache,
-  type SptePool,
-  MmuLock,
-  POOL_BASE,
-  Rmaps,
-} from '@vmexit/core/mmu';
+import * as coreMmu from '@vmexit/core/mmu';
+import { createPageCache, pageOfLoc, roleQuadrant, SpteHalves, sptePa, SptePoolMemory, type PageCache, type SptePool, MmuLock, Rmaps } from '@vmexit/core/mmu';
 import { ShadowPagingContext } from './context.js';
 import { ShadowMmuError } from './errors.js';
 import type { ShadowPage } from './page.js';
 import { ScratchEvents } from './scratch-events.js';
+
+// Module-local copies of the imported constants and helpers this module's hot queries use. V8 folds a module's own
+// constants into its compiled code, but reads an imported binding through its module cell, with a check, on every use
+// (core DESIGN.md, "Speed").
+const { pageBucket, POOL_BASE, ROLE_4BYTE_GPTE, ROLE_EFER_NX, SPTE_HI_ADDR_MASK, SPTE_P } = coreMmu;
 
 /** The most roots a vCPU's guest state needs: four PAE (or quadrant) roots. */
 export const MAX_ROOTS = 4;
@@ -73,8 +62,16 @@ export class VcpuShadowState {
   /** The MMU events this vCPU refills while nothing outside the pipeline can keep one (decisions.ts). */
   readonly events = new ScratchEvents();
 
-  /** The cells of HOT_COUNTERS for this vCPU, each taken at its first add (null until then). */
-  private readonly cells: (StatCell | null)[] = HOT_COUNTERS.map(() => null);
+  /**
+   * The cells of HOT_COUNTERS for this vCPU, each taken at its first add (null until then): one field per counter,
+   * so that `bump` with a literal index compiles to one field's load (an array would add its own checks).
+   */
+  private cell0: StatCell | null = null;
+  private cell1: StatCell | null = null;
+  private cell2: StatCell | null = null;
+  private cell3: StatCell | null = null;
+  private cell4: StatCell | null = null;
+  private cell5: StatCell | null = null;
 
   constructor(readonly vcpu: Vcpu) {
     this.ctx = new ShadowPagingContext(vcpu.ctx);
@@ -83,10 +80,19 @@ export class VcpuShadowState {
   /**
    * Per MMU event kind (by index: 0 pte-write, 1 flood, 2 prefetch, 3 unsync, 4 tracked-write): 1 when the host
    * decides every such event by default (`MmuHost.decidesByDefault`, asked once), 0 when it does not, -1 not
-   * asked yet; and the cell of its `mmu_events.<kind>` counter, taken at the first event.
+   * asked yet.
    */
   private readonly byDefault = new Int8Array(5).fill(-1);
-  private readonly eventCells: (StatCell | null)[] = [null, null, null, null, null];
+  /**
+   * Per kind, the cell of its `mmu_events.<kind>` counter once the kind is known to be decided by default for good
+   * and its first event was counted (null until then, and for good when the kind is not): the hot path of
+   * `decidedByDefault`, one field per kind.
+   */
+  private default0: StatCell | null = null;
+  private default1: StatCell | null = null;
+  private default2: StatCell | null = null;
+  private default3: StatCell | null = null;
+  private default4: StatCell | null = null;
 
   /**
    * `MmuHost.decideByDefault` for this vCPU: true (and the event counted) when nothing could see an event of
@@ -94,29 +100,35 @@ export class VcpuShadowState {
    * with `counter`), and then counts the events itself: no call into the host per event.
    */
   decidedByDefault(host: MmuHost, i: MmuEventIndex, kind: MmuEventKind): boolean {
-    // The hot case in a few bytes (V8 inlines it into the exit paths); the rest out of line.
-    const d = this.byDefault[i]!;
-    if (d === 1) {
-      const c = this.eventCells[i]!;
-      if (c === null) return this.countFirstDefault(host, i, kind);
+    // The hot case in a few bytes (V8 inlines it into the exit paths, where `i` is a literal and the choice of field
+    // folds away); the rest out of line. `=== true`: a boolean the caller's compiled code knows as one, not whatever
+    // an out-of-line call may return (which V8 would test with the full ToBoolean sequence at every use).
+    const c = i === 0 ? this.default0 : i === 1 ? this.default1 : i === 2 ? this.default2 : i === 3 ? this.default3 : this.default4;
+    if (c !== null) {
       c.n++;
       return true;
     }
-    return d === 0 ? false : this.askByDefault(host, i, kind);
+    return this.decidedByDefaultSlow(host, i, kind) === true;
   }
 
-  /** The first event of `kind` decided by default: its counter's cell, taken now. */
-  private countFirstDefault(host: MmuHost, i: MmuEventIndex, kind: MmuEventKind): boolean {
-    (this.eventCells[i] = host.counter!(this.vcpu.id, `mmu_events.${kind}`)).n++;
+  /** `decidedByDefault` before the kind's cell was taken, or for a kind not decided by default. */
+  private decidedByDefaultSlow(host: MmuHost, i: MmuEventIndex, kind: MmuEventKind): boolean {
+    let d = this.byDefault[i]!;
+    if (d === -1) {
+      if (host.decidesByDefault === undefined || host.counter === undefined)
+        return host.decideByDefault !== undefined && host.decideByDefault(this.vcpu.id, kind);
+      d = this.byDefault[i] = host.decidesByDefault(this.vcpu.id, kind) ? 1 : 0;
+    }
+    if (d === 0) return false;
+    // The first event of `kind` decided by default: its counter's cell, taken now.
+    const c = host.counter!(this.vcpu.id, `mmu_events.${kind}`);
+    c.n++;
+    if (i === 0) this.default0 = c;
+    else if (i === 1) this.default1 = c;
+    else if (i === 2) this.default2 = c;
+    else if (i === 3) this.default3 = c;
+    else this.default4 = c;
     return true;
-  }
-
-  /** `decidedByDefault` before the host was asked whether it decides `kind` by default for good. */
-  private askByDefault(host: MmuHost, i: MmuEventIndex, kind: MmuEventKind): boolean {
-    if (host.decidesByDefault === undefined || host.counter === undefined)
-      return host.decideByDefault !== undefined && host.decideByDefault(this.vcpu.id, kind);
-    this.byDefault[i] = host.decidesByDefault(this.vcpu.id, kind) ? 1 : 0;
-    return this.decidedByDefault(host, i, kind);
   }
 
   /**
@@ -134,7 +146,7 @@ export class VcpuShadowState {
    * after the first add, or by name when the host keeps no cells.
    */
   bump(host: MmuHost, i: HotCounter): void {
-    const c = this.cells[i]!;
+    const c = i === 0 ? this.cell0 : i === 1 ? this.cell1 : i === 2 ? this.cell2 : i === 3 ? this.cell3 : i === 4 ? this.cell4 : this.cell5;
     if (c !== null) c.n++;
     else this.bumpFirst(host, i);
   }
@@ -146,7 +158,14 @@ export class VcpuShadowState {
       host.count(this.vcpu.id, name);
       return;
     }
-    (this.cells[i] = host.counter(this.vcpu.id, name)).n++;
+    const c = host.counter(this.vcpu.id, name);
+    c.n++;
+    if (i === 0) this.cell0 = c;
+    else if (i === 1) this.cell1 = c;
+    else if (i === 2) this.cell2 = c;
+    else if (i === 3) this.cell3 = c;
+    else if (i === 4) this.cell4 = c;
+    else this.cell5 = c;
   }
 
   /** Every root slot's page (current roots only). */
