@@ -1,8 +1,5 @@
+import * as core from '@vmexit/core';
 import {
-  NptStage,
-  PF_VECTOR,
-  PFERR_PRESENT,
-  PFERR_RSVD,
   type Backend,
   type HardwareExit,
   type HardwareExitBuffer,
@@ -11,8 +8,16 @@ import {
   type PhysicalMemory,
   type SecondStage,
   type WalkResult,
+  NptStage,
 } from '@vmexit/core';
-import {
+import * as svmConstants from './constants.js';
+import { createVmcb, hostCr0, Vmcb } from './state.js';
+import { BackendError } from './errors.js';
+
+// Module-local copies of the imported constants and helpers the exit path uses. V8 folds a module's own constants into
+// its compiled code, but reads an imported binding through its module cell, with a check, on every use (core
+// DESIGN.md, "Speed").
+const {
   CR0_ET,
   CR0_SELECTIVE_IGNORED,
   exitCodeName,
@@ -38,9 +43,8 @@ import {
   VMEXIT_INVLPG,
   VMEXIT_MSR,
   VMEXIT_NPF,
-} from './constants.js';
-import { createVmcb, hostCr0, Vmcb } from './state.js';
-import { BackendError } from './errors.js';
+} = svmConstants;
+const { PF_VECTOR, PFERR_PRESENT, PFERR_RSVD } = core;
 
 /** Exceptions that push an error code (APM Vol. 2 §8.2): #DF, #TS, #NP, #SS, #GP, #PF, #AC, #CP (21), #SX (30). */
 function hasErrorCode(vector: number): boolean {

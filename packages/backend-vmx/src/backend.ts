@@ -1,15 +1,6 @@
+import * as core from '@vmexit/core';
 import {
-  ACC_FETCH,
-  ACC_WRITE,
-  EptStage,
-  PmlLog,
   type PageModificationLogging,
-  PF_VECTOR,
-  PFERR_FETCH,
-  PFERR_PRESENT,
-  PFERR_RSVD,
-  PFERR_USER,
-  PFERR_WRITE,
   type Backend,
   type HardwareExit,
   type HardwareExitBuffer,
@@ -19,8 +10,17 @@ import {
   type PhysicalMemory,
   type SecondStage,
   type WalkResult,
+  EptStage,
+  PmlLog,
 } from '@vmexit/core';
-import {
+import * as vmxConstants from './constants.js';
+import { createVmcs, Vmcs } from './state.js';
+import { BackendError } from './errors.js';
+
+// Module-local copies of the imported constants and helpers the exit path uses. V8 folds a module's own constants into
+// its compiled code, but reads an imported binding through its module cell, with a check, on every use (core
+// DESIGN.md, "Speed").
+const {
   CPU_BASED_CR3_LOAD_EXITING,
   CPU_BASED_INVLPG_EXITING,
   CPU_BASED_USE_MSR_BITMAPS,
@@ -55,9 +55,8 @@ import {
   VMX_EPTP_MT_WB,
   VMX_EPTP_PWL_4,
   VMX_EPTP_PWL_5,
-} from './constants.js';
-import { createVmcs, Vmcs } from './state.js';
-import { BackendError } from './errors.js';
+} = vmxConstants;
+const { ACC_FETCH, ACC_WRITE, PF_VECTOR, PFERR_FETCH, PFERR_PRESENT, PFERR_RSVD, PFERR_USER, PFERR_WRITE } = core;
 
 /** Exceptions that push an error code (SDM Vol. 3A §6.15): #DF 8, #TS 10, #NP 11, #SS 12, #GP 13, #PF 14, #AC 17, #CP 21. */
 function hasErrorCode(vector: number): boolean {

@@ -1,29 +1,6 @@
-import {
-  hexU64,
-  ACC_FETCH,
-  ACC_USER,
-  ACC_WRITE,
-  MODE_LEGACY32,
-  MODE_LONG4,
-  MODE_PAE,
-  pageNumber,
-  PFERR_PRESENT,
-  PFERR_RSVD,
-  PT_DIRTY,
-  PT_WRITABLE,
-  WALK_OK,
-  WALK_PAGE_FAULT,
-  WALK_SIDE_EFFECTS,
-  walk,
-  type Memslot,
-  EMULATE,
-  type ExitResolution,
-  PF_VECTOR,
-  RESUME,
-  type Vcpu,
-  WalkResult,
-} from '@vmexit/core';
-import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, childRole, GFNS_PER_ENTRY, makeLeafSpte, roleAccess, spanStart, sptePa } from '@vmexit/core/mmu';
+import * as core from '@vmexit/core';
+import { hexU64, type Memslot, type ExitResolution, type Vcpu, WalkResult } from '@vmexit/core';
+import * as coreMmu from '@vmexit/core/mmu';
 import { decidePrefetchEvent, decideTrackedWriteEvent } from './decisions.js';
 import { HOST_GFN_LIMIT } from './context.js';
 import { ShadowMmuError } from './errors.js';
@@ -33,6 +10,13 @@ import { hasUpperLevelPage, installLeaf, link, prepareZap, reservePages, zapSpte
 import { finish, processReloads, requireTopPage, topPage } from './roots.js';
 import { type ShadowMmuState, type VcpuShadowState } from './state.js';
 import { syncPage, tryUnsync } from './unsync.js';
+
+// Module-local copies of the imported constants (and leaf helpers) the fault and write paths use. V8 folds a module's
+// own constants into its compiled code, but reads an imported binding through its module cell, with a check, on
+// every use (core DESIGN.md, "Speed").
+const { ACC_FETCH, ACC_USER, ACC_WRITE, MODE_LEGACY32, MODE_LONG4, MODE_PAE, pageNumber, PFERR_PRESENT, PFERR_RSVD, PT_DIRTY, PT_WRITABLE } = core;
+const { WALK_OK, WALK_PAGE_FAULT, WALK_SIDE_EFFECTS, walk, EMULATE, PF_VECTOR, RESUME } = core;
+const { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, childRole, GFNS_PER_ENTRY, makeLeafSpte, roleAccess, spanStart, sptePa } = coreMmu;
 
 /**
  * The shadow page fault (KVM arch/x86/kvm/mmu/paging_tmpl.h `FNAME(page_fault)`, `FNAME(fetch)`,

@@ -1,6 +1,5 @@
+import * as core from '@vmexit/core';
 import {
-  hexU64,
-  pageNumber,
   type Mmu,
   type MmuHost,
   type NonPresentSpteEncoding,
@@ -9,10 +8,9 @@ import {
   type DirtyLogMmu,
   type FastPageFaultControl,
   type Memslot,
-  RESUME,
   type Vcpu,
 } from '@vmexit/core';
-import { FAST_FIXED, FAST_SPURIOUS, growPageCache, pageFaultCanBeFast, SPTE_P, SPTES_PER_PAGE } from '@vmexit/core/mmu';
+import * as coreMmu from '@vmexit/core/mmu';
 import { auditShadowMmu } from './audit.js';
 import { HOST_MAXPHYADDR } from './context.js';
 import { ShadowMmuError } from './errors.js';
@@ -25,6 +23,12 @@ import { pteWrite } from './pte-write.js';
 import { crWrite, finish, loadRoots } from './roots.js';
 import { ShadowMmuState, VcpuShadowState } from './state.js';
 import { invlpgSync, syncPage } from './unsync.js';
+
+// Module-local copies of the imported constants and helpers the exit path uses. V8 folds a module's own constants into
+// its compiled code, but reads an imported binding through its module cell, with a check, on every use (core
+// DESIGN.md, "Speed").
+const { FAST_FIXED, FAST_SPURIOUS, growPageCache, pageFaultCanBeFast, SPTE_P, SPTES_PER_PAGE } = coreMmu;
+const { hexU64, pageNumber, RESUME } = core;
 
 /** How the shadow MMU is sized: its page budget (KVM's n_max_mmu_pages). */
 export interface ShadowMmuOptions {

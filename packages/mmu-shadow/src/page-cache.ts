@@ -1,22 +1,16 @@
-import { hexU64, PAGE_SIZE, pageNumber, PT_PRESENT } from '@vmexit/core';
-import {
-  allocPage,
-  describeRole,
-  freePage,
-  pageBucket,
-  ROLE_4BYTE_GPTE,
-  ROLE_INVALID,
-  SPTE_MMU_WRITABLE,
-  SPTE_NONLEAF_BITS,
-  SPTE_W,
-  sptePa,
-  spteNeedsFlush,
-  SPTES_PER_PAGE,
-  unhashPage,
-} from '@vmexit/core/mmu';
+import * as core from '@vmexit/core';
+import { hexU64 } from '@vmexit/core';
+import * as coreMmu from '@vmexit/core/mmu';
+import { allocPage, describeRole, freePage, unhashPage } from '@vmexit/core/mmu';
 import { ShadowMmuError } from './errors.js';
 import { makeShadowPage, type ShadowPage } from './page.js';
 import { type ShadowMmuState } from './state.js';
+
+// Module-local copies of the imported constants (and leaf helpers) the fault and write paths use. V8 folds a module's
+// own constants into its compiled code, but reads an imported binding through its module cell, with a check, on
+// every use (core DESIGN.md, "Speed").
+const { PAGE_SIZE, pageNumber, PT_PRESENT } = core;
+const { pageBucket, ROLE_4BYTE_GPTE, ROLE_INVALID, SPTE_MMU_WRITABLE, SPTE_NONLEAF_BITS, SPTE_W, sptePa, spteNeedsFlush, SPTES_PER_PAGE } = coreMmu;
 
 /**
  * The shadow page cache (KVM arch/x86/kvm/mmu/mmu.c): getting a page for (gfn, role) and accounting its

@@ -1,39 +1,31 @@
-import {
-  ACC_FETCH,
-  ACC_READ,
-  ACC_USER,
-  ACC_WRITE,
-  CR0_PG,
-  CR0_WP,
-  CR4_LA57,
-  CR4_PAE,
-  CR4_PCIDE,
-  CR4_PGE,
-  CR4_PKE,
-  CR4_PSE,
-  CR4_SMAP,
-  CR4_SMEP,
-  EFER_LMA,
-  EFER_LME,
-  EFER_NXE,
-  GP_VECTOR,
-  PAGE_SIZE,
-  pageNumber,
-  PF_VECTOR,
-} from '../arch/constants.js';
+import * as arch from '../arch/constants.js';
 import { hexU64 } from '../arch/hex.js';
-import { MODE_LEGACY32, MODE_LONG4, MODE_LONG5, MODE_PAE, type PagingModeId } from '../arch/modes.js';
+import * as modes from '../arch/modes.js';
+import type { PagingModeId } from '../arch/modes.js';
 import type { PhysicalMemory } from '../memory/physical.js';
 import { NestedPagingContext } from '../paging/nested-context.js';
 import type { PagingContext, SecondStage } from '../paging/types.js';
-import { NESTED_R, NESTED_W, NESTED_X, WALK_GP, WALK_NESTED_FAULT, WALK_OK, WALK_PAGE_FAULT, WALK_SIDE_EFFECTS, WalkResult } from '../paging/types.js';
+import * as pagingTypes from '../paging/types.js';
+import { WalkResult } from '../paging/types.js';
 import { loadPdptes, rightsFault, walk } from '../paging/walker.js';
-import { TLB_FETCH_SUP, TLB_FETCH_USER, TLB_GLOBAL, TLB_READ_SUP, TLB_READ_USER, TLB_WRITE_SUP, TLB_WRITE_USER, Tlb } from '../tlb/tlb.js';
+import * as tlb from '../tlb/tlb.js';
+import { Tlb } from '../tlb/tlb.js';
 import type { GuestMemory } from './guest-memory.js';
 import { MachineError } from './errors.js';
 import { cr0Loaded, cr0WriteFaults, cr4WriteFaults, crOperand, eferWriteFaults } from './cr-checks.js';
-import { checkScalarSpan, checkSpan, copyElements, fillElements, OPEN_BUS, openBus, storeAt, zeroStore } from './ram-access.js';
-import { FAULT_DELIVER, FAULT_DONE, FAULT_RETRY, NativeHooks, type FaultAction, type VcpuHooks } from './hooks.js';
+import * as ram from './ram-access.js';
+import { NativeHooks, type FaultAction, type VcpuHooks } from './hooks.js';
+import * as faultActions from './hooks.js';
+// Module-local copies of the imported constants (and leaf helpers) the access and exit paths use. V8 folds a module's
+// own constants into its compiled code, but reads an imported binding through its module cell, with a check, on
+// every use (DESIGN.md, "Speed").
+const { ACC_FETCH, ACC_READ, ACC_USER, ACC_WRITE, CR0_PG, CR0_WP, CR4_LA57, CR4_PAE, CR4_PCIDE, CR4_PGE, CR4_PKE, CR4_PSE, CR4_SMAP, CR4_SMEP } = arch;
+const { EFER_LMA, EFER_LME, EFER_NXE, GP_VECTOR, PAGE_SIZE, pageNumber, PF_VECTOR } = arch;
+const { MODE_LEGACY32, MODE_LONG4, MODE_LONG5, MODE_PAE } = modes;
+const { NESTED_R, NESTED_W, NESTED_X, WALK_GP, WALK_NESTED_FAULT, WALK_OK, WALK_PAGE_FAULT, WALK_SIDE_EFFECTS } = pagingTypes;
+const { TLB_FETCH_SUP, TLB_FETCH_USER, TLB_GLOBAL, TLB_READ_SUP, TLB_READ_USER, TLB_WRITE_SUP, TLB_WRITE_USER } = tlb;
+const { checkScalarSpan, checkSpan, copyElements, fillElements, OPEN_BUS, openBus, storeAt, zeroStore } = ram;
+const { FAULT_DELIVER, FAULT_DONE, FAULT_RETRY } = faultActions;
 
 /** MSR number of IA32_EFER, the `cr` argument of VcpuHooks.crWrite for an EFER write. */
 export const MSR_EFER = 0xc0000080;

@@ -2,18 +2,13 @@ import { ACC_READ, PT_ACCESSED, PT_DIRTY, PT_PAGE_SIZE, PT_PRESENT } from '../ar
 import { MODE_LEGACY32, MODE_LONG4, MODE_LONG5, MODE_PAE, type PagingModeId } from '../arch/modes.js';
 import type { DirectWords, PhysicalMemory } from '../memory/physical.js';
 import { NESTED_PDPTE, WALK_SIDE_EFFECTS, WalkResult, type PagingContext } from './types.js';
-import {
-  generalProtection,
-  longRootHi,
-  notPresent,
-  pageFault,
-  PDPTE_RSVD_LO,
-  permissionFault,
-  reservedFault,
-  setAccessedDirty,
-  tableIndex,
-} from './walk-common.js';
+import * as walkCommon from './walk-common.js';
 import { walkNested } from './nested-walker.js';
+
+// Module-local copies of the imported constants and helpers the exit path uses. V8 folds a module's own constants into
+// its compiled code, but reads an imported binding through its module cell, with a check, on every use (core
+// DESIGN.md, "Speed").
+const { generalProtection, longRootHi, notPresent, pageFault, PDPTE_RSVD_LO, permissionFault, reservedFault, setAccessedDirty, tableIndex } = walkCommon;
 
 /*
  * The pte bits of the hot path as module-local constants (SDM Vol. 3A §4.3-4.5: A = bit 5, D = bit 6, PS =

@@ -1,10 +1,12 @@
-import { ACC_FETCH, ACC_MASK, ACC_READ, ACC_WRITE, GP_VECTOR, PF_VECTOR, PFERR_PRESENT } from '../arch/constants.js';
-import { createEmulationOutcome, emulatePendingAccess, EMULATION_FAILED } from '../machine/emulate.js';
-import { FAULT_DELIVER, FAULT_DONE, FAULT_RETRY, type FaultAction, type VcpuHooks } from '../machine/hooks.js';
+import * as arch from '../arch/constants.js';
+import { createEmulationOutcome, emulatePendingAccess, EMULATION_FAILED as EMULATION_FAILED_ } from '../machine/emulate.js';
+import * as faultActions from '../machine/hooks.js';
+import type { FaultAction, VcpuHooks } from '../machine/hooks.js';
 import { hexU64 as hex } from '../arch/hex.js';
 import { MachineError } from '../machine/errors.js';
 import type { Vcpu } from '../machine/vcpu.js';
-import { WALK_PAGE_FAULT, WALK_SIDE_EFFECTS, WalkResult } from '../paging/types.js';
+import * as pagingTypes from '../paging/types.js';
+import { WalkResult } from '../paging/types.js';
 import { walk } from '../paging/walker.js';
 import { ExitError } from '../exits/errors.js';
 import { ExitChannel, exitPipeline } from '../exits/pipeline.js';
@@ -13,6 +15,14 @@ import type { MonoTypeOperatorFunction } from 'rxjs';
 import { assertNever, describeExit, RESUME, type ExceptionExit, type ExitResolution, type HardwareExitBuffer, type VmExit } from '../exits/vm-exit.js';
 import type { Backend } from './backend.js';
 import type { Mmu } from './mmu.js';
+
+// Module-local copies of the imported constants (and leaf helpers) the access and exit paths use. V8 folds a module's
+// own constants into its compiled code, but reads an imported binding through its module cell, with a check, on
+// every use (DESIGN.md, "Speed").
+const { ACC_FETCH, ACC_MASK, ACC_READ, ACC_WRITE, GP_VECTOR, PF_VECTOR, PFERR_PRESENT } = arch;
+const { FAULT_DELIVER, FAULT_DONE, FAULT_RETRY } = faultActions;
+const { WALK_PAGE_FAULT, WALK_SIDE_EFFECTS } = pagingTypes;
+const EMULATION_FAILED = EMULATION_FAILED_;
 
 /** Bit 32 / bit 33 of KVM's 64-bit fault error code (PFERR_GUEST_FINAL_MASK / PFERR_GUEST_PAGE_MASK, kvm_host.h). */
 export const PFERR_GUEST_FINAL = 2 ** 32;
