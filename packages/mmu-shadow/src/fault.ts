@@ -1,22 +1,28 @@
 import * as core from '@vmexit/core';
 import { hexU64, type Memslot, type ExitResolution, type Vcpu, WalkResult } from '@vmexit/core';
 import * as coreMmu from '@vmexit/core/mmu';
-import { decidePrefetchEvent, decideTrackedWriteEvent } from './decisions.js';
-import { HOST_GFN_LIMIT } from './context.js';
+import * as decisions from './decisions.js';
+import * as context from './context.js';
 import { ShadowMmuError } from './errors.js';
-import { gpteAccess, leafFromGpte, leafPkey, levelIndex, pkeysApply, readGpte } from './gpte.js';
+import * as gpte from './gpte.js';
 import type { ShadowPage } from './page.js';
-import { hasUpperLevelPage, installLeaf, link, prepareZap, reservePages, zapSpte } from './page-cache.js';
-import { finish, processReloads, requireTopPage, topPage } from './roots.js';
+import * as pageCache from './page-cache.js';
+import * as roots from './roots.js';
 import { type ShadowMmuState, type VcpuShadowState } from './state.js';
-import { syncPage, tryUnsync } from './unsync.js';
+import * as unsync from './unsync.js';
 
-// Module-local copies of the imported constants (and leaf helpers) the fault and write paths use. V8 folds a module's
-// own constants into its compiled code, but reads an imported binding through its module cell, with a check, on
-// every use (core DESIGN.md, "Speed").
+// Module-local copies of the imported constants and helpers the fault path uses. V8 folds a module's own constants
+// into its compiled code, but reads an imported binding through its module cell, with a check, on every use (core
+// DESIGN.md, "Speed").
 const { ACC_FETCH, ACC_USER, ACC_WRITE, MODE_LEGACY32, MODE_LONG4, MODE_PAE, pageNumber, PFERR_PRESENT, PFERR_RSVD, PT_DIRTY, PT_WRITABLE } = core;
 const { WALK_OK, WALK_PAGE_FAULT, WALK_SIDE_EFFECTS, walk, EMULATE, PF_VECTOR, RESUME } = core;
 const { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, childRole, GFNS_PER_ENTRY, makeLeafSpte, roleAccess, spanStart, sptePa } = coreMmu;
+const { decidePrefetchEvent, decideTrackedWriteEvent } = decisions;
+const { HOST_GFN_LIMIT } = context;
+const { gpteAccess, leafFromGpte, leafPkey, levelIndex, pkeysApply, readGpte } = gpte;
+const { hasUpperLevelPage, installLeaf, link, prepareZap, reservePages, zapSpte } = pageCache;
+const { finish, processReloads, requireTopPage, topPage } = roots;
+const { syncPage, tryUnsync } = unsync;
 
 /**
  * The shadow page fault (KVM arch/x86/kvm/mmu/paging_tmpl.h `FNAME(page_fault)`, `FNAME(fetch)`,
@@ -157,7 +163,7 @@ function faultWalked(
   if (writeProtected) {
     // The tracked-write decision (decisions.ts): by default unless a policy or an observer may see it.
     const seq = st.mmuEventSeq++;
-    if (!st.decidedByDefault(s.host, 4, 'tracked-write') && decideTrackedWriteEvent(s.host, st, seq, gfn, address, errorCode)) {
+    if (!st.decidedByDefault(s.host, 4, 'tracked-write') && decideTrackedWriteEvent(s.host, st, seq, gfn, address, errorCode) === true) {
       // A policy unprotects the gfn (KVM 2007: a user-mode write is a hint that the page is no longer a
       // page table, `mmu_unshadow`): zap its shadow pages, and map the page writable below.
       for (const sp of s.indirectPagesOf(gfn)) prepareZap(s, sp);
@@ -361,7 +367,7 @@ function setLeaf(
   // page of a guest table, the neighbouring gfns in a direct page (__direct_pte_prefetch).
   if (!spurious) {
     const seq = st.mmuEventSeq++;
-    if (!st.decidedByDefault(s.host, 2, 'prefetch') && decidePrefetchEvent(s.host, st, seq, s.scratch.faultVa, sp.gfn, sp.direct)) {
+    if (!st.decidedByDefault(s.host, 2, 'prefetch') && decidePrefetchEvent(s.host, st, seq, s.scratch.faultVa, sp.gfn, sp.direct) === true) {
       if (sp.direct) directPrefetch(s, sp, loc - sp.base, pkey);
       else prefetch(s, st.vcpu, sp, loc - sp.base);
     }

@@ -1,20 +1,17 @@
-import {
-  MODE_LONG4,
-  MODE_LONG5,
-  MODE_PAE,
-  PT_ACCESSED,
-  PT_DIRTY,
-  PT_HI_XD,
-  PT_PRESENT,
-  PT_USER,
-  PT_WRITABLE,
-  type PagingContext,
-  type Vcpu,
-} from '@vmexit/core';
-import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, makeLeafSpte, ROLE_4BYTE_GPTE, roleAccess, SPTE_HI_PKEY_MASK, type SpteHalves } from '@vmexit/core/mmu';
-import { HOST_GFN_LIMIT } from './context.js';
+import * as core from '@vmexit/core';
+import { type PagingContext, type Vcpu } from '@vmexit/core';
+import * as coreMmu from '@vmexit/core/mmu';
+import { type SpteHalves } from '@vmexit/core/mmu';
+import * as context from './context.js';
 import type { ShadowPage } from './page.js';
 import type { ShadowMmuState } from './state.js';
+
+// Module-local copies of the imported constants and helpers the exit path uses. V8 folds a module's own constants into
+// its compiled code, but reads an imported binding through its module cell, with a check, on every use (core
+// DESIGN.md, "Speed").
+const { MODE_LONG4, MODE_LONG5, MODE_PAE, PT_ACCESSED, PT_DIRTY, PT_HI_XD, PT_PRESENT, PT_USER, PT_WRITABLE } = core;
+const { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, makeLeafSpte, ROLE_4BYTE_GPTE, roleAccess, SPTE_HI_PKEY_MASK } = coreMmu;
+const { HOST_GFN_LIMIT } = context;
 
 /**
  * Guest ptes as the shadow MMU reads them (KVM arch/x86/kvm/mmu/paging_tmpl.h, the FNAME() helpers): the

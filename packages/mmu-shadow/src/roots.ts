@@ -1,11 +1,18 @@
-import { hexU64, MODE_LEGACY32, MODE_LONG4, MODE_LONG5, MODE_PAE, pageNumber, PT_PRESENT, type PagingContext, type Vcpu } from '@vmexit/core';
-import { findPage, ROLE_4BYTE_GPTE, rootRoleOf, SPTE_P } from '@vmexit/core/mmu';
+import * as core from '@vmexit/core';
+import { type PagingContext, type Vcpu } from '@vmexit/core';
+import * as coreMmu from '@vmexit/core/mmu';
 import { ShadowMmuError } from './errors.js';
 import { pkeysApply } from './gpte.js';
 import type { ShadowPage } from './page.js';
 import { commitZap, noSpace, reservePages, zapAllFourByte } from './page-cache.js';
 import { MAX_ROOTS, type ShadowMmuState, type VcpuShadowState } from './state.js';
 import { syncRoots } from './unsync.js';
+
+// Module-local copies of the imported constants and helpers the exit path uses. V8 folds a module's own constants into
+// its compiled code, but reads an imported binding through its module cell, with a check, on every use (core
+// DESIGN.md, "Speed").
+const { hexU64, MODE_LEGACY32, MODE_LONG4, MODE_LONG5, MODE_PAE, pageNumber, PT_PRESENT } = core;
+const { findPage, ROLE_4BYTE_GPTE, rootRoleOf, SPTE_P } = coreMmu;
 
 /**
  * Roots (KVM arch/x86/kvm/mmu/mmu.c: `kvm_mmu_load`, `mmu_alloc_shadow_roots`, `kvm_mmu_free_roots`,

@@ -337,7 +337,7 @@ export abstract class ShadowMmuState implements PageCache<ShadowPage> {
   isUpperTracked(gfn: number): boolean {
     if (gfn !== this.trackMemoGfn || this.trackMemoVersion !== this.trackVersion) this.memoTrack(gfn);
     const u = this.trackMemoUpper;
-    return u === 0 ? false : u === 1 ? true : this.memoUpper(gfn);
+    return u === 0 ? false : u === 1 ? true : this.memoUpper(gfn) === true; // a boolean compiled code knows as one (decidedByDefault)
   }
 
   /**

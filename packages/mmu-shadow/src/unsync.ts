@@ -1,10 +1,18 @@
 import { PT_PRESENT, type Vcpu } from '@vmexit/core';
-import { sptePa, SPTES_PER_PAGE } from '@vmexit/core/mmu';
-import { decideUnsync } from './decisions.js';
-import { leafFromGpte, levelIndex, readGpte } from './gpte.js';
+import * as coreMmu from '@vmexit/core/mmu';
+import * as decisions from './decisions.js';
+import * as gpte from './gpte.js';
 import type { ShadowPage } from './page.js';
-import { clearUnsync, hasUpperLevelPage, installLeaf, setTrap, writeProtectGfn, zapSpte } from './page-cache.js';
+import * as pageCache from './page-cache.js';
 import type { ShadowMmuState, VcpuShadowState } from './state.js';
+
+// Module-local copies of the imported constants and helpers the exit path uses. V8 folds a module's own constants into
+// its compiled code, but reads an imported binding through its module cell, with a check, on every use (core
+// DESIGN.md, "Speed").
+const { decideUnsync } = decisions;
+const { clearUnsync, hasUpperLevelPage, installLeaf, setTrap, writeProtectGfn, zapSpte } = pageCache;
+const { leafFromGpte, levelIndex, readGpte } = gpte;
+const { sptePa, SPTES_PER_PAGE } = coreMmu;
 
 /**
  * Unsync pages (KVM 4731d4c7a077 "KVM: MMU: out of sync shadow core"; arch/x86/kvm/mmu/mmu.c
@@ -18,7 +26,7 @@ import type { ShadowMmuState, VcpuShadowState } from './state.js';
  */
 export function tryUnsync(s: ShadowMmuState, st: VcpuShadowState, gfn: number): boolean {
   if (hasUpperLevelPage(s, gfn)) return false;
-  if (!decideUnsync(s.host, st, st.mmuEventSeq++, gfn)) return false;
+  if (decideUnsync(s.host, st, st.mmuEventSeq++, gfn) !== true) return false; // a boolean compiled code knows as one
   for (const sp of s.indirectPagesOf(gfn)) if (!sp.unsync) markUnsync(s, st.vcpu.id, sp);
   return true;
 }
