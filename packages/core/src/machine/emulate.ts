@@ -82,7 +82,7 @@ export function emulatePendingAccess(vcpu: Vcpu, mmu: WriteTracker | null, out: 
   // A load reads a page never written through the zero page; a store backs the page, unless it is read-only RAM,
   // which a store never changes, or a store the emulator cannot do (it fails below, having stored nothing): no
   // page is backed for nothing.
-  const off = !write ? mem.readOffset(gpa) : mem.isReadonly(gpa) ? -1 : vcpu.pendingEmulatable ? mem.gpaToOffset(gpa) : mem.readOffset(gpa);
+  const off = !write ? mem.readOffset(gpa) : mem.isReadonly(gpa) ? -1 : vcpu.pendingEmulatable === true ? mem.gpaToOffset(gpa) : mem.readOffset(gpa);
   if (off < 0) {
     vcpu.emulatedLo = openBus(vcpu.pendingSize);
     vcpu.emulatedHi = vcpu.pendingSize === 8 ? 0xffffffff : 0;
@@ -90,7 +90,7 @@ export function emulatePendingAccess(vcpu: Vcpu, mmu: WriteTracker | null, out: 
     out.action = FAULT_DONE;
     return out;
   }
-  if (!vcpu.pendingEmulatable) {
+  if (vcpu.pendingEmulatable !== true) {
     out.action = EMULATION_FAILED;
     return out;
   }

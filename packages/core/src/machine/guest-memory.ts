@@ -230,7 +230,7 @@ export class GuestMemory implements PhysicalMemory {
   /** Whether `gpa` is read-only RAM (writes to it are MMIO). */
   isReadonly(gpa: number): boolean {
     const s = this.slotOf(pageNumber(gpa));
-    return s !== null && s.readonly;
+    return s !== null && s.readonly === true; // a boolean compiled code knows as one (a field is tested with the full ToBoolean otherwise)
   }
 
   /** The guest-physical address that RAM offset `offset` holds (the zero page holds none: a RangeError). */

@@ -557,7 +557,7 @@ export class Vcpu {
         const slot = this.memory.slotForGfn(pageNumber(pa));
         // No slot: MMIO. A store to read-only RAM is MMIO too (KVM_MEM_READONLY: "writes ... exit to user
         // space as KVM_EXIT_MMIO", Documentation/virt/kvm/api.rst, KVM_SET_USER_MEMORY_REGION).
-        if (slot === null || ((access & ACC_WRITE) !== 0 && slot.readonly)) {
+        if (slot === null || ((access & ACC_WRITE) !== 0 && slot.readonly === true)) {
           action = this.hooks.mmio(this, pa, access);
           if (action === FAULT_DONE) {
             this.emulatedLo = openBus(this.pendingSize);
@@ -678,18 +678,18 @@ export class Vcpu {
     if (rightsFault(ctx, r, ACC_FETCH) === 0) flags |= TLB_FETCH_SUP;
     if (rightsFault(ctx, r, ACC_READ | ACC_USER) === 0) flags |= TLB_READ_USER;
     if (rightsFault(ctx, r, ACC_FETCH | ACC_USER) === 0) flags |= TLB_FETCH_USER;
-    if (r.dirty && !readonlyRam) {
+    if (r.dirty === true && readonlyRam !== true) {
       if (rightsFault(ctx, r, ACC_WRITE) === 0) flags |= TLB_WRITE_SUP;
       if (rightsFault(ctx, r, ACC_WRITE | ACC_USER) === 0) flags |= TLB_WRITE_USER;
     }
-    if (r.global && ctx.cr4Pge) flags |= TLB_GLOBAL;
+    if (r.global === true && ctx.cr4Pge === true) flags |= TLB_GLOBAL;
     if (ctx.nested !== null) {
       // The combined translation (SDM Vol. 3C §29.4.1): the guest's rights AND the second stage's for the final
       // address; a write completes from the TLB only when the second stage needs no dirty flag set.
       const nr = r.nestedRights;
       if ((nr & NESTED_R) === 0) flags &= ~(TLB_READ_SUP | TLB_READ_USER);
       if ((nr & NESTED_X) === 0) flags &= ~(TLB_FETCH_SUP | TLB_FETCH_USER);
-      if ((nr & NESTED_W) === 0 || !r.nestedDirty) flags &= ~(TLB_WRITE_SUP | TLB_WRITE_USER);
+      if ((nr & NESTED_W) === 0 || r.nestedDirty !== true) flags &= ~(TLB_WRITE_SUP | TLB_WRITE_USER);
     }
     this.tlb.fill(va, this.pcid, hostPage, flags, r.pageSize);
   }

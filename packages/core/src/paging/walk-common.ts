@@ -23,7 +23,7 @@ export const PDPTE_RSVD_LO = 0x1e6;
 /** The I/D error-code bit for `access` in `ctx` (§4.7: set for an instruction fetch only if CR4.SMEP = 1, or CR4.PAE = 1 and IA32_EFER.NXE = 1). */
 export function idBit(ctx: PagingContext, access: number): number {
   const legacy32 = ctx.mode === 0; /* MODE_LEGACY32 */
-  return (access & 0x10) /* ACC_FETCH */ !== 0 && (ctx.cr4Smep || (ctx.eferNxe && !legacy32)) ? 0x10 /* PFERR_FETCH */ : 0;
+  return (access & 0x10) /* ACC_FETCH */ !== 0 && (ctx.cr4Smep === true || (ctx.eferNxe === true && !legacy32)) ? 0x10 /* PFERR_FETCH */ : 0;
 }
 
 export function pageFault(out: WalkResult, errorCode: number): number {
@@ -72,7 +72,7 @@ export function generalProtection(out: WalkResult): number {
  *   the PK flag depends only on those conditions; KVM `permission_fault` does the same).
  */
 export function rightsFault(ctx: PagingContext, out: WalkResult, access: number): number {
-  return permissionFault(ctx, access, (out.writable ? 0x2 : 0) | (out.user ? 0x4 : 0) | (out.executable ? 0 : 0x80000000), out.pkey);
+  return permissionFault(ctx, access, (out.writable === true ? 0x2 : 0) | (out.user === true ? 0x4 : 0) | (out.executable === true ? 0 : 0x80000000), out.pkey);
 }
 
 /**
@@ -91,14 +91,14 @@ export function permissionFault(ctx: PagingContext, access: number, rights: numb
   if (userAccess) {
     fault = !userPage || (write && !writable) || (fetch && !executable);
   } else if (fetch) {
-    fault = !executable || (ctx.cr4Smep && userPage);
+    fault = !executable || (ctx.cr4Smep === true && userPage);
   } else {
-    fault = (ctx.cr4Smap && userPage && !ctx.eflagsAc) || (write && !writable && ctx.cr0Wp);
+    fault = (ctx.cr4Smap === true && userPage && ctx.eflagsAc !== true) || (write && !writable && ctx.cr0Wp === true);
   }
   let pk = 0;
-  if (ctx.cr4Pke && userPage && !fetch && (ctx.mode === 2 /* MODE_LONG4 */ || ctx.mode === 3) /* MODE_LONG5 */) {
+  if (ctx.cr4Pke === true && userPage && !fetch && (ctx.mode === 2 /* MODE_LONG4 */ || ctx.mode === 3) /* MODE_LONG5 */) {
     const keyRights = (ctx.pkru >>> (pkey * 2)) & 3; // PKRU.ADk = bit 2k (1), PKRU.WDk = bit 2k+1 (2), §4.6.2
-    if ((keyRights & 1) !== 0 || ((keyRights & 2) !== 0 && write && (userAccess || ctx.cr0Wp))) pk = 0x20; // PFERR_PK
+    if ((keyRights & 1) !== 0 || ((keyRights & 2) !== 0 && write && (userAccess || ctx.cr0Wp === true))) pk = 0x20; // PFERR_PK
   }
   if (!fault && pk === 0) return 0;
   return 0x1 /* P */ | (access & 0x6) /* W/R | U/S */ | pk | idBit(ctx, access);

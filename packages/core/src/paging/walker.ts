@@ -130,7 +130,7 @@ function walk32(ctx: PagingContext, mem: PhysicalMemory, lo: number, access: num
 
   let leaf = pde;
   let pa: number;
-  if (ctx.cr4Pse && (pde & PS) !== 0) {
+  if (ctx.cr4Pse === true && (pde & PS) !== 0) {
     const m = ctx.maxPhyAddr < 40 ? ctx.maxPhyAddr : 40;
     const rsvd = ((0x3fffff >>> (m - 19)) << (m - 19)) >>> 0; // bits 21:(M-19)
     if ((pde & rsvd) !== 0) return reservedFault(ctx, out, access, 2);
@@ -153,7 +153,7 @@ function walk32(ctx: PagingContext, mem: PhysicalMemory, lo: number, access: num
   out.writable = (both & 0x2) /* R/W */ !== 0;
   out.user = (both & 0x4) /* U/S */ !== 0;
   out.executable = true; // 32-bit paging has no XD (§4.6.1)
-  out.global = ctx.cr4Pge && (leaf & 0x100) /* G */ !== 0;
+  out.global = ctx.cr4Pge === true && (leaf & 0x100) /* G */ !== 0;
   out.pa = pa;
   return finish(ctx, mem, access, flags, out, 2, both, 0, leaf);
 }
@@ -170,7 +170,7 @@ function walk4(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
   const eLo = out.entryLo;
   const eHi = out.entryHi;
   const m = ctx.maxPhyAddr - 32; // first reserved address bit, in the high half
-  const rsvdHi = ((0xfffff >>> m) << m) | (ctx.eferNxe ? 0 : 0x80000000); // bits 51:M, and XD without NXE (§4.5.4)
+  const rsvdHi = ((0xfffff >>> m) << m) | (ctx.eferNxe === true ? 0 : 0x80000000); // bits 51:M, and XD without NXE (§4.5.4)
   const cr3 = ctx.cr3;
   // CR3 bits M-1:12 locate the top table (§4.5.2; bits 11:0 are flags or the PCID).
   if (!(cr3 < 4294967296)) {
@@ -248,7 +248,7 @@ function walk4(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
   out.writable = (acc & 0x2) /* R/W */ !== 0;
   out.user = (acc & 0x4) /* U/S */ !== 0;
   out.executable = (xd & 0x80000000) /* XD */ === 0;
-  out.global = ctx.cr4Pge && (elo & 0x100) /* G */ !== 0;
+  out.global = ctx.cr4Pge === true && (elo & 0x100) /* G */ !== 0;
   out.pkey = (ehi >>> 27) & 15; // bits 62:59 (§4.6.2)
   out.pa = (((elo & ~offsetMask) | (lo & offsetMask)) >>> 0) + (ehi & 0xfffff) * 4294967296;
   return finish(ctx, mem, access, flags, out, 4, acc, xd, elo);
@@ -361,7 +361,7 @@ function walk4Direct(
   out.writable = (acc & 0x2) /* R/W */ !== 0;
   out.user = (acc & 0x4) /* U/S */ !== 0;
   out.executable = (xd & 0x80000000) /* XD */ === 0;
-  out.global = ctx.cr4Pge && (elo & 0x100) /* G */ !== 0;
+  out.global = ctx.cr4Pge === true && (elo & 0x100) /* G */ !== 0;
   out.pkey = (ehi >>> 27) & 15; // bits 62:59 (§4.6.2)
   out.pa = (((elo & ~offsetMask) | (lo & offsetMask)) >>> 0) + (ehi & 0xfffff) * 4294967296;
   return finish(ctx, mem, access, flags, out, 4, acc, xd, elo);
@@ -390,7 +390,7 @@ function walk5(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
   const eLo = out.entryLo;
   const eHi = out.entryHi;
   const m = ctx.maxPhyAddr - 32; // first reserved address bit, in the high half
-  const rsvdHi = ((0xfffff >>> m) << m) | (ctx.eferNxe ? 0 : 0x80000000); // bits 51:M, and XD without NXE (§4.5.4)
+  const rsvdHi = ((0xfffff >>> m) << m) | (ctx.eferNxe === true ? 0 : 0x80000000); // bits 51:M, and XD without NXE (§4.5.4)
   const cr3 = ctx.cr3;
   // CR3 bits M-1:12 locate the top table (§4.5.2; bits 11:0 are flags or the PCID).
   if (!(cr3 < 4294967296)) return walkFrom(ctx, mem, lo, hi, access, flags, out, 5, cr3 & 0xfffff000, longRootHi(cr3, m), rsvdHi, -1, 0);
@@ -477,7 +477,7 @@ function walk5(ctx: PagingContext, mem: PhysicalMemory, lo: number, hi: number, 
   out.writable = (acc & 0x2) /* R/W */ !== 0;
   out.user = (acc & 0x4) /* U/S */ !== 0;
   out.executable = (xd & 0x80000000) /* XD */ === 0;
-  out.global = ctx.cr4Pge && (elo & 0x100) /* G */ !== 0;
+  out.global = ctx.cr4Pge === true && (elo & 0x100) /* G */ !== 0;
   out.pkey = (ehi >>> 27) & 15; // bits 62:59 (§4.6.2)
   out.pa = (((elo & ~offsetMask) | (lo & offsetMask)) >>> 0) + (ehi & 0xfffff) * 4294967296;
   return finish(ctx, mem, access, flags, out, 5, acc, xd, elo);
@@ -502,7 +502,7 @@ function walkPae(ctx: PagingContext, mem: PhysicalMemory, lo: number, access: nu
   eHi[3] = phi;
   if ((plo & 0x1) /* P */ === 0) return notPresent(ctx, out, access, 3);
   const m = ctx.maxPhyAddr - 32; // first reserved address bit, in the high half
-  const rsvdHi = ((0x7fffffff >>> m) << m) | (ctx.eferNxe ? 0 : 0x80000000); // bits 62:M, and XD without NXE (§4.4.2)
+  const rsvdHi = ((0x7fffffff >>> m) << m) | (ctx.eferNxe === true ? 0 : 0x80000000); // bits 62:M, and XD without NXE (§4.4.2)
   if ((phi & 0xfffff) !== 0) return walkFrom(ctx, mem, lo, 0, access, flags, out, 2, plo & 0xfffff000, phi & 0xfffff, rsvdHi, -1, 0);
 
   // PDE (§4.4.2; a 2 MiB leaf: Table 4-9).
@@ -544,7 +544,7 @@ function walkPae(ctx: PagingContext, mem: PhysicalMemory, lo: number, access: nu
   out.writable = (acc & 0x2) /* R/W */ !== 0;
   out.user = (acc & 0x4) /* U/S */ !== 0;
   out.executable = (xd & 0x80000000) /* XD */ === 0;
-  out.global = ctx.cr4Pge && (elo & 0x100) /* G */ !== 0;
+  out.global = ctx.cr4Pge === true && (elo & 0x100) /* G */ !== 0;
   out.pkey = 0;
   out.pa = (((elo & ~offsetMask) | (lo & offsetMask)) >>> 0) + (ehi & 0xfffff) * 4294967296;
   return finish(ctx, mem, access, flags, out, 2, acc, xd, elo);
@@ -635,7 +635,7 @@ function walkFrom(
   out.writable = (acc & 0x2) /* R/W */ !== 0;
   out.user = (acc & 0x4) /* U/S */ !== 0;
   out.executable = (xd & 0x80000000) /* XD */ === 0;
-  out.global = ctx.cr4Pge && (elo & 0x100) /* G */ !== 0;
+  out.global = ctx.cr4Pge === true && (elo & 0x100) /* G */ !== 0;
   out.pkey = pae ? 0 : (ehi >>> 27) & 15; // bits 62:59 (§4.6.2); PAE has no keys
   out.pa = ((elo & ~offsetMask) >>> 0) + (ehi & 0xfffff) * 4294967296 + (lo & offsetMask);
   return finish(ctx, mem, access, flags, out, pae ? 2 : out.topLevel, acc, xd, elo);
