@@ -87,12 +87,10 @@ function floodEvent(
   return into;
 }
 
-export function decideFlood(host: MmuHost, st: VcpuShadowState, seq: number, gfn: number, level: number, writeCount: number, vcpuWriteCount: number): boolean {
-  if (st.decidedByDefault(host, 1, 'flood')) return DEFAULT_FLOOD_DECISION;
-  return decideFloodEvent(host, st, seq, gfn, level, writeCount, vcpuWriteCount);
-}
-
-/** The flood decision once `st.decidedByDefault(host, 1, 'flood')` said no (pte-write.ts checks that first): the event, through the host. */
+/**
+ * The flood decision once `st.decidedByDefault(host, 1, 'flood')` said no (pte-write.ts checks that first; by default a
+ * page is never flooded, DEFAULT_FLOOD_DECISION): the event, through the host.
+ */
 export function decideFloodEvent(
   host: MmuHost,
   st: VcpuShadowState,
@@ -210,24 +208,10 @@ function pteWriteEvent(
   return into;
 }
 
-export function decidePteWrite(
-  host: MmuHost,
-  st: VcpuShadowState,
-  seq: number,
-  gpa: number,
-  size: number,
-  oldLo: number,
-  oldHi: number,
-  newLo: number,
-  newHi: number,
-  level: number,
-  misaligned: boolean,
-): PteWriteDecision {
-  if (st.decidedByDefault(host, 0, 'pte-write')) return DEFAULT_PTE_WRITE_DECISION;
-  return decidePteWriteEvent(host, st, seq, gpa, size, oldLo, oldHi, newLo, newHi, level, misaligned);
-}
-
-/** The pte-write decision once `st.decidedByDefault(host, 0, 'pte-write')` said no (pte-write.ts checks that first): the event, through the host. */
+/**
+ * The pte-write decision once `st.decidedByDefault(host, 0, 'pte-write')` said no (pte-write.ts checks that first; by
+ * default DEFAULT_PTE_WRITE_DECISION): the event, through the host.
+ */
 export function decidePteWriteEvent(
   host: MmuHost,
   st: VcpuShadowState,

@@ -83,9 +83,8 @@ export function pteWrite(
   }
   const host = s.host;
   const pool = s.pool;
-  // The store's first and last byte within its page, as integers: the gptes it wrote are those of these offsets
-  // (a store that runs into the next page has offsets past 0xfff, which `writtenSptes` reads within this page, as
-  // it read the gpas of that page before).
+  // The store's first and last byte within its page, as integers: the gptes it wrote are those of these offsets. The
+  // vCPU never hands the emulator a store that crosses a page (checkScalarSpan).
   const storeOff = storeGpa & 0xfff;
   const storeLastOff = storeOff + size - 1;
   for (let t = 0; t < count; t++) {

@@ -1,7 +1,31 @@
 import { Machine, type MmuDecisionOf, type MmuEvent, type MmuHost, type StatCell } from '@vmexit/core';
 import { describe, expect, it } from 'vitest';
-import { decideFlood, decidePteWrite, detectWriteMisaligned, writtenSptes } from '../src/decisions.js';
+import {
+  decideFloodEvent,
+  decidePteWriteEvent,
+  DEFAULT_FLOOD_DECISION,
+  DEFAULT_PTE_WRITE_DECISION,
+  detectWriteMisaligned,
+  writtenSptes,
+} from '../src/decisions.js';
 import { VcpuShadowState } from '../src/state.js';
+
+/** The flood decision as the write hook (pte-write.ts) asks it: by default unless something may see the event. */
+function decideFlood(h: MmuHost, st: VcpuShadowState, seq: number, gfn: number, level: number, writeCount: number, vcpuWriteCount: number): boolean {
+  return st.decidedByDefault(h, 1, 'flood') ? DEFAULT_FLOOD_DECISION : decideFloodEvent(h, st, seq, gfn, level, writeCount, vcpuWriteCount);
+}
+
+/** The pte-write decision as the write hook asks it. */
+function decidePteWrite(
+  h: MmuHost,
+  st: VcpuShadowState,
+  seq: number,
+  gpa: number,
+  size: number,
+  ...rest: [number, number, number, number, number, boolean]
+): string {
+  return st.decidedByDefault(h, 0, 'pte-write') ? DEFAULT_PTE_WRITE_DECISION : decidePteWriteEvent(h, st, seq, gpa, size, ...rest);
+}
 
 /** The shadow state of vCPU `id` of a fresh two-vCPU machine. */
 function stateOf(id: number): VcpuShadowState {

@@ -329,10 +329,23 @@ export function mmuEventPipeline(
     if (ev.decision === null) {
       (ev as { decision: unknown }).decision = channel().fallback;
       ev.decidedBy = 'mmu';
+    } else if (!validDecision(ev)) {
+      // An operator that is not decideMmuEvents (which checks its policy's answers) set a decision of the wrong
+      // kind: fail here, naming it, rather than let the MMU read it (a flood answered 1 is not `true`).
+      throw new ExitError(
+        'E_BAD_RESOLUTION',
+        `${describeMmuEvent(ev)} was decided ${JSON.stringify(ev.decision) ?? String(ev.decision)} by ${ev.decidedBy === null ? 'a policy' : `'${ev.decidedBy}'`} (expected ${ev.kind === 'pte-write' ? 'zap-spte, update-spte or zap-page' : 'true or false'})`,
+      );
     }
     return ev;
   });
   return chain([...policyLinks(policies), fallback, ...observers]);
+}
+
+/** Whether `ev.decision` is one an MMU event of its kind may have. */
+function validDecision(ev: MmuEvent): boolean {
+  const d: unknown = ev.decision;
+  return ev.kind === 'pte-write' ? d === 'zap-spte' || d === 'update-spte' || d === 'zap-page' : typeof d === 'boolean';
 }
 
 function describeMmuEvent(e: MmuEvent): string {

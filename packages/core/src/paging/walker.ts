@@ -5,16 +5,13 @@ import { NESTED_PDPTE, WALK_SIDE_EFFECTS, WalkResult, type PagingContext } from 
 import * as walkCommon from './walk-common.js';
 import { walkNested } from './nested-walker.js';
 
-// Module-local copies of the imported constants and helpers the exit path uses. V8 folds a module's own constants into
-// its compiled code, but reads an imported binding through its module cell, with a check, on every use (core
-// DESIGN.md, "Speed").
-const { generalProtection, longRootHi, notPresent, pageFault, PDPTE_RSVD_LO, permissionFault, reservedFault, setAccessedDirty, tableIndex } = walkCommon;
-
 /*
- * The pte bits of the hot path as module-local constants (SDM Vol. 3A §4.3-4.5: A = bit 5, D = bit 6, PS =
- * bit 7): V8 (Node 20) reads an imported binding through its module cell on every use, where it reads a
- * module-local const as a literal.
+ * Module-local copies of the imported constants and helpers the walks use: V8 (Node 20) reads an imported binding
+ * through its module cell, with a check, on every use, where it folds a module-local const into the compiled code
+ * (core DESIGN.md, "Speed"). The pte bits of the hot path (SDM Vol. 3A §4.3-4.5: A = bit 5, D = bit 6, PS = bit 7)
+ * under short names.
  */
+const { generalProtection, longRootHi, notPresent, pageFault, PDPTE_RSVD_LO, permissionFault, reservedFault, setAccessedDirty, tableIndex } = walkCommon;
 const PS = PT_PAGE_SIZE;
 const ACCESSED = PT_ACCESSED;
 const DIRTY = PT_DIRTY;

@@ -1,5 +1,5 @@
 import * as arch from '../arch/constants.js';
-import { createEmulationOutcome, emulatePendingAccess, EMULATION_FAILED as EMULATION_FAILED_ } from '../machine/emulate.js';
+import * as emulation from '../machine/emulate.js';
 import * as faultActions from '../machine/hooks.js';
 import type { FaultAction, VcpuHooks } from '../machine/hooks.js';
 import { hexU64 as hex } from '../arch/hex.js';
@@ -22,7 +22,7 @@ import type { Mmu } from './mmu.js';
 const { ACC_FETCH, ACC_MASK, ACC_READ, ACC_WRITE, GP_VECTOR, PF_VECTOR, PFERR_PRESENT } = arch;
 const { FAULT_DELIVER, FAULT_DONE, FAULT_RETRY } = faultActions;
 const { WALK_PAGE_FAULT, WALK_SIDE_EFFECTS } = pagingTypes;
-const EMULATION_FAILED = EMULATION_FAILED_;
+const { createEmulationOutcome, emulatePendingAccess, EMULATION_FAILED } = emulation;
 
 /** Bit 32 / bit 33 of KVM's 64-bit fault error code (PFERR_GUEST_FINAL_MASK / PFERR_GUEST_PAGE_MASK, kvm_host.h). */
 export const PFERR_GUEST_FINAL = 2 ** 32;

@@ -1,8 +1,8 @@
-import { filter, merge, Subject, type MonoTypeOperatorFunction } from 'rxjs';
+import { filter, map, merge, Subject, type MonoTypeOperatorFunction } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
 import { describe, expect, it } from 'vitest';
 import { ExitError } from '../../src/exits/errors.js';
-import { decideMmuEvents, mmuEventKindsOf, type FloodEvent, type PteWriteEvent } from '../../src/exits/mmu-events.js';
+import { decideMmuEvents, mmuEventKindsOf, type FloodEvent, type MmuEvent, type PteWriteEvent } from '../../src/exits/mmu-events.js';
 import {
   ArrayRecorder,
   countAndObserveExits,
@@ -260,6 +260,25 @@ describe('MmuEventChannel', () => {
       let ch: MmuEventChannel | null = null;
       ch = new MmuEventChannel(mmuEventPipeline(() => ch!, [bad]));
       expect(() => ch!.decide(ev(false), 'zap-spte')).toThrow(/policy 'bad' answered true to a pte-write event/);
+    });
+
+    it('rejects a decision of the wrong kind that an operator of its own set, naming who set it', () => {
+      // A raw operator (not decideMmuEvents) that answers a flood event with 1, and a pte-write event with a string
+      // the MMU does not know: the MMU would read the first as "not true" and the second as zap-spte.
+      const raw: MonoTypeOperatorFunction<MmuEvent> = map((e) => {
+        (e as { decision: unknown }).decision = e.kind === 'flood' ? 1 : 'zap-everything';
+        e.decidedBy = 'raw';
+        return e;
+      });
+      let ch: MmuEventChannel | null = null;
+      ch = new MmuEventChannel(mmuEventPipeline(() => ch!, [raw]));
+      const fl: FloodEvent = { kind: 'flood', vcpu: 0, seq: 1, decidedBy: null, gfn: 3, level: 2, writeCount: 9, vcpuWriteCount: 9, decision: null };
+      expect(() => ch!.decide(fl, false)).toThrow(
+        new ExitError('E_BAD_RESOLUTION', "MMU event flood #1 of vCPU 0 was decided 1 by 'raw' (expected true or false)"),
+      );
+      let ch2: MmuEventChannel | null = null;
+      ch2 = new MmuEventChannel(mmuEventPipeline(() => ch2!, [raw]));
+      expect(() => ch2!.decide(ev(false), 'zap-spte')).toThrow(/was decided "zap-everything" by 'raw' \(expected zap-spte, update-spte or zap-page\)/);
     });
   });
 });
