@@ -1,4 +1,5 @@
 import type { MonoTypeOperatorFunction } from 'rxjs';
+import { describeValue } from './describe-value.js';
 import { ExitError } from './errors.js';
 import { selfNaming } from './policy.js';
 import { stepOperator } from './step.js';
@@ -160,11 +161,15 @@ export function decideMmuEvents(
     }
     if (d === null) return ev;
     if (ev.kind === 'pte-write') {
-      if (typeof d !== 'string')
-        throw new ExitError('E_BAD_RESOLUTION', `policy '${name}' answered ${String(d)} to a pte-write event (expected zap-spte, update-spte or zap-page)`);
+      if (d !== 'zap-spte' && d !== 'update-spte' && d !== 'zap-page')
+        throw new ExitError(
+          'E_BAD_RESOLUTION',
+          `policy '${name}' answered ${describeValue(d)} to a pte-write event (expected zap-spte, update-spte or zap-page)`,
+        );
       ev.decision = d;
     } else {
-      if (typeof d !== 'boolean') throw new ExitError('E_BAD_RESOLUTION', `policy '${name}' answered '${d}' to a ${ev.kind} event (expected true or false)`);
+      if (typeof d !== 'boolean')
+        throw new ExitError('E_BAD_RESOLUTION', `policy '${name}' answered ${describeValue(d)} to a ${ev.kind} event (expected true or false)`);
       ev.decision = d;
     }
     ev.decidedBy = name;

@@ -1,4 +1,5 @@
 import { catchError, Observable, pipe, Subject, type MonoTypeOperatorFunction, type Subscriber, type Subscription, type UnaryFunction } from 'rxjs';
+import { describeValue } from './describe-value.js';
 import { ExitError } from './errors.js';
 import type { MmuDecisionOf, MmuEvent } from './mmu-events.js';
 import { policyMark } from './policy.js';
@@ -334,7 +335,7 @@ export function mmuEventPipeline(
       // kind: fail here, naming it, rather than let the MMU read it (a flood answered 1 is not `true`).
       throw new ExitError(
         'E_BAD_RESOLUTION',
-        `${describeMmuEvent(ev)} was decided ${JSON.stringify(ev.decision) ?? String(ev.decision)} by ${ev.decidedBy === null ? 'a policy' : `'${ev.decidedBy}'`} (expected ${ev.kind === 'pte-write' ? 'zap-spte, update-spte or zap-page' : 'true or false'})`,
+        `${describeMmuEvent(ev)} was decided ${describeValue(ev.decision)} by ${ev.decidedBy === null ? 'a policy' : `'${ev.decidedBy}'`} (expected ${ev.kind === 'pte-write' ? 'zap-spte, update-spte or zap-page' : 'true or false'})`,
       );
     }
     return ev;

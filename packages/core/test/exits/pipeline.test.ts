@@ -260,6 +260,22 @@ describe('MmuEventChannel', () => {
       let ch: MmuEventChannel | null = null;
       ch = new MmuEventChannel(mmuEventPipeline(() => ch!, [bad]));
       expect(() => ch!.decide(ev(false), 'zap-spte')).toThrow(/policy 'bad' answered true to a pte-write event/);
+      // A string that is no pte-write decision, and values a message cannot JSON.stringify (a BigInt, a cycle).
+      const cyclic: { self?: unknown } = {};
+      cyclic.self = cyclic;
+      for (const [answer, shown] of [
+        ['zap-everything', '"zap-everything"'],
+        [1n, '1'],
+        [cyclic, '[object Object]'],
+      ] as const) {
+        // @ts-expect-error: none of these answers a pte-write event
+        const odd = decideMmuEvents('odd', () => answer);
+        let c: MmuEventChannel | null = null;
+        c = new MmuEventChannel(mmuEventPipeline(() => c!, [odd]));
+        expect(() => c!.decide(ev(false), 'zap-spte')).toThrow(
+          new ExitError('E_BAD_RESOLUTION', `policy 'odd' answered ${shown} to a pte-write event (expected zap-spte, update-spte or zap-page)`),
+        );
+      }
     });
 
     it('rejects a decision of the wrong kind that an operator of its own set, naming who set it', () => {
@@ -279,6 +295,16 @@ describe('MmuEventChannel', () => {
       let ch2: MmuEventChannel | null = null;
       ch2 = new MmuEventChannel(mmuEventPipeline(() => ch2!, [raw]));
       expect(() => ch2!.decide(ev(false), 'zap-spte')).toThrow(/was decided "zap-everything" by 'raw' \(expected zap-spte, update-spte or zap-page\)/);
+      // A BigInt that the channel's own check must still describe (JSON.stringify would throw).
+      const bigint: MonoTypeOperatorFunction<MmuEvent> = map((e) => {
+        (e as { decision: unknown }).decision = 1n;
+        return e;
+      });
+      let ch3: MmuEventChannel | null = null;
+      ch3 = new MmuEventChannel(mmuEventPipeline(() => ch3!, [bigint]));
+      expect(() => ch3!.decide<FloodEvent>({ ...fl, seq: 2, decidedBy: null, decision: null }, false)).toThrow(
+        new ExitError('E_BAD_RESOLUTION', 'MMU event flood #2 of vCPU 0 was decided 1 by a policy (expected true or false)'),
+      );
     });
   });
 });
