@@ -33,6 +33,12 @@ export function instructionCosts(text) {
     const line = text.slice(start, end);
     start = end + 1;
     const c = line.charCodeAt(0);
+    if (line.startsWith('positions:')) {
+      // This reader takes a cost line's first field as the address and its third as the cost.
+      if (line.trim() !== 'positions: instr line')
+        throw new Error(`callgrind output with '${line.trim()}': expected 'positions: instr line' (--dump-instr=yes --dump-line=yes)`);
+      continue;
+    }
     // Cost lines start with a digit, '+', '-' or '*'; `calls=` marks the next cost line as a call's inclusive cost.
     if (line.startsWith('calls=')) {
       skipNext = true;
@@ -70,7 +76,9 @@ export function perfMap(text) {
  * The instruction counts of `cost` (instructionCosts) by the function of `entries` (perfMap) whose code holds each
  * address, its V8 tier marks (`*` optimized, `^` baseline, `~` interpreted) taken off the name so that one function's
  * versions add up. Returns `{ byFunction: Map<name, count>, mapped, unmapped }`: `unmapped` is what ran outside the
- * map (node's and V8's own C++: the compilers, the garbage collector, start-up).
+ * map (node's and V8's own C++: the compilers, the garbage collector, start-up). V8 may put new code where freed code
+ * was; the map then has two entries for one address, and its instructions go to the later one (the map is written in
+ * order of creation): a small error, in the functions of a run's first seconds.
  */
 export function countByFunction(cost, entries) {
   const starts = entries.map((e) => e.start);

@@ -59,13 +59,26 @@ if (version.error !== undefined || version.status !== 0) {
 
 const cli = join(dirname(fileURLToPath(import.meta.url)), '..', 'dist', 'bin', 'vmexit.js');
 const work = mkdtempSync(join(tmpdir(), 'vmexit-instructions-'));
+let mapFile = null;
 try {
+  measure();
+} catch (e) {
+  process.stderr.write(`instructions: ${e instanceof Error ? e.message : String(e)}\n`);
+  process.exitCode = 1;
+} finally {
+  // The callgrind output and V8's code map are large: nothing stays behind, whatever happened.
+  rmSync(work, { recursive: true, force: true });
+  if (mapFile !== null) rmSync(mapFile, { force: true });
+}
+
+function measure() {
   const out = join(work, 'callgrind.out');
   const run = spawnSync(
     'valgrind',
     [
       '--tool=callgrind',
       '--dump-instr=yes',
+      '--dump-line=yes', // the cost lines' positions are `instr line` (callgrind.mjs), whatever ~/.valgrindrc says
       `--callgrind-out-file=${out}`,
       // V8 writes and rewrites code at run time: valgrind must see every change, outside files too.
       '--smc-check=all-non-file',
@@ -79,21 +92,21 @@ try {
     ],
     { cwd: work, encoding: 'utf8', maxBuffer: 1 << 28 },
   );
+  // V8 writes its code map to /tmp/perf-PID.map, whatever TMPDIR says; valgrind runs node in its own process (==PID==).
+  const pid = /==(\d+)==/.exec(run.stderr ?? '')?.[1];
+  if (pid !== undefined) mapFile = `/tmp/perf-${pid}.map`;
   if (run.status !== 0) {
     process.stderr.write(
-      `instructions: vmexit run ${runArgs.join(' ')} failed under valgrind (exit ${run.status}):\n${run.stderr.split('\n').slice(-12).join('\n')}\n`,
+      `instructions: vmexit run ${runArgs.join(' ')} failed under valgrind (exit ${run.status}):\n${(run.stderr ?? '').split('\n').slice(-12).join('\n')}\n`,
     );
-    process.exit(run.status === 2 ? 2 : 1);
+    process.exitCode = run.status === 2 ? 2 : 1;
+    return;
   }
   const result = JSON.parse(run.stdout);
   const exits = result.counters?.total?.exits ?? 0;
-  // V8 writes its code map to /tmp/perf-PID.map, whatever TMPDIR says; valgrind runs node in its own process (==PID==).
-  const pid = /==(\d+)==/.exec(run.stderr)?.[1];
-  const mapFile = `/tmp/perf-${pid}.map`;
-  if (pid === undefined || !existsSync(mapFile)) throw new Error(`instructions: V8's code map (${mapFile}) was not written`);
+  if (mapFile === null || !existsSync(mapFile)) throw new Error(`V8's code map (${mapFile ?? '/tmp/perf-PID.map'}) was not written`);
   const costs = instructionCosts(readFileSync(out, 'utf8'));
   const entries = perfMap(readFileSync(mapFile, 'utf8'));
-  rmSync(mapFile, { force: true });
   const { byFunction, mapped, unmapped } = countByFunction(costs, entries);
   const total = mapped + unmapped;
   // Per exit; a run without exits (a native one) is shown whole.
@@ -128,6 +141,4 @@ try {
       )}\n`,
     );
   }
-} finally {
-  rmSync(work, { recursive: true, force: true });
 }
