@@ -1,5 +1,5 @@
 import type { MonoTypeOperatorFunction } from 'rxjs';
-import { describeValue } from './describe-value.js';
+import { describeValue, expectedDecisions, isDecisionOf } from './decision-check.js';
 import { ExitError } from './errors.js';
 import { selfNaming } from './policy.js';
 import { stepOperator } from './step.js';
@@ -160,18 +160,9 @@ export function decideMmuEvents(
       );
     }
     if (d === null) return ev;
-    if (ev.kind === 'pte-write') {
-      if (d !== 'zap-spte' && d !== 'update-spte' && d !== 'zap-page')
-        throw new ExitError(
-          'E_BAD_RESOLUTION',
-          `policy '${name}' answered ${describeValue(d)} to a pte-write event (expected zap-spte, update-spte or zap-page)`,
-        );
-      ev.decision = d;
-    } else {
-      if (typeof d !== 'boolean')
-        throw new ExitError('E_BAD_RESOLUTION', `policy '${name}' answered ${describeValue(d)} to a ${ev.kind} event (expected true or false)`);
-      ev.decision = d;
-    }
+    if (!isDecisionOf(ev.kind, d))
+      throw new ExitError('E_BAD_RESOLUTION', `policy '${name}' answered ${describeValue(d)} to a ${ev.kind} event (expected ${expectedDecisions(ev.kind)})`);
+    (ev as { decision: unknown }).decision = d;
     ev.decidedBy = name;
     return ev;
   });

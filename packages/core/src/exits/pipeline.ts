@@ -1,5 +1,5 @@
 import { catchError, Observable, pipe, Subject, type MonoTypeOperatorFunction, type Subscriber, type Subscription, type UnaryFunction } from 'rxjs';
-import { describeValue } from './describe-value.js';
+import { describeValue, expectedDecisions, isDecisionOf } from './decision-check.js';
 import { ExitError } from './errors.js';
 import type { MmuDecisionOf, MmuEvent } from './mmu-events.js';
 import { policyMark } from './policy.js';
@@ -330,23 +330,17 @@ export function mmuEventPipeline(
     if (ev.decision === null) {
       (ev as { decision: unknown }).decision = channel().fallback;
       ev.decidedBy = 'mmu';
-    } else if (!validDecision(ev)) {
+    } else if (!isDecisionOf(ev.kind, ev.decision)) {
       // An operator that is not decideMmuEvents (which checks its policy's answers) set a decision of the wrong
       // kind: fail here, naming it, rather than let the MMU read it (a flood answered 1 is not `true`).
       throw new ExitError(
         'E_BAD_RESOLUTION',
-        `${describeMmuEvent(ev)} was decided ${describeValue(ev.decision)} by ${ev.decidedBy === null ? 'a policy' : `'${ev.decidedBy}'`} (expected ${ev.kind === 'pte-write' ? 'zap-spte, update-spte or zap-page' : 'true or false'})`,
+        `${describeMmuEvent(ev)} was decided ${describeValue(ev.decision)} by ${ev.decidedBy === null ? 'a policy' : `'${ev.decidedBy}'`} (expected ${expectedDecisions(ev.kind)})`,
       );
     }
     return ev;
   });
   return chain([...policyLinks(policies), fallback, ...observers]);
-}
-
-/** Whether `ev.decision` is one an MMU event of its kind may have. */
-function validDecision(ev: MmuEvent): boolean {
-  const d: unknown = ev.decision;
-  return ev.kind === 'pte-write' ? d === 'zap-spte' || d === 'update-spte' || d === 'zap-page' : typeof d === 'boolean';
 }
 
 function describeMmuEvent(e: MmuEvent): string {
