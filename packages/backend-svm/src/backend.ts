@@ -115,9 +115,12 @@ export class SvmBackend implements Backend<Vmcb> {
     v.exitCode = VMEXIT_EXCP_BASE + vector;
     v.exitInfo1 = hasErrorCode(vector) ? errorCode >>> 0 : 0;
     v.exitInfo2 = vector === PF_VECTOR ? address : 0;
-    out.backend = 'svm';
+    // The strings are stored only when they change: a store of a heap object into an object calls V8's write
+    // barrier while a major GC is marking, and the exit path otherwise stores none.
+    if (out.backend !== 'svm') out.backend = 'svm';
     out.code = v.exitCode;
-    out.name = codeName(v.exitCode);
+    const name = codeName(v.exitCode);
+    if (out.name !== name) out.name = name;
     const f = out.fields;
     f.exitInfo1 = v.exitInfo1;
     f.exitInfo2 = v.exitInfo2;

@@ -155,9 +155,11 @@ export class VmxBackend implements Backend<Vmcs>, PageFaultFilter, PageModificat
   /** `exceptionExit` into a description the caller reuses (no allocation). */
   exceptionExitInto(v: Vmcs, vector: number, errorCode: number, address: number, out: HardwareExitBuffer): void {
     recordException(v, vector, errorCode, address);
-    out.backend = 'vmx';
+    // The strings are stored only when they change (once per buffer): a store of a heap object into an object
+    // calls V8's write barrier while a major GC is marking, and the exit path otherwise stores none.
+    if (out.backend !== 'vmx') out.backend = 'vmx';
     out.code = EXIT_REASON_EXCEPTION_NMI;
-    out.name = EXCEPTION_NMI_NAME;
+    if (out.name !== EXCEPTION_NMI_NAME) out.name = EXCEPTION_NMI_NAME;
     const f = out.fields;
     f.exitQualification = v.exitQualification;
     f.vmExitIntrInfo = v.vmExitIntrInfo;

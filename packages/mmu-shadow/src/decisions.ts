@@ -46,7 +46,9 @@ export const WRITE_FLOOD_THRESHOLD = 3;
 // An event that policies decide is built once per vCPU and kind and refilled for each decision while nothing
 // outside the pipeline can keep it (MmuHost.reusesEvents: no tracer, recorder or mmuEvents$ subscriber), as
 // VmHooks refills its exception exit: the policies' operators see it only while it is in the pipeline. A
-// decision asked while another is in flight (a policy that calls back into the MMU) takes a new object.
+// decision asked while another is in flight (a policy that calls back into the MMU) takes a new object. The
+// scratch field is written only when its event is new: storing an object calls V8's write barrier while a major GC
+// marks, which a hot path that stores nothing avoids.
 
 /** Whether this decision may refill the vCPU's scratch event (asked per decision: a subscriber may come between runs). */
 function reusable(host: MmuHost, st: VcpuShadowState): boolean {
@@ -102,7 +104,8 @@ export function decideFloodEvent(
 ): boolean {
   const vcpu = st.vcpu.id;
   if (!reusable(host, st)) return host.decide(floodEvent(null, vcpu, seq, gfn, level, writeCount, vcpuWriteCount), DEFAULT_FLOOD_DECISION);
-  const ev = (st.events.flood = floodEvent(st.events.flood, vcpu, seq, gfn, level, writeCount, vcpuWriteCount));
+  const ev = floodEvent(st.events.flood, vcpu, seq, gfn, level, writeCount, vcpuWriteCount);
+  if (st.events.flood !== ev) st.events.flood = ev;
   return decideScratch(host, st, ev, DEFAULT_FLOOD_DECISION);
 }
 
@@ -128,7 +131,8 @@ function prefetchEvent(
 export function decidePrefetchEvent(host: MmuHost, st: VcpuShadowState, seq: number, address: number, gfn: number, direct: boolean): boolean {
   const vcpu = st.vcpu.id;
   if (!reusable(host, st)) return host.decide(prefetchEvent(null, vcpu, seq, address, gfn, direct), DEFAULT_PREFETCH_DECISION);
-  const ev = (st.events.prefetch = prefetchEvent(st.events.prefetch, vcpu, seq, address, gfn, direct));
+  const ev = prefetchEvent(st.events.prefetch, vcpu, seq, address, gfn, direct);
+  if (st.events.prefetch !== ev) st.events.prefetch = ev;
   return decideScratch(host, st, ev, DEFAULT_PREFETCH_DECISION);
 }
 
@@ -145,7 +149,8 @@ export function decideUnsync(host: MmuHost, st: VcpuShadowState, seq: number, gf
   if (st.decidedByDefault(host, 3, 'unsync')) return DEFAULT_UNSYNC_DECISION;
   const vcpu = st.vcpu.id;
   if (!reusable(host, st)) return host.decide(unsyncEvent(null, vcpu, seq, gfn), DEFAULT_UNSYNC_DECISION);
-  const ev = (st.events.unsync = unsyncEvent(st.events.unsync, vcpu, seq, gfn));
+  const ev = unsyncEvent(st.events.unsync, vcpu, seq, gfn);
+  if (st.events.unsync !== ev) st.events.unsync = ev;
   return decideScratch(host, st, ev, DEFAULT_UNSYNC_DECISION);
 }
 
@@ -171,7 +176,8 @@ function trackedWriteEvent(
 export function decideTrackedWriteEvent(host: MmuHost, st: VcpuShadowState, seq: number, gfn: number, address: number, errorCode: number): boolean {
   const vcpu = st.vcpu.id;
   if (!reusable(host, st)) return host.decide(trackedWriteEvent(null, vcpu, seq, gfn, address, errorCode), DEFAULT_TRACKED_WRITE_DECISION);
-  const ev = (st.events.trackedWrite = trackedWriteEvent(st.events.trackedWrite, vcpu, seq, gfn, address, errorCode));
+  const ev = trackedWriteEvent(st.events.trackedWrite, vcpu, seq, gfn, address, errorCode);
+  if (st.events.trackedWrite !== ev) st.events.trackedWrite = ev;
   return decideScratch(host, st, ev, DEFAULT_TRACKED_WRITE_DECISION);
 }
 
@@ -229,7 +235,8 @@ export function decidePteWriteEvent(
   if (!reusable(host, st)) {
     return host.decide(pteWriteEvent(null, vcpu, seq, gpa, size, oldLo, oldHi, newLo, newHi, level, misaligned), DEFAULT_PTE_WRITE_DECISION);
   }
-  const ev = (st.events.pteWrite = pteWriteEvent(st.events.pteWrite, vcpu, seq, gpa, size, oldLo, oldHi, newLo, newHi, level, misaligned));
+  const ev = pteWriteEvent(st.events.pteWrite, vcpu, seq, gpa, size, oldLo, oldHi, newLo, newHi, level, misaligned);
+  if (st.events.pteWrite !== ev) st.events.pteWrite = ev;
   return decideScratch(host, st, ev, DEFAULT_PTE_WRITE_DECISION);
 }
 

@@ -71,8 +71,10 @@ export function pteWrite(
   st.bump(s.host, 2 /* mmu_pte_write */);
   // The valid indirect pages of the gfn, as a snapshot (zapping one below changes its hash bucket), in a
   // scratch array that this call owns while it runs (a nested call would take a fresh one).
-  const targets = s.scratch.pages ?? [];
-  s.scratch.pages = null;
+  const scratch = s.scratch;
+  const nested = scratch.pagesBusy === true;
+  const targets = nested ? [] : scratch.pages;
+  scratch.pagesBusy = true;
   const count = collectIndirectPages(s, gfn, targets);
   let vcpuBaseRole = -1; // the vCPU's base role, computed for the first update-spte decision
   // The 2007 per-vCPU detector (OLD-MMU kvm_mmu_pre_write): consecutive emulated writes to one gfn.
@@ -159,7 +161,7 @@ export function pteWrite(
       }
     }
   }
-  s.scratch.pages = targets;
+  if (!nested) scratch.pagesBusy = false;
   finish(s);
 }
 

@@ -197,8 +197,13 @@ export class ShadowScratch {
   /** The roots a vCPU's guest state needs, as `rootTargets` lists them (gfn, role). */
   readonly rootGfn = new Float64Array(MAX_ROOTS);
   readonly rootRole = new Int32Array(MAX_ROOTS);
-  /** trackWrite's snapshot of the written gfn's pages (null while a call uses it; a nested call takes a fresh array). */
-  pages: (ShadowPage | null)[] | null = [];
+  /** trackWrite's snapshot of the written gfn's pages, while `pagesBusy` is false (a nested call takes a fresh array). */
+  readonly pages: (ShadowPage | null)[] = [];
+  /**
+   * A trackWrite call uses `pages`. A flag rather than taking the array out (null) and putting it back: storing the
+   * array is a write of a heap object, which calls V8's write barrier while a major GC marks.
+   */
+  pagesBusy = false;
 }
 
 /**

@@ -151,10 +151,32 @@ class SyncChannel<T> {
    * nobody else listens).
    */
   private readonly out = new Subject<T>();
-  /** The items after the pipeline (hot): observe it for merged views (the VM's `exits$`). */
-  readonly output: Observable<T> = this.out.asObservable();
-  /** The item being pushed (null: none), and how many times it came out of the pipeline so far. */
+  /**
+   * How many subscriptions to `output` are open: what `observed` answers, as a field the exit path reads (twice per
+   * item) instead of the Subject's getter (a call that reads its observer list each time).
+   */
+  private outputSubscribers = 0;
+  /**
+   * The items after the pipeline (hot): observe it for merged views (the VM's `exits$`). Each subscription is
+   * counted from its start until its end (unsubscribed, or the output completed or failed: RxJS runs the
+   * teardown once in every case).
+   */
+  readonly output: Observable<T> = new Observable<T>((subscriber) => {
+    this.outputSubscribers++;
+    const inner = this.out.subscribe(subscriber);
+    return () => {
+      this.outputSubscribers--;
+      inner.unsubscribe();
+    };
+  });
+  /** The item being pushed, or the last one pushed (see `pushing`; null: none yet), and how many times it came out of the pipeline so far. */
   private inFlight: T | null = null;
+  /**
+   * Whether a push is under way (`inFlight` is its item). After a push its item stays in `inFlight`, so that the
+   * next push of the same object (an exit or event its owner refills) stores nothing: storing an object calls V8's
+   * write barrier while a major GC marks. Only a nested push puts the outer item back.
+   */
+  private pushing = false;
   private arrivals = 0;
   /** The error that closed the channel, as `push` throws it (null: open). */
   private failure: Error | null = null;
@@ -168,7 +190,7 @@ class SyncChannel<T> {
 
   /** Whether something subscribes to `output` now (and may keep the items it sees). */
   get observed(): boolean {
-    return this.out.observed;
+    return this.outputSubscribers > 0;
   }
 
   constructor(
@@ -187,8 +209,8 @@ class SyncChannel<T> {
     });
     this.pipeline = input.pipe(operator).subscribe({
       next: (v) => {
-        if (v === this.inFlight) this.arrivals++;
-        if (out.observed) out.next(v);
+        if (this.pushing && v === this.inFlight) this.arrivals++;
+        if (this.outputSubscribers > 0) out.next(v);
       },
       error: (e: unknown) => {
         const err = this.failureOf(e);
@@ -222,7 +244,7 @@ class SyncChannel<T> {
   private failureOf(e: unknown): Error {
     if (e instanceof ExitError) return e;
     if (e instanceof LinkFailure) return e.error instanceof Error ? e.error : new Error(String(e.error));
-    const item = this.inFlight;
+    const item = this.pushing ? this.inFlight : null;
     const on = item === null ? `the ${this.what} pipeline` : this.describe(item);
     if (e instanceof PolicyFailure) {
       const who = e.name !== null ? `policy '${e.name}'` : `policy #${e.position} of the ${this.what} pipeline`;
@@ -250,15 +272,18 @@ class SyncChannel<T> {
     }
     // A push from inside the pipeline (none is known; kept safe) counts its own item's arrivals.
     const outerItem = this.inFlight;
+    const outerPushing = this.pushing;
     const outerArrivals = this.arrivals;
-    this.inFlight = item;
+    if (outerItem !== item) this.inFlight = item;
+    this.pushing = true;
     this.arrivals = 0;
     const sinks = this.sinks;
     try {
       if (sinks.length === 1) sinks[0]!.next(item);
       else for (const s of sinks.slice()) s.next(item);
     } finally {
-      this.inFlight = outerItem;
+      if (outerPushing && this.inFlight !== outerItem) this.inFlight = outerItem;
+      this.pushing = outerPushing;
     }
     const arrivals = this.arrivals;
     this.arrivals = outerArrivals;

@@ -1,4 +1,4 @@
-import { filter, map, merge, Subject, type MonoTypeOperatorFunction } from 'rxjs';
+import { filter, map, merge, Subject, take, tap, type MonoTypeOperatorFunction } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
 import { describe, expect, it } from 'vitest';
 import { ExitError } from '../../src/exits/errors.js';
@@ -336,6 +336,78 @@ describe('ExitChannel', () => {
       expect(() => ch.push(pf(0, 3))).toThrow(expect.objectContaining({ code: 'E_EXIT_UNRESOLVED' }));
       expect(errors).toHaveLength(2);
       expect(errors[0]).toBe(errors[1]);
+    });
+
+    it('is observed while a subscription is open: unsubscribed, completed or failed, it no longer counts', () => {
+      const ch = new ExitChannel(exitPipeline([reflectNotPresent], null));
+      expect(ch.observed).toBe(false);
+      const s1 = ch.output.subscribe(() => {});
+      const s2 = ch.output.subscribe(() => {});
+      expect(ch.observed).toBe(true);
+      s1.unsubscribe();
+      s1.unsubscribe(); // a second unsubscribe counts nothing
+      expect(ch.observed).toBe(true);
+      s2.unsubscribe();
+      expect(ch.observed).toBe(false);
+      // A subscriber that ends itself on its first exit (take(1)): counted until then.
+      const firsts: VmExit[] = [];
+      ch.output.pipe(take(1)).subscribe((e) => firsts.push(e));
+      expect(ch.observed).toBe(true);
+      ch.push(pf(0, 2));
+      expect(firsts).toHaveLength(1);
+      expect(ch.observed).toBe(false);
+      // The pipeline fails: its subscribers' subscriptions end, and a late one ends at once (with the error).
+      ch.output.subscribe({ error: () => {} });
+      expect(ch.observed).toBe(true);
+      expect(() => ch.push(pf(0, 3))).toThrow(expect.objectContaining({ code: 'E_EXIT_UNRESOLVED' }));
+      expect(ch.observed).toBe(false);
+      const late: unknown[] = [];
+      ch.output.subscribe({ error: (e: unknown) => late.push(e) });
+      expect(late).toHaveLength(1);
+      expect(ch.observed).toBe(false);
+      // Closed by its owner: the same for completion.
+      const closed = new ExitChannel(exitPipeline([reflectNotPresent], null));
+      closed.output.subscribe(() => {});
+      closed.close('disposed');
+      expect(closed.observed).toBe(false);
+    });
+  });
+});
+
+describe('ExitChannel', () => {
+  describe('.push of one refilled object', () => {
+    it('counts each push once, and a push from inside the pipeline counts its own item, the outer one its own', () => {
+      // The owner refills one exit for every push (VmHooks' scratch exception exit): each push must still come out
+      // exactly once, and an inner push (a policy that pushes another exit while one is in flight) must not take
+      // the outer one's arrival.
+      const scratch = pf(0, 2);
+      let ch: ExitChannel | null = null;
+      let inner: VmExit | null = null;
+      const seen: number[] = [];
+      const nesting: MonoTypeOperatorFunction<VmExit> = map((e: VmExit) => {
+        // A present fetch #PF pushes a not-present one through the same channel while it is in flight.
+        if (e.kind === 'exception' && e.errorCode === 0x11 && ch !== null) ch.push((inner = pf(0, 2)));
+        return e;
+      });
+      ch = new ExitChannel(exitPipeline([nesting, reflectNotPresent], mmuHandler, [tap((e: VmExit) => seen.push(e.seq))]));
+      for (let i = 0; i < 3; i++) {
+        scratch.resolution = null;
+        scratch.resolvedBy = null;
+        (scratch as { seq: number }).seq = 100 + i;
+        expect(ch.push(scratch)).toEqual({ kind: 'inject', vector: 14, errorCode: 2 });
+      }
+      const outer = pf(0, 0x11);
+      expect(ch.push(outer)).toEqual({ kind: 'emulate' });
+      expect(inner).not.toBeNull();
+      expect(seen).toEqual([100, 101, 102, inner!.seq, outer.seq]); // the inner exit came out inside the outer push
+      // After those pushes, an operator that drops the scratch exit is still caught for that push.
+      const dropping = new ExitChannel(exitPipeline([filter((e: VmExit) => e.seq !== 7)], mmuHandler));
+      (scratch as { seq: number }).seq = 6;
+      scratch.resolution = null;
+      expect(dropping.push(scratch)).toEqual({ kind: 'emulate' });
+      (scratch as { seq: number }).seq = 7;
+      scratch.resolution = null;
+      expect(() => dropping.push(scratch)).toThrow(expect.objectContaining({ code: 'E_EXIT_DROPPED', message: expect.stringContaining('#7') }));
     });
   });
 });
