@@ -70,7 +70,9 @@ export function pteWrite(
   const gfn = pageNumber(gpa);
   st.bump(s.host, 2 /* mmu_pte_write */);
   // The valid indirect pages of the gfn, as a snapshot (zapping one below changes its hash bucket), in a
-  // scratch array that this call owns while it runs (a nested call would take a fresh one).
+  // scratch array that this call owns while it runs (a nested call would take a fresh one). A call that throws (a
+  // policy's decision failed, which ends the run: the MMU-event pipeline stays closed) leaves the array busy, and
+  // later calls then take fresh ones; a try/finally here would cost every call about 50 instructions.
   const scratch = s.scratch;
   const nested = scratch.pagesBusy === true;
   const targets = nested ? [] : scratch.pages;

@@ -125,6 +125,25 @@ describe('ShadowMmu', () => {
       expect(pt.r32(e) & A).toBe(A);
     });
 
+    it('keeps working after a decision threw in the write hook (later writes take fresh scratch arrays)', () => {
+      const { mmu, h, vcpu, pt } = setup('long4');
+      const e = pt.map(USER, 0x900000, P | W | U | A);
+      user(vcpu, () => vcpu.read(USER, 4)); // the page table of USER is shadowed: writes to its gptes are emulated
+      const loc = leafLoc(mmu, USER);
+      h.decider = (ev) => {
+        if (ev.kind === 'pte-write') throw new Error('policy failed');
+        return null;
+      };
+      expect(() => vcpu.write(e, 8, 0, 0)).toThrow('policy failed');
+      expect(mmu.scratch.pagesBusy).toBe(true); // left busy (see pte-write.ts)
+      // The next write is handled as a nested call's: the same decisions and sptes as on a fresh MMU.
+      h.decider = (ev) => (ev.kind === 'pte-write' ? 'update-spte' : null);
+      vcpu.write(e, 8, 0x900000 | P | W | U | A, 0);
+      expect(mmu.isPresent(mmu.pool.lo(loc), mmu.pool.hi(loc))).toBe(true);
+      expect(pt.r32(e) & ~0xfff).toBe(0x900000);
+      mmu.audit();
+    });
+
     it('keeps 4-byte-gpte pages and upper levels all trap (a 32-bit guest fault is reflected)', () => {
       const { mmu, h, vcpu, pt } = setup('legacy32');
       mmu.setNonPresentSptes(TRAP_LO, TRAP_HI, 0, 0);

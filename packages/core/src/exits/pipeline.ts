@@ -157,6 +157,11 @@ class SyncChannel<T> {
    */
   private outputSubscribers = 0;
   /**
+   * The output completed or failed. Set before its subscribers are told (a Subject takes each off its list before it
+   * calls their `complete` or `error`), so that `observed` is false from then on, in those callbacks too.
+   */
+  private outputEnded = false;
+  /**
    * The items after the pipeline (hot): observe it for merged views (the VM's `exits$`). Each subscription is
    * counted from its start until its end (unsubscribed, or the output completed or failed: RxJS runs the
    * teardown once in every case).
@@ -190,7 +195,7 @@ class SyncChannel<T> {
 
   /** Whether something subscribes to `output` now (and may keep the items it sees). */
   get observed(): boolean {
-    return this.outputSubscribers > 0;
+    return !this.outputEnded && this.outputSubscribers > 0;
   }
 
   constructor(
@@ -215,10 +220,12 @@ class SyncChannel<T> {
       error: (e: unknown) => {
         const err = this.failureOf(e);
         this.failure = err;
+        this.outputEnded = true;
         out.error(err);
       },
       complete: () => {
         this.completed = true;
+        this.outputEnded = true;
         out.complete();
       },
     });
@@ -236,6 +243,7 @@ class SyncChannel<T> {
     // A channel an operator completed earlier keeps that reason for its refusals (the first cause).
     if (!this.completed) this.closedBy = why;
     this.completed = true;
+    this.outputEnded = true;
     this.out.complete(); // a no-op on an output that already failed or completed
     this.pipeline.unsubscribe();
   }

@@ -356,20 +356,25 @@ describe('ExitChannel', () => {
       ch.push(pf(0, 2));
       expect(firsts).toHaveLength(1);
       expect(ch.observed).toBe(false);
-      // The pipeline fails: its subscribers' subscriptions end, and a late one ends at once (with the error).
-      ch.output.subscribe({ error: () => {} });
+      // The pipeline fails: its subscribers' subscriptions end (not observed from when they are told, as a Subject
+      // says), and a late one ends at once (with the error).
+      const whenTold: boolean[] = [];
+      ch.output.subscribe({ error: () => whenTold.push(ch.observed) });
       expect(ch.observed).toBe(true);
       expect(() => ch.push(pf(0, 3))).toThrow(expect.objectContaining({ code: 'E_EXIT_UNRESOLVED' }));
       expect(ch.observed).toBe(false);
-      const late: unknown[] = [];
-      ch.output.subscribe({ error: (e: unknown) => late.push(e) });
-      expect(late).toHaveLength(1);
+      ch.output.subscribe({ error: () => whenTold.push(ch.observed) });
+      expect(whenTold).toEqual([false, false]);
       expect(ch.observed).toBe(false);
       // Closed by its owner: the same for completion.
       const closed = new ExitChannel(exitPipeline([reflectNotPresent], null));
-      closed.output.subscribe(() => {});
+      const onComplete: boolean[] = [];
+      closed.output.subscribe({ complete: () => onComplete.push(closed.observed) });
+      closed.output.subscribe({ complete: () => onComplete.push(closed.observed) });
       closed.close('disposed');
       expect(closed.observed).toBe(false);
+      closed.output.subscribe({ complete: () => onComplete.push(closed.observed) });
+      expect(onComplete).toEqual([false, false, false]);
     });
   });
 });
