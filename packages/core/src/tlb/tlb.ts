@@ -41,6 +41,8 @@ export const TLB_NEED: Int32Array = (() => {
 const NEED = TLB_NEED;
 /** The hit path's own copy of TLB_GLOBAL (see `Tlb.lookup`). */
 const GLOBAL = TLB_GLOBAL;
+/** A valid piece of a large page: `dropPage`'s own copy (an exported binding is read through its module cell). */
+const VALID_LARGE = TLB_VALID | TLB_LARGE;
 
 /**
  * A per-vCPU TLB, direct-mapped by virtual page number, in typed arrays (SDM Vol. 3A §4.10). Entries are
@@ -230,20 +232,25 @@ export class Tlb {
     // `largestPages` pages around vpn (the sizes are powers of two, so smaller aligned pages nest in it): the
     // direct-mapped slots of that window are the only ones to look at (all of them once the window is the TLB's size).
     const window = this.largestPages;
-    if (window >= this.size) {
-      for (let j = 0; j < this.size; j++) this.dropLargePiece(j, vpn, pcid);
-      return;
+    const data = this.data;
+    const mask = this.mask;
+    // The window's slots: (first + k) & mask for k below the window, that is from `first & mask` on (ToInt32 is
+    // modulo 2^32, which the TLB's size divides). Most slots hold no large piece: the test of that is all a slot costs.
+    // `j` is carried from one slot to the next so that the first one's computation (a division) stays out of the loop.
+    const n = window >= this.size ? this.size : window;
+    let j = window >= this.size ? 0 : (Math.floor(vpn / window) * window) & mask;
+    for (let k = 0; k < n; k++) {
+      if ((data[j]! & VALID_LARGE) === VALID_LARGE) this.dropLargePiece(j, vpn, pcid);
+      j = (j + 1) & mask;
     }
-    const first = Math.floor(vpn / window) * window;
-    for (let k = 0; k < window; k++) this.dropLargePiece((first + k) & this.mask, vpn, pcid);
   }
 
   /** Drops entry `j` if it is a piece of a large page that holds `vpn`, in PCID `pcid` or global. */
   private dropLargePiece(j: number, vpn: number, pcid: number): void {
     const d = this.data[j]!;
-    if ((d & (TLB_VALID | TLB_LARGE)) !== (TLB_VALID | TLB_LARGE)) return;
+    if ((d & VALID_LARGE) !== VALID_LARGE) return;
     const base = this.largeBase[j]!;
-    if (vpn >= base && vpn < base + this.largePages[j]! && (this.pcid[j] === pcid || (d & TLB_GLOBAL) !== 0)) this.drop(j);
+    if (vpn >= base && vpn < base + this.largePages[j]! && (this.pcid[j] === pcid || (d & GLOBAL) !== 0)) this.drop(j);
   }
 
   /** Number of valid entries (for tests and statistics; not on a hot path). */

@@ -330,10 +330,12 @@ describe('Tlb', () => {
           fc.integer({ min: 0, max: 1 << 20 }),
           fc.integer({ min: 0, max: 2 }),
           fc.constantFrom(64, 1024, 4096),
-          (fills, page, pcid, size) => {
+          // Where the pages are: low, in the upper half (a kernel address is a negative number, DESIGN.md), or above 2^32 pages.
+          fc.constantFrom(0, -(2 ** 35), 2 ** 33),
+          (fills, page, pcid, size, at) => {
             const tlb = new Tlb(size);
-            for (const f of fills) tlb.fill(f.page * KB4, f.pcid, 0x1000, ALL | (f.global ? TLB_GLOBAL : 0), f.size);
-            const vpn = page;
+            for (const f of fills) tlb.fill((at + f.page) * KB4, f.pcid, 0x1000, ALL | (f.global ? TLB_GLOBAL : 0), f.size);
+            const vpn = at + page;
             const want: boolean[] = [];
             for (let j = 0; j < size; j++) {
               const d = tlb.data[j]!;
