@@ -66,6 +66,13 @@ export class Tlb {
   private largeCount = 0;
   /** The size in pages of the largest large page a valid entry has been a piece of since largeCount was last 0. */
   private largestPages = 0;
+  /**
+   * The valid large pieces per group of `1 << groupShift` consecutive slots (32, or the whole TLB when smaller), so
+   * that `dropPage` looks only into the groups of its window that hold one: a window is 512 slots or more, and
+   * usually holds a few pieces at most.
+   */
+  private readonly largeInGroup: Int32Array;
+  private readonly groupShift: number;
 
   /**
    * The slots filled since the last flush that cleared the whole TLB, so that a flush clears those instead of
@@ -91,6 +98,8 @@ export class Tlb {
     this.largeBase = new Float64Array(size);
     this.largePages = new Int32Array(size);
     this.filled = new Int32Array(size);
+    this.groupShift = Math.min(5, Math.log2(size));
+    this.largeInGroup = new Int32Array(size >>> this.groupShift);
   }
 
   /**
@@ -134,7 +143,10 @@ export class Tlb {
     const vpn = Math.floor(va / 4096); // as `lookup` computes it, so that every method agrees on an entry's index
     const i = vpn & this.mask;
     const was = this.data[i]!;
-    if ((was & (TLB_VALID | TLB_LARGE)) === (TLB_VALID | TLB_LARGE)) this.largeCount--;
+    if ((was & VALID_LARGE) === VALID_LARGE) {
+      this.largeCount--;
+      this.largeInGroup[i >>> this.groupShift]!--;
+    }
     if ((was & TLB_VALID) === 0) this.listFilled(i);
     this.tag[i] = vpn;
     this.pcid[i] = pcid;
@@ -144,6 +156,7 @@ export class Tlb {
       this.largeBase[i] = Math.floor(vpn / pages) * pages;
       this.largePages[i] = pages;
       this.largeCount++;
+      this.largeInGroup[i >>> this.groupShift]!++;
       if (pages > this.largestPages) this.largestPages = pages;
     } else {
       flags &= ~TLB_LARGE;
@@ -169,6 +182,7 @@ export class Tlb {
         }
       }
       this.filledCount = 0;
+      if (this.largeCount !== 0) this.largeInGroup.fill(0);
       this.largeCount = 0;
       return;
     }
@@ -236,12 +250,24 @@ export class Tlb {
     const mask = this.mask;
     // The window's slots: (first + k) & mask for k below the window, that is from `first & mask` on (ToInt32 is
     // modulo 2^32, which the TLB's size divides). Most slots hold no large piece: the test of that is all a slot costs.
-    // `j` is carried from one slot to the next so that the first one's computation (a division) stays out of the loop.
+    // The window is whole groups (its size and start are multiples of the group's), looked into only where a group
+    // holds a large piece. `j` is carried from one group to the next so that the start's computation (a division)
+    // stays out of the loop.
     const n = window >= this.size ? this.size : window;
+    const shift = this.groupShift;
+    const group = 1 << shift;
+    const groups = this.largeInGroup;
     let j = window >= this.size ? 0 : (Math.floor(vpn / window) * window) & mask;
-    for (let k = 0; k < n; k++) {
-      if ((data[j]! & VALID_LARGE) === VALID_LARGE) this.dropLargePiece(j, vpn, pcid);
-      j = (j + 1) & mask;
+    if (n < group) {
+      // A window smaller than a group (a large page of a few 4 KiB pages, which `fill` accepts): slot by slot.
+      for (let k = 0; k < n; k++) if ((data[j + k]! & VALID_LARGE) === VALID_LARGE) this.dropLargePiece(j + k, vpn, pcid);
+      return;
+    }
+    for (let k = 0; k < n; k += group) {
+      if (groups[j >>> shift]! !== 0) {
+        for (let t = j; t < j + group; t++) if ((data[t]! & VALID_LARGE) === VALID_LARGE) this.dropLargePiece(t, vpn, pcid);
+      }
+      j = (j + group) & mask;
     }
   }
 
@@ -261,7 +287,10 @@ export class Tlb {
   }
 
   private drop(i: number): void {
-    if ((this.data[i]! & TLB_LARGE) !== 0) this.largeCount--;
+    if ((this.data[i]! & TLB_LARGE) !== 0) {
+      this.largeCount--;
+      this.largeInGroup[i >>> this.groupShift]!--;
+    }
     this.tag[i] = NaN;
     this.data[i] = 0;
   }

@@ -353,6 +353,49 @@ describe('Tlb', () => {
     });
   });
 
+  describe('.dropPage after any history', () => {
+    it('property: drops what a scan of every slot would, after fills, drops and flushes of every kind in any order', () => {
+      // dropPage keeps per-group counts of large pieces to skip groups: fills that replace pieces, drops, and full,
+      // keep-global and per-PCID flushes must all keep them right, or a piece is missed.
+      const sizes = [KB4, 8 * KB4, SIZE_2M, SIZE_4M, SIZE_1G];
+      const op = fc.oneof(
+        fc.record({
+          kind: fc.constant('fill' as const),
+          page: fc.integer({ min: 0, max: 1 << 14 }),
+          size: fc.constantFrom(...sizes),
+          pcid: fc.integer({ min: 0, max: 2 }),
+          global: fc.boolean(),
+        }),
+        fc.record({ kind: fc.constant('drop' as const), page: fc.integer({ min: 0, max: 1 << 14 }), pcid: fc.integer({ min: 0, max: 2 }) }),
+        fc.record({ kind: fc.constant('flushAll' as const), keepGlobal: fc.boolean() }),
+        fc.record({ kind: fc.constant('flushPcid' as const), pcid: fc.integer({ min: 0, max: 2 }) }),
+      );
+      fc.assert(
+        fc.property(fc.array(op, { maxLength: 300 }), fc.constantFrom(16, 64, 1024, 4096), fc.constantFrom(0, -(2 ** 35)), (ops, size, at) => {
+          const tlb = new Tlb(size);
+          for (const o of ops) {
+            if (o.kind === 'fill') tlb.fill((at + o.page) * KB4, o.pcid, 0x1000, ALL | (o.global ? TLB_GLOBAL : 0), o.size);
+            else if (o.kind === 'flushAll') tlb.flushAll(o.keepGlobal);
+            else if (o.kind === 'flushPcid') tlb.flushPcid(o.pcid);
+            else {
+              const vpn = at + o.page;
+              const want: boolean[] = [];
+              for (let j = 0; j < size; j++) {
+                const d = tlb.data[j]!;
+                const mine = tlb.pcid[j] === o.pcid || (d & TLB_GLOBAL) !== 0;
+                const holds = (d & TLB_LARGE) !== 0 ? vpn >= tlb.largeBase[j]! && vpn < tlb.largeBase[j]! + tlb.largePages[j]! : tlb.tag[j] === vpn;
+                want.push((d & TLB_VALID) !== 0 && !(mine && holds));
+              }
+              tlb.dropPage(vpn * KB4, o.pcid);
+              expect([...tlb.data].map((d) => (d & TLB_VALID) !== 0)).toEqual(want);
+            }
+          }
+        }),
+        { numRuns: 300 },
+      );
+    });
+  });
+
   describe('against a reference model', () => {
     /**
      * The reference: a Map keyed by (pcid, vpn) holding what the SDM lets a TLB remember (§4.10.2-4.10.4.1).
