@@ -35,9 +35,11 @@ export class SptePool {
   /** Bits 51:32 of `base` when it is a multiple of 4 GiB, else -1. */
   readonly baseHi: number;
   /**
-   * Counts the writes to the sptes (`set`, `clearFrame`, `fillFrame`, and the hardware's A/D updates through
-   * `SptePoolMemory.write32`): every write goes through them, so a second stage may keep what it walked while
-   * the version stays the same (core's StageMemo).
+   * Counts the writes that may change an spte a walk went through (`set` over a non-zero spte, `clearFrame`,
+   * `fillFrame`, and the hardware's A/D updates through `SptePoolMemory.write32`): every write goes through them,
+   * so a second stage may keep what it walked while the version stays the same (core's StageMemo). `set` over an
+   * spte that is zero, a new mapping in a never-used slot, leaves it: a zero entry is not present in any format
+   * (EPT, NPT, shadow), and a walk that was kept went through present entries only, so it still reads the same.
    */
   version = 0;
 
@@ -108,9 +110,10 @@ export class SptePool {
 
   /** Writes both halves of the spte at `loc`. */
   set(loc: number, lo: number, hi: number): void {
-    this.version++;
-    this.words[loc * 2] = lo;
-    this.words[loc * 2 + 1] = hi;
+    const w = this.words;
+    if ((w[loc * 2]! | w[loc * 2 + 1]!) !== 0) this.version++;
+    w[loc * 2] = lo;
+    w[loc * 2 + 1] = hi;
   }
 
   /** Zeroes every spte of `frame` (a freshly allocated page: all not present). */

@@ -48,6 +48,8 @@ type Op =
   | { t: 'tr'; page: number; off: number; access: number; kind: number; side: boolean }
   | { t: 'set'; page: number; rights: number; ad: number }
   | { t: 'huge'; on: boolean }
+  | { t: 'unmap'; page: number }
+  | { t: 'pt2'; on: boolean }
   | { t: 'clearAd' };
 
 const opArb: fc.Arbitrary<Op> = fc.oneof(
@@ -72,6 +74,9 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
     weight: 2,
   },
   { arbitrary: fc.record({ t: fc.constant('huge' as const), on: fc.boolean() }), weight: 1 },
+  // A leaf or the second PT's PDE made zero, and later written again (a write over a zero entry leaves the version).
+  { arbitrary: fc.record({ t: fc.constant('unmap' as const), page: fc.integer({ min: 0, max: 1023 }) }), weight: 2 },
+  { arbitrary: fc.record({ t: fc.constant('pt2' as const), on: fc.boolean() }), weight: 1 },
   { arbitrary: fc.record({ t: fc.constant('clearAd' as const) }), weight: 1 },
 );
 
@@ -95,6 +100,14 @@ function apply(op: Op, pool: SptePool, stage: SecondStage, format: 'ept' | 'npt'
       // PD entry 0: a 2 MiB leaf (all rights) or the PT again.
       const hpa = pool.hpaOf(3);
       pool.set(2 * 512, op.on ? leafBits(format, 7) | 0x80 : (hpa % 2 ** 32) | 7, op.on ? 0 : Math.floor(hpa / 2 ** 32));
+      return null;
+    }
+    case 'unmap':
+      pool.set((3 + (op.page >> 9)) * 512 + (op.page & 511), 0, 0);
+      return null;
+    case 'pt2': {
+      const hpa = pool.hpaOf(4);
+      pool.set(2 * 512 + 1, op.on ? (hpa % 2 ** 32) | 7 : 0, op.on ? Math.floor(hpa / 2 ** 32) : 0);
       return null;
     }
     case 'clearAd':
