@@ -68,8 +68,8 @@ export class Tlb {
   private largestPages = 0;
   /**
    * The valid large pieces per group of `1 << groupShift` consecutive slots (32, or the whole TLB when smaller), so
-   * that `dropPage` looks only into the groups of its window that hold one: a window is 512 slots or more, and
-   * usually holds a few pieces at most.
+   * that `dropPage` looks only into the groups of its window that hold one: the window of a 2 MiB page is 512
+   * slots, and usually holds a few pieces at most.
    */
   private readonly largeInGroup: Int32Array;
   private readonly groupShift: number;
@@ -248,11 +248,10 @@ export class Tlb {
     const window = this.largestPages;
     const data = this.data;
     const mask = this.mask;
-    // The window's slots: (first + k) & mask for k below the window, that is from `first & mask` on (ToInt32 is
-    // modulo 2^32, which the TLB's size divides). Most slots hold no large piece: the test of that is all a slot costs.
-    // The window is whole groups (its size and start are multiples of the group's), looked into only where a group
-    // holds a large piece. `j` is carried from one group to the next so that the start's computation (a division)
-    // stays out of the loop.
+    // The window's slots are (first + k) & mask for k below the window: from `first & mask` on (ToInt32 is modulo
+    // 2^32, which the TLB's size divides). A window of a group or more is whole groups (its size and start are
+    // multiples of the group's), looked into only where a group holds a large piece; `j` is carried from one group
+    // to the next so that the start's computation (a division) stays out of the loop.
     const n = window >= this.size ? this.size : window;
     const shift = this.groupShift;
     const group = 1 << shift;

@@ -354,10 +354,31 @@ describe('Tlb', () => {
   });
 
   describe('.dropPage after any history', () => {
+    it('drops every piece of a large page smaller than a group of slots, the last slot of its window included', () => {
+      // A 'large' page of 2 or 8 pages (fill accepts any power of two): its window is under a group of 32 slots.
+      for (const [pages, size] of [
+        [2, 64],
+        [8, 64],
+        [2, 8],
+        [8, 8],
+        [2, 2],
+      ] as const) {
+        const tlb = new Tlb(size);
+        const base = 8 * 40; // aligned to both page sizes
+        for (let p = 0; p < pages; p++) tlb.fill((base + p) * KB4, 0, 0x1000, ALL, pages * KB4);
+        tlb.fill((base + pages) * KB4, 0, 0x1000, ALL, KB4); // the next page, a 4 KiB one, stays (when its slot is not a piece's)
+        tlb.dropPage(base * KB4, 0);
+        for (let p = 0; p < pages; p++) expect(tlb.lookup((base + p) * KB4, 0, 0), `piece ${p} of ${pages} in ${size} slots`).toBe(-1);
+        if (pages < size) expect(tlb.lookup((base + pages) * KB4, 0, 0)).not.toBe(-1);
+      }
+    });
+
     it('property: drops what a scan of every slot would, after fills, drops and flushes of every kind in any order', () => {
       // dropPage keeps per-group counts of large pieces to skip groups: fills that replace pieces, drops, and full,
-      // keep-global and per-PCID flushes must all keep them right, or a piece is missed.
-      const sizes = [KB4, 8 * KB4, SIZE_2M, SIZE_4M, SIZE_1G];
+      // keep-global and per-PCID flushes must all keep them right, or a piece is missed. Small TLBs and 'large' pages
+      // of a few 4 KiB pages (which fill accepts) take its slot-by-slot path for windows under a group; with `dense`,
+      // the pages are within 4 TLB sizes, so that such a window often holds several pieces.
+      const sizes = [KB4, 2 * KB4, 8 * KB4, 32 * KB4, SIZE_2M, SIZE_4M, SIZE_1G];
       const op = fc.oneof(
         fc.record({
           kind: fc.constant('fill' as const),
@@ -371,27 +392,37 @@ describe('Tlb', () => {
         fc.record({ kind: fc.constant('flushPcid' as const), pcid: fc.integer({ min: 0, max: 2 }) }),
       );
       fc.assert(
-        fc.property(fc.array(op, { maxLength: 300 }), fc.constantFrom(16, 64, 1024, 4096), fc.constantFrom(0, -(2 ** 35)), (ops, size, at) => {
-          const tlb = new Tlb(size);
-          for (const o of ops) {
-            if (o.kind === 'fill') tlb.fill((at + o.page) * KB4, o.pcid, 0x1000, ALL | (o.global ? TLB_GLOBAL : 0), o.size);
-            else if (o.kind === 'flushAll') tlb.flushAll(o.keepGlobal);
-            else if (o.kind === 'flushPcid') tlb.flushPcid(o.pcid);
-            else {
-              const vpn = at + o.page;
-              const want: boolean[] = [];
-              for (let j = 0; j < size; j++) {
-                const d = tlb.data[j]!;
-                const mine = tlb.pcid[j] === o.pcid || (d & TLB_GLOBAL) !== 0;
-                const holds = (d & TLB_LARGE) !== 0 ? vpn >= tlb.largeBase[j]! && vpn < tlb.largeBase[j]! + tlb.largePages[j]! : tlb.tag[j] === vpn;
-                want.push((d & TLB_VALID) !== 0 && !(mine && holds));
+        fc.property(
+          fc.array(op, { maxLength: 300 }),
+          fc.constantFrom(1, 2, 8, 16, 64, 1024, 4096),
+          fc.constantFrom(0, -(2 ** 35)),
+          fc.boolean(),
+          fc.boolean(),
+          (ops, size, at, dense, smallOnly) => {
+            const tlb = new Tlb(size);
+            const pageOf = (p: number): number => at + (dense ? p % (4 * size) : p);
+            // `smallOnly`: no page over 32 KiB, so that the window stays under a group of a TLB of 8 or more slots.
+            const sizeOf = (bytes: number): number => (smallOnly && bytes > 32 * KB4 ? 2 * KB4 : bytes);
+            for (const o of ops) {
+              if (o.kind === 'fill') tlb.fill(pageOf(o.page) * KB4, o.pcid, 0x1000, ALL | (o.global ? TLB_GLOBAL : 0), sizeOf(o.size));
+              else if (o.kind === 'flushAll') tlb.flushAll(o.keepGlobal);
+              else if (o.kind === 'flushPcid') tlb.flushPcid(o.pcid);
+              else {
+                const vpn = pageOf(o.page);
+                const want: boolean[] = [];
+                for (let j = 0; j < size; j++) {
+                  const d = tlb.data[j]!;
+                  const mine = tlb.pcid[j] === o.pcid || (d & TLB_GLOBAL) !== 0;
+                  const holds = (d & TLB_LARGE) !== 0 ? vpn >= tlb.largeBase[j]! && vpn < tlb.largeBase[j]! + tlb.largePages[j]! : tlb.tag[j] === vpn;
+                  want.push((d & TLB_VALID) !== 0 && !(mine && holds));
+                }
+                tlb.dropPage(vpn * KB4, o.pcid);
+                expect([...tlb.data].map((d) => (d & TLB_VALID) !== 0)).toEqual(want);
               }
-              tlb.dropPage(vpn * KB4, o.pcid);
-              expect([...tlb.data].map((d) => (d & TLB_VALID) !== 0)).toEqual(want);
             }
-          }
-        }),
-        { numRuns: 300 },
+          },
+        ),
+        { numRuns: 400 },
       );
     });
   });
