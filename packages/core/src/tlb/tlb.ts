@@ -270,10 +270,9 @@ export class Tlb {
     }
   }
 
-  /** Drops entry `j` if it is a piece of a large page that holds `vpn`, in PCID `pcid` or global. */
+  /** Drops entry `j`, a valid large piece (the caller tested that), if its large page holds `vpn`, in PCID `pcid` or global. */
   private dropLargePiece(j: number, vpn: number, pcid: number): void {
     const d = this.data[j]!;
-    if ((d & VALID_LARGE) !== VALID_LARGE) return;
     const base = this.largeBase[j]!;
     if (vpn >= base && vpn < base + this.largePages[j]! && (this.pcid[j] === pcid || (d & GLOBAL) !== 0)) this.drop(j);
   }
